@@ -1,0 +1,801 @@
+//! The Rust API of drove.
+//!
+//! API boundary: this crate is what users program against. A [`Session`] talks to a
+//! coordinator (one you started, or an embedded [`LocalCluster`]); [`Session::sql`] and
+//! [`Session::read_parquet`] give lazy [`DataFrame`]s whose plans run on the cluster
+//! when collected.
+//!
+//! ```no_run
+//! # async fn demo() -> drove_client::Result<()> {
+//! use drove_client::Session;
+//! let session = Session::local(3).await?;
+//! session.register_parquet("lineitem", "data/lineitem.parquet").await?;
+//! let df = session.sql("SELECT l_returnflag, count(*) FROM lineitem GROUP BY 1").await?;
+//! let batches = df.collect().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod cluster;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::{Expr, SortExpr};
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+use drove_exec::blocks::BlockKey;
+use drove_exec::shuffle::{FlightPool, fetch_block, schema_from_bytes};
+use drove_exec::tables::{self, TableSpec};
+use drove_proto as pb;
+use drove_proto::coordinator_client::CoordinatorClient;
+use tonic::transport::{Channel, Endpoint};
+
+pub use arrow;
+pub use cluster::{LocalCluster, LocalClusterConfig};
+pub use datafusion;
+
+/// Errors a drove client sees.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The coordinator could not be reached.
+    #[error("cannot reach the coordinator at {addr}: {message}; check that `drove coordinator` runs there and that the address is right")]
+    Connect { addr: String, message: String },
+    /// The coordinator refused the request; the message says why.
+    #[error("{0}")]
+    Rejected(String),
+    /// The job ran and failed; the message carries the worker's own error.
+    #[error("job {job} failed: {message}")]
+    JobFailed { job: u64, message: String },
+    /// The connection broke or answered unexpectedly.
+    #[error("talking to the coordinator failed: {0}")]
+    Transport(String),
+    /// Local planning or reading failed.
+    #[error(transparent)]
+    Exec(#[from] drove_exec::Error),
+    /// A bad setting.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Result type of the client.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Error::Exec(drove_exec::Error::DataFusion(e))
+    }
+}
+
+fn status_error(s: tonic::Status) -> Error {
+    match s.code() {
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => Error::Rejected(s.message().to_string()),
+        tonic::Code::Unavailable => Error::Transport(format!("the coordinator is unavailable: {}", s.message())),
+        _ => Error::Transport(s.message().to_string()),
+    }
+}
+
+/// How long connecting to a coordinator may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A connection to a drove cluster, with the tables registered on it.
+///
+/// Cheap to clone; clones share the connection and the tables.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: String,
+    client: CoordinatorClient<Channel>,
+    flight: FlightPool,
+    /// Plans lazy DataFrames locally; holds the same tables as `tables`.
+    ctx: SessionContext,
+    tables: Mutex<Vec<TableSpec>>,
+    cluster: tokio::sync::Mutex<Option<LocalCluster>>,
+}
+
+impl Session {
+    /// Connects to the coordinator at `addr` (HOST:PORT).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> drove_client::Result<()> {
+    /// let session = drove_client::Session::connect("127.0.0.1:7070").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect(addr: &str) -> Result<Self> {
+        let connect_error = |message: String| Error::Connect {
+            addr: addr.to_string(),
+            message,
+        };
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| connect_error(format!("not a HOST:PORT address ({e})")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
+            .await
+            .map_err(|_| connect_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| connect_error(error_chain(&e)))?;
+        let client = CoordinatorClient::new(channel)
+            .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                addr: addr.to_string(),
+                client,
+                flight: FlightPool::default(),
+                ctx: SessionContext::new(),
+                tables: Mutex::new(Vec::new()),
+                cluster: tokio::sync::Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Starts an embedded cluster of `workers` workers on loopback ports and connects to it.
+    /// The cluster stops with [`Session::shutdown`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> drove_client::Result<()> {
+    /// let session = drove_client::Session::local(2).await?;
+    /// session.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn local(workers: usize) -> Result<Self> {
+        Self::with_cluster(LocalCluster::start(LocalClusterConfig {
+            workers,
+            ..Default::default()
+        })
+        .await?)
+        .await
+    }
+
+    /// Connects to an embedded cluster and takes ownership of it.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> drove_client::Result<()> {
+    /// use drove_client::{LocalCluster, LocalClusterConfig, Session};
+    /// let cluster = LocalCluster::start(LocalClusterConfig::default()).await?;
+    /// let session = Session::with_cluster(cluster).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn with_cluster(cluster: LocalCluster) -> Result<Self> {
+        let session = Self::connect(&cluster.coordinator_addr().to_string()).await?;
+        *session.inner.cluster.lock().await = Some(cluster);
+        Ok(session)
+    }
+
+    /// The coordinator's address.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) {
+    /// println!("connected to {}", session.coordinator_addr());
+    /// # }
+    /// ```
+    pub fn coordinator_addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Runs `f` on the embedded cluster, if this session owns one.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) {
+    /// let workers = session.with_local_cluster(|c| c.worker_addrs()).await;
+    /// # }
+    /// ```
+    pub async fn with_local_cluster<T>(&self, f: impl FnOnce(&mut LocalCluster) -> T) -> Option<T> {
+        self.inner.cluster.lock().await.as_mut().map(f)
+    }
+
+    /// Registers a CSV or Parquet file, or a directory of them, as table `name`. The
+    /// format follows the extension. The path must be readable by the coordinator and
+    /// the workers (and by this process, for [`Session::sql`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// session.register_table("orders", "data/orders.parquet").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn register_table(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
+        self.register(TableSpec {
+            name: name.to_string(),
+            path: path.as_ref().to_path_buf(),
+            format: None,
+        })
+        .await
+    }
+
+    /// Registers a Parquet file or directory as table `name`.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// session.register_parquet("lineitem", "data/lineitem.parquet").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn register_parquet(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
+        self.register(TableSpec {
+            name: name.to_string(),
+            path: path.as_ref().to_path_buf(),
+            format: Some(tables::Format::Parquet),
+        })
+        .await
+    }
+
+    /// Registers a CSV file (with a header row) or directory as table `name`.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// session.register_csv("events", "data/events.csv").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn register_csv(&self, name: &str, path: impl AsRef<Path>) -> Result<()> {
+        self.register(TableSpec {
+            name: name.to_string(),
+            path: path.as_ref().to_path_buf(),
+            format: Some(tables::Format::Csv),
+        })
+        .await
+    }
+
+    /// Registers the eight TPC-H tables that `drove gen tpch` wrote into `dir`.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// session.register_tpch("data/tpch-sf0.1").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn register_tpch(&self, dir: impl AsRef<Path>) -> Result<()> {
+        for table in tables::tpch_tables(dir.as_ref())? {
+            self.register(table).await?;
+        }
+        Ok(())
+    }
+
+    async fn register(&self, table: TableSpec) -> Result<()> {
+        if self.table_names().contains(&table.name) {
+            return Err(Error::Config(format!(
+                "table '{}' is already registered; pick another name",
+                table.name
+            )));
+        }
+        tables::register(&self.inner.ctx, &table).await?;
+        self.inner.tables.lock().unwrap_or_else(|p| p.into_inner()).push(table);
+        Ok(())
+    }
+
+    /// The names of the registered tables.
+    ///
+    /// ```no_run
+    /// # fn demo(session: drove_client::Session) {
+    /// for name in session.table_names() { println!("{name}"); }
+    /// # }
+    /// ```
+    pub fn table_names(&self) -> Vec<String> {
+        self.tables().into_iter().map(|t| t.name).collect()
+    }
+
+    fn tables(&self) -> Vec<TableSpec> {
+        self.inner.tables.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A lazy DataFrame of one SQL query over the registered tables. It is planned here
+    /// and runs on the cluster when collected.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// let df = session.sql("SELECT count(*) FROM lineitem").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        let df = self.inner.ctx.sql(sql).await?;
+        Ok(DataFrame {
+            session: self.clone(),
+            df,
+        })
+    }
+
+    /// A lazy DataFrame over a Parquet file or directory.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// let df = session.read_parquet("data/lineitem.parquet").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn read_parquet(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
+        let path = existing_path(path.as_ref())?;
+        let df = self.inner.ctx.read_parquet(path, ParquetReadOptions::default()).await?;
+        Ok(DataFrame {
+            session: self.clone(),
+            df,
+        })
+    }
+
+    /// A lazy DataFrame over a CSV file (with a header row) or directory.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// let df = session.read_csv("data/events.csv").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn read_csv(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
+        let path = existing_path(path.as_ref())?;
+        let df = self
+            .inner
+            .ctx
+            .read_csv(path, CsvReadOptions::new().has_header(true))
+            .await?;
+        Ok(DataFrame {
+            session: self.clone(),
+            df,
+        })
+    }
+
+    /// Sends SQL text (one or more statements separated by `;`) to the coordinator, which
+    /// resolves the registered tables itself, and returns the last query's result. Unlike
+    /// [`Session::sql`], the files need not be readable here.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// let result = session.run_sql("SELECT 1 AS one").await?;
+    /// println!("{} rows, {} bytes shuffled", result.num_rows(), result.summary.remote_read_bytes());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn run_sql(&self, sql: &str) -> Result<QueryResult> {
+        self.run(pb::submit_job_request::Query::Sql(sql.to_string()), name_of(sql))
+            .await
+    }
+
+    async fn run(&self, query: pb::submit_job_request::Query, name: String) -> Result<QueryResult> {
+        let tables = self
+            .tables()
+            .into_iter()
+            .map(|t| pb::TableSpec {
+                name: t.name,
+                path: t.path.to_string_lossy().into_owned(),
+                format: t.format.map(|f| f.extension().to_string()).unwrap_or_default(),
+            })
+            .collect();
+        let mut client = self.inner.client.clone();
+        let job = client
+            .submit_job(pb::SubmitJobRequest {
+                query: Some(query),
+                tables,
+                name,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .job_id;
+        let result = self.wait_and_fetch(job).await;
+        // Free the job's blocks whatever happened; a failure here only delays that.
+        let _ = client.release_job(pb::JobRequest { job_id: job }).await;
+        result
+    }
+
+    async fn wait_and_fetch(&self, job: u64) -> Result<QueryResult> {
+        let mut client = self.inner.client.clone();
+        let mut updates = client
+            .watch_job(pb::JobRequest { job_id: job })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let mut last = None;
+        while let Some(status) = updates.message().await.map_err(status_error)? {
+            last = Some(status);
+        }
+        let status = last.ok_or_else(|| Error::Transport(format!("job {job}: no status arrived")))?;
+        match status.state() {
+            pb::JobState::Succeeded => {}
+            pb::JobState::Failed | pb::JobState::Cancelled => {
+                return Err(Error::JobFailed {
+                    job,
+                    message: status.error,
+                });
+            }
+            other => {
+                return Err(Error::Transport(format!(
+                    "job {job}: the status stream ended while the job was {other:?}"
+                )));
+            }
+        }
+        let mut batches = Vec::new();
+        for output in &status.result {
+            let key = BlockKey {
+                job,
+                stage: status.result_stage_id,
+                map_partition: output.partition,
+                reduce_partition: 0,
+                attempt: output.attempt,
+            };
+            let (mut part, _) = fetch_block(&self.inner.flight, &output.flight_addr, &key).await?;
+            batches.append(&mut part);
+        }
+        let schema = schema_from_bytes(&status.result_schema)?;
+        Ok(QueryResult {
+            schema,
+            batches,
+            summary: JobSummary::from_status(&status),
+        })
+    }
+
+    /// The cluster's workers and recent jobs.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// let status = session.cluster_status().await?;
+    /// println!("{} workers", status.workers.len());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse> {
+        let mut client = self.inner.client.clone();
+        Ok(client
+            .cluster_status(pb::ClusterStatusRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+
+    /// Stops the embedded cluster, if this session started one.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) {
+    /// session.shutdown().await;
+    /// # }
+    /// ```
+    pub async fn shutdown(&self) {
+        if let Some(cluster) = self.inner.cluster.lock().await.take() {
+            cluster.shutdown().await;
+        }
+    }
+}
+
+fn existing_path(path: &Path) -> Result<&str> {
+    if !path.exists() {
+        return Err(Error::Config(format!(
+            "path '{}' does not exist; pass an existing file or directory",
+            path.display()
+        )));
+    }
+    path.to_str()
+        .ok_or_else(|| Error::Config(format!("path '{}' is not UTF-8", path.display())))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message = format!("{message}: {s}");
+        source = s.source();
+    }
+    message
+}
+
+/// A short label for a job: the first line of its SQL.
+fn name_of(sql: &str) -> String {
+    let line = sql.trim().lines().next().unwrap_or_default();
+    line.chars().take(80).collect()
+}
+
+/// A lazy, distributed DataFrame: transformations build a plan, [`DataFrame::collect`]
+/// runs it on the cluster.
+///
+/// ```no_run
+/// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+/// use drove_client::datafusion::prelude::{col, lit};
+/// let df = session.read_parquet("data/lineitem.parquet").await?
+///     .filter(col("l_quantity").gt(lit(10)))?
+///     .limit(0, Some(5))?;
+/// let batches = df.collect().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct DataFrame {
+    session: Session,
+    df: datafusion::dataframe::DataFrame,
+}
+
+impl DataFrame {
+    /// Keeps the rows for which `predicate` is true.
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) -> drove_client::Result<()> {
+    /// use drove_client::datafusion::prelude::{col, lit};
+    /// let big = df.filter(col("amount").gt(lit(100)))?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn filter(self, predicate: Expr) -> Result<Self> {
+        self.map(|df| df.filter(predicate))
+    }
+
+    /// Computes these expressions for every row.
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) -> drove_client::Result<()> {
+    /// use drove_client::datafusion::prelude::col;
+    /// let names = df.select(vec![col("name")])?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn select(self, exprs: Vec<Expr>) -> Result<Self> {
+        self.map(|df| df.select(exprs))
+    }
+
+    /// Groups by `group` and computes the aggregates `aggr`.
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) -> drove_client::Result<()> {
+    /// use drove_client::datafusion::functions_aggregate::expr_fn::sum;
+    /// use drove_client::datafusion::prelude::col;
+    /// let totals = df.aggregate(vec![col("region")], vec![sum(col("amount"))])?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn aggregate(self, group: Vec<Expr>, aggr: Vec<Expr>) -> Result<Self> {
+        self.map(|df| df.aggregate(group, aggr))
+    }
+
+    /// Sorts by these expressions.
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) -> drove_client::Result<()> {
+    /// use drove_client::datafusion::prelude::col;
+    /// let sorted = df.sort(vec![col("amount").sort(false, true)])?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn sort(self, exprs: Vec<SortExpr>) -> Result<Self> {
+        self.map(|df| df.sort(exprs))
+    }
+
+    /// Skips `skip` rows and keeps at most `fetch`.
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) -> drove_client::Result<()> {
+    /// let first_ten = df.limit(0, Some(10))?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn limit(self, skip: usize, fetch: Option<usize>) -> Result<Self> {
+        self.map(|df| df.limit(skip, fetch))
+    }
+
+    /// The DataFusion DataFrame underneath, for transformations not wrapped here.
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) {
+    /// println!("{}", df.inner().logical_plan().display_indent());
+    /// # }
+    /// ```
+    pub fn inner(&self) -> &datafusion::dataframe::DataFrame {
+        &self.df
+    }
+
+    /// Runs the plan on the cluster and returns its rows.
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) -> drove_client::Result<()> {
+    /// let batches = df.collect().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn collect(self) -> Result<Vec<RecordBatch>> {
+        Ok(self.collect_with_summary().await?.batches)
+    }
+
+    /// Runs the plan on the cluster and returns its rows with where the work ran.
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) -> drove_client::Result<()> {
+    /// let result = df.collect_with_summary().await?;
+    /// println!("{}", result.summary);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn collect_with_summary(self) -> Result<QueryResult> {
+        let plan = datafusion_proto::bytes::logical_plan_to_bytes(self.df.logical_plan())?;
+        self.session
+            .run(
+                pb::submit_job_request::Query::LogicalPlan(plan.to_vec()),
+                "dataframe".to_string(),
+            )
+            .await
+    }
+
+    fn map(
+        self,
+        f: impl FnOnce(datafusion::dataframe::DataFrame) -> datafusion::error::Result<datafusion::dataframe::DataFrame>,
+    ) -> Result<Self> {
+        Ok(Self {
+            session: self.session,
+            df: f(self.df)?,
+        })
+    }
+}
+
+/// A job's rows and the summary of how it ran.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    pub schema: arrow::datatypes::SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub summary: JobSummary,
+}
+
+impl QueryResult {
+    /// Rows in the result.
+    ///
+    /// ```no_run
+    /// # fn demo(r: drove_client::QueryResult) { println!("{}", r.num_rows()); }
+    /// ```
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// Where one stage's tasks ran and what they moved.
+#[derive(Debug, Clone, Default)]
+pub struct StageSummary {
+    pub stage_id: u32,
+    pub root: String,
+    pub depends_on: Vec<u32>,
+    /// Tasks per worker id.
+    pub tasks_by_worker: BTreeMap<u64, u32>,
+    pub output_rows: u64,
+    pub output_bytes: u64,
+    pub local_read_bytes: u64,
+    pub remote_read_bytes: u64,
+}
+
+/// Where a job's stages and tasks ran, and how many bytes moved between workers.
+#[derive(Debug, Clone, Default)]
+pub struct JobSummary {
+    pub job_id: u64,
+    pub elapsed_ms: u64,
+    pub stages: Vec<StageSummary>,
+}
+
+impl JobSummary {
+    fn from_status(status: &pb::JobStatus) -> Self {
+        let stages = status
+            .stages
+            .iter()
+            .map(|s| {
+                let mut summary = StageSummary {
+                    stage_id: s.stage_id,
+                    root: s.root.clone(),
+                    depends_on: s.depends_on.clone(),
+                    ..Default::default()
+                };
+                for t in &s.tasks {
+                    *summary.tasks_by_worker.entry(t.worker_id).or_default() += 1;
+                    summary.output_rows += t.output_rows;
+                    summary.output_bytes += t.output_bytes;
+                    summary.local_read_bytes += t.local_read_bytes;
+                    summary.remote_read_bytes += t.remote_read_bytes;
+                }
+                summary
+            })
+            .collect();
+        Self {
+            job_id: status.job_id,
+            elapsed_ms: status.elapsed_ms,
+            stages,
+        }
+    }
+
+    /// Shuffle bytes that crossed from one worker to another.
+    ///
+    /// ```no_run
+    /// # fn demo(s: drove_client::JobSummary) { println!("{}", s.remote_read_bytes()); }
+    /// ```
+    pub fn remote_read_bytes(&self) -> u64 {
+        self.stages.iter().map(|s| s.remote_read_bytes).sum()
+    }
+
+    /// Shuffle bytes a task read from its own worker.
+    ///
+    /// ```no_run
+    /// # fn demo(s: drove_client::JobSummary) { println!("{}", s.local_read_bytes()); }
+    /// ```
+    pub fn local_read_bytes(&self) -> u64 {
+        self.stages.iter().map(|s| s.local_read_bytes).sum()
+    }
+
+    /// The ids of the workers that ran at least one task.
+    ///
+    /// ```no_run
+    /// # fn demo(s: drove_client::JobSummary) { println!("{:?}", s.workers_used()); }
+    /// ```
+    pub fn workers_used(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .stages
+            .iter()
+            .flat_map(|s| s.tasks_by_worker.keys().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Tasks run in all.
+    ///
+    /// ```no_run
+    /// # fn demo(s: drove_client::JobSummary) { println!("{}", s.tasks()); }
+    /// ```
+    pub fn tasks(&self) -> u32 {
+        self.stages.iter().flat_map(|s| s.tasks_by_worker.values()).sum()
+    }
+}
+
+impl fmt::Display for JobSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "job {}: {} stages, {} tasks on {} workers in {} ms; shuffle read {} across workers, {} locally",
+            self.job_id,
+            self.stages.len(),
+            self.tasks(),
+            self.workers_used().len(),
+            self.elapsed_ms,
+            human_bytes(self.remote_read_bytes()),
+            human_bytes(self.local_read_bytes()),
+        )?;
+        for s in &self.stages {
+            let placement: Vec<String> = s
+                .tasks_by_worker
+                .iter()
+                .map(|(w, n)| format!("worker-{w}×{n}"))
+                .collect();
+            let reads = if s.depends_on.is_empty() {
+                String::new()
+            } else {
+                let deps: Vec<String> = s.depends_on.iter().map(|d| d.to_string()).collect();
+                format!(" reads stage {}", deps.join(","))
+            };
+            writeln!(
+                f,
+                "  stage {} {}{}: tasks on [{}], {} rows out, read {} remote / {} local",
+                s.stage_id,
+                s.root,
+                reads,
+                placement.join(" "),
+                s.output_rows,
+                human_bytes(s.remote_read_bytes),
+                human_bytes(s.local_read_bytes),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes as B, KiB, MiB or GiB.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,57 @@
+//! Bad input reaches the user as a clear error, never a panic or a hang.
+
+use std::time::{Duration, Instant};
+
+use drove_client::{Error, Session};
+use drove_testkit::tpch_data;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_sql_unknown_tables_and_missing_paths_are_named() {
+    let session = crate::cluster(1).await;
+    session.register_tpch(tpch_data(0.01)).await.unwrap();
+
+    let e = session.run_sql("SELEC 1").await.unwrap_err();
+    assert!(matches!(e, Error::Rejected(_)), "{e:?}");
+    assert!(e.to_string().contains("does not parse"), "{e}");
+
+    let e = session.run_sql("SELECT * FROM nosuchtable").await.unwrap_err();
+    let message = e.to_string();
+    assert!(message.contains("nosuchtable") && message.contains("registered tables: nation, region"), "{message}");
+
+    let e = session
+        .register_table("ghost", "/definitely/not/here.parquet")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+
+    let e = session.run_sql("CREATE VIEW v AS SELECT 1").await.unwrap_err();
+    assert!(e.to_string().contains("no query to run"), "{e}");
+    session.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_error_on_a_worker_reaches_the_client_with_its_own_message() {
+    let session = crate::cluster(2).await;
+    session.register_tpch(tpch_data(0.01)).await.unwrap();
+    let e = session
+        .run_sql("SELECT CAST(l_shipmode AS INT) FROM lineitem")
+        .await
+        .unwrap_err();
+    let message = e.to_string();
+    assert!(matches!(e, Error::JobFailed { .. }), "{e:?}");
+    assert!(message.contains("Cannot cast") || message.contains("cast"), "{message}");
+    assert!(message.contains("failed on worker-"), "{message}");
+    assert!(!message.contains("Unknown"), "{message}");
+    session.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_coordinator_address_with_nothing_behind_it_fails_fast() {
+    // Bind a port and close it again, so nothing listens there.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let started = Instant::now();
+    let e = Session::connect(&addr.to_string()).await.err().expect("no coordinator there");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(matches!(e, Error::Connect { .. }), "{e:?}");
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
+}

@@ -1,0 +1,61 @@
+//! All 22 TPC-H queries on a 3-worker cluster equal single-process DataFusion.
+//! The scale is `DROVE_TPCH_SCALE` (0.01 by default; 0.1 on demand).
+
+use drove_exec::tpch::QUERIES;
+use drove_testkit::{compare, is_ordered, reference, tpch_data, tpch_scale, tpch_tables};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_22_queries_equal_single_process_datafusion() {
+    let scale = tpch_scale(0.01);
+    let dir = tpch_data(scale);
+    let session = crate::cluster(3).await;
+    session.register_tpch(&dir).await.unwrap();
+    let tables = tpch_tables(&dir);
+    let mut failures = Vec::new();
+    for (i, sql) in QUERIES.iter().enumerate() {
+        let n = i + 1;
+        let expected = reference(&tables, sql).await.expect("reference result");
+        match session.run_sql(sql).await {
+            Ok(actual) => {
+                if let Err(diff) = compare(&actual.batches, &expected, is_ordered(sql)) {
+                    failures.push(format!("Q{n}: {diff}"));
+                }
+            }
+            Err(e) => failures.push(format!("Q{n}: {e}")),
+        }
+    }
+    session.shutdown().await;
+    assert!(failures.is_empty(), "at scale {scale}:\n{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shuffling_query_runs_on_several_workers_and_moves_blocks_between_them() {
+    let dir = tpch_data(0.01);
+    let session = crate::cluster(3).await;
+    session.register_tpch(&dir).await.unwrap();
+    let result = session.run_sql(QUERIES[4]).await.unwrap();
+    let summary = &result.summary;
+    assert!(summary.stages.len() >= 3, "Q5 shuffles: {summary}");
+    assert!(summary.workers_used().len() >= 2, "tasks ran on one worker only: {summary}");
+    assert!(summary.remote_read_bytes() > 0, "no block crossed between workers: {summary}");
+    session.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocks_are_freed_once_the_result_is_read() {
+    let dir = tpch_data(0.01);
+    let session = crate::cluster(2).await;
+    session.register_tpch(&dir).await.unwrap();
+    session.run_sql(QUERIES[2]).await.unwrap();
+    // The release travels to the workers asynchronously.
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held = session.with_local_cluster(|c| c.blocks_held()).await.unwrap();
+        if held.iter().all(|n| *n == 0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(held.iter().all(|n| *n == 0), "blocks still held: {held:?}");
+    session.shutdown().await;
+}

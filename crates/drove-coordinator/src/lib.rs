@@ -1,0 +1,195 @@
+//! drove's coordinator.
+//!
+//! It accepts jobs, plans each into stages ([`planning`]), feeds the sans-I/O scheduler
+//! of `drove-core` with events and performs the commands it returns ([`state`]), keeps
+//! one gRPC stream open to every worker ([`service`]), and serves HTTP ([`http`]).
+//!
+//! Architecture invariant: the coordinator never touches rows. Data moves from worker
+//! to worker and from worker to client; the coordinator only handles plans, block
+//! locations and status.
+
+pub mod http;
+pub mod planning;
+pub mod service;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+pub use state::Coordinator;
+
+/// Errors of the coordinator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is wrong; the message says how to fix it.
+    #[error("{0}")]
+    User(String),
+    /// A job or worker that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Exec(#[from] drove_exec::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result type of the coordinator.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Error::Exec(drove_exec::Error::DataFusion(e))
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        match &e {
+            Error::User(m) => tonic::Status::invalid_argument(m.clone()),
+            Error::NotFound(m) => tonic::Status::not_found(m.clone()),
+            Error::Exec(inner) if inner.kind() == drove_core::scheduler::ErrorKind::User => {
+                tonic::Status::invalid_argument(e.to_string())
+            }
+            _ => tonic::Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// The coordinator's settings.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// How often workers heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// A worker silent for this long is declared lost.
+    pub heartbeat_timeout_ms: u64,
+    /// Attempts per task before the job fails.
+    pub task_attempt_max: u32,
+    /// Ended jobs kept for inspection.
+    pub job_history_max: usize,
+    /// A succeeded job's result blocks are freed after this long if no client released them.
+    pub result_ttl_ms: u64,
+    /// Partitions per stage; `None` means the cluster's total slots at submission.
+    pub target_partitions: Option<usize>,
+    /// Messages queued towards one worker before it is considered stuck.
+    pub worker_queue_max: usize,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 1000,
+            heartbeat_timeout_ms: 10_000,
+            task_attempt_max: 4,
+            job_history_max: 100,
+            result_ttl_ms: 10 * 60 * 1000,
+            target_partitions: None,
+            worker_queue_max: 4096,
+        }
+    }
+}
+
+/// A running coordinator.
+pub struct CoordinatorHandle {
+    /// Where the gRPC service listens.
+    pub addr: SocketAddr,
+    /// Where HTTP listens, if it does.
+    pub http_addr: Option<SocketAddr>,
+    pub coordinator: Coordinator,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl CoordinatorHandle {
+    /// Stops serving and waits until the servers have stopped.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+/// Starts a coordinator: gRPC on `addr`, HTTP on `http` if given.
+pub async fn start(
+    config: CoordinatorConfig,
+    addr: SocketAddr,
+    http: Option<SocketAddr>,
+) -> Result<CoordinatorHandle> {
+    let listener = bind(addr).await?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let coordinator = Coordinator::new(config.clone());
+    let mut tasks = Vec::new();
+
+    let service = service::server(coordinator.clone());
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+            .await
+        {
+            tracing::error!("coordinator gRPC server stopped: {e}");
+        }
+    }));
+
+    let http_addr = match http {
+        Some(http) => {
+            let listener = bind(http).await?;
+            let http_addr = listener.local_addr().map_err(|source| Error::Bind { addr: http, source })?;
+            let router = http::router(coordinator.clone());
+            let mut rx = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                    tracing::error!("coordinator HTTP server stopped: {e}");
+                }
+            }));
+            Some(http_addr)
+        }
+        None => None,
+    };
+
+    // The clock: heartbeat timeouts and result expiry.
+    let ticker = coordinator.clone();
+    let mut rx = shutdown_rx;
+    let tick = Duration::from_millis((config.heartbeat_interval_ms / 2).max(50));
+    tasks.push(tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => ticker.tick(),
+                _ = rx.wait_for(|s| *s) => break,
+            }
+        }
+    }));
+
+    info!(%addr, ?http_addr, "coordinator listening");
+    Ok(CoordinatorHandle {
+        addr,
+        http_addr,
+        coordinator,
+        shutdown,
+        tasks,
+    })
+}

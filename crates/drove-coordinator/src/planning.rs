@@ -1,0 +1,147 @@
+//! From a submitted job (SQL text or a logical plan) to stages ready to launch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::DFParser;
+use drove_exec::planner::{self, OutputMode};
+use drove_exec::shuffle::schema_to_bytes;
+use drove_exec::tables::{self, TableSpec};
+use drove_exec::{codec, session};
+use tracing::debug;
+
+use crate::{Error, Result};
+
+/// What a client asked to run.
+#[derive(Debug, Clone)]
+pub enum Query {
+    Sql(String),
+    LogicalPlan(Vec<u8>),
+}
+
+/// A stage, encoded for the workers.
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    pub id: u32,
+    pub plan: Arc<Vec<u8>>,
+    pub output: OutputMode,
+    pub tasks: u32,
+    pub depends_on: Vec<u32>,
+    pub root: String,
+}
+
+/// A job ready to schedule.
+#[derive(Debug, Clone)]
+pub struct PlannedJob {
+    pub stages: Vec<PlannedStage>,
+    pub settings: HashMap<String, String>,
+    pub result_schema: Vec<u8>,
+    /// The physical plan, indented, for status pages.
+    pub physical_plan: String,
+}
+
+/// Plans a job: registers its tables, runs its DDL statements, plans the last query and
+/// cuts it into stages.
+pub async fn plan(query: &Query, tables: &[TableSpec], target_partitions: usize) -> Result<PlannedJob> {
+    let settings = session::settings(target_partitions);
+    let ctx = SessionContext::new_with_config(session::config(&settings)?);
+    let mut names = Vec::new();
+    for table in tables {
+        if names.contains(&table.name) {
+            return Err(Error::User(format!(
+                "table '{}' is registered twice; give each table one name",
+                table.name
+            )));
+        }
+        tables::register(&ctx, table).await?;
+        names.push(table.name.clone());
+    }
+    let logical = match query {
+        Query::Sql(sql) => plan_sql(&ctx, sql, &names).await?,
+        Query::LogicalPlan(bytes) => {
+            datafusion_proto::bytes::logical_plan_from_bytes(bytes, &ctx.task_ctx())
+                .map_err(|e| Error::User(format!("the submitted logical plan cannot be read: {e}")))?
+        }
+    };
+    let physical = ctx
+        .state()
+        .create_physical_plan(&logical)
+        .await
+        .map_err(|e| explain_missing_table(e, &names))?;
+    let physical_plan = datafusion::physical_plan::displayable(physical.as_ref())
+        .indent(false)
+        .to_string();
+    debug!("physical plan:\n{physical_plan}");
+    let result_schema = schema_to_bytes(&physical.schema())?;
+    let distributed = planner::split(physical)?;
+    let stages = distributed
+        .stages
+        .iter()
+        .map(|s| {
+            Ok(PlannedStage {
+                id: s.id,
+                plan: Arc::new(codec::plan_to_bytes(Arc::clone(&s.plan))?),
+                output: s.output,
+                tasks: s.tasks as u32,
+                depends_on: s.depends_on.clone(),
+                root: s.root_name(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(PlannedJob {
+        stages,
+        settings,
+        result_schema,
+        physical_plan,
+    })
+}
+
+/// Runs every statement but queries on the coordinator's session (CREATE VIEW, SET, ...)
+/// and returns the plan of the last query.
+async fn plan_sql(ctx: &SessionContext, sql: &str, tables: &[String]) -> Result<LogicalPlan> {
+    let statements = DFParser::parse_sql(sql).map_err(|e| {
+        Error::User(format!("the SQL does not parse: {e}"))
+    })?;
+    let mut last_query = None;
+    for statement in statements {
+        let plan = ctx
+            .state()
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| explain_missing_table(e, tables))?;
+        match plan {
+            LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
+                ctx.execute_logical_plan(plan)
+                    .await
+                    .map_err(|e| explain_missing_table(e, tables))?;
+            }
+            LogicalPlan::Dml(_) | LogicalPlan::Copy(_) => {
+                return Err(Error::User(
+                    "INSERT, UPDATE, DELETE and COPY are not supported yet; write queries (SELECT) and views".into(),
+                ));
+            }
+            query => last_query = Some(query),
+        }
+    }
+    last_query.ok_or_else(|| {
+        Error::User("the SQL has no query to run; add a SELECT statement".into())
+    })
+}
+
+/// Adds the registered tables to DataFusion's "table not found" message.
+fn explain_missing_table(e: DataFusionError, tables: &[String]) -> Error {
+    let message = e.to_string();
+    if message.contains("not found") && message.contains("table") {
+        let known = if tables.is_empty() {
+            "none (register tables with --table NAME=PATH or --tpch DIR)".to_string()
+        } else {
+            tables.join(", ")
+        };
+        Error::User(format!("{}; registered tables: {known}", e.strip_backtrace()))
+    } else {
+        Error::from(e)
+    }
+}

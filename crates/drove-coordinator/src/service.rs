@@ -1,0 +1,155 @@
+//! The coordinator's gRPC service.
+
+use std::pin::Pin;
+
+use drove_core::JobId;
+use drove_exec::tables::{Format, TableSpec};
+use drove_proto as pb;
+use drove_proto::coordinator_server::{Coordinator as CoordinatorRpc, CoordinatorServer};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info_span, Instrument};
+
+use crate::planning::Query;
+use crate::state::Coordinator;
+
+/// The gRPC server for a coordinator.
+pub fn server(coordinator: Coordinator) -> CoordinatorServer<Service> {
+    CoordinatorServer::new(Service { coordinator })
+        .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
+}
+
+/// Implements the `Coordinator` gRPC service over a [`Coordinator`].
+pub struct Service {
+    coordinator: Coordinator,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn table_spec(t: pb::TableSpec) -> Result<TableSpec, Status> {
+    let format = if t.format.is_empty() {
+        None
+    } else {
+        Some(Format::parse(&t.format).map_err(|e| Status::invalid_argument(e.to_string()))?)
+    };
+    if t.name.is_empty() {
+        return Err(Status::invalid_argument(format!("the table at '{}' has no name", t.path)));
+    }
+    Ok(TableSpec {
+        name: t.name,
+        path: t.path.into(),
+        format,
+    })
+}
+
+#[tonic::async_trait]
+impl CoordinatorRpc for Service {
+    type WorkerSessionStream = BoxStream<pb::CoordinatorMessage>;
+    type WatchJobStream = BoxStream<pb::JobStatus>;
+
+    async fn worker_session(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::WorkerSessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the worker session ended before registering"))?;
+        let Some(pb::worker_message::Kind::Register(register)) = first.kind else {
+            return Err(Status::invalid_argument("a worker session must start with `register`"));
+        };
+        let (tx, rx) = mpsc::channel(self.coordinator.inner.config.worker_queue_max);
+        let worker = self
+            .coordinator
+            .register_worker(register.flight_addr, register.slots, tx)?;
+        let coordinator = self.coordinator.clone();
+        tokio::spawn(
+            async move {
+                let why = loop {
+                    match inbound.message().await {
+                        Ok(Some(pb::WorkerMessage {
+                            kind: Some(pb::worker_message::Kind::Heartbeat(hb)),
+                        })) => coordinator.heartbeat(worker, hb),
+                        Ok(Some(other)) => debug!(?other, "ignoring an unexpected worker message"),
+                        Ok(None) => break "the worker closed its session".to_string(),
+                        Err(e) => break format!("the worker's session failed: {}", e.message()),
+                    }
+                };
+                coordinator.worker_lost(worker, &why);
+            }
+            .instrument(info_span!("worker", %worker)),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let request = request.into_inner();
+        let query = match request.query {
+            Some(pb::submit_job_request::Query::Sql(sql)) => Query::Sql(sql),
+            Some(pb::submit_job_request::Query::LogicalPlan(bytes)) => Query::LogicalPlan(bytes),
+            None => return Err(Status::invalid_argument("the job has no query: send SQL or a logical plan")),
+        };
+        let tables = request
+            .tables
+            .into_iter()
+            .map(table_spec)
+            .collect::<Result<Vec<_>, _>>()?;
+        let job = self.coordinator.submit(request.name, query, tables).await?;
+        Ok(Response::new(pb::SubmitJobResponse { job_id: job.0 }))
+    }
+
+    async fn watch_job(
+        &self,
+        request: Request<pb::JobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let job = JobId(request.into_inner().job_id);
+        let mut changes = self.coordinator.subscribe(job)?;
+        let coordinator = self.coordinator.clone();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                changes.borrow_and_update();
+                let status = coordinator.status(job).map_err(Status::from);
+                let ended = match &status {
+                    Ok(s) => s.state() != pb::JobState::Running,
+                    Err(_) => true,
+                };
+                if tx.send(status).await.is_err() || ended {
+                    break;
+                }
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_job(&self, request: Request<pb::JobRequest>) -> Result<Response<pb::JobStatus>, Status> {
+        let job = JobId(request.into_inner().job_id);
+        Ok(Response::new(self.coordinator.cancel(job)?))
+    }
+
+    async fn release_job(
+        &self,
+        request: Request<pb::JobRequest>,
+    ) -> Result<Response<pb::ReleaseJobResponse>, Status> {
+        let job = JobId(request.into_inner().job_id);
+        self.coordinator.release(job)?;
+        Ok(Response::new(pb::ReleaseJobResponse {}))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        Ok(Response::new(self.coordinator.cluster_status()))
+    }
+}

@@ -1,0 +1,595 @@
+//! The coordinator's runtime: it owns the scheduler and the metadata log, turns what
+//! workers and clients say into scheduler events, and performs the commands the
+//! scheduler answers with.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use drove_core::meta::{JobEnd, MetaCommand, MetaLog};
+use drove_core::scheduler::{
+    Command, ErrorKind, Event, JobSpec, Scheduler, SchedulerConfig, StageSpec, TaskError,
+    TaskState, TaskStats,
+};
+use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
+use drove_exec::planner::OutputMode;
+use drove_exec::tables::TableSpec;
+use drove_proto as pb;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, info_span, warn};
+
+use crate::planning::{self, PlannedJob, Query};
+use crate::{CoordinatorConfig, Error, Result};
+
+/// Messages to one worker's stream.
+pub type WorkerTx = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
+
+/// A handle to the coordinator's state; cheap to clone.
+#[derive(Clone)]
+pub struct Coordinator {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    pub(crate) config: CoordinatorConfig,
+    state: Mutex<State>,
+}
+
+struct WorkerConn {
+    flight_addr: String,
+    slots: u32,
+    tx: WorkerTx,
+    last_heartbeat: Instant,
+}
+
+struct JobRecord {
+    name: String,
+    planned: PlannedJob,
+    sql: Option<String>,
+    started: Instant,
+    ended: Option<Instant>,
+    state: pb::JobState,
+    error: String,
+    /// Bumped on every change; watchers wake on it.
+    changed: watch::Sender<u64>,
+    /// Frozen once the job ends and the scheduler may forget it.
+    final_status: Option<pb::JobStatus>,
+    released: bool,
+}
+
+struct State {
+    scheduler: Scheduler,
+    meta: MetaLog,
+    workers: BTreeMap<WorkerId, WorkerConn>,
+    jobs: HashMap<JobId, JobRecord>,
+    next_worker_id: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Coordinator {
+    pub fn new(config: CoordinatorConfig) -> Self {
+        let scheduler = Scheduler::new(SchedulerConfig {
+            task_attempt_max: config.task_attempt_max,
+            ..Default::default()
+        });
+        let state = State {
+            scheduler,
+            meta: MetaLog::new(config.job_history_max),
+            workers: BTreeMap::new(),
+            jobs: HashMap::new(),
+            next_worker_id: 1,
+        };
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                state: Mutex::new(state),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is only changed through `State::handle`, which asserts its invariants;
+        // a panic there is a bug that must not be papered over.
+        self.inner.state.lock().expect("coordinator state poisoned by an earlier panic")
+    }
+
+    /// Registers a worker and returns its new id. Its stream gets a `Registered` first.
+    pub fn register_worker(&self, flight_addr: String, slots: u32, tx: WorkerTx) -> Result<WorkerId> {
+        if slots == 0 {
+            return Err(Error::User("a worker needs at least one slot (--slots 1 or more)".into()));
+        }
+        let mut state = self.lock();
+        let worker = WorkerId(state.next_worker_id);
+        state.next_worker_id += 1;
+        let registered = pb::CoordinatorMessage {
+            kind: Some(pb::coordinator_message::Kind::Registered(pb::Registered {
+                worker_id: worker.0,
+                heartbeat_interval_ms: self.inner.config.heartbeat_interval_ms,
+            })),
+        };
+        tx.try_send(Ok(registered))
+            .map_err(|_| Error::Internal("the new worker's stream closed at once".into()))?;
+        info!(%worker, %flight_addr, slots, "worker registered");
+        state.workers.insert(
+            worker,
+            WorkerConn {
+                flight_addr,
+                slots,
+                tx,
+                last_heartbeat: Instant::now(),
+            },
+        );
+        state.handle(Event::WorkerJoined { worker, slots });
+        Ok(worker)
+    }
+
+    /// A heartbeat with a batch of task reports.
+    pub fn heartbeat(&self, worker: WorkerId, heartbeat: pb::Heartbeat) {
+        let mut state = self.lock();
+        let Some(conn) = state.workers.get_mut(&worker) else {
+            return;
+        };
+        conn.last_heartbeat = Instant::now();
+        for status in heartbeat.statuses {
+            let Some(key) = status.task else { continue };
+            let attempt = AttemptId {
+                task: TaskId {
+                    job: JobId(key.job_id),
+                    stage: StageId(key.stage_id),
+                    partition: key.partition,
+                },
+                attempt: key.attempt,
+            };
+            let event = match status.outcome {
+                Some(pb::task_status::Outcome::Succeeded(s)) => Event::TaskSucceeded {
+                    attempt,
+                    worker,
+                    stats: TaskStats {
+                        output_bytes: s.output_bytes.iter().sum(),
+                        output_rows: s.output_rows.iter().sum(),
+                        local_read_bytes: s.local_read_bytes,
+                        remote_read_bytes: s.remote_read_bytes,
+                        elapsed_ms: s.elapsed_ms,
+                    },
+                },
+                Some(pb::task_status::Outcome::Failed(f)) => Event::TaskFailed {
+                    attempt,
+                    worker,
+                    error: TaskError {
+                        kind: match f.kind() {
+                            pb::ErrorKind::User => ErrorKind::User,
+                            pb::ErrorKind::Resources => ErrorKind::Resources,
+                            pb::ErrorKind::Internal | pb::ErrorKind::Unspecified => ErrorKind::Internal,
+                            pb::ErrorKind::Transient => ErrorKind::Transient,
+                        },
+                        message: f.message,
+                    },
+                },
+                None => continue,
+            };
+            state.handle(event);
+            state.touch(attempt.task.job);
+        }
+    }
+
+    /// The worker's stream ended, or it went silent.
+    pub fn worker_lost(&self, worker: WorkerId, why: &str) {
+        let mut state = self.lock();
+        if state.workers.remove(&worker).is_some() {
+            warn!(%worker, why, "worker lost");
+            state.handle(Event::WorkerLost { worker });
+            let jobs: Vec<JobId> = state.jobs.keys().copied().collect();
+            for job in jobs {
+                state.touch(job);
+            }
+        }
+    }
+
+    /// Plans and submits a job; returns its id once it is queued.
+    pub async fn submit(&self, name: String, query: Query, tables: Vec<TableSpec>) -> Result<JobId> {
+        let target_partitions = self
+            .inner
+            .config
+            .target_partitions
+            .unwrap_or_else(|| self.lock().scheduler.total_slots() as usize)
+            .max(1);
+        let planned = planning::plan(&query, &tables, target_partitions).await?;
+        let sql = match &query {
+            Query::Sql(s) => Some(s.clone()),
+            Query::LogicalPlan(_) => None,
+        };
+        let mut state = self.lock();
+        let job = state.meta.state().next_job_id();
+        let _span = info_span!("job", %job).entered();
+        let spec = JobSpec {
+            id: job,
+            stages: planned
+                .stages
+                .iter()
+                .map(|s| StageSpec {
+                    id: StageId(s.id),
+                    tasks: s.tasks,
+                    depends_on: s.depends_on.iter().map(|d| StageId(*d)).collect(),
+                })
+                .collect(),
+            final_stage: StageId(planned.stages.last().map_or(0, |s| s.id)),
+        };
+        state.scheduler.validate(&spec).map_err(|e| Error::Internal(e.to_string()))?;
+        state.meta.append(MetaCommand::JobSubmitted {
+            job,
+            name: name.clone(),
+            submitted_ms: now_ms(),
+        });
+        info!(stages = spec.stages.len(), "job submitted");
+        state.jobs.insert(
+            job,
+            JobRecord {
+                name,
+                planned,
+                sql,
+                started: Instant::now(),
+                ended: None,
+                state: pb::JobState::Running,
+                error: String::new(),
+                changed: watch::channel(0).0,
+                final_status: None,
+                released: false,
+            },
+        );
+        state.handle(Event::JobSubmitted(spec));
+        state.touch(job);
+        Ok(job)
+    }
+
+    /// A receiver that wakes whenever the job changes.
+    pub fn subscribe(&self, job: JobId) -> Result<watch::Receiver<u64>> {
+        let state = self.lock();
+        let record = state.jobs.get(&job).ok_or_else(|| not_found(job))?;
+        Ok(record.changed.subscribe())
+    }
+
+    /// The job's status now.
+    pub fn status(&self, job: JobId) -> Result<pb::JobStatus> {
+        let state = self.lock();
+        state.status(job).ok_or_else(|| not_found(job))
+    }
+
+    /// The job's SQL text and physical plan, if it had them.
+    pub fn plan_text(&self, job: JobId) -> Result<(Option<String>, String)> {
+        let state = self.lock();
+        let record = state.jobs.get(&job).ok_or_else(|| not_found(job))?;
+        Ok((record.sql.clone(), record.planned.physical_plan.clone()))
+    }
+
+    pub fn cancel(&self, job: JobId) -> Result<pb::JobStatus> {
+        let mut state = self.lock();
+        if !state.jobs.contains_key(&job) {
+            return Err(not_found(job));
+        }
+        state.handle(Event::JobCancelled { job });
+        state.touch(job);
+        state.status(job).ok_or_else(|| not_found(job))
+    }
+
+    /// The client has read the result: free the job's blocks.
+    pub fn release(&self, job: JobId) -> Result<()> {
+        let mut state = self.lock();
+        let record = state.jobs.get_mut(&job).ok_or_else(|| not_found(job))?;
+        if record.released {
+            return Ok(());
+        }
+        record.released = true;
+        state.freeze(job);
+        state.handle(Event::JobReleased { job });
+        state.touch(job);
+        if state.meta.state().job(job).is_none() {
+            // Already pushed out of the history while its result waited to be read.
+            state.jobs.remove(&job);
+        }
+        Ok(())
+    }
+
+    /// The workers and recent jobs.
+    pub fn cluster_status(&self) -> pb::ClusterStatusResponse {
+        let state = self.lock();
+        let workers = state
+            .workers
+            .iter()
+            .map(|(id, w)| pb::WorkerStatus {
+                worker_id: id.0,
+                flight_addr: w.flight_addr.clone(),
+                slots: w.slots,
+                running_tasks: state.scheduler.running_on(*id) as u32,
+                heartbeat_age_ms: w.last_heartbeat.elapsed().as_millis() as u64,
+            })
+            .collect();
+        let jobs = state
+            .meta
+            .state()
+            .jobs()
+            .filter_map(|(id, _)| state.status(id))
+            .collect();
+        pb::ClusterStatusResponse { workers, jobs }
+    }
+
+    /// Advances the clock: declares silent workers lost and frees expired results.
+    pub fn tick(&self) {
+        let timeout = std::time::Duration::from_millis(self.inner.config.heartbeat_timeout_ms);
+        let silent: Vec<WorkerId> = {
+            let state = self.lock();
+            state
+                .workers
+                .iter()
+                .filter(|(_, w)| w.last_heartbeat.elapsed() > timeout)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for worker in silent {
+            self.worker_lost(worker, "no heartbeat within the timeout");
+        }
+        let ttl = std::time::Duration::from_millis(self.inner.config.result_ttl_ms);
+        let expired: Vec<JobId> = {
+            let state = self.lock();
+            state
+                .jobs
+                .iter()
+                .filter(|(_, r)| !r.released && r.ended.is_some_and(|t| t.elapsed() > ttl))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for job in expired {
+            info!(%job, "result not read in time; freeing its blocks");
+            let _ = self.release(job);
+        }
+    }
+}
+
+fn not_found(job: JobId) -> Error {
+    Error::NotFound(format!("{job} does not exist (or is older than the job history)"))
+}
+
+impl State {
+    /// Feeds an event to the scheduler and performs the commands, including those that
+    /// follow from commands failing (a worker whose stream is gone is lost).
+    fn handle(&mut self, event: Event) {
+        let mut events = VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            for command in self.scheduler.handle(event) {
+                if let Some(follow_up) = self.perform(command) {
+                    events.push_back(follow_up);
+                }
+            }
+        }
+    }
+
+    fn perform(&mut self, command: Command) -> Option<Event> {
+        match command {
+            Command::Launch { attempt, worker } => {
+                let launch = match self.launch_message(attempt) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        return Some(Event::TaskFailed {
+                            attempt,
+                            worker,
+                            error: TaskError {
+                                kind: ErrorKind::Internal,
+                                message: e.to_string(),
+                            },
+                        });
+                    }
+                };
+                let conn = self.workers.get(&worker)?;
+                let message = pb::CoordinatorMessage {
+                    kind: Some(pb::coordinator_message::Kind::Launch(launch)),
+                };
+                if conn.tx.try_send(Ok(message)).is_err() {
+                    warn!(%worker, "worker stream full or closed; declaring it lost");
+                    self.workers.remove(&worker);
+                    return Some(Event::WorkerLost { worker });
+                }
+                None
+            }
+            Command::JobSucceeded { job } => {
+                self.end_job(job, pb::JobState::Succeeded, String::new(), JobEnd::Succeeded);
+                None
+            }
+            Command::JobFailed { job, message } => {
+                let end = JobEnd::Failed(message.clone());
+                self.end_job(job, pb::JobState::Failed, message, end);
+                None
+            }
+            Command::JobCancelled { job } => {
+                self.end_job(job, pb::JobState::Cancelled, "cancelled".into(), JobEnd::Cancelled);
+                None
+            }
+            Command::ReleaseBlocks { job, workers } => {
+                for worker in workers {
+                    if let Some(conn) = self.workers.get(&worker) {
+                        let message = pb::CoordinatorMessage {
+                            kind: Some(pb::coordinator_message::Kind::Release(pb::ReleaseJobBlocks {
+                                job_id: job.0,
+                            })),
+                        };
+                        // A full queue means a stuck worker; the heartbeat timeout deals with it.
+                        let _ = conn.tx.try_send(Ok(message));
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn end_job(&mut self, job: JobId, state: pb::JobState, error: String, end: JobEnd) {
+        let Some(record) = self.jobs.get_mut(&job) else { return };
+        record.state = state;
+        record.error = error;
+        record.ended = Some(Instant::now());
+        info!(%job, ?state, elapsed_ms = record.started.elapsed().as_millis() as u64, "job ended");
+        let evicted = self.meta.append(MetaCommand::JobEnded {
+            job,
+            end,
+            ended_ms: now_ms(),
+        });
+        if state != pb::JobState::Succeeded {
+            // Nothing to read: the blocks are already released by the scheduler.
+            self.freeze(job);
+            if let Some(r) = self.jobs.get_mut(&job) {
+                r.released = true;
+            }
+        }
+        for old in evicted {
+            if let Some(r) = self.jobs.get(&old)
+                && !r.released
+            {
+                continue;
+            }
+            self.jobs.remove(&old);
+            self.scheduler.forget(old);
+        }
+        self.touch(job);
+    }
+
+    /// Keeps the job's last status so the scheduler can forget it.
+    fn freeze(&mut self, job: JobId) {
+        if let Some(status) = self.status(job)
+            && let Some(record) = self.jobs.get_mut(&job)
+        {
+            record.final_status = Some(status);
+        }
+    }
+
+    fn touch(&self, job: JobId) {
+        if let Some(r) = self.jobs.get(&job) {
+            r.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    fn launch_message(&self, attempt: AttemptId) -> Result<pb::LaunchTask> {
+        let job = attempt.task.job;
+        let record = self.jobs.get(&job).ok_or_else(|| not_found(job))?;
+        let stage = record
+            .planned
+            .stages
+            .iter()
+            .find(|s| s.id == attempt.task.stage.0)
+            .ok_or_else(|| Error::Internal(format!("{} has no {}", job, attempt.task.stage)))?;
+        let inputs = stage
+            .depends_on
+            .iter()
+            .map(|dep| {
+                let outputs = self
+                    .scheduler
+                    .stage_outputs(job, StageId(*dep))
+                    .ok_or_else(|| Error::Internal(format!("stage {dep} of {job} is not done")))?;
+                Ok(pb::StageInput {
+                    stage_id: *dep,
+                    outputs: self.map_outputs(&outputs),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(pb::LaunchTask {
+            task: Some(pb::TaskKey {
+                job_id: job.0,
+                stage_id: attempt.task.stage.0,
+                partition: attempt.task.partition,
+                attempt: attempt.attempt,
+            }),
+            plan: stage.plan.as_ref().clone(),
+            output: match stage.output {
+                OutputMode::Single => pb::OutputMode::Single as i32,
+                OutputMode::RepartitionRoot => pb::OutputMode::RepartitionRoot as i32,
+            },
+            inputs,
+            settings: record.planned.settings.clone(),
+        })
+    }
+
+    fn map_outputs(&self, outputs: &[(u32, WorkerId)]) -> Vec<pb::MapOutput> {
+        outputs
+            .iter()
+            .enumerate()
+            .map(|(partition, (attempt, worker))| pb::MapOutput {
+                partition: partition as u32,
+                attempt: *attempt,
+                worker_id: worker.0,
+                flight_addr: self
+                    .workers
+                    .get(worker)
+                    .map(|w| w.flight_addr.clone())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    fn status(&self, job: JobId) -> Option<pb::JobStatus> {
+        let record = self.jobs.get(&job)?;
+        if let Some(s) = &record.final_status {
+            return Some(s.clone());
+        }
+        let final_stage = record.planned.stages.last().map_or(0, |s| s.id);
+        let stages = record
+            .planned
+            .stages
+            .iter()
+            .map(|s| {
+                let tasks = self.scheduler.stage_tasks(job, StageId(s.id)).unwrap_or(&[]);
+                let mut status = pb::StageStatus {
+                    stage_id: s.id,
+                    depends_on: s.depends_on.clone(),
+                    tasks_total: s.tasks,
+                    root: s.root.clone(),
+                    ..Default::default()
+                };
+                for (partition, t) in tasks.iter().enumerate() {
+                    match t {
+                        TaskState::Pending => {}
+                        TaskState::Running { .. } => status.tasks_running += 1,
+                        TaskState::Done {
+                            attempt,
+                            worker,
+                            stats,
+                        } => {
+                            status.tasks_done += 1;
+                            status.tasks.push(pb::TaskRun {
+                                partition: partition as u32,
+                                attempt: *attempt,
+                                worker_id: worker.0,
+                                output_bytes: stats.output_bytes,
+                                output_rows: stats.output_rows,
+                                local_read_bytes: stats.local_read_bytes,
+                                remote_read_bytes: stats.remote_read_bytes,
+                                elapsed_ms: stats.elapsed_ms,
+                            });
+                        }
+                    }
+                }
+                status
+            })
+            .collect();
+        let result = if record.state == pb::JobState::Succeeded {
+            self.scheduler
+                .stage_outputs(job, StageId(final_stage))
+                .map(|o| self.map_outputs(&o))
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let elapsed = record.ended.unwrap_or_else(Instant::now) - record.started;
+        Some(pb::JobStatus {
+            job_id: job.0,
+            state: record.state as i32,
+            name: record.name.clone(),
+            error: record.error.clone(),
+            stages,
+            result,
+            result_stage_id: final_stage,
+            result_schema: record.planned.result_schema.clone(),
+            elapsed_ms: elapsed.as_millis() as u64,
+        })
+    }
+}

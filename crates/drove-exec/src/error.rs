@@ -1,0 +1,71 @@
+//! The error type of drove-exec.
+
+use datafusion::error::DataFusionError;
+use drove_core::scheduler::ErrorKind;
+
+/// Errors raised while planning or running distributed work.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The user's input is wrong: SQL, a table, a path, a flag.
+    #[error("{0}")]
+    User(String),
+    /// DataFusion refused the plan or failed while running it.
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    /// Reading or writing a file failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Fetching a shuffle block from another worker failed.
+    #[error("fetching a shuffle block from {addr} failed: {message}")]
+    Fetch { addr: String, message: String },
+    /// Something drove itself got wrong.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result type of drove-exec.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::DataFusion(DataFusionError::ArrowError(Box::new(e), None))
+    }
+}
+
+impl From<parquet::errors::ParquetError> for Error {
+    fn from(e: parquet::errors::ParquetError) -> Self {
+        Error::DataFusion(DataFusionError::ParquetError(Box::new(e)))
+    }
+}
+
+/// Classifies a DataFusion error for the retry policy: mistakes in the plan or the data
+/// fail the job at once, I/O and exhausted resources are worth another attempt.
+pub fn classify(e: &DataFusionError) -> ErrorKind {
+    match e {
+        DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => ErrorKind::Transient,
+        DataFusionError::ResourcesExhausted(_) => ErrorKind::Resources,
+        DataFusionError::Internal(_) => ErrorKind::Internal,
+        DataFusionError::External(inner) => match inner.downcast_ref::<Error>() {
+            Some(inner) => inner.kind(),
+            None => ErrorKind::Transient,
+        },
+        DataFusionError::Context(_, inner) => classify(inner),
+        DataFusionError::Shared(inner) => classify(inner),
+        DataFusionError::Diagnostic(_, inner) => classify(inner),
+        DataFusionError::Collection(all) => all.first().map_or(ErrorKind::Internal, classify),
+        DataFusionError::ExecutionJoin(_) => ErrorKind::Internal,
+        _ => ErrorKind::User,
+    }
+}
+
+impl Error {
+    /// How the scheduler should treat this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::User(_) => ErrorKind::User,
+            Error::DataFusion(e) => classify(e),
+            Error::Io(_) | Error::Fetch { .. } => ErrorKind::Transient,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! drove's DataFusion integration.
+//!
+//! - [`planner`] cuts a DataFusion physical plan into stages at its exchanges.
+//! - [`shuffle`] holds the shuffle reader node and the way tasks find their inputs.
+//! - [`codec`] lets drove's own nodes travel inside datafusion-proto plans.
+//! - [`blocks`] is a worker's store of shuffle blocks.
+//! - [`task`] runs one task: a stage's plan for one partition, written as blocks.
+//! - [`tables`] registers files as tables; [`tpch`] writes TPC-H data.
+//!
+//! Architecture invariant: a block is named by (job, stage, map partition, reduce
+//! partition, attempt), and only the attempt that wrote it is ever read.
+
+pub mod blocks;
+pub mod codec;
+pub mod error;
+pub mod planner;
+pub mod session;
+pub mod shuffle;
+pub mod tables;
+pub mod task;
+pub mod tpch;
+
+pub use error::{Error, Result};

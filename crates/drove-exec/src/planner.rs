@@ -1,0 +1,175 @@
+//! The distributed planner: cuts a DataFusion physical plan into stages.
+//!
+//! DataFusion's optimizer already places exchanges where data must move between
+//! partitions. Each exchange becomes a stage boundary:
+//!
+//! | exchange | the stage below writes | the stage above reads |
+//! |---|---|---|
+//! | `RepartitionExec` (hash, round-robin) | one block per output partition | [`ReadMode::Gather`] |
+//! | `CoalescePartitionsExec` | one block per task | [`ReadMode::Gather`], one partition |
+//! | `SortPreservingMergeExec` | one sorted block per task | [`ReadMode::PerMap`] under the merge |
+//!
+//! A stage runs as one task per partition of its plan. The last stage's output is the
+//! job's result.
+
+use std::sync::Arc;
+
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::limit::GlobalLimitExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::{
+    ExecutionPlan, ExecutionPlanProperties, Partitioning, replace_children_if_necessary,
+};
+
+use crate::shuffle::{ReadMode, ShuffleReaderExec};
+use crate::{Error, Result};
+
+/// How a stage's tasks write their output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// One block per task.
+    Single,
+    /// The plan's root is a `RepartitionExec`; each task runs the root's input for its
+    /// partition and writes one block per output partition of the root.
+    RepartitionRoot,
+}
+
+/// One stage of a distributed plan.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub id: u32,
+    pub plan: Arc<dyn ExecutionPlan>,
+    pub output: OutputMode,
+    /// How many tasks (map partitions) the stage runs.
+    pub tasks: usize,
+    /// Stages whose output this one reads.
+    pub depends_on: Vec<u32>,
+}
+
+impl Stage {
+    /// The name of the operator at the stage's root, for status output.
+    pub fn root_name(&self) -> String {
+        match self.output {
+            OutputMode::RepartitionRoot => match self.plan.children().first() {
+                Some(input) => format!("{} → Repartition", input.name()),
+                None => self.plan.name().to_string(),
+            },
+            OutputMode::Single => self.plan.name().to_string(),
+        }
+    }
+}
+
+/// A plan cut into stages, in an order where every stage comes after the stages it reads.
+#[derive(Debug, Clone)]
+pub struct DistributedPlan {
+    pub stages: Vec<Stage>,
+}
+
+impl DistributedPlan {
+    /// The stage whose output is the result.
+    pub fn final_stage(&self) -> &Stage {
+        self.stages.last().expect("a distributed plan has at least one stage")
+    }
+}
+
+/// Cuts `plan` into stages. See the module documentation.
+pub fn split(plan: Arc<dyn ExecutionPlan>) -> Result<DistributedPlan> {
+    let mut stages = Vec::new();
+    let root = cut(plan, &mut stages)?;
+    let tasks = root.output_partitioning().partition_count();
+    push_stage(&mut stages, root, OutputMode::Single, tasks);
+    Ok(DistributedPlan { stages })
+}
+
+fn push_stage(
+    stages: &mut Vec<Stage>,
+    plan: Arc<dyn ExecutionPlan>,
+    output: OutputMode,
+    tasks: usize,
+) -> u32 {
+    assert!(tasks > 0, "a stage needs at least one task");
+    let id = stages.len() as u32;
+    let mut depends_on = Vec::new();
+    collect_reads(&plan, &mut depends_on);
+    depends_on.sort_unstable();
+    depends_on.dedup();
+    stages.push(Stage {
+        id,
+        plan,
+        output,
+        tasks,
+        depends_on,
+    });
+    id
+}
+
+fn collect_reads(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<u32>) {
+    if let Some(reader) = plan.downcast_ref::<ShuffleReaderExec>() {
+        out.push(reader.stage());
+    }
+    for child in plan.children() {
+        collect_reads(child, out);
+    }
+}
+
+fn cut(plan: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn ExecutionPlan>> {
+    let children = plan
+        .children()
+        .into_iter()
+        .map(|c| cut(Arc::clone(c), stages))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = replace_children_if_necessary(plan, children)?;
+
+    if let Some(repartition) = plan.downcast_ref::<RepartitionExec>() {
+        if repartition.preserve_order() {
+            return Err(Error::Internal(
+                "order-preserving repartitions cannot be distributed yet".into(),
+            ));
+        }
+        let partitions = match repartition.partitioning() {
+            p @ (Partitioning::Hash(..) | Partitioning::RoundRobinBatch(_)) => p.partition_count(),
+            other => {
+                return Err(Error::Internal(format!(
+                    "drove cannot distribute the partitioning {other:?}"
+                )));
+            }
+        };
+        let tasks = repartition.input().output_partitioning().partition_count();
+        let schema = plan.schema();
+        let stage = push_stage(stages, Arc::clone(&plan), OutputMode::RepartitionRoot, tasks);
+        return Ok(Arc::new(ShuffleReaderExec::new(stage, ReadMode::Gather, partitions, schema)));
+    }
+
+    if let Some(coalesce) = plan.downcast_ref::<CoalescePartitionsExec>() {
+        let input = Arc::clone(coalesce.input());
+        let tasks = input.output_partitioning().partition_count();
+        if tasks <= 1 {
+            return Ok(plan);
+        }
+        let fetch = coalesce.fetch();
+        let schema = plan.schema();
+        let stage = push_stage(stages, input, OutputMode::Single, tasks);
+        let reader: Arc<dyn ExecutionPlan> =
+            Arc::new(ShuffleReaderExec::new(stage, ReadMode::Gather, 1, schema));
+        return Ok(match fetch {
+            Some(fetch) => Arc::new(GlobalLimitExec::new(reader, 0, Some(fetch))),
+            None => reader,
+        });
+    }
+
+    if let Some(merge) = plan.downcast_ref::<SortPreservingMergeExec>() {
+        let input = Arc::clone(merge.input());
+        let tasks = input.output_partitioning().partition_count();
+        if tasks <= 1 {
+            return Ok(plan);
+        }
+        let schema = input.schema();
+        let stage = push_stage(stages, input, OutputMode::Single, tasks);
+        let reader: Arc<dyn ExecutionPlan> =
+            Arc::new(ShuffleReaderExec::new(stage, ReadMode::PerMap, tasks, schema));
+        return Ok(replace_children_if_necessary(Arc::clone(&plan), vec![reader])?);
+    }
+
+    Ok(plan)
+}

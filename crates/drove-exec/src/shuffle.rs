@@ -1,0 +1,316 @@
+//! The read side of the shuffle.
+//!
+//! A [`ShuffleReaderExec`] stands where the distributed planner cut an exchange out of
+//! a plan. When it runs, it finds the blocks of the stage it reads through the task's
+//! [`ShuffleEnv`] (placed in the DataFusion session config by the worker), reads the
+//! ones on its own worker from memory and fetches the rest over Arrow Flight.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow::record_batch::RecordBatch;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{IpcMessage, SchemaAsIpc, Ticket};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::blocks::{BlockKey, BlockStore};
+use crate::{Error, Result};
+
+/// How many blocks one reader partition fetches at once.
+pub const FETCH_CONCURRENCY_MAX: usize = 4;
+
+/// How a reader's partitions map onto the blocks of the stage it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Partition p reads reduce partition p of every map output (after a hash or
+    /// round-robin repartition, or a coalesce into one partition).
+    Gather,
+    /// Partition p reads the one block of map partition p (before a sort-preserving
+    /// merge, which needs each sorted input on its own).
+    PerMap,
+}
+
+/// Where one map task's output lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapOutputRef {
+    pub partition: u32,
+    pub attempt: u32,
+    pub worker_id: u64,
+    pub flight_addr: String,
+}
+
+/// What a running task needs to find its inputs. One per task, carried in the
+/// DataFusion session config as an extension.
+#[derive(Debug)]
+pub struct ShuffleEnv {
+    pub job: u64,
+    pub local_worker: u64,
+    pub store: Arc<BlockStore>,
+    pub flight: Arc<FlightPool>,
+    /// Outputs of every stage the task reads, by stage id, in map-partition order.
+    pub inputs: HashMap<u32, Vec<MapOutputRef>>,
+    pub local_read_bytes: AtomicU64,
+    pub remote_read_bytes: AtomicU64,
+}
+
+/// Flight clients to other workers, one channel per address.
+#[derive(Debug, Default)]
+pub struct FlightPool {
+    clients: std::sync::Mutex<HashMap<String, FlightServiceClient<Channel>>>,
+}
+
+impl FlightPool {
+    /// A client for the Flight service at `addr` (HOST:PORT). Connects lazily.
+    pub fn client(&self, addr: &str) -> Result<FlightServiceClient<Channel>> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Error::Fetch {
+                addr: addr.to_string(),
+                message: format!("not a valid address: {e}"),
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let client = FlightServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES);
+        clients.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+/// Encodes a block's name as a Flight ticket.
+pub fn ticket(key: &BlockKey) -> Ticket {
+    let t = drove_proto::BlockTicket {
+        job_id: key.job,
+        stage_id: key.stage,
+        map_partition: key.map_partition,
+        reduce_partition: key.reduce_partition,
+        attempt: key.attempt,
+    };
+    Ticket::new(t.encode_to_vec())
+}
+
+/// Decodes a Flight ticket into a block's name.
+pub fn block_key(ticket: &[u8]) -> Result<BlockKey> {
+    let t = drove_proto::BlockTicket::decode(ticket)
+        .map_err(|e| Error::User(format!("not a drove block ticket: {e}")))?;
+    Ok(BlockKey {
+        job: t.job_id,
+        stage: t.stage_id,
+        map_partition: t.map_partition,
+        reduce_partition: t.reduce_partition,
+        attempt: t.attempt,
+    })
+}
+
+/// Fetches one block from the Flight service at `addr`; returns its batches and the
+/// bytes that crossed the network.
+pub async fn fetch_block(
+    pool: &FlightPool,
+    addr: &str,
+    key: &BlockKey,
+) -> Result<(Vec<RecordBatch>, u64)> {
+    let fetch_err = |message: String| Error::Fetch {
+        addr: addr.to_string(),
+        message,
+    };
+    let mut client = pool.client(addr)?;
+    let response = client
+        .do_get(ticket(key))
+        .await
+        .map_err(|s| fetch_err(format!("{key}: {}", s.message())))?;
+    let wire_bytes = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&wire_bytes);
+    let data = response.into_inner().map(move |d| {
+        if let Ok(d) = &d {
+            counter.fetch_add((d.data_header.len() + d.data_body.len()) as u64, Ordering::Relaxed);
+        }
+        d.map_err(|s| arrow_flight::error::FlightError::Tonic(Box::new(s)))
+    });
+    let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
+        .try_collect()
+        .await
+        .map_err(|e| fetch_err(format!("{key}: {e}")))?;
+    Ok((batches, wire_bytes.load(Ordering::Relaxed)))
+}
+
+/// Arrow IPC bytes of a schema.
+pub fn schema_to_bytes(schema: &Schema) -> Result<Vec<u8>> {
+    let message: IpcMessage = SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into()?;
+    Ok(message.0.to_vec())
+}
+
+/// A schema from its Arrow IPC bytes.
+pub fn schema_from_bytes(bytes: &[u8]) -> Result<SchemaRef> {
+    let schema = Schema::try_from(IpcMessage(bytes.to_vec().into()))?;
+    Ok(Arc::new(schema))
+}
+
+/// Reads the output of another stage. See the module documentation.
+#[derive(Debug)]
+pub struct ShuffleReaderExec {
+    stage: u32,
+    mode: ReadMode,
+    properties: Arc<PlanProperties>,
+}
+
+impl ShuffleReaderExec {
+    pub fn new(stage: u32, mode: ReadMode, partitions: usize, schema: SchemaRef) -> Self {
+        assert!(partitions > 0, "a shuffle reader needs at least one partition");
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            stage,
+            mode,
+            properties: Arc::new(properties),
+        }
+    }
+
+    /// The stage whose output this reads.
+    pub fn stage(&self) -> u32 {
+        self.stage
+    }
+
+    pub fn mode(&self) -> ReadMode {
+        self.mode
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.properties.partitioning.partition_count()
+    }
+
+    /// The blocks reader partition `partition` reads, with the worker holding each.
+    fn blocks(&self, env: &ShuffleEnv, partition: usize) -> Result<Vec<(BlockKey, MapOutputRef)>> {
+        let outputs = env.inputs.get(&self.stage).ok_or_else(|| {
+            Error::Internal(format!("the task was given no locations for stage {}", self.stage))
+        })?;
+        let key = |m: &MapOutputRef, reduce: u32| BlockKey {
+            job: env.job,
+            stage: self.stage,
+            map_partition: m.partition,
+            reduce_partition: reduce,
+            attempt: m.attempt,
+        };
+        Ok(match self.mode {
+            ReadMode::Gather => outputs
+                .iter()
+                .map(|m| (key(m, partition as u32), m.clone()))
+                .collect(),
+            ReadMode::PerMap => {
+                let m = outputs.get(partition).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "stage {} has {} outputs, partition {partition} was asked for",
+                        self.stage,
+                        outputs.len()
+                    ))
+                })?;
+                vec![(key(m, 0), m.clone())]
+            }
+        })
+    }
+}
+
+impl DisplayAs for ShuffleReaderExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ShuffleReaderExec: stage={}, mode={:?}, partitions={}",
+            self.stage,
+            self.mode,
+            self.partitions()
+        )
+    }
+}
+
+#[allow(deprecated)] // `with_new_children` must still be implemented in DataFusion 55.
+impl ExecutionPlan for ShuffleReaderExec {
+    fn name(&self) -> &str {
+        "ShuffleReaderExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal("ShuffleReaderExec has no children".into()))
+        }
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+        let env = context
+            .session_config()
+            .get_extension::<ShuffleEnv>()
+            .ok_or_else(|| {
+                DataFusionError::Internal(
+                    "ShuffleReaderExec runs only inside a drove task (no ShuffleEnv)".into(),
+                )
+            })?;
+        let blocks = self.blocks(&env, partition).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let fetches = futures::stream::iter(blocks).map(move |(key, location)| {
+            let env = Arc::clone(&env);
+            async move {
+                if location.worker_id == env.local_worker {
+                    let block = env.store.get(&key).ok_or_else(|| Error::Fetch {
+                        addr: location.flight_addr.clone(),
+                        message: format!("{key} is not on this worker"),
+                    })?;
+                    env.local_read_bytes.fetch_add(block.bytes, Ordering::Relaxed);
+                    Ok(block.batches.clone())
+                } else {
+                    let (batches, bytes) = fetch_block(&env.flight, &location.flight_addr, &key).await?;
+                    env.remote_read_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    Ok(batches)
+                }
+            }
+        });
+        let stream = fetches
+            .buffered(FETCH_CONCURRENCY_MAX)
+            .map_ok(|batches: Vec<RecordBatch>| futures::stream::iter(batches.into_iter().map(Ok)))
+            .map_err(|e: Error| DataFusionError::External(Box::new(e)))
+            .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), stream)))
+    }
+}

@@ -1,0 +1,174 @@
+//! Files registered as tables.
+
+use std::path::{Path, PathBuf};
+
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+
+use crate::{Error, Result};
+
+/// The eight TPC-H tables, in the order `drove gen tpch` writes them.
+pub const TPCH_TABLES: [&str; 8] = [
+    "nation", "region", "part", "supplier", "partsupp", "customer", "orders", "lineitem",
+];
+
+/// A file format drove reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Parquet,
+    Csv,
+}
+
+impl Format {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Csv => "csv",
+        }
+    }
+
+    /// Parses "parquet" or "csv".
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "parquet" => Ok(Format::Parquet),
+            "csv" => Ok(Format::Csv),
+            other => Err(Error::User(format!(
+                "unknown format '{other}'; use parquet or csv"
+            ))),
+        }
+    }
+}
+
+/// A table: a name, and a file or directory of files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    pub name: String,
+    pub path: PathBuf,
+    /// `None`: decided from the path.
+    pub format: Option<Format>,
+}
+
+impl TableSpec {
+    /// Parses the CLI's `NAME=PATH`.
+    pub fn parse(flag: &str) -> Result<Self> {
+        let Some((name, path)) = flag.split_once('=') else {
+            return Err(Error::User(format!(
+                "--table '{flag}' has no '='; write it as NAME=PATH, e.g. --table lineitem=data/lineitem.parquet"
+            )));
+        };
+        let name = name.trim();
+        if name.is_empty() || path.is_empty() {
+            return Err(Error::User(format!(
+                "--table '{flag}' needs both a name and a path, e.g. --table lineitem=data/lineitem.parquet"
+            )));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            path: PathBuf::from(path),
+            format: None,
+        })
+    }
+
+    /// The format, from the spec or else from the path: a file's extension, or the
+    /// extension of the files in a directory.
+    pub fn resolve_format(&self) -> Result<Format> {
+        if let Some(f) = self.format {
+            return Ok(f);
+        }
+        let missing = || {
+            Error::User(format!(
+                "table '{}': path '{}' does not exist; pass an existing file or directory",
+                self.name,
+                self.path.display()
+            ))
+        };
+        let meta = std::fs::metadata(&self.path).map_err(|_| missing())?;
+        let by_extension = |p: &Path| -> Option<Format> {
+            Format::parse(p.extension()?.to_str()?).ok()
+        };
+        let found = if meta.is_dir() {
+            std::fs::read_dir(&self.path)?
+                .filter_map(|e| e.ok())
+                .find_map(|e| by_extension(&e.path()))
+        } else {
+            by_extension(&self.path)
+        };
+        found.ok_or_else(|| {
+            Error::User(format!(
+                "table '{}': cannot tell the format of '{}'; use a .parquet or .csv file, or a directory of them",
+                self.name,
+                self.path.display()
+            ))
+        })
+    }
+}
+
+/// The TPC-H tables written by `drove gen tpch` in `dir`.
+pub fn tpch_tables(dir: &Path) -> Result<Vec<TableSpec>> {
+    if !dir.is_dir() {
+        return Err(Error::User(format!(
+            "--tpch '{}' is not a directory; create one with `drove gen tpch --scale 0.1 --out {}`",
+            dir.display(),
+            dir.display()
+        )));
+    }
+    TPCH_TABLES
+        .iter()
+        .map(|name| {
+            let candidates = [
+                dir.join(format!("{name}.parquet")),
+                dir.join(format!("{name}.csv")),
+                dir.join(name),
+            ];
+            let path = candidates.into_iter().find(|p| p.exists()).ok_or_else(|| {
+                Error::User(format!(
+                    "--tpch '{}' has no table '{name}' ({name}.parquet, {name}.csv or {name}/); regenerate it with `drove gen tpch`",
+                    dir.display()
+                ))
+            })?;
+            Ok(TableSpec {
+                name: name.to_string(),
+                path,
+                format: None,
+            })
+        })
+        .collect()
+}
+
+/// Registers a table with a DataFusion session, checking that its path exists.
+pub async fn register(ctx: &SessionContext, table: &TableSpec) -> Result<()> {
+    let format = table.resolve_format()?;
+    let path = table
+        .path
+        .to_str()
+        .ok_or_else(|| Error::User(format!("table '{}': the path is not UTF-8", table.name)))?;
+    let path = if table.path.is_dir() && !path.ends_with('/') {
+        format!("{path}/")
+    } else {
+        path.to_string()
+    };
+    match format {
+        Format::Parquet => ctx.register_parquet(&table.name, &path, ParquetReadOptions::default()).await?,
+        Format::Csv => ctx.register_csv(&table.name, &path, CsvReadOptions::new().has_header(true)).await?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_flags_need_a_name_and_a_path() {
+        assert!(TableSpec::parse("t=/x.parquet").is_ok());
+        let e = TableSpec::parse("t/x.parquet").unwrap_err().to_string();
+        assert!(e.contains("NAME=PATH"), "{e}");
+        assert!(TableSpec::parse("=x").is_err());
+    }
+
+    #[test]
+    fn a_missing_path_is_named() {
+        let t = TableSpec::parse("t=/definitely/not/here.parquet").unwrap();
+        let e = t.resolve_format().unwrap_err().to_string();
+        assert!(e.contains("does not exist") && e.contains("/definitely/not/here.parquet"), "{e}");
+    }
+}

@@ -1,0 +1,17 @@
+//! The wire contract of drove.
+//!
+//! API boundary: this is the only crate that knows the protobuf encoding. Other crates
+//! convert these messages into their own plain Rust types at the edge.
+
+#![allow(clippy::large_enum_variant, clippy::doc_overindented_list_items)]
+
+/// Messages and services of `proto/drove.proto` (package `drove.v1`).
+pub mod v1 {
+    tonic::include_proto!("drove.v1");
+}
+
+pub use prost::Message;
+pub use v1::*;
+
+/// The largest gRPC message any drove endpoint accepts or sends (64 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -1,0 +1,103 @@
+//! The worker's Arrow Flight service: `do_get` serves shuffle blocks and results by
+//! ticket. Every other Flight call is refused.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use drove_exec::blocks::BlockStore;
+use drove_exec::shuffle::block_key;
+use futures::{Stream, StreamExt, TryStreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The Flight server for a worker's block store.
+pub fn server(store: Arc<BlockStore>) -> FlightServiceServer<BlockService> {
+    FlightServiceServer::new(BlockService { store })
+        .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
+}
+
+/// Serves blocks from a [`BlockStore`].
+pub struct BlockService {
+    store: Arc<BlockStore>,
+}
+
+fn refused<T>(call: &str) -> Result<T, Status> {
+    Err(Status::unimplemented(format!(
+        "a drove worker serves only do_get with a block ticket, not {call}"
+    )))
+}
+
+#[tonic::async_trait]
+impl FlightService for BlockService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoExchangeStream = BoxStream<FlightData>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+
+    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let key = block_key(&request.into_inner().ticket).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let block = self
+            .store
+            .get(&key)
+            .ok_or_else(|| Status::not_found(format!("{key} is not on this worker")))?;
+        let batches = futures::stream::iter(block.batches.clone().into_iter().map(Ok));
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(Arc::clone(&block.schema))
+            .build(batches)
+            .map_err(|e| Status::internal(format!("encoding a block: {e}")));
+        Ok(Response::new(stream.boxed()))
+    }
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        refused("handshake")
+    }
+
+    async fn list_flights(&self, _request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        refused("list_flights")
+    }
+
+    async fn get_flight_info(&self, _request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        refused("get_flight_info")
+    }
+
+    async fn poll_flight_info(&self, _request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        refused("poll_flight_info")
+    }
+
+    async fn get_schema(&self, _request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        refused("get_schema")
+    }
+
+    async fn do_put(&self, _request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        refused("do_put")
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        refused("do_exchange")
+    }
+
+    async fn do_action(&self, _request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        refused("do_action")
+    }
+
+    async fn list_actions(&self, _request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        refused("list_actions")
+    }
+}

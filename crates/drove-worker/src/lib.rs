@@ -1,0 +1,454 @@
+//! drove's worker.
+//!
+//! A worker serves its block store over Arrow Flight ([`flight`]), registers with the
+//! coordinator over one long-lived gRPC stream, runs the tasks the coordinator sends
+//! and reports their outcome in heartbeats. If the stream breaks it registers again,
+//! as a new worker, until the registration timeout runs out.
+
+pub mod flight;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use datafusion::execution::TaskContext;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use drove_exec::blocks::BlockStore;
+use drove_exec::planner::OutputMode;
+use drove_exec::shuffle::{FlightPool, MapOutputRef, ShuffleEnv};
+use drove_exec::{codec, session, task};
+use drove_proto as pb;
+use drove_proto::coordinator_client::CoordinatorClient;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::{Channel, Endpoint};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// Errors of the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "could not register with the coordinator at {addr} within {timeout_ms} ms: {last_error}; check that `drove coordinator` runs there and that --coordinator names it"
+    )]
+    Registration { addr: String, timeout_ms: u64, last_error: String },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Result type of the worker.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The worker's settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The coordinator's gRPC address, HOST:PORT.
+    pub coordinator: String,
+    /// Where the Flight service listens.
+    pub bind: SocketAddr,
+    /// The Flight address other nodes should use, if not the bound one.
+    pub advertise: Option<String>,
+    /// Tasks run at once.
+    pub slots: u32,
+    /// How long to keep trying to register before giving up.
+    pub registration_timeout_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            coordinator: "127.0.0.1:7070".into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            slots: 2,
+            registration_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Task status reports queued towards the coordinator at most.
+const STATUS_QUEUE_MAX: usize = 1024;
+/// Reports sent in one heartbeat at most.
+const STATUS_BATCH_MAX: usize = 256;
+
+struct Shared {
+    store: Arc<BlockStore>,
+    flight: Arc<FlightPool>,
+    state: SessionState,
+    slots: Arc<Semaphore>,
+}
+
+/// A running worker.
+pub struct WorkerHandle {
+    /// Where the Flight service listens.
+    pub flight_addr: SocketAddr,
+    pub store: Arc<BlockStore>,
+    shutdown: watch::Sender<bool>,
+    main: JoinHandle<Result<()>>,
+    flight_server: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// Waits until the worker stops: an error if it could not (re)register in time.
+    pub async fn wait(self) -> Result<()> {
+        let result = match self.main.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Config(format!("the worker's main task died: {e}"))),
+        };
+        let _ = self.shutdown.send(true);
+        let _ = self.flight_server.await;
+        result
+    }
+
+    /// Stops the worker: its session ends and its Flight service closes.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.main.abort();
+        let _ = self.main.await;
+        let _ = self.flight_server.await;
+    }
+}
+
+/// Starts a worker: binds Flight, then registers with the coordinator in the background.
+pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
+    if config.slots == 0 {
+        return Err(Error::Config("--slots must be at least 1".into()));
+    }
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| Error::Bind { addr: config.bind, source })?;
+    let flight_addr = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr: config.bind, source })?;
+    let store = Arc::new(BlockStore::default());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let mut rx = shutdown_rx.clone();
+    let server = flight::server(Arc::clone(&store));
+    let flight_server = tokio::spawn(async move {
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(server)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+            .await
+        {
+            tracing::error!("worker Flight server stopped: {e}");
+        }
+    });
+
+    let shared = Arc::new(Shared {
+        store: Arc::clone(&store),
+        flight: Arc::new(FlightPool::default()),
+        state: SessionStateBuilder::new().with_default_features().build(),
+        slots: Arc::new(Semaphore::new(config.slots as usize)),
+    });
+    let advertised = config.advertise.clone().unwrap_or_else(|| flight_addr.to_string());
+    let main = tokio::spawn(run(config, advertised, shared, shutdown_rx));
+    info!(%flight_addr, "worker Flight service listening");
+    Ok(WorkerHandle {
+        flight_addr,
+        store,
+        shutdown,
+        main,
+        flight_server,
+    })
+}
+
+/// Registers, serves the session until it breaks, and registers again.
+async fn run(
+    config: WorkerConfig,
+    flight_addr: String,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    loop {
+        let session = tokio::select! {
+            s = register(&config, &flight_addr) => s?,
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        };
+        let worker_id = session.worker_id;
+        tokio::select! {
+            _ = serve(session, Arc::clone(&shared)).instrument(info_span!("worker", worker_id)) => {}
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        }
+        // The coordinator no longer knows this identity; its blocks are worthless.
+        let freed = shared.store.release_all();
+        warn!(worker_id, freed, "session with the coordinator ended; registering again");
+    }
+}
+
+struct Session {
+    worker_id: u64,
+    heartbeat_interval: Duration,
+    outbound: mpsc::Sender<pb::WorkerMessage>,
+    inbound: tonic::Streaming<pb::CoordinatorMessage>,
+}
+
+async fn connect(addr: &str) -> Result<CoordinatorClient<Channel>, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("'{addr}' is not a HOST:PORT address ({e})"))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true);
+    let channel = endpoint.connect().await.map_err(|e| {
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message = format!("{message}: {s}");
+            source = s.source();
+        }
+        message
+    })?;
+    Ok(CoordinatorClient::new(channel)
+        .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES))
+}
+
+/// Tries to register, backing off between attempts, until the timeout runs out.
+async fn register(config: &WorkerConfig, flight_addr: &str) -> Result<Session> {
+    let deadline = Instant::now() + Duration::from_millis(config.registration_timeout_ms);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let mut client = connect(&config.coordinator).await?;
+            let (outbound, rx) = mpsc::channel(64);
+            let register = pb::WorkerMessage {
+                kind: Some(pb::worker_message::Kind::Register(pb::RegisterWorker {
+                    flight_addr: flight_addr.to_string(),
+                    slots: config.slots,
+                })),
+            };
+            outbound.send(register).await.map_err(|e| e.to_string())?;
+            let mut inbound = client
+                .worker_session(ReceiverStream::new(rx))
+                .await
+                .map_err(|s| s.message().to_string())?
+                .into_inner();
+            match inbound.message().await {
+                Ok(Some(pb::CoordinatorMessage {
+                    kind: Some(pb::coordinator_message::Kind::Registered(r)),
+                })) => Ok(Session {
+                    worker_id: r.worker_id,
+                    heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms.max(10)),
+                    outbound,
+                    inbound,
+                }),
+                Ok(_) => Err("the coordinator did not acknowledge the registration".to_string()),
+                Err(s) => Err(s.message().to_string()),
+            }
+        };
+        match attempt.await {
+            Ok(session) => {
+                info!(worker_id = session.worker_id, coordinator = %config.coordinator, "registered");
+                return Ok(session);
+            }
+            Err(last_error) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(Error::Registration {
+                        addr: config.coordinator.clone(),
+                        timeout_ms: config.registration_timeout_ms,
+                        last_error,
+                    });
+                }
+                warn!(coordinator = %config.coordinator, error = %last_error, retry_in_ms = backoff.as_millis() as u64, "registration failed; retrying");
+                tokio::time::sleep(backoff.min(deadline - now)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Runs one registered session until the coordinator's stream ends.
+async fn serve(mut session: Session, shared: Arc<Shared>) {
+    let (status_tx, mut status_rx) = mpsc::channel::<pb::TaskStatus>(STATUS_QUEUE_MAX);
+    let outbound = session.outbound.clone();
+    let slots = Arc::clone(&shared.slots);
+    let heartbeats = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(session.heartbeat_interval);
+        loop {
+            let mut statuses = Vec::new();
+            tokio::select! {
+                _ = interval.tick() => {}
+                status = status_rx.recv() => match status {
+                    Some(s) => statuses.push(s),
+                    None => break,
+                },
+            }
+            while statuses.len() < STATUS_BATCH_MAX {
+                match status_rx.try_recv() {
+                    Ok(s) => statuses.push(s),
+                    Err(_) => break,
+                }
+            }
+            let heartbeat = pb::WorkerMessage {
+                kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
+                    statuses,
+                    free_slots: slots.available_permits() as u32,
+                })),
+            };
+            if outbound.send(heartbeat).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut tasks = JoinSet::new();
+    loop {
+        let message = tokio::select! {
+            m = session.inbound.message() => m,
+            // Reap finished tasks so the set stays small.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        match message {
+            Ok(Some(pb::CoordinatorMessage { kind: Some(kind) })) => match kind {
+                pb::coordinator_message::Kind::Launch(launch) => {
+                    let shared = Arc::clone(&shared);
+                    let status_tx = status_tx.clone();
+                    let worker_id = session.worker_id;
+                    tasks.spawn(async move {
+                        let status = run_task(worker_id, launch, shared).await;
+                        let _ = status_tx.send(status).await;
+                    });
+                }
+                pb::coordinator_message::Kind::Release(release) => {
+                    let freed = shared.store.release_job(release.job_id);
+                    debug!(job = release.job_id, freed, "released a job's blocks");
+                }
+                pb::coordinator_message::Kind::Registered(_) => {}
+            },
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => {
+                warn!("the coordinator stream failed: {}", e.message());
+                break;
+            }
+        }
+    }
+    tasks.abort_all();
+    heartbeats.abort();
+}
+
+/// Runs one task attempt and returns its status report. Never panics: a panic inside
+/// the task is caught and reported as the task's failure.
+async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -> pb::TaskStatus {
+    let key = launch.task.unwrap_or_default();
+    let span = info_span!("task", job = key.job_id, stage = key.stage_id, partition = key.partition, attempt = key.attempt);
+    let started = Instant::now();
+    let Ok(_permit) = Arc::clone(&shared.slots).try_acquire_owned() else {
+        return failed(key, pb::ErrorKind::Internal, "the worker has no free slot for this task".into());
+    };
+    let handle = tokio::spawn(execute(worker_id, key, launch, Arc::clone(&shared)).instrument(span));
+    let outcome = match handle.await {
+        Ok(Ok(output)) => pb::task_status::Outcome::Succeeded(pb::TaskSucceeded {
+            output_bytes: output.output_bytes,
+            output_rows: output.output_rows,
+            local_read_bytes: output.local_read_bytes,
+            remote_read_bytes: output.remote_read_bytes,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }),
+        Ok(Err(e)) => {
+            let kind = match e.kind() {
+                drove_core::scheduler::ErrorKind::User => pb::ErrorKind::User,
+                drove_core::scheduler::ErrorKind::Transient => pb::ErrorKind::Transient,
+                drove_core::scheduler::ErrorKind::Resources => pb::ErrorKind::Resources,
+                drove_core::scheduler::ErrorKind::Internal => pb::ErrorKind::Internal,
+            };
+            return failed(key, kind, error_message(&e));
+        }
+        Err(join) => {
+            let message = match join.try_into_panic() {
+                Ok(payload) => panic_message(payload.as_ref()),
+                Err(e) => e.to_string(),
+            };
+            return failed(key, pb::ErrorKind::Internal, format!("the task panicked: {message}"));
+        }
+    };
+    pb::TaskStatus {
+        task: Some(key),
+        outcome: Some(outcome),
+    }
+}
+
+fn error_message(e: &drove_exec::Error) -> String {
+    match e {
+        drove_exec::Error::DataFusion(df) => df.strip_backtrace(),
+        other => other.to_string(),
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-text panic".into()
+    }
+}
+
+fn failed(key: pb::TaskKey, kind: pb::ErrorKind, message: String) -> pb::TaskStatus {
+    warn!(job = key.job_id, stage = key.stage_id, partition = key.partition, attempt = key.attempt, %message, "task failed");
+    pb::TaskStatus {
+        task: Some(key),
+        outcome: Some(pb::task_status::Outcome::Failed(pb::TaskFailed {
+            message,
+            kind: kind as i32,
+        })),
+    }
+}
+
+async fn execute(
+    worker_id: u64,
+    key: pb::TaskKey,
+    launch: pb::LaunchTask,
+    shared: Arc<Shared>,
+) -> drove_exec::Result<task::TaskOutput> {
+    let inputs: HashMap<u32, Vec<MapOutputRef>> = launch
+        .inputs
+        .iter()
+        .map(|i| {
+            let outputs = i
+                .outputs
+                .iter()
+                .map(|o| MapOutputRef {
+                    partition: o.partition,
+                    attempt: o.attempt,
+                    worker_id: o.worker_id,
+                    flight_addr: o.flight_addr.clone(),
+                })
+                .collect();
+            (i.stage_id, outputs)
+        })
+        .collect();
+    let env = ShuffleEnv {
+        job: key.job_id,
+        local_worker: worker_id,
+        store: Arc::clone(&shared.store),
+        flight: Arc::clone(&shared.flight),
+        inputs,
+        local_read_bytes: AtomicU64::new(0),
+        remote_read_bytes: AtomicU64::new(0),
+    };
+    let config = session::config(&launch.settings)?.with_extension(Arc::new(env));
+    let ctx = Arc::new(TaskContext::from(&shared.state).with_session_config(config));
+    let plan = codec::plan_from_bytes(&launch.plan, &ctx)?;
+    let output = match launch.output() {
+        pb::OutputMode::Single => OutputMode::Single,
+        pb::OutputMode::RepartitionRoot => OutputMode::RepartitionRoot,
+    };
+    let key = task::TaskKey {
+        job: key.job_id,
+        stage: key.stage_id,
+        partition: key.partition,
+        attempt: key.attempt,
+    };
+    task::run(key, plan, output, ctx, &shared.store).await
+}

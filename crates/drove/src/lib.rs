@@ -1,0 +1,334 @@
+//! The `drove` command line. A library, so that a user's own binary can embed the same
+//! commands (`coordinator`, `worker`, `sql`, ...) next to its own code.
+
+mod demo;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use drove_client::{LocalCluster, LocalClusterConfig, Session};
+use drove_coordinator::CoordinatorConfig;
+use drove_exec::tables::{Format, TableSpec};
+use drove_worker::WorkerConfig;
+
+/// The default gRPC address of a coordinator.
+pub const DEFAULT_COORDINATOR_ADDR: &str = "127.0.0.1:7070";
+/// The default HTTP address of a coordinator.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7071";
+
+#[derive(Parser, Debug)]
+#[command(name = "drove", version, about = "A distributed data processing engine: one binary, a coordinator and workers.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a coordinator.
+    Coordinator(CoordinatorArgs),
+    /// Run a worker that registers with a coordinator.
+    Worker(WorkerArgs),
+    /// Run a coordinator and N workers in this process until Ctrl-C.
+    Local(LocalArgs),
+    /// Run SQL on a cluster and print the last query's result.
+    Sql(SqlArgs),
+    /// Generate data.
+    #[command(subcommand)]
+    Gen(GenCommand),
+    /// Generate TPC-H data, start an embedded cluster and run a few queries on it.
+    Demo(demo::DemoArgs),
+    /// Print a coordinator's workers and recent jobs.
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct CoordinatorArgs {
+    /// gRPC address to listen on.
+    #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
+    bind: SocketAddr,
+    /// HTTP address (health, JSON status) to listen on.
+    #[arg(long, default_value = DEFAULT_HTTP_ADDR)]
+    http: SocketAddr,
+    /// A worker silent for this long is declared lost.
+    #[arg(long, default_value_t = 10_000)]
+    heartbeat_timeout_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct WorkerArgs {
+    /// The coordinator's gRPC address, HOST:PORT.
+    #[arg(long)]
+    coordinator: String,
+    /// Address for this worker's Flight service; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    bind: SocketAddr,
+    /// The address other nodes reach this worker at, if not --bind (e.g. behind NAT).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Tasks run at once (default: the number of CPUs).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Give up, exiting non-zero, when no coordinator accepted us for this long.
+    #[arg(long, default_value_t = 30)]
+    registration_timeout_secs: u64,
+}
+
+#[derive(Args, Debug)]
+struct LocalArgs {
+    /// Number of workers.
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    /// The coordinator's gRPC address; workers bind to the same IP on free ports.
+    #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
+    bind: SocketAddr,
+    /// HTTP address of the coordinator.
+    #[arg(long, default_value = DEFAULT_HTTP_ADDR)]
+    http: SocketAddr,
+    /// Task slots per worker.
+    #[arg(long, default_value_t = 2)]
+    slots: u32,
+}
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("cluster").required(true).args(["coordinator", "local"]))]
+#[command(group = clap::ArgGroup::new("query").required(true).args(["execute", "file"]))]
+struct SqlArgs {
+    /// A running coordinator's gRPC address, HOST:PORT.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Start an embedded cluster of N workers for this command.
+    #[arg(long, value_name = "N")]
+    local: Option<usize>,
+    /// Register a table: NAME=PATH, a CSV or Parquet file or directory. Repeatable.
+    #[arg(long = "table", value_name = "NAME=PATH")]
+    tables: Vec<String>,
+    /// Register the eight TPC-H tables written by `drove gen tpch` in DIR.
+    #[arg(long, value_name = "DIR")]
+    tpch: Option<PathBuf>,
+    /// SQL to run; several statements may be separated by ';'.
+    #[arg(short = 'e', long = "execute", value_name = "SQL")]
+    execute: Option<String>,
+    /// A file of SQL to run.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value_t = output::OutputFormat::Table)]
+    format: output::OutputFormat,
+    /// Also print where the job's tasks ran and what moved between workers (to stderr).
+    #[arg(long)]
+    summary: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum GenCommand {
+    /// Write the eight TPC-H tables.
+    Tpch(GenTpchArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FileFormat {
+    Parquet,
+    Csv,
+}
+
+#[derive(Args, Debug)]
+struct GenTpchArgs {
+    /// Scale factor: 1 is about 1 GB of raw data.
+    #[arg(long, allow_negative_numbers = true)]
+    scale: f64,
+    /// Directory to write into (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value_t = FileFormat::Parquet)]
+    format: FileFormat,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// The coordinator's gRPC address.
+    #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
+    coordinator: String,
+}
+
+/// Parses the process arguments, runs the command and returns the exit code. Errors are
+/// printed to stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Sql(_) | Command::Gen(_) | Command::Status(_) | Command::Demo(_));
+    init_logging(if quiet { "warn" } else { "info" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Coordinator(args) => coordinator(args).await,
+        Command::Worker(args) => worker(args).await,
+        Command::Local(args) => local(args).await,
+        Command::Sql(args) => sql(args).await,
+        Command::Gen(GenCommand::Tpch(args)) => gen_tpch(args),
+        Command::Demo(args) => demo::run(args).await,
+        Command::Status(args) => status(args).await,
+    }
+}
+
+async fn coordinator(args: CoordinatorArgs) -> Result<()> {
+    let config = CoordinatorConfig {
+        heartbeat_timeout_ms: args.heartbeat_timeout_ms,
+        ..Default::default()
+    };
+    let handle = drove_coordinator::start(config, args.bind, Some(args.http)).await?;
+    println!("coordinator listening on {} (HTTP on http://{})", handle.addr, args.http);
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> Result<()> {
+    let slots = args
+        .slots
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
+    let handle = drove_worker::start(WorkerConfig {
+        coordinator: args.coordinator,
+        bind: args.bind,
+        advertise: args.advertise,
+        slots,
+        registration_timeout_ms: args.registration_timeout_secs.saturating_mul(1000),
+    })
+    .await?;
+    println!("worker Flight service on {} with {slots} slots", handle.flight_addr);
+    tokio::select! {
+        result = handle.wait() => result?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+async fn local(args: LocalArgs) -> Result<()> {
+    let cluster = LocalCluster::start(LocalClusterConfig {
+        workers: args.workers,
+        slots: args.slots,
+        bind_ip: args.bind.ip(),
+        coordinator_port: args.bind.port(),
+        http: Some(args.http),
+        ..Default::default()
+    })
+    .await?;
+    println!("coordinator: {}", cluster.coordinator_addr());
+    if let Some(http) = cluster.http_addr() {
+        println!("http:        http://{http}");
+    }
+    for (i, w) in cluster.worker_addrs().iter().enumerate() {
+        println!("worker {}:    {w}", i + 1);
+    }
+    println!("run queries with: drove sql --coordinator {} -e 'SELECT 1'", cluster.coordinator_addr());
+    println!("press Ctrl-C to stop");
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn sql(args: SqlArgs) -> Result<()> {
+    let text = match (&args.execute, &args.file) {
+        (Some(sql), _) => sql.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the SQL file '{}'", file.display()))?,
+        (None, None) => bail!("pass the SQL with -e SQL or -f FILE"),
+    };
+    // Check every flag before starting anything.
+    let mut tables = args
+        .tables
+        .iter()
+        .map(|t| TableSpec::parse(t))
+        .collect::<drove_exec::Result<Vec<_>>>()?;
+    if let Some(dir) = &args.tpch {
+        tables.extend(drove_exec::tables::tpch_tables(dir)?);
+    }
+    let session = match (&args.coordinator, args.local) {
+        (Some(addr), _) => Session::connect(addr).await?,
+        (None, Some(workers)) => Session::local(workers).await?,
+        (None, None) => bail!("pass --coordinator HOST:PORT or --local N"),
+    };
+    let result = async {
+        for t in tables {
+            session.register_table(&t.name, &t.path).await?;
+        }
+        session.run_sql(&text).await
+    }
+    .await;
+    session.shutdown().await;
+    let result = result?;
+    output::print(&result, args.format)?;
+    if args.summary {
+        eprint!("{}", result.summary);
+    }
+    Ok(())
+}
+
+fn gen_tpch(args: GenTpchArgs) -> Result<()> {
+    let format = match args.format {
+        FileFormat::Parquet => Format::Parquet,
+        FileFormat::Csv => Format::Csv,
+    };
+    let started = std::time::Instant::now();
+    let paths = drove_exec::tpch::generate(args.scale, &args.out, format)?;
+    println!(
+        "wrote {} TPC-H tables at scale {} into {} in {:.1}s",
+        paths.len(),
+        args.scale,
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn status(args: StatusArgs) -> Result<()> {
+    let session = Session::connect(&args.coordinator).await?;
+    let status = session.cluster_status().await?;
+    println!("{} workers", status.workers.len());
+    for w in &status.workers {
+        println!(
+            "  worker-{} at {}: {} slots, {} running, heartbeat {} ms ago",
+            w.worker_id, w.flight_addr, w.slots, w.running_tasks, w.heartbeat_age_ms
+        );
+    }
+    println!("{} recent jobs", status.jobs.len());
+    for j in &status.jobs {
+        let error = if j.error.is_empty() { String::new() } else { format!(": {}", j.error) };
+        println!(
+            "  job {} {:?} in {} ms: {}{}",
+            j.job_id,
+            j.state(),
+            j.elapsed_ms,
+            j.name,
+            error
+        );
+    }
+    Ok(())
+}
