@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::error::DataFusionError;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::DFParser;
@@ -46,7 +47,7 @@ pub struct PlannedJob {
 /// Plans a job: registers its tables, runs its DDL statements, plans the last query and
 /// cuts it into stages.
 pub async fn plan(query: &Query, tables: &[TableSpec], target_partitions: usize) -> Result<PlannedJob> {
-    let settings = session::settings(target_partitions);
+    let mut settings = session::settings(target_partitions);
     let ctx = SessionContext::new_with_config(session::config(&settings)?);
     let mut names = Vec::new();
     for table in tables {
@@ -66,11 +67,18 @@ pub async fn plan(query: &Query, tables: &[TableSpec], target_partitions: usize)
                 .map_err(|e| Error::User(format!("the submitted logical plan cannot be read: {e}")))?
         }
     };
-    let physical = ctx
+    let mut physical = ctx
         .state()
         .create_physical_plan(&logical)
         .await
         .map_err(|e| explain_missing_table(e, &names))?;
+    if planner::needs_partitioned_joins(&physical) {
+        session::partitioned_joins(&mut settings);
+        let state = SessionStateBuilder::new_from_existing(ctx.state())
+            .with_config(session::config(&settings)?)
+            .build();
+        physical = state.create_physical_plan(&logical).await?;
+    }
     let physical_plan = datafusion::physical_plan::displayable(physical.as_ref())
         .indent(false)
         .to_string();

@@ -14,7 +14,9 @@
 
 use std::sync::Arc;
 
+use datafusion::common::JoinType;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::limit::GlobalLimitExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
@@ -73,8 +75,37 @@ impl DistributedPlan {
     }
 }
 
+/// Whether a join of this type, built from its left input, ends by emitting left rows
+/// that no probe partition matched (or, for semi and anti joins, every left row).
+///
+/// DataFusion does that once *all* probe partitions in the process have finished, so in
+/// a task that runs a single partition it never happens.
+fn emits_build_rows_at_end(join_type: &JoinType) -> bool {
+    matches!(
+        join_type,
+        JoinType::Left | JoinType::Full | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark
+    )
+}
+
+/// Whether `plan` has a hash join that collects its left input whole and must emit
+/// unmatched left rows at the end. Such a plan must be made again with partitioned
+/// joins (see [`crate::session::partitioned_joins`]) before it can be distributed.
+pub fn needs_partitioned_joins(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let bad = plan.downcast_ref::<HashJoinExec>().is_some_and(|j| {
+        *j.partition_mode() == PartitionMode::CollectLeft
+            && emits_build_rows_at_end(j.join_type())
+            && j.right().output_partitioning().partition_count() > 1
+    });
+    bad || plan.children().into_iter().any(needs_partitioned_joins)
+}
+
 /// Cuts `plan` into stages. See the module documentation.
 pub fn split(plan: Arc<dyn ExecutionPlan>) -> Result<DistributedPlan> {
+    if needs_partitioned_joins(&plan) {
+        return Err(Error::Internal(
+            "a collect-left hash join that emits unmatched rows cannot be distributed; plan it with partitioned joins".into(),
+        ));
+    }
     let mut stages = Vec::new();
     let root = cut(plan, &mut stages)?;
     let tasks = root.output_partitioning().partition_count();
@@ -114,6 +145,18 @@ fn collect_reads(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<u32>) {
 }
 
 fn cut(plan: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn ExecutionPlan>> {
+    // A nested loop join has no partitioned mode: when it must emit unmatched left rows,
+    // its probe side is gathered into one partition so that one task sees all of it.
+    let plan = match plan.downcast_ref::<NestedLoopJoinExec>() {
+        Some(join)
+            if emits_build_rows_at_end(join.join_type())
+                && join.right().output_partitioning().partition_count() > 1 =>
+        {
+            let right: Arc<dyn ExecutionPlan> = Arc::new(CoalescePartitionsExec::new(Arc::clone(join.right())));
+            replace_children_if_necessary(Arc::clone(&plan), vec![Arc::clone(join.left()), right])?
+        }
+        _ => plan,
+    };
     let children = plan
         .children()
         .into_iter()

@@ -20,11 +20,30 @@ pub fn settings(target_partitions: usize) -> HashMap<String, String> {
         ("datafusion.optimizer.enable_join_dynamic_filter_pushdown", "false".to_string()),
         ("datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown", "false".to_string()),
         ("datafusion.optimizer.prefer_existing_sort", "false".to_string()),
+        // Each partition runs as its own task, so a scan partition must read exactly its
+        // own file group: siblings that could take over its files are elsewhere.
+        ("datafusion.execution.enable_file_stream_work_stealing", "false".to_string()),
+        // Uncorrelated scalar subqueries become joins, which cut into stages like any
+        // other join; DataFusion's physical ScalarSubqueryExec links expressions to a
+        // subquery run inside the same process.
+        ("datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery", "false".to_string()),
         ("datafusion.execution.collect_statistics", "true".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
+}
+
+/// Makes DataFusion plan every hash join partitioned (both sides hash-repartitioned)
+/// instead of collecting a small left side whole. Needed when such a join must emit
+/// unmatched left rows: see [`crate::planner::needs_partitioned_joins`].
+pub fn partitioned_joins(settings: &mut HashMap<String, String>) {
+    for key in [
+        "datafusion.optimizer.hash_join_single_partition_threshold",
+        "datafusion.optimizer.hash_join_single_partition_threshold_rows",
+    ] {
+        settings.insert(key.to_string(), "0".to_string());
+    }
 }
 
 /// A DataFusion session configuration made of `settings`.
