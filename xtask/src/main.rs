@@ -61,7 +61,9 @@ struct TpchArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Bench(Bench::Tpch(args)) => runtime.block_on(bench_tpch(args)),
     }
@@ -87,7 +89,11 @@ async fn bench_tpch(args: TpchArgs) -> Result<()> {
     if args.iterations == 0 {
         bail!("--iterations must be at least 1");
     }
-    let queries: Vec<usize> = if args.queries.is_empty() { (1..=22).collect() } else { args.queries.clone() };
+    let queries: Vec<usize> = if args.queries.is_empty() {
+        (1..=22).collect()
+    } else {
+        args.queries.clone()
+    };
     for &q in &queries {
         drove_exec::tpch::query(q)?;
     }
@@ -105,7 +111,8 @@ async fn bench_tpch(args: TpchArgs) -> Result<()> {
 
     // Single-process DataFusion with as many partitions as drove has slots in all.
     let partitions = args.workers * args.slots as usize;
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
+    let ctx =
+        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
     for t in &specs {
         tables::register(&ctx, t).await?;
     }
@@ -124,10 +131,15 @@ async fn bench_tpch(args: TpchArgs) -> Result<()> {
         let mut df_ms = Vec::new();
         for _ in 0..args.iterations {
             let started = Instant::now();
-            let expected = run_statements(&ctx, sql).await.with_context(|| format!("DataFusion Q{q}"))?;
+            let expected = run_statements(&ctx, sql)
+                .await
+                .with_context(|| format!("DataFusion Q{q}"))?;
             df_ms.push(started.elapsed().as_secs_f64() * 1000.0);
             let started = Instant::now();
-            let actual = session.run_sql(sql).await.with_context(|| format!("drove Q{q}"))?;
+            let actual = session
+                .run_sql(sql)
+                .await
+                .with_context(|| format!("drove Q{q}"))?;
             drove_ms.push(started.elapsed().as_secs_f64() * 1000.0);
             if let Err(diff) = compare(&actual.batches, &expected, is_ordered(sql)) {
                 bail!("Q{q}: drove's answer differs from DataFusion's: {diff}");
@@ -139,11 +151,16 @@ async fn bench_tpch(args: TpchArgs) -> Result<()> {
         println!("| Q{q} | {d:.0} | {f:.0} | {:.2} |", d / f);
         rows.push(serde_json::json!({"query": q, "drove_ms": drove_ms, "datafusion_ms": df_ms, "drove_median_ms": d, "datafusion_median_ms": f}));
     }
-    println!("| total | {drove_total:.0} | {df_total:.0} | {:.2} |", drove_total / df_total);
+    println!(
+        "| total | {drove_total:.0} | {df_total:.0} | {:.2} |",
+        drove_total / df_total
+    );
     session.shutdown().await;
 
     std::fs::create_dir_all(&args.out)?;
-    let path = args.out.join(format!("tpch-sf{}-{}w.json", args.scale, args.workers));
+    let path = args
+        .out
+        .join(format!("tpch-sf{}-{}w.json", args.scale, args.workers));
     let report = serde_json::json!({
         "workload": "tpch",
         "scale": args.scale,

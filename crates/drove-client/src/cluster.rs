@@ -60,7 +60,9 @@ impl LocalCluster {
     /// Starts the coordinator and the workers, and waits until every worker has registered.
     pub async fn start(config: LocalClusterConfig) -> Result<Self> {
         if config.workers == 0 {
-            return Err(Error::Config("an embedded cluster needs at least one worker (--workers 1 or more)".into()));
+            return Err(Error::Config(
+                "an embedded cluster needs at least one worker (--workers 1 or more)".into(),
+            ));
         }
         let coordinator = drove_coordinator::start(
             config.coordinator.clone(),
@@ -82,9 +84,19 @@ impl LocalCluster {
             .map_err(|e| Error::Config(e.to_string()))?;
             workers.push(Some(worker));
         }
-        let cluster = Self { coordinator, workers };
+        let cluster = Self {
+            coordinator,
+            workers,
+        };
         let deadline = Instant::now() + REGISTRATION_WAIT;
-        while cluster.coordinator.coordinator.cluster_status().workers.len() < config.workers {
+        while cluster
+            .coordinator
+            .coordinator
+            .cluster_status()
+            .workers
+            .len()
+            < config.workers
+        {
             if Instant::now() > deadline {
                 return Err(Error::Config(format!(
                     "the embedded cluster's {} workers did not all register within {REGISTRATION_WAIT:?}",
@@ -108,12 +120,20 @@ impl LocalCluster {
 
     /// The Flight addresses of the workers still running.
     pub fn worker_addrs(&self) -> Vec<SocketAddr> {
-        self.workers.iter().flatten().map(|w| w.flight_addr).collect()
+        self.workers
+            .iter()
+            .flatten()
+            .map(|w| w.flight_addr)
+            .collect()
     }
 
     /// The blocks each running worker holds right now.
     pub fn blocks_held(&self) -> Vec<usize> {
-        self.workers.iter().flatten().map(|w| w.store.len()).collect()
+        self.workers
+            .iter()
+            .flatten()
+            .map(|w| w.store.len())
+            .collect()
     }
 
     /// Stops worker `index` abruptly, as if its machine died.

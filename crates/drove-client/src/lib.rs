@@ -42,7 +42,9 @@ pub use datafusion;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The coordinator could not be reached.
-    #[error("cannot reach the coordinator at {addr}: {message}; check that `drove coordinator` runs there and that the address is right")]
+    #[error(
+        "cannot reach the coordinator at {addr}: {message}; check that `drove coordinator` runs there and that the address is right"
+    )]
     Connect { addr: String, message: String },
     /// The coordinator refused the request; the message says why.
     #[error("{0}")]
@@ -72,8 +74,12 @@ impl From<datafusion::error::DataFusionError> for Error {
 
 fn status_error(s: tonic::Status) -> Error {
     match s.code() {
-        tonic::Code::InvalidArgument | tonic::Code::NotFound => Error::Rejected(s.message().to_string()),
-        tonic::Code::Unavailable => Error::Transport(format!("the coordinator is unavailable: {}", s.message())),
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => {
+            Error::Rejected(s.message().to_string())
+        }
+        tonic::Code::Unavailable => {
+            Error::Transport(format!("the coordinator is unavailable: {}", s.message()))
+        }
         _ => Error::Transport(s.message().to_string()),
     }
 }
@@ -147,11 +153,13 @@ impl Session {
     /// # }
     /// ```
     pub async fn local(workers: usize) -> Result<Self> {
-        Self::with_cluster(LocalCluster::start(LocalClusterConfig {
-            workers,
-            ..Default::default()
-        })
-        .await?)
+        Self::with_cluster(
+            LocalCluster::start(LocalClusterConfig {
+                workers,
+                ..Default::default()
+            })
+            .await?,
+        )
         .await
     }
 
@@ -269,7 +277,11 @@ impl Session {
             )));
         }
         tables::register(&self.inner.ctx, &table).await?;
-        self.inner.tables.lock().unwrap_or_else(|p| p.into_inner()).push(table);
+        self.inner
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(table);
         Ok(())
     }
 
@@ -285,7 +297,11 @@ impl Session {
     }
 
     fn tables(&self) -> Vec<TableSpec> {
-        self.inner.tables.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A lazy DataFrame of one SQL query over the registered tables. It is planned here
@@ -315,7 +331,11 @@ impl Session {
     /// ```
     pub async fn read_parquet(&self, path: impl AsRef<Path>) -> Result<DataFrame> {
         let path = existing_path(path.as_ref())?;
-        let df = self.inner.ctx.read_parquet(path, ParquetReadOptions::default()).await?;
+        let df = self
+            .inner
+            .ctx
+            .read_parquet(path, ParquetReadOptions::default())
+            .await?;
         Ok(DataFrame {
             session: self.clone(),
             df,
@@ -355,8 +375,11 @@ impl Session {
     /// # }
     /// ```
     pub async fn run_sql(&self, sql: &str) -> Result<QueryResult> {
-        self.run(pb::submit_job_request::Query::Sql(sql.to_string()), name_of(sql))
-            .await
+        self.run(
+            pb::submit_job_request::Query::Sql(sql.to_string()),
+            name_of(sql),
+        )
+        .await
     }
 
     async fn run(&self, query: pb::submit_job_request::Query, name: String) -> Result<QueryResult> {
@@ -366,7 +389,10 @@ impl Session {
             .map(|t| pb::TableSpec {
                 name: t.name,
                 path: t.path.to_string_lossy().into_owned(),
-                format: t.format.map(|f| f.extension().to_string()).unwrap_or_default(),
+                format: t
+                    .format
+                    .map(|f| f.extension().to_string())
+                    .unwrap_or_default(),
             })
             .collect();
         let mut client = self.inner.client.clone();
@@ -397,7 +423,8 @@ impl Session {
         while let Some(status) = updates.message().await.map_err(status_error)? {
             last = Some(status);
         }
-        let status = last.ok_or_else(|| Error::Transport(format!("job {job}: no status arrived")))?;
+        let status =
+            last.ok_or_else(|| Error::Transport(format!("job {job}: no status arrived")))?;
         match status.state() {
             pb::JobState::Succeeded => {}
             pb::JobState::Failed | pb::JobState::Cancelled => {
@@ -620,7 +647,9 @@ impl DataFrame {
 
     fn map(
         self,
-        f: impl FnOnce(datafusion::dataframe::DataFrame) -> datafusion::error::Result<datafusion::dataframe::DataFrame>,
+        f: impl FnOnce(
+            datafusion::dataframe::DataFrame,
+        ) -> datafusion::error::Result<datafusion::dataframe::DataFrame>,
     ) -> Result<Self> {
         Ok(Self {
             session: self.session,
@@ -739,7 +768,10 @@ impl JobSummary {
     /// # fn demo(s: drove_client::JobSummary) { println!("{}", s.tasks()); }
     /// ```
     pub fn tasks(&self) -> u32 {
-        self.stages.iter().flat_map(|s| s.tasks_by_worker.values()).sum()
+        self.stages
+            .iter()
+            .flat_map(|s| s.tasks_by_worker.values())
+            .sum()
     }
 }
 

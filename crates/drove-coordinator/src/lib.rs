@@ -36,7 +36,10 @@ pub enum Error {
     #[error(transparent)]
     Exec(#[from] drove_exec::Error),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -130,7 +133,9 @@ pub async fn start(
     http: Option<SocketAddr>,
 ) -> Result<CoordinatorHandle> {
     let listener = bind(addr).await?;
-    let addr = listener.local_addr().map_err(|source| Error::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let coordinator = Coordinator::new(config.clone());
     let mut tasks = Vec::new();
@@ -154,14 +159,19 @@ pub async fn start(
     let http_addr = match http {
         Some(http) => {
             let listener = bind(http).await?;
-            let http_addr = listener.local_addr().map_err(|source| Error::Bind { addr: http, source })?;
+            let http_addr = listener
+                .local_addr()
+                .map_err(|source| Error::Bind { addr: http, source })?;
             let router = http::router(coordinator.clone());
             let mut rx = shutdown_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let stop = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop).await {
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
                     tracing::error!("coordinator HTTP server stopped: {e}");
                 }
             }));

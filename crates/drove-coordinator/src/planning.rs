@@ -46,7 +46,11 @@ pub struct PlannedJob {
 
 /// Plans a job: registers its tables, runs its DDL statements, plans the last query and
 /// cuts it into stages.
-pub async fn plan(query: &Query, tables: &[TableSpec], target_partitions: usize) -> Result<PlannedJob> {
+pub async fn plan(
+    query: &Query,
+    tables: &[TableSpec],
+    target_partitions: usize,
+) -> Result<PlannedJob> {
     let mut settings = session::settings(target_partitions);
     let ctx = SessionContext::new_with_config(session::config(&settings)?);
     let mut names = Vec::new();
@@ -63,8 +67,9 @@ pub async fn plan(query: &Query, tables: &[TableSpec], target_partitions: usize)
     let logical = match query {
         Query::Sql(sql) => plan_sql(&ctx, sql, &names).await?,
         Query::LogicalPlan(bytes) => {
-            datafusion_proto::bytes::logical_plan_from_bytes(bytes, &ctx.task_ctx())
-                .map_err(|e| Error::User(format!("the submitted logical plan cannot be read: {e}")))?
+            datafusion_proto::bytes::logical_plan_from_bytes(bytes, &ctx.task_ctx()).map_err(
+                |e| Error::User(format!("the submitted logical plan cannot be read: {e}")),
+            )?
         }
     };
     let mut physical = ctx
@@ -110,9 +115,8 @@ pub async fn plan(query: &Query, tables: &[TableSpec], target_partitions: usize)
 /// Runs every statement but queries on the coordinator's session (CREATE VIEW, SET, ...)
 /// and returns the plan of the last query.
 async fn plan_sql(ctx: &SessionContext, sql: &str, tables: &[String]) -> Result<LogicalPlan> {
-    let statements = DFParser::parse_sql(sql).map_err(|e| {
-        Error::User(format!("the SQL does not parse: {e}"))
-    })?;
+    let statements = DFParser::parse_sql(sql)
+        .map_err(|e| Error::User(format!("the SQL does not parse: {e}")))?;
     let mut last_query = None;
     for statement in statements {
         let plan = ctx
@@ -134,9 +138,8 @@ async fn plan_sql(ctx: &SessionContext, sql: &str, tables: &[String]) -> Result<
             query => last_query = Some(query),
         }
     }
-    last_query.ok_or_else(|| {
-        Error::User("the SQL has no query to run; add a SELECT statement".into())
-    })
+    last_query
+        .ok_or_else(|| Error::User("the SQL has no query to run; add a SELECT statement".into()))
 }
 
 /// Adds the registered tables to DataFusion's "table not found" message.
@@ -148,7 +151,10 @@ fn explain_missing_table(e: DataFusionError, tables: &[String]) -> Error {
         } else {
             tables.join(", ")
         };
-        Error::User(format!("{}; registered tables: {known}", e.strip_backtrace()))
+        Error::User(format!(
+            "{}; registered tables: {known}",
+            e.strip_backtrace()
+        ))
     } else {
         Error::from(e)
     }

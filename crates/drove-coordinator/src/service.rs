@@ -10,7 +10,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info_span, Instrument};
+use tracing::{Instrument, debug, info_span};
 
 use crate::planning::Query;
 use crate::state::Coordinator;
@@ -36,7 +36,10 @@ fn table_spec(t: pb::TableSpec) -> Result<TableSpec, Status> {
         Some(Format::parse(&t.format).map_err(|e| Status::invalid_argument(e.to_string()))?)
     };
     if t.name.is_empty() {
-        return Err(Status::invalid_argument(format!("the table at '{}' has no name", t.path)));
+        return Err(Status::invalid_argument(format!(
+            "the table at '{}' has no name",
+            t.path
+        )));
     }
     Ok(TableSpec {
         name: t.name,
@@ -55,12 +58,13 @@ impl CoordinatorRpc for Service {
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::WorkerSessionStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("the worker session ended before registering"))?;
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("the worker session ended before registering")
+        })?;
         let Some(pb::worker_message::Kind::Register(register)) = first.kind else {
-            return Err(Status::invalid_argument("a worker session must start with `register`"));
+            return Err(Status::invalid_argument(
+                "a worker session must start with `register`",
+            ));
         };
         let (tx, rx) = mpsc::channel(self.coordinator.inner.config.worker_queue_max);
         let worker = self
@@ -94,7 +98,11 @@ impl CoordinatorRpc for Service {
         let query = match request.query {
             Some(pb::submit_job_request::Query::Sql(sql)) => Query::Sql(sql),
             Some(pb::submit_job_request::Query::LogicalPlan(bytes)) => Query::LogicalPlan(bytes),
-            None => return Err(Status::invalid_argument("the job has no query: send SQL or a logical plan")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "the job has no query: send SQL or a logical plan",
+                ));
+            }
         };
         let tables = request
             .tables
@@ -132,7 +140,10 @@ impl CoordinatorRpc for Service {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn cancel_job(&self, request: Request<pb::JobRequest>) -> Result<Response<pb::JobStatus>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<pb::JobRequest>,
+    ) -> Result<Response<pb::JobStatus>, Status> {
         let job = JobId(request.into_inner().job_id);
         Ok(Response::new(self.coordinator.cancel(job)?))
     }

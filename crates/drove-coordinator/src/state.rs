@@ -95,13 +95,23 @@ impl Coordinator {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state is only changed through `State::handle`, which asserts its invariants;
         // a panic there is a bug that must not be papered over.
-        self.inner.state.lock().expect("coordinator state poisoned by an earlier panic")
+        self.inner
+            .state
+            .lock()
+            .expect("coordinator state poisoned by an earlier panic")
     }
 
     /// Registers a worker and returns its new id. Its stream gets a `Registered` first.
-    pub fn register_worker(&self, flight_addr: String, slots: u32, tx: WorkerTx) -> Result<WorkerId> {
+    pub fn register_worker(
+        &self,
+        flight_addr: String,
+        slots: u32,
+        tx: WorkerTx,
+    ) -> Result<WorkerId> {
         if slots == 0 {
-            return Err(Error::User("a worker needs at least one slot (--slots 1 or more)".into()));
+            return Err(Error::User(
+                "a worker needs at least one slot (--slots 1 or more)".into(),
+            ));
         }
         let mut state = self.lock();
         let worker = WorkerId(state.next_worker_id);
@@ -164,7 +174,9 @@ impl Coordinator {
                         kind: match f.kind() {
                             pb::ErrorKind::User => ErrorKind::User,
                             pb::ErrorKind::Resources => ErrorKind::Resources,
-                            pb::ErrorKind::Internal | pb::ErrorKind::Unspecified => ErrorKind::Internal,
+                            pb::ErrorKind::Internal | pb::ErrorKind::Unspecified => {
+                                ErrorKind::Internal
+                            }
                             pb::ErrorKind::Transient => ErrorKind::Transient,
                         },
                         message: f.message,
@@ -191,7 +203,12 @@ impl Coordinator {
     }
 
     /// Plans and submits a job; returns its id once it is queued.
-    pub async fn submit(&self, name: String, query: Query, tables: Vec<TableSpec>) -> Result<JobId> {
+    pub async fn submit(
+        &self,
+        name: String,
+        query: Query,
+        tables: Vec<TableSpec>,
+    ) -> Result<JobId> {
         let target_partitions = self
             .inner
             .config
@@ -219,7 +236,10 @@ impl Coordinator {
                 .collect(),
             final_stage: StageId(planned.stages.last().map_or(0, |s| s.id)),
         };
-        state.scheduler.validate(&spec).map_err(|e| Error::Internal(e.to_string()))?;
+        state
+            .scheduler
+            .validate(&spec)
+            .map_err(|e| Error::Internal(e.to_string()))?;
         state.meta.append(MetaCommand::JobSubmitted {
             job,
             name: name.clone(),
@@ -350,7 +370,9 @@ impl Coordinator {
 }
 
 fn not_found(job: JobId) -> Error {
-    Error::NotFound(format!("{job} does not exist (or is older than the job history)"))
+    Error::NotFound(format!(
+        "{job} does not exist (or is older than the job history)"
+    ))
 }
 
 impl State {
@@ -395,7 +417,12 @@ impl State {
                 None
             }
             Command::JobSucceeded { job } => {
-                self.end_job(job, pb::JobState::Succeeded, String::new(), JobEnd::Succeeded);
+                self.end_job(
+                    job,
+                    pb::JobState::Succeeded,
+                    String::new(),
+                    JobEnd::Succeeded,
+                );
                 None
             }
             Command::JobFailed { job, message } => {
@@ -404,16 +431,21 @@ impl State {
                 None
             }
             Command::JobCancelled { job } => {
-                self.end_job(job, pb::JobState::Cancelled, "cancelled".into(), JobEnd::Cancelled);
+                self.end_job(
+                    job,
+                    pb::JobState::Cancelled,
+                    "cancelled".into(),
+                    JobEnd::Cancelled,
+                );
                 None
             }
             Command::ReleaseBlocks { job, workers } => {
                 for worker in workers {
                     if let Some(conn) = self.workers.get(&worker) {
                         let message = pb::CoordinatorMessage {
-                            kind: Some(pb::coordinator_message::Kind::Release(pb::ReleaseJobBlocks {
-                                job_id: job.0,
-                            })),
+                            kind: Some(pb::coordinator_message::Kind::Release(
+                                pb::ReleaseJobBlocks { job_id: job.0 },
+                            )),
                         };
                         // A full queue means a stuck worker; the heartbeat timeout deals with it.
                         let _ = conn.tx.try_send(Ok(message));
@@ -425,7 +457,9 @@ impl State {
     }
 
     fn end_job(&mut self, job: JobId, state: pb::JobState, error: String, end: JobEnd) {
-        let Some(record) = self.jobs.get_mut(&job) else { return };
+        let Some(record) = self.jobs.get_mut(&job) else {
+            return;
+        };
         record.state = state;
         record.error = error;
         record.ended = Some(Instant::now());
@@ -537,7 +571,10 @@ impl State {
             .stages
             .iter()
             .map(|s| {
-                let tasks = self.scheduler.stage_tasks(job, StageId(s.id)).unwrap_or(&[]);
+                let tasks = self
+                    .scheduler
+                    .stage_tasks(job, StageId(s.id))
+                    .unwrap_or(&[]);
                 let mut status = pb::StageStatus {
                     stage_id: s.id,
                     depends_on: s.depends_on.clone(),

@@ -25,8 +25,16 @@ pub enum JobEnd {
 pub enum MetaCommand {
     /// A job was accepted. `submitted_ms` is the coordinator's wall clock, carried in the
     /// command so that applying it stays deterministic.
-    JobSubmitted { job: JobId, name: String, submitted_ms: u64 },
-    JobEnded { job: JobId, end: JobEnd, ended_ms: u64 },
+    JobSubmitted {
+        job: JobId,
+        name: String,
+        submitted_ms: u64,
+    },
+    JobEnded {
+        job: JobId,
+        end: JobEnd,
+        ended_ms: u64,
+    },
 }
 
 /// What the metadata says about a job.
@@ -181,7 +189,11 @@ mod tests {
                 log.append(c);
             }
         }
-        assert_eq!(log.state().jobs().count(), 2, "only two ended jobs are kept");
+        assert_eq!(
+            log.state().jobs().count(),
+            2,
+            "only two ended jobs are kept"
+        );
         assert_eq!(log.state().next_job_id(), JobId(5));
         let mut replica = MetaState::new(2);
         for c in &all {

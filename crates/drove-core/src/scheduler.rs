@@ -91,33 +91,70 @@ pub struct TaskError {
 /// Something that happened, fed to [`Scheduler::handle`].
 #[derive(Debug, Clone)]
 pub enum Event {
-    WorkerJoined { worker: WorkerId, slots: u32 },
-    WorkerLost { worker: WorkerId },
+    WorkerJoined {
+        worker: WorkerId,
+        slots: u32,
+    },
+    WorkerLost {
+        worker: WorkerId,
+    },
     JobSubmitted(JobSpec),
-    TaskSucceeded { attempt: AttemptId, worker: WorkerId, stats: TaskStats },
-    TaskFailed { attempt: AttemptId, worker: WorkerId, error: TaskError },
-    JobCancelled { job: JobId },
+    TaskSucceeded {
+        attempt: AttemptId,
+        worker: WorkerId,
+        stats: TaskStats,
+    },
+    TaskFailed {
+        attempt: AttemptId,
+        worker: WorkerId,
+        error: TaskError,
+    },
+    JobCancelled {
+        job: JobId,
+    },
     /// The client has read the result; the job's blocks can go.
-    JobReleased { job: JobId },
+    JobReleased {
+        job: JobId,
+    },
 }
 
 /// Something the runtime must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Launch { attempt: AttemptId, worker: WorkerId },
-    JobSucceeded { job: JobId },
-    JobFailed { job: JobId, message: String },
-    JobCancelled { job: JobId },
+    Launch {
+        attempt: AttemptId,
+        worker: WorkerId,
+    },
+    JobSucceeded {
+        job: JobId,
+    },
+    JobFailed {
+        job: JobId,
+        message: String,
+    },
+    JobCancelled {
+        job: JobId,
+    },
     /// Drop every block of the job on these workers.
-    ReleaseBlocks { job: JobId, workers: Vec<WorkerId> },
+    ReleaseBlocks {
+        job: JobId,
+        workers: Vec<WorkerId>,
+    },
 }
 
 /// Where a task is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskState {
     Pending,
-    Running { attempt: u32, worker: WorkerId },
-    Done { attempt: u32, worker: WorkerId, stats: TaskStats },
+    Running {
+        attempt: u32,
+        worker: WorkerId,
+    },
+    Done {
+        attempt: u32,
+        worker: WorkerId,
+        stats: TaskStats,
+    },
 }
 
 #[derive(Debug)]
@@ -130,7 +167,9 @@ struct StageState {
 
 impl StageState {
     fn is_done(&self) -> bool {
-        self.tasks.iter().all(|t| matches!(t, TaskState::Done { .. }))
+        self.tasks
+            .iter()
+            .all(|t| matches!(t, TaskState::Done { .. }))
     }
 }
 
@@ -179,7 +218,10 @@ impl Scheduler {
     /// (each stage depends only on stages listed before it), no empty stage.
     pub fn validate(&self, spec: &JobSpec) -> Result<()> {
         if self.jobs.contains_key(&spec.id) {
-            return Err(Error::InvalidJob(format!("{} was submitted twice", spec.id)));
+            return Err(Error::InvalidJob(format!(
+                "{} was submitted twice",
+                spec.id
+            )));
         }
         let active = self
             .jobs
@@ -420,9 +462,10 @@ impl Scheduler {
         let stage = job.stages.get_mut(&attempt.task.stage)?;
         let task = stage.tasks.get_mut(attempt.task.partition as usize)?;
         match task {
-            TaskState::Running { attempt: a, worker: w } if *a == attempt.attempt && *w == worker => {
-                Some(task)
-            }
+            TaskState::Running {
+                attempt: a,
+                worker: w,
+            } if *a == attempt.attempt && *w == worker => Some(task),
             _ => {
                 debug!(%attempt, %worker, "ignoring a report from a superseded attempt");
                 None
@@ -453,7 +496,9 @@ impl Scheduler {
                 for task in &mut stage.tasks {
                     let rerun = match task {
                         TaskState::Running { worker: w, .. } => *w == worker,
-                        TaskState::Done { worker: w, .. } => *w == worker && needed.contains(stage_id),
+                        TaskState::Done { worker: w, .. } => {
+                            *w == worker && needed.contains(stage_id)
+                        }
                         TaskState::Pending => false,
                     };
                     if rerun {
@@ -509,7 +554,9 @@ impl Scheduler {
                         .workers
                         .iter_mut()
                         .filter(|(_, w)| (w.running.len() as u32) < w.slots)
-                        .max_by_key(|(id, w)| (w.slots - w.running.len() as u32, std::cmp::Reverse(**id)))
+                        .max_by_key(|(id, w)| {
+                            (w.slots - w.running.len() as u32, std::cmp::Reverse(**id))
+                        })
                     else {
                         return;
                     };
@@ -547,7 +594,9 @@ impl Scheduler {
                 w.slots
             );
             for a in &w.running {
-                let task = self.stage_tasks(a.task.job, a.task.stage).map(|t| &t[a.task.partition as usize]);
+                let task = self
+                    .stage_tasks(a.task.job, a.task.stage)
+                    .map(|t| &t[a.task.partition as usize]);
                 assert_eq!(
                     task,
                     Some(&TaskState::Running {
@@ -607,8 +656,14 @@ mod tests {
     #[test]
     fn runs_stages_in_dependency_order_and_spreads_tasks() {
         let mut s = Scheduler::default();
-        s.handle(Event::WorkerJoined { worker: WorkerId(1), slots: 2 });
-        s.handle(Event::WorkerJoined { worker: WorkerId(2), slots: 2 });
+        s.handle(Event::WorkerJoined {
+            worker: WorkerId(1),
+            slots: 2,
+        });
+        s.handle(Event::WorkerJoined {
+            worker: WorkerId(2),
+            slots: 2,
+        });
         let cmds = s.handle(Event::JobSubmitted(job(1, &[(0, 4, &[]), (1, 2, &[0])])));
         let first = launches(&cmds);
         assert_eq!(first.len(), 4);
@@ -627,7 +682,9 @@ mod tests {
         }
         assert!(end.contains(&Command::JobSucceeded { job: JobId(1) }));
         let released = s.handle(Event::JobReleased { job: JobId(1) });
-        assert!(matches!(&released[..], [Command::ReleaseBlocks { workers, .. }] if workers.len() == 2));
+        assert!(
+            matches!(&released[..], [Command::ReleaseBlocks { workers, .. }] if workers.len() == 2)
+        );
     }
 
     #[test]
@@ -636,7 +693,10 @@ mod tests {
             task_attempt_max: 2,
             ..Default::default()
         });
-        s.handle(Event::WorkerJoined { worker: WorkerId(1), slots: 1 });
+        s.handle(Event::WorkerJoined {
+            worker: WorkerId(1),
+            slots: 1,
+        });
         let first = launches(&s.handle(Event::JobSubmitted(job(7, &[(0, 1, &[])]))))[0];
         let error = TaskError {
             kind: ErrorKind::Transient,
@@ -656,13 +716,19 @@ mod tests {
             error,
         });
         let message = failure(&end).expect("the job failed");
-        assert!(message.contains("failed 2 times") && message.contains("disk hiccup"), "{message}");
+        assert!(
+            message.contains("failed 2 times") && message.contains("disk hiccup"),
+            "{message}"
+        );
     }
 
     #[test]
     fn user_errors_fail_the_job_at_once() {
         let mut s = Scheduler::default();
-        s.handle(Event::WorkerJoined { worker: WorkerId(1), slots: 1 });
+        s.handle(Event::WorkerJoined {
+            worker: WorkerId(1),
+            slots: 1,
+        });
         let l = launches(&s.handle(Event::JobSubmitted(job(1, &[(0, 1, &[])]))))[0];
         let out = s.handle(Event::TaskFailed {
             attempt: l.0,
@@ -680,14 +746,22 @@ mod tests {
     #[test]
     fn lost_worker_reruns_its_running_and_needed_tasks() {
         let mut s = Scheduler::default();
-        s.handle(Event::WorkerJoined { worker: WorkerId(1), slots: 1 });
-        s.handle(Event::WorkerJoined { worker: WorkerId(2), slots: 1 });
+        s.handle(Event::WorkerJoined {
+            worker: WorkerId(1),
+            slots: 1,
+        });
+        s.handle(Event::WorkerJoined {
+            worker: WorkerId(2),
+            slots: 1,
+        });
         let first = launches(&s.handle(Event::JobSubmitted(job(1, &[(0, 2, &[]), (1, 1, &[0])]))));
         let on_1 = *first.iter().find(|(_, w)| *w == WorkerId(1)).unwrap();
         let on_2 = *first.iter().find(|(_, w)| *w == WorkerId(2)).unwrap();
         succeed(&mut s, on_1);
         // Worker 1 dies holding a finished map output that stage 1 still needs.
-        let relaunched = launches(&s.handle(Event::WorkerLost { worker: WorkerId(1) }));
+        let relaunched = launches(&s.handle(Event::WorkerLost {
+            worker: WorkerId(1),
+        }));
         assert!(relaunched.is_empty(), "worker 2 is still busy");
         let next = launches(&succeed(&mut s, on_2));
         assert_eq!(next.len(), 1);

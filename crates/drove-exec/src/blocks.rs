@@ -4,9 +4,9 @@
 //! kept in memory until their job is released.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -42,7 +42,10 @@ pub struct Block {
 
 impl Block {
     pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
-        let bytes = batches.iter().map(|b| b.get_array_memory_size() as u64).sum();
+        let bytes = batches
+            .iter()
+            .map(|b| b.get_array_memory_size() as u64)
+            .sum();
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         Self {
             schema,
@@ -77,7 +80,11 @@ impl BlockStore {
     pub fn release_job(&self, job: u64) -> u64 {
         let mut blocks = self.lock();
         let keys: Vec<BlockKey> = blocks.keys().filter(|k| k.job == job).copied().collect();
-        let freed: u64 = keys.iter().filter_map(|k| blocks.remove(k)).map(|b| b.bytes).sum();
+        let freed: u64 = keys
+            .iter()
+            .filter_map(|k| blocks.remove(k))
+            .map(|b| b.bytes)
+            .sum();
         self.bytes_held.fetch_sub(freed, Ordering::Relaxed);
         freed
     }

@@ -28,12 +28,16 @@ impl PhysicalExtensionCodec for DroveCodec {
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         if !inputs.is_empty() {
-            return Err(DataFusionError::Internal("ShuffleReaderExec takes no inputs".into()));
+            return Err(DataFusionError::Internal(
+                "ShuffleReaderExec takes no inputs".into(),
+            ));
         }
         let node = ShuffleReaderNode::decode(buf)
             .map_err(|e| DataFusionError::Internal(format!("not a drove plan node: {e}")))?;
         if node.partitions == 0 {
-            return Err(DataFusionError::Internal("a shuffle reader with 0 partitions".into()));
+            return Err(DataFusionError::Internal(
+                "a shuffle reader with 0 partitions".into(),
+            ));
         }
         let mode = match node.mode() {
             drove_proto::ReadMode::Gather => ReadMode::Gather,
@@ -78,14 +82,19 @@ impl PhysicalExtensionCodec for DroveCodec {
 
 /// A physical plan as datafusion-proto bytes.
 pub fn plan_to_bytes(plan: Arc<dyn ExecutionPlan>) -> crate::Result<Vec<u8>> {
-    Ok(datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &DroveCodec)?.to_vec())
+    Ok(
+        datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(plan, &DroveCodec)?
+            .to_vec(),
+    )
 }
 
 /// A physical plan from datafusion-proto bytes.
 pub fn plan_from_bytes(bytes: &[u8], ctx: &TaskContext) -> crate::Result<Arc<dyn ExecutionPlan>> {
-    Ok(datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
-        bytes,
-        ctx,
-        &DroveCodec,
-    )?)
+    Ok(
+        datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
+            bytes,
+            ctx,
+            &DroveCodec,
+        )?,
+    )
 }

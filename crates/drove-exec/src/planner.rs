@@ -71,7 +71,9 @@ pub struct DistributedPlan {
 impl DistributedPlan {
     /// The stage whose output is the result.
     pub fn final_stage(&self) -> &Stage {
-        self.stages.last().expect("a distributed plan has at least one stage")
+        self.stages
+            .last()
+            .expect("a distributed plan has at least one stage")
     }
 }
 
@@ -83,7 +85,11 @@ impl DistributedPlan {
 fn emits_build_rows_at_end(join_type: &JoinType) -> bool {
     matches!(
         join_type,
-        JoinType::Left | JoinType::Full | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark
+        JoinType::Left
+            | JoinType::Full
+            | JoinType::LeftSemi
+            | JoinType::LeftAnti
+            | JoinType::LeftMark
     )
 }
 
@@ -152,7 +158,8 @@ fn cut(plan: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn 
             if emits_build_rows_at_end(join.join_type())
                 && join.right().output_partitioning().partition_count() > 1 =>
         {
-            let right: Arc<dyn ExecutionPlan> = Arc::new(CoalescePartitionsExec::new(Arc::clone(join.right())));
+            let right: Arc<dyn ExecutionPlan> =
+                Arc::new(CoalescePartitionsExec::new(Arc::clone(join.right())));
             replace_children_if_necessary(Arc::clone(&plan), vec![Arc::clone(join.left()), right])?
         }
         _ => plan,
@@ -180,8 +187,18 @@ fn cut(plan: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn 
         };
         let tasks = repartition.input().output_partitioning().partition_count();
         let schema = plan.schema();
-        let stage = push_stage(stages, Arc::clone(&plan), OutputMode::RepartitionRoot, tasks);
-        return Ok(Arc::new(ShuffleReaderExec::new(stage, ReadMode::Gather, partitions, schema)));
+        let stage = push_stage(
+            stages,
+            Arc::clone(&plan),
+            OutputMode::RepartitionRoot,
+            tasks,
+        );
+        return Ok(Arc::new(ShuffleReaderExec::new(
+            stage,
+            ReadMode::Gather,
+            partitions,
+            schema,
+        )));
     }
 
     if let Some(coalesce) = plan.downcast_ref::<CoalescePartitionsExec>() {
@@ -209,9 +226,16 @@ fn cut(plan: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn 
         }
         let schema = input.schema();
         let stage = push_stage(stages, input, OutputMode::Single, tasks);
-        let reader: Arc<dyn ExecutionPlan> =
-            Arc::new(ShuffleReaderExec::new(stage, ReadMode::PerMap, tasks, schema));
-        return Ok(replace_children_if_necessary(Arc::clone(&plan), vec![reader])?);
+        let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
+            stage,
+            ReadMode::PerMap,
+            tasks,
+            schema,
+        ));
+        return Ok(replace_children_if_necessary(
+            Arc::clone(&plan),
+            vec![reader],
+        )?);
     }
 
     Ok(plan)

@@ -14,20 +14,47 @@ use crate::Result;
 pub fn settings(target_partitions: usize) -> HashMap<String, String> {
     let target_partitions = target_partitions.max(1);
     [
-        ("datafusion.execution.target_partitions", target_partitions.to_string()),
-        ("datafusion.optimizer.enable_dynamic_filter_pushdown", "false".to_string()),
-        ("datafusion.optimizer.enable_topk_dynamic_filter_pushdown", "false".to_string()),
-        ("datafusion.optimizer.enable_join_dynamic_filter_pushdown", "false".to_string()),
-        ("datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown", "false".to_string()),
-        ("datafusion.optimizer.prefer_existing_sort", "false".to_string()),
+        (
+            "datafusion.execution.target_partitions",
+            target_partitions.to_string(),
+        ),
+        (
+            "datafusion.optimizer.enable_dynamic_filter_pushdown",
+            "false".to_string(),
+        ),
+        (
+            "datafusion.optimizer.enable_topk_dynamic_filter_pushdown",
+            "false".to_string(),
+        ),
+        (
+            "datafusion.optimizer.enable_join_dynamic_filter_pushdown",
+            "false".to_string(),
+        ),
+        (
+            "datafusion.optimizer.enable_aggregate_dynamic_filter_pushdown",
+            "false".to_string(),
+        ),
+        (
+            "datafusion.optimizer.prefer_existing_sort",
+            "false".to_string(),
+        ),
         // Each partition runs as its own task, so a scan partition must read exactly its
         // own file group: siblings that could take over its files are elsewhere.
-        ("datafusion.execution.enable_file_stream_work_stealing", "false".to_string()),
+        (
+            "datafusion.execution.enable_file_stream_work_stealing",
+            "false".to_string(),
+        ),
         // Uncorrelated scalar subqueries become joins, which cut into stages like any
         // other join; DataFusion's physical ScalarSubqueryExec links expressions to a
         // subquery run inside the same process.
-        ("datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery", "false".to_string()),
-        ("datafusion.execution.collect_statistics", "true".to_string()),
+        (
+            "datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery",
+            "false".to_string(),
+        ),
+        (
+            "datafusion.execution.collect_statistics",
+            "true".to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -144,7 +144,10 @@ pub async fn fetch_block(
     let counter = Arc::clone(&wire_bytes);
     let data = response.into_inner().map(move |d| {
         if let Ok(d) = &d {
-            counter.fetch_add((d.data_header.len() + d.data_body.len()) as u64, Ordering::Relaxed);
+            counter.fetch_add(
+                (d.data_header.len() + d.data_body.len()) as u64,
+                Ordering::Relaxed,
+            );
         }
         d.map_err(|s| arrow_flight::error::FlightError::Tonic(Box::new(s)))
     });
@@ -177,7 +180,10 @@ pub struct ShuffleReaderExec {
 
 impl ShuffleReaderExec {
     pub fn new(stage: u32, mode: ReadMode, partitions: usize, schema: SchemaRef) -> Self {
-        assert!(partitions > 0, "a shuffle reader needs at least one partition");
+        assert!(
+            partitions > 0,
+            "a shuffle reader needs at least one partition"
+        );
         let properties = PlanProperties::new(
             EquivalenceProperties::new(schema),
             Partitioning::UnknownPartitioning(partitions),
@@ -207,7 +213,10 @@ impl ShuffleReaderExec {
     /// The blocks reader partition `partition` reads, with the worker holding each.
     fn blocks(&self, env: &ShuffleEnv, partition: usize) -> Result<Vec<(BlockKey, MapOutputRef)>> {
         let outputs = env.inputs.get(&self.stage).ok_or_else(|| {
-            Error::Internal(format!("the task was given no locations for stage {}", self.stage))
+            Error::Internal(format!(
+                "the task was given no locations for stage {}",
+                self.stage
+            ))
         })?;
         let key = |m: &MapOutputRef, reduce: u32| BlockKey {
             job: env.job,
@@ -275,11 +284,17 @@ impl ExecutionPlan for ShuffleReaderExec {
         if children.is_empty() {
             Ok(self)
         } else {
-            Err(DataFusionError::Internal("ShuffleReaderExec has no children".into()))
+            Err(DataFusionError::Internal(
+                "ShuffleReaderExec has no children".into(),
+            ))
         }
     }
 
-    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
         let env = context
             .session_config()
             .get_extension::<ShuffleEnv>()
@@ -288,7 +303,9 @@ impl ExecutionPlan for ShuffleReaderExec {
                     "ShuffleReaderExec runs only inside a drove task (no ShuffleEnv)".into(),
                 )
             })?;
-        let blocks = self.blocks(&env, partition).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let blocks = self
+            .blocks(&env, partition)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let fetches = futures::stream::iter(blocks).map(move |(key, location)| {
             let env = Arc::clone(&env);
             async move {
@@ -297,10 +314,12 @@ impl ExecutionPlan for ShuffleReaderExec {
                         addr: location.flight_addr.clone(),
                         message: format!("{key} is not on this worker"),
                     })?;
-                    env.local_read_bytes.fetch_add(block.bytes, Ordering::Relaxed);
+                    env.local_read_bytes
+                        .fetch_add(block.bytes, Ordering::Relaxed);
                     Ok(block.batches.clone())
                 } else {
-                    let (batches, bytes) = fetch_block(&env.flight, &location.flight_addr, &key).await?;
+                    let (batches, bytes) =
+                        fetch_block(&env.flight, &location.flight_addr, &key).await?;
                     env.remote_read_bytes.fetch_add(bytes, Ordering::Relaxed);
                     Ok(batches)
                 }
@@ -311,6 +330,9 @@ impl ExecutionPlan for ShuffleReaderExec {
             .map_ok(|batches: Vec<RecordBatch>| futures::stream::iter(batches.into_iter().map(Ok)))
             .map_err(|e: Error| DataFusionError::External(Box::new(e)))
             .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema(), stream)))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            stream,
+        )))
     }
 }

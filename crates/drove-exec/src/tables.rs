@@ -82,9 +82,8 @@ impl TableSpec {
             ))
         };
         let meta = std::fs::metadata(&self.path).map_err(|_| missing())?;
-        let by_extension = |p: &Path| -> Option<Format> {
-            Format::parse(p.extension()?.to_str()?).ok()
-        };
+        let by_extension =
+            |p: &Path| -> Option<Format> { Format::parse(p.extension()?.to_str()?).ok() };
         let found = if meta.is_dir() {
             std::fs::read_dir(&self.path)?
                 .filter_map(|e| e.ok())
@@ -147,8 +146,14 @@ pub async fn register(ctx: &SessionContext, table: &TableSpec) -> Result<()> {
         path.to_string()
     };
     match format {
-        Format::Parquet => ctx.register_parquet(&table.name, &path, ParquetReadOptions::default()).await?,
-        Format::Csv => ctx.register_csv(&table.name, &path, CsvReadOptions::new().has_header(true)).await?,
+        Format::Parquet => {
+            ctx.register_parquet(&table.name, &path, ParquetReadOptions::default())
+                .await?
+        }
+        Format::Csv => {
+            ctx.register_csv(&table.name, &path, CsvReadOptions::new().has_header(true))
+                .await?
+        }
     }
     Ok(())
 }
@@ -169,6 +174,9 @@ mod tests {
     fn a_missing_path_is_named() {
         let t = TableSpec::parse("t=/definitely/not/here.parquet").unwrap();
         let e = t.resolve_format().unwrap_err().to_string();
-        assert!(e.contains("does not exist") && e.contains("/definitely/not/here.parquet"), "{e}");
+        assert!(
+            e.contains("does not exist") && e.contains("/definitely/not/here.parquet"),
+            "{e}"
+        );
     }
 }

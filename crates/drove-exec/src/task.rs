@@ -60,12 +60,18 @@ pub async fn run(
         OutputMode::Single => {
             let count = plan.output_partitioning().partition_count();
             check_partition(partition, count)?;
-            let batches: Vec<_> = plan.execute(partition, Arc::clone(&ctx))?.try_collect().await?;
+            let batches: Vec<_> = plan
+                .execute(partition, Arc::clone(&ctx))?
+                .try_collect()
+                .await?;
             vec![batches]
         }
         OutputMode::RepartitionRoot => {
             let repartition = plan.downcast_ref::<RepartitionExec>().ok_or_else(|| {
-                Error::Internal(format!("a repartitioning stage has {} at its root", plan.name()))
+                Error::Internal(format!(
+                    "a repartitioning stage has {} at its root",
+                    plan.name()
+                ))
             })?;
             let input = repartition.input();
             let input_partitions = input.output_partitioning().partition_count();
@@ -96,7 +102,11 @@ pub async fn run(
         out.local_read_bytes = env.local_read_bytes.load(Ordering::Relaxed);
         out.remote_read_bytes = env.remote_read_bytes.load(Ordering::Relaxed);
     }
-    debug!(?key, rows = out.output_rows.iter().sum::<u64>(), "task wrote its blocks");
+    debug!(
+        ?key,
+        rows = out.output_rows.iter().sum::<u64>(),
+        "task wrote its blocks"
+    );
     Ok(out)
 }
 

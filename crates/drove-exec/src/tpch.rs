@@ -58,7 +58,9 @@ pub const QUERIES: [&str; 22] = [
 /// The text of TPC-H query `n` (1 to 22).
 pub fn query(n: usize) -> Result<&'static str> {
     QUERIES.get(n.wrapping_sub(1)).copied().ok_or_else(|| {
-        Error::User(format!("there is no TPC-H query {n}; the queries are 1 to 22"))
+        Error::User(format!(
+            "there is no TPC-H query {n}; the queries are 1 to 22"
+        ))
     })
 }
 
@@ -112,7 +114,10 @@ pub fn generate(scale: f64, out: &Path, format: Format) -> Result<Vec<PathBuf>> 
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(Error::Internal("a generator thread panicked".into()))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Internal("a generator thread panicked".into())))
+            })
             .collect::<Result<Vec<()>>>()
     })?;
     Ok(paths)
@@ -148,7 +153,9 @@ fn write_parquet(file: File, schema: SchemaRef, batches: Batches) -> Result<()> 
 }
 
 fn write_csv(file: File, batches: Batches) -> Result<()> {
-    let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(file);
+    let mut writer = arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .build(file);
     for batch in batches {
         writer.write(&batch?)?;
     }

@@ -24,7 +24,9 @@ enum Cell {
 fn cell_eq(a: &Cell, b: &Cell) -> bool {
     match (a, b) {
         (Cell::Float(x), Cell::Float(y)) => {
-            (x.is_nan() && y.is_nan()) || x == y || (x - y).abs() <= FLOAT_TOLERANCE * x.abs().max(y.abs())
+            (x.is_nan() && y.is_nan())
+                || x == y
+                || (x - y).abs() <= FLOAT_TOLERANCE * x.abs().max(y.abs())
         }
         _ => a == b,
     }
@@ -42,16 +44,25 @@ fn rows(batches: &[RecordBatch]) -> Vec<Vec<Cell>> {
                 match col.data_type() {
                     DataType::Float64 => Box::new(move |i| {
                         let a = col.as_any().downcast_ref::<Float64Array>().expect("f64");
-                        if a.is_null(i) { Cell::Text("NULL".into()) } else { Cell::Float(a.value(i)) }
+                        if a.is_null(i) {
+                            Cell::Text("NULL".into())
+                        } else {
+                            Cell::Float(a.value(i))
+                        }
                     }),
                     DataType::Float32 => Box::new(move |i| {
                         let a = col.as_any().downcast_ref::<Float32Array>().expect("f32");
-                        if a.is_null(i) { Cell::Text("NULL".into()) } else { Cell::Float(a.value(i) as f64) }
+                        if a.is_null(i) {
+                            Cell::Text("NULL".into())
+                        } else {
+                            Cell::Float(a.value(i) as f64)
+                        }
                     }),
                     _ => {
                         let options = options.clone();
                         Box::new(move |i| {
-                            let f = ArrayFormatter::try_new(col.as_ref(), &options).expect("formattable");
+                            let f = ArrayFormatter::try_new(col.as_ref(), &options)
+                                .expect("formattable");
                             Cell::Text(f.value(i).to_string())
                         })
                     }
@@ -77,7 +88,11 @@ fn sort_key(row: &[Cell]) -> String {
 
 /// Compares two results. `ordered`: row order matters. Returns a description of the
 /// first difference.
-pub fn compare(actual: &[RecordBatch], expected: &[RecordBatch], ordered: bool) -> Result<(), String> {
+pub fn compare(
+    actual: &[RecordBatch],
+    expected: &[RecordBatch],
+    ordered: bool,
+) -> Result<(), String> {
     let mut a = rows(actual);
     let mut e = rows(expected);
     if a.len() != e.len() {
@@ -89,7 +104,9 @@ pub fn compare(actual: &[RecordBatch], expected: &[RecordBatch], ordered: bool) 
     }
     for (i, (ra, re)) in a.iter().zip(&e).enumerate() {
         if ra.len() != re.len() || !ra.iter().zip(re).all(|(x, y)| cell_eq(x, y)) {
-            return Err(format!("row {i} differs:\n  got      {ra:?}\n  expected {re:?}"));
+            return Err(format!(
+                "row {i} differs:\n  got      {ra:?}\n  expected {re:?}"
+            ));
         }
     }
     Ok(())
@@ -111,7 +128,10 @@ pub fn is_ordered(sql: &str) -> bool {
 
 /// Runs SQL (statements separated by ';') on single-process DataFusion over `tables`
 /// and returns the last query's rows.
-pub async fn reference(tables_: &[TableSpec], sql: &str) -> datafusion::error::Result<Vec<RecordBatch>> {
+pub async fn reference(
+    tables_: &[TableSpec],
+    sql: &str,
+) -> datafusion::error::Result<Vec<RecordBatch>> {
     let ctx = SessionContext::new();
     for t in tables_ {
         tables::register(&ctx, t)
@@ -122,7 +142,10 @@ pub async fn reference(tables_: &[TableSpec], sql: &str) -> datafusion::error::R
 }
 
 /// Runs statements separated by ';' on `ctx` and returns the last query's rows.
-pub async fn run_statements(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<Vec<RecordBatch>> {
+pub async fn run_statements(
+    ctx: &SessionContext,
+    sql: &str,
+) -> datafusion::error::Result<Vec<RecordBatch>> {
     let mut last = Vec::new();
     for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         let batches = ctx.sql(statement).await?.collect().await?;
@@ -143,7 +166,8 @@ pub fn tpch_data(scale: f64) -> PathBuf {
     if dir.join("_COMPLETE").exists() {
         return dir;
     }
-    let staging = std::env::temp_dir().join(format!("drove-test-tpch-sf{scale}.{}", std::process::id()));
+    let staging =
+        std::env::temp_dir().join(format!("drove-test-tpch-sf{scale}.{}", std::process::id()));
     drove_exec::tpch::generate(scale, &staging, Format::Parquet).expect("generating TPC-H data");
     std::fs::write(staging.join("_COMPLETE"), b"").expect("marking the data complete");
     let _ = std::fs::remove_dir_all(&dir);

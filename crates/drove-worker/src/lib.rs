@@ -32,11 +32,18 @@ use tracing::{Instrument, debug, info, info_span, warn};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(
         "could not register with the coordinator at {addr} within {timeout_ms} ms: {last_error}; check that `drove coordinator` runs there and that --coordinator names it"
     )]
-    Registration { addr: String, timeout_ms: u64, last_error: String },
+    Registration {
+        addr: String,
+        timeout_ms: u64,
+        last_error: String,
+    },
     #[error("invalid configuration: {0}")]
     Config(String),
 }
@@ -121,10 +128,14 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     }
     let listener = TcpListener::bind(config.bind)
         .await
-        .map_err(|source| Error::Bind { addr: config.bind, source })?;
-    let flight_addr = listener
-        .local_addr()
-        .map_err(|source| Error::Bind { addr: config.bind, source })?;
+        .map_err(|source| Error::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let flight_addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.bind,
+        source,
+    })?;
     let store = Arc::new(BlockStore::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
 
@@ -150,7 +161,10 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         state: SessionStateBuilder::new().with_default_features().build(),
         slots: Arc::new(Semaphore::new(config.slots as usize)),
     });
-    let advertised = config.advertise.clone().unwrap_or_else(|| flight_addr.to_string());
+    let advertised = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| flight_addr.to_string());
     let main = tokio::spawn(run(config, advertised, shared, shutdown_rx));
     info!(%flight_addr, "worker Flight service listening");
     Ok(WorkerHandle {
@@ -181,7 +195,10 @@ async fn run(
         }
         // The coordinator no longer knows this identity; its blocks are worthless.
         let freed = shared.store.release_all();
-        warn!(worker_id, freed, "session with the coordinator ended; registering again");
+        warn!(
+            worker_id,
+            freed, "session with the coordinator ended; registering again"
+        );
     }
 }
 
@@ -340,12 +357,23 @@ async fn serve(mut session: Session, shared: Arc<Shared>) {
 /// the task is caught and reported as the task's failure.
 async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -> pb::TaskStatus {
     let key = launch.task.unwrap_or_default();
-    let span = info_span!("task", job = key.job_id, stage = key.stage_id, partition = key.partition, attempt = key.attempt);
+    let span = info_span!(
+        "task",
+        job = key.job_id,
+        stage = key.stage_id,
+        partition = key.partition,
+        attempt = key.attempt
+    );
     let started = Instant::now();
     let Ok(_permit) = Arc::clone(&shared.slots).try_acquire_owned() else {
-        return failed(key, pb::ErrorKind::Internal, "the worker has no free slot for this task".into());
+        return failed(
+            key,
+            pb::ErrorKind::Internal,
+            "the worker has no free slot for this task".into(),
+        );
     };
-    let handle = tokio::spawn(execute(worker_id, key, launch, Arc::clone(&shared)).instrument(span));
+    let handle =
+        tokio::spawn(execute(worker_id, key, launch, Arc::clone(&shared)).instrument(span));
     let outcome = match handle.await {
         Ok(Ok(output)) => pb::task_status::Outcome::Succeeded(pb::TaskSucceeded {
             output_bytes: output.output_bytes,
@@ -368,7 +396,11 @@ async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -
                 Ok(payload) => panic_message(payload.as_ref()),
                 Err(e) => e.to_string(),
             };
-            return failed(key, pb::ErrorKind::Internal, format!("the task panicked: {message}"));
+            return failed(
+                key,
+                pb::ErrorKind::Internal,
+                format!("the task panicked: {message}"),
+            );
         }
     };
     pb::TaskStatus {

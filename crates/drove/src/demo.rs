@@ -69,7 +69,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     outcome
 }
 
-async fn run_queries(session: &Session, data: &std::path::Path, queries: &[(usize, &str)], rows: usize) -> Result<()> {
+async fn run_queries(
+    session: &Session,
+    data: &std::path::Path,
+    queries: &[(usize, &str)],
+    rows: usize,
+) -> Result<()> {
     session.register_tpch(data).await?;
     let mut remote = 0;
     let mut tasks = 0;
@@ -78,9 +83,17 @@ async fn run_queries(session: &Session, data: &std::path::Path, queries: &[(usiz
             .run_sql(sql)
             .await
             .with_context(|| format!("TPC-H query {n}"))?;
-        println!("\n== TPC-H Q{n}: {} rows (first {rows} shown)", result.num_rows());
+        println!(
+            "\n== TPC-H Q{n}: {} rows (first {rows} shown)",
+            result.num_rows()
+        );
         let shown = first_rows(&result.batches, rows);
-        output::write(&mut std::io::stdout().lock(), &shown, result.schema.clone(), OutputFormat::Table)?;
+        output::write(
+            &mut std::io::stdout().lock(),
+            &shown,
+            result.schema.clone(),
+            OutputFormat::Table,
+        )?;
         print!("{}", result.summary);
         remote += result.summary.remote_read_bytes();
         tasks += result.summary.tasks();
@@ -93,7 +106,10 @@ async fn run_queries(session: &Session, data: &std::path::Path, queries: &[(usiz
     Ok(())
 }
 
-fn first_rows(batches: &[arrow::record_batch::RecordBatch], n: usize) -> Vec<arrow::record_batch::RecordBatch> {
+fn first_rows(
+    batches: &[arrow::record_batch::RecordBatch],
+    n: usize,
+) -> Vec<arrow::record_batch::RecordBatch> {
     let mut left = n;
     let mut out = Vec::new();
     for b in batches {

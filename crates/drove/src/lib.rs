@@ -21,7 +21,11 @@ pub const DEFAULT_COORDINATOR_ADDR: &str = "127.0.0.1:7070";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7071";
 
 #[derive(Parser, Debug)]
-#[command(name = "drove", version, about = "A distributed data processing engine: one binary, a coordinator and workers.")]
+#[command(
+    name = "drove",
+    version,
+    about = "A distributed data processing engine: one binary, a coordinator and workers."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -159,9 +163,15 @@ struct StatusArgs {
 /// printed to stderr.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Sql(_) | Command::Gen(_) | Command::Status(_) | Command::Demo(_));
+    let quiet = matches!(
+        cli.command,
+        Command::Sql(_) | Command::Gen(_) | Command::Status(_) | Command::Demo(_)
+    );
     init_logging(if quiet { "warn" } else { "info" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -204,8 +214,13 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         ..Default::default()
     };
     let handle = drove_coordinator::start(config, args.bind, Some(args.http)).await?;
-    println!("coordinator listening on {} (HTTP on http://{})", handle.addr, args.http);
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    println!(
+        "coordinator listening on {} (HTTP on http://{})",
+        handle.addr, args.http
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     handle.shutdown().await;
     Ok(())
 }
@@ -222,7 +237,10 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         registration_timeout_ms: args.registration_timeout_secs.saturating_mul(1000),
     })
     .await?;
-    println!("worker Flight service on {} with {slots} slots", handle.flight_addr);
+    println!(
+        "worker Flight service on {} with {slots} slots",
+        handle.flight_addr
+    );
     tokio::select! {
         result = handle.wait() => result?,
         _ = tokio::signal::ctrl_c() => {}
@@ -247,9 +265,14 @@ async fn local(args: LocalArgs) -> Result<()> {
     for (i, w) in cluster.worker_addrs().iter().enumerate() {
         println!("worker {}:    {w}", i + 1);
     }
-    println!("run queries with: drove sql --coordinator {} -e 'SELECT 1'", cluster.coordinator_addr());
+    println!(
+        "run queries with: drove sql --coordinator {} -e 'SELECT 1'",
+        cluster.coordinator_addr()
+    );
     println!("press Ctrl-C to stop");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     cluster.shutdown().await;
     Ok(())
 }
@@ -320,7 +343,11 @@ async fn status(args: StatusArgs) -> Result<()> {
     }
     println!("{} recent jobs", status.jobs.len());
     for j in &status.jobs {
-        let error = if j.error.is_empty() { String::new() } else { format!(": {}", j.error) };
+        let error = if j.error.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", j.error)
+        };
         println!(
             "  job {} {:?} in {} ms: {}{}",
             j.job_id,

@@ -42,7 +42,9 @@ pub fn write(
             writeln!(out, "{table}")?;
         }
         OutputFormat::Csv => {
-            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
             if batches.is_empty() {
                 writer.write(&RecordBatch::new_empty(schema))?;
             }

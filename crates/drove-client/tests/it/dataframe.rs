@@ -16,7 +16,10 @@ async fn read_parquet_filter_aggregate_sort_equals_datafusion() {
         .unwrap()
         .aggregate(
             vec![col("l_returnflag")],
-            vec![sum(col("l_quantity")).alias("qty"), count(lit(1)).alias("n")],
+            vec![
+                sum(col("l_quantity")).alias("qty"),
+                count(lit(1)).alias("n"),
+            ],
         )
         .unwrap()
         .sort(vec![col("l_returnflag").sort(true, true)])
@@ -33,7 +36,10 @@ async fn read_parquet_filter_aggregate_sort_equals_datafusion() {
         .unwrap()
         .aggregate(
             vec![col("l_returnflag")],
-            vec![sum(col("l_quantity")).alias("qty"), count(lit(1)).alias("n")],
+            vec![
+                sum(col("l_quantity")).alias("qty"),
+                count(lit(1)).alias("n"),
+            ],
         )
         .unwrap()
         .sort(vec![col("l_returnflag").sort(true, true)])

@@ -14,9 +14,15 @@ async fn bad_sql_unknown_tables_and_missing_paths_are_named() {
     assert!(matches!(e, Error::Rejected(_)), "{e:?}");
     assert!(e.to_string().contains("does not parse"), "{e}");
 
-    let e = session.run_sql("SELECT * FROM nosuchtable").await.unwrap_err();
+    let e = session
+        .run_sql("SELECT * FROM nosuchtable")
+        .await
+        .unwrap_err();
     let message = e.to_string();
-    assert!(message.contains("nosuchtable") && message.contains("registered tables: nation, region"), "{message}");
+    assert!(
+        message.contains("nosuchtable") && message.contains("registered tables: nation, region"),
+        "{message}"
+    );
 
     let e = session
         .register_table("ghost", "/definitely/not/here.parquet")
@@ -24,7 +30,10 @@ async fn bad_sql_unknown_tables_and_missing_paths_are_named() {
         .unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
 
-    let e = session.run_sql("CREATE VIEW v AS SELECT 1").await.unwrap_err();
+    let e = session
+        .run_sql("CREATE VIEW v AS SELECT 1")
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("no query to run"), "{e}");
     session.shutdown().await;
 }
@@ -39,7 +48,10 @@ async fn an_error_on_a_worker_reaches_the_client_with_its_own_message() {
         .unwrap_err();
     let message = e.to_string();
     assert!(matches!(e, Error::JobFailed { .. }), "{e:?}");
-    assert!(message.contains("Cannot cast") || message.contains("cast"), "{message}");
+    assert!(
+        message.contains("Cannot cast") || message.contains("cast"),
+        "{message}"
+    );
     assert!(message.contains("failed on worker-"), "{message}");
     assert!(!message.contains("Unknown"), "{message}");
     session.shutdown().await;
@@ -48,10 +60,20 @@ async fn an_error_on_a_worker_reaches_the_client_with_its_own_message() {
 #[tokio::test]
 async fn a_coordinator_address_with_nothing_behind_it_fails_fast() {
     // Bind a port and close it again, so nothing listens there.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let started = Instant::now();
-    let e = Session::connect(&addr.to_string()).await.err().expect("no coordinator there");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let e = Session::connect(&addr.to_string())
+        .await
+        .err()
+        .expect("no coordinator there");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(matches!(e, Error::Connect { .. }), "{e:?}");
     assert!(e.to_string().contains(&addr.to_string()), "{e}");
 }

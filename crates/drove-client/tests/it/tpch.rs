@@ -25,7 +25,11 @@ async fn all_22_queries_equal_single_process_datafusion() {
         }
     }
     session.shutdown().await;
-    assert!(failures.is_empty(), "at scale {scale}:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "at scale {scale}:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -36,8 +40,14 @@ async fn a_shuffling_query_runs_on_several_workers_and_moves_blocks_between_them
     let result = session.run_sql(QUERIES[4]).await.unwrap();
     let summary = &result.summary;
     assert!(summary.stages.len() >= 3, "Q5 shuffles: {summary}");
-    assert!(summary.workers_used().len() >= 2, "tasks ran on one worker only: {summary}");
-    assert!(summary.remote_read_bytes() > 0, "no block crossed between workers: {summary}");
+    assert!(
+        summary.workers_used().len() >= 2,
+        "tasks ran on one worker only: {summary}"
+    );
+    assert!(
+        summary.remote_read_bytes() > 0,
+        "no block crossed between workers: {summary}"
+    );
     session.shutdown().await;
 }
 
@@ -50,7 +60,10 @@ async fn blocks_are_freed_once_the_result_is_read() {
     // The release travels to the workers asynchronously.
     let mut held = Vec::new();
     for _ in 0..200 {
-        held = session.with_local_cluster(|c| c.blocks_held()).await.unwrap();
+        held = session
+            .with_local_cluster(|c| c.blocks_held())
+            .await
+            .unwrap();
         if held.iter().all(|n| *n == 0) {
             break;
         }

@@ -9,16 +9,31 @@ const LIMIT: Duration = Duration::from_secs(60);
 fn fails_with(args: &[&str], expected: &[&str]) {
     let out = crate::run(args, LIMIT);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "`drove {}` succeeded", args.join(" "));
-    assert!(!stderr.contains("panicked"), "`drove {}` panicked:\n{stderr}", args.join(" "));
+    assert!(
+        !out.status.success(),
+        "`drove {}` succeeded",
+        args.join(" ")
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "`drove {}` panicked:\n{stderr}",
+        args.join(" ")
+    );
     for e in expected {
-        assert!(stderr.contains(e), "`drove {}`: expected '{e}' in:\n{stderr}", args.join(" "));
+        assert!(
+            stderr.contains(e),
+            "`drove {}`: expected '{e}' in:\n{stderr}",
+            args.join(" ")
+        );
     }
 }
 
 #[test]
 fn sql_that_does_not_parse() {
-    fails_with(&["sql", "--local", "1", "-e", "SELEC 1"], &["does not parse"]);
+    fails_with(
+        &["sql", "--local", "1", "-e", "SELEC 1"],
+        &["does not parse"],
+    );
 }
 
 #[test]
@@ -26,7 +41,15 @@ fn an_unknown_table_lists_the_registered_ones() {
     let dir = tpch_data(0.01);
     let dir = dir.to_str().unwrap();
     fails_with(
-        &["sql", "--local", "1", "--tpch", dir, "-e", "SELECT * FROM nope"],
+        &[
+            "sql",
+            "--local",
+            "1",
+            "--tpch",
+            dir,
+            "-e",
+            "SELECT * FROM nope",
+        ],
         &["nope", "registered tables: nation, region, part"],
     );
 }
@@ -34,40 +57,94 @@ fn an_unknown_table_lists_the_registered_ones() {
 #[test]
 fn a_path_that_does_not_exist() {
     fails_with(
-        &["sql", "--local", "1", "--table", "t=/no/such/file.parquet", "-e", "SELECT * FROM t"],
+        &[
+            "sql",
+            "--local",
+            "1",
+            "--table",
+            "t=/no/such/file.parquet",
+            "-e",
+            "SELECT * FROM t",
+        ],
         &["/no/such/file.parquet", "does not exist"],
     );
-    fails_with(&["sql", "--local", "1", "--tpch", "/no/such/dir", "-e", "SELECT 1"], &["/no/such/dir"]);
+    fails_with(
+        &[
+            "sql",
+            "--local",
+            "1",
+            "--tpch",
+            "/no/such/dir",
+            "-e",
+            "SELECT 1",
+        ],
+        &["/no/such/dir"],
+    );
 }
 
 #[test]
 fn a_table_flag_without_equals() {
     fails_with(
-        &["sql", "--local", "1", "--table", "lineitem.parquet", "-e", "SELECT 1"],
+        &[
+            "sql",
+            "--local",
+            "1",
+            "--table",
+            "lineitem.parquet",
+            "-e",
+            "SELECT 1",
+        ],
         &["NAME=PATH"],
     );
 }
 
 #[test]
 fn a_coordinator_that_is_not_there_fails_within_seconds() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let started = Instant::now();
-    fails_with(&["sql", "--coordinator", &addr, "-e", "SELECT 1"], &["cannot reach the coordinator", &addr]);
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    fails_with(
+        &["sql", "--coordinator", &addr, "-e", "SELECT 1"],
+        &["cannot reach the coordinator", &addr],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
 fn a_worker_with_a_wrong_coordinator_gives_up_after_its_registration_timeout() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let started = Instant::now();
     let out = crate::run(
-        &["worker", "--coordinator", &addr, "--registration-timeout-secs", "2"],
+        &[
+            "worker",
+            "--coordinator",
+            &addr,
+            "--registration-timeout-secs",
+            "2",
+        ],
         LIMIT,
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("could not register with the coordinator"), "{stderr}");
-    assert!(stderr.contains("retrying"), "it retried and said why:\n{stderr}");
+    assert!(
+        stderr.contains("could not register with the coordinator"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("retrying"),
+        "it retried and said why:\n{stderr}"
+    );
     assert!(started.elapsed() >= Duration::from_secs(2), "gave up early");
 }
 
@@ -77,7 +154,10 @@ fn a_scale_of_zero_or_below_is_refused() {
     let out = dir.path().join("tpch");
     let out = out.to_str().unwrap();
     for scale in ["0", "-1", "nan"] {
-        fails_with(&["gen", "tpch", "--scale", scale, "--out", out], &["--scale", "not a valid TPC-H scale factor"]);
+        fails_with(
+            &["gen", "tpch", "--scale", scale, "--out", out],
+            &["--scale", "not a valid TPC-H scale factor"],
+        );
     }
 }
 
@@ -86,15 +166,30 @@ fn gen_and_sql_print_csv_with_a_header() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().to_str().unwrap();
     let generated = crate::run(&["gen", "tpch", "--scale", "0.001", "--out", out], LIMIT);
-    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
     let sql = crate::run(
         &[
-            "sql", "--local", "2", "--tpch", out, "--format", "csv", "-e",
+            "sql",
+            "--local",
+            "2",
+            "--tpch",
+            out,
+            "--format",
+            "csv",
+            "-e",
             "SELECT r_regionkey, r_name FROM region ORDER BY r_regionkey",
         ],
         LIMIT,
     );
-    assert!(sql.status.success(), "{}", String::from_utf8_lossy(&sql.stderr));
+    assert!(
+        sql.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sql.stderr)
+    );
     let stdout = String::from_utf8_lossy(&sql.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "r_regionkey,r_name");

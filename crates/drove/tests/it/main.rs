@@ -62,7 +62,10 @@ pub fn spawn_until(args: &[&str], marker: &str) -> (Proc, String) {
         match lines.next() {
             Some(Ok(l)) if l.contains(marker) => break l,
             Some(Ok(_)) => continue,
-            _ => panic!("`drove {}` exited before printing '{marker}'", args.join(" ")),
+            _ => panic!(
+                "`drove {}` exited before printing '{marker}'",
+                args.join(" ")
+            ),
         }
     };
     // Keep draining stdout so the child never blocks on a full pipe.

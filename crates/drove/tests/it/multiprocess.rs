@@ -10,7 +10,13 @@ use drove_testkit::{reference, tpch_data, tpch_tables};
 fn coordinator_two_workers_and_sql_as_separate_processes() {
     let dir = tpch_data(0.01);
     let (_coordinator, line) = crate::spawn_until(
-        &["coordinator", "--bind", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+        &[
+            "coordinator",
+            "--bind",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ],
         "coordinator listening on",
     );
     let addr = line
@@ -31,21 +37,40 @@ fn coordinator_two_workers_and_sql_as_separate_processes() {
 
     let q1 = QUERIES[0];
     let out = crate::run(
-        &["sql", "--coordinator", &addr, "--tpch", dir.to_str().unwrap(), "--format", "csv", "-e", q1],
+        &[
+            "sql",
+            "--coordinator",
+            &addr,
+            "--tpch",
+            dir.to_str().unwrap(),
+            "--format",
+            "csv",
+            "-e",
+            q1,
+        ],
         Duration::from_secs(120),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let expected = runtime.block_on(reference(&tpch_tables(&dir), q1)).unwrap();
     let mut csv = Vec::new();
     {
-        let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut csv);
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(&mut csv);
         for b in &expected {
             w.write(b).unwrap();
         }
     }
-    assert_eq!(String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&csv));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&csv)
+    );
 }
 
 fn wait_for_workers(addr: &str, n: usize) {
