@@ -117,11 +117,10 @@ pub fn is_ordered(sql: &str) -> bool {
     let last_query = sql
         .split(';')
         .map(str::trim)
-        .filter(|s| {
+        .rfind(|s| {
             let s = s.to_ascii_lowercase();
             s.starts_with("select") || s.starts_with("with")
         })
-        .next_back()
         .unwrap_or("");
     last_query.to_ascii_lowercase().contains("order by")
 }
