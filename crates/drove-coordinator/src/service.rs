@@ -73,17 +73,22 @@ impl CoordinatorRpc for Service {
         let coordinator = self.coordinator.clone();
         tokio::spawn(
             async move {
-                let why = loop {
+                let (why, clean) = loop {
                     match inbound.message().await {
                         Ok(Some(pb::WorkerMessage {
                             kind: Some(pb::worker_message::Kind::Heartbeat(hb)),
                         })) => coordinator.heartbeat(worker, hb),
                         Ok(Some(other)) => debug!(?other, "ignoring an unexpected worker message"),
-                        Ok(None) => break "the worker closed its session".to_string(),
-                        Err(e) => break format!("the worker's session failed: {}", e.message()),
+                        Ok(None) => break ("the worker closed its session".to_string(), true),
+                        Err(e) => {
+                            break (
+                                format!("the worker's session failed: {}", e.message()),
+                                false,
+                            );
+                        }
                     }
                 };
-                coordinator.worker_lost(worker, &why);
+                coordinator.worker_lost(worker, &why, clean);
             }
             .instrument(info_span!("worker", %worker)),
         );

@@ -189,11 +189,16 @@ impl Coordinator {
         }
     }
 
-    /// The worker's stream ended, or it went silent.
-    pub fn worker_lost(&self, worker: WorkerId, why: &str) {
+    /// The worker's stream ended, or it went silent. `clean`: it closed its session
+    /// itself, which is a normal departure rather than a fault.
+    pub fn worker_lost(&self, worker: WorkerId, why: &str, clean: bool) {
         let mut state = self.lock();
         if state.workers.remove(&worker).is_some() {
-            warn!(%worker, why, "worker lost");
+            if clean {
+                info!(%worker, why, "worker left");
+            } else {
+                warn!(%worker, why, "worker lost");
+            }
             state.handle(Event::WorkerLost { worker });
             let jobs: Vec<JobId> = state.jobs.keys().copied().collect();
             for job in jobs {
@@ -350,7 +355,7 @@ impl Coordinator {
                 .collect()
         };
         for worker in silent {
-            self.worker_lost(worker, "no heartbeat within the timeout");
+            self.worker_lost(worker, "no heartbeat within the timeout", false);
         }
         let ttl = std::time::Duration::from_millis(self.inner.config.result_ttl_ms);
         let expired: Vec<JobId> = {

@@ -477,7 +477,7 @@ impl Scheduler {
         let Some(lost) = self.workers.remove(&worker) else {
             return;
         };
-        warn!(%worker, running = lost.running.len(), "worker lost");
+        info!(%worker, running = lost.running.len(), "worker removed from scheduling");
         for job in self.jobs.values_mut() {
             if job.outcome != JobOutcome::Running {
                 continue;

@@ -214,9 +214,10 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         ..Default::default()
     };
     let handle = drove_coordinator::start(config, args.bind, Some(args.http)).await?;
+    let http = handle.http_addr.map_or_else(String::new, |a| a.to_string());
     println!(
-        "coordinator listening on {} (HTTP on http://{})",
-        handle.addr, args.http
+        "coordinator listening on {} (HTTP on http://{http})",
+        handle.addr
     );
     tokio::signal::ctrl_c()
         .await

@@ -195,4 +195,28 @@ fn gen_and_sql_print_csv_with_a_header() {
     assert_eq!(lines[0], "r_regionkey,r_name");
     assert_eq!(lines.len(), 6, "{stdout}");
     assert_eq!(lines[1], "0,AFRICA");
+
+    let json = crate::run(
+        &[
+            "sql",
+            "--local",
+            "1",
+            "--tpch",
+            out,
+            "--format",
+            "json",
+            "-e",
+            "SELECT r_regionkey, r_name FROM region WHERE r_regionkey < 2 ORDER BY r_regionkey",
+        ],
+        LIMIT,
+    );
+    assert!(
+        json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&json.stdout).trim(),
+        r#"[{"r_regionkey":0,"r_name":"AFRICA"},{"r_regionkey":1,"r_name":"AMERICA"}]"#
+    );
 }

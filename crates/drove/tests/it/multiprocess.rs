@@ -19,11 +19,13 @@ fn coordinator_two_workers_and_sql_as_separate_processes() {
         ],
         "coordinator listening on",
     );
-    let addr = line
-        .split_whitespace()
-        .nth(3)
-        .expect("the coordinator prints its address")
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let addr = words[3].to_string();
+    let http = words[6]
+        .trim_start_matches("http://")
+        .trim_end_matches(')')
         .to_string();
+    assert_eq!(http_get(&http, "/health"), "ok\n");
     let _workers: Vec<_> = (0..2)
         .map(|_| {
             crate::spawn_until(
@@ -71,6 +73,24 @@ fn coordinator_two_workers_and_sql_as_separate_processes() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&csv)
     );
+}
+
+/// A plain HTTP/1.0 GET on loopback; returns the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).expect("connecting to the coordinator's HTTP");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
 }
 
 fn wait_for_workers(addr: &str, n: usize) {
