@@ -17,6 +17,7 @@
 //! ```
 
 pub mod cluster;
+pub mod mapreduce;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +38,8 @@ use tonic::transport::{Channel, Endpoint};
 pub use arrow;
 pub use cluster::{LocalCluster, LocalClusterConfig};
 pub use datafusion;
+pub use drove_exec::mapreduce::nodes::OutputFormat;
+pub use drove_exec::mapreduce::{MapReduce, Partitioner, Record, register};
 
 /// Errors a drove client sees.
 #[derive(Debug, thiserror::Error)]
@@ -697,10 +700,18 @@ pub struct JobSummary {
     pub job_id: u64,
     pub elapsed_ms: u64,
     pub stages: Vec<StageSummary>,
+    /// Named counts summed over the job's tasks (e.g. `invalid_utf8_lines`).
+    pub counters: BTreeMap<String, u64>,
 }
 
 impl JobSummary {
     fn from_status(status: &pb::JobStatus) -> Self {
+        let mut counters = BTreeMap::new();
+        for t in status.stages.iter().flat_map(|s| &s.tasks) {
+            for (name, n) in &t.counters {
+                *counters.entry(name.clone()).or_default() += n;
+            }
+        }
         let stages = status
             .stages
             .iter()
@@ -725,7 +736,26 @@ impl JobSummary {
             job_id: status.job_id,
             elapsed_ms: status.elapsed_ms,
             stages,
+            counters,
         }
+    }
+
+    /// Bytes the job's stages wrote for other stages to read (the shuffle's size).
+    ///
+    /// ```no_run
+    /// # fn demo(s: drove_client::JobSummary) { println!("{}", s.shuffle_write_bytes()); }
+    /// ```
+    pub fn shuffle_write_bytes(&self) -> u64 {
+        let read: std::collections::BTreeSet<u32> = self
+            .stages
+            .iter()
+            .flat_map(|s| s.depends_on.iter().copied())
+            .collect();
+        self.stages
+            .iter()
+            .filter(|s| read.contains(&s.stage_id))
+            .map(|s| s.output_bytes)
+            .sum()
     }
 
     /// Shuffle bytes that crossed from one worker to another.
@@ -788,6 +818,9 @@ impl fmt::Display for JobSummary {
             human_bytes(self.remote_read_bytes()),
             human_bytes(self.local_read_bytes()),
         )?;
+        for (name, n) in &self.counters {
+            writeln!(f, "  counter {name}: {n}")?;
+        }
         for s in &self.stages {
             let placement: Vec<String> = s
                 .tasks_by_worker

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::DFParser;
 use drove_exec::planner::{self, OutputMode};
@@ -21,6 +22,9 @@ use crate::{Error, Result};
 pub enum Query {
     Sql(String),
     LogicalPlan(Vec<u8>),
+    /// A physical plan with drove's own nodes (a MapReduce job); its code must be
+    /// registered in this binary too.
+    PhysicalPlan(Vec<u8>),
 }
 
 /// A stage, encoded for the workers.
@@ -71,6 +75,15 @@ pub async fn plan(
                 |e| Error::User(format!("the submitted logical plan cannot be read: {e}")),
             )?
         }
+        Query::PhysicalPlan(bytes) => {
+            let physical = codec::plan_from_bytes(bytes, &ctx.task_ctx()).map_err(|e| match e {
+                drove_exec::Error::DataFusion(DataFusionError::External(inner)) => {
+                    Error::User(inner.to_string())
+                }
+                other => Error::from(other),
+            })?;
+            return distribute(physical, settings);
+        }
     };
     let mut physical = ctx
         .state()
@@ -84,6 +97,14 @@ pub async fn plan(
             .build();
         physical = state.create_physical_plan(&logical).await?;
     }
+    distribute(physical, settings)
+}
+
+/// Cuts a physical plan into stages and encodes them for the workers.
+fn distribute(
+    physical: Arc<dyn ExecutionPlan>,
+    settings: HashMap<String, String>,
+) -> Result<PlannedJob> {
     let physical_plan = datafusion::physical_plan::displayable(physical.as_ref())
         .indent(false)
         .to_string();

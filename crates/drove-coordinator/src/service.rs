@@ -103,6 +103,7 @@ impl CoordinatorRpc for Service {
         let query = match request.query {
             Some(pb::submit_job_request::Query::Sql(sql)) => Query::Sql(sql),
             Some(pb::submit_job_request::Query::LogicalPlan(bytes)) => Query::LogicalPlan(bytes),
+            Some(pb::submit_job_request::Query::PhysicalPlan(bytes)) => Query::PhysicalPlan(bytes),
             None => {
                 return Err(Status::invalid_argument(
                     "the job has no query: send SQL or a logical plan",

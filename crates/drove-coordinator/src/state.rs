@@ -165,6 +165,7 @@ impl Coordinator {
                         local_read_bytes: s.local_read_bytes,
                         remote_read_bytes: s.remote_read_bytes,
                         elapsed_ms: s.elapsed_ms,
+                        counters: s.counters.into_iter().collect(),
                     },
                 },
                 Some(pb::task_status::Outcome::Failed(f)) => Event::TaskFailed {
@@ -223,7 +224,7 @@ impl Coordinator {
         let planned = planning::plan(&query, &tables, target_partitions).await?;
         let sql = match &query {
             Query::Sql(s) => Some(s.clone()),
-            Query::LogicalPlan(_) => None,
+            Query::LogicalPlan(_) | Query::PhysicalPlan(_) => None,
         };
         let mut state = self.lock();
         let job = state.meta.state().next_job_id();
@@ -606,6 +607,7 @@ impl State {
                                 local_read_bytes: stats.local_read_bytes,
                                 remote_read_bytes: stats.remote_read_bytes,
                                 elapsed_ms: stats.elapsed_ms,
+                                counters: stats.counters.clone().into_iter().collect(),
                             });
                         }
                     }

@@ -59,6 +59,8 @@ pub struct TaskStats {
     pub local_read_bytes: u64,
     pub remote_read_bytes: u64,
     pub elapsed_ms: u64,
+    /// Named counts the task kept (e.g. invalid_utf8_lines).
+    pub counters: BTreeMap<String, u64>,
 }
 
 /// How an error should be treated.

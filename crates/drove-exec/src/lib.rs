@@ -5,6 +5,7 @@
 //! - [`codec`] lets drove's own nodes travel inside datafusion-proto plans.
 //! - [`blocks`] is a worker's store of shuffle blocks.
 //! - [`task`] runs one task: a stage's plan for one partition, written as blocks.
+//! - [`mapreduce`] runs user-written map, combine and reduce functions as plan nodes.
 //! - [`tables`] registers files as tables; [`tpch`] writes TPC-H data.
 //!
 //! Architecture invariant: a block is named by (job, stage, map partition, reduce
@@ -13,6 +14,7 @@
 pub mod blocks;
 pub mod codec;
 pub mod error;
+pub mod mapreduce;
 pub mod planner;
 pub mod session;
 pub mod shuffle;

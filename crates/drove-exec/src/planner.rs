@@ -5,7 +5,7 @@
 //!
 //! | exchange | the stage below writes | the stage above reads |
 //! |---|---|---|
-//! | `RepartitionExec` (hash, round-robin) | one block per output partition | [`ReadMode::Gather`] |
+//! | `RepartitionExec` (hash, round-robin, range) | one block per output partition | [`ReadMode::Gather`] |
 //! | `CoalescePartitionsExec` | one block per task | [`ReadMode::Gather`], one partition |
 //! | `SortPreservingMergeExec` | one sorted block per task | [`ReadMode::PerMap`] under the merge |
 //!
@@ -178,7 +178,9 @@ fn cut(plan: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn 
             ));
         }
         let partitions = match repartition.partitioning() {
-            p @ (Partitioning::Hash(..) | Partitioning::RoundRobinBatch(_)) => p.partition_count(),
+            p @ (Partitioning::Hash(..)
+            | Partitioning::RoundRobinBatch(_)
+            | Partitioning::Range(_)) => p.partition_count(),
             other => {
                 return Err(Error::Internal(format!(
                     "drove cannot distribute the partitioning {other:?}"

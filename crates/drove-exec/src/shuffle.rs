@@ -69,6 +69,16 @@ pub struct ShuffleEnv {
     pub inputs: HashMap<u32, Vec<MapOutputRef>>,
     pub local_read_bytes: AtomicU64,
     pub remote_read_bytes: AtomicU64,
+    /// Named counts the task's operators keep (e.g. `invalid_utf8_lines`).
+    pub counters: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl ShuffleEnv {
+    /// Adds `n` to the task's counter `name`.
+    pub fn count(&self, name: &str, n: u64) {
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        *counters.entry(name.to_string()).or_default() += n;
+    }
 }
 
 /// Flight clients to other workers, one channel per address.

@@ -23,6 +23,8 @@ pub struct TaskOutput {
     pub output_rows: Vec<u64>,
     pub local_read_bytes: u64,
     pub remote_read_bytes: u64,
+    /// Named counts kept by the task's operators.
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 /// Which attempt of which task this is.
@@ -101,6 +103,11 @@ pub async fn run(
     if let Some(env) = ctx.session_config().get_extension::<ShuffleEnv>() {
         out.local_read_bytes = env.local_read_bytes.load(Ordering::Relaxed);
         out.remote_read_bytes = env.remote_read_bytes.load(Ordering::Relaxed);
+        out.counters = env
+            .counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
     }
     debug!(
         ?key,

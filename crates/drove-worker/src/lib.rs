@@ -381,6 +381,7 @@ async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -
             local_read_bytes: output.local_read_bytes,
             remote_read_bytes: output.remote_read_bytes,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            counters: output.counters.into_iter().collect(),
         }),
         Ok(Err(e)) => {
             let kind = match e.kind() {
@@ -468,9 +469,18 @@ async fn execute(
         inputs,
         local_read_bytes: AtomicU64::new(0),
         remote_read_bytes: AtomicU64::new(0),
+        counters: Default::default(),
     };
     let config = session::config(&launch.settings)?.with_extension(Arc::new(env));
-    let ctx = Arc::new(TaskContext::from(&shared.state).with_session_config(config));
+    let task_id = format!(
+        "job{}-stage{}-part{}-attempt{}",
+        key.job_id, key.stage_id, key.partition, key.attempt
+    );
+    let ctx = Arc::new(
+        TaskContext::from(&shared.state)
+            .with_session_config(config)
+            .with_task_id(task_id),
+    );
     let plan = codec::plan_from_bytes(&launch.plan, &ctx)?;
     let output = match launch.output() {
         pb::OutputMode::Single => OutputMode::Single,

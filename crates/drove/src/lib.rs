@@ -2,6 +2,8 @@
 //! commands (`coordinator`, `worker`, `sql`, ...) next to its own code.
 
 mod demo;
+mod gentext;
+pub mod jobs;
 mod output;
 
 use std::net::SocketAddr;
@@ -41,6 +43,8 @@ enum Command {
     Local(LocalArgs),
     /// Run SQL on a cluster and print the last query's result.
     Sql(SqlArgs),
+    /// Run a registered MapReduce job on a cluster.
+    Mapreduce(MapReduceArgs),
     /// Generate data.
     #[command(subcommand)]
     Gen(GenCommand),
@@ -128,10 +132,68 @@ struct SqlArgs {
     summary: bool,
 }
 
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("cluster").required(true).args(["coordinator", "local"]))]
+struct MapReduceArgs {
+    /// The registered job: wordcount, inverted-index, grep, sort, or one of your own.
+    job: String,
+    /// Input files or directories (text, .csv or .parquet). Repeatable.
+    #[arg(long = "input", value_name = "PATH", required = true)]
+    inputs: Vec<PathBuf>,
+    /// The output directory: one part file per reducer, and _SUCCESS when complete.
+    #[arg(long)]
+    output: PathBuf,
+    /// Number of reducers.
+    #[arg(long, default_value_t = 4)]
+    reducers: usize,
+    #[arg(long, value_enum, default_value_t = MrFormat::Text)]
+    format: MrFormat,
+    /// A running coordinator's gRPC address, HOST:PORT.
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Start an embedded cluster of N workers for this command.
+    #[arg(long, value_name = "N")]
+    local: Option<usize>,
+    /// Replace the part files of an existing output directory.
+    #[arg(long)]
+    overwrite: bool,
+    /// A job parameter, KEY=VALUE (e.g. --arg pattern=error for grep). Repeatable.
+    #[arg(long = "arg", value_name = "KEY=VALUE")]
+    args: Vec<String>,
+    /// Do not run the job's combiner.
+    #[arg(long)]
+    no_combine: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum MrFormat {
+    Text,
+    Csv,
+    Parquet,
+}
+
 #[derive(Subcommand, Debug)]
 enum GenCommand {
     /// Write the eight TPC-H tables.
     Tpch(GenTpchArgs),
+    /// Write deterministic text with Zipf-distributed words.
+    Text(GenTextArgs),
+}
+
+#[derive(Args, Debug)]
+struct GenTextArgs {
+    /// Total bytes to write.
+    #[arg(long)]
+    size: u64,
+    /// Number of files to spread them over.
+    #[arg(long, default_value_t = 1)]
+    files: usize,
+    /// Directory to write into (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed; the same seed gives the same text.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -161,11 +223,19 @@ struct StatusArgs {
 
 /// Parses the process arguments, runs the command and returns the exit code. Errors are
 /// printed to stderr.
+///
+/// The built-in MapReduce jobs are registered first; a binary that embeds these commands
+/// registers its own jobs before calling this.
 pub fn main() -> ExitCode {
+    jobs::register_builtin();
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,
-        Command::Sql(_) | Command::Gen(_) | Command::Status(_) | Command::Demo(_)
+        Command::Sql(_)
+            | Command::Mapreduce(_)
+            | Command::Gen(_)
+            | Command::Status(_)
+            | Command::Demo(_)
     );
     init_logging(if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -202,7 +272,9 @@ async fn run(command: Command) -> Result<()> {
         Command::Worker(args) => worker(args).await,
         Command::Local(args) => local(args).await,
         Command::Sql(args) => sql(args).await,
+        Command::Mapreduce(args) => mapreduce(args).await,
         Command::Gen(GenCommand::Tpch(args)) => gen_tpch(args),
+        Command::Gen(GenCommand::Text(args)) => gen_text(args),
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status(args).await,
     }
@@ -312,6 +384,65 @@ async fn sql(args: SqlArgs) -> Result<()> {
     if args.summary {
         eprint!("{}", result.summary);
     }
+    Ok(())
+}
+
+async fn mapreduce(args: MapReduceArgs) -> Result<()> {
+    let mut job_args = std::collections::BTreeMap::new();
+    for a in &args.args {
+        let Some((k, v)) = a.split_once('=') else {
+            bail!("--arg '{a}' has no '='; write it as KEY=VALUE, e.g. --arg pattern=error");
+        };
+        job_args.insert(k.to_string(), v.to_string());
+    }
+    // Check the job and its parameters before starting anything.
+    drove_exec::mapreduce::job(&args.job, &job_args)?;
+    let format = match args.format {
+        MrFormat::Text => drove_client::OutputFormat::Text,
+        MrFormat::Csv => drove_client::OutputFormat::Csv,
+        MrFormat::Parquet => drove_client::OutputFormat::Parquet,
+    };
+    let session = match (&args.coordinator, args.local) {
+        (Some(addr), _) => Session::connect(addr).await?,
+        (None, Some(workers)) => Session::local(workers).await?,
+        (None, None) => bail!("pass --coordinator HOST:PORT or --local N"),
+    };
+    let result = session
+        .run_mapreduce(drove_client::mapreduce::MapReduceOptions {
+            job: args.job.clone(),
+            args: job_args,
+            inputs: args.inputs.clone(),
+            output: args.output.clone(),
+            reducers: args.reducers,
+            format,
+            overwrite: args.overwrite,
+            combine: !args.no_combine,
+        })
+        .await;
+    session.shutdown().await;
+    let result = result?;
+    println!(
+        "{}: {} records in {} files under {}; shuffled {}",
+        args.job,
+        result.records,
+        result.files.len(),
+        args.output.display(),
+        drove_client::human_bytes(result.summary.shuffle_write_bytes()),
+    );
+    print!("{}", result.summary);
+    Ok(())
+}
+
+fn gen_text(args: GenTextArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let files = gentext::generate(args.size, args.files, &args.out, args.seed)?;
+    println!(
+        "wrote {} bytes of text in {} files into {} in {:.1}s",
+        args.size,
+        files.len(),
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

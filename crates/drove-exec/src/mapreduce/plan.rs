@@ -1,0 +1,218 @@
+//! From a MapReduce job description to a physical plan.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef};
+use arrow::compute::SortOptions;
+use datafusion::common::ScalarValue;
+use datafusion::common::SplitPoint;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr, RangePartitioning};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
+
+use super::nodes::{MapExec, OutputSpec, ReduceExec, TextSourceExec};
+use super::{Partitioner, Record, job};
+use crate::{Error, Result};
+
+/// Lines read from each text input to sample keys for range partitioning.
+pub const SAMPLE_LINES_PER_FILE: usize = 2_000;
+/// Reducers a job may have at most.
+pub const REDUCERS_MAX: usize = 10_000;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct MapReduceSpec {
+    pub job: String,
+    /// The job's parameters.
+    pub args: super::JobArgs,
+    /// Files or directories of files: text (any extension but .csv and .parquet), CSV or Parquet.
+    pub inputs: Vec<PathBuf>,
+    pub output: OutputSpec,
+    pub reducers: usize,
+    /// Run the job's combiner on the map side (when it has one).
+    pub combine: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inputs {
+    text: Vec<PathBuf>,
+    csv: Vec<PathBuf>,
+    parquet: Vec<PathBuf>,
+}
+
+/// Lists the input files: a directory contributes its files, skipping names that start
+/// with `.` or `_` (markers such as `_SUCCESS`).
+fn list_inputs(paths: &[PathBuf]) -> Result<Inputs> {
+    if paths.is_empty() {
+        return Err(Error::User(
+            "no input; pass at least one --input PATH".into(),
+        ));
+    }
+    let mut inputs = Inputs::default();
+    let mut add = |p: PathBuf| match p.extension().and_then(|e| e.to_str()) {
+        Some("csv") => inputs.csv.push(p),
+        Some("parquet") => inputs.parquet.push(p),
+        _ => inputs.text.push(p),
+    };
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|_| {
+            Error::User(format!(
+                "input path '{}' does not exist; pass existing files or directories",
+                path.display()
+            ))
+        })?;
+        if meta.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    !name.starts_with('.') && !name.starts_with('_')
+                })
+                .collect();
+            files.sort();
+            files.into_iter().for_each(&mut add);
+        } else {
+            add(path.clone());
+        }
+    }
+    if inputs.text.is_empty() && inputs.csv.is_empty() && inputs.parquet.is_empty() {
+        return Err(Error::User("the inputs hold no files".into()));
+    }
+    Ok(inputs)
+}
+
+fn utf8(path: &Path) -> Result<&str> {
+    path.to_str()
+        .ok_or_else(|| Error::User(format!("path '{}' is not UTF-8", path.display())))
+}
+
+/// Builds the job's physical plan. Runs in the submitting process, which has the job's
+/// code registered too; range partitioning samples the input here.
+pub async fn build(spec: &MapReduceSpec, ctx: &SessionContext) -> Result<Arc<dyn ExecutionPlan>> {
+    let job = job(&spec.job, &spec.args)?;
+    if spec.reducers == 0 || spec.reducers > REDUCERS_MAX {
+        return Err(Error::User(format!(
+            "--reducers {} is out of range; use 1 to {REDUCERS_MAX}",
+            spec.reducers
+        )));
+    }
+    let inputs = list_inputs(&spec.inputs)?;
+    let mut maps: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+    if !inputs.text.is_empty() {
+        let source = Arc::new(TextSourceExec::new(inputs.text.clone()));
+        maps.push(Arc::new(MapExec::try_new(
+            source,
+            &spec.job,
+            &spec.args,
+            spec.combine,
+            "",
+        )?));
+    }
+    for path in &inputs.csv {
+        let scan = ctx
+            .read_csv(utf8(path)?, CsvReadOptions::new().has_header(true))
+            .await?
+            .create_physical_plan()
+            .await?;
+        maps.push(Arc::new(MapExec::try_new(
+            scan,
+            &spec.job,
+            &spec.args,
+            spec.combine,
+            utf8(path)?,
+        )?));
+    }
+    for path in &inputs.parquet {
+        let scan = ctx
+            .read_parquet(utf8(path)?, ParquetReadOptions::default())
+            .await?
+            .create_physical_plan()
+            .await?;
+        maps.push(Arc::new(MapExec::try_new(
+            scan,
+            &spec.job,
+            &spec.args,
+            spec.combine,
+            utf8(path)?,
+        )?));
+    }
+    let map: Arc<dyn ExecutionPlan> = if maps.len() == 1 {
+        maps.pop().expect("one map")
+    } else {
+        UnionExec::try_new(maps)?
+    };
+    let key = Arc::new(Column::new("key", 0));
+    let partitioning = match job.partitioner() {
+        Partitioner::Hash => Partitioning::Hash(vec![key], spec.reducers),
+        Partitioner::Range => {
+            let sample = sample_keys(&inputs, &job)?;
+            let ordering =
+                LexOrdering::new(vec![PhysicalSortExpr::new(key, SortOptions::default())])
+                    .ok_or_else(|| Error::Internal("an empty sort key".into()))?;
+            let split_points = split_points(&sample, spec.reducers)?;
+            Partitioning::Range(RangePartitioning::try_new(ordering, split_points)?)
+        }
+    };
+    let shuffle = Arc::new(RepartitionExec::try_new(map, partitioning)?);
+    Ok(Arc::new(ReduceExec::try_new(
+        shuffle,
+        &spec.job,
+        &spec.args,
+        spec.output.clone(),
+    )?))
+}
+
+/// Maps the first lines of each text input and returns the keys they emit.
+fn sample_keys(inputs: &Inputs, job: &Arc<dyn super::ErasedJob>) -> Result<ArrayRef> {
+    if !inputs.csv.is_empty() || !inputs.parquet.is_empty() {
+        return Err(Error::User(
+            "range-partitioned jobs read text input only for now; convert CSV or Parquet input to text".into(),
+        ));
+    }
+    let mut keys: Vec<ArrayRef> = Vec::new();
+    for path in &inputs.text {
+        let content = std::fs::read(path)?;
+        let name = path.to_string_lossy();
+        let lines: Vec<(u64, &str)> = content
+            .split(|b| *b == b'\n')
+            .take(SAMPLE_LINES_PER_FILE)
+            .enumerate()
+            .filter_map(|(i, l)| std::str::from_utf8(l).ok().map(|t| (i as u64 + 1, t)))
+            .collect();
+        let records: Vec<Record<'_>> = lines
+            .iter()
+            .map(|(line, text)| Record {
+                file: &name,
+                line: *line,
+                text,
+            })
+            .collect();
+        keys.push(job.sample_keys(&records)?);
+    }
+    let refs: Vec<&dyn Array> = keys.iter().map(|k| k.as_ref()).collect();
+    Ok(arrow::compute::concat(&refs)?)
+}
+
+/// `reducers - 1` split points at even quantiles of the sorted sample, without repeats.
+fn split_points(sample: &ArrayRef, reducers: usize) -> Result<Vec<SplitPoint>> {
+    let sorted = arrow::compute::sort(sample.as_ref(), None)?;
+    let n = sorted.len();
+    let mut points: Vec<ScalarValue> = Vec::new();
+    if n > 0 {
+        for i in 1..reducers {
+            let value = ScalarValue::try_from_array(&sorted, i * n / reducers)?;
+            points.push(value);
+        }
+    }
+    points.dedup();
+    Ok(points
+        .into_iter()
+        .map(|v| SplitPoint::new(vec![v]))
+        .collect())
+}
