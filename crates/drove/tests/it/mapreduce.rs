@@ -1,0 +1,249 @@
+//! MapReduce jobs on embedded clusters, checked against plain reference code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use drove::jobs::words;
+use drove_client::mapreduce::{MapReduceOptions, MapReduceResult};
+use drove_client::{Error, LocalCluster, LocalClusterConfig, MapReduce, OutputFormat, Record, Session};
+
+/// Bytes of generated text for the wordcount check: `DROVE_MR_BYTES`, else 4 MB.
+fn corpus_bytes() -> u64 {
+    std::env::var("DROVE_MR_BYTES").ok().and_then(|s| s.parse().ok()).unwrap_or(4_000_000)
+}
+
+async fn cluster(workers: usize) -> Session {
+    drove::jobs::register_builtin();
+    let cluster = LocalCluster::start(LocalClusterConfig {
+        workers,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    Session::with_cluster(cluster).await.unwrap()
+}
+
+fn options(job: &str, inputs: Vec<PathBuf>, output: &Path) -> MapReduceOptions {
+    MapReduceOptions {
+        job: job.into(),
+        args: Default::default(),
+        inputs,
+        output: output.to_path_buf(),
+        reducers: 3,
+        format: OutputFormat::Text,
+        overwrite: false,
+        combine: true,
+    }
+}
+
+fn generate(dir: &Path, bytes: u64, files: usize) -> PathBuf {
+    let input = dir.join("in");
+    let out = crate::run(
+        &[
+            "gen", "text", "--size", &bytes.to_string(), "--files", &files.to_string(), "--out",
+            input.to_str().unwrap(),
+        ],
+        std::time::Duration::from_secs(300),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    input
+}
+
+/// The lines of the part files, in reducer order.
+fn output_lines(result: &MapReduceResult) -> Vec<String> {
+    let mut lines = Vec::new();
+    for f in &result.files {
+        lines.extend(std::fs::read_to_string(f).unwrap().lines().map(str::to_string));
+    }
+    lines
+}
+
+fn input_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wordcount_equals_a_single_threaded_count_and_the_combiner_cuts_the_shuffle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = generate(tmp.path(), corpus_bytes(), 6);
+    let session = cluster(3).await;
+
+    let mut reference: BTreeMap<String, u64> = BTreeMap::new();
+    for f in input_files(&input) {
+        for w in words(&std::fs::read_to_string(f).unwrap()) {
+            *reference.entry(w).or_default() += 1;
+        }
+    }
+
+    let combined = session
+        .run_mapreduce(options("wordcount", vec![input.clone()], &tmp.path().join("out")))
+        .await
+        .unwrap();
+    assert!(tmp.path().join("out/_SUCCESS").exists());
+    assert!(!tmp.path().join("out/_temporary").exists());
+    let counts: BTreeMap<String, u64> = output_lines(&combined)
+        .iter()
+        .map(|l| {
+            let (w, n) = l.split_once('\t').unwrap();
+            (w.to_string(), n.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(counts.len(), reference.len());
+    assert!(counts == reference, "counts differ from the reference");
+
+    let mut plain = options("wordcount", vec![input], &tmp.path().join("out-plain"));
+    plain.combine = false;
+    let plain = session.run_mapreduce(plain).await.unwrap();
+    let (with, without) = (combined.summary.shuffle_write_bytes(), plain.summary.shuffle_write_bytes());
+    assert!(with > 0 && with * 2 < without, "combiner: {with} bytes shuffled, without: {without}");
+    session.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sort_output_is_globally_sorted_and_a_permutation_of_the_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("records");
+    std::fs::create_dir_all(&input).unwrap();
+    let mut all = Vec::new();
+    let mut x: u64 = 7;
+    for f in 0..4 {
+        let mut text = String::new();
+        for i in 0..3000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let line = format!("{:010}\tvalue-{f}-{i}", (x >> 33) % 100_000);
+            text.push_str(&line);
+            text.push('\n');
+            all.push(line);
+        }
+        std::fs::write(input.join(format!("r{f}.txt")), text).unwrap();
+    }
+    let session = cluster(3).await;
+    let mut opts = options("sort", vec![input], &tmp.path().join("sorted"));
+    opts.reducers = 4;
+    let result = session.run_mapreduce(opts).await.unwrap();
+    let lines = output_lines(&result);
+    let keys: Vec<&str> = lines.iter().map(|l| l.split('\t').next().unwrap()).collect();
+    assert!(keys.windows(2).all(|w| w[0] <= w[1]), "not globally sorted");
+    let nonempty = result.files.iter().filter(|f| std::fs::metadata(f).unwrap().len() > 0).count();
+    assert!(nonempty >= 2, "range partitioning used {nonempty} reducers");
+    let mut got = lines.clone();
+    got.sort();
+    all.sort();
+    assert_eq!(got, all, "not a permutation of the input");
+    session.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inverted_index_and_grep_equal_reference_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = generate(tmp.path(), 300_000, 3);
+    let files = input_files(&input);
+    let session = cluster(2).await;
+
+    let result = session
+        .run_mapreduce(options("inverted-index", vec![input.clone()], &tmp.path().join("index")))
+        .await
+        .unwrap();
+    let mut reference: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in &files {
+        for w in words(&std::fs::read_to_string(f).unwrap()) {
+            reference.entry(w).or_default().insert(f.to_string_lossy().into_owned());
+        }
+    }
+    let got: BTreeMap<String, BTreeSet<String>> = output_lines(&result)
+        .iter()
+        .map(|l| {
+            let (w, fs) = l.split_once('\t').unwrap();
+            (w.to_string(), fs.split(',').map(str::to_string).collect())
+        })
+        .collect();
+    assert_eq!(got, reference);
+
+    let mut grep = options("grep", vec![input], &tmp.path().join("grep"));
+    grep.args.insert("pattern".into(), "^Lo .*ne".into());
+    let result = session.run_mapreduce(grep).await.unwrap();
+    let re = regex::Regex::new("^Lo .*ne").unwrap();
+    let mut expected = BTreeSet::new();
+    for f in &files {
+        for (i, line) in std::fs::read_to_string(f).unwrap().lines().enumerate() {
+            if re.is_match(line) {
+                expected.insert(format!("{}:{}\t{line}", f.display(), i + 1));
+            }
+        }
+    }
+    let got: BTreeSet<String> = output_lines(&result).into_iter().collect();
+    assert!(!expected.is_empty(), "the pattern should match something");
+    assert_eq!(got, expected);
+    session.shutdown().await;
+}
+
+struct Panics;
+
+impl MapReduce for Panics {
+    type Key = String;
+    type Value = u64;
+    type Output = u64;
+
+    fn map(&self, record: &Record<'_>, emit: &mut dyn FnMut(String, u64)) {
+        if record.line == 3 {
+            panic!("the user's map function gave up on line 3");
+        }
+        emit(record.text.to_string(), 1);
+    }
+
+    fn reduce(&self, _key: &String, values: Vec<u64>, emit: &mut dyn FnMut(u64)) {
+        emit(values.len() as u64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_named_and_nothing_partial_is_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("a.txt"), b"one two\n\xff\xfe broken\nthree one\n").unwrap();
+    drove_client::register("panics", Panics);
+    let session = cluster(2).await;
+
+    // Missing input.
+    let e = session
+        .run_mapreduce(options("wordcount", vec![tmp.path().join("nope")], &tmp.path().join("o1")))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    // Unknown job: the message lists the registered ones.
+    let e = session
+        .run_mapreduce(options("wordcnt", vec![input.clone()], &tmp.path().join("o2")))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("registered jobs:") && e.to_string().contains("wordcount"), "{e}");
+    // Invalid UTF-8 lines are counted, and the job goes on.
+    let out = tmp.path().join("o3");
+    let result = session.run_mapreduce(options("wordcount", vec![input.clone()], &out)).await.unwrap();
+    assert_eq!(result.summary.counters.get("invalid_utf8_lines"), Some(&1));
+    let lines = output_lines(&result);
+    assert!(lines.contains(&"one\t2".to_string()), "{lines:?}");
+    // An existing output directory is refused without --overwrite, and kept intact.
+    let e = session.run_mapreduce(options("wordcount", vec![input.clone()], &out)).await.unwrap_err();
+    assert!(e.to_string().contains("already exists") && e.to_string().contains("--overwrite"), "{e}");
+    assert!(out.join("_SUCCESS").exists());
+    let mut again = options("wordcount", vec![input.clone()], &out);
+    again.overwrite = true;
+    session.run_mapreduce(again).await.unwrap();
+    // A panicking map function fails the job cleanly, with its message; no output looks complete.
+    let failed_out = tmp.path().join("o4");
+    let e = session.run_mapreduce(options("panics", vec![input.clone()], &failed_out)).await.unwrap_err();
+    assert!(matches!(e, Error::JobFailed { .. }), "{e:?}");
+    assert!(e.to_string().contains("gave up on line 3"), "{e}");
+    assert!(!failed_out.join("_SUCCESS").exists());
+    assert!(!failed_out.exists(), "a failed job left {failed_out:?} behind");
+    // The workers survived: the next job runs.
+    let result = session
+        .run_mapreduce(options("wordcount", vec![input], &tmp.path().join("o5")))
+        .await
+        .unwrap();
+    assert!(result.records > 0);
+    session.shutdown().await;
+}
