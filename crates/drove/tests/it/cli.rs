@@ -220,3 +220,87 @@ fn gen_and_sql_print_csv_with_a_header() {
         r#"[{"r_regionkey":0,"r_name":"AFRICA"},{"r_regionkey":1,"r_name":"AMERICA"}]"#
     );
 }
+
+#[test]
+fn mapreduce_names_unknown_jobs_and_missing_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    fails_with(
+        &[
+            "mapreduce",
+            "wordcnt",
+            "--input",
+            "/tmp",
+            "--output",
+            out,
+            "--local",
+            "1",
+        ],
+        &[
+            "no MapReduce job is registered as 'wordcnt'",
+            "registered jobs:",
+            "wordcount",
+            "grep",
+        ],
+    );
+    fails_with(
+        &[
+            "mapreduce",
+            "wordcount",
+            "--input",
+            "/no/such/input",
+            "--output",
+            out,
+            "--local",
+            "1",
+        ],
+        &["input path '/no/such/input' does not exist"],
+    );
+    fails_with(
+        &[
+            "mapreduce",
+            "grep",
+            "--input",
+            "/tmp",
+            "--output",
+            out,
+            "--local",
+            "1",
+        ],
+        &["grep needs a pattern", "--arg pattern=REGEX"],
+    );
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "some words\n").unwrap();
+    let exists = dir.path().join("exists");
+    std::fs::create_dir_all(&exists).unwrap();
+    fails_with(
+        &[
+            "mapreduce",
+            "wordcount",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            exists.to_str().unwrap(),
+            "--local",
+            "1",
+        ],
+        &["already exists", "--overwrite"],
+    );
+}
+
+#[test]
+fn gen_text_refuses_a_zero_size() {
+    let dir = tempfile::tempdir().unwrap();
+    fails_with(
+        &[
+            "gen",
+            "text",
+            "--size",
+            "0",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ],
+        &["--size 0 is out of range"],
+    );
+}

@@ -5,11 +5,16 @@ use std::path::{Path, PathBuf};
 
 use drove::jobs::words;
 use drove_client::mapreduce::{MapReduceOptions, MapReduceResult};
-use drove_client::{Error, LocalCluster, LocalClusterConfig, MapReduce, OutputFormat, Record, Session};
+use drove_client::{
+    Error, LocalCluster, LocalClusterConfig, MapReduce, OutputFormat, Record, Session,
+};
 
 /// Bytes of generated text for the wordcount check: `DROVE_MR_BYTES`, else 4 MB.
 fn corpus_bytes() -> u64 {
-    std::env::var("DROVE_MR_BYTES").ok().and_then(|s| s.parse().ok()).unwrap_or(4_000_000)
+    std::env::var("DROVE_MR_BYTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4_000_000)
 }
 
 async fn cluster(workers: usize) -> Session {
@@ -40,12 +45,22 @@ fn generate(dir: &Path, bytes: u64, files: usize) -> PathBuf {
     let input = dir.join("in");
     let out = crate::run(
         &[
-            "gen", "text", "--size", &bytes.to_string(), "--files", &files.to_string(), "--out",
+            "gen",
+            "text",
+            "--size",
+            &bytes.to_string(),
+            "--files",
+            &files.to_string(),
+            "--out",
             input.to_str().unwrap(),
         ],
         std::time::Duration::from_secs(300),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     input
 }
 
@@ -53,13 +68,21 @@ fn generate(dir: &Path, bytes: u64, files: usize) -> PathBuf {
 fn output_lines(result: &MapReduceResult) -> Vec<String> {
     let mut lines = Vec::new();
     for f in &result.files {
-        lines.extend(std::fs::read_to_string(f).unwrap().lines().map(str::to_string));
+        lines.extend(
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(str::to_string),
+        );
     }
     lines
 }
 
 fn input_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     files
 }
@@ -78,7 +101,11 @@ async fn wordcount_equals_a_single_threaded_count_and_the_combiner_cuts_the_shuf
     }
 
     let combined = session
-        .run_mapreduce(options("wordcount", vec![input.clone()], &tmp.path().join("out")))
+        .run_mapreduce(options(
+            "wordcount",
+            vec![input.clone()],
+            &tmp.path().join("out"),
+        ))
         .await
         .unwrap();
     assert!(tmp.path().join("out/_SUCCESS").exists());
@@ -96,8 +123,14 @@ async fn wordcount_equals_a_single_threaded_count_and_the_combiner_cuts_the_shuf
     let mut plain = options("wordcount", vec![input], &tmp.path().join("out-plain"));
     plain.combine = false;
     let plain = session.run_mapreduce(plain).await.unwrap();
-    let (with, without) = (combined.summary.shuffle_write_bytes(), plain.summary.shuffle_write_bytes());
-    assert!(with > 0 && with * 2 < without, "combiner: {with} bytes shuffled, without: {without}");
+    let (with, without) = (
+        combined.summary.shuffle_write_bytes(),
+        plain.summary.shuffle_write_bytes(),
+    );
+    assert!(
+        with > 0 && with * 2 < without,
+        "combiner: {with} bytes shuffled, without: {without}"
+    );
     session.shutdown().await;
 }
 
@@ -111,7 +144,9 @@ async fn sort_output_is_globally_sorted_and_a_permutation_of_the_input() {
     for f in 0..4 {
         let mut text = String::new();
         for i in 0..3000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let line = format!("{:010}\tvalue-{f}-{i}", (x >> 33) % 100_000);
             text.push_str(&line);
             text.push('\n');
@@ -124,9 +159,16 @@ async fn sort_output_is_globally_sorted_and_a_permutation_of_the_input() {
     opts.reducers = 4;
     let result = session.run_mapreduce(opts).await.unwrap();
     let lines = output_lines(&result);
-    let keys: Vec<&str> = lines.iter().map(|l| l.split('\t').next().unwrap()).collect();
+    let keys: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
     assert!(keys.windows(2).all(|w| w[0] <= w[1]), "not globally sorted");
-    let nonempty = result.files.iter().filter(|f| std::fs::metadata(f).unwrap().len() > 0).count();
+    let nonempty = result
+        .files
+        .iter()
+        .filter(|f| std::fs::metadata(f).unwrap().len() > 0)
+        .count();
     assert!(nonempty >= 2, "range partitioning used {nonempty} reducers");
     let mut got = lines.clone();
     got.sort();
@@ -143,13 +185,20 @@ async fn inverted_index_and_grep_equal_reference_code() {
     let session = cluster(2).await;
 
     let result = session
-        .run_mapreduce(options("inverted-index", vec![input.clone()], &tmp.path().join("index")))
+        .run_mapreduce(options(
+            "inverted-index",
+            vec![input.clone()],
+            &tmp.path().join("index"),
+        ))
         .await
         .unwrap();
     let mut reference: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in &files {
         for w in words(&std::fs::read_to_string(f).unwrap()) {
-            reference.entry(w).or_default().insert(f.to_string_lossy().into_owned());
+            reference
+                .entry(w)
+                .or_default()
+                .insert(f.to_string_lossy().into_owned());
         }
     }
     let got: BTreeMap<String, BTreeSet<String>> = output_lines(&result)
@@ -203,42 +252,72 @@ async fn bad_input_is_named_and_nothing_partial_is_left() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in");
     std::fs::create_dir_all(&input).unwrap();
-    std::fs::write(input.join("a.txt"), b"one two\n\xff\xfe broken\nthree one\n").unwrap();
+    std::fs::write(
+        input.join("a.txt"),
+        b"one two\n\xff\xfe broken\nthree one\n",
+    )
+    .unwrap();
     drove_client::register("panics", Panics);
     let session = cluster(2).await;
 
     // Missing input.
     let e = session
-        .run_mapreduce(options("wordcount", vec![tmp.path().join("nope")], &tmp.path().join("o1")))
+        .run_mapreduce(options(
+            "wordcount",
+            vec![tmp.path().join("nope")],
+            &tmp.path().join("o1"),
+        ))
         .await
         .unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
     // Unknown job: the message lists the registered ones.
     let e = session
-        .run_mapreduce(options("wordcnt", vec![input.clone()], &tmp.path().join("o2")))
+        .run_mapreduce(options(
+            "wordcnt",
+            vec![input.clone()],
+            &tmp.path().join("o2"),
+        ))
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("registered jobs:") && e.to_string().contains("wordcount"), "{e}");
+    assert!(
+        e.to_string().contains("registered jobs:") && e.to_string().contains("wordcount"),
+        "{e}"
+    );
     // Invalid UTF-8 lines are counted, and the job goes on.
     let out = tmp.path().join("o3");
-    let result = session.run_mapreduce(options("wordcount", vec![input.clone()], &out)).await.unwrap();
+    let result = session
+        .run_mapreduce(options("wordcount", vec![input.clone()], &out))
+        .await
+        .unwrap();
     assert_eq!(result.summary.counters.get("invalid_utf8_lines"), Some(&1));
     let lines = output_lines(&result);
     assert!(lines.contains(&"one\t2".to_string()), "{lines:?}");
     // An existing output directory is refused without --overwrite, and kept intact.
-    let e = session.run_mapreduce(options("wordcount", vec![input.clone()], &out)).await.unwrap_err();
-    assert!(e.to_string().contains("already exists") && e.to_string().contains("--overwrite"), "{e}");
+    let e = session
+        .run_mapreduce(options("wordcount", vec![input.clone()], &out))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("already exists") && e.to_string().contains("--overwrite"),
+        "{e}"
+    );
     assert!(out.join("_SUCCESS").exists());
     let mut again = options("wordcount", vec![input.clone()], &out);
     again.overwrite = true;
     session.run_mapreduce(again).await.unwrap();
     // A panicking map function fails the job cleanly, with its message; no output looks complete.
     let failed_out = tmp.path().join("o4");
-    let e = session.run_mapreduce(options("panics", vec![input.clone()], &failed_out)).await.unwrap_err();
+    let e = session
+        .run_mapreduce(options("panics", vec![input.clone()], &failed_out))
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::JobFailed { .. }), "{e:?}");
     assert!(e.to_string().contains("gave up on line 3"), "{e}");
     assert!(!failed_out.join("_SUCCESS").exists());
-    assert!(!failed_out.exists(), "a failed job left {failed_out:?} behind");
+    assert!(
+        !failed_out.exists(),
+        "a failed job left {failed_out:?} behind"
+    );
     // The workers survived: the next job runs.
     let result = session
         .run_mapreduce(options("wordcount", vec![input], &tmp.path().join("o5")))
