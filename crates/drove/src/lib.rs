@@ -137,8 +137,8 @@ struct SqlArgs {
 struct MapReduceArgs {
     /// The registered job: wordcount, inverted-index, grep, sort, or one of your own.
     job: String,
-    /// Input files or directories (text, .csv or .parquet). Repeatable.
-    #[arg(long = "input", value_name = "PATH", required = true)]
+    /// Input files or directories (text, .csv or .parquet).
+    #[arg(long = "input", value_name = "PATH", required = true, num_args = 1..)]
     inputs: Vec<PathBuf>,
     /// The output directory: one part file per reducer, and _SUCCESS when complete.
     #[arg(long)]

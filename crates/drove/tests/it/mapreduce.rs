@@ -326,3 +326,58 @@ async fn bad_input_is_named_and_nothing_partial_is_left() {
     assert!(result.records > 0);
     session.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn csv_and_parquet_inputs_and_outputs() {
+    use datafusion::prelude::{ParquetReadOptions, SessionContext};
+    let tmp = tempfile::tempdir().unwrap();
+    // The same rows as CSV and as Parquet: each row's values joined by commas are its text.
+    let csv = tmp.path().join("rows.csv");
+    std::fs::write(&csv, "a,b\nred fish,1\nblue fish,2\n").unwrap();
+    let ctx = SessionContext::new();
+    let parquet = tmp.path().join("rows.parquet");
+    ctx.sql("SELECT 'red fish' AS a, 1 AS b UNION ALL SELECT 'blue fish', 2")
+        .await
+        .unwrap()
+        .write_parquet(parquet.to_str().unwrap(), Default::default(), None)
+        .await
+        .unwrap();
+    let session = cluster(2).await;
+
+    let mut opts = options("wordcount", vec![csv, parquet], &tmp.path().join("csv-out"));
+    opts.format = OutputFormat::Csv;
+    opts.reducers = 1;
+    let result = session.run_mapreduce(opts).await.unwrap();
+    assert_eq!(result.files.len(), 1);
+    assert!(
+        result.files[0]
+            .to_string_lossy()
+            .ends_with("part-r-00000.csv")
+    );
+    let text = std::fs::read_to_string(&result.files[0]).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        ["key,value", "1,2", "2,2", "blue,2", "fish,4", "red,2"]
+    );
+
+    let mut opts = options(
+        "wordcount",
+        vec![tmp.path().join("rows.csv")],
+        &tmp.path().join("pq-out"),
+    );
+    opts.format = OutputFormat::Parquet;
+    let result = session.run_mapreduce(opts).await.unwrap();
+    let out_dir = tmp.path().join("pq-out");
+    let batches = ctx
+        .read_parquet(out_dir.to_str().unwrap(), ParquetReadOptions::default())
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows as u64, result.records);
+    assert_eq!(rows, 5);
+    session.shutdown().await;
+}
