@@ -33,6 +33,28 @@ enum Command {
 enum Bench {
     /// The 22 TPC-H queries: drove against single-process DataFusion.
     Tpch(TpchArgs),
+    /// Word count over generated text: drove against a single-threaded HashMap count.
+    Wordcount(WordcountArgs),
+}
+
+#[derive(Args)]
+struct WordcountArgs {
+    /// Bytes of generated text.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    size: u64,
+    /// Files the text is spread over.
+    #[arg(long, default_value_t = 8)]
+    files: usize,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    #[arg(long, default_value_t = 3)]
+    iterations: usize,
+    #[arg(long, default_value = "target/bench-data")]
+    data: PathBuf,
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -66,6 +88,7 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Bench(Bench::Tpch(args)) => runtime.block_on(bench_tpch(args)),
+        Command::Bench(Bench::Wordcount(args)) => runtime.block_on(bench_wordcount(args)),
     }
 }
 
@@ -171,6 +194,111 @@ async fn bench_tpch(args: TpchArgs) -> Result<()> {
         "queries": rows,
         "drove_total_ms": drove_total,
         "datafusion_total_ms": df_total,
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    println!("results written to {}", path.display());
+    Ok(())
+}
+
+/// A single-threaded word count: the COST baseline.
+fn reference_wordcount(files: &[PathBuf]) -> Result<std::collections::HashMap<String, u64>> {
+    let mut counts = std::collections::HashMap::new();
+    for f in files {
+        let text = std::fs::read_to_string(f)?;
+        for w in drove::jobs::words(&text) {
+            *counts.entry(w).or_insert(0u64) += 1;
+        }
+    }
+    Ok(counts)
+}
+
+async fn bench_wordcount(args: WordcountArgs) -> Result<()> {
+    if args.iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    drove::jobs::register_builtin();
+    let dir = args.data.join(format!("text-{}-{}", args.size, args.files));
+    if !dir.join("_COMPLETE").exists() {
+        println!(
+            "generating {} bytes of text into {}",
+            args.size,
+            dir.display()
+        );
+        drove::gentext::generate(args.size, args.files, &dir, 42)?;
+        std::fs::write(dir.join("_COMPLETE"), b"")?;
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "txt"));
+    files.sort();
+
+    let cluster = LocalCluster::start(LocalClusterConfig {
+        workers: args.workers,
+        slots: args.slots,
+        ..Default::default()
+    })
+    .await?;
+    let session = Session::with_cluster(cluster).await?;
+    let out_dir = args.data.join("wordcount-out");
+    let mb = args.size as f64 / 1e6;
+    let (mut drove_s, mut reference_s) = (Vec::new(), Vec::new());
+    let mut reference = Default::default();
+    for _ in 0..args.iterations {
+        let started = Instant::now();
+        reference = reference_wordcount(&files)?;
+        reference_s.push(started.elapsed().as_secs_f64());
+
+        let _ = std::fs::remove_dir_all(&out_dir);
+        let started = Instant::now();
+        let result = session
+            .run_mapreduce(drove_client::mapreduce::MapReduceOptions {
+                job: "wordcount".into(),
+                args: Default::default(),
+                inputs: vec![dir.clone()],
+                output: out_dir.clone(),
+                reducers: args.workers * args.slots as usize,
+                format: drove_client::OutputFormat::Text,
+                overwrite: false,
+                combine: true,
+            })
+            .await?;
+        drove_s.push(started.elapsed().as_secs_f64());
+        let mut got = std::collections::HashMap::new();
+        for f in &result.files {
+            for line in std::fs::read_to_string(f)?.lines() {
+                let (w, n) = line.split_once('\t').context("a malformed output line")?;
+                got.insert(w.to_string(), n.parse::<u64>()?);
+            }
+        }
+        if got != reference {
+            bail!("drove's word counts differ from the single-threaded reference");
+        }
+    }
+    session.shutdown().await;
+    let (d, r) = (median(&mut drove_s), median(&mut reference_s));
+    println!(
+        "wordcount over {mb:.0} MB in {} files | drove: {} workers x {} slots (embedded) | {} iterations, medians",
+        files.len(),
+        args.workers,
+        args.slots,
+        args.iterations
+    );
+    println!("| engine | seconds | MB/s |");
+    println!("|---|---|---|");
+    println!("| drove | {d:.2} | {:.1} |", mb / d);
+    println!("| single-threaded HashMap | {r:.2} | {:.1} |", mb / r);
+    println!("drove / reference throughput: {:.2}", r / d);
+    std::fs::create_dir_all(&args.out)?;
+    let path = args
+        .out
+        .join(format!("wordcount-{}-{}w.json", args.size, args.workers));
+    let report = serde_json::json!({
+        "workload": "wordcount", "bytes": args.size, "files": files.len(),
+        "workers": args.workers, "slots": args.slots,
+        "drove_s": drove_s, "reference_s": reference_s,
+        "drove_median_s": d, "reference_median_s": r,
+        "words": reference.len(),
     });
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     println!("results written to {}", path.display());

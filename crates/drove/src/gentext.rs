@@ -90,7 +90,7 @@ pub fn generate(size: u64, files: usize, out: &Path, seed: u64) -> Result<Vec<Pa
                     line.push(' ');
                     line.push_str(w);
                 }
-                if rng.next() % 13 == 0 {
+                if rng.next().is_multiple_of(13) {
                     line.push(',');
                 }
             }

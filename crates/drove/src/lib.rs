@@ -2,7 +2,7 @@
 //! commands (`coordinator`, `worker`, `sql`, ...) next to its own code.
 
 mod demo;
-mod gentext;
+pub mod gentext;
 pub mod jobs;
 mod output;
 

@@ -82,7 +82,7 @@ impl Datum for Vec<String> {
         (0..lists.len())
             .map(|i| {
                 let inner = lists.value(i);
-                Ok(String::from_array(inner.as_ref())?)
+                String::from_array(inner.as_ref())
             })
             .collect()
     }
