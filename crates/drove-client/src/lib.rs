@@ -29,11 +29,12 @@ use arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{Expr, SortExpr};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 use drove_exec::blocks::BlockKey;
+use drove_exec::net;
 use drove_exec::shuffle::{FlightPool, fetch_block, schema_from_bytes};
 use drove_exec::tables::{self, TableSpec};
 use drove_proto as pb;
 use drove_proto::coordinator_client::CoordinatorClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use arrow;
 pub use cluster::{LocalCluster, LocalClusterConfig};
@@ -88,7 +89,7 @@ fn status_error(s: tonic::Status) -> Error {
 }
 
 /// How long connecting to a coordinator may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const CONNECT_TIMEOUT: Duration = net::CONNECT_TIMEOUT;
 
 /// A connection to a drove cluster, with the tables registered on it.
 ///
@@ -122,14 +123,11 @@ impl Session {
             addr: addr.to_string(),
             message,
         };
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| connect_error(format!("not a HOST:PORT address ({e})")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+        let endpoint = net::endpoint(addr).map_err(connect_error)?;
         let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
             .await
             .map_err(|_| connect_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| connect_error(error_chain(&e)))?;
+            .map_err(|e| connect_error(net::error_chain(&e)))?;
         let client = CoordinatorClient::new(channel)
             .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES);
@@ -503,16 +501,6 @@ fn existing_path(path: &Path) -> Result<&str> {
     }
     path.to_str()
         .ok_or_else(|| Error::Config(format!("path '{}' is not UTF-8", path.display())))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message = format!("{message}: {s}");
-        source = s.source();
-    }
-    message
 }
 
 /// A short label for a job: the first line of its SQL.

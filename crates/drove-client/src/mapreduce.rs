@@ -104,7 +104,7 @@ impl Session {
             reducers: options.reducers,
             combine: options.combine,
         };
-        let physical = plan::build(&spec, &self.inner.ctx).await?;
+        let physical = plan::build(&spec).await?;
         let bytes = codec::plan_to_bytes(physical)?;
         let existed = out.exists();
         let temporary = out.join("_temporary").join(&token);

@@ -172,14 +172,7 @@ impl Coordinator {
                     attempt,
                     worker,
                     error: TaskError {
-                        kind: match f.kind() {
-                            pb::ErrorKind::User => ErrorKind::User,
-                            pb::ErrorKind::Resources => ErrorKind::Resources,
-                            pb::ErrorKind::Internal | pb::ErrorKind::Unspecified => {
-                                ErrorKind::Internal
-                            }
-                            pb::ErrorKind::Transient => ErrorKind::Transient,
-                        },
+                        kind: drove_exec::net::error_kind_from_proto(f.kind()),
                         message: f.message,
                     },
                 },
@@ -310,6 +303,10 @@ impl Coordinator {
             return Ok(());
         }
         record.released = true;
+        if record.state == pb::JobState::Running {
+            // Released before it ended: the client gave up on it.
+            state.handle(Event::JobCancelled { job });
+        }
         state.freeze(job);
         state.handle(Event::JobReleased { job });
         state.touch(job);

@@ -485,27 +485,36 @@ impl Scheduler {
                 continue;
             }
             job.touched.remove(&worker);
-            // Which stages' outputs are still needed: those read by a stage not yet done,
-            // and the final stage (the client has yet to read it).
-            let needed: BTreeSet<StageId> = job
-                .stages
-                .values()
-                .filter(|s| !s.is_done())
-                .flat_map(|s| s.spec.depends_on.iter().copied())
-                .chain([job.final_stage])
-                .collect();
-            for (stage_id, stage) in &mut job.stages {
-                for task in &mut stage.tasks {
-                    let rerun = match task {
-                        TaskState::Running { worker: w, .. } => *w == worker,
-                        TaskState::Done { worker: w, .. } => {
-                            *w == worker && needed.contains(stage_id)
+            // Re-run what the worker was running, and whatever it held that is still
+            // needed: outputs read by a stage not yet done, and the final stage's (the
+            // client has yet to read it). Resetting a task makes its stage not done, which
+            // can make more outputs needed: repeat until nothing changes (lineage).
+            loop {
+                let needed: BTreeSet<StageId> = job
+                    .stages
+                    .values()
+                    .filter(|s| !s.is_done())
+                    .flat_map(|s| s.spec.depends_on.iter().copied())
+                    .chain([job.final_stage])
+                    .collect();
+                let mut changed = false;
+                for (stage_id, stage) in &mut job.stages {
+                    for task in &mut stage.tasks {
+                        let rerun = match task {
+                            TaskState::Running { worker: w, .. } => *w == worker,
+                            TaskState::Done { worker: w, .. } => {
+                                *w == worker && needed.contains(stage_id)
+                            }
+                            TaskState::Pending => false,
+                        };
+                        if rerun {
+                            *task = TaskState::Pending;
+                            changed = true;
                         }
-                        TaskState::Pending => false,
-                    };
-                    if rerun {
-                        *task = TaskState::Pending;
                     }
+                }
+                if !changed {
+                    break;
                 }
             }
         }
@@ -769,6 +778,35 @@ mod tests {
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].0.task, on_1.0.task, "the lost output is recomputed");
         assert_eq!(next[0].0.attempt, 1);
+    }
+
+    #[test]
+    fn lost_outputs_are_recomputed_transitively() {
+        let mut s = Scheduler::default();
+        s.handle(Event::WorkerJoined {
+            worker: WorkerId(1),
+            slots: 1,
+        });
+        let spec = job(1, &[(0, 1, &[]), (1, 1, &[0]), (2, 1, &[1])]);
+        let first = launches(&s.handle(Event::JobSubmitted(spec)));
+        let second = launches(&succeed(&mut s, first[0]));
+        let third = launches(&succeed(&mut s, second[0]));
+        assert_eq!(third[0].0.task.stage, StageId(2));
+        // Worker 1 dies while stage 2 runs; it held the outputs of stages 0 and 1.
+        s.handle(Event::WorkerLost {
+            worker: WorkerId(1),
+        });
+        let again = launches(&s.handle(Event::WorkerJoined {
+            worker: WorkerId(2),
+            slots: 1,
+        }));
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            again[0].0.task.stage,
+            StageId(0),
+            "stage 1's input is gone too"
+        );
+        assert_eq!(s.stage_outputs(JobId(1), StageId(1)), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod blocks;
 pub mod codec;
 pub mod error;
 pub mod mapreduce;
+pub mod net;
 pub mod planner;
 pub mod session;
 pub mod shuffle;

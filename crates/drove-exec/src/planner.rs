@@ -173,8 +173,8 @@ fn cut(plan: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn 
 
     if let Some(repartition) = plan.downcast_ref::<RepartitionExec>() {
         if repartition.preserve_order() {
-            return Err(Error::Internal(
-                "order-preserving repartitions cannot be distributed yet".into(),
+            return Err(Error::User(
+                "this query needs an order-preserving repartition, which drove cannot distribute yet".into(),
             ));
         }
         let partitions = match repartition.partitioning() {
@@ -182,8 +182,8 @@ fn cut(plan: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn 
             | Partitioning::RoundRobinBatch(_)
             | Partitioning::Range(_)) => p.partition_count(),
             other => {
-                return Err(Error::Internal(format!(
-                    "drove cannot distribute the partitioning {other:?}"
+                return Err(Error::User(format!(
+                    "this query needs the partitioning {other:?}, which drove cannot distribute yet"
                 )));
             }
         };

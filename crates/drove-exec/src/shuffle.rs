@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
@@ -29,7 +28,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::blocks::{BlockKey, BlockStore};
 use crate::{Error, Result};
@@ -94,13 +93,10 @@ impl FlightPool {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Error::Fetch {
-                addr: addr.to_string(),
-                message: format!("not a valid address: {e}"),
-            })?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
+        let endpoint = crate::net::endpoint(addr).map_err(|message| Error::Fetch {
+            addr: addr.to_string(),
+            message,
+        })?;
         let client = FlightServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES);

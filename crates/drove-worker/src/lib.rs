@@ -18,14 +18,14 @@ use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use drove_exec::blocks::BlockStore;
 use drove_exec::planner::OutputMode;
 use drove_exec::shuffle::{FlightPool, MapOutputRef, ShuffleEnv};
-use drove_exec::{codec, session, task};
+use drove_exec::{codec, net, session, task};
 use drove_proto as pb;
 use drove_proto::coordinator_client::CoordinatorClient;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 /// Errors of the worker.
@@ -210,19 +210,10 @@ struct Session {
 }
 
 async fn connect(addr: &str) -> Result<CoordinatorClient<Channel>, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("'{addr}' is not a HOST:PORT address ({e})"))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true);
-    let channel = endpoint.connect().await.map_err(|e| {
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            message = format!("{message}: {s}");
-            source = s.source();
-        }
-        message
-    })?;
+    let channel = net::endpoint(addr)?
+        .connect()
+        .await
+        .map_err(|e| net::error_chain(&e))?;
     Ok(CoordinatorClient::new(channel)
         .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES))
@@ -318,6 +309,9 @@ async fn serve(mut session: Session, shared: Arc<Shared>) {
     });
 
     let mut tasks = JoinSet::new();
+    // The running tasks of each job, so that releasing a job (it ended, failed or was
+    // cancelled) also stops them.
+    let mut running: HashMap<u64, Vec<tokio::task::AbortHandle>> = HashMap::new();
     loop {
         let message = tokio::select! {
             m = session.inbound.message() => m,
@@ -330,12 +324,19 @@ async fn serve(mut session: Session, shared: Arc<Shared>) {
                     let shared = Arc::clone(&shared);
                     let status_tx = status_tx.clone();
                     let worker_id = session.worker_id;
-                    tasks.spawn(async move {
+                    let job = launch.task.as_ref().map_or(0, |t| t.job_id);
+                    let handle = tasks.spawn(async move {
                         let status = run_task(worker_id, launch, shared).await;
                         let _ = status_tx.send(status).await;
                     });
+                    let handles = running.entry(job).or_default();
+                    handles.retain(|h| !h.is_finished());
+                    handles.push(handle);
                 }
                 pb::coordinator_message::Kind::Release(release) => {
+                    for handle in running.remove(&release.job_id).unwrap_or_default() {
+                        handle.abort();
+                    }
                     let freed = shared.store.release_job(release.job_id);
                     debug!(job = release.job_id, freed, "released a job's blocks");
                 }
@@ -365,16 +366,19 @@ async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -
         attempt = key.attempt
     );
     let started = Instant::now();
-    let Ok(_permit) = Arc::clone(&shared.slots).try_acquire_owned() else {
+    // The coordinator launches no more tasks than there are slots; a slot can still be
+    // briefly held by an aborted task that has not unwound yet, so wait for it.
+    let Ok(_permit) = Arc::clone(&shared.slots).acquire_owned().await else {
         return failed(
             key,
             pb::ErrorKind::Internal,
-            "the worker has no free slot for this task".into(),
+            "the worker is shutting down".into(),
         );
     };
-    let handle =
-        tokio::spawn(execute(worker_id, key, launch, Arc::clone(&shared)).instrument(span));
-    let outcome = match handle.await {
+    let handle = AbortOnDrop(tokio::spawn(
+        execute(worker_id, key, launch, Arc::clone(&shared)).instrument(span),
+    ));
+    let outcome = match handle.join().await {
         Ok(Ok(output)) => pb::task_status::Outcome::Succeeded(pb::TaskSucceeded {
             output_bytes: output.output_bytes,
             output_rows: output.output_rows,
@@ -384,13 +388,7 @@ async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -
             counters: output.counters.into_iter().collect(),
         }),
         Ok(Err(e)) => {
-            let kind = match e.kind() {
-                drove_core::scheduler::ErrorKind::User => pb::ErrorKind::User,
-                drove_core::scheduler::ErrorKind::Transient => pb::ErrorKind::Transient,
-                drove_core::scheduler::ErrorKind::Resources => pb::ErrorKind::Resources,
-                drove_core::scheduler::ErrorKind::Internal => pb::ErrorKind::Internal,
-            };
-            return failed(key, kind, error_message(&e));
+            return failed(key, net::error_kind_to_proto(e.kind()), error_message(&e));
         }
         Err(join) => {
             let message = match join.try_into_panic() {
@@ -407,6 +405,22 @@ async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -
     pb::TaskStatus {
         task: Some(key),
         outcome: Some(outcome),
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped: a task attempt stops when
+/// whoever waits for it stops waiting.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

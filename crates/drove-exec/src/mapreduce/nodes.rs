@@ -70,7 +70,13 @@ impl TextSourceExec {
     }
 }
 
-fn read_lines(path: &Path, ctx: &TaskContext) -> crate::Result<Vec<RecordBatch>> {
+/// Reads `path` line by line, handing batches of records to `emit` until it returns
+/// false (the reader went away).
+fn read_lines(
+    path: &Path,
+    ctx: &TaskContext,
+    mut emit: impl FnMut(RecordBatch) -> bool,
+) -> crate::Result<()> {
     let file = std::fs::File::open(path).map_err(|e| {
         Error::Io(std::io::Error::new(
             e.kind(),
@@ -79,7 +85,6 @@ fn read_lines(path: &Path, ctx: &TaskContext) -> crate::Result<Vec<RecordBatch>>
     })?;
     let mut reader = BufReader::new(file);
     let name = path.to_string_lossy().into_owned();
-    let mut batches = Vec::new();
     let mut lines = Vec::new();
     let mut numbers = Vec::new();
     let mut invalid = 0;
@@ -104,19 +109,21 @@ fn read_lines(path: &Path, ctx: &TaskContext) -> crate::Result<Vec<RecordBatch>>
             }
             Err(_) => invalid += 1,
         }
-        if lines.len() == LINES_PER_BATCH {
-            batches.push(records(
+        if lines.len() == LINES_PER_BATCH
+            && !emit(records(
                 &name,
                 std::mem::take(&mut numbers),
                 std::mem::take(&mut lines),
-            )?);
+            )?)
+        {
+            return Ok(());
         }
     }
     if !lines.is_empty() {
-        batches.push(records(&name, numbers, lines)?);
+        emit(records(&name, numbers, lines)?);
     }
     count(ctx, "invalid_utf8_lines", invalid);
-    Ok(batches)
+    Ok(())
 }
 
 fn records(file: &str, numbers: Vec<u64>, lines: Vec<String>) -> crate::Result<RecordBatch> {
@@ -171,14 +178,16 @@ impl ExecutionPlan for TextSourceExec {
         let path = self.files.get(partition).cloned().ok_or_else(|| {
             DataFusionError::Internal(format!("no text file for partition {partition}"))
         })?;
-        let stream = futures::stream::once(async move {
-            tokio::task::spawn_blocking(move || read_lines(&path, &context))
-                .await
-                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
-                .map_err(external)
-        })
-        .map_ok(|batches| futures::stream::iter(batches.into_iter().map(Ok)))
-        .try_flatten();
+        // A blocking reader feeds a small bounded channel: memory stays at a few
+        // batches whatever the file's size.
+        let (tx, rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
+        tokio::task::spawn_blocking(move || {
+            let sent = read_lines(&path, &context, |batch| tx.blocking_send(Ok(batch)).is_ok());
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(external(e)));
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             record_schema(),
             stream,

@@ -94,7 +94,12 @@ fn utf8(path: &Path) -> Result<&str> {
 
 /// Builds the job's physical plan. Runs in the submitting process, which has the job's
 /// code registered too; range partitioning samples the input here.
-pub async fn build(spec: &MapReduceSpec, ctx: &SessionContext) -> Result<Arc<dyn ExecutionPlan>> {
+pub async fn build(spec: &MapReduceSpec) -> Result<Arc<dyn ExecutionPlan>> {
+    // One scan partition per CSV or Parquet file, so a record's row number counts from
+    // the start of its file.
+    let ctx = SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new().with_repartition_file_scans(false),
+    );
     let job = job(&spec.job, &spec.args)?;
     if spec.reducers == 0 || spec.reducers > REDUCERS_MAX {
         return Err(Error::User(format!(
@@ -177,13 +182,14 @@ fn sample_keys(inputs: &Inputs, job: &Arc<dyn super::ErasedJob>) -> Result<Array
     }
     let mut keys: Vec<ArrayRef> = Vec::new();
     for path in &inputs.text {
-        let content = std::fs::read(path)?;
         let name = path.to_string_lossy();
-        let lines: Vec<(u64, &str)> = content
-            .split(|b| *b == b'\n')
+        let reader = std::io::BufReader::new(std::fs::File::open(path)?);
+        // A line that is not UTF-8 ends that file's sample; the job itself counts them.
+        let lines: Vec<(u64, String)> = std::io::BufRead::lines(reader)
             .take(SAMPLE_LINES_PER_FILE)
+            .map_while(Result::ok)
             .enumerate()
-            .filter_map(|(i, l)| std::str::from_utf8(l).ok().map(|t| (i as u64 + 1, t)))
+            .map(|(i, l)| (i as u64 + 1, l))
             .collect();
         let records: Vec<Record<'_>> = lines
             .iter()
