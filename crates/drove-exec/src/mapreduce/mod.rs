@@ -17,6 +17,7 @@ mod datum;
 pub mod nodes;
 pub mod plan;
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -101,8 +102,10 @@ pub trait MapReduce: Send + Sync + 'static {
     }
 }
 
-/// Map output pairs a map task holds for combining before it flushes them.
+/// Distinct keys a map task holds for combining before it flushes them.
 pub const COMBINE_KEYS_MAX: usize = 100_000;
+/// Values held for one key before the combiner folds them into one.
+const COMBINE_VALUES_MAX: usize = 64;
 
 /// A job with its types erased, as plan nodes use it.
 pub trait ErasedJob: Send + Sync {
@@ -153,7 +156,6 @@ struct TypedMapper<J: MapReduce> {
     job: Arc<Typed<J>>,
     combine: bool,
     held: HashMap<J::Key, Vec<J::Value>>,
-    held_pairs: usize,
 }
 
 impl<J: MapReduce> TypedMapper<J> {
@@ -185,7 +187,6 @@ impl<J: MapReduce> TypedMapper<J> {
                 }
             }
         }
-        self.held_pairs = 0;
         self.batch(keys, values)
     }
 }
@@ -215,10 +216,19 @@ impl<J: MapReduce> Mapper for TypedMapper<J> {
             };
             if self.combine {
                 let held = &mut self.held;
-                let pairs = &mut self.held_pairs;
-                self.job.0.map(&record, &mut |k, v| {
-                    held.entry(k).or_default().push(v);
-                    *pairs += 1;
+                let job = &self.job.0;
+                job.map(&record, &mut |k, v| match held.entry(k) {
+                    Entry::Occupied(mut held) => {
+                        held.get_mut().push(v);
+                        if held.get().len() >= COMBINE_VALUES_MAX
+                            && let Some(folded) = job.combine(held.key(), held.get())
+                        {
+                            *held.get_mut() = vec![folded];
+                        }
+                    }
+                    Entry::Vacant(slot) => {
+                        slot.insert(vec![v]);
+                    }
                 });
             } else {
                 self.job.0.map(&record, &mut |k, v| {
@@ -228,7 +238,7 @@ impl<J: MapReduce> Mapper for TypedMapper<J> {
             }
         }
         if self.combine {
-            if self.held_pairs >= COMBINE_KEYS_MAX {
+            if self.held.len() >= COMBINE_KEYS_MAX {
                 return self.flush();
             }
             return Ok(None);
@@ -259,7 +269,6 @@ impl<J: MapReduce> ErasedJob for Typed<J> {
             job: self,
             combine,
             held: HashMap::new(),
-            held_pairs: 0,
         })
     }
 
