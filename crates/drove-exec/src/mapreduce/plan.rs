@@ -119,32 +119,27 @@ pub async fn build(spec: &MapReduceSpec) -> Result<Arc<dyn ExecutionPlan>> {
             "",
         )?));
     }
-    for path in &inputs.csv {
-        let scan = ctx
-            .read_csv(utf8(path)?, CsvReadOptions::new().has_header(true))
-            .await?
-            .create_physical_plan()
-            .await?;
+    let tables = inputs
+        .csv
+        .iter()
+        .map(|p| (p, true))
+        .chain(inputs.parquet.iter().map(|p| (p, false)));
+    for (path, is_csv) in tables {
+        let name = utf8(path)?;
+        let df = if is_csv {
+            ctx.read_csv(name, CsvReadOptions::new().has_header(true))
+                .await?
+        } else {
+            ctx.read_parquet(name, ParquetReadOptions::default())
+                .await?
+        };
+        let scan = df.create_physical_plan().await?;
         maps.push(Arc::new(MapExec::try_new(
             scan,
             &spec.job,
             &spec.args,
             spec.combine,
-            utf8(path)?,
-        )?));
-    }
-    for path in &inputs.parquet {
-        let scan = ctx
-            .read_parquet(utf8(path)?, ParquetReadOptions::default())
-            .await?
-            .create_physical_plan()
-            .await?;
-        maps.push(Arc::new(MapExec::try_new(
-            scan,
-            &spec.job,
-            &spec.args,
-            spec.combine,
-            utf8(path)?,
+            name,
         )?));
     }
     let map: Arc<dyn ExecutionPlan> = if maps.len() == 1 {
