@@ -83,6 +83,8 @@ pub struct CoordinatorConfig {
     pub target_partitions: Option<usize>,
     /// Messages queued towards one worker before it is considered stuck.
     pub worker_queue_max: usize,
+    /// Running jobs fail once no worker has been registered for this long.
+    pub no_worker_grace_ms: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -95,6 +97,7 @@ impl Default for CoordinatorConfig {
             result_ttl_ms: 10 * 60 * 1000,
             target_partitions: None,
             worker_queue_max: 4096,
+            no_worker_grace_ms: 60_000,
         }
     }
 }

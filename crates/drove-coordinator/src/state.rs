@@ -63,6 +63,8 @@ struct State {
     workers: BTreeMap<WorkerId, WorkerConn>,
     jobs: HashMap<JobId, JobRecord>,
     next_worker_id: u64,
+    /// Since when no worker has been registered (`None` while some is).
+    no_workers_since: Option<Instant>,
 }
 
 fn now_ms() -> u64 {
@@ -83,6 +85,7 @@ impl Coordinator {
             workers: BTreeMap::new(),
             jobs: HashMap::new(),
             next_worker_id: 1,
+            no_workers_since: Some(Instant::now()),
         };
         Self {
             inner: Arc::new(Inner {
@@ -355,6 +358,7 @@ impl Coordinator {
         for worker in silent {
             self.worker_lost(worker, "no heartbeat within the timeout", false);
         }
+        self.fail_jobs_without_workers();
         let ttl = std::time::Duration::from_millis(self.inner.config.result_ttl_ms);
         let expired: Vec<JobId> = {
             let state = self.lock();
@@ -368,6 +372,40 @@ impl Coordinator {
         for job in expired {
             info!(%job, "result not read in time; freeing its blocks");
             let _ = self.release(job);
+        }
+    }
+}
+
+impl Coordinator {
+    /// Fails the running jobs once no worker has been registered for the grace period,
+    /// so a job never waits forever for workers that are not coming.
+    fn fail_jobs_without_workers(&self) {
+        let grace = std::time::Duration::from_millis(self.inner.config.no_worker_grace_ms);
+        let mut state = self.lock();
+        if !state.workers.is_empty() {
+            state.no_workers_since = None;
+            return;
+        }
+        let since = *state.no_workers_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < grace {
+            return;
+        }
+        for job in state.scheduler.running_jobs() {
+            // A job submitted while there were no workers gets the whole grace period too.
+            if state
+                .jobs
+                .get(&job)
+                .is_some_and(|r| r.started.elapsed() < grace)
+            {
+                continue;
+            }
+            let message = format!(
+                "no worker has been registered for {} s; start workers with `drove worker --coordinator ADDR`, then submit the job again",
+                grace.as_secs()
+            );
+            warn!(%job, "failing a job: no workers");
+            state.handle(Event::JobAborted { job, message });
+            state.touch(job);
         }
     }
 }

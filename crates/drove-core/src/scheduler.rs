@@ -114,6 +114,11 @@ pub enum Event {
     JobCancelled {
         job: JobId,
     },
+    /// The runtime gave up on a running job (e.g. no worker came for too long).
+    JobAborted {
+        job: JobId,
+        message: String,
+    },
     /// The client has read the result; the job's blocks can go.
     JobReleased {
         job: JobId,
@@ -327,6 +332,12 @@ impl Scheduler {
                     out.push(Command::JobCancelled { job });
                 }
             }
+            Event::JobAborted { job, message } => {
+                if self.job_outcome(job) == Some(&JobOutcome::Running) {
+                    self.end_job(job, JobOutcome::Failed(message.clone()), &mut out);
+                    out.push(Command::JobFailed { job, message });
+                }
+            }
             Event::JobReleased { job } => {
                 if let Some(state) = self.jobs.remove(&job) {
                     if state.outcome == JobOutcome::Running {
@@ -371,6 +382,15 @@ impl Scheduler {
                 } => Some((*attempt, *worker)),
                 _ => None,
             })
+            .collect()
+    }
+
+    /// The jobs still running.
+    pub fn running_jobs(&self) -> Vec<JobId> {
+        self.jobs
+            .iter()
+            .filter(|(_, j)| j.outcome == JobOutcome::Running)
+            .map(|(id, _)| *id)
             .collect()
     }
 
@@ -807,6 +827,24 @@ mod tests {
             "stage 1's input is gone too"
         );
         assert_eq!(s.stage_outputs(JobId(1), StageId(1)), None);
+    }
+
+    #[test]
+    fn an_aborted_job_fails_with_its_reason_and_only_once() {
+        let mut s = Scheduler::default();
+        s.handle(Event::JobSubmitted(job(1, &[(0, 1, &[])])));
+        assert_eq!(s.running_jobs(), vec![JobId(1)]);
+        let out = s.handle(Event::JobAborted {
+            job: JobId(1),
+            message: "no workers".into(),
+        });
+        assert_eq!(failure(&out), Some("no workers"));
+        assert!(s.running_jobs().is_empty());
+        let again = s.handle(Event::JobAborted {
+            job: JobId(1),
+            message: "no workers".into(),
+        });
+        assert!(again.is_empty());
     }
 
     #[test]

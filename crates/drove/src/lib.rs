@@ -65,6 +65,9 @@ struct CoordinatorArgs {
     /// A worker silent for this long is declared lost.
     #[arg(long, default_value_t = 10_000)]
     heartbeat_timeout_ms: u64,
+    /// Running jobs fail once no worker has been registered for this long.
+    #[arg(long, default_value_t = 60)]
+    no_worker_grace_secs: u64,
 }
 
 #[derive(Args, Debug)]
@@ -283,6 +286,7 @@ async fn run(command: Command) -> Result<()> {
 async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let config = CoordinatorConfig {
         heartbeat_timeout_ms: args.heartbeat_timeout_ms,
+        no_worker_grace_ms: args.no_worker_grace_secs.saturating_mul(1000),
         ..Default::default()
     };
     let handle = drove_coordinator::start(config, args.bind, Some(args.http)).await?;

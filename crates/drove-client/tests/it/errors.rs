@@ -77,3 +77,33 @@ async fn a_coordinator_address_with_nothing_behind_it_fails_fast() {
     assert!(matches!(e, Error::Connect { .. }), "{e:?}");
     assert!(e.to_string().contains(&addr.to_string()), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_without_workers_fails_after_the_grace_period_instead_of_hanging() {
+    let config = drove_coordinator::CoordinatorConfig {
+        no_worker_grace_ms: 1_000,
+        heartbeat_interval_ms: 100,
+        ..Default::default()
+    };
+    let coordinator = drove_coordinator::start(config, "127.0.0.1:0".parse().unwrap(), None)
+        .await
+        .unwrap();
+    let session = Session::connect(&coordinator.addr.to_string())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(30), session.run_sql("SELECT 1"))
+        .await
+        .expect("the job must not hang")
+        .unwrap_err();
+    assert!(matches!(e, Error::JobFailed { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("no worker has been registered"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "failed before the grace period"
+    );
+    coordinator.shutdown().await;
+}
