@@ -680,6 +680,8 @@ pub struct StageSummary {
     pub output_bytes: u64,
     pub local_read_bytes: u64,
     pub remote_read_bytes: u64,
+    /// The slowest task's run time, in milliseconds.
+    pub task_ms_max: u64,
 }
 
 /// Where a job's stages and tasks ran, and how many bytes moved between workers.
@@ -716,6 +718,7 @@ impl JobSummary {
                     summary.output_bytes += t.output_bytes;
                     summary.local_read_bytes += t.local_read_bytes;
                     summary.remote_read_bytes += t.remote_read_bytes;
+                    summary.task_ms_max = summary.task_ms_max.max(t.elapsed_ms);
                 }
                 summary
             })
@@ -823,7 +826,7 @@ impl fmt::Display for JobSummary {
             };
             writeln!(
                 f,
-                "  stage {} {}{}: tasks on [{}], {} rows out, read {} remote / {} local",
+                "  stage {} {}{}: tasks on [{}], {} rows out, read {} remote / {} local, slowest task {} ms",
                 s.stage_id,
                 s.root,
                 reads,
@@ -831,6 +834,7 @@ impl fmt::Display for JobSummary {
                 s.output_rows,
                 human_bytes(s.remote_read_bytes),
                 human_bytes(s.local_read_bytes),
+                s.task_ms_max,
             )?;
         }
         Ok(())
