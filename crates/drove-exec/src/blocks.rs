@@ -49,15 +49,31 @@ pub struct Block {
 pub fn compact(batch: RecordBatch) -> RecordBatch {
     use arrow::array::{Array, ArrayRef, AsArray};
     use arrow::datatypes::DataType;
+    // Copy only when the buffers hold at least twice the bytes the rows use.
+    fn wasteful(buffers: usize, used: usize) -> bool {
+        buffers > 2 * used
+    }
     let compacted: Vec<ArrayRef> = batch
         .columns()
         .iter()
         .map(|c| match c.data_type() {
-            DataType::Utf8View if !c.as_string_view().data_buffers().is_empty() => {
-                Arc::new(c.as_string_view().gc()) as ArrayRef
+            DataType::Utf8View => {
+                let a = c.as_string_view();
+                let buffers = a.data_buffers().iter().map(|b| b.len()).sum();
+                if wasteful(buffers, a.total_buffer_bytes_used()) {
+                    Arc::new(a.gc()) as ArrayRef
+                } else {
+                    Arc::clone(c)
+                }
             }
-            DataType::BinaryView if !c.as_binary_view().data_buffers().is_empty() => {
-                Arc::new(c.as_binary_view().gc()) as ArrayRef
+            DataType::BinaryView => {
+                let a = c.as_binary_view();
+                let buffers = a.data_buffers().iter().map(|b| b.len()).sum();
+                if wasteful(buffers, a.total_buffer_bytes_used()) {
+                    Arc::new(a.gc()) as ArrayRef
+                } else {
+                    Arc::clone(c)
+                }
             }
             _ => Arc::clone(c),
         })
