@@ -47,35 +47,23 @@ pub struct Block {
 /// whole batch's bytes. Compacting before a block is stored keeps a shuffle's size
 /// proportional to its rows.
 pub fn compact(batch: RecordBatch) -> RecordBatch {
-    use arrow::array::{Array, ArrayRef, AsArray};
-    use arrow::datatypes::DataType;
-    // Copy only when the buffers hold at least twice the bytes the rows use.
-    fn wasteful(buffers: usize, used: usize) -> bool {
-        buffers > 2 * used
+    use arrow::array::{ArrayRef, AsArray, GenericByteViewArray};
+    use arrow::datatypes::{ByteViewType, DataType};
+    // Copies only when the buffers hold at least twice the bytes the rows use.
+    fn compact_view<T: ByteViewType + ?Sized>(a: &GenericByteViewArray<T>) -> Option<ArrayRef> {
+        let buffers: usize = a.data_buffers().iter().map(|b| b.len()).sum();
+        (buffers > 2 * a.total_buffer_bytes_used()).then(|| Arc::new(a.gc()) as ArrayRef)
     }
     let compacted: Vec<ArrayRef> = batch
         .columns()
         .iter()
-        .map(|c| match c.data_type() {
-            DataType::Utf8View => {
-                let a = c.as_string_view();
-                let buffers = a.data_buffers().iter().map(|b| b.len()).sum();
-                if wasteful(buffers, a.total_buffer_bytes_used()) {
-                    Arc::new(a.gc()) as ArrayRef
-                } else {
-                    Arc::clone(c)
-                }
-            }
-            DataType::BinaryView => {
-                let a = c.as_binary_view();
-                let buffers = a.data_buffers().iter().map(|b| b.len()).sum();
-                if wasteful(buffers, a.total_buffer_bytes_used()) {
-                    Arc::new(a.gc()) as ArrayRef
-                } else {
-                    Arc::clone(c)
-                }
-            }
-            _ => Arc::clone(c),
+        .map(|c| {
+            let compacted = match c.data_type() {
+                DataType::Utf8View => compact_view(c.as_string_view()),
+                DataType::BinaryView => compact_view(c.as_binary_view()),
+                _ => None,
+            };
+            compacted.unwrap_or_else(|| Arc::clone(c))
         })
         .collect();
     RecordBatch::try_new(batch.schema(), compacted).unwrap_or(batch)

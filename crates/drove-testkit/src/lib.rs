@@ -188,3 +188,38 @@ pub fn tpch_scale(default: f64) -> f64 {
 pub fn tpch_tables(dir: &Path) -> Vec<TableSpec> {
     tables::tpch_tables(dir).expect("TPC-H tables")
 }
+
+/// A child process that is killed when dropped, so a failing test leaves nothing running.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `command` in the background and returns it with the first line of its stdout
+/// that contains `marker`; the rest of stdout is drained so the child never blocks.
+pub fn spawn_until(mut command: std::process::Command, marker: &str) -> (Proc, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let description = format!("{command:?}");
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {description}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let proc = Proc(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let line = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains(marker) => break l,
+            Some(Ok(_)) => continue,
+            _ => panic!("{description} exited before printing '{marker}'"),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (proc, line)
+}

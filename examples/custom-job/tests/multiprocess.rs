@@ -1,18 +1,10 @@
 //! The example binary's own job runs on a cluster of separate `my-engine` processes.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+
+use drove_testkit::Proc;
 use std::time::{Duration, Instant};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn my_engine() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_my-engine"));
@@ -21,27 +13,9 @@ fn my_engine() -> Command {
 }
 
 fn spawn_until(args: &[&str], marker: &str) -> (Proc, String) {
-    let mut child = my_engine()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let line = loop {
-        match lines.next() {
-            Some(Ok(l)) if l.contains(marker) => break l,
-            Some(Ok(_)) => continue,
-            _ => panic!(
-                "`my-engine {}` exited before printing '{marker}'",
-                args.join(" ")
-            ),
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (proc, line)
+    let mut command = my_engine();
+    command.args(args);
+    drove_testkit::spawn_until(command, marker)
 }
 
 #[test]

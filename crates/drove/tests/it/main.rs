@@ -4,8 +4,7 @@ mod cli;
 mod mapreduce;
 mod multiprocess;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `drove` binary under test.
@@ -37,39 +36,12 @@ pub fn run(args: &[&str], limit: Duration) -> Output {
     child.wait_with_output().expect("collecting output")
 }
 
-/// A child process killed when dropped, so a failing test leaves nothing running.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use drove_testkit::Proc;
 
 /// Starts `drove ARGS` in the background and returns it with the first stdout line that
 /// contains `marker`.
 pub fn spawn_until(args: &[&str], marker: &str) -> (Proc, String) {
-    let mut child = drove()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting drove");
-    let stdout = child.stdout.take().expect("stdout");
-    let proc = Proc(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let line = loop {
-        match lines.next() {
-            Some(Ok(l)) if l.contains(marker) => break l,
-            Some(Ok(_)) => continue,
-            _ => panic!(
-                "`drove {}` exited before printing '{marker}'",
-                args.join(" ")
-            ),
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (proc, line)
+    let mut command = drove();
+    command.args(args);
+    drove_testkit::spawn_until(command, marker)
 }
