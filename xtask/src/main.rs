@@ -92,6 +92,26 @@ fn main() -> Result<()> {
     }
 }
 
+/// A session on an embedded cluster of `workers` workers with `slots` slots each.
+async fn embedded_session(workers: usize, slots: u32) -> Result<Session> {
+    let cluster = LocalCluster::start(LocalClusterConfig {
+        workers,
+        slots,
+        ..Default::default()
+    })
+    .await?;
+    Ok(Session::with_cluster(cluster).await?)
+}
+
+/// Writes a JSON report as `out/name` and says where.
+fn write_report(out: &Path, name: &str, report: &serde_json::Value) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let path = out.join(name);
+    std::fs::write(&path, serde_json::to_string_pretty(report)?)?;
+    println!("results written to {}", path.display());
+    Ok(())
+}
+
 fn median(samples: &mut [f64]) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
@@ -123,13 +143,7 @@ async fn bench_tpch(args: TpchArgs) -> Result<()> {
     let dir = tpch_dir(&args.data, args.scale)?;
     let specs = tables::tpch_tables(&dir)?;
 
-    let cluster = LocalCluster::start(LocalClusterConfig {
-        workers: args.workers,
-        slots: args.slots,
-        ..Default::default()
-    })
-    .await?;
-    let session = Session::with_cluster(cluster).await?;
+    let session = embedded_session(args.workers, args.slots).await?;
     session.register_tpch(&dir).await?;
 
     // Single-process DataFusion with as many partitions as drove has slots in all.
@@ -180,10 +194,6 @@ async fn bench_tpch(args: TpchArgs) -> Result<()> {
     );
     session.shutdown().await;
 
-    std::fs::create_dir_all(&args.out)?;
-    let path = args
-        .out
-        .join(format!("tpch-sf{}-{}w.json", args.scale, args.workers));
     let report = serde_json::json!({
         "workload": "tpch",
         "scale": args.scale,
@@ -195,9 +205,8 @@ async fn bench_tpch(args: TpchArgs) -> Result<()> {
         "drove_total_ms": drove_total,
         "datafusion_total_ms": df_total,
     });
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-    println!("results written to {}", path.display());
-    Ok(())
+    let name = format!("tpch-sf{}-{}w.json", args.scale, args.workers);
+    write_report(&args.out, &name, &report)
 }
 
 /// A single-threaded word count: the COST baseline.
@@ -233,13 +242,7 @@ async fn bench_wordcount(args: WordcountArgs) -> Result<()> {
     files.retain(|p| p.extension().is_some_and(|e| e == "txt"));
     files.sort();
 
-    let cluster = LocalCluster::start(LocalClusterConfig {
-        workers: args.workers,
-        slots: args.slots,
-        ..Default::default()
-    })
-    .await?;
-    let session = Session::with_cluster(cluster).await?;
+    let session = embedded_session(args.workers, args.slots).await?;
     let out_dir = args.data.join("wordcount-out");
     let mb = args.size as f64 / 1e6;
     let (mut drove_s, mut reference_s) = (Vec::new(), Vec::new());
@@ -289,10 +292,6 @@ async fn bench_wordcount(args: WordcountArgs) -> Result<()> {
     println!("| drove | {d:.2} | {:.1} |", mb / d);
     println!("| single-threaded HashMap | {r:.2} | {:.1} |", mb / r);
     println!("drove / reference throughput: {:.2}", r / d);
-    std::fs::create_dir_all(&args.out)?;
-    let path = args
-        .out
-        .join(format!("wordcount-{}-{}w.json", args.size, args.workers));
     let report = serde_json::json!({
         "workload": "wordcount", "bytes": args.size, "files": files.len(),
         "workers": args.workers, "slots": args.slots,
@@ -300,7 +299,6 @@ async fn bench_wordcount(args: WordcountArgs) -> Result<()> {
         "drove_median_s": d, "reference_median_s": r,
         "words": reference.len(),
     });
-    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-    println!("results written to {}", path.display());
-    Ok(())
+    let name = format!("wordcount-{}-{}w.json", args.size, args.workers);
+    write_report(&args.out, &name, &report)
 }

@@ -44,8 +44,6 @@ pub struct PlannedJob {
     pub stages: Vec<PlannedStage>,
     pub settings: HashMap<String, String>,
     pub result_schema: Vec<u8>,
-    /// The physical plan, indented, for status pages.
-    pub physical_plan: String,
 }
 
 /// Plans a job: registers its tables, runs its DDL statements, plans the last query and
@@ -105,10 +103,10 @@ fn distribute(
     physical: Arc<dyn ExecutionPlan>,
     settings: HashMap<String, String>,
 ) -> Result<PlannedJob> {
-    let physical_plan = datafusion::physical_plan::displayable(physical.as_ref())
-        .indent(false)
-        .to_string();
-    debug!("physical plan:\n{physical_plan}");
+    debug!(
+        "physical plan:\n{}",
+        datafusion::physical_plan::displayable(physical.as_ref()).indent(false)
+    );
     let result_schema = schema_to_bytes(&physical.schema())?;
     let distributed = planner::split(physical)?;
     let stages = distributed
@@ -129,7 +127,6 @@ fn distribute(
         stages,
         settings,
         result_schema,
-        physical_plan,
     })
 }
 

@@ -45,7 +45,6 @@ struct WorkerConn {
 struct JobRecord {
     name: String,
     planned: PlannedJob,
-    sql: Option<String>,
     started: Instant,
     ended: Option<Instant>,
     state: pb::JobState,
@@ -218,10 +217,6 @@ impl Coordinator {
             .unwrap_or_else(|| self.lock().scheduler.total_slots() as usize)
             .max(1);
         let planned = planning::plan(&query, &tables, target_partitions).await?;
-        let sql = match &query {
-            Query::Sql(s) => Some(s.clone()),
-            Query::LogicalPlan(_) | Query::PhysicalPlan(_) => None,
-        };
         let mut state = self.lock();
         let job = state.meta.state().next_job_id();
         let _span = info_span!("job", %job).entered();
@@ -253,7 +248,6 @@ impl Coordinator {
             JobRecord {
                 name,
                 planned,
-                sql,
                 started: Instant::now(),
                 ended: None,
                 state: pb::JobState::Running,
@@ -279,13 +273,6 @@ impl Coordinator {
     pub fn status(&self, job: JobId) -> Result<pb::JobStatus> {
         let state = self.lock();
         state.status(job).ok_or_else(|| not_found(job))
-    }
-
-    /// The job's SQL text and physical plan, if it had them.
-    pub fn plan_text(&self, job: JobId) -> Result<(Option<String>, String)> {
-        let state = self.lock();
-        let record = state.jobs.get(&job).ok_or_else(|| not_found(job))?;
-        Ok((record.sql.clone(), record.planned.physical_plan.clone()))
     }
 
     pub fn cancel(&self, job: JobId) -> Result<pb::JobStatus> {

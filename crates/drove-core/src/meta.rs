@@ -152,14 +152,6 @@ impl MetaLog {
     pub fn state(&self) -> &MetaState {
         &self.state
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -176,21 +176,17 @@ mod tests {
         .unwrap();
         let piece =
             arrow::compute::take_record_batch(&batch, &UInt32Array::from(vec![3, 7])).unwrap();
-        let before: usize = piece
-            .column(0)
-            .as_string_view()
-            .data_buffers()
-            .iter()
-            .map(|b| b.len())
-            .sum();
-        let compacted = compact(piece.clone());
-        let after: usize = compacted
-            .column(0)
-            .as_string_view()
-            .data_buffers()
-            .iter()
-            .map(|b| b.len())
-            .sum();
+        let buffer_bytes = |b: &RecordBatch| -> usize {
+            b.column(0)
+                .as_string_view()
+                .data_buffers()
+                .iter()
+                .map(|d| d.len())
+                .sum()
+        };
+        let before = buffer_bytes(&piece);
+        let compacted = compact(piece);
+        let after = buffer_bytes(&compacted);
         assert!(after * 100 < before, "{after} bytes after, {before} before");
         assert_eq!(compacted.column(0).as_string_view().value(1), long[7]);
         assert_eq!(compacted.column(0).len(), 2);

@@ -365,13 +365,3 @@ pub fn job(name: &str, args: &JobArgs) -> Result<Arc<dyn ErasedJob>> {
         other => other,
     })
 }
-
-/// The names of the registered jobs.
-pub fn registered() -> Vec<String> {
-    registry()
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .keys()
-        .cloned()
-        .collect()
-}
