@@ -22,6 +22,8 @@ pub struct LocalClusterConfig {
     /// Where the coordinator serves HTTP, if at all.
     pub http: Option<SocketAddr>,
     pub coordinator: CoordinatorConfig,
+    /// Fault injection: worker `i` delays each task by `task_delay_ms[i]` (missing: 0).
+    pub task_delay_ms: Vec<u64>,
 }
 
 impl Default for LocalClusterConfig {
@@ -33,6 +35,7 @@ impl Default for LocalClusterConfig {
             coordinator_port: 0,
             http: None,
             coordinator: CoordinatorConfig::default(),
+            task_delay_ms: Vec::new(),
         }
     }
 }
@@ -51,6 +54,7 @@ impl Default for LocalClusterConfig {
 pub struct LocalCluster {
     coordinator: CoordinatorHandle,
     workers: Vec<Option<WorkerHandle>>,
+    config: LocalClusterConfig,
 }
 
 /// How long [`LocalCluster::start`] waits for its workers to register.
@@ -71,41 +75,51 @@ impl LocalCluster {
         )
         .await
         .map_err(|e| Error::Config(e.to_string()))?;
-        let mut workers = Vec::with_capacity(config.workers);
-        for _ in 0..config.workers {
-            let worker = drove_worker::start(WorkerConfig {
-                coordinator: coordinator.addr.to_string(),
-                bind: SocketAddr::new(config.bind_ip, 0),
-                advertise: None,
-                slots: config.slots,
-                registration_timeout_ms: REGISTRATION_WAIT.as_millis() as u64,
-            })
-            .await
-            .map_err(|e| Error::Config(e.to_string()))?;
-            workers.push(Some(worker));
-        }
-        let cluster = Self {
+        let mut cluster = Self {
             coordinator,
-            workers,
+            workers: Vec::with_capacity(config.workers),
+            config,
         };
+        for _ in 0..cluster.config.workers {
+            cluster.start_worker().await?;
+        }
+        cluster.wait_for_workers(cluster.config.workers).await?;
+        Ok(cluster)
+    }
+
+    async fn start_worker(&mut self) -> Result<()> {
+        let index = self.workers.len();
+        let worker = drove_worker::start(WorkerConfig {
+            coordinator: self.coordinator.addr.to_string(),
+            bind: SocketAddr::new(self.config.bind_ip, 0),
+            slots: self.config.slots,
+            registration_timeout_ms: REGISTRATION_WAIT.as_millis() as u64,
+            task_delay_ms: self.config.task_delay_ms.get(index).copied().unwrap_or(0),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::Config(e.to_string()))?;
+        self.workers.push(Some(worker));
+        Ok(())
+    }
+
+    async fn wait_for_workers(&self, n: usize) -> Result<()> {
         let deadline = Instant::now() + REGISTRATION_WAIT;
-        while cluster
-            .coordinator
-            .coordinator
-            .cluster_status()
-            .workers
-            .len()
-            < config.workers
-        {
+        while self.coordinator.coordinator.cluster_status().workers.len() < n {
             if Instant::now() > deadline {
                 return Err(Error::Config(format!(
-                    "the embedded cluster's {} workers did not all register within {REGISTRATION_WAIT:?}",
-                    config.workers
+                    "the embedded cluster's {n} workers did not all register within {REGISTRATION_WAIT:?}"
                 )));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(cluster)
+        Ok(())
+    }
+
+    /// Starts one more worker (its index is the next one) and waits until it registered.
+    pub async fn add_worker(&mut self) -> Result<()> {
+        self.start_worker().await?;
+        self.wait_for_workers(self.worker_addrs().len()).await
     }
 
     /// The coordinator's gRPC address.
@@ -137,9 +151,21 @@ impl LocalCluster {
     }
 
     /// Stops worker `index` abruptly, as if its machine died.
-    pub async fn kill_worker(&mut self, index: usize) {
+    pub fn kill_worker(&mut self, index: usize) {
         if let Some(w) = self.workers.get_mut(index).and_then(Option::take) {
-            w.shutdown().await;
+            w.kill();
+        }
+    }
+
+    /// Asks worker `index` to leave gracefully and waits until it has; false if it
+    /// was not running or did not leave cleanly.
+    pub async fn drain_worker(&mut self, index: usize) -> bool {
+        match self.workers.get_mut(index).and_then(Option::take) {
+            Some(w) => {
+                w.drain();
+                w.wait().await.is_ok()
+            }
+            None => false,
         }
     }
 

@@ -41,6 +41,7 @@ pub use cluster::{LocalCluster, LocalClusterConfig};
 pub use datafusion;
 pub use drove_exec::mapreduce::nodes::OutputFormat;
 pub use drove_exec::mapreduce::{MapReduce, Partitioner, Record, register};
+pub use drove_proto as proto;
 
 /// Errors a drove client sees.
 #[derive(Debug, thiserror::Error)]
@@ -478,6 +479,25 @@ impl Session {
             .into_inner())
     }
 
+    /// Cancels a job that has not ended: its tasks stop and its blocks are freed. Job
+    /// ids are shown by `drove status` and in [`JobSummary::job_id`].
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// let status = session.cancel(7).await?;
+    /// println!("{:?}", status.state());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn cancel(&self, job: u64) -> Result<pb::JobStatus> {
+        let mut client = self.inner.client.clone();
+        Ok(client
+            .cancel_job(pb::JobRequest { job_id: job })
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+
     /// Stops the embedded cluster, if this session started one.
     ///
     /// ```no_run
@@ -682,6 +702,13 @@ pub struct StageSummary {
     pub remote_read_bytes: u64,
     /// The slowest task's run time, in milliseconds.
     pub task_ms_max: u64,
+    pub tasks_total: u32,
+    /// Attempts launched: one per task, plus re-runs and speculative twins.
+    pub attempts: u32,
+    /// Attempts that failed and were retried.
+    pub attempts_failed: u32,
+    /// Speculative twins launched for slow tasks.
+    pub attempts_speculative: u32,
 }
 
 /// Where a job's stages and tasks ran, and how many bytes moved between workers.
@@ -710,6 +737,10 @@ impl JobSummary {
                     stage_id: s.stage_id,
                     root: s.root.clone(),
                     depends_on: s.depends_on.clone(),
+                    tasks_total: s.tasks_total,
+                    attempts: s.attempts_launched,
+                    attempts_failed: s.attempts_failed,
+                    attempts_speculative: s.attempts_speculative,
                     ..Default::default()
                 };
                 for t in &s.tasks {
@@ -783,6 +814,19 @@ impl JobSummary {
         ids
     }
 
+    /// Attempts beyond one per task: re-runs after failures or lost workers, and
+    /// speculative twins.
+    ///
+    /// ```no_run
+    /// # fn demo(s: drove_client::JobSummary) { println!("{}", s.extra_attempts()); }
+    /// ```
+    pub fn extra_attempts(&self) -> u32 {
+        self.stages
+            .iter()
+            .map(|s| s.attempts.saturating_sub(s.tasks_total))
+            .sum()
+    }
+
     /// Tasks run in all.
     ///
     /// ```no_run
@@ -809,6 +853,15 @@ impl fmt::Display for JobSummary {
             human_bytes(self.remote_read_bytes()),
             human_bytes(self.local_read_bytes()),
         )?;
+        if self.extra_attempts() > 0 {
+            let failed: u32 = self.stages.iter().map(|s| s.attempts_failed).sum();
+            let speculative: u32 = self.stages.iter().map(|s| s.attempts_speculative).sum();
+            writeln!(
+                f,
+                "  {} extra attempts: {failed} after failures, {speculative} speculative, the rest after lost workers",
+                self.extra_attempts()
+            )?;
+        }
         for (name, n) in &self.counters {
             writeln!(f, "  counter {name}: {n}")?;
         }

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
+pub use drove_core::scheduler::SpeculationConfig;
 pub use state::Coordinator;
 
 /// Errors of the coordinator.
@@ -85,6 +86,8 @@ pub struct CoordinatorConfig {
     pub worker_queue_max: usize,
     /// Running jobs fail once no worker has been registered for this long.
     pub no_worker_grace_ms: u64,
+    /// When slow tasks get a speculative twin; `None` turns speculation off.
+    pub speculation: Option<SpeculationConfig>,
 }
 
 impl Default for CoordinatorConfig {
@@ -98,7 +101,43 @@ impl Default for CoordinatorConfig {
             target_partitions: None,
             worker_queue_max: 4096,
             no_worker_grace_ms: 60_000,
+            speculation: Some(SpeculationConfig::default()),
         }
+    }
+}
+
+impl CoordinatorConfig {
+    /// Refuses settings that cannot work, naming the flag to fix.
+    pub fn validate(&self) -> Result<()> {
+        if self.heartbeat_interval_ms == 0 {
+            return Err(Error::User(
+                "--heartbeat-interval-ms must be at least 1".into(),
+            ));
+        }
+        if self.heartbeat_timeout_ms <= self.heartbeat_interval_ms {
+            return Err(Error::User(format!(
+                "--heartbeat-timeout-ms ({}) must be longer than --heartbeat-interval-ms ({}), or every worker is lost between two heartbeats",
+                self.heartbeat_timeout_ms, self.heartbeat_interval_ms
+            )));
+        }
+        if self.task_attempt_max == 0 {
+            return Err(Error::User("--task-attempts must be at least 1".into()));
+        }
+        if let Some(s) = &self.speculation {
+            if !(s.multiplier >= 1.0 && s.multiplier.is_finite()) {
+                return Err(Error::User(format!(
+                    "--speculation-multiplier must be 1 or more, not {}",
+                    s.multiplier
+                )));
+            }
+            if !(s.quantile > 0.0 && s.quantile <= 1.0) {
+                return Err(Error::User(format!(
+                    "--speculation-quantile must be in (0, 1], not {}",
+                    s.quantile
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -135,6 +174,7 @@ pub async fn start(
     addr: SocketAddr,
     http: Option<SocketAddr>,
 ) -> Result<CoordinatorHandle> {
+    config.validate()?;
     let listener = bind(addr).await?;
     let addr = listener
         .local_addr()

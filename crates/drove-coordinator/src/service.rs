@@ -78,6 +78,9 @@ impl CoordinatorRpc for Service {
                         Ok(Some(pb::WorkerMessage {
                             kind: Some(pb::worker_message::Kind::Heartbeat(hb)),
                         })) => coordinator.heartbeat(worker, hb),
+                        Ok(Some(pb::WorkerMessage {
+                            kind: Some(pb::worker_message::Kind::Drain(_)),
+                        })) => coordinator.drain(worker),
                         Ok(Some(other)) => debug!(?other, "ignoring an unexpected worker message"),
                         Ok(None) => break ("the worker closed its session".to_string(), true),
                         Err(e) => {

@@ -8,8 +8,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use drove_core::meta::{JobEnd, MetaCommand, MetaLog};
 use drove_core::scheduler::{
-    Command, ErrorKind, Event, JobSpec, Scheduler, SchedulerConfig, StageSpec, TaskError,
-    TaskState, TaskStats,
+    Command, ErrorKind, Event, FetchFailure, JobSpec, Scheduler, SchedulerConfig, StageSpec,
+    TaskError, TaskState, TaskStats,
 };
 use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
 use drove_exec::planner::OutputMode;
@@ -62,8 +62,8 @@ struct State {
     workers: BTreeMap<WorkerId, WorkerConn>,
     jobs: HashMap<JobId, JobRecord>,
     next_worker_id: u64,
-    /// Since when no worker has been registered (`None` while some is).
-    no_workers_since: Option<Instant>,
+    /// The scheduler's clock counts milliseconds from here.
+    epoch: Instant,
 }
 
 fn now_ms() -> u64 {
@@ -76,6 +76,9 @@ impl Coordinator {
     pub fn new(config: CoordinatorConfig) -> Self {
         let scheduler = Scheduler::new(SchedulerConfig {
             task_attempt_max: config.task_attempt_max,
+            heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+            no_worker_grace_ms: config.no_worker_grace_ms,
+            speculation: config.speculation.clone(),
             ..Default::default()
         });
         let state = State {
@@ -84,7 +87,7 @@ impl Coordinator {
             workers: BTreeMap::new(),
             jobs: HashMap::new(),
             next_worker_id: 1,
-            no_workers_since: Some(Instant::now()),
+            epoch: Instant::now(),
         };
         Self {
             inner: Arc::new(Inner {
@@ -147,6 +150,7 @@ impl Coordinator {
             return;
         };
         conn.last_heartbeat = Instant::now();
+        state.handle(Event::WorkerHeartbeat { worker });
         for status in heartbeat.statuses {
             let Some(key) = status.task else { continue };
             let attempt = AttemptId {
@@ -175,6 +179,11 @@ impl Coordinator {
                     worker,
                     error: TaskError {
                         kind: drove_exec::net::error_kind_from_proto(f.kind()),
+                        fetch: f.fetch.map(|l| FetchFailure {
+                            stage: StageId(l.stage_id),
+                            map_partition: l.map_partition,
+                            worker: WorkerId(l.worker_id),
+                        }),
                         message: f.message,
                     },
                 },
@@ -201,6 +210,12 @@ impl Coordinator {
                 state.touch(job);
             }
         }
+    }
+
+    /// The worker asked to leave: it gets no new tasks and is told when it may go.
+    pub fn drain(&self, worker: WorkerId) {
+        let mut state = self.lock();
+        state.handle(Event::WorkerDraining { worker });
     }
 
     /// Plans and submits a job; returns its id once it is queued.
@@ -319,6 +334,7 @@ impl Coordinator {
                 slots: w.slots,
                 running_tasks: state.scheduler.running_on(*id) as u32,
                 heartbeat_age_ms: w.last_heartbeat.elapsed().as_millis() as u64,
+                draining: state.scheduler.is_draining(*id),
             })
             .collect();
         let jobs = state
@@ -330,22 +346,14 @@ impl Coordinator {
         pb::ClusterStatusResponse { workers, jobs }
     }
 
-    /// Advances the clock: declares silent workers lost and frees expired results.
+    /// Advances the scheduler's clock (heartbeat timeouts, the no-worker grace period,
+    /// speculation) and frees results nobody read in time.
     pub fn tick(&self) {
-        let timeout = std::time::Duration::from_millis(self.inner.config.heartbeat_timeout_ms);
-        let silent: Vec<WorkerId> = {
-            let state = self.lock();
-            state
-                .workers
-                .iter()
-                .filter(|(_, w)| w.last_heartbeat.elapsed() > timeout)
-                .map(|(id, _)| *id)
-                .collect()
-        };
-        for worker in silent {
-            self.worker_lost(worker, "no heartbeat within the timeout", false);
+        {
+            let mut state = self.lock();
+            let now_ms = state.epoch.elapsed().as_millis() as u64;
+            state.handle(Event::Tick { now_ms });
         }
-        self.fail_jobs_without_workers();
         let ttl = std::time::Duration::from_millis(self.inner.config.result_ttl_ms);
         let expired: Vec<JobId> = {
             let state = self.lock();
@@ -363,37 +371,12 @@ impl Coordinator {
     }
 }
 
-impl Coordinator {
-    /// Fails the running jobs once no worker has been registered for the grace period,
-    /// so a job never waits forever for workers that are not coming.
-    fn fail_jobs_without_workers(&self) {
-        let grace = std::time::Duration::from_millis(self.inner.config.no_worker_grace_ms);
-        let mut state = self.lock();
-        if !state.workers.is_empty() {
-            state.no_workers_since = None;
-            return;
-        }
-        let since = *state.no_workers_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < grace {
-            return;
-        }
-        for job in state.scheduler.running_jobs() {
-            // A job submitted while there were no workers gets the whole grace period too.
-            if state
-                .jobs
-                .get(&job)
-                .is_some_and(|r| r.started.elapsed() < grace)
-            {
-                continue;
-            }
-            let message = format!(
-                "no worker has been registered for {} s; start workers with `drove worker --coordinator ADDR`, then submit the job again",
-                grace.as_secs()
-            );
-            warn!(%job, "failing a job: no workers");
-            state.handle(Event::JobAborted { job, message });
-            state.touch(job);
-        }
+fn task_key(attempt: AttemptId) -> pb::TaskKey {
+    pb::TaskKey {
+        job_id: attempt.task.job.0,
+        stage_id: attempt.task.stage.0,
+        partition: attempt.task.partition,
+        attempt: attempt.attempt,
     }
 }
 
@@ -407,6 +390,8 @@ impl State {
     /// Feeds an event to the scheduler and performs the commands, including those that
     /// follow from commands failing (a worker whose stream is gone is lost).
     fn handle(&mut self, event: Event) {
+        self.scheduler
+            .set_clock(self.epoch.elapsed().as_millis() as u64);
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
             for command in self.scheduler.handle(event) {
@@ -426,10 +411,7 @@ impl State {
                         return Some(Event::TaskFailed {
                             attempt,
                             worker,
-                            error: TaskError {
-                                kind: ErrorKind::Internal,
-                                message: e.to_string(),
-                            },
+                            error: TaskError::new(ErrorKind::Internal, e.to_string()),
                         });
                     }
                 };
@@ -441,6 +423,30 @@ impl State {
                     warn!(%worker, "worker stream full or closed; declaring it lost");
                     self.workers.remove(&worker);
                     return Some(Event::WorkerLost { worker });
+                }
+                None
+            }
+            Command::Kill { attempt, worker } => {
+                self.send(
+                    worker,
+                    pb::coordinator_message::Kind::Kill(task_key(attempt)),
+                );
+                None
+            }
+            Command::WorkerDrained { worker } => {
+                self.send(
+                    worker,
+                    pb::coordinator_message::Kind::Drained(pb::Drained {}),
+                );
+                None
+            }
+            Command::DropWorker { worker } => {
+                // Dropping its sender ends the session; if the worker is alive after
+                // all, it registers again as a new worker.
+                self.workers.remove(&worker);
+                let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
+                for job in jobs {
+                    self.touch(job);
                 }
                 None
             }
@@ -469,18 +475,21 @@ impl State {
             }
             Command::ReleaseBlocks { job, workers } => {
                 for worker in workers {
-                    if let Some(conn) = self.workers.get(&worker) {
-                        let message = pb::CoordinatorMessage {
-                            kind: Some(pb::coordinator_message::Kind::Release(
-                                pb::ReleaseJobBlocks { job_id: job.0 },
-                            )),
-                        };
-                        // A full queue means a stuck worker; the heartbeat timeout deals with it.
-                        let _ = conn.tx.try_send(Ok(message));
-                    }
+                    let release = pb::ReleaseJobBlocks { job_id: job.0 };
+                    self.send(worker, pb::coordinator_message::Kind::Release(release));
                 }
                 None
             }
+        }
+    }
+
+    /// Sends a message that needs no answer. A full queue means a stuck worker; the
+    /// heartbeat timeout deals with it.
+    fn send(&self, worker: WorkerId, kind: pb::coordinator_message::Kind) {
+        if let Some(conn) = self.workers.get(&worker) {
+            let _ = conn
+                .tx
+                .try_send(Ok(pb::CoordinatorMessage { kind: Some(kind) }));
         }
     }
 
@@ -555,12 +564,7 @@ impl State {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(pb::LaunchTask {
-            task: Some(pb::TaskKey {
-                job_id: job.0,
-                stage_id: attempt.task.stage.0,
-                partition: attempt.task.partition,
-                attempt: attempt.attempt,
-            }),
+            task: Some(task_key(attempt)),
             plan: stage.plan.as_ref().clone(),
             output: match stage.output {
                 OutputMode::Single => pb::OutputMode::Single as i32,
@@ -603,11 +607,18 @@ impl State {
                     .scheduler
                     .stage_tasks(job, StageId(s.id))
                     .unwrap_or(&[]);
+                let attempts = self
+                    .scheduler
+                    .stage_attempts(job, StageId(s.id))
+                    .unwrap_or_default();
                 let mut status = pb::StageStatus {
                     stage_id: s.id,
                     depends_on: s.depends_on.clone(),
                     tasks_total: s.tasks,
                     root: s.root.clone(),
+                    attempts_launched: attempts.launched,
+                    attempts_failed: attempts.failed,
+                    attempts_speculative: attempts.speculative,
                     ..Default::default()
                 };
                 for (partition, t) in tasks.iter().enumerate() {

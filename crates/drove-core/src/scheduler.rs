@@ -1,14 +1,18 @@
 //! The scheduler: a sans-I/O state machine.
 //!
 //! Events go in through [`Scheduler::handle`] (a worker joined, a job was submitted, a
-//! task finished) and [`Command`]s come out (launch this attempt on that worker, the job
-//! succeeded). The scheduler never blocks, sleeps or talks to the network; the
-//! coordinator's runtime performs the commands.
+//! task finished, the clock moved) and [`Command`]s come out (launch this attempt on
+//! that worker, the job succeeded, drop that silent worker). The scheduler never blocks,
+//! sleeps or talks to the network; the coordinator's runtime performs the commands and
+//! feeds it the time through [`Event::Tick`]. Membership (heartbeat timeouts, draining),
+//! retries, lineage recovery and speculation all live here, so the deterministic
+//! simulation in `tests/simulation.rs` exercises the same code the coordinator runs.
 //!
 //! Architecture invariant: a stage's tasks are launched only once every stage it
 //! depends on has all its tasks done, so a task never waits on data that is not there.
-//! Architecture invariant: only the current attempt of a task may complete it; a report
-//! from any other attempt is ignored (fencing).
+//! Architecture invariant: only a running attempt of a task may complete it; a report
+//! from any other attempt is ignored (fencing). Once a task is done, later reports of
+//! its other attempts are ignored too, so no task completes twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,13 +21,41 @@ use tracing::{debug, info, warn};
 use crate::ids::{AttemptId, JobId, StageId, TaskId, WorkerId};
 use crate::{Error, Result};
 
+/// When a slow task gets a second, speculative attempt.
+#[derive(Debug, Clone)]
+pub struct SpeculationConfig {
+    /// A task is slow once it has run this many times its stage's median task time.
+    pub multiplier: f64,
+    /// Speculate only once this fraction of the stage's tasks is done.
+    pub quantile: f64,
+    /// And only once it has run at least this long.
+    pub min_ms: u64,
+}
+
+impl Default for SpeculationConfig {
+    fn default() -> Self {
+        Self {
+            multiplier: 1.5,
+            quantile: 0.75,
+            min_ms: 1_000,
+        }
+    }
+}
+
 /// Limits and policies of the scheduler.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
-    /// How many attempts a task gets before its job fails (transient errors only).
+    /// How many times a task may fail (transient errors, fetch failures) before its
+    /// job fails. Attempts lost with their worker do not count.
     pub task_attempt_max: u32,
     /// How many jobs may be queued or running at once; more are refused.
     pub jobs_active_max: usize,
+    /// A worker not heard from for this long is lost.
+    pub heartbeat_timeout_ms: u64,
+    /// Running jobs fail once no worker has been registered for this long.
+    pub no_worker_grace_ms: u64,
+    /// Speculative execution; `None` turns it off.
+    pub speculation: Option<SpeculationConfig>,
 }
 
 impl Default for SchedulerConfig {
@@ -31,6 +63,9 @@ impl Default for SchedulerConfig {
         Self {
             task_attempt_max: 4,
             jobs_active_max: 1024,
+            heartbeat_timeout_ms: 10_000,
+            no_worker_grace_ms: 60_000,
+            speculation: Some(SpeculationConfig::default()),
         }
     }
 }
@@ -83,20 +118,57 @@ impl ErrorKind {
     }
 }
 
+/// The block a task could not read: the output of `stage`'s task `map_partition`,
+/// held by `worker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchFailure {
+    pub stage: StageId,
+    pub map_partition: u32,
+    pub worker: WorkerId,
+}
+
 /// A failed attempt's cause.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskError {
     pub kind: ErrorKind,
     pub message: String,
+    /// Set when the attempt failed because an input block could not be fetched: that
+    /// block's producer is re-run before the task is retried.
+    pub fetch: Option<FetchFailure>,
+}
+
+impl TaskError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            fetch: None,
+        }
+    }
 }
 
 /// Something that happened, fed to [`Scheduler::handle`].
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// The clock moved to `now_ms` (monotonic; earlier values are ignored). Heartbeat
+    /// timeouts, the no-worker grace period and speculation are judged on ticks.
+    Tick {
+        now_ms: u64,
+    },
     WorkerJoined {
         worker: WorkerId,
         slots: u32,
     },
+    /// The worker is alive (it sent a heartbeat).
+    WorkerHeartbeat {
+        worker: WorkerId,
+    },
+    /// The worker wants to leave: it gets no new tasks, and it is told
+    /// ([`Command::WorkerDrained`]) once nothing it runs or holds is needed any more.
+    WorkerDraining {
+        worker: WorkerId,
+    },
+    /// The worker is gone (its session ended).
     WorkerLost {
         worker: WorkerId,
     },
@@ -114,7 +186,7 @@ pub enum Event {
     JobCancelled {
         job: JobId,
     },
-    /// The runtime gave up on a running job (e.g. no worker came for too long).
+    /// The runtime gave up on a running job.
     JobAborted {
         job: JobId,
         message: String,
@@ -130,6 +202,20 @@ pub enum Event {
 pub enum Command {
     Launch {
         attempt: AttemptId,
+        worker: WorkerId,
+    },
+    /// Stop an attempt that is no longer wanted (its twin won, or its input is gone).
+    Kill {
+        attempt: AttemptId,
+        worker: WorkerId,
+    },
+    /// The worker missed its heartbeat timeout and is lost: close its session. If it
+    /// comes back it registers as a new worker.
+    DropWorker {
+        worker: WorkerId,
+    },
+    /// A draining worker may leave now.
+    WorkerDrained {
         worker: WorkerId,
     },
     JobSucceeded {
@@ -149,13 +235,21 @@ pub enum Command {
     },
 }
 
+/// One running attempt of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub attempt: u32,
+    pub worker: WorkerId,
+    pub started_ms: u64,
+}
+
 /// Where a task is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskState {
     Pending,
+    /// One attempt, or two when the first is slow and a speculative twin runs.
     Running {
-        attempt: u32,
-        worker: WorkerId,
+        runs: Vec<Run>,
     },
     Done {
         attempt: u32,
@@ -164,12 +258,26 @@ pub enum TaskState {
     },
 }
 
+/// Attempts a stage has seen so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageAttempts {
+    /// Attempts launched, speculative ones and re-runs included.
+    pub launched: u32,
+    /// Attempts that failed (transient errors and fetch failures).
+    pub failed: u32,
+    /// Speculative attempts launched.
+    pub speculative: u32,
+}
+
 #[derive(Debug)]
 struct StageState {
     spec: StageSpec,
     tasks: Vec<TaskState>,
     /// Attempts started per task; the next attempt's number.
     attempts: Vec<u32>,
+    /// Failed attempts per task, bounded by `task_attempt_max`.
+    failures: Vec<u32>,
+    speculative: u32,
 }
 
 impl StageState {
@@ -196,28 +304,78 @@ struct JobState {
     outcome: JobOutcome,
     /// Workers that may hold blocks of this job.
     touched: BTreeSet<WorkerId>,
+    submitted_ms: u64,
+}
+
+impl JobState {
+    fn done_stages(&self) -> BTreeSet<StageId> {
+        self.stages
+            .iter()
+            .filter(|(_, s)| s.is_done())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Stages whose outputs must stay available: those a stage not yet done reads, and
+    /// the final one (the client has yet to read it).
+    fn needed_stages(&self) -> BTreeSet<StageId> {
+        self.stages
+            .values()
+            .filter(|s| !s.is_done())
+            .flat_map(|s| s.spec.depends_on.iter().copied())
+            .chain([self.final_stage])
+            .collect()
+    }
 }
 
 #[derive(Debug)]
 struct WorkerState {
     slots: u32,
     running: BTreeSet<AttemptId>,
+    last_seen_ms: u64,
+    draining: bool,
+    /// `WorkerDrained` was sent.
+    drained: bool,
+}
+
+impl WorkerState {
+    fn free_slots(&self) -> u32 {
+        self.slots - self.running.len() as u32
+    }
+}
+
+/// The worker to run a new attempt on: the one with the most free slots, never a
+/// draining one nor `avoid`; ties go to the lowest id.
+fn pick_worker(
+    workers: &mut BTreeMap<WorkerId, WorkerState>,
+    avoid: Option<WorkerId>,
+) -> Option<(WorkerId, &mut WorkerState)> {
+    workers
+        .iter_mut()
+        .filter(|(id, w)| w.free_slots() > 0 && !w.draining && Some(**id) != avoid)
+        .max_by_key(|(id, w)| (w.free_slots(), std::cmp::Reverse(**id)))
+        .map(|(id, w)| (*id, w))
 }
 
 /// The scheduler's whole state. See the module documentation.
 #[derive(Debug, Default)]
 pub struct Scheduler {
     config: SchedulerConfig,
+    now_ms: u64,
     workers: BTreeMap<WorkerId, WorkerState>,
     jobs: BTreeMap<JobId, JobState>,
+    /// Since when no worker has been registered (`None` while some is).
+    no_workers_since: Option<u64>,
 }
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Self {
         Self {
             config,
+            now_ms: 0,
             workers: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            no_workers_since: Some(0),
         }
     }
 
@@ -271,51 +429,38 @@ impl Scheduler {
     pub fn handle(&mut self, event: Event) -> Vec<Command> {
         let mut out = Vec::new();
         match event {
+            Event::Tick { now_ms } => {
+                self.now_ms = self.now_ms.max(now_ms);
+                self.expire_workers(&mut out);
+                self.fail_jobs_without_workers(&mut out);
+            }
             Event::WorkerJoined { worker, slots } => {
                 let previous = self.workers.insert(
                     worker,
                     WorkerState {
                         slots,
                         running: BTreeSet::new(),
+                        last_seen_ms: self.now_ms,
+                        draining: false,
+                        drained: false,
                     },
                 );
                 assert!(previous.is_none(), "{worker} joined twice");
+                self.no_workers_since = None;
+            }
+            Event::WorkerHeartbeat { worker } => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.last_seen_ms = self.now_ms;
+                }
+            }
+            Event::WorkerDraining { worker } => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    info!(%worker, running = w.running.len(), "worker draining");
+                    w.draining = true;
+                }
             }
             Event::WorkerLost { worker } => self.lose_worker(worker),
-            Event::JobSubmitted(spec) => {
-                if let Err(e) = self.validate(&spec) {
-                    warn!(job = %spec.id, "refusing job: {e}");
-                    out.push(Command::JobFailed {
-                        job: spec.id,
-                        message: e.to_string(),
-                    });
-                    return out;
-                }
-                let stages = spec
-                    .stages
-                    .iter()
-                    .map(|s| {
-                        let n = s.tasks as usize;
-                        (
-                            s.id,
-                            StageState {
-                                spec: s.clone(),
-                                tasks: vec![TaskState::Pending; n],
-                                attempts: vec![0; n],
-                            },
-                        )
-                    })
-                    .collect();
-                self.jobs.insert(
-                    spec.id,
-                    JobState {
-                        stages,
-                        final_stage: spec.final_stage,
-                        outcome: JobOutcome::Running,
-                        touched: BTreeSet::new(),
-                    },
-                );
-            }
+            Event::JobSubmitted(spec) => self.submit(spec, &mut out),
             Event::TaskSucceeded {
                 attempt,
                 worker,
@@ -339,25 +484,38 @@ impl Scheduler {
                 }
             }
             Event::JobReleased { job } => {
-                if let Some(state) = self.jobs.remove(&job) {
-                    if state.outcome == JobOutcome::Running {
-                        // Releasing a running job is a cancel followed by a release.
-                        self.jobs.insert(job, state);
-                        self.end_job(job, JobOutcome::Cancelled, &mut out);
-                        out.push(Command::JobCancelled { job });
-                        self.jobs.remove(&job);
-                    } else if !state.touched.is_empty() {
-                        out.push(Command::ReleaseBlocks {
-                            job,
-                            workers: state.touched.into_iter().collect(),
-                        });
-                    }
+                if self.job_outcome(job) == Some(&JobOutcome::Running) {
+                    // Releasing a running job is a cancel followed by a release.
+                    self.end_job(job, JobOutcome::Cancelled, &mut out);
+                    out.push(Command::JobCancelled { job });
+                }
+                if let Some(state) = self.jobs.remove(&job)
+                    && !state.touched.is_empty()
+                {
+                    out.push(Command::ReleaseBlocks {
+                        job,
+                        workers: state.touched.into_iter().collect(),
+                    });
                 }
             }
         }
+        self.repair(&mut out);
         self.schedule(&mut out);
+        self.speculate(&mut out);
+        self.release_drained(&mut out);
         self.check_invariants();
         out
+    }
+
+    /// Moves the clock without acting on it (the next [`Event::Tick`] does), so that
+    /// events between ticks are stamped with the right time.
+    pub fn set_clock(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// The scheduler's clock: the latest tick.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
     }
 
     /// The outcome of a job the scheduler still knows.
@@ -368,6 +526,16 @@ impl Scheduler {
     /// The state of every task of a stage, in partition order.
     pub fn stage_tasks(&self, job: JobId, stage: StageId) -> Option<&[TaskState]> {
         Some(&self.jobs.get(&job)?.stages.get(&stage)?.tasks)
+    }
+
+    /// How many attempts a stage has launched, lost to failures and speculated.
+    pub fn stage_attempts(&self, job: JobId, stage: StageId) -> Option<StageAttempts> {
+        let s = self.jobs.get(&job)?.stages.get(&stage)?;
+        Some(StageAttempts {
+            launched: s.attempts.iter().sum(),
+            failed: s.failures.iter().sum(),
+            speculative: s.speculative,
+        })
     }
 
     /// Where each partition of a finished stage's output lives: (attempt, worker) per
@@ -399,6 +567,11 @@ impl Scheduler {
         self.workers.get(&worker).map_or(0, |w| w.running.len())
     }
 
+    /// Whether the worker is draining.
+    pub fn is_draining(&self, worker: WorkerId) -> bool {
+        self.workers.get(&worker).is_some_and(|w| w.draining)
+    }
+
     /// Total slots of the live workers.
     pub fn total_slots(&self) -> u32 {
         self.workers.values().map(|w| w.slots).sum()
@@ -413,6 +586,87 @@ impl Scheduler {
         }
     }
 
+    fn submit(&mut self, spec: JobSpec, out: &mut Vec<Command>) {
+        if let Err(e) = self.validate(&spec) {
+            warn!(job = %spec.id, "refusing job: {e}");
+            out.push(Command::JobFailed {
+                job: spec.id,
+                message: e.to_string(),
+            });
+            return;
+        }
+        let stages = spec
+            .stages
+            .iter()
+            .map(|s| {
+                let n = s.tasks as usize;
+                let state = StageState {
+                    spec: s.clone(),
+                    tasks: vec![TaskState::Pending; n],
+                    attempts: vec![0; n],
+                    failures: vec![0; n],
+                    speculative: 0,
+                };
+                (s.id, state)
+            })
+            .collect();
+        let job = JobState {
+            stages,
+            final_stage: spec.final_stage,
+            outcome: JobOutcome::Running,
+            touched: BTreeSet::new(),
+            submitted_ms: self.now_ms,
+        };
+        self.jobs.insert(spec.id, job);
+    }
+
+    /// Workers silent past the heartbeat timeout are lost.
+    fn expire_workers(&mut self, out: &mut Vec<Command>) {
+        let timeout = self.config.heartbeat_timeout_ms;
+        let silent: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| self.now_ms.saturating_sub(w.last_seen_ms) > timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for worker in silent {
+            warn!(%worker, timeout_ms = timeout, "no heartbeat within the timeout; worker lost");
+            self.lose_worker(worker);
+            out.push(Command::DropWorker { worker });
+        }
+    }
+
+    /// Fails the running jobs once no worker has been registered for the grace period,
+    /// so a job never waits forever for workers that are not coming. A job submitted
+    /// while there were no workers gets the whole grace period too.
+    fn fail_jobs_without_workers(&mut self, out: &mut Vec<Command>) {
+        let grace = self.config.no_worker_grace_ms;
+        let Some(since) = self.no_workers_since else {
+            return;
+        };
+        if self.now_ms.saturating_sub(since) < grace {
+            return;
+        }
+        let expired: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| {
+                j.outcome == JobOutcome::Running
+                    && self.now_ms.saturating_sub(j.submitted_ms) >= grace
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for job in expired {
+            let message = format!(
+                "no worker has been registered for {} s; start workers with `drove worker --coordinator ADDR`, then submit the job again",
+                grace / 1000
+            );
+            warn!(%job, "failing a job: no workers");
+            self.end_job(job, JobOutcome::Failed(message.clone()), out);
+            out.push(Command::JobFailed { job, message });
+        }
+    }
+
     fn task_succeeded(
         &mut self,
         attempt: AttemptId,
@@ -423,18 +677,36 @@ impl Scheduler {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.running.remove(&attempt);
         }
-        let Some(task) = self.current_task_mut(attempt, worker) else {
+        let Some(task) = self.running_task_mut(attempt, worker) else {
             return;
         };
-        *task = TaskState::Done {
-            attempt: attempt.attempt,
-            worker,
-            stats,
+        let TaskState::Running { runs } = std::mem::replace(
+            task,
+            TaskState::Done {
+                attempt: attempt.attempt,
+                worker,
+                stats,
+            },
+        ) else {
+            unreachable!("running_task_mut returns running tasks only");
         };
         debug!(%attempt, %worker, "task done");
+        // The twin of a speculated task lost the race: stop it.
+        for run in runs.iter().filter(|r| r.attempt != attempt.attempt) {
+            let twin = AttemptId {
+                task: attempt.task,
+                attempt: run.attempt,
+            };
+            if let Some(w) = self.workers.get_mut(&run.worker) {
+                w.running.remove(&twin);
+            }
+            out.push(Command::Kill {
+                attempt: twin,
+                worker: run.worker,
+            });
+        }
         let job = attempt.task.job;
-        let state = &self.jobs[&job];
-        if state.stages.values().all(StageState::is_done) {
+        if self.jobs[&job].stages.values().all(StageState::is_done) {
             self.end_job(job, JobOutcome::Succeeded, out);
             out.push(Command::JobSucceeded { job });
         }
@@ -450,33 +722,57 @@ impl Scheduler {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.running.remove(&attempt);
         }
-        let attempt_max = self.config.task_attempt_max;
-        let Some(task) = self.current_task_mut(attempt, worker) else {
+        let Some(task) = self.running_task_mut(attempt, worker) else {
             return;
         };
-        *task = TaskState::Pending;
+        if let TaskState::Running { runs } = task {
+            runs.retain(|r| r.attempt != attempt.attempt);
+            if runs.is_empty() {
+                *task = TaskState::Pending;
+            }
+        }
         let job = attempt.task.job;
-        let attempts = attempt.attempt + 1;
+        let attempt_max = self.config.task_attempt_max;
+        let state = self.jobs.get_mut(&job).expect("the task's job exists");
+        let stage = state
+            .stages
+            .get_mut(&attempt.task.stage)
+            .expect("the task's stage exists");
+        let failures = &mut stage.failures[attempt.task.partition as usize];
+        *failures += 1;
+        let failures = *failures;
         if !error.kind.is_retryable() {
             info!(%attempt, "task failed with a user error; failing the job");
             let message = format!("{} failed on {worker}: {}", attempt.task, error.message);
             self.end_job(job, JobOutcome::Failed(message.clone()), out);
             out.push(Command::JobFailed { job, message });
-        } else if attempts >= attempt_max {
+        } else if failures >= attempt_max {
             let message = format!(
-                "{} failed {attempts} times (the limit is {attempt_max}); last error on {worker}: {}",
+                "{} failed {failures} times (the limit is {attempt_max}); last error on {worker}: {}",
                 attempt.task, error.message
             );
             self.end_job(job, JobOutcome::Failed(message.clone()), out);
             out.push(Command::JobFailed { job, message });
+        } else if let Some(fetch) = error.fetch {
+            // The block is gone from its holder: re-run its producer, then this task
+            // (it stays blocked until the producer's stage is done again).
+            warn!(%attempt, %worker, stage = %fetch.stage, map = fetch.map_partition, holder = %fetch.worker, "fetch failure; re-running the block's producer");
+            if let Some(producer) = state
+                .stages
+                .get_mut(&fetch.stage)
+                .and_then(|s| s.tasks.get_mut(fetch.map_partition as usize))
+                && matches!(producer, TaskState::Done { worker, .. } if *worker == fetch.worker)
+            {
+                *producer = TaskState::Pending;
+            }
         } else {
             warn!(%attempt, %worker, error = %error.message, "task failed; retrying");
         }
     }
 
-    /// The task an attempt belongs to, if that attempt is the one currently running on
-    /// that worker and the job is still running. Anything else is a stale report.
-    fn current_task_mut(&mut self, attempt: AttemptId, worker: WorkerId) -> Option<&mut TaskState> {
+    /// The task of a running attempt on that worker, in a running job. Anything else
+    /// is a stale report.
+    fn running_task_mut(&mut self, attempt: AttemptId, worker: WorkerId) -> Option<&mut TaskState> {
         let job = self.jobs.get_mut(&attempt.task.job)?;
         if job.outcome != JobOutcome::Running {
             return None;
@@ -484,10 +780,13 @@ impl Scheduler {
         let stage = job.stages.get_mut(&attempt.task.stage)?;
         let task = stage.tasks.get_mut(attempt.task.partition as usize)?;
         match task {
-            TaskState::Running {
-                attempt: a,
-                worker: w,
-            } if *a == attempt.attempt && *w == worker => Some(task),
+            TaskState::Running { runs }
+                if runs
+                    .iter()
+                    .any(|r| r.attempt == attempt.attempt && r.worker == worker) =>
+            {
+                Some(task)
+            }
             _ => {
                 debug!(%attempt, %worker, "ignoring a report from a superseded attempt");
                 None
@@ -495,41 +794,81 @@ impl Scheduler {
         }
     }
 
+    /// Removes a worker; its attempts stop counting. What it held is recomputed by
+    /// [`Self::repair`] where still needed.
     fn lose_worker(&mut self, worker: WorkerId) {
         let Some(lost) = self.workers.remove(&worker) else {
             return;
         };
         info!(%worker, running = lost.running.len(), "worker removed from scheduling");
+        if self.workers.is_empty() {
+            self.no_workers_since = Some(self.now_ms);
+        }
         for job in self.jobs.values_mut() {
             if job.outcome != JobOutcome::Running {
                 continue;
             }
             job.touched.remove(&worker);
-            // Re-run what the worker was running, and whatever it held that is still
-            // needed: outputs read by a stage not yet done, and the final stage's (the
-            // client has yet to read it). Resetting a task makes its stage not done, which
-            // can make more outputs needed: repeat until nothing changes (lineage).
+            for stage in job.stages.values_mut() {
+                for task in &mut stage.tasks {
+                    if let TaskState::Running { runs } = task {
+                        runs.retain(|r| r.worker != worker);
+                        if runs.is_empty() {
+                            *task = TaskState::Pending;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lineage recovery, repeated until nothing changes: a needed output whose worker
+    /// is gone is recomputed, which makes its stage not done, which makes that stage's
+    /// own inputs needed; and an attempt whose inputs are no longer all there is
+    /// stopped and re-queued, since it would fail fetching them.
+    fn repair(&mut self, out: &mut Vec<Command>) {
+        let workers = &mut self.workers;
+        for (job_id, job) in &mut self.jobs {
+            if job.outcome != JobOutcome::Running {
+                continue;
+            }
             loop {
-                let needed: BTreeSet<StageId> = job
-                    .stages
-                    .values()
-                    .filter(|s| !s.is_done())
-                    .flat_map(|s| s.spec.depends_on.iter().copied())
-                    .chain([job.final_stage])
-                    .collect();
+                let needed = job.needed_stages();
+                let done = job.done_stages();
                 let mut changed = false;
                 for (stage_id, stage) in &mut job.stages {
-                    for task in &mut stage.tasks {
-                        let rerun = match task {
-                            TaskState::Running { worker: w, .. } => *w == worker,
-                            TaskState::Done { worker: w, .. } => {
-                                *w == worker && needed.contains(stage_id)
+                    let runnable = stage.spec.depends_on.iter().all(|d| done.contains(d));
+                    for (partition, task) in stage.tasks.iter_mut().enumerate() {
+                        match task {
+                            TaskState::Done { worker, .. }
+                                if needed.contains(stage_id) && !workers.contains_key(worker) =>
+                            {
+                                debug!(job = %job_id, stage = %stage_id, partition, "output lost; recomputing");
+                                *task = TaskState::Pending;
+                                changed = true;
                             }
-                            TaskState::Pending => false,
-                        };
-                        if rerun {
-                            *task = TaskState::Pending;
-                            changed = true;
+                            TaskState::Running { runs } if !runnable => {
+                                for run in runs.drain(..) {
+                                    let attempt = AttemptId {
+                                        task: TaskId {
+                                            job: *job_id,
+                                            stage: *stage_id,
+                                            partition: partition as u32,
+                                        },
+                                        attempt: run.attempt,
+                                    };
+                                    if let Some(w) = workers.get_mut(&run.worker) {
+                                        w.running.remove(&attempt);
+                                    }
+                                    out.push(Command::Kill {
+                                        attempt,
+                                        worker: run.worker,
+                                    });
+                                }
+                                *task = TaskState::Pending;
+                                changed = true;
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -548,7 +887,7 @@ impl Scheduler {
         let succeeded = outcome == JobOutcome::Succeeded;
         state.outcome = outcome;
         // Running attempts of an ended job no longer count against their workers' slots;
-        // whatever they report later is ignored.
+        // whatever they report later is ignored. Releasing the job's blocks stops them.
         for w in self.workers.values_mut() {
             w.running.retain(|a| a.task.job != job);
         }
@@ -563,16 +902,12 @@ impl Scheduler {
     /// Hands pending tasks of runnable stages to free slots, oldest job first, each task
     /// to the worker with the most free slots.
     fn schedule(&mut self, out: &mut Vec<Command>) {
+        let now = self.now_ms;
         for (job_id, job) in &mut self.jobs {
             if job.outcome != JobOutcome::Running {
                 continue;
             }
-            let done: BTreeSet<StageId> = job
-                .stages
-                .iter()
-                .filter(|(_, s)| s.is_done())
-                .map(|(id, _)| *id)
-                .collect();
+            let done = job.done_stages();
             for (stage_id, stage) in &mut job.stages {
                 if !stage.spec.depends_on.iter().all(|d| done.contains(d)) {
                     continue;
@@ -581,14 +916,7 @@ impl Scheduler {
                     if *task != TaskState::Pending {
                         continue;
                     }
-                    let Some((worker_id, worker)) = self
-                        .workers
-                        .iter_mut()
-                        .filter(|(_, w)| (w.running.len() as u32) < w.slots)
-                        .max_by_key(|(id, w)| {
-                            (w.slots - w.running.len() as u32, std::cmp::Reverse(**id))
-                        })
-                    else {
+                    let Some((worker_id, worker)) = pick_worker(&mut self.workers, None) else {
                         return;
                     };
                     let attempt = AttemptId {
@@ -601,16 +929,134 @@ impl Scheduler {
                     };
                     stage.attempts[partition] += 1;
                     worker.running.insert(attempt);
-                    job.touched.insert(*worker_id);
+                    job.touched.insert(worker_id);
                     *task = TaskState::Running {
-                        attempt: attempt.attempt,
-                        worker: *worker_id,
+                        runs: vec![Run {
+                            attempt: attempt.attempt,
+                            worker: worker_id,
+                            started_ms: now,
+                        }],
                     };
                     out.push(Command::Launch {
                         attempt,
-                        worker: *worker_id,
+                        worker: worker_id,
                     });
                 }
+            }
+        }
+    }
+
+    /// Gives a slow task a twin on another worker with a free slot: slow means running
+    /// longer than `multiplier` times its stage's median task time (and `min_ms`), once
+    /// `quantile` of the stage is done. A stage whose quorum is all of its tasks (a
+    /// single-task stage, say) is compared with the median of the job's done tasks
+    /// instead. Whichever attempt finishes first wins.
+    fn speculate(&mut self, out: &mut Vec<Command>) {
+        let Some(config) = &self.config.speculation else {
+            return;
+        };
+        let now = self.now_ms;
+        for (job_id, job) in &mut self.jobs {
+            if job.outcome != JobOutcome::Running {
+                continue;
+            }
+            let done_times = |tasks: &[TaskState]| -> Vec<u64> {
+                tasks
+                    .iter()
+                    .filter_map(|t| match t {
+                        TaskState::Done { stats, .. } => Some(stats.elapsed_ms),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            let job_times: Vec<u64> = job
+                .stages
+                .values()
+                .flat_map(|s| done_times(&s.tasks))
+                .collect();
+            for (stage_id, stage) in &mut job.stages {
+                let stage_times = done_times(&stage.tasks);
+                if stage_times.len() == stage.tasks.len() {
+                    continue;
+                }
+                let quorum = ((stage.tasks.len() as f64 * config.quantile) as usize).max(1);
+                let mut times = if stage_times.len() >= quorum {
+                    stage_times
+                } else if quorum >= stage.tasks.len() && !job_times.is_empty() {
+                    // Its stage could only reach the quorum once this very task is done.
+                    job_times.clone()
+                } else {
+                    continue;
+                };
+                times.sort_unstable();
+                let median = times[times.len() / 2];
+                let slow_after = config
+                    .min_ms
+                    .max((median as f64 * config.multiplier) as u64);
+                for (partition, task) in stage.tasks.iter_mut().enumerate() {
+                    let TaskState::Running { runs } = task else {
+                        continue;
+                    };
+                    let [first] = runs[..] else { continue };
+                    if now.saturating_sub(first.started_ms) <= slow_after {
+                        continue;
+                    }
+                    let Some((worker_id, worker)) =
+                        pick_worker(&mut self.workers, Some(first.worker))
+                    else {
+                        return;
+                    };
+                    let attempt = AttemptId {
+                        task: TaskId {
+                            job: *job_id,
+                            stage: *stage_id,
+                            partition: partition as u32,
+                        },
+                        attempt: stage.attempts[partition],
+                    };
+                    info!(%attempt, %worker_id, running_ms = now - first.started_ms, median_ms = median, "speculating a slow task");
+                    stage.attempts[partition] += 1;
+                    stage.speculative += 1;
+                    worker.running.insert(attempt);
+                    job.touched.insert(worker_id);
+                    runs.push(Run {
+                        attempt: attempt.attempt,
+                        worker: worker_id,
+                        started_ms: now,
+                    });
+                    out.push(Command::Launch {
+                        attempt,
+                        worker: worker_id,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Tells each draining worker that runs nothing and holds nothing still needed
+    /// (inputs of unfinished stages, results not yet read) that it may go.
+    fn release_drained(&mut self, out: &mut Vec<Command>) {
+        for (id, w) in &mut self.workers {
+            if !w.draining || w.drained || !w.running.is_empty() {
+                continue;
+            }
+            let holds_needed = self.jobs.values().any(|job| {
+                let needed = match job.outcome {
+                    JobOutcome::Running => job.needed_stages(),
+                    JobOutcome::Succeeded => BTreeSet::from([job.final_stage]),
+                    _ => return false,
+                };
+                needed.iter().any(|s| {
+                    job.stages[s]
+                        .tasks
+                        .iter()
+                        .any(|t| matches!(t, TaskState::Done { worker, .. } if worker == id))
+                })
+            });
+            if !holds_needed {
+                info!(worker = %id, "drained; it may leave");
+                w.drained = true;
+                out.push(Command::WorkerDrained { worker: *id });
             }
         }
     }
@@ -625,17 +1071,64 @@ impl Scheduler {
                 w.slots
             );
             for a in &w.running {
-                let task = self
+                let runs = match self
                     .stage_tasks(a.task.job, a.task.stage)
-                    .map(|t| &t[a.task.partition as usize]);
-                assert_eq!(
-                    task,
-                    Some(&TaskState::Running {
-                        attempt: a.attempt,
-                        worker: *id
-                    }),
+                    .map(|t| &t[a.task.partition as usize])
+                {
+                    Some(TaskState::Running { runs }) => &runs[..],
+                    _ => &[],
+                };
+                assert!(
+                    runs.iter()
+                        .any(|r| r.attempt == a.attempt && r.worker == *id),
                     "{id} believes it runs {a}, the task disagrees"
                 );
+            }
+        }
+        for (job_id, job) in &self.jobs {
+            if job.outcome != JobOutcome::Running {
+                continue;
+            }
+            let done = job.done_stages();
+            let needed = job.needed_stages();
+            for (stage_id, stage) in &job.stages {
+                for (partition, task) in stage.tasks.iter().enumerate() {
+                    match task {
+                        TaskState::Running { runs } => {
+                            assert!(
+                                (1..=2).contains(&runs.len()),
+                                "{job_id} {stage_id} task {partition} has {} runs",
+                                runs.len()
+                            );
+                            assert!(
+                                stage.spec.depends_on.iter().all(|d| done.contains(d)),
+                                "{job_id} {stage_id} runs before its inputs are done"
+                            );
+                            for r in runs {
+                                let attempt = AttemptId {
+                                    task: TaskId {
+                                        job: *job_id,
+                                        stage: *stage_id,
+                                        partition: partition as u32,
+                                    },
+                                    attempt: r.attempt,
+                                };
+                                assert!(
+                                    self.workers
+                                        .get(&r.worker)
+                                        .is_some_and(|w| w.running.contains(&attempt)),
+                                    "{attempt} runs on {} but that worker does not know it",
+                                    r.worker
+                                );
+                            }
+                        }
+                        TaskState::Done { worker, .. } if needed.contains(stage_id) => assert!(
+                            self.workers.contains_key(worker),
+                            "{job_id} {stage_id} task {partition} is needed but its {worker} is gone"
+                        ),
+                        _ => {}
+                    }
+                }
             }
         }
     }
@@ -676,25 +1169,51 @@ mod tests {
         })
     }
 
-    fn succeed(s: &mut Scheduler, (attempt, worker): (AttemptId, WorkerId)) -> Vec<Command> {
+    fn succeed_after(
+        s: &mut Scheduler,
+        (attempt, worker): (AttemptId, WorkerId),
+        elapsed_ms: u64,
+    ) -> Vec<Command> {
         s.handle(Event::TaskSucceeded {
             attempt,
             worker,
-            stats: TaskStats::default(),
+            stats: TaskStats {
+                elapsed_ms,
+                ..Default::default()
+            },
         })
+    }
+
+    fn succeed(s: &mut Scheduler, launch: (AttemptId, WorkerId)) -> Vec<Command> {
+        succeed_after(s, launch, 0)
+    }
+
+    fn fail(
+        s: &mut Scheduler,
+        (attempt, worker): (AttemptId, WorkerId),
+        error: TaskError,
+    ) -> Vec<Command> {
+        s.handle(Event::TaskFailed {
+            attempt,
+            worker,
+            error,
+        })
+    }
+
+    fn with_workers(config: SchedulerConfig, slots: &[u32]) -> Scheduler {
+        let mut s = Scheduler::new(config);
+        for (i, n) in slots.iter().enumerate() {
+            s.handle(Event::WorkerJoined {
+                worker: WorkerId(i as u64 + 1),
+                slots: *n,
+            });
+        }
+        s
     }
 
     #[test]
     fn runs_stages_in_dependency_order_and_spreads_tasks() {
-        let mut s = Scheduler::default();
-        s.handle(Event::WorkerJoined {
-            worker: WorkerId(1),
-            slots: 2,
-        });
-        s.handle(Event::WorkerJoined {
-            worker: WorkerId(2),
-            slots: 2,
-        });
+        let mut s = with_workers(SchedulerConfig::default(), &[2, 2]);
         let cmds = s.handle(Event::JobSubmitted(job(1, &[(0, 4, &[]), (1, 2, &[0])])));
         let first = launches(&cmds);
         assert_eq!(first.len(), 4);
@@ -720,32 +1239,18 @@ mod tests {
 
     #[test]
     fn stale_attempts_are_fenced_and_retries_are_bounded() {
-        let mut s = Scheduler::new(SchedulerConfig {
+        let config = SchedulerConfig {
             task_attempt_max: 2,
             ..Default::default()
-        });
-        s.handle(Event::WorkerJoined {
-            worker: WorkerId(1),
-            slots: 1,
-        });
-        let first = launches(&s.handle(Event::JobSubmitted(job(7, &[(0, 1, &[])]))))[0];
-        let error = TaskError {
-            kind: ErrorKind::Transient,
-            message: "disk hiccup".into(),
         };
-        let retry = launches(&s.handle(Event::TaskFailed {
-            attempt: first.0,
-            worker: first.1,
-            error: error.clone(),
-        }))[0];
+        let mut s = with_workers(config, &[1]);
+        let first = launches(&s.handle(Event::JobSubmitted(job(7, &[(0, 1, &[])]))))[0];
+        let error = TaskError::new(ErrorKind::Transient, "disk hiccup");
+        let retry = launches(&fail(&mut s, first, error.clone()))[0];
         assert_eq!(retry.0.attempt, 1);
         // The first attempt reporting success late changes nothing.
         assert!(succeed(&mut s, first).is_empty());
-        let end = s.handle(Event::TaskFailed {
-            attempt: retry.0,
-            worker: retry.1,
-            error,
-        });
+        let end = fail(&mut s, retry, error);
         let message = failure(&end).expect("the job failed");
         assert!(
             message.contains("failed 2 times") && message.contains("disk hiccup"),
@@ -755,36 +1260,22 @@ mod tests {
 
     #[test]
     fn user_errors_fail_the_job_at_once() {
-        let mut s = Scheduler::default();
-        s.handle(Event::WorkerJoined {
-            worker: WorkerId(1),
-            slots: 1,
-        });
+        let mut s = with_workers(SchedulerConfig::default(), &[1]);
         let l = launches(&s.handle(Event::JobSubmitted(job(1, &[(0, 1, &[])]))))[0];
-        let out = s.handle(Event::TaskFailed {
-            attempt: l.0,
-            worker: l.1,
-            error: TaskError {
-                kind: ErrorKind::User,
-                message: "Divide by zero".into(),
-            },
-        });
+        let out = fail(&mut s, l, TaskError::new(ErrorKind::User, "Divide by zero"));
         let message = failure(&out).expect("the job failed").to_string();
         assert!(message.contains("Divide by zero"), "{message}");
         assert_eq!(s.job_outcome(JobId(1)), Some(&JobOutcome::Failed(message)));
+        assert_eq!(s.stage_attempts(JobId(1), StageId(0)).unwrap().launched, 1);
     }
 
     #[test]
-    fn lost_worker_reruns_its_running_and_needed_tasks() {
-        let mut s = Scheduler::default();
-        s.handle(Event::WorkerJoined {
-            worker: WorkerId(1),
-            slots: 1,
-        });
-        s.handle(Event::WorkerJoined {
-            worker: WorkerId(2),
-            slots: 1,
-        });
+    fn lost_worker_reruns_its_running_and_needed_tasks_without_counting_a_failure() {
+        let config = SchedulerConfig {
+            task_attempt_max: 1,
+            ..Default::default()
+        };
+        let mut s = with_workers(config, &[1, 1]);
         let first = launches(&s.handle(Event::JobSubmitted(job(1, &[(0, 2, &[]), (1, 1, &[0])]))));
         let on_1 = *first.iter().find(|(_, w)| *w == WorkerId(1)).unwrap();
         let on_2 = *first.iter().find(|(_, w)| *w == WorkerId(2)).unwrap();
@@ -798,15 +1289,12 @@ mod tests {
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].0.task, on_1.0.task, "the lost output is recomputed");
         assert_eq!(next[0].0.attempt, 1);
+        assert_eq!(s.job_outcome(JobId(1)), Some(&JobOutcome::Running));
     }
 
     #[test]
     fn lost_outputs_are_recomputed_transitively() {
-        let mut s = Scheduler::default();
-        s.handle(Event::WorkerJoined {
-            worker: WorkerId(1),
-            slots: 1,
-        });
+        let mut s = with_workers(SchedulerConfig::default(), &[1]);
         let spec = job(1, &[(0, 1, &[]), (1, 1, &[0]), (2, 1, &[1])]);
         let first = launches(&s.handle(Event::JobSubmitted(spec)));
         let second = launches(&succeed(&mut s, first[0]));
@@ -827,6 +1315,152 @@ mod tests {
             "stage 1's input is gone too"
         );
         assert_eq!(s.stage_outputs(JobId(1), StageId(1)), None);
+    }
+
+    #[test]
+    fn a_fetch_failure_reruns_the_producer_then_the_reader() {
+        let mut s = with_workers(SchedulerConfig::default(), &[1, 1]);
+        let maps = launches(&s.handle(Event::JobSubmitted(job(1, &[(0, 2, &[]), (1, 2, &[0])]))));
+        let mut reduces = Vec::new();
+        for m in &maps {
+            reduces.extend(launches(&succeed(&mut s, *m)));
+        }
+        assert_eq!(reduces.len(), 2);
+        let holder = maps[1].1;
+        let out = fail(
+            &mut s,
+            reduces[0],
+            TaskError {
+                kind: ErrorKind::Transient,
+                message: "block not found".into(),
+                fetch: Some(FetchFailure {
+                    stage: StageId(0),
+                    map_partition: 1,
+                    worker: holder,
+                }),
+            },
+        );
+        // The other reducer can no longer get all its input: it is stopped too.
+        assert!(out.contains(&Command::Kill {
+            attempt: reduces[1].0,
+            worker: reduces[1].1
+        }));
+        let rerun = launches(&out);
+        assert_eq!(rerun.len(), 1);
+        assert_eq!(rerun[0].0.task, maps[1].0.task);
+        let readers = launches(&succeed(&mut s, rerun[0]));
+        assert_eq!(readers.len(), 2, "both reducers run again");
+        assert!(readers.iter().all(|(a, _)| a.attempt == 1));
+        // The killed reducer's late success is fenced.
+        assert!(succeed(&mut s, reduces[1]).is_empty());
+    }
+
+    #[test]
+    fn a_slow_task_gets_a_twin_and_the_loser_is_killed() {
+        let config = SchedulerConfig {
+            speculation: Some(SpeculationConfig {
+                multiplier: 2.0,
+                quantile: 0.5,
+                min_ms: 100,
+            }),
+            ..Default::default()
+        };
+        let mut s = with_workers(config, &[1, 1, 1]);
+        let first = launches(&s.handle(Event::JobSubmitted(job(1, &[(0, 3, &[])]))));
+        s.handle(Event::Tick { now_ms: 50 });
+        succeed_after(&mut s, first[0], 50);
+        succeed_after(&mut s, first[1], 50);
+        assert!(launches(&s.handle(Event::Tick { now_ms: 90 })).is_empty());
+        let twin = launches(&s.handle(Event::Tick { now_ms: 200 }));
+        assert_eq!(twin.len(), 1);
+        assert_eq!(twin[0].0.task, first[2].0.task);
+        assert_ne!(twin[0].1, first[2].1, "the twin runs elsewhere");
+        assert_eq!(
+            s.stage_attempts(JobId(1), StageId(0)).unwrap().speculative,
+            1
+        );
+        let end = succeed(&mut s, twin[0]);
+        assert!(end.contains(&Command::Kill {
+            attempt: first[2].0,
+            worker: first[2].1
+        }));
+        assert!(end.contains(&Command::JobSucceeded { job: JobId(1) }));
+        assert!(
+            succeed(&mut s, first[2]).is_empty(),
+            "no task completes twice"
+        );
+    }
+
+    #[test]
+    fn a_silent_worker_is_dropped_and_its_task_moves() {
+        let config = SchedulerConfig {
+            heartbeat_timeout_ms: 1_000,
+            speculation: None,
+            ..Default::default()
+        };
+        let mut s = with_workers(config, &[1, 1]);
+        let first = launches(&s.handle(Event::JobSubmitted(job(1, &[(0, 1, &[])]))))[0];
+        let other = WorkerId(3 - first.1.0);
+        s.handle(Event::Tick { now_ms: 800 });
+        s.handle(Event::WorkerHeartbeat { worker: other });
+        let out = s.handle(Event::Tick { now_ms: 1_500 });
+        assert!(out.contains(&Command::DropWorker { worker: first.1 }));
+        assert_eq!(
+            launches(&out),
+            vec![(
+                AttemptId {
+                    task: first.0.task,
+                    attempt: 1
+                },
+                other
+            )]
+        );
+    }
+
+    #[test]
+    fn a_draining_worker_gets_no_tasks_and_leaves_once_its_blocks_are_not_needed() {
+        let mut s = with_workers(SchedulerConfig::default(), &[1, 1]);
+        let maps = launches(&s.handle(Event::JobSubmitted(job(1, &[(0, 2, &[]), (1, 1, &[0])]))));
+        let draining = maps[0].1;
+        assert!(
+            s.handle(Event::WorkerDraining { worker: draining })
+                .is_empty()
+        );
+        let mut reduce = Vec::new();
+        for m in &maps {
+            let out = succeed(&mut s, *m);
+            assert!(
+                !out.contains(&Command::WorkerDrained { worker: draining }),
+                "its map output is still needed"
+            );
+            reduce.extend(launches(&out));
+        }
+        assert_eq!(reduce.len(), 1);
+        assert_ne!(reduce[0].1, draining);
+        let out = succeed(&mut s, reduce[0]);
+        assert!(out.contains(&Command::WorkerDrained { worker: draining }));
+    }
+
+    #[test]
+    fn jobs_fail_once_no_worker_came_for_the_grace_period() {
+        let config = SchedulerConfig {
+            no_worker_grace_ms: 1_000,
+            ..Default::default()
+        };
+        let mut s = Scheduler::new(config);
+        s.handle(Event::Tick { now_ms: 5_000 });
+        s.handle(Event::JobSubmitted(job(1, &[(0, 1, &[])])));
+        assert!(
+            failure(&s.handle(Event::Tick { now_ms: 5_500 })).is_none(),
+            "a new job gets the whole grace period"
+        );
+        let out = s.handle(Event::Tick { now_ms: 6_000 });
+        assert!(
+            failure(&out)
+                .unwrap()
+                .contains("no worker has been registered")
+        );
+        assert!(s.running_jobs().is_empty());
     }
 
     #[test]

@@ -17,10 +17,24 @@ pub enum Error {
     Io(#[from] std::io::Error),
     /// Fetching a shuffle block from another worker failed.
     #[error("fetching a shuffle block from {addr} failed: {message}")]
-    Fetch { addr: String, message: String },
+    Fetch {
+        addr: String,
+        message: String,
+        /// Which map output could not be read, when a task's shuffle read failed.
+        lost: Option<LostBlock>,
+    },
     /// Something drove itself got wrong.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A map output a task could not read: the scheduler re-runs its producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostBlock {
+    pub stage: u32,
+    pub map_partition: u32,
+    /// The worker that should have held it.
+    pub worker: u64,
 }
 
 /// Result type of drove-exec.
@@ -58,7 +72,36 @@ pub fn classify(e: &DataFusionError) -> ErrorKind {
     }
 }
 
+/// The map output whose fetch failed, if that is what `e` comes down to.
+pub fn lost_block(e: &DataFusionError) -> Option<LostBlock> {
+    match e {
+        DataFusionError::External(inner) => inner.downcast_ref::<Error>()?.lost_block(),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            lost_block(inner)
+        }
+        DataFusionError::Shared(inner) => lost_block(inner),
+        DataFusionError::Collection(all) => all.iter().find_map(lost_block),
+        DataFusionError::ArrowError(inner, _) => match inner.as_ref() {
+            arrow::error::ArrowError::ExternalError(e) => e
+                .downcast_ref::<DataFusionError>()
+                .and_then(lost_block)
+                .or_else(|| e.downcast_ref::<Error>()?.lost_block()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 impl Error {
+    /// The map output whose fetch failed, if that is what this error comes down to.
+    pub fn lost_block(&self) -> Option<LostBlock> {
+        match self {
+            Error::Fetch { lost, .. } => *lost,
+            Error::DataFusion(e) => lost_block(e),
+            _ => None,
+        }
+    }
+
     /// How the scheduler should treat this error.
     pub fn kind(&self) -> ErrorKind {
         match self {

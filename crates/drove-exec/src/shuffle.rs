@@ -26,11 +26,12 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::{StreamExt, TryFutureExt, TryStreamExt};
 use prost::Message;
 use tonic::transport::Channel;
 
 use crate::blocks::{BlockKey, BlockStore};
+use crate::error::LostBlock;
 use crate::{Error, Result};
 
 /// How many blocks one reader partition fetches at once.
@@ -96,6 +97,7 @@ impl FlightPool {
         let endpoint = crate::net::endpoint(addr).map_err(|message| Error::Fetch {
             addr: addr.to_string(),
             message,
+            lost: None,
         })?;
         let client = FlightServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
@@ -140,6 +142,7 @@ pub async fn fetch_block(
     let fetch_err = |message: String| Error::Fetch {
         addr: addr.to_string(),
         message,
+        lost: None,
     };
     let mut client = pool.client(addr)?;
     let response = client
@@ -314,11 +317,17 @@ impl ExecutionPlan for ShuffleReaderExec {
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let fetches = futures::stream::iter(blocks).map(move |(key, location)| {
             let env = Arc::clone(&env);
-            async move {
+            let lost = LostBlock {
+                stage: key.stage,
+                map_partition: key.map_partition,
+                worker: location.worker_id,
+            };
+            let read = async move {
                 if location.worker_id == env.local_worker {
                     let block = env.store.get(&key).ok_or_else(|| Error::Fetch {
                         addr: location.flight_addr.clone(),
                         message: format!("{key} is not on this worker"),
+                        lost: None,
                     })?;
                     env.local_read_bytes
                         .fetch_add(block.bytes, Ordering::Relaxed);
@@ -329,7 +338,16 @@ impl ExecutionPlan for ShuffleReaderExec {
                     env.remote_read_bytes.fetch_add(bytes, Ordering::Relaxed);
                     Ok(batches)
                 }
-            }
+            };
+            // Name the lost map output, so the scheduler re-runs its producer.
+            read.map_err(move |e| match e {
+                Error::Fetch { addr, message, .. } => Error::Fetch {
+                    addr,
+                    message,
+                    lost: Some(lost),
+                },
+                other => other,
+            })
         });
         let stream = fetches
             .buffered(FETCH_CONCURRENCY_MAX)

@@ -4,6 +4,10 @@
 //! coordinator over one long-lived gRPC stream, runs the tasks the coordinator sends
 //! and reports their outcome in heartbeats. If the stream breaks it registers again,
 //! as a new worker, until the registration timeout runs out.
+//!
+//! A worker asked to drain ([`WorkerHandle::drain`], SIGTERM in `drove worker`) tells
+//! the coordinator, which sends it no new tasks and says when nothing it runs or holds
+//! is needed any more; then the worker leaves. It leaves anyway after the drain timeout.
 
 pub mod flight;
 
@@ -64,6 +68,11 @@ pub struct WorkerConfig {
     pub slots: u32,
     /// How long to keep trying to register before giving up.
     pub registration_timeout_ms: u64,
+    /// How long a draining worker waits for the coordinator's leave before leaving anyway.
+    pub drain_timeout_ms: u64,
+    /// Fault injection for tests and demonstrations of speculation: every task waits
+    /// this long before it starts. 0 in normal use.
+    pub task_delay_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -74,6 +83,8 @@ impl Default for WorkerConfig {
             advertise: None,
             slots: 2,
             registration_timeout_ms: 30_000,
+            drain_timeout_ms: 60_000,
+            task_delay_ms: 0,
         }
     }
 }
@@ -88,6 +99,7 @@ struct Shared {
     flight: Arc<FlightPool>,
     state: SessionState,
     slots: Arc<Semaphore>,
+    task_delay: Duration,
 }
 
 /// A running worker.
@@ -96,6 +108,7 @@ pub struct WorkerHandle {
     pub flight_addr: SocketAddr,
     pub store: Arc<BlockStore>,
     shutdown: watch::Sender<bool>,
+    drain: watch::Sender<bool>,
     main: JoinHandle<Result<()>>,
     flight_server: JoinHandle<()>,
 }
@@ -110,6 +123,28 @@ impl WorkerHandle {
         let _ = self.shutdown.send(true);
         let _ = self.flight_server.await;
         result
+    }
+
+    /// Asks the worker to leave gracefully: [`Self::wait`] returns once the coordinator
+    /// no longer needs it (or the drain timeout passed).
+    pub fn drain(&self) {
+        let _ = self.drain.send(true);
+    }
+
+    /// A handle that asks for a drain, usable while [`Self::wait`] owns the worker.
+    pub fn drainer(&self) -> impl Fn() + Send + 'static {
+        let drain = self.drain.clone();
+        move || {
+            let _ = drain.send(true);
+        }
+    }
+
+    /// Stops the worker at once, as a crash would: its session and Flight service are
+    /// dropped without waiting for anything, and its blocks are gone.
+    pub fn kill(self) {
+        self.main.abort();
+        self.flight_server.abort();
+        self.store.release_all();
     }
 
     /// Stops the worker: its session ends and its Flight service closes.
@@ -160,17 +195,20 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         flight: Arc::new(FlightPool::default()),
         state: SessionStateBuilder::new().with_default_features().build(),
         slots: Arc::new(Semaphore::new(config.slots as usize)),
+        task_delay: Duration::from_millis(config.task_delay_ms),
     });
     let advertised = config
         .advertise
         .clone()
         .unwrap_or_else(|| flight_addr.to_string());
-    let main = tokio::spawn(run(config, advertised, shared, shutdown_rx));
+    let (drain, drain_rx) = watch::channel(false);
+    let main = tokio::spawn(run(config, advertised, shared, shutdown_rx, drain_rx));
     info!(%flight_addr, "worker Flight service listening");
     Ok(WorkerHandle {
         flight_addr,
         store,
         shutdown,
+        drain,
         main,
         flight_server,
     })
@@ -182,6 +220,7 @@ async fn run(
     flight_addr: String,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) -> Result<()> {
     loop {
         let session = tokio::select! {
@@ -189,8 +228,14 @@ async fn run(
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
         };
         let worker_id = session.worker_id;
+        let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
         tokio::select! {
-            _ = serve(session, Arc::clone(&shared)).instrument(info_span!("worker", worker_id)) => {}
+            end = serve(session, Arc::clone(&shared), drain.clone(), drain_timeout).instrument(info_span!("worker", worker_id)) => {
+                if end == SessionEnd::Drained {
+                    info!(worker_id, "drained; leaving");
+                    return Ok(());
+                }
+            }
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
         }
         // The coordinator no longer knows this identity; its blocks are worthless.
@@ -274,8 +319,32 @@ async fn register(config: &WorkerConfig, flight_addr: &str) -> Result<Session> {
     }
 }
 
-/// Runs one registered session until the coordinator's stream ends.
-async fn serve(mut session: Session, shared: Arc<Shared>) {
+#[derive(Debug, PartialEq, Eq)]
+enum SessionEnd {
+    /// The stream broke or the coordinator closed it.
+    Broken,
+    /// The worker drained and may leave.
+    Drained,
+}
+
+/// Waits until the flag is set; false if it never can be.
+async fn requested(flag: &mut watch::Receiver<bool>) -> bool {
+    flag.wait_for(|f| *f).await.is_ok()
+}
+
+/// The identity of a task attempt on this worker.
+fn attempt_of(key: &pb::TaskKey) -> (u64, u32, u32, u32) {
+    (key.job_id, key.stage_id, key.partition, key.attempt)
+}
+
+/// Runs one registered session until the coordinator's stream ends or the worker has
+/// drained.
+async fn serve(
+    mut session: Session,
+    shared: Arc<Shared>,
+    mut drain: watch::Receiver<bool>,
+    drain_timeout: Duration,
+) -> SessionEnd {
     let (status_tx, mut status_rx) = mpsc::channel::<pb::TaskStatus>(STATUS_QUEUE_MAX);
     let outbound = session.outbound.clone();
     let slots = Arc::clone(&shared.slots);
@@ -309,14 +378,35 @@ async fn serve(mut session: Session, shared: Arc<Shared>) {
     });
 
     let mut tasks = JoinSet::new();
-    // The running tasks of each job, so that releasing a job (it ended, failed or was
-    // cancelled) also stops them.
-    let mut running: HashMap<u64, Vec<tokio::task::AbortHandle>> = HashMap::new();
-    loop {
+    // The running attempts, so that a kill stops one and releasing a job (it ended,
+    // failed or was cancelled) stops all of the job's. At most one per launch the
+    // coordinator sent, which it bounds by the worker's slots.
+    let mut running: HashMap<(u64, u32, u32, u32), tokio::task::AbortHandle> = HashMap::new();
+    // Once draining, leave at this instant even if the coordinator never says so.
+    let mut leave_by: Option<tokio::time::Instant> = None;
+    let end = loop {
         let message = tokio::select! {
             m = session.inbound.message() => m,
             // Reap finished tasks so the set stays small.
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                running.retain(|_, h| !h.is_finished());
+                continue;
+            }
+            true = requested(&mut drain), if leave_by.is_none() => {
+                info!("draining: asking the coordinator for no new tasks");
+                leave_by = Some(tokio::time::Instant::now() + drain_timeout);
+                let message = pb::WorkerMessage {
+                    kind: Some(pb::worker_message::Kind::Drain(pb::Drain {})),
+                };
+                if session.outbound.send(message).await.is_err() {
+                    break SessionEnd::Drained;
+                }
+                continue;
+            }
+            () = tokio::time::sleep_until(leave_by.unwrap_or_else(tokio::time::Instant::now)), if leave_by.is_some() => {
+                warn!(timeout_ms = drain_timeout.as_millis() as u64, "the drain timed out; leaving anyway");
+                break SessionEnd::Drained;
+            }
         };
         match message {
             Ok(Some(pb::CoordinatorMessage { kind: Some(kind) })) => match kind {
@@ -324,34 +414,50 @@ async fn serve(mut session: Session, shared: Arc<Shared>) {
                     let shared = Arc::clone(&shared);
                     let status_tx = status_tx.clone();
                     let worker_id = session.worker_id;
-                    let job = launch.task.as_ref().map_or(0, |t| t.job_id);
+                    let attempt = attempt_of(&launch.task.unwrap_or_default());
                     let handle = tasks.spawn(async move {
                         let status = run_task(worker_id, launch, shared).await;
                         let _ = status_tx.send(status).await;
                     });
-                    let handles = running.entry(job).or_default();
-                    handles.retain(|h| !h.is_finished());
-                    handles.push(handle);
+                    running.insert(attempt, handle);
                 }
-                pb::coordinator_message::Kind::Release(release) => {
-                    for handle in running.remove(&release.job_id).unwrap_or_default() {
+                pb::coordinator_message::Kind::Kill(key) => {
+                    if let Some(handle) = running.remove(&attempt_of(&key)) {
+                        debug!(
+                            job = key.job_id,
+                            stage = key.stage_id,
+                            partition = key.partition,
+                            attempt = key.attempt,
+                            "killing an attempt"
+                        );
                         handle.abort();
                     }
+                }
+                pb::coordinator_message::Kind::Release(release) => {
+                    running.retain(|(job, ..), handle| {
+                        let keep = *job != release.job_id;
+                        if !keep {
+                            handle.abort();
+                        }
+                        keep
+                    });
                     let freed = shared.store.release_job(release.job_id);
                     debug!(job = release.job_id, freed, "released a job's blocks");
                 }
+                pb::coordinator_message::Kind::Drained(_) => break SessionEnd::Drained,
                 pb::coordinator_message::Kind::Registered(_) => {}
             },
             Ok(Some(_)) => {}
-            Ok(None) => break,
+            Ok(None) => break SessionEnd::Broken,
             Err(e) => {
                 warn!("the coordinator stream failed: {}", e.message());
-                break;
+                break SessionEnd::Broken;
             }
         }
-    }
+    };
     tasks.abort_all();
     heartbeats.abort();
+    end
 }
 
 /// Runs one task attempt and returns its status report. Never panics: a panic inside
@@ -388,7 +494,17 @@ async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -
             counters: output.counters.into_iter().collect(),
         }),
         Ok(Err(e)) => {
-            return failed(key, net::error_kind_to_proto(e.kind()), error_message(&e));
+            let mut status = failed(key, net::error_kind_to_proto(e.kind()), error_message(&e));
+            if let (Some(lost), Some(pb::task_status::Outcome::Failed(f))) =
+                (e.lost_block(), status.outcome.as_mut())
+            {
+                f.fetch = Some(pb::FetchFailure {
+                    stage_id: lost.stage,
+                    map_partition: lost.map_partition,
+                    worker_id: lost.worker,
+                });
+            }
+            return status;
         }
         Err(join) => {
             let message = match join.try_into_panic() {
@@ -448,6 +564,7 @@ fn failed(key: pb::TaskKey, kind: pb::ErrorKind, message: String) -> pb::TaskSta
         outcome: Some(pb::task_status::Outcome::Failed(pb::TaskFailed {
             message,
             kind: kind as i32,
+            fetch: None,
         })),
     }
 }
@@ -458,6 +575,9 @@ async fn execute(
     launch: pb::LaunchTask,
     shared: Arc<Shared>,
 ) -> drove_exec::Result<task::TaskOutput> {
+    if !shared.task_delay.is_zero() {
+        tokio::time::sleep(shared.task_delay).await;
+    }
     let inputs: HashMap<u32, Vec<MapOutputRef>> = launch
         .inputs
         .iter()

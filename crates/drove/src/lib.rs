@@ -52,6 +52,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Print a coordinator's workers and recent jobs.
     Status(StatusArgs),
+    /// Cancel a running job: its tasks stop and its blocks are freed.
+    Cancel(CancelArgs),
 }
 
 #[derive(Args, Debug)]
@@ -62,12 +64,39 @@ struct CoordinatorArgs {
     /// HTTP address (health, JSON status) to listen on.
     #[arg(long, default_value = DEFAULT_HTTP_ADDR)]
     http: SocketAddr,
+    /// How often workers send heartbeats.
+    #[arg(long, default_value_t = 1_000)]
+    heartbeat_interval_ms: u64,
     /// A worker silent for this long is declared lost.
     #[arg(long, default_value_t = 10_000)]
     heartbeat_timeout_ms: u64,
     /// Running jobs fail once no worker has been registered for this long.
     #[arg(long, default_value_t = 60)]
     no_worker_grace_secs: u64,
+    /// Failed attempts a task may have (transient errors) before its job fails.
+    #[arg(long, default_value_t = 4)]
+    task_attempts: u32,
+    /// Never start speculative twins of slow tasks.
+    #[arg(long)]
+    no_speculation: bool,
+    /// A task is slow once it has run this many times its stage's median task time...
+    #[arg(long, default_value_t = 1.5)]
+    speculation_multiplier: f64,
+    /// ...once this fraction of its stage's tasks is done...
+    #[arg(long, default_value_t = 0.75)]
+    speculation_quantile: f64,
+    /// ...and once it has run at least this long.
+    #[arg(long, default_value_t = 1_000)]
+    speculation_min_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct CancelArgs {
+    /// The job's id, as `drove status` shows it.
+    job: u64,
+    /// The coordinator's gRPC address.
+    #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
+    coordinator: String,
 }
 
 #[derive(Args, Debug)]
@@ -87,6 +116,12 @@ struct WorkerArgs {
     /// Give up, exiting non-zero, when no coordinator accepted us for this long.
     #[arg(long, default_value_t = 30)]
     registration_timeout_secs: u64,
+    /// On SIGTERM, wait at most this long for the coordinator to release this worker.
+    #[arg(long, default_value_t = 60)]
+    drain_timeout_secs: u64,
+    /// Fault injection: delay every task by this long (to see speculation work).
+    #[arg(long, default_value_t = 0, hide = true)]
+    inject_task_delay_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -238,6 +273,7 @@ pub fn main() -> ExitCode {
             | Command::Mapreduce(_)
             | Command::Gen(_)
             | Command::Status(_)
+            | Command::Cancel(_)
             | Command::Demo(_)
     );
     init_logging(if quiet { "warn" } else { "info" });
@@ -280,13 +316,21 @@ async fn run(command: Command) -> Result<()> {
         Command::Gen(GenCommand::Text(args)) => gen_text(args),
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status(args).await,
+        Command::Cancel(args) => cancel(args).await,
     }
 }
 
 async fn coordinator(args: CoordinatorArgs) -> Result<()> {
     let config = CoordinatorConfig {
+        heartbeat_interval_ms: args.heartbeat_interval_ms,
         heartbeat_timeout_ms: args.heartbeat_timeout_ms,
         no_worker_grace_ms: args.no_worker_grace_secs.saturating_mul(1000),
+        task_attempt_max: args.task_attempts,
+        speculation: (!args.no_speculation).then_some(drove_coordinator::SpeculationConfig {
+            multiplier: args.speculation_multiplier,
+            quantile: args.speculation_quantile,
+            min_ms: args.speculation_min_ms,
+        }),
         ..Default::default()
     };
     let handle = drove_coordinator::start(config, args.bind, Some(args.http)).await?;
@@ -312,12 +356,25 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         advertise: args.advertise,
         slots,
         registration_timeout_ms: args.registration_timeout_secs.saturating_mul(1000),
+        drain_timeout_ms: args.drain_timeout_secs.saturating_mul(1000),
+        task_delay_ms: args.inject_task_delay_ms,
     })
     .await?;
     println!(
         "worker Flight service on {} with {slots} slots",
         handle.flight_addr
     );
+    // SIGTERM drains: no new tasks, the running ones finish, and the worker leaves once
+    // the coordinator no longer needs its blocks. Ctrl-C stops at once.
+    let drain = handle.drainer();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::spawn(async move {
+        if sigterm.recv().await.is_some() {
+            eprintln!("SIGTERM: draining, then leaving");
+            drain();
+        }
+    });
     tokio::select! {
         result = handle.wait() => result?,
         _ = tokio::signal::ctrl_c() => {}
@@ -473,8 +530,13 @@ async fn status(args: StatusArgs) -> Result<()> {
     println!("{} workers", status.workers.len());
     for w in &status.workers {
         println!(
-            "  worker-{} at {}: {} slots, {} running, heartbeat {} ms ago",
-            w.worker_id, w.flight_addr, w.slots, w.running_tasks, w.heartbeat_age_ms
+            "  worker-{} at {}: {} slots, {} running, heartbeat {} ms ago{}",
+            w.worker_id,
+            w.flight_addr,
+            w.slots,
+            w.running_tasks,
+            w.heartbeat_age_ms,
+            if w.draining { ", draining" } else { "" }
         );
     }
     println!("{} recent jobs", status.jobs.len());
@@ -492,6 +554,25 @@ async fn status(args: StatusArgs) -> Result<()> {
             j.name,
             error
         );
+    }
+    Ok(())
+}
+
+async fn cancel(args: CancelArgs) -> Result<()> {
+    let session = Session::connect(&args.coordinator).await?;
+    let status = session.cancel(args.job).await?;
+    match status.state() {
+        drove_client::proto::JobState::Cancelled => println!("job {} cancelled", args.job),
+        other => println!(
+            "job {} had already ended: {:?}{}",
+            args.job,
+            other,
+            if status.error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", status.error)
+            }
+        ),
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod dataframe;
 mod errors;
+mod recovery;
 mod tpch;
 
 use drove_client::{LocalCluster, LocalClusterConfig, Session};

@@ -381,3 +381,67 @@ async fn csv_and_parquet_inputs_and_outputs() {
     assert_eq!(rows, 5);
     session.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wordcount_survives_a_worker_killed_mid_job() {
+    drove::jobs::register_builtin();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = generate(tmp.path(), corpus_bytes(), 6);
+    let mut reference: BTreeMap<String, u64> = BTreeMap::new();
+    for f in input_files(&input) {
+        for w in words(&std::fs::read_to_string(f).unwrap()) {
+            *reference.entry(w).or_default() += 1;
+        }
+    }
+    let mut cluster = LocalCluster::start(LocalClusterConfig {
+        workers: 3,
+        // Every task takes a little while, so the kill lands mid-job.
+        task_delay_ms: vec![200; 3],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let session = Session::connect(&cluster.coordinator_addr().to_string())
+        .await
+        .unwrap();
+    let run = session.run_mapreduce(options("wordcount", vec![input], &tmp.path().join("out")));
+    let (result, ()) = tokio::join!(run, async {
+        // Kill a worker once the map stage is done and its outputs are spread around.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let status = session.cluster_status().await.unwrap();
+            let past_maps = status.jobs.iter().any(|j| {
+                j.state() == drove_client::proto::JobState::Running
+                    && j.stages
+                        .first()
+                        .is_some_and(|s| s.tasks_done == s.tasks_total)
+            });
+            if past_maps {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the map stage never finished"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        cluster.kill_worker(1);
+    });
+    let result = result.unwrap();
+    assert!(
+        result.summary.extra_attempts() > 0,
+        "nothing was re-run: {}",
+        result.summary
+    );
+    assert!(tmp.path().join("out/_SUCCESS").exists());
+    assert!(!tmp.path().join("out/_temporary").exists());
+    let counts: BTreeMap<String, u64> = output_lines(&result)
+        .iter()
+        .map(|l| {
+            let (w, n) = l.split_once('\t').unwrap();
+            (w.to_string(), n.parse().unwrap())
+        })
+        .collect();
+    assert!(counts == reference, "counts differ from the reference");
+    cluster.shutdown().await;
+}

@@ -1,5 +1,6 @@
-//! A cluster of separate processes: `drove coordinator`, two `drove worker`s, and a
-//! query through `drove sql --coordinator`.
+//! Clusters of separate processes: `drove coordinator`, `drove worker`s and queries
+//! through `drove sql --coordinator`; workers are killed, paused and drained with real
+//! signals while jobs run.
 
 use std::time::Duration;
 
@@ -58,8 +59,13 @@ fn coordinator_two_workers_and_sql_as_separate_processes() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected_csv(&dir, q1));
+}
+
+/// The reference answer to `sql` as `drove sql --format csv` prints it.
+fn expected_csv(dir: &std::path::Path, sql: &str) -> String {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let expected = runtime.block_on(reference(&tpch_tables(&dir), q1)).unwrap();
+    let expected = runtime.block_on(reference(&tpch_tables(dir), sql)).unwrap();
     let mut csv = Vec::new();
     {
         let mut w = arrow::csv::WriterBuilder::new()
@@ -69,10 +75,7 @@ fn coordinator_two_workers_and_sql_as_separate_processes() {
             w.write(b).unwrap();
         }
     }
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&csv)
-    );
+    String::from_utf8(csv).unwrap()
 }
 
 /// A plain HTTP/1.0 GET on loopback; returns the body.
@@ -102,4 +105,186 @@ fn wait_for_workers(addr: &str, n: usize) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("{n} workers did not register");
+}
+
+/// A coordinator and workers as separate processes, with fast heartbeats.
+struct ProcessCluster {
+    addr: String,
+    _coordinator: crate::Proc,
+    workers: Vec<crate::Proc>,
+}
+
+impl ProcessCluster {
+    fn start(workers: usize, task_delay_ms: u64) -> Self {
+        let (coordinator, line) = crate::spawn_until(
+            &[
+                "coordinator",
+                "--bind",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--heartbeat-interval-ms",
+                "200",
+                "--heartbeat-timeout-ms",
+                "2000",
+                // Speculative twins would blur the re-run counts these tests check.
+                "--no-speculation",
+            ],
+            "coordinator listening on",
+        );
+        let addr = line.split_whitespace().nth(3).unwrap().to_string();
+        let delay = task_delay_ms.to_string();
+        let workers = (0..workers)
+            .map(|_| {
+                crate::spawn_until(
+                    &[
+                        "worker",
+                        "--coordinator",
+                        &addr,
+                        "--slots",
+                        "2",
+                        "--inject-task-delay-ms",
+                        &delay,
+                    ],
+                    "worker Flight service on",
+                )
+                .0
+            })
+            .collect::<Vec<_>>();
+        wait_for_workers(&addr, workers.len());
+        Self {
+            addr,
+            _coordinator: coordinator,
+            workers,
+        }
+    }
+
+    /// Starts `drove sql` on this cluster in the background.
+    fn sql(&self, dir: &std::path::Path, sql: &str) -> std::process::Child {
+        crate::drove()
+            .args([
+                "sql",
+                "--coordinator",
+                &self.addr,
+                "--tpch",
+                dir.to_str().unwrap(),
+                "--format",
+                "csv",
+                "--summary",
+                "-e",
+                sql,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits until a job runs with its first stage done.
+    fn wait_past_first_stage(&self) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let session = drove_client::Session::connect(&self.addr).await.unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                let status = session.cluster_status().await.unwrap();
+                if status.jobs.iter().any(|j| {
+                    j.state() == drove_client::proto::JobState::Running
+                        && j.stages.iter().any(|s| s.tasks_done == s.tasks_total)
+                }) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no job got past its first stage"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+    }
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} failed");
+}
+
+/// Waits for `drove sql` and returns its stdout and stderr, failing on a non-zero exit.
+fn finish(child: std::process::Child) -> (String, String) {
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(out.status.success(), "drove sql failed: {stderr}");
+    (stdout, stderr)
+}
+
+#[test]
+fn a_worker_killed_with_sigkill_mid_job_costs_only_re_runs() {
+    let dir = tpch_data(0.01);
+    let cluster = ProcessCluster::start(3, 300);
+    let q9 = QUERIES[8];
+    let sql = cluster.sql(&dir, q9);
+    cluster.wait_past_first_stage();
+    signal(&cluster.workers[2].0, "KILL");
+    let (stdout, stderr) = finish(sql);
+    assert_eq!(stdout, expected_csv(&dir, q9));
+    assert!(
+        stderr.contains("extra attempts"),
+        "no re-runs shown: {stderr}"
+    );
+}
+
+#[test]
+fn a_paused_worker_is_replaced_and_comes_back_as_a_new_worker() {
+    let dir = tpch_data(0.01);
+    let cluster = ProcessCluster::start(3, 300);
+    let q = QUERIES[4];
+    let sql = cluster.sql(&dir, q);
+    cluster.wait_past_first_stage();
+    signal(&cluster.workers[1].0, "STOP");
+    let (stdout, stderr) = finish(sql);
+    signal(&cluster.workers[1].0, "CONT");
+    assert_eq!(stdout, expected_csv(&dir, q), "{stderr}");
+    assert!(
+        stderr.contains("extra attempts"),
+        "no re-runs shown: {stderr}"
+    );
+    // It lost its session while stopped, registers again, and takes work again.
+    wait_for_workers(&cluster.addr, 3);
+    let (again, _) = finish(cluster.sql(&dir, q));
+    assert_eq!(again, stdout);
+}
+
+#[test]
+fn a_worker_sent_sigterm_drains_and_exits_cleanly() {
+    let dir = tpch_data(0.01);
+    let mut cluster = ProcessCluster::start(3, 300);
+    let q = QUERIES[2];
+    let sql = cluster.sql(&dir, q);
+    cluster.wait_past_first_stage();
+    signal(&cluster.workers[0].0, "TERM");
+    let (stdout, stderr) = finish(sql);
+    assert_eq!(stdout, expected_csv(&dir, q), "{stderr}");
+    assert!(
+        !stderr.contains("extra attempts"),
+        "a drain must not cost re-runs: {stderr}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(status) = cluster.workers[0].0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drained worker did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+    wait_for_workers(&cluster.addr, 2);
 }

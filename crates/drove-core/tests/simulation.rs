@@ -1,0 +1,837 @@
+//! Deterministic simulation of the coordinator's scheduling and membership.
+//!
+//! A seeded world of simulated workers, a simulated network and a simulated client
+//! drives the real [`Scheduler`]: workers crash (with and without their connection
+//! closing), pause past the heartbeat timeout and come back, lose their sessions, drain
+//! and leave; messages are delayed; tasks fail, straggle, or fail deterministically.
+//! After every step the world checks its invariants:
+//!
+//! - no task completes twice: a done task only becomes done again after its output
+//!   was lost, and only through an attempt that really ran and reported success;
+//! - every block a running attempt was told to read exists, or its holder is dead
+//!   (so the scheduler will learn and recompute it);
+//! - a succeeded job's result has every partition exactly once, and its value is the
+//!   reference value.
+//!
+//! Then comes a fault-free phase in which every job must end, and every job submitted
+//! in that phase must succeed unless it was built to fail.
+//!
+//! `DROVE_SIM_SEEDS=N` runs seeds 0..N (200 by default); `DROVE_SIM_SEED=S` replays one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use drove_core::scheduler::{
+    Command, ErrorKind, Event, FetchFailure, JobOutcome, JobSpec, Scheduler, SchedulerConfig,
+    SpeculationConfig, StageSpec, TaskError, TaskState, TaskStats,
+};
+use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
+
+/// SplitMix64: small, fast and fully determined by its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+const HEARTBEAT_MS: u64 = 100;
+const HEARTBEAT_TIMEOUT_MS: u64 = 1_000;
+const TICK_MS: u64 = 50;
+const CHAOS_MS: u64 = 30_000;
+const END_MS: u64 = 300_000;
+
+/// A block: the output of one task attempt.
+type BlockId = (AttemptId, WorkerId);
+
+/// Where a launched attempt reads its inputs: per map output, its attempt and holder.
+#[derive(Clone)]
+struct Launched {
+    attempt: AttemptId,
+    inputs: Vec<(AttemptId, WorkerId)>,
+}
+
+enum Action {
+    Tick,
+    /// A message reaching the coordinator.
+    ToCoordinator(Event),
+    Launch(WorkerId, Launched),
+    Kill(WorkerId, AttemptId),
+    Release(WorkerId, JobId),
+    /// The coordinator closed this worker's session.
+    SessionClosed(WorkerId),
+    Drained(WorkerId),
+    TaskFinished(WorkerId, AttemptId),
+    Heartbeat(WorkerId),
+    /// A process whose worker identity ended registers again (or a new machine joins).
+    Join {
+        process: usize,
+    },
+    Resume {
+        process: usize,
+    },
+    Chaos,
+    Submit,
+}
+
+struct Process {
+    /// The identity of its current session, if registered.
+    worker: Option<WorkerId>,
+    slots: u32,
+    slow: bool,
+    alive: bool,
+    paused: bool,
+    draining: bool,
+    running: BTreeMap<AttemptId, Launched>,
+    blocks: BTreeSet<BlockId>,
+}
+
+struct SimJob {
+    spec: JobSpec,
+    /// A task that fails with a user error on every attempt, if any.
+    poison: Option<TaskId>,
+    submitted_in_chaos: bool,
+    outcome: Option<JobOutcome>,
+}
+
+struct World {
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Action>,
+    sched: Scheduler,
+    processes: Vec<Process>,
+    /// Which process holds each worker identity ever issued.
+    identity: BTreeMap<WorkerId, usize>,
+    next_worker: u64,
+    jobs: BTreeMap<JobId, SimJob>,
+    next_job: u64,
+    /// Attempts that really ran and reported success.
+    succeeded: BTreeSet<AttemptId>,
+    /// The last seen state of every task, to check completions.
+    done: BTreeMap<TaskId, (u32, WorkerId)>,
+    stats: Stats,
+    /// The last delivery time on each link.
+    links: BTreeMap<(u64, bool), u64>,
+}
+
+/// What a run went through, so the test can tell that faults really happened.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stats {
+    jobs: usize,
+    results_checked: usize,
+    results_lost: usize,
+    faults: usize,
+    fetch_failures: usize,
+    speculative: usize,
+    recomputed: usize,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        self.jobs += o.jobs;
+        self.results_checked += o.results_checked;
+        self.results_lost += o.results_lost;
+        self.faults += o.faults;
+        self.fetch_failures += o.fetch_failures;
+        self.speculative += o.speculative;
+        self.recomputed += o.recomputed;
+    }
+}
+
+fn task_value(t: TaskId) -> i64 {
+    (t.stage.0 as i64 + 1) * 1000 + t.partition as i64 + 1
+}
+
+impl World {
+    fn new(seed: u64) -> Self {
+        let mut rng = Rng(seed);
+        let speculation = rng.chance(0.7).then(|| SpeculationConfig {
+            multiplier: 1.5,
+            quantile: 0.5,
+            min_ms: 200,
+        });
+        let sched = Scheduler::new(SchedulerConfig {
+            task_attempt_max: 4,
+            jobs_active_max: 64,
+            heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS,
+            no_worker_grace_ms: 5_000,
+            speculation,
+        });
+        let n = rng.range(2, 5) as usize;
+        let processes = (0..n)
+            .map(|i| Process {
+                worker: None,
+                slots: rng.range(1, 3) as u32,
+                slow: i == 0 && rng.chance(0.3),
+                alive: true,
+                paused: false,
+                draining: false,
+                running: BTreeMap::new(),
+                blocks: BTreeSet::new(),
+            })
+            .collect();
+        let mut world = World {
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            sched,
+            processes,
+            identity: BTreeMap::new(),
+            next_worker: 1,
+            jobs: BTreeMap::new(),
+            next_job: 1,
+            succeeded: BTreeSet::new(),
+            done: BTreeMap::new(),
+            stats: Stats::default(),
+            links: BTreeMap::new(),
+        };
+        for p in 0..n {
+            let d = world.rng.range(0, 200);
+            world.at(d, Action::Join { process: p });
+        }
+        world.at(0, Action::Tick);
+        world.at(100, Action::Chaos);
+        world.at(50, Action::Submit);
+        world
+    }
+
+    fn at(&mut self, delay: u64, action: Action) {
+        self.seq += 1;
+        self.queue.insert((self.now + delay, self.seq), action);
+    }
+
+    /// A message's delay on a link: random, but never overtaking an earlier message on
+    /// the same link (each link is one ordered gRPC stream). A link is a worker id (0:
+    /// the client) and a direction (true: towards the coordinator).
+    fn net_delay(&mut self, link: (u64, bool)) -> u64 {
+        let at = self.now + self.rng.range(1, 30);
+        let last = self.links.entry(link).or_insert(0);
+        *last = (*last).max(at);
+        *last - self.now
+    }
+
+    fn chaos(&self) -> bool {
+        self.now < CHAOS_MS
+    }
+
+    fn process_of(&self, worker: WorkerId) -> Option<usize> {
+        let p = *self.identity.get(&worker)?;
+        (self.processes[p].worker == Some(worker)).then_some(p)
+    }
+
+    /// Feeds an event to the scheduler and performs its commands like the runtime does.
+    fn feed(&mut self, event: Event) {
+        for command in self.sched.handle(event) {
+            self.perform(command);
+        }
+        self.check();
+    }
+
+    fn perform(&mut self, command: Command) {
+        match command {
+            Command::Launch { attempt, worker } => {
+                let spec = &self.jobs[&attempt.task.job].spec;
+                let deps = &spec
+                    .stages
+                    .iter()
+                    .find(|s| s.id == attempt.task.stage)
+                    .expect("the stage exists")
+                    .depends_on;
+                let mut inputs = Vec::new();
+                for dep in deps {
+                    let outputs = self
+                        .sched
+                        .stage_outputs(attempt.task.job, *dep)
+                        .expect("launched only once its inputs are done");
+                    for (partition, (a, w)) in outputs.into_iter().enumerate() {
+                        let task = TaskId {
+                            job: attempt.task.job,
+                            stage: *dep,
+                            partition: partition as u32,
+                        };
+                        inputs.push((AttemptId { task, attempt: a }, w));
+                    }
+                }
+                let d = self.net_delay((worker.0, false));
+                self.at(d, Action::Launch(worker, Launched { attempt, inputs }));
+            }
+            Command::Kill { attempt, worker } => {
+                let d = self.net_delay((worker.0, false));
+                self.at(d, Action::Kill(worker, attempt));
+            }
+            Command::DropWorker { worker } => {
+                let d = self.net_delay((worker.0, false));
+                self.at(d, Action::SessionClosed(worker));
+            }
+            Command::WorkerDrained { worker } => {
+                let d = self.net_delay((worker.0, false));
+                self.at(d, Action::Drained(worker));
+            }
+            Command::ReleaseBlocks { job, workers } => {
+                for w in workers {
+                    let d = self.net_delay((w.0, false));
+                    self.at(d, Action::Release(w, job));
+                }
+            }
+            Command::JobSucceeded { job } => self.check_result(job),
+            Command::JobFailed { job, message } => {
+                let sim = self.jobs.get_mut(&job).expect("known job");
+                let legit = message.contains("poisoned")
+                    || message.contains("failed 4 times")
+                    || message.contains("no worker has been registered");
+                assert!(legit, "{job} failed for no good reason: {message}");
+                sim.outcome = Some(JobOutcome::Failed(message));
+            }
+            Command::JobCancelled { job } => {
+                self.jobs.get_mut(&job).expect("known job").outcome = Some(JobOutcome::Cancelled);
+            }
+        }
+    }
+
+    fn check_result(&mut self, job: JobId) {
+        let sim = self.jobs.get_mut(&job).expect("known job");
+        assert!(sim.outcome.is_none(), "{job} ended twice");
+        sim.outcome = Some(JobOutcome::Succeeded);
+        assert!(
+            sim.poison.is_none(),
+            "{job} succeeded despite its poisoned task"
+        );
+        let spec = sim.spec.clone();
+        let outputs = self
+            .sched
+            .stage_outputs(job, spec.final_stage)
+            .expect("a succeeded job's final stage is done");
+        let final_tasks = spec.stages.last().unwrap().tasks as usize;
+        assert_eq!(
+            outputs.len(),
+            final_tasks,
+            "every result partition exactly once"
+        );
+        let mut lost = false;
+        for (partition, (attempt, worker)) in outputs.iter().enumerate() {
+            let id = AttemptId {
+                task: TaskId {
+                    job,
+                    stage: spec.final_stage,
+                    partition: partition as u32,
+                },
+                attempt: *attempt,
+            };
+            match self.process_of(*worker) {
+                Some(p) if self.processes[p].alive => assert!(
+                    self.processes[p].blocks.contains(&(id, *worker)),
+                    "result block {id} is missing on live {worker}"
+                ),
+                // Its holder died a moment ago; the client's fetch would fail.
+                _ => lost = true,
+            }
+        }
+        if lost {
+            self.stats.results_lost += 1;
+        } else {
+            self.stats.results_checked += 1;
+        }
+        let d = self.net_delay((0, true));
+        self.at(d, Action::ToCoordinator(Event::JobReleased { job }));
+    }
+
+    /// Invariants checked after every step.
+    fn check(&mut self) {
+        let jobs: Vec<(JobId, JobSpec)> = self
+            .jobs
+            .iter()
+            .map(|(id, j)| (*id, j.spec.clone()))
+            .collect();
+        for (job, spec) in jobs {
+            for stage in &spec.stages {
+                let Some(tasks) = self.sched.stage_tasks(job, stage.id) else {
+                    continue;
+                };
+                for (partition, state) in tasks.iter().enumerate() {
+                    let task = TaskId {
+                        job,
+                        stage: stage.id,
+                        partition: partition as u32,
+                    };
+                    match state {
+                        TaskState::Done {
+                            attempt, worker, ..
+                        } => {
+                            let id = AttemptId {
+                                task,
+                                attempt: *attempt,
+                            };
+                            assert!(
+                                self.succeeded.contains(&id),
+                                "{id} is done but never reported success"
+                            );
+                            let running = self.sched.job_outcome(job) == Some(&JobOutcome::Running);
+                            if let Some(h) = self.process_of(*worker).filter(|_| running) {
+                                let h = &self.processes[h];
+                                assert!(
+                                    !h.alive || h.blocks.contains(&(id, *worker)),
+                                    "{id} is done on live {worker}, which lacks its block"
+                                );
+                            }
+                            if let Some(previous) = self.done.insert(task, (*attempt, *worker)) {
+                                assert_eq!(
+                                    previous,
+                                    (*attempt, *worker),
+                                    "{task} completed twice without losing its output"
+                                );
+                            }
+                        }
+                        _ => {
+                            if self.done.remove(&task).is_some() {
+                                self.stats.recomputed += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Every block a running attempt reads exists, or its holder is dead.
+        for p in &self.processes {
+            if !p.alive || p.worker.is_none() {
+                continue;
+            }
+            for launched in p.running.values() {
+                // Once a job ended its blocks are released, whatever still runs.
+                if self.sched.job_outcome(launched.attempt.task.job) != Some(&JobOutcome::Running) {
+                    continue;
+                }
+                for (input, holder) in &launched.inputs {
+                    let present = self.process_of(*holder).is_some_and(|h| {
+                        let h = &self.processes[h];
+                        !h.alive || h.blocks.contains(&(*input, *holder))
+                    });
+                    let gone = self.process_of(*holder).is_none();
+                    assert!(
+                        present || gone,
+                        "{} reads {input} from live {holder}, which does not have it",
+                        launched.attempt
+                    );
+                }
+            }
+        }
+    }
+
+    fn new_job(&mut self) {
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        let stages_n = self.rng.range(1, 4) as u32;
+        let mut stages = Vec::new();
+        for s in 0..stages_n {
+            let depends_on = if s == 0 {
+                vec![]
+            } else if s >= 2 && self.rng.chance(0.3) {
+                vec![StageId(s - 2), StageId(s - 1)]
+            } else {
+                vec![StageId(s - 1)]
+            };
+            stages.push(StageSpec {
+                id: StageId(s),
+                tasks: self.rng.range(1, 6) as u32,
+                depends_on,
+            });
+        }
+        let poison = self.rng.chance(0.05).then(|| {
+            let s = self.rng.below(stages_n as u64) as u32;
+            TaskId {
+                job: id,
+                stage: StageId(s),
+                partition: self.rng.below(stages[s as usize].tasks as u64) as u32,
+            }
+        });
+        let spec = JobSpec {
+            id,
+            final_stage: StageId(stages_n - 1),
+            stages,
+        };
+        self.jobs.insert(
+            id,
+            SimJob {
+                spec: spec.clone(),
+                poison,
+                submitted_in_chaos: self.chaos(),
+                outcome: None,
+            },
+        );
+        let d = self.net_delay((0, true));
+        self.at(d, Action::ToCoordinator(Event::JobSubmitted(spec)));
+    }
+
+    fn step(&mut self, action: Action) {
+        match action {
+            Action::Tick => {
+                self.feed(Event::Tick { now_ms: self.now });
+                self.at(TICK_MS, Action::Tick);
+            }
+            Action::ToCoordinator(event) => self.feed(event),
+            Action::Submit => {
+                self.new_job();
+                if self.now < CHAOS_MS + 5_000 {
+                    let d = self.rng.range(100, 1_500);
+                    self.at(d, Action::Submit);
+                }
+            }
+            Action::Join { process } => {
+                let p = &mut self.processes[process];
+                if p.worker.is_some() || p.paused {
+                    return;
+                }
+                p.alive = true;
+                p.draining = false;
+                p.running.clear();
+                p.blocks.clear();
+                let worker = WorkerId(self.next_worker);
+                self.next_worker += 1;
+                p.worker = Some(worker);
+                let slots = p.slots;
+                self.identity.insert(worker, process);
+                self.feed(Event::WorkerJoined { worker, slots });
+                self.at(HEARTBEAT_MS, Action::Heartbeat(worker));
+            }
+            Action::Heartbeat(worker) => {
+                let Some(p) = self.process_of(worker) else {
+                    return;
+                };
+                let p = &self.processes[p];
+                if !p.alive {
+                    return;
+                }
+                if !p.paused {
+                    let d = self.net_delay((worker.0, true));
+                    self.at(d, Action::ToCoordinator(Event::WorkerHeartbeat { worker }));
+                }
+                self.at(HEARTBEAT_MS, Action::Heartbeat(worker));
+            }
+            Action::Launch(worker, launched) => {
+                let Some(p) = self.process_of(worker) else {
+                    return;
+                };
+                if !self.processes[p].alive {
+                    return;
+                }
+                let slow = self.processes[p].slow;
+                let mut duration = self.rng.range(10, 200);
+                if slow {
+                    duration *= 20;
+                }
+                let attempt = launched.attempt;
+                self.processes[p].running.insert(attempt, launched);
+                self.at(duration, Action::TaskFinished(worker, attempt));
+                self.check();
+            }
+            Action::TaskFinished(worker, attempt) => {
+                let Some(p) = self.process_of(worker) else {
+                    return;
+                };
+                if self.processes[p].paused {
+                    // A paused process makes no progress; try again later.
+                    self.at(50, Action::TaskFinished(worker, attempt));
+                    return;
+                }
+                if !self.processes[p].alive {
+                    return;
+                }
+                let Some(launched) = self.processes[p].running.remove(&attempt) else {
+                    return; // killed
+                };
+                let missing = launched.inputs.iter().find(|(input, holder)| {
+                    !self.process_of(*holder).is_some_and(|h| {
+                        self.processes[h].alive
+                            && self.processes[h].blocks.contains(&(*input, *holder))
+                    })
+                });
+                let job = &self.jobs[&attempt.task.job];
+                let event = if job.poison == Some(attempt.task) {
+                    Event::TaskFailed {
+                        attempt,
+                        worker,
+                        error: TaskError::new(ErrorKind::User, "poisoned: division by zero"),
+                    }
+                } else if let Some((input, holder)) = missing {
+                    self.stats.fetch_failures += 1;
+                    Event::TaskFailed {
+                        attempt,
+                        worker,
+                        error: TaskError {
+                            kind: ErrorKind::Transient,
+                            message: format!("{input} not found"),
+                            fetch: Some(FetchFailure {
+                                stage: input.task.stage,
+                                map_partition: input.task.partition,
+                                worker: *holder,
+                            }),
+                        },
+                    }
+                } else if self.chaos() && self.rng.chance(0.03) {
+                    Event::TaskFailed {
+                        attempt,
+                        worker,
+                        error: TaskError::new(ErrorKind::Transient, "disk hiccup"),
+                    }
+                } else {
+                    let value = task_value(attempt.task)
+                        + launched
+                            .inputs
+                            .iter()
+                            .map(|(i, _)| task_value(i.task))
+                            .sum::<i64>();
+                    self.processes[p].blocks.insert((attempt, worker));
+                    self.succeeded.insert(attempt);
+                    Event::TaskSucceeded {
+                        attempt,
+                        worker,
+                        stats: TaskStats {
+                            output_rows: value as u64,
+                            elapsed_ms: 100,
+                            ..Default::default()
+                        },
+                    }
+                };
+                let d = self.net_delay((worker.0, true));
+                self.at(d, Action::ToCoordinator(event));
+            }
+            Action::Kill(worker, attempt) => {
+                if let Some(p) = self.process_of(worker) {
+                    self.processes[p].running.remove(&attempt);
+                }
+            }
+            Action::Release(worker, job) => {
+                if let Some(p) = self.process_of(worker) {
+                    let p = &mut self.processes[p];
+                    p.running.retain(|a, _| a.task.job != job);
+                    p.blocks.retain(|(a, _)| a.task.job != job);
+                }
+            }
+            Action::SessionClosed(worker) => {
+                if let Some(p) = self.process_of(worker) {
+                    self.end_session(p, true);
+                }
+            }
+            Action::Drained(worker) => {
+                if let Some(p) = self.process_of(worker) {
+                    self.end_session(p, false);
+                    let d = self.net_delay((worker.0, true));
+                    self.at(d, Action::ToCoordinator(Event::WorkerLost { worker }));
+                    // The machine comes back later as a new worker.
+                    let back = self.rng.range(500, 3_000);
+                    self.at(back, Action::Join { process: p });
+                }
+            }
+            Action::Resume { process } => {
+                let p = &mut self.processes[process];
+                p.paused = false;
+                if p.worker.is_none() && p.alive {
+                    // Its session was closed while it slept: register again.
+                    self.at(10, Action::Join { process });
+                }
+            }
+            Action::Chaos => {
+                if self.chaos() {
+                    self.inject_fault();
+                    let d = self.rng.range(200, 1_500);
+                    self.at(d, Action::Chaos);
+                } else {
+                    self.heal();
+                }
+            }
+        }
+    }
+
+    /// The process's session ends: its tasks stop and its blocks go (a worker that
+    /// registers again starts empty). `reconnect`: it registers again soon.
+    fn end_session(&mut self, process: usize, reconnect: bool) {
+        let p = &mut self.processes[process];
+        p.worker = None;
+        p.running.clear();
+        p.blocks.clear();
+        if reconnect && !p.paused && p.alive {
+            let d = self.rng.range(50, 500);
+            self.at(d, Action::Join { process });
+        }
+    }
+
+    fn inject_fault(&mut self) {
+        let process = self.rng.below(self.processes.len() as u64) as usize;
+        let Some(worker) = self.processes[process].worker else {
+            return;
+        };
+        if !self.processes[process].alive || self.processes[process].paused {
+            return;
+        }
+        self.stats.faults += 1;
+        match self.rng.below(5) {
+            // Killed: the OS closes its connection, the coordinator hears at once.
+            0 => {
+                self.processes[process].alive = false;
+                self.end_session(process, false);
+                let d = self.net_delay((worker.0, true));
+                self.at(d, Action::ToCoordinator(Event::WorkerLost { worker }));
+                let back = self.rng.range(500, 5_000);
+                self.revive_later(process, back);
+            }
+            // The machine vanished: only the heartbeat timeout tells.
+            1 => {
+                self.processes[process].alive = false;
+                self.processes[process].worker = None;
+                self.processes[process].running.clear();
+                self.processes[process].blocks.clear();
+                let back = self.rng.range(500, 5_000);
+                self.revive_later(process, back);
+            }
+            // Paused (SIGSTOP), sometimes past the heartbeat timeout.
+            2 => {
+                self.processes[process].paused = true;
+                let d = self.rng.range(200, 3_000);
+                self.at(d, Action::Resume { process });
+            }
+            // Its connection broke: it registers again as a new worker.
+            3 => {
+                self.end_session(process, true);
+                let d = self.net_delay((worker.0, true));
+                self.at(d, Action::ToCoordinator(Event::WorkerLost { worker }));
+            }
+            // Decommissioned.
+            _ => {
+                if !self.processes[process].draining {
+                    self.processes[process].draining = true;
+                    let d = self.net_delay((worker.0, true));
+                    self.at(d, Action::ToCoordinator(Event::WorkerDraining { worker }));
+                }
+            }
+        }
+    }
+
+    fn revive_later(&mut self, process: usize, delay: u64) {
+        self.seq += 1;
+        // A dead process comes back through Join, which marks it alive again.
+        self.queue
+            .insert((self.now + delay, self.seq), Action::Join { process });
+    }
+
+    /// The fault-free phase begins: every process runs and is registered.
+    fn heal(&mut self) {
+        for process in 0..self.processes.len() {
+            if self.processes[process].paused {
+                self.at(1, Action::Resume { process });
+            } else if self.processes[process].worker.is_none() {
+                self.at(1, Action::Join { process });
+            }
+        }
+    }
+
+    fn run(mut self) -> Stats {
+        let mut quiet_until = None;
+        while let Some(((time, _), action)) = self.queue.pop_first() {
+            self.now = time;
+            if self.now > END_MS {
+                break;
+            }
+            if self.now > CHAOS_MS + 5_000 && self.jobs.values().all(|j| j.outcome.is_some()) {
+                // Let the last releases arrive, then nothing may be left behind.
+                quiet_until.get_or_insert(self.now + 1_000);
+            } else {
+                quiet_until = None;
+            }
+            if quiet_until.is_some_and(|t| self.now > t) {
+                break;
+            }
+            self.step(action);
+        }
+        for (id, job) in &self.jobs {
+            let outcome = job
+                .outcome
+                .as_ref()
+                .unwrap_or_else(|| panic!("{id} never ended; {:?}", self.sched.job_outcome(*id)));
+            if !job.submitted_in_chaos && job.poison.is_none() {
+                assert_eq!(
+                    outcome,
+                    &JobOutcome::Succeeded,
+                    "{id} was submitted in the fault-free phase"
+                );
+            }
+            if job.poison.is_some() {
+                assert!(
+                    matches!(outcome, JobOutcome::Failed(m) if m.contains("poisoned")),
+                    "{id}: {outcome:?}"
+                );
+            }
+        }
+        for p in &self.processes {
+            assert!(
+                !p.alive || p.blocks.is_empty(),
+                "{:?} still holds {} blocks after every job ended and was released",
+                p.worker,
+                p.blocks.len()
+            );
+        }
+        self.stats.jobs = self.jobs.len();
+        self.stats.speculative = self
+            .jobs
+            .values()
+            .flat_map(|j| j.spec.stages.iter().map(move |s| (j.spec.id, s.id)))
+            .filter_map(|(job, stage)| self.sched.stage_attempts(job, stage))
+            .map(|a| a.speculative as usize)
+            .sum();
+        self.stats
+    }
+}
+
+fn run_seed(seed: u64) -> Stats {
+    let result = std::panic::catch_unwind(|| World::new(seed).run());
+    match result {
+        Ok(r) => r,
+        Err(panic) => {
+            eprintln!("simulation seed {seed} failed; replay it with DROVE_SIM_SEED={seed}");
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+#[test]
+fn scheduling_survives_crashes_pauses_and_delays() {
+    let seeds: Vec<u64> = match std::env::var("DROVE_SIM_SEED") {
+        Ok(s) => vec![s.parse().expect("DROVE_SIM_SEED must be a number")],
+        Err(_) => {
+            let n = std::env::var("DROVE_SIM_SEEDS")
+                .ok()
+                .map(|n| n.parse().expect("DROVE_SIM_SEEDS must be a number"))
+                .unwrap_or(200);
+            (0..n).collect()
+        }
+    };
+    let mut total = Stats::default();
+    for seed in &seeds {
+        total += run_seed(*seed);
+    }
+    eprintln!("{} seeds: {total:?}", seeds.len());
+    assert!(
+        total.results_checked > seeds.len(),
+        "seeds must produce checked results"
+    );
+    if seeds.len() >= 50 {
+        // The harness must really have hurt the scheduler, in every way it can.
+        assert!(
+            total.faults > seeds.len() && total.recomputed > 0 && total.fetch_failures > 0,
+            "{total:?}"
+        );
+    }
+}
