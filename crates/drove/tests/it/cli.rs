@@ -304,3 +304,68 @@ fn gen_text_refuses_a_zero_size() {
         &["--size 0 is out of range"],
     );
 }
+
+#[test]
+fn coordinator_failure_settings_that_cannot_work_are_refused() {
+    let base = [
+        "coordinator",
+        "--bind",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        base.iter().chain(extra).copied().collect()
+    };
+    fails_with(
+        &with(&[
+            "--heartbeat-interval-ms",
+            "5000",
+            "--heartbeat-timeout-ms",
+            "1000",
+        ]),
+        &["--heartbeat-timeout-ms (1000) must be longer than --heartbeat-interval-ms (5000)"],
+    );
+    fails_with(
+        &with(&["--task-attempts", "0"]),
+        &["--task-attempts must be at least 1"],
+    );
+    fails_with(
+        &with(&["--speculation-multiplier", "0.5"]),
+        &["--speculation-multiplier must be 1 or more"],
+    );
+    fails_with(
+        &with(&["--speculation-quantile", "1.5"]),
+        &["--speculation-quantile must be in (0, 1]"],
+    );
+}
+
+#[test]
+fn cancel_names_an_unknown_job_and_a_missing_coordinator() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    fails_with(&["cancel", "7", "--coordinator", &addr], &[&addr]);
+    fails_with(
+        &["cancel", "not-a-number"],
+        &["invalid value 'not-a-number'"],
+    );
+
+    let (_coordinator, line) = crate::spawn_until(
+        &[
+            "coordinator",
+            "--bind",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        "coordinator listening on",
+    );
+    let addr = line.split_whitespace().nth(3).unwrap();
+    fails_with(
+        &["cancel", "42", "--coordinator", addr],
+        &["job-42 does not exist"],
+    );
+}

@@ -78,22 +78,35 @@ fn expected_csv(dir: &std::path::Path, sql: &str) -> String {
     String::from_utf8(csv).unwrap()
 }
 
-/// A plain HTTP/1.0 GET on loopback; returns the body.
+/// A plain HTTP/1.0 GET on loopback that must answer 200; returns the body.
 fn http_get(addr: &str, path: &str) -> String {
+    let (code, body) = http(addr, "GET", path);
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// A plain HTTP/1.0 request on loopback; returns the status code and the body.
+fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream =
         std::net::TcpStream::connect(addr).expect("connecting to the coordinator's HTTP");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
-    assert!(
-        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
-        "{response}"
-    );
-    response
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let body = response
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    (code, body)
 }
 
 fn wait_for_workers(addr: &str, n: usize) {
@@ -110,6 +123,7 @@ fn wait_for_workers(addr: &str, n: usize) {
 /// A coordinator and workers as separate processes, with fast heartbeats.
 struct ProcessCluster {
     addr: String,
+    http: String,
     _coordinator: crate::Proc,
     workers: Vec<crate::Proc>,
 }
@@ -133,6 +147,13 @@ impl ProcessCluster {
             "coordinator listening on",
         );
         let addr = line.split_whitespace().nth(3).unwrap().to_string();
+        let http = line
+            .split_whitespace()
+            .nth(6)
+            .unwrap()
+            .trim_start_matches("http://")
+            .trim_end_matches(')')
+            .to_string();
         let delay = task_delay_ms.to_string();
         let workers = (0..workers)
             .map(|_| {
@@ -154,6 +175,7 @@ impl ProcessCluster {
         wait_for_workers(&addr, workers.len());
         Self {
             addr,
+            http,
             _coordinator: coordinator,
             workers,
         }
@@ -180,19 +202,19 @@ impl ProcessCluster {
             .unwrap()
     }
 
-    /// Waits until a job runs with its first stage done.
-    fn wait_past_first_stage(&self) {
+    /// Waits until a job runs with its first stage done and returns its id.
+    fn wait_past_first_stage(&self) -> u64 {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             let session = drove_client::Session::connect(&self.addr).await.unwrap();
             let deadline = std::time::Instant::now() + Duration::from_secs(120);
             loop {
                 let status = session.cluster_status().await.unwrap();
-                if status.jobs.iter().any(|j| {
+                if let Some(job) = status.jobs.iter().find(|j| {
                     j.state() == drove_client::proto::JobState::Running
                         && j.stages.iter().any(|s| s.tasks_done == s.tasks_total)
                 }) {
-                    return;
+                    return job.job_id;
                 }
                 assert!(
                     std::time::Instant::now() < deadline,
@@ -200,7 +222,7 @@ impl ProcessCluster {
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-        });
+        })
     }
 }
 
@@ -287,4 +309,33 @@ fn a_worker_sent_sigterm_drains_and_exits_cleanly() {
     };
     assert!(exit.success(), "{exit:?}");
     wait_for_workers(&cluster.addr, 2);
+}
+
+#[test]
+fn a_job_cancelled_over_http_stops_and_its_client_is_told() {
+    let dir = tpch_data(0.01);
+    let cluster = ProcessCluster::start(2, 300);
+    let (code, body) = http(&cluster.http, "POST", "/api/v1/jobs/12345/cancel");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("job-12345 does not exist"), "{body}");
+    let (code, body) = http(&cluster.http, "POST", "/api/v1/jobs/twelve/cancel");
+    assert_eq!(code, 400, "{body}");
+
+    let sql = cluster.sql(&dir, QUERIES[8]);
+    let job = cluster.wait_past_first_stage();
+    let (code, body) = http(&cluster.http, "POST", &format!("/api/v1/jobs/{job}/cancel"));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("JOB_STATE_CANCELLED"), "{body}");
+    let out = sql.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cancelled"), "{stderr}");
+    // The job shows as cancelled, and nothing of it runs any more.
+    let status = crate::run(
+        &["status", "--coordinator", &cluster.addr],
+        Duration::from_secs(30),
+    );
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("Cancelled"), "{status}");
+    assert!(status.contains(", 0 running,"), "{status}");
 }
