@@ -4,6 +4,13 @@
 //! runs the 22 TPC-H queries on an embedded drove cluster and on single-process
 //! DataFusion over the same files, in the same run, checks that the answers agree, and
 //! reports medians and ratios.
+//!
+//! `cargo xtask bench wordcount [--size 1000000000]` counts words on drove and with a
+//! single-threaded HashMap.
+//!
+//! `cargo xtask bench recovery [--scale 1] [--size 1000000000] [--workers 3]` runs
+//! TPC-H Q9 and word count failure-free, then again with one worker killed at half the
+//! failure-free time, and reports the slowdown and the attempts re-run.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -35,6 +42,30 @@ enum Bench {
     Tpch(TpchArgs),
     /// Word count over generated text: drove against a single-threaded HashMap count.
     Wordcount(WordcountArgs),
+    /// TPC-H Q9 and word count, failure-free and with a worker killed halfway.
+    Recovery(RecoveryArgs),
+}
+
+#[derive(Args)]
+struct RecoveryArgs {
+    /// TPC-H scale for Q9.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Bytes of generated text for word count.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    size: u64,
+    #[arg(long, default_value_t = 8)]
+    files: usize,
+    #[arg(long, default_value_t = 3)]
+    workers: usize,
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    #[arg(long, default_value_t = 3)]
+    iterations: usize,
+    #[arg(long, default_value = "target/bench-data")]
+    data: PathBuf,
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -89,6 +120,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Bench(Bench::Tpch(args)) => runtime.block_on(bench_tpch(args)),
         Command::Bench(Bench::Wordcount(args)) => runtime.block_on(bench_wordcount(args)),
+        Command::Bench(Bench::Recovery(args)) => runtime.block_on(bench_recovery(args)),
     }
 }
 
@@ -226,21 +258,7 @@ async fn bench_wordcount(args: WordcountArgs) -> Result<()> {
         bail!("--iterations must be at least 1");
     }
     drove::jobs::register_builtin();
-    let dir = args.data.join(format!("text-{}-{}", args.size, args.files));
-    if !dir.join("_COMPLETE").exists() {
-        println!(
-            "generating {} bytes of text into {}",
-            args.size,
-            dir.display()
-        );
-        drove::gentext::generate(args.size, args.files, &dir, 42)?;
-        std::fs::write(dir.join("_COMPLETE"), b"")?;
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    files.retain(|p| p.extension().is_some_and(|e| e == "txt"));
-    files.sort();
+    let (dir, files) = text_dir(&args.data, args.size, args.files)?;
 
     let session = embedded_session(args.workers, args.slots).await?;
     let out_dir = args.data.join("wordcount-out");
@@ -267,14 +285,7 @@ async fn bench_wordcount(args: WordcountArgs) -> Result<()> {
             })
             .await?;
         drove_s.push(started.elapsed().as_secs_f64());
-        let mut got = std::collections::HashMap::new();
-        for f in &result.files {
-            for line in std::fs::read_to_string(f)?.lines() {
-                let (w, n) = line.split_once('\t').context("a malformed output line")?;
-                got.insert(w.to_string(), n.parse::<u64>()?);
-            }
-        }
-        if got != reference {
+        if read_counts(&result.files)? != reference {
             bail!("drove's word counts differ from the single-threaded reference");
         }
     }
@@ -301,4 +312,186 @@ async fn bench_wordcount(args: WordcountArgs) -> Result<()> {
     });
     let name = format!("wordcount-{}-{}w.json", args.size, args.workers);
     write_report(&args.out, &name, &report)
+}
+
+/// Generated text of `size` bytes in `files` files, kept between runs: its directory
+/// and its files.
+fn text_dir(data: &Path, size: u64, files: usize) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let dir = data.join(format!("text-{size}-{files}"));
+    if !dir.join("_COMPLETE").exists() {
+        println!("generating {size} bytes of text into {}", dir.display());
+        drove::gentext::generate(size, files, &dir, 42)?;
+        std::fs::write(dir.join("_COMPLETE"), b"")?;
+    }
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    paths.retain(|p| p.extension().is_some_and(|e| e == "txt"));
+    paths.sort();
+    Ok((dir, paths))
+}
+
+/// The word counts in word count's part files.
+fn read_counts(files: &[PathBuf]) -> Result<std::collections::HashMap<String, u64>> {
+    let mut got = std::collections::HashMap::new();
+    for f in files {
+        for line in std::fs::read_to_string(f)?.lines() {
+            let (w, n) = line.split_once('\t').context("a malformed output line")?;
+            got.insert(w.to_string(), n.parse::<u64>()?);
+        }
+    }
+    Ok(got)
+}
+
+/// What the recovery benchmark runs, with the answer it must give.
+enum RecoveryJob {
+    Q9 {
+        dir: PathBuf,
+        expected: Vec<datafusion::arrow::record_batch::RecordBatch>,
+    },
+    Wordcount {
+        dir: PathBuf,
+        out: PathBuf,
+        expected: std::collections::HashMap<String, u64>,
+        reducers: usize,
+    },
+}
+
+impl RecoveryJob {
+    fn name(&self) -> &'static str {
+        match self {
+            RecoveryJob::Q9 { .. } => "TPC-H Q9",
+            RecoveryJob::Wordcount { .. } => "wordcount",
+        }
+    }
+
+    /// Runs the job once on a fresh cluster, killing worker 1 after `kill_after` if
+    /// given; checks the answer and returns seconds taken and attempts re-run.
+    async fn run(&self, args: &RecoveryArgs, kill_after: Option<f64>) -> Result<(f64, u32)> {
+        let mut cluster = LocalCluster::start(LocalClusterConfig {
+            workers: args.workers,
+            slots: args.slots,
+            ..Default::default()
+        })
+        .await?;
+        let session = Session::connect(&cluster.coordinator_addr().to_string()).await?;
+        let q9 = drove_exec::tpch::query(9)?;
+        if let RecoveryJob::Q9 { dir, .. } = self {
+            session.register_tpch(dir).await?;
+        }
+        let started = Instant::now();
+        let job = async {
+            match self {
+                RecoveryJob::Q9 { expected, .. } => {
+                    let result = session.run_sql(q9).await?;
+                    if let Err(diff) = compare(&result.batches, expected, is_ordered(q9)) {
+                        bail!("Q9: drove's answer differs from DataFusion's: {diff}");
+                    }
+                    Ok(result.summary.extra_attempts())
+                }
+                RecoveryJob::Wordcount {
+                    dir,
+                    out,
+                    expected,
+                    reducers,
+                } => {
+                    let _ = std::fs::remove_dir_all(out);
+                    let result = session
+                        .run_mapreduce(drove_client::mapreduce::MapReduceOptions {
+                            job: "wordcount".into(),
+                            args: Default::default(),
+                            inputs: vec![dir.clone()],
+                            output: out.clone(),
+                            reducers: *reducers,
+                            format: drove_client::OutputFormat::Text,
+                            overwrite: false,
+                            combine: true,
+                        })
+                        .await?;
+                    if &read_counts(&result.files)? != expected {
+                        bail!("drove's word counts differ from the single-threaded reference");
+                    }
+                    Ok(result.summary.extra_attempts())
+                }
+            }
+        };
+        let killer = async {
+            if let Some(after) = kill_after {
+                tokio::time::sleep(std::time::Duration::from_secs_f64(after)).await;
+                cluster.kill_worker(1);
+            }
+        };
+        let (rerun, ()) = tokio::join!(job, killer);
+        let elapsed = started.elapsed().as_secs_f64();
+        cluster.shutdown().await;
+        Ok((elapsed, rerun?))
+    }
+}
+
+async fn bench_recovery(args: RecoveryArgs) -> Result<()> {
+    if args.iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    if args.workers < 2 {
+        bail!("--workers must be at least 2: one is killed");
+    }
+    drove::jobs::register_builtin();
+    let tpch = tpch_dir(&args.data, args.scale)?;
+    let ctx = SessionContext::new_with_config(
+        SessionConfig::new().with_target_partitions(args.workers * args.slots as usize),
+    );
+    for t in &tables::tpch_tables(&tpch)? {
+        tables::register(&ctx, t).await?;
+    }
+    let expected = run_statements(&ctx, drove_exec::tpch::query(9)?).await?;
+    let (text, files) = text_dir(&args.data, args.size, args.files)?;
+    let jobs = [
+        RecoveryJob::Q9 {
+            dir: tpch,
+            expected,
+        },
+        RecoveryJob::Wordcount {
+            dir: text,
+            out: args.data.join("recovery-wordcount-out"),
+            expected: reference_wordcount(&files)?,
+            reducers: args.workers * args.slots as usize,
+        },
+    ];
+    println!(
+        "recovery | drove: {} workers x {} slots (embedded), worker 1 killed at half the failure-free median | {} iterations, medians",
+        args.workers, args.slots, args.iterations
+    );
+    println!("| job | failure-free s | one worker killed s | ratio | attempts re-run (median) |");
+    println!("|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for job in &jobs {
+        let mut clean = Vec::new();
+        for _ in 0..args.iterations {
+            clean.push(job.run(&args, None).await?.0);
+        }
+        let clean_median = median(&mut clean);
+        let (mut killed, mut reruns) = (Vec::new(), Vec::new());
+        for _ in 0..args.iterations {
+            let (s, rerun) = job.run(&args, Some(clean_median / 2.0)).await?;
+            killed.push(s);
+            reruns.push(f64::from(rerun));
+        }
+        let (k, r) = (median(&mut killed), median(&mut reruns));
+        println!(
+            "| {} | {clean_median:.2} | {k:.2} | {:.2} | {r:.0} |",
+            job.name(),
+            k / clean_median
+        );
+        rows.push(serde_json::json!({
+            "job": job.name(), "failure_free_s": clean, "killed_s": killed,
+            "reruns": reruns, "failure_free_median_s": clean_median, "killed_median_s": k,
+        }));
+    }
+    let report = serde_json::json!({
+        "workload": "recovery", "scale": args.scale, "text_bytes": args.size,
+        "workers": args.workers, "slots": args.slots, "iterations": args.iterations,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "jobs": rows,
+    });
+    write_report(&args.out, &format!("recovery-{}w.json", args.workers), &report)
 }
