@@ -493,5 +493,9 @@ async fn bench_recovery(args: RecoveryArgs) -> Result<()> {
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "jobs": rows,
     });
-    write_report(&args.out, &format!("recovery-{}w.json", args.workers), &report)
+    write_report(
+        &args.out,
+        &format!("recovery-{}w.json", args.workers),
+        &report,
+    )
 }

@@ -157,6 +157,15 @@ impl LocalCluster {
         }
     }
 
+    /// Fault injection: worker `index` loses every block it holds but stays up, as if
+    /// its memory were wiped. Readers of those blocks get fetch failures.
+    pub fn lose_blocks(&self, index: usize) -> u64 {
+        self.workers
+            .get(index)
+            .and_then(Option::as_ref)
+            .map_or(0, |w| w.store.release_all())
+    }
+
     /// Asks worker `index` to leave gracefully and waits until it has; false if it
     /// was not running or did not leave cleanly.
     pub async fn drain_worker(&mut self, index: usize) -> bool {

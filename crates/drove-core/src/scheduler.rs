@@ -754,16 +754,17 @@ impl Scheduler {
             self.end_job(job, JobOutcome::Failed(message.clone()), out);
             out.push(Command::JobFailed { job, message });
         } else if let Some(fetch) = error.fetch {
-            // The block is gone from its holder: re-run its producer, then this task
-            // (it stays blocked until the producer's stage is done again).
-            warn!(%attempt, %worker, stage = %fetch.stage, map = fetch.map_partition, holder = %fetch.worker, "fetch failure; re-running the block's producer");
-            if let Some(producer) = state
-                .stages
-                .get_mut(&fetch.stage)
-                .and_then(|s| s.tasks.get_mut(fetch.map_partition as usize))
-                && matches!(producer, TaskState::Done { worker, .. } if *worker == fetch.worker)
-            {
-                *producer = TaskState::Pending;
+            // The block is gone from its holder, and whatever else of that stage the
+            // holder kept is likely gone with it (it restarted, or lost its memory):
+            // re-run those producers, then this task, which waits for them.
+            warn!(%attempt, %worker, stage = %fetch.stage, map = fetch.map_partition, holder = %fetch.worker, "fetch failure; re-running the holder's outputs");
+            if let Some(producers) = state.stages.get_mut(&fetch.stage) {
+                for producer in &mut producers.tasks {
+                    if matches!(producer, TaskState::Done { worker, .. } if *worker == fetch.worker)
+                    {
+                        *producer = TaskState::Pending;
+                    }
+                }
             }
         } else {
             warn!(%attempt, %worker, error = %error.message, "task failed; retrying");

@@ -74,6 +74,8 @@ enum Action {
     /// The coordinator closed this worker's session.
     SessionClosed(WorkerId),
     Drained(WorkerId),
+    /// A draining worker gives up waiting and leaves.
+    DrainTimeout(WorkerId),
     TaskFinished(WorkerId, AttemptId),
     Heartbeat(WorkerId),
     /// A process whose worker identity ended registers again (or a new machine joins).
@@ -626,7 +628,7 @@ impl World {
                     self.end_session(p, true);
                 }
             }
-            Action::Drained(worker) => {
+            Action::Drained(worker) | Action::DrainTimeout(worker) => {
                 if let Some(p) = self.process_of(worker) {
                     self.end_session(p, false);
                     let d = self.net_delay((worker.0, true));
@@ -715,6 +717,8 @@ impl World {
                     self.processes[process].draining = true;
                     let d = self.net_delay((worker.0, true));
                     self.at(d, Action::ToCoordinator(Event::WorkerDraining { worker }));
+                    let timeout = self.rng.range(2_000, 10_000);
+                    self.at(timeout, Action::DrainTimeout(worker));
                 }
             }
         }

@@ -348,7 +348,7 @@ async fn serve(
     let (status_tx, mut status_rx) = mpsc::channel::<pb::TaskStatus>(STATUS_QUEUE_MAX);
     let outbound = session.outbound.clone();
     let slots = Arc::clone(&shared.slots);
-    let heartbeats = tokio::spawn(async move {
+    let heartbeats = AbortOnDrop(tokio::spawn(async move {
         let mut interval = tokio::time::interval(session.heartbeat_interval);
         loop {
             let mut statuses = Vec::new();
@@ -375,7 +375,7 @@ async fn serve(
                 break;
             }
         }
-    });
+    }));
 
     let mut tasks = JoinSet::new();
     // The running attempts, so that a kill stops one and releasing a job (it ended,
@@ -456,7 +456,7 @@ async fn serve(
         }
     };
     tasks.abort_all();
-    heartbeats.abort();
+    drop(heartbeats);
     end
 }
 

@@ -86,6 +86,47 @@ async fn tpch_q5_q9_q18_survive_a_worker_killed_mid_job() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocks_lost_by_a_live_worker_are_recomputed_after_fetch_failures() {
+    let dir = tpch_data(0.01);
+    let (cluster, session) = start(LocalClusterConfig {
+        workers: 3,
+        task_delay_ms: vec![200; 3],
+        ..Default::default()
+    })
+    .await;
+    session.register_tpch(&dir).await.unwrap();
+    let sql = QUERIES[8];
+    let (result, lost) = tokio::join!(session.run_sql(sql), async {
+        job_past_its_first_stage(&session).await;
+        let held = cluster.blocks_held();
+        let most = (0..held.len()).max_by_key(|i| held[*i]).unwrap();
+        cluster.lose_blocks(most);
+        held[most]
+    });
+    let result = result.unwrap();
+    let expected = reference(&tpch_tables(&dir), sql).await.unwrap();
+    compare(&result.batches, &expected, is_ordered(sql)).unwrap();
+    let failed: u32 = result
+        .summary
+        .stages
+        .iter()
+        .map(|s| s.attempts_failed)
+        .sum();
+    assert!(lost > 0, "worker 1 held no blocks");
+    assert!(
+        failed > 0,
+        "no fetch failure was reported: {}",
+        result.summary
+    );
+    assert_eq!(
+        session.cluster_status().await.unwrap().workers.len(),
+        3,
+        "no worker was lost"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_straggler_is_overtaken_by_its_speculative_twin() {
     const DELAY_MS: u64 = 20_000;
     let dir = tpch_data(0.01);
