@@ -358,7 +358,7 @@ fn pick_worker(
 }
 
 /// The scheduler's whole state. See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Scheduler {
     config: SchedulerConfig,
     now_ms: u64,
@@ -366,6 +366,12 @@ pub struct Scheduler {
     jobs: BTreeMap<JobId, JobState>,
     /// Since when no worker has been registered (`None` while some is).
     no_workers_since: Option<u64>,
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Self::new(SchedulerConfig::default())
+    }
 }
 
 impl Scheduler {

@@ -220,12 +220,14 @@ async fn run(
     flight_addr: String,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
-    drain: watch::Receiver<bool>,
+    mut drain: watch::Receiver<bool>,
 ) -> Result<()> {
     loop {
         let session = tokio::select! {
             s = register(&config, &flight_addr) => s?,
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            // Not registered, so nothing of ours is needed: leave at once.
+            true = requested(&mut drain) => return Ok(()),
         };
         let worker_id = session.worker_id;
         let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
