@@ -161,7 +161,7 @@ fn task_value(t: TaskId) -> i64 {
 impl World {
     fn new(seed: u64) -> Self {
         let mut rng = Rng(seed);
-        let speculation = rng.chance(0.7).then(|| SpeculationConfig {
+        let speculation = rng.chance(0.7).then_some(SpeculationConfig {
             multiplier: 1.5,
             quantile: 0.5,
             min_ms: 200,
