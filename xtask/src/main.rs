@@ -110,10 +110,24 @@ struct TpchArgs {
     /// Where the JSON results go.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
+    /// Record drove's tracing at info level, as JSON lines to target/bench-trace.log,
+    /// to measure what tracing costs.
+    #[arg(long)]
+    tracing: bool,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::Bench(Bench::Tpch(args)) = &cli.command
+        && args.tracing
+    {
+        let log = std::fs::File::create("target/bench-trace.log")?;
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(std::sync::Mutex::new(log))
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -236,8 +250,14 @@ async fn bench_tpch(args: TpchArgs) -> Result<()> {
         "queries": rows,
         "drove_total_ms": drove_total,
         "datafusion_total_ms": df_total,
+        "tracing": args.tracing,
     });
-    let name = format!("tpch-sf{}-{}w.json", args.scale, args.workers);
+    let name = format!(
+        "tpch-sf{}-{}w{}.json",
+        args.scale,
+        args.workers,
+        if args.tracing { "-tracing" } else { "" }
+    );
     write_report(&args.out, &name, &report)
 }
 

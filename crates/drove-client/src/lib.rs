@@ -108,6 +108,43 @@ struct Inner {
     ctx: SessionContext,
     tables: Mutex<Vec<TableSpec>>,
     cluster: tokio::sync::Mutex<Option<LocalCluster>>,
+    progress: Mutex<Option<ProgressFn>>,
+}
+
+/// Called with every change of a running job's progress.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// How far a job has come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub job_id: u64,
+    pub stages_done: u32,
+    pub stages_total: u32,
+    pub tasks_done: u32,
+    pub tasks_total: u32,
+    pub tasks_running: u32,
+    pub elapsed_ms: u64,
+    /// The job has ended (the last call for it).
+    pub ended: bool,
+}
+
+impl Progress {
+    fn of(status: &pb::JobStatus) -> Self {
+        let stages = &status.stages;
+        Self {
+            job_id: status.job_id,
+            stages_done: stages
+                .iter()
+                .filter(|s| s.tasks_done == s.tasks_total)
+                .count() as u32,
+            stages_total: stages.len() as u32,
+            tasks_done: stages.iter().map(|s| s.tasks_done).sum(),
+            tasks_total: stages.iter().map(|s| s.tasks_total).sum(),
+            tasks_running: stages.iter().map(|s| s.tasks_running).sum(),
+            elapsed_ms: status.elapsed_ms,
+            ended: status.state() != pb::JobState::Running,
+        }
+    }
 }
 
 impl Session {
@@ -140,6 +177,7 @@ impl Session {
                 ctx: SessionContext::new(),
                 tables: Mutex::new(Vec::new()),
                 cluster: tokio::sync::Mutex::new(None),
+                progress: Mutex::new(None),
             }),
         })
     }
@@ -422,7 +460,16 @@ impl Session {
             .map_err(status_error)?
             .into_inner();
         let mut last = None;
+        let progress = self
+            .inner
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         while let Some(status) = updates.message().await.map_err(status_error)? {
+            if let Some(report) = &progress {
+                report(&Progress::of(&status));
+            }
             last = Some(status);
         }
         let status =
@@ -479,6 +526,22 @@ impl Session {
             .into_inner())
     }
 
+    /// Calls `f` with the progress of every job this session runs, each time it
+    /// changes, until the job ends.
+    ///
+    /// ```no_run
+    /// # fn demo(session: drove_client::Session) {
+    /// session.on_progress(|p| eprintln!("{}/{} tasks", p.tasks_done, p.tasks_total));
+    /// # }
+    /// ```
+    pub fn on_progress(&self, f: impl Fn(&Progress) + Send + Sync + 'static) {
+        *self
+            .inner
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+    }
+
     /// Cancels a job that has not ended: its tasks stop and its blocks are freed. Job
     /// ids are shown by `drove status` and in [`JobSummary::job_id`].
     ///
@@ -523,9 +586,9 @@ fn existing_path(path: &Path) -> Result<&str> {
         .ok_or_else(|| Error::Config(format!("path '{}' is not UTF-8", path.display())))
 }
 
-/// A short label for a job: the first line of its SQL.
+/// A short label for a job: the start of its SQL on one line.
 fn name_of(sql: &str) -> String {
-    let line = sql.trim().lines().next().unwrap_or_default();
+    let line = sql.split_whitespace().collect::<Vec<_>>().join(" ");
     line.chars().take(80).collect()
 }
 

@@ -1,75 +1,435 @@
-//! The coordinator's HTTP endpoints: health and a JSON view of the cluster.
+//! The coordinator's HTTP endpoints: the web UI ([`crate::ui`]), a JSON REST API
+//! described by an OpenAPI document, Prometheus metrics and a health check.
+//!
+//! Every view is built from the same `drove_proto` status messages the gRPC API
+//! returns, so the UI, the REST API and `drove status` never disagree.
+
+use std::fmt::Write as _;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::Json;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use drove_core::JobId;
+use drove_core::{JobId, WorkerId};
+use drove_proto as pb;
 use serde_json::{Value, json};
 
-use crate::Error;
-use crate::state::Coordinator;
+use crate::state::{Coordinator, TASK_SECONDS_BUCKETS};
+use crate::{Error, ui};
 
 /// The HTTP routes.
 pub fn router(coordinator: Coordinator) -> Router {
     Router::new()
+        .route("/", get(ui_overview))
+        .route("/jobs/{id}", get(ui_job))
+        .route("/workers/{id}", get(ui_worker))
         .route("/health", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/workers", get(workers))
+        .route("/api/v1/workers/{id}", get(worker))
+        .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such page".into()) })
         .with_state(coordinator)
+}
+
+fn api_error(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// A path id: 400 with the reason when it is not a number.
+fn parse_id(kind: &str, raw: &str) -> Result<u64, Response> {
+    raw.parse().map_err(|_| {
+        api_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "'{raw}' is not a {kind} id; ids are whole numbers, as /api/v1/{kind}s lists them"
+            ),
+        )
+    })
+}
+
+fn not_found_or_internal(e: Error) -> Response {
+    match e {
+        Error::NotFound(m) => api_error(StatusCode::NOT_FOUND, m),
+        other => api_error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    }
+}
+
+/// The job's state as the API names it.
+pub fn state_name(state: pb::JobState) -> &'static str {
+    match state {
+        pb::JobState::Running => "running",
+        pb::JobState::Succeeded => "succeeded",
+        pb::JobState::Failed => "failed",
+        pb::JobState::Cancelled => "cancelled",
+        pb::JobState::Unspecified => "unknown",
+    }
+}
+
+/// Whether a task ran far longer than its stage's median: more than twice it, and by
+/// more than 100 ms.
+pub fn skewed(task: &pb::TaskRun, stage: &pb::StageStatus) -> bool {
+    let mut times: Vec<u64> = stage.tasks.iter().map(|t| t.elapsed_ms).collect();
+    if times.len() < 2 {
+        return false;
+    }
+    times.sort_unstable();
+    let median = times[times.len() / 2];
+    task.elapsed_ms > 2 * median && task.elapsed_ms > median + 100
+}
+
+pub fn worker_json(w: &pb::WorkerStatus) -> Value {
+    json!({
+        "worker_id": w.worker_id,
+        "flight_addr": w.flight_addr,
+        "slots": w.slots,
+        "running_tasks": w.running_tasks,
+        "heartbeat_age_ms": w.heartbeat_age_ms,
+        "state": if w.draining { "draining" } else { "active" },
+        "block_bytes": w.block_bytes,
+    })
+}
+
+pub fn job_summary_json(j: &pb::JobStatus) -> Value {
+    let tasks_total: u32 = j.stages.iter().map(|s| s.tasks_total).sum();
+    let tasks_done: u32 = j.stages.iter().map(|s| s.tasks_done).sum();
+    json!({
+        "job_id": j.job_id,
+        "name": j.name,
+        "state": state_name(j.state()),
+        "error": j.error,
+        "elapsed_ms": j.elapsed_ms,
+        "submitted_unix_ms": j.submitted_unix_ms,
+        "stages": j.stages.len(),
+        "tasks_total": tasks_total,
+        "tasks_done": tasks_done,
+    })
+}
+
+fn task_json(t: &pb::TaskRun, stage: &pb::StageStatus) -> Value {
+    json!({
+        "partition": t.partition,
+        "attempt": t.attempt,
+        "worker_id": t.worker_id,
+        "elapsed_ms": t.elapsed_ms,
+        "output_rows": t.output_rows,
+        "output_bytes": t.output_bytes,
+        "local_read_bytes": t.local_read_bytes,
+        "remote_read_bytes": t.remote_read_bytes,
+        "skewed": skewed(t, stage),
+    })
+}
+
+pub fn job_json(j: &pb::JobStatus) -> Value {
+    let mut v = job_summary_json(j);
+    let stages: Vec<Value> = j
+        .stages
+        .iter()
+        .map(|s| {
+            json!({
+                "stage_id": s.stage_id,
+                "root": s.root,
+                "depends_on": s.depends_on,
+                "tasks_total": s.tasks_total,
+                "tasks_done": s.tasks_done,
+                "tasks_running": s.tasks_running,
+                "attempts_launched": s.attempts_launched,
+                "attempts_failed": s.attempts_failed,
+                "attempts_speculative": s.attempts_speculative,
+                "plan": s.plan,
+                "tasks": s.tasks.iter().map(|t| task_json(t, s)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    v["stages"] = Value::Array(stages);
+    v["sql"] = json!(j.sql);
+    v["physical_plan"] = json!(j.physical_plan);
+    v
+}
+
+/// The tasks a worker ran in the jobs still in the history.
+pub fn worker_tasks(worker: u64, jobs: &[pb::JobStatus]) -> Vec<(u64, u32, pb::TaskRun)> {
+    let mut tasks = Vec::new();
+    for j in jobs {
+        for s in &j.stages {
+            for t in s.tasks.iter().filter(|t| t.worker_id == worker) {
+                tasks.push((j.job_id, s.stage_id, t.clone()));
+            }
+        }
+    }
+    tasks
 }
 
 async fn cluster(State(coordinator): State<Coordinator>) -> Json<Value> {
     let status = coordinator.cluster_status();
-    let workers: Vec<Value> = status
-        .workers
-        .iter()
-        .map(|w| {
-            json!({
-                "worker_id": w.worker_id,
-                "flight_addr": w.flight_addr,
-                "slots": w.slots,
-                "running_tasks": w.running_tasks,
-                "heartbeat_age_ms": w.heartbeat_age_ms,
-                "draining": w.draining,
-            })
-        })
-        .collect();
-    let jobs: Vec<Value> = status
-        .jobs
-        .iter()
-        .map(|j| {
-            json!({
-                "job_id": j.job_id,
-                "name": j.name,
-                "state": j.state().as_str_name(),
-                "error": j.error,
-                "elapsed_ms": j.elapsed_ms,
-                "stages": j.stages.len(),
-            })
-        })
-        .collect();
+    let workers: Vec<Value> = status.workers.iter().map(worker_json).collect();
+    let jobs: Vec<Value> = coordinator.jobs().iter().map(job_summary_json).collect();
     Json(json!({ "workers": workers, "jobs": jobs }))
 }
 
-/// Cancels a running job; a job that already ended is left as it was.
-async fn cancel(
-    State(coordinator): State<Coordinator>,
-    Path(id): Path<u64>,
-) -> (StatusCode, Json<Value>) {
-    match coordinator.cancel(JobId(id)) {
-        Ok(status) => (
-            StatusCode::OK,
-            Json(json!({ "job_id": id, "state": status.state().as_str_name() })),
-        ),
-        Err(e @ Error::NotFound(_)) => (
+async fn workers(State(coordinator): State<Coordinator>) -> Json<Value> {
+    let status = coordinator.cluster_status();
+    Json(Value::Array(
+        status.workers.iter().map(worker_json).collect(),
+    ))
+}
+
+async fn worker(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
+    let id = match parse_id("worker", &raw) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let status = coordinator.cluster_status();
+    let Some(w) = status.workers.iter().find(|w| w.worker_id == id) else {
+        return api_error(
             StatusCode::NOT_FOUND,
-            Json(json!({ "error": e.to_string() })),
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({ "error": e.to_string() })),
-        ),
+            format!(
+                "{} is not registered (it may have left or been lost)",
+                WorkerId(id)
+            ),
+        );
+    };
+    let mut v = worker_json(w);
+    v["tasks"] = worker_tasks(id, &coordinator.jobs())
+        .iter()
+        .map(|(job, stage, t)| {
+            json!({
+                "job_id": job, "stage_id": stage, "partition": t.partition,
+                "attempt": t.attempt, "elapsed_ms": t.elapsed_ms,
+                "output_bytes": t.output_bytes,
+            })
+        })
+        .collect();
+    Json(v).into_response()
+}
+
+async fn jobs(State(coordinator): State<Coordinator>) -> Json<Value> {
+    Json(Value::Array(
+        coordinator.jobs().iter().map(job_summary_json).collect(),
+    ))
+}
+
+async fn job(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
+    let id = match parse_id("job", &raw) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match coordinator.status(JobId(id)) {
+        Ok(status) => Json(job_json(&status)).into_response(),
+        Err(e) => not_found_or_internal(e),
+    }
+}
+
+/// Cancels a running job; a job that already ended is left as it was.
+async fn cancel(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
+    let id = match parse_id("job", &raw) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match coordinator.cancel(JobId(id)) {
+        Ok(status) => {
+            Json(json!({ "job_id": id, "state": state_name(status.state()) })).into_response()
+        }
+        Err(e) => not_found_or_internal(e),
+    }
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document())
+}
+
+/// Prometheus text exposition format, version 0.0.4.
+async fn metrics(State(coordinator): State<Coordinator>) -> Response {
+    let m = coordinator.metrics();
+    let status = coordinator.cluster_status();
+    let jobs = coordinator.jobs();
+    let (pending, running) = coordinator.task_gauges();
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let plain = |v: String| vec![(String::new(), v)];
+    family(
+        "drove_jobs_submitted_total",
+        "counter",
+        "Jobs submitted.",
+        &plain(m.jobs_submitted.to_string()),
+    );
+    let ended: Vec<(String, String)> = [
+        "JOB_STATE_SUCCEEDED",
+        "JOB_STATE_FAILED",
+        "JOB_STATE_CANCELLED",
+    ]
+    .iter()
+    .map(|s| {
+        let label = state_name(pb::JobState::from_str_name(s).unwrap_or_default());
+        (
+            format!("{{state=\"{label}\"}}"),
+            m.jobs_ended.get(s).copied().unwrap_or(0).to_string(),
+        )
+    })
+    .collect();
+    family(
+        "drove_jobs_ended_total",
+        "counter",
+        "Jobs ended, by final state.",
+        &ended,
+    );
+    let by_state: Vec<(String, String)> = ["running", "succeeded", "failed", "cancelled"]
+        .iter()
+        .map(|s| {
+            let n = jobs.iter().filter(|j| state_name(j.state()) == *s).count();
+            (format!("{{state=\"{s}\"}}"), n.to_string())
+        })
+        .collect();
+    family(
+        "drove_jobs",
+        "gauge",
+        "Jobs in the history, by state.",
+        &by_state,
+    );
+    family(
+        "drove_tasks",
+        "gauge",
+        "Tasks of running jobs, by state.",
+        &[
+            ("{state=\"pending\"}".into(), pending.to_string()),
+            ("{state=\"running\"}".into(), running.to_string()),
+        ],
+    );
+    family(
+        "drove_tasks_completed_total",
+        "counter",
+        "Task completions the scheduler accepted.",
+        &plain(m.tasks_completed.to_string()),
+    );
+    family(
+        "drove_task_attempts_failed_total",
+        "counter",
+        "Attempts that failed and were retried or failed their job (retries).",
+        &plain(m.attempts_failed.to_string()),
+    );
+    family(
+        "drove_task_attempts_speculative_total",
+        "counter",
+        "Speculative twins launched for slow tasks.",
+        &plain(m.attempts_speculative.to_string()),
+    );
+    let mut histogram = Vec::new();
+    for (bound, count) in TASK_SECONDS_BUCKETS.iter().zip(&m.task_seconds_buckets) {
+        histogram.push((format!("_bucket{{le=\"{bound}\"}}"), count.to_string()));
+    }
+    histogram.push(("_bucket{le=\"+Inf\"}".into(), m.tasks_completed.to_string()));
+    histogram.push(("_sum".into(), format!("{:.3}", m.task_seconds_sum)));
+    histogram.push(("_count".into(), m.tasks_completed.to_string()));
+    family(
+        "drove_task_duration_seconds",
+        "histogram",
+        "Run time of completed tasks.",
+        &histogram,
+    );
+    family(
+        "drove_shuffle_write_bytes_total",
+        "counter",
+        "Bytes completed tasks wrote as blocks.",
+        &plain(m.task_output_bytes.to_string()),
+    );
+    family(
+        "drove_shuffle_remote_read_bytes_total",
+        "counter",
+        "Shuffle bytes completed tasks fetched from other workers.",
+        &plain(m.remote_read_bytes.to_string()),
+    );
+    family(
+        "drove_workers",
+        "gauge",
+        "Registered workers.",
+        &plain(status.workers.len().to_string()),
+    );
+    let per_worker = |f: &dyn Fn(&pb::WorkerStatus) -> String| -> Vec<(String, String)> {
+        status
+            .workers
+            .iter()
+            .map(|w| (format!("{{worker=\"{}\"}}", w.worker_id), f(w)))
+            .collect()
+    };
+    family(
+        "drove_worker_slots",
+        "gauge",
+        "Task slots per worker.",
+        &per_worker(&|w| w.slots.to_string()),
+    );
+    family(
+        "drove_worker_running_tasks",
+        "gauge",
+        "Attempts running per worker.",
+        &per_worker(&|w| w.running_tasks.to_string()),
+    );
+    family(
+        "drove_worker_block_bytes",
+        "gauge",
+        "Bytes of shuffle blocks held in memory per worker.",
+        &per_worker(&|w| w.block_bytes.to_string()),
+    );
+    family(
+        "drove_worker_heartbeat_age_seconds",
+        "gauge",
+        "Time since each worker's last heartbeat.",
+        &per_worker(&|w| format!("{:.3}", w.heartbeat_age_ms as f64 / 1000.0)),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+async fn ui_overview(State(coordinator): State<Coordinator>) -> Html<String> {
+    Html(ui::overview(
+        &coordinator.cluster_status(),
+        &coordinator.jobs(),
+    ))
+}
+
+async fn ui_job(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
+    let page = raw
+        .parse::<u64>()
+        .map_err(|_| format!("'{raw}' is not a job id"))
+        .and_then(|id| coordinator.status(JobId(id)).map_err(|e| e.to_string()));
+    match page {
+        Ok(status) => Html(ui::job(&status)).into_response(),
+        Err(message) => (StatusCode::NOT_FOUND, Html(ui::not_found(&message))).into_response(),
+    }
+}
+
+async fn ui_worker(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
+    let status = coordinator.cluster_status();
+    let found = raw
+        .parse::<u64>()
+        .ok()
+        .and_then(|id| status.workers.iter().find(|w| w.worker_id == id));
+    match found {
+        Some(w) => Html(ui::worker(
+            w,
+            &worker_tasks(w.worker_id, &coordinator.jobs()),
+        ))
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Html(ui::not_found(&format!("worker '{raw}' is not registered"))),
+        )
+            .into_response(),
     }
 }

@@ -9,9 +9,11 @@
 //! locations and status.
 
 pub mod http;
+pub mod openapi;
 pub mod planning;
 pub mod service;
 pub mod state;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::time::Duration;

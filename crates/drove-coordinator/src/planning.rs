@@ -36,12 +36,16 @@ pub struct PlannedStage {
     pub tasks: u32,
     pub depends_on: Vec<u32>,
     pub root: String,
+    /// The stage's plan as text, for people.
+    pub plan_text: String,
 }
 
 /// A job ready to schedule.
 #[derive(Debug, Clone)]
 pub struct PlannedJob {
     pub stages: Vec<PlannedStage>,
+    /// DataFusion's physical plan before it was cut, as text.
+    pub physical_plan: String,
     pub settings: HashMap<String, String>,
     pub result_schema: Vec<u8>,
 }
@@ -103,10 +107,10 @@ fn distribute(
     physical: Arc<dyn ExecutionPlan>,
     settings: HashMap<String, String>,
 ) -> Result<PlannedJob> {
-    debug!(
-        "physical plan:\n{}",
-        datafusion::physical_plan::displayable(physical.as_ref()).indent(false)
-    );
+    let physical_plan = datafusion::physical_plan::displayable(physical.as_ref())
+        .indent(false)
+        .to_string();
+    debug!("physical plan:\n{physical_plan}");
     let result_schema = schema_to_bytes(&physical.schema())?;
     let distributed = planner::split(physical)?;
     let stages = distributed
@@ -120,11 +124,15 @@ fn distribute(
                 tasks: s.tasks as u32,
                 depends_on: s.depends_on.clone(),
                 root: s.root_name(),
+                plan_text: datafusion::physical_plan::displayable(s.plan.as_ref())
+                    .indent(false)
+                    .to_string(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(PlannedJob {
         stages,
+        physical_plan,
         settings,
         result_schema,
     })

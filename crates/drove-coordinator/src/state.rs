@@ -40,10 +40,36 @@ struct WorkerConn {
     slots: u32,
     tx: WorkerTx,
     last_heartbeat: Instant,
+    block_bytes: u64,
 }
+
+/// Counters for `/metrics`; they only grow.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub jobs_submitted: u64,
+    /// Jobs ended, by final state.
+    pub jobs_ended: BTreeMap<&'static str, u64>,
+    /// Task completions the scheduler accepted.
+    pub tasks_completed: u64,
+    /// Attempts that failed and counted against their task.
+    pub attempts_failed: u64,
+    pub attempts_speculative: u64,
+    /// Completed tasks' run times: counts per upper bound of `TASK_SECONDS_BUCKETS`,
+    /// then the sum in seconds.
+    pub task_seconds_buckets: Vec<u64>,
+    pub task_seconds_sum: f64,
+    /// Bytes written by completed tasks, and read by them from other workers.
+    pub task_output_bytes: u64,
+    pub remote_read_bytes: u64,
+}
+
+/// Upper bounds of the task run-time histogram, in seconds.
+pub const TASK_SECONDS_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
 
 struct JobRecord {
     name: String,
+    sql: String,
+    submitted_unix_ms: u64,
     planned: PlannedJob,
     started: Instant,
     ended: Option<Instant>,
@@ -64,6 +90,7 @@ struct State {
     next_worker_id: u64,
     /// The scheduler's clock counts milliseconds from here.
     epoch: Instant,
+    metrics: Metrics,
 }
 
 fn now_ms() -> u64 {
@@ -88,6 +115,10 @@ impl Coordinator {
             jobs: HashMap::new(),
             next_worker_id: 1,
             epoch: Instant::now(),
+            metrics: Metrics {
+                task_seconds_buckets: vec![0; TASK_SECONDS_BUCKETS.len()],
+                ..Default::default()
+            },
         };
         Self {
             inner: Arc::new(Inner {
@@ -137,6 +168,7 @@ impl Coordinator {
                 slots,
                 tx,
                 last_heartbeat: Instant::now(),
+                block_bytes: 0,
             },
         );
         state.handle(Event::WorkerJoined { worker, slots });
@@ -150,6 +182,7 @@ impl Coordinator {
             return;
         };
         conn.last_heartbeat = Instant::now();
+        conn.block_bytes = heartbeat.block_bytes;
         state.handle(Event::WorkerHeartbeat { worker });
         for status in heartbeat.statuses {
             let Some(key) = status.task else { continue };
@@ -189,9 +222,54 @@ impl Coordinator {
                 },
                 None => continue,
             };
+            let failed_before = state.failed_attempts(attempt);
             state.handle(event);
+            state.count(attempt, worker, failed_before);
             state.touch(attempt.task.job);
         }
+    }
+
+    /// The counters behind `/metrics`.
+    pub fn metrics(&self) -> Metrics {
+        self.lock().metrics.clone()
+    }
+
+    /// Tasks of running jobs by state: (pending, running).
+    pub fn task_gauges(&self) -> (u64, u64) {
+        let state = self.lock();
+        let (mut pending, mut running) = (0, 0);
+        for job in state.scheduler.running_jobs() {
+            let Some(record) = state.jobs.get(&job) else {
+                continue;
+            };
+            for s in &record.planned.stages {
+                for t in state
+                    .scheduler
+                    .stage_tasks(job, StageId(s.id))
+                    .unwrap_or(&[])
+                {
+                    match t {
+                        TaskState::Pending => pending += 1,
+                        TaskState::Running { .. } => running += 1,
+                        TaskState::Done { .. } => {}
+                    }
+                }
+            }
+        }
+        (pending, running)
+    }
+
+    /// The recent jobs' statuses, newest first.
+    pub fn jobs(&self) -> Vec<pb::JobStatus> {
+        let state = self.lock();
+        let mut jobs: Vec<pb::JobStatus> = state
+            .meta
+            .state()
+            .jobs()
+            .filter_map(|(id, _)| state.status(id))
+            .collect();
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.job_id));
+        jobs
     }
 
     /// The worker's stream ended, or it went silent. `clean`: it closed its session
@@ -225,6 +303,10 @@ impl Coordinator {
         query: Query,
         tables: Vec<TableSpec>,
     ) -> Result<JobId> {
+        let sql = match &query {
+            Query::Sql(sql) => sql.clone(),
+            _ => String::new(),
+        };
         let target_partitions = self
             .inner
             .config
@@ -258,10 +340,13 @@ impl Coordinator {
             submitted_ms: now_ms(),
         });
         info!(stages = spec.stages.len(), "job submitted");
+        state.metrics.jobs_submitted += 1;
         state.jobs.insert(
             job,
             JobRecord {
                 name,
+                sql,
+                submitted_unix_ms: now_ms(),
                 planned,
                 started: Instant::now(),
                 ended: None,
@@ -335,6 +420,7 @@ impl Coordinator {
                 running_tasks: state.scheduler.running_on(*id) as u32,
                 heartbeat_age_ms: w.last_heartbeat.elapsed().as_millis() as u64,
                 draining: state.scheduler.is_draining(*id),
+                block_bytes: w.block_bytes,
             })
             .collect();
         let jobs = state
@@ -405,6 +491,25 @@ impl State {
     fn perform(&mut self, command: Command) -> Option<Event> {
         match command {
             Command::Launch { attempt, worker } => {
+                let _span = info_span!(
+                    "attempt",
+                    job = %attempt.task.job,
+                    stage = %attempt.task.stage,
+                    partition = attempt.task.partition,
+                    attempt = attempt.attempt,
+                    %worker
+                )
+                .entered();
+                tracing::debug!("launching");
+                if let Some(TaskState::Running { runs }) = self
+                    .scheduler
+                    .stage_tasks(attempt.task.job, attempt.task.stage)
+                    .and_then(|t| t.get(attempt.task.partition as usize))
+                    && runs.len() > 1
+                    && runs.last().is_some_and(|r| r.attempt == attempt.attempt)
+                {
+                    self.metrics.attempts_speculative += 1;
+                }
                 let launch = match self.launch_message(attempt) {
                     Ok(l) => l,
                     Err(e) => {
@@ -483,6 +588,44 @@ impl State {
         }
     }
 
+    /// Failed attempts of the attempt's stage so far.
+    fn failed_attempts(&self, attempt: AttemptId) -> u32 {
+        self.scheduler
+            .stage_attempts(attempt.task.job, attempt.task.stage)
+            .map_or(0, |a| a.failed)
+    }
+
+    /// Counts what a task report changed: a completion the scheduler accepted (its
+    /// task is now done by this attempt), or a failure that counted.
+    fn count(&mut self, attempt: AttemptId, worker: WorkerId, failed_before: u32) {
+        let failed = self.failed_attempts(attempt);
+        self.metrics.attempts_failed += u64::from(failed.saturating_sub(failed_before));
+        let task = self
+            .scheduler
+            .stage_tasks(attempt.task.job, attempt.task.stage)
+            .and_then(|t| t.get(attempt.task.partition as usize));
+        if let Some(TaskState::Done {
+            attempt: a,
+            worker: w,
+            stats,
+        }) = task
+            && *a == attempt.attempt
+            && *w == worker
+        {
+            let seconds = stats.elapsed_ms as f64 / 1000.0;
+            let m = &mut self.metrics;
+            m.tasks_completed += 1;
+            m.task_seconds_sum += seconds;
+            m.task_output_bytes += stats.output_bytes;
+            m.remote_read_bytes += stats.remote_read_bytes;
+            for (bucket, bound) in m.task_seconds_buckets.iter_mut().zip(TASK_SECONDS_BUCKETS) {
+                if seconds <= bound {
+                    *bucket += 1;
+                }
+            }
+        }
+    }
+
     /// Sends a message that needs no answer. A full queue means a stuck worker; the
     /// heartbeat timeout deals with it.
     fn send(&self, worker: WorkerId, kind: pb::coordinator_message::Kind) {
@@ -500,6 +643,11 @@ impl State {
         record.state = state;
         record.error = error;
         record.ended = Some(Instant::now());
+        *self
+            .metrics
+            .jobs_ended
+            .entry(state.as_str_name())
+            .or_default() += 1;
         info!(%job, ?state, elapsed_ms = record.started.elapsed().as_millis() as u64, "job ended");
         let evicted = self.meta.append(MetaCommand::JobEnded {
             job,
@@ -619,12 +767,17 @@ impl State {
                     attempts_launched: attempts.launched,
                     attempts_failed: attempts.failed,
                     attempts_speculative: attempts.speculative,
+                    plan: s.plan_text.clone(),
                     ..Default::default()
                 };
                 for (partition, t) in tasks.iter().enumerate() {
                     match t {
                         TaskState::Pending => {}
-                        TaskState::Running { .. } => status.tasks_running += 1,
+                        // An ended job's leftover attempts are being stopped, not run.
+                        TaskState::Running { .. } if record.state == pb::JobState::Running => {
+                            status.tasks_running += 1
+                        }
+                        TaskState::Running { .. } => {}
                         TaskState::Done {
                             attempt,
                             worker,
@@ -667,6 +820,9 @@ impl State {
             result_stage_id: final_stage,
             result_schema: record.planned.result_schema.clone(),
             elapsed_ms: elapsed.as_millis() as u64,
+            sql: record.sql.clone(),
+            physical_plan: record.planned.physical_plan.clone(),
+            submitted_unix_ms: record.submitted_unix_ms,
         })
     }
 }

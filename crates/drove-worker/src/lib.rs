@@ -350,6 +350,7 @@ async fn serve(
     let (status_tx, mut status_rx) = mpsc::channel::<pb::TaskStatus>(STATUS_QUEUE_MAX);
     let outbound = session.outbound.clone();
     let slots = Arc::clone(&shared.slots);
+    let store = Arc::clone(&shared.store);
     let heartbeats = AbortOnDrop(tokio::spawn(async move {
         let mut interval = tokio::time::interval(session.heartbeat_interval);
         loop {
@@ -371,6 +372,7 @@ async fn serve(
                 kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
                     statuses,
                     free_slots: slots.available_permits() as u32,
+                    block_bytes: store.bytes_held(),
                 })),
             };
             if outbound.send(heartbeat).await.is_err() {

@@ -1,5 +1,6 @@
 //! `drove demo`: TPC-H on an embedded cluster, with where every stage ran.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -60,11 +61,22 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    if let Some(http) = cluster.http_addr() {
-        println!("cluster status: http://{http}/api/v1/cluster");
+    let http = cluster.http_addr();
+    if let Some(http) = http {
+        println!("web UI: http://{http}/");
     }
     let session = Session::with_cluster(cluster).await?;
     let outcome = run_queries(&session, &data, &queries, args.rows).await;
+    // A person at a terminal gets to look at the UI; a script is never kept waiting.
+    if outcome.is_ok()
+        && let Some(http) = http
+        && std::io::stdin().is_terminal()
+        && std::io::stdout().is_terminal()
+    {
+        println!("the cluster stays up for the web UI at http://{http}/ ; press Enter to stop");
+        let mut line = String::new();
+        let _ = tokio::task::spawn_blocking(move || std::io::stdin().read_line(&mut line)).await;
+    }
     session.shutdown().await;
     outcome
 }

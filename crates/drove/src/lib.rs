@@ -5,6 +5,7 @@ mod demo;
 pub mod gentext;
 pub mod jobs;
 mod output;
+pub mod progress;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,15 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7071";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines on stderr look; RUST_LOG filters them (e.g. RUST_LOG=debug).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -73,6 +83,9 @@ struct CoordinatorArgs {
     /// Running jobs fail once no worker has been registered for this long.
     #[arg(long, default_value_t = 60)]
     no_worker_grace_secs: u64,
+    /// Ended jobs kept for inspection in the UI, the API and `drove status`.
+    #[arg(long, default_value_t = 100)]
+    job_history: usize,
     /// Failed attempts a task may have (transient errors) before its job fails.
     #[arg(long, default_value_t = 4)]
     task_attempts: u32,
@@ -168,6 +181,9 @@ struct SqlArgs {
     /// Also print where the job's tasks ran and what moved between workers (to stderr).
     #[arg(long)]
     summary: bool,
+    /// Do not show progress on stderr while the job runs.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Args, Debug)]
@@ -201,6 +217,9 @@ struct MapReduceArgs {
     /// Do not run the job's combiner.
     #[arg(long)]
     no_combine: bool,
+    /// Do not show progress on stderr while the job runs.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -276,7 +295,7 @@ pub fn main() -> ExitCode {
             | Command::Cancel(_)
             | Command::Demo(_)
     );
-    init_logging(if quiet { "warn" } else { "info" });
+    init_logging(if quiet { "warn" } else { "info" }, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -296,13 +315,17 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(default: &str) {
+fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        // One JSON object a line, with the fields of the enclosing spans (job, task).
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
 }
 
 async fn run(command: Command) -> Result<()> {
@@ -326,6 +349,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         heartbeat_timeout_ms: args.heartbeat_timeout_ms,
         no_worker_grace_ms: args.no_worker_grace_secs.saturating_mul(1000),
         task_attempt_max: args.task_attempts,
+        job_history_max: args.job_history,
         speculation: (!args.no_speculation).then_some(drove_coordinator::SpeculationConfig {
             multiplier: args.speculation_multiplier,
             quantile: args.speculation_quantile,
@@ -432,6 +456,9 @@ async fn sql(args: SqlArgs) -> Result<()> {
         (None, Some(workers)) => Session::local(workers).await?,
         (None, None) => bail!("pass --coordinator HOST:PORT or --local N"),
     };
+    if !args.no_progress {
+        progress::show(&session);
+    }
     let result = async {
         for t in tables {
             session.register_table(&t.name, &t.path).await?;
@@ -468,6 +495,9 @@ async fn mapreduce(args: MapReduceArgs) -> Result<()> {
         (None, Some(workers)) => Session::local(workers).await?,
         (None, None) => bail!("pass --coordinator HOST:PORT or --local N"),
     };
+    if !args.no_progress {
+        progress::show(&session);
+    }
     let result = session
         .run_mapreduce(drove_client::mapreduce::MapReduceOptions {
             job: args.job.clone(),

@@ -3,6 +3,7 @@
 mod cli;
 mod mapreduce;
 mod multiprocess;
+mod ui;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -44,4 +45,28 @@ pub fn spawn_until(args: &[&str], marker: &str) -> (Proc, String) {
     let mut command = drove();
     command.args(args);
     drove_testkit::spawn_until(command, marker)
+}
+
+/// A plain HTTP/1.0 request on loopback; returns the status code and the body.
+pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).expect("connecting to the coordinator's HTTP");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (code, body)
 }

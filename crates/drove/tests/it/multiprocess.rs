@@ -80,33 +80,9 @@ fn expected_csv(dir: &std::path::Path, sql: &str) -> String {
 
 /// A plain HTTP/1.0 GET on loopback that must answer 200; returns the body.
 fn http_get(addr: &str, path: &str) -> String {
-    let (code, body) = http(addr, "GET", path);
+    let (code, body) = crate::http(addr, "GET", path);
     assert_eq!(code, 200, "{body}");
     body
-}
-
-/// A plain HTTP/1.0 request on loopback; returns the status code and the body.
-fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream =
-        std::net::TcpStream::connect(addr).expect("connecting to the coordinator's HTTP");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (code, body)
 }
 
 fn wait_for_workers(addr: &str, n: usize) {
@@ -315,15 +291,15 @@ fn a_worker_sent_sigterm_drains_and_exits_cleanly() {
 fn a_job_cancelled_over_http_stops_and_its_client_is_told() {
     let dir = tpch_data(0.01);
     let cluster = ProcessCluster::start(2, 300);
-    let (code, body) = http(&cluster.http, "POST", "/api/v1/jobs/12345/cancel");
+    let (code, body) = crate::http(&cluster.http, "POST", "/api/v1/jobs/12345/cancel");
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("job-12345 does not exist"), "{body}");
-    let (code, body) = http(&cluster.http, "POST", "/api/v1/jobs/twelve/cancel");
+    let (code, body) = crate::http(&cluster.http, "POST", "/api/v1/jobs/twelve/cancel");
     assert_eq!(code, 400, "{body}");
 
     let sql = cluster.sql(&dir, QUERIES[8]);
     let job = cluster.wait_past_first_stage();
-    let (code, body) = http(&cluster.http, "POST", &format!("/api/v1/jobs/{job}/cancel"));
+    let (code, body) = crate::http(&cluster.http, "POST", &format!("/api/v1/jobs/{job}/cancel"));
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("JOB_STATE_CANCELLED"), "{body}");
     let out = sql.wait_with_output().unwrap();

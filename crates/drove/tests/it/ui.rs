@@ -1,0 +1,432 @@
+//! Seeing the cluster: the web UI in headless Chromium, the REST API against its
+//! OpenAPI document, Prometheus metrics, progress lines, JSON logs and default binds.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use drove_client::proto::JobState;
+use drove_client::{LocalCluster, LocalClusterConfig, Session};
+use drove_exec::tpch::QUERIES;
+use drove_testkit::tpch_data;
+use serde_json::Value;
+
+/// An embedded cluster serving HTTP on a free loopback port; tasks take `delay_ms`.
+async fn cluster(workers: usize, delay_ms: u64) -> (LocalCluster, Session, String) {
+    let cluster = LocalCluster::start(LocalClusterConfig {
+        workers,
+        http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        task_delay_ms: vec![delay_ms; workers],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let session = Session::connect(&cluster.coordinator_addr().to_string())
+        .await
+        .unwrap();
+    session.register_tpch(tpch_data(0.01)).await.unwrap();
+    let http = cluster.http_addr().unwrap().to_string();
+    (cluster, session, http)
+}
+
+async fn get_json(http: &str, path: &str) -> (u16, Value) {
+    let (http, path) = (http.to_string(), path.to_string());
+    let (code, body) = tokio::task::spawn_blocking(move || crate::http(&http, "GET", &path))
+        .await
+        .unwrap();
+    let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (code, value)
+}
+
+/// Waits until a job runs with its first stage done and returns its id.
+async fn running_job(session: &Session) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = session.cluster_status().await.unwrap();
+        if let Some(j) = status.jobs.iter().find(|j| {
+            j.state() == JobState::Running && j.stages.iter().any(|s| s.tasks_done == s.tasks_total)
+        }) {
+            return j.job_id;
+        }
+        assert!(Instant::now() < deadline, "no job got going");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Where the screenshots are kept: `target/tmp/ui-screenshots`.
+fn screenshot_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Loads `url` in headless Chromium; returns the DOM after load, and saves a
+/// screenshot as `shot`.
+async fn chromium(url: String, shot: &str) -> String {
+    let shot = screenshot_dir().join(shot);
+    tokio::task::spawn_blocking(move || {
+        let base = |c: &mut Command| {
+            c.args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--hide-scrollbars",
+                "--window-size=1400,1000",
+            ]);
+        };
+        let mut dump = Command::new("chromium");
+        base(&mut dump);
+        let out = dump
+            .args(["--dump-dom", &url])
+            .output()
+            .expect("running chromium (the Debian package `chromium`; .ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut snap = Command::new("chromium");
+        base(&mut snap);
+        let status = snap
+            .arg(format!("--screenshot={}", shot.display()))
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success() && shot.exists(),
+            "no screenshot of {url}"
+        );
+        String::from_utf8(out.stdout).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_web_ui_shows_the_cluster_a_running_job_a_finished_job_and_a_failure() {
+    let (cluster, session, http) = cluster(3, 250).await;
+    let sql = QUERIES[4];
+    let (result, running_dom) = tokio::join!(session.run_sql(sql), async {
+        let job = running_job(&session).await;
+        (
+            job,
+            chromium(format!("http://{http}/jobs/{job}"), "job-running.png").await,
+        )
+    });
+    let result = result.unwrap();
+    let (job, running_dom) = running_dom;
+    let stages = result.summary.stages.len();
+    assert!(running_dom.contains("state running"), "{running_dom}");
+    assert_eq!(running_dom.matches("class=\"stage\"").count(), stages);
+
+    let done = chromium(format!("http://{http}/jobs/{job}"), "job-finished.png").await;
+    assert!(done.contains("state succeeded"));
+    assert_eq!(done.matches("class=\"stage\"").count(), stages);
+    let tasks: u32 = result.summary.stages.iter().map(|s| s.tasks_total).sum();
+    assert_eq!(done.matches("<tr class=\"task").count() as u32, tasks);
+    assert!(done.contains("id=\"sql\"") && done.contains("id=\"plan\""));
+
+    let e = session
+        .run_sql(
+            "SELECT count(*) FROM lineitem WHERE l_linenumber / (l_linenumber - l_linenumber) > 1",
+        )
+        .await
+        .unwrap_err();
+    let drove_client::Error::JobFailed { job: failed, .. } = e else {
+        panic!("{e:?}")
+    };
+    let failed_dom = chromium(format!("http://{http}/jobs/{failed}"), "job-failed.png").await;
+    assert!(failed_dom.contains("state failed"));
+    assert!(
+        failed_dom.contains("id=\"error\"") && failed_dom.contains("Divide by zero"),
+        "{failed_dom}"
+    );
+
+    let overview = chromium(format!("http://{http}/"), "overview.png").await;
+    assert_eq!(overview.matches("<tr class=\"worker\"").count(), 3);
+    assert_eq!(overview.matches("<tr class=\"job\"").count(), 2);
+    let worker_page = chromium(
+        format!("http://{http}/workers/{}", result.summary.workers_used()[0]),
+        "worker.png",
+    )
+    .await;
+    assert!(worker_page.contains("<tr class=\"task\""));
+    cluster.shutdown().await;
+}
+
+/// Checks `value` against an OpenAPI schema (the subset the document uses: $ref,
+/// type, required, properties, items, enum, minimum); returns the first mismatch.
+fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.trim_start_matches("#/components/schemas/");
+        return check(doc, &doc["components"]["schemas"][name], value, at);
+    }
+    let ok = match schema["type"].as_str() {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_u64() || value.is_i64(),
+        Some("boolean") => value.is_boolean(),
+        other => return Err(format!("{at}: the document uses an unknown type {other:?}")),
+    };
+    if !ok {
+        return Err(format!("{at}: {value} is not a {}", schema["type"]));
+    }
+    if let Some(values) = schema.get("enum").and_then(Value::as_array)
+        && !values.contains(value)
+    {
+        return Err(format!("{at}: {value} is not one of {values:?}"));
+    }
+    if let Some(min) = schema.get("minimum").and_then(Value::as_i64)
+        && value.as_i64().is_some_and(|v| v < min)
+    {
+        return Err(format!("{at}: {value} is below {min}"));
+    }
+    if let Some(required) = schema.get("required").and_then(Value::as_array) {
+        for key in required {
+            let key = key.as_str().unwrap();
+            if value.get(key).is_none() {
+                return Err(format!("{at}: '{key}' is missing"));
+            }
+        }
+    }
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for key in value.as_object().unwrap().keys() {
+            if !props.contains_key(key) {
+                return Err(format!("{at}: '{key}' is not in the document"));
+            }
+        }
+        for (key, sub) in props {
+            if let Some(v) = value.get(key) {
+                check(doc, sub, v, &format!("{at}.{key}"))?;
+            }
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        for (i, v) in value.as_array().unwrap().iter().enumerate() {
+            check(doc, items, v, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+fn response_schema<'a>(doc: &'a Value, path: &str, method: &str, code: u16) -> &'a Value {
+    let schema = &doc["paths"][path][method]["responses"][code.to_string()]["content"]["application/json"]
+        ["schema"];
+    assert!(
+        !schema.is_null(),
+        "the document has no {code} for {method} {path}"
+    );
+    schema
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rest_api_answers_as_its_openapi_document_says() {
+    let (cluster, session, http) = cluster(2, 0).await;
+    let done = session.run_sql(QUERIES[2]).await.unwrap().summary.job_id;
+    let (code, doc) = get_json(&http, "/api/v1/openapi.json").await;
+    assert_eq!(code, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let worker = session.cluster_status().await.unwrap().workers[0].worker_id;
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("/api/v1/cluster", "/api/v1/cluster".into(), 200),
+        ("/api/v1/workers", "/api/v1/workers".into(), 200),
+        (
+            "/api/v1/workers/{id}",
+            format!("/api/v1/workers/{worker}"),
+            200,
+        ),
+        ("/api/v1/workers/{id}", "/api/v1/workers/999".into(), 404),
+        ("/api/v1/workers/{id}", "/api/v1/workers/w1".into(), 400),
+        ("/api/v1/jobs", "/api/v1/jobs".into(), 200),
+        ("/api/v1/jobs/{id}", format!("/api/v1/jobs/{done}"), 200),
+        ("/api/v1/jobs/{id}", "/api/v1/jobs/424242".into(), 404),
+        ("/api/v1/jobs/{id}", "/api/v1/jobs/-1".into(), 400),
+        ("/api/v1/jobs/{id}", "/api/v1/jobs/abc".into(), 400),
+    ];
+    for (template, path, expected) in cases {
+        let (code, body) = get_json(&http, &path).await;
+        assert_eq!(code, expected, "GET {path}: {body}");
+        let schema = response_schema(&doc, template, "get", code);
+        if let Err(e) = check(&doc, schema, &body, &path) {
+            panic!("GET {path} does not match the document: {e}\n{body:#}");
+        }
+    }
+    let (_, job) = get_json(&http, &format!("/api/v1/jobs/{done}")).await;
+    assert_eq!(job["state"], "succeeded");
+    assert!(job["sql"].as_str().unwrap().contains("revenue"));
+    // Cancelling an ended job answers its state and changes nothing.
+    let http_cancel = http.clone();
+    let (code, body) = tokio::task::spawn_blocking(move || {
+        crate::http(&http_cancel, "POST", &format!("/api/v1/jobs/{done}/cancel"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    check(
+        &doc,
+        response_schema(&doc, "/api/v1/jobs/{id}/cancel", "post", 200),
+        &body,
+        "cancel",
+    )
+    .unwrap();
+    assert_eq!(body["state"], "succeeded");
+    cluster.shutdown().await;
+}
+
+/// The value of the first sample of `name` with these labels in a Prometheus scrape.
+fn sample(scrape: &str, name_and_labels: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name_and_labels} in:\n{scrape}"))
+        .parse()
+        .unwrap()
+}
+
+async fn scrape(http: &str) -> String {
+    let http = http.to_string();
+    let (code, body) = tokio::task::spawn_blocking(move || crate::http(&http, "GET", "/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_move_with_a_job() {
+    let (cluster, session, http) = cluster(2, 200).await;
+    let before = scrape(&http).await;
+    assert_eq!(sample(&before, "drove_workers"), 2.0);
+    assert!(before.contains("# TYPE drove_task_duration_seconds histogram"));
+    let (result, during) = tokio::join!(session.run_sql(QUERIES[2]), async {
+        running_job(&session).await;
+        scrape(&http).await
+    });
+    let result = result.unwrap();
+    let busy = sample(&during, "drove_tasks{state=\"running\"}")
+        + sample(&during, "drove_tasks{state=\"pending\"}");
+    assert!(busy > 0.0, "{during}");
+    assert_eq!(sample(&during, "drove_jobs{state=\"running\"}"), 1.0);
+    let after = scrape(&http).await;
+    let tasks: u32 = result.summary.stages.iter().map(|s| s.tasks_total).sum();
+    let completed = sample(&after, "drove_tasks_completed_total")
+        - sample(&before, "drove_tasks_completed_total");
+    assert_eq!(completed, f64::from(tasks));
+    assert_eq!(
+        sample(&after, "drove_task_duration_seconds_count"),
+        completed
+    );
+    assert!(sample(&after, "drove_shuffle_write_bytes_total") > 0.0);
+    assert_eq!(
+        sample(&after, "drove_jobs_ended_total{state=\"succeeded\"}"),
+        1.0
+    );
+    assert_eq!(sample(&after, "drove_jobs{state=\"running\"}"), 0.0);
+    let worker = result.summary.workers_used()[0];
+    assert!(
+        sample(
+            &after,
+            &format!("drove_worker_heartbeat_age_seconds{{worker=\"{worker}\"}}")
+        ) < 10.0
+    );
+    cluster.shutdown().await;
+}
+
+#[test]
+fn progress_is_printed_as_plain_lines_when_stderr_is_not_a_terminal() {
+    let dir = tpch_data(0.01);
+    let out = crate::run(
+        &[
+            "sql",
+            "--local",
+            "2",
+            "--tpch",
+            dir.to_str().unwrap(),
+            "-e",
+            QUERIES[2],
+        ],
+        Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("progress: job-"))
+        .collect();
+    assert!(!lines.is_empty(), "{stderr}");
+    assert!(!stderr.contains('\r'), "no bar redraws off a terminal");
+    let last = lines.last().unwrap();
+    assert!(last.ends_with(", ended"), "{last}");
+    let tasks = last
+        .split(" tasks")
+        .next()
+        .unwrap()
+        .rsplit(", ")
+        .next()
+        .unwrap();
+    let (done, total) = tasks.split_once('/').unwrap();
+    assert_eq!(done, total, "{last}");
+
+    let quiet = crate::run(
+        &["sql", "--local", "1", "--no-progress", "-e", "SELECT 1"],
+        Duration::from_secs(60),
+    );
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("progress:"));
+}
+
+#[test]
+fn log_lines_are_json_objects_with_log_format_json() {
+    let out = crate::drove()
+        .env("RUST_LOG", "info")
+        .args([
+            "--log-format",
+            "json",
+            "sql",
+            "--local",
+            "1",
+            "--no-progress",
+            "-e",
+            "SELECT 1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logs: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        logs.iter()
+            .any(|l| l["fields"]["message"] == "job submitted"),
+        "{stderr}"
+    );
+    assert!(logs.iter().all(|l| l["level"].is_string()));
+}
+
+#[test]
+fn everything_listens_on_loopback_by_default() {
+    let (_coordinator, line) = crate::spawn_until(&["coordinator"], "coordinator listening on");
+    assert_eq!(
+        line,
+        format!(
+            "coordinator listening on {} (HTTP on http://{})",
+            drove::DEFAULT_COORDINATOR_ADDR,
+            drove::DEFAULT_HTTP_ADDR
+        )
+    );
+    assert!(drove::DEFAULT_COORDINATOR_ADDR.starts_with("127.0.0.1:"));
+    assert!(drove::DEFAULT_HTTP_ADDR.starts_with("127.0.0.1:"));
+    let (_worker, line) = crate::spawn_until(
+        &["worker", "--coordinator", drove::DEFAULT_COORDINATOR_ADDR],
+        "worker Flight service on",
+    );
+    assert!(
+        line.starts_with("worker Flight service on 127.0.0.1:"),
+        "{line}"
+    );
+}
