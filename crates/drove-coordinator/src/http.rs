@@ -42,14 +42,9 @@ fn api_error(status: StatusCode, message: String) -> Response {
 }
 
 /// A path id: 400 with the reason when it is not a number.
-fn parse_id(kind: &str, raw: &str) -> Result<u64, Response> {
+fn parse_id(kind: &str, raw: &str) -> Result<u64, String> {
     raw.parse().map_err(|_| {
-        api_error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "'{raw}' is not a {kind} id; ids are whole numbers, as /api/v1/{kind}s lists them"
-            ),
-        )
+        format!("'{raw}' is not a {kind} id; ids are whole numbers, as /api/v1/{kind}s lists them")
     })
 }
 
@@ -182,7 +177,7 @@ async fn workers(State(coordinator): State<Coordinator>) -> Json<Value> {
 async fn worker(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
     let id = match parse_id("worker", &raw) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
     };
     let status = coordinator.cluster_status();
     let Some(w) = status.workers.iter().find(|w| w.worker_id == id) else {
@@ -217,7 +212,7 @@ async fn jobs(State(coordinator): State<Coordinator>) -> Json<Value> {
 async fn job(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
     let id = match parse_id("job", &raw) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
     };
     match coordinator.status(JobId(id)) {
         Ok(status) => Json(job_json(&status)).into_response(),
@@ -229,7 +224,7 @@ async fn job(State(coordinator): State<Coordinator>, Path(raw): Path<String>) ->
 async fn cancel(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
     let id = match parse_id("job", &raw) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
     };
     match coordinator.cancel(JobId(id)) {
         Ok(status) => {
