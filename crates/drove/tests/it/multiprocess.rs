@@ -301,7 +301,7 @@ fn a_job_cancelled_over_http_stops_and_its_client_is_told() {
     let job = cluster.wait_past_first_stage();
     let (code, body) = crate::http(&cluster.http, "POST", &format!("/api/v1/jobs/{job}/cancel"));
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains("JOB_STATE_CANCELLED"), "{body}");
+    assert!(body.contains("\"state\":\"cancelled\""), "{body}");
     let out = sql.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
