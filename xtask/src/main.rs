@@ -1,521 +1,867 @@
 //! `cargo xtask`: drove's project tasks.
 //!
-//! `cargo xtask bench tpch [--scale 1] [--workers 2] [--slots 1] [--iterations 3]`
-//! runs the 22 TPC-H queries on an embedded drove cluster and on single-process
-//! DataFusion over the same files, in the same run, checks that the answers agree, and
-//! reports medians and ratios.
-//!
-//! `cargo xtask bench wordcount [--size 1000000000]` counts words on drove and with a
-//! single-threaded HashMap.
-//!
-//! `cargo xtask bench recovery [--scale 1] [--size 1000000000] [--workers 3]` runs
-//! TPC-H Q9 and word count failure-free, then again with one worker killed at half the
-//! failure-free time, and reports the slowdown and the attempts re-run.
+//! `cargo xtask bench [WORKLOAD...] [--quick]` measures drove against its peers on the
+//! same files in the same run: `tpch` (single-process DataFusion, PySpark), `wordcount`
+//! and `sort` (a single-threaded Rust reference, PySpark, Dask), `tasks` (Dask,
+//! PySpark) and `recovery` (drove with a worker killed). Every engine runs in its own
+//! process tree, whose peak resident memory is sampled; every answer is checked before
+//! a time is reported. Tables are appended to BENCHMARKS.md, JSON goes to
+//! `bench-results/`. PySpark and Dask are installed into `target/bench-venv` by the
+//! bench itself; a peer that cannot be installed is reported as missing.
 
+mod engines;
+mod measure;
+mod recovery;
+
+use std::collections::HashMap;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
-use datafusion::prelude::{SessionConfig, SessionContext};
-use drove_client::{LocalCluster, LocalClusterConfig, Session};
-use drove_exec::tables::{self, Format};
-use drove_testkit::{compare, is_ordered, run_statements};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use drove_exec::tables::Format;
+use serde_json::{Value, json};
+
+use measure::{Measured, Peers};
 
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Task,
 }
 
 #[derive(Subcommand)]
-enum Command {
-    /// Benchmarks.
-    #[command(subcommand)]
-    Bench(Bench),
+enum Task {
+    /// Benchmarks drove against its peers.
+    Bench(BenchArgs),
+    /// Runs one engine on one workload in this process (used by `bench`).
+    #[command(hide = true)]
+    Engine { spec: String },
 }
 
-#[derive(Subcommand)]
-enum Bench {
-    /// The 22 TPC-H queries: drove against single-process DataFusion.
-    Tpch(TpchArgs),
-    /// Word count over generated text: drove against a single-threaded HashMap count.
-    Wordcount(WordcountArgs),
-    /// TPC-H Q9 and word count, failure-free and with a worker killed halfway.
-    Recovery(RecoveryArgs),
-}
-
-#[derive(Args)]
-struct RecoveryArgs {
-    /// TPC-H scale for Q9.
-    #[arg(long, default_value_t = 1.0)]
-    scale: f64,
-    /// Bytes of generated text for word count.
-    #[arg(long, default_value_t = 1_000_000_000)]
-    size: u64,
-    #[arg(long, default_value_t = 8)]
-    files: usize,
-    #[arg(long, default_value_t = 3)]
-    workers: usize,
-    #[arg(long, default_value_t = 1)]
-    slots: u32,
-    #[arg(long, default_value_t = 3)]
-    iterations: usize,
-    #[arg(long, default_value = "target/bench-data")]
-    data: PathBuf,
-    #[arg(long, default_value = "bench-results")]
-    out: PathBuf,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    Tpch,
+    Wordcount,
+    Sort,
+    Tasks,
+    Recovery,
 }
 
 #[derive(Args)]
-struct WordcountArgs {
-    /// Bytes of generated text.
-    #[arg(long, default_value_t = 1_000_000_000)]
-    size: u64,
-    /// Files the text is spread over.
-    #[arg(long, default_value_t = 8)]
-    files: usize,
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
-    #[arg(long, default_value_t = 1)]
-    slots: u32,
-    #[arg(long, default_value_t = 3)]
-    iterations: usize,
-    #[arg(long, default_value = "target/bench-data")]
-    data: PathBuf,
-    #[arg(long, default_value = "bench-results")]
-    out: PathBuf,
-}
-
-#[derive(Args)]
-struct TpchArgs {
-    #[arg(long, default_value_t = 1.0)]
-    scale: f64,
-    /// Workers in the embedded drove cluster.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
-    /// Slots per worker.
-    #[arg(long, default_value_t = 1)]
-    slots: u32,
-    /// Runs per query and engine; the median is reported.
-    #[arg(long, default_value_t = 3)]
-    iterations: usize,
-    /// Queries to run (default: all 22).
+struct BenchArgs {
+    /// Workloads to run (default: all).
+    #[arg(value_enum)]
+    workloads: Vec<Workload>,
+    /// Small scales and one iteration: every workload and peer in minutes.
+    #[arg(long)]
+    quick: bool,
+    /// TPC-H scale (default 1; 0.01 with --quick).
+    #[arg(long)]
+    scale: Option<f64>,
+    /// Bytes of text for wordcount and recovery (default 1 GB; 10 MB with --quick).
+    #[arg(long)]
+    size: Option<u64>,
+    /// Bytes of records for sort (default 1 GB; 10 MB with --quick).
+    #[arg(long)]
+    sort_size: Option<u64>,
+    /// Tiny tasks in the tasks workload (default 10,000; 500 with --quick).
+    #[arg(long)]
+    tasks: Option<u64>,
+    /// Runs per engine; medians are reported (default 3; 1 with --quick).
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// TPC-H queries to run (default: all 22).
     #[arg(long, value_delimiter = ',')]
     queries: Vec<usize>,
-    /// Where the generated data is kept between runs.
-    #[arg(long, default_value = "target/bench-data")]
-    data: PathBuf,
-    /// Where the JSON results go.
-    #[arg(long, default_value = "bench-results")]
-    out: PathBuf,
-    /// Record drove's tracing at info level, as JSON lines to target/bench-trace.log,
-    /// to measure what tracing costs.
+    /// drove workers; PySpark gets workers × slots cores, Dask as many workers.
+    #[arg(long, default_value_t = 2)]
+    workers: u64,
+    #[arg(long, default_value_t = 1)]
+    slots: u64,
+    /// Skip PySpark and Dask.
+    #[arg(long)]
+    no_peers: bool,
+    /// Record drove's tracing at info level (JSON lines to a file), to measure its cost.
     #[arg(long)]
     tracing: bool,
+    /// Do not append the tables to BENCHMARKS.md.
+    #[arg(long)]
+    no_append: bool,
+    #[arg(long, default_value = "target/bench-data")]
+    data: PathBuf,
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Command::Bench(Bench::Tpch(args)) = &cli.command
-        && args.tracing
-    {
-        let log = std::fs::File::create("target/bench-trace.log")?;
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-            .with_writer(std::sync::Mutex::new(log))
-            .init();
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     match cli.command {
-        Command::Bench(Bench::Tpch(args)) => runtime.block_on(bench_tpch(args)),
-        Command::Bench(Bench::Wordcount(args)) => runtime.block_on(bench_wordcount(args)),
-        Command::Bench(Bench::Recovery(args)) => runtime.block_on(bench_recovery(args)),
+        Task::Engine { spec } => {
+            let spec: Value = serde_json::from_str(&spec)?;
+            if spec["tracing"].as_bool() == Some(true) {
+                let log = std::fs::File::create(spec["trace_log"].as_str().context("trace_log")?)?;
+                tracing_subscriber::fmt()
+                    .json()
+                    .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+                    .with_writer(std::sync::Mutex::new(log))
+                    .init();
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let result = runtime.block_on(engines::run(spec))?;
+            println!("RESULT {result}");
+            Ok(())
+        }
+        Task::Bench(args) => bench(args),
     }
 }
 
-/// A session on an embedded cluster of `workers` workers with `slots` slots each.
-async fn embedded_session(workers: usize, slots: u32) -> Result<Session> {
-    let cluster = LocalCluster::start(LocalClusterConfig {
-        workers,
-        slots,
-        ..Default::default()
-    })
-    .await?;
-    Ok(Session::with_cluster(cluster).await?)
+/// The settings of one bench run, with the --quick defaults applied.
+struct Plan {
+    args: BenchArgs,
+    scale: f64,
+    size: u64,
+    sort_size: u64,
+    tasks: u64,
+    iterations: u64,
+    run_dir: PathBuf,
+    peers: Option<Peers>,
 }
 
-/// Writes a JSON report as `out/name` and says where.
-fn write_report(out: &Path, name: &str, report: &serde_json::Value) -> Result<()> {
-    std::fs::create_dir_all(out)?;
-    let path = out.join(name);
-    std::fs::write(&path, serde_json::to_string_pretty(report)?)?;
-    println!("results written to {}", path.display());
+fn bench(args: BenchArgs) -> Result<()> {
+    let quick = args.quick;
+    let pick =
+        |v: Option<u64>, full: u64, small: u64| v.unwrap_or(if quick { small } else { full });
+    let scale = args.scale.unwrap_or(if quick { 0.01 } else { 1.0 });
+    drove_exec::tpch::check_scale(scale)?;
+    let plan = Plan {
+        scale,
+        size: pick(args.size, 1_000_000_000, 10_000_000),
+        sort_size: pick(args.sort_size, 1_000_000_000, 10_000_000),
+        tasks: pick(args.tasks, 10_000, 500),
+        iterations: pick(args.iterations, 3, 1),
+        run_dir: args.data.join("runs"),
+        peers: None,
+        args,
+    };
+    if plan.iterations == 0 || plan.tasks == 0 || plan.size == 0 || plan.sort_size == 0 {
+        bail!("--iterations, --tasks, --size and --sort-size must be at least 1");
+    }
+    for &q in &plan.args.queries {
+        drove_exec::tpch::query(q)?;
+    }
+    let mut plan = plan;
+    if !plan.args.no_peers {
+        plan.peers = Some(measure::peers(Path::new("target/bench-venv")));
+    }
+    let workloads = if plan.args.workloads.is_empty() {
+        vec![
+            Workload::Tpch,
+            Workload::Wordcount,
+            Workload::Sort,
+            Workload::Tasks,
+            Workload::Recovery,
+        ]
+    } else {
+        plan.args.workloads.clone()
+    };
+    let mut sections = Vec::new();
+    let mut reports = Vec::new();
+    let mut problems = Vec::new();
+    for w in workloads {
+        println!("== {w:?}");
+        let (markdown, report, mut trouble) = match w {
+            Workload::Tpch => tpch(&plan)?,
+            Workload::Wordcount => wordcount(&plan)?,
+            Workload::Sort => sort(&plan)?,
+            Workload::Tasks => tasks(&plan)?,
+            Workload::Recovery => recovery_workload(&plan)?,
+        };
+        println!("{markdown}");
+        sections.push(markdown);
+        reports.push(report);
+        problems.append(&mut trouble);
+    }
+    let header = header(&plan);
+    std::fs::create_dir_all(&plan.args.out)?;
+    let stamp = Command::new("date")
+        .arg("+%Y%m%d-%H%M%S")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let json_path = plan.args.out.join(format!("bench-{stamp}.json"));
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&json!({ "header": header, "workloads": reports }))?,
+    )?;
+    println!("results written to {}", json_path.display());
+    if !plan.args.no_append {
+        let mut text = std::fs::read_to_string("BENCHMARKS.md").unwrap_or_else(|_| {
+            "# Benchmarks\n\nEach section below is one run of `cargo xtask bench`, appended by the command itself.\n".into()
+        });
+        text.push_str(&format!("\n## {header}\n\n{}\n", sections.join("\n")));
+        std::fs::write("BENCHMARKS.md", text)?;
+        println!("tables appended to BENCHMARKS.md");
+    }
+    if !problems.is_empty() {
+        bail!("the run had problems:\n{}", problems.join("\n"));
+    }
     Ok(())
 }
 
-fn median(samples: &mut [f64]) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+fn header(plan: &Plan) -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or("?".into(), |kb| format!("{:.0} GiB", kb as f64 / 1048576.0));
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let peer = |p: &Option<Peers>, f: fn(&Peers) -> &Result<String, String>| match p {
+        None => "not run (--no-peers)".to_string(),
+        Some(p) => match f(p) {
+            Ok(v) => v.clone(),
+            Err(e) => format!("missing: {e}"),
+        },
+    };
+    format!(
+        "{date}{} — {cores} cores, {memory}; drove {} ({} workers × {} slots, embedded), DataFusion 55.2; {}; {}",
+        if plan.args.quick { " (--quick)" } else { "" },
+        env!("CARGO_PKG_VERSION"),
+        plan.args.workers,
+        plan.args.slots,
+        peer(&plan.peers, |p| &p.spark),
+        peer(&plan.peers, |p| &p.dask),
+    )
+}
+
+/// Peers slower than this per run are run once, so a full run ends within hours.
+const PEER_RUN_ONCE_AFTER_S: u64 = 120;
+
+/// One engine's outcome in a workload: its measurements, or why it has none.
+enum Outcome {
+    Ran(Measured),
+    Missing(String),
+    Failed(String),
+}
+
+impl Plan {
+    fn base_spec(&self, engine: &str, workload: &str) -> Value {
+        json!({
+            "engine": engine, "workload": workload, "iterations": self.iterations,
+            // A peer whose first run takes longer than this runs once.
+            "max_seconds": PEER_RUN_ONCE_AFTER_S,
+            "workers": self.args.workers, "slots": self.args.slots,
+        })
+    }
+
+    /// Runs an engine: the Rust ones through `xtask engine`, the peers in Python.
+    fn run(&self, engine: &str, workload: &str, extra: Value) -> Outcome {
+        let mut spec = self.base_spec(engine, workload);
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
+        let command = match engine {
+            "pyspark" | "dask" => {
+                let Some(peers) = &self.peers else {
+                    return Outcome::Missing("not run (--no-peers)".into());
+                };
+                let available = if engine == "pyspark" {
+                    &peers.spark
+                } else {
+                    &peers.dask
+                };
+                if let Err(e) = available {
+                    return Outcome::Missing(e.clone());
+                }
+                let Some(python) = &peers.python else {
+                    return Outcome::Missing("no Python environment".into());
+                };
+                let script = if engine == "pyspark" {
+                    "spark_bench.py"
+                } else {
+                    "dask_bench.py"
+                };
+                let mut c = Command::new(python);
+                c.arg(
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../bench/peers")
+                        .join(script),
+                )
+                .arg(spec.to_string())
+                .env("PYSPARK_PYTHON", python)
+                .env("PYSPARK_DRIVER_PYTHON", python);
+                c
+            }
+            _ => {
+                let mut c = Command::new(std::env::current_exe().expect("the xtask binary"));
+                c.arg("engine").arg(spec.to_string());
+                c
+            }
+        };
+        let log = self
+            .run_dir
+            .join("logs")
+            .join(format!("{workload}-{engine}.log"));
+        println!("  running {engine} ({workload})");
+        match measure::run(command, &log, Duration::from_secs(3 * 3600)) {
+            Ok(m) => Outcome::Ran(m),
+            Err(e) => Outcome::Failed(format!("{e:#}")),
+        }
+    }
+
+    fn out(&self, name: &str) -> PathBuf {
+        self.run_dir.join(name)
+    }
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+fn times(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+/// The median, then the range: "12.3 (11.9–13.0)".
+fn spread(samples: &[f64], digits: usize) -> String {
+    let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = samples.iter().copied().fold(0.0, f64::max);
+    format!(
+        "{:.digits$} ({min:.digits$}–{max:.digits$})",
+        median(samples)
+    )
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 fn tpch_dir(data: &Path, scale: f64) -> Result<PathBuf> {
     let dir = data.join(format!("tpch-sf{scale}"));
-    let marker = dir.join("_COMPLETE");
-    if !marker.exists() {
+    if !dir.join("_COMPLETE").exists() {
         println!("generating TPC-H at scale {scale} into {}", dir.display());
         drove_exec::tpch::generate(scale, &dir, Format::Parquet)?;
-        std::fs::write(&marker, b"")?;
+        std::fs::write(dir.join("_COMPLETE"), b"")?;
     }
     Ok(dir)
 }
 
-async fn bench_tpch(args: TpchArgs) -> Result<()> {
-    if args.iterations == 0 {
-        bail!("--iterations must be at least 1");
+fn text_dir(data: &Path, size: u64) -> Result<PathBuf> {
+    let dir = data.join(format!("text-{size}-8"));
+    if !dir.join("_COMPLETE").exists() {
+        println!("generating {size} bytes of text into {}", dir.display());
+        drove::gentext::generate(size, 8, &dir, 42)?;
+        std::fs::write(dir.join("_COMPLETE"), b"")?;
     }
-    let queries: Vec<usize> = if args.queries.is_empty() {
-        (1..=22).collect()
-    } else {
-        args.queries.clone()
-    };
-    for &q in &queries {
-        drove_exec::tpch::query(q)?;
-    }
-    let dir = tpch_dir(&args.data, args.scale)?;
-    let specs = tables::tpch_tables(&dir)?;
-
-    let session = embedded_session(args.workers, args.slots).await?;
-    session.register_tpch(&dir).await?;
-
-    // Single-process DataFusion with as many partitions as drove has slots in all.
-    let partitions = args.workers * args.slots as usize;
-    let ctx =
-        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
-    for t in &specs {
-        tables::register(&ctx, t).await?;
-    }
-
-    println!(
-        "TPC-H scale {} | drove: {} workers x {} slots (embedded) | DataFusion: 1 process, {partitions} partitions | {} iterations, medians",
-        args.scale, args.workers, args.slots, args.iterations
-    );
-    println!("| query | drove ms | DataFusion ms | ratio |");
-    println!("|---|---|---|---|");
-    let mut rows = Vec::new();
-    let (mut drove_total, mut df_total) = (0.0, 0.0);
-    for &q in &queries {
-        let sql = drove_exec::tpch::query(q)?;
-        let mut drove_ms = Vec::new();
-        let mut df_ms = Vec::new();
-        for _ in 0..args.iterations {
-            let started = Instant::now();
-            let expected = run_statements(&ctx, sql)
-                .await
-                .with_context(|| format!("DataFusion Q{q}"))?;
-            df_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-            let started = Instant::now();
-            let actual = session
-                .run_sql(sql)
-                .await
-                .with_context(|| format!("drove Q{q}"))?;
-            drove_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-            if let Err(diff) = compare(&actual.batches, &expected, is_ordered(sql)) {
-                bail!("Q{q}: drove's answer differs from DataFusion's: {diff}");
-            }
-        }
-        let (d, f) = (median(&mut drove_ms), median(&mut df_ms));
-        drove_total += d;
-        df_total += f;
-        println!("| Q{q} | {d:.0} | {f:.0} | {:.2} |", d / f);
-        rows.push(serde_json::json!({"query": q, "drove_ms": drove_ms, "datafusion_ms": df_ms, "drove_median_ms": d, "datafusion_median_ms": f}));
-    }
-    println!(
-        "| total | {drove_total:.0} | {df_total:.0} | {:.2} |",
-        drove_total / df_total
-    );
-    session.shutdown().await;
-
-    let report = serde_json::json!({
-        "workload": "tpch",
-        "scale": args.scale,
-        "workers": args.workers,
-        "slots": args.slots,
-        "iterations": args.iterations,
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "queries": rows,
-        "drove_total_ms": drove_total,
-        "datafusion_total_ms": df_total,
-        "tracing": args.tracing,
-    });
-    let name = format!(
-        "tpch-sf{}-{}w{}.json",
-        args.scale,
-        args.workers,
-        if args.tracing { "-tracing" } else { "" }
-    );
-    write_report(&args.out, &name, &report)
+    Ok(dir)
 }
 
-/// A single-threaded word count: the COST baseline.
-fn reference_wordcount(files: &[PathBuf]) -> Result<std::collections::HashMap<String, u64>> {
-    let mut counts = std::collections::HashMap::new();
-    for f in files {
-        let text = std::fs::read_to_string(f)?;
-        for w in drove::jobs::words(&text) {
-            *counts.entry(w).or_insert(0u64) += 1;
+/// `size` bytes of 100-byte `KEY<TAB>VALUE` records (10-character keys) in 8 files.
+fn records_dir(data: &Path, size: u64) -> Result<PathBuf> {
+    use std::io::Write;
+    let dir = data.join(format!("records-{size}-8"));
+    if dir.join("_COMPLETE").exists() {
+        return Ok(dir);
+    }
+    println!("generating {size} bytes of records into {}", dir.display());
+    std::fs::create_dir_all(&dir)?;
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ALPHABET[(state % ALPHABET.len() as u64) as usize]
+    };
+    let records = size / 100;
+    for f in 0..8u64 {
+        let mut w =
+            std::io::BufWriter::new(std::fs::File::create(dir.join(format!("part-{f:02}.txt")))?);
+        let mut line = [0u8; 100];
+        for _ in 0..records / 8 + u64::from(f < records % 8) {
+            for b in &mut line[..10] {
+                *b = next();
+            }
+            line[10] = b'\t';
+            for b in &mut line[11..99] {
+                *b = next();
+            }
+            line[99] = b'\n';
+            w.write_all(&line)?;
+        }
+        w.flush()?;
+    }
+    std::fs::write(dir.join("_COMPLETE"), b"")?;
+    Ok(dir)
+}
+
+/// A cell for comparison: numbers canonical, null and empty alike.
+fn norm(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Number(n) => format!("{:.6e}", n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => match s.trim().parse::<f64>() {
+            Ok(f) => format!("{f:.6e}"),
+            Err(_) => s.trim().to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn cells_equal(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        // Engines round decimals differently in the last place (an average to 6
+        // places, say): 2 parts in a million, or 2e-6 for values below 1.
+        (Ok(x), Ok(y)) => (x - y).abs() <= 2e-6 * x.abs().max(y.abs()).max(1.0),
+        _ => false,
+    }
+}
+
+/// Compares two result files of rows; `ordered`: the order must match too.
+fn same_rows(expected: &Path, actual: &Path, ordered: bool) -> Result<Option<String>> {
+    let load = |p: &Path| -> Result<Vec<Vec<String>>> {
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(p)?)?;
+        Ok(v.as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        r.as_array()
+                            .map(|c| c.iter().map(norm).collect())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    let (mut e, mut a) = (load(expected)?, load(actual)?);
+    if e.len() != a.len() {
+        return Ok(Some(format!("{} rows, expected {}", a.len(), e.len())));
+    }
+    if !ordered {
+        e.sort();
+        a.sort();
+    }
+    for (i, (re, ra)) in e.iter().zip(&a).enumerate() {
+        if re.len() != ra.len() || !re.iter().zip(ra).all(|(x, y)| cells_equal(x, y)) {
+            return Ok(Some(format!("row {i}: {ra:?}, expected {re:?}")));
+        }
+    }
+    Ok(None)
+}
+
+fn tpch(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
+    let data = tpch_dir(&plan.args.data, plan.scale)?;
+    let queries: Vec<usize> = if plan.args.queries.is_empty() {
+        (1..=22).collect()
+    } else {
+        plan.args.queries.clone()
+    };
+    let query_dir = plan.out("tpch-queries");
+    std::fs::create_dir_all(&query_dir)?;
+    for &q in &queries {
+        std::fs::write(
+            query_dir.join(format!("q{q}.sql")),
+            drove_exec::tpch::query(q)?,
+        )?;
+    }
+    let engines = ["datafusion", "drove", "pyspark"];
+    let mut outcomes = Vec::new();
+    for engine in engines {
+        let mut extra = json!({
+            "data": data, "queries": queries, "query_dir": query_dir,
+            "output": plan.out(&format!("tpch-{engine}")),
+        });
+        if engine == "drove" && plan.args.tracing {
+            extra["tracing"] = json!(true);
+            extra["trace_log"] = json!(plan.out("drove-trace.log"));
+        }
+        let _ = std::fs::remove_dir_all(plan.out(&format!("tpch-{engine}")));
+        std::fs::create_dir_all(plan.out(&format!("tpch-{engine}")))?;
+        outcomes.push(plan.run(engine, "tpch", extra));
+    }
+    let mut problems = Vec::new();
+    // Check every engine's answers against DataFusion's.
+    for (engine, outcome) in engines.iter().zip(&mut outcomes).skip(1) {
+        if let Outcome::Ran(_) = outcome {
+            let mut wrong = Vec::new();
+            for &q in &queries {
+                let file = format!("q{q}.json");
+                let expected = plan.out("tpch-datafusion").join(&file);
+                let actual = plan.out(&format!("tpch-{engine}")).join(&file);
+                let sql = drove_exec::tpch::query(q)?;
+                if let Some(diff) = same_rows(&expected, &actual, drove_testkit::is_ordered(sql))? {
+                    wrong.push(format!("Q{q}: {diff}"));
+                }
+            }
+            if !wrong.is_empty() {
+                let message = format!(
+                    "{engine}'s TPC-H answers differ from DataFusion's: {}",
+                    wrong.join("; ")
+                );
+                problems.push(message.clone());
+                *outcome = Outcome::Failed(message);
+            }
+        }
+    }
+    let mut md = format!(
+        "### tpch — TPC-H scale {}, {} iterations, median ms (min–max)\n\n| query | drove | DataFusion | PySpark | drove / DataFusion | PySpark / drove |\n|---|---|---|---|---|---|\n",
+        plan.scale, plan.iterations
+    );
+    let per_query = |o: &Outcome, q: usize| -> Option<Vec<f64>> {
+        match o {
+            Outcome::Ran(m) => Some(times(&m.result["times"][format!("q{q}")])),
+            _ => None,
+        }
+    };
+    let (mut totals, mut rows) = ([0.0f64; 3], Vec::new());
+    for &q in &queries {
+        let t: Vec<Option<Vec<f64>>> = outcomes.iter().map(|o| per_query(o, q)).collect();
+        let cell = |i: usize| t[i].as_ref().map_or("—".to_string(), |s| spread(s, 0));
+        let med = |i: usize| t[i].as_ref().map(|s| median(s));
+        for (i, total) in totals.iter_mut().enumerate() {
+            *total += med(i).unwrap_or(0.0);
+        }
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "—".into(),
+        };
+        md.push_str(&format!(
+            "| Q{q} | {} | {} | {} | {} | {} |\n",
+            cell(1),
+            cell(0),
+            cell(2),
+            ratio(med(1), med(0)),
+            ratio(med(2), med(1))
+        ));
+        rows.push(
+            json!({ "query": q, "drove_ms": t[1], "datafusion_ms": t[0], "pyspark_ms": t[2] }),
+        );
+    }
+    let ran = |i: usize| matches!(outcomes[i], Outcome::Ran(_));
+    let total = |i: usize| {
+        if ran(i) {
+            format!("{:.0}", totals[i])
+        } else {
+            "—".into()
+        }
+    };
+    md.push_str(&format!(
+        "| **total** | {} | {} | {} | {} | {} |\n",
+        total(1),
+        total(0),
+        total(2),
+        if ran(0) && ran(1) {
+            format!("{:.2}", totals[1] / totals[0])
+        } else {
+            "—".into()
+        },
+        if ran(1) && ran(2) {
+            format!("{:.2}", totals[2] / totals[1])
+        } else {
+            "—".into()
+        },
+    ));
+    md.push_str(&memory_line(&[
+        ("drove", &outcomes[1]),
+        ("DataFusion", &outcomes[0]),
+        ("PySpark", &outcomes[2]),
+    ]));
+    Ok((
+        md,
+        json!({ "workload": "tpch", "scale": plan.scale, "queries": rows }),
+        problems,
+    ))
+}
+
+fn memory_line(engines: &[(&str, &Outcome)]) -> String {
+    let parts: Vec<String> = engines
+        .iter()
+        .map(|(name, o)| match o {
+            Outcome::Ran(m) => format!("{name} {}", gib(m.peak_rss_bytes)),
+            Outcome::Missing(why) => format!("{name} missing ({why})"),
+            Outcome::Failed(why) => format!("{name} FAILED ({})", why.lines().next().unwrap_or("")),
+        })
+        .collect();
+    format!(
+        "\nPeak resident memory (whole process tree): {}.\n",
+        parts.join(", ")
+    )
+}
+
+/// Word counts from an engine's output directory, whatever its file names.
+fn counts_in(dir: &Path) -> Result<HashMap<String, u64>> {
+    let mut counts = HashMap::new();
+    for f in output_files(dir)? {
+        for line in std::io::BufReader::new(std::fs::File::open(&f)?).lines() {
+            let line = line?;
+            let (w, n) = line
+                .rsplit_once('\t')
+                .with_context(|| format!("a malformed line in {}", f.display()))?;
+            *counts.entry(w.to_string()).or_insert(0) += n.trim().parse::<u64>()?;
         }
     }
     Ok(counts)
 }
 
-async fn bench_wordcount(args: WordcountArgs) -> Result<()> {
-    if args.iterations == 0 {
-        bail!("--iterations must be at least 1");
-    }
-    drove::jobs::register_builtin();
-    let (dir, files) = text_dir(&args.data, args.size, args.files)?;
-
-    let session = embedded_session(args.workers, args.slots).await?;
-    let out_dir = args.data.join("wordcount-out");
-    let mb = args.size as f64 / 1e6;
-    let (mut drove_s, mut reference_s) = (Vec::new(), Vec::new());
-    let mut reference = Default::default();
-    for _ in 0..args.iterations {
-        let started = Instant::now();
-        reference = reference_wordcount(&files)?;
-        reference_s.push(started.elapsed().as_secs_f64());
-
-        let _ = std::fs::remove_dir_all(&out_dir);
-        let started = Instant::now();
-        let result = session
-            .run_mapreduce(drove_client::mapreduce::MapReduceOptions {
-                job: "wordcount".into(),
-                args: Default::default(),
-                inputs: vec![dir.clone()],
-                output: out_dir.clone(),
-                reducers: args.workers * args.slots as usize,
-                format: drove_client::OutputFormat::Text,
-                overwrite: false,
-                combine: true,
-            })
-            .await?;
-        drove_s.push(started.elapsed().as_secs_f64());
-        if read_counts(&result.files)? != reference {
-            bail!("drove's word counts differ from the single-threaded reference");
-        }
-    }
-    session.shutdown().await;
-    let (d, r) = (median(&mut drove_s), median(&mut reference_s));
-    println!(
-        "wordcount over {mb:.0} MB in {} files | drove: {} workers x {} slots (embedded) | {} iterations, medians",
-        files.len(),
-        args.workers,
-        args.slots,
-        args.iterations
-    );
-    println!("| engine | seconds | MB/s |");
-    println!("|---|---|---|");
-    println!("| drove | {d:.2} | {:.1} |", mb / d);
-    println!("| single-threaded HashMap | {r:.2} | {:.1} |", mb / r);
-    println!("drove / reference throughput: {:.2}", r / d);
-    let report = serde_json::json!({
-        "workload": "wordcount", "bytes": args.size, "files": files.len(),
-        "workers": args.workers, "slots": args.slots,
-        "drove_s": drove_s, "reference_s": reference_s,
-        "drove_median_s": d, "reference_median_s": r,
-        "words": reference.len(),
-    });
-    let name = format!("wordcount-{}-{}w.json", args.size, args.workers);
-    write_report(&args.out, &name, &report)
-}
-
-/// Generated text of `size` bytes in `files` files, kept between runs: its directory
-/// and its files.
-fn text_dir(data: &Path, size: u64, files: usize) -> Result<(PathBuf, Vec<PathBuf>)> {
-    let dir = data.join(format!("text-{size}-{files}"));
-    if !dir.join("_COMPLETE").exists() {
-        println!("generating {size} bytes of text into {}", dir.display());
-        drove::gentext::generate(size, files, &dir, 42)?;
-        std::fs::write(dir.join("_COMPLETE"), b"")?;
-    }
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)?
+/// An engine's part files in name order (no markers, checksums or hidden files).
+fn output_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
-    paths.retain(|p| p.extension().is_some_and(|e| e == "txt"));
-    paths.sort();
-    Ok((dir, paths))
-}
-
-/// The word counts in word count's part files.
-fn read_counts(files: &[PathBuf]) -> Result<std::collections::HashMap<String, u64>> {
-    let mut got = std::collections::HashMap::new();
-    for f in files {
-        for line in std::fs::read_to_string(f)?.lines() {
-            let (w, n) = line.split_once('\t').context("a malformed output line")?;
-            got.insert(w.to_string(), n.parse::<u64>()?);
-        }
-    }
-    Ok(got)
-}
-
-/// What the recovery benchmark runs, with the answer it must give.
-enum RecoveryJob {
-    Q9 {
-        dir: PathBuf,
-        expected: Vec<datafusion::arrow::record_batch::RecordBatch>,
-    },
-    Wordcount {
-        dir: PathBuf,
-        out: PathBuf,
-        expected: std::collections::HashMap<String, u64>,
-        reducers: usize,
-    },
-}
-
-impl RecoveryJob {
-    fn name(&self) -> &'static str {
-        match self {
-            RecoveryJob::Q9 { .. } => "TPC-H Q9",
-            RecoveryJob::Wordcount { .. } => "wordcount",
-        }
-    }
-
-    /// Runs the job once on a fresh cluster, killing worker 1 after `kill_after` if
-    /// given; checks the answer and returns seconds taken and attempts re-run.
-    async fn run(&self, args: &RecoveryArgs, kill_after: Option<f64>) -> Result<(f64, u32)> {
-        let mut cluster = LocalCluster::start(LocalClusterConfig {
-            workers: args.workers,
-            slots: args.slots,
-            ..Default::default()
-        })
-        .await?;
-        let session = Session::connect(&cluster.coordinator_addr().to_string()).await?;
-        let q9 = drove_exec::tpch::query(9)?;
-        if let RecoveryJob::Q9 { dir, .. } = self {
-            session.register_tpch(dir).await?;
-        }
-        let started = Instant::now();
-        let job = async {
-            match self {
-                RecoveryJob::Q9 { expected, .. } => {
-                    let result = session.run_sql(q9).await?;
-                    if let Err(diff) = compare(&result.batches, expected, is_ordered(q9)) {
-                        bail!("Q9: drove's answer differs from DataFusion's: {diff}");
-                    }
-                    Ok(result.summary.extra_attempts())
-                }
-                RecoveryJob::Wordcount {
-                    dir,
-                    out,
-                    expected,
-                    reducers,
-                } => {
-                    let _ = std::fs::remove_dir_all(out);
-                    let result = session
-                        .run_mapreduce(drove_client::mapreduce::MapReduceOptions {
-                            job: "wordcount".into(),
-                            args: Default::default(),
-                            inputs: vec![dir.clone()],
-                            output: out.clone(),
-                            reducers: *reducers,
-                            format: drove_client::OutputFormat::Text,
-                            overwrite: false,
-                            combine: true,
-                        })
-                        .await?;
-                    if &read_counts(&result.files)? != expected {
-                        bail!("drove's word counts differ from the single-threaded reference");
-                    }
-                    Ok(result.summary.extra_attempts())
-                }
-            }
-        };
-        let killer = async {
-            if let Some(after) = kill_after {
-                tokio::time::sleep(std::time::Duration::from_secs_f64(after)).await;
-                cluster.kill_worker(1);
-            }
-        };
-        let (rerun, ()) = tokio::join!(job, killer);
-        let elapsed = started.elapsed().as_secs_f64();
-        cluster.shutdown().await;
-        Ok((elapsed, rerun?))
-    }
-}
-
-async fn bench_recovery(args: RecoveryArgs) -> Result<()> {
-    if args.iterations == 0 {
-        bail!("--iterations must be at least 1");
-    }
-    if args.workers < 2 {
-        bail!("--workers must be at least 2: one is killed");
-    }
-    drove::jobs::register_builtin();
-    let tpch = tpch_dir(&args.data, args.scale)?;
-    let ctx = SessionContext::new_with_config(
-        SessionConfig::new().with_target_partitions(args.workers * args.slots as usize),
-    );
-    for t in &tables::tpch_tables(&tpch)? {
-        tables::register(&ctx, t).await?;
-    }
-    let expected = run_statements(&ctx, drove_exec::tpch::query(9)?).await?;
-    let (text, files) = text_dir(&args.data, args.size, args.files)?;
-    let jobs = [
-        RecoveryJob::Q9 {
-            dir: tpch,
-            expected,
-        },
-        RecoveryJob::Wordcount {
-            dir: text,
-            out: args.data.join("recovery-wordcount-out"),
-            expected: reference_wordcount(&files)?,
-            reducers: args.workers * args.slots as usize,
-        },
-    ];
-    println!(
-        "recovery | drove: {} workers x {} slots (embedded), worker 1 killed at half the failure-free median | {} iterations, medians",
-        args.workers, args.slots, args.iterations
-    );
-    println!("| job | failure-free s | one worker killed s | ratio | attempts re-run (median) |");
-    println!("|---|---|---|---|---|");
-    let mut rows = Vec::new();
-    for job in &jobs {
-        let mut clean = Vec::new();
-        for _ in 0..args.iterations {
-            clean.push(job.run(&args, None).await?.0);
-        }
-        let clean_median = median(&mut clean);
-        let (mut killed, mut reruns) = (Vec::new(), Vec::new());
-        for _ in 0..args.iterations {
-            let (s, rerun) = job.run(&args, Some(clean_median / 2.0)).await?;
-            killed.push(s);
-            reruns.push(f64::from(rerun));
-        }
-        let (k, r) = (median(&mut killed), median(&mut reruns));
-        println!(
-            "| {} | {clean_median:.2} | {k:.2} | {:.2} | {r:.0} |",
-            job.name(),
-            k / clean_median
-        );
-        rows.push(serde_json::json!({
-            "job": job.name(), "failure_free_s": clean, "killed_s": killed,
-            "reruns": reruns, "failure_free_median_s": clean_median, "killed_median_s": k,
-        }));
-    }
-    let report = serde_json::json!({
-        "workload": "recovery", "scale": args.scale, "text_bytes": args.size,
-        "workers": args.workers, "slots": args.slots, "iterations": args.iterations,
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "jobs": rows,
+    files.retain(|p| {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        p.is_file() && !name.starts_with('.') && !name.starts_with('_') && !name.ends_with(".crc")
     });
-    write_report(
-        &args.out,
-        &format!("recovery-{}w.json", args.workers),
-        &report,
-    )
+    files.sort();
+    Ok(files)
+}
+
+/// Runs the engines of a file workload and tabulates them against drove.
+fn file_workload(
+    plan: &Plan,
+    workload: &str,
+    input: &Path,
+    bytes: u64,
+    engines: &[(&str, &str)],
+    check: &dyn Fn(&str, &Path) -> Result<Option<String>>,
+) -> Result<(String, Value, Vec<String>)> {
+    let mut problems = Vec::new();
+    let mut outcomes = Vec::new();
+    for (engine, _) in engines {
+        let output = plan.out(&format!("{workload}-{engine}"));
+        let _ = std::fs::remove_dir_all(&output);
+        let mut outcome = plan.run(
+            engine,
+            workload,
+            json!({ "input": input, "output": output }),
+        );
+        if let Outcome::Ran(_) = outcome
+            && let Some(diff) = check(engine, &output)?
+        {
+            let message = format!("{engine}'s {workload} output is wrong: {diff}");
+            problems.push(message.clone());
+            outcome = Outcome::Failed(message);
+        }
+        outcomes.push(outcome);
+    }
+    let mb = bytes as f64 / 1e6;
+    let drove = match &outcomes[0] {
+        Outcome::Ran(m) => Some(median(&times(&m.result["times"]))),
+        _ => None,
+    };
+    let mut md = format!(
+        "### {workload} — {mb:.0} MB, {} iterations\n\n| engine | seconds, median (min–max) | MB/s | time / drove's | peak memory |\n|---|---|---|---|---|\n",
+        plan.iterations
+    );
+    let mut json_rows = Vec::new();
+    for ((_, label), o) in engines.iter().zip(&outcomes) {
+        match o {
+            Outcome::Ran(m) => {
+                let t = times(&m.result["times"]);
+                let med = median(&t);
+                md.push_str(&format!(
+                    "| {label} | {} | {:.1} | {} | {} |\n",
+                    spread(&t, 2),
+                    mb / med,
+                    drove.map_or("—".into(), |d| format!("{:.2}", med / d)),
+                    gib(m.peak_rss_bytes)
+                ));
+                json_rows.push(
+                    json!({ "engine": label, "seconds": t, "peak_rss_bytes": m.peak_rss_bytes }),
+                );
+            }
+            Outcome::Missing(why) => md.push_str(&format!("| {label} | missing: {why} | | | |\n")),
+            Outcome::Failed(why) => md.push_str(&format!(
+                "| {label} | FAILED: {} | | | |\n",
+                why.lines().next().unwrap_or("")
+            )),
+        }
+    }
+    Ok((
+        md,
+        json!({ "workload": workload, "bytes": bytes, "engines": json_rows }),
+        problems,
+    ))
+}
+
+fn wordcount(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
+    let input = text_dir(&plan.args.data, plan.size)?;
+    let engines = [
+        ("drove", "drove"),
+        ("reference", "single-threaded Rust"),
+        ("pyspark", "PySpark"),
+        ("dask", "Dask"),
+    ];
+    // Every engine's counts must equal a plain count of the input.
+    let expected = engines::count_words(&engines::text_files(&input)?)?;
+    let check = |_: &str, out: &Path| -> Result<Option<String>> {
+        let got = counts_in(out)?;
+        Ok((got != expected)
+            .then(|| format!("{} distinct words, expected {}", got.len(), expected.len())))
+    };
+    file_workload(plan, "wordcount", &input, plan.size, &engines, &check)
+}
+
+fn sort(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
+    let input = records_dir(&plan.args.data, plan.sort_size)?;
+    let engines = [
+        ("drove", "drove"),
+        ("reference", "single-threaded Rust"),
+        ("pyspark", "PySpark"),
+        ("dask", "Dask"),
+    ];
+    // Every engine's part files, read in order, must be the input's lines sorted.
+    let mut expected: Vec<String> = Vec::new();
+    for f in engines::text_files(&input)? {
+        expected.extend(std::fs::read_to_string(f)?.lines().map(str::to_string));
+    }
+    expected.sort_unstable();
+    let check = |_: &str, out: &Path| -> Result<Option<String>> {
+        let mut i = 0;
+        for f in output_files(out)? {
+            for line in std::io::BufReader::new(std::fs::File::open(&f)?).lines() {
+                let line = line?;
+                if expected.get(i) != Some(&line) {
+                    return Ok(Some(format!(
+                        "line {i} is '{line}', expected '{}'",
+                        expected.get(i).map_or("", |s| s)
+                    )));
+                }
+                i += 1;
+            }
+        }
+        Ok((i != expected.len()).then(|| format!("{i} lines, expected {}", expected.len())))
+    };
+    file_workload(plan, "sort", &input, plan.sort_size, &engines, &check)
+}
+
+fn tasks(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
+    let n = plan.tasks;
+    let engines = [("drove", "drove"), ("dask", "Dask"), ("pyspark", "PySpark")];
+    let mut problems = Vec::new();
+    let mut md = format!(
+        "### tasks — jobs of {n} tiny tasks, {} iterations\n\n| engine | seconds, median (min–max) | tasks run | tasks per second | per-task ms | peak memory |\n|---|---|---|---|---|---|\n",
+        plan.iterations
+    );
+    let mut rows = Vec::new();
+    for (engine, label) in engines {
+        let output = plan.out(&format!("tasks-{engine}.txt"));
+        let _ = std::fs::remove_file(&output);
+        let outcome = plan.run(engine, "tasks", json!({ "tasks": n, "output": output }));
+        // Every engine sums 1..=n.
+        let expected = n * (n + 1) / 2;
+        match outcome {
+            Outcome::Ran(m) => {
+                let got = std::fs::read_to_string(&output).unwrap_or_default();
+                if got.trim() != expected.to_string() {
+                    let message =
+                        format!("{engine}'s tasks answer is '{got}', expected {expected}");
+                    problems.push(message.clone());
+                    md.push_str(&format!("| {label} | FAILED: {message} | | | | |\n"));
+                    continue;
+                }
+                let t = times(&m.result["times"]);
+                let ran = m.result["tasks_run"].as_u64().unwrap_or(n);
+                let med = median(&t);
+                md.push_str(&format!(
+                    "| {label} | {} | {ran} | {:.0} | {:.3} | {} |\n",
+                    spread(&t, 2),
+                    ran as f64 / med,
+                    med * 1000.0 / ran as f64,
+                    gib(m.peak_rss_bytes)
+                ));
+                rows.push(json!({ "engine": label, "seconds": t, "tasks_run": ran, "peak_rss_bytes": m.peak_rss_bytes }));
+            }
+            Outcome::Missing(why) => {
+                md.push_str(&format!("| {label} | missing: {why} | | | | |\n"))
+            }
+            Outcome::Failed(why) => {
+                problems.push(why.clone());
+                md.push_str(&format!(
+                    "| {label} | FAILED: {} | | | | |\n",
+                    why.lines().next().unwrap_or("")
+                ));
+            }
+        }
+    }
+    Ok((
+        md,
+        json!({ "workload": "tasks", "tasks": n, "engines": rows }),
+        problems,
+    ))
+}
+
+fn recovery_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
+    let data = tpch_dir(&plan.args.data, plan.scale)?;
+    let input = text_dir(&plan.args.data, plan.size)?;
+    let workers = plan.args.workers.max(3);
+    let mut spec =
+        json!({ "data": data, "input": input, "output": plan.out("recovery-wordcount") });
+    spec["workers"] = json!(workers);
+    // Recovery wants at least three workers, so that two are left after the kill.
+    let outcome = plan.run("drove", "recovery", spec);
+    let mut md = format!(
+        "### recovery — {workers} workers, one killed at half the failure-free median, {} iterations\n\n| job | failure-free s | one worker killed s | ratio | attempts re-run (median) |\n|---|---|---|---|---|\n",
+        plan.iterations
+    );
+    let mut problems = Vec::new();
+    let report = match &outcome {
+        Outcome::Ran(m) => {
+            for j in m.result["jobs"].as_array().into_iter().flatten() {
+                let (clean, killed) = (times(&j["failure_free_s"]), times(&j["killed_s"]));
+                let reruns = times(&j["reruns"]);
+                md.push_str(&format!(
+                    "| {} | {} | {} | {:.2} | {:.0} |\n",
+                    j["job"].as_str().unwrap_or("?"),
+                    spread(&clean, 2),
+                    spread(&killed, 2),
+                    median(&killed) / median(&clean),
+                    median(&reruns)
+                ));
+            }
+            md.push_str(&format!(
+                "\nPeak resident memory: drove {}.\n",
+                gib(m.peak_rss_bytes)
+            ));
+            m.result.clone()
+        }
+        Outcome::Missing(why) | Outcome::Failed(why) => {
+            problems.push(format!("recovery: {why}"));
+            md.push_str(&format!(
+                "| FAILED: {} | | | | |\n",
+                why.lines().next().unwrap_or("")
+            ));
+            Value::Null
+        }
+    };
+    Ok((
+        md,
+        json!({ "workload": "recovery", "result": report }),
+        problems,
+    ))
 }

@@ -1,0 +1,259 @@
+//! The Rust engines, each run in a child process of its own (`xtask engine SPEC`) so
+//! that its peak memory can be measured: drove on an embedded cluster, single-process
+//! DataFusion, and single-threaded reference code.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use drove_client::{LocalCluster, LocalClusterConfig, Session};
+use drove_exec::tables;
+use drove_testkit::run_statements;
+use serde_json::{Value, json};
+
+fn field<'a>(spec: &'a Value, name: &str) -> Result<&'a Value> {
+    spec.get(name)
+        .with_context(|| format!("the engine spec has no '{name}'"))
+}
+
+fn path(spec: &Value, name: &str) -> Result<PathBuf> {
+    Ok(PathBuf::from(
+        field(spec, name)?.as_str().context("not a string")?,
+    ))
+}
+
+fn number(spec: &Value, name: &str) -> Result<u64> {
+    field(spec, name)?.as_u64().context("not a number")
+}
+
+/// Runs the engine the spec names and returns its `RESULT`.
+pub async fn run(spec: Value) -> Result<Value> {
+    let engine = field(&spec, "engine")?.as_str().unwrap_or_default();
+    let workload = field(&spec, "workload")?.as_str().unwrap_or_default();
+    match (workload, engine) {
+        ("tpch", "drove" | "datafusion") => tpch(&spec, engine == "drove").await,
+        ("wordcount", "drove") => mapreduce(&spec, "wordcount").await,
+        ("sort", "drove") => mapreduce(&spec, "sort").await,
+        ("wordcount", "reference") => reference_wordcount(&spec),
+        ("sort", "reference") => reference_sort(&spec),
+        ("tasks", "drove") => tasks(&spec).await,
+        ("recovery", "drove") => crate::recovery::run(&spec).await,
+        _ => bail!("no engine '{engine}' for workload '{workload}'"),
+    }
+}
+
+/// An embedded drove cluster of the spec's workers and slots, and a session on it.
+async fn drove_session(spec: &Value, target_partitions: Option<usize>) -> Result<Session> {
+    let mut config = LocalClusterConfig {
+        workers: number(spec, "workers")? as usize,
+        slots: number(spec, "slots")? as u32,
+        ..Default::default()
+    };
+    config.coordinator.target_partitions = target_partitions;
+    let cluster = LocalCluster::start(config).await?;
+    Ok(Session::with_cluster(cluster).await?)
+}
+
+/// A result's rows as JSON arrays of display strings (null for null), the form every
+/// engine writes so xtask can compare them.
+pub fn rows_json(batches: &[RecordBatch]) -> Result<Value> {
+    let options = FormatOptions::default();
+    let mut rows = Vec::new();
+    for b in batches {
+        let formatters = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        for i in 0..b.num_rows() {
+            let row: Vec<Value> = b
+                .columns()
+                .iter()
+                .zip(&formatters)
+                .map(|(c, f)| {
+                    if c.is_null(i) {
+                        Value::Null
+                    } else {
+                        Value::String(f.value(i).to_string())
+                    }
+                })
+                .collect();
+            rows.push(Value::Array(row));
+        }
+    }
+    Ok(Value::Array(rows))
+}
+
+async fn tpch(spec: &Value, drove: bool) -> Result<Value> {
+    let data = path(spec, "data")?;
+    let out = path(spec, "output")?;
+    std::fs::create_dir_all(&out)?;
+    let iterations = number(spec, "iterations")?;
+    let partitions = (number(spec, "workers")? * number(spec, "slots")?) as usize;
+    let session = if drove {
+        let s = drove_session(spec, None).await?;
+        s.register_tpch(&data).await?;
+        Some(s)
+    } else {
+        None
+    };
+    let ctx =
+        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
+    if !drove {
+        for t in &tables::tpch_tables(&data)? {
+            tables::register(&ctx, t).await?;
+        }
+    }
+    let mut times = serde_json::Map::new();
+    for q in field(spec, "queries")?.as_array().context("queries")? {
+        let q = q.as_u64().context("a query number")? as usize;
+        let sql = drove_exec::tpch::query(q)?;
+        let mut ms = Vec::new();
+        let mut last = Vec::new();
+        for _ in 0..iterations {
+            let started = Instant::now();
+            last = match &session {
+                Some(s) => {
+                    s.run_sql(sql)
+                        .await
+                        .with_context(|| format!("Q{q}"))?
+                        .batches
+                }
+                None => run_statements(&ctx, sql)
+                    .await
+                    .with_context(|| format!("Q{q}"))?,
+            };
+            ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        std::fs::write(
+            out.join(format!("q{q}.json")),
+            serde_json::to_string(&rows_json(&last)?)?,
+        )?;
+        times.insert(format!("q{q}"), json!(ms));
+    }
+    if let Some(s) = session {
+        s.shutdown().await;
+    }
+    Ok(json!({ "times": times }))
+}
+
+async fn mapreduce(spec: &Value, job: &str) -> Result<Value> {
+    drove::jobs::register_builtin();
+    let session = drove_session(spec, None).await?;
+    let reducers = (number(spec, "workers")? * number(spec, "slots")?) as usize;
+    let out = path(spec, "output")?;
+    let mut times = Vec::new();
+    for _ in 0..number(spec, "iterations")? {
+        let _ = std::fs::remove_dir_all(&out);
+        let started = Instant::now();
+        session
+            .run_mapreduce(drove_client::mapreduce::MapReduceOptions {
+                job: job.into(),
+                args: Default::default(),
+                inputs: vec![path(spec, "input")?],
+                output: out.clone(),
+                reducers,
+                format: drove_client::OutputFormat::Text,
+                overwrite: false,
+                combine: true,
+            })
+            .await?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    session.shutdown().await;
+    Ok(json!({ "times": times }))
+}
+
+/// The `.txt` files of a directory, in name order.
+pub fn text_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "txt"));
+    files.sort();
+    Ok(files)
+}
+
+/// A single-threaded word count: the COST baseline.
+pub fn count_words(files: &[PathBuf]) -> Result<HashMap<String, u64>> {
+    let mut counts = HashMap::new();
+    for f in files {
+        let text = std::fs::read_to_string(f)?;
+        for w in drove::jobs::words(&text) {
+            *counts.entry(w).or_insert(0u64) += 1;
+        }
+    }
+    Ok(counts)
+}
+
+fn reference_wordcount(spec: &Value) -> Result<Value> {
+    let files = text_files(&path(spec, "input")?)?;
+    let out = path(spec, "output")?;
+    let mut times = Vec::new();
+    for _ in 0..number(spec, "iterations")? {
+        let _ = std::fs::remove_dir_all(&out);
+        let started = Instant::now();
+        let counts = count_words(&files)?;
+        std::fs::create_dir_all(&out)?;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(out.join("counts.txt"))?);
+        for (word, n) in &counts {
+            writeln!(w, "{word}\t{n}")?;
+        }
+        w.flush()?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    Ok(json!({ "times": times }))
+}
+
+/// A single-threaded sort of all lines: the COST baseline for `sort`.
+fn reference_sort(spec: &Value) -> Result<Value> {
+    let files = text_files(&path(spec, "input")?)?;
+    let out = path(spec, "output")?;
+    let mut times = Vec::new();
+    for _ in 0..number(spec, "iterations")? {
+        let _ = std::fs::remove_dir_all(&out);
+        let started = Instant::now();
+        let mut text = String::new();
+        for f in &files {
+            text.push_str(&std::fs::read_to_string(f)?);
+        }
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        std::fs::create_dir_all(&out)?;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(out.join("part-00000.txt"))?);
+        for l in lines {
+            writeln!(w, "{l}")?;
+        }
+        w.flush()?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    Ok(json!({ "times": times }))
+}
+
+/// Many tiny tasks: a sum over 1..=n spread over n partitions, so one stage has n
+/// tasks of one row each, and the next reads their n partial sums.
+async fn tasks(spec: &Value) -> Result<Value> {
+    let n = number(spec, "tasks")? as usize;
+    let session = drove_session(spec, Some(n)).await?;
+    let sql = format!("SELECT sum(value) AS s FROM generate_series(1, {n})");
+    let mut times = Vec::new();
+    let (mut ran, mut sum) = (0, String::new());
+    for _ in 0..number(spec, "iterations")? {
+        let started = Instant::now();
+        let result = session.run_sql(&sql).await?;
+        times.push(started.elapsed().as_secs_f64());
+        ran = result.summary.tasks();
+        sum = rows_json(&result.batches)?[0][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+    }
+    session.shutdown().await;
+    std::fs::write(path(spec, "output")?, sum)?;
+    Ok(json!({ "times": times, "tasks_run": ran }))
+}
