@@ -241,7 +241,7 @@ fn header(plan: &Plan) -> String {
         },
     };
     format!(
-        "{date}{} — {cores} cores, {memory}; drove {} ({} workers × {} slots, embedded), DataFusion 55.2; {}; {}",
+        "{date}{} — {cores} cores, {memory}; drove {} ({} workers × {} slot(s), embedded), DataFusion 55.2; {}; {}",
         if plan.args.quick { " (--quick)" } else { "" },
         env!("CARGO_PKG_VERSION"),
         plan.args.workers,

@@ -198,7 +198,10 @@ pub fn peers(venv: &Path) -> Peers {
         "-c",
         "import dask, distributed; print(dask.__version__, distributed.__version__)",
     ]))
-    .map(|v| format!("Dask {v}"));
+    .map(|v| match v.split_once(' ') {
+        Some((dask, distributed)) => format!("Dask {dask} (distributed {distributed})"),
+        None => format!("Dask {v}"),
+    });
     Peers {
         python: Some(python),
         spark,

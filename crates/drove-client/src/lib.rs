@@ -39,6 +39,7 @@ use tonic::transport::Channel;
 pub use arrow;
 pub use cluster::{LocalCluster, LocalClusterConfig};
 pub use datafusion;
+pub use drove_core::human_bytes;
 pub use drove_exec::mapreduce::nodes::OutputFormat;
 pub use drove_exec::mapreduce::{MapReduce, Partitioner, Record, register};
 pub use drove_proto as proto;
@@ -954,21 +955,5 @@ impl fmt::Display for JobSummary {
             )?;
         }
         Ok(())
-    }
-}
-
-/// Bytes as B, KiB, MiB or GiB.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }

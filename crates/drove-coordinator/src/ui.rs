@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use drove_core::human_bytes;
 use drove_proto as pb;
 
 use crate::http::{skewed, state_name};
@@ -22,21 +23,6 @@ fn esc(s: &str) -> String {
         }
     }
     out
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 fn millis(ms: u64) -> String {
@@ -92,7 +78,7 @@ pub fn overview(status: &pb::ClusterStatusResponse, jobs: &[pb::JobStatus]) -> S
             esc(&w.flight_addr),
             w.slots,
             w.running_tasks,
-            bytes(w.block_bytes),
+            human_bytes(w.block_bytes),
             millis(w.heartbeat_age_ms),
             id = w.worker_id,
         );
@@ -234,9 +220,9 @@ pub fn job(j: &pb::JobStatus) -> String {
                 t.attempt,
                 millis(t.elapsed_ms),
                 t.output_rows,
-                bytes(t.output_bytes),
-                bytes(t.local_read_bytes),
-                bytes(t.remote_read_bytes),
+                human_bytes(t.output_bytes),
+                human_bytes(t.local_read_bytes),
+                human_bytes(t.remote_read_bytes),
                 if skew {
                     "skewed: far above the stage median"
                 } else {
@@ -275,7 +261,7 @@ pub fn worker(w: &pb::WorkerStatus, tasks: &[(u64, u32, pb::TaskRun)]) -> String
         esc(&w.flight_addr),
         w.slots,
         w.running_tasks,
-        bytes(w.block_bytes),
+        human_bytes(w.block_bytes),
         millis(w.heartbeat_age_ms)
     );
     b.push_str("<h2>Tasks in recent jobs</h2><table class=\"tasks\"><tr><th>job</th><th>stage</th><th>partition</th><th>attempt</th><th>duration</th><th>bytes out</th></tr>");
@@ -286,7 +272,7 @@ pub fn worker(w: &pb::WorkerStatus, tasks: &[(u64, u32, pb::TaskRun)]) -> String
             t.partition,
             t.attempt,
             millis(t.elapsed_ms),
-            bytes(t.output_bytes)
+            human_bytes(t.output_bytes)
         );
     }
     b.push_str("</table>");

@@ -223,3 +223,10 @@ pub fn spawn_until(mut command: std::process::Command, marker: &str) -> (Proc, S
     std::thread::spawn(move || for _ in lines {});
     (proc, line)
 }
+
+/// A loopback address with nothing listening on it: a port bound and released again.
+pub fn unused_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a loopback port")
+}

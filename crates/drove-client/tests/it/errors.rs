@@ -59,11 +59,7 @@ async fn an_error_on_a_worker_reaches_the_client_with_its_own_message() {
 
 #[tokio::test]
 async fn a_coordinator_address_with_nothing_behind_it_fails_fast() {
-    // Bind a port and close it again, so nothing listens there.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = drove_testkit::unused_addr();
     let started = Instant::now();
     let e = Session::connect(&addr.to_string())
         .await

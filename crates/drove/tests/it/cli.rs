@@ -100,11 +100,7 @@ fn a_table_flag_without_equals() {
 
 #[test]
 fn a_coordinator_that_is_not_there_fails_within_seconds() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = drove_testkit::unused_addr().to_string();
     let started = Instant::now();
     fails_with(
         &["sql", "--coordinator", &addr, "-e", "SELECT 1"],
@@ -119,11 +115,7 @@ fn a_coordinator_that_is_not_there_fails_within_seconds() {
 
 #[test]
 fn a_worker_with_a_wrong_coordinator_gives_up_after_its_registration_timeout() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = drove_testkit::unused_addr().to_string();
     let started = Instant::now();
     let out = crate::run(
         &[
@@ -342,11 +334,7 @@ fn coordinator_failure_settings_that_cannot_work_are_refused() {
 
 #[test]
 fn cancel_names_an_unknown_job_and_a_missing_coordinator() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = drove_testkit::unused_addr().to_string();
     fails_with(&["cancel", "7", "--coordinator", &addr], &[&addr]);
     fails_with(
         &["cancel", "not-a-number"],
