@@ -251,7 +251,7 @@ fn header(plan: &Plan) -> String {
     )
 }
 
-/// Peers slower than this per run are run once, so a full run ends within hours.
+/// Peers slower than this per run are run once, so a full run ends in under an hour.
 const PEER_RUN_ONCE_AFTER_S: u64 = 120;
 
 /// One engine's outcome in a workload: its measurements, or why it has none.

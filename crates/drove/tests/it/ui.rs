@@ -61,11 +61,38 @@ fn screenshot_dir() -> PathBuf {
     dir
 }
 
+/// Makes sure Debian's `chromium` is installed, installing it on a fresh machine (as
+/// `.ci/run` does), so that `cargo test --workspace` works anywhere the README says.
+fn ensure_chromium() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let present = || {
+            Command::new("chromium")
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if present() {
+            return;
+        }
+        let _ = Command::new("apt-get").arg("update").arg("-q").status();
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", "chromium", "fonts-dejavu-core"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+        assert!(
+            present(),
+            "the web UI tests need Debian's chromium package and could not install it; run `apt-get install chromium` as root"
+        );
+    });
+}
+
 /// Loads `url` in headless Chromium; returns the DOM after load, and saves a
 /// screenshot as `shot`.
 async fn chromium(url: String, shot: &str) -> String {
     let shot = screenshot_dir().join(shot);
     tokio::task::spawn_blocking(move || {
+        ensure_chromium();
         let base = |c: &mut Command| {
             c.args([
                 "--headless",
@@ -106,7 +133,9 @@ async fn chromium(url: String, shot: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_web_ui_shows_the_cluster_a_running_job_a_finished_job_and_a_failure() {
-    let (cluster, session, http) = cluster(3, 250).await;
+    // Slow tasks keep the job running for seconds after its first stage, time enough
+    // for Chromium to start and load its page even on a busy machine.
+    let (cluster, session, http) = cluster(3, 1500).await;
     let sql = QUERIES[4];
     let (result, running_dom) = tokio::join!(session.run_sql(sql), async {
         let job = running_job(&session).await;
