@@ -357,6 +357,36 @@ fn pick_worker(
         .map(|(id, w)| (*id, w))
 }
 
+/// Starts the task's next attempt on the worker: numbers it, counts it against the
+/// worker's slots, remembers the worker may hold the job's blocks, and asks the runtime
+/// to launch it.
+fn launch(
+    task: TaskId,
+    attempts: &mut [u32],
+    (worker_id, worker): (WorkerId, &mut WorkerState),
+    touched: &mut BTreeSet<WorkerId>,
+    now: u64,
+    out: &mut Vec<Command>,
+) -> Run {
+    let next = &mut attempts[task.partition as usize];
+    let attempt = AttemptId {
+        task,
+        attempt: *next,
+    };
+    *next += 1;
+    worker.running.insert(attempt);
+    touched.insert(worker_id);
+    out.push(Command::Launch {
+        attempt,
+        worker: worker_id,
+    });
+    Run {
+        attempt: attempt.attempt,
+        worker: worker_id,
+        started_ms: now,
+    }
+}
+
 /// The scheduler's whole state. See the module documentation.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -923,31 +953,16 @@ impl Scheduler {
                     if *task != TaskState::Pending {
                         continue;
                     }
-                    let Some((worker_id, worker)) = pick_worker(&mut self.workers, None) else {
+                    let Some(worker) = pick_worker(&mut self.workers, None) else {
                         return;
                     };
-                    let attempt = AttemptId {
-                        task: TaskId {
-                            job: *job_id,
-                            stage: *stage_id,
-                            partition: partition as u32,
-                        },
-                        attempt: stage.attempts[partition],
+                    let id = TaskId {
+                        job: *job_id,
+                        stage: *stage_id,
+                        partition: partition as u32,
                     };
-                    stage.attempts[partition] += 1;
-                    worker.running.insert(attempt);
-                    job.touched.insert(worker_id);
-                    *task = TaskState::Running {
-                        runs: vec![Run {
-                            attempt: attempt.attempt,
-                            worker: worker_id,
-                            started_ms: now,
-                        }],
-                    };
-                    out.push(Command::Launch {
-                        attempt,
-                        worker: worker_id,
-                    });
+                    let run = launch(id, &mut stage.attempts, worker, &mut job.touched, now, out);
+                    *task = TaskState::Running { runs: vec![run] };
                 }
             }
         }
@@ -1008,33 +1023,18 @@ impl Scheduler {
                     if now.saturating_sub(first.started_ms) <= slow_after {
                         continue;
                     }
-                    let Some((worker_id, worker)) =
-                        pick_worker(&mut self.workers, Some(first.worker))
-                    else {
+                    let Some(worker) = pick_worker(&mut self.workers, Some(first.worker)) else {
                         return;
                     };
-                    let attempt = AttemptId {
-                        task: TaskId {
-                            job: *job_id,
-                            stage: *stage_id,
-                            partition: partition as u32,
-                        },
-                        attempt: stage.attempts[partition],
+                    let id = TaskId {
+                        job: *job_id,
+                        stage: *stage_id,
+                        partition: partition as u32,
                     };
-                    info!(%attempt, %worker_id, running_ms = now - first.started_ms, median_ms = median, "speculating a slow task");
-                    stage.attempts[partition] += 1;
+                    let run = launch(id, &mut stage.attempts, worker, &mut job.touched, now, out);
+                    info!(task = %id, attempt = run.attempt, worker = %run.worker, running_ms = now - first.started_ms, median_ms = median, "speculating a slow task");
                     stage.speculative += 1;
-                    worker.running.insert(attempt);
-                    job.touched.insert(worker_id);
-                    runs.push(Run {
-                        attempt: attempt.attempt,
-                        worker: worker_id,
-                        started_ms: now,
-                    });
-                    out.push(Command::Launch {
-                        attempt,
-                        worker: worker_id,
-                    });
+                    runs.push(run);
                 }
             }
         }

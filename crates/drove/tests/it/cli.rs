@@ -341,19 +341,9 @@ fn cancel_names_an_unknown_job_and_a_missing_coordinator() {
         &["invalid value 'not-a-number'"],
     );
 
-    let (_coordinator, line) = crate::spawn_until(
-        &[
-            "coordinator",
-            "--bind",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ],
-        "coordinator listening on",
-    );
-    let addr = line.split_whitespace().nth(3).unwrap();
+    let (_coordinator, addr, _) = crate::coordinator(&[]);
     fails_with(
-        &["cancel", "42", "--coordinator", addr],
+        &["cancel", "42", "--coordinator", &addr],
         &["job-42 does not exist"],
     );
 }

@@ -10,22 +10,7 @@ use drove_testkit::{reference, tpch_data, tpch_tables};
 #[test]
 fn coordinator_two_workers_and_sql_as_separate_processes() {
     let dir = tpch_data(0.01);
-    let (_coordinator, line) = crate::spawn_until(
-        &[
-            "coordinator",
-            "--bind",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ],
-        "coordinator listening on",
-    );
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let addr = words[3].to_string();
-    let http = words[6]
-        .trim_start_matches("http://")
-        .trim_end_matches(')')
-        .to_string();
+    let (_coordinator, addr, http) = crate::coordinator(&[]);
     assert_eq!(http_get(&http, "/health"), "ok\n");
     let _workers: Vec<_> = (0..2)
         .map(|_| {
@@ -106,30 +91,14 @@ struct ProcessCluster {
 
 impl ProcessCluster {
     fn start(workers: usize, task_delay_ms: u64) -> Self {
-        let (coordinator, line) = crate::spawn_until(
-            &[
-                "coordinator",
-                "--bind",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--heartbeat-interval-ms",
-                "200",
-                "--heartbeat-timeout-ms",
-                "2000",
-                // Speculative twins would blur the re-run counts these tests check.
-                "--no-speculation",
-            ],
-            "coordinator listening on",
-        );
-        let addr = line.split_whitespace().nth(3).unwrap().to_string();
-        let http = line
-            .split_whitespace()
-            .nth(6)
-            .unwrap()
-            .trim_start_matches("http://")
-            .trim_end_matches(')')
-            .to_string();
+        let (coordinator, addr, http) = crate::coordinator(&[
+            "--heartbeat-interval-ms",
+            "200",
+            "--heartbeat-timeout-ms",
+            "2000",
+            // Speculative twins would blur the re-run counts these tests check.
+            "--no-speculation",
+        ]);
         let delay = task_delay_ms.to_string();
         let workers = (0..workers)
             .map(|_| {
