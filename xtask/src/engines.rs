@@ -179,7 +179,7 @@ pub fn text_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// A single-threaded word count: the COST baseline.
+/// Counts the words of the files on one thread.
 pub fn count_words(files: &[PathBuf]) -> Result<HashMap<String, u64>> {
     let mut counts = HashMap::new();
     for f in files {
@@ -191,48 +191,54 @@ pub fn count_words(files: &[PathBuf]) -> Result<HashMap<String, u64>> {
     Ok(counts)
 }
 
-fn reference_wordcount(spec: &Value) -> Result<Value> {
+/// Runs a single-threaded reference `iterations` times over the input's text files,
+/// each run writing afresh into the output directory; returns the run times.
+fn reference(
+    spec: &Value,
+    mut run: impl FnMut(&[PathBuf], &mut dyn Write) -> Result<()>,
+    output_file: &str,
+) -> Result<Value> {
     let files = text_files(&path(spec, "input")?)?;
     let out = path(spec, "output")?;
     let mut times = Vec::new();
     for _ in 0..number(spec, "iterations")? {
         let _ = std::fs::remove_dir_all(&out);
         let started = Instant::now();
-        let counts = count_words(&files)?;
         std::fs::create_dir_all(&out)?;
-        let mut w = std::io::BufWriter::new(std::fs::File::create(out.join("counts.txt"))?);
-        for (word, n) in &counts {
-            writeln!(w, "{word}\t{n}")?;
-        }
+        let mut w = std::io::BufWriter::new(std::fs::File::create(out.join(output_file))?);
+        run(&files, &mut w)?;
         w.flush()?;
         times.push(started.elapsed().as_secs_f64());
     }
     Ok(json!({ "times": times }))
 }
 
+/// A single-threaded word count: the COST baseline for `wordcount`.
+fn reference_wordcount(spec: &Value) -> Result<Value> {
+    let count = |files: &[PathBuf], w: &mut dyn Write| -> Result<()> {
+        for (word, n) in &count_words(files)? {
+            writeln!(w, "{word}\t{n}")?;
+        }
+        Ok(())
+    };
+    reference(spec, count, "counts.txt")
+}
+
 /// A single-threaded sort of all lines: the COST baseline for `sort`.
 fn reference_sort(spec: &Value) -> Result<Value> {
-    let files = text_files(&path(spec, "input")?)?;
-    let out = path(spec, "output")?;
-    let mut times = Vec::new();
-    for _ in 0..number(spec, "iterations")? {
-        let _ = std::fs::remove_dir_all(&out);
-        let started = Instant::now();
+    let sort = |files: &[PathBuf], w: &mut dyn Write| -> Result<()> {
         let mut text = String::new();
-        for f in &files {
+        for f in files {
             text.push_str(&std::fs::read_to_string(f)?);
         }
         let mut lines: Vec<&str> = text.lines().collect();
         lines.sort_unstable();
-        std::fs::create_dir_all(&out)?;
-        let mut w = std::io::BufWriter::new(std::fs::File::create(out.join("part-00000.txt"))?);
         for l in lines {
             writeln!(w, "{l}")?;
         }
-        w.flush()?;
-        times.push(started.elapsed().as_secs_f64());
-    }
-    Ok(json!({ "times": times }))
+        Ok(())
+    };
+    reference(spec, sort, "part-00000.txt")
 }
 
 /// Many tiny tasks: a sum over 1..=n spread over n partitions, so one stage has n
