@@ -331,10 +331,11 @@ impl Plan {
     }
 }
 
+/// The median; NaN (shown as "NaN") when a run reported no times.
 fn median(samples: &[f64]) -> f64 {
     let mut s = samples.to_vec();
     s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
+    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn times(v: &Value) -> Vec<f64> {

@@ -163,7 +163,7 @@ pub fn worker_tasks(worker: u64, jobs: &[pb::JobStatus]) -> Vec<(u64, u32, pb::T
 async fn cluster(State(coordinator): State<Coordinator>) -> Json<Value> {
     let status = coordinator.cluster_status();
     let workers: Vec<Value> = status.workers.iter().map(worker_json).collect();
-    let jobs: Vec<Value> = coordinator.jobs().iter().map(job_summary_json).collect();
+    let jobs: Vec<Value> = status.jobs.iter().map(job_summary_json).collect();
     Json(json!({ "workers": workers, "jobs": jobs }))
 }
 
@@ -242,7 +242,7 @@ async fn openapi() -> Json<Value> {
 async fn metrics(State(coordinator): State<Coordinator>) -> Response {
     let m = coordinator.metrics();
     let status = coordinator.cluster_status();
-    let jobs = coordinator.jobs();
+    let jobs = &status.jobs;
     let (pending, running) = coordinator.task_gauges();
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
@@ -392,10 +392,7 @@ async fn metrics(State(coordinator): State<Coordinator>) -> Response {
 }
 
 async fn ui_overview(State(coordinator): State<Coordinator>) -> Html<String> {
-    Html(ui::overview(
-        &coordinator.cluster_status(),
-        &coordinator.jobs(),
-    ))
+    Html(ui::overview(&coordinator.cluster_status()))
 }
 
 async fn ui_job(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
@@ -416,11 +413,7 @@ async fn ui_worker(State(coordinator): State<Coordinator>, Path(raw): Path<Strin
         .ok()
         .and_then(|id| status.workers.iter().find(|w| w.worker_id == id));
     match found {
-        Some(w) => Html(ui::worker(
-            w,
-            &worker_tasks(w.worker_id, &coordinator.jobs()),
-        ))
-        .into_response(),
+        Some(w) => Html(ui::worker(w, &worker_tasks(w.worker_id, &status.jobs))).into_response(),
         None => (
             StatusCode::NOT_FOUND,
             Html(ui::not_found(&format!("worker '{raw}' is not registered"))),

@@ -261,15 +261,7 @@ impl Coordinator {
 
     /// The recent jobs' statuses, newest first.
     pub fn jobs(&self) -> Vec<pb::JobStatus> {
-        let state = self.lock();
-        let mut jobs: Vec<pb::JobStatus> = state
-            .meta
-            .state()
-            .jobs()
-            .filter_map(|(id, _)| state.status(id))
-            .collect();
-        jobs.sort_by_key(|j| std::cmp::Reverse(j.job_id));
-        jobs
+        self.lock().recent_jobs()
     }
 
     /// The worker's stream ended, or it went silent. `clean`: it closed its session
@@ -407,7 +399,7 @@ impl Coordinator {
         Ok(())
     }
 
-    /// The workers and recent jobs.
+    /// The workers and recent jobs (newest first).
     pub fn cluster_status(&self) -> pb::ClusterStatusResponse {
         let state = self.lock();
         let workers = state
@@ -423,12 +415,7 @@ impl Coordinator {
                 block_bytes: w.block_bytes,
             })
             .collect();
-        let jobs = state
-            .meta
-            .state()
-            .jobs()
-            .filter_map(|(id, _)| state.status(id))
-            .collect();
+        let jobs = state.recent_jobs();
         pb::ClusterStatusResponse { workers, jobs }
     }
 
@@ -586,6 +573,18 @@ impl State {
                 None
             }
         }
+    }
+
+    /// The statuses of the jobs in the history, newest first.
+    fn recent_jobs(&self) -> Vec<pb::JobStatus> {
+        let mut jobs: Vec<pb::JobStatus> = self
+            .meta
+            .state()
+            .jobs()
+            .filter_map(|(id, _)| self.status(id))
+            .collect();
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.job_id));
+        jobs
     }
 
     /// Failed attempts of the attempt's stage so far.

@@ -59,7 +59,8 @@ fn state_cell(state: pb::JobState) -> String {
 }
 
 /// The cluster: workers, then recent jobs.
-pub fn overview(status: &pb::ClusterStatusResponse, jobs: &[pb::JobStatus]) -> String {
+pub fn overview(status: &pb::ClusterStatusResponse) -> String {
+    let jobs = &status.jobs;
     let mut b = String::new();
     let slots: u32 = status.workers.iter().map(|w| w.slots).sum();
     let running: u32 = status.workers.iter().map(|w| w.running_tasks).sum();

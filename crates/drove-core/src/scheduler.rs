@@ -463,6 +463,14 @@ impl Scheduler {
 
     /// Feeds one event in and returns what must be done because of it.
     pub fn handle(&mut self, event: Event) -> Vec<Command> {
+        // A heartbeat only renews the worker's lease: nothing to repair or schedule, so
+        // it skips the passes over every task (it arrives every second per worker).
+        if let Event::WorkerHeartbeat { worker } = event {
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.last_seen_ms = self.now_ms;
+            }
+            return Vec::new();
+        }
         let mut out = Vec::new();
         match event {
             Event::Tick { now_ms } => {
@@ -484,11 +492,7 @@ impl Scheduler {
                 assert!(previous.is_none(), "{worker} joined twice");
                 self.no_workers_since = None;
             }
-            Event::WorkerHeartbeat { worker } => {
-                if let Some(w) = self.workers.get_mut(&worker) {
-                    w.last_seen_ms = self.now_ms;
-                }
-            }
+            Event::WorkerHeartbeat { .. } => {} // handled above
             Event::WorkerDraining { worker } => {
                 if let Some(w) = self.workers.get_mut(&worker) {
                     info!(%worker, running = w.running.len(), "worker draining");
