@@ -2,6 +2,7 @@
 //! loopback port, talking real gRPC and Flight to each other.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use drove_coordinator::{CoordinatorConfig, CoordinatorHandle};
@@ -24,6 +25,11 @@ pub struct LocalClusterConfig {
     pub coordinator: CoordinatorConfig,
     /// Fault injection: worker `i` delays each task by `task_delay_ms[i]` (missing: 0).
     pub task_delay_ms: Vec<u64>,
+    /// Each worker's memory budget; `None`: half the machine's memory, shared out.
+    pub memory_bytes: Option<u64>,
+    /// Where the workers make their spill directories; `None`: the default.
+    pub work_dir: Option<PathBuf>,
+    pub spill_codec: drove_exec::blocks::SpillCodec,
 }
 
 impl Default for LocalClusterConfig {
@@ -36,6 +42,9 @@ impl Default for LocalClusterConfig {
             http: None,
             coordinator: CoordinatorConfig::default(),
             task_delay_ms: Vec::new(),
+            memory_bytes: None,
+            work_dir: None,
+            spill_codec: Default::default(),
         }
     }
 }
@@ -95,6 +104,16 @@ impl LocalCluster {
             slots: self.config.slots,
             registration_timeout_ms: REGISTRATION_WAIT.as_millis() as u64,
             task_delay_ms: self.config.task_delay_ms.get(index).copied().unwrap_or(0),
+            memory_bytes: self
+                .config
+                .memory_bytes
+                .unwrap_or_else(|| drove_worker::default_memory_bytes(self.config.workers)),
+            work_dir: self
+                .config
+                .work_dir
+                .clone()
+                .unwrap_or_else(drove_worker::default_work_dir),
+            spill_codec: self.config.spill_codec,
             ..Default::default()
         })
         .await
@@ -147,6 +166,24 @@ impl LocalCluster {
             .iter()
             .flatten()
             .map(|w| w.store.len())
+            .collect()
+    }
+
+    /// Each running worker's own spill directory.
+    pub fn work_dirs(&self) -> Vec<PathBuf> {
+        self.workers
+            .iter()
+            .flatten()
+            .map(|w| w.work_dir.clone())
+            .collect()
+    }
+
+    /// Each running worker's block store figures.
+    pub fn block_stats(&self) -> Vec<drove_exec::blocks::StoreStats> {
+        self.workers
+            .iter()
+            .flatten()
+            .map(|w| w.store.stats())
             .collect()
     }
 

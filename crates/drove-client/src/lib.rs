@@ -355,6 +355,14 @@ impl Session {
     /// # }
     /// ```
     pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        // CACHE TABLE and UNCACHE TABLE act at once, as in Spark, and yield no rows.
+        if CacheStatement::parse(sql)?.is_some() {
+            self.run_sql(sql).await?;
+            return Ok(DataFrame {
+                session: self.clone(),
+                df: self.inner.ctx.read_empty()?,
+            });
+        }
         let df = self.inner.ctx.sql(sql).await?;
         Ok(DataFrame {
             session: self.clone(),
@@ -416,14 +424,89 @@ impl Session {
     /// # }
     /// ```
     pub async fn run_sql(&self, sql: &str) -> Result<QueryResult> {
-        self.run(
-            pb::submit_job_request::Query::Sql(sql.to_string()),
-            name_of(sql),
-        )
-        .await
+        match CacheStatement::parse(sql)? {
+            Some(CacheStatement::Cache { name, query }) => self.cache_sql(name, query).await,
+            Some(CacheStatement::Uncache { name, if_exists }) => {
+                self.uncache(name, if_exists).await?;
+                Ok(QueryResult::empty())
+            }
+            None => {
+                self.run(
+                    pb::submit_job_request::Query::Sql(sql.to_string()),
+                    name_of(sql),
+                    String::new(),
+                )
+                .await
+            }
+        }
     }
 
-    async fn run(&self, query: pb::submit_job_request::Query, name: String) -> Result<QueryResult> {
+    /// Runs `query` (SQL) and keeps its result on the workers as the cached table
+    /// `name`, which later queries read from memory (`CACHE TABLE name AS query`).
+    /// Returns no rows: the summary says how the table was computed.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// session.cache_sql("big_orders", "SELECT * FROM orders WHERE o_totalprice > 1000").await?;
+    /// let n = session.run_sql("SELECT count(*) FROM big_orders").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn cache_sql(&self, name: &str, query: &str) -> Result<QueryResult> {
+        let result = self
+            .run(
+                pb::submit_job_request::Query::Sql(query.to_string()),
+                format!("CACHE TABLE {name}"),
+                name.to_string(),
+            )
+            .await?;
+        self.register_cached(name, Arc::clone(&result.schema))?;
+        Ok(result)
+    }
+
+    /// Forgets the cached table `name` and frees its memory on every worker
+    /// (`UNCACHE TABLE name`). An unknown name is an error unless `if_exists`.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// session.uncache("big_orders", false).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn uncache(&self, name: &str, if_exists: bool) -> Result<bool> {
+        let mut client = self.inner.client.clone();
+        let existed = client
+            .uncache_table(pb::UncacheRequest {
+                name: name.to_string(),
+                if_exists,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .existed;
+        let _ = self.inner.ctx.deregister_table(name);
+        Ok(existed)
+    }
+
+    /// Lets local planning ([`Session::sql`], DataFrames) see a cached table.
+    fn register_cached(&self, name: &str, schema: arrow::datatypes::SchemaRef) -> Result<()> {
+        let table = drove_exec::cache::CachedTable {
+            id: 0,
+            name: name.to_string(),
+            schema,
+            partitions: 1,
+        };
+        let _ = self.inner.ctx.deregister_table(name);
+        self.inner.ctx.register_table(name, Arc::new(table))?;
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        query: pb::submit_job_request::Query,
+        name: String,
+        cache_as: String,
+    ) -> Result<QueryResult> {
         let tables = self
             .tables()
             .into_iter()
@@ -442,6 +525,7 @@ impl Session {
                 query: Some(query),
                 tables,
                 name,
+                cache_as,
             })
             .await
             .map_err(status_error)?
@@ -588,6 +672,68 @@ fn existing_path(path: &Path) -> Result<&str> {
 }
 
 /// A short label for a job: the start of its SQL on one line.
+/// `CACHE TABLE name AS query` and `UNCACHE TABLE [IF EXISTS] name`, which DataFusion's
+/// SQL does not know; the client turns them into calls of its own.
+#[derive(Debug, PartialEq, Eq)]
+enum CacheStatement<'a> {
+    Cache { name: &'a str, query: &'a str },
+    Uncache { name: &'a str, if_exists: bool },
+}
+
+impl<'a> CacheStatement<'a> {
+    /// The statement `sql` is, if it is one of these; an error if it is one, malformed.
+    fn parse(sql: &'a str) -> Result<Option<Self>> {
+        let text = sql.trim().trim_end_matches(';').trim();
+        let mut words = text.split_whitespace();
+        let first = words.next().unwrap_or_default().to_ascii_uppercase();
+        if first != "CACHE" && first != "UNCACHE" {
+            return Ok(None);
+        }
+        if !words
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("TABLE"))
+        {
+            return Ok(None);
+        }
+        if first == "UNCACHE" {
+            let rest: Vec<&str> = words.collect();
+            return match rest.as_slice() {
+                [name] => Ok(Some(Self::Uncache {
+                    name,
+                    if_exists: false,
+                })),
+                [i, e, name]
+                    if i.eq_ignore_ascii_case("IF") && e.eq_ignore_ascii_case("EXISTS") =>
+                {
+                    Ok(Some(Self::Uncache {
+                        name,
+                        if_exists: true,
+                    }))
+                }
+                _ => Err(Error::Rejected(
+                    "write UNCACHE TABLE [IF EXISTS] name".into(),
+                )),
+            };
+        }
+        let usage = || {
+            Error::Rejected(
+                "write CACHE TABLE name AS query, e.g. CACHE TABLE recent AS SELECT * FROM orders WHERE o_orderdate > '1998-01-01', as a statement of its own".into(),
+            )
+        };
+        let name = words.next().ok_or_else(usage)?;
+        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("AS")) {
+            return Err(usage());
+        }
+        // The query is everything after the AS that follows the name.
+        let after_name = &text[text.find(name).map_or(0, |i| i + name.len())..];
+        let query = after_name.trim_start()[2..].trim();
+        if query.is_empty() {
+            return Err(usage());
+        }
+        Ok(Some(Self::Cache { name, query }))
+    }
+}
+
 fn name_of(sql: &str) -> String {
     let line = sql.split_whitespace().collect::<Vec<_>>().join(" ");
     line.chars().take(80).collect()
@@ -711,13 +857,105 @@ impl DataFrame {
     /// # }
     /// ```
     pub async fn collect_with_summary(self) -> Result<QueryResult> {
-        let plan = datafusion_proto::bytes::logical_plan_to_bytes(self.df.logical_plan())?;
         self.session
-            .run(
-                pb::submit_job_request::Query::LogicalPlan(plan.to_vec()),
-                "dataframe".to_string(),
-            )
+            .run(self.encoded()?, "dataframe".to_string(), String::new())
             .await
+    }
+
+    fn encoded(&self) -> Result<pb::submit_job_request::Query> {
+        let codec = drove_exec::cache::CacheCodec::new([]);
+        let plan = datafusion_proto::bytes::logical_plan_to_bytes_with_extension_codec(
+            self.df.logical_plan(),
+            &codec,
+        )?;
+        Ok(pb::submit_job_request::Query::LogicalPlan(plan.to_vec()))
+    }
+
+    /// Computes this DataFrame now and keeps its partitions in the workers' memory
+    /// (spilling under pressure); returns a DataFrame that reads them, for reuse by
+    /// later jobs. A partition lost with its worker is computed again from the
+    /// DataFrame's plan. Free it with [`DataFrame::unpersist`].
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) -> drove_client::Result<()> {
+    /// let links = df.cache().await?;
+    /// for _ in 0..10 {
+    ///     let n = links.clone().collect().await?;
+    /// }
+    /// links.unpersist().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn cache(self) -> Result<DataFrame> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let name = format!(
+            "dataframe_cache_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        self.cache_as(&name).await
+    }
+
+    /// [`DataFrame::cache`] under a name that SQL can use.
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) -> drove_client::Result<()> {
+    /// let points = df.cache_as("points").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn cache_as(self, name: &str) -> Result<DataFrame> {
+        let session = self.session.clone();
+        let result = session
+            .run(self.encoded()?, format!("cache {name}"), name.to_string())
+            .await?;
+        session.register_cached(name, result.schema)?;
+        let df = session.inner.ctx.table(name).await?;
+        Ok(DataFrame { session, df })
+    }
+
+    /// The same as [`DataFrame::cache`]: cached partitions always spill to disk under
+    /// memory pressure rather than being dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) -> drove_client::Result<()> {
+    /// let kept = df.persist().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn persist(self) -> Result<DataFrame> {
+        self.cache().await
+    }
+
+    /// Frees the cached table this DataFrame reads (one [`DataFrame::cache`] returned);
+    /// false if it reads none.
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) -> drove_client::Result<()> {
+    /// df.unpersist().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn unpersist(&self) -> Result<bool> {
+        use datafusion::logical_expr::LogicalPlan;
+        let mut plan = self.df.logical_plan();
+        // A cached DataFrame's plan is a scan of the table, perhaps under a projection.
+        loop {
+            match plan {
+                LogicalPlan::Projection(p) => plan = &p.input,
+                LogicalPlan::SubqueryAlias(a) => plan = &a.input,
+                LogicalPlan::TableScan(scan) => {
+                    let cached = datafusion::datasource::source_as_provider(&scan.source)
+                        .ok()
+                        .is_some_and(|p| p.is::<drove_exec::cache::CachedTable>());
+                    if !cached {
+                        return Ok(false);
+                    }
+                    return self.session.uncache(scan.table_name.table(), true).await;
+                }
+                _ => return Ok(false),
+            }
+        }
     }
 
     fn map(
@@ -742,6 +980,14 @@ pub struct QueryResult {
 }
 
 impl QueryResult {
+    fn empty() -> Self {
+        Self {
+            schema: Arc::new(arrow::datatypes::Schema::empty()),
+            batches: Vec::new(),
+            summary: JobSummary::default(),
+        }
+    }
+
     /// Rows in the result.
     ///
     /// ```no_run
@@ -783,6 +1029,9 @@ pub struct JobSummary {
     pub stages: Vec<StageSummary>,
     /// Named counts summed over the job's tasks (e.g. `invalid_utf8_lines`).
     pub counters: BTreeMap<String, u64>,
+    /// Bytes its tasks spilled to disk, and how many spills.
+    pub spilled_bytes: u64,
+    pub spill_count: u64,
 }
 
 impl JobSummary {
@@ -823,6 +1072,8 @@ impl JobSummary {
             elapsed_ms: status.elapsed_ms,
             stages,
             counters,
+            spilled_bytes: status.spilled_bytes,
+            spill_count: status.spill_count,
         }
     }
 

@@ -112,6 +112,7 @@ impl Session {
             .run(
                 pb::submit_job_request::Query::PhysicalPlan(bytes),
                 format!("mapreduce {}", options.job),
+                String::new(),
             )
             .await;
         let result = match outcome {

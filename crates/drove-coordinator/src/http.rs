@@ -79,6 +79,7 @@ pub fn skewed(task: &pb::TaskRun, stage: &pb::StageStatus) -> bool {
 }
 
 pub fn worker_json(w: &pb::WorkerStatus) -> Value {
+    let memory = w.memory.unwrap_or_default();
     json!({
         "worker_id": w.worker_id,
         "flight_addr": w.flight_addr,
@@ -87,6 +88,15 @@ pub fn worker_json(w: &pb::WorkerStatus) -> Value {
         "heartbeat_age_ms": w.heartbeat_age_ms,
         "state": if w.draining { "draining" } else { "active" },
         "block_bytes": w.block_bytes,
+        "memory": {
+            "budget_bytes": memory.budget_bytes,
+            "block_bytes": memory.block_bytes,
+            "execution_bytes": memory.execution_bytes,
+            "peak_bytes": memory.peak_bytes,
+            "disk_bytes": memory.disk_bytes,
+            "spilled_bytes_total": memory.spilled_bytes_total,
+            "spill_count": memory.spill_count,
+        },
     })
 }
 
@@ -103,6 +113,8 @@ pub fn job_summary_json(j: &pb::JobStatus) -> Value {
         "stages": j.stages.len(),
         "tasks_total": tasks_total,
         "tasks_done": tasks_done,
+        "spilled_bytes": j.spilled_bytes,
+        "spill_count": j.spill_count,
     })
 }
 
@@ -116,6 +128,7 @@ fn task_json(t: &pb::TaskRun, stage: &pb::StageStatus) -> Value {
         "output_bytes": t.output_bytes,
         "local_read_bytes": t.local_read_bytes,
         "remote_read_bytes": t.remote_read_bytes,
+        "spilled_bytes": t.spilled_bytes,
         "skewed": skewed(t, stage),
     })
 }
@@ -375,6 +388,49 @@ async fn metrics(State(coordinator): State<Coordinator>) -> Response {
         "Bytes of shuffle blocks held in memory per worker.",
         &per_worker(&|w| w.block_bytes.to_string()),
     );
+    let memory = |f: fn(&pb::MemoryStats) -> u64| {
+        move |w: &pb::WorkerStatus| f(&w.memory.unwrap_or_default()).to_string()
+    };
+    for (name, kind, help, f) in [
+        (
+            "drove_worker_memory_budget_bytes",
+            "gauge",
+            "Each worker's memory budget.",
+            memory(|m| m.budget_bytes),
+        ),
+        (
+            "drove_worker_memory_execution_bytes",
+            "gauge",
+            "Bytes the running tasks' operators hold per worker.",
+            memory(|m| m.execution_bytes),
+        ),
+        (
+            "drove_worker_memory_peak_bytes",
+            "gauge",
+            "The most memory blocks and operators have held at once per worker.",
+            memory(|m| m.peak_bytes),
+        ),
+        (
+            "drove_worker_spill_disk_bytes",
+            "gauge",
+            "Bytes of spilled data on disk now per worker.",
+            memory(|m| m.disk_bytes),
+        ),
+        (
+            "drove_worker_spilled_bytes_total",
+            "counter",
+            "Bytes spilled to disk per worker since it started.",
+            memory(|m| m.spilled_bytes_total),
+        ),
+        (
+            "drove_worker_spills_total",
+            "counter",
+            "Spills per worker since it started.",
+            memory(|m| m.spill_count),
+        ),
+    ] {
+        family(name, kind, help, &per_worker(&f));
+    }
     family(
         "drove_worker_heartbeat_age_seconds",
         "gauge",

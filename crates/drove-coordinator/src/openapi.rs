@@ -58,6 +58,8 @@ pub fn document() -> Value {
         ("stages", int()),
         ("tasks_total", int()),
         ("tasks_done", int()),
+        ("spilled_bytes", int()),
+        ("spill_count", int()),
     ];
     let mut job_fields = job_summary_fields.clone();
     job_fields.retain(|(k, _)| *k != "stages");
@@ -77,6 +79,18 @@ pub fn document() -> Value {
             json!({ "type": "string", "enum": ["active", "draining"] }),
         ),
         ("block_bytes", int()),
+        (
+            "memory",
+            object(&[
+                ("budget_bytes", int()),
+                ("block_bytes", int()),
+                ("execution_bytes", int()),
+                ("peak_bytes", int()),
+                ("disk_bytes", int()),
+                ("spilled_bytes_total", int()),
+                ("spill_count", int()),
+            ]),
+        ),
     ];
     let mut worker_detail_fields = worker_fields.clone();
     worker_detail_fields.push((
@@ -166,6 +180,7 @@ pub fn document() -> Value {
                 ("output_bytes", int()),
                 ("local_read_bytes", int()),
                 ("remote_read_bytes", int()),
+                ("spilled_bytes", int()),
                 ("skewed", json!({ "type": "boolean" })),
             ]),
             "Cluster": object(&[

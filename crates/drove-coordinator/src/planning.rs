@@ -9,7 +9,8 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::DFParser;
-use drove_exec::planner::{self, OutputMode};
+use drove_exec::cache::{CacheCodec, CachedTable};
+use drove_exec::planner::{self, OutputMode, Stage};
 use drove_exec::shuffle::schema_to_bytes;
 use drove_exec::tables::{self, TableSpec};
 use drove_exec::{codec, session};
@@ -38,6 +39,12 @@ pub struct PlannedStage {
     pub root: String,
     /// The stage's plan as text, for people.
     pub plan_text: String,
+    /// The cached table whose blocks this stage writes.
+    pub cache: Option<u64>,
+    /// For a stage of a cached table's lineage: the table and the stage's id in the
+    /// job that cached it.
+    pub origin: Option<(u64, u32)>,
+    pub local_input: Option<u32>,
 }
 
 /// A job ready to schedule.
@@ -48,13 +55,41 @@ pub struct PlannedJob {
     pub physical_plan: String,
     pub settings: HashMap<String, String>,
     pub result_schema: Vec<u8>,
+    /// The stages as plans: a cached table keeps them as its lineage.
+    pub lineage: Vec<Stage>,
 }
 
-/// Plans a job: registers its tables, runs its DDL statements, plans the last query and
-/// cuts it into stages.
+/// The cached tables a job may read, and the stages that computed each.
+#[derive(Debug, Clone, Default)]
+pub struct Caches {
+    pub tables: Vec<CachedTable>,
+    pub lineage: HashMap<u64, Vec<Stage>>,
+}
+
+/// Plans a job: registers its tables and the cached ones, runs its DDL statements,
+/// plans the last query and cuts it into stages. With `cache_as`, the final stage
+/// writes the blocks of that cached table.
 pub async fn plan(
     query: &Query,
     tables: &[TableSpec],
+    caches: &Caches,
+    cache_as: Option<u64>,
+    target_partitions: usize,
+) -> Result<PlannedJob> {
+    let mut planned = plan_stages(query, tables, caches, target_partitions).await?;
+    if let Some(cache) = cache_as
+        && let (Some(last), Some(stage)) = (planned.lineage.last_mut(), planned.stages.last_mut())
+    {
+        last.cache = Some(cache);
+        stage.cache = Some(cache);
+    }
+    Ok(planned)
+}
+
+async fn plan_stages(
+    query: &Query,
+    tables: &[TableSpec],
+    caches: &Caches,
     target_partitions: usize,
 ) -> Result<PlannedJob> {
     let mut settings = session::settings(target_partitions);
@@ -70,12 +105,26 @@ pub async fn plan(
         tables::register(&ctx, table).await?;
         names.push(table.name.clone());
     }
+    for table in &caches.tables {
+        if names.contains(&table.name) {
+            return Err(Error::User(format!(
+                "table '{}' is registered and cached under the same name; rename one, or UNCACHE TABLE {} first",
+                table.name, table.name
+            )));
+        }
+        ctx.register_table(table.name.as_str(), Arc::new(table.clone()))?;
+        names.push(table.name.clone());
+    }
+    let distribute = |physical| distribute(physical, settings.clone(), caches);
     let logical = match query {
         Query::Sql(sql) => plan_sql(&ctx, sql, &names).await?,
         Query::LogicalPlan(bytes) => {
-            datafusion_proto::bytes::logical_plan_from_bytes(bytes, &ctx.task_ctx()).map_err(
-                |e| Error::User(format!("the submitted logical plan cannot be read: {e}")),
-            )?
+            datafusion_proto::bytes::logical_plan_from_bytes_with_extension_codec(
+                bytes,
+                &ctx.task_ctx(),
+                &CacheCodec::new(caches.tables.iter().cloned()),
+            )
+            .map_err(|e| Error::User(format!("the submitted logical plan cannot be read: {e}")))?
         }
         Query::PhysicalPlan(bytes) => {
             let physical = codec::plan_from_bytes(bytes, &ctx.task_ctx()).map_err(|e| match e {
@@ -84,7 +133,7 @@ pub async fn plan(
                 }
                 other => Error::from(other),
             })?;
-            return distribute(physical, settings);
+            return distribute(physical);
         }
     };
     let mut physical = ctx
@@ -98,21 +147,24 @@ pub async fn plan(
             .with_config(session::config(&settings)?)
             .build();
         physical = state.create_physical_plan(&logical).await?;
+        return self::distribute(physical, settings, caches);
     }
-    distribute(physical, settings)
+    distribute(physical)
 }
 
 /// Cuts a physical plan into stages and encodes them for the workers.
 fn distribute(
     physical: Arc<dyn ExecutionPlan>,
     settings: HashMap<String, String>,
+    caches: &Caches,
 ) -> Result<PlannedJob> {
     let physical_plan = datafusion::physical_plan::displayable(physical.as_ref())
         .indent(false)
         .to_string();
     debug!("physical plan:\n{physical_plan}");
     let result_schema = schema_to_bytes(&physical.schema())?;
-    let distributed = planner::split(physical)?;
+    let distributed =
+        planner::split_with_caches(physical, &|cache| caches.lineage.get(&cache).cloned())?;
     let stages = distributed
         .stages
         .iter()
@@ -127,6 +179,9 @@ fn distribute(
                 plan_text: datafusion::physical_plan::displayable(s.plan.as_ref())
                     .indent(false)
                     .to_string(),
+                cache: s.cache,
+                origin: s.origin,
+                local_input: s.local_input,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -135,6 +190,7 @@ fn distribute(
         physical_plan,
         settings,
         result_schema,
+        lineage: distributed.stages,
     })
 }
 

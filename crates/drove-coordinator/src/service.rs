@@ -118,7 +118,11 @@ impl CoordinatorRpc for Service {
             .into_iter()
             .map(table_spec)
             .collect::<Result<Vec<_>, _>>()?;
-        let job = self.coordinator.submit(request.name, query, tables).await?;
+        let cache_as = (!request.cache_as.is_empty()).then_some(request.cache_as);
+        let job = self
+            .coordinator
+            .submit(request.name, query, tables, cache_as)
+            .await?;
         Ok(Response::new(pb::SubmitJobResponse { job_id: job.0 }))
     }
 
@@ -164,6 +168,21 @@ impl CoordinatorRpc for Service {
         let job = JobId(request.into_inner().job_id);
         self.coordinator.release(job)?;
         Ok(Response::new(pb::ReleaseJobResponse {}))
+    }
+
+    async fn uncache_table(
+        &self,
+        request: Request<pb::UncacheRequest>,
+    ) -> Result<Response<pb::UncacheResponse>, Status> {
+        let request = request.into_inner();
+        let existed = self.coordinator.uncache(&request.name);
+        if !existed && !request.if_exists {
+            return Err(Status::not_found(format!(
+                "no table '{}' is cached; `UNCACHE TABLE IF EXISTS {}` ignores that",
+                request.name, request.name
+            )));
+        }
+        Ok(Response::new(pb::UncacheResponse { existed }))
     }
 
     async fn cluster_status(

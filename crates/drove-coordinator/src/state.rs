@@ -8,11 +8,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use drove_core::meta::{JobEnd, MetaCommand, MetaLog};
 use drove_core::scheduler::{
-    Command, ErrorKind, Event, FetchFailure, JobSpec, Scheduler, SchedulerConfig, StageSpec,
-    TaskError, TaskState, TaskStats,
+    Command, ErrorKind, Event, Existing, FetchFailure, JobSpec, Output, Scheduler, SchedulerConfig,
+    StageSpec, TaskError, TaskState, TaskStats,
 };
 use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
-use drove_exec::planner::OutputMode;
+use drove_exec::cache::CachedTable;
+use drove_exec::planner::{OutputMode, Stage};
 use drove_exec::tables::TableSpec;
 use drove_proto as pb;
 use tokio::sync::{mpsc, watch};
@@ -41,6 +42,7 @@ struct WorkerConn {
     tx: WorkerTx,
     last_heartbeat: Instant,
     block_bytes: u64,
+    memory: pb::MemoryStats,
 }
 
 /// Counters for `/metrics`; they only grow.
@@ -80,6 +82,16 @@ struct JobRecord {
     /// Frozen once the job ends and the scheduler may forget it.
     final_status: Option<pb::JobStatus>,
     released: bool,
+    /// The table this job caches (CACHE TABLE name AS ...): its result stays on the
+    /// workers instead of going to the client.
+    caches_as: Option<(String, u64)>,
+}
+
+/// A cached table: where its partitions are, and the stages that computed them.
+struct CacheEntry {
+    table: CachedTable,
+    lineage: Vec<Stage>,
+    partitions: Vec<Output>,
 }
 
 struct State {
@@ -91,6 +103,9 @@ struct State {
     /// The scheduler's clock counts milliseconds from here.
     epoch: Instant,
     metrics: Metrics,
+    /// Cached tables by name.
+    caches: BTreeMap<String, CacheEntry>,
+    next_cache_id: u64,
 }
 
 fn now_ms() -> u64 {
@@ -119,6 +134,8 @@ impl Coordinator {
                 task_seconds_buckets: vec![0; TASK_SECONDS_BUCKETS.len()],
                 ..Default::default()
             },
+            caches: BTreeMap::new(),
+            next_cache_id: 1,
         };
         Self {
             inner: Arc::new(Inner {
@@ -169,6 +186,7 @@ impl Coordinator {
                 tx,
                 last_heartbeat: Instant::now(),
                 block_bytes: 0,
+                memory: pb::MemoryStats::default(),
             },
         );
         state.handle(Event::WorkerJoined { worker, slots });
@@ -183,6 +201,9 @@ impl Coordinator {
         };
         conn.last_heartbeat = Instant::now();
         conn.block_bytes = heartbeat.block_bytes;
+        if let Some(memory) = heartbeat.memory {
+            conn.memory = memory;
+        }
         state.handle(Event::WorkerHeartbeat { worker });
         for status in heartbeat.statuses {
             let Some(key) = status.task else { continue };
@@ -205,6 +226,8 @@ impl Coordinator {
                         remote_read_bytes: s.remote_read_bytes,
                         elapsed_ms: s.elapsed_ms,
                         counters: s.counters.into_iter().collect(),
+                        spilled_bytes: s.spilled_bytes,
+                        spill_count: s.spill_count,
                     },
                 },
                 Some(pb::task_status::Outcome::Failed(f)) => Event::TaskFailed {
@@ -288,12 +311,14 @@ impl Coordinator {
         state.handle(Event::WorkerDraining { worker });
     }
 
-    /// Plans and submits a job; returns its id once it is queued.
+    /// Plans and submits a job; returns its id once it is queued. With `cache_as`, the
+    /// job's result becomes the cached table of that name.
     pub async fn submit(
         &self,
         name: String,
         query: Query,
         tables: Vec<TableSpec>,
+        cache_as: Option<String>,
     ) -> Result<JobId> {
         let sql = match &query {
             Query::Sql(sql) => sql.clone(),
@@ -305,8 +330,23 @@ impl Coordinator {
             .target_partitions
             .unwrap_or_else(|| self.lock().scheduler.total_slots() as usize)
             .max(1);
-        let planned = planning::plan(&query, &tables, target_partitions).await?;
+        let (caches, cache_id) = {
+            let mut state = self.lock();
+            let cache_id = match &cache_as {
+                Some(table) => Some(state.claim_cache_name(table)?),
+                None => None,
+            };
+            (state.caches_for_planning(), cache_id)
+        };
+        let planned = planning::plan(&query, &tables, &caches, cache_id, target_partitions).await?;
         let mut state = self.lock();
+        if let Some(table) = &cache_as
+            && state.caches.contains_key(table)
+        {
+            return Err(Error::User(format!(
+                "table '{table}' was cached by another job meanwhile; UNCACHE TABLE {table} first"
+            )));
+        }
         let job = state.meta.state().next_job_id();
         let _span = info_span!("job", %job).entered();
         let spec = JobSpec {
@@ -318,6 +358,8 @@ impl Coordinator {
                     id: StageId(s.id),
                     tasks: s.tasks,
                     depends_on: s.depends_on.iter().map(|d| StageId(*d)).collect(),
+                    existing: state.existing_outputs(s),
+                    local_input: s.local_input.map(StageId),
                 })
                 .collect(),
             final_stage: StageId(planned.stages.last().map_or(0, |s| s.id)),
@@ -347,6 +389,7 @@ impl Coordinator {
                 changed: watch::channel(0).0,
                 final_status: None,
                 released: false,
+                caches_as: cache_as.zip(cache_id),
             },
         );
         state.handle(Event::JobSubmitted(spec));
@@ -399,6 +442,18 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Forgets a cached table and frees its blocks on every worker; false if no table
+    /// of that name is cached.
+    pub fn uncache(&self, name: &str) -> bool {
+        let mut state = self.lock();
+        let Some(entry) = state.caches.remove(name) else {
+            return false;
+        };
+        info!(table = name, cache = entry.table.id, "uncaching");
+        state.release_cache(entry.table.id);
+        true
+    }
+
     /// The workers and recent jobs (newest first).
     pub fn cluster_status(&self) -> pb::ClusterStatusResponse {
         let state = self.lock();
@@ -413,6 +468,7 @@ impl Coordinator {
                 heartbeat_age_ms: w.last_heartbeat.elapsed().as_millis() as u64,
                 draining: state.scheduler.is_draining(*id),
                 block_bytes: w.block_bytes,
+                memory: Some(w.memory),
             })
             .collect();
         let jobs = state.recent_jobs();
@@ -543,6 +599,7 @@ impl State {
                 None
             }
             Command::JobSucceeded { job } => {
+                self.keep_cached_outputs(job);
                 self.end_job(
                     job,
                     pb::JobState::Succeeded,
@@ -607,6 +664,7 @@ impl State {
             attempt: a,
             worker: w,
             stats,
+            ..
         }) = task
             && *a == attempt.attempt
             && *w == worker
@@ -719,24 +777,155 @@ impl State {
             },
             inputs,
             settings: record.planned.settings.clone(),
+            cache_id: stage.cache.unwrap_or(0),
         })
     }
 
-    fn map_outputs(&self, outputs: &[(u32, WorkerId)]) -> Vec<pb::MapOutput> {
+    fn map_outputs(&self, outputs: &[Output]) -> Vec<pb::MapOutput> {
         outputs
             .iter()
             .enumerate()
-            .map(|(partition, (attempt, worker))| pb::MapOutput {
+            .map(|(partition, o)| pb::MapOutput {
                 partition: partition as u32,
-                attempt: *attempt,
-                worker_id: worker.0,
+                attempt: o.attempt,
+                worker_id: o.worker.0,
                 flight_addr: self
                     .workers
-                    .get(worker)
+                    .get(&o.worker)
                     .map(|w| w.flight_addr.clone())
                     .unwrap_or_default(),
+                job_id: o.origin.0.0,
+                stage_id: o.origin.1.0,
             })
             .collect()
+    }
+
+    /// Checks that `name` can be cached and numbers the table.
+    fn claim_cache_name(&mut self, name: &str) -> Result<u64> {
+        let valid = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            return Err(Error::User(format!(
+                "'{name}' cannot name a cached table; use letters, digits and '_', not starting with a digit"
+            )));
+        }
+        if self.caches.contains_key(name) {
+            return Err(Error::User(format!(
+                "table '{name}' is already cached; UNCACHE TABLE {name} first to cache it anew"
+            )));
+        }
+        let id = self.next_cache_id;
+        self.next_cache_id += 1;
+        Ok(id)
+    }
+
+    fn caches_for_planning(&self) -> planning::Caches {
+        planning::Caches {
+            tables: self.caches.values().map(|e| e.table.clone()).collect(),
+            lineage: self
+                .caches
+                .values()
+                .map(|e| (e.table.id, e.lineage.clone()))
+                .collect(),
+        }
+    }
+
+    /// What of a stage exists before its job runs: a cached table's partitions where
+    /// they are, and nothing (but lineage) for the stages that computed them.
+    fn existing_outputs(&self, stage: &planning::PlannedStage) -> Vec<Existing> {
+        let Some((cache, original)) = stage.origin else {
+            return Vec::new();
+        };
+        let entry = self.caches.values().find(|e| e.table.id == cache);
+        match entry {
+            Some(e) if stage.cache == Some(cache) && e.partitions.len() == stage.tasks as usize => {
+                e.partitions
+                    .iter()
+                    .map(|o| Existing {
+                        attempt: o.attempt,
+                        worker: o.worker,
+                        origin: o.origin,
+                    })
+                    .collect()
+            }
+            _ => (0..stage.tasks)
+                .map(|_| Existing {
+                    attempt: 0,
+                    worker: WorkerId::NOWHERE,
+                    origin: (JobId(0), StageId(original)),
+                })
+                .collect(),
+        }
+    }
+
+    /// After a job succeeded: a table it cached becomes available, and partitions of
+    /// cached tables it had to compute again replace the lost ones.
+    fn keep_cached_outputs(&mut self, job: JobId) {
+        let Some(record) = self.jobs.get(&job) else {
+            return;
+        };
+        let cached_stages: Vec<(u32, u64)> = record
+            .planned
+            .stages
+            .iter()
+            .filter_map(|s| Some((s.id, s.cache?)))
+            .collect();
+        let new_table = record.caches_as.clone();
+        let schema = record.planned.lineage.last().map(|s| s.plan.schema());
+        let lineage = record.planned.lineage.clone();
+        for (stage, cache) in cached_stages {
+            let Some(outputs) = self.scheduler.stage_outputs(job, StageId(stage)) else {
+                continue;
+            };
+            match &new_table {
+                Some((name, id)) if *id == cache => {
+                    let Some(schema) = schema.clone() else {
+                        continue;
+                    };
+                    info!(table = %name, cache, partitions = outputs.len(), "table cached");
+                    let table = CachedTable {
+                        id: cache,
+                        name: name.clone(),
+                        schema,
+                        partitions: outputs.len(),
+                    };
+                    self.caches.insert(
+                        name.clone(),
+                        CacheEntry {
+                            table,
+                            lineage: lineage.clone(),
+                            partitions: outputs,
+                        },
+                    );
+                }
+                _ => match self.caches.values_mut().find(|e| e.table.id == cache) {
+                    Some(entry) => {
+                        for (p, o) in outputs.into_iter().enumerate() {
+                            if o.origin.0 == job && p < entry.partitions.len() {
+                                info!(
+                                    cache,
+                                    partition = p,
+                                    "a lost cached partition was computed again"
+                                );
+                                entry.partitions[p] = o;
+                            }
+                        }
+                    }
+                    // Uncached while this job ran: free what it computed for it.
+                    None => self.release_cache(cache),
+                },
+            }
+        }
+    }
+
+    fn release_cache(&self, cache: u64) {
+        for worker in self.workers.keys() {
+            self.send(
+                *worker,
+                pb::coordinator_message::Kind::ReleaseCache(pb::ReleaseCache { cache_id: cache }),
+            );
+        }
     }
 
     fn status(&self, job: JobId) -> Option<pb::JobStatus> {
@@ -745,7 +934,7 @@ impl State {
             return Some(s.clone());
         }
         let final_stage = record.planned.stages.last().map_or(0, |s| s.id);
-        let stages = record
+        let stages: Vec<pb::StageStatus> = record
             .planned
             .stages
             .iter()
@@ -781,6 +970,7 @@ impl State {
                             attempt,
                             worker,
                             stats,
+                            ..
                         } => {
                             status.tasks_done += 1;
                             status.tasks.push(pb::TaskRun {
@@ -793,6 +983,8 @@ impl State {
                                 remote_read_bytes: stats.remote_read_bytes,
                                 elapsed_ms: stats.elapsed_ms,
                                 counters: stats.counters.clone().into_iter().collect(),
+                                spilled_bytes: stats.spilled_bytes,
+                                spill_count: stats.spill_count,
                             });
                         }
                     }
@@ -800,7 +992,7 @@ impl State {
                 status
             })
             .collect();
-        let result = if record.state == pb::JobState::Succeeded {
+        let result = if record.state == pb::JobState::Succeeded && record.caches_as.is_none() {
             self.scheduler
                 .stage_outputs(job, StageId(final_stage))
                 .map(|o| self.map_outputs(&o))
@@ -809,6 +1001,9 @@ impl State {
             Vec::new()
         };
         let elapsed = record.ended.unwrap_or_else(Instant::now) - record.started;
+        let tasks = || stages.iter().flat_map(|s: &pb::StageStatus| &s.tasks);
+        let spilled_bytes = tasks().map(|t| t.spilled_bytes).sum();
+        let spill_count = tasks().map(|t| t.spill_count).sum();
         Some(pb::JobStatus {
             job_id: job.0,
             state: record.state as i32,
@@ -822,6 +1017,8 @@ impl State {
             sql: record.sql.clone(),
             physical_plan: record.planned.physical_plan.clone(),
             submitted_unix_ms: record.submitted_unix_ms,
+            spilled_bytes,
+            spill_count,
         })
     }
 }

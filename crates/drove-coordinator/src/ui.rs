@@ -70,16 +70,22 @@ pub fn overview(status: &pb::ClusterStatusResponse) -> String {
         status.workers.len(),
         jobs.len()
     );
-    b.push_str("<h2>Workers</h2><table id=\"workers\"><tr><th>worker</th><th>address</th><th>state</th><th>slots</th><th>running</th><th>block memory</th><th>heartbeat age</th></tr>");
+    b.push_str("<h2>Workers</h2><table id=\"workers\"><tr><th>worker</th><th>address</th><th>state</th><th>slots</th><th>running</th><th>block memory</th><th>task memory</th><th>peak / budget</th><th>spilled</th><th>heartbeat age</th></tr>");
     for w in &status.workers {
         let state = if w.draining { "draining" } else { "active" };
+        let memory = w.memory.unwrap_or_default();
         let _ = write!(
             b,
-            "<tr class=\"worker\"><td><a href=\"/workers/{id}\">worker-{id}</a></td><td>{}</td><td class=\"{state}\">{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"worker\"><td><a href=\"/workers/{id}\">worker-{id}</a></td><td>{}</td><td class=\"{state}\">{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{} in {} spills</td><td>{}</td></tr>",
             esc(&w.flight_addr),
             w.slots,
             w.running_tasks,
             human_bytes(w.block_bytes),
+            human_bytes(memory.execution_bytes),
+            human_bytes(memory.peak_bytes),
+            human_bytes(memory.budget_bytes),
+            human_bytes(memory.spilled_bytes_total),
+            memory.spill_count,
             millis(w.heartbeat_age_ms),
             id = w.worker_id,
         );

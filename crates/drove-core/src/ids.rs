@@ -7,12 +7,18 @@ use std::fmt;
 pub struct JobId(pub u64);
 
 /// A stage within a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StageId(pub u32);
 
 /// A worker, unique for the coordinator's lifetime: a worker that re-registers gets a new id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WorkerId(pub u64);
+
+impl WorkerId {
+    /// No worker: where an output that exists nowhere yet "lives" (see
+    /// `scheduler::Existing`). Never assigned to a real worker.
+    pub const NOWHERE: WorkerId = WorkerId(u64::MAX);
+}
 
 /// One partition of one stage: the unit of scheduling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

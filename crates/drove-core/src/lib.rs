@@ -40,3 +40,52 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{value:.1} {}", UNITS[unit])
     }
 }
+
+/// Parses a size such as `256MiB`, `2GiB`, `1.5G`, `512k` or `1048576` (bytes). Units are
+/// binary (K = KiB = 1024 bytes) and case-insensitive; a trailing `B` is optional.
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let bad = || {
+        format!("'{text}' is not a size; write it as a number with a unit, such as 256MiB or 2GiB")
+    };
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.strip_suffix('b').unwrap_or(&unit);
+    let unit = unit.strip_suffix('i').unwrap_or(unit);
+    let scale: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = number * scale as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("2g"), Ok(2 << 30));
+        assert_eq!(parse_bytes("1.5 GB"), Ok(3 << 29));
+        assert_eq!(parse_bytes("512k"), Ok(512 << 10));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        for bad in ["", "MiB", "12 parsecs", "-1GiB", "1..2M"] {
+            let e = parse_bytes(bad).unwrap_err();
+            assert!(e.contains("256MiB"), "{bad}: {e}");
+        }
+    }
+}

@@ -71,11 +71,29 @@ impl Default for SchedulerConfig {
 }
 
 /// A stage as the scheduler sees it: how many tasks, and which stages it reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StageSpec {
     pub id: StageId,
     pub tasks: u32,
     pub depends_on: Vec<StageId>,
+    /// Outputs that exist before the job starts, one per task, or none at all: a cached
+    /// table's partitions, and the stages that computed them. Those tasks start done;
+    /// lineage recovery recomputes any that are needed and gone.
+    pub existing: Vec<Existing>,
+    /// Task p reads output p of this stage (one of `depends_on`), so it prefers to run
+    /// where that output is, when that worker has a free slot.
+    pub local_input: Option<StageId>,
+}
+
+/// An output that exists before its job starts (see [`StageSpec::existing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Existing {
+    pub attempt: u32,
+    /// [`WorkerId::NOWHERE`] for an output that exists nowhere: the stage is there for
+    /// its lineage only, and runs if an output that depends on it is lost.
+    pub worker: WorkerId,
+    /// The job and stage that wrote it, which name its blocks.
+    pub origin: (JobId, StageId),
 }
 
 /// A job as the scheduler sees it. The last stage's output is the job's result.
@@ -96,6 +114,9 @@ pub struct TaskStats {
     pub elapsed_ms: u64,
     /// Named counts the task kept (e.g. invalid_utf8_lines).
     pub counters: BTreeMap<String, u64>,
+    /// Bytes the task spilled to disk, and how many spills.
+    pub spilled_bytes: u64,
+    pub spill_count: u64,
 }
 
 /// How an error should be treated.
@@ -255,7 +276,19 @@ pub enum TaskState {
         attempt: u32,
         worker: WorkerId,
         stats: TaskStats,
+        /// For an output that existed before the job (see [`StageSpec::existing`]): the
+        /// job and stage that wrote it. `None`: this job's own.
+        origin: Option<(JobId, StageId)>,
     },
+}
+
+/// Where one task's output lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Output {
+    pub attempt: u32,
+    pub worker: WorkerId,
+    /// The job and stage its blocks are named by.
+    pub origin: (JobId, StageId),
 }
 
 /// Attempts a stage has seen so far.
@@ -451,6 +484,22 @@ impl Scheduler {
             if !seen.insert(stage.id) {
                 return Err(Error::InvalidJob(format!("{} appears twice", stage.id)));
             }
+            if !stage.existing.is_empty() && stage.existing.len() != stage.tasks as usize {
+                return Err(Error::InvalidJob(format!(
+                    "{} has {} tasks but {} existing outputs",
+                    stage.id,
+                    stage.tasks,
+                    stage.existing.len()
+                )));
+            }
+            if let Some(input) = stage.local_input
+                && !stage.depends_on.contains(&input)
+            {
+                return Err(Error::InvalidJob(format!(
+                    "{} prefers to run by {input}'s outputs but does not read them",
+                    stage.id
+                )));
+            }
         }
         if !seen.contains(&spec.final_stage) {
             return Err(Error::InvalidJob(format!(
@@ -578,16 +627,23 @@ impl Scheduler {
         })
     }
 
-    /// Where each partition of a finished stage's output lives: (attempt, worker) per
-    /// partition. `None` unless every task of the stage is done.
-    pub fn stage_outputs(&self, job: JobId, stage: StageId) -> Option<Vec<(u32, WorkerId)>> {
+    /// Where each partition of a finished stage's output lives, in partition order.
+    /// `None` unless every task of the stage is done.
+    pub fn stage_outputs(&self, job: JobId, stage: StageId) -> Option<Vec<Output>> {
         let tasks = self.stage_tasks(job, stage)?;
         tasks
             .iter()
             .map(|t| match t {
                 TaskState::Done {
-                    attempt, worker, ..
-                } => Some((*attempt, *worker)),
+                    attempt,
+                    worker,
+                    origin,
+                    ..
+                } => Some(Output {
+                    attempt: *attempt,
+                    worker: *worker,
+                    origin: origin.unwrap_or((job, stage)),
+                }),
                 _ => None,
             })
             .collect()
@@ -640,9 +696,22 @@ impl Scheduler {
             .iter()
             .map(|s| {
                 let n = s.tasks as usize;
+                let tasks = if s.existing.is_empty() {
+                    vec![TaskState::Pending; n]
+                } else {
+                    s.existing
+                        .iter()
+                        .map(|e| TaskState::Done {
+                            attempt: e.attempt,
+                            worker: e.worker,
+                            stats: TaskStats::default(),
+                            origin: Some(e.origin),
+                        })
+                        .collect()
+                };
                 let state = StageState {
                     spec: s.clone(),
-                    tasks: vec![TaskState::Pending; n],
+                    tasks,
                     attempts: vec![0; n],
                     failures: vec![0; n],
                     speculative: 0,
@@ -726,6 +795,7 @@ impl Scheduler {
                 attempt: attempt.attempt,
                 worker,
                 stats,
+                origin: None,
             },
         ) else {
             unreachable!("running_task_mut returns running tasks only");
@@ -949,15 +1019,44 @@ impl Scheduler {
                 continue;
             }
             let done = job.done_stages();
+            // Where each output a stage prefers to run by lives.
+            let holders: BTreeMap<StageId, Vec<Option<WorkerId>>> = job
+                .stages
+                .values()
+                .filter_map(|s| s.spec.local_input)
+                .filter_map(|input| {
+                    let tasks = &job.stages.get(&input)?.tasks;
+                    let holders = tasks
+                        .iter()
+                        .map(|t| match t {
+                            TaskState::Done { worker, .. } => Some(*worker),
+                            _ => None,
+                        })
+                        .collect();
+                    Some((input, holders))
+                })
+                .collect();
             for (stage_id, stage) in &mut job.stages {
                 if !stage.spec.depends_on.iter().all(|d| done.contains(d)) {
                     continue;
                 }
+                let holders = stage.spec.local_input.and_then(|i| holders.get(&i));
                 for (partition, task) in stage.tasks.iter_mut().enumerate() {
                     if *task != TaskState::Pending {
                         continue;
                     }
-                    let Some(worker) = pick_worker(&mut self.workers, None) else {
+                    let local = holders
+                        .and_then(|h| h.get(partition).copied().flatten())
+                        .filter(|id| {
+                            self.workers
+                                .get(id)
+                                .is_some_and(|w| w.free_slots() > 0 && !w.draining)
+                        });
+                    let worker = match local {
+                        Some(id) => self.workers.get_mut(&id).map(|w| (id, w)),
+                        None => pick_worker(&mut self.workers, None),
+                    };
+                    let Some(worker) = worker else {
                         return;
                     };
                     let id = TaskId {
@@ -990,7 +1089,11 @@ impl Scheduler {
                 tasks
                     .iter()
                     .filter_map(|t| match t {
-                        TaskState::Done { stats, .. } => Some(stats.elapsed_ms),
+                        TaskState::Done {
+                            stats,
+                            origin: None,
+                            ..
+                        } => Some(stats.elapsed_ms),
                         _ => None,
                     })
                     .collect()
@@ -1158,6 +1261,7 @@ mod tests {
                     id: StageId(*s),
                     tasks: *n,
                     depends_on: deps.iter().map(|d| StageId(*d)).collect(),
+                    ..Default::default()
                 })
                 .collect(),
             final_stage: StageId(stages.last().unwrap().0),

@@ -260,7 +260,15 @@ impl World {
                         .sched
                         .stage_outputs(attempt.task.job, *dep)
                         .expect("launched only once its inputs are done");
-                    for (partition, (a, w)) in outputs.into_iter().enumerate() {
+                    for (
+                        partition,
+                        drove_core::scheduler::Output {
+                            attempt: a,
+                            worker: w,
+                            ..
+                        },
+                    ) in outputs.into_iter().enumerate()
+                    {
                         let task = TaskId {
                             job: attempt.task.job,
                             stage: *dep,
@@ -325,7 +333,13 @@ impl World {
             "every result partition exactly once"
         );
         let mut lost = false;
-        for (partition, (attempt, worker)) in outputs.iter().enumerate() {
+        for (
+            partition,
+            drove_core::scheduler::Output {
+                attempt, worker, ..
+            },
+        ) in outputs.iter().enumerate()
+        {
             let id = AttemptId {
                 task: TaskId {
                     job,
@@ -450,6 +464,7 @@ impl World {
                 id: StageId(s),
                 tasks: self.rng.range(1, 6) as u32,
                 depends_on,
+                ..Default::default()
             });
         }
         let poison = self.rng.chance(0.05).then(|| {

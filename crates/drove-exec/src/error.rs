@@ -68,6 +68,28 @@ pub fn classify(e: &DataFusionError) -> ErrorKind {
         DataFusionError::Diagnostic(_, inner) => classify(inner),
         DataFusionError::Collection(all) => all.first().map_or(ErrorKind::Internal, classify),
         DataFusionError::ExecutionJoin(_) => ErrorKind::Internal,
+        DataFusionError::ArrowError(inner, _) => classify_arrow(inner),
+        _ => ErrorKind::User,
+    }
+}
+
+/// Arrow's I/O errors (a full disk while spilling, say) are worth another attempt;
+/// its other errors are mistakes in the data or the plan.
+fn classify_arrow(e: &arrow::error::ArrowError) -> ErrorKind {
+    use arrow::error::ArrowError;
+    match e {
+        ArrowError::IoError(..) => ErrorKind::Transient,
+        ArrowError::ExternalError(inner) => {
+            if let Some(df) = inner.downcast_ref::<DataFusionError>() {
+                classify(df)
+            } else if let Some(own) = inner.downcast_ref::<Error>() {
+                own.kind()
+            } else if inner.downcast_ref::<std::io::Error>().is_some() {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::User
+            }
+        }
         _ => ErrorKind::User,
     }
 }

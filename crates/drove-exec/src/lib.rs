@@ -3,7 +3,8 @@
 //! - [`planner`] cuts a DataFusion physical plan into stages at its exchanges.
 //! - [`shuffle`] holds the shuffle reader node and the way tasks find their inputs.
 //! - [`codec`] lets drove's own nodes travel inside datafusion-proto plans.
-//! - [`blocks`] is a worker's store of shuffle blocks.
+//! - [`blocks`] is a worker's store of shuffle blocks, spilling past its memory limit.
+//! - [`cache`] is how plans see cached tables.
 //! - [`task`] runs one task: a stage's plan for one partition, written as blocks.
 //! - [`mapreduce`] runs user-written map, combine and reduce functions as plan nodes.
 //! - [`tables`] registers files as tables; [`tpch`] writes TPC-H data.
@@ -12,6 +13,7 @@
 //! partition, attempt), and only the attempt that wrote it is ever read.
 
 pub mod blocks;
+pub mod cache;
 pub mod codec;
 pub mod error;
 pub mod mapreduce;

@@ -24,8 +24,10 @@ use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, Partitioning, replace_children_if_necessary,
 };
 
+use crate::cache::CachedScanExec;
 use crate::shuffle::{ReadMode, ShuffleReaderExec};
 use crate::{Error, Result};
+use datafusion::common::tree_node::{Transformed, TreeNode};
 
 /// How a stage's tasks write their output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +49,14 @@ pub struct Stage {
     pub tasks: usize,
     /// Stages whose output this one reads.
     pub depends_on: Vec<u32>,
+    /// The cached table this stage's output is: its blocks belong to the cache.
+    pub cache: Option<u64>,
+    /// For a stage copied from a cached table's lineage: that table and the stage's id
+    /// in the job that cached it.
+    pub origin: Option<(u64, u32)>,
+    /// Task p reads partition p of this stage's output (a cached table), so it had
+    /// better run where that partition is.
+    pub local_input: Option<u32>,
 }
 
 impl Stage {
@@ -107,16 +117,96 @@ pub fn needs_partitioned_joins(plan: &Arc<dyn ExecutionPlan>) -> bool {
 
 /// Cuts `plan` into stages. See the module documentation.
 pub fn split(plan: Arc<dyn ExecutionPlan>) -> Result<DistributedPlan> {
+    split_with_caches(plan, &|_| None)
+}
+
+/// Cuts `plan` into stages; each cached table it scans brings the stages that
+/// computed it, which `lineage` gives by the table's id (the last one is the cached
+/// stage itself).
+pub fn split_with_caches(
+    plan: Arc<dyn ExecutionPlan>,
+    lineage: &dyn Fn(u64) -> Option<Vec<Stage>>,
+) -> Result<DistributedPlan> {
     if needs_partitioned_joins(&plan) {
         return Err(Error::Internal(
             "a collect-left hash join that emits unmatched rows cannot be distributed; plan it with partitioned joins".into(),
         ));
     }
-    let mut stages = Vec::new();
-    let root = cut(plan, &mut stages)?;
+    let mut cutter = Cutter {
+        stages: Vec::new(),
+        lineage,
+        inlined: Vec::new(),
+    };
+    let root = cutter.cut(plan)?;
     let tasks = root.output_partitioning().partition_count();
-    push_stage(&mut stages, root, OutputMode::Single, tasks);
-    Ok(DistributedPlan { stages })
+    push_stage(&mut cutter.stages, root, OutputMode::Single, tasks);
+    Ok(DistributedPlan {
+        stages: cutter.stages,
+    })
+}
+
+struct Cutter<'a> {
+    stages: Vec<Stage>,
+    lineage: &'a dyn Fn(u64) -> Option<Vec<Stage>>,
+    /// Cached tables already copied into `stages`: (table, its cached stage's new id).
+    inlined: Vec<(u64, u32)>,
+}
+
+impl Cutter<'_> {
+    /// Copies a cached table's stages into the plan (once) and returns a reader of
+    /// its cached stage in their place.
+    fn cached(&mut self, scan: &CachedScanExec) -> Result<Arc<dyn ExecutionPlan>> {
+        let cache = scan.cache();
+        let stage = match self.inlined.iter().find(|(c, _)| *c == cache) {
+            Some((_, stage)) => *stage,
+            None => {
+                let lineage = (self.lineage)(cache).ok_or_else(|| {
+                    Error::User(format!(
+                        "cached table {cache} is gone; it was uncached while this query was planned"
+                    ))
+                })?;
+                let offset = self.stages.len() as u32;
+                for s in lineage {
+                    let plan = Arc::clone(&s.plan)
+                        .transform_up(|node| {
+                            Ok(match node.downcast_ref::<ShuffleReaderExec>() {
+                                Some(r) => Transformed::yes(Arc::new(ShuffleReaderExec::new(
+                                    r.stage() + offset,
+                                    r.mode(),
+                                    r.partitions(),
+                                    r.schema(),
+                                ))
+                                    as Arc<dyn ExecutionPlan>),
+                                None => Transformed::no(node),
+                            })
+                        })?
+                        .data;
+                    self.stages.push(Stage {
+                        id: s.id + offset,
+                        plan,
+                        depends_on: s.depends_on.iter().map(|d| d + offset).collect(),
+                        origin: Some((cache, s.id)),
+                        local_input: s.local_input.map(|l| l + offset),
+                        ..s
+                    });
+                }
+                let stage = self.stages.len() as u32 - 1;
+                if self.stages[stage as usize].cache != Some(cache) {
+                    return Err(Error::Internal(format!(
+                        "the last stage of cached table {cache}'s lineage is not the cached one"
+                    )));
+                }
+                self.inlined.push((cache, stage));
+                stage
+            }
+        };
+        Ok(Arc::new(ShuffleReaderExec::new(
+            stage,
+            ReadMode::PerMap,
+            scan.partitions(),
+            scan.schema(),
+        )))
+    }
 }
 
 fn push_stage(
@@ -127,8 +217,19 @@ fn push_stage(
 ) -> u32 {
     assert!(tasks > 0, "a stage needs at least one task");
     let id = stages.len() as u32;
-    let mut depends_on = Vec::new();
-    collect_reads(&plan, &mut depends_on);
+    let mut reads = Vec::new();
+    collect_reads(&plan, &mut reads);
+    // A stage whose tasks each read their own partition of a cached table runs best
+    // where that partition is.
+    let local_input = reads
+        .iter()
+        .find(|(stage, mode, partitions)| {
+            *mode == ReadMode::PerMap
+                && *partitions == tasks
+                && stages[*stage as usize].cache.is_some()
+        })
+        .map(|(stage, ..)| *stage);
+    let mut depends_on: Vec<u32> = reads.into_iter().map(|(stage, ..)| stage).collect();
     depends_on.sort_unstable();
     depends_on.dedup();
     stages.push(Stage {
@@ -137,108 +238,120 @@ fn push_stage(
         output,
         tasks,
         depends_on,
+        cache: None,
+        origin: None,
+        local_input,
     });
     id
 }
 
-fn collect_reads(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<u32>) {
+/// The stages `plan` reads, with how and over how many partitions.
+fn collect_reads(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<(u32, ReadMode, usize)>) {
     if let Some(reader) = plan.downcast_ref::<ShuffleReaderExec>() {
-        out.push(reader.stage());
+        out.push((reader.stage(), reader.mode(), reader.partitions()));
     }
     for child in plan.children() {
         collect_reads(child, out);
     }
 }
 
-fn cut(plan: Arc<dyn ExecutionPlan>, stages: &mut Vec<Stage>) -> Result<Arc<dyn ExecutionPlan>> {
-    // A nested loop join has no partitioned mode: when it must emit unmatched left rows,
-    // its probe side is gathered into one partition so that one task sees all of it.
-    let plan = match plan.downcast_ref::<NestedLoopJoinExec>() {
-        Some(join)
-            if emits_build_rows_at_end(join.join_type())
-                && join.right().output_partitioning().partition_count() > 1 =>
-        {
-            let right: Arc<dyn ExecutionPlan> =
-                Arc::new(CoalescePartitionsExec::new(Arc::clone(join.right())));
-            replace_children_if_necessary(Arc::clone(&plan), vec![Arc::clone(join.left()), right])?
+impl Cutter<'_> {
+    fn cut(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        if let Some(scan) = plan.downcast_ref::<CachedScanExec>() {
+            return self.cached(scan);
         }
-        _ => plan,
-    };
-    let children = plan
-        .children()
-        .into_iter()
-        .map(|c| cut(Arc::clone(c), stages))
-        .collect::<Result<Vec<_>>>()?;
-    let plan = replace_children_if_necessary(plan, children)?;
+        // A nested loop join has no partitioned mode: when it must emit unmatched left rows,
+        // its probe side is gathered into one partition so that one task sees all of it.
+        let plan = match plan.downcast_ref::<NestedLoopJoinExec>() {
+            Some(join)
+                if emits_build_rows_at_end(join.join_type())
+                    && join.right().output_partitioning().partition_count() > 1 =>
+            {
+                let right: Arc<dyn ExecutionPlan> =
+                    Arc::new(CoalescePartitionsExec::new(Arc::clone(join.right())));
+                replace_children_if_necessary(
+                    Arc::clone(&plan),
+                    vec![Arc::clone(join.left()), right],
+                )?
+            }
+            _ => plan,
+        };
+        let children = plan
+            .children()
+            .into_iter()
+            .map(|c| self.cut(Arc::clone(c)))
+            .collect::<Result<Vec<_>>>()?;
+        let plan = replace_children_if_necessary(plan, children)?;
 
-    if let Some(repartition) = plan.downcast_ref::<RepartitionExec>() {
-        if repartition.preserve_order() {
-            return Err(Error::User(
+        if let Some(repartition) = plan.downcast_ref::<RepartitionExec>() {
+            if repartition.preserve_order() {
+                return Err(Error::User(
                 "this query needs an order-preserving repartition, which drove cannot distribute yet".into(),
             ));
-        }
-        let partitions = match repartition.partitioning() {
-            p @ (Partitioning::Hash(..)
-            | Partitioning::RoundRobinBatch(_)
-            | Partitioning::Range(_)) => p.partition_count(),
-            other => {
-                return Err(Error::User(format!(
-                    "this query needs the partitioning {other:?}, which drove cannot distribute yet"
-                )));
             }
-        };
-        let tasks = repartition.input().output_partitioning().partition_count();
-        let schema = plan.schema();
-        let stage = push_stage(
-            stages,
-            Arc::clone(&plan),
-            OutputMode::RepartitionRoot,
-            tasks,
-        );
-        return Ok(Arc::new(ShuffleReaderExec::new(
-            stage,
-            ReadMode::Gather,
-            partitions,
-            schema,
-        )));
-    }
-
-    if let Some(coalesce) = plan.downcast_ref::<CoalescePartitionsExec>() {
-        let input = Arc::clone(coalesce.input());
-        let tasks = input.output_partitioning().partition_count();
-        if tasks <= 1 {
-            return Ok(plan);
+            let partitions = match repartition.partitioning() {
+                p @ (Partitioning::Hash(..)
+                | Partitioning::RoundRobinBatch(_)
+                | Partitioning::Range(_)) => p.partition_count(),
+                other => {
+                    return Err(Error::User(format!(
+                        "this query needs the partitioning {other:?}, which drove cannot distribute yet"
+                    )));
+                }
+            };
+            let tasks = repartition.input().output_partitioning().partition_count();
+            let schema = plan.schema();
+            let stage = push_stage(
+                &mut self.stages,
+                Arc::clone(&plan),
+                OutputMode::RepartitionRoot,
+                tasks,
+            );
+            return Ok(Arc::new(ShuffleReaderExec::new(
+                stage,
+                ReadMode::Gather,
+                partitions,
+                schema,
+            )));
         }
-        let fetch = coalesce.fetch();
-        let schema = plan.schema();
-        let stage = push_stage(stages, input, OutputMode::Single, tasks);
-        let reader: Arc<dyn ExecutionPlan> =
-            Arc::new(ShuffleReaderExec::new(stage, ReadMode::Gather, 1, schema));
-        return Ok(match fetch {
-            Some(fetch) => Arc::new(GlobalLimitExec::new(reader, 0, Some(fetch))),
-            None => reader,
-        });
-    }
 
-    if let Some(merge) = plan.downcast_ref::<SortPreservingMergeExec>() {
-        let input = Arc::clone(merge.input());
-        let tasks = input.output_partitioning().partition_count();
-        if tasks <= 1 {
-            return Ok(plan);
+        if let Some(coalesce) = plan.downcast_ref::<CoalescePartitionsExec>() {
+            let input = Arc::clone(coalesce.input());
+            let tasks = input.output_partitioning().partition_count();
+            if tasks <= 1 {
+                return Ok(plan);
+            }
+            let fetch = coalesce.fetch();
+            let schema = plan.schema();
+            let stage = push_stage(&mut self.stages, input, OutputMode::Single, tasks);
+            let reader: Arc<dyn ExecutionPlan> =
+                Arc::new(ShuffleReaderExec::new(stage, ReadMode::Gather, 1, schema));
+            return Ok(match fetch {
+                Some(fetch) => Arc::new(GlobalLimitExec::new(reader, 0, Some(fetch))),
+                None => reader,
+            });
         }
-        let schema = input.schema();
-        let stage = push_stage(stages, input, OutputMode::Single, tasks);
-        let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
-            stage,
-            ReadMode::PerMap,
-            tasks,
-            schema,
-        ));
-        return Ok(replace_children_if_necessary(
-            Arc::clone(&plan),
-            vec![reader],
-        )?);
-    }
 
-    Ok(plan)
+        if let Some(merge) = plan.downcast_ref::<SortPreservingMergeExec>() {
+            let input = Arc::clone(merge.input());
+            let tasks = input.output_partitioning().partition_count();
+            if tasks <= 1 {
+                return Ok(plan);
+            }
+            let schema = input.schema();
+            let stage = push_stage(&mut self.stages, input, OutputMode::Single, tasks);
+            let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
+                stage,
+                ReadMode::PerMap,
+                tasks,
+                schema,
+            ));
+            return Ok(replace_children_if_necessary(
+                Arc::clone(&plan),
+                vec![reader],
+            )?);
+        }
+
+        Ok(plan)
+    }
 }

@@ -51,6 +51,10 @@ pub enum ReadMode {
 /// Where one map task's output lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapOutputRef {
+    /// The job and stage its blocks are named by: the reading job's own, or, for a
+    /// cached table, the job that computed it.
+    pub job: u64,
+    pub stage: u32,
     pub partition: u32,
     pub attempt: u32,
     pub worker_id: u64,
@@ -68,7 +72,7 @@ pub struct ShuffleEnv {
     /// Outputs of every stage the task reads, by stage id, in map-partition order.
     pub inputs: HashMap<u32, Vec<MapOutputRef>>,
     pub local_read_bytes: AtomicU64,
-    pub remote_read_bytes: AtomicU64,
+    pub remote_read_bytes: Arc<AtomicU64>,
     /// Named counts the task's operators keep (e.g. `invalid_utf8_lines`).
     pub counters: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -132,38 +136,56 @@ pub fn block_key(ticket: &[u8]) -> Result<BlockKey> {
     })
 }
 
-/// Fetches one block from the Flight service at `addr`; returns its batches and the
-/// bytes that crossed the network.
-pub async fn fetch_block(
+/// A stream of one block's batches.
+pub type BlockStream = futures::stream::BoxStream<'static, Result<RecordBatch>>;
+
+/// Starts fetching one block from the Flight service at `addr`: its batches arrive as
+/// the stream is read (gRPC flow control keeps what waits in memory small), and the
+/// bytes that cross the network are added to `wire_bytes`.
+pub async fn open_block(
     pool: &FlightPool,
     addr: &str,
     key: &BlockKey,
-) -> Result<(Vec<RecordBatch>, u64)> {
-    let fetch_err = |message: String| Error::Fetch {
-        addr: addr.to_string(),
-        message,
+    wire_bytes: Arc<AtomicU64>,
+) -> Result<BlockStream> {
+    let mut client = pool.client(addr)?;
+    let addr = addr.to_string();
+    let key = *key;
+    let fetch_err = move |message: String| Error::Fetch {
+        addr: addr.clone(),
+        message: format!("{key}: {message}"),
         lost: None,
     };
-    let mut client = pool.client(addr)?;
     let response = client
-        .do_get(ticket(key))
+        .do_get(ticket(&key))
         .await
-        .map_err(|s| fetch_err(format!("{key}: {}", s.message())))?;
-    let wire_bytes = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&wire_bytes);
+        .map_err(|s| fetch_err(s.message().to_string()))?;
     let data = response.into_inner().map(move |d| {
         if let Ok(d) = &d {
-            counter.fetch_add(
+            wire_bytes.fetch_add(
                 (d.data_header.len() + d.data_body.len()) as u64,
                 Ordering::Relaxed,
             );
         }
         d.map_err(|s| arrow_flight::error::FlightError::Tonic(Box::new(s)))
     });
-    let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
+    Ok(FlightRecordBatchStream::new_from_flight_data(data)
+        .map_err(move |e| fetch_err(e.to_string()))
+        .boxed())
+}
+
+/// Fetches one whole block from the Flight service at `addr`; returns its batches and
+/// the bytes that crossed the network.
+pub async fn fetch_block(
+    pool: &FlightPool,
+    addr: &str,
+    key: &BlockKey,
+) -> Result<(Vec<RecordBatch>, u64)> {
+    let wire_bytes = Arc::new(AtomicU64::new(0));
+    let batches = open_block(pool, addr, key, Arc::clone(&wire_bytes))
+        .await?
         .try_collect()
-        .await
-        .map_err(|e| fetch_err(format!("{key}: {e}")))?;
+        .await?;
     Ok((batches, wire_bytes.load(Ordering::Relaxed)))
 }
 
@@ -228,8 +250,8 @@ impl ShuffleReaderExec {
             ))
         })?;
         let key = |m: &MapOutputRef, reduce: u32| BlockKey {
-            job: env.job,
-            stage: self.stage,
+            job: m.job,
+            stage: m.stage,
             map_partition: m.partition,
             reduce_partition: reduce,
             attempt: m.attempt,
@@ -315,15 +337,27 @@ impl ExecutionPlan for ShuffleReaderExec {
         let blocks = self
             .blocks(&env, partition)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let fetches = futures::stream::iter(blocks).map(move |(key, location)| {
+        // Up to FETCH_CONCURRENCY_MAX blocks are opened ahead; their batches are read
+        // one block after another, so only what flow control admits waits in memory.
+        let stage = self.stage;
+        let opens = futures::stream::iter(blocks).map(move |(key, location)| {
             let env = Arc::clone(&env);
             let lost = LostBlock {
-                stage: key.stage,
+                stage,
                 map_partition: key.map_partition,
                 worker: location.worker_id,
             };
-            let read = async move {
-                if location.worker_id == env.local_worker {
+            // Name the lost map output, so the scheduler re-runs its producer.
+            let name_lost = move |e: Error| match e {
+                Error::Fetch { addr, message, .. } => Error::Fetch {
+                    addr,
+                    message,
+                    lost: Some(lost),
+                },
+                other => other,
+            };
+            async move {
+                let stream: BlockStream = if location.worker_id == env.local_worker {
                     let block = env.store.get(&key).ok_or_else(|| Error::Fetch {
                         addr: location.flight_addr.clone(),
                         message: format!("{key} is not on this worker"),
@@ -331,29 +365,19 @@ impl ExecutionPlan for ShuffleReaderExec {
                     })?;
                     env.local_read_bytes
                         .fetch_add(block.bytes, Ordering::Relaxed);
-                    Ok(block.batches.clone())
+                    futures::stream::iter(block.batches()?).boxed()
                 } else {
-                    let (batches, bytes) =
-                        fetch_block(&env.flight, &location.flight_addr, &key).await?;
-                    env.remote_read_bytes.fetch_add(bytes, Ordering::Relaxed);
-                    Ok(batches)
-                }
-            };
-            // Name the lost map output, so the scheduler re-runs its producer.
-            read.map_err(move |e| match e {
-                Error::Fetch { addr, message, .. } => Error::Fetch {
-                    addr,
-                    message,
-                    lost: Some(lost),
-                },
-                other => other,
-            })
+                    let counter = Arc::clone(&env.remote_read_bytes);
+                    open_block(&env.flight, &location.flight_addr, &key, counter).await?
+                };
+                Ok::<_, Error>(stream.map_err(name_lost))
+            }
+            .map_err(name_lost)
         });
-        let stream = fetches
+        let stream = opens
             .buffered(FETCH_CONCURRENCY_MAX)
-            .map_ok(|batches: Vec<RecordBatch>| futures::stream::iter(batches.into_iter().map(Ok)))
-            .map_err(|e: Error| DataFusionError::External(Box::new(e)))
-            .try_flatten();
+            .try_flatten()
+            .map_err(|e: Error| DataFusionError::External(Box::new(e)));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema(),
             stream,

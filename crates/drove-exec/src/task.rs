@@ -10,7 +10,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::TryStreamExt;
 use tracing::debug;
 
-use crate::blocks::{Block, BlockKey, BlockStore};
+use crate::blocks::{BlockKey, BlockStore};
 use crate::planner::OutputMode;
 use crate::shuffle::ShuffleEnv;
 use crate::{Error, Result};
@@ -25,6 +25,13 @@ pub struct TaskOutput {
     pub remote_read_bytes: u64,
     /// Named counts kept by the task's operators.
     pub counters: std::collections::BTreeMap<String, u64>,
+    /// Bytes the task's operators (sorts, aggregations, joins) and its output wrote to
+    /// disk because they did not fit in memory, and how many times.
+    pub spilled_bytes: u64,
+    pub spill_count: u64,
+    /// The part of those that the operators spilled (the rest is the task's output).
+    pub operator_spilled_bytes: u64,
+    pub operator_spill_count: u64,
 }
 
 /// Which attempt of which task this is.
@@ -48,25 +55,29 @@ impl TaskKey {
     }
 }
 
-/// Runs `plan` for `key.partition` and stores its output in `store`. `ctx` must carry
-/// the task's [`ShuffleEnv`].
+/// Runs `plan` for `key.partition` and stores its output in `store`, as blocks owned
+/// by `cache` if the stage computes a cached table. `ctx` must carry the task's
+/// [`ShuffleEnv`].
 pub async fn run(
     key: TaskKey,
     plan: Arc<dyn ExecutionPlan>,
     output: OutputMode,
     ctx: Arc<TaskContext>,
     store: &BlockStore,
+    cache: Option<u64>,
 ) -> Result<TaskOutput> {
     let partition = key.partition as usize;
-    let buckets = match output {
+    let schema = plan.schema();
+    let (executed, writer) = match output {
         OutputMode::Single => {
             let count = plan.output_partitioning().partition_count();
             check_partition(partition, count)?;
-            let batches: Vec<_> = plan
-                .execute(partition, Arc::clone(&ctx))?
-                .try_collect()
-                .await?;
-            vec![batches]
+            let mut writer = store.writer(Arc::clone(&schema), 1, cache);
+            let mut stream = plan.execute(partition, Arc::clone(&ctx))?;
+            while let Some(batch) = stream.try_next().await? {
+                writer.push(0, batch)?;
+            }
+            (Arc::clone(&plan), writer)
         }
         OutputMode::RepartitionRoot => {
             let repartition = plan.downcast_ref::<RepartitionExec>().ok_or_else(|| {
@@ -79,26 +90,36 @@ pub async fn run(
             let input_partitions = input.output_partitioning().partition_count();
             check_partition(partition, input_partitions)?;
             let partitioning = repartition.partitioning().clone();
-            let mut buckets = vec![Vec::new(); partitioning.partition_count()];
+            let mut writer =
+                store.writer(Arc::clone(&schema), partitioning.partition_count(), cache);
             let mut partitioner =
                 BatchPartitioner::try_new(partitioning, Time::new(), partition, input_partitions)?;
             let mut stream = input.execute(partition, Arc::clone(&ctx))?;
             while let Some(batch) = stream.try_next().await? {
+                let mut pushed = Ok(());
                 partitioner.partition(batch, |reduce, part| {
-                    buckets[reduce].push(part);
+                    if pushed.is_ok() {
+                        pushed = writer.push(reduce, part);
+                    }
                     Ok(())
                 })?;
+                pushed?;
             }
-            buckets
+            (Arc::clone(input), writer)
         }
     };
-    let schema = plan.schema();
-    let mut out = TaskOutput::default();
-    for (reduce, batches) in buckets.into_iter().enumerate() {
-        let block = Block::new(Arc::clone(&schema), batches);
-        out.output_bytes.push(block.bytes);
-        out.output_rows.push(block.rows);
-        store.put(key.block(reduce as u32), block);
+    let written = writer.finish(|reduce| key.block(reduce))?;
+    let (spilled_bytes, spill_count) = plan_spills(executed.as_ref());
+    let mut out = TaskOutput {
+        spilled_bytes: spilled_bytes + written.spilled_bytes,
+        spill_count: spill_count + written.spill_count,
+        operator_spilled_bytes: spilled_bytes,
+        operator_spill_count: spill_count,
+        ..TaskOutput::default()
+    };
+    for (bytes, rows) in written.sizes {
+        out.output_bytes.push(bytes);
+        out.output_rows.push(rows);
     }
     if let Some(env) = ctx.session_config().get_extension::<ShuffleEnv>() {
         out.local_read_bytes = env.local_read_bytes.load(Ordering::Relaxed);
@@ -112,9 +133,24 @@ pub async fn run(
     debug!(
         ?key,
         rows = out.output_rows.iter().sum::<u64>(),
+        spilled_bytes = out.spilled_bytes,
         "task wrote its blocks"
     );
     Ok(out)
+}
+
+/// Bytes and times the operators of `plan` spilled, from their metrics.
+fn plan_spills(plan: &dyn ExecutionPlan) -> (u64, u64) {
+    let own = plan.metrics().map_or((0, 0), |m| {
+        (
+            m.spilled_bytes().unwrap_or(0) as u64,
+            m.spill_count().unwrap_or(0) as u64,
+        )
+    });
+    plan.children().into_iter().fold(own, |(b, c), child| {
+        let (cb, cc) = plan_spills(child.as_ref());
+        (b + cb, c + cc)
+    })
 }
 
 fn check_partition(partition: usize, count: usize) -> Result<()> {

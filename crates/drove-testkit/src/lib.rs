@@ -230,3 +230,100 @@ pub fn unused_addr() -> std::net::SocketAddr {
         .and_then(|l| l.local_addr())
         .expect("binding a loopback port")
 }
+
+/// A table of `files` Parquet files with `rows_per_file` rows each, written once into
+/// the system's temporary directory and reused: columns `k` (a scrambled BIGINT with
+/// repeats), `v` (the row number) and `s` (a 48-byte string). Each row takes about 80
+/// bytes in memory as Arrow arrays.
+pub fn wide_table(files: usize, rows_per_file: usize) -> PathBuf {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    const BATCH: usize = 65_536;
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir =
+        std::env::temp_dir().join(format!("drove-test-wide-{files}x{rows_per_file}-rg{BATCH}"));
+    let done = dir.join("_complete");
+    if done.exists() {
+        return dir;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating the table directory");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new("s", DataType::Utf8, false),
+    ]));
+    for f in 0..files {
+        let file = std::fs::File::create(dir.join(format!("part-{f}.parquet")))
+            .expect("creating a table file");
+        // Row groups of one batch: a reader holds a row group's column chunks whole.
+        let properties = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(BATCH))
+            .build();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(file, Arc::clone(&schema), Some(properties))
+                .expect("a Parquet writer");
+        let first = (f * rows_per_file) as i64;
+        let mut start = 0;
+        while start < rows_per_file {
+            let n = BATCH.min(rows_per_file - start);
+            let v: Vec<i64> = (0..n as i64).map(|i| first + start as i64 + i).collect();
+            // Many keys repeat a few times; order has nothing to do with `v`.
+            let k: Vec<i64> = v
+                .iter()
+                .map(|v| (v.wrapping_mul(2_654_435_761) % 1_000_003).abs())
+                .collect();
+            let s: Vec<String> = v
+                .iter()
+                .map(|v| format!("row {v:>12} of a wide test table..."))
+                .collect();
+            let batch = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from(k)),
+                    Arc::new(Int64Array::from(v)),
+                    Arc::new(StringArray::from(s)),
+                ],
+            )
+            .expect("a batch");
+            writer.write(&batch).expect("writing a batch");
+            start += n;
+        }
+        writer.close().expect("closing a table file");
+    }
+    std::fs::write(&done, b"").expect("marking the table complete");
+    dir
+}
+
+/// Whether two results hold the same rows in the same order, value for value (no
+/// float tolerance; for large results, where [`compare`] would be slow). Returns the
+/// first difference.
+pub fn compare_exact(actual: &[RecordBatch], expected: &[RecordBatch]) -> Result<(), String> {
+    let rows = |b: &[RecordBatch]| b.iter().map(RecordBatch::num_rows).sum::<usize>();
+    if rows(actual) != rows(expected) {
+        return Err(format!(
+            "{} rows, expected {}",
+            rows(actual),
+            rows(expected)
+        ));
+    }
+    let (Some(a), Some(e)) = (actual.first(), expected.first()) else {
+        return Ok(());
+    };
+    let a = arrow::compute::concat_batches(&a.schema(), actual).map_err(|e| e.to_string())?;
+    let e = arrow::compute::concat_batches(&e.schema(), expected).map_err(|e| e.to_string())?;
+    for (i, (ca, ce)) in a.columns().iter().zip(e.columns()).enumerate() {
+        let ca = arrow::compute::cast(ca, ce.data_type()).map_err(|e| e.to_string())?;
+        if ca.as_ref() != ce.as_ref() {
+            let first = (0..ca.len())
+                .find(|r| ca.slice(*r, 1).as_ref() != ce.slice(*r, 1).as_ref())
+                .unwrap_or(0);
+            return Err(format!("column {i} differs first at row {first}"));
+        }
+    }
+    Ok(())
+}

@@ -55,7 +55,11 @@ impl FlightService for BlockService {
             .store
             .get(&key)
             .ok_or_else(|| Status::not_found(format!("{key} is not on this worker")))?;
-        let batches = futures::stream::iter(block.batches.clone().into_iter().map(Ok));
+        let batches = block
+            .batches()
+            .map_err(|e| Status::internal(format!("reading {key}: {e}")))?
+            .map(|b| b.map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e))));
+        let batches = futures::stream::iter(batches);
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(Arc::clone(&block.schema))
             .build(batches)

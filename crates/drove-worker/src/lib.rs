@@ -11,15 +11,23 @@
 
 pub mod flight;
 
+pub mod workdir;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use datafusion::execution::TaskContext;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{
+    FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
-use drove_exec::blocks::BlockStore;
+use drove_exec::blocks::{BlockStore, SpillCodec, StoreConfig};
 use drove_exec::planner::OutputMode;
 use drove_exec::shuffle::{FlightPool, MapOutputRef, ShuffleEnv};
 use drove_exec::{codec, net, session, task};
@@ -73,6 +81,37 @@ pub struct WorkerConfig {
     /// Fault injection for tests and demonstrations of speculation: every task waits
     /// this long before it starts. 0 in normal use.
     pub task_delay_ms: u64,
+    /// The memory budget: half for the blocks the worker holds, half for its running
+    /// tasks' operators (shared fairly among them). What does not fit spills to disk.
+    pub memory_bytes: u64,
+    /// Under this directory the worker keeps its own directory for spilled blocks and
+    /// operator spill files, removed when it stops; left-overs of workers that died are
+    /// removed when another worker starts here.
+    pub work_dir: PathBuf,
+    pub spill_codec: SpillCodec,
+}
+
+/// The smallest memory budget a worker accepts: below it, a sort's merge buffers and a
+/// few blocks in flight do not fit.
+pub const MEMORY_MIN_BYTES: u64 = 32 << 20;
+
+/// The default memory budget for `workers` workers on this machine: half of its memory,
+/// shared between them, and never below [`MEMORY_MIN_BYTES`].
+pub fn default_memory_bytes(workers: usize) -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(8 << 30);
+    (total / 2 / workers.max(1) as u64).max(MEMORY_MIN_BYTES)
+}
+
+/// The default parent of workers' directories.
+pub fn default_work_dir() -> PathBuf {
+    std::env::temp_dir().join("drove-work")
 }
 
 impl Default for WorkerConfig {
@@ -85,6 +124,9 @@ impl Default for WorkerConfig {
             registration_timeout_ms: 30_000,
             drain_timeout_ms: 60_000,
             task_delay_ms: 0,
+            memory_bytes: default_memory_bytes(1),
+            work_dir: default_work_dir(),
+            spill_codec: SpillCodec::default(),
         }
     }
 }
@@ -98,8 +140,47 @@ struct Shared {
     store: Arc<BlockStore>,
     flight: Arc<FlightPool>,
     state: SessionState,
+    /// Each running task's operators get a pool of this many bytes.
+    task_pool_bytes: usize,
+    /// Bytes the operators of all running tasks hold.
+    execution_reserved: Arc<AtomicU64>,
     slots: Arc<Semaphore>,
     task_delay: Duration,
+    memory_bytes: u64,
+    /// Operator memory each task may set aside for merging its spills.
+    sort_spill_reservation: usize,
+    spill_codec: SpillCodec,
+    /// The most blocks and operators have held at once, as sampled.
+    peak: AtomicU64,
+    /// What the operators of finished tasks spilled.
+    operator_spills: AtomicU64,
+    operator_spill_count: AtomicU64,
+    /// The worker's own directory; removed when the worker stops.
+    _work_dir: workdir::WorkDir,
+}
+
+impl Shared {
+    fn memory(&self) -> pb::MemoryStats {
+        let blocks = self.store.stats();
+        let execution = self.execution_reserved.load(Ordering::Relaxed);
+        let now = blocks.memory_bytes + execution;
+        let peak = self
+            .peak
+            .fetch_max(now, Ordering::Relaxed)
+            .max(now)
+            .max(blocks.peak_memory_bytes);
+        let operators = self.state.runtime_env().disk_manager.spilling_progress();
+        pb::MemoryStats {
+            budget_bytes: self.memory_bytes,
+            block_bytes: blocks.memory_bytes,
+            execution_bytes: execution,
+            peak_bytes: peak,
+            disk_bytes: blocks.disk_bytes + operators.current_bytes,
+            spilled_bytes_total: blocks.spilled_bytes_total
+                + self.operator_spills.load(Ordering::Relaxed),
+            spill_count: blocks.spill_count + self.operator_spill_count.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A running worker.
@@ -107,6 +188,8 @@ pub struct WorkerHandle {
     /// Where the Flight service listens.
     pub flight_addr: SocketAddr,
     pub store: Arc<BlockStore>,
+    /// The worker's own directory for spill files (under `WorkerConfig::work_dir`).
+    pub work_dir: PathBuf,
     shutdown: watch::Sender<bool>,
     drain: watch::Sender<bool>,
     main: JoinHandle<Result<()>>,
@@ -161,6 +244,25 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     if config.slots == 0 {
         return Err(Error::Config("--slots must be at least 1".into()));
     }
+    if config.memory_bytes < MEMORY_MIN_BYTES {
+        return Err(Error::Config(format!(
+            "--memory {} is below the minimum working size of {} ({} bytes); give the worker at least 32MiB",
+            drove_core::human_bytes(config.memory_bytes),
+            drove_core::human_bytes(MEMORY_MIN_BYTES),
+            MEMORY_MIN_BYTES
+        )));
+    }
+    let work_dir = workdir::WorkDir::create(&config.work_dir).map_err(Error::Config)?;
+    let own_dir = work_dir.path().to_path_buf();
+    let block_bytes = config.memory_bytes / 2;
+    let execution_bytes = (config.memory_bytes - block_bytes) as usize;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default()
+                .with_mode(DiskManagerMode::Directories(vec![work_dir.operators()])),
+        )
+        .build_arc()
+        .map_err(|e| Error::Config(format!("cannot set up task memory and spilling: {e}")))?;
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| Error::Bind {
@@ -171,7 +273,11 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         addr: config.bind,
         source,
     })?;
-    let store = Arc::new(BlockStore::default());
+    let store = Arc::new(BlockStore::new(StoreConfig {
+        memory_limit: block_bytes,
+        spill_dir: Some(work_dir.blocks()),
+        codec: config.spill_codec,
+    }));
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let mut rx = shutdown_rx.clone();
@@ -193,9 +299,22 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     let shared = Arc::new(Shared {
         store: Arc::clone(&store),
         flight: Arc::new(FlightPool::default()),
-        state: SessionStateBuilder::new().with_default_features().build(),
+        state: SessionStateBuilder::new()
+            .with_default_features()
+            .with_runtime_env(runtime)
+            .build(),
+        task_pool_bytes: execution_bytes / config.slots as usize,
+        execution_reserved: Arc::new(AtomicU64::new(0)),
         slots: Arc::new(Semaphore::new(config.slots as usize)),
         task_delay: Duration::from_millis(config.task_delay_ms),
+        memory_bytes: config.memory_bytes,
+        // DataFusion's default (10 MiB) would take most of a small budget's fair share.
+        sort_spill_reservation: (execution_bytes / config.slots as usize / 4).min(10 << 20),
+        spill_codec: config.spill_codec,
+        peak: AtomicU64::new(0),
+        operator_spills: AtomicU64::new(0),
+        operator_spill_count: AtomicU64::new(0),
+        _work_dir: work_dir,
     });
     let advertised = config
         .advertise
@@ -207,6 +326,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     Ok(WorkerHandle {
         flight_addr,
         store,
+        work_dir: own_dir,
         shutdown,
         drain,
         main,
@@ -350,7 +470,7 @@ async fn serve(
     let (status_tx, mut status_rx) = mpsc::channel::<pb::TaskStatus>(STATUS_QUEUE_MAX);
     let outbound = session.outbound.clone();
     let slots = Arc::clone(&shared.slots);
-    let store = Arc::clone(&shared.store);
+    let memory = Arc::clone(&shared);
     let heartbeats = AbortOnDrop(tokio::spawn(async move {
         let mut interval = tokio::time::interval(session.heartbeat_interval);
         loop {
@@ -372,7 +492,8 @@ async fn serve(
                 kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
                     statuses,
                     free_slots: slots.available_permits() as u32,
-                    block_bytes: store.bytes_held(),
+                    block_bytes: memory.store.bytes_held(),
+                    memory: Some(memory.memory()),
                 })),
             };
             if outbound.send(heartbeat).await.is_err() {
@@ -448,6 +569,13 @@ async fn serve(
                     let freed = shared.store.release_job(release.job_id);
                     debug!(job = release.job_id, freed, "released a job's blocks");
                 }
+                pb::coordinator_message::Kind::ReleaseCache(release) => {
+                    let freed = shared.store.release_cache(release.cache_id);
+                    debug!(
+                        cache = release.cache_id,
+                        freed, "released a cached table's blocks"
+                    );
+                }
                 pb::coordinator_message::Kind::Drained(_) => break SessionEnd::Drained,
                 pb::coordinator_message::Kind::Registered(_) => {}
             },
@@ -462,6 +590,67 @@ async fn serve(
     tasks.abort_all();
     drop(heartbeats);
     end
+}
+
+/// One task's share of the worker's operator memory (its budget's half divided by its
+/// slots): a fair-spill pool of its own, so that one task's sort can never take the
+/// memory another task's merge was promised, whose use also counts in the worker's
+/// total.
+#[derive(Debug)]
+struct TaskPool {
+    inner: FairSpillPool,
+    worker_total: Arc<AtomicU64>,
+}
+
+impl std::fmt::Display for TaskPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "task pool ({})", self.inner)
+    }
+}
+
+impl MemoryPool for TaskPool {
+    fn name(&self) -> &str {
+        "drove-task"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.inner.register(consumer)
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.inner.unregister(consumer)
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.inner.grow(reservation, additional);
+        self.worker_total
+            .fetch_add(additional as u64, Ordering::Relaxed);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.inner.shrink(reservation, shrink);
+        self.worker_total
+            .fetch_sub(shrink as u64, Ordering::Relaxed);
+    }
+
+    fn try_grow(
+        &self,
+        reservation: &MemoryReservation,
+        additional: usize,
+    ) -> datafusion::error::Result<()> {
+        self.inner.try_grow(reservation, additional)?;
+        self.worker_total
+            .fetch_add(additional as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        self.inner.memory_limit()
+    }
 }
 
 /// Runs one task attempt and returns its status report. Never panics: a panic inside
@@ -489,14 +678,24 @@ async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -
         execute(worker_id, key, launch, Arc::clone(&shared)).instrument(span),
     ));
     let outcome = match handle.join().await {
-        Ok(Ok(output)) => pb::task_status::Outcome::Succeeded(pb::TaskSucceeded {
-            output_bytes: output.output_bytes,
-            output_rows: output.output_rows,
-            local_read_bytes: output.local_read_bytes,
-            remote_read_bytes: output.remote_read_bytes,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-            counters: output.counters.into_iter().collect(),
-        }),
+        Ok(Ok(output)) => {
+            shared
+                .operator_spills
+                .fetch_add(output.operator_spilled_bytes, Ordering::Relaxed);
+            shared
+                .operator_spill_count
+                .fetch_add(output.operator_spill_count, Ordering::Relaxed);
+            pb::task_status::Outcome::Succeeded(pb::TaskSucceeded {
+                output_bytes: output.output_bytes,
+                output_rows: output.output_rows,
+                local_read_bytes: output.local_read_bytes,
+                remote_read_bytes: output.remote_read_bytes,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+                counters: output.counters.into_iter().collect(),
+                spilled_bytes: output.spilled_bytes,
+                spill_count: output.spill_count,
+            })
+        }
         Ok(Err(e)) => {
             let mut status = failed(key, net::error_kind_to_proto(e.kind()), error_message(&e));
             if let (Some(lost), Some(pb::task_status::Outcome::Failed(f))) =
@@ -590,6 +789,8 @@ async fn execute(
                 .outputs
                 .iter()
                 .map(|o| MapOutputRef {
+                    job: o.job_id,
+                    stage: o.stage_id,
                     partition: o.partition,
                     attempt: o.attempt,
                     worker_id: o.worker_id,
@@ -606,17 +807,38 @@ async fn execute(
         flight: Arc::clone(&shared.flight),
         inputs,
         local_read_bytes: AtomicU64::new(0),
-        remote_read_bytes: AtomicU64::new(0),
+        remote_read_bytes: Arc::new(AtomicU64::new(0)),
         counters: Default::default(),
     };
-    let config = session::config(&launch.settings)?.with_extension(Arc::new(env));
+    let mut config = session::config(&launch.settings)?.with_extension(Arc::new(env));
+    let execution = &mut config.options_mut().execution;
+    execution.sort_spill_reservation_bytes = shared.sort_spill_reservation;
+    // Merges hold a batch or two of every input, unspillable: with a small share of
+    // memory, smaller batches keep them within it.
+    let batch_rows = (shared.task_pool_bytes >> 12).clamp(1024, 8192);
+    if execution.batch_size.get() > batch_rows {
+        execution.batch_size = datafusion::config::ConfigNonZeroUsize::try_new(batch_rows)?;
+    }
+    execution.spill_compression = shared
+        .spill_codec
+        .datafusion_name()
+        .parse()
+        .map_err(drove_exec::Error::DataFusion)?;
     let task_id = format!(
         "job{}-stage{}-part{}-attempt{}",
         key.job_id, key.stage_id, key.partition, key.attempt
     );
+    let pool = TaskPool {
+        inner: FairSpillPool::new(shared.task_pool_bytes),
+        worker_total: Arc::clone(&shared.execution_reserved),
+    };
+    let runtime = RuntimeEnvBuilder::from_runtime_env(shared.state.runtime_env())
+        .with_memory_pool(Arc::new(pool))
+        .build_arc()?;
     let ctx = Arc::new(
         TaskContext::from(&shared.state)
             .with_session_config(config)
+            .with_runtime(runtime)
             .with_task_id(task_id),
     );
     let plan = codec::plan_from_bytes(&launch.plan, &ctx)?;
@@ -630,5 +852,6 @@ async fn execute(
         partition: key.partition,
         attempt: key.attempt,
     };
-    task::run(key, plan, output, ctx, &shared.store).await
+    let cache = (launch.cache_id != 0).then_some(launch.cache_id);
+    task::run(key, plan, output, ctx, &shared.store, cache).await
 }

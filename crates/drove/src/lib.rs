@@ -135,6 +135,24 @@ struct WorkerArgs {
     /// Fault injection: delay every task by this long (to see speculation work).
     #[arg(long, default_value_t = 0, hide = true)]
     inject_task_delay_ms: u64,
+    #[command(flatten)]
+    memory: MemoryArgs,
+}
+
+#[derive(Args, Debug)]
+struct MemoryArgs {
+    /// Memory budget per worker, e.g. 256MiB or 2GiB: half for the blocks it holds,
+    /// half for its tasks; the rest spills to disk (default: half the machine's memory,
+    /// shared between the workers; at least 32MiB).
+    #[arg(long, value_name = "SIZE", value_parser = drove_core::parse_bytes)]
+    memory: Option<u64>,
+    /// Where workers keep spill files; each makes its own directory under it, and
+    /// removes what stopped workers left there.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// How spilled blocks are compressed: lz4, zstd or none.
+    #[arg(long, default_value = "lz4", value_name = "CODEC")]
+    spill_codec: drove_exec::blocks::SpillCodec,
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +169,8 @@ struct LocalArgs {
     /// Task slots per worker.
     #[arg(long, default_value_t = 2)]
     slots: u32,
+    #[command(flatten)]
+    memory: MemoryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -382,11 +402,26 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         registration_timeout_ms: args.registration_timeout_secs.saturating_mul(1000),
         drain_timeout_ms: args.drain_timeout_secs.saturating_mul(1000),
         task_delay_ms: args.inject_task_delay_ms,
+        memory_bytes: args
+            .memory
+            .memory
+            .unwrap_or_else(|| drove_worker::default_memory_bytes(1)),
+        work_dir: args
+            .memory
+            .work_dir
+            .unwrap_or_else(drove_worker::default_work_dir),
+        spill_codec: args.memory.spill_codec,
     })
     .await?;
     println!(
-        "worker Flight service on {} with {slots} slots",
-        handle.flight_addr
+        "worker Flight service on {} with {slots} slots, {} of memory, spilling under {}",
+        handle.flight_addr,
+        drove_core::human_bytes(
+            args.memory
+                .memory
+                .unwrap_or_else(|| drove_worker::default_memory_bytes(1))
+        ),
+        handle.work_dir.display()
     );
     // SIGTERM drains: no new tasks, the running ones finish, and the worker leaves once
     // the coordinator no longer needs its blocks. Ctrl-C stops at once.
@@ -413,6 +448,9 @@ async fn local(args: LocalArgs) -> Result<()> {
         bind_ip: args.bind.ip(),
         coordinator_port: args.bind.port(),
         http: Some(args.http),
+        memory_bytes: args.memory.memory,
+        work_dir: args.memory.work_dir,
+        spill_codec: args.memory.spill_codec,
         ..Default::default()
     })
     .await?;

@@ -3,6 +3,7 @@
 
 mod dataframe;
 mod errors;
+mod memory;
 mod recovery;
 mod tpch;
 

@@ -2,6 +2,7 @@
 
 mod cli;
 mod mapreduce;
+mod memory;
 mod multiprocess;
 mod ui;
 

@@ -1,0 +1,146 @@
+//! A worker's directory for spill files.
+//!
+//! Every worker makes its own directory, `worker-<pid>-<n>`, under the configured work
+//! directory, and holds an exclusive lock on the `lock` file in it for as long as it
+//! runs. On start, a worker removes every sibling directory whose lock nobody holds:
+//! what workers that died (SIGKILL, a crash, a power cut) left behind. A worker that
+//! stops removes its own directory.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::{info, warn};
+
+const PREFIX: &str = "worker-";
+const LOCK: &str = "lock";
+
+/// Distinguishes several workers of one process (the embedded cluster).
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+/// A worker's own directory, locked while it lives and removed when dropped.
+#[derive(Debug)]
+pub struct WorkDir {
+    path: PathBuf,
+    /// Held for the lock; closing it releases the lock.
+    _lock: File,
+}
+
+impl WorkDir {
+    /// Makes a new worker directory under `parent` after removing what dead workers
+    /// left there.
+    pub fn create(parent: &Path) -> Result<Self, String> {
+        let fail = |what: &str, path: &Path, e: std::io::Error| {
+            format!(
+                "cannot {what} {}: {e}; pass --work-dir a directory this user can write",
+                path.display()
+            )
+        };
+        fs::create_dir_all(parent).map_err(|e| fail("create the work directory", parent, e))?;
+        remove_abandoned(parent);
+        let name = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        // Made under another name, locked, then renamed: a worker starting meanwhile
+        // never sees this directory unlocked and takes it for abandoned.
+        let making = parent.join(format!(".making-{name}"));
+        fs::create_dir(&making).map_err(|e| fail("create", &making, e))?;
+        let lock =
+            File::create(making.join(LOCK)).map_err(|e| fail("create a lock in", &making, e))?;
+        lock.try_lock()
+            .map_err(|e| fail("lock", &making, std::io::Error::other(e.to_string())))?;
+        for sub in ["blocks", "operators"] {
+            fs::create_dir(making.join(sub)).map_err(|e| fail("create", &making.join(sub), e))?;
+        }
+        let path = parent.join(name);
+        fs::rename(&making, &path).map_err(|e| fail("rename", &making, e))?;
+        Ok(Self { path, _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where spilled blocks go.
+    pub fn blocks(&self) -> PathBuf {
+        self.path.join("blocks")
+    }
+
+    /// Where DataFusion's operators (sorts, aggregations, joins) spill.
+    pub fn operators(&self) -> PathBuf {
+        self.path.join("operators")
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            warn!(dir = %self.path.display(), "could not remove the worker's directory: {e}");
+        }
+    }
+}
+
+/// Removes the directories under `parent` of workers that no longer run.
+fn remove_abandoned(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_worker_dir = entry.file_name().to_string_lossy().starts_with(PREFIX)
+            && entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_worker_dir {
+            continue;
+        }
+        // A directory without a lock file is one whose worker died while making it.
+        let abandoned = match File::open(path.join(LOCK)) {
+            Ok(lock) => lock.try_lock().is_ok(),
+            Err(_) => true,
+        };
+        if abandoned {
+            match fs::remove_dir_all(&path) {
+                Ok(()) => info!(dir = %path.display(), "removed what a stopped worker left behind"),
+                Err(e) => {
+                    warn!(dir = %path.display(), "could not remove a stopped worker's directory: {e}")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_worker_removes_abandoned_directories_but_not_live_ones() {
+        let parent = tempfile::tempdir().unwrap();
+        let live = WorkDir::create(parent.path()).unwrap();
+        fs::write(live.blocks().join("block-0.arrow"), b"x").unwrap();
+        // A dead worker's directory: its lock file is there but nobody holds it.
+        let dead = parent.path().join("worker-1-0");
+        fs::create_dir_all(dead.join("blocks")).unwrap();
+        fs::write(dead.join(LOCK), b"").unwrap();
+        fs::write(dead.join("blocks/block-7.arrow"), b"old").unwrap();
+        let other = parent.path().join("not-a-worker");
+        fs::create_dir(&other).unwrap();
+
+        let second = WorkDir::create(parent.path()).unwrap();
+        assert!(!dead.exists(), "the abandoned directory is still there");
+        assert!(
+            live.blocks().join("block-0.arrow").exists(),
+            "a live worker's file was removed"
+        );
+        assert!(
+            other.exists(),
+            "a directory that is not a worker's was removed"
+        );
+
+        let (live_path, second_path) = (live.path().to_path_buf(), second.path().to_path_buf());
+        drop(live);
+        drop(second);
+        assert!(!live_path.exists() && !second_path.exists());
+    }
+}
