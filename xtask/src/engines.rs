@@ -27,7 +27,7 @@ fn path(spec: &Value, name: &str) -> Result<PathBuf> {
     ))
 }
 
-fn number(spec: &Value, name: &str) -> Result<u64> {
+pub fn number(spec: &Value, name: &str) -> Result<u64> {
     field(spec, name)?.as_u64().context("not a number")
 }
 
@@ -43,6 +43,7 @@ pub async fn run(spec: Value) -> Result<Value> {
         ("sort", "reference") => reference_sort(&spec),
         ("tasks", "drove") => tasks(&spec).await,
         ("recovery", "drove") => crate::recovery::run(&spec).await,
+        ("pagerank", "drove") => crate::iterative::pagerank(&spec).await,
         _ => bail!("no engine '{engine}' for workload '{workload}'"),
     }
 }

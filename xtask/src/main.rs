@@ -10,6 +10,7 @@
 //! bench itself; a peer that cannot be installed is reported as missing.
 
 mod engines;
+mod iterative;
 mod measure;
 mod recovery;
 
@@ -36,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Benchmarks drove against its peers.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Runs one engine on one workload in this process (used by `bench`).
     #[command(hide = true)]
     Engine { spec: String },
@@ -49,6 +50,11 @@ enum Workload {
     Sort,
     Tasks,
     Recovery,
+    /// PageRank with its links cached and without.
+    Pagerank,
+    /// A sort over four times the workers' memory budget, workers as processes (on
+    /// demand only: it builds the release `drove` binary).
+    Memory,
 }
 
 #[derive(Args)]
@@ -71,6 +77,13 @@ struct BenchArgs {
     /// Tiny tasks in the tasks workload (default 10,000; 500 with --quick).
     #[arg(long)]
     tasks: Option<u64>,
+    /// Graph nodes for pagerank (default 200,000; 20,000 with --quick).
+    #[arg(long)]
+    nodes: Option<u64>,
+    /// Each worker's memory budget in the memory workload (default 256MiB; 32MiB with
+    /// --quick); the table sorted is at least four times the two workers' total.
+    #[arg(long, value_parser = drove_core::parse_bytes)]
+    memory_budget: Option<u64>,
     /// Runs per engine; medians are reported (default 3; 1 with --quick).
     #[arg(long)]
     iterations: Option<u64>,
@@ -117,7 +130,7 @@ fn main() -> Result<()> {
             println!("RESULT {result}");
             Ok(())
         }
-        Task::Bench(args) => bench(args),
+        Task::Bench(args) => bench(*args),
     }
 }
 
@@ -166,6 +179,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             Workload::Sort,
             Workload::Tasks,
             Workload::Recovery,
+            Workload::Pagerank,
         ]
     } else {
         plan.args.workloads.clone()
@@ -181,6 +195,8 @@ fn bench(args: BenchArgs) -> Result<()> {
             Workload::Sort => sort(&plan)?,
             Workload::Tasks => tasks(&plan)?,
             Workload::Recovery => recovery_workload(&plan)?,
+            Workload::Pagerank => pagerank_workload(&plan)?,
+            Workload::Memory => memory_workload(&plan)?,
         };
         println!("{markdown}");
         sections.push(markdown);
@@ -863,6 +879,133 @@ fn recovery_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
     Ok((
         md,
         json!({ "workload": "recovery", "result": report }),
+        problems,
+    ))
+}
+
+fn pagerank_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
+    let nodes = plan
+        .args
+        .nodes
+        .unwrap_or(if plan.args.quick { 20_000 } else { 200_000 });
+    let rounds = 10;
+    let mut md = format!(
+        "### pagerank — {nodes} nodes, ~10 links each, {rounds} iterations, {} runs per mode\n\n| mode | total s | of which caching the links s | ratio to no cache |\n|---|---|---|---|\n",
+        plan.iterations
+    );
+    let mut problems = Vec::new();
+    let mut modes = Vec::new();
+    for cache in [false, true] {
+        let output = plan.out(&format!("pagerank-ranks-{cache}.txt"));
+        let spec = json!({
+            "data": plan.args.data, "nodes": nodes, "degree": 10,
+            "pagerank_iterations": rounds, "cache": cache, "output": output,
+        });
+        modes.push((cache, output, plan.run("drove", "pagerank", spec)));
+    }
+    let mut report = Vec::new();
+    let mut baseline = f64::NAN;
+    for (cache, _, outcome) in &modes {
+        let label = if *cache { "links cached" } else { "no cache" };
+        match outcome {
+            Outcome::Ran(m) => {
+                let total = times(&m.result["total_s"]);
+                if !*cache {
+                    baseline = median(&total);
+                }
+                md.push_str(&format!(
+                    "| {label} | {} | {} | {:.2} |\n",
+                    spread(&total, 2),
+                    spread(&times(&m.result["cache_s"]), 2),
+                    median(&total) / baseline
+                ));
+                report.push(json!({ "cache": cache, "result": m.result }));
+            }
+            Outcome::Missing(why) | Outcome::Failed(why) => {
+                problems.push(format!("pagerank ({label}): {why}"));
+                md.push_str(&format!(
+                    "| {label} | FAILED: {} | | |\n",
+                    why.lines().next().unwrap_or("")
+                ));
+            }
+        }
+    }
+    if let [(_, plain, Outcome::Ran(_)), (_, cached, Outcome::Ran(_))] = &modes[..] {
+        let same = iterative::read_ranks(plain).and_then(|p| {
+            let c = iterative::read_ranks(cached)?;
+            pagerank::same_ranks(&p, &c).map_err(anyhow::Error::msg)
+        });
+        match same {
+            Ok(()) => {
+                md.push_str("\nThe ranks are equal with and without the cache (relative 1e-9).\n")
+            }
+            Err(e) => {
+                problems.push(format!("pagerank: the modes disagree: {e:#}"));
+                md.push_str(&format!("\nThe modes DISAGREE: {e:#}\n"));
+            }
+        }
+    }
+    Ok((
+        md,
+        json!({ "workload": "pagerank", "nodes": nodes, "modes": report }),
+        problems,
+    ))
+}
+
+fn memory_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
+    let quick = plan.args.quick;
+    let budget = plan
+        .args
+        .memory_budget
+        .unwrap_or(if quick { 32 << 20 } else { 256 << 20 });
+    // About 168 bytes a row in memory (the table's strings keep spare capacity).
+    let rows_per_file = ((8 * budget) as usize / 168 / 4 + 1).max(100_000);
+    let run = iterative::MemoryRun {
+        budget,
+        rows_per_file,
+        slots: plan.args.slots,
+        iterations: plan.iterations,
+    };
+    println!("  running drove processes (memory)");
+    let mut problems = Vec::new();
+    let mut md = format!(
+        "### memory — sort of a table over four times the budget, 2 `drove worker` processes × {} slot(s) with `--memory {}`, {} runs\n\n",
+        plan.args.slots,
+        drove_core::human_bytes(budget),
+        plan.iterations
+    );
+    let report = match iterative::memory(&run) {
+        Ok(r) => {
+            let runs = r["runs"].as_array().cloned().unwrap_or_default();
+            let secs: Vec<f64> = runs.iter().filter_map(|r| r["seconds"].as_f64()).collect();
+            let peaks: Vec<f64> = runs
+                .iter()
+                .flat_map(|r| times(&r["peak_rss_bytes"]))
+                .collect();
+            let spilled: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r["spilled_bytes"].as_f64())
+                .collect();
+            md.push_str(&format!(
+                "| table in memory | time s | peak resident per worker (median, max) | budget | bytes spilled |\n|---|---|---|---|---|\n| {} | {} | {} , {} | {} | {} |\n",
+                drove_core::human_bytes(r["data_bytes"].as_u64().unwrap_or(0)),
+                spread(&secs, 2),
+                drove_core::human_bytes(median(&peaks) as u64),
+                drove_core::human_bytes(peaks.iter().copied().fold(0.0, f64::max) as u64),
+                drove_core::human_bytes(budget),
+                drove_core::human_bytes(median(&spilled) as u64),
+            ));
+            r
+        }
+        Err(e) => {
+            problems.push(format!("memory: {e:#}"));
+            md.push_str(&format!("FAILED: {e:#}\n"));
+            Value::Null
+        }
+    };
+    Ok((
+        md,
+        json!({ "workload": "memory", "result": report }),
         problems,
     ))
 }

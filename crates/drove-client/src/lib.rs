@@ -261,6 +261,25 @@ impl Session {
         .await
     }
 
+    /// Forgets table `name` (registered by this session); false if there was none. Jobs
+    /// submitted afterwards no longer carry it.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) {
+    /// session.deregister_table("orders");
+    /// # }
+    /// ```
+    pub fn deregister_table(&self, name: &str) -> bool {
+        let mut tables = self.inner.tables.lock().unwrap_or_else(|p| p.into_inner());
+        let before = tables.len();
+        tables.retain(|t| t.name != name);
+        let removed = tables.len() < before;
+        if removed {
+            let _ = self.inner.ctx.deregister_table(name);
+        }
+        removed
+    }
+
     /// Registers a Parquet file or directory as table `name`.
     ///
     /// ```no_run

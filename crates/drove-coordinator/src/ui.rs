@@ -187,12 +187,14 @@ pub fn job(j: &pb::JobStatus) -> String {
     let running = j.state() == pb::JobState::Running;
     let _ = write!(
         b,
-        "<h1>job-{} {}</h1><p>{} · {} stages · {}</p>",
+        "<h1>job-{} {}</h1><p>{} · {} stages · {} · spilled {} in {} spills</p>",
         j.job_id,
         state_cell(j.state()),
         esc(&j.name),
         j.stages.len(),
-        millis(j.elapsed_ms)
+        millis(j.elapsed_ms),
+        human_bytes(j.spilled_bytes),
+        j.spill_count
     );
     if !j.error.is_empty() {
         let _ = write!(
@@ -216,12 +218,12 @@ pub fn job(j: &pb::JobStatus) -> String {
             s.attempts_speculative,
             id = s.stage_id,
         );
-        b.push_str("<table class=\"tasks\"><tr><th>partition</th><th>worker</th><th>attempt</th><th>duration</th><th>rows out</th><th>bytes out</th><th>read local</th><th>read remote</th><th></th></tr>");
+        b.push_str("<table class=\"tasks\"><tr><th>partition</th><th>worker</th><th>attempt</th><th>duration</th><th>rows out</th><th>bytes out</th><th>read local</th><th>read remote</th><th>spilled</th><th></th></tr>");
         for t in &s.tasks {
             let skew = skewed(t, s);
             let _ = write!(
                 b,
-                "<tr class=\"task{}\"><td>{}</td><td><a href=\"/workers/{w}\">worker-{w}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr class=\"task{}\"><td>{}</td><td><a href=\"/workers/{w}\">worker-{w}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 if skew { " skew" } else { "" },
                 t.partition,
                 t.attempt,
@@ -230,6 +232,7 @@ pub fn job(j: &pb::JobStatus) -> String {
                 human_bytes(t.output_bytes),
                 human_bytes(t.local_read_bytes),
                 human_bytes(t.remote_read_bytes),
+                human_bytes(t.spilled_bytes),
                 if skew {
                     "skewed: far above the stage median"
                 } else {

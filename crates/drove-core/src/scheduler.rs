@@ -1596,6 +1596,99 @@ mod tests {
         assert!(again.is_empty());
     }
 
+    /// A job reading a cached table: stage 0 is lineage only, stage 1 the cached
+    /// partitions at `holders`, stage 2 reads partition p of stage 1 in task p.
+    fn cached_job(id: u64, holders: [WorkerId; 2]) -> JobSpec {
+        let nowhere = Existing {
+            attempt: 0,
+            worker: WorkerId::NOWHERE,
+            origin: (JobId(0), StageId(0)),
+        };
+        let at = |worker| Existing {
+            attempt: 3,
+            worker,
+            origin: (JobId(0), StageId(1)),
+        };
+        JobSpec {
+            id: JobId(id),
+            stages: vec![
+                StageSpec {
+                    id: StageId(0),
+                    tasks: 2,
+                    existing: vec![nowhere; 2],
+                    ..Default::default()
+                },
+                StageSpec {
+                    id: StageId(1),
+                    tasks: 2,
+                    depends_on: vec![StageId(0)],
+                    existing: holders.map(at).to_vec(),
+                    ..Default::default()
+                },
+                StageSpec {
+                    id: StageId(2),
+                    tasks: 2,
+                    depends_on: vec![StageId(1)],
+                    local_input: Some(StageId(1)),
+                    ..Default::default()
+                },
+            ],
+            final_stage: StageId(2),
+        }
+    }
+
+    #[test]
+    fn existing_outputs_are_reused_where_they_are_and_only_lost_ones_recomputed() {
+        let mut s = with_workers(SchedulerConfig::default(), &[2, 2]);
+        let (w1, w2) = (WorkerId(1), WorkerId(2));
+        // Both cached partitions live: only the readers run, each by its partition.
+        let cmds = s.handle(Event::JobSubmitted(cached_job(1, [w2, w1])));
+        let l = launches(&cmds);
+        assert_eq!(l.len(), 2, "{cmds:?}");
+        for (attempt, worker) in &l {
+            assert_eq!(attempt.task.stage, StageId(2));
+            let holder = if attempt.task.partition == 0 { w2 } else { w1 };
+            assert_eq!(
+                *worker, holder,
+                "partition {} ran away from its data",
+                attempt.task.partition
+            );
+        }
+        let outputs = s.stage_outputs(JobId(1), StageId(1)).unwrap();
+        assert_eq!(outputs[0].origin, (JobId(0), StageId(1)));
+        assert_eq!(outputs[0].attempt, 3);
+        for launch in l {
+            succeed(&mut s, launch);
+        }
+        assert_eq!(s.job_outcome(JobId(1)), Some(&JobOutcome::Succeeded));
+
+        // Partition 0's holder is gone: its lineage (stage 0) runs, then it, then the
+        // readers; partition 1 is not computed again.
+        let gone = WorkerId(99);
+        let cmds = s.handle(Event::JobSubmitted(cached_job(2, [gone, w2])));
+        let l = launches(&cmds);
+        assert!(l.iter().all(|(a, _)| a.task.stage == StageId(0)), "{l:?}");
+        assert_eq!(l.len(), 2);
+        let mut next = Vec::new();
+        for launch in l {
+            next.extend(launches(&succeed(&mut s, launch)));
+        }
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert_eq!(
+            (next[0].0.task.stage, next[0].0.task.partition),
+            (StageId(1), 0)
+        );
+        let readers = launches(&succeed(&mut s, next[0]));
+        assert_eq!(readers.len(), 2);
+        let outputs = s.stage_outputs(JobId(2), StageId(1)).unwrap();
+        assert_eq!(
+            outputs[0].origin,
+            (JobId(2), StageId(1)),
+            "the recomputed partition is the job's own"
+        );
+        assert_eq!(outputs[1].origin, (JobId(0), StageId(1)));
+    }
+
     #[test]
     fn rejects_malformed_jobs() {
         let s = Scheduler::default();

@@ -597,13 +597,18 @@ async fn status(args: StatusArgs) -> Result<()> {
     let status = session.cluster_status().await?;
     println!("{} workers", status.workers.len());
     for w in &status.workers {
+        let memory = w.memory.unwrap_or_default();
         println!(
-            "  worker-{} at {}: {} slots, {} running, heartbeat {} ms ago{}",
+            "  worker-{} at {}: {} slots, {} running, heartbeat {} ms ago, memory {} of {} (peak {}), spilled {}{}",
             w.worker_id,
             w.flight_addr,
             w.slots,
             w.running_tasks,
             w.heartbeat_age_ms,
+            drove_core::human_bytes(memory.block_bytes + memory.execution_bytes),
+            drove_core::human_bytes(memory.budget_bytes),
+            drove_core::human_bytes(memory.peak_bytes),
+            drove_core::human_bytes(memory.spilled_bytes_total),
             if w.draining { ", draining" } else { "" }
         );
     }

@@ -1,0 +1,214 @@
+//! The iterative workloads: PageRank with its links cached in worker memory and
+//! without (`pagerank`), and a sort over data four times the cluster's memory budget
+//! on workers that are separate processes (`memory`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use drove_client::{LocalCluster, LocalClusterConfig, Session};
+use serde_json::{Value, json};
+
+use crate::engines::number;
+
+/// Runs PageRank `iterations` times on fresh embedded clusters; writes the last run's
+/// ranks to the spec's `output` (one "node rank" line each).
+pub async fn pagerank(spec: &Value) -> Result<Value> {
+    let options = pagerank::Options {
+        nodes: number(spec, "nodes")?,
+        degree: number(spec, "degree")?,
+        iterations: number(spec, "pagerank_iterations")? as u32,
+        cache: spec["cache"].as_bool().context("cache")?,
+        dir: PathBuf::from(spec["data"].as_str().context("data")?),
+    };
+    let (mut totals, mut caching) = (Vec::new(), Vec::new());
+    let mut last = Vec::new();
+    for _ in 0..number(spec, "iterations")? {
+        let cluster = LocalCluster::start(LocalClusterConfig {
+            workers: number(spec, "workers")? as usize,
+            slots: number(spec, "slots")? as u32,
+            ..Default::default()
+        })
+        .await?;
+        let session = Session::with_cluster(cluster).await?;
+        let started = Instant::now();
+        let ranks = pagerank::run(&session, &options).await?;
+        totals.push(started.elapsed().as_secs_f64());
+        caching.push(ranks.cache_secs);
+        last = ranks.ranks;
+        session.shutdown().await;
+    }
+    let text: String = last.iter().map(|(n, r)| format!("{n} {r:e}\n")).collect();
+    std::fs::write(spec["output"].as_str().context("output")?, text)?;
+    Ok(json!({ "total_s": totals, "cache_s": caching }))
+}
+
+/// Ranks as [`pagerank`] wrote them.
+pub fn read_ranks(path: &Path) -> Result<Vec<(i64, f64)>> {
+    std::fs::read_to_string(path)?
+        .lines()
+        .map(|l| {
+            let (n, r) = l.split_once(' ').context("a malformed ranks line")?;
+            Ok((n.parse()?, r.parse()?))
+        })
+        .collect()
+}
+
+/// Peak resident memory of a process so far, from /proc.
+fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmHWM in /proc/PID/status")?;
+    Ok(kib * 1024)
+}
+
+/// A child process killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `drove ARGS` and waits for the stdout line containing `marker`.
+fn spawn(drove: &Path, args: &[&str], marker: &str) -> Result<(Child, String)> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(drove)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", drove.display()))?;
+    let stdout = child.stdout.take().context("the child's stdout")?;
+    let child = Child(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let line = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains(marker) => break l,
+            Some(Ok(_)) => continue,
+            _ => bail!("drove {} exited before saying '{marker}'", args.join(" ")),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok((child, line))
+}
+
+/// The memory workload's settings.
+pub struct MemoryRun {
+    pub budget: u64,
+    pub rows_per_file: usize,
+    pub slots: u64,
+    pub iterations: u64,
+}
+
+/// Sorts a table at least four times the cluster's budget on a `drove coordinator` and
+/// two `drove worker --memory BUDGET` processes (release build), checks the answer
+/// against DataFusion, and reports each worker's peak resident memory.
+pub fn memory(run: &MemoryRun) -> Result<Value> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", "drove", "--bin", "drove"])
+        .status()
+        .context("building drove")?;
+    if !status.success() {
+        bail!("cargo build --release -p drove failed");
+    }
+    let drove = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/drove");
+    let data = drove_testkit::wide_table(4, run.rows_per_file);
+    let sql = "SELECT k, v, s FROM t ORDER BY k, v";
+    let tables = vec![drove_exec::tables::TableSpec {
+        name: "t".into(),
+        path: data.clone(),
+        format: None,
+    }];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let expected = runtime.block_on(drove_testkit::reference(&tables, sql))?;
+    let data_bytes: u64 = expected
+        .iter()
+        .map(|b| b.get_array_memory_size() as u64)
+        .sum();
+    if data_bytes < 4 * 2 * run.budget {
+        bail!("the table ({data_bytes} bytes) is less than four times the cluster's budget");
+    }
+    let budget = format!("{}B", run.budget);
+    let slots = run.slots.to_string();
+    let mut runs = Vec::new();
+    for _ in 0..run.iterations {
+        let work = std::env::temp_dir().join(format!("drove-bench-memory-{}", std::process::id()));
+        let work_arg = work.to_string_lossy().into_owned();
+        let (_coordinator, line) = spawn(
+            &drove,
+            &[
+                "coordinator",
+                "--bind",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+            ],
+            "coordinator listening on",
+        )?;
+        let addr = line
+            .split_whitespace()
+            .nth(3)
+            .context("the coordinator's address")?
+            .to_string();
+        let workers = (0..2)
+            .map(|_| {
+                spawn(
+                    &drove,
+                    &[
+                        "worker",
+                        "--coordinator",
+                        &addr,
+                        "--slots",
+                        &slots,
+                        "--memory",
+                        &budget,
+                        "--work-dir",
+                        &work_arg,
+                    ],
+                    "worker Flight service on",
+                )
+                .map(|(c, _)| c)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (seconds, summary) = runtime.block_on(async {
+            let session = Session::connect(&addr).await?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while session.cluster_status().await?.workers.len() < 2 {
+                if Instant::now() > deadline {
+                    bail!("the workers did not register");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            session.register_parquet("t", &data).await?;
+            let started = Instant::now();
+            let result = session.run_sql(sql).await?;
+            let seconds = started.elapsed().as_secs_f64();
+            if let Err(diff) = drove_testkit::compare_exact(&result.batches, &expected) {
+                bail!("the sort's answer differs from DataFusion's: {diff}");
+            }
+            Ok((seconds, result.summary))
+        })?;
+        let peaks = workers
+            .iter()
+            .map(|w| peak_rss(w.0.id()))
+            .collect::<Result<Vec<_>>>()?;
+        drop(workers);
+        let _ = std::fs::remove_dir_all(&work);
+        runs.push(json!({
+            "seconds": seconds,
+            "peak_rss_bytes": peaks,
+            "spilled_bytes": summary.spilled_bytes,
+            "spill_count": summary.spill_count,
+        }));
+    }
+    Ok(json!({ "budget_bytes": run.budget, "data_bytes": data_bytes, "runs": runs }))
+}
