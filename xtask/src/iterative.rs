@@ -55,17 +55,6 @@ pub fn read_ranks(path: &Path) -> Result<Vec<(i64, f64)>> {
         .collect()
 }
 
-/// Peak resident memory of a process so far, from /proc.
-fn peak_rss(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmHWM in /proc/PID/status")?;
-    Ok(kib * 1024)
-}
-
 /// A child process killed when dropped.
 struct Child(std::process::Child);
 
@@ -129,11 +118,14 @@ pub fn memory(run: &MemoryRun) -> Result<Value> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let expected = runtime.block_on(drove_testkit::reference(&tables, sql))?;
-    let data_bytes: u64 = expected
+    // The table's size in memory as a scan reads it (the sorted result's batches share
+    // buffers, so they cannot tell).
+    let data_bytes: u64 = runtime
+        .block_on(drove_testkit::reference(&tables, "SELECT * FROM t"))?
         .iter()
         .map(|b| b.get_array_memory_size() as u64)
         .sum();
+    let expected = runtime.block_on(drove_testkit::reference(&tables, sql))?;
     if data_bytes < 4 * 2 * run.budget {
         bail!("the table ({data_bytes} bytes) is less than four times the cluster's budget");
     }
@@ -199,7 +191,7 @@ pub fn memory(run: &MemoryRun) -> Result<Value> {
         })?;
         let peaks = workers
             .iter()
-            .map(|w| peak_rss(w.0.id()))
+            .map(|w| Ok(drove_testkit::peak_rss(w.0.id())?))
             .collect::<Result<Vec<_>>>()?;
         drop(workers);
         let _ = std::fs::remove_dir_all(&work);

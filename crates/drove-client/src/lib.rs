@@ -444,9 +444,9 @@ impl Session {
     /// ```
     pub async fn run_sql(&self, sql: &str) -> Result<QueryResult> {
         match CacheStatement::parse(sql)? {
-            Some(CacheStatement::Cache { name, query }) => self.cache_sql(name, query).await,
+            Some(CacheStatement::Cache { name, query }) => self.cache_sql(&name, query).await,
             Some(CacheStatement::Uncache { name, if_exists }) => {
-                self.uncache(name, if_exists).await?;
+                self.uncache(&name, if_exists).await?;
                 Ok(QueryResult::empty())
             }
             None => {
@@ -692,46 +692,44 @@ fn existing_path(path: &Path) -> Result<&str> {
 
 /// A short label for a job: the start of its SQL on one line.
 /// `CACHE TABLE name AS query` and `UNCACHE TABLE [IF EXISTS] name`, which DataFusion's
-/// SQL does not know; the client turns them into calls of its own.
+/// SQL does not know; the client turns them into calls of its own. Names are folded to
+/// lower case, as DataFusion folds unquoted names.
 #[derive(Debug, PartialEq, Eq)]
 enum CacheStatement<'a> {
-    Cache { name: &'a str, query: &'a str },
-    Uncache { name: &'a str, if_exists: bool },
+    Cache { name: String, query: &'a str },
+    Uncache { name: String, if_exists: bool },
 }
 
 impl<'a> CacheStatement<'a> {
     /// The statement `sql` is, if it is one of these; an error if it is one, malformed.
     fn parse(sql: &'a str) -> Result<Option<Self>> {
         let text = sql.trim().trim_end_matches(';').trim();
-        let mut words = text.split_whitespace();
-        let first = words.next().unwrap_or_default().to_ascii_uppercase();
-        if first != "CACHE" && first != "UNCACHE" {
+        // The words, each with where it starts in `text`.
+        let words: Vec<(usize, &str)> = text
+            .split_whitespace()
+            .map(|w| (w.as_ptr() as usize - text.as_ptr() as usize, w))
+            .collect();
+        let is = |i: usize, word: &str| {
+            words
+                .get(i)
+                .is_some_and(|(_, w)| w.eq_ignore_ascii_case(word))
+        };
+        let uncache = is(0, "UNCACHE");
+        if !(uncache || is(0, "CACHE")) || !is(1, "TABLE") {
             return Ok(None);
         }
-        if !words
-            .next()
-            .is_some_and(|w| w.eq_ignore_ascii_case("TABLE"))
-        {
-            return Ok(None);
-        }
-        if first == "UNCACHE" {
-            let rest: Vec<&str> = words.collect();
-            return match rest.as_slice() {
-                [name] => Ok(Some(Self::Uncache {
-                    name,
+        if uncache {
+            let usage = || Error::Rejected("write UNCACHE TABLE [IF EXISTS] name".into());
+            return match words.len() {
+                3 => Ok(Some(Self::Uncache {
+                    name: words[2].1.to_ascii_lowercase(),
                     if_exists: false,
                 })),
-                [i, e, name]
-                    if i.eq_ignore_ascii_case("IF") && e.eq_ignore_ascii_case("EXISTS") =>
-                {
-                    Ok(Some(Self::Uncache {
-                        name,
-                        if_exists: true,
-                    }))
-                }
-                _ => Err(Error::Rejected(
-                    "write UNCACHE TABLE [IF EXISTS] name".into(),
-                )),
+                5 if is(2, "IF") && is(3, "EXISTS") => Ok(Some(Self::Uncache {
+                    name: words[4].1.to_ascii_lowercase(),
+                    if_exists: true,
+                })),
+                _ => Err(usage()),
             };
         }
         let usage = || {
@@ -739,17 +737,66 @@ impl<'a> CacheStatement<'a> {
                 "write CACHE TABLE name AS query, e.g. CACHE TABLE recent AS SELECT * FROM orders WHERE o_orderdate > '1998-01-01', as a statement of its own".into(),
             )
         };
-        let name = words.next().ok_or_else(usage)?;
-        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("AS")) {
+        if words.len() < 5 || !is(3, "AS") {
             return Err(usage());
         }
-        // The query is everything after the AS that follows the name.
-        let after_name = &text[text.find(name).map_or(0, |i| i + name.len())..];
-        let query = after_name.trim_start()[2..].trim();
-        if query.is_empty() {
-            return Err(usage());
+        let query = &text[words[4].0..];
+        if query.contains(';') {
+            return Err(Error::Rejected(
+                "CACHE TABLE takes a single query; run other statements separately".into(),
+            ));
         }
-        Ok(Some(Self::Cache { name, query }))
+        Ok(Some(Self::Cache {
+            name: words[2].1.to_ascii_lowercase(),
+            query,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CacheStatement;
+
+    #[test]
+    fn cache_statements_parse_and_bad_ones_say_how_to_write_them() {
+        let cache = |name: &str, query| {
+            Some(CacheStatement::Cache {
+                name: name.into(),
+                query,
+            })
+        };
+        assert_eq!(
+            CacheStatement::parse("cache table t as select a from t;").unwrap(),
+            cache("t", "select a from t")
+        );
+        assert_eq!(
+            CacheStatement::parse("CACHE TABLE Big\n AS\tSELECT * FROM able").unwrap(),
+            cache("big", "SELECT * FROM able")
+        );
+        assert_eq!(
+            CacheStatement::parse("uncache table IF exists X").unwrap(),
+            Some(CacheStatement::Uncache {
+                name: "x".into(),
+                if_exists: true
+            })
+        );
+        // Any Unicode space separates words, and no offset lands inside a character.
+        assert_eq!(
+            CacheStatement::parse("CACHE TABLE\u{a0}tabl AS SELECT 'é'").unwrap(),
+            cache("tabl", "SELECT 'é'")
+        );
+        assert_eq!(CacheStatement::parse("SELECT 1").unwrap(), None);
+        assert_eq!(CacheStatement::parse("cache").unwrap(), None);
+        for (bad, says) in [
+            ("CACHE TABLE x", "CACHE TABLE name AS query"),
+            ("CACHE TABLE x SELECT 1", "CACHE TABLE name AS query"),
+            ("CACHE TABLE x AS SELECT 1; SELECT 2", "single query"),
+            ("UNCACHE TABLE", "UNCACHE TABLE [IF EXISTS] name"),
+            ("UNCACHE TABLE a b", "UNCACHE TABLE [IF EXISTS] name"),
+        ] {
+            let e = CacheStatement::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }
 

@@ -115,7 +115,6 @@ async fn plan_stages(
         ctx.register_table(table.name.as_str(), Arc::new(table.clone()))?;
         names.push(table.name.clone());
     }
-    let distribute = |physical| distribute(physical, settings.clone(), caches);
     let logical = match query {
         Query::Sql(sql) => plan_sql(&ctx, sql, &names).await?,
         Query::LogicalPlan(bytes) => {
@@ -133,7 +132,7 @@ async fn plan_stages(
                 }
                 other => Error::from(other),
             })?;
-            return distribute(physical);
+            return distribute(physical, settings, caches);
         }
     };
     let mut physical = ctx
@@ -147,9 +146,8 @@ async fn plan_stages(
             .with_config(session::config(&settings)?)
             .build();
         physical = state.create_physical_plan(&logical).await?;
-        return self::distribute(physical, settings, caches);
     }
-    distribute(physical)
+    distribute(physical, settings, caches)
 }
 
 /// Cuts a physical plan into stages and encodes them for the workers.

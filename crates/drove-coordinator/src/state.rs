@@ -105,6 +105,8 @@ struct State {
     metrics: Metrics,
     /// Cached tables by name.
     caches: BTreeMap<String, CacheEntry>,
+    /// Names of tables being cached by running jobs.
+    caches_pending: std::collections::BTreeSet<String>,
     next_cache_id: u64,
 }
 
@@ -135,6 +137,7 @@ impl Coordinator {
                 ..Default::default()
             },
             caches: BTreeMap::new(),
+            caches_pending: Default::default(),
             next_cache_id: 1,
         };
         Self {
@@ -200,8 +203,8 @@ impl Coordinator {
             return;
         };
         conn.last_heartbeat = Instant::now();
-        conn.block_bytes = heartbeat.block_bytes;
         if let Some(memory) = heartbeat.memory {
+            conn.block_bytes = memory.block_bytes;
             conn.memory = memory;
         }
         state.handle(Event::WorkerHeartbeat { worker });
@@ -338,15 +341,17 @@ impl Coordinator {
             };
             (state.caches_for_planning(), cache_id)
         };
-        let planned = planning::plan(&query, &tables, &caches, cache_id, target_partitions).await?;
+        let planned =
+            match planning::plan(&query, &tables, &caches, cache_id, target_partitions).await {
+                Ok(p) => p,
+                Err(e) => {
+                    if let Some(table) = &cache_as {
+                        self.lock().caches_pending.remove(table);
+                    }
+                    return Err(e);
+                }
+            };
         let mut state = self.lock();
-        if let Some(table) = &cache_as
-            && state.caches.contains_key(table)
-        {
-            return Err(Error::User(format!(
-                "table '{table}' was cached by another job meanwhile; UNCACHE TABLE {table} first"
-            )));
-        }
         let job = state.meta.state().next_job_id();
         let _span = info_span!("job", %job).entered();
         let spec = JobSpec {
@@ -364,10 +369,12 @@ impl Coordinator {
                 .collect(),
             final_stage: StageId(planned.stages.last().map_or(0, |s| s.id)),
         };
-        state
-            .scheduler
-            .validate(&spec)
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        if let Err(e) = state.scheduler.validate(&spec) {
+            if let Some(table) = &cache_as {
+                state.caches_pending.remove(table);
+            }
+            return Err(Error::Internal(e.to_string()));
+        }
         state.meta.append(MetaCommand::JobSubmitted {
             job,
             name: name.clone(),
@@ -697,6 +704,9 @@ impl State {
         let Some(record) = self.jobs.get_mut(&job) else {
             return;
         };
+        if let Some((name, _)) = &record.caches_as {
+            self.caches_pending.remove(name);
+        }
         record.state = state;
         record.error = error;
         record.ended = Some(Instant::now());
@@ -777,7 +787,6 @@ impl State {
             },
             inputs,
             settings: record.planned.settings.clone(),
-            cache_id: stage.cache.unwrap_or(0),
         })
     }
 
@@ -810,11 +819,12 @@ impl State {
                 "'{name}' cannot name a cached table; use letters, digits and '_', not starting with a digit"
             )));
         }
-        if self.caches.contains_key(name) {
+        if self.caches.contains_key(name) || self.caches_pending.contains(name) {
             return Err(Error::User(format!(
-                "table '{name}' is already cached; UNCACHE TABLE {name} first to cache it anew"
+                "table '{name}' is already cached (or being cached); UNCACHE TABLE {name} first to cache it anew"
             )));
         }
+        self.caches_pending.insert(name.to_string());
         let id = self.next_cache_id;
         self.next_cache_id += 1;
         Ok(id)
@@ -860,7 +870,8 @@ impl State {
     }
 
     /// After a job succeeded: a table it cached becomes available, and partitions of
-    /// cached tables it had to compute again replace the lost ones.
+    /// cached tables it had to compute again replace the lost ones. Either way the
+    /// workers holding them are told to keep those blocks past the job's release.
     fn keep_cached_outputs(&mut self, job: JobId) {
         let Some(record) = self.jobs.get(&job) else {
             return;
@@ -878,6 +889,12 @@ impl State {
             let Some(outputs) = self.scheduler.stage_outputs(job, StageId(stage)) else {
                 continue;
             };
+            let computed: Vec<(u32, Output)> = outputs
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.origin.0 == job)
+                .map(|(p, o)| (p as u32, *o))
+                .collect();
             match &new_table {
                 Some((name, id)) if *id == cache => {
                     let Some(schema) = schema.clone() else {
@@ -890,32 +907,59 @@ impl State {
                         schema,
                         partitions: outputs.len(),
                     };
-                    self.caches.insert(
-                        name.clone(),
-                        CacheEntry {
-                            table,
-                            lineage: lineage.clone(),
-                            partitions: outputs,
-                        },
-                    );
+                    let entry = CacheEntry {
+                        table,
+                        lineage: lineage.clone(),
+                        partitions: outputs,
+                    };
+                    self.caches.insert(name.clone(), entry);
                 }
-                _ => match self.caches.values_mut().find(|e| e.table.id == cache) {
-                    Some(entry) => {
-                        for (p, o) in outputs.into_iter().enumerate() {
-                            if o.origin.0 == job && p < entry.partitions.len() {
-                                info!(
-                                    cache,
-                                    partition = p,
-                                    "a lost cached partition was computed again"
-                                );
-                                entry.partitions[p] = o;
-                            }
+                _ => {
+                    // Uncached while this job ran: its blocks go with the job.
+                    let Some(entry) = self.caches.values_mut().find(|e| e.table.id == cache) else {
+                        continue;
+                    };
+                    for (p, o) in outputs.into_iter().enumerate() {
+                        if o.origin.0 == job && p < entry.partitions.len() {
+                            info!(
+                                cache,
+                                partition = p,
+                                "a lost cached partition was computed again"
+                            );
+                            entry.partitions[p] = o;
                         }
                     }
-                    // Uncached while this job ran: free what it computed for it.
-                    None => self.release_cache(cache),
-                },
+                }
             }
+            self.adopt(cache, &computed);
+        }
+    }
+
+    /// Tells the workers holding `outputs` (partitions of a cached stage, one block
+    /// each, with their partition numbers) that the blocks now belong to cached table
+    /// `cache`.
+    fn adopt(&self, cache: u64, outputs: &[(u32, Output)]) {
+        let mut by_worker: BTreeMap<WorkerId, Vec<pb::BlockTicket>> = BTreeMap::new();
+        for (partition, o) in outputs {
+            by_worker
+                .entry(o.worker)
+                .or_default()
+                .push(pb::BlockTicket {
+                    job_id: o.origin.0.0,
+                    stage_id: o.origin.1.0,
+                    map_partition: *partition,
+                    reduce_partition: 0,
+                    attempt: o.attempt,
+                });
+        }
+        for (worker, blocks) in by_worker {
+            self.send(
+                worker,
+                pb::coordinator_message::Kind::Adopt(pb::AdoptBlocks {
+                    cache_id: cache,
+                    blocks,
+                }),
+            );
         }
     }
 

@@ -1,15 +1,16 @@
 //! A worker's store of shuffle blocks.
 //!
 //! A block is the output of one task attempt for one reduce partition. Blocks stay in
-//! memory while the store's memory limit allows; a block that does not fit is written
-//! to the store's spill directory as compressed Arrow IPC instead, and read back from
-//! there the same way. A spilled block's file is deleted when the last reader of a
-//! released block lets go of it.
+//! memory while the store's memory limit allows; an output partition that does not fit
+//! is written to the store's spill directory as compressed Arrow IPC instead, and read
+//! back from there the same way. A block gives its memory back, and its file is
+//! deleted, when it has been released and its last reader is done with it.
 //!
-//! A block belongs to its job, or to a cached table when the task that wrote it was
-//! computing one: releasing a job frees the job's own blocks and leaves cached ones.
+//! A block belongs to its job until the coordinator hands it to a cached table
+//! ([`BlockStore::adopt`]): releasing a job frees the job's own blocks and leaves
+//! cached ones, which go when their table is uncached.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow::record_batch::RecordBatch;
 
 use crate::{Error, Result};
+
 /// The name of one block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BlockKey {
@@ -42,16 +44,6 @@ impl std::fmt::Display for BlockKey {
             self.job, self.stage, self.map_partition, self.reduce_partition, self.attempt
         )
     }
-}
-
-/// One block's data.
-#[derive(Debug)]
-pub struct Block {
-    pub schema: SchemaRef,
-    data: Data,
-    /// Bytes the block takes in memory (as Arrow arrays), wherever it is now.
-    pub bytes: u64,
-    pub rows: u64,
 }
 
 /// A batch whose string and binary view columns hold only the bytes their rows use.
@@ -83,24 +75,6 @@ pub fn compact(batch: RecordBatch) -> RecordBatch {
     RecordBatch::try_new(batch.schema(), compacted).unwrap_or(batch)
 }
 
-impl Block {
-    /// A block of `batches`, compacted (see [`compact`]).
-    pub fn new(schema: SchemaRef, batches: Vec<RecordBatch>) -> Self {
-        let batches: Vec<RecordBatch> = batches.into_iter().map(compact).collect();
-        let bytes = batches
-            .iter()
-            .map(|b| b.get_array_memory_size() as u64)
-            .sum();
-        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-        Self {
-            schema,
-            data: Data::Memory(batches),
-            bytes,
-            rows,
-        }
-    }
-}
-
 /// How spilled blocks are compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SpillCodec {
@@ -119,12 +93,13 @@ impl SpillCodec {
         }
     }
 
-    /// The name DataFusion's `datafusion.execution.spill_compression` uses.
-    pub fn datafusion_name(self) -> &'static str {
+    /// The same codec for DataFusion's own spill files.
+    pub fn datafusion(self) -> datafusion::common::config::SpillCompression {
+        use datafusion::common::config::SpillCompression;
         match self {
-            SpillCodec::None => "uncompressed",
-            SpillCodec::Lz4 => "lz4_frame",
-            SpillCodec::Zstd => "zstd",
+            SpillCodec::None => SpillCompression::Uncompressed,
+            SpillCodec::Lz4 => SpillCompression::Lz4Frame,
+            SpillCodec::Zstd => SpillCompression::Zstd,
         }
     }
 }
@@ -144,7 +119,39 @@ impl std::str::FromStr for SpillCodec {
     }
 }
 
-/// A block written to disk. The file goes when the last reference does.
+/// Memory and disk a store's blocks hold, shared with the blocks so that each gives
+/// back what it took when it is dropped.
+#[derive(Debug, Default)]
+struct Counters {
+    memory: AtomicU64,
+    peak: AtomicU64,
+    disk: AtomicU64,
+}
+
+impl Counters {
+    /// Takes `bytes` of memory if the total stays within `limit`.
+    fn try_reserve(&self, bytes: u64, limit: u64) -> bool {
+        let reserved = self
+            .memory
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
+                m.checked_add(bytes).filter(|n| *n <= limit)
+            });
+        match reserved {
+            Ok(before) => {
+                self.peak.fetch_max(before + bytes, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn unreserve(&self, bytes: u64) {
+        let before = self.memory.fetch_sub(bytes, Ordering::AcqRel);
+        assert!(before >= bytes, "block memory accounting went below zero");
+    }
+}
+
+/// A spill file, deleted when dropped.
 #[derive(Debug)]
 struct SpillFile {
     path: PathBuf,
@@ -153,8 +160,12 @@ struct SpillFile {
 
 impl Drop for SpillFile {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            tracing::warn!(path = %self.path.display(), "could not delete a spilled block: {e}");
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), "could not delete a spill file: {e}")
+            }
         }
     }
 }
@@ -165,21 +176,61 @@ enum Data {
     Disk(SpillFile),
 }
 
+/// One block's data, in memory or in a file.
+#[derive(Debug)]
+pub struct Block {
+    pub schema: SchemaRef,
+    data: Data,
+    /// Bytes the block takes in memory (as Arrow arrays), wherever it is now.
+    pub bytes: u64,
+    pub rows: u64,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        match &self.data {
+            Data::Memory(_) => self.counters.unreserve(self.bytes),
+            Data::Disk(file) => {
+                self.counters.disk.fetch_sub(file.bytes, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+/// A stream of one block's batches; it keeps the block alive while it is read.
+pub type BlockReader = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
 impl Block {
     /// Whether the block lives in a file rather than in memory.
     pub fn is_spilled(&self) -> bool {
         matches!(self.data, Data::Disk(_))
     }
 
-    /// The block's batches, read from memory or, one at a time, from its file.
-    pub fn batches(&self) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
+    /// Reads the block: its batches from memory, or one at a time from its file.
+    pub fn read(self: &Arc<Self>) -> Result<BlockReader> {
         match &self.data {
-            Data::Memory(batches) => Ok(Box::new(batches.clone().into_iter().map(Ok))),
+            Data::Memory(_) => {
+                let block = Arc::clone(self);
+                let mut next = 0;
+                Ok(Box::new(std::iter::from_fn(move || {
+                    let Data::Memory(batches) = &block.data else {
+                        return None;
+                    };
+                    let batch = batches.get(next)?.clone();
+                    next += 1;
+                    Some(Ok(batch))
+                })))
+            }
             Data::Disk(file) => {
-                let reader =
+                let opened =
                     File::open(&file.path).map_err(|e| spill_error("reading", &file.path, e))?;
-                let reader = StreamReader::try_new(BufReader::new(reader), None)?;
-                Ok(Box::new(reader.map(|b| b.map_err(Error::from))))
+                let reader = StreamReader::try_new(BufReader::new(opened), None)?;
+                let block = Arc::clone(self);
+                Ok(Box::new(reader.map(move |b| {
+                    let _keep = &block;
+                    b.map_err(Error::from)
+                })))
             }
         }
     }
@@ -193,6 +244,13 @@ fn spill_error(doing: &str, path: &Path, e: std::io::Error) -> Error {
             path.display()
         ),
     ))
+}
+
+fn arrow_spill_error(path: &Path, e: arrow::error::ArrowError) -> Error {
+    match e {
+        arrow::error::ArrowError::IoError(_, io) => spill_error("writing", path, io),
+        other => Error::from(other),
+    }
 }
 
 /// How a store keeps blocks.
@@ -218,13 +276,13 @@ impl Default for StoreConfig {
 /// What a store holds and has done, for heartbeats and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
-    /// Bytes of blocks in memory, blocks being written included.
+    /// Bytes of blocks in memory: stored, being written, or released but still read.
     pub memory_bytes: u64,
     /// The most `memory_bytes` has been.
     pub peak_memory_bytes: u64,
-    /// Bytes of spilled blocks on disk now.
+    /// Bytes of spill files on disk now.
     pub disk_bytes: u64,
-    /// Bytes written to disk since the store started, and how many blocks.
+    /// Bytes written to spill files since the store started, and how many files.
     pub spilled_bytes_total: u64,
     pub spill_count: u64,
     pub blocks: u64,
@@ -237,14 +295,22 @@ struct Entry {
     cache: Option<u64>,
 }
 
+/// Released jobs remembered, so that a task that finishes after its job was released
+/// does not leave blocks nobody will free.
+const RELEASED_JOBS_MAX: usize = 4096;
+
+#[derive(Debug, Default)]
+struct Blocks {
+    map: BTreeMap<BlockKey, Entry>,
+    released: VecDeque<u64>,
+}
+
 /// The blocks one worker holds.
 #[derive(Debug, Default)]
 pub struct BlockStore {
-    blocks: Mutex<BTreeMap<BlockKey, Entry>>,
+    blocks: Mutex<Blocks>,
     config: StoreConfig,
-    memory: AtomicU64,
-    peak: AtomicU64,
-    disk: AtomicU64,
+    counters: Arc<Counters>,
     spilled_total: AtomicU64,
     spill_count: AtomicU64,
     next_file: AtomicU64,
@@ -258,116 +324,106 @@ impl BlockStore {
         }
     }
 
-    /// Takes `bytes` of the memory limit, if they fit.
-    fn try_reserve(&self, bytes: u64) -> bool {
-        let limit = if self.config.spill_dir.is_some() {
+    fn memory_limit(&self) -> u64 {
+        if self.config.spill_dir.is_some() {
             self.config.memory_limit
         } else {
             u64::MAX
-        };
-        let reserved = self
-            .memory
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
-                m.checked_add(bytes).filter(|n| *n <= limit)
-            });
-        match reserved {
-            Ok(before) => {
-                self.peak.fetch_max(before + bytes, Ordering::Relaxed);
-                true
-            }
-            Err(_) => false,
         }
     }
 
-    fn unreserve(&self, bytes: u64) {
-        let before = self.memory.fetch_sub(bytes, Ordering::AcqRel);
-        assert!(before >= bytes, "block memory accounting went below zero");
-    }
-
-    /// Starts writing the blocks of one task attempt: `partitions` of them, owned by
-    /// `cache` if the task computes a cached table.
-    pub fn writer(
-        &self,
-        schema: SchemaRef,
-        partitions: usize,
-        cache: Option<u64>,
-    ) -> BlockWriter<'_> {
+    /// Starts writing the blocks of one task attempt, `partitions` of them.
+    pub fn writer(&self, schema: SchemaRef, partitions: usize) -> BlockWriter<'_> {
         BlockWriter {
             store: self,
             schema,
-            cache,
             parts: (0..partitions).map(|_| Part::default()).collect(),
         }
     }
 
-    /// Stores a block of `batches` in memory, past the limit if need be (tests and small
-    /// results). Storing the same key twice is a bug: attempts are unique.
-    pub fn put(&self, key: BlockKey, block: Block) {
-        if let Data::Memory(_) = block.data {
-            self.memory.fetch_add(block.bytes, Ordering::AcqRel);
+    /// Stores a finished block: false if its job was released meanwhile (the block is
+    /// dropped), an error if the key is taken (attempts are unique, so that is a bug).
+    fn insert(&self, key: BlockKey, block: Block) -> Result<bool> {
+        let mut blocks = self.lock();
+        if blocks.released.contains(&key.job) {
+            return Ok(false);
         }
-        self.insert(key, block, None);
-    }
-
-    fn insert(&self, key: BlockKey, block: Block, cache: Option<u64>) {
+        if blocks.map.contains_key(&key) {
+            return Err(Error::Internal(format!("{key} was written twice")));
+        }
         let block = Arc::new(block);
-        let previous = self.lock().insert(key, Entry { block, cache });
-        assert!(previous.is_none(), "{key} was written twice");
+        blocks.map.insert(key, Entry { block, cache: None });
+        Ok(true)
     }
 
     pub fn get(&self, key: &BlockKey) -> Option<Arc<Block>> {
-        self.lock().get(key).map(|e| Arc::clone(&e.block))
+        self.lock().map.get(key).map(|e| Arc::clone(&e.block))
     }
 
-    /// Drops blocks that `keep` rejects; returns how many bytes that freed.
-    fn release(&self, drop: impl Fn(&BlockKey, &Entry) -> bool) -> u64 {
+    /// Hands blocks of a finished job to cached table `cache`: releasing the job
+    /// leaves them. Returns how many of them this store holds.
+    pub fn adopt(&self, keys: &[BlockKey], cache: u64) -> usize {
         let mut blocks = self.lock();
+        let mut held = 0;
+        for key in keys {
+            if let Some(entry) = blocks.map.get_mut(key) {
+                entry.cache = Some(cache);
+                held += 1;
+            }
+        }
+        held
+    }
+
+    /// Drops the blocks `drop` picks; returns how many bytes they take. Their memory
+    /// and files go once nobody reads them any more.
+    fn release(&self, blocks: &mut Blocks, drop: impl Fn(&BlockKey, &Entry) -> bool) -> u64 {
         let keys: Vec<BlockKey> = blocks
+            .map
             .iter()
             .filter(|(k, e)| drop(k, e))
             .map(|(k, _)| *k)
             .collect();
-        let mut freed = 0;
-        for key in keys {
-            let Some(entry) = blocks.remove(&key) else {
-                continue;
-            };
-            freed += entry.block.bytes;
-            match &entry.block.data {
-                Data::Memory(_) => self.unreserve(entry.block.bytes),
-                Data::Disk(file) => {
-                    self.disk.fetch_sub(file.bytes, Ordering::AcqRel);
-                }
-            }
-        }
-        freed
+        keys.iter()
+            .filter_map(|k| blocks.map.remove(k))
+            .map(|e| e.block.bytes)
+            .sum()
     }
 
-    /// Drops every block of a job but those of cached tables; returns the bytes freed.
+    /// Drops every block of a job but those handed to cached tables; blocks its tasks
+    /// finish later are dropped as they come. Returns the bytes freed.
     pub fn release_job(&self, job: u64) -> u64 {
-        self.release(|k, e| k.job == job && e.cache.is_none())
+        let mut blocks = self.lock();
+        if !blocks.released.contains(&job) {
+            if blocks.released.len() == RELEASED_JOBS_MAX {
+                blocks.released.pop_front();
+            }
+            blocks.released.push_back(job);
+        }
+        self.release(&mut blocks, |k, e| k.job == job && e.cache.is_none())
     }
 
     /// Drops every block of a cached table; returns the bytes freed.
     pub fn release_cache(&self, cache: u64) -> u64 {
-        self.release(|_, e| e.cache == Some(cache))
+        let mut blocks = self.lock();
+        self.release(&mut blocks, |_, e| e.cache == Some(cache))
     }
 
     /// Drops every block; returns how many bytes that freed.
     pub fn release_all(&self) -> u64 {
-        self.release(|_, _| true)
+        let mut blocks = self.lock();
+        self.release(&mut blocks, |_, _| true)
     }
 
-    /// Bytes of blocks held in memory, blocks being written included.
+    /// Bytes of blocks in memory (see [`StoreStats::memory_bytes`]).
     pub fn bytes_held(&self) -> u64 {
-        self.memory.load(Ordering::Acquire)
+        self.counters.memory.load(Ordering::Acquire)
     }
 
     pub fn stats(&self) -> StoreStats {
         StoreStats {
             memory_bytes: self.bytes_held(),
-            peak_memory_bytes: self.peak.load(Ordering::Relaxed),
-            disk_bytes: self.disk.load(Ordering::Acquire),
+            peak_memory_bytes: self.counters.peak.load(Ordering::Relaxed),
+            disk_bytes: self.counters.disk.load(Ordering::Acquire),
             spilled_bytes_total: self.spilled_total.load(Ordering::Relaxed),
             spill_count: self.spill_count.load(Ordering::Relaxed),
             blocks: self.len() as u64,
@@ -376,14 +432,14 @@ impl BlockStore {
 
     /// Number of blocks held.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().map.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<BlockKey, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Blocks> {
         // A panic while holding this lock cannot leave the map half-updated.
         self.blocks.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -408,7 +464,9 @@ struct Part {
     /// Memory bytes and rows of everything written.
     bytes: u64,
     rows: u64,
-    file: Option<(PathBuf, StreamWriter<BufWriter<File>>)>,
+    /// Once the partition no longer fits in memory: its file (deleted if the writer
+    /// is dropped unfinished) and the writer into it.
+    file: Option<(SpillFile, StreamWriter<BufWriter<File>>)>,
 }
 
 /// Writes one task attempt's blocks: in memory while the store's limit allows, then to
@@ -417,7 +475,6 @@ struct Part {
 pub struct BlockWriter<'a> {
     store: &'a BlockStore,
     schema: SchemaRef,
-    cache: Option<u64>,
     parts: Vec<Part>,
 }
 
@@ -434,7 +491,8 @@ impl BlockWriter<'_> {
         })?;
         part.bytes += size;
         part.rows += batch.num_rows() as u64;
-        if part.file.is_none() && self.store.try_reserve(size) {
+        let counters = &self.store.counters;
+        if part.file.is_none() && counters.try_reserve(size, self.store.memory_limit()) {
             part.reserved += size;
             part.batches.push(batch);
             return Ok(());
@@ -446,72 +504,75 @@ impl BlockWriter<'_> {
             let n = self.store.next_file.fetch_add(1, Ordering::Relaxed);
             let path = dir.join(format!("block-{n}.arrow"));
             let file = File::create(&path).map_err(|e| spill_error("creating", &path, e))?;
+            // From here the file is deleted if anything goes wrong.
+            let spill = SpillFile { path, bytes: 0 };
             let options = IpcWriteOptions::default()
                 .try_with_compression(self.store.config.codec.compression())?;
-            let writer =
+            let mut writer =
                 StreamWriter::try_new_with_options(BufWriter::new(file), &self.schema, options)
-                    .map_err(|e| arrow_spill_error(&path, e))?;
-            part.file = Some((path, writer));
-            self.store.spill_count.fetch_add(1, Ordering::Relaxed);
-            let (path, writer) = part.file.as_mut().expect("just set");
-            for b in part.batches.drain(..) {
-                writer.write(&b).map_err(|e| arrow_spill_error(path, e))?;
+                    .map_err(|e| arrow_spill_error(&spill.path, e))?;
+            for b in &part.batches {
+                writer
+                    .write(b)
+                    .map_err(|e| arrow_spill_error(&spill.path, e))?;
             }
-            self.store.unreserve(std::mem::take(&mut part.reserved));
+            part.batches.clear();
+            counters.unreserve(std::mem::take(&mut part.reserved));
+            part.file = Some((spill, writer));
         }
-        let (path, writer) = part.file.as_mut().expect("spilling");
-        writer.write(&batch).map_err(|e| arrow_spill_error(path, e))
+        let (spill, writer) = part.file.as_mut().expect("spilling");
+        writer
+            .write(&batch)
+            .map_err(|e| arrow_spill_error(&spill.path, e))
     }
 
     /// Stores the blocks under the keys `key` gives each partition.
     pub fn finish(mut self, key: impl Fn(u32) -> BlockKey) -> Result<Written> {
-        // Close every file first: a failure then leaves nothing stored.
+        let counters = Arc::clone(&self.store.counters);
+        // Every block is made before any is stored: a failure stores nothing, and the
+        // blocks made so far give their memory and files back as they drop.
         let mut blocks = Vec::with_capacity(self.parts.len());
+        let mut written = Written::default();
         for part in &mut self.parts {
             let data = match part.file.take() {
                 None => Data::Memory(std::mem::take(&mut part.batches)),
-                Some((path, writer)) => {
-                    // From here the file is deleted with the block, or on failure.
-                    let mut file = SpillFile { path, bytes: 0 };
-                    let inner = writer
+                Some((mut spill, writer)) => {
+                    let buffered = writer
                         .into_inner()
-                        .map_err(|e| arrow_spill_error(&file.path, e))?;
-                    let inner = inner
+                        .map_err(|e| arrow_spill_error(&spill.path, e))?;
+                    let file = buffered
                         .into_inner()
-                        .map_err(|e| spill_error("writing", &file.path, e.into_error()))?;
-                    inner
-                        .sync_data()
-                        .map_err(|e| spill_error("writing", &file.path, e))?;
-                    file.bytes = inner
+                        .map_err(|e| spill_error("writing", &spill.path, e.into_error()))?;
+                    spill.bytes = file
                         .metadata()
-                        .map_err(|e| spill_error("writing", &file.path, e))?
+                        .map_err(|e| spill_error("writing", &spill.path, e))?
                         .len();
-                    Data::Disk(file)
+                    counters.disk.fetch_add(spill.bytes, Ordering::AcqRel);
+                    written.spilled_bytes += spill.bytes;
+                    written.spill_count += 1;
+                    Data::Disk(spill)
                 }
             };
-            blocks.push((data, part.bytes, part.rows));
-        }
-        let mut written = Written::default();
-        for (partition, (data, bytes, rows)) in blocks.into_iter().enumerate() {
-            let part = &mut self.parts[partition];
-            if let Data::Disk(file) = &data {
-                self.store.disk.fetch_add(file.bytes, Ordering::AcqRel);
-                self.store
-                    .spilled_total
-                    .fetch_add(file.bytes, Ordering::Relaxed);
-                written.spilled_bytes += file.bytes;
-                written.spill_count += 1;
-            }
-            // The reservation now belongs to the stored block.
+            // The reservation now belongs to the block.
             part.reserved = 0;
-            let block = Block {
+            written.sizes.push((part.bytes, part.rows));
+            blocks.push(Block {
                 schema: Arc::clone(&self.schema),
                 data,
-                bytes,
-                rows,
-            };
-            self.store.insert(key(partition as u32), block, self.cache);
-            written.sizes.push((bytes, rows));
+                bytes: part.bytes,
+                rows: part.rows,
+                counters: Arc::clone(&counters),
+            });
+        }
+        let store = self.store;
+        store
+            .spilled_total
+            .fetch_add(written.spilled_bytes, Ordering::Relaxed);
+        store
+            .spill_count
+            .fetch_add(written.spill_count, Ordering::Relaxed);
+        for (partition, block) in blocks.into_iter().enumerate() {
+            store.insert(key(partition as u32), block)?;
         }
         Ok(written)
     }
@@ -521,19 +582,11 @@ impl Drop for BlockWriter<'_> {
     fn drop(&mut self) {
         for part in &mut self.parts {
             if part.reserved > 0 {
-                self.store.unreserve(std::mem::take(&mut part.reserved));
-            }
-            if let Some((path, _)) = part.file.take() {
-                drop(SpillFile { path, bytes: 0 });
+                self.store
+                    .counters
+                    .unreserve(std::mem::take(&mut part.reserved));
             }
         }
-    }
-}
-
-fn arrow_spill_error(path: &Path, e: arrow::error::ArrowError) -> Error {
-    match e {
-        arrow::error::ArrowError::IoError(_, io) => spill_error("writing", path, io),
-        other => Error::from(other),
     }
 }
 
@@ -545,7 +598,101 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
     use arrow::record_batch::RecordBatch;
 
-    use super::compact;
+    use super::*;
+
+    fn numbers(n: i64) -> RecordBatch {
+        use arrow::array::Int64Array;
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(0..n))]).unwrap()
+    }
+
+    fn key(job: u64, reduce: u32) -> BlockKey {
+        BlockKey {
+            job,
+            stage: 0,
+            map_partition: 0,
+            reduce_partition: reduce,
+            attempt: 0,
+        }
+    }
+
+    #[test]
+    fn blocks_past_the_limit_spill_and_read_back_the_same_and_go_when_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = numbers(10_000);
+        let size = batch.get_array_memory_size() as u64;
+        let store = BlockStore::new(StoreConfig {
+            memory_limit: 3 * size,
+            spill_dir: Some(dir.path().to_path_buf()),
+            codec: SpillCodec::Zstd,
+        });
+        let mut writer = store.writer(batch.schema(), 2);
+        for _ in 0..2 {
+            writer.push(0, batch.clone()).unwrap();
+            writer.push(1, batch.clone()).unwrap();
+        }
+        let written = writer.finish(|r| key(1, r)).unwrap();
+        // Three batches fit: partition 1's second one did not, so partition 1 spilled.
+        assert_eq!(written.spill_count, 1);
+        assert!(written.spilled_bytes > 0);
+        let stats = store.stats();
+        assert_eq!(stats.memory_bytes, 2 * size);
+        assert!(stats.disk_bytes > 0 && stats.peak_memory_bytes >= 3 * size);
+        let spilled = store.get(&key(1, 1)).unwrap();
+        assert!(spilled.is_spilled());
+        let read: Vec<RecordBatch> = spilled.read().unwrap().map(Result::unwrap).collect();
+        assert_eq!(read, vec![batch.clone(), batch.clone()]);
+
+        // A reader keeps a released block's memory and file until it is done.
+        let in_memory = store.get(&key(1, 0)).unwrap();
+        let mut reader = in_memory.read().unwrap();
+        drop((in_memory, spilled));
+        store.release_job(1);
+        assert_eq!(store.len(), 0);
+        assert_eq!(store.stats().memory_bytes, 2 * size);
+        assert_eq!(reader.next().unwrap().unwrap(), batch);
+        drop(reader);
+        assert_eq!(store.stats().memory_bytes, 0);
+        assert_eq!(store.stats().disk_bytes, 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "a spill file is left"
+        );
+
+        // A task of the released job that finishes late leaves nothing.
+        let mut late = store.writer(batch.schema(), 1);
+        late.push(0, batch.clone()).unwrap();
+        late.finish(|r| key(1, r)).unwrap();
+        assert!(store.is_empty());
+        assert_eq!(store.stats().memory_bytes, 0);
+    }
+
+    #[test]
+    fn adopted_blocks_outlive_their_job_and_go_with_their_cache() {
+        let store = BlockStore::default();
+        let batch = numbers(100);
+        for job in [1, 2] {
+            let mut writer = store.writer(batch.schema(), 1);
+            writer.push(0, batch.clone()).unwrap();
+            writer.finish(|r| key(job, r)).unwrap();
+        }
+        assert_eq!(store.adopt(&[key(1, 0), key(9, 0)], 7), 1);
+        store.release_job(1);
+        store.release_job(2);
+        assert_eq!(store.len(), 1);
+        assert!(store.get(&key(1, 0)).is_some());
+        store.release_cache(7);
+        assert!(store.is_empty());
+        assert_eq!(store.stats().memory_bytes, 0);
+        // A key written twice is an error, not a panic.
+        let mut writer = store.writer(batch.schema(), 1);
+        writer.push(0, batch.clone()).unwrap();
+        writer.finish(|r| key(3, r)).unwrap();
+        let mut again = store.writer(batch.schema(), 1);
+        again.push(0, batch).unwrap();
+        assert!(again.finish(|r| key(3, r)).is_err());
+    }
 
     #[test]
     fn a_piece_of_a_view_column_keeps_only_its_own_bytes() {

@@ -73,8 +73,9 @@ pub fn classify(e: &DataFusionError) -> ErrorKind {
     }
 }
 
-/// Arrow's I/O errors (a full disk while spilling, say) are worth another attempt;
-/// its other errors are mistakes in the data or the plan.
+/// Arrow's I/O errors (a full disk while spilling, say) are worth another attempt, as
+/// are errors from outside that drove cannot tell apart (as with
+/// `DataFusionError::External`); Arrow's own other errors are mistakes in the data.
 fn classify_arrow(e: &arrow::error::ArrowError) -> ErrorKind {
     use arrow::error::ArrowError;
     match e {
@@ -84,10 +85,8 @@ fn classify_arrow(e: &arrow::error::ArrowError) -> ErrorKind {
                 classify(df)
             } else if let Some(own) = inner.downcast_ref::<Error>() {
                 own.kind()
-            } else if inner.downcast_ref::<std::io::Error>().is_some() {
-                ErrorKind::Transient
             } else {
-                ErrorKind::User
+                ErrorKind::Transient
             }
         }
         _ => ErrorKind::User,

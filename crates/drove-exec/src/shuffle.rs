@@ -358,14 +358,24 @@ impl ExecutionPlan for ShuffleReaderExec {
             };
             async move {
                 let stream: BlockStream = if location.worker_id == env.local_worker {
-                    let block = env.store.get(&key).ok_or_else(|| Error::Fetch {
-                        addr: location.flight_addr.clone(),
-                        message: format!("{key} is not on this worker"),
+                    // A block that is gone or cannot be read back from its spill file
+                    // is lost like a remote one: its producer must run again.
+                    let addr = location.flight_addr.clone();
+                    let unreadable = move |message: String| Error::Fetch {
+                        addr: addr.clone(),
+                        message: format!("{key}: {message}"),
                         lost: None,
-                    })?;
+                    };
+                    let block = env
+                        .store
+                        .get(&key)
+                        .ok_or_else(|| unreadable("not on this worker".into()))?;
                     env.local_read_bytes
                         .fetch_add(block.bytes, Ordering::Relaxed);
-                    futures::stream::iter(block.batches()?).boxed()
+                    let reader = block.read().map_err(|e| unreadable(e.to_string()))?;
+                    futures::stream::iter(reader)
+                        .map_err(move |e| unreadable(e.to_string()))
+                        .boxed()
                 } else {
                     let counter = Arc::clone(&env.remote_read_bytes);
                     open_block(&env.flight, &location.flight_addr, &key, counter).await?

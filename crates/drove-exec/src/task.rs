@@ -55,16 +55,14 @@ impl TaskKey {
     }
 }
 
-/// Runs `plan` for `key.partition` and stores its output in `store`, as blocks owned
-/// by `cache` if the stage computes a cached table. `ctx` must carry the task's
-/// [`ShuffleEnv`].
+/// Runs `plan` for `key.partition` and stores its output in `store`. `ctx` must carry
+/// the task's [`ShuffleEnv`].
 pub async fn run(
     key: TaskKey,
     plan: Arc<dyn ExecutionPlan>,
     output: OutputMode,
     ctx: Arc<TaskContext>,
     store: &BlockStore,
-    cache: Option<u64>,
 ) -> Result<TaskOutput> {
     let partition = key.partition as usize;
     let schema = plan.schema();
@@ -72,7 +70,7 @@ pub async fn run(
         OutputMode::Single => {
             let count = plan.output_partitioning().partition_count();
             check_partition(partition, count)?;
-            let mut writer = store.writer(Arc::clone(&schema), 1, cache);
+            let mut writer = store.writer(Arc::clone(&schema), 1);
             let mut stream = plan.execute(partition, Arc::clone(&ctx))?;
             while let Some(batch) = stream.try_next().await? {
                 writer.push(0, batch)?;
@@ -90,8 +88,7 @@ pub async fn run(
             let input_partitions = input.output_partitioning().partition_count();
             check_partition(partition, input_partitions)?;
             let partitioning = repartition.partitioning().clone();
-            let mut writer =
-                store.writer(Arc::clone(&schema), partitioning.partition_count(), cache);
+            let mut writer = store.writer(Arc::clone(&schema), partitioning.partition_count());
             let mut partitioner =
                 BatchPartitioner::try_new(partitioning, Time::new(), partition, input_partitions)?;
             let mut stream = input.execute(partition, Arc::clone(&ctx))?;

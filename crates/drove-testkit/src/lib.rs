@@ -327,3 +327,14 @@ pub fn compare_exact(actual: &[RecordBatch], expected: &[RecordBatch]) -> Result
     }
     Ok(())
 }
+
+/// The peak resident memory of process `pid` so far (`VmHWM` in /proc), in bytes.
+pub fn peak_rss(pid: u32) -> std::io::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| std::io::Error::other(format!("no VmHWM in /proc/{pid}/status")))
+}

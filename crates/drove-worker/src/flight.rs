@@ -56,7 +56,7 @@ impl FlightService for BlockService {
             .get(&key)
             .ok_or_else(|| Status::not_found(format!("{key} is not on this worker")))?;
         let batches = block
-            .batches()
+            .read()
             .map_err(|e| Status::internal(format!("reading {key}: {e}")))?
             .map(|b| b.map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e))));
         let batches = futures::stream::iter(batches);

@@ -27,7 +27,7 @@ use datafusion::execution::memory_pool::{
 };
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
-use drove_exec::blocks::{BlockStore, SpillCodec, StoreConfig};
+use drove_exec::blocks::{BlockKey, BlockStore, SpillCodec, StoreConfig};
 use drove_exec::planner::OutputMode;
 use drove_exec::shuffle::{FlightPool, MapOutputRef, ShuffleEnv};
 use drove_exec::{codec, net, session, task};
@@ -82,7 +82,8 @@ pub struct WorkerConfig {
     /// this long before it starts. 0 in normal use.
     pub task_delay_ms: u64,
     /// The memory budget: half for the blocks the worker holds, half for its running
-    /// tasks' operators (shared fairly among them). What does not fit spills to disk.
+    /// tasks' operators (divided equally between its slots). What does not fit spills
+    /// to disk.
     pub memory_bytes: u64,
     /// Under this directory the worker keeps its own directory for spilled blocks and
     /// operator spill files, removed when it stops; left-overs of workers that died are
@@ -95,10 +96,11 @@ pub struct WorkerConfig {
 /// few blocks in flight do not fit.
 pub const MEMORY_MIN_BYTES: u64 = 32 << 20;
 
-/// The default memory budget for `workers` workers on this machine: half of its memory,
-/// shared between them, and never below [`MEMORY_MIN_BYTES`].
+/// The default memory budget for `workers` workers on this machine: half of its memory
+/// (or of the control group's limit, in a container), shared between them, and never
+/// below [`MEMORY_MIN_BYTES`].
 pub fn default_memory_bytes(workers: usize) -> u64 {
-    let total = std::fs::read_to_string("/proc/meminfo")
+    let machine = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
             let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
@@ -106,7 +108,12 @@ pub fn default_memory_bytes(workers: usize) -> u64 {
             Some(kib * 1024)
         })
         .unwrap_or(8 << 30);
-    (total / 2 / workers.max(1) as u64).max(MEMORY_MIN_BYTES)
+    // "max" (no limit) does not parse, and leaves the machine's memory.
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|m| m.trim().parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    (machine.min(cgroup) / 2 / workers.max(1) as u64).max(MEMORY_MIN_BYTES)
 }
 
 /// The default parent of workers' directories.
@@ -492,7 +499,6 @@ async fn serve(
                 kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
                     statuses,
                     free_slots: slots.available_permits() as u32,
-                    block_bytes: memory.store.bytes_held(),
                     memory: Some(memory.memory()),
                 })),
             };
@@ -568,6 +574,24 @@ async fn serve(
                     });
                     let freed = shared.store.release_job(release.job_id);
                     debug!(job = release.job_id, freed, "released a job's blocks");
+                }
+                pb::coordinator_message::Kind::Adopt(adopt) => {
+                    let keys: Vec<BlockKey> = adopt
+                        .blocks
+                        .iter()
+                        .map(|t| BlockKey {
+                            job: t.job_id,
+                            stage: t.stage_id,
+                            map_partition: t.map_partition,
+                            reduce_partition: t.reduce_partition,
+                            attempt: t.attempt,
+                        })
+                        .collect();
+                    let held = shared.store.adopt(&keys, adopt.cache_id);
+                    debug!(
+                        cache = adopt.cache_id,
+                        held, "blocks handed to a cached table"
+                    );
                 }
                 pb::coordinator_message::Kind::ReleaseCache(release) => {
                     let freed = shared.store.release_cache(release.cache_id);
@@ -819,11 +843,7 @@ async fn execute(
     if execution.batch_size.get() > batch_rows {
         execution.batch_size = datafusion::config::ConfigNonZeroUsize::try_new(batch_rows)?;
     }
-    execution.spill_compression = shared
-        .spill_codec
-        .datafusion_name()
-        .parse()
-        .map_err(drove_exec::Error::DataFusion)?;
+    execution.spill_compression = shared.spill_codec.datafusion();
     let task_id = format!(
         "job{}-stage{}-part{}-attempt{}",
         key.job_id, key.stage_id, key.partition, key.attempt
@@ -852,6 +872,5 @@ async fn execute(
         partition: key.partition,
         attempt: key.attempt,
     };
-    let cache = (launch.cache_id != 0).then_some(launch.cache_id);
-    task::run(key, plan, output, ctx, &shared.store, cache).await
+    task::run(key, plan, output, ctx, &shared.store).await
 }

@@ -14,6 +14,9 @@ use tracing::{info, warn};
 
 const PREFIX: &str = "worker-";
 const LOCK: &str = "lock";
+const MAKING: &str = ".making-";
+/// A directory still being made after this long was left by a worker that died.
+const MAKING_STALE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Distinguishes several workers of one process (the embedded cluster).
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -45,7 +48,7 @@ impl WorkDir {
         );
         // Made under another name, locked, then renamed: a worker starting meanwhile
         // never sees this directory unlocked and takes it for abandoned.
-        let making = parent.join(format!(".making-{name}"));
+        let making = parent.join(format!("{MAKING}{name}"));
         fs::create_dir(&making).map_err(|e| fail("create", &making, e))?;
         let lock =
             File::create(making.join(LOCK)).map_err(|e| fail("create a lock in", &making, e))?;
@@ -89,15 +92,21 @@ fn remove_abandoned(parent: &Path) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let is_worker_dir = entry.file_name().to_string_lossy().starts_with(PREFIX)
-            && entry.file_type().is_ok_and(|t| t.is_dir());
-        if !is_worker_dir {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        // A directory without a lock file is one whose worker died while making it.
-        let abandoned = match File::open(path.join(LOCK)) {
-            Ok(lock) => lock.try_lock().is_ok(),
-            Err(_) => true,
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let abandoned = if name.starts_with(PREFIX) {
+            // Nobody holds its lock (or it has none): its worker is gone.
+            File::open(path.join(LOCK)).map_or(true, |lock| lock.try_lock().is_ok())
+        } else if name.starts_with(MAKING) {
+            // A worker died while making it; one making it now takes milliseconds.
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > MAKING_STALE))
+        } else {
+            false
         };
         if abandoned {
             match fs::remove_dir_all(&path) {

@@ -394,6 +394,10 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     let slots = args
         .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
+    let memory = args
+        .memory
+        .memory
+        .unwrap_or_else(|| drove_worker::default_memory_bytes(1));
     let handle = drove_worker::start(WorkerConfig {
         coordinator: args.coordinator,
         bind: args.bind,
@@ -402,10 +406,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         registration_timeout_ms: args.registration_timeout_secs.saturating_mul(1000),
         drain_timeout_ms: args.drain_timeout_secs.saturating_mul(1000),
         task_delay_ms: args.inject_task_delay_ms,
-        memory_bytes: args
-            .memory
-            .memory
-            .unwrap_or_else(|| drove_worker::default_memory_bytes(1)),
+        memory_bytes: memory,
         work_dir: args
             .memory
             .work_dir
@@ -416,11 +417,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
     println!(
         "worker Flight service on {} with {slots} slots, {} of memory, spilling under {}",
         handle.flight_addr,
-        drove_core::human_bytes(
-            args.memory
-                .memory
-                .unwrap_or_else(|| drove_worker::default_memory_bytes(1))
-        ),
+        drove_core::human_bytes(memory),
         handle.work_dir.display()
     );
     // SIGTERM drains: no new tasks, the running ones finish, and the worker leaves once

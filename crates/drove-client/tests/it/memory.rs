@@ -122,6 +122,22 @@ async fn a_cached_table_is_read_from_memory_where_it_lives_and_recomputed_after_
 
     session.run_sql("UNCACHE TABLE li").await.unwrap();
     wait_until_empty(&cluster).await;
+
+    // A CACHE TABLE job that fails leaves no table and no blocks, and frees the name.
+    let failed = session
+        .run_sql(
+            "CACHE TABLE bad AS SELECT l_orderkey / (l_quantity - l_quantity) AS x FROM lineitem",
+        )
+        .await
+        .unwrap_err();
+    assert!(failed.to_string().contains("Divide by zero"), "{failed}");
+    wait_until_empty(&cluster).await;
+    session
+        .run_sql("CACHE TABLE bad AS SELECT 1 AS x")
+        .await
+        .unwrap();
+    session.run_sql("UNCACHE TABLE bad").await.unwrap();
+    wait_until_empty(&cluster).await;
     let gone = session.run_sql(QUERY).await.unwrap_err().to_string();
     assert!(gone.contains("li"), "{gone}");
     cluster.shutdown().await;

@@ -16,17 +16,6 @@ const BUDGET: u64 = 32 << 20;
 /// batches in flight between operators) and Flight's send and receive buffers.
 const OVERHEAD: u64 = 160 << 20;
 
-/// The peak resident memory of a process, from /proc.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmHWM in /proc/PID/status");
-    kib * 1024
-}
-
 /// Every file under `dir`, recursively, but the workers' lock files.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -114,7 +103,7 @@ fn a_sort_and_a_group_by_over_four_times_the_cluster_budget_stay_within_it() {
         );
     }
     for w in &workers {
-        let peak = peak_rss(w.0.id());
+        let peak = drove_testkit::peak_rss(w.0.id()).unwrap();
         eprintln!(
             "worker {}: peak resident {} against a budget of {} (data {})",
             w.0.id(),
