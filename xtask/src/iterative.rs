@@ -55,37 +55,11 @@ pub fn read_ranks(path: &Path) -> Result<Vec<(i64, f64)>> {
         .collect()
 }
 
-/// A child process killed when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `drove ARGS` and waits for the stdout line containing `marker`.
-fn spawn(drove: &Path, args: &[&str], marker: &str) -> Result<(Child, String)> {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(drove)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", drove.display()))?;
-    let stdout = child.stdout.take().context("the child's stdout")?;
-    let child = Child(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let line = loop {
-        match lines.next() {
-            Some(Ok(l)) if l.contains(marker) => break l,
-            Some(Ok(_)) => continue,
-            _ => bail!("drove {} exited before saying '{marker}'", args.join(" ")),
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok((child, line))
+fn spawn(drove: &Path, args: &[&str], marker: &str) -> (drove_testkit::Proc, String) {
+    let mut command = Command::new(drove);
+    command.args(args);
+    drove_testkit::spawn_until(command, marker)
 }
 
 /// The memory workload's settings.
@@ -145,7 +119,7 @@ pub fn memory(run: &MemoryRun) -> Result<Value> {
                 "127.0.0.1:0",
             ],
             "coordinator listening on",
-        )?;
+        );
         let addr = line
             .split_whitespace()
             .nth(3)
@@ -168,9 +142,9 @@ pub fn memory(run: &MemoryRun) -> Result<Value> {
                     ],
                     "worker Flight service on",
                 )
-                .map(|(c, _)| c)
+                .0
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Vec<_>>();
         let (seconds, summary) = runtime.block_on(async {
             let session = Session::connect(&addr).await?;
             let deadline = Instant::now() + Duration::from_secs(30);

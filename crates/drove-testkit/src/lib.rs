@@ -338,3 +338,18 @@ pub fn peak_rss(pid: u32) -> std::io::Result<u64> {
         .map(|kib| kib * 1024)
         .ok_or_else(|| std::io::Error::other(format!("no VmHWM in /proc/{pid}/status")))
 }
+
+/// Every file under a work directory, recursively, but the workers' lock files: what
+/// jobs left behind.
+pub fn spill_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(spill_files(&path));
+        } else if path.file_name().is_some_and(|n| n != "lock") {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -9,6 +9,17 @@ mod tpch;
 
 use drove_client::{LocalCluster, LocalClusterConfig, Session};
 
+/// An embedded cluster and a session on it that leaves the cluster to the test.
+pub async fn start(config: LocalClusterConfig) -> (LocalCluster, Session) {
+    let cluster = LocalCluster::start(config)
+        .await
+        .expect("an embedded cluster");
+    let session = Session::connect(&cluster.coordinator_addr().to_string())
+        .await
+        .expect("connecting");
+    (cluster, session)
+}
+
 /// A session on a fresh embedded cluster of `workers` workers.
 pub async fn cluster(workers: usize) -> Session {
     let cluster = LocalCluster::start(LocalClusterConfig {

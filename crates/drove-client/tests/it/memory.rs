@@ -2,22 +2,13 @@
 //! recovery after a worker is killed, and nothing left behind by jobs that succeeded,
 //! failed or were cancelled while spilling.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use drove_client::proto::{JobState, JobStatus};
 use drove_client::{LocalCluster, LocalClusterConfig, Session};
 use drove_testkit::{compare, reference, tpch_data, tpch_tables, wide_table};
 
-async fn start(config: LocalClusterConfig) -> (LocalCluster, Session) {
-    let cluster = LocalCluster::start(config)
-        .await
-        .expect("an embedded cluster");
-    let session = Session::connect(&cluster.coordinator_addr().to_string())
-        .await
-        .expect("connecting");
-    (cluster, session)
-}
+use crate::start;
 
 const CACHE: &str = "SELECT l_orderkey, l_returnflag, l_quantity, l_extendedprice FROM lineitem WHERE l_quantity > 10";
 const QUERY: &str = "SELECT l_returnflag, count(*) AS n, sum(l_extendedprice) AS total, max(l_orderkey) AS last FROM li GROUP BY l_returnflag ORDER BY l_returnflag";
@@ -209,20 +200,6 @@ async fn wait_until_empty(cluster: &LocalCluster) {
     }
 }
 
-/// Every file under `dir`, recursively, but the workers' lock files.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = e.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else if path.file_name().is_some_and(|n| n != "lock") {
-            out.push(path);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_blocks_or_spill_files_remain_after_jobs_succeed_fail_or_are_cancelled() {
     let data = wide_table(2, 300_000);
@@ -236,7 +213,7 @@ async fn no_blocks_or_spill_files_remain_after_jobs_succeed_fail_or_are_cancelle
     .await;
     session.register_parquet("t", &data).await.unwrap();
     let check_clean = |what: &str| {
-        let left = files_under(work.path());
+        let left = drove_testkit::spill_files(work.path());
         assert!(left.is_empty(), "after a job that {what}: {left:?}");
     };
 
@@ -287,13 +264,14 @@ async fn no_blocks_or_spill_files_remain_after_jobs_succeed_fail_or_are_cancelle
     wait_until_empty(&cluster).await;
     // Cancelled tasks stop at their next await; give them a moment to drop their files.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !files_under(work.path()).is_empty() && Instant::now() < deadline {
+    while !drove_testkit::spill_files(work.path()).is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     check_clean("was cancelled");
     cluster.shutdown().await;
     assert!(
-        files_under(work.path()).is_empty() && std::fs::read_dir(work.path()).unwrap().count() == 0,
+        drove_testkit::spill_files(work.path()).is_empty()
+            && std::fs::read_dir(work.path()).unwrap().count() == 0,
         "stopped workers left their directories"
     );
 }

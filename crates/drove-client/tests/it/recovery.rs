@@ -5,20 +5,12 @@
 use std::time::{Duration, Instant};
 
 use drove_client::proto::JobState;
-use drove_client::{Error, LocalCluster, LocalClusterConfig, Session};
+use drove_client::{Error, LocalClusterConfig, Session};
 use drove_coordinator::{CoordinatorConfig, SpeculationConfig};
 use drove_exec::tpch::QUERIES;
 use drove_testkit::{compare, is_ordered, reference, tpch_data, tpch_tables};
 
-async fn start(config: LocalClusterConfig) -> (LocalCluster, Session) {
-    let cluster = LocalCluster::start(config)
-        .await
-        .expect("an embedded cluster");
-    let session = Session::connect(&cluster.coordinator_addr().to_string())
-        .await
-        .expect("connecting");
-    (cluster, session)
-}
+use crate::start;
 
 /// Waits until a job runs with at least one stage done and returns its id.
 async fn job_past_its_first_stage(session: &Session) -> u64 {

@@ -16,23 +16,6 @@ const BUDGET: u64 = 32 << 20;
 /// batches in flight between operators) and Flight's send and receive buffers.
 const OVERHEAD: u64 = 160 << 20;
 
-/// Every file under `dir`, recursively, but the workers' lock files.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else if path.file_name().is_some_and(|n| n != "lock") {
-            out.push(path);
-        }
-    }
-    out
-}
-
 fn worker(addr: &str, work_dir: &Path, slots: &str) -> crate::Proc {
     crate::spawn_until(
         &[
@@ -118,7 +101,7 @@ fn a_sort_and_a_group_by_over_four_times_the_cluster_budget_stay_within_it() {
         );
     }
     // The results were read and released: nothing of the jobs is left on disk.
-    let left = files_under(work.path());
+    let left = drove_testkit::spill_files(work.path());
     assert!(left.is_empty(), "files left behind: {left:?}");
 }
 
