@@ -987,7 +987,7 @@ fn memory_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
                 .filter_map(|r| r["spilled_bytes"].as_f64())
                 .collect();
             md.push_str(&format!(
-                "| table in memory | time s | peak resident per worker (median, max) | budget | bytes spilled |\n|---|---|---|---|---|\n| {} | {} | {} , {} | {} | {} |\n",
+                "| table in memory | time s | peak resident per worker (median, max) | budget | bytes spilled |\n|---|---|---|---|---|\n| {} | {} | {}, {} | {} | {} |\n",
                 drove_core::human_bytes(r["data_bytes"].as_u64().unwrap_or(0)),
                 spread(&secs, 2),
                 drove_core::human_bytes(median(&peaks) as u64),
