@@ -1098,6 +1098,10 @@ pub struct JobSummary {
     /// Bytes its tasks spilled to disk, and how many spills.
     pub spilled_bytes: u64,
     pub spill_count: u64,
+    /// Bytes of its blocks kept in memory, and the most the operators of any one of
+    /// its tasks held at once.
+    pub memory_bytes: u64,
+    pub peak_memory_bytes: u64,
 }
 
 impl JobSummary {
@@ -1140,6 +1144,8 @@ impl JobSummary {
             counters,
             spilled_bytes: status.spilled_bytes,
             spill_count: status.spill_count,
+            memory_bytes: status.memory_bytes,
+            peak_memory_bytes: status.peak_memory_bytes,
         }
     }
 

@@ -115,6 +115,8 @@ pub fn job_summary_json(j: &pb::JobStatus) -> Value {
         "tasks_done": tasks_done,
         "spilled_bytes": j.spilled_bytes,
         "spill_count": j.spill_count,
+        "memory_bytes": j.memory_bytes,
+        "peak_memory_bytes": j.peak_memory_bytes,
     })
 }
 

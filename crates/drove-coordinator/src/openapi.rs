@@ -60,6 +60,8 @@ pub fn document() -> Value {
         ("tasks_done", int()),
         ("spilled_bytes", int()),
         ("spill_count", int()),
+        ("memory_bytes", int()),
+        ("peak_memory_bytes", int()),
     ];
     let mut job_fields = job_summary_fields.clone();
     job_fields.retain(|(k, _)| *k != "stages");

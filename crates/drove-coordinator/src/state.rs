@@ -231,6 +231,8 @@ impl Coordinator {
                         counters: s.counters.into_iter().collect(),
                         spilled_bytes: s.spilled_bytes,
                         spill_count: s.spill_count,
+                        memory_bytes: s.memory_bytes,
+                        peak_memory_bytes: s.peak_memory_bytes,
                     },
                 },
                 Some(pb::task_status::Outcome::Failed(f)) => Event::TaskFailed {
@@ -1029,6 +1031,8 @@ impl State {
                                 counters: stats.counters.clone().into_iter().collect(),
                                 spilled_bytes: stats.spilled_bytes,
                                 spill_count: stats.spill_count,
+                                memory_bytes: stats.memory_bytes,
+                                peak_memory_bytes: stats.peak_memory_bytes,
                             });
                         }
                     }
@@ -1048,6 +1052,8 @@ impl State {
         let tasks = || stages.iter().flat_map(|s: &pb::StageStatus| &s.tasks);
         let spilled_bytes = tasks().map(|t| t.spilled_bytes).sum();
         let spill_count = tasks().map(|t| t.spill_count).sum();
+        let memory_bytes = tasks().map(|t| t.memory_bytes).sum();
+        let peak_memory_bytes = tasks().map(|t| t.peak_memory_bytes).max().unwrap_or(0);
         Some(pb::JobStatus {
             job_id: job.0,
             state: record.state as i32,
@@ -1063,6 +1069,8 @@ impl State {
             submitted_unix_ms: record.submitted_unix_ms,
             spilled_bytes,
             spill_count,
+            memory_bytes,
+            peak_memory_bytes,
         })
     }
 }

@@ -187,12 +187,14 @@ pub fn job(j: &pb::JobStatus) -> String {
     let running = j.state() == pb::JobState::Running;
     let _ = write!(
         b,
-        "<h1>job-{} {}</h1><p>{} · {} stages · {} · spilled {} in {} spills</p>",
+        "<h1>job-{} {}</h1><p>{} · {} stages · {} · blocks in memory {} · operator peak {} · spilled {} in {} spills</p>",
         j.job_id,
         state_cell(j.state()),
         esc(&j.name),
         j.stages.len(),
         millis(j.elapsed_ms),
+        human_bytes(j.memory_bytes),
+        human_bytes(j.peak_memory_bytes),
         human_bytes(j.spilled_bytes),
         j.spill_count
     );

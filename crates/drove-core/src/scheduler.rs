@@ -117,6 +117,9 @@ pub struct TaskStats {
     /// Bytes the task spilled to disk, and how many spills.
     pub spilled_bytes: u64,
     pub spill_count: u64,
+    /// Bytes of its output kept in memory, and the most its operators held at once.
+    pub memory_bytes: u64,
+    pub peak_memory_bytes: u64,
 }
 
 /// How an error should be treated.

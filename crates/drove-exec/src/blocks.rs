@@ -453,6 +453,8 @@ pub struct Written {
     /// Bytes of the blocks that went to disk, and how many did.
     pub spilled_bytes: u64,
     pub spill_count: u64,
+    /// Bytes of the blocks kept in memory.
+    pub memory_bytes: u64,
 }
 
 /// One output partition being written.
@@ -535,7 +537,10 @@ impl BlockWriter<'_> {
         let mut written = Written::default();
         for part in &mut self.parts {
             let data = match part.file.take() {
-                None => Data::Memory(std::mem::take(&mut part.batches)),
+                None => {
+                    written.memory_bytes += part.bytes;
+                    Data::Memory(std::mem::take(&mut part.batches))
+                }
                 Some((mut spill, writer)) => {
                     let buffered = writer
                         .into_inner()

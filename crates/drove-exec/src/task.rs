@@ -32,6 +32,10 @@ pub struct TaskOutput {
     /// The part of those that the operators spilled (the rest is the task's output).
     pub operator_spilled_bytes: u64,
     pub operator_spill_count: u64,
+    /// Bytes of its output kept in memory.
+    pub memory_bytes: u64,
+    /// The most its operators held at once (set by whoever knows the task's pool).
+    pub peak_memory_bytes: u64,
 }
 
 /// Which attempt of which task this is.
@@ -112,6 +116,7 @@ pub async fn run(
         spill_count: spill_count + written.spill_count,
         operator_spilled_bytes: spilled_bytes,
         operator_spill_count: spill_count,
+        memory_bytes: written.memory_bytes,
         ..TaskOutput::default()
     };
     for (bytes, rows) in written.sizes {

@@ -624,6 +624,17 @@ async fn serve(
 struct TaskPool {
     inner: FairSpillPool,
     worker_total: Arc<AtomicU64>,
+    /// The most the task's operators have reserved at once.
+    peak: AtomicU64,
+}
+
+impl TaskPool {
+    fn grew(&self, additional: usize) {
+        self.worker_total
+            .fetch_add(additional as u64, Ordering::Relaxed);
+        self.peak
+            .fetch_max(self.inner.reserved() as u64, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Display for TaskPool {
@@ -647,8 +658,7 @@ impl MemoryPool for TaskPool {
 
     fn grow(&self, reservation: &MemoryReservation, additional: usize) {
         self.inner.grow(reservation, additional);
-        self.worker_total
-            .fetch_add(additional as u64, Ordering::Relaxed);
+        self.grew(additional);
     }
 
     fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
@@ -663,8 +673,7 @@ impl MemoryPool for TaskPool {
         additional: usize,
     ) -> datafusion::error::Result<()> {
         self.inner.try_grow(reservation, additional)?;
-        self.worker_total
-            .fetch_add(additional as u64, Ordering::Relaxed);
+        self.grew(additional);
         Ok(())
     }
 
@@ -718,6 +727,8 @@ async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -
                 counters: output.counters.into_iter().collect(),
                 spilled_bytes: output.spilled_bytes,
                 spill_count: output.spill_count,
+                memory_bytes: output.memory_bytes,
+                peak_memory_bytes: output.peak_memory_bytes,
             })
         }
         Ok(Err(e)) => {
@@ -848,12 +859,13 @@ async fn execute(
         "job{}-stage{}-part{}-attempt{}",
         key.job_id, key.stage_id, key.partition, key.attempt
     );
-    let pool = TaskPool {
+    let pool = Arc::new(TaskPool {
         inner: FairSpillPool::new(shared.task_pool_bytes),
         worker_total: Arc::clone(&shared.execution_reserved),
-    };
+        peak: AtomicU64::new(0),
+    });
     let runtime = RuntimeEnvBuilder::from_runtime_env(shared.state.runtime_env())
-        .with_memory_pool(Arc::new(pool))
+        .with_memory_pool(Arc::clone(&pool) as Arc<dyn MemoryPool>)
         .build_arc()?;
     let ctx = Arc::new(
         TaskContext::from(&shared.state)
@@ -872,5 +884,7 @@ async fn execute(
         partition: key.partition,
         attempt: key.attempt,
     };
-    task::run(key, plan, output, ctx, &shared.store).await
+    let mut output = task::run(key, plan, output, ctx, &shared.store).await?;
+    output.peak_memory_bytes = pool.peak.load(Ordering::Relaxed);
+    Ok(output)
 }
