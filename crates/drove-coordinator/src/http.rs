@@ -179,7 +179,19 @@ async fn cluster(State(coordinator): State<Coordinator>) -> Json<Value> {
     let status = coordinator.cluster_status();
     let workers: Vec<Value> = status.workers.iter().map(worker_json).collect();
     let jobs: Vec<Value> = status.jobs.iter().map(job_summary_json).collect();
-    Json(json!({ "workers": workers, "jobs": jobs }))
+    let cached: Vec<Value> = status
+        .cached_tables
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "partitions": t.partitions,
+                "partitions_available": t.partitions_available,
+                "job_id": t.job_id,
+            })
+        })
+        .collect();
+    Json(json!({ "workers": workers, "jobs": jobs, "cached_tables": cached }))
 }
 
 async fn workers(State(coordinator): State<Coordinator>) -> Json<Value> {

@@ -188,6 +188,13 @@ pub fn document() -> Value {
             "Cluster": object(&[
                 ("workers", array_of(reference("Worker"))),
                 ("jobs", array_of(reference("JobSummary"))),
+                ("cached_tables", array_of(reference("CachedTable"))),
+            ]),
+            "CachedTable": object(&[
+                ("name", string()),
+                ("partitions", int()),
+                ("partitions_available", int()),
+                ("job_id", int()),
             ]),
             "CancelResult": object(&[("job_id", int()), ("state", job_state)]),
         }}

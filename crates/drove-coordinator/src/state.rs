@@ -90,6 +90,7 @@ struct JobRecord {
 /// A cached table: where its partitions are, and the stages that computed them.
 struct CacheEntry {
     table: CachedTable,
+    cached_by: JobId,
     lineage: Vec<Stage>,
     partitions: Vec<Output>,
 }
@@ -481,7 +482,25 @@ impl Coordinator {
             })
             .collect();
         let jobs = state.recent_jobs();
-        pb::ClusterStatusResponse { workers, jobs }
+        let cached_tables = state
+            .caches
+            .values()
+            .map(|e| pb::CachedTableStatus {
+                name: e.table.name.clone(),
+                partitions: e.partitions.len() as u32,
+                partitions_available: e
+                    .partitions
+                    .iter()
+                    .filter(|o| state.workers.contains_key(&o.worker))
+                    .count() as u32,
+                job_id: e.cached_by.0,
+            })
+            .collect();
+        pb::ClusterStatusResponse {
+            workers,
+            jobs,
+            cached_tables,
+        }
     }
 
     /// Advances the scheduler's clock (heartbeat timeouts, the no-worker grace period,
@@ -911,6 +930,7 @@ impl State {
                     };
                     let entry = CacheEntry {
                         table,
+                        cached_by: job,
                         lineage: lineage.clone(),
                         partitions: outputs,
                     };

@@ -105,6 +105,20 @@ pub fn overview(status: &pb::ClusterStatusResponse) -> String {
         );
     }
     b.push_str("</table>");
+    if !status.cached_tables.is_empty() {
+        b.push_str("<h2>Cached tables</h2><table id=\"cached\"><tr><th>table</th><th>partitions in memory or spilled</th><th>cached by</th></tr>");
+        for t in &status.cached_tables {
+            let _ = write!(
+                b,
+                "<tr class=\"cached\"><td>{}</td><td>{}/{}</td><td><a href=\"/jobs/{id}\">job-{id}</a></td></tr>",
+                esc(&t.name),
+                t.partitions_available,
+                t.partitions,
+                id = t.job_id,
+            );
+        }
+        b.push_str("</table>");
+    }
     page("cluster", Some(5), &b)
 }
 

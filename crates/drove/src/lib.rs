@@ -609,6 +609,15 @@ async fn status(args: StatusArgs) -> Result<()> {
             if w.draining { ", draining" } else { "" }
         );
     }
+    if !status.cached_tables.is_empty() {
+        println!("{} cached tables", status.cached_tables.len());
+        for t in &status.cached_tables {
+            println!(
+                "  {}: {}/{} partitions available, cached by job {}",
+                t.name, t.partitions_available, t.partitions, t.job_id
+            );
+        }
+    }
     println!("{} recent jobs", status.jobs.len());
     for j in &status.jobs {
         let error = if j.error.is_empty() {

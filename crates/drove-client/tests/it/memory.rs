@@ -64,6 +64,10 @@ async fn a_cached_table_is_read_from_memory_where_it_lives_and_recomputed_after_
         .unwrap();
     assert_eq!(cached.num_rows(), 0, "CACHE TABLE returns no rows");
     let lineage = cached.summary.stages.len();
+    let listed = session.cluster_status().await.unwrap().cached_tables;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].name, "li");
+    assert_eq!(listed[0].partitions, listed[0].partitions_available);
     let held: usize = cluster.blocks_held().iter().sum();
     assert!(held > 0, "no worker holds the cached table");
 
@@ -76,6 +80,19 @@ async fn a_cached_table_is_read_from_memory_where_it_lives_and_recomputed_after_
 
     // Worker 0 dies with its cached partitions; the next query recomputes them.
     cluster.kill_worker(0);
+    // The coordinator notices the broken session, and lists the partitions as gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = session.cluster_status().await.unwrap().cached_tables;
+        if listed[0].partitions_available < listed[0].partitions {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed worker's partitions are still listed as available: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let second = session.run_sql(QUERY).await.unwrap();
     compare(&second.batches, &expected, true).unwrap();
     let (lineage_runs, _) = cached_stage_runs(&job(&session, second.summary.job_id).await, lineage);
