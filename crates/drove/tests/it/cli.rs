@@ -347,3 +347,33 @@ fn cancel_names_an_unknown_job_and_a_missing_coordinator() {
         &["job-42 does not exist"],
     );
 }
+
+#[test]
+fn the_demo_runs_its_queries_and_exits_when_not_on_a_terminal() {
+    let out = crate::run(
+        &[
+            "demo",
+            "--scale",
+            "0.01",
+            "--workers",
+            "2",
+            "--queries",
+            "1,6",
+        ],
+        Duration::from_secs(300),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "== TPC-H Q1",
+        "== TPC-H Q6",
+        "2 queries",
+        "http://127.0.0.1:",
+    ] {
+        assert!(stdout.contains(expected), "no '{expected}' in:\n{stdout}");
+    }
+}
