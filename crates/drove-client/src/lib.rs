@@ -503,20 +503,34 @@ impl Session {
             .map_err(status_error)?
             .into_inner()
             .existed;
-        let _ = self.inner.ctx.deregister_table(name);
+        let name = name.to_ascii_lowercase();
+        let cached = self
+            .inner
+            .ctx
+            .table_provider(name.as_str())
+            .await
+            .is_ok_and(|p| p.is::<drove_exec::cache::CachedTable>());
+        if cached {
+            let _ = self.inner.ctx.deregister_table(name.as_str());
+        }
         Ok(existed)
     }
 
-    /// Lets local planning ([`Session::sql`], DataFrames) see a cached table.
+    /// Lets local planning ([`Session::sql`], DataFrames) see a cached table. Only its
+    /// name and schema matter here: the coordinator resolves the name to where the
+    /// partitions are.
     fn register_cached(&self, name: &str, schema: arrow::datatypes::SchemaRef) -> Result<()> {
+        let name = name.to_ascii_lowercase();
         let table = drove_exec::cache::CachedTable {
             id: 0,
-            name: name.to_string(),
+            name: name.clone(),
             schema,
             partitions: 1,
         };
-        let _ = self.inner.ctx.deregister_table(name);
-        self.inner.ctx.register_table(name, Arc::new(table))?;
+        let _ = self.inner.ctx.deregister_table(name.as_str());
+        self.inner
+            .ctx
+            .register_table(name.as_str(), Arc::new(table))?;
         Ok(())
     }
 
@@ -976,7 +990,7 @@ impl DataFrame {
             .run(self.encoded()?, format!("cache {name}"), name.to_string())
             .await?;
         session.register_cached(name, result.schema)?;
-        let df = session.inner.ctx.table(name).await?;
+        let df = session.inner.ctx.table(name.to_ascii_lowercase()).await?;
         Ok(DataFrame { session, df })
     }
 

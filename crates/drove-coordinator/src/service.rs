@@ -175,7 +175,7 @@ impl CoordinatorRpc for Service {
         request: Request<pb::UncacheRequest>,
     ) -> Result<Response<pb::UncacheResponse>, Status> {
         let request = request.into_inner();
-        let existed = self.coordinator.uncache(&request.name);
+        let existed = self.coordinator.uncache(&request.name)?;
         if !existed && !request.if_exists {
             return Err(Status::not_found(format!(
                 "no table '{}' is cached; `UNCACHE TABLE IF EXISTS {}` ignores that",

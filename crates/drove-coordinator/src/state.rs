@@ -336,6 +336,8 @@ impl Coordinator {
             .target_partitions
             .unwrap_or_else(|| self.lock().scheduler.total_slots() as usize)
             .max(1);
+        // Table names fold to lower case, as DataFusion folds unquoted names.
+        let cache_as = cache_as.map(|name| name.to_ascii_lowercase());
         let (caches, cache_id) = {
             let mut state = self.lock();
             let cache_id = match &cache_as {
@@ -344,16 +346,13 @@ impl Coordinator {
             };
             (state.caches_for_planning(), cache_id)
         };
-        let planned =
-            match planning::plan(&query, &tables, &caches, cache_id, target_partitions).await {
-                Ok(p) => p,
-                Err(e) => {
-                    if let Some(table) = &cache_as {
-                        self.lock().caches_pending.remove(table);
-                    }
-                    return Err(e);
-                }
-            };
+        // Frees the claimed name on every way out but a submitted job, including this
+        // future being dropped mid-planning (the client went away).
+        let mut claim = ClaimedName {
+            coordinator: self,
+            name: cache_as.clone(),
+        };
+        let planned = planning::plan(&query, &tables, &caches, cache_id, target_partitions).await?;
         let mut state = self.lock();
         let job = state.meta.state().next_job_id();
         let _span = info_span!("job", %job).entered();
@@ -373,11 +372,13 @@ impl Coordinator {
             final_stage: StageId(planned.stages.last().map_or(0, |s| s.id)),
         };
         if let Err(e) = state.scheduler.validate(&spec) {
-            if let Some(table) = &cache_as {
-                state.caches_pending.remove(table);
+            if let Some(table) = claim.name.take() {
+                state.caches_pending.remove(&table);
             }
             return Err(Error::Internal(e.to_string()));
         }
+        // From here the job's end frees the name.
+        claim.name = None;
         state.meta.append(MetaCommand::JobSubmitted {
             job,
             name: name.clone(),
@@ -454,14 +455,20 @@ impl Coordinator {
 
     /// Forgets a cached table and frees its blocks on every worker; false if no table
     /// of that name is cached.
-    pub fn uncache(&self, name: &str) -> bool {
+    pub fn uncache(&self, name: &str) -> Result<bool> {
+        let name = name.to_ascii_lowercase();
         let mut state = self.lock();
-        let Some(entry) = state.caches.remove(name) else {
-            return false;
+        if state.caches_pending.contains(&name) {
+            return Err(Error::User(format!(
+                "table '{name}' is still being cached by a running job; wait for it to end, or cancel it (drove cancel JOB), then uncache"
+            )));
+        }
+        let Some(entry) = state.caches.remove(&name) else {
+            return Ok(false);
         };
-        info!(table = name, cache = entry.table.id, "uncaching");
+        info!(table = %name, cache = entry.table.id, "uncaching");
         state.release_cache(entry.table.id);
-        true
+        Ok(true)
     }
 
     /// The workers and recent jobs (newest first).
@@ -525,6 +532,32 @@ impl Coordinator {
             info!(%job, "result not read in time; freeing its blocks");
             let _ = self.release(job);
         }
+    }
+}
+
+/// A cached table's name claimed by a job being submitted; released when dropped
+/// unless the job was submitted (`name` taken).
+struct ClaimedName<'a> {
+    coordinator: &'a Coordinator,
+    name: Option<String>,
+}
+
+impl Drop for ClaimedName<'_> {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            self.coordinator.lock().caches_pending.remove(&name);
+        }
+    }
+}
+
+/// The name of the one block of partition `partition` of a cached stage.
+fn block_ticket(partition: u32, o: &Output) -> pb::BlockTicket {
+    pb::BlockTicket {
+        job_id: o.origin.0.0,
+        stage_id: o.origin.1.0,
+        map_partition: partition,
+        reduce_partition: 0,
+        attempt: o.attempt,
     }
 }
 
@@ -713,12 +746,12 @@ impl State {
 
     /// Sends a message that needs no answer. A full queue means a stuck worker; the
     /// heartbeat timeout deals with it.
-    fn send(&self, worker: WorkerId, kind: pb::coordinator_message::Kind) {
-        if let Some(conn) = self.workers.get(&worker) {
-            let _ = conn
-                .tx
-                .try_send(Ok(pb::CoordinatorMessage { kind: Some(kind) }));
-        }
+    fn send(&self, worker: WorkerId, kind: pb::coordinator_message::Kind) -> bool {
+        self.workers.get(&worker).is_some_and(|conn| {
+            conn.tx
+                .try_send(Ok(pb::CoordinatorMessage { kind: Some(kind) }))
+                .is_ok()
+        })
     }
 
     fn end_job(&mut self, job: JobId, state: pb::JobState, error: String, end: JobEnd) {
@@ -941,48 +974,66 @@ impl State {
                     let Some(entry) = self.caches.values_mut().find(|e| e.table.id == cache) else {
                         continue;
                     };
-                    for (p, o) in outputs.into_iter().enumerate() {
-                        if o.origin.0 == job && p < entry.partitions.len() {
-                            info!(
-                                cache,
-                                partition = p,
-                                "a lost cached partition was computed again"
-                            );
-                            entry.partitions[p] = o;
+                    let mut stale: BTreeMap<WorkerId, Vec<pb::BlockTicket>> = BTreeMap::new();
+                    for &(p, o) in &computed {
+                        let Some(old) = entry.partitions.get_mut(p as usize) else {
+                            continue;
+                        };
+                        info!(
+                            cache,
+                            partition = p,
+                            "a lost cached partition was computed again"
+                        );
+                        // The old copy may live on (after a fetch failure, say): drop it.
+                        if self.workers.contains_key(&old.worker) {
+                            stale
+                                .entry(old.worker)
+                                .or_default()
+                                .push(block_ticket(p, old));
                         }
+                        *old = o;
+                    }
+                    for (worker, blocks) in stale {
+                        let drop = pb::DropBlocks { blocks };
+                        self.send(worker, pb::coordinator_message::Kind::Drop(drop));
                     }
                 }
             }
-            self.adopt(cache, &computed);
+            // A worker that missed the hand-over frees the blocks with the job: its
+            // partitions count as lost, to be computed again when next read.
+            let missed = self.adopt(cache, &computed);
+            if let Some(entry) = self.caches.values_mut().find(|e| e.table.id == cache) {
+                for o in &mut entry.partitions {
+                    if o.origin.0 == job && missed.contains(&o.worker) {
+                        o.worker = WorkerId::NOWHERE;
+                    }
+                }
+            }
         }
     }
 
     /// Tells the workers holding `outputs` (partitions of a cached stage, one block
     /// each, with their partition numbers) that the blocks now belong to cached table
-    /// `cache`.
-    fn adopt(&self, cache: u64, outputs: &[(u32, Output)]) {
+    /// `cache`; returns the workers the message could not be queued for.
+    fn adopt(&self, cache: u64, outputs: &[(u32, Output)]) -> Vec<WorkerId> {
         let mut by_worker: BTreeMap<WorkerId, Vec<pb::BlockTicket>> = BTreeMap::new();
         for (partition, o) in outputs {
             by_worker
                 .entry(o.worker)
                 .or_default()
-                .push(pb::BlockTicket {
-                    job_id: o.origin.0.0,
-                    stage_id: o.origin.1.0,
-                    map_partition: *partition,
-                    reduce_partition: 0,
-                    attempt: o.attempt,
-                });
+                .push(block_ticket(*partition, o));
         }
-        for (worker, blocks) in by_worker {
-            self.send(
-                worker,
-                pb::coordinator_message::Kind::Adopt(pb::AdoptBlocks {
+        by_worker
+            .into_iter()
+            .filter(|(worker, blocks)| {
+                let adopt = pb::AdoptBlocks {
                     cache_id: cache,
-                    blocks,
-                }),
-            );
-        }
+                    blocks: blocks.clone(),
+                };
+                !self.send(*worker, pb::coordinator_message::Kind::Adopt(adopt))
+            })
+            .map(|(worker, _)| worker)
+            .collect()
     }
 
     fn release_cache(&self, cache: u64) {

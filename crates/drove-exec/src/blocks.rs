@@ -303,6 +303,9 @@ const RELEASED_JOBS_MAX: usize = 4096;
 struct Blocks {
     map: BTreeMap<BlockKey, Entry>,
     released: VecDeque<u64>,
+    /// Bumped by [`BlockStore::release_all`]: writers started before it store nothing
+    /// (their worker's session ended, and job ids may start again).
+    generation: u64,
 }
 
 /// The blocks one worker holds.
@@ -337,15 +340,17 @@ impl BlockStore {
         BlockWriter {
             store: self,
             schema,
+            generation: self.lock().generation,
             parts: (0..partitions).map(|_| Part::default()).collect(),
         }
     }
 
-    /// Stores a finished block: false if its job was released meanwhile (the block is
-    /// dropped), an error if the key is taken (attempts are unique, so that is a bug).
-    fn insert(&self, key: BlockKey, block: Block) -> Result<bool> {
+    /// Stores a finished block: false if its job was released, or the store emptied,
+    /// since its writer started (the block is dropped); an error if the key is taken
+    /// (attempts are unique, so that is a bug).
+    fn insert(&self, key: BlockKey, block: Block, generation: u64) -> Result<bool> {
         let mut blocks = self.lock();
-        if blocks.released.contains(&key.job) {
+        if blocks.generation != generation || blocks.released.contains(&key.job) {
             return Ok(false);
         }
         if blocks.map.contains_key(&key) {
@@ -408,9 +413,19 @@ impl BlockStore {
         self.release(&mut blocks, |_, e| e.cache == Some(cache))
     }
 
-    /// Drops every block; returns how many bytes that freed.
+    /// Drops these blocks (of a cached table, say, that has a newer copy elsewhere);
+    /// returns the bytes freed.
+    pub fn release_blocks(&self, keys: &[BlockKey]) -> u64 {
+        let mut blocks = self.lock();
+        self.release(&mut blocks, |k, _| keys.contains(k))
+    }
+
+    /// Drops every block, and every block a task started before now would store;
+    /// returns how many bytes that freed.
     pub fn release_all(&self) -> u64 {
         let mut blocks = self.lock();
+        blocks.generation += 1;
+        blocks.released.clear();
         self.release(&mut blocks, |_, _| true)
     }
 
@@ -477,6 +492,7 @@ struct Part {
 pub struct BlockWriter<'a> {
     store: &'a BlockStore,
     schema: SchemaRef,
+    generation: u64,
     parts: Vec<Part>,
 }
 
@@ -577,7 +593,7 @@ impl BlockWriter<'_> {
             .spill_count
             .fetch_add(written.spill_count, Ordering::Relaxed);
         for (partition, block) in blocks.into_iter().enumerate() {
-            store.insert(key(partition as u32), block)?;
+            store.insert(key(partition as u32), block, self.generation)?;
         }
         Ok(written)
     }
@@ -671,6 +687,20 @@ mod tests {
         late.finish(|r| key(1, r)).unwrap();
         assert!(store.is_empty());
         assert_eq!(store.stats().memory_bytes, 0);
+
+        // Nor does one started before the store was emptied (a new session), while
+        // the job ids the new session sees may start again.
+        let mut old = store.writer(batch.schema(), 1);
+        old.push(0, batch.clone()).unwrap();
+        store.release_all();
+        old.finish(|r| key(2, r)).unwrap();
+        assert!(store.is_empty());
+        let mut reused = store.writer(batch.schema(), 1);
+        reused.push(0, batch.clone()).unwrap();
+        reused.finish(|r| key(1, r)).unwrap();
+        assert_eq!(store.len(), 1, "a reused job id's block was dropped");
+        assert_eq!(store.release_blocks(&[key(1, 0)]), size);
+        assert!(store.is_empty());
     }
 
     #[test]

@@ -185,7 +185,8 @@ impl Cutter<'_> {
                         id: s.id + offset,
                         plan,
                         depends_on: s.depends_on.iter().map(|d| d + offset).collect(),
-                        origin: Some((cache, s.id)),
+                        // A stage that came from another cached table keeps its origin.
+                        origin: s.origin.or(Some((cache, s.id))),
                         local_input: s.local_input.map(|l| l + offset),
                         ..s
                     });

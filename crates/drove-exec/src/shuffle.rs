@@ -337,8 +337,11 @@ impl ExecutionPlan for ShuffleReaderExec {
         let blocks = self
             .blocks(&env, partition)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        // Up to FETCH_CONCURRENCY_MAX blocks are opened ahead; their batches are read
-        // one block after another, so only what flow control admits waits in memory.
+        // Up to FETCH_CONCURRENCY_MAX blocks are read at once, each opened only when its
+        // turn comes and then read as it arrives: every open stream is polled, so none
+        // can fill the connection's flow-control window while another waits for data,
+        // and only what flow control admits waits in memory. Batches of different
+        // blocks interleave, which a gather does not mind.
         let stage = self.stage;
         let opens = futures::stream::iter(blocks).map(move |(key, location)| {
             let env = Arc::clone(&env);
@@ -356,7 +359,7 @@ impl ExecutionPlan for ShuffleReaderExec {
                 },
                 other => other,
             };
-            async move {
+            let open = async move {
                 let stream: BlockStream = if location.worker_id == env.local_worker {
                     // A block that is gone or cannot be read back from its spill file
                     // is lost like a remote one: its producer must run again.
@@ -380,13 +383,12 @@ impl ExecutionPlan for ShuffleReaderExec {
                     let counter = Arc::clone(&env.remote_read_bytes);
                     open_block(&env.flight, &location.flight_addr, &key, counter).await?
                 };
-                Ok::<_, Error>(stream.map_err(name_lost))
-            }
-            .map_err(name_lost)
+                Ok::<_, Error>(stream)
+            };
+            open.try_flatten_stream().map_err(name_lost).boxed()
         });
         let stream = opens
-            .buffered(FETCH_CONCURRENCY_MAX)
-            .try_flatten()
+            .flatten_unordered(FETCH_CONCURRENCY_MAX)
             .map_err(|e: Error| DataFusionError::External(Box::new(e)));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema(),

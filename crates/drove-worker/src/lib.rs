@@ -461,6 +461,19 @@ async fn requested(flag: &mut watch::Receiver<bool>) -> bool {
     flag.wait_for(|f| *f).await.is_ok()
 }
 
+fn block_keys(tickets: &[pb::BlockTicket]) -> Vec<BlockKey> {
+    tickets
+        .iter()
+        .map(|t| BlockKey {
+            job: t.job_id,
+            stage: t.stage_id,
+            map_partition: t.map_partition,
+            reduce_partition: t.reduce_partition,
+            attempt: t.attempt,
+        })
+        .collect()
+}
+
 /// The identity of a task attempt on this worker.
 fn attempt_of(key: &pb::TaskKey) -> (u64, u32, u32, u32) {
     (key.job_id, key.stage_id, key.partition, key.attempt)
@@ -576,22 +589,17 @@ async fn serve(
                     debug!(job = release.job_id, freed, "released a job's blocks");
                 }
                 pb::coordinator_message::Kind::Adopt(adopt) => {
-                    let keys: Vec<BlockKey> = adopt
-                        .blocks
-                        .iter()
-                        .map(|t| BlockKey {
-                            job: t.job_id,
-                            stage: t.stage_id,
-                            map_partition: t.map_partition,
-                            reduce_partition: t.reduce_partition,
-                            attempt: t.attempt,
-                        })
-                        .collect();
-                    let held = shared.store.adopt(&keys, adopt.cache_id);
+                    let held = shared
+                        .store
+                        .adopt(&block_keys(&adopt.blocks), adopt.cache_id);
                     debug!(
                         cache = adopt.cache_id,
                         held, "blocks handed to a cached table"
                     );
+                }
+                pb::coordinator_message::Kind::Drop(drop) => {
+                    let freed = shared.store.release_blocks(&block_keys(&drop.blocks));
+                    debug!(freed, "dropped stale blocks");
                 }
                 pb::coordinator_message::Kind::ReleaseCache(release) => {
                     let freed = shared.store.release_cache(release.cache_id);

@@ -146,8 +146,58 @@ async fn a_cached_table_is_read_from_memory_where_it_lives_and_recomputed_after_
         .unwrap();
     session.run_sql("UNCACHE TABLE bad").await.unwrap();
     wait_until_empty(&cluster).await;
+
+    // Names fold to lower case, as DataFusion's do.
+    session
+        .run_sql("CACHE TABLE Mixed AS SELECT 1 AS x")
+        .await
+        .unwrap();
+    let one = session.run_sql("SELECT x FROM MIXED").await.unwrap();
+    assert_eq!(one.num_rows(), 1);
+    assert!(session.uncache("mixed", false).await.unwrap());
+    wait_until_empty(&cluster).await;
     let gone = session.run_sql(QUERY).await.unwrap_err().to_string();
     assert!(gone.contains("li"), "{gone}");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_cached_from_a_cached_table_survives_a_killed_worker() {
+    let dir = tpch_data(0.01);
+    let (mut cluster, session) = start(LocalClusterConfig {
+        workers: 3,
+        ..Default::default()
+    })
+    .await;
+    session.register_tpch(&dir).await.unwrap();
+    let outer = "SELECT l_returnflag, l_extendedprice FROM li WHERE l_extendedprice > 1000";
+    let query = "SELECT l_returnflag, count(*) AS n, sum(l_extendedprice) AS total FROM li2 GROUP BY l_returnflag ORDER BY l_returnflag";
+    let expected = reference(
+        &tpch_tables(&dir),
+        &format!("CREATE VIEW li AS {CACHE}; CREATE VIEW li2 AS {outer}; {query}"),
+    )
+    .await
+    .unwrap();
+    session.cache_sql("li", CACHE).await.unwrap();
+    session.cache_sql("li2", outer).await.unwrap();
+    let first = session.run_sql(query).await.unwrap();
+    compare(&first.batches, &expected, true).unwrap();
+    // Nothing of either table's lineage ran: li2's stages, and li's within them.
+    let idle = first
+        .summary
+        .stages
+        .iter()
+        .filter(|s| s.attempts == 0)
+        .count();
+    assert!(idle >= 2, "{}", first.summary);
+    cluster.kill_worker(1);
+    let second = session.run_sql(query).await.unwrap();
+    compare(&second.batches, &expected, true).unwrap();
+    let third = session.run_sql(query).await.unwrap();
+    compare(&third.batches, &expected, true).unwrap();
+    session.uncache("li2", false).await.unwrap();
+    session.uncache("li", false).await.unwrap();
+    wait_until_empty(&cluster).await;
     cluster.shutdown().await;
 }
 

@@ -9,6 +9,19 @@ mod ui;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Held by the tests that load the machine most (sorting hundreds of MB) and by the
+/// test that needs Chromium to load a page while a job runs, so they do not overlap.
+pub fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.blocking_lock()
+}
+
+/// [`exclusive`] for async tests.
+pub async fn exclusive_async() -> tokio::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().await
+}
+
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The `drove` binary under test.
 pub fn drove() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_drove"));

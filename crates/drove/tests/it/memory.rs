@@ -36,6 +36,7 @@ fn worker(addr: &str, work_dir: &Path, slots: &str) -> crate::Proc {
 
 #[test]
 fn a_sort_and_a_group_by_over_four_times_the_cluster_budget_stay_within_it() {
+    let _alone = crate::exclusive();
     let data = wide_table(4, 1_000_000);
     let tables = vec![TableSpec {
         name: "t".into(),
@@ -115,6 +116,7 @@ fn a_sort_and_a_group_by_over_four_times_the_cluster_budget_stay_within_it() {
 
 #[test]
 fn a_full_disk_during_spill_fails_the_task_as_transient_and_the_worker_survives() {
+    let _alone = crate::exclusive();
     let data = wide_table(4, 1_000_000);
     let (_coordinator, addr, _http) = crate::coordinator(&["--task-attempts", "2"]);
     // The worker's work directory is a 1 MiB tmpfs in a mount namespace of its own.
