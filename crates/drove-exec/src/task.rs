@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::metrics::Time;
 use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
@@ -97,14 +98,11 @@ pub async fn run(
                 BatchPartitioner::try_new(partitioning, Time::new(), partition, input_partitions)?;
             let mut stream = input.execute(partition, Arc::clone(&ctx))?;
             while let Some(batch) = stream.try_next().await? {
-                let mut pushed = Ok(());
                 partitioner.partition(batch, |reduce, part| {
-                    if pushed.is_ok() {
-                        pushed = writer.push(reduce, part);
-                    }
-                    Ok(())
+                    writer
+                        .push(reduce, part)
+                        .map_err(|e| DataFusionError::External(Box::new(e)))
                 })?;
-                pushed?;
             }
             (Arc::clone(input), writer)
         }

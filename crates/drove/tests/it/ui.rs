@@ -136,7 +136,7 @@ async fn the_web_ui_shows_the_cluster_a_running_job_a_finished_job_and_a_failure
     // Slow tasks keep the job running for seconds after its first stage, time enough
     // for Chromium to start and load its page even on a busy machine.
     let _alone = crate::exclusive_async().await;
-    let (cluster, session, http) = cluster(3, 1500).await;
+    let (cluster, session, http) = cluster(3, 4000).await;
     let sql = QUERIES[4];
     let (result, running_dom) = tokio::join!(session.run_sql(sql), async {
         let job = running_job(&session).await;
