@@ -41,7 +41,6 @@ struct WorkerConn {
     slots: u32,
     tx: WorkerTx,
     last_heartbeat: Instant,
-    block_bytes: u64,
     memory: pb::MemoryStats,
 }
 
@@ -189,7 +188,6 @@ impl Coordinator {
                 slots,
                 tx,
                 last_heartbeat: Instant::now(),
-                block_bytes: 0,
                 memory: pb::MemoryStats::default(),
             },
         );
@@ -205,7 +203,6 @@ impl Coordinator {
         };
         conn.last_heartbeat = Instant::now();
         if let Some(memory) = heartbeat.memory {
-            conn.block_bytes = memory.block_bytes;
             conn.memory = memory;
         }
         state.handle(Event::WorkerHeartbeat { worker });
@@ -484,7 +481,7 @@ impl Coordinator {
                 running_tasks: state.scheduler.running_on(*id) as u32,
                 heartbeat_age_ms: w.last_heartbeat.elapsed().as_millis() as u64,
                 draining: state.scheduler.is_draining(*id),
-                block_bytes: w.block_bytes,
+                block_bytes: w.memory.block_bytes,
                 memory: Some(w.memory),
             })
             .collect();
