@@ -1,19 +1,26 @@
 //! A worker's directory for spill files.
 //!
 //! Every worker makes its own directory, `worker-<pid>-<n>`, under the configured work
-//! directory, and holds an exclusive lock on the `lock` file in it for as long as it
-//! runs. On start, a worker removes every sibling directory whose lock nobody holds:
-//! what workers that died (SIGKILL, a crash, a power cut) left behind. A worker that
-//! stops removes its own directory.
+//! directory, and holds an exclusive lock on the marker file `drove-worker.lock` in it
+//! for as long as it runs. The marker says who made it: drove's signature line, then
+//! the process and the directory's own name. On start, a worker removes a sibling
+//! directory only when it proves to be a dead worker's: the marker is there, carries
+//! the signature and the directory's name, and nobody holds its lock. A directory
+//! without that proof is never touched, whatever its name (a user's `worker-reports`
+//! stays). A worker that stops removes its own directory.
 
 use std::fs::{self, File};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::{info, warn};
 
 const PREFIX: &str = "worker-";
-const LOCK: &str = "lock";
+/// The marker file, locked while its worker lives.
+const MARKER: &str = "drove-worker.lock";
+/// The marker's first line.
+const SIGNATURE: &str = "drove worker directory v1";
 const MAKING: &str = ".making-";
 /// A directory still being made after this long was left by a worker that died.
 const MAKING_STALE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -50,10 +57,14 @@ impl WorkDir {
         // never sees this directory unlocked and takes it for abandoned.
         let making = parent.join(format!("{MAKING}{name}"));
         fs::create_dir(&making).map_err(|e| fail("create", &making, e))?;
-        let lock =
-            File::create(making.join(LOCK)).map_err(|e| fail("create a lock in", &making, e))?;
+        let mut lock = File::create(making.join(MARKER))
+            .map_err(|e| fail("create a marker in", &making, e))?;
         lock.try_lock()
             .map_err(|e| fail("lock", &making, std::io::Error::other(e.to_string())))?;
+        let identity = format!("{SIGNATURE}\nname={name}\npid={}\n", std::process::id());
+        lock.write_all(identity.as_bytes())
+            .and_then(|()| lock.sync_all())
+            .map_err(|e| fail("write the marker in", &making, e))?;
         for sub in ["blocks", "operators"] {
             fs::create_dir(making.join(sub)).map_err(|e| fail("create", &making.join(sub), e))?;
         }
@@ -96,17 +107,15 @@ fn remove_abandoned(parent: &Path) {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
-        let abandoned = if name.starts_with(PREFIX) {
-            // Nobody holds its lock (or it has none): its worker is gone.
-            File::open(path.join(LOCK)).map_or(true, |lock| lock.try_lock().is_ok())
-        } else if name.starts_with(MAKING) {
+        let abandoned = if let Some(own) = name.strip_prefix(MAKING) {
             // A worker died while making it; one making it now takes milliseconds.
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > MAKING_STALE))
+            owned_by_dead_worker(&path, own)
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > MAKING_STALE))
         } else {
-            false
+            name.starts_with(PREFIX) && owned_by_dead_worker(&path, &name)
         };
         if abandoned {
             match fs::remove_dir_all(&path) {
@@ -119,6 +128,21 @@ fn remove_abandoned(parent: &Path) {
     }
 }
 
+/// Whether `dir` is a worker directory named `name` whose worker is gone: its marker
+/// carries drove's signature and that name, and nobody holds the marker's lock.
+fn owned_by_dead_worker(dir: &Path, name: &str) -> bool {
+    let Ok(mut marker) = File::open(dir.join(MARKER)) else {
+        return false;
+    };
+    let mut head = String::new();
+    if (&mut marker).take(4096).read_to_string(&mut head).is_err() {
+        return false;
+    }
+    let mut lines = head.lines();
+    let proven = lines.next() == Some(SIGNATURE) && lines.next() == Some(&format!("name={name}"));
+    proven && marker.try_lock().is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,11 +152,29 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let live = WorkDir::create(parent.path()).unwrap();
         fs::write(live.blocks().join("block-0.arrow"), b"x").unwrap();
-        // A dead worker's directory: its lock file is there but nobody holds it.
+        // A dead worker's directory: its marker is there but nobody holds its lock.
         let dead = parent.path().join("worker-1-0");
         fs::create_dir_all(dead.join("blocks")).unwrap();
-        fs::write(dead.join(LOCK), b"").unwrap();
+        fs::write(
+            dead.join(MARKER),
+            format!("{SIGNATURE}\nname=worker-1-0\npid=1\n"),
+        )
+        .unwrap();
         fs::write(dead.join("blocks/block-7.arrow"), b"old").unwrap();
+        // Directories that only look like a worker's, and one that is not named so.
+        let user = parent.path().join("worker-reports");
+        fs::create_dir(&user).unwrap();
+        fs::write(user.join("q3.csv"), b"a user's file").unwrap();
+        let copied = parent.path().join("worker-2-0");
+        fs::create_dir(&copied).unwrap();
+        fs::write(
+            copied.join(MARKER),
+            format!("{SIGNATURE}\nname=worker-1-0\npid=1\n"),
+        )
+        .unwrap();
+        let unsigned = parent.path().join("worker-3-0");
+        fs::create_dir(&unsigned).unwrap();
+        fs::write(unsigned.join(MARKER), b"").unwrap();
         let other = parent.path().join("not-a-worker");
         fs::create_dir(&other).unwrap();
 
@@ -142,10 +184,10 @@ mod tests {
             live.blocks().join("block-0.arrow").exists(),
             "a live worker's file was removed"
         );
-        assert!(
-            other.exists(),
-            "a directory that is not a worker's was removed"
-        );
+        for kept in [&user, &copied, &unsigned, &other] {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
+        assert!(user.join("q3.csv").exists());
 
         let (live_path, second_path) = (live.path().to_path_buf(), second.path().to_path_buf());
         drop(live);

@@ -162,14 +162,19 @@ fn a_full_disk_during_spill_fails_the_task_as_transient_and_the_worker_survives(
 }
 
 #[test]
-fn a_worker_removes_what_a_killed_worker_left_in_the_work_directory() {
+fn a_worker_removes_what_a_killed_worker_left_and_nothing_of_the_users() {
     let (_coordinator, addr, _http) = crate::coordinator(&[]);
     let work = tempfile::tempdir().unwrap();
+    // A user's own directory whose name only looks like a worker's.
+    let reports = work.path().join("worker-reports");
+    std::fs::create_dir(&reports).unwrap();
+    std::fs::write(reports.join("q1.csv"), b"a user's report").unwrap();
     let worker_dirs = || -> Vec<PathBuf> {
         std::fs::read_dir(work.path())
             .unwrap()
             .flatten()
             .map(|e| e.path())
+            .filter(|p| *p != reports)
             .collect()
     };
     let mut first = worker(&addr, work.path(), "1");
@@ -187,6 +192,10 @@ fn a_worker_removes_what_a_killed_worker_left_in_the_work_directory() {
     assert!(
         !stale.exists(),
         "the killed worker's directory is still there"
+    );
+    assert!(
+        reports.join("q1.csv").exists(),
+        "a starting worker removed a user's directory"
     );
 }
 
