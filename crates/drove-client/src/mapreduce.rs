@@ -45,6 +45,8 @@ pub struct MapReduceResult {
 }
 
 const SUCCESS_MARKER: &str = "_SUCCESS";
+/// How the part files a run commits are named: `part-r-00000` and on.
+const PART_PREFIX: &str = "part-r-";
 
 impl Session {
     /// Runs a registered MapReduce job on the cluster and commits its output.
@@ -71,20 +73,7 @@ impl Session {
     /// ```
     pub async fn run_mapreduce(&self, options: MapReduceOptions) -> Result<MapReduceResult> {
         let out = &options.output;
-        if out.exists() {
-            if !out.is_dir() {
-                return Err(Error::Config(format!(
-                    "output '{}' exists and is not a directory; choose another --output",
-                    out.display()
-                )));
-            }
-            if !options.overwrite {
-                return Err(Error::Config(format!(
-                    "output directory '{}' already exists; pass --overwrite to replace it, or choose another --output",
-                    out.display()
-                )));
-            }
-        }
+        check_paths(&options.inputs, out, options.overwrite)?;
         let token = format!(
             "{}-{}",
             std::process::id(),
@@ -104,24 +93,30 @@ impl Session {
             reducers: options.reducers,
             combine: options.combine,
         };
+        // Removes what this run wrote on every way out but a commit, including this
+        // future being dropped (Ctrl-C), and leaves any earlier output as it was.
+        let mut staging = Staging {
+            committed: false,
+            existed: out.exists(),
+            temporary: out.join("_temporary").join(&token),
+            out: out.clone(),
+        };
+        // Made now, so an output nobody can write is refused before any task runs.
+        std::fs::create_dir_all(&staging.temporary).map_err(|e| {
+            Error::Config(format!(
+                "cannot write the output directory '{}': {e}; choose an --output this user can write",
+                out.display()
+            ))
+        })?;
         let physical = plan::build(&spec).await?;
         let bytes = codec::plan_to_bytes(physical)?;
-        let existed = out.exists();
-        let temporary = out.join("_temporary").join(&token);
-        let outcome = self
+        let result = self
             .run(
                 pb::submit_job_request::Query::PhysicalPlan(bytes),
                 format!("mapreduce {}", options.job),
                 String::new(),
             )
-            .await;
-        let result = match outcome {
-            Ok(result) => result,
-            Err(e) => {
-                abandon(out, &temporary, existed);
-                return Err(e);
-            }
-        };
+            .await?;
         let mut written = Vec::new();
         for batch in &result.batches {
             let partitions = column::<UInt64Array>(batch.column(0))?;
@@ -136,14 +131,20 @@ impl Session {
             }
         }
         written.sort_by_key(|(p, _, _)| *p);
-        let files =
-            commit(out, &temporary, &written, options.format, options.overwrite).map_err(|e| {
-                abandon(out, &temporary, existed);
-                Error::Config(format!(
-                    "committing the output to '{}' failed: {e}",
-                    out.display()
-                ))
-            })?;
+        let files = commit(
+            out,
+            &staging.temporary,
+            &written,
+            options.format,
+            options.overwrite,
+        )
+        .map_err(|e| {
+            Error::Config(format!(
+                "committing the output to '{}' failed: {e}",
+                out.display()
+            ))
+        })?;
+        staging.committed = true;
         Ok(MapReduceResult {
             files,
             records: written.iter().map(|(_, _, r)| r).sum(),
@@ -159,6 +160,77 @@ fn column<T: 'static>(array: &dyn Array) -> Result<&T> {
         .ok_or_else(|| Error::Transport("a reduce task reported an unexpected schema".into()))
 }
 
+/// Refuses an output that would destroy data: one that is, contains or lies inside an
+/// input, or an existing directory that is not an earlier drove output. `--overwrite`
+/// replaces only what a successful drove run committed there (`_SUCCESS` marks it).
+fn check_paths(inputs: &[PathBuf], out: &Path, overwrite: bool) -> Result<()> {
+    let out_resolved = resolve(out)?;
+    for input in inputs {
+        let input_resolved = resolve(input)?;
+        if out_resolved.starts_with(&input_resolved) || input_resolved.starts_with(&out_resolved) {
+            let how = if out_resolved == input_resolved {
+                "is"
+            } else if out_resolved.starts_with(&input_resolved) {
+                "lies inside"
+            } else {
+                "contains"
+            };
+            return Err(Error::Config(format!(
+                "output '{}' {how} input '{}'; writing it could destroy the input, so choose an --output outside every input",
+                out.display(),
+                input.display()
+            )));
+        }
+    }
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        return Err(Error::Config(format!(
+            "output '{}' exists and is not a directory; choose another --output",
+            out.display()
+        )));
+    }
+    if !overwrite {
+        return Err(Error::Config(format!(
+            "output directory '{}' already exists; pass --overwrite to replace an earlier drove output, or choose another --output",
+            out.display()
+        )));
+    }
+    let empty = std::fs::read_dir(out)
+        .map_err(|e| Error::Config(format!("cannot read '{}': {e}", out.display())))?
+        .next()
+        .is_none();
+    if !empty && !out.join(SUCCESS_MARKER).is_file() {
+        return Err(Error::Config(format!(
+            "output directory '{}' is not an earlier drove output (it has no {SUCCESS_MARKER}); --overwrite replaces only those, so choose another --output or empty it yourself",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The absolute path with links resolved as far as it exists, so two names of one
+/// directory compare equal.
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(path)
+        .map_err(|e| Error::Config(format!("cannot resolve '{}': {e}", path.display())))?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return Ok(rest.iter().rev().fold(real, |p, part| p.join(part)));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return Ok(absolute),
+        }
+    }
+}
+
 /// Moves the winning part files into place and marks the output complete.
 fn commit(
     out: &Path,
@@ -172,14 +244,14 @@ fn commit(
         for entry in std::fs::read_dir(out)? {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with("part-") || name == SUCCESS_MARKER {
+            if name.starts_with(PART_PREFIX) || name == SUCCESS_MARKER {
                 std::fs::remove_file(&path)?;
             }
         }
     }
     let mut files = Vec::with_capacity(written.len());
     for (partition, path, _) in written {
-        let target = out.join(format!("part-r-{partition:05}{}", format.extension()));
+        let target = out.join(format!("{PART_PREFIX}{partition:05}{}", format.extension()));
         std::fs::rename(path, &target)?;
         files.push(target);
     }
@@ -189,11 +261,24 @@ fn commit(
     Ok(files)
 }
 
-/// Removes what a failed run wrote, leaving any earlier output as it was.
-fn abandon(out: &Path, temporary: &Path, existed: bool) {
-    let _ = std::fs::remove_dir_all(temporary);
-    let _ = std::fs::remove_dir(out.join("_temporary"));
-    if !existed {
-        let _ = std::fs::remove_dir(out);
+/// What a run writes before its commit: `OUTPUT/_temporary/TOKEN`, and `OUTPUT` itself
+/// unless it `existed`. Dropped before it is `committed`, it removes them.
+struct Staging {
+    out: PathBuf,
+    temporary: PathBuf,
+    existed: bool,
+    committed: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.temporary);
+        let _ = std::fs::remove_dir(self.out.join("_temporary"));
+        if !self.existed {
+            let _ = std::fs::remove_dir(&self.out);
+        }
     }
 }

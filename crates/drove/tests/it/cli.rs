@@ -140,6 +140,42 @@ fn a_worker_with_a_wrong_coordinator_gives_up_after_its_registration_timeout() {
     assert!(started.elapsed() >= Duration::from_secs(2), "gave up early");
 }
 
+/// Retrying is for when nothing answers: a worker pointed at something that answers
+/// but is not a coordinator (its HTTP port, a server of another protocol) fails at
+/// once, saying so, instead of retrying for its whole registration timeout.
+#[test]
+fn a_worker_pointed_at_something_else_fails_at_once_saying_what_answered() {
+    let (_coordinator, _grpc, http) = crate::coordinator(&[]);
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_addr = other.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in other.incoming().flatten() {
+            use std::io::Write;
+            let mut stream = stream;
+            let _ = stream.write_all(b"220 an SMTP server says hello\r\n");
+        }
+    });
+    for addr in [&http, &other_addr] {
+        let out = crate::run(
+            &[
+                "worker",
+                "--coordinator",
+                addr,
+                "--registration-timeout-secs",
+                "600",
+            ],
+            LIMIT,
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(&format!("{addr} answered, but not as a drove coordinator"))
+                && stderr.contains("--bind"),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn a_scale_of_zero_or_below_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -218,12 +254,15 @@ fn mapreduce_names_unknown_jobs_and_missing_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let out = out.to_str().unwrap();
+    let texts = dir.path().join("texts");
+    std::fs::create_dir(&texts).unwrap();
+    let texts = texts.to_str().unwrap();
     fails_with(
         &[
             "mapreduce",
             "wordcnt",
             "--input",
-            "/tmp",
+            texts,
             "--output",
             out,
             "--local",
@@ -254,7 +293,7 @@ fn mapreduce_names_unknown_jobs_and_missing_inputs() {
             "mapreduce",
             "grep",
             "--input",
-            "/tmp",
+            texts,
             "--output",
             out,
             "--local",
@@ -278,6 +317,145 @@ fn mapreduce_names_unknown_jobs_and_missing_inputs() {
             "1",
         ],
         &["already exists", "--overwrite"],
+    );
+}
+
+/// The reported loss: `--input in2 --output in2 --overwrite` deleted the input. No
+/// output that overlaps an input, and no directory that is not an earlier drove output,
+/// is written, with or without `--overwrite`; an unwritable output is refused before
+/// any task runs.
+#[test]
+fn mapreduce_never_deletes_what_drove_did_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // An earlier run's output, used as the next run's input.
+    let first = crate::run(
+        &[
+            "mapreduce",
+            "wordcount",
+            "--input",
+            &path("in.txt"),
+            "--output",
+            &path("in2"),
+            "--local",
+            "1",
+        ],
+        LIMIT,
+    );
+    assert!(!first.status.success(), "a missing input was accepted");
+    std::fs::write(dir.path().join("in.txt"), "a rose is a rose\n").unwrap();
+    let first = crate::run(
+        &[
+            "mapreduce",
+            "wordcount",
+            "--input",
+            &path("in.txt"),
+            "--output",
+            &path("in2"),
+            "--local",
+            "1",
+        ],
+        LIMIT,
+    );
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let snapshot = |d: &str| -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<_> = std::fs::read_dir(dir.path().join(d))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = snapshot("in2");
+    assert!(
+        before.iter().any(|(name, _)| name.starts_with("part-r-")),
+        "{before:?}"
+    );
+
+    let in2 = path("in2");
+    let inside = path("in2/more");
+    let cases: [(&str, &str, &str); 3] = [
+        (&in2, &in2, "is input"),
+        (&in2, &inside, "lies inside input"),
+        (&path("in2/part-r-00000"), &in2, "contains input"),
+    ];
+    for (input, output, expected) in cases {
+        for overwrite in [false, true] {
+            let mut args = vec![
+                "mapreduce",
+                "wordcount",
+                "--input",
+                input,
+                "--output",
+                output,
+                "--local",
+                "1",
+            ];
+            if overwrite {
+                args.push("--overwrite");
+            }
+            fails_with(&args, &[expected, "choose an --output outside every input"]);
+            assert_eq!(
+                snapshot("in2"),
+                before,
+                "`drove {}` changed the input",
+                args.join(" ")
+            );
+            assert!(!dir.path().join("in2/more").exists());
+        }
+    }
+
+    // --overwrite replaces only an earlier drove output.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("part-r-00000"), "a user's own file").unwrap();
+    fails_with(
+        &[
+            "mapreduce",
+            "wordcount",
+            "--input",
+            &path("in.txt"),
+            "--output",
+            &path("mine"),
+            "--local",
+            "1",
+            "--overwrite",
+        ],
+        &["is not an earlier drove output", "has no _SUCCESS"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(mine.join("part-r-00000")).unwrap(),
+        "a user's own file"
+    );
+
+    // An output that cannot be made is refused before any task runs, naming the path.
+    std::fs::write(dir.path().join("a-file"), "").unwrap();
+    fails_with(
+        &[
+            "mapreduce",
+            "wordcount",
+            "--input",
+            &path("in.txt"),
+            "--output",
+            &path("a-file/out"),
+            "--local",
+            "1",
+        ],
+        &[
+            "cannot write the output directory",
+            "a-file/out",
+            "choose an --output this user can write",
+        ],
     );
 }
 
