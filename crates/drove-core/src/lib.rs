@@ -25,6 +25,32 @@ pub enum Error {
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The text of a caught panic's payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-text panic".into()
+    }
+}
+
+/// At most `max_bytes` of `text`, cut at a character boundary, saying how much was cut.
+pub fn truncate_text(mut text: String, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut cut = max_bytes;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let dropped = text.len() - cut;
+    text.truncate(cut);
+    text.push_str(&format!("... ({dropped} more bytes)"));
+    text
+}
+
 /// Bytes as B, KiB, MiB or GiB.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
@@ -73,7 +99,14 @@ pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{parse_bytes, truncate_text};
+
+    #[test]
+    fn long_texts_are_cut_at_a_character_boundary_saying_how_much() {
+        assert_eq!(truncate_text("short".into(), 16), "short");
+        let cut = truncate_text("aé".repeat(10), 4);
+        assert_eq!(cut, "aéa... (26 more bytes)");
+    }
 
     #[test]
     fn sizes_parse_with_binary_units() {

@@ -58,6 +58,8 @@ pub enum Error {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("{0}")]
+    NotACoordinator(String),
 }
 
 /// Result type of the worker.
@@ -128,7 +130,7 @@ impl Default for WorkerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise: None,
             slots: 2,
-            registration_timeout_ms: 30_000,
+            registration_timeout_ms: 300_000,
             drain_timeout_ms: 60_000,
             task_delay_ms: 0,
             memory_bytes: default_memory_bytes(1),
@@ -162,8 +164,49 @@ struct Shared {
     /// What the operators of finished tasks spilled.
     operator_spills: AtomicU64,
     operator_spill_count: AtomicU64,
+    /// Where tasks run, apart from the worker's control traffic.
+    tasks: TaskRuntime,
     /// The worker's own directory; removed when the worker stops.
     _work_dir: workdir::WorkDir,
+}
+
+/// Stack of a task thread. Evaluating an expression recurses once per level of its
+/// tree, and a query may nest thousands of levels (a 3,000-term sum); a default 2 MiB
+/// thread would overflow and abort the whole worker. It is reserved address space,
+/// touched only as deep as a task goes.
+const TASK_STACK_BYTES: usize = 256 << 20;
+
+/// The runtime that runs a worker's tasks: threads of their own with deep stacks, so a
+/// task neither overflows a stack nor starves heartbeats and the Flight service of the
+/// runtime they run on. Stopped, without waiting, when the worker goes.
+struct TaskRuntime(Option<tokio::runtime::Runtime>);
+
+impl TaskRuntime {
+    fn new(slots: u32) -> Result<Self> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(slots.max(1) as usize)
+            .thread_name("drove-task")
+            .thread_stack_size(TASK_STACK_BYTES)
+            .enable_all()
+            .build()
+            .map(|r| Self(Some(r)))
+            .map_err(|e| Error::Config(format!("cannot start the task threads: {e}")))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the task runtime lives until drop")
+            .handle()
+    }
+}
+
+impl Drop for TaskRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Shared {
@@ -321,6 +364,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         peak: AtomicU64::new(0),
         operator_spills: AtomicU64::new(0),
         operator_spill_count: AtomicU64::new(0),
+        tasks: TaskRuntime::new(config.slots)?,
         _work_dir: work_dir,
     });
     let advertised = config
@@ -399,7 +443,7 @@ async fn register(config: &WorkerConfig, flight_addr: &str) -> Result<Session> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = async {
-            let mut client = connect(&config.coordinator).await?;
+            let mut client = connect(&config.coordinator).await.map_err(Refusal::Retry)?;
             let (outbound, rx) = mpsc::channel(64);
             let register = pb::WorkerMessage {
                 kind: Some(pb::worker_message::Kind::Register(pb::RegisterWorker {
@@ -407,11 +451,14 @@ async fn register(config: &WorkerConfig, flight_addr: &str) -> Result<Session> {
                     slots: config.slots,
                 })),
             };
-            outbound.send(register).await.map_err(|e| e.to_string())?;
+            outbound
+                .send(register)
+                .await
+                .map_err(|e| Refusal::Retry(e.to_string()))?;
             let mut inbound = client
                 .worker_session(ReceiverStream::new(rx))
                 .await
-                .map_err(|s| s.message().to_string())?
+                .map_err(|s| refusal(&config.coordinator, &s))?
                 .into_inner();
             match inbound.message().await {
                 Ok(Some(pb::CoordinatorMessage {
@@ -422,8 +469,10 @@ async fn register(config: &WorkerConfig, flight_addr: &str) -> Result<Session> {
                     outbound,
                     inbound,
                 }),
-                Ok(_) => Err("the coordinator did not acknowledge the registration".to_string()),
-                Err(s) => Err(s.message().to_string()),
+                Ok(_) => Err(Refusal::Retry(
+                    "the coordinator did not acknowledge the registration".to_string(),
+                )),
+                Err(s) => Err(refusal(&config.coordinator, &s)),
             }
         };
         match attempt.await {
@@ -431,7 +480,8 @@ async fn register(config: &WorkerConfig, flight_addr: &str) -> Result<Session> {
                 info!(worker_id = session.worker_id, coordinator = %config.coordinator, "registered");
                 return Ok(session);
             }
-            Err(last_error) => {
+            Err(Refusal::Fatal(why)) => return Err(Error::NotACoordinator(why)),
+            Err(Refusal::Retry(last_error)) => {
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(Error::Registration {
@@ -445,6 +495,44 @@ async fn register(config: &WorkerConfig, flight_addr: &str) -> Result<Session> {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+/// Why a registration attempt failed.
+enum Refusal {
+    /// Nothing answered, or the coordinator could not take us now: try again.
+    Retry(String),
+    /// Something answered that is not a drove coordinator: trying again cannot help.
+    Fatal(String),
+}
+
+/// Classifies a failed registration call. A server that answers HTTP/2 but has no
+/// coordinator service (a worker's Flight port), or that does not speak HTTP/2 at all
+/// (the coordinator's HTTP port), is not a coordinator.
+fn refusal(addr: &str, status: &tonic::Status) -> Refusal {
+    let mut why = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        why = if why.is_empty() {
+            s.to_string()
+        } else {
+            format!("{why}: {s}")
+        };
+        source = s.source();
+    }
+    if why.is_empty() {
+        why = format!("the call failed with gRPC code {:?}", status.code());
+    }
+    let foreign = status.code() == tonic::Code::Unimplemented
+        || why.contains("protocol error")
+        || why.contains("frame with invalid size")
+        || why.contains("invalid HTTP version");
+    if foreign {
+        Refusal::Fatal(format!(
+            "{addr} answered, but not as a drove coordinator ({why}); point --coordinator at the gRPC address `drove coordinator` listens on (its --bind, 127.0.0.1:7070 by default), not at a worker or the HTTP port"
+        ))
+    } else {
+        Refusal::Retry(why)
     }
 }
 
@@ -715,9 +803,12 @@ async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -
             "the worker is shutting down".into(),
         );
     };
-    let handle = AbortOnDrop(tokio::spawn(
-        execute(worker_id, key, launch, Arc::clone(&shared)).instrument(span),
-    ));
+    let handle = AbortOnDrop(
+        shared
+            .tasks
+            .handle()
+            .spawn(execute(worker_id, key, launch, Arc::clone(&shared)).instrument(span)),
+    );
     let outcome = match handle.join().await {
         Ok(Ok(output)) => {
             shared
@@ -754,7 +845,7 @@ async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -
         }
         Err(join) => {
             let message = match join.try_into_panic() {
-                Ok(payload) => panic_message(payload.as_ref()),
+                Ok(payload) => drove_core::panic_message(payload.as_ref()),
                 Err(e) => e.to_string(),
             };
             return failed(
@@ -793,17 +884,12 @@ fn error_message(e: &drove_exec::Error) -> String {
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-text panic".into()
-    }
-}
+/// The longest error message a task reports: a message may quote a value of any size,
+/// and a heartbeat carries a batch of them.
+const ERROR_MESSAGE_MAX_BYTES: usize = 16 << 10;
 
 fn failed(key: pb::TaskKey, kind: pb::ErrorKind, message: String) -> pb::TaskStatus {
+    let message = drove_core::truncate_text(message, ERROR_MESSAGE_MAX_BYTES);
     warn!(job = key.job_id, stage = key.stage_id, partition = key.partition, attempt = key.attempt, %message, "task failed");
     pb::TaskStatus {
         task: Some(key),
