@@ -110,6 +110,46 @@ struct Inner {
     tables: Mutex<Vec<TableSpec>>,
     cluster: tokio::sync::Mutex<Option<LocalCluster>>,
     progress: Mutex<Option<ProgressFn>>,
+    /// Cancellations of jobs whose caller stopped waiting; `shutdown` waits for them.
+    abandoned: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Cancels its job when dropped before [`JobGuard::done`]: the future that ran the
+/// job was dropped (Ctrl-C, a timeout, a caller that gave up), and nobody will read
+/// the job's result.
+struct JobGuard {
+    session: Session,
+    job: Option<u64>,
+}
+
+impl JobGuard {
+    fn done(mut self) {
+        self.job = None;
+    }
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        let (Some(job), Ok(runtime)) = (self.job, tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let mut client = self.session.inner.client.clone();
+        let cancel = runtime.spawn(async move {
+            let request = pb::JobRequest { job_id: job };
+            if let Err(e) = client.cancel_job(request).await {
+                tracing::warn!(job, "cancelling an abandoned job failed: {}", e.message());
+            }
+            let _ = client.release_job(pb::JobRequest { job_id: job }).await;
+        });
+        let mut abandoned = self
+            .session
+            .inner
+            .abandoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        abandoned.retain(|h| !h.is_finished());
+        abandoned.push(cancel);
+    }
 }
 
 /// Called with every change of a running job's progress.
@@ -177,6 +217,7 @@ impl Session {
                 flight: FlightPool::default(),
                 ctx: SessionContext::new(),
                 tables: Mutex::new(Vec::new()),
+                abandoned: Mutex::new(Vec::new()),
                 cluster: tokio::sync::Mutex::new(None),
                 progress: Mutex::new(None),
             }),
@@ -564,7 +605,12 @@ impl Session {
             .map_err(status_error)?
             .into_inner()
             .job_id;
+        let guard = JobGuard {
+            session: self.clone(),
+            job: Some(job),
+        };
         let result = self.wait_and_fetch(job).await;
+        guard.done();
         // Free the job's blocks whatever happened; a failure here only delays that.
         let _ = client.release_job(pb::JobRequest { job_id: job }).await;
         result
@@ -687,6 +733,16 @@ impl Session {
     /// # }
     /// ```
     pub async fn shutdown(&self) {
+        let abandoned = std::mem::take(
+            &mut *self
+                .inner
+                .abandoned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for cancel in abandoned {
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, cancel).await;
+        }
         if let Some(cluster) = self.inner.cluster.lock().await.take() {
             cluster.shutdown().await;
         }

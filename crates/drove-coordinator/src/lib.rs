@@ -25,6 +25,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 pub use drove_core::scheduler::SpeculationConfig;
+pub use planning::JobLimits;
 pub use state::Coordinator;
 
 /// Errors of the coordinator.
@@ -90,6 +91,8 @@ pub struct CoordinatorConfig {
     pub no_worker_grace_ms: u64,
     /// When slow tasks get a speculative twin; `None` turns speculation off.
     pub speculation: Option<SpeculationConfig>,
+    /// What one job may take; a larger job is refused at submission.
+    pub job_limits: JobLimits,
 }
 
 impl Default for CoordinatorConfig {
@@ -104,6 +107,7 @@ impl Default for CoordinatorConfig {
             worker_queue_max: 4096,
             no_worker_grace_ms: 60_000,
             speculation: Some(SpeculationConfig::default()),
+            job_limits: JobLimits::default(),
         }
     }
 }
@@ -124,6 +128,11 @@ impl CoordinatorConfig {
         }
         if self.task_attempt_max == 0 {
             return Err(Error::User("--task-attempts must be at least 1".into()));
+        }
+        if self.job_limits.stage_partitions_max == 0 || self.job_limits.job_tasks_max == 0 {
+            return Err(Error::User(
+                "--stage-partitions-max and --job-tasks-max must be at least 1".into(),
+            ));
         }
         if let Some(s) = &self.speculation {
             if !(s.multiplier >= 1.0 && s.multiplier.is_finite()) {

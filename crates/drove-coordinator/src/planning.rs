@@ -66,6 +66,113 @@ pub struct Caches {
     pub lineage: HashMap<u64, Vec<Stage>>,
 }
 
+/// What one job may take: `--stage-partitions-max` and `--job-tasks-max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// Tasks (partitions) in one stage.
+    pub stage_partitions_max: usize,
+    /// Tasks in all of a job's stages.
+    pub job_tasks_max: usize,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        Self {
+            stage_partitions_max: 4096,
+            job_tasks_max: 100_000,
+        }
+    }
+}
+
+impl JobLimits {
+    /// Refuses a job whose stages are larger than the limits, naming the limit, the
+    /// flag that raises it and the setting that made the stage so large.
+    fn check(&self, stages: &[Stage]) -> Result<()> {
+        if let Some(stage) = stages.iter().find(|s| s.tasks > self.stage_partitions_max) {
+            return Err(Error::User(format!(
+                "stage {} would run {} tasks, more than the {} partitions a stage may have; lower datafusion.execution.target_partitions (or the job's reducers), or start the coordinator with a larger --stage-partitions-max",
+                stage.id, stage.tasks, self.stage_partitions_max
+            )));
+        }
+        let tasks: usize = stages.iter().map(|s| s.tasks).sum();
+        if tasks > self.job_tasks_max {
+            return Err(Error::User(format!(
+                "the job would run {tasks} tasks in {} stages, more than the {} a job may have; lower datafusion.execution.target_partitions, or start the coordinator with a larger --job-tasks-max",
+                stages.len(),
+                self.job_tasks_max
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Stack for planning. DataFusion's analysis, optimization and physical planning
+/// recurse over expression trees, and SQL nests them as deep as its author likes (a
+/// 3,000-term sum is a tree 3,000 deep); a runtime thread's 2 MiB would overflow and
+/// abort the whole coordinator. The stack is reserved, not touched, so it costs address
+/// space only.
+const PLAN_STACK_BYTES: usize = 512 << 20;
+
+/// The largest encoded stage plan: a task message carries it with its inputs' places
+/// and must stay within [`drove_proto::MAX_MESSAGE_BYTES`].
+const STAGE_PLAN_MAX_BYTES: usize = drove_proto::MAX_MESSAGE_BYTES / 2;
+
+/// Jobs planned at once; more wait for a turn.
+const PLANNING_MAX: usize = 8;
+
+static PLANNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PLANNING_MAX);
+
+/// [`plan`], on a thread of its own with a deep stack. A panic in planning becomes
+/// this job's error; the coordinator goes on.
+pub async fn plan_isolated(
+    query: Query,
+    tables: Vec<TableSpec>,
+    caches: Caches,
+    cache_as: Option<u64>,
+    target_partitions: usize,
+    limits: JobLimits,
+) -> Result<PlannedJob> {
+    let _turn = PLANNING
+        .acquire()
+        .await
+        .map_err(|_| Error::Internal("the planning queue is closed".into()))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("drove-plan".into())
+        .stack_size(PLAN_STACK_BYTES)
+        .spawn(move || {
+            let planned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        Error::Internal(format!("cannot start a planning runtime: {e}"))
+                    })?;
+                runtime.block_on(plan(
+                    &query,
+                    &tables,
+                    &caches,
+                    cache_as,
+                    target_partitions,
+                    limits,
+                ))
+            }))
+            .unwrap_or_else(|panic| {
+                Err(Error::Internal(format!(
+                    "planning the job panicked: {}",
+                    drove_core::panic_message(panic.as_ref())
+                )))
+            });
+            // The job's plans can be as deep as its expressions: drop them here too.
+            if let Err(Ok(planned)) = tx.send(planned) {
+                drop(planned);
+            }
+        })
+        .map_err(|e| Error::Internal(format!("cannot start a planning thread: {e}")))?;
+    rx.await
+        .map_err(|_| Error::Internal("the planning thread ended without an answer".into()))?
+}
+
 /// Plans a job: registers its tables and the cached ones, runs its DDL statements,
 /// plans the last query and cuts it into stages. With `cache_as`, the final stage
 /// writes the blocks of that cached table.
@@ -75,8 +182,9 @@ pub async fn plan(
     caches: &Caches,
     cache_as: Option<u64>,
     target_partitions: usize,
+    limits: JobLimits,
 ) -> Result<PlannedJob> {
-    let mut planned = plan_stages(query, tables, caches, target_partitions).await?;
+    let mut planned = plan_stages(query, tables, caches, target_partitions, limits).await?;
     if let Some(cache) = cache_as
         && let (Some(last), Some(stage)) = (planned.lineage.last_mut(), planned.stages.last_mut())
     {
@@ -91,6 +199,7 @@ async fn plan_stages(
     tables: &[TableSpec],
     caches: &Caches,
     target_partitions: usize,
+    limits: JobLimits,
 ) -> Result<PlannedJob> {
     let mut settings = session::settings(target_partitions);
     let ctx = SessionContext::new_with_config(session::config(&settings)?);
@@ -132,7 +241,7 @@ async fn plan_stages(
                 }
                 other => Error::from(other),
             })?;
-            return distribute(physical, settings, caches);
+            return distribute(physical, settings, caches, limits);
         }
     };
     let mut physical = ctx
@@ -147,7 +256,7 @@ async fn plan_stages(
             .build();
         physical = state.create_physical_plan(&logical).await?;
     }
-    distribute(physical, settings, caches)
+    distribute(physical, settings, caches, limits)
 }
 
 /// Cuts a physical plan into stages and encodes them for the workers.
@@ -155,6 +264,7 @@ fn distribute(
     physical: Arc<dyn ExecutionPlan>,
     settings: HashMap<String, String>,
     caches: &Caches,
+    limits: JobLimits,
 ) -> Result<PlannedJob> {
     let physical_plan = datafusion::physical_plan::displayable(physical.as_ref())
         .indent(false)
@@ -163,13 +273,23 @@ fn distribute(
     let result_schema = schema_to_bytes(&physical.schema())?;
     let distributed =
         planner::split_with_caches(physical, &|cache| caches.lineage.get(&cache).cloned())?;
+    limits.check(&distributed.stages)?;
     let stages = distributed
         .stages
         .iter()
         .map(|s| {
+            let plan = codec::plan_to_bytes(Arc::clone(&s.plan))?;
+            if plan.len() > STAGE_PLAN_MAX_BYTES {
+                return Err(Error::User(format!(
+                    "stage {}'s plan is {} encoded, over the {} a task message may carry; the query carries too much data in its text or constants: read large values from a table instead",
+                    s.id,
+                    drove_core::human_bytes(plan.len() as u64),
+                    drove_core::human_bytes(STAGE_PLAN_MAX_BYTES as u64)
+                )));
+            }
             Ok(PlannedStage {
                 id: s.id,
-                plan: Arc::new(codec::plan_to_bytes(Arc::clone(&s.plan))?),
+                plan: Arc::new(plan),
                 output: s.output,
                 tasks: s.tasks as u32,
                 depends_on: s.depends_on.clone(),

@@ -349,7 +349,15 @@ impl Coordinator {
             coordinator: self,
             name: cache_as.clone(),
         };
-        let planned = planning::plan(&query, &tables, &caches, cache_id, target_partitions).await?;
+        let planned = planning::plan_isolated(
+            query,
+            tables,
+            caches,
+            cache_id,
+            target_partitions,
+            self.inner.config.job_limits,
+        )
+        .await?;
         let mut state = self.lock();
         let job = state.meta.state().next_job_id();
         let _span = info_span!("job", %job).entered();
@@ -611,8 +619,10 @@ impl State {
                 {
                     self.metrics.attempts_speculative += 1;
                 }
-                let launch = match self.launch_message(attempt) {
-                    Ok(l) => l,
+                let message = match self.launch_message(attempt) {
+                    Ok(launch) => pb::CoordinatorMessage {
+                        kind: Some(pb::coordinator_message::Kind::Launch(launch)),
+                    },
                     Err(e) => {
                         return Some(Event::TaskFailed {
                             attempt,
@@ -621,10 +631,17 @@ impl State {
                         });
                     }
                 };
+                // A message over the limit would break the stream, and with it every
+                // other job's tasks on this worker: it fails its own job instead.
+                let bytes = drove_proto::Message::encoded_len(&message);
+                if bytes > drove_proto::MAX_MESSAGE_BYTES {
+                    return Some(Event::TaskFailed {
+                        attempt,
+                        worker,
+                        error: TaskError::new(ErrorKind::User, too_large(attempt, bytes)),
+                    });
+                }
                 let conn = self.workers.get(&worker)?;
-                let message = pb::CoordinatorMessage {
-                    kind: Some(pb::coordinator_message::Kind::Launch(launch)),
-                };
                 if conn.tx.try_send(Ok(message)).is_err() {
                     warn!(%worker, "worker stream full or closed; declaring it lost");
                     self.workers.remove(&worker);
@@ -1141,4 +1158,15 @@ impl State {
             peak_memory_bytes,
         })
     }
+}
+
+/// Why a task's message cannot be sent.
+fn too_large(attempt: AttemptId, bytes: usize) -> String {
+    format!(
+        "{} of {} needs a {} task message, over the {} limit of a message; the query carries too much data in its text or constants: read large values from a table instead",
+        attempt.task.stage,
+        attempt.task.job,
+        drove_core::human_bytes(bytes as u64),
+        drove_core::human_bytes(drove_proto::MAX_MESSAGE_BYTES as u64)
+    )
 }

@@ -101,6 +101,28 @@ struct CoordinatorArgs {
     /// ...and once it has run at least this long.
     #[arg(long, default_value_t = 1_000)]
     speculation_min_ms: u64,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// What one job may take; larger jobs are refused, naming the flag.
+#[derive(Args, Debug)]
+struct LimitArgs {
+    /// Tasks (partitions) one stage may have.
+    #[arg(long, default_value_t = drove_coordinator::JobLimits::default().stage_partitions_max)]
+    stage_partitions_max: usize,
+    /// Tasks one job may have, in all its stages.
+    #[arg(long, default_value_t = drove_coordinator::JobLimits::default().job_tasks_max)]
+    job_tasks_max: usize,
+}
+
+impl From<&LimitArgs> for drove_coordinator::JobLimits {
+    fn from(args: &LimitArgs) -> Self {
+        Self {
+            stage_partitions_max: args.stage_partitions_max,
+            job_tasks_max: args.job_tasks_max,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -126,8 +148,9 @@ struct WorkerArgs {
     /// Tasks run at once (default: the number of CPUs).
     #[arg(long)]
     slots: Option<u32>,
-    /// Give up, exiting non-zero, when no coordinator accepted us for this long.
-    #[arg(long, default_value_t = 30)]
+    /// Give up, exiting non-zero, when no coordinator accepted us for this long, at
+    /// start or after losing it (long enough for a coordinator to restart).
+    #[arg(long, default_value_t = 300)]
     registration_timeout_secs: u64,
     /// On SIGTERM, wait at most this long for the coordinator to release this worker.
     #[arg(long, default_value_t = 60)]
@@ -171,6 +194,8 @@ struct LocalArgs {
     slots: u32,
     #[command(flatten)]
     memory: MemoryArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 #[derive(Args, Debug)]
@@ -375,6 +400,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
             quantile: args.speculation_quantile,
             min_ms: args.speculation_min_ms,
         }),
+        job_limits: (&args.limits).into(),
         ..Default::default()
     };
     let handle = drove_coordinator::start(config, args.bind, Some(args.http)).await?;
@@ -448,6 +474,10 @@ async fn local(args: LocalArgs) -> Result<()> {
         memory_bytes: args.memory.memory,
         work_dir: args.memory.work_dir,
         spill_codec: args.memory.spill_codec,
+        coordinator: CoordinatorConfig {
+            job_limits: (&args.limits).into(),
+            ..Default::default()
+        },
         ..Default::default()
     })
     .await?;
@@ -494,14 +524,21 @@ async fn sql(args: SqlArgs) -> Result<()> {
     if !args.no_progress {
         progress::show(&session);
     }
-    let result = async {
+    let run = async {
         for t in tables {
             session.register_table(&t.name, &t.path).await?;
         }
         session.run_sql(&text).await
-    }
-    .await;
+    };
+    // Ctrl-C drops the run, which cancels its job; shutdown waits for the cancel.
+    let result = tokio::select! {
+        result = run => Some(result),
+        _ = tokio::signal::ctrl_c() => None,
+    };
     session.shutdown().await;
+    let Some(result) = result else {
+        bail!("interrupted: the job was cancelled");
+    };
     let result = result?;
     output::print(&result, args.format)?;
     if args.summary {
@@ -533,19 +570,25 @@ async fn mapreduce(args: MapReduceArgs) -> Result<()> {
     if !args.no_progress {
         progress::show(&session);
     }
-    let result = session
-        .run_mapreduce(drove_client::mapreduce::MapReduceOptions {
-            job: args.job.clone(),
-            args: job_args,
-            inputs: args.inputs.clone(),
-            output: args.output.clone(),
-            reducers: args.reducers,
-            format,
-            overwrite: args.overwrite,
-            combine: !args.no_combine,
-        })
-        .await;
+    let run = session.run_mapreduce(drove_client::mapreduce::MapReduceOptions {
+        job: args.job.clone(),
+        args: job_args,
+        inputs: args.inputs.clone(),
+        output: args.output.clone(),
+        reducers: args.reducers,
+        format,
+        overwrite: args.overwrite,
+        combine: !args.no_combine,
+    });
+    // Ctrl-C drops the run, which cancels its job; shutdown waits for the cancel.
+    let result = tokio::select! {
+        result = run => Some(result),
+        _ = tokio::signal::ctrl_c() => None,
+    };
     session.shutdown().await;
+    let Some(result) = result else {
+        bail!("interrupted: the job was cancelled");
+    };
     let result = result?;
     println!(
         "{}: {} records in {} files under {}; shuffled {}",

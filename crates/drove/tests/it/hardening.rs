@@ -1,0 +1,289 @@
+//! What careless and hostile users did to drove, reproduced against real processes: a
+//! query, a setting or an interrupted client must fail its own job at most, never a
+//! process or another job.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+/// A coordinator process and one worker process with `worker_extra` flags.
+struct Cluster {
+    coordinator: crate::Proc,
+    _worker: crate::Proc,
+    addr: String,
+    http: String,
+    _work: tempfile::TempDir,
+}
+
+fn cluster(worker_extra: &[&str]) -> Cluster {
+    let (coordinator, addr, http) = crate::coordinator(&[]);
+    let work = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "worker",
+        "--coordinator",
+        &addr,
+        "--slots",
+        "2",
+        "--memory",
+        "256MiB",
+        "--work-dir",
+        work.path().to_str().unwrap(),
+    ];
+    args.extend_from_slice(worker_extra);
+    let (worker, _) = crate::spawn_until(&args, "worker Flight service on");
+    wait_for(&http, "the worker to register", |_, workers| {
+        workers.as_array().is_some_and(|w| w.len() == 1)
+    });
+    Cluster {
+        coordinator,
+        _worker: worker,
+        addr,
+        http,
+        _work: work,
+    }
+}
+
+fn api(http: &str, path: &str) -> Value {
+    let (code, body) = crate::http(http, "GET", path);
+    assert_eq!(code, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Polls the REST API until `done(jobs, workers)` holds.
+fn wait_for(http: &str, what: &str, done: impl Fn(&Value, &Value) -> bool) -> (Value, Value) {
+    let started = Instant::now();
+    loop {
+        let (jobs, workers) = (api(http, "/api/v1/jobs"), api(http, "/api/v1/workers"));
+        if done(&jobs, &workers) {
+            return (jobs, workers);
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "waited {LIMIT:?} for {what}: jobs {jobs}, workers {workers}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `drove sql --coordinator ADDR -e SQL --format csv`: its stdout, or its stderr as the error.
+fn sql(addr: &str, query: &str, extra: &[&str]) -> Result<String, String> {
+    let mut args = vec![
+        "sql",
+        "--coordinator",
+        addr,
+        "--no-progress",
+        "--format",
+        "csv",
+        "-e",
+        query,
+    ];
+    args.extend_from_slice(extra);
+    let out = crate::run(&args, LIMIT);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(stderr)
+    }
+}
+
+/// The query's single value, from single-process DataFusion on a thread deep enough
+/// for its expressions.
+fn reference_value(query: &str) -> String {
+    let query = query.to_string();
+    std::thread::Builder::new()
+        .stack_size(512 << 20)
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let batches = runtime
+                .block_on(drove_testkit::reference(&[], &query))
+                .unwrap();
+            arrow::util::display::array_value_to_string(batches[0].column(0), 0).unwrap()
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// The reported crash: a 1,000-term OR or a 3,000-term sum overflowed a runtime
+/// thread's stack and aborted the coordinator, losing its job history.
+#[test]
+fn deep_expressions_run_and_equal_datafusion_and_the_coordinator_survives() {
+    let mut cluster = cluster(&[]);
+    let or_terms: Vec<String> = (0..1000).map(|i| format!("x = {}", i * 3)).collect();
+    let deep_or = format!(
+        "SELECT count(*) AS n FROM (VALUES (0), (1), (3), (4), (2997), (3000)) t(x) WHERE {}",
+        or_terms.join(" OR ")
+    );
+    let sum_terms = vec!["x"; 3000].join(" + ");
+    let deep_sum = format!("SELECT sum({sum_terms}) AS s FROM (VALUES (1), (2), (40)) t(x)");
+    for query in [&deep_or, &deep_sum] {
+        let expected = reference_value(query);
+        let out = sql(&cluster.addr, query, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let value = out.lines().nth(1).unwrap_or_default();
+        assert_eq!(value, expected, "query of {} bytes", query.len());
+    }
+    assert_eq!(
+        sql(&cluster.addr, "SELECT 41 + 1 AS a", &[]).unwrap(),
+        "a\n42\n"
+    );
+    assert!(
+        cluster.coordinator.0.try_wait().unwrap().is_none(),
+        "the coordinator died"
+    );
+}
+
+/// The reported exhaustion: `target_partitions = 20000` made 59,994 tasks. A stage or
+/// job beyond the limits is refused with the flag that raises it, and the flags of
+/// `drove local` raise them.
+#[test]
+fn oversized_jobs_are_refused_naming_the_flag_that_raises_the_limit() {
+    let cluster = cluster(&[]);
+    let group_by = "SELECT x % 7 AS k, count(*) AS n FROM (VALUES (1), (2), (3), (9)) t(x) GROUP BY 1 ORDER BY 1";
+    let e = sql(
+        &cluster.addr,
+        &format!("SET datafusion.execution.target_partitions = 20000; {group_by}"),
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("20000 tasks") && e.contains("--stage-partitions-max"),
+        "{e}"
+    );
+    assert!(
+        api(&cluster.http, "/api/v1/jobs")
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a refused job ran"
+    );
+
+    let (_local, line) = crate::spawn_until(
+        &[
+            "local",
+            "--workers",
+            "1",
+            "--bind",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--stage-partitions-max",
+            "6",
+            "--job-tasks-max",
+            "7",
+        ],
+        "coordinator:",
+    );
+    let local = line.split_whitespace().nth(1).unwrap().to_string();
+    let with = |partitions: u32| {
+        format!("SET datafusion.execution.target_partitions = {partitions}; {group_by}")
+    };
+    let e = sql(&local, &with(7), &[]).unwrap_err();
+    assert!(
+        e.contains("7 tasks") && e.contains("--stage-partitions-max"),
+        "{e}"
+    );
+    // 1 + 6 + 1 tasks: the values, the group-by and the final merge.
+    let e = sql(&local, &with(6), &[]).unwrap_err();
+    assert!(
+        e.contains("8 tasks") && e.contains("--job-tasks-max"),
+        "{e}"
+    );
+    let out = sql(&local, &with(4), &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out, "k,n\n1,1\n2,2\n3,1\n");
+}
+
+/// The reported breakage: a 100 MB constant made a task message over the 64 MiB limit,
+/// every worker's connection broke, and another job's shuffle data was thrown away.
+/// It fails alone, while a job beside it succeeds on the same worker session.
+#[test]
+fn a_huge_constant_fails_its_own_job_and_a_job_beside_it_succeeds() {
+    let cluster = cluster(&["--inject-task-delay-ms", "300"]);
+    let (_, workers) = wait_for(&cluster.http, "a worker", |_, w| w[0].is_object());
+    let worker_id = workers[0]["worker_id"].clone();
+    let beside = "SELECT x % 3 AS k, count(*) AS n FROM (VALUES (1), (2), (3), (4)) t(x) GROUP BY 1 ORDER BY 1";
+    let other = crate::drove()
+        .args([
+            "sql",
+            "--coordinator",
+            &cluster.addr,
+            "--no-progress",
+            "--format",
+            "csv",
+            "-e",
+            beside,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&cluster.http, "the other job to run", |jobs, _| {
+        jobs.as_array()
+            .is_some_and(|j| j.iter().any(|j| j["state"] == "running"))
+    });
+    let huge = "SELECT repeat('x', 100000000) AS s FROM (VALUES (1)) t(x)";
+    let e = sql(&cluster.addr, huge, &[]).unwrap_err();
+    assert!(
+        e.contains("over the") && e.contains("read large values from a table instead"),
+        "{e}"
+    );
+    let out = other.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "k,n\n0,1\n1,2\n2,1\n");
+    let workers = api(&cluster.http, "/api/v1/workers");
+    assert_eq!(
+        workers[0]["worker_id"], worker_id,
+        "the worker registered again: its session broke"
+    );
+}
+
+/// The reported leak: Ctrl-C killed `drove sql` but its job ran on. Now the job is
+/// cancelled, visible in the coordinator within seconds.
+#[test]
+fn ctrl_c_on_drove_sql_cancels_its_job() {
+    let cluster = cluster(&["--inject-task-delay-ms", "60000"]);
+    let client = crate::drove()
+        .args([
+            "sql",
+            "--coordinator",
+            &cluster.addr,
+            "--no-progress",
+            "-e",
+            "SELECT count(*) FROM (VALUES (1), (2)) t(x)",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&cluster.http, "the job to run", |jobs, _| {
+        jobs.as_array()
+            .is_some_and(|j| j.iter().any(|j| j["state"] == "running"))
+    });
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &client.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let out = client.wait_with_output().unwrap();
+    assert!(!out.status.success(), "an interrupted client exited 0");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the job was cancelled"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(&cluster.http, "the job to be cancelled", |jobs, _| {
+        jobs.as_array()
+            .is_some_and(|j| j.len() == 1 && j[0]["state"] == "cancelled")
+    });
+}
