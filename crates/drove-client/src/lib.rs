@@ -30,10 +30,11 @@ use datafusion::logical_expr::{Expr, SortExpr};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 use drove_exec::blocks::BlockKey;
 use drove_exec::net;
-use drove_exec::shuffle::{FlightPool, fetch_block, schema_from_bytes};
+use drove_exec::shuffle::{FlightPool, open_block, schema_from_bytes};
 use drove_exec::tables::{self, TableSpec};
 use drove_proto as pb;
 use drove_proto::coordinator_client::CoordinatorClient;
+use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::transport::Channel;
 
 pub use arrow;
@@ -110,45 +111,43 @@ struct Inner {
     tables: Mutex<Vec<TableSpec>>,
     cluster: tokio::sync::Mutex<Option<LocalCluster>>,
     progress: Mutex<Option<ProgressFn>>,
-    /// Cancellations of jobs whose caller stopped waiting; `shutdown` waits for them.
-    abandoned: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Releases (and cancellations) of jobs on their way out; `shutdown` waits for them.
+    ending_jobs: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
-/// Cancels its job when dropped before [`JobGuard::done`]: the future that ran the
-/// job was dropped (Ctrl-C, a timeout, a caller that gave up), and nobody will read
-/// the job's result.
+/// Ends a job's claim on the cluster when dropped: releases its blocks, and first
+/// cancels it while `cancel` is set (the future that waited for it was dropped: Ctrl-C,
+/// a timeout, a caller that gave up, and nobody will read its result).
 struct JobGuard {
     session: Session,
-    job: Option<u64>,
-}
-
-impl JobGuard {
-    fn done(mut self) {
-        self.job = None;
-    }
+    job: u64,
+    cancel: bool,
 }
 
 impl Drop for JobGuard {
     fn drop(&mut self) {
-        let (Some(job), Ok(runtime)) = (self.job, tokio::runtime::Handle::try_current()) else {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        let (job, cancel) = (self.job, self.cancel);
         let mut client = self.session.inner.client.clone();
-        let cancel = runtime.spawn(async move {
+        let ending = runtime.spawn(async move {
             let request = pb::JobRequest { job_id: job };
-            if let Err(e) = client.cancel_job(request).await {
+            if cancel && let Err(e) = client.cancel_job(request).await {
                 tracing::warn!(job, "cancelling an abandoned job failed: {}", e.message());
             }
+            // A failure here only delays the freeing: the coordinator frees an unread
+            // result after its time to live.
             let _ = client.release_job(pb::JobRequest { job_id: job }).await;
         });
-        let mut abandoned = self
+        let mut ending_jobs = self
             .session
             .inner
-            .abandoned
+            .ending_jobs
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        abandoned.retain(|h| !h.is_finished());
-        abandoned.push(cancel);
+        ending_jobs.retain(|h| !h.is_finished());
+        ending_jobs.push(ending);
     }
 }
 
@@ -217,7 +216,7 @@ impl Session {
                 flight: FlightPool::default(),
                 ctx: SessionContext::new(),
                 tables: Mutex::new(Vec::new()),
-                abandoned: Mutex::new(Vec::new()),
+                ending_jobs: Mutex::new(Vec::new()),
                 cluster: tokio::sync::Mutex::new(None),
                 progress: Mutex::new(None),
             }),
@@ -501,6 +500,71 @@ impl Session {
         }
     }
 
+    /// [`Session::run_sql`], with the result streamed from the workers as it is read
+    /// instead of collected: the client's memory stays bounded however large it is.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// use futures::TryStreamExt;
+    /// let mut rows = session.run_sql_stream("SELECT * FROM orders").await?;
+    /// while let Some(batch) = rows.try_next().await? {
+    ///     println!("{} rows", batch.num_rows());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn run_sql_stream(&self, sql: &str) -> Result<ResultStream> {
+        if CacheStatement::parse(sql)?.is_some() {
+            return Ok(ResultStream::from(self.run_sql(sql).await?));
+        }
+        self.run_stream(
+            pb::submit_job_request::Query::Sql(sql.to_string()),
+            name_of(sql),
+            String::new(),
+        )
+        .await
+    }
+
+    /// Submits SQL as a detached job and returns its id at once. The job runs on
+    /// without a client; [`Session::result`] (or `drove result JOB`) reads its result
+    /// later, while the coordinator keeps it (10 minutes after it ends).
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// let job = session.submit_sql("SELECT count(*) FROM lineitem").await?;
+    /// let result = session.result(job).await?.collect().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn submit_sql(&self, sql: &str) -> Result<u64> {
+        if CacheStatement::parse(sql)?.is_some() {
+            return Err(Error::Config(
+                "CACHE TABLE and UNCACHE TABLE cannot run detached; run them without --detach"
+                    .into(),
+            ));
+        }
+        self.submit(
+            pb::submit_job_request::Query::Sql(sql.to_string()),
+            name_of(sql),
+            String::new(),
+            true,
+        )
+        .await
+    }
+
+    /// Waits for a job, by id, to end and streams its result; the result is freed on
+    /// the workers once read. Dropping the wait leaves the job running.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// let rows = session.result(7).await?.collect().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn result(&self, job: u64) -> Result<ResultStream> {
+        self.result_of(job, false).await
+    }
+
     /// Runs `query` (SQL) and keeps its result on the workers as the cached table
     /// `name`, which later queries read from memory (`CACHE TABLE name AS query`).
     /// Returns no rows: the summary says how the table was computed.
@@ -581,6 +645,31 @@ impl Session {
         name: String,
         cache_as: String,
     ) -> Result<QueryResult> {
+        self.run_stream(query, name, cache_as)
+            .await?
+            .collect()
+            .await
+    }
+
+    /// Submits a job and streams its result once it has succeeded.
+    async fn run_stream(
+        &self,
+        query: pb::submit_job_request::Query,
+        name: String,
+        cache_as: String,
+    ) -> Result<ResultStream> {
+        let job = self.submit(query, name, cache_as, false).await?;
+        self.result_of(job, true).await
+    }
+
+    /// Submits a job; returns its id.
+    async fn submit(
+        &self,
+        query: pb::submit_job_request::Query,
+        name: String,
+        cache_as: String,
+        detached: bool,
+    ) -> Result<u64> {
         let tables = self
             .tables()
             .into_iter()
@@ -600,23 +689,56 @@ impl Session {
                 tables,
                 name,
                 cache_as,
+                detached,
             })
             .await
             .map_err(status_error)?
             .into_inner()
             .job_id;
-        let guard = JobGuard {
-            session: self.clone(),
-            job: Some(job),
-        };
-        let result = self.wait_and_fetch(job).await;
-        guard.done();
-        // Free the job's blocks whatever happened; a failure here only delays that.
-        let _ = client.release_job(pb::JobRequest { job_id: job }).await;
-        result
+        Ok(job)
     }
 
-    async fn wait_and_fetch(&self, job: u64) -> Result<QueryResult> {
+    /// Waits for `job` to end and streams its result. `cancel`: a caller that stops
+    /// waiting cancels the job.
+    async fn result_of(&self, job: u64, cancel: bool) -> Result<ResultStream> {
+        let mut guard = JobGuard {
+            session: self.clone(),
+            job,
+            cancel,
+        };
+        let status = self.wait(job).await?;
+        guard.cancel = false;
+        let schema = schema_from_bytes(&status.result_schema)?;
+        let session = self.clone();
+        let stage = status.result_stage_id;
+        let batches = futures::stream::iter(status.result.clone())
+            .then(move |output| {
+                let session = session.clone();
+                async move {
+                    let key = BlockKey {
+                        job,
+                        stage,
+                        map_partition: output.partition,
+                        reduce_partition: 0,
+                        attempt: output.attempt,
+                    };
+                    let unread = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    open_block(&session.inner.flight, &output.flight_addr, &key, unread).await
+                }
+            })
+            .try_flatten()
+            .map_err(Error::from)
+            .boxed();
+        Ok(ResultStream {
+            schema,
+            summary: JobSummary::from_status(&status),
+            batches,
+            _job: Some(guard),
+        })
+    }
+
+    /// Follows the job until it ends; its final status if it succeeded.
+    async fn wait(&self, job: u64) -> Result<pb::JobStatus> {
         let mut client = self.inner.client.clone();
         let mut updates = client
             .watch_job(pb::JobRequest { job_id: job })
@@ -639,37 +761,15 @@ impl Session {
         let status =
             last.ok_or_else(|| Error::Transport(format!("job {job}: no status arrived")))?;
         match status.state() {
-            pb::JobState::Succeeded => {}
-            pb::JobState::Failed | pb::JobState::Cancelled => {
-                return Err(Error::JobFailed {
-                    job,
-                    message: status.error,
-                });
-            }
-            other => {
-                return Err(Error::Transport(format!(
-                    "job {job}: the status stream ended while the job was {other:?}"
-                )));
-            }
-        }
-        let mut batches = Vec::new();
-        for output in &status.result {
-            let key = BlockKey {
+            pb::JobState::Succeeded => Ok(status),
+            pb::JobState::Failed | pb::JobState::Cancelled => Err(Error::JobFailed {
                 job,
-                stage: status.result_stage_id,
-                map_partition: output.partition,
-                reduce_partition: 0,
-                attempt: output.attempt,
-            };
-            let (mut part, _) = fetch_block(&self.inner.flight, &output.flight_addr, &key).await?;
-            batches.append(&mut part);
+                message: status.error,
+            }),
+            other => Err(Error::Transport(format!(
+                "job {job}: the status stream ended while the job was {other:?}"
+            ))),
         }
-        let schema = schema_from_bytes(&status.result_schema)?;
-        Ok(QueryResult {
-            schema,
-            batches,
-            summary: JobSummary::from_status(&status),
-        })
     }
 
     /// The cluster's workers and recent jobs.
@@ -733,15 +833,15 @@ impl Session {
     /// # }
     /// ```
     pub async fn shutdown(&self) {
-        let abandoned = std::mem::take(
+        let ending_jobs = std::mem::take(
             &mut *self
                 .inner
-                .abandoned
+                .ending_jobs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for cancel in abandoned {
-            let _ = tokio::time::timeout(CONNECT_TIMEOUT, cancel).await;
+        for ending in ending_jobs {
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, ending).await;
         }
         if let Some(cluster) = self.inner.cluster.lock().await.take() {
             cluster.shutdown().await;
@@ -1131,6 +1231,77 @@ impl QueryResult {
     /// ```
     pub fn num_rows(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// A succeeded job's result, read from the workers as it is consumed: the client
+/// holds only the batch in hand, however large the result. Dropping it frees the job's
+/// blocks on the workers.
+///
+/// ```no_run
+/// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+/// use futures::TryStreamExt;
+/// let mut rows = session.run_sql_stream("SELECT * FROM lineitem").await?;
+/// while let Some(batch) = rows.try_next().await? {
+///     println!("{} rows", batch.num_rows());
+/// }
+/// # Ok(())
+/// # }
+/// ```
+pub struct ResultStream {
+    schema: arrow::datatypes::SchemaRef,
+    summary: JobSummary,
+    batches: futures::stream::BoxStream<'static, Result<RecordBatch>>,
+    /// The job whose blocks are freed when the stream goes; none for a result made here.
+    _job: Option<JobGuard>,
+}
+
+impl From<QueryResult> for ResultStream {
+    fn from(result: QueryResult) -> Self {
+        Self {
+            schema: result.schema,
+            summary: result.summary,
+            batches: futures::stream::iter(result.batches.into_iter().map(Ok)).boxed(),
+            _job: None,
+        }
+    }
+}
+
+impl ResultStream {
+    /// The result's columns.
+    pub fn schema(&self) -> arrow::datatypes::SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// Where the job's work ran and what it moved.
+    pub fn summary(&self) -> &JobSummary {
+        &self.summary
+    }
+
+    /// Reads the whole result into memory.
+    pub async fn collect(self) -> Result<QueryResult> {
+        let Self {
+            schema,
+            summary,
+            batches,
+            _job,
+        } = self;
+        Ok(QueryResult {
+            schema,
+            batches: batches.try_collect().await?,
+            summary,
+        })
+    }
+}
+
+impl Stream for ResultStream {
+    type Item = Result<RecordBatch>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.batches.poll_next_unpin(cx)
     }
 }
 

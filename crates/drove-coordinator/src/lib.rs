@@ -83,6 +83,10 @@ pub struct CoordinatorConfig {
     pub job_history_max: usize,
     /// A succeeded job's result blocks are freed after this long if no client released them.
     pub result_ttl_ms: u64,
+    /// A running job that no client has watched for this long is cancelled, unless it
+    /// was submitted detached. Longer than a coordinator failover, so clients that
+    /// reconnect keep their jobs.
+    pub client_lease_ms: u64,
     /// Partitions per stage; `None` means the cluster's total slots at submission.
     pub target_partitions: Option<usize>,
     /// Messages queued towards one worker before it is considered stuck.
@@ -103,6 +107,7 @@ impl Default for CoordinatorConfig {
             task_attempt_max: 4,
             job_history_max: 100,
             result_ttl_ms: 10 * 60 * 1000,
+            client_lease_ms: 60_000,
             target_partitions: None,
             worker_queue_max: 4096,
             no_worker_grace_ms: 60_000,
@@ -125,6 +130,11 @@ impl CoordinatorConfig {
                 "--heartbeat-timeout-ms ({}) must be longer than --heartbeat-interval-ms ({}), or every worker is lost between two heartbeats",
                 self.heartbeat_timeout_ms, self.heartbeat_interval_ms
             )));
+        }
+        if self.client_lease_ms == 0 {
+            return Err(Error::User(
+                "--client-lease-secs must be at least 1, or every job is cancelled before its client can watch it".into(),
+            ));
         }
         if self.task_attempt_max == 0 {
             return Err(Error::User("--task-attempts must be at least 1".into()));

@@ -121,7 +121,7 @@ impl CoordinatorRpc for Service {
         let cache_as = (!request.cache_as.is_empty()).then_some(request.cache_as);
         let job = self
             .coordinator
-            .submit(request.name, query, tables, cache_as)
+            .submit(request.name, query, tables, cache_as, request.detached)
             .await?;
         Ok(Response::new(pb::SubmitJobResponse { job_id: job.0 }))
     }
@@ -131,10 +131,12 @@ impl CoordinatorRpc for Service {
         request: Request<pb::JobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let job = JobId(request.into_inner().job_id);
-        let mut changes = self.coordinator.subscribe(job)?;
+        let (mut changes, watching) = self.coordinator.subscribe(job)?;
         let coordinator = self.coordinator.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
+            // Watching until this ends: the job ended, or the client went away.
+            let _watching = watching;
             loop {
                 changes.borrow_and_update();
                 let status = coordinator.status(job).map_err(Status::from);
@@ -145,8 +147,9 @@ impl CoordinatorRpc for Service {
                 if tx.send(status).await.is_err() || ended {
                     break;
                 }
-                if changes.changed().await.is_err() {
-                    break;
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { break },
+                    () = tx.closed() => break,
                 }
             }
         });

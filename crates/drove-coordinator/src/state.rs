@@ -84,6 +84,18 @@ struct JobRecord {
     /// The table this job caches (CACHE TABLE name AS ...): its result stays on the
     /// workers instead of going to the client.
     caches_as: Option<(String, u64)>,
+    lease: Lease,
+    /// Why the job is being cancelled, for its status.
+    cancel_reason: Option<String>,
+}
+
+/// What keeps a running job alive: a client watching it. One that nobody has watched
+/// for the coordinator's client lease is cancelled, unless it was submitted detached.
+struct Lease {
+    detached: bool,
+    watchers: usize,
+    /// Since when nobody watches (from submission until the first watcher).
+    unwatched_since: Instant,
 }
 
 /// A cached table: where its partitions are, and the stages that computed them.
@@ -322,6 +334,7 @@ impl Coordinator {
         query: Query,
         tables: Vec<TableSpec>,
         cache_as: Option<String>,
+        detached: bool,
     ) -> Result<JobId> {
         let sql = match &query {
             Query::Sql(sql) => sql.clone(),
@@ -406,6 +419,12 @@ impl Coordinator {
                 final_status: None,
                 released: false,
                 caches_as: cache_as.zip(cache_id),
+                lease: Lease {
+                    detached,
+                    watchers: 0,
+                    unwatched_since: Instant::now(),
+                },
+                cancel_reason: None,
             },
         );
         state.handle(Event::JobSubmitted(spec));
@@ -413,11 +432,17 @@ impl Coordinator {
         Ok(job)
     }
 
-    /// A receiver that wakes whenever the job changes.
-    pub fn subscribe(&self, job: JobId) -> Result<watch::Receiver<u64>> {
-        let state = self.lock();
-        let record = state.jobs.get(&job).ok_or_else(|| not_found(job))?;
-        Ok(record.changed.subscribe())
+    /// A receiver that wakes whenever the job changes. The job counts as watched, and
+    /// so keeps its lease, until the returned [`Watching`] is dropped.
+    pub fn subscribe(&self, job: JobId) -> Result<(watch::Receiver<u64>, Watching)> {
+        let mut state = self.lock();
+        let record = state.jobs.get_mut(&job).ok_or_else(|| not_found(job))?;
+        record.lease.watchers += 1;
+        let watching = Watching {
+            coordinator: self.clone(),
+            job,
+        };
+        Ok((record.changed.subscribe(), watching))
     }
 
     /// The job's status now.
@@ -518,10 +543,33 @@ impl Coordinator {
     /// Advances the scheduler's clock (heartbeat timeouts, the no-worker grace period,
     /// speculation) and frees results nobody read in time.
     pub fn tick(&self) {
+        let lease = std::time::Duration::from_millis(self.inner.config.client_lease_ms);
         {
             let mut state = self.lock();
             let now_ms = state.epoch.elapsed().as_millis() as u64;
             state.handle(Event::Tick { now_ms });
+            let lapsed: Vec<JobId> = state
+                .jobs
+                .iter()
+                .filter(|(_, r)| {
+                    r.state == pb::JobState::Running
+                        && !r.lease.detached
+                        && r.lease.watchers == 0
+                        && r.lease.unwatched_since.elapsed() > lease
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            for job in lapsed {
+                warn!(%job, lease_ms = lease.as_millis() as u64, "no client has watched the job for its lease; cancelling it");
+                if let Some(record) = state.jobs.get_mut(&job) {
+                    record.cancel_reason = Some(format!(
+                        "cancelled: no client watched it for {} s (the client went away); submit it detached (`drove sql --detach`) to keep a job running without a client",
+                        lease.as_secs()
+                    ));
+                }
+                state.handle(Event::JobCancelled { job });
+                state.touch(job);
+            }
         }
         let ttl = std::time::Duration::from_millis(self.inner.config.result_ttl_ms);
         let expired: Vec<JobId> = {
@@ -536,6 +584,24 @@ impl Coordinator {
         for job in expired {
             info!(%job, "result not read in time; freeing its blocks");
             let _ = self.release(job);
+        }
+    }
+}
+
+/// A client watching a job; the job's lease starts to run out when the last is dropped.
+pub struct Watching {
+    coordinator: Coordinator,
+    job: JobId,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let mut state = self.coordinator.lock();
+        if let Some(record) = state.jobs.get_mut(&self.job) {
+            record.lease.watchers -= 1;
+            if record.lease.watchers == 0 {
+                record.lease.unwatched_since = Instant::now();
+            }
         }
     }
 }
@@ -689,12 +755,12 @@ impl State {
                 None
             }
             Command::JobCancelled { job } => {
-                self.end_job(
-                    job,
-                    pb::JobState::Cancelled,
-                    "cancelled".into(),
-                    JobEnd::Cancelled,
-                );
+                let why = self
+                    .jobs
+                    .get_mut(&job)
+                    .and_then(|r| r.cancel_reason.take())
+                    .unwrap_or_else(|| "cancelled".into());
+                self.end_job(job, pb::JobState::Cancelled, why, JobEnd::Cancelled);
                 None
             }
             Command::ReleaseBlocks { job, workers } => {

@@ -339,7 +339,7 @@ pub fn peak_rss(pid: u32) -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other(format!("no VmHWM in /proc/{pid}/status")))
 }
 
-/// Every file under a work directory, recursively, but the workers' lock files: what
+/// Every file under a work directory, recursively, but the workers' marker files (drove-worker.lock): what
 /// jobs left behind.
 pub fn spill_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -347,7 +347,7 @@ pub fn spill_files(dir: &Path) -> Vec<PathBuf> {
         let path = e.path();
         if path.is_dir() {
             out.extend(spill_files(&path));
-        } else if path.file_name().is_some_and(|n| n != "lock") {
+        } else if path.file_name().is_some_and(|n| n != "drove-worker.lock") {
             out.push(path);
         }
     }

@@ -99,13 +99,12 @@ async fn run_queries(
             "\n== TPC-H Q{n}: {} rows (first {rows} shown)",
             result.num_rows()
         );
-        let shown = first_rows(&result.batches, rows);
-        output::write(
-            &mut std::io::stdout().lock(),
-            &shown,
-            result.schema.clone(),
-            OutputFormat::Table,
-        )?;
+        let mut out = std::io::stdout().lock();
+        let mut table = output::Writer::new(result.schema.clone(), OutputFormat::Table);
+        for batch in first_rows(&result.batches, rows) {
+            table.write(&mut out, &batch)?;
+        }
+        table.finish(&mut out)?;
         print!("{}", result.summary);
         remote += result.summary.remote_read_bytes();
         tasks += result.summary.tasks();

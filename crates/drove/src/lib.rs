@@ -64,6 +64,8 @@ enum Command {
     Status(StatusArgs),
     /// Cancel a running job: its tasks stop and its blocks are freed.
     Cancel(CancelArgs),
+    /// Print the result of a job submitted with `drove sql --detach`.
+    Result(ResultArgs),
 }
 
 #[derive(Args, Debug)]
@@ -101,6 +103,10 @@ struct CoordinatorArgs {
     /// ...and once it has run at least this long.
     #[arg(long, default_value_t = 1_000)]
     speculation_min_ms: u64,
+    /// A running job that no client has watched for this long is cancelled (its
+    /// client went away), unless it was submitted with `drove sql --detach`.
+    #[arg(long, default_value_t = 60)]
+    client_lease_secs: u64,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -123,6 +129,21 @@ impl From<&LimitArgs> for drove_coordinator::JobLimits {
             job_tasks_max: args.job_tasks_max,
         }
     }
+}
+
+#[derive(Args, Debug)]
+struct ResultArgs {
+    /// The job's id, as `drove sql --detach` printed it.
+    job: u64,
+    /// The coordinator's gRPC address.
+    #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
+    coordinator: String,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value_t = output::OutputFormat::Table)]
+    format: output::OutputFormat,
+    /// Print where the job's tasks ran, on stderr.
+    #[arg(long)]
+    summary: bool,
 }
 
 #[derive(Args, Debug)]
@@ -229,6 +250,10 @@ struct SqlArgs {
     /// Do not show progress on stderr while the job runs.
     #[arg(long)]
     no_progress: bool,
+    /// Submit the query and print its job id at once; the job runs on without this
+    /// client, and `drove result JOB` prints its result later.
+    #[arg(long, requires = "coordinator")]
+    detach: bool,
 }
 
 #[derive(Args, Debug)]
@@ -385,6 +410,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status(args).await,
         Command::Cancel(args) => cancel(args).await,
+        Command::Result(args) => result(args).await,
     }
 }
 
@@ -401,6 +427,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
             min_ms: args.speculation_min_ms,
         }),
         job_limits: (&args.limits).into(),
+        client_lease_ms: args.client_lease_secs.saturating_mul(1000),
         ..Default::default()
     };
     let handle = drove_coordinator::start(config, args.bind, Some(args.http)).await?;
@@ -528,23 +555,47 @@ async fn sql(args: SqlArgs) -> Result<()> {
         for t in tables {
             session.register_table(&t.name, &t.path).await?;
         }
-        session.run_sql(&text).await
+        if args.detach {
+            let job = session.submit_sql(&text).await?;
+            println!("{job}");
+            eprintln!(
+                "job {job} submitted; `drove result {job}` prints its result, `drove cancel {job}` stops it"
+            );
+            return Ok(());
+        }
+        let mut result = session.run_sql_stream(&text).await?;
+        output::print(&mut result, args.format).await?;
+        if args.summary {
+            eprint!("{}", result.summary());
+        }
+        anyhow::Ok(())
     };
-    // Ctrl-C drops the run, which cancels its job; shutdown waits for the cancel.
-    let result = tokio::select! {
-        result = run => Some(result),
+    finish(&session, run).await
+}
+
+/// Runs a client command to its end or to Ctrl-C, which drops it and so cancels its
+/// job; then closes the session, waiting for that cancellation.
+async fn finish(session: &Session, run: impl Future<Output = Result<()>>) -> Result<()> {
+    let outcome = tokio::select! {
+        outcome = run => Some(outcome),
         _ = tokio::signal::ctrl_c() => None,
     };
     session.shutdown().await;
-    let Some(result) = result else {
-        bail!("interrupted: the job was cancelled");
+    outcome.unwrap_or_else(|| bail!("interrupted: the job was cancelled"))
+}
+
+async fn result(args: ResultArgs) -> Result<()> {
+    let session = Session::connect(&args.coordinator).await?;
+    let run = async {
+        // Interrupting a read leaves the job as it is: it was detached.
+        let mut result = session.result(args.job).await?;
+        output::print(&mut result, args.format).await?;
+        if args.summary {
+            eprint!("{}", result.summary());
+        }
+        anyhow::Ok(())
     };
-    let result = result?;
-    output::print(&result, args.format)?;
-    if args.summary {
-        eprint!("{}", result.summary);
-    }
-    Ok(())
+    finish(&session, run).await
 }
 
 async fn mapreduce(args: MapReduceArgs) -> Result<()> {
@@ -570,36 +621,31 @@ async fn mapreduce(args: MapReduceArgs) -> Result<()> {
     if !args.no_progress {
         progress::show(&session);
     }
-    let run = session.run_mapreduce(drove_client::mapreduce::MapReduceOptions {
-        job: args.job.clone(),
-        args: job_args,
-        inputs: args.inputs.clone(),
-        output: args.output.clone(),
-        reducers: args.reducers,
-        format,
-        overwrite: args.overwrite,
-        combine: !args.no_combine,
-    });
-    // Ctrl-C drops the run, which cancels its job; shutdown waits for the cancel.
-    let result = tokio::select! {
-        result = run => Some(result),
-        _ = tokio::signal::ctrl_c() => None,
+    let run = async {
+        let result = session
+            .run_mapreduce(drove_client::mapreduce::MapReduceOptions {
+                job: args.job.clone(),
+                args: job_args,
+                inputs: args.inputs.clone(),
+                output: args.output.clone(),
+                reducers: args.reducers,
+                format,
+                overwrite: args.overwrite,
+                combine: !args.no_combine,
+            })
+            .await?;
+        println!(
+            "{}: {} records in {} files under {}; shuffled {}",
+            args.job,
+            result.records,
+            result.files.len(),
+            args.output.display(),
+            drove_client::human_bytes(result.summary.shuffle_write_bytes()),
+        );
+        print!("{}", result.summary);
+        anyhow::Ok(())
     };
-    session.shutdown().await;
-    let Some(result) = result else {
-        bail!("interrupted: the job was cancelled");
-    };
-    let result = result?;
-    println!(
-        "{}: {} records in {} files under {}; shuffled {}",
-        args.job,
-        result.records,
-        result.files.len(),
-        args.output.display(),
-        drove_client::human_bytes(result.summary.shuffle_write_bytes()),
-    );
-    print!("{}", result.summary);
-    Ok(())
+    finish(&session, run).await
 }
 
 fn gen_text(args: GenTextArgs) -> Result<()> {

@@ -287,3 +287,159 @@ fn ctrl_c_on_drove_sql_cancels_its_job() {
             .is_some_and(|j| j.len() == 1 && j[0]["state"] == "cancelled")
     });
 }
+
+/// A client that vanishes (SIGKILL: no chance to cancel) loses its job once its lease
+/// lapses; a detached job outlives the same lease, and `drove result` reads it later.
+#[test]
+fn a_vanished_client_loses_its_job_and_a_detached_job_lives_on() {
+    let (_coordinator, addr, http) = crate::coordinator(&["--client-lease-secs", "1"]);
+    let work = tempfile::tempdir().unwrap();
+    let (_worker, _) = crate::spawn_until(
+        &[
+            "worker",
+            "--coordinator",
+            &addr,
+            "--slots",
+            "2",
+            "--inject-task-delay-ms",
+            "4000",
+            "--work-dir",
+            work.path().to_str().unwrap(),
+        ],
+        "worker Flight service on",
+    );
+    let query =
+        "SELECT x % 2 AS k, count(*) AS n FROM (VALUES (1), (2), (3)) t(x) GROUP BY 1 ORDER BY 1";
+    let detached = sql(&addr, query, &["--detach"]).unwrap_or_else(|e| panic!("{e}"));
+    let detached: u64 = detached.trim().parse().expect("--detach prints the job id");
+
+    let mut vanishing = crate::drove()
+        .args(["sql", "--coordinator", &addr, "--no-progress", "-e", query])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (jobs, _) = wait_for(&http, "the client's job to run", |jobs, _| {
+        jobs.as_array().is_some_and(|j| j.len() == 2)
+    });
+    let job = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    vanishing.kill().unwrap();
+    vanishing.wait().unwrap();
+    let (jobs, _) = wait_for(&http, "the lease to lapse", |jobs, _| {
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["job_id"] == job && j["state"] == "cancelled")
+    });
+    let lapsed = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == job)
+        .unwrap();
+    assert!(
+        lapsed["error"]
+            .as_str()
+            .unwrap()
+            .contains("no client watched it"),
+        "{lapsed}"
+    );
+    let still = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == detached)
+        .unwrap();
+    assert_ne!(
+        still["state"], "cancelled",
+        "the detached job lost its lease: {still}"
+    );
+
+    let out = crate::run(
+        &[
+            "result",
+            &detached.to_string(),
+            "--coordinator",
+            &addr,
+            "--format",
+            "csv",
+        ],
+        LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "k,n\n0,1\n1,2\n");
+}
+
+/// Printing a large result holds only the batch in hand, in every format: the client
+/// is a process of its own, and its peak resident memory is sampled while it prints.
+#[test]
+fn a_large_result_prints_in_every_format_in_bounded_client_memory() {
+    let _alone = crate::exclusive();
+    let rows: u64 = std::env::var("DROVE_PRINT_ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000_000);
+    let cluster = cluster(&[]);
+    let query =
+        format!("SELECT value AS v, value * 3 AS w, 'row' AS s FROM generate_series(1, {rows})");
+    for format in ["csv", "json", "table"] {
+        let mut client = crate::drove()
+            .args([
+                "sql",
+                "--coordinator",
+                &cluster.addr,
+                "--no-progress",
+                "--format",
+                format,
+                "-e",
+                &query,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = client.id();
+        let stdout = client.stdout.take().unwrap();
+        let counter = std::thread::spawn(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout).split(b'\n').count()
+        });
+        let mut peak = 0;
+        while client.try_wait().unwrap().is_none() {
+            if let Ok(rss) = drove_testkit::peak_rss(pid) {
+                peak = peak.max(rss);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = client.wait().unwrap();
+        assert!(status.success(), "--format {format} failed");
+        let lines = counter.join().unwrap() as u64;
+        // The header, the JSON array's brackets or the table's header and rules.
+        let framing = match format {
+            "csv" => 1,
+            "json" => 2,
+            _ => 4,
+        };
+        assert_eq!(lines, rows + framing, "--format {format}");
+        eprintln!(
+            "--format {format}: {rows} rows, client peak resident {} MiB",
+            peak >> 20
+        );
+        assert!(peak > 0, "the client's memory was never sampled");
+        assert!(
+            peak < 300 << 20,
+            "--format {format}: the client peaked at {} MiB",
+            peak >> 20
+        );
+    }
+}
