@@ -79,6 +79,8 @@ pub struct CoordinatorConfig {
     pub heartbeat_timeout_ms: u64,
     /// Attempts per task before the job fails.
     pub task_attempt_max: u32,
+    /// A running attempt that does no work for this long is retried elsewhere.
+    pub task_progress_timeout_ms: u64,
     /// Ended jobs kept for inspection.
     pub job_history_max: usize,
     /// A succeeded job's result blocks are freed after this long if no client released them.
@@ -105,6 +107,7 @@ impl Default for CoordinatorConfig {
             heartbeat_interval_ms: 1000,
             heartbeat_timeout_ms: 10_000,
             task_attempt_max: 4,
+            task_progress_timeout_ms: 5 * 60 * 1000,
             job_history_max: 100,
             result_ttl_ms: 10 * 60 * 1000,
             client_lease_ms: 60_000,
@@ -129,6 +132,12 @@ impl CoordinatorConfig {
             return Err(Error::User(format!(
                 "--heartbeat-timeout-ms ({}) must be longer than --heartbeat-interval-ms ({}), or every worker is lost between two heartbeats",
                 self.heartbeat_timeout_ms, self.heartbeat_interval_ms
+            )));
+        }
+        if self.task_progress_timeout_ms <= self.heartbeat_timeout_ms {
+            return Err(Error::User(format!(
+                "--task-progress-timeout-secs ({} ms) must be longer than --heartbeat-timeout-ms ({}), since progress arrives with heartbeats",
+                self.task_progress_timeout_ms, self.heartbeat_timeout_ms
             )));
         }
         if self.client_lease_ms == 0 {

@@ -135,6 +135,7 @@ impl Coordinator {
             heartbeat_timeout_ms: config.heartbeat_timeout_ms,
             no_worker_grace_ms: config.no_worker_grace_ms,
             speculation: config.speculation.clone(),
+            task_progress_timeout_ms: config.task_progress_timeout_ms,
             ..Default::default()
         });
         let state = State {
@@ -218,16 +219,13 @@ impl Coordinator {
             conn.memory = memory;
         }
         state.handle(Event::WorkerHeartbeat { worker });
+        for key in &heartbeat.progressed {
+            let attempt = attempt_id(key);
+            state.handle(Event::TaskProgressed { attempt, worker });
+        }
         for status in heartbeat.statuses {
             let Some(key) = status.task else { continue };
-            let attempt = AttemptId {
-                task: TaskId {
-                    job: JobId(key.job_id),
-                    stage: StageId(key.stage_id),
-                    partition: key.partition,
-                },
-                attempt: key.attempt,
-            };
+            let attempt = attempt_id(&key);
             let event = match status.outcome {
                 Some(pb::task_status::Outcome::Succeeded(s)) => Event::TaskSucceeded {
                     attempt,
@@ -629,6 +627,17 @@ fn block_ticket(partition: u32, o: &Output) -> pb::BlockTicket {
         map_partition: partition,
         reduce_partition: 0,
         attempt: o.attempt,
+    }
+}
+
+fn attempt_id(key: &pb::TaskKey) -> AttemptId {
+    AttemptId {
+        task: TaskId {
+            job: JobId(key.job_id),
+            stage: StageId(key.stage_id),
+            partition: key.partition,
+        },
+        attempt: key.attempt,
     }
 }
 

@@ -56,6 +56,9 @@ pub struct SchedulerConfig {
     pub no_worker_grace_ms: u64,
     /// Speculative execution; `None` turns it off.
     pub speculation: Option<SpeculationConfig>,
+    /// A running attempt that has made no progress (no work done, as its worker
+    /// reports) for this long fails as a transient fault and is retried elsewhere.
+    pub task_progress_timeout_ms: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -66,6 +69,7 @@ impl Default for SchedulerConfig {
             heartbeat_timeout_ms: 10_000,
             no_worker_grace_ms: 60_000,
             speculation: Some(SpeculationConfig::default()),
+            task_progress_timeout_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -207,6 +211,11 @@ pub enum Event {
         worker: WorkerId,
         error: TaskError,
     },
+    /// The attempt did work since the worker's last report.
+    TaskProgressed {
+        attempt: AttemptId,
+        worker: WorkerId,
+    },
     JobCancelled {
         job: JobId,
     },
@@ -265,6 +274,8 @@ pub struct Run {
     pub attempt: u32,
     pub worker: WorkerId,
     pub started_ms: u64,
+    /// When its worker last reported it doing work (at first, when it started).
+    pub progress_ms: u64,
 }
 
 /// Where a task is in its life.
@@ -313,6 +324,8 @@ struct StageState {
     attempts: Vec<u32>,
     /// Failed attempts per task, bounded by `task_attempt_max`.
     failures: Vec<u32>,
+    /// Where each task last failed: its retry prefers another worker.
+    failed_on: Vec<Option<WorkerId>>,
     speculative: u32,
 }
 
@@ -420,6 +433,7 @@ fn launch(
         attempt: attempt.attempt,
         worker: worker_id,
         started_ms: now,
+        progress_ms: now,
     }
 }
 
@@ -528,6 +542,7 @@ impl Scheduler {
             Event::Tick { now_ms } => {
                 self.now_ms = self.now_ms.max(now_ms);
                 self.expire_workers(&mut out);
+                self.expire_stalled_attempts(&mut out);
                 self.fail_jobs_without_workers(&mut out);
             }
             Event::WorkerJoined { worker, slots } => {
@@ -563,6 +578,14 @@ impl Scheduler {
                 worker,
                 error,
             } => self.task_failed(attempt, worker, error, &mut out),
+            Event::TaskProgressed { attempt, worker } => {
+                let now = self.now_ms;
+                if let Some(TaskState::Running { runs }) = self.running_task_mut(attempt, worker)
+                    && let Some(run) = runs.iter_mut().find(|r| r.attempt == attempt.attempt)
+                {
+                    run.progress_ms = now;
+                }
+            }
             Event::JobCancelled { job } => {
                 if self.job_outcome(job) == Some(&JobOutcome::Running) {
                     self.end_job(job, JobOutcome::Cancelled, &mut out);
@@ -717,6 +740,7 @@ impl Scheduler {
                     tasks,
                     attempts: vec![0; n],
                     failures: vec![0; n],
+                    failed_on: vec![None; n],
                     speculative: 0,
                 };
                 (s.id, state)
@@ -745,6 +769,42 @@ impl Scheduler {
             warn!(%worker, timeout_ms = timeout, "no heartbeat within the timeout; worker lost");
             self.lose_worker(worker);
             out.push(Command::DropWorker { worker });
+        }
+    }
+
+    /// Fails, as a transient fault, every running attempt whose worker has reported no
+    /// work done by it for the progress timeout: a worker that heartbeats but whose task
+    /// is stuck must not hold its job forever. The retry prefers another worker. Costs
+    /// time in proportion to the running attempts, which the slots bound.
+    fn expire_stalled_attempts(&mut self, out: &mut Vec<Command>) {
+        let timeout = self.config.task_progress_timeout_ms;
+        let now = self.now_ms;
+        let running: Vec<(AttemptId, WorkerId)> = self
+            .workers
+            .iter()
+            .flat_map(|(id, w)| w.running.iter().map(move |a| (*a, *id)))
+            .collect();
+        for (attempt, worker) in running {
+            let stalled = match self.running_task_mut(attempt, worker) {
+                Some(TaskState::Running { runs }) => runs.iter().any(|r| {
+                    r.attempt == attempt.attempt && now.saturating_sub(r.progress_ms) > timeout
+                }),
+                _ => false,
+            };
+            if stalled {
+                warn!(%attempt, %worker, timeout_ms = timeout, "the attempt made no progress within the timeout; retrying it elsewhere");
+                out.push(Command::Kill { attempt, worker });
+                let message = format!(
+                    "{attempt} made no progress on {worker} for {} s (the task progress timeout)",
+                    timeout / 1000
+                );
+                self.task_failed(
+                    attempt,
+                    worker,
+                    TaskError::new(ErrorKind::Transient, message),
+                    out,
+                );
+            }
         }
     }
 
@@ -851,6 +911,7 @@ impl Scheduler {
             .stages
             .get_mut(&attempt.task.stage)
             .expect("the task's stage exists");
+        stage.failed_on[attempt.task.partition as usize] = Some(worker);
         let failures = &mut stage.failures[attempt.task.partition as usize];
         *failures += 1;
         let failures = *failures;
@@ -1057,7 +1118,15 @@ impl Scheduler {
                         });
                     let worker = match local {
                         Some(id) => self.workers.get_mut(&id).map(|w| (id, w)),
-                        None => pick_worker(&mut self.workers, None),
+                        None => match stage.failed_on[partition] {
+                            // Elsewhere if any other worker has a free slot.
+                            Some(failed)
+                                if pick_worker(&mut self.workers, Some(failed)).is_some() =>
+                            {
+                                pick_worker(&mut self.workers, Some(failed))
+                            }
+                            _ => pick_worker(&mut self.workers, None),
+                        },
                     };
                     let Some(worker) = worker else {
                         return;
@@ -1353,6 +1422,55 @@ mod tests {
         assert!(
             matches!(&released[..], [Command::ReleaseBlocks { workers, .. }] if workers.len() == 2)
         );
+    }
+
+    #[test]
+    fn an_attempt_without_progress_is_retried_on_another_worker() {
+        let config = SchedulerConfig {
+            task_progress_timeout_ms: 1_000,
+            speculation: None,
+            ..Default::default()
+        };
+        let mut s = with_workers(config, &[1, 1]);
+        let cmds = s.handle(Event::JobSubmitted(job(3, &[(0, 2, &[])])));
+        let [busy, stuck] = launches(&cmds)[..] else {
+            panic!("{cmds:?}")
+        };
+        // One attempt reports work and finishes; the other heartbeats but does nothing.
+        s.handle(Event::Tick { now_ms: 900 });
+        s.handle(Event::TaskProgressed {
+            attempt: busy.0,
+            worker: busy.1,
+        });
+        let cmds = succeed(&mut s, busy);
+        assert!(launches(&cmds).is_empty());
+        assert!(s.handle(Event::Tick { now_ms: 1_000 }).is_empty());
+        let cmds = s.handle(Event::Tick { now_ms: 1_001 });
+        assert!(
+            cmds.contains(&Command::Kill {
+                attempt: stuck.0,
+                worker: stuck.1
+            }),
+            "{cmds:?}"
+        );
+        let retry = launches(&cmds);
+        assert_eq!(retry.len(), 1, "{cmds:?}");
+        assert_eq!(retry[0].0.task, stuck.0.task);
+        assert_ne!(
+            retry[0].1, stuck.1,
+            "retried on the worker where it stalled"
+        );
+        // Progress reports keep the retry alive past the timeout.
+        for now_ms in [1_500, 2_000, 2_500] {
+            s.handle(Event::Tick { now_ms });
+            s.handle(Event::TaskProgressed {
+                attempt: retry[0].0,
+                worker: retry[0].1,
+            });
+        }
+        let cmds = s.handle(Event::Tick { now_ms: 3_000 });
+        assert!(launches(&cmds).is_empty(), "{cmds:?}");
+        assert!(succeed(&mut s, retry[0]).contains(&Command::JobSucceeded { job: JobId(3) }));
     }
 
     #[test]

@@ -52,6 +52,8 @@ const HEARTBEAT_MS: u64 = 100;
 const HEARTBEAT_TIMEOUT_MS: u64 = 1_000;
 const TICK_MS: u64 = 50;
 const CHAOS_MS: u64 = 30_000;
+/// Longer than the slowest task that makes progress, far shorter than the run.
+const PROGRESS_TIMEOUT_MS: u64 = 3_000;
 const END_MS: u64 = 300_000;
 
 /// A block: the output of one task attempt.
@@ -62,6 +64,8 @@ type BlockId = (AttemptId, WorkerId);
 struct Launched {
     attempt: AttemptId,
     inputs: Vec<(AttemptId, WorkerId)>,
+    /// It hangs: its worker heartbeats, but it does no work and never finishes.
+    stuck: bool,
 }
 
 enum Action {
@@ -94,6 +98,8 @@ struct Process {
     worker: Option<WorkerId>,
     slots: u32,
     slow: bool,
+    /// During the chaos phase, some of its attempts hang (a wedged task runtime).
+    hangs: bool,
     alive: bool,
     paused: bool,
     draining: bool,
@@ -140,6 +146,8 @@ struct Stats {
     fetch_failures: usize,
     speculative: usize,
     recomputed: usize,
+    /// Attempts that hung on a heartbeating worker.
+    stalled: usize,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -151,6 +159,7 @@ impl std::ops::AddAssign for Stats {
         self.fetch_failures += o.fetch_failures;
         self.speculative += o.speculative;
         self.recomputed += o.recomputed;
+        self.stalled += o.stalled;
     }
 }
 
@@ -172,6 +181,7 @@ impl World {
             heartbeat_timeout_ms: HEARTBEAT_TIMEOUT_MS,
             no_worker_grace_ms: 5_000,
             speculation,
+            task_progress_timeout_ms: PROGRESS_TIMEOUT_MS,
         });
         let n = rng.range(2, 5) as usize;
         let processes = (0..n)
@@ -179,6 +189,7 @@ impl World {
                 worker: None,
                 slots: rng.range(1, 3) as u32,
                 slow: i == 0 && rng.chance(0.3),
+                hangs: i == 1 && rng.chance(0.3),
                 alive: true,
                 paused: false,
                 draining: false,
@@ -278,7 +289,12 @@ impl World {
                     }
                 }
                 let d = self.net_delay((worker.0, false));
-                self.at(d, Action::Launch(worker, Launched { attempt, inputs }));
+                let launched = Launched {
+                    attempt,
+                    inputs,
+                    stuck: false,
+                };
+                self.at(d, Action::Launch(worker, launched));
             }
             Command::Kill { attempt, worker } => {
                 let d = self.net_delay((worker.0, false));
@@ -533,16 +549,33 @@ impl World {
                     return;
                 }
                 if !p.paused {
+                    let working: Vec<AttemptId> = p
+                        .running
+                        .values()
+                        .filter(|l| !l.stuck)
+                        .map(|l| l.attempt)
+                        .collect();
                     let d = self.net_delay((worker.0, true));
                     self.at(d, Action::ToCoordinator(Event::WorkerHeartbeat { worker }));
+                    for attempt in working {
+                        let event = Event::TaskProgressed { attempt, worker };
+                        self.at(d, Action::ToCoordinator(event));
+                    }
                 }
                 self.at(HEARTBEAT_MS, Action::Heartbeat(worker));
             }
-            Action::Launch(worker, launched) => {
+            Action::Launch(worker, mut launched) => {
                 let Some(p) = self.process_of(worker) else {
                     return;
                 };
                 if !self.processes[p].alive {
+                    return;
+                }
+                if self.processes[p].hangs && self.now < CHAOS_MS && self.rng.chance(0.3) {
+                    self.stats.stalled += 1;
+                    launched.stuck = true;
+                    self.processes[p].running.insert(launched.attempt, launched);
+                    self.check();
                     return;
                 }
                 let slow = self.processes[p].slow;
@@ -849,7 +882,10 @@ fn scheduling_survives_crashes_pauses_and_delays() {
     if seeds.len() >= 50 {
         // The harness must really have hurt the scheduler, in every way it can.
         assert!(
-            total.faults > seeds.len() && total.recomputed > 0 && total.fetch_failures > 0,
+            total.faults > seeds.len()
+                && total.recomputed > 0
+                && total.fetch_failures > 0
+                && total.stalled > 0,
             "{total:?}"
         );
     }

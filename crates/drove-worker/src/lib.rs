@@ -579,8 +579,11 @@ async fn serve(
     let outbound = session.outbound.clone();
     let slots = Arc::clone(&shared.slots);
     let memory = Arc::clone(&shared);
+    let busy = BusyClocks::default();
+    let clocks = busy.clone();
     let heartbeats = AbortOnDrop(tokio::spawn(async move {
         let mut interval = tokio::time::interval(session.heartbeat_interval);
+        let mut reported = HashMap::new();
         loop {
             let mut statuses = Vec::new();
             tokio::select! {
@@ -601,6 +604,7 @@ async fn serve(
                     statuses,
                     free_slots: slots.available_permits() as u32,
                     memory: Some(memory.memory()),
+                    progressed: clocks.advanced(&mut reported),
                 })),
             };
             if outbound.send(heartbeat).await.is_err() {
@@ -622,6 +626,7 @@ async fn serve(
             // Reap finished tasks so the set stays small.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {
                 running.retain(|_, h| !h.is_finished());
+                busy.retain(|attempt| running.contains_key(attempt));
                 continue;
             }
             true = requested(&mut drain), if leave_by.is_none() => {
@@ -647,8 +652,9 @@ async fn serve(
                     let status_tx = status_tx.clone();
                     let worker_id = session.worker_id;
                     let attempt = attempt_of(&launch.task.unwrap_or_default());
+                    let clock = busy.start(attempt);
                     let handle = tasks.spawn(async move {
-                        let status = run_task(worker_id, launch, shared).await;
+                        let status = run_task(worker_id, launch, shared, clock).await;
                         let _ = status_tx.send(status).await;
                     });
                     running.insert(attempt, handle);
@@ -784,7 +790,12 @@ impl MemoryPool for TaskPool {
 
 /// Runs one task attempt and returns its status report. Never panics: a panic inside
 /// the task is caught and reported as the task's failure.
-async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -> pb::TaskStatus {
+async fn run_task(
+    worker_id: u64,
+    launch: pb::LaunchTask,
+    shared: Arc<Shared>,
+    busy_ns: Arc<AtomicU64>,
+) -> pb::TaskStatus {
     let key = launch.task.unwrap_or_default();
     let span = info_span!(
         "task",
@@ -803,12 +814,10 @@ async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -
             "the worker is shutting down".into(),
         );
     };
-    let handle = AbortOnDrop(
-        shared
-            .tasks
-            .handle()
-            .spawn(execute(worker_id, key, launch, Arc::clone(&shared)).instrument(span)),
-    );
+    let handle = AbortOnDrop(shared.tasks.handle().spawn(Busy::new(
+        execute(worker_id, key, launch, Arc::clone(&shared)).instrument(span),
+        busy_ns,
+    )));
     let outcome = match handle.join().await {
         Ok(Ok(output)) => {
             shared
@@ -858,6 +867,77 @@ async fn run_task(worker_id: u64, launch: pb::LaunchTask, shared: Arc<Shared>) -
     pb::TaskStatus {
         task: Some(key),
         outcome: Some(outcome),
+    }
+}
+
+/// How long each running attempt has worked (been polled), by attempt. Heartbeats
+/// report the attempts whose time advanced: a task that is stuck (waiting on nothing
+/// that will come) does not advance, and the coordinator retries it elsewhere.
+#[derive(Clone, Default)]
+struct BusyClocks(Arc<std::sync::Mutex<HashMap<(u64, u32, u32, u32), Arc<AtomicU64>>>>);
+
+impl BusyClocks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u32, u32, u32), Arc<AtomicU64>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new clock for the attempt.
+    fn start(&self, attempt: (u64, u32, u32, u32)) -> Arc<AtomicU64> {
+        Arc::clone(self.lock().entry(attempt).or_default())
+    }
+
+    fn retain(&self, keep: impl Fn(&(u64, u32, u32, u32)) -> bool) {
+        self.lock().retain(|attempt, _| keep(attempt));
+    }
+
+    /// The attempts whose clock moved since `reported`, which it updates.
+    fn advanced(&self, reported: &mut HashMap<(u64, u32, u32, u32), u64>) -> Vec<pb::TaskKey> {
+        let clocks = self.lock();
+        reported.retain(|attempt, _| clocks.contains_key(attempt));
+        let mut moved = Vec::new();
+        for (&(job_id, stage_id, partition, attempt), clock) in clocks.iter() {
+            let now = clock.load(Ordering::Relaxed);
+            let before = reported.insert((job_id, stage_id, partition, attempt), now);
+            if before.is_none_or(|b| b != now) && now > 0 {
+                moved.push(pb::TaskKey {
+                    job_id,
+                    stage_id,
+                    partition,
+                    attempt,
+                });
+            }
+        }
+        moved
+    }
+}
+
+/// A future that adds the time spent in its polls, its work, to a clock.
+struct Busy<F> {
+    inner: std::pin::Pin<Box<F>>,
+    busy_ns: Arc<AtomicU64>,
+}
+
+impl<F: std::future::Future> Busy<F> {
+    fn new(inner: F, busy_ns: Arc<AtomicU64>) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            busy_ns,
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for Busy<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let started = Instant::now();
+        let poll = self.inner.as_mut().poll(cx);
+        let spent = started.elapsed().as_nanos().max(1) as u64;
+        self.busy_ns.fetch_add(spent, Ordering::Relaxed);
+        poll
     }
 }
 

@@ -91,6 +91,10 @@ struct CoordinatorArgs {
     /// Failed attempts a task may have (transient errors) before its job fails.
     #[arg(long, default_value_t = 4)]
     task_attempts: u32,
+    /// A running task that does no work (computes nothing) for this long is stopped
+    /// and retried on another worker.
+    #[arg(long, default_value_t = 300)]
+    task_progress_timeout_secs: u64,
     /// Never start speculative twins of slow tasks.
     #[arg(long)]
     no_speculation: bool,
@@ -420,6 +424,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         heartbeat_timeout_ms: args.heartbeat_timeout_ms,
         no_worker_grace_ms: args.no_worker_grace_secs.saturating_mul(1000),
         task_attempt_max: args.task_attempts,
+        task_progress_timeout_ms: args.task_progress_timeout_secs.saturating_mul(1000),
         job_history_max: args.job_history,
         speculation: (!args.no_speculation).then_some(drove_coordinator::SpeculationConfig {
             multiplier: args.speculation_multiplier,

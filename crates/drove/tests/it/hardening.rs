@@ -443,3 +443,53 @@ fn a_large_result_prints_in_every_format_in_bounded_client_memory() {
         );
     }
 }
+
+/// The reported stall: a worker that heartbeats but never finishes its tasks held its
+/// job until it left. Its stuck attempts are now retried on the other worker once they
+/// make no progress for the timeout, and the job succeeds.
+#[test]
+fn a_worker_that_stops_making_progress_has_its_tasks_retried_elsewhere() {
+    let (_coordinator, addr, http) = crate::coordinator(&[
+        "--heartbeat-interval-ms",
+        "200",
+        "--heartbeat-timeout-ms",
+        "1000",
+        "--task-progress-timeout-secs",
+        "2",
+        "--no-speculation",
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let worker = |extra: &[&str]| {
+        let mut args = vec![
+            "worker",
+            "--coordinator",
+            &addr,
+            "--slots",
+            "2",
+            "--work-dir",
+            work.path().to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        crate::spawn_until(&args, "worker Flight service on").0
+    };
+    // Every task on this one sleeps for ten minutes: it heartbeats, but does no work.
+    let _stuck = worker(&["--inject-task-delay-ms", "600000"]);
+    let _healthy = worker(&[]);
+    wait_for(&http, "both workers", |_, w| {
+        w.as_array().is_some_and(|w| w.len() == 2)
+    });
+    let query = "SET datafusion.execution.target_partitions = 4; SELECT x % 3 AS k, count(*) AS n FROM (VALUES (1), (2), (3), (4)) t(x) GROUP BY 1 ORDER BY 1";
+    let out = sql(&addr, query, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out, "k,n\n0,1\n1,2\n2,1\n");
+    let jobs = api(&http, "/api/v1/jobs");
+    let job = jobs[0]["job_id"].as_u64().unwrap();
+    let status = api(&http, &format!("/api/v1/jobs/{job}"));
+    let retried = status["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["tasks"].as_array().unwrap())
+        .filter(|t| t["attempt"].as_u64().unwrap() > 0)
+        .count();
+    assert!(retried > 0, "no task was retried: {status}");
+}
