@@ -171,6 +171,15 @@ impl CoordinatorConfig {
     }
 }
 
+/// The answer to a gRPC call whose handler panicked: an `INTERNAL` status that says so.
+fn grpc_panic(panic: Box<dyn std::any::Any + Send>) -> axum::http::Response<tonic::body::Body> {
+    tonic::Status::internal(format!(
+        "internal error: {}",
+        drove_core::panic_message(panic.as_ref())
+    ))
+    .into_http()
+}
+
 /// A running coordinator.
 pub struct CoordinatorHandle {
     /// Where the gRPC service listens.
@@ -221,6 +230,8 @@ pub async fn start(
         };
         if let Err(e) = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            // A panic in a handler is a bug; it fails that call, not the server.
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(grpc_panic))
             .add_service(service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
             .await
