@@ -40,6 +40,7 @@ use tonic::transport::Channel;
 pub use arrow;
 pub use cluster::{LocalCluster, LocalClusterConfig};
 pub use datafusion;
+pub use drove_coordinator::{CoordinatorConfig, JobLimits};
 pub use drove_core::human_bytes;
 pub use drove_exec::mapreduce::nodes::OutputFormat;
 pub use drove_exec::mapreduce::{MapReduce, Partitioner, Record, register};
@@ -115,13 +116,14 @@ struct Inner {
     ending_jobs: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
-/// Ends a job's claim on the cluster when dropped: releases its blocks, and first
-/// cancels it while `cancel` is set (the future that waited for it was dropped: Ctrl-C,
-/// a timeout, a caller that gave up, and nobody will read its result).
+/// Ends a job's claim on the cluster when dropped: cancels it while `cancel` is set
+/// (the future that waited for it was dropped: Ctrl-C, a timeout, a caller that gave
+/// up, and nobody will read its result), and releases its blocks while `release` is.
 struct JobGuard {
     session: Session,
     job: u64,
     cancel: bool,
+    release: bool,
 }
 
 impl Drop for JobGuard {
@@ -130,6 +132,9 @@ impl Drop for JobGuard {
             return;
         };
         let (job, cancel) = (self.job, self.cancel);
+        if !cancel && !self.release {
+            return;
+        }
         let mut client = self.session.inner.client.clone();
         let ending = runtime.spawn(async move {
             let request = pb::JobRequest { job_id: job };
@@ -698,16 +703,21 @@ impl Session {
         Ok(job)
     }
 
-    /// Waits for `job` to end and streams its result. `cancel`: a caller that stops
-    /// waiting cancels the job.
-    async fn result_of(&self, job: u64, cancel: bool) -> Result<ResultStream> {
+    /// Waits for `job` to end and streams its result. `owned`: the job is this
+    /// caller's, so a caller that stops waiting cancels it; otherwise (a detached job)
+    /// it runs on. Once the job has ended, its blocks are released when the result has
+    /// been read or dropped.
+    async fn result_of(&self, job: u64, owned: bool) -> Result<ResultStream> {
         let mut guard = JobGuard {
             session: self.clone(),
             job,
-            cancel,
+            cancel: owned,
+            release: owned,
         };
-        let status = self.wait(job).await?;
+        let status = self.wait(job).await;
         guard.cancel = false;
+        guard.release = true;
+        let status = status?;
         let schema = schema_from_bytes(&status.result_schema)?;
         let session = self.clone();
         let stage = status.result_stage_id;
@@ -761,6 +771,9 @@ impl Session {
         let status =
             last.ok_or_else(|| Error::Transport(format!("job {job}: no status arrived")))?;
         match status.state() {
+            pb::JobState::Succeeded if status.result_released => Err(Error::Rejected(format!(
+                "job {job}'s result was already read, or expired unread (the coordinator keeps a result 10 minutes after its job ends); run the query again"
+            ))),
             pb::JobState::Succeeded => Ok(status),
             pb::JobState::Failed | pb::JobState::Cancelled => Err(Error::JobFailed {
                 job,

@@ -1137,7 +1137,10 @@ impl State {
     fn status(&self, job: JobId) -> Option<pb::JobStatus> {
         let record = self.jobs.get(&job)?;
         if let Some(s) = &record.final_status {
-            return Some(s.clone());
+            return Some(pb::JobStatus {
+                result_released: record.released,
+                ..s.clone()
+            });
         }
         let final_stage = record.planned.stages.last().map_or(0, |s| s.id);
         let stages: Vec<pb::StageStatus> = record
@@ -1231,6 +1234,7 @@ impl State {
             spill_count,
             memory_bytes,
             peak_memory_bytes,
+            result_released: record.released,
         })
     }
 }
