@@ -56,6 +56,12 @@ async fn drove_session(spec: &Value, target_partitions: Option<usize>) -> Result
         ..Default::default()
     };
     config.coordinator.target_partitions = target_partitions;
+    // The benchmarks run jobs of more tasks than a cluster allows by default (the
+    // tasks workload has one stage of 10,000 and more).
+    config.coordinator.job_limits = drove_client::JobLimits {
+        stage_partitions_max: 1_000_000,
+        job_tasks_max: 10_000_000,
+    };
     let cluster = LocalCluster::start(config).await?;
     Ok(Session::with_cluster(cluster).await?)
 }
