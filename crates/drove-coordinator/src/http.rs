@@ -7,8 +7,9 @@
 use std::fmt::Write as _;
 
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use drove_core::{JobId, WorkerId};
@@ -34,17 +35,66 @@ pub fn router(coordinator: Coordinator) -> Router {
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
         .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such page".into()) })
+        // After the routes: it applies to those registered before it. Axum still sets
+        // the Allow header.
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(coordinator)
+        // A panic in a handler is a bug; it fails that request, not the server.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |panic: Box<dyn std::any::Any + Send>| {
+                api_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "internal error: {}",
+                        drove_core::panic_message(panic.as_ref())
+                    ),
+                )
+            },
+        ))
 }
 
 fn api_error(status: StatusCode, message: String) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-/// A path id: 400 with the reason when it is not a number.
-fn parse_id(kind: &str, raw: &str) -> Result<u64, String> {
-    raw.parse().map_err(|_| {
-        format!("'{raw}' is not a {kind} id; ids are whole numbers, as /api/v1/{kind}s lists them")
+/// A request with a method the path does not take: 405 with a JSON error, like every
+/// other error of the API, beside the Allow header axum adds.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    api_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} does not take {method}; the Allow header lists the methods it takes",
+            uri.path()
+        ),
+    )
+}
+
+/// The most of a bad path segment that an error message repeats.
+const ECHO_CHARS_MAX: usize = 64;
+
+/// A path id as the OpenAPI document describes it: decimal digits only, from 0 to
+/// `u64::MAX`. Anything else (a sign, spaces, a segment that is not UTF-8, a number
+/// too large) is the reason for a 400.
+fn parse_id(kind: &str, raw: Result<Path<String>, PathRejection>) -> Result<u64, String> {
+    let raw = match raw {
+        Ok(Path(raw)) => raw,
+        Err(e) => return Err(format!("the {kind} id is not valid: {}", e.body_text())),
+    };
+    let id = if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        raw.parse::<u64>().ok()
+    } else {
+        None
+    };
+    id.ok_or_else(|| {
+        let mut shown: String = raw.chars().take(ECHO_CHARS_MAX).collect();
+        if shown.len() < raw.len() {
+            shown.push_str("...");
+        }
+        format!(
+            "'{shown}' is not a {kind} id; ids are whole numbers from 0 to {}, \
+             as /api/v1/{kind}s lists them",
+            u64::MAX
+        )
     })
 }
 
@@ -201,8 +251,11 @@ async fn workers(State(coordinator): State<Coordinator>) -> Json<Value> {
     ))
 }
 
-async fn worker(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
-    let id = match parse_id("worker", &raw) {
+async fn worker(
+    State(coordinator): State<Coordinator>,
+    raw: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match parse_id("worker", raw) {
         Ok(id) => id,
         Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
     };
@@ -236,8 +289,11 @@ async fn jobs(State(coordinator): State<Coordinator>) -> Json<Value> {
     ))
 }
 
-async fn job(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
-    let id = match parse_id("job", &raw) {
+async fn job(
+    State(coordinator): State<Coordinator>,
+    raw: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match parse_id("job", raw) {
         Ok(id) => id,
         Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
     };
@@ -248,8 +304,11 @@ async fn job(State(coordinator): State<Coordinator>, Path(raw): Path<String>) ->
 }
 
 /// Cancels a running job; a job that already ended is left as it was.
-async fn cancel(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
-    let id = match parse_id("job", &raw) {
+async fn cancel(
+    State(coordinator): State<Coordinator>,
+    raw: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match parse_id("job", raw) {
         Ok(id) => id,
         Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
     };
@@ -465,10 +524,11 @@ async fn ui_overview(State(coordinator): State<Coordinator>) -> Html<String> {
     Html(ui::overview(&coordinator.cluster_status()))
 }
 
-async fn ui_job(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
-    let page = raw
-        .parse::<u64>()
-        .map_err(|_| format!("'{raw}' is not a job id"))
+async fn ui_job(
+    State(coordinator): State<Coordinator>,
+    raw: Result<Path<String>, PathRejection>,
+) -> Response {
+    let page = parse_id("job", raw)
         .and_then(|id| coordinator.status(JobId(id)).map_err(|e| e.to_string()));
     match page {
         Ok(status) => Html(ui::job(&status)).into_response(),
@@ -476,18 +536,132 @@ async fn ui_job(State(coordinator): State<Coordinator>, Path(raw): Path<String>)
     }
 }
 
-async fn ui_worker(State(coordinator): State<Coordinator>, Path(raw): Path<String>) -> Response {
+async fn ui_worker(
+    State(coordinator): State<Coordinator>,
+    raw: Result<Path<String>, PathRejection>,
+) -> Response {
     let status = coordinator.cluster_status();
-    let found = raw
-        .parse::<u64>()
-        .ok()
-        .and_then(|id| status.workers.iter().find(|w| w.worker_id == id));
+    let found = parse_id("worker", raw).and_then(|id| {
+        status
+            .workers
+            .iter()
+            .find(|w| w.worker_id == id)
+            .ok_or_else(|| format!("{} is not registered", WorkerId(id)))
+    });
     match found {
-        Some(w) => Html(ui::worker(w, &worker_tasks(w.worker_id, &status.jobs))).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Html(ui::not_found(&format!("worker '{raw}' is not registered"))),
-        )
-            .into_response(),
+        Ok(w) => Html(ui::worker(w, &worker_tasks(w.worker_id, &status.jobs))).into_response(),
+        Err(message) => (StatusCode::NOT_FOUND, Html(ui::not_found(&message))).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::CoordinatorConfig;
+
+    /// The router of a coordinator with no workers and no jobs, on a loopback port.
+    async fn serve() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(Coordinator::new(CoordinatorConfig::default()));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    /// One HTTP/1.1 request: the status, the head (lower case) and the body.
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_lowercase(), body.to_string())
+    }
+
+    /// `request` ("METHOD PATH") answers `status` with a JSON `{"error": ...}` (or, for
+    /// the UI's pages, HTML) whose message contains `message`. Returns the head.
+    async fn check(addr: SocketAddr, (request, status, message): (&str, u16, &str)) -> String {
+        let (method, path) = request.split_once(' ').unwrap();
+        let (code, head, body) = self::request(addr, method, path).await;
+        let what = format!("{request}: {code}\n{head}\n{body}");
+        assert_eq!(code, status, "{what}");
+        if path.starts_with("/api/") {
+            assert!(head.contains("content-type: application/json"), "{what}");
+            let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {what}"));
+            let fields = v.as_object().unwrap();
+            assert_eq!(fields.len(), 1, "only the documented field: {what}");
+            assert!(
+                fields["error"].as_str().unwrap().contains(message),
+                "{what}"
+            );
+            assert!(body.len() < 400, "the message repeats no long id: {what}");
+        } else {
+            assert!(head.contains("content-type: text/html"), "{what}");
+            assert!(body.contains(message), "{what}");
+        }
+        assert_eq!(head.contains("\r\nallow: "), code == 405, "{what}");
+        head
+    }
+
+    #[tokio::test]
+    async fn bad_ids_and_methods_get_json_errors_as_documented() {
+        let addr = serve().await;
+        let long = format!("GET /api/v1/jobs/{}", "9".repeat(1000));
+        let cases = [
+            ("GET /api/v1/jobs/1", 404, "job-1 does not exist"),
+            (
+                "GET /api/v1/jobs/18446744073709551615",
+                404,
+                "does not exist",
+            ),
+            (
+                "GET /api/v1/jobs/18446744073709551616",
+                400,
+                "from 0 to 18446744073709551615",
+            ),
+            ("GET /api/v1/jobs/-1", 400, "'-1' is not a job id"),
+            ("GET /api/v1/jobs/+1", 400, "'+1' is not a job id"),
+            ("GET /api/v1/jobs/%201", 400, "' 1' is not a job id"),
+            ("GET /api/v1/jobs/1.0", 400, "'1.0' is not a job id"),
+            (
+                "GET /api/v1/jobs/%FF",
+                400,
+                "the job id is not valid: Invalid URL",
+            ),
+            (&long, 400, "99...' is not a job id"),
+            (
+                "POST /api/v1/jobs/%FF/cancel",
+                400,
+                "the job id is not valid",
+            ),
+            ("POST /api/v1/jobs/7/cancel", 404, "job-7 does not exist"),
+            ("POST /api/v1/jobs/x/cancel", 400, "'x' is not a job id"),
+            ("GET /api/v1/workers/%FF", 400, "the worker id is not valid"),
+            ("GET /api/v1/workers/w1", 400, "'w1' is not a worker id"),
+            ("GET /api/v1/workers/1", 404, "worker-1 is not registered"),
+            ("POST /api/v1/jobs", 405, "/api/v1/jobs does not take POST"),
+            ("DELETE /api/v1/cluster", 405, "does not take DELETE"),
+            ("GET /api/v1/jobs/1/cancel", 405, "does not take GET"),
+            ("GET /api/v1/nope", 404, "no such page"),
+            ("GET /jobs/%FF", 404, "the job id is not valid"),
+            ("GET /jobs/abc", 404, "&#39;abc&#39; is not a job id"),
+            ("GET /workers/%FF", 404, "the worker id is not valid"),
+            ("GET /workers/3", 404, "worker-3 is not registered"),
+        ];
+        for case in cases {
+            check(addr, case).await;
+        }
+        let head = check(addr, ("POST /api/v1/jobs", 405, "")).await;
+        assert!(head.contains("\r\nallow: get,head"), "{head}");
+        let head = check(addr, ("GET /api/v1/jobs/1/cancel", 405, "")).await;
+        assert!(head.contains("\r\nallow: post"), "{head}");
     }
 }
