@@ -147,8 +147,24 @@ pub async fn register(ctx: &SessionContext, table: &TableSpec) -> Result<()> {
     };
     match format {
         Format::Parquet => {
-            ctx.register_parquet(&table.name, &path, ParquetReadOptions::default())
-                .await?
+            let files = parquet_files(&table.path)?;
+            if let Some(empty) = files
+                .iter()
+                .find(|f| f.metadata().is_ok_and(|m| m.len() == 0))
+            {
+                return Err(Error::User(format!(
+                    "table '{}': '{}' is empty (0 bytes), not a Parquet file; remove it or write it again",
+                    table.name,
+                    empty.display()
+                )));
+            }
+            let registered = ctx
+                .register_parquet(&table.name, &path, ParquetReadOptions::default())
+                .await;
+            if let Err(e) = registered {
+                // DataFusion's message ("Corrupt footer") does not say which file.
+                return Err(unreadable_parquet(&table.name, &files).unwrap_or(e.into()));
+            }
         }
         Format::Csv => {
             ctx.register_csv(&table.name, &path, CsvReadOptions::new().has_header(true))
@@ -156,6 +172,36 @@ pub async fn register(ctx: &SessionContext, table: &TableSpec) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The Parquet files of a table: the file, or a directory's `.parquet` files.
+fn parquet_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The first file whose footer cannot be read, named with why.
+fn unreadable_parquet(table: &str, files: &[PathBuf]) -> Option<Error> {
+    files.iter().find_map(|file| {
+        let read = std::fs::File::open(file)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                parquet::file::reader::SerializedFileReader::new(f).map_err(|e| e.to_string())
+            });
+        read.err().map(|why| {
+            Error::User(format!(
+                "table '{table}': '{}' is not a readable Parquet file ({why}); remove or replace it",
+                file.display()
+            ))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -168,6 +214,52 @@ mod tests {
         let e = TableSpec::parse("t/x.parquet").unwrap_err().to_string();
         assert!(e.contains("NAME=PATH"), "{e}");
         assert!(TableSpec::parse("=x").is_err());
+    }
+
+    #[tokio::test]
+    async fn empty_and_corrupt_parquet_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("a.parquet");
+        let batch = arrow::record_batch::RecordBatch::try_from_iter([(
+            "x",
+            std::sync::Arc::new(arrow::array::Int64Array::from(vec![1, 2])) as _,
+        )])
+        .unwrap();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(
+            std::fs::File::create(&good).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let table = TableSpec {
+            name: "t".into(),
+            path: dir.path().to_path_buf(),
+            format: None,
+        };
+        register(&SessionContext::new(), &table).await.unwrap();
+
+        let empty = dir.path().join("b.parquet");
+        std::fs::write(&empty, b"").unwrap();
+        let e = register(&SessionContext::new(), &table)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("b.parquet") && e.contains("empty (0 bytes)"),
+            "{e}"
+        );
+
+        std::fs::write(&empty, b"not parquet at all, just some bytes").unwrap();
+        let e = register(&SessionContext::new(), &table)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("b.parquet") && e.contains("not a readable Parquet file"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -349,10 +349,17 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     let shared = Arc::new(Shared {
         store: Arc::clone(&store),
         flight: Arc::new(FlightPool::default()),
-        state: SessionStateBuilder::new()
-            .with_default_features()
-            .with_runtime_env(runtime)
-            .build(),
+        state: {
+            let mut state = SessionStateBuilder::new()
+                .with_default_features()
+                .with_runtime_env(runtime)
+                .build();
+            for udf in drove_exec::functions::bounded() {
+                datafusion::execution::FunctionRegistry::register_udf(&mut state, udf)
+                    .map_err(|e| Error::Config(format!("cannot register {e}")))?;
+            }
+            state
+        },
         task_pool_bytes: execution_bytes / config.slots as usize,
         execution_reserved: Arc::new(AtomicU64::new(0)),
         slots: Arc::new(Semaphore::new(config.slots as usize)),
@@ -562,8 +569,11 @@ fn block_keys(tickets: &[pb::BlockTicket]) -> Vec<BlockKey> {
         .collect()
 }
 
+/// A task attempt on this worker: job, stage, partition and attempt.
+type Attempt = (u64, u32, u32, u32);
+
 /// The identity of a task attempt on this worker.
-fn attempt_of(key: &pb::TaskKey) -> (u64, u32, u32, u32) {
+fn attempt_of(key: &pb::TaskKey) -> Attempt {
     (key.job_id, key.stage_id, key.partition, key.attempt)
 }
 
@@ -617,7 +627,7 @@ async fn serve(
     // The running attempts, so that a kill stops one and releasing a job (it ended,
     // failed or was cancelled) stops all of the job's. At most one per launch the
     // coordinator sent, which it bounds by the worker's slots.
-    let mut running: HashMap<(u64, u32, u32, u32), tokio::task::AbortHandle> = HashMap::new();
+    let mut running: HashMap<Attempt, tokio::task::AbortHandle> = HashMap::new();
     // Once draining, leave at this instant even if the coordinator never says so.
     let mut leave_by: Option<tokio::time::Instant> = None;
     let end = loop {
@@ -874,24 +884,24 @@ async fn run_task(
 /// report the attempts whose time advanced: a task that is stuck (waiting on nothing
 /// that will come) does not advance, and the coordinator retries it elsewhere.
 #[derive(Clone, Default)]
-struct BusyClocks(Arc<std::sync::Mutex<HashMap<(u64, u32, u32, u32), Arc<AtomicU64>>>>);
+struct BusyClocks(Arc<std::sync::Mutex<HashMap<Attempt, Arc<AtomicU64>>>>);
 
 impl BusyClocks {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u32, u32, u32), Arc<AtomicU64>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Attempt, Arc<AtomicU64>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A new clock for the attempt.
-    fn start(&self, attempt: (u64, u32, u32, u32)) -> Arc<AtomicU64> {
+    fn start(&self, attempt: Attempt) -> Arc<AtomicU64> {
         Arc::clone(self.lock().entry(attempt).or_default())
     }
 
-    fn retain(&self, keep: impl Fn(&(u64, u32, u32, u32)) -> bool) {
+    fn retain(&self, keep: impl Fn(&Attempt) -> bool) {
         self.lock().retain(|attempt, _| keep(attempt));
     }
 
     /// The attempts whose clock moved since `reported`, which it updates.
-    fn advanced(&self, reported: &mut HashMap<(u64, u32, u32, u32), u64>) -> Vec<pb::TaskKey> {
+    fn advanced(&self, reported: &mut HashMap<Attempt, u64>) -> Vec<pb::TaskKey> {
         let clocks = self.lock();
         reported.retain(|attempt, _| clocks.contains_key(attempt));
         let mut moved = Vec::new();

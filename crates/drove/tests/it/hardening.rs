@@ -228,12 +228,40 @@ fn a_huge_constant_fails_its_own_job_and_a_job_beside_it_succeeds() {
         jobs.as_array()
             .is_some_and(|j| j.iter().any(|j| j["state"] == "running"))
     });
-    let huge = "SELECT repeat('x', 100000000) AS s FROM (VALUES (1)) t(x)";
-    let e = sql(&cluster.addr, huge, &[]).unwrap_err();
+    // A 40 MB literal: the SQL fits in a request, its stage's plan not in a task message.
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge.sql");
+    let literal = "x".repeat(40_000_000);
+    std::fs::write(
+        &huge,
+        format!("SELECT '{literal}' AS s FROM (VALUES (1)) t(x)"),
+    )
+    .unwrap();
+    let out = crate::run(
+        &[
+            "sql",
+            "--coordinator",
+            &cluster.addr,
+            "--no-progress",
+            "-f",
+            huge.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
     assert!(
         e.contains("over the") && e.contains("read large values from a table instead"),
         "{e}"
     );
+    // A 100 MB value made by a function fails on its own too, naming the function.
+    let e = sql(
+        &cluster.addr,
+        "SELECT repeat('x', 100000000) AS s FROM (VALUES (1)) t(x)",
+        &[],
+    )
+    .unwrap_err();
+    assert!(e.contains("repeat() would make"), "{e}");
     let out = other.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -378,6 +406,14 @@ fn a_vanished_client_loses_its_job_and_a_detached_job_lives_on() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "k,n\n0,1\n1,2\n");
+    // Read once, the result is gone, and a second read says so.
+    let again = crate::run(
+        &["result", &detached.to_string(), "--coordinator", &addr],
+        LIMIT,
+    );
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("result was already read"), "{stderr}");
 }
 
 /// Printing a large result holds only the batch in hand, in every format: the client
@@ -492,4 +528,47 @@ fn a_worker_that_stops_making_progress_has_its_tasks_retried_elsewhere() {
         .filter(|t| t["attempt"].as_u64().unwrap() > 0)
         .count();
     assert!(retried > 0, "no task was retried: {status}");
+}
+
+/// The reported blow-up: `repeat(l_comment, 20000)` took a 256 MiB worker past 6 GB.
+/// The function's result is bounded, so the job fails cleanly, naming it, and the
+/// worker stays far under 1 GiB and runs the next query.
+#[test]
+fn a_function_that_makes_gigabytes_fails_its_job_within_the_workers_memory() {
+    let cluster = cluster(&[]);
+    let tpch = drove_testkit::tpch_data(0.01);
+    let (_, workers) = wait_for(&cluster.http, "a worker", |_, w| w[0].is_object());
+    let worker_id = workers[0]["worker_id"].clone();
+    let e = sql(
+        &cluster.addr,
+        "SELECT max(length(repeat(l_comment, 20000))) FROM lineitem",
+        &["--tpch", tpch.to_str().unwrap()],
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("repeat() would make") && e.contains("repeat fewer times"),
+        "{e}"
+    );
+    let workers = api(&cluster.http, "/api/v1/workers");
+    assert_eq!(workers[0]["worker_id"], worker_id, "the worker was lost");
+    let peak = workers[0]["memory"]["peak_bytes"].as_u64().unwrap();
+    assert!(
+        peak < 1 << 30,
+        "the worker's memory peaked at {} MiB",
+        peak >> 20
+    );
+    let pid = cluster._worker.0.id();
+    let resident = drove_testkit::peak_rss(pid).unwrap();
+    assert!(
+        resident < 1 << 30,
+        "the worker's resident memory peaked at {} MiB",
+        resident >> 20
+    );
+    let out = sql(
+        &cluster.addr,
+        "SELECT count(*) AS n FROM lineitem",
+        &["--tpch", tpch.to_str().unwrap()],
+    )
+    .unwrap();
+    assert!(out.starts_with("n\n"), "{out}");
 }
