@@ -203,6 +203,9 @@ async fn plan_stages(
 ) -> Result<PlannedJob> {
     let mut settings = session::settings(target_partitions);
     let ctx = SessionContext::new_with_config(session::config(&settings)?);
+    for udf in drove_exec::functions::bounded() {
+        ctx.register_udf(udf.as_ref().clone());
+    }
     let mut names = Vec::new();
     for table in tables {
         if names.contains(&table.name) {
@@ -226,14 +229,12 @@ async fn plan_stages(
     }
     let logical = match query {
         Query::Sql(sql) => plan_sql(&ctx, sql, &names).await?,
-        Query::LogicalPlan(bytes) => {
-            datafusion_proto::bytes::logical_plan_from_bytes_with_extension_codec(
-                bytes,
-                &ctx.task_ctx(),
-                &CacheCodec::new(caches.tables.iter().cloned()),
-            )
-            .map_err(|e| Error::User(format!("the submitted logical plan cannot be read: {e}")))?
-        }
+        Query::LogicalPlan(bytes) => codec::logical_plan_from_bytes(
+            bytes,
+            &ctx.task_ctx(),
+            &CacheCodec::new(caches.tables.iter().cloned()),
+        )
+        .map_err(|e| Error::User(format!("the submitted logical plan cannot be read: {e}")))?,
         Query::PhysicalPlan(bytes) => {
             let physical = codec::plan_from_bytes(bytes, &ctx.task_ctx()).map_err(|e| match e {
                 drove_exec::Error::DataFusion(DataFusionError::External(inner)) => {

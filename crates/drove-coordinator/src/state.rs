@@ -231,8 +231,10 @@ impl Coordinator {
                     attempt,
                     worker,
                     stats: TaskStats {
-                        output_bytes: s.output_bytes.iter().sum(),
-                        output_rows: s.output_rows.iter().sum(),
+                        // Saturating: a worker's figures must not overflow the
+                        // coordinator's arithmetic, whatever it sends.
+                        output_bytes: s.output_bytes.iter().fold(0, |a, b| a.saturating_add(*b)),
+                        output_rows: s.output_rows.iter().fold(0, |a, b| a.saturating_add(*b)),
                         local_read_bytes: s.local_read_bytes,
                         remote_read_bytes: s.remote_read_bytes,
                         elapsed_ms: s.elapsed_ms,
@@ -823,8 +825,8 @@ impl State {
             let m = &mut self.metrics;
             m.tasks_completed += 1;
             m.task_seconds_sum += seconds;
-            m.task_output_bytes += stats.output_bytes;
-            m.remote_read_bytes += stats.remote_read_bytes;
+            m.task_output_bytes = m.task_output_bytes.saturating_add(stats.output_bytes);
+            m.remote_read_bytes = m.remote_read_bytes.saturating_add(stats.remote_read_bytes);
             for (bucket, bound) in m.task_seconds_buckets.iter_mut().zip(TASK_SECONDS_BUCKETS) {
                 if seconds <= bound {
                     *bucket += 1;

@@ -1,16 +1,19 @@
 //! The datafusion-proto extension codec for drove's own plan nodes: the shuffle reader
-//! and the MapReduce nodes.
+//! and the MapReduce nodes; and the decoding of plans that arrive as bytes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use drove_proto::{DroveNode, drove_node};
 use prost::Message;
 
+use crate::cache::CacheCodec;
+use crate::error::decode_unpanicked;
 use crate::mapreduce::nodes::{MapExec, OutputFormat, OutputSpec, ReduceExec, TextSourceExec};
 use crate::shuffle::{ReadMode, ShuffleReaderExec, schema_from_bytes, schema_to_bytes};
 
@@ -162,13 +165,130 @@ pub fn plan_to_bytes(plan: Arc<dyn ExecutionPlan>) -> crate::Result<Vec<u8>> {
     )
 }
 
-/// A physical plan from datafusion-proto bytes.
+/// A physical plan from datafusion-proto bytes. Malformed bytes are an error, even
+/// those that make datafusion-proto panic.
 pub fn plan_from_bytes(bytes: &[u8], ctx: &TaskContext) -> crate::Result<Arc<dyn ExecutionPlan>> {
-    Ok(
+    check_embedded_ipc(bytes, 0).map_err(|e| malformed("physical", e))?;
+    decode_unpanicked(|| {
         datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(
             bytes,
             ctx,
             &DroveCodec,
-        )?,
-    )
+        )
+    })
+    .map_err(|panic| malformed("physical", format!("datafusion-proto panicked: {panic}")))?
+    .map_err(crate::Error::from)
+}
+
+/// A client's logical plan from datafusion-proto bytes, with cached tables decoded by
+/// `codec`. Malformed bytes are an error, even those that make datafusion-proto panic.
+pub fn logical_plan_from_bytes(
+    bytes: &[u8],
+    ctx: &TaskContext,
+    codec: &CacheCodec,
+) -> crate::Result<LogicalPlan> {
+    check_embedded_ipc(bytes, 0).map_err(|e| malformed("logical", e))?;
+    decode_unpanicked(|| {
+        datafusion_proto::bytes::logical_plan_from_bytes_with_extension_codec(bytes, ctx, codec)
+    })
+    .map_err(|panic| malformed("logical", format!("datafusion-proto panicked: {panic}")))?
+    .map_err(crate::Error::from)
+}
+
+fn malformed(kind: &str, problem: String) -> crate::Error {
+    crate::Error::DataFusion(DataFusionError::Plan(format!(
+        "the {kind} plan's bytes are malformed: {problem}"
+    )))
+}
+
+/// Deepest nesting of protobuf messages walked: prost decodes no deeper.
+const PROTO_DEPTH_MAX: usize = 100;
+
+/// Checks the Arrow IPC streams a plan's protobuf carries (an in-memory table's
+/// batches) with [`check_ipc_stream`]. The message is walked without its schema: every
+/// length-delimited field is checked as IPC and, as far as it parses as a message,
+/// walked in turn.
+fn check_embedded_ipc(mut bytes: &[u8], depth: usize) -> Result<(), String> {
+    if depth > PROTO_DEPTH_MAX {
+        return Ok(());
+    }
+    // Bytes that stop parsing as a message end the walk: prost refuses them anyway, or
+    // they were no message.
+    while let Some(key) = read_varint(&mut bytes) {
+        let skip = match key & 7 {
+            0 => read_varint(&mut bytes).map(|_| 0),
+            1 => Some(8),
+            5 => Some(4),
+            2 => {
+                let Some(len) = read_varint(&mut bytes).and_then(|l| usize::try_from(l).ok())
+                else {
+                    return Ok(());
+                };
+                let Some(value) = bytes.get(..len) else {
+                    return Ok(());
+                };
+                check_ipc_stream(value)?;
+                check_embedded_ipc(value, depth + 1)?;
+                Some(len)
+            }
+            _ => None,
+        };
+        match skip.and_then(|n| bytes.get(n..)) {
+            Some(rest) => bytes = rest,
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if *b < 0x80 {
+            *bytes = &bytes[i + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Refuses bytes that read as an Arrow IPC stream with a message whose body is longer
+/// than the bytes that follow it. arrow-ipc's stream reader allocates a body's claimed
+/// length before reading it, so such bytes could abort the process on a failed
+/// allocation. Bytes that are no IPC stream pass: they are another field's.
+fn check_ipc_stream(mut bytes: &[u8]) -> Result<(), String> {
+    const CONTINUATION: [u8; 4] = [0xff; 4];
+    loop {
+        // As arrow-ipc reads a message: an optional continuation marker, the metadata's
+        // length (0 ends the stream), the metadata (a flatbuffer), the body.
+        let Some((&prefix, rest)) = bytes.split_first_chunk::<4>() else {
+            return Ok(());
+        };
+        let (len, rest) = if prefix == CONTINUATION {
+            match rest.split_first_chunk::<4>() {
+                Some((&len, rest)) => (len, rest),
+                None => return Ok(()),
+            }
+        } else {
+            (prefix, rest)
+        };
+        let meta_len = match usize::try_from(i32::from_le_bytes(len)) {
+            Ok(n) if n > 0 && n <= rest.len() => n,
+            _ => return Ok(()),
+        };
+        let Ok(message) = arrow::ipc::root_as_message(&rest[..meta_len]) else {
+            return Ok(());
+        };
+        let available = rest.len() - meta_len;
+        let claimed = message.bodyLength();
+        match usize::try_from(claimed) {
+            Ok(body) if body <= available => bytes = &rest[meta_len + body..],
+            _ => {
+                return Err(format!(
+                    "an Arrow IPC message in it claims a body of {claimed} bytes where {available} follow"
+                ));
+            }
+        }
+    }
 }

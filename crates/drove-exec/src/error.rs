@@ -40,6 +40,14 @@ pub struct LostBlock {
 /// Result type of drove-exec.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Runs a library's decoder of bytes from outside (arrow-ipc, datafusion-proto) and
+/// turns a panic inside it into its message: those decoders panic on some malformed
+/// input, and no bytes may stop a drove process. `crate::fuzz` finds such inputs.
+pub(crate) fn decode_unpanicked<T>(decode: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
+        .map_err(|panic| drove_core::panic_message(panic.as_ref()))
+}
+
 impl From<arrow::error::ArrowError> for Error {
     fn from(e: arrow::error::ArrowError) -> Self {
         Error::DataFusion(DataFusionError::ArrowError(Box::new(e), None))

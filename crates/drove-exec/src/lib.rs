@@ -8,6 +8,7 @@
 //! - [`task`] runs one task: a stage's plan for one partition, written as blocks.
 //! - [`mapreduce`] runs user-written map, combine and reduce functions as plan nodes.
 //! - [`tables`] registers files as tables; [`tpch`] writes TPC-H data.
+//! - [`fuzz`] holds the fuzz entry points of every decoder of network bytes.
 //!
 //! Architecture invariant: a block is named by (job, stage, map partition, reduce
 //! partition, attempt), and only the attempt that wrote it is ever read.
@@ -16,6 +17,8 @@ pub mod blocks;
 pub mod cache;
 pub mod codec;
 pub mod error;
+pub mod functions;
+pub mod fuzz;
 pub mod mapreduce;
 pub mod net;
 pub mod planner;

@@ -127,6 +127,13 @@ pub fn split_with_caches(
     plan: Arc<dyn ExecutionPlan>,
     lineage: &dyn Fn(u64) -> Option<Vec<Stage>>,
 ) -> Result<DistributedPlan> {
+    // Readers are the planner's own; one in a submitted plan would name stages that
+    // do not exist.
+    if reads_stages(&plan) {
+        return Err(Error::User(
+            "the plan already reads other stages (it has a ShuffleReaderExec); submit a plan without drove's shuffle readers, which drove places itself".into(),
+        ));
+    }
     if needs_partitioned_joins(&plan) {
         return Err(Error::Internal(
             "a collect-left hash join that emits unmatched rows cannot be distributed; plan it with partitioned joins".into(),
@@ -138,7 +145,7 @@ pub fn split_with_caches(
         inlined: Vec::new(),
     };
     let root = cutter.cut(plan)?;
-    let tasks = root.output_partitioning().partition_count();
+    let tasks = some_partitions(root.output_partitioning().partition_count(), &root)?;
     push_stage(&mut cutter.stages, root, OutputMode::Single, tasks);
     Ok(DistributedPlan {
         stages: cutter.stages,
@@ -246,6 +253,24 @@ fn push_stage(
     id
 }
 
+/// A stage's task count or a reader's partition count, which must not be zero (a plan
+/// from a client can say anything).
+fn some_partitions(count: usize, plan: &Arc<dyn ExecutionPlan>) -> Result<usize> {
+    if count == 0 {
+        return Err(Error::User(format!(
+            "{} has no partitions, so drove has no task to run it in",
+            plan.name()
+        )));
+    }
+    Ok(count)
+}
+
+/// Whether `plan` has a shuffle reader anywhere.
+fn reads_stages(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<ShuffleReaderExec>().is_some()
+        || plan.children().into_iter().any(reads_stages)
+}
+
 /// The stages `plan` reads, with how and over how many partitions.
 fn collect_reads(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<(u32, ReadMode, usize)>) {
     if let Some(reader) = plan.downcast_ref::<ShuffleReaderExec>() {
@@ -290,17 +315,21 @@ impl Cutter<'_> {
                 "this query needs an order-preserving repartition, which drove cannot distribute yet".into(),
             ));
             }
-            let partitions = match repartition.partitioning() {
-                p @ (Partitioning::Hash(..)
+            match repartition.partitioning() {
+                Partitioning::Hash(..)
                 | Partitioning::RoundRobinBatch(_)
-                | Partitioning::Range(_)) => p.partition_count(),
+                | Partitioning::Range(_) => {}
                 other => {
                     return Err(Error::User(format!(
                         "this query needs the partitioning {other:?}, which drove cannot distribute yet"
                     )));
                 }
-            };
-            let tasks = repartition.input().output_partitioning().partition_count();
+            }
+            let partitions = some_partitions(repartition.partitioning().partition_count(), &plan)?;
+            let tasks = some_partitions(
+                repartition.input().output_partitioning().partition_count(),
+                repartition.input(),
+            )?;
             let schema = plan.schema();
             let stage = push_stage(
                 &mut self.stages,

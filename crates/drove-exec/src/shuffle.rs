@@ -14,8 +14,9 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow::record_batch::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
-use arrow_flight::{IpcMessage, SchemaAsIpc, Ticket};
+use arrow_flight::{FlightData, IpcMessage, SchemaAsIpc, Ticket};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
@@ -31,7 +32,7 @@ use prost::Message;
 use tonic::transport::Channel;
 
 use crate::blocks::{BlockKey, BlockStore};
-use crate::error::LostBlock;
+use crate::error::{LostBlock, decode_unpanicked};
 use crate::{Error, Result};
 
 /// How many blocks one reader partition fetches at once.
@@ -169,9 +170,35 @@ pub async fn open_block(
         }
         d.map_err(|s| arrow_flight::error::FlightError::Tonic(Box::new(s)))
     });
-    Ok(FlightRecordBatchStream::new_from_flight_data(data)
+    Ok(decode_block(data)
         .map_err(move |e| fetch_err(e.to_string()))
         .boxed())
+}
+
+/// Decodes a block's Flight messages into its batches. Malformed messages end the
+/// stream with an error, even those that make arrow-ipc panic (then the panic's
+/// message is the stream's last item).
+///
+/// Compressed batches are refused: drove sends blocks uncompressed, and arrow-ipc
+/// allocates whatever size a compressed buffer claims, so that a few bytes could abort
+/// the process.
+pub fn decode_block<S>(
+    data: S,
+) -> impl futures::Stream<Item = std::result::Result<RecordBatch, FlightError>> + Send + 'static
+where
+    S: futures::Stream<Item = std::result::Result<FlightData, FlightError>> + Send + 'static,
+{
+    let data = data.map(|d| d.and_then(refuse_compressed));
+    std::panic::AssertUnwindSafe(FlightRecordBatchStream::new_from_flight_data(data))
+        .catch_unwind()
+        .map(|item| {
+            item.unwrap_or_else(|panic| {
+                Err(FlightError::DecodeError(format!(
+                    "malformed Arrow IPC data (arrow-ipc panicked decoding it: {})",
+                    drove_core::panic_message(panic.as_ref())
+                )))
+            })
+        })
 }
 
 /// Fetches one whole block from the Flight service at `addr`; returns its batches and
@@ -189,15 +216,38 @@ pub async fn fetch_block(
     Ok((batches, wire_bytes.load(Ordering::Relaxed)))
 }
 
+/// A Flight message, unless it carries a compressed batch or dictionary.
+fn refuse_compressed(data: FlightData) -> std::result::Result<FlightData, FlightError> {
+    // A header that is no IPC message is left to the decoder to refuse.
+    let Ok(message) = arrow::ipc::root_as_message(&data.data_header) else {
+        return Ok(data);
+    };
+    let batch = message
+        .header_as_record_batch()
+        .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+    if batch.and_then(|b| b.compression()).is_some() {
+        return Err(FlightError::ProtocolError(
+            "a compressed Arrow IPC batch; drove's workers send blocks uncompressed".into(),
+        ));
+    }
+    Ok(data)
+}
+
 /// Arrow IPC bytes of a schema.
 pub fn schema_to_bytes(schema: &Schema) -> Result<Vec<u8>> {
     let message: IpcMessage = SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into()?;
     Ok(message.0.to_vec())
 }
 
-/// A schema from its Arrow IPC bytes.
+/// A schema from its Arrow IPC bytes. Malformed bytes are an error, even those that
+/// make arrow-ipc panic.
 pub fn schema_from_bytes(bytes: &[u8]) -> Result<SchemaRef> {
-    let schema = Schema::try_from(IpcMessage(bytes.to_vec().into()))?;
+    let schema = decode_unpanicked(|| Schema::try_from(IpcMessage(bytes.to_vec().into())))
+        .map_err(|panic| {
+            arrow::error::ArrowError::ParseError(format!(
+                "malformed Arrow IPC schema (arrow-ipc panicked decoding it: {panic})"
+            ))
+        })??;
     Ok(Arc::new(schema))
 }
 

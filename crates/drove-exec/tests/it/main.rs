@@ -1,0 +1,3 @@
+//! drove-exec's integration tests.
+
+mod fuzz;

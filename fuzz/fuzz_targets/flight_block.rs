@@ -1,0 +1,5 @@
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    drove_fuzz::run(drove_exec::fuzz::decode_flight_block, data);
+});
