@@ -3,6 +3,7 @@
 
 mod dataframe;
 mod errors;
+mod fuzz_sql;
 mod memory;
 mod recovery;
 mod tpch;
