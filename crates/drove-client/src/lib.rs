@@ -532,7 +532,7 @@ impl Session {
 
     /// Submits SQL as a detached job and returns its id at once. The job runs on
     /// without a client; [`Session::result`] (or `drove result JOB`) reads its result
-    /// later, while the coordinator keeps it (10 minutes after it ends).
+    /// later, while the coordinator keeps it (by default 10 minutes after it ends).
     ///
     /// ```no_run
     /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
@@ -558,7 +558,8 @@ impl Session {
     }
 
     /// Waits for a job, by id, to end and streams its result; the result is freed on
-    /// the workers once read. Dropping the wait leaves the job running.
+    /// the workers once read (or the stream dropped). Dropping the wait before the job
+    /// ends leaves it running.
     ///
     /// ```no_run
     /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
@@ -716,7 +717,13 @@ impl Session {
         };
         let status = self.wait(job).await;
         guard.cancel = false;
-        guard.release = true;
+        // Released once it has ended; a wait that broke off (the connection failed)
+        // leaves a job this caller does not own as it is.
+        guard.release = owned
+            || matches!(
+                status,
+                Ok(_) | Err(Error::JobFailed { .. } | Error::Rejected(_))
+            );
         let status = status?;
         let schema = schema_from_bytes(&status.result_schema)?;
         let session = self.clone();
@@ -772,7 +779,7 @@ impl Session {
             last.ok_or_else(|| Error::Transport(format!("job {job}: no status arrived")))?;
         match status.state() {
             pb::JobState::Succeeded if status.result_released => Err(Error::Rejected(format!(
-                "job {job}'s result was already read, or expired unread (the coordinator keeps a result 10 minutes after its job ends); run the query again"
+                "job {job}'s result was already read, or expired unread (the coordinator keeps a result for a while after its job ends, 10 minutes by default); run the query again"
             ))),
             pb::JobState::Succeeded => Ok(status),
             pb::JobState::Failed | pb::JobState::Cancelled => Err(Error::JobFailed {

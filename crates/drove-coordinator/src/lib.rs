@@ -86,8 +86,8 @@ pub struct CoordinatorConfig {
     /// A succeeded job's result blocks are freed after this long if no client released them.
     pub result_ttl_ms: u64,
     /// A running job that no client has watched for this long is cancelled, unless it
-    /// was submitted detached. Longer than a coordinator failover, so clients that
-    /// reconnect keep their jobs.
+    /// was submitted detached. Meant to outlast a coordinator restart or failover, for
+    /// the day clients reconnect their watches.
     pub client_lease_ms: u64,
     /// Partitions per stage; `None` means the cluster's total slots at submission.
     pub target_partitions: Option<usize>,

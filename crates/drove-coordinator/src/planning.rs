@@ -109,8 +109,8 @@ impl JobLimits {
 /// Stack for planning. DataFusion's analysis, optimization and physical planning
 /// recurse over expression trees, and SQL nests them as deep as its author likes (a
 /// 3,000-term sum is a tree 3,000 deep); a runtime thread's 2 MiB would overflow and
-/// abort the whole coordinator. The stack is reserved, not touched, so it costs address
-/// space only.
+/// abort the whole coordinator. The stack is reserved address space, touched (and so
+/// resident) only as deep as planning goes.
 const PLAN_STACK_BYTES: usize = 512 << 20;
 
 /// The largest encoded stage plan: a task message carries it with its inputs' places
@@ -132,7 +132,9 @@ pub async fn plan_isolated(
     target_partitions: usize,
     limits: JobLimits,
 ) -> Result<PlannedJob> {
-    let _turn = PLANNING
+    // Held by the planning thread: a client that goes away frees no turn while its
+    // plan is still being made.
+    let turn = PLANNING
         .acquire()
         .await
         .map_err(|_| Error::Internal("the planning queue is closed".into()))?;
@@ -141,6 +143,7 @@ pub async fn plan_isolated(
         .name("drove-plan".into())
         .stack_size(PLAN_STACK_BYTES)
         .spawn(move || {
+            let _turn = turn;
             let planned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -163,10 +166,7 @@ pub async fn plan_isolated(
                     drove_core::panic_message(panic.as_ref())
                 )))
             });
-            // The job's plans can be as deep as its expressions: drop them here too.
-            if let Err(Ok(planned)) = tx.send(planned) {
-                drop(planned);
-            }
+            let _ = tx.send(planned);
         })
         .map_err(|e| Error::Internal(format!("cannot start a planning thread: {e}")))?;
     rx.await

@@ -345,7 +345,7 @@ impl Coordinator {
             .config
             .target_partitions
             .unwrap_or_else(|| self.lock().scheduler.total_slots() as usize)
-            .max(1);
+            .clamp(1, self.inner.config.job_limits.stage_partitions_max);
         // Table names fold to lower case, as DataFusion folds unquoted names.
         let cache_as = cache_as.map(|name| name.to_ascii_lowercase());
         let (caches, cache_id) = {

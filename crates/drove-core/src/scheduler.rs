@@ -1118,15 +1118,15 @@ impl Scheduler {
                         });
                     let worker = match local {
                         Some(id) => self.workers.get_mut(&id).map(|w| (id, w)),
-                        None => match stage.failed_on[partition] {
-                            // Elsewhere if any other worker has a free slot.
-                            Some(failed)
-                                if pick_worker(&mut self.workers, Some(failed)).is_some() =>
-                            {
-                                pick_worker(&mut self.workers, Some(failed))
-                            }
-                            _ => pick_worker(&mut self.workers, None),
-                        },
+                        // Elsewhere than where it last failed, if any other worker
+                        // has a free slot.
+                        None => {
+                            let failed = stage.failed_on[partition];
+                            let elsewhere = self.workers.iter().any(|(id, w)| {
+                                w.free_slots() > 0 && !w.draining && Some(*id) != failed
+                            });
+                            pick_worker(&mut self.workers, failed.filter(|_| elsewhere))
+                        }
                     };
                     let Some(worker) = worker else {
                         return;

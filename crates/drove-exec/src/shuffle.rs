@@ -201,21 +201,6 @@ where
         })
 }
 
-/// Fetches one whole block from the Flight service at `addr`; returns its batches and
-/// the bytes that crossed the network.
-pub async fn fetch_block(
-    pool: &FlightPool,
-    addr: &str,
-    key: &BlockKey,
-) -> Result<(Vec<RecordBatch>, u64)> {
-    let wire_bytes = Arc::new(AtomicU64::new(0));
-    let batches = open_block(pool, addr, key, Arc::clone(&wire_bytes))
-        .await?
-        .try_collect()
-        .await?;
-    Ok((batches, wire_bytes.load(Ordering::Relaxed)))
-}
-
 /// A Flight message, unless it carries a compressed batch or dictionary.
 fn refuse_compressed(data: FlightData) -> std::result::Result<FlightData, FlightError> {
     // A header that is no IPC message is left to the decoder to refuse.

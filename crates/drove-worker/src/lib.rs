@@ -173,7 +173,7 @@ struct Shared {
 /// Stack of a task thread. Evaluating an expression recurses once per level of its
 /// tree, and a query may nest thousands of levels (a 3,000-term sum); a default 2 MiB
 /// thread would overflow and abort the whole worker. It is reserved address space,
-/// touched only as deep as a task goes.
+/// resident only as deep as a task goes; the runtime's blocking threads get it too.
 const TASK_STACK_BYTES: usize = 256 << 20;
 
 /// The runtime that runs a worker's tasks: threads of their own with deep stacks, so a
@@ -400,13 +400,15 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
     mut drain: watch::Receiver<bool>,
 ) -> Result<()> {
+    let mut first = true;
     loop {
         let session = tokio::select! {
-            s = register(&config, &flight_addr) => s?,
+            s = register(&config, &flight_addr, first) => s?,
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
             // Not registered, so nothing of ours is needed: leave at once.
             true = requested(&mut drain) => return Ok(()),
         };
+        first = false;
         let worker_id = session.worker_id;
         let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
         tokio::select! {
@@ -444,8 +446,10 @@ async fn connect(addr: &str) -> Result<CoordinatorClient<Channel>, String> {
         .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES))
 }
 
-/// Tries to register, backing off between attempts, until the timeout runs out.
-async fn register(config: &WorkerConfig, flight_addr: &str) -> Result<Session> {
+/// Tries to register, backing off between attempts, until the timeout runs out. On the
+/// `first` registration, an answer from something that is not a coordinator ends it at
+/// once; later, after a coordinator was there, every failure is retried.
+async fn register(config: &WorkerConfig, flight_addr: &str, first: bool) -> Result<Session> {
     let deadline = Instant::now() + Duration::from_millis(config.registration_timeout_ms);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -487,8 +491,8 @@ async fn register(config: &WorkerConfig, flight_addr: &str) -> Result<Session> {
                 info!(worker_id = session.worker_id, coordinator = %config.coordinator, "registered");
                 return Ok(session);
             }
-            Err(Refusal::Fatal(why)) => return Err(Error::NotACoordinator(why)),
-            Err(Refusal::Retry(last_error)) => {
+            Err(Refusal::Fatal(why)) if first => return Err(Error::NotACoordinator(why)),
+            Err(Refusal::Fatal(last_error) | Refusal::Retry(last_error)) => {
                 let now = Instant::now();
                 if now >= deadline {
                     return Err(Error::Registration {
@@ -817,17 +821,23 @@ async fn run_task(
     let started = Instant::now();
     // The coordinator launches no more tasks than there are slots; a slot can still be
     // briefly held by an aborted task that has not unwound yet, so wait for it.
-    let Ok(_permit) = Arc::clone(&shared.slots).acquire_owned().await else {
+    let Ok(slot) = Arc::clone(&shared.slots).acquire_owned().await else {
         return failed(
             key,
             pb::ErrorKind::Internal,
             "the worker is shutting down".into(),
         );
     };
-    let handle = AbortOnDrop(shared.tasks.handle().spawn(Busy::new(
+    // The slot goes with the task itself, not with its waiter: a killed task still
+    // inside a long poll holds its thread, and the worker reports it busy until it ends.
+    let work = Busy::new(
         execute(worker_id, key, launch, Arc::clone(&shared)).instrument(span),
         busy_ns,
-    )));
+    );
+    let handle = AbortOnDrop(shared.tasks.handle().spawn(async move {
+        let _slot = slot;
+        work.await
+    }));
     let outcome = match handle.join().await {
         Ok(Ok(output)) => {
             shared
@@ -891,7 +901,7 @@ impl BusyClocks {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new clock for the attempt.
+    /// The attempt's clock, made at its launch.
     fn start(&self, attempt: Attempt) -> Arc<AtomicU64> {
         Arc::clone(self.lock().entry(attempt).or_default())
     }

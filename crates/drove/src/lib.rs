@@ -575,18 +575,23 @@ async fn sql(args: SqlArgs) -> Result<()> {
         }
         anyhow::Ok(())
     };
-    finish(&session, run).await
+    finish(&session, run, "the job was cancelled").await
 }
 
-/// Runs a client command to its end or to Ctrl-C, which drops it and so cancels its
-/// job; then closes the session, waiting for that cancellation.
-async fn finish(session: &Session, run: impl Future<Output = Result<()>>) -> Result<()> {
+/// Runs a client command to its end or to Ctrl-C, which drops it (and so cancels the
+/// job it waits for, if it owns it); then closes the session, waiting for that.
+/// `interrupted` says what Ctrl-C did.
+async fn finish(
+    session: &Session,
+    run: impl Future<Output = Result<()>>,
+    interrupted: &str,
+) -> Result<()> {
     let outcome = tokio::select! {
         outcome = run => Some(outcome),
         _ = tokio::signal::ctrl_c() => None,
     };
     session.shutdown().await;
-    outcome.unwrap_or_else(|| bail!("interrupted: the job was cancelled"))
+    outcome.unwrap_or_else(|| bail!("interrupted: {interrupted}"))
 }
 
 async fn result(args: ResultArgs) -> Result<()> {
@@ -600,7 +605,7 @@ async fn result(args: ResultArgs) -> Result<()> {
         }
         anyhow::Ok(())
     };
-    finish(&session, run).await
+    finish(&session, run, "a job still running runs on").await
 }
 
 async fn mapreduce(args: MapReduceArgs) -> Result<()> {
@@ -650,7 +655,7 @@ async fn mapreduce(args: MapReduceArgs) -> Result<()> {
         print!("{}", result.summary);
         anyhow::Ok(())
     };
-    finish(&session, run).await
+    finish(&session, run, "the job was cancelled").await
 }
 
 fn gen_text(args: GenTextArgs) -> Result<()> {

@@ -41,6 +41,8 @@ pub struct Writer {
     schema: SchemaRef,
     format: OutputFormat,
     rows: u64,
+    /// Whether the CSV header is out.
+    header_written: bool,
     /// The table's column widths, once measured, and the rows held to measure them.
     table: Option<Vec<usize>>,
     sample: Vec<RecordBatch>,
@@ -52,6 +54,7 @@ impl Writer {
             schema,
             format,
             rows: 0,
+            header_written: false,
             table: None,
             sample: Vec::new(),
         }
@@ -63,9 +66,10 @@ impl Writer {
         match self.format {
             OutputFormat::Csv => {
                 arrow::csv::WriterBuilder::new()
-                    .with_header(first)
+                    .with_header(!self.header_written)
                     .build(&mut *out)
                     .write(batch)?;
+                self.header_written = true;
             }
             OutputFormat::Json if batch.num_rows() == 0 => {}
             OutputFormat::Json => {
@@ -97,7 +101,7 @@ impl Writer {
 
     pub fn finish(&mut self, out: &mut impl Write) -> Result<()> {
         match self.format {
-            OutputFormat::Csv if self.rows == 0 => {
+            OutputFormat::Csv if !self.header_written => {
                 let empty = RecordBatch::new_empty(self.schema.clone());
                 self.write(out, &empty)?;
             }
@@ -229,7 +233,9 @@ mod tests {
 
     #[test]
     fn every_format_writes_batch_by_batch() {
-        let (schema, sent) = batches();
+        let (schema, mut sent) = batches();
+        // An empty batch first, as a filter may send.
+        sent.insert(0, RecordBatch::new_empty(schema.clone()));
         check(
             OutputFormat::Csv,
             &sent,

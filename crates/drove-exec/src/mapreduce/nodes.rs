@@ -596,15 +596,23 @@ impl ExecutionPlan for ReduceExec {
             let batches: Vec<RecordBatch> = input.try_collect().await?;
             let dir = output.dir.join("_temporary").join(&output.token);
             let path = dir.join(format!("part-r-{partition:05}.{attempt}"));
-            let rows = tokio::task::spawn_blocking(move || -> crate::Result<(PathBuf, u64)> {
+            // The client made the directory before submitting; one that is gone was
+            // removed by a client that gave up, and nothing is written back into it.
+            let reduce = tokio::task::spawn_blocking(move || -> crate::Result<(PathBuf, u64)> {
                 let reduced = job.reduce(&batches)?;
-                std::fs::create_dir_all(&dir)?;
+                if !dir.is_dir() {
+                    return Err(crate::Error::User(format!(
+                        "the job's output directory {} is gone: its client gave up",
+                        dir.display()
+                    )));
+                }
                 write_part(&reduced, &path, output.format)?;
                 Ok((path, reduced.num_rows() as u64))
-            })
-            .await
-            .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
-            .map_err(external)?;
+            });
+            let rows = while_working(reduce)
+                .await
+                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
+                .map_err(external)?;
             let (path, rows) = rows;
             let columns: Vec<ArrayRef> = vec![
                 Arc::new(UInt64Array::from(vec![partition as u64])),
@@ -617,5 +625,20 @@ impl ExecutionPlan for ReduceExec {
             written_schema(),
             stream.boxed(),
         )))
+    }
+}
+
+/// Waits for work on a blocking thread, waking the task every second meanwhile: a
+/// worker counts the time its tasks spend being polled as their progress, and a task
+/// waiting on its own blocking work is working.
+async fn while_working<T>(
+    mut work: tokio::task::JoinHandle<T>,
+) -> Result<T, tokio::task::JoinError> {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tick.tick() => {}
+        }
     }
 }
