@@ -256,6 +256,10 @@ async fn plan_stages(
             .with_config(session::config(&settings)?)
             .build();
         physical = state.create_physical_plan(&logical).await?;
+        if planner::needs_partitioned_joins(&physical) {
+            // Only a collect-left join remains possible (null-aware anti joins).
+            physical = planner::gather_unmatched_joins(physical)?;
+        }
     }
     distribute(physical, settings, caches, limits)
 }

@@ -115,6 +115,33 @@ pub fn needs_partitioned_joins(plan: &Arc<dyn ExecutionPlan>) -> bool {
     bad || plan.children().into_iter().any(needs_partitioned_joins)
 }
 
+/// Runs every collect-left hash join that emits unmatched build rows over a single
+/// probe partition, by gathering its probe side: such a join (a null-aware anti join,
+/// which DataFusion builds only in collect-left mode) must see every probe row in one
+/// place to know which build rows matched none. The join then runs as one task, after
+/// a stage that gathers its probe side.
+pub fn gather_unmatched_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let gathered = plan.transform_up(|node| {
+        let Some(join) = node.downcast_ref::<HashJoinExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let scattered = *join.partition_mode() == PartitionMode::CollectLeft
+            && emits_build_rows_at_end(join.join_type())
+            && join.right().output_partitioning().partition_count() > 1;
+        if !scattered {
+            return Ok(Transformed::no(node));
+        }
+        let probe: Arc<dyn ExecutionPlan> =
+            Arc::new(CoalescePartitionsExec::new(Arc::clone(join.right())));
+        let left = Arc::clone(join.left());
+        Ok(Transformed::yes(replace_children_if_necessary(
+            Arc::clone(&node),
+            vec![left, probe],
+        )?))
+    })?;
+    Ok(gathered.data)
+}
+
 /// Cuts `plan` into stages. See the module documentation.
 pub fn split(plan: Arc<dyn ExecutionPlan>) -> Result<DistributedPlan> {
     split_with_caches(plan, &|_| None)

@@ -13,8 +13,8 @@
 //!
 //! `DROVE_FUZZ_SQL_QUERIES` sets how many queries run (100 by default, which the suite
 //! passes; 500 on the default seed still finds drove refusing queries DataFusion
-//! answers: window functions partitioned by a key known constant, UNION ALL of
-//! aggregates regrouped, NOT IN over an outer join's nullable column) and
+//! answers: window functions partitioned by a key known constant, and UNION ALL of
+//! aggregates grouped again) and
 //! `DROVE_FUZZ_SQL_SEED` the seed. Query N depends only on the seed and N, so
 //! `DROVE_FUZZ_SQL_INDEX=N` replays one query alone. `DROVE_FUZZ_SQL_VERBOSE=1` prints
 //! every query DataFusion rejects, with its reason.
