@@ -40,7 +40,7 @@ impl PhysicalExtensionCodec for DroveCodec {
         &self,
         buf: &[u8],
         inputs: &[Arc<dyn ExecutionPlan>],
-        _ctx: &TaskContext,
+        ctx: &TaskContext,
         _proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let node = DroveNode::decode(buf)
@@ -60,12 +60,36 @@ impl PhysicalExtensionCodec for DroveCodec {
                     drove_proto::ReadMode::PerMap => ReadMode::PerMap,
                 };
                 let schema = schema_from_bytes(&r.schema).map_err(external)?;
-                Arc::new(ShuffleReaderExec::new(
-                    r.stage_id,
-                    mode,
-                    r.partitions as usize,
-                    schema,
-                ))
+                if r.hash_keys.is_empty() {
+                    Arc::new(ShuffleReaderExec::new(
+                        r.stage_id,
+                        mode,
+                        r.partitions as usize,
+                        schema,
+                    ))
+                } else {
+                    let keys = r
+                        .hash_keys
+                        .iter()
+                        .map(|bytes| {
+                            let node = datafusion_proto::protobuf::PhysicalExprNode::decode(
+                                bytes.as_slice(),
+                            )
+                            .map_err(|e| {
+                                DataFusionError::Internal(format!("a malformed shuffle key: {e}"))
+                            })?;
+                            datafusion_proto::physical_plan::from_proto::parse_physical_expr(
+                                &node, ctx, &schema, self,
+                            )
+                        })
+                        .collect::<DfResult<Vec<_>>>()?;
+                    Arc::new(ShuffleReaderExec::hash_partitioned(
+                        r.stage_id,
+                        r.partitions as usize,
+                        schema,
+                        keys,
+                    ))
+                }
             }
             drove_node::Node::TextSource(t) => {
                 if t.files.is_empty() {
@@ -118,6 +142,18 @@ impl PhysicalExtensionCodec for DroveCodec {
                 mode: mode as i32,
                 partitions: reader.partitions() as u32,
                 schema: schema_to_bytes(&reader.schema()).map_err(external)?,
+                hash_keys: reader
+                    .hash_keys()
+                    .iter()
+                    .map(|key| {
+                        Ok(
+                            datafusion_proto::physical_plan::to_proto::serialize_physical_expr(
+                                key, self,
+                            )?
+                            .encode_to_vec(),
+                        )
+                    })
+                    .collect::<DfResult<Vec<_>>>()?,
             })
         } else if let Some(text) = node.downcast_ref::<TextSourceExec>() {
             drove_node::Node::TextSource(drove_proto::TextSourceNode {

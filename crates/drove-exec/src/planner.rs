@@ -204,13 +204,10 @@ impl Cutter<'_> {
                     let plan = Arc::clone(&s.plan)
                         .transform_up(|node| {
                             Ok(match node.downcast_ref::<ShuffleReaderExec>() {
-                                Some(r) => Transformed::yes(Arc::new(ShuffleReaderExec::new(
-                                    r.stage() + offset,
-                                    r.mode(),
-                                    r.partitions(),
-                                    r.schema(),
-                                ))
-                                    as Arc<dyn ExecutionPlan>),
+                                Some(r) => {
+                                    Transformed::yes(Arc::new(r.reading(r.stage() + offset))
+                                        as Arc<dyn ExecutionPlan>)
+                                }
                                 None => Transformed::no(node),
                             })
                         })?
@@ -358,18 +355,20 @@ impl Cutter<'_> {
                 repartition.input(),
             )?;
             let schema = plan.schema();
+            let keys = match repartition.partitioning() {
+                Partitioning::Hash(keys, _) => Some(keys.clone()),
+                _ => None,
+            };
             let stage = push_stage(
                 &mut self.stages,
                 Arc::clone(&plan),
                 OutputMode::RepartitionRoot,
                 tasks,
             );
-            return Ok(Arc::new(ShuffleReaderExec::new(
-                stage,
-                ReadMode::Gather,
-                partitions,
-                schema,
-            )));
+            return Ok(Arc::new(match keys {
+                Some(keys) => ShuffleReaderExec::hash_partitioned(stage, partitions, schema, keys),
+                None => ShuffleReaderExec::new(stage, ReadMode::Gather, partitions, schema),
+            }));
         }
 
         if let Some(coalesce) = plan.downcast_ref::<CoalescePartitionsExec>() {

@@ -263,6 +263,42 @@ impl ShuffleReaderExec {
         }
     }
 
+    /// The reader of a stage hash-partitioned on `keys` (expressions over `schema`):
+    /// operators above it, planned over that partitioning (a union of aggregates
+    /// interleaved, a partitioned join), find it again when the plan is rebuilt.
+    pub fn hash_partitioned(
+        stage: u32,
+        partitions: usize,
+        schema: SchemaRef,
+        keys: Vec<Arc<dyn PhysicalExpr>>,
+    ) -> Self {
+        let mut reader = Self::new(stage, ReadMode::Gather, partitions, schema);
+        let properties = reader
+            .properties
+            .as_ref()
+            .clone()
+            .with_partitioning(Partitioning::Hash(keys, partitions));
+        reader.properties = Arc::new(properties);
+        reader
+    }
+
+    /// The same reader, of another stage (a copied lineage's, renumbered).
+    pub fn reading(&self, stage: u32) -> Self {
+        Self {
+            stage,
+            mode: self.mode,
+            properties: Arc::clone(&self.properties),
+        }
+    }
+
+    /// The keys of the hash partitioning it presents, if any.
+    pub fn hash_keys(&self) -> &[Arc<dyn PhysicalExpr>] {
+        match &self.properties.partitioning {
+            Partitioning::Hash(keys, _) => keys,
+            _ => &[],
+        }
+    }
+
     /// The stage whose output this reads.
     pub fn stage(&self) -> u32 {
         self.stage
