@@ -7,6 +7,7 @@ use std::sync::Arc;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_expr::{AcrossPartitions, ConstExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use drove_proto::{DroveNode, drove_node};
@@ -20,6 +21,17 @@ use crate::shuffle::{ReadMode, ShuffleReaderExec, schema_from_bytes, schema_to_b
 /// Encodes and decodes drove's plan nodes inside datafusion-proto plans.
 #[derive(Debug, Default)]
 pub struct DroveCodec;
+
+/// A physical expression as datafusion-proto bytes.
+fn encode_expr(
+    expr: &Arc<dyn datafusion::physical_plan::PhysicalExpr>,
+    codec: &DroveCodec,
+) -> DfResult<Vec<u8>> {
+    Ok(
+        datafusion_proto::physical_plan::to_proto::serialize_physical_expr(expr, codec)?
+            .encode_to_vec(),
+    )
+}
 
 fn external(e: crate::Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
@@ -60,7 +72,38 @@ impl PhysicalExtensionCodec for DroveCodec {
                     drove_proto::ReadMode::PerMap => ReadMode::PerMap,
                 };
                 let schema = schema_from_bytes(&r.schema).map_err(external)?;
-                if r.hash_keys.is_empty() {
+                let expr = |bytes: &[u8]| {
+                    let node = datafusion_proto::protobuf::PhysicalExprNode::decode(bytes)
+                        .map_err(|e| {
+                            DataFusionError::Internal(format!("a malformed shuffle reader: {e}"))
+                        })?;
+                    datafusion_proto::physical_plan::from_proto::parse_physical_expr(
+                        &node, ctx, &schema, self,
+                    )
+                };
+                let keys = r
+                    .hash_keys
+                    .iter()
+                    .map(|k| expr(k))
+                    .collect::<DfResult<Vec<_>>>()?;
+                let constants = r
+                    .constants
+                    .iter()
+                    .map(|c| {
+                        let across = if c.uniform {
+                            AcrossPartitions::Uniform(None)
+                        } else {
+                            AcrossPartitions::Heterogeneous
+                        };
+                        Ok(ConstExpr::new(expr(&c.expr)?, across))
+                    })
+                    .collect::<DfResult<Vec<_>>>()?;
+                let equal = r
+                    .equal
+                    .iter()
+                    .map(|set| set.exprs.iter().map(|e| expr(e)).collect())
+                    .collect::<DfResult<Vec<Vec<_>>>>()?;
+                if keys.is_empty() && constants.is_empty() && equal.is_empty() {
                     Arc::new(ShuffleReaderExec::new(
                         r.stage_id,
                         mode,
@@ -68,27 +111,14 @@ impl PhysicalExtensionCodec for DroveCodec {
                         schema,
                     ))
                 } else {
-                    let keys = r
-                        .hash_keys
-                        .iter()
-                        .map(|bytes| {
-                            let node = datafusion_proto::protobuf::PhysicalExprNode::decode(
-                                bytes.as_slice(),
-                            )
-                            .map_err(|e| {
-                                DataFusionError::Internal(format!("a malformed shuffle key: {e}"))
-                            })?;
-                            datafusion_proto::physical_plan::from_proto::parse_physical_expr(
-                                &node, ctx, &schema, self,
-                            )
-                        })
-                        .collect::<DfResult<Vec<_>>>()?;
-                    Arc::new(ShuffleReaderExec::hash_partitioned(
+                    Arc::new(ShuffleReaderExec::exchange(
                         r.stage_id,
                         r.partitions as usize,
-                        schema,
+                        Arc::clone(&schema),
                         keys,
-                    ))
+                        constants,
+                        equal,
+                    )?)
                 }
             }
             drove_node::Node::TextSource(t) => {
@@ -145,13 +175,28 @@ impl PhysicalExtensionCodec for DroveCodec {
                 hash_keys: reader
                     .hash_keys()
                     .iter()
-                    .map(|key| {
-                        Ok(
-                            datafusion_proto::physical_plan::to_proto::serialize_physical_expr(
-                                key, self,
-                            )?
-                            .encode_to_vec(),
-                        )
+                    .map(|key| encode_expr(key, self))
+                    .collect::<DfResult<Vec<_>>>()?,
+                constants: reader
+                    .constants()
+                    .iter()
+                    .map(|c| {
+                        Ok(drove_proto::ShuffleConstant {
+                            expr: encode_expr(&c.expr, self)?,
+                            uniform: matches!(c.across_partitions, AcrossPartitions::Uniform(_)),
+                        })
+                    })
+                    .collect::<DfResult<Vec<_>>>()?,
+                equal: reader
+                    .equal()
+                    .iter()
+                    .map(|set| {
+                        Ok(drove_proto::ShuffleEquals {
+                            exprs: set
+                                .iter()
+                                .map(|e| encode_expr(e, self))
+                                .collect::<DfResult<Vec<_>>>()?,
+                        })
                     })
                     .collect::<DfResult<Vec<_>>>()?,
             })

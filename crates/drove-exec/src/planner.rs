@@ -356,19 +356,20 @@ impl Cutter<'_> {
             )?;
             let schema = plan.schema();
             let keys = match repartition.partitioning() {
-                Partitioning::Hash(keys, _) => Some(keys.clone()),
-                _ => None,
+                Partitioning::Hash(keys, _) => keys.clone(),
+                _ => Vec::new(),
             };
+            let constants = plan.equivalence_properties().constants();
+            let equal = crate::shuffle::equal_sets(plan.equivalence_properties());
             let stage = push_stage(
                 &mut self.stages,
                 Arc::clone(&plan),
                 OutputMode::RepartitionRoot,
                 tasks,
             );
-            return Ok(Arc::new(match keys {
-                Some(keys) => ShuffleReaderExec::hash_partitioned(stage, partitions, schema, keys),
-                None => ShuffleReaderExec::new(stage, ReadMode::Gather, partitions, schema),
-            }));
+            return Ok(Arc::new(ShuffleReaderExec::exchange(
+                stage, partitions, schema, keys, constants, equal,
+            )?));
         }
 
         if let Some(coalesce) = plan.downcast_ref::<CoalescePartitionsExec>() {

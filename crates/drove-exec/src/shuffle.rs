@@ -20,7 +20,7 @@ use arrow_flight::{FlightData, IpcMessage, SchemaAsIpc, Ticket};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::{ConstExpr, EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -236,6 +236,16 @@ pub fn schema_from_bytes(bytes: &[u8]) -> Result<SchemaRef> {
     Ok(Arc::new(schema))
 }
 
+/// The sets (of two or more) of expressions that `properties` knows are equal.
+pub fn equal_sets(properties: &EquivalenceProperties) -> Vec<Vec<Arc<dyn PhysicalExpr>>> {
+    properties
+        .eq_group()
+        .iter()
+        .filter(|class| class.len() > 1)
+        .map(|class| class.iter().cloned().collect())
+        .collect()
+}
+
 /// Reads the output of another stage. See the module documentation.
 #[derive(Debug)]
 pub struct ShuffleReaderExec {
@@ -263,23 +273,47 @@ impl ShuffleReaderExec {
         }
     }
 
-    /// The reader of a stage hash-partitioned on `keys` (expressions over `schema`):
-    /// operators above it, planned over that partitioning (a union of aggregates
-    /// interleaved, a partitioned join), find it again when the plan is rebuilt.
-    pub fn hash_partitioned(
+    /// The reader of a repartitioned stage, presenting what the exchange it replaces
+    /// presented: the hash keys (expressions over `schema`; none for another
+    /// partitioning), the expressions constant in its output and the sets of
+    /// expressions equal in it. Operators above it were planned over those, and find
+    /// them again when the plan is rebuilt: a union of aggregates interleaves, a window
+    /// need not sort on a constant key or on one equal to a key it sorts on.
+    pub fn exchange(
         stage: u32,
         partitions: usize,
         schema: SchemaRef,
         keys: Vec<Arc<dyn PhysicalExpr>>,
-    ) -> Self {
+        constants: Vec<ConstExpr>,
+        equal: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    ) -> DfResult<Self> {
         let mut reader = Self::new(stage, ReadMode::Gather, partitions, schema);
-        let properties = reader
-            .properties
-            .as_ref()
-            .clone()
-            .with_partitioning(Partitioning::Hash(keys, partitions));
+        let mut properties = reader.properties.as_ref().clone();
+        if !keys.is_empty() {
+            properties = properties.with_partitioning(Partitioning::Hash(keys, partitions));
+        }
+        for class in equal {
+            if let Some((first, rest)) = class.split_first() {
+                for other in rest {
+                    properties
+                        .eq_properties
+                        .add_equal_conditions(Arc::clone(first), Arc::clone(other))?;
+                }
+            }
+        }
+        properties.eq_properties.add_constants(constants)?;
         reader.properties = Arc::new(properties);
-        reader
+        Ok(reader)
+    }
+
+    /// The sets (of two or more) of expressions known equal in what it reads.
+    pub fn equal(&self) -> Vec<Vec<Arc<dyn PhysicalExpr>>> {
+        equal_sets(&self.properties.eq_properties)
+    }
+
+    /// The expressions known constant in what it reads.
+    pub fn constants(&self) -> Vec<ConstExpr> {
+        self.properties.eq_properties.constants()
     }
 
     /// The same reader, of another stage (a copied lineage's, renumbered).
