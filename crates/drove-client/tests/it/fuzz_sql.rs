@@ -13,8 +13,8 @@
 //!
 //! `DROVE_FUZZ_SQL_QUERIES` sets how many queries run (100 by default, which the suite
 //! passes; 500 on the default seed still finds drove refusing queries DataFusion
-//! answers: window functions partitioned by a key known constant, and UNION ALL of
-//! aggregates grouped again) and
+//! answers: window functions over joins whose partition keys are known constant or
+//! equal to others) and
 //! `DROVE_FUZZ_SQL_SEED` the seed. Query N depends only on the seed and N, so
 //! `DROVE_FUZZ_SQL_INDEX=N` replays one query alone. `DROVE_FUZZ_SQL_VERBOSE=1` prints
 //! every query DataFusion rejects, with its reason.
