@@ -21,19 +21,9 @@ struct Cluster {
 fn cluster(worker_extra: &[&str]) -> Cluster {
     let (coordinator, addr, http) = crate::coordinator(&[]);
     let work = tempfile::tempdir().unwrap();
-    let mut args = vec![
-        "worker",
-        "--coordinator",
-        &addr,
-        "--slots",
-        "2",
-        "--memory",
-        "256MiB",
-        "--work-dir",
-        work.path().to_str().unwrap(),
-    ];
-    args.extend_from_slice(worker_extra);
-    let (worker, _) = crate::spawn_until(&args, "worker Flight service on");
+    let mut extra = vec!["--memory", "256MiB"];
+    extra.extend_from_slice(worker_extra);
+    let worker = crate::worker(&addr, work.path(), &extra);
     wait_for(&http, "the worker to register", |_, workers| {
         workers.as_array().is_some_and(|w| w.len() == 1)
     });
@@ -322,20 +312,7 @@ fn ctrl_c_on_drove_sql_cancels_its_job() {
 fn a_vanished_client_loses_its_job_and_a_detached_job_lives_on() {
     let (_coordinator, addr, http) = crate::coordinator(&["--client-lease-secs", "1"]);
     let work = tempfile::tempdir().unwrap();
-    let (_worker, _) = crate::spawn_until(
-        &[
-            "worker",
-            "--coordinator",
-            &addr,
-            "--slots",
-            "2",
-            "--inject-task-delay-ms",
-            "4000",
-            "--work-dir",
-            work.path().to_str().unwrap(),
-        ],
-        "worker Flight service on",
-    );
+    let _worker = crate::worker(&addr, work.path(), &["--inject-task-delay-ms", "4000"]);
     let query =
         "SELECT x % 2 AS k, count(*) AS n FROM (VALUES (1), (2), (3)) t(x) GROUP BY 1 ORDER BY 1";
     let detached = sql(&addr, query, &["--detach"]).unwrap_or_else(|e| panic!("{e}"));
@@ -495,19 +472,7 @@ fn a_worker_that_stops_making_progress_has_its_tasks_retried_elsewhere() {
         "--no-speculation",
     ]);
     let work = tempfile::tempdir().unwrap();
-    let worker = |extra: &[&str]| {
-        let mut args = vec![
-            "worker",
-            "--coordinator",
-            &addr,
-            "--slots",
-            "2",
-            "--work-dir",
-            work.path().to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        crate::spawn_until(&args, "worker Flight service on").0
-    };
+    let worker = |extra: &[&str]| crate::worker(&addr, work.path(), extra);
     // Every task on this one sleeps for ten minutes: it heartbeats, but does no work.
     let _stuck = worker(&["--inject-task-delay-ms", "600000"]);
     let _healthy = worker(&[]);

@@ -72,6 +72,22 @@ pub fn coordinator(extra: &[&str]) -> (Proc, String, String) {
     (proc, words[3].to_string(), http.to_string())
 }
 
+/// A `drove worker` of the coordinator at `addr` with 2 slots, its spill directories
+/// under `work_dir`, and `extra` flags; returned once its Flight service listens.
+pub fn worker(addr: &str, work_dir: &std::path::Path, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "worker",
+        "--coordinator",
+        addr,
+        "--slots",
+        "2",
+        "--work-dir",
+        work_dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    spawn_until(&args, "worker Flight service on").0
+}
+
 /// Starts `drove ARGS` in the background and returns it with the first stdout line that
 /// contains `marker`.
 pub fn spawn_until(args: &[&str], marker: &str) -> (Proc, String) {

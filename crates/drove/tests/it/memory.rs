@@ -269,20 +269,7 @@ fn a_worker_gives_memory_back_after_a_job_that_held_gigabytes() {
     let _alone = crate::exclusive();
     let (_coordinator, addr, _http) = crate::coordinator(&[]);
     let work = tempfile::tempdir().unwrap();
-    let (worker, _) = crate::spawn_until(
-        &[
-            "worker",
-            "--coordinator",
-            &addr,
-            "--slots",
-            "2",
-            "--memory",
-            "8GiB",
-            "--work-dir",
-            work.path().to_str().unwrap(),
-        ],
-        "worker Flight service on",
-    );
+    let worker = crate::worker(&addr, work.path(), &["--memory", "8GiB"]);
     let pid = worker.0.id();
     let resident = || -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
