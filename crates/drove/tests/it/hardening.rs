@@ -81,6 +81,30 @@ fn sql(addr: &str, query: &str, extra: &[&str]) -> Result<String, String> {
     }
 }
 
+/// `drove sql -e QUERY --format csv` in the background, once its job runs.
+fn start_query(cluster: &Cluster, query: &str) -> std::process::Child {
+    let client = crate::drove()
+        .args([
+            "sql",
+            "--coordinator",
+            &cluster.addr,
+            "--no-progress",
+            "--format",
+            "csv",
+            "-e",
+            query,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&cluster.http, "the job to run", |jobs, _| {
+        jobs.as_array()
+            .is_some_and(|j| j.iter().any(|j| j["state"] == "running"))
+    });
+    client
+}
+
 /// The query's single value, from single-process DataFusion on a thread deep enough
 /// for its expressions.
 fn reference_value(query: &str) -> String {
@@ -199,25 +223,7 @@ fn a_huge_constant_fails_its_own_job_and_a_job_beside_it_succeeds() {
     let (_, workers) = wait_for(&cluster.http, "a worker", |_, w| w[0].is_object());
     let worker_id = workers[0]["worker_id"].clone();
     let beside = "SELECT x % 3 AS k, count(*) AS n FROM (VALUES (1), (2), (3), (4)) t(x) GROUP BY 1 ORDER BY 1";
-    let other = crate::drove()
-        .args([
-            "sql",
-            "--coordinator",
-            &cluster.addr,
-            "--no-progress",
-            "--format",
-            "csv",
-            "-e",
-            beside,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&cluster.http, "the other job to run", |jobs, _| {
-        jobs.as_array()
-            .is_some_and(|j| j.iter().any(|j| j["state"] == "running"))
-    });
+    let other = start_query(&cluster, beside);
     // A 40 MB literal: the SQL fits in a request, its stage's plan not in a task message.
     let dir = tempfile::tempdir().unwrap();
     let huge = dir.path().join("huge.sql");
@@ -271,23 +277,7 @@ fn a_huge_constant_fails_its_own_job_and_a_job_beside_it_succeeds() {
 #[test]
 fn ctrl_c_on_drove_sql_cancels_its_job() {
     let cluster = cluster(&["--inject-task-delay-ms", "60000"]);
-    let client = crate::drove()
-        .args([
-            "sql",
-            "--coordinator",
-            &cluster.addr,
-            "--no-progress",
-            "-e",
-            "SELECT count(*) FROM (VALUES (1), (2)) t(x)",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&cluster.http, "the job to run", |jobs, _| {
-        jobs.as_array()
-            .is_some_and(|j| j.iter().any(|j| j["state"] == "running"))
-    });
+    let client = start_query(&cluster, "SELECT count(*) FROM (VALUES (1), (2)) t(x)");
     let interrupted = std::process::Command::new("kill")
         .args(["-INT", &client.id().to_string()])
         .status()
