@@ -4,10 +4,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow::compute::SortOptions;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_expr::{AcrossPartitions, ConstExpr};
+use datafusion::physical_expr::{AcrossPartitions, ConstExpr, LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 use drove_proto::{DroveNode, drove_node};
@@ -16,7 +17,7 @@ use prost::Message;
 use crate::cache::CacheCodec;
 use crate::error::decode_unpanicked;
 use crate::mapreduce::nodes::{MapExec, OutputFormat, OutputSpec, ReduceExec, TextSourceExec};
-use crate::shuffle::{ReadMode, ShuffleReaderExec, schema_from_bytes, schema_to_bytes};
+use crate::shuffle::{Presented, ReadMode, ShuffleReaderExec, schema_from_bytes, schema_to_bytes};
 
 /// Encodes and decodes drove's plan nodes inside datafusion-proto plans.
 #[derive(Debug, Default)]
@@ -103,23 +104,33 @@ impl PhysicalExtensionCodec for DroveCodec {
                     .iter()
                     .map(|set| set.exprs.iter().map(|e| expr(e)).collect())
                     .collect::<DfResult<Vec<Vec<_>>>>()?;
-                if keys.is_empty() && constants.is_empty() && equal.is_empty() {
-                    Arc::new(ShuffleReaderExec::new(
-                        r.stage_id,
-                        mode,
-                        r.partitions as usize,
-                        schema,
-                    ))
-                } else {
-                    Arc::new(ShuffleReaderExec::exchange(
-                        r.stage_id,
-                        r.partitions as usize,
-                        Arc::clone(&schema),
-                        keys,
-                        constants,
-                        equal,
-                    )?)
-                }
+                let orderings = r
+                    .orderings
+                    .iter()
+                    .filter_map(|ordering| {
+                        let sorts = ordering.exprs.iter().map(|s| {
+                            let options = SortOptions::new(s.descending, s.nulls_first);
+                            Ok(PhysicalSortExpr::new(expr(&s.expr)?, options))
+                        });
+                        sorts
+                            .collect::<DfResult<Vec<_>>>()
+                            .map(LexOrdering::new)
+                            .transpose()
+                    })
+                    .collect::<DfResult<Vec<_>>>()?;
+                let presented = Presented {
+                    keys,
+                    constants,
+                    equal,
+                    orderings,
+                };
+                Arc::new(ShuffleReaderExec::presenting(
+                    r.stage_id,
+                    mode,
+                    r.partitions as usize,
+                    schema,
+                    presented,
+                )?)
             }
             drove_node::Node::TextSource(t) => {
                 if t.files.is_empty() {
@@ -167,18 +178,19 @@ impl PhysicalExtensionCodec for DroveCodec {
                 ReadMode::Gather => drove_proto::ReadMode::Gather,
                 ReadMode::PerMap => drove_proto::ReadMode::PerMap,
             };
+            let presented = reader.presented();
             drove_node::Node::ShuffleReader(drove_proto::ShuffleReaderNode {
                 stage_id: reader.stage(),
                 mode: mode as i32,
                 partitions: reader.partitions() as u32,
                 schema: schema_to_bytes(&reader.schema()).map_err(external)?,
-                hash_keys: reader
-                    .hash_keys()
+                hash_keys: presented
+                    .keys
                     .iter()
                     .map(|key| encode_expr(key, self))
                     .collect::<DfResult<Vec<_>>>()?,
-                constants: reader
-                    .constants()
+                constants: presented
+                    .constants
                     .iter()
                     .map(|c| {
                         Ok(drove_proto::ShuffleConstant {
@@ -187,14 +199,32 @@ impl PhysicalExtensionCodec for DroveCodec {
                         })
                     })
                     .collect::<DfResult<Vec<_>>>()?,
-                equal: reader
-                    .equal()
+                equal: presented
+                    .equal
                     .iter()
                     .map(|set| {
                         Ok(drove_proto::ShuffleEquals {
                             exprs: set
                                 .iter()
                                 .map(|e| encode_expr(e, self))
+                                .collect::<DfResult<Vec<_>>>()?,
+                        })
+                    })
+                    .collect::<DfResult<Vec<_>>>()?,
+                orderings: presented
+                    .orderings
+                    .iter()
+                    .map(|ordering| {
+                        Ok(drove_proto::ShuffleOrdering {
+                            exprs: ordering
+                                .iter()
+                                .map(|s| {
+                                    Ok(drove_proto::ShuffleSortExpr {
+                                        expr: encode_expr(&s.expr, self)?,
+                                        descending: s.options.descending,
+                                        nulls_first: s.options.nulls_first,
+                                    })
+                                })
                                 .collect::<DfResult<Vec<_>>>()?,
                         })
                     })

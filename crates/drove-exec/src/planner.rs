@@ -349,27 +349,22 @@ impl Cutter<'_> {
                     )));
                 }
             }
-            let partitions = some_partitions(repartition.partitioning().partition_count(), &plan)?;
+            some_partitions(repartition.partitioning().partition_count(), &plan)?;
             let tasks = some_partitions(
                 repartition.input().output_partitioning().partition_count(),
                 repartition.input(),
             )?;
-            let schema = plan.schema();
-            let keys = match repartition.partitioning() {
-                Partitioning::Hash(keys, _) => keys.clone(),
-                _ => Vec::new(),
-            };
-            let constants = plan.equivalence_properties().constants();
-            let equal = crate::shuffle::equal_sets(plan.equivalence_properties());
             let stage = push_stage(
                 &mut self.stages,
                 Arc::clone(&plan),
                 OutputMode::RepartitionRoot,
                 tasks,
             );
-            return Ok(Arc::new(ShuffleReaderExec::exchange(
-                stage, partitions, schema, keys, constants, equal,
-            )?));
+            return Ok(Arc::new(ShuffleReaderExec::standing_in(
+                stage,
+                ReadMode::Gather,
+                plan.as_ref(),
+            )));
         }
 
         if let Some(coalesce) = plan.downcast_ref::<CoalescePartitionsExec>() {
@@ -379,10 +374,12 @@ impl Cutter<'_> {
                 return Ok(plan);
             }
             let fetch = coalesce.fetch();
-            let schema = plan.schema();
             let stage = push_stage(&mut self.stages, input, OutputMode::Single, tasks);
-            let reader: Arc<dyn ExecutionPlan> =
-                Arc::new(ShuffleReaderExec::new(stage, ReadMode::Gather, 1, schema));
+            let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::standing_in(
+                stage,
+                ReadMode::Gather,
+                plan.as_ref(),
+            ));
             return Ok(match fetch {
                 Some(fetch) => Arc::new(GlobalLimitExec::new(reader, 0, Some(fetch))),
                 None => reader,
@@ -395,13 +392,15 @@ impl Cutter<'_> {
             if tasks <= 1 {
                 return Ok(plan);
             }
-            let schema = input.schema();
-            let stage = push_stage(&mut self.stages, input, OutputMode::Single, tasks);
-            let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::new(
-                stage,
+            let reader: Arc<dyn ExecutionPlan> = Arc::new(ShuffleReaderExec::standing_in(
+                push_stage(
+                    &mut self.stages,
+                    Arc::clone(&input),
+                    OutputMode::Single,
+                    tasks,
+                ),
                 ReadMode::PerMap,
-                tasks,
-                schema,
+                input.as_ref(),
             ));
             return Ok(replace_children_if_necessary(
                 Arc::clone(&plan),

@@ -20,7 +20,7 @@ use arrow_flight::{FlightData, IpcMessage, SchemaAsIpc, Ticket};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::{ConstExpr, EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::{ConstExpr, EquivalenceProperties, LexOrdering, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -236,14 +236,17 @@ pub fn schema_from_bytes(bytes: &[u8]) -> Result<SchemaRef> {
     Ok(Arc::new(schema))
 }
 
-/// The sets (of two or more) of expressions that `properties` knows are equal.
-pub fn equal_sets(properties: &EquivalenceProperties) -> Vec<Vec<Arc<dyn PhysicalExpr>>> {
-    properties
-        .eq_group()
-        .iter()
-        .filter(|class| class.len() > 1)
-        .map(|class| class.iter().cloned().collect())
-        .collect()
+/// What a [`ShuffleReaderExec`] presents to the operators above it, beyond its schema.
+#[derive(Debug, Clone, Default)]
+pub struct Presented {
+    /// The keys of its hash partitioning (none for another partitioning).
+    pub keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// Expressions constant in its output.
+    pub constants: Vec<ConstExpr>,
+    /// Sets (of two or more) of expressions equal in its output.
+    pub equal: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    /// Orderings every partition of its output has.
+    pub orderings: Vec<LexOrdering>,
 }
 
 /// Reads the output of another stage. See the module documentation.
@@ -273,22 +276,51 @@ impl ShuffleReaderExec {
         }
     }
 
-    /// The reader of a repartitioned stage, presenting what the exchange it replaces
-    /// presented: the hash keys (expressions over `schema`; none for another
-    /// partitioning), the expressions constant in its output and the sets of
-    /// expressions equal in it. Operators above it were planned over those, and find
-    /// them again when the plan is rebuilt: a union of aggregates interleaves, a window
-    /// need not sort on a constant key or on one equal to a key it sorts on.
-    pub fn exchange(
+    /// A reader that stands in for `replaced`, a plan the planner cut out (an exchange,
+    /// or a merge's input), and presents what it presented: its hash partitioning, the
+    /// expressions constant in its output, the sets of expressions equal in it and the
+    /// orderings of each partition. Operators above were planned over those, and find
+    /// them again when the plan is rebuilt (on a worker, from bytes): a union of
+    /// aggregates interleaves, a window need not sort on a constant key, or on one equal
+    /// to a key it sorts on.
+    ///
+    /// Reader partition p must then hold what partition p of `replaced` held, which the
+    /// planner's read modes guarantee.
+    pub fn standing_in(stage: u32, mode: ReadMode, replaced: &dyn ExecutionPlan) -> Self {
+        let replaced = replaced.properties();
+        let partitioning = match &replaced.partitioning {
+            hash @ Partitioning::Hash(..) => hash.clone(),
+            other => Partitioning::UnknownPartitioning(other.partition_count()),
+        };
+        let properties = PlanProperties::new(
+            replaced.eq_properties.clone(),
+            partitioning,
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            stage,
+            mode,
+            properties: Arc::new(properties),
+        }
+    }
+
+    /// A reader presenting what [`Self::presented`] gave, decoded from a plan's bytes.
+    pub fn presenting(
         stage: u32,
+        mode: ReadMode,
         partitions: usize,
         schema: SchemaRef,
-        keys: Vec<Arc<dyn PhysicalExpr>>,
-        constants: Vec<ConstExpr>,
-        equal: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+        presented: Presented,
     ) -> DfResult<Self> {
-        let mut reader = Self::new(stage, ReadMode::Gather, partitions, schema);
+        let mut reader = Self::new(stage, mode, partitions, schema);
         let mut properties = reader.properties.as_ref().clone();
+        let Presented {
+            keys,
+            constants,
+            equal,
+            orderings,
+        } = presented;
         if !keys.is_empty() {
             properties = properties.with_partitioning(Partitioning::Hash(keys, partitions));
         }
@@ -302,18 +334,28 @@ impl ShuffleReaderExec {
             }
         }
         properties.eq_properties.add_constants(constants)?;
+        properties.eq_properties.add_orderings(orderings);
         reader.properties = Arc::new(properties);
         Ok(reader)
     }
 
-    /// The sets (of two or more) of expressions known equal in what it reads.
-    pub fn equal(&self) -> Vec<Vec<Arc<dyn PhysicalExpr>>> {
-        equal_sets(&self.properties.eq_properties)
-    }
-
-    /// The expressions known constant in what it reads.
-    pub fn constants(&self) -> Vec<ConstExpr> {
-        self.properties.eq_properties.constants()
+    /// What the reader presents beyond its schema, for encoding.
+    pub fn presented(&self) -> Presented {
+        let properties = &self.properties.eq_properties;
+        Presented {
+            keys: match &self.properties.partitioning {
+                Partitioning::Hash(keys, _) => keys.clone(),
+                _ => Vec::new(),
+            },
+            constants: properties.constants(),
+            equal: properties
+                .eq_group()
+                .iter()
+                .filter(|class| class.len() > 1)
+                .map(|class| class.iter().cloned().collect())
+                .collect(),
+            orderings: properties.oeq_class().iter().cloned().collect(),
+        }
     }
 
     /// The same reader, of another stage (a copied lineage's, renumbered).
@@ -322,14 +364,6 @@ impl ShuffleReaderExec {
             stage,
             mode: self.mode,
             properties: Arc::clone(&self.properties),
-        }
-    }
-
-    /// The keys of the hash partitioning it presents, if any.
-    pub fn hash_keys(&self) -> &[Arc<dyn PhysicalExpr>] {
-        match &self.properties.partitioning {
-            Partitioning::Hash(keys, _) => keys,
-            _ => &[],
         }
     }
 
