@@ -18,10 +18,10 @@ pub mod ui;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
 pub use drove_core::scheduler::SpeculationConfig;
@@ -229,11 +229,10 @@ pub async fn start(
             let _ = rx.wait_for(|s| *s).await;
         };
         if let Err(e) = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             // A panic in a handler is a bug; it fails that call, not the server.
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(grpc_panic))
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+            .serve_with_incoming_shutdown(drove_exec::net::incoming(listener), stop)
             .await
         {
             tracing::error!("coordinator gRPC server stopped: {e}");
@@ -252,6 +251,7 @@ pub async fn start(
                 let stop = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
+                let listener = listener.tap_io(|tcp| drove_exec::net::configure_accepted(tcp));
                 if let Err(e) = axum::serve(listener, router)
                     .with_graceful_shutdown(stop)
                     .await

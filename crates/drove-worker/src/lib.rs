@@ -36,7 +36,7 @@ use drove_proto::coordinator_client::CoordinatorClient;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -337,9 +337,8 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
             let _ = rx.wait_for(|s| *s).await;
         };
         if let Err(e) = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(server)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+            .serve_with_incoming_shutdown(drove_exec::net::incoming(listener), stop)
             .await
         {
             tracing::error!("worker Flight server stopped: {e}");

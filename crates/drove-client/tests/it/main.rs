@@ -6,6 +6,7 @@ mod errors;
 mod fuzz_sql;
 mod memory;
 mod recovery;
+mod sockets;
 mod tpch;
 
 use drove_client::{LocalCluster, LocalClusterConfig, Session};
