@@ -6,6 +6,7 @@
 //! | exchange | the stage below writes | the stage above reads |
 //! |---|---|---|
 //! | `RepartitionExec` (hash, round-robin, range) | one block per output partition | [`ReadMode::Gather`] |
+//! | the same, preserving order | the same, without merging | [`ReadMode::Gather`] under a `SortExec` of each partition |
 //! | `CoalescePartitionsExec` | one block per task | [`ReadMode::Gather`], one partition |
 //! | `SortPreservingMergeExec` | one sorted block per task | [`ReadMode::PerMap`] under the merge |
 //!
@@ -19,6 +20,7 @@ use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::limit::GlobalLimitExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, Partitioning, replace_children_if_necessary,
@@ -333,38 +335,26 @@ impl Cutter<'_> {
             .collect::<Result<Vec<_>>>()?;
         let plan = replace_children_if_necessary(plan, children)?;
 
-        if let Some(repartition) = plan.downcast_ref::<RepartitionExec>() {
-            if repartition.preserve_order() {
-                return Err(Error::User(
-                "this query needs an order-preserving repartition, which drove cannot distribute yet".into(),
-            ));
-            }
-            match repartition.partitioning() {
-                Partitioning::Hash(..)
-                | Partitioning::RoundRobinBatch(_)
-                | Partitioning::Range(_) => {}
-                other => {
-                    return Err(Error::User(format!(
-                        "this query needs the partitioning {other:?}, which drove cannot distribute yet"
-                    )));
+        if let Some(repartition) = plan.downcast_ref::<RepartitionExec>()
+            && repartition.preserve_order()
+        {
+            // It merges its sorted inputs into each output partition. A reader gathers
+            // blocks as they come, so each partition is sorted again after it.
+            let ordering = repartition.input().output_ordering().cloned();
+            let unordered = Arc::new(RepartitionExec::try_new(
+                Arc::clone(repartition.input()),
+                repartition.partitioning().clone(),
+            )?);
+            let reader = self.cut_repartition(unordered)?;
+            return Ok(match ordering {
+                Some(ordering) => {
+                    Arc::new(SortExec::new(ordering, reader).with_preserve_partitioning(true))
                 }
-            }
-            some_partitions(repartition.partitioning().partition_count(), &plan)?;
-            let tasks = some_partitions(
-                repartition.input().output_partitioning().partition_count(),
-                repartition.input(),
-            )?;
-            let stage = push_stage(
-                &mut self.stages,
-                Arc::clone(&plan),
-                OutputMode::RepartitionRoot,
-                tasks,
-            );
-            return Ok(Arc::new(ShuffleReaderExec::standing_in(
-                stage,
-                ReadMode::Gather,
-                plan.as_ref(),
-            )));
+                None => reader,
+            });
+        }
+        if plan.downcast_ref::<RepartitionExec>().is_some() {
+            return self.cut_repartition(plan);
         }
 
         if let Some(coalesce) = plan.downcast_ref::<CoalescePartitionsExec>() {
@@ -409,5 +399,39 @@ impl Cutter<'_> {
         }
 
         Ok(plan)
+    }
+    /// Cuts at a repartition that does not preserve order: the stage below writes one
+    /// block per output partition, and a reader gathers them.
+    fn cut_repartition(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(repartition) = plan.downcast_ref::<RepartitionExec>() else {
+            return Err(Error::Internal(format!(
+                "{} is not a repartition",
+                plan.name()
+            )));
+        };
+        match repartition.partitioning() {
+            Partitioning::Hash(..) | Partitioning::RoundRobinBatch(_) | Partitioning::Range(_) => {}
+            other => {
+                return Err(Error::User(format!(
+                    "this query needs the partitioning {other:?}, which drove cannot distribute yet"
+                )));
+            }
+        }
+        some_partitions(repartition.partitioning().partition_count(), &plan)?;
+        let tasks = some_partitions(
+            repartition.input().output_partitioning().partition_count(),
+            repartition.input(),
+        )?;
+        let stage = push_stage(
+            &mut self.stages,
+            Arc::clone(&plan),
+            OutputMode::RepartitionRoot,
+            tasks,
+        );
+        Ok(Arc::new(ShuffleReaderExec::standing_in(
+            stage,
+            ReadMode::Gather,
+            plan.as_ref(),
+        )))
     }
 }

@@ -80,7 +80,9 @@ async fn blocks_are_freed_once_the_result_is_read() {
 ///   present the hash partitioning of the stages they read;
 /// - a window partitioned by a key a filter fixed sorts without it, which holds only if
 ///   the reader under it presents that key as constant, also when the filter ran in a
-///   stage gathered into one partition (a join's collected build side).
+///   stage gathered into one partition (a join's collected build side);
+/// - an aggregate over sorted partitions repartitions them preserving their order,
+///   which a reader that gathers blocks as they come does by sorting again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queries_the_fuzzer_found_refused_equal_datafusion() {
     let dir = tpch_data(0.01);
@@ -90,6 +92,7 @@ async fn queries_the_fuzzer_found_refused_equal_datafusion() {
     for sql in [
         "SELECT k, sum(c) AS s FROM (SELECT n_regionkey AS k, count(*) AS c FROM nation GROUP BY n_regionkey UNION ALL SELECT r_regionkey AS k, count(*) AS c FROM region GROUP BY r_regionkey) u GROUP BY k",
         "SELECT n_name, row_number() OVER (PARTITION BY n_regionkey ORDER BY n_nationkey) AS rn FROM nation WHERE n_regionkey = 1",
+        "SELECT rn, bool_or(c IN ('1', '2')) AS b FROM (SELECT CAST(s_nationkey AS VARCHAR) AS c, row_number() OVER (ORDER BY s_suppkey, s_nationkey) AS rn FROM supplier JOIN nation ON s_nationkey = n_nationkey) GROUP BY rn",
         "SELECT p_name, ps_suppkey, row_number() OVER (PARTITION BY p_brand ORDER BY ps_partkey, ps_suppkey) AS rn FROM partsupp JOIN part ON ps_partkey = p_partkey WHERE p_brand = 'Brand#45'",
         "SELECT c_mktsegment, count(*) AS n FROM customer LEFT JOIN orders ON o_custkey = c_custkey WHERE o_orderkey NOT IN (SELECT l_orderkey FROM lineitem WHERE l_quantity > 45) GROUP BY 1",
         "SELECT n_name FROM nation LEFT JOIN supplier ON s_nationkey = n_nationkey WHERE s_suppkey NOT IN (SELECT ps_suppkey FROM partsupp WHERE ps_availqty < 100)",
