@@ -400,6 +400,7 @@ impl Cutter<'_> {
 
         Ok(plan)
     }
+
     /// Cuts at a repartition that does not preserve order: the stage below writes one
     /// block per output partition, and a reader gathers them.
     fn cut_repartition(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {

@@ -263,9 +263,23 @@ impl ShuffleReaderExec {
             partitions > 0,
             "a shuffle reader needs at least one partition"
         );
-        let properties = PlanProperties::new(
+        Self::with(
+            stage,
+            mode,
             EquivalenceProperties::new(schema),
             Partitioning::UnknownPartitioning(partitions),
+        )
+    }
+
+    fn with(
+        stage: u32,
+        mode: ReadMode,
+        properties: EquivalenceProperties,
+        partitioning: Partitioning,
+    ) -> Self {
+        let properties = PlanProperties::new(
+            properties,
+            partitioning,
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
@@ -292,17 +306,7 @@ impl ShuffleReaderExec {
             hash @ Partitioning::Hash(..) => hash.clone(),
             other => Partitioning::UnknownPartitioning(other.partition_count()),
         };
-        let properties = PlanProperties::new(
-            replaced.eq_properties.clone(),
-            partitioning,
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        Self {
-            stage,
-            mode,
-            properties: Arc::new(properties),
-        }
+        Self::with(stage, mode, replaced.eq_properties.clone(), partitioning)
     }
 
     /// A reader presenting what [`Self::presented`] gave, decoded from a plan's bytes.
@@ -313,30 +317,33 @@ impl ShuffleReaderExec {
         schema: SchemaRef,
         presented: Presented,
     ) -> DfResult<Self> {
-        let mut reader = Self::new(stage, mode, partitions, schema);
-        let mut properties = reader.properties.as_ref().clone();
+        if partitions == 0 {
+            return Err(DataFusionError::Internal(
+                "a shuffle reader needs at least one partition".into(),
+            ));
+        }
         let Presented {
             keys,
             constants,
             equal,
             orderings,
         } = presented;
-        if !keys.is_empty() {
-            properties = properties.with_partitioning(Partitioning::Hash(keys, partitions));
-        }
+        let mut properties = EquivalenceProperties::new(schema);
         for class in equal {
             if let Some((first, rest)) = class.split_first() {
                 for other in rest {
-                    properties
-                        .eq_properties
-                        .add_equal_conditions(Arc::clone(first), Arc::clone(other))?;
+                    properties.add_equal_conditions(Arc::clone(first), Arc::clone(other))?;
                 }
             }
         }
-        properties.eq_properties.add_constants(constants)?;
-        properties.eq_properties.add_orderings(orderings);
-        reader.properties = Arc::new(properties);
-        Ok(reader)
+        properties.add_constants(constants)?;
+        properties.add_orderings(orderings);
+        let partitioning = if keys.is_empty() {
+            Partitioning::UnknownPartitioning(partitions)
+        } else {
+            Partitioning::Hash(keys, partitions)
+        };
+        Ok(Self::with(stage, mode, properties, partitioning))
     }
 
     /// What the reader presents beyond its schema, for encoding.
