@@ -18,7 +18,7 @@
 //!
 //! `DROVE_SIM_SEEDS=N` runs seeds 0..N (200 by default); `DROVE_SIM_SEED=S` replays one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use drove_core::scheduler::{
     Command, ErrorKind, Event, FetchFailure, JobOutcome, JobSpec, Scheduler, SchedulerConfig,
@@ -103,7 +103,10 @@ struct Process {
     alive: bool,
     paused: bool,
     draining: bool,
+    /// Attempts holding a slot, at most `slots`.
     running: BTreeMap<AttemptId, Launched>,
+    /// Attempts waiting for a slot, first come first served, as a worker queues them.
+    queued: VecDeque<Launched>,
     blocks: BTreeSet<BlockId>,
 }
 
@@ -182,6 +185,8 @@ impl World {
             no_worker_grace_ms: 5_000,
             speculation,
             task_progress_timeout_ms: PROGRESS_TIMEOUT_MS,
+            check_all_invariants: true,
+            queued_per_slot: rng.range(0, 2) as u32,
         });
         let n = rng.range(2, 5) as usize;
         let processes = (0..n)
@@ -194,6 +199,7 @@ impl World {
                 paused: false,
                 draining: false,
                 running: BTreeMap::new(),
+                queued: VecDeque::new(),
                 blocks: BTreeSet::new(),
             })
             .collect();
@@ -531,6 +537,7 @@ impl World {
                 p.alive = true;
                 p.draining = false;
                 p.running.clear();
+                p.queued.clear();
                 p.blocks.clear();
                 let worker = WorkerId(self.next_worker);
                 self.next_worker += 1;
@@ -549,10 +556,12 @@ impl World {
                     return;
                 }
                 if !p.paused {
+                    // Waiting for a slot counts as progress, as a worker reports it.
                     let working: Vec<AttemptId> = p
                         .running
                         .values()
                         .filter(|l| !l.stuck)
+                        .chain(&p.queued)
                         .map(|l| l.attempt)
                         .collect();
                     let d = self.net_delay((worker.0, true));
@@ -564,28 +573,19 @@ impl World {
                 }
                 self.at(HEARTBEAT_MS, Action::Heartbeat(worker));
             }
-            Action::Launch(worker, mut launched) => {
+            Action::Launch(worker, launched) => {
                 let Some(p) = self.process_of(worker) else {
                     return;
                 };
                 if !self.processes[p].alive {
                     return;
                 }
-                if self.processes[p].hangs && self.now < CHAOS_MS && self.rng.chance(0.3) {
-                    self.stats.stalled += 1;
-                    launched.stuck = true;
-                    self.processes[p].running.insert(launched.attempt, launched);
-                    self.check();
-                    return;
+                let process = &mut self.processes[p];
+                if process.running.len() >= process.slots as usize {
+                    process.queued.push_back(launched);
+                } else {
+                    self.start(p, worker, launched);
                 }
-                let slow = self.processes[p].slow;
-                let mut duration = self.rng.range(10, 200);
-                if slow {
-                    duration *= 20;
-                }
-                let attempt = launched.attempt;
-                self.processes[p].running.insert(attempt, launched);
-                self.at(duration, Action::TaskFinished(worker, attempt));
                 self.check();
             }
             Action::TaskFinished(worker, attempt) => {
@@ -603,6 +603,7 @@ impl World {
                 let Some(launched) = self.processes[p].running.remove(&attempt) else {
                     return; // killed
                 };
+                self.start_queued(p, worker);
                 let missing = launched.inputs.iter().find(|(input, holder)| {
                     !self.process_of(*holder).is_some_and(|h| {
                         self.processes[h].alive
@@ -661,14 +662,19 @@ impl World {
             }
             Action::Kill(worker, attempt) => {
                 if let Some(p) = self.process_of(worker) {
-                    self.processes[p].running.remove(&attempt);
+                    let process = &mut self.processes[p];
+                    process.running.remove(&attempt);
+                    process.queued.retain(|l| l.attempt != attempt);
+                    self.start_queued(p, worker);
                 }
             }
             Action::Release(worker, job) => {
                 if let Some(p) = self.process_of(worker) {
-                    let p = &mut self.processes[p];
-                    p.running.retain(|a, _| a.task.job != job);
-                    p.blocks.retain(|(a, _)| a.task.job != job);
+                    let process = &mut self.processes[p];
+                    process.running.retain(|a, _| a.task.job != job);
+                    process.queued.retain(|l| l.attempt.task.job != job);
+                    process.blocks.retain(|(a, _)| a.task.job != job);
+                    self.start_queued(p, worker);
                 }
             }
             Action::SessionClosed(worker) => {
@@ -706,12 +712,41 @@ impl World {
         }
     }
 
+    /// Runs an attempt in a free slot of the process: it finishes after a while, or,
+    /// on a process that hangs, never.
+    fn start(&mut self, p: usize, worker: WorkerId, mut launched: Launched) {
+        if self.processes[p].hangs && self.now < CHAOS_MS && self.rng.chance(0.3) {
+            self.stats.stalled += 1;
+            launched.stuck = true;
+            self.processes[p].running.insert(launched.attempt, launched);
+            return;
+        }
+        let mut duration = self.rng.range(10, 200);
+        if self.processes[p].slow {
+            duration *= 20;
+        }
+        let attempt = launched.attempt;
+        self.processes[p].running.insert(attempt, launched);
+        self.at(duration, Action::TaskFinished(worker, attempt));
+    }
+
+    /// Starts queued attempts while the process has free slots.
+    fn start_queued(&mut self, p: usize, worker: WorkerId) {
+        while self.processes[p].running.len() < self.processes[p].slots as usize {
+            let Some(next) = self.processes[p].queued.pop_front() else {
+                break;
+            };
+            self.start(p, worker, next);
+        }
+    }
+
     /// The process's session ends: its tasks stop and its blocks go (a worker that
     /// registers again starts empty). `reconnect`: it registers again soon.
     fn end_session(&mut self, process: usize, reconnect: bool) {
         let p = &mut self.processes[process];
         p.worker = None;
         p.running.clear();
+        p.queued.clear();
         p.blocks.clear();
         if reconnect && !p.paused && p.alive {
             let d = self.rng.range(50, 500);
@@ -743,6 +778,7 @@ impl World {
                 self.processes[process].alive = false;
                 self.processes[process].worker = None;
                 self.processes[process].running.clear();
+                self.processes[process].queued.clear();
                 self.processes[process].blocks.clear();
                 let back = self.rng.range(500, 5_000);
                 self.revive_later(process, back);
