@@ -70,6 +70,9 @@ impl From<Error> for tonic::Status {
     }
 }
 
+/// The deepest queue of tasks a worker slot may hold.
+pub const TASK_QUEUE_PER_SLOT_MAX: u32 = 16;
+
 /// The coordinator's settings.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -81,6 +84,8 @@ pub struct CoordinatorConfig {
     pub task_attempt_max: u32,
     /// A running attempt that does no work for this long is retried elsewhere.
     pub task_progress_timeout_ms: u64,
+    /// Tasks each worker slot holds queued behind the one it runs.
+    pub task_queue_per_slot: u32,
     /// Ended jobs kept for inspection.
     pub job_history_max: usize,
     /// A succeeded job's result blocks are freed after this long if no client released them.
@@ -108,6 +113,7 @@ impl Default for CoordinatorConfig {
             heartbeat_timeout_ms: 10_000,
             task_attempt_max: 4,
             task_progress_timeout_ms: 5 * 60 * 1000,
+            task_queue_per_slot: 1,
             job_history_max: 100,
             result_ttl_ms: 10 * 60 * 1000,
             client_lease_ms: 60_000,
@@ -144,6 +150,12 @@ impl CoordinatorConfig {
             return Err(Error::User(
                 "--client-lease-secs must be at least 1, or every job is cancelled before its client can watch it".into(),
             ));
+        }
+        if self.task_queue_per_slot > TASK_QUEUE_PER_SLOT_MAX {
+            return Err(Error::User(format!(
+                "--task-queue-per-slot is {}, the most is {TASK_QUEUE_PER_SLOT_MAX}: a deep queue only holds tasks another worker could run",
+                self.task_queue_per_slot
+            )));
         }
         if self.task_attempt_max == 0 {
             return Err(Error::User("--task-attempts must be at least 1".into()));

@@ -15,6 +15,9 @@ use tracing::{Instrument, debug, info_span};
 use crate::planning::Query;
 use crate::state::Coordinator;
 
+/// A job's watchers get at most one update per this interval while it runs.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The gRPC server for a coordinator.
 pub fn server(coordinator: Coordinator) -> CoordinatorServer<Service> {
     CoordinatorServer::new(Service { coordinator })
@@ -139,17 +142,28 @@ impl CoordinatorRpc for Service {
             let _watching = watching;
             loop {
                 changes.borrow_and_update();
-                let status = coordinator.status(job).map_err(Status::from);
+                let status = coordinator.progress(job).map_err(Status::from);
                 let ended = match &status {
                     Ok(s) => s.state() != pb::JobState::Running,
                     Err(_) => true,
                 };
+                let sent = tokio::time::Instant::now();
                 if tx.send(status).await.is_err() || ended {
                     break;
                 }
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { break },
                     () = tx.closed() => break,
+                }
+                // At most one update per interval while the job runs, however often it
+                // changes; its end goes out at once.
+                let next = sent + WATCH_INTERVAL;
+                while tokio::time::Instant::now() < next && coordinator.is_running(job) {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(next) => {}
+                        changed = changes.changed() => if changed.is_err() { break },
+                        () = tx.closed() => return,
+                    }
                 }
             }
         });

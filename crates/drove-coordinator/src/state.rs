@@ -122,6 +122,23 @@ struct State {
     next_cache_id: u64,
 }
 
+/// The exit code of a coordinator that found its own state broken (EX_SOFTWARE).
+pub const FATAL_EXIT_CODE: i32 = 70;
+
+/// A hidden switch for the test that breaks an invariant on purpose: set to
+/// `phantom-attempt`, the coordinator corrupts its scheduler's state at the next job
+/// submission, and the scheduler's own check finds it.
+const INJECT_FAULT_ENV: &str = "DROVE_INJECT_FAULT";
+
+/// Ends the process. The coordinator's state broke an invariant, which is a bug in
+/// drove; acting on wrong state could lose or corrupt work, and a process that
+/// listens but does nothing helps nobody. A supervisor restarts it.
+fn fatal(what: &str) -> ! {
+    tracing::error!("fatal: {what}");
+    eprintln!("drove coordinator: fatal: {what}; exiting (code {FATAL_EXIT_CODE})");
+    std::process::exit(FATAL_EXIT_CODE)
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -136,6 +153,7 @@ impl Coordinator {
             no_worker_grace_ms: config.no_worker_grace_ms,
             speculation: config.speculation.clone(),
             task_progress_timeout_ms: config.task_progress_timeout_ms,
+            queued_per_slot: config.task_queue_per_slot,
             ..Default::default()
         });
         let state = State {
@@ -162,12 +180,11 @@ impl Coordinator {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // The state is only changed through `State::handle`, which asserts its invariants;
-        // a panic there is a bug that must not be papered over.
-        self.inner
-            .state
-            .lock()
-            .expect("coordinator state poisoned by an earlier panic")
+        // A handler panicked while it held the state, which may be half changed.
+        self.inner.state.lock().unwrap_or_else(|poisoned| {
+            drop(poisoned);
+            fatal("a request handler panicked while it changed the coordinator's state")
+        })
     }
 
     /// Registers a worker and returns its new id. Its stream gets a `Registered` first.
@@ -281,16 +298,9 @@ impl Coordinator {
                 continue;
             };
             for s in &record.planned.stages {
-                for t in state
-                    .scheduler
-                    .stage_tasks(job, StageId(s.id))
-                    .unwrap_or(&[])
-                {
-                    match t {
-                        TaskState::Pending => pending += 1,
-                        TaskState::Running { .. } => running += 1,
-                        TaskState::Done { .. } => {}
-                    }
+                if let Some(c) = state.scheduler.stage_counts(job, StageId(s.id)) {
+                    pending += u64::from(c.pending);
+                    running += u64::from(c.running);
                 }
             }
         }
@@ -427,6 +437,10 @@ impl Coordinator {
                 cancel_reason: None,
             },
         );
+        if std::env::var_os(INJECT_FAULT_ENV).is_some_and(|v| v == "phantom-attempt") {
+            warn!("{INJECT_FAULT_ENV}: corrupting the scheduler's state on purpose");
+            state.scheduler.inject_fault_phantom_attempt();
+        }
         state.handle(Event::JobSubmitted(spec));
         state.touch(job);
         Ok(job)
@@ -449,6 +463,55 @@ impl Coordinator {
     pub fn status(&self, job: JobId) -> Result<pb::JobStatus> {
         let state = self.lock();
         state.status(job).ok_or_else(|| not_found(job))
+    }
+
+    /// Whether the job is still running.
+    pub fn is_running(&self, job: JobId) -> bool {
+        self.lock()
+            .jobs
+            .get(&job)
+            .is_some_and(|r| r.state == pb::JobState::Running)
+    }
+
+    /// The job's status while it runs, without the per-task runs and the sums over them:
+    /// it costs time in proportion to the job's stages, not its tasks. Once the job has
+    /// ended, its whole status.
+    pub fn progress(&self, job: JobId) -> Result<pb::JobStatus> {
+        let state = self.lock();
+        let record = state.jobs.get(&job).ok_or_else(|| not_found(job))?;
+        if record.state != pb::JobState::Running {
+            return state.status(job).ok_or_else(|| not_found(job));
+        }
+        let stages = record
+            .planned
+            .stages
+            .iter()
+            .map(|s| {
+                let counts = state
+                    .scheduler
+                    .stage_counts(job, StageId(s.id))
+                    .unwrap_or_default();
+                pb::StageStatus {
+                    stage_id: s.id,
+                    depends_on: s.depends_on.clone(),
+                    tasks_total: s.tasks,
+                    tasks_done: counts.done,
+                    tasks_running: counts.running,
+                    root: s.root.clone(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Ok(pb::JobStatus {
+            job_id: job.0,
+            state: record.state as i32,
+            name: record.name.clone(),
+            stages,
+            result_stage_id: record.planned.stages.last().map_or(0, |s| s.id),
+            elapsed_ms: record.started.elapsed().as_millis() as u64,
+            submitted_unix_ms: record.submitted_unix_ms,
+            ..Default::default()
+        })
     }
 
     pub fn cancel(&self, job: JobId) -> Result<pb::JobStatus> {
@@ -629,6 +692,7 @@ fn block_ticket(partition: u32, o: &Output) -> pb::BlockTicket {
         map_partition: partition,
         reduce_partition: 0,
         attempt: o.attempt,
+        ..Default::default()
     }
 }
 
@@ -666,7 +730,11 @@ impl State {
             .set_clock(self.epoch.elapsed().as_millis() as u64);
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
-            for command in self.scheduler.handle(event) {
+            let scheduler = &mut self.scheduler;
+            let commands =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scheduler.handle(event)))
+                    .unwrap_or_else(|panic| fatal(&drove_core::panic_message(panic.as_ref())));
+            for command in commands {
                 if let Some(follow_up) = self.perform(command) {
                     events.push_back(follow_up);
                 }

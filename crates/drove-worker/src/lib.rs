@@ -13,7 +13,7 @@ pub mod flight;
 
 pub mod workdir;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -166,6 +166,10 @@ struct Shared {
     operator_spill_count: AtomicU64,
     /// Where tasks run, apart from the worker's control traffic.
     tasks: TaskRuntime,
+    /// Session configurations of recent jobs' settings: every task of a job carries the
+    /// same settings, and parsing them costs more than a tiny task's work.
+    configs:
+        std::sync::Mutex<VecDeque<(HashMap<String, String>, datafusion::prelude::SessionConfig)>>,
     /// The worker's own directory; removed when the worker stops.
     _work_dir: workdir::WorkDir,
 }
@@ -209,7 +213,28 @@ impl Drop for TaskRuntime {
     }
 }
 
+/// Session configurations a worker keeps (one per job that runs at once is plenty).
+const CONFIGS_KEPT: usize = 16;
+
 impl Shared {
+    /// The session configuration of a task's settings, parsed once per distinct
+    /// settings.
+    fn config(
+        &self,
+        settings: &HashMap<String, String>,
+    ) -> drove_exec::Result<datafusion::prelude::SessionConfig> {
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, config)) = configs.iter().find(|(s, _)| s == settings) {
+            return Ok(config.clone());
+        }
+        let config = session::config(settings)?;
+        if configs.len() == CONFIGS_KEPT {
+            configs.pop_back();
+        }
+        configs.push_front((settings.clone(), config.clone()));
+        Ok(config)
+    }
+
     fn memory(&self) -> pb::MemoryStats {
         let blocks = self.store.stats();
         let execution = self.execution_reserved.load(Ordering::Relaxed);
@@ -371,6 +396,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         operator_spills: AtomicU64::new(0),
         operator_spill_count: AtomicU64::new(0),
         tasks: TaskRuntime::new(config.slots)?,
+        configs: Default::default(),
         _work_dir: work_dir,
     });
     let advertised = config
@@ -818,8 +844,8 @@ async fn run_task(
         attempt = key.attempt
     );
     let started = Instant::now();
-    // The coordinator launches no more tasks than there are slots; a slot can still be
-    // briefly held by an aborted task that has not unwound yet, so wait for it.
+    // The coordinator sends a few tasks more than there are slots, so that a slot starts
+    // its next task as soon as one ends: they wait here, first come first served.
     let Ok(slot) = Arc::clone(&shared.slots).acquire_owned().await else {
         return failed(
             key,
@@ -909,7 +935,9 @@ impl BusyClocks {
         self.lock().retain(|attempt, _| keep(attempt));
     }
 
-    /// The attempts whose clock moved since `reported`, which it updates.
+    /// The attempts whose clock moved since `reported`, which it updates, and those
+    /// still waiting for a slot (clock at zero): an attempt queued behind a running
+    /// one is not stuck, and the running one is judged on its own clock.
     fn advanced(&self, reported: &mut HashMap<Attempt, u64>) -> Vec<pb::TaskKey> {
         let clocks = self.lock();
         reported.retain(|attempt, _| clocks.contains_key(attempt));
@@ -917,7 +945,7 @@ impl BusyClocks {
         for (&(job_id, stage_id, partition, attempt), clock) in clocks.iter() {
             let now = clock.load(Ordering::Relaxed);
             let before = reported.insert((job_id, stage_id, partition, attempt), now);
-            if before.is_none_or(|b| b != now) && now > 0 {
+            if now == 0 || before.is_none_or(|b| b != now) {
                 moved.push(pb::TaskKey {
                     job_id,
                     stage_id,
@@ -1038,7 +1066,9 @@ async fn execute(
         remote_read_bytes: Arc::new(AtomicU64::new(0)),
         counters: Default::default(),
     };
-    let mut config = session::config(&launch.settings)?.with_extension(Arc::new(env));
+    let mut config = shared
+        .config(&launch.settings)?
+        .with_extension(Arc::new(env));
     let execution = &mut config.options_mut().execution;
     execution.sort_spill_reservation_bytes = shared.sort_spill_reservation;
     // Merges hold a batch or two of every input, unspillable: with a small share of

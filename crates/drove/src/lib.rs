@@ -95,6 +95,10 @@ struct CoordinatorArgs {
     /// and retried on another worker.
     #[arg(long, default_value_t = 300)]
     task_progress_timeout_secs: u64,
+    /// Tasks each worker slot holds queued behind the one it runs, so it starts the
+    /// next as soon as one ends. 0 sends a task only once a slot is free.
+    #[arg(long, default_value_t = drove_coordinator::CoordinatorConfig::default().task_queue_per_slot)]
+    task_queue_per_slot: u32,
     /// Never start speculative twins of slow tasks.
     #[arg(long)]
     no_speculation: bool,
@@ -425,6 +429,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         no_worker_grace_ms: args.no_worker_grace_secs.saturating_mul(1000),
         task_attempt_max: args.task_attempts,
         task_progress_timeout_ms: args.task_progress_timeout_secs.saturating_mul(1000),
+        task_queue_per_slot: args.task_queue_per_slot,
         job_history_max: args.job_history,
         speculation: (!args.no_speculation).then_some(drove_coordinator::SpeculationConfig {
             multiplier: args.speculation_multiplier,

@@ -5,6 +5,7 @@ mod dataframe;
 mod errors;
 mod fuzz_sql;
 mod memory;
+mod placement;
 mod recovery;
 mod sockets;
 mod tpch;

@@ -527,3 +527,55 @@ fn a_function_that_makes_gigabytes_fails_its_job_within_the_workers_memory() {
     .unwrap();
     assert!(out.starts_with("n\n"), "{out}");
 }
+
+/// A coordinator whose scheduler state breaks an invariant (corrupted on purpose through
+/// a hidden switch; the scheduler's own check finds it) exits at once with a non-zero
+/// code that names the invariant, instead of listening on and doing nothing.
+#[test]
+fn a_broken_invariant_ends_the_coordinator_naming_it() {
+    use std::io::{BufRead, BufReader};
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut child = crate::drove()
+        .args([
+            "coordinator",
+            "--bind",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .env("DROVE_INJECT_FAULT", "phantom-attempt")
+        .stdout(Stdio::piped())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines
+        .find_map(|l| l.ok().filter(|l| l.contains("coordinator listening on")))
+        .expect("the coordinator starts");
+    std::thread::spawn(move || for _ in lines {});
+    let addr = line.split_whitespace().nth(3).unwrap().to_string();
+    let coordinator = crate::Proc(child);
+    let work = tempfile::tempdir().unwrap();
+    let _worker = crate::worker(&addr, work.path(), &[]);
+    // The query cannot succeed: its coordinator goes away under it.
+    let out = crate::run(&["sql", "--coordinator", &addr, "-e", "SELECT 1"], LIMIT);
+    assert!(!out.status.success());
+    let mut coordinator = coordinator;
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = coordinator.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "the coordinator still runs with a broken invariant"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(70), "{status:?}");
+    let log = std::fs::read_to_string(stderr.path()).unwrap();
+    assert!(
+        log.contains("fatal: scheduler invariant 'runs-agree' broken"),
+        "{log}"
+    );
+}
