@@ -27,7 +27,7 @@ use arrow::record_batch::RecordBatch;
 use crate::{Error, Result};
 
 /// The name of one block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BlockKey {
     pub job: u64,
     pub stage: u32,

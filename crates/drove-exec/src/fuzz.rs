@@ -142,7 +142,7 @@ pub fn decode_logical_plan(data: &[u8]) -> bool {
 
 /// A Flight ticket naming a block.
 pub fn decode_block_ticket(data: &[u8]) -> bool {
-    shuffle::block_key(data).is_ok()
+    shuffle::block_keys(data).is_ok()
 }
 
 /// A schema's Arrow IPC bytes.

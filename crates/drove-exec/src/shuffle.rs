@@ -5,7 +5,7 @@
 //! [`ShuffleEnv`] (placed in the DataFusion session config by the worker), reads the
 //! ones on its own worker from memory and fetches the rest over Arrow Flight.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,8 +35,12 @@ use crate::blocks::{BlockKey, BlockStore};
 use crate::error::{LostBlock, decode_unpanicked};
 use crate::{Error, Result};
 
-/// How many blocks one reader partition fetches at once.
+/// How many fetches (each of one worker's blocks) one reader partition runs at once.
 pub const FETCH_CONCURRENCY_MAX: usize = 4;
+
+/// The most blocks one Flight call reads; a reader of more of one worker's blocks
+/// makes several calls.
+pub const BLOCKS_PER_TICKET_MAX: usize = 4096;
 
 /// How a reader's partitions map onto the blocks of the stage it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,27 +118,59 @@ impl FlightPool {
 
 /// Encodes a block's name as a Flight ticket.
 pub fn ticket(key: &BlockKey) -> Ticket {
+    batch_ticket(std::slice::from_ref(key))
+}
+
+/// Encodes the names of blocks to read in one call as a Flight ticket: blocks of the
+/// first one's job, stage and reduce partition (the others' are not looked at), at
+/// most [`BLOCKS_PER_TICKET_MAX`].
+pub fn batch_ticket(keys: &[BlockKey]) -> Ticket {
+    let first = keys.first().copied().unwrap_or_default();
+    let more = keys.get(1..).unwrap_or_default();
     let t = drove_proto::BlockTicket {
-        job_id: key.job,
-        stage_id: key.stage,
-        map_partition: key.map_partition,
-        reduce_partition: key.reduce_partition,
-        attempt: key.attempt,
+        job_id: first.job,
+        stage_id: first.stage,
+        map_partition: first.map_partition,
+        reduce_partition: first.reduce_partition,
+        attempt: first.attempt,
+        more_map_partitions: more.iter().map(|k| k.map_partition).collect(),
+        more_attempts: more.iter().map(|k| k.attempt).collect(),
     };
     Ticket::new(t.encode_to_vec())
 }
 
-/// Decodes a Flight ticket into a block's name.
-pub fn block_key(ticket: &[u8]) -> Result<BlockKey> {
+/// Decodes a Flight ticket into the names of the blocks it asks for, in order.
+pub fn block_keys(ticket: &[u8]) -> Result<Vec<BlockKey>> {
     let t = drove_proto::BlockTicket::decode(ticket)
         .map_err(|e| Error::User(format!("not a drove block ticket: {e}")))?;
-    Ok(BlockKey {
+    if t.more_map_partitions.len() != t.more_attempts.len() {
+        return Err(Error::User(format!(
+            "a block ticket names {} more map partitions but {} attempts; they go in pairs",
+            t.more_map_partitions.len(),
+            t.more_attempts.len()
+        )));
+    }
+    if t.more_map_partitions.len() >= BLOCKS_PER_TICKET_MAX {
+        return Err(Error::User(format!(
+            "a block ticket names {} blocks, the most one call reads is {BLOCKS_PER_TICKET_MAX}",
+            t.more_map_partitions.len() + 1
+        )));
+    }
+    let key = |map_partition, attempt| BlockKey {
         job: t.job_id,
         stage: t.stage_id,
-        map_partition: t.map_partition,
+        map_partition,
         reduce_partition: t.reduce_partition,
-        attempt: t.attempt,
-    })
+        attempt,
+    };
+    Ok(std::iter::once(key(t.map_partition, t.attempt))
+        .chain(
+            t.more_map_partitions
+                .iter()
+                .zip(&t.more_attempts)
+                .map(|(m, a)| key(*m, *a)),
+        )
+        .collect())
 }
 
 /// A stream of one block's batches.
@@ -149,16 +185,32 @@ pub async fn open_block(
     key: &BlockKey,
     wire_bytes: Arc<AtomicU64>,
 ) -> Result<BlockStream> {
+    open_blocks(pool, addr, std::slice::from_ref(key), wire_bytes).await
+}
+
+/// Starts fetching blocks of one stage and reduce partition from the Flight service
+/// at `addr` in one call (see [`batch_ticket`]); their batches arrive in one stream.
+pub async fn open_blocks(
+    pool: &FlightPool,
+    addr: &str,
+    keys: &[BlockKey],
+    wire_bytes: Arc<AtomicU64>,
+) -> Result<BlockStream> {
     let mut client = pool.client(addr)?;
     let addr = addr.to_string();
-    let key = *key;
+    let key = keys.first().copied().unwrap_or_default();
+    let more = keys.len().saturating_sub(1);
     let fetch_err = move |message: String| Error::Fetch {
         addr: addr.clone(),
-        message: format!("{key}: {message}"),
+        message: if more == 0 {
+            format!("{key}: {message}")
+        } else {
+            format!("{key} and {more} more: {message}")
+        },
         lost: None,
     };
     let response = client
-        .do_get(ticket(&key))
+        .do_get(batch_ticket(keys))
         .await
         .map_err(|s| fetch_err(s.message().to_string()))?;
     let data = response.into_inner().map(move |d| {
@@ -483,20 +535,41 @@ impl ExecutionPlan for ShuffleReaderExec {
         let blocks = self
             .blocks(&env, partition)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        // Up to FETCH_CONCURRENCY_MAX blocks are read at once, each opened only when its
-        // turn comes and then read as it arrives: every open stream is polled, so none
-        // can fill the connection's flow-control window while another waits for data,
-        // and only what flow control admits waits in memory. Batches of different
-        // blocks interleave, which a gather does not mind.
+        // Blocks on this worker are read from its store one by one; the others are
+        // fetched with one Flight call per worker holding some (and per
+        // BLOCKS_PER_TICKET_MAX blocks), so an all-to-all exchange costs calls in
+        // proportion to the workers, not the map tasks, and a holder's empty blocks
+        // cost it nothing on the wire. Up to FETCH_CONCURRENCY_MAX of these reads run
+        // at once, each opened only when its turn comes and then read as it arrives:
+        // every open stream is polled, so none can fill the connection's flow-control
+        // window while another waits for data, and only what flow control admits waits
+        // in memory. Batches of different reads interleave, which a gather does not
+        // mind; a per-map reader reads one block.
+        let mut reads: Vec<(Vec<BlockKey>, MapOutputRef)> = Vec::new();
+        let mut remote: BTreeMap<u64, usize> = BTreeMap::new();
+        for (key, location) in blocks {
+            if location.worker_id == env.local_worker {
+                reads.push((vec![key], location));
+                continue;
+            }
+            match remote.get(&location.worker_id) {
+                Some(&i) if reads[i].0.len() < BLOCKS_PER_TICKET_MAX => reads[i].0.push(key),
+                _ => {
+                    remote.insert(location.worker_id, reads.len());
+                    reads.push((vec![key], location));
+                }
+            }
+        }
         let stage = self.stage;
-        let opens = futures::stream::iter(blocks).map(move |(key, location)| {
+        let opens = futures::stream::iter(reads).map(move |(keys, location)| {
             let env = Arc::clone(&env);
+            // Name a lost map output, so the scheduler re-runs its producer (and with
+            // it every output of that stage its holder kept).
             let lost = LostBlock {
                 stage,
-                map_partition: key.map_partition,
+                map_partition: keys[0].map_partition,
                 worker: location.worker_id,
             };
-            // Name the lost map output, so the scheduler re-runs its producer.
             let name_lost = move |e: Error| match e {
                 Error::Fetch { addr, message, .. } => Error::Fetch {
                     addr,
@@ -509,6 +582,7 @@ impl ExecutionPlan for ShuffleReaderExec {
                 let stream: BlockStream = if location.worker_id == env.local_worker {
                     // A block that is gone or cannot be read back from its spill file
                     // is lost like a remote one: its producer must run again.
+                    let key = keys[0];
                     let addr = location.flight_addr.clone();
                     let unreadable = move |message: String| Error::Fetch {
                         addr: addr.clone(),
@@ -527,7 +601,7 @@ impl ExecutionPlan for ShuffleReaderExec {
                         .boxed()
                 } else {
                     let counter = Arc::clone(&env.remote_read_bytes);
-                    open_block(&env.flight, &location.flight_addr, &key, counter).await?
+                    open_blocks(&env.flight, &location.flight_addr, &keys, counter).await?
                 };
                 Ok::<_, Error>(stream)
             };
@@ -540,5 +614,52 @@ impl ExecutionPlan for ShuffleReaderExec {
             self.schema(),
             stream,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(map_partition: u32, attempt: u32) -> BlockKey {
+        BlockKey {
+            job: 7,
+            stage: 2,
+            map_partition,
+            reduce_partition: 5,
+            attempt,
+        }
+    }
+
+    #[test]
+    fn a_batch_ticket_names_its_blocks_in_order() {
+        let keys = vec![key(3, 0), key(0, 2), key(9, 1)];
+        assert_eq!(block_keys(&batch_ticket(&keys).ticket).unwrap(), keys);
+        assert_eq!(
+            block_keys(&ticket(&key(4, 1)).ticket).unwrap(),
+            vec![key(4, 1)]
+        );
+    }
+
+    #[test]
+    fn malformed_and_oversized_batch_tickets_are_refused() {
+        let unpaired = drove_proto::BlockTicket {
+            more_map_partitions: vec![1, 2],
+            more_attempts: vec![0],
+            ..Default::default()
+        };
+        let e = block_keys(&unpaired.encode_to_vec())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("they go in pairs"), "{e}");
+        let many: Vec<BlockKey> = (0..=BLOCKS_PER_TICKET_MAX as u32)
+            .map(|m| key(m, 0))
+            .collect();
+        let e = block_keys(&batch_ticket(&many).ticket)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the most one call reads"), "{e}");
+        let e = block_keys(b"\xff\xff").unwrap_err().to_string();
+        assert!(e.contains("not a drove block ticket"), "{e}");
     }
 }

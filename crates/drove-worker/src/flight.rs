@@ -1,5 +1,6 @@
 //! The worker's Arrow Flight service: `do_get` serves shuffle blocks and results by
-//! ticket. Every other Flight call is refused.
+//! ticket, one block or several of one stage and reduce partition per call. Every
+//! other Flight call is refused.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use drove_exec::blocks::BlockStore;
-use drove_exec::shuffle::block_key;
+use drove_exec::shuffle::block_keys;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -49,21 +50,39 @@ impl FlightService for BlockService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let key = block_key(&request.into_inner().ticket)
+        let keys = block_keys(&request.into_inner().ticket)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let block = self
-            .store
-            .get(&key)
-            .ok_or_else(|| Status::not_found(format!("{key} is not on this worker")))?;
-        let batches = block
-            .read()
-            .map_err(|e| Status::internal(format!("reading {key}: {e}")))?
-            .map(|b| b.map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e))));
-        let batches = futures::stream::iter(batches);
+        // Every block is looked up before the answer starts: a missing one fails the
+        // call at once, naming it, rather than after the others were sent.
+        let blocks = keys
+            .iter()
+            .map(|key| {
+                let block = self.store.get(key);
+                block.ok_or_else(|| Status::not_found(format!("{key} is not on this worker")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let schema = Arc::clone(&blocks[0].schema);
+        let batches =
+            futures::stream::iter(keys.into_iter().zip(blocks)).flat_map(|(key, block)| {
+                let failed = move |e: String| {
+                    arrow_flight::error::FlightError::ExternalError(
+                        format!("reading {key}: {e}").into(),
+                    )
+                };
+                match block.read() {
+                    Ok(batches) => futures::stream::iter(batches)
+                        .map(move |b| b.map_err(|e| failed(e.to_string())))
+                        .boxed(),
+                    Err(e) => {
+                        futures::stream::once(futures::future::ready(Err(failed(e.to_string()))))
+                            .boxed()
+                    }
+                }
+            });
         let stream = FlightDataEncoderBuilder::new()
-            .with_schema(Arc::clone(&block.schema))
+            .with_schema(schema)
             .build(batches)
-            .map_err(|e| Status::internal(format!("encoding a block: {e}")));
+            .map_err(|e| Status::internal(format!("encoding blocks: {e}")));
         Ok(Response::new(stream.boxed()))
     }
 

@@ -1001,6 +1001,7 @@ impl Seeds {
         let tickets: Vec<Vec<u8>> = keys
             .iter()
             .map(|k| shuffle::ticket(k).ticket.to_vec())
+            .chain([shuffle::batch_ticket(&keys).ticket.to_vec()])
             .collect();
 
         let (rich_schema, rich_batch) = rich_batch();
@@ -1274,6 +1275,7 @@ fn block_ticket() -> pb::BlockTicket {
         map_partition: 2,
         reduce_partition: 0,
         attempt: 1,
+        ..Default::default()
     }
 }
 
