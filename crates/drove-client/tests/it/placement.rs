@@ -48,3 +48,50 @@ async fn a_stage_without_locality_preferences_spreads_evenly() {
         );
     }
 }
+
+/// Tasks that keep every slot of a worker busy computing for longer than the heartbeat
+/// timeout do not starve its heartbeats: the worker is never declared lost, so no task
+/// runs twice and every one ran on the worker's first identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_busy_computing_past_the_heartbeat_timeout_keep_their_worker() {
+    let mut config = LocalClusterConfig {
+        workers: 1,
+        slots: 2,
+        ..Default::default()
+    };
+    config.coordinator.heartbeat_interval_ms = 100;
+    config.coordinator.heartbeat_timeout_ms = 1_000;
+    config.coordinator.target_partitions = Some(2);
+    config.coordinator.speculation = None;
+    let (_cluster, session) = start(config).await;
+    // Grows the work until one job keeps both slots busy for three heartbeat timeouts.
+    let mut rows: u64 = 200_000;
+    loop {
+        let sql = format!(
+            "SELECT count(*) AS c FROM generate_series(1, {rows}) \
+             WHERE length(regexp_replace(repeat(CAST(value AS VARCHAR), 20), \
+             '([0-9])([0-9])', '${{2}}${{1}}', 'g')) > 0"
+        );
+        let started = std::time::Instant::now();
+        let result = session.run_sql(&sql).await.unwrap();
+        let elapsed = started.elapsed();
+        let shown = arrow::util::pretty::pretty_format_batches(&result.batches)
+            .unwrap()
+            .to_string();
+        assert!(shown.contains(&format!("| {rows} |")), "{shown}");
+        for stage in &result.summary.stages {
+            assert_eq!(
+                stage.attempts, stage.tasks_total,
+                "a task ran again: its worker was lost ({stage:?})"
+            );
+            assert!(
+                stage.tasks_by_worker.keys().all(|w| *w == 1),
+                "the worker registered again: it was lost ({stage:?})"
+            );
+        }
+        if elapsed > std::time::Duration::from_secs(3) {
+            break;
+        }
+        rows *= 2;
+    }
+}
