@@ -937,6 +937,14 @@ impl Scheduler {
         }
     }
 
+    /// Every attempt the workers hold (running or queued), with its worker.
+    fn running_attempts(&self) -> Vec<(AttemptId, WorkerId)> {
+        self.workers
+            .iter()
+            .flat_map(|(id, w)| w.running.iter().map(move |a| (*a, *id)))
+            .collect()
+    }
+
     /// Fails, as a transient fault, every running attempt whose worker has reported no
     /// work done by it for the progress timeout: a worker that heartbeats but whose task
     /// is stuck must not hold its job forever. The retry prefers another worker. Costs
@@ -944,12 +952,7 @@ impl Scheduler {
     fn expire_stalled_attempts(&mut self, out: &mut Vec<Command>) {
         let timeout = self.config.task_progress_timeout_ms;
         let now = self.now_ms;
-        let running: Vec<(AttemptId, WorkerId)> = self
-            .workers
-            .iter()
-            .flat_map(|(id, w)| w.running.iter().map(move |a| (*a, *id)))
-            .collect();
-        for (attempt, worker) in running {
+        for (attempt, worker) in self.running_attempts() {
             let stalled = self
                 .running_stage_mut(attempt, worker)
                 .map(|stage| &stage.tasks[attempt.task.partition as usize])
@@ -1316,12 +1319,7 @@ impl Scheduler {
             return;
         };
         let now = self.now_ms;
-        let running: Vec<(AttemptId, WorkerId)> = self
-            .workers
-            .iter()
-            .flat_map(|(id, w)| w.running.iter().map(move |a| (*a, *id)))
-            .collect();
-        for (attempt, worker) in running {
+        for (attempt, worker) in self.running_attempts() {
             let task = attempt.task;
             let Some(job) = self.jobs.get_mut(&task.job) else {
                 continue;
