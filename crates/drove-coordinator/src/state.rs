@@ -6,9 +6,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use datafusion::arrow::datatypes::SchemaRef;
+use drove_core::catalog::{CachedStage, Catalog, CatalogCommand};
 use drove_core::meta::{JobEnd, MetaCommand, MetaLog};
 use drove_core::scheduler::{
-    Command, ErrorKind, Event, Existing, FetchFailure, JobSpec, Output, Scheduler, SchedulerConfig,
+    Command, ErrorKind, Event, FetchFailure, JobSpec, Output, Scheduler, SchedulerConfig,
     StageSpec, TaskError, TaskState, TaskStats,
 };
 use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
@@ -98,12 +100,12 @@ struct Lease {
     unwatched_since: Instant,
 }
 
-/// A cached table: where its partitions are, and the stages that computed them.
-struct CacheEntry {
-    table: CachedTable,
-    cached_by: JobId,
+/// What a cached table carries besides its partitions: its schema, and the stages
+/// that computed it.
+#[derive(Clone)]
+struct CacheMeta {
+    schema: SchemaRef,
     lineage: Vec<Stage>,
-    partitions: Vec<Output>,
 }
 
 struct State {
@@ -115,11 +117,8 @@ struct State {
     /// The scheduler's clock counts milliseconds from here.
     epoch: Instant,
     metrics: Metrics,
-    /// Cached tables by name.
-    caches: BTreeMap<String, CacheEntry>,
-    /// Names of tables being cached by running jobs.
-    caches_pending: std::collections::BTreeSet<String>,
-    next_cache_id: u64,
+    /// Cached tables, and the names claimed by jobs caching them.
+    catalog: Catalog<CacheMeta>,
 }
 
 /// The exit code of a coordinator that found its own state broken (EX_SOFTWARE).
@@ -167,9 +166,7 @@ impl Coordinator {
                 task_seconds_buckets: vec![0; TASK_SECONDS_BUCKETS.len()],
                 ..Default::default()
             },
-            caches: BTreeMap::new(),
-            caches_pending: Default::default(),
-            next_cache_id: 1,
+            catalog: Catalog::default(),
         };
         Self {
             inner: Arc::new(Inner {
@@ -361,7 +358,12 @@ impl Coordinator {
         let (caches, cache_id) = {
             let mut state = self.lock();
             let cache_id = match &cache_as {
-                Some(table) => Some(state.claim_cache_name(table)?),
+                Some(table) => Some(
+                    state
+                        .catalog
+                        .claim(table)
+                        .map_err(|e| Error::User(e.to_string()))?,
+                ),
                 None => None,
             };
             (state.caches_for_planning(), cache_id)
@@ -393,7 +395,11 @@ impl Coordinator {
                     id: StageId(s.id),
                     tasks: s.tasks,
                     depends_on: s.depends_on.iter().map(|d| StageId(*d)).collect(),
-                    existing: state.existing_outputs(s),
+                    existing: state.catalog.existing(
+                        s.origin.map(|(cache, stage)| (cache, StageId(stage))),
+                        s.cache,
+                        s.tasks,
+                    ),
                     local_input: s.local_input.map(StageId),
                 })
                 .collect(),
@@ -401,7 +407,7 @@ impl Coordinator {
         };
         if let Err(e) = state.scheduler.validate(&spec) {
             if let Some(table) = claim.name.take() {
-                state.caches_pending.remove(&table);
+                state.catalog.unclaim(&table);
             }
             return Err(Error::Internal(e.to_string()));
         }
@@ -551,16 +557,15 @@ impl Coordinator {
     pub fn uncache(&self, name: &str) -> Result<bool> {
         let name = name.to_ascii_lowercase();
         let mut state = self.lock();
-        if state.caches_pending.contains(&name) {
-            return Err(Error::User(format!(
-                "table '{name}' is still being cached by a running job; wait for it to end, or cancel it (drove cancel JOB), then uncache"
-            )));
-        }
-        let Some(entry) = state.caches.remove(&name) else {
+        let Some(release) = state
+            .catalog
+            .uncache(&name)
+            .map_err(|e| Error::User(e.to_string()))?
+        else {
             return Ok(false);
         };
-        info!(table = %name, cache = entry.table.id, "uncaching");
-        state.release_cache(entry.table.id);
+        info!(table = %name, "uncaching");
+        state.perform_catalog(JobId(0), release);
         Ok(true)
     }
 
@@ -583,10 +588,10 @@ impl Coordinator {
             .collect();
         let jobs = state.recent_jobs();
         let cached_tables = state
-            .caches
-            .values()
+            .catalog
+            .tables()
             .map(|e| pb::CachedTableStatus {
-                name: e.table.name.clone(),
+                name: e.name.clone(),
                 partitions: e.partitions.len() as u32,
                 partitions_available: e
                     .partitions
@@ -679,7 +684,7 @@ struct ClaimedName<'a> {
 impl Drop for ClaimedName<'_> {
     fn drop(&mut self) {
         if let Some(name) = self.name.take() {
-            self.coordinator.lock().caches_pending.remove(&name);
+            self.coordinator.lock().catalog.unclaim(&name);
         }
     }
 }
@@ -918,7 +923,7 @@ impl State {
             return;
         };
         if let Some((name, _)) = &record.caches_as {
-            self.caches_pending.remove(name);
+            self.catalog.unclaim(name);
         }
         record.state = state;
         record.error = error;
@@ -1022,185 +1027,97 @@ impl State {
             .collect()
     }
 
-    /// Checks that `name` can be cached and numbers the table.
-    fn claim_cache_name(&mut self, name: &str) -> Result<u64> {
-        let valid = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !name.starts_with(|c: char| c.is_ascii_digit());
-        if !valid {
-            return Err(Error::User(format!(
-                "'{name}' cannot name a cached table; use letters, digits and '_', not starting with a digit"
-            )));
-        }
-        if self.caches.contains_key(name) || self.caches_pending.contains(name) {
-            return Err(Error::User(format!(
-                "table '{name}' is already cached (or being cached); UNCACHE TABLE {name} first to cache it anew"
-            )));
-        }
-        self.caches_pending.insert(name.to_string());
-        let id = self.next_cache_id;
-        self.next_cache_id += 1;
-        Ok(id)
-    }
-
     fn caches_for_planning(&self) -> planning::Caches {
         planning::Caches {
-            tables: self.caches.values().map(|e| e.table.clone()).collect(),
-            lineage: self
-                .caches
-                .values()
-                .map(|e| (e.table.id, e.lineage.clone()))
-                .collect(),
-        }
-    }
-
-    /// What of a stage exists before its job runs: a cached table's partitions where
-    /// they are, and nothing (but lineage) for the stages that computed them.
-    fn existing_outputs(&self, stage: &planning::PlannedStage) -> Vec<Existing> {
-        let Some((cache, original)) = stage.origin else {
-            return Vec::new();
-        };
-        let entry = self.caches.values().find(|e| e.table.id == cache);
-        match entry {
-            Some(e) if stage.cache == Some(cache) && e.partitions.len() == stage.tasks as usize => {
-                e.partitions
-                    .iter()
-                    .map(|o| Existing {
-                        attempt: o.attempt,
-                        worker: o.worker,
-                        origin: o.origin,
-                    })
-                    .collect()
-            }
-            _ => (0..stage.tasks)
-                .map(|_| Existing {
-                    attempt: 0,
-                    worker: WorkerId::NOWHERE,
-                    origin: (JobId(0), StageId(original)),
+            tables: self
+                .catalog
+                .tables()
+                .map(|e| CachedTable {
+                    id: e.id,
+                    name: e.name.clone(),
+                    schema: e.meta.schema.clone(),
+                    partitions: e.partitions.len(),
                 })
                 .collect(),
+            lineage: self
+                .catalog
+                .tables()
+                .map(|e| (e.id, e.meta.lineage.clone()))
+                .collect(),
         }
     }
 
-    /// After a job succeeded: a table it cached becomes available, and partitions of
-    /// cached tables it had to compute again replace the lost ones. Either way the
-    /// workers holding them are told to keep those blocks past the job's release.
+    /// After a job succeeded: the catalog takes the table it cached and the cached
+    /// partitions it computed again, and the workers are told which blocks to keep.
     fn keep_cached_outputs(&mut self, job: JobId) {
         let Some(record) = self.jobs.get(&job) else {
             return;
         };
-        let cached_stages: Vec<(u32, u64)> = record
+        let stages: Vec<CachedStage> = record
             .planned
             .stages
             .iter()
-            .filter_map(|s| Some((s.id, s.cache?)))
+            .filter_map(|s| {
+                let cache = s.cache?;
+                let outputs = self.scheduler.stage_outputs(job, StageId(s.id))?;
+                Some(CachedStage { cache, outputs })
+            })
             .collect();
-        let new_table = record.caches_as.clone();
-        let schema = record.planned.lineage.last().map(|s| s.plan.schema());
-        let lineage = record.planned.lineage.clone();
-        for (stage, cache) in cached_stages {
-            let Some(outputs) = self.scheduler.stage_outputs(job, StageId(stage)) else {
-                continue;
-            };
-            let computed: Vec<(u32, Output)> = outputs
-                .iter()
-                .enumerate()
-                .filter(|(_, o)| o.origin.0 == job)
-                .map(|(p, o)| (p as u32, *o))
-                .collect();
-            match &new_table {
-                Some((name, id)) if *id == cache => {
-                    let Some(schema) = schema.clone() else {
-                        continue;
-                    };
-                    info!(table = %name, cache, partitions = outputs.len(), "table cached");
-                    let table = CachedTable {
-                        id: cache,
-                        name: name.clone(),
-                        schema,
-                        partitions: outputs.len(),
-                    };
-                    let entry = CacheEntry {
-                        table,
-                        cached_by: job,
-                        lineage: lineage.clone(),
-                        partitions: outputs,
-                    };
-                    self.caches.insert(name.clone(), entry);
-                }
-                _ => {
-                    // Uncached while this job ran: its blocks go with the job.
-                    let Some(entry) = self.caches.values_mut().find(|e| e.table.id == cache) else {
-                        continue;
-                    };
-                    let mut stale: BTreeMap<WorkerId, Vec<pb::BlockTicket>> = BTreeMap::new();
-                    for &(p, o) in &computed {
-                        let Some(old) = entry.partitions.get_mut(p as usize) else {
-                            continue;
-                        };
-                        info!(
-                            cache,
-                            partition = p,
-                            "a lost cached partition was computed again"
-                        );
-                        // The old copy may live on (after a fetch failure, say): drop it.
-                        if self.workers.contains_key(&old.worker) {
-                            stale
-                                .entry(old.worker)
-                                .or_default()
-                                .push(block_ticket(p, old));
-                        }
-                        *old = o;
-                    }
-                    for (worker, blocks) in stale {
-                        let drop = pb::DropBlocks { blocks };
-                        self.send(worker, pb::coordinator_message::Kind::Drop(drop));
-                    }
-                }
-            }
-            // A worker that missed the hand-over frees the blocks with the job: its
-            // partitions count as lost, to be computed again when next read.
-            let missed = self.adopt(cache, &computed);
-            if let Some(entry) = self.caches.values_mut().find(|e| e.table.id == cache) {
-                for o in &mut entry.partitions {
-                    if o.origin.0 == job && missed.contains(&o.worker) {
-                        o.worker = WorkerId::NOWHERE;
-                    }
-                }
-            }
+        let new_table = record.caches_as.as_ref().and_then(|(name, _)| {
+            let schema = record.planned.lineage.last()?.plan.schema();
+            let lineage = record.planned.lineage.clone();
+            Some((name.clone(), CacheMeta { schema, lineage }))
+        });
+        if let Some((name, _)) = &new_table {
+            info!(table = %name, %job, "table cached");
+        }
+        let commands = self.catalog.job_succeeded(
+            job,
+            new_table.as_ref().map(|(n, m)| (n.as_str(), m.clone())),
+            stages,
+        );
+        for command in commands {
+            self.perform_catalog(job, command);
         }
     }
 
-    /// Tells the workers holding `outputs` (partitions of a cached stage, one block
-    /// each, with their partition numbers) that the blocks now belong to cached table
-    /// `cache`; returns the workers the message could not be queued for.
-    fn adopt(&self, cache: u64, outputs: &[(u32, Output)]) -> Vec<WorkerId> {
-        let mut by_worker: BTreeMap<WorkerId, Vec<pb::BlockTicket>> = BTreeMap::new();
-        for (partition, o) in outputs {
-            by_worker
-                .entry(o.worker)
-                .or_default()
-                .push(block_ticket(*partition, o));
-        }
-        by_worker
-            .into_iter()
-            .filter(|(worker, blocks)| {
+    /// Sends a catalog's message. A worker that cannot be told to keep its blocks
+    /// frees them with the job: the catalog counts them lost.
+    fn perform_catalog(&mut self, job: JobId, command: CatalogCommand) {
+        let tickets = |blocks: &[(u32, Output)]| -> Vec<pb::BlockTicket> {
+            blocks.iter().map(|(p, o)| block_ticket(*p, o)).collect()
+        };
+        match command {
+            CatalogCommand::Adopt {
+                worker,
+                cache,
+                blocks,
+            } => {
                 let adopt = pb::AdoptBlocks {
                     cache_id: cache,
-                    blocks: blocks.clone(),
+                    blocks: tickets(&blocks),
                 };
-                !self.send(*worker, pb::coordinator_message::Kind::Adopt(adopt))
-            })
-            .map(|(worker, _)| worker)
-            .collect()
-    }
-
-    fn release_cache(&self, cache: u64) {
-        for worker in self.workers.keys() {
-            self.send(
-                *worker,
-                pb::coordinator_message::Kind::ReleaseCache(pb::ReleaseCache { cache_id: cache }),
-            );
+                if !self.send(worker, pb::coordinator_message::Kind::Adopt(adopt)) {
+                    self.catalog.adoption_failed(cache, job, worker);
+                }
+            }
+            CatalogCommand::Drop { worker, blocks } => {
+                info!(%worker, blocks = blocks.len(), "dropping replaced copies of cached partitions");
+                let drop = pb::DropBlocks {
+                    blocks: tickets(&blocks),
+                };
+                self.send(worker, pb::coordinator_message::Kind::Drop(drop));
+            }
+            CatalogCommand::ReleaseCache { cache } => {
+                for worker in self.workers.keys() {
+                    self.send(
+                        *worker,
+                        pb::coordinator_message::Kind::ReleaseCache(pb::ReleaseCache {
+                            cache_id: cache,
+                        }),
+                    );
+                }
+            }
         }
     }
 

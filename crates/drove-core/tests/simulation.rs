@@ -11,7 +11,12 @@
 //! - every block a running attempt was told to read exists, or its holder is dead
 //!   (so the scheduler will learn and recompute it);
 //! - a succeeded job's result has every partition exactly once, and its value is the
-//!   reference value.
+//!   reference value;
+//! - the catalog of cached tables keeps its own invariants, and every partition it
+//!   lists on a live worker is there, kept by the table (or about to be).
+//!
+//! Some jobs cache their result as a table, others read one, so lost cached partitions
+//! are computed again from their lineage, and tables are uncached while jobs read them.
 //!
 //! Then comes a fault-free phase in which every job must end, and every job submitted
 //! in that phase must succeed unless it was built to fail.
@@ -20,9 +25,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use drove_core::catalog::{CachedStage, Catalog, CatalogCommand, CatalogError};
 use drove_core::scheduler::{
-    Command, ErrorKind, Event, FetchFailure, JobOutcome, JobSpec, Scheduler, SchedulerConfig,
-    SpeculationConfig, StageSpec, TaskError, TaskState, TaskStats,
+    Command, ErrorKind, Event, FetchFailure, JobOutcome, JobSpec, Output, Scheduler,
+    SchedulerConfig, SpeculationConfig, StageSpec, TaskError, TaskState, TaskStats,
 };
 use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
 
@@ -91,6 +97,28 @@ enum Action {
     },
     Chaos,
     Submit,
+    /// The coordinator plans a job the client asked for, and submits it.
+    Plan(JobId),
+    /// A worker is told to keep blocks for a cached table.
+    Adopt(WorkerId, u64, Vec<BlockId>),
+    /// A worker is told to free these blocks.
+    DropBlocks(WorkerId, Vec<BlockId>),
+    ReleaseCache(WorkerId, u64),
+    /// The client uncaches a table, or (None) every table once all jobs ended.
+    Uncache(Option<String>),
+}
+
+/// The names of the tables jobs cache: few, so they collide.
+const TABLE_NAMES: [&str; 3] = ["t0", "t1", "t2"];
+
+/// What a job does with cached tables.
+#[derive(Clone)]
+enum Uses {
+    Nothing,
+    /// It caches its result under this name.
+    Caches(String),
+    /// It reads this table and adds stages of its own.
+    Reads(String),
 }
 
 struct Process {
@@ -108,6 +136,8 @@ struct Process {
     /// Attempts waiting for a slot, first come first served, as a worker queues them.
     queued: VecDeque<Launched>,
     blocks: BTreeSet<BlockId>,
+    /// Blocks kept for a cached table, past their job.
+    adopted: BTreeMap<BlockId, u64>,
 }
 
 struct SimJob {
@@ -116,6 +146,10 @@ struct SimJob {
     poison: Option<TaskId>,
     submitted_in_chaos: bool,
     outcome: Option<JobOutcome>,
+    /// The name it caches its result under, and the table's id.
+    caches_as: Option<(String, u64)>,
+    /// Its stages that write a cached table's partitions.
+    cached_stages: Vec<(StageId, u64)>,
 }
 
 struct World {
@@ -137,6 +171,10 @@ struct World {
     stats: Stats,
     /// The last delivery time on each link.
     links: BTreeMap<(u64, bool), u64>,
+    /// The cached tables; each keeps the stages of the job that cached it.
+    catalog: Catalog<Vec<StageSpec>>,
+    /// Jobs asked for but not planned yet: their stages, and what they do with tables.
+    asked: BTreeMap<JobId, (Vec<StageSpec>, Option<TaskId>, Uses)>,
 }
 
 /// What a run went through, so the test can tell that faults really happened.
@@ -151,6 +189,12 @@ struct Stats {
     recomputed: usize,
     /// Attempts that hung on a heartbeating worker.
     stalled: usize,
+    tables_cached: usize,
+    /// Jobs that read a cached table.
+    cache_reads: usize,
+    /// Lost cached partitions computed again and adopted by their table.
+    cache_repairs: usize,
+    uncached: usize,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -163,7 +207,27 @@ impl std::ops::AddAssign for Stats {
         self.speculative += o.speculative;
         self.recomputed += o.recomputed;
         self.stalled += o.stalled;
+        self.tables_cached += o.tables_cached;
+        self.cache_reads += o.cache_reads;
+        self.cache_repairs += o.cache_repairs;
+        self.uncached += o.uncached;
     }
+}
+
+/// The block of partition `partition` that `output` names, on its worker.
+fn block_of(partition: u32, output: &Output) -> BlockId {
+    let task = TaskId {
+        job: output.origin.0,
+        stage: output.origin.1,
+        partition,
+    };
+    (
+        AttemptId {
+            task,
+            attempt: output.attempt,
+        },
+        output.worker,
+    )
 }
 
 fn task_value(t: TaskId) -> i64 {
@@ -201,6 +265,7 @@ impl World {
                 running: BTreeMap::new(),
                 queued: VecDeque::new(),
                 blocks: BTreeSet::new(),
+                adopted: BTreeMap::new(),
             })
             .collect();
         let mut world = World {
@@ -218,6 +283,8 @@ impl World {
             done: BTreeMap::new(),
             stats: Stats::default(),
             links: BTreeMap::new(),
+            catalog: Catalog::default(),
+            asked: BTreeMap::new(),
         };
         for p in 0..n {
             let d = world.rng.range(0, 200);
@@ -277,21 +344,8 @@ impl World {
                         .sched
                         .stage_outputs(attempt.task.job, *dep)
                         .expect("launched only once its inputs are done");
-                    for (
-                        partition,
-                        drove_core::scheduler::Output {
-                            attempt: a,
-                            worker: w,
-                            ..
-                        },
-                    ) in outputs.into_iter().enumerate()
-                    {
-                        let task = TaskId {
-                            job: attempt.task.job,
-                            stage: *dep,
-                            partition: partition as u32,
-                        };
-                        inputs.push((AttemptId { task, attempt: a }, w));
+                    for (partition, output) in outputs.into_iter().enumerate() {
+                        inputs.push(block_of(partition as u32, &output));
                     }
                 }
                 let d = self.net_delay((worker.0, false));
@@ -320,9 +374,15 @@ impl World {
                     self.at(d, Action::Release(w, job));
                 }
             }
-            Command::JobSucceeded { job } => self.check_result(job),
+            Command::JobSucceeded { job } => {
+                self.check_result(job);
+                self.keep_cached_outputs(job);
+            }
             Command::JobFailed { job, message } => {
                 let sim = self.jobs.get_mut(&job).expect("known job");
+                if let Some((name, _)) = &sim.caches_as {
+                    self.catalog.unclaim(name);
+                }
                 let legit = message.contains("poisoned")
                     || message.contains("failed 4 times")
                     || message.contains("no worker has been registered");
@@ -330,7 +390,92 @@ impl World {
                 sim.outcome = Some(JobOutcome::Failed(message));
             }
             Command::JobCancelled { job } => {
-                self.jobs.get_mut(&job).expect("known job").outcome = Some(JobOutcome::Cancelled);
+                let sim = self.jobs.get_mut(&job).expect("known job");
+                if let Some((name, _)) = &sim.caches_as {
+                    self.catalog.unclaim(name);
+                }
+                sim.outcome = Some(JobOutcome::Cancelled);
+            }
+        }
+    }
+
+    /// What the coordinator does when a job succeeded: the catalog takes the table it
+    /// cached and the cached partitions it computed again.
+    fn keep_cached_outputs(&mut self, job: JobId) {
+        let sim = &self.jobs[&job];
+        let stages: Vec<CachedStage> = sim
+            .cached_stages
+            .iter()
+            .filter_map(|(stage, cache)| {
+                Some(CachedStage {
+                    cache: *cache,
+                    outputs: self.sched.stage_outputs(job, *stage)?,
+                })
+            })
+            .collect();
+        let new_table = sim
+            .caches_as
+            .as_ref()
+            .map(|(name, _)| (name.clone(), sim.spec.stages.clone()));
+        if new_table.is_some() {
+            self.stats.tables_cached += 1;
+        }
+        let commands = self.catalog.job_succeeded(
+            job,
+            new_table.as_ref().map(|(n, s)| (n.as_str(), s.clone())),
+            stages,
+        );
+        for command in commands {
+            self.perform_catalog(job, command);
+        }
+        // Each table the job wrote lists the partitions it computed, but where a
+        // worker could not be told to keep them.
+        for (stage, cache) in &self.jobs[&job].cached_stages {
+            let Some(table) = self.catalog.tables().find(|t| t.id == *cache) else {
+                continue; // uncached meanwhile
+            };
+            let outputs = self.sched.stage_outputs(job, *stage).expect("done");
+            for (partition, (listed, ended)) in table.partitions.iter().zip(&outputs).enumerate() {
+                assert!(
+                    ended.origin.0 != job || listed == ended || listed.worker == WorkerId::NOWHERE,
+                    "table {} lists {listed:?} for partition {partition}, but {job} computed {ended:?}",
+                    table.name
+                );
+            }
+        }
+    }
+
+    fn perform_catalog(&mut self, job: JobId, command: CatalogCommand) {
+        match command {
+            CatalogCommand::Adopt {
+                worker,
+                cache,
+                blocks,
+            } => {
+                if self.jobs[&job].caches_as.is_none() {
+                    self.stats.cache_repairs += 1;
+                }
+                if self.process_of(worker).is_none() {
+                    // Its session is gone: the coordinator could not send it.
+                    self.catalog.adoption_failed(cache, job, worker);
+                    return;
+                }
+                let blocks = blocks.iter().map(|(p, o)| block_of(*p, o)).collect();
+                let d = self.net_delay((worker.0, false));
+                self.at(d, Action::Adopt(worker, cache, blocks));
+            }
+            CatalogCommand::Drop { worker, blocks } => {
+                let blocks = blocks.iter().map(|(p, o)| block_of(*p, o)).collect();
+                let d = self.net_delay((worker.0, false));
+                self.at(d, Action::DropBlocks(worker, blocks));
+            }
+            CatalogCommand::ReleaseCache { cache } => {
+                let workers: Vec<WorkerId> =
+                    self.processes.iter().filter_map(|p| p.worker).collect();
+                for worker in workers {
+                    let d = self.net_delay((worker.0, false));
+                    self.at(d, Action::ReleaseCache(worker, cache));
+                }
             }
         }
     }
@@ -408,17 +553,32 @@ impl World {
                     };
                     match state {
                         TaskState::Done {
-                            attempt, worker, ..
+                            attempt,
+                            worker,
+                            origin,
+                            ..
                         } => {
-                            let id = AttemptId {
-                                task,
-                                attempt: *attempt,
-                            };
+                            if *worker == WorkerId::NOWHERE {
+                                // A lost cached partition, or its lineage.
+                                continue;
+                            }
+                            let (id, _) = block_of(
+                                partition as u32,
+                                &Output {
+                                    attempt: *attempt,
+                                    worker: *worker,
+                                    origin: origin.unwrap_or((job, stage.id)),
+                                },
+                            );
                             assert!(
                                 self.succeeded.contains(&id),
                                 "{id} is done but never reported success"
                             );
-                            let running = self.sched.job_outcome(job) == Some(&JobOutcome::Running);
+                            // A table's blocks may be uncached or replaced while a job
+                            // reads them: the reader's fetch fails and it computes them
+                            // again. The catalog's own check is below.
+                            let running = self.sched.job_outcome(job) == Some(&JobOutcome::Running)
+                                && origin.is_none();
                             if let Some(h) = self.process_of(*worker).filter(|_| running) {
                                 let h = &self.processes[h];
                                 assert!(
@@ -454,6 +614,9 @@ impl World {
                     continue;
                 }
                 for (input, holder) in &launched.inputs {
+                    if input.task.job != launched.attempt.task.job {
+                        continue; // a cached table's block; see above
+                    }
                     let present = self.process_of(*holder).is_some_and(|h| {
                         let h = &self.processes[h];
                         !h.alive || h.blocks.contains(&(*input, *holder))
@@ -465,6 +628,29 @@ impl World {
                         launched.attempt
                     );
                 }
+            }
+        }
+        self.check_catalog();
+    }
+
+    /// Every partition the catalog lists on a live worker is there: kept by its table,
+    /// or still its job's while the message to adopt it is on its way.
+    fn check_catalog(&self) {
+        self.catalog.check_invariants();
+        for table in self.catalog.tables() {
+            for (partition, output) in table.partitions.iter().enumerate() {
+                let Some(p) = self.process_of(output.worker) else {
+                    continue;
+                };
+                let p = &self.processes[p];
+                let block = block_of(partition as u32, output);
+                assert!(
+                    !p.alive || p.blocks.contains(&block),
+                    "cached table {} lists partition {partition} on live {}, which lacks {}",
+                    table.name,
+                    output.worker,
+                    block.0
+                );
             }
         }
     }
@@ -497,9 +683,70 @@ impl World {
                 partition: self.rng.below(stages[s as usize].tasks as u64) as u32,
             }
         });
+        let name = TABLE_NAMES[self.rng.below(TABLE_NAMES.len() as u64) as usize].to_string();
+        let uses = match self.rng.below(10) {
+            0 | 1 => Uses::Caches(name),
+            2..=4 => Uses::Reads(name),
+            _ => Uses::Nothing,
+        };
+        let poison = poison.filter(|_| !matches!(uses, Uses::Reads(_)));
+        self.asked.insert(id, (stages, poison, uses));
+        let d = self.net_delay((0, true));
+        self.at(d, Action::Plan(id));
+    }
+
+    /// Plans a job the way the coordinator does, in one step: claims the name of the
+    /// table it caches, or starts from the partitions of the table it reads.
+    fn plan(&mut self, id: JobId) {
+        let (mut stages, poison, uses) = self.asked.remove(&id).expect("asked for");
+        let mut caches_as = None;
+        let mut cached_stages = Vec::new();
+        match uses {
+            Uses::Nothing => {}
+            Uses::Caches(name) => match self.catalog.claim(&name) {
+                Ok(cache) => {
+                    let last = stages.last().expect("a stage").id;
+                    cached_stages.push((last, cache));
+                    caches_as = Some((name, cache));
+                }
+                Err(e) => assert_eq!(e, CatalogError::Taken(name)),
+            },
+            Uses::Reads(name) => {
+                let table = self.catalog.tables().find(|t| t.name == name);
+                if let Some(table) = table {
+                    self.stats.cache_reads += 1;
+                    let cache = table.id;
+                    let lineage = table.meta.clone();
+                    let cached = lineage.last().expect("a stage").id;
+                    let mut read: Vec<StageSpec> = lineage
+                        .iter()
+                        .map(|s| StageSpec {
+                            existing: self.catalog.existing(
+                                Some((cache, s.id)),
+                                (s.id == cached).then_some(cache),
+                                s.tasks,
+                            ),
+                            ..s.clone()
+                        })
+                        .collect();
+                    let first = cached.0 + 1;
+                    for (i, own) in stages.iter().take(2).enumerate() {
+                        let id = StageId(first + i as u32);
+                        read.push(StageSpec {
+                            id,
+                            tasks: own.tasks,
+                            depends_on: vec![StageId(id.0 - 1)],
+                            ..Default::default()
+                        });
+                    }
+                    cached_stages.push((cached, cache));
+                    stages = read;
+                }
+            }
+        }
         let spec = JobSpec {
             id,
-            final_stage: StageId(stages_n - 1),
+            final_stage: stages.last().expect("a stage").id,
             stages,
         };
         self.jobs.insert(
@@ -509,10 +756,29 @@ impl World {
                 poison,
                 submitted_in_chaos: self.chaos(),
                 outcome: None,
+                caches_as,
+                cached_stages,
             },
         );
-        let d = self.net_delay((0, true));
-        self.at(d, Action::ToCoordinator(Event::JobSubmitted(spec)));
+        self.feed(Event::JobSubmitted(spec));
+    }
+
+    fn uncache(&mut self, name: Option<String>) {
+        let names: Vec<String> = match name {
+            Some(n) => vec![n],
+            None => self.catalog.tables().map(|t| t.name.clone()).collect(),
+        };
+        for name in names {
+            match self.catalog.uncache(&name) {
+                Ok(Some(release)) => {
+                    self.stats.uncached += 1;
+                    self.perform_catalog(JobId(0), release);
+                }
+                Ok(None) => {}
+                Err(e) => assert_eq!(e, CatalogError::StillCaching(name)),
+            }
+        }
+        self.check();
     }
 
     fn step(&mut self, action: Action) {
@@ -522,7 +788,50 @@ impl World {
                 self.at(TICK_MS, Action::Tick);
             }
             Action::ToCoordinator(event) => self.feed(event),
+            Action::Plan(job) => self.plan(job),
+            Action::Uncache(name) => self.uncache(name),
+            Action::Adopt(worker, cache, blocks) => {
+                if let Some(p) = self.process_of(worker) {
+                    let process = &mut self.processes[p];
+                    for block in blocks {
+                        if process.blocks.contains(&block) {
+                            process.adopted.insert(block, cache);
+                        }
+                    }
+                }
+            }
+            Action::DropBlocks(worker, blocks) => {
+                if let Some(p) = self.process_of(worker) {
+                    let process = &mut self.processes[p];
+                    for block in blocks {
+                        process.blocks.remove(&block);
+                        process.adopted.remove(&block);
+                    }
+                }
+                self.check();
+            }
+            Action::ReleaseCache(worker, cache) => {
+                if let Some(p) = self.process_of(worker) {
+                    let process = &mut self.processes[p];
+                    let freed: Vec<BlockId> = process
+                        .adopted
+                        .iter()
+                        .filter(|(_, c)| **c == cache)
+                        .map(|(b, _)| *b)
+                        .collect();
+                    for block in freed {
+                        process.blocks.remove(&block);
+                        process.adopted.remove(&block);
+                    }
+                }
+                self.check();
+            }
             Action::Submit => {
+                if self.rng.chance(0.05) {
+                    let name = TABLE_NAMES[self.rng.below(TABLE_NAMES.len() as u64) as usize];
+                    let d = self.net_delay((0, true));
+                    self.at(d, Action::Uncache(Some(name.to_string())));
+                }
                 self.new_job();
                 if self.now < CHAOS_MS + 5_000 {
                     let d = self.rng.range(100, 1_500);
@@ -539,6 +848,7 @@ impl World {
                 p.running.clear();
                 p.queued.clear();
                 p.blocks.clear();
+                p.adopted.clear();
                 let worker = WorkerId(self.next_worker);
                 self.next_worker += 1;
                 p.worker = Some(worker);
@@ -673,7 +983,10 @@ impl World {
                     let process = &mut self.processes[p];
                     process.running.retain(|a, _| a.task.job != job);
                     process.queued.retain(|l| l.attempt.task.job != job);
-                    process.blocks.retain(|(a, _)| a.task.job != job);
+                    let adopted = &process.adopted;
+                    process
+                        .blocks
+                        .retain(|b| b.0.task.job != job || adopted.contains_key(b));
                     self.start_queued(p, worker);
                 }
             }
@@ -748,6 +1061,7 @@ impl World {
         p.running.clear();
         p.queued.clear();
         p.blocks.clear();
+        p.adopted.clear();
         if reconnect && !p.paused && p.alive {
             let d = self.rng.range(50, 500);
             self.at(d, Action::Join { process });
@@ -780,6 +1094,7 @@ impl World {
                 self.processes[process].running.clear();
                 self.processes[process].queued.clear();
                 self.processes[process].blocks.clear();
+                self.processes[process].adopted.clear();
                 let back = self.rng.range(500, 5_000);
                 self.revive_later(process, back);
             }
@@ -833,8 +1148,15 @@ impl World {
             if self.now > END_MS {
                 break;
             }
-            if self.now > CHAOS_MS + 5_000 && self.jobs.values().all(|j| j.outcome.is_some()) {
-                // Let the last releases arrive, then nothing may be left behind.
+            if self.now > CHAOS_MS + 5_000
+                && self.asked.is_empty()
+                && self.jobs.values().all(|j| j.outcome.is_some())
+            {
+                // Uncache every table, let the last releases arrive, then nothing may
+                // be left behind.
+                if quiet_until.is_none() {
+                    self.at(0, Action::Uncache(None));
+                }
                 quiet_until.get_or_insert(self.now + 1_000);
             } else {
                 quiet_until = None;
@@ -863,6 +1185,7 @@ impl World {
                 );
             }
         }
+        assert_eq!(self.catalog.tables().count(), 0, "every table was uncached");
         for p in &self.processes {
             assert!(
                 !p.alive || p.blocks.is_empty(),
@@ -921,7 +1244,11 @@ fn scheduling_survives_crashes_pauses_and_delays() {
             total.faults > seeds.len()
                 && total.recomputed > 0
                 && total.fetch_failures > 0
-                && total.stalled > 0,
+                && total.stalled > 0
+                && total.tables_cached > 0
+                && total.cache_reads > 0
+                && total.cache_repairs > 0
+                && total.uncached > 0,
             "{total:?}"
         );
     }
