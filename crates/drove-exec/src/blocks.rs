@@ -201,6 +201,12 @@ impl Drop for Block {
 /// A stream of one block's batches; it keeps the block alive while it is read.
 pub type BlockReader = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 
+/// One block's batches for async code (see [`Block::stream`]).
+pub type BlockBatches = futures::stream::BoxStream<'static, Result<RecordBatch>>;
+
+/// How many batches of a spilled block are read ahead of the one being sent.
+const READ_AHEAD_BATCHES: usize = 2;
+
 impl Block {
     /// Whether the block lives in a file rather than in memory.
     pub fn is_spilled(&self) -> bool {
@@ -233,6 +239,41 @@ impl Block {
                 })))
             }
         }
+    }
+}
+
+impl Block {
+    /// Reads the block from async code without blocking its runtime: batches in
+    /// memory come at once; a spilled block's file is opened and read on a blocking
+    /// thread, at most [`READ_AHEAD_BATCHES`] ahead of the reader. Dropping the stream
+    /// stops the reading.
+    pub fn stream(self: &Arc<Self>) -> BlockBatches {
+        use futures::StreamExt as _;
+        if !self.is_spilled() {
+            return match self.read() {
+                Ok(batches) => futures::stream::iter(batches).boxed(),
+                Err(e) => futures::stream::once(futures::future::ready(Err(e))).boxed(),
+            };
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD_BATCHES);
+        let block = Arc::clone(self);
+        tokio::task::spawn_blocking(move || match block.read() {
+            Ok(batches) => {
+                for batch in batches {
+                    if tx.blocking_send(batch).is_err() {
+                        break; // the reader went away
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move {
+            let batch = rx.recv().await?;
+            Some((batch, rx))
+        })
+        .boxed()
     }
 }
 
@@ -635,6 +676,43 @@ mod tests {
             reduce_partition: reduce,
             attempt: 0,
         }
+    }
+
+    /// A spilled block streams the batches its file holds, read on a blocking thread;
+    /// a stream dropped half read stops the reading and lets the file go.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_spilled_block_streams_from_a_blocking_thread() {
+        use futures::StreamExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let batch = numbers(1_000);
+        let store = BlockStore::new(StoreConfig {
+            memory_limit: 0,
+            spill_dir: Some(dir.path().to_path_buf()),
+            codec: SpillCodec::Lz4,
+        });
+        let mut writer = store.writer(batch.schema(), 1);
+        for _ in 0..5 {
+            writer.push(0, batch.clone()).unwrap();
+        }
+        writer.finish(|r| key(1, r)).unwrap();
+        let block = store.get(&key(1, 0)).unwrap();
+        assert!(block.is_spilled());
+        let read: Vec<RecordBatch> = block.stream().map(Result::unwrap).collect().await;
+        assert_eq!(read, vec![batch.clone(); 5]);
+        let mut half = block.stream();
+        assert_eq!(half.next().await.unwrap().unwrap(), batch);
+        drop((half, block));
+        store.release_job(1);
+        // The reading thread ends once its sends fail, and the file goes with it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while store.stats().disk_bytes > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the reading thread never ended"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

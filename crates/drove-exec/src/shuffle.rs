@@ -595,8 +595,8 @@ impl ExecutionPlan for ShuffleReaderExec {
                         .ok_or_else(|| unreadable("not on this worker".into()))?;
                     env.local_read_bytes
                         .fetch_add(block.bytes, Ordering::Relaxed);
-                    let reader = block.read().map_err(|e| unreadable(e.to_string()))?;
-                    futures::stream::iter(reader)
+                    block
+                        .stream()
                         .map_err(move |e| unreadable(e.to_string()))
                         .boxed()
                 } else {

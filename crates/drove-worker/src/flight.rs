@@ -69,15 +69,10 @@ impl FlightService for BlockService {
                         format!("reading {key}: {e}").into(),
                     )
                 };
-                match block.read() {
-                    Ok(batches) => futures::stream::iter(batches)
-                        .map(move |b| b.map_err(|e| failed(e.to_string())))
-                        .boxed(),
-                    Err(e) => {
-                        futures::stream::once(futures::future::ready(Err(failed(e.to_string()))))
-                            .boxed()
-                    }
-                }
+                // A spilled block is read on a blocking thread, not this runtime.
+                block
+                    .stream()
+                    .map(move |b| b.map_err(|e| failed(e.to_string())))
             });
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(schema)
