@@ -1,5 +1,6 @@
-//! The coordinator's HTTP endpoints: the web UI ([`crate::ui`]), a JSON REST API
-//! described by an OpenAPI document, Prometheus metrics and a health check.
+//! The coordinator's HTTP endpoints: the web UI ([`crate::ui`]), the JSON REST API
+//! ([`crate::rest`]) with its generated OpenAPI document, Prometheus metrics and a
+//! health check.
 //!
 //! Every view is built from the same `drove_proto` status messages the gRPC API
 //! returns, so the UI, the REST API and `drove status` never disagree.
@@ -10,14 +11,14 @@ use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode, Uri, header};
-use axum::response::{Html, IntoResponse, Json, Response};
-use axum::routing::{get, post};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
 use drove_core::{JobId, WorkerId};
 use drove_proto as pb;
-use serde_json::{Value, json};
 
+use crate::rest::{JobState, api_error, parse_id, worker_tasks};
 use crate::state::{Coordinator, TASK_SECONDS_BUCKETS};
-use crate::{Error, ui};
+use crate::{rest, ui};
 
 /// The HTTP routes.
 pub fn router(coordinator: Coordinator) -> Router {
@@ -27,13 +28,7 @@ pub fn router(coordinator: Coordinator) -> Router {
         .route("/workers/{id}", get(ui_worker))
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/cluster", get(cluster))
-        .route("/api/v1/workers", get(workers))
-        .route("/api/v1/workers/{id}", get(worker))
-        .route("/api/v1/jobs", get(jobs))
-        .route("/api/v1/jobs/{id}", get(job))
-        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .merge(rest::router())
         .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such page".into()) })
         // After the routes: it applies to those registered before it. Axum still sets
         // the Allow header.
@@ -53,10 +48,6 @@ pub fn router(coordinator: Coordinator) -> Router {
         ))
 }
 
-fn api_error(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
-}
-
 /// A request with a method the path does not take: 405 with a JSON error, like every
 /// other error of the API, beside the Allow header axum adds.
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
@@ -67,261 +58,6 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
             uri.path()
         ),
     )
-}
-
-/// The most of a bad path segment that an error message repeats.
-const ECHO_CHARS_MAX: usize = 64;
-
-/// A path id as the OpenAPI document describes it: decimal digits only, from 0 to
-/// `u64::MAX`. Anything else (a sign, spaces, a segment that is not UTF-8, a number
-/// too large) is the reason for a 400.
-fn parse_id(kind: &str, raw: Result<Path<String>, PathRejection>) -> Result<u64, String> {
-    let raw = match raw {
-        Ok(Path(raw)) => raw,
-        Err(e) => return Err(format!("the {kind} id is not valid: {}", e.body_text())),
-    };
-    let id = if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
-        raw.parse::<u64>().ok()
-    } else {
-        None
-    };
-    id.ok_or_else(|| {
-        let mut shown: String = raw.chars().take(ECHO_CHARS_MAX).collect();
-        if shown.len() < raw.len() {
-            shown.push_str("...");
-        }
-        format!(
-            "'{shown}' is not a {kind} id; ids are whole numbers from 0 to {}, \
-             as /api/v1/{kind}s lists them",
-            u64::MAX
-        )
-    })
-}
-
-fn not_found_or_internal(e: Error) -> Response {
-    match e {
-        Error::NotFound(m) => api_error(StatusCode::NOT_FOUND, m),
-        other => api_error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-    }
-}
-
-/// The job's state as the API names it.
-pub fn state_name(state: pb::JobState) -> &'static str {
-    match state {
-        pb::JobState::Running => "running",
-        pb::JobState::Succeeded => "succeeded",
-        pb::JobState::Failed => "failed",
-        pb::JobState::Cancelled => "cancelled",
-        pb::JobState::Unspecified => "unknown",
-    }
-}
-
-/// Whether a task ran far longer than its stage's median: more than twice it, and by
-/// more than 100 ms.
-pub fn skewed(task: &pb::TaskRun, stage: &pb::StageStatus) -> bool {
-    let mut times: Vec<u64> = stage.tasks.iter().map(|t| t.elapsed_ms).collect();
-    if times.len() < 2 {
-        return false;
-    }
-    times.sort_unstable();
-    let median = times[times.len() / 2];
-    task.elapsed_ms > 2 * median && task.elapsed_ms > median + 100
-}
-
-pub fn worker_json(w: &pb::WorkerStatus) -> Value {
-    let memory = w.memory.unwrap_or_default();
-    json!({
-        "worker_id": w.worker_id,
-        "flight_addr": w.flight_addr,
-        "slots": w.slots,
-        "running_tasks": w.running_tasks,
-        "heartbeat_age_ms": w.heartbeat_age_ms,
-        "state": if w.draining { "draining" } else { "active" },
-        "block_bytes": w.block_bytes,
-        "memory": {
-            "budget_bytes": memory.budget_bytes,
-            "block_bytes": memory.block_bytes,
-            "execution_bytes": memory.execution_bytes,
-            "peak_bytes": memory.peak_bytes,
-            "disk_bytes": memory.disk_bytes,
-            "spilled_bytes_total": memory.spilled_bytes_total,
-            "spill_count": memory.spill_count,
-        },
-    })
-}
-
-pub fn job_summary_json(j: &pb::JobStatus) -> Value {
-    let tasks_total: u32 = j.stages.iter().map(|s| s.tasks_total).sum();
-    let tasks_done: u32 = j.stages.iter().map(|s| s.tasks_done).sum();
-    json!({
-        "job_id": j.job_id,
-        "name": j.name,
-        "state": state_name(j.state()),
-        "error": j.error,
-        "elapsed_ms": j.elapsed_ms,
-        "submitted_unix_ms": j.submitted_unix_ms,
-        "stages": j.stages.len(),
-        "tasks_total": tasks_total,
-        "tasks_done": tasks_done,
-        "spilled_bytes": j.spilled_bytes,
-        "spill_count": j.spill_count,
-        "memory_bytes": j.memory_bytes,
-        "peak_memory_bytes": j.peak_memory_bytes,
-    })
-}
-
-fn task_json(t: &pb::TaskRun, stage: &pb::StageStatus) -> Value {
-    json!({
-        "partition": t.partition,
-        "attempt": t.attempt,
-        "worker_id": t.worker_id,
-        "elapsed_ms": t.elapsed_ms,
-        "output_rows": t.output_rows,
-        "output_bytes": t.output_bytes,
-        "local_read_bytes": t.local_read_bytes,
-        "remote_read_bytes": t.remote_read_bytes,
-        "spilled_bytes": t.spilled_bytes,
-        "skewed": skewed(t, stage),
-    })
-}
-
-pub fn job_json(j: &pb::JobStatus) -> Value {
-    let mut v = job_summary_json(j);
-    let stages: Vec<Value> = j
-        .stages
-        .iter()
-        .map(|s| {
-            json!({
-                "stage_id": s.stage_id,
-                "root": s.root,
-                "depends_on": s.depends_on,
-                "tasks_total": s.tasks_total,
-                "tasks_done": s.tasks_done,
-                "tasks_running": s.tasks_running,
-                "attempts_launched": s.attempts_launched,
-                "attempts_failed": s.attempts_failed,
-                "attempts_speculative": s.attempts_speculative,
-                "plan": s.plan,
-                "tasks": s.tasks.iter().map(|t| task_json(t, s)).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    v["stages"] = Value::Array(stages);
-    v["sql"] = json!(j.sql);
-    v["physical_plan"] = json!(j.physical_plan);
-    v
-}
-
-/// The tasks a worker ran in the jobs still in the history.
-pub fn worker_tasks(worker: u64, jobs: &[pb::JobStatus]) -> Vec<(u64, u32, pb::TaskRun)> {
-    let mut tasks = Vec::new();
-    for j in jobs {
-        for s in &j.stages {
-            for t in s.tasks.iter().filter(|t| t.worker_id == worker) {
-                tasks.push((j.job_id, s.stage_id, t.clone()));
-            }
-        }
-    }
-    tasks
-}
-
-async fn cluster(State(coordinator): State<Coordinator>) -> Json<Value> {
-    let status = coordinator.cluster_status();
-    let workers: Vec<Value> = status.workers.iter().map(worker_json).collect();
-    let jobs: Vec<Value> = status.jobs.iter().map(job_summary_json).collect();
-    let cached: Vec<Value> = status
-        .cached_tables
-        .iter()
-        .map(|t| {
-            json!({
-                "name": t.name,
-                "partitions": t.partitions,
-                "partitions_available": t.partitions_available,
-                "job_id": t.job_id,
-            })
-        })
-        .collect();
-    Json(json!({ "workers": workers, "jobs": jobs, "cached_tables": cached }))
-}
-
-async fn workers(State(coordinator): State<Coordinator>) -> Json<Value> {
-    let status = coordinator.cluster_status();
-    Json(Value::Array(
-        status.workers.iter().map(worker_json).collect(),
-    ))
-}
-
-async fn worker(
-    State(coordinator): State<Coordinator>,
-    raw: Result<Path<String>, PathRejection>,
-) -> Response {
-    let id = match parse_id("worker", raw) {
-        Ok(id) => id,
-        Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
-    };
-    let status = coordinator.cluster_status();
-    let Some(w) = status.workers.iter().find(|w| w.worker_id == id) else {
-        return api_error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "{} is not registered (it may have left or been lost)",
-                WorkerId(id)
-            ),
-        );
-    };
-    let mut v = worker_json(w);
-    v["tasks"] = worker_tasks(id, &coordinator.jobs())
-        .iter()
-        .map(|(job, stage, t)| {
-            json!({
-                "job_id": job, "stage_id": stage, "partition": t.partition,
-                "attempt": t.attempt, "elapsed_ms": t.elapsed_ms,
-                "output_bytes": t.output_bytes,
-            })
-        })
-        .collect();
-    Json(v).into_response()
-}
-
-async fn jobs(State(coordinator): State<Coordinator>) -> Json<Value> {
-    Json(Value::Array(
-        coordinator.jobs().iter().map(job_summary_json).collect(),
-    ))
-}
-
-async fn job(
-    State(coordinator): State<Coordinator>,
-    raw: Result<Path<String>, PathRejection>,
-) -> Response {
-    let id = match parse_id("job", raw) {
-        Ok(id) => id,
-        Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
-    };
-    match coordinator.status(JobId(id)) {
-        Ok(status) => Json(job_json(&status)).into_response(),
-        Err(e) => not_found_or_internal(e),
-    }
-}
-
-/// Cancels a running job; a job that already ended is left as it was.
-async fn cancel(
-    State(coordinator): State<Coordinator>,
-    raw: Result<Path<String>, PathRejection>,
-) -> Response {
-    let id = match parse_id("job", raw) {
-        Ok(id) => id,
-        Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
-    };
-    match coordinator.cancel(JobId(id)) {
-        Ok(status) => {
-            Json(json!({ "job_id": id, "state": state_name(status.state()) })).into_response()
-        }
-        Err(e) => not_found_or_internal(e),
-    }
-}
-
-async fn openapi() -> Json<Value> {
-    Json(crate::openapi::document())
 }
 
 /// Prometheus text exposition format, version 0.0.4.
@@ -352,7 +88,7 @@ async fn metrics(State(coordinator): State<Coordinator>) -> Response {
     ]
     .iter()
     .map(|s| {
-        let label = state_name(pb::JobState::from_str_name(s).unwrap_or_default());
+        let label = JobState::from(pb::JobState::from_str_name(s).unwrap_or_default()).name();
         (
             format!("{{state=\"{label}\"}}"),
             m.jobs_ended.get(s).copied().unwrap_or(0).to_string(),
@@ -368,7 +104,10 @@ async fn metrics(State(coordinator): State<Coordinator>) -> Response {
     let by_state: Vec<(String, String)> = ["running", "succeeded", "failed", "cancelled"]
         .iter()
         .map(|s| {
-            let n = jobs.iter().filter(|j| state_name(j.state()) == *s).count();
+            let n = jobs
+                .iter()
+                .filter(|j| JobState::from(j.state()).name() == *s)
+                .count();
             (format!("{{state=\"{s}\"}}"), n.to_string())
         })
         .collect();
@@ -559,6 +298,8 @@ mod tests {
     use std::net::SocketAddr;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use serde_json::Value;
 
     use super::*;
     use crate::CoordinatorConfig;

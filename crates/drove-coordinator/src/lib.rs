@@ -9,8 +9,8 @@
 //! locations and status.
 
 pub mod http;
-pub mod openapi;
 pub mod planning;
+pub mod rest;
 pub mod service;
 pub mod state;
 pub mod ui;

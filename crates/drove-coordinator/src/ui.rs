@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use drove_core::human_bytes;
 use drove_proto as pb;
 
-use crate::http::{skewed, state_name};
+use crate::rest::{JobState, skewed, stage_median_ms};
 
 /// Text made safe for HTML.
 fn esc(s: &str) -> String {
@@ -54,7 +54,7 @@ fn page(title: &str, refresh: Option<u32>, body: &str) -> String {
 }
 
 fn state_cell(state: pb::JobState) -> String {
-    let name = state_name(state);
+    let name = JobState::from(state).name();
     format!("<span class=\"state {name}\">{name}</span>")
 }
 
@@ -235,8 +235,9 @@ pub fn job(j: &pb::JobStatus) -> String {
             id = s.stage_id,
         );
         b.push_str("<table class=\"tasks\"><tr><th>partition</th><th>worker</th><th>attempt</th><th>duration</th><th>rows out</th><th>bytes out</th><th>read local</th><th>read remote</th><th>spilled</th><th></th></tr>");
+        let median = stage_median_ms(s);
         for t in &s.tasks {
-            let skew = skewed(t, s);
+            let skew = skewed(t.elapsed_ms, median);
             let _ = write!(
                 b,
                 "<tr class=\"task{}\"><td>{}</td><td><a href=\"/workers/{w}\">worker-{w}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

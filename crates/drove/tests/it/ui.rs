@@ -31,12 +31,7 @@ async fn cluster(workers: usize, delay_ms: u64) -> (LocalCluster, Session, Strin
 }
 
 async fn get_json(http: &str, path: &str) -> (u16, Value) {
-    let (http, path) = (http.to_string(), path.to_string());
-    let (code, body) = tokio::task::spawn_blocking(move || crate::http(&http, "GET", &path))
-        .await
-        .unwrap();
-    let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    (code, value)
+    request_json(http, "GET", path).await
 }
 
 /// Waits until a job runs with its first stage done and returns its id.
@@ -186,124 +181,120 @@ async fn the_web_ui_shows_the_cluster_a_running_job_a_finished_job_and_a_failure
     cluster.shutdown().await;
 }
 
-/// Checks `value` against an OpenAPI schema (the subset the document uses: $ref,
-/// type, required, properties, items, enum, minimum); returns the first mismatch.
-fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
-    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-        let name = r.trim_start_matches("#/components/schemas/");
-        return check(doc, &doc["components"]["schemas"][name], value, at);
-    }
-    let ok = match schema["type"].as_str() {
-        Some("object") => value.is_object(),
-        Some("array") => value.is_array(),
-        Some("string") => value.is_string(),
-        Some("integer") => value.is_u64() || value.is_i64(),
-        Some("boolean") => value.is_boolean(),
-        other => return Err(format!("{at}: the document uses an unknown type {other:?}")),
-    };
-    if !ok {
-        return Err(format!("{at}: {value} is not a {}", schema["type"]));
-    }
-    if let Some(values) = schema.get("enum").and_then(Value::as_array)
-        && !values.contains(value)
-    {
-        return Err(format!("{at}: {value} is not one of {values:?}"));
-    }
-    if let Some(min) = schema.get("minimum").and_then(Value::as_i64)
-        && value.as_i64().is_some_and(|v| v < min)
-    {
-        return Err(format!("{at}: {value} is below {min}"));
-    }
-    if let Some(required) = schema.get("required").and_then(Value::as_array) {
-        for key in required {
-            let key = key.as_str().unwrap();
-            if value.get(key).is_none() {
-                return Err(format!("{at}: '{key}' is missing"));
-            }
-        }
-    }
-    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-        for key in value.as_object().unwrap().keys() {
-            if !props.contains_key(key) {
-                return Err(format!("{at}: '{key}' is not in the document"));
-            }
-        }
-        for (key, sub) in props {
-            if let Some(v) = value.get(key) {
-                check(doc, sub, v, &format!("{at}.{key}"))?;
-            }
-        }
-    }
-    if let Some(items) = schema.get("items") {
-        for (i, v) in value.as_array().unwrap().iter().enumerate() {
-            check(doc, items, v, &format!("{at}[{i}]"))?;
-        }
-    }
-    Ok(())
+async fn request_json(http: &str, method: &str, path: &str) -> (u16, Value) {
+    let (http, method, path) = (http.to_string(), method.to_string(), path.to_string());
+    let (code, body) = tokio::task::spawn_blocking(move || crate::http(&http, &method, &path))
+        .await
+        .unwrap();
+    let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    (code, value)
 }
 
-fn response_schema<'a>(doc: &'a Value, path: &str, method: &str, code: u16) -> &'a Value {
+/// The document's schema of an answer, as a JSON Schema (OpenAPI 3.1's schemas are
+/// JSON Schema 2020-12) whose references resolve within the document.
+fn answer_schema(doc: &Value, path: &str, method: &str, code: u16) -> jsonschema::Validator {
     let schema = &doc["paths"][path][method]["responses"][code.to_string()]["content"]["application/json"]
         ["schema"];
     assert!(
-        !schema.is_null(),
-        "the document has no {code} for {method} {path}"
+        schema.is_object(),
+        "the document has no {code} answer for {method} {path}"
     );
-    schema
+    let root = serde_json::json!({ "allOf": [schema], "components": doc["components"] });
+    jsonschema::draft202012::new(&root)
+        .unwrap_or_else(|e| panic!("{method} {path} {code}: the schema does not compile: {e}"))
 }
 
+const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
+
+/// The documented paths are exactly the API's routes: every documented operation
+/// answers (200, or the error it documents) with JSON that validates against the
+/// document's strict schema, every other method on a documented path is not allowed,
+/// and a path under /api/v1 that is not documented does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_rest_api_answers_as_its_openapi_document_says() {
     let (cluster, session, http) = cluster(2, 0).await;
     let done = session.run_sql(QUERIES[2]).await.unwrap().summary.job_id;
+    session
+        .run_sql("CACHE TABLE small AS SELECT n_name FROM nation")
+        .await
+        .unwrap();
     let (code, doc) = get_json(&http, "/api/v1/openapi.json").await;
     assert_eq!(code, 200);
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
     let worker = session.cluster_status().await.unwrap().workers[0].worker_id;
-    let cases: Vec<(&str, String, u16)> = vec![
-        ("/api/v1/cluster", "/api/v1/cluster".into(), 200),
-        ("/api/v1/workers", "/api/v1/workers".into(), 200),
-        (
-            "/api/v1/workers/{id}",
-            format!("/api/v1/workers/{worker}"),
-            200,
-        ),
-        ("/api/v1/workers/{id}", "/api/v1/workers/999".into(), 404),
-        ("/api/v1/workers/{id}", "/api/v1/workers/w1".into(), 400),
-        ("/api/v1/jobs", "/api/v1/jobs".into(), 200),
-        ("/api/v1/jobs/{id}", format!("/api/v1/jobs/{done}"), 200),
-        ("/api/v1/jobs/{id}", "/api/v1/jobs/424242".into(), 404),
-        ("/api/v1/jobs/{id}", "/api/v1/jobs/-1".into(), 400),
-        ("/api/v1/jobs/{id}", "/api/v1/jobs/abc".into(), 400),
-    ];
-    for (template, path, expected) in cases {
-        let (code, body) = get_json(&http, &path).await;
-        assert_eq!(code, expected, "GET {path}: {body}");
-        let schema = response_schema(&doc, template, "get", code);
-        if let Err(e) = check(&doc, schema, &body, &path) {
-            panic!("GET {path} does not match the document: {e}\n{body:#}");
+    // For each path: the ids to try, with the answer each must get.
+    let ids = |kind: &str| -> Vec<(String, u16)> {
+        let real = if kind == "worker" { worker } else { done };
+        vec![
+            (real.to_string(), 200),
+            ("424242".into(), 404),
+            (u64::MAX.to_string(), 404),
+            ("18446744073709551616".into(), 400),
+            ("-1".into(), 400),
+            ("abc".into(), 400),
+        ]
+    };
+    let paths = doc["paths"].as_object().unwrap();
+    let mut checked = 0;
+    for (template, item) in paths {
+        let cases = if template.contains("{id}") {
+            let kind = if template.contains("workers") {
+                "worker"
+            } else {
+                "job"
+            };
+            ids(kind)
+                .into_iter()
+                .map(|(id, code)| (template.replace("{id}", &id), code))
+                .collect()
+        } else {
+            vec![(template.clone(), 200)]
+        };
+        for method in METHODS {
+            let documented = item.get(method).is_some();
+            for (path, expected) in &cases {
+                let (code, body) = request_json(&http, &method.to_uppercase(), path).await;
+                if !documented {
+                    assert_eq!(code, 405, "{method} {path} is not documented: {body}");
+                    continue;
+                }
+                assert_eq!(code, *expected, "{method} {path}: {body}");
+                let validator = answer_schema(&doc, template, method, code);
+                if let Err(e) = validator.validate(&body) {
+                    panic!("{method} {path} does not match the document: {e}\n{body:#}");
+                }
+                checked += 1;
+            }
         }
     }
+    assert!(checked >= 20, "{checked}");
+    for path in [
+        "/api/v1",
+        "/api/v1/nope",
+        "/api/v1/jobs/1/tasks",
+        "/api/v2/jobs",
+    ] {
+        let (code, body) = get_json(&http, path).await;
+        assert_eq!(
+            code, 404,
+            "{path} is not documented, so it must not exist: {body}"
+        );
+    }
+    // The answers say what happened, not just their shape.
     let (_, job) = get_json(&http, &format!("/api/v1/jobs/{done}")).await;
     assert_eq!(job["state"], "succeeded");
     assert!(job["sql"].as_str().unwrap().contains("revenue"));
-    // Cancelling an ended job answers its state and changes nothing.
-    let http_cancel = http.clone();
-    let (code, body) = tokio::task::spawn_blocking(move || {
-        crate::http(&http_cancel, "POST", &format!("/api/v1/jobs/{done}/cancel"))
-    })
-    .await
-    .unwrap();
-    assert_eq!(code, 200);
-    let body: Value = serde_json::from_str(&body).unwrap();
-    check(
-        &doc,
-        response_schema(&doc, "/api/v1/jobs/{id}/cancel", "post", 200),
-        &body,
-        "cancel",
-    )
-    .unwrap();
-    assert_eq!(body["state"], "succeeded");
+    let (_, cluster_json) = get_json(&http, "/api/v1/cluster").await;
+    assert_eq!(cluster_json["cached_tables"][0]["name"], "small");
+    let (_, cancelled) = request_json(&http, "POST", &format!("/api/v1/jobs/{done}/cancel")).await;
+    assert_eq!(
+        cancelled["state"], "succeeded",
+        "an ended job stays as it was"
+    );
     cluster.shutdown().await;
 }
 
