@@ -407,10 +407,20 @@ pub fn parse_id(kind: &str, raw: Result<Path<String>, PathRejection>) -> Result<
     })
 }
 
-fn not_found_or_internal(e: Error) -> Response {
-    match e {
-        Error::NotFound(m) => api_error(StatusCode::NOT_FOUND, m),
-        other => api_error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+/// The answer of an operation on the job a path names: 400 for an id that is not
+/// one, 404 for a job not in the history.
+fn answer_for_job<T: IntoResponse>(
+    raw: Result<Path<String>, PathRejection>,
+    answer: impl FnOnce(JobId) -> Result<T, Error>,
+) -> Response {
+    let id = match parse_id("job", raw) {
+        Ok(id) => id,
+        Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
+    };
+    match answer(JobId(id)) {
+        Ok(body) => body.into_response(),
+        Err(Error::NotFound(m)) => api_error(StatusCode::NOT_FOUND, m),
+        Err(other) => api_error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     }
 }
 
@@ -537,14 +547,10 @@ async fn job(
     State(coordinator): State<Coordinator>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let id = match parse_id("job", raw) {
-        Ok(id) => id,
-        Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
-    };
-    match coordinator.status(JobId(id)) {
-        Ok(status) => Json(Job::from(&status)).into_response(),
-        Err(e) => not_found_or_internal(e),
-    }
+    answer_for_job(raw, |job| {
+        let status = coordinator.status(job)?;
+        Ok(Json(Job::from(&status)))
+    })
 }
 
 /// Cancels a running job; an ended job is left as it was.
@@ -558,18 +564,13 @@ async fn cancel(
     State(coordinator): State<Coordinator>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let id = match parse_id("job", raw) {
-        Ok(id) => id,
-        Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
-    };
-    match coordinator.cancel(JobId(id)) {
-        Ok(status) => Json(CancelResult {
-            job_id: id,
+    answer_for_job(raw, |job| {
+        let status = coordinator.cancel(job)?;
+        Ok(Json(CancelResult {
+            job_id: job.0,
             state: status.state().into(),
-        })
-        .into_response(),
-        Err(e) => not_found_or_internal(e),
-    }
+        }))
+    })
 }
 
 /// This document.

@@ -1071,11 +1071,7 @@ impl State {
         if let Some((name, _)) = &new_table {
             info!(table = %name, %job, "table cached");
         }
-        let commands = self.catalog.job_succeeded(
-            job,
-            new_table.as_ref().map(|(n, m)| (n.as_str(), m.clone())),
-            stages,
-        );
+        let commands = self.catalog.job_succeeded(job, new_table, stages);
         for command in commands {
             self.perform_catalog(job, command);
         }

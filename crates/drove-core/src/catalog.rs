@@ -186,12 +186,12 @@ impl<T: Clone> Catalog<T> {
     pub fn job_succeeded(
         &mut self,
         job: JobId,
-        new_table: Option<(&str, T)>,
+        new_table: Option<(String, T)>,
         stages: Vec<CachedStage>,
     ) -> Vec<CatalogCommand> {
         let mut new_table = new_table.and_then(|(name, meta)| {
-            let id = self.pending.remove(name)?;
-            Some((name.to_string(), id, meta))
+            let id = self.pending.remove(&name)?;
+            Some((name, id, meta))
         });
         let mut out = Vec::new();
         for CachedStage { cache, outputs } in stages {
@@ -318,7 +318,7 @@ mod tests {
         assert_eq!(c.uncache("t"), Err(CatalogError::StillCaching("t".into())));
         let cmds = c.job_succeeded(
             JobId(1),
-            Some(("t", ())),
+            Some(("t".into(), ())),
             vec![CachedStage {
                 cache: id,
                 outputs: vec![out(1, 2, 7), out(1, 2, 8)],
@@ -341,7 +341,7 @@ mod tests {
         let id = c.claim("t").unwrap();
         c.job_succeeded(
             JobId(1),
-            Some(("t", ())),
+            Some(("t".into(), ())),
             vec![CachedStage {
                 cache: id,
                 outputs: vec![out(1, 2, 7), out(1, 2, 8)],

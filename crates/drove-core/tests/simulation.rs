@@ -420,11 +420,7 @@ impl World {
         if new_table.is_some() {
             self.stats.tables_cached += 1;
         }
-        let commands = self.catalog.job_succeeded(
-            job,
-            new_table.as_ref().map(|(n, s)| (n.as_str(), s.clone())),
-            stages,
-        );
+        let commands = self.catalog.job_succeeded(job, new_table, stages);
         for command in commands {
             self.perform_catalog(job, command);
         }

@@ -201,9 +201,6 @@ impl Drop for Block {
 /// A stream of one block's batches; it keeps the block alive while it is read.
 pub type BlockReader = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 
-/// One block's batches for async code (see [`Block::stream`]).
-pub type BlockBatches = futures::stream::BoxStream<'static, Result<RecordBatch>>;
-
 /// How many batches of a spilled block are read ahead of the one being sent.
 const READ_AHEAD_BATCHES: usize = 2;
 
@@ -247,7 +244,7 @@ impl Block {
     /// memory come at once; a spilled block's file is opened and read on a blocking
     /// thread, at most [`READ_AHEAD_BATCHES`] ahead of the reader. Dropping the stream
     /// stops the reading.
-    pub fn stream(self: &Arc<Self>) -> BlockBatches {
+    pub fn stream(self: &Arc<Self>) -> crate::shuffle::BlockStream {
         use futures::StreamExt as _;
         if !self.is_spilled() {
             return match self.read() {

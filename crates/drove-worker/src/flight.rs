@@ -52,6 +52,7 @@ impl FlightService for BlockService {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let keys = block_keys(&request.into_inner().ticket)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::debug!(blocks = keys.len(), first = %keys[0], "do_get");
         // Every block is looked up before the answer starts: a missing one fails the
         // call at once, naming it, rather than after the others were sent.
         let blocks = keys
