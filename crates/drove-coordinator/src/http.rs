@@ -5,8 +5,6 @@
 //! Every view is built from the same `drove_proto` status messages the gRPC API
 //! returns, so the UI, the REST API and `drove status` never disagree.
 
-use std::fmt::Write as _;
-
 use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -14,10 +12,9 @@ use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use drove_core::{JobId, WorkerId};
-use drove_proto as pb;
 
-use crate::rest::{JobState, api_error, parse_id, worker_tasks};
-use crate::state::{Coordinator, TASK_SECONDS_BUCKETS};
+use crate::rest::{api_error, parse_id, worker_tasks};
+use crate::state::Coordinator;
 use crate::{rest, ui};
 
 /// The HTTP routes.
@@ -60,201 +57,14 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     )
 }
 
-/// Prometheus text exposition format, version 0.0.4.
+/// The metrics in OpenMetrics text, which Prometheus scrapes.
 async fn metrics(State(coordinator): State<Coordinator>) -> Response {
-    let m = coordinator.metrics();
-    let status = coordinator.cluster_status();
-    let jobs = &status.jobs;
-    let (pending, running) = coordinator.task_gauges();
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let plain = |v: String| vec![(String::new(), v)];
-    family(
-        "drove_jobs_submitted_total",
-        "counter",
-        "Jobs submitted.",
-        &plain(m.jobs_submitted.to_string()),
-    );
-    let ended: Vec<(String, String)> = [
-        "JOB_STATE_SUCCEEDED",
-        "JOB_STATE_FAILED",
-        "JOB_STATE_CANCELLED",
-    ]
-    .iter()
-    .map(|s| {
-        let label = JobState::from(pb::JobState::from_str_name(s).unwrap_or_default()).name();
-        (
-            format!("{{state=\"{label}\"}}"),
-            m.jobs_ended.get(s).copied().unwrap_or(0).to_string(),
-        )
-    })
-    .collect();
-    family(
-        "drove_jobs_ended_total",
-        "counter",
-        "Jobs ended, by final state.",
-        &ended,
-    );
-    let by_state: Vec<(String, String)> = ["running", "succeeded", "failed", "cancelled"]
-        .iter()
-        .map(|s| {
-            let n = jobs
-                .iter()
-                .filter(|j| JobState::from(j.state()).name() == *s)
-                .count();
-            (format!("{{state=\"{s}\"}}"), n.to_string())
-        })
-        .collect();
-    family(
-        "drove_jobs",
-        "gauge",
-        "Jobs in the history, by state.",
-        &by_state,
-    );
-    family(
-        "drove_tasks",
-        "gauge",
-        "Tasks of running jobs, by state.",
-        &[
-            ("{state=\"pending\"}".into(), pending.to_string()),
-            ("{state=\"running\"}".into(), running.to_string()),
-        ],
-    );
-    family(
-        "drove_tasks_completed_total",
-        "counter",
-        "Task completions the scheduler accepted.",
-        &plain(m.tasks_completed.to_string()),
-    );
-    family(
-        "drove_task_attempts_failed_total",
-        "counter",
-        "Attempts that failed and were retried or failed their job (retries).",
-        &plain(m.attempts_failed.to_string()),
-    );
-    family(
-        "drove_task_attempts_speculative_total",
-        "counter",
-        "Speculative twins launched for slow tasks.",
-        &plain(m.attempts_speculative.to_string()),
-    );
-    let mut histogram = Vec::new();
-    for (bound, count) in TASK_SECONDS_BUCKETS.iter().zip(&m.task_seconds_buckets) {
-        histogram.push((format!("_bucket{{le=\"{bound}\"}}"), count.to_string()));
-    }
-    histogram.push(("_bucket{le=\"+Inf\"}".into(), m.tasks_completed.to_string()));
-    histogram.push(("_sum".into(), format!("{:.3}", m.task_seconds_sum)));
-    histogram.push(("_count".into(), m.tasks_completed.to_string()));
-    family(
-        "drove_task_duration_seconds",
-        "histogram",
-        "Run time of completed tasks.",
-        &histogram,
-    );
-    family(
-        "drove_shuffle_write_bytes_total",
-        "counter",
-        "Bytes completed tasks wrote as blocks.",
-        &plain(m.task_output_bytes.to_string()),
-    );
-    family(
-        "drove_shuffle_remote_read_bytes_total",
-        "counter",
-        "Shuffle bytes completed tasks fetched from other workers.",
-        &plain(m.remote_read_bytes.to_string()),
-    );
-    family(
-        "drove_workers",
-        "gauge",
-        "Registered workers.",
-        &plain(status.workers.len().to_string()),
-    );
-    let per_worker = |f: &dyn Fn(&pb::WorkerStatus) -> String| -> Vec<(String, String)> {
-        status
-            .workers
-            .iter()
-            .map(|w| (format!("{{worker=\"{}\"}}", w.worker_id), f(w)))
-            .collect()
-    };
-    family(
-        "drove_worker_slots",
-        "gauge",
-        "Task slots per worker.",
-        &per_worker(&|w| w.slots.to_string()),
-    );
-    family(
-        "drove_worker_running_tasks",
-        "gauge",
-        "Attempts running per worker.",
-        &per_worker(&|w| w.running_tasks.to_string()),
-    );
-    family(
-        "drove_worker_block_bytes",
-        "gauge",
-        "Bytes of shuffle blocks held in memory per worker.",
-        &per_worker(&|w| w.block_bytes.to_string()),
-    );
-    let memory = |f: fn(&pb::MemoryStats) -> u64| {
-        move |w: &pb::WorkerStatus| f(&w.memory.unwrap_or_default()).to_string()
-    };
-    for (name, kind, help, f) in [
-        (
-            "drove_worker_memory_budget_bytes",
-            "gauge",
-            "Each worker's memory budget.",
-            memory(|m| m.budget_bytes),
-        ),
-        (
-            "drove_worker_memory_execution_bytes",
-            "gauge",
-            "Bytes the running tasks' operators hold per worker.",
-            memory(|m| m.execution_bytes),
-        ),
-        (
-            "drove_worker_memory_peak_bytes",
-            "gauge",
-            "The most memory blocks and operators have held at once per worker.",
-            memory(|m| m.peak_bytes),
-        ),
-        (
-            "drove_worker_spill_disk_bytes",
-            "gauge",
-            "Bytes of spilled data on disk now per worker.",
-            memory(|m| m.disk_bytes),
-        ),
-        (
-            "drove_worker_spilled_bytes_total",
-            "counter",
-            "Bytes spilled to disk per worker since it started.",
-            memory(|m| m.spilled_bytes_total),
-        ),
-        (
-            "drove_worker_spills_total",
-            "counter",
-            "Spills per worker since it started.",
-            memory(|m| m.spill_count),
-        ),
-    ] {
-        family(name, kind, help, &per_worker(&f));
-    }
-    family(
-        "drove_worker_heartbeat_age_seconds",
-        "gauge",
-        "Time since each worker's last heartbeat.",
-        &per_worker(&|w| format!("{:.3}", w.heartbeat_age_ms as f64 / 1000.0)),
-    );
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        out,
+        coordinator.metrics_text(),
     )
         .into_response()
 }

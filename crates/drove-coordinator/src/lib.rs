@@ -9,6 +9,7 @@
 //! locations and status.
 
 pub mod http;
+pub mod metrics;
 pub mod planning;
 pub mod rest;
 pub mod service;

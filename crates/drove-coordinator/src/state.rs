@@ -21,7 +21,9 @@ use drove_proto as pb;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, info_span, warn};
 
+use crate::metrics::{Metrics, Snapshot};
 use crate::planning::{self, PlannedJob, Query};
+use crate::rest::JobState;
 use crate::{CoordinatorConfig, Error, Result};
 
 /// Messages to one worker's stream.
@@ -45,29 +47,6 @@ struct WorkerConn {
     last_heartbeat: Instant,
     memory: pb::MemoryStats,
 }
-
-/// Counters for `/metrics`; they only grow.
-#[derive(Debug, Clone, Default)]
-pub struct Metrics {
-    pub jobs_submitted: u64,
-    /// Jobs ended, by final state.
-    pub jobs_ended: BTreeMap<&'static str, u64>,
-    /// Task completions the scheduler accepted.
-    pub tasks_completed: u64,
-    /// Attempts that failed and counted against their task.
-    pub attempts_failed: u64,
-    pub attempts_speculative: u64,
-    /// Completed tasks' run times: counts per upper bound of `TASK_SECONDS_BUCKETS`,
-    /// then the sum in seconds.
-    pub task_seconds_buckets: Vec<u64>,
-    pub task_seconds_sum: f64,
-    /// Bytes written by completed tasks, and read by them from other workers.
-    pub task_output_bytes: u64,
-    pub remote_read_bytes: u64,
-}
-
-/// Upper bounds of the task run-time histogram, in seconds.
-pub const TASK_SECONDS_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
 
 struct JobRecord {
     name: String,
@@ -162,10 +141,7 @@ impl Coordinator {
             jobs: HashMap::new(),
             next_worker_id: 1,
             epoch: Instant::now(),
-            metrics: Metrics {
-                task_seconds_buckets: vec![0; TASK_SECONDS_BUCKETS.len()],
-                ..Default::default()
-            },
+            metrics: Metrics::new(),
             catalog: Catalog::default(),
         };
         Self {
@@ -281,27 +257,44 @@ impl Coordinator {
         }
     }
 
-    /// The counters behind `/metrics`.
-    pub fn metrics(&self) -> Metrics {
-        self.lock().metrics.clone()
-    }
-
-    /// Tasks of running jobs by state: (pending, running).
-    pub fn task_gauges(&self) -> (u64, u64) {
+    /// `/metrics`: the counters, and gauges read from the state now. Costs time in
+    /// proportion to the workers and running stages, not to the jobs' tasks.
+    pub fn metrics_text(&self) -> String {
         let state = self.lock();
-        let (mut pending, mut running) = (0, 0);
+        let (mut tasks_pending, mut tasks_running) = (0, 0);
         for job in state.scheduler.running_jobs() {
             let Some(record) = state.jobs.get(&job) else {
                 continue;
             };
             for s in &record.planned.stages {
                 if let Some(c) = state.scheduler.stage_counts(job, StageId(s.id)) {
-                    pending += u64::from(c.pending);
-                    running += u64::from(c.running);
+                    tasks_pending += u64::from(c.pending);
+                    tasks_running += u64::from(c.running);
                 }
             }
         }
-        (pending, running)
+        let mut jobs_by_state = [
+            pb::JobState::Running,
+            pb::JobState::Succeeded,
+            pb::JobState::Failed,
+            pb::JobState::Cancelled,
+        ]
+        .map(|s| (JobState::from(s).name(), 0));
+        for (id, _) in state.meta.state().jobs() {
+            if let Some(record) = state.jobs.get(&id) {
+                let name = JobState::from(record.state).name();
+                if let Some(count) = jobs_by_state.iter_mut().find(|(n, _)| *n == name) {
+                    count.1 += 1;
+                }
+            }
+        }
+        let workers = state.worker_statuses();
+        state.metrics.encode(&Snapshot {
+            jobs_by_state,
+            tasks_pending,
+            tasks_running,
+            workers: &workers,
+        })
     }
 
     /// The recent jobs' statuses, newest first.
@@ -419,7 +412,7 @@ impl Coordinator {
             submitted_ms: now_ms(),
         });
         info!(stages = spec.stages.len(), "job submitted");
-        state.metrics.jobs_submitted += 1;
+        state.metrics.job_submitted();
         state.jobs.insert(
             job,
             JobRecord {
@@ -572,20 +565,7 @@ impl Coordinator {
     /// The workers and recent jobs (newest first).
     pub fn cluster_status(&self) -> pb::ClusterStatusResponse {
         let state = self.lock();
-        let workers = state
-            .workers
-            .iter()
-            .map(|(id, w)| pb::WorkerStatus {
-                worker_id: id.0,
-                flight_addr: w.flight_addr.clone(),
-                slots: w.slots,
-                running_tasks: state.scheduler.running_on(*id) as u32,
-                heartbeat_age_ms: w.last_heartbeat.elapsed().as_millis() as u64,
-                draining: state.scheduler.is_draining(*id),
-                block_bytes: w.memory.block_bytes,
-                memory: Some(w.memory),
-            })
-            .collect();
+        let workers = state.worker_statuses();
         let jobs = state.recent_jobs();
         let cached_tables = state
             .catalog
@@ -767,7 +747,7 @@ impl State {
                     && runs.len() > 1
                     && runs.last().is_some_and(|r| r.attempt == attempt.attempt)
                 {
-                    self.metrics.attempts_speculative += 1;
+                    self.metrics.attempt_speculative();
                 }
                 let message = match self.launch_message(attempt) {
                     Ok(launch) => pb::CoordinatorMessage {
@@ -857,6 +837,22 @@ impl State {
         }
     }
 
+    fn worker_statuses(&self) -> Vec<pb::WorkerStatus> {
+        self.workers
+            .iter()
+            .map(|(id, w)| pb::WorkerStatus {
+                worker_id: id.0,
+                flight_addr: w.flight_addr.clone(),
+                slots: w.slots,
+                running_tasks: self.scheduler.running_on(*id) as u32,
+                heartbeat_age_ms: w.last_heartbeat.elapsed().as_millis() as u64,
+                draining: self.scheduler.is_draining(*id),
+                block_bytes: w.memory.block_bytes,
+                memory: Some(w.memory),
+            })
+            .collect()
+    }
+
     /// The statuses of the jobs in the history, newest first.
     fn recent_jobs(&self) -> Vec<pb::JobStatus> {
         let mut jobs: Vec<pb::JobStatus> = self
@@ -880,7 +876,8 @@ impl State {
     /// task is now done by this attempt), or a failure that counted.
     fn count(&mut self, attempt: AttemptId, worker: WorkerId, failed_before: u32) {
         let failed = self.failed_attempts(attempt);
-        self.metrics.attempts_failed += u64::from(failed.saturating_sub(failed_before));
+        self.metrics
+            .attempts_failed(u64::from(failed.saturating_sub(failed_before)));
         let task = self
             .scheduler
             .stage_tasks(attempt.task.job, attempt.task.stage)
@@ -894,17 +891,11 @@ impl State {
             && *a == attempt.attempt
             && *w == worker
         {
-            let seconds = stats.elapsed_ms as f64 / 1000.0;
-            let m = &mut self.metrics;
-            m.tasks_completed += 1;
-            m.task_seconds_sum += seconds;
-            m.task_output_bytes = m.task_output_bytes.saturating_add(stats.output_bytes);
-            m.remote_read_bytes = m.remote_read_bytes.saturating_add(stats.remote_read_bytes);
-            for (bucket, bound) in m.task_seconds_buckets.iter_mut().zip(TASK_SECONDS_BUCKETS) {
-                if seconds <= bound {
-                    *bucket += 1;
-                }
-            }
+            self.metrics.task_completed(
+                stats.elapsed_ms,
+                stats.output_bytes,
+                stats.remote_read_bytes,
+            );
         }
     }
 
@@ -928,11 +919,7 @@ impl State {
         record.state = state;
         record.error = error;
         record.ended = Some(Instant::now());
-        *self
-            .metrics
-            .jobs_ended
-            .entry(state.as_str_name())
-            .or_default() += 1;
+        self.metrics.job_ended(JobState::from(state).name());
         info!(%job, ?state, elapsed_ms = record.started.elapsed().as_millis() as u64, "job ended");
         let evicted = self.meta.append(MetaCommand::JobEnded {
             job,

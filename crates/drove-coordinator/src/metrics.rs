@@ -1,0 +1,366 @@
+//! The coordinator's Prometheus metrics, kept and encoded by prometheus-client
+//! (OpenMetrics text). Counters and the task-duration histogram change as events
+//! arrive; gauges are set from the cluster's state when `/metrics` is scraped.
+
+use std::sync::atomic::AtomicU64;
+
+use drove_proto as pb;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// Upper bounds of the task run-time histogram, in seconds.
+const TASK_SECONDS_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
+
+/// The job states a job ends in, as the metrics label them.
+const ENDED_STATES: [&str; 3] = ["succeeded", "failed", "cancelled"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabel {
+    worker: u64,
+}
+
+type PerWorker = Family<WorkerLabel, Gauge>;
+
+/// What the gauges show, read from the coordinator's state at a scrape.
+pub struct Snapshot<'a> {
+    /// Jobs in the history by state name (running, succeeded, failed, cancelled).
+    pub jobs_by_state: [(&'static str, usize); 4],
+    pub tasks_pending: u64,
+    pub tasks_running: u64,
+    pub workers: &'a [pb::WorkerStatus],
+}
+
+pub struct Metrics {
+    registry: Registry,
+    jobs_submitted: Counter,
+    jobs_ended: Family<StateLabel, Counter>,
+    tasks_completed: Counter,
+    attempts_failed: Counter,
+    attempts_speculative: Counter,
+    task_duration: Histogram,
+    shuffle_write_bytes: Counter,
+    shuffle_remote_read_bytes: Counter,
+    jobs: Family<StateLabel, Gauge>,
+    tasks: Family<StateLabel, Gauge>,
+    workers: Gauge,
+    worker_slots: PerWorker,
+    worker_running_tasks: PerWorker,
+    worker_block_bytes: PerWorker,
+    worker_memory_budget_bytes: PerWorker,
+    worker_memory_execution_bytes: PerWorker,
+    worker_memory_peak_bytes: PerWorker,
+    worker_spill_disk_bytes: PerWorker,
+    /// Totals each worker reports; reset and set again at every scrape.
+    worker_spilled_bytes: Family<WorkerLabel, Counter>,
+    worker_spills: Family<WorkerLabel, Counter>,
+    worker_heartbeat_age: Family<WorkerLabel, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("drove");
+        let m = Metrics {
+            jobs_submitted: Counter::default(),
+            jobs_ended: Family::default(),
+            tasks_completed: Counter::default(),
+            attempts_failed: Counter::default(),
+            attempts_speculative: Counter::default(),
+            task_duration: Histogram::new(TASK_SECONDS_BUCKETS),
+            shuffle_write_bytes: Counter::default(),
+            shuffle_remote_read_bytes: Counter::default(),
+            jobs: Family::default(),
+            tasks: Family::default(),
+            workers: Gauge::default(),
+            worker_slots: Family::default(),
+            worker_running_tasks: Family::default(),
+            worker_block_bytes: Family::default(),
+            worker_memory_budget_bytes: Family::default(),
+            worker_memory_execution_bytes: Family::default(),
+            worker_memory_peak_bytes: Family::default(),
+            worker_spill_disk_bytes: Family::default(),
+            worker_spilled_bytes: Family::default(),
+            worker_spills: Family::default(),
+            worker_heartbeat_age: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "jobs_submitted",
+            "Jobs submitted.",
+            m.jobs_submitted.clone(),
+        );
+        r.register(
+            "jobs_ended",
+            "Jobs ended, by final state.",
+            m.jobs_ended.clone(),
+        );
+        r.register("jobs", "Jobs in the history, by state.", m.jobs.clone());
+        r.register("tasks", "Tasks of running jobs, by state.", m.tasks.clone());
+        r.register(
+            "tasks_completed",
+            "Task completions the scheduler accepted.",
+            m.tasks_completed.clone(),
+        );
+        r.register(
+            "task_attempts_failed",
+            "Attempts that failed and were retried or failed their job (retries).",
+            m.attempts_failed.clone(),
+        );
+        r.register(
+            "task_attempts_speculative",
+            "Speculative twins launched for slow tasks.",
+            m.attempts_speculative.clone(),
+        );
+        r.register_with_unit(
+            "task_duration",
+            "Run time of completed tasks.",
+            Unit::Seconds,
+            m.task_duration.clone(),
+        );
+        r.register(
+            "shuffle_write_bytes",
+            "Bytes completed tasks wrote as blocks.",
+            m.shuffle_write_bytes.clone(),
+        );
+        r.register(
+            "shuffle_remote_read_bytes",
+            "Shuffle bytes completed tasks fetched from other workers.",
+            m.shuffle_remote_read_bytes.clone(),
+        );
+        r.register("workers", "Registered workers.", m.workers.clone());
+        for (name, help, family) in [
+            ("worker_slots", "Task slots per worker.", &m.worker_slots),
+            (
+                "worker_running_tasks",
+                "Attempts running per worker.",
+                &m.worker_running_tasks,
+            ),
+            (
+                "worker_block_bytes",
+                "Bytes of shuffle blocks held in memory per worker.",
+                &m.worker_block_bytes,
+            ),
+            (
+                "worker_memory_budget_bytes",
+                "Each worker's memory budget.",
+                &m.worker_memory_budget_bytes,
+            ),
+            (
+                "worker_memory_execution_bytes",
+                "Bytes the running tasks' operators hold per worker.",
+                &m.worker_memory_execution_bytes,
+            ),
+            (
+                "worker_memory_peak_bytes",
+                "The most memory blocks and operators have held at once per worker.",
+                &m.worker_memory_peak_bytes,
+            ),
+            (
+                "worker_spill_disk_bytes",
+                "Bytes of spilled data on disk now per worker.",
+                &m.worker_spill_disk_bytes,
+            ),
+        ] {
+            r.register(name, help, family.clone());
+        }
+        r.register(
+            "worker_spilled_bytes",
+            "Bytes spilled to disk per worker since it started.",
+            m.worker_spilled_bytes.clone(),
+        );
+        r.register(
+            "worker_spills",
+            "Spills per worker since it started.",
+            m.worker_spills.clone(),
+        );
+        r.register_with_unit(
+            "worker_heartbeat_age",
+            "Time since each worker's last heartbeat.",
+            Unit::Seconds,
+            m.worker_heartbeat_age.clone(),
+        );
+        // Ended states show from the start, at zero.
+        for state in ENDED_STATES {
+            let _ = m.jobs_ended.get_or_create(&StateLabel { state });
+        }
+        Metrics { registry: r, ..m }
+    }
+
+    pub fn job_submitted(&self) {
+        self.jobs_submitted.inc();
+    }
+
+    /// A job ended in `state` (succeeded, failed or cancelled).
+    pub fn job_ended(&self, state: &'static str) {
+        self.jobs_ended.get_or_create(&StateLabel { state }).inc();
+    }
+
+    pub fn attempts_failed(&self, n: u64) {
+        self.attempts_failed.inc_by(n);
+    }
+
+    pub fn attempt_speculative(&self) {
+        self.attempts_speculative.inc();
+    }
+
+    /// A task completion the scheduler accepted.
+    pub fn task_completed(&self, elapsed_ms: u64, output_bytes: u64, remote_read_bytes: u64) {
+        self.tasks_completed.inc();
+        self.task_duration.observe(elapsed_ms as f64 / 1000.0);
+        self.shuffle_write_bytes.inc_by(output_bytes);
+        self.shuffle_remote_read_bytes.inc_by(remote_read_bytes);
+    }
+
+    /// Sets the gauges from `now` and encodes every metric as OpenMetrics text.
+    pub fn encode(&self, now: &Snapshot<'_>) -> String {
+        for (state, n) in now.jobs_by_state {
+            self.jobs.get_or_create(&StateLabel { state }).set(n as i64);
+        }
+        for (state, n) in [
+            ("pending", now.tasks_pending),
+            ("running", now.tasks_running),
+        ] {
+            self.tasks
+                .get_or_create(&StateLabel { state })
+                .set(n as i64);
+        }
+        self.workers.set(now.workers.len() as i64);
+        // Workers that left go from every per-worker family.
+        for family in self.per_worker() {
+            family.clear();
+        }
+        self.worker_spilled_bytes.clear();
+        self.worker_spills.clear();
+        self.worker_heartbeat_age.clear();
+        for w in now.workers {
+            let label = WorkerLabel {
+                worker: w.worker_id,
+            };
+            let memory = w.memory.unwrap_or_default();
+            let values = [
+                u64::from(w.slots),
+                u64::from(w.running_tasks),
+                w.block_bytes,
+                memory.budget_bytes,
+                memory.execution_bytes,
+                memory.peak_bytes,
+                memory.disk_bytes,
+            ];
+            for (family, value) in self.per_worker().into_iter().zip(values) {
+                family
+                    .get_or_create(&label)
+                    .set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
+            self.worker_spilled_bytes
+                .get_or_create(&label)
+                .inc_by(memory.spilled_bytes_total);
+            self.worker_spills
+                .get_or_create(&label)
+                .inc_by(memory.spill_count);
+            self.worker_heartbeat_age
+                .get_or_create(&label)
+                .set(w.heartbeat_age_ms as f64 / 1000.0);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The per-worker gauges, in the order `encode` fills them.
+    fn per_worker(&self) -> [&PerWorker; 7] {
+        [
+            &self.worker_slots,
+            &self.worker_running_tasks,
+            &self.worker_block_bytes,
+            &self.worker_memory_budget_bytes,
+            &self.worker_memory_execution_bytes,
+            &self.worker_memory_peak_bytes,
+            &self.worker_spill_disk_bytes,
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_gauges_and_workers_that_left() {
+        let m = Metrics::new();
+        m.job_submitted();
+        m.job_ended("succeeded");
+        m.task_completed(30, 100, 40);
+        m.task_completed(2_000, 1, 0);
+        let worker = |id| pb::WorkerStatus {
+            worker_id: id,
+            slots: 4,
+            heartbeat_age_ms: 1_500,
+            ..Default::default()
+        };
+        let two = [worker(1), worker(2)];
+        let text = m.encode(&Snapshot {
+            jobs_by_state: [
+                ("running", 1),
+                ("succeeded", 1),
+                ("failed", 0),
+                ("cancelled", 0),
+            ],
+            tasks_pending: 3,
+            tasks_running: 2,
+            workers: &two,
+        });
+        for line in [
+            "drove_jobs_submitted_total 1",
+            "drove_jobs_ended_total{state=\"succeeded\"} 1",
+            "drove_jobs_ended_total{state=\"failed\"} 0",
+            "drove_tasks{state=\"pending\"} 3",
+            "drove_tasks_completed_total 2",
+            "drove_task_duration_seconds_bucket{le=\"0.05\"} 1",
+            "drove_task_duration_seconds_bucket{le=\"2.5\"} 2",
+            "drove_task_duration_seconds_count 2",
+            "drove_shuffle_write_bytes_total 101",
+            "drove_workers 2",
+            "drove_worker_slots{worker=\"2\"} 4",
+            "drove_worker_heartbeat_age_seconds{worker=\"1\"} 1.5",
+            "# TYPE drove_task_duration_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no '{line}' in:\n{text}");
+        }
+        let one = [worker(2)];
+        let text = m.encode(&Snapshot {
+            jobs_by_state: [
+                ("running", 0),
+                ("succeeded", 1),
+                ("failed", 0),
+                ("cancelled", 0),
+            ],
+            tasks_pending: 0,
+            tasks_running: 0,
+            workers: &one,
+        });
+        assert!(!text.contains("worker=\"1\""), "a worker that left: {text}");
+        assert!(
+            text.contains("drove_worker_slots{worker=\"2\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("drove_worker_spills_total{worker=\"2\"} 0"),
+            "{text}"
+        );
+    }
+}
