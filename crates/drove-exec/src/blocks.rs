@@ -46,19 +46,34 @@ impl std::fmt::Display for BlockKey {
     }
 }
 
-/// A batch whose string and binary view columns hold only the bytes their rows use.
+/// A batch whose columns hold only the bytes their rows use.
 ///
 /// Splitting a batch by partition (`take`) or by size (`slice`) keeps every view
-/// column's data buffers whole, so each piece would carry, and send over Flight, the
-/// whole batch's bytes. Compacting before a block is stored keeps a shuffle's size
-/// proportional to its rows.
+/// column's data buffers whole, and DataFusion's hash repartitioning takes a batch
+/// once in partition order and hands out slices of it, so each piece would carry the
+/// whole batch's buffers: counted in full against the block store's memory (a 500 by
+/// 500 shuffle counted each block 500 times over and spilled) and kept alive while
+/// any piece is. Compacting before a block is stored keeps its size proportional to
+/// its rows.
 pub fn compact(batch: RecordBatch) -> RecordBatch {
-    use arrow::array::{ArrayRef, AsArray, GenericByteViewArray};
+    use arrow::array::{Array, ArrayRef, AsArray, GenericByteViewArray, MutableArrayData};
     use arrow::datatypes::{ByteViewType, DataType};
     // Copies only when the buffers hold at least twice the bytes the rows use.
     fn compact_view<T: ByteViewType + ?Sized>(a: &GenericByteViewArray<T>) -> Option<ArrayRef> {
         let buffers: usize = a.data_buffers().iter().map(|b| b.len()).sum();
         (buffers > 2 * a.total_buffer_bytes_used()).then(|| Arc::new(a.gc()) as ArrayRef)
+    }
+    /// A copy of just the rows of a slice whose buffers are more than twice (and a
+    /// page) larger than the rows need.
+    fn compact_slice(a: &ArrayRef) -> Option<ArrayRef> {
+        let data = a.to_data();
+        let used = data.get_slice_memory_size().ok()?;
+        if a.get_buffer_memory_size() <= 2 * used + 4096 {
+            return None;
+        }
+        let mut copy = MutableArrayData::new(vec![&data], false, a.len());
+        copy.extend(0, 0, a.len());
+        Some(arrow::array::make_array(copy.freeze()))
     }
     let compacted: Vec<ArrayRef> = batch
         .columns()
@@ -67,7 +82,7 @@ pub fn compact(batch: RecordBatch) -> RecordBatch {
             let compacted = match c.data_type() {
                 DataType::Utf8View => compact_view(c.as_string_view()),
                 DataType::BinaryView => compact_view(c.as_binary_view()),
-                _ => None,
+                _ => compact_slice(c),
             };
             compacted.unwrap_or_else(|| Arc::clone(c))
         })
@@ -802,6 +817,27 @@ mod tests {
         let mut again = store.writer(batch.schema(), 1);
         again.push(0, batch).unwrap();
         assert!(again.finish(|r| key(3, r)).is_err());
+    }
+
+    #[test]
+    fn a_slice_of_a_large_batch_is_counted_and_kept_at_its_own_size() {
+        let big = numbers(100_000);
+        let piece = big.slice(500, 20);
+        assert!(
+            piece.get_array_memory_size() > 100 * 20 * 8,
+            "a slice counts it all"
+        );
+        let compacted = compact(piece.clone());
+        assert!(
+            compacted.get_array_memory_size() < 4096,
+            "{} bytes",
+            compacted.get_array_memory_size()
+        );
+        assert_eq!(compacted, piece);
+        // A batch that is not a slice is left as it is.
+        let small = numbers(20);
+        let same = compact(small.clone());
+        assert!(Arc::ptr_eq(small.column(0), same.column(0)));
     }
 
     #[test]
