@@ -72,7 +72,7 @@ pub fn compact(batch: RecordBatch) -> RecordBatch {
             return None;
         }
         let mut copy = MutableArrayData::new(vec![&data], false, a.len());
-        copy.extend(0, 0, a.len());
+        copy.try_extend(0, 0, a.len()).ok()?;
         Some(arrow::array::make_array(copy.freeze()))
     }
     let compacted: Vec<ArrayRef> = batch
