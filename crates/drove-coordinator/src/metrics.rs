@@ -30,6 +30,43 @@ struct WorkerLabel {
 
 type PerWorker = Family<WorkerLabel, Gauge>;
 
+/// The per-worker gauges: name, help, and the value a worker's status gives.
+const WORKER_GAUGES: [(&str, &str, fn(&pb::WorkerStatus) -> u64); 7] = [
+    ("worker_slots", "Task slots per worker.", |w| {
+        u64::from(w.slots)
+    }),
+    (
+        "worker_running_tasks",
+        "Attempts running per worker.",
+        |w| u64::from(w.running_tasks),
+    ),
+    (
+        "worker_block_bytes",
+        "Bytes of shuffle blocks held in memory per worker.",
+        |w| w.block_bytes,
+    ),
+    (
+        "worker_memory_budget_bytes",
+        "Each worker's memory budget.",
+        |w| w.memory.unwrap_or_default().budget_bytes,
+    ),
+    (
+        "worker_memory_execution_bytes",
+        "Bytes the running tasks' operators hold per worker.",
+        |w| w.memory.unwrap_or_default().execution_bytes,
+    ),
+    (
+        "worker_memory_peak_bytes",
+        "The most memory blocks and operators have held at once per worker.",
+        |w| w.memory.unwrap_or_default().peak_bytes,
+    ),
+    (
+        "worker_spill_disk_bytes",
+        "Bytes of spilled data on disk now per worker.",
+        |w| w.memory.unwrap_or_default().disk_bytes,
+    ),
+];
+
 /// What the gauges show, read from the coordinator's state at a scrape.
 pub struct Snapshot<'a> {
     /// Jobs in the history by state name (running, succeeded, failed, cancelled).
@@ -52,13 +89,8 @@ pub struct Metrics {
     jobs: Family<StateLabel, Gauge>,
     tasks: Family<StateLabel, Gauge>,
     workers: Gauge,
-    worker_slots: PerWorker,
-    worker_running_tasks: PerWorker,
-    worker_block_bytes: PerWorker,
-    worker_memory_budget_bytes: PerWorker,
-    worker_memory_execution_bytes: PerWorker,
-    worker_memory_peak_bytes: PerWorker,
-    worker_spill_disk_bytes: PerWorker,
+    /// One family per entry of [`WORKER_GAUGES`], in its order.
+    worker_gauges: [PerWorker; WORKER_GAUGES.len()],
     /// Totals each worker reports; reset and set again at every scrape.
     worker_spilled_bytes: Family<WorkerLabel, Counter>,
     worker_spills: Family<WorkerLabel, Counter>,
@@ -86,13 +118,7 @@ impl Metrics {
             jobs: Family::default(),
             tasks: Family::default(),
             workers: Gauge::default(),
-            worker_slots: Family::default(),
-            worker_running_tasks: Family::default(),
-            worker_block_bytes: Family::default(),
-            worker_memory_budget_bytes: Family::default(),
-            worker_memory_execution_bytes: Family::default(),
-            worker_memory_peak_bytes: Family::default(),
-            worker_spill_disk_bytes: Family::default(),
+            worker_gauges: Default::default(),
             worker_spilled_bytes: Family::default(),
             worker_spills: Family::default(),
             worker_heartbeat_age: Family::default(),
@@ -142,40 +168,8 @@ impl Metrics {
             m.shuffle_remote_read_bytes.clone(),
         );
         r.register("workers", "Registered workers.", m.workers.clone());
-        for (name, help, family) in [
-            ("worker_slots", "Task slots per worker.", &m.worker_slots),
-            (
-                "worker_running_tasks",
-                "Attempts running per worker.",
-                &m.worker_running_tasks,
-            ),
-            (
-                "worker_block_bytes",
-                "Bytes of shuffle blocks held in memory per worker.",
-                &m.worker_block_bytes,
-            ),
-            (
-                "worker_memory_budget_bytes",
-                "Each worker's memory budget.",
-                &m.worker_memory_budget_bytes,
-            ),
-            (
-                "worker_memory_execution_bytes",
-                "Bytes the running tasks' operators hold per worker.",
-                &m.worker_memory_execution_bytes,
-            ),
-            (
-                "worker_memory_peak_bytes",
-                "The most memory blocks and operators have held at once per worker.",
-                &m.worker_memory_peak_bytes,
-            ),
-            (
-                "worker_spill_disk_bytes",
-                "Bytes of spilled data on disk now per worker.",
-                &m.worker_spill_disk_bytes,
-            ),
-        ] {
-            r.register(name, help, family.clone());
+        for ((name, help, _), family) in WORKER_GAUGES.iter().zip(&m.worker_gauges) {
+            r.register(*name, *help, family.clone());
         }
         r.register(
             "worker_spilled_bytes",
@@ -240,7 +234,7 @@ impl Metrics {
         }
         self.workers.set(now.workers.len() as i64);
         // Workers that left go from every per-worker family.
-        for family in self.per_worker() {
+        for family in &self.worker_gauges {
             family.clear();
         }
         self.worker_spilled_bytes.clear();
@@ -250,21 +244,12 @@ impl Metrics {
             let label = WorkerLabel {
                 worker: w.worker_id,
             };
-            let memory = w.memory.unwrap_or_default();
-            let values = [
-                u64::from(w.slots),
-                u64::from(w.running_tasks),
-                w.block_bytes,
-                memory.budget_bytes,
-                memory.execution_bytes,
-                memory.peak_bytes,
-                memory.disk_bytes,
-            ];
-            for (family, value) in self.per_worker().into_iter().zip(values) {
+            for ((_, _, value), family) in WORKER_GAUGES.iter().zip(&self.worker_gauges) {
                 family
                     .get_or_create(&label)
-                    .set(i64::try_from(value).unwrap_or(i64::MAX));
+                    .set(i64::try_from(value(w)).unwrap_or(i64::MAX));
             }
+            let memory = w.memory.unwrap_or_default();
             self.worker_spilled_bytes
                 .get_or_create(&label)
                 .inc_by(memory.spilled_bytes_total);
@@ -279,19 +264,6 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
-    }
-
-    /// The per-worker gauges, in the order `encode` fills them.
-    fn per_worker(&self) -> [&PerWorker; 7] {
-        [
-            &self.worker_slots,
-            &self.worker_running_tasks,
-            &self.worker_block_bytes,
-            &self.worker_memory_budget_bytes,
-            &self.worker_memory_execution_bytes,
-            &self.worker_memory_peak_bytes,
-            &self.worker_spill_disk_bytes,
-        ]
     }
 }
 
