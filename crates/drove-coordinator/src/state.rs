@@ -558,7 +558,7 @@ impl Coordinator {
             return Ok(false);
         };
         info!(table = %name, "uncaching");
-        state.perform_catalog(JobId(0), release);
+        state.perform_catalog(release);
         Ok(true)
     }
 
@@ -1060,13 +1060,13 @@ impl State {
         }
         let commands = self.catalog.job_succeeded(job, new_table, stages);
         for command in commands {
-            self.perform_catalog(job, command);
+            self.perform_catalog(command);
         }
     }
 
     /// Sends a catalog's message. A worker that cannot be told to keep its blocks
     /// frees them with the job: the catalog counts them lost.
-    fn perform_catalog(&mut self, job: JobId, command: CatalogCommand) {
+    fn perform_catalog(&mut self, command: CatalogCommand) {
         let tickets = |blocks: &[(u32, Output)]| -> Vec<pb::BlockTicket> {
             blocks.iter().map(|(p, o)| block_ticket(*p, o)).collect()
         };
@@ -1081,7 +1081,7 @@ impl State {
                     blocks: tickets(&blocks),
                 };
                 if !self.send(worker, pb::coordinator_message::Kind::Adopt(adopt)) {
-                    self.catalog.adoption_failed(cache, job, worker);
+                    self.catalog.adoption_failed(cache, &blocks);
                 }
             }
             CatalogCommand::Drop { worker, blocks } => {

@@ -256,13 +256,16 @@ impl<T: Clone> Catalog<T> {
         out
     }
 
-    /// An `Adopt` for `worker` could not be delivered: the worker will free the
-    /// blocks with their job, so the partitions `job` computed there count as lost.
-    pub fn adoption_failed(&mut self, cache: u64, job: JobId, worker: WorkerId) {
+    /// An `Adopt` could not be delivered: its worker will free the blocks with their
+    /// job, so the partitions it names count as lost (where the table still lists
+    /// them).
+    pub fn adoption_failed(&mut self, cache: u64, blocks: &[(u32, Output)]) {
         if let Some(entry) = self.by_id_mut(cache) {
-            for o in &mut entry.partitions {
-                if o.origin.0 == job && o.worker == worker {
-                    o.worker = WorkerId::NOWHERE;
+            for (p, o) in blocks {
+                if let Some(listed) = entry.partitions.get_mut(*p as usize)
+                    && listed == o
+                {
+                    listed.worker = WorkerId::NOWHERE;
                 }
             }
         }
@@ -347,7 +350,7 @@ mod tests {
                 outputs: vec![out(1, 2, 7), out(1, 2, 8)],
             }],
         );
-        c.adoption_failed(id, JobId(1), WorkerId(8));
+        c.adoption_failed(id, &[(1, out(1, 2, 8))]);
         let existing = c.existing(Some((id, StageId(2))), Some(id), 2);
         assert_eq!(existing[1].worker, WorkerId::NOWHERE);
         // Job 5 recomputed partition 0 on worker 9 (its old copy on 7 was thought lost)

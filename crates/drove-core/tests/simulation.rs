@@ -422,7 +422,7 @@ impl World {
         }
         let commands = self.catalog.job_succeeded(job, new_table, stages);
         for command in commands {
-            self.perform_catalog(job, command);
+            self.perform_catalog(command);
         }
         // Each table the job wrote lists the partitions it computed, but where a
         // worker could not be told to keep them.
@@ -441,19 +441,21 @@ impl World {
         }
     }
 
-    fn perform_catalog(&mut self, job: JobId, command: CatalogCommand) {
+    fn perform_catalog(&mut self, command: CatalogCommand) {
         match command {
             CatalogCommand::Adopt {
                 worker,
                 cache,
                 blocks,
             } => {
+                // The job that computed them (the catalog adopts only a job's own).
+                let job = blocks[0].1.origin.0;
                 if self.jobs[&job].caches_as.is_none() {
                     self.stats.cache_repairs += 1;
                 }
                 if self.process_of(worker).is_none() {
                     // Its session is gone: the coordinator could not send it.
-                    self.catalog.adoption_failed(cache, job, worker);
+                    self.catalog.adoption_failed(cache, &blocks);
                     return;
                 }
                 let blocks = blocks.iter().map(|(p, o)| block_of(*p, o)).collect();
@@ -768,7 +770,7 @@ impl World {
             match self.catalog.uncache(&name) {
                 Ok(Some(release)) => {
                     self.stats.uncached += 1;
-                    self.perform_catalog(JobId(0), release);
+                    self.perform_catalog(release);
                 }
                 Ok(None) => {}
                 Err(e) => assert_eq!(e, CatalogError::StillCaching(name)),

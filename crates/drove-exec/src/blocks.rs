@@ -66,9 +66,13 @@ pub fn compact(batch: RecordBatch) -> RecordBatch {
     /// A copy of just the rows of a slice whose buffers are more than twice (and a
     /// page) larger than the rows need.
     fn compact_slice(a: &ArrayRef) -> Option<ArrayRef> {
+        let held = a.get_buffer_memory_size();
+        if held <= 4096 {
+            return None; // too small to matter: skip measuring the slice
+        }
         let data = a.to_data();
         let used = data.get_slice_memory_size().ok()?;
-        if a.get_buffer_memory_size() <= 2 * used + 4096 {
+        if held <= 2 * used + 4096 {
             return None;
         }
         let mut copy = MutableArrayData::new(vec![&data], false, a.len());
