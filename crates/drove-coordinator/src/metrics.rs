@@ -30,8 +30,11 @@ struct WorkerLabel {
 
 type PerWorker = Family<WorkerLabel, Gauge>;
 
+/// How a worker's status gives a gauge's value.
+type WorkerValue = fn(&pb::WorkerStatus) -> u64;
+
 /// The per-worker gauges: name, help, and the value a worker's status gives.
-const WORKER_GAUGES: [(&str, &str, fn(&pb::WorkerStatus) -> u64); 7] = [
+const WORKER_GAUGES: [(&str, &str, WorkerValue); 7] = [
     ("worker_slots", "Task slots per worker.", |w| {
         u64::from(w.slots)
     }),
