@@ -2,7 +2,7 @@
 //! workers and clients say into scheduler events, and performs the commands the
 //! scheduler answers with.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -46,6 +46,9 @@ struct WorkerConn {
     tx: WorkerTx,
     last_heartbeat: Instant,
     memory: pb::MemoryStats,
+    /// The stages whose plan this worker was sent, with the first of their tasks it got;
+    /// it keeps them until their job's blocks are released.
+    plans: HashSet<(JobId, StageId)>,
 }
 
 struct JobRecord {
@@ -192,6 +195,7 @@ impl Coordinator {
                 tx,
                 last_heartbeat: Instant::now(),
                 memory: pb::MemoryStats::default(),
+                plans: HashSet::new(),
             },
         );
         state.handle(Event::WorkerJoined { worker, slots });
@@ -749,7 +753,9 @@ impl State {
                 {
                     self.metrics.attempt_speculative();
                 }
-                let message = match self.launch_message(attempt) {
+                let stage = (attempt.task.job, attempt.task.stage);
+                let first = !self.workers.get(&worker)?.plans.contains(&stage);
+                let message = match self.launch_message(attempt, first) {
                     Ok(launch) => pb::CoordinatorMessage {
                         kind: Some(pb::coordinator_message::Kind::Launch(launch)),
                     },
@@ -771,12 +777,13 @@ impl State {
                         error: TaskError::new(ErrorKind::User, too_large(attempt, bytes)),
                     });
                 }
-                let conn = self.workers.get(&worker)?;
+                let conn = self.workers.get_mut(&worker)?;
                 if conn.tx.try_send(Ok(message)).is_err() {
                     warn!(%worker, "worker stream full or closed; declaring it lost");
                     self.workers.remove(&worker);
                     return Some(Event::WorkerLost { worker });
                 }
+                conn.plans.insert(stage);
                 None
             }
             Command::Kill { attempt, worker } => {
@@ -829,6 +836,9 @@ impl State {
             }
             Command::ReleaseBlocks { job, workers } => {
                 for worker in workers {
+                    if let Some(conn) = self.workers.get_mut(&worker) {
+                        conn.plans.retain(|(j, _)| *j != job);
+                    }
                     let release = pb::ReleaseJobBlocks { job_id: job.0 };
                     self.send(worker, pb::coordinator_message::Kind::Release(release));
                 }
@@ -960,7 +970,9 @@ impl State {
         }
     }
 
-    fn launch_message(&self, attempt: AttemptId) -> Result<pb::LaunchTask> {
+    /// The launch of an attempt, with its stage's plan if `with_plan` (the first of the
+    /// stage's tasks its worker gets).
+    fn launch_message(&self, attempt: AttemptId, with_plan: bool) -> Result<pb::LaunchTask> {
         let job = attempt.task.job;
         let record = self.jobs.get(&job).ok_or_else(|| not_found(job))?;
         let stage = record
@@ -985,7 +997,11 @@ impl State {
             .collect::<Result<Vec<_>>>()?;
         Ok(pb::LaunchTask {
             task: Some(task_key(attempt)),
-            plan: stage.plan.as_ref().clone(),
+            plan: if with_plan {
+                stage.plan.as_ref().clone()
+            } else {
+                Vec::new()
+            },
             output: match stage.output {
                 OutputMode::Single => pb::OutputMode::Single as i32,
                 OutputMode::RepartitionRoot => pb::OutputMode::RepartitionRoot as i32,

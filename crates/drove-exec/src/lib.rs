@@ -5,7 +5,8 @@
 //! - [`codec`] lets drove's own nodes travel inside datafusion-proto plans.
 //! - [`blocks`] is a worker's store of shuffle blocks, spilling past its memory limit.
 //! - [`cache`] is how plans see cached tables.
-//! - [`task`] runs one task: a stage's plan for one partition, written as blocks.
+//! - [`task`] runs one task: a stage's plan for one partition, written as blocks;
+//!   [`stage_plan`] keeps a stage's plan decoded once for all its tasks on a worker.
 //! - [`mapreduce`] runs user-written map, combine and reduce functions as plan nodes.
 //! - [`tables`] registers files as tables; [`tpch`] writes TPC-H data.
 //! - [`fuzz`] holds the fuzz entry points of every decoder of network bytes.
@@ -24,6 +25,7 @@ pub mod net;
 pub mod planner;
 pub mod session;
 pub mod shuffle;
+pub mod stage_plan;
 pub mod tables;
 pub mod task;
 pub mod tpch;

@@ -30,7 +30,8 @@ use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use drove_exec::blocks::{BlockKey, BlockStore, SpillCodec, StoreConfig};
 use drove_exec::planner::OutputMode;
 use drove_exec::shuffle::{FlightPool, MapOutputRef, ShuffleEnv};
-use drove_exec::{codec, net, session, task};
+use drove_exec::stage_plan::StagePlan;
+use drove_exec::{net, session, task};
 use drove_proto as pb;
 use drove_proto::coordinator_client::CoordinatorClient;
 use tokio::net::TcpListener;
@@ -657,6 +658,10 @@ async fn serve(
     // failed or was cancelled) stops all of the job's. At most one per launch the
     // coordinator sent, which it bounds by the worker's slots.
     let mut running: HashMap<Attempt, tokio::task::AbortHandle> = HashMap::new();
+    // The plans of the stages this worker ran tasks of, by job and stage: each comes with
+    // the stage's first task here and goes when the job's blocks are released. The
+    // coordinator bounds them, as it bounds the jobs that run at once and their stages.
+    let mut plans: HashMap<(u64, u32), Arc<StagePlan>> = HashMap::new();
     // Once draining, leave at this instant even if the coordinator never says so.
     let mut leave_by: Option<tokio::time::Instant> = None;
     let end = loop {
@@ -686,14 +691,20 @@ async fn serve(
         };
         match message {
             Ok(Some(pb::CoordinatorMessage { kind: Some(kind) })) => match kind {
-                pb::coordinator_message::Kind::Launch(launch) => {
+                pb::coordinator_message::Kind::Launch(mut launch) => {
                     let shared = Arc::clone(&shared);
                     let status_tx = status_tx.clone();
                     let worker_id = session.worker_id;
                     let attempt = attempt_of(&launch.task.unwrap_or_default());
+                    let stage = (attempt.0, attempt.1);
+                    if !launch.plan.is_empty() {
+                        let plan = StagePlan::new(std::mem::take(&mut launch.plan));
+                        plans.insert(stage, Arc::new(plan));
+                    }
+                    let plan = plans.get(&stage).cloned();
                     let clock = busy.start(attempt);
                     let handle = tasks.spawn(async move {
-                        let status = run_task(worker_id, launch, shared, clock).await;
+                        let status = run_task(worker_id, launch, plan, shared, clock).await;
                         let _ = status_tx.send(status).await;
                     });
                     running.insert(attempt, handle);
@@ -711,6 +722,7 @@ async fn serve(
                     }
                 }
                 pb::coordinator_message::Kind::Release(release) => {
+                    plans.retain(|(job, _), _| *job != release.job_id);
                     running.retain(|(job, ..), handle| {
                         let keep = *job != release.job_id;
                         if !keep {
@@ -832,10 +844,21 @@ impl MemoryPool for TaskPool {
 async fn run_task(
     worker_id: u64,
     launch: pb::LaunchTask,
+    plan: Option<Arc<StagePlan>>,
     shared: Arc<Shared>,
     busy_ns: Arc<AtomicU64>,
 ) -> pb::TaskStatus {
     let key = launch.task.unwrap_or_default();
+    let Some(plan) = plan else {
+        return failed(
+            key,
+            pb::ErrorKind::Internal,
+            format!(
+                "the coordinator sent no plan for stage {} of job {}: it comes with the first of the stage's tasks on a worker",
+                key.stage_id, key.job_id
+            ),
+        );
+    };
     let span = info_span!(
         "task",
         job = key.job_id,
@@ -856,7 +879,7 @@ async fn run_task(
     // The slot goes with the task itself, not with its waiter: a killed task still
     // inside a long poll holds its thread, and the worker reports it busy until it ends.
     let work = Busy::new(
-        execute(worker_id, key, launch, Arc::clone(&shared)).instrument(span),
+        execute(worker_id, key, launch, plan, Arc::clone(&shared)).instrument(span),
         busy_ns,
     );
     let handle = AbortOnDrop(shared.tasks.handle().spawn(async move {
@@ -1032,6 +1055,7 @@ async fn execute(
     worker_id: u64,
     key: pb::TaskKey,
     launch: pb::LaunchTask,
+    plan: Arc<StagePlan>,
     shared: Arc<Shared>,
 ) -> drove_exec::Result<task::TaskOutput> {
     if !shared.task_delay.is_zero() {
@@ -1096,7 +1120,7 @@ async fn execute(
             .with_runtime(runtime)
             .with_task_id(task_id),
     );
-    let plan = codec::plan_from_bytes(&launch.plan, &ctx)?;
+    let plan = plan.instance(&ctx).await?;
     let output = match launch.output() {
         pb::OutputMode::Single => OutputMode::Single,
         pb::OutputMode::RepartitionRoot => OutputMode::RepartitionRoot,
