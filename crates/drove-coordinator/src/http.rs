@@ -2,7 +2,7 @@
 //! ([`crate::rest`]) with its generated OpenAPI document, Prometheus metrics and a
 //! health check.
 //!
-//! Every view is built from the same `drove_proto` status messages the gRPC API
+//! The UI renders the REST API's own types, built from the same status the gRPC API
 //! returns, so the UI, the REST API and `drove status` never disagree.
 
 use axum::Router;
@@ -11,9 +11,9 @@ use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use drove_core::{JobId, WorkerId};
+use drove_core::JobId;
 
-use crate::rest::{api_error, parse_id, worker_tasks};
+use crate::rest::{api_error, parse_id};
 use crate::state::Coordinator;
 use crate::{rest, ui};
 
@@ -70,36 +70,39 @@ async fn metrics(State(coordinator): State<Coordinator>) -> Response {
 }
 
 async fn ui_overview(State(coordinator): State<Coordinator>) -> Html<String> {
-    Html(ui::overview(&coordinator.cluster_status()))
+    Html(ui::overview(&rest::cluster_view(&coordinator)).into_string())
 }
 
 async fn ui_job(
     State(coordinator): State<Coordinator>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let page = parse_id("job", raw)
-        .and_then(|id| coordinator.status(JobId(id)).map_err(|e| e.to_string()));
-    match page {
-        Ok(status) => Html(ui::job(&status)).into_response(),
-        Err(message) => (StatusCode::NOT_FOUND, Html(ui::not_found(&message))).into_response(),
-    }
+    let job = parse_id("job", raw).and_then(|id| {
+        coordinator
+            .status(JobId(id))
+            .map(|status| rest::Job::from(&status))
+            .map_err(|e| e.to_string())
+    });
+    ui_page(job.map(|j| ui::job(&j)))
 }
 
 async fn ui_worker(
     State(coordinator): State<Coordinator>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let status = coordinator.cluster_status();
-    let found = parse_id("worker", raw).and_then(|id| {
-        status
-            .workers
-            .iter()
-            .find(|w| w.worker_id == id)
-            .ok_or_else(|| format!("{} is not registered", WorkerId(id)))
-    });
-    match found {
-        Ok(w) => Html(ui::worker(w, &worker_tasks(w.worker_id, &status.jobs))).into_response(),
-        Err(message) => (StatusCode::NOT_FOUND, Html(ui::not_found(&message))).into_response(),
+    let worker = parse_id("worker", raw).and_then(|id| rest::worker_view(&coordinator, id));
+    ui_page(worker.map(|w| ui::worker(&w)))
+}
+
+/// A page, or a 404 page that says what was not found.
+fn ui_page(page: Result<maud::Markup, String>) -> Response {
+    match page {
+        Ok(page) => Html(page.into_string()).into_response(),
+        Err(message) => (
+            StatusCode::NOT_FOUND,
+            Html(ui::not_found(&message).into_string()),
+        )
+            .into_response(),
     }
 }
 

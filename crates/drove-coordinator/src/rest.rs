@@ -233,7 +233,7 @@ pub struct CancelResult {
 }
 
 /// The median run time of a stage's completed tasks, if it has two or more.
-pub fn stage_median_ms(stage: &pb::StageStatus) -> Option<u64> {
+fn stage_median_ms(stage: &pb::StageStatus) -> Option<u64> {
     if stage.tasks.len() < 2 {
         return None;
     }
@@ -244,7 +244,7 @@ pub fn stage_median_ms(stage: &pb::StageStatus) -> Option<u64> {
 
 /// Whether a task ran far longer than its stage's median: more than twice it, and by
 /// more than 100 ms.
-pub fn skewed(elapsed_ms: u64, median_ms: Option<u64>) -> bool {
+fn skewed(elapsed_ms: u64, median_ms: Option<u64>) -> bool {
     median_ms.is_some_and(|m| elapsed_ms > 2 * m && elapsed_ms > m + 100)
 }
 
@@ -360,17 +360,71 @@ impl From<&pb::JobStatus> for Job {
     }
 }
 
-/// The tasks a worker ran in the jobs still in the history.
-pub fn worker_tasks(worker: u64, jobs: &[pb::JobStatus]) -> Vec<(u64, u32, pb::TaskRun)> {
+/// The cluster as `/api/v1/cluster` and the UI's overview show it.
+pub fn cluster_view(coordinator: &Coordinator) -> Cluster {
+    let status = coordinator.cluster_status();
+    Cluster {
+        workers: status.workers.iter().map(Worker::from).collect(),
+        jobs: status.jobs.iter().map(JobSummary::from).collect(),
+        cached_tables: status
+            .cached_tables
+            .iter()
+            .map(|t| CachedTable {
+                name: t.name.clone(),
+                partitions: t.partitions,
+                partitions_available: t.partitions_available,
+                job_id: t.job_id,
+            })
+            .collect(),
+    }
+}
+
+/// One worker and the tasks it ran in the jobs still in the history; `Err` names a
+/// worker that is not registered.
+pub fn worker_view(coordinator: &Coordinator, id: u64) -> Result<WorkerDetail, String> {
+    let status = coordinator.cluster_status();
+    let Some(w) = status.workers.iter().find(|w| w.worker_id == id) else {
+        return Err(format!(
+            "{} is not registered (it may have left or been lost)",
+            WorkerId(id)
+        ));
+    };
+    let Worker {
+        worker_id,
+        flight_addr,
+        slots,
+        running_tasks,
+        heartbeat_age_ms,
+        state,
+        block_bytes,
+        memory,
+    } = Worker::from(w);
     let mut tasks = Vec::new();
-    for j in jobs {
+    for j in &status.jobs {
         for s in &j.stages {
-            for t in s.tasks.iter().filter(|t| t.worker_id == worker) {
-                tasks.push((j.job_id, s.stage_id, t.clone()));
+            for t in s.tasks.iter().filter(|t| t.worker_id == id) {
+                tasks.push(WorkerTask {
+                    job_id: j.job_id,
+                    stage_id: s.stage_id,
+                    partition: t.partition,
+                    attempt: t.attempt,
+                    elapsed_ms: t.elapsed_ms,
+                    output_bytes: t.output_bytes,
+                });
             }
         }
     }
-    tasks
+    Ok(WorkerDetail {
+        worker_id,
+        flight_addr,
+        slots,
+        running_tasks,
+        heartbeat_age_ms,
+        state,
+        block_bytes,
+        memory,
+        tasks,
+    })
 }
 
 /// An error answer: the status and `{"error": message}`.
@@ -440,21 +494,7 @@ struct Id {
     (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
 ))]
 async fn cluster(State(coordinator): State<Coordinator>) -> Json<Cluster> {
-    let status = coordinator.cluster_status();
-    Json(Cluster {
-        workers: status.workers.iter().map(Worker::from).collect(),
-        jobs: status.jobs.iter().map(JobSummary::from).collect(),
-        cached_tables: status
-            .cached_tables
-            .iter()
-            .map(|t| CachedTable {
-                name: t.name.clone(),
-                partitions: t.partitions,
-                partitions_available: t.partitions_available,
-                job_id: t.job_id,
-            })
-            .collect(),
-    })
+    Json(cluster_view(&coordinator))
 }
 
 /// Registered workers.
@@ -482,49 +522,10 @@ async fn worker(
         Ok(id) => id,
         Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
     };
-    let status = coordinator.cluster_status();
-    let Some(w) = status.workers.iter().find(|w| w.worker_id == id) else {
-        return api_error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "{} is not registered (it may have left or been lost)",
-                WorkerId(id)
-            ),
-        );
-    };
-    let Worker {
-        worker_id,
-        flight_addr,
-        slots,
-        running_tasks,
-        heartbeat_age_ms,
-        state,
-        block_bytes,
-        memory,
-    } = Worker::from(w);
-    let tasks = worker_tasks(id, &status.jobs)
-        .into_iter()
-        .map(|(job_id, stage_id, t)| WorkerTask {
-            job_id,
-            stage_id,
-            partition: t.partition,
-            attempt: t.attempt,
-            elapsed_ms: t.elapsed_ms,
-            output_bytes: t.output_bytes,
-        })
-        .collect();
-    Json(WorkerDetail {
-        worker_id,
-        flight_addr,
-        slots,
-        running_tasks,
-        heartbeat_age_ms,
-        state,
-        block_bytes,
-        memory,
-        tasks,
-    })
-    .into_response()
+    match worker_view(&coordinator, id) {
+        Ok(detail) => Json(detail).into_response(),
+        Err(m) => api_error(StatusCode::NOT_FOUND, m),
+    }
 }
 
 /// Recent jobs, newest first.
