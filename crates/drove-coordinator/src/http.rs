@@ -77,12 +77,8 @@ async fn ui_job(
     State(coordinator): State<Coordinator>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let job = parse_id("job", raw).and_then(|id| {
-        coordinator
-            .status(JobId(id))
-            .map(|status| rest::Job::from(&status))
-            .map_err(|e| e.to_string())
-    });
+    let job = parse_id("job", raw)
+        .and_then(|id| rest::job_view(&coordinator, JobId(id)).map_err(|e| e.to_string()));
     ui_page(job.map(|j| ui::job(&j)))
 }
 

@@ -168,6 +168,37 @@ pub struct Job {
     pub peak_memory_bytes: u64,
     pub sql: String,
     pub physical_plan: String,
+    /// Every attempt launched, running ones included: the job's timeline.
+    pub attempts: Vec<Attempt>,
+}
+
+/// How an attempt ended, or that it still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptOutcome {
+    Running,
+    Succeeded,
+    Failed,
+    /// Stopped: its speculative twin finished first, its worker was lost, an input it
+    /// needed was lost, or its job ended.
+    Stopped,
+}
+
+/// One attempt of a task, placed in time from the job's submission.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Attempt {
+    pub stage_id: u32,
+    pub partition: u32,
+    pub attempt: u32,
+    pub worker_id: u64,
+    /// Milliseconds from the job's submission to the attempt's launch.
+    pub started_ms: u64,
+    /// Milliseconds from the job's submission to its end (for a running one: to now).
+    pub ended_ms: u64,
+    pub outcome: AttemptOutcome,
+    /// A twin launched because the first attempt of its task was slow.
+    pub speculative: bool,
 }
 
 /// A stage of a job, with the tasks that completed.
@@ -337,8 +368,9 @@ impl From<&pb::StageStatus> for Stage {
     }
 }
 
-impl From<&pb::JobStatus> for Job {
-    fn from(j: &pb::JobStatus) -> Self {
+impl Job {
+    /// A job from its status and its attempts.
+    pub fn new(j: &pb::JobStatus, attempts: Vec<Attempt>) -> Self {
         let (tasks_total, tasks_done) = task_counts(j);
         Job {
             job_id: j.job_id,
@@ -356,6 +388,7 @@ impl From<&pb::JobStatus> for Job {
             peak_memory_bytes: j.peak_memory_bytes,
             sql: j.sql.clone(),
             physical_plan: j.physical_plan.clone(),
+            attempts,
         }
     }
 }
@@ -377,6 +410,12 @@ pub fn cluster_view(coordinator: &Coordinator) -> Cluster {
             })
             .collect(),
     }
+}
+
+/// One job as `/api/v1/jobs/{id}` and its UI page show it.
+pub fn job_view(coordinator: &Coordinator, job: JobId) -> Result<Job, Error> {
+    let attempts = coordinator.attempts(job)?;
+    Ok(Job::new(&coordinator.status(job)?, attempts))
 }
 
 /// One worker and the tasks it ran in the jobs still in the history; `Err` names a
@@ -548,10 +587,7 @@ async fn job(
     State(coordinator): State<Coordinator>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
-    answer_for_job(raw, |job| {
-        let status = coordinator.status(job)?;
-        Ok(Json(Job::from(&status)))
-    })
+    answer_for_job(raw, |job| Ok(Json(job_view(&coordinator, job)?)))
 }
 
 /// Cancels a running job; an ended job is left as it was.

@@ -10,8 +10,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use drove_core::catalog::{CachedStage, Catalog, CatalogCommand};
 use drove_core::meta::{JobEnd, MetaCommand, MetaLog};
 use drove_core::scheduler::{
-    Command, ErrorKind, Event, FetchFailure, JobSpec, Output, Scheduler, SchedulerConfig,
-    StageSpec, TaskError, TaskState, TaskStats,
+    AttemptEnd, Command, ErrorKind, Event, FetchFailure, JobSpec, Output, Run, Scheduler,
+    SchedulerConfig, StageSpec, TaskError, TaskState, TaskStats,
 };
 use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
 use drove_exec::cache::CachedTable;
@@ -23,7 +23,7 @@ use tracing::{info, info_span, warn};
 
 use crate::metrics::{Metrics, Snapshot};
 use crate::planning::{self, PlannedJob, Query};
-use crate::rest::JobState;
+use crate::rest::{Attempt, AttemptOutcome, JobState};
 use crate::{CoordinatorConfig, Error, Result};
 
 /// Messages to one worker's stream.
@@ -64,6 +64,8 @@ struct JobRecord {
     changed: watch::Sender<u64>,
     /// Frozen once the job ends and the scheduler may forget it.
     final_status: Option<pb::JobStatus>,
+    /// Frozen with `final_status`: every attempt, for the timeline.
+    final_attempts: Option<Vec<Attempt>>,
     released: bool,
     /// The table this job caches (CACHE TABLE name AS ...): its result stays on the
     /// workers instead of going to the client.
@@ -430,6 +432,7 @@ impl Coordinator {
                 error: String::new(),
                 changed: watch::channel(0).0,
                 final_status: None,
+                final_attempts: None,
                 released: false,
                 caches_as: cache_as.zip(cache_id),
                 lease: Lease {
@@ -466,6 +469,12 @@ impl Coordinator {
     pub fn status(&self, job: JobId) -> Result<pb::JobStatus> {
         let state = self.lock();
         state.status(job).ok_or_else(|| not_found(job))
+    }
+
+    /// Every attempt of the job so far, for its timeline.
+    pub fn attempts(&self, job: JobId) -> Result<Vec<Attempt>> {
+        let state = self.lock();
+        state.attempts(job).ok_or_else(|| not_found(job))
     }
 
     /// Whether the job is still running.
@@ -957,10 +966,12 @@ impl State {
 
     /// Keeps the job's last status so the scheduler can forget it.
     fn freeze(&mut self, job: JobId) {
+        let attempts = self.attempts(job);
         if let Some(status) = self.status(job)
             && let Some(record) = self.jobs.get_mut(&job)
         {
             record.final_status = Some(status);
+            record.final_attempts = attempts;
         }
     }
 
@@ -1118,6 +1129,61 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Every attempt of the job, ended ones in the order they ended, then the running
+    /// ones; an attempt still running when its job ended shows as stopped then.
+    fn attempts(&self, job: JobId) -> Option<Vec<Attempt>> {
+        let record = self.jobs.get(&job)?;
+        if let Some(attempts) = &record.final_attempts {
+            return Some(attempts.clone());
+        }
+        let since = self.scheduler.job_submitted_ms(job)?;
+        let end = record
+            .ended
+            .map_or_else(|| self.epoch.elapsed(), |t| t - self.epoch)
+            .as_millis() as u64;
+        let running = record.state == pb::JobState::Running;
+        let mut attempts = Vec::new();
+        for s in &record.planned.stages {
+            let stage = StageId(s.id);
+            let attempt = |partition: u32, run: &Run, ended_ms: u64, outcome| Attempt {
+                stage_id: s.id,
+                partition,
+                attempt: run.attempt,
+                worker_id: run.worker.0,
+                started_ms: run.started_ms.saturating_sub(since),
+                ended_ms: ended_ms.saturating_sub(since),
+                outcome,
+                speculative: run.speculative,
+            };
+            for e in self
+                .scheduler
+                .stage_ended_attempts(job, stage)
+                .unwrap_or(&[])
+            {
+                let outcome = match e.end {
+                    AttemptEnd::Succeeded => AttemptOutcome::Succeeded,
+                    AttemptEnd::Failed => AttemptOutcome::Failed,
+                    AttemptEnd::Stopped => AttemptOutcome::Stopped,
+                };
+                attempts.push(attempt(e.partition, &e.run, e.ended_ms, outcome));
+            }
+            let tasks = self.scheduler.stage_tasks(job, stage).unwrap_or(&[]);
+            for (partition, task) in tasks.iter().enumerate() {
+                if let TaskState::Running { runs } = task {
+                    for run in runs {
+                        let outcome = if running {
+                            AttemptOutcome::Running
+                        } else {
+                            AttemptOutcome::Stopped
+                        };
+                        attempts.push(attempt(partition as u32, run, end, outcome));
+                    }
+                }
+            }
+        }
+        Some(attempts)
     }
 
     fn status(&self, job: JobId) -> Option<pb::JobStatus> {

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use drove_core::human_bytes;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
-use crate::rest::{Cluster, Job, JobState, Stage, WorkerDetail, WorkerState};
+use crate::rest::{
+    Attempt, AttemptOutcome, Cluster, Job, JobState, Stage, WorkerDetail, WorkerState,
+};
 
 fn millis(ms: u64) -> String {
     if ms < 1000 {
@@ -24,7 +26,11 @@ th,td{border-bottom:1px solid #ddd;padding:.25em .7em;text-align:left}th{backgro
 .failed,.error{color:#c62828}.cancelled{color:#6d4c41}.draining{color:#ef6c00}\
 .skew{background:#fff3e0}.error{border:1px solid #c62828;padding:.6em;white-space:pre-wrap}\
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:85%}\
-nav{margin-bottom:1em}nav a{margin-right:1em}";
+nav{margin-bottom:1em}nav a{margin-right:1em}\
+#timeline .attempt.failed{stroke:#c62828;stroke-width:2}\
+#timeline .attempt.speculative{stroke:#000;stroke-dasharray:3 2}\
+#timeline .attempt.stopped{opacity:.35}#timeline .attempt.running{stroke:#1565c0}\
+.legend span{display:inline-block;margin-right:1em}";
 
 fn page(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
     html! {
@@ -199,6 +205,110 @@ fn dag(stages: &[Stage]) -> Markup {
     }
 }
 
+/// Stage colours of the timeline, by stage id.
+const STAGE_COLOURS: [&str; 10] = [
+    "#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#ff9da7", "#9c755f",
+    "#e15759", "#bab0ac",
+];
+
+/// The most attempts a timeline draws; a job with more shows its first ones.
+const TIMELINE_ATTEMPTS_MAX: usize = 5_000;
+
+/// Rows of the timeline: per worker, lanes in which attempts do not overlap (as many
+/// as the attempts it ran at once, its slots and their queues). Returns the rows in
+/// worker order, each with its worker and its attempts' indexes.
+fn lanes(attempts: &[Attempt]) -> Vec<(u64, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..attempts.len()).collect();
+    order.sort_by_key(|&i| (attempts[i].started_ms, attempts[i].ended_ms));
+    let mut workers: BTreeMap<u64, Vec<Vec<usize>>> = BTreeMap::new();
+    for i in order {
+        let a = &attempts[i];
+        let lanes = workers.entry(a.worker_id).or_default();
+        let free = lanes.iter().position(|lane| {
+            lane.last()
+                .is_none_or(|&j| attempts[j].ended_ms <= a.started_ms)
+        });
+        match free {
+            Some(lane) => lanes[lane].push(i),
+            None => lanes.push(vec![i]),
+        }
+    }
+    workers
+        .into_iter()
+        .flat_map(|(worker, lanes)| lanes.into_iter().map(move |lane| (worker, lane)))
+        .collect()
+}
+
+fn outcome_name(outcome: AttemptOutcome) -> &'static str {
+    match outcome {
+        AttemptOutcome::Running => "running",
+        AttemptOutcome::Succeeded => "succeeded",
+        AttemptOutcome::Failed => "failed",
+        AttemptOutcome::Stopped => "stopped",
+    }
+}
+
+/// Every attempt of a job as a Gantt chart: a row per worker lane, a bar per attempt
+/// from its launch to its end, coloured by stage; failed attempts have a red outline,
+/// speculative ones a dashed one, stopped ones are faint.
+fn timeline(attempts: &[Attempt]) -> Markup {
+    const LEFT: u64 = 90;
+    const WIDTH: u64 = 1000;
+    const ROW: u64 = 14;
+    const TOP: u64 = 22;
+    let shown = &attempts[..attempts.len().min(TIMELINE_ATTEMPTS_MAX)];
+    let span_ms = shown.iter().map(|a| a.ended_ms).max().unwrap_or(0).max(1);
+    let x = |ms: u64| LEFT + ms * WIDTH / span_ms;
+    let rows = lanes(shown);
+    let height = TOP + rows.len() as u64 * ROW + 4;
+    let mut stages: Vec<u32> = shown.iter().map(|a| a.stage_id).collect();
+    stages.sort_unstable();
+    stages.dedup();
+    let colour = |stage: u32| STAGE_COLOURS[stage as usize % STAGE_COLOURS.len()];
+    html! {
+        @if shown.len() < attempts.len() {
+            p { "The timeline shows the first " (shown.len()) " of " (attempts.len()) " attempts." }
+        }
+        p { "A bar runs from the attempt's assignment to its worker (time queued behind a busy slot included) to its end. Failed attempts are outlined red, speculative ones dashed; stopped ones are faint." }
+        p.legend {
+            @for stage in &stages {
+                span { svg width="12" height="12" { rect width="12" height="12" fill=(colour(*stage)) {} } " stage " (stage) }
+            }
+        }
+        svg #timeline xmlns="http://www.w3.org/2000/svg" width=(LEFT + WIDTH + 10) height=(height) font-size="11" {
+            @for quarter in 0..=4u64 {
+                @let at = x(span_ms * quarter / 4);
+                line x1=(at) y1=(TOP - 4) x2=(at) y2=(height) stroke="#ddd" {}
+                text x=(at) y="12" text-anchor=(if quarter == 4 { "end" } else { "middle" }) {
+                    (millis(span_ms * quarter / 4))
+                }
+            }
+            @for (row, (worker, lane)) in rows.iter().enumerate() {
+                @let y = TOP + row as u64 * ROW;
+                // A worker's name beside its first lane.
+                @if row == 0 || rows[row - 1].0 != *worker {
+                    text x="0" y=(y + 11) { "worker-" (worker) }
+                }
+                @for &i in lane {
+                    @let a = &shown[i];
+                    @let outcome = outcome_name(a.outcome);
+                    rect class={ "attempt " (outcome) @if a.speculative { " speculative" } }
+                        data-stage=(a.stage_id)
+                        x=(x(a.started_ms)) y=(y + 1) height=(ROW - 2)
+                        width=(x(a.ended_ms).saturating_sub(x(a.started_ms)).max(1))
+                        fill=(colour(a.stage_id)) {
+                        title {
+                            "stage " (a.stage_id) " partition " (a.partition) " attempt " (a.attempt)
+                            " on worker-" (a.worker_id) ": " (millis(a.ended_ms.saturating_sub(a.started_ms))) ", " (outcome)
+                            @if a.speculative { " (speculative)" }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// One stage: its counts, a table of its completed tasks, and its plan.
 fn stage(s: &Stage) -> Markup {
     html! {
@@ -249,6 +359,8 @@ pub fn job(j: &Job) -> Markup {
         }
         h2 { "Stages" }
         (dag(&j.stages))
+        h2 { "Timeline" }
+        (timeline(&j.attempts))
         @for s in &j.stages {
             (stage(s))
         }
@@ -338,6 +450,71 @@ mod tests {
         assert!(
             svg.contains("a &amp; 'b'") && svg.contains("&quot;x&quot;"),
             "{svg}"
+        );
+    }
+
+    fn attempt(worker_id: u64, started_ms: u64, ended_ms: u64, outcome: AttemptOutcome) -> Attempt {
+        Attempt {
+            stage_id: (started_ms % 3) as u32,
+            partition: 0,
+            attempt: 0,
+            worker_id,
+            started_ms,
+            ended_ms,
+            outcome,
+            speculative: false,
+        }
+    }
+
+    #[test]
+    fn attempts_that_overlap_on_a_worker_get_lanes_of_their_own() {
+        use AttemptOutcome::Succeeded;
+        let attempts = [
+            attempt(2, 0, 10, Succeeded),
+            attempt(1, 0, 10, Succeeded),
+            attempt(1, 5, 15, Succeeded),
+            attempt(1, 10, 20, Succeeded),
+            attempt(1, 12, 14, Succeeded),
+        ];
+        let rows = lanes(&attempts);
+        let workers: Vec<u64> = rows.iter().map(|(w, _)| *w).collect();
+        assert_eq!(workers, [1, 1, 1, 2]);
+        for (_, lane) in &rows {
+            for pair in lane.windows(2) {
+                assert!(attempts[pair[0]].ended_ms <= attempts[pair[1]].started_ms);
+            }
+        }
+        let placed: usize = rows.iter().map(|(_, l)| l.len()).sum();
+        assert_eq!(placed, attempts.len());
+    }
+
+    #[test]
+    fn the_timeline_draws_every_attempt_and_marks_failed_and_speculative_ones() {
+        let mut attempts = vec![
+            attempt(1, 0, 100, AttemptOutcome::Succeeded),
+            attempt(1, 0, 40, AttemptOutcome::Failed),
+            attempt(2, 50, 120, AttemptOutcome::Stopped),
+            attempt(2, 60, 130, AttemptOutcome::Running),
+        ];
+        attempts[2].speculative = true;
+        let svg = timeline(&attempts).into_string();
+        assert_eq!(svg.matches("<rect class=\"attempt ").count(), 4, "{svg}");
+        assert_eq!(svg.matches("class=\"attempt failed\"").count(), 1);
+        assert_eq!(
+            svg.matches("class=\"attempt stopped speculative\"").count(),
+            1
+        );
+        assert!(svg.contains("worker-1") && svg.contains("worker-2"));
+
+        let many = vec![attempt(1, 0, 1, AttemptOutcome::Succeeded); TIMELINE_ATTEMPTS_MAX + 1];
+        let svg = timeline(&many).into_string();
+        assert_eq!(
+            svg.matches("<rect class=\"attempt ").count(),
+            TIMELINE_ATTEMPTS_MAX
+        );
+        assert!(
+            svg.contains("shows the first 5000 of 5001 attempts"),
+            "cap not said"
         );
     }
 

@@ -287,6 +287,29 @@ pub struct Run {
     pub started_ms: u64,
     /// When its worker last reported it doing work (at first, when it started).
     pub progress_ms: u64,
+    /// A twin of a slow attempt (see speculation).
+    pub speculative: bool,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// It completed its task.
+    Succeeded,
+    /// It failed (an error, a fetch failure, no progress), or its job failed by it.
+    Failed,
+    /// It was stopped: its twin finished first, its worker was lost, or an input it
+    /// needed was lost.
+    Stopped,
+}
+
+/// An attempt that ended: what a job's timeline shows besides the running ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndedAttempt {
+    pub partition: u32,
+    pub run: Run,
+    pub ended_ms: u64,
+    pub end: AttemptEnd,
 }
 
 /// Where a task is in its life.
@@ -412,6 +435,9 @@ struct StageState {
     pending: BTreeSet<u32>,
     /// Run times of the tasks this job's attempts completed.
     times: RunTimes,
+    /// Every attempt that ended, in the order they ended; bounded by the attempts a
+    /// stage may launch (`task_attempt_max` and one speculative twin per task).
+    ended: Vec<EndedAttempt>,
 }
 
 impl StageState {
@@ -429,6 +455,7 @@ impl StageState {
             done: 0,
             pending: (0..spec.tasks).collect(),
             times: RunTimes::default(),
+            ended: Vec::new(),
         };
         for (partition, e) in spec.existing.iter().enumerate() {
             stage.set(
@@ -468,15 +495,33 @@ impl StageState {
         old
     }
 
-    /// Keeps only the runs of a running task that `keep` accepts; a task left without
-    /// runs is pending again.
-    fn drop_run(&mut self, partition: usize, keep: impl Fn(&Run) -> bool) {
+    /// Keeps only the runs of a running task that `keep` accepts, recording the others
+    /// as ended at `now` with `end`; a task left without runs is pending again.
+    fn drop_run(
+        &mut self,
+        partition: usize,
+        now: u64,
+        end: AttemptEnd,
+        keep: impl Fn(&Run) -> bool,
+    ) {
         if let TaskState::Running { runs } = &mut self.tasks[partition] {
-            runs.retain(keep);
-            if runs.is_empty() {
+            let (kept, dropped) = runs.iter().partition(|r| keep(r));
+            *runs = kept;
+            let empty = runs.is_empty();
+            self.record_ended(partition, dropped, now, end);
+            if empty {
                 self.set(partition, TaskState::Pending);
             }
         }
+    }
+
+    fn record_ended(&mut self, partition: usize, runs: Vec<Run>, now: u64, end: AttemptEnd) {
+        self.ended.extend(runs.into_iter().map(|run| EndedAttempt {
+            partition: partition as u32,
+            run,
+            ended_ms: now,
+            end,
+        }));
     }
 }
 
@@ -586,6 +631,7 @@ fn launch(
         worker: worker_id,
         started_ms: now,
         progress_ms: now,
+        speculative: false,
     }
 }
 
@@ -840,6 +886,16 @@ impl Scheduler {
         })
     }
 
+    /// The attempts of a stage that ended, in the order they ended.
+    pub fn stage_ended_attempts(&self, job: JobId, stage: StageId) -> Option<&[EndedAttempt]> {
+        Some(&self.jobs.get(&job)?.stages.get(&stage)?.ended)
+    }
+
+    /// When a job was submitted, on the scheduler's clock.
+    pub fn job_submitted_ms(&self, job: JobId) -> Option<u64> {
+        Some(self.jobs.get(&job)?.submitted_ms)
+    }
+
     /// Where each partition of a finished stage's output lives, in partition order.
     /// `None` unless every task of the stage is done.
     pub fn stage_outputs(&self, job: JobId, stage: StageId) -> Option<Vec<Output>> {
@@ -1020,6 +1076,7 @@ impl Scheduler {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.running.remove(&attempt);
         }
+        let now = self.now_ms;
         let Some(stage) = self.running_stage_mut(attempt, worker) else {
             return;
         };
@@ -1029,9 +1086,13 @@ impl Scheduler {
             stats,
             origin: None,
         };
-        let TaskState::Running { runs } = stage.set(attempt.task.partition as usize, done) else {
+        let partition = attempt.task.partition as usize;
+        let TaskState::Running { runs } = stage.set(partition, done) else {
             unreachable!("running_stage_mut finds running tasks only");
         };
+        let (won, lost) = runs.iter().partition(|r| r.attempt == attempt.attempt);
+        stage.record_ended(partition, won, now, AttemptEnd::Succeeded);
+        stage.record_ended(partition, lost, now, AttemptEnd::Stopped);
         debug!(%attempt, %worker, "task done");
         // The twin of a speculated task lost the race: stop it.
         for run in runs.iter().filter(|r| r.attempt != attempt.attempt) {
@@ -1064,11 +1125,14 @@ impl Scheduler {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.running.remove(&attempt);
         }
+        let now = self.now_ms;
         let Some(stage) = self.running_stage_mut(attempt, worker) else {
             return;
         };
         let partition = attempt.task.partition as usize;
-        stage.drop_run(partition, |r| r.attempt != attempt.attempt);
+        stage.drop_run(partition, now, AttemptEnd::Failed, |r| {
+            r.attempt != attempt.attempt
+        });
         stage.failed_on[partition] = Some(worker);
         stage.failures[partition] += 1;
         stage.failed += 1;
@@ -1144,6 +1208,7 @@ impl Scheduler {
             return;
         };
         info!(%worker, running = lost.running.len(), "worker removed from scheduling");
+        let now = self.now_ms;
         if self.workers.is_empty() {
             self.no_workers_since = Some(self.now_ms);
         }
@@ -1162,7 +1227,12 @@ impl Scheduler {
                 .filter(|j| j.outcome == JobOutcome::Running)
                 .and_then(|j| j.stages.get_mut(&attempt.task.stage));
             if let Some(stage) = stage {
-                stage.drop_run(attempt.task.partition as usize, |r| r.worker != worker);
+                stage.drop_run(
+                    attempt.task.partition as usize,
+                    now,
+                    AttemptEnd::Stopped,
+                    |r| r.worker != worker,
+                );
             }
         }
     }
@@ -1176,6 +1246,7 @@ impl Scheduler {
         if !std::mem::take(&mut self.repair_due) {
             return;
         }
+        let now = self.now_ms;
         let workers = &mut self.workers;
         for (job_id, job) in &mut self.jobs {
             if job.outcome != JobOutcome::Running {
@@ -1202,7 +1273,8 @@ impl Scheduler {
                                 changed = true;
                             }
                             TaskState::Running { runs } if !runnable => {
-                                for run in runs.drain(..) {
+                                let runs = std::mem::take(runs);
+                                for run in &runs {
                                     let attempt = AttemptId {
                                         task: TaskId {
                                             job: *job_id,
@@ -1219,6 +1291,7 @@ impl Scheduler {
                                         worker: run.worker,
                                     });
                                 }
+                                stage.record_ended(partition, runs, now, AttemptEnd::Stopped);
                                 stage.set(partition, TaskState::Pending);
                                 changed = true;
                             }
@@ -1359,7 +1432,10 @@ impl Scheduler {
                 return;
             };
             let stage = job.stages.get_mut(&task.stage).expect("found above");
-            let run = launch(task, stage, twin_worker, &mut job.touched, now, out);
+            let run = Run {
+                speculative: true,
+                ..launch(task, stage, twin_worker, &mut job.touched, now, out)
+            };
             info!(%task, attempt = run.attempt, worker = %run.worker, running_ms, median_ms = median, "speculating a slow task");
             stage.speculative += 1;
             if let TaskState::Running { runs } = &mut stage.tasks[task.partition as usize] {
@@ -1435,6 +1511,7 @@ impl Scheduler {
                     "stage-counts",
                     || format!("{job_id} {stage_id} keeps run times of tasks not done"),
                 );
+                self.check_attempt_log(*job_id, *stage_id, stage);
             }
             if job.outcome != JobOutcome::Running {
                 continue;
@@ -1488,6 +1565,58 @@ impl Scheduler {
                         _ => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// Every attempt a stage launched is running or ended, once; an ended one ended
+    /// after it started; and a task its own attempt completed has that attempt ended
+    /// as succeeded.
+    fn check_attempt_log(&self, job: JobId, stage_id: StageId, stage: &StageState) {
+        let running: usize = stage
+            .tasks
+            .iter()
+            .map(|t| match t {
+                TaskState::Running { runs } => runs.len(),
+                _ => 0,
+            })
+            .sum();
+        invariant(
+            stage.ended.len() + running == stage.launched as usize,
+            "attempt-log",
+            || {
+                format!(
+                    "{job} {stage_id} launched {} attempts but {} ended and {running} run",
+                    stage.launched,
+                    stage.ended.len()
+                )
+            },
+        );
+        let mut succeeded = BTreeSet::new();
+        for e in &stage.ended {
+            invariant(e.ended_ms >= e.run.started_ms, "attempt-log", || {
+                format!("{job} {stage_id} has an attempt that ended before it started")
+            });
+            if e.end == AttemptEnd::Succeeded {
+                succeeded.insert((e.partition, e.run.attempt));
+            }
+        }
+        for (partition, task) in stage.tasks.iter().enumerate() {
+            if let TaskState::Done {
+                attempt,
+                origin: None,
+                ..
+            } = task
+            {
+                invariant(
+                    succeeded.contains(&(partition as u32, *attempt)),
+                    "attempt-log",
+                    || {
+                        format!(
+                            "{job} {stage_id} task {partition} is done by an attempt not logged as succeeded"
+                        )
+                    },
+                );
             }
         }
     }

@@ -152,6 +152,35 @@ async fn the_web_ui_shows_the_cluster_a_running_job_a_finished_job_and_a_failure
     let tasks: u32 = result.summary.stages.iter().map(|s| s.tasks_total).sum();
     assert_eq!(done.matches("<tr class=\"task").count() as u32, tasks);
     assert!(done.contains("id=\"sql\"") && done.contains("id=\"plan\""));
+    // The timeline has a bar per attempt the job launched, as the API lists them, and
+    // every completed task's attempt is among them as succeeded.
+    let (_, api) = get_json(&http, &format!("/api/v1/jobs/{job}")).await;
+    let attempts = api["attempts"].as_array().unwrap();
+    let launched: u64 = api["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["attempts_launched"].as_u64().unwrap())
+        .sum();
+    assert_eq!(attempts.len() as u64, launched);
+    for s in api["stages"].as_array().unwrap() {
+        for t in s["tasks"].as_array().unwrap() {
+            assert!(
+                attempts.iter().any(|a| a["stage_id"] == s["stage_id"]
+                    && a["partition"] == t["partition"]
+                    && a["attempt"] == t["attempt"]
+                    && a["worker_id"] == t["worker_id"]
+                    && a["outcome"] == "succeeded"
+                    && a["ended_ms"].as_u64() >= a["started_ms"].as_u64()),
+                "{t} has no succeeded attempt in {attempts:?}"
+            );
+        }
+    }
+    assert!(done.contains("id=\"timeline\""), "{done}");
+    assert_eq!(
+        done.matches("<rect class=\"attempt ").count(),
+        attempts.len()
+    );
 
     let e = session
         .run_sql(
