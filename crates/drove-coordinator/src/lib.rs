@@ -8,6 +8,7 @@
 //! to worker and from worker to client; the coordinator only handles plans, block
 //! locations and status.
 
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod planning;

@@ -222,6 +222,11 @@ impl Metrics {
         self.shuffle_remote_read_bytes.inc_by(remote_read_bytes);
     }
 
+    /// Shuffle bytes written and read remotely so far.
+    pub fn shuffle_bytes_total(&self) -> u64 {
+        self.shuffle_write_bytes.get() + self.shuffle_remote_read_bytes.get()
+    }
+
     /// Sets the gauges from `now` and encodes every metric as OpenMetrics text.
     pub fn encode(&self, now: &Snapshot<'_>) -> String {
         for (state, n) in now.jobs_by_state {

@@ -246,13 +246,33 @@ pub struct CachedTable {
     pub job_id: u64,
 }
 
-/// Workers, recent jobs (newest first) and cached tables.
+/// The cluster at one moment of its recent past.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSample {
+    pub unix_ms: u64,
+    /// Task slots of the registered workers.
+    pub slots: u32,
+    /// Slots running an attempt.
+    pub slots_busy: u32,
+    /// Bytes that shuffle blocks and operators hold in the workers' memory.
+    pub memory_bytes: u64,
+    /// Bytes of spilled data on the workers' disks.
+    pub spill_disk_bytes: u64,
+    pub spilled_bytes_per_second: u64,
+    /// Shuffle bytes written and read across the network, per second.
+    pub shuffle_bytes_per_second: u64,
+}
+
+/// Workers, recent jobs (newest first), cached tables, and the last minutes of the
+/// cluster's load (oldest first, a sample a second).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub workers: Vec<Worker>,
     pub jobs: Vec<JobSummary>,
     pub cached_tables: Vec<CachedTable>,
+    pub recent: Vec<ClusterSample>,
 }
 
 /// A job's state after a cancel request.
@@ -409,6 +429,7 @@ pub fn cluster_view(coordinator: &Coordinator) -> Cluster {
                 job_id: t.job_id,
             })
             .collect(),
+        recent: coordinator.history(),
     }
 }
 

@@ -21,9 +21,10 @@ use drove_proto as pb;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, info_span, warn};
 
+use crate::history::{History, Reading};
 use crate::metrics::{Metrics, Snapshot};
 use crate::planning::{self, PlannedJob, Query};
-use crate::rest::{Attempt, AttemptOutcome, JobState};
+use crate::rest::{Attempt, AttemptOutcome, ClusterSample, JobState};
 use crate::{CoordinatorConfig, Error, Result};
 
 /// Messages to one worker's stream.
@@ -101,6 +102,8 @@ struct State {
     /// The scheduler's clock counts milliseconds from here.
     epoch: Instant,
     metrics: Metrics,
+    /// The last minutes of the cluster's load, sampled as the clock ticks.
+    history: History,
     /// Cached tables, and the names claimed by jobs caching them.
     catalog: Catalog<CacheMeta>,
 }
@@ -147,6 +150,7 @@ impl Coordinator {
             next_worker_id: 1,
             epoch: Instant::now(),
             metrics: Metrics::new(),
+            history: History::default(),
             catalog: Catalog::default(),
         };
         Self {
@@ -471,6 +475,11 @@ impl Coordinator {
         state.status(job).ok_or_else(|| not_found(job))
     }
 
+    /// The last minutes of the cluster's load, oldest first.
+    pub fn history(&self) -> Vec<ClusterSample> {
+        self.lock().history.samples()
+    }
+
     /// Every attempt of the job so far, for its timeline.
     pub fn attempts(&self, job: JobId) -> Result<Vec<Attempt>> {
         let state = self.lock();
@@ -609,6 +618,7 @@ impl Coordinator {
             let mut state = self.lock();
             let now_ms = state.epoch.elapsed().as_millis() as u64;
             state.handle(Event::Tick { now_ms });
+            state.sample();
             let lapsed: Vec<JobId> = state
                 .jobs
                 .iter()
@@ -854,6 +864,24 @@ impl State {
                 None
             }
         }
+    }
+
+    /// Adds the cluster's load now to its history (at most a sample a second).
+    fn sample(&mut self) {
+        let mut now = Reading {
+            unix_ms: now_ms(),
+            shuffle_bytes_total: self.metrics.shuffle_bytes_total(),
+            ..Default::default()
+        };
+        for (id, w) in &self.workers {
+            now.slots += w.slots;
+            // Attempts queued behind busy slots do not make more slots busy.
+            now.slots_busy += (self.scheduler.running_on(*id) as u32).min(w.slots);
+            now.memory_bytes += w.memory.block_bytes + w.memory.execution_bytes;
+            now.spill_disk_bytes += w.memory.disk_bytes;
+            now.spilled_bytes_total += w.memory.spilled_bytes_total;
+        }
+        self.history.record(now);
     }
 
     fn worker_statuses(&self) -> Vec<pb::WorkerStatus> {

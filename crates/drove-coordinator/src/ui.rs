@@ -8,7 +8,8 @@ use drove_core::human_bytes;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 
 use crate::rest::{
-    Attempt, AttemptOutcome, Cluster, Job, JobState, Stage, WorkerDetail, WorkerState,
+    Attempt, AttemptOutcome, Cluster, ClusterSample, Job, JobState, Stage, WorkerDetail,
+    WorkerState,
 };
 
 fn millis(ms: u64) -> String {
@@ -30,7 +31,8 @@ nav{margin-bottom:1em}nav a{margin-right:1em}\
 #timeline .attempt.failed{stroke:#c62828;stroke-width:2}\
 #timeline .attempt.speculative{stroke:#000;stroke-dasharray:3 2}\
 #timeline .attempt.stopped{opacity:.35}#timeline .attempt.running{stroke:#1565c0}\
-.legend span{display:inline-block;margin-right:1em}";
+.legend span{display:inline-block;margin-right:1em}\
+.charts{display:flex;flex-wrap:wrap;gap:1.5em}.chart{margin:0}figcaption{font-size:90%}";
 
 fn page(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
     html! {
@@ -77,7 +79,81 @@ fn worker_link(id: u64) -> Markup {
     html! { a href={ "/workers/" (id) } { "worker-" (id) } }
 }
 
-/// The cluster: workers, then recent jobs and cached tables.
+/// A line of a chart: its name, colour, and the value each sample gives.
+type Series = (&'static str, &'static str, fn(&ClusterSample) -> u64);
+
+/// A line chart of the recent samples: a polyline per series over time, from zero to
+/// the largest value, which `label` shows.
+fn chart(
+    id: &str,
+    title: &str,
+    samples: &[ClusterSample],
+    series: &[Series],
+    label: fn(u64) -> String,
+) -> Markup {
+    const W: u64 = 360;
+    const H: u64 = 100;
+    const TOP: u64 = 14;
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return html! { figure.chart id=(id) { figcaption { (title) ": no samples yet" } } };
+    };
+    let span_ms = (last.unix_ms - first.unix_ms).max(1);
+    let top = series
+        .iter()
+        .flat_map(|(_, _, value)| samples.iter().map(value))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let points = |value: fn(&ClusterSample) -> u64| {
+        let point = |s: &ClusterSample| {
+            let x = (s.unix_ms - first.unix_ms) * W / span_ms;
+            let y = TOP + H - value(s).min(top) * H / top;
+            format!("{x},{y}")
+        };
+        samples.iter().map(point).collect::<Vec<_>>().join(" ")
+    };
+    html! {
+        figure.chart id=(id) {
+            figcaption { (title) " over the last " (millis(span_ms)) }
+            svg xmlns="http://www.w3.org/2000/svg" width=(W) height=(TOP + H + 2) font-size="11" {
+                line x1="0" y1=(TOP + H) x2=(W) y2=(TOP + H) stroke="#999" {}
+                line x1="0" y1=(TOP) x2=(W) y2=(TOP) stroke="#eee" {}
+                text x="2" y=(TOP - 3) { (label(top)) }
+                @for (name, colour, value) in series {
+                    polyline.series data-series=(name) fill="none" stroke=(colour) stroke-width="1.5"
+                        points=(points(*value)) {}
+                }
+            }
+            div.legend {
+                @for (name, colour, _) in series {
+                    span style={ "color:" (colour) } { "━ " (name) }
+                }
+            }
+        }
+    }
+}
+
+/// The overview's charts of the cluster's recent load.
+fn load_charts(samples: &[ClusterSample]) -> Markup {
+    html! {
+        div.charts {
+            (chart("chart-slots", "Slots busy", samples, &[
+                ("busy", "#1565c0", |s| u64::from(s.slots_busy)),
+                ("slots", "#aaa", |s| u64::from(s.slots)),
+            ], |n| n.to_string()))
+            (chart("chart-memory", "Memory held and spilled", samples, &[
+                ("held", "#2e7d32", |s| s.memory_bytes),
+                ("spilled on disk", "#ef6c00", |s| s.spill_disk_bytes),
+            ], human_bytes))
+            (chart("chart-traffic", "Shuffle and spill traffic", samples, &[
+                ("shuffle", "#6a1b9a", |s| s.shuffle_bytes_per_second),
+                ("spill", "#ef6c00", |s| s.spilled_bytes_per_second),
+            ], |b| format!("{}/s", human_bytes(b))))
+        }
+    }
+}
+
+/// The cluster: its recent load, workers, then recent jobs and cached tables.
 pub fn overview(c: &Cluster) -> Markup {
     let slots: u32 = c.workers.iter().map(|w| w.slots).sum();
     let running: u32 = c.workers.iter().map(|w| w.running_tasks).sum();
@@ -87,6 +163,7 @@ pub fn overview(c: &Cluster) -> Markup {
             (c.workers.len()) " workers, " (running) " of " (slots) " slots busy, "
             (c.jobs.len()) " jobs in the history"
         }
+        (load_charts(&c.recent))
         h2 { "Workers" }
         table #workers {
             tr {
@@ -516,6 +593,51 @@ mod tests {
             svg.contains("shows the first 5000 of 5001 attempts"),
             "cap not said"
         );
+    }
+
+    #[test]
+    fn load_charts_draw_a_point_per_sample_within_the_chart() {
+        let samples: Vec<ClusterSample> = (0..5u64)
+            .map(|i| ClusterSample {
+                unix_ms: 1_000 * i,
+                slots: 4,
+                slots_busy: i as u32,
+                memory_bytes: i << 20,
+                spill_disk_bytes: 0,
+                spilled_bytes_per_second: 0,
+                shuffle_bytes_per_second: 10 * i,
+            })
+            .collect();
+        let html = load_charts(&samples).into_string();
+        for id in ["chart-slots", "chart-memory", "chart-traffic"] {
+            assert!(html.contains(&format!("id=\"{id}\"")), "{id} missing");
+        }
+        let lines: Vec<&str> = html
+            .split("points=\"")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap())
+            .collect();
+        assert_eq!(lines.len(), 6);
+        for line in lines {
+            let points: Vec<(u64, u64)> = line
+                .split(' ')
+                .map(|p| {
+                    let (x, y) = p.split_once(',').unwrap();
+                    (x.parse().unwrap(), y.parse().unwrap())
+                })
+                .collect();
+            assert_eq!(points.len(), samples.len());
+            assert!(points.windows(2).all(|w| w[0].0 < w[1].0), "{line}");
+            assert!(
+                points
+                    .iter()
+                    .all(|&(x, y)| x <= 360 && (14..=114).contains(&y)),
+                "{line}"
+            );
+        }
+        // The busiest sample is at the top of the slots chart: 4 of 4 slots.
+        assert!(html.contains(" 360,14\""), "{html}");
+        assert!(load_charts(&[]).into_string().contains("no samples yet"));
     }
 
     #[test]

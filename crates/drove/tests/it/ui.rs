@@ -198,7 +198,19 @@ async fn the_web_ui_shows_the_cluster_a_running_job_a_finished_job_and_a_failure
         "{failed_dom}"
     );
 
+    // The cluster's recent load saw the job's tasks busy, and the overview charts it.
+    let (_, cluster_json) = get_json(&http, "/api/v1/cluster").await;
+    let recent = cluster_json["recent"].as_array().unwrap();
+    assert!(
+        recent.iter().any(|s| s["slots_busy"].as_u64() > Some(0)
+            && s["slots_busy"].as_u64() <= s["slots"].as_u64()),
+        "{recent:?}"
+    );
     let overview = chromium(format!("http://{http}/"), "overview.png").await;
+    for chart in ["chart-slots", "chart-memory", "chart-traffic"] {
+        assert!(overview.contains(&format!("id=\"{chart}\"")), "{overview}");
+    }
+    assert_eq!(overview.matches("<polyline class=\"series\"").count(), 6);
     assert_eq!(overview.matches("<tr class=\"worker\"").count(), 3);
     assert_eq!(overview.matches("<tr class=\"job\"").count(), 2);
     let worker_page = chromium(
