@@ -739,8 +739,7 @@ impl Session {
                         reduce_partition: 0,
                         attempt: output.attempt,
                     };
-                    let unread = Arc::new(std::sync::atomic::AtomicU64::new(0));
-                    open_block(&session.inner.flight, &output.flight_addr, &key, unread).await
+                    open_block(&session.inner.flight, &output.flight_addr, &key, |_| {}).await
                 }
             })
             .try_flatten()

@@ -22,6 +22,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{ConstExpr, EquivalenceProperties, LexOrdering, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -177,15 +178,15 @@ pub fn block_keys(ticket: &[u8]) -> Result<Vec<BlockKey>> {
 pub type BlockStream = futures::stream::BoxStream<'static, Result<RecordBatch>>;
 
 /// Starts fetching one block from the Flight service at `addr`: its batches arrive as
-/// the stream is read (gRPC flow control keeps what waits in memory small), and the
-/// bytes that cross the network are added to `wire_bytes`.
+/// the stream is read (gRPC flow control keeps what waits in memory small), and
+/// `on_wire_bytes` is told the bytes of each message that crosses the network.
 pub async fn open_block(
     pool: &FlightPool,
     addr: &str,
     key: &BlockKey,
-    wire_bytes: Arc<AtomicU64>,
+    on_wire_bytes: impl Fn(u64) + Send + 'static,
 ) -> Result<BlockStream> {
-    open_blocks(pool, addr, std::slice::from_ref(key), wire_bytes).await
+    open_blocks(pool, addr, std::slice::from_ref(key), on_wire_bytes).await
 }
 
 /// Starts fetching blocks of one stage and reduce partition from the Flight service
@@ -194,7 +195,7 @@ pub async fn open_blocks(
     pool: &FlightPool,
     addr: &str,
     keys: &[BlockKey],
-    wire_bytes: Arc<AtomicU64>,
+    on_wire_bytes: impl Fn(u64) + Send + 'static,
 ) -> Result<BlockStream> {
     let mut client = pool.client(addr)?;
     let addr = addr.to_string();
@@ -215,10 +216,7 @@ pub async fn open_blocks(
         .map_err(|s| fetch_err(s.message().to_string()))?;
     let data = response.into_inner().map(move |d| {
         if let Ok(d) = &d {
-            wire_bytes.fetch_add(
-                (d.data_header.len() + d.data_body.len()) as u64,
-                Ordering::Relaxed,
-            );
+            on_wire_bytes((d.data_header.len() + d.data_body.len()) as u64);
         }
         d.map_err(|s| arrow_flight::error::FlightError::Tonic(Box::new(s)))
     });
@@ -302,11 +300,16 @@ pub struct Presented {
 }
 
 /// Reads the output of another stage. See the module documentation.
+///
+/// Its metrics, which EXPLAIN ANALYZE shows, count per partition the rows it output,
+/// the blocks it read, the Flight calls it made and the bytes it read from its own
+/// worker and over the network.
 #[derive(Debug)]
 pub struct ShuffleReaderExec {
     stage: u32,
     mode: ReadMode,
     properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl ShuffleReaderExec {
@@ -339,6 +342,7 @@ impl ShuffleReaderExec {
             stage,
             mode,
             properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -423,6 +427,7 @@ impl ShuffleReaderExec {
             stage,
             mode: self.mode,
             properties: Arc::clone(&self.properties),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -506,6 +511,15 @@ impl ExecutionPlan for ShuffleReaderExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    /// A copy with metrics of its own, for another task running the same plan.
+    fn reset_state(self: Arc<Self>) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(self.reading(self.stage)))
+    }
+
     fn with_new_children(
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
@@ -535,6 +549,12 @@ impl ExecutionPlan for ShuffleReaderExec {
         let blocks = self
             .blocks(&env, partition)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let metric =
+            |name: &'static str| MetricBuilder::new(&self.metrics).counter(name, partition);
+        let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
+        let (blocks_read, fetch_calls) = (metric("blocks_read"), metric("fetch_calls"));
+        let (local_bytes, remote_bytes) = (metric("bytes_read_local"), metric("bytes_read_remote"));
+        blocks_read.add(blocks.len());
         // Blocks on this worker are read from its store one by one; the others are
         // fetched with one Flight call per worker holding some (and per
         // BLOCKS_PER_TICKET_MAX blocks), so an all-to-all exchange costs calls in
@@ -578,6 +598,8 @@ impl ExecutionPlan for ShuffleReaderExec {
                 },
                 other => other,
             };
+            let (local_bytes, remote_bytes) = (local_bytes.clone(), remote_bytes.clone());
+            let fetch_calls = fetch_calls.clone();
             let open = async move {
                 let stream: BlockStream = if location.worker_id == env.local_worker {
                     // A block that is gone or cannot be read back from its spill file
@@ -595,13 +617,19 @@ impl ExecutionPlan for ShuffleReaderExec {
                         .ok_or_else(|| unreadable("not on this worker".into()))?;
                     env.local_read_bytes
                         .fetch_add(block.bytes, Ordering::Relaxed);
+                    local_bytes.add(block.bytes as usize);
                     block
                         .stream()
                         .map_err(move |e| unreadable(e.to_string()))
                         .boxed()
                 } else {
                     let counter = Arc::clone(&env.remote_read_bytes);
-                    open_blocks(&env.flight, &location.flight_addr, &keys, counter).await?
+                    let on_bytes = move |n: u64| {
+                        counter.fetch_add(n, Ordering::Relaxed);
+                        remote_bytes.add(n as usize);
+                    };
+                    fetch_calls.add(1);
+                    open_blocks(&env.flight, &location.flight_addr, &keys, on_bytes).await?
                 };
                 Ok::<_, Error>(stream)
             };
@@ -609,7 +637,8 @@ impl ExecutionPlan for ShuffleReaderExec {
         });
         let stream = opens
             .flatten_unordered(FETCH_CONCURRENCY_MAX)
-            .map_err(|e: Error| DataFusionError::External(Box::new(e)));
+            .map_err(|e: Error| DataFusionError::External(Box::new(e)))
+            .inspect_ok(move |batch| output_rows.add(batch.num_rows()));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema(),
             stream,

@@ -556,3 +556,51 @@ fn the_demo_runs_its_queries_and_exits_when_not_on_a_terminal() {
         assert!(stdout.contains(expected), "no '{expected}' in:\n{stdout}");
     }
 }
+
+/// EXPLAIN ANALYZE shows what the final stage's shuffle reader read: its rows, the
+/// blocks (one per map output for each of its partitions), the Flight calls and bytes.
+#[test]
+fn explain_analyze_counts_what_the_shuffle_reader_read() {
+    let sql = crate::run(
+        &[
+            "sql",
+            "--local",
+            "2",
+            "--format",
+            "csv",
+            "-e",
+            "SET datafusion.execution.target_partitions = 6; \
+             EXPLAIN ANALYZE SELECT value % 7 AS k, count(*) FROM generate_series(1, 2000) GROUP BY k",
+        ],
+        LIMIT,
+    );
+    let stdout = String::from_utf8_lossy(&sql.stdout);
+    assert!(
+        sql.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sql.stderr)
+    );
+    let reader = stdout
+        .lines()
+        .find(|l| l.contains("ShuffleReaderExec") && l.contains("partitions=6"))
+        .unwrap_or_else(|| panic!("no reader of 6 partitions in {stdout}"));
+    let metric = |name: &str| -> u64 {
+        let at = reader
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("no {name} in {reader}"));
+        let value: String = reader[at + name.len() + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        value.parse().unwrap()
+    };
+    // Seven groups; six map outputs read by each of six partitions.
+    assert_eq!(metric("output_rows"), 7, "{reader}");
+    assert_eq!(metric("blocks_read"), 36, "{reader}");
+    // At most one Flight call per partition: the other worker's blocks come in one.
+    assert!(metric("fetch_calls") <= 6, "{reader}");
+    assert!(
+        metric("bytes_read_local") + metric("bytes_read_remote") > 0,
+        "{reader}"
+    );
+}
