@@ -202,7 +202,7 @@ mod tests {
             ("GET /api/v1/jobs/1/cancel", 405, "does not take GET"),
             ("GET /api/v1/nope", 404, "no such page"),
             ("GET /jobs/%FF", 404, "the job id is not valid"),
-            ("GET /jobs/abc", 404, "&#39;abc&#39; is not a job id"),
+            ("GET /jobs/abc", 404, "'abc' is not a job id"),
             ("GET /workers/%FF", 404, "the worker id is not valid"),
             ("GET /workers/3", 404, "worker-3 is not registered"),
         ];

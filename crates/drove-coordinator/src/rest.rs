@@ -102,7 +102,7 @@ pub struct Worker {
     pub memory: Memory,
 }
 
-/// A worker and the tasks it ran in the jobs still in the history.
+/// A worker and the last tasks it completed (newest first, at most 1,000).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerDetail {
@@ -118,7 +118,7 @@ pub struct WorkerDetail {
 }
 
 /// A task a worker ran.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerTask {
     pub job_id: u64,
@@ -415,7 +415,7 @@ impl Job {
 
 /// The cluster as `/api/v1/cluster` and the UI's overview show it.
 pub fn cluster_view(coordinator: &Coordinator) -> Cluster {
-    let status = coordinator.cluster_status();
+    let status = coordinator.cluster_status(false);
     Cluster {
         workers: status.workers.iter().map(Worker::from).collect(),
         jobs: status.jobs.iter().map(JobSummary::from).collect(),
@@ -439,16 +439,23 @@ pub fn job_view(coordinator: &Coordinator, job: JobId) -> Result<Job, Error> {
     Ok(Job::new(&coordinator.status(job)?, attempts))
 }
 
-/// One worker and the tasks it ran in the jobs still in the history; `Err` names a
+/// One worker and the last tasks it completed (see [`crate::state::WORKER_TASKS_KEPT`]); `Err` names a
 /// worker that is not registered.
 pub fn worker_view(coordinator: &Coordinator, id: u64) -> Result<WorkerDetail, String> {
-    let status = coordinator.cluster_status();
-    let Some(w) = status.workers.iter().find(|w| w.worker_id == id) else {
-        return Err(format!(
+    let not_registered = || {
+        format!(
             "{} is not registered (it may have left or been lost)",
             WorkerId(id)
-        ));
+        )
     };
+    let workers = coordinator.workers();
+    let w = workers
+        .iter()
+        .find(|w| w.worker_id == id)
+        .ok_or_else(not_registered)?;
+    let tasks = coordinator
+        .worker_tasks(WorkerId(id))
+        .ok_or_else(not_registered)?;
     let Worker {
         worker_id,
         flight_addr,
@@ -459,21 +466,6 @@ pub fn worker_view(coordinator: &Coordinator, id: u64) -> Result<WorkerDetail, S
         block_bytes,
         memory,
     } = Worker::from(w);
-    let mut tasks = Vec::new();
-    for j in &status.jobs {
-        for s in &j.stages {
-            for t in s.tasks.iter().filter(|t| t.worker_id == id) {
-                tasks.push(WorkerTask {
-                    job_id: j.job_id,
-                    stage_id: s.stage_id,
-                    partition: t.partition,
-                    attempt: t.attempt,
-                    elapsed_ms: t.elapsed_ms,
-                    output_bytes: t.output_bytes,
-                });
-            }
-        }
-    }
     Ok(WorkerDetail {
         worker_id,
         flight_addr,
@@ -563,11 +555,10 @@ async fn cluster(State(coordinator): State<Coordinator>) -> Json<Cluster> {
     (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
 ))]
 async fn workers(State(coordinator): State<Coordinator>) -> Json<Vec<Worker>> {
-    let status = coordinator.cluster_status();
-    Json(status.workers.iter().map(Worker::from).collect())
+    Json(coordinator.workers().iter().map(Worker::from).collect())
 }
 
-/// One worker and the tasks it ran in recent jobs.
+/// One worker and the last tasks it completed, newest first.
 #[utoipa::path(get, path = "/api/v1/workers/{id}", params(Id), responses(
     (status = 200, description = "The worker.", body = WorkerDetail),
     (status = 400, description = "The id is not a whole number from 0 to 18446744073709551615.", body = ApiError),

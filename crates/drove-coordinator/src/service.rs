@@ -206,6 +206,6 @@ impl CoordinatorRpc for Service {
         &self,
         _request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        Ok(Response::new(self.coordinator.cluster_status()))
+        Ok(Response::new(self.coordinator.cluster_status(true)))
     }
 }

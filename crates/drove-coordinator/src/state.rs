@@ -11,7 +11,7 @@ use drove_core::catalog::{CachedStage, Catalog, CatalogCommand};
 use drove_core::meta::{JobEnd, MetaCommand, MetaLog};
 use drove_core::scheduler::{
     AttemptEnd, Command, ErrorKind, Event, FetchFailure, JobSpec, Output, Run, Scheduler,
-    SchedulerConfig, StageSpec, TaskError, TaskState, TaskStats,
+    SchedulerConfig, StageSpec, TaskError, TaskState, TaskStats, TaskTotals,
 };
 use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
 use drove_exec::cache::CachedTable;
@@ -24,7 +24,7 @@ use tracing::{info, info_span, warn};
 use crate::history::{History, Reading};
 use crate::metrics::{Metrics, Snapshot};
 use crate::planning::{self, PlannedJob, Query};
-use crate::rest::{Attempt, AttemptOutcome, ClusterSample, JobState};
+use crate::rest::{Attempt, AttemptOutcome, ClusterSample, JobState, WorkerTask};
 use crate::{CoordinatorConfig, Error, Result};
 
 /// Messages to one worker's stream.
@@ -50,7 +50,12 @@ struct WorkerConn {
     /// The stages whose plan this worker was sent, with the first of their tasks it got;
     /// it keeps them until their job's blocks are released.
     plans: HashSet<(JobId, StageId)>,
+    /// The last [`WORKER_TASKS_KEPT`] tasks it completed, oldest first.
+    recent_tasks: VecDeque<WorkerTask>,
 }
+
+/// How many of its completed tasks a worker's page lists.
+pub const WORKER_TASKS_KEPT: usize = 1_000;
 
 struct JobRecord {
     name: String,
@@ -65,8 +70,10 @@ struct JobRecord {
     changed: watch::Sender<u64>,
     /// Frozen once the job ends and the scheduler may forget it.
     final_status: Option<pb::JobStatus>,
-    /// Frozen with `final_status`: every attempt, for the timeline.
+    /// Frozen with `final_status`: every attempt, for the timeline, and the status
+    /// without per-task runs, for lists.
     final_attempts: Option<Vec<Attempt>>,
+    final_summary: Option<pb::JobStatus>,
     released: bool,
     /// The table this job caches (CACHE TABLE name AS ...): its result stays on the
     /// workers instead of going to the client.
@@ -202,6 +209,7 @@ impl Coordinator {
                 last_heartbeat: Instant::now(),
                 memory: pb::MemoryStats::default(),
                 plans: HashSet::new(),
+                recent_tasks: VecDeque::new(),
             },
         );
         state.handle(Event::WorkerJoined { worker, slots });
@@ -307,9 +315,9 @@ impl Coordinator {
         })
     }
 
-    /// The recent jobs' statuses, newest first.
+    /// The recent jobs' statuses without their per-task runs, newest first.
     pub fn jobs(&self) -> Vec<pb::JobStatus> {
-        self.lock().recent_jobs()
+        self.lock().recent_jobs(false)
     }
 
     /// The worker's stream ended, or it went silent. `clean`: it closed its session
@@ -437,6 +445,7 @@ impl Coordinator {
                 changed: watch::channel(0).0,
                 final_status: None,
                 final_attempts: None,
+                final_summary: None,
                 released: false,
                 caches_as: cache_as.zip(cache_id),
                 lease: Lease {
@@ -475,6 +484,18 @@ impl Coordinator {
         state.status(job).ok_or_else(|| not_found(job))
     }
 
+    /// The registered workers.
+    pub fn workers(&self) -> Vec<pb::WorkerStatus> {
+        self.lock().worker_statuses()
+    }
+
+    /// The last tasks a registered worker completed, newest first.
+    pub fn worker_tasks(&self, worker: WorkerId) -> Option<Vec<WorkerTask>> {
+        let state = self.lock();
+        let conn = state.workers.get(&worker)?;
+        Some(conn.recent_tasks.iter().rev().cloned().collect())
+    }
+
     /// The last minutes of the cluster's load, oldest first.
     pub fn history(&self) -> Vec<ClusterSample> {
         self.lock().history.samples()
@@ -494,45 +515,16 @@ impl Coordinator {
             .is_some_and(|r| r.state == pb::JobState::Running)
     }
 
-    /// The job's status while it runs, without the per-task runs and the sums over them:
-    /// it costs time in proportion to the job's stages, not its tasks. Once the job has
-    /// ended, its whole status.
+    /// The job's status while it runs, without the per-task runs: it costs time in
+    /// proportion to the job's stages, not its tasks. Once the job has ended, its whole
+    /// status.
     pub fn progress(&self, job: JobId) -> Result<pb::JobStatus> {
         let state = self.lock();
         let record = state.jobs.get(&job).ok_or_else(|| not_found(job))?;
         if record.state != pb::JobState::Running {
             return state.status(job).ok_or_else(|| not_found(job));
         }
-        let stages = record
-            .planned
-            .stages
-            .iter()
-            .map(|s| {
-                let counts = state
-                    .scheduler
-                    .stage_counts(job, StageId(s.id))
-                    .unwrap_or_default();
-                pb::StageStatus {
-                    stage_id: s.id,
-                    depends_on: s.depends_on.clone(),
-                    tasks_total: s.tasks,
-                    tasks_done: counts.done,
-                    tasks_running: counts.running,
-                    root: s.root.clone(),
-                    ..Default::default()
-                }
-            })
-            .collect();
-        Ok(pb::JobStatus {
-            job_id: job.0,
-            state: record.state as i32,
-            name: record.name.clone(),
-            stages,
-            result_stage_id: record.planned.stages.last().map_or(0, |s| s.id),
-            elapsed_ms: record.started.elapsed().as_millis() as u64,
-            submitted_unix_ms: record.submitted_unix_ms,
-            ..Default::default()
-        })
+        state.summary(job).ok_or_else(|| not_found(job))
     }
 
     pub fn cancel(&self, job: JobId) -> Result<pb::JobStatus> {
@@ -584,11 +576,12 @@ impl Coordinator {
         Ok(true)
     }
 
-    /// The workers and recent jobs (newest first).
-    pub fn cluster_status(&self) -> pb::ClusterStatusResponse {
+    /// The workers and recent jobs (newest first), the jobs with their per-task runs
+    /// if `with_tasks` (which costs time in proportion to every task in the history).
+    pub fn cluster_status(&self, with_tasks: bool) -> pb::ClusterStatusResponse {
         let state = self.lock();
         let workers = state.worker_statuses();
-        let jobs = state.recent_jobs();
+        let jobs = state.recent_jobs(with_tasks);
         let cached_tables = state
             .catalog
             .tables()
@@ -900,13 +893,20 @@ impl State {
             .collect()
     }
 
-    /// The statuses of the jobs in the history, newest first.
-    fn recent_jobs(&self) -> Vec<pb::JobStatus> {
+    /// The statuses of the jobs in the history, newest first; without their per-task
+    /// runs unless `with_tasks`.
+    fn recent_jobs(&self, with_tasks: bool) -> Vec<pb::JobStatus> {
         let mut jobs: Vec<pb::JobStatus> = self
             .meta
             .state()
             .jobs()
-            .filter_map(|(id, _)| self.status(id))
+            .filter_map(|(id, _)| {
+                if with_tasks {
+                    self.status(id)
+                } else {
+                    self.summary(id)
+                }
+            })
             .collect();
         jobs.sort_by_key(|j| std::cmp::Reverse(j.job_id));
         jobs
@@ -943,6 +943,20 @@ impl State {
                 stats.output_bytes,
                 stats.remote_read_bytes,
             );
+            let task = WorkerTask {
+                job_id: attempt.task.job.0,
+                stage_id: attempt.task.stage.0,
+                partition: attempt.task.partition,
+                attempt: attempt.attempt,
+                elapsed_ms: stats.elapsed_ms,
+                output_bytes: stats.output_bytes,
+            };
+            if let Some(conn) = self.workers.get_mut(&worker) {
+                if conn.recent_tasks.len() == WORKER_TASKS_KEPT {
+                    conn.recent_tasks.pop_front();
+                }
+                conn.recent_tasks.push_back(task);
+            }
         }
     }
 
@@ -995,11 +1009,13 @@ impl State {
     /// Keeps the job's last status so the scheduler can forget it.
     fn freeze(&mut self, job: JobId) {
         let attempts = self.attempts(job);
+        let summary = self.summary(job);
         if let Some(status) = self.status(job)
             && let Some(record) = self.jobs.get_mut(&job)
         {
             record.final_status = Some(status);
             record.final_attempts = attempts;
+            record.final_summary = summary;
         }
     }
 
@@ -1214,6 +1230,73 @@ impl State {
         Some(attempts)
     }
 
+    /// The job's status without its per-task runs and result locations: stage counts
+    /// and sums kept as tasks finish, so it costs time in proportion to the stages.
+    fn summary(&self, job: JobId) -> Option<pb::JobStatus> {
+        let record = self.jobs.get(&job)?;
+        if let Some(s) = &record.final_summary {
+            return Some(pb::JobStatus {
+                result_released: record.released,
+                ..s.clone()
+            });
+        }
+        let mut totals = TaskTotals::default();
+        let stages = record
+            .planned
+            .stages
+            .iter()
+            .map(|s| {
+                let stage = StageId(s.id);
+                let counts = self.scheduler.stage_counts(job, stage).unwrap_or_default();
+                let attempts = self
+                    .scheduler
+                    .stage_attempts(job, stage)
+                    .unwrap_or_default();
+                add_totals(&mut totals, self.scheduler.stage_totals(job, stage));
+                pb::StageStatus {
+                    stage_id: s.id,
+                    depends_on: s.depends_on.clone(),
+                    tasks_total: s.tasks,
+                    tasks_done: counts.done,
+                    // An ended job's leftover attempts are being stopped, not run.
+                    tasks_running: if record.state == pb::JobState::Running {
+                        counts.running
+                    } else {
+                        0
+                    },
+                    root: s.root.clone(),
+                    attempts_launched: attempts.launched,
+                    attempts_failed: attempts.failed,
+                    attempts_speculative: attempts.speculative,
+                    plan: s.plan_text.clone(),
+                    tasks: Vec::new(),
+                }
+            })
+            .collect();
+        let elapsed = record.ended.unwrap_or_else(Instant::now) - record.started;
+        Some(pb::JobStatus {
+            job_id: job.0,
+            state: record.state as i32,
+            name: record.name.clone(),
+            error: record.error.clone(),
+            stages,
+            result: Vec::new(),
+            result_stage_id: record.planned.stages.last().map_or(0, |s| s.id),
+            result_schema: record.planned.result_schema.clone(),
+            elapsed_ms: elapsed.as_millis() as u64,
+            sql: record.sql.clone(),
+            physical_plan: record.planned.physical_plan.clone(),
+            submitted_unix_ms: record.submitted_unix_ms,
+            spilled_bytes: totals.spilled_bytes,
+            spill_count: totals.spill_count,
+            memory_bytes: totals.memory_bytes,
+            peak_memory_bytes: totals.peak_memory_bytes,
+            result_released: record.released,
+        })
+    }
+
+    /// The job's whole status: its summary, each stage's completed tasks, and where
+    /// its result is.
     fn status(&self, job: JobId) -> Option<pb::JobStatus> {
         let record = self.jobs.get(&job)?;
         if let Some(s) = &record.final_status {
@@ -1222,101 +1305,56 @@ impl State {
                 ..s.clone()
             });
         }
-        let final_stage = record.planned.stages.last().map_or(0, |s| s.id);
-        let stages: Vec<pb::StageStatus> = record
-            .planned
-            .stages
-            .iter()
-            .map(|s| {
-                let tasks = self
-                    .scheduler
-                    .stage_tasks(job, StageId(s.id))
-                    .unwrap_or(&[]);
-                let attempts = self
-                    .scheduler
-                    .stage_attempts(job, StageId(s.id))
-                    .unwrap_or_default();
-                let mut status = pb::StageStatus {
-                    stage_id: s.id,
-                    depends_on: s.depends_on.clone(),
-                    tasks_total: s.tasks,
-                    root: s.root.clone(),
-                    attempts_launched: attempts.launched,
-                    attempts_failed: attempts.failed,
-                    attempts_speculative: attempts.speculative,
-                    plan: s.plan_text.clone(),
-                    ..Default::default()
-                };
-                for (partition, t) in tasks.iter().enumerate() {
-                    match t {
-                        TaskState::Pending => {}
-                        // An ended job's leftover attempts are being stopped, not run.
-                        TaskState::Running { .. } if record.state == pb::JobState::Running => {
-                            status.tasks_running += 1
-                        }
-                        TaskState::Running { .. } => {}
-                        TaskState::Done {
-                            attempt,
-                            worker,
-                            stats,
-                            ..
-                        } => {
-                            status.tasks_done += 1;
-                            status.tasks.push(pb::TaskRun {
-                                partition: partition as u32,
-                                attempt: *attempt,
-                                worker_id: worker.0,
-                                output_bytes: stats.output_bytes,
-                                output_rows: stats.output_rows,
-                                local_read_bytes: stats.local_read_bytes,
-                                remote_read_bytes: stats.remote_read_bytes,
-                                elapsed_ms: stats.elapsed_ms,
-                                counters: stats.counters.clone().into_iter().collect(),
-                                spilled_bytes: stats.spilled_bytes,
-                                spill_count: stats.spill_count,
-                                memory_bytes: stats.memory_bytes,
-                                peak_memory_bytes: stats.peak_memory_bytes,
-                            });
-                        }
-                    }
+        let mut status = self.summary(job)?;
+        for stage in &mut status.stages {
+            let tasks = self
+                .scheduler
+                .stage_tasks(job, StageId(stage.stage_id))
+                .unwrap_or(&[]);
+            for (partition, t) in tasks.iter().enumerate() {
+                if let TaskState::Done {
+                    attempt,
+                    worker,
+                    stats,
+                    ..
+                } = t
+                {
+                    stage.tasks.push(pb::TaskRun {
+                        partition: partition as u32,
+                        attempt: *attempt,
+                        worker_id: worker.0,
+                        output_bytes: stats.output_bytes,
+                        output_rows: stats.output_rows,
+                        local_read_bytes: stats.local_read_bytes,
+                        remote_read_bytes: stats.remote_read_bytes,
+                        elapsed_ms: stats.elapsed_ms,
+                        counters: stats.counters.clone().into_iter().collect(),
+                        spilled_bytes: stats.spilled_bytes,
+                        spill_count: stats.spill_count,
+                        memory_bytes: stats.memory_bytes,
+                        peak_memory_bytes: stats.peak_memory_bytes,
+                    });
                 }
-                status
-            })
-            .collect();
-        let result = if record.state == pb::JobState::Succeeded && record.caches_as.is_none() {
-            self.scheduler
-                .stage_outputs(job, StageId(final_stage))
+            }
+        }
+        if record.state == pb::JobState::Succeeded && record.caches_as.is_none() {
+            status.result = self
+                .scheduler
+                .stage_outputs(job, StageId(status.result_stage_id))
                 .map(|o| self.map_outputs(&o))
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let elapsed = record.ended.unwrap_or_else(Instant::now) - record.started;
-        let tasks = || stages.iter().flat_map(|s: &pb::StageStatus| &s.tasks);
-        let spilled_bytes = tasks().map(|t| t.spilled_bytes).sum();
-        let spill_count = tasks().map(|t| t.spill_count).sum();
-        let memory_bytes = tasks().map(|t| t.memory_bytes).sum();
-        let peak_memory_bytes = tasks().map(|t| t.peak_memory_bytes).max().unwrap_or(0);
-        Some(pb::JobStatus {
-            job_id: job.0,
-            state: record.state as i32,
-            name: record.name.clone(),
-            error: record.error.clone(),
-            stages,
-            result,
-            result_stage_id: final_stage,
-            result_schema: record.planned.result_schema.clone(),
-            elapsed_ms: elapsed.as_millis() as u64,
-            sql: record.sql.clone(),
-            physical_plan: record.planned.physical_plan.clone(),
-            submitted_unix_ms: record.submitted_unix_ms,
-            spilled_bytes,
-            spill_count,
-            memory_bytes,
-            peak_memory_bytes,
-            result_released: record.released,
-        })
+                .unwrap_or_default();
+        }
+        Some(status)
     }
+}
+
+/// Adds a stage's sums to a job's (the peak is the largest).
+fn add_totals(job: &mut TaskTotals, stage: Option<TaskTotals>) {
+    let stage = stage.unwrap_or_default();
+    job.spilled_bytes += stage.spilled_bytes;
+    job.spill_count += stage.spill_count;
+    job.memory_bytes += stage.memory_bytes;
+    job.peak_memory_bytes = job.peak_memory_bytes.max(stage.peak_memory_bytes);
 }
 
 /// Why a task's message cannot be sent.

@@ -452,7 +452,7 @@ pub fn job(j: &Job) -> Markup {
     page(&format!("job-{}", j.job_id), refresh, body)
 }
 
-/// One worker and the tasks it ran in the jobs still in the history.
+/// One worker and the last tasks it completed.
 pub fn worker(w: &WorkerDetail) -> Markup {
     let state = worker_state(w.state);
     let body = html! {
@@ -462,7 +462,7 @@ pub fn worker(w: &WorkerDetail) -> Markup {
             (w.running_tasks) " running · block memory " (human_bytes(w.block_bytes))
             " · heartbeat " (millis(w.heartbeat_age_ms)) " ago"
         }
-        h2 { "Tasks in recent jobs" }
+        h2 { "Its last tasks" }
         table.tasks {
             tr {
                 th { "job" } th { "stage" } th { "partition" } th { "attempt" } th { "duration" } th { "bytes out" }

@@ -358,6 +358,51 @@ pub struct StageAttempts {
     pub speculative: u32,
 }
 
+/// Sums over a stage's done tasks, kept as tasks finish and are undone, so a job's
+/// status costs time in proportion to its stages, not its tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskTotals {
+    pub spilled_bytes: u64,
+    pub spill_count: u64,
+    pub memory_bytes: u64,
+    pub peak_memory_bytes: u64,
+}
+
+/// [`TaskTotals`] with the peaks counted per value, so that undoing a task can lower
+/// the largest.
+#[derive(Debug, Default)]
+struct Totals {
+    spilled_bytes: u64,
+    spill_count: u64,
+    memory_bytes: u64,
+    peaks: RunTimes,
+}
+
+impl Totals {
+    fn change(&mut self, stats: &TaskStats, add: bool) {
+        if add {
+            self.spilled_bytes += stats.spilled_bytes;
+            self.spill_count += stats.spill_count;
+            self.memory_bytes += stats.memory_bytes;
+            self.peaks.add(stats.peak_memory_bytes);
+        } else {
+            self.spilled_bytes -= stats.spilled_bytes;
+            self.spill_count -= stats.spill_count;
+            self.memory_bytes -= stats.memory_bytes;
+            self.peaks.remove(stats.peak_memory_bytes);
+        }
+    }
+
+    fn get(&self) -> TaskTotals {
+        TaskTotals {
+            spilled_bytes: self.spilled_bytes,
+            spill_count: self.spill_count,
+            memory_bytes: self.memory_bytes,
+            peak_memory_bytes: self.peaks.counts.keys().next_back().copied().unwrap_or(0),
+        }
+    }
+}
+
 /// Done tasks' run times as counts per run time: the median costs time in proportion
 /// to the distinct run times, never to the tasks.
 #[derive(Debug, Default)]
@@ -435,6 +480,8 @@ struct StageState {
     pending: BTreeSet<u32>,
     /// Run times of the tasks this job's attempts completed.
     times: RunTimes,
+    /// Sums over the done tasks' stats.
+    totals: Totals,
     /// Every attempt that ended, in the order they ended; bounded by the attempts a
     /// stage may launch (`task_attempt_max` and one speculative twin per task).
     ended: Vec<EndedAttempt>,
@@ -455,6 +502,7 @@ impl StageState {
             done: 0,
             pending: (0..spec.tasks).collect(),
             times: RunTimes::default(),
+            totals: Totals::default(),
             ended: Vec::new(),
         };
         for (partition, e) in spec.existing.iter().enumerate() {
@@ -490,6 +538,9 @@ impl StageState {
                 Some(ms) if delta => self.times.add(ms),
                 Some(ms) => self.times.remove(ms),
                 None => {}
+            }
+            if let TaskState::Done { stats, .. } = task {
+                self.totals.change(stats, delta);
             }
         }
         old
@@ -874,6 +925,11 @@ impl Scheduler {
             running: s.spec.tasks - pending - s.done,
             done: s.done,
         })
+    }
+
+    /// Sums over a stage's done tasks, at no cost that grows with the stage.
+    pub fn stage_totals(&self, job: JobId, stage: StageId) -> Option<TaskTotals> {
+        Some(self.jobs.get(&job)?.stages.get(&stage)?.totals.get())
     }
 
     /// How many attempts a stage has launched, lost to failures and speculated.
@@ -1512,6 +1568,15 @@ impl Scheduler {
                     || format!("{job_id} {stage_id} keeps run times of tasks not done"),
                 );
                 self.check_attempt_log(*job_id, *stage_id, stage);
+                let mut totals = Totals::default();
+                for task in &stage.tasks {
+                    if let TaskState::Done { stats, .. } = task {
+                        totals.change(stats, true);
+                    }
+                }
+                invariant(totals.get() == stage.totals.get(), "stage-counts", || {
+                    format!("{job_id} {stage_id} sums its done tasks' stats wrong")
+                });
             }
             if job.outcome != JobOutcome::Running {
                 continue;

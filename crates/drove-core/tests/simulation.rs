@@ -958,9 +958,15 @@ impl World {
                     Event::TaskSucceeded {
                         attempt,
                         worker,
+                        // Stats that differ by attempt, so the stages' sums over
+                        // done tasks change as tasks are undone and done again.
                         stats: TaskStats {
                             output_rows: value as u64,
                             elapsed_ms: 100,
+                            spilled_bytes: self.rng.below(1 << 20),
+                            spill_count: self.rng.below(4),
+                            memory_bytes: self.rng.below(1 << 20),
+                            peak_memory_bytes: self.rng.below(1 << 24),
                             ..Default::default()
                         },
                     }

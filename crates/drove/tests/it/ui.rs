@@ -176,6 +176,25 @@ async fn the_web_ui_shows_the_cluster_a_running_job_a_finished_job_and_a_failure
             );
         }
     }
+    // The job list, kept without per-task runs, agrees with the job's whole status.
+    let (_, list) = get_json(&http, "/api/v1/jobs").await;
+    let listed = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == job)
+        .unwrap();
+    for field in [
+        "state",
+        "tasks_total",
+        "tasks_done",
+        "spilled_bytes",
+        "memory_bytes",
+        "peak_memory_bytes",
+    ] {
+        assert_eq!(listed[field], api[field], "{field}");
+    }
+    assert!(api["memory_bytes"].as_u64() > Some(0), "{api}");
     assert!(done.contains("id=\"timeline\""), "{done}");
     assert_eq!(
         done.matches("<rect class=\"attempt ").count(),
