@@ -2,7 +2,7 @@
 //! busy, memory held, spill and shuffle traffic, for the last minutes, in a ring of
 //! fixed size.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::rest::ClusterSample;
 
@@ -12,17 +12,20 @@ pub const SAMPLE_INTERVAL_MS: u64 = 1_000;
 /// How many samples are kept: five minutes of them.
 pub const SAMPLES_KEPT: usize = 300;
 
-/// What the cluster is at one moment; the totals count since the coordinator started.
-#[derive(Debug, Clone, Copy, Default)]
+/// What the cluster is at one moment.
+#[derive(Debug, Clone, Default)]
 pub struct Reading {
+    /// On a monotonic clock, which spaces the samples and times the rates.
+    pub at_ms: u64,
+    /// The wall clock, which labels them.
     pub unix_ms: u64,
     pub slots: u32,
     pub slots_busy: u32,
     pub memory_bytes: u64,
     pub spill_disk_bytes: u64,
-    /// Bytes spilled so far by the registered workers (it drops when one leaves).
-    pub spilled_bytes_total: u64,
-    /// Shuffle bytes written and read remotely so far.
+    /// Bytes each registered worker has spilled since it started.
+    pub spilled_by_worker: BTreeMap<u64, u64>,
+    /// Shuffle bytes written and read remotely since the coordinator started.
     pub shuffle_bytes_total: u64,
 }
 
@@ -35,17 +38,28 @@ pub struct History {
 
 impl History {
     /// Keeps a sample of `now` unless the last was kept less than a sample interval
-    /// ago. Rates are over the time since the last sample; a total that fell (a worker
-    /// left with its counts) counts as no traffic.
+    /// ago (less a quarter, so that ticks a little early are not skipped). Rates are
+    /// over the time since the last sample; spill counts only for workers present at
+    /// both (one that registers again starts its count anew).
     pub fn record(&mut self, now: Reading) {
-        let elapsed_ms = match self.last {
-            Some(last) if now.unix_ms < last.unix_ms + SAMPLE_INTERVAL_MS => return,
-            Some(last) => now.unix_ms - last.unix_ms,
+        let elapsed_ms = match &self.last {
+            Some(last) if now.at_ms < last.at_ms + SAMPLE_INTERVAL_MS * 3 / 4 => return,
+            Some(last) => now.at_ms - last.at_ms,
             None => 0,
         };
-        let rate = |total: u64, before: Option<u64>| match before {
-            Some(before) if elapsed_ms > 0 => total.saturating_sub(before) * 1000 / elapsed_ms,
-            _ => 0,
+        let rate = |bytes: u64| bytes.saturating_mul(1000) / elapsed_ms.max(1);
+        let (spilled, shuffled) = match &self.last {
+            Some(last) => (
+                now.spilled_by_worker
+                    .iter()
+                    .filter_map(|(w, total)| {
+                        Some(total.saturating_sub(*last.spilled_by_worker.get(w)?))
+                    })
+                    .sum(),
+                now.shuffle_bytes_total
+                    .saturating_sub(last.shuffle_bytes_total),
+            ),
+            None => (0, 0),
         };
         let sample = ClusterSample {
             unix_ms: now.unix_ms,
@@ -53,14 +67,8 @@ impl History {
             slots_busy: now.slots_busy,
             memory_bytes: now.memory_bytes,
             spill_disk_bytes: now.spill_disk_bytes,
-            spilled_bytes_per_second: rate(
-                now.spilled_bytes_total,
-                self.last.map(|l| l.spilled_bytes_total),
-            ),
-            shuffle_bytes_per_second: rate(
-                now.shuffle_bytes_total,
-                self.last.map(|l| l.shuffle_bytes_total),
-            ),
+            spilled_bytes_per_second: rate(spilled),
+            shuffle_bytes_per_second: rate(shuffled),
         };
         if self.samples.len() == SAMPLES_KEPT {
             self.samples.pop_front();
@@ -79,9 +87,10 @@ impl History {
 mod tests {
     use super::*;
 
-    fn at(unix_ms: u64, shuffle_bytes_total: u64) -> Reading {
+    fn at(at_ms: u64, shuffle_bytes_total: u64) -> Reading {
         Reading {
-            unix_ms,
+            at_ms,
+            unix_ms: 1_700_000_000_000 + at_ms,
             slots: 4,
             slots_busy: 2,
             shuffle_bytes_total,
@@ -95,15 +104,31 @@ mod tests {
         h.record(at(10_000, 0));
         h.record(at(10_400, 999)); // too soon: dropped
         h.record(at(12_000, 4_000));
-        h.record(at(13_000, 1_000)); // a worker left with its counts
+        h.record(at(12_950, 5_900)); // a tick a little early still counts
         let s = h.samples();
         assert_eq!(s.len(), 3);
-        assert_eq!(
-            s.iter()
-                .map(|s| s.shuffle_bytes_per_second)
-                .collect::<Vec<_>>(),
-            [0, 2_000, 0]
-        );
+        let rates: Vec<u64> = s.iter().map(|s| s.shuffle_bytes_per_second).collect();
+        assert_eq!(rates, [0, 2_000, 2_000]);
+    }
+
+    #[test]
+    fn a_worker_that_registers_again_adds_no_spill_spike() {
+        let mut h = History::default();
+        let spilled = |at_ms: u64, workers: &[(u64, u64)]| Reading {
+            at_ms,
+            spilled_by_worker: workers.iter().copied().collect(),
+            ..Default::default()
+        };
+        h.record(spilled(0, &[(1, 100), (2, 5_000)]));
+        h.record(spilled(1_000, &[(1, 600)])); // worker 2 left
+        h.record(spilled(2_000, &[(1, 600), (3, 9_000_000)])); // back as worker 3
+        h.record(spilled(3_000, &[(1, 600), (3, 9_001_000)]));
+        let rates: Vec<u64> = h
+            .samples()
+            .iter()
+            .map(|s| s.spilled_bytes_per_second)
+            .collect();
+        assert_eq!(rates, [0, 500, 0, 1_000]);
     }
 
     #[test]
@@ -114,6 +139,6 @@ mod tests {
         }
         let s = h.samples();
         assert_eq!(s.len(), SAMPLES_KEPT);
-        assert_eq!(s[0].unix_ms, 50 * SAMPLE_INTERVAL_MS);
+        assert_eq!(s[0].unix_ms, at(50 * SAMPLE_INTERVAL_MS, 0).unix_ms);
     }
 }

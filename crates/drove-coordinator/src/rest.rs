@@ -149,7 +149,7 @@ pub struct JobSummary {
     pub peak_memory_bytes: u64,
 }
 
-/// One job: its stages, tasks, SQL and physical plan.
+/// One job: its stages, tasks, attempts, SQL and physical plan.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Job {
@@ -231,7 +231,7 @@ pub struct Task {
     pub local_read_bytes: u64,
     pub remote_read_bytes: u64,
     pub spilled_bytes: u64,
-    /// It ran far longer than its stage's median (see [`skewed`]).
+    /// It ran more than twice its stage's median time, and by more than 100 ms.
     pub skewed: bool,
 }
 
@@ -435,8 +435,8 @@ pub fn cluster_view(coordinator: &Coordinator) -> Cluster {
 
 /// One job as `/api/v1/jobs/{id}` and its UI page show it.
 pub fn job_view(coordinator: &Coordinator, job: JobId) -> Result<Job, Error> {
-    let attempts = coordinator.attempts(job)?;
-    Ok(Job::new(&coordinator.status(job)?, attempts))
+    let (status, attempts) = coordinator.status_and_attempts(job)?;
+    Ok(Job::new(&status, attempts))
 }
 
 /// One worker and the last tasks it completed (see [`crate::state::WORKER_TASKS_KEPT`]); `Err` names a
@@ -588,7 +588,7 @@ async fn jobs(State(coordinator): State<Coordinator>) -> Json<Vec<JobSummary>> {
     Json(coordinator.jobs().iter().map(JobSummary::from).collect())
 }
 
-/// One job: its stages, tasks, SQL and physical plan.
+/// One job: its stages, tasks, attempts, SQL and physical plan.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", params(Id), responses(
     (status = 200, description = "The job.", body = Job),
     (status = 400, description = "The id is not a whole number from 0 to 18446744073709551615.", body = ApiError),

@@ -501,10 +501,12 @@ impl Coordinator {
         self.lock().history.samples()
     }
 
-    /// Every attempt of the job so far, for its timeline.
-    pub fn attempts(&self, job: JobId) -> Result<Vec<Attempt>> {
+    /// The job's whole status and every attempt so far (its timeline), taken at one
+    /// moment so that they agree.
+    pub fn status_and_attempts(&self, job: JobId) -> Result<(pb::JobStatus, Vec<Attempt>)> {
         let state = self.lock();
-        state.attempts(job).ok_or_else(|| not_found(job))
+        let status = state.status(job).ok_or_else(|| not_found(job))?;
+        Ok((status, state.attempts(job).unwrap_or_default()))
     }
 
     /// Whether the job is still running.
@@ -862,6 +864,7 @@ impl State {
     /// Adds the cluster's load now to its history (at most a sample a second).
     fn sample(&mut self) {
         let mut now = Reading {
+            at_ms: self.epoch.elapsed().as_millis() as u64,
             unix_ms: now_ms(),
             shuffle_bytes_total: self.metrics.shuffle_bytes_total(),
             ..Default::default()
@@ -872,7 +875,8 @@ impl State {
             now.slots_busy += (self.scheduler.running_on(*id) as u32).min(w.slots);
             now.memory_bytes += w.memory.block_bytes + w.memory.execution_bytes;
             now.spill_disk_bytes += w.memory.disk_bytes;
-            now.spilled_bytes_total += w.memory.spilled_bytes_total;
+            now.spilled_by_worker
+                .insert(id.0, w.memory.spilled_bytes_total);
         }
         self.history.record(now);
     }
@@ -1230,7 +1234,7 @@ impl State {
         Some(attempts)
     }
 
-    /// The job's status without its per-task runs and result locations: stage counts
+    /// The job's status without its per-task runs, result, SQL and plans: stage counts
     /// and sums kept as tasks finish, so it costs time in proportion to the stages.
     fn summary(&self, job: JobId) -> Option<pb::JobStatus> {
         let record = self.jobs.get(&job)?;
@@ -1268,8 +1272,7 @@ impl State {
                     attempts_launched: attempts.launched,
                     attempts_failed: attempts.failed,
                     attempts_speculative: attempts.speculative,
-                    plan: s.plan_text.clone(),
-                    tasks: Vec::new(),
+                    ..Default::default()
                 }
             })
             .collect();
@@ -1280,18 +1283,15 @@ impl State {
             name: record.name.clone(),
             error: record.error.clone(),
             stages,
-            result: Vec::new(),
             result_stage_id: record.planned.stages.last().map_or(0, |s| s.id),
-            result_schema: record.planned.result_schema.clone(),
             elapsed_ms: elapsed.as_millis() as u64,
-            sql: record.sql.clone(),
-            physical_plan: record.planned.physical_plan.clone(),
             submitted_unix_ms: record.submitted_unix_ms,
             spilled_bytes: totals.spilled_bytes,
             spill_count: totals.spill_count,
             memory_bytes: totals.memory_bytes,
             peak_memory_bytes: totals.peak_memory_bytes,
             result_released: record.released,
+            ..Default::default()
         })
     }
 
@@ -1306,7 +1306,11 @@ impl State {
             });
         }
         let mut status = self.summary(job)?;
-        for stage in &mut status.stages {
+        status.sql = record.sql.clone();
+        status.physical_plan = record.planned.physical_plan.clone();
+        status.result_schema = record.planned.result_schema.clone();
+        for (stage, planned) in status.stages.iter_mut().zip(&record.planned.stages) {
+            stage.plan = planned.plan_text.clone();
             let tasks = self
                 .scheduler
                 .stage_tasks(job, StageId(stage.stage_id))
@@ -1351,9 +1355,9 @@ impl State {
 /// Adds a stage's sums to a job's (the peak is the largest).
 fn add_totals(job: &mut TaskTotals, stage: Option<TaskTotals>) {
     let stage = stage.unwrap_or_default();
-    job.spilled_bytes += stage.spilled_bytes;
-    job.spill_count += stage.spill_count;
-    job.memory_bytes += stage.memory_bytes;
+    job.spilled_bytes = job.spilled_bytes.saturating_add(stage.spilled_bytes);
+    job.spill_count = job.spill_count.saturating_add(stage.spill_count);
+    job.memory_bytes = job.memory_bytes.saturating_add(stage.memory_bytes);
     job.peak_memory_bytes = job.peak_memory_bytes.max(stage.peak_memory_bytes);
 }
 

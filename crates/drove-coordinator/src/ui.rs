@@ -28,9 +28,9 @@ th,td{border-bottom:1px solid #ddd;padding:.25em .7em;text-align:left}th{backgro
 .skew{background:#fff3e0}.error{border:1px solid #c62828;padding:.6em;white-space:pre-wrap}\
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:85%}\
 nav{margin-bottom:1em}nav a{margin-right:1em}\
-#timeline .attempt.failed{stroke:#c62828;stroke-width:2}\
 #timeline .attempt.speculative{stroke:#000;stroke-dasharray:3 2}\
 #timeline .attempt.stopped{opacity:.35}#timeline .attempt.running{stroke:#1565c0}\
+#timeline .attempt.failed{stroke:#c62828;stroke-width:2}\
 .legend span{display:inline-block;margin-right:1em}\
 .charts{display:flex;flex-wrap:wrap;gap:1.5em}.chart{margin:0}figcaption{font-size:90%}";
 
@@ -97,7 +97,7 @@ fn chart(
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
         return html! { figure.chart id=(id) { figcaption { (title) ": no samples yet" } } };
     };
-    let span_ms = (last.unix_ms - first.unix_ms).max(1);
+    let span_ms = last.unix_ms.saturating_sub(first.unix_ms).max(1);
     let top = series
         .iter()
         .flat_map(|(_, _, value)| samples.iter().map(value))
@@ -106,7 +106,7 @@ fn chart(
         .max(1);
     let points = |value: fn(&ClusterSample) -> u64| {
         let point = |s: &ClusterSample| {
-            let x = (s.unix_ms - first.unix_ms) * W / span_ms;
+            let x = s.unix_ms.saturating_sub(first.unix_ms).min(span_ms) * W / span_ms;
             let y = TOP + H - value(s).min(top) * H / top;
             format!("{x},{y}")
         };
@@ -156,7 +156,8 @@ fn load_charts(samples: &[ClusterSample]) -> Markup {
 /// The cluster: its recent load, workers, then recent jobs and cached tables.
 pub fn overview(c: &Cluster) -> Markup {
     let slots: u32 = c.workers.iter().map(|w| w.slots).sum();
-    let running: u32 = c.workers.iter().map(|w| w.running_tasks).sum();
+    // Attempts queued behind busy slots do not make more slots busy.
+    let running: u32 = c.workers.iter().map(|w| w.running_tasks.min(w.slots)).sum();
     let body = html! {
         h1 { "drove cluster" }
         p {
@@ -288,7 +289,7 @@ const STAGE_COLOURS: [&str; 10] = [
     "#e15759", "#bab0ac",
 ];
 
-/// The most attempts a timeline draws; a job with more shows its first ones.
+/// The most attempts a timeline draws; a job with more shows its latest ones.
 const TIMELINE_ATTEMPTS_MAX: usize = 5_000;
 
 /// Rows of the timeline: per worker, lanes in which attempts do not overlap (as many
@@ -333,7 +334,10 @@ fn timeline(attempts: &[Attempt]) -> Markup {
     const WIDTH: u64 = 1000;
     const ROW: u64 = 14;
     const TOP: u64 = 22;
-    let shown = &attempts[..attempts.len().min(TIMELINE_ATTEMPTS_MAX)];
+    // The latest attempts, which someone watching a running job wants to see.
+    let mut shown = attempts.to_vec();
+    shown.sort_by_key(|a| (a.started_ms, a.stage_id, a.partition, a.attempt));
+    let shown = &shown[shown.len().saturating_sub(TIMELINE_ATTEMPTS_MAX)..];
     let span_ms = shown.iter().map(|a| a.ended_ms).max().unwrap_or(0).max(1);
     let x = |ms: u64| LEFT + ms * WIDTH / span_ms;
     let rows = lanes(shown);
@@ -344,7 +348,7 @@ fn timeline(attempts: &[Attempt]) -> Markup {
     let colour = |stage: u32| STAGE_COLOURS[stage as usize % STAGE_COLOURS.len()];
     html! {
         @if shown.len() < attempts.len() {
-            p { "The timeline shows the first " (shown.len()) " of " (attempts.len()) " attempts." }
+            p { "The timeline shows the latest " (shown.len()) " of " (attempts.len()) " attempts." }
         }
         p { "A bar runs from the attempt's assignment to its worker (time queued behind a busy slot included) to its end. Failed attempts are outlined red, speculative ones dashed; stopped ones are faint." }
         p.legend {
@@ -583,14 +587,20 @@ mod tests {
         );
         assert!(svg.contains("worker-1") && svg.contains("worker-2"));
 
-        let many = vec![attempt(1, 0, 1, AttemptOutcome::Succeeded); TIMELINE_ATTEMPTS_MAX + 1];
+        // The earliest attempt (of stage 9) is the one left out.
+        let mut many = vec![attempt(1, 10, 11, AttemptOutcome::Succeeded); TIMELINE_ATTEMPTS_MAX];
+        many.push(Attempt {
+            stage_id: 9,
+            ..attempt(1, 0, 1, AttemptOutcome::Succeeded)
+        });
         let svg = timeline(&many).into_string();
+        assert!(!svg.contains("data-stage=\"9\""));
         assert_eq!(
             svg.matches("<rect class=\"attempt ").count(),
             TIMELINE_ATTEMPTS_MAX
         );
         assert!(
-            svg.contains("shows the first 5000 of 5001 attempts"),
+            svg.contains("shows the latest 5000 of 5001 attempts"),
             "cap not said"
         );
     }

@@ -381,14 +381,16 @@ struct Totals {
 impl Totals {
     fn change(&mut self, stats: &TaskStats, add: bool) {
         if add {
-            self.spilled_bytes += stats.spilled_bytes;
-            self.spill_count += stats.spill_count;
-            self.memory_bytes += stats.memory_bytes;
+            // Workers report these; wrapping keeps a bogus huge value from panicking,
+            // and every add has its subtract, so the sums stay exact.
+            self.spilled_bytes = self.spilled_bytes.wrapping_add(stats.spilled_bytes);
+            self.spill_count = self.spill_count.wrapping_add(stats.spill_count);
+            self.memory_bytes = self.memory_bytes.wrapping_add(stats.memory_bytes);
             self.peaks.add(stats.peak_memory_bytes);
         } else {
-            self.spilled_bytes -= stats.spilled_bytes;
-            self.spill_count -= stats.spill_count;
-            self.memory_bytes -= stats.memory_bytes;
+            self.spilled_bytes = self.spilled_bytes.wrapping_sub(stats.spilled_bytes);
+            self.spill_count = self.spill_count.wrapping_sub(stats.spill_count);
+            self.memory_bytes = self.memory_bytes.wrapping_sub(stats.memory_bytes);
             self.peaks.remove(stats.peak_memory_bytes);
         }
     }
@@ -482,8 +484,8 @@ struct StageState {
     times: RunTimes,
     /// Sums over the done tasks' stats.
     totals: Totals,
-    /// Every attempt that ended, in the order they ended; bounded by the attempts a
-    /// stage may launch (`task_attempt_max` and one speculative twin per task).
+    /// Every attempt that ended, in the order they ended: one entry per launched
+    /// attempt that is not running (`launched` counts them all).
     ended: Vec<EndedAttempt>,
 }
 
@@ -1146,12 +1148,13 @@ impl Scheduler {
         let TaskState::Running { runs } = stage.set(partition, done) else {
             unreachable!("running_stage_mut finds running tasks only");
         };
-        let (won, lost) = runs.iter().partition(|r| r.attempt == attempt.attempt);
+        let (won, lost): (Vec<Run>, Vec<Run>) =
+            runs.iter().partition(|r| r.attempt == attempt.attempt);
         stage.record_ended(partition, won, now, AttemptEnd::Succeeded);
-        stage.record_ended(partition, lost, now, AttemptEnd::Stopped);
+        stage.record_ended(partition, lost.clone(), now, AttemptEnd::Stopped);
         debug!(%attempt, %worker, "task done");
         // The twin of a speculated task lost the race: stop it.
-        for run in runs.iter().filter(|r| r.attempt != attempt.attempt) {
+        for run in &lost {
             let twin = AttemptId {
                 task: attempt.task,
                 attempt: run.attempt,
@@ -1657,6 +1660,19 @@ impl Scheduler {
                 )
             },
         );
+        let mut seen: BTreeSet<(u32, u32)> = stage
+            .ended
+            .iter()
+            .map(|e| (e.partition, e.run.attempt))
+            .collect();
+        for (partition, task) in stage.tasks.iter().enumerate() {
+            if let TaskState::Running { runs } = task {
+                seen.extend(runs.iter().map(|r| (partition as u32, r.attempt)));
+            }
+        }
+        invariant(seen.len() == stage.launched as usize, "attempt-log", || {
+            format!("{job} {stage_id} logs an attempt twice")
+        });
         let mut succeeded = BTreeSet::new();
         for e in &stage.ended {
             invariant(e.ended_ms >= e.run.started_ms, "attempt-log", || {

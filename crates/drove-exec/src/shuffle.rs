@@ -302,8 +302,8 @@ pub struct Presented {
 /// Reads the output of another stage. See the module documentation.
 ///
 /// Its metrics, which EXPLAIN ANALYZE shows, count per partition the rows it output,
-/// the blocks it read, the Flight calls it made and the bytes it read from its own
-/// worker and over the network.
+/// the blocks it opened, the Flight calls it made, the bytes of the blocks it opened on
+/// its own worker and the bytes that reached it over the network.
 #[derive(Debug)]
 pub struct ShuffleReaderExec {
     stage: u32,
@@ -554,7 +554,6 @@ impl ExecutionPlan for ShuffleReaderExec {
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let (blocks_read, fetch_calls) = (metric("blocks_read"), metric("fetch_calls"));
         let (local_bytes, remote_bytes) = (metric("bytes_read_local"), metric("bytes_read_remote"));
-        blocks_read.add(blocks.len());
         // Blocks on this worker are read from its store one by one; the others are
         // fetched with one Flight call per worker holding some (and per
         // BLOCKS_PER_TICKET_MAX blocks), so an all-to-all exchange costs calls in
@@ -599,8 +598,9 @@ impl ExecutionPlan for ShuffleReaderExec {
                 other => other,
             };
             let (local_bytes, remote_bytes) = (local_bytes.clone(), remote_bytes.clone());
-            let fetch_calls = fetch_calls.clone();
+            let (fetch_calls, blocks_read) = (fetch_calls.clone(), blocks_read.clone());
             let open = async move {
+                blocks_read.add(keys.len());
                 let stream: BlockStream = if location.worker_id == env.local_worker {
                     // A block that is gone or cannot be read back from its spill file
                     // is lost like a remote one: its producer must run again.
