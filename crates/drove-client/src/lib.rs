@@ -801,9 +801,19 @@ impl Session {
     /// # }
     /// ```
     pub async fn cluster_status(&self) -> Result<pb::ClusterStatusResponse> {
+        self.cluster(true).await
+    }
+
+    /// The cluster's workers and recent jobs, the jobs without their per-task runs:
+    /// cheap however many tasks the history holds.
+    pub async fn cluster_summary(&self) -> Result<pb::ClusterStatusResponse> {
+        self.cluster(false).await
+    }
+
+    async fn cluster(&self, with_tasks: bool) -> Result<pb::ClusterStatusResponse> {
         let mut client = self.inner.client.clone();
         Ok(client
-            .cluster_status(pb::ClusterStatusRequest {})
+            .cluster_status(pb::ClusterStatusRequest { with_tasks })
             .await
             .map_err(status_error)?
             .into_inner())

@@ -204,8 +204,9 @@ impl CoordinatorRpc for Service {
 
     async fn cluster_status(
         &self,
-        _request: Request<pb::ClusterStatusRequest>,
+        request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        Ok(Response::new(self.coordinator.cluster_status(true)))
+        let with_tasks = request.into_inner().with_tasks;
+        Ok(Response::new(self.coordinator.cluster_status(with_tasks)))
     }
 }

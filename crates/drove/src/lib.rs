@@ -695,7 +695,7 @@ fn gen_tpch(args: GenTpchArgs) -> Result<()> {
 
 async fn status(args: StatusArgs) -> Result<()> {
     let session = Session::connect(&args.coordinator).await?;
-    let status = session.cluster_status().await?;
+    let status = session.cluster_summary().await?;
     println!("{} workers", status.workers.len());
     for w in &status.workers {
         let memory = w.memory.unwrap_or_default();

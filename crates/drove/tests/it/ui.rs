@@ -151,6 +151,21 @@ async fn the_web_ui_shows_the_cluster_a_running_job_a_finished_job_and_a_failure
     assert_eq!(done.matches("class=\"stage\"").count(), stages);
     let tasks: u32 = result.summary.stages.iter().map(|s| s.tasks_total).sum();
     assert_eq!(done.matches("<tr class=\"task").count() as u32, tasks);
+    // The cluster's summary leaves out per-task runs but counts the same tasks done.
+    let (full, summary) = (
+        session.cluster_status().await.unwrap(),
+        session.cluster_summary().await.unwrap(),
+    );
+    let find = |s: &drove_client::proto::ClusterStatusResponse| {
+        s.jobs.iter().find(|j| j.job_id == job).unwrap().clone()
+    };
+    let (full, summary) = (find(&full), find(&summary));
+    let tasks_done =
+        |j: &drove_client::proto::JobStatus| j.stages.iter().map(|s| s.tasks_done).sum::<u32>();
+    assert_eq!((tasks_done(&full), tasks_done(&summary)), (tasks, tasks));
+    let runs: usize = full.stages.iter().map(|s| s.tasks.len()).sum();
+    assert_eq!(runs as u32, tasks);
+    assert!(summary.stages.iter().all(|s| s.tasks.is_empty()));
     assert!(done.contains("id=\"sql\"") && done.contains("id=\"plan\""));
     // The timeline has a bar per attempt the job launched, as the API lists them, and
     // every completed task's attempt is among them as succeeded.
