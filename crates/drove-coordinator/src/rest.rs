@@ -388,6 +388,17 @@ impl From<&pb::StageStatus> for Stage {
     }
 }
 
+impl From<drove_core::scheduler::AttemptEnd> for AttemptOutcome {
+    fn from(end: drove_core::scheduler::AttemptEnd) -> Self {
+        use drove_core::scheduler::AttemptEnd;
+        match end {
+            AttemptEnd::Succeeded => AttemptOutcome::Succeeded,
+            AttemptEnd::Failed => AttemptOutcome::Failed,
+            AttemptEnd::Stopped => AttemptOutcome::Stopped,
+        }
+    }
+}
+
 impl Job {
     /// A job from its status and its attempts.
     pub fn new(j: &pb::JobStatus, attempts: Vec<Attempt>) -> Self {
@@ -442,20 +453,12 @@ pub fn job_view(coordinator: &Coordinator, job: JobId) -> Result<Job, Error> {
 /// One worker and the last tasks it completed (see [`crate::state::WORKER_TASKS_KEPT`]); `Err` names a
 /// worker that is not registered.
 pub fn worker_view(coordinator: &Coordinator, id: u64) -> Result<WorkerDetail, String> {
-    let not_registered = || {
+    let (w, tasks) = coordinator.worker(WorkerId(id)).ok_or_else(|| {
         format!(
             "{} is not registered (it may have left or been lost)",
             WorkerId(id)
         )
-    };
-    let workers = coordinator.workers();
-    let w = workers
-        .iter()
-        .find(|w| w.worker_id == id)
-        .ok_or_else(not_registered)?;
-    let tasks = coordinator
-        .worker_tasks(WorkerId(id))
-        .ok_or_else(not_registered)?;
+    })?;
     let Worker {
         worker_id,
         flight_addr,
@@ -465,7 +468,7 @@ pub fn worker_view(coordinator: &Coordinator, id: u64) -> Result<WorkerDetail, S
         state,
         block_bytes,
         memory,
-    } = Worker::from(w);
+    } = Worker::from(&w);
     Ok(WorkerDetail {
         worker_id,
         flight_addr,

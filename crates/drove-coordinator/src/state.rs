@@ -10,8 +10,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use drove_core::catalog::{CachedStage, Catalog, CatalogCommand};
 use drove_core::meta::{JobEnd, MetaCommand, MetaLog};
 use drove_core::scheduler::{
-    AttemptEnd, Command, ErrorKind, Event, FetchFailure, JobSpec, Output, Run, Scheduler,
-    SchedulerConfig, StageSpec, TaskError, TaskState, TaskStats, TaskTotals,
+    Command, ErrorKind, Event, FetchFailure, JobSpec, Output, Run, Scheduler, SchedulerConfig,
+    StageSpec, TaskError, TaskState, TaskStats, TaskTotals,
 };
 use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
 use drove_exec::cache::CachedTable;
@@ -489,11 +489,12 @@ impl Coordinator {
         self.lock().worker_statuses()
     }
 
-    /// The last tasks a registered worker completed, newest first.
-    pub fn worker_tasks(&self, worker: WorkerId) -> Option<Vec<WorkerTask>> {
+    /// A registered worker's status and the last tasks it completed, newest first.
+    pub fn worker(&self, worker: WorkerId) -> Option<(pb::WorkerStatus, Vec<WorkerTask>)> {
         let state = self.lock();
         let conn = state.workers.get(&worker)?;
-        Some(conn.recent_tasks.iter().rev().cloned().collect())
+        let tasks = conn.recent_tasks.iter().rev().cloned().collect();
+        Some((state.worker_status(worker, conn), tasks))
     }
 
     /// The last minutes of the cluster's load, oldest first.
@@ -884,17 +885,21 @@ impl State {
     fn worker_statuses(&self) -> Vec<pb::WorkerStatus> {
         self.workers
             .iter()
-            .map(|(id, w)| pb::WorkerStatus {
-                worker_id: id.0,
-                flight_addr: w.flight_addr.clone(),
-                slots: w.slots,
-                running_tasks: self.scheduler.running_on(*id) as u32,
-                heartbeat_age_ms: w.last_heartbeat.elapsed().as_millis() as u64,
-                draining: self.scheduler.is_draining(*id),
-                block_bytes: w.memory.block_bytes,
-                memory: Some(w.memory),
-            })
+            .map(|(id, w)| self.worker_status(*id, w))
             .collect()
+    }
+
+    fn worker_status(&self, id: WorkerId, w: &WorkerConn) -> pb::WorkerStatus {
+        pb::WorkerStatus {
+            worker_id: id.0,
+            flight_addr: w.flight_addr.clone(),
+            slots: w.slots,
+            running_tasks: self.scheduler.running_on(id) as u32,
+            heartbeat_age_ms: w.last_heartbeat.elapsed().as_millis() as u64,
+            draining: self.scheduler.is_draining(id),
+            block_bytes: w.memory.block_bytes,
+            memory: Some(w.memory),
+        }
     }
 
     /// The statuses of the jobs in the history, newest first; without their per-task
@@ -1210,12 +1215,7 @@ impl State {
                 .stage_ended_attempts(job, stage)
                 .unwrap_or(&[])
             {
-                let outcome = match e.end {
-                    AttemptEnd::Succeeded => AttemptOutcome::Succeeded,
-                    AttemptEnd::Failed => AttemptOutcome::Failed,
-                    AttemptEnd::Stopped => AttemptOutcome::Stopped,
-                };
-                attempts.push(attempt(e.partition, &e.run, e.ended_ms, outcome));
+                attempts.push(attempt(e.partition, &e.run, e.ended_ms, e.end.into()));
             }
             let tasks = self.scheduler.stage_tasks(job, stage).unwrap_or(&[]);
             for (partition, task) in tasks.iter().enumerate() {
@@ -1256,7 +1256,7 @@ impl State {
                     .scheduler
                     .stage_attempts(job, stage)
                     .unwrap_or_default();
-                add_totals(&mut totals, self.scheduler.stage_totals(job, stage));
+                totals.add(self.scheduler.stage_totals(job, stage).unwrap_or_default());
                 pb::StageStatus {
                     stage_id: s.id,
                     depends_on: s.depends_on.clone(),
@@ -1350,15 +1350,6 @@ impl State {
         }
         Some(status)
     }
-}
-
-/// Adds a stage's sums to a job's (the peak is the largest).
-fn add_totals(job: &mut TaskTotals, stage: Option<TaskTotals>) {
-    let stage = stage.unwrap_or_default();
-    job.spilled_bytes = job.spilled_bytes.saturating_add(stage.spilled_bytes);
-    job.spill_count = job.spill_count.saturating_add(stage.spill_count);
-    job.memory_bytes = job.memory_bytes.saturating_add(stage.memory_bytes);
-    job.peak_memory_bytes = job.peak_memory_bytes.max(stage.peak_memory_bytes);
 }
 
 /// Why a task's message cannot be sent.
