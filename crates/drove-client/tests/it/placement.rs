@@ -14,9 +14,14 @@ async fn a_stage_without_locality_preferences_spreads_evenly() {
         let path = dir.path().join(format!("part-{i:03}.csv"));
         std::fs::write(path, format!("n\n{i}\n")).unwrap();
     }
+    // Every task takes 20 ms more, far beyond the scheduling noise, so both workers
+    // free their slots at the same pace however loaded the machine is, and the split
+    // shows where the scheduler puts tasks rather than which in-process worker the OS
+    // happened to run faster.
     let mut config = LocalClusterConfig {
         workers: 2,
         slots: 2,
+        task_delay_ms: vec![20; 2],
         ..Default::default()
     };
     config.coordinator.target_partitions = Some(FILES as usize);
