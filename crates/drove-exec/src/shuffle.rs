@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arrow::compute::BatchCoalescer;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow::record_batch::RecordBatch;
@@ -635,15 +636,54 @@ impl ExecutionPlan for ShuffleReaderExec {
             };
             open.try_flatten_stream().map_err(name_lost).boxed()
         });
-        let stream = opens
+        let read = opens
             .flatten_unordered(FETCH_CONCURRENCY_MAX)
             .map_err(|e: Error| DataFusionError::External(Box::new(e)))
+            .boxed();
+        let stream = coalesced(read, self.schema(), context.session_config().batch_size())
             .inspect_ok(move |batch| output_rows.add(batch.num_rows()));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema(),
             stream,
         )))
     }
+}
+
+/// `input`'s rows in batches of about `target` rows. A wide exchange cuts every map
+/// task's output into as many pieces as it has reduce partitions, so a reader gets
+/// many tiny batches, and each operator above it pays its per-batch cost on every one
+/// (DataFusion's own RepartitionExec coalesces its output for the same reason).
+/// Batches of at least half the target pass through uncopied; a per-map reader's one
+/// block keeps its order.
+fn coalesced(
+    input: futures::stream::BoxStream<'static, DfResult<RecordBatch>>,
+    schema: SchemaRef,
+    target: usize,
+) -> impl futures::Stream<Item = DfResult<RecordBatch>> + Send + 'static {
+    let target = target.max(1);
+    let coalescer = BatchCoalescer::new(schema, target)
+        .with_biggest_coalesce_batch_size(Some(target / 2));
+    // The state is the input (none once it ended) and the coalescer, or nothing once
+    // an error ended the stream.
+    futures::stream::unfold(Some((Some(input), coalescer)), |state| async move {
+        let (mut input, mut coalescer) = state?;
+        loop {
+            if let Some(batch) = coalescer.next_completed_batch() {
+                return Some((Ok(batch), Some((input, coalescer))));
+            }
+            let pushed = match input.as_mut()?.next().await {
+                Some(Ok(batch)) => coalescer.push_batch(batch),
+                Some(Err(e)) => return Some((Err(e), None)),
+                None => {
+                    input = None;
+                    coalescer.finish_buffered_batch()
+                }
+            };
+            if let Err(e) = pushed {
+                return Some((Err(e.into()), None));
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -690,5 +730,44 @@ mod tests {
         assert!(e.contains("the most one call reads"), "{e}");
         let e = block_keys(b"\xff\xff").unwrap_err().to_string();
         assert!(e.contains("not a drove block ticket"), "{e}");
+    }
+
+    /// Tiny batches come out as batches of the target size, in order, with the rest
+    /// in a last one; a large batch passes through; an error ends the stream.
+    #[tokio::test]
+    async fn a_reader_coalesces_tiny_batches() {
+        use arrow::array::{AsArray, Int64Array};
+        use arrow::datatypes::{DataType, Field, Int64Type};
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let batch = |from: i64, n: i64| {
+            let values = Int64Array::from_iter_values(from..from + n);
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(values)]).unwrap()
+        };
+        let tiny: Vec<DfResult<RecordBatch>> = (0..100).map(|i| Ok(batch(i * 3, 3))).collect();
+        let input = futures::stream::iter(tiny)
+            .chain(futures::stream::iter([Ok(batch(300, 1000))]))
+            .boxed();
+        let out: Vec<RecordBatch> = coalesced(input, Arc::clone(&schema), 64)
+            .try_collect()
+            .await
+            .unwrap();
+        let sizes: Vec<usize> = out.iter().map(|b| b.num_rows()).collect();
+        assert_eq!(sizes, [64, 64, 64, 64, 44, 1000]);
+        let values: Vec<i64> = out
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(values, (0..1300).collect::<Vec<i64>>());
+
+        let failing = futures::stream::iter([
+            Ok(batch(0, 3)),
+            Err(DataFusionError::Execution("the block is gone".into())),
+            Ok(batch(3, 3)),
+        ])
+        .boxed();
+        let out: Vec<DfResult<RecordBatch>> =
+            coalesced(failing, Arc::clone(&schema), 64).collect().await;
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].as_ref().unwrap_err().to_string().contains("gone"));
     }
 }
