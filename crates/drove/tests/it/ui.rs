@@ -128,17 +128,23 @@ async fn chromium(url: String, shot: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_web_ui_shows_the_cluster_a_running_job_a_finished_job_and_a_failure() {
-    // Slow tasks keep the job running for seconds after its first stage, time enough
-    // for Chromium to start and load its page even on a busy machine.
+    // Slow tasks keep the job running for seconds after its first stage.
     let _alone = crate::exclusive_async().await;
     let (cluster, session, http) = cluster(3, 4000).await;
     let sql = QUERIES[4];
     let (result, running_dom) = tokio::join!(session.run_sql(sql), async {
         let job = running_job(&session).await;
-        (
-            job,
-            chromium(format!("http://{http}/jobs/{job}"), "job-running.png").await,
-        )
+        // Chromium renders the page the server sent while the job ran, saved to a file:
+        // on a loaded machine Chromium can take longer to start than the job to end.
+        let (http, path) = (http.clone(), format!("/jobs/{job}"));
+        let (code, page) = tokio::task::spawn_blocking(move || crate::http(&http, "GET", &path))
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{page}");
+        let saved = screenshot_dir().join("job-running.html");
+        std::fs::write(&saved, page).unwrap();
+        let url = format!("file://{}", saved.display());
+        (job, chromium(url, "job-running.png").await)
     });
     let result = result.unwrap();
     let (job, running_dom) = running_dom;
