@@ -652,17 +652,21 @@ impl ExecutionPlan for ShuffleReaderExec {
 /// `input`'s rows in batches of about `target` rows. A wide exchange cuts every map
 /// task's output into as many pieces as it has reduce partitions, so a reader gets
 /// many tiny batches, and each operator above it pays its per-batch cost on every one
-/// (DataFusion's own RepartitionExec coalesces its output for the same reason).
-/// Batches of at least half the target pass through uncopied; a per-map reader's one
-/// block keeps its order.
-fn coalesced(
-    input: futures::stream::BoxStream<'static, DfResult<RecordBatch>>,
+/// (DataFusion's own RepartitionExec coalesces for the same reason); a worker serving
+/// many blocks in one Flight call would send each as a message of its own. Batches of
+/// at least half the target pass through uncopied; one block's batches keep their
+/// order.
+pub fn coalesced<E>(
+    input: futures::stream::BoxStream<'static, std::result::Result<RecordBatch, E>>,
     schema: SchemaRef,
     target: usize,
-) -> impl futures::Stream<Item = DfResult<RecordBatch>> + Send + 'static {
+) -> impl futures::Stream<Item = std::result::Result<RecordBatch, E>> + Send + 'static
+where
+    E: From<arrow::error::ArrowError> + Send + 'static,
+{
     let target = target.max(1);
-    let coalescer = BatchCoalescer::new(schema, target)
-        .with_biggest_coalesce_batch_size(Some(target / 2));
+    let coalescer =
+        BatchCoalescer::new(schema, target).with_biggest_coalesce_batch_size(Some(target / 2));
     // The state is the input (none once it ended) and the coalescer, or nothing once
     // an error ended the stream.
     futures::stream::unfold(Some((Some(input), coalescer)), |state| async move {

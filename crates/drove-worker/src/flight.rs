@@ -12,11 +12,14 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use drove_exec::blocks::BlockStore;
-use drove_exec::shuffle::block_keys;
+use drove_exec::shuffle::{block_keys, coalesced};
 use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The rows of the batches a `do_get` sends (blocks' pieces are joined up to it).
+const SERVED_BATCH_ROWS: usize = 8192;
 
 /// The Flight server for a worker's block store.
 pub fn server(store: Arc<BlockStore>) -> FlightServiceServer<BlockService> {
@@ -75,6 +78,9 @@ impl FlightService for BlockService {
                     .stream()
                     .map(move |b| b.map_err(|e| failed(e.to_string())))
             });
+        // The blocks of one reduce partition are small pieces of their map tasks'
+        // outputs: sent as they are, each would be a message of its own.
+        let batches = coalesced(batches.boxed(), Arc::clone(&schema), SERVED_BATCH_ROWS);
         let stream = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(batches)
