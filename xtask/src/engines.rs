@@ -42,6 +42,7 @@ pub async fn run(spec: Value) -> Result<Value> {
         ("wordcount", "reference") => reference_wordcount(&spec),
         ("sort", "reference") => reference_sort(&spec),
         ("tasks", "drove") => tasks(&spec).await,
+        ("shuffle", "drove" | "datafusion") => shuffle(&spec, engine == "drove").await,
         ("recovery", "drove") => crate::recovery::run(&spec).await,
         ("pagerank", "drove") => crate::iterative::pagerank(&spec).await,
         _ => bail!("no engine '{engine}' for workload '{workload}'"),
@@ -96,26 +97,37 @@ pub fn rows_json(batches: &[RecordBatch]) -> Result<Value> {
     Ok(Value::Array(rows))
 }
 
+/// A session on an embedded drove cluster with the TPC-H tables in `data`, if `drove`.
+async fn tpch_session(spec: &Value, drove: bool, data: &Path) -> Result<Option<Session>> {
+    if !drove {
+        return Ok(None);
+    }
+    let session = drove_session(spec, None).await?;
+    session.register_tpch(data).await?;
+    Ok(Some(session))
+}
+
+/// A single-process DataFusion context of `partitions`, with the TPC-H tables in `data`
+/// if `register`.
+async fn tpch_context(data: &Path, partitions: usize, register: bool) -> Result<SessionContext> {
+    let ctx =
+        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
+    if register {
+        for t in &tables::tpch_tables(data)? {
+            tables::register(&ctx, t).await?;
+        }
+    }
+    Ok(ctx)
+}
+
 async fn tpch(spec: &Value, drove: bool) -> Result<Value> {
     let data = path(spec, "data")?;
     let out = path(spec, "output")?;
     std::fs::create_dir_all(&out)?;
     let iterations = number(spec, "iterations")?;
     let partitions = (number(spec, "workers")? * number(spec, "slots")?) as usize;
-    let session = if drove {
-        let s = drove_session(spec, None).await?;
-        s.register_tpch(&data).await?;
-        Some(s)
-    } else {
-        None
-    };
-    let ctx =
-        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
-    if !drove {
-        for t in &tables::tpch_tables(&data)? {
-            tables::register(&ctx, t).await?;
-        }
-    }
+    let session = tpch_session(spec, drove, &data).await?;
+    let ctx = tpch_context(&data, partitions, !drove).await?;
     let mut times = serde_json::Map::new();
     for q in field(spec, "queries")?.as_array().context("queries")? {
         let q = q.as_u64().context("a query number")? as usize;
@@ -147,6 +159,60 @@ async fn tpch(spec: &Value, drove: bool) -> Result<Value> {
         s.shutdown().await;
     }
     Ok(json!({ "times": times }))
+}
+
+/// The shuffle workload's query: a two-level group-by over lineitem, whose second
+/// exchange is all-to-all (every map task writes a block for every reduce partition).
+const SHUFFLE_SQL: &str = "SELECT count(*) AS suppliers, sum(s) AS quantity FROM (SELECT l_suppkey, sum(q) AS s FROM (SELECT l_orderkey, l_suppkey, sum(l_quantity) AS q FROM lineitem GROUP BY l_orderkey, l_suppkey) a GROUP BY l_suppkey) b";
+
+/// [`SHUFFLE_SQL`] at each of the spec's partition counts (both sides of every
+/// exchange), with drove's Flight calls per run; each width's answer goes to
+/// `OUTPUT/pN.json`.
+async fn shuffle(spec: &Value, drove: bool) -> Result<Value> {
+    let data = path(spec, "data")?;
+    let out = path(spec, "output")?;
+    std::fs::create_dir_all(&out)?;
+    let session = tpch_session(spec, drove, &data).await?;
+    let mut runs = Vec::new();
+    for width in field(spec, "partitions")?
+        .as_array()
+        .context("partitions")?
+    {
+        let width = width.as_u64().context("a partition count")? as usize;
+        let ctx = tpch_context(&data, width, !drove).await?;
+        let (mut ms, mut calls, mut last) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..number(spec, "iterations")? {
+            let started = Instant::now();
+            last = match &session {
+                Some(s) => {
+                    let sql = format!(
+                        "SET datafusion.execution.target_partitions = {width}; {SHUFFLE_SQL}"
+                    );
+                    let result = s.run_sql(&sql).await?;
+                    calls.push(
+                        result
+                            .summary
+                            .counters
+                            .get(drove_exec::shuffle::FLIGHT_CALLS)
+                            .copied()
+                            .unwrap_or(0),
+                    );
+                    result.batches
+                }
+                None => run_statements(&ctx, SHUFFLE_SQL).await?,
+            };
+            ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        std::fs::write(
+            out.join(format!("p{width}.json")),
+            serde_json::to_string(&rows_json(&last)?)?,
+        )?;
+        runs.push(json!({ "partitions": width, "ms": ms, "flight_calls": calls }));
+    }
+    if let Some(s) = session {
+        s.shutdown().await;
+    }
+    Ok(json!({ "runs": runs }))
 }
 
 async fn mapreduce(spec: &Value, job: &str) -> Result<Value> {

@@ -3,7 +3,8 @@
 //! `cargo xtask bench [WORKLOAD...] [--quick]` measures drove against its peers on the
 //! same files in the same run: `tpch` (single-process DataFusion, PySpark), `wordcount`
 //! and `sort` (a single-threaded Rust reference, PySpark, Dask), `tasks` (Dask,
-//! PySpark) and `recovery` (drove with a worker killed). Every engine runs in its own
+//! PySpark), `recovery` (drove with a worker killed) and `shuffle` (an all-to-all
+//! exchange at 8 and 500 partitions, drove and DataFusion). Every engine runs in its own
 //! process tree, whose peak resident memory is sampled; every answer is checked before
 //! a time is reported. Tables are appended to BENCHMARKS.md, JSON goes to
 //! `bench-results/`. PySpark and Dask are installed into `target/bench-venv` by the
@@ -55,6 +56,9 @@ enum Workload {
     /// A sort over four times the workers' memory budget, workers as processes (on
     /// demand only: it builds the release `drove` binary).
     Memory,
+    /// An all-to-all exchange at 8 and 500 partitions (8 and 64 with --quick), drove
+    /// and DataFusion each against itself at 8.
+    Shuffle,
 }
 
 #[derive(Args)]
@@ -180,6 +184,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             Workload::Tasks,
             Workload::Recovery,
             Workload::Pagerank,
+            Workload::Shuffle,
         ]
     } else {
         plan.args.workloads.clone()
@@ -197,6 +202,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             Workload::Recovery => recovery_workload(&plan)?,
             Workload::Pagerank => pagerank_workload(&plan)?,
             Workload::Memory => memory_workload(&plan)?,
+            Workload::Shuffle => shuffle_workload(&plan)?,
         };
         println!("{markdown}");
         sections.push(markdown);
@@ -829,6 +835,90 @@ fn tasks(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
     Ok((
         md,
         json!({ "workload": "tasks", "tasks": n, "engines": rows }),
+        problems,
+    ))
+}
+
+fn shuffle_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
+    let data = tpch_dir(&plan.args.data, plan.scale)?;
+    let widths: [u64; 2] = if plan.args.quick { [8, 64] } else { [8, 500] };
+    let engines = [("datafusion", "DataFusion"), ("drove", "drove")];
+    let mut problems = Vec::new();
+    let mut results = Vec::new();
+    for (engine, _) in engines {
+        let output = plan.out(&format!("shuffle-{engine}"));
+        let _ = std::fs::remove_dir_all(&output);
+        let outcome = plan.run(
+            engine,
+            "shuffle",
+            json!({ "data": data, "partitions": widths, "output": output }),
+        );
+        results.push((output, outcome));
+    }
+    // Every run's answer must be DataFusion's at the narrowest width.
+    let expected = results[0].0.join(format!("p{}.json", widths[0]));
+    for ((engine, _), (output, outcome)) in engines.iter().zip(&mut results) {
+        if let Outcome::Ran(_) = outcome {
+            for w in widths {
+                if let Some(diff) = same_rows(&expected, &output.join(format!("p{w}.json")), false)?
+                {
+                    *outcome = Outcome::Failed(format!(
+                        "{engine}'s shuffle answer at {w} partitions differs: {diff}"
+                    ));
+                }
+            }
+        }
+    }
+    let mut md = format!(
+        "### shuffle — a two-level group-by over TPC-H scale {} lineitem, all-to-all at each width, {} iterations, median ms (min–max)\n\n| partitions | drove | Flight calls | drove / drove at {n} | DataFusion | DataFusion / DataFusion at {n} |\n|---|---|---|---|---|---|\n",
+        plan.scale,
+        plan.iterations,
+        n = widths[0],
+    );
+    let runs = |o: &Outcome| -> Vec<Value> {
+        match o {
+            Outcome::Ran(m) => m.result["runs"].as_array().cloned().unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    };
+    let (df, dr) = (runs(&results[0].1), runs(&results[1].1));
+    let ms = |r: &[Value], i: usize| r.get(i).map(|r| times(&r["ms"])).filter(|t| !t.is_empty());
+    let cell = |t: &Option<Vec<f64>>| t.as_ref().map_or("—".to_string(), |t| spread(t, 0));
+    let ratio = |t: &Option<Vec<f64>>, base: &Option<Vec<f64>>| match (t, base) {
+        (Some(t), Some(b)) => format!("{:.2}", median(t) / median(b)),
+        _ => "—".into(),
+    };
+    for (i, w) in widths.iter().enumerate() {
+        let (d, f) = (ms(&dr, i), ms(&df, i));
+        let calls = dr.get(i).map_or("—".to_string(), |r| {
+            format!("{:.0}", median(&times(&r["flight_calls"])))
+        });
+        md.push_str(&format!(
+            "| {w} | {} | {calls} | {} | {} | {} |\n",
+            cell(&d),
+            ratio(&d, &ms(&dr, 0)),
+            cell(&f),
+            ratio(&f, &ms(&df, 0)),
+        ));
+    }
+    for ((_, label), (_, outcome)) in engines.iter().zip(&results) {
+        match outcome {
+            Outcome::Ran(m) => md.push_str(&format!(
+                "\nPeak resident memory, {label}: {}.",
+                gib(m.peak_rss_bytes)
+            )),
+            Outcome::Missing(why) | Outcome::Failed(why) => {
+                md.push_str(&format!("\n{label}: {}.", why.lines().next().unwrap_or("")));
+                if let Outcome::Failed(why) = outcome {
+                    problems.push(why.clone());
+                }
+            }
+        }
+    }
+    md.push('\n');
+    Ok((
+        md,
+        json!({ "workload": "shuffle", "partitions": widths, "drove": dr, "datafusion": df }),
         problems,
     ))
 }

@@ -44,6 +44,10 @@ pub const FETCH_CONCURRENCY_MAX: usize = 4;
 /// makes several calls.
 pub const BLOCKS_PER_TICKET_MAX: usize = 4096;
 
+/// The task counter (summed in a job's summary) of the Flight calls its shuffle readers
+/// made.
+pub const FLIGHT_CALLS: &str = "shuffle_flight_calls";
+
 /// How a reader's partitions map onto the blocks of the stage it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadMode {
@@ -630,6 +634,7 @@ impl ExecutionPlan for ShuffleReaderExec {
                         remote_bytes.add(n as usize);
                     };
                     fetch_calls.add(1);
+                    env.count(FLIGHT_CALLS, 1);
                     open_blocks(&env.flight, &location.flight_addr, &keys, on_bytes).await?
                 };
                 Ok::<_, Error>(stream)

@@ -48,6 +48,9 @@ async fn a_shuffling_query_runs_on_several_workers_and_moves_blocks_between_them
         summary.remote_read_bytes() > 0,
         "no block crossed between workers: {summary}"
     );
+    // The summary counts the Flight calls that fetched them.
+    let calls = summary.counters.get(drove_exec::shuffle::FLIGHT_CALLS);
+    assert!(calls > Some(&0), "no Flight calls counted: {summary}");
     session.shutdown().await;
 }
 
