@@ -10,7 +10,7 @@
 //! ([`BlockStore::adopt`]): releasing a job frees the job's own blocks and leaves
 //! cached ones, which go when their table is uncached.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
@@ -358,8 +358,12 @@ const RELEASED_JOBS_MAX: usize = 4096;
 
 #[derive(Debug, Default)]
 struct Blocks {
-    map: BTreeMap<BlockKey, Entry>,
+    /// Every reduce task of a wide exchange looks up a block per map task, so lookups
+    /// must not cost time in proportion to the blocks held.
+    map: HashMap<BlockKey, Entry>,
+    /// The released jobs, oldest first, and the same as a set.
     released: VecDeque<u64>,
+    released_set: HashSet<u64>,
     /// Bumped by [`BlockStore::release_all`]: writers started before it store nothing
     /// (their worker's session ended, and job ids may start again).
     generation: u64,
@@ -407,7 +411,7 @@ impl BlockStore {
     /// (attempts are unique, so that is a bug).
     fn insert(&self, key: BlockKey, block: Block, generation: u64) -> Result<bool> {
         let mut blocks = self.lock();
-        if blocks.generation != generation || blocks.released.contains(&key.job) {
+        if blocks.generation != generation || blocks.released_set.contains(&key.job) {
             return Ok(false);
         }
         if blocks.map.contains_key(&key) {
@@ -420,6 +424,14 @@ impl BlockStore {
 
     pub fn get(&self, key: &BlockKey) -> Option<Arc<Block>> {
         self.lock().map.get(key).map(|e| Arc::clone(&e.block))
+    }
+
+    /// The blocks of `keys`, in order, looked up under one lock.
+    pub fn get_many(&self, keys: &[BlockKey]) -> Vec<Option<Arc<Block>>> {
+        let blocks = self.lock();
+        keys.iter()
+            .map(|key| blocks.map.get(key).map(|e| Arc::clone(&e.block)))
+            .collect()
     }
 
     /// Hands blocks of a finished job to cached table `cache`: releasing the job
@@ -439,25 +451,26 @@ impl BlockStore {
     /// Drops the blocks `drop` picks; returns how many bytes they take. Their memory
     /// and files go once nobody reads them any more.
     fn release(&self, blocks: &mut Blocks, drop: impl Fn(&BlockKey, &Entry) -> bool) -> u64 {
-        let keys: Vec<BlockKey> = blocks
-            .map
-            .iter()
-            .filter(|(k, e)| drop(k, e))
-            .map(|(k, _)| *k)
-            .collect();
-        keys.iter()
-            .filter_map(|k| blocks.map.remove(k))
-            .map(|e| e.block.bytes)
-            .sum()
+        let mut freed = 0;
+        blocks.map.retain(|k, e| {
+            let gone = drop(k, e);
+            if gone {
+                freed += e.block.bytes;
+            }
+            !gone
+        });
+        freed
     }
 
     /// Drops every block of a job but those handed to cached tables; blocks its tasks
     /// finish later are dropped as they come. Returns the bytes freed.
     pub fn release_job(&self, job: u64) -> u64 {
         let mut blocks = self.lock();
-        if !blocks.released.contains(&job) {
-            if blocks.released.len() == RELEASED_JOBS_MAX {
-                blocks.released.pop_front();
+        if blocks.released_set.insert(job) {
+            if blocks.released.len() == RELEASED_JOBS_MAX
+                && let Some(oldest) = blocks.released.pop_front()
+            {
+                blocks.released_set.remove(&oldest);
             }
             blocks.released.push_back(job);
         }
@@ -483,6 +496,7 @@ impl BlockStore {
         let mut blocks = self.lock();
         blocks.generation += 1;
         blocks.released.clear();
+        blocks.released_set.clear();
         self.release(&mut blocks, |_, _| true)
     }
 

@@ -60,8 +60,8 @@ impl FlightService for BlockService {
         // call at once, naming it, rather than after the others were sent.
         let blocks = keys
             .iter()
-            .map(|key| {
-                let block = self.store.get(key);
+            .zip(self.store.get_many(&keys))
+            .map(|(key, block)| {
                 block.ok_or_else(|| Status::not_found(format!("{key} is not on this worker")))
             })
             .collect::<Result<Vec<_>, _>>()?;
