@@ -161,53 +161,64 @@ async fn tpch(spec: &Value, drove: bool) -> Result<Value> {
     Ok(json!({ "times": times }))
 }
 
-/// The shuffle workload's query: a two-level group-by over lineitem, whose second
-/// exchange is all-to-all (every map task writes a block for every reduce partition).
-const SHUFFLE_SQL: &str = "SELECT count(*) AS suppliers, sum(s) AS quantity FROM (SELECT l_suppkey, sum(q) AS s FROM (SELECT l_orderkey, l_suppkey, sum(l_quantity) AS q FROM lineitem GROUP BY l_orderkey, l_suppkey) a GROUP BY l_suppkey) b";
+/// The shuffle workload's queries over lineitem, by name. Each has an all-to-all
+/// exchange at the session's partitions (every map task writes a block for every reduce
+/// partition). The first moves about as many rows at any width; in the second, the
+/// narrower a partial aggregation's input, the less it reduces, so its second exchange
+/// moves more rows the wider it is.
+pub const SHUFFLE_QUERIES: [(&str, &str); 2] = [
+    (
+        "group-by",
+        "SELECT count(*) AS orders, sum(q) AS quantity FROM (SELECT l_orderkey, sum(l_quantity) AS q FROM lineitem GROUP BY l_orderkey) a",
+    ),
+    (
+        "two-level group-by",
+        "SELECT count(*) AS suppliers, sum(s) AS quantity FROM (SELECT l_suppkey, sum(q) AS s FROM (SELECT l_orderkey, l_suppkey, sum(l_quantity) AS q FROM lineitem GROUP BY l_orderkey, l_suppkey) a GROUP BY l_suppkey) b",
+    ),
+];
 
-/// [`SHUFFLE_SQL`] at each of the spec's partition counts (both sides of every
-/// exchange), with drove's Flight calls per run; each width's answer goes to
-/// `OUTPUT/pN.json`.
+/// Each of [`SHUFFLE_QUERIES`] at each of the spec's partition counts (both sides of
+/// every exchange), with drove's Flight calls per run; query i's answer at width w goes
+/// to `OUTPUT/qI-pW.json`.
 async fn shuffle(spec: &Value, drove: bool) -> Result<Value> {
     let data = path(spec, "data")?;
     let out = path(spec, "output")?;
     std::fs::create_dir_all(&out)?;
     let session = tpch_session(spec, drove, &data).await?;
     let mut runs = Vec::new();
-    for width in field(spec, "partitions")?
-        .as_array()
-        .context("partitions")?
-    {
-        let width = width.as_u64().context("a partition count")? as usize;
-        let ctx = tpch_context(&data, width, !drove).await?;
-        let (mut ms, mut calls, mut last) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..number(spec, "iterations")? {
-            let started = Instant::now();
-            last = match &session {
-                Some(s) => {
-                    let sql = format!(
-                        "SET datafusion.execution.target_partitions = {width}; {SHUFFLE_SQL}"
-                    );
-                    let result = s.run_sql(&sql).await?;
-                    calls.push(
-                        result
+    for (i, (_, query)) in SHUFFLE_QUERIES.iter().enumerate() {
+        for width in field(spec, "partitions")?
+            .as_array()
+            .context("partitions")?
+        {
+            let width = width.as_u64().context("a partition count")? as usize;
+            let ctx = tpch_context(&data, width, !drove).await?;
+            let (mut ms, mut calls, mut last) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..number(spec, "iterations")? {
+                let started = Instant::now();
+                last = match &session {
+                    Some(s) => {
+                        let sql = format!(
+                            "SET datafusion.execution.target_partitions = {width}; {query}"
+                        );
+                        let result = s.run_sql(&sql).await?;
+                        let counted = result
                             .summary
                             .counters
-                            .get(drove_exec::shuffle::FLIGHT_CALLS)
-                            .copied()
-                            .unwrap_or(0),
-                    );
-                    result.batches
-                }
-                None => run_statements(&ctx, SHUFFLE_SQL).await?,
-            };
-            ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                            .get(drove_exec::shuffle::FLIGHT_CALLS);
+                        calls.push(counted.copied().unwrap_or(0));
+                        result.batches
+                    }
+                    None => run_statements(&ctx, query).await?,
+                };
+                ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            std::fs::write(
+                out.join(format!("q{i}-p{width}.json")),
+                serde_json::to_string(&rows_json(&last)?)?,
+            )?;
+            runs.push(json!({ "query": i, "partitions": width, "ms": ms, "flight_calls": calls }));
         }
-        std::fs::write(
-            out.join(format!("p{width}.json")),
-            serde_json::to_string(&rows_json(&last)?)?,
-        )?;
-        runs.push(json!({ "partitions": width, "ms": ms, "flight_calls": calls }));
     }
     if let Some(s) = session {
         s.shutdown().await;

@@ -56,8 +56,8 @@ enum Workload {
     /// A sort over four times the workers' memory budget, workers as processes (on
     /// demand only: it builds the release `drove` binary).
     Memory,
-    /// An all-to-all exchange at 8 and 500 partitions (8 and 64 with --quick), drove
-    /// and DataFusion each against itself at 8.
+    /// Group-bys whose exchanges are all-to-all at 8 and at 500 partitions (8 and 64
+    /// with --quick), drove and DataFusion each against itself at 8.
     Shuffle,
 }
 
@@ -856,50 +856,67 @@ fn shuffle_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
         results.push((output, outcome));
     }
     // Every run's answer must be DataFusion's at the narrowest width.
-    let expected = results[0].0.join(format!("p{}.json", widths[0]));
+    let answer = |output: &Path, q: usize, w: u64| output.join(format!("q{q}-p{w}.json"));
     for ((engine, _), (output, outcome)) in engines.iter().zip(&mut results) {
         if let Outcome::Ran(_) = outcome {
-            for w in widths {
-                if let Some(diff) = same_rows(&expected, &output.join(format!("p{w}.json")), false)?
-                {
-                    *outcome = Outcome::Failed(format!(
-                        "{engine}'s shuffle answer at {w} partitions differs: {diff}"
-                    ));
+            for (q, (name, _)) in engines::SHUFFLE_QUERIES.iter().enumerate() {
+                let expected = answer(&plan.out("shuffle-datafusion"), q, widths[0]);
+                for w in widths {
+                    if let Some(diff) = same_rows(&expected, &answer(output, q, w), false)? {
+                        *outcome = Outcome::Failed(format!(
+                            "{engine}'s {name} answer at {w} partitions differs: {diff}"
+                        ));
+                    }
                 }
             }
         }
     }
     let mut md = format!(
-        "### shuffle — a two-level group-by over TPC-H scale {} lineitem, all-to-all at each width, {} iterations, median ms (min–max)\n\n| partitions | drove | Flight calls | drove / drove at {n} | DataFusion | DataFusion / DataFusion at {n} |\n|---|---|---|---|---|---|\n",
+        "### shuffle — group-bys over TPC-H scale {} lineitem, all-to-all at each width, {} iterations, median ms (min–max)\n\n| query | partitions | drove | Flight calls | drove / drove at {n} | DataFusion | DataFusion / DataFusion at {n} |\n|---|---|---|---|---|---|---|\n",
         plan.scale,
         plan.iterations,
         n = widths[0],
     );
-    let runs = |o: &Outcome| -> Vec<Value> {
-        match o {
-            Outcome::Ran(m) => m.result["runs"].as_array().cloned().unwrap_or_default(),
-            _ => Vec::new(),
-        }
+    // A run's times, or none if its engine did not run.
+    let run = |o: &Outcome, q: usize, w: u64| -> Option<Value> {
+        let Outcome::Ran(m) = o else { return None };
+        m.result["runs"]
+            .as_array()?
+            .iter()
+            .find(|r| r["query"] == q && r["partitions"] == w)
+            .cloned()
     };
-    let (df, dr) = (runs(&results[0].1), runs(&results[1].1));
-    let ms = |r: &[Value], i: usize| r.get(i).map(|r| times(&r["ms"])).filter(|t| !t.is_empty());
+    let ms = |r: &Option<Value>| {
+        r.as_ref()
+            .map(|r| times(&r["ms"]))
+            .filter(|t| !t.is_empty())
+    };
     let cell = |t: &Option<Vec<f64>>| t.as_ref().map_or("—".to_string(), |t| spread(t, 0));
     let ratio = |t: &Option<Vec<f64>>, base: &Option<Vec<f64>>| match (t, base) {
         (Some(t), Some(b)) => format!("{:.2}", median(t) / median(b)),
         _ => "—".into(),
     };
-    for (i, w) in widths.iter().enumerate() {
-        let (d, f) = (ms(&dr, i), ms(&df, i));
-        let calls = dr.get(i).map_or("—".to_string(), |r| {
-            format!("{:.0}", median(&times(&r["flight_calls"])))
-        });
-        md.push_str(&format!(
-            "| {w} | {} | {calls} | {} | {} | {} |\n",
-            cell(&d),
-            ratio(&d, &ms(&dr, 0)),
-            cell(&f),
-            ratio(&f, &ms(&df, 0)),
-        ));
+    let mut rows = Vec::new();
+    for (q, (name, _)) in engines::SHUFFLE_QUERIES.iter().enumerate() {
+        let (df_base, dr_base) = (
+            ms(&run(&results[0].1, q, widths[0])),
+            ms(&run(&results[1].1, q, widths[0])),
+        );
+        for w in widths {
+            let (f, d) = (run(&results[0].1, q, w), run(&results[1].1, q, w));
+            let calls = d.as_ref().map_or("—".to_string(), |r| {
+                format!("{:.0}", median(&times(&r["flight_calls"])))
+            });
+            let (f_ms, d_ms) = (ms(&f), ms(&d));
+            md.push_str(&format!(
+                "| {name} | {w} | {} | {calls} | {} | {} | {} |\n",
+                cell(&d_ms),
+                ratio(&d_ms, &dr_base),
+                cell(&f_ms),
+                ratio(&f_ms, &df_base),
+            ));
+            rows.push(json!({ "query": name, "partitions": w, "drove": d, "datafusion": f }));
+        }
     }
     for ((_, label), (_, outcome)) in engines.iter().zip(&results) {
         match outcome {
@@ -916,11 +933,7 @@ fn shuffle_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
         }
     }
     md.push('\n');
-    Ok((
-        md,
-        json!({ "workload": "shuffle", "partitions": widths, "drove": dr, "datafusion": df }),
-        problems,
-    ))
+    Ok((md, json!({ "workload": "shuffle", "runs": rows }), problems))
 }
 
 fn recovery_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {

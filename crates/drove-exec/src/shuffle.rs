@@ -658,9 +658,10 @@ impl ExecutionPlan for ShuffleReaderExec {
 /// task's output into as many pieces as it has reduce partitions, so a reader gets
 /// many tiny batches, and each operator above it pays its per-batch cost on every one
 /// (DataFusion's own RepartitionExec coalesces for the same reason); a worker serving
-/// many blocks in one Flight call would send each as a message of its own. Batches of
-/// at least half the target pass through uncopied; one block's batches keep their
-/// order.
+/// many blocks in one Flight call would send each as a message of its own. Only small
+/// batches are copied: one of more than an eighth of the target passes through as it
+/// is (so a narrow exchange's large pieces cost no copy), and one block's batches keep
+/// their order.
 pub fn coalesced<E>(
     input: futures::stream::BoxStream<'static, std::result::Result<RecordBatch, E>>,
     schema: SchemaRef,
@@ -671,7 +672,7 @@ where
 {
     let target = target.max(1);
     let coalescer =
-        BatchCoalescer::new(schema, target).with_biggest_coalesce_batch_size(Some(target / 2));
+        BatchCoalescer::new(schema, target).with_biggest_coalesce_batch_size(Some(target / 8));
     // The state is the input (none once it ended) and the coalescer, or nothing once
     // an error ended the stream.
     futures::stream::unfold(Some((Some(input), coalescer)), |state| async move {
