@@ -3,10 +3,10 @@
 //! `cargo xtask bench [WORKLOAD...] [--quick]` measures drove against its peers on the
 //! same files in the same run: `tpch` (single-process DataFusion, PySpark), `wordcount`
 //! and `sort` (a single-threaded Rust reference, PySpark, Dask), `tasks` (Dask,
-//! PySpark), `recovery` (drove with a worker killed) and `shuffle` (an all-to-all
-//! exchange at 8 and 500 partitions, drove and DataFusion). Every engine runs in its own
-//! process tree, whose peak resident memory is sampled; every answer is checked before
-//! a time is reported. Tables are appended to BENCHMARKS.md, JSON goes to
+//! PySpark), `recovery` (drove with a worker killed) and `shuffle` (group-bys whose
+//! exchanges are all-to-all at 8 and 500 partitions, drove and DataFusion). Every
+//! engine runs in its own process tree, whose peak resident memory is sampled; every
+//! answer is checked before a time is reported. Tables are appended to BENCHMARKS.md, JSON goes to
 //! `bench-results/`. PySpark and Dask are installed into `target/bench-venv` by the
 //! bench itself; a peer that cannot be installed is reported as missing.
 
@@ -855,18 +855,28 @@ fn shuffle_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
         );
         results.push((output, outcome));
     }
-    // Every run's answer must be DataFusion's at the narrowest width.
+    // Every run's answer must be DataFusion's at the narrowest width; without that,
+    // drove's answers cannot be checked and its times are not reported.
     let answer = |output: &Path, q: usize, w: u64| output.join(format!("q{q}-p{w}.json"));
+    let reference_ran = matches!(results[0].1, Outcome::Ran(_));
     for ((engine, _), (output, outcome)) in engines.iter().zip(&mut results) {
-        if let Outcome::Ran(_) = outcome {
-            for (q, (name, _)) in engines::SHUFFLE_QUERIES.iter().enumerate() {
-                let expected = answer(&plan.out("shuffle-datafusion"), q, widths[0]);
-                for w in widths {
-                    if let Some(diff) = same_rows(&expected, &answer(output, q, w), false)? {
-                        *outcome = Outcome::Failed(format!(
-                            "{engine}'s {name} answer at {w} partitions differs: {diff}"
-                        ));
-                    }
+        if !matches!(outcome, Outcome::Ran(_)) {
+            continue;
+        }
+        if !reference_ran {
+            *outcome = Outcome::Failed(format!(
+                "{engine}'s shuffle answers were not checked: DataFusion did not run"
+            ));
+            continue;
+        }
+        'check: for (q, (name, _)) in engines::SHUFFLE_QUERIES.iter().enumerate() {
+            let expected = answer(&plan.out("shuffle-datafusion"), q, widths[0]);
+            for w in widths {
+                if let Some(diff) = same_rows(&expected, &answer(output, q, w), false)? {
+                    *outcome = Outcome::Failed(format!(
+                        "{engine}'s {name} answer at {w} partitions differs: {diff}"
+                    ));
+                    break 'check;
                 }
             }
         }
@@ -924,11 +934,10 @@ fn shuffle_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
                 "\nPeak resident memory, {label}: {}.",
                 gib(m.peak_rss_bytes)
             )),
-            Outcome::Missing(why) | Outcome::Failed(why) => {
+            Outcome::Missing(why) => md.push_str(&format!("\n{label}: {why}.")),
+            Outcome::Failed(why) => {
                 md.push_str(&format!("\n{label}: {}.", why.lines().next().unwrap_or("")));
-                if let Outcome::Failed(why) = outcome {
-                    problems.push(why.clone());
-                }
+                problems.push(why.clone());
             }
         }
     }

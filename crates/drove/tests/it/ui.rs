@@ -136,10 +136,7 @@ async fn the_web_ui_shows_the_cluster_a_running_job_a_finished_job_and_a_failure
         let job = running_job(&session).await;
         // Chromium renders the page the server sent while the job ran, saved to a file:
         // on a loaded machine Chromium can take longer to start than the job to end.
-        let (http, path) = (http.clone(), format!("/jobs/{job}"));
-        let (code, page) = tokio::task::spawn_blocking(move || crate::http(&http, "GET", &path))
-            .await
-            .unwrap();
+        let (code, page) = request(&http, "GET", &format!("/jobs/{job}")).await;
         assert_eq!(code, 200, "{page}");
         let saved = screenshot_dir().join("job-running.html");
         std::fs::write(&saved, page).unwrap();
@@ -262,11 +259,16 @@ async fn the_web_ui_shows_the_cluster_a_running_job_a_finished_job_and_a_failure
     cluster.shutdown().await;
 }
 
-async fn request_json(http: &str, method: &str, path: &str) -> (u16, Value) {
+/// An HTTP request from async code: its status and body.
+async fn request(http: &str, method: &str, path: &str) -> (u16, String) {
     let (http, method, path) = (http.to_string(), method.to_string(), path.to_string());
-    let (code, body) = tokio::task::spawn_blocking(move || crate::http(&http, &method, &path))
+    tokio::task::spawn_blocking(move || crate::http(&http, &method, &path))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn request_json(http: &str, method: &str, path: &str) -> (u16, Value) {
+    let (code, body) = request(http, method, path).await;
     let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     (code, value)
 }
