@@ -36,6 +36,16 @@ pub struct BlockKey {
     pub attempt: u32,
 }
 
+impl BlockKey {
+    /// The task output the block is part of.
+    fn output(&self) -> OutputKey {
+        (self.job, self.stage, self.map_partition, self.attempt)
+    }
+}
+
+/// The name of one task attempt's output: job, stage, map partition, attempt.
+type OutputKey = (u64, u32, u32, u32);
+
 impl std::fmt::Display for BlockKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -356,17 +366,32 @@ struct Entry {
 /// does not leave blocks nobody will free.
 const RELEASED_JOBS_MAX: usize = 4096;
 
+/// One task attempt's blocks, by reduce partition; `None` once released.
+#[derive(Debug)]
+struct Output {
+    parts: Vec<Option<Entry>>,
+    held: usize,
+}
+
 #[derive(Debug, Default)]
 struct Blocks {
-    /// Every reduce task of a wide exchange looks up a block per map task, so lookups
-    /// must not cost time in proportion to the blocks held.
-    map: HashMap<BlockKey, Entry>,
+    /// Blocks by the task output they belong to: a task of a wide exchange writes a
+    /// block per reduce partition and every reduce task reads one from each map task,
+    /// so a task costs one map operation here, not one per partition.
+    outputs: HashMap<OutputKey, Output>,
     /// The released jobs, oldest first, and the same as a set.
     released: VecDeque<u64>,
     released_set: HashSet<u64>,
     /// Bumped by [`BlockStore::release_all`]: writers started before it store nothing
     /// (their worker's session ended, and job ids may start again).
     generation: u64,
+}
+
+impl Blocks {
+    fn entry(&self, key: &BlockKey) -> Option<&Entry> {
+        let output = self.outputs.get(&key.output())?;
+        output.parts.get(key.reduce_partition as usize)?.as_ref()
+    }
 }
 
 /// The blocks one worker holds.
@@ -406,31 +431,48 @@ impl BlockStore {
         }
     }
 
-    /// Stores a finished block: false if its job was released, or the store emptied,
-    /// since its writer started (the block is dropped); an error if the key is taken
-    /// (attempts are unique, so that is a bug).
-    fn insert(&self, key: BlockKey, block: Block, generation: u64) -> Result<bool> {
-        let mut blocks = self.lock();
-        if blocks.generation != generation || blocks.released_set.contains(&key.job) {
+    /// Stores a task attempt's finished blocks, one per reduce partition: false if its
+    /// job was released, or the store emptied, since its writer started (the blocks
+    /// are dropped); an error if the attempt stored blocks before (attempts are unique,
+    /// so that is a bug).
+    fn insert(&self, output: OutputKey, blocks: Vec<Block>, generation: u64) -> Result<bool> {
+        let mut held = self.lock();
+        if held.generation != generation || held.released_set.contains(&output.0) {
             return Ok(false);
         }
-        if blocks.map.contains_key(&key) {
-            return Err(Error::Internal(format!("{key} was written twice")));
+        let (job, stage, map_partition, attempt) = output;
+        match held.outputs.entry(output) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(Error::Internal(format!(
+                "job-{job}/stage-{stage}/map-{map_partition}#{attempt} stored its blocks twice"
+            ))),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let parts: Vec<_> = blocks
+                    .into_iter()
+                    .map(|block| {
+                        Some(Entry {
+                            block: Arc::new(block),
+                            cache: None,
+                        })
+                    })
+                    .collect();
+                v.insert(Output {
+                    held: parts.len(),
+                    parts,
+                });
+                Ok(true)
+            }
         }
-        let block = Arc::new(block);
-        blocks.map.insert(key, Entry { block, cache: None });
-        Ok(true)
     }
 
     pub fn get(&self, key: &BlockKey) -> Option<Arc<Block>> {
-        self.lock().map.get(key).map(|e| Arc::clone(&e.block))
+        self.lock().entry(key).map(|e| Arc::clone(&e.block))
     }
 
     /// The blocks of `keys`, in order, looked up under one lock.
     pub fn get_many(&self, keys: &[BlockKey]) -> Vec<Option<Arc<Block>>> {
         let blocks = self.lock();
         keys.iter()
-            .map(|key| blocks.map.get(key).map(|e| Arc::clone(&e.block)))
+            .map(|key| blocks.entry(key).map(|e| Arc::clone(&e.block)))
             .collect()
     }
 
@@ -440,7 +482,12 @@ impl BlockStore {
         let mut blocks = self.lock();
         let mut held = 0;
         for key in keys {
-            if let Some(entry) = blocks.map.get_mut(key) {
+            let entry = blocks
+                .outputs
+                .get_mut(&key.output())
+                .and_then(|o| o.parts.get_mut(key.reduce_partition as usize))
+                .and_then(Option::as_mut);
+            if let Some(entry) = entry {
                 entry.cache = Some(cache);
                 held += 1;
             }
@@ -448,17 +495,36 @@ impl BlockStore {
         held
     }
 
-    /// Drops the blocks `drop` picks; returns how many bytes they take. Their memory
-    /// and files go once nobody reads them any more.
-    fn release(&self, blocks: &mut Blocks, drop: impl Fn(&BlockKey, &Entry) -> bool) -> u64 {
+    /// Drops the blocks `drop` picks among the outputs `outputs` picks; returns how
+    /// many bytes they take. Their memory and files go once nobody reads them any more.
+    fn release(
+        &self,
+        blocks: &mut Blocks,
+        outputs: impl Fn(&OutputKey) -> bool,
+        drop: impl Fn(&BlockKey, &Entry) -> bool,
+    ) -> u64 {
         let mut freed = 0;
-        blocks.map.retain(|k, e| {
-            let gone = drop(k, e);
-            if gone {
-                freed += e.block.bytes;
-            }
-            !gone
-        });
+        blocks
+            .outputs
+            .retain(|&(job, stage, map_partition, attempt), output| {
+                if !outputs(&(job, stage, map_partition, attempt)) {
+                    return true;
+                }
+                for (reduce, part) in output.parts.iter_mut().enumerate() {
+                    let key = BlockKey {
+                        job,
+                        stage,
+                        map_partition,
+                        reduce_partition: reduce as u32,
+                        attempt,
+                    };
+                    if part.as_ref().is_some_and(|e| drop(&key, e)) {
+                        freed += part.take().map_or(0, |e| e.block.bytes);
+                        output.held -= 1;
+                    }
+                }
+                output.held > 0
+            });
         freed
     }
 
@@ -474,20 +540,26 @@ impl BlockStore {
             }
             blocks.released.push_back(job);
         }
-        self.release(&mut blocks, |k, e| k.job == job && e.cache.is_none())
+        self.release(&mut blocks, |o| o.0 == job, |_, e| e.cache.is_none())
     }
 
     /// Drops every block of a cached table; returns the bytes freed.
     pub fn release_cache(&self, cache: u64) -> u64 {
         let mut blocks = self.lock();
-        self.release(&mut blocks, |_, e| e.cache == Some(cache))
+        self.release(&mut blocks, |_| true, |_, e| e.cache == Some(cache))
     }
 
     /// Drops these blocks (of a cached table, say, that has a newer copy elsewhere);
     /// returns the bytes freed.
     pub fn release_blocks(&self, keys: &[BlockKey]) -> u64 {
         let mut blocks = self.lock();
-        self.release(&mut blocks, |k, _| keys.contains(k))
+        let outputs: HashSet<OutputKey> = keys.iter().map(BlockKey::output).collect();
+        let keys: HashSet<&BlockKey> = keys.iter().collect();
+        self.release(
+            &mut blocks,
+            |o| outputs.contains(o),
+            |k, _| keys.contains(k),
+        )
     }
 
     /// Drops every block, and every block a task started before now would store;
@@ -497,7 +569,7 @@ impl BlockStore {
         blocks.generation += 1;
         blocks.released.clear();
         blocks.released_set.clear();
-        self.release(&mut blocks, |_, _| true)
+        self.release(&mut blocks, |_| true, |_, _| true)
     }
 
     /// Bytes of blocks in memory (see [`StoreStats::memory_bytes`]).
@@ -518,7 +590,7 @@ impl BlockStore {
 
     /// Number of blocks held.
     pub fn len(&self) -> usize {
-        self.lock().map.len()
+        self.lock().outputs.values().map(|o| o.held).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -615,8 +687,9 @@ impl BlockWriter<'_> {
             .map_err(|e| arrow_spill_error(&spill.path, e))
     }
 
-    /// Stores the blocks under the keys `key` gives each partition.
-    pub fn finish(mut self, key: impl Fn(u32) -> BlockKey) -> Result<Written> {
+    /// Stores the blocks as the task output `output` names (its reduce partition is
+    /// each block's own).
+    pub fn finish(mut self, output: BlockKey) -> Result<Written> {
         let counters = Arc::clone(&self.store.counters);
         // Every block is made before any is stored: a failure stores nothing, and the
         // blocks made so far give their memory and files back as they drop.
@@ -663,9 +736,7 @@ impl BlockWriter<'_> {
         store
             .spill_count
             .fetch_add(written.spill_count, Ordering::Relaxed);
-        for (partition, block) in blocks.into_iter().enumerate() {
-            store.insert(key(partition as u32), block, self.generation)?;
-        }
+        store.insert(output.output(), blocks, self.generation)?;
         Ok(written)
     }
 }
@@ -724,7 +795,7 @@ mod tests {
         for _ in 0..5 {
             writer.push(0, batch.clone()).unwrap();
         }
-        writer.finish(|r| key(1, r)).unwrap();
+        writer.finish(key(1, 0)).unwrap();
         let block = store.get(&key(1, 0)).unwrap();
         assert!(block.is_spilled());
         let read: Vec<RecordBatch> = block.stream().map(Result::unwrap).collect().await;
@@ -760,7 +831,7 @@ mod tests {
             writer.push(0, batch.clone()).unwrap();
             writer.push(1, batch.clone()).unwrap();
         }
-        let written = writer.finish(|r| key(1, r)).unwrap();
+        let written = writer.finish(key(1, 0)).unwrap();
         // Three batches fit: partition 1's second one did not, so partition 1 spilled.
         assert_eq!(written.spill_count, 1);
         assert!(written.spilled_bytes > 0);
@@ -792,7 +863,7 @@ mod tests {
         // A task of the released job that finishes late leaves nothing.
         let mut late = store.writer(batch.schema(), 1);
         late.push(0, batch.clone()).unwrap();
-        late.finish(|r| key(1, r)).unwrap();
+        late.finish(key(1, 0)).unwrap();
         assert!(store.is_empty());
         assert_eq!(store.stats().memory_bytes, 0);
 
@@ -801,11 +872,11 @@ mod tests {
         let mut old = store.writer(batch.schema(), 1);
         old.push(0, batch.clone()).unwrap();
         store.release_all();
-        old.finish(|r| key(2, r)).unwrap();
+        old.finish(key(2, 0)).unwrap();
         assert!(store.is_empty());
         let mut reused = store.writer(batch.schema(), 1);
         reused.push(0, batch.clone()).unwrap();
-        reused.finish(|r| key(1, r)).unwrap();
+        reused.finish(key(1, 0)).unwrap();
         assert_eq!(store.len(), 1, "a reused job id's block was dropped");
         assert_eq!(store.release_blocks(&[key(1, 0)]), size);
         assert!(store.is_empty());
@@ -818,7 +889,7 @@ mod tests {
         for job in [1, 2] {
             let mut writer = store.writer(batch.schema(), 1);
             writer.push(0, batch.clone()).unwrap();
-            writer.finish(|r| key(job, r)).unwrap();
+            writer.finish(key(job, 0)).unwrap();
         }
         assert_eq!(store.adopt(&[key(1, 0), key(9, 0)], 7), 1);
         store.release_job(1);
@@ -831,10 +902,35 @@ mod tests {
         // A key written twice is an error, not a panic.
         let mut writer = store.writer(batch.schema(), 1);
         writer.push(0, batch.clone()).unwrap();
-        writer.finish(|r| key(3, r)).unwrap();
+        writer.finish(key(3, 0)).unwrap();
         let mut again = store.writer(batch.schema(), 1);
         again.push(0, batch).unwrap();
-        assert!(again.finish(|r| key(3, r)).is_err());
+        assert!(again.finish(key(3, 0)).is_err());
+    }
+
+    /// A task's blocks are stored together but found, adopted and released one by one.
+    #[test]
+    fn the_blocks_of_one_task_come_and_go_one_by_one() {
+        let store = BlockStore::default();
+        let batch = numbers(10);
+        let mut writer = store.writer(batch.schema(), 3);
+        for reduce in 0..3 {
+            writer.push(reduce, numbers(reduce as i64 + 1)).unwrap();
+        }
+        writer.finish(key(1, 0)).unwrap();
+        assert_eq!(store.len(), 3);
+        let found = store.get_many(&[key(1, 2), key(1, 3), key(2, 0), key(1, 0)]);
+        let rows: Vec<_> = found.iter().map(|b| b.as_ref().map(|b| b.rows)).collect();
+        assert_eq!(rows, [Some(3), None, None, Some(1)]);
+        assert_eq!(store.adopt(&[key(1, 1)], 5), 1);
+        let one_row = store.get(&key(1, 0)).unwrap().bytes;
+        assert_eq!(store.release_blocks(&[key(1, 0), key(1, 7)]), one_row);
+        assert_eq!((store.len(), store.get(&key(1, 0)).is_none()), (2, true));
+        store.release_job(1);
+        assert_eq!(store.len(), 1, "the adopted block stays");
+        assert_eq!(store.get(&key(1, 1)).map(|b| b.rows), Some(2));
+        store.release_cache(5);
+        assert!(store.is_empty());
     }
 
     #[test]

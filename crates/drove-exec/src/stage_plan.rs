@@ -1,6 +1,8 @@
 //! A stage's plan as a worker keeps it between the stage's tasks: decoded once, by the
 //! first of them to run there, and handed to each task as a copy whose execution state
-//! (metrics, a join's build side, a scan's shared work) is the task's own.
+//! (metrics, a join's build side, a scan's shared work) is the task's own. A scan's
+//! metrics are the exception: they live in its data source, which the copies share, so
+//! they add up over the stage's tasks on the worker.
 //!
 //! Decoding costs time in proportion to the plan, which lists every file group of a
 //! stage's scans: decoding it in every task made a stage of n tasks cost O(n^2).

@@ -49,12 +49,13 @@ pub struct TaskKey {
 }
 
 impl TaskKey {
-    fn block(&self, reduce_partition: u32) -> BlockKey {
+    /// The name of the attempt's output (its first block's key).
+    fn output(&self) -> BlockKey {
         BlockKey {
             job: self.job,
             stage: self.stage,
             map_partition: self.partition,
-            reduce_partition,
+            reduce_partition: 0,
             attempt: self.attempt,
         }
     }
@@ -107,7 +108,7 @@ pub async fn run(
             (Arc::clone(input), writer)
         }
     };
-    let written = writer.finish(|reduce| key.block(reduce))?;
+    let written = writer.finish(key.output())?;
     let (spilled_bytes, spill_count) = plan_spills(executed.as_ref());
     let mut out = TaskOutput {
         spilled_bytes: spilled_bytes + written.spilled_bytes,
@@ -139,15 +140,22 @@ pub async fn run(
     Ok(out)
 }
 
-/// Bytes and times the operators of `plan` spilled, from their metrics.
+/// Bytes and times the operators of `plan` spilled, from their metrics. Leaves (scans
+/// and shuffle readers) never spill, and are not asked: a scan's metrics are shared by
+/// the copies of its stage's plan on a worker (see [`crate::stage_plan`]), so they grow
+/// with every task the stage ran there.
 fn plan_spills(plan: &dyn ExecutionPlan) -> (u64, u64) {
+    let children = plan.children();
+    if children.is_empty() {
+        return (0, 0);
+    }
     let own = plan.metrics().map_or((0, 0), |m| {
         (
             m.spilled_bytes().unwrap_or(0) as u64,
             m.spill_count().unwrap_or(0) as u64,
         )
     });
-    plan.children().into_iter().fold(own, |(b, c), child| {
+    children.into_iter().fold(own, |(b, c), child| {
         let (cb, cc) = plan_spills(child.as_ref());
         (b + cb, c + cc)
     })
