@@ -88,10 +88,23 @@ async fn every_connection_has_nodelay_and_keepalives() {
         .chain([(http.port(), "coordinator HTTP")])
         .chain(flights.iter().map(|f| (f.port(), "worker Flight")))
         .collect();
+    // A connection the client side sees open may still wait in the server's backlog on
+    // a loaded machine: wait until every server has accepted one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let found = loop {
+        let found = connections();
+        let all = servers
+            .keys()
+            .all(|port| found.iter().any(|c| c.local.port() == *port));
+        if all || std::time::Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let mut accepted: BTreeMap<u16, usize> = BTreeMap::new();
     let mut made = 0;
     let mut wrong = Vec::new();
-    for c in connections() {
+    for c in found {
         let role = if let Some(server) = servers.get(&c.local.port()) {
             *accepted.entry(c.local.port()).or_default() += 1;
             format!("{server} accepted from {}", c.peer)
