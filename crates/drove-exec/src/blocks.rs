@@ -392,6 +392,14 @@ impl Blocks {
         let output = self.outputs.get(&key.output())?;
         output.parts.get(key.reduce_partition as usize)?.as_ref()
     }
+
+    fn entry_mut(&mut self, key: &BlockKey) -> Option<&mut Entry> {
+        let output = self.outputs.get_mut(&key.output())?;
+        output
+            .parts
+            .get_mut(key.reduce_partition as usize)?
+            .as_mut()
+    }
 }
 
 /// The blocks one worker holds.
@@ -482,12 +490,7 @@ impl BlockStore {
         let mut blocks = self.lock();
         let mut held = 0;
         for key in keys {
-            let entry = blocks
-                .outputs
-                .get_mut(&key.output())
-                .and_then(|o| o.parts.get_mut(key.reduce_partition as usize))
-                .and_then(Option::as_mut);
-            if let Some(entry) = entry {
+            if let Some(entry) = blocks.entry_mut(key) {
                 entry.cache = Some(cache);
                 held += 1;
             }
