@@ -66,6 +66,12 @@ impl std::fmt::Display for BlockKey {
 /// any piece is. Compacting before a block is stored keeps its size proportional to
 /// its rows.
 pub fn compact(batch: RecordBatch) -> RecordBatch {
+    compact_columns(batch, true)
+}
+
+/// [`compact`], of the view columns only when `slices` is false: the other columns of
+/// a slice stay slices of the batch they came from.
+fn compact_columns(batch: RecordBatch, slices: bool) -> RecordBatch {
     use arrow::array::{Array, ArrayRef, AsArray, GenericByteViewArray, MutableArrayData};
     use arrow::datatypes::{ByteViewType, DataType};
     // Copies only when the buffers hold at least twice the bytes the rows use.
@@ -96,7 +102,8 @@ pub fn compact(batch: RecordBatch) -> RecordBatch {
             let compacted = match c.data_type() {
                 DataType::Utf8View => compact_view(c.as_string_view()),
                 DataType::BinaryView => compact_view(c.as_binary_view()),
-                _ => compact_slice(c),
+                _ if slices => compact_slice(c),
+                _ => None,
             };
             compacted.unwrap_or_else(|| Arc::clone(c))
         })
@@ -647,6 +654,43 @@ impl BlockWriter<'_> {
     pub fn push(&mut self, partition: usize, batch: RecordBatch) -> Result<()> {
         let batch = compact(batch);
         let size = batch.get_array_memory_size() as u64;
+        self.push_sized(partition, batch, size)
+    }
+
+    /// Appends the pieces of one batch, each to its output partition: the slices that
+    /// DataFusion's repartitioning cuts from one batch it took in partition order. They
+    /// are kept as slices, not copied (in a 500-way exchange a piece is a few rows, and
+    /// copying them one by one cost more than the take), and the batch's memory is
+    /// counted once, shared among its pieces by rows. The batch lives while any of its
+    /// pieces does; the pieces of a task's output go together when its job ends.
+    pub fn push_pieces(&mut self, pieces: Vec<(usize, RecordBatch)>) -> Result<()> {
+        let Some((_, first)) = pieces.first() else {
+            return Ok(());
+        };
+        let shared = first.get_array_memory_size() as u64;
+        let rows = pieces
+            .iter()
+            .map(|(_, b)| b.num_rows() as u64)
+            .sum::<u64>()
+            .max(1);
+        for (partition, piece) in pieces {
+            let share = shared * piece.num_rows() as u64 / rows;
+            // A view column's pieces would each carry all its data buffers: copied
+            // apart, they count their own bytes on top of their share.
+            let compacted = compact_columns(piece.clone(), false);
+            let own: usize = compacted
+                .columns()
+                .iter()
+                .zip(piece.columns())
+                .filter(|(new, old)| !Arc::ptr_eq(new, old))
+                .map(|(new, _)| new.get_array_memory_size())
+                .sum();
+            self.push_sized(partition, compacted, share + own as u64)?;
+        }
+        Ok(())
+    }
+
+    fn push_sized(&mut self, partition: usize, batch: RecordBatch, size: u64) -> Result<()> {
         let count = self.parts.len();
         let part = self.parts.get_mut(partition).ok_or_else(|| {
             Error::Internal(format!(
@@ -934,6 +978,66 @@ mod tests {
         assert_eq!(store.get(&key(1, 1)).map(|b| b.rows), Some(2));
         store.release_cache(5);
         assert!(store.is_empty());
+    }
+
+    /// The pieces of one batch (as hash repartitioning cuts them) are kept as they
+    /// are and count the batch's memory once between them, not once each; a piece that
+    /// spills writes only its own rows.
+    #[test]
+    fn the_pieces_of_one_batch_count_its_memory_once() {
+        const PIECES: usize = 100;
+        let dir = tempfile::tempdir().unwrap();
+        let batch = numbers(10_000);
+        let size = batch.get_array_memory_size() as u64;
+        let pieces: Vec<(usize, RecordBatch)> = (0..PIECES)
+            .map(|p| (p, batch.slice(p * 100, 100)))
+            .collect();
+        let read = |store: &BlockStore, p: usize| -> Vec<RecordBatch> {
+            let block = store.get(&key(1, p as u32)).unwrap();
+            block.read().unwrap().map(Result::unwrap).collect()
+        };
+        // Room for the batch and a little: a piece that counted the whole batch would
+        // leave no room for the next.
+        let store = BlockStore::new(StoreConfig {
+            memory_limit: size + size / 2,
+            spill_dir: Some(dir.path().to_path_buf()),
+            codec: SpillCodec::None,
+        });
+        let mut writer = store.writer(batch.schema(), PIECES);
+        writer.push_pieces(pieces.clone()).unwrap();
+        let written = writer.finish(key(1, 0)).unwrap();
+        assert_eq!((written.spill_count, store.len()), (0, PIECES));
+        let memory = store.stats().memory_bytes;
+        assert!(
+            (size - PIECES as u64..=size).contains(&memory),
+            "{memory} bytes held for a batch of {size}"
+        );
+        for (p, piece) in &pieces {
+            assert_eq!(read(&store, *p), vec![piece.clone()], "piece {p}");
+        }
+        store.release_job(1);
+        assert_eq!(store.stats().memory_bytes, 0);
+
+        // With no memory, every piece spills, and its file holds its rows only.
+        let store = BlockStore::new(StoreConfig {
+            memory_limit: 0,
+            spill_dir: Some(dir.path().to_path_buf()),
+            codec: SpillCodec::None,
+        });
+        let mut writer = store.writer(batch.schema(), PIECES);
+        writer.push_pieces(pieces.clone()).unwrap();
+        let written = writer.finish(key(1, 0)).unwrap();
+        assert_eq!(written.spill_count, PIECES as u64);
+        let file_bytes = written.spilled_bytes / written.spill_count;
+        assert!(
+            file_bytes < size / 10,
+            "a spilled piece of 100 rows took {file_bytes} bytes of a batch of {size}"
+        );
+        for (p, piece) in &pieces {
+            assert_eq!(read(&store, *p), vec![piece.clone()], "piece {p}");
+        }
+        store.release_job(1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

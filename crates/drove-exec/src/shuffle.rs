@@ -559,10 +559,10 @@ impl ExecutionPlan for ShuffleReaderExec {
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let (blocks_read, fetch_calls) = (metric("blocks_read"), metric("fetch_calls"));
         let (local_bytes, remote_bytes) = (metric("bytes_read_local"), metric("bytes_read_remote"));
-        // Blocks on this worker are read from its store one by one; the others are
-        // fetched with one Flight call per worker holding some (and per
-        // BLOCKS_PER_TICKET_MAX blocks), so an all-to-all exchange costs calls in
-        // proportion to the workers, not the map tasks, and a holder's empty blocks
+        // Blocks on this worker are read from its store, one after the other in one
+        // read; the others are fetched with one Flight call per worker holding some
+        // (and per BLOCKS_PER_TICKET_MAX blocks), so an all-to-all exchange costs calls
+        // in proportion to the workers, not the map tasks, and a holder's empty blocks
         // cost it nothing on the wire. Up to FETCH_CONCURRENCY_MAX of these reads run
         // at once, each opened only when its turn comes and then read as it arrives:
         // every open stream is polled, so none can fill the connection's flow-control
@@ -570,16 +570,15 @@ impl ExecutionPlan for ShuffleReaderExec {
         // in memory. Batches of different reads interleave, which a gather does not
         // mind; a per-map reader reads one block.
         let mut reads: Vec<(Vec<BlockKey>, MapOutputRef)> = Vec::new();
-        let mut remote: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut holders: BTreeMap<u64, usize> = BTreeMap::new();
         for (key, location) in blocks {
-            if location.worker_id == env.local_worker {
-                reads.push((vec![key], location));
-                continue;
-            }
-            match remote.get(&location.worker_id) {
-                Some(&i) if reads[i].0.len() < BLOCKS_PER_TICKET_MAX => reads[i].0.push(key),
+            let local = location.worker_id == env.local_worker;
+            match holders.get(&location.worker_id) {
+                Some(&i) if local || reads[i].0.len() < BLOCKS_PER_TICKET_MAX => {
+                    reads[i].0.push(key)
+                }
                 _ => {
-                    remote.insert(location.worker_id, reads.len());
+                    holders.insert(location.worker_id, reads.len());
                     reads.push((vec![key], location));
                 }
             }
@@ -609,24 +608,28 @@ impl ExecutionPlan for ShuffleReaderExec {
                 let stream: BlockStream = if location.worker_id == env.local_worker {
                     // A block that is gone or cannot be read back from its spill file
                     // is lost like a remote one: its producer must run again.
-                    let key = keys[0];
                     let addr = location.flight_addr.clone();
-                    let unreadable = move |message: String| Error::Fetch {
+                    let unreadable = move |key: BlockKey, message: String| Error::Fetch {
                         addr: addr.clone(),
                         message: format!("{key}: {message}"),
                         lost: None,
                     };
-                    let block = env
-                        .store
-                        .get(&key)
-                        .ok_or_else(|| unreadable("not on this worker".into()))?;
-                    env.local_read_bytes
-                        .fetch_add(block.bytes, Ordering::Relaxed);
-                    local_bytes.add(block.bytes as usize);
-                    block
-                        .stream()
-                        .map_err(move |e| unreadable(e.to_string()))
-                        .boxed()
+                    let mut streams = Vec::with_capacity(keys.len());
+                    for (key, block) in keys.iter().zip(env.store.get_many(&keys)) {
+                        let block =
+                            block.ok_or_else(|| unreadable(*key, "not on this worker".into()))?;
+                        env.local_read_bytes
+                            .fetch_add(block.bytes, Ordering::Relaxed);
+                        local_bytes.add(block.bytes as usize);
+                        let unreadable = unreadable.clone();
+                        let key = *key;
+                        streams.push(
+                            block
+                                .stream()
+                                .map_err(move |e| unreadable(key, e.to_string())),
+                        );
+                    }
+                    futures::stream::iter(streams).flatten().boxed()
                 } else {
                     let counter = Arc::clone(&env.remote_read_bytes);
                     let on_bytes = move |n: u64| {

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::metrics::Time;
 use datafusion::physical_plan::repartition::{BatchPartitioner, RepartitionExec};
@@ -99,11 +98,10 @@ pub async fn run(
                 BatchPartitioner::try_new(partitioning, Time::new(), partition, input_partitions)?;
             let mut stream = input.execute(partition, Arc::clone(&ctx))?;
             while let Some(batch) = stream.try_next().await? {
-                partitioner.partition(batch, |reduce, part| {
-                    writer
-                        .push(reduce, part)
-                        .map_err(|e| DataFusionError::External(Box::new(e)))
-                })?;
+                let pieces = partitioner
+                    .partition_iter(batch)?
+                    .collect::<datafusion::common::Result<Vec<_>>>()?;
+                writer.push_pieces(pieces)?;
             }
             (Arc::clone(input), writer)
         }
