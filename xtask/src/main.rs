@@ -28,6 +28,11 @@ use serde_json::{Value, json};
 
 use measure::{Measured, Peers};
 
+/// The allocator the `drove` binary ships with, so that the engines measured here in
+/// process (drove and single-process DataFusion alike) allocate as drove does.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
