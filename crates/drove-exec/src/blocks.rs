@@ -64,14 +64,15 @@ impl std::fmt::Display for BlockKey {
 /// whole batch's buffers: counted in full against the block store's memory (a 500 by
 /// 500 shuffle counted each block 500 times over and spilled) and kept alive while
 /// any piece is. Compacting before a block is stored keeps its size proportional to
-/// its rows.
+/// its rows. (A map task's pieces go through [`BlockWriter::push_pieces`] instead,
+/// which copies only their view columns and counts the batch once among them.)
 pub fn compact(batch: RecordBatch) -> RecordBatch {
     compact_columns(batch, true)
 }
 
-/// [`compact`], of the view columns only when `slices` is false: the other columns of
-/// a slice stay slices of the batch they came from.
-fn compact_columns(batch: RecordBatch, slices: bool) -> RecordBatch {
+/// [`compact`], or with `copy_slices` false, of the view columns only: the other
+/// columns of a slice stay slices of the batch they came from.
+fn compact_columns(batch: RecordBatch, copy_slices: bool) -> RecordBatch {
     use arrow::array::{Array, ArrayRef, AsArray, GenericByteViewArray, MutableArrayData};
     use arrow::datatypes::{ByteViewType, DataType};
     // Copies only when the buffers hold at least twice the bytes the rows use.
@@ -102,7 +103,7 @@ fn compact_columns(batch: RecordBatch, slices: bool) -> RecordBatch {
             let compacted = match c.data_type() {
                 DataType::Utf8View => compact_view(c.as_string_view()),
                 DataType::BinaryView => compact_view(c.as_binary_view()),
-                _ if slices => compact_slice(c),
+                _ if copy_slices => compact_slice(c),
                 _ => None,
             };
             compacted.unwrap_or_else(|| Arc::clone(c))
