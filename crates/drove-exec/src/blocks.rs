@@ -10,7 +10,7 @@
 //! ([`BlockStore::adopt`]): releasing a job frees the job's own blocks and leaves
 //! cached ones, which go when their table is uncached.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
@@ -385,8 +385,10 @@ struct Output {
 struct Blocks {
     /// Blocks by the task output they belong to: a task of a wide exchange writes a
     /// block per reduce partition and every reduce task reads one from each map task,
-    /// so a task costs one map operation here, not one per partition.
-    outputs: HashMap<OutputKey, Output>,
+    /// so a task costs one map operation here, not one per partition. DataFusion's
+    /// map, whose hash costs a fraction of the standard one's: a 500 by 500 exchange
+    /// looks up 250,000 blocks.
+    outputs: datafusion::common::HashMap<OutputKey, Output>,
     /// The released jobs, oldest first, and the same as a set.
     released: VecDeque<u64>,
     released_set: HashSet<u64>,
@@ -458,10 +460,10 @@ impl BlockStore {
         }
         let (job, stage, map_partition, attempt) = output;
         match held.outputs.entry(output) {
-            std::collections::hash_map::Entry::Occupied(_) => Err(Error::Internal(format!(
+            datafusion::common::hash_map::Entry::Occupied(_) => Err(Error::Internal(format!(
                 "job-{job}/stage-{stage}/map-{map_partition}#{attempt} stored its blocks twice"
             ))),
-            std::collections::hash_map::Entry::Vacant(v) => {
+            datafusion::common::hash_map::Entry::Vacant(v) => {
                 let parts: Vec<_> = blocks
                     .into_iter()
                     .map(|block| {
