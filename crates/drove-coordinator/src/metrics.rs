@@ -15,6 +15,9 @@ use prometheus_client::registry::{Registry, Unit};
 /// Upper bounds of the task run-time histogram, in seconds.
 const TASK_SECONDS_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
 
+/// How long a handler holds the coordinator's state: microseconds when all is well.
+const LOCK_SECONDS_BUCKETS: [f64; 8] = [1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.5, 1.0];
+
 /// The job states a job ends in, as the metrics label them.
 const ENDED_STATES: [&str; 3] = ["succeeded", "failed", "cancelled"];
 
@@ -87,6 +90,7 @@ pub struct Metrics {
     attempts_failed: Counter,
     attempts_speculative: Counter,
     task_duration: Histogram,
+    state_held: Histogram,
     shuffle_write_bytes: Counter,
     shuffle_remote_read_bytes: Counter,
     jobs: Family<StateLabel, Gauge>,
@@ -116,6 +120,7 @@ impl Metrics {
             attempts_failed: Counter::default(),
             attempts_speculative: Counter::default(),
             task_duration: Histogram::new(TASK_SECONDS_BUCKETS),
+            state_held: Histogram::new(LOCK_SECONDS_BUCKETS),
             shuffle_write_bytes: Counter::default(),
             shuffle_remote_read_bytes: Counter::default(),
             jobs: Family::default(),
@@ -160,6 +165,12 @@ impl Metrics {
             Unit::Seconds,
             m.task_duration.clone(),
         );
+        r.register_with_unit(
+            "coordinator_state_held",
+            "How long each request or event held the coordinator's state (its one lock).",
+            Unit::Seconds,
+            m.state_held.clone(),
+        );
         r.register(
             "shuffle_write_bytes",
             "Bytes completed tasks wrote as blocks.",
@@ -195,6 +206,10 @@ impl Metrics {
             let _ = m.jobs_ended.get_or_create(&StateLabel { state });
         }
         Metrics { registry: r, ..m }
+    }
+
+    pub fn state_held(&self, held: std::time::Duration) {
+        self.state_held.observe(held.as_secs_f64());
     }
 
     pub fn job_submitted(&self) {

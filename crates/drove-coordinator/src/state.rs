@@ -115,6 +115,33 @@ struct State {
     catalog: Catalog<CacheMeta>,
 }
 
+/// The coordinator's state, held by one request or event; how long it was held goes
+/// to the metrics, so a handler that holds it long shows.
+struct StateGuard<'a> {
+    guard: MutexGuard<'a, State>,
+    since: Instant,
+}
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        self.guard.metrics.state_held(self.since.elapsed());
+    }
+}
+
 /// The exit code of a coordinator that found its own state broken (EX_SOFTWARE).
 pub const FATAL_EXIT_CODE: i32 = 70;
 
@@ -168,12 +195,16 @@ impl Coordinator {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> StateGuard<'_> {
         // A handler panicked while it held the state, which may be half changed.
-        self.inner.state.lock().unwrap_or_else(|poisoned| {
+        let guard = self.inner.state.lock().unwrap_or_else(|poisoned| {
             drop(poisoned);
             fatal("a request handler panicked while it changed the coordinator's state")
-        })
+        });
+        StateGuard {
+            guard,
+            since: Instant::now(),
+        }
     }
 
     /// Registers a worker and returns its new id. Its stream gets a `Registered` first.

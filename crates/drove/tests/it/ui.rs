@@ -425,6 +425,13 @@ async fn metrics_move_with_a_job() {
         completed
     );
     assert!(sample(&after, "drove_shuffle_write_bytes_total") > 0.0);
+    // Every task's completion took the coordinator's state, and so was timed.
+    assert!(
+        sample(&after, "drove_coordinator_state_held_seconds_count")
+            - sample(&before, "drove_coordinator_state_held_seconds_count")
+            >= completed,
+        "{after}"
+    );
     assert_eq!(
         sample(&after, "drove_jobs_ended_total{state=\"succeeded\"}"),
         1.0
