@@ -614,22 +614,25 @@ impl ExecutionPlan for ShuffleReaderExec {
                         message: format!("{key}: {message}"),
                         lost: None,
                     };
-                    let mut streams = Vec::with_capacity(keys.len());
+                    let mut found = Vec::with_capacity(keys.len());
                     for (key, block) in keys.iter().zip(env.store.get_many(&keys)) {
                         let block =
                             block.ok_or_else(|| unreadable(*key, "not on this worker".into()))?;
                         env.local_read_bytes
                             .fetch_add(block.bytes, Ordering::Relaxed);
                         local_bytes.add(block.bytes as usize);
-                        let unreadable = unreadable.clone();
-                        let key = *key;
-                        streams.push(
+                        found.push((*key, block));
+                    }
+                    // Each block is opened once the one before it is read: a spilled
+                    // block starts a reader thread that reads ahead when opened.
+                    futures::stream::iter(found)
+                        .flat_map(move |(key, block)| {
+                            let unreadable = unreadable.clone();
                             block
                                 .stream()
-                                .map_err(move |e| unreadable(key, e.to_string())),
-                        );
-                    }
-                    futures::stream::iter(streams).flatten().boxed()
+                                .map_err(move |e| unreadable(key, e.to_string()))
+                        })
+                        .boxed()
                 } else {
                     let counter = Arc::clone(&env.remote_read_bytes);
                     let on_bytes = move |n: u64| {
