@@ -280,7 +280,7 @@ impl WorkerHandle {
             Err(e) => Err(Error::Config(format!("the worker's main task died: {e}"))),
         };
         let _ = self.shutdown.send(true);
-        let _ = self.flight_server.await;
+        close_flight(self.flight_server).await;
         result
     }
 
@@ -311,7 +311,27 @@ impl WorkerHandle {
         let _ = self.shutdown.send(true);
         self.main.abort();
         let _ = self.main.await;
-        let _ = self.flight_server.await;
+        close_flight(self.flight_server).await;
+    }
+}
+
+/// How long a stopping worker waits for the blocks it is sending to be read.
+const FLIGHT_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits for the Flight server, told to stop, to finish the streams it serves, then
+/// closes whatever a reader has left open: a peer that stopped reading must not keep
+/// the worker from stopping.
+async fn close_flight(mut server: JoinHandle<()>) {
+    if tokio::time::timeout(FLIGHT_CLOSE_GRACE, &mut server)
+        .await
+        .is_err()
+    {
+        warn!(
+            grace_ms = FLIGHT_CLOSE_GRACE.as_millis() as u64,
+            "Flight streams were still open after the grace period; closing them"
+        );
+        server.abort();
+        let _ = server.await;
     }
 }
 
