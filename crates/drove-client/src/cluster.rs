@@ -124,7 +124,7 @@ impl LocalCluster {
 
     async fn wait_for_workers(&self, n: usize) -> Result<()> {
         let deadline = Instant::now() + REGISTRATION_WAIT;
-        while self.coordinator.coordinator.workers().len() < n {
+        while self.coordinator.coordinator.workers().await.len() < n {
             if Instant::now() > deadline {
                 return Err(Error::Config(format!(
                     "the embedded cluster's {n} workers did not all register within {REGISTRATION_WAIT:?}"

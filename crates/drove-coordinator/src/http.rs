@@ -64,21 +64,25 @@ async fn metrics(State(coordinator): State<Coordinator>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        coordinator.metrics_text(),
+        coordinator.metrics_text().await,
     )
         .into_response()
 }
 
 async fn ui_overview(State(coordinator): State<Coordinator>) -> Html<String> {
-    Html(ui::overview(&rest::cluster_view(&coordinator)).into_string())
+    Html(ui::overview(&rest::cluster_view(&coordinator).await).into_string())
 }
 
 async fn ui_job(
     State(coordinator): State<Coordinator>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let job = parse_id("job", raw)
-        .and_then(|id| rest::job_view(&coordinator, JobId(id)).map_err(|e| e.to_string()));
+    let job = match parse_id("job", raw) {
+        Ok(id) => rest::job_view(&coordinator, JobId(id))
+            .await
+            .map_err(|e| e.to_string()),
+        Err(m) => Err(m),
+    };
     ui_page(job.map(|j| ui::job(&j)))
 }
 
@@ -86,7 +90,10 @@ async fn ui_worker(
     State(coordinator): State<Coordinator>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let worker = parse_id("worker", raw).and_then(|id| rest::worker_view(&coordinator, id));
+    let worker = match parse_id("worker", raw) {
+        Ok(id) => rest::worker_view(&coordinator, id).await,
+        Err(m) => Err(m),
+    };
     ui_page(worker.map(|w| ui::worker(&w)))
 }
 
@@ -117,7 +124,7 @@ mod tests {
     async fn serve() -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = router(Coordinator::new(CoordinatorConfig::default()));
+        let app = router(Coordinator::new(CoordinatorConfig::default()).unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
     }

@@ -233,7 +233,7 @@ pub async fn start(
         .local_addr()
         .map_err(|source| Error::Bind { addr, source })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let coordinator = Coordinator::new(config.clone());
+    let coordinator = Coordinator::new(config.clone())?;
     let mut tasks = Vec::new();
 
     let service = service::server(coordinator.clone());
@@ -286,9 +286,10 @@ pub async fn start(
         let mut interval = tokio::time::interval(tick);
         loop {
             tokio::select! {
-                _ = interval.tick() => ticker.tick(),
+                _ = interval.tick() => {}
                 _ = rx.wait_for(|s| *s) => break,
             }
+            ticker.tick().await;
         }
     }));
 

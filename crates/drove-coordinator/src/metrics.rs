@@ -15,8 +15,8 @@ use prometheus_client::registry::{Registry, Unit};
 /// Upper bounds of the task run-time histogram, in seconds.
 const TASK_SECONDS_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0];
 
-/// How long a handler holds the coordinator's state: microseconds when all is well.
-const LOCK_SECONDS_BUCKETS: [f64; 8] = [1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.5, 1.0];
+/// How long the coordinator's state takes over a request or event: microseconds when all is well.
+const STATE_SECONDS_BUCKETS: [f64; 8] = [1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.5, 1.0];
 
 /// The job states a job ends in, as the metrics label them.
 const ENDED_STATES: [&str; 3] = ["succeeded", "failed", "cancelled"];
@@ -80,6 +80,8 @@ pub struct Snapshot<'a> {
     pub tasks_pending: u64,
     pub tasks_running: u64,
     pub workers: &'a [pb::WorkerStatus],
+    /// Requests and events waiting for the coordinator's state.
+    pub queued: usize,
 }
 
 pub struct Metrics {
@@ -91,6 +93,7 @@ pub struct Metrics {
     attempts_speculative: Counter,
     task_duration: Histogram,
     state_held: Histogram,
+    state_queued: Gauge,
     shuffle_write_bytes: Counter,
     shuffle_remote_read_bytes: Counter,
     jobs: Family<StateLabel, Gauge>,
@@ -120,7 +123,8 @@ impl Metrics {
             attempts_failed: Counter::default(),
             attempts_speculative: Counter::default(),
             task_duration: Histogram::new(TASK_SECONDS_BUCKETS),
-            state_held: Histogram::new(LOCK_SECONDS_BUCKETS),
+            state_held: Histogram::new(STATE_SECONDS_BUCKETS),
+            state_queued: Gauge::default(),
             shuffle_write_bytes: Counter::default(),
             shuffle_remote_read_bytes: Counter::default(),
             jobs: Family::default(),
@@ -167,9 +171,14 @@ impl Metrics {
         );
         r.register_with_unit(
             "coordinator_state_held",
-            "How long each request or event held the coordinator's state (its one lock).",
+            "How long the coordinator's state took over each request or event (its owner does one at a time).",
             Unit::Seconds,
             m.state_held.clone(),
+        );
+        r.register(
+            "coordinator_state_queued",
+            "Requests and events waiting for the coordinator's state.",
+            m.state_queued.clone(),
         );
         r.register(
             "shuffle_write_bytes",
@@ -256,6 +265,7 @@ impl Metrics {
                 .set(n as i64);
         }
         self.workers.set(now.workers.len() as i64);
+        self.state_queued.set(now.queued as i64);
         // Workers that left go from every per-worker family.
         for family in &self.worker_gauges {
             family.clear();
@@ -318,6 +328,7 @@ mod tests {
             tasks_pending: 3,
             tasks_running: 2,
             workers: &two,
+            queued: 5,
         });
         for line in [
             "drove_jobs_submitted_total 1",
@@ -330,6 +341,7 @@ mod tests {
             "drove_task_duration_seconds_count 2",
             "drove_shuffle_write_bytes_total 101",
             "drove_workers 2",
+            "drove_coordinator_state_queued 5",
             "drove_worker_slots{worker=\"2\"} 4",
             "drove_worker_heartbeat_age_seconds{worker=\"1\"} 1.5",
             "# TYPE drove_task_duration_seconds histogram",
@@ -347,6 +359,7 @@ mod tests {
             tasks_pending: 0,
             tasks_running: 0,
             workers: &one,
+            queued: 0,
         });
         assert!(!text.contains("worker=\"1\""), "a worker that left: {text}");
         assert!(

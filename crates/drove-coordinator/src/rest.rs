@@ -425,8 +425,8 @@ impl Job {
 }
 
 /// The cluster as `/api/v1/cluster` and the UI's overview show it.
-pub fn cluster_view(coordinator: &Coordinator) -> Cluster {
-    let status = coordinator.cluster_status(false);
+pub async fn cluster_view(coordinator: &Coordinator) -> Cluster {
+    let status = coordinator.cluster_status(false).await;
     Cluster {
         workers: status.workers.iter().map(Worker::from).collect(),
         jobs: status.jobs.iter().map(JobSummary::from).collect(),
@@ -440,20 +440,20 @@ pub fn cluster_view(coordinator: &Coordinator) -> Cluster {
                 job_id: t.job_id,
             })
             .collect(),
-        recent: coordinator.history(),
+        recent: coordinator.history().await,
     }
 }
 
 /// One job as `/api/v1/jobs/{id}` and its UI page show it.
-pub fn job_view(coordinator: &Coordinator, job: JobId) -> Result<Job, Error> {
-    let (status, attempts) = coordinator.status_and_attempts(job)?;
+pub async fn job_view(coordinator: &Coordinator, job: JobId) -> Result<Job, Error> {
+    let (status, attempts) = coordinator.status_and_attempts(job).await?;
     Ok(Job::new(&status, attempts))
 }
 
 /// One worker and the last tasks it completed (see [`crate::state::WORKER_TASKS_KEPT`]); `Err` names a
 /// worker that is not registered.
-pub fn worker_view(coordinator: &Coordinator, id: u64) -> Result<WorkerDetail, String> {
-    let (w, tasks) = coordinator.worker(WorkerId(id)).ok_or_else(|| {
+pub async fn worker_view(coordinator: &Coordinator, id: u64) -> Result<WorkerDetail, String> {
+    let (w, tasks) = coordinator.worker(WorkerId(id)).await.ok_or_else(|| {
         format!(
             "{} is not registered (it may have left or been lost)",
             WorkerId(id)
@@ -518,15 +518,15 @@ pub fn parse_id(kind: &str, raw: Result<Path<String>, PathRejection>) -> Result<
 
 /// The answer of an operation on the job a path names: 400 for an id that is not
 /// one, 404 for a job not in the history.
-fn answer_for_job<T: IntoResponse>(
+async fn answer_for_job<T: IntoResponse>(
     raw: Result<Path<String>, PathRejection>,
-    answer: impl FnOnce(JobId) -> Result<T, Error>,
+    answer: impl AsyncFnOnce(JobId) -> Result<T, Error>,
 ) -> Response {
     let id = match parse_id("job", raw) {
         Ok(id) => id,
         Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
     };
-    match answer(JobId(id)) {
+    match answer(JobId(id)).await {
         Ok(body) => body.into_response(),
         Err(Error::NotFound(m)) => api_error(StatusCode::NOT_FOUND, m),
         Err(other) => api_error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
@@ -549,7 +549,7 @@ struct Id {
     (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
 ))]
 async fn cluster(State(coordinator): State<Coordinator>) -> Json<Cluster> {
-    Json(cluster_view(&coordinator))
+    Json(cluster_view(&coordinator).await)
 }
 
 /// Registered workers.
@@ -558,7 +558,14 @@ async fn cluster(State(coordinator): State<Coordinator>) -> Json<Cluster> {
     (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
 ))]
 async fn workers(State(coordinator): State<Coordinator>) -> Json<Vec<Worker>> {
-    Json(coordinator.workers().iter().map(Worker::from).collect())
+    Json(
+        coordinator
+            .workers()
+            .await
+            .iter()
+            .map(Worker::from)
+            .collect(),
+    )
 }
 
 /// One worker and the last tasks it completed, newest first.
@@ -576,7 +583,7 @@ async fn worker(
         Ok(id) => id,
         Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
     };
-    match worker_view(&coordinator, id) {
+    match worker_view(&coordinator, id).await {
         Ok(detail) => Json(detail).into_response(),
         Err(m) => api_error(StatusCode::NOT_FOUND, m),
     }
@@ -588,7 +595,14 @@ async fn worker(
     (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
 ))]
 async fn jobs(State(coordinator): State<Coordinator>) -> Json<Vec<JobSummary>> {
-    Json(coordinator.jobs().iter().map(JobSummary::from).collect())
+    Json(
+        coordinator
+            .jobs()
+            .await
+            .iter()
+            .map(JobSummary::from)
+            .collect(),
+    )
 }
 
 /// One job: its stages, tasks, attempts, SQL and physical plan.
@@ -602,7 +616,10 @@ async fn job(
     State(coordinator): State<Coordinator>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
-    answer_for_job(raw, |job| Ok(Json(job_view(&coordinator, job)?)))
+    answer_for_job(raw, async |job| {
+        Ok(Json(job_view(&coordinator, job).await?))
+    })
+    .await
 }
 
 /// Cancels a running job; an ended job is left as it was.
@@ -616,13 +633,14 @@ async fn cancel(
     State(coordinator): State<Coordinator>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
-    answer_for_job(raw, |job| {
-        let status = coordinator.cancel(job)?;
+    answer_for_job(raw, async |job| {
+        let status = coordinator.cancel(job).await?;
         Ok(Json(CancelResult {
             job_id: job.0,
             state: status.state().into(),
         }))
     })
+    .await
 }
 
 /// This document.

@@ -69,10 +69,11 @@ impl CoordinatorRpc for Service {
                 "a worker session must start with `register`",
             ));
         };
-        let (tx, rx) = mpsc::channel(self.coordinator.inner.config.worker_queue_max);
+        let (tx, rx) = mpsc::channel(self.coordinator.config.worker_queue_max);
         let worker = self
             .coordinator
-            .register_worker(register.flight_addr, register.slots, tx)?;
+            .register_worker(register.flight_addr, register.slots, tx)
+            .await?;
         let coordinator = self.coordinator.clone();
         tokio::spawn(
             async move {
@@ -80,10 +81,10 @@ impl CoordinatorRpc for Service {
                     match inbound.message().await {
                         Ok(Some(pb::WorkerMessage {
                             kind: Some(pb::worker_message::Kind::Heartbeat(hb)),
-                        })) => coordinator.heartbeat(worker, hb),
+                        })) => coordinator.heartbeat(worker, hb).await,
                         Ok(Some(pb::WorkerMessage {
                             kind: Some(pb::worker_message::Kind::Drain(_)),
-                        })) => coordinator.drain(worker),
+                        })) => coordinator.drain(worker).await,
                         Ok(Some(other)) => debug!(?other, "ignoring an unexpected worker message"),
                         Ok(None) => break ("the worker closed its session".to_string(), true),
                         Err(e) => {
@@ -94,7 +95,7 @@ impl CoordinatorRpc for Service {
                         }
                     }
                 };
-                coordinator.worker_lost(worker, &why, clean);
+                coordinator.worker_lost(worker, why, clean).await;
             }
             .instrument(info_span!("worker", %worker)),
         );
@@ -134,7 +135,7 @@ impl CoordinatorRpc for Service {
         request: Request<pb::JobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let job = JobId(request.into_inner().job_id);
-        let (mut changes, watching) = self.coordinator.subscribe(job)?;
+        let (mut changes, watching) = self.coordinator.subscribe(job).await?;
         let coordinator = self.coordinator.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -142,7 +143,7 @@ impl CoordinatorRpc for Service {
             let _watching = watching;
             loop {
                 changes.borrow_and_update();
-                let status = coordinator.progress(job).map_err(Status::from);
+                let status = coordinator.progress(job).await.map_err(Status::from);
                 let ended = match &status {
                     Ok(s) => s.state() != pb::JobState::Running,
                     Err(_) => true,
@@ -158,7 +159,7 @@ impl CoordinatorRpc for Service {
                 // At most one update per interval while the job runs, however often it
                 // changes; its end goes out at once.
                 let next = sent + WATCH_INTERVAL;
-                while tokio::time::Instant::now() < next && coordinator.is_running(job) {
+                while tokio::time::Instant::now() < next && coordinator.is_running(job).await {
                     tokio::select! {
                         () = tokio::time::sleep_until(next) => {}
                         changed = changes.changed() => if changed.is_err() { break },
@@ -175,7 +176,7 @@ impl CoordinatorRpc for Service {
         request: Request<pb::JobRequest>,
     ) -> Result<Response<pb::JobStatus>, Status> {
         let job = JobId(request.into_inner().job_id);
-        Ok(Response::new(self.coordinator.cancel(job)?))
+        Ok(Response::new(self.coordinator.cancel(job).await?))
     }
 
     async fn release_job(
@@ -183,7 +184,7 @@ impl CoordinatorRpc for Service {
         request: Request<pb::JobRequest>,
     ) -> Result<Response<pb::ReleaseJobResponse>, Status> {
         let job = JobId(request.into_inner().job_id);
-        self.coordinator.release(job)?;
+        self.coordinator.release(job).await?;
         Ok(Response::new(pb::ReleaseJobResponse {}))
     }
 
@@ -192,7 +193,7 @@ impl CoordinatorRpc for Service {
         request: Request<pb::UncacheRequest>,
     ) -> Result<Response<pb::UncacheResponse>, Status> {
         let request = request.into_inner();
-        let existed = self.coordinator.uncache(&request.name)?;
+        let existed = self.coordinator.uncache(&request.name).await?;
         if !existed && !request.if_exists {
             return Err(Status::not_found(format!(
                 "no table '{}' is cached; `UNCACHE TABLE IF EXISTS {}` ignores that",
@@ -207,6 +208,8 @@ impl CoordinatorRpc for Service {
         request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let with_tasks = request.into_inner().with_tasks;
-        Ok(Response::new(self.coordinator.cluster_status(with_tasks)))
+        Ok(Response::new(
+            self.coordinator.cluster_status(with_tasks).await,
+        ))
     }
 }

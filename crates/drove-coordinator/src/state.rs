@@ -3,7 +3,7 @@
 //! scheduler answers with.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -18,7 +18,7 @@ use drove_exec::cache::CachedTable;
 use drove_exec::planner::{OutputMode, Stage};
 use drove_exec::tables::TableSpec;
 use drove_proto as pb;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, info_span, warn};
 
 use crate::history::{History, Reading};
@@ -31,15 +31,22 @@ use crate::{CoordinatorConfig, Error, Result};
 pub type WorkerTx = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
 
 /// A handle to the coordinator's state; cheap to clone.
+///
+/// One thread owns the state ([`State`]) and does what requests and events ask of it,
+/// one at a time, in the order they arrive through a bounded queue: nothing else can
+/// see the state half changed, and its work stays off the async runtime that answers
+/// workers and clients. A full queue makes senders wait.
 #[derive(Clone)]
 pub struct Coordinator {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) config: Arc<CoordinatorConfig>,
+    work: mpsc::Sender<Work>,
 }
 
-pub struct Inner {
-    pub(crate) config: CoordinatorConfig,
-    state: Mutex<State>,
-}
+/// Something for the state's owner to do.
+type Work = Box<dyn FnOnce(&mut State) + Send>;
+
+/// Requests and events waiting for the coordinator's state, at most.
+pub const STATE_QUEUE_MAX: usize = 1024;
 
 struct WorkerConn {
     flight_addr: String,
@@ -100,7 +107,9 @@ struct CacheMeta {
     lineage: Vec<Stage>,
 }
 
+/// The coordinator's state, owned by one thread (see [`Coordinator`]).
 struct State {
+    config: Arc<CoordinatorConfig>,
     scheduler: Scheduler,
     meta: MetaLog,
     workers: BTreeMap<WorkerId, WorkerConn>,
@@ -113,33 +122,6 @@ struct State {
     history: History,
     /// Cached tables, and the names claimed by jobs caching them.
     catalog: Catalog<CacheMeta>,
-}
-
-/// The coordinator's state, held by one request or event; how long it was held goes
-/// to the metrics, so a handler that holds it long shows.
-struct StateGuard<'a> {
-    guard: MutexGuard<'a, State>,
-    since: Instant,
-}
-
-impl std::ops::Deref for StateGuard<'_> {
-    type Target = State;
-
-    fn deref(&self) -> &State {
-        &self.guard
-    }
-}
-
-impl std::ops::DerefMut for StateGuard<'_> {
-    fn deref_mut(&mut self) -> &mut State {
-        &mut self.guard
-    }
-}
-
-impl Drop for StateGuard<'_> {
-    fn drop(&mut self) {
-        self.guard.metrics.state_held(self.since.elapsed());
-    }
 }
 
 /// The exit code of a coordinator that found its own state broken (EX_SOFTWARE).
@@ -166,7 +148,8 @@ fn now_ms() -> u64 {
 }
 
 impl Coordinator {
-    pub fn new(config: CoordinatorConfig) -> Self {
+    /// Starts the thread that owns the state; it ends when the last handle is dropped.
+    pub fn new(config: CoordinatorConfig) -> Result<Self> {
         let scheduler = Scheduler::new(SchedulerConfig {
             task_attempt_max: config.task_attempt_max,
             heartbeat_timeout_ms: config.heartbeat_timeout_ms,
@@ -176,7 +159,9 @@ impl Coordinator {
             queued_per_slot: config.task_queue_per_slot,
             ..Default::default()
         });
-        let state = State {
+        let config = Arc::new(config);
+        let mut state = State {
+            config: config.clone(),
             scheduler,
             meta: MetaLog::new(config.job_history_max),
             workers: BTreeMap::new(),
@@ -187,28 +172,73 @@ impl Coordinator {
             history: History::default(),
             catalog: Catalog::default(),
         };
-        Self {
-            inner: Arc::new(Inner {
-                config,
-                state: Mutex::new(state),
-            }),
-        }
+        let (work, mut queue) = mpsc::channel::<Work>(STATE_QUEUE_MAX);
+        std::thread::Builder::new()
+            .name("drove-coordinator-state".into())
+            .spawn(move || {
+                while let Some(work) = queue.blocking_recv() {
+                    let since = Instant::now();
+                    // A panic may have left the state half changed; a scheduler's
+                    // broken invariant ends up here too.
+                    if let Err(panic) =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut state)))
+                    {
+                        fatal(&drove_core::panic_message(panic.as_ref()));
+                    }
+                    state.metrics.state_held(since.elapsed());
+                }
+            })
+            .map_err(|e| {
+                Error::Internal(format!("cannot start the coordinator's state thread: {e}"))
+            })?;
+        Ok(Self { config, work })
     }
 
-    fn lock(&self) -> StateGuard<'_> {
-        // A handler panicked while it held the state, which may be half changed.
-        let guard = self.inner.state.lock().unwrap_or_else(|poisoned| {
-            drop(poisoned);
-            fatal("a request handler panicked while it changed the coordinator's state")
+    /// Has the state's owner run `f` and returns its answer.
+    async fn ask<R: Send + 'static>(&self, f: impl FnOnce(&mut State) -> R + Send + 'static) -> R {
+        let (answer, answered) = oneshot::channel();
+        let work: Work = Box::new(move |state| {
+            let _ = answer.send(f(state));
         });
-        StateGuard {
-            guard,
-            since: Instant::now(),
+        if self.work.send(work).await.is_ok()
+            && let Ok(answer) = answered.await
+        {
+            return answer;
+        }
+        // The owner stops only with the last handle, or when it ends the process
+        // (`fatal`); this handle is alive, so the process is exiting.
+        std::future::pending().await
+    }
+
+    /// Has the state's owner run `f`, waiting only for room in its queue.
+    async fn tell(&self, f: impl FnOnce(&mut State) + Send + 'static) {
+        let _ = self.work.send(Box::new(f)).await;
+    }
+
+    /// [`Self::tell`] from where nothing can wait (a `Drop`): if the queue is full, a
+    /// task waits for room instead.
+    fn tell_later(&self, f: impl FnOnce(&mut State) + Send + 'static) {
+        let work: Work = Box::new(f);
+        match self.work.try_send(work) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(work)) => {
+                let queue = self.work.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        runtime.spawn(async move {
+                            let _ = queue.send(work).await;
+                        });
+                    }
+                    Err(_) => warn!(
+                        "the coordinator's queue is full and no runtime can wait for room; a change is lost"
+                    ),
+                }
+            }
         }
     }
 
     /// Registers a worker and returns its new id. Its stream gets a `Registered` first.
-    pub fn register_worker(
+    pub async fn register_worker(
         &self,
         flight_addr: String,
         slots: u32,
@@ -219,19 +249,311 @@ impl Coordinator {
                 "a worker needs at least one slot (--slots 1 or more)".into(),
             ));
         }
-        let mut state = self.lock();
-        let worker = WorkerId(state.next_worker_id);
-        state.next_worker_id += 1;
+        self.ask(move |state| state.register_worker(flight_addr, slots, tx))
+            .await
+    }
+
+    /// A heartbeat with a batch of task reports.
+    pub async fn heartbeat(&self, worker: WorkerId, heartbeat: pb::Heartbeat) {
+        self.tell(move |state| state.heartbeat(worker, heartbeat))
+            .await;
+    }
+
+    /// Requests and events waiting for the state now.
+    pub fn queued(&self) -> usize {
+        STATE_QUEUE_MAX - self.work.capacity()
+    }
+
+    /// `/metrics`: the counters, and gauges read from the state now. Costs time in
+    /// proportion to the workers and running stages, not to the jobs' tasks.
+    pub async fn metrics_text(&self) -> String {
+        let queued = self.queued();
+        self.ask(move |state| state.metrics_text(queued)).await
+    }
+
+    /// The recent jobs' statuses without their per-task runs, newest first.
+    pub async fn jobs(&self) -> Vec<pb::JobStatus> {
+        self.ask(|state| state.recent_jobs(false)).await
+    }
+
+    /// The worker's stream ended, or it went silent. `clean`: it closed its session
+    /// itself, which is a normal departure rather than a fault.
+    pub async fn worker_lost(&self, worker: WorkerId, why: String, clean: bool) {
+        self.tell(move |state| state.worker_lost(worker, &why, clean))
+            .await;
+    }
+
+    /// The worker asked to leave: it gets no new tasks and is told when it may go.
+    pub async fn drain(&self, worker: WorkerId) {
+        self.tell(move |state| state.handle(Event::WorkerDraining { worker }))
+            .await;
+    }
+
+    /// Plans and submits a job; returns its id once it is queued. With `cache_as`, the
+    /// job's result becomes the cached table of that name.
+    pub async fn submit(
+        &self,
+        name: String,
+        query: Query,
+        tables: Vec<TableSpec>,
+        cache_as: Option<String>,
+        detached: bool,
+    ) -> Result<JobId> {
+        let sql = match &query {
+            Query::Sql(sql) => sql.clone(),
+            _ => String::new(),
+        };
+        // Table names fold to lower case, as DataFusion folds unquoted names.
+        let cache_as = cache_as.map(|name| name.to_ascii_lowercase());
+        let coordinator = self.clone();
+        // The claim frees the name on every way out but a submitted job, including
+        // this future being dropped (the client went away) while it plans or waits.
+        let (caches, claim, cache_id, total_slots) = self
+            .ask(move |state| {
+                let cache_id = match &cache_as {
+                    Some(table) => Some(
+                        state
+                            .catalog
+                            .claim(table)
+                            .map_err(|e| Error::User(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                let claim = ClaimedName {
+                    coordinator,
+                    name: cache_as,
+                };
+                Ok::<_, Error>((
+                    state.caches_for_planning(),
+                    claim,
+                    cache_id,
+                    state.scheduler.total_slots() as usize,
+                ))
+            })
+            .await?;
+        let target_partitions = self
+            .config
+            .target_partitions
+            .unwrap_or(total_slots)
+            .clamp(1, self.config.job_limits.stage_partitions_max);
+        let planned = planning::plan_isolated(
+            query,
+            tables,
+            caches,
+            cache_id,
+            target_partitions,
+            self.config.job_limits,
+        )
+        .await?;
+        let submission = Submission {
+            name,
+            sql,
+            planned,
+            claim,
+            cache_id,
+            detached,
+        };
+        self.ask(move |state| state.submit(submission)).await
+    }
+
+    /// A receiver that wakes whenever the job changes. The job counts as watched, and
+    /// so keeps its lease, until the returned [`Watching`] is dropped.
+    pub async fn subscribe(&self, job: JobId) -> Result<(watch::Receiver<u64>, Watching)> {
+        let changes = self
+            .ask(move |state| {
+                let record = state.jobs.get_mut(&job).ok_or_else(|| not_found(job))?;
+                record.lease.watchers += 1;
+                Ok::<_, Error>(record.changed.subscribe())
+            })
+            .await?;
+        let watching = Watching {
+            coordinator: self.clone(),
+            job,
+        };
+        Ok((changes, watching))
+    }
+
+    /// The job's status now.
+    pub async fn status(&self, job: JobId) -> Result<pb::JobStatus> {
+        self.ask(move |state| state.status(job).ok_or_else(|| not_found(job)))
+            .await
+    }
+
+    /// The registered workers.
+    pub async fn workers(&self) -> Vec<pb::WorkerStatus> {
+        self.ask(|state| state.worker_statuses()).await
+    }
+
+    /// A registered worker's status and the last tasks it completed, newest first.
+    pub async fn worker(&self, worker: WorkerId) -> Option<(pb::WorkerStatus, Vec<WorkerTask>)> {
+        self.ask(move |state| {
+            let conn = state.workers.get(&worker)?;
+            let tasks = conn.recent_tasks.iter().rev().cloned().collect();
+            Some((state.worker_status(worker, conn), tasks))
+        })
+        .await
+    }
+
+    /// The last minutes of the cluster's load, oldest first.
+    pub async fn history(&self) -> Vec<ClusterSample> {
+        self.ask(|state| state.history.samples()).await
+    }
+
+    /// The job's whole status and every attempt so far (its timeline), taken at one
+    /// moment so that they agree.
+    pub async fn status_and_attempts(&self, job: JobId) -> Result<(pb::JobStatus, Vec<Attempt>)> {
+        self.ask(move |state| {
+            let status = state.status(job).ok_or_else(|| not_found(job))?;
+            Ok((status, state.attempts(job).unwrap_or_default()))
+        })
+        .await
+    }
+
+    /// Whether the job is still running.
+    pub async fn is_running(&self, job: JobId) -> bool {
+        self.ask(move |state| {
+            state
+                .jobs
+                .get(&job)
+                .is_some_and(|r| r.state == pb::JobState::Running)
+        })
+        .await
+    }
+
+    /// The job's status while it runs, without the per-task runs: it costs time in
+    /// proportion to the job's stages, not its tasks. Once the job has ended, its whole
+    /// status.
+    pub async fn progress(&self, job: JobId) -> Result<pb::JobStatus> {
+        self.ask(move |state| {
+            let record = state.jobs.get(&job).ok_or_else(|| not_found(job))?;
+            let status = if record.state == pb::JobState::Running {
+                state.summary(job)
+            } else {
+                state.status(job)
+            };
+            status.ok_or_else(|| not_found(job))
+        })
+        .await
+    }
+
+    pub async fn cancel(&self, job: JobId) -> Result<pb::JobStatus> {
+        self.ask(move |state| {
+            if !state.jobs.contains_key(&job) {
+                return Err(not_found(job));
+            }
+            state.handle(Event::JobCancelled { job });
+            state.touch(job);
+            state.status(job).ok_or_else(|| not_found(job))
+        })
+        .await
+    }
+
+    /// The client has read the result: free the job's blocks.
+    pub async fn release(&self, job: JobId) -> Result<()> {
+        self.ask(move |state| state.release(job)).await
+    }
+
+    /// Forgets a cached table and frees its blocks on every worker; false if no table
+    /// of that name is cached.
+    pub async fn uncache(&self, name: &str) -> Result<bool> {
+        let name = name.to_ascii_lowercase();
+        self.ask(move |state| {
+            let Some(release) = state
+                .catalog
+                .uncache(&name)
+                .map_err(|e| Error::User(e.to_string()))?
+            else {
+                return Ok(false);
+            };
+            info!(table = %name, "uncaching");
+            state.perform_catalog(release);
+            Ok(true)
+        })
+        .await
+    }
+
+    /// The workers and recent jobs (newest first), the jobs with their per-task runs
+    /// if `with_tasks` (which costs time in proportion to every task in the history).
+    pub async fn cluster_status(&self, with_tasks: bool) -> pb::ClusterStatusResponse {
+        self.ask(move |state| state.cluster_status(with_tasks))
+            .await
+    }
+
+    /// Advances the scheduler's clock (heartbeat timeouts, the no-worker grace period,
+    /// speculation), cancels jobs whose lease ran out and frees results nobody read in
+    /// time.
+    pub async fn tick(&self) {
+        self.tell(State::tick).await;
+    }
+}
+
+/// A client watching a job; the job's lease starts to run out when the last is dropped.
+pub struct Watching {
+    coordinator: Coordinator,
+    job: JobId,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let job = self.job;
+        self.coordinator.tell_later(move |state| {
+            if let Some(record) = state.jobs.get_mut(&job) {
+                record.lease.watchers -= 1;
+                if record.lease.watchers == 0 {
+                    record.lease.unwatched_since = Instant::now();
+                }
+            }
+        });
+    }
+}
+
+/// A cached table's name claimed by a job being planned; released when dropped
+/// unless the job went on to be submitted (`name` taken).
+struct ClaimedName {
+    coordinator: Coordinator,
+    name: Option<String>,
+}
+
+impl Drop for ClaimedName {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            self.coordinator
+                .tell_later(move |state| state.catalog.unclaim(&name));
+        }
+    }
+}
+
+/// A planned job on its way to the scheduler.
+struct Submission {
+    name: String,
+    sql: String,
+    planned: PlannedJob,
+    /// The name of the table it caches, and the id the catalog gave that table.
+    claim: ClaimedName,
+    cache_id: Option<u64>,
+    detached: bool,
+}
+
+/// What the handle's requests and events do, on the state's owner.
+impl State {
+    fn register_worker(
+        &mut self,
+        flight_addr: String,
+        slots: u32,
+        tx: WorkerTx,
+    ) -> Result<WorkerId> {
+        let worker = WorkerId(self.next_worker_id);
+        self.next_worker_id += 1;
         let registered = pb::CoordinatorMessage {
             kind: Some(pb::coordinator_message::Kind::Registered(pb::Registered {
                 worker_id: worker.0,
-                heartbeat_interval_ms: self.inner.config.heartbeat_interval_ms,
+                heartbeat_interval_ms: self.config.heartbeat_interval_ms,
             })),
         };
         tx.try_send(Ok(registered))
             .map_err(|_| Error::Internal("the new worker's stream closed at once".into()))?;
         info!(%worker, %flight_addr, slots, "worker registered");
-        state.workers.insert(
+        self.workers.insert(
             worker,
             WorkerConn {
                 flight_addr,
@@ -243,24 +565,22 @@ impl Coordinator {
                 recent_tasks: VecDeque::new(),
             },
         );
-        state.handle(Event::WorkerJoined { worker, slots });
+        self.handle(Event::WorkerJoined { worker, slots });
         Ok(worker)
     }
 
-    /// A heartbeat with a batch of task reports.
-    pub fn heartbeat(&self, worker: WorkerId, heartbeat: pb::Heartbeat) {
-        let mut state = self.lock();
-        let Some(conn) = state.workers.get_mut(&worker) else {
+    fn heartbeat(&mut self, worker: WorkerId, heartbeat: pb::Heartbeat) {
+        let Some(conn) = self.workers.get_mut(&worker) else {
             return;
         };
         conn.last_heartbeat = Instant::now();
         if let Some(memory) = heartbeat.memory {
             conn.memory = memory;
         }
-        state.handle(Event::WorkerHeartbeat { worker });
+        self.handle(Event::WorkerHeartbeat { worker });
         for key in &heartbeat.progressed {
             let attempt = attempt_id(key);
-            state.handle(Event::TaskProgressed { attempt, worker });
+            self.handle(Event::TaskProgressed { attempt, worker });
         }
         for status in heartbeat.statuses {
             let Some(key) = status.task else { continue };
@@ -299,24 +619,22 @@ impl Coordinator {
                 },
                 None => continue,
             };
-            let failed_before = state.failed_attempts(attempt);
-            state.handle(event);
-            state.count(attempt, worker, failed_before);
-            state.touch(attempt.task.job);
+            let failed_before = self.failed_attempts(attempt);
+            self.handle(event);
+            self.count(attempt, worker, failed_before);
+            self.touch(attempt.task.job);
         }
     }
 
-    /// `/metrics`: the counters, and gauges read from the state now. Costs time in
-    /// proportion to the workers and running stages, not to the jobs' tasks.
-    pub fn metrics_text(&self) -> String {
-        let state = self.lock();
+    /// `/metrics`, with `queued` requests and events waiting for the state.
+    fn metrics_text(&self, queued: usize) -> String {
         let (mut tasks_pending, mut tasks_running) = (0, 0);
-        for job in state.scheduler.running_jobs() {
-            let Some(record) = state.jobs.get(&job) else {
+        for job in self.scheduler.running_jobs() {
+            let Some(record) = self.jobs.get(&job) else {
                 continue;
             };
             for s in &record.planned.stages {
-                if let Some(c) = state.scheduler.stage_counts(job, StageId(s.id)) {
+                if let Some(c) = self.scheduler.stage_counts(job, StageId(s.id)) {
                     tasks_pending += u64::from(c.pending);
                     tasks_running += u64::from(c.running);
                 }
@@ -329,104 +647,52 @@ impl Coordinator {
             pb::JobState::Cancelled,
         ]
         .map(|s| (JobState::from(s).name(), 0));
-        for (id, _) in state.meta.state().jobs() {
-            if let Some(record) = state.jobs.get(&id) {
+        for (id, _) in self.meta.state().jobs() {
+            if let Some(record) = self.jobs.get(&id) {
                 let name = JobState::from(record.state).name();
                 if let Some(count) = jobs_by_state.iter_mut().find(|(n, _)| *n == name) {
                     count.1 += 1;
                 }
             }
         }
-        let workers = state.worker_statuses();
-        state.metrics.encode(&Snapshot {
+        let workers = self.worker_statuses();
+        self.metrics.encode(&Snapshot {
             jobs_by_state,
             tasks_pending,
             tasks_running,
             workers: &workers,
+            queued,
         })
     }
 
-    /// The recent jobs' statuses without their per-task runs, newest first.
-    pub fn jobs(&self) -> Vec<pb::JobStatus> {
-        self.lock().recent_jobs(false)
-    }
-
-    /// The worker's stream ended, or it went silent. `clean`: it closed its session
-    /// itself, which is a normal departure rather than a fault.
-    pub fn worker_lost(&self, worker: WorkerId, why: &str, clean: bool) {
-        let mut state = self.lock();
-        if state.workers.remove(&worker).is_some() {
+    fn worker_lost(&mut self, worker: WorkerId, why: &str, clean: bool) {
+        if self.workers.remove(&worker).is_some() {
             if clean {
                 info!(%worker, why, "worker left");
             } else {
                 warn!(%worker, why, "worker lost");
             }
-            state.handle(Event::WorkerLost { worker });
-            let jobs: Vec<JobId> = state.jobs.keys().copied().collect();
+            self.handle(Event::WorkerLost { worker });
+            let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
             for job in jobs {
-                state.touch(job);
+                self.touch(job);
             }
         }
     }
 
-    /// The worker asked to leave: it gets no new tasks and is told when it may go.
-    pub fn drain(&self, worker: WorkerId) {
-        let mut state = self.lock();
-        state.handle(Event::WorkerDraining { worker });
-    }
-
-    /// Plans and submits a job; returns its id once it is queued. With `cache_as`, the
-    /// job's result becomes the cached table of that name.
-    pub async fn submit(
-        &self,
-        name: String,
-        query: Query,
-        tables: Vec<TableSpec>,
-        cache_as: Option<String>,
-        detached: bool,
-    ) -> Result<JobId> {
-        let sql = match &query {
-            Query::Sql(sql) => sql.clone(),
-            _ => String::new(),
-        };
-        let target_partitions = self
-            .inner
-            .config
-            .target_partitions
-            .unwrap_or_else(|| self.lock().scheduler.total_slots() as usize)
-            .clamp(1, self.inner.config.job_limits.stage_partitions_max);
-        // Table names fold to lower case, as DataFusion folds unquoted names.
-        let cache_as = cache_as.map(|name| name.to_ascii_lowercase());
-        let (caches, cache_id) = {
-            let mut state = self.lock();
-            let cache_id = match &cache_as {
-                Some(table) => Some(
-                    state
-                        .catalog
-                        .claim(table)
-                        .map_err(|e| Error::User(e.to_string()))?,
-                ),
-                None => None,
-            };
-            (state.caches_for_planning(), cache_id)
-        };
-        // Frees the claimed name on every way out but a submitted job, including this
-        // future being dropped mid-planning (the client went away).
-        let mut claim = ClaimedName {
-            coordinator: self,
-            name: cache_as.clone(),
-        };
-        let planned = planning::plan_isolated(
-            query,
-            tables,
-            caches,
+    /// Submits a planned job; a refused one frees the table name it claimed.
+    fn submit(&mut self, submission: Submission) -> Result<JobId> {
+        let Submission {
+            name,
+            sql,
+            planned,
+            mut claim,
             cache_id,
-            target_partitions,
-            self.inner.config.job_limits,
-        )
-        .await?;
-        let mut state = self.lock();
-        let job = state.meta.state().next_job_id();
+            detached,
+        } = submission;
+        // The state frees the claimed name from here: the job's end does, or its refusal.
+        let caches_as = claim.name.take().zip(cache_id);
+        let job = self.meta.state().next_job_id();
         let _span = info_span!("job", %job).entered();
         let spec = JobSpec {
             id: job,
@@ -437,7 +703,7 @@ impl Coordinator {
                     id: StageId(s.id),
                     tasks: s.tasks,
                     depends_on: s.depends_on.iter().map(|d| StageId(*d)).collect(),
-                    existing: state.catalog.existing(
+                    existing: self.catalog.existing(
                         s.origin.map(|(cache, stage)| (cache, StageId(stage))),
                         s.cache,
                         s.tasks,
@@ -447,22 +713,20 @@ impl Coordinator {
                 .collect(),
             final_stage: StageId(planned.stages.last().map_or(0, |s| s.id)),
         };
-        if let Err(e) = state.scheduler.validate(&spec) {
-            if let Some(table) = claim.name.take() {
-                state.catalog.unclaim(&table);
+        if let Err(e) = self.scheduler.validate(&spec) {
+            if let Some((table, _)) = &caches_as {
+                self.catalog.unclaim(table);
             }
             return Err(Error::Internal(e.to_string()));
         }
-        // From here the job's end frees the name.
-        claim.name = None;
-        state.meta.append(MetaCommand::JobSubmitted {
+        self.meta.append(MetaCommand::JobSubmitted {
             job,
             name: name.clone(),
             submitted_ms: now_ms(),
         });
         info!(stages = spec.stages.len(), "job submitted");
-        state.metrics.job_submitted();
-        state.jobs.insert(
+        self.metrics.job_submitted();
+        self.jobs.insert(
             job,
             JobRecord {
                 name,
@@ -478,7 +742,7 @@ impl Coordinator {
                 final_attempts: None,
                 final_summary: None,
                 released: false,
-                caches_as: cache_as.zip(cache_id),
+                caches_as,
                 lease: Lease {
                     detached,
                     watchers: 0,
@@ -489,134 +753,38 @@ impl Coordinator {
         );
         if std::env::var_os(INJECT_FAULT_ENV).is_some_and(|v| v == "phantom-attempt") {
             warn!("{INJECT_FAULT_ENV}: corrupting the scheduler's state on purpose");
-            state.scheduler.inject_fault_phantom_attempt();
+            self.scheduler.inject_fault_phantom_attempt();
         }
-        state.handle(Event::JobSubmitted(spec));
-        state.touch(job);
+        self.handle(Event::JobSubmitted(spec));
+        self.touch(job);
         Ok(job)
     }
 
-    /// A receiver that wakes whenever the job changes. The job counts as watched, and
-    /// so keeps its lease, until the returned [`Watching`] is dropped.
-    pub fn subscribe(&self, job: JobId) -> Result<(watch::Receiver<u64>, Watching)> {
-        let mut state = self.lock();
-        let record = state.jobs.get_mut(&job).ok_or_else(|| not_found(job))?;
-        record.lease.watchers += 1;
-        let watching = Watching {
-            coordinator: self.clone(),
-            job,
-        };
-        Ok((record.changed.subscribe(), watching))
-    }
-
-    /// The job's status now.
-    pub fn status(&self, job: JobId) -> Result<pb::JobStatus> {
-        let state = self.lock();
-        state.status(job).ok_or_else(|| not_found(job))
-    }
-
-    /// The registered workers.
-    pub fn workers(&self) -> Vec<pb::WorkerStatus> {
-        self.lock().worker_statuses()
-    }
-
-    /// A registered worker's status and the last tasks it completed, newest first.
-    pub fn worker(&self, worker: WorkerId) -> Option<(pb::WorkerStatus, Vec<WorkerTask>)> {
-        let state = self.lock();
-        let conn = state.workers.get(&worker)?;
-        let tasks = conn.recent_tasks.iter().rev().cloned().collect();
-        Some((state.worker_status(worker, conn), tasks))
-    }
-
-    /// The last minutes of the cluster's load, oldest first.
-    pub fn history(&self) -> Vec<ClusterSample> {
-        self.lock().history.samples()
-    }
-
-    /// The job's whole status and every attempt so far (its timeline), taken at one
-    /// moment so that they agree.
-    pub fn status_and_attempts(&self, job: JobId) -> Result<(pb::JobStatus, Vec<Attempt>)> {
-        let state = self.lock();
-        let status = state.status(job).ok_or_else(|| not_found(job))?;
-        Ok((status, state.attempts(job).unwrap_or_default()))
-    }
-
-    /// Whether the job is still running.
-    pub fn is_running(&self, job: JobId) -> bool {
-        self.lock()
-            .jobs
-            .get(&job)
-            .is_some_and(|r| r.state == pb::JobState::Running)
-    }
-
-    /// The job's status while it runs, without the per-task runs: it costs time in
-    /// proportion to the job's stages, not its tasks. Once the job has ended, its whole
-    /// status.
-    pub fn progress(&self, job: JobId) -> Result<pb::JobStatus> {
-        let state = self.lock();
-        let record = state.jobs.get(&job).ok_or_else(|| not_found(job))?;
-        if record.state != pb::JobState::Running {
-            return state.status(job).ok_or_else(|| not_found(job));
-        }
-        state.summary(job).ok_or_else(|| not_found(job))
-    }
-
-    pub fn cancel(&self, job: JobId) -> Result<pb::JobStatus> {
-        let mut state = self.lock();
-        if !state.jobs.contains_key(&job) {
-            return Err(not_found(job));
-        }
-        state.handle(Event::JobCancelled { job });
-        state.touch(job);
-        state.status(job).ok_or_else(|| not_found(job))
-    }
-
     /// The client has read the result: free the job's blocks.
-    pub fn release(&self, job: JobId) -> Result<()> {
-        let mut state = self.lock();
-        let record = state.jobs.get_mut(&job).ok_or_else(|| not_found(job))?;
+    fn release(&mut self, job: JobId) -> Result<()> {
+        let record = self.jobs.get_mut(&job).ok_or_else(|| not_found(job))?;
         if record.released {
             return Ok(());
         }
         record.released = true;
         if record.state == pb::JobState::Running {
             // Released before it ended: the client gave up on it.
-            state.handle(Event::JobCancelled { job });
+            self.handle(Event::JobCancelled { job });
         }
-        state.freeze(job);
-        state.handle(Event::JobReleased { job });
-        state.touch(job);
-        if state.meta.state().job(job).is_none() {
+        self.freeze(job);
+        self.handle(Event::JobReleased { job });
+        self.touch(job);
+        if self.meta.state().job(job).is_none() {
             // Already pushed out of the history while its result waited to be read.
-            state.jobs.remove(&job);
+            self.jobs.remove(&job);
         }
         Ok(())
     }
 
-    /// Forgets a cached table and frees its blocks on every worker; false if no table
-    /// of that name is cached.
-    pub fn uncache(&self, name: &str) -> Result<bool> {
-        let name = name.to_ascii_lowercase();
-        let mut state = self.lock();
-        let Some(release) = state
-            .catalog
-            .uncache(&name)
-            .map_err(|e| Error::User(e.to_string()))?
-        else {
-            return Ok(false);
-        };
-        info!(table = %name, "uncaching");
-        state.perform_catalog(release);
-        Ok(true)
-    }
-
-    /// The workers and recent jobs (newest first), the jobs with their per-task runs
-    /// if `with_tasks` (which costs time in proportion to every task in the history).
-    pub fn cluster_status(&self, with_tasks: bool) -> pb::ClusterStatusResponse {
-        let state = self.lock();
-        let workers = state.worker_statuses();
-        let jobs = state.recent_jobs(with_tasks);
-        let cached_tables = state
+    fn cluster_status(&self, with_tasks: bool) -> pb::ClusterStatusResponse {
+        let workers = self.worker_statuses();
+        let jobs = self.recent_jobs(with_tasks);
+        let cached_tables = self
             .catalog
             .tables()
             .map(|e| pb::CachedTableStatus {
@@ -625,7 +793,7 @@ impl Coordinator {
                 partitions_available: e
                     .partitions
                     .iter()
-                    .filter(|o| state.workers.contains_key(&o.worker))
+                    .filter(|o| self.workers.contains_key(&o.worker))
                     .count() as u32,
                 job_id: e.cached_by.0,
             })
@@ -637,84 +805,45 @@ impl Coordinator {
         }
     }
 
-    /// Advances the scheduler's clock (heartbeat timeouts, the no-worker grace period,
-    /// speculation) and frees results nobody read in time.
-    pub fn tick(&self) {
-        let lease = std::time::Duration::from_millis(self.inner.config.client_lease_ms);
-        {
-            let mut state = self.lock();
-            let now_ms = state.epoch.elapsed().as_millis() as u64;
-            state.handle(Event::Tick { now_ms });
-            state.sample();
-            let lapsed: Vec<JobId> = state
-                .jobs
-                .iter()
-                .filter(|(_, r)| {
-                    r.state == pb::JobState::Running
-                        && !r.lease.detached
-                        && r.lease.watchers == 0
-                        && r.lease.unwatched_since.elapsed() > lease
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            for job in lapsed {
-                warn!(%job, lease_ms = lease.as_millis() as u64, "no client has watched the job for its lease; cancelling it");
-                if let Some(record) = state.jobs.get_mut(&job) {
-                    record.cancel_reason = Some(format!(
-                        "cancelled: no client watched it for {} s (the client went away); submit it detached (`drove sql --detach`) to keep a job running without a client",
-                        lease.as_secs()
-                    ));
-                }
-                state.handle(Event::JobCancelled { job });
-                state.touch(job);
+    /// Advances the scheduler's clock, cancels the jobs whose lease ran out, and frees
+    /// results nobody read in time.
+    fn tick(&mut self) {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        self.handle(Event::Tick { now_ms });
+        self.sample();
+        let lease = std::time::Duration::from_millis(self.config.client_lease_ms);
+        let lapsed: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, r)| {
+                r.state == pb::JobState::Running
+                    && !r.lease.detached
+                    && r.lease.watchers == 0
+                    && r.lease.unwatched_since.elapsed() > lease
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for job in lapsed {
+            warn!(%job, lease_ms = lease.as_millis() as u64, "no client has watched the job for its lease; cancelling it");
+            if let Some(record) = self.jobs.get_mut(&job) {
+                record.cancel_reason = Some(format!(
+                    "cancelled: no client watched it for {} s (the client went away); submit it detached (`drove sql --detach`) to keep a job running without a client",
+                    lease.as_secs()
+                ));
             }
+            self.handle(Event::JobCancelled { job });
+            self.touch(job);
         }
-        let ttl = std::time::Duration::from_millis(self.inner.config.result_ttl_ms);
-        let expired: Vec<JobId> = {
-            let state = self.lock();
-            state
-                .jobs
-                .iter()
-                .filter(|(_, r)| !r.released && r.ended.is_some_and(|t| t.elapsed() > ttl))
-                .map(|(id, _)| *id)
-                .collect()
-        };
+        let ttl = std::time::Duration::from_millis(self.config.result_ttl_ms);
+        let expired: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, r)| !r.released && r.ended.is_some_and(|t| t.elapsed() > ttl))
+            .map(|(id, _)| *id)
+            .collect();
         for job in expired {
             info!(%job, "result not read in time; freeing its blocks");
             let _ = self.release(job);
-        }
-    }
-}
-
-/// A client watching a job; the job's lease starts to run out when the last is dropped.
-pub struct Watching {
-    coordinator: Coordinator,
-    job: JobId,
-}
-
-impl Drop for Watching {
-    fn drop(&mut self) {
-        let mut state = self.coordinator.lock();
-        if let Some(record) = state.jobs.get_mut(&self.job) {
-            record.lease.watchers -= 1;
-            if record.lease.watchers == 0 {
-                record.lease.unwatched_since = Instant::now();
-            }
-        }
-    }
-}
-
-/// A cached table's name claimed by a job being submitted; released when dropped
-/// unless the job was submitted (`name` taken).
-struct ClaimedName<'a> {
-    coordinator: &'a Coordinator,
-    name: Option<String>,
-}
-
-impl Drop for ClaimedName<'_> {
-    fn drop(&mut self) {
-        if let Some(name) = self.name.take() {
-            self.coordinator.lock().catalog.unclaim(&name);
         }
     }
 }
@@ -765,11 +894,8 @@ impl State {
             .set_clock(self.epoch.elapsed().as_millis() as u64);
         let mut events = VecDeque::from([event]);
         while let Some(event) = events.pop_front() {
-            let scheduler = &mut self.scheduler;
-            let commands =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scheduler.handle(event)))
-                    .unwrap_or_else(|panic| fatal(&drove_core::panic_message(panic.as_ref())));
-            for command in commands {
+            // A broken invariant panics; the state's owner ends the process.
+            for command in self.scheduler.handle(event) {
                 if let Some(follow_up) = self.perform(command) {
                     events.push_back(follow_up);
                 }
@@ -1392,4 +1518,45 @@ fn too_large(attempt: AttemptId, bytes: usize) -> String {
         drove_core::human_bytes(bytes as u64),
         drove_core::human_bytes(drove_proto::MAX_MESSAGE_BYTES as u64)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The state's owner does one thing at a time; while it is busy, at most
+    /// [`STATE_QUEUE_MAX`] requests wait and the next sender waits for room.
+    #[tokio::test]
+    async fn a_busy_state_queues_a_bounded_number_of_requests() {
+        let coordinator = Coordinator::new(CoordinatorConfig::default()).unwrap();
+        let (free_owner, owner_freed) = std::sync::mpsc::channel::<()>();
+        let (started, owner_busy) = oneshot::channel();
+        coordinator
+            .tell(move |_| {
+                let _ = started.send(());
+                let _ = owner_freed.recv();
+            })
+            .await;
+        owner_busy.await.unwrap();
+        let (done_tx, mut done) = mpsc::channel(STATE_QUEUE_MAX + 1);
+        for i in 0..STATE_QUEUE_MAX {
+            let done_tx = done_tx.clone();
+            coordinator
+                .tell(move |_| done_tx.try_send(i).unwrap())
+                .await;
+        }
+        assert_eq!(coordinator.queued(), STATE_QUEUE_MAX);
+        // One more waits for room, and counts as a request once there is some.
+        let extra = coordinator.clone();
+        let last = tokio::spawn(async move { extra.workers().await.len() });
+        tokio::task::yield_now().await;
+        assert!(!last.is_finished(), "a full queue makes its sender wait");
+        free_owner.send(()).unwrap();
+        assert_eq!(last.await.unwrap(), 0);
+        // Everything queued ran, in order.
+        for i in 0..STATE_QUEUE_MAX {
+            assert_eq!(done.recv().await, Some(i));
+        }
+        assert_eq!(coordinator.queued(), 0);
+    }
 }
