@@ -389,6 +389,8 @@ struct Blocks {
     /// map, whose hash costs a fraction of the standard one's: a 500 by 500 exchange
     /// looks up 250,000 blocks.
     outputs: datafusion::common::HashMap<OutputKey, Output>,
+    /// Blocks in `outputs`, counted as they come and go: every heartbeat reports it.
+    held: usize,
     /// The released jobs, oldest first, and the same as a set.
     released: VecDeque<u64>,
     released_set: HashSet<u64>,
@@ -454,7 +456,8 @@ impl BlockStore {
     /// are dropped); an error if the attempt stored blocks before (attempts are unique,
     /// so that is a bug).
     fn insert(&self, output: OutputKey, blocks: Vec<Block>, generation: u64) -> Result<bool> {
-        let mut held = self.lock();
+        let mut guard = self.lock();
+        let held = &mut *guard;
         if held.generation != generation || held.released_set.contains(&output.0) {
             return Ok(false);
         }
@@ -473,6 +476,7 @@ impl BlockStore {
                         })
                     })
                     .collect();
+                held.held += parts.len();
                 v.insert(Output {
                     held: parts.len(),
                     parts,
@@ -516,7 +520,7 @@ impl BlockStore {
         outputs: impl Fn(&OutputKey) -> bool,
         drop: impl Fn(&BlockKey, &Entry) -> bool,
     ) -> u64 {
-        let mut freed = 0;
+        let (mut freed, mut dropped) = (0, 0);
         blocks
             .outputs
             .retain(|&(job, stage, map_partition, attempt), output| {
@@ -534,10 +538,12 @@ impl BlockStore {
                     if part.as_ref().is_some_and(|e| drop(&key, e)) {
                         freed += part.take().map_or(0, |e| e.block.bytes);
                         output.held -= 1;
+                        dropped += 1;
                     }
                 }
                 output.held > 0
             });
+        blocks.held -= dropped;
         freed
     }
 
@@ -603,7 +609,7 @@ impl BlockStore {
 
     /// Number of blocks held.
     pub fn len(&self) -> usize {
-        self.lock().outputs.values().map(|o| o.held).sum()
+        self.lock().held
     }
 
     pub fn is_empty(&self) -> bool {
