@@ -159,7 +159,7 @@ impl CoordinatorRpc for Service {
                 // At most one update per interval while the job runs, however often it
                 // changes; its end goes out at once.
                 let next = sent + WATCH_INTERVAL;
-                while tokio::time::Instant::now() < next && coordinator.is_running(job).await {
+                while tokio::time::Instant::now() < next && *changes.borrow() {
                     tokio::select! {
                         () = tokio::time::sleep_until(next) => {}
                         changed = changes.changed() => if changed.is_err() { break },

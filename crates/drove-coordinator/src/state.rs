@@ -73,8 +73,9 @@ struct JobRecord {
     ended: Option<Instant>,
     state: pb::JobState,
     error: String,
-    /// Bumped on every change; watchers wake on it.
-    changed: watch::Sender<u64>,
+    /// Whether the job is still running, sent on every change: watchers wake on it,
+    /// and read it without asking the state.
+    changed: watch::Sender<bool>,
     /// Frozen once the job ends and the scheduler may forget it.
     final_status: Option<pb::JobStatus>,
     /// Frozen with `final_status`: every attempt, for the timeline, and the status
@@ -356,9 +357,10 @@ impl Coordinator {
         self.ask(move |state| state.submit(submission)).await
     }
 
-    /// A receiver that wakes whenever the job changes. The job counts as watched, and
-    /// so keeps its lease, until the returned [`Watching`] is dropped.
-    pub async fn subscribe(&self, job: JobId) -> Result<(watch::Receiver<u64>, Watching)> {
+    /// A receiver that wakes whenever the job changes and holds whether it still runs.
+    /// The job counts as watched, and so keeps its lease, until the returned
+    /// [`Watching`] is dropped.
+    pub async fn subscribe(&self, job: JobId) -> Result<(watch::Receiver<bool>, Watching)> {
         let changes = self
             .ask(move |state| {
                 let record = state.jobs.get_mut(&job).ok_or_else(|| not_found(job))?;
@@ -405,17 +407,6 @@ impl Coordinator {
         self.ask(move |state| {
             let status = state.status(job).ok_or_else(|| not_found(job))?;
             Ok((status, state.attempts(job).unwrap_or_default()))
-        })
-        .await
-    }
-
-    /// Whether the job is still running.
-    pub async fn is_running(&self, job: JobId) -> bool {
-        self.ask(move |state| {
-            state
-                .jobs
-                .get(&job)
-                .is_some_and(|r| r.state == pb::JobState::Running)
         })
         .await
     }
@@ -737,7 +728,7 @@ impl State {
                 ended: None,
                 state: pb::JobState::Running,
                 error: String::new(),
-                changed: watch::channel(0).0,
+                changed: watch::channel(true).0,
                 final_status: None,
                 final_attempts: None,
                 final_summary: None,
@@ -1187,7 +1178,8 @@ impl State {
 
     fn touch(&self, job: JobId) {
         if let Some(r) = self.jobs.get(&job) {
-            r.changed.send_modify(|v| *v += 1);
+            let running = r.state == pb::JobState::Running;
+            r.changed.send_modify(|v| *v = running);
         }
     }
 
