@@ -133,9 +133,10 @@ pub const FATAL_EXIT_CODE: i32 = 70;
 /// submission, and the scheduler's own check finds it.
 const INJECT_FAULT_ENV: &str = "DROVE_INJECT_FAULT";
 
-/// Ends the process. The coordinator's state broke an invariant, which is a bug in
-/// drove; acting on wrong state could lose or corrupt work, and a process that
-/// listens but does nothing helps nobody. A supervisor restarts it.
+/// Ends the process. Work on the coordinator's state panicked: the state broke an
+/// invariant, or its code has a bug. Either way it may be wrong or half changed, and
+/// acting on it could lose or corrupt work; a process that listens but does nothing
+/// helps nobody. A supervisor restarts it.
 fn fatal(what: &str) -> ! {
     tracing::error!("fatal: {what}");
     eprintln!("drove coordinator: fatal: {what}; exiting (code {FATAL_EXIT_CODE})");
