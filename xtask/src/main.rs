@@ -50,6 +50,21 @@ enum Task {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Peer {
+    Pyspark,
+    Dask,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Pyspark => "PySpark",
+            Peer::Dask => "Dask",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Workload {
     Tpch,
     Wordcount,
@@ -105,8 +120,12 @@ struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     slots: u64,
     /// Skip PySpark and Dask.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "peers")]
     no_peers: bool,
+    /// The peers to run (default: both); `--peers dask` skips PySpark, whose tasks run
+    /// takes minutes.
+    #[arg(long, value_delimiter = ',', default_values = ["pyspark", "dask"])]
+    peers: Vec<Peer>,
     /// Record drove's tracing at info level (JSON lines to a file), to measure its cost.
     #[arg(long)]
     tracing: bool,
@@ -260,8 +279,9 @@ fn header(plan: &Plan) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let peer = |p: &Option<Peers>, f: fn(&Peers) -> &Result<String, String>| match p {
+    let peer = |which: Peer, f: fn(&Peers) -> &Result<String, String>| match &plan.peers {
         None => "not run (--no-peers)".to_string(),
+        Some(_) if !plan.args.peers.contains(&which) => format!("{} not run", which.name()),
         Some(p) => match f(p) {
             Ok(v) => v.clone(),
             Err(e) => format!("missing: {e}"),
@@ -273,8 +293,8 @@ fn header(plan: &Plan) -> String {
         env!("CARGO_PKG_VERSION"),
         plan.args.workers,
         plan.args.slots,
-        peer(&plan.peers, |p| &p.spark),
-        peer(&plan.peers, |p| &p.dask),
+        peer(Peer::Pyspark, |p| &p.spark),
+        peer(Peer::Dask, |p| &p.dask),
     )
 }
 
@@ -309,6 +329,14 @@ impl Plan {
                 let Some(peers) = &self.peers else {
                     return Outcome::Missing("not run (--no-peers)".into());
                 };
+                let peer = if engine == "pyspark" {
+                    Peer::Pyspark
+                } else {
+                    Peer::Dask
+                };
+                if !self.args.peers.contains(&peer) {
+                    return Outcome::Missing("not run (not in --peers)".into());
+                }
                 let available = if engine == "pyspark" {
                     &peers.spark
                 } else {
