@@ -5,9 +5,11 @@
 
 #![allow(clippy::large_enum_variant, clippy::doc_overindented_list_items)]
 
-/// Messages and services of `proto/drove.proto` (package `drove.v1`).
+/// Messages and services of `proto/drove.proto` (package `drove.v1`). The code is
+/// generated and checked in, so a build compiles no protobuf compiler: after changing
+/// the .proto file, run `cargo run --manifest-path crates/drove-proto/codegen/Cargo.toml`.
 pub mod v1 {
-    tonic::include_proto!("drove.v1");
+    include!("generated/drove.v1.rs");
 }
 
 pub use prost::Message;
