@@ -9,7 +9,11 @@
 //! answer is checked before a time is reported. Tables are appended to BENCHMARKS.md, JSON goes to
 //! `bench-results/`. PySpark and Dask are installed into `target/bench-venv` by the
 //! bench itself; a peer that cannot be installed is reported as missing.
+//!
+//! `cargo xtask build-report [--tests] [--release]` times the README's set-up commands
+//! from a fresh clone with an empty cargo cache (see [`build_report`]).
 
+mod build_report;
 mod engines;
 mod iterative;
 mod measure;
@@ -44,6 +48,9 @@ struct Cli {
 enum Task {
     /// Benchmarks drove against its peers.
     Bench(Box<BenchArgs>),
+    /// Times the README's demo command (and with --tests its test command) from a
+    /// fresh clone with an empty cargo cache, and lists the slowest crates.
+    BuildReport(build_report::BuildReportArgs),
     /// Runs one engine on one workload in this process (used by `bench`).
     #[command(hide = true)]
     Engine { spec: String },
@@ -159,6 +166,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Bench(args) => bench(*args),
+        Task::BuildReport(args) => build_report::run(args),
     }
 }
 
@@ -261,6 +269,28 @@ fn bench(args: BenchArgs) -> Result<()> {
 }
 
 fn header(plan: &Plan) -> String {
+    let (date, machine) = (utc_now(), machine());
+    let peer = |which: Peer, f: fn(&Peers) -> &Result<String, String>| match &plan.peers {
+        None => "not run (--no-peers)".to_string(),
+        Some(_) if !plan.args.peers.contains(&which) => format!("{} not run", which.name()),
+        Some(p) => match f(p) {
+            Ok(v) => v.clone(),
+            Err(e) => format!("missing: {e}"),
+        },
+    };
+    format!(
+        "{date}{} — {machine}; drove {} ({} workers × {} slot(s), embedded), DataFusion 55.2; {}; {}",
+        if plan.args.quick { " (--quick)" } else { "" },
+        env!("CARGO_PKG_VERSION"),
+        plan.args.workers,
+        plan.args.slots,
+        peer(Peer::Pyspark, |p| &p.spark),
+        peer(Peer::Dask, |p| &p.dask),
+    )
+}
+
+/// The machine, as "2 cores, 24 GiB".
+fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -273,29 +303,17 @@ fn header(plan: &Plan) -> String {
                 .ok()
         })
         .map_or("?".into(), |kb| format!("{:.0} GiB", kb as f64 / 1048576.0));
-    let date = Command::new("date")
+    format!("{cores} cores, {memory}")
+}
+
+/// The time now, as "2026-12-04 13:05 UTC".
+fn utc_now() -> String {
+    Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let peer = |which: Peer, f: fn(&Peers) -> &Result<String, String>| match &plan.peers {
-        None => "not run (--no-peers)".to_string(),
-        Some(_) if !plan.args.peers.contains(&which) => format!("{} not run", which.name()),
-        Some(p) => match f(p) {
-            Ok(v) => v.clone(),
-            Err(e) => format!("missing: {e}"),
-        },
-    };
-    format!(
-        "{date}{} — {cores} cores, {memory}; drove {} ({} workers × {} slot(s), embedded), DataFusion 55.2; {}; {}",
-        if plan.args.quick { " (--quick)" } else { "" },
-        env!("CARGO_PKG_VERSION"),
-        plan.args.workers,
-        plan.args.slots,
-        peer(Peer::Pyspark, |p| &p.spark),
-        peer(Peer::Dask, |p| &p.dask),
-    )
+        .unwrap_or_default()
 }
 
 /// Peers slower than this per run are run once, so a full run ends in under an hour.
