@@ -217,7 +217,7 @@ fn report(commit: &str, keep_registry: bool, timed: &[Timed]) -> String {
          set-up commands would on a new machine; the test command ran right after the demo \
          command, in the same clone.\n\n",
     );
-    md.push_str("| command | profile | wall time | crates compiled | build scripts run | CPU time in them |\n|---|---|---|---|---|---|\n");
+    md.push_str("| command | profile | wall time | units compiled (crates, tests, build scripts) | build scripts run | CPU time in them |\n|---|---|---|---|---|---|\n");
     for t in timed {
         let compiled = t.units.iter().filter(|u| u.mode == "todo").count();
         let scripts = t.units.len() - compiled;
