@@ -206,6 +206,7 @@ async fn plan_stages(
     for udf in drove_exec::functions::bounded() {
         ctx.register_udf(udf.as_ref().clone());
     }
+    drove_exec::functions::register_table_functions(&ctx);
     let mut names = Vec::new();
     for table in tables {
         if names.contains(&table.name) {

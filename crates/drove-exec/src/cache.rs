@@ -60,21 +60,30 @@ impl TableProvider for CachedTable {
             self.partitions,
             Arc::clone(&self.schema),
         ));
-        let Some(projection) = projection else {
-            return Ok(scan);
-        };
-        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = projection
-            .iter()
-            .map(|i| {
-                let name = self.schema.field(*i).name().clone();
-                (
-                    Arc::new(Column::new(&name, *i)) as Arc<dyn PhysicalExpr>,
-                    name,
-                )
-            })
-            .collect();
-        Ok(Arc::new(ProjectionExec::try_new(exprs, scan)?))
+        match projection {
+            Some(projection) => project(scan, projection),
+            None => Ok(scan),
+        }
     }
+}
+
+/// `plan`'s columns at `projection`, by a projection above it.
+pub(crate) fn project(
+    plan: Arc<dyn ExecutionPlan>,
+    projection: &[usize],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let schema = plan.schema();
+    let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = projection
+        .iter()
+        .map(|i| {
+            let name = schema.field(*i).name().clone();
+            (
+                Arc::new(Column::new(&name, *i)) as Arc<dyn PhysicalExpr>,
+                name,
+            )
+        })
+        .collect();
+    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
 /// Stands for a cached table's partitions until the distributed planner replaces it;

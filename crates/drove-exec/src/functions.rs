@@ -7,16 +7,24 @@
 //! coordinator (where constants are folded) and on the workers (where plans are
 //! decoded by function name), so one call can never make more than
 //! [`FUNCTION_RESULT_MAX_BYTES`] at once: past it the query fails, naming the function.
+//!
+//! The table functions `generate_series` and `range` are wrapped too, so that their
+//! scans survive the trip to a worker (see [`GeneratorScan`]).
 
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Int64Array};
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::execution::context::SessionContext;
 use datafusion::functions::string::repeat::RepeatFunc;
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
 };
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
 
 /// The most one call of a bounded function may produce for one batch.
 pub const FUNCTION_RESULT_MAX_BYTES: u64 = 64 << 20;
@@ -24,6 +32,73 @@ pub const FUNCTION_RESULT_MAX_BYTES: u64 = 64 << 20;
 /// The bounded functions, to register over DataFusion's own.
 pub fn bounded() -> Vec<Arc<ScalarUDF>> {
     vec![Arc::new(ScalarUDF::new_from_impl(BoundedRepeat::default()))]
+}
+
+/// Registers `generate_series` and `range` over DataFusion's own, as [`GeneratorScan`]s.
+/// Only the planner needs them: the plans it makes hold the scans themselves.
+pub fn register_table_functions(ctx: &SessionContext) {
+    for name in ["generate_series", "range"] {
+        if let Ok(own) = ctx.table_function(name) {
+            let inner = Arc::clone(own.function());
+            ctx.register_udtf(name, Arc::new(GeneratorFunction { inner }));
+        }
+    }
+}
+
+/// A table function whose tables are [`GeneratorScan`]s.
+#[derive(Debug)]
+struct GeneratorFunction {
+    inner: Arc<dyn TableFunctionImpl>,
+}
+
+impl TableFunctionImpl for GeneratorFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> Result<Arc<dyn TableProvider>> {
+        let inner = self.inner.call_with_args(args)?;
+        Ok(Arc::new(GeneratorScan { inner }))
+    }
+}
+
+/// A generator's table (`generate_series(1, 10)`) whose scan makes every column and
+/// leaves the choice of columns to a projection above it. DataFusion's plan encoding
+/// keeps a generator scan's projected schema but not its projection, so a worker would
+/// make the column under a schema without it: `SELECT count(*) FROM
+/// generate_series(1, 10)` failed with "number of columns(1) must match number of
+/// fields(0)".
+#[derive(Debug)]
+struct GeneratorScan {
+    inner: Arc<dyn TableProvider>,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for GeneratorScan {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let scan = self.inner.scan(state, None, filters, limit).await?;
+        match projection {
+            Some(projection) => crate::cache::project(scan, projection),
+            None => Ok(scan),
+        }
+    }
 }
 
 /// `repeat(str, n)` that refuses to make more than [`FUNCTION_RESULT_MAX_BYTES`].

@@ -8,6 +8,7 @@ mod memory;
 mod placement;
 mod recovery;
 mod sockets;
+mod table_functions;
 mod tpch;
 
 use drove_client::{LocalCluster, LocalClusterConfig, Session};
