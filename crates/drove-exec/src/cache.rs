@@ -60,18 +60,20 @@ impl TableProvider for CachedTable {
             self.partitions,
             Arc::clone(&self.schema),
         ));
-        match projection {
-            Some(projection) => project(scan, projection),
-            None => Ok(scan),
-        }
+        project(scan, projection)
     }
 }
 
-/// `plan`'s columns at `projection`, by a projection above it.
+/// A scan's columns at a table provider's `projection` (all of them when there is
+/// none), by a projection above the scan: for scans whose own node cannot carry the
+/// projection to a worker (cached tables, and the generators of [`crate::functions`]).
 pub(crate) fn project(
     plan: Arc<dyn ExecutionPlan>,
-    projection: &[usize],
+    projection: Option<&Vec<usize>>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let Some(projection) = projection else {
+        return Ok(plan);
+    };
     let schema = plan.schema();
     let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = projection
         .iter()

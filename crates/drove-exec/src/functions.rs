@@ -94,10 +94,7 @@ impl TableProvider for GeneratorScan {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let scan = self.inner.scan(state, None, filters, limit).await?;
-        match projection {
-            Some(projection) => crate::cache::project(scan, projection),
-            None => Ok(scan),
-        }
+        crate::cache::project(scan, projection)
     }
 }
 
