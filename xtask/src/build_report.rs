@@ -70,18 +70,15 @@ pub fn run(args: BuildReportArgs) -> Result<()> {
         );
     }
     let dir = std::path::absolute(&args.dir)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .with_context(|| format!("emptying {} (remove it by hand)", dir.display()))?;
-    }
+    prepare_dir(&dir)?;
     let mut timed = Vec::new();
-    let dev = clone(&root, &dir.join("dev"), args.keep_registry)?;
+    let dev = checkout(&root, &dir.join("dev"), args.keep_registry)?;
     timed.push(dev.time(&["run", "--timings", "--", "demo"], "dev")?);
     if args.tests {
         timed.push(dev.time(&["test", "--workspace", "--timings"], "dev, tests")?);
     }
     if args.release {
-        let release = clone(&root, &dir.join("release"), args.keep_registry)?;
+        let release = checkout(&root, &dir.join("release"), args.keep_registry)?;
         timed.push(release.time(&["run", "--release", "--timings", "--", "demo"], "release")?);
     }
     let markdown = report(&commit, args.keep_registry, &timed);
@@ -97,14 +94,35 @@ pub fn run(args: BuildReportArgs) -> Result<()> {
     Ok(())
 }
 
+/// Marks a directory as made by build-report, which may then empty it on its next run.
+const MARKER: &str = ".drove-build-report";
+
+/// Makes `dir` empty: a directory that an earlier report made is emptied; any other
+/// that is not empty is refused, since it may hold the user's files.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    if dir.join(MARKER).exists() {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("emptying {} (remove it by hand)", dir.display()))?;
+    } else if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        bail!(
+            "--dir {} is not empty and was not made by build-report; name a new directory, or remove this one yourself",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join(MARKER), "")
+        .with_context(|| format!("writing into {}", dir.display()))?;
+    Ok(())
+}
+
 /// A fresh clone and the cargo cache its commands use.
-struct Clone {
+struct Checkout {
     dir: PathBuf,
     cargo_home: Option<PathBuf>,
     logs: PathBuf,
 }
 
-fn clone(root: &Path, dir: &Path, keep_registry: bool) -> Result<Clone> {
+fn checkout(root: &Path, dir: &Path, keep_registry: bool) -> Result<Checkout> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let checkout = dir.join("drove");
     git(
@@ -123,14 +141,14 @@ fn clone(root: &Path, dir: &Path, keep_registry: bool) -> Result<Clone> {
     if let Some(home) = &cargo_home {
         std::fs::create_dir_all(home)?;
     }
-    Ok(Clone {
+    Ok(Checkout {
         dir: checkout,
         cargo_home,
         logs: dir.to_path_buf(),
     })
 }
 
-impl Clone {
+impl Checkout {
     /// Runs `cargo ARGS` in the clone and times it; its output goes to a log file.
     fn time(&self, args: &[&str], profile: &'static str) -> Result<Timed> {
         let command = format!("cargo {}", args.join(" ").replace(" --timings", ""));
@@ -327,6 +345,33 @@ const CONCURRENCY_DATA = [];
             "{md}"
         );
         assert!(md.contains("| zstd-sys (build script) | 11.0 |"), "{md}");
+    }
+
+    #[test]
+    fn a_directory_the_report_did_not_make_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::write(theirs.join("notes.txt"), "keep me").unwrap();
+        let e = prepare_dir(&theirs).unwrap_err();
+        assert!(
+            e.to_string().contains("was not made by build-report"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(theirs.join("notes.txt")).unwrap(),
+            "keep me"
+        );
+
+        let ours = tmp.path().join("ours");
+        prepare_dir(&ours).unwrap();
+        std::fs::write(ours.join("run.log"), "old").unwrap();
+        prepare_dir(&ours).unwrap();
+        assert!(
+            !ours.join("run.log").exists(),
+            "an earlier report's files are emptied"
+        );
+        assert!(ours.join(MARKER).exists());
     }
 
     #[test]
