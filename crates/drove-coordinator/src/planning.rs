@@ -203,7 +203,7 @@ async fn plan_stages(
 ) -> Result<PlannedJob> {
     let mut settings = session::settings(target_partitions);
     let ctx = SessionContext::new_with_config(session::config(&settings)?);
-    for udf in drove_exec::functions::bounded() {
+    for udf in drove_exec::functions::udfs() {
         ctx.register_udf(udf.as_ref().clone());
     }
     drove_exec::functions::register_table_functions(&ctx);
@@ -246,6 +246,7 @@ async fn plan_stages(
             return distribute(physical, settings, caches, limits);
         }
     };
+    let logical = drove_exec::subquery::check_scalar_subqueries(logical)?;
     let mut physical = ctx
         .state()
         .create_physical_plan(&logical)

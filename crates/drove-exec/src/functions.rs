@@ -34,6 +34,17 @@ pub fn bounded() -> Vec<Arc<ScalarUDF>> {
     vec![Arc::new(ScalarUDF::new_from_impl(BoundedRepeat::default()))]
 }
 
+/// Every scalar function drove registers over DataFusion's, on the coordinator and on
+/// the workers: the bounded ones and the scalar subquery check
+/// ([`crate::subquery::SingleValue`]).
+pub fn udfs() -> Vec<Arc<ScalarUDF>> {
+    let mut all = bounded();
+    all.push(Arc::new(ScalarUDF::new_from_impl(
+        crate::subquery::SingleValue::default(),
+    )));
+    all
+}
+
 /// Registers `generate_series` and `range` over DataFusion's own, as [`GeneratorScan`]s.
 /// Only the planner needs them: the plans it makes hold the scans themselves.
 pub fn register_table_functions(ctx: &SessionContext) {

@@ -26,6 +26,7 @@ pub mod planner;
 pub mod session;
 pub mod shuffle;
 pub mod stage_plan;
+pub mod subquery;
 pub mod tables;
 pub mod task;
 pub mod tpch;

@@ -45,8 +45,9 @@ pub fn settings(target_partitions: usize) -> HashMap<String, String> {
             "false".to_string(),
         ),
         // Uncorrelated scalar subqueries become joins, which cut into stages like any
-        // other join; DataFusion's physical ScalarSubqueryExec links expressions to a
-        // subquery run inside the same process.
+        // other join (checked to return at most one row: see `crate::subquery`);
+        // DataFusion's physical ScalarSubqueryExec links expressions to a subquery run
+        // inside the same process.
         (
             "datafusion.optimizer.enable_physical_uncorrelated_scalar_subquery",
             "false".to_string(),

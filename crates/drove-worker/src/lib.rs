@@ -399,7 +399,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
                 .with_default_features()
                 .with_runtime_env(runtime)
                 .build();
-            for udf in drove_exec::functions::bounded() {
+            for udf in drove_exec::functions::udfs() {
                 datafusion::execution::FunctionRegistry::register_udf(&mut state, udf)
                     .map_err(|e| Error::Config(format!("cannot register {e}")))?;
             }

@@ -7,6 +7,7 @@ mod fuzz_sql;
 mod memory;
 mod placement;
 mod recovery;
+mod scalar_subqueries;
 mod sockets;
 mod table_functions;
 mod tpch;
