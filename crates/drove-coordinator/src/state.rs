@@ -1199,13 +1199,18 @@ impl State {
             .depends_on
             .iter()
             .map(|dep| {
+                let not_done = || Error::Internal(format!("stage {dep} of {job} is not done"));
                 let outputs = self
                     .scheduler
                     .stage_outputs(job, StageId(*dep))
-                    .ok_or_else(|| Error::Internal(format!("stage {dep} of {job} is not done")))?;
+                    .ok_or_else(not_done)?;
+                let rows = self
+                    .scheduler
+                    .stage_output_rows(job, StageId(*dep))
+                    .ok_or_else(not_done)?;
                 Ok(pb::StageInput {
                     stage_id: *dep,
-                    outputs: self.map_outputs(&outputs),
+                    outputs: self.map_outputs(&outputs, &rows),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1225,21 +1230,27 @@ impl State {
         })
     }
 
-    fn map_outputs(&self, outputs: &[Output]) -> Vec<pb::MapOutput> {
+    /// The launch's description of a stage's outputs; `rows` as
+    /// [`Scheduler::stage_output_rows`] gives them. An empty output carries no address.
+    fn map_outputs(&self, outputs: &[Output], rows: &[Option<u64>]) -> Vec<pb::MapOutput> {
         outputs
             .iter()
+            .zip(rows)
             .enumerate()
-            .map(|(partition, o)| pb::MapOutput {
-                partition: partition as u32,
-                attempt: o.attempt,
-                worker_id: o.worker.0,
-                flight_addr: self
-                    .workers
-                    .get(&o.worker)
-                    .map(|w| w.flight_addr.clone())
-                    .unwrap_or_default(),
-                job_id: o.origin.0.0,
-                stage_id: o.origin.1.0,
+            .map(|(partition, (o, rows))| {
+                let empty = *rows == Some(0);
+                pb::MapOutput {
+                    partition: partition as u32,
+                    attempt: o.attempt,
+                    worker_id: o.worker.0,
+                    flight_addr: match self.workers.get(&o.worker) {
+                        Some(w) if !empty => w.flight_addr.clone(),
+                        _ => String::new(),
+                    },
+                    job_id: o.origin.0.0,
+                    stage_id: o.origin.1.0,
+                    empty,
+                }
             })
             .collect()
     }
@@ -1495,7 +1506,8 @@ impl State {
             status.result = self
                 .scheduler
                 .stage_outputs(job, StageId(status.result_stage_id))
-                .map(|o| self.map_outputs(&o))
+                // The client reads every result partition, so none is marked empty.
+                .map(|o| self.map_outputs(&o, &vec![None; o.len()]))
                 .unwrap_or_default();
         }
         Some(status)

@@ -986,6 +986,23 @@ impl Scheduler {
             .collect()
     }
 
+    /// The rows each task of a finished stage wrote, in partition order: `None` for an
+    /// output an earlier job wrote (a cached table's), whose count this job does not
+    /// know. `None` unless every task of the stage is done. A reader skips the outputs
+    /// of no rows: in a wide exchange most map tasks may have read nothing.
+    pub fn stage_output_rows(&self, job: JobId, stage: StageId) -> Option<Vec<Option<u64>>> {
+        let tasks = self.stage_tasks(job, stage)?;
+        tasks
+            .iter()
+            .map(|t| match t {
+                TaskState::Done { stats, origin, .. } => {
+                    Some(origin.is_none().then_some(stats.output_rows))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The jobs still running.
     pub fn running_jobs(&self) -> Vec<JobId> {
         self.jobs
@@ -2246,6 +2263,16 @@ mod tests {
             "the recomputed partition is the job's own"
         );
         assert_eq!(outputs[1].origin, (JobId(0), StageId(1)));
+        // The rows are known for the job's own output (none here), not for the cached
+        // one's, so a reader reads it whatever it holds.
+        assert_eq!(
+            s.stage_output_rows(JobId(2), StageId(1)),
+            Some(vec![Some(0), None])
+        );
+        assert_eq!(
+            s.stage_output_rows(JobId(1), StageId(1)),
+            Some(vec![None, None])
+        );
     }
 
     #[test]

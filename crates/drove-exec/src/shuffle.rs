@@ -70,6 +70,8 @@ pub struct MapOutputRef {
     pub attempt: u32,
     pub worker_id: u64,
     pub flight_addr: String,
+    /// The task wrote no rows: its blocks are all empty, and are not read.
+    pub empty: bool,
 }
 
 /// What a running task needs to find its inputs. One per task, carried in the
@@ -467,6 +469,7 @@ impl ShuffleReaderExec {
         Ok(match self.mode {
             ReadMode::Gather => outputs
                 .iter()
+                .filter(|m| !m.empty)
                 .map(|m| (key(m, partition as u32), m.clone()))
                 .collect(),
             ReadMode::PerMap => {
@@ -477,7 +480,11 @@ impl ShuffleReaderExec {
                         outputs.len()
                     ))
                 })?;
-                vec![(key(m, 0), m.clone())]
+                if m.empty {
+                    Vec::new()
+                } else {
+                    vec![(key(m, 0), m.clone())]
+                }
             }
         })
     }
@@ -750,6 +757,83 @@ mod tests {
 
     /// Tiny batches come out as batches of the target size, in order, with the rest
     /// in a last one; a large batch passes through; an error ends the stream.
+    /// A reader reads the outputs that have rows and none of those marked empty, in a
+    /// gather and per map: an empty output's blocks are not even looked up (here they
+    /// do not exist, and looking one up would fail the task as a lost block).
+    #[tokio::test]
+    async fn a_reader_skips_the_outputs_marked_empty() {
+        use arrow::array::{AsArray, Int64Array};
+        use arrow::datatypes::{DataType, Field, Int64Type};
+        use datafusion::prelude::SessionConfig;
+
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let store = Arc::new(BlockStore::default());
+        let output = |partition: u32, empty: bool| MapOutputRef {
+            job: 1,
+            stage: 0,
+            partition,
+            attempt: 0,
+            worker_id: 7,
+            flight_addr: String::new(),
+            empty,
+        };
+        // Map tasks 0 and 2 wrote rows to reduce partition 0; task 1 wrote none.
+        for (map, values) in [(0u32, vec![1i64, 2]), (2, vec![3])] {
+            let mut writer = store.writer(Arc::clone(&schema), 1);
+            let column = Arc::new(Int64Array::from(values));
+            writer
+                .push(
+                    0,
+                    RecordBatch::try_new(Arc::clone(&schema), vec![column]).unwrap(),
+                )
+                .unwrap();
+            writer
+                .finish(BlockKey {
+                    job: 1,
+                    stage: 0,
+                    map_partition: map,
+                    reduce_partition: 0,
+                    attempt: 0,
+                })
+                .unwrap();
+        }
+        let env = ShuffleEnv {
+            job: 1,
+            local_worker: 7,
+            store,
+            flight: Arc::default(),
+            inputs: [(0, vec![output(0, false), output(1, true), output(2, false)])].into(),
+            local_read_bytes: AtomicU64::new(0),
+            remote_read_bytes: Arc::default(),
+            counters: Default::default(),
+        };
+        let ctx = Arc::new(
+            TaskContext::default()
+                .with_session_config(SessionConfig::new().with_extension(Arc::new(env))),
+        );
+        let read = |mode: ReadMode, partitions: usize, partition: usize| {
+            let reader = ShuffleReaderExec::new(0, mode, partitions, Arc::clone(&schema));
+            let ctx = Arc::clone(&ctx);
+            async move {
+                let batches: Vec<RecordBatch> = reader
+                    .execute(partition, ctx)
+                    .unwrap()
+                    .try_collect()
+                    .await
+                    .unwrap();
+                let mut values: Vec<i64> = batches
+                    .iter()
+                    .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                    .collect();
+                values.sort();
+                values
+            }
+        };
+        assert_eq!(read(ReadMode::Gather, 1, 0).await, [1, 2, 3]);
+        assert_eq!(read(ReadMode::PerMap, 3, 1).await, Vec::<i64>::new());
+        assert_eq!(read(ReadMode::PerMap, 3, 2).await, [3]);
+    }
+
     #[tokio::test]
     async fn a_reader_coalesces_tiny_batches() {
         use arrow::array::{AsArray, Int64Array};

@@ -1095,6 +1095,7 @@ async fn execute(
                     attempt: o.attempt,
                     worker_id: o.worker_id,
                     flight_addr: o.flight_addr.clone(),
+                    empty: o.empty,
                 })
                 .collect();
             (i.stage_id, outputs)

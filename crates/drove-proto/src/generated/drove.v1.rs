@@ -252,6 +252,9 @@ pub struct MapOutput {
     pub job_id: u64,
     #[prost(uint32, tag = "6")]
     pub stage_id: u32,
+    /// The task wrote no rows: its blocks are all empty and need not be read.
+    #[prost(bool, tag = "7")]
+    pub empty: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReleaseJobBlocks {
