@@ -3,7 +3,6 @@
 //! DataFusion's answers, column names included.
 
 use arrow::array::Array;
-use arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -55,15 +54,6 @@ async fn scalar_subqueries_of_several_rows_fail_and_the_others_equal_datafusion(
         // Correlated: one row per outer key, untouched.
         "SELECT a.value, (SELECT count(*) FROM range(0, 10) b WHERE b.value = a.value * 2) AS n FROM range(0, 4) a ORDER BY a.value",
     ] {
-        let got = session
-            .run_sql(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let want = reference.sql(sql).await.unwrap().collect().await.unwrap();
-        assert_eq!(
-            pretty_format_batches(&got.batches).unwrap().to_string(),
-            pretty_format_batches(&want).unwrap().to_string(),
-            "{sql}"
-        );
+        crate::assert_answers_as_datafusion(&session, &reference, sql).await;
     }
 }

@@ -1,7 +1,6 @@
 //! Table functions (`generate_series`, `range`) on a cluster give single-process
 //! DataFusion's answers, also when a query reads none of their columns.
 
-use arrow::util::pretty::pretty_format_batches;
 use datafusion::prelude::SessionContext;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -18,15 +17,6 @@ async fn generator_scans_equal_datafusion_also_without_columns() {
         "SELECT sum(value) AS s, min(value) AS lo, max(value) AS hi FROM generate_series(1, 100)",
         "SELECT value % 3 AS k, count(*) AS n FROM range(1, 50) GROUP BY 1 ORDER BY 1",
     ] {
-        let got = session
-            .run_sql(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let want = reference.sql(sql).await.unwrap().collect().await.unwrap();
-        assert_eq!(
-            pretty_format_batches(&got.batches).unwrap().to_string(),
-            pretty_format_batches(&want).unwrap().to_string(),
-            "{sql}"
-        );
+        crate::assert_answers_as_datafusion(&session, &reference, sql).await;
     }
 }

@@ -558,7 +558,8 @@ fn the_demo_runs_its_queries_and_exits_when_not_on_a_terminal() {
 }
 
 /// EXPLAIN ANALYZE shows what the final stage's shuffle reader read: its rows, the
-/// blocks (one per map output for each of its partitions), the Flight calls and bytes.
+/// blocks (one per map output with rows, for each of its partitions), the Flight calls
+/// and bytes.
 #[test]
 fn explain_analyze_counts_what_the_shuffle_reader_read() {
     let sql = crate::run(
@@ -594,9 +595,11 @@ fn explain_analyze_counts_what_the_shuffle_reader_read() {
             .collect();
         value.parse().unwrap()
     };
-    // Seven groups; six map outputs read by each of six partitions.
+    // Seven groups. Each of the six partitions reads the same map outputs: those of the
+    // six that wrote rows (the generator fills some), skipping the empty ones.
     assert_eq!(metric("output_rows"), 7, "{reader}");
-    assert_eq!(metric("blocks_read"), 36, "{reader}");
+    let blocks = metric("blocks_read");
+    assert!(blocks % 6 == 0 && (6..=36).contains(&blocks), "{reader}");
     // At most one Flight call per partition: the other worker's blocks come in one.
     assert!(metric("fetch_calls") <= 6, "{reader}");
     assert!(
