@@ -246,6 +246,10 @@ async fn plan_stages(
             return distribute(physical, settings, caches, limits);
         }
     };
+    // What the query's own statements SET (a time zone, say) travels with the job, so
+    // that the workers compute as the plan was planned.
+    let changed = changed_settings(&ctx, &settings)?;
+    settings.extend(changed);
     let logical = drove_exec::subquery::check_scalar_subqueries(logical)?;
     let mut physical = ctx
         .state()
@@ -264,6 +268,31 @@ async fn plan_stages(
         }
     }
     distribute(physical, settings, caches, limits)
+}
+
+/// The options of `ctx`'s session that differ from those `settings` make: what the
+/// submitted statements changed with `SET`.
+fn changed_settings(
+    ctx: &SessionContext,
+    settings: &HashMap<String, String>,
+) -> Result<Vec<(String, String)>> {
+    let before: HashMap<String, Option<String>> = session::config(settings)?
+        .options()
+        .entries()
+        .into_iter()
+        .map(|e| (e.key, e.value))
+        .collect();
+    Ok(ctx
+        .state()
+        .config()
+        .options()
+        .entries()
+        .into_iter()
+        .filter_map(|e| {
+            let value = e.value?;
+            (before.get(&e.key) != Some(&Some(value.clone()))).then_some((e.key, value))
+        })
+        .collect())
 }
 
 /// Cuts a physical plan into stages and encodes them for the workers.

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use datafusion::execution::FunctionRegistry;
 use datafusion::execution::TaskContext;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{
@@ -27,6 +28,7 @@ use datafusion::execution::memory_pool::{
 };
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::logical_expr::ScalarUDF;
 use drove_exec::blocks::{BlockKey, BlockStore, SpillCodec, StoreConfig};
 use drove_exec::planner::OutputMode;
 use drove_exec::shuffle::{FlightPool, MapOutputRef, ShuffleEnv};
@@ -167,10 +169,9 @@ struct Shared {
     operator_spill_count: AtomicU64,
     /// Where tasks run, apart from the worker's control traffic.
     tasks: TaskRuntime,
-    /// Session configurations of recent jobs' settings: every task of a job carries the
-    /// same settings, and parsing them costs more than a tiny task's work.
-    configs:
-        std::sync::Mutex<VecDeque<(HashMap<String, String>, datafusion::prelude::SessionConfig)>>,
+    /// Sessions of recent jobs' settings: every task of a job carries the same
+    /// settings, and parsing them costs more than a tiny task's work.
+    sessions: std::sync::Mutex<VecDeque<(HashMap<String, String>, JobSession)>>,
     /// The worker's own directory; removed when the worker stops.
     _work_dir: workdir::WorkDir,
 }
@@ -214,26 +215,44 @@ impl Drop for TaskRuntime {
     }
 }
 
-/// Session configurations a worker keeps (one per job that runs at once is plenty).
-const CONFIGS_KEPT: usize = 16;
+/// Sessions a worker keeps (one per job that runs at once is plenty).
+const SESSIONS_KEPT: usize = 16;
+
+/// What a job's settings make of the worker's session.
+#[derive(Clone)]
+struct JobSession {
+    config: datafusion::prelude::SessionConfig,
+    /// The functions that read the settings (`to_timestamp` and the session's time
+    /// zone, say), made again for them. The worker's own were made for its defaults,
+    /// and decoding a plan by function name would pick those: a `SET` would then
+    /// change the plan's types on the coordinator but not the values on the workers.
+    functions: Arc<Vec<Arc<ScalarUDF>>>,
+}
 
 impl Shared {
-    /// The session configuration of a task's settings, parsed once per distinct
-    /// settings.
-    fn config(
-        &self,
-        settings: &HashMap<String, String>,
-    ) -> drove_exec::Result<datafusion::prelude::SessionConfig> {
-        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, config)) = configs.iter().find(|(s, _)| s == settings) {
-            return Ok(config.clone());
+    /// The session of a task's settings, made once per distinct settings.
+    fn session(&self, settings: &HashMap<String, String>) -> drove_exec::Result<JobSession> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, session)) = sessions.iter().find(|(s, _)| s == settings) {
+            return Ok(session.clone());
         }
         let config = session::config(settings)?;
-        if configs.len() == CONFIGS_KEPT {
-            configs.pop_back();
+        let functions = self
+            .state
+            .scalar_functions()
+            .values()
+            .filter_map(|f| f.inner().with_updated_config(config.options()))
+            .map(Arc::new)
+            .collect();
+        let session = JobSession {
+            config,
+            functions: Arc::new(functions),
+        };
+        if sessions.len() == SESSIONS_KEPT {
+            sessions.pop_back();
         }
-        configs.push_front((settings.clone(), config.clone()));
-        Ok(config)
+        sessions.push_front((settings.clone(), session.clone()));
+        Ok(session)
     }
 
     fn memory(&self) -> pb::MemoryStats {
@@ -417,7 +436,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         operator_spills: AtomicU64::new(0),
         operator_spill_count: AtomicU64::new(0),
         tasks: TaskRuntime::new(config.slots)?,
-        configs: Default::default(),
+        sessions: Default::default(),
         _work_dir: work_dir,
     });
     let advertised = config
@@ -1111,9 +1130,8 @@ async fn execute(
         remote_read_bytes: Arc::new(AtomicU64::new(0)),
         counters: Default::default(),
     };
-    let mut config = shared
-        .config(&launch.settings)?
-        .with_extension(Arc::new(env));
+    let session = shared.session(&launch.settings)?;
+    let mut config = session.config.with_extension(Arc::new(env));
     let execution = &mut config.options_mut().execution;
     execution.sort_spill_reservation_bytes = shared.sort_spill_reservation;
     // Merges hold a batch or two of every input, unspillable: with a small share of
@@ -1135,12 +1153,14 @@ async fn execute(
     let runtime = RuntimeEnvBuilder::from_runtime_env(shared.state.runtime_env())
         .with_memory_pool(Arc::clone(&pool) as Arc<dyn MemoryPool>)
         .build_arc()?;
-    let ctx = Arc::new(
-        TaskContext::from(&shared.state)
-            .with_session_config(config)
-            .with_runtime(runtime)
-            .with_task_id(task_id),
-    );
+    let mut ctx = TaskContext::from(&shared.state)
+        .with_session_config(config)
+        .with_runtime(runtime)
+        .with_task_id(task_id);
+    for function in session.functions.iter() {
+        ctx.register_udf(Arc::clone(function))?;
+    }
+    let ctx = Arc::new(ctx);
     let plan = plan.instance(&ctx).await?;
     let output = match launch.output() {
         pb::OutputMode::Single => OutputMode::Single,

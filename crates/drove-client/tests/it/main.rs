@@ -8,6 +8,7 @@ mod memory;
 mod placement;
 mod recovery;
 mod scalar_subqueries;
+mod settings;
 mod sockets;
 mod table_functions;
 mod tpch;
@@ -34,4 +35,24 @@ pub async fn cluster(workers: usize) -> Session {
     .await
     .expect("starting an embedded cluster");
     Session::with_cluster(cluster).await.expect("connecting")
+}
+
+/// Runs `sql` on `session`'s cluster and on single-process DataFusion (`reference`), and
+/// asserts that both print the same table, column names included.
+pub async fn assert_answers_as_datafusion(
+    session: &Session,
+    reference: &datafusion::prelude::SessionContext,
+    sql: &str,
+) {
+    use arrow::util::pretty::pretty_format_batches;
+    let got = session
+        .run_sql(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let want = reference.sql(sql).await.unwrap().collect().await.unwrap();
+    assert_eq!(
+        pretty_format_batches(&got.batches).unwrap().to_string(),
+        pretty_format_batches(&want).unwrap().to_string(),
+        "{sql}"
+    );
 }
