@@ -1210,6 +1210,7 @@ impl State {
                     .ok_or_else(not_done)?;
                 Ok(pb::StageInput {
                     stage_id: *dep,
+                    partitions: outputs.len() as u32,
                     outputs: self.map_outputs(&outputs, &rows),
                 })
             })
@@ -1230,27 +1231,25 @@ impl State {
         })
     }
 
-    /// The launch's description of a stage's outputs; `rows` as
-    /// [`Scheduler::stage_output_rows`] gives them. An empty output carries no address.
+    /// The launch's description of a stage's outputs, those of no rows left out; `rows`
+    /// as [`Scheduler::stage_output_rows`] gives them (`None`: unknown, kept).
     fn map_outputs(&self, outputs: &[Output], rows: &[Option<u64>]) -> Vec<pb::MapOutput> {
         outputs
             .iter()
             .zip(rows)
             .enumerate()
-            .map(|(partition, (o, rows))| {
-                let empty = *rows == Some(0);
-                pb::MapOutput {
-                    partition: partition as u32,
-                    attempt: o.attempt,
-                    worker_id: o.worker.0,
-                    flight_addr: match self.workers.get(&o.worker) {
-                        Some(w) if !empty => w.flight_addr.clone(),
-                        _ => String::new(),
-                    },
-                    job_id: o.origin.0.0,
-                    stage_id: o.origin.1.0,
-                    empty,
-                }
+            .filter(|(_, (_, rows))| **rows != Some(0))
+            .map(|(partition, (o, _))| pb::MapOutput {
+                partition: partition as u32,
+                attempt: o.attempt,
+                worker_id: o.worker.0,
+                flight_addr: self
+                    .workers
+                    .get(&o.worker)
+                    .map(|w| w.flight_addr.clone())
+                    .unwrap_or_default(),
+                job_id: o.origin.0.0,
+                stage_id: o.origin.1.0,
             })
             .collect()
     }

@@ -70,8 +70,16 @@ pub struct MapOutputRef {
     pub attempt: u32,
     pub worker_id: u64,
     pub flight_addr: String,
-    /// The task wrote no rows: its blocks are all empty, and are not read.
-    pub empty: bool,
+}
+
+/// A stage's outputs as its readers see them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StageOutputs {
+    /// How many map partitions the stage has.
+    pub partitions: u32,
+    /// The outputs that may hold rows, in partition order; the partitions not here
+    /// wrote no rows, and their blocks are not read.
+    pub outputs: Vec<MapOutputRef>,
 }
 
 /// What a running task needs to find its inputs. One per task, carried in the
@@ -82,8 +90,8 @@ pub struct ShuffleEnv {
     pub local_worker: u64,
     pub store: Arc<BlockStore>,
     pub flight: Arc<FlightPool>,
-    /// Outputs of every stage the task reads, by stage id, in map-partition order.
-    pub inputs: HashMap<u32, Vec<MapOutputRef>>,
+    /// Outputs of every stage the task reads, by stage id.
+    pub inputs: HashMap<u32, StageOutputs>,
     pub local_read_bytes: AtomicU64,
     pub remote_read_bytes: Arc<AtomicU64>,
     /// Named counts the task's operators keep (e.g. `invalid_utf8_lines`).
@@ -468,22 +476,23 @@ impl ShuffleReaderExec {
         };
         Ok(match self.mode {
             ReadMode::Gather => outputs
+                .outputs
                 .iter()
-                .filter(|m| !m.empty)
                 .map(|m| (key(m, partition as u32), m.clone()))
                 .collect(),
             ReadMode::PerMap => {
-                let m = outputs.get(partition).ok_or_else(|| {
-                    Error::Internal(format!(
+                if partition >= outputs.partitions as usize {
+                    return Err(Error::Internal(format!(
                         "stage {} has {} outputs, partition {partition} was asked for",
-                        self.stage,
-                        outputs.len()
-                    ))
-                })?;
-                if m.empty {
-                    Vec::new()
-                } else {
-                    vec![(key(m, 0), m.clone())]
+                        self.stage, outputs.partitions
+                    )));
+                }
+                match outputs
+                    .outputs
+                    .binary_search_by_key(&(partition as u32), |m| m.partition)
+                {
+                    Ok(i) => vec![(key(&outputs.outputs[i], 0), outputs.outputs[i].clone())],
+                    Err(_) => Vec::new(), // it wrote no rows
                 }
             }
         })
@@ -757,25 +766,24 @@ mod tests {
 
     /// Tiny batches come out as batches of the target size, in order, with the rest
     /// in a last one; a large batch passes through; an error ends the stream.
-    /// A reader reads the outputs that have rows and none of those marked empty, in a
-    /// gather and per map: an empty output's blocks are not even looked up (here they
-    /// do not exist, and looking one up would fail the task as a lost block).
+    /// A reader reads the outputs its launch lists, in a gather and per map, and none
+    /// of those left out for having no rows: their blocks are not even looked up (here
+    /// they do not exist, and looking one up would fail the task as a lost block).
     #[tokio::test]
-    async fn a_reader_skips_the_outputs_marked_empty() {
+    async fn a_reader_skips_the_outputs_left_out_as_empty() {
         use arrow::array::{AsArray, Int64Array};
         use arrow::datatypes::{DataType, Field, Int64Type};
         use datafusion::prelude::SessionConfig;
 
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
         let store = Arc::new(BlockStore::default());
-        let output = |partition: u32, empty: bool| MapOutputRef {
+        let output = |partition: u32| MapOutputRef {
             job: 1,
             stage: 0,
             partition,
             attempt: 0,
             worker_id: 7,
             flight_addr: String::new(),
-            empty,
         };
         // Map tasks 0 and 2 wrote rows to reduce partition 0; task 1 wrote none.
         for (map, values) in [(0u32, vec![1i64, 2]), (2, vec![3])] {
@@ -802,7 +810,14 @@ mod tests {
             local_worker: 7,
             store,
             flight: Arc::default(),
-            inputs: [(0, vec![output(0, false), output(1, true), output(2, false)])].into(),
+            inputs: [(
+                0,
+                StageOutputs {
+                    partitions: 3,
+                    outputs: vec![output(0), output(2)],
+                },
+            )]
+            .into(),
             local_read_bytes: AtomicU64::new(0),
             remote_read_bytes: Arc::default(),
             counters: Default::default(),
@@ -832,6 +847,11 @@ mod tests {
         assert_eq!(read(ReadMode::Gather, 1, 0).await, [1, 2, 3]);
         assert_eq!(read(ReadMode::PerMap, 3, 1).await, Vec::<i64>::new());
         assert_eq!(read(ReadMode::PerMap, 3, 2).await, [3]);
+        let beyond = ShuffleReaderExec::new(0, ReadMode::PerMap, 4, Arc::clone(&schema));
+        assert!(
+            beyond.execute(3, Arc::clone(&ctx)).is_err(),
+            "the stage has 3"
+        );
     }
 
     #[tokio::test]

@@ -31,7 +31,7 @@ use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::ScalarUDF;
 use drove_exec::blocks::{BlockKey, BlockStore, SpillCodec, StoreConfig};
 use drove_exec::planner::OutputMode;
-use drove_exec::shuffle::{FlightPool, MapOutputRef, ShuffleEnv};
+use drove_exec::shuffle::{FlightPool, MapOutputRef, ShuffleEnv, StageOutputs};
 use drove_exec::stage_plan::StagePlan;
 use drove_exec::{net, session, task};
 use drove_proto as pb;
@@ -1090,6 +1090,42 @@ fn failed(key: pb::TaskKey, kind: pb::ErrorKind, message: String) -> pb::TaskSta
     }
 }
 
+/// A launch's outputs of a stage it reads, as its readers look them up: by partition,
+/// in order, those of no rows left out. A launch that lists them otherwise is refused.
+fn stage_outputs(input: &pb::StageInput) -> drove_exec::Result<(u32, StageOutputs)> {
+    let outputs: Vec<MapOutputRef> = input
+        .outputs
+        .iter()
+        .map(|o| MapOutputRef {
+            job: o.job_id,
+            stage: o.stage_id,
+            partition: o.partition,
+            attempt: o.attempt,
+            worker_id: o.worker_id,
+            flight_addr: o.flight_addr.clone(),
+        })
+        .collect();
+    let partitions = match input.partitions {
+        0 => outputs.len() as u32,
+        n => n,
+    };
+    let ordered = outputs.windows(2).all(|w| w[0].partition < w[1].partition)
+        && outputs.last().is_none_or(|o| o.partition < partitions);
+    if !ordered {
+        return Err(drove_exec::Error::Internal(format!(
+            "the launch lists stage {}'s outputs out of order or beyond its {partitions} partitions",
+            input.stage_id
+        )));
+    }
+    Ok((
+        input.stage_id,
+        StageOutputs {
+            partitions,
+            outputs,
+        },
+    ))
+}
+
 async fn execute(
     worker_id: u64,
     key: pb::TaskKey,
@@ -1100,26 +1136,11 @@ async fn execute(
     if !shared.task_delay.is_zero() {
         tokio::time::sleep(shared.task_delay).await;
     }
-    let inputs: HashMap<u32, Vec<MapOutputRef>> = launch
+    let inputs = launch
         .inputs
         .iter()
-        .map(|i| {
-            let outputs = i
-                .outputs
-                .iter()
-                .map(|o| MapOutputRef {
-                    job: o.job_id,
-                    stage: o.stage_id,
-                    partition: o.partition,
-                    attempt: o.attempt,
-                    worker_id: o.worker_id,
-                    flight_addr: o.flight_addr.clone(),
-                    empty: o.empty,
-                })
-                .collect();
-            (i.stage_id, outputs)
-        })
-        .collect();
+        .map(stage_outputs)
+        .collect::<drove_exec::Result<HashMap<_, _>>>()?;
     let env = ShuffleEnv {
         job: key.job_id,
         local_worker: worker_id,
@@ -1175,4 +1196,46 @@ async fn execute(
     let mut output = task::run(key, plan, output, ctx, &shared.store).await?;
     output.peak_memory_bytes = pool.peak.load(Ordering::Relaxed);
     Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(partition: u32) -> pb::MapOutput {
+        pb::MapOutput {
+            partition,
+            worker_id: 1,
+            flight_addr: "127.0.0.1:1".into(),
+            job_id: 2,
+            ..Default::default()
+        }
+    }
+
+    /// A launch lists a stage's outputs with rows, in order, within its partitions;
+    /// one that does otherwise is refused, naming the stage.
+    #[test]
+    fn a_launch_lists_outputs_in_order_within_the_stage() {
+        let input = |outputs: Vec<pb::MapOutput>, partitions: u32| pb::StageInput {
+            stage_id: 4,
+            outputs,
+            partitions,
+        };
+        let (stage, read) = stage_outputs(&input(vec![output(0), output(7)], 9)).unwrap();
+        assert_eq!(stage, 4);
+        assert_eq!(read.partitions, 9);
+        let listed: Vec<u32> = read.outputs.iter().map(|o| o.partition).collect();
+        assert_eq!(listed, [0, 7]);
+        // No count: as many partitions as outputs.
+        let (_, read) = stage_outputs(&input(vec![output(0), output(1)], 0)).unwrap();
+        assert_eq!(read.partitions, 2);
+        for bad in [
+            input(vec![output(3), output(1)], 9),
+            input(vec![output(1), output(1)], 9),
+            input(vec![output(9)], 9),
+        ] {
+            let err = stage_outputs(&bad).unwrap_err().to_string();
+            assert!(err.contains("stage 4's outputs"), "{err}");
+        }
+    }
 }

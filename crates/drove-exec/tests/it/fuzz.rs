@@ -1351,8 +1351,8 @@ fn coordinator_messages(small_plan: &[u8], large_plan: &[u8]) -> Vec<Vec<u8>> {
                     flight_addr: "127.0.0.1:50051".into(),
                     job_id: 3,
                     stage_id: 0,
-                    empty: false,
                 }],
+                partitions: 1,
             }],
             // One setting only: a map's order would differ from run to run.
             settings: [(

@@ -233,9 +233,14 @@ pub struct LaunchTask {
 pub struct StageInput {
     #[prost(uint32, tag = "1")]
     pub stage_id: u32,
-    /// One entry per map partition of that stage, in partition order.
+    /// The map outputs of that stage that may hold rows, in partition order, each naming
+    /// its partition; the partitions left out wrote no rows. In a wide exchange most map
+    /// tasks may have read nothing, and every reduce task's launch would list them.
     #[prost(message, repeated, tag = "2")]
     pub outputs: ::prost::alloc::vec::Vec<MapOutput>,
+    /// How many map partitions the stage has (0: as many as `outputs`).
+    #[prost(uint32, tag = "3")]
+    pub partitions: u32,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MapOutput {
@@ -252,9 +257,6 @@ pub struct MapOutput {
     pub job_id: u64,
     #[prost(uint32, tag = "6")]
     pub stage_id: u32,
-    /// The task wrote no rows: its blocks are all empty and need not be read.
-    #[prost(bool, tag = "7")]
-    pub empty: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReleaseJobBlocks {
