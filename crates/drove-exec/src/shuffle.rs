@@ -764,8 +764,6 @@ mod tests {
         assert!(e.contains("not a drove block ticket"), "{e}");
     }
 
-    /// Tiny batches come out as batches of the target size, in order, with the rest
-    /// in a last one; a large batch passes through; an error ends the stream.
     /// A reader reads the outputs its launch lists, in a gather and per map, and none
     /// of those left out for having no rows: their blocks are not even looked up (here
     /// they do not exist, and looking one up would fail the task as a lost block).
@@ -854,6 +852,8 @@ mod tests {
         );
     }
 
+    /// Tiny batches come out as batches of the target size, in order, with the rest
+    /// in a last one; a large batch passes through; an error ends the stream.
     #[tokio::test]
     async fn a_reader_coalesces_tiny_batches() {
         use arrow::array::{AsArray, Int64Array};
