@@ -1505,7 +1505,7 @@ impl State {
             status.result = self
                 .scheduler
                 .stage_outputs(job, StageId(status.result_stage_id))
-                // The client reads every result partition, so none is marked empty.
+                // The client reads every result partition, so none is left out.
                 .map(|o| self.map_outputs(&o, &vec![None; o.len()]))
                 .unwrap_or_default();
         }
