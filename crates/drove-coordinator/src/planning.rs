@@ -7,7 +7,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::SessionContext;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::DFParser;
 use drove_exec::cache::{CacheCodec, CachedTable};
 use drove_exec::planner::{self, OutputMode, Stage};
@@ -202,7 +202,8 @@ async fn plan_stages(
     limits: JobLimits,
 ) -> Result<PlannedJob> {
     let mut settings = session::settings(target_partitions);
-    let ctx = SessionContext::new_with_config(session::config(&settings)?);
+    let base = session::config(&settings)?;
+    let ctx = SessionContext::new_with_config(base.clone());
     for udf in drove_exec::functions::udfs() {
         ctx.register_udf(udf.as_ref().clone());
     }
@@ -248,8 +249,7 @@ async fn plan_stages(
     };
     // What the query's own statements SET (a time zone, say) travels with the job, so
     // that the workers compute as the plan was planned.
-    let changed = changed_settings(&ctx, &settings)?;
-    settings.extend(changed);
+    settings.extend(changed_settings(&ctx, &base));
     let logical = drove_exec::subquery::check_scalar_subqueries(logical)?;
     let mut physical = ctx
         .state()
@@ -270,20 +270,16 @@ async fn plan_stages(
     distribute(physical, settings, caches, limits)
 }
 
-/// The options of `ctx`'s session that differ from those `settings` make: what the
-/// submitted statements changed with `SET`.
-fn changed_settings(
-    ctx: &SessionContext,
-    settings: &HashMap<String, String>,
-) -> Result<Vec<(String, String)>> {
-    let before: HashMap<String, Option<String>> = session::config(settings)?
+/// The options of `ctx`'s session that differ from `base`, the config it was made
+/// with: what the submitted statements changed with `SET`.
+fn changed_settings(ctx: &SessionContext, base: &SessionConfig) -> Vec<(String, String)> {
+    let before: HashMap<String, Option<String>> = base
         .options()
         .entries()
         .into_iter()
         .map(|e| (e.key, e.value))
         .collect();
-    Ok(ctx
-        .state()
+    ctx.state()
         .config()
         .options()
         .entries()
@@ -292,7 +288,7 @@ fn changed_settings(
             let value = e.value?;
             (before.get(&e.key) != Some(&Some(value.clone()))).then_some((e.key, value))
         })
-        .collect())
+        .collect()
 }
 
 /// Cuts a physical plan into stages and encodes them for the workers.

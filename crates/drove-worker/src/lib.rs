@@ -223,7 +223,7 @@ const SESSIONS_KEPT: usize = 16;
 struct JobSession {
     config: datafusion::prelude::SessionConfig,
     /// The functions that read the settings (`to_timestamp` and the session's time
-    /// zone, say), made again for them. The worker's own were made for its defaults,
+    /// zone, say) and that the settings change, made again for them. The worker's own were made for its defaults,
     /// and decoding a plan by function name would pick those: a `SET` would then
     /// change the plan's types on the coordinator but not the values on the workers.
     functions: Arc<Vec<Arc<ScalarUDF>>>,
@@ -237,12 +237,15 @@ impl Shared {
             return Ok(session.clone());
         }
         let config = session::config(settings)?;
+        // Only those the settings change: with the defaults, a task registers none.
         let functions = self
             .state
             .scalar_functions()
             .values()
-            .filter_map(|f| f.inner().with_updated_config(config.options()))
-            .map(Arc::new)
+            .filter_map(|f| {
+                let made = f.inner().with_updated_config(config.options())?;
+                (made != **f).then(|| Arc::new(made))
+            })
             .collect();
         let session = JobSession {
             config,
