@@ -455,7 +455,7 @@ impl BlockStore {
     /// job was released, or the store emptied, since its writer started (the blocks
     /// are dropped); an error if the attempt stored blocks before (attempts are unique,
     /// so that is a bug).
-    fn insert(&self, output: OutputKey, blocks: Vec<Block>, generation: u64) -> Result<bool> {
+    fn insert(&self, output: OutputKey, blocks: Vec<Arc<Block>>, generation: u64) -> Result<bool> {
         let mut guard = self.lock();
         let held = &mut *guard;
         if held.generation != generation || held.released_set.contains(&output.0) {
@@ -469,12 +469,7 @@ impl BlockStore {
             datafusion::common::hash_map::Entry::Vacant(v) => {
                 let parts: Vec<_> = blocks
                     .into_iter()
-                    .map(|block| {
-                        Some(Entry {
-                            block: Arc::new(block),
-                            cache: None,
-                        })
-                    })
+                    .map(|block| Some(Entry { block, cache: None }))
                     .collect();
                 held.held += parts.len();
                 v.insert(Output {
@@ -751,7 +746,27 @@ impl BlockWriter<'_> {
         // blocks made so far give their memory and files back as they drop.
         let mut blocks = Vec::with_capacity(self.parts.len());
         let mut written = Written::default();
+        // In a wide exchange most of a task's partitions get no rows (all of them, for
+        // a task whose input was empty): they share one empty block rather than each
+        // costing an allocation to make, look up and free.
+        let mut empty: Option<Arc<Block>> = None;
         for part in &mut self.parts {
+            if part.rows == 0 && part.file.is_none() {
+                part.batches.clear();
+                counters.unreserve(std::mem::take(&mut part.reserved));
+                written.sizes.push((0, 0));
+                let block = empty.get_or_insert_with(|| {
+                    Arc::new(Block {
+                        schema: Arc::clone(&self.schema),
+                        data: Data::Memory(Vec::new()),
+                        bytes: 0,
+                        rows: 0,
+                        counters: Arc::clone(&counters),
+                    })
+                });
+                blocks.push(Arc::clone(block));
+                continue;
+            }
             let data = match part.file.take() {
                 None => {
                     written.memory_bytes += part.bytes;
@@ -777,13 +792,13 @@ impl BlockWriter<'_> {
             // The reservation now belongs to the block.
             part.reserved = 0;
             written.sizes.push((part.bytes, part.rows));
-            blocks.push(Block {
+            blocks.push(Arc::new(Block {
                 schema: Arc::clone(&self.schema),
                 data,
                 bytes: part.bytes,
                 rows: part.rows,
                 counters: Arc::clone(&counters),
-            });
+            }));
         }
         let store = self.store;
         store
@@ -987,6 +1002,34 @@ mod tests {
         assert_eq!(store.get(&key(1, 1)).map(|b| b.rows), Some(2));
         store.release_cache(5);
         assert!(store.is_empty());
+    }
+
+    /// The partitions a task wrote no rows to share one empty block, which reads as
+    /// nothing and holds no memory, even where an empty batch was pushed; each is
+    /// still found and released like any other.
+    #[test]
+    fn a_tasks_empty_partitions_share_one_empty_block() {
+        let store = BlockStore::default();
+        let batch = numbers(1_000);
+        let mut writer = store.writer(batch.schema(), 4);
+        writer.push(0, batch.slice(0, 0)).unwrap();
+        writer.push(2, numbers(5)).unwrap();
+        let written = writer.finish(key(1, 0)).unwrap();
+        let rows: Vec<u64> = written.sizes.iter().map(|(_, rows)| *rows).collect();
+        assert_eq!(rows, [0, 0, 5, 0]);
+        assert_eq!(store.bytes_held(), written.sizes[2].0);
+        let found: Vec<_> = store
+            .get_many(&[key(1, 0), key(1, 1), key(1, 3)])
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        assert!(Arc::ptr_eq(&found[0], &found[1]) && Arc::ptr_eq(&found[1], &found[2]));
+        assert_eq!((found[0].rows, found[0].bytes), (0, 0));
+        assert_eq!(found[0].read().unwrap().count(), 0);
+        assert_eq!(store.len(), 4);
+        drop(found);
+        store.release_job(1);
+        assert_eq!((store.len(), store.bytes_held()), (0, 0));
     }
 
     /// The pieces of one batch (as hash repartitioning cuts them) are kept as they
