@@ -460,7 +460,11 @@ impl ShuffleReaderExec {
     }
 
     /// The blocks reader partition `partition` reads, with the worker holding each.
-    fn blocks(&self, env: &ShuffleEnv, partition: usize) -> Result<Vec<(BlockKey, MapOutputRef)>> {
+    fn blocks<'a>(
+        &self,
+        env: &'a ShuffleEnv,
+        partition: usize,
+    ) -> Result<Vec<(BlockKey, &'a MapOutputRef)>> {
         let outputs = env.inputs.get(&self.stage).ok_or_else(|| {
             Error::Internal(format!(
                 "the task was given no locations for stage {}",
@@ -478,7 +482,7 @@ impl ShuffleReaderExec {
             ReadMode::Gather => outputs
                 .outputs
                 .iter()
-                .map(|m| (key(m, partition as u32), m.clone()))
+                .map(|m| (key(m, partition as u32), m))
                 .collect(),
             ReadMode::PerMap => {
                 if partition >= outputs.partitions as usize {
@@ -491,7 +495,7 @@ impl ShuffleReaderExec {
                     .outputs
                     .binary_search_by_key(&(partition as u32), |m| m.partition)
                 {
-                    Ok(i) => vec![(key(&outputs.outputs[i], 0), outputs.outputs[i].clone())],
+                    Ok(i) => vec![(key(&outputs.outputs[i], 0), &outputs.outputs[i])],
                     Err(_) => Vec::new(), // it wrote no rows
                 }
             }
@@ -595,7 +599,7 @@ impl ExecutionPlan for ShuffleReaderExec {
                 }
                 _ => {
                     holders.insert(location.worker_id, reads.len());
-                    reads.push((vec![key], location));
+                    reads.push((vec![key], location.clone()));
                 }
             }
         }

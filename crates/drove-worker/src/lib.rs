@@ -1095,17 +1095,17 @@ fn failed(key: pb::TaskKey, kind: pb::ErrorKind, message: String) -> pb::TaskSta
 
 /// A launch's outputs of a stage it reads, as its readers look them up: by partition,
 /// in order, those of no rows left out. A launch that lists them otherwise is refused.
-fn stage_outputs(input: &pb::StageInput) -> drove_exec::Result<(u32, StageOutputs)> {
+fn stage_outputs(input: pb::StageInput) -> drove_exec::Result<(u32, StageOutputs)> {
     let outputs: Vec<MapOutputRef> = input
         .outputs
-        .iter()
+        .into_iter()
         .map(|o| MapOutputRef {
             job: o.job_id,
             stage: o.stage_id,
             partition: o.partition,
             attempt: o.attempt,
             worker_id: o.worker_id,
-            flight_addr: o.flight_addr.clone(),
+            flight_addr: o.flight_addr,
         })
         .collect();
     let partitions = match input.partitions {
@@ -1132,16 +1132,15 @@ fn stage_outputs(input: &pb::StageInput) -> drove_exec::Result<(u32, StageOutput
 async fn execute(
     worker_id: u64,
     key: pb::TaskKey,
-    launch: pb::LaunchTask,
+    mut launch: pb::LaunchTask,
     plan: Arc<StagePlan>,
     shared: Arc<Shared>,
 ) -> drove_exec::Result<task::TaskOutput> {
     if !shared.task_delay.is_zero() {
         tokio::time::sleep(shared.task_delay).await;
     }
-    let inputs = launch
-        .inputs
-        .iter()
+    let inputs = std::mem::take(&mut launch.inputs)
+        .into_iter()
         .map(stage_outputs)
         .collect::<drove_exec::Result<HashMap<_, _>>>()?;
     let env = ShuffleEnv {
@@ -1224,20 +1223,20 @@ mod tests {
             outputs,
             partitions,
         };
-        let (stage, read) = stage_outputs(&input(vec![output(0), output(7)], 9)).unwrap();
+        let (stage, read) = stage_outputs(input(vec![output(0), output(7)], 9)).unwrap();
         assert_eq!(stage, 4);
         assert_eq!(read.partitions, 9);
         let listed: Vec<u32> = read.outputs.iter().map(|o| o.partition).collect();
         assert_eq!(listed, [0, 7]);
         // No count: as many partitions as outputs.
-        let (_, read) = stage_outputs(&input(vec![output(0), output(1)], 0)).unwrap();
+        let (_, read) = stage_outputs(input(vec![output(0), output(1)], 0)).unwrap();
         assert_eq!(read.partitions, 2);
         for bad in [
             input(vec![output(3), output(1)], 9),
             input(vec![output(1), output(1)], 9),
             input(vec![output(9)], 9),
         ] {
-            let err = stage_outputs(&bad).unwrap_err().to_string();
+            let err = stage_outputs(bad).unwrap_err().to_string();
             assert!(err.contains("stage 4's outputs"), "{err}");
         }
     }
