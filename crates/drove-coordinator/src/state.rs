@@ -1199,19 +1199,20 @@ impl State {
             .depends_on
             .iter()
             .map(|dep| {
-                let not_done = || Error::Internal(format!("stage {dep} of {job} is not done"));
                 let outputs = self
                     .scheduler
-                    .stage_outputs(job, StageId(*dep))
-                    .ok_or_else(not_done)?;
-                let rows = self
-                    .scheduler
-                    .stage_output_rows(job, StageId(*dep))
-                    .ok_or_else(not_done)?;
+                    .stage_outputs_and_rows(job, StageId(*dep))
+                    .ok_or_else(|| Error::Internal(format!("stage {dep} of {job} is not done")))?;
                 Ok(pb::StageInput {
                     stage_id: *dep,
                     partitions: outputs.len() as u32,
-                    outputs: self.map_outputs(&outputs, &rows),
+                    // Those of no rows are left out (an unknown count is kept).
+                    outputs: outputs
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (_, rows))| *rows != Some(0))
+                        .map(|(partition, (o, _))| self.map_output(partition, o))
+                        .collect(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1231,27 +1232,20 @@ impl State {
         })
     }
 
-    /// The launch's description of a stage's outputs, those of no rows left out; `rows`
-    /// as [`Scheduler::stage_output_rows`] gives them (`None`: unknown, kept).
-    fn map_outputs(&self, outputs: &[Output], rows: &[Option<u64>]) -> Vec<pb::MapOutput> {
-        outputs
-            .iter()
-            .zip(rows)
-            .enumerate()
-            .filter(|(_, (_, rows))| **rows != Some(0))
-            .map(|(partition, (o, _))| pb::MapOutput {
-                partition: partition as u32,
-                attempt: o.attempt,
-                worker_id: o.worker.0,
-                flight_addr: self
-                    .workers
-                    .get(&o.worker)
-                    .map(|w| w.flight_addr.clone())
-                    .unwrap_or_default(),
-                job_id: o.origin.0.0,
-                stage_id: o.origin.1.0,
-            })
-            .collect()
+    /// Where map partition `partition`'s output `o` is, as launches and results name it.
+    fn map_output(&self, partition: usize, o: &Output) -> pb::MapOutput {
+        pb::MapOutput {
+            partition: partition as u32,
+            attempt: o.attempt,
+            worker_id: o.worker.0,
+            flight_addr: self
+                .workers
+                .get(&o.worker)
+                .map(|w| w.flight_addr.clone())
+                .unwrap_or_default(),
+            job_id: o.origin.0.0,
+            stage_id: o.origin.1.0,
+        }
     }
 
     fn caches_for_planning(&self) -> planning::Caches {
@@ -1506,7 +1500,13 @@ impl State {
                 .scheduler
                 .stage_outputs(job, StageId(status.result_stage_id))
                 // The client reads every result partition, so none is left out.
-                .map(|o| self.map_outputs(&o, &vec![None; o.len()]))
+                .map(|outputs| {
+                    outputs
+                        .iter()
+                        .enumerate()
+                        .map(|(partition, o)| self.map_output(partition, o))
+                        .collect()
+                })
                 .unwrap_or_default();
         }
         Some(status)

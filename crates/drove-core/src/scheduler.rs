@@ -967,6 +967,19 @@ impl Scheduler {
     /// Where each partition of a finished stage's output lives, in partition order.
     /// `None` unless every task of the stage is done.
     pub fn stage_outputs(&self, job: JobId, stage: StageId) -> Option<Vec<Output>> {
+        let outputs = self.stage_outputs_and_rows(job, stage)?;
+        Some(outputs.into_iter().map(|(output, _)| output).collect())
+    }
+
+    /// [`Scheduler::stage_outputs`], each with the rows its task wrote: `None` for an
+    /// output an earlier job wrote (a cached table's), whose count this job does not
+    /// know. A reader skips the outputs of no rows: in a wide exchange most map tasks
+    /// may have read nothing.
+    pub fn stage_outputs_and_rows(
+        &self,
+        job: JobId,
+        stage: StageId,
+    ) -> Option<Vec<(Output, Option<u64>)>> {
         let tasks = self.stage_tasks(job, stage)?;
         tasks
             .iter()
@@ -975,29 +988,16 @@ impl Scheduler {
                     attempt,
                     worker,
                     origin,
+                    stats,
                     ..
-                } => Some(Output {
-                    attempt: *attempt,
-                    worker: *worker,
-                    origin: origin.unwrap_or((job, stage)),
-                }),
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The rows each task of a finished stage wrote, in partition order: `None` for an
-    /// output an earlier job wrote (a cached table's), whose count this job does not
-    /// know. `None` unless every task of the stage is done. A reader skips the outputs
-    /// of no rows: in a wide exchange most map tasks may have read nothing.
-    pub fn stage_output_rows(&self, job: JobId, stage: StageId) -> Option<Vec<Option<u64>>> {
-        let tasks = self.stage_tasks(job, stage)?;
-        tasks
-            .iter()
-            .map(|t| match t {
-                TaskState::Done { stats, origin, .. } => {
-                    Some(origin.is_none().then_some(stats.output_rows))
-                }
+                } => Some((
+                    Output {
+                        attempt: *attempt,
+                        worker: *worker,
+                        origin: origin.unwrap_or((job, stage)),
+                    },
+                    origin.is_none().then_some(stats.output_rows),
+                )),
                 _ => None,
             })
             .collect()
@@ -2265,14 +2265,17 @@ mod tests {
         assert_eq!(outputs[1].origin, (JobId(0), StageId(1)));
         // The rows are known for the job's own output (none here), not for the cached
         // one's, so a reader reads it whatever it holds.
-        assert_eq!(
-            s.stage_output_rows(JobId(2), StageId(1)),
-            Some(vec![Some(0), None])
-        );
-        assert_eq!(
-            s.stage_output_rows(JobId(1), StageId(1)),
-            Some(vec![None, None])
-        );
+        let rows = |job| {
+            s.stage_outputs_and_rows(JobId(job), StageId(1))
+                .map(|outputs| {
+                    outputs
+                        .into_iter()
+                        .map(|(_, rows)| rows)
+                        .collect::<Vec<_>>()
+                })
+        };
+        assert_eq!(rows(2), Some(vec![Some(0), None]));
+        assert_eq!(rows(1), Some(vec![None, None]));
     }
 
     #[test]
