@@ -12,6 +12,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use drove_client::{LocalCluster, LocalClusterConfig, Session};
+use drove_exec::datagen::Benchmark;
 use drove_exec::tables;
 use drove_testkit::run_statements;
 use serde_json::{Value, json};
@@ -36,7 +37,12 @@ pub async fn run(spec: Value) -> Result<Value> {
     let engine = field(&spec, "engine")?.as_str().unwrap_or_default();
     let workload = field(&spec, "workload")?.as_str().unwrap_or_default();
     match (workload, engine) {
-        ("tpch", "drove" | "datafusion") => tpch(&spec, engine == "drove").await,
+        ("tpch", "drove" | "datafusion") => {
+            queries(&spec, Benchmark::Tpch, engine == "drove").await
+        }
+        ("tpcds", "drove" | "datafusion") => {
+            queries(&spec, Benchmark::Tpcds, engine == "drove").await
+        }
         ("wordcount", "drove") => mapreduce(&spec, "wordcount").await,
         ("sort", "drove") => mapreduce(&spec, "sort").await,
         ("wordcount", "reference") => reference_wordcount(&spec),
@@ -97,56 +103,76 @@ pub fn rows_json(batches: &[RecordBatch]) -> Result<Value> {
     Ok(Value::Array(rows))
 }
 
-/// A session on an embedded drove cluster with the TPC-H tables in `data`, if `drove`.
-async fn tpch_session(spec: &Value, drove: bool, data: &Path) -> Result<Option<Session>> {
+/// A session on an embedded drove cluster with `benchmark`'s tables in `data`, if
+/// `drove`.
+async fn bench_session(
+    spec: &Value,
+    drove: bool,
+    data: &Path,
+    benchmark: Benchmark,
+) -> Result<Option<Session>> {
     if !drove {
         return Ok(None);
     }
     let session = drove_session(spec, None).await?;
-    session.register_tpch(data).await?;
+    for t in tables::generated_tables(data, benchmark)? {
+        session.register_table(&t.name, &t.path).await?;
+    }
     Ok(Some(session))
 }
 
-/// A single-process DataFusion context of `partitions`, with the TPC-H tables in `data`
-/// if `register`.
-async fn tpch_context(data: &Path, partitions: usize, register: bool) -> Result<SessionContext> {
+/// A single-process DataFusion context of `partitions`, with `benchmark`'s tables in
+/// `data` if `register`.
+async fn bench_context(
+    data: &Path,
+    benchmark: Benchmark,
+    partitions: usize,
+    register: bool,
+) -> Result<SessionContext> {
     let ctx =
         SessionContext::new_with_config(SessionConfig::new().with_target_partitions(partitions));
     if register {
-        for t in &tables::tpch_tables(data)? {
+        for t in &tables::generated_tables(data, benchmark)? {
             tables::register(&ctx, t).await?;
         }
     }
     Ok(ctx)
 }
 
-async fn tpch(spec: &Value, drove: bool) -> Result<Value> {
+/// The spec's queries of `benchmark`, each run `iterations` times. Query n's last answer
+/// goes to `OUTPUT/qN.json`; a query that fails is reported under `errors` and the run
+/// goes on with the next.
+async fn queries(spec: &Value, benchmark: Benchmark, drove: bool) -> Result<Value> {
     let data = path(spec, "data")?;
     let out = path(spec, "output")?;
     std::fs::create_dir_all(&out)?;
     let iterations = number(spec, "iterations")?;
     let partitions = (number(spec, "workers")? * number(spec, "slots")?) as usize;
-    let session = tpch_session(spec, drove, &data).await?;
-    let ctx = tpch_context(&data, partitions, !drove).await?;
-    let mut times = serde_json::Map::new();
-    for q in field(spec, "queries")?.as_array().context("queries")? {
+    let session = bench_session(spec, drove, &data, benchmark).await?;
+    let ctx = bench_context(&data, benchmark, partitions, !drove).await?;
+    let (mut times, mut errors) = (serde_json::Map::new(), serde_json::Map::new());
+    'queries: for q in field(spec, "queries")?.as_array().context("queries")? {
         let q = q.as_u64().context("a query number")? as usize;
-        let sql = drove_exec::tpch::query(q)?;
+        let sql = benchmark.query(q)?;
         let mut ms = Vec::new();
         let mut last = Vec::new();
         for _ in 0..iterations {
             let started = Instant::now();
-            last = match &session {
-                Some(s) => {
-                    s.run_sql(sql)
-                        .await
-                        .with_context(|| format!("Q{q}"))?
-                        .batches
-                }
-                None => run_statements(&ctx, sql)
+            let answer = match &session {
+                Some(s) => s
+                    .run_sql(sql)
                     .await
-                    .with_context(|| format!("Q{q}"))?,
+                    .map(|r| r.batches)
+                    .map_err(|e| e.to_string()),
+                None => run_statements(&ctx, sql).await.map_err(|e| e.to_string()),
             };
+            match answer {
+                Ok(batches) => last = batches,
+                Err(e) => {
+                    errors.insert(format!("q{q}"), json!(e));
+                    continue 'queries;
+                }
+            }
             ms.push(started.elapsed().as_secs_f64() * 1000.0);
         }
         std::fs::write(
@@ -158,7 +184,7 @@ async fn tpch(spec: &Value, drove: bool) -> Result<Value> {
     if let Some(s) = session {
         s.shutdown().await;
     }
-    Ok(json!({ "times": times }))
+    Ok(json!({ "times": times, "errors": errors }))
 }
 
 /// The shuffle workload's queries over lineitem, by name. Each has an all-to-all
@@ -184,7 +210,7 @@ async fn shuffle(spec: &Value, drove: bool) -> Result<Value> {
     let data = path(spec, "data")?;
     let out = path(spec, "output")?;
     std::fs::create_dir_all(&out)?;
-    let session = tpch_session(spec, drove, &data).await?;
+    let session = bench_session(spec, drove, &data, Benchmark::Tpch).await?;
     let mut runs = Vec::new();
     for (i, (_, query)) in SHUFFLE_QUERIES.iter().enumerate() {
         for width in field(spec, "partitions")?
@@ -192,7 +218,7 @@ async fn shuffle(spec: &Value, drove: bool) -> Result<Value> {
             .context("partitions")?
         {
             let width = width.as_u64().context("a partition count")? as usize;
-            let ctx = tpch_context(&data, width, !drove).await?;
+            let ctx = bench_context(&data, Benchmark::Tpch, width, !drove).await?;
             let (mut ms, mut calls, mut last) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..number(spec, "iterations")? {
                 let started = Instant::now();

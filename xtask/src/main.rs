@@ -1,7 +1,8 @@
 //! `cargo xtask`: drove's project tasks.
 //!
 //! `cargo xtask bench [WORKLOAD...] [--quick]` measures drove against its peers on the
-//! same files in the same run: `tpch` (single-process DataFusion, PySpark), `wordcount`
+//! same files in the same run: `tpch` and `tpcds` (single-process DataFusion, PySpark),
+//! `wordcount`
 //! and `sort` (a single-threaded Rust reference, PySpark, Dask), `tasks` (Dask,
 //! PySpark), `recovery` (drove with a worker killed) and `shuffle` (group-bys whose
 //! exchanges are all-to-all at 8 and 500 partitions, drove and DataFusion). Every
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use drove_exec::datagen::Benchmark;
 use drove_exec::tables::Format;
 use serde_json::{Value, json};
 
@@ -62,6 +64,17 @@ enum Peer {
     Dask,
 }
 
+impl Workload {
+    /// The benchmark whose queries the workload runs, if it is one.
+    fn benchmark(self) -> Option<Benchmark> {
+        match self {
+            Workload::Tpch => Some(Benchmark::Tpch),
+            Workload::Tpcds => Some(Benchmark::Tpcds),
+            _ => None,
+        }
+    }
+}
+
 impl Peer {
     fn name(self) -> &'static str {
         match self {
@@ -74,6 +87,8 @@ impl Peer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Workload {
     Tpch,
+    /// The 99 TPC-DS queries.
+    Tpcds,
     Wordcount,
     Sort,
     Tasks,
@@ -96,7 +111,7 @@ struct BenchArgs {
     /// Small scales and one iteration: every workload and peer in minutes.
     #[arg(long)]
     quick: bool,
-    /// TPC-H scale (default 1; 0.01 with --quick).
+    /// TPC-H and TPC-DS scale (default 1; 0.01 with --quick).
     #[arg(long)]
     scale: Option<f64>,
     /// Bytes of text for wordcount and recovery (default 1 GB; 10 MB with --quick).
@@ -118,7 +133,7 @@ struct BenchArgs {
     /// Runs per engine; medians are reported (default 3; 1 with --quick).
     #[arg(long)]
     iterations: Option<u64>,
-    /// TPC-H queries to run (default: all 22).
+    /// The TPC-H or TPC-DS queries to run (default: all).
     #[arg(long, value_delimiter = ',')]
     queries: Vec<usize>,
     /// drove workers; PySpark gets workers × slots cores, Dask as many workers.
@@ -187,7 +202,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     let pick =
         |v: Option<u64>, full: u64, small: u64| v.unwrap_or(if quick { small } else { full });
     let scale = args.scale.unwrap_or(if quick { 0.01 } else { 1.0 });
-    drove_exec::tpch::check_scale(scale)?;
+    Benchmark::Tpch.check_scale(scale)?;
     let plan = Plan {
         scale,
         size: pick(args.size, 1_000_000_000, 10_000_000),
@@ -201,9 +216,6 @@ fn bench(args: BenchArgs) -> Result<()> {
     if plan.iterations == 0 || plan.tasks == 0 || plan.size == 0 || plan.sort_size == 0 {
         bail!("--iterations, --tasks, --size and --sort-size must be at least 1");
     }
-    for &q in &plan.args.queries {
-        drove_exec::tpch::query(q)?;
-    }
     let mut plan = plan;
     if !plan.args.no_peers {
         plan.peers = Some(measure::peers(Path::new("target/bench-venv")));
@@ -211,6 +223,7 @@ fn bench(args: BenchArgs) -> Result<()> {
     let workloads = if plan.args.workloads.is_empty() {
         vec![
             Workload::Tpch,
+            Workload::Tpcds,
             Workload::Wordcount,
             Workload::Sort,
             Workload::Tasks,
@@ -221,13 +234,22 @@ fn bench(args: BenchArgs) -> Result<()> {
     } else {
         plan.args.workloads.clone()
     };
+    for w in &workloads {
+        if let Some(benchmark) = w.benchmark() {
+            for &q in &plan.args.queries {
+                benchmark.query(q)?;
+            }
+        }
+    }
     let mut sections = Vec::new();
     let mut reports = Vec::new();
     let mut problems = Vec::new();
     for w in workloads {
         println!("== {w:?}");
         let (markdown, report, mut trouble) = match w {
-            Workload::Tpch => tpch(&plan)?,
+            Workload::Tpch | Workload::Tpcds => {
+                queries_workload(&plan, w.benchmark().expect("a query benchmark"))?
+            }
             Workload::Wordcount => wordcount(&plan)?,
             Workload::Sort => sort(&plan)?,
             Workload::Tasks => tasks(&plan)?,
@@ -431,11 +453,16 @@ fn gib(bytes: u64) -> String {
     format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
-fn tpch_dir(data: &Path, scale: f64) -> Result<PathBuf> {
-    let dir = data.join(format!("tpch-sf{scale}"));
+/// `benchmark`'s tables at `scale` in `data`, generated the first time.
+fn bench_data(data: &Path, benchmark: Benchmark, scale: f64) -> Result<PathBuf> {
+    let dir = data.join(format!("{}-sf{scale}", benchmark.key()));
     if !dir.join("_COMPLETE").exists() {
-        println!("generating TPC-H at scale {scale} into {}", dir.display());
-        drove_exec::tpch::generate(scale, &dir, Format::Parquet)?;
+        println!(
+            "generating {} at scale {scale} into {}",
+            benchmark.name(),
+            dir.display()
+        );
+        benchmark.generate(scale, &dir, Format::Parquet)?;
         std::fs::write(dir.join("_COMPLETE"), b"")?;
     }
     Ok(dir)
@@ -547,77 +574,130 @@ fn same_rows(expected: &Path, actual: &Path, ordered: bool) -> Result<Option<Str
     Ok(None)
 }
 
-fn tpch(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
-    let data = tpch_dir(&plan.args.data, plan.scale)?;
+/// A benchmark's queries on drove, single-process DataFusion and PySpark. DataFusion's
+/// answers are the reference: drove failing a query DataFusion answers, or answering it
+/// otherwise, is a problem of the run; PySpark's failures and differences are listed.
+fn queries_workload(plan: &Plan, benchmark: Benchmark) -> Result<(String, Value, Vec<String>)> {
+    let key = benchmark.key();
+    let data = bench_data(&plan.args.data, benchmark, plan.scale)?;
     let queries: Vec<usize> = if plan.args.queries.is_empty() {
-        (1..=22).collect()
+        (1..=benchmark.queries().len()).collect()
     } else {
         plan.args.queries.clone()
     };
-    let query_dir = plan.out("tpch-queries");
+    let query_dir = plan.out(&format!("{key}-queries"));
     std::fs::create_dir_all(&query_dir)?;
     for &q in &queries {
-        std::fs::write(
-            query_dir.join(format!("q{q}.sql")),
-            drove_exec::tpch::query(q)?,
-        )?;
+        std::fs::write(query_dir.join(format!("q{q}.sql")), benchmark.query(q)?)?;
     }
+    let tables = benchmark.tables();
+    // DataFusion first: the others are checked against it.
     let engines = ["datafusion", "drove", "pyspark"];
     let mut outcomes = Vec::new();
     for engine in engines {
+        let output = plan.out(&format!("{key}-{engine}"));
         let mut extra = json!({
-            "data": data, "queries": queries, "query_dir": query_dir,
-            "output": plan.out(&format!("tpch-{engine}")),
+            "data": data, "queries": queries, "query_dir": query_dir, "tables": tables,
+            "output": output,
         });
         if engine == "drove" && plan.args.tracing {
             extra["tracing"] = json!(true);
             extra["trace_log"] = json!(plan.out("drove-trace.log"));
         }
-        let _ = std::fs::remove_dir_all(plan.out(&format!("tpch-{engine}")));
-        std::fs::create_dir_all(plan.out(&format!("tpch-{engine}")))?;
-        outcomes.push(plan.run(engine, "tpch", extra));
+        let _ = std::fs::remove_dir_all(&output);
+        std::fs::create_dir_all(&output)?;
+        outcomes.push(plan.run(engine, key, extra));
     }
+    // Each engine's median per query it answered as DataFusion did, or why not.
+    let mut answers: Vec<HashMap<usize, Result<Vec<f64>, &'static str>>> = Vec::new();
     let mut problems = Vec::new();
-    // Check every engine's answers against DataFusion's.
-    for (engine, outcome) in engines.iter().zip(&mut outcomes).skip(1) {
-        if let Outcome::Ran(_) = outcome {
-            let mut wrong = Vec::new();
-            for &q in &queries {
-                let file = format!("q{q}.json");
-                let expected = plan.out("tpch-datafusion").join(&file);
-                let actual = plan.out(&format!("tpch-{engine}")).join(&file);
-                let sql = drove_exec::tpch::query(q)?;
-                if let Some(diff) = same_rows(&expected, &actual, drove_testkit::is_ordered(sql))? {
-                    wrong.push(format!("Q{q}: {diff}"));
+    let mut notes = Vec::new();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let mut by_query = HashMap::new();
+        let Outcome::Ran(m) = outcome else {
+            answers.push(by_query);
+            continue;
+        };
+        let engine = engines[i];
+        let (mut failed, mut wrong) = (Vec::new(), Vec::new());
+        for &q in &queries {
+            let name = format!("q{q}");
+            let reference_answered = i > 0 && matches!(answers[0].get(&q), Some(Ok(_)));
+            let answer = if let Some(error) = m.result["errors"][&name].as_str() {
+                failed.push(format!("{name}: {}", first_line(error)));
+                if engine == "drove" && reference_answered {
+                    problems.push(format!(
+                        "drove fails {key} {name}, which DataFusion answers: {}",
+                        first_line(error)
+                    ));
                 }
-            }
-            if !wrong.is_empty() {
-                let message = format!(
-                    "{engine}'s TPC-H answers differ from DataFusion's: {}",
-                    wrong.join("; ")
-                );
-                problems.push(message.clone());
-                *outcome = Outcome::Failed(message);
+                Err("error")
+            } else if i == 0 {
+                Ok(times(&m.result["times"][&name]))
+            } else if !reference_answered {
+                Err("—")
+            } else {
+                let file = format!("{name}.json");
+                let expected = plan.out(&format!("{key}-datafusion")).join(&file);
+                let actual = plan.out(&format!("{key}-{engine}")).join(&file);
+                let sql = benchmark.query(q)?;
+                match same_rows(&expected, &actual, drove_testkit::is_ordered(sql))? {
+                    Some(diff) => {
+                        wrong.push(format!("{name}: {diff}"));
+                        if engine == "drove" {
+                            problems.push(format!(
+                                "drove's {key} {name} differs from DataFusion's: {diff}"
+                            ));
+                        }
+                        Err("wrong")
+                    }
+                    None => Ok(times(&m.result["times"][&name])),
+                }
+            };
+            by_query.insert(q, answer);
+        }
+        for (what, list) in [
+            ("fails", &failed),
+            ("answers differently from DataFusion", &wrong),
+        ] {
+            if !list.is_empty() {
+                notes.push(format!(
+                    "{engine} {what} on {}: {}",
+                    list.len(),
+                    list.join("; ")
+                ));
             }
         }
+        answers.push(by_query);
     }
     let mut md = format!(
-        "### tpch — TPC-H scale {}, {} iterations, median ms (min–max)\n\n| query | drove | DataFusion | PySpark | drove / DataFusion | PySpark / drove |\n|---|---|---|---|---|---|\n",
-        plan.scale, plan.iterations
+        "### {key} — {} scale {}, {} iterations, median ms (min–max)\n\n| query | drove | DataFusion | PySpark | drove / DataFusion | PySpark / drove |\n|---|---|---|---|---|---|\n",
+        benchmark.name(),
+        plan.scale,
+        plan.iterations
     );
-    let per_query = |o: &Outcome, q: usize| -> Option<Vec<f64>> {
-        match o {
-            Outcome::Ran(m) => Some(times(&m.result["times"][format!("q{q}")])),
-            _ => None,
-        }
-    };
-    let (mut totals, mut rows) = ([0.0f64; 3], Vec::new());
+    // drove = 1, DataFusion = 0, PySpark = 2: the table's column order.
+    let (mut totals, mut counted, mut rows) = ([0.0f64; 3], 0, Vec::new());
     for &q in &queries {
-        let t: Vec<Option<Vec<f64>>> = outcomes.iter().map(|o| per_query(o, q)).collect();
-        let cell = |i: usize| t[i].as_ref().map_or("—".to_string(), |s| spread(s, 0));
-        let med = |i: usize| t[i].as_ref().map(|s| median(s));
-        for (i, total) in totals.iter_mut().enumerate() {
-            *total += med(i).unwrap_or(0.0);
+        let get = |i: usize| answers[i].get(&q);
+        let cell = |i: usize| match get(i) {
+            Some(Ok(t)) => spread(t, 0),
+            Some(Err(why)) => (*why).to_string(),
+            None => "—".into(),
+        };
+        let med = |i: usize| match get(i) {
+            Some(Ok(t)) => Some(median(t)),
+            _ => None,
+        };
+        // Totals over the queries every engine that ran answered alike.
+        let ran: Vec<usize> = (0..3)
+            .filter(|&i| matches!(outcomes[i], Outcome::Ran(_)))
+            .collect();
+        if ran.iter().all(|&i| med(i).is_some()) {
+            counted += 1;
+            for &i in &ran {
+                totals[i] += med(i).unwrap_or(0.0);
+            }
         }
         let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
@@ -631,9 +711,9 @@ fn tpch(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
             ratio(med(1), med(0)),
             ratio(med(2), med(1))
         ));
-        rows.push(
-            json!({ "query": q, "drove_ms": t[1], "datafusion_ms": t[0], "pyspark_ms": t[2] }),
-        );
+        rows.push(json!({
+            "query": q, "drove_ms": med(1), "datafusion_ms": med(0), "pyspark_ms": med(2),
+        }));
     }
     let ran = |i: usize| matches!(outcomes[i], Outcome::Ran(_));
     let total = |i: usize| {
@@ -643,22 +723,24 @@ fn tpch(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
             "—".into()
         }
     };
+    let ratio = |a: usize, b: usize| {
+        if ran(a) && ran(b) && totals[b] > 0.0 {
+            format!("{:.2}", totals[a] / totals[b])
+        } else {
+            "—".into()
+        }
+    };
     md.push_str(&format!(
-        "| **total** | {} | {} | {} | {} | {} |\n",
+        "| **total** ({counted} queries) | {} | {} | {} | {} | {} |\n",
         total(1),
         total(0),
         total(2),
-        if ran(0) && ran(1) {
-            format!("{:.2}", totals[1] / totals[0])
-        } else {
-            "—".into()
-        },
-        if ran(1) && ran(2) {
-            format!("{:.2}", totals[2] / totals[1])
-        } else {
-            "—".into()
-        },
+        ratio(1, 0),
+        ratio(2, 1),
     ));
+    for note in &notes {
+        md.push_str(&format!("\n{note}\n"));
+    }
     md.push_str(&memory_line(&[
         ("drove", &outcomes[1]),
         ("DataFusion", &outcomes[0]),
@@ -666,9 +748,14 @@ fn tpch(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
     ]));
     Ok((
         md,
-        json!({ "workload": "tpch", "scale": plan.scale, "queries": rows }),
+        json!({ "workload": key, "scale": plan.scale, "queries": rows, "notes": notes }),
         problems,
     ))
+}
+
+/// The first line of an error, for a table.
+fn first_line(error: &str) -> &str {
+    error.lines().next().unwrap_or_default()
 }
 
 fn memory_line(engines: &[(&str, &Outcome)]) -> String {
@@ -891,7 +978,7 @@ fn tasks(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
 }
 
 fn shuffle_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
-    let data = tpch_dir(&plan.args.data, plan.scale)?;
+    let data = bench_data(&plan.args.data, Benchmark::Tpch, plan.scale)?;
     let widths: [u64; 2] = if plan.args.quick { [8, 64] } else { [8, 500] };
     let engines = [("datafusion", "DataFusion"), ("drove", "drove")];
     let mut problems = Vec::new();
@@ -997,7 +1084,7 @@ fn shuffle_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
 }
 
 fn recovery_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
-    let data = tpch_dir(&plan.args.data, plan.scale)?;
+    let data = bench_data(&plan.args.data, Benchmark::Tpch, plan.scale)?;
     let input = text_dir(&plan.args.data, plan.size)?;
     let workers = plan.args.workers.max(3);
     let mut spec =

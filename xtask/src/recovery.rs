@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use drove_client::{LocalCluster, LocalClusterConfig, Session};
+use drove_exec::datagen::Benchmark;
 use drove_exec::tables;
 use drove_testkit::{compare, is_ordered, run_statements};
 use serde_json::{Value, json};
@@ -57,7 +58,7 @@ impl RecoveryJob {
         })
         .await?;
         let session = Session::connect(&cluster.coordinator_addr().to_string()).await?;
-        let q9 = drove_exec::tpch::query(9)?;
+        let q9 = Benchmark::Tpch.query(9)?;
         if let RecoveryJob::Q9 { dir, .. } = self {
             session.register_tpch(dir).await?;
         }
@@ -131,10 +132,10 @@ pub async fn run(spec: &Value) -> Result<Value> {
     let ctx = SessionContext::new_with_config(
         SessionConfig::new().with_target_partitions(workers * slots as usize),
     );
-    for t in &tables::tpch_tables(&tpch)? {
+    for t in &tables::generated_tables(&tpch, Benchmark::Tpch)? {
         tables::register(&ctx, t).await?;
     }
-    let expected = run_statements(&ctx, drove_exec::tpch::query(9)?).await?;
+    let expected = run_statements(&ctx, Benchmark::Tpch.query(9)?).await?;
     let jobs = [
         RecoveryJob::Q9 {
             dir: tpch,

@@ -29,6 +29,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{Expr, SortExpr};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 use drove_exec::blocks::BlockKey;
+use drove_exec::datagen::Benchmark;
 use drove_exec::net;
 use drove_exec::shuffle::{FlightPool, open_block, schema_from_bytes};
 use drove_exec::tables::{self, TableSpec};
@@ -368,7 +369,15 @@ impl Session {
     /// # }
     /// ```
     pub async fn register_tpch(&self, dir: impl AsRef<Path>) -> Result<()> {
-        for table in tables::tpch_tables(dir.as_ref())? {
+        for table in tables::generated_tables(dir.as_ref(), Benchmark::Tpch)? {
+            self.register(table).await?;
+        }
+        Ok(())
+    }
+
+    /// Registers the 24 TPC-DS tables that `drove gen tpcds` wrote into `dir`.
+    pub async fn register_tpcds(&self, dir: impl AsRef<Path>) -> Result<()> {
+        for table in tables::generated_tables(dir.as_ref(), Benchmark::Tpcds)? {
             self.register(table).await?;
         }
         Ok(())

@@ -8,7 +8,8 @@
 //! - [`task`] runs one task: a stage's plan for one partition, written as blocks;
 //!   [`stage_plan`] keeps a stage's plan decoded once for all its tasks on a worker.
 //! - [`mapreduce`] runs user-written map, combine and reduce functions as plan nodes.
-//! - [`tables`] registers files as tables; [`tpch`] writes TPC-H data.
+//! - [`tables`] registers files as tables; [`tpch`] and [`tpcds`] hold the benchmarks'
+//!   tables and queries, written by [`datagen`].
 //! - [`fuzz`] holds the fuzz entry points of every decoder of network bytes.
 //!
 //! Architecture invariant: a block is named by (job, stage, map partition, reduce
@@ -17,6 +18,7 @@
 pub mod blocks;
 pub mod cache;
 pub mod codec;
+pub mod datagen;
 pub mod error;
 pub mod functions;
 pub mod fuzz;
@@ -29,6 +31,7 @@ pub mod stage_plan;
 pub mod subquery;
 pub mod tables;
 pub mod task;
+pub mod tpcds;
 pub mod tpch;
 
 pub use error::{Error, Result};

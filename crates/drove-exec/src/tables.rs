@@ -4,11 +4,40 @@ use std::path::{Path, PathBuf};
 
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 
+use crate::datagen::Benchmark;
 use crate::{Error, Result};
 
 /// The eight TPC-H tables, in the order `drove gen tpch` writes them.
 pub const TPCH_TABLES: [&str; 8] = [
     "nation", "region", "part", "supplier", "partsupp", "customer", "orders", "lineitem",
+];
+
+/// The 24 TPC-DS tables, in the order `drove gen tpcds` writes them.
+pub const TPCDS_TABLES: [&str; 24] = [
+    "call_center",
+    "catalog_page",
+    "catalog_returns",
+    "catalog_sales",
+    "customer",
+    "customer_address",
+    "customer_demographics",
+    "date_dim",
+    "household_demographics",
+    "income_band",
+    "inventory",
+    "item",
+    "promotion",
+    "reason",
+    "ship_mode",
+    "store",
+    "store_returns",
+    "store_sales",
+    "time_dim",
+    "warehouse",
+    "web_page",
+    "web_returns",
+    "web_sales",
+    "web_site",
 ];
 
 /// A file format drove reads and writes.
@@ -101,16 +130,18 @@ impl TableSpec {
     }
 }
 
-/// The TPC-H tables written by `drove gen tpch` in `dir`.
-pub fn tpch_tables(dir: &Path) -> Result<Vec<TableSpec>> {
+/// The tables of `benchmark` that `drove gen` wrote in `dir`.
+pub fn generated_tables(dir: &Path, benchmark: Benchmark) -> Result<Vec<TableSpec>> {
+    let key = benchmark.key();
     if !dir.is_dir() {
         return Err(Error::User(format!(
-            "--tpch '{}' is not a directory; create one with `drove gen tpch --scale 0.1 --out {}`",
+            "--{key} '{}' is not a directory; create one with `drove gen {key} --scale 0.1 --out {}`",
             dir.display(),
             dir.display()
         )));
     }
-    TPCH_TABLES
+    benchmark
+        .tables()
         .iter()
         .map(|name| {
             let candidates = [
@@ -120,7 +151,7 @@ pub fn tpch_tables(dir: &Path) -> Result<Vec<TableSpec>> {
             ];
             let path = candidates.into_iter().find(|p| p.exists()).ok_or_else(|| {
                 Error::User(format!(
-                    "--tpch '{}' has no table '{name}' ({name}.parquet, {name}.csv or {name}/); regenerate it with `drove gen tpch`",
+                    "--{key} '{}' has no table '{name}' ({name}.parquet, {name}.csv or {name}/); regenerate it with `drove gen {key}`",
                     dir.display()
                 ))
             })?;

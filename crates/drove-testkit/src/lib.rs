@@ -10,6 +10,7 @@ use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::SessionContext;
+use drove_exec::datagen::Benchmark;
 use drove_exec::tables::{self, Format, TableSpec};
 
 /// Relative tolerance for floats.
@@ -159,15 +160,27 @@ pub async fn run_statements(
 /// TPC-H data at `scale`, generated once into the system's temporary directory and
 /// reused by later runs (generation is deterministic).
 pub fn tpch_data(scale: f64) -> PathBuf {
+    generated_data(Benchmark::Tpch, scale)
+}
+
+/// TPC-DS data at `scale`, generated once like [`tpch_data`].
+pub fn tpcds_data(scale: f64) -> PathBuf {
+    generated_data(Benchmark::Tpcds, scale)
+}
+
+fn generated_data(benchmark: Benchmark, scale: f64) -> PathBuf {
+    let key = benchmark.key();
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = std::env::temp_dir().join(format!("drove-test-tpch-sf{scale}"));
+    let dir = std::env::temp_dir().join(format!("drove-test-{key}-sf{scale}"));
     if dir.join("_COMPLETE").exists() {
         return dir;
     }
     let staging =
-        std::env::temp_dir().join(format!("drove-test-tpch-sf{scale}.{}", std::process::id()));
-    drove_exec::tpch::generate(scale, &staging, Format::Parquet).expect("generating TPC-H data");
+        std::env::temp_dir().join(format!("drove-test-{key}-sf{scale}.{}", std::process::id()));
+    benchmark
+        .generate(scale, &staging, Format::Parquet)
+        .unwrap_or_else(|e| panic!("generating {} data: {e}", benchmark.name()));
     std::fs::write(staging.join("_COMPLETE"), b"").expect("marking the data complete");
     let _ = std::fs::remove_dir_all(&dir);
     if std::fs::rename(&staging, &dir).is_err() {
@@ -186,7 +199,7 @@ pub fn tpch_scale(default: f64) -> f64 {
 
 /// The TPC-H table specs in `dir`.
 pub fn tpch_tables(dir: &Path) -> Vec<TableSpec> {
-    tables::tpch_tables(dir).expect("TPC-H tables")
+    tables::generated_tables(dir, Benchmark::Tpch).expect("TPC-H tables")
 }
 
 /// A child process that is killed when dropped, so a failing test leaves nothing running.

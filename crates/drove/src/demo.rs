@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use drove_client::{LocalCluster, LocalClusterConfig, Session, human_bytes};
+use drove_exec::datagen::Benchmark;
 use drove_exec::tables::Format;
 
 use crate::output::{self, OutputFormat};
@@ -28,16 +29,16 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
-    drove_exec::tpch::check_scale(args.scale)?;
+    Benchmark::Tpch.check_scale(args.scale)?;
     let queries = args
         .queries
         .iter()
-        .map(|&n| Ok((n, drove_exec::tpch::query(n)?)))
+        .map(|&n| Ok((n, Benchmark::Tpch.query(n)?)))
         .collect::<drove_exec::Result<Vec<_>>>()?;
     let dir = tempfile::tempdir().context("creating a temporary directory for the data")?;
     let started = Instant::now();
     let data = dir.path().join("tpch");
-    drove_exec::tpch::generate(args.scale, &data, Format::Parquet)?;
+    Benchmark::Tpch.generate(args.scale, &data, Format::Parquet)?;
     println!(
         "generated TPC-H at scale {} in {:.1}s ({})",
         args.scale,

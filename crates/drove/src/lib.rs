@@ -15,7 +15,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use drove_client::{LocalCluster, LocalClusterConfig, Session};
 use drove_coordinator::CoordinatorConfig;
-use drove_exec::tables::{Format, TableSpec};
+use drove_exec::datagen::Benchmark;
+use drove_exec::tables::{Format, TableSpec, generated_tables};
 use drove_worker::WorkerConfig;
 
 /// The default gRPC address of a coordinator.
@@ -243,6 +244,9 @@ struct SqlArgs {
     /// Register the eight TPC-H tables written by `drove gen tpch` in DIR.
     #[arg(long, value_name = "DIR")]
     tpch: Option<PathBuf>,
+    /// Register the 24 TPC-DS tables written by `drove gen tpcds` in DIR.
+    #[arg(long, value_name = "DIR")]
+    tpcds: Option<PathBuf>,
     /// SQL to run; several statements may be separated by ';'.
     #[arg(short = 'e', long = "execute", value_name = "SQL")]
     execute: Option<String>,
@@ -310,7 +314,9 @@ enum MrFormat {
 #[derive(Subcommand, Debug)]
 enum GenCommand {
     /// Write the eight TPC-H tables.
-    Tpch(GenTpchArgs),
+    Tpch(GenTablesArgs),
+    /// Write the 24 TPC-DS tables.
+    Tpcds(GenTablesArgs),
     /// Write deterministic text with Zipf-distributed words.
     Text(GenTextArgs),
 }
@@ -338,7 +344,7 @@ enum FileFormat {
 }
 
 #[derive(Args, Debug)]
-struct GenTpchArgs {
+struct GenTablesArgs {
     /// Scale factor: 1 is about 1 GB of raw data.
     #[arg(long, allow_negative_numbers = true)]
     scale: f64,
@@ -413,7 +419,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Local(args) => local(args).await,
         Command::Sql(args) => sql(args).await,
         Command::Mapreduce(args) => mapreduce(args).await,
-        Command::Gen(GenCommand::Tpch(args)) => gen_tpch(args),
+        Command::Gen(GenCommand::Tpch(args)) => gen_tables(Benchmark::Tpch, args),
+        Command::Gen(GenCommand::Tpcds(args)) => gen_tables(Benchmark::Tpcds, args),
         Command::Gen(GenCommand::Text(args)) => gen_text(args),
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status(args).await,
@@ -551,7 +558,10 @@ async fn sql(args: SqlArgs) -> Result<()> {
         .map(|t| TableSpec::parse(t))
         .collect::<drove_exec::Result<Vec<_>>>()?;
     if let Some(dir) = &args.tpch {
-        tables.extend(drove_exec::tables::tpch_tables(dir)?);
+        tables.extend(generated_tables(dir, Benchmark::Tpch)?);
+    }
+    if let Some(dir) = &args.tpcds {
+        tables.extend(generated_tables(dir, Benchmark::Tpcds)?);
     }
     let session = match (&args.coordinator, args.local) {
         (Some(addr), _) => Session::connect(addr).await?,
@@ -676,16 +686,17 @@ fn gen_text(args: GenTextArgs) -> Result<()> {
     Ok(())
 }
 
-fn gen_tpch(args: GenTpchArgs) -> Result<()> {
+fn gen_tables(benchmark: Benchmark, args: GenTablesArgs) -> Result<()> {
     let format = match args.format {
         FileFormat::Parquet => Format::Parquet,
         FileFormat::Csv => Format::Csv,
     };
     let started = std::time::Instant::now();
-    let paths = drove_exec::tpch::generate(args.scale, &args.out, format)?;
+    let paths = benchmark.generate(args.scale, &args.out, format)?;
     println!(
-        "wrote {} TPC-H tables at scale {} into {} in {:.1}s",
+        "wrote {} {} tables at scale {} into {} in {:.1}s",
         paths.len(),
+        benchmark.name(),
         args.scale,
         args.out.display(),
         started.elapsed().as_secs_f64()

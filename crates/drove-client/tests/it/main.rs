@@ -11,6 +11,7 @@ mod scalar_subqueries;
 mod settings;
 mod sockets;
 mod table_functions;
+mod tpcds;
 mod tpch;
 
 use drove_client::{LocalCluster, LocalClusterConfig, Session};

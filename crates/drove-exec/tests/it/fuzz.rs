@@ -40,11 +40,12 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionContext;
 use drove_exec::blocks::BlockKey;
 use drove_exec::cache::{CacheCodec, CachedTable};
+use drove_exec::datagen::Benchmark;
 use drove_exec::fuzz::{self as targets, CACHED_TABLE, Decoder, HASH_JOB, RANGE_JOB};
 use drove_exec::mapreduce::nodes::{OutputFormat, OutputSpec};
 use drove_exec::mapreduce::plan::MapReduceSpec;
 use drove_exec::tables::{Format, TableSpec};
-use drove_exec::{codec, mapreduce, planner, session, shuffle, tables, tpch};
+use drove_exec::{codec, mapreduce, planner, session, shuffle, tables};
 use drove_proto as pb;
 use drove_proto::Message;
 use futures::{StreamExt, TryStreamExt};
@@ -844,7 +845,8 @@ impl Seeds {
         let mut joined = settings.clone();
         session::partitioned_joins(&mut joined);
         let joined = SessionContext::new_with_config(session::config(&joined).expect("settings"));
-        let mut specs: Vec<TableSpec> = tables::tpch_tables(&data.join("tpch")).expect("tables");
+        let mut specs: Vec<TableSpec> =
+            tables::generated_tables(&data.join("tpch"), Benchmark::Tpch).expect("tables");
         for name in ["nation", "region"] {
             specs.push(TableSpec {
                 name: format!("{name}_csv"),
@@ -867,7 +869,12 @@ impl Seeds {
 
         let queries: Vec<String> = TPCH_QUERIES
             .iter()
-            .map(|n| tpch::query(*n).expect("a TPC-H query").to_string())
+            .map(|n| {
+                Benchmark::Tpch
+                    .query(*n)
+                    .expect("a TPC-H query")
+                    .to_string()
+            })
             .chain(SQL.iter().map(|s| s.to_string()))
             .collect();
         let mut physical_plans = Vec::new();
@@ -1091,8 +1098,12 @@ fn data_dir() -> PathBuf {
         .tempdir()
         .expect("a temporary directory");
     let dir = building.path();
-    tpch::generate(0.001, &dir.join("tpch"), Format::Parquet).expect("TPC-H parquet");
-    tpch::generate(0.001, &dir.join("tpch-csv"), Format::Csv).expect("TPC-H CSV");
+    Benchmark::Tpch
+        .generate(0.001, &dir.join("tpch"), Format::Parquet)
+        .expect("TPC-H parquet");
+    Benchmark::Tpch
+        .generate(0.001, &dir.join("tpch-csv"), Format::Csv)
+        .expect("TPC-H CSV");
     let text = dir.join("text");
     std::fs::create_dir_all(&text).expect("a text directory");
     std::fs::write(
@@ -1402,7 +1413,7 @@ fn submissions(logical_plan: &[u8], physical_plan: &[u8]) -> Vec<Vec<u8>> {
     ];
     [
         (
-            Query::Sql(tpch::query(3).expect("q3").to_string()),
+            Query::Sql(Benchmark::Tpch.query(3).expect("q3").to_string()),
             "",
             false,
         ),

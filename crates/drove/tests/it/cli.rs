@@ -179,14 +179,85 @@ fn a_worker_pointed_at_something_else_fails_at_once_saying_what_answered() {
 #[test]
 fn a_scale_of_zero_or_below_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("tpch");
-    let out = out.to_str().unwrap();
-    for scale in ["0", "-1", "nan"] {
-        fails_with(
-            &["gen", "tpch", "--scale", scale, "--out", out],
-            &["--scale", "not a valid TPC-H scale factor"],
-        );
+    for (benchmark, name) in [("tpch", "TPC-H"), ("tpcds", "TPC-DS")] {
+        let out = dir.path().join(benchmark);
+        let out = out.to_str().unwrap();
+        for scale in ["0", "-1", "nan"] {
+            fails_with(
+                &["gen", benchmark, "--scale", scale, "--out", out],
+                &["--scale", &format!("not a valid {name} scale factor")],
+            );
+        }
+        assert!(!dir.path().join(benchmark).exists(), "nothing is written");
     }
+}
+
+#[test]
+fn gen_tpcds_writes_24_tables_that_sql_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let generated = crate::run(&["gen", "tpcds", "--scale", "0.01", "--out", out], LIMIT);
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(files, 24, "one Parquet file per table");
+    let sql = crate::run(
+        &[
+            "sql",
+            "--local",
+            "2",
+            "--tpcds",
+            out,
+            "--format",
+            "csv",
+            "-e",
+            "SELECT count(*) AS n, min(d_year) AS first FROM date_dim",
+        ],
+        LIMIT,
+    );
+    assert!(
+        sql.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sql.stderr)
+    );
+    // date_dim is the same at every scale: 73,049 days from 1900.
+    assert_eq!(
+        String::from_utf8_lossy(&sql.stdout),
+        "n,first\n73049,1900\n"
+    );
+}
+
+#[test]
+fn tpcds_over_a_directory_without_its_tables() {
+    // A TPC-H directory has none of TPC-DS's tables.
+    let dir = tpch_data(0.01);
+    fails_with(
+        &[
+            "sql",
+            "--local",
+            "1",
+            "--tpcds",
+            dir.to_str().unwrap(),
+            "-e",
+            "SELECT 1",
+        ],
+        &["has no table 'call_center'", "drove gen tpcds"],
+    );
+    fails_with(
+        &[
+            "sql",
+            "--local",
+            "1",
+            "--tpcds",
+            "/no/such/dir",
+            "-e",
+            "SELECT 1",
+        ],
+        &["/no/such/dir", "is not a directory", "drove gen tpcds"],
+    );
 }
 
 #[test]
