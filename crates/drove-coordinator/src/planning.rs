@@ -3,10 +3,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use datafusion::common::format::ExplainFormat;
 use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{
+    Explain, LogicalPlan, PlanType, StringifiedPlan, ToStringifiedPlan,
+};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::explain::ExplainExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::DFParser;
 use drove_exec::cache::{CacheCodec, CachedTable};
@@ -251,23 +255,63 @@ async fn plan_stages(
     // that the workers compute as the plan was planned.
     settings.extend(changed_settings(&ctx, &base));
     let logical = drove_exec::subquery::check_scalar_subqueries(logical)?;
+    let physical = match &logical {
+        LogicalPlan::Explain(explain)
+            if !explain.verbose && explain.explain_format == ExplainFormat::Indent =>
+        {
+            // EXPLAIN shows the plan drove runs: the stages the query's plan is cut into.
+            let LogicalPlan::Explain(explain) = ctx.state().optimize(&logical)? else {
+                return Err(Error::Internal("an optimized EXPLAIN is no EXPLAIN".into()));
+            };
+            let query = physical_plan(&ctx, &explain.plan, &mut settings, &names).await?;
+            let distributed =
+                planner::split_with_caches(query, &|cache| caches.lineage.get(&cache).cloned())?;
+            explained(&explain, distributed.describe())
+        }
+        _ => physical_plan(&ctx, &logical, &mut settings, &names).await?,
+    };
+    distribute(physical, settings, caches, limits)
+}
+
+/// The physical plan of `logical`, made again with partitioned joins where a
+/// collect-left join would lose rows when cut into tasks (which `settings` then keep).
+async fn physical_plan(
+    ctx: &SessionContext,
+    logical: &LogicalPlan,
+    settings: &mut HashMap<String, String>,
+    names: &[String],
+) -> Result<Arc<dyn ExecutionPlan>> {
     let mut physical = ctx
         .state()
-        .create_physical_plan(&logical)
+        .create_physical_plan(logical)
         .await
-        .map_err(|e| explain_missing_table(e, &names))?;
+        .map_err(|e| explain_missing_table(e, names))?;
     if planner::needs_partitioned_joins(&physical) {
-        session::partitioned_joins(&mut settings);
+        session::partitioned_joins(settings);
         let state = SessionStateBuilder::new_from_existing(ctx.state())
-            .with_config(session::config(&settings)?)
+            .with_config(session::config(settings)?)
             .build();
-        physical = state.create_physical_plan(&logical).await?;
+        physical = state.create_physical_plan(logical).await?;
         if planner::needs_partitioned_joins(&physical) {
             // Only a collect-left join remains possible (null-aware anti joins).
             physical = planner::gather_unmatched_joins(physical)?;
         }
     }
-    distribute(physical, settings, caches, limits)
+    Ok(physical)
+}
+
+/// EXPLAIN's answer: DataFusion's optimized logical plan, and as the physical plan
+/// `stages`.
+fn explained(explain: &Explain, stages: String) -> Arc<dyn ExecutionPlan> {
+    let plans = vec![
+        explain.plan.to_stringified(PlanType::FinalLogicalPlan),
+        StringifiedPlan::new(PlanType::FinalPhysicalPlan, stages),
+    ];
+    Arc::new(ExplainExec::new(
+        Arc::clone(explain.schema.inner()),
+        plans,
+        false,
+    ))
 }
 
 /// The options of `ctx`'s session that differ from `base`, the config it was made

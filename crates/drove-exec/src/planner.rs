@@ -87,6 +87,47 @@ impl DistributedPlan {
             .last()
             .expect("a distributed plan has at least one stage")
     }
+
+    /// The stages as text, for EXPLAIN: each stage's tasks, the stages it reads and
+    /// where its output goes, then its plan.
+    pub fn describe(&self) -> String {
+        let mut text = String::new();
+        for stage in &self.stages {
+            let reads = match stage.depends_on.as_slice() {
+                [] => String::new(),
+                ids => format!(
+                    ", reads stage{} {}",
+                    if ids.len() > 1 { "s" } else { "" },
+                    ids.iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            let output = if stage.id == self.final_stage().id {
+                "the result".to_string()
+            } else {
+                match stage.output {
+                    OutputMode::Single => "one block per task".to_string(),
+                    OutputMode::RepartitionRoot => format!(
+                        "a block per partition of {}",
+                        stage.plan.output_partitioning()
+                    ),
+                }
+            };
+            text.push_str(&format!(
+                "Stage {}: {} task{}{reads}; writes {output}\n",
+                stage.id,
+                stage.tasks,
+                if stage.tasks == 1 { "" } else { "s" },
+            ));
+            let plan = datafusion::physical_plan::displayable(stage.plan.as_ref()).indent(false);
+            for line in plan.to_string().lines() {
+                text.push_str(&format!("  {line}\n"));
+            }
+        }
+        text
+    }
 }
 
 /// Whether a join of this type, built from its left input, ends by emitting left rows

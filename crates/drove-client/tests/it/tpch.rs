@@ -112,3 +112,64 @@ async fn queries_the_fuzzer_found_refused_equal_datafusion() {
     }
     session.shutdown().await;
 }
+
+/// EXPLAIN shows the plan drove runs: the optimized logical plan, then each stage the
+/// query is cut into, with its tasks, the stages it reads and its plan; the same
+/// stages the query then runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn explain_shows_the_stages_the_query_runs() {
+    use arrow::array::{Array, StringArray};
+    let dir = tpch_data(0.01);
+    let session = crate::cluster(2).await;
+    session.register_tpch(&dir).await.unwrap();
+    let sql = QUERIES[4];
+    let explained = session.run_sql(&format!("EXPLAIN {sql}")).await.unwrap();
+    let ran = session.run_sql(sql).await.unwrap();
+    session.shutdown().await;
+
+    let batch = &explained.batches[0];
+    let column = |i: usize| {
+        let a = batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        (0..a.len())
+            .map(|r| a.value(r).to_string())
+            .collect::<Vec<_>>()
+    };
+    let (types, plans) = (column(0), column(1));
+    assert_eq!(types, ["logical_plan", "physical_plan"]);
+    assert!(plans[0].contains("TableScan: lineitem"), "{}", plans[0]);
+    let stages: Vec<&str> = plans[1]
+        .lines()
+        .filter(|l| l.starts_with("Stage "))
+        .collect();
+    assert_eq!(stages.len(), ran.summary.stages.len(), "{}", plans[1]);
+    for (line, stage) in stages.iter().zip(&ran.summary.stages) {
+        let tasks = stage.tasks_total;
+        let reads = match stage.depends_on.as_slice() {
+            [] => String::new(),
+            [one] => format!(", reads stage {one}"),
+            many => format!(
+                ", reads stages {}",
+                many.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let plural = if tasks == 1 { "" } else { "s" };
+        let expected = format!(
+            "Stage {}: {tasks} task{plural}{reads}; writes ",
+            stage.stage_id
+        );
+        assert!(line.starts_with(&expected), "{line}: expected {expected}");
+    }
+    assert!(stages.last().unwrap().ends_with("writes the result"));
+    assert!(
+        plans[1].contains("ShuffleReaderExec: stage=0"),
+        "{}",
+        plans[1]
+    );
+}
