@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use datafusion::common::format::ExplainFormat;
 use datafusion::error::DataFusionError;
-use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{
     Explain, LogicalPlan, PlanType, StringifiedPlan, ToStringifiedPlan,
 };
@@ -263,41 +262,31 @@ async fn plan_stages(
             let LogicalPlan::Explain(explain) = ctx.state().optimize(&logical)? else {
                 return Err(Error::Internal("an optimized EXPLAIN is no EXPLAIN".into()));
             };
-            let query = physical_plan(&ctx, &explain.plan, &mut settings, &names).await?;
+            let query = physical_plan(&ctx, &explain.plan, &names).await?;
             let distributed =
                 planner::split_with_caches(query, &|cache| caches.lineage.get(&cache).cloned())?;
             explained(&explain, distributed.describe())
         }
-        _ => physical_plan(&ctx, &logical, &mut settings, &names).await?,
+        _ => physical_plan(&ctx, &logical, &names).await?,
     };
     distribute(physical, settings, caches, limits)
 }
 
-/// The physical plan of `logical`, made again with partitioned joins where a
-/// collect-left join would lose rows when cut into tasks (which `settings` then keep).
+/// The physical plan of `logical`, with the joins that would lose rows as tasks
+/// rewritten (see [`planner::distribute_unmatched_joins`]) and without round-robin
+/// exchanges over small files (see [`planner::drop_round_robin_over_files`]).
 async fn physical_plan(
     ctx: &SessionContext,
     logical: &LogicalPlan,
-    settings: &mut HashMap<String, String>,
     names: &[String],
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let mut physical = ctx
+    let physical = ctx
         .state()
         .create_physical_plan(logical)
         .await
         .map_err(|e| explain_missing_table(e, names))?;
-    if planner::needs_partitioned_joins(&physical) {
-        session::partitioned_joins(settings);
-        let state = SessionStateBuilder::new_from_existing(ctx.state())
-            .with_config(session::config(settings)?)
-            .build();
-        physical = state.create_physical_plan(logical).await?;
-        if planner::needs_partitioned_joins(&physical) {
-            // Only a collect-left join remains possible (null-aware anti joins).
-            physical = planner::gather_unmatched_joins(physical)?;
-        }
-    }
-    Ok(physical)
+    let physical = planner::distribute_unmatched_joins(physical)?;
+    Ok(planner::drop_round_robin_over_files(physical)?)
 }
 
 /// EXPLAIN's answer: DataFusion's optimized logical plan, and as the physical plan

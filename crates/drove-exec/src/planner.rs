@@ -16,6 +16,8 @@
 use std::sync::Arc;
 
 use datafusion::common::JoinType;
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::limit::GlobalLimitExec;
@@ -146,43 +148,115 @@ fn emits_build_rows_at_end(join_type: &JoinType) -> bool {
     )
 }
 
+/// Whether `join` collects its left input whole and must emit unmatched left rows at
+/// the end, over a probe side of several partitions: as tasks, each would emit them.
+fn loses_build_rows(join: &HashJoinExec) -> bool {
+    *join.partition_mode() == PartitionMode::CollectLeft
+        && emits_build_rows_at_end(join.join_type())
+        && join.right().output_partitioning().partition_count() > 1
+}
+
 /// Whether `plan` has a hash join that collects its left input whole and must emit
-/// unmatched left rows at the end. Such a plan must be made again with partitioned
-/// joins (see [`crate::session::partitioned_joins`]) before it can be distributed.
+/// unmatched left rows at the end. Such a plan must go through
+/// [`distribute_unmatched_joins`] before it can be distributed.
 pub fn needs_partitioned_joins(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    let bad = plan.downcast_ref::<HashJoinExec>().is_some_and(|j| {
-        *j.partition_mode() == PartitionMode::CollectLeft
-            && emits_build_rows_at_end(j.join_type())
-            && j.right().output_partitioning().partition_count() > 1
-    });
+    let bad = plan
+        .downcast_ref::<HashJoinExec>()
+        .is_some_and(loses_build_rows);
     bad || plan.children().into_iter().any(needs_partitioned_joins)
 }
 
-/// Runs every collect-left hash join that emits unmatched build rows over a single
-/// probe partition, by gathering its probe side: such a join (a null-aware anti join,
-/// which DataFusion builds only in collect-left mode) must see every probe row in one
-/// place to know which build rows matched none. The join then runs as one task, after
-/// a stage that gathers its probe side.
-pub fn gather_unmatched_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-    let gathered = plan.transform_up(|node| {
+/// Rewrites every collect-left hash join that emits unmatched build rows, which as
+/// tasks would each emit them, leaving every other join as DataFusion planned it (a
+/// small build side stays collected whole: a broadcast).
+///
+/// - Most become partitioned joins: both sides hash-repartitioned on the join keys into
+///   as many partitions as the probe side had, so that each build row meets every probe
+///   row it could match in one task. The join's output partitioning was unknown (that
+///   of a collect-left join emitting build rows), so nothing above relied on it.
+/// - A null-aware anti join, which DataFusion builds only in collect-left mode, must
+///   see every probe row in one place to know which build rows matched none: its probe
+///   side is gathered, and it runs as one task.
+pub fn distribute_unmatched_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let rewritten = plan.transform_up(|node| {
         let Some(join) = node.downcast_ref::<HashJoinExec>() else {
             return Ok(Transformed::no(node));
         };
-        let scattered = *join.partition_mode() == PartitionMode::CollectLeft
-            && emits_build_rows_at_end(join.join_type())
-            && join.right().output_partitioning().partition_count() > 1;
-        if !scattered {
+        if !loses_build_rows(join) {
             return Ok(Transformed::no(node));
         }
-        let probe: Arc<dyn ExecutionPlan> =
-            Arc::new(CoalescePartitionsExec::new(Arc::clone(join.right())));
-        let left = Arc::clone(join.left());
-        Ok(Transformed::yes(replace_children_if_necessary(
-            Arc::clone(&node),
-            vec![left, probe],
-        )?))
+        if join.null_aware {
+            let probe: Arc<dyn ExecutionPlan> =
+                Arc::new(CoalescePartitionsExec::new(Arc::clone(join.right())));
+            let left = Arc::clone(join.left());
+            return Ok(Transformed::yes(replace_children_if_necessary(
+                Arc::clone(&node),
+                vec![left, probe],
+            )?));
+        }
+        let partitions = join.right().output_partitioning().partition_count();
+        // The build side was gathered into one partition for collecting; hash its
+        // input instead.
+        let build = match join.left().downcast_ref::<CoalescePartitionsExec>() {
+            Some(coalesce) => Arc::clone(coalesce.input()),
+            None => Arc::clone(join.left()),
+        };
+        let (left_keys, right_keys) = join
+            .on()
+            .iter()
+            .map(|(l, r)| (Arc::clone(l), Arc::clone(r)))
+            .unzip();
+        let left = RepartitionExec::try_new(build, Partitioning::Hash(left_keys, partitions))?;
+        let right = RepartitionExec::try_new(
+            Arc::clone(join.right()),
+            Partitioning::Hash(right_keys, partitions),
+        )?;
+        let partitioned = join
+            .builder()
+            .with_partition_mode(PartitionMode::Partitioned)
+            .with_new_children(vec![Arc::new(left), Arc::new(right)])?
+            .recompute_properties()
+            .reset_state()
+            .build_exec()?;
+        Ok(Transformed::yes(partitioned))
     })?;
-    Ok(gathered.data)
+    Ok(rewritten.data)
+}
+
+/// Removes the round-robin repartitions DataFusion puts over scans of files too small to
+/// split (a scan of one partition), which spread the rows over more partitions for
+/// parallelism. Here each is an exchange: a stage of one task that writes blocks, read
+/// by a stage of as many tasks as partitions, to spread rows a single task reads in
+/// moments. Nothing above relies on the repartition's output partitioning (unknown),
+/// and exchanges the plan needs for its meaning are hash or single-partition ones,
+/// which stay. Over other inputs (a generated series, a cached table) they stay: there
+/// they are how a job gets its parallelism.
+pub fn drop_round_robin_over_files(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let dropped = plan.transform_up(|node| {
+        let Some(repartition) = node.downcast_ref::<RepartitionExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let round_robin = matches!(repartition.partitioning(), Partitioning::RoundRobinBatch(_));
+        if round_robin && reads_only_files(repartition.input()) {
+            Ok(Transformed::yes(Arc::clone(repartition.input())))
+        } else {
+            Ok(Transformed::no(node))
+        }
+    })?;
+    Ok(dropped.data)
+}
+
+/// Whether every leaf of `plan` is a scan of files.
+fn reads_only_files(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let children = plan.children();
+    if children.is_empty() {
+        return plan.downcast_ref::<DataSourceExec>().is_some_and(|scan| {
+            scan.data_source()
+                .downcast_ref::<FileScanConfig>()
+                .is_some()
+        });
+    }
+    children.into_iter().all(reads_only_files)
 }
 
 /// Cuts `plan` into stages. See the module documentation.
@@ -206,7 +280,7 @@ pub fn split_with_caches(
     }
     if needs_partitioned_joins(&plan) {
         return Err(Error::Internal(
-            "a collect-left hash join that emits unmatched rows cannot be distributed; plan it with partitioned joins".into(),
+            "a collect-left hash join that emits unmatched rows cannot be distributed; rewrite it with distribute_unmatched_joins".into(),
         ));
     }
     let mut cutter = Cutter {

@@ -62,18 +62,6 @@ pub fn settings(target_partitions: usize) -> HashMap<String, String> {
     .collect()
 }
 
-/// Makes DataFusion plan every hash join partitioned (both sides hash-repartitioned)
-/// instead of collecting a small left side whole. Needed when such a join must emit
-/// unmatched left rows: see [`crate::planner::needs_partitioned_joins`].
-pub fn partitioned_joins(settings: &mut HashMap<String, String>) {
-    for key in [
-        "datafusion.optimizer.hash_join_single_partition_threshold",
-        "datafusion.optimizer.hash_join_single_partition_threshold_rows",
-    ] {
-        settings.insert(key.to_string(), "0".to_string());
-    }
-}
-
 /// A DataFusion session configuration made of `settings`.
 pub fn config(settings: &HashMap<String, String>) -> Result<SessionConfig> {
     Ok(SessionConfig::from_string_hash_map(settings)?)

@@ -87,7 +87,13 @@ async fn blocks_lost_by_a_live_worker_are_recomputed_after_fetch_failures() {
     })
     .await;
     session.register_tpch(&dir).await.unwrap();
-    let sql = QUERIES[8];
+    // Q9 with every join partitioned, so that later stages read blocks of earlier ones
+    // (at this scale its tables are small enough to broadcast into one stage).
+    let sql = &format!(
+        "SET datafusion.optimizer.hash_join_single_partition_threshold = 0; \
+         SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0; {}",
+        QUERIES[8]
+    );
     let (result, lost) = tokio::join!(session.run_sql(sql), async {
         job_past_its_first_stage(&session).await;
         let held = cluster.blocks_held();

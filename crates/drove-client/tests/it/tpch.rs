@@ -173,3 +173,40 @@ async fn explain_shows_the_stages_the_query_runs() {
         plans[1]
     );
 }
+
+/// Q2's semi join must be partitioned (as tasks, a collect-left semi join would emit its
+/// build rows once per task), but only it: its small dimension joins stay broadcasts
+/// (collect-left) inside the stages that scan, and its small tables are not spread
+/// round-robin over a stage of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_joins_that_would_lose_rows_are_partitioned() {
+    use arrow::array::{Array, StringArray};
+    let dir = tpch_data(0.01);
+    let session = crate::cluster(2).await;
+    session.register_tpch(&dir).await.unwrap();
+    let explained = session
+        .run_sql(&format!("EXPLAIN {}", QUERIES[1]))
+        .await
+        .unwrap();
+    session.shutdown().await;
+    let plans = explained.batches[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .value(1)
+        .to_string();
+    assert!(
+        plans.contains("HashJoinExec: mode=Partitioned, join_type=LeftSemi"),
+        "{plans}"
+    );
+    assert!(
+        !plans.contains("mode=CollectLeft, join_type=LeftSemi"),
+        "{plans}"
+    );
+    let broadcasts = plans
+        .matches("HashJoinExec: mode=CollectLeft, join_type=Inner")
+        .count();
+    assert!(broadcasts >= 4, "{plans}");
+    assert!(!plans.contains("RoundRobinBatch"), "{plans}");
+}

@@ -840,11 +840,6 @@ impl Seeds {
         targets::setup();
         let settings = session::settings(2);
         let ctx = SessionContext::new_with_config(session::config(&settings).expect("settings"));
-        // Plans with joins that must be partitioned are made again with these settings,
-        // as the coordinator does.
-        let mut joined = settings.clone();
-        session::partitioned_joins(&mut joined);
-        let joined = SessionContext::new_with_config(session::config(&joined).expect("settings"));
         let mut specs: Vec<TableSpec> =
             tables::generated_tables(&data.join("tpch"), Benchmark::Tpch).expect("tables");
         for name in ["nation", "region"] {
@@ -856,7 +851,6 @@ impl Seeds {
         }
         for spec in &specs {
             tables::register(&ctx, spec).await.expect("a table");
-            tables::register(&joined, spec).await.expect("a table");
         }
         let cached = CachedTable {
             id: 1,
@@ -901,18 +895,13 @@ impl Seeds {
                 }
             }
             // As the coordinator plans it.
-            let mut physical = ctx
+            let physical = ctx
                 .state()
                 .create_physical_plan(&logical)
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            if planner::needs_partitioned_joins(&physical) {
-                physical = joined
-                    .state()
-                    .create_physical_plan(&logical)
-                    .await
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            }
+            let physical = planner::distribute_unmatched_joins(physical)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
             for stage in planner::split(physical)
                 .unwrap_or_else(|e| panic!("{sql}: {e}"))
                 .stages
