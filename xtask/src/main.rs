@@ -614,9 +614,17 @@ fn queries_workload(plan: &Plan, benchmark: Benchmark) -> Result<(String, Value,
     let mut notes = Vec::new();
     for (i, outcome) in outcomes.iter().enumerate() {
         let mut by_query = HashMap::new();
-        let Outcome::Ran(m) = outcome else {
-            answers.push(by_query);
-            continue;
+        let m = match outcome {
+            Outcome::Ran(m) => m,
+            Outcome::Failed(why) => {
+                problems.push(format!("{key}: {} failed: {}", engines[i], first_line(why)));
+                answers.push(by_query);
+                continue;
+            }
+            Outcome::Missing(_) => {
+                answers.push(by_query);
+                continue;
+            }
         };
         let engine = engines[i];
         let (mut failed, mut wrong) = (Vec::new(), Vec::new());
