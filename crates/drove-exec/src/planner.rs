@@ -223,9 +223,9 @@ pub fn distribute_unmatched_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dy
     Ok(rewritten.data)
 }
 
-/// Removes the round-robin repartitions DataFusion puts over scans of files too small to
-/// split (a scan of one partition), which spread the rows over more partitions for
-/// parallelism. Here each is an exchange: a stage of one task that writes blocks, read
+/// Removes the round-robin repartitions DataFusion puts over scans of files it did not
+/// split (a scan of one partition: larger files are split into byte ranges), which
+/// spread the rows over more partitions for parallelism. Here each is an exchange: a stage of one task that writes blocks, read
 /// by a stage of as many tasks as partitions, to spread rows a single task reads in
 /// moments. Nothing above relies on the repartition's output partitioning (unknown),
 /// and exchanges the plan needs for its meaning are hash or single-partition ones,
@@ -237,7 +237,11 @@ pub fn drop_round_robin_over_files(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<d
             return Ok(Transformed::no(node));
         };
         let round_robin = matches!(repartition.partitioning(), Partitioning::RoundRobinBatch(_));
-        if round_robin && reads_only_files(repartition.input()) {
+        let input = repartition.input();
+        if round_robin
+            && input.output_partitioning().partition_count() == 1
+            && reads_only_files(input)
+        {
             Ok(Transformed::yes(Arc::clone(repartition.input())))
         } else {
             Ok(Transformed::no(node))
