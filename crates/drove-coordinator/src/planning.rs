@@ -133,6 +133,7 @@ pub async fn plan_isolated(
     caches: Caches,
     cache_as: Option<u64>,
     target_partitions: usize,
+    task_memory: Option<u64>,
     limits: JobLimits,
 ) -> Result<PlannedJob> {
     // Held by the planning thread: a client that goes away frees no turn while its
@@ -160,6 +161,7 @@ pub async fn plan_isolated(
                     &caches,
                     cache_as,
                     target_partitions,
+                    task_memory,
                     limits,
                 ))
             }))
@@ -178,16 +180,27 @@ pub async fn plan_isolated(
 
 /// Plans a job: registers its tables and the cached ones, runs its DDL statements,
 /// plans the last query and cuts it into stages. With `cache_as`, the final stage
-/// writes the blocks of that cached table.
+/// writes the blocks of that cached table. `task_memory` is the smallest share of
+/// operator memory a task gets on the cluster's workers, if known: it bounds the
+/// joins broadcast.
 pub async fn plan(
     query: &Query,
     tables: &[TableSpec],
     caches: &Caches,
     cache_as: Option<u64>,
     target_partitions: usize,
+    task_memory: Option<u64>,
     limits: JobLimits,
 ) -> Result<PlannedJob> {
-    let mut planned = plan_stages(query, tables, caches, target_partitions, limits).await?;
+    let mut planned = plan_stages(
+        query,
+        tables,
+        caches,
+        target_partitions,
+        task_memory,
+        limits,
+    )
+    .await?;
     if let Some(cache) = cache_as
         && let (Some(last), Some(stage)) = (planned.lineage.last_mut(), planned.stages.last_mut())
     {
@@ -202,9 +215,11 @@ async fn plan_stages(
     tables: &[TableSpec],
     caches: &Caches,
     target_partitions: usize,
+    task_memory: Option<u64>,
     limits: JobLimits,
 ) -> Result<PlannedJob> {
     let mut settings = session::settings(target_partitions);
+    session::broadcast_joins(&mut settings, task_memory);
     let base = session::config(&settings)?;
     let ctx = SessionContext::new_with_config(base.clone());
     for udf in drove_exec::functions::udfs() {

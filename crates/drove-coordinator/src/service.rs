@@ -72,7 +72,12 @@ impl CoordinatorRpc for Service {
         let (tx, rx) = mpsc::channel(self.coordinator.config.worker_queue_max);
         let worker = self
             .coordinator
-            .register_worker(register.flight_addr, register.slots, tx)
+            .register_worker(
+                register.flight_addr,
+                register.slots,
+                register.memory_bytes,
+                tx,
+            )
             .await?;
         let coordinator = self.coordinator.clone();
         tokio::spawn(

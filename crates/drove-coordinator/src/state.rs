@@ -244,6 +244,7 @@ impl Coordinator {
         &self,
         flight_addr: String,
         slots: u32,
+        memory_bytes: u64,
         tx: WorkerTx,
     ) -> Result<WorkerId> {
         if slots == 0 {
@@ -251,7 +252,7 @@ impl Coordinator {
                 "a worker needs at least one slot (--slots 1 or more)".into(),
             ));
         }
-        self.ask(move |state| state.register_worker(flight_addr, slots, tx))
+        self.ask(move |state| state.register_worker(flight_addr, slots, memory_bytes, tx))
             .await
     }
 
@@ -310,7 +311,7 @@ impl Coordinator {
         let coordinator = self.clone();
         // The claim frees the name on every way out but a submitted job, including
         // this future being dropped (the client went away) while it plans or waits.
-        let (caches, claim, cache_id, total_slots) = self
+        let (caches, claim, cache_id, total_slots, task_memory) = self
             .ask(move |state| {
                 let cache_id = match &cache_as {
                     Some(table) => Some(
@@ -330,6 +331,7 @@ impl Coordinator {
                     claim,
                     cache_id,
                     state.scheduler.total_slots() as usize,
+                    state.task_memory(),
                 ))
             })
             .await?;
@@ -344,6 +346,7 @@ impl Coordinator {
             caches,
             cache_id,
             target_partitions,
+            task_memory,
             self.config.job_limits,
         )
         .await?;
@@ -532,6 +535,7 @@ impl State {
         &mut self,
         flight_addr: String,
         slots: u32,
+        memory_bytes: u64,
         tx: WorkerTx,
     ) -> Result<WorkerId> {
         let worker = WorkerId(self.next_worker_id);
@@ -552,7 +556,10 @@ impl State {
                 slots,
                 tx,
                 last_heartbeat: Instant::now(),
-                memory: pb::MemoryStats::default(),
+                memory: pb::MemoryStats {
+                    budget_bytes: memory_bytes,
+                    ..Default::default()
+                },
                 plans: HashSet::new(),
                 recent_tasks: VecDeque::new(),
             },
@@ -1246,6 +1253,16 @@ impl State {
             job_id: o.origin.0.0,
             stage_id: o.origin.1.0,
         }
+    }
+
+    /// The smallest share of operator memory a task gets on the workers that have
+    /// reported their budget: half the budget, divided among the worker's slots.
+    fn task_memory(&self) -> Option<u64> {
+        self.workers
+            .values()
+            .filter(|w| w.memory.budget_bytes > 0)
+            .map(|w| w.memory.budget_bytes / 2 / u64::from(w.slots.max(1)))
+            .min()
     }
 
     fn caches_for_planning(&self) -> planning::Caches {

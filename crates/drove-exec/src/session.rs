@@ -13,7 +13,7 @@ use crate::Result;
 /// as its own task, possibly on another machine.
 pub fn settings(target_partitions: usize) -> HashMap<String, String> {
     let target_partitions = target_partitions.max(1);
-    [
+    let mut settings: HashMap<String, String> = [
         (
             "datafusion.execution.target_partitions",
             target_partitions.to_string(),
@@ -59,10 +59,65 @@ pub fn settings(target_partitions: usize) -> HashMap<String, String> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    .collect();
+    broadcast_joins(&mut settings, None);
+    settings
+}
+
+/// The most a join's build side may be estimated at for it to be broadcast (collected
+/// whole by every task that probes it) rather than shuffled with its probe side.
+pub const BROADCAST_MAX_BYTES: u64 = 8 << 20;
+
+/// Sets how large a join's build side may be to be broadcast: [`BROADCAST_MAX_BYTES`],
+/// or an eighth of `task_memory` (the smallest share of operator memory a task gets)
+/// if less, since a build side cannot spill and statistics estimate its size only
+/// roughly. DataFusion's own thresholds (1 MB) are set for building once per process,
+/// where a shuffle costs nothing.
+pub fn broadcast_joins(settings: &mut HashMap<String, String>, task_memory: Option<u64>) {
+    let bytes = task_memory.map_or(BROADCAST_MAX_BYTES, |m| (m / 8).min(BROADCAST_MAX_BYTES));
+    // Where only a row count is known: rows of 16 bytes.
+    let rows = bytes / 16;
+    settings.insert(
+        "datafusion.optimizer.hash_join_single_partition_threshold".into(),
+        bytes.to_string(),
+    );
+    settings.insert(
+        "datafusion.optimizer.hash_join_single_partition_threshold_rows".into(),
+        rows.to_string(),
+    );
 }
 
 /// A DataFusion session configuration made of `settings`.
 pub fn config(settings: &HashMap<String, String>) -> Result<SessionConfig> {
     Ok(SessionConfig::from_string_hash_map(settings)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thresholds(task_memory: Option<u64>) -> (String, String) {
+        let mut settings = settings(4);
+        broadcast_joins(&mut settings, task_memory);
+        (
+            settings["datafusion.optimizer.hash_join_single_partition_threshold"].clone(),
+            settings["datafusion.optimizer.hash_join_single_partition_threshold_rows"].clone(),
+        )
+    }
+
+    #[test]
+    fn a_broadcast_build_side_fits_an_eighth_of_a_tasks_memory() {
+        let max = BROADCAST_MAX_BYTES;
+        assert_eq!(thresholds(None), (max.to_string(), (max / 16).to_string()));
+        assert_eq!(thresholds(Some(1 << 30)).0, max.to_string());
+        assert_eq!(thresholds(Some(16 << 20)).0, (2u64 << 20).to_string());
+        // The settings make a valid DataFusion configuration.
+        let mut small = settings(4);
+        broadcast_joins(&mut small, Some(16 << 20));
+        let config = config(&small).unwrap();
+        assert_eq!(
+            config.options().optimizer.hash_join_single_partition_threshold,
+            2 << 20
+        );
+    }
 }

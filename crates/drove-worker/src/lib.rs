@@ -528,6 +528,7 @@ async fn register(config: &WorkerConfig, flight_addr: &str, first: bool) -> Resu
                 kind: Some(pb::worker_message::Kind::Register(pb::RegisterWorker {
                     flight_addr: flight_addr.to_string(),
                     slots: config.slots,
+                    memory_bytes: config.memory_bytes,
                 })),
             };
             outbound
