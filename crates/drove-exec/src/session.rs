@@ -116,7 +116,10 @@ mod tests {
         broadcast_joins(&mut small, Some(16 << 20));
         let config = config(&small).unwrap();
         assert_eq!(
-            config.options().optimizer.hash_join_single_partition_threshold,
+            config
+                .options()
+                .optimizer
+                .hash_join_single_partition_threshold,
             2 << 20
         );
     }
