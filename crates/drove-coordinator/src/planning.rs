@@ -219,7 +219,7 @@ async fn plan_stages(
     limits: JobLimits,
 ) -> Result<PlannedJob> {
     let mut settings = session::settings(target_partitions);
-    session::broadcast_joins(&mut settings, task_memory);
+    session::broadcast_joins(&mut settings, target_partitions, task_memory);
     let base = session::config(&settings)?;
     let ctx = SessionContext::new_with_config(base.clone());
     for udf in drove_exec::functions::udfs() {

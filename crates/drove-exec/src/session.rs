@@ -60,7 +60,7 @@ pub fn settings(target_partitions: usize) -> HashMap<String, String> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    broadcast_joins(&mut settings, None);
+    broadcast_joins(&mut settings, target_partitions, None);
     settings
 }
 
@@ -68,13 +68,23 @@ pub fn settings(target_partitions: usize) -> HashMap<String, String> {
 /// whole by every task that probes it) rather than shuffled with its probe side.
 pub const BROADCAST_MAX_BYTES: u64 = 8 << 20;
 
-/// Sets how large a join's build side may be to be broadcast: [`BROADCAST_MAX_BYTES`],
-/// or an eighth of `task_memory` (the smallest share of operator memory a task gets)
-/// if less, since a build side cannot spill and statistics estimate its size only
-/// roughly. DataFusion's own thresholds (1 MB) are set for building once per process,
-/// where a shuffle costs nothing.
-pub fn broadcast_joins(settings: &mut HashMap<String, String>, task_memory: Option<u64>) {
-    let bytes = task_memory.map_or(BROADCAST_MAX_BYTES, |m| (m / 8).min(BROADCAST_MAX_BYTES));
+/// The most a broadcast may move in all: every probe task reads the whole build side.
+pub const BROADCAST_TOTAL_BYTES: u64 = 64 << 20;
+
+/// Sets how large a join's build side may be to be broadcast to `partitions` probe
+/// tasks: [`BROADCAST_MAX_BYTES`], less where an eighth of `task_memory` (the smallest
+/// share of operator memory a task gets) is less, since a build side cannot spill and
+/// statistics estimate its size only roughly, and less where the copies would move more
+/// than [`BROADCAST_TOTAL_BYTES`]. DataFusion's own threshold (1 MB) is set for building
+/// once per process, where a shuffle costs nothing.
+pub fn broadcast_joins(
+    settings: &mut HashMap<String, String>,
+    partitions: usize,
+    task_memory: Option<u64>,
+) {
+    let bytes = BROADCAST_MAX_BYTES
+        .min(task_memory.map_or(u64::MAX, |m| m / 8))
+        .min(BROADCAST_TOTAL_BYTES / partitions.max(1) as u64);
     // Where only a row count is known: rows of 16 bytes.
     let rows = bytes / 16;
     settings.insert(
@@ -96,31 +106,26 @@ pub fn config(settings: &HashMap<String, String>) -> Result<SessionConfig> {
 mod tests {
     use super::*;
 
-    fn thresholds(task_memory: Option<u64>) -> (String, String) {
-        let mut settings = settings(4);
-        broadcast_joins(&mut settings, task_memory);
+    fn thresholds(partitions: usize, task_memory: Option<u64>) -> (u64, u64) {
+        let mut settings = settings(partitions);
+        broadcast_joins(&mut settings, partitions, task_memory);
+        let config = config(&settings).unwrap();
+        let optimizer = &config.options().optimizer;
         (
-            settings["datafusion.optimizer.hash_join_single_partition_threshold"].clone(),
-            settings["datafusion.optimizer.hash_join_single_partition_threshold_rows"].clone(),
+            optimizer.hash_join_single_partition_threshold as u64,
+            optimizer.hash_join_single_partition_threshold_rows as u64,
         )
     }
 
     #[test]
-    fn a_broadcast_build_side_fits_an_eighth_of_a_tasks_memory() {
+    fn a_broadcast_build_side_fits_a_tasks_memory_and_a_total() {
         let max = BROADCAST_MAX_BYTES;
-        assert_eq!(thresholds(None), (max.to_string(), (max / 16).to_string()));
-        assert_eq!(thresholds(Some(1 << 30)).0, max.to_string());
-        assert_eq!(thresholds(Some(16 << 20)).0, (2u64 << 20).to_string());
-        // The settings make a valid DataFusion configuration.
-        let mut small = settings(4);
-        broadcast_joins(&mut small, Some(16 << 20));
-        let config = config(&small).unwrap();
-        assert_eq!(
-            config
-                .options()
-                .optimizer
-                .hash_join_single_partition_threshold,
-            2 << 20
-        );
+        assert_eq!(thresholds(4, None), (max, max / 16));
+        assert_eq!(thresholds(4, Some(1 << 30)).0, max);
+        // An eighth of a task's share.
+        assert_eq!(thresholds(4, Some(16 << 20)).0, 2 << 20);
+        // 64 probe tasks read 1 MiB each at most.
+        assert_eq!(thresholds(64, None).0, 1 << 20);
+        assert_eq!(thresholds(64, Some(4 << 20)).0, 512 << 10);
     }
 }
