@@ -46,7 +46,7 @@ def timed(spec, f):
 QUOTED_IDENTIFIER = re.compile(r'"([^"]*)"')
 
 
-def run_tpch(spark, spec):
+def run_queries(spark, spec):
     """The spec's queries over its tables (TPC-H or TPC-DS). A query Spark cannot run is
     reported under "errors" and the run goes on."""
     for table in spec["tables"]:
@@ -78,7 +78,8 @@ def run_tpch(spark, spec):
     return {"times": times, "errors": errors}
 
 
-run_tpcds = run_tpch
+run_tpch = run_queries
+run_tpcds = run_queries
 
 
 def cell(v):

@@ -287,9 +287,7 @@ async fn plan_stages(
     distribute(physical, settings, caches, limits)
 }
 
-/// The physical plan of `logical`, with the joins that would lose rows as tasks
-/// rewritten (see [`planner::distribute_unmatched_joins`]) and without round-robin
-/// exchanges over small files (see [`planner::drop_round_robin_over_files`]).
+/// The physical plan of `logical`, made fit for tasks (see [`planner::prepare`]).
 async fn physical_plan(
     ctx: &SessionContext,
     logical: &LogicalPlan,
@@ -300,8 +298,7 @@ async fn physical_plan(
         .create_physical_plan(logical)
         .await
         .map_err(|e| explain_missing_table(e, names))?;
-    let physical = planner::distribute_unmatched_joins(physical)?;
-    Ok(planner::drop_round_robin_over_files(physical)?)
+    Ok(planner::prepare(physical)?)
 }
 
 /// EXPLAIN's answer: DataFusion's optimized logical plan, and as the physical plan

@@ -157,13 +157,21 @@ fn loses_build_rows(join: &HashJoinExec) -> bool {
 }
 
 /// Whether `plan` has a hash join that collects its left input whole and must emit
-/// unmatched left rows at the end. Such a plan must go through
-/// [`distribute_unmatched_joins`] before it can be distributed.
-pub fn needs_partitioned_joins(plan: &Arc<dyn ExecutionPlan>) -> bool {
+/// unmatched left rows at the end. Such a plan must go through [`prepare`] before it
+/// can be distributed.
+pub fn loses_unmatched_build_rows(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let bad = plan
         .downcast_ref::<HashJoinExec>()
         .is_some_and(loses_build_rows);
-    bad || plan.children().into_iter().any(needs_partitioned_joins)
+    bad || plan.children().into_iter().any(loses_unmatched_build_rows)
+}
+
+/// DataFusion's single-process plan made fit for tasks: round-robin exchanges over
+/// small files dropped ([`drop_round_robin_over_files`]), then the joins that would
+/// lose rows rewritten ([`distribute_unmatched_joins`]). In that order: a join whose
+/// probe side is one small file then stays a broadcast, in one task.
+pub fn prepare(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    distribute_unmatched_joins(drop_round_robin_over_files(plan)?)
 }
 
 /// Rewrites every collect-left hash join that emits unmatched build rows, which as
@@ -177,7 +185,7 @@ pub fn needs_partitioned_joins(plan: &Arc<dyn ExecutionPlan>) -> bool {
 /// - A null-aware anti join, which DataFusion builds only in collect-left mode, must
 ///   see every probe row in one place to know which build rows matched none: its probe
 ///   side is gathered, and it runs as one task.
-pub fn distribute_unmatched_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+fn distribute_unmatched_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     let rewritten = plan.transform_up(|node| {
         let Some(join) = node.downcast_ref::<HashJoinExec>() else {
             return Ok(Transformed::no(node));
@@ -196,10 +204,10 @@ pub fn distribute_unmatched_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dy
         }
         let partitions = join.right().output_partitioning().partition_count();
         // The build side was gathered into one partition for collecting; hash its
-        // input instead.
+        // input instead, unless the gathering also limits it.
         let build = match join.left().downcast_ref::<CoalescePartitionsExec>() {
-            Some(coalesce) => Arc::clone(coalesce.input()),
-            None => Arc::clone(join.left()),
+            Some(coalesce) if coalesce.fetch().is_none() => Arc::clone(coalesce.input()),
+            _ => Arc::clone(join.left()),
         };
         let (left_keys, right_keys) = join
             .on()
@@ -223,15 +231,15 @@ pub fn distribute_unmatched_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dy
     Ok(rewritten.data)
 }
 
-/// Removes the round-robin repartitions DataFusion puts over scans of files it did not
-/// split (a scan of one partition: larger files are split into byte ranges), which
-/// spread the rows over more partitions for parallelism. Here each is an exchange: a stage of one task that writes blocks, read
+/// Removes the round-robin repartitions DataFusion puts over scans of small files it
+/// did not split (a scan of one partition, of at most [`UNSPREAD_SCAN_MAX_BYTES`]),
+/// which spread the rows over more partitions for parallelism. Here each is an exchange: a stage of one task that writes blocks, read
 /// by a stage of as many tasks as partitions, to spread rows a single task reads in
 /// moments. Nothing above relies on the repartition's output partitioning (unknown),
 /// and exchanges the plan needs for its meaning are hash or single-partition ones,
 /// which stay. Over other inputs (a generated series, a cached table) they stay: there
 /// they are how a job gets its parallelism.
-pub fn drop_round_robin_over_files(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+fn drop_round_robin_over_files(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     let dropped = plan.transform_up(|node| {
         let Some(repartition) = node.downcast_ref::<RepartitionExec>() else {
             return Ok(Transformed::no(node));
@@ -250,15 +258,28 @@ pub fn drop_round_robin_over_files(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<d
     Ok(dropped.data)
 }
 
-/// Whether every leaf of `plan` is a scan of files.
+/// The most bytes of files a scan may read for a round-robin exchange over it to be
+/// dropped: a file DataFusion cannot split (compressed, or one row group) may be large.
+const UNSPREAD_SCAN_MAX_BYTES: u64 = 32 << 20;
+
+/// Whether every leaf of `plan` is a scan of files of at most
+/// [`UNSPREAD_SCAN_MAX_BYTES`] in all.
 fn reads_only_files(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let children = plan.children();
     if children.is_empty() {
-        return plan.downcast_ref::<DataSourceExec>().is_some_and(|scan| {
-            scan.data_source()
-                .downcast_ref::<FileScanConfig>()
-                .is_some()
-        });
+        let Some(scan) = plan
+            .downcast_ref::<DataSourceExec>()
+            .and_then(|scan| scan.data_source().downcast_ref::<FileScanConfig>())
+        else {
+            return false;
+        };
+        let bytes: u64 = scan
+            .file_groups
+            .iter()
+            .flat_map(|group| group.iter())
+            .map(|file| file.object_meta.size)
+            .sum();
+        return bytes <= UNSPREAD_SCAN_MAX_BYTES;
     }
     children.into_iter().all(reads_only_files)
 }
@@ -282,9 +303,9 @@ pub fn split_with_caches(
             "the plan already reads other stages (it has a ShuffleReaderExec); submit a plan without drove's shuffle readers, which drove places itself".into(),
         ));
     }
-    if needs_partitioned_joins(&plan) {
+    if loses_unmatched_build_rows(&plan) {
         return Err(Error::Internal(
-            "a collect-left hash join that emits unmatched rows cannot be distributed; rewrite it with distribute_unmatched_joins".into(),
+            "a collect-left hash join that emits unmatched rows cannot be distributed; prepare the plan first".into(),
         ));
     }
     let mut cutter = Cutter {

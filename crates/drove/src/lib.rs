@@ -245,7 +245,7 @@ struct SqlArgs {
     #[arg(long, value_name = "DIR")]
     tpch: Option<PathBuf>,
     /// Register the 24 TPC-DS tables written by `drove gen tpcds` in DIR.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "tpch")]
     tpcds: Option<PathBuf>,
     /// SQL to run; several statements may be separated by ';'.
     #[arg(short = 'e', long = "execute", value_name = "SQL")]

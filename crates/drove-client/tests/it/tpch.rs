@@ -210,3 +210,41 @@ async fn only_joins_that_would_lose_rows_are_partitioned() {
     assert!(broadcasts >= 4, "{plans}");
     assert!(!plans.contains("RoundRobinBatch"), "{plans}");
 }
+
+/// A join whose build side is limited keeps the limit when it is made partitioned:
+/// ten customers stay ten, whichever ten they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limited_build_side_stays_limited() {
+    async fn count(session: &drove_client::Session, sql: String) -> i64 {
+        use arrow::array::{Array, Int64Array};
+        let result = session.run_sql(&sql).await.unwrap();
+        let column = result.batches[0].column(0);
+        column
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0)
+    }
+    let dir = tpch_data(0.01);
+    let session = crate::cluster(2).await;
+    session.register_tpch(&dir).await.unwrap();
+    let ten = "(SELECT c_custkey FROM customer LIMIT 10) a";
+    let orders = "SELECT 1 FROM orders o WHERE o.o_custkey = a.c_custkey";
+    let left = format!(
+        "SELECT count(DISTINCT a.c_custkey) FROM {ten} LEFT JOIN orders o ON o.o_custkey = a.c_custkey"
+    );
+    let left = count(&session, left).await;
+    let with = count(
+        &session,
+        format!("SELECT count(*) FROM {ten} WHERE EXISTS ({orders})"),
+    )
+    .await;
+    let without = count(
+        &session,
+        format!("SELECT count(*) FROM {ten} WHERE NOT EXISTS ({orders})"),
+    )
+    .await;
+    session.shutdown().await;
+    assert_eq!(left, 10);
+    assert_eq!(with + without, 10, "{with} with orders, {without} without");
+}

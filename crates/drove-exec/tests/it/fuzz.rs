@@ -900,8 +900,7 @@ impl Seeds {
                 .create_physical_plan(&logical)
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
-            let physical = planner::distribute_unmatched_joins(physical)
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            let physical = planner::prepare(physical).unwrap_or_else(|e| panic!("{sql}: {e}"));
             for stage in planner::split(physical)
                 .unwrap_or_else(|e| panic!("{sql}: {e}"))
                 .stages
