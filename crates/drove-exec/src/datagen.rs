@@ -19,9 +19,9 @@ use crate::{tpcds, tpch};
 
 /// Rows per Parquet row group: small enough that a table splits into several scan
 /// partitions even at small scales.
-pub const ROW_GROUP_ROWS: usize = 64 * 1024;
+const ROW_GROUP_ROWS: usize = 64 * 1024;
 /// Rows per generated batch.
-pub const BATCH_ROWS: usize = 8192;
+pub(crate) const BATCH_ROWS: usize = 8192;
 /// The largest scale factor the generators accept.
 pub const SCALE_MAX: f64 = 1000.0;
 
