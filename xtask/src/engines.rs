@@ -115,9 +115,7 @@ async fn bench_session(
         return Ok(None);
     }
     let session = drove_session(spec, None).await?;
-    for t in tables::generated_tables(data, benchmark)? {
-        session.register_table(&t.name, &t.path).await?;
-    }
+    session.register_benchmark(data, benchmark).await?;
     Ok(Some(session))
 }
 

@@ -613,11 +613,12 @@ fn queries_workload(plan: &Plan, benchmark: Benchmark) -> Result<(String, Value,
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     for (i, outcome) in outcomes.iter().enumerate() {
+        let engine = engines[i];
         let mut by_query = HashMap::new();
         let m = match outcome {
             Outcome::Ran(m) => m,
             Outcome::Failed(why) => {
-                problems.push(format!("{key}: {} failed: {}", engines[i], first_line(why)));
+                problems.push(format!("{key}: {engine} failed: {}", first_line(why)));
                 answers.push(by_query);
                 continue;
             }
@@ -626,7 +627,6 @@ fn queries_workload(plan: &Plan, benchmark: Benchmark) -> Result<(String, Value,
                 continue;
             }
         };
-        let engine = engines[i];
         let (mut failed, mut wrong) = (Vec::new(), Vec::new());
         for &q in &queries {
             let name = format!("q{q}");

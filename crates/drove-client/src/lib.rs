@@ -369,15 +369,21 @@ impl Session {
     /// # }
     /// ```
     pub async fn register_tpch(&self, dir: impl AsRef<Path>) -> Result<()> {
-        for table in tables::generated_tables(dir.as_ref(), Benchmark::Tpch)? {
-            self.register(table).await?;
-        }
-        Ok(())
+        self.register_benchmark(dir, Benchmark::Tpch).await
     }
 
     /// Registers the 24 TPC-DS tables that `drove gen tpcds` wrote into `dir`.
     pub async fn register_tpcds(&self, dir: impl AsRef<Path>) -> Result<()> {
-        for table in tables::generated_tables(dir.as_ref(), Benchmark::Tpcds)? {
+        self.register_benchmark(dir, Benchmark::Tpcds).await
+    }
+
+    /// Registers the tables of `benchmark` that `drove gen` wrote into `dir`.
+    pub async fn register_benchmark(
+        &self,
+        dir: impl AsRef<Path>,
+        benchmark: Benchmark,
+    ) -> Result<()> {
+        for table in tables::generated_tables(dir.as_ref(), benchmark)? {
             self.register(table).await?;
         }
         Ok(())

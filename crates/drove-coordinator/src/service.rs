@@ -75,7 +75,7 @@ impl CoordinatorRpc for Service {
             .register_worker(
                 register.flight_addr,
                 register.slots,
-                register.memory_bytes,
+                register.task_memory_bytes,
                 tx,
             )
             .await?;

@@ -54,6 +54,8 @@ struct WorkerConn {
     tx: WorkerTx,
     last_heartbeat: Instant,
     memory: pb::MemoryStats,
+    /// The operator memory each of its tasks gets, as it registered (0: not told).
+    task_memory: u64,
     /// The stages whose plan this worker was sent, with the first of their tasks it got;
     /// it keeps them until their job's blocks are released.
     plans: HashSet<(JobId, StageId)>,
@@ -244,7 +246,7 @@ impl Coordinator {
         &self,
         flight_addr: String,
         slots: u32,
-        memory_bytes: u64,
+        task_memory: u64,
         tx: WorkerTx,
     ) -> Result<WorkerId> {
         if slots == 0 {
@@ -252,7 +254,7 @@ impl Coordinator {
                 "a worker needs at least one slot (--slots 1 or more)".into(),
             ));
         }
-        self.ask(move |state| state.register_worker(flight_addr, slots, memory_bytes, tx))
+        self.ask(move |state| state.register_worker(flight_addr, slots, task_memory, tx))
             .await
     }
 
@@ -535,7 +537,7 @@ impl State {
         &mut self,
         flight_addr: String,
         slots: u32,
-        memory_bytes: u64,
+        task_memory: u64,
         tx: WorkerTx,
     ) -> Result<WorkerId> {
         let worker = WorkerId(self.next_worker_id);
@@ -556,10 +558,8 @@ impl State {
                 slots,
                 tx,
                 last_heartbeat: Instant::now(),
-                memory: pb::MemoryStats {
-                    budget_bytes: memory_bytes,
-                    ..Default::default()
-                },
+                memory: pb::MemoryStats::default(),
+                task_memory,
                 plans: HashSet::new(),
                 recent_tasks: VecDeque::new(),
             },
@@ -1255,13 +1255,12 @@ impl State {
         }
     }
 
-    /// The smallest share of operator memory a task gets on the workers that have
-    /// reported their budget: half the budget, divided among the worker's slots.
+    /// The smallest share of operator memory a task gets on the workers that told it.
     fn task_memory(&self) -> Option<u64> {
         self.workers
             .values()
-            .filter(|w| w.memory.budget_bytes > 0)
-            .map(|w| w.memory.budget_bytes / 2 / u64::from(w.slots.max(1)))
+            .map(|w| w.task_memory)
+            .filter(|&m| m > 0)
             .min()
     }
 

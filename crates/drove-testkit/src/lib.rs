@@ -189,12 +189,16 @@ fn generated_data(benchmark: Benchmark, scale: f64) -> PathBuf {
     dir
 }
 
-/// The scale of TPC-H data tests use: `DROVE_TPCH_SCALE`, else `default`.
-pub fn tpch_scale(default: f64) -> f64 {
-    std::env::var("DROVE_TPCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+/// The scale of `benchmark`'s data tests use: `DROVE_TPCH_SCALE` or
+/// `DROVE_TPCDS_SCALE`, else `default`.
+pub fn scale(benchmark: Benchmark, default: f64) -> f64 {
+    std::env::var(format!(
+        "DROVE_{}_SCALE",
+        benchmark.key().to_ascii_uppercase()
+    ))
+    .ok()
+    .and_then(|s| s.parse().ok())
+    .unwrap_or(default)
 }
 
 /// The TPC-H table specs in `dir`.

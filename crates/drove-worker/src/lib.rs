@@ -373,7 +373,6 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     let work_dir = workdir::WorkDir::create(&config.work_dir).map_err(Error::Config)?;
     let own_dir = work_dir.path().to_path_buf();
     let block_bytes = config.memory_bytes / 2;
-    let execution_bytes = (config.memory_bytes - block_bytes) as usize;
     let runtime = RuntimeEnvBuilder::new()
         .with_disk_manager_builder(
             DiskManagerBuilder::default()
@@ -427,13 +426,13 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
             }
             state
         },
-        task_pool_bytes: execution_bytes / config.slots as usize,
+        task_pool_bytes: task_pool_bytes(&config) as usize,
         execution_reserved: Arc::new(AtomicU64::new(0)),
         slots: Arc::new(Semaphore::new(config.slots as usize)),
         task_delay: Duration::from_millis(config.task_delay_ms),
         memory_bytes: config.memory_bytes,
         // DataFusion's default (10 MiB) would take most of a small budget's fair share.
-        sort_spill_reservation: (execution_bytes / config.slots as usize / 4).min(10 << 20),
+        sort_spill_reservation: (task_pool_bytes(&config) as usize / 4).min(10 << 20),
         spill_codec: config.spill_codec,
         peak: AtomicU64::new(0),
         operator_spills: AtomicU64::new(0),
@@ -528,7 +527,7 @@ async fn register(config: &WorkerConfig, flight_addr: &str, first: bool) -> Resu
                 kind: Some(pb::worker_message::Kind::Register(pb::RegisterWorker {
                     flight_addr: flight_addr.to_string(),
                     slots: config.slots,
-                    memory_bytes: config.memory_bytes,
+                    task_memory_bytes: task_pool_bytes(config),
                 })),
             };
             outbound
@@ -810,6 +809,12 @@ async fn serve(
     tasks.abort_all();
     drop(heartbeats);
     end
+}
+
+/// One task's share of the worker's operator memory: half the budget, divided among
+/// the slots (the other half holds blocks).
+fn task_pool_bytes(config: &WorkerConfig) -> u64 {
+    (config.memory_bytes - config.memory_bytes / 2) / u64::from(config.slots.max(1))
 }
 
 /// One task's share of the worker's operator memory (its budget's half divided by its

@@ -12,10 +12,7 @@ const QUERIES_WITH_ROWS: usize = 80;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_99_queries_equal_single_process_datafusion() {
-    let scale = std::env::var("DROVE_TPCDS_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.1);
+    let scale = drove_testkit::scale(Benchmark::Tpcds, 0.1);
     let dir = tpcds_data(scale);
     let session = crate::cluster(3).await;
     session.register_tpcds(&dir).await.unwrap();

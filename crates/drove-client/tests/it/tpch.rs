@@ -1,12 +1,13 @@
 //! All 22 TPC-H queries on a 3-worker cluster equal single-process DataFusion.
 //! The scale is `DROVE_TPCH_SCALE` (0.01 by default; 0.1 on demand).
 
+use drove_exec::datagen::Benchmark;
 use drove_exec::tpch::QUERIES;
-use drove_testkit::{compare, is_ordered, reference, tpch_data, tpch_scale, tpch_tables};
+use drove_testkit::{compare, is_ordered, reference, scale, tpch_data, tpch_tables};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_22_queries_equal_single_process_datafusion() {
-    let scale = tpch_scale(0.01);
+    let scale = scale(Benchmark::Tpch, 0.01);
     let dir = tpch_data(scale);
     let session = crate::cluster(3).await;
     session.register_tpch(&dir).await.unwrap();
@@ -113,20 +114,10 @@ async fn queries_the_fuzzer_found_refused_equal_datafusion() {
     session.shutdown().await;
 }
 
-/// EXPLAIN shows the plan drove runs: the optimized logical plan, then each stage the
-/// query is cut into, with its tasks, the stages it reads and its plan; the same
-/// stages the query then runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn explain_shows_the_stages_the_query_runs() {
+/// EXPLAIN's rows for `sql`: the plan types, and the plans.
+async fn explain(session: &drove_client::Session, sql: &str) -> (Vec<String>, Vec<String>) {
     use arrow::array::{Array, StringArray};
-    let dir = tpch_data(0.01);
-    let session = crate::cluster(2).await;
-    session.register_tpch(&dir).await.unwrap();
-    let sql = QUERIES[4];
     let explained = session.run_sql(&format!("EXPLAIN {sql}")).await.unwrap();
-    let ran = session.run_sql(sql).await.unwrap();
-    session.shutdown().await;
-
     let batch = &explained.batches[0];
     let column = |i: usize| {
         let a = batch
@@ -138,7 +129,22 @@ async fn explain_shows_the_stages_the_query_runs() {
             .map(|r| a.value(r).to_string())
             .collect::<Vec<_>>()
     };
-    let (types, plans) = (column(0), column(1));
+    (column(0), column(1))
+}
+
+/// EXPLAIN shows the plan drove runs: the optimized logical plan, then each stage the
+/// query is cut into, with its tasks, the stages it reads and its plan; the same
+/// stages the query then runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn explain_shows_the_stages_the_query_runs() {
+    let dir = tpch_data(0.01);
+    let session = crate::cluster(2).await;
+    session.register_tpch(&dir).await.unwrap();
+    let sql = QUERIES[4];
+    let (types, plans) = explain(&session, sql).await;
+    let ran = session.run_sql(sql).await.unwrap();
+    session.shutdown().await;
+
     assert_eq!(types, ["logical_plan", "physical_plan"]);
     assert!(plans[0].contains("TableScan: lineitem"), "{}", plans[0]);
     let stages: Vec<&str> = plans[1]
@@ -180,22 +186,12 @@ async fn explain_shows_the_stages_the_query_runs() {
 /// round-robin over a stage of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_joins_that_would_lose_rows_are_partitioned() {
-    use arrow::array::{Array, StringArray};
     let dir = tpch_data(0.01);
     let session = crate::cluster(2).await;
     session.register_tpch(&dir).await.unwrap();
-    let explained = session
-        .run_sql(&format!("EXPLAIN {}", QUERIES[1]))
-        .await
-        .unwrap();
+    let (_, explained) = explain(&session, QUERIES[1]).await;
     session.shutdown().await;
-    let plans = explained.batches[0]
-        .column(1)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap()
-        .value(1)
-        .to_string();
+    let plans = &explained[1];
     assert!(
         plans.contains("HashJoinExec: mode=Partitioned, join_type=LeftSemi"),
         "{plans}"

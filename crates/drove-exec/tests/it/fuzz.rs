@@ -1311,7 +1311,7 @@ fn worker_messages() -> Vec<Vec<u8>> {
         Kind::Register(pb::RegisterWorker {
             flight_addr: "127.0.0.1:50051".into(),
             slots: 2,
-            memory_bytes: 1 << 30,
+            task_memory_bytes: 1 << 28,
         }),
         Kind::Heartbeat(pb::Heartbeat {
             statuses: vec![succeeded, failed],

@@ -27,10 +27,10 @@ pub struct RegisterWorker {
     pub flight_addr: ::prost::alloc::string::String,
     #[prost(uint32, tag = "2")]
     pub slots: u32,
-    /// Its memory budget (--memory), as heartbeats report it later: planning bounds the
-    /// joins it broadcasts by a task's share.
+    /// The operator memory each of its tasks gets (a share of --memory): planning bounds
+    /// the joins it broadcasts by it.
     #[prost(uint64, tag = "3")]
-    pub memory_bytes: u64,
+    pub task_memory_bytes: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Heartbeat {
