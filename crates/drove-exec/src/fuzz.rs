@@ -55,14 +55,17 @@ impl MapReduce for Words {
     type Value = u64;
     type Output = u64;
 
-    fn map(&self, record: &Record<'_>, emit: &mut dyn FnMut(String, u64)) {
+    fn map(&self, record: &Record<'_>, emit: &mut impl FnMut(&str, &u64)) {
         for word in record.text.split_whitespace() {
-            emit(word.to_string(), 1);
+            emit(word, &1);
         }
     }
 
-    fn combine(&self, _key: &String, values: &[u64]) -> Option<u64> {
-        Some(values.iter().sum())
+    const COMBINES: bool = true;
+
+    fn combine(&self, _key: &str, held: &mut u64, value: &u64) -> bool {
+        *held += value;
+        true
     }
 
     fn reduce(&self, _key: &String, values: Vec<u64>, emit: &mut dyn FnMut(u64)) {

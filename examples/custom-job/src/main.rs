@@ -20,12 +20,15 @@ impl MapReduce for LineLengths {
     type Value = u64;
     type Output = u64;
 
-    fn map(&self, record: &Record<'_>, emit: &mut dyn FnMut(u64, u64)) {
-        emit(record.text.chars().count() as u64, 1);
+    fn map(&self, record: &Record<'_>, emit: &mut impl FnMut(&u64, &u64)) {
+        emit(&(record.text.chars().count() as u64), &1);
     }
 
-    fn combine(&self, _length: &u64, counts: &[u64]) -> Option<u64> {
-        Some(counts.iter().sum())
+    const COMBINES: bool = true;
+
+    fn combine(&self, _length: &u64, count: &mut u64, more: &u64) -> bool {
+        *count += more;
+        true
     }
 
     fn reduce(&self, _length: &u64, counts: Vec<u64>, emit: &mut dyn FnMut(u64)) {

@@ -14,9 +14,27 @@ use crate::{Error, Result};
 /// Arrow column. Implemented for `String`, `i64`, `u64`, `f64`, `Vec<String>` and pairs
 /// of these.
 pub trait Datum: Clone + Send + Sync + 'static {
+    /// The form a map function emits it in: `str` for `String` (and `[String]` for
+    /// `Vec<String>`), so that emitting a word borrowed from the input copies it into a
+    /// column without allocating; the type itself for the others.
+    type Ref: ?Sized + ToOwned<Owned = Self>;
+    /// Collects values into a column.
+    type Builder: Default + Send;
     fn data_type() -> DataType;
-    fn to_array(values: Vec<Self>) -> ArrayRef;
+    /// The value in the form it is emitted in.
+    fn borrowed(&self) -> &Self::Ref;
+    fn append(builder: &mut Self::Builder, value: &Self::Ref);
+    /// The column of the values appended so far; the builder is left empty.
+    fn finish(builder: &mut Self::Builder) -> ArrayRef;
     fn from_array(array: &dyn Array) -> Result<Vec<Self>>;
+
+    fn to_array(values: Vec<Self>) -> ArrayRef {
+        let mut builder = Self::Builder::default();
+        for v in &values {
+            Self::append(&mut builder, v.borrowed());
+        }
+        Self::finish(&mut builder)
+    }
 }
 
 fn downcast<'a, T: 'static>(array: &'a dyn Array, what: &str) -> Result<&'a T> {
@@ -31,11 +49,19 @@ fn downcast<'a, T: 'static>(array: &'a dyn Array, what: &str) -> Result<&'a T> {
 macro_rules! primitive_datum {
     ($t:ty, $array:ty, $dt:expr) => {
         impl Datum for $t {
+            type Ref = $t;
+            type Builder = Vec<$t>;
             fn data_type() -> DataType {
                 $dt
             }
-            fn to_array(values: Vec<Self>) -> ArrayRef {
-                Arc::new(<$array>::from(values))
+            fn borrowed(&self) -> &$t {
+                self
+            }
+            fn append(builder: &mut Vec<$t>, value: &$t) {
+                builder.push(*value);
+            }
+            fn finish(builder: &mut Vec<$t>) -> ArrayRef {
+                Arc::new(<$array>::from(std::mem::take(builder)))
             }
             fn from_array(array: &dyn Array) -> Result<Vec<Self>> {
                 Ok(downcast::<$array>(array, stringify!($t))?.values().to_vec())
@@ -49,11 +75,19 @@ primitive_datum!(u64, UInt64Array, DataType::UInt64);
 primitive_datum!(f64, Float64Array, DataType::Float64);
 
 impl Datum for String {
+    type Ref = str;
+    type Builder = StringBuilder;
     fn data_type() -> DataType {
         DataType::Utf8
     }
-    fn to_array(values: Vec<Self>) -> ArrayRef {
-        Arc::new(StringArray::from(values))
+    fn borrowed(&self) -> &str {
+        self
+    }
+    fn append(builder: &mut StringBuilder, value: &str) {
+        builder.append_value(value);
+    }
+    fn finish(builder: &mut StringBuilder) -> ArrayRef {
+        Arc::new(builder.finish())
     }
     fn from_array(array: &dyn Array) -> Result<Vec<Self>> {
         let a = downcast::<StringArray>(array, "String")?;
@@ -64,17 +98,21 @@ impl Datum for String {
 }
 
 impl Datum for Vec<String> {
+    type Ref = [String];
+    type Builder = ListBuilder<StringBuilder>;
     fn data_type() -> DataType {
         DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
     }
-    fn to_array(values: Vec<Self>) -> ArrayRef {
-        let mut builder = ListBuilder::new(StringBuilder::new());
-        for list in values {
-            for s in list {
-                builder.values().append_value(s);
-            }
-            builder.append(true);
+    fn borrowed(&self) -> &[String] {
+        self
+    }
+    fn append(builder: &mut ListBuilder<StringBuilder>, value: &[String]) {
+        for s in value {
+            builder.values().append_value(s);
         }
+        builder.append(true);
+    }
+    fn finish(builder: &mut ListBuilder<StringBuilder>) -> ArrayRef {
         Arc::new(builder.finish())
     }
     fn from_array(array: &dyn Array) -> Result<Vec<Self>> {
@@ -89,20 +127,28 @@ impl Datum for Vec<String> {
 }
 
 impl<A: Datum, B: Datum> Datum for (A, B) {
+    type Ref = (A, B);
+    type Builder = (A::Builder, B::Builder);
     fn data_type() -> DataType {
         DataType::Struct(Fields::from(vec![
             Field::new("0", A::data_type(), false),
             Field::new("1", B::data_type(), false),
         ]))
     }
-    fn to_array(values: Vec<Self>) -> ArrayRef {
-        let (a, b): (Vec<A>, Vec<B>) = values.into_iter().unzip();
+    fn borrowed(&self) -> &(A, B) {
+        self
+    }
+    fn append(builder: &mut Self::Builder, value: &(A, B)) {
+        A::append(&mut builder.0, value.0.borrowed());
+        B::append(&mut builder.1, value.1.borrowed());
+    }
+    fn finish(builder: &mut Self::Builder) -> ArrayRef {
         let DataType::Struct(fields) = Self::data_type() else {
             unreachable!("a pair is a struct")
         };
         Arc::new(StructArray::new(
             fields,
-            vec![A::to_array(a), B::to_array(b)],
+            vec![A::finish(&mut builder.0), B::finish(&mut builder.1)],
             None,
         ))
     }

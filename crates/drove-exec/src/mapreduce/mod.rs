@@ -17,13 +17,13 @@ mod datum;
 pub mod nodes;
 pub mod plan;
 
-use std::collections::hash_map::Entry;
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::{Arc, OnceLock, RwLock};
 
-use arrow::array::{ArrayRef, StringArray, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{ArrayRef, DictionaryArray, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 pub use datum::Datum;
@@ -55,6 +55,10 @@ pub enum Partitioner {
 
 /// A MapReduce job: plain Rust functions over typed keys and values.
 ///
+/// A map function emits keys and values by reference (`&str` for a `String`), so that a
+/// word borrowed from its input is copied into the map output's columns, or into the
+/// combiner's table the first time the task sees it, and a record costs no allocation.
+///
 /// ```
 /// use drove_exec::mapreduce::{MapReduce, Record};
 ///
@@ -65,12 +69,15 @@ pub enum Partitioner {
 ///     type Value = u64;
 ///     type Output = u64;
 ///
-///     fn map(&self, record: &Record<'_>, emit: &mut dyn FnMut(u64, u64)) {
-///         emit(record.text.len() as u64, 1);
+///     fn map(&self, record: &Record<'_>, emit: &mut impl FnMut(&u64, &u64)) {
+///         emit(&(record.text.len() as u64), &1);
 ///     }
 ///
-///     fn combine(&self, _key: &u64, values: &[u64]) -> Option<u64> {
-///         Some(values.iter().sum())
+///     const COMBINES: bool = true;
+///
+///     fn combine(&self, _key: &u64, held: &mut u64, value: &u64) -> bool {
+///         *held += value;
+///         true
 ///     }
 ///
 ///     fn reduce(&self, _key: &u64, values: Vec<u64>, emit: &mut dyn FnMut(u64)) {
@@ -78,18 +85,28 @@ pub enum Partitioner {
 ///     }
 /// }
 /// ```
-pub trait MapReduce: Send + Sync + 'static {
-    type Key: Datum + Hash + Eq + Ord;
+pub trait MapReduce: Send + Sync + Sized + 'static {
+    type Key: Datum<Ref: Hash + Eq> + Borrow<KeyRef<Self>> + Hash + Eq + Ord;
     type Value: Datum;
     type Output: Datum;
 
     /// Turns one record into key-value pairs.
-    fn map(&self, record: &Record<'_>, emit: &mut dyn FnMut(Self::Key, Self::Value));
+    fn map(&self, record: &Record<'_>, emit: &mut impl FnMut(&KeyRef<Self>, &ValueRef<Self>));
 
-    /// Folds some values of one key into one value on the map side, before the shuffle.
-    /// `None` (the default) means the job has no combiner.
-    fn combine(&self, _key: &Self::Key, _values: &[Self::Value]) -> Option<Self::Value> {
-        None
+    /// Whether the job has a combiner ([`Self::combine`]). Without one, map output goes
+    /// to the shuffle as it is emitted.
+    const COMBINES: bool = false;
+
+    /// Folds `value` into `held`, the value the map task holds for `key`, before the
+    /// shuffle, and returns true; or returns false to have the pair shuffled as it is.
+    /// Called only if [`Self::COMBINES`].
+    fn combine(
+        &self,
+        _key: &KeyRef<Self>,
+        _held: &mut Self::Value,
+        _value: &ValueRef<Self>,
+    ) -> bool {
+        false
     }
 
     /// Folds all values of one key into the job's output for that key: any number of
@@ -102,10 +119,18 @@ pub trait MapReduce: Send + Sync + 'static {
     }
 }
 
+/// The form a job's map function emits its keys in (`str` for `String` keys).
+pub type KeyRef<J> = <<J as MapReduce>::Key as Datum>::Ref;
+/// The form a job's map function emits its values in.
+pub type ValueRef<J> = <<J as MapReduce>::Value as Datum>::Ref;
+
 /// Distinct keys a map task holds for combining before it flushes them.
 pub const COMBINE_KEYS_MAX: usize = 100_000;
-/// Values held for one key before the combiner folds them into one.
-const COMBINE_VALUES_MAX: usize = 64;
+/// Rows a map or reduce task collects before it hands them on as one batch.
+const BATCH_ROWS: usize = 8192;
+
+/// The hash table a map task combines in: foldhash, a fast hasher for short keys.
+type Held<J> = HashMap<<J as MapReduce>::Key, <J as MapReduce>::Value, foldhash::fast::RandomState>;
 
 /// A job with its types erased, as plan nodes use it.
 pub trait ErasedJob: Send + Sync {
@@ -116,9 +141,8 @@ pub trait ErasedJob: Send + Sync {
     fn partitioner(&self) -> Partitioner;
     /// A map task's state: records in, key-value batches out.
     fn mapper(self: Arc<Self>, combine: bool) -> Box<dyn Mapper>;
-    /// Groups all pairs of one reduce partition by key, reduces each key, and returns the
-    /// output sorted by key.
-    fn reduce(&self, batches: &[RecordBatch]) -> Result<RecordBatch>;
+    /// A reduce task's state: pairs sorted by key in, the output of each key out.
+    fn reducer(self: Arc<Self>) -> Box<dyn Reducer>;
     /// Maps a handful of records and returns the keys they emit (for range sampling).
     fn sample_keys(&self, records: &[Record<'_>]) -> Result<ArrayRef>;
 }
@@ -131,12 +155,26 @@ pub trait Mapper: Send {
     fn finish(&mut self) -> Result<Option<RecordBatch>>;
 }
 
-/// The schema of records: `file`, `line`, `text`.
+/// A reduce task's state.
+pub trait Reducer: Send {
+    /// Takes the next pairs of the task's partition, sorted by key (and following those
+    /// pushed before); may return the output of the keys they completed.
+    fn push(&mut self, pairs: &RecordBatch) -> Result<Option<RecordBatch>>;
+    /// Returns the output of the last key.
+    fn finish(&mut self) -> Result<Option<RecordBatch>>;
+}
+
+/// The schema of records: `file` (dictionary-encoded: a batch's rows come from one or
+/// a few files), `line`, `text`.
 pub fn record_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
     Arc::clone(SCHEMA.get_or_init(|| {
         Arc::new(Schema::new(vec![
-            Field::new("file", DataType::Utf8, false),
+            Field::new(
+                "file",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                false,
+            ),
             Field::new("line", DataType::UInt64, false),
             Field::new("text", DataType::Utf8, false),
         ]))
@@ -155,99 +193,176 @@ struct Typed<J>(J);
 struct TypedMapper<J: MapReduce> {
     job: Arc<Typed<J>>,
     combine: bool,
-    held: HashMap<J::Key, Vec<J::Value>>,
+    held: Held<J>,
+    /// Pairs to hand on: those the combiner did not fold, and the flushed ones.
+    keys: <J::Key as Datum>::Builder,
+    values: <J::Value as Datum>::Builder,
+    rows: usize,
 }
 
 impl<J: MapReduce> TypedMapper<J> {
-    fn batch(&self, keys: Vec<J::Key>, values: Vec<J::Value>) -> Result<Option<RecordBatch>> {
-        if keys.is_empty() {
+    /// The pairs collected so far as one batch, if there are any.
+    fn batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.rows == 0 {
             return Ok(None);
         }
-        let schema = self.job.map_schema();
+        self.rows = 0;
         Ok(Some(RecordBatch::try_new(
-            schema,
-            vec![J::Key::to_array(keys), J::Value::to_array(values)],
+            self.job.map_schema(),
+            vec![
+                J::Key::finish(&mut self.keys),
+                J::Value::finish(&mut self.values),
+            ],
         )?))
     }
 
-    fn flush(&mut self) -> Result<Option<RecordBatch>> {
-        let mut keys = Vec::with_capacity(self.held.len());
-        let mut values = Vec::with_capacity(self.held.len());
-        for (k, vs) in std::mem::take(&mut self.held) {
-            match self.job.0.combine(&k, &vs) {
-                Some(v) => {
-                    keys.push(k);
-                    values.push(v);
-                }
-                None => {
-                    for v in vs {
-                        keys.push(k.clone());
-                        values.push(v);
-                    }
-                }
-            }
+    /// Moves what the combiner holds to the pairs to hand on.
+    fn flush(&mut self) {
+        for (k, v) in self.held.drain() {
+            J::Key::append(&mut self.keys, k.borrowed());
+            J::Value::append(&mut self.values, v.borrowed());
+            self.rows += 1;
         }
-        self.batch(keys, values)
     }
+}
+
+/// Reads a column of map input as `T`.
+fn input_column<'a, T: 'static>(records: &'a RecordBatch, i: usize, name: &str) -> Result<&'a T> {
+    records
+        .column(i)
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "map input '{name}' is {}, not the record schema's type",
+                records.column(i).data_type()
+            ))
+        })
 }
 
 impl<J: MapReduce> Mapper for TypedMapper<J> {
     fn push(&mut self, records: &RecordBatch) -> Result<Option<RecordBatch>> {
-        let column = |i: usize| records.column(i);
-        let files = column(0)
+        let files = input_column::<DictionaryArray<Int32Type>>(records, 0, "file")?;
+        let names = files
+            .values()
             .as_any()
             .downcast_ref::<StringArray>()
-            .ok_or_else(|| Error::Internal("map input 'file' is not Utf8".into()))?;
-        let lines = column(1)
-            .as_any()
-            .downcast_ref::<UInt64Array>()
-            .ok_or_else(|| Error::Internal("map input 'line' is not UInt64".into()))?;
-        let texts = column(2)
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| Error::Internal("map input 'text' is not Utf8".into()))?;
-        let mut keys = Vec::new();
-        let mut values = Vec::new();
+            .ok_or_else(|| Error::Internal("map input 'file' does not hold Utf8".into()))?;
+        let lines = input_column::<UInt64Array>(records, 1, "line")?;
+        let texts = input_column::<StringArray>(records, 2, "text")?;
+        let job = &self.job.0;
+        let (held, keys, values, rows) = (
+            &mut self.held,
+            &mut self.keys,
+            &mut self.values,
+            &mut self.rows,
+        );
+        let combine = self.combine;
+        let mut emit = |k: &KeyRef<J>, v: &ValueRef<J>| {
+            if combine {
+                match held.get_mut(k) {
+                    Some(h) => {
+                        if job.combine(k, h, v) {
+                            return;
+                        }
+                    }
+                    None => {
+                        held.insert(k.to_owned(), v.to_owned());
+                        return;
+                    }
+                }
+            }
+            J::Key::append(keys, k);
+            J::Value::append(values, v);
+            *rows += 1;
+        };
         for i in 0..records.num_rows() {
             let record = Record {
-                file: files.value(i),
+                file: names.value(files.keys().value(i) as usize),
                 line: lines.value(i),
                 text: texts.value(i),
             };
-            if self.combine {
-                let held = &mut self.held;
-                let job = &self.job.0;
-                job.map(&record, &mut |k, v| match held.entry(k) {
-                    Entry::Occupied(mut held) => {
-                        held.get_mut().push(v);
-                        if held.get().len() >= COMBINE_VALUES_MAX
-                            && let Some(folded) = job.combine(held.key(), held.get())
-                        {
-                            *held.get_mut() = vec![folded];
-                        }
-                    }
-                    Entry::Vacant(slot) => {
-                        slot.insert(vec![v]);
-                    }
-                });
-            } else {
-                self.job.0.map(&record, &mut |k, v| {
-                    keys.push(k);
-                    values.push(v);
-                });
-            }
+            job.map(&record, &mut emit);
         }
-        if self.combine {
-            if self.held.len() >= COMBINE_KEYS_MAX {
-                return self.flush();
-            }
-            return Ok(None);
+        if self.held.len() >= COMBINE_KEYS_MAX {
+            self.flush();
         }
-        self.batch(keys, values)
+        if self.rows >= BATCH_ROWS {
+            return self.batch();
+        }
+        Ok(None)
     }
 
     fn finish(&mut self) -> Result<Option<RecordBatch>> {
-        self.flush()
+        self.flush();
+        self.batch()
+    }
+}
+
+struct TypedReducer<J: MapReduce> {
+    job: Arc<Typed<J>>,
+    /// The key being reduced and its values so far.
+    current: Option<(J::Key, Vec<J::Value>)>,
+    keys: <J::Key as Datum>::Builder,
+    outputs: <J::Output as Datum>::Builder,
+    rows: usize,
+}
+
+impl<J: MapReduce> TypedReducer<J> {
+    /// Reduces the current key's values into the output.
+    fn reduce_current(&mut self) {
+        if let Some((key, values)) = self.current.take() {
+            let (keys, outputs, rows) = (&mut self.keys, &mut self.outputs, &mut self.rows);
+            self.job.0.reduce(&key, values, &mut |out| {
+                J::Key::append(keys, key.borrowed());
+                J::Output::append(outputs, out.borrowed());
+                *rows += 1;
+            });
+        }
+    }
+
+    fn batch(&mut self) -> Result<Option<RecordBatch>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        self.rows = 0;
+        Ok(Some(RecordBatch::try_new(
+            self.job.output_schema(),
+            vec![
+                J::Key::finish(&mut self.keys),
+                J::Output::finish(&mut self.outputs),
+            ],
+        )?))
+    }
+}
+
+impl<J: MapReduce> Reducer for TypedReducer<J> {
+    fn push(&mut self, pairs: &RecordBatch) -> Result<Option<RecordBatch>> {
+        let keys = J::Key::from_array(pairs.column(0).as_ref())?;
+        let values = J::Value::from_array(pairs.column(1).as_ref())?;
+        for (k, v) in keys.into_iter().zip(values) {
+            match &mut self.current {
+                Some((key, held)) if *key == k => held.push(v),
+                Some((key, _)) if *key > k => {
+                    return Err(Error::User(
+                        "a reduce task's keys came out of order: the job's key type orders its values unlike its Arrow column sorts; make its Ord agree with the column's order".into(),
+                    ));
+                }
+                _ => {
+                    self.reduce_current();
+                    self.current = Some((k, vec![v]));
+                }
+            }
+        }
+        if self.rows >= BATCH_ROWS {
+            return self.batch();
+        }
+        Ok(None)
+    }
+
+    fn finish(&mut self) -> Result<Option<RecordBatch>> {
+        self.reduce_current();
+        self.batch()
     }
 }
 
@@ -267,40 +382,30 @@ impl<J: MapReduce> ErasedJob for Typed<J> {
     fn mapper(self: Arc<Self>, combine: bool) -> Box<dyn Mapper> {
         Box::new(TypedMapper {
             job: self,
-            combine,
-            held: HashMap::new(),
+            combine: combine && J::COMBINES,
+            held: Held::<J>::default(),
+            keys: Default::default(),
+            values: Default::default(),
+            rows: 0,
         })
     }
 
-    fn reduce(&self, batches: &[RecordBatch]) -> Result<RecordBatch> {
-        let mut groups: BTreeMap<J::Key, Vec<J::Value>> = BTreeMap::new();
-        for batch in batches {
-            let keys = J::Key::from_array(batch.column(0).as_ref())?;
-            let values = J::Value::from_array(batch.column(1).as_ref())?;
-            for (k, v) in keys.into_iter().zip(values) {
-                groups.entry(k).or_default().push(v);
-            }
-        }
-        let mut keys = Vec::with_capacity(groups.len());
-        let mut outputs = Vec::with_capacity(groups.len());
-        for (k, vs) in groups {
-            self.0.reduce(&k, vs, &mut |out| {
-                keys.push(k.clone());
-                outputs.push(out);
-            });
-        }
-        Ok(RecordBatch::try_new(
-            self.output_schema(),
-            vec![J::Key::to_array(keys), J::Output::to_array(outputs)],
-        )?)
+    fn reducer(self: Arc<Self>) -> Box<dyn Reducer> {
+        Box::new(TypedReducer {
+            job: self,
+            current: None,
+            keys: Default::default(),
+            outputs: Default::default(),
+            rows: 0,
+        })
     }
 
     fn sample_keys(&self, records: &[Record<'_>]) -> Result<ArrayRef> {
-        let mut keys = Vec::new();
+        let mut keys = <J::Key as Datum>::Builder::default();
         for r in records {
-            self.0.map(r, &mut |k, _| keys.push(k));
+            self.0.map(r, &mut |k, _| J::Key::append(&mut keys, k));
         }
-        Ok(J::Key::to_array(keys))
+        Ok(J::Key::finish(&mut keys))
     }
 }
 

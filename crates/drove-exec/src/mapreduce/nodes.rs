@@ -1,11 +1,14 @@
 //! The plan nodes of MapReduce jobs.
 
 use std::fmt;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
+use arrow::array::{
+    ArrayRef, DictionaryArray, Int32Array, RecordBatch, StringArray, StringBuilder, UInt64Array,
+};
+use arrow::buffer::{Buffer, OffsetBuffer};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -70,69 +73,154 @@ impl TextSourceExec {
     }
 }
 
-/// Reads `path` line by line, handing batches of records to `emit` until it returns
-/// false (the reader went away).
+/// Bytes read from a text file at a time.
+const READ_BYTES: usize = 1 << 20;
+/// Bytes of text a batch of records holds at most (but a longer line).
+const BATCH_BYTES: usize = 64 << 20;
+
+/// Reads `path` as lines, handing batches of records to `emit` until it returns false
+/// (the reader went away). It reads large blocks and copies each line once, into the
+/// batch's text column.
 fn read_lines(
     path: &Path,
     ctx: &TaskContext,
     mut emit: impl FnMut(RecordBatch) -> bool,
 ) -> crate::Result<()> {
-    let file = std::fs::File::open(path).map_err(|e| {
+    let io_error = |e: std::io::Error| {
         Error::Io(std::io::Error::new(
             e.kind(),
             format!("{}: {e}", path.display()),
         ))
-    })?;
-    let mut reader = BufReader::new(file);
-    let name = path.to_string_lossy().into_owned();
-    let mut lines = Vec::new();
-    let mut numbers = Vec::new();
-    let mut invalid = 0;
-    let mut buf = Vec::new();
-    let mut number = 0u64;
+    };
+    let mut file = std::fs::File::open(path).map_err(io_error)?;
+    let mut batch = Lines::new(path.to_string_lossy().into_owned());
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BYTES);
+    // Where in `buf` the line being read starts.
+    let mut start = 0;
     loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf)? == 0 {
+        buf.drain(..start);
+        start = 0;
+        let read = (&mut file)
+            .take(READ_BYTES as u64)
+            .read_to_end(&mut buf)
+            .map_err(io_error)?;
+        let end = if read == 0 {
+            buf.len()
+        } else {
+            match memchr::memrchr(b'\n', &buf) {
+                Some(last) => last + 1,
+                None => continue,
+            }
+        };
+        while start < end {
+            let line_end = memchr::memchr(b'\n', &buf[start..end]).map_or(end, |i| start + i + 1);
+            batch.push(&buf[start..line_end])?;
+            start = line_end;
+            if batch.is_full() && !emit(batch.take()?) {
+                return Ok(());
+            }
+        }
+        if read == 0 {
             break;
         }
-        number += 1;
-        if buf.last() == Some(&b'\n') {
-            buf.pop();
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
-            }
-        }
-        match String::from_utf8(std::mem::take(&mut buf)) {
-            Ok(line) => {
-                lines.push(line);
-                numbers.push(number);
-            }
-            Err(_) => invalid += 1,
-        }
-        if lines.len() == LINES_PER_BATCH
-            && !emit(records(
-                &name,
-                std::mem::take(&mut numbers),
-                std::mem::take(&mut lines),
-            )?)
-        {
-            return Ok(());
-        }
     }
-    if !lines.is_empty() {
-        emit(records(&name, numbers, lines)?);
+    if batch.len() > 0 {
+        emit(batch.take()?);
     }
-    count(ctx, "invalid_utf8_lines", invalid);
+    count(ctx, "invalid_utf8_lines", batch.invalid);
     Ok(())
 }
 
-fn records(file: &str, numbers: Vec<u64>, lines: Vec<String>) -> crate::Result<RecordBatch> {
-    let n = lines.len();
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec![file; n])),
-        Arc::new(UInt64Array::from(numbers)),
-        Arc::new(StringArray::from(lines)),
-    ];
+/// A batch of records being read from one text file: lines are copied into one buffer
+/// and checked for UTF-8 together when the batch is taken.
+struct Lines {
+    file: String,
+    number: u64,
+    numbers: Vec<u64>,
+    values: Vec<u8>,
+    offsets: Vec<i32>,
+    /// Lines skipped as not UTF-8, over the whole file.
+    invalid: u64,
+}
+
+impl Lines {
+    fn new(file: String) -> Self {
+        Self {
+            file,
+            number: 0,
+            numbers: Vec::with_capacity(LINES_PER_BATCH),
+            values: Vec::new(),
+            offsets: vec![0],
+            invalid: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.numbers.len()
+    }
+
+    /// Whether the batch should be taken: it has [`LINES_PER_BATCH`] lines, or
+    /// [`BATCH_BYTES`] of text.
+    fn is_full(&self) -> bool {
+        self.len() == LINES_PER_BATCH || self.values.len() >= BATCH_BYTES
+    }
+
+    /// Adds a line, with its end of line if it has one.
+    fn push(&mut self, line: &[u8]) -> crate::Result<()> {
+        self.number += 1;
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.values.extend_from_slice(line);
+        let end = i32::try_from(self.values.len()).map_err(|_| {
+            Error::User(format!(
+                "line {} of {} is longer than 2 GiB; split it into lines",
+                self.number, self.file
+            ))
+        })?;
+        self.offsets.push(end);
+        self.numbers.push(self.number);
+        Ok(())
+    }
+
+    /// The records added since the last batch, without the lines that are not UTF-8.
+    fn take(&mut self) -> crate::Result<RecordBatch> {
+        let mut numbers = std::mem::replace(&mut self.numbers, Vec::with_capacity(LINES_PER_BATCH));
+        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        let values = Buffer::from_vec(std::mem::take(&mut self.values));
+        let texts = match StringArray::try_new(
+            OffsetBuffer::new(offsets.clone().into()),
+            values.clone(),
+            None,
+        ) {
+            Ok(texts) => texts,
+            // Some line is not UTF-8: the lines are checked one by one.
+            Err(_) => {
+                let mut texts = StringBuilder::new();
+                let mut kept = Vec::with_capacity(numbers.len());
+                for (number, range) in numbers.iter().zip(offsets.windows(2)) {
+                    match std::str::from_utf8(&values[range[0] as usize..range[1] as usize]) {
+                        Ok(text) => {
+                            texts.append_value(text);
+                            kept.push(*number);
+                        }
+                        Err(_) => self.invalid += 1,
+                    }
+                }
+                numbers = kept;
+                texts.finish()
+            }
+        };
+        records(&self.file, numbers, Arc::new(texts))
+    }
+}
+
+/// Records of one file: their line numbers and texts.
+fn records(file: &str, numbers: Vec<u64>, texts: ArrayRef) -> crate::Result<RecordBatch> {
+    let files = DictionaryArray::new(
+        Int32Array::from(vec![0; numbers.len()]),
+        Arc::new(StringArray::from(vec![file])),
+    );
+    let columns: Vec<ArrayRef> = vec![Arc::new(files), Arc::new(UInt64Array::from(numbers)), texts];
     Ok(RecordBatch::try_new(record_schema(), columns)?)
 }
 
@@ -213,7 +301,7 @@ fn rows_as_records(batch: &RecordBatch, file: &str, first_row: u64) -> crate::Re
         })
         .collect();
     let numbers = (first_row + 1..=first_row + batch.num_rows() as u64).collect();
-    records(file, numbers, lines)
+    records(file, numbers, Arc::new(StringArray::from(lines)))
 }
 
 /// Runs the job's map (and combine) over its input's records.
@@ -474,32 +562,55 @@ impl ReduceExec {
     }
 }
 
-fn write_part(batch: &RecordBatch, path: &Path, format: OutputFormat) -> crate::Result<()> {
-    let file = std::fs::File::create(path)?;
-    match format {
-        OutputFormat::Text => {
-            use std::io::Write;
-            let mut out = std::io::BufWriter::new(file);
-            let keys = text_cells(batch.column(0))?;
-            let values = text_cells(batch.column(1))?;
-            for (k, v) in keys.iter().zip(&values) {
-                writeln!(out, "{k}\t{v}")?;
+/// A part file being written, a batch at a time.
+enum PartWriter {
+    Text(std::io::BufWriter<std::fs::File>),
+    Csv(arrow::csv::Writer<std::fs::File>),
+    Parquet(parquet::arrow::ArrowWriter<std::fs::File>),
+}
+
+impl PartWriter {
+    fn create(path: &Path, format: OutputFormat, schema: SchemaRef) -> crate::Result<Self> {
+        let file = std::fs::File::create(path)?;
+        Ok(match format {
+            OutputFormat::Text => Self::Text(std::io::BufWriter::new(file)),
+            OutputFormat::Csv => Self::Csv(
+                arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(file),
+            ),
+            OutputFormat::Parquet => {
+                Self::Parquet(parquet::arrow::ArrowWriter::try_new(file, schema, None)?)
             }
-            out.flush()?;
-        }
-        OutputFormat::Csv => {
-            let mut writer = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(file);
-            writer.write(batch)?;
-        }
-        OutputFormat::Parquet => {
-            let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)?;
-            writer.write(batch)?;
-            writer.close()?;
-        }
+        })
     }
-    Ok(())
+
+    fn write(&mut self, batch: &RecordBatch) -> crate::Result<()> {
+        match self {
+            Self::Text(out) => {
+                use std::io::Write;
+                let keys = text_cells(batch.column(0))?;
+                let values = text_cells(batch.column(1))?;
+                for (k, v) in keys.iter().zip(&values) {
+                    writeln!(out, "{k}\t{v}")?;
+                }
+            }
+            Self::Csv(writer) => writer.write(batch)?,
+            Self::Parquet(writer) => writer.write(batch)?,
+        }
+        Ok(())
+    }
+
+    fn close(self) -> crate::Result<()> {
+        match self {
+            Self::Text(mut out) => std::io::Write::flush(&mut out)?,
+            Self::Csv(writer) => drop(writer.into_inner()),
+            Self::Parquet(writer) => {
+                writer.close()?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A column as text: a struct's fields joined by ':', a list's items by ','.
@@ -589,31 +700,38 @@ impl ExecutionPlan for ReduceExec {
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         let job: Arc<dyn ErasedJob> = super::job(&self.job_name, &self.args).map_err(external)?;
-        let input = self.input.execute(partition, Arc::clone(&context))?;
+        let mut input = self.input.execute(partition, Arc::clone(&context))?;
         let output = self.output.clone();
         let attempt = context.task_id().unwrap_or_else(|| "local".to_string());
+        // The input comes sorted by key: each key's values are reduced as soon as the
+        // next key starts, and the output is written as it comes, so a reduce task
+        // holds one key's values, not its partition.
         let stream = futures::stream::once(async move {
-            let batches: Vec<RecordBatch> = input.try_collect().await?;
             let dir = output.dir.join("_temporary").join(&output.token);
             let path = dir.join(format!("part-r-{partition:05}.{attempt}"));
             // The client made the directory before submitting; one that is gone was
             // removed by a client that gave up, and nothing is written back into it.
-            let reduce = tokio::task::spawn_blocking(move || -> crate::Result<(PathBuf, u64)> {
-                let reduced = job.reduce(&batches)?;
-                if !dir.is_dir() {
-                    return Err(crate::Error::User(format!(
-                        "the job's output directory {} is gone: its client gave up",
-                        dir.display()
-                    )));
+            if !dir.is_dir() {
+                return Err(external(crate::Error::User(format!(
+                    "the job's output directory {} is gone: its client gave up",
+                    dir.display()
+                ))));
+            }
+            let mut writer =
+                PartWriter::create(&path, output.format, job.output_schema()).map_err(external)?;
+            let mut reducer = Arc::clone(&job).reducer();
+            let mut rows = 0;
+            while let Some(pairs) = input.try_next().await? {
+                if let Some(out) = reducer.push(&pairs).map_err(external)? {
+                    rows += out.num_rows() as u64;
+                    writer.write(&out).map_err(external)?;
                 }
-                write_part(&reduced, &path, output.format)?;
-                Ok((path, reduced.num_rows() as u64))
-            });
-            let rows = while_working(reduce)
-                .await
-                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
-                .map_err(external)?;
-            let (path, rows) = rows;
+            }
+            if let Some(out) = reducer.finish().map_err(external)? {
+                rows += out.num_rows() as u64;
+                writer.write(&out).map_err(external)?;
+            }
+            writer.close().map_err(external)?;
             let columns: Vec<ArrayRef> = vec![
                 Arc::new(UInt64Array::from(vec![partition as u64])),
                 Arc::new(StringArray::from(vec![path.to_string_lossy().into_owned()])),
@@ -628,17 +746,78 @@ impl ExecutionPlan for ReduceExec {
     }
 }
 
-/// Waits for work on a blocking thread, waking the task every second meanwhile: a
-/// worker counts the time its tasks spend being polled as their progress, and a task
-/// waiting on its own blocking work is working.
-async fn while_working<T>(
-    mut work: tokio::task::JoinHandle<T>,
-) -> Result<T, tokio::task::JoinError> {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            done = &mut work => return done,
-            _ = tick.tick() => {}
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int32Type;
+
+    use super::*;
+
+    /// A text file's records as the source reads them: (line number, text).
+    async fn read(path: &Path) -> Vec<(u64, String)> {
+        let source = TextSourceExec::new(vec![path.to_path_buf()]);
+        let batches: Vec<RecordBatch> = source
+            .execute(0, Arc::new(TaskContext::default()))
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let mut records = Vec::new();
+        for batch in batches {
+            assert!(batch.num_rows() <= LINES_PER_BATCH);
+            let files = batch.column(0).as_dictionary::<Int32Type>();
+            let names = files.values().as_string::<i32>();
+            let numbers = batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .unwrap();
+            let texts = batch.column(2).as_string::<i32>();
+            for i in 0..batch.num_rows() {
+                assert_eq!(
+                    names.value(files.keys().value(i) as usize),
+                    path.to_string_lossy()
+                );
+                records.push((numbers.value(i), texts.value(i).to_string()));
+            }
+            assert_eq!(texts.null_count(), 0);
         }
+        records
+    }
+
+    #[tokio::test]
+    async fn text_is_read_as_lines_across_read_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.txt");
+        // Lines of every length up to past a read block, CRLF endings, a line that is
+        // not UTF-8, an empty line, and a last line without an end.
+        let mut bytes = Vec::new();
+        let mut expected = Vec::new();
+        let mut number = 0;
+        let mut line = |text: Vec<u8>, end: &[u8], bytes: &mut Vec<u8>| {
+            number += 1;
+            if let Ok(t) = String::from_utf8(text.clone()) {
+                expected.push((number, t));
+            }
+            bytes.extend_from_slice(&text);
+            bytes.extend_from_slice(end);
+        };
+        for i in 0..30_000usize {
+            let text = "wörd ".repeat(i % 40).into_bytes();
+            line(text, if i % 7 == 0 { b"\r\n" } else { b"\n" }, &mut bytes);
+        }
+        line(b"\xff\xfe broken".to_vec(), b"\n", &mut bytes);
+        line(Vec::new(), b"\n", &mut bytes);
+        line(vec![b'x'; READ_BYTES + 10], b"\n", &mut bytes);
+        line(b"the end".to_vec(), b"", &mut bytes);
+        assert!(bytes.len() > 2 * READ_BYTES);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read(&path).await, expected);
+
+        // A file that ends with its line's end has no empty line after it.
+        std::fs::write(&path, b"one\ntwo\n").unwrap();
+        assert_eq!(read(&path).await, [(1, "one".into()), (2, "two".into())]);
+        std::fs::write(&path, b"").unwrap();
+        assert!(read(&path).await.is_empty());
     }
 }

@@ -10,6 +10,7 @@ use datafusion::common::SplitPoint;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr, RangePartitioning};
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
@@ -160,8 +161,16 @@ pub async fn build(spec: &MapReduceSpec) -> Result<Arc<dyn ExecutionPlan>> {
         }
     };
     let shuffle = Arc::new(RepartitionExec::try_new(map, partitioning)?);
+    // Each reduce partition sorted by key with DataFusion's sort, which spills under
+    // the task's memory share, so a reduce task sees each key's values together.
+    let by_key = LexOrdering::new(vec![PhysicalSortExpr::new(
+        Arc::new(Column::new("key", 0)),
+        SortOptions::default(),
+    )])
+    .ok_or_else(|| Error::Internal("an empty sort key".into()))?;
+    let sorted = Arc::new(SortExec::new(by_key, shuffle).with_preserve_partitioning(true));
     Ok(Arc::new(ReduceExec::try_new(
-        shuffle,
+        sorted,
         &spec.job,
         &spec.args,
         spec.output.clone(),

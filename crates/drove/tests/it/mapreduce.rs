@@ -3,11 +3,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use drove::jobs::words;
 use drove_client::mapreduce::{MapReduceOptions, MapReduceResult};
 use drove_client::{
     Error, LocalCluster, LocalClusterConfig, MapReduce, OutputFormat, Record, Session,
 };
+
+/// The words of a text as the built-in jobs define them, written plainly: maximal runs
+/// of Unicode alphanumeric characters, lowercased.
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+}
 
 /// Bytes of generated text for the wordcount check: `DROVE_MR_BYTES`, else 4 MB.
 fn corpus_bytes() -> u64 {
@@ -177,6 +184,67 @@ async fn sort_output_is_globally_sorted_and_a_permutation_of_the_input() {
     session.shutdown().await;
 }
 
+/// A reduce task sorts its partition with DataFusion's sort, which spills under the
+/// task's memory share, and holds one key's values at a time: a sort of more records
+/// than the workers' memory spills, stays within the share, and comes out sorted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sort_larger_than_memory_spills_and_stays_sorted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("records");
+    std::fs::create_dir_all(&input).unwrap();
+    let mut all = Vec::new();
+    let mut x: u64 = 11;
+    for f in 0..4 {
+        let mut text = String::new();
+        for i in 0..150_000 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let line = format!("{:016x}\t{f}-{i}-{}", x, "v".repeat(100));
+            text.push_str(&line);
+            text.push('\n');
+            all.push(line);
+        }
+        std::fs::write(input.join(format!("r{f}.txt")), text).unwrap();
+    }
+    let memory = drove_worker::MEMORY_MIN_BYTES;
+    drove::jobs::register_builtin();
+    let cluster = LocalCluster::start(LocalClusterConfig {
+        workers: 2,
+        memory_bytes: Some(memory),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let session = Session::with_cluster(cluster).await.unwrap();
+    let mut opts = options("sort", vec![input], &tmp.path().join("sorted"));
+    opts.reducers = 2;
+    let result = session.run_mapreduce(opts).await.unwrap();
+    let input_bytes: usize = all.iter().map(|l| l.len() + 1).sum();
+    // Each of the two reduce tasks gets more than a worker's whole budget.
+    assert!(input_bytes as u64 > 2 * memory, "the input fits in memory");
+    assert!(
+        result.summary.spill_count > 0,
+        "nothing spilled: {:?}",
+        result.summary
+    );
+    // The sort reserved its memory, within a task's share: half the worker's budget.
+    assert!(
+        result.summary.peak_memory_bytes > 0 && result.summary.peak_memory_bytes <= memory / 2,
+        "a task held {} bytes",
+        result.summary.peak_memory_bytes
+    );
+    let lines = output_lines(&result);
+    assert!(
+        lines.windows(2).all(|w| w[0] <= w[1]),
+        "not globally sorted"
+    );
+    all.sort();
+    assert_eq!(lines.len(), all.len());
+    assert!(lines == all, "not a permutation of the input");
+    session.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inverted_index_and_grep_equal_reference_code() {
     let tmp = tempfile::tempdir().unwrap();
@@ -235,11 +303,11 @@ impl MapReduce for Panics {
     type Value = u64;
     type Output = u64;
 
-    fn map(&self, record: &Record<'_>, emit: &mut dyn FnMut(String, u64)) {
+    fn map(&self, record: &Record<'_>, emit: &mut impl FnMut(&str, &u64)) {
         if record.line == 3 {
             panic!("the user's map function gave up on line 3");
         }
-        emit(record.text.to_string(), 1);
+        emit(record.text, &1);
     }
 
     fn reduce(&self, _key: &String, values: Vec<u64>, emit: &mut dyn FnMut(u64)) {
