@@ -15,6 +15,8 @@ use drove_client::{LocalCluster, LocalClusterConfig, Session};
 use drove_exec::datagen::Benchmark;
 use drove_exec::tables;
 use drove_testkit::run_statements;
+
+use crate::processes::ProcessCluster;
 use serde_json::{Value, json};
 
 fn field<'a>(spec: &'a Value, name: &str) -> Result<&'a Value> {
@@ -44,7 +46,10 @@ pub async fn run(spec: Value) -> Result<Value> {
             queries(&spec, Benchmark::Tpcds, engine == "drove").await
         }
         ("wordcount", "drove") => mapreduce(&spec, "wordcount").await,
-        ("sort", "drove") => mapreduce(&spec, "sort").await,
+        ("sort", "drove") => match spec.get("worker_memory").and_then(Value::as_u64) {
+            Some(budget) => sort_on_processes(&spec, budget).await,
+            None => mapreduce(&spec, "sort").await,
+        },
         ("wordcount", "reference") => reference_wordcount(&spec),
         ("sort", "reference") => reference_sort(&spec),
         ("tasks", "drove") => tasks(&spec).await,
@@ -251,8 +256,27 @@ async fn shuffle(spec: &Value, drove: bool) -> Result<Value> {
 }
 
 async fn mapreduce(spec: &Value, job: &str) -> Result<Value> {
-    drove::jobs::register_builtin();
     let session = drove_session(spec, None).await?;
+    let times = run_mapreduce(spec, &session, job).await?;
+    session.shutdown().await;
+    Ok(json!({ "times": times }))
+}
+
+/// The sort on a coordinator and worker processes of `budget` bytes of memory each
+/// (the release build), with each worker's peak resident memory.
+async fn sort_on_processes(spec: &Value, budget: u64) -> Result<Value> {
+    let drove = crate::processes::release_drove()?;
+    let workers = number(spec, "workers")?;
+    let cluster = ProcessCluster::start(&drove, workers, number(spec, "slots")?, budget).await?;
+    let times = run_mapreduce(spec, &cluster.session().await?, "sort").await?;
+    Ok(
+        json!({ "times": times, "worker_peak_rss_bytes": cluster.peaks()?, "worker_memory_bytes": budget }),
+    )
+}
+
+/// Runs a built-in job `iterations` times into the spec's output; returns the times.
+async fn run_mapreduce(spec: &Value, session: &Session, job: &str) -> Result<Vec<f64>> {
+    drove::jobs::register_builtin();
     let reducers = (number(spec, "workers")? * number(spec, "slots")?) as usize;
     let out = path(spec, "output")?;
     let mut times = Vec::new();
@@ -273,8 +297,7 @@ async fn mapreduce(spec: &Value, job: &str) -> Result<Value> {
             .await?;
         times.push(started.elapsed().as_secs_f64());
     }
-    session.shutdown().await;
-    Ok(json!({ "times": times }))
+    Ok(times)
 }
 
 /// The `.txt` files of a directory, in name order.
@@ -290,7 +313,7 @@ pub fn text_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Counts the words of the files on one thread, as a competent programmer would: each
 /// file read whole, words borrowed from it (see [`drove::jobs::for_each_word`]) and
 /// counted in a hash table with a fast hasher, a key allocated once per distinct word.
-pub fn count_words(files: &[PathBuf]) -> Result<HashMap<String, u64>> {
+fn count_words(files: &[PathBuf]) -> Result<foldhash::HashMap<String, u64>> {
     let mut counts: foldhash::HashMap<String, u64> = Default::default();
     for f in files {
         let text = std::fs::read_to_string(f)?;
@@ -301,7 +324,23 @@ pub fn count_words(files: &[PathBuf]) -> Result<HashMap<String, u64>> {
             }
         });
     }
-    Ok(counts.into_iter().collect())
+    Ok(counts)
+}
+
+/// The word counts every engine's answer is checked against, by the plain definition
+/// of a word (a maximal run of alphanumeric characters, lowercased), so the check does
+/// not rest on drove's own tokenizer.
+pub fn expected_word_counts(files: &[PathBuf]) -> Result<HashMap<String, u64>> {
+    let mut counts = HashMap::new();
+    for f in files {
+        let text = std::fs::read_to_string(f)?;
+        for w in text.split(|c: char| !c.is_alphanumeric()) {
+            if !w.is_empty() {
+                *counts.entry(w.to_lowercase()).or_insert(0) += 1;
+            }
+        }
+    }
+    Ok(counts)
 }
 
 /// Runs a single-threaded reference `iterations` times over the input's text files,

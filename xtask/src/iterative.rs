@@ -3,14 +3,14 @@
 //! on workers that are separate processes (`memory`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use drove_client::{LocalCluster, LocalClusterConfig, Session};
 use serde_json::{Value, json};
 
 use crate::engines::number;
+use crate::processes::{ProcessCluster, release_drove};
 
 /// Runs PageRank `iterations` times on fresh embedded clusters; writes the last run's
 /// ranks to the spec's `output` (one "node rank" line each).
@@ -55,13 +55,6 @@ pub fn read_ranks(path: &Path) -> Result<Vec<(i64, f64)>> {
         .collect()
 }
 
-/// Starts `drove ARGS` and waits for the stdout line containing `marker`.
-fn spawn(drove: &Path, args: &[&str], marker: &str) -> (drove_testkit::Proc, String) {
-    let mut command = Command::new(drove);
-    command.args(args);
-    drove_testkit::spawn_until(command, marker)
-}
-
 /// The memory workload's settings.
 pub struct MemoryRun {
     pub budget: u64,
@@ -74,14 +67,7 @@ pub struct MemoryRun {
 /// two `drove worker --memory BUDGET` processes (release build), checks the answer
 /// against DataFusion, and reports each worker's peak resident memory.
 pub fn memory(run: &MemoryRun) -> Result<Value> {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "drove", "--bin", "drove"])
-        .status()
-        .context("building drove")?;
-    if !status.success() {
-        bail!("cargo build --release -p drove failed");
-    }
-    let drove = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/drove");
+    let drove = release_drove()?;
     let data = drove_testkit::wide_table(4, run.rows_per_file);
     let sql = "SELECT k, v, s FROM t ORDER BY k, v";
     let tables = vec![drove_exec::tables::TableSpec {
@@ -103,57 +89,11 @@ pub fn memory(run: &MemoryRun) -> Result<Value> {
     if data_bytes < 4 * 2 * run.budget {
         bail!("the table ({data_bytes} bytes) is less than four times the cluster's budget");
     }
-    let budget = format!("{}B", run.budget);
-    let slots = run.slots.to_string();
     let mut runs = Vec::new();
     for _ in 0..run.iterations {
-        let work = std::env::temp_dir().join(format!("drove-bench-memory-{}", std::process::id()));
-        let work_arg = work.to_string_lossy().into_owned();
-        let (_coordinator, line) = spawn(
-            &drove,
-            &[
-                "coordinator",
-                "--bind",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-            ],
-            "coordinator listening on",
-        );
-        let addr = line
-            .split_whitespace()
-            .nth(3)
-            .context("the coordinator's address")?
-            .to_string();
-        let workers = (0..2)
-            .map(|_| {
-                spawn(
-                    &drove,
-                    &[
-                        "worker",
-                        "--coordinator",
-                        &addr,
-                        "--slots",
-                        &slots,
-                        "--memory",
-                        &budget,
-                        "--work-dir",
-                        &work_arg,
-                    ],
-                    "worker Flight service on",
-                )
-                .0
-            })
-            .collect::<Vec<_>>();
-        let (seconds, summary) = runtime.block_on(async {
-            let session = Session::connect(&addr).await?;
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while session.cluster_status().await?.workers.len() < 2 {
-                if Instant::now() > deadline {
-                    bail!("the workers did not register");
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        let (seconds, summary, peaks) = runtime.block_on(async {
+            let cluster = ProcessCluster::start(&drove, 2, run.slots, run.budget).await?;
+            let session = cluster.session().await?;
             session.register_parquet("t", &data).await?;
             let started = Instant::now();
             let result = session.run_sql(sql).await?;
@@ -161,14 +101,8 @@ pub fn memory(run: &MemoryRun) -> Result<Value> {
             if let Err(diff) = drove_testkit::compare_exact(&result.batches, &expected) {
                 bail!("the sort's answer differs from DataFusion's: {diff}");
             }
-            Ok((seconds, result.summary))
+            Ok((seconds, result.summary, cluster.peaks()?))
         })?;
-        let peaks = workers
-            .iter()
-            .map(|w| Ok(drove_testkit::peak_rss(w.0.id())?))
-            .collect::<Result<Vec<_>>>()?;
-        drop(workers);
-        let _ = std::fs::remove_dir_all(&work);
         runs.push(json!({
             "seconds": seconds,
             "peak_rss_bytes": peaks,

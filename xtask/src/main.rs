@@ -18,6 +18,7 @@ mod build_report;
 mod engines;
 mod iterative;
 mod measure;
+mod processes;
 mod recovery;
 
 use std::collections::HashMap;
@@ -90,6 +91,8 @@ enum Workload {
     /// The 99 TPC-DS queries.
     Tpcds,
     Wordcount,
+    /// A sort of 100-byte records by key; at full size drove's two workers are processes
+    /// with `--memory 512MiB` each, their peak resident memory reported.
     Sort,
     Tasks,
     Recovery,
@@ -811,12 +814,14 @@ fn output_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Runs the engines of a file workload and tabulates them against drove.
+/// `drove_spec` adds to the spec drove runs with (the first engine).
 fn file_workload(
     plan: &Plan,
     workload: &str,
     input: &Path,
     bytes: u64,
     engines: &[(&str, &str)],
+    drove_spec: Value,
     check: &dyn Fn(&str, &Path) -> Result<Option<String>>,
 ) -> Result<(String, Value, Vec<String>)> {
     let mut problems = Vec::new();
@@ -824,11 +829,15 @@ fn file_workload(
     for (engine, _) in engines {
         let output = plan.out(&format!("{workload}-{engine}"));
         let _ = std::fs::remove_dir_all(&output);
-        let mut outcome = plan.run(
-            engine,
-            workload,
-            json!({ "input": input, "output": output }),
-        );
+        let mut outcome = plan.run(engine, workload, {
+            let mut spec = json!({ "input": input, "output": output });
+            if *engine == "drove"
+                && let (Some(spec), Some(extra)) = (spec.as_object_mut(), drove_spec.as_object())
+            {
+                spec.extend(extra.clone());
+            }
+            spec
+        });
         if let Outcome::Ran(_) = outcome
             && let Some(diff) = check(engine, &output)?
         {
@@ -871,12 +880,43 @@ fn file_workload(
             )),
         }
     }
+    // drove's workers as processes: each one's peak against its budget.
+    if let Outcome::Ran(m) = &outcomes[0]
+        && let (Some(peaks), Some(budget)) = (
+            m.result["worker_peak_rss_bytes"].as_array(),
+            m.result["worker_memory_bytes"].as_u64(),
+        )
+    {
+        let peaks: Vec<u64> = peaks.iter().filter_map(Value::as_u64).collect();
+        let bound = budget + WORKER_MEMORY_SLACK;
+        md.push_str(&format!(
+            "\ndrove ran as {} `drove worker --memory {}` processes; their peak resident memory: {} (bound: budget + {}).\n",
+            peaks.len(),
+            drove_core::human_bytes(budget),
+            peaks.iter().map(|p| drove_core::human_bytes(*p)).collect::<Vec<_>>().join(", "),
+            drove_core::human_bytes(WORKER_MEMORY_SLACK),
+        ));
+        if let Some(p) = peaks.iter().find(|p| **p > bound) {
+            problems.push(format!(
+                "a drove worker peaked at {} resident, over its budget plus {}",
+                drove_core::human_bytes(*p),
+                drove_core::human_bytes(WORKER_MEMORY_SLACK)
+            ));
+        }
+    }
     Ok((
         md,
         json!({ "workload": workload, "bytes": bytes, "engines": json_rows }),
         problems,
     ))
 }
+
+/// How far above its `--memory` budget a worker process's resident memory may go (the
+/// binary, its runtime, and buffers no budget counts).
+const WORKER_MEMORY_SLACK: u64 = 64 << 20;
+
+/// The memory each of drove's worker processes gets in the full sort workload.
+const SORT_WORKER_MEMORY: u64 = 512 << 20;
 
 fn wordcount(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
     let input = text_dir(&plan.args.data, plan.size)?;
@@ -887,13 +927,21 @@ fn wordcount(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
         ("dask", "Dask"),
     ];
     // Every engine's counts must equal a plain count of the input.
-    let expected = engines::count_words(&engines::text_files(&input)?)?;
+    let expected = engines::expected_word_counts(&engines::text_files(&input)?)?;
     let check = |_: &str, out: &Path| -> Result<Option<String>> {
         let got = counts_in(out)?;
         Ok((got != expected)
             .then(|| format!("{} distinct words, expected {}", got.len(), expected.len())))
     };
-    file_workload(plan, "wordcount", &input, plan.size, &engines, &check)
+    file_workload(
+        plan,
+        "wordcount",
+        &input,
+        plan.size,
+        &engines,
+        json!({}),
+        &check,
+    )
 }
 
 fn sort(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
@@ -926,7 +974,22 @@ fn sort(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
         }
         Ok((i != expected.len()).then(|| format!("{i} lines, expected {}", expected.len())))
     };
-    file_workload(plan, "sort", &input, plan.sort_size, &engines, &check)
+    // At full size drove's workers are processes with a memory budget of their own (the
+    // release build); --quick keeps them embedded, in the build at hand.
+    let drove_spec = if plan.args.quick {
+        json!({})
+    } else {
+        json!({ "worker_memory": SORT_WORKER_MEMORY })
+    };
+    file_workload(
+        plan,
+        "sort",
+        &input,
+        plan.sort_size,
+        &engines,
+        drove_spec,
+        &check,
+    )
 }
 
 fn tasks(plan: &Plan) -> Result<(String, Value, Vec<String>)> {

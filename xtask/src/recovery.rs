@@ -12,7 +12,7 @@ use drove_exec::tables;
 use drove_testkit::{compare, is_ordered, run_statements};
 use serde_json::{Value, json};
 
-use crate::engines::{count_words, text_files};
+use crate::engines::{expected_word_counts, text_files};
 
 /// The word counts in word count's part files.
 pub fn read_counts(files: &[PathBuf]) -> Result<std::collections::HashMap<String, u64>> {
@@ -143,7 +143,7 @@ pub async fn run(spec: &Value) -> Result<Value> {
         },
         RecoveryJob::Wordcount {
             out: PathBuf::from(spec["output"].as_str().context("output")?),
-            expected: count_words(&text_files(&text)?)?,
+            expected: expected_word_counts(&text_files(&text)?)?,
             dir: text,
             reducers: workers * slots as usize,
         },

@@ -27,17 +27,9 @@ pub trait Datum: Clone + Send + Sync + 'static {
     /// The column of the values appended so far; the builder is left empty.
     fn finish(builder: &mut Self::Builder) -> ArrayRef;
     fn from_array(array: &dyn Array) -> Result<Vec<Self>>;
-
-    fn to_array(values: Vec<Self>) -> ArrayRef {
-        let mut builder = Self::Builder::default();
-        for v in &values {
-            Self::append(&mut builder, v.borrowed());
-        }
-        Self::finish(&mut builder)
-    }
 }
 
-fn downcast<'a, T: 'static>(array: &'a dyn Array, what: &str) -> Result<&'a T> {
+pub(super) fn downcast<'a, T: 'static>(array: &'a dyn Array, what: &str) -> Result<&'a T> {
     array.as_any().downcast_ref::<T>().ok_or_else(|| {
         Error::Internal(format!(
             "a MapReduce column is {}, not {what}",

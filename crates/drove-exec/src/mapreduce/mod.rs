@@ -27,6 +27,7 @@ use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
 pub use datum::Datum;
+use datum::downcast;
 
 use crate::{Error, Result};
 
@@ -203,17 +204,8 @@ struct TypedMapper<J: MapReduce> {
 impl<J: MapReduce> TypedMapper<J> {
     /// The pairs collected so far as one batch, if there are any.
     fn batch(&mut self) -> Result<Option<RecordBatch>> {
-        if self.rows == 0 {
-            return Ok(None);
-        }
-        self.rows = 0;
-        Ok(Some(RecordBatch::try_new(
-            self.job.map_schema(),
-            vec![
-                J::Key::finish(&mut self.keys),
-                J::Value::finish(&mut self.values),
-            ],
-        )?))
+        let schema = self.job.map_schema();
+        take_batch::<J::Key, J::Value>(schema, &mut self.keys, &mut self.values, &mut self.rows)
     }
 
     /// Moves what the combiner holds to the pairs to hand on.
@@ -226,30 +218,13 @@ impl<J: MapReduce> TypedMapper<J> {
     }
 }
 
-/// Reads a column of map input as `T`.
-fn input_column<'a, T: 'static>(records: &'a RecordBatch, i: usize, name: &str) -> Result<&'a T> {
-    records
-        .column(i)
-        .as_any()
-        .downcast_ref::<T>()
-        .ok_or_else(|| {
-            Error::Internal(format!(
-                "map input '{name}' is {}, not the record schema's type",
-                records.column(i).data_type()
-            ))
-        })
-}
-
 impl<J: MapReduce> Mapper for TypedMapper<J> {
     fn push(&mut self, records: &RecordBatch) -> Result<Option<RecordBatch>> {
-        let files = input_column::<DictionaryArray<Int32Type>>(records, 0, "file")?;
-        let names = files
-            .values()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| Error::Internal("map input 'file' does not hold Utf8".into()))?;
-        let lines = input_column::<UInt64Array>(records, 1, "line")?;
-        let texts = input_column::<StringArray>(records, 2, "text")?;
+        let files =
+            downcast::<DictionaryArray<Int32Type>>(records.column(0).as_ref(), "map input file")?;
+        let names = downcast::<StringArray>(files.values().as_ref(), "map input file names")?;
+        let lines = downcast::<UInt64Array>(records.column(1).as_ref(), "map input line")?;
+        let texts = downcast::<StringArray>(records.column(2).as_ref(), "map input text")?;
         let job = &self.job.0;
         let (held, keys, values, rows) = (
             &mut self.held,
@@ -322,18 +297,27 @@ impl<J: MapReduce> TypedReducer<J> {
     }
 
     fn batch(&mut self) -> Result<Option<RecordBatch>> {
-        if self.rows == 0 {
-            return Ok(None);
-        }
-        self.rows = 0;
-        Ok(Some(RecordBatch::try_new(
-            self.job.output_schema(),
-            vec![
-                J::Key::finish(&mut self.keys),
-                J::Output::finish(&mut self.outputs),
-            ],
-        )?))
+        let schema = self.job.output_schema();
+        take_batch::<J::Key, J::Output>(schema, &mut self.keys, &mut self.outputs, &mut self.rows)
     }
+}
+
+/// The `rows` rows collected in two builders as one batch of `schema`, if there are any;
+/// the builders are left empty.
+fn take_batch<K: Datum, V: Datum>(
+    schema: SchemaRef,
+    keys: &mut K::Builder,
+    values: &mut V::Builder,
+    rows: &mut usize,
+) -> Result<Option<RecordBatch>> {
+    if *rows == 0 {
+        return Ok(None);
+    }
+    *rows = 0;
+    Ok(Some(RecordBatch::try_new(
+        schema,
+        vec![K::finish(keys), V::finish(values)],
+    )?))
 }
 
 impl<J: MapReduce> Reducer for TypedReducer<J> {

@@ -9,12 +9,16 @@ use arrow::array::{
     ArrayRef, DictionaryArray, Int32Array, RecordBatch, StringArray, StringBuilder, UInt64Array,
 };
 use arrow::buffer::{Buffer, OffsetBuffer};
+use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{
+    EquivalenceProperties, LexOrdering, OrderingRequirements, PhysicalExpr, PhysicalSortExpr,
+};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -77,6 +81,8 @@ impl TextSourceExec {
 const READ_BYTES: usize = 1 << 20;
 /// Bytes of text a batch of records holds at most (but a longer line).
 const BATCH_BYTES: usize = 64 << 20;
+/// The longest line a text input may have (a batch's text must stay under 2 GiB).
+const LINE_BYTES_MAX: usize = 1 << 30;
 
 /// Reads `path` as lines, handing batches of records to `emit` until it returns false
 /// (the reader went away). It reads large blocks and copies each line once, into the
@@ -84,6 +90,7 @@ const BATCH_BYTES: usize = 64 << 20;
 fn read_lines(
     path: &Path,
     ctx: &TaskContext,
+    line_max: usize,
     mut emit: impl FnMut(RecordBatch) -> bool,
 ) -> crate::Result<()> {
     let io_error = |e: std::io::Error| {
@@ -100,6 +107,7 @@ fn read_lines(
     loop {
         buf.drain(..start);
         start = 0;
+        let before = buf.len();
         let read = (&mut file)
             .take(READ_BYTES as u64)
             .read_to_end(&mut buf)
@@ -107,14 +115,23 @@ fn read_lines(
         let end = if read == 0 {
             buf.len()
         } else {
-            match memchr::memrchr(b'\n', &buf) {
-                Some(last) => last + 1,
+            // Only the new bytes can end the line `buf` began with.
+            match memchr::memrchr(b'\n', &buf[before..]) {
+                Some(last) => before + last + 1,
+                None if buf.len() > line_max => {
+                    return Err(Error::User(format!(
+                        "line {} of {} is longer than {} MiB; split it into lines",
+                        batch.number + 1,
+                        path.display(),
+                        line_max >> 20
+                    )));
+                }
                 None => continue,
             }
         };
         while start < end {
             let line_end = memchr::memchr(b'\n', &buf[start..end]).map_or(end, |i| start + i + 1);
-            batch.push(&buf[start..line_end])?;
+            batch.push(&buf[start..line_end]);
             start = line_end;
             if batch.is_full() && !emit(batch.take()?) {
                 return Ok(());
@@ -166,20 +183,16 @@ impl Lines {
     }
 
     /// Adds a line, with its end of line if it has one.
-    fn push(&mut self, line: &[u8]) -> crate::Result<()> {
+    fn push(&mut self, line: &[u8]) {
         self.number += 1;
-        let line = line.strip_suffix(b"\n").unwrap_or(line);
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let line = match line.strip_suffix(b"\n") {
+            Some(line) => line.strip_suffix(b"\r").unwrap_or(line),
+            None => line,
+        };
         self.values.extend_from_slice(line);
-        let end = i32::try_from(self.values.len()).map_err(|_| {
-            Error::User(format!(
-                "line {} of {} is longer than 2 GiB; split it into lines",
-                self.number, self.file
-            ))
-        })?;
-        self.offsets.push(end);
+        // At most BATCH_BYTES and a line of LINE_BYTES_MAX.
+        self.offsets.push(self.values.len() as i32);
         self.numbers.push(self.number);
-        Ok(())
     }
 
     /// The records added since the last batch, without the lines that are not UTF-8.
@@ -270,7 +283,9 @@ impl ExecutionPlan for TextSourceExec {
         // batches whatever the file's size.
         let (tx, rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
         tokio::task::spawn_blocking(move || {
-            let sent = read_lines(&path, &context, |batch| tx.blocking_send(Ok(batch)).is_ok());
+            let sent = read_lines(&path, &context, LINE_BYTES_MAX, |batch| {
+                tx.blocking_send(Ok(batch)).is_ok()
+            });
             if let Err(e) = sent {
                 let _ = tx.blocking_send(Err(external(e)));
             }
@@ -511,6 +526,14 @@ impl From<Format> for OutputFormat {
     }
 }
 
+/// Pairs ordered by their key, as a reduce task reads them.
+pub fn by_key() -> Option<LexOrdering> {
+    LexOrdering::new([PhysicalSortExpr::new(
+        Arc::new(Column::new("key", 0)),
+        SortOptions::default(),
+    )])
+}
+
 /// The schema of what a reduce task reports: which file it wrote.
 pub fn written_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -574,11 +597,14 @@ impl PartWriter {
         let file = std::fs::File::create(path)?;
         Ok(match format {
             OutputFormat::Text => Self::Text(std::io::BufWriter::new(file)),
-            OutputFormat::Csv => Self::Csv(
-                arrow::csv::WriterBuilder::new()
+            OutputFormat::Csv => {
+                let mut writer = arrow::csv::WriterBuilder::new()
                     .with_header(true)
-                    .build(file),
-            ),
+                    .build(file);
+                // The header, even in a partition that gets no rows.
+                writer.write(&RecordBatch::new_empty(schema))?;
+                Self::Csv(writer)
+            }
             OutputFormat::Parquet => {
                 Self::Parquet(parquet::arrow::ArrowWriter::try_new(file, schema, None)?)
             }
@@ -664,6 +690,10 @@ impl DisplayAs for ReduceExec {
 impl ExecutionPlan for ReduceExec {
     fn name(&self) -> &str {
         "ReduceExec"
+    }
+
+    fn required_input_ordering(&self) -> Vec<Option<OrderingRequirements>> {
+        vec![by_key().map(Into::into)]
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -819,5 +849,36 @@ mod tests {
         assert_eq!(read(&path).await, [(1, "one".into()), (2, "two".into())]);
         std::fs::write(&path, b"").unwrap();
         assert!(read(&path).await.is_empty());
+        // A lone carriage return at the end is part of the last line.
+        std::fs::write(&path, b"a\r\nb\r").unwrap();
+        assert_eq!(read(&path).await, [(1, "a".into()), (2, "b\r".into())]);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_refused_before_it_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long.txt");
+        let mut bytes = b"short\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', 3 * READ_BYTES));
+        bytes.extend_from_slice(b"\nafter\n");
+        std::fs::write(&path, &bytes).unwrap();
+        let mut rows = 0;
+        let e = read_lines(&path, &TaskContext::default(), READ_BYTES, |b| {
+            rows += b.num_rows();
+            true
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 2 of") && e.contains("longer than 1 MiB"),
+            "{e}"
+        );
+        // Under a higher limit the same file reads.
+        read_lines(&path, &TaskContext::default(), 4 * READ_BYTES, |b| {
+            rows += b.num_rows();
+            true
+        })
+        .unwrap();
+        assert_eq!(rows, 3);
     }
 }

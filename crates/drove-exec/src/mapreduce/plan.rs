@@ -4,18 +4,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef};
-use arrow::compute::SortOptions;
 use datafusion::common::ScalarValue;
 use datafusion::common::SplitPoint;
+use datafusion::physical_expr::RangePartitioning;
 use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr, RangePartitioning};
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{ExecutionPlan, Partitioning};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 
-use super::nodes::{MapExec, OutputSpec, ReduceExec, TextSourceExec};
+use super::nodes::{MapExec, OutputSpec, ReduceExec, TextSourceExec, by_key};
 use super::{Partitioner, Record, job};
 use crate::{Error, Result};
 
@@ -148,26 +147,20 @@ pub async fn build(spec: &MapReduceSpec) -> Result<Arc<dyn ExecutionPlan>> {
     } else {
         UnionExec::try_new(maps)?
     };
-    let key = Arc::new(Column::new("key", 0));
+    let by_key = by_key().ok_or_else(|| Error::Internal("an empty sort key".into()))?;
     let partitioning = match job.partitioner() {
-        Partitioner::Hash => Partitioning::Hash(vec![key], spec.reducers),
+        Partitioner::Hash => {
+            Partitioning::Hash(vec![Arc::new(Column::new("key", 0))], spec.reducers)
+        }
         Partitioner::Range => {
             let sample = sample_keys(&inputs, &job)?;
-            let ordering =
-                LexOrdering::new(vec![PhysicalSortExpr::new(key, SortOptions::default())])
-                    .ok_or_else(|| Error::Internal("an empty sort key".into()))?;
             let split_points = split_points(&sample, spec.reducers)?;
-            Partitioning::Range(RangePartitioning::try_new(ordering, split_points)?)
+            Partitioning::Range(RangePartitioning::try_new(by_key.clone(), split_points)?)
         }
     };
     let shuffle = Arc::new(RepartitionExec::try_new(map, partitioning)?);
     // Each reduce partition sorted by key with DataFusion's sort, which spills under
     // the task's memory share, so a reduce task sees each key's values together.
-    let by_key = LexOrdering::new(vec![PhysicalSortExpr::new(
-        Arc::new(Column::new("key", 0)),
-        SortOptions::default(),
-    )])
-    .ok_or_else(|| Error::Internal("an empty sort key".into()))?;
     let sorted = Arc::new(SortExec::new(by_key, shuffle).with_preserve_partitioning(true));
     Ok(Arc::new(ReduceExec::try_new(
         sorted,

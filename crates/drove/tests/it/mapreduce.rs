@@ -429,6 +429,21 @@ async fn csv_and_parquet_inputs_and_outputs() {
         ["key,value", "1,2", "2,2", "blue,2", "fish,4", "red,2"]
     );
 
+    // More reducers than keys: a part file of no rows still has its header.
+    let mut opts = options(
+        "wordcount",
+        vec![tmp.path().join("rows.csv")],
+        &tmp.path().join("csv-wide"),
+    );
+    opts.format = OutputFormat::Csv;
+    opts.reducers = 12;
+    let result = session.run_mapreduce(opts).await.unwrap();
+    assert_eq!(result.files.len(), 12);
+    for f in &result.files {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert_eq!(text.lines().next(), Some("key,value"), "{}", f.display());
+    }
+
     let mut opts = options(
         "wordcount",
         vec![tmp.path().join("rows.csv")],
