@@ -615,10 +615,23 @@ impl PartWriter {
         match self {
             Self::Text(out) => {
                 use std::io::Write;
-                let keys = text_cells(batch.column(0))?;
-                let values = text_cells(batch.column(1))?;
-                for (k, v) in keys.iter().zip(&values) {
-                    writeln!(out, "{k}\t{v}")?;
+                let nested =
+                    |c: &ArrayRef| matches!(c.data_type(), DataType::Struct(_) | DataType::List(_));
+                let (keys, values) = (batch.column(0), batch.column(1));
+                if nested(keys) || nested(values) {
+                    let keys = text_cells(keys)?;
+                    let values = text_cells(values)?;
+                    for (k, v) in keys.iter().zip(&values) {
+                        writeln!(out, "{k}\t{v}")?;
+                    }
+                } else {
+                    // Plain cells are formatted straight into the file.
+                    let options = FormatOptions::default();
+                    let keys = ArrayFormatter::try_new(keys.as_ref(), &options)?;
+                    let values = ArrayFormatter::try_new(values.as_ref(), &options)?;
+                    for i in 0..batch.num_rows() {
+                        writeln!(out, "{}\t{}", keys.value(i), values.value(i))?;
+                    }
                 }
             }
             Self::Csv(writer) => writer.write(batch)?,
