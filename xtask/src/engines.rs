@@ -15,9 +15,9 @@ use drove_client::{LocalCluster, LocalClusterConfig, Session};
 use drove_exec::datagen::Benchmark;
 use drove_exec::tables;
 use drove_testkit::run_statements;
+use serde_json::{Value, json};
 
 use crate::processes::ProcessCluster;
-use serde_json::{Value, json};
 
 fn field<'a>(spec: &'a Value, name: &str) -> Result<&'a Value> {
     spec.get(name)

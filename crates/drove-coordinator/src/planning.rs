@@ -218,8 +218,7 @@ async fn plan_stages(
     task_memory: Option<u64>,
     limits: JobLimits,
 ) -> Result<PlannedJob> {
-    let mut settings = session::settings(target_partitions);
-    session::broadcast_joins(&mut settings, target_partitions, task_memory);
+    let mut settings = session::settings(target_partitions, task_memory);
     let base = session::config(&settings)?;
     let ctx = SessionContext::new_with_config(base.clone());
     for udf in drove_exec::functions::udfs() {

@@ -103,7 +103,8 @@ pub fn setup() -> &'static Arc<TaskContext> {
                 partitioner: Partitioner::Range,
             },
         );
-        let config = session::config(&session::settings(4)).expect("drove's own settings parse");
+        let config =
+            session::config(&session::settings(4, None)).expect("drove's own settings parse");
         let ctx = SessionContext::new_with_config(config);
         // As the coordinator and the workers decode plans: with drove's bounded functions.
         for udf in crate::functions::bounded() {

@@ -233,9 +233,9 @@ fn distribute_unmatched_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Ex
 
 /// Removes the round-robin repartitions DataFusion puts over scans of small files it
 /// did not split (a scan of one partition, of at most [`UNSPREAD_SCAN_MAX_BYTES`]),
-/// which spread the rows over more partitions for parallelism. Here each is an exchange: a stage of one task that writes blocks, read
-/// by a stage of as many tasks as partitions, to spread rows a single task reads in
-/// moments. Nothing above relies on the repartition's output partitioning (unknown),
+/// which spread the rows over more partitions for parallelism. Here each is an
+/// exchange: a stage of one task that writes blocks, read by a stage of as many tasks
+/// as partitions, to spread rows a single task reads in moments. Nothing above relies on the repartition's output partitioning (unknown),
 /// and exchanges the plan needs for its meaning are hash or single-partition ones,
 /// which stay. Over other inputs (a generated series, a cached table) they stay: there
 /// they are how a job gets its parallelism.

@@ -7,11 +7,13 @@ use datafusion::prelude::SessionConfig;
 use crate::Result;
 
 /// Settings that every plan drove distributes is made with, and that workers run it with.
+/// `task_memory` is the smallest share of operator memory a task gets on the cluster's
+/// workers, if known: it bounds the joins broadcast (see [`broadcast_joins`]).
 ///
 /// Dynamic filters are off: they link operators across partitions inside one process
 /// (a join's build side feeding the probe side's scan), and drove runs each partition
 /// as its own task, possibly on another machine.
-pub fn settings(target_partitions: usize) -> HashMap<String, String> {
+pub fn settings(target_partitions: usize, task_memory: Option<u64>) -> HashMap<String, String> {
     let target_partitions = target_partitions.max(1);
     let mut settings: HashMap<String, String> = [
         (
@@ -60,7 +62,7 @@ pub fn settings(target_partitions: usize) -> HashMap<String, String> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    broadcast_joins(&mut settings, target_partitions, None);
+    broadcast_joins(&mut settings, target_partitions, task_memory);
     settings
 }
 
@@ -77,7 +79,7 @@ pub const BROADCAST_TOTAL_BYTES: u64 = 64 << 20;
 /// statistics estimate its size only roughly, and less where the copies would move more
 /// than [`BROADCAST_TOTAL_BYTES`]. DataFusion's own threshold (1 MB) is set for building
 /// once per process, where a shuffle costs nothing.
-pub fn broadcast_joins(
+fn broadcast_joins(
     settings: &mut HashMap<String, String>,
     partitions: usize,
     task_memory: Option<u64>,
@@ -107,9 +109,7 @@ mod tests {
     use super::*;
 
     fn thresholds(partitions: usize, task_memory: Option<u64>) -> (u64, u64) {
-        let mut settings = settings(partitions);
-        broadcast_joins(&mut settings, partitions, task_memory);
-        let config = config(&settings).unwrap();
+        let config = config(&settings(partitions, task_memory)).unwrap();
         let optimizer = &config.options().optimizer;
         (
             optimizer.hash_join_single_partition_threshold as u64,

@@ -838,7 +838,7 @@ impl Seeds {
         let csv = data.join("csv");
 
         targets::setup();
-        let settings = session::settings(2);
+        let settings = session::settings(2, None);
         let ctx = SessionContext::new_with_config(session::config(&settings).expect("settings"));
         let mut specs: Vec<TableSpec> =
             tables::generated_tables(&data.join("tpch"), Benchmark::Tpch).expect("tables");
