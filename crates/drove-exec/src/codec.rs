@@ -71,6 +71,7 @@ impl PhysicalExtensionCodec for DroveCodec {
                 let mode = match r.mode() {
                     drove_proto::ReadMode::Gather => ReadMode::Gather,
                     drove_proto::ReadMode::PerMap => ReadMode::PerMap,
+                    drove_proto::ReadMode::Merge => ReadMode::Merge,
                 };
                 let schema = schema_from_bytes(&r.schema).map_err(external)?;
                 let expr = |bytes: &[u8]| {
@@ -177,6 +178,7 @@ impl PhysicalExtensionCodec for DroveCodec {
             let mode = match reader.mode() {
                 ReadMode::Gather => drove_proto::ReadMode::Gather,
                 ReadMode::PerMap => drove_proto::ReadMode::PerMap,
+                ReadMode::Merge => drove_proto::ReadMode::Merge,
             };
             let presented = reader.presented();
             drove_node::Node::ShuffleReader(drove_proto::ShuffleReaderNode {

@@ -6,7 +6,7 @@
 //! | exchange | the stage below writes | the stage above reads |
 //! |---|---|---|
 //! | `RepartitionExec` (hash, round-robin, range) | one block per output partition | [`ReadMode::Gather`] |
-//! | the same, preserving order | the same, without merging | [`ReadMode::Gather`] under a `SortExec` of each partition |
+//! | the same, preserving order | the same, in its input's order | [`ReadMode::Merge`] of each map output (of at most [`MERGE_INPUTS_MAX`]; of more, [`ReadMode::Gather`] under a `SortExec` of each partition) |
 //! | `CoalescePartitionsExec` | one block per task | [`ReadMode::Gather`], one partition |
 //! | `SortPreservingMergeExec` | one sorted block per task | [`ReadMode::PerMap`] under the merge |
 //!
@@ -29,7 +29,7 @@ use datafusion::physical_plan::{
 };
 
 use crate::cache::CachedScanExec;
-use crate::shuffle::{ReadMode, ShuffleReaderExec};
+use crate::shuffle::{MERGE_INPUTS_MAX, ReadMode, ShuffleReaderExec};
 use crate::{Error, Result};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 
@@ -478,13 +478,24 @@ impl Cutter<'_> {
         if let Some(repartition) = plan.downcast_ref::<RepartitionExec>()
             && repartition.preserve_order()
         {
-            // It merges its sorted inputs into each output partition. A reader gathers
-            // blocks as they come, so each partition is sorted again after it.
+            // It merges its sorted inputs into each output partition. The map tasks
+            // write their blocks in their input's order, so a reader of a few map
+            // outputs merges them; one of many gathers blocks as they come, and each
+            // partition is sorted again after it.
             let ordering = repartition.input().output_ordering().cloned();
             let unordered = Arc::new(RepartitionExec::try_new(
                 Arc::clone(repartition.input()),
                 repartition.partitioning().clone(),
             )?);
+            let maps = repartition.input().output_partitioning().partition_count();
+            if maps <= MERGE_INPUTS_MAX && ordering.is_some() {
+                let stage = self.repartition_stage(unordered)?;
+                return Ok(Arc::new(ShuffleReaderExec::standing_in(
+                    stage,
+                    ReadMode::Merge,
+                    plan.as_ref(),
+                )));
+            }
             let reader = self.cut_repartition(unordered)?;
             return Ok(match ordering {
                 Some(ordering) => {
@@ -544,6 +555,17 @@ impl Cutter<'_> {
     /// Cuts at a repartition that does not preserve order: the stage below writes one
     /// block per output partition, and a reader gathers them.
     fn cut_repartition(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        let stage = self.repartition_stage(Arc::clone(&plan))?;
+        Ok(Arc::new(ShuffleReaderExec::standing_in(
+            stage,
+            ReadMode::Gather,
+            plan.as_ref(),
+        )))
+    }
+
+    /// The stage that runs a repartition's input and writes one block per output
+    /// partition.
+    fn repartition_stage(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<u32> {
         let Some(repartition) = plan.downcast_ref::<RepartitionExec>() else {
             return Err(Error::Internal(format!(
                 "{} is not a repartition",
@@ -563,16 +585,11 @@ impl Cutter<'_> {
             repartition.input().output_partitioning().partition_count(),
             repartition.input(),
         )?;
-        let stage = push_stage(
+        Ok(push_stage(
             &mut self.stages,
-            Arc::clone(&plan),
+            plan,
             OutputMode::RepartitionRoot,
             tasks,
-        );
-        Ok(Arc::new(ShuffleReaderExec::standing_in(
-            stage,
-            ReadMode::Gather,
-            plan.as_ref(),
-        )))
+        ))
     }
 }

@@ -21,9 +21,13 @@ use arrow_flight::{FlightData, IpcMessage, SchemaAsIpc, Ticket};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::physical_expr::{ConstExpr, EquivalenceProperties, LexOrdering, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::sorts::streaming_merge::StreamingMergeBuilder;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -57,7 +61,17 @@ pub enum ReadMode {
     /// Partition p reads the one block of map partition p (before a sort-preserving
     /// merge, which needs each sorted input on its own).
     PerMap,
+    /// Partition p reads reduce partition p of every map output, as [`Self::Gather`]
+    /// does, but each map output on its own, and merges them by the ordering the reader
+    /// presents: the map tasks sorted their output, so the exchange keeps its order
+    /// without sorting again (a sort-based shuffle). It holds a read open per map
+    /// output, so the planner chooses it for at most [`MERGE_INPUTS_MAX`] of them.
+    Merge,
 }
+
+/// The most map outputs a [`ReadMode::Merge`] reader merges; an ordered exchange of more
+/// gathers and sorts again.
+pub const MERGE_INPUTS_MAX: usize = 64;
 
 /// Where one map task's output lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,16 +133,29 @@ impl FlightPool {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
+        let client = Self::connect(addr)?;
+        clients.insert(addr.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// A client on a connection of its own, for a read that may sit unread while others
+    /// from the same worker go on (an input of a merge, which reads whichever input holds
+    /// the next row). On a shared connection, what such a read has received but not yet
+    /// been asked for holds the connection's flow-control window, and the read the merge
+    /// waits for would stall behind it for good.
+    pub fn own_client(&self, addr: &str) -> Result<FlightServiceClient<Channel>> {
+        Self::connect(addr)
+    }
+
+    fn connect(addr: &str) -> Result<FlightServiceClient<Channel>> {
         let endpoint = crate::net::endpoint(addr).map_err(|message| Error::Fetch {
             addr: addr.to_string(),
             message,
             lost: None,
         })?;
-        let client = FlightServiceClient::new(endpoint.connect_lazy())
+        Ok(FlightServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES);
-        clients.insert(addr.to_string(), client.clone());
-        Ok(client)
+            .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES))
     }
 }
 
@@ -201,18 +228,24 @@ pub async fn open_block(
     key: &BlockKey,
     on_wire_bytes: impl Fn(u64) + Send + 'static,
 ) -> Result<BlockStream> {
-    open_blocks(pool, addr, std::slice::from_ref(key), on_wire_bytes).await
+    open_blocks(
+        pool.client(addr)?,
+        addr,
+        std::slice::from_ref(key),
+        on_wire_bytes,
+    )
+    .await
 }
 
 /// Starts fetching blocks of one stage and reduce partition from the Flight service
-/// at `addr` in one call (see [`batch_ticket`]); their batches arrive in one stream.
+/// at `addr` in one call (see [`batch_ticket`]) with `client`, a client of `addr`;
+/// their batches arrive in one stream.
 pub async fn open_blocks(
-    pool: &FlightPool,
+    mut client: FlightServiceClient<Channel>,
     addr: &str,
     keys: &[BlockKey],
     on_wire_bytes: impl Fn(u64) + Send + 'static,
 ) -> Result<BlockStream> {
-    let mut client = pool.client(addr)?;
     let addr = addr.to_string();
     let key = keys.first().copied().unwrap_or_default();
     let more = keys.len().saturating_sub(1);
@@ -479,7 +512,7 @@ impl ShuffleReaderExec {
             attempt: m.attempt,
         };
         Ok(match self.mode {
-            ReadMode::Gather => outputs
+            ReadMode::Gather | ReadMode::Merge => outputs
                 .outputs
                 .iter()
                 .map(|m| (key(m, partition as u32), m))
@@ -574,11 +607,46 @@ impl ExecutionPlan for ShuffleReaderExec {
         let blocks = self
             .blocks(&env, partition)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let metric =
-            |name: &'static str| MetricBuilder::new(&self.metrics).counter(name, partition);
-        let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
-        let (blocks_read, fetch_calls) = (metric("blocks_read"), metric("fetch_calls"));
-        let (local_bytes, remote_bytes) = (metric("bytes_read_local"), metric("bytes_read_remote"));
+        let metrics = ReadMetrics::new(&self.metrics, partition);
+        let batch_size = context.session_config().batch_size();
+        let external = |e: Error| DataFusionError::External(Box::new(e));
+        if self.mode == ReadMode::Merge {
+            let ordering = self.properties.output_ordering().ok_or_else(|| {
+                DataFusionError::Internal("a merging shuffle reader presents no ordering".into())
+            })?;
+            // One read per map output, each kept in order, in batches of about the
+            // target size that own their memory (the merge holds a batch of each, and
+            // counts them).
+            let streams = blocks
+                .into_iter()
+                .map(|(key, location)| {
+                    let read = read_blocks(
+                        &env,
+                        self.stage,
+                        vec![key],
+                        location,
+                        Connection::Own,
+                        &metrics,
+                    )
+                    .map_err(external)
+                    .boxed();
+                    Box::pin(RecordBatchStreamAdapter::new(
+                        self.schema(),
+                        compacted(read, self.schema(), batch_size),
+                    )) as SendableRecordBatchStream
+                })
+                .collect();
+            let reservation = MemoryConsumer::new(format!("ShuffleMerge[{partition}]"))
+                .register(context.memory_pool());
+            return StreamingMergeBuilder::new()
+                .with_streams(streams)
+                .with_schema(self.schema())
+                .with_expressions(ordering)
+                .with_metrics(BaselineMetrics::new(&self.metrics, partition))
+                .with_batch_size(batch_size)
+                .with_reservation(reservation)
+                .build();
+        }
         // Blocks on this worker are read from its store, one after the other in one
         // read; the others are fetched with one Flight call per worker holding some
         // (and per BLOCKS_PER_TICKET_MAX blocks), so an all-to-all exchange costs calls
@@ -589,7 +657,7 @@ impl ExecutionPlan for ShuffleReaderExec {
         // window while another waits for data, and only what flow control admits waits
         // in memory. Batches of different reads interleave, which a gather does not
         // mind; a per-map reader reads one block.
-        let mut reads: Vec<(Vec<BlockKey>, MapOutputRef)> = Vec::new();
+        let mut reads: Vec<(Vec<BlockKey>, &MapOutputRef)> = Vec::new();
         let mut holders: BTreeMap<u64, usize> = BTreeMap::new();
         for (key, location) in blocks {
             let local = location.worker_id == env.local_worker;
@@ -599,85 +667,143 @@ impl ExecutionPlan for ShuffleReaderExec {
                 }
                 _ => {
                     holders.insert(location.worker_id, reads.len());
-                    reads.push((vec![key], location.clone()));
+                    reads.push((vec![key], location));
                 }
             }
         }
-        let stage = self.stage;
-        let opens = futures::stream::iter(reads).map(move |(keys, location)| {
-            let env = Arc::clone(&env);
-            // Name a lost map output, so the scheduler re-runs its producer (and with
-            // it every output of that stage its holder kept).
-            let lost = LostBlock {
-                stage,
-                map_partition: keys[0].map_partition,
-                worker: location.worker_id,
-            };
-            let name_lost = move |e: Error| match e {
-                Error::Fetch { addr, message, .. } => Error::Fetch {
-                    addr,
-                    message,
-                    lost: Some(lost),
-                },
-                other => other,
-            };
-            let (local_bytes, remote_bytes) = (local_bytes.clone(), remote_bytes.clone());
-            let (fetch_calls, blocks_read) = (fetch_calls.clone(), blocks_read.clone());
-            let open = async move {
-                blocks_read.add(keys.len());
-                let stream: BlockStream = if location.worker_id == env.local_worker {
-                    // A block that is gone or cannot be read back from its spill file
-                    // is lost like a remote one: its producer must run again.
-                    let addr = location.flight_addr.clone();
-                    let unreadable = move |key: BlockKey, message: String| Error::Fetch {
-                        addr: addr.clone(),
-                        message: format!("{key}: {message}"),
-                        lost: None,
-                    };
-                    let mut found = Vec::with_capacity(keys.len());
-                    for (key, block) in keys.iter().zip(env.store.get_many(&keys)) {
-                        let block =
-                            block.ok_or_else(|| unreadable(*key, "not on this worker".into()))?;
-                        env.local_read_bytes
-                            .fetch_add(block.bytes, Ordering::Relaxed);
-                        local_bytes.add(block.bytes as usize);
-                        found.push((*key, block));
-                    }
-                    // Each block is opened once the one before it is read: a spilled
-                    // block starts a reader thread that reads ahead when opened.
-                    futures::stream::iter(found)
-                        .flat_map(move |(key, block)| {
-                            let unreadable = unreadable.clone();
-                            block
-                                .stream()
-                                .map_err(move |e| unreadable(key, e.to_string()))
-                        })
-                        .boxed()
-                } else {
-                    let counter = Arc::clone(&env.remote_read_bytes);
-                    let on_bytes = move |n: u64| {
-                        counter.fetch_add(n, Ordering::Relaxed);
-                        remote_bytes.add(n as usize);
-                    };
-                    fetch_calls.add(1);
-                    env.count(FLIGHT_CALLS, 1);
-                    open_blocks(&env.flight, &location.flight_addr, &keys, on_bytes).await?
-                };
-                Ok::<_, Error>(stream)
-            };
-            open.try_flatten_stream().map_err(name_lost).boxed()
-        });
-        let read = opens
+        // A per-map read is one partition of a merge above (or of a cached table's
+        // scan): the merge reads the partitions unevenly.
+        let connection = match self.mode {
+            ReadMode::PerMap => Connection::Own,
+            _ => Connection::Shared,
+        };
+        let reads: Vec<BlockStream> = reads
+            .into_iter()
+            .map(|(keys, location)| {
+                read_blocks(&env, self.stage, keys, location, connection, &metrics)
+            })
+            .collect();
+        let read = futures::stream::iter(reads)
             .flatten_unordered(FETCH_CONCURRENCY_MAX)
-            .map_err(|e: Error| DataFusionError::External(Box::new(e)))
+            .map_err(external)
             .boxed();
-        let stream = coalesced(read, self.schema(), context.session_config().batch_size())
+        let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
+        let stream = coalesced(read, self.schema(), batch_size)
             .inspect_ok(move |batch| output_rows.add(batch.num_rows()));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema(),
             stream,
         )))
     }
+}
+
+/// A reader partition's counters.
+#[derive(Clone)]
+struct ReadMetrics {
+    blocks_read: Count,
+    fetch_calls: Count,
+    local_bytes: Count,
+    remote_bytes: Count,
+}
+
+impl ReadMetrics {
+    fn new(metrics: &ExecutionPlanMetricsSet, partition: usize) -> Self {
+        let metric = |name: &'static str| MetricBuilder::new(metrics).counter(name, partition);
+        Self {
+            blocks_read: metric("blocks_read"),
+            fetch_calls: metric("fetch_calls"),
+            local_bytes: metric("bytes_read_local"),
+            remote_bytes: metric("bytes_read_remote"),
+        }
+    }
+}
+
+/// Which connection a remote read uses.
+#[derive(Debug, Clone, Copy)]
+enum Connection {
+    /// The one the worker's reads from that peer share: for reads that are always
+    /// polled (a gather).
+    Shared,
+    /// One of its own (see [`FlightPool::own_client`]).
+    Own,
+}
+
+/// Reads `keys`, blocks of one map stage that `location`'s worker holds: from this
+/// worker's store, or with one Flight call on `connection`, opened when the stream is
+/// first polled. A block that cannot be read names its map output as lost, so that the
+/// scheduler runs its producer again (and with it every output of that stage its
+/// holder kept).
+fn read_blocks(
+    env: &Arc<ShuffleEnv>,
+    stage: u32,
+    keys: Vec<BlockKey>,
+    location: &MapOutputRef,
+    connection: Connection,
+    metrics: &ReadMetrics,
+) -> BlockStream {
+    let (env, location, metrics) = (Arc::clone(env), location.clone(), metrics.clone());
+    let lost = LostBlock {
+        stage,
+        map_partition: keys[0].map_partition,
+        worker: location.worker_id,
+    };
+    let name_lost = move |e: Error| match e {
+        Error::Fetch { addr, message, .. } => Error::Fetch {
+            addr,
+            message,
+            lost: Some(lost),
+        },
+        other => other,
+    };
+    let open = async move {
+        metrics.blocks_read.add(keys.len());
+        if location.worker_id == env.local_worker {
+            // A block that is gone or cannot be read back from its spill file is lost
+            // like a remote one: its producer must run again.
+            let addr = location.flight_addr.clone();
+            let unreadable = move |key: BlockKey, message: String| Error::Fetch {
+                addr: addr.clone(),
+                message: format!("{key}: {message}"),
+                lost: None,
+            };
+            let mut found = Vec::with_capacity(keys.len());
+            for (key, block) in keys.iter().zip(env.store.get_many(&keys)) {
+                let block = block.ok_or_else(|| unreadable(*key, "not on this worker".into()))?;
+                env.local_read_bytes
+                    .fetch_add(block.bytes, Ordering::Relaxed);
+                metrics.local_bytes.add(block.bytes as usize);
+                found.push((*key, block));
+            }
+            // Each block is opened once the one before it is read: a spilled block
+            // starts a reader thread that reads ahead when opened.
+            Ok::<BlockStream, Error>(
+                futures::stream::iter(found)
+                    .flat_map(move |(key, block)| {
+                        let unreadable = unreadable.clone();
+                        block
+                            .stream()
+                            .map_err(move |e| unreadable(key, e.to_string()))
+                    })
+                    .boxed(),
+            )
+        } else {
+            let counter = Arc::clone(&env.remote_read_bytes);
+            let remote_bytes = metrics.remote_bytes.clone();
+            let on_bytes = move |n: u64| {
+                counter.fetch_add(n, Ordering::Relaxed);
+                remote_bytes.add(n as usize);
+            };
+            metrics.fetch_calls.add(1);
+            env.count(FLIGHT_CALLS, 1);
+            let addr = &location.flight_addr;
+            let client = match connection {
+                Connection::Shared => env.flight.client(addr)?,
+                Connection::Own => env.flight.own_client(addr)?,
+            };
+            open_blocks(client, addr, &keys, on_bytes).await
+        }
+    };
+    open.try_flatten_stream().map_err(name_lost).boxed()
 }
 
 /// `input`'s rows in batches of about `target` rows. A wide exchange cuts every map
@@ -699,6 +825,7 @@ where
     let target = target.max(1);
     let coalescer =
         BatchCoalescer::new(schema, target).with_biggest_coalesce_batch_size(Some(target / 8));
+
     // The state is the input (none once it ended) and the coalescer, or nothing once
     // an error ended the stream.
     futures::stream::unfold(Some((Some(input), coalescer)), |state| async move {
@@ -719,6 +846,26 @@ where
                 return Some((Err(e.into()), None));
             }
         }
+    })
+}
+
+/// `input`'s rows in batches of about `target` rows, each copied into buffers of its
+/// own, so that its memory size is what its rows take. A block's batches are slices
+/// of larger buffers (a Flight message, or the map task's batch taken apart by
+/// partition), and an operator that holds them unspillable and counts them, as a merge
+/// holds a batch and its key column of each input, would count each whole buffer.
+pub fn compacted<E>(
+    input: futures::stream::BoxStream<'static, std::result::Result<RecordBatch, E>>,
+    schema: SchemaRef,
+    target: usize,
+) -> impl futures::Stream<Item = std::result::Result<RecordBatch, E>> + Send + 'static
+where
+    E: From<arrow::error::ArrowError> + Send + 'static,
+{
+    coalesced(input, schema, target).map(|batch| {
+        let batch = batch?;
+        let all = arrow::array::UInt32Array::from_iter_values(0..batch.num_rows() as u32);
+        Ok(arrow::compute::take_record_batch(&batch, &all)?)
     })
 }
 

@@ -158,12 +158,13 @@ pub async fn build(spec: &MapReduceSpec) -> Result<Arc<dyn ExecutionPlan>> {
             Partitioning::Range(RangePartitioning::try_new(by_key.clone(), split_points)?)
         }
     };
-    let shuffle = Arc::new(RepartitionExec::try_new(map, partitioning)?);
-    // Each reduce partition sorted by key with DataFusion's sort, which spills under
-    // the task's memory share, so a reduce task sees each key's values together.
-    let sorted = Arc::new(SortExec::new(by_key, shuffle).with_preserve_partitioning(true));
+    // Each map task sorts its output by key (DataFusion's sort, which spills under the
+    // task's memory share), and each reduce partition merges the map tasks' sorted
+    // pieces, so a reduce task sees each key's values together without sorting again.
+    let sorted = Arc::new(SortExec::new(by_key, map).with_preserve_partitioning(true));
+    let shuffle = Arc::new(RepartitionExec::try_new(sorted, partitioning)?.with_preserve_order());
     Ok(Arc::new(ReduceExec::try_new(
-        sorted,
+        shuffle,
         &spec.job,
         &spec.args,
         spec.output.clone(),

@@ -739,6 +739,9 @@ pub enum ReadMode {
     Gather = 0,
     /// Reader partition p reads the single block of map partition p (order preserved).
     PerMap = 1,
+    /// Reader partition p reads reduce partition p of every map output, each map output
+    /// on its own, and merges them by the ordering the reader presents.
+    Merge = 2,
 }
 impl ReadMode {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -749,6 +752,7 @@ impl ReadMode {
         match self {
             Self::Gather => "READ_MODE_GATHER",
             Self::PerMap => "READ_MODE_PER_MAP",
+            Self::Merge => "READ_MODE_MERGE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -756,6 +760,7 @@ impl ReadMode {
         match value {
             "READ_MODE_GATHER" => Some(Self::Gather),
             "READ_MODE_PER_MAP" => Some(Self::PerMap),
+            "READ_MODE_MERGE" => Some(Self::Merge),
             _ => None,
         }
     }

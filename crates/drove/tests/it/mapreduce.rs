@@ -194,9 +194,11 @@ async fn sort_larger_than_memory_spills_and_stays_sorted() {
     std::fs::create_dir_all(&input).unwrap();
     let mut all = Vec::new();
     let mut x: u64 = 11;
-    for f in 0..4 {
+    // Eight map tasks: a reducer merges four of them from the other worker, more than
+    // one connection's flow-control window holds while the merge waits on one.
+    for f in 0..8 {
         let mut text = String::new();
-        for i in 0..150_000 {
+        for i in 0..75_000 {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
@@ -242,6 +244,117 @@ async fn sort_larger_than_memory_spills_and_stays_sorted() {
     all.sort();
     assert_eq!(lines.len(), all.len());
     assert!(lines == all, "not a permutation of the input");
+    session.shutdown().await;
+}
+
+/// The stages of the built-in sort over `files` text files of a few lines each, shown
+/// one per string.
+async fn sort_stages(dir: &Path, files: usize) -> Vec<String> {
+    use drove_exec::mapreduce::nodes::{OutputFormat, OutputSpec};
+    use drove_exec::mapreduce::plan::{MapReduceSpec, build};
+    let input = dir.join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    for f in 0..files {
+        std::fs::write(
+            input.join(format!("r{f:03}.txt")),
+            format!("k{f}\tv\nz{f}\tw\n"),
+        )
+        .unwrap();
+    }
+    drove::jobs::register_builtin();
+    let plan = build(&MapReduceSpec {
+        job: "sort".into(),
+        args: Default::default(),
+        inputs: vec![input],
+        output: OutputSpec {
+            dir: dir.join("out"),
+            format: OutputFormat::Text,
+            token: "t".into(),
+        },
+        reducers: 2,
+        combine: true,
+    })
+    .await
+    .unwrap();
+    drove_exec::planner::split(plan)
+        .unwrap()
+        .stages
+        .into_iter()
+        .map(|s| {
+            datafusion::physical_plan::displayable(s.plan.as_ref())
+                .indent(true)
+                .to_string()
+        })
+        .collect()
+}
+
+/// Each map task sorts its output and a reducer merges the map tasks' sorted blocks of
+/// its partition (a sort-based shuffle), so the reduce stage sorts nothing; past the
+/// number of map outputs one reader merges, it gathers and sorts instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reducers_merge_sorted_map_outputs_instead_of_sorting_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let merged = sort_stages(&tmp.path().join("few"), 3).await;
+    assert_eq!(merged.len(), 2, "{merged:#?}");
+    assert!(merged[0].contains("SortExec"), "{}", merged[0]);
+    assert!(merged[1].contains("mode=Merge"), "{}", merged[1]);
+    assert!(!merged[1].contains("SortExec"), "{}", merged[1]);
+
+    let many = drove_exec::shuffle::MERGE_INPUTS_MAX + 1;
+    let gathered = sort_stages(&tmp.path().join("many"), many).await;
+    assert!(gathered[1].contains("mode=Gather"), "{}", gathered[1]);
+    assert!(gathered[1].contains("SortExec"), "{}", gathered[1]);
+    // Both shapes give the sorted input.
+    let session = cluster(2).await;
+    for (dir, files) in [("few", 3), ("many", many)] {
+        let mut opts = options(
+            "sort",
+            vec![tmp.path().join(dir).join("in")],
+            &tmp.path().join(dir).join("sorted"),
+        );
+        opts.reducers = 2;
+        let result = session.run_mapreduce(opts).await.unwrap();
+        let mut expected: Vec<String> = (0..files)
+            .flat_map(|f| [format!("k{f}\tv"), format!("z{f}\tw")])
+            .collect();
+        expected.sort();
+        assert_eq!(output_lines(&result), expected, "{dir}");
+    }
+    session.shutdown().await;
+}
+
+/// A merge reads whichever input holds the next key. With keys in file order it drains
+/// one map output while the others from the same worker sit unread: were they on one
+/// connection, what they had received would fill its flow-control window, and the
+/// input being drained could receive nothing more (the job stalled for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merge_that_drains_one_input_while_others_wait_does_not_stall() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("records");
+    std::fs::create_dir_all(&input).unwrap();
+    let mut all = Vec::new();
+    // Sixteen map tasks of about 3 MB, each file's keys above the one before it.
+    for f in 0..16 {
+        let mut text = String::new();
+        for i in 0..24_000 {
+            let line = format!("{f:02}-{i:06}\t{}", "v".repeat(120));
+            text.push_str(&line);
+            text.push('\n');
+            all.push(line);
+        }
+        std::fs::write(input.join(format!("r{f:02}.txt")), text).unwrap();
+    }
+    let session = cluster(2).await;
+    let mut opts = options("sort", vec![input], &tmp.path().join("sorted"));
+    opts.reducers = 1;
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        session.run_mapreduce(opts),
+    )
+    .await
+    .expect("the sort stalled")
+    .unwrap();
+    assert!(output_lines(&result) == all, "not the input in order");
     session.shutdown().await;
 }
 
