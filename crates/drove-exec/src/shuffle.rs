@@ -825,7 +825,6 @@ where
     let target = target.max(1);
     let coalescer =
         BatchCoalescer::new(schema, target).with_biggest_coalesce_batch_size(Some(target / 8));
-
     // The state is the input (none once it ended) and the coalescer, or nothing once
     // an error ended the stream.
     futures::stream::unfold(Some((Some(input), coalescer)), |state| async move {
