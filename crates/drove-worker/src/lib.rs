@@ -86,9 +86,11 @@ pub struct WorkerConfig {
     /// Fault injection for tests and demonstrations of speculation: every task waits
     /// this long before it starts. 0 in normal use.
     pub task_delay_ms: u64,
-    /// The memory budget: half for the blocks the worker holds, half for its running
-    /// tasks' operators (divided equally between its slots). What does not fit spills
-    /// to disk.
+    /// The memory budget of the whole process. An eighth of it, up to 64 MiB, is left
+    /// for what is not counted (code, connections' buffers, memory the allocator keeps
+    /// after it was freed); of the rest, half holds the blocks the worker keeps, half
+    /// its running tasks' operators (divided equally between its slots). What does not
+    /// fit spills to disk.
     pub memory_bytes: u64,
     /// Under this directory the worker keeps its own directory for spilled blocks and
     /// operator spill files, removed when it stops; left-overs of workers that died are
@@ -372,7 +374,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     }
     let work_dir = workdir::WorkDir::create(&config.work_dir).map_err(Error::Config)?;
     let own_dir = work_dir.path().to_path_buf();
-    let block_bytes = config.memory_bytes / 2;
+    let block_bytes = counted_bytes(&config) / 2;
     let runtime = RuntimeEnvBuilder::new()
         .with_disk_manager_builder(
             DiskManagerBuilder::default()
@@ -811,10 +813,17 @@ async fn serve(
     end
 }
 
-/// One task's share of the worker's operator memory: half the budget, divided among
-/// the slots (the other half holds blocks).
+/// The part of the budget blocks and operators count against (see
+/// [`WorkerConfig::memory_bytes`]).
+fn counted_bytes(config: &WorkerConfig) -> u64 {
+    config.memory_bytes - (config.memory_bytes / 8).min(64 << 20)
+}
+
+/// One task's share of the worker's operator memory: half the counted budget, divided
+/// among the slots (the other half holds blocks).
 fn task_pool_bytes(config: &WorkerConfig) -> u64 {
-    (config.memory_bytes - config.memory_bytes / 2) / u64::from(config.slots.max(1))
+    let counted = counted_bytes(config);
+    (counted - counted / 2) / u64::from(config.slots.max(1))
 }
 
 /// One task's share of the worker's operator memory (its budget's half divided by its

@@ -194,8 +194,9 @@ struct WorkerArgs {
 
 #[derive(Args, Debug)]
 struct MemoryArgs {
-    /// Memory budget per worker, e.g. 256MiB or 2GiB: half for the blocks it holds,
-    /// half for its tasks; the rest spills to disk (default: half the machine's memory,
+    /// Memory budget per worker process, e.g. 256MiB or 2GiB: an eighth (up to 64MiB)
+    /// left for what is not counted, then half the rest for the blocks it holds, half
+    /// for its tasks; the rest spills to disk (default: half the machine's memory,
     /// shared between the workers; at least 32MiB).
     #[arg(long, value_name = "SIZE", value_parser = drove_core::parse_bytes)]
     memory: Option<u64>,

@@ -230,7 +230,8 @@ async fn sort_larger_than_memory_spills_and_stays_sorted() {
         "nothing spilled: {:?}",
         result.summary
     );
-    // The sort reserved its memory, within a task's share: half the worker's budget.
+    // The sort reserved its memory, within a task's share: less than half the worker's
+    // budget.
     assert!(
         result.summary.peak_memory_bytes > 0 && result.summary.peak_memory_bytes <= memory / 2,
         "a task held {} bytes",
