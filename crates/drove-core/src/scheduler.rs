@@ -652,15 +652,30 @@ impl WorkerState {
     }
 }
 
+impl WorkerState {
+    /// A new attempt would wait in its queue: every slot runs one.
+    fn would_queue(&self) -> bool {
+        self.running.len() as u32 >= self.slots
+    }
+
+    /// It holds an attempt of `stage` of `job`.
+    fn holds_stage(&self, job: JobId, stage: StageId) -> bool {
+        self.running
+            .iter()
+            .any(|a| a.task.job == job && a.task.stage == stage)
+    }
+}
+
 /// The worker to run a new attempt on: the one with the most free slots, never a
-/// draining one nor `avoid`; ties go to the lowest id.
+/// draining one nor `avoid`, nor one that `refuses`; ties go to the lowest id.
 fn pick_worker(
     workers: &mut BTreeMap<WorkerId, WorkerState>,
     avoid: Option<WorkerId>,
+    refuses: impl Fn(&WorkerState) -> bool,
 ) -> Option<(WorkerId, &mut WorkerState)> {
     workers
         .iter_mut()
-        .filter(|(id, w)| w.free_slots() > 0 && !w.draining && Some(**id) != avoid)
+        .filter(|(id, w)| w.free_slots() > 0 && !w.draining && Some(**id) != avoid && !refuses(w))
         .max_by_key(|(id, w)| (w.free_slots(), std::cmp::Reverse(**id)))
         .map(|(id, w)| (*id, w))
 }
@@ -1413,11 +1428,17 @@ impl Scheduler {
     }
 
     /// Hands pending tasks of runnable stages to free slots, oldest job first, each task
-    /// to the worker with the most free slots. It takes tasks from the stages' ready
-    /// queues and stops once no slot is free, so it costs time in proportion to the
-    /// stages and the tasks it launches.
+    /// to the worker with the most free slots. A stage with no more tasks than the
+    /// cluster has slots is not queued behind an attempt of its own on a busy worker:
+    /// its tasks could each have a slot, and queued there they would run one after the
+    /// other while another worker may be about to idle (a join stage's two long tasks
+    /// on one worker made TPC-H's Q7 take half again as long); it waits for a slot or
+    /// a queue elsewhere. It takes tasks from the stages' ready queues and stops once no
+    /// slot is free, so it costs time in proportion to the stages and the tasks it
+    /// launches.
     fn schedule(&mut self, out: &mut Vec<Command>) {
         let now = self.now_ms;
+        let cluster_slots: u64 = self.workers.values().map(|w| u64::from(w.slots)).sum();
         for (job_id, job) in &mut self.jobs {
             if job.outcome != JobOutcome::Running {
                 continue;
@@ -1429,6 +1450,10 @@ impl Scheduler {
                     continue;
                 }
                 let local_input = stage.spec.local_input;
+                let spread = stage.tasks.len() as u64 <= cluster_slots;
+                let job_id = *job_id;
+                let refuses =
+                    |w: &WorkerState| spread && w.would_queue() && w.holds_stage(job_id, stage_id);
                 while let Some(&partition) = job.stages[&stage_id].pending.first() {
                     let p = partition as usize;
                     let local = local_input
@@ -1448,14 +1473,21 @@ impl Scheduler {
                             let elsewhere = self.workers.iter().any(|(id, w)| {
                                 w.free_slots() > 0 && !w.draining && Some(*id) != failed
                             });
-                            pick_worker(&mut self.workers, failed.filter(|_| elsewhere))
+                            pick_worker(&mut self.workers, failed.filter(|_| elsewhere), refuses)
                         }
                     };
                     let Some(worker) = worker else {
+                        if self
+                            .workers
+                            .values()
+                            .any(|w| w.free_slots() > 0 && !w.draining)
+                        {
+                            break; // only this stage waits
+                        }
                         return;
                     };
                     let id = TaskId {
-                        job: *job_id,
+                        job: job_id,
                         stage: stage_id,
                         partition,
                     };
@@ -1514,7 +1546,8 @@ impl Scheduler {
             if running_ms <= slow_after {
                 continue;
             }
-            let Some(twin_worker) = pick_worker(&mut self.workers, Some(first.worker)) else {
+            let Some(twin_worker) = pick_worker(&mut self.workers, Some(first.worker), |_| false)
+            else {
                 return;
             };
             let stage = job.stages.get_mut(&task.stage).expect("found above");
@@ -1877,6 +1910,45 @@ mod tests {
         assert!(
             matches!(&released[..], [Command::ReleaseBlocks { workers, .. }] if workers.len() == 2)
         );
+    }
+
+    /// A stage with no more tasks than the cluster has slots is not queued behind an
+    /// attempt of its own: its second task waits for the other worker, which is busy
+    /// now but not for long, rather than run after its sibling on the worker that
+    /// happened to finish its short tasks first.
+    #[test]
+    fn a_stage_that_fits_the_slots_is_not_queued_behind_itself() {
+        let config = SchedulerConfig {
+            queued_per_slot: 1,
+            ..Default::default()
+        };
+        let mut s = with_workers(config, &[1, 1]);
+        let cmds = s.handle(Event::JobSubmitted(job(
+            1,
+            &[(0, 2, &[]), (1, 2, &[]), (2, 2, &[]), (3, 1, &[0, 1, 2])],
+        )));
+        let first = launches(&cmds);
+        assert_eq!(first.len(), 4, "a slot and a queue on each worker");
+        let on = |w: u64| -> Vec<(AttemptId, WorkerId)> {
+            first
+                .iter()
+                .filter(|(_, id)| *id == WorkerId(w))
+                .copied()
+                .collect()
+        };
+        let (w1, w2) = (on(1), on(2));
+        assert_eq!((w1.len(), w2.len()), (2, 2));
+        // Worker 2 ends both its tasks: the long stage's first task goes there...
+        let mut next = launches(&succeed(&mut s, w2[0]));
+        next.extend(launches(&succeed(&mut s, w2[1])));
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert_eq!(next[0].0.task.stage, StageId(2));
+        assert_eq!(next[0].1, WorkerId(2));
+        // ...and its second to worker 1 once that has room.
+        let later = launches(&succeed(&mut s, w1[0]));
+        assert_eq!(later.len(), 1, "{later:?}");
+        assert_eq!(later[0].0.task.stage, StageId(2));
+        assert_eq!(later[0].1, WorkerId(1));
     }
 
     #[test]
