@@ -650,9 +650,7 @@ impl WorkerState {
     fn free_slots(&self) -> u32 {
         self.capacity.saturating_sub(self.running.len() as u32)
     }
-}
 
-impl WorkerState {
     /// A new attempt would wait in its queue: every slot runs one.
     fn would_queue(&self) -> bool {
         self.running.len() as u32 >= self.slots

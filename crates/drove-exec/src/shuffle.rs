@@ -632,7 +632,8 @@ impl ExecutionPlan for ShuffleReaderExec {
                     .boxed();
                     Box::pin(RecordBatchStreamAdapter::new(
                         self.schema(),
-                        compacted(read, self.schema(), batch_size),
+                        coalesced(read, self.schema(), batch_size)
+                            .map(|batch| Ok(compact(&batch?)?)),
                     )) as SendableRecordBatchStream
                 })
                 .collect();
@@ -848,24 +849,14 @@ where
     })
 }
 
-/// `input`'s rows in batches of about `target` rows, each copied into buffers of its
-/// own, so that its memory size is what its rows take. A block's batches are slices
-/// of larger buffers (a Flight message, or the map task's batch taken apart by
-/// partition), and an operator that holds them unspillable and counts them, as a merge
-/// holds a batch and its key column of each input, would count each whole buffer.
-pub fn compacted<E>(
-    input: futures::stream::BoxStream<'static, std::result::Result<RecordBatch, E>>,
-    schema: SchemaRef,
-    target: usize,
-) -> impl futures::Stream<Item = std::result::Result<RecordBatch, E>> + Send + 'static
-where
-    E: From<arrow::error::ArrowError> + Send + 'static,
-{
-    coalesced(input, schema, target).map(|batch| {
-        let batch = batch?;
-        let all = arrow::array::UInt32Array::from_iter_values(0..batch.num_rows() as u32);
-        Ok(arrow::compute::take_record_batch(&batch, &all)?)
-    })
+/// `batch` copied into buffers of its own, so that its memory size is what its rows
+/// take. A block's batches are slices of larger buffers (a Flight message, or the map
+/// task's batch taken apart by partition), and an operator that holds them
+/// unspillable and counts them, as a merge holds a batch and its key column of each
+/// input, would count each whole buffer.
+fn compact(batch: &RecordBatch) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    let all = arrow::array::UInt32Array::from_iter_values(0..batch.num_rows() as u32);
+    arrow::compute::take_record_batch(batch, &all)
 }
 
 #[cfg(test)]

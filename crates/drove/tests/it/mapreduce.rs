@@ -141,26 +141,47 @@ async fn wordcount_equals_a_single_threaded_count_and_the_combiner_cuts_the_shuf
     session.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sort_output_is_globally_sorted_and_a_permutation_of_the_input() {
-    let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("records");
+/// Writes `files` text files of `lines` records each under `dir/records`, line `i` of
+/// file `f` being `record(f, i)`; returns the directory and every record in order.
+fn write_records(
+    dir: &Path,
+    files: usize,
+    lines: usize,
+    mut record: impl FnMut(usize, usize) -> String,
+) -> (PathBuf, Vec<String>) {
+    let input = dir.join("records");
     std::fs::create_dir_all(&input).unwrap();
     let mut all = Vec::new();
-    let mut x: u64 = 7;
-    for f in 0..4 {
+    for f in 0..files {
         let mut text = String::new();
-        for i in 0..3000 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let line = format!("{:010}\tvalue-{f}-{i}", (x >> 33) % 100_000);
+        for i in 0..lines {
+            let line = record(f, i);
             text.push_str(&line);
             text.push('\n');
             all.push(line);
         }
-        std::fs::write(input.join(format!("r{f}.txt")), text).unwrap();
+        std::fs::write(input.join(format!("r{f:02}.txt")), text).unwrap();
     }
+    (input, all)
+}
+
+/// A stream of pseudo-random numbers from `seed`.
+fn lcg(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        x
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sort_output_is_globally_sorted_and_a_permutation_of_the_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut next = lcg(7);
+    let (input, mut all) = write_records(tmp.path(), 4, 3000, |f, i| {
+        format!("{:010}\tvalue-{f}-{i}", (next() >> 33) % 100_000)
+    });
     let session = cluster(3).await;
     let mut opts = options("sort", vec![input], &tmp.path().join("sorted"));
     opts.reducers = 4;
@@ -190,25 +211,11 @@ async fn sort_output_is_globally_sorted_and_a_permutation_of_the_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sort_larger_than_memory_spills_and_stays_sorted() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("records");
-    std::fs::create_dir_all(&input).unwrap();
-    let mut all = Vec::new();
-    let mut x: u64 = 11;
-    // Eight map tasks: a reducer merges four of them from the other worker, more than
-    // one connection's flow-control window holds while the merge waits on one.
-    for f in 0..8 {
-        let mut text = String::new();
-        for i in 0..75_000 {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let line = format!("{:016x}\t{f}-{i}-{}", x, "v".repeat(100));
-            text.push_str(&line);
-            text.push('\n');
-            all.push(line);
-        }
-        std::fs::write(input.join(format!("r{f}.txt")), text).unwrap();
-    }
+    let mut next = lcg(11);
+    // Eight map tasks, each sorting more than its share of memory.
+    let (input, mut all) = write_records(tmp.path(), 8, 75_000, |f, i| {
+        format!("{:016x}\t{f}-{i}-{}", next(), "v".repeat(100))
+    });
     let memory = drove_worker::MEMORY_MIN_BYTES;
     drove::jobs::register_builtin();
     let cluster = LocalCluster::start(LocalClusterConfig {
@@ -331,20 +338,10 @@ async fn reducers_merge_sorted_map_outputs_instead_of_sorting_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_merge_that_drains_one_input_while_others_wait_does_not_stall() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("records");
-    std::fs::create_dir_all(&input).unwrap();
-    let mut all = Vec::new();
     // Sixteen map tasks of about 3 MB, each file's keys above the one before it.
-    for f in 0..16 {
-        let mut text = String::new();
-        for i in 0..24_000 {
-            let line = format!("{f:02}-{i:06}\t{}", "v".repeat(120));
-            text.push_str(&line);
-            text.push('\n');
-            all.push(line);
-        }
-        std::fs::write(input.join(format!("r{f:02}.txt")), text).unwrap();
-    }
+    let (input, all) = write_records(tmp.path(), 16, 24_000, |f, i| {
+        format!("{f:02}-{i:06}\t{}", "v".repeat(120))
+    });
     let session = cluster(2).await;
     let mut opts = options("sort", vec![input], &tmp.path().join("sorted"));
     opts.reducers = 1;
