@@ -29,34 +29,12 @@ pub struct ProcessCluster {
     work: PathBuf,
 }
 
-/// Starts `drove ARGS` and waits for the stdout line containing `marker`.
-fn spawn(drove: &Path, args: &[&str], marker: &str) -> (drove_testkit::Proc, String) {
-    let mut command = Command::new(drove);
-    command.args(args);
-    drove_testkit::spawn_until(command, marker)
-}
-
 impl ProcessCluster {
     /// Starts the processes and waits until every worker has registered.
     pub async fn start(drove: &Path, workers: u64, slots: u64, budget: u64) -> Result<Self> {
         let work = std::env::temp_dir().join(format!("drove-bench-workers-{}", std::process::id()));
         let work_arg = work.to_string_lossy().into_owned();
-        let (coordinator, line) = spawn(
-            drove,
-            &[
-                "coordinator",
-                "--bind",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-            ],
-            "coordinator listening on",
-        );
-        let addr = line
-            .split_whitespace()
-            .nth(3)
-            .context("the coordinator's address")?
-            .to_string();
+        let (coordinator, addr, _) = drove_testkit::start_coordinator(Command::new(drove), &[]);
         let (budget, slots) = (format!("{budget}B"), slots.to_string());
         let workers = (0..workers)
             .map(|_| {
@@ -71,7 +49,9 @@ impl ProcessCluster {
                     "--work-dir",
                     &work_arg,
                 ];
-                spawn(drove, &args, "worker Flight service on").0
+                let mut command = Command::new(drove);
+                command.args(args);
+                drove_testkit::spawn_until(command, "worker Flight service on").0
             })
             .collect::<Vec<_>>();
         let cluster = Self {

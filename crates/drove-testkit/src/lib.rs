@@ -241,6 +241,33 @@ pub fn spawn_until(mut command: std::process::Command, marker: &str) -> (Proc, S
     (proc, line)
 }
 
+/// Starts `command` (a drove binary) as `coordinator` on free loopback ports with
+/// `extra` flags; returns the process, its gRPC address and its HTTP address once it
+/// listens.
+pub fn start_coordinator(
+    mut command: std::process::Command,
+    extra: &[&str],
+) -> (Proc, String, String) {
+    command
+        .args([
+            "coordinator",
+            "--bind",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args(extra);
+    let (proc, line) = spawn_until(command, "coordinator listening on");
+    // "coordinator listening on ADDR (HTTP on http://ADDR)"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (grpc, http) = match words[..] {
+        [_, _, _, grpc, _, _, http, ..] => (grpc, http),
+        _ => panic!("a coordinator's first line that names no addresses: {line}"),
+    };
+    let http = http.trim_start_matches("http://").trim_end_matches(')');
+    (proc, grpc.to_string(), http.to_string())
+}
+
 /// A loopback address with nothing listening on it: a port bound and released again.
 pub fn unused_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -35,17 +35,7 @@ fn a_users_own_job_runs_on_a_multi_process_cluster() {
         std::fs::write(input.join(format!("f{f}.txt")), text).unwrap();
     }
 
-    let (_coordinator, line) = spawn_until(
-        &[
-            "coordinator",
-            "--bind",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ],
-        "coordinator listening on",
-    );
-    let addr = line.split_whitespace().nth(3).unwrap().to_string();
+    let (_coordinator, addr, _) = drove_testkit::start_coordinator(my_engine(), &[]);
     let _workers: Vec<Proc> = (0..2)
         .map(|_| {
             spawn_until(

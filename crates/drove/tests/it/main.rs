@@ -57,19 +57,7 @@ pub use drove_testkit::Proc;
 /// A `drove coordinator` on free loopback ports, with `extra` flags: the process, its
 /// gRPC address and its HTTP address.
 pub fn coordinator(extra: &[&str]) -> (Proc, String, String) {
-    let mut args = vec![
-        "coordinator",
-        "--bind",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    let (proc, line) = spawn_until(&args, "coordinator listening on");
-    // "coordinator listening on ADDR (HTTP on http://ADDR)"
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let http = words[6].trim_start_matches("http://").trim_end_matches(')');
-    (proc, words[3].to_string(), http.to_string())
+    drove_testkit::start_coordinator(drove(), extra)
 }
 
 /// A `drove worker` of the coordinator at `addr` with 2 slots, its spill directories
