@@ -8,6 +8,7 @@
 //! to worker and from worker to client; the coordinator only handles plans, block
 //! locations and status.
 
+pub mod durable;
 pub mod history;
 pub mod http;
 pub mod metrics;
@@ -106,6 +107,9 @@ pub struct CoordinatorConfig {
     pub speculation: Option<SpeculationConfig>,
     /// What one job may take; a larger job is refused at submission.
     pub job_limits: JobLimits,
+    /// Where the metadata (job history, spent ids) is kept across restarts; `None`
+    /// keeps it in memory only.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CoordinatorConfig {
@@ -124,6 +128,7 @@ impl Default for CoordinatorConfig {
             no_worker_grace_ms: 60_000,
             speculation: Some(SpeculationConfig::default()),
             job_limits: JobLimits::default(),
+            data_dir: None,
         }
     }
 }

@@ -51,7 +51,7 @@ pub struct PlannedStage {
 }
 
 /// A job ready to schedule.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PlannedJob {
     pub stages: Vec<PlannedStage>,
     /// DataFusion's physical plan before it was cut, as text.

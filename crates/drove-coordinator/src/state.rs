@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use drove_core::catalog::{CachedStage, Catalog, CatalogCommand};
-use drove_core::meta::{JobEnd, MetaCommand, MetaLog};
+use drove_core::meta::{Applied, JobEnd, MetaCommand, MetaLog};
 use drove_core::scheduler::{
     Command, ErrorKind, Event, FetchFailure, JobSpec, Output, Run, Scheduler, SchedulerConfig,
     StageSpec, TaskError, TaskState, TaskStats, TaskTotals,
@@ -21,6 +21,7 @@ use drove_proto as pb;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, info_span, warn};
 
+use crate::durable::MetaStore;
 use crate::history::{History, Reading};
 use crate::metrics::{Metrics, Snapshot};
 use crate::planning::{self, PlannedJob, Query};
@@ -115,9 +116,11 @@ struct State {
     config: Arc<CoordinatorConfig>,
     scheduler: Scheduler,
     meta: MetaLog,
+    /// Where the metadata's commands are written before they are applied, with
+    /// `--data-dir`.
+    store: Option<MetaStore>,
     workers: BTreeMap<WorkerId, WorkerConn>,
     jobs: HashMap<JobId, JobRecord>,
-    next_worker_id: u64,
     /// The scheduler's clock counts milliseconds from here.
     epoch: Instant,
     metrics: Metrics,
@@ -126,6 +129,9 @@ struct State {
     /// Cached tables, and the names claimed by jobs caching them.
     catalog: Catalog<CacheMeta>,
 }
+
+/// The error of a job that was running when the coordinator stopped.
+pub const RESTARTED: &str = "the coordinator stopped while this job ran, and running jobs do not survive a restart yet; submit it again";
 
 /// The exit code of a coordinator that found its own state broken (EX_SOFTWARE).
 pub const FATAL_EXIT_CODE: i32 = 70;
@@ -164,18 +170,37 @@ impl Coordinator {
             ..Default::default()
         });
         let config = Arc::new(config);
+        let (meta, store) = match &config.data_dir {
+            None => (MetaLog::new(config.job_history_max), None),
+            Some(dir) => {
+                let recovered = MetaStore::open(dir, config.job_history_max)
+                    .map_err(|e| Error::User(e.to_string()))?;
+                info!(
+                    dir = %dir.display(),
+                    jobs = recovered.state.jobs().count(),
+                    replayed = recovered.replayed,
+                    torn_bytes = recovered.torn_bytes,
+                    "metadata recovered"
+                );
+                (
+                    MetaLog::from_state(recovered.state, config.job_history_max),
+                    Some(recovered.store),
+                )
+            }
+        };
         let mut state = State {
             config: config.clone(),
             scheduler,
-            meta: MetaLog::new(config.job_history_max),
+            meta,
+            store,
             workers: BTreeMap::new(),
             jobs: HashMap::new(),
-            next_worker_id: 1,
             epoch: Instant::now(),
             metrics: Metrics::new(),
             history: History::default(),
             catalog: Catalog::default(),
         };
+        state.recover();
         let (work, mut queue) = mpsc::channel::<Work>(STATE_QUEUE_MAX);
         std::thread::Builder::new()
             .name("drove-coordinator-state".into())
@@ -540,8 +565,13 @@ impl State {
         task_memory: u64,
         tx: WorkerTx,
     ) -> Result<WorkerId> {
-        let worker = WorkerId(self.next_worker_id);
-        self.next_worker_id += 1;
+        let worker = self
+            .record(MetaCommand::WorkerRegistered {
+                flight_addr: flight_addr.clone(),
+                registered_ms: now_ms(),
+            })
+            .worker
+            .expect("a registration allocates a worker id");
         let registered = pb::CoordinatorMessage {
             kind: Some(pb::coordinator_message::Kind::Registered(pb::Registered {
                 worker_id: worker.0,
@@ -691,10 +721,10 @@ impl State {
         } = submission;
         // The state frees the claimed name from here: the job's end does, or its refusal.
         let caches_as = claim.name.take().zip(cache_id);
-        let job = self.meta.state().next_job_id();
-        let _span = info_span!("job", %job).entered();
-        let spec = JobSpec {
-            id: job,
+        // The log allocates the job's id when it records the job, after validation;
+        // the spec is validated under the id no job has yet.
+        let mut spec = JobSpec {
+            id: self.meta.state().next_job_id(),
             stages: planned
                 .stages
                 .iter()
@@ -718,11 +748,15 @@ impl State {
             }
             return Err(Error::Internal(e.to_string()));
         }
-        self.meta.append(MetaCommand::JobSubmitted {
-            job,
-            name: name.clone(),
-            submitted_ms: now_ms(),
-        });
+        let job = self
+            .record(MetaCommand::JobSubmitted {
+                name: name.clone(),
+                submitted_ms: now_ms(),
+            })
+            .job
+            .expect("a submission allocates a job id");
+        spec.id = job;
+        let _span = info_span!("job", %job).entered();
         info!(stages = spec.stages.len(), "job submitted");
         self.metrics.job_submitted();
         self.jobs.insert(
@@ -1147,11 +1181,19 @@ impl State {
         record.ended = Some(Instant::now());
         self.metrics.job_ended(JobState::from(state).name());
         info!(%job, ?state, elapsed_ms = record.started.elapsed().as_millis() as u64, "job ended");
-        let evicted = self.meta.append(MetaCommand::JobEnded {
-            job,
-            end,
-            ended_ms: now_ms(),
-        });
+        // What the history keeps of the job across restarts (only written to disk).
+        let kept = match self.store {
+            Some(_) => self.history_record(job),
+            None => Vec::new(),
+        };
+        let evicted = self
+            .record(MetaCommand::JobEnded {
+                job,
+                end,
+                ended_ms: now_ms(),
+                record: kept,
+            })
+            .evicted;
         if state != pb::JobState::Succeeded {
             // Nothing to read: the blocks are already released by the scheduler.
             self.freeze(job);
@@ -1169,6 +1211,113 @@ impl State {
             self.scheduler.forget(old);
         }
         self.touch(job);
+    }
+
+    /// Writes `command` to the data directory, if there is one, then applies it. A
+    /// change the disk cannot hold must not be acted on, so a failed write ends the
+    /// process (a supervisor restarts it, from what the disk holds).
+    fn record(&mut self, command: MetaCommand) -> Applied {
+        if let Some(store) = &mut self.store
+            && let Err(e) = store.append(&command)
+        {
+            fatal(&format!("the metadata log cannot be written: {e}"));
+        }
+        let applied = self.meta.append(command);
+        if let Some(store) = &mut self.store
+            && let Err(e) = store.compact_if_due(self.meta.state())
+        {
+            fatal(&format!("the metadata snapshot cannot be written: {e}"));
+        }
+        applied
+    }
+
+    /// The ended job's status as the history keeps it on disk: without its per-task
+    /// runs and its result's location (the blocks do not outlive the coordinator).
+    fn history_record(&self, job: JobId) -> Vec<u8> {
+        let Some(mut status) = self.status(job) else {
+            return Vec::new();
+        };
+        for stage in &mut status.stages {
+            stage.tasks.clear();
+        }
+        status.result.clear();
+        pb::Message::encode_to_vec(&status)
+    }
+
+    /// After a restart from the data directory: jobs that were running when the last
+    /// coordinator stopped are recorded as failed (running jobs do not survive a
+    /// restart yet), and every job in the history is listed again from its record.
+    fn recover(&mut self) {
+        let unended: Vec<JobId> = self.meta.state().unended().collect();
+        for job in unended {
+            let meta = self.meta.state().job(job).expect("listed");
+            let error = RESTARTED.to_string();
+            let status = pb::JobStatus {
+                job_id: job.0,
+                state: pb::JobState::Failed as i32,
+                name: meta.name.clone(),
+                error: error.clone(),
+                submitted_unix_ms: meta.submitted_ms,
+                ..Default::default()
+            };
+            warn!(%job, "the job was running when the coordinator stopped; recorded as failed");
+            self.record(MetaCommand::JobEnded {
+                job,
+                end: JobEnd::Failed(error),
+                ended_ms: now_ms(),
+                record: pb::Message::encode_to_vec(&status),
+            });
+        }
+        let now = Instant::now();
+        let recovered: Vec<(JobId, pb::JobStatus)> = self
+            .meta
+            .state()
+            .jobs()
+            .filter_map(|(id, meta)| {
+                let status = <pb::JobStatus as pb::Message>::decode(meta.record.as_slice());
+                Some((id, status.ok()?))
+            })
+            .collect();
+        for (job, status) in recovered {
+            let elapsed = std::time::Duration::from_millis(status.elapsed_ms);
+            self.jobs.insert(
+                job,
+                JobRecord {
+                    name: status.name.clone(),
+                    sql: status.sql.clone(),
+                    submitted_unix_ms: status.submitted_unix_ms,
+                    planned: PlannedJob::default(),
+                    started: now.checked_sub(elapsed).unwrap_or(now),
+                    ended: Some(now),
+                    state: status.state(),
+                    error: status.error.clone(),
+                    changed: watch::channel(false).0,
+                    final_summary: Some(pb::JobStatus {
+                        sql: String::new(),
+                        physical_plan: String::new(),
+                        stages: status
+                            .stages
+                            .iter()
+                            .map(|s| pb::StageStatus {
+                                plan: String::new(),
+                                ..s.clone()
+                            })
+                            .collect(),
+                        ..status.clone()
+                    }),
+                    final_status: Some(status),
+                    final_attempts: None,
+                    released: true,
+                    caches_as: None,
+                    lease: Lease {
+                        detached: true,
+                        watchers: 0,
+                        unwatched_since: now,
+                    },
+                    cancel_reason: None,
+                },
+            );
+        }
     }
 
     /// Keeps the job's last status so the scheduler can forget it.

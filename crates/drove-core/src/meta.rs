@@ -1,16 +1,18 @@
 //! The coordinator's durable metadata as a deterministic state machine.
 //!
-//! Metadata that must survive a coordinator restart (which jobs exist, how they ended)
-//! changes only by [`MetaCommand`]s appended to a [`MetaLog`] and applied in log order.
-//! Today the log lives in the coordinator's memory; the Raft-replicated coordinator
-//! replaces [`MetaLog`] with an openraft log without changing the commands.
+//! Metadata that must survive a coordinator restart (which jobs exist and how they
+//! ended, which ids are spent) changes only by [`MetaCommand`]s appended to a
+//! [`MetaLog`] and applied in log order. The coordinator writes each command to disk
+//! before it applies it (when it has a data directory); the Raft-replicated coordinator
+//! replaces the local log with an openraft log without changing the commands.
 //!
-//! Architecture invariant: [`MetaState::apply`] is deterministic: the same commands in
-//! the same order give the same state on every replica.
+//! Architecture invariants: [`MetaState::apply`] is deterministic (the same commands in
+//! the same order give the same state on every replica), and ids are allocated when a
+//! command is applied, never read beforehand by whoever proposes it.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::ids::JobId;
+use crate::ids::{JobId, WorkerId};
 
 /// How a job ended, as recorded in the metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,21 +22,37 @@ pub enum JobEnd {
     Cancelled,
 }
 
-/// One change to the metadata.
+/// One change to the metadata. Wall-clock times are carried in the commands so that
+/// applying them stays deterministic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetaCommand {
-    /// A job was accepted. `submitted_ms` is the coordinator's wall clock, carried in the
-    /// command so that applying it stays deterministic.
-    JobSubmitted {
-        job: JobId,
-        name: String,
-        submitted_ms: u64,
-    },
+    /// A job was accepted; applying it allocates the job's id.
+    JobSubmitted { name: String, submitted_ms: u64 },
+    /// A job ended. `record` is what the coordinator keeps of it for its history (its
+    /// final status, encoded by the coordinator); the state machine does not read it.
     JobEnded {
         job: JobId,
         end: JobEnd,
         ended_ms: u64,
+        record: Vec<u8>,
     },
+    /// A worker registered; applying it allocates the worker's id, so that ids are
+    /// never reused, across restarts too (attempt fencing relies on it).
+    WorkerRegistered {
+        flight_addr: String,
+        registered_ms: u64,
+    },
+}
+
+/// What applying a command did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The id a `JobSubmitted` allocated.
+    pub job: Option<JobId>,
+    /// The id a `WorkerRegistered` allocated.
+    pub worker: Option<WorkerId>,
+    /// Ended jobs pushed out of the history.
+    pub evicted: Vec<JobId>,
 }
 
 /// What the metadata says about a job.
@@ -43,12 +61,26 @@ pub struct JobMeta {
     pub name: String,
     pub submitted_ms: u64,
     pub ended: Option<(JobEnd, u64)>,
+    /// The coordinator's record of the ended job (see [`MetaCommand::JobEnded`]).
+    pub record: Vec<u8>,
+}
+
+/// The whole state as plain data: what a snapshot holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetaImage {
+    pub next_job_id: u64,
+    pub next_worker_id: u64,
+    /// Every job the state keeps, by id.
+    pub jobs: Vec<(JobId, JobMeta)>,
+    /// The ended ones among them, in the order they ended (oldest first).
+    pub ended: Vec<JobId>,
 }
 
 /// The state the commands build.
 #[derive(Debug, Default)]
 pub struct MetaState {
     next_job_id: u64,
+    next_worker_id: u64,
     jobs: BTreeMap<JobId, JobMeta>,
     /// Ended jobs, oldest first, for the history limit.
     ended: VecDeque<JobId>,
@@ -60,14 +92,42 @@ impl MetaState {
     pub fn new(history_max: usize) -> Self {
         Self {
             next_job_id: 1,
+            next_worker_id: 1,
             history_max,
             ..Default::default()
+        }
+    }
+
+    /// The state an image describes, keeping at most `history_max` ended jobs.
+    pub fn from_image(image: MetaImage, history_max: usize) -> Self {
+        let mut state = Self {
+            next_job_id: image.next_job_id.max(1),
+            next_worker_id: image.next_worker_id.max(1),
+            jobs: image.jobs.into_iter().collect(),
+            ended: image.ended.into_iter().collect(),
+            history_max,
+        };
+        state.evict();
+        state
+    }
+
+    pub fn image(&self) -> MetaImage {
+        MetaImage {
+            next_job_id: self.next_job_id,
+            next_worker_id: self.next_worker_id,
+            jobs: self.jobs.iter().map(|(id, m)| (*id, m.clone())).collect(),
+            ended: self.ended.iter().copied().collect(),
         }
     }
 
     /// The id the next submitted job will get.
     pub fn next_job_id(&self) -> JobId {
         JobId(self.next_job_id)
+    }
+
+    /// The id the next registered worker will get.
+    pub fn next_worker_id(&self) -> WorkerId {
+        WorkerId(self.next_worker_id)
     }
 
     pub fn job(&self, job: JobId) -> Option<&JobMeta> {
@@ -79,49 +139,78 @@ impl MetaState {
         self.jobs.iter().rev().map(|(id, m)| (*id, m))
     }
 
-    /// Applies one command and returns the jobs it pushed out of the history.
-    pub fn apply(&mut self, command: &MetaCommand) -> Vec<JobId> {
+    /// Jobs submitted and not ended.
+    pub fn unended(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.jobs
+            .iter()
+            .filter(|(_, m)| m.ended.is_none())
+            .map(|(id, _)| *id)
+    }
+
+    /// Applies one command.
+    pub fn apply(&mut self, command: &MetaCommand) -> Applied {
         match command {
-            MetaCommand::JobSubmitted {
-                job,
-                name,
-                submitted_ms,
-            } => {
-                assert!(job.0 >= self.next_job_id, "{job} reuses an id");
-                self.next_job_id = job.0 + 1;
+            MetaCommand::JobSubmitted { name, submitted_ms } => {
+                let job = JobId(self.next_job_id);
+                self.next_job_id += 1;
                 self.jobs.insert(
-                    *job,
+                    job,
                     JobMeta {
                         name: name.clone(),
                         submitted_ms: *submitted_ms,
                         ended: None,
+                        record: Vec::new(),
                     },
                 );
-                Vec::new()
+                Applied {
+                    job: Some(job),
+                    ..Applied::default()
+                }
             }
-            MetaCommand::JobEnded { job, end, ended_ms } => {
+            MetaCommand::JobEnded {
+                job,
+                end,
+                ended_ms,
+                record,
+            } => {
                 let Some(meta) = self.jobs.get_mut(job) else {
-                    return Vec::new();
+                    return Applied::default();
                 };
                 if meta.ended.is_some() {
-                    return Vec::new();
+                    return Applied::default();
                 }
                 meta.ended = Some((end.clone(), *ended_ms));
+                meta.record = record.clone();
                 self.ended.push_back(*job);
-                let mut evicted = Vec::new();
-                while self.ended.len() > self.history_max {
-                    let old = self.ended.pop_front().expect("non-empty");
-                    self.jobs.remove(&old);
-                    evicted.push(old);
+                Applied {
+                    evicted: self.evict(),
+                    ..Applied::default()
                 }
-                evicted
+            }
+            MetaCommand::WorkerRegistered { .. } => {
+                let worker = WorkerId(self.next_worker_id);
+                self.next_worker_id += 1;
+                Applied {
+                    worker: Some(worker),
+                    ..Applied::default()
+                }
             }
         }
     }
+
+    fn evict(&mut self) -> Vec<JobId> {
+        let mut evicted = Vec::new();
+        while self.ended.len() > self.history_max {
+            let old = self.ended.pop_front().expect("non-empty");
+            self.jobs.remove(&old);
+            evicted.push(old);
+        }
+        evicted
+    }
 }
 
-/// The log of commands, applied in order. Bounded: entries before the oldest job still
-/// in the state are compacted away.
+/// The log of commands, applied in order. Bounded: the oldest entries are dropped once
+/// the state holds everything they did (the state is the snapshot).
 #[derive(Debug)]
 pub struct MetaLog {
     entries: VecDeque<MetaCommand>,
@@ -131,22 +220,26 @@ pub struct MetaLog {
 
 impl MetaLog {
     pub fn new(history_max: usize) -> Self {
+        Self::from_state(MetaState::new(history_max), history_max)
+    }
+
+    /// A log that continues from `state` (recovered from disk).
+    pub fn from_state(state: MetaState, history_max: usize) -> Self {
         Self {
             entries: VecDeque::new(),
             entries_max: history_max.saturating_mul(4).max(64),
-            state: MetaState::new(history_max),
+            state,
         }
     }
 
-    /// Appends a command and applies it; returns the jobs evicted from the history.
-    pub fn append(&mut self, command: MetaCommand) -> Vec<JobId> {
-        let evicted = self.state.apply(&command);
+    /// Appends a command and applies it.
+    pub fn append(&mut self, command: MetaCommand) -> Applied {
+        let applied = self.state.apply(&command);
         self.entries.push_back(command);
         while self.entries.len() > self.entries_max {
-            // A real snapshot would be written here; the in-memory state is the snapshot.
             self.entries.pop_front();
         }
-        evicted
+        applied
     }
 
     pub fn state(&self) -> &MetaState {
@@ -158,42 +251,73 @@ impl MetaLog {
 mod tests {
     use super::*;
 
-    #[test]
-    fn replaying_the_log_gives_the_same_state_and_history_is_bounded() {
-        let mut log = MetaLog::new(2);
-        let mut all = Vec::new();
+    fn history() -> Vec<MetaCommand> {
+        let mut all = vec![MetaCommand::WorkerRegistered {
+            flight_addr: "127.0.0.1:1".into(),
+            registered_ms: 1,
+        }];
         for i in 1..=4 {
-            let job = JobId(i);
-            let cmds = [
-                MetaCommand::JobSubmitted {
-                    job,
-                    name: format!("q{i}"),
-                    submitted_ms: i * 10,
-                },
-                MetaCommand::JobEnded {
-                    job,
-                    end: JobEnd::Succeeded,
-                    ended_ms: i * 10 + 5,
-                },
-            ];
-            for c in cmds {
-                all.push(c.clone());
-                log.append(c);
-            }
+            all.push(MetaCommand::JobSubmitted {
+                name: format!("q{i}"),
+                submitted_ms: i * 10,
+            });
+            all.push(MetaCommand::JobEnded {
+                job: JobId(i),
+                end: JobEnd::Succeeded,
+                ended_ms: i * 10 + 5,
+                record: vec![i as u8],
+            });
         }
+        all.push(MetaCommand::JobSubmitted {
+            name: "running".into(),
+            submitted_ms: 99,
+        });
+        all
+    }
+
+    #[test]
+    fn ids_come_from_applying_and_history_is_bounded() {
+        let mut log = MetaLog::new(2);
+        let applied: Vec<Applied> = history().into_iter().map(|c| log.append(c)).collect();
+        assert_eq!(applied[0].worker, Some(WorkerId(1)));
+        assert_eq!(applied[1].job, Some(JobId(1)));
+        assert_eq!(applied[9].job, Some(JobId(5)));
         assert_eq!(
-            log.state().jobs().count(),
-            2,
-            "only two ended jobs are kept"
+            applied[6].evicted,
+            vec![JobId(1)],
+            "the third end evicts the first"
         );
-        assert_eq!(log.state().next_job_id(), JobId(5));
+        let kept: Vec<JobId> = log.state().jobs().map(|(id, _)| id).collect();
+        assert_eq!(kept, vec![JobId(5), JobId(4), JobId(3)]);
+        assert_eq!(log.state().unended().collect::<Vec<_>>(), vec![JobId(5)]);
+        assert_eq!(log.state().next_job_id(), JobId(6));
+        assert_eq!(log.state().job(JobId(4)).unwrap().record, vec![4]);
+    }
+
+    #[test]
+    fn a_replica_and_a_restored_image_agree_with_the_log() {
+        let mut log = MetaLog::new(2);
         let mut replica = MetaState::new(2);
-        for c in &all {
-            replica.apply(c);
+        for c in history() {
+            replica.apply(&c);
+            log.append(c);
         }
-        assert_eq!(
-            replica.jobs().collect::<Vec<_>>(),
-            log.state().jobs().collect::<Vec<_>>()
-        );
+        assert_eq!(replica.image(), log.state().image());
+        let mut restored = MetaState::from_image(log.state().image(), 2);
+        assert_eq!(restored.image(), log.state().image());
+        // The restored state allocates where the original left off.
+        let next = MetaCommand::WorkerRegistered {
+            flight_addr: String::new(),
+            registered_ms: 0,
+        };
+        assert_eq!(restored.apply(&next).worker, Some(WorkerId(2)));
+        let job = MetaCommand::JobSubmitted {
+            name: String::new(),
+            submitted_ms: 0,
+        };
+        assert_eq!(restored.apply(&job).job, Some(JobId(6)));
+        // A smaller history limit on restore drops the oldest ended jobs.
+        let smaller = MetaState::from_image(log.state().image(), 1);
+        assert!(smaller.job(JobId(3)).is_none() && smaller.job(JobId(4)).is_some());
     }
 }

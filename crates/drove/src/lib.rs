@@ -77,6 +77,11 @@ struct CoordinatorArgs {
     /// HTTP address (health, JSON status) to listen on.
     #[arg(long, default_value = DEFAULT_HTTP_ADDR)]
     http: SocketAddr,
+    /// Keep the job history and spent worker and job ids in this directory, written
+    /// to disk before they are acted on, so that a restarted coordinator goes on from
+    /// them (default: in memory only).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// How often workers send heartbeats.
     #[arg(long, default_value_t = 1_000)]
     heartbeat_interval_ms: u64,
@@ -223,6 +228,10 @@ struct LocalArgs {
     /// Task slots per worker.
     #[arg(long, default_value_t = 2)]
     slots: u32,
+    /// Keep the coordinator's job history and spent ids under DIR/coordinator, so that
+    /// a restarted `drove local` goes on from them (default: in memory only).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     #[command(flatten)]
     memory: MemoryArgs,
     #[command(flatten)]
@@ -446,6 +455,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         }),
         job_limits: (&args.limits).into(),
         client_lease_ms: args.client_lease_secs.saturating_mul(1000),
+        data_dir: args.data_dir,
         ..Default::default()
     };
     let handle = drove_coordinator::start(config, args.bind, Some(args.http)).await?;
@@ -521,6 +531,7 @@ async fn local(args: LocalArgs) -> Result<()> {
         spill_codec: args.memory.spill_codec,
         coordinator: CoordinatorConfig {
             job_limits: (&args.limits).into(),
+            data_dir: args.data_dir.map(|d| d.join("coordinator")),
             ..Default::default()
         },
         ..Default::default()

@@ -627,6 +627,86 @@ pub struct UncacheResponse {
     #[prost(bool, tag = "1")]
     pub existed: bool,
 }
+/// The coordinator's durable metadata, as written to its data directory (and, once
+/// coordinators are replicated, as carried in their log). One entry per command.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MetaEntry {
+    /// The entry's position in the log, from 1; a snapshot covers every entry up to its own.
+    #[prost(uint64, tag = "1")]
+    pub index: u64,
+    #[prost(oneof = "meta_entry::Command", tags = "2, 3, 4")]
+    pub command: ::core::option::Option<meta_entry::Command>,
+}
+/// Nested message and enum types in `MetaEntry`.
+pub mod meta_entry {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Command {
+        #[prost(message, tag = "2")]
+        JobSubmitted(super::MetaJobSubmitted),
+        #[prost(message, tag = "3")]
+        JobEnded(super::MetaJobEnded),
+        #[prost(message, tag = "4")]
+        WorkerRegistered(super::MetaWorkerRegistered),
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MetaJobSubmitted {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub submitted_unix_ms: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MetaJobEnded {
+    #[prost(uint64, tag = "1")]
+    pub job_id: u64,
+    /// SUCCEEDED, FAILED or CANCELLED.
+    #[prost(enumeration = "JobState", tag = "2")]
+    pub state: i32,
+    #[prost(string, tag = "3")]
+    pub error: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "4")]
+    pub ended_unix_ms: u64,
+    /// The job's final status without its per-task runs (an encoded JobStatus), for
+    /// the history.
+    #[prost(bytes = "vec", tag = "5")]
+    pub status: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MetaWorkerRegistered {
+    #[prost(string, tag = "1")]
+    pub flight_addr: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub registered_unix_ms: u64,
+}
+/// Everything the entries up to `last_index` built.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MetaSnapshot {
+    #[prost(uint64, tag = "1")]
+    pub last_index: u64,
+    #[prost(uint64, tag = "2")]
+    pub next_job_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub next_worker_id: u64,
+    /// Every job kept, by id.
+    #[prost(message, repeated, tag = "4")]
+    pub jobs: ::prost::alloc::vec::Vec<MetaJob>,
+    /// The ended ones, in the order they ended.
+    #[prost(uint64, repeated, tag = "5")]
+    pub ended: ::prost::alloc::vec::Vec<u64>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MetaJob {
+    #[prost(uint64, tag = "1")]
+    pub job_id: u64,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub submitted_unix_ms: u64,
+    /// Absent for a job that has not ended.
+    #[prost(message, optional, tag = "4")]
+    pub end: ::core::option::Option<MetaJobEnded>,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum ErrorKind {

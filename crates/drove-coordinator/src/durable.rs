@@ -1,0 +1,584 @@
+//! The coordinator's metadata on disk (`--data-dir`): the [`MetaCommand`]s in an
+//! append-only log, and snapshots of the state they built.
+//!
+//! Files in the directory:
+//! - `meta.log`: one frame per entry: the payload's length (u32, little-endian), its
+//!   CRC-32C (u32, little-endian), then the payload, an encoded `MetaEntry`. An entry is
+//!   written and fsync'd before its command is applied, so nobody hears of a change the
+//!   disk does not hold. A crash can tear only the last entry, one nobody heard of; it
+//!   is cut off when the log is opened.
+//! - `meta.snapshot`: one frame holding a `MetaSnapshot`, written to a temporary file,
+//!   fsync'd, renamed into place, and the directory fsync'd. The log then starts again,
+//!   empty; entries a crash left in it that the snapshot already covers are skipped by
+//!   their index.
+//! - `LOCK`: locked while a coordinator uses the directory, so two cannot share it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+
+use drove_core::JobId;
+use drove_core::meta::{JobEnd, JobMeta, MetaCommand, MetaImage, MetaState};
+use drove_proto::{self as pb, Message};
+use tracing::warn;
+
+const LOG: &str = "meta.log";
+const SNAPSHOT: &str = "meta.snapshot";
+const LOCK: &str = "LOCK";
+/// Bytes before each frame's payload.
+const HEADER: usize = 8;
+/// The largest frame read back; a longer length can only be a torn or corrupt header.
+const FRAME_MAX: usize = pb::MAX_MESSAGE_BYTES;
+/// Entries written between snapshots.
+pub const SNAPSHOT_EVERY: u64 = 1_000;
+
+/// A data directory that cannot be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(String);
+
+fn io_error(doing: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError(format!("cannot {doing} {}: {e}", path.display()))
+}
+
+/// The log and snapshot files of one data directory, open for appending.
+pub struct MetaStore {
+    dir: PathBuf,
+    log: File,
+    /// The index the next entry gets.
+    next_index: u64,
+    /// The index the last snapshot covers.
+    snapshot_index: u64,
+    snapshot_every: u64,
+    _lock: File,
+}
+
+/// What opening a data directory found.
+pub struct Recovered {
+    pub store: MetaStore,
+    pub state: MetaState,
+    /// Entries replayed on top of the snapshot.
+    pub replayed: u64,
+    /// Bytes of a torn last entry cut off the log.
+    pub torn_bytes: u64,
+}
+
+impl MetaStore {
+    /// Opens (creating if needed) `dir` and rebuilds the state its snapshot and log
+    /// describe, keeping at most `history_max` ended jobs.
+    pub fn open(dir: &Path, history_max: usize) -> Result<Recovered, StoreError> {
+        Self::open_with(dir, history_max, SNAPSHOT_EVERY)
+    }
+
+    /// [`MetaStore::open`], snapshotting every `snapshot_every` entries.
+    pub fn open_with(
+        dir: &Path,
+        history_max: usize,
+        snapshot_every: u64,
+    ) -> Result<Recovered, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError(format!(
+                "cannot create the data directory {}: {e}; pass --data-dir a directory this user can write",
+                dir.display()
+            ))
+        })?;
+        let lock_path = dir.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                StoreError(format!(
+                    "cannot write in the data directory {}: {e}; pass --data-dir a directory this user can write",
+                    dir.display()
+                ))
+            })?;
+        lock.try_lock().map_err(|_| {
+            StoreError(format!(
+                "the data directory {} is in use by another coordinator; stop it, or give this one a --data-dir of its own",
+                dir.display()
+            ))
+        })?;
+        let _ = std::fs::remove_file(dir.join(format!("{SNAPSHOT}.tmp")));
+        let _ = std::fs::remove_file(dir.join(format!("{LOG}.tmp")));
+
+        let (snapshot_index, image) = match read_file(&dir.join(SNAPSHOT))? {
+            None => (0, None),
+            Some(bytes) => {
+                let frames = frames(&bytes);
+                let [payload] = frames.payloads.as_slice() else {
+                    return Err(StoreError(format!(
+                        "the snapshot {} is damaged; restore the data directory from a backup, or move it away to start with no history",
+                        dir.join(SNAPSHOT).display()
+                    )));
+                };
+                let snapshot = pb::MetaSnapshot::decode(*payload).map_err(|e| {
+                    StoreError(format!(
+                        "the snapshot {} cannot be read ({e}); restore the data directory from a backup, or move it away to start with no history",
+                        dir.join(SNAPSHOT).display()
+                    ))
+                })?;
+                (snapshot.last_index, Some(image_from_proto(snapshot)))
+            }
+        };
+        let mut state = match image {
+            Some(image) => MetaState::from_image(image, history_max),
+            None => MetaState::new(history_max),
+        };
+
+        let log_path = dir.join(LOG);
+        let bytes = read_file(&log_path)?.unwrap_or_default();
+        let found = frames(&bytes);
+        let mut next_index = snapshot_index + 1;
+        let mut replayed = 0;
+        let mut valid_len = 0;
+        for (payload, end) in found.payloads.iter().zip(&found.ends) {
+            let Ok(entry) = pb::MetaEntry::decode(*payload) else {
+                break;
+            };
+            let Some(command) = command_from_proto(entry.command) else {
+                break;
+            };
+            valid_len = *end;
+            if entry.index < next_index {
+                continue; // covered by the snapshot
+            }
+            if entry.index != next_index {
+                return Err(StoreError(format!(
+                    "the log {} skips from entry {} to {}; restore the data directory from a backup",
+                    log_path.display(),
+                    next_index - 1,
+                    entry.index
+                )));
+            }
+            state.apply(&command);
+            next_index += 1;
+            replayed += 1;
+        }
+        let torn_bytes = (bytes.len() - valid_len) as u64;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| io_error("open", &log_path, e))?;
+        if torn_bytes > 0 {
+            warn!(
+                path = %log_path.display(),
+                torn_bytes,
+                "cutting a torn last entry off the metadata log"
+            );
+            log.set_len(valid_len as u64)
+                .and_then(|()| log.sync_all())
+                .map_err(|e| io_error("truncate", &log_path, e))?;
+        }
+        sync_dir(dir)?;
+        Ok(Recovered {
+            store: MetaStore {
+                dir: dir.to_path_buf(),
+                log,
+                next_index,
+                snapshot_index,
+                snapshot_every: snapshot_every.max(1),
+                _lock: lock,
+            },
+            state,
+            replayed,
+            torn_bytes,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `command` as the next entry and waits until the disk holds it.
+    pub fn append(&mut self, command: &MetaCommand) -> Result<(), StoreError> {
+        let entry = pb::MetaEntry {
+            index: self.next_index,
+            command: Some(command_to_proto(command)),
+        };
+        let path = self.dir.join(LOG);
+        self.log
+            .write_all(&frame(&entry.encode_to_vec()))
+            .and_then(|()| self.log.sync_data())
+            .map_err(|e| io_error("write to", &path, e))?;
+        self.next_index += 1;
+        Ok(())
+    }
+
+    /// Once enough entries have been written since the last snapshot, writes `state`
+    /// (which must be the state after every entry written) as the new snapshot and
+    /// empties the log.
+    pub fn compact_if_due(&mut self, state: &MetaState) -> Result<(), StoreError> {
+        let last_index = self.next_index - 1;
+        if last_index - self.snapshot_index < self.snapshot_every {
+            return Ok(());
+        }
+        let snapshot = image_to_proto(state.image(), last_index);
+        replace(&self.dir, SNAPSHOT, &frame(&snapshot.encode_to_vec()))?;
+        self.snapshot_index = last_index;
+        replace(&self.dir, LOG, &[])?;
+        let path = self.dir.join(LOG);
+        self.log = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_error("open", &path, e))?;
+        Ok(())
+    }
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The whole frames at the start of `bytes`, and where each ends; stops at the first
+/// that is short or fails its checksum.
+struct Frames<'a> {
+    payloads: Vec<&'a [u8]>,
+    ends: Vec<usize>,
+}
+
+fn frames(bytes: &[u8]) -> Frames<'_> {
+    let mut found = Frames {
+        payloads: Vec::new(),
+        ends: Vec::new(),
+    };
+    let mut at = 0;
+    while bytes.len() - at >= HEADER {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        let start = at + HEADER;
+        if len > FRAME_MAX || bytes.len() - start < len {
+            break;
+        }
+        let payload = &bytes[start..start + len];
+        if crc32c::crc32c(payload) != crc {
+            break;
+        }
+        at = start + len;
+        found.payloads.push(payload);
+        found.ends.push(at);
+    }
+    found
+}
+
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("open", path, e)),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| io_error("read", path, e))?;
+    Ok(Some(bytes))
+}
+
+/// Replaces `dir/name` with `contents`, atomically and durably.
+fn replace(dir: &Path, name: &str, contents: &[u8]) -> Result<(), StoreError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let mut file = File::create(&tmp).map_err(|e| io_error("create", &tmp, e))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_error("write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io_error("rename into place", &path, e))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("sync the directory", dir, e))
+}
+
+fn end_to_proto(job: JobId, end: &JobEnd, ended_ms: u64, record: &[u8]) -> pb::MetaJobEnded {
+    let (state, error) = match end {
+        JobEnd::Succeeded => (pb::JobState::Succeeded, String::new()),
+        JobEnd::Failed(e) => (pb::JobState::Failed, e.clone()),
+        JobEnd::Cancelled => (pb::JobState::Cancelled, String::new()),
+    };
+    pb::MetaJobEnded {
+        job_id: job.0,
+        state: state as i32,
+        error,
+        ended_unix_ms: ended_ms,
+        status: record.to_vec(),
+    }
+}
+
+fn end_from_proto(e: &pb::MetaJobEnded) -> JobEnd {
+    match e.state() {
+        pb::JobState::Succeeded => JobEnd::Succeeded,
+        pb::JobState::Cancelled => JobEnd::Cancelled,
+        _ => JobEnd::Failed(e.error.clone()),
+    }
+}
+
+fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command {
+    use pb::meta_entry::Command as C;
+    match command {
+        MetaCommand::JobSubmitted { name, submitted_ms } => C::JobSubmitted(pb::MetaJobSubmitted {
+            name: name.clone(),
+            submitted_unix_ms: *submitted_ms,
+        }),
+        MetaCommand::JobEnded {
+            job,
+            end,
+            ended_ms,
+            record,
+        } => C::JobEnded(end_to_proto(*job, end, *ended_ms, record)),
+        MetaCommand::WorkerRegistered {
+            flight_addr,
+            registered_ms,
+        } => C::WorkerRegistered(pb::MetaWorkerRegistered {
+            flight_addr: flight_addr.clone(),
+            registered_unix_ms: *registered_ms,
+        }),
+    }
+}
+
+fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Option<MetaCommand> {
+    use pb::meta_entry::Command as C;
+    Some(match command? {
+        C::JobSubmitted(s) => MetaCommand::JobSubmitted {
+            name: s.name,
+            submitted_ms: s.submitted_unix_ms,
+        },
+        C::JobEnded(e) => MetaCommand::JobEnded {
+            job: JobId(e.job_id),
+            end: end_from_proto(&e),
+            ended_ms: e.ended_unix_ms,
+            record: e.status,
+        },
+        C::WorkerRegistered(w) => MetaCommand::WorkerRegistered {
+            flight_addr: w.flight_addr,
+            registered_ms: w.registered_unix_ms,
+        },
+    })
+}
+
+fn image_to_proto(image: MetaImage, last_index: u64) -> pb::MetaSnapshot {
+    pb::MetaSnapshot {
+        last_index,
+        next_job_id: image.next_job_id,
+        next_worker_id: image.next_worker_id,
+        jobs: image
+            .jobs
+            .into_iter()
+            .map(|(id, m)| pb::MetaJob {
+                job_id: id.0,
+                name: m.name,
+                submitted_unix_ms: m.submitted_ms,
+                end: m
+                    .ended
+                    .map(|(end, ended_ms)| end_to_proto(id, &end, ended_ms, &m.record)),
+            })
+            .collect(),
+        ended: image.ended.into_iter().map(|j| j.0).collect(),
+    }
+}
+
+fn image_from_proto(snapshot: pb::MetaSnapshot) -> MetaImage {
+    MetaImage {
+        next_job_id: snapshot.next_job_id,
+        next_worker_id: snapshot.next_worker_id,
+        jobs: snapshot
+            .jobs
+            .into_iter()
+            .map(|j| {
+                let ended = j.end.as_ref().map(|e| (end_from_proto(e), e.ended_unix_ms));
+                let meta = JobMeta {
+                    name: j.name,
+                    submitted_ms: j.submitted_unix_ms,
+                    ended,
+                    record: j.end.map(|e| e.status).unwrap_or_default(),
+                };
+                (JobId(j.job_id), meta)
+            })
+            .collect(),
+        ended: snapshot.ended.into_iter().map(JobId).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drove_core::WorkerId;
+
+    fn submitted(i: u64) -> MetaCommand {
+        MetaCommand::JobSubmitted {
+            name: format!("q{i}"),
+            submitted_ms: i,
+        }
+    }
+
+    fn ended(i: u64) -> MetaCommand {
+        MetaCommand::JobEnded {
+            job: JobId(i),
+            end: if i.is_multiple_of(2) {
+                JobEnd::Succeeded
+            } else {
+                JobEnd::Failed(format!("boom {i}"))
+            },
+            ended_ms: i + 1,
+            record: vec![i as u8; 3],
+        }
+    }
+
+    /// Writes `commands` through a store (snapshotting every `every`) and through a
+    /// state in memory; returns that state.
+    fn write(dir: &Path, every: u64, commands: &[MetaCommand]) -> MetaState {
+        let mut rec = MetaStore::open_with(dir, 10, every).unwrap();
+        for c in commands {
+            rec.store.append(c).unwrap();
+            rec.state.apply(c);
+            rec.store.compact_if_due(&rec.state).unwrap();
+        }
+        rec.state
+    }
+
+    fn commands(n: u64) -> Vec<MetaCommand> {
+        let mut all = Vec::new();
+        for i in 1..=n {
+            all.push(submitted(i));
+            all.push(MetaCommand::WorkerRegistered {
+                flight_addr: format!("127.0.0.1:{i}"),
+                registered_ms: i,
+            });
+            if !i.is_multiple_of(3) {
+                all.push(ended(i));
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn a_reopened_directory_gives_the_state_back_with_and_without_snapshots() {
+        for every in [1, 4, 1_000] {
+            let dir = tempfile::tempdir().unwrap();
+            let written = write(dir.path(), every, &commands(20));
+            let back = MetaStore::open_with(dir.path(), 10, every).unwrap();
+            assert_eq!(
+                back.state.image(),
+                written.image(),
+                "snapshot every {every}"
+            );
+            assert_eq!(back.torn_bytes, 0);
+            // It goes on from where it was: the next ids are the ones not yet given.
+            assert_eq!(back.state.next_job_id(), JobId(21));
+            assert_eq!(back.state.next_worker_id(), WorkerId(21));
+        }
+    }
+
+    #[test]
+    fn a_torn_last_entry_is_cut_off_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let all = commands(5);
+        let written = write(dir.path(), 1_000, &all);
+        let log = dir.path().join(LOG);
+        let full = std::fs::read(&log).unwrap();
+        // Every cut inside the last entry loses that entry and nothing else.
+        let before_last = {
+            let mut state = MetaState::new(10);
+            for c in &all[..all.len() - 1] {
+                state.apply(c);
+            }
+            state
+        };
+        let last_len = frame(
+            &pb::MetaEntry {
+                index: all.len() as u64,
+                command: Some(command_to_proto(all.last().unwrap())),
+            }
+            .encode_to_vec(),
+        )
+        .len();
+        for cut in [1, 4, HEADER, last_len - 1] {
+            std::fs::write(&log, &full[..full.len() - cut]).unwrap();
+            let back = MetaStore::open(dir.path(), 10).unwrap();
+            assert_eq!(back.state.image(), before_last.image(), "cut {cut}");
+            assert_eq!(back.torn_bytes as usize, last_len - cut);
+            drop(back);
+            assert_eq!(
+                std::fs::metadata(&log).unwrap().len() as usize,
+                full.len() - last_len,
+                "the torn bytes are gone from the file"
+            );
+        }
+        // A flipped bit in the last entry fails its checksum the same way.
+        let mut flipped = full.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        std::fs::write(&log, &flipped).unwrap();
+        let back = MetaStore::open(dir.path(), 10).unwrap();
+        assert_eq!(back.state.image(), before_last.image());
+        drop(back);
+        std::fs::write(&log, &full).unwrap();
+        let back = MetaStore::open(dir.path(), 10).unwrap();
+        assert_eq!(back.state.image(), written.image());
+    }
+
+    #[test]
+    fn entries_a_snapshot_covers_are_not_applied_twice() {
+        // A crash after the snapshot was renamed into place and before the log was
+        // emptied leaves the old entries beside a snapshot that holds them.
+        let dir = tempfile::tempdir().unwrap();
+        let all = commands(6);
+        write(dir.path(), 1_000, &all);
+        let old_log = std::fs::read(dir.path().join(LOG)).unwrap();
+        let mut rec = MetaStore::open_with(dir.path(), 10, 1).unwrap();
+        let extra = submitted(99);
+        rec.store.append(&extra).unwrap();
+        rec.state.apply(&extra);
+        rec.store.compact_if_due(&rec.state).unwrap();
+        let expected = rec.state.image();
+        drop(rec);
+        let mut stale = old_log;
+        stale.extend(frame(
+            &pb::MetaEntry {
+                index: all.len() as u64 + 1,
+                command: Some(command_to_proto(&extra)),
+            }
+            .encode_to_vec(),
+        ));
+        std::fs::write(dir.path().join(LOG), stale).unwrap();
+        let back = MetaStore::open(dir.path(), 10).unwrap();
+        assert_eq!(back.state.image(), expected);
+        assert_eq!(back.replayed, 0);
+    }
+
+    #[test]
+    fn bad_data_directories_are_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = MetaStore::open(dir.path(), 10).unwrap();
+        let second = MetaStore::open(dir.path(), 10).err().unwrap().to_string();
+        assert!(second.contains("in use by another coordinator"), "{second}");
+        drop(first);
+        assert!(
+            MetaStore::open(dir.path(), 10).is_ok(),
+            "the lock goes with its holder"
+        );
+
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let err = MetaStore::open(&file, 10).err().unwrap().to_string();
+        assert!(err.contains("--data-dir"), "{err}");
+
+        let damaged = tempfile::tempdir().unwrap();
+        write(damaged.path(), 1, &commands(2));
+        let snapshot = damaged.path().join(SNAPSHOT);
+        let mut bytes = std::fs::read(&snapshot).unwrap();
+        bytes[HEADER] ^= 0xff;
+        std::fs::write(&snapshot, bytes).unwrap();
+        let err = MetaStore::open(damaged.path(), 10)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("snapshot") && err.contains("damaged"), "{err}");
+    }
+}
