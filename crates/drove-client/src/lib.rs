@@ -96,6 +96,10 @@ fn status_error(s: tonic::Status) -> Error {
 /// How long connecting to a coordinator may take.
 pub const CONNECT_TIMEOUT: Duration = net::CONNECT_TIMEOUT;
 
+/// How long a client waiting for a job keeps trying to reach a coordinator that went
+/// away (one restarting on its data directory takes seconds).
+pub const RECONNECT_WINDOW: Duration = Duration::from_secs(60);
+
 /// A connection to a drove cluster, with the tables registered on it.
 ///
 /// Cheap to clone; clones share the connection and the tables.
@@ -123,6 +127,8 @@ struct Inner {
 struct JobGuard {
     session: Session,
     job: u64,
+    /// The cluster the job belongs to (0 for any): see [`Session::wait`].
+    cluster: u64,
     cancel: bool,
     release: bool,
 }
@@ -133,18 +139,21 @@ impl Drop for JobGuard {
             return;
         };
         let (job, cancel) = (self.job, self.cancel);
+        let request = pb::JobRequest {
+            job_id: job,
+            cluster_id: self.cluster,
+        };
         if !cancel && !self.release {
             return;
         }
         let mut client = self.session.inner.client.clone();
         let ending = runtime.spawn(async move {
-            let request = pb::JobRequest { job_id: job };
             if cancel && let Err(e) = client.cancel_job(request).await {
                 tracing::warn!(job, "cancelling an abandoned job failed: {}", e.message());
             }
             // A failure here only delays the freeing: the coordinator frees an unread
             // result after its time to live.
-            let _ = client.release_job(pb::JobRequest { job_id: job }).await;
+            let _ = client.release_job(request).await;
         });
         let mut ending_jobs = self
             .session
@@ -563,13 +572,15 @@ impl Session {
                     .into(),
             ));
         }
-        self.submit(
-            pb::submit_job_request::Query::Sql(sql.to_string()),
-            name_of(sql),
-            String::new(),
-            true,
-        )
-        .await
+        let (job, _) = self
+            .submit(
+                pb::submit_job_request::Query::Sql(sql.to_string()),
+                name_of(sql),
+                String::new(),
+                true,
+            )
+            .await?;
+        Ok(job)
     }
 
     /// Waits for a job, by id, to end and streams its result; the result is freed on
@@ -583,7 +594,7 @@ impl Session {
     /// # }
     /// ```
     pub async fn result(&self, job: u64) -> Result<ResultStream> {
-        self.result_of(job, false).await
+        self.result_of(job, 0, false).await
     }
 
     /// Runs `query` (SQL) and keeps its result on the workers as the cached table
@@ -679,18 +690,18 @@ impl Session {
         name: String,
         cache_as: String,
     ) -> Result<ResultStream> {
-        let job = self.submit(query, name, cache_as, false).await?;
-        self.result_of(job, true).await
+        let (job, cluster) = self.submit(query, name, cache_as, false).await?;
+        self.result_of(job, cluster, true).await
     }
 
-    /// Submits a job; returns its id.
+    /// Submits a job; returns its id and the cluster's (see [`Session::wait`]).
     async fn submit(
         &self,
         query: pb::submit_job_request::Query,
         name: String,
         cache_as: String,
         detached: bool,
-    ) -> Result<u64> {
+    ) -> Result<(u64, u64)> {
         let tables = self
             .tables()
             .into_iter()
@@ -704,7 +715,7 @@ impl Session {
             })
             .collect();
         let mut client = self.inner.client.clone();
-        let job = client
+        let submitted = client
             .submit_job(pb::SubmitJobRequest {
                 query: Some(query),
                 tables,
@@ -714,23 +725,23 @@ impl Session {
             })
             .await
             .map_err(status_error)?
-            .into_inner()
-            .job_id;
-        Ok(job)
+            .into_inner();
+        Ok((submitted.job_id, submitted.cluster_id))
     }
 
     /// Waits for `job` to end and streams its result. `owned`: the job is this
     /// caller's, so a caller that stops waiting cancels it; otherwise (a detached job)
     /// it runs on. Once the job has ended, its blocks are released when the result has
     /// been read or dropped.
-    async fn result_of(&self, job: u64, owned: bool) -> Result<ResultStream> {
+    async fn result_of(&self, job: u64, cluster: u64, owned: bool) -> Result<ResultStream> {
         let mut guard = JobGuard {
             session: self.clone(),
             job,
+            cluster,
             cancel: owned,
             release: owned,
         };
-        let status = self.wait(job).await;
+        let status = self.wait(job, cluster).await;
         guard.cancel = false;
         // Released once it has ended; a wait that broke off (the connection failed)
         // leaves a job this caller does not own as it is.
@@ -768,26 +779,56 @@ impl Session {
         })
     }
 
-    /// Follows the job until it ends; its final status if it succeeded.
-    async fn wait(&self, job: u64) -> Result<pb::JobStatus> {
-        let mut client = self.inner.client.clone();
-        let mut updates = client
-            .watch_job(pb::JobRequest { job_id: job })
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        let mut last = None;
+    /// Follows the job until it ends; its final status if it succeeded. When the
+    /// coordinator goes away (it restarts, on its data directory), the watch is taken
+    /// up again once it answers, for up to [`RECONNECT_WINDOW`] without an answer.
+    /// `cluster` (0 for any) is the cluster the job was submitted to: a coordinator
+    /// that came back without its data directory has forgotten the job, and another
+    /// of its jobs may have the same id.
+    async fn wait(&self, job: u64, cluster: u64) -> Result<pb::JobStatus> {
         let progress = self
             .inner
             .progress
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        while let Some(status) = updates.message().await.map_err(status_error)? {
-            if let Some(report) = &progress {
-                report(&Progress::of(&status));
+        let mut last: Option<pb::JobStatus> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut unanswered_since: Option<tokio::time::Instant> = None;
+        let mut restarted = false;
+        loop {
+            let (heard, outcome) = self.watch(job, cluster, &progress, &mut last).await;
+            if heard {
+                unanswered_since = None;
+                backoff = Duration::from_millis(100);
             }
-            last = Some(status);
+            let ended = last
+                .as_ref()
+                .is_some_and(|s| s.state() != pb::JobState::Running);
+            let cut_off = match outcome {
+                Ok(()) if ended => break,
+                // The stream ended, or broke, while the job ran: the coordinator went.
+                Ok(()) => "its status stream ended".to_string(),
+                Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                    e.message().to_string()
+                }
+                Err(e) if e.code() == tonic::Code::NotFound && restarted => {
+                    return Err(Error::Rejected(format!(
+                        "job {job} was lost: the coordinator restarted without it (it keeps jobs across a restart only with --data-dir); submit it again"
+                    )));
+                }
+                Err(e) => return Err(status_error(e)),
+            };
+            restarted = true;
+            let since = *unanswered_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() > RECONNECT_WINDOW {
+                return Err(Error::Transport(format!(
+                    "job {job}: the coordinator has not answered for {} s ({cut_off}); `drove result {job}` takes the job up again once it is back, if it keeps its state (--data-dir)",
+                    RECONNECT_WINDOW.as_secs(),
+                )));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
         let status =
             last.ok_or_else(|| Error::Transport(format!("job {job}: no status arrived")))?;
@@ -804,6 +845,38 @@ impl Session {
                 "job {job}: the status stream ended while the job was {other:?}"
             ))),
         }
+    }
+
+    /// One watch of the job's status until the stream ends; every status goes to
+    /// `last` (and to the progress report). Whether any arrived, and how it ended.
+    async fn watch(
+        &self,
+        job: u64,
+        cluster: u64,
+        progress: &Option<ProgressFn>,
+        last: &mut Option<pb::JobStatus>,
+    ) -> (bool, Result<(), tonic::Status>) {
+        let mut heard = false;
+        let mut client = self.inner.client.clone();
+        let outcome = async {
+            let mut updates = client
+                .watch_job(pb::JobRequest {
+                    job_id: job,
+                    cluster_id: cluster,
+                })
+                .await?
+                .into_inner();
+            while let Some(status) = updates.message().await? {
+                heard = true;
+                if let Some(report) = progress {
+                    report(&Progress::of(&status));
+                }
+                *last = Some(status);
+            }
+            Ok(())
+        }
+        .await;
+        (heard, outcome)
     }
 
     /// The cluster's workers and recent jobs.
@@ -863,7 +936,10 @@ impl Session {
     pub async fn cancel(&self, job: u64) -> Result<pb::JobStatus> {
         let mut client = self.inner.client.clone();
         Ok(client
-            .cancel_job(pb::JobRequest { job_id: job })
+            .cancel_job(pb::JobRequest {
+                job_id: job,
+                cluster_id: 0,
+            })
             .await
             .map_err(status_error)?
             .into_inner())

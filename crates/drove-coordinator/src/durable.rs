@@ -17,10 +17,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use drove_core::JobId;
 use drove_core::meta::{JobEnd, JobMeta, MetaCommand, MetaImage, MetaState};
+use drove_exec::planner::OutputMode;
 use drove_proto::{self as pb, Message};
 use tracing::warn;
+
+use crate::planning::{PlannedJob, PlannedStage};
 
 const LOG: &str = "meta.log";
 const SNAPSHOT: &str = "meta.snapshot";
@@ -228,6 +233,88 @@ impl MetaStore {
     }
 }
 
+/// A job that a restarted coordinator can run again, as [`decode_planned`] gives it back.
+pub struct Resumable {
+    pub planned: PlannedJob,
+    pub sql: String,
+    pub detached: bool,
+}
+
+/// `planned` as a job's submission keeps it, or nothing for a job that cannot run
+/// again after a restart: one that reads a cached table (the catalog does not survive
+/// a restart yet). The caller leaves out jobs that cache a table for the same reason.
+pub fn encode_planned(planned: &PlannedJob, sql: &str, detached: bool) -> Vec<u8> {
+    let reads_cache = planned
+        .stages
+        .iter()
+        .any(|s| s.cache.is_some() || s.origin.is_some() || s.local_input.is_some());
+    if reads_cache {
+        return Vec::new();
+    }
+    pb::MetaPlannedJob {
+        sql: sql.to_string(),
+        physical_plan: planned.physical_plan.clone(),
+        settings: planned.settings.clone(),
+        result_schema: planned.result_schema.clone(),
+        stages: planned
+            .stages
+            .iter()
+            .map(|s| pb::MetaPlannedStage {
+                id: s.id,
+                plan: s.plan.as_ref().clone(),
+                output: match s.output {
+                    OutputMode::Single => pb::OutputMode::Single,
+                    OutputMode::RepartitionRoot => pb::OutputMode::RepartitionRoot,
+                } as i32,
+                tasks: s.tasks,
+                depends_on: s.depends_on.clone(),
+                root: s.root.clone(),
+                plan_text: s.plan_text.clone(),
+            })
+            .collect(),
+        detached,
+    }
+    .encode_to_vec()
+}
+
+/// The job [`encode_planned`] kept; `None` for none (or bytes that do not decode).
+pub fn decode_planned(bytes: &[u8]) -> Option<Resumable> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let job = pb::MetaPlannedJob::decode(bytes).ok()?;
+    let stages = job
+        .stages
+        .into_iter()
+        .map(|s| PlannedStage {
+            id: s.id,
+            output: match s.output() {
+                pb::OutputMode::Single => OutputMode::Single,
+                pb::OutputMode::RepartitionRoot => OutputMode::RepartitionRoot,
+            },
+            plan: Arc::new(s.plan),
+            tasks: s.tasks,
+            depends_on: s.depends_on,
+            root: s.root,
+            plan_text: s.plan_text,
+            cache: None,
+            origin: None,
+            local_input: None,
+        })
+        .collect();
+    Some(Resumable {
+        planned: PlannedJob {
+            stages,
+            physical_plan: job.physical_plan,
+            settings: job.settings,
+            result_schema: job.result_schema,
+            lineage: Vec::new(),
+        },
+        sql: job.sql,
+        detached: job.detached,
+    })
+}
+
 fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -323,9 +410,14 @@ fn end_from_proto(e: &pb::MetaJobEnded) -> JobEnd {
 fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command {
     use pb::meta_entry::Command as C;
     match command {
-        MetaCommand::JobSubmitted { name, submitted_ms } => C::JobSubmitted(pb::MetaJobSubmitted {
+        MetaCommand::JobSubmitted {
+            name,
+            submitted_ms,
+            planned,
+        } => C::JobSubmitted(pb::MetaJobSubmitted {
             name: name.clone(),
             submitted_unix_ms: *submitted_ms,
+            planned: planned.clone(),
         }),
         MetaCommand::JobEnded {
             job,
@@ -340,6 +432,9 @@ fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command {
             flight_addr: flight_addr.clone(),
             registered_unix_ms: *registered_ms,
         }),
+        MetaCommand::ClusterCreated { cluster_id } => C::ClusterCreated(pb::MetaClusterCreated {
+            cluster_id: *cluster_id,
+        }),
     }
 }
 
@@ -349,6 +444,7 @@ fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Option<MetaCo
         C::JobSubmitted(s) => MetaCommand::JobSubmitted {
             name: s.name,
             submitted_ms: s.submitted_unix_ms,
+            planned: s.planned,
         },
         C::JobEnded(e) => MetaCommand::JobEnded {
             job: JobId(e.job_id),
@@ -360,12 +456,16 @@ fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Option<MetaCo
             flight_addr: w.flight_addr,
             registered_ms: w.registered_unix_ms,
         },
+        C::ClusterCreated(c) => MetaCommand::ClusterCreated {
+            cluster_id: c.cluster_id,
+        },
     })
 }
 
 fn image_to_proto(image: MetaImage, last_index: u64) -> pb::MetaSnapshot {
     pb::MetaSnapshot {
         last_index,
+        cluster_id: image.cluster_id,
         next_job_id: image.next_job_id,
         next_worker_id: image.next_worker_id,
         jobs: image
@@ -378,6 +478,7 @@ fn image_to_proto(image: MetaImage, last_index: u64) -> pb::MetaSnapshot {
                 end: m
                     .ended
                     .map(|(end, ended_ms)| end_to_proto(id, &end, ended_ms, &m.record)),
+                planned: m.planned,
             })
             .collect(),
         ended: image.ended.into_iter().map(|j| j.0).collect(),
@@ -386,6 +487,7 @@ fn image_to_proto(image: MetaImage, last_index: u64) -> pb::MetaSnapshot {
 
 fn image_from_proto(snapshot: pb::MetaSnapshot) -> MetaImage {
     MetaImage {
+        cluster_id: snapshot.cluster_id,
         next_job_id: snapshot.next_job_id,
         next_worker_id: snapshot.next_worker_id,
         jobs: snapshot
@@ -397,6 +499,7 @@ fn image_from_proto(snapshot: pb::MetaSnapshot) -> MetaImage {
                     name: j.name,
                     submitted_ms: j.submitted_unix_ms,
                     ended,
+                    planned: j.planned,
                     record: j.end.map(|e| e.status).unwrap_or_default(),
                 };
                 (JobId(j.job_id), meta)
@@ -415,6 +518,7 @@ mod tests {
         MetaCommand::JobSubmitted {
             name: format!("q{i}"),
             submitted_ms: i,
+            planned: vec![i as u8; 5],
         }
     }
 
@@ -444,7 +548,7 @@ mod tests {
     }
 
     fn commands(n: u64) -> Vec<MetaCommand> {
-        let mut all = Vec::new();
+        let mut all = vec![MetaCommand::ClusterCreated { cluster_id: 42 }];
         for i in 1..=n {
             all.push(submitted(i));
             all.push(MetaCommand::WorkerRegistered {
@@ -473,6 +577,7 @@ mod tests {
             // It goes on from where it was: the next ids are the ones not yet given.
             assert_eq!(back.state.next_job_id(), JobId(21));
             assert_eq!(back.state.next_worker_id(), WorkerId(21));
+            assert_eq!(back.state.cluster_id(), 42);
         }
     }
 

@@ -32,6 +32,21 @@ pub struct Service {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+impl Service {
+    /// The job a request names, if it is this cluster's: a request that names another
+    /// cluster (one whose coordinator restarted without its data directory) would
+    /// otherwise reach a different job under the same id.
+    fn job_of(&self, request: pb::JobRequest) -> Result<JobId, Status> {
+        let job = JobId(request.job_id);
+        if request.cluster_id != 0 && request.cluster_id != self.coordinator.cluster_id() {
+            return Err(Status::not_found(format!(
+                "{job} is not this cluster's: the coordinator restarted without the data directory that held it"
+            )));
+        }
+        Ok(job)
+    }
+}
+
 fn table_spec(t: pb::TableSpec) -> Result<TableSpec, Status> {
     let format = if t.format.is_empty() {
         None
@@ -132,14 +147,17 @@ impl CoordinatorRpc for Service {
             .coordinator
             .submit(request.name, query, tables, cache_as, request.detached)
             .await?;
-        Ok(Response::new(pb::SubmitJobResponse { job_id: job.0 }))
+        Ok(Response::new(pb::SubmitJobResponse {
+            job_id: job.0,
+            cluster_id: self.coordinator.cluster_id(),
+        }))
     }
 
     async fn watch_job(
         &self,
         request: Request<pb::JobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        let job = JobId(request.into_inner().job_id);
+        let job = self.job_of(request.into_inner())?;
         let (mut changes, watching) = self.coordinator.subscribe(job).await?;
         let coordinator = self.coordinator.clone();
         let (tx, rx) = mpsc::channel(4);
@@ -180,7 +198,7 @@ impl CoordinatorRpc for Service {
         &self,
         request: Request<pb::JobRequest>,
     ) -> Result<Response<pb::JobStatus>, Status> {
-        let job = JobId(request.into_inner().job_id);
+        let job = self.job_of(request.into_inner())?;
         Ok(Response::new(self.coordinator.cancel(job).await?))
     }
 
@@ -188,7 +206,7 @@ impl CoordinatorRpc for Service {
         &self,
         request: Request<pb::JobRequest>,
     ) -> Result<Response<pb::ReleaseJobResponse>, Status> {
-        let job = JobId(request.into_inner().job_id);
+        let job = self.job_of(request.into_inner())?;
         self.coordinator.release(job).await?;
         Ok(Response::new(pb::ReleaseJobResponse {}))
     }

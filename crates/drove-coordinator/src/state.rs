@@ -21,7 +21,7 @@ use drove_proto as pb;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, info_span, warn};
 
-use crate::durable::MetaStore;
+use crate::durable::{self, MetaStore};
 use crate::history::{History, Reading};
 use crate::metrics::{Metrics, Snapshot};
 use crate::planning::{self, PlannedJob, Query};
@@ -41,6 +41,7 @@ pub type WorkerTx = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
 pub struct Coordinator {
     pub(crate) config: Arc<CoordinatorConfig>,
     work: mpsc::Sender<Work>,
+    cluster_id: u64,
 }
 
 /// Something for the state's owner to do.
@@ -94,6 +95,41 @@ struct JobRecord {
     cancel_reason: Option<String>,
 }
 
+impl JobRecord {
+    /// A job starting to run.
+    fn new(
+        name: String,
+        sql: String,
+        submitted_unix_ms: u64,
+        planned: PlannedJob,
+        caches_as: Option<(String, u64)>,
+        detached: bool,
+    ) -> Self {
+        JobRecord {
+            name,
+            sql,
+            submitted_unix_ms,
+            planned,
+            started: Instant::now(),
+            ended: None,
+            state: pb::JobState::Running,
+            error: String::new(),
+            changed: watch::channel(true).0,
+            final_status: None,
+            final_attempts: None,
+            final_summary: None,
+            released: false,
+            caches_as,
+            lease: Lease {
+                detached,
+                watchers: 0,
+                unwatched_since: Instant::now(),
+            },
+            cancel_reason: None,
+        }
+    }
+}
+
 /// What keeps a running job alive: a client watching it. One that nobody has watched
 /// for the coordinator's client lease is cancelled, unless it was submitted detached.
 struct Lease {
@@ -131,7 +167,7 @@ struct State {
 }
 
 /// The error of a job that was running when the coordinator stopped.
-pub const RESTARTED: &str = "the coordinator stopped while this job ran, and running jobs do not survive a restart yet; submit it again";
+pub const RESTARTED: &str = "the coordinator stopped while this job ran, and a job that caches a table or reads a cached one does not survive a restart yet (the cached tables are lost with it); submit it again";
 
 /// The exit code of a coordinator that found its own state broken (EX_SOFTWARE).
 pub const FATAL_EXIT_CODE: i32 = 70;
@@ -149,6 +185,19 @@ fn fatal(what: &str) -> ! {
     tracing::error!("fatal: {what}");
     eprintln!("drove coordinator: fatal: {what}; exiting (code {FATAL_EXIT_CODE})");
     std::process::exit(FATAL_EXIT_CODE)
+}
+
+/// A new cluster's identity: random, never 0.
+fn new_cluster_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
 }
 
 fn now_ms() -> u64 {
@@ -200,6 +249,12 @@ impl Coordinator {
             history: History::default(),
             catalog: Catalog::default(),
         };
+        if state.meta.state().cluster_id() == 0 {
+            state.record(MetaCommand::ClusterCreated {
+                cluster_id: new_cluster_id(),
+            });
+        }
+        let cluster_id = state.meta.state().cluster_id();
         state.recover();
         let (work, mut queue) = mpsc::channel::<Work>(STATE_QUEUE_MAX);
         std::thread::Builder::new()
@@ -220,7 +275,17 @@ impl Coordinator {
             .map_err(|e| {
                 Error::Internal(format!("cannot start the coordinator's state thread: {e}"))
             })?;
-        Ok(Self { config, work })
+        Ok(Self {
+            config,
+            work,
+            cluster_id,
+        })
+    }
+
+    /// The cluster's identity: kept in the data directory, new at each start without
+    /// one. Clients check it to know a restarted coordinator still knows their jobs.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
     }
 
     /// Has the state's owner run `f` and returns its answer.
@@ -723,8 +788,37 @@ impl State {
         let caches_as = claim.name.take().zip(cache_id);
         // The log allocates the job's id when it records the job, after validation;
         // the spec is validated under the id no job has yet.
-        let mut spec = JobSpec {
-            id: self.meta.state().next_job_id(),
+        let mut spec = self.job_spec(self.meta.state().next_job_id(), &planned);
+        if let Err(e) = self.scheduler.validate(&spec) {
+            if let Some((table, _)) = &caches_as {
+                self.catalog.unclaim(table);
+            }
+            return Err(Error::Internal(e.to_string()));
+        }
+        // Written to disk only: a restarted coordinator runs the job again from it.
+        let kept = match &self.store {
+            Some(_) if caches_as.is_none() => durable::encode_planned(&planned, &sql, detached),
+            _ => Vec::new(),
+        };
+        let job = self
+            .record(MetaCommand::JobSubmitted {
+                name: name.clone(),
+                submitted_ms: now_ms(),
+                planned: kept,
+            })
+            .job
+            .expect("a submission allocates a job id");
+        spec.id = job;
+        self.metrics.job_submitted();
+        let record = JobRecord::new(name, sql, now_ms(), planned, caches_as, detached);
+        self.admit(job, record, spec);
+        Ok(job)
+    }
+
+    /// The scheduler's view of a planned job.
+    fn job_spec(&self, id: JobId, planned: &PlannedJob) -> JobSpec {
+        JobSpec {
+            id,
             stages: planned
                 .stages
                 .iter()
@@ -741,56 +835,20 @@ impl State {
                 })
                 .collect(),
             final_stage: StageId(planned.stages.last().map_or(0, |s| s.id)),
-        };
-        if let Err(e) = self.scheduler.validate(&spec) {
-            if let Some((table, _)) = &caches_as {
-                self.catalog.unclaim(table);
-            }
-            return Err(Error::Internal(e.to_string()));
         }
-        let job = self
-            .record(MetaCommand::JobSubmitted {
-                name: name.clone(),
-                submitted_ms: now_ms(),
-            })
-            .job
-            .expect("a submission allocates a job id");
-        spec.id = job;
+    }
+
+    /// Hands a recorded job to the scheduler.
+    fn admit(&mut self, job: JobId, record: JobRecord, spec: JobSpec) {
         let _span = info_span!("job", %job).entered();
         info!(stages = spec.stages.len(), "job submitted");
-        self.metrics.job_submitted();
-        self.jobs.insert(
-            job,
-            JobRecord {
-                name,
-                sql,
-                submitted_unix_ms: now_ms(),
-                planned,
-                started: Instant::now(),
-                ended: None,
-                state: pb::JobState::Running,
-                error: String::new(),
-                changed: watch::channel(true).0,
-                final_status: None,
-                final_attempts: None,
-                final_summary: None,
-                released: false,
-                caches_as,
-                lease: Lease {
-                    detached,
-                    watchers: 0,
-                    unwatched_since: Instant::now(),
-                },
-                cancel_reason: None,
-            },
-        );
+        self.jobs.insert(job, record);
         if std::env::var_os(INJECT_FAULT_ENV).is_some_and(|v| v == "phantom-attempt") {
             warn!("{INJECT_FAULT_ENV}: corrupting the scheduler's state on purpose");
             self.scheduler.inject_fault_phantom_attempt();
         }
         self.handle(Event::JobSubmitted(spec));
         self.touch(job);
-        Ok(job)
     }
 
     /// The client has read the result: free the job's blocks.
@@ -1245,22 +1303,36 @@ impl State {
     }
 
     /// After a restart from the data directory: jobs that were running when the last
-    /// coordinator stopped are recorded as failed (running jobs do not survive a
-    /// restart yet), and every job in the history is listed again from its record.
+    /// coordinator stopped run again from their plans, from the start (the workers
+    /// dropped their blocks when they lost it); the few that cannot (those that cache
+    /// a table or read one) are recorded as failed. Every ended job in the history is
+    /// listed again from its record.
     fn recover(&mut self) {
         let unended: Vec<JobId> = self.meta.state().unended().collect();
         for job in unended {
             let meta = self.meta.state().job(job).expect("listed");
+            let (name, submitted_ms) = (meta.name.clone(), meta.submitted_ms);
+            let resumed = durable::decode_planned(&meta.planned).and_then(|r| {
+                let spec = self.job_spec(job, &r.planned);
+                self.scheduler.validate(&spec).ok()?;
+                Some((r, spec))
+            });
+            if let Some((r, spec)) = resumed {
+                info!(%job, "the job was running when the coordinator stopped; running it again");
+                let record = JobRecord::new(name, r.sql, submitted_ms, r.planned, None, r.detached);
+                self.admit(job, record, spec);
+                continue;
+            }
             let error = RESTARTED.to_string();
             let status = pb::JobStatus {
                 job_id: job.0,
                 state: pb::JobState::Failed as i32,
-                name: meta.name.clone(),
+                name,
                 error: error.clone(),
-                submitted_unix_ms: meta.submitted_ms,
+                submitted_unix_ms: submitted_ms,
                 ..Default::default()
             };
-            warn!(%job, "the job was running when the coordinator stopped; recorded as failed");
+            warn!(%job, "the job was running when the coordinator stopped and cannot run again; recorded as failed");
             self.record(MetaCommand::JobEnded {
                 job,
                 end: JobEnd::Failed(error),
@@ -1273,6 +1345,7 @@ impl State {
             .meta
             .state()
             .jobs()
+            .filter(|(_, meta)| meta.ended.is_some())
             .filter_map(|(id, meta)| {
                 let status = <pb::JobStatus as pb::Message>::decode(meta.record.as_slice());
                 Some((id, status.ok()?))

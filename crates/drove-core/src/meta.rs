@@ -26,8 +26,14 @@ pub enum JobEnd {
 /// applying them stays deterministic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetaCommand {
-    /// A job was accepted; applying it allocates the job's id.
-    JobSubmitted { name: String, submitted_ms: u64 },
+    /// A job was accepted; applying it allocates the job's id. `planned` is the job
+    /// as its owner planned it (encoded by the coordinator), kept until it ends so a
+    /// restarted coordinator can run it again; empty for a job that cannot be.
+    JobSubmitted {
+        name: String,
+        submitted_ms: u64,
+        planned: Vec<u8>,
+    },
     /// A job ended. `record` is what the coordinator keeps of it for its history (its
     /// final status, encoded by the coordinator); the state machine does not read it.
     JobEnded {
@@ -42,6 +48,9 @@ pub enum MetaCommand {
         flight_addr: String,
         registered_ms: u64,
     },
+    /// The cluster's identity, chosen once when its metadata begins: clients check it
+    /// to tell a restarted coordinator that kept its metadata from one that did not.
+    ClusterCreated { cluster_id: u64 },
 }
 
 /// What applying a command did.
@@ -61,6 +70,8 @@ pub struct JobMeta {
     pub name: String,
     pub submitted_ms: u64,
     pub ended: Option<(JobEnd, u64)>,
+    /// The job as planned, until it ends (see [`MetaCommand::JobSubmitted`]).
+    pub planned: Vec<u8>,
     /// The coordinator's record of the ended job (see [`MetaCommand::JobEnded`]).
     pub record: Vec<u8>,
 }
@@ -68,6 +79,7 @@ pub struct JobMeta {
 /// The whole state as plain data: what a snapshot holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetaImage {
+    pub cluster_id: u64,
     pub next_job_id: u64,
     pub next_worker_id: u64,
     /// Every job the state keeps, by id.
@@ -79,6 +91,8 @@ pub struct MetaImage {
 /// The state the commands build.
 #[derive(Debug, Default)]
 pub struct MetaState {
+    /// 0 until [`MetaCommand::ClusterCreated`].
+    cluster_id: u64,
     next_job_id: u64,
     next_worker_id: u64,
     jobs: BTreeMap<JobId, JobMeta>,
@@ -101,6 +115,7 @@ impl MetaState {
     /// The state an image describes, keeping at most `history_max` ended jobs.
     pub fn from_image(image: MetaImage, history_max: usize) -> Self {
         let mut state = Self {
+            cluster_id: image.cluster_id,
             next_job_id: image.next_job_id.max(1),
             next_worker_id: image.next_worker_id.max(1),
             jobs: image.jobs.into_iter().collect(),
@@ -113,11 +128,17 @@ impl MetaState {
 
     pub fn image(&self) -> MetaImage {
         MetaImage {
+            cluster_id: self.cluster_id,
             next_job_id: self.next_job_id,
             next_worker_id: self.next_worker_id,
             jobs: self.jobs.iter().map(|(id, m)| (*id, m.clone())).collect(),
             ended: self.ended.iter().copied().collect(),
         }
+    }
+
+    /// The cluster's identity; 0 before the cluster was created.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
     }
 
     /// The id the next submitted job will get.
@@ -150,7 +171,11 @@ impl MetaState {
     /// Applies one command.
     pub fn apply(&mut self, command: &MetaCommand) -> Applied {
         match command {
-            MetaCommand::JobSubmitted { name, submitted_ms } => {
+            MetaCommand::JobSubmitted {
+                name,
+                submitted_ms,
+                planned,
+            } => {
                 let job = JobId(self.next_job_id);
                 self.next_job_id += 1;
                 self.jobs.insert(
@@ -159,6 +184,7 @@ impl MetaState {
                         name: name.clone(),
                         submitted_ms: *submitted_ms,
                         ended: None,
+                        planned: planned.clone(),
                         record: Vec::new(),
                     },
                 );
@@ -180,12 +206,19 @@ impl MetaState {
                     return Applied::default();
                 }
                 meta.ended = Some((end.clone(), *ended_ms));
+                meta.planned = Vec::new();
                 meta.record = record.clone();
                 self.ended.push_back(*job);
                 Applied {
                     evicted: self.evict(),
                     ..Applied::default()
                 }
+            }
+            MetaCommand::ClusterCreated { cluster_id } => {
+                if self.cluster_id == 0 {
+                    self.cluster_id = *cluster_id;
+                }
+                Applied::default()
             }
             MetaCommand::WorkerRegistered { .. } => {
                 let worker = WorkerId(self.next_worker_id);
@@ -260,6 +293,7 @@ mod tests {
             all.push(MetaCommand::JobSubmitted {
                 name: format!("q{i}"),
                 submitted_ms: i * 10,
+                planned: vec![i as u8; 2],
             });
             all.push(MetaCommand::JobEnded {
                 job: JobId(i),
@@ -271,7 +305,11 @@ mod tests {
         all.push(MetaCommand::JobSubmitted {
             name: "running".into(),
             submitted_ms: 99,
+            planned: vec![7],
         });
+        // Only the first identity counts.
+        all.push(MetaCommand::ClusterCreated { cluster_id: 77 });
+        all.push(MetaCommand::ClusterCreated { cluster_id: 78 });
         all
     }
 
@@ -291,7 +329,13 @@ mod tests {
         assert_eq!(kept, vec![JobId(5), JobId(4), JobId(3)]);
         assert_eq!(log.state().unended().collect::<Vec<_>>(), vec![JobId(5)]);
         assert_eq!(log.state().next_job_id(), JobId(6));
+        assert_eq!(log.state().cluster_id(), 77);
         assert_eq!(log.state().job(JobId(4)).unwrap().record, vec![4]);
+        assert!(
+            log.state().job(JobId(4)).unwrap().planned.is_empty(),
+            "an ended job's plan is dropped"
+        );
+        assert_eq!(log.state().job(JobId(5)).unwrap().planned, vec![7]);
     }
 
     #[test]
@@ -314,6 +358,7 @@ mod tests {
         let job = MetaCommand::JobSubmitted {
             name: String::new(),
             submitted_ms: 0,
+            planned: Vec::new(),
         };
         assert_eq!(restored.apply(&job).job, Some(JobId(6)));
         // A smaller history limit on restore drops the oldest ended jobs.

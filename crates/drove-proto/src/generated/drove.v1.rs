@@ -336,11 +336,20 @@ pub mod submit_job_request {
 pub struct SubmitJobResponse {
     #[prost(uint64, tag = "1")]
     pub job_id: u64,
+    /// The cluster's identity: the same across restarts of a coordinator on its data
+    /// directory, new each time one starts without it (and so forgets its jobs).
+    #[prost(uint64, tag = "2")]
+    pub cluster_id: u64,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct JobRequest {
     #[prost(uint64, tag = "1")]
     pub job_id: u64,
+    /// When set, the job must be one of this cluster's (see SubmitJobResponse): a
+    /// coordinator that restarted without its data answers NOT_FOUND rather than
+    /// speak of another job under the same id.
+    #[prost(uint64, tag = "2")]
+    pub cluster_id: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct JobStatus {
@@ -634,7 +643,7 @@ pub struct MetaEntry {
     /// The entry's position in the log, from 1; a snapshot covers every entry up to its own.
     #[prost(uint64, tag = "1")]
     pub index: u64,
-    #[prost(oneof = "meta_entry::Command", tags = "2, 3, 4")]
+    #[prost(oneof = "meta_entry::Command", tags = "2, 3, 4, 5")]
     pub command: ::core::option::Option<meta_entry::Command>,
 }
 /// Nested message and enum types in `MetaEntry`.
@@ -647,7 +656,15 @@ pub mod meta_entry {
         JobEnded(super::MetaJobEnded),
         #[prost(message, tag = "4")]
         WorkerRegistered(super::MetaWorkerRegistered),
+        #[prost(message, tag = "5")]
+        ClusterCreated(super::MetaClusterCreated),
     }
+}
+/// The first entry of a cluster's log: its identity.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MetaClusterCreated {
+    #[prost(uint64, tag = "1")]
+    pub cluster_id: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MetaJobSubmitted {
@@ -655,6 +672,49 @@ pub struct MetaJobSubmitted {
     pub name: ::prost::alloc::string::String,
     #[prost(uint64, tag = "2")]
     pub submitted_unix_ms: u64,
+    /// The job as planned (an encoded MetaPlannedJob), which a restarted coordinator
+    /// runs again; empty for a job that cannot be taken up again (one that caches a
+    /// table or reads a cached one).
+    #[prost(bytes = "vec", tag = "3")]
+    pub planned: ::prost::alloc::vec::Vec<u8>,
+}
+/// A job as planned: everything needed to run it again without planning its SQL again.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MetaPlannedJob {
+    #[prost(string, tag = "1")]
+    pub sql: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub physical_plan: ::prost::alloc::string::String,
+    #[prost(map = "string, string", tag = "3")]
+    pub settings: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(bytes = "vec", tag = "4")]
+    pub result_schema: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, repeated, tag = "5")]
+    pub stages: ::prost::alloc::vec::Vec<MetaPlannedStage>,
+    /// Submitted detached (no client keeps it alive).
+    #[prost(bool, tag = "6")]
+    pub detached: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MetaPlannedStage {
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    /// The stage's plan, as workers get it.
+    #[prost(bytes = "vec", tag = "2")]
+    pub plan: ::prost::alloc::vec::Vec<u8>,
+    #[prost(enumeration = "OutputMode", tag = "3")]
+    pub output: i32,
+    #[prost(uint32, tag = "4")]
+    pub tasks: u32,
+    #[prost(uint32, repeated, tag = "5")]
+    pub depends_on: ::prost::alloc::vec::Vec<u32>,
+    #[prost(string, tag = "6")]
+    pub root: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub plan_text: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MetaJobEnded {
@@ -694,6 +754,8 @@ pub struct MetaSnapshot {
     /// The ended ones, in the order they ended.
     #[prost(uint64, repeated, tag = "5")]
     pub ended: ::prost::alloc::vec::Vec<u64>,
+    #[prost(uint64, tag = "6")]
+    pub cluster_id: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MetaJob {
@@ -706,6 +768,9 @@ pub struct MetaJob {
     /// Absent for a job that has not ended.
     #[prost(message, optional, tag = "4")]
     pub end: ::core::option::Option<MetaJobEnded>,
+    /// As in MetaJobSubmitted, for a job that has not ended.
+    #[prost(bytes = "vec", tag = "5")]
+    pub planned: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]

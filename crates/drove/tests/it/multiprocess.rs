@@ -48,7 +48,7 @@ fn coordinator_two_workers_and_sql_as_separate_processes() {
 }
 
 /// The reference answer to `sql` as `drove sql --format csv` prints it.
-fn expected_csv(dir: &std::path::Path, sql: &str) -> String {
+pub(crate) fn expected_csv(dir: &std::path::Path, sql: &str) -> String {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let expected = runtime.block_on(reference(&tpch_tables(dir), sql)).unwrap();
     let mut csv = Vec::new();
@@ -147,28 +147,32 @@ impl ProcessCluster {
             .unwrap()
     }
 
-    /// Waits until a job runs with its first stage done and returns its id.
     fn wait_past_first_stage(&self) -> u64 {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async {
-            let session = drove_client::Session::connect(&self.addr).await.unwrap();
-            let deadline = std::time::Instant::now() + Duration::from_secs(120);
-            loop {
-                let status = session.cluster_status().await.unwrap();
-                if let Some(job) = status.jobs.iter().find(|j| {
-                    j.state() == drove_client::proto::JobState::Running
-                        && j.stages.iter().any(|s| s.tasks_done == s.tasks_total)
-                }) {
-                    return job.job_id;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "no job got past its first stage"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
+        wait_past_first_stage(&self.addr)
     }
+}
+
+/// Waits until a job on the coordinator at `addr` runs with a stage done; its id.
+pub(crate) fn wait_past_first_stage(addr: &str) -> u64 {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let session = drove_client::Session::connect(addr).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let status = session.cluster_status().await.unwrap();
+            if let Some(job) = status.jobs.iter().find(|j| {
+                j.state() == drove_client::proto::JobState::Running
+                    && j.stages.iter().any(|s| s.tasks_done == s.tasks_total)
+            }) {
+                return job.job_id;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no job got past its first stage"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
 }
 
 fn signal(child: &std::process::Child, name: &str) {
@@ -180,7 +184,7 @@ fn signal(child: &std::process::Child, name: &str) {
 }
 
 /// Waits for `drove sql` and returns its stdout and stderr, failing on a non-zero exit.
-fn finish(child: std::process::Child) -> (String, String) {
+pub(crate) fn finish(child: std::process::Child) -> (String, String) {
     let out = child.wait_with_output().unwrap();
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout).to_string(),
