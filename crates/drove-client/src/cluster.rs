@@ -30,6 +30,10 @@ pub struct LocalClusterConfig {
     /// Where the workers make their spill directories; `None`: the default.
     pub work_dir: Option<PathBuf>,
     pub spill_codec: drove_exec::blocks::SpillCodec,
+    /// Where the nodes keep what outlives them: the coordinator's metadata in
+    /// `DIR/coordinator`, worker i's identity in `DIR/worker-i` (from 1); `None`: in
+    /// memory only.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for LocalClusterConfig {
@@ -45,6 +49,7 @@ impl Default for LocalClusterConfig {
             memory_bytes: None,
             work_dir: None,
             spill_codec: Default::default(),
+            data_dir: None,
         }
     }
 }
@@ -77,8 +82,12 @@ impl LocalCluster {
                 "an embedded cluster needs at least one worker (--workers 1 or more)".into(),
             ));
         }
+        let mut coordinator_config = config.coordinator.clone();
+        if let Some(dir) = &config.data_dir {
+            coordinator_config.data_dir = Some(dir.join("coordinator"));
+        }
         let coordinator = drove_coordinator::start(
-            config.coordinator.clone(),
+            coordinator_config,
             SocketAddr::new(config.bind_ip, config.coordinator_port),
             config.http,
         )
@@ -114,6 +123,11 @@ impl LocalCluster {
                 .clone()
                 .unwrap_or_else(drove_worker::default_work_dir),
             spill_codec: self.config.spill_codec,
+            data_dir: self
+                .config
+                .data_dir
+                .as_ref()
+                .map(|d| d.join(format!("worker-{}", index + 1))),
             ..Default::default()
         })
         .await

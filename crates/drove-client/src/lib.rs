@@ -795,12 +795,16 @@ impl Session {
         let mut last: Option<pb::JobStatus> = None;
         let mut backoff = Duration::from_millis(100);
         let mut unanswered_since: Option<tokio::time::Instant> = None;
-        let mut restarted = false;
+        let mut cluster = cluster;
         loop {
             let (heard, outcome) = self.watch(job, cluster, &progress, &mut last).await;
             if heard {
                 unanswered_since = None;
                 backoff = Duration::from_millis(100);
+            }
+            // Whatever the caller knew, the job is the one the first answer was about.
+            if cluster == 0 {
+                cluster = last.as_ref().map_or(0, |s| s.cluster_id);
             }
             let ended = last
                 .as_ref()
@@ -812,14 +816,15 @@ impl Session {
                 Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
                     e.message().to_string()
                 }
-                Err(e) if e.code() == tonic::Code::NotFound && restarted => {
+                // Known before the coordinator went (submitted here, or heard of), and
+                // unknown since it came back.
+                Err(e) if e.code() == tonic::Code::NotFound && (cluster != 0 || last.is_some()) => {
                     return Err(Error::Rejected(format!(
                         "job {job} was lost: the coordinator restarted without it (it keeps jobs across a restart only with --data-dir); submit it again"
                     )));
                 }
                 Err(e) => return Err(status_error(e)),
             };
-            restarted = true;
             let since = *unanswered_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() > RECONNECT_WINDOW {
                 return Err(Error::Transport(format!(

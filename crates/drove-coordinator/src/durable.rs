@@ -32,8 +32,10 @@ const SNAPSHOT: &str = "meta.snapshot";
 const LOCK: &str = "LOCK";
 /// Bytes before each frame's payload.
 const HEADER: usize = 8;
-/// The largest frame read back; a longer length can only be a torn or corrupt header.
-const FRAME_MAX: usize = pb::MAX_MESSAGE_BYTES;
+/// The largest log entry: a job whose plans take more is refused at submission.
+pub const ENTRY_MAX: usize = pb::MAX_MESSAGE_BYTES;
+/// The largest snapshot (what a frame's length can say).
+const SNAPSHOT_MAX: usize = u32::MAX as usize;
 /// Entries written between snapshots.
 pub const SNAPSHOT_EVERY: u64 = 1_000;
 
@@ -99,11 +101,12 @@ impl MetaStore {
                     dir.display()
                 ))
             })?;
-        lock.try_lock().map_err(|_| {
-            StoreError(format!(
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => StoreError(format!(
                 "the data directory {} is in use by another coordinator; stop it, or give this one a --data-dir of its own",
                 dir.display()
-            ))
+            )),
+            std::fs::TryLockError::Error(e) => io_error("lock", &lock_path, e),
         })?;
         let _ = std::fs::remove_file(dir.join(format!("{SNAPSHOT}.tmp")));
         let _ = std::fs::remove_file(dir.join(format!("{LOG}.tmp")));
@@ -111,8 +114,8 @@ impl MetaStore {
         let (snapshot_index, image) = match read_file(&dir.join(SNAPSHOT))? {
             None => (0, None),
             Some(bytes) => {
-                let frames = frames(&bytes);
-                let [payload] = frames.payloads.as_slice() else {
+                let frames = frames(&bytes, SNAPSHOT_MAX);
+                let ([payload], End::Clean) = (frames.payloads.as_slice(), frames.end) else {
                     return Err(StoreError(format!(
                         "the snapshot {} is damaged; restore the data directory from a backup, or move it away to start with no history",
                         dir.join(SNAPSHOT).display()
@@ -134,32 +137,45 @@ impl MetaStore {
 
         let log_path = dir.join(LOG);
         let bytes = read_file(&log_path)?.unwrap_or_default();
-        let found = frames(&bytes);
+        let found = frames(&bytes, ENTRY_MAX);
+        let corrupt = |at: usize| {
+            StoreError(format!(
+                "the log {} is damaged at byte {at}, before its last entry (a write that was acknowledged); restore the data directory from a backup",
+                log_path.display()
+            ))
+        };
         let mut next_index = snapshot_index + 1;
         let mut replayed = 0;
         let mut valid_len = 0;
         for (payload, end) in found.payloads.iter().zip(&found.ends) {
-            let Ok(entry) = pb::MetaEntry::decode(*payload) else {
-                break;
-            };
-            let Some(command) = command_from_proto(entry.command) else {
-                break;
+            let command = pb::MetaEntry::decode(*payload)
+                .ok()
+                .and_then(|e| Some((e.index, command_from_proto(e.command)?)));
+            let Some((index, command)) = command else {
+                // Whole and checksummed, yet not an entry: only a tail of zeros (a
+                // torn write some filesystems leave) is not damage.
+                if bytes[valid_len..].iter().all(|b| *b == 0) {
+                    break;
+                }
+                return Err(corrupt(valid_len));
             };
             valid_len = *end;
-            if entry.index < next_index {
+            if index < next_index {
                 continue; // covered by the snapshot
             }
-            if entry.index != next_index {
+            if index != next_index {
                 return Err(StoreError(format!(
-                    "the log {} skips from entry {} to {}; restore the data directory from a backup",
+                    "the log {} skips from entry {} to {index}; restore the data directory from a backup",
                     log_path.display(),
                     next_index - 1,
-                    entry.index
                 )));
             }
             state.apply(&command);
             next_index += 1;
             replayed += 1;
+        }
+        if let End::Damaged(at) = found.end {
+            return Err(corrupt(at));
         }
         let torn_bytes = (bytes.len() - valid_len) as u64;
         let log = OpenOptions::new()
@@ -204,8 +220,15 @@ impl MetaStore {
             command: Some(command_to_proto(command)),
         };
         let path = self.dir.join(LOG);
+        let payload = entry.encode_to_vec();
+        if payload.len() > ENTRY_MAX {
+            return Err(StoreError(format!(
+                "an entry of {} bytes is over the log's limit of {ENTRY_MAX}",
+                payload.len()
+            )));
+        }
         self.log
-            .write_all(&frame(&entry.encode_to_vec()))
+            .write_all(&frame(&payload))
             .and_then(|()| self.log.sync_data())
             .map_err(|e| io_error("write to", &path, e))?;
         self.next_index += 1;
@@ -241,14 +264,14 @@ pub struct Resumable {
 }
 
 /// `planned` as a job's submission keeps it, or nothing for a job that cannot run
-/// again after a restart: one that reads a cached table (the catalog does not survive
-/// a restart yet). The caller leaves out jobs that cache a table for the same reason.
-pub fn encode_planned(planned: &PlannedJob, sql: &str, detached: bool) -> Vec<u8> {
+/// again after a restart: one that caches a table or reads a cached one (the catalog
+/// does not survive a restart yet).
+pub fn encode_planned(planned: &PlannedJob, sql: &str, detached: bool, caches: bool) -> Vec<u8> {
     let reads_cache = planned
         .stages
         .iter()
         .any(|s| s.cache.is_some() || s.origin.is_some() || s.local_input.is_some());
-    if reads_cache {
+    if caches || reads_cache {
         return Vec::new();
     }
     pb::MetaPlannedJob {
@@ -323,28 +346,56 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The whole frames at the start of `bytes`, and where each ends; stops at the first
-/// that is short or fails its checksum.
+/// The whole frames at the start of `bytes` (none longer than `max`), where each ends,
+/// and what follows them.
 struct Frames<'a> {
     payloads: Vec<&'a [u8]>,
     ends: Vec<usize>,
+    end: End,
 }
 
-fn frames(bytes: &[u8]) -> Frames<'_> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Nothing follows the last whole frame.
+    Clean,
+    /// A frame cut short, or one that fails its checksum and runs to the end: the last
+    /// write, torn by a crash, and never acknowledged.
+    Torn,
+    /// A frame that fails its checksum with more after it, from this offset: damage.
+    Damaged(usize),
+}
+
+fn frames(bytes: &[u8], max: usize) -> Frames<'_> {
     let mut found = Frames {
         payloads: Vec::new(),
         ends: Vec::new(),
+        end: End::Clean,
     };
     let mut at = 0;
-    while bytes.len() - at >= HEADER {
+    while at < bytes.len() {
+        if bytes.len() - at < HEADER {
+            found.end = End::Torn;
+            break;
+        }
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
         let start = at + HEADER;
-        if len > FRAME_MAX || bytes.len() - start < len {
+        if len > max {
+            // No entry is that long: a damaged header.
+            found.end = End::Damaged(at);
+            break;
+        }
+        if bytes.len() - start < len {
+            found.end = End::Torn;
             break;
         }
         let payload = &bytes[start..start + len];
         if crc32c::crc32c(payload) != crc {
+            found.end = if start + len == bytes.len() {
+                End::Torn
+            } else {
+                End::Damaged(at)
+            };
             break;
         }
         at = start + len;
@@ -428,9 +479,11 @@ fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command {
         MetaCommand::WorkerRegistered {
             flight_addr,
             registered_ms,
+            node_id,
         } => C::WorkerRegistered(pb::MetaWorkerRegistered {
             flight_addr: flight_addr.clone(),
             registered_unix_ms: *registered_ms,
+            node_id: node_id.clone(),
         }),
         MetaCommand::ClusterCreated { cluster_id } => C::ClusterCreated(pb::MetaClusterCreated {
             cluster_id: *cluster_id,
@@ -455,6 +508,7 @@ fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Option<MetaCo
         C::WorkerRegistered(w) => MetaCommand::WorkerRegistered {
             flight_addr: w.flight_addr,
             registered_ms: w.registered_unix_ms,
+            node_id: w.node_id,
         },
         C::ClusterCreated(c) => MetaCommand::ClusterCreated {
             cluster_id: c.cluster_id,
@@ -554,6 +608,7 @@ mod tests {
             all.push(MetaCommand::WorkerRegistered {
                 flight_addr: format!("127.0.0.1:{i}"),
                 registered_ms: i,
+                node_id: format!("node-{i}"),
             });
             if !i.is_multiple_of(3) {
                 all.push(ended(i));
@@ -582,7 +637,7 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_last_entry_is_cut_off_and_the_rest_kept() {
+    fn a_torn_last_entry_is_cut_off_and_damage_before_it_refused() {
         let dir = tempfile::tempdir().unwrap();
         let all = commands(5);
         let written = write(dir.path(), 1_000, &all);
@@ -623,6 +678,26 @@ mod tests {
         let back = MetaStore::open(dir.path(), 10).unwrap();
         assert_eq!(back.state.image(), before_last.image());
         drop(back);
+        // Zeros after the last entry (a torn write on some filesystems) go too.
+        let mut zeros = full.clone();
+        zeros.extend([0; 64]);
+        std::fs::write(&log, &zeros).unwrap();
+        let back = MetaStore::open(dir.path(), 10).unwrap();
+        assert_eq!(back.state.image(), written.image());
+        assert_eq!(back.torn_bytes, 64);
+        drop(back);
+        // Damage before the last entry is not a torn write: acknowledged entries would
+        // be lost, so the directory is refused.
+        let mut damaged = full.clone();
+        damaged[HEADER] ^= 1;
+        std::fs::write(&log, &damaged).unwrap();
+        let err = MetaStore::open(dir.path(), 10).err().unwrap().to_string();
+        assert!(err.contains("damaged at byte 0"), "{err}");
+        let mut long = full.clone();
+        long[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&log, &long).unwrap();
+        let err = MetaStore::open(dir.path(), 10).err().unwrap().to_string();
+        assert!(err.contains("damaged at byte 0"), "{err}");
         std::fs::write(&log, &full).unwrap();
         let back = MetaStore::open(dir.path(), 10).unwrap();
         assert_eq!(back.state.image(), written.image());

@@ -93,6 +93,9 @@ pub struct Memory {
 #[serde(deny_unknown_fields)]
 pub struct Worker {
     pub worker_id: u64,
+    /// Its lasting identity, kept in its data directory across restarts (its worker id
+    /// is new with every session); empty for a worker without one.
+    pub node_id: String,
     pub flight_addr: String,
     pub slots: u32,
     pub running_tasks: u32,
@@ -107,6 +110,8 @@ pub struct Worker {
 #[serde(deny_unknown_fields)]
 pub struct WorkerDetail {
     pub worker_id: u64,
+    /// See [`Worker::node_id`].
+    pub node_id: String,
     pub flight_addr: String,
     pub slots: u32,
     pub running_tasks: u32,
@@ -304,6 +309,7 @@ impl From<&pb::WorkerStatus> for Worker {
         let m = w.memory.unwrap_or_default();
         Worker {
             worker_id: w.worker_id,
+            node_id: w.node_id.clone(),
             flight_addr: w.flight_addr.clone(),
             slots: w.slots,
             running_tasks: w.running_tasks,
@@ -461,6 +467,7 @@ pub async fn worker_view(coordinator: &Coordinator, id: u64) -> Result<WorkerDet
     })?;
     let Worker {
         worker_id,
+        node_id,
         flight_addr,
         slots,
         running_tasks,
@@ -471,6 +478,7 @@ pub async fn worker_view(coordinator: &Coordinator, id: u64) -> Result<WorkerDet
     } = Worker::from(&w);
     Ok(WorkerDetail {
         worker_id,
+        node_id,
         flight_addr,
         slots,
         running_tasks,

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info_span};
 
 use crate::planning::Query;
-use crate::state::Coordinator;
+use crate::state::{Coordinator, Registration};
 
 /// A job's watchers get at most one update per this interval while it runs.
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -88,9 +88,12 @@ impl CoordinatorRpc for Service {
         let worker = self
             .coordinator
             .register_worker(
-                register.flight_addr,
-                register.slots,
-                register.task_memory_bytes,
+                Registration {
+                    flight_addr: register.flight_addr,
+                    slots: register.slots,
+                    task_memory: register.task_memory_bytes,
+                    node_id: register.node_id,
+                },
                 tx,
             )
             .await?;
@@ -166,7 +169,14 @@ impl CoordinatorRpc for Service {
             let _watching = watching;
             loop {
                 changes.borrow_and_update();
-                let status = coordinator.progress(job).await.map_err(Status::from);
+                let status = coordinator
+                    .progress(job)
+                    .await
+                    .map(|s| pb::JobStatus {
+                        cluster_id: coordinator.cluster_id(),
+                        ..s
+                    })
+                    .map_err(Status::from);
                 let ended = match &status {
                     Ok(s) => s.state() != pb::JobState::Running,
                     Err(_) => true,

@@ -28,6 +28,18 @@ use crate::planning::{self, PlannedJob, Query};
 use crate::rest::{Attempt, AttemptOutcome, ClusterSample, JobState, WorkerTask};
 use crate::{CoordinatorConfig, Error, Result};
 
+/// What a worker says about itself when it registers.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Where its Flight service listens.
+    pub flight_addr: String,
+    pub slots: u32,
+    /// The operator memory each of its tasks gets.
+    pub task_memory: u64,
+    /// Its lasting identity (kept in its data directory); empty without one.
+    pub node_id: String,
+}
+
 /// Messages to one worker's stream.
 pub type WorkerTx = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
 
@@ -52,6 +64,8 @@ pub const STATE_QUEUE_MAX: usize = 1024;
 
 struct WorkerConn {
     flight_addr: String,
+    /// Its lasting identity; empty for a worker without a data directory.
+    node_id: String,
     slots: u32,
     tx: WorkerTx,
     last_heartbeat: Instant,
@@ -128,6 +142,42 @@ impl JobRecord {
             cancel_reason: None,
         }
     }
+
+    /// A job that ended before the coordinator restarted, from the status its end kept.
+    fn ended(status: pb::JobStatus) -> Self {
+        let now = Instant::now();
+        let elapsed = std::time::Duration::from_millis(status.elapsed_ms);
+        let summary = pb::JobStatus {
+            sql: String::new(),
+            physical_plan: String::new(),
+            stages: (status.stages.iter())
+                .map(|s| pb::StageStatus {
+                    plan: String::new(),
+                    ..s.clone()
+                })
+                .collect(),
+            ..status.clone()
+        };
+        let fresh = JobRecord::new(
+            status.name.clone(),
+            status.sql.clone(),
+            status.submitted_unix_ms,
+            PlannedJob::default(),
+            None,
+            true,
+        );
+        JobRecord {
+            started: now.checked_sub(elapsed).unwrap_or(now),
+            ended: Some(now),
+            state: status.state(),
+            error: status.error.clone(),
+            changed: watch::channel(false).0,
+            final_summary: Some(summary),
+            released: true,
+            final_status: Some(status),
+            ..fresh
+        }
+    }
 }
 
 /// What keeps a running job alive: a client watching it. One that nobody has watched
@@ -166,8 +216,8 @@ struct State {
     catalog: Catalog<CacheMeta>,
 }
 
-/// The error of a job that was running when the coordinator stopped.
-pub const RESTARTED: &str = "the coordinator stopped while this job ran, and a job that caches a table or reads a cached one does not survive a restart yet (the cached tables are lost with it); submit it again";
+/// Room in a log entry for what it holds besides a job's plans.
+const ENTRY_HEADROOM: usize = 1 << 20;
 
 /// The exit code of a coordinator that found its own state broken (EX_SOFTWARE).
 pub const FATAL_EXIT_CODE: i32 = 70;
@@ -185,19 +235,6 @@ fn fatal(what: &str) -> ! {
     tracing::error!("fatal: {what}");
     eprintln!("drove coordinator: fatal: {what}; exiting (code {FATAL_EXIT_CODE})");
     std::process::exit(FATAL_EXIT_CODE)
-}
-
-/// A new cluster's identity: random, never 0.
-fn new_cluster_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.write_u32(std::process::id());
-    hasher.finish().max(1)
 }
 
 fn now_ms() -> u64 {
@@ -231,10 +268,7 @@ impl Coordinator {
                     torn_bytes = recovered.torn_bytes,
                     "metadata recovered"
                 );
-                (
-                    MetaLog::from_state(recovered.state, config.job_history_max),
-                    Some(recovered.store),
-                )
+                (MetaLog::from_state(recovered.state), Some(recovered.store))
             }
         };
         let mut state = State {
@@ -251,7 +285,7 @@ impl Coordinator {
         };
         if state.meta.state().cluster_id() == 0 {
             state.record(MetaCommand::ClusterCreated {
-                cluster_id: new_cluster_id(),
+                cluster_id: drove_core::ids::random_id(),
             });
         }
         let cluster_id = state.meta.state().cluster_id();
@@ -332,19 +366,13 @@ impl Coordinator {
     }
 
     /// Registers a worker and returns its new id. Its stream gets a `Registered` first.
-    pub async fn register_worker(
-        &self,
-        flight_addr: String,
-        slots: u32,
-        task_memory: u64,
-        tx: WorkerTx,
-    ) -> Result<WorkerId> {
-        if slots == 0 {
+    pub async fn register_worker(&self, worker: Registration, tx: WorkerTx) -> Result<WorkerId> {
+        if worker.slots == 0 {
             return Err(Error::User(
                 "a worker needs at least one slot (--slots 1 or more)".into(),
             ));
         }
-        self.ask(move |state| state.register_worker(flight_addr, slots, task_memory, tx))
+        self.ask(move |state| state.register_worker(worker, tx))
             .await
     }
 
@@ -623,17 +651,18 @@ struct Submission {
 
 /// What the handle's requests and events do, on the state's owner.
 impl State {
-    fn register_worker(
-        &mut self,
-        flight_addr: String,
-        slots: u32,
-        task_memory: u64,
-        tx: WorkerTx,
-    ) -> Result<WorkerId> {
+    fn register_worker(&mut self, registration: Registration, tx: WorkerTx) -> Result<WorkerId> {
+        let Registration {
+            flight_addr,
+            slots,
+            task_memory,
+            node_id,
+        } = registration;
         let worker = self
             .record(MetaCommand::WorkerRegistered {
                 flight_addr: flight_addr.clone(),
                 registered_ms: now_ms(),
+                node_id: node_id.clone(),
             })
             .worker
             .expect("a registration allocates a worker id");
@@ -645,11 +674,12 @@ impl State {
         };
         tx.try_send(Ok(registered))
             .map_err(|_| Error::Internal("the new worker's stream closed at once".into()))?;
-        info!(%worker, %flight_addr, slots, "worker registered");
+        info!(%worker, %flight_addr, slots, node_id, "worker registered");
         self.workers.insert(
             worker,
             WorkerConn {
                 flight_addr,
+                node_id,
                 slots,
                 tx,
                 last_heartbeat: Instant::now(),
@@ -797,20 +827,31 @@ impl State {
         }
         // Written to disk only: a restarted coordinator runs the job again from it.
         let kept = match &self.store {
-            Some(_) if caches_as.is_none() => durable::encode_planned(&planned, &sql, detached),
-            _ => Vec::new(),
+            Some(_) => durable::encode_planned(&planned, &sql, detached, caches_as.is_some()),
+            None => Vec::new(),
         };
+        if kept.len() > durable::ENTRY_MAX - ENTRY_HEADROOM {
+            if let Some((table, _)) = &caches_as {
+                self.catalog.unclaim(table);
+            }
+            return Err(Error::User(format!(
+                "the job's plans take {} bytes, over the {} the metadata log holds for one job; split the query, or run the coordinator without --data-dir",
+                kept.len(),
+                durable::ENTRY_MAX - ENTRY_HEADROOM
+            )));
+        }
+        let submitted_ms = now_ms();
         let job = self
             .record(MetaCommand::JobSubmitted {
                 name: name.clone(),
-                submitted_ms: now_ms(),
+                submitted_ms,
                 planned: kept,
             })
             .job
             .expect("a submission allocates a job id");
         spec.id = job;
         self.metrics.job_submitted();
-        let record = JobRecord::new(name, sql, now_ms(), planned, caches_as, detached);
+        let record = JobRecord::new(name, sql, submitted_ms, planned, caches_as, detached);
         self.admit(job, record, spec);
         Ok(job)
     }
@@ -1140,6 +1181,7 @@ impl State {
     fn worker_status(&self, id: WorkerId, w: &WorkerConn) -> pb::WorkerStatus {
         pb::WorkerStatus {
             worker_id: id.0,
+            node_id: w.node_id.clone(),
             flight_addr: w.flight_addr.clone(),
             slots: w.slots,
             running_tasks: self.scheduler.running_on(id) as u32,
@@ -1312,35 +1354,48 @@ impl State {
         for job in unended {
             let meta = self.meta.state().job(job).expect("listed");
             let (name, submitted_ms) = (meta.name.clone(), meta.submitted_ms);
-            let resumed = durable::decode_planned(&meta.planned).and_then(|r| {
-                let spec = self.job_spec(job, &r.planned);
-                self.scheduler.validate(&spec).ok()?;
-                Some((r, spec))
-            });
-            if let Some((r, spec)) = resumed {
-                info!(%job, "the job was running when the coordinator stopped; running it again");
-                let record = JobRecord::new(name, r.sql, submitted_ms, r.planned, None, r.detached);
-                self.admit(job, record, spec);
-                continue;
-            }
-            let error = RESTARTED.to_string();
-            let status = pb::JobStatus {
-                job_id: job.0,
-                state: pb::JobState::Failed as i32,
-                name,
-                error: error.clone(),
-                submitted_unix_ms: submitted_ms,
-                ..Default::default()
+            let resumed = match durable::decode_planned(&meta.planned) {
+                None if meta.planned.is_empty() => Err(
+                    "a job that caches a table or reads a cached one does not survive a restart yet (the cached tables are lost with it)".to_string(),
+                ),
+                None => Err("its plan in the data directory cannot be read".to_string()),
+                Some(r) => {
+                    let spec = self.job_spec(job, &r.planned);
+                    match self.scheduler.validate(&spec) {
+                        Ok(()) => Ok((r, spec)),
+                        Err(e) => Err(format!("its plan is no longer accepted: {e}")),
+                    }
+                }
             };
-            warn!(%job, "the job was running when the coordinator stopped and cannot run again; recorded as failed");
-            self.record(MetaCommand::JobEnded {
-                job,
-                end: JobEnd::Failed(error),
-                ended_ms: now_ms(),
-                record: pb::Message::encode_to_vec(&status),
-            });
+            match resumed {
+                Ok((r, spec)) => {
+                    info!(%job, "the job was running when the coordinator stopped; running it again");
+                    let record =
+                        JobRecord::new(name, r.sql, submitted_ms, r.planned, None, r.detached);
+                    self.admit(job, record, spec);
+                }
+                Err(why) => {
+                    let error = format!(
+                        "the coordinator stopped while this job ran, and it cannot run again: {why}; submit it again"
+                    );
+                    warn!(%job, %error, "recorded as failed");
+                    let status = pb::JobStatus {
+                        job_id: job.0,
+                        state: pb::JobState::Failed as i32,
+                        name,
+                        error: error.clone(),
+                        submitted_unix_ms: submitted_ms,
+                        ..Default::default()
+                    };
+                    self.record(MetaCommand::JobEnded {
+                        job,
+                        end: JobEnd::Failed(error),
+                        ended_ms: now_ms(),
+                        record: pb::Message::encode_to_vec(&status),
+                    });
+                }
+            }
         }
-        let now = Instant::now();
         let recovered: Vec<(JobId, pb::JobStatus)> = self
             .meta
             .state()
@@ -1352,44 +1407,7 @@ impl State {
             })
             .collect();
         for (job, status) in recovered {
-            let elapsed = std::time::Duration::from_millis(status.elapsed_ms);
-            self.jobs.insert(
-                job,
-                JobRecord {
-                    name: status.name.clone(),
-                    sql: status.sql.clone(),
-                    submitted_unix_ms: status.submitted_unix_ms,
-                    planned: PlannedJob::default(),
-                    started: now.checked_sub(elapsed).unwrap_or(now),
-                    ended: Some(now),
-                    state: status.state(),
-                    error: status.error.clone(),
-                    changed: watch::channel(false).0,
-                    final_summary: Some(pb::JobStatus {
-                        sql: String::new(),
-                        physical_plan: String::new(),
-                        stages: status
-                            .stages
-                            .iter()
-                            .map(|s| pb::StageStatus {
-                                plan: String::new(),
-                                ..s.clone()
-                            })
-                            .collect(),
-                        ..status.clone()
-                    }),
-                    final_status: Some(status),
-                    final_attempts: None,
-                    released: true,
-                    caches_as: None,
-                    lease: Lease {
-                        detached: true,
-                        watchers: 0,
-                        unwatched_since: now,
-                    },
-                    cancel_reason: None,
-                },
-            );
+            self.jobs.insert(job, JobRecord::ended(status));
         }
     }
 

@@ -2,6 +2,20 @@
 
 use std::fmt;
 
+/// A random identity for a new cluster or node: never 0. For the runtimes that make
+/// one; the state machines only carry it (they must stay deterministic).
+pub fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
+}
+
 /// A job, unique for the coordinator's lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct JobId(pub u64);

@@ -47,6 +47,8 @@ pub enum MetaCommand {
     WorkerRegistered {
         flight_addr: String,
         registered_ms: u64,
+        /// Its lasting identity, if it has one.
+        node_id: String,
     },
     /// The cluster's identity, chosen once when its metadata begins: clients check it
     /// to tell a restarted coordinator that kept its metadata from one that did not.
@@ -242,37 +244,26 @@ impl MetaState {
     }
 }
 
-/// The log of commands, applied in order. Bounded: the oldest entries are dropped once
-/// the state holds everything they did (the state is the snapshot).
+/// Where commands are applied, in log order. The log itself is kept by whoever
+/// writes it down (the coordinator's data directory); this holds what it built.
 #[derive(Debug)]
 pub struct MetaLog {
-    entries: VecDeque<MetaCommand>,
-    entries_max: usize,
     state: MetaState,
 }
 
 impl MetaLog {
     pub fn new(history_max: usize) -> Self {
-        Self::from_state(MetaState::new(history_max), history_max)
+        Self::from_state(MetaState::new(history_max))
     }
 
     /// A log that continues from `state` (recovered from disk).
-    pub fn from_state(state: MetaState, history_max: usize) -> Self {
-        Self {
-            entries: VecDeque::new(),
-            entries_max: history_max.saturating_mul(4).max(64),
-            state,
-        }
+    pub fn from_state(state: MetaState) -> Self {
+        Self { state }
     }
 
-    /// Appends a command and applies it.
+    /// Applies the next command.
     pub fn append(&mut self, command: MetaCommand) -> Applied {
-        let applied = self.state.apply(&command);
-        self.entries.push_back(command);
-        while self.entries.len() > self.entries_max {
-            self.entries.pop_front();
-        }
-        applied
+        self.state.apply(&command)
     }
 
     pub fn state(&self) -> &MetaState {
@@ -288,6 +279,7 @@ mod tests {
         let mut all = vec![MetaCommand::WorkerRegistered {
             flight_addr: "127.0.0.1:1".into(),
             registered_ms: 1,
+            node_id: "node-1".into(),
         }];
         for i in 1..=4 {
             all.push(MetaCommand::JobSubmitted {
@@ -353,6 +345,7 @@ mod tests {
         let next = MetaCommand::WorkerRegistered {
             flight_addr: String::new(),
             registered_ms: 0,
+            node_id: String::new(),
         };
         assert_eq!(restored.apply(&next).worker, Some(WorkerId(2)));
         let job = MetaCommand::JobSubmitted {

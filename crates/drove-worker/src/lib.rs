@@ -10,6 +10,7 @@
 //! is needed any more; then the worker leaves. It leaves anyway after the drain timeout.
 
 pub mod flight;
+pub mod node;
 
 pub mod workdir;
 
@@ -97,6 +98,9 @@ pub struct WorkerConfig {
     /// removed when another worker starts here.
     pub work_dir: PathBuf,
     pub spill_codec: SpillCodec,
+    /// Where the worker keeps what outlives it (its node id); `None` gives it no
+    /// lasting identity.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// The smallest memory budget a worker accepts: below it, a sort's merge buffers and a
@@ -141,6 +145,7 @@ impl Default for WorkerConfig {
             memory_bytes: default_memory_bytes(1),
             work_dir: default_work_dir(),
             spill_codec: SpillCodec::default(),
+            data_dir: None,
         }
     }
 }
@@ -176,6 +181,8 @@ struct Shared {
     sessions: std::sync::Mutex<VecDeque<(HashMap<String, String>, JobSession)>>,
     /// The worker's own directory; removed when the worker stops.
     _work_dir: workdir::WorkDir,
+    /// The worker's lasting identity, with its directory locked.
+    node: Option<node::NodeDir>,
 }
 
 /// Stack of a task thread. Evaluating an expression recurses once per level of its
@@ -287,6 +294,8 @@ impl Shared {
 pub struct WorkerHandle {
     /// Where the Flight service listens.
     pub flight_addr: SocketAddr,
+    /// Its lasting identity, with a data directory.
+    pub node_id: Option<String>,
     pub store: Arc<BlockStore>,
     /// The worker's own directory for spill files (under `WorkerConfig::work_dir`).
     pub work_dir: PathBuf,
@@ -373,6 +382,11 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         )));
     }
     let work_dir = workdir::WorkDir::create(&config.work_dir).map_err(Error::Config)?;
+    let node = match &config.data_dir {
+        Some(dir) => Some(node::NodeDir::open(dir).map_err(Error::Config)?),
+        None => None,
+    };
+    let node_id = node.as_ref().map(|n| n.node_id.clone());
     let own_dir = work_dir.path().to_path_buf();
     let block_bytes = counted_bytes(&config) / 2;
     let runtime = RuntimeEnvBuilder::new()
@@ -442,6 +456,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         tasks: TaskRuntime::new(config.slots)?,
         sessions: Default::default(),
         _work_dir: work_dir,
+        node,
     });
     let advertised = config
         .advertise
@@ -452,6 +467,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     info!(%flight_addr, "worker Flight service listening");
     Ok(WorkerHandle {
         flight_addr,
+        node_id,
         store,
         work_dir: own_dir,
         shutdown,
@@ -470,9 +486,10 @@ async fn run(
     mut drain: watch::Receiver<bool>,
 ) -> Result<()> {
     let mut first = true;
+    let node_id = shared.node.as_ref().map_or("", |n| n.node_id.as_str());
     loop {
         let session = tokio::select! {
-            s = register(&config, &flight_addr, first) => s?,
+            s = register(&config, &flight_addr, node_id, first) => s?,
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
             // Not registered, so nothing of ours is needed: leave at once.
             true = requested(&mut drain) => return Ok(()),
@@ -518,7 +535,12 @@ async fn connect(addr: &str) -> Result<CoordinatorClient<Channel>, String> {
 /// Tries to register, backing off between attempts, until the timeout runs out. On the
 /// `first` registration, an answer from something that is not a coordinator ends it at
 /// once; later, after a coordinator was there, every failure is retried.
-async fn register(config: &WorkerConfig, flight_addr: &str, first: bool) -> Result<Session> {
+async fn register(
+    config: &WorkerConfig,
+    flight_addr: &str,
+    node_id: &str,
+    first: bool,
+) -> Result<Session> {
     let deadline = Instant::now() + Duration::from_millis(config.registration_timeout_ms);
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -530,6 +552,7 @@ async fn register(config: &WorkerConfig, flight_addr: &str, first: bool) -> Resu
                     flight_addr: flight_addr.to_string(),
                     slots: config.slots,
                     task_memory_bytes: task_pool_bytes(config),
+                    node_id: node_id.to_string(),
                 })),
             };
             outbound

@@ -190,6 +190,10 @@ struct WorkerArgs {
     /// On SIGTERM, wait at most this long for the coordinator to release this worker.
     #[arg(long, default_value_t = 60)]
     drain_timeout_secs: u64,
+    /// Keep this worker's lasting identity (its node id) in this directory, so that it
+    /// is recognised when it comes back (default: a new identity every start).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Fault injection: delay every task by this long (to see speculation work).
     #[arg(long, default_value_t = 0, hide = true)]
     inject_task_delay_ms: u64,
@@ -228,8 +232,9 @@ struct LocalArgs {
     /// Task slots per worker.
     #[arg(long, default_value_t = 2)]
     slots: u32,
-    /// Keep the coordinator's job history and spent ids under DIR/coordinator, so that
-    /// a restarted `drove local` goes on from them (default: in memory only).
+    /// Keep the coordinator's metadata under DIR/coordinator and each worker's identity
+    /// under DIR/worker-N, so that a restarted `drove local` goes on from them
+    /// (default: in memory only).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     #[command(flatten)]
@@ -493,13 +498,18 @@ async fn worker(args: WorkerArgs) -> Result<()> {
             .work_dir
             .unwrap_or_else(drove_worker::default_work_dir),
         spill_codec: args.memory.spill_codec,
+        data_dir: args.data_dir,
     })
     .await?;
     println!(
-        "worker Flight service on {} with {slots} slots, {} of memory, spilling under {}",
+        "worker Flight service on {} with {slots} slots, {} of memory, spilling under {}{}",
         handle.flight_addr,
         drove_core::human_bytes(memory),
-        handle.work_dir.display()
+        handle.work_dir.display(),
+        handle
+            .node_id
+            .as_ref()
+            .map_or(String::new(), |id| format!(", node {id}"))
     );
     // SIGTERM drains: no new tasks, the running ones finish, and the worker leaves once
     // the coordinator no longer needs its blocks. Ctrl-C stops at once.
@@ -531,9 +541,9 @@ async fn local(args: LocalArgs) -> Result<()> {
         spill_codec: args.memory.spill_codec,
         coordinator: CoordinatorConfig {
             job_limits: (&args.limits).into(),
-            data_dir: args.data_dir.map(|d| d.join("coordinator")),
             ..Default::default()
         },
+        data_dir: args.data_dir,
         ..Default::default()
     })
     .await?;

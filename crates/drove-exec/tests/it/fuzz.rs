@@ -1312,6 +1312,7 @@ fn worker_messages() -> Vec<Vec<u8>> {
             flight_addr: "127.0.0.1:50051".into(),
             slots: 2,
             task_memory_bytes: 1 << 28,
+            node_id: "node-0123456789abcdef".into(),
         }),
         Kind::Heartbeat(pb::Heartbeat {
             statuses: vec![succeeded, failed],

@@ -31,6 +31,10 @@ pub struct RegisterWorker {
     /// the joins it broadcasts by it.
     #[prost(uint64, tag = "3")]
     pub task_memory_bytes: u64,
+    /// The worker's lasting identity, kept in its --data-dir across restarts (its worker
+    /// id is new with every session); empty for a worker without one.
+    #[prost(string, tag = "4")]
+    pub node_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Heartbeat {
@@ -397,6 +401,9 @@ pub struct JobStatus {
     pub memory_bytes: u64,
     #[prost(uint64, tag = "16")]
     pub peak_memory_bytes: u64,
+    /// The cluster the job belongs to (see SubmitJobResponse); set on WatchJob's updates.
+    #[prost(uint64, tag = "18")]
+    pub cluster_id: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StageStatus {
@@ -484,6 +491,9 @@ pub struct WorkerStatus {
     pub block_bytes: u64,
     #[prost(message, optional, tag = "8")]
     pub memory: ::core::option::Option<MemoryStats>,
+    /// See RegisterWorker.
+    #[prost(string, tag = "9")]
+    pub node_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CachedTableStatus {
@@ -738,6 +748,8 @@ pub struct MetaWorkerRegistered {
     pub flight_addr: ::prost::alloc::string::String,
     #[prost(uint64, tag = "2")]
     pub registered_unix_ms: u64,
+    #[prost(string, tag = "3")]
+    pub node_id: ::prost::alloc::string::String,
 }
 /// Everything the entries up to `last_index` built.
 #[derive(Clone, PartialEq, ::prost::Message)]

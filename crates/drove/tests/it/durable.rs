@@ -53,6 +53,11 @@ fn jobs(http: &str) -> BTreeMap<u64, (String, String, String)> {
 
 /// The ids of the registered workers, once there are `n`.
 fn worker_ids(http: &str, n: usize) -> Vec<u64> {
+    workers(http, n).into_iter().map(|(id, _)| id).collect()
+}
+
+/// The registered workers' ids and node ids, once there are `n`.
+fn workers(http: &str, n: usize) -> Vec<(u64, String)> {
     let started = Instant::now();
     loop {
         let (code, body) = crate::http(http, "GET", "/api/v1/workers");
@@ -61,7 +66,10 @@ fn worker_ids(http: &str, n: usize) -> Vec<u64> {
         if list.len() == n {
             return list
                 .iter()
-                .map(|w| w["worker_id"].as_u64().unwrap())
+                .map(|w| {
+                    let node = w["node_id"].as_str().unwrap().to_string();
+                    (w["worker_id"].as_u64().unwrap(), node)
+                })
                 .collect();
         }
         assert!(
@@ -238,7 +246,7 @@ fn acknowledged_jobs_survive_kills_at_random_points() {
     let work = tempfile::tempdir().unwrap();
     let addr = drove_testkit::unused_addr().to_string();
     let extra = ["--job-history", "10000"];
-    let (mut coordinator, http) = coordinator_on(&addr, data.path(), &extra);
+    let (mut coordinator, mut http) = coordinator_on(&addr, data.path(), &extra);
     let _worker = crate::worker(&addr, work.path(), &[]);
     worker_ids(&http, 1);
 
@@ -258,17 +266,31 @@ fn acknowledged_jobs_survive_kills_at_random_points() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(300 + seed % 1_200));
-        let before = acked.lock().unwrap().clone();
+        std::thread::sleep(Duration::from_millis(seed % 1_000));
+        // Kill while a job runs that no earlier kill cut into.
+        let newest = in_flight.last().copied().unwrap_or(0);
+        let started = Instant::now();
+        while !jobs(&http)
+            .iter()
+            .any(|(id, (_, state, _))| *id > newest && state == "running")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "round {round}: no job runs"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         coordinator.0.kill().unwrap();
+        coordinator.0.wait().unwrap();
+        // The coordinator is gone: nothing more can be submitted to it, and what the
+        // client read from here on, the restarted one answered.
+        let before = acked.lock().unwrap().clone();
         in_flight.extend(
             before
                 .submitted
                 .iter()
                 .filter(|id| !before.answered.contains(id)),
         );
-        coordinator.0.wait().unwrap();
-        let http;
         (coordinator, http) = coordinator_on(&addr, data.path(), &extra);
         let listed = jobs(&http);
         for id in &before.submitted {
@@ -291,6 +313,12 @@ fn acknowledged_jobs_survive_kills_at_random_points() {
         "only {carried} jobs in flight at a kill were answered after it ({} in flight)",
         in_flight.len()
     );
+    // None is lost: each was answered, or has ended (one whose answer went with the
+    // workers' blocks at a kill), or runs on unwatched until its lease ends.
+    let listed = jobs(&http);
+    for id in &acked.submitted {
+        assert!(listed.contains_key(id), "job {id} is gone");
+    }
     assert!(
         acked.submitted.windows(2).all(|w| w[0] < w[1]),
         "an id was given twice: {:?}",
@@ -360,6 +388,25 @@ fn a_client_whose_coordinator_restarts_without_its_data_is_told_its_job_was_lost
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Watches job 1 as of the cluster `cluster_id` (0: any); the cluster of its status.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let watch = |cluster_id: u64| {
+        runtime.block_on(async {
+            let endpoint = format!("http://{addr}");
+            let mut client =
+                drove_client::proto::coordinator_client::CoordinatorClient::connect(endpoint)
+                    .await
+                    .unwrap();
+            let request = drove_client::proto::JobRequest {
+                job_id: 1,
+                cluster_id,
+            };
+            let mut updates = client.watch_job(request).await?.into_inner();
+            Ok::<_, tonic::Status>(updates.message().await?.unwrap().cluster_id)
+        })
+    };
+    let old_cluster = watch(0).unwrap();
+    assert_ne!(old_cluster, 0);
     coordinator.0.kill().unwrap();
     coordinator.0.wait().unwrap();
     let (_coordinator, http) = coordinator_at(&addr, &[]);
@@ -367,6 +414,10 @@ fn a_client_whose_coordinator_restarts_without_its_data_is_told_its_job_was_lost
     // The new coordinator's job 1, which the waiting client must not take for its own.
     assert_eq!(sql(&addr, &["-e", "SELECT 1 AS one"]), "one\n1\n");
     assert!(jobs(&http).contains_key(&1));
+    let new_cluster = watch(0).unwrap();
+    assert_ne!(new_cluster, old_cluster);
+    let refused = watch(old_cluster).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused}");
     let out = client.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -376,6 +427,37 @@ fn a_client_whose_coordinator_restarts_without_its_data_is_told_its_job_was_lost
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// A worker keeps its node id in its data directory: started again there it is the
+/// same node under a new worker id; a second worker cannot share the directory.
+#[test]
+fn a_worker_restarted_on_its_data_dir_keeps_its_node_id() {
+    let (_coordinator, addr, http) = crate::coordinator(&[]);
+    let (data, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let flags = ["--data-dir", data.path().to_str().unwrap()];
+    let worker = crate::worker(&addr, work.path(), &flags);
+    let [(first_id, ref node)] = workers(&http, 1)[..] else {
+        unreachable!()
+    };
+    assert!(node.starts_with("node-"), "{node}");
+
+    let out = crate::run(
+        &["worker", "--coordinator", &addr, "--data-dir", flags[1]],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("in use by another worker"), "{stderr}");
+
+    drop(worker);
+    workers(&http, 0);
+    let _again = crate::worker(&addr, work.path(), &flags);
+    let [(second_id, ref same)] = workers(&http, 1)[..] else {
+        unreachable!()
+    };
+    assert_eq!(same, node);
+    assert!(second_id > first_id);
 }
 
 #[test]
