@@ -74,6 +74,10 @@ async fn drove_session(spec: &Value, target_partitions: Option<usize>) -> Result
         stage_partitions_max: 1_000_000,
         job_tasks_max: 10_000_000,
     };
+    if let Some(dir) = spec.get("durable_dir").and_then(Value::as_str) {
+        let _ = std::fs::remove_dir_all(dir);
+        config.data_dir = Some(dir.into());
+    }
     let cluster = LocalCluster::start(config).await?;
     Ok(Session::with_cluster(cluster).await?)
 }

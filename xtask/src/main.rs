@@ -154,6 +154,11 @@ struct BenchArgs {
     /// Record drove's tracing at info level (JSON lines to a file), to measure its cost.
     #[arg(long)]
     tracing: bool,
+    /// Give drove's coordinator a data directory (`--data-dir`, emptied before each
+    /// engine run, under --data), so every job's submission and end is on disk before
+    /// it is acted on: the cost of a durable coordinator.
+    #[arg(long)]
+    durable: bool,
     /// Do not append the tables to BENCHMARKS.md.
     #[arg(long)]
     no_append: bool,
@@ -304,11 +309,16 @@ fn header(plan: &Plan) -> String {
         },
     };
     format!(
-        "{date}{} — {machine}; drove {} ({} workers × {} slot(s), embedded), DataFusion 55.2; {}; {}",
+        "{date}{} — {machine}; drove {} ({} workers × {} slot(s), embedded{}), DataFusion 55.2; {}; {}",
         if plan.args.quick { " (--quick)" } else { "" },
         env!("CARGO_PKG_VERSION"),
         plan.args.workers,
         plan.args.slots,
+        if plan.args.durable {
+            ", coordinator with --data-dir"
+        } else {
+            ""
+        },
         peer(Peer::Pyspark, |p| &p.spark),
         peer(Peer::Dask, |p| &p.dask),
     )
@@ -358,6 +368,7 @@ impl Plan {
             // A peer whose first run takes longer than this runs once.
             "max_seconds": PEER_RUN_ONCE_AFTER_S,
             "workers": self.args.workers, "slots": self.args.slots,
+            "durable_dir": self.args.durable.then(|| self.args.data.join("durable-coordinator")),
         })
     }
 

@@ -80,6 +80,25 @@ fn workers(http: &str, n: usize) -> Vec<(u64, String)> {
     }
 }
 
+/// Starts `drove sql -e SQL` in the background, and returns it once a job runs.
+fn sql_until_running(addr: &str, http: &str, sql: &str) -> std::process::Child {
+    let client = crate::drove()
+        .args(["sql", "--coordinator", addr, "-e", sql])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !jobs(http).values().any(|(_, state, _)| state == "running") {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the job did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    client
+}
+
 fn sql(addr: &str, args: &[&str]) -> String {
     let mut all = vec!["sql", "--coordinator", addr, "--format", "csv"];
     all.extend_from_slice(args);
@@ -194,26 +213,11 @@ fn a_caching_job_cut_off_by_a_restart_fails_saying_why() {
     let addr = drove_testkit::unused_addr().to_string();
     let (mut coordinator, http) = coordinator_on(&addr, data.path(), &[]);
     let _worker = crate::worker(&addr, work.path(), &[]);
-    let client = crate::drove()
-        .args([
-            "sql",
-            "--coordinator",
-            &addr,
-            "-e",
-            "CACHE TABLE big AS SELECT count(*) AS n FROM generate_series(1, 100000000000)",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !jobs(&http).values().any(|(_, state, _)| state == "running") {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the job did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let client = sql_until_running(
+        &addr,
+        &http,
+        "CACHE TABLE big AS SELECT count(*) AS n FROM generate_series(1, 100000000000)",
+    );
     coordinator.0.kill().unwrap();
     coordinator.0.wait().unwrap();
     let (_coordinator, http) = coordinator_on(&addr, data.path(), &[]);
@@ -368,26 +372,11 @@ fn a_client_whose_coordinator_restarts_without_its_data_is_told_its_job_was_lost
     let addr = drove_testkit::unused_addr().to_string();
     let (mut coordinator, http) = coordinator_at(&addr, &[]);
     let _worker = crate::worker(&addr, work.path(), &[]);
-    let client = crate::drove()
-        .args([
-            "sql",
-            "--coordinator",
-            &addr,
-            "-e",
-            "SELECT count(*) AS n FROM generate_series(1, 100000000000)",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !jobs(&http).values().any(|(_, state, _)| state == "running") {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the job did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let client = sql_until_running(
+        &addr,
+        &http,
+        "SELECT count(*) AS n FROM generate_series(1, 100000000000)",
+    );
     // Watches job 1 as of the cluster `cluster_id` (0: any); the cluster of its status.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let watch = |cluster_id: u64| {
