@@ -478,3 +478,33 @@ fn a_data_dir_that_cannot_be_used_is_refused_with_the_fix() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// `drove local --data-dir`, killed and started again: the same history, and its
+/// worker the same node under a new worker id.
+#[test]
+fn drove_local_on_its_data_dir_comes_back_with_its_history_and_nodes() {
+    let data = tempfile::tempdir().unwrap();
+    let (addr, http) = (
+        drove_testkit::unused_addr().to_string(),
+        drove_testkit::unused_addr().to_string(),
+    );
+    let start = || {
+        let dir = data.path().to_str().unwrap();
+        let args = ["local", "--workers", "1", "--bind", &addr, "--http", &http];
+        let mut all = args.to_vec();
+        all.extend(["--data-dir", dir]);
+        crate::spawn_until(&all, "coordinator:").0
+    };
+    let mut local = start();
+    let before = workers(&http, 1);
+    assert_eq!(sql(&addr, &["-e", "SELECT 5 AS five"]), "five\n5\n");
+    local.0.kill().unwrap();
+    local.0.wait().unwrap();
+
+    let _again = start();
+    let after = workers(&http, 1);
+    assert_eq!(after[0].1, before[0].1, "the same node");
+    assert!(after[0].0 > before[0].0, "a new worker id");
+    assert_eq!(jobs(&http)[&1].1, "succeeded");
+    assert!(data.path().join("coordinator").is_dir() && data.path().join("worker-1").is_dir());
+}
