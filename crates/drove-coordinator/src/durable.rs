@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use drove_core::JobId;
-use drove_core::meta::{JobEnd, JobMeta, MetaCommand, MetaImage, MetaState};
+use drove_core::meta::{JobEnd, JobMeta, MetaCommand, MetaImage, MetaState, TableMeta};
 use drove_exec::planner::OutputMode;
 use drove_proto::{self as pb, Message};
 use tracing::warn;
@@ -263,9 +263,9 @@ pub struct Resumable {
     pub detached: bool,
 }
 
-/// `planned` as a job's submission keeps it, or nothing for a job that cannot run
-/// again after a restart: one that caches a table or reads a cached one (the catalog
-/// does not survive a restart yet).
+/// `planned` as a job's submission keeps it, or nothing for a job that is not run
+/// again after a restart: one that caches a table or reads a cached one (its plans
+/// name blocks of cached tables that a restart loses).
 pub fn encode_planned(planned: &PlannedJob, sql: &str, detached: bool, caches: bool) -> Vec<u8> {
     let reads_cache = planned
         .stages
@@ -279,22 +279,7 @@ pub fn encode_planned(planned: &PlannedJob, sql: &str, detached: bool, caches: b
         physical_plan: planned.physical_plan.clone(),
         settings: planned.settings.clone(),
         result_schema: planned.result_schema.clone(),
-        stages: planned
-            .stages
-            .iter()
-            .map(|s| pb::MetaPlannedStage {
-                id: s.id,
-                plan: s.plan.as_ref().clone(),
-                output: match s.output {
-                    OutputMode::Single => pb::OutputMode::Single,
-                    OutputMode::RepartitionRoot => pb::OutputMode::RepartitionRoot,
-                } as i32,
-                tasks: s.tasks,
-                depends_on: s.depends_on.clone(),
-                root: s.root.clone(),
-                plan_text: s.plan_text.clone(),
-            })
-            .collect(),
+        stages: planned.stages.iter().map(stage_to_proto).collect(),
         detached,
     }
     .encode_to_vec()
@@ -306,28 +291,9 @@ pub fn decode_planned(bytes: &[u8]) -> Option<Resumable> {
         return None;
     }
     let job = pb::MetaPlannedJob::decode(bytes).ok()?;
-    let stages = job
-        .stages
-        .into_iter()
-        .map(|s| PlannedStage {
-            id: s.id,
-            output: match s.output() {
-                pb::OutputMode::Single => OutputMode::Single,
-                pb::OutputMode::RepartitionRoot => OutputMode::RepartitionRoot,
-            },
-            plan: Arc::new(s.plan),
-            tasks: s.tasks,
-            depends_on: s.depends_on,
-            root: s.root,
-            plan_text: s.plan_text,
-            cache: None,
-            origin: None,
-            local_input: None,
-        })
-        .collect();
     Some(Resumable {
         planned: PlannedJob {
-            stages,
+            stages: job.stages.into_iter().map(stage_from_proto).collect(),
             physical_plan: job.physical_plan,
             settings: job.settings,
             result_schema: job.result_schema,
@@ -336,6 +302,60 @@ pub fn decode_planned(bytes: &[u8]) -> Option<Resumable> {
         sql: job.sql,
         detached: job.detached,
     })
+}
+
+/// A cached table's schema (Arrow IPC bytes) and the stages that computed it, as its
+/// `TableCached` entry keeps them.
+pub fn encode_cached_table(schema: Vec<u8>, stages: &[PlannedStage]) -> Vec<u8> {
+    pb::MetaCachedTable {
+        schema,
+        stages: stages.iter().map(stage_to_proto).collect(),
+    }
+    .encode_to_vec()
+}
+
+/// What [`encode_cached_table`] kept.
+pub fn decode_cached_table(bytes: &[u8]) -> Option<(Vec<u8>, Vec<PlannedStage>)> {
+    let table = pb::MetaCachedTable::decode(bytes).ok()?;
+    let stages = table.stages.into_iter().map(stage_from_proto).collect();
+    Some((table.schema, stages))
+}
+
+fn stage_to_proto(s: &PlannedStage) -> pb::MetaPlannedStage {
+    pb::MetaPlannedStage {
+        id: s.id,
+        plan: s.plan.as_ref().clone(),
+        output: match s.output {
+            OutputMode::Single => pb::OutputMode::Single,
+            OutputMode::RepartitionRoot => pb::OutputMode::RepartitionRoot,
+        } as i32,
+        tasks: s.tasks,
+        depends_on: s.depends_on.clone(),
+        root: s.root.clone(),
+        plan_text: s.plan_text.clone(),
+        cache: s.cache,
+        origin_cache: s.origin.map(|(cache, _)| cache),
+        origin_stage: s.origin.map(|(_, stage)| stage),
+        local_input: s.local_input,
+    }
+}
+
+fn stage_from_proto(s: pb::MetaPlannedStage) -> PlannedStage {
+    PlannedStage {
+        id: s.id,
+        output: match s.output() {
+            pb::OutputMode::Single => OutputMode::Single,
+            pb::OutputMode::RepartitionRoot => OutputMode::RepartitionRoot,
+        },
+        plan: Arc::new(s.plan),
+        tasks: s.tasks,
+        depends_on: s.depends_on,
+        root: s.root,
+        plan_text: s.plan_text,
+        cache: s.cache,
+        origin: s.origin_cache.zip(s.origin_stage),
+        local_input: s.local_input,
+    }
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {
@@ -488,6 +508,22 @@ fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command {
         MetaCommand::ClusterCreated { cluster_id } => C::ClusterCreated(pb::MetaClusterCreated {
             cluster_id: *cluster_id,
         }),
+        MetaCommand::TableCached {
+            name,
+            cache_id,
+            cached_by,
+            lineage,
+        } => C::TableCached(table_to_proto(
+            name,
+            &TableMeta {
+                cache_id: *cache_id,
+                cached_by: *cached_by,
+                lineage: lineage.clone(),
+            },
+        )),
+        MetaCommand::TableUncached { name } => {
+            C::TableUncached(pb::MetaTableUncached { name: name.clone() })
+        }
     }
 }
 
@@ -513,6 +549,13 @@ fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Option<MetaCo
         C::ClusterCreated(c) => MetaCommand::ClusterCreated {
             cluster_id: c.cluster_id,
         },
+        C::TableCached(t) => MetaCommand::TableCached {
+            name: t.name,
+            cache_id: t.cache_id,
+            cached_by: JobId(t.cached_by_job),
+            lineage: t.lineage,
+        },
+        C::TableUncached(t) => MetaCommand::TableUncached { name: t.name },
     })
 }
 
@@ -536,6 +579,18 @@ fn image_to_proto(image: MetaImage, last_index: u64) -> pb::MetaSnapshot {
             })
             .collect(),
         ended: image.ended.into_iter().map(|j| j.0).collect(),
+        tables: (image.tables.iter())
+            .map(|(name, t)| table_to_proto(name, t))
+            .collect(),
+    }
+}
+
+fn table_to_proto(name: &str, t: &TableMeta) -> pb::MetaTableCached {
+    pb::MetaTableCached {
+        name: name.to_string(),
+        cache_id: t.cache_id,
+        cached_by_job: t.cached_by.0,
+        lineage: t.lineage.clone(),
     }
 }
 
@@ -560,6 +615,16 @@ fn image_from_proto(snapshot: pb::MetaSnapshot) -> MetaImage {
             })
             .collect(),
         ended: snapshot.ended.into_iter().map(JobId).collect(),
+        tables: (snapshot.tables.into_iter())
+            .map(|t| {
+                let meta = TableMeta {
+                    cache_id: t.cache_id,
+                    cached_by: JobId(t.cached_by_job),
+                    lineage: t.lineage,
+                };
+                (t.name, meta)
+            })
+            .collect(),
     }
 }
 
@@ -602,7 +667,15 @@ mod tests {
     }
 
     fn commands(n: u64) -> Vec<MetaCommand> {
-        let mut all = vec![MetaCommand::ClusterCreated { cluster_id: 42 }];
+        let mut all = vec![
+            MetaCommand::ClusterCreated { cluster_id: 42 },
+            MetaCommand::TableCached {
+                name: "t".into(),
+                cache_id: 3,
+                cached_by: JobId(1),
+                lineage: vec![1, 2, 3],
+            },
+        ];
         for i in 1..=n {
             all.push(submitted(i));
             all.push(MetaCommand::WorkerRegistered {

@@ -388,6 +388,16 @@ fn distribute(
     })
 }
 
+/// A stage's plan from the bytes it was planned into, as a cached table's lineage is
+/// taken back after a restart.
+pub fn decode_stage_plan(bytes: &[u8]) -> Result<Arc<dyn ExecutionPlan>> {
+    let ctx = SessionContext::new();
+    for udf in drove_exec::functions::udfs() {
+        ctx.register_udf(udf.as_ref().clone());
+    }
+    Ok(codec::plan_from_bytes(bytes, &ctx.task_ctx())?)
+}
+
 /// Runs every statement but queries on the coordinator's session (CREATE VIEW, SET, ...)
 /// and returns the plan of the last query.
 async fn plan_sql(ctx: &SessionContext, sql: &str, tables: &[String]) -> Result<LogicalPlan> {

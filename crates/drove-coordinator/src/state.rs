@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use drove_core::catalog::{CachedStage, Catalog, CatalogCommand};
-use drove_core::meta::{Applied, JobEnd, MetaCommand, MetaLog};
+use drove_core::meta::{Applied, JobEnd, MetaCommand, MetaLog, TableMeta};
 use drove_core::scheduler::{
     Command, ErrorKind, Event, FetchFailure, JobSpec, Output, Run, Scheduler, SchedulerConfig,
     StageSpec, TaskError, TaskState, TaskStats, TaskTotals,
@@ -214,6 +214,35 @@ struct State {
     history: History,
     /// Cached tables, and the names claimed by jobs caching them.
     catalog: Catalog<CacheMeta>,
+}
+
+/// A cached table as its `TableCached` entry kept it: the stage that writes it, its
+/// partitions, and its schema and lineage.
+fn restored_table(table: &TableMeta) -> Result<(StageId, u32, CacheMeta)> {
+    let (schema, stages) = durable::decode_cached_table(&table.lineage)
+        .ok_or_else(|| Error::Internal("its lineage cannot be read".into()))?;
+    let schema = drove_exec::shuffle::schema_from_bytes(&schema)?;
+    let writer = stages
+        .iter()
+        .find(|s| s.cache == Some(table.cache_id))
+        .ok_or_else(|| Error::Internal("no stage of its lineage writes it".into()))?;
+    let (stage, partitions) = (StageId(writer.id), writer.tasks);
+    let lineage = stages
+        .into_iter()
+        .map(|s| {
+            Ok(Stage {
+                id: s.id,
+                plan: planning::decode_stage_plan(&s.plan)?,
+                output: s.output,
+                tasks: s.tasks as usize,
+                depends_on: s.depends_on,
+                cache: s.cache,
+                origin: s.origin,
+                local_input: s.local_input,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((stage, partitions, CacheMeta { schema, lineage }))
 }
 
 /// Room in a log entry for what it holds besides a job's plans.
@@ -581,6 +610,9 @@ impl Coordinator {
                 return Ok(false);
             };
             info!(table = %name, "uncaching");
+            if state.meta.state().tables().any(|(n, _)| n == name) {
+                state.record(MetaCommand::TableUncached { name: name.clone() });
+            }
             state.perform_catalog(release);
             Ok(true)
         })
@@ -1348,7 +1380,8 @@ impl State {
     /// coordinator stopped run again from their plans, from the start (the workers
     /// dropped their blocks when they lost it); the few that cannot (those that cache
     /// a table or read one) are recorded as failed. Every ended job in the history is
-    /// listed again from its record.
+    /// listed again from its record, and every cached table is back in the catalog
+    /// with its partitions lost, to be computed again from its lineage.
     fn recover(&mut self) {
         let unended: Vec<JobId> = self.meta.state().unended().collect();
         for job in unended {
@@ -1356,7 +1389,7 @@ impl State {
             let (name, submitted_ms) = (meta.name.clone(), meta.submitted_ms);
             let resumed = match durable::decode_planned(&meta.planned) {
                 None if meta.planned.is_empty() => Err(
-                    "a job that caches a table or reads a cached one does not survive a restart yet (the cached tables are lost with it)".to_string(),
+                    "a job that caches a table or reads a cached one is not run again after a restart yet".to_string(),
                 ),
                 None => Err("its plan in the data directory cannot be read".to_string()),
                 Some(r) => {
@@ -1408,6 +1441,22 @@ impl State {
             .collect();
         for (job, status) in recovered {
             self.jobs.insert(job, JobRecord::ended(status));
+        }
+        let tables: Vec<(String, TableMeta)> = (self.meta.state().tables())
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
+        for (name, table) in tables {
+            match restored_table(&table) {
+                Ok((stage, partitions, meta)) => {
+                    info!(table = %name, "cached table kept; its partitions are computed again when next read");
+                    let id = table.cache_id;
+                    (self.catalog).restore(&name, id, table.cached_by, stage, partitions, meta);
+                }
+                Err(e) => {
+                    warn!(table = %name, error = %e, "a cached table cannot be taken back; uncached");
+                    self.record(MetaCommand::TableUncached { name });
+                }
+            }
         }
     }
 
@@ -1545,10 +1594,26 @@ impl State {
             let lineage = record.planned.lineage.clone();
             Some((name.clone(), CacheMeta { schema, lineage }))
         });
+        // What a restarted coordinator needs to compute the table again.
+        let kept = match (&new_table, &record.caches_as, &self.store) {
+            (Some((name, meta)), Some((_, cache_id)), Some(_)) => {
+                let schema = drove_exec::shuffle::schema_to_bytes(&meta.schema).ok();
+                schema.map(|schema| MetaCommand::TableCached {
+                    name: name.clone(),
+                    cache_id: *cache_id,
+                    cached_by: job,
+                    lineage: durable::encode_cached_table(schema, &record.planned.stages),
+                })
+            }
+            _ => None,
+        };
         if let Some((name, _)) = &new_table {
             info!(table = %name, %job, "table cached");
         }
         let commands = self.catalog.job_succeeded(job, new_table, stages);
+        if let Some(command) = kept {
+            self.record(command);
+        }
         for command in commands {
             self.perform_catalog(command);
         }

@@ -101,6 +101,36 @@ impl<T> Default for Catalog<T> {
 }
 
 impl<T: Clone> Catalog<T> {
+    /// Takes back a table cached before a restart, with its `partitions` all lost
+    /// (written by stage `stage` of job `cached_by`): the first query that reads it
+    /// computes them again from its lineage. Ids given later are above its id.
+    pub fn restore(
+        &mut self,
+        name: &str,
+        id: u64,
+        cached_by: JobId,
+        stage: crate::StageId,
+        partitions: u32,
+        meta: T,
+    ) {
+        let lost = Output {
+            attempt: 0,
+            worker: WorkerId::NOWHERE,
+            origin: (cached_by, stage),
+        };
+        self.next_id = self.next_id.max(id + 1);
+        self.tables.insert(
+            name.to_string(),
+            CachedEntry {
+                id,
+                name: name.to_string(),
+                cached_by,
+                partitions: vec![lost; partitions as usize],
+                meta,
+            },
+        );
+    }
+
     /// Claims `name` for a job about to cache a table under it, and numbers the table.
     /// The claim ends with [`Catalog::job_succeeded`] or [`Catalog::unclaim`].
     pub fn claim(&mut self, name: &str) -> Result<u64, CatalogError> {

@@ -52,7 +52,28 @@ pub enum MetaCommand {
     },
     /// The cluster's identity, chosen once when its metadata begins: clients check it
     /// to tell a restarted coordinator that kept its metadata from one that did not.
-    ClusterCreated { cluster_id: u64 },
+    ClusterCreated {
+        cluster_id: u64,
+    },
+    /// A table was cached. `lineage` is what its owner needs to compute it again (its
+    /// schema and stages, encoded by the coordinator).
+    TableCached {
+        name: String,
+        cache_id: u64,
+        cached_by: JobId,
+        lineage: Vec<u8>,
+    },
+    TableUncached {
+        name: String,
+    },
+}
+
+/// A cached table as the metadata keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableMeta {
+    pub cache_id: u64,
+    pub cached_by: JobId,
+    pub lineage: Vec<u8>,
 }
 
 /// What applying a command did.
@@ -88,6 +109,8 @@ pub struct MetaImage {
     pub jobs: Vec<(JobId, JobMeta)>,
     /// The ended ones among them, in the order they ended (oldest first).
     pub ended: Vec<JobId>,
+    /// Cached tables by name.
+    pub tables: Vec<(String, TableMeta)>,
 }
 
 /// The state the commands build.
@@ -101,6 +124,7 @@ pub struct MetaState {
     /// Ended jobs, oldest first, for the history limit.
     ended: VecDeque<JobId>,
     history_max: usize,
+    tables: BTreeMap<String, TableMeta>,
 }
 
 impl MetaState {
@@ -123,6 +147,7 @@ impl MetaState {
             jobs: image.jobs.into_iter().collect(),
             ended: image.ended.into_iter().collect(),
             history_max,
+            tables: image.tables.into_iter().collect(),
         };
         state.evict();
         state
@@ -135,7 +160,15 @@ impl MetaState {
             next_worker_id: self.next_worker_id,
             jobs: self.jobs.iter().map(|(id, m)| (*id, m.clone())).collect(),
             ended: self.ended.iter().copied().collect(),
+            tables: (self.tables.iter())
+                .map(|(n, t)| (n.clone(), t.clone()))
+                .collect(),
         }
+    }
+
+    /// The cached tables, by name.
+    pub fn tables(&self) -> impl Iterator<Item = (&str, &TableMeta)> {
+        self.tables.iter().map(|(n, t)| (n.as_str(), t))
     }
 
     /// The cluster's identity; 0 before the cluster was created.
@@ -215,6 +248,26 @@ impl MetaState {
                     evicted: self.evict(),
                     ..Applied::default()
                 }
+            }
+            MetaCommand::TableCached {
+                name,
+                cache_id,
+                cached_by,
+                lineage,
+            } => {
+                self.tables.insert(
+                    name.clone(),
+                    TableMeta {
+                        cache_id: *cache_id,
+                        cached_by: *cached_by,
+                        lineage: lineage.clone(),
+                    },
+                );
+                Applied::default()
+            }
+            MetaCommand::TableUncached { name } => {
+                self.tables.remove(name);
+                Applied::default()
             }
             MetaCommand::ClusterCreated { cluster_id } => {
                 if self.cluster_id == 0 {
@@ -302,6 +355,15 @@ mod tests {
         // Only the first identity counts.
         all.push(MetaCommand::ClusterCreated { cluster_id: 77 });
         all.push(MetaCommand::ClusterCreated { cluster_id: 78 });
+        for (i, name) in ["a", "b"].into_iter().enumerate() {
+            all.push(MetaCommand::TableCached {
+                name: name.into(),
+                cache_id: i as u64 + 1,
+                cached_by: JobId(2),
+                lineage: vec![9; i + 1],
+            });
+        }
+        all.push(MetaCommand::TableUncached { name: "a".into() });
         all
     }
 
@@ -322,6 +384,8 @@ mod tests {
         assert_eq!(log.state().unended().collect::<Vec<_>>(), vec![JobId(5)]);
         assert_eq!(log.state().next_job_id(), JobId(6));
         assert_eq!(log.state().cluster_id(), 77);
+        let tables: Vec<_> = log.state().tables().map(|(n, t)| (n, t.cache_id)).collect();
+        assert_eq!(tables, vec![("b", 2)]);
         assert_eq!(log.state().job(JobId(4)).unwrap().record, vec![4]);
         assert!(
             log.state().job(JobId(4)).unwrap().planned.is_empty(),

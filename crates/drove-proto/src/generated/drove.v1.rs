@@ -653,7 +653,7 @@ pub struct MetaEntry {
     /// The entry's position in the log, from 1; a snapshot covers every entry up to its own.
     #[prost(uint64, tag = "1")]
     pub index: u64,
-    #[prost(oneof = "meta_entry::Command", tags = "2, 3, 4, 5")]
+    #[prost(oneof = "meta_entry::Command", tags = "2, 3, 4, 5, 6, 7")]
     pub command: ::core::option::Option<meta_entry::Command>,
 }
 /// Nested message and enum types in `MetaEntry`.
@@ -668,7 +668,38 @@ pub mod meta_entry {
         WorkerRegistered(super::MetaWorkerRegistered),
         #[prost(message, tag = "5")]
         ClusterCreated(super::MetaClusterCreated),
+        #[prost(message, tag = "6")]
+        TableCached(super::MetaTableCached),
+        #[prost(message, tag = "7")]
+        TableUncached(super::MetaTableUncached),
     }
+}
+/// A table was cached (CACHE TABLE): a restarted coordinator keeps it in its catalog,
+/// its partitions computed again from its lineage when next read.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MetaTableCached {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub cache_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub cached_by_job: u64,
+    /// Its schema and the stages that computed it (an encoded MetaCachedTable).
+    #[prost(bytes = "vec", tag = "4")]
+    pub lineage: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MetaCachedTable {
+    /// Arrow IPC schema bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub schema: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, repeated, tag = "2")]
+    pub stages: ::prost::alloc::vec::Vec<MetaPlannedStage>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MetaTableUncached {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
 }
 /// The first entry of a cluster's log: its identity.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -725,6 +756,16 @@ pub struct MetaPlannedStage {
     pub root: ::prost::alloc::string::String,
     #[prost(string, tag = "7")]
     pub plan_text: ::prost::alloc::string::String,
+    /// For a cached table's lineage: the table this stage writes, the table and stage it
+    /// was copied from, and the stage whose partitions its tasks read one each.
+    #[prost(uint64, optional, tag = "8")]
+    pub cache: ::core::option::Option<u64>,
+    #[prost(uint64, optional, tag = "9")]
+    pub origin_cache: ::core::option::Option<u64>,
+    #[prost(uint32, optional, tag = "10")]
+    pub origin_stage: ::core::option::Option<u32>,
+    #[prost(uint32, optional, tag = "11")]
+    pub local_input: ::core::option::Option<u32>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MetaJobEnded {
@@ -768,6 +809,8 @@ pub struct MetaSnapshot {
     pub ended: ::prost::alloc::vec::Vec<u64>,
     #[prost(uint64, tag = "6")]
     pub cluster_id: u64,
+    #[prost(message, repeated, tag = "7")]
+    pub tables: ::prost::alloc::vec::Vec<MetaTableCached>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MetaJob {

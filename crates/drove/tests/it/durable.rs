@@ -508,3 +508,41 @@ fn drove_local_on_its_data_dir_comes_back_with_its_history_and_nodes() {
     assert_eq!(jobs(&http)[&1].1, "succeeded");
     assert!(data.path().join("coordinator").is_dir() && data.path().join("worker-1").is_dir());
 }
+
+/// A cached table outlives a restart on the data directory (its partitions, gone with
+/// the workers' blocks, are computed again from its lineage when read); an uncached
+/// one stays uncached.
+#[test]
+fn cached_tables_survive_a_restart_and_are_computed_again() {
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let addr = drove_testkit::unused_addr().to_string();
+    let (mut coordinator, _) = coordinator_on(&addr, data.path(), &[]);
+    let _worker = crate::worker(&addr, work.path(), &[]);
+    let cache = "CACHE TABLE t AS SELECT value % 7 AS k, count(*) AS n FROM generate_series(1, 1000) GROUP BY value % 7";
+    sql(&addr, &["-e", cache]);
+    sql(&addr, &["-e", "CACHE TABLE gone AS SELECT 1 AS one"]);
+    sql(&addr, &["-e", "UNCACHE TABLE gone"]);
+    let read = "SELECT k, n FROM t ORDER BY k";
+    let before = sql(&addr, &["-e", read]);
+    assert!(before.starts_with("k,n\n0,142\n"), "{before}");
+    coordinator.0.kill().unwrap();
+    coordinator.0.wait().unwrap();
+
+    let (_coordinator, http) = coordinator_on(&addr, data.path(), &[]);
+    worker_ids(&http, 1);
+    assert_eq!(sql(&addr, &["-e", read]), before);
+    let out = crate::run(
+        &["sql", "--coordinator", &addr, "-e", "SELECT * FROM gone"],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("gone"), "{stderr}");
+    let again = crate::run(
+        &["sql", "--coordinator", &addr, "-e", cache],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "{stderr}");
+    assert!(stderr.contains("already cached"), "{stderr}");
+}
