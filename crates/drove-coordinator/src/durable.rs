@@ -213,6 +213,16 @@ impl MetaStore {
         &self.dir
     }
 
+    /// The last entry written.
+    pub fn last_index(&self) -> u64 {
+        self.next_index - 1
+    }
+
+    /// The last entry the snapshot holds.
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_index
+    }
+
     /// Writes `command` as the next entry and waits until the disk holds it.
     pub fn append(&mut self, command: &MetaCommand) -> Result<(), StoreError> {
         let entry = pb::MetaEntry {

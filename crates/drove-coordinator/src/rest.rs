@@ -274,10 +274,26 @@ pub struct ClusterSample {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
+    pub metadata: Metadata,
     pub workers: Vec<Worker>,
     pub jobs: Vec<JobSummary>,
     pub cached_tables: Vec<CachedTable>,
     pub recent: Vec<ClusterSample>,
+}
+
+/// Where the coordinator keeps its metadata.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// The cluster's identity: kept in the data directory, new at each start without.
+    pub cluster_id: u64,
+    /// `single`: one coordinator.
+    pub role: String,
+    /// Its data directory (`--data-dir`); empty when the metadata lives in memory only.
+    pub data_dir: String,
+    /// The last entry written to the metadata log, and the last one its snapshot holds.
+    pub log_index: u64,
+    pub snapshot_index: u64,
 }
 
 /// A job's state after a cancel request.
@@ -433,7 +449,15 @@ impl Job {
 /// The cluster as `/api/v1/cluster` and the UI's overview show it.
 pub async fn cluster_view(coordinator: &Coordinator) -> Cluster {
     let status = coordinator.cluster_status(false).await;
+    let m = status.metadata.clone().unwrap_or_default();
     Cluster {
+        metadata: Metadata {
+            cluster_id: m.cluster_id,
+            role: m.role,
+            data_dir: m.data_dir,
+            log_index: m.log_index,
+            snapshot_index: m.snapshot_index,
+        },
         workers: status.workers.iter().map(Worker::from).collect(),
         jobs: status.jobs.iter().map(JobSummary::from).collect(),
         cached_tables: status

@@ -962,10 +962,18 @@ impl State {
                 job_id: e.cached_by.0,
             })
             .collect();
+        let store = self.store.as_ref();
         pb::ClusterStatusResponse {
             workers,
             jobs,
             cached_tables,
+            metadata: Some(pb::MetadataStatus {
+                cluster_id: self.meta.state().cluster_id(),
+                role: "single".into(),
+                data_dir: store.map_or(String::new(), |s| s.dir().display().to_string()),
+                log_index: store.map_or(0, MetaStore::last_index),
+                snapshot_index: store.map_or(0, MetaStore::snapshot_index),
+            }),
         }
     }
 

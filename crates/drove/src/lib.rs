@@ -771,6 +771,14 @@ async fn status(args: StatusArgs) -> Result<()> {
             error
         );
     }
+    let m = status.metadata.clone().unwrap_or_default();
+    match m.data_dir.as_str() {
+        "" => println!("coordinator: {}, metadata in memory", m.role),
+        dir => println!(
+            "coordinator: {}, metadata in {dir} (log entry {}, snapshot at {})",
+            m.role, m.log_index, m.snapshot_index
+        ),
+    }
     Ok(())
 }
 

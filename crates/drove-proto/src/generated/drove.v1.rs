@@ -517,6 +517,25 @@ pub struct ClusterStatusResponse {
     pub jobs: ::prost::alloc::vec::Vec<JobStatus>,
     #[prost(message, repeated, tag = "3")]
     pub cached_tables: ::prost::alloc::vec::Vec<CachedTableStatus>,
+    #[prost(message, optional, tag = "4")]
+    pub metadata: ::core::option::Option<MetadataStatus>,
+}
+/// Where the coordinator keeps its metadata.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MetadataStatus {
+    #[prost(uint64, tag = "1")]
+    pub cluster_id: u64,
+    /// "single": one coordinator (replicated coordinators come with Raft).
+    #[prost(string, tag = "2")]
+    pub role: ::prost::alloc::string::String,
+    /// Its data directory; empty when the metadata lives in memory only.
+    #[prost(string, tag = "3")]
+    pub data_dir: ::prost::alloc::string::String,
+    /// The last entry written to the log, and the last a snapshot holds.
+    #[prost(uint64, tag = "4")]
+    pub log_index: u64,
+    #[prost(uint64, tag = "5")]
+    pub snapshot_index: u64,
 }
 /// One of drove's own plan nodes, inside a datafusion-proto extension node.
 #[derive(Clone, PartialEq, ::prost::Message)]

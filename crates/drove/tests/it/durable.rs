@@ -142,11 +142,27 @@ fn a_restarted_coordinator_keeps_its_history_and_gives_no_id_twice() {
     let before = jobs(&http);
     assert_eq!(before.len(), 3, "{before:?}");
     assert_eq!(before[&running].1, "running");
+    let metadata = |http: &str| {
+        let (code, body) = crate::http(http, "GET", "/api/v1/cluster");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["metadata"].clone()
+    };
+    let meta = metadata(&http);
+    assert_eq!(meta["data_dir"], data.path().to_str().unwrap(), "{meta}");
+    assert!(meta["log_index"].as_u64().unwrap() >= 7, "{meta}");
 
     coordinator.0.kill().unwrap();
     coordinator.0.wait().unwrap();
     let (_coordinator, http) = coordinator_on(&addr, data.path(), &[]);
 
+    let again = metadata(&http);
+    assert_eq!(again["cluster_id"], meta["cluster_id"], "the same cluster");
+    let status = crate::run(&["status", "--coordinator", &addr], Duration::from_secs(60));
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        printed.contains("coordinator: single, metadata in"),
+        "{printed}"
+    );
     let after = jobs(&http);
     for (id, (name, state, _)) in &before {
         let (name_after, state_after, _) = &after[id];
