@@ -518,19 +518,7 @@ fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command {
         MetaCommand::ClusterCreated { cluster_id } => C::ClusterCreated(pb::MetaClusterCreated {
             cluster_id: *cluster_id,
         }),
-        MetaCommand::TableCached {
-            name,
-            cache_id,
-            cached_by,
-            lineage,
-        } => C::TableCached(table_to_proto(
-            name,
-            &TableMeta {
-                cache_id: *cache_id,
-                cached_by: *cached_by,
-                lineage: lineage.clone(),
-            },
-        )),
+        MetaCommand::TableCached { name, table } => C::TableCached(table_to_proto(name, table)),
         MetaCommand::TableUncached { name } => {
             C::TableUncached(pb::MetaTableUncached { name: name.clone() })
         }
@@ -559,12 +547,10 @@ fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Option<MetaCo
         C::ClusterCreated(c) => MetaCommand::ClusterCreated {
             cluster_id: c.cluster_id,
         },
-        C::TableCached(t) => MetaCommand::TableCached {
-            name: t.name,
-            cache_id: t.cache_id,
-            cached_by: JobId(t.cached_by_job),
-            lineage: t.lineage,
-        },
+        C::TableCached(t) => {
+            let (name, table) = table_from_proto(t);
+            MetaCommand::TableCached { name, table }
+        }
         C::TableUncached(t) => MetaCommand::TableUncached { name: t.name },
     })
 }
@@ -593,6 +579,15 @@ fn image_to_proto(image: MetaImage, last_index: u64) -> pb::MetaSnapshot {
             .map(|(name, t)| table_to_proto(name, t))
             .collect(),
     }
+}
+
+fn table_from_proto(t: pb::MetaTableCached) -> (String, TableMeta) {
+    let table = TableMeta {
+        cache_id: t.cache_id,
+        cached_by: JobId(t.cached_by_job),
+        lineage: t.lineage,
+    };
+    (t.name, table)
 }
 
 fn table_to_proto(name: &str, t: &TableMeta) -> pb::MetaTableCached {
@@ -625,16 +620,7 @@ fn image_from_proto(snapshot: pb::MetaSnapshot) -> MetaImage {
             })
             .collect(),
         ended: snapshot.ended.into_iter().map(JobId).collect(),
-        tables: (snapshot.tables.into_iter())
-            .map(|t| {
-                let meta = TableMeta {
-                    cache_id: t.cache_id,
-                    cached_by: JobId(t.cached_by_job),
-                    lineage: t.lineage,
-                };
-                (t.name, meta)
-            })
-            .collect(),
+        tables: snapshot.tables.into_iter().map(table_from_proto).collect(),
     }
 }
 
@@ -681,9 +667,11 @@ mod tests {
             MetaCommand::ClusterCreated { cluster_id: 42 },
             MetaCommand::TableCached {
                 name: "t".into(),
-                cache_id: 3,
-                cached_by: JobId(1),
-                lineage: vec![1, 2, 3],
+                table: TableMeta {
+                    cache_id: 3,
+                    cached_by: JobId(1),
+                    lineage: vec![1, 2, 3],
+                },
             },
         ];
         for i in 1..=n {

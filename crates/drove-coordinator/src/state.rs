@@ -610,7 +610,7 @@ impl Coordinator {
                 return Ok(false);
             };
             info!(table = %name, "uncaching");
-            if state.meta.state().tables().any(|(n, _)| n == name) {
+            if state.meta.state().table(&name).is_some() {
                 state.record(MetaCommand::TableUncached { name: name.clone() });
             }
             state.perform_catalog(release);
@@ -1392,7 +1392,7 @@ impl State {
     /// with its partitions lost, to be computed again from its lineage.
     fn recover(&mut self) {
         let unended: Vec<JobId> = self.meta.state().unended().collect();
-        for job in unended {
+        for job in unended.iter().copied() {
             let meta = self.meta.state().job(job).expect("listed");
             let (name, submitted_ms) = (meta.name.clone(), meta.submitted_ms);
             let resumed = match durable::decode_planned(&meta.planned) {
@@ -1454,7 +1454,13 @@ impl State {
             .map(|(n, t)| (n.to_string(), t.clone()))
             .collect();
         for (name, table) in tables {
-            match restored_table(&table) {
+            // Kept in the moment between its table's entry and its own end.
+            let restored = if unended.contains(&table.cached_by) {
+                Err(Error::Internal("the job that cached it did not end".into()))
+            } else {
+                restored_table(&table)
+            };
+            match restored {
                 Ok((stage, partitions, meta)) => {
                     info!(table = %name, "cached table kept; its partitions are computed again when next read");
                     let id = table.cache_id;
@@ -1605,13 +1611,20 @@ impl State {
         // What a restarted coordinator needs to compute the table again.
         let kept = match (&new_table, &record.caches_as, &self.store) {
             (Some((name, meta)), Some((_, cache_id)), Some(_)) => {
-                let schema = drove_exec::shuffle::schema_to_bytes(&meta.schema).ok();
-                schema.map(|schema| MetaCommand::TableCached {
-                    name: name.clone(),
-                    cache_id: *cache_id,
-                    cached_by: job,
-                    lineage: durable::encode_cached_table(schema, &record.planned.stages),
-                })
+                match drove_exec::shuffle::schema_to_bytes(&meta.schema) {
+                    Ok(schema) => Some((
+                        name.clone(),
+                        TableMeta {
+                            cache_id: *cache_id,
+                            cached_by: job,
+                            lineage: durable::encode_cached_table(schema, &record.planned.stages),
+                        },
+                    )),
+                    Err(e) => {
+                        warn!(table = %name, error = %e, "the table's schema cannot be kept; it will not outlive a restart");
+                        None
+                    }
+                }
             }
             _ => None,
         };
@@ -1619,8 +1632,14 @@ impl State {
             info!(table = %name, %job, "table cached");
         }
         let commands = self.catalog.job_succeeded(job, new_table, stages);
-        if let Some(command) = kept {
-            self.record(command);
+        if let Some((name, table)) = kept {
+            let taken = (self.catalog.tables())
+                .any(|e| e.name == name && e.id == table.cache_id && e.cached_by == job);
+            if table.lineage.len() > durable::ENTRY_MAX - ENTRY_HEADROOM {
+                warn!(table = %name, bytes = table.lineage.len(), "the table's lineage is over what the metadata log holds; it will not outlive a restart");
+            } else if taken {
+                self.record(MetaCommand::TableCached { name, table });
+            }
         }
         for command in commands {
             self.perform_catalog(command);

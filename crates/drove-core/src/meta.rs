@@ -55,13 +55,10 @@ pub enum MetaCommand {
     ClusterCreated {
         cluster_id: u64,
     },
-    /// A table was cached. `lineage` is what its owner needs to compute it again (its
-    /// schema and stages, encoded by the coordinator).
+    /// A table was cached.
     TableCached {
         name: String,
-        cache_id: u64,
-        cached_by: JobId,
-        lineage: Vec<u8>,
+        table: TableMeta,
     },
     TableUncached {
         name: String,
@@ -73,6 +70,8 @@ pub enum MetaCommand {
 pub struct TableMeta {
     pub cache_id: u64,
     pub cached_by: JobId,
+    /// What its owner needs to compute it again (its schema and stages, encoded by
+    /// the coordinator).
     pub lineage: Vec<u8>,
 }
 
@@ -166,6 +165,10 @@ impl MetaState {
         }
     }
 
+    pub fn table(&self, name: &str) -> Option<&TableMeta> {
+        self.tables.get(name)
+    }
+
     /// The cached tables, by name.
     pub fn tables(&self) -> impl Iterator<Item = (&str, &TableMeta)> {
         self.tables.iter().map(|(n, t)| (n.as_str(), t))
@@ -249,20 +252,8 @@ impl MetaState {
                     ..Applied::default()
                 }
             }
-            MetaCommand::TableCached {
-                name,
-                cache_id,
-                cached_by,
-                lineage,
-            } => {
-                self.tables.insert(
-                    name.clone(),
-                    TableMeta {
-                        cache_id: *cache_id,
-                        cached_by: *cached_by,
-                        lineage: lineage.clone(),
-                    },
-                );
+            MetaCommand::TableCached { name, table } => {
+                self.tables.insert(name.clone(), table.clone());
                 Applied::default()
             }
             MetaCommand::TableUncached { name } => {
@@ -358,9 +349,11 @@ mod tests {
         for (i, name) in ["a", "b"].into_iter().enumerate() {
             all.push(MetaCommand::TableCached {
                 name: name.into(),
-                cache_id: i as u64 + 1,
-                cached_by: JobId(2),
-                lineage: vec![9; i + 1],
+                table: TableMeta {
+                    cache_id: i as u64 + 1,
+                    cached_by: JobId(2),
+                    lineage: vec![9; i + 1],
+                },
             });
         }
         all.push(MetaCommand::TableUncached { name: "a".into() });

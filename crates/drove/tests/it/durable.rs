@@ -537,6 +537,8 @@ fn cached_tables_survive_a_restart_and_are_computed_again() {
     let _worker = crate::worker(&addr, work.path(), &[]);
     let cache = "CACHE TABLE t AS SELECT value % 7 AS k, count(*) AS n FROM generate_series(1, 1000) GROUP BY value % 7";
     sql(&addr, &["-e", cache]);
+    // A table cached from the cached one: its lineage reads t's.
+    sql(&addr, &["-e", "CACHE TABLE v AS SELECT sum(n) AS s FROM t"]);
     sql(&addr, &["-e", "CACHE TABLE gone AS SELECT 1 AS one"]);
     sql(&addr, &["-e", "UNCACHE TABLE gone"]);
     let read = "SELECT k, n FROM t ORDER BY k";
@@ -547,6 +549,14 @@ fn cached_tables_survive_a_restart_and_are_computed_again() {
 
     let (_coordinator, http) = coordinator_on(&addr, data.path(), &[]);
     worker_ids(&http, 1);
+    assert_eq!(sql(&addr, &["-e", read]), before);
+    assert_eq!(sql(&addr, &["-e", "SELECT s FROM v"]), "s\n1000\n");
+    // New tables get ids of their own after the restart, beside the kept ones.
+    sql(
+        &addr,
+        &["-e", "CACHE TABLE u AS SELECT k FROM t WHERE n > 142"],
+    );
+    assert_eq!(sql(&addr, &["-e", "SELECT count(*) AS c FROM u"]), "c\n6\n");
     assert_eq!(sql(&addr, &["-e", read]), before);
     let out = crate::run(
         &["sql", "--coordinator", &addr, "-e", "SELECT * FROM gone"],
