@@ -18,6 +18,9 @@ const TASK_SECONDS_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 /// How long the coordinator's state takes over a request or event: microseconds when all is well.
 const STATE_SECONDS_BUCKETS: [f64; 8] = [1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.5, 1.0];
 
+/// How long writing one metadata entry to disk takes (with its fsync).
+const META_WRITE_SECONDS_BUCKETS: [f64; 8] = [1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 1.0];
+
 /// The job states a job ends in, as the metrics label them.
 const ENDED_STATES: [&str; 3] = ["succeeded", "failed", "cancelled"];
 
@@ -82,6 +85,10 @@ pub struct Snapshot<'a> {
     pub workers: &'a [pb::WorkerStatus],
     /// Requests and events waiting for the coordinator's state.
     pub queued: usize,
+    /// The metadata log's last entry, and the last its snapshot holds (0 without a
+    /// data directory).
+    pub meta_log_index: u64,
+    pub meta_snapshot_index: u64,
 }
 
 pub struct Metrics {
@@ -94,6 +101,9 @@ pub struct Metrics {
     task_duration: Histogram,
     state_held: Histogram,
     state_queued: Gauge,
+    meta_write: Histogram,
+    meta_log_index: Gauge,
+    meta_snapshot_index: Gauge,
     shuffle_write_bytes: Counter,
     shuffle_remote_read_bytes: Counter,
     jobs: Family<StateLabel, Gauge>,
@@ -125,6 +135,9 @@ impl Metrics {
             task_duration: Histogram::new(TASK_SECONDS_BUCKETS),
             state_held: Histogram::new(STATE_SECONDS_BUCKETS),
             state_queued: Gauge::default(),
+            meta_write: Histogram::new(META_WRITE_SECONDS_BUCKETS),
+            meta_log_index: Gauge::default(),
+            meta_snapshot_index: Gauge::default(),
             shuffle_write_bytes: Counter::default(),
             shuffle_remote_read_bytes: Counter::default(),
             jobs: Family::default(),
@@ -179,6 +192,22 @@ impl Metrics {
             "coordinator_state_queued",
             "Requests and events waiting for the coordinator's state.",
             m.state_queued.clone(),
+        );
+        r.register_with_unit(
+            "metadata_write",
+            "How long writing one metadata entry to the data directory took, fsync included.",
+            Unit::Seconds,
+            m.meta_write.clone(),
+        );
+        r.register(
+            "metadata_log_index",
+            "The metadata log's last entry (0 without a data directory).",
+            m.meta_log_index.clone(),
+        );
+        r.register(
+            "metadata_snapshot_index",
+            "The last metadata entry the snapshot holds.",
+            m.meta_snapshot_index.clone(),
         );
         r.register(
             "shuffle_write_bytes",
@@ -252,6 +281,11 @@ impl Metrics {
     }
 
     /// Sets the gauges from `now` and encodes every metric as OpenMetrics text.
+    /// A metadata entry took `elapsed` to write and sync.
+    pub fn meta_written(&self, elapsed: std::time::Duration) {
+        self.meta_write.observe(elapsed.as_secs_f64());
+    }
+
     pub fn encode(&self, now: &Snapshot<'_>) -> String {
         for (state, n) in now.jobs_by_state {
             self.jobs.get_or_create(&StateLabel { state }).set(n as i64);
@@ -266,6 +300,10 @@ impl Metrics {
         }
         self.workers.set(now.workers.len() as i64);
         self.state_queued.set(now.queued as i64);
+        self.meta_log_index
+            .set(i64::try_from(now.meta_log_index).unwrap_or(i64::MAX));
+        self.meta_snapshot_index
+            .set(i64::try_from(now.meta_snapshot_index).unwrap_or(i64::MAX));
         // Workers that left go from every per-worker family.
         for family in &self.worker_gauges {
             family.clear();
@@ -329,7 +367,10 @@ mod tests {
             tasks_running: 2,
             workers: &two,
             queued: 5,
+            meta_log_index: 12,
+            meta_snapshot_index: 10,
         });
+        m.meta_written(std::time::Duration::from_millis(2));
         for line in [
             "drove_jobs_submitted_total 1",
             "drove_jobs_ended_total{state=\"succeeded\"} 1",
@@ -342,6 +383,8 @@ mod tests {
             "drove_shuffle_write_bytes_total 101",
             "drove_workers 2",
             "drove_coordinator_state_queued 5",
+            "drove_metadata_log_index 12",
+            "drove_metadata_snapshot_index 10",
             "drove_worker_slots{worker=\"2\"} 4",
             "drove_worker_heartbeat_age_seconds{worker=\"1\"} 1.5",
             "# TYPE drove_task_duration_seconds histogram",
@@ -360,7 +403,13 @@ mod tests {
             tasks_running: 0,
             workers: &one,
             queued: 0,
+            meta_log_index: 12,
+            meta_snapshot_index: 10,
         });
+        assert!(
+            text.contains("drove_metadata_write_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
         assert!(!text.contains("worker=\"1\""), "a worker that left: {text}");
         assert!(
             text.contains("drove_worker_slots{worker=\"2\"} 4"),

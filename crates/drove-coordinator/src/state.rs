@@ -818,6 +818,8 @@ impl State {
             tasks_running,
             workers: &workers,
             queued,
+            meta_log_index: self.store.as_ref().map_or(0, MetaStore::last_index),
+            meta_snapshot_index: self.store.as_ref().map_or(0, MetaStore::snapshot_index),
         })
     }
 
@@ -1357,10 +1359,12 @@ impl State {
     /// change the disk cannot hold must not be acted on, so a failed write ends the
     /// process (a supervisor restarts it, from what the disk holds).
     fn record(&mut self, command: MetaCommand) -> Applied {
-        if let Some(store) = &mut self.store
-            && let Err(e) = store.append(&command)
-        {
-            fatal(&format!("the metadata log cannot be written: {e}"));
+        if let Some(store) = &mut self.store {
+            let since = Instant::now();
+            if let Err(e) = store.append(&command) {
+                fatal(&format!("the metadata log cannot be written: {e}"));
+            }
+            self.metrics.meta_written(since.elapsed());
         }
         let applied = self.meta.append(command);
         if let Some(store) = &mut self.store
