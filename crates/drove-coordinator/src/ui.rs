@@ -164,6 +164,14 @@ pub fn overview(c: &Cluster) -> Markup {
             (c.workers.len()) " workers, " (running) " of " (slots) " slots busy, "
             (c.jobs.len()) " jobs in the history"
         }
+        p #metadata {
+            @if c.metadata.data_dir.is_empty() {
+                "Metadata in memory only: a restart forgets the jobs and cached tables."
+            } @else {
+                "Metadata in " code { (c.metadata.data_dir) } ", log entry "
+                (c.metadata.log_index) " (snapshot at " (c.metadata.snapshot_index) ")."
+            }
+        }
         (load_charts(&c.recent))
         h2 { "Workers" }
         table #workers {
@@ -465,6 +473,9 @@ pub fn worker(w: &WorkerDetail) -> Markup {
             (w.flight_addr) " · " span class=(state) { (state) } " · " (w.slots) " slots, "
             (w.running_tasks) " running · block memory " (human_bytes(w.block_bytes))
             " · heartbeat " (millis(w.heartbeat_age_ms)) " ago"
+            @if !w.node_id.is_empty() {
+                " · node " code { (w.node_id) }
+            }
         }
         h2 { "Its last tasks" }
         table.tasks {

@@ -163,6 +163,9 @@ fn a_restarted_coordinator_keeps_its_history_and_gives_no_id_twice() {
         printed.contains("coordinator: single, metadata in"),
         "{printed}"
     );
+    let (code, page) = crate::http(&http, "GET", "/");
+    assert_eq!(code, 200);
+    assert!(page.contains("log entry"), "{page}");
     let after = jobs(&http);
     for (id, (name, state, _)) in &before {
         let (name_after, state_after, _) = &after[id];
@@ -463,6 +466,9 @@ fn a_worker_restarted_on_its_data_dir_keeps_its_node_id() {
     };
     assert_eq!(same, node);
     assert!(second_id > first_id);
+    let (code, page) = crate::http(&http, "GET", &format!("/workers/{second_id}"));
+    assert_eq!(code, 200);
+    assert!(page.contains(node.as_str()), "{page}");
 }
 
 #[test]
