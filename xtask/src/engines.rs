@@ -35,7 +35,26 @@ pub fn number(spec: &Value, name: &str) -> Result<u64> {
 }
 
 /// Runs the engine the spec names and returns its `RESULT`.
-pub async fn run(spec: Value) -> Result<Value> {
+pub async fn run(mut spec: Value) -> Result<Value> {
+    // With `durable_in`: a coordinator data directory of this run's own, made there
+    // and removed with the run.
+    let durable = match spec.get("durable_in").and_then(Value::as_str) {
+        Some(parent) => {
+            std::fs::create_dir_all(parent)?;
+            let dir = tempfile::Builder::new()
+                .prefix("durable-coordinator-")
+                .tempdir_in(parent)?;
+            spec["durable_dir"] = json!(dir.path());
+            Some(dir)
+        }
+        None => None,
+    };
+    let result = run_engine(spec).await;
+    drop(durable);
+    result
+}
+
+async fn run_engine(spec: Value) -> Result<Value> {
     let engine = field(&spec, "engine")?.as_str().unwrap_or_default();
     let workload = field(&spec, "workload")?.as_str().unwrap_or_default();
     match (workload, engine) {
@@ -75,7 +94,6 @@ async fn drove_session(spec: &Value, target_partitions: Option<usize>) -> Result
         job_tasks_max: 10_000_000,
     };
     if let Some(dir) = spec.get("durable_dir").and_then(Value::as_str) {
-        let _ = std::fs::remove_dir_all(dir);
         config.data_dir = Some(dir.into());
     }
     let cluster = LocalCluster::start(config).await?;

@@ -154,9 +154,9 @@ struct BenchArgs {
     /// Record drove's tracing at info level (JSON lines to a file), to measure its cost.
     #[arg(long)]
     tracing: bool,
-    /// Give drove's coordinator a data directory (`--data-dir`, emptied before each
-    /// engine run, under --data), so every job's submission and end is on disk before
-    /// it is acted on: the cost of a durable coordinator.
+    /// Give drove's coordinator a data directory (`--data-dir`, a new one under --data
+    /// for each engine run, removed after it), so every job's submission and end is on
+    /// disk before it is acted on: the cost of a durable coordinator.
     #[arg(long)]
     durable: bool,
     /// Do not append the tables to BENCHMARKS.md.
@@ -368,7 +368,7 @@ impl Plan {
             // A peer whose first run takes longer than this runs once.
             "max_seconds": PEER_RUN_ONCE_AFTER_S,
             "workers": self.args.workers, "slots": self.args.slots,
-            "durable_dir": self.args.durable.then(|| self.args.data.join("durable-coordinator")),
+            "durable_in": self.args.durable.then(|| self.args.data.clone()),
         })
     }
 

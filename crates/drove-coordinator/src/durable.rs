@@ -253,8 +253,14 @@ impl MetaStore {
         if last_index - self.snapshot_index < self.snapshot_every {
             return Ok(());
         }
-        let snapshot = image_to_proto(state.image(), last_index);
-        replace(&self.dir, SNAPSHOT, &frame(&snapshot.encode_to_vec()))?;
+        let snapshot = image_to_proto(state.image(), last_index).encode_to_vec();
+        if snapshot.len() > SNAPSHOT_MAX {
+            return Err(StoreError(format!(
+                "a snapshot of {} bytes is over the {SNAPSHOT_MAX} a frame can hold; lower --job-history",
+                snapshot.len()
+            )));
+        }
+        replace(&self.dir, SNAPSHOT, &frame(&snapshot))?;
         self.snapshot_index = last_index;
         replace(&self.dir, LOG, &[])?;
         let path = self.dir.join(LOG);

@@ -1378,14 +1378,33 @@ impl State {
     /// The ended job's status as the history keeps it on disk: without its per-task
     /// runs and its result's location (the blocks do not outlive the coordinator).
     fn history_record(&self, job: JobId) -> Vec<u8> {
-        let Some(mut status) = self.status(job) else {
-            return Vec::new();
-        };
-        for stage in &mut status.stages {
-            stage.tasks.clear();
+        self.described(job)
+            .map_or_else(Vec::new, |s| pb::Message::encode_to_vec(&s))
+    }
+
+    /// The job's summary with its SQL and plans: its status without the per-task runs
+    /// and the result's location.
+    fn described(&self, job: JobId) -> Option<pb::JobStatus> {
+        let record = self.jobs.get(&job)?;
+        if let Some(s) = &record.final_status {
+            let mut s = pb::JobStatus {
+                result_released: record.released,
+                result: Vec::new(),
+                ..s.clone()
+            };
+            for stage in &mut s.stages {
+                stage.tasks.clear();
+            }
+            return Some(s);
         }
-        status.result.clear();
-        pb::Message::encode_to_vec(&status)
+        let mut status = self.summary(job)?;
+        status.sql = record.sql.clone();
+        status.physical_plan = record.planned.physical_plan.clone();
+        status.result_schema = record.planned.result_schema.clone();
+        for (stage, planned) in status.stages.iter_mut().zip(&record.planned.stages) {
+            stage.plan = planned.plan_text.clone();
+        }
+        Some(status)
     }
 
     /// After a restart from the data directory: jobs that were running when the last
@@ -1811,12 +1830,8 @@ impl State {
                 ..s.clone()
             });
         }
-        let mut status = self.summary(job)?;
-        status.sql = record.sql.clone();
-        status.physical_plan = record.planned.physical_plan.clone();
-        status.result_schema = record.planned.result_schema.clone();
-        for (stage, planned) in status.stages.iter_mut().zip(&record.planned.stages) {
-            stage.plan = planned.plan_text.clone();
+        let mut status = self.described(job)?;
+        for stage in &mut status.stages {
             let tasks = self
                 .scheduler
                 .stage_tasks(job, StageId(stage.stage_id))

@@ -244,18 +244,19 @@ pub fn spawn_until(mut command: std::process::Command, marker: &str) -> (Proc, S
 /// Starts `command` (a drove binary) as `coordinator` on free loopback ports with
 /// `extra` flags; returns the process, its gRPC address and its HTTP address once it
 /// listens.
-pub fn start_coordinator(
+pub fn start_coordinator(command: std::process::Command, extra: &[&str]) -> (Proc, String, String) {
+    start_coordinator_at(command, "127.0.0.1:0", extra)
+}
+
+/// [`start_coordinator`] with its gRPC service on `bind` (a fixed address, where
+/// workers find it again after a restart); its HTTP on a free loopback port.
+pub fn start_coordinator_at(
     mut command: std::process::Command,
+    bind: &str,
     extra: &[&str],
 ) -> (Proc, String, String) {
     command
-        .args([
-            "coordinator",
-            "--bind",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ])
+        .args(["coordinator", "--bind", bind, "--http", "127.0.0.1:0"])
         .args(extra);
     let (proc, line) = spawn_until(command, "coordinator listening on");
     // "coordinator listening on ADDR (HTTP on http://ADDR)"

@@ -21,17 +21,7 @@ fn coordinator_on(addr: &str, dir: &Path, extra: &[&str]) -> (Proc, String) {
 /// A `drove coordinator` on the fixed gRPC address `addr` with `extra` flags; with its
 /// HTTP address.
 fn coordinator_at(addr: &str, extra: &[&str]) -> (Proc, String) {
-    let mut command = crate::drove();
-    command
-        .args(["coordinator", "--bind", addr, "--http", "127.0.0.1:0"])
-        .args(extra);
-    let (proc, line) = drove_testkit::spawn_until(command, "coordinator listening on");
-    let http = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.strip_suffix(')'))
-        .unwrap_or_else(|| panic!("no HTTP address in: {line}"))
-        .to_string();
+    let (proc, _, http) = drove_testkit::start_coordinator_at(crate::drove(), addr, extra);
     (proc, http)
 }
 
