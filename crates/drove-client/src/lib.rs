@@ -30,6 +30,7 @@ use datafusion::logical_expr::{Expr, SortExpr};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 use drove_exec::blocks::BlockKey;
 use drove_exec::datagen::Benchmark;
+use drove_exec::leader::Coordinators;
 use drove_exec::net;
 use drove_exec::shuffle::{FlightPool, open_block, schema_from_bytes};
 use drove_exec::tables::{self, TableSpec};
@@ -109,8 +110,7 @@ pub struct Session {
 }
 
 struct Inner {
-    addr: String,
-    client: CoordinatorClient<Channel>,
+    coordinators: Coordinators,
     flight: FlightPool,
     /// Plans lazy DataFrames locally; holds the same tables as `tables`.
     ctx: SessionContext,
@@ -146,7 +146,7 @@ impl Drop for JobGuard {
         if !cancel && !self.release {
             return;
         }
-        let mut client = self.session.inner.client.clone();
+        let mut client = self.session.inner.coordinators.current().1;
         let ending = runtime.spawn(async move {
             if cancel && let Err(e) = client.cancel_job(request).await {
                 tracing::warn!(job, "cancelling an abandoned job failed: {}", e.message());
@@ -203,7 +203,9 @@ impl Progress {
 }
 
 impl Session {
-    /// Connects to the coordinator at `addr` (HOST:PORT).
+    /// Connects to the coordinator at `addr` (HOST:PORT), or to replicated coordinators
+    /// (HOST:PORT,HOST:PORT,...): calls go to their leader, and follow it when another
+    /// is elected.
     ///
     /// ```no_run
     /// # async fn demo() -> drove_client::Result<()> {
@@ -216,18 +218,28 @@ impl Session {
             addr: addr.to_string(),
             message,
         };
-        let endpoint = net::endpoint(addr).map_err(connect_error)?;
-        let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
-            .await
-            .map_err(|_| connect_error(format!("no answer within {CONNECT_TIMEOUT:?}")))?
-            .map_err(|e| connect_error(net::error_chain(&e)))?;
-        let client = CoordinatorClient::new(channel)
-            .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES);
+        let coordinators = Coordinators::parse(addr).map_err(connect_error)?;
+        // The first that answers; the others are asked when it does not lead.
+        let mut failures = Vec::new();
+        for i in 0..coordinators.len() {
+            coordinators.select(i);
+            let (addr, _) = coordinators.current();
+            let endpoint = net::endpoint(&addr).map_err(connect_error)?;
+            match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+                Ok(Ok(_)) => {
+                    failures.clear();
+                    break;
+                }
+                Ok(Err(e)) => failures.push(net::error_chain(&e)),
+                Err(_) => failures.push(format!("no answer within {CONNECT_TIMEOUT:?}")),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(connect_error(failures.join("; ")));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
-                addr: addr.to_string(),
-                client,
+                coordinators,
                 flight: FlightPool::default(),
                 ctx: SessionContext::new(),
                 tables: Mutex::new(Vec::new()),
@@ -282,8 +294,31 @@ impl Session {
     /// println!("connected to {}", session.coordinator_addr());
     /// # }
     /// ```
-    pub fn coordinator_addr(&self) -> &str {
-        &self.inner.addr
+    pub fn coordinator_addr(&self) -> String {
+        self.inner.coordinators.current().0
+    }
+
+    /// Makes a call to the leader: an answer that this coordinator does not lead, or
+    /// none at all, moves to the leader named or the next coordinator, for up to
+    /// [`RECONNECT_WINDOW`].
+    async fn on_leader<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let since = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match call(self.inner.coordinators.current().1).await {
+                Err(e)
+                    if since.elapsed() < RECONNECT_WINDOW && self.inner.coordinators.follow(&e) =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                answer => return answer,
+            }
+        }
     }
 
     /// Runs `f` on the embedded cluster, if this session owns one.
@@ -630,11 +665,14 @@ impl Session {
     /// # }
     /// ```
     pub async fn uncache(&self, name: &str, if_exists: bool) -> Result<bool> {
-        let mut client = self.inner.client.clone();
-        let existed = client
-            .uncache_table(pb::UncacheRequest {
-                name: name.to_string(),
-                if_exists,
+        let request = pb::UncacheRequest {
+            name: name.to_string(),
+            if_exists,
+        };
+        let existed = self
+            .on_leader(|mut c| {
+                let request = request.clone();
+                async move { c.uncache_table(request).await }
             })
             .await
             .map_err(status_error)?
@@ -714,14 +752,17 @@ impl Session {
                     .unwrap_or_default(),
             })
             .collect();
-        let mut client = self.inner.client.clone();
-        let submitted = client
-            .submit_job(pb::SubmitJobRequest {
-                query: Some(query),
-                tables,
-                name,
-                cache_as,
-                detached,
+        let request = pb::SubmitJobRequest {
+            query: Some(query),
+            tables,
+            name,
+            cache_as,
+            detached,
+        };
+        let submitted = self
+            .on_leader(|mut c| {
+                let request = request.clone();
+                async move { c.submit_job(request).await }
             })
             .await
             .map_err(status_error)?
@@ -814,6 +855,8 @@ impl Session {
                 // The stream ended, or broke, while the job ran: the coordinator went.
                 Ok(()) => "its status stream ended".to_string(),
                 Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                    // Another coordinator may lead now.
+                    self.inner.coordinators.follow(&e);
                     e.message().to_string()
                 }
                 // Known before the coordinator went (submitted here, or heard of), and
@@ -862,7 +905,7 @@ impl Session {
         last: &mut Option<pb::JobStatus>,
     ) -> (bool, Result<(), tonic::Status>) {
         let mut heard = false;
-        let mut client = self.inner.client.clone();
+        let mut client = self.inner.coordinators.current().1;
         let outcome = async {
             let mut updates = client
                 .watch_job(pb::JobRequest {
@@ -904,9 +947,11 @@ impl Session {
     }
 
     async fn cluster(&self, with_tasks: bool) -> Result<pb::ClusterStatusResponse> {
-        let mut client = self.inner.client.clone();
-        Ok(client
-            .cluster_status(pb::ClusterStatusRequest { with_tasks })
+        Ok(self
+            .on_leader(|mut c| async move {
+                c.cluster_status(pb::ClusterStatusRequest { with_tasks })
+                    .await
+            })
             .await
             .map_err(status_error)?
             .into_inner())
@@ -939,12 +984,12 @@ impl Session {
     /// # }
     /// ```
     pub async fn cancel(&self, job: u64) -> Result<pb::JobStatus> {
-        let mut client = self.inner.client.clone();
-        Ok(client
-            .cancel_job(pb::JobRequest {
-                job_id: job,
-                cluster_id: 0,
-            })
+        let request = pb::JobRequest {
+            job_id: job,
+            cluster_id: 0,
+        };
+        Ok(self
+            .on_leader(|mut c| async move { c.cancel_job(request).await })
             .await
             .map_err(status_error)?
             .into_inner())

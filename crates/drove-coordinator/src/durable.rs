@@ -35,7 +35,7 @@ const HEADER: usize = 8;
 /// The largest log entry: a job whose plans take more is refused at submission.
 pub const ENTRY_MAX: usize = pb::MAX_MESSAGE_BYTES;
 /// The largest snapshot (what a frame's length can say).
-const SNAPSHOT_MAX: usize = u32::MAX as usize;
+pub(crate) const SNAPSHOT_MAX: usize = u32::MAX as usize;
 /// Entries written between snapshots.
 pub const SNAPSHOT_EVERY: u64 = 1_000;
 
@@ -44,7 +44,44 @@ pub const SNAPSHOT_EVERY: u64 = 1_000;
 #[error("{0}")]
 pub struct StoreError(String);
 
-fn io_error(doing: &str, path: &Path, e: std::io::Error) -> StoreError {
+impl StoreError {
+    pub(crate) fn new(message: String) -> Self {
+        Self(message)
+    }
+}
+
+/// Creates `dir` if needed and takes its `LOCK`, which stops two coordinators sharing
+/// it; the lock holds while the file stays open.
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StoreError(format!(
+            "cannot create the data directory {}: {e}; pass --data-dir a directory this user can write",
+            dir.display()
+        ))
+    })?;
+    let lock_path = dir.join(LOCK);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError(format!(
+                "cannot write in the data directory {}: {e}; pass --data-dir a directory this user can write",
+                dir.display()
+            ))
+        })?;
+    lock.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => StoreError(format!(
+            "the data directory {} is in use by another coordinator; stop it, or give this one a --data-dir of its own",
+            dir.display()
+        )),
+        std::fs::TryLockError::Error(e) => io_error("lock", &lock_path, e),
+    })?;
+    Ok(lock)
+}
+
+pub(crate) fn io_error(doing: &str, path: &Path, e: std::io::Error) -> StoreError {
     StoreError(format!("cannot {doing} {}: {e}", path.display()))
 }
 
@@ -83,31 +120,7 @@ impl MetaStore {
         history_max: usize,
         snapshot_every: u64,
     ) -> Result<Recovered, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError(format!(
-                "cannot create the data directory {}: {e}; pass --data-dir a directory this user can write",
-                dir.display()
-            ))
-        })?;
-        let lock_path = dir.join(LOCK);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| {
-                StoreError(format!(
-                    "cannot write in the data directory {}: {e}; pass --data-dir a directory this user can write",
-                    dir.display()
-                ))
-            })?;
-        lock.try_lock().map_err(|e| match e {
-            std::fs::TryLockError::WouldBlock => StoreError(format!(
-                "the data directory {} is in use by another coordinator; stop it, or give this one a --data-dir of its own",
-                dir.display()
-            )),
-            std::fs::TryLockError::Error(e) => io_error("lock", &lock_path, e),
-        })?;
+        let lock = lock_dir(dir)?;
         let _ = std::fs::remove_file(dir.join(format!("{SNAPSHOT}.tmp")));
         let _ = std::fs::remove_file(dir.join(format!("{LOG}.tmp")));
 
@@ -374,7 +387,7 @@ fn stage_from_proto(s: pb::MetaPlannedStage) -> PlannedStage {
     }
 }
 
-fn frame(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
@@ -384,14 +397,14 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 
 /// The whole frames at the start of `bytes` (none longer than `max`), where each ends,
 /// and what follows them.
-struct Frames<'a> {
-    payloads: Vec<&'a [u8]>,
-    ends: Vec<usize>,
-    end: End,
+pub(crate) struct Frames<'a> {
+    pub payloads: Vec<&'a [u8]>,
+    pub ends: Vec<usize>,
+    pub end: End,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
+pub(crate) enum End {
     /// Nothing follows the last whole frame.
     Clean,
     /// A frame cut short, or one that fails its checksum and runs to the end: the last
@@ -401,7 +414,7 @@ enum End {
     Damaged(usize),
 }
 
-fn frames(bytes: &[u8], max: usize) -> Frames<'_> {
+pub(crate) fn frames(bytes: &[u8], max: usize) -> Frames<'_> {
     let mut found = Frames {
         payloads: Vec::new(),
         ends: Vec::new(),
@@ -441,7 +454,7 @@ fn frames(bytes: &[u8], max: usize) -> Frames<'_> {
     found
 }
 
-fn read_file(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+pub(crate) fn read_file(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -454,7 +467,7 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
 }
 
 /// Replaces `dir/name` with `contents`, atomically and durably.
-fn replace(dir: &Path, name: &str, contents: &[u8]) -> Result<(), StoreError> {
+pub(crate) fn replace(dir: &Path, name: &str, contents: &[u8]) -> Result<(), StoreError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     let mut file = File::create(&tmp).map_err(|e| io_error("create", &tmp, e))?;
@@ -494,7 +507,7 @@ fn end_from_proto(e: &pb::MetaJobEnded) -> JobEnd {
     }
 }
 
-fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command {
+pub(crate) fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command {
     use pb::meta_entry::Command as C;
     match command {
         MetaCommand::JobSubmitted {
@@ -531,7 +544,7 @@ fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command {
     }
 }
 
-fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Option<MetaCommand> {
+pub(crate) fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Option<MetaCommand> {
     use pb::meta_entry::Command as C;
     Some(match command? {
         C::JobSubmitted(s) => MetaCommand::JobSubmitted {
@@ -561,7 +574,7 @@ fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Option<MetaCo
     })
 }
 
-fn image_to_proto(image: MetaImage, last_index: u64) -> pb::MetaSnapshot {
+pub(crate) fn image_to_proto(image: MetaImage, last_index: u64) -> pb::MetaSnapshot {
     pb::MetaSnapshot {
         last_index,
         cluster_id: image.cluster_id,
@@ -605,7 +618,7 @@ fn table_to_proto(name: &str, t: &TableMeta) -> pb::MetaTableCached {
     }
 }
 
-fn image_from_proto(snapshot: pb::MetaSnapshot) -> MetaImage {
+pub(crate) fn image_from_proto(snapshot: pb::MetaSnapshot) -> MetaImage {
     MetaImage {
         cluster_id: snapshot.cluster_id,
         next_job_id: snapshot.next_job_id,

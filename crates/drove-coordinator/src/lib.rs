@@ -13,6 +13,7 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod planning;
+pub mod replica;
 pub mod rest;
 pub mod service;
 pub mod state;
@@ -49,6 +50,18 @@ pub enum Error {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A replicated coordinator that does not lead; `leader` is the leader's gRPC
+    /// address, empty while none is known.
+    #[error("{}", not_leader_message(leader))]
+    NotLeader { leader: String },
+}
+
+fn not_leader_message(leader: &str) -> String {
+    if leader.is_empty() {
+        "this coordinator is not the leader and no leader is known yet (an election is under way); try again, or name every coordinator in --coordinator".into()
+    } else {
+        format!("this coordinator is not the leader; the leader is at {leader}")
+    }
 }
 
 /// Result type of the coordinator.
@@ -67,6 +80,17 @@ impl From<Error> for tonic::Status {
             Error::NotFound(m) => tonic::Status::not_found(m.clone()),
             Error::Exec(inner) if inner.kind() == drove_core::scheduler::ErrorKind::User => {
                 tonic::Status::invalid_argument(e.to_string())
+            }
+            Error::NotLeader { leader } => {
+                let mut status = tonic::Status::unavailable(e.to_string());
+                if let Ok(value) = leader.parse()
+                    && !leader.is_empty()
+                {
+                    status
+                        .metadata_mut()
+                        .insert(drove_proto::LEADER_HEADER, value);
+                }
+                status
             }
             _ => tonic::Status::internal(e.to_string()),
         }
@@ -110,6 +134,9 @@ pub struct CoordinatorConfig {
     /// Where the metadata (job history, spent ids) is kept across restarts; `None`
     /// keeps it in memory only.
     pub data_dir: Option<std::path::PathBuf>,
+    /// With `--node-id` and `--peers`: this coordinator is one of several that keep
+    /// the metadata with Raft, in `data_dir`.
+    pub peers: Option<replica::Peers>,
 }
 
 impl Default for CoordinatorConfig {
@@ -129,6 +156,7 @@ impl Default for CoordinatorConfig {
             speculation: Some(SpeculationConfig::default()),
             job_limits: JobLimits::default(),
             data_dir: None,
+            peers: None,
         }
     }
 }
@@ -163,6 +191,12 @@ impl CoordinatorConfig {
                 "--task-queue-per-slot is {}, the most is {TASK_QUEUE_PER_SLOT_MAX}: a deep queue only holds tasks another worker could run",
                 self.task_queue_per_slot
             )));
+        }
+        if self.peers.is_some() && self.data_dir.is_none() {
+            return Err(Error::User(
+                "--peers needs --data-dir: each replicated coordinator keeps its log on disk"
+                    .into(),
+            ));
         }
         if self.task_attempt_max == 0 {
             return Err(Error::User("--task-attempts must be at least 1".into()));
@@ -238,8 +272,22 @@ pub async fn start(
         .local_addr()
         .map_err(|source| Error::Bind { addr, source })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let coordinator = Coordinator::new(config.clone())?;
     let mut tasks = Vec::new();
+    let (coordinator, raft) = match (&config.peers, &config.data_dir) {
+        (Some(peers), Some(dir)) => {
+            let replica =
+                replica::Replica::start(peers.clone(), dir, config.job_history_max).await?;
+            let coordinator = Coordinator::replicated(config.clone(), replica.clone())?;
+            let raft = replica::server(replica.raft().clone());
+            tasks.push(tokio::spawn(replica::follow(
+                replica,
+                coordinator.clone(),
+                shutdown_rx.clone(),
+            )));
+            (coordinator, Some(raft))
+        }
+        _ => (Coordinator::new(config.clone())?, None),
+    };
 
     let service = service::server(coordinator.clone());
     let mut rx = shutdown_rx.clone();
@@ -251,6 +299,7 @@ pub async fn start(
             // A panic in a handler is a bug; it fails that call, not the server.
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(grpc_panic))
             .add_service(service)
+            .add_optional_service(raft)
             .serve_with_incoming_shutdown(drove_exec::net::incoming(listener), stop)
             .await
         {

@@ -89,6 +89,12 @@ pub struct Snapshot<'a> {
     /// data directory).
     pub meta_log_index: u64,
     pub meta_snapshot_index: u64,
+    /// With `--peers`: the Raft term, whether this coordinator leads, and its log's
+    /// last entry and last applied one (all 0 otherwise).
+    pub raft_term: u64,
+    pub raft_leader: bool,
+    pub raft_last_log_index: u64,
+    pub raft_applied_index: u64,
 }
 
 pub struct Metrics {
@@ -104,6 +110,11 @@ pub struct Metrics {
     meta_write: Histogram,
     meta_log_index: Gauge,
     meta_snapshot_index: Gauge,
+    raft_term: Gauge,
+    raft_leader: Gauge,
+    raft_last_log_index: Gauge,
+    raft_apply_lag: Gauge,
+    raft_leads: Counter,
     shuffle_write_bytes: Counter,
     shuffle_remote_read_bytes: Counter,
     jobs: Family<StateLabel, Gauge>,
@@ -138,6 +149,11 @@ impl Metrics {
             meta_write: Histogram::new(META_WRITE_SECONDS_BUCKETS),
             meta_log_index: Gauge::default(),
             meta_snapshot_index: Gauge::default(),
+            raft_term: Gauge::default(),
+            raft_leader: Gauge::default(),
+            raft_last_log_index: Gauge::default(),
+            raft_apply_lag: Gauge::default(),
+            raft_leads: Counter::default(),
             shuffle_write_bytes: Counter::default(),
             shuffle_remote_read_bytes: Counter::default(),
             jobs: Family::default(),
@@ -208,6 +224,31 @@ impl Metrics {
             "metadata_snapshot_index",
             "The last metadata entry the snapshot holds.",
             m.meta_snapshot_index.clone(),
+        );
+        r.register(
+            "raft_term",
+            "The Raft term this coordinator is in: each election starts a new one (0 without --peers).",
+            m.raft_term.clone(),
+        );
+        r.register(
+            "raft_leader",
+            "1 while this coordinator leads, else 0.",
+            m.raft_leader.clone(),
+        );
+        r.register(
+            "raft_last_log_index",
+            "The last entry of this coordinator's Raft log.",
+            m.raft_last_log_index.clone(),
+        );
+        r.register(
+            "raft_apply_lag",
+            "Entries of this coordinator's Raft log not yet applied to its metadata.",
+            m.raft_apply_lag.clone(),
+        );
+        r.register(
+            "raft_leads",
+            "Times this coordinator was elected and took the lead.",
+            m.raft_leads.clone(),
         );
         r.register(
             "shuffle_write_bytes",
@@ -282,6 +323,11 @@ impl Metrics {
 
     /// Sets the gauges from `now` and encodes every metric as OpenMetrics text.
     /// A metadata entry took `elapsed` to write and sync.
+    /// This coordinator was elected and took the lead.
+    pub fn lead_taken(&self) {
+        self.raft_leads.inc();
+    }
+
     pub fn meta_written(&self, elapsed: std::time::Duration) {
         self.meta_write.observe(elapsed.as_secs_f64());
     }
@@ -304,6 +350,14 @@ impl Metrics {
             .set(i64::try_from(now.meta_log_index).unwrap_or(i64::MAX));
         self.meta_snapshot_index
             .set(i64::try_from(now.meta_snapshot_index).unwrap_or(i64::MAX));
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.raft_term.set(gauge(now.raft_term));
+        self.raft_leader.set(i64::from(now.raft_leader));
+        self.raft_last_log_index.set(gauge(now.raft_last_log_index));
+        (self.raft_apply_lag).set(gauge(
+            now.raft_last_log_index
+                .saturating_sub(now.raft_applied_index),
+        ));
         // Workers that left go from every per-worker family.
         for family in &self.worker_gauges {
             family.clear();
@@ -369,6 +423,10 @@ mod tests {
             queued: 5,
             meta_log_index: 12,
             meta_snapshot_index: 10,
+            raft_term: 3,
+            raft_leader: true,
+            raft_last_log_index: 14,
+            raft_applied_index: 12,
         });
         m.meta_written(std::time::Duration::from_millis(2));
         for line in [
@@ -385,6 +443,9 @@ mod tests {
             "drove_coordinator_state_queued 5",
             "drove_metadata_log_index 12",
             "drove_metadata_snapshot_index 10",
+            "drove_raft_term 3",
+            "drove_raft_leader 1",
+            "drove_raft_apply_lag 2",
             "drove_worker_slots{worker=\"2\"} 4",
             "drove_worker_heartbeat_age_seconds{worker=\"1\"} 1.5",
             "# TYPE drove_task_duration_seconds histogram",
@@ -405,6 +466,10 @@ mod tests {
             queued: 0,
             meta_log_index: 12,
             meta_snapshot_index: 10,
+            raft_term: 3,
+            raft_leader: true,
+            raft_last_log_index: 14,
+            raft_applied_index: 12,
         });
         assert!(
             text.contains("drove_metadata_write_seconds_bucket{le=\"0.005\"} 1"),

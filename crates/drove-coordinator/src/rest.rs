@@ -287,13 +287,35 @@ pub struct Cluster {
 pub struct Metadata {
     /// The cluster's identity: kept in the data directory, new at each start without.
     pub cluster_id: u64,
-    /// `single`: one coordinator.
+    /// `single`: one coordinator; with `--peers`, `leader`, `follower`, `candidate`, or
+    /// `elected` (elected, and taking over: not scheduling yet).
     pub role: String,
     /// Its data directory (`--data-dir`); empty when the metadata lives in memory only.
     pub data_dir: String,
-    /// The last entry written to the metadata log, and the last one its snapshot holds.
+    /// The last entry written to the metadata log (with `--peers`, applied), and the
+    /// last one its snapshot holds.
     pub log_index: u64,
     pub snapshot_index: u64,
+    /// With `--peers`: this coordinator's node id and Raft term, and the leader it
+    /// knows (0 and empty while none is).
+    pub node_id: u64,
+    pub term: u64,
+    pub leader_id: u64,
+    pub leader_addr: String,
+    /// On the leader, every coordinator; empty elsewhere.
+    pub coordinators: Vec<CoordinatorPeer>,
+}
+
+/// A replicated coordinator as the leader sees it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorPeer {
+    pub node_id: u64,
+    pub addr: String,
+    /// `leader` or `follower`.
+    pub role: String,
+    /// The last log entry known to match the leader's.
+    pub matched_index: u64,
 }
 
 /// A job's state after a cancel request.
@@ -457,6 +479,18 @@ pub async fn cluster_view(coordinator: &Coordinator) -> Cluster {
             data_dir: m.data_dir,
             log_index: m.log_index,
             snapshot_index: m.snapshot_index,
+            node_id: m.node_id,
+            term: m.term,
+            leader_id: m.leader_id,
+            leader_addr: m.leader_addr,
+            coordinators: (m.coordinators.into_iter())
+                .map(|c| CoordinatorPeer {
+                    node_id: c.node_id,
+                    addr: c.addr,
+                    role: c.role,
+                    matched_index: c.matched_index,
+                })
+                .collect(),
         },
         workers: status.workers.iter().map(Worker::from).collect(),
         jobs: status.jobs.iter().map(JobSummary::from).collect(),
@@ -561,6 +595,9 @@ async fn answer_for_job<T: IntoResponse>(
     match answer(JobId(id)).await {
         Ok(body) => body.into_response(),
         Err(Error::NotFound(m)) => api_error(StatusCode::NOT_FOUND, m),
+        Err(e @ Error::NotLeader { .. }) => {
+            api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
         Err(other) => api_error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     }
 }

@@ -38,7 +38,9 @@ impl Service {
     /// otherwise reach a different job under the same id.
     fn job_of(&self, request: pb::JobRequest) -> Result<JobId, Status> {
         let job = JobId(request.job_id);
-        if request.cluster_id != 0 && request.cluster_id != self.coordinator.cluster_id() {
+        let mine = self.coordinator.cluster_id();
+        // A replicated coordinator that has not led yet does not know it (0).
+        if request.cluster_id != 0 && mine != 0 && request.cluster_id != mine {
             return Err(Status::not_found(format!(
                 "{job} is not this cluster's: the coordinator restarted without the data directory that held it"
             )));
@@ -242,7 +244,7 @@ impl CoordinatorRpc for Service {
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let with_tasks = request.into_inner().with_tasks;
         Ok(Response::new(
-            self.coordinator.cluster_status(with_tasks).await,
+            self.coordinator.leader_status(with_tasks).await?,
         ))
     }
 }

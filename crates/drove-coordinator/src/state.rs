@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -25,6 +26,7 @@ use crate::durable::{self, MetaStore};
 use crate::history::{History, Reading};
 use crate::metrics::{Metrics, Snapshot};
 use crate::planning::{self, PlannedJob, Query};
+use crate::replica::Replica;
 use crate::rest::{Attempt, AttemptOutcome, ClusterSample, JobState, WorkerTask};
 use crate::{CoordinatorConfig, Error, Result};
 
@@ -53,7 +55,9 @@ pub type WorkerTx = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
 pub struct Coordinator {
     pub(crate) config: Arc<CoordinatorConfig>,
     work: mpsc::Sender<Work>,
-    cluster_id: u64,
+    /// Known once the metadata is: at start, or when a replicated coordinator first
+    /// leads.
+    cluster_id: Arc<AtomicU64>,
 }
 
 /// Something for the state's owner to do.
@@ -197,14 +201,56 @@ struct CacheMeta {
     lineage: Vec<Stage>,
 }
 
+/// Where the metadata's commands go before they are applied.
+enum Journal {
+    /// Nowhere: the metadata lives in memory only.
+    Memory,
+    /// The data directory (`--data-dir`).
+    Disk(MetaStore),
+    /// The replicated log (`--peers`): a command is applied once a quorum of
+    /// coordinators holds it.
+    Raft {
+        replica: Arc<Replica>,
+        runtime: tokio::runtime::Handle,
+    },
+}
+
+impl Journal {
+    /// Whether what it holds outlives the process.
+    fn durable(&self) -> bool {
+        !matches!(self, Journal::Memory)
+    }
+
+    fn log_index(&self) -> u64 {
+        match self {
+            Journal::Memory => 0,
+            Journal::Disk(store) => store.last_index(),
+            Journal::Raft { replica, .. } => replica.status().applied_index,
+        }
+    }
+
+    fn snapshot_index(&self) -> u64 {
+        match self {
+            Journal::Memory => 0,
+            Journal::Disk(store) => store.snapshot_index(),
+            Journal::Raft { replica, .. } => replica.status().snapshot_index,
+        }
+    }
+}
+
 /// The coordinator's state, owned by one thread (see [`Coordinator`]).
 struct State {
     config: Arc<CoordinatorConfig>,
     scheduler: Scheduler,
     meta: MetaLog,
-    /// Where the metadata's commands are written before they are applied, with
-    /// `--data-dir`.
-    store: Option<MetaStore>,
+    journal: Journal,
+    /// Whether this coordinator schedules: always, but for a replicated one that does
+    /// not lead.
+    leading: bool,
+    /// Set when a replicated coordinator fails to commit a command: it steps down once
+    /// the work at hand is done.
+    deposed: bool,
+    cluster_id: Arc<AtomicU64>,
     workers: BTreeMap<WorkerId, WorkerConn>,
     jobs: HashMap<JobId, JobRecord>,
     /// The scheduler's clock counts milliseconds from here.
@@ -272,21 +318,23 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+fn scheduler_config(config: &CoordinatorConfig) -> SchedulerConfig {
+    SchedulerConfig {
+        task_attempt_max: config.task_attempt_max,
+        heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+        no_worker_grace_ms: config.no_worker_grace_ms,
+        speculation: config.speculation.clone(),
+        task_progress_timeout_ms: config.task_progress_timeout_ms,
+        queued_per_slot: config.task_queue_per_slot,
+        ..Default::default()
+    }
+}
+
 impl Coordinator {
     /// Starts the thread that owns the state; it ends when the last handle is dropped.
     pub fn new(config: CoordinatorConfig) -> Result<Self> {
-        let scheduler = Scheduler::new(SchedulerConfig {
-            task_attempt_max: config.task_attempt_max,
-            heartbeat_timeout_ms: config.heartbeat_timeout_ms,
-            no_worker_grace_ms: config.no_worker_grace_ms,
-            speculation: config.speculation.clone(),
-            task_progress_timeout_ms: config.task_progress_timeout_ms,
-            queued_per_slot: config.task_queue_per_slot,
-            ..Default::default()
-        });
-        let config = Arc::new(config);
-        let (meta, store) = match &config.data_dir {
-            None => (MetaLog::new(config.job_history_max), None),
+        let (meta, journal) = match &config.data_dir {
+            None => (MetaLog::new(config.job_history_max), Journal::Memory),
             Some(dir) => {
                 let recovered = MetaStore::open(dir, config.job_history_max)
                     .map_err(|e| Error::User(e.to_string()))?;
@@ -297,14 +345,37 @@ impl Coordinator {
                     torn_bytes = recovered.torn_bytes,
                     "metadata recovered"
                 );
-                (MetaLog::from_state(recovered.state), Some(recovered.store))
+                (
+                    MetaLog::from_state(recovered.state),
+                    Journal::Disk(recovered.store),
+                )
             }
         };
+        Self::start(config, journal, Some(meta))
+    }
+
+    /// A replicated coordinator: it schedules only while it leads, as
+    /// [`crate::replica::follow`] tells it. Call from within the async runtime.
+    pub fn replicated(config: CoordinatorConfig, replica: Arc<Replica>) -> Result<Self> {
+        let journal = Journal::Raft {
+            replica,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        Self::start(config, journal, None)
+    }
+
+    /// Starts the state's owner; with `meta`, leading from the start.
+    fn start(config: CoordinatorConfig, journal: Journal, meta: Option<MetaLog>) -> Result<Self> {
+        let config = Arc::new(config);
+        let cluster_id = Arc::new(AtomicU64::new(0));
         let mut state = State {
             config: config.clone(),
-            scheduler,
-            meta,
-            store,
+            scheduler: Scheduler::new(scheduler_config(&config)),
+            meta: MetaLog::new(config.job_history_max),
+            journal,
+            leading: false,
+            deposed: false,
+            cluster_id: cluster_id.clone(),
             workers: BTreeMap::new(),
             jobs: HashMap::new(),
             epoch: Instant::now(),
@@ -312,13 +383,9 @@ impl Coordinator {
             history: History::default(),
             catalog: Catalog::default(),
         };
-        if state.meta.state().cluster_id() == 0 {
-            state.record(MetaCommand::ClusterCreated {
-                cluster_id: drove_core::ids::random_id(),
-            });
+        if let Some(meta) = meta {
+            state.take_lead(meta);
         }
-        let cluster_id = state.meta.state().cluster_id();
-        state.recover();
         let (work, mut queue) = mpsc::channel::<Work>(STATE_QUEUE_MAX);
         std::thread::Builder::new()
             .name("drove-coordinator-state".into())
@@ -331,6 +398,9 @@ impl Coordinator {
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut state)))
                     {
                         fatal(&drove_core::panic_message(panic.as_ref()));
+                    }
+                    if state.deposed {
+                        state.step_down();
                     }
                     state.metrics.state_held(since.elapsed());
                 }
@@ -345,10 +415,27 @@ impl Coordinator {
         })
     }
 
+    /// Starts scheduling from `meta`, the metadata as committed: a replicated
+    /// coordinator elected leader.
+    pub async fn take_lead(&self, meta: drove_core::meta::MetaImage) {
+        self.ask(move |state| {
+            let history_max = state.config.job_history_max;
+            let meta =
+                MetaLog::from_state(drove_core::meta::MetaState::from_image(meta, history_max));
+            state.take_lead(meta)
+        })
+        .await
+    }
+
+    /// Stops scheduling: another coordinator leads.
+    pub async fn step_down(&self) {
+        self.ask(State::step_down).await
+    }
+
     /// The cluster's identity: kept in the data directory, new at each start without
     /// one. Clients check it to know a restarted coordinator still knows their jobs.
     pub fn cluster_id(&self) -> u64 {
-        self.cluster_id
+        self.cluster_id.load(Ordering::Relaxed)
     }
 
     /// Has the state's owner run `f` and returns its answer.
@@ -462,6 +549,7 @@ impl Coordinator {
         // this future being dropped (the client went away) while it plans or waits.
         let (caches, claim, cache_id, total_slots, task_memory) = self
             .ask(move |state| {
+                state.lead()?;
                 let cache_id = match &cache_as {
                     Some(table) => Some(
                         state
@@ -516,6 +604,7 @@ impl Coordinator {
     pub async fn subscribe(&self, job: JobId) -> Result<(watch::Receiver<bool>, Watching)> {
         let changes = self
             .ask(move |state| {
+                state.lead()?;
                 let record = state.jobs.get_mut(&job).ok_or_else(|| not_found(job))?;
                 record.lease.watchers += 1;
                 Ok::<_, Error>(record.changed.subscribe())
@@ -530,8 +619,11 @@ impl Coordinator {
 
     /// The job's status now.
     pub async fn status(&self, job: JobId) -> Result<pb::JobStatus> {
-        self.ask(move |state| state.status(job).ok_or_else(|| not_found(job)))
-            .await
+        self.ask(move |state| {
+            state.lead()?;
+            state.status(job).ok_or_else(|| not_found(job))
+        })
+        .await
     }
 
     /// The registered workers.
@@ -558,6 +650,7 @@ impl Coordinator {
     /// moment so that they agree.
     pub async fn status_and_attempts(&self, job: JobId) -> Result<(pb::JobStatus, Vec<Attempt>)> {
         self.ask(move |state| {
+            state.lead()?;
             let status = state.status(job).ok_or_else(|| not_found(job))?;
             Ok((status, state.attempts(job).unwrap_or_default()))
         })
@@ -569,6 +662,7 @@ impl Coordinator {
     /// status.
     pub async fn progress(&self, job: JobId) -> Result<pb::JobStatus> {
         self.ask(move |state| {
+            state.lead()?;
             let record = state.jobs.get(&job).ok_or_else(|| not_found(job))?;
             let status = if record.state == pb::JobState::Running {
                 state.summary(job)
@@ -582,6 +676,7 @@ impl Coordinator {
 
     pub async fn cancel(&self, job: JobId) -> Result<pb::JobStatus> {
         self.ask(move |state| {
+            state.lead()?;
             if !state.jobs.contains_key(&job) {
                 return Err(not_found(job));
             }
@@ -594,7 +689,11 @@ impl Coordinator {
 
     /// The client has read the result: free the job's blocks.
     pub async fn release(&self, job: JobId) -> Result<()> {
-        self.ask(move |state| state.release(job)).await
+        self.ask(move |state| {
+            state.lead()?;
+            state.release(job)
+        })
+        .await
     }
 
     /// Forgets a cached table and frees its blocks on every worker; false if no table
@@ -602,6 +701,7 @@ impl Coordinator {
     pub async fn uncache(&self, name: &str) -> Result<bool> {
         let name = name.to_ascii_lowercase();
         self.ask(move |state| {
+            state.lead()?;
             let Some(release) = state
                 .catalog
                 .uncache(&name)
@@ -610,8 +710,12 @@ impl Coordinator {
                 return Ok(false);
             };
             info!(table = %name, "uncaching");
-            if state.meta.state().table(&name).is_some() {
-                state.record(MetaCommand::TableUncached { name: name.clone() });
+            if state.meta.state().table(&name).is_some()
+                && state
+                    .record(MetaCommand::TableUncached { name: name.clone() })
+                    .is_none()
+            {
+                return state.lead().map(|()| false);
             }
             state.perform_catalog(release);
             Ok(true)
@@ -624,6 +728,16 @@ impl Coordinator {
     pub async fn cluster_status(&self, with_tasks: bool) -> pb::ClusterStatusResponse {
         self.ask(move |state| state.cluster_status(with_tasks))
             .await
+    }
+
+    /// [`Self::cluster_status`] from the leader only: a client asking a follower is
+    /// sent on to the leader, which knows the workers and jobs.
+    pub async fn leader_status(&self, with_tasks: bool) -> Result<pb::ClusterStatusResponse> {
+        self.ask(move |state| {
+            state.lead()?;
+            Ok(state.cluster_status(with_tasks))
+        })
+        .await
     }
 
     /// Advances the scheduler's clock (heartbeat timeouts, the no-worker grace period,
@@ -684,6 +798,7 @@ struct Submission {
 /// What the handle's requests and events do, on the state's owner.
 impl State {
     fn register_worker(&mut self, registration: Registration, tx: WorkerTx) -> Result<WorkerId> {
+        self.lead()?;
         let Registration {
             flight_addr,
             slots,
@@ -696,6 +811,7 @@ impl State {
                 registered_ms: now_ms(),
                 node_id: node_id.clone(),
             })
+            .ok_or_else(|| self.lead().expect_err("no longer leading"))?
             .worker
             .expect("a registration allocates a worker id");
         let registered = pb::CoordinatorMessage {
@@ -812,14 +928,22 @@ impl State {
             }
         }
         let workers = self.worker_statuses();
+        let raft = match &self.journal {
+            Journal::Raft { replica, .. } => replica.status(),
+            _ => Default::default(),
+        };
         self.metrics.encode(&Snapshot {
             jobs_by_state,
             tasks_pending,
             tasks_running,
             workers: &workers,
             queued,
-            meta_log_index: self.store.as_ref().map_or(0, MetaStore::last_index),
-            meta_snapshot_index: self.store.as_ref().map_or(0, MetaStore::snapshot_index),
+            meta_log_index: self.journal.log_index(),
+            meta_snapshot_index: self.journal.snapshot_index(),
+            raft_term: raft.term,
+            raft_leader: raft.role == "leader",
+            raft_last_log_index: raft.last_log_index,
+            raft_applied_index: raft.applied_index,
         })
     }
 
@@ -860,9 +984,9 @@ impl State {
             return Err(Error::Internal(e.to_string()));
         }
         // Written to disk only: a restarted coordinator runs the job again from it.
-        let kept = match &self.store {
-            Some(_) => durable::encode_planned(&planned, &sql, detached, caches_as.is_some()),
-            None => Vec::new(),
+        let kept = match self.journal.durable() {
+            true => durable::encode_planned(&planned, &sql, detached, caches_as.is_some()),
+            false => Vec::new(),
         };
         if kept.len() > durable::ENTRY_MAX - ENTRY_HEADROOM {
             if let Some((table, _)) = &caches_as {
@@ -881,6 +1005,7 @@ impl State {
                 submitted_ms,
                 planned: kept,
             })
+            .ok_or_else(|| self.lead().expect_err("no longer leading"))?
             .job
             .expect("a submission allocates a job id");
         spec.id = job;
@@ -964,18 +1089,40 @@ impl State {
                 job_id: e.cached_by.0,
             })
             .collect();
-        let store = self.store.as_ref();
+        let mut metadata = pb::MetadataStatus {
+            cluster_id: self.cluster_id.load(Ordering::Relaxed),
+            role: "single".into(),
+            data_dir: (self.config.data_dir.as_ref())
+                .map_or(String::new(), |d| d.display().to_string()),
+            log_index: self.journal.log_index(),
+            snapshot_index: self.journal.snapshot_index(),
+            ..Default::default()
+        };
+        if let Journal::Raft { replica, .. } = &self.journal {
+            let raft = replica.status();
+            // Elected, but still taking over: not scheduling yet.
+            metadata.role = match (raft.role, self.leading) {
+                ("leader", false) => "elected".into(),
+                (role, _) => role.into(),
+            };
+            metadata.node_id = raft.node_id;
+            metadata.term = raft.term;
+            metadata.leader_id = raft.leader_id;
+            metadata.leader_addr = raft.leader_addr;
+            metadata.coordinators = (raft.coordinators.into_iter())
+                .map(|(node_id, addr, role, matched_index)| pb::CoordinatorPeer {
+                    node_id,
+                    addr,
+                    role: role.into(),
+                    matched_index,
+                })
+                .collect();
+        }
         pb::ClusterStatusResponse {
             workers,
             jobs,
             cached_tables,
-            metadata: Some(pb::MetadataStatus {
-                cluster_id: self.meta.state().cluster_id(),
-                role: "single".into(),
-                data_dir: store.map_or(String::new(), |s| s.dir().display().to_string()),
-                log_index: store.map_or(0, MetaStore::last_index),
-                snapshot_index: store.map_or(0, MetaStore::snapshot_index),
-            }),
+            metadata: Some(metadata),
         }
     }
 
@@ -1324,18 +1471,18 @@ impl State {
         self.metrics.job_ended(JobState::from(state).name());
         info!(%job, ?state, elapsed_ms = record.started.elapsed().as_millis() as u64, "job ended");
         // What the history keeps of the job across restarts (only written to disk).
-        let kept = match self.store {
-            Some(_) => self.history_record(job),
-            None => Vec::new(),
+        let kept = match self.journal.durable() {
+            true => self.history_record(job),
+            false => Vec::new(),
         };
-        let evicted = self
-            .record(MetaCommand::JobEnded {
-                job,
-                end,
-                ended_ms: now_ms(),
-                record: kept,
-            })
-            .evicted;
+        let Some(Applied { evicted, .. }) = self.record(MetaCommand::JobEnded {
+            job,
+            end,
+            ended_ms: now_ms(),
+            record: kept,
+        }) else {
+            return;
+        };
         if state != pb::JobState::Succeeded {
             // Nothing to read: the blocks are already released by the scheduler.
             self.freeze(job);
@@ -1355,24 +1502,77 @@ impl State {
         self.touch(job);
     }
 
-    /// Writes `command` to the data directory, if there is one, then applies it. A
-    /// change the disk cannot hold must not be acted on, so a failed write ends the
-    /// process (a supervisor restarts it, from what the disk holds).
-    fn record(&mut self, command: MetaCommand) -> Applied {
-        if let Some(store) = &mut self.store {
-            let since = Instant::now();
-            if let Err(e) = store.append(&command) {
-                fatal(&format!("the metadata log cannot be written: {e}"));
+    /// Writes `command` to the journal, then applies it. A change the disk cannot hold
+    /// must not be acted on, so a failed write ends the process (a supervisor restarts
+    /// it, from what the disk holds). A replicated coordinator that cannot commit it no
+    /// longer leads: `None`, and it steps down once the work at hand is done.
+    fn record(&mut self, command: MetaCommand) -> Option<Applied> {
+        let since = Instant::now();
+        match &mut self.journal {
+            Journal::Memory => {}
+            Journal::Disk(store) => {
+                if let Err(e) = store.append(&command) {
+                    fatal(&format!("the metadata log cannot be written: {e}"));
+                }
             }
+            Journal::Raft { replica, runtime } => {
+                if let Err(e) = runtime.block_on(replica.write(command.clone())) {
+                    warn!(error = %e, "a metadata change was not committed; stepping down");
+                    self.deposed = true;
+                    return None;
+                }
+            }
+        }
+        if self.journal.durable() {
             self.metrics.meta_written(since.elapsed());
         }
         let applied = self.meta.append(command);
-        if let Some(store) = &mut self.store
+        if let Journal::Disk(store) = &mut self.journal
             && let Err(e) = store.compact_if_due(self.meta.state())
         {
             fatal(&format!("the metadata snapshot cannot be written: {e}"));
         }
-        applied
+        Some(applied)
+    }
+
+    /// Starts scheduling from `meta`: the jobs it holds that have not ended run again.
+    fn take_lead(&mut self, meta: MetaLog) {
+        self.meta = meta;
+        self.leading = true;
+        if matches!(self.journal, Journal::Raft { .. }) {
+            self.metrics.lead_taken();
+        }
+        if self.meta.state().cluster_id() == 0 {
+            let _ = self.record(MetaCommand::ClusterCreated {
+                cluster_id: drove_core::ids::random_id(),
+            });
+        }
+        (self.cluster_id).store(self.meta.state().cluster_id(), Ordering::Relaxed);
+        self.recover();
+    }
+
+    /// Forgets what this coordinator ran as leader: its workers' sessions and its
+    /// watchers' streams end, and they find the new leader, which runs the jobs again.
+    fn step_down(&mut self) {
+        self.leading = false;
+        self.deposed = false;
+        self.workers.clear();
+        self.jobs.clear();
+        self.scheduler = Scheduler::new(scheduler_config(&self.config));
+        self.catalog = Catalog::default();
+        self.meta = MetaLog::new(self.config.job_history_max);
+    }
+
+    /// Refuses work that only the leader does, saying where the leader is.
+    fn lead(&self) -> Result<()> {
+        if self.leading {
+            return Ok(());
+        }
+        let leader = match &self.journal {
+            Journal::Raft { replica, .. } => replica.status().leader_addr,
+            _ => String::new(),
+        };
+        Err(Error::NotLeader { leader })
     }
 
     /// The ended job's status as the history keeps it on disk: without its per-task
@@ -1451,7 +1651,7 @@ impl State {
                         submitted_unix_ms: submitted_ms,
                         ..Default::default()
                     };
-                    self.record(MetaCommand::JobEnded {
+                    let _ = self.record(MetaCommand::JobEnded {
                         job,
                         end: JobEnd::Failed(error),
                         ended_ms: now_ms(),
@@ -1491,7 +1691,7 @@ impl State {
                 }
                 Err(e) => {
                     warn!(table = %name, error = %e, "a cached table cannot be taken back; uncached");
-                    self.record(MetaCommand::TableUncached { name });
+                    let _ = self.record(MetaCommand::TableUncached { name });
                 }
             }
         }
@@ -1632,8 +1832,8 @@ impl State {
             Some((name.clone(), CacheMeta { schema, lineage }))
         });
         // What a restarted coordinator needs to compute the table again.
-        let kept = match (&new_table, &record.caches_as, &self.store) {
-            (Some((name, meta)), Some((_, cache_id)), Some(_)) => {
+        let kept = match (&new_table, &record.caches_as, self.journal.durable()) {
+            (Some((name, meta)), Some((_, cache_id)), true) => {
                 match drove_exec::shuffle::schema_to_bytes(&meta.schema) {
                     Ok(schema) => Some((
                         name.clone(),
@@ -1661,7 +1861,7 @@ impl State {
             if table.lineage.len() > durable::ENTRY_MAX - ENTRY_HEADROOM {
                 warn!(table = %name, bytes = table.lineage.len(), "the table's lineage is over what the metadata log holds; it will not outlive a restart");
             } else if taken {
-                self.record(MetaCommand::TableCached { name, table });
+                let _ = self.record(MetaCommand::TableCached { name, table });
             }
         }
         for command in commands {

@@ -172,6 +172,28 @@ pub fn overview(c: &Cluster) -> Markup {
                 (c.metadata.log_index) " (snapshot at " (c.metadata.snapshot_index) ")."
             }
         }
+        @if c.metadata.node_id != 0 {
+            p #raft {
+                "Coordinator " (c.metadata.node_id) ", " (c.metadata.role) ", Raft term "
+                (c.metadata.term) ". "
+                @if c.metadata.leader_id == 0 {
+                    "No leader is known: an election is under way."
+                } @else {
+                    "Leader: " (c.metadata.leader_id) " at " code { (c.metadata.leader_addr) } "."
+                }
+            }
+            @if !c.metadata.coordinators.is_empty() {
+                table #coordinators {
+                    tr { th { "coordinator" } th { "address" } th { "role" } th { "log matched to" } }
+                    @for p in &c.metadata.coordinators {
+                        tr {
+                            td { (p.node_id) } td { code { (p.addr) } } td { (p.role) }
+                            td { (p.matched_index) }
+                        }
+                    }
+                }
+            }
+        }
         (load_charts(&c.recent))
         h2 { "Workers" }
         table #workers {

@@ -22,6 +22,7 @@ pub mod datagen;
 pub mod error;
 pub mod functions;
 pub mod fuzz;
+pub mod leader;
 pub mod mapreduce;
 pub mod net;
 pub mod planner;

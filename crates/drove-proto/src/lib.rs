@@ -17,3 +17,7 @@ pub use v1::*;
 
 /// The largest gRPC message any drove endpoint accepts or sends (64 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The metadata key of a replicated coordinator's `UNAVAILABLE` answer that names the
+/// leader's gRPC address (HOST:PORT): it does not lead, ask there.
+pub const LEADER_HEADER: &str = "drove-leader";

@@ -31,17 +31,16 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::ScalarUDF;
 use drove_exec::blocks::{BlockKey, BlockStore, SpillCodec, StoreConfig};
+use drove_exec::leader::Coordinators;
 use drove_exec::planner::OutputMode;
 use drove_exec::shuffle::{FlightPool, MapOutputRef, ShuffleEnv, StageOutputs};
 use drove_exec::stage_plan::StagePlan;
 use drove_exec::{net, session, task};
 use drove_proto as pb;
-use drove_proto::coordinator_client::CoordinatorClient;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 /// Errors of the worker.
@@ -487,9 +486,15 @@ async fn run(
 ) -> Result<()> {
     let mut first = true;
     let node_id = shared.node.as_ref().map_or("", |n| n.node_id.as_str());
+    let coordinators =
+        Coordinators::parse(&config.coordinator).map_err(|why| Error::Registration {
+            addr: config.coordinator.clone(),
+            timeout_ms: 0,
+            last_error: why,
+        })?;
     loop {
         let session = tokio::select! {
-            s = register(&config, &flight_addr, node_id, first) => s?,
+            s = register(&config, &coordinators, &flight_addr, node_id, first) => s?,
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
             // Not registered, so nothing of ours is needed: leave at once.
             true = requested(&mut drain) => return Ok(()),
@@ -522,21 +527,13 @@ struct Session {
     inbound: tonic::Streaming<pb::CoordinatorMessage>,
 }
 
-async fn connect(addr: &str) -> Result<CoordinatorClient<Channel>, String> {
-    let channel = net::endpoint(addr)?
-        .connect()
-        .await
-        .map_err(|e| net::error_chain(&e))?;
-    Ok(CoordinatorClient::new(channel)
-        .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES))
-}
-
-/// Tries to register, backing off between attempts, until the timeout runs out. On the
-/// `first` registration, an answer from something that is not a coordinator ends it at
-/// once; later, after a coordinator was there, every failure is retried.
+/// Tries to register with the leader of `coordinators`, backing off between attempts,
+/// until the timeout runs out. On the `first` registration, an answer from something
+/// that is not a coordinator ends it at once; later, after a coordinator was there,
+/// every failure is retried.
 async fn register(
     config: &WorkerConfig,
+    coordinators: &Coordinators,
     flight_addr: &str,
     node_id: &str,
     first: bool,
@@ -544,8 +541,14 @@ async fn register(
     let deadline = Instant::now() + Duration::from_millis(config.registration_timeout_ms);
     let mut backoff = Duration::from_millis(100);
     loop {
+        let (addr, mut client) = coordinators.current();
+        let refused = |s: tonic::Status| {
+            // Not the leader, or not there: the next attempt goes to the leader it
+            // names, or to the next coordinator.
+            coordinators.follow(&s);
+            refusal(&addr, &s)
+        };
         let attempt = async {
-            let mut client = connect(&config.coordinator).await.map_err(Refusal::Retry)?;
             let (outbound, rx) = mpsc::channel(64);
             let register = pb::WorkerMessage {
                 kind: Some(pb::worker_message::Kind::Register(pb::RegisterWorker {
@@ -562,7 +565,7 @@ async fn register(
             let mut inbound = client
                 .worker_session(ReceiverStream::new(rx))
                 .await
-                .map_err(|s| refusal(&config.coordinator, &s))?
+                .map_err(refused)?
                 .into_inner();
             match inbound.message().await {
                 Ok(Some(pb::CoordinatorMessage {
@@ -576,12 +579,12 @@ async fn register(
                 Ok(_) => Err(Refusal::Retry(
                     "the coordinator did not acknowledge the registration".to_string(),
                 )),
-                Err(s) => Err(refusal(&config.coordinator, &s)),
+                Err(s) => Err(refused(s)),
             }
         };
         match attempt.await {
             Ok(session) => {
-                info!(worker_id = session.worker_id, coordinator = %config.coordinator, "registered");
+                info!(worker_id = session.worker_id, coordinator = %addr, "registered");
                 return Ok(session);
             }
             Err(Refusal::Fatal(why)) if first => return Err(Error::NotACoordinator(why)),
@@ -594,7 +597,7 @@ async fn register(
                         last_error,
                     });
                 }
-                warn!(coordinator = %config.coordinator, error = %last_error, retry_in_ms = backoff.as_millis() as u64, "registration failed; retrying");
+                warn!(coordinator = %addr, error = %last_error, retry_in_ms = backoff.as_millis() as u64, "registration failed; retrying");
                 tokio::time::sleep(backoff.min(deadline - now)).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }

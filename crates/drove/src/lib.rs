@@ -82,6 +82,14 @@ struct CoordinatorArgs {
     /// them (default: in memory only).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// This coordinator's node id among --peers (with --peers).
+    #[arg(long, value_name = "N", requires = "peers")]
+    node_id: Option<u64>,
+    /// Run as one of several coordinators that replicate the metadata with Raft:
+    /// every coordinator's node id and gRPC address, this one's included, e.g.
+    /// 1=10.0.0.1:7070,2=10.0.0.2:7070,3=10.0.0.3:7070. Needs --node-id and --data-dir.
+    #[arg(long, value_name = "ID=HOST:PORT,...", requires = "node_id")]
+    peers: Option<String>,
     /// How often workers send heartbeats.
     #[arg(long, default_value_t = 1_000)]
     heartbeat_interval_ms: u64,
@@ -149,7 +157,8 @@ impl From<&LimitArgs> for drove_coordinator::JobLimits {
 struct ResultArgs {
     /// The job's id, as `drove sql --detach` printed it.
     job: u64,
-    /// The coordinator's gRPC address.
+    /// The coordinator's gRPC address, HOST:PORT; for replicated coordinators, each
+    /// of theirs, comma-separated (the leader is found and followed).
     #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
     coordinator: String,
     /// How to print the result.
@@ -164,14 +173,16 @@ struct ResultArgs {
 struct CancelArgs {
     /// The job's id, as `drove status` shows it.
     job: u64,
-    /// The coordinator's gRPC address.
+    /// The coordinator's gRPC address, HOST:PORT; for replicated coordinators, each
+    /// of theirs, comma-separated (the leader is found and followed).
     #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
     coordinator: String,
 }
 
 #[derive(Args, Debug)]
 struct WorkerArgs {
-    /// The coordinator's gRPC address, HOST:PORT.
+    /// The coordinator's gRPC address, HOST:PORT; for replicated coordinators, each
+    /// of theirs, comma-separated (the leader is found and followed).
     #[arg(long)]
     coordinator: String,
     /// Address for this worker's Flight service; port 0 picks a free port.
@@ -247,7 +258,8 @@ struct LocalArgs {
 #[command(group = clap::ArgGroup::new("cluster").required(true).args(["coordinator", "local"]))]
 #[command(group = clap::ArgGroup::new("query").required(true).args(["execute", "file"]))]
 struct SqlArgs {
-    /// A running coordinator's gRPC address, HOST:PORT.
+    /// A running coordinator's gRPC address, HOST:PORT; for replicated coordinators,
+    /// each of theirs, comma-separated (the leader is found and followed).
     #[arg(long)]
     coordinator: Option<String>,
     /// Start an embedded cluster of N workers for this command.
@@ -299,7 +311,8 @@ struct MapReduceArgs {
     reducers: usize,
     #[arg(long, value_enum, default_value_t = MrFormat::Text)]
     format: MrFormat,
-    /// A running coordinator's gRPC address, HOST:PORT.
+    /// A running coordinator's gRPC address, HOST:PORT; for replicated coordinators,
+    /// each of theirs, comma-separated (the leader is found and followed).
     #[arg(long)]
     coordinator: Option<String>,
     /// Start an embedded cluster of N workers for this command.
@@ -372,7 +385,8 @@ struct GenTablesArgs {
 
 #[derive(Args, Debug)]
 struct StatusArgs {
-    /// The coordinator's gRPC address.
+    /// The coordinator's gRPC address, HOST:PORT; for replicated coordinators, each
+    /// of theirs, comma-separated (the leader is found and followed).
     #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
     coordinator: String,
 }
@@ -461,6 +475,10 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         job_limits: (&args.limits).into(),
         client_lease_ms: args.client_lease_secs.saturating_mul(1000),
         data_dir: args.data_dir,
+        peers: match (args.node_id, &args.peers) {
+            (Some(id), Some(peers)) => Some(drove_coordinator::replica::Peers::parse(id, peers)?),
+            _ => None,
+        },
         ..Default::default()
     };
     let handle = drove_coordinator::start(config, args.bind, Some(args.http)).await?;
@@ -778,6 +796,19 @@ async fn status(args: StatusArgs) -> Result<()> {
             "coordinator: {}, metadata in {dir} (log entry {}, snapshot at {})",
             m.role, m.log_index, m.snapshot_index
         ),
+    }
+    if m.node_id != 0 {
+        let leader = match m.leader_id {
+            0 => "none known (an election is under way)".to_string(),
+            id => format!("node {id} at {}", m.leader_addr),
+        };
+        println!("raft: node {}, term {}, leader {leader}", m.node_id, m.term);
+        for c in &m.coordinators {
+            println!(
+                "  coordinator {} at {}: {}, log matched to entry {}",
+                c.node_id, c.addr, c.role, c.matched_index
+            );
+        }
     }
     Ok(())
 }

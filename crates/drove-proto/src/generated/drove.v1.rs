@@ -521,11 +521,12 @@ pub struct ClusterStatusResponse {
     pub metadata: ::core::option::Option<MetadataStatus>,
 }
 /// Where the coordinator keeps its metadata.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct MetadataStatus {
     #[prost(uint64, tag = "1")]
     pub cluster_id: u64,
-    /// "single": one coordinator (replicated coordinators come with Raft).
+    /// "single": one coordinator; with --peers, "leader", "follower", "candidate", or
+    /// "elected" (elected, and taking over: not scheduling yet).
     #[prost(string, tag = "2")]
     pub role: ::prost::alloc::string::String,
     /// Its data directory; empty when the metadata lives in memory only.
@@ -536,6 +537,33 @@ pub struct MetadataStatus {
     pub log_index: u64,
     #[prost(uint64, tag = "5")]
     pub snapshot_index: u64,
+    /// With --peers: this coordinator's node id, its Raft term, and the leader it
+    /// knows (0 and empty while none is known).
+    #[prost(uint64, tag = "6")]
+    pub node_id: u64,
+    #[prost(uint64, tag = "7")]
+    pub term: u64,
+    #[prost(uint64, tag = "8")]
+    pub leader_id: u64,
+    #[prost(string, tag = "9")]
+    pub leader_addr: ::prost::alloc::string::String,
+    /// As the leader sees them: every coordinator, with how far its log matches the
+    /// leader's. Empty on a follower and with one coordinator.
+    #[prost(message, repeated, tag = "10")]
+    pub coordinators: ::prost::alloc::vec::Vec<CoordinatorPeer>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CoordinatorPeer {
+    #[prost(uint64, tag = "1")]
+    pub node_id: u64,
+    #[prost(string, tag = "2")]
+    pub addr: ::prost::alloc::string::String,
+    /// "leader" or "follower".
+    #[prost(string, tag = "3")]
+    pub role: ::prost::alloc::string::String,
+    /// The last log entry known to match the leader's (the leader's own last entry).
+    #[prost(uint64, tag = "4")]
+    pub matched_index: u64,
 }
 /// One of drove's own plan nodes, inside a datafusion-proto extension node.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -845,6 +873,174 @@ pub struct MetaJob {
     /// As in MetaJobSubmitted, for a job that has not ended.
     #[prost(bytes = "vec", tag = "5")]
     pub planned: ::prost::alloc::vec::Vec<u8>,
+}
+/// A log entry's position: the term and node of the leader that made it, and its index.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RaftLogId {
+    #[prost(uint64, tag = "1")]
+    pub term: u64,
+    #[prost(uint64, tag = "2")]
+    pub node: u64,
+    #[prost(uint64, tag = "3")]
+    pub index: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RaftVote {
+    #[prost(uint64, tag = "1")]
+    pub term: u64,
+    #[prost(uint64, tag = "2")]
+    pub node: u64,
+    #[prost(bool, tag = "3")]
+    pub committed: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RaftVoters {
+    #[prost(uint64, repeated, tag = "1")]
+    pub ids: ::prost::alloc::vec::Vec<u64>,
+}
+/// The voter sets (two while membership changes) and every node's gRPC address.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RaftMembership {
+    #[prost(message, repeated, tag = "1")]
+    pub configs: ::prost::alloc::vec::Vec<RaftVoters>,
+    #[prost(map = "uint64, string", tag = "2")]
+    pub nodes: ::std::collections::HashMap<u64, ::prost::alloc::string::String>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RaftBlank {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RaftEntry {
+    #[prost(message, optional, tag = "1")]
+    pub log_id: ::core::option::Option<RaftLogId>,
+    #[prost(oneof = "raft_entry::Payload", tags = "2, 3, 4")]
+    pub payload: ::core::option::Option<raft_entry::Payload>,
+}
+/// Nested message and enum types in `RaftEntry`.
+pub mod raft_entry {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Payload {
+        /// A new leader's first entry.
+        #[prost(message, tag = "2")]
+        Blank(super::RaftBlank),
+        /// A metadata command (its `index` is unused: the log id holds it).
+        #[prost(message, tag = "3")]
+        Command(super::MetaEntry),
+        #[prost(message, tag = "4")]
+        Membership(super::RaftMembership),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RaftAppendRequest {
+    #[prost(message, optional, tag = "1")]
+    pub vote: ::core::option::Option<RaftVote>,
+    #[prost(message, optional, tag = "2")]
+    pub prev_log_id: ::core::option::Option<RaftLogId>,
+    #[prost(message, repeated, tag = "3")]
+    pub entries: ::prost::alloc::vec::Vec<RaftEntry>,
+    #[prost(message, optional, tag = "4")]
+    pub leader_commit: ::core::option::Option<RaftLogId>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RaftPartialSuccess {
+    #[prost(message, optional, tag = "1")]
+    pub matching: ::core::option::Option<RaftLogId>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RaftAppendResponse {
+    #[prost(oneof = "raft_append_response::Outcome", tags = "1, 2, 3, 4")]
+    pub outcome: ::core::option::Option<raft_append_response::Outcome>,
+}
+/// Nested message and enum types in `RaftAppendResponse`.
+pub mod raft_append_response {
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Outcome {
+        #[prost(message, tag = "1")]
+        Success(super::RaftBlank),
+        #[prost(message, tag = "2")]
+        PartialSuccess(super::RaftPartialSuccess),
+        #[prost(message, tag = "3")]
+        Conflict(super::RaftBlank),
+        #[prost(message, tag = "4")]
+        HigherVote(super::RaftVote),
+    }
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RaftVoteRequest {
+    #[prost(message, optional, tag = "1")]
+    pub vote: ::core::option::Option<RaftVote>,
+    #[prost(message, optional, tag = "2")]
+    pub last_log_id: ::core::option::Option<RaftLogId>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RaftVoteResponse {
+    #[prost(message, optional, tag = "1")]
+    pub vote: ::core::option::Option<RaftVote>,
+    #[prost(bool, tag = "2")]
+    pub granted: bool,
+    #[prost(message, optional, tag = "3")]
+    pub last_log_id: ::core::option::Option<RaftLogId>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RaftSnapshotMeta {
+    #[prost(message, optional, tag = "1")]
+    pub last_log_id: ::core::option::Option<RaftLogId>,
+    #[prost(message, optional, tag = "2")]
+    pub membership_log_id: ::core::option::Option<RaftLogId>,
+    #[prost(message, optional, tag = "3")]
+    pub membership: ::core::option::Option<RaftMembership>,
+    #[prost(string, tag = "4")]
+    pub snapshot_id: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RaftSnapshotRequest {
+    #[prost(message, optional, tag = "1")]
+    pub vote: ::core::option::Option<RaftVote>,
+    #[prost(message, optional, tag = "2")]
+    pub meta: ::core::option::Option<RaftSnapshotMeta>,
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
+    #[prost(bytes = "vec", tag = "4")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bool, tag = "5")]
+    pub done: bool,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RaftSnapshotResponse {
+    #[prost(message, optional, tag = "1")]
+    pub vote: ::core::option::Option<RaftVote>,
+}
+/// One record of a coordinator's Raft log file (raft.log), in the order written.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RaftLogRecord {
+    #[prost(oneof = "raft_log_record::Record", tags = "1, 2, 3, 4, 5")]
+    pub record: ::core::option::Option<raft_log_record::Record>,
+}
+/// Nested message and enum types in `RaftLogRecord`.
+pub mod raft_log_record {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Record {
+        #[prost(message, tag = "1")]
+        Entry(super::RaftEntry),
+        /// Entries from this index on were removed (a new leader's log replaced them).
+        #[prost(uint64, tag = "2")]
+        TruncatedFrom(u64),
+        /// Entries up to this one were removed (a snapshot holds them).
+        #[prost(message, tag = "3")]
+        Purged(super::RaftLogId),
+        #[prost(message, tag = "4")]
+        Vote(super::RaftVote),
+        #[prost(message, tag = "5")]
+        Committed(super::RaftLogId),
+    }
+}
+/// A coordinator's Raft snapshot file (raft.snapshot): the metadata state as of
+/// `meta.last_log_id`, as an encoded MetaSnapshot.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RaftSnapshotFile {
+    #[prost(message, optional, tag = "1")]
+    pub meta: ::core::option::Option<RaftSnapshotMeta>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -1760,6 +1956,454 @@ pub mod coordinator_server {
     /// Generated gRPC service name
     pub const SERVICE_NAME: &str = "drove.v1.Coordinator";
     impl<T> tonic::server::NamedService for CoordinatorServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+/// Generated client implementations.
+pub mod raft_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Raft between replicated coordinators (`drove coordinator --peers`): only
+    /// coordinators call it, on the same port as the Coordinator service.
+    #[derive(Debug, Clone)]
+    pub struct RaftClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl RaftClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> RaftClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> RaftClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            RaftClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        pub async fn append_entries(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RaftAppendRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RaftAppendResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/drove.v1.Raft/AppendEntries",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("drove.v1.Raft", "AppendEntries"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn vote(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RaftVoteRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RaftVoteResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/drove.v1.Raft/Vote");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("drove.v1.Raft", "Vote"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// One chunk of a snapshot; `done` on the last.
+        pub async fn install_snapshot(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RaftSnapshotRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RaftSnapshotResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/drove.v1.Raft/InstallSnapshot",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("drove.v1.Raft", "InstallSnapshot"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod raft_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with RaftServer.
+    #[async_trait]
+    pub trait Raft: std::marker::Send + std::marker::Sync + 'static {
+        async fn append_entries(
+            &self,
+            request: tonic::Request<super::RaftAppendRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RaftAppendResponse>,
+            tonic::Status,
+        >;
+        async fn vote(
+            &self,
+            request: tonic::Request<super::RaftVoteRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RaftVoteResponse>,
+            tonic::Status,
+        >;
+        /// One chunk of a snapshot; `done` on the last.
+        async fn install_snapshot(
+            &self,
+            request: tonic::Request<super::RaftSnapshotRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RaftSnapshotResponse>,
+            tonic::Status,
+        >;
+    }
+    /// Raft between replicated coordinators (`drove coordinator --peers`): only
+    /// coordinators call it, on the same port as the Coordinator service.
+    #[derive(Debug)]
+    pub struct RaftServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> RaftServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for RaftServer<T>
+    where
+        T: Raft,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/drove.v1.Raft/AppendEntries" => {
+                    #[allow(non_camel_case_types)]
+                    struct AppendEntriesSvc<T: Raft>(pub Arc<T>);
+                    impl<T: Raft> tonic::server::UnaryService<super::RaftAppendRequest>
+                    for AppendEntriesSvc<T> {
+                        type Response = super::RaftAppendResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RaftAppendRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Raft>::append_entries(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AppendEntriesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/drove.v1.Raft/Vote" => {
+                    #[allow(non_camel_case_types)]
+                    struct VoteSvc<T: Raft>(pub Arc<T>);
+                    impl<T: Raft> tonic::server::UnaryService<super::RaftVoteRequest>
+                    for VoteSvc<T> {
+                        type Response = super::RaftVoteResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RaftVoteRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Raft>::vote(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = VoteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/drove.v1.Raft/InstallSnapshot" => {
+                    #[allow(non_camel_case_types)]
+                    struct InstallSnapshotSvc<T: Raft>(pub Arc<T>);
+                    impl<T: Raft> tonic::server::UnaryService<super::RaftSnapshotRequest>
+                    for InstallSnapshotSvc<T> {
+                        type Response = super::RaftSnapshotResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RaftSnapshotRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Raft>::install_snapshot(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = InstallSnapshotSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for RaftServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "drove.v1.Raft";
+    impl<T> tonic::server::NamedService for RaftServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }

@@ -26,7 +26,7 @@ fn coordinator_at(addr: &str, extra: &[&str]) -> (Proc, String) {
 }
 
 /// The jobs the coordinator lists, by id: (name, state, error).
-fn jobs(http: &str) -> BTreeMap<u64, (String, String, String)> {
+pub(crate) fn jobs(http: &str) -> BTreeMap<u64, (String, String, String)> {
     let (code, body) = crate::http(http, "GET", "/api/v1/jobs");
     assert_eq!(code, 200, "{body}");
     let list: Vec<Value> = serde_json::from_str(&body).unwrap();
@@ -47,7 +47,7 @@ fn worker_ids(http: &str, n: usize) -> Vec<u64> {
 }
 
 /// The registered workers' ids and node ids, once there are `n`.
-fn workers(http: &str, n: usize) -> Vec<(u64, String)> {
+pub(crate) fn workers(http: &str, n: usize) -> Vec<(u64, String)> {
     let started = Instant::now();
     loop {
         let (code, body) = crate::http(http, "GET", "/api/v1/workers");

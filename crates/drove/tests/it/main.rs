@@ -6,6 +6,7 @@ mod hardening;
 mod mapreduce;
 mod memory;
 mod multiprocess;
+mod replicated;
 mod ui;
 
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,329 @@
+//! Replicated coordinators (`drove coordinator --node-id N --peers ...`): the
+//! metadata log kept by Raft (openraft) on every coordinator, and who leads.
+//!
+//! Every coordinator keeps the log (`raft.log`) and a snapshot of the metadata
+//! (`raft.snapshot`) in its data directory. Only the leader schedules: when this
+//! coordinator becomes leader it takes the metadata as committed, and runs again the
+//! jobs it holds that have not ended; when it stops leading it drops what it ran, and
+//! its workers and clients go to the new leader.
+
+mod log;
+mod machine;
+mod net;
+mod wire;
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drove_core::meta::{Applied, MetaCommand};
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::state::Coordinator;
+use crate::{Error, Result};
+
+pub use net::server;
+
+openraft::declare_raft_types!(
+    /// Raft's types for the coordinators' metadata log.
+    pub Types:
+        D = MetaCommand,
+        R = Applied,
+        NodeId = u64,
+        Node = BasicNode,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<Types>;
+
+/// Leader heartbeats, and the election timeout's range: a leader's death is noticed
+/// within the timeout.
+const HEARTBEAT_MS: u64 = 250;
+const ELECTION_MIN_MS: u64 = 1_000;
+const ELECTION_MAX_MS: u64 = 2_000;
+
+/// A leader that has heard from no quorum for this long stops scheduling: the others
+/// may have elected another.
+const QUORUM_LOST_MS: u64 = ELECTION_MAX_MS;
+
+/// How long a metadata write may wait to be committed before this coordinator gives
+/// up leading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Entries between snapshots; Raft keeps as many again after one, for peers behind.
+const SNAPSHOT_EVERY: u64 = 1_000;
+
+/// Who this coordinator is among its peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers {
+    pub node_id: u64,
+    /// Every coordinator's node id and gRPC address, this one's included.
+    pub nodes: BTreeMap<u64, String>,
+}
+
+impl Peers {
+    /// Reads `--node-id` and `--peers ID=HOST:PORT,...`.
+    pub fn parse(node_id: u64, peers: &str) -> Result<Self> {
+        let mut nodes = BTreeMap::new();
+        for part in peers.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (id, addr) = part.split_once('=').ok_or_else(|| {
+                Error::User(format!(
+                    "--peers: '{part}' is not ID=HOST:PORT; write e.g. --peers 1=10.0.0.1:7070,2=10.0.0.2:7070,3=10.0.0.3:7070"
+                ))
+            })?;
+            let id: u64 = id.trim().parse().ok().filter(|id| *id > 0).ok_or_else(|| {
+                Error::User(format!(
+                    "--peers: '{id}' in '{part}' is not a node id; node ids are whole numbers from 1"
+                ))
+            })?;
+            let addr = addr.trim();
+            if addr
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return Err(Error::User(format!(
+                    "--peers: '{addr}' in '{part}' is not HOST:PORT"
+                )));
+            }
+            if nodes.insert(id, addr.to_string()).is_some() {
+                return Err(Error::User(format!(
+                    "--peers names node {id} twice; give each coordinator its own id"
+                )));
+            }
+        }
+        if nodes.is_empty() {
+            return Err(Error::User(
+                "--peers is empty; list every coordinator, e.g. --peers 1=10.0.0.1:7070,2=10.0.0.2:7070,3=10.0.0.3:7070".into(),
+            ));
+        }
+        if !nodes.contains_key(&node_id) {
+            return Err(Error::User(format!(
+                "--node-id {node_id} is not among --peers ({}); list this coordinator too",
+                nodes
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(Self { node_id, nodes })
+    }
+}
+
+/// What `drove status` and `/api/v1/cluster` say about this coordinator's Raft.
+#[derive(Debug, Clone, Default)]
+pub struct RaftStatus {
+    pub node_id: u64,
+    /// "leader", "follower", "candidate" or "learner".
+    pub role: &'static str,
+    pub term: u64,
+    pub leader_id: u64,
+    pub leader_addr: String,
+    /// The log's last entry, the last applied to the metadata, and the last a
+    /// snapshot holds.
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    /// On the leader: every coordinator's id, address, role, and the last entry known
+    /// to match the leader's log.
+    pub coordinators: Vec<(u64, String, &'static str, u64)>,
+}
+
+/// This coordinator's part in the replicated log.
+pub struct Replica {
+    raft: Raft,
+    peers: Peers,
+    machine: machine::Machine,
+    /// Held while the data directory is in use.
+    _lock: std::fs::File,
+}
+
+impl Replica {
+    /// Opens the log and snapshot in `dir` and joins the peers; a coordinator that has
+    /// never run proposes the cluster of `peers` (every peer does, and they agree).
+    pub async fn start(peers: Peers, dir: &Path, history_max: usize) -> Result<Arc<Self>> {
+        let user = |e: crate::durable::StoreError| Error::User(e.to_string());
+        let lock = crate::durable::lock_dir(dir).map_err(user)?;
+        let log = log::LogStore::open(dir).map_err(user)?;
+        let machine = machine::Machine::open(dir, history_max).map_err(user)?;
+        let fresh = log.is_fresh();
+        let config = Config {
+            cluster_name: "drove".into(),
+            heartbeat_interval: HEARTBEAT_MS,
+            election_timeout_min: ELECTION_MIN_MS,
+            election_timeout_max: ELECTION_MAX_MS,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+            max_in_snapshot_log_to_keep: SNAPSHOT_EVERY,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Internal(format!("Raft's settings: {e}")))?;
+        let raft = Raft::new(
+            peers.node_id,
+            Arc::new(config),
+            net::Network,
+            log,
+            machine.clone(),
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("Raft cannot start: {e}")))?;
+        if fresh {
+            let members: BTreeMap<u64, BasicNode> = (peers.nodes.iter())
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                info!(error = %e, "the cluster was already formed");
+            }
+        }
+        info!(node_id = peers.node_id, peers = ?peers.nodes, dir = %dir.display(), "replicated metadata opened");
+        Ok(Arc::new(Self {
+            raft,
+            peers,
+            machine,
+            _lock: lock,
+        }))
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Commits `command` to the log and applies it; an error means this coordinator
+    /// could not commit it as leader, and must stop leading.
+    pub async fn write(&self, command: MetaCommand) -> Result<Applied, String> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await {
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no quorum of coordinators committed it within {} s",
+                WRITE_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let leader_id = m.current_leader.unwrap_or(0);
+        RaftStatus {
+            node_id: self.peers.node_id,
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Follower | ServerState::Shutdown => "follower",
+            },
+            term: m.current_term,
+            leader_id,
+            leader_addr: self
+                .peers
+                .nodes
+                .get(&leader_id)
+                .cloned()
+                .unwrap_or_default(),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |id| id.index),
+            snapshot_index: self.machine.snapshot_index(),
+            coordinators: match &m.replication {
+                Some(matched) if m.state == ServerState::Leader => (self.peers.nodes.iter())
+                    .map(|(id, addr)| {
+                        let (role, index) = if *id == self.peers.node_id {
+                            ("leader", m.last_log_index.unwrap_or(0))
+                        } else {
+                            let index = matched.get(id).copied().flatten();
+                            ("follower", index.map_or(0, |l| l.index))
+                        };
+                        (*id, addr.clone(), role, index)
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// Whether this coordinator leads, as Raft sees it, and has heard from a quorum
+    /// lately; with the term.
+    fn leads(&self) -> (bool, u64) {
+        let m = self.raft.metrics().borrow().clone();
+        let leads = m.state == ServerState::Leader
+            && m.current_leader == Some(self.peers.node_id)
+            && m.millis_since_quorum_ack
+                .is_some_and(|ms| ms < QUORUM_LOST_MS);
+        (leads, m.current_term)
+    }
+}
+
+/// Follows Raft's view of who leads: takes the lead when this coordinator is elected,
+/// and gives it up when another is, or when no quorum answers. Ends on `stop`.
+pub async fn follow(
+    replica: Arc<Replica>,
+    coordinator: Coordinator,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut metrics = replica.raft.metrics();
+    let mut leading: Option<u64> = None;
+    loop {
+        metrics.borrow_and_update();
+        let (leads, term) = replica.leads();
+        if leads && leading != Some(term) {
+            if leading.take().is_some() {
+                coordinator.step_down().await;
+            }
+            // Everything committed before this term is applied once a quorum confirms
+            // the lead.
+            match tokio::time::timeout(WRITE_TIMEOUT, replica.raft.ensure_linearizable()).await {
+                Ok(Ok(_)) => {
+                    info!(term, "leading");
+                    coordinator.take_lead(replica.machine.image()).await;
+                    leading = Some(term);
+                }
+                Ok(Err(e)) => warn!(term, error = %e, "elected, but the lead is not confirmed"),
+                Err(_) => warn!(term, "elected, but no quorum confirmed the lead in time"),
+            }
+        } else if !leads && leading.is_some() {
+            info!(
+                term,
+                "no longer leading; what ran here moves to the new leader"
+            );
+            coordinator.step_down().await;
+            leading = None;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS)) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    if leading.is_some() {
+        coordinator.step_down().await;
+    }
+    let _ = replica.raft.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_read_and_bad_ones_refused_with_the_fix() {
+        let p = Peers::parse(2, "1=127.0.0.1:7070, 2=127.0.0.1:7071,3=h:1").unwrap();
+        assert_eq!(p.nodes.len(), 3);
+        assert_eq!(p.nodes[&2], "127.0.0.1:7071");
+        for (id, peers, says) in [
+            (1, "", "--peers is empty"),
+            (1, "1=a:1,1=b:2", "names node 1 twice"),
+            (4, "1=a:1,2=b:2", "--node-id 4 is not among --peers (1, 2)"),
+            (1, "1:a:1", "is not ID=HOST:PORT"),
+            (1, "x=a:1", "is not a node id"),
+            (0, "0=a:1", "is not a node id"),
+            (1, "1=a", "is not HOST:PORT"),
+            (1, "1=:80", "is not HOST:PORT"),
+        ] {
+            let e = Peers::parse(id, peers).unwrap_err().to_string();
+            assert!(e.contains(says), "{peers}: {e}");
+        }
+    }
+}

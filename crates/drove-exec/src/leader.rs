@@ -1,0 +1,167 @@
+//! The coordinators a client or worker talks to (`--coordinator A,B,C`), and which of
+//! them it takes for the leader. Only the leader of replicated coordinators schedules;
+//! the others answer `UNAVAILABLE`, naming the leader when they know it
+//! ([`drove_proto::LEADER_HEADER`]). A caller that gets such an answer, or none, asks
+//! [`Coordinators::follow`] and tries again.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use drove_proto::coordinator_client::CoordinatorClient;
+use tonic::transport::Channel;
+
+use crate::net;
+
+/// The coordinators named, each with a client that connects when first used.
+#[derive(Debug)]
+pub struct Coordinators {
+    named: Mutex<Vec<(String, CoordinatorClient<Channel>)>>,
+    current: AtomicUsize,
+}
+
+/// Coordinators a list may name, at most (a leader one names is added beyond them).
+pub const COORDINATORS_MAX: usize = 16;
+
+fn client(addr: &str) -> Result<CoordinatorClient<Channel>, String> {
+    Ok(CoordinatorClient::new(net::endpoint(addr)?.connect_lazy())
+        .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES))
+}
+
+impl Coordinators {
+    /// Reads a comma-separated list of HOST:PORT addresses.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let addrs: Vec<&str> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            return Err(
+                "no coordinator address given; name one as HOST:PORT, or several as HOST:PORT,HOST:PORT"
+                    .into(),
+            );
+        }
+        if addrs.len() > COORDINATORS_MAX {
+            return Err(format!(
+                "{} coordinators named; at most {COORDINATORS_MAX} are followed",
+                addrs.len()
+            ));
+        }
+        let named = addrs
+            .into_iter()
+            .map(|a| Ok((a.to_string(), client(a)?)))
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            named: Mutex::new(named),
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    fn named(&self) -> std::sync::MutexGuard<'_, Vec<(String, CoordinatorClient<Channel>)>> {
+        self.named.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many coordinators are named.
+    pub fn len(&self) -> usize {
+        self.named().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The one taken for the leader now: its address and client.
+    pub fn current(&self) -> (String, CoordinatorClient<Channel>) {
+        let named = self.named();
+        named[self.current.load(Ordering::Relaxed) % named.len()].clone()
+    }
+
+    /// Takes the coordinator at index `i` for the leader.
+    pub fn select(&self, i: usize) {
+        self.current.store(i, Ordering::Relaxed);
+    }
+
+    /// After `status` from the current one: moves to the leader it names, else (no
+    /// answer, or no leader known) to the next coordinator. Whether trying again may
+    /// help: the answer named a leader, or there is another coordinator to ask.
+    pub fn follow(&self, status: &tonic::Status) -> bool {
+        if status.code() != tonic::Code::Unavailable {
+            return false;
+        }
+        let named_leader = status
+            .metadata()
+            .get(drove_proto::LEADER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .filter(|a| !a.is_empty());
+        let mut named = self.named();
+        if let Some(leader) = named_leader {
+            if let Some(i) = named.iter().position(|(a, _)| *a == leader) {
+                self.current.store(i, Ordering::Relaxed);
+                return true;
+            }
+            if named.len() < COORDINATORS_MAX + 1
+                && let Ok(c) = client(&leader)
+            {
+                named.push((leader, c));
+                self.current.store(named.len() - 1, Ordering::Relaxed);
+                return true;
+            }
+        }
+        let n = named.len();
+        self.current.store(
+            (self.current.load(Ordering::Relaxed) + 1) % n,
+            Ordering::Relaxed,
+        );
+        n > 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_leader(leader: &str) -> tonic::Status {
+        let mut s = tonic::Status::unavailable("not the leader");
+        s.metadata_mut()
+            .insert(drove_proto::LEADER_HEADER, leader.parse().unwrap());
+        s
+    }
+
+    #[tokio::test]
+    async fn a_named_leader_is_followed_and_silence_moves_on() {
+        let c = Coordinators::parse("127.0.0.1:1, 127.0.0.1:2,127.0.0.1:3").unwrap();
+        assert_eq!(c.current().0, "127.0.0.1:1");
+        assert!(c.follow(&not_leader("127.0.0.1:3")));
+        assert_eq!(c.current().0, "127.0.0.1:3");
+        assert!(c.follow(&tonic::Status::unavailable("connection refused")));
+        assert_eq!(c.current().0, "127.0.0.1:1");
+        // A leader not named is added.
+        assert!(c.follow(&not_leader("127.0.0.1:9")));
+        assert_eq!(c.current().0, "127.0.0.1:9");
+        assert_eq!(c.len(), 4);
+        // Other failures are not about leadership.
+        assert!(!c.follow(&tonic::Status::invalid_argument("bad sql")));
+
+        let one = Coordinators::parse("127.0.0.1:1").unwrap();
+        assert!(!one.follow(&tonic::Status::unavailable("gone")));
+        assert!(one.follow(&not_leader("127.0.0.1:2")));
+    }
+
+    #[tokio::test]
+    async fn bad_lists_are_refused() {
+        assert!(
+            Coordinators::parse(" , ")
+                .unwrap_err()
+                .contains("no coordinator")
+        );
+        let many = vec!["127.0.0.1:1"; 17].join(",");
+        assert!(
+            Coordinators::parse(&many)
+                .unwrap_err()
+                .contains("at most 16")
+        );
+        assert!(Coordinators::parse("a b:1").is_err());
+    }
+}
