@@ -34,6 +34,10 @@ pub struct LocalClusterConfig {
     /// `DIR/coordinator`, worker i's identity in `DIR/worker-i` (from 1); `None`: in
     /// memory only.
     pub data_dir: Option<PathBuf>,
+    /// Coordinators: 1, or 3 or 5 that replicate the metadata with Raft (each keeps
+    /// its log in `DATA_DIR/coordinator-N`, or in a temporary directory removed with
+    /// the cluster).
+    pub coordinators: usize,
 }
 
 impl Default for LocalClusterConfig {
@@ -50,6 +54,7 @@ impl Default for LocalClusterConfig {
             work_dir: None,
             spill_codec: Default::default(),
             data_dir: None,
+            coordinators: 1,
         }
     }
 }
@@ -66,9 +71,82 @@ impl Default for LocalClusterConfig {
 /// # }
 /// ```
 pub struct LocalCluster {
-    coordinator: CoordinatorHandle,
+    coordinators: Vec<CoordinatorHandle>,
+    /// Where replicated coordinators keep their logs without a data directory.
+    _scratch: Option<tempfile::TempDir>,
     workers: Vec<Option<WorkerHandle>>,
     config: LocalClusterConfig,
+}
+
+/// The most coordinators an embedded cluster runs.
+const COORDINATORS_MAX: usize = 7;
+
+/// Starts the coordinators: one, or several that replicate the metadata (each with the
+/// others as its peers, on free ports but the first).
+async fn start_coordinators(
+    config: &LocalClusterConfig,
+) -> Result<(Vec<CoordinatorHandle>, Option<tempfile::TempDir>)> {
+    let n = config.coordinators;
+    if n == 0 || n > COORDINATORS_MAX || n == 2 {
+        return Err(Error::Config(format!(
+            "--coordinators is {n}; run 1, or 3 or 5 (Raft needs a majority: 2 coordinators survive no loss), at most {COORDINATORS_MAX}"
+        )));
+    }
+    let first = SocketAddr::new(config.bind_ip, config.coordinator_port);
+    let start = |c: CoordinatorConfig, addr: SocketAddr, http: Option<SocketAddr>| async move {
+        drove_coordinator::start(c, addr, http)
+            .await
+            .map_err(|e| Error::Config(e.to_string()))
+    };
+    if n == 1 {
+        let mut c = config.coordinator.clone();
+        if let Some(dir) = &config.data_dir {
+            c.data_dir = Some(dir.join("coordinator"));
+        }
+        return Ok((vec![start(c, first, config.http).await?], None));
+    }
+    let scratch = match &config.data_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("drove-local-")
+                .tempdir()
+                .map_err(|e| Error::Config(format!("cannot make a temporary directory: {e}")))?,
+        ),
+    };
+    let root = config
+        .data_dir
+        .clone()
+        .or_else(|| scratch.as_ref().map(|s| s.path().to_path_buf()))
+        .expect("a data directory or a scratch one");
+    let mut addrs = vec![first];
+    for _ in 1..n {
+        // A port bound and released: free now, and taken again at once below.
+        let free = std::net::TcpListener::bind(SocketAddr::new(config.bind_ip, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| Error::Config(format!("cannot find a free port: {e}")))?;
+        addrs.push(free);
+    }
+    if first.port() == 0 {
+        addrs[0] = std::net::TcpListener::bind(first)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| Error::Config(format!("cannot find a free port: {e}")))?;
+    }
+    let nodes: std::collections::BTreeMap<u64, String> = (addrs.iter().enumerate())
+        .map(|(i, a)| (i as u64 + 1, a.to_string()))
+        .collect();
+    let mut handles = Vec::with_capacity(n);
+    for (i, addr) in addrs.iter().enumerate() {
+        let mut c = config.coordinator.clone();
+        c.data_dir = Some(root.join(format!("coordinator-{}", i + 1)));
+        c.peers = Some(drove_coordinator::replica::Peers {
+            node_id: i as u64 + 1,
+            nodes: nodes.clone(),
+        });
+        let http = if i == 0 { config.http } else { None };
+        handles.push(start(c, *addr, http).await?);
+    }
+    Ok((handles, scratch))
 }
 
 /// How long [`LocalCluster::start`] waits for its workers to register.
@@ -82,19 +160,10 @@ impl LocalCluster {
                 "an embedded cluster needs at least one worker (--workers 1 or more)".into(),
             ));
         }
-        let mut coordinator_config = config.coordinator.clone();
-        if let Some(dir) = &config.data_dir {
-            coordinator_config.data_dir = Some(dir.join("coordinator"));
-        }
-        let coordinator = drove_coordinator::start(
-            coordinator_config,
-            SocketAddr::new(config.bind_ip, config.coordinator_port),
-            config.http,
-        )
-        .await
-        .map_err(|e| Error::Config(e.to_string()))?;
+        let (coordinators, scratch) = start_coordinators(&config).await?;
         let mut cluster = Self {
-            coordinator,
+            coordinators,
+            _scratch: scratch,
             workers: Vec::with_capacity(config.workers),
             config,
         };
@@ -108,7 +177,7 @@ impl LocalCluster {
     async fn start_worker(&mut self) -> Result<()> {
         let index = self.workers.len();
         let worker = drove_worker::start(WorkerConfig {
-            coordinator: self.coordinator.addr.to_string(),
+            coordinator: self.coordinator_addrs(),
             bind: SocketAddr::new(self.config.bind_ip, 0),
             slots: self.config.slots,
             registration_timeout_ms: REGISTRATION_WAIT.as_millis() as u64,
@@ -138,7 +207,7 @@ impl LocalCluster {
 
     async fn wait_for_workers(&self, n: usize) -> Result<()> {
         let deadline = Instant::now() + REGISTRATION_WAIT;
-        while self.coordinator.coordinator.workers().await.len() < n {
+        while self.registered().await < n {
             if Instant::now() > deadline {
                 return Err(Error::Config(format!(
                     "the embedded cluster's {n} workers did not all register within {REGISTRATION_WAIT:?}"
@@ -149,6 +218,15 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The workers registered with the leader.
+    async fn registered(&self) -> usize {
+        let mut most = 0;
+        for c in &self.coordinators {
+            most = most.max(c.coordinator.workers().await.len());
+        }
+        most
+    }
+
     /// Starts one more worker (its index is the next one) and waits until it registered.
     pub async fn add_worker(&mut self) -> Result<()> {
         self.start_worker().await?;
@@ -157,12 +235,20 @@ impl LocalCluster {
 
     /// The coordinator's gRPC address.
     pub fn coordinator_addr(&self) -> SocketAddr {
-        self.coordinator.addr
+        self.coordinators[0].addr
+    }
+
+    /// Every coordinator's gRPC address, comma-separated, as `--coordinator` takes them.
+    pub fn coordinator_addrs(&self) -> String {
+        (self.coordinators.iter())
+            .map(|c| c.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The coordinator's HTTP address, if it serves HTTP.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.coordinator.http_addr
+        self.coordinators[0].http_addr
     }
 
     /// The Flight addresses of the workers still running.
@@ -234,6 +320,8 @@ impl LocalCluster {
         for w in self.workers.into_iter().flatten() {
             w.shutdown().await;
         }
-        self.coordinator.shutdown().await;
+        for c in self.coordinators {
+            c.shutdown().await;
+        }
     }
 }

@@ -282,7 +282,7 @@ impl Session {
     /// # }
     /// ```
     pub async fn with_cluster(cluster: LocalCluster) -> Result<Self> {
-        let session = Self::connect(&cluster.coordinator_addr().to_string()).await?;
+        let session = Self::connect(&cluster.coordinator_addrs()).await?;
         *session.inner.cluster.lock().await = Some(cluster);
         Ok(session)
     }

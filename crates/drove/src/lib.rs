@@ -248,6 +248,11 @@ struct LocalArgs {
     /// (default: in memory only).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Coordinators: 1, or 3 or 5 that replicate the metadata with Raft (the first on
+    /// --bind, the others on free ports; their logs under DIR/coordinator-N with
+    /// --data-dir, else in a temporary directory).
+    #[arg(long, default_value_t = 1)]
+    coordinators: usize,
     #[command(flatten)]
     memory: MemoryArgs,
     #[command(flatten)]
@@ -562,10 +567,11 @@ async fn local(args: LocalArgs) -> Result<()> {
             ..Default::default()
         },
         data_dir: args.data_dir,
+        coordinators: args.coordinators,
         ..Default::default()
     })
     .await?;
-    println!("coordinator: {}", cluster.coordinator_addr());
+    println!("coordinator: {}", cluster.coordinator_addrs());
     if let Some(http) = cluster.http_addr() {
         println!("http:        http://{http}");
     }
@@ -574,7 +580,7 @@ async fn local(args: LocalArgs) -> Result<()> {
     }
     println!(
         "run queries with: drove sql --coordinator {} -e 'SELECT 1'",
-        cluster.coordinator_addr()
+        cluster.coordinator_addrs()
     );
     println!("press Ctrl-C to stop");
     tokio::signal::ctrl_c()

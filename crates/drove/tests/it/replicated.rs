@@ -226,3 +226,56 @@ fn a_follower_sends_clients_to_the_leader_and_bad_peers_are_refused() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+/// `drove local --coordinators 3` runs three replicated coordinators in one process:
+/// queries naming all three run, and `drove status` lists them; two are refused.
+#[test]
+fn drove_local_runs_three_replicated_coordinators() {
+    let addr = drove_testkit::unused_addr().to_string();
+    let http = drove_testkit::unused_addr().to_string();
+    let (_local, line) = crate::spawn_until(
+        &[
+            "local",
+            "--workers",
+            "2",
+            "--coordinators",
+            "3",
+            "--bind",
+            &addr,
+            "--http",
+            &http,
+        ],
+        "coordinator:",
+    );
+    // "coordinator: A,B,C"
+    let list = line.trim_start_matches("coordinator:").trim().to_string();
+    assert_eq!(list.split(',').count(), 3, "{line}");
+    assert!(list.starts_with(&addr), "{line}");
+    let out = crate::run(
+        &[
+            "sql",
+            "--coordinator",
+            &list,
+            "--format",
+            "csv",
+            "-e",
+            "SELECT 5 AS five",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "five\n5\n");
+    let out = crate::run(&["status", "--coordinator", &list], Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("2 workers"), "{text}");
+    assert_eq!(text.matches("  coordinator ").count(), 3, "{text}");
+
+    let out = crate::run(&["local", "--coordinators", "2"], Duration::from_secs(30));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("run 1, or 3 or 5"), "{stderr}");
+}
