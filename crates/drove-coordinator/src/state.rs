@@ -1569,7 +1569,11 @@ impl State {
             return Ok(());
         }
         let leader = match &self.journal {
-            Journal::Raft { replica, .. } => replica.status().leader_addr,
+            // Raft may still take this coordinator for the leader while it has
+            // stepped down (no quorum answers it): then no leader is known.
+            Journal::Raft { replica, .. } => Some(replica.status())
+                .filter(|s| s.leader_id != s.node_id)
+                .map_or(String::new(), |s| s.leader_addr),
             _ => String::new(),
         };
         Err(Error::NotLeader { leader })

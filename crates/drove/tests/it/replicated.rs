@@ -279,3 +279,265 @@ fn drove_local_runs_three_replicated_coordinators() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("run 1, or 3 or 5"), "{stderr}");
 }
+
+/// A test network: a hub namespace (workers and clients, 10.77.N.1) with a bridge, and
+/// one namespace per coordinator (10.77.N.11, .12, .13) joined to it by a veth pair
+/// whose hub end can be set down to cut that coordinator off from everyone.
+struct Net {
+    hub: String,
+    coordinators: Vec<String>,
+    subnet: u32,
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("this test needs iproute2's `ip` (and root, for network namespaces): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "ip {}: {} (this test needs root, for network namespaces)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Net {
+    fn create() -> Self {
+        let subnet = std::process::id() % 200 + 20;
+        let tag = format!("drv{}", std::process::id());
+        let net = Net {
+            hub: format!("{tag}-hub"),
+            coordinators: (1..=3).map(|i| format!("{tag}-c{i}")).collect(),
+            subnet,
+        };
+        ip(&["netns", "add", &net.hub]);
+        ip(&["-n", &net.hub, "link", "set", "lo", "up"]);
+        ip(&["-n", &net.hub, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &net.hub, "link", "set", "br0", "up"]);
+        ip(&[
+            "-n",
+            &net.hub,
+            "addr",
+            "add",
+            &format!("10.77.{subnet}.1/24"),
+            "dev",
+            "br0",
+        ]);
+        for (i, ns) in net.coordinators.iter().enumerate() {
+            let (inner, outer) = (format!("{tag}i{i}"), format!("{tag}o{i}"));
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&[
+                "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+            ]);
+            ip(&["link", "set", &inner, "netns", ns]);
+            ip(&["link", "set", &outer, "netns", &net.hub]);
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.addr(i)),
+                "dev",
+                &inner,
+            ]);
+            ip(&["-n", ns, "link", "set", &inner, "up"]);
+            ip(&["-n", &net.hub, "link", "set", &outer, "master", "br0"]);
+            ip(&["-n", &net.hub, "link", "set", &outer, "up"]);
+        }
+        net
+    }
+
+    /// Coordinator `i`'s address.
+    fn addr(&self, i: usize) -> String {
+        format!("10.77.{}.{}", self.subnet, 11 + i)
+    }
+
+    /// `drove` inside namespace `ns`.
+    fn drove(ns: &str) -> std::process::Command {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_drove")]);
+        c.env_remove("RUST_LOG");
+        c
+    }
+
+    /// Cuts coordinator `i` off from the others and the hub, or joins it again.
+    fn link(&self, i: usize, up: bool) {
+        let outer = format!("drv{}o{i}", std::process::id());
+        ip(&[
+            "-n",
+            &self.hub,
+            "link",
+            "set",
+            &outer,
+            if up { "up" } else { "down" },
+        ]);
+    }
+
+    /// Runs `drove ARGS` in namespace `ns` to its end.
+    fn run(ns: &str, args: &[&str]) -> std::process::Output {
+        let mut c = Self::drove(ns);
+        c.args(args);
+        let child = c
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in self.coordinators.iter().chain([&self.hub]) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+/// What `drove status` says of Raft: (leader's node id, term).
+fn raft_line(text: &str) -> Option<(usize, u64)> {
+    let line = text.lines().find(|l| l.starts_with("raft: node "))?;
+    // "raft: node N, term T, leader node L at ADDR"
+    let words: Vec<&str> = line.split([' ', ',']).filter(|w| !w.is_empty()).collect();
+    Some((words.get(7)?.parse().ok()?, words.get(4)?.parse().ok()?))
+}
+
+/// The leader is cut off from the other coordinators and the workers while Q9 runs:
+/// the others elect a new leader, which finishes the job; the old one stops
+/// scheduling (it answers that it does not lead); the client, which names all three,
+/// gets the right answer once; after the partition heals the old leader follows.
+#[test]
+fn a_leader_cut_off_by_a_partition_is_replaced_and_stops_scheduling() {
+    let dir = drove_testkit::tpch_data(0.01);
+    let work = tempfile::tempdir().unwrap();
+    let datas: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let net = Net::create();
+    let addrs: Vec<String> = (0..3).map(|i| format!("{}:7070", net.addr(i))).collect();
+    let list = addrs.join(",");
+    let peers = (addrs.iter().enumerate())
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let _coordinators: Vec<Proc> = (0..3)
+        .map(|i| {
+            let mut c = Net::drove(&net.coordinators[i]);
+            c.args(["coordinator", "--bind", &addrs[i]])
+                .args(["--http", &format!("{}:7071", net.addr(i))])
+                .args(["--node-id", &(i + 1).to_string(), "--peers", &peers])
+                .arg("--data-dir")
+                .arg(datas[i].path());
+            drove_testkit::spawn_until(c, "coordinator listening on").0
+        })
+        .collect();
+    let status = |ns: &str, coordinator: &str| {
+        let out = Net::run(ns, &["status", "--coordinator", coordinator]);
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let _workers: Vec<Proc> = (0..3)
+        .map(|_| {
+            let mut c = Net::drove(&net.hub);
+            c.args(["worker", "--coordinator", &list, "--slots", "2", "--bind"])
+                .arg(format!("10.77.{}.1:0", net.subnet))
+                .arg("--work-dir")
+                .arg(work.path())
+                .args(["--inject-task-delay-ms", "300"]);
+            drove_testkit::spawn_until(c, "worker Flight service on").0
+        })
+        .collect();
+    let started = Instant::now();
+    let (old, term) = loop {
+        let (text, _) = status(&net.hub, &list);
+        if text.starts_with("3 workers")
+            && let Some(found) = raft_line(&text)
+        {
+            break found;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no cluster: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let q9 = drove_exec::tpch::QUERIES[8];
+    let mut client = Net::drove(&net.hub);
+    client
+        .args(["sql", "--coordinator", &list, "--tpch"])
+        .arg(&dir)
+        .args(["--format", "csv", "-e", q9])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let client = client.spawn().unwrap();
+    // A stage finishes under the first leader.
+    let started = Instant::now();
+    loop {
+        let out = Net::run(&net.hub, &["status", "--coordinator", &list]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("Running") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no job ran: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    net.link(old - 1, false);
+
+    // The others elect a new leader in a later term.
+    let started = Instant::now();
+    let new = loop {
+        let (text, _) = status(&net.hub, &list);
+        if let Some((leader, t)) = raft_line(&text)
+            && leader != old
+            && t > term
+        {
+            break leader;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no new leader: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The old leader, alone, stops scheduling: it says it does not lead.
+    let started = Instant::now();
+    loop {
+        let (_, stderr) = status(&net.coordinators[old - 1], &addrs[old - 1]);
+        if stderr.contains("is not the leader") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the cut-off leader still leads: {stderr}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (stdout, _) = crate::multiprocess::finish(client);
+    assert_eq!(stdout, crate::multiprocess::expected_csv(&dir, q9));
+
+    net.link(old - 1, true);
+    // Healed, the old leader follows the new one.
+    let started = Instant::now();
+    loop {
+        let (text, _) = status(&net.coordinators[old - 1], &addrs[old - 1]);
+        if raft_line(&text).is_some_and(|(leader, _)| leader == new) {
+            // One job, answered once: the new leader's history has it succeeded.
+            assert_eq!(text.matches("Succeeded").count(), 1, "{text}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the old leader does not follow: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
