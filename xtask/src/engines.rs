@@ -96,6 +96,9 @@ async fn drove_session(spec: &Value, target_partitions: Option<usize>) -> Result
     if let Some(dir) = spec.get("durable_dir").and_then(Value::as_str) {
         config.data_dir = Some(dir.into());
     }
+    if let Some(n) = spec.get("coordinators").and_then(Value::as_u64) {
+        config.coordinators = n as usize;
+    }
     let cluster = LocalCluster::start(config).await?;
     Ok(Session::with_cluster(cluster).await?)
 }
@@ -148,7 +151,7 @@ async fn bench_session(
 
 /// A single-process DataFusion context of `partitions`, with `benchmark`'s tables in
 /// `data` if `register`.
-async fn bench_context(
+pub async fn bench_context(
     data: &Path,
     benchmark: Benchmark,
     partitions: usize,

@@ -16,6 +16,7 @@
 
 mod build_report;
 mod engines;
+mod failover;
 mod iterative;
 mod measure;
 mod processes;
@@ -104,6 +105,9 @@ enum Workload {
     /// Group-bys whose exchanges are all-to-all at 8 and at 500 partitions (8 and 64
     /// with --quick), drove and DataFusion each against itself at 8.
     Shuffle,
+    /// TPC-H queries on three replicated coordinator processes whose leader is killed
+    /// at --kills random points (on demand only: it builds the release `drove`).
+    Failover,
 }
 
 #[derive(Args)]
@@ -159,6 +163,14 @@ struct BenchArgs {
     /// disk before it is acted on: the cost of a durable coordinator.
     #[arg(long)]
     durable: bool,
+    /// Run drove with this many coordinators: 3 or 5 replicate the metadata with Raft
+    /// (each keeps its log on disk, under --data with --durable, else in a temporary
+    /// directory): the cost of an HA coordinator.
+    #[arg(long, default_value_t = 1)]
+    coordinators: usize,
+    /// Leader kills in the failover workload (default 30; 3 with --quick).
+    #[arg(long)]
+    kills: Option<usize>,
     /// Do not append the tables to BENCHMARKS.md.
     #[arg(long)]
     no_append: bool,
@@ -265,6 +277,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             Workload::Pagerank => pagerank_workload(&plan)?,
             Workload::Memory => memory_workload(&plan)?,
             Workload::Shuffle => shuffle_workload(&plan)?,
+            Workload::Failover => failover_workload(&plan)?,
         };
         println!("{markdown}");
         sections.push(markdown);
@@ -314,10 +327,10 @@ fn header(plan: &Plan) -> String {
         env!("CARGO_PKG_VERSION"),
         plan.args.workers,
         plan.args.slots,
-        if plan.args.durable {
-            ", coordinator with --data-dir"
-        } else {
-            ""
+        match (plan.args.coordinators, plan.args.durable) {
+            (1, true) => ", coordinator with --data-dir".to_string(),
+            (1, false) => String::new(),
+            (n, _) => format!(", {n} coordinators replicated with Raft"),
         },
         peer(Peer::Pyspark, |p| &p.spark),
         peer(Peer::Dask, |p| &p.dask),
@@ -369,6 +382,7 @@ impl Plan {
             "max_seconds": PEER_RUN_ONCE_AFTER_S,
             "workers": self.args.workers, "slots": self.args.slots,
             "durable_in": self.args.durable.then(|| self.args.data.clone()),
+            "coordinators": self.args.coordinators,
         })
     }
 
@@ -558,9 +572,15 @@ fn cells_equal(a: &str, b: &str) -> bool {
 
 /// Compares two result files of rows; `ordered`: the order must match too.
 fn same_rows(expected: &Path, actual: &Path, ordered: bool) -> Result<Option<String>> {
-    let load = |p: &Path| -> Result<Vec<Vec<String>>> {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(p)?)?;
-        Ok(v.as_array()
+    let load =
+        |p: &Path| -> Result<Value> { Ok(serde_json::from_str(&std::fs::read_to_string(p)?)?) };
+    Ok(same_rows_json(&load(expected)?, &load(actual)?, ordered))
+}
+
+/// Compares two answers, arrays of rows; a difference, if any.
+fn same_rows_json(expected: &Value, actual: &Value, ordered: bool) -> Option<String> {
+    let rows = |v: &Value| -> Vec<Vec<String>> {
+        v.as_array()
             .map(|rows| {
                 rows.iter()
                     .map(|r| {
@@ -570,11 +590,11 @@ fn same_rows(expected: &Path, actual: &Path, ordered: bool) -> Result<Option<Str
                     })
                     .collect()
             })
-            .unwrap_or_default())
+            .unwrap_or_default()
     };
-    let (mut e, mut a) = (load(expected)?, load(actual)?);
+    let (mut e, mut a) = (rows(expected), rows(actual));
     if e.len() != a.len() {
-        return Ok(Some(format!("{} rows, expected {}", a.len(), e.len())));
+        return Some(format!("{} rows, expected {}", a.len(), e.len()));
     }
     if !ordered {
         e.sort();
@@ -582,10 +602,10 @@ fn same_rows(expected: &Path, actual: &Path, ordered: bool) -> Result<Option<Str
     }
     for (i, (re, ra)) in e.iter().zip(&a).enumerate() {
         if re.len() != ra.len() || !re.iter().zip(ra).all(|(x, y)| cells_equal(x, y)) {
-            return Ok(Some(format!("row {i}: {ra:?}, expected {re:?}")));
+            return Some(format!("row {i}: {ra:?}, expected {re:?}"));
         }
     }
-    Ok(None)
+    None
 }
 
 /// A benchmark's queries on drove, single-process DataFusion and PySpark. DataFusion's
@@ -1280,6 +1300,63 @@ fn pagerank_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
     Ok((
         md,
         json!({ "workload": "pagerank", "nodes": nodes, "modes": report }),
+        problems,
+    ))
+}
+
+fn failover_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
+    let data = bench_data(&plan.args.data, Benchmark::Tpch, plan.scale)?;
+    let kills = plan
+        .args
+        .kills
+        .unwrap_or(if plan.args.quick { 3 } else { 30 });
+    println!("  running drove processes (failover)");
+    let run = failover::FailoverRun {
+        kills,
+        data,
+        slots: plan.args.slots,
+        seed: 0x5eed_0001,
+    };
+    let mut md = format!(
+        "### failover — TPC-H scale {} queries in a loop on 3 replicated `drove coordinator` processes and 3 workers × {} slot(s); the leader killed with SIGKILL at {kills} random points (0.5 to 3.5 s apart) and restarted\n\n",
+        plan.scale, plan.args.slots
+    );
+    let mut problems = Vec::new();
+    let report = match failover::run(&run) {
+        Ok(r) => {
+            let ms = times(&r["failover_ms"]);
+            let mut sorted = ms.clone();
+            sorted.sort_by(f64::total_cmp);
+            let p99 = sorted
+                .get(((sorted.len() as f64 * 0.99).ceil() as usize).saturating_sub(1))
+                .copied()
+                .unwrap_or(0.0);
+            let found: Vec<String> = (r["problems"].as_array().into_iter().flatten())
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect();
+            md.push_str(&format!(
+                "| kills | queries answered | leader's death to the new leader's first task, median ms | p99 ms | max ms | jobs lost, answered twice or wrong |\n|---|---|---|---|---|---|\n| {} | {} | {:.0} | {:.0} | {:.0} | {} |\n",
+                ms.len(),
+                r["queries"],
+                median(&ms),
+                p99,
+                sorted.last().copied().unwrap_or(0.0),
+                found.len()
+            ));
+            for p in &found {
+                problems.push(format!("failover: {p}"));
+            }
+            r
+        }
+        Err(e) => {
+            problems.push(format!("failover: {e:#}"));
+            md.push_str(&format!("FAILED: {e:#}\n"));
+            Value::Null
+        }
+    };
+    Ok((
+        md,
+        json!({ "workload": "failover", "result": report }),
         problems,
     ))
 }

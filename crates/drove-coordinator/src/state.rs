@@ -58,6 +58,9 @@ pub struct Coordinator {
     /// Known once the metadata is: at start, or when a replicated coordinator first
     /// leads.
     cluster_id: Arc<AtomicU64>,
+    /// The Raft term in which a replicated coordinator's state leads; 0 while it does
+    /// not.
+    led_term: Arc<AtomicU64>,
 }
 
 /// Something for the state's owner to do.
@@ -251,6 +254,7 @@ struct State {
     /// the work at hand is done.
     deposed: bool,
     cluster_id: Arc<AtomicU64>,
+    led_term: Arc<AtomicU64>,
     workers: BTreeMap<WorkerId, WorkerConn>,
     jobs: HashMap<JobId, JobRecord>,
     /// The scheduler's clock counts milliseconds from here.
@@ -368,6 +372,7 @@ impl Coordinator {
     fn start(config: CoordinatorConfig, journal: Journal, meta: Option<MetaLog>) -> Result<Self> {
         let config = Arc::new(config);
         let cluster_id = Arc::new(AtomicU64::new(0));
+        let led_term = Arc::new(AtomicU64::new(0));
         let mut state = State {
             config: config.clone(),
             scheduler: Scheduler::new(scheduler_config(&config)),
@@ -376,6 +381,7 @@ impl Coordinator {
             leading: false,
             deposed: false,
             cluster_id: cluster_id.clone(),
+            led_term: led_term.clone(),
             workers: BTreeMap::new(),
             jobs: HashMap::new(),
             epoch: Instant::now(),
@@ -384,7 +390,7 @@ impl Coordinator {
             catalog: Catalog::default(),
         };
         if let Some(meta) = meta {
-            state.take_lead(meta);
+            state.take_lead(meta, 0);
         }
         let (work, mut queue) = mpsc::channel::<Work>(STATE_QUEUE_MAX);
         std::thread::Builder::new()
@@ -412,19 +418,26 @@ impl Coordinator {
             config,
             work,
             cluster_id,
+            led_term,
         })
     }
 
     /// Starts scheduling from `meta`, the metadata as committed: a replicated
-    /// coordinator elected leader.
-    pub async fn take_lead(&self, meta: drove_core::meta::MetaImage) {
+    /// coordinator elected leader in `term`.
+    pub async fn take_lead(&self, meta: drove_core::meta::MetaImage, term: u64) {
         self.ask(move |state| {
             let history_max = state.config.job_history_max;
             let meta =
                 MetaLog::from_state(drove_core::meta::MetaState::from_image(meta, history_max));
-            state.take_lead(meta)
+            state.take_lead(meta, term)
         })
         .await
+    }
+
+    /// The Raft term in which this replicated coordinator schedules; 0 while it does
+    /// not.
+    pub fn led_term(&self) -> u64 {
+        self.led_term.load(Ordering::Relaxed)
     }
 
     /// Stops scheduling: another coordinator leads.
@@ -715,7 +728,7 @@ impl Coordinator {
                     .record(MetaCommand::TableUncached { name: name.clone() })
                     .is_none()
             {
-                return state.lead().map(|()| false);
+                return Err(state.not_leader());
             }
             state.perform_catalog(release);
             Ok(true)
@@ -811,7 +824,7 @@ impl State {
                 registered_ms: now_ms(),
                 node_id: node_id.clone(),
             })
-            .ok_or_else(|| self.lead().expect_err("no longer leading"))?
+            .ok_or_else(|| self.not_leader())?
             .worker
             .expect("a registration allocates a worker id");
         let registered = pb::CoordinatorMessage {
@@ -1005,7 +1018,7 @@ impl State {
                 submitted_ms,
                 planned: kept,
             })
-            .ok_or_else(|| self.lead().expect_err("no longer leading"))?
+            .ok_or_else(|| self.not_leader())?
             .job
             .expect("a submission allocates a job id");
         spec.id = job;
@@ -1518,7 +1531,9 @@ impl State {
             Journal::Raft { replica, runtime } => {
                 if let Err(e) = runtime.block_on(replica.write(command.clone())) {
                     warn!(error = %e, "a metadata change was not committed; stepping down");
+                    self.leading = false;
                     self.deposed = true;
+                    self.led_term.store(0, Ordering::Relaxed);
                     return None;
                 }
             }
@@ -1536,16 +1551,22 @@ impl State {
     }
 
     /// Starts scheduling from `meta`: the jobs it holds that have not ended run again.
-    fn take_lead(&mut self, meta: MetaLog) {
+    /// `term`: the Raft term it leads in (0 for a single coordinator).
+    fn take_lead(&mut self, meta: MetaLog, term: u64) {
         self.meta = meta;
         self.leading = true;
         if matches!(self.journal, Journal::Raft { .. }) {
             self.metrics.lead_taken();
+            self.led_term.store(term, Ordering::Relaxed);
         }
-        if self.meta.state().cluster_id() == 0 {
-            let _ = self.record(MetaCommand::ClusterCreated {
-                cluster_id: drove_core::ids::random_id(),
-            });
+        if self.meta.state().cluster_id() == 0
+            && self
+                .record(MetaCommand::ClusterCreated {
+                    cluster_id: drove_core::ids::random_id(),
+                })
+                .is_none()
+        {
+            return;
         }
         (self.cluster_id).store(self.meta.state().cluster_id(), Ordering::Relaxed);
         self.recover();
@@ -1556,6 +1577,7 @@ impl State {
     fn step_down(&mut self) {
         self.leading = false;
         self.deposed = false;
+        self.led_term.store(0, Ordering::Relaxed);
         self.workers.clear();
         self.jobs.clear();
         self.scheduler = Scheduler::new(scheduler_config(&self.config));
@@ -1565,9 +1587,14 @@ impl State {
 
     /// Refuses work that only the leader does, saying where the leader is.
     fn lead(&self) -> Result<()> {
-        if self.leading {
-            return Ok(());
+        match self.leading {
+            true => Ok(()),
+            false => Err(self.not_leader()),
         }
+    }
+
+    /// The error that sends a client on to the leader, if one is known.
+    fn not_leader(&self) -> Error {
         let leader = match &self.journal {
             // Raft may still take this coordinator for the leader while it has
             // stepped down (no quorum answers it): then no leader is known.
@@ -1576,7 +1603,7 @@ impl State {
                 .map_or(String::new(), |s| s.leader_addr),
             _ => String::new(),
         };
-        Err(Error::NotLeader { leader })
+        Error::NotLeader { leader }
     }
 
     /// The ended job's status as the history keeps it on disk: without its per-task

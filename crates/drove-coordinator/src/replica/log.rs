@@ -319,3 +319,99 @@ impl RaftLogStorage<Types> for LogStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use drove_core::meta::MetaCommand;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(term: u64, index: u64) -> Entry<Types> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(MetaCommand::ClusterCreated { cluster_id: index }),
+        }
+    }
+
+    async fn indexes(store: &mut LogStore) -> Vec<(u64, u64)> {
+        let entries = store.try_get_log_entries(0..u64::MAX).await.unwrap();
+        entries
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_log_survives_a_reopen_with_its_truncations_purges_and_vote() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert!(store.is_fresh());
+        store.save_vote(&Vote::new(2, 1)).await.unwrap();
+        store
+            .blocking_append((1..=6).map(|i| entry(1, i)))
+            .await
+            .unwrap();
+        // A new leader's log replaces entries from 5 on; a snapshot covers up to 2.
+        store
+            .truncate(LogId::new(CommittedLeaderId::new(1, 1), 5))
+            .await
+            .unwrap();
+        store.blocking_append([entry(2, 5)]).await.unwrap();
+        store
+            .purge(LogId::new(CommittedLeaderId::new(1, 1), 2))
+            .await
+            .unwrap();
+        let want = vec![(1, 3), (1, 4), (2, 5)];
+        assert_eq!(indexes(&mut store).await, want);
+        drop(store);
+
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert!(!store.is_fresh());
+        assert_eq!(indexes(&mut store).await, want);
+        assert_eq!(store.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(2));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
+
+        // A torn last record (a crash mid-write) is cut off; damage before it refused.
+        let path = dir.path().join(LOG);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let whole = bytes.len();
+        bytes.extend_from_slice(&[7, 0, 0, 0, 1, 2]);
+        std::fs::write(&path, &bytes).unwrap();
+        drop(store);
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indexes(&mut store).await, want);
+        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, whole);
+        drop(store);
+        bytes[20] ^= 0xff;
+        bytes.truncate(whole);
+        std::fs::write(&path, &bytes).unwrap();
+        let e = LogStore::open(dir.path()).err().unwrap().to_string();
+        assert!(
+            e.contains("is damaged") && e.contains("move the directory away"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_purge_rewrites_a_file_grown_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        for i in 1..=REWRITE_AFTER + 10 {
+            store.blocking_append([entry(1, i)]).await.unwrap();
+        }
+        let before = std::fs::metadata(dir.path().join(LOG)).unwrap().len();
+        let last = LogId::new(CommittedLeaderId::new(1, 1), REWRITE_AFTER);
+        store.purge(last).await.unwrap();
+        let after = std::fs::metadata(dir.path().join(LOG)).unwrap().len();
+        assert!(after * 10 < before, "{after} bytes after, {before} before");
+        drop(store);
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indexes(&mut store).await.len(), 10);
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(last));
+    }
+}

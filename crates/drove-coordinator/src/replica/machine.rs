@@ -208,3 +208,69 @@ impl RaftStateMachine<Types> for Machine {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use drove_core::meta::MetaCommand;
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    fn entry(index: u64, command: MetaCommand) -> Entry<Types> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_carries_the_state_to_a_peer_and_across_a_restart() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = Machine::open(a.path(), 10).unwrap();
+        let answers = leader
+            .apply([
+                entry(1, MetaCommand::ClusterCreated { cluster_id: 42 }),
+                entry(
+                    2,
+                    MetaCommand::WorkerRegistered {
+                        flight_addr: "w:1".into(),
+                        registered_ms: 5,
+                        node_id: String::new(),
+                    },
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(answers[1].worker.map(|w| w.0), Some(1));
+        let snapshot = leader.build_snapshot().await.unwrap();
+        assert_eq!(leader.snapshot_index(), 2);
+
+        let mut follower = Machine::open(b.path(), 10).unwrap();
+        follower
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        let (applied, _) = follower.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(2));
+        assert_eq!(follower.image().cluster_id, 42);
+        // Ids go on from the snapshot, on the follower and after its restart.
+        drop(follower);
+        let mut follower = Machine::open(b.path(), 10).unwrap();
+        let next = follower
+            .apply([entry(
+                3,
+                MetaCommand::WorkerRegistered {
+                    flight_addr: "w:2".into(),
+                    registered_ms: 6,
+                    node_id: String::new(),
+                },
+            )])
+            .await
+            .unwrap();
+        assert_eq!(next[0].worker.map(|w| w.0), Some(2));
+
+        std::fs::write(b.path().join(SNAPSHOT), b"damaged").unwrap();
+        let e = Machine::open(b.path(), 10).err().unwrap().to_string();
+        assert!(e.contains("is damaged"), "{e}");
+    }
+}

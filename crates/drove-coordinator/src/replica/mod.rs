@@ -54,8 +54,11 @@ const QUORUM_LOST_MS: u64 = ELECTION_MAX_MS;
 /// up leading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Entries between snapshots; Raft keeps as many again after one, for peers behind.
+/// Entries between snapshots, and how many a snapshot leaves in the log for peers a
+/// little behind (one further behind gets the snapshot). Entries can hold a job's
+/// plans, so the log in memory stays short.
 const SNAPSHOT_EVERY: u64 = 1_000;
+const KEPT_AFTER_SNAPSHOT: u64 = 100;
 
 /// Who this coordinator is among its peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +160,7 @@ impl Replica {
             election_timeout_min: ELECTION_MIN_MS,
             election_timeout_max: ELECTION_MAX_MS,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
-            max_in_snapshot_log_to_keep: SNAPSHOT_EVERY,
+            max_in_snapshot_log_to_keep: KEPT_AFTER_SNAPSHOT,
             ..Default::default()
         }
         .validate()
@@ -264,12 +267,14 @@ pub async fn follow(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut metrics = replica.raft.metrics();
-    let mut leading: Option<u64> = None;
     loop {
         metrics.borrow_and_update();
         let (leads, term) = replica.leads();
-        if leads && leading != Some(term) {
-            if leading.take().is_some() {
+        // The term the coordinator's state schedules in (0: none); it also drops to 0
+        // when a metadata write fails to commit.
+        let led = coordinator.led_term();
+        if leads && led != term {
+            if led != 0 {
                 coordinator.step_down().await;
             }
             // Everything committed before this term is applied once a quorum confirms
@@ -277,19 +282,17 @@ pub async fn follow(
             match tokio::time::timeout(WRITE_TIMEOUT, replica.raft.ensure_linearizable()).await {
                 Ok(Ok(_)) => {
                     info!(term, "leading");
-                    coordinator.take_lead(replica.machine.image()).await;
-                    leading = Some(term);
+                    coordinator.take_lead(replica.machine.image(), term).await;
                 }
                 Ok(Err(e)) => warn!(term, error = %e, "elected, but the lead is not confirmed"),
                 Err(_) => warn!(term, "elected, but no quorum confirmed the lead in time"),
             }
-        } else if !leads && leading.is_some() {
+        } else if !leads && led != 0 {
             info!(
                 term,
                 "no longer leading; what ran here moves to the new leader"
             );
             coordinator.step_down().await;
-            leading = None;
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { break },
@@ -297,7 +300,7 @@ pub async fn follow(
             _ = stop.wait_for(|s| *s) => break,
         }
     }
-    if leading.is_some() {
+    if coordinator.led_term() != 0 {
         coordinator.step_down().await;
     }
     let _ = replica.raft.shutdown().await;
