@@ -263,8 +263,8 @@ async fn failover(run: &FailoverRun, drove: &Path) -> Result<Value> {
 
     // The checker: every call answered, rightly, under a job id of its own, and the
     // leader's history has each of those jobs once, succeeded.
-    let calls = calls.lock().unwrap();
     let (_, status) = leader(&watcher).await?;
+    let calls = std::mem::take(&mut *calls.lock().unwrap());
     let history: BTreeMap<u64, i32> = status.jobs.iter().map(|j| (j.job_id, j.state)).collect();
     let mut problems = Vec::new();
     let mut seen = BTreeMap::new();
