@@ -194,14 +194,7 @@ fn a_query_outlives_its_coordinator_killed_and_restarted_mid_job() {
         .map(|_| crate::worker(&addr, work.path(), &["--inject-task-delay-ms", "200"]))
         .collect();
     let q9 = drove_exec::tpch::QUERIES[8];
-    let client = crate::drove()
-        .args(["sql", "--coordinator", &addr, "--tpch"])
-        .arg(&dir)
-        .args(["--format", "csv", "-e", q9])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = crate::multiprocess::tpch_sql(&addr, &dir, q9);
     let job = crate::multiprocess::wait_past_first_stage(&addr);
     coordinator.0.kill().unwrap();
     coordinator.0.wait().unwrap();

@@ -183,6 +183,19 @@ fn signal(child: &std::process::Child, name: &str) {
     assert!(status.success(), "kill -{name} failed");
 }
 
+/// Starts `drove sql --coordinator COORDINATOR --tpch DIR --format csv -e SQL` in the
+/// background, its output piped (read it with [`finish`]).
+pub(crate) fn tpch_sql(coordinator: &str, dir: &std::path::Path, sql: &str) -> std::process::Child {
+    crate::drove()
+        .args(["sql", "--coordinator", coordinator, "--tpch"])
+        .arg(dir)
+        .args(["--format", "csv", "-e", sql])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits for `drove sql` and returns its stdout and stderr, failing on a non-zero exit.
 pub(crate) fn finish(child: std::process::Child) -> (String, String) {
     let out = child.wait_with_output().unwrap();

@@ -115,14 +115,7 @@ fn a_query_outlives_its_leader_killed_mid_job_and_the_history_a_full_restart() {
     // Planned with every worker's slots.
     crate::durable::workers(&trio.https[first], 3);
     let q9 = drove_exec::tpch::QUERIES[8];
-    let client = crate::drove()
-        .args(["sql", "--coordinator", &list, "--tpch"])
-        .arg(&dir)
-        .args(["--format", "csv", "-e", q9])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = crate::multiprocess::tpch_sql(&list, &dir, q9);
     // A stage finished under the first leader's term.
     let job = crate::multiprocess::wait_past_first_stage(&list);
     trio.kill(first);
