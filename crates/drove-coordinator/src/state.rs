@@ -26,7 +26,7 @@ use crate::durable::{self, MetaStore};
 use crate::history::{History, Reading};
 use crate::metrics::{Metrics, Snapshot};
 use crate::planning::{self, PlannedJob, Query};
-use crate::replica::Replica;
+use crate::replica::{Replica, WriteError};
 use crate::rest::{Attempt, AttemptOutcome, ClusterSample, JobState, WorkerTask};
 use crate::{CoordinatorConfig, Error, Result};
 
@@ -251,8 +251,8 @@ struct State {
     /// not lead.
     leading: bool,
     /// Set when a replicated coordinator fails to commit a command: it steps down once
-    /// the work at hand is done.
-    deposed: bool,
+    /// the work at hand is done. With why, for the request that wanted the change.
+    deposed: Option<WriteError>,
     cluster_id: Arc<AtomicU64>,
     led_term: Arc<AtomicU64>,
     workers: BTreeMap<WorkerId, WorkerConn>,
@@ -379,7 +379,7 @@ impl Coordinator {
             meta: MetaLog::new(config.job_history_max),
             journal,
             leading: false,
-            deposed: false,
+            deposed: None,
             cluster_id: cluster_id.clone(),
             led_term: led_term.clone(),
             workers: BTreeMap::new(),
@@ -405,7 +405,7 @@ impl Coordinator {
                     {
                         fatal(&drove_core::panic_message(panic.as_ref()));
                     }
-                    if state.deposed {
+                    if state.deposed.is_some() {
                         state.step_down();
                     }
                     state.metrics.state_held(since.elapsed());
@@ -728,7 +728,7 @@ impl Coordinator {
                     .record(MetaCommand::TableUncached { name: name.clone() })
                     .is_none()
             {
-                return Err(state.not_leader());
+                return Err(state.not_written());
             }
             state.perform_catalog(release);
             Ok(true)
@@ -824,7 +824,7 @@ impl State {
                 registered_ms: now_ms(),
                 node_id: node_id.clone(),
             })
-            .ok_or_else(|| self.not_leader())?
+            .ok_or_else(|| self.not_written())?
             .worker
             .expect("a registration allocates a worker id");
         let registered = pb::CoordinatorMessage {
@@ -1018,7 +1018,7 @@ impl State {
                 submitted_ms,
                 planned: kept,
             })
-            .ok_or_else(|| self.not_leader())?
+            .ok_or_else(|| self.not_written())?
             .job
             .expect("a submission allocates a job id");
         spec.id = job;
@@ -1521,27 +1521,48 @@ impl State {
     /// longer leads: `None`, and it steps down once the work at hand is done.
     fn record(&mut self, command: MetaCommand) -> Option<Applied> {
         let since = Instant::now();
-        match &mut self.journal {
-            Journal::Memory => {}
+        let committed = match &mut self.journal {
+            Journal::Memory => None,
             Journal::Disk(store) => {
                 if let Err(e) = store.append(&command) {
                     fatal(&format!("the metadata log cannot be written: {e}"));
                 }
+                None
             }
+            // Once a write failed, the rest of the work at hand writes nothing.
+            Journal::Raft { .. } if !self.leading => return None,
             Journal::Raft { replica, runtime } => {
-                if let Err(e) = runtime.block_on(replica.write(command.clone())) {
-                    warn!(error = %e, "a metadata change was not committed; stepping down");
-                    self.leading = false;
-                    self.deposed = true;
-                    self.led_term.store(0, Ordering::Relaxed);
-                    return None;
+                match runtime.block_on(replica.write(command.clone())) {
+                    Ok(applied) => Some(applied),
+                    Err(e) => {
+                        warn!(error = ?e, "a metadata change was not committed; stepping down");
+                        self.leading = false;
+                        self.deposed = Some(e);
+                        self.led_term.store(0, Ordering::Relaxed);
+                        return None;
+                    }
                 }
             }
-        }
+        };
         if self.journal.durable() {
             self.metrics.meta_written(since.elapsed());
         }
         let applied = self.meta.append(command);
+        if let Some(committed) = committed
+            && committed != applied
+        {
+            // The leader's copy of the metadata and the log's disagree: a bug. Leading
+            // on would hand out ids the log gave to others.
+            warn!(
+                ?committed,
+                ?applied,
+                "the metadata diverged from the log; stepping down"
+            );
+            self.leading = false;
+            self.deposed = Some(WriteError::Unknown("the metadata diverged".into()));
+            self.led_term.store(0, Ordering::Relaxed);
+            return None;
+        }
         if let Journal::Disk(store) = &mut self.journal
             && let Err(e) = store.compact_if_due(self.meta.state())
         {
@@ -1576,7 +1597,7 @@ impl State {
     /// watchers' streams end, and they find the new leader, which runs the jobs again.
     fn step_down(&mut self) {
         self.leading = false;
-        self.deposed = false;
+        self.deposed = None;
         self.led_term.store(0, Ordering::Relaxed);
         self.workers.clear();
         self.jobs.clear();
@@ -1590,6 +1611,17 @@ impl State {
         match self.leading {
             true => Ok(()),
             false => Err(self.not_leader()),
+        }
+    }
+
+    /// Why a change a request wanted was not made: another leads (the client may try
+    /// the leader), or the outcome is unknown (trying again could make it twice).
+    fn not_written(&self) -> Error {
+        match &self.deposed {
+            Some(WriteError::Unknown(why)) => Error::Internal(format!(
+                "the change may or may not have been made: {why}; check `drove status` before trying again"
+            )),
+            _ => self.not_leader(),
         }
     }
 

@@ -55,13 +55,17 @@ impl LogStore {
     /// damage before the last record is refused.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(LOG);
+        let _ = std::fs::remove_file(dir.join(format!("{LOG}.tmp")));
         let bytes = durable::read_file(&path)?.unwrap_or_default();
         let found = durable::frames(&bytes, durable::ENTRY_MAX);
-        if let durable::End::Damaged(at) = found.end {
-            return Err(StoreError::new(format!(
-                "the Raft log {} is damaged at byte {at}; move the directory away and let this coordinator copy the log from the others",
+        let damaged = |at: usize| {
+            StoreError::new(format!(
+                "the Raft log {} is damaged at byte {at}; restore this coordinator's data directory from a backup (started empty under the same --node-id, it could vote twice in a term)",
                 path.display()
-            )));
+            ))
+        };
+        if let durable::End::Damaged(at) = found.end {
+            return Err(damaged(at));
         }
         let mut inner = Inner {
             dir: dir.to_path_buf(),
@@ -76,24 +80,28 @@ impl LogStore {
             purged: None,
             written: found.payloads.len() as u64,
         };
-        for payload in &found.payloads {
-            let record = pb::RaftLogRecord::decode(*payload)
+        let mut good = 0;
+        for (payload, end) in found.payloads.iter().zip(&found.ends) {
+            let Some(record) = pb::RaftLogRecord::decode(*payload)
                 .ok()
                 .and_then(|r| r.record)
-                .ok_or_else(|| {
-                    StoreError::new(format!(
-                        "the Raft log {} holds a record this version cannot read; run the drove that wrote it",
-                        path.display()
-                    ))
-                })?;
+            else {
+                // Whole and checksummed, yet not a record: only a tail of zeros (a torn
+                // write some filesystems leave) is not damage.
+                if bytes[good..].iter().all(|b| *b == 0) {
+                    break;
+                }
+                return Err(damaged(good));
+            };
             inner.replay(record).map_err(|e| {
                 StoreError::new(format!(
                     "the Raft log {} cannot be read: {e}",
                     path.display()
                 ))
             })?;
+            good = *end;
         }
-        let good = found.ends.last().copied().unwrap_or(0) as u64;
+        let good = good as u64;
         if good < bytes.len() as u64 {
             inner
                 .file
@@ -386,12 +394,20 @@ mod tests {
         assert_eq!(indexes(&mut store).await, want);
         assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, whole);
         drop(store);
+        // So is a tail of zeros (whole frames of nothing, as some filesystems leave).
+        let mut zeros = bytes[..whole].to_vec();
+        zeros.extend_from_slice(&[0; 24]);
+        std::fs::write(&path, &zeros).unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(indexes(&mut store).await, want);
+        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, whole);
+        drop(store);
         bytes[20] ^= 0xff;
         bytes.truncate(whole);
         std::fs::write(&path, &bytes).unwrap();
         let e = LogStore::open(dir.path()).err().unwrap().to_string();
         assert!(
-            e.contains("is damaged") && e.contains("move the directory away"),
+            e.contains("is damaged") && e.contains("restore this coordinator's data directory"),
             "{e}"
         );
     }

@@ -49,6 +49,7 @@ impl Machine {
     /// committed entries after it.
     pub fn open(dir: &Path, history_max: usize) -> Result<Self, StoreError> {
         let path = dir.join(SNAPSHOT);
+        let _ = std::fs::remove_file(dir.join(format!("{SNAPSHOT}.tmp")));
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             history_max,
@@ -58,14 +59,14 @@ impl Machine {
             snapshot: None,
         };
         if let Some(bytes) = durable::read_file(&path)? {
-            let found = durable::frames(&bytes, usize::MAX);
+            let found = durable::frames(&bytes, durable::SNAPSHOT_MAX);
             let file = match (found.payloads.as_slice(), found.end) {
                 ([payload], durable::End::Clean) => pb::RaftSnapshotFile::decode(*payload).ok(),
                 _ => None,
             }
             .ok_or_else(|| {
                 StoreError::new(format!(
-                    "the Raft snapshot {} is damaged; move the directory away and let this coordinator copy the state from the others",
+                    "the Raft snapshot {} is damaged; restore this coordinator's data directory from a backup (started empty under the same --node-id, it could vote twice in a term)",
                     path.display()
                 ))
             })?;
@@ -115,6 +116,13 @@ impl Inner {
             meta: Some(wire::snapshot_meta(&meta)),
             data,
         };
+        if file.encoded_len() > durable::SNAPSHOT_MAX - 64 {
+            return Err(StoreError::new(format!(
+                "the metadata snapshot would take {} bytes, over the {} a snapshot file holds; keep fewer jobs (--job-history)",
+                file.encoded_len(),
+                durable::SNAPSHOT_MAX
+            )));
+        }
         durable::replace(&self.dir, SNAPSHOT, &durable::frame(&file.encode_to_vec()))?;
         self.snapshot = Some((meta, file.data));
         Ok(())

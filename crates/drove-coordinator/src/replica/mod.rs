@@ -54,11 +54,24 @@ const QUORUM_LOST_MS: u64 = ELECTION_MAX_MS;
 /// up leading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Entries between snapshots, and how many a snapshot leaves in the log for peers a
-/// little behind (one further behind gets the snapshot). Entries can hold a job's
-/// plans, so the log in memory stays short.
-const SNAPSHOT_EVERY: u64 = 1_000;
+/// How many entries a snapshot leaves in the log for peers a little behind (one
+/// further behind gets the snapshot; snapshots come every
+/// [`crate::durable::SNAPSHOT_EVERY`] entries). Entries can hold a job's plans, so the
+/// log in memory stays short, and so do the batches sent to a peer.
 const KEPT_AFTER_SNAPSHOT: u64 = 100;
+const ENTRIES_PER_APPEND: u64 = 64;
+
+/// How long a peer may take over a snapshot chunk, fsync included.
+const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
+
+/// Why a metadata write did not commit.
+#[derive(Debug)]
+pub enum WriteError {
+    /// Another coordinator leads: the write was not made.
+    NotLeader,
+    /// It may yet commit, or not: no quorum answered in time, or Raft failed.
+    Unknown(String),
+}
 
 /// Who this coordinator is among its peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,8 +172,10 @@ impl Replica {
             heartbeat_interval: HEARTBEAT_MS,
             election_timeout_min: ELECTION_MIN_MS,
             election_timeout_max: ELECTION_MAX_MS,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(crate::durable::SNAPSHOT_EVERY),
             max_in_snapshot_log_to_keep: KEPT_AFTER_SNAPSHOT,
+            max_payload_entries: ENTRIES_PER_APPEND,
+            install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
             ..Default::default()
         }
         .validate()
@@ -195,16 +210,21 @@ impl Replica {
         &self.raft
     }
 
-    /// Commits `command` to the log and applies it; an error means this coordinator
-    /// could not commit it as leader, and must stop leading.
-    pub async fn write(&self, command: MetaCommand) -> Result<Applied, String> {
+    /// Commits `command` to the log and applies it; what applying it allocated. An
+    /// error means this coordinator could not commit it as leader, and must stop
+    /// leading.
+    pub async fn write(&self, command: MetaCommand) -> Result<Applied, WriteError> {
+        use openraft::error::{ClientWriteError, RaftError};
         match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await {
             Ok(Ok(response)) => Ok(response.data),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(WriteError::NotLeader)
+            }
+            Ok(Err(e)) => Err(WriteError::Unknown(e.to_string())),
+            Err(_) => Err(WriteError::Unknown(format!(
                 "no quorum of coordinators committed it within {} s",
                 WRITE_TIMEOUT.as_secs()
-            )),
+            ))),
         }
     }
 
@@ -278,8 +298,22 @@ pub async fn follow(
                 coordinator.step_down().await;
             }
             // Everything committed before this term is applied once a quorum confirms
-            // the lead.
-            match tokio::time::timeout(WRITE_TIMEOUT, replica.raft.ensure_linearizable()).await {
+            // the lead; and everything in this coordinator's own log (a write that
+            // timed out may commit later) once it is applied, so that the metadata it
+            // leads from holds every entry it will ever see committed before its own.
+            let confirmed = async {
+                replica
+                    .raft
+                    .ensure_linearizable()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let last = replica.raft.metrics().borrow().last_log_index;
+                (replica.raft.wait(None))
+                    .applied_index_at_least(last, "the leader's own log applied")
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(WRITE_TIMEOUT, confirmed).await {
                 Ok(Ok(_)) => {
                     info!(term, "leading");
                     coordinator.take_lead(replica.machine.image(), term).await;

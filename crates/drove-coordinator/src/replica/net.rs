@@ -7,7 +7,9 @@ use drove_proto as pb;
 use drove_proto::raft_client::RaftClient;
 use drove_proto::raft_server::{Raft as RaftRpc, RaftServer};
 use openraft::BasicNode;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -20,6 +22,13 @@ use super::{Raft, Types, wire};
 
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The least time an append or snapshot call gets, whatever Raft's heartbeat-sized
+/// deadline: entries can hold a job's plans, megabytes, fsync'd on arrival.
+const CALL_TIMEOUT_MIN: Duration = Duration::from_secs(10);
+
+/// Room in one append request for what it holds besides its entries.
+const APPEND_HEADROOM: usize = 1 << 20;
 
 /// Makes a [`Peer`] per node Raft talks to.
 pub struct Network;
@@ -82,7 +91,7 @@ impl Peer {
 
 fn with_timeout<T>(message: T, option: &RPCOption) -> Request<T> {
     let mut request = Request::new(message);
-    request.set_timeout(option.hard_ttl());
+    request.set_timeout(option.hard_ttl().max(CALL_TIMEOUT_MIN));
     request
 }
 
@@ -92,10 +101,25 @@ impl RaftNetwork<Types> for Peer {
         rpc: AppendEntriesRequest<Types>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<u64>> {
+        let entries: Vec<pb::RaftEntry> = rpc.entries.iter().map(wire::entry).collect();
+        // A request over gRPC's message limit could never be sent: Raft sends fewer.
+        let mut size = 0;
+        let fit = entries
+            .iter()
+            .take_while(|e| {
+                size += pb::Message::encoded_len(*e);
+                size <= pb::MAX_MESSAGE_BYTES - APPEND_HEADROOM
+            })
+            .count();
+        if fit < entries.len() {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit.max(1) as u64),
+            ));
+        }
         let message = pb::RaftAppendRequest {
             vote: Some(wire::vote(&rpc.vote)),
             prev_log_id: wire::opt_log_id(&rpc.prev_log_id),
-            entries: rpc.entries.iter().map(wire::entry).collect(),
+            entries,
             leader_commit: wire::opt_log_id(&rpc.leader_commit),
         };
         let answer = (self
