@@ -314,7 +314,7 @@ impl Session {
                     if since.elapsed() < RECONNECT_WINDOW && self.inner.coordinators.follow(&e) =>
                 {
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = (backoff * 2).min(drove_exec::leader::RETRY_MAX);
                 }
                 answer => return answer,
             }
@@ -854,7 +854,12 @@ impl Session {
                 Ok(()) if ended => break,
                 // The stream ended, or broke, while the job ran: the coordinator went.
                 Ok(()) => "its status stream ended".to_string(),
-                Err(e) if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    ) =>
+                {
                     // Another coordinator may lead now.
                     self.inner.coordinators.follow(&e);
                     e.message().to_string()
@@ -876,7 +881,7 @@ impl Session {
                 )));
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(self.inner.coordinators.retry_max(Duration::from_secs(2)));
         }
         let status =
             last.ok_or_else(|| Error::Transport(format!("job {job}: no status arrived")))?;

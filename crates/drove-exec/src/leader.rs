@@ -6,6 +6,7 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use drove_proto::coordinator_client::CoordinatorClient;
 use tonic::transport::Channel;
@@ -21,6 +22,10 @@ pub struct Coordinators {
 
 /// Coordinators a list may name, at most (a leader one names is added beyond them).
 pub const COORDINATORS_MAX: usize = 16;
+
+/// The longest a caller following the leader of several coordinators waits between
+/// tries: asking costs little, and an election is over in a second or two.
+pub const RETRY_MAX: Duration = Duration::from_millis(250);
 
 fn client(addr: &str) -> Result<CoordinatorClient<Channel>, String> {
     Ok(CoordinatorClient::new(net::endpoint(addr)?.connect_lazy())
@@ -71,6 +76,12 @@ impl Coordinators {
         self.len() == 0
     }
 
+    /// The longest wait between tries: [`RETRY_MAX`] among several coordinators,
+    /// `single` for one (which may be restarting).
+    pub fn retry_max(&self, single: Duration) -> Duration {
+        if self.len() > 1 { RETRY_MAX } else { single }
+    }
+
     /// The one taken for the leader now: its address and client.
     pub fn current(&self) -> (String, CoordinatorClient<Channel>) {
         let named = self.named();
@@ -83,10 +94,17 @@ impl Coordinators {
     }
 
     /// After `status` from the current one: moves to the leader it names, else (no
-    /// answer, or no leader known) to the next coordinator. Whether trying again may
-    /// help: the answer named a leader, or there is another coordinator to ask.
+    /// answer, a broken connection, or no leader known) to the next coordinator.
+    /// Whether trying again may help: the answer named a leader, or there is another
+    /// coordinator to ask.
     pub fn follow(&self, status: &tonic::Status) -> bool {
-        if status.code() != tonic::Code::Unavailable {
+        // UNAVAILABLE: not the leader, or nothing listens; UNKNOWN and CANCELLED: the
+        // connection broke mid-call (the coordinator died).
+        use tonic::Code;
+        if !matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled
+        ) {
             return false;
         }
         let named_leader = status
@@ -143,6 +161,7 @@ mod tests {
         assert_eq!(c.len(), 4);
         // Other failures are not about leadership.
         assert!(!c.follow(&tonic::Status::invalid_argument("bad sql")));
+        assert!(c.follow(&tonic::Status::cancelled("operation was canceled")));
 
         let one = Coordinators::parse("127.0.0.1:1").unwrap();
         assert!(!one.follow(&tonic::Status::unavailable("gone")));

@@ -599,7 +599,7 @@ async fn register(
                 }
                 warn!(coordinator = %addr, error = %last_error, retry_in_ms = backoff.as_millis() as u64, "registration failed; retrying");
                 tokio::time::sleep(backoff.min(deadline - now)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff = (backoff * 2).min(coordinators.retry_max(Duration::from_secs(2)));
             }
         }
     }

@@ -42,9 +42,9 @@ pub type Raft = openraft::Raft<Types>;
 
 /// Leader heartbeats, and the election timeout's range: a leader's death is noticed
 /// within the timeout.
-const HEARTBEAT_MS: u64 = 250;
-const ELECTION_MIN_MS: u64 = 1_000;
-const ELECTION_MAX_MS: u64 = 2_000;
+const HEARTBEAT_MS: u64 = 100;
+const ELECTION_MIN_MS: u64 = 500;
+const ELECTION_MAX_MS: u64 = 1_000;
 
 /// A leader that has heard from no quorum for this long stops scheduling: the others
 /// may have elected another.
