@@ -101,6 +101,10 @@ pub const CONNECT_TIMEOUT: Duration = net::CONNECT_TIMEOUT;
 /// away (one restarting on its data directory takes seconds).
 pub const RECONNECT_WINDOW: Duration = Duration::from_secs(60);
 
+/// How long cancelling or releasing a job a caller let go of keeps looking for the
+/// leader (`Session::shutdown` waits for it).
+const ENDING_WINDOW: Duration = Duration::from_secs(5);
+
 /// A connection to a drove cluster, with the tables registered on it.
 ///
 /// Cheap to clone; clones share the connection and the tables.
@@ -146,14 +150,26 @@ impl Drop for JobGuard {
         if !cancel && !self.release {
             return;
         }
-        let mut client = self.session.inner.coordinators.current().1;
+        let session = self.session.clone();
         let ending = runtime.spawn(async move {
-            if cancel && let Err(e) = client.cancel_job(request).await {
+            // At the leader, which may have changed since the job was submitted.
+            if cancel
+                && let Err(e) = session
+                    .on_leader_within(
+                        ENDING_WINDOW,
+                        |mut c| async move { c.cancel_job(request).await },
+                    )
+                    .await
+            {
                 tracing::warn!(job, "cancelling an abandoned job failed: {}", e.message());
             }
             // A failure here only delays the freeing: the coordinator frees an unread
             // result after its time to live.
-            let _ = client.release_job(request).await;
+            let _ = session
+                .on_leader_within(ENDING_WINDOW, |mut c| async move {
+                    c.release_job(request).await
+                })
+                .await;
         });
         let mut ending_jobs = self
             .session
@@ -301,7 +317,20 @@ impl Session {
     /// Makes a call to the leader: an answer that this coordinator does not lead, or
     /// none at all, moves to the leader named or the next coordinator, for up to
     /// [`RECONNECT_WINDOW`].
-    async fn on_leader<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    async fn on_leader<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.on_leader_within(RECONNECT_WINDOW, call).await
+    }
+
+    /// [`Self::on_leader`], trying for up to `window`.
+    async fn on_leader_within<T, F, Fut>(
+        &self,
+        window: Duration,
+        mut call: F,
+    ) -> Result<T, tonic::Status>
     where
         F: FnMut(CoordinatorClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -310,9 +339,7 @@ impl Session {
         let mut backoff = Duration::from_millis(50);
         loop {
             match call(self.inner.coordinators.current().1).await {
-                Err(e)
-                    if since.elapsed() < RECONNECT_WINDOW && self.inner.coordinators.follow(&e) =>
-                {
+                Err(e) if since.elapsed() < window && self.inner.coordinators.follow(&e) => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(drove_exec::leader::RETRY_MAX);
                 }
