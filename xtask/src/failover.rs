@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use drove_client::Session;
 use drove_exec::datagen::Benchmark;
-use drove_testkit::Proc;
+use drove_testkit::{Proc, Replicated};
 use serde_json::{Value, json};
 
 use crate::engines::{bench_context, rows_json};
@@ -24,62 +24,6 @@ pub struct FailoverRun {
     pub data: PathBuf,
     pub slots: u64,
     pub seed: u64,
-}
-
-/// Three coordinator processes replicating their metadata, on fixed loopback ports.
-struct Trio {
-    drove: PathBuf,
-    procs: Vec<Option<Proc>>,
-    addrs: Vec<String>,
-    dirs: Vec<tempfile::TempDir>,
-}
-
-impl Trio {
-    fn start(drove: &Path) -> Result<Self> {
-        let mut trio = Trio {
-            drove: drove.to_path_buf(),
-            procs: (0..3).map(|_| None).collect(),
-            addrs: (0..3)
-                .map(|_| drove_testkit::unused_addr().to_string())
-                .collect(),
-            dirs: (0..3)
-                .map(|_| tempfile::tempdir())
-                .collect::<Result<_, _>>()?,
-        };
-        for i in 0..3 {
-            trio.start_node(i);
-        }
-        Ok(trio)
-    }
-
-    fn start_node(&mut self, i: usize) {
-        let peers = (self.addrs.iter().enumerate())
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",");
-        let id = (i + 1).to_string();
-        let dir = self.dirs[i].path().to_string_lossy().into_owned();
-        let (proc, _, _) = drove_testkit::start_coordinator_at(
-            Command::new(&self.drove),
-            &self.addrs[i],
-            &[
-                "--node-id",
-                &id,
-                "--peers",
-                &peers,
-                "--data-dir",
-                &dir,
-                // Every job of the run stays in the history, for the checker.
-                "--job-history",
-                "100000",
-            ],
-        );
-        self.procs[i] = Some(proc);
-    }
-
-    fn list(&self) -> String {
-        self.addrs.join(",")
-    }
 }
 
 /// What the client saw of one query.
@@ -102,7 +46,7 @@ async fn leader(session: &Session) -> Result<(usize, drove_client::proto::Cluste
 
 /// The first moment a coordinator other than `dead` leads and runs a task, polled
 /// every 10 ms through its own session; how long after `since`.
-async fn first_task(trio: &Trio, dead: usize, since: Instant) -> Result<Duration> {
+async fn first_task(trio: &Replicated, dead: usize, since: Instant) -> Result<Duration> {
     let mut sessions = Vec::new();
     for (i, a) in trio.addrs.iter().enumerate() {
         if i + 1 != dead {
@@ -155,7 +99,8 @@ async fn failover(run: &FailoverRun, drove: &Path) -> Result<Value> {
     }
     let expected = Arc::new(expected);
 
-    let mut trio = Trio::start(drove)?;
+    // Every job of the run stays in the history, for the checker.
+    let mut trio = Replicated::start(drove, &["--job-history", "100000"]);
     let work = tempfile::tempdir()?;
     let list = trio.list();
     let slots = run.slots.to_string();
@@ -225,10 +170,7 @@ async fn failover(run: &FailoverRun, drove: &Path) -> Result<Value> {
         tokio::time::sleep(Duration::from_millis(500 + next(&mut seed) % 3_000)).await;
         let (dead, status) = leader(&watcher).await.context("finding the leader")?;
         let term = status.metadata.unwrap_or_default().term;
-        if let Some(mut p) = trio.procs[dead - 1].take() {
-            p.0.kill()?;
-            p.0.wait()?;
-        }
+        trio.kill(dead - 1);
         let since = Instant::now();
         let took = first_task(&trio, dead, since).await?;
         println!(

@@ -269,6 +269,75 @@ pub fn start_coordinator_at(
     (proc, grpc.to_string(), http.to_string())
 }
 
+/// Three `drove coordinator` processes replicating their metadata with Raft
+/// (`--node-id`, `--peers`), on fixed loopback addresses (so one restarted is found
+/// again), each with a data directory of its own.
+pub struct Replicated {
+    drove: PathBuf,
+    procs: Vec<Option<Proc>>,
+    /// Each one's gRPC and HTTP address.
+    pub addrs: Vec<String>,
+    pub https: Vec<String>,
+    dirs: Vec<tempfile::TempDir>,
+    extra: Vec<String>,
+}
+
+impl Replicated {
+    /// Starts the three from the `drove` binary, each with `extra` flags too.
+    pub fn start(drove: &Path, extra: &[&str]) -> Self {
+        let mut r = Replicated {
+            drove: drove.to_path_buf(),
+            procs: (0..3).map(|_| None).collect(),
+            addrs: (0..3).map(|_| unused_addr().to_string()).collect(),
+            https: vec![String::new(); 3],
+            dirs: (0..3)
+                .map(|_| tempfile::tempdir().expect("a temporary directory"))
+                .collect(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..3 {
+            r.start_node(i);
+        }
+        r
+    }
+
+    /// Starts coordinator `i` (node id `i + 1`) on its address and data directory.
+    pub fn start_node(&mut self, i: usize) {
+        let peers = (self.addrs.iter().enumerate())
+            .map(|(i, a)| format!("{}={a}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let (id, dir) = (
+            (i + 1).to_string(),
+            self.dirs[i].path().to_string_lossy().into_owned(),
+        );
+        let mut args = vec!["--node-id", &id, "--peers", &peers, "--data-dir", &dir];
+        args.extend(self.extra.iter().map(String::as_str));
+        let mut command = std::process::Command::new(&self.drove);
+        command.env_remove("RUST_LOG");
+        let (proc, _, http) = start_coordinator_at(command, &self.addrs[i], &args);
+        self.procs[i] = Some(proc);
+        self.https[i] = http;
+    }
+
+    /// Kills coordinator `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.procs[i].take() {
+            let _ = p.0.kill();
+            let _ = p.0.wait();
+        }
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.procs[i].is_some()
+    }
+
+    /// Every coordinator's gRPC address, comma-separated, as `--coordinator` takes them.
+    pub fn list(&self) -> String {
+        self.addrs.join(",")
+    }
+}
+
 /// A loopback address with nothing listening on it: a port bound and released again.
 pub fn unused_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -4,97 +4,44 @@
 
 use std::time::{Duration, Instant};
 
-use drove_testkit::Proc;
+use std::path::Path;
+
+use drove_testkit::{Proc, Replicated};
 use serde_json::Value;
 
-/// Three coordinators on fixed loopback addresses, each with its data directory.
-struct Trio {
-    procs: Vec<Option<Proc>>,
-    addrs: Vec<String>,
-    https: Vec<String>,
-    dirs: Vec<tempfile::TempDir>,
+fn trio() -> Replicated {
+    Replicated::start(Path::new(env!("CARGO_BIN_EXE_drove")), &[])
 }
 
-impl Trio {
-    fn start() -> Self {
-        let addrs: Vec<String> = (0..3)
-            .map(|_| drove_testkit::unused_addr().to_string())
+/// The index and term of the leader, once exactly one live coordinator leads and every
+/// live one agrees on it.
+fn leader(trio: &Replicated) -> (usize, u64) {
+    let started = Instant::now();
+    loop {
+        let live: Vec<(usize, Value)> = (0..3)
+            .filter(|i| trio.is_running(*i))
+            .map(|i| {
+                let (code, body) = crate::http(&trio.https[i], "GET", "/api/v1/cluster");
+                assert_eq!(code, 200, "{body}");
+                (
+                    i,
+                    serde_json::from_str::<Value>(&body).unwrap()["metadata"].clone(),
+                )
+            })
             .collect();
-        let mut trio = Trio {
-            procs: (0..3).map(|_| None).collect(),
-            https: vec![String::new(); 3],
-            dirs: (0..3).map(|_| tempfile::tempdir().unwrap()).collect(),
-            addrs,
-        };
-        for i in 0..3 {
-            trio.start_node(i);
-        }
-        trio
-    }
-
-    fn peers(&self) -> String {
-        (self.addrs.iter().enumerate())
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// Every coordinator's gRPC address, comma-separated, as clients name them.
-    fn list(&self) -> String {
-        self.addrs.join(",")
-    }
-
-    fn start_node(&mut self, i: usize) {
-        let node_id = (i + 1).to_string();
-        let peers = self.peers();
-        let dir = self.dirs[i].path().to_str().unwrap().to_string();
-        let (proc, _, http) = drove_testkit::start_coordinator_at(
-            crate::drove(),
-            &self.addrs[i],
-            &["--node-id", &node_id, "--peers", &peers, "--data-dir", &dir],
-        );
-        self.procs[i] = Some(proc);
-        self.https[i] = http;
-    }
-
-    /// Kills coordinator `i` with SIGKILL.
-    fn kill(&mut self, i: usize) {
-        if let Some(mut p) = self.procs[i].take() {
-            p.0.kill().unwrap();
-            p.0.wait().unwrap();
-        }
-    }
-
-    /// The index and term of the leader, once exactly one live coordinator leads and
-    /// every live one agrees on it.
-    fn leader(&self) -> (usize, u64) {
-        let started = Instant::now();
-        loop {
-            let live: Vec<(usize, Value)> = (0..3)
-                .filter(|i| self.procs[*i].is_some())
-                .map(|i| {
-                    let (code, body) = crate::http(&self.https[i], "GET", "/api/v1/cluster");
-                    assert_eq!(code, 200, "{body}");
-                    (
-                        i,
-                        serde_json::from_str::<Value>(&body).unwrap()["metadata"].clone(),
-                    )
-                })
-                .collect();
-            let leaders: Vec<&(usize, Value)> =
-                live.iter().filter(|(_, m)| m["role"] == "leader").collect();
-            if let [(i, m)] = leaders[..] {
-                let node = (*i + 1) as u64;
-                if live.iter().all(|(_, o)| o["leader_id"] == node) {
-                    return (*i, m["term"].as_u64().unwrap());
-                }
+        let leaders: Vec<&(usize, Value)> =
+            live.iter().filter(|(_, m)| m["role"] == "leader").collect();
+        if let [(i, m)] = leaders[..] {
+            let node = (*i + 1) as u64;
+            if live.iter().all(|(_, o)| o["leader_id"] == node) {
+                return (*i, m["term"].as_u64().unwrap());
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no single leader emerged: {live:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no single leader emerged: {live:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -106,8 +53,8 @@ impl Trio {
 fn a_query_outlives_its_leader_killed_mid_job_and_the_history_a_full_restart() {
     let dir = drove_testkit::tpch_data(0.01);
     let work = tempfile::tempdir().unwrap();
-    let mut trio = Trio::start();
-    let (first, first_term) = trio.leader();
+    let mut trio = trio();
+    let (first, first_term) = leader(&trio);
     let list = trio.list();
     let _workers: Vec<Proc> = (0..3)
         .map(|_| crate::worker(&list, work.path(), &["--inject-task-delay-ms", "200"]))
@@ -119,7 +66,7 @@ fn a_query_outlives_its_leader_killed_mid_job_and_the_history_a_full_restart() {
     // A stage finished under the first leader's term.
     let job = crate::multiprocess::wait_past_first_stage(&list);
     trio.kill(first);
-    let (second, second_term) = trio.leader();
+    let (second, second_term) = leader(&trio);
     assert_ne!(second, first);
     assert!(second_term > first_term, "{second_term} after {first_term}");
     let (stdout, _) = crate::multiprocess::finish(client);
@@ -134,7 +81,7 @@ fn a_query_outlives_its_leader_killed_mid_job_and_the_history_a_full_restart() {
     for i in 0..3 {
         trio.start_node(i);
     }
-    let (third, _) = trio.leader();
+    let (third, _) = leader(&trio);
     let listed = crate::durable::jobs(&trio.https[third]);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[&job].1, "succeeded", "{listed:?}");
@@ -144,8 +91,8 @@ fn a_query_outlives_its_leader_killed_mid_job_and_the_history_a_full_restart() {
 /// coordinator; bad `--peers` are refused with the fix.
 #[test]
 fn a_follower_sends_clients_to_the_leader_and_bad_peers_are_refused() {
-    let trio = Trio::start();
-    let (leader, term) = trio.leader();
+    let trio = trio();
+    let (leader, term) = leader(&trio);
     let follower = (leader + 1) % 3;
     let out = crate::run(
         &["status", "--coordinator", &trio.addrs[follower]],
