@@ -29,7 +29,6 @@ use crate::planning::{PlannedJob, PlannedStage};
 
 const LOG: &str = "meta.log";
 const SNAPSHOT: &str = "meta.snapshot";
-const LOCK: &str = "LOCK";
 /// Bytes before each frame's payload.
 const HEADER: usize = 8;
 /// The largest log entry: a job whose plans take more is refused at submission.
@@ -53,32 +52,7 @@ impl StoreError {
 /// Creates `dir` if needed and takes its `LOCK`, which stops two coordinators sharing
 /// it; the lock holds while the file stays open.
 pub(crate) fn lock_dir(dir: &Path) -> Result<File, StoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        StoreError(format!(
-            "cannot create the data directory {}: {e}; pass --data-dir a directory this user can write",
-            dir.display()
-        ))
-    })?;
-    let lock_path = dir.join(LOCK);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| {
-            StoreError(format!(
-                "cannot write in the data directory {}: {e}; pass --data-dir a directory this user can write",
-                dir.display()
-            ))
-        })?;
-    lock.try_lock().map_err(|e| match e {
-        std::fs::TryLockError::WouldBlock => StoreError(format!(
-            "the data directory {} is in use by another coordinator; stop it, or give this one a --data-dir of its own",
-            dir.display()
-        )),
-        std::fs::TryLockError::Error(e) => io_error("lock", &lock_path, e),
-    })?;
-    Ok(lock)
+    drove_exec::datadir::lock(dir, "coordinator").map_err(StoreError)
 }
 
 pub(crate) fn io_error(doing: &str, path: &Path, e: std::io::Error) -> StoreError {

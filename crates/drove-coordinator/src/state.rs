@@ -26,7 +26,7 @@ use crate::durable::{self, MetaStore};
 use crate::history::{History, Reading};
 use crate::metrics::{Metrics, Snapshot};
 use crate::planning::{self, PlannedJob, Query};
-use crate::replica::{Replica, WriteError};
+use crate::replica::{RaftStatus, Replica, WriteError};
 use crate::rest::{Attempt, AttemptOutcome, ClusterSample, JobState, WorkerTask};
 use crate::{CoordinatorConfig, Error, Result};
 
@@ -224,19 +224,16 @@ impl Journal {
         !matches!(self, Journal::Memory)
     }
 
-    fn log_index(&self) -> u64 {
+    /// The log's last entry (with Raft, the last applied), the last one a snapshot
+    /// holds, and Raft's view when replicated; read once per status or scrape.
+    fn status(&self) -> (u64, u64, Option<RaftStatus>) {
         match self {
-            Journal::Memory => 0,
-            Journal::Disk(store) => store.last_index(),
-            Journal::Raft { replica, .. } => replica.status().applied_index,
-        }
-    }
-
-    fn snapshot_index(&self) -> u64 {
-        match self {
-            Journal::Memory => 0,
-            Journal::Disk(store) => store.snapshot_index(),
-            Journal::Raft { replica, .. } => replica.status().snapshot_index,
+            Journal::Memory => (0, 0, None),
+            Journal::Disk(store) => (store.last_index(), store.snapshot_index(), None),
+            Journal::Raft { replica, .. } => {
+                let raft = replica.status();
+                (raft.applied_index, raft.snapshot_index, Some(raft))
+            }
         }
     }
 }
@@ -941,18 +938,16 @@ impl State {
             }
         }
         let workers = self.worker_statuses();
-        let raft = match &self.journal {
-            Journal::Raft { replica, .. } => replica.status(),
-            _ => Default::default(),
-        };
+        let (log_index, snapshot_index, raft) = self.journal.status();
+        let raft = raft.unwrap_or_default();
         self.metrics.encode(&Snapshot {
             jobs_by_state,
             tasks_pending,
             tasks_running,
             workers: &workers,
             queued,
-            meta_log_index: self.journal.log_index(),
-            meta_snapshot_index: self.journal.snapshot_index(),
+            meta_log_index: log_index,
+            meta_snapshot_index: snapshot_index,
             raft_term: raft.term,
             raft_leader: raft.role == "leader",
             raft_last_log_index: raft.last_log_index,
@@ -1102,17 +1097,17 @@ impl State {
                 job_id: e.cached_by.0,
             })
             .collect();
+        let (log_index, snapshot_index, raft) = self.journal.status();
         let mut metadata = pb::MetadataStatus {
             cluster_id: self.cluster_id.load(Ordering::Relaxed),
             role: "single".into(),
             data_dir: (self.config.data_dir.as_ref())
                 .map_or(String::new(), |d| d.display().to_string()),
-            log_index: self.journal.log_index(),
-            snapshot_index: self.journal.snapshot_index(),
+            log_index,
+            snapshot_index,
             ..Default::default()
         };
-        if let Journal::Raft { replica, .. } = &self.journal {
-            let raft = replica.status();
+        if let Some(raft) = raft {
             // Elected, but still taking over: not scheduling yet.
             metadata.role = match (raft.role, self.leading) {
                 ("leader", false) => "elected".into(),

@@ -7,12 +7,11 @@
 //! renamed into place, so it is whole or absent) and `LOCK`, locked while a worker uses
 //! the directory, so two workers cannot take the same identity.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
 const NODE_ID: &str = "node-id";
-const LOCK: &str = "LOCK";
 
 /// A worker's data directory, locked while it is open.
 #[derive(Debug)]
@@ -24,26 +23,13 @@ pub struct NodeDir {
 impl NodeDir {
     /// Opens (creating if needed) `dir` and reads its node id, making one on first use.
     pub fn open(dir: &Path) -> Result<Self, String> {
+        let lock = drove_exec::datadir::lock(dir, "worker")?;
         let fail = |what: &str, path: &Path, e: std::io::Error| {
             format!(
                 "cannot {what} {}: {e}; pass --data-dir a directory this user can write",
                 path.display()
             )
         };
-        std::fs::create_dir_all(dir).map_err(|e| fail("create the data directory", dir, e))?;
-        let lock_path = dir.join(LOCK);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| fail("write in the data directory", dir, e))?;
-        lock.try_lock().map_err(|_| {
-            format!(
-                "the data directory {} is in use by another worker; stop it, or give this one a --data-dir of its own",
-                dir.display()
-            )
-        })?;
         let path = dir.join(NODE_ID);
         let node_id = match std::fs::read_to_string(&path) {
             Ok(text) => {
