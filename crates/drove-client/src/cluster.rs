@@ -87,7 +87,7 @@ async fn start_coordinators(
     config: &LocalClusterConfig,
 ) -> Result<(Vec<CoordinatorHandle>, Option<tempfile::TempDir>)> {
     let n = config.coordinators;
-    if n == 0 || n > COORDINATORS_MAX || n == 2 {
+    if n % 2 == 0 || n > COORDINATORS_MAX {
         return Err(Error::Config(format!(
             "--coordinators is {n}; run 1, or 3 or 5 (Raft needs a majority: 2 coordinators survive no loss), at most {COORDINATORS_MAX}"
         )));
@@ -105,20 +105,16 @@ async fn start_coordinators(
         }
         return Ok((vec![start(c, first, config.http).await?], None));
     }
-    let scratch = match &config.data_dir {
-        Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
+    let (root, scratch) = match &config.data_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let scratch = tempfile::Builder::new()
                 .prefix("drove-local-")
                 .tempdir()
-                .map_err(|e| Error::Config(format!("cannot make a temporary directory: {e}")))?,
-        ),
+                .map_err(|e| Error::Config(format!("cannot make a temporary directory: {e}")))?;
+            (scratch.path().to_path_buf(), Some(scratch))
+        }
     };
-    let root = config
-        .data_dir
-        .clone()
-        .or_else(|| scratch.as_ref().map(|s| s.path().to_path_buf()))
-        .expect("a data directory or a scratch one");
     let mut addrs = vec![first];
     for _ in 1..n {
         // A port bound and released: free now, and taken again at once below.

@@ -881,12 +881,7 @@ impl Session {
                 Ok(()) if ended => break,
                 // The stream ended, or broke, while the job ran: the coordinator went.
                 Ok(()) => "its status stream ended".to_string(),
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-                    ) =>
-                {
+                Err(e) if drove_exec::leader::gone(&e) => {
                     // Another coordinator may lead now.
                     self.inner.coordinators.follow(&e);
                     e.message().to_string()

@@ -27,6 +27,17 @@ pub const COORDINATORS_MAX: usize = 16;
 /// tries: asking costs little, and an election is over in a second or two.
 pub const RETRY_MAX: Duration = Duration::from_millis(250);
 
+/// Whether `status` says the coordinator asked cannot answer for the cluster: it is
+/// not the leader, or nothing listens (UNAVAILABLE), or the connection broke mid-call
+/// because it died (UNKNOWN, CANCELLED).
+pub fn gone(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    )
+}
+
 fn client(addr: &str) -> Result<CoordinatorClient<Channel>, String> {
     Ok(CoordinatorClient::new(net::endpoint(addr)?.connect_lazy())
         .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
@@ -98,13 +109,7 @@ impl Coordinators {
     /// Whether trying again may help: the answer named a leader, or there is another
     /// coordinator to ask.
     pub fn follow(&self, status: &tonic::Status) -> bool {
-        // UNAVAILABLE: not the leader, or nothing listens; UNKNOWN and CANCELLED: the
-        // connection broke mid-call (the coordinator died).
-        use tonic::Code;
-        if !matches!(
-            status.code(),
-            Code::Unavailable | Code::Unknown | Code::Cancelled
-        ) {
+        if !gone(status) {
             return false;
         }
         let named_leader = status

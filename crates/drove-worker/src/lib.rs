@@ -380,6 +380,8 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
             MEMORY_MIN_BYTES
         )));
     }
+    let coordinators = Coordinators::parse(&config.coordinator)
+        .map_err(|why| Error::Config(format!("--coordinator: {why}")))?;
     let work_dir = workdir::WorkDir::create(&config.work_dir).map_err(Error::Config)?;
     let node = match &config.data_dir {
         Some(dir) => Some(node::NodeDir::open(dir).map_err(Error::Config)?),
@@ -462,7 +464,14 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         .clone()
         .unwrap_or_else(|| flight_addr.to_string());
     let (drain, drain_rx) = watch::channel(false);
-    let main = tokio::spawn(run(config, advertised, shared, shutdown_rx, drain_rx));
+    let main = tokio::spawn(run(
+        config,
+        coordinators,
+        advertised,
+        shared,
+        shutdown_rx,
+        drain_rx,
+    ));
     info!(%flight_addr, "worker Flight service listening");
     Ok(WorkerHandle {
         flight_addr,
@@ -479,6 +488,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
 /// Registers, serves the session until it breaks, and registers again.
 async fn run(
     config: WorkerConfig,
+    coordinators: Coordinators,
     flight_addr: String,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
@@ -486,12 +496,6 @@ async fn run(
 ) -> Result<()> {
     let mut first = true;
     let node_id = shared.node.as_ref().map_or("", |n| n.node_id.as_str());
-    let coordinators =
-        Coordinators::parse(&config.coordinator).map_err(|why| Error::Registration {
-            addr: config.coordinator.clone(),
-            timeout_ms: 0,
-            last_error: why,
-        })?;
     loop {
         let session = tokio::select! {
             s = register(&config, &coordinators, &flight_addr, node_id, first) => s?,

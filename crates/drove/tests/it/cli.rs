@@ -678,3 +678,20 @@ fn explain_analyze_counts_what_the_shuffle_reader_read() {
         "{reader}"
     );
 }
+
+#[test]
+fn a_worker_refuses_a_coordinator_list_it_cannot_read_before_it_starts() {
+    for (list, says) in [
+        (" , ", "no coordinator address given"),
+        ("a b:1", "is not a HOST:PORT"),
+    ] {
+        let out = crate::run(&["worker", "--coordinator", list], LIMIT);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{list:?} was accepted");
+        assert!(
+            stderr.contains("--coordinator: ") && stderr.contains(says),
+            "{stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("worker Flight service on"));
+    }
+}
