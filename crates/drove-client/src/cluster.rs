@@ -87,7 +87,7 @@ async fn start_coordinators(
     config: &LocalClusterConfig,
 ) -> Result<(Vec<CoordinatorHandle>, Option<tempfile::TempDir>)> {
     let n = config.coordinators;
-    if n % 2 == 0 || n > COORDINATORS_MAX {
+    if n.is_multiple_of(2) || n > COORDINATORS_MAX {
         return Err(Error::Config(format!(
             "--coordinators is {n}; run 1, or 3 or 5 (Raft needs a majority: 2 coordinators survive no loss), at most {COORDINATORS_MAX}"
         )));
