@@ -12,14 +12,19 @@ mod machine;
 mod net;
 mod wire;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use drove_core::meta::{Applied, MetaCommand};
-use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use drove_core::meta::{Applied, MetaCommand, MetaImage};
+use openraft::network::RaftNetworkFactory;
+use openraft::{
+    AsyncRuntime, BasicNode, Config, OptionalSend, ServerState, SnapshotPolicy, TokioRuntime,
+};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -36,6 +41,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = BasicNode,
         SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = Runtime,
 );
 
 pub type Raft = openraft::Raft<Types>;
@@ -63,6 +69,98 @@ const ENTRIES_PER_APPEND: u64 = 64;
 
 /// How long a peer may take over a snapshot chunk, fsync included.
 const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10_000;
+
+/// openraft's runtime: tokio's, except that election timeouts are drawn from a
+/// per-thread generator that a simulation seeds ([`seed_elections`]) so that a run
+/// can be replayed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Runtime;
+
+thread_local! {
+    static ELECTION_RNG: Cell<u64> = Cell::new(drove_core::ids::random_id());
+}
+
+/// Makes the election timeouts drawn on this thread from now on follow `seed`.
+pub fn seed_elections(seed: u64) {
+    ELECTION_RNG.with(|s| s.set(seed));
+}
+
+/// This thread's election generator (SplitMix64).
+pub struct ElectionRng;
+
+impl rand::RngCore for ElectionRng {
+    fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+    fn next_u64(&mut self) -> u64 {
+        ELECTION_RNG.with(|s| {
+            let state = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+            s.set(state);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        })
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for chunk in dest.chunks_mut(8) {
+            chunk.copy_from_slice(&self.next_u64().to_le_bytes()[..chunk.len()]);
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> std::result::Result<(), rand::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl AsyncRuntime for Runtime {
+    type JoinError = <TokioRuntime as AsyncRuntime>::JoinError;
+    type JoinHandle<T: OptionalSend + 'static> = <TokioRuntime as AsyncRuntime>::JoinHandle<T>;
+    type Sleep = <TokioRuntime as AsyncRuntime>::Sleep;
+    type Instant = <TokioRuntime as AsyncRuntime>::Instant;
+    type TimeoutError = <TokioRuntime as AsyncRuntime>::TimeoutError;
+    type Timeout<R, T: Future<Output = R> + OptionalSend> =
+        <TokioRuntime as AsyncRuntime>::Timeout<R, T>;
+    type ThreadLocalRng = ElectionRng;
+    type OneshotSender<T: OptionalSend> = <TokioRuntime as AsyncRuntime>::OneshotSender<T>;
+    type OneshotReceiverError = <TokioRuntime as AsyncRuntime>::OneshotReceiverError;
+    type OneshotReceiver<T: OptionalSend> = <TokioRuntime as AsyncRuntime>::OneshotReceiver<T>;
+
+    fn spawn<T>(future: T) -> Self::JoinHandle<T::Output>
+    where
+        T: Future + OptionalSend + 'static,
+        T::Output: OptionalSend + 'static,
+    {
+        TokioRuntime::spawn(future)
+    }
+    fn sleep(duration: Duration) -> Self::Sleep {
+        TokioRuntime::sleep(duration)
+    }
+    fn sleep_until(deadline: Self::Instant) -> Self::Sleep {
+        TokioRuntime::sleep_until(deadline)
+    }
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(
+        duration: Duration,
+        future: F,
+    ) -> Self::Timeout<R, F> {
+        TokioRuntime::timeout(duration, future)
+    }
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
+        deadline: Self::Instant,
+        future: F,
+    ) -> Self::Timeout<R, F> {
+        TokioRuntime::timeout_at(deadline, future)
+    }
+    fn is_panic(join_error: &Self::JoinError) -> bool {
+        TokioRuntime::is_panic(join_error)
+    }
+    fn thread_rng() -> ElectionRng {
+        ElectionRng
+    }
+    fn oneshot<T: OptionalSend>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>) {
+        TokioRuntime::oneshot()
+    }
+}
 
 /// Why a metadata write did not commit.
 #[derive(Debug)]
@@ -159,9 +257,23 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Opens the log and snapshot in `dir` and joins the peers; a coordinator that has
-    /// never run proposes the cluster of `peers` (every peer does, and they agree).
+    /// Opens the log and snapshot in `dir` and joins the peers over gRPC; a
+    /// coordinator that has never run proposes the cluster of `peers` (every peer does,
+    /// and they agree).
     pub async fn start(peers: Peers, dir: &Path, history_max: usize) -> Result<Arc<Self>> {
+        let every = crate::durable::SNAPSHOT_EVERY;
+        Self::start_with(peers, dir, history_max, net::Network, every).await
+    }
+
+    /// [`Replica::start`] over another network (the simulation's), with a snapshot
+    /// every `snapshot_every` entries.
+    pub async fn start_with<N: RaftNetworkFactory<Types>>(
+        peers: Peers,
+        dir: &Path,
+        history_max: usize,
+        network: N,
+        snapshot_every: u64,
+    ) -> Result<Arc<Self>> {
         let user = |e: crate::durable::StoreError| Error::User(e.to_string());
         let lock = crate::durable::lock_dir(dir).map_err(user)?;
         let log = log::LogStore::open(dir).map_err(user)?;
@@ -172,8 +284,8 @@ impl Replica {
             heartbeat_interval: HEARTBEAT_MS,
             election_timeout_min: ELECTION_MIN_MS,
             election_timeout_max: ELECTION_MAX_MS,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(crate::durable::SNAPSHOT_EVERY),
-            max_in_snapshot_log_to_keep: KEPT_AFTER_SNAPSHOT,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+            max_in_snapshot_log_to_keep: KEPT_AFTER_SNAPSHOT.min(snapshot_every),
             max_payload_entries: ENTRIES_PER_APPEND,
             install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
             ..Default::default()
@@ -183,7 +295,7 @@ impl Replica {
         let raft = Raft::new(
             peers.node_id,
             Arc::new(config),
-            net::Network,
+            network,
             log,
             machine.clone(),
         )
@@ -226,6 +338,11 @@ impl Replica {
                 WRITE_TIMEOUT.as_secs()
             ))),
         }
+    }
+
+    /// The metadata as applied here.
+    pub fn metadata(&self) -> MetaImage {
+        self.machine.image()
     }
 
     pub fn status(&self) -> RaftStatus {
@@ -279,11 +396,35 @@ impl Replica {
     }
 }
 
+/// What schedules while this coordinator leads: the coordinator's state (or the
+/// simulation's model of it).
+pub trait Leadership {
+    /// The term it schedules in; 0 while it does not (also after a metadata write
+    /// failed to commit).
+    fn led_term(&self) -> u64;
+    /// Starts scheduling in `term` from the metadata as committed.
+    fn take_lead(&self, meta: MetaImage, term: u64) -> impl Future<Output = ()> + Send;
+    /// Stops scheduling and forgets what it ran.
+    fn step_down(&self) -> impl Future<Output = ()> + Send;
+}
+
+impl Leadership for Coordinator {
+    fn led_term(&self) -> u64 {
+        Coordinator::led_term(self)
+    }
+    fn take_lead(&self, meta: MetaImage, term: u64) -> impl Future<Output = ()> + Send {
+        Coordinator::take_lead(self, meta, term)
+    }
+    fn step_down(&self) -> impl Future<Output = ()> + Send {
+        Coordinator::step_down(self)
+    }
+}
+
 /// Follows Raft's view of who leads: takes the lead when this coordinator is elected,
 /// and gives it up when another is, or when no quorum answers. Ends on `stop`.
-pub async fn follow(
+pub async fn follow<L: Leadership>(
     replica: Arc<Replica>,
-    coordinator: Coordinator,
+    coordinator: L,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut metrics = replica.raft.metrics();
@@ -329,6 +470,7 @@ pub async fn follow(
             coordinator.step_down().await;
         }
         tokio::select! {
+            biased;
             changed = metrics.changed() => if changed.is_err() { break },
             () = tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS)) => {}
             _ = stop.wait_for(|s| *s) => break,
