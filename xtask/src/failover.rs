@@ -3,7 +3,9 @@
 //! SIGKILL at random points and started again. Every answer is checked against
 //! single-process DataFusion; a checker over the history of submissions,
 //! acknowledgements and answers finds any job lost or answered twice; and each kill
-//! measures the time from the leader's death to the first task the new leader runs.
+//! measures the time from the leader's death to the first task the new leader runs
+//! (or takes from a worker that kept its output), and how many stages finished at the
+//! kill were run again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,8 +46,9 @@ async fn leader(session: &Session) -> Result<(usize, drove_client::proto::Cluste
     Ok((m.node_id as usize, status))
 }
 
-/// The first moment a coordinator other than `dead` leads and runs a task, polled
-/// every 10 ms through its own session; how long after `since`.
+/// The first moment a coordinator other than `dead` leads and has a task of a running
+/// job running or done (run, or taken from the output a worker kept), polled every
+/// 10 ms through its own session; how long after `since`.
 async fn first_task(trio: &Replicated, dead: usize, since: Instant) -> Result<Duration> {
     let mut sessions = Vec::new();
     for (i, a) in trio.addrs.iter().enumerate() {
@@ -166,9 +169,18 @@ async fn failover(run: &FailoverRun, drove: &Path) -> Result<Value> {
 
     let mut seed = run.seed.max(1);
     let mut failovers = Vec::new();
+    let mut finished = Vec::new();
     for k in 0..run.kills {
         tokio::time::sleep(Duration::from_millis(500 + next(&mut seed) % 3_000)).await;
         let (dead, status) = leader(&watcher).await.context("finding the leader")?;
+        // The stages finished when the leader dies: the next one should not run them.
+        for j in &status.jobs {
+            if j.state() == drove_client::proto::JobState::Running {
+                (j.stages.iter())
+                    .filter(|s| s.tasks_total > 0 && s.tasks_done == s.tasks_total)
+                    .for_each(|s| finished.push((j.job_id, s.stage_id)));
+            }
+        }
         let term = status.metadata.unwrap_or_default().term;
         trio.kill(dead - 1);
         let since = Instant::now();
@@ -208,6 +220,14 @@ async fn failover(run: &FailoverRun, drove: &Path) -> Result<Value> {
     let (_, status) = leader(&watcher).await?;
     let calls = std::mem::take(&mut *calls.lock().unwrap());
     let history: BTreeMap<u64, i32> = status.jobs.iter().map(|j| (j.job_id, j.state)).collect();
+    // A stage finished before a kill that its job's final status shows attempts for
+    // was run again (or its job ended under the old leader, just before the kill).
+    let launched: BTreeMap<(u64, u32), u32> = (status.jobs.iter())
+        .flat_map(|j| (j.stages.iter()).map(|s| ((j.job_id, s.stage_id), s.attempts_launched)))
+        .collect();
+    let rerun = (finished.iter())
+        .filter(|k| launched.get(k).is_some_and(|n| *n > 0))
+        .count();
     let mut problems = Vec::new();
     let mut seen = BTreeMap::new();
     for c in calls.iter() {
@@ -231,6 +251,8 @@ async fn failover(run: &FailoverRun, drove: &Path) -> Result<Value> {
         "kills": run.kills,
         "queries": calls.len(),
         "failover_ms": failovers,
+        "stages_finished_at_kills": finished.len(),
+        "stages_rerun": rerun,
         "problems": problems,
     }))
 }

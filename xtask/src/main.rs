@@ -1335,12 +1335,14 @@ fn failover_workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
                 .filter_map(|p| p.as_str().map(str::to_string))
                 .collect();
             md.push_str(&format!(
-                "| kills | queries answered | leader's death to the new leader's first task, median ms | p99 ms | max ms | jobs lost, answered twice or wrong |\n|---|---|---|---|---|---|\n| {} | {} | {:.0} | {:.0} | {:.0} | {} |\n",
+                "| kills | queries answered | leader's death to the new leader's first task, median ms | p99 ms | max ms | stages finished at the kills, run again | jobs lost, answered twice or wrong |\n|---|---|---|---|---|---|---|\n| {} | {} | {:.0} | {:.0} | {:.0} | {} of {} | {} |\n",
                 ms.len(),
                 r["queries"],
                 median(&ms),
                 p99,
                 sorted.last().copied().unwrap_or(0.0),
+                r["stages_rerun"],
+                r["stages_finished_at_kills"],
                 found.len()
             ));
             for p in &found {

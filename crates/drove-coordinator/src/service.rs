@@ -2,7 +2,8 @@
 
 use std::pin::Pin;
 
-use drove_core::JobId;
+use drove_core::scheduler::HeldOutput;
+use drove_core::{JobId, StageId, TaskId};
 use drove_exec::tables::{Format, TableSpec};
 use drove_proto as pb;
 use drove_proto::coordinator_server::{Coordinator as CoordinatorRpc, CoordinatorServer};
@@ -95,6 +96,22 @@ impl CoordinatorRpc for Service {
                     slots: register.slots,
                     task_memory: register.task_memory_bytes,
                     node_id: register.node_id,
+                    held_cluster_id: register.held_cluster_id,
+                    held: (register.held.into_iter())
+                        .filter_map(|h| {
+                            let key = h.task?;
+                            Some(HeldOutput {
+                                task: TaskId {
+                                    job: JobId(key.job_id),
+                                    stage: StageId(key.stage_id),
+                                    partition: key.partition,
+                                },
+                                attempt: key.attempt,
+                                rows: h.rows,
+                                bytes: h.bytes,
+                            })
+                        })
+                        .collect(),
                 },
                 tx,
             )

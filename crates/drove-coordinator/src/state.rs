@@ -11,8 +11,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use drove_core::catalog::{CachedStage, Catalog, CatalogCommand};
 use drove_core::meta::{Applied, JobEnd, MetaCommand, MetaLog, TableMeta};
 use drove_core::scheduler::{
-    Command, ErrorKind, Event, FetchFailure, JobSpec, Output, Run, Scheduler, SchedulerConfig,
-    StageSpec, TaskError, TaskState, TaskStats, TaskTotals,
+    Command, ErrorKind, Event, FetchFailure, HeldOutput, JobSpec, Output, Run, Scheduler,
+    SchedulerConfig, StageSpec, TaskError, TaskState, TaskStats, TaskTotals,
 };
 use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
 use drove_exec::cache::CachedTable;
@@ -40,7 +40,16 @@ pub struct Registration {
     pub task_memory: u64,
     /// Its lasting identity (kept in its data directory); empty without one.
     pub node_id: String,
+    /// Task outputs it kept from its last session, and the cluster whose jobs wrote
+    /// them.
+    pub held_cluster_id: u64,
+    pub held: Vec<HeldOutput>,
 }
+
+/// How long a coordinator that takes over running jobs waits for the workers to come
+/// back and report the outputs they hold before it launches tasks: long enough for a
+/// worker that lost the old leader to find the new one.
+const HELD_OUTPUTS_WAIT_MS: u64 = 1_500;
 
 /// Messages to one worker's stream.
 pub type WorkerTx = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
@@ -814,6 +823,8 @@ impl State {
             slots,
             task_memory,
             node_id,
+            held_cluster_id,
+            held,
         } = registration;
         let worker = self
             .record(MetaCommand::WorkerRegistered {
@@ -828,6 +839,7 @@ impl State {
             kind: Some(pb::coordinator_message::Kind::Registered(pb::Registered {
                 worker_id: worker.0,
                 heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                cluster_id: self.meta.state().cluster_id(),
             })),
         };
         tx.try_send(Ok(registered))
@@ -848,6 +860,15 @@ impl State {
             },
         );
         self.handle(Event::WorkerJoined { worker, slots });
+        // Outputs written for this cluster's jobs (under a leader that is gone, or
+        // before this coordinator restarted): its running jobs may take them.
+        if !held.is_empty() && held_cluster_id == self.meta.state().cluster_id() {
+            info!(%worker, outputs = held.len(), "the worker kept task outputs");
+            self.handle(Event::OutputsHeld {
+                worker,
+                outputs: held,
+            });
+        }
         Ok(worker)
     }
 
@@ -1335,6 +1356,12 @@ impl State {
                 self.end_job(job, pb::JobState::Cancelled, why, JobEnd::Cancelled);
                 None
             }
+            Command::DropOutputs { worker, outputs } => {
+                let outputs = outputs.iter().map(|a| task_key(*a)).collect();
+                let drop = pb::DropOutputs { outputs };
+                self.send(worker, pb::coordinator_message::Kind::DropOutputs(drop));
+                None
+            }
             Command::ReleaseBlocks { job, workers } => {
                 for worker in workers {
                     if let Some(conn) = self.workers.get_mut(&worker) {
@@ -1665,10 +1692,12 @@ impl State {
         Some(status)
     }
 
-    /// After a restart from the data directory: jobs that were running when the last
-    /// coordinator stopped run again from their plans, from the start (the workers
-    /// dropped their blocks when they lost it); the few that cannot (those that cache
-    /// a table or read one) are recorded as failed. Every ended job in the history is
+    /// After a restart from the data directory, or on taking the lead: jobs that were
+    /// running when the last coordinator stopped run again from their plans; the tasks
+    /// whose outputs the workers kept are not run again (they report them when they
+    /// register, and nothing launches for [`HELD_OUTPUTS_WAIT_MS`] while they come
+    /// back). The few that cannot run again (those that cache a table or read one) are
+    /// recorded as failed. Every ended job in the history is
     /// listed again from its record, and every cached table is back in the catalog
     /// with its partitions lost, to be computed again from its lineage.
     fn recover(&mut self) {
@@ -1695,6 +1724,8 @@ impl State {
                     let record =
                         JobRecord::new(name, r.sql, submitted_ms, r.planned, None, r.detached);
                     self.admit(job, record, spec);
+                    let now = self.epoch.elapsed().as_millis() as u64;
+                    self.scheduler.hold_launches(now + HELD_OUTPUTS_WAIT_MS);
                 }
                 Err(why) => {
                     let error = format!(

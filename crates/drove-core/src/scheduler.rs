@@ -111,6 +111,16 @@ pub struct Existing {
     pub origin: (JobId, StageId),
 }
 
+/// A task output a worker kept from before this scheduler ran its job: a new leader's
+/// workers kept what they wrote for the old one (see [`Event::OutputsHeld`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldOutput {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
 /// A job as the scheduler sees it. The last stage's output is the job's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobSpec {
@@ -239,6 +249,13 @@ pub enum Event {
     JobReleased {
         job: JobId,
     },
+    /// A worker that just joined holds these outputs, written before this scheduler ran
+    /// their jobs (its coordinator failed over, or restarted on its data directory):
+    /// tasks still to run take them as done; the worker is told to drop the others.
+    OutputsHeld {
+        worker: WorkerId,
+        outputs: Vec<HeldOutput>,
+    },
 }
 
 /// Something the runtime must do.
@@ -276,6 +293,11 @@ pub enum Command {
     ReleaseBlocks {
         job: JobId,
         workers: Vec<WorkerId>,
+    },
+    /// Drop these attempts' outputs on the worker (held outputs no task took).
+    DropOutputs {
+        worker: WorkerId,
+        outputs: Vec<AttemptId>,
     },
 }
 
@@ -476,8 +498,11 @@ struct StageState {
     spec: StageSpec,
     /// Changed only through [`StageState::set`], which keeps the counts below.
     tasks: Vec<TaskState>,
-    /// Attempts started per task; the next attempt's number.
+    /// The next attempt's number per task: attempts started, and numbers passed over
+    /// by outputs held from before (see [`Event::OutputsHeld`]).
     attempts: Vec<u32>,
+    /// Attempt numbers passed over.
+    skipped: u32,
     /// Failed attempts per task, bounded by `task_attempt_max`.
     failures: Vec<u32>,
     /// Where each task last failed: its retry prefers another worker.
@@ -506,6 +531,7 @@ impl StageState {
             spec: spec.clone(),
             tasks: vec![TaskState::Pending; n],
             attempts: vec![0; n],
+            skipped: 0,
             failures: vec![0; n],
             failed_on: vec![None; n],
             speculative: 0,
@@ -722,6 +748,8 @@ pub struct Scheduler {
     no_workers_since: Option<u64>,
     /// A worker went away or an output was lost since the last [`Self::repair`].
     repair_due: bool,
+    /// No attempt launches before this time (see [`Scheduler::hold_launches`]).
+    hold_until_ms: u64,
 }
 
 impl Default for Scheduler {
@@ -739,6 +767,7 @@ impl Scheduler {
             jobs: BTreeMap::new(),
             no_workers_since: Some(0),
             repair_due: false,
+            hold_until_ms: 0,
         }
     }
 
@@ -821,7 +850,8 @@ impl Scheduler {
             | Event::WorkerDraining { worker }
             | Event::TaskSucceeded { worker, .. }
             | Event::TaskFailed { worker, .. }
-            | Event::TaskProgressed { worker, .. } => Some(*worker),
+            | Event::TaskProgressed { worker, .. }
+            | Event::OutputsHeld { worker, .. } => Some(*worker),
             _ => None,
         };
         match event {
@@ -888,6 +918,7 @@ impl Scheduler {
                     out.push(Command::JobFailed { job, message });
                 }
             }
+            Event::OutputsHeld { worker, outputs } => self.adopt(worker, outputs, &mut out),
             Event::JobReleased { job } => {
                 if self.job_outcome(job) == Some(&JobOutcome::Running) {
                     // Releasing a running job is a cancel followed by a release.
@@ -917,6 +948,13 @@ impl Scheduler {
             .collect();
         self.check_invariants(&involved, tick);
         out
+    }
+
+    /// Launches nothing before `until_ms`: a new leader gives the workers time to come
+    /// back and report the outputs they hold, so that tasks they already ran are not
+    /// run again. The first [`Event::Tick`] after it launches what waited.
+    pub fn hold_launches(&mut self, until_ms: u64) {
+        self.hold_until_ms = until_ms;
     }
 
     /// Moves the clock without acting on it (the next [`Event::Tick`] does), so that
@@ -1009,7 +1047,8 @@ impl Scheduler {
                         worker: *worker,
                         origin: origin.unwrap_or((job, stage)),
                     },
-                    origin.is_none().then_some(stats.output_rows),
+                    (origin.is_none() || *origin == Some((job, stage)))
+                        .then_some(stats.output_rows),
                 )),
                 _ => None,
             })
@@ -1211,6 +1250,81 @@ impl Scheduler {
         if self.jobs[&job].stages.values().all(StageState::is_done) {
             self.end_job(job, JobOutcome::Succeeded, out);
             out.push(Command::JobSucceeded { job });
+        }
+    }
+
+    /// See [`Event::OutputsHeld`]. A held output stands for a task still pending (or
+    /// done where it is lost): its stage is not done, so nothing read that task yet.
+    fn adopt(&mut self, worker: WorkerId, outputs: Vec<HeldOutput>, out: &mut Vec<Command>) {
+        if !self.workers.contains_key(&worker) {
+            return;
+        }
+        let mut dropped = Vec::new();
+        let mut released = BTreeSet::new();
+        let mut completed = BTreeSet::new();
+        for held in outputs {
+            let task = held.task;
+            let Some(job) =
+                (self.jobs.get_mut(&task.job)).filter(|j| j.outcome == JobOutcome::Running)
+            else {
+                released.insert(task.job);
+                continue;
+            };
+            let p = task.partition as usize;
+            let stage = job.stages.get_mut(&task.stage);
+            let free = stage
+                .as_ref()
+                .and_then(|s| s.tasks.get(p))
+                .is_some_and(|t| match t {
+                    TaskState::Pending => true,
+                    TaskState::Done { worker, .. } => !self.workers.contains_key(worker),
+                    TaskState::Running { .. } => false,
+                });
+            let (Some(stage), true) = (stage, free) else {
+                dropped.push(AttemptId {
+                    task,
+                    attempt: held.attempt,
+                });
+                continue;
+            };
+            let done = TaskState::Done {
+                attempt: held.attempt,
+                worker,
+                stats: TaskStats {
+                    output_rows: held.rows,
+                    output_bytes: held.bytes,
+                    ..TaskStats::default()
+                },
+                origin: Some((task.job, task.stage)),
+            };
+            stage.set(p, done);
+            // Its number is spent: a later attempt of the task numbers past it.
+            let next = &mut stage.attempts[p];
+            if *next <= held.attempt {
+                stage.skipped += held.attempt + 1 - *next;
+                *next = held.attempt + 1;
+            }
+            job.touched.insert(worker);
+            if job.stages.values().all(StageState::is_done) {
+                completed.insert(task.job);
+            }
+        }
+        debug!(%worker, dropped = dropped.len(), released = released.len(), "held outputs taken");
+        for job in completed {
+            self.end_job(job, JobOutcome::Succeeded, out);
+            out.push(Command::JobSucceeded { job });
+        }
+        if !dropped.is_empty() {
+            out.push(Command::DropOutputs {
+                worker,
+                outputs: dropped,
+            });
+        }
+        for job in released {
+            out.push(Command::ReleaseBlocks {
+                job,
+                workers: vec![worker],
+            });
         }
     }
 
@@ -1436,6 +1550,9 @@ impl Scheduler {
     /// launches.
     fn schedule(&mut self, out: &mut Vec<Command>) {
         let now = self.now_ms;
+        if now < self.hold_until_ms {
+            return;
+        }
         let cluster_slots: u64 = self.workers.values().map(|w| u64::from(w.slots)).sum();
         for (job_id, job) in &mut self.jobs {
             if job.outcome != JobOutcome::Running {
@@ -1618,7 +1735,7 @@ impl Scheduler {
                     || format!("{job_id} {stage_id} counts its done and pending tasks wrong"),
                 );
                 invariant(
-                    stage.launched == stage.attempts.iter().sum::<u32>()
+                    stage.launched + stage.skipped == stage.attempts.iter().sum::<u32>()
                         && stage.failed == stage.failures.iter().sum::<u32>(),
                     "stage-counts",
                     || format!("{job_id} {stage_id} counts its attempts wrong"),
@@ -2076,6 +2193,123 @@ mod tests {
             "stage 1's input is gone too"
         );
         assert_eq!(s.stage_outputs(JobId(1), StageId(1)), None);
+    }
+
+    /// A new leader holds launches while its workers come back; what they report
+    /// holding stands for tasks still to run, and the rest is dropped.
+    #[test]
+    fn held_outputs_are_taken_as_done_and_the_rest_dropped() {
+        let mut s = with_workers(SchedulerConfig::default(), &[2]);
+        s.hold_launches(1_000);
+        let cmds = s.handle(Event::JobSubmitted(job(1, &[(0, 3, &[]), (1, 2, &[0])])));
+        assert!(launches(&cmds).is_empty(), "launches wait for the hold");
+        s.handle(Event::WorkerJoined {
+            worker: WorkerId(2),
+            slots: 2,
+        });
+        let task = |stage, partition| TaskId {
+            job: JobId(1),
+            stage: StageId(stage),
+            partition,
+        };
+        let held = |task, attempt| HeldOutput {
+            task,
+            attempt,
+            rows: 10,
+            bytes: 100,
+        };
+        let out = s.handle(Event::OutputsHeld {
+            worker: WorkerId(2),
+            outputs: vec![
+                held(task(0, 0), 0),
+                held(task(0, 2), 3),
+                // A reader's output stands though its inputs are not all there now.
+                held(task(1, 0), 0),
+                // Another attempt of a task already taken.
+                held(task(0, 0), 1),
+                held(
+                    TaskId {
+                        job: JobId(9),
+                        ..task(0, 0)
+                    },
+                    0,
+                ),
+            ],
+        });
+        assert_eq!(
+            out,
+            vec![
+                Command::DropOutputs {
+                    worker: WorkerId(2),
+                    outputs: vec![AttemptId {
+                        task: task(0, 0),
+                        attempt: 1
+                    }],
+                },
+                Command::ReleaseBlocks {
+                    job: JobId(9),
+                    workers: vec![WorkerId(2)],
+                },
+            ]
+        );
+        let counts = s.stage_counts(JobId(1), StageId(0)).unwrap();
+        assert_eq!((counts.done, counts.pending), (2, 1));
+        let cmds = s.handle(Event::Tick { now_ms: 1_000 });
+        let maps = launches(&cmds);
+        assert_eq!(maps.len(), 1, "only the missing map task runs: {cmds:?}");
+        assert_eq!(maps[0].0.task, task(0, 1));
+        let reduces = launches(&succeed(&mut s, maps[0]));
+        assert_eq!(reduces.len(), 1);
+        assert_eq!(reduces[0].0.task, task(1, 1));
+        let outputs = s.stage_outputs_and_rows(JobId(1), StageId(0)).unwrap();
+        assert_eq!(outputs[2].0.attempt, 3);
+        assert_eq!(outputs[2].1, Some(10), "a held output's rows are known");
+        // A held output's attempt number is spent: a re-run numbers past it.
+        let out = fail(
+            &mut s,
+            reduces[0],
+            TaskError {
+                kind: ErrorKind::Transient,
+                message: "block not found".into(),
+                fetch: Some(FetchFailure {
+                    stage: StageId(0),
+                    map_partition: 2,
+                    worker: WorkerId(2),
+                }),
+            },
+        );
+        let rerun = launches(&out);
+        assert!(
+            rerun
+                .iter()
+                .any(|(a, _)| a.task == task(0, 2) && a.attempt == 4),
+            "{rerun:?}"
+        );
+    }
+
+    #[test]
+    fn outputs_held_for_every_task_end_the_job() {
+        let mut s = with_workers(SchedulerConfig::default(), &[1]);
+        s.hold_launches(1_000);
+        s.handle(Event::JobSubmitted(job(1, &[(0, 2, &[])])));
+        let outputs = (0..2)
+            .map(|partition| HeldOutput {
+                task: TaskId {
+                    job: JobId(1),
+                    stage: StageId(0),
+                    partition,
+                },
+                attempt: 0,
+                rows: 1,
+                bytes: 1,
+            })
+            .collect();
+        let out = s.handle(Event::OutputsHeld {
+            worker: WorkerId(1),
+            outputs,
+        });
+        assert_eq!(out, vec![Command::JobSucceeded { job: JobId(1) }]);
+        assert_eq!(s.job_outcome(JobId(1)), Some(&JobOutcome::Succeeded));
     }
 
     #[test]

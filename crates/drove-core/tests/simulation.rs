@@ -2,12 +2,14 @@
 //!
 //! A seeded world of simulated workers, a simulated network and a simulated client
 //! drives the real [`Scheduler`]: workers crash (with and without their connection
-//! closing), pause past the heartbeat timeout and come back, lose their sessions, drain
-//! and leave; messages are delayed; tasks fail, straggle, or fail deterministically.
+//! closing), pause past the heartbeat timeout and come back, lose their sessions (and
+//! keep their tasks' outputs, which they report when they register again), drain and
+//! leave; messages are delayed; tasks fail, straggle, or fail deterministically.
 //! After every step the world checks its invariants:
 //!
 //! - no task completes twice: a done task only becomes done again after its output
-//!   was lost, and only through an attempt that really ran and reported success;
+//!   was lost (or moved with its process to the process's new identity), and only
+//!   through an attempt that really ran and reported success;
 //! - every block a running attempt was told to read exists, or its holder is dead
 //!   (so the scheduler will learn and recompute it);
 //! - a succeeded job's result has every partition exactly once, and its value is the
@@ -27,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use drove_core::catalog::{CachedStage, Catalog, CatalogCommand, CatalogError};
 use drove_core::scheduler::{
-    Command, ErrorKind, Event, FetchFailure, JobOutcome, JobSpec, Output, Scheduler,
+    Command, ErrorKind, Event, FetchFailure, HeldOutput, JobOutcome, JobSpec, Output, Scheduler,
     SchedulerConfig, SpeculationConfig, StageSpec, TaskError, TaskState, TaskStats,
 };
 use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
@@ -195,6 +197,10 @@ struct Stats {
     /// Lost cached partitions computed again and adopted by their table.
     cache_repairs: usize,
     uncached: usize,
+    /// Outputs processes kept across a session and reported when they registered again.
+    held: u64,
+    /// Done tasks whose output moved to its holder's new identity.
+    taken: u64,
 }
 
 impl std::ops::AddAssign for Stats {
@@ -211,6 +217,8 @@ impl std::ops::AddAssign for Stats {
         self.cache_reads += o.cache_reads;
         self.cache_repairs += o.cache_repairs;
         self.uncached += o.uncached;
+        self.held += o.held;
+        self.taken += o.taken;
     }
 }
 
@@ -373,6 +381,11 @@ impl World {
                     let d = self.net_delay((w.0, false));
                     self.at(d, Action::Release(w, job));
                 }
+            }
+            Command::DropOutputs { worker, outputs } => {
+                let blocks = outputs.into_iter().map(|a| (a, worker)).collect();
+                let d = self.net_delay((worker.0, false));
+                self.at(d, Action::DropBlocks(worker, blocks));
             }
             Command::JobSucceeded { job } => {
                 self.check_result(job);
@@ -584,12 +597,17 @@ impl World {
                                     "{id} is done on live {worker}, which lacks its block"
                                 );
                             }
-                            if let Some(previous) = self.done.insert(task, (*attempt, *worker)) {
-                                assert_eq!(
-                                    previous,
-                                    (*attempt, *worker),
-                                    "{task} completed twice without losing its output"
+                            if let Some(previous) = self.done.insert(task, (*attempt, *worker))
+                                && previous != (*attempt, *worker)
+                            {
+                                // The same output, kept by its process under a new
+                                // identity, is no second completion.
+                                assert!(
+                                    previous.0 == *attempt && self.process_of(previous.1).is_none(),
+                                    "{task} completed twice without losing its output: {previous:?}, then {:?}",
+                                    (*attempt, *worker)
                                 );
+                                self.stats.taken += 1;
                             }
                         }
                         _ => {
@@ -845,14 +863,27 @@ impl World {
                 p.draining = false;
                 p.running.clear();
                 p.queued.clear();
-                p.blocks.clear();
                 p.adopted.clear();
                 let worker = WorkerId(self.next_worker);
                 self.next_worker += 1;
                 p.worker = Some(worker);
+                // What it kept from its last session is its own now, and reported.
+                p.blocks = p.blocks.iter().map(|(a, _)| (*a, worker)).collect();
+                let outputs: Vec<HeldOutput> = (p.blocks.iter())
+                    .map(|(a, _)| HeldOutput {
+                        task: a.task,
+                        attempt: a.attempt,
+                        rows: 0,
+                        bytes: 0,
+                    })
+                    .collect();
                 let slots = p.slots;
                 self.identity.insert(worker, process);
                 self.feed(Event::WorkerJoined { worker, slots });
+                if !outputs.is_empty() {
+                    self.stats.held += outputs.len() as u64;
+                    self.feed(Event::OutputsHeld { worker, outputs });
+                }
                 self.at(HEARTBEAT_MS, Action::Heartbeat(worker));
             }
             Action::Heartbeat(worker) => {
@@ -1057,15 +1088,19 @@ impl World {
         }
     }
 
-    /// The process's session ends: its tasks stop and its blocks go (a worker that
-    /// registers again starts empty). `reconnect`: it registers again soon.
+    /// The process's session ends: its tasks stop, and its blocks go unless it
+    /// registers again soon (`reconnect`): then it keeps its tasks' outputs (not the
+    /// cached tables') and reports them when it registers.
     fn end_session(&mut self, process: usize, reconnect: bool) {
         let p = &mut self.processes[process];
         p.worker = None;
         p.running.clear();
         p.queued.clear();
-        p.blocks.clear();
-        p.adopted.clear();
+        let adopted = std::mem::take(&mut p.adopted);
+        match reconnect && p.alive {
+            true => p.blocks.retain(|b| !adopted.contains_key(b)),
+            false => p.blocks.clear(),
+        }
         if reconnect && !p.paused && p.alive {
             let d = self.rng.range(50, 500);
             self.at(d, Action::Join { process });
@@ -1252,7 +1287,9 @@ fn scheduling_survives_crashes_pauses_and_delays() {
                 && total.tables_cached > 0
                 && total.cache_reads > 0
                 && total.cache_repairs > 0
-                && total.uncached > 0,
+                && total.uncached > 0
+                && total.held > 0
+                && total.taken > 0,
             "{total:?}"
         );
     }

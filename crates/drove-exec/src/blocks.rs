@@ -44,7 +44,15 @@ impl BlockKey {
 }
 
 /// The name of one task attempt's output: job, stage, map partition, attempt.
-type OutputKey = (u64, u32, u32, u32);
+pub type OutputKey = (u64, u32, u32, u32);
+
+/// A whole task output a store holds (see [`BlockStore::held_outputs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldOutput {
+    pub output: OutputKey,
+    pub rows: u64,
+    pub bytes: u64,
+}
 
 impl std::fmt::Display for BlockKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -576,6 +584,55 @@ impl BlockStore {
         )
     }
 
+    /// Ends a worker's session but keeps its tasks' outputs for the next coordinator
+    /// (one that took over, or restarted on its data directory): tasks started before
+    /// now store nothing, and blocks handed to cached tables go (a coordinator that
+    /// takes over computes cached tables again). Returns the bytes freed.
+    /// Outputs no longer whole go too: no coordinator could use them.
+    pub fn fence(&self) -> u64 {
+        let mut blocks = self.lock();
+        blocks.generation += 1;
+        let cached = self.release(&mut blocks, |_| true, |_, e| e.cache.is_some());
+        let partial: HashSet<OutputKey> = (blocks.outputs.iter())
+            .filter(|(_, o)| o.held < o.parts.len())
+            .map(|(key, _)| *key)
+            .collect();
+        cached + self.release(&mut blocks, |o| partial.contains(o), |_, _| true)
+    }
+
+    /// The task outputs held whole, that no cached table owns, in order (after a
+    /// [`BlockStore::fence`], every output held).
+    pub fn held_outputs(&self) -> Vec<HeldOutput> {
+        let blocks = self.lock();
+        let mut held: Vec<HeldOutput> = (blocks.outputs.iter())
+            .filter(|(_, o)| {
+                o.held == o.parts.len() && o.parts.iter().flatten().all(|e| e.cache.is_none())
+            })
+            .map(|(key, o)| {
+                let entries = o.parts.iter().flatten();
+                HeldOutput {
+                    output: *key,
+                    rows: entries.clone().map(|e| e.block.rows).sum(),
+                    bytes: entries.map(|e| e.block.bytes).sum(),
+                }
+            })
+            .collect();
+        held.sort_by_key(|h| h.output);
+        held
+    }
+
+    /// Drops these task outputs (held ones no coordinator wanted); returns the bytes
+    /// freed.
+    pub fn release_outputs(&self, outputs: &[OutputKey]) -> u64 {
+        let mut blocks = self.lock();
+        let outputs: HashSet<&OutputKey> = outputs.iter().collect();
+        self.release(
+            &mut blocks,
+            |o| outputs.contains(o),
+            |_, e| e.cache.is_none(),
+        )
+    }
+
     /// Drops every block, and every block a task started before now would store;
     /// returns how many bytes that freed.
     pub fn release_all(&self) -> u64 {
@@ -950,6 +1007,40 @@ mod tests {
         reused.finish(key(1, 0)).unwrap();
         assert_eq!(store.len(), 1, "a reused job id's block was dropped");
         assert_eq!(store.release_blocks(&[key(1, 0)]), size);
+        assert!(store.is_empty());
+    }
+
+    /// A session's end keeps whole task outputs for the next coordinator, drops what
+    /// cached tables own and what is no longer whole, and stores nothing that a task
+    /// of the old session finishes.
+    #[test]
+    fn a_fenced_store_keeps_whole_outputs_and_lists_them() {
+        let store = BlockStore::default();
+        let batch = numbers(100);
+        let size = batch.get_array_memory_size() as u64;
+        for job in [1, 2, 3] {
+            let mut writer = store.writer(batch.schema(), 2);
+            writer.push(0, batch.clone()).unwrap();
+            writer.push(1, batch.clone()).unwrap();
+            writer.finish(key(job, 0)).unwrap();
+        }
+        store.adopt(&[key(2, 0), key(2, 1)], 7);
+        // One block of job 3's output is gone: the output is no longer whole.
+        store.release_blocks(&[key(3, 1)]);
+        let mut late = store.writer(batch.schema(), 1);
+        late.push(0, batch.clone()).unwrap();
+        assert_eq!(store.fence(), 3 * size, "the cached and partial outputs go");
+        late.finish(key(4, 0)).unwrap();
+        assert_eq!(
+            store.held_outputs(),
+            vec![HeldOutput {
+                output: (1, 0, 0, 0),
+                rows: 200,
+                bytes: 2 * size,
+            }],
+            "job 4's late output is not stored"
+        );
+        assert_eq!(store.release_outputs(&[(1, 0, 0, 0)]), 2 * size);
         assert!(store.is_empty());
     }
 

@@ -496,14 +496,45 @@ async fn run(
 ) -> Result<()> {
     let mut first = true;
     let node_id = shared.node.as_ref().map_or("", |n| n.node_id.as_str());
+    // The cluster whose jobs wrote the blocks held (0 before the first session).
+    let mut cluster_id = 0;
     loop {
+        let mut kept = shared.store.held_outputs();
+        if kept.len() > HELD_REPORTED_MAX {
+            warn!(
+                outputs = kept.len(),
+                "too many task outputs kept to report; dropping them"
+            );
+            shared.store.release_all();
+            kept.clear();
+        }
+        let held = Held {
+            cluster_id,
+            outputs: (kept.into_iter())
+                .map(|h| pb::HeldOutput {
+                    task: Some(pb::TaskKey {
+                        job_id: h.output.0,
+                        stage_id: h.output.1,
+                        partition: h.output.2,
+                        attempt: h.output.3,
+                    }),
+                    rows: h.rows,
+                    bytes: h.bytes,
+                })
+                .collect(),
+        };
         let session = tokio::select! {
-            s = register(&config, &coordinators, &flight_addr, node_id, first) => s?,
+            s = register(&config, &coordinators, &flight_addr, node_id, &held, first) => s?,
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
             // Not registered, so nothing of ours is needed: leave at once.
             true = requested(&mut drain) => return Ok(()),
         };
         first = false;
+        if session.cluster_id != cluster_id {
+            // Another cluster's job ids: what is held means nothing to it.
+            shared.store.release_all();
+            cluster_id = session.cluster_id;
+        }
         let worker_id = session.worker_id;
         let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
         tokio::select! {
@@ -515,17 +546,31 @@ async fn run(
             }
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
         }
-        // The coordinator no longer knows this identity; its blocks are worthless.
-        let freed = shared.store.release_all();
+        // The coordinator no longer knows this identity, but the next one (the same
+        // restarted, or a new leader) may want the outputs: they are reported to it.
+        let freed = shared.store.fence();
         warn!(
             worker_id,
-            freed, "session with the coordinator ended; registering again"
+            freed,
+            kept = shared.store.len(),
+            "session with the coordinator ended; registering again"
         );
     }
 }
 
+/// The most task outputs a worker reports when it registers again: a registration
+/// stays far below the message limit.
+const HELD_REPORTED_MAX: usize = 100_000;
+
+/// What a worker holds from its last session, reported when it registers.
+struct Held {
+    cluster_id: u64,
+    outputs: Vec<pb::HeldOutput>,
+}
+
 struct Session {
     worker_id: u64,
+    cluster_id: u64,
     heartbeat_interval: Duration,
     outbound: mpsc::Sender<pb::WorkerMessage>,
     inbound: tonic::Streaming<pb::CoordinatorMessage>,
@@ -540,6 +585,7 @@ async fn register(
     coordinators: &Coordinators,
     flight_addr: &str,
     node_id: &str,
+    held: &Held,
     first: bool,
 ) -> Result<Session> {
     let deadline = Instant::now() + Duration::from_millis(config.registration_timeout_ms);
@@ -560,6 +606,8 @@ async fn register(
                     slots: config.slots,
                     task_memory_bytes: task_pool_bytes(config),
                     node_id: node_id.to_string(),
+                    held_cluster_id: held.cluster_id,
+                    held: held.outputs.clone(),
                 })),
             };
             outbound
@@ -576,6 +624,7 @@ async fn register(
                     kind: Some(pb::coordinator_message::Kind::Registered(r)),
                 })) => Ok(Session {
                     worker_id: r.worker_id,
+                    cluster_id: r.cluster_id,
                     heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms.max(10)),
                     outbound,
                     inbound,
@@ -603,7 +652,10 @@ async fn register(
                 }
                 warn!(coordinator = %addr, error = %last_error, retry_in_ms = backoff.as_millis() as u64, "registration failed; retrying");
                 tokio::time::sleep(backoff.min(deadline - now)).await;
-                backoff = (backoff * 2).min(coordinators.retry_max(Duration::from_secs(2)));
+                // After a session, the coordinator may be back any moment (restarted
+                // on its data directory) and waits for its workers' outputs.
+                let single = Duration::from_millis(if first { 2_000 } else { 500 });
+                backoff = (backoff * 2).min(coordinators.retry_max(single));
             }
         }
     }
@@ -819,6 +871,11 @@ async fn serve(
                 pb::coordinator_message::Kind::Drop(drop) => {
                     let freed = shared.store.release_blocks(&block_keys(&drop.blocks));
                     debug!(freed, "dropped stale blocks");
+                }
+                pb::coordinator_message::Kind::DropOutputs(d) => {
+                    let outputs: Vec<Attempt> = d.outputs.iter().map(attempt_of).collect();
+                    let freed = shared.store.release_outputs(&outputs);
+                    debug!(freed, "dropped held outputs no task took");
                 }
                 pb::coordinator_message::Kind::ReleaseCache(release) => {
                     let freed = shared.store.release_cache(release.cache_id);

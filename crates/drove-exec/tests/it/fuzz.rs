@@ -1313,6 +1313,12 @@ fn worker_messages() -> Vec<Vec<u8>> {
             slots: 2,
             task_memory_bytes: 1 << 28,
             node_id: "node-0123456789abcdef".into(),
+            held_cluster_id: 77,
+            held: vec![pb::HeldOutput {
+                task: Some(task_key()),
+                rows: 10,
+                bytes: 1 << 10,
+            }],
         }),
         Kind::Heartbeat(pb::Heartbeat {
             statuses: vec![succeeded, failed],
@@ -1367,6 +1373,10 @@ fn coordinator_messages(small_plan: &[u8], large_plan: &[u8]) -> Vec<Vec<u8>> {
         Kind::Registered(pb::Registered {
             worker_id: 7,
             heartbeat_interval_ms: 1000,
+            cluster_id: 77,
+        }),
+        Kind::DropOutputs(pb::DropOutputs {
+            outputs: vec![task_key()],
         }),
         launch(small_plan, pb::OutputMode::Single),
         launch(large_plan, pb::OutputMode::RepartitionRoot),

@@ -20,7 +20,7 @@ pub mod worker_message {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Drain {}
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RegisterWorker {
     /// Where this worker's Arrow Flight service listens (HOST:PORT).
     #[prost(string, tag = "1")]
@@ -35,6 +35,24 @@ pub struct RegisterWorker {
     /// id is new with every session); empty for a worker without one.
     #[prost(string, tag = "4")]
     pub node_id: ::prost::alloc::string::String,
+    /// The cluster whose jobs wrote the outputs in `held` (0 for none).
+    #[prost(uint64, tag = "5")]
+    pub held_cluster_id: u64,
+    /// Task outputs the worker kept from its last session, so that a coordinator that
+    /// failed over (or restarted on its data directory) need not run those tasks again.
+    #[prost(message, repeated, tag = "6")]
+    pub held: ::prost::alloc::vec::Vec<HeldOutput>,
+}
+/// One task attempt's output, whole, that a worker holds.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HeldOutput {
+    /// The task (its map partition) and the attempt that wrote it.
+    #[prost(message, optional, tag = "1")]
+    pub task: ::core::option::Option<TaskKey>,
+    #[prost(uint64, tag = "2")]
+    pub rows: u64,
+    #[prost(uint64, tag = "3")]
+    pub bytes: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Heartbeat {
@@ -158,7 +176,7 @@ pub struct FetchFailure {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct CoordinatorMessage {
-    #[prost(oneof = "coordinator_message::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "coordinator_message::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub kind: ::core::option::Option<coordinator_message::Kind>,
 }
 /// Nested message and enum types in `CoordinatorMessage`.
@@ -188,6 +206,9 @@ pub mod coordinator_message {
         /// Free these blocks (a cached partition that has a newer copy elsewhere).
         #[prost(message, tag = "8")]
         Drop(super::DropBlocks),
+        /// Free these held outputs: no task of the new coordinator took them.
+        #[prost(message, tag = "9")]
+        DropOutputs(super::DropOutputs),
     }
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -215,6 +236,15 @@ pub struct Registered {
     pub worker_id: u64,
     #[prost(uint64, tag = "2")]
     pub heartbeat_interval_ms: u64,
+    /// The coordinator's cluster: a worker drops outputs it holds for another.
+    #[prost(uint64, tag = "3")]
+    pub cluster_id: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DropOutputs {
+    /// Task attempts whose outputs are no longer wanted.
+    #[prost(message, repeated, tag = "1")]
+    pub outputs: ::prost::alloc::vec::Vec<TaskKey>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct LaunchTask {

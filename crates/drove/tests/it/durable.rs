@@ -181,8 +181,9 @@ fn a_restarted_coordinator_keeps_its_history_and_gives_no_id_twice() {
 }
 
 /// A TPC-H query whose coordinator is killed with SIGKILL once a stage has finished,
-/// and started again on its data directory: the job runs again under the same id, the
-/// client takes up its watch, and gets the right answer.
+/// and started again on its data directory: the job runs on under the same id without
+/// the stages its workers kept, the client takes up its watch, and gets the right
+/// answer.
 #[test]
 fn a_query_outlives_its_coordinator_killed_and_restarted_mid_job() {
     let dir = drove_testkit::tpch_data(0.01);
@@ -195,7 +196,7 @@ fn a_query_outlives_its_coordinator_killed_and_restarted_mid_job() {
         .collect();
     let q9 = drove_exec::tpch::QUERIES[8];
     let client = crate::multiprocess::tpch_sql(&addr, &dir, q9);
-    let job = crate::multiprocess::wait_past_first_stage(&addr);
+    let (job, done) = crate::multiprocess::wait_for_done_stages(&addr);
     coordinator.0.kill().unwrap();
     coordinator.0.wait().unwrap();
     let (_coordinator, http) = coordinator_on(&addr, data.path(), &[]);
@@ -204,6 +205,7 @@ fn a_query_outlives_its_coordinator_killed_and_restarted_mid_job() {
     let listed = jobs(&http);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[&job].1, "succeeded");
+    crate::replicated::assert_not_run_again(&http, job, &done);
 }
 
 /// A job that caches a table cannot run again after a restart (the cached tables are

@@ -154,6 +154,12 @@ impl ProcessCluster {
 
 /// Waits until a job on the coordinator at `addr` runs with a stage done; its id.
 pub(crate) fn wait_past_first_stage(addr: &str) -> u64 {
+    wait_for_done_stages(addr).0
+}
+
+/// Waits until a job on the coordinator at `addr` runs with a stage done; its id and
+/// the stages done.
+pub(crate) fn wait_for_done_stages(addr: &str) -> (u64, Vec<u32>) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let session = drove_client::Session::connect(addr).await.unwrap();
@@ -164,7 +170,11 @@ pub(crate) fn wait_past_first_stage(addr: &str) -> u64 {
                 j.state() == drove_client::proto::JobState::Running
                     && j.stages.iter().any(|s| s.tasks_done == s.tasks_total)
             }) {
-                return job.job_id;
+                let done = (job.stages.iter())
+                    .filter(|s| s.tasks_done == s.tasks_total)
+                    .map(|s| s.stage_id)
+                    .collect();
+                return (job.job_id, done);
             }
             assert!(
                 std::time::Instant::now() < deadline,

@@ -45,9 +45,24 @@ fn leader(trio: &Replicated) -> (usize, u64) {
     }
 }
 
+/// The coordinator at `http` ran none of the job's stages `done` (finished before
+/// its predecessor died): the workers kept their outputs and reported them to it.
+pub(crate) fn assert_not_run_again(http: &str, job: u64, done: &[u32]) {
+    let (code, body) = crate::http(http, "GET", &format!("/api/v1/jobs/{job}"));
+    assert_eq!(code, 200, "{body}");
+    let stages = serde_json::from_str::<Value>(&body).unwrap()["stages"].clone();
+    for stage in stages.as_array().unwrap() {
+        if done.contains(&(stage["stage_id"].as_u64().unwrap() as u32)) {
+            assert_eq!(stage["attempts_launched"], 0, "run again: {stage}");
+            assert_eq!(stage["tasks_done"], stage["tasks_total"], "{stage}");
+        }
+    }
+}
+
 /// Q9 runs on three workers under three coordinators; the leader is killed with
 /// SIGKILL once a stage has finished. Another is elected, runs the job on under the
-/// same id, and `drove sql` (naming all three) gets the right answer. Then all three
+/// same id without running the finished stages again, and `drove sql` (naming all
+/// three) gets the right answer. Then all three
 /// are killed and started again: the job is still in the history.
 #[test]
 fn a_query_outlives_its_leader_killed_mid_job_and_the_history_a_full_restart() {
@@ -64,7 +79,7 @@ fn a_query_outlives_its_leader_killed_mid_job_and_the_history_a_full_restart() {
     let q9 = drove_exec::tpch::QUERIES[8];
     let client = crate::multiprocess::tpch_sql(&list, &dir, q9);
     // A stage finished under the first leader's term.
-    let job = crate::multiprocess::wait_past_first_stage(&list);
+    let (job, done) = crate::multiprocess::wait_for_done_stages(&list);
     trio.kill(first);
     let (second, second_term) = leader(&trio);
     assert_ne!(second, first);
@@ -74,6 +89,7 @@ fn a_query_outlives_its_leader_killed_mid_job_and_the_history_a_full_restart() {
     // The second leader finished it, under the same id.
     let listed = crate::durable::jobs(&trio.https[second]);
     assert_eq!(listed[&job].1, "succeeded", "{listed:?}");
+    assert_not_run_again(&trio.https[second], job, &done);
 
     for i in 0..3 {
         trio.kill(i);
