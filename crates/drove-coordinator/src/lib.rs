@@ -137,6 +137,11 @@ pub struct CoordinatorConfig {
     /// With `--node-id` and `--peers`: this coordinator is one of several that keep
     /// the metadata with Raft, in `data_dir`.
     pub peers: Option<replica::Peers>,
+    /// A coordinator that takes over running jobs (elected, or restarted on its data
+    /// directory) launches nothing for this long, while its workers come back and
+    /// report the task outputs they kept: tasks whose output is reported do not run
+    /// again.
+    pub held_outputs_wait_ms: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -157,6 +162,7 @@ impl Default for CoordinatorConfig {
             job_limits: JobLimits::default(),
             data_dir: None,
             peers: None,
+            held_outputs_wait_ms: 1_500,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 
 use drove_core::scheduler::HeldOutput;
-use drove_core::{JobId, StageId, TaskId};
+use drove_core::{AttemptId, JobId};
 use drove_exec::tables::{Format, TableSpec};
 use drove_proto as pb;
 use drove_proto::coordinator_server::{Coordinator as CoordinatorRpc, CoordinatorServer};
@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info_span};
 
 use crate::planning::Query;
-use crate::state::{Coordinator, Registration};
+use crate::state::{Coordinator, Registration, attempt_id};
 
 /// A job's watchers get at most one update per this interval while it runs.
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
@@ -99,14 +99,10 @@ impl CoordinatorRpc for Service {
                     held_cluster_id: register.held_cluster_id,
                     held: (register.held.into_iter())
                         .filter_map(|h| {
-                            let key = h.task?;
+                            let AttemptId { task, attempt } = attempt_id(h.task.as_ref()?);
                             Some(HeldOutput {
-                                task: TaskId {
-                                    job: JobId(key.job_id),
-                                    stage: StageId(key.stage_id),
-                                    partition: key.partition,
-                                },
-                                attempt: key.attempt,
+                                task,
+                                attempt,
                                 rows: h.rows,
                                 bytes: h.bytes,
                             })

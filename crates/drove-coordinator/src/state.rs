@@ -46,11 +46,6 @@ pub struct Registration {
     pub held: Vec<HeldOutput>,
 }
 
-/// How long a coordinator that takes over running jobs waits for the workers to come
-/// back and report the outputs they hold before it launches tasks: long enough for a
-/// worker that lost the old leader to find the new one.
-const HELD_OUTPUTS_WAIT_MS: u64 = 1_500;
-
 /// Messages to one worker's stream.
 pub type WorkerTx = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
 
@@ -826,6 +821,15 @@ impl State {
             held_cluster_id,
             held,
         } = registration;
+        // A worker that registers again (its session broke) no longer runs the old
+        // one: what it held there it reports now.
+        let old: Vec<WorkerId> = (self.workers.iter())
+            .filter(|(_, c)| c.flight_addr == flight_addr)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            self.worker_lost(id, "it registered again", false);
+        }
         let worker = self
             .record(MetaCommand::WorkerRegistered {
                 flight_addr: flight_addr.clone(),
@@ -859,16 +863,21 @@ impl State {
                 recent_tasks: VecDeque::new(),
             },
         );
-        self.handle(Event::WorkerJoined { worker, slots });
-        // Outputs written for this cluster's jobs (under a leader that is gone, or
-        // before this coordinator restarted): its running jobs may take them.
-        if !held.is_empty() && held_cluster_id == self.meta.state().cluster_id() {
+        // Outputs written for this cluster's jobs (under a leader that is gone, before
+        // this coordinator restarted, or in the worker's last session): its running
+        // jobs may take them.
+        let held = match held_cluster_id == self.meta.state().cluster_id() {
+            true => held,
+            false => Vec::new(),
+        };
+        if !held.is_empty() {
             info!(%worker, outputs = held.len(), "the worker kept task outputs");
-            self.handle(Event::OutputsHeld {
-                worker,
-                outputs: held,
-            });
         }
+        self.handle(Event::WorkerJoined {
+            worker,
+            slots,
+            held,
+        });
         Ok(worker)
     }
 
@@ -1210,7 +1219,7 @@ fn block_ticket(partition: u32, o: &Output) -> pb::BlockTicket {
     }
 }
 
-fn attempt_id(key: &pb::TaskKey) -> AttemptId {
+pub(crate) fn attempt_id(key: &pb::TaskKey) -> AttemptId {
     AttemptId {
         task: TaskId {
             job: JobId(key.job_id),
@@ -1661,7 +1670,8 @@ impl State {
     }
 
     /// The ended job's status as the history keeps it on disk: without its per-task
-    /// runs and its result's location (the blocks do not outlive the coordinator).
+    /// runs and its result's location (a result not read is released when the next
+    /// coordinator takes over).
     fn history_record(&self, job: JobId) -> Vec<u8> {
         self.described(job)
             .map_or_else(Vec::new, |s| pb::Message::encode_to_vec(&s))
@@ -1695,7 +1705,7 @@ impl State {
     /// After a restart from the data directory, or on taking the lead: jobs that were
     /// running when the last coordinator stopped run again from their plans; the tasks
     /// whose outputs the workers kept are not run again (they report them when they
-    /// register, and nothing launches for [`HELD_OUTPUTS_WAIT_MS`] while they come
+    /// register, and nothing launches for `held_outputs_wait_ms` while they come
     /// back). The few that cannot run again (those that cache a table or read one) are
     /// recorded as failed. Every ended job in the history is
     /// listed again from its record, and every cached table is back in the catalog
@@ -1725,7 +1735,7 @@ impl State {
                         JobRecord::new(name, r.sql, submitted_ms, r.planned, None, r.detached);
                     self.admit(job, record, spec);
                     let now = self.epoch.elapsed().as_millis() as u64;
-                    self.scheduler.hold_launches(now + HELD_OUTPUTS_WAIT_MS);
+                    (self.scheduler).hold_launches(now + self.config.held_outputs_wait_ms);
                 }
                 Err(why) => {
                     let error = format!(

@@ -112,7 +112,7 @@ pub struct Existing {
 }
 
 /// A task output a worker kept from before this scheduler ran its job: a new leader's
-/// workers kept what they wrote for the old one (see [`Event::OutputsHeld`]).
+/// workers kept what they wrote for the old one (see [`Event::WorkerJoined`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeldOutput {
     pub task: TaskId,
@@ -204,9 +204,14 @@ pub enum Event {
     Tick {
         now_ms: u64,
     },
+    /// A worker registered. It may hold outputs written before this scheduler ran
+    /// their jobs (it kept them when its coordinator failed over, restarted on its
+    /// data directory, or dropped its session): tasks still to run take them as done
+    /// before anything launches, and the worker is told to drop the others.
     WorkerJoined {
         worker: WorkerId,
         slots: u32,
+        held: Vec<HeldOutput>,
     },
     /// The worker is alive (it sent a heartbeat).
     WorkerHeartbeat {
@@ -248,13 +253,6 @@ pub enum Event {
     /// The client has read the result; the job's blocks can go.
     JobReleased {
         job: JobId,
-    },
-    /// A worker that just joined holds these outputs, written before this scheduler ran
-    /// their jobs (its coordinator failed over, or restarted on its data directory):
-    /// tasks still to run take them as done; the worker is told to drop the others.
-    OutputsHeld {
-        worker: WorkerId,
-        outputs: Vec<HeldOutput>,
     },
 }
 
@@ -499,7 +497,7 @@ struct StageState {
     /// Changed only through [`StageState::set`], which keeps the counts below.
     tasks: Vec<TaskState>,
     /// The next attempt's number per task: attempts started, and numbers passed over
-    /// by outputs held from before (see [`Event::OutputsHeld`]).
+    /// by outputs held from before (see [`Event::WorkerJoined`]).
     attempts: Vec<u32>,
     /// Attempt numbers passed over.
     skipped: u32,
@@ -850,8 +848,7 @@ impl Scheduler {
             | Event::WorkerDraining { worker }
             | Event::TaskSucceeded { worker, .. }
             | Event::TaskFailed { worker, .. }
-            | Event::TaskProgressed { worker, .. }
-            | Event::OutputsHeld { worker, .. } => Some(*worker),
+            | Event::TaskProgressed { worker, .. } => Some(*worker),
             _ => None,
         };
         match event {
@@ -861,7 +858,11 @@ impl Scheduler {
                 self.expire_stalled_attempts(&mut out);
                 self.fail_jobs_without_workers(&mut out);
             }
-            Event::WorkerJoined { worker, slots } => {
+            Event::WorkerJoined {
+                worker,
+                slots,
+                held,
+            } => {
                 let previous = self.workers.insert(
                     worker,
                     WorkerState {
@@ -876,6 +877,7 @@ impl Scheduler {
                 );
                 assert!(previous.is_none(), "{worker} joined twice");
                 self.no_workers_since = None;
+                self.adopt(worker, held, &mut out);
             }
             Event::WorkerHeartbeat { .. } => {} // handled above
             Event::WorkerDraining { worker } => {
@@ -918,7 +920,6 @@ impl Scheduler {
                     out.push(Command::JobFailed { job, message });
                 }
             }
-            Event::OutputsHeld { worker, outputs } => self.adopt(worker, outputs, &mut out),
             Event::JobReleased { job } => {
                 if self.job_outcome(job) == Some(&JobOutcome::Running) {
                     // Releasing a running job is a cancel followed by a release.
@@ -1253,40 +1254,46 @@ impl Scheduler {
         }
     }
 
-    /// See [`Event::OutputsHeld`]. A held output stands for a task still pending (or
-    /// done where it is lost): its stage is not done, so nothing read that task yet.
+    /// The outputs a joining worker holds (see [`Event::WorkerJoined`]). A held output
+    /// stands for a task still pending (or done where it is lost): its stage is not
+    /// done, so nothing read that task yet. Whatever no task takes is dropped; either
+    /// way its attempt number is spent.
     fn adopt(&mut self, worker: WorkerId, outputs: Vec<HeldOutput>, out: &mut Vec<Command>) {
-        if !self.workers.contains_key(&worker) {
-            return;
-        }
         let mut dropped = Vec::new();
-        let mut released = BTreeSet::new();
         let mut completed = BTreeSet::new();
         for held in outputs {
             let task = held.task;
-            let Some(job) =
-                (self.jobs.get_mut(&task.job)).filter(|j| j.outcome == JobOutcome::Running)
-            else {
-                released.insert(task.job);
-                continue;
+            let attempt = AttemptId {
+                task,
+                attempt: held.attempt,
             };
             let p = task.partition as usize;
-            let stage = job.stages.get_mut(&task.stage);
-            let free = stage
-                .as_ref()
-                .and_then(|s| s.tasks.get(p))
-                .is_some_and(|t| match t {
-                    TaskState::Pending => true,
-                    TaskState::Done { worker, .. } => !self.workers.contains_key(worker),
-                    TaskState::Running { .. } => false,
-                });
-            let (Some(stage), true) = (stage, free) else {
-                dropped.push(AttemptId {
-                    task,
-                    attempt: held.attempt,
-                });
+            let job = (self.jobs.get_mut(&task.job)).filter(|j| j.outcome == JobOutcome::Running);
+            let Some((job, stage)) = job.and_then(|job| {
+                let stage = job
+                    .stages
+                    .get_mut(&task.stage)
+                    .filter(|s| p < s.tasks.len())?;
+                Some((&mut job.touched, stage))
+            }) else {
+                dropped.push(attempt);
                 continue;
             };
+            // Its number is spent: a later attempt of the task numbers past it.
+            let next = &mut stage.attempts[p];
+            if *next <= held.attempt {
+                stage.skipped += held.attempt + 1 - *next;
+                *next = held.attempt + 1;
+            }
+            let free = match &stage.tasks[p] {
+                TaskState::Pending => true,
+                TaskState::Done { worker, .. } => !self.workers.contains_key(worker),
+                TaskState::Running { .. } => false,
+            };
+            if !free {
+                dropped.push(attempt);
+                continue;
+            }
             let done = TaskState::Done {
                 attempt: held.attempt,
                 worker,
@@ -1298,32 +1305,20 @@ impl Scheduler {
                 origin: Some((task.job, task.stage)),
             };
             stage.set(p, done);
-            // Its number is spent: a later attempt of the task numbers past it.
-            let next = &mut stage.attempts[p];
-            if *next <= held.attempt {
-                stage.skipped += held.attempt + 1 - *next;
-                *next = held.attempt + 1;
-            }
-            job.touched.insert(worker);
-            if job.stages.values().all(StageState::is_done) {
-                completed.insert(task.job);
-            }
+            job.insert(worker);
+            completed.insert(task.job);
         }
-        debug!(%worker, dropped = dropped.len(), released = released.len(), "held outputs taken");
+        debug!(%worker, dropped = dropped.len(), "held outputs taken");
         for job in completed {
-            self.end_job(job, JobOutcome::Succeeded, out);
-            out.push(Command::JobSucceeded { job });
+            if self.jobs[&job].stages.values().all(StageState::is_done) {
+                self.end_job(job, JobOutcome::Succeeded, out);
+                out.push(Command::JobSucceeded { job });
+            }
         }
         if !dropped.is_empty() {
             out.push(Command::DropOutputs {
                 worker,
                 outputs: dropped,
-            });
-        }
-        for job in released {
-            out.push(Command::ReleaseBlocks {
-                job,
-                workers: vec![worker],
             });
         }
     }
@@ -1996,6 +1991,7 @@ mod tests {
             s.handle(Event::WorkerJoined {
                 worker: WorkerId(i as u64 + 1),
                 slots: *n,
+                held: Vec::new(),
             });
         }
         s
@@ -2185,6 +2181,7 @@ mod tests {
         let again = launches(&s.handle(Event::WorkerJoined {
             worker: WorkerId(2),
             slots: 1,
+            held: Vec::new(),
         }));
         assert_eq!(again.len(), 1);
         assert_eq!(
@@ -2203,10 +2200,6 @@ mod tests {
         s.hold_launches(1_000);
         let cmds = s.handle(Event::JobSubmitted(job(1, &[(0, 3, &[]), (1, 2, &[0])])));
         assert!(launches(&cmds).is_empty(), "launches wait for the hold");
-        s.handle(Event::WorkerJoined {
-            worker: WorkerId(2),
-            slots: 2,
-        });
         let task = |stage, partition| TaskId {
             job: JobId(1),
             stage: StageId(stage),
@@ -2218,9 +2211,10 @@ mod tests {
             rows: 10,
             bytes: 100,
         };
-        let out = s.handle(Event::OutputsHeld {
+        let out = s.handle(Event::WorkerJoined {
             worker: WorkerId(2),
-            outputs: vec![
+            slots: 2,
+            held: vec![
                 held(task(0, 0), 0),
                 held(task(0, 2), 3),
                 // A reader's output stands though its inputs are not all there now.
@@ -2238,19 +2232,22 @@ mod tests {
         });
         assert_eq!(
             out,
-            vec![
-                Command::DropOutputs {
-                    worker: WorkerId(2),
-                    outputs: vec![AttemptId {
+            vec![Command::DropOutputs {
+                worker: WorkerId(2),
+                outputs: vec![
+                    AttemptId {
                         task: task(0, 0),
                         attempt: 1
-                    }],
-                },
-                Command::ReleaseBlocks {
-                    job: JobId(9),
-                    workers: vec![WorkerId(2)],
-                },
-            ]
+                    },
+                    AttemptId {
+                        task: TaskId {
+                            job: JobId(9),
+                            ..task(0, 0)
+                        },
+                        attempt: 0
+                    },
+                ],
+            },]
         );
         let counts = s.stage_counts(JobId(1), StageId(0)).unwrap();
         assert_eq!((counts.done, counts.pending), (2, 1));
@@ -2287,12 +2284,12 @@ mod tests {
         );
     }
 
+    /// A worker's held outputs are taken before anything launches on it, hold or not.
     #[test]
     fn outputs_held_for_every_task_end_the_job() {
-        let mut s = with_workers(SchedulerConfig::default(), &[1]);
-        s.hold_launches(1_000);
+        let mut s = with_workers(SchedulerConfig::default(), &[]);
         s.handle(Event::JobSubmitted(job(1, &[(0, 2, &[])])));
-        let outputs = (0..2)
+        let held = (0..2)
             .map(|partition| HeldOutput {
                 task: TaskId {
                     job: JobId(1),
@@ -2304,9 +2301,10 @@ mod tests {
                 bytes: 1,
             })
             .collect();
-        let out = s.handle(Event::OutputsHeld {
+        let out = s.handle(Event::WorkerJoined {
             worker: WorkerId(1),
-            outputs,
+            slots: 1,
+            held,
         });
         assert_eq!(out, vec![Command::JobSucceeded { job: JobId(1) }]);
         assert_eq!(s.job_outcome(JobId(1)), Some(&JobOutcome::Succeeded));

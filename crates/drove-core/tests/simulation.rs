@@ -879,11 +879,12 @@ impl World {
                     .collect();
                 let slots = p.slots;
                 self.identity.insert(worker, process);
-                self.feed(Event::WorkerJoined { worker, slots });
-                if !outputs.is_empty() {
-                    self.stats.held += outputs.len() as u64;
-                    self.feed(Event::OutputsHeld { worker, outputs });
-                }
+                self.stats.held += outputs.len() as u64;
+                self.feed(Event::WorkerJoined {
+                    worker,
+                    slots,
+                    held: outputs,
+                });
                 self.at(HEARTBEAT_MS, Action::Heartbeat(worker));
             }
             Action::Heartbeat(worker) => {

@@ -24,6 +24,9 @@ use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow::record_batch::RecordBatch;
 
+use drove_core::scheduler::HeldOutput;
+use drove_core::{JobId, StageId, TaskId};
+
 use crate::{Error, Result};
 
 /// The name of one block.
@@ -45,14 +48,6 @@ impl BlockKey {
 
 /// The name of one task attempt's output: job, stage, map partition, attempt.
 pub type OutputKey = (u64, u32, u32, u32);
-
-/// A whole task output a store holds (see [`BlockStore::held_outputs`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeldOutput {
-    pub output: OutputKey,
-    pub rows: u64,
-    pub bytes: u64,
-}
 
 impl std::fmt::Display for BlockKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -402,8 +397,9 @@ struct Blocks {
     /// The released jobs, oldest first, and the same as a set.
     released: VecDeque<u64>,
     released_set: HashSet<u64>,
-    /// Bumped by [`BlockStore::release_all`]: writers started before it store nothing
-    /// (their worker's session ended, and job ids may start again).
+    /// Bumped by [`BlockStore::release_all`] and [`BlockStore::fence`]: writers
+    /// started before it store nothing (their worker's session ended, and job ids may
+    /// start again).
     generation: u64,
 }
 
@@ -460,7 +456,7 @@ impl BlockStore {
     }
 
     /// Stores a task attempt's finished blocks, one per reduce partition: false if its
-    /// job was released, or the store emptied, since its writer started (the blocks
+    /// job was released, or the store emptied or fenced, since its writer started (the blocks
     /// are dropped); an error if the attempt stored blocks before (attempts are unique,
     /// so that is a bug).
     fn insert(&self, output: OutputKey, blocks: Vec<Arc<Block>>, generation: u64) -> Result<bool> {
@@ -608,16 +604,21 @@ impl BlockStore {
             .filter(|(_, o)| {
                 o.held == o.parts.len() && o.parts.iter().flatten().all(|e| e.cache.is_none())
             })
-            .map(|(key, o)| {
+            .map(|(&(job, stage, partition, attempt), o)| {
                 let entries = o.parts.iter().flatten();
                 HeldOutput {
-                    output: *key,
+                    task: TaskId {
+                        job: JobId(job),
+                        stage: StageId(stage),
+                        partition,
+                    },
+                    attempt,
                     rows: entries.clone().map(|e| e.block.rows).sum(),
                     bytes: entries.map(|e| e.block.bytes).sum(),
                 }
             })
             .collect();
-        held.sort_by_key(|h| h.output);
+        held.sort_by_key(|h| (h.task, h.attempt));
         held
     }
 
@@ -1034,7 +1035,12 @@ mod tests {
         assert_eq!(
             store.held_outputs(),
             vec![HeldOutput {
-                output: (1, 0, 0, 0),
+                task: TaskId {
+                    job: JobId(1),
+                    stage: StageId(0),
+                    partition: 0,
+                },
+                attempt: 0,
                 rows: 200,
                 bytes: 2 * size,
             }],

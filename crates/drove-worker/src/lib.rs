@@ -513,10 +513,10 @@ async fn run(
             outputs: (kept.into_iter())
                 .map(|h| pb::HeldOutput {
                     task: Some(pb::TaskKey {
-                        job_id: h.output.0,
-                        stage_id: h.output.1,
-                        partition: h.output.2,
-                        attempt: h.output.3,
+                        job_id: h.task.job.0,
+                        stage_id: h.task.stage.0,
+                        partition: h.task.partition,
+                        attempt: h.attempt,
                     }),
                     rows: h.rows,
                     bytes: h.bytes,
@@ -726,7 +726,7 @@ fn block_keys(tickets: &[pb::BlockTicket]) -> Vec<BlockKey> {
 }
 
 /// A task attempt on this worker: job, stage, partition and attempt.
-type Attempt = (u64, u32, u32, u32);
+type Attempt = drove_exec::blocks::OutputKey;
 
 /// The identity of a task attempt on this worker.
 fn attempt_of(key: &pb::TaskKey) -> Attempt {

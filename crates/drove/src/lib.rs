@@ -129,6 +129,11 @@ struct CoordinatorArgs {
     /// client went away), unless it was submitted with `drove sql --detach`.
     #[arg(long, default_value_t = 60)]
     client_lease_secs: u64,
+    /// After taking over running jobs (elected, or restarted on --data-dir), launch
+    /// nothing for this long while the workers come back and report the task outputs
+    /// they kept, so that those tasks do not run again.
+    #[arg(long, default_value_t = drove_coordinator::CoordinatorConfig::default().held_outputs_wait_ms)]
+    held_outputs_wait_ms: u64,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -479,6 +484,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         }),
         job_limits: (&args.limits).into(),
         client_lease_ms: args.client_lease_secs.saturating_mul(1000),
+        held_outputs_wait_ms: args.held_outputs_wait_ms,
         data_dir: args.data_dir,
         peers: match (args.node_id, &args.peers) {
             (Some(id), Some(peers)) => Some(drove_coordinator::replica::Peers::parse(id, peers)?),

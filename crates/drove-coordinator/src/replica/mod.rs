@@ -471,9 +471,9 @@ pub async fn follow<L: Leadership>(
         }
         tokio::select! {
             biased;
+            _ = stop.wait_for(|s| *s) => break,
             changed = metrics.changed() => if changed.is_err() { break },
             () = tokio::time::sleep(Duration::from_millis(HEARTBEAT_MS)) => {}
-            _ = stop.wait_for(|s| *s) => break,
         }
     }
     if coordinator.led_term() != 0 {
