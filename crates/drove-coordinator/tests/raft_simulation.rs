@@ -49,28 +49,7 @@ use openraft::{BasicNode, ServerState};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// SplitMix64: small, fast and fully determined by its seed.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-}
+use drove_core::rng::SplitMix64 as Rng;
 
 const COORDINATORS: u64 = 3;
 /// Worker node ids (coordinators are 1..=3).
@@ -105,7 +84,7 @@ impl Spec {
         }
     }
     fn value(self, task: u32) -> u64 {
-        Rng(self.salt ^ u64::from(task).wrapping_mul(0x1000_0001)).next() >> 20
+        Rng(self.salt ^ u64::from(task).wrapping_mul(0x1000_0001)).next_u64() >> 20
     }
     fn answer(self) -> u64 {
         (0..self.tasks).map(|t| self.value(t)).sum()
@@ -579,7 +558,7 @@ impl World {
         let Some(up) = &self.nodes[i].up else { return };
         let spec = Spec {
             tasks: self.rng.range(1, 6) as u32,
-            salt: self.rng.next(),
+            salt: self.rng.next_u64(),
         };
         let (replica, model) = (up.replica.clone(), up.model.clone());
         let term = model.led_term();

@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod ids;
 pub mod meta;
+pub mod rng;
 pub mod scheduler;
 
 pub use ids::{AttemptId, JobId, StageId, TaskId, WorkerId};

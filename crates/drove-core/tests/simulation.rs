@@ -34,27 +34,7 @@ use drove_core::scheduler::{
 };
 use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
 
-/// SplitMix64: small, fast and fully determined by its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-}
+use drove_core::rng::SplitMix64 as Rng;
 
 const HEARTBEAT_MS: u64 = 100;
 const HEARTBEAT_TIMEOUT_MS: u64 = 1_000;

@@ -4,28 +4,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
+use drove_core::rng::SplitMix64 as Rng;
 
 /// Distinct words in the generated vocabulary.
 const VOCABULARY: usize = 20_000;
 /// The largest corpus `drove gen text` writes.
 pub const SIZE_MAX: u64 = 1 << 40;
-
-/// SplitMix64: a small, fast, deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 /// Word `i` of the vocabulary: syllables spelled from its index.
 fn word(i: usize) -> String {
@@ -75,7 +59,7 @@ pub fn generate(size: u64, files: usize, out: &Path, seed: u64) -> Result<Vec<Pa
         let mut line = String::new();
         while written < target {
             line.clear();
-            let words = 4 + (rng.next() % 12) as usize;
+            let words = 4 + (rng.next_u64() % 12) as usize;
             for i in 0..words {
                 let u = rng.unit() * total;
                 let rank = cdf.partition_point(|c| *c < u).min(VOCABULARY - 1);
@@ -90,7 +74,7 @@ pub fn generate(size: u64, files: usize, out: &Path, seed: u64) -> Result<Vec<Pa
                     line.push(' ');
                     line.push_str(w);
                 }
-                if rng.next().is_multiple_of(13) {
+                if rng.next_u64().is_multiple_of(13) {
                     line.push(',');
                 }
             }

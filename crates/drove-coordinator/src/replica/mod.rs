@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drove_core::meta::{Applied, MetaCommand, MetaImage};
+use drove_core::rng::SplitMix64;
 use openraft::network::RaftNetworkFactory;
 use openraft::{
     AsyncRuntime, BasicNode, Config, OptionalSend, ServerState, SnapshotPolicy, TokioRuntime,
@@ -85,7 +86,7 @@ pub fn seed_elections(seed: u64) {
     ELECTION_RNG.with(|s| s.set(seed));
 }
 
-/// This thread's election generator (SplitMix64).
+/// This thread's election generator.
 pub struct ElectionRng;
 
 impl rand::RngCore for ElectionRng {
@@ -94,12 +95,10 @@ impl rand::RngCore for ElectionRng {
     }
     fn next_u64(&mut self) -> u64 {
         ELECTION_RNG.with(|s| {
-            let state = s.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-            s.set(state);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
+            let mut rng = SplitMix64(s.get());
+            let n = rng.next_u64();
+            s.set(rng.0);
+            n
         })
     }
     fn fill_bytes(&mut self, dest: &mut [u8]) {
