@@ -20,13 +20,12 @@ pub struct Malformed(pub &'static str);
 pub fn log_id(id: &LogId<u64>) -> pb::RaftLogId {
     pb::RaftLogId {
         term: id.leader_id.term,
-        node: id.leader_id.node_id,
         index: id.index,
     }
 }
 
 pub fn log_id_from(id: &pb::RaftLogId) -> LogId<u64> {
-    LogId::new(CommittedLeaderId::new(id.term, id.node), id.index)
+    LogId::new(CommittedLeaderId::new(id.term, 0), id.index)
 }
 
 pub fn opt_log_id(id: &Option<LogId<u64>>) -> Option<pb::RaftLogId> {
@@ -40,18 +39,22 @@ pub fn opt_log_id_from(id: &Option<pb::RaftLogId>) -> Option<LogId<u64>> {
 pub fn vote(v: &Vote<u64>) -> pb::RaftVote {
     pb::RaftVote {
         term: v.leader_id.term,
-        node: v.leader_id.node_id,
+        node: v.leader_id.voted_for.unwrap_or(0),
         committed: v.committed,
     }
 }
 
 pub fn vote_from(v: Option<&pb::RaftVote>) -> Result<Vote<u64>, Malformed> {
     let v = v.ok_or(Malformed("no vote"))?;
-    Ok(if v.committed {
-        Vote::new_committed(v.term, v.node)
-    } else {
-        Vote::new(v.term, v.node)
-    })
+    let mut vote = match v.committed {
+        true => Vote::new_committed(v.term, v.node),
+        false => Vote::new(v.term, v.node),
+    };
+    // Node ids start at 1: 0 is a vote for no one yet.
+    if v.node == 0 {
+        vote.leader_id.voted_for = None;
+    }
+    Ok(vote)
 }
 
 pub fn membership(m: &Membership<u64, BasicNode>) -> pb::RaftMembership {
@@ -158,7 +161,7 @@ mod tests {
             let back = entry_from(entry(&e)).unwrap();
             assert_eq!(format!("{back:?}"), format!("{e:?}"));
         }
-        for v in [Vote::new(4, 1), Vote::new_committed(5, 3)] {
+        for v in [Vote::new(4, 1), Vote::new_committed(5, 3), Vote::default()] {
             assert_eq!(vote_from(Some(&vote(&v))).unwrap(), v);
         }
         assert!(vote_from(None).is_err());

@@ -905,12 +905,11 @@ pub struct MetaJob {
     pub planned: ::prost::alloc::vec::Vec<u8>,
 }
 /// A log entry's position: the term and node of the leader that made it, and its index.
+/// A log entry's id: the term of the leader that made it (one leader per term).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RaftLogId {
     #[prost(uint64, tag = "1")]
     pub term: u64,
-    #[prost(uint64, tag = "2")]
-    pub node: u64,
     #[prost(uint64, tag = "3")]
     pub index: u64,
 }
@@ -918,6 +917,7 @@ pub struct RaftLogId {
 pub struct RaftVote {
     #[prost(uint64, tag = "1")]
     pub term: u64,
+    /// The node voted for; 0 for none yet.
     #[prost(uint64, tag = "2")]
     pub node: u64,
     #[prost(bool, tag = "3")]
