@@ -418,6 +418,8 @@ struct World {
     models: Arc<Mutex<BTreeMap<u64, Model>>>,
     running: Running,
     peers: BTreeMap<u64, String>,
+    /// Simulated time since the run began.
+    epoch: tokio::time::Instant,
     now_ms: u64,
     /// Coordinator starts so far.
     starts: u64,
@@ -433,6 +435,10 @@ impl World {
         if node.up.is_some() || node.gone.strong_count() > 0 {
             return;
         }
+        // Machines do not start in step: Raft's ticks (every 150 ms) take each node's
+        // phase, and nodes whose ticks kept in step could split every vote forever.
+        tokio::time::sleep(Duration::from_millis(self.rng.range(0, 149))).await;
+        let node = &mut self.nodes[i];
         let peers = Peers {
             node_id: node.id,
             nodes: self.peers.clone(),
@@ -741,7 +747,7 @@ impl World {
 
     async fn tick(&mut self) {
         tokio::time::sleep(Duration::from_millis(TICK_MS)).await;
-        self.now_ms += TICK_MS;
+        self.now_ms = self.epoch.elapsed().as_millis() as u64;
         self.checker.lock().unwrap().now_ms = self.now_ms;
         self.observe();
         self.work();
@@ -834,6 +840,7 @@ fn run(seed: u64) -> Outcome {
             models: Arc::default(),
             running: Arc::default(),
             peers,
+            epoch: tokio::time::Instant::now(),
             now_ms: 0,
             starts: 0,
         };
