@@ -89,7 +89,7 @@ fn sql_until_running(addr: &str, http: &str, sql: &str) -> std::process::Child {
     client
 }
 
-fn sql(addr: &str, args: &[&str]) -> String {
+pub(crate) fn sql(addr: &str, args: &[&str]) -> String {
     let mut all = vec!["sql", "--coordinator", addr, "--format", "csv"];
     all.extend_from_slice(args);
     let out = crate::run(&all, Duration::from_secs(120));

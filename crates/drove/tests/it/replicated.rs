@@ -62,8 +62,8 @@ pub(crate) fn assert_not_run_again(http: &str, job: u64, done: &[u32]) {
 /// Q9 runs on three workers under three coordinators; the leader is killed with
 /// SIGKILL once a stage has finished. Another is elected, runs the job on under the
 /// same id without running the finished stages again, and `drove sql` (naming all
-/// three) gets the right answer. Then all three
-/// are killed and started again: the job is still in the history.
+/// three) gets the right answer. Then all three are killed and started again: the job
+/// is still in the history, and a table cached before is still in the catalog.
 #[test]
 fn a_query_outlives_its_leader_killed_mid_job_and_the_history_a_full_restart() {
     let dir = drove_testkit::tpch_data(0.01);
@@ -90,6 +90,12 @@ fn a_query_outlives_its_leader_killed_mid_job_and_the_history_a_full_restart() {
     let listed = crate::durable::jobs(&trio.https[second]);
     assert_eq!(listed[&job].1, "succeeded", "{listed:?}");
     assert_not_run_again(&trio.https[second], job, &done);
+    // A cached table, to outlive the restart of all three.
+    let cache = "CACHE TABLE t AS SELECT value % 7 AS k, count(*) AS n FROM generate_series(1, 1000) GROUP BY value % 7";
+    crate::durable::sql(&list, &["-e", cache]);
+    let read = "SELECT k, n FROM t ORDER BY k";
+    let before = crate::durable::sql(&list, &["-e", read]);
+    assert!(before.starts_with("k,n\n0,142\n"), "{before}");
 
     for i in 0..3 {
         trio.kill(i);
@@ -99,8 +105,11 @@ fn a_query_outlives_its_leader_killed_mid_job_and_the_history_a_full_restart() {
     }
     let (third, _) = leader(&trio);
     let listed = crate::durable::jobs(&trio.https[third]);
-    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed.len(), 3, "{listed:?}");
     assert_eq!(listed[&job].1, "succeeded", "{listed:?}");
+    // The catalog kept the table: its partitions are computed again from its lineage.
+    crate::durable::workers(&trio.https[third], 3);
+    assert_eq!(crate::durable::sql(&list, &["-e", read]), before);
 }
 
 /// `drove status` naming a follower is answered by the leader, which lists every
