@@ -1712,6 +1712,11 @@ impl State {
     /// with its partitions lost, to be computed again from its lineage.
     fn recover(&mut self) {
         let unended: Vec<JobId> = self.meta.state().unended().collect();
+        // Set before the jobs are admitted, which schedules them.
+        if !unended.is_empty() {
+            let now = self.epoch.elapsed().as_millis() as u64;
+            (self.scheduler).hold_launches(now + self.config.held_outputs_wait_ms);
+        }
         for job in unended.iter().copied() {
             let meta = self.meta.state().job(job).expect("listed");
             let (name, submitted_ms) = (meta.name.clone(), meta.submitted_ms);
@@ -1734,8 +1739,6 @@ impl State {
                     let record =
                         JobRecord::new(name, r.sql, submitted_ms, r.planned, None, r.detached);
                     self.admit(job, record, spec);
-                    let now = self.epoch.elapsed().as_millis() as u64;
-                    (self.scheduler).hold_launches(now + self.config.held_outputs_wait_ms);
                 }
                 Err(why) => {
                     let error = format!(
