@@ -193,6 +193,8 @@ impl LocalCluster {
                 .data_dir
                 .as_ref()
                 .map(|d| d.join(format!("worker-{}", index + 1))),
+            tls: self.config.coordinator.tls.clone(),
+            insecure: self.config.coordinator.insecure,
             ..Default::default()
         })
         .await
@@ -232,6 +234,12 @@ impl LocalCluster {
     /// The coordinator's gRPC address.
     pub fn coordinator_addr(&self) -> SocketAddr {
         self.coordinators[0].addr
+    }
+
+    /// The cluster identity its nodes use, if it runs with TLS; a client in this
+    /// process may use it too.
+    pub fn tls(&self) -> Option<&std::sync::Arc<drove_exec::tls::ClusterTls>> {
+        self.config.coordinator.tls.as_ref()
     }
 
     /// Every coordinator's gRPC address, comma-separated, as `--coordinator` takes them.

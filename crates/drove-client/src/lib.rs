@@ -46,6 +46,7 @@ pub use drove_coordinator::{CoordinatorConfig, JobLimits};
 pub use drove_core::human_bytes;
 pub use drove_exec::mapreduce::nodes::OutputFormat;
 pub use drove_exec::mapreduce::{MapReduce, Partitioner, Record, register};
+pub use drove_exec::tls::ClusterTls;
 pub use drove_proto as proto;
 
 /// Errors a drove client sees.
@@ -104,6 +105,14 @@ pub const RECONNECT_WINDOW: Duration = Duration::from_secs(60);
 /// How long cancelling or releasing a job a caller let go of keeps looking for the
 /// leader (`Session::shutdown` waits for it).
 const ENDING_WINDOW: Duration = Duration::from_secs(5);
+
+/// How a client proves to a cluster who it is.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// A certificate of the cluster (`--tls-dir`), for mutual TLS; `None` connects
+    /// over plain TCP, as to a cluster on loopback.
+    pub tls: Option<Arc<ClusterTls>>,
+}
 
 /// A connection to a drove cluster, with the tables registered on it.
 ///
@@ -230,23 +239,49 @@ impl Session {
     /// # }
     /// ```
     pub async fn connect(addr: &str) -> Result<Self> {
+        Self::connect_with(addr, &Credentials::default()).await
+    }
+
+    /// [`Session::connect`] with credentials: over mutual TLS with a certificate of
+    /// the cluster (`drove cert issue --client`).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> drove_client::Result<()> {
+    /// use drove_client::{ClusterTls, Credentials, Session};
+    /// let tls = ClusterTls::load(std::path::Path::new("alice-tls")).map_err(drove_client::Error::Config)?;
+    /// let session = Session::connect_with("10.0.0.1:7070", &Credentials { tls: Some(tls) }).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_with(addr: &str, credentials: &Credentials) -> Result<Self> {
+        let tls = credentials.tls.clone();
         let connect_error = |message: String| Error::Connect {
             addr: addr.to_string(),
             message,
         };
-        let coordinators = Coordinators::parse(addr).map_err(connect_error)?;
+        let coordinators = Coordinators::parse(addr, tls.clone()).map_err(connect_error)?;
         // The first that answers; the others are asked when it does not lead.
         let mut failures = Vec::new();
         for i in 0..coordinators.len() {
             coordinators.select(i);
             let (addr, _) = coordinators.current();
-            let endpoint = net::endpoint(&addr).map_err(connect_error)?;
+            let endpoint = net::endpoint(&addr, tls.as_deref()).map_err(connect_error)?;
             match tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await {
+                // Plain HTTP/2 "connects" to a TLS server too: ask it.
+                Ok(Ok(_)) if tls.is_none() && net::speaks_tls(&addr).await => {
+                    failures.push(drove_exec::tls::NEEDS_TLS.to_string());
+                }
                 Ok(Ok(_)) => {
                     failures.clear();
                     break;
                 }
-                Ok(Err(e)) => failures.push(net::error_chain(&e)),
+                Ok(Err(e)) => {
+                    let e = net::error_chain(&e);
+                    failures.push(match drove_exec::tls::mismatch(&e) {
+                        Some(fix) => format!("{fix} ({e})"),
+                        None => e,
+                    });
+                }
                 Err(_) => failures.push(format!("no answer within {CONNECT_TIMEOUT:?}")),
             }
         }
@@ -256,7 +291,7 @@ impl Session {
         Ok(Self {
             inner: Arc::new(Inner {
                 coordinators,
-                flight: FlightPool::default(),
+                flight: FlightPool::new(tls),
                 ctx: SessionContext::new(),
                 tables: Mutex::new(Vec::new()),
                 ending_jobs: Mutex::new(Vec::new()),
@@ -298,7 +333,10 @@ impl Session {
     /// # }
     /// ```
     pub async fn with_cluster(cluster: LocalCluster) -> Result<Self> {
-        let session = Self::connect(&cluster.coordinator_addrs()).await?;
+        let credentials = Credentials {
+            tls: cluster.tls().cloned(),
+        };
+        let session = Self::connect_with(&cluster.coordinator_addrs(), &credentials).await?;
         *session.inner.cluster.lock().await = Some(cluster);
         Ok(session)
     }

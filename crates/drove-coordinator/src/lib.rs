@@ -11,6 +11,7 @@
 pub mod durable;
 pub mod history;
 pub mod http;
+mod https;
 pub mod metrics;
 pub mod planning;
 pub mod replica;
@@ -20,6 +21,7 @@ pub mod state;
 pub mod ui;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
@@ -142,6 +144,12 @@ pub struct CoordinatorConfig {
     /// report the task outputs they kept: tasks whose output is reported do not run
     /// again.
     pub held_outputs_wait_ms: u64,
+    /// The cluster identity (`--tls-dir`): with it, gRPC and HTTP are served, and
+    /// other coordinators reached, over mutual TLS; only nodes of the cluster may
+    /// run worker sessions or Raft.
+    pub tls: Option<Arc<drove_exec::tls::ClusterTls>>,
+    /// Serve on a non-loopback address without TLS (`--insecure`).
+    pub insecure: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -163,6 +171,8 @@ impl Default for CoordinatorConfig {
             data_dir: None,
             peers: None,
             held_outputs_wait_ms: 1_500,
+            tls: None,
+            insecure: false,
         }
     }
 }
@@ -273,6 +283,14 @@ pub async fn start(
     http: Option<SocketAddr>,
 ) -> Result<CoordinatorHandle> {
     config.validate()?;
+    let exposed = |what: &str, ip| {
+        drove_exec::tls::check_exposure(what, ip, config.tls.as_deref(), config.insecure)
+            .map_err(Error::User)
+    };
+    exposed("the coordinator's gRPC service", addr.ip())?;
+    if let Some(http) = http {
+        exposed("the coordinator's HTTP service", http.ip())?;
+    }
     let listener = bind(addr).await?;
     let addr = listener
         .local_addr()
@@ -281,8 +299,13 @@ pub async fn start(
     let mut tasks = Vec::new();
     let (coordinator, raft) = match (&config.peers, &config.data_dir) {
         (Some(peers), Some(dir)) => {
-            let replica =
-                replica::Replica::start(peers.clone(), dir, config.job_history_max).await?;
+            let replica = replica::Replica::start(
+                peers.clone(),
+                dir,
+                config.job_history_max,
+                config.tls.clone(),
+            )
+            .await?;
             let coordinator = Coordinator::replicated(config.clone(), replica.clone())?;
             let raft = replica::server(replica.raft().clone());
             tasks.push(tokio::spawn(replica::follow(
@@ -296,12 +319,22 @@ pub async fn start(
     };
 
     let service = service::server(coordinator.clone());
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server()).map_err(|e| {
+            Error::User(format!(
+                "the TLS files in {} cannot serve: {}",
+                tls.dir().display(),
+                drove_exec::net::error_chain(&e)
+            ))
+        })?;
+    }
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let stop = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        if let Err(e) = tonic::transport::Server::builder()
+        if let Err(e) = builder
             // A panic in a handler is a bug; it fails that call, not the server.
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(grpc_panic))
             .add_service(service)
@@ -320,16 +353,30 @@ pub async fn start(
                 .local_addr()
                 .map_err(|source| Error::Bind { addr: http, source })?;
             let router = http::router(coordinator.clone());
+            let tls = match &config.tls {
+                Some(tls) => Some(tls.rustls_server().map_err(Error::User)?),
+                None => None,
+            };
             let mut rx = shutdown_rx.clone();
             tasks.push(tokio::spawn(async move {
                 let stop = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                let listener = listener.tap_io(|tcp| drove_exec::net::configure_accepted(tcp));
-                if let Err(e) = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
+                let served = match tls {
+                    None => {
+                        let listener =
+                            listener.tap_io(|tcp| drove_exec::net::configure_accepted(tcp));
+                        axum::serve(listener, router)
+                            .with_graceful_shutdown(stop)
+                            .await
+                    }
+                    Some(tls) => {
+                        axum::serve(https::Listener::new(listener, tls), router)
+                            .with_graceful_shutdown(stop)
+                            .await
+                    }
+                };
+                if let Err(e) = served {
                     tracing::error!("coordinator HTTP server stopped: {e}");
                 }
             }));

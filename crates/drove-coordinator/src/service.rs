@@ -78,6 +78,7 @@ impl CoordinatorRpc for Service {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::WorkerSessionStream>, Status> {
+        drove_exec::tls::require_node(&request)?;
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("the worker session ended before registering")

@@ -4,20 +4,22 @@
 //! ([`drove_proto::LEADER_HEADER`]). A caller that gets such an answer, or none, asks
 //! [`Coordinators::follow`] and tries again.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drove_proto::coordinator_client::CoordinatorClient;
 use tonic::transport::Channel;
 
 use crate::net;
+use crate::tls::ClusterTls;
 
 /// The coordinators named, each with a client that connects when first used.
 #[derive(Debug)]
 pub struct Coordinators {
     named: Mutex<Vec<(String, CoordinatorClient<Channel>)>>,
     current: AtomicUsize,
+    tls: Option<Arc<ClusterTls>>,
 }
 
 /// Coordinators a list may name, at most (a leader one names is added beyond them).
@@ -38,15 +40,18 @@ pub fn gone(status: &tonic::Status) -> bool {
     )
 }
 
-fn client(addr: &str) -> Result<CoordinatorClient<Channel>, String> {
-    Ok(CoordinatorClient::new(net::endpoint(addr)?.connect_lazy())
-        .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES))
+fn client(addr: &str, tls: Option<&ClusterTls>) -> Result<CoordinatorClient<Channel>, String> {
+    Ok(
+        CoordinatorClient::new(net::endpoint(addr, tls)?.connect_lazy())
+            .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES),
+    )
 }
 
 impl Coordinators {
-    /// Reads a comma-separated list of HOST:PORT addresses.
-    pub fn parse(list: &str) -> Result<Self, String> {
+    /// Reads a comma-separated list of HOST:PORT addresses, reached over mutual TLS
+    /// if `tls` is given.
+    pub fn parse(list: &str, tls: Option<Arc<ClusterTls>>) -> Result<Self, String> {
         let addrs: Vec<&str> = list
             .split(',')
             .map(str::trim)
@@ -66,11 +71,12 @@ impl Coordinators {
         }
         let named = addrs
             .into_iter()
-            .map(|a| Ok((a.to_string(), client(a)?)))
+            .map(|a| Ok((a.to_string(), client(a, tls.as_deref())?)))
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Self {
             named: Mutex::new(named),
             current: AtomicUsize::new(0),
+            tls,
         })
     }
 
@@ -81,6 +87,11 @@ impl Coordinators {
     /// How many coordinators are named.
     pub fn len(&self) -> usize {
         self.named().len()
+    }
+
+    /// The identity the coordinators are reached with, if over TLS.
+    pub fn tls(&self) -> Option<&Arc<ClusterTls>> {
+        self.tls.as_ref()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -125,7 +136,7 @@ impl Coordinators {
                 return true;
             }
             if named.len() < COORDINATORS_MAX + 1
-                && let Ok(c) = client(&leader)
+                && let Ok(c) = client(&leader, self.tls.as_deref())
             {
                 named.push((leader, c));
                 self.current.store(named.len() - 1, Ordering::Relaxed);
@@ -154,7 +165,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_named_leader_is_followed_and_silence_moves_on() {
-        let c = Coordinators::parse("127.0.0.1:1, 127.0.0.1:2,127.0.0.1:3").unwrap();
+        let c = Coordinators::parse("127.0.0.1:1, 127.0.0.1:2,127.0.0.1:3", None).unwrap();
         assert_eq!(c.current().0, "127.0.0.1:1");
         assert!(c.follow(&not_leader("127.0.0.1:3")));
         assert_eq!(c.current().0, "127.0.0.1:3");
@@ -168,7 +179,7 @@ mod tests {
         assert!(!c.follow(&tonic::Status::invalid_argument("bad sql")));
         assert!(c.follow(&tonic::Status::cancelled("operation was canceled")));
 
-        let one = Coordinators::parse("127.0.0.1:1").unwrap();
+        let one = Coordinators::parse("127.0.0.1:1", None).unwrap();
         assert!(!one.follow(&tonic::Status::unavailable("gone")));
         assert!(one.follow(&not_leader("127.0.0.1:2")));
     }
@@ -176,16 +187,16 @@ mod tests {
     #[tokio::test]
     async fn bad_lists_are_refused() {
         assert!(
-            Coordinators::parse(" , ")
+            Coordinators::parse(" , ", None)
                 .unwrap_err()
                 .contains("no coordinator")
         );
         let many = vec!["127.0.0.1:1"; 17].join(",");
         assert!(
-            Coordinators::parse(&many)
+            Coordinators::parse(&many, None)
                 .unwrap_err()
                 .contains("at most 16")
         );
-        assert!(Coordinators::parse("a b:1").is_err());
+        assert!(Coordinators::parse("a b:1", None).is_err());
     }
 }

@@ -33,6 +33,7 @@ pub mod stage_plan;
 pub mod subquery;
 pub mod tables;
 pub mod task;
+pub mod tls;
 pub mod tpcds;
 pub mod tpch;
 

@@ -10,6 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Endpoint;
 use tonic::transport::server::TcpIncoming;
 
+use crate::tls::ClusterTls;
+
 /// How long connecting may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// HTTP/2 pings on every connection, so a peer that vanished without closing its
@@ -23,9 +25,11 @@ pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// How often an unanswered TCP keep-alive probe is repeated.
 pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// An endpoint for `addr` (HOST:PORT) with drove's timeouts and keep-alives.
-pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
+/// An endpoint for `addr` (HOST:PORT) with drove's timeouts and keep-alives, over
+/// mutual TLS with the cluster's identity if `tls` is given.
+pub fn endpoint(addr: &str, tls: Option<&ClusterTls>) -> Result<Endpoint, String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| format!("'{addr}' is not a HOST:PORT address ({e})"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -33,7 +37,39 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
         .tcp_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    match tls {
+        None => Ok(endpoint),
+        Some(tls) => endpoint.tls_config(tls.client()).map_err(|e| {
+            format!(
+                "the TLS files in {} cannot connect: {}",
+                tls.dir().display(),
+                error_chain(&e)
+            )
+        }),
+    }
+}
+
+/// Whether the server at `addr` speaks TLS: it answers the start of a plain HTTP/2
+/// connection with a TLS alert. For a client without `--tls-dir` whose connection
+/// failed in a way plain TCP cannot explain.
+pub async fn speaks_tls(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).await.ok()?;
+        // A TLS record of type alert (21), version 3.x.
+        Some(head == [21, 3])
+    };
+    matches!(
+        tokio::time::timeout(CONNECT_TIMEOUT, probe).await,
+        Ok(Some(true))
+    )
 }
 
 /// The connections a gRPC or Flight server accepts on `listener`, each with

@@ -124,16 +124,25 @@ impl ShuffleEnv {
 #[derive(Debug, Default)]
 pub struct FlightPool {
     clients: std::sync::Mutex<HashMap<String, FlightServiceClient<Channel>>>,
+    tls: Option<Arc<crate::tls::ClusterTls>>,
 }
 
 impl FlightPool {
+    /// A pool whose connections use mutual TLS with `tls`, if given.
+    pub fn new(tls: Option<Arc<crate::tls::ClusterTls>>) -> Self {
+        Self {
+            clients: Default::default(),
+            tls,
+        }
+    }
+
     /// A client for the Flight service at `addr` (HOST:PORT). Connects lazily.
     pub fn client(&self, addr: &str) -> Result<FlightServiceClient<Channel>> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let client = Self::connect(addr)?;
+        let client = self.connect(addr)?;
         clients.insert(addr.to_string(), client.clone());
         Ok(client)
     }
@@ -144,15 +153,16 @@ impl FlightPool {
     /// been asked for holds the connection's flow-control window, and the read the merge
     /// waits for would stall behind it for good.
     pub fn own_client(&self, addr: &str) -> Result<FlightServiceClient<Channel>> {
-        Self::connect(addr)
+        self.connect(addr)
     }
 
-    fn connect(addr: &str) -> Result<FlightServiceClient<Channel>> {
-        let endpoint = crate::net::endpoint(addr).map_err(|message| Error::Fetch {
-            addr: addr.to_string(),
-            message,
-            lost: None,
-        })?;
+    fn connect(&self, addr: &str) -> Result<FlightServiceClient<Channel>> {
+        let endpoint =
+            crate::net::endpoint(addr, self.tls.as_deref()).map_err(|message| Error::Fetch {
+                addr: addr.to_string(),
+                message,
+                lost: None,
+            })?;
         Ok(FlightServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES))

@@ -259,13 +259,16 @@ pub fn start_coordinator_at(
         .args(["coordinator", "--bind", bind, "--http", "127.0.0.1:0"])
         .args(extra);
     let (proc, line) = spawn_until(command, "coordinator listening on");
-    // "coordinator listening on ADDR (HTTP on http://ADDR)"
+    // "coordinator listening on ADDR (HTTP on http://ADDR)", or https://
     let words: Vec<&str> = line.split_whitespace().collect();
     let (grpc, http) = match words[..] {
         [_, _, _, grpc, _, _, http, ..] => (grpc, http),
         _ => panic!("a coordinator's first line that names no addresses: {line}"),
     };
-    let http = http.trim_start_matches("http://").trim_end_matches(')');
+    let http = http
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches(')');
     (proc, grpc.to_string(), http.to_string())
 }
 

@@ -35,6 +35,7 @@ use drove_exec::leader::Coordinators;
 use drove_exec::planner::OutputMode;
 use drove_exec::shuffle::{FlightPool, MapOutputRef, ShuffleEnv, StageOutputs};
 use drove_exec::stage_plan::StagePlan;
+use drove_exec::tls::ClusterTls;
 use drove_exec::{net, session, task};
 use drove_proto as pb;
 use tokio::net::TcpListener;
@@ -100,6 +101,11 @@ pub struct WorkerConfig {
     /// Where the worker keeps what outlives it (its node id); `None` gives it no
     /// lasting identity.
     pub data_dir: Option<PathBuf>,
+    /// The cluster identity (`--tls-dir`): with it, Flight is served, and coordinators
+    /// and other workers are reached, over mutual TLS.
+    pub tls: Option<Arc<ClusterTls>>,
+    /// Serve Flight on a non-loopback address without TLS (`--insecure`).
+    pub insecure: bool,
 }
 
 /// The smallest memory budget a worker accepts: below it, a sort's merge buffers and a
@@ -145,6 +151,8 @@ impl Default for WorkerConfig {
             work_dir: default_work_dir(),
             spill_codec: SpillCodec::default(),
             data_dir: None,
+            tls: None,
+            insecure: false,
         }
     }
 }
@@ -380,7 +388,14 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
             MEMORY_MIN_BYTES
         )));
     }
-    let coordinators = Coordinators::parse(&config.coordinator)
+    drove_exec::tls::check_exposure(
+        "the worker's Flight service",
+        config.bind.ip(),
+        config.tls.as_deref(),
+        config.insecure,
+    )
+    .map_err(Error::Config)?;
+    let coordinators = Coordinators::parse(&config.coordinator, config.tls.clone())
         .map_err(|why| Error::Config(format!("--coordinator: {why}")))?;
     let work_dir = workdir::WorkDir::create(&config.work_dir).map_err(Error::Config)?;
     let node = match &config.data_dir {
@@ -416,11 +431,21 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
 
     let mut rx = shutdown_rx.clone();
     let server = flight::server(Arc::clone(&store));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server()).map_err(|e| {
+            Error::Config(format!(
+                "the TLS files in {} cannot serve: {}",
+                tls.dir().display(),
+                drove_exec::net::error_chain(&e)
+            ))
+        })?;
+    }
     let flight_server = tokio::spawn(async move {
         let stop = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        if let Err(e) = tonic::transport::Server::builder()
+        if let Err(e) = builder
             .add_service(server)
             .serve_with_incoming_shutdown(drove_exec::net::incoming(listener), stop)
             .await
@@ -431,7 +456,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
 
     let shared = Arc::new(Shared {
         store: Arc::clone(&store),
-        flight: Arc::new(FlightPool::default()),
+        flight: Arc::new(FlightPool::new(config.tls.clone())),
         state: {
             let mut state = SessionStateBuilder::new()
                 .with_default_features()
@@ -640,7 +665,15 @@ async fn register(
                 info!(worker_id = session.worker_id, coordinator = %addr, "registered");
                 return Ok(session);
             }
-            Err(Refusal::Fatal(why)) if first => return Err(Error::NotACoordinator(why)),
+            Err(Refusal::Fatal(why)) if first => {
+                // Plain HTTP/2 against a TLS server looks like a foreign protocol.
+                let why = if config.tls.is_none() && drove_exec::net::speaks_tls(&addr).await {
+                    format!("{addr}: {}", drove_exec::tls::NEEDS_TLS)
+                } else {
+                    why
+                };
+                return Err(Error::NotACoordinator(why));
+            }
             Err(Refusal::Fatal(last_error) | Refusal::Retry(last_error)) => {
                 let now = Instant::now();
                 if now >= deadline {
@@ -690,6 +723,9 @@ fn refusal(addr: &str, status: &tonic::Status) -> Refusal {
         || why.contains("protocol error")
         || why.contains("frame with invalid size")
         || why.contains("invalid HTTP version");
+    if let Some(fix) = drove_exec::tls::mismatch(&why) {
+        return Refusal::Fatal(format!("{addr}: {fix} ({why})"));
+    }
     if foreign {
         Refusal::Fatal(format!(
             "{addr} answered, but not as a drove coordinator ({why}); point --coordinator at the gRPC address `drove coordinator` listens on (its --bind, 127.0.0.1:7070 by default), not at a worker or the HTTP port"

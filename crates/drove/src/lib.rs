@@ -17,6 +17,7 @@ use drove_client::{LocalCluster, LocalClusterConfig, Session};
 use drove_coordinator::CoordinatorConfig;
 use drove_exec::datagen::Benchmark;
 use drove_exec::tables::{Format, TableSpec, generated_tables};
+use drove_exec::tls::ClusterTls;
 use drove_worker::WorkerConfig;
 
 /// The default gRPC address of a coordinator.
@@ -67,6 +68,98 @@ enum Command {
     Cancel(CancelArgs),
     /// Print the result of a job submitted with `drove sql --detach`.
     Result(ResultArgs),
+    /// Make the cluster's certificates, for mutual TLS between its nodes and clients.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCommand {
+    /// Make a certificate authority for a new cluster: ca.pem, and ca.key (keep it
+    /// off the cluster's machines).
+    Init(CertInitArgs),
+    /// Issue a certificate for a node (coordinator or worker) or, with --client, a
+    /// client: cert.pem, key.pem and a copy of ca.pem, for --tls-dir.
+    Issue(CertIssueArgs),
+}
+
+#[derive(Args, Debug)]
+struct CertInitArgs {
+    /// Directory to write the CA into (created if missing; must not hold a CA).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct CertIssueArgs {
+    /// The CA's directory, made by `drove cert init`.
+    #[arg(long, value_name = "DIR")]
+    ca: PathBuf,
+    /// The certificate's name, e.g. worker-1 or alice.
+    #[arg(long)]
+    name: String,
+    /// Directory to write into (created if missing; must not hold a certificate).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// A client's certificate: it may submit jobs and read results, but not join as
+    /// a worker or coordinator.
+    #[arg(long)]
+    client: bool,
+    /// Another DNS name or IP address the certificate is valid for, as a browser or
+    /// curl checks it (e.g. the coordinator's host name for its HTTPS UI). Repeatable.
+    #[arg(long = "host", value_name = "NAME")]
+    hosts: Vec<String>,
+    /// Days the certificate is valid.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+}
+
+/// How a coordinator or worker secures what it serves.
+#[derive(Args, Debug)]
+struct ServeTlsArgs {
+    /// The node's certificate directory, made by `drove cert issue`: serve, and reach
+    /// the other nodes, over mutual TLS; only holders of the cluster's certificates
+    /// get in.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Listen on a non-loopback address without --tls-dir: anyone who reaches the
+    /// port can run jobs and read data. Only on a network you trust.
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl ServeTlsArgs {
+    fn load(&self) -> Result<Option<std::sync::Arc<ClusterTls>>> {
+        load_tls(self.tls_dir.as_deref())
+    }
+}
+
+/// How a client proves itself to a cluster.
+#[derive(Args, Debug)]
+struct ClientTlsArgs {
+    /// A certificate directory made by `drove cert issue --client`, for a cluster
+    /// that runs with --tls-dir.
+    #[arg(long, value_name = "DIR", env = "DROVE_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// Connects to `addr` with these credentials.
+    async fn connect(&self, addr: &str) -> Result<Session> {
+        let credentials = drove_client::Credentials {
+            tls: load_tls(self.tls_dir.as_deref())?,
+        };
+        Ok(Session::connect_with(addr, &credentials).await?)
+    }
+}
+
+fn load_tls(dir: Option<&std::path::Path>) -> Result<Option<std::sync::Arc<ClusterTls>>> {
+    match dir {
+        None => Ok(None),
+        Some(dir) => Ok(Some(
+            ClusterTls::load(dir).map_err(|e| anyhow::anyhow!("--tls-dir: {e}"))?,
+        )),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -136,6 +229,8 @@ struct CoordinatorArgs {
     held_outputs_wait_ms: u64,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    tls: ServeTlsArgs,
 }
 
 /// What one job may take; larger jobs are refused, naming the flag.
@@ -172,6 +267,8 @@ struct ResultArgs {
     /// Print where the job's tasks ran, on stderr.
     #[arg(long)]
     summary: bool,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -182,6 +279,8 @@ struct CancelArgs {
     /// of theirs, comma-separated (the leader is found and followed).
     #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
     coordinator: String,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -215,6 +314,8 @@ struct WorkerArgs {
     inject_task_delay_ms: u64,
     #[command(flatten)]
     memory: MemoryArgs,
+    #[command(flatten)]
+    tls: ServeTlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -262,6 +363,8 @@ struct LocalArgs {
     memory: MemoryArgs,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    tls: ServeTlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -303,6 +406,8 @@ struct SqlArgs {
     /// client, and `drove result JOB` prints its result later.
     #[arg(long, requires = "coordinator")]
     detach: bool,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -340,6 +445,8 @@ struct MapReduceArgs {
     /// Do not show progress on stderr while the job runs.
     #[arg(long)]
     no_progress: bool,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -399,6 +506,8 @@ struct StatusArgs {
     /// of theirs, comma-separated (the leader is found and followed).
     #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
     coordinator: String,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 /// Parses the process arguments, runs the command and returns the exit code. Errors are
@@ -417,6 +526,7 @@ pub fn main() -> ExitCode {
             | Command::Status(_)
             | Command::Cancel(_)
             | Command::Demo(_)
+            | Command::Cert(_)
     );
     init_logging(if quiet { "warn" } else { "info" }, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -465,6 +575,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Status(args) => status(args).await,
         Command::Cancel(args) => cancel(args).await,
         Command::Result(args) => result(args).await,
+        Command::Cert(CertCommand::Init(args)) => cert_init(args),
+        Command::Cert(CertCommand::Issue(args)) => cert_issue(args),
     }
 }
 
@@ -490,12 +602,19 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
             (Some(id), Some(peers)) => Some(drove_coordinator::replica::Peers::parse(id, peers)?),
             _ => None,
         },
+        tls: args.tls.load()?,
+        insecure: args.tls.insecure,
         ..Default::default()
+    };
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
     };
     let handle = drove_coordinator::start(config, args.bind, Some(args.http)).await?;
     let http = handle.http_addr.map_or_else(String::new, |a| a.to_string());
     println!(
-        "coordinator listening on {} (HTTP on http://{http})",
+        "coordinator listening on {} (HTTP on {scheme}://{http})",
         handle.addr
     );
     tokio::signal::ctrl_c()
@@ -528,6 +647,8 @@ async fn worker(args: WorkerArgs) -> Result<()> {
             .unwrap_or_else(drove_worker::default_work_dir),
         spill_codec: args.memory.spill_codec,
         data_dir: args.data_dir,
+        tls: args.tls.load()?,
+        insecure: args.tls.insecure,
     })
     .await?;
     println!(
@@ -570,6 +691,8 @@ async fn local(args: LocalArgs) -> Result<()> {
         spill_codec: args.memory.spill_codec,
         coordinator: CoordinatorConfig {
             job_limits: (&args.limits).into(),
+            tls: args.tls.load()?,
+            insecure: args.tls.insecure,
             ..Default::default()
         },
         data_dir: args.data_dir,
@@ -577,15 +700,19 @@ async fn local(args: LocalArgs) -> Result<()> {
         ..Default::default()
     })
     .await?;
+    let (scheme, tls_flag) = match &args.tls.tls_dir {
+        Some(dir) => ("https", format!(" --tls-dir {}", dir.display())),
+        None => ("http", String::new()),
+    };
     println!("coordinator: {}", cluster.coordinator_addrs());
     if let Some(http) = cluster.http_addr() {
-        println!("http:        http://{http}");
+        println!("http:        {scheme}://{http}");
     }
     for (i, w) in cluster.worker_addrs().iter().enumerate() {
         println!("worker {}:    {w}", i + 1);
     }
     println!(
-        "run queries with: drove sql --coordinator {} -e 'SELECT 1'",
+        "run queries with: drove sql --coordinator {}{tls_flag} -e 'SELECT 1'",
         cluster.coordinator_addrs()
     );
     println!("press Ctrl-C to stop");
@@ -616,7 +743,7 @@ async fn sql(args: SqlArgs) -> Result<()> {
         tables.extend(generated_tables(dir, Benchmark::Tpcds)?);
     }
     let session = match (&args.coordinator, args.local) {
-        (Some(addr), _) => Session::connect(addr).await?,
+        (Some(addr), _) => args.tls.connect(addr).await?,
         (None, Some(workers)) => Session::local(workers).await?,
         (None, None) => bail!("pass --coordinator HOST:PORT or --local N"),
     };
@@ -662,7 +789,7 @@ async fn finish(
 }
 
 async fn result(args: ResultArgs) -> Result<()> {
-    let session = Session::connect(&args.coordinator).await?;
+    let session = args.tls.connect(&args.coordinator).await?;
     let run = async {
         // Interrupting a read leaves the job as it is: it was detached.
         let mut result = session.result(args.job).await?;
@@ -691,7 +818,7 @@ async fn mapreduce(args: MapReduceArgs) -> Result<()> {
         MrFormat::Parquet => drove_client::OutputFormat::Parquet,
     };
     let session = match (&args.coordinator, args.local) {
-        (Some(addr), _) => Session::connect(addr).await?,
+        (Some(addr), _) => args.tls.connect(addr).await?,
         (None, Some(workers)) => Session::local(workers).await?,
         (None, None) => bail!("pass --coordinator HOST:PORT or --local N"),
     };
@@ -723,6 +850,42 @@ async fn mapreduce(args: MapReduceArgs) -> Result<()> {
         anyhow::Ok(())
     };
     finish(&session, run, "the job was cancelled").await
+}
+
+fn cert_init(args: CertInitArgs) -> Result<()> {
+    drove_exec::tls::init(&args.out).map_err(anyhow::Error::msg)?;
+    println!(
+        "made the cluster's CA in {}; issue each node a certificate with `drove cert issue --ca {} --name NAME --out DIR`, and keep ca.key off the cluster's machines",
+        args.out.display(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn cert_issue(args: CertIssueArgs) -> Result<()> {
+    let role = if args.client {
+        drove_exec::tls::Role::Client
+    } else {
+        drove_exec::tls::Role::Node
+    };
+    drove_exec::tls::issue(
+        &args.ca,
+        &args.name,
+        role,
+        &args.hosts,
+        args.days,
+        &args.out,
+    )
+    .map_err(anyhow::Error::msg)?;
+    println!(
+        "issued {} certificate '{}' into {}, valid for {} days; pass --tls-dir {}",
+        if args.client { "a client" } else { "a node" },
+        args.name,
+        args.out.display(),
+        args.days,
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn gen_text(args: GenTextArgs) -> Result<()> {
@@ -757,7 +920,7 @@ fn gen_tables(benchmark: Benchmark, args: GenTablesArgs) -> Result<()> {
 }
 
 async fn status(args: StatusArgs) -> Result<()> {
-    let session = Session::connect(&args.coordinator).await?;
+    let session = args.tls.connect(&args.coordinator).await?;
     let status = session.cluster_summary().await?;
     println!("{} workers", status.workers.len());
     for w in &status.workers {
@@ -826,7 +989,7 @@ async fn status(args: StatusArgs) -> Result<()> {
 }
 
 async fn cancel(args: CancelArgs) -> Result<()> {
-    let session = Session::connect(&args.coordinator).await?;
+    let session = args.tls.connect(&args.coordinator).await?;
     let status = session.cancel(args.job).await?;
     match status.state() {
         drove_client::proto::JobState::Cancelled => println!("job {} cancelled", args.job),

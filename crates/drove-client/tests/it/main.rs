@@ -11,17 +11,22 @@ mod scalar_subqueries;
 mod settings;
 mod sockets;
 mod table_functions;
+mod tls;
 mod tpcds;
 mod tpch;
 
 use drove_client::{LocalCluster, LocalClusterConfig, Session};
 
-/// An embedded cluster and a session on it that leaves the cluster to the test.
+/// An embedded cluster and a session on it (with the cluster's own credentials) that
+/// leaves the cluster to the test.
 pub async fn start(config: LocalClusterConfig) -> (LocalCluster, Session) {
     let cluster = LocalCluster::start(config)
         .await
         .expect("an embedded cluster");
-    let session = Session::connect(&cluster.coordinator_addr().to_string())
+    let credentials = drove_client::Credentials {
+        tls: cluster.tls().cloned(),
+    };
+    let session = Session::connect_with(&cluster.coordinator_addr().to_string(), &credentials)
         .await
         .expect("connecting");
     (cluster, session)

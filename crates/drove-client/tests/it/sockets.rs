@@ -70,7 +70,7 @@ async fn every_connection_has_nodelay_and_keepalives() {
     // A connection to each worker's Flight service, as a shuffle reader makes one.
     let mut channels = Vec::new();
     for flight in &flights {
-        let endpoint = drove_exec::net::endpoint(&flight.to_string()).unwrap();
+        let endpoint = drove_exec::net::endpoint(&flight.to_string(), None).unwrap();
         channels.push(endpoint.connect().await.expect("connecting to Flight"));
     }
     // An HTTP connection, kept open (HTTP/1.1 keeps it alive) while the sockets are read.

@@ -259,9 +259,15 @@ impl Replica {
     /// Opens the log and snapshot in `dir` and joins the peers over gRPC; a
     /// coordinator that has never run proposes the cluster of `peers` (every peer does,
     /// and they agree).
-    pub async fn start(peers: Peers, dir: &Path, history_max: usize) -> Result<Arc<Self>> {
+    /// Peers are reached over mutual TLS with `tls`, if given.
+    pub async fn start(
+        peers: Peers,
+        dir: &Path,
+        history_max: usize,
+        tls: Option<Arc<drove_exec::tls::ClusterTls>>,
+    ) -> Result<Arc<Self>> {
         let every = crate::durable::SNAPSHOT_EVERY;
-        Self::start_with(peers, dir, history_max, net::Network, every).await
+        Self::start_with(peers, dir, history_max, net::Network { tls }, every).await
     }
 
     /// [`Replica::start`] over another network (the simulation's), with a snapshot

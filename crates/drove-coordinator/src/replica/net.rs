@@ -15,7 +15,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use super::{Raft, Types, wire};
@@ -30,24 +30,21 @@ const CALL_TIMEOUT_MIN: Duration = Duration::from_secs(10);
 /// Room in one append request for what it holds besides its entries.
 const APPEND_HEADROOM: usize = 1 << 20;
 
-/// Makes a [`Peer`] per node Raft talks to.
-pub struct Network;
+/// Makes a [`Peer`] per node Raft talks to, over mutual TLS with `tls` if given.
+pub struct Network {
+    pub tls: Option<std::sync::Arc<drove_exec::tls::ClusterTls>>,
+}
 
 impl RaftNetworkFactory<Types> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
-        let client = Endpoint::from_shared(format!("http://{}", node.addr))
-            .map(|e| {
-                let channel = e
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                RaftClient::new(channel)
-                    .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(pb::MAX_MESSAGE_BYTES)
-            })
-            .map_err(|e| e.to_string());
+        let client = drove_exec::net::endpoint(&node.addr, self.tls.as_deref()).map(|e| {
+            let channel = e.connect_timeout(CONNECT_TIMEOUT).connect_lazy();
+            RaftClient::new(channel)
+                .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(pb::MAX_MESSAGE_BYTES)
+        });
         Peer { target, client }
     }
 }
@@ -214,6 +211,7 @@ impl RaftRpc for Service {
         &self,
         request: Request<pb::RaftAppendRequest>,
     ) -> Result<Response<pb::RaftAppendResponse>, Status> {
+        drove_exec::tls::require_node(&request)?;
         let r = request.into_inner();
         let rpc = AppendEntriesRequest {
             vote: wire::vote_from(r.vote.as_ref()).map_err(bad)?,
@@ -244,6 +242,7 @@ impl RaftRpc for Service {
         &self,
         request: Request<pb::RaftVoteRequest>,
     ) -> Result<Response<pb::RaftVoteResponse>, Status> {
+        drove_exec::tls::require_node(&request)?;
         let r = request.into_inner();
         let rpc = VoteRequest {
             vote: wire::vote_from(r.vote.as_ref()).map_err(bad)?,
@@ -261,6 +260,7 @@ impl RaftRpc for Service {
         &self,
         request: Request<pb::RaftSnapshotRequest>,
     ) -> Result<Response<pb::RaftSnapshotResponse>, Status> {
+        drove_exec::tls::require_node(&request)?;
         let r = request.into_inner();
         let rpc = InstallSnapshotRequest {
             vote: wire::vote_from(r.vote.as_ref()).map_err(bad)?,

@@ -8,6 +8,7 @@ mod mapreduce;
 mod memory;
 mod multiprocess;
 mod replicated;
+mod tls;
 mod ui;
 
 use std::process::{Command, Output, Stdio};

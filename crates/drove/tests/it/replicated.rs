@@ -383,6 +383,45 @@ fn a_leader_cut_off_by_a_partition_is_replaced_and_stops_scheduling() {
     let work = tempfile::tempdir().unwrap();
     let datas: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let net = Net::create();
+    // Off loopback, so with mutual TLS: Raft, worker sessions, Flight and the
+    // client's calls all cross the namespaces' links encrypted.
+    let certs = tempfile::tempdir().unwrap();
+    let cert = |name: &str, client: bool| {
+        let out = certs.path().join(name);
+        let ca = certs.path().join("ca");
+        let mut args = vec![
+            "cert",
+            "issue",
+            "--ca",
+            ca.to_str().unwrap(),
+            "--name",
+            name,
+        ];
+        args.extend(["--out", out.to_str().unwrap()]);
+        if client {
+            args.push("--client");
+        }
+        let made = crate::run(&args, Duration::from_secs(30));
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        out.to_str().unwrap().to_string()
+    };
+    let ca = certs.path().join("ca");
+    assert!(
+        crate::run(
+            &["cert", "init", "--out", ca.to_str().unwrap()],
+            Duration::from_secs(30)
+        )
+        .status
+        .success()
+    );
+    let coordinator_certs: Vec<String> =
+        (1..=3).map(|i| cert(&format!("coord{i}"), false)).collect();
+    let worker_cert = cert("worker", false);
+    let client_cert = cert("client", true);
     let addrs: Vec<String> = (0..3).map(|i| format!("{}:7070", net.addr(i))).collect();
     let list = addrs.join(",");
     let peers = (addrs.iter().enumerate())
@@ -395,13 +434,23 @@ fn a_leader_cut_off_by_a_partition_is_replaced_and_stops_scheduling() {
             c.args(["coordinator", "--bind", &addrs[i]])
                 .args(["--http", &format!("{}:7071", net.addr(i))])
                 .args(["--node-id", &(i + 1).to_string(), "--peers", &peers])
+                .args(["--tls-dir", &coordinator_certs[i]])
                 .arg("--data-dir")
                 .arg(datas[i].path());
             drove_testkit::spawn_until(c, "coordinator listening on").0
         })
         .collect();
     let status = |ns: &str, coordinator: &str| {
-        let out = Net::run(ns, &["status", "--coordinator", coordinator]);
+        let out = Net::run(
+            ns,
+            &[
+                "status",
+                "--coordinator",
+                coordinator,
+                "--tls-dir",
+                &client_cert,
+            ],
+        );
         (
             String::from_utf8_lossy(&out.stdout).to_string(),
             String::from_utf8_lossy(&out.stderr).to_string(),
@@ -414,7 +463,8 @@ fn a_leader_cut_off_by_a_partition_is_replaced_and_stops_scheduling() {
                 .arg(format!("10.77.{}.1:0", net.subnet))
                 .arg("--work-dir")
                 .arg(work.path())
-                .args(["--inject-task-delay-ms", "300"]);
+                .args(["--inject-task-delay-ms", "300"])
+                .args(["--tls-dir", &worker_cert]);
             drove_testkit::spawn_until(c, "worker Flight service on").0
         })
         .collect();
@@ -438,14 +488,14 @@ fn a_leader_cut_off_by_a_partition_is_replaced_and_stops_scheduling() {
         .args(["sql", "--coordinator", &list, "--tpch"])
         .arg(&dir)
         .args(["--format", "csv", "-e", q9])
+        .args(["--tls-dir", &client_cert])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let client = client.spawn().unwrap();
     // A stage finishes under the first leader.
     let started = Instant::now();
     loop {
-        let out = Net::run(&net.hub, &["status", "--coordinator", &list]);
-        let text = String::from_utf8_lossy(&out.stdout);
+        let (text, _) = status(&net.hub, &list);
         if text.contains("Running") {
             break;
         }

@@ -1,0 +1,335 @@
+//! A cluster with mutual TLS (`drove cert`, `--tls-dir`): its nodes and clients get in
+//! with certificates of its CA, and nothing else does; and no listener goes onto a
+//! network without TLS unless `--insecure` says so.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::{coordinator, drove, run, worker};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "drove failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn failed(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "drove succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `drove cert init` into `root/ca`, then `drove cert issue` for each of `nodes` and
+/// `clients` into `root/NAME`.
+fn certificates(root: &Path, nodes: &[&str], clients: &[&str]) {
+    let ca = root.join("ca");
+    ok(&run(&["cert", "init", "--out", path(&ca)], LIMIT));
+    for (name, client) in nodes
+        .iter()
+        .map(|n| (n, false))
+        .chain(clients.iter().map(|c| (c, true)))
+    {
+        let out = root.join(name);
+        let mut args = vec![
+            "cert",
+            "issue",
+            "--ca",
+            path(&ca),
+            "--name",
+            name,
+            "--out",
+            path(&out),
+        ];
+        if client {
+            args.push("--client");
+        }
+        ok(&run(&args, LIMIT));
+    }
+}
+
+const QUERY: &str =
+    "SELECT value % 3 AS k, count(*) AS n FROM generate_series(1, 999) GROUP BY k ORDER BY k";
+const ANSWER: &str = "k,n\n0,333\n1,333\n2,333\n";
+
+fn sql(addr: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "sql",
+        "--coordinator",
+        addr,
+        "--format",
+        "csv",
+        "--no-progress",
+        "-e",
+        QUERY,
+    ];
+    args.extend_from_slice(extra);
+    run(&args, LIMIT)
+}
+
+#[test]
+fn only_holders_of_the_clusters_certificates_get_in() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    certificates(r, &["coordinator", "worker-1", "worker-2"], &["alice"]);
+    // Another cluster's CA and a node certificate of it.
+    ok(&run(
+        &["cert", "init", "--out", path(&r.join("other-ca"))],
+        LIMIT,
+    ));
+    ok(&run(
+        &[
+            "cert",
+            "issue",
+            "--ca",
+            path(&r.join("other-ca")),
+            "--name",
+            "rogue",
+            "--out",
+            path(&r.join("rogue")),
+        ],
+        LIMIT,
+    ));
+
+    let work = r.join("work");
+    let (_c, addr, http) = coordinator(&["--tls-dir", path(&r.join("coordinator"))]);
+    let _w1 = worker(&addr, &work, &["--tls-dir", path(&r.join("worker-1"))]);
+    let _w2 = worker(&addr, &work, &["--tls-dir", path(&r.join("worker-2"))]);
+
+    // A client with its certificate gets the answer, shuffled between two workers
+    // over TLS; a node's certificate works as a client's too.
+    assert_eq!(
+        ok(&sql(&addr, &["--tls-dir", path(&r.join("alice"))])),
+        ANSWER
+    );
+    let status = drove()
+        .args(["status", "--coordinator", &addr])
+        .env("DROVE_TLS_DIR", r.join("worker-1"))
+        .output()
+        .unwrap();
+    assert!(ok(&status).contains("2 workers"));
+
+    // No certificate, or another cluster's: refused, saying what to pass.
+    let e = failed(&sql(&addr, &[]));
+    assert!(e.contains("--tls-dir"), "{e}");
+    let e = failed(&sql(&addr, &["--tls-dir", path(&r.join("rogue"))]));
+    assert!(e.contains("not of the cluster in --tls-dir"), "{e}");
+
+    // A worker of another cluster, or with no certificate, never joins: it exits
+    // non-zero, saying why.
+    let rogue = run(
+        &[
+            "worker",
+            "--coordinator",
+            &addr,
+            "--work-dir",
+            path(&work),
+            "--registration-timeout-secs",
+            "30",
+            "--tls-dir",
+            path(&r.join("rogue")),
+        ],
+        LIMIT,
+    );
+    let e = failed(&rogue);
+    assert!(e.contains("not of the cluster in --tls-dir"), "{e}");
+    let plain = run(
+        &[
+            "worker",
+            "--coordinator",
+            &addr,
+            "--work-dir",
+            path(&work),
+            "--registration-timeout-secs",
+            "30",
+        ],
+        LIMIT,
+    );
+    let e = failed(&plain);
+    assert!(e.contains("the server speaks TLS"), "{e}");
+    // A client's certificate cannot serve as a worker's.
+    let e = failed(&run(
+        &[
+            "worker",
+            "--coordinator",
+            &addr,
+            "--work-dir",
+            path(&work),
+            "--tls-dir",
+            path(&r.join("alice")),
+        ],
+        LIMIT,
+    ));
+    assert!(e.contains("is a client's"), "{e}");
+
+    // HTTP is HTTPS, with the same certificates: curl with alice's gets /health, and
+    // without one the handshake fails.
+    let port = http.rsplit(':').next().unwrap();
+    let url = format!("https://{}:{port}/health", drove_exec::tls::NODE_NAME);
+    let resolve = format!("{}:{port}:127.0.0.1", drove_exec::tls::NODE_NAME);
+    let curl = |extra: &[&str]| {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--resolve", &resolve, "--cacert"])
+            .arg(r.join("ca").join("ca.pem"))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("running curl")
+    };
+    let alice = r.join("alice");
+    let with = curl(&[
+        "--cert",
+        path(&alice.join("cert.pem")),
+        "--key",
+        path(&alice.join("key.pem")),
+    ]);
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    assert!(String::from_utf8_lossy(&with.stdout).contains("ok"));
+    assert!(
+        !curl(&[]).status.success(),
+        "HTTPS without a client certificate answered"
+    );
+}
+
+#[test]
+fn a_listener_off_loopback_needs_tls_or_insecure() {
+    // Refused before anything listens, naming both ways out.
+    for args in [
+        vec![
+            "coordinator",
+            "--bind",
+            "0.0.0.0:0",
+            "--http",
+            "127.0.0.1:0",
+        ],
+        vec![
+            "coordinator",
+            "--bind",
+            "127.0.0.1:0",
+            "--http",
+            "0.0.0.0:0",
+        ],
+        vec![
+            "worker",
+            "--coordinator",
+            "127.0.0.1:1",
+            "--bind",
+            "0.0.0.0:0",
+        ],
+        vec![
+            "local",
+            "--bind",
+            "0.0.0.0:0",
+            "--http",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ],
+    ] {
+        let e = failed(&run(&args, LIMIT));
+        assert!(
+            e.contains("reachable from the network")
+                && e.contains("--tls-dir")
+                && e.contains("--insecure"),
+            "{args:?}: {e}"
+        );
+    }
+    // With --insecure it starts, and says what that means. (It listens on every
+    // interface, but this test sends nothing to it.)
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let mut child = drove()
+        .args([
+            "coordinator",
+            "--bind",
+            "0.0.0.0:0",
+            "--http",
+            "127.0.0.1:0",
+            "--insecure",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _proc = drove_testkit::Proc(child);
+    let started = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .any(|l| l.contains("coordinator listening on"));
+    assert!(started, "the coordinator with --insecure did not start");
+    let e = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        e.contains("--insecure") && e.contains("network you trust"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_certificate_requests_fail_with_the_fix() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let ca = r.join("ca");
+    ok(&run(&["cert", "init", "--out", path(&ca)], LIMIT));
+    let e = failed(&run(&["cert", "init", "--out", path(&ca)], LIMIT));
+    assert!(e.contains("already holds a CA"), "{e}");
+    let e = failed(&run(
+        &[
+            "cert",
+            "issue",
+            "--ca",
+            path(&r.join("nope")),
+            "--name",
+            "w",
+            "--out",
+            path(&r.join("w")),
+        ],
+        LIMIT,
+    ));
+    assert!(e.contains("drove cert init"), "{e}");
+    let e = failed(&run(
+        &[
+            "cert",
+            "issue",
+            "--ca",
+            path(&ca),
+            "--name",
+            "../w",
+            "--out",
+            path(&r.join("w")),
+        ],
+        LIMIT,
+    ));
+    assert!(e.contains("is not a name"), "{e}");
+    assert!(!r.join("w").exists());
+    // A node pointed at the CA's own directory is told which directory to give.
+    let e = failed(&run(
+        &[
+            "coordinator",
+            "--bind",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--tls-dir",
+            path(&ca),
+        ],
+        LIMIT,
+    ));
+    assert!(e.contains("is the CA's directory"), "{e}");
+}
