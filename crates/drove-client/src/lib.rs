@@ -106,6 +106,30 @@ pub const RECONNECT_WINDOW: Duration = Duration::from_secs(60);
 /// leader (`Session::shutdown` waits for it).
 const ENDING_WINDOW: Duration = Duration::from_secs(5);
 
+/// A result batch, if its columns are the ones the query's plan promised: a worker
+/// that sends others (a bug, or a peer that is no worker of this cluster) fails the
+/// read rather than have wrong rows printed as the answer.
+fn of_schema(batch: RecordBatch, expected: &arrow::datatypes::Schema) -> Result<RecordBatch> {
+    let got = batch.schema();
+    let same = got.fields().len() == expected.fields().len()
+        && (got.fields().iter().zip(expected.fields()))
+            .all(|(g, e)| g.data_type() == e.data_type());
+    if same {
+        return Ok(batch);
+    }
+    let columns = |s: &arrow::datatypes::Schema| {
+        (s.fields().iter())
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(Error::Transport(format!(
+        "a worker sent result rows with columns ({}), not the query's ({}); the result is refused",
+        columns(&got),
+        columns(expected)
+    )))
+}
+
 /// How a client proves to a cluster who it is.
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
@@ -858,6 +882,7 @@ impl Session {
             );
         let status = status?;
         let schema = schema_from_bytes(&status.result_schema)?;
+        let expected = Arc::clone(&schema);
         let session = self.clone();
         let stage = status.result_stage_id;
         let batches = futures::stream::iter(status.result.clone())
@@ -876,6 +901,7 @@ impl Session {
             })
             .try_flatten()
             .map_err(Error::from)
+            .and_then(move |batch| futures::future::ready(of_schema(batch, &expected)))
             .boxed();
         Ok(ResultStream {
             schema,
@@ -1160,7 +1186,29 @@ impl<'a> CacheStatement<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::CacheStatement;
+    use super::{Arc, CacheStatement, RecordBatch};
+
+    #[test]
+    fn result_rows_of_other_columns_are_refused() {
+        use arrow::array::{Int64Array, StringArray};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let expected = Schema::new(vec![Field::new("n", DataType::Int64, false)]);
+        let right = RecordBatch::try_new(
+            Arc::new(expected.clone()),
+            vec![Arc::new(Int64Array::from(vec![1, 2]))],
+        )
+        .unwrap();
+        assert!(super::of_schema(right, &expected).is_ok());
+        let made_up = RecordBatch::try_from_iter(vec![(
+            "n",
+            Arc::new(StringArray::from(vec!["forged"])) as _,
+        )])
+        .unwrap();
+        let e = super::of_schema(made_up, &expected)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not the query's (n Int64)"), "{e}");
+    }
 
     #[test]
     fn cache_statements_parse_and_bad_ones_say_how_to_write_them() {

@@ -23,6 +23,15 @@ pub fn router(coordinator: Coordinator) -> Router {
         .route("/", get(ui_overview))
         .route("/jobs/{id}", get(ui_job))
         .route("/workers/{id}", get(ui_worker))
+        .route(
+            ui::STYLESHEET,
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                    ui::STYLE,
+                )
+            }),
+        )
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .merge(rest::router())
@@ -31,6 +40,7 @@ pub fn router(coordinator: Coordinator) -> Router {
         // the Allow header.
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(coordinator)
+        .layer(axum::middleware::from_fn(web_surface))
         // A panic in a handler is a bug; it fails that request, not the server.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |panic: Box<dyn std::any::Any + Send>| {
@@ -43,6 +53,79 @@ pub fn router(coordinator: Coordinator) -> Router {
                 )
             },
         ))
+}
+
+/// What every response carries, for browsers: the pages load nothing but the
+/// stylesheet from here (no script, no inline style), and no other site may frame
+/// them.
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    (
+        "content-security-policy",
+        "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+];
+
+/// The content types an HTML form sends, which a browser lets any site post across
+/// origins without asking first.
+const FORM_CONTENT_TYPES: [&str; 3] = [
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+    "text/plain",
+];
+
+/// Refuses a request that would change something (any method but GET and HEAD) when
+/// a browser says another site sent it, or it is shaped as a form post: a page
+/// elsewhere cannot cancel jobs through a visitor's browser. Adds
+/// [`SECURITY_HEADERS`] to every response.
+async fn web_surface(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut response = match cross_site(&request) {
+        Some(why) => api_error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{why}: requests that change something must come from this origin and not as a form (curl -X POST works)"
+            ),
+        ),
+        None => next.run(request).await,
+    };
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(name, header::HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Why `request` looks like a cross-site write, if it does.
+fn cross_site(request: &axum::extract::Request) -> Option<&'static str> {
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let headers = request.headers();
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site"))
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Some("the browser says another site sent this request");
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let host = text(header::HOST).unwrap_or_default();
+        let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+        if host.is_empty() || origin_host != host {
+            return Some("the request's Origin is another site");
+        }
+    }
+    if let Some(kind) = text(header::CONTENT_TYPE) {
+        let kind = kind.split(';').next().unwrap_or_default().trim();
+        if FORM_CONTENT_TYPES
+            .iter()
+            .any(|f| kind.eq_ignore_ascii_case(f))
+        {
+            return Some("the request is a form post");
+        }
+    }
+    None
 }
 
 /// A request with a method the path does not take: 405 with a JSON error, like every
@@ -131,9 +214,19 @@ mod tests {
 
     /// One HTTP/1.1 request: the status, the head (lower case) and the body.
     async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        request_with(addr, method, path, "").await
+    }
+
+    /// [`request`] with more header lines (each ending in CRLF).
+    async fn request_with(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &str,
+    ) -> (u16, String, String) {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(head.as_bytes()).await.unwrap();
         let mut response = String::new();
@@ -166,6 +259,66 @@ mod tests {
         }
         assert_eq!(head.contains("\r\nallow: "), code == 405, "{what}");
         head
+    }
+
+    /// A page elsewhere cannot cancel jobs through a visitor's browser (a form post,
+    /// or a request its browser marks as cross-site), while the same request from
+    /// curl reaches the handler; every response forbids framing and inline script.
+    #[tokio::test]
+    async fn cross_site_writes_are_refused_and_pages_carry_a_content_security_policy() {
+        let addr = serve().await;
+        for headers in [
+            "Content-Type: application/x-www-form-urlencoded\r\n",
+            "Content-Type: text/plain;charset=UTF-8\r\n",
+            "Content-Type: multipart/form-data; boundary=x\r\n",
+            "Origin: http://evil.example\r\n",
+            "Origin: null\r\n",
+            "Sec-Fetch-Site: cross-site\r\n",
+            "Sec-Fetch-Site: same-site\r\n",
+        ] {
+            let (code, _, body) =
+                request_with(addr, "POST", "/api/v1/jobs/7/cancel", headers).await;
+            assert_eq!(code, 403, "{headers}: {body}");
+            assert!(body.contains("curl -X POST works"), "{headers}: {body}");
+        }
+        // Not refused: curl, and the page's own origin; the handler answers.
+        for headers in [
+            "",
+            &format!("Origin: http://{addr}\r\nSec-Fetch-Site: same-origin\r\n"),
+        ] {
+            let (code, _, body) =
+                request_with(addr, "POST", "/api/v1/jobs/7/cancel", headers).await;
+            assert_eq!(code, 404, "{headers}: {body}");
+        }
+        // A cross-site GET changes nothing and is answered.
+        let (code, _, _) = request_with(
+            addr,
+            "GET",
+            "/api/v1/jobs",
+            "Sec-Fetch-Site: cross-site\r\n",
+        )
+        .await;
+        assert_eq!(code, 200);
+
+        for path in ["/", "/jobs/1", "/api/v1/cluster", "/metrics", "/health"] {
+            let (_, head, _) = request(addr, "GET", path).await;
+            for (name, value) in SECURITY_HEADERS {
+                assert!(
+                    head.contains(&format!("\r\n{name}: {}", value.to_lowercase())),
+                    "{path}: {head}"
+                );
+            }
+        }
+        let (code, head, css) = request(addr, "GET", ui::STYLESHEET).await;
+        assert_eq!(code, 200);
+        assert!(head.contains("content-type: text/css"), "{head}");
+        assert_eq!(css, ui::STYLE);
+        let (_, _, page) = request(addr, "GET", "/").await;
+        assert!(
+            !page.contains("style=") && !page.contains("<style"),
+            "{page}"
+        );
+        assert!(!page.contains("<script"), "{page}");
     }
 
     #[tokio::test]

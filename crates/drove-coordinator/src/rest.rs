@@ -695,6 +695,7 @@ async fn job(
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", params(Id), responses(
     (status = 200, description = "The job's state afterwards.", body = CancelResult),
     (status = 400, description = "The id is not a whole number from 0 to 18446744073709551615.", body = ApiError),
+    (status = 403, description = "The request came from another site, or as a form post (see the web surface in README.md).", body = ApiError),
     (status = 404, description = "No such job in the history.", body = ApiError),
     (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
 ))]

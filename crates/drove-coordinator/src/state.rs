@@ -46,6 +46,38 @@ pub struct Registration {
     pub held: Vec<HeldOutput>,
 }
 
+/// The longest Flight address or node id a worker may claim, in bytes.
+const WORKER_NAME_MAX_BYTES: usize = 256;
+
+impl Registration {
+    /// Refuses claims beyond what any real worker makes: they would cost the
+    /// coordinator memory or time in proportion to a number the worker chose.
+    fn check(&self) -> std::result::Result<(), String> {
+        let slots_max = drove_core::scheduler::WORKER_SLOTS_MAX;
+        if self.slots == 0 || self.slots > slots_max {
+            return Err(format!(
+                "a worker claimed {} slots; a worker has 1 to {slots_max} (--slots)",
+                self.slots
+            ));
+        }
+        let held_max = drove_core::scheduler::HELD_OUTPUTS_MAX;
+        if self.held.len() > held_max {
+            return Err(format!(
+                "a worker reported {} kept task outputs; at most {held_max} are taken",
+                self.held.len()
+            ));
+        }
+        if self.flight_addr.len() > WORKER_NAME_MAX_BYTES
+            || self.node_id.len() > WORKER_NAME_MAX_BYTES
+        {
+            return Err(format!(
+                "a worker's Flight address and node id may have at most {WORKER_NAME_MAX_BYTES} bytes"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Messages to one worker's stream.
 pub type WorkerTx = mpsc::Sender<Result<pb::CoordinatorMessage, tonic::Status>>;
 
@@ -497,11 +529,7 @@ impl Coordinator {
 
     /// Registers a worker and returns its new id. Its stream gets a `Registered` first.
     pub async fn register_worker(&self, worker: Registration, tx: WorkerTx) -> Result<WorkerId> {
-        if worker.slots == 0 {
-            return Err(Error::User(
-                "a worker needs at least one slot (--slots 1 or more)".into(),
-            ));
-        }
+        worker.check().map_err(Error::User)?;
         self.ask(move |state| state.register_worker(worker, tx))
             .await
     }

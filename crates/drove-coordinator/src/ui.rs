@@ -1,11 +1,11 @@
-//! The web UI: server-rendered HTML with inline CSS and SVG drawings, made with maud
+//! The web UI: server-rendered HTML with one stylesheet and inline SVG drawings, made with maud
 //! templates (which escape every value they insert) from the REST API's own types, so
 //! the pages and `/api/v1` show the same things. No script, no build step.
 
 use std::collections::BTreeMap;
 
 use drove_core::human_bytes;
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
 
 use crate::rest::{
     Attempt, AttemptOutcome, Cluster, ClusterSample, Job, JobState, Stage, WorkerDetail,
@@ -20,7 +20,12 @@ fn millis(ms: u64) -> String {
     }
 }
 
-const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
+/// Where the pages' stylesheet is served: a file of its own, so the pages' content
+/// security policy allows no inline style.
+pub const STYLESHEET: &str = "/ui.css";
+
+/// The pages' stylesheet.
+pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}\
 h1 a{color:inherit;text-decoration:none}table{border-collapse:collapse;margin:.5em 0 1.5em}\
 th,td{border-bottom:1px solid #ddd;padding:.25em .7em;text-align:left}th{background:#f3f3f3}\
 .state{font-weight:600}.running{color:#1565c0}.succeeded{color:#2e7d32}\
@@ -32,7 +37,8 @@ nav{margin-bottom:1em}nav a{margin-right:1em}\
 #timeline .attempt.stopped{opacity:.35}#timeline .attempt.running{stroke:#1565c0}\
 #timeline .attempt.failed{stroke:#c62828;stroke-width:2}\
 .legend span{display:inline-block;margin-right:1em}\
-.charts{display:flex;flex-wrap:wrap;gap:1.5em}.chart{margin:0}figcaption{font-size:90%}";
+.charts{display:flex;flex-wrap:wrap;gap:1.5em}.chart{margin:0}figcaption{font-size:90%}\
+.legend svg{margin-right:.3em}";
 
 fn page(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
     html! {
@@ -44,7 +50,7 @@ fn page(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
                 @if let Some(seconds) = refresh {
                     meta http-equiv="refresh" content=(seconds);
                 }
-                style { (PreEscaped(STYLE)) }
+                link rel="stylesheet" href=(STYLESHEET);
             }
             body {
                 nav {
@@ -126,7 +132,12 @@ fn chart(
             }
             div.legend {
                 @for (name, colour, _) in series {
-                    span style={ "color:" (colour) } { "━ " (name) }
+                    span {
+                        svg xmlns="http://www.w3.org/2000/svg" width="14" height="4" {
+                            line x1="0" y1="2" x2="14" y2="2" stroke=(colour) stroke-width="3" {}
+                        }
+                        (name)
+                    }
                 }
             }
         }

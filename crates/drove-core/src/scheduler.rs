@@ -111,6 +111,14 @@ pub struct Existing {
     pub origin: (JobId, StageId),
 }
 
+/// The most task slots a worker may claim: each is a thread on the worker, and room in
+/// the scheduler's per-worker indexes.
+pub const WORKER_SLOTS_MAX: u32 = 1024;
+
+/// The most task outputs a worker may report holding when it registers again: a
+/// registration stays far below the message limit.
+pub const HELD_OUTPUTS_MAX: usize = 100_000;
+
 /// A task output a worker kept from before this scheduler ran its job: a new leader's
 /// workers kept what they wrote for the old one (see [`Event::WorkerJoined`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -377,8 +377,12 @@ async fn close_flight(mut server: JoinHandle<()>) {
 
 /// Starts a worker: binds Flight, then registers with the coordinator in the background.
 pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
-    if config.slots == 0 {
-        return Err(Error::Config("--slots must be at least 1".into()));
+    let slots_max = drove_core::scheduler::WORKER_SLOTS_MAX;
+    if config.slots == 0 || config.slots > slots_max {
+        return Err(Error::Config(format!(
+            "--slots is {}; give 1 to {slots_max} (each slot is a thread)",
+            config.slots
+        )));
     }
     if config.memory_bytes < MEMORY_MIN_BYTES {
         return Err(Error::Config(format!(
@@ -525,7 +529,7 @@ async fn run(
     let mut cluster_id = 0;
     loop {
         let mut kept = shared.store.held_outputs();
-        if kept.len() > HELD_REPORTED_MAX {
+        if kept.len() > drove_core::scheduler::HELD_OUTPUTS_MAX {
             warn!(
                 outputs = kept.len(),
                 "too many task outputs kept to report; dropping them"
@@ -582,10 +586,6 @@ async fn run(
         );
     }
 }
-
-/// The most task outputs a worker reports when it registers again: a registration
-/// stays far below the message limit.
-const HELD_REPORTED_MAX: usize = 100_000;
 
 /// What a worker holds from its last session, reported when it registers.
 struct Held {

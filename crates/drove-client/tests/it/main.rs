@@ -8,10 +8,10 @@ mod memory;
 mod placement;
 mod recovery;
 mod scalar_subqueries;
+mod security;
 mod settings;
 mod sockets;
 mod table_functions;
-mod tls;
 mod tpcds;
 mod tpch;
 
