@@ -150,6 +150,9 @@ pub struct CoordinatorConfig {
     pub tls: Option<Arc<drove_exec::tls::ClusterTls>>,
     /// Serve on a non-loopback address without TLS (`--insecure`).
     pub insecure: bool,
+    /// The directories jobs may read and write (`--allow-path`); `None`: wherever
+    /// the coordinator and workers can.
+    pub allowed_paths: Option<drove_exec::confine::AllowedPaths>,
 }
 
 impl Default for CoordinatorConfig {
@@ -173,6 +176,7 @@ impl Default for CoordinatorConfig {
             held_outputs_wait_ms: 1_500,
             tls: None,
             insecure: false,
+            allowed_paths: None,
         }
     }
 }

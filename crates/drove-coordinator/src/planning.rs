@@ -6,13 +6,14 @@ use std::sync::Arc;
 use datafusion::common::format::ExplainFormat;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{
-    Explain, LogicalPlan, PlanType, StringifiedPlan, ToStringifiedPlan,
+    DdlStatement, Explain, LogicalPlan, PlanType, StringifiedPlan, ToStringifiedPlan,
 };
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::explain::ExplainExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::DFParser;
 use drove_exec::cache::{CacheCodec, CachedTable};
+use drove_exec::confine::AllowedPaths;
 use drove_exec::planner::{self, OutputMode, Stage};
 use drove_exec::shuffle::schema_to_bytes;
 use drove_exec::tables::{self, TableSpec};
@@ -109,6 +110,24 @@ impl JobLimits {
     }
 }
 
+/// What a job may do: how large it may be, and where it may read and write (all of
+/// the machine the coordinator and workers can reach, without `--allow-path`).
+#[derive(Debug, Clone, Default)]
+pub struct JobRules {
+    pub limits: JobLimits,
+    pub allowed_paths: Option<AllowedPaths>,
+}
+
+impl JobRules {
+    /// Refuses `path` unless the job may read or write it.
+    fn check_path(&self, path: &str) -> Result<()> {
+        match &self.allowed_paths {
+            Some(allowed) => allowed.check(path).map_err(Error::User),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Stack for planning. DataFusion's analysis, optimization and physical planning
 /// recurse over expression trees, and SQL nests them as deep as its author likes (a
 /// 3,000-term sum is a tree 3,000 deep); a runtime thread's 2 MiB would overflow and
@@ -134,7 +153,7 @@ pub async fn plan_isolated(
     cache_as: Option<u64>,
     target_partitions: usize,
     task_memory: Option<u64>,
-    limits: JobLimits,
+    rules: JobRules,
 ) -> Result<PlannedJob> {
     // Held by the planning thread: a client that goes away frees no turn while its
     // plan is still being made.
@@ -162,7 +181,7 @@ pub async fn plan_isolated(
                     cache_as,
                     target_partitions,
                     task_memory,
-                    limits,
+                    &rules,
                 ))
             }))
             .unwrap_or_else(|panic| {
@@ -190,17 +209,10 @@ pub async fn plan(
     cache_as: Option<u64>,
     target_partitions: usize,
     task_memory: Option<u64>,
-    limits: JobLimits,
+    rules: &JobRules,
 ) -> Result<PlannedJob> {
-    let mut planned = plan_stages(
-        query,
-        tables,
-        caches,
-        target_partitions,
-        task_memory,
-        limits,
-    )
-    .await?;
+    let mut planned =
+        plan_stages(query, tables, caches, target_partitions, task_memory, rules).await?;
     if let Some(cache) = cache_as
         && let (Some(last), Some(stage)) = (planned.lineage.last_mut(), planned.stages.last_mut())
     {
@@ -216,7 +228,7 @@ async fn plan_stages(
     caches: &Caches,
     target_partitions: usize,
     task_memory: Option<u64>,
-    limits: JobLimits,
+    rules: &JobRules,
 ) -> Result<PlannedJob> {
     let mut settings = session::settings(target_partitions, task_memory);
     let base = session::config(&settings)?;
@@ -233,6 +245,7 @@ async fn plan_stages(
                 table.name
             )));
         }
+        rules.check_path(&table.path.display().to_string())?;
         tables::register(&ctx, table).await?;
         names.push(table.name.clone());
     }
@@ -247,7 +260,7 @@ async fn plan_stages(
         names.push(table.name.clone());
     }
     let logical = match query {
-        Query::Sql(sql) => plan_sql(&ctx, sql, &names).await?,
+        Query::Sql(sql) => plan_sql(&ctx, sql, &names, rules).await?,
         Query::LogicalPlan(bytes) => codec::logical_plan_from_bytes(
             bytes,
             &ctx.task_ctx(),
@@ -261,7 +274,8 @@ async fn plan_stages(
                 }
                 other => Error::from(other),
             })?;
-            return distribute(physical, settings, caches, limits);
+            check_plan_paths(&physical, rules)?;
+            return distribute(physical, settings, caches, rules.limits);
         }
     };
     // What the query's own statements SET (a time zone, say) travels with the job, so
@@ -283,7 +297,16 @@ async fn plan_stages(
         }
         _ => physical_plan(&ctx, &logical, &names).await?,
     };
-    distribute(physical, settings, caches, limits)
+    check_plan_paths(&physical, rules)?;
+    distribute(physical, settings, caches, rules.limits)
+}
+
+/// Refuses a plan that reads or writes outside the allowed directories.
+fn check_plan_paths(plan: &Arc<dyn ExecutionPlan>, rules: &JobRules) -> Result<()> {
+    match &rules.allowed_paths {
+        Some(allowed) => allowed.check_plan(plan).map_err(Error::User),
+        None => Ok(()),
+    }
 }
 
 /// The physical plan of `logical`, made fit for tasks (see [`planner::prepare`]).
@@ -400,7 +423,12 @@ pub fn decode_stage_plan(bytes: &[u8]) -> Result<Arc<dyn ExecutionPlan>> {
 
 /// Runs every statement but queries on the coordinator's session (CREATE VIEW, SET, ...)
 /// and returns the plan of the last query.
-async fn plan_sql(ctx: &SessionContext, sql: &str, tables: &[String]) -> Result<LogicalPlan> {
+async fn plan_sql(
+    ctx: &SessionContext,
+    sql: &str,
+    tables: &[String],
+    rules: &JobRules,
+) -> Result<LogicalPlan> {
     let statements = DFParser::parse_sql(sql)
         .map_err(|e| Error::User(format!("the SQL does not parse: {e}")))?;
     let mut last_query = None;
@@ -412,6 +440,12 @@ async fn plan_sql(ctx: &SessionContext, sql: &str, tables: &[String]) -> Result<
             .map_err(|e| explain_missing_table(e, tables))?;
         match plan {
             LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
+                // A table's files are listed, and read for its schema, right here.
+                if let LogicalPlan::Ddl(DdlStatement::CreateExternalTable(table)) = &plan {
+                    for location in &table.locations {
+                        rules.check_path(location)?;
+                    }
+                }
                 ctx.execute_logical_plan(plan)
                     .await
                     .map_err(|e| explain_missing_table(e, tables))?;

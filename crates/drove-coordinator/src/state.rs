@@ -626,7 +626,10 @@ impl Coordinator {
             cache_id,
             target_partitions,
             task_memory,
-            self.config.job_limits,
+            planning::JobRules {
+                limits: self.config.job_limits,
+                allowed_paths: self.config.allowed_paths.clone(),
+            },
         )
         .await?;
         let submission = Submission {

@@ -18,6 +18,7 @@
 pub mod blocks;
 pub mod cache;
 pub mod codec;
+pub mod confine;
 pub mod datadir;
 pub mod datagen;
 pub mod error;

@@ -114,6 +114,28 @@ struct CertIssueArgs {
     days: u32,
 }
 
+/// Where a cluster's jobs may read and write.
+#[derive(Args, Debug)]
+struct AllowPathArgs {
+    /// A directory jobs may read and write under (tables, external tables, MapReduce
+    /// input and output); anything else is refused before it is opened. Repeatable.
+    /// Default: wherever the coordinator and workers can.
+    #[arg(long = "allow-path", value_name = "DIR")]
+    allow_paths: Vec<PathBuf>,
+}
+
+impl AllowPathArgs {
+    fn load(&self) -> Result<Option<drove_exec::confine::AllowedPaths>> {
+        if self.allow_paths.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            drove_exec::confine::AllowedPaths::new(&self.allow_paths)
+                .map_err(anyhow::Error::msg)?,
+        ))
+    }
+}
+
 /// How a coordinator or worker secures what it serves.
 #[derive(Args, Debug)]
 struct ServeTlsArgs {
@@ -231,6 +253,8 @@ struct CoordinatorArgs {
     limits: LimitArgs,
     #[command(flatten)]
     tls: ServeTlsArgs,
+    #[command(flatten)]
+    paths: AllowPathArgs,
 }
 
 /// What one job may take; larger jobs are refused, naming the flag.
@@ -365,6 +389,8 @@ struct LocalArgs {
     limits: LimitArgs,
     #[command(flatten)]
     tls: ServeTlsArgs,
+    #[command(flatten)]
+    paths: AllowPathArgs,
 }
 
 #[derive(Args, Debug)]
@@ -604,6 +630,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         },
         tls: args.tls.load()?,
         insecure: args.tls.insecure,
+        allowed_paths: args.paths.load()?,
         ..Default::default()
     };
     let scheme = if config.tls.is_some() {
@@ -693,6 +720,7 @@ async fn local(args: LocalArgs) -> Result<()> {
             job_limits: (&args.limits).into(),
             tls: args.tls.load()?,
             insecure: args.tls.insecure,
+            allowed_paths: args.paths.load()?,
             ..Default::default()
         },
         data_dir: args.data_dir,

@@ -8,7 +8,7 @@ mod mapreduce;
 mod memory;
 mod multiprocess;
 mod replicated;
-mod tls;
+mod security;
 mod ui;
 
 use std::process::{Command, Output, Stdio};

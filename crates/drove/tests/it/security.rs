@@ -1,6 +1,7 @@
 //! A cluster with mutual TLS (`drove cert`, `--tls-dir`): its nodes and clients get in
-//! with certificates of its CA, and nothing else does; and no listener goes onto a
-//! network without TLS unless `--insecure` says so.
+//! with certificates of its CA, and nothing else does; no listener goes onto a
+//! network without TLS unless `--insecure` says so; and with `--allow-path`, jobs
+//! read and write only where the admin allows.
 
 use std::path::Path;
 use std::process::Output;
@@ -332,4 +333,106 @@ fn bad_certificate_requests_fail_with_the_fix() {
         LIMIT,
     ));
     assert!(e.contains("is the CA's directory"), "{e}");
+}
+
+/// The historical attack: `CREATE EXTERNAL TABLE ... LOCATION '/etc/shadow'` read the
+/// file's rows. With --allow-path every way to name a file outside is refused before
+/// anything opens it, links out of an allowed directory included; inside works.
+#[test]
+fn jobs_read_and_write_only_under_the_allowed_directories() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let data = r.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("t.csv"), "a\n1\n2\n").unwrap();
+    std::fs::write(r.join("secret.csv"), "s\nhidden\n").unwrap();
+    std::os::unix::fs::symlink(r.join("secret.csv"), data.join("link.csv")).unwrap();
+    let work = r.join("work");
+    let (_c, addr, _) = coordinator(&["--allow-path", path(&data)]);
+    let _w = worker(&addr, &work, &[]);
+    let query = |extra: &[&str], sql: &str| {
+        let mut args = vec![
+            "sql",
+            "--coordinator",
+            &addr,
+            "--format",
+            "csv",
+            "--no-progress",
+            "-e",
+            sql,
+        ];
+        args.extend_from_slice(extra);
+        run(&args, LIMIT)
+    };
+
+    let table = format!("t={}", data.join("t.csv").display());
+    assert_eq!(
+        ok(&query(&["--table", &table], "SELECT sum(a) AS s FROM t")),
+        "s\n3\n"
+    );
+
+    let outside = [
+        (vec![], "CREATE EXTERNAL TABLE p (line varchar) STORED AS CSV LOCATION '/etc/shadow'; SELECT * FROM p".to_string()),
+        (vec![], format!("CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '{}'; SELECT * FROM p", r.join("secret.csv").display())),
+        (vec!["--table".to_string(), format!("s={}", r.join("secret.csv").display())], "SELECT * FROM s".to_string()),
+        (vec!["--table".to_string(), format!("l={}", data.join("link.csv").display())], "SELECT * FROM l".to_string()),
+    ];
+    for (extra, sql) in outside {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let e = failed(&query(&extra, &sql));
+        assert!(
+            e.contains("--allow-path") && !e.contains("hidden"),
+            "{sql}: {e}"
+        );
+    }
+
+    // MapReduce: an input inside, an output outside, is refused, and leaves nothing.
+    let out = r.join("out");
+    let e = failed(&run(
+        &[
+            "mapreduce",
+            "wordcount",
+            "--coordinator",
+            &addr,
+            "--no-progress",
+            "--input",
+            path(&data.join("t.csv")),
+            "--output",
+            path(&out),
+        ],
+        LIMIT,
+    ));
+    assert!(e.contains("--allow-path"), "{e}");
+    assert!(!out.exists(), "a refused job left {}", out.display());
+    // Inside, it runs.
+    ok(&run(
+        &[
+            "mapreduce",
+            "wordcount",
+            "--coordinator",
+            &addr,
+            "--no-progress",
+            "--input",
+            path(&data.join("t.csv")),
+            "--output",
+            path(&data.join("out")),
+        ],
+        LIMIT,
+    ));
+    assert!(data.join("out").join("_SUCCESS").exists());
+
+    // A directory that does not exist is refused at start.
+    let e = failed(&run(
+        &[
+            "coordinator",
+            "--bind",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--allow-path",
+            path(&r.join("nope")),
+        ],
+        LIMIT,
+    ));
+    assert!(e.contains("existing directory"), "{e}");
 }
