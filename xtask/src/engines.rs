@@ -99,8 +99,31 @@ async fn drove_session(spec: &Value, target_partitions: Option<usize>) -> Result
     if let Some(n) = spec.get("coordinators").and_then(Value::as_u64) {
         config.coordinators = n as usize;
     }
+    if spec.get("tls").and_then(Value::as_bool) == Some(true) {
+        config.coordinator.tls = Some(tls_identity()?);
+    }
     let cluster = LocalCluster::start(config).await?;
     Ok(Session::with_cluster(cluster).await?)
+}
+
+/// A node identity of a cluster CA made for this run: its files are read into memory,
+/// and removed.
+fn tls_identity() -> Result<std::sync::Arc<drove_client::ClusterTls>> {
+    use drove_exec::tls;
+    let dir = tempfile::tempdir()?;
+    let fail = |e: String| anyhow::anyhow!(e);
+    tls::init(&dir.path().join("ca")).map_err(fail)?;
+    let node = dir.path().join("node");
+    tls::issue(
+        &dir.path().join("ca"),
+        "bench",
+        tls::Role::Node,
+        &[],
+        1,
+        &node,
+    )
+    .map_err(fail)?;
+    drove_client::ClusterTls::load(&node).map_err(fail)
 }
 
 /// A result's rows as JSON arrays of display strings (null for null), the form every

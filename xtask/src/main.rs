@@ -168,6 +168,10 @@ struct BenchArgs {
     /// directory): the cost of an HA coordinator.
     #[arg(long, default_value_t = 1)]
     coordinators: usize,
+    /// Run drove's cluster with mutual TLS between its nodes and its client (a CA and
+    /// a node certificate made for the run): the cost of TLS.
+    #[arg(long)]
+    tls: bool,
     /// Leader kills in the failover workload (default 30; 3 with --quick).
     #[arg(long)]
     kills: Option<usize>,
@@ -331,7 +335,7 @@ fn header(plan: &Plan) -> String {
             (1, true) => ", coordinator with --data-dir".to_string(),
             (1, false) => String::new(),
             (n, _) => format!(", {n} coordinators replicated with Raft"),
-        },
+        } + if plan.args.tls { ", mutual TLS" } else { "" },
         peer(Peer::Pyspark, |p| &p.spark),
         peer(Peer::Dask, |p| &p.dask),
     )
@@ -383,6 +387,7 @@ impl Plan {
             "workers": self.args.workers, "slots": self.args.slots,
             "durable_in": self.args.durable.then(|| self.args.data.clone()),
             "coordinators": self.args.coordinators,
+            "tls": self.args.tls,
         })
     }
 
