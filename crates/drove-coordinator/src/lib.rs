@@ -323,16 +323,7 @@ pub async fn start(
     };
 
     let service = service::server(coordinator.clone());
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls.server()).map_err(|e| {
-            Error::User(format!(
-                "the TLS files in {} cannot serve: {}",
-                tls.dir().display(),
-                drove_exec::net::error_chain(&e)
-            ))
-        })?;
-    }
+    let builder = drove_exec::tls::server_builder(config.tls.as_deref()).map_err(Error::User)?;
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let stop = async move {

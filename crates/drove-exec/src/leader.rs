@@ -89,11 +89,6 @@ impl Coordinators {
         self.named().len()
     }
 
-    /// The identity the coordinators are reached with, if over TLS.
-    pub fn tls(&self) -> Option<&Arc<ClusterTls>> {
-        self.tls.as_ref()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -170,11 +170,29 @@ pub fn issue(
             ca.join(CA_KEY).display()
         )
     })?;
+    let copy_ca = match std::fs::read_to_string(out.join(CA_CERT)) {
+        Ok(held) if held == ca_cert => false,
+        Ok(_) => {
+            return Err(format!(
+                "{} holds another CA's {CA_CERT}; choose another --out",
+                out.display()
+            ));
+        }
+        Err(_) => true,
+    };
     create_dir(out)?;
-    write_new(&out.join(KEY), &key.serialize_pem(), true)?;
-    write_new(&out.join(CERT), &cert.pem(), false)?;
-    if !out.join(CA_CERT).exists() {
-        write_new(&out.join(CA_CERT), &ca_cert, false)?;
+    // All the files or none: what was written is removed if a later write fails.
+    let mut files = vec![(KEY, key.serialize_pem(), true), (CERT, cert.pem(), false)];
+    if copy_ca {
+        files.push((CA_CERT, ca_cert, false));
+    }
+    for (i, (file, text, secret)) in files.iter().enumerate() {
+        if let Err(e) = write_new(&out.join(file), text, *secret) {
+            for (written, _, _) in &files[..i] {
+                let _ = std::fs::remove_file(out.join(written));
+            }
+            return Err(e);
+        }
     }
     Ok(())
 }
@@ -318,6 +336,21 @@ pub fn require_node<T>(request: &tonic::Request<T>) -> Result<(), tonic::Status>
         _ => Err(tonic::Status::permission_denied(
             "only the cluster's coordinators and workers make this call, and this peer's certificate is a client's; give a node a certificate from `drove cert issue` without --client",
         )),
+    }
+}
+
+/// A gRPC server builder: over mutual TLS with `tls`, if given.
+pub fn server_builder(tls: Option<&ClusterTls>) -> Result<tonic::transport::Server, String> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        None => Ok(builder),
+        Some(tls) => builder.tls_config(tls.server()).map_err(|e| {
+            format!(
+                "the TLS files in {} cannot serve: {}",
+                tls.dir().display(),
+                crate::net::error_chain(&e)
+            )
+        }),
     }
 }
 

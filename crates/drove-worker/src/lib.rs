@@ -435,16 +435,8 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
 
     let mut rx = shutdown_rx.clone();
     let server = flight::server(Arc::clone(&store));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder.tls_config(tls.server()).map_err(|e| {
-            Error::Config(format!(
-                "the TLS files in {} cannot serve: {}",
-                tls.dir().display(),
-                drove_exec::net::error_chain(&e)
-            ))
-        })?;
-    }
+    let mut builder =
+        drove_exec::tls::server_builder(config.tls.as_deref()).map_err(Error::Config)?;
     let flight_server = tokio::spawn(async move {
         let stop = async move {
             let _ = rx.wait_for(|s| *s).await;

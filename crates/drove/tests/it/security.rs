@@ -131,49 +131,18 @@ fn only_holders_of_the_clusters_certificates_get_in() {
 
     // A worker of another cluster, or with no certificate, never joins: it exits
     // non-zero, saying why.
-    let rogue = run(
-        &[
-            "worker",
-            "--coordinator",
-            &addr,
-            "--work-dir",
-            path(&work),
-            "--registration-timeout-secs",
-            "30",
-            "--tls-dir",
-            path(&r.join("rogue")),
-        ],
-        LIMIT,
-    );
-    let e = failed(&rogue);
+    let join = |extra: &[&str]| {
+        let mut args = vec!["worker", "--coordinator", &addr, "--work-dir", path(&work)];
+        args.extend_from_slice(&["--registration-timeout-secs", "30"]);
+        args.extend_from_slice(extra);
+        run(&args, LIMIT)
+    };
+    let e = failed(&join(&["--tls-dir", path(&r.join("rogue"))]));
     assert!(e.contains("not of the cluster in --tls-dir"), "{e}");
-    let plain = run(
-        &[
-            "worker",
-            "--coordinator",
-            &addr,
-            "--work-dir",
-            path(&work),
-            "--registration-timeout-secs",
-            "30",
-        ],
-        LIMIT,
-    );
-    let e = failed(&plain);
+    let e = failed(&join(&[]));
     assert!(e.contains("the server speaks TLS"), "{e}");
     // A client's certificate cannot serve as a worker's.
-    let e = failed(&run(
-        &[
-            "worker",
-            "--coordinator",
-            &addr,
-            "--work-dir",
-            path(&work),
-            "--tls-dir",
-            path(&r.join("alice")),
-        ],
-        LIMIT,
-    ));
+    let e = failed(&join(&["--tls-dir", path(&r.join("alice"))]));
     assert!(e.contains("is a client's"), "{e}");
 
     // HTTP is HTTPS, with the same certificates: curl with alice's gets /health, and
