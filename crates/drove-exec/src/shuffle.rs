@@ -35,7 +35,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryFutureExt, TryStreamExt};
 use prost::Message;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::blocks::{BlockKey, BlockStore};
 use crate::error::{LostBlock, decode_unpanicked};
@@ -120,10 +120,12 @@ impl ShuffleEnv {
     }
 }
 
-/// Flight clients to other workers, one channel per address.
+/// Flight clients to other workers: per address, an endpoint and one shared channel.
+/// Connections of their own come from the same endpoint, so that with TLS they resume
+/// its session instead of paying a full handshake.
 #[derive(Debug, Default)]
 pub struct FlightPool {
-    clients: std::sync::Mutex<HashMap<String, FlightServiceClient<Channel>>>,
+    peers: std::sync::Mutex<HashMap<String, (Endpoint, FlightServiceClient<Channel>)>>,
     tls: Option<Arc<crate::tls::ClusterTls>>,
 }
 
@@ -131,20 +133,14 @@ impl FlightPool {
     /// A pool whose connections use mutual TLS with `tls`, if given.
     pub fn new(tls: Option<Arc<crate::tls::ClusterTls>>) -> Self {
         Self {
-            clients: Default::default(),
+            peers: Default::default(),
             tls,
         }
     }
 
     /// A client for the Flight service at `addr` (HOST:PORT). Connects lazily.
     pub fn client(&self, addr: &str) -> Result<FlightServiceClient<Channel>> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(addr) {
-            return Ok(c.clone());
-        }
-        let client = self.connect(addr)?;
-        clients.insert(addr.to_string(), client.clone());
-        Ok(client)
+        self.peer(addr).map(|(_, client)| client)
     }
 
     /// A client on a connection of its own, for a read that may sit unread while others
@@ -153,19 +149,30 @@ impl FlightPool {
     /// been asked for holds the connection's flow-control window, and the read the merge
     /// waits for would stall behind it for good.
     pub fn own_client(&self, addr: &str) -> Result<FlightServiceClient<Channel>> {
-        self.connect(addr)
+        self.peer(addr)
+            .map(|(endpoint, _)| Self::client_on(&endpoint))
     }
 
-    fn connect(&self, addr: &str) -> Result<FlightServiceClient<Channel>> {
+    fn peer(&self, addr: &str) -> Result<(Endpoint, FlightServiceClient<Channel>)> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(peer) = peers.get(addr) {
+            return Ok(peer.clone());
+        }
         let endpoint =
             crate::net::endpoint(addr, self.tls.as_deref()).map_err(|message| Error::Fetch {
                 addr: addr.to_string(),
                 message,
                 lost: None,
             })?;
-        Ok(FlightServiceClient::new(endpoint.connect_lazy())
+        let peer = (endpoint.clone(), Self::client_on(&endpoint));
+        peers.insert(addr.to_string(), peer.clone());
+        Ok(peer)
+    }
+
+    fn client_on(endpoint: &Endpoint) -> FlightServiceClient<Channel> {
+        FlightServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES))
+            .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
     }
 }
 
