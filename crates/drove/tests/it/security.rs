@@ -34,31 +34,24 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `drove cert issue --ca CA --name NAME --out OUT` with `extra` flags.
+fn issue(ca: &Path, name: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["cert", "issue", "--ca", path(ca), "--name", name];
+    args.extend_from_slice(&["--out", path(out)]);
+    args.extend_from_slice(extra);
+    run(&args, LIMIT)
+}
+
 /// `drove cert init` into `root/ca`, then `drove cert issue` for each of `nodes` and
 /// `clients` into `root/NAME`.
 fn certificates(root: &Path, nodes: &[&str], clients: &[&str]) {
     let ca = root.join("ca");
     ok(&run(&["cert", "init", "--out", path(&ca)], LIMIT));
-    for (name, client) in nodes
-        .iter()
-        .map(|n| (n, false))
-        .chain(clients.iter().map(|c| (c, true)))
-    {
-        let out = root.join(name);
-        let mut args = vec![
-            "cert",
-            "issue",
-            "--ca",
-            path(&ca),
-            "--name",
-            name,
-            "--out",
-            path(&out),
-        ];
-        if client {
-            args.push("--client");
-        }
-        ok(&run(&args, LIMIT));
+    for name in nodes {
+        ok(&issue(&ca, name, &root.join(name), &[]));
+    }
+    for name in clients {
+        ok(&issue(&ca, name, &root.join(name), &["--client"]));
     }
 }
 
@@ -91,19 +84,7 @@ fn only_holders_of_the_clusters_certificates_get_in() {
         &["cert", "init", "--out", path(&r.join("other-ca"))],
         LIMIT,
     ));
-    ok(&run(
-        &[
-            "cert",
-            "issue",
-            "--ca",
-            path(&r.join("other-ca")),
-            "--name",
-            "rogue",
-            "--out",
-            path(&r.join("rogue")),
-        ],
-        LIMIT,
-    ));
+    ok(&issue(&r.join("other-ca"), "rogue", &r.join("rogue"), &[]));
 
     let work = r.join("work");
     let (_c, addr, http) = coordinator(&["--tls-dir", path(&r.join("coordinator"))]);
@@ -259,33 +240,9 @@ fn bad_certificate_requests_fail_with_the_fix() {
     ok(&run(&["cert", "init", "--out", path(&ca)], LIMIT));
     let e = failed(&run(&["cert", "init", "--out", path(&ca)], LIMIT));
     assert!(e.contains("already holds a CA"), "{e}");
-    let e = failed(&run(
-        &[
-            "cert",
-            "issue",
-            "--ca",
-            path(&r.join("nope")),
-            "--name",
-            "w",
-            "--out",
-            path(&r.join("w")),
-        ],
-        LIMIT,
-    ));
+    let e = failed(&issue(&r.join("nope"), "w", &r.join("w"), &[]));
     assert!(e.contains("drove cert init"), "{e}");
-    let e = failed(&run(
-        &[
-            "cert",
-            "issue",
-            "--ca",
-            path(&ca),
-            "--name",
-            "../w",
-            "--out",
-            path(&r.join("w")),
-        ],
-        LIMIT,
-    ));
+    let e = failed(&issue(&ca, "../w", &r.join("w"), &[]));
     assert!(e.contains("is not a name"), "{e}");
     assert!(!r.join("w").exists());
     // A node pointed at the CA's own directory is told which directory to give.
