@@ -312,39 +312,26 @@ fn jobs_read_and_write_only_under_the_allowed_directories() {
         );
     }
 
-    // MapReduce: an input inside, an output outside, is refused, and leaves nothing.
-    let out = r.join("out");
-    let e = failed(&run(
-        &[
+    // MapReduce: an input inside, an output outside, is refused, and leaves nothing;
+    // inside, it runs.
+    let input = data.join("t.csv");
+    let wordcount = |out: &Path| {
+        let args = [
             "mapreduce",
             "wordcount",
             "--coordinator",
             &addr,
             "--no-progress",
-            "--input",
-            path(&data.join("t.csv")),
-            "--output",
-            path(&out),
-        ],
-        LIMIT,
-    ));
+        ];
+        let mut args = args.to_vec();
+        args.extend_from_slice(&["--input", path(&input), "--output", path(out)]);
+        run(&args, LIMIT)
+    };
+    let out = r.join("out");
+    let e = failed(&wordcount(&out));
     assert!(e.contains("--allow-path"), "{e}");
     assert!(!out.exists(), "a refused job left {}", out.display());
-    // Inside, it runs.
-    ok(&run(
-        &[
-            "mapreduce",
-            "wordcount",
-            "--coordinator",
-            &addr,
-            "--no-progress",
-            "--input",
-            path(&data.join("t.csv")),
-            "--output",
-            path(&data.join("out")),
-        ],
-        LIMIT,
-    ));
+    ok(&wordcount(&data.join("out")));
     assert!(data.join("out").join("_SUCCESS").exists());
 
     // A directory that does not exist is refused at start.
