@@ -79,9 +79,13 @@ pub fn init(out: &Path) -> Result<(), String> {
     let cert = ca_params(&key)?
         .self_signed(&key)
         .map_err(|e| format!("cannot sign the CA's certificate: {e}"))?;
-    create_dir(out)?;
-    write_new(&out.join(CA_KEY), &key.serialize_pem(), true)?;
-    write_new(&out.join(CA_CERT), &cert.pem(), false)
+    write_all_new(
+        out,
+        &[
+            (CA_KEY, key.serialize_pem(), true),
+            (CA_CERT, cert.pem(), false),
+        ],
+    )
 }
 
 /// Issues a certificate named `name` for `role`, signed by the CA in `ca`, valid for
@@ -180,21 +184,11 @@ pub fn issue(
         }
         Err(_) => true,
     };
-    create_dir(out)?;
-    // All the files or none: what was written is removed if a later write fails.
     let mut files = vec![(KEY, key.serialize_pem(), true), (CERT, cert.pem(), false)];
     if copy_ca {
         files.push((CA_CERT, ca_cert, false));
     }
-    for (i, (file, text, secret)) in files.iter().enumerate() {
-        if let Err(e) = write_new(&out.join(file), text, *secret) {
-            for (written, _, _) in &files[..i] {
-                let _ = std::fs::remove_file(out.join(written));
-            }
-            return Err(e);
-        }
-    }
-    Ok(())
+    write_all_new(out, &files)
 }
 
 /// A node's or client's TLS files, loaded and checked: the cluster CA's certificate,
@@ -513,26 +507,49 @@ fn read(dir: &Path, file: &str, what: &str) -> Result<String, String> {
     })
 }
 
-fn create_dir(dir: &Path) -> Result<(), String> {
+/// Writes `files` (name, text, whether secret) into `dir`, made if missing: all of
+/// them or none. Each must not exist yet; if one cannot be written, those written
+/// before it are removed, and `dir` too if this call made it.
+fn write_all_new(dir: &Path, files: &[(&str, String, bool)]) -> Result<(), String> {
+    let made = !dir.exists();
     std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create {}: {e}; choose another --out", dir.display()))
+        .map_err(|e| format!("cannot create {}: {e}; choose another --out", dir.display()))?;
+    for (i, (file, text, secret)) in files.iter().enumerate() {
+        if let Err(e) = write_new(&dir.join(file), text, *secret) {
+            for (written, _, _) in &files[..i] {
+                let _ = std::fs::remove_file(dir.join(written));
+            }
+            if made {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// Writes a file that must not exist yet, whole or not at all: under a temporary name
-/// first, synced, then renamed into place. A key is readable by this user only.
+/// of its own first (made new, so no file of the user's is touched), synced, then
+/// linked into place. A key is readable by this user only.
 fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    let tmp = path.with_extension("tmp");
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     if secret {
         options.mode(0o600);
     }
     let mut file = options.open(&tmp).map_err(fail)?;
-    file.write_all(text.as_bytes()).map_err(fail)?;
-    file.sync_all().map_err(fail)?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all());
     drop(file);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(e));
+    }
     std::fs::hard_link(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         fail(e)
@@ -585,6 +602,17 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names.len(), 3, "{names:?}");
+
+        // A directory of the user's keeps the user's files, temporary-looking or not.
+        let mine = root.path().join("mine");
+        std::fs::create_dir(&mine).unwrap();
+        for f in ["cert.tmp", "key.tmp", "ca.tmp"] {
+            std::fs::write(mine.join(f), "the user's").unwrap();
+        }
+        issue(&ca, "w2", Role::Node, &[], 30, &mine).unwrap();
+        for f in ["cert.tmp", "key.tmp", "ca.tmp"] {
+            assert_eq!(std::fs::read_to_string(mine.join(f)).unwrap(), "the user's");
+        }
     }
 
     #[test]
