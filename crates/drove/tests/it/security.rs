@@ -34,6 +34,20 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// What a `drove coordinator` on free loopback ports with `extra` flags says as it
+/// refuses to start.
+fn coordinator_refuses(extra: &[&str]) -> String {
+    let mut args = vec![
+        "coordinator",
+        "--bind",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    failed(&run(&args, LIMIT))
+}
+
 /// `drove cert issue --ca CA --name NAME --out OUT` with `extra` flags.
 fn issue(ca: &Path, name: &str, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["cert", "issue", "--ca", path(ca), "--name", name];
@@ -246,18 +260,7 @@ fn bad_certificate_requests_fail_with_the_fix() {
     assert!(e.contains("is not a name"), "{e}");
     assert!(!r.join("w").exists());
     // A node pointed at the CA's own directory is told which directory to give.
-    let e = failed(&run(
-        &[
-            "coordinator",
-            "--bind",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--tls-dir",
-            path(&ca),
-        ],
-        LIMIT,
-    ));
+    let e = coordinator_refuses(&["--tls-dir", path(&ca)]);
     assert!(e.contains("is the CA's directory"), "{e}");
 }
 
@@ -335,17 +338,6 @@ fn jobs_read_and_write_only_under_the_allowed_directories() {
     assert!(data.join("out").join("_SUCCESS").exists());
 
     // A directory that does not exist is refused at start.
-    let e = failed(&run(
-        &[
-            "coordinator",
-            "--bind",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--allow-path",
-            path(&r.join("nope")),
-        ],
-        LIMIT,
-    ));
+    let e = coordinator_refuses(&["--allow-path", path(&r.join("nope"))]);
     assert!(e.contains("existing directory"), "{e}");
 }
