@@ -30,14 +30,12 @@ use datafusion::logical_expr::{Expr, SortExpr};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 use drove_exec::blocks::BlockKey;
 use drove_exec::datagen::Benchmark;
-use drove_exec::leader::Coordinators;
+use drove_exec::leader::{Bearer, CoordinatorRpc, Coordinators};
 use drove_exec::net;
 use drove_exec::shuffle::{FlightPool, open_block, schema_from_bytes};
 use drove_exec::tables::{self, TableSpec};
 use drove_proto as pb;
-use drove_proto::coordinator_client::CoordinatorClient;
 use futures::{Stream, StreamExt, TryStreamExt};
-use tonic::transport::Channel;
 
 pub use arrow;
 pub use cluster::{LocalCluster, LocalClusterConfig};
@@ -72,6 +70,10 @@ pub enum Error {
     /// A bad setting.
     #[error("{0}")]
     Config(String),
+    /// The cluster does not know the caller's token or certificate, or the caller's
+    /// tenant or role may not do this; the message says which.
+    #[error("{0}")]
+    Denied(String),
 }
 
 /// Result type of the client.
@@ -90,6 +92,9 @@ fn status_error(s: tonic::Status) -> Error {
         }
         tonic::Code::Unavailable => {
             Error::Transport(format!("the coordinator is unavailable: {}", s.message()))
+        }
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            Error::Denied(s.message().to_string())
         }
         _ => Error::Transport(s.message().to_string()),
     }
@@ -130,12 +135,34 @@ fn of_schema(batch: RecordBatch, expected: &arrow::datatypes::Schema) -> Result<
     )))
 }
 
+/// A token just made ([`Session::create_token`]).
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    /// The whole token, for its holder.
+    pub token: String,
+    /// Its id, for `drove token revoke`.
+    pub id: String,
+}
+
+/// A live token as [`Session::tokens`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub id: String,
+    pub tenant: String,
+    pub role: String,
+    pub created_unix_ms: u64,
+}
+
 /// How a client proves to a cluster who it is.
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
     /// A certificate of the cluster (`--tls-dir`), for mutual TLS; `None` connects
     /// over plain TCP, as to a cluster on loopback.
     pub tls: Option<Arc<ClusterTls>>,
+    /// A token (`drove token create`, or the CA's `admin.token`), sent with every
+    /// call to the coordinator; without one, a cluster with TLS knows the client by
+    /// its certificate.
+    pub token: Option<String>,
 }
 
 /// A connection to a drove cluster, with the tables registered on it.
@@ -267,13 +294,14 @@ impl Session {
     }
 
     /// [`Session::connect`] with credentials: over mutual TLS with a certificate of
-    /// the cluster (`drove cert issue --client`).
+    /// the cluster (`drove cert issue --client`), and a token naming the tenant and
+    /// role to act as.
     ///
     /// ```no_run
     /// # async fn demo() -> drove_client::Result<()> {
     /// use drove_client::{ClusterTls, Credentials, Session};
     /// let tls = ClusterTls::load(std::path::Path::new("alice-tls")).map_err(drove_client::Error::Config)?;
-    /// let session = Session::connect_with("10.0.0.1:7070", &Credentials { tls: Some(tls) }).await?;
+    /// let session = Session::connect_with("10.0.0.1:7070", &Credentials { tls: Some(tls), token: None }).await?;
     /// # Ok(())
     /// # }
     /// ```
@@ -283,7 +311,8 @@ impl Session {
             addr: addr.to_string(),
             message,
         };
-        let coordinators = Coordinators::parse(addr, tls.clone()).map_err(connect_error)?;
+        let bearer = Bearer::new(credentials.token.as_deref()).map_err(Error::Config)?;
+        let coordinators = Coordinators::parse(addr, tls.clone(), bearer).map_err(connect_error)?;
         // The first that answers; the others are asked when it does not lead.
         let mut failures = Vec::new();
         for i in 0..coordinators.len() {
@@ -359,6 +388,7 @@ impl Session {
     pub async fn with_cluster(cluster: LocalCluster) -> Result<Self> {
         let credentials = Credentials {
             tls: cluster.tls().cloned(),
+            token: None,
         };
         let session = Self::connect_with(&cluster.coordinator_addrs(), &credentials).await?;
         *session.inner.cluster.lock().await = Some(cluster);
@@ -381,7 +411,7 @@ impl Session {
     /// [`RECONNECT_WINDOW`].
     async fn on_leader<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
     where
-        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        F: FnMut(CoordinatorRpc) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         self.on_leader_within(RECONNECT_WINDOW, call).await
@@ -394,7 +424,7 @@ impl Session {
         mut call: F,
     ) -> Result<T, tonic::Status>
     where
-        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        F: FnMut(CoordinatorRpc) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let since = tokio::time::Instant::now();
@@ -1084,6 +1114,64 @@ impl Session {
             .await
             .map_err(status_error)?
             .into_inner())
+    }
+
+    /// Makes a token for `tenant` with `role` ("admin", "submit" or "read"); needs an
+    /// admin's token. The token's text is shown only now: the cluster keeps its digest.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// let made = session.create_token("analytics", "submit").await?;
+    /// println!("{}", made.token);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn create_token(&self, tenant: &str, role: &str) -> Result<NewToken> {
+        let request = pb::CreateTokenRequest {
+            tenant: tenant.to_string(),
+            role: role.to_string(),
+        };
+        let made = self
+            .on_leader(|mut c| {
+                let request = request.clone();
+                async move { c.create_token(request).await }
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        Ok(NewToken {
+            token: made.token,
+            id: made.id,
+        })
+    }
+
+    /// Revokes the token with this id on every coordinator; needs an admin's token.
+    pub async fn revoke_token(&self, id: &str) -> Result<()> {
+        let request = pb::RevokeTokenRequest { id: id.to_string() };
+        self.on_leader(|mut c| {
+            let request = request.clone();
+            async move { c.revoke_token(request).await }
+        })
+        .await
+        .map_err(status_error)?;
+        Ok(())
+    }
+
+    /// The live tokens (never their secrets); needs an admin's token.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        let listed = self
+            .on_leader(|mut c| async move { c.list_tokens(pb::ListTokensRequest {}).await })
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        Ok((listed.tokens.into_iter())
+            .map(|t| TokenInfo {
+                id: t.id,
+                tenant: t.tenant,
+                role: t.role,
+                created_unix_ms: t.created_unix_ms,
+            })
+            .collect())
     }
 
     /// Stops the embedded cluster, if this session started one.

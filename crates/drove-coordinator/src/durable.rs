@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use drove_core::JobId;
+use drove_core::access::{Role, TokenMeta};
 use drove_core::meta::{JobEnd, JobMeta, MetaCommand, MetaImage, MetaState, TableMeta};
 use drove_exec::planner::OutputMode;
 use drove_proto::{self as pb, Message};
@@ -486,10 +487,12 @@ pub(crate) fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command
     match command {
         MetaCommand::JobSubmitted {
             name,
+            tenant,
             submitted_ms,
             planned,
         } => C::JobSubmitted(pb::MetaJobSubmitted {
             name: name.clone(),
+            tenant: tenant.clone(),
             submitted_unix_ms: *submitted_ms,
             planned: planned.clone(),
         }),
@@ -515,6 +518,10 @@ pub(crate) fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command
         MetaCommand::TableUncached { name } => {
             C::TableUncached(pb::MetaTableUncached { name: name.clone() })
         }
+        MetaCommand::TokenCreated { id, token } => C::TokenCreated(token_to_proto(id, token)),
+        MetaCommand::TokenRevoked { id } => {
+            C::TokenRevoked(pb::MetaTokenRevoked { id: id.clone() })
+        }
     }
 }
 
@@ -523,6 +530,7 @@ pub(crate) fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Op
     Some(match command? {
         C::JobSubmitted(s) => MetaCommand::JobSubmitted {
             name: s.name,
+            tenant: s.tenant,
             submitted_ms: s.submitted_unix_ms,
             planned: s.planned,
         },
@@ -545,6 +553,11 @@ pub(crate) fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Op
             MetaCommand::TableCached { name, table }
         }
         C::TableUncached(t) => MetaCommand::TableUncached { name: t.name },
+        C::TokenCreated(t) => {
+            let (id, token) = token_from_proto(t);
+            MetaCommand::TokenCreated { id, token }
+        }
+        C::TokenRevoked(t) => MetaCommand::TokenRevoked { id: t.id },
     })
 }
 
@@ -560,6 +573,7 @@ pub(crate) fn image_to_proto(image: MetaImage, last_index: u64) -> pb::MetaSnaps
             .map(|(id, m)| pb::MetaJob {
                 job_id: id.0,
                 name: m.name,
+                tenant: m.tenant,
                 submitted_unix_ms: m.submitted_ms,
                 end: m
                     .ended
@@ -571,12 +585,38 @@ pub(crate) fn image_to_proto(image: MetaImage, last_index: u64) -> pb::MetaSnaps
         tables: (image.tables.iter())
             .map(|(name, t)| table_to_proto(name, t))
             .collect(),
+        tokens: (image.tokens.iter())
+            .map(|(id, t)| token_to_proto(id, t))
+            .collect(),
+        revoked_tokens: image.revoked,
     }
+}
+
+fn token_to_proto(id: &str, t: &TokenMeta) -> pb::MetaTokenCreated {
+    pb::MetaTokenCreated {
+        id: id.to_string(),
+        tenant: t.tenant.clone(),
+        role: t.role.name().to_string(),
+        digest: t.digest.clone(),
+        created_unix_ms: t.created_ms,
+    }
+}
+
+fn token_from_proto(t: pb::MetaTokenCreated) -> (String, TokenMeta) {
+    let token = TokenMeta {
+        tenant: t.tenant,
+        // Written by this code, so always a role; were it damaged, the least one.
+        role: Role::parse(&t.role).unwrap_or(Role::Read),
+        digest: t.digest,
+        created_ms: t.created_unix_ms,
+    };
+    (t.id, token)
 }
 
 fn table_from_proto(t: pb::MetaTableCached) -> (String, TableMeta) {
     let table = TableMeta {
         cache_id: t.cache_id,
+        tenant: t.tenant,
         cached_by: JobId(t.cached_by_job),
         lineage: t.lineage,
     };
@@ -589,6 +629,7 @@ fn table_to_proto(name: &str, t: &TableMeta) -> pb::MetaTableCached {
         cache_id: t.cache_id,
         cached_by_job: t.cached_by.0,
         lineage: t.lineage.clone(),
+        tenant: t.tenant.clone(),
     }
 }
 
@@ -604,6 +645,7 @@ pub(crate) fn image_from_proto(snapshot: pb::MetaSnapshot) -> MetaImage {
                 let ended = j.end.as_ref().map(|e| (end_from_proto(e), e.ended_unix_ms));
                 let meta = JobMeta {
                     name: j.name,
+                    tenant: j.tenant,
                     submitted_ms: j.submitted_unix_ms,
                     ended,
                     planned: j.planned,
@@ -614,6 +656,8 @@ pub(crate) fn image_from_proto(snapshot: pb::MetaSnapshot) -> MetaImage {
             .collect(),
         ended: snapshot.ended.into_iter().map(JobId).collect(),
         tables: snapshot.tables.into_iter().map(table_from_proto).collect(),
+        tokens: snapshot.tokens.into_iter().map(token_from_proto).collect(),
+        revoked: snapshot.revoked_tokens,
     }
 }
 
@@ -625,6 +669,7 @@ mod tests {
     fn submitted(i: u64) -> MetaCommand {
         MetaCommand::JobSubmitted {
             name: format!("q{i}"),
+            tenant: format!("tenant-{}", i % 2),
             submitted_ms: i,
             planned: vec![i as u8; 5],
         }
@@ -662,9 +707,22 @@ mod tests {
                 name: "t".into(),
                 table: TableMeta {
                     cache_id: 3,
+                    tenant: "a".into(),
                     cached_by: JobId(1),
                     lineage: vec![1, 2, 3],
                 },
+            },
+            MetaCommand::TokenCreated {
+                id: "0123456789abcdef".into(),
+                token: TokenMeta {
+                    tenant: "a".into(),
+                    role: Role::Submit,
+                    digest: vec![7; 32],
+                    created_ms: 9,
+                },
+            },
+            MetaCommand::TokenRevoked {
+                id: "fedcba9876543210".into(),
             },
         ];
         for i in 1..=n {

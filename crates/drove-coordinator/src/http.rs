@@ -5,14 +5,18 @@
 //! The UI renders the REST API's own types, built from the same status the gRPC API
 //! returns, so the UI, the REST API and `drove status` never disagree.
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use drove_core::JobId;
+use drove_core::access::Identity;
 
+use crate::Error;
+use crate::auth::Credential;
 use crate::rest::{api_error, parse_id};
 use crate::state::Coordinator;
 use crate::{rest, ui};
@@ -39,6 +43,10 @@ pub fn router(coordinator: Coordinator) -> Router {
         // After the routes: it applies to those registered before it. Axum still sets
         // the Allow header.
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            coordinator.clone(),
+            authenticate,
+        ))
         .with_state(coordinator)
         .layer(axum::middleware::from_fn(web_surface))
         // A panic in a handler is a bug; it fails that request, not the server.
@@ -97,6 +105,51 @@ async fn web_surface(request: axum::extract::Request, next: axum::middleware::Ne
     response
 }
 
+/// Pages anyone may fetch: the health check, and the stylesheet of the pages that
+/// say a token is needed.
+const OPEN_PATHS: [&str; 2] = ["/health", ui::STYLESHEET];
+
+/// The peer of an HTTPS connection: its address, and what its certificate says.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: std::net::SocketAddr,
+    pub credential: Credential,
+}
+
+/// Identifies the caller of every request but [`OPEN_PATHS`] (see
+/// [`Coordinator::identify`]) and hands its [`Identity`] to the handler; refuses an
+/// unknown caller with 401.
+async fn authenticate(
+    State(coordinator): State<Coordinator>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if OPEN_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let connection = (request.extensions().get::<ConnectInfo<Peer>>())
+        .map_or(Credential::None, |peer| peer.0.credential.clone());
+    let credential = Credential::of_http(request.headers(), connection);
+    match coordinator.identify(credential).await {
+        Ok(who) => {
+            request.extensions_mut().insert(who);
+            next.run(request).await
+        }
+        Err(Error::Unauthenticated(message)) => {
+            let mut response = api_error(StatusCode::UNAUTHORIZED, message);
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            response
+        }
+        Err(e @ Error::NotLeader { .. }) => {
+            api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Err(e) => api_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 /// Why `request` looks like a cross-site write, if it does.
 fn cross_site(request: &axum::extract::Request) -> Option<&'static str> {
     if matches!(*request.method(), Method::GET | Method::HEAD) {
@@ -141,7 +194,10 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 }
 
 /// The metrics in OpenMetrics text, which Prometheus scrapes.
-async fn metrics(State(coordinator): State<Coordinator>) -> Response {
+async fn metrics(
+    State(coordinator): State<Coordinator>,
+    Extension(_who): Extension<Identity>,
+) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -152,16 +208,20 @@ async fn metrics(State(coordinator): State<Coordinator>) -> Response {
         .into_response()
 }
 
-async fn ui_overview(State(coordinator): State<Coordinator>) -> Html<String> {
-    Html(ui::overview(&rest::cluster_view(&coordinator).await).into_string())
+async fn ui_overview(
+    State(coordinator): State<Coordinator>,
+    Extension(who): Extension<Identity>,
+) -> Html<String> {
+    Html(ui::overview(&rest::cluster_view(&coordinator, &who).await).into_string())
 }
 
 async fn ui_job(
     State(coordinator): State<Coordinator>,
+    Extension(who): Extension<Identity>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
     let job = match parse_id("job", raw) {
-        Ok(id) => rest::job_view(&coordinator, JobId(id))
+        Ok(id) => rest::job_view(&coordinator, &who, JobId(id))
             .await
             .map_err(|e| e.to_string()),
         Err(m) => Err(m),
@@ -171,10 +231,11 @@ async fn ui_job(
 
 async fn ui_worker(
     State(coordinator): State<Coordinator>,
+    Extension(who): Extension<Identity>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
     let worker = match parse_id("worker", raw) {
-        Ok(id) => rest::worker_view(&coordinator, id).await,
+        Ok(id) => rest::worker_view(&coordinator, &who, id).await,
         Err(m) => Err(m),
     };
     ui_page(worker.map(|w| ui::worker(&w)))
@@ -259,6 +320,92 @@ mod tests {
         }
         assert_eq!(head.contains("\r\nallow: "), code == 405, "{what}");
         head
+    }
+
+    /// With TLS (so with authentication), every page but the health check and the
+    /// stylesheet needs a token: the `Authorization` header or the UI's cookie. An
+    /// unknown, malformed or revoked token gets 401 naming the fix, and a tenant's
+    /// token sees only its tenant's jobs.
+    #[tokio::test]
+    async fn with_tls_every_page_needs_a_token_and_tenants_see_their_own() {
+        let root = tempfile::tempdir().unwrap();
+        let ca = root.path().join("ca");
+        drove_exec::tls::init(&ca).unwrap();
+        let node = root.path().join("node");
+        drove_exec::tls::issue(&ca, "node", drove_exec::tls::Role::Node, &[], 1, &node).unwrap();
+        let admin = std::fs::read_to_string(ca.join(drove_exec::token::ADMIN_TOKEN)).unwrap();
+        let admin = admin.trim();
+        let coordinator = Coordinator::new(CoordinatorConfig {
+            tls: Some(drove_exec::tls::ClusterTls::load(&node).unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(coordinator.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        for path in ["/health", ui::STYLESHEET] {
+            assert_eq!(request(addr, "GET", path).await.0, 200, "{path}");
+        }
+        let bearer = |token: &str| format!("Authorization: Bearer {token}\r\n");
+        let forged = format!("{}_{}", &admin[..admin.rfind('_').unwrap()], "0".repeat(64));
+        for path in [
+            "/",
+            "/metrics",
+            "/api/v1/jobs",
+            "/api/v1/cluster",
+            "/jobs/1",
+        ] {
+            let (code, head, body) = request(addr, "GET", path).await;
+            assert_eq!(code, 401, "{path}: {body}");
+            assert!(head.contains("www-authenticate: bearer"), "{path}: {head}");
+            assert!(body.contains("--token"), "{path}: {body}");
+            for wrong in ["nonsense", forged.as_str()] {
+                let (code, _, body) = request_with(addr, "GET", path, &bearer(wrong)).await;
+                assert_eq!(code, 401, "{path} with {wrong}: {body}");
+                assert!(body.contains("drove token create"), "{path}: {body}");
+                assert!(!body.contains(wrong), "the token is not echoed: {body}");
+            }
+            let (code, _, body) = request_with(addr, "GET", path, &bearer(admin)).await;
+            assert_eq!(
+                code,
+                if path == "/jobs/1" { 404 } else { 200 },
+                "{path}: {body}"
+            );
+            let cookie = format!("Cookie: theme=dark; drove_token={admin}\r\n");
+            let (code, _, _) = request_with(addr, "GET", path, &cookie).await;
+            assert_eq!(
+                code,
+                if path == "/jobs/1" { 404 } else { 200 },
+                "{path} with the cookie"
+            );
+        }
+
+        // A read token of another tenant sees no jobs but its own, and cannot cancel.
+        let ops = Identity {
+            tenant: "ops".into(),
+            role: drove_core::access::Role::Admin,
+            principal: "the test".into(),
+        };
+        let (reader, id) = coordinator
+            .create_token(&ops, "team-a".into(), drove_core::access::Role::Read)
+            .await
+            .unwrap();
+        let (code, _, body) = request_with(addr, "GET", "/api/v1/jobs", &bearer(&reader)).await;
+        assert_eq!((code, body.as_str()), (200, "[]"));
+        let (code, _, body) =
+            request_with(addr, "POST", "/api/v1/jobs/1/cancel", &bearer(&reader)).await;
+        assert_eq!(code, 404, "{body}");
+        // Revoked, it is refused at once.
+        coordinator.revoke_token(&ops, id).await.unwrap();
+        let (code, _, _) = request_with(addr, "GET", "/api/v1/jobs", &bearer(&reader)).await;
+        assert_eq!(code, 401);
+        // So is the CA's admin token, once revoked.
+        let admin_id = drove_exec::token::parse(admin).unwrap().id;
+        coordinator.revoke_token(&ops, admin_id).await.unwrap();
+        let (code, _, _) = request_with(addr, "GET", "/api/v1/jobs", &bearer(admin)).await;
+        assert_eq!(code, 401);
     }
 
     /// A page elsewhere cannot cancel jobs through a visitor's browser (a form post,

@@ -1,5 +1,6 @@
 //! HTTP over mutual TLS: a listener for axum whose connections have finished a TLS
-//! handshake with a peer holding a certificate of the cluster.
+//! handshake with a peer holding a certificate of the cluster; each comes with the
+//! name in that certificate ([`Peer`]).
 //!
 //! Handshakes run apart from accepting, a bounded number at once and each within a
 //! time limit, so a client that connects and says nothing holds up no one else.
@@ -12,6 +13,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{TlsAcceptor, rustls};
 
+use crate::auth::Credential;
+use crate::http::Peer;
+
 /// Handshakes under way at most; further connections wait to be accepted.
 const HANDSHAKES_MAX: usize = 64;
 /// Finished handshakes waiting for the server to take them, at most.
@@ -19,7 +23,7 @@ const READY_MAX: usize = 64;
 
 /// Connections that have completed a TLS handshake.
 pub struct Listener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, Peer)>,
     local: SocketAddr,
     accepting: tokio::task::JoinHandle<()>,
 }
@@ -49,7 +53,7 @@ impl Drop for Listener {
 async fn accept(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Sender<(TlsStream<TcpStream>, Peer)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
     loop {
@@ -76,6 +80,13 @@ async fn accept(
             match tokio::time::timeout(drove_exec::net::CONNECT_TIMEOUT, acceptor.accept(tcp)).await
             {
                 Ok(Ok(tls)) => {
+                    let certificate = (tls.get_ref().1.peer_certificates())
+                        .and_then(|chain| chain.first())
+                        .map(|cert| cert.as_ref());
+                    let peer = Peer {
+                        addr: peer,
+                        credential: Credential::of_certificate(certificate),
+                    };
                     let _ = ready.send((tls, peer)).await;
                 }
                 Ok(Err(e)) => tracing::debug!("TLS handshake with {peer} failed: {e}"),
@@ -87,7 +98,7 @@ async fn accept(
 
 impl axum::serve::Listener for Listener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+    type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.ready.recv().await {
@@ -98,6 +109,15 @@ impl axum::serve::Listener for Listener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        Ok(Peer {
+            addr: self.local,
+            credential: Credential::None,
+        })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Listener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Listener>) -> Self {
+        stream.remote_addr().clone()
     }
 }

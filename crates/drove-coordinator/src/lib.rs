@@ -8,6 +8,7 @@
 //! to worker and from worker to client; the coordinator only handles plans, block
 //! locations and status.
 
+pub mod auth;
 pub mod durable;
 pub mod history;
 pub mod http;
@@ -56,6 +57,21 @@ pub enum Error {
     /// address, empty while none is known.
     #[error("{}", not_leader_message(leader))]
     NotLeader { leader: String },
+    /// The request's credential is missing, unknown or revoked.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    Denied(String),
+}
+
+impl From<drove_core::access::Refusal> for Error {
+    fn from(refusal: drove_core::access::Refusal) -> Self {
+        match refusal {
+            drove_core::access::Refusal::Unauthenticated(m) => Error::Unauthenticated(m),
+            drove_core::access::Refusal::Denied(m) => Error::Denied(m),
+        }
+    }
 }
 
 fn not_leader_message(leader: &str) -> String {
@@ -80,6 +96,8 @@ impl From<Error> for tonic::Status {
         match &e {
             Error::User(m) => tonic::Status::invalid_argument(m.clone()),
             Error::NotFound(m) => tonic::Status::not_found(m.clone()),
+            Error::Unauthenticated(m) => tonic::Status::unauthenticated(m.clone()),
+            Error::Denied(m) => tonic::Status::permission_denied(m.clone()),
             Error::Exec(inner) if inner.kind() == drove_core::scheduler::ErrorKind::User => {
                 tonic::Status::invalid_argument(e.to_string())
             }
@@ -366,6 +384,7 @@ pub async fn start(
                             .await
                     }
                     Some(tls) => {
+                        let router = router.into_make_service_with_connect_info::<http::Peer>();
                         axum::serve(https::Listener::new(listener, tls), router)
                             .with_graceful_shutdown(stop)
                             .await

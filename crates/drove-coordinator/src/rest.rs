@@ -8,11 +8,12 @@
 
 use std::sync::OnceLock;
 
-use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use drove_core::access::Identity;
 use drove_core::{JobId, WorkerId};
 use drove_proto as pb;
 use serde::{Deserialize, Serialize};
@@ -140,6 +141,8 @@ pub struct WorkerTask {
 pub struct JobSummary {
     pub job_id: u64,
     pub name: String,
+    /// The tenant that submitted it ("default" on a cluster without authentication).
+    pub tenant: String,
     pub state: JobState,
     pub error: String,
     pub elapsed_ms: u64,
@@ -160,6 +163,7 @@ pub struct JobSummary {
 pub struct Job {
     pub job_id: u64,
     pub name: String,
+    pub tenant: String,
     pub state: JobState,
     pub error: String,
     pub elapsed_ms: u64,
@@ -383,6 +387,7 @@ impl From<&pb::JobStatus> for JobSummary {
         JobSummary {
             job_id: j.job_id,
             name: j.name.clone(),
+            tenant: j.tenant.clone(),
             state: j.state().into(),
             error: j.error.clone(),
             elapsed_ms: j.elapsed_ms,
@@ -450,6 +455,7 @@ impl Job {
         Job {
             job_id: j.job_id,
             name: j.name.clone(),
+            tenant: j.tenant.clone(),
             state: j.state().into(),
             error: j.error.clone(),
             elapsed_ms: j.elapsed_ms,
@@ -469,8 +475,8 @@ impl Job {
 }
 
 /// The cluster as `/api/v1/cluster` and the UI's overview show it.
-pub async fn cluster_view(coordinator: &Coordinator) -> Cluster {
-    let status = coordinator.cluster_status(false).await;
+pub async fn cluster_view(coordinator: &Coordinator, who: &Identity) -> Cluster {
+    let status = coordinator.cluster_status(who, false).await;
     let m = status.metadata.clone().unwrap_or_default();
     Cluster {
         metadata: Metadata {
@@ -509,15 +515,19 @@ pub async fn cluster_view(coordinator: &Coordinator) -> Cluster {
 }
 
 /// One job as `/api/v1/jobs/{id}` and its UI page show it.
-pub async fn job_view(coordinator: &Coordinator, job: JobId) -> Result<Job, Error> {
-    let (status, attempts) = coordinator.status_and_attempts(job).await?;
+pub async fn job_view(coordinator: &Coordinator, who: &Identity, job: JobId) -> Result<Job, Error> {
+    let (status, attempts) = coordinator.status_and_attempts(who, job).await?;
     Ok(Job::new(&status, attempts))
 }
 
 /// One worker and the last tasks it completed (see [`crate::state::WORKER_TASKS_KEPT`]); `Err` names a
 /// worker that is not registered.
-pub async fn worker_view(coordinator: &Coordinator, id: u64) -> Result<WorkerDetail, String> {
-    let (w, tasks) = coordinator.worker(WorkerId(id)).await.ok_or_else(|| {
+pub async fn worker_view(
+    coordinator: &Coordinator,
+    who: &Identity,
+    id: u64,
+) -> Result<WorkerDetail, String> {
+    let (w, tasks) = coordinator.worker(who, WorkerId(id)).await.ok_or_else(|| {
         format!(
             "{} is not registered (it may have left or been lost)",
             WorkerId(id)
@@ -595,6 +605,7 @@ async fn answer_for_job<T: IntoResponse>(
     match answer(JobId(id)).await {
         Ok(body) => body.into_response(),
         Err(Error::NotFound(m)) => api_error(StatusCode::NOT_FOUND, m),
+        Err(Error::Denied(m)) => api_error(StatusCode::FORBIDDEN, m),
         Err(e @ Error::NotLeader { .. }) => {
             api_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
@@ -615,15 +626,20 @@ struct Id {
 /// Workers, recent jobs and cached tables.
 #[utoipa::path(get, path = "/api/v1/cluster", responses(
     (status = 200, description = "The cluster.", body = Cluster),
+    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
     (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
 ))]
-async fn cluster(State(coordinator): State<Coordinator>) -> Json<Cluster> {
-    Json(cluster_view(&coordinator).await)
+async fn cluster(
+    State(coordinator): State<Coordinator>,
+    Extension(who): Extension<Identity>,
+) -> Json<Cluster> {
+    Json(cluster_view(&coordinator, &who).await)
 }
 
 /// Registered workers.
 #[utoipa::path(get, path = "/api/v1/workers", responses(
     (status = 200, description = "The workers.", body = Vec<Worker>),
+    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
     (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
 ))]
 async fn workers(State(coordinator): State<Coordinator>) -> Json<Vec<Worker>> {
@@ -640,19 +656,21 @@ async fn workers(State(coordinator): State<Coordinator>) -> Json<Vec<Worker>> {
 /// One worker and the last tasks it completed, newest first.
 #[utoipa::path(get, path = "/api/v1/workers/{id}", params(Id), responses(
     (status = 200, description = "The worker.", body = WorkerDetail),
+    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
     (status = 400, description = "The id is not a whole number from 0 to 18446744073709551615.", body = ApiError),
     (status = 404, description = "No such worker is registered.", body = ApiError),
     (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
 ))]
 async fn worker(
     State(coordinator): State<Coordinator>,
+    Extension(who): Extension<Identity>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
     let id = match parse_id("worker", raw) {
         Ok(id) => id,
         Err(m) => return api_error(StatusCode::BAD_REQUEST, m),
     };
-    match worker_view(&coordinator, id).await {
+    match worker_view(&coordinator, &who, id).await {
         Ok(detail) => Json(detail).into_response(),
         Err(m) => api_error(StatusCode::NOT_FOUND, m),
     }
@@ -661,12 +679,16 @@ async fn worker(
 /// Recent jobs, newest first.
 #[utoipa::path(get, path = "/api/v1/jobs", responses(
     (status = 200, description = "The jobs.", body = Vec<JobSummary>),
+    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
     (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
 ))]
-async fn jobs(State(coordinator): State<Coordinator>) -> Json<Vec<JobSummary>> {
+async fn jobs(
+    State(coordinator): State<Coordinator>,
+    Extension(who): Extension<Identity>,
+) -> Json<Vec<JobSummary>> {
     Json(
         coordinator
-            .jobs()
+            .jobs(&who)
             .await
             .iter()
             .map(JobSummary::from)
@@ -677,16 +699,18 @@ async fn jobs(State(coordinator): State<Coordinator>) -> Json<Vec<JobSummary>> {
 /// One job: its stages, tasks, attempts, SQL and physical plan.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", params(Id), responses(
     (status = 200, description = "The job.", body = Job),
+    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
     (status = 400, description = "The id is not a whole number from 0 to 18446744073709551615.", body = ApiError),
     (status = 404, description = "No such job in the history.", body = ApiError),
     (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
 ))]
 async fn job(
     State(coordinator): State<Coordinator>,
+    Extension(who): Extension<Identity>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
     answer_for_job(raw, async |job| {
-        Ok(Json(job_view(&coordinator, job).await?))
+        Ok(Json(job_view(&coordinator, &who, job).await?))
     })
     .await
 }
@@ -694,17 +718,19 @@ async fn job(
 /// Cancels a running job; an ended job is left as it was.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", params(Id), responses(
     (status = 200, description = "The job's state afterwards.", body = CancelResult),
+    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
     (status = 400, description = "The id is not a whole number from 0 to 18446744073709551615.", body = ApiError),
-    (status = 403, description = "The request came from another site, or as a form post (see the web surface in README.md).", body = ApiError),
+    (status = 403, description = "The request came from another site, or as a form post (see the web surface in README.md); or the caller's role may not cancel jobs.", body = ApiError),
     (status = 404, description = "No such job in the history.", body = ApiError),
     (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
 ))]
 async fn cancel(
     State(coordinator): State<Coordinator>,
+    Extension(who): Extension<Identity>,
     raw: Result<Path<String>, PathRejection>,
 ) -> Response {
     answer_for_job(raw, async |job| {
-        let status = coordinator.cancel(job).await?;
+        let status = coordinator.cancel(&who, job).await?;
         Ok(Json(CancelResult {
             job_id: job.0,
             state: status.state().into(),
@@ -716,6 +742,7 @@ async fn cancel(
 /// This document.
 #[utoipa::path(get, path = "/api/v1/openapi.json", responses(
     (status = 200, description = "The OpenAPI document of this API.", body = Object),
+    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
     (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
 ))]
 async fn openapi() -> Json<&'static OpenApi> {
@@ -821,16 +848,17 @@ mod tests {
                 let mut codes: Vec<&str> = responses.keys().map(String::as_str).collect();
                 codes.sort_unstable();
                 let mut expected = if path.contains("{id}") {
-                    vec!["200", "400", "404", "500"]
+                    vec!["200", "400", "401", "404", "500"]
                 } else {
-                    vec!["200", "500"]
+                    vec!["200", "401", "500"]
                 };
-                // A write may be refused as cross-site (see `http::web_surface`).
+                // A write may be refused as cross-site (see `http::web_surface`),
+                // or for the caller's role.
                 if method == "post" {
-                    expected.insert(2, "403");
+                    expected.insert(3, "403");
                 }
                 assert_eq!(codes, expected, "{method} {path}");
-                for code in ["400", "403", "404", "500"] {
+                for code in ["400", "401", "403", "404", "500"] {
                     if let Some(r) = responses.get(code) {
                         assert_eq!(
                             r["content"]["application/json"]["schema"]["$ref"],

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 
+use drove_core::access::{Identity, Role};
 use drove_core::scheduler::HeldOutput;
 use drove_core::{AttemptId, JobId};
 use drove_exec::tables::{Format, TableSpec};
@@ -13,6 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info_span};
 
+use crate::auth::Credential;
 use crate::planning::Query;
 use crate::state::{Coordinator, Registration, attempt_id};
 
@@ -34,6 +36,14 @@ pub struct Service {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl Service {
+    /// Who sent `request` (see [`Coordinator::identify`]).
+    async fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        Ok(self
+            .coordinator
+            .identify(Credential::of_grpc(request))
+            .await?)
+    }
+
     /// The job a request names, if it is this cluster's: a request that names another
     /// cluster (one whose coordinator restarted without its data directory) would
     /// otherwise reach a different job under the same id.
@@ -145,6 +155,7 @@ impl CoordinatorRpc for Service {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let who = self.identify(&request).await?;
         let request = request.into_inner();
         let query = match request.query {
             Some(pb::submit_job_request::Query::Sql(sql)) => Query::Sql(sql),
@@ -164,7 +175,14 @@ impl CoordinatorRpc for Service {
         let cache_as = (!request.cache_as.is_empty()).then_some(request.cache_as);
         let job = self
             .coordinator
-            .submit(request.name, query, tables, cache_as, request.detached)
+            .submit(
+                &who,
+                request.name,
+                query,
+                tables,
+                cache_as,
+                request.detached,
+            )
             .await?;
         Ok(Response::new(pb::SubmitJobResponse {
             job_id: job.0,
@@ -176,8 +194,9 @@ impl CoordinatorRpc for Service {
         &self,
         request: Request<pb::JobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let who = self.identify(&request).await?;
         let job = self.job_of(request.into_inner())?;
-        let (mut changes, watching) = self.coordinator.subscribe(job).await?;
+        let (mut changes, watching) = self.coordinator.subscribe(&who, job).await?;
         let coordinator = self.coordinator.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -224,16 +243,18 @@ impl CoordinatorRpc for Service {
         &self,
         request: Request<pb::JobRequest>,
     ) -> Result<Response<pb::JobStatus>, Status> {
+        let who = self.identify(&request).await?;
         let job = self.job_of(request.into_inner())?;
-        Ok(Response::new(self.coordinator.cancel(job).await?))
+        Ok(Response::new(self.coordinator.cancel(&who, job).await?))
     }
 
     async fn release_job(
         &self,
         request: Request<pb::JobRequest>,
     ) -> Result<Response<pb::ReleaseJobResponse>, Status> {
+        let who = self.identify(&request).await?;
         let job = self.job_of(request.into_inner())?;
-        self.coordinator.release(job).await?;
+        self.coordinator.release(&who, job).await?;
         Ok(Response::new(pb::ReleaseJobResponse {}))
     }
 
@@ -241,8 +262,9 @@ impl CoordinatorRpc for Service {
         &self,
         request: Request<pb::UncacheRequest>,
     ) -> Result<Response<pb::UncacheResponse>, Status> {
+        let who = self.identify(&request).await?;
         let request = request.into_inner();
-        let existed = self.coordinator.uncache(&request.name).await?;
+        let existed = self.coordinator.uncache(&who, &request.name).await?;
         if !existed && !request.if_exists {
             return Err(Status::not_found(format!(
                 "no table '{}' is cached; `UNCACHE TABLE IF EXISTS {}` ignores that",
@@ -256,9 +278,49 @@ impl CoordinatorRpc for Service {
         &self,
         request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let who = self.identify(&request).await?;
         let with_tasks = request.into_inner().with_tasks;
         Ok(Response::new(
-            self.coordinator.leader_status(with_tasks).await?,
+            self.coordinator.leader_status(&who, with_tasks).await?,
         ))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let who = self.identify(&request).await?;
+        let request = request.into_inner();
+        let role = Role::parse(&request.role).map_err(Status::invalid_argument)?;
+        let (token, id) = (self.coordinator)
+            .create_token(&who, request.tenant, role)
+            .await?;
+        Ok(Response::new(pb::CreateTokenResponse { token, id }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let who = self.identify(&request).await?;
+        let id = request.into_inner().id;
+        self.coordinator.revoke_token(&who, id).await?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let who = self.identify(&request).await?;
+        let tokens = (self.coordinator.tokens(&who).await?.into_iter())
+            .map(|(id, t)| pb::TokenInfo {
+                id,
+                tenant: t.tenant,
+                role: t.role.name().to_string(),
+                created_unix_ms: t.created_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
     }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::datatypes::SchemaRef;
+use drove_core::access::{Identity, Role, TokenMeta, check_tenant};
 use drove_core::catalog::{CachedStage, Catalog, CatalogCommand};
 use drove_core::meta::{Applied, JobEnd, MetaCommand, MetaLog, TableMeta};
 use drove_core::scheduler::{
@@ -18,10 +19,12 @@ use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
 use drove_exec::cache::CachedTable;
 use drove_exec::planner::{OutputMode, Stage};
 use drove_exec::tables::TableSpec;
+use drove_exec::token::Presented;
 use drove_proto as pb;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, info_span, warn};
 
+use crate::auth::{self, ADMIN_TENANT, Credential};
 use crate::durable::{self, MetaStore};
 use crate::history::{History, Reading};
 use crate::metrics::{Metrics, Snapshot};
@@ -127,6 +130,8 @@ pub const WORKER_TASKS_KEPT: usize = 1_000;
 
 struct JobRecord {
     name: String,
+    /// The tenant that submitted it.
+    tenant: String,
     sql: String,
     submitted_unix_ms: u64,
     planned: PlannedJob,
@@ -156,6 +161,7 @@ impl JobRecord {
     /// A job starting to run.
     fn new(
         name: String,
+        tenant: String,
         sql: String,
         submitted_unix_ms: u64,
         planned: PlannedJob,
@@ -164,6 +170,7 @@ impl JobRecord {
     ) -> Self {
         JobRecord {
             name,
+            tenant,
             sql,
             submitted_unix_ms,
             planned,
@@ -203,6 +210,7 @@ impl JobRecord {
         };
         let fresh = JobRecord::new(
             status.name.clone(),
+            status.tenant.clone(),
             status.sql.clone(),
             status.submitted_unix_ms,
             PlannedJob::default(),
@@ -238,6 +246,8 @@ struct Lease {
 struct CacheMeta {
     schema: SchemaRef,
     lineage: Vec<Stage>,
+    /// The tenant whose job cached it.
+    tenant: String,
 }
 
 /// Where the metadata's commands go before they are applied.
@@ -325,7 +335,16 @@ fn restored_table(table: &TableMeta) -> Result<(StageId, u32, CacheMeta)> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok((stage, partitions, CacheMeta { schema, lineage }))
+    let tenant = table.tenant.clone();
+    Ok((
+        stage,
+        partitions,
+        CacheMeta {
+            schema,
+            lineage,
+            tenant,
+        },
+    ))
 }
 
 /// Room in a log entry for what it holds besides a job's plans.
@@ -552,9 +571,125 @@ impl Coordinator {
         self.ask(move |state| state.metrics_text(queued)).await
     }
 
-    /// The recent jobs' statuses without their per-task runs, newest first.
-    pub async fn jobs(&self) -> Vec<pb::JobStatus> {
-        self.ask(|state| state.recent_jobs(false)).await
+    /// The recent jobs `who` sees, without their per-task runs, newest first.
+    pub async fn jobs(&self, who: &Identity) -> Vec<pb::JobStatus> {
+        let who = who.clone();
+        self.ask(move |state| state.recent_jobs(&who, false)).await
+    }
+
+    /// Who sent a request, from what it carried. Without TLS the cluster is open:
+    /// everyone is [`Identity::open`]. A replicated coordinator that does not lead
+    /// sends the client on first, as it knows the tokens only while it leads.
+    pub async fn identify(&self, credential: Credential) -> Result<Identity> {
+        let Some(tls) = &self.config.tls else {
+            return Ok(Identity::open());
+        };
+        let admin = tls.admin_token().cloned();
+        let identified = self
+            .ask(move |state| {
+                state.lead()?;
+                state.identify(credential, admin.as_ref())
+            })
+            .await;
+        if let Err(e @ Error::Unauthenticated(_)) = &identified {
+            auth::refused_credential(e);
+        }
+        identified
+    }
+
+    /// Makes a client token for `tenant` with `role` (admins only); returns its text,
+    /// shown once, and its id.
+    pub async fn create_token(
+        &self,
+        who: &Identity,
+        tenant: String,
+        role: Role,
+    ) -> Result<(String, String)> {
+        let (text, presented) = drove_exec::token::generate().map_err(Error::Internal)?;
+        let id = presented.id.clone();
+        let target = format!("token {id} for tenant {tenant} ({role})");
+        let asker = who.clone();
+        let made = self
+            .ask(move |state| {
+                state.lead()?;
+                asker.may_administer()?;
+                check_tenant(&tenant).map_err(Error::User)?;
+                let meta = state.meta.state();
+                if meta.token_id_used(&presented.id) {
+                    return Err(Error::Internal(
+                        "a new token's id is taken; try again".into(),
+                    ));
+                }
+                if meta.tokens().count() >= drove_core::meta::TOKEN_IDS_MAX / 10 {
+                    return Err(Error::User(format!(
+                        "the cluster holds {} tokens, the most it keeps; revoke some first",
+                        meta.tokens().count()
+                    )));
+                }
+                let token = TokenMeta {
+                    tenant,
+                    role,
+                    digest: presented.digest,
+                    created_ms: now_ms(),
+                };
+                let id = presented.id;
+                state
+                    .record(MetaCommand::TokenCreated { id, token })
+                    .ok_or_else(|| state.not_written())?;
+                Ok(())
+            })
+            .await;
+        auth::audit(who, "token.create", &target, &made);
+        made.map(|()| (text, id))
+    }
+
+    /// Revokes a token (admins only), on every coordinator: the revocation is in the
+    /// replicated metadata.
+    pub async fn revoke_token(&self, who: &Identity, id: String) -> Result<()> {
+        let target = format!("token {id}");
+        let asker = who.clone();
+        let admin = self
+            .config
+            .tls
+            .as_ref()
+            .and_then(|t| t.admin_token().map(|a| a.id.clone()));
+        let revoked = self
+            .ask(move |state| {
+                state.lead()?;
+                asker.may_administer()?;
+                drove_exec::token::check_id(&id).map_err(Error::User)?;
+                let meta = state.meta.state();
+                let live = meta.tokens().any(|(t, _)| t == id)
+                    || (admin.as_deref() == Some(id.as_str()) && !meta.revoked(&id));
+                if !live {
+                    return Err(Error::NotFound(format!(
+                        "no live token has id {id}; `drove token list` shows them"
+                    )));
+                }
+                state
+                    .record(MetaCommand::TokenRevoked { id })
+                    .ok_or_else(|| state.not_written())?;
+                Ok(())
+            })
+            .await;
+        auth::audit(who, "token.revoke", &target, &revoked);
+        revoked
+    }
+
+    /// The live tokens (admins only): id, tenant, role and when each was made.
+    pub async fn tokens(&self, who: &Identity) -> Result<Vec<(String, TokenMeta)>> {
+        let who = who.clone();
+        self.ask(move |state| {
+            state.lead()?;
+            who.may_administer()?;
+            Ok(state
+                .meta
+                .state()
+                .tokens()
+                .map(|(id, t)| (id.to_string(), t.clone()))
+                .collect())
+        })
+        .await
     }
 
     /// The worker's stream ended, or it went silent. `clean`: it closed its session
@@ -574,6 +709,7 @@ impl Coordinator {
     /// job's result becomes the cached table of that name.
     pub async fn submit(
         &self,
+        who: &Identity,
         name: String,
         query: Query,
         tables: Vec<TableSpec>,
@@ -587,11 +723,18 @@ impl Coordinator {
         // Table names fold to lower case, as DataFusion folds unquoted names.
         let cache_as = cache_as.map(|name| name.to_ascii_lowercase());
         let coordinator = self.clone();
+        let target = if name.is_empty() {
+            "a job".to_string()
+        } else {
+            format!("job '{name}'")
+        };
+        let asker = who.clone();
         // The claim frees the name on every way out but a submitted job, including
         // this future being dropped (the client went away) while it plans or waits.
-        let (caches, claim, cache_id, total_slots, task_memory) = self
+        let claimed = self
             .ask(move |state| {
                 state.lead()?;
+                asker.may_submit()?;
                 let cache_id = match &cache_as {
                     Some(table) => Some(
                         state
@@ -606,14 +749,18 @@ impl Coordinator {
                     name: cache_as,
                 };
                 Ok::<_, Error>((
-                    state.caches_for_planning(),
+                    state.caches_for_planning(&asker),
                     claim,
                     cache_id,
                     state.scheduler.total_slots() as usize,
                     state.task_memory(),
                 ))
             })
-            .await?;
+            .await;
+        if claimed.is_err() {
+            auth::audit(who, "submit", &target, &claimed);
+        }
+        let (caches, claim, cache_id, total_slots, task_memory) = claimed?;
         let target_partitions = self
             .config
             .target_partitions
@@ -634,22 +781,35 @@ impl Coordinator {
         .await?;
         let submission = Submission {
             name,
+            tenant: who.tenant.clone(),
             sql,
             planned,
             claim,
             cache_id,
             detached,
         };
-        self.ask(move |state| state.submit(submission)).await
+        let submitted = self.ask(move |state| state.submit(submission)).await;
+        let target = match &submitted {
+            Ok(job) => format!("{job} ({target})"),
+            Err(_) => target,
+        };
+        auth::audit(who, "submit", &target, &submitted);
+        submitted
     }
 
     /// A receiver that wakes whenever the job changes and holds whether it still runs.
     /// The job counts as watched, and so keeps its lease, until the returned
     /// [`Watching`] is dropped.
-    pub async fn subscribe(&self, job: JobId) -> Result<(watch::Receiver<bool>, Watching)> {
+    pub async fn subscribe(
+        &self,
+        who: &Identity,
+        job: JobId,
+    ) -> Result<(watch::Receiver<bool>, Watching)> {
+        let who = who.clone();
         let changes = self
             .ask(move |state| {
                 state.lead()?;
+                state.job_for(job, &who)?;
                 let record = state.jobs.get_mut(&job).ok_or_else(|| not_found(job))?;
                 record.lease.watchers += 1;
                 Ok::<_, Error>(record.changed.subscribe())
@@ -662,25 +822,30 @@ impl Coordinator {
         Ok((changes, watching))
     }
 
-    /// The job's status now.
-    pub async fn status(&self, job: JobId) -> Result<pb::JobStatus> {
-        self.ask(move |state| {
-            state.lead()?;
-            state.status(job).ok_or_else(|| not_found(job))
-        })
-        .await
-    }
-
     /// The registered workers.
     pub async fn workers(&self) -> Vec<pb::WorkerStatus> {
         self.ask(|state| state.worker_statuses()).await
     }
 
     /// A registered worker's status and the last tasks it completed, newest first.
-    pub async fn worker(&self, worker: WorkerId) -> Option<(pb::WorkerStatus, Vec<WorkerTask>)> {
+    /// Only tasks of jobs `who` sees are listed.
+    pub async fn worker(
+        &self,
+        who: &Identity,
+        worker: WorkerId,
+    ) -> Option<(pb::WorkerStatus, Vec<WorkerTask>)> {
+        let who = who.clone();
         self.ask(move |state| {
             let conn = state.workers.get(&worker)?;
-            let tasks = conn.recent_tasks.iter().rev().cloned().collect();
+            let tasks = (conn.recent_tasks.iter().rev())
+                .filter(|t| {
+                    let job = JobId(t.job_id);
+                    let tenant = (state.jobs.get(&job).map(|r| r.tenant.as_str()))
+                        .or_else(|| state.meta.state().job(job).map(|m| m.tenant.as_str()));
+                    tenant.is_some_and(|t| who.sees(t))
+                })
+                .cloned()
+                .collect();
             Some((state.worker_status(worker, conn), tasks))
         })
         .await
@@ -693,9 +858,15 @@ impl Coordinator {
 
     /// The job's whole status and every attempt so far (its timeline), taken at one
     /// moment so that they agree.
-    pub async fn status_and_attempts(&self, job: JobId) -> Result<(pb::JobStatus, Vec<Attempt>)> {
+    pub async fn status_and_attempts(
+        &self,
+        who: &Identity,
+        job: JobId,
+    ) -> Result<(pb::JobStatus, Vec<Attempt>)> {
+        let who = who.clone();
         self.ask(move |state| {
             state.lead()?;
+            state.job_for(job, &who)?;
             let status = state.status(job).ok_or_else(|| not_found(job))?;
             Ok((status, state.attempts(job).unwrap_or_default()))
         })
@@ -719,23 +890,29 @@ impl Coordinator {
         .await
     }
 
-    pub async fn cancel(&self, job: JobId) -> Result<pb::JobStatus> {
-        self.ask(move |state| {
-            state.lead()?;
-            if !state.jobs.contains_key(&job) {
-                return Err(not_found(job));
-            }
-            state.handle(Event::JobCancelled { job });
-            state.touch(job);
-            state.status(job).ok_or_else(|| not_found(job))
-        })
-        .await
+    pub async fn cancel(&self, who: &Identity, job: JobId) -> Result<pb::JobStatus> {
+        let asker = who.clone();
+        let cancelled = self
+            .ask(move |state| {
+                state.lead()?;
+                let owner = state.job_for(job, &asker)?.tenant.clone();
+                asker.may_change(&owner, &job.to_string())?;
+                state.handle(Event::JobCancelled { job });
+                state.touch(job);
+                state.status(job).ok_or_else(|| not_found(job))
+            })
+            .await;
+        auth::audit(who, "cancel", &job, &cancelled);
+        cancelled
     }
 
     /// The client has read the result: free the job's blocks.
-    pub async fn release(&self, job: JobId) -> Result<()> {
+    pub async fn release(&self, who: &Identity, job: JobId) -> Result<()> {
+        let who = who.clone();
         self.ask(move |state| {
             state.lead()?;
+            let owner = state.job_for(job, &who)?.tenant.clone();
+            who.may_change(&owner, &job.to_string())?;
             state.release(job)
         })
         .await
@@ -743,44 +920,68 @@ impl Coordinator {
 
     /// Forgets a cached table and frees its blocks on every worker; false if no table
     /// of that name is cached.
-    pub async fn uncache(&self, name: &str) -> Result<bool> {
+    pub async fn uncache(&self, who: &Identity, name: &str) -> Result<bool> {
         let name = name.to_ascii_lowercase();
-        self.ask(move |state| {
-            state.lead()?;
-            let Some(release) = state
-                .catalog
-                .uncache(&name)
-                .map_err(|e| Error::User(e.to_string()))?
-            else {
-                return Ok(false);
-            };
-            info!(table = %name, "uncaching");
-            if state.meta.state().table(&name).is_some()
-                && state
-                    .record(MetaCommand::TableUncached { name: name.clone() })
-                    .is_none()
-            {
-                return Err(state.not_written());
-            }
-            state.perform_catalog(release);
-            Ok(true)
-        })
-        .await
+        let target = format!("table {name}");
+        let asker = who.clone();
+        let uncached = self
+            .ask(move |state| {
+                state.lead()?;
+                let owner = (state.catalog.tables())
+                    .find(|e| e.name == name)
+                    .map(|e| e.meta.tenant.clone());
+                match owner {
+                    // Another tenant's tables are not shown to exist.
+                    Some(owner) if !asker.sees(&owner) => return Ok(false),
+                    Some(owner) => asker.may_change(&owner, &format!("table {name}"))?,
+                    None => asker.may_submit()?,
+                }
+                let Some(release) = state
+                    .catalog
+                    .uncache(&name)
+                    .map_err(|e| Error::User(e.to_string()))?
+                else {
+                    return Ok(false);
+                };
+                info!(table = %name, "uncaching");
+                if state.meta.state().table(&name).is_some()
+                    && state
+                        .record(MetaCommand::TableUncached { name: name.clone() })
+                        .is_none()
+                {
+                    return Err(state.not_written());
+                }
+                state.perform_catalog(release);
+                Ok(true)
+            })
+            .await;
+        auth::audit(who, "uncache", &target, &uncached);
+        uncached
     }
 
     /// The workers and recent jobs (newest first), the jobs with their per-task runs
     /// if `with_tasks` (which costs time in proportion to every task in the history).
-    pub async fn cluster_status(&self, with_tasks: bool) -> pb::ClusterStatusResponse {
-        self.ask(move |state| state.cluster_status(with_tasks))
+    pub async fn cluster_status(
+        &self,
+        who: &Identity,
+        with_tasks: bool,
+    ) -> pb::ClusterStatusResponse {
+        let who = who.clone();
+        self.ask(move |state| state.cluster_status(&who, with_tasks))
             .await
     }
 
     /// [`Self::cluster_status`] from the leader only: a client asking a follower is
     /// sent on to the leader, which knows the workers and jobs.
-    pub async fn leader_status(&self, with_tasks: bool) -> Result<pb::ClusterStatusResponse> {
+    pub async fn leader_status(
+        &self,
+        who: &Identity,
+        with_tasks: bool,
+    ) -> Result<pb::ClusterStatusResponse> {
+        let who = who.clone();
         self.ask(move |state| {
             state.lead()?;
-            Ok(state.cluster_status(with_tasks))
+            Ok(state.cluster_status(&who, with_tasks))
         })
         .await
     }
@@ -832,6 +1033,7 @@ impl Drop for ClaimedName {
 /// A planned job on its way to the scheduler.
 struct Submission {
     name: String,
+    tenant: String,
     sql: String,
     planned: PlannedJob,
     /// The name of the table it caches, and the id the catalog gave that table.
@@ -1035,6 +1237,7 @@ impl State {
     fn submit(&mut self, submission: Submission) -> Result<JobId> {
         let Submission {
             name,
+            tenant,
             sql,
             planned,
             mut claim,
@@ -1071,6 +1274,7 @@ impl State {
         let job = self
             .record(MetaCommand::JobSubmitted {
                 name: name.clone(),
+                tenant: tenant.clone(),
                 submitted_ms,
                 planned: kept,
             })
@@ -1079,7 +1283,15 @@ impl State {
             .expect("a submission allocates a job id");
         spec.id = job;
         self.metrics.job_submitted();
-        let record = JobRecord::new(name, sql, submitted_ms, planned, caches_as, detached);
+        let record = JobRecord::new(
+            name,
+            tenant,
+            sql,
+            submitted_ms,
+            planned,
+            caches_as,
+            detached,
+        );
         self.admit(job, record, spec);
         Ok(job)
     }
@@ -1141,12 +1353,13 @@ impl State {
         Ok(())
     }
 
-    fn cluster_status(&self, with_tasks: bool) -> pb::ClusterStatusResponse {
+    fn cluster_status(&self, who: &Identity, with_tasks: bool) -> pb::ClusterStatusResponse {
         let workers = self.worker_statuses();
-        let jobs = self.recent_jobs(with_tasks);
+        let jobs = self.recent_jobs(who, with_tasks);
         let cached_tables = self
             .catalog
             .tables()
+            .filter(|e| who.sees(&e.meta.tenant))
             .map(|e| pb::CachedTableStatus {
                 name: e.name.clone(),
                 partitions: e.partitions.len() as u32,
@@ -1267,6 +1480,59 @@ fn task_key(attempt: AttemptId) -> pb::TaskKey {
         stage_id: attempt.task.stage.0,
         partition: attempt.task.partition,
         attempt: attempt.attempt,
+    }
+}
+
+impl State {
+    /// The job, if `who` may see it: another tenant's job is not found, as if it did
+    /// not exist.
+    fn job_for(&self, job: JobId, who: &Identity) -> Result<&JobRecord> {
+        (self.jobs.get(&job))
+            .filter(|record| who.sees(&record.tenant))
+            .ok_or_else(|| not_found(job))
+    }
+
+    /// Who a credential is: a token the metadata (or the CA, for its first admin
+    /// token) knows and has not revoked, or a client certificate's name as a tenant
+    /// with the submit role.
+    fn identify(&self, credential: Credential, admin: Option<&Presented>) -> Result<Identity> {
+        match credential {
+            Credential::Token(text) => {
+                let presented = drove_exec::token::parse(&text).map_err(Error::Unauthenticated)?;
+                let meta = self.meta.state();
+                if let Some(admin) = admin
+                    && admin.id == presented.id
+                    && admin.digest == presented.digest
+                    && !meta.revoked(&admin.id)
+                {
+                    return Ok(Identity {
+                        tenant: ADMIN_TENANT.into(),
+                        role: Role::Admin,
+                        principal: format!("token {} (admin.token)", admin.id),
+                    });
+                }
+                meta.token_identity(&presented.id, &presented.digest)
+                    .ok_or_else(|| {
+                        Error::Unauthenticated(format!(
+                            "token {} is unknown or revoked here; ask an admin for a token of this cluster (`drove token create`)",
+                            presented.id
+                        ))
+                    })
+            }
+            Credential::Node => Ok(Identity {
+                tenant: ADMIN_TENANT.into(),
+                role: Role::Admin,
+                principal: "a node certificate".into(),
+            }),
+            Credential::Certificate(name) => Ok(Identity {
+                tenant: name.clone(),
+                role: Role::Submit,
+                principal: format!("certificate {name}"),
+            }),
+            Credential::None => Err(Error::Unauthenticated(
+                "this cluster authenticates its clients: pass --token TOKEN (or set DROVE_TOKEN) with a token from `drove token create`, or connect with a client certificate (--tls-dir)".into(),
+            )),
+        }
     }
 }
 
@@ -1458,11 +1724,12 @@ impl State {
 
     /// The statuses of the jobs in the history, newest first; without their per-task
     /// runs unless `with_tasks`.
-    fn recent_jobs(&self, with_tasks: bool) -> Vec<pb::JobStatus> {
+    fn recent_jobs(&self, who: &Identity, with_tasks: bool) -> Vec<pb::JobStatus> {
         let mut jobs: Vec<pb::JobStatus> = self
             .meta
             .state()
             .jobs()
+            .filter(|(_, meta)| who.sees(&meta.tenant))
             .filter_map(|(id, _)| {
                 if with_tasks {
                     self.status(id)
@@ -1750,7 +2017,8 @@ impl State {
         }
         for job in unended.iter().copied() {
             let meta = self.meta.state().job(job).expect("listed");
-            let (name, submitted_ms) = (meta.name.clone(), meta.submitted_ms);
+            let (name, tenant, submitted_ms) =
+                (meta.name.clone(), meta.tenant.clone(), meta.submitted_ms);
             let resumed = match durable::decode_planned(&meta.planned) {
                 None if meta.planned.is_empty() => Err(
                     "a job that caches a table or reads a cached one is not run again after a restart yet".to_string(),
@@ -1767,8 +2035,15 @@ impl State {
             match resumed {
                 Ok((r, spec)) => {
                     info!(%job, "the job was running when the coordinator stopped; running it again");
-                    let record =
-                        JobRecord::new(name, r.sql, submitted_ms, r.planned, None, r.detached);
+                    let record = JobRecord::new(
+                        name,
+                        tenant,
+                        r.sql,
+                        submitted_ms,
+                        r.planned,
+                        None,
+                        r.detached,
+                    );
                     self.admit(job, record, spec);
                 }
                 Err(why) => {
@@ -1780,6 +2055,7 @@ impl State {
                         job_id: job.0,
                         state: pb::JobState::Failed as i32,
                         name,
+                        tenant,
                         error: error.clone(),
                         submitted_unix_ms: submitted_ms,
                         ..Default::default()
@@ -1923,11 +2199,13 @@ impl State {
             .min()
     }
 
-    fn caches_for_planning(&self) -> planning::Caches {
+    /// The cached tables `who` may read, for planning its job.
+    fn caches_for_planning(&self, who: &Identity) -> planning::Caches {
         planning::Caches {
             tables: self
                 .catalog
                 .tables()
+                .filter(|e| who.sees(&e.meta.tenant))
                 .map(|e| CachedTable {
                     id: e.id,
                     name: e.name.clone(),
@@ -1938,6 +2216,7 @@ impl State {
             lineage: self
                 .catalog
                 .tables()
+                .filter(|e| who.sees(&e.meta.tenant))
                 .map(|e| (e.id, e.meta.lineage.clone()))
                 .collect(),
         }
@@ -1962,7 +2241,15 @@ impl State {
         let new_table = record.caches_as.as_ref().and_then(|(name, _)| {
             let schema = record.planned.lineage.last()?.plan.schema();
             let lineage = record.planned.lineage.clone();
-            Some((name.clone(), CacheMeta { schema, lineage }))
+            let tenant = record.tenant.clone();
+            Some((
+                name.clone(),
+                CacheMeta {
+                    schema,
+                    lineage,
+                    tenant,
+                },
+            ))
         });
         // What a restarted coordinator needs to compute the table again.
         let kept = match (&new_table, &record.caches_as, self.journal.durable()) {
@@ -1972,6 +2259,7 @@ impl State {
                         name.clone(),
                         TableMeta {
                             cache_id: *cache_id,
+                            tenant: record.tenant.clone(),
                             cached_by: job,
                             lineage: durable::encode_cached_table(schema, &record.planned.stages),
                         },
@@ -2149,6 +2437,7 @@ impl State {
             memory_bytes: totals.memory_bytes,
             peak_memory_bytes: totals.peak_memory_bytes,
             result_released: record.released,
+            tenant: record.tenant.clone(),
             ..Default::default()
         })
     }

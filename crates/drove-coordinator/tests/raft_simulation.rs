@@ -575,6 +575,7 @@ impl World {
         tokio::spawn(async move {
             let command = MetaCommand::JobSubmitted {
                 name: format!("job {}", spec.salt),
+                tenant: "sim".into(),
                 submitted_ms: now,
                 planned: spec.encode(),
             };

@@ -5,6 +5,7 @@
 //! I/O. Everything here is driven by events and answers with commands, so it can be
 //! tested and simulated without sockets or clocks.
 
+pub mod access;
 pub mod catalog;
 pub mod ids;
 pub mod meta;

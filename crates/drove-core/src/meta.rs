@@ -10,9 +10,14 @@
 //! the same order give the same state on every replica), and ids are allocated when a
 //! command is applied, never read beforehand by whoever proposes it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use crate::access::{Identity, TokenMeta};
 use crate::ids::{JobId, WorkerId};
+
+/// Token ids the metadata keeps, at most: live and revoked together (a revoked id
+/// is kept so it never authenticates again).
+pub const TOKEN_IDS_MAX: usize = 100_000;
 
 /// How a job ended, as recorded in the metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +36,8 @@ pub enum MetaCommand {
     /// restarted coordinator can run it again; empty for a job that cannot be.
     JobSubmitted {
         name: String,
+        /// The tenant it belongs to.
+        tenant: String,
         submitted_ms: u64,
         planned: Vec<u8>,
     },
@@ -63,12 +70,23 @@ pub enum MetaCommand {
     TableUncached {
         name: String,
     },
+    /// A client token was made; `id` is the public part of it.
+    TokenCreated {
+        id: String,
+        token: TokenMeta,
+    },
+    /// A token was revoked: it never authenticates again, nor does its id come back.
+    TokenRevoked {
+        id: String,
+    },
 }
 
 /// A cached table as the metadata keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableMeta {
     pub cache_id: u64,
+    /// The tenant it belongs to.
+    pub tenant: String,
     pub cached_by: JobId,
     /// What its owner needs to compute it again (its schema and stages, encoded by
     /// the coordinator).
@@ -90,6 +108,7 @@ pub struct Applied {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobMeta {
     pub name: String,
+    pub tenant: String,
     pub submitted_ms: u64,
     pub ended: Option<(JobEnd, u64)>,
     /// The job as planned, until it ends (see [`MetaCommand::JobSubmitted`]).
@@ -110,6 +129,10 @@ pub struct MetaImage {
     pub ended: Vec<JobId>,
     /// Cached tables by name.
     pub tables: Vec<(String, TableMeta)>,
+    /// Live tokens by id.
+    pub tokens: Vec<(String, TokenMeta)>,
+    /// Revoked token ids.
+    pub revoked: Vec<String>,
 }
 
 /// The state the commands build.
@@ -124,6 +147,8 @@ pub struct MetaState {
     ended: VecDeque<JobId>,
     history_max: usize,
     tables: BTreeMap<String, TableMeta>,
+    tokens: BTreeMap<String, TokenMeta>,
+    revoked: BTreeSet<String>,
 }
 
 impl MetaState {
@@ -147,6 +172,8 @@ impl MetaState {
             ended: image.ended.into_iter().collect(),
             history_max,
             tables: image.tables.into_iter().collect(),
+            tokens: image.tokens.into_iter().collect(),
+            revoked: image.revoked.into_iter().collect(),
         };
         state.evict();
         state
@@ -162,7 +189,37 @@ impl MetaState {
             tables: (self.tables.iter())
                 .map(|(n, t)| (n.clone(), t.clone()))
                 .collect(),
+            tokens: (self.tokens.iter())
+                .map(|(id, t)| (id.clone(), t.clone()))
+                .collect(),
+            revoked: self.revoked.iter().cloned().collect(),
         }
+    }
+
+    /// Who a token is, given its id and the SHA-256 of its secret; `None` for an
+    /// unknown or revoked token, or a wrong secret.
+    pub fn token_identity(&self, id: &str, digest: &[u8]) -> Option<Identity> {
+        let token = self.tokens.get(id)?;
+        (token.digest == digest).then(|| Identity {
+            tenant: token.tenant.clone(),
+            role: token.role,
+            principal: format!("token {id}"),
+        })
+    }
+
+    /// Whether a token id was revoked (the bootstrap admin token's too).
+    pub fn revoked(&self, id: &str) -> bool {
+        self.revoked.contains(id)
+    }
+
+    /// Whether a token id is taken: live or revoked.
+    pub fn token_id_used(&self, id: &str) -> bool {
+        self.tokens.contains_key(id) || self.revoked.contains(id)
+    }
+
+    /// The live tokens, by id.
+    pub fn tokens(&self) -> impl Iterator<Item = (&str, &TokenMeta)> {
+        self.tokens.iter().map(|(id, t)| (id.as_str(), t))
     }
 
     pub fn table(&self, name: &str) -> Option<&TableMeta> {
@@ -211,6 +268,7 @@ impl MetaState {
         match command {
             MetaCommand::JobSubmitted {
                 name,
+                tenant,
                 submitted_ms,
                 planned,
             } => {
@@ -220,6 +278,7 @@ impl MetaState {
                     job,
                     JobMeta {
                         name: name.clone(),
+                        tenant: tenant.clone(),
                         submitted_ms: *submitted_ms,
                         ended: None,
                         planned: planned.clone(),
@@ -258,6 +317,20 @@ impl MetaState {
             }
             MetaCommand::TableUncached { name } => {
                 self.tables.remove(name);
+                Applied::default()
+            }
+            MetaCommand::TokenCreated { id, token } => {
+                // Whoever proposes checks these; applying stays total and the same
+                // on every replica.
+                if !self.token_id_used(id) && self.tokens.len() + self.revoked.len() < TOKEN_IDS_MAX
+                {
+                    self.tokens.insert(id.clone(), token.clone());
+                }
+                Applied::default()
+            }
+            MetaCommand::TokenRevoked { id } => {
+                self.tokens.remove(id);
+                self.revoked.insert(id.clone());
                 Applied::default()
             }
             MetaCommand::ClusterCreated { cluster_id } => {
@@ -318,6 +391,7 @@ impl MetaLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::Role;
 
     fn history() -> Vec<MetaCommand> {
         let mut all = vec![MetaCommand::WorkerRegistered {
@@ -328,6 +402,7 @@ mod tests {
         for i in 1..=4 {
             all.push(MetaCommand::JobSubmitted {
                 name: format!("q{i}"),
+                tenant: "a".into(),
                 submitted_ms: i * 10,
                 planned: vec![i as u8; 2],
             });
@@ -340,6 +415,7 @@ mod tests {
         }
         all.push(MetaCommand::JobSubmitted {
             name: "running".into(),
+            tenant: "b".into(),
             submitted_ms: 99,
             planned: vec![7],
         });
@@ -351,13 +427,52 @@ mod tests {
                 name: name.into(),
                 table: TableMeta {
                     cache_id: i as u64 + 1,
+                    tenant: "a".into(),
                     cached_by: JobId(2),
                     lineage: vec![9; i + 1],
                 },
             });
         }
         all.push(MetaCommand::TableUncached { name: "a".into() });
+        for id in ["t1", "t2"] {
+            all.push(MetaCommand::TokenCreated {
+                id: id.into(),
+                token: TokenMeta {
+                    tenant: "a".into(),
+                    role: Role::Submit,
+                    digest: id.as_bytes().to_vec(),
+                    created_ms: 5,
+                },
+            });
+        }
+        all.push(MetaCommand::TokenRevoked { id: "t1".into() });
         all
+    }
+
+    #[test]
+    fn tokens_authenticate_until_revoked_and_ids_never_return() {
+        let mut log = MetaLog::new(2);
+        for c in history() {
+            log.append(c);
+        }
+        let state = log.state();
+        assert!(state.token_identity("t1", b"t1").is_none(), "revoked");
+        let who = state.token_identity("t2", b"t2").expect("live");
+        assert_eq!((who.tenant.as_str(), who.role), ("a", Role::Submit));
+        assert!(state.token_identity("t2", b"wrong").is_none());
+        assert!(state.token_identity("t3", b"t3").is_none());
+        // A revoked id made again stays revoked.
+        log.append(MetaCommand::TokenCreated {
+            id: "t1".into(),
+            token: TokenMeta {
+                tenant: "a".into(),
+                role: Role::Admin,
+                digest: b"t1".to_vec(),
+                created_ms: 6,
+            },
+        });
+        assert!(log.state().token_identity("t1", b"t1").is_none());
+        assert!(log.state().revoked("t1") && log.state().token_id_used("t2"));
     }
 
     #[test]
@@ -407,6 +522,7 @@ mod tests {
         assert_eq!(restored.apply(&next).worker, Some(WorkerId(2)));
         let job = MetaCommand::JobSubmitted {
             name: String::new(),
+            tenant: String::new(),
             submitted_ms: 0,
             planned: Vec::new(),
         };

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drove_proto::coordinator_client::CoordinatorClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::net;
@@ -17,9 +19,50 @@ use crate::tls::ClusterTls;
 /// The coordinators named, each with a client that connects when first used.
 #[derive(Debug)]
 pub struct Coordinators {
-    named: Mutex<Vec<(String, CoordinatorClient<Channel>)>>,
+    named: Mutex<Vec<(String, CoordinatorRpc)>>,
     current: AtomicUsize,
     tls: Option<Arc<ClusterTls>>,
+    bearer: Bearer,
+}
+
+/// A coordinator's client, whose calls carry the caller's token if it has one.
+pub type CoordinatorRpc = CoordinatorClient<InterceptedService<Channel, Bearer>>;
+
+/// Puts a client's token on every call (`authorization: Bearer TOKEN`).
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// `None` sends no token. The token is checked by the cluster, not here; only
+    /// characters a header cannot carry are refused.
+    pub fn new(token: Option<&str>) -> Result<Self, String> {
+        match token {
+            None => Ok(Self(None)),
+            Some(token) => {
+                let mut value: MetadataValue<Ascii> = format!("Bearer {}", token.trim())
+                    .parse()
+                    .map_err(|_| {
+                        "the token holds characters no token has; give one from `drove token create` or `admin.token`".to_string()
+                    })?;
+                value.set_sensitive(true);
+                Ok(Self(Some(value)))
+            }
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 /// Coordinators a list may name, at most (a leader one names is added beyond them).
@@ -40,18 +83,17 @@ pub fn gone(status: &tonic::Status) -> bool {
     )
 }
 
-fn client(addr: &str, tls: Option<&ClusterTls>) -> Result<CoordinatorClient<Channel>, String> {
-    Ok(
-        CoordinatorClient::new(net::endpoint(addr, tls)?.connect_lazy())
-            .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES),
-    )
+fn client(addr: &str, tls: Option<&ClusterTls>, bearer: &Bearer) -> Result<CoordinatorRpc, String> {
+    let channel = net::endpoint(addr, tls)?.connect_lazy();
+    Ok(CoordinatorClient::with_interceptor(channel, bearer.clone())
+        .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES))
 }
 
 impl Coordinators {
     /// Reads a comma-separated list of HOST:PORT addresses, reached over mutual TLS
-    /// if `tls` is given.
-    pub fn parse(list: &str, tls: Option<Arc<ClusterTls>>) -> Result<Self, String> {
+    /// if `tls` is given; every call carries `bearer`'s token.
+    pub fn parse(list: &str, tls: Option<Arc<ClusterTls>>, bearer: Bearer) -> Result<Self, String> {
         let addrs: Vec<&str> = list
             .split(',')
             .map(str::trim)
@@ -71,16 +113,17 @@ impl Coordinators {
         }
         let named = addrs
             .into_iter()
-            .map(|a| Ok((a.to_string(), client(a, tls.as_deref())?)))
+            .map(|a| Ok((a.to_string(), client(a, tls.as_deref(), &bearer)?)))
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Self {
             named: Mutex::new(named),
             current: AtomicUsize::new(0),
             tls,
+            bearer,
         })
     }
 
-    fn named(&self) -> std::sync::MutexGuard<'_, Vec<(String, CoordinatorClient<Channel>)>> {
+    fn named(&self) -> std::sync::MutexGuard<'_, Vec<(String, CoordinatorRpc)>> {
         self.named.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -100,7 +143,7 @@ impl Coordinators {
     }
 
     /// The one taken for the leader now: its address and client.
-    pub fn current(&self) -> (String, CoordinatorClient<Channel>) {
+    pub fn current(&self) -> (String, CoordinatorRpc) {
         let named = self.named();
         named[self.current.load(Ordering::Relaxed) % named.len()].clone()
     }
@@ -131,7 +174,7 @@ impl Coordinators {
                 return true;
             }
             if named.len() < COORDINATORS_MAX + 1
-                && let Ok(c) = client(&leader, self.tls.as_deref())
+                && let Ok(c) = client(&leader, self.tls.as_deref(), &self.bearer)
             {
                 named.push((leader, c));
                 self.current.store(named.len() - 1, Ordering::Relaxed);
@@ -160,7 +203,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_named_leader_is_followed_and_silence_moves_on() {
-        let c = Coordinators::parse("127.0.0.1:1, 127.0.0.1:2,127.0.0.1:3", None).unwrap();
+        let c = Coordinators::parse(
+            "127.0.0.1:1, 127.0.0.1:2,127.0.0.1:3",
+            None,
+            Bearer::default(),
+        )
+        .unwrap();
         assert_eq!(c.current().0, "127.0.0.1:1");
         assert!(c.follow(&not_leader("127.0.0.1:3")));
         assert_eq!(c.current().0, "127.0.0.1:3");
@@ -174,7 +222,7 @@ mod tests {
         assert!(!c.follow(&tonic::Status::invalid_argument("bad sql")));
         assert!(c.follow(&tonic::Status::cancelled("operation was canceled")));
 
-        let one = Coordinators::parse("127.0.0.1:1", None).unwrap();
+        let one = Coordinators::parse("127.0.0.1:1", None, Bearer::default()).unwrap();
         assert!(!one.follow(&tonic::Status::unavailable("gone")));
         assert!(one.follow(&not_leader("127.0.0.1:2")));
     }
@@ -182,16 +230,16 @@ mod tests {
     #[tokio::test]
     async fn bad_lists_are_refused() {
         assert!(
-            Coordinators::parse(" , ", None)
+            Coordinators::parse(" , ", None, Bearer::default())
                 .unwrap_err()
                 .contains("no coordinator")
         );
         let many = vec!["127.0.0.1:1"; 17].join(",");
         assert!(
-            Coordinators::parse(&many, None)
+            Coordinators::parse(&many, None, Bearer::default())
                 .unwrap_err()
                 .contains("at most 16")
         );
-        assert!(Coordinators::parse("a b:1", None).is_err());
+        assert!(Coordinators::parse("a b:1", None, Bearer::default()).is_err());
     }
 }

@@ -35,6 +35,7 @@ pub mod subquery;
 pub mod tables;
 pub mod task;
 pub mod tls;
+pub mod token;
 pub mod tpcds;
 pub mod tpch;
 

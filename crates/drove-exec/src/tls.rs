@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::token;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
@@ -79,11 +80,14 @@ pub fn init(out: &Path) -> Result<(), String> {
     let cert = ca_params(&key)?
         .self_signed(&key)
         .map_err(|e| format!("cannot sign the CA's certificate: {e}"))?;
+    let (admin, kept) = token::generate()?;
     write_all_new(
         out,
         &[
             (CA_KEY, key.serialize_pem(), true),
             (CA_CERT, cert.pem(), false),
+            (token::ADMIN_TOKEN, format!("{admin}\n"), true),
+            (token::ADMIN_DIGEST, token::digest_line(&kept), false),
         ],
     )
 }
@@ -188,6 +192,13 @@ pub fn issue(
     if copy_ca {
         files.push((CA_CERT, ca_cert, false));
     }
+    // Coordinators accept the first admin token by its digest.
+    if role == Role::Node
+        && !out.join(token::ADMIN_DIGEST).exists()
+        && let Ok(digest) = std::fs::read_to_string(ca.join(token::ADMIN_DIGEST))
+    {
+        files.push((token::ADMIN_DIGEST, digest, false));
+    }
     write_all_new(out, &files)
 }
 
@@ -200,6 +211,8 @@ pub struct ClusterTls {
     cert: String,
     key: String,
     role: Role,
+    /// The first admin token's id and digest, for a node whose CA made one.
+    admin_token: Option<token::Presented>,
 }
 
 impl std::fmt::Debug for ClusterTls {
@@ -242,13 +255,28 @@ impl ClusterTls {
         } else {
             Role::Client
         };
+        let admin_token = match std::fs::read_to_string(dir.join(token::ADMIN_DIGEST)) {
+            Ok(text) => Some(token::parse_digest_line(&text).ok_or_else(|| {
+                format!(
+                    "{} is damaged; copy it again from the CA's directory",
+                    dir.join(token::ADMIN_DIGEST).display()
+                )
+            })?),
+            Err(_) => None,
+        };
         Ok(Arc::new(Self {
             dir: dir.to_path_buf(),
             ca,
             cert,
             key,
             role,
+            admin_token,
         }))
+    }
+
+    /// The first admin token's id and digest, if the CA made one.
+    pub fn admin_token(&self) -> Option<&token::Presented> {
+        self.admin_token.as_ref()
     }
 
     /// What this identity's certificate may do.
@@ -402,6 +430,17 @@ pub fn mismatch(error: &str) -> Option<&'static str> {
 
 /// The fix for a client without `--tls-dir` whose server speaks TLS.
 pub const NEEDS_TLS: &str = "the server speaks TLS; pass --tls-dir DIR (or set DROVE_TLS_DIR) with a certificate of its cluster from `drove cert issue`";
+
+/// The name a client's certificate was issued to (`drove cert issue --name`); `None`
+/// for a node's. Only call this on a certificate TLS has already verified.
+pub fn client_name(cert: &[u8]) -> Option<String> {
+    if is_node(cert) {
+        return None;
+    }
+    let der = CertificateDer::from(cert);
+    let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+    cert.valid_dns_names().next().map(str::to_string)
+}
 
 /// Whether `cert` (DER) is a node's certificate: it carries [`NODE_NAME`]. Only call
 /// this on a certificate TLS has already verified against the cluster's CA.
@@ -588,10 +627,27 @@ mod tests {
         let client = ClusterTls::load(&root.path().join("a")).unwrap();
         assert_eq!(client.role(), Role::Client);
         assert!(node.rustls_server().is_ok());
+        assert_eq!(
+            client_name(&pem_certificate(&client.cert, &ca).unwrap()).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            client_name(&pem_certificate(&node.cert, &ca).unwrap()),
+            None
+        );
+
+        // The CA made the first admin token; nodes get its digest, clients nothing.
+        let admin = std::fs::read_to_string(ca.join(token::ADMIN_TOKEN)).unwrap();
+        assert_eq!(node.admin_token(), Some(&token::parse(&admin).unwrap()));
+        assert!(client.admin_token().is_none());
 
         // Keys are this user's only; the CA's key stays in the CA's directory.
         use std::os::unix::fs::PermissionsExt;
-        for key in [ca.join(CA_KEY), root.path().join("w").join(KEY)] {
+        for key in [
+            ca.join(CA_KEY),
+            ca.join(token::ADMIN_TOKEN),
+            root.path().join("w").join(KEY),
+        ] {
             let mode = std::fs::metadata(&key).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "{} is readable by others", key.display());
         }
@@ -601,7 +657,11 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(
+            !names.contains(&token::ADMIN_TOKEN.to_string()),
+            "{names:?}"
+        );
 
         // A directory of the user's keeps the user's files, temporary-looking or not.
         let mine = root.path().join("mine");

@@ -399,8 +399,9 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         config.insecure,
     )
     .map_err(Error::Config)?;
-    let coordinators = Coordinators::parse(&config.coordinator, config.tls.clone())
-        .map_err(|why| Error::Config(format!("--coordinator: {why}")))?;
+    let coordinators =
+        Coordinators::parse(&config.coordinator, config.tls.clone(), Default::default())
+            .map_err(|why| Error::Config(format!("--coordinator: {why}")))?;
     let work_dir = workdir::WorkDir::create(&config.work_dir).map_err(Error::Config)?;
     let node = match &config.data_dir {
         Some(dir) => Some(node::NodeDir::open(dir).map_err(Error::Config)?),

@@ -71,6 +71,56 @@ enum Command {
     /// Make the cluster's certificates, for mutual TLS between its nodes and clients.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Make, revoke and list clients' tokens (with an admin's token).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Make a token for a tenant and print it (shown only now).
+    Create(TokenCreateArgs),
+    /// Revoke a token, on every coordinator.
+    Revoke(TokenRevokeArgs),
+    /// List the live tokens: id, tenant, role (never their secrets).
+    List(TokenListArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenCreateArgs {
+    /// The tenant the token acts for: its jobs and cached tables are that tenant's.
+    #[arg(long)]
+    tenant: String,
+    /// admin (everything, every tenant), submit (run and manage the tenant's jobs) or
+    /// read (see the tenant's jobs and the cluster).
+    #[arg(long, default_value = "submit")]
+    role: String,
+    #[command(flatten)]
+    cluster: TokenClusterArgs,
+}
+
+#[derive(Args, Debug)]
+struct TokenRevokeArgs {
+    /// The token's id, as `drove token list` shows it.
+    id: String,
+    #[command(flatten)]
+    cluster: TokenClusterArgs,
+}
+
+#[derive(Args, Debug)]
+struct TokenListArgs {
+    #[command(flatten)]
+    cluster: TokenClusterArgs,
+}
+
+/// The cluster a token command talks to.
+#[derive(Args, Debug)]
+struct TokenClusterArgs {
+    /// The coordinator's gRPC address, HOST:PORT (or several, comma-separated).
+    #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
+    coordinator: String,
+    #[command(flatten)]
+    auth: ClientAuthArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,18 +208,29 @@ impl ServeTlsArgs {
 
 /// How a client proves itself to a cluster.
 #[derive(Args, Debug)]
-struct ClientTlsArgs {
+struct ClientAuthArgs {
     /// A certificate directory made by `drove cert issue --client`, for a cluster
     /// that runs with --tls-dir.
     #[arg(long, value_name = "DIR", env = "DROVE_TLS_DIR")]
     tls_dir: Option<PathBuf>,
+    /// A token from `drove token create` (or the CA's admin.token): the tenant and
+    /// role to act as. Without one, a cluster with TLS knows the client by its
+    /// certificate's name, as a tenant of that name with the submit role.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "DROVE_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
-impl ClientTlsArgs {
+impl ClientAuthArgs {
     /// Connects to `addr` with these credentials.
     async fn connect(&self, addr: &str) -> Result<Session> {
         let credentials = drove_client::Credentials {
             tls: load_tls(self.tls_dir.as_deref())?,
+            token: self.token.clone(),
         };
         Ok(Session::connect_with(addr, &credentials).await?)
     }
@@ -292,7 +353,7 @@ struct ResultArgs {
     #[arg(long)]
     summary: bool,
     #[command(flatten)]
-    tls: ClientTlsArgs,
+    auth: ClientAuthArgs,
 }
 
 #[derive(Args, Debug)]
@@ -304,7 +365,7 @@ struct CancelArgs {
     #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
     coordinator: String,
     #[command(flatten)]
-    tls: ClientTlsArgs,
+    auth: ClientAuthArgs,
 }
 
 #[derive(Args, Debug)]
@@ -433,7 +494,7 @@ struct SqlArgs {
     #[arg(long, requires = "coordinator")]
     detach: bool,
     #[command(flatten)]
-    tls: ClientTlsArgs,
+    auth: ClientAuthArgs,
 }
 
 #[derive(Args, Debug)]
@@ -472,7 +533,7 @@ struct MapReduceArgs {
     #[arg(long)]
     no_progress: bool,
     #[command(flatten)]
-    tls: ClientTlsArgs,
+    auth: ClientAuthArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -533,7 +594,7 @@ struct StatusArgs {
     #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
     coordinator: String,
     #[command(flatten)]
-    tls: ClientTlsArgs,
+    auth: ClientAuthArgs,
 }
 
 /// Parses the process arguments, runs the command and returns the exit code. Errors are
@@ -553,6 +614,7 @@ pub fn main() -> ExitCode {
             | Command::Cancel(_)
             | Command::Demo(_)
             | Command::Cert(_)
+            | Command::Token(_)
     );
     init_logging(if quiet { "warn" } else { "info" }, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -603,6 +665,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Result(args) => result(args).await,
         Command::Cert(CertCommand::Init(args)) => cert_init(args),
         Command::Cert(CertCommand::Issue(args)) => cert_issue(args),
+        Command::Token(command) => token(command).await,
     }
 }
 
@@ -771,7 +834,7 @@ async fn sql(args: SqlArgs) -> Result<()> {
         tables.extend(generated_tables(dir, Benchmark::Tpcds)?);
     }
     let session = match (&args.coordinator, args.local) {
-        (Some(addr), _) => args.tls.connect(addr).await?,
+        (Some(addr), _) => args.auth.connect(addr).await?,
         (None, Some(workers)) => Session::local(workers).await?,
         (None, None) => bail!("pass --coordinator HOST:PORT or --local N"),
     };
@@ -817,7 +880,7 @@ async fn finish(
 }
 
 async fn result(args: ResultArgs) -> Result<()> {
-    let session = args.tls.connect(&args.coordinator).await?;
+    let session = args.auth.connect(&args.coordinator).await?;
     let run = async {
         // Interrupting a read leaves the job as it is: it was detached.
         let mut result = session.result(args.job).await?;
@@ -846,7 +909,7 @@ async fn mapreduce(args: MapReduceArgs) -> Result<()> {
         MrFormat::Parquet => drove_client::OutputFormat::Parquet,
     };
     let session = match (&args.coordinator, args.local) {
-        (Some(addr), _) => args.tls.connect(addr).await?,
+        (Some(addr), _) => args.auth.connect(addr).await?,
         (None, Some(workers)) => Session::local(workers).await?,
         (None, None) => bail!("pass --coordinator HOST:PORT or --local N"),
     };
@@ -883,10 +946,54 @@ async fn mapreduce(args: MapReduceArgs) -> Result<()> {
 fn cert_init(args: CertInitArgs) -> Result<()> {
     drove_exec::tls::init(&args.out).map_err(anyhow::Error::msg)?;
     println!(
-        "made the cluster's CA in {}; issue each node a certificate with `drove cert issue --ca {} --name NAME --out DIR`, and keep ca.key off the cluster's machines",
+        "made the cluster's CA in {}; issue each node a certificate with `drove cert issue --ca {} --name NAME --out DIR`, and keep ca.key off the cluster's machines. {} is the first admin token (`--token $(cat {})`): make others with `drove token create`",
         args.out.display(),
-        args.out.display()
+        args.out.display(),
+        args.out.join(drove_exec::token::ADMIN_TOKEN).display(),
+        args.out.join(drove_exec::token::ADMIN_TOKEN).display(),
     );
+    Ok(())
+}
+
+async fn token(command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Create(args) => {
+            drove_core::access::check_tenant(&args.tenant)
+                .map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+            drove_core::access::Role::parse(&args.role)
+                .map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+            let session = args.cluster.auth.connect(&args.cluster.coordinator).await?;
+            let made = session.create_token(&args.tenant, &args.role).await?;
+            // The token alone on stdout, for `$(drove token create ...)`.
+            println!("{}", made.token);
+            eprintln!(
+                "made token {} for tenant {} ({}); it is shown only now",
+                made.id, args.tenant, args.role
+            );
+        }
+        TokenCommand::Revoke(args) => {
+            drove_exec::token::check_id(&args.id).map_err(anyhow::Error::msg)?;
+            let session = args.cluster.auth.connect(&args.cluster.coordinator).await?;
+            session.revoke_token(&args.id).await?;
+            eprintln!("revoked token {}", args.id);
+        }
+        TokenCommand::List(args) => {
+            let session = args.cluster.auth.connect(&args.cluster.coordinator).await?;
+            println!(
+                "{:<16}  {:<20}  {:<6}  created (unix s)",
+                "id", "tenant", "role"
+            );
+            for t in session.tokens().await? {
+                println!(
+                    "{:<16}  {:<20}  {:<6}  {}",
+                    t.id,
+                    t.tenant,
+                    t.role,
+                    t.created_unix_ms / 1000
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -948,7 +1055,7 @@ fn gen_tables(benchmark: Benchmark, args: GenTablesArgs) -> Result<()> {
 }
 
 async fn status(args: StatusArgs) -> Result<()> {
-    let session = args.tls.connect(&args.coordinator).await?;
+    let session = args.auth.connect(&args.coordinator).await?;
     let status = session.cluster_summary().await?;
     println!("{} workers", status.workers.len());
     for w in &status.workers {
@@ -1017,7 +1124,7 @@ async fn status(args: StatusArgs) -> Result<()> {
 }
 
 async fn cancel(args: CancelArgs) -> Result<()> {
-    let session = args.tls.connect(&args.coordinator).await?;
+    let session = args.auth.connect(&args.coordinator).await?;
     let status = session.cancel(args.job).await?;
     match status.state() {
         drove_client::proto::JobState::Cancelled => println!("job {} cancelled", args.job),

@@ -25,6 +25,7 @@ pub async fn start(config: LocalClusterConfig) -> (LocalCluster, Session) {
         .expect("an embedded cluster");
     let credentials = drove_client::Credentials {
         tls: cluster.tls().cloned(),
+        token: None,
     };
     let session = Session::connect_with(&cluster.coordinator_addr().to_string(), &credentials)
         .await

@@ -41,6 +41,7 @@ async fn a_client_certificate_cannot_join_as_a_worker_and_flight_admits_only_the
         &addr,
         &Credentials {
             tls: Some(client.clone()),
+            token: None,
         },
     )
     .await
@@ -92,6 +93,148 @@ async fn a_client_certificate_cannot_join_as_a_worker_and_flight_admits_only_the
 /// A worker's registration claims no more than a real worker makes: absurd slot
 /// counts, kept-output lists or names are refused, naming the limit, and the
 /// coordinator goes on serving.
+/// Tokens name a tenant and a role: a tenant sees, cancels and uncaches only its own
+/// jobs and tables; a read token submits nothing; only admins manage tokens; an
+/// unknown, forged or revoked token is refused, the CA's first admin token too once
+/// revoked. Without a token, a client certificate is a tenant of its own name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_keep_tenants_apart_and_revoked_tokens_out() {
+    let root = tempfile::tempdir().unwrap();
+    let node = identity(root.path(), "ca", "node", Role::Node);
+    let client = identity(root.path(), "ca", "alice", Role::Client);
+    let admin_token = std::fs::read_to_string(root.path().join("ca").join("admin.token")).unwrap();
+    let (cluster, _) = crate::start(LocalClusterConfig {
+        workers: 1,
+        coordinator: CoordinatorConfig {
+            tls: Some(node),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let addr = cluster.coordinator_addr().to_string();
+    let connect = async |token: Option<&str>| {
+        let credentials = Credentials {
+            tls: Some(client.clone()),
+            token: token.map(str::to_string),
+        };
+        Session::connect_with(&addr, &credentials).await.unwrap()
+    };
+    let denied = |e: drove_client::Error, says: &str| match e {
+        drove_client::Error::Denied(m) => assert!(m.contains(says), "{m}"),
+        other => panic!("expected a refusal saying '{says}', got {other:?}"),
+    };
+
+    let admin = connect(Some(admin_token.trim())).await;
+    let a_token = admin.create_token("team-a", "submit").await.unwrap();
+    let b_token = admin.create_token("team-b", "submit").await.unwrap();
+    let reader_token = admin.create_token("team-a", "read").await.unwrap();
+    let listed = admin.tokens().await.unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .any(|t| t.id == a_token.id && t.tenant == "team-a" && t.role == "submit")
+    );
+    let a = connect(Some(&a_token.token)).await;
+    let b = connect(Some(&b_token.token)).await;
+    let reader = connect(Some(&reader_token.token)).await;
+
+    // A's job and cached table are A's.
+    let job = a.run_sql("SELECT 1 AS one").await.unwrap().summary.job_id;
+    a.run_sql("CACHE TABLE mine AS SELECT value FROM generate_series(1, 3)")
+        .await
+        .unwrap();
+    let jobs_of = async |s: &Session| -> Vec<(u64, String)> {
+        let status = s.cluster_summary().await.unwrap();
+        status
+            .jobs
+            .iter()
+            .map(|j| (j.job_id, j.tenant.clone()))
+            .collect()
+    };
+    let seen_by_a = jobs_of(&a).await;
+    assert!(seen_by_a.contains(&(job, "team-a".into())), "{seen_by_a:?}");
+    assert!(
+        seen_by_a.iter().all(|(_, t)| t == "team-a"),
+        "{seen_by_a:?}"
+    );
+    assert!(jobs_of(&b).await.is_empty(), "B sees none of A's jobs");
+    assert_eq!(
+        jobs_of(&reader).await,
+        seen_by_a,
+        "a reader sees its tenant's"
+    );
+    assert_eq!(
+        jobs_of(&admin).await,
+        seen_by_a,
+        "an admin sees every tenant's"
+    );
+    assert_eq!(b.cluster_summary().await.unwrap().cached_tables.len(), 0);
+
+    // B can neither cancel A's job nor read or uncache A's table.
+    let e = b.cancel(job).await.unwrap_err();
+    assert!(
+        matches!(e, drove_client::Error::Rejected(ref m) if m.contains("not")),
+        "{e:?}"
+    );
+    b.run_sql("SELECT * FROM mine")
+        .await
+        .expect_err("another tenant's cached table");
+    let e = b.uncache("mine", false).await.unwrap_err();
+    assert!(e.to_string().contains("no table 'mine' is cached"), "{e}");
+    let rows = a.run_sql("SELECT count(*) AS n FROM mine").await.unwrap();
+    assert_eq!(rows.num_rows(), 1, "A's table is still there for A");
+
+    // A reader submits nothing and changes nothing; only admins manage tokens.
+    denied(reader.run_sql("SELECT 1").await.unwrap_err(), "read role");
+    denied(
+        reader.uncache("mine", false).await.unwrap_err(),
+        "read role",
+    );
+    denied(
+        a.create_token("team-a", "admin").await.unwrap_err(),
+        "not an admin",
+    );
+    denied(b.tokens().await.unwrap_err(), "not an admin");
+    let e = admin.create_token("bad name", "submit").await.unwrap_err();
+    assert!(e.to_string().contains("tenant"), "{e}");
+
+    // Without a token, the client certificate is tenant "alice".
+    let alice = connect(None).await;
+    alice.run_sql("SELECT 2").await.unwrap();
+    assert!(jobs_of(&alice).await.iter().all(|(_, t)| t == "alice"));
+
+    // Unknown, forged and malformed tokens are refused.
+    let forged = format!("drove_{}_{}", a_token.id, "0".repeat(64));
+    for (token, says) in [
+        (forged.as_str(), "unknown or revoked"),
+        ("drove_0123456789abcdef_0", "not a drove token"),
+    ] {
+        let s = connect(Some(token)).await;
+        denied(s.run_sql("SELECT 1").await.unwrap_err(), says);
+    }
+
+    // Revoked, a token stops working at once; so does the CA's admin token.
+    admin.revoke_token(&a_token.id).await.unwrap();
+    denied(
+        a.run_sql("SELECT 1").await.unwrap_err(),
+        "unknown or revoked",
+    );
+    let e = admin.revoke_token(&a_token.id).await.unwrap_err();
+    assert!(e.to_string().contains("no live token"), "{e}");
+    assert_eq!(admin.tokens().await.unwrap().len(), 2);
+    let admin_id = drove_exec::token::parse(&admin_token).unwrap().id;
+    admin.revoke_token(&admin_id).await.unwrap();
+    denied(admin.tokens().await.unwrap_err(), "unknown or revoked");
+    b.run_sql("SELECT 1")
+        .await
+        .expect("other tokens still work");
+    for s in [admin, a, b, reader, alice] {
+        s.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_claiming_too_much_is_refused_and_the_coordinator_carries_on() {
     let (cluster, session) = crate::start(LocalClusterConfig {

@@ -171,6 +171,56 @@ fn only_holders_of_the_clusters_certificates_get_in() {
         !curl(&[]).status.success(),
         "HTTPS without a client certificate answered"
     );
+
+    // Tokens: the CA's admin token makes a tenant's token, which runs queries and
+    // is refused once revoked; tokens are an admin's to manage.
+    let admin = std::fs::read_to_string(r.join("ca").join("admin.token")).unwrap();
+    let admin = admin.trim();
+    let alice = path(&alice);
+    let token = |args: &[&str], token: Option<&str>| {
+        let mut all = vec!["token"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--coordinator", &addr, "--tls-dir", alice]);
+        let mut command = drove();
+        command.args(&all).env_remove("DROVE_TOKEN");
+        if let Some(t) = token {
+            command.env("DROVE_TOKEN", t);
+        }
+        command.output().unwrap()
+    };
+    let made = ok(&token(&["create", "--tenant", "team-a"], Some(admin)));
+    let team_a = made.trim();
+    let id = drove_exec::token::parse(team_a)
+        .expect("a token alone on stdout")
+        .id;
+    assert_eq!(
+        ok(&sql(&addr, &["--tls-dir", alice, "--token", team_a])),
+        ANSWER
+    );
+    let listed = ok(&token(&["list"], Some(admin)));
+    assert!(
+        listed.contains(&id) && listed.contains("team-a") && !listed.contains(team_a),
+        "{listed}"
+    );
+    let e = failed(&token(&["create", "--tenant", "team-b"], Some(team_a)));
+    assert!(e.contains("not an admin"), "{e}");
+    let e = failed(&token(&["create", "--tenant", "team b"], Some(admin)));
+    assert!(e.contains("--tenant"), "{e}");
+    let e = failed(&token(
+        &["create", "--tenant", "t", "--role", "root"],
+        Some(admin),
+    ));
+    assert!(e.contains("admin, submit or read"), "{e}");
+    let e = failed(&token(&["revoke", "nothex"], Some(admin)));
+    assert!(e.contains("not a token id"), "{e}");
+    ok(&token(&["revoke", &id], Some(admin)));
+    let e = failed(&sql(&addr, &["--tls-dir", alice, "--token", team_a]));
+    assert!(e.contains("unknown or revoked"), "{e}");
+    let e = failed(&sql(&addr, &["--tls-dir", alice, "--token", "guess"]));
+    assert!(
+        e.contains("not a drove token") && !e.contains("guess"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -1,0 +1,114 @@
+//! Who is calling: the credential a gRPC or HTTP request carries, and the audit log
+//! of what authenticated callers did. Who may do what is decided in
+//! [`drove_core::access`]; tokens are checked against the metadata by the state.
+
+use std::fmt::Display;
+
+use drove_core::access::Identity;
+use tracing::info;
+
+use crate::{Error, Result};
+
+/// The tenant of the CA's first admin token (`admin.token`).
+pub const ADMIN_TENANT: &str = "admin";
+
+/// The cookie the web UI keeps a token in.
+pub const TOKEN_COOKIE: &str = "drove_token";
+
+/// What a request carried to say who sent it.
+#[derive(Debug, Clone, Default)]
+pub enum Credential {
+    /// A bearer token's text.
+    Token(String),
+    /// The name in the client certificate its TLS connection was made with.
+    Certificate(String),
+    /// A node's certificate: the cluster's own coordinators and workers (and the
+    /// embedded cluster's client), which act as admins.
+    Node,
+    #[default]
+    None,
+}
+
+impl Credential {
+    /// A token (`authorization: Bearer ...`) first, else the connection's client
+    /// certificate.
+    pub fn of_grpc<T>(request: &tonic::Request<T>) -> Self {
+        if let Some(value) = request.metadata().get("authorization") {
+            return Self::bearer(value.to_str().unwrap_or_default());
+        }
+        match request.peer_certs() {
+            Some(chain) => Self::of_certificate(chain.first().map(|c| c.as_ref())),
+            None => Self::None,
+        }
+    }
+
+    /// What the first certificate of a verified TLS peer's chain says.
+    pub fn of_certificate(certificate: Option<&[u8]>) -> Self {
+        let Some(der) = certificate else {
+            return Self::None;
+        };
+        if drove_exec::tls::is_node(der) {
+            return Self::Node;
+        }
+        match drove_exec::tls::client_name(der) {
+            Some(name) => Self::Certificate(name),
+            None => Self::None,
+        }
+    }
+
+    /// A token (the `Authorization` header, else the UI's cookie) first, else what
+    /// the connection's certificate says (`connection`).
+    pub fn of_http(headers: &axum::http::HeaderMap, connection: Credential) -> Self {
+        if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
+            return Self::bearer(value.to_str().unwrap_or_default());
+        }
+        let cookie = (headers.get_all(axum::http::header::COOKIE).iter())
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| pair.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='));
+        if let Some(token) = cookie {
+            return Self::Token(token.to_string());
+        }
+        connection
+    }
+
+    fn bearer(value: &str) -> Self {
+        // A malformed header is still a token, refused with what a token looks like.
+        let token = value.strip_prefix("Bearer ").unwrap_or(value);
+        Self::Token(token.trim().to_string())
+    }
+}
+
+/// Logs what an authenticated caller did or tried, as one structured line (target
+/// `drove::audit`).
+pub fn audit<T>(who: &Identity, action: &str, target: &dyn Display, outcome: &Result<T>) {
+    let (outcome, reason) = match outcome {
+        Ok(_) => ("ok", String::new()),
+        Err(e @ (Error::Denied(_) | Error::NotFound(_) | Error::Unauthenticated(_))) => {
+            ("refused", e.to_string())
+        }
+        Err(e) => ("failed", e.to_string()),
+    };
+    info!(
+        target: "drove::audit",
+        tenant = %who.tenant,
+        role = %who.role,
+        principal = %who.principal,
+        action,
+        target = %target,
+        outcome,
+        reason,
+        "audit"
+    );
+}
+
+/// Logs a request refused for its credential.
+pub fn refused_credential(error: &Error) {
+    info!(
+        target: "drove::audit",
+        action = "authenticate",
+        outcome = "refused",
+        reason = %error,
+        "audit"
+    );
+}

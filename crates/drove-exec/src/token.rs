@@ -1,0 +1,137 @@
+//! Client tokens: `drove_<id>_<secret>`. The id names the token in the metadata, in
+//! audit lines and in `drove token revoke`; the secret is known only to its holder,
+//! and the cluster keeps its SHA-256.
+
+use ring::digest::{SHA256, digest};
+use ring::rand::{SecureRandom, SystemRandom};
+
+const PREFIX: &str = "drove_";
+/// Bytes of an id and of a secret (each written as hex).
+const ID_BYTES: usize = 8;
+const SECRET_BYTES: usize = 32;
+
+/// The first admin token, made by `drove cert init` in the CA's directory.
+pub const ADMIN_TOKEN: &str = "admin.token";
+/// Its id and digest (no secret), copied by `drove cert issue` into every node's
+/// directory so coordinators accept it.
+pub const ADMIN_DIGEST: &str = "admin.token.sha256";
+
+/// A token taken apart: its id and the SHA-256 of its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presented {
+    pub id: String,
+    pub digest: Vec<u8>,
+}
+
+/// A new token: its text for its holder, and what the cluster keeps.
+pub fn generate() -> Result<(String, Presented), String> {
+    let random = SystemRandom::new();
+    let mut bytes = [0u8; ID_BYTES + SECRET_BYTES];
+    random
+        .fill(&mut bytes)
+        .map_err(|_| "the system's random source failed".to_string())?;
+    let (id, secret) = (hex(&bytes[..ID_BYTES]), hex(&bytes[ID_BYTES..]));
+    let text = format!("{PREFIX}{id}_{secret}");
+    let presented = parse(&text)?;
+    Ok((text, presented))
+}
+
+/// Takes a token's text apart; the error says what is wrong with it, never its text.
+pub fn parse(text: &str) -> Result<Presented, String> {
+    let bad = || {
+        format!(
+            "the token is not a drove token (drove_ID_SECRET, {} characters); give one from `drove token create` or `admin.token`",
+            PREFIX.len() + 2 * ID_BYTES + 1 + 2 * SECRET_BYTES
+        )
+    };
+    let rest = text.trim().strip_prefix(PREFIX).ok_or_else(bad)?;
+    let (id, secret) = rest.split_once('_').ok_or_else(bad)?;
+    let is_hex = |s: &str, bytes: usize| {
+        s.len() == 2 * bytes && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    if !is_hex(id, ID_BYTES) || !is_hex(secret, SECRET_BYTES) {
+        return Err(bad());
+    }
+    Ok(Presented {
+        id: id.to_string(),
+        digest: digest(&SHA256, secret.as_bytes()).as_ref().to_vec(),
+    })
+}
+
+/// Whether `id` could be a token's id (for `drove token revoke ID`).
+pub fn check_id(id: &str) -> Result<(), String> {
+    if id.len() == 2 * ID_BYTES && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{id}' is not a token id: {} hex digits, as `drove token list` shows",
+            2 * ID_BYTES
+        ))
+    }
+}
+
+/// The [`ADMIN_DIGEST`] file's text for a token.
+pub fn digest_line(token: &Presented) -> String {
+    format!("{} {}\n", token.id, hex(&token.digest))
+}
+
+/// Reads an [`ADMIN_DIGEST`] file's text.
+pub fn parse_digest_line(text: &str) -> Option<Presented> {
+    let (id, digest) = text.trim().split_once(' ')?;
+    check_id(id).ok()?;
+    let digest = unhex(digest)?;
+    (digest.len() == 32).then(|| Presented {
+        id: id.to_string(),
+        digest,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_token_parses_to_what_the_cluster_keeps() {
+        let (text, kept) = generate().unwrap();
+        assert_eq!(parse(&text).unwrap(), kept);
+        assert_eq!(parse_digest_line(&digest_line(&kept)), Some(kept.clone()));
+        let (other, _) = generate().unwrap();
+        assert_ne!(text, other);
+        // Another secret under the same id does not match.
+        let forged = format!("{}{}_{}", PREFIX, kept.id, "0".repeat(64));
+        assert_ne!(parse(&forged).unwrap().digest, kept.digest);
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused_without_echoing_them() {
+        for bad in [
+            "",
+            "secret",
+            "drove_",
+            "drove_0123456789abcdef",
+            "drove_0123456789abcdeX_00",
+            &format!("drove_0123456789abcdef_{}", "0".repeat(63)),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains("drove token create"), "{e}");
+            assert!(bad.len() < 10 || !e.contains(bad), "{e}");
+        }
+        assert!(check_id("0123456789abcdef").is_ok());
+        assert!(check_id("xyz").is_err());
+        assert!(parse_digest_line("nonsense").is_none());
+    }
+}
