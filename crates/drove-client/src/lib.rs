@@ -181,6 +181,8 @@ struct Inner {
     tables: Mutex<Vec<TableSpec>>,
     cluster: tokio::sync::Mutex<Option<LocalCluster>>,
     progress: Mutex<Option<ProgressFn>>,
+    /// The priority its jobs are submitted with ([`Session::set_priority`]).
+    priority: std::sync::atomic::AtomicI32,
     /// Releases (and cancellations) of jobs on their way out; `shutdown` waits for them.
     ending_jobs: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -350,6 +352,7 @@ impl Session {
                 ending_jobs: Mutex::new(Vec::new()),
                 cluster: tokio::sync::Mutex::new(None),
                 progress: Mutex::new(None),
+                priority: std::sync::atomic::AtomicI32::new(0),
             }),
         })
     }
@@ -877,6 +880,10 @@ impl Session {
             name,
             cache_as,
             detached,
+            priority: self
+                .inner
+                .priority
+                .load(std::sync::atomic::Ordering::Relaxed),
         };
         let submitted = self
             .on_leader(|mut c| {
@@ -1114,6 +1121,19 @@ impl Session {
             .await
             .map_err(status_error)?
             .into_inner())
+    }
+
+    /// Sets the priority of the jobs this session submits from now on: among its
+    /// tenant's jobs, higher goes first (-1000 to 1000; 0 by default). Between
+    /// tenants, slots are shared by weight whatever the priorities.
+    ///
+    /// ```no_run
+    /// # fn demo(session: drove_client::Session) {
+    /// session.set_priority(10);
+    /// # }
+    /// ```
+    pub fn set_priority(&self, priority: i32) {
+        (self.inner.priority).store(priority, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Makes a token for `tenant` with `role` ("admin", "submit" or "read"); needs an

@@ -265,12 +265,18 @@ pub struct Resumable {
     pub planned: PlannedJob,
     pub sql: String,
     pub detached: bool,
+    pub priority: i32,
 }
 
 /// `planned` as a job's submission keeps it, or nothing for a job that is not run
 /// again after a restart: one that caches a table or reads a cached one (its plans
 /// name blocks of cached tables that a restart loses).
-pub fn encode_planned(planned: &PlannedJob, sql: &str, detached: bool, caches: bool) -> Vec<u8> {
+pub fn encode_planned(
+    planned: &PlannedJob,
+    sql: &str,
+    (detached, priority): (bool, i32),
+    caches: bool,
+) -> Vec<u8> {
     let reads_cache = planned
         .stages
         .iter()
@@ -285,6 +291,7 @@ pub fn encode_planned(planned: &PlannedJob, sql: &str, detached: bool, caches: b
         result_schema: planned.result_schema.clone(),
         stages: planned.stages.iter().map(stage_to_proto).collect(),
         detached,
+        priority,
     }
     .encode_to_vec()
 }
@@ -305,6 +312,7 @@ pub fn decode_planned(bytes: &[u8]) -> Option<Resumable> {
         },
         sql: job.sql,
         detached: job.detached,
+        priority: job.priority,
     })
 }
 

@@ -171,6 +171,8 @@ pub struct CoordinatorConfig {
     /// The directories jobs may read and write (`--allow-path`); `None`: wherever
     /// the coordinator and workers can.
     pub allowed_paths: Option<drove_exec::confine::AllowedPaths>,
+    /// Tenants' weights and quotas (`--tenant`); others get the defaults.
+    pub tenants: std::collections::BTreeMap<String, drove_core::scheduler::TenantPolicy>,
 }
 
 impl Default for CoordinatorConfig {
@@ -195,6 +197,7 @@ impl Default for CoordinatorConfig {
             tls: None,
             insecure: false,
             allowed_paths: None,
+            tenants: Default::default(),
         }
     }
 }

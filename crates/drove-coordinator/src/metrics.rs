@@ -36,6 +36,11 @@ struct WorkerLabel {
 
 type PerWorker = Family<WorkerLabel, Gauge>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabel {
+    tenant: String,
+}
+
 /// How a worker's status gives a gauge's value.
 type WorkerValue = fn(&pb::WorkerStatus) -> u64;
 
@@ -83,6 +88,8 @@ pub struct Snapshot<'a> {
     pub tasks_pending: u64,
     pub tasks_running: u64,
     pub workers: &'a [pb::WorkerStatus],
+    /// Tenants with running jobs or attempts on workers.
+    pub tenants: &'a [pb::TenantUsage],
     /// Requests and events waiting for the coordinator's state.
     pub queued: usize,
     /// The metadata log's last entry, and the last its snapshot holds (0 without a
@@ -126,6 +133,8 @@ pub struct Metrics {
     worker_spilled_bytes: Family<WorkerLabel, Counter>,
     worker_spills: Family<WorkerLabel, Counter>,
     worker_heartbeat_age: Family<WorkerLabel, Gauge<f64, AtomicU64>>,
+    tenant_attempts: Family<TenantLabel, Gauge>,
+    tenant_jobs_running: Family<TenantLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -163,6 +172,8 @@ impl Metrics {
             worker_spilled_bytes: Family::default(),
             worker_spills: Family::default(),
             worker_heartbeat_age: Family::default(),
+            tenant_attempts: Family::default(),
+            tenant_jobs_running: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -176,6 +187,16 @@ impl Metrics {
             m.jobs_ended.clone(),
         );
         r.register("jobs", "Jobs in the history, by state.", m.jobs.clone());
+        r.register(
+            "tenant_attempts",
+            "Attempts each tenant holds on workers (running, or queued behind a slot).",
+            m.tenant_attempts.clone(),
+        );
+        r.register(
+            "tenant_jobs_running",
+            "Running jobs of each tenant.",
+            m.tenant_jobs_running.clone(),
+        );
         r.register("tasks", "Tasks of running jobs, by state.", m.tasks.clone());
         r.register(
             "tasks_completed",
@@ -365,6 +386,15 @@ impl Metrics {
         self.worker_spilled_bytes.clear();
         self.worker_spills.clear();
         self.worker_heartbeat_age.clear();
+        self.tenant_attempts.clear();
+        self.tenant_jobs_running.clear();
+        for t in now.tenants {
+            let label = TenantLabel {
+                tenant: t.tenant.clone(),
+            };
+            (self.tenant_attempts.get_or_create(&label)).set(i64::from(t.attempts));
+            (self.tenant_jobs_running.get_or_create(&label)).set(i64::from(t.running_jobs));
+        }
         for w in now.workers {
             let label = WorkerLabel {
                 worker: w.worker_id,
@@ -420,6 +450,12 @@ mod tests {
             tasks_pending: 3,
             tasks_running: 2,
             workers: &two,
+            tenants: &[pb::TenantUsage {
+                tenant: "team-a".into(),
+                attempts: 3,
+                running_jobs: 2,
+                weight: 1,
+            }],
             queued: 5,
             meta_log_index: 12,
             meta_snapshot_index: 10,
@@ -448,6 +484,8 @@ mod tests {
             "drove_raft_apply_lag 2",
             "drove_worker_slots{worker=\"2\"} 4",
             "drove_worker_heartbeat_age_seconds{worker=\"1\"} 1.5",
+            "drove_tenant_attempts{tenant=\"team-a\"} 3",
+            "drove_tenant_jobs_running{tenant=\"team-a\"} 2",
             "# TYPE drove_task_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "no '{line}' in:\n{text}");
@@ -463,6 +501,7 @@ mod tests {
             tasks_pending: 0,
             tasks_running: 0,
             workers: &one,
+            tenants: &[],
             queued: 0,
             meta_log_index: 12,
             meta_snapshot_index: 10,
@@ -476,6 +515,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("worker=\"1\""), "a worker that left: {text}");
+        assert!(
+            !text.contains("team-a"),
+            "a tenant with nothing running: {text}"
+        );
         assert!(
             text.contains("drove_worker_slots{worker=\"2\"} 4"),
             "{text}"

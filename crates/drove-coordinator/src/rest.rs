@@ -282,7 +282,21 @@ pub struct Cluster {
     pub workers: Vec<Worker>,
     pub jobs: Vec<JobSummary>,
     pub cached_tables: Vec<CachedTable>,
+    /// Tenants with running jobs (those the caller sees), and what they hold.
+    pub tenants: Vec<TenantUsage>,
     pub recent: Vec<ClusterSample>,
+}
+
+/// A tenant's use of the cluster now.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantUsage {
+    pub tenant: String,
+    /// Attempts it holds on workers (running, or queued behind a slot).
+    pub attempts: u32,
+    pub running_jobs: u32,
+    /// Its share of slot time against other tenants'.
+    pub weight: u32,
 }
 
 /// Where the coordinator keeps its metadata.
@@ -508,6 +522,14 @@ pub async fn cluster_view(coordinator: &Coordinator, who: &Identity) -> Cluster 
                 partitions: t.partitions,
                 partitions_available: t.partitions_available,
                 job_id: t.job_id,
+            })
+            .collect(),
+        tenants: (status.tenants.iter())
+            .map(|t| TenantUsage {
+                tenant: t.tenant.clone(),
+                attempts: t.attempts,
+                running_jobs: t.running_jobs,
+                weight: t.weight,
             })
             .collect(),
         recent: coordinator.history().await,

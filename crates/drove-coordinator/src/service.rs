@@ -4,6 +4,7 @@ use std::pin::Pin;
 
 use drove_core::access::{Identity, Role};
 use drove_core::scheduler::HeldOutput;
+use drove_core::scheduler::{PRIORITY_MAX, PRIORITY_MIN};
 use drove_core::{AttemptId, JobId};
 use drove_exec::tables::{Format, TableSpec};
 use drove_proto as pb;
@@ -172,6 +173,12 @@ impl CoordinatorRpc for Service {
             .into_iter()
             .map(table_spec)
             .collect::<Result<Vec<_>, _>>()?;
+        if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&request.priority) {
+            return Err(Status::invalid_argument(format!(
+                "priority {} is out of range: give {PRIORITY_MIN} to {PRIORITY_MAX}",
+                request.priority
+            )));
+        }
         let cache_as = (!request.cache_as.is_empty()).then_some(request.cache_as);
         let job = self
             .coordinator
@@ -181,7 +188,7 @@ impl CoordinatorRpc for Service {
                 query,
                 tables,
                 cache_as,
-                request.detached,
+                (request.detached, request.priority),
             )
             .await?;
         Ok(Response::new(pb::SubmitJobResponse {

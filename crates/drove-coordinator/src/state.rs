@@ -382,6 +382,7 @@ fn scheduler_config(config: &CoordinatorConfig) -> SchedulerConfig {
         speculation: config.speculation.clone(),
         task_progress_timeout_ms: config.task_progress_timeout_ms,
         queued_per_slot: config.task_queue_per_slot,
+        tenants: config.tenants.clone(),
         ..Default::default()
     }
 }
@@ -714,7 +715,7 @@ impl Coordinator {
         query: Query,
         tables: Vec<TableSpec>,
         cache_as: Option<String>,
-        detached: bool,
+        (detached, priority): (bool, i32),
     ) -> Result<JobId> {
         let sql = match &query {
             Query::Sql(sql) => sql.clone(),
@@ -782,6 +783,7 @@ impl Coordinator {
         let submission = Submission {
             name,
             tenant: who.tenant.clone(),
+            priority,
             sql,
             planned,
             claim,
@@ -1034,6 +1036,7 @@ impl Drop for ClaimedName {
 struct Submission {
     name: String,
     tenant: String,
+    priority: i32,
     sql: String,
     planned: PlannedJob,
     /// The name of the table it caches, and the id the catalog gave that table.
@@ -1203,8 +1206,10 @@ impl State {
         let workers = self.worker_statuses();
         let (log_index, snapshot_index, raft) = self.journal.status();
         let raft = raft.unwrap_or_default();
+        let tenants = self.tenant_usage();
         self.metrics.encode(&Snapshot {
             jobs_by_state,
+            tenants: &tenants,
             tasks_pending,
             tasks_running,
             workers: &workers,
@@ -1238,6 +1243,7 @@ impl State {
         let Submission {
             name,
             tenant,
+            priority,
             sql,
             planned,
             mut claim,
@@ -1248,7 +1254,7 @@ impl State {
         let caches_as = claim.name.take().zip(cache_id);
         // The log allocates the job's id when it records the job, after validation;
         // the spec is validated under the id no job has yet.
-        let mut spec = self.job_spec(self.meta.state().next_job_id(), &planned);
+        let mut spec = self.job_spec(self.meta.state().next_job_id(), &planned, &tenant, priority);
         if let Err(e) = self.scheduler.validate(&spec) {
             if let Some((table, _)) = &caches_as {
                 self.catalog.unclaim(table);
@@ -1257,7 +1263,9 @@ impl State {
         }
         // Written to disk only: a restarted coordinator runs the job again from it.
         let kept = match self.journal.durable() {
-            true => durable::encode_planned(&planned, &sql, detached, caches_as.is_some()),
+            true => {
+                durable::encode_planned(&planned, &sql, (detached, priority), caches_as.is_some())
+            }
             false => Vec::new(),
         };
         if kept.len() > durable::ENTRY_MAX - ENTRY_HEADROOM {
@@ -1297,9 +1305,11 @@ impl State {
     }
 
     /// The scheduler's view of a planned job.
-    fn job_spec(&self, id: JobId, planned: &PlannedJob) -> JobSpec {
+    fn job_spec(&self, id: JobId, planned: &PlannedJob, tenant: &str, priority: i32) -> JobSpec {
         JobSpec {
             id,
+            tenant: tenant.to_string(),
+            priority,
             stages: planned
                 .stages
                 .iter()
@@ -1353,6 +1363,34 @@ impl State {
         Ok(())
     }
 
+    /// Each tenant with a running job or an attempt on a worker: what it holds.
+    fn tenant_usage(&self) -> Vec<pb::TenantUsage> {
+        let mut usage: BTreeMap<String, pb::TenantUsage> = BTreeMap::new();
+        let policies = &self.config.tenants;
+        fn entry<'a>(
+            usage: &'a mut BTreeMap<String, pb::TenantUsage>,
+            policies: &BTreeMap<String, drove_core::scheduler::TenantPolicy>,
+            tenant: &str,
+        ) -> &'a mut pb::TenantUsage {
+            usage
+                .entry(tenant.to_string())
+                .or_insert_with(|| pb::TenantUsage {
+                    tenant: tenant.to_string(),
+                    weight: policies.get(tenant).map_or(1, |p| p.weight),
+                    ..Default::default()
+                })
+        }
+        for (tenant, attempts) in self.scheduler.tenant_usage() {
+            entry(&mut usage, policies, &tenant).attempts = attempts;
+        }
+        for record in self.jobs.values() {
+            if record.state == pb::JobState::Running {
+                entry(&mut usage, policies, &record.tenant).running_jobs += 1;
+            }
+        }
+        usage.into_values().collect()
+    }
+
     fn cluster_status(&self, who: &Identity, with_tasks: bool) -> pb::ClusterStatusResponse {
         let workers = self.worker_statuses();
         let jobs = self.recent_jobs(who, with_tasks);
@@ -1400,11 +1438,15 @@ impl State {
                 })
                 .collect();
         }
+        let tenants = (self.tenant_usage().into_iter())
+            .filter(|t| who.sees(&t.tenant))
+            .collect();
         pb::ClusterStatusResponse {
             workers,
             jobs,
             cached_tables,
             metadata: Some(metadata),
+            tenants,
         }
     }
 
@@ -2025,7 +2067,7 @@ impl State {
                 ),
                 None => Err("its plan in the data directory cannot be read".to_string()),
                 Some(r) => {
-                    let spec = self.job_spec(job, &r.planned);
+                    let spec = self.job_spec(job, &r.planned, &tenant, r.priority);
                     match self.scheduler.validate(&spec) {
                         Ok(()) => Ok((r, spec)),
                         Err(e) => Err(format!("its plan is no longer accepted: {e}")),

@@ -245,7 +245,21 @@ pub fn overview(c: &Cluster) -> Markup {
                 }
             }
         }
-        @if !c.cached_tables.is_empty() {
+        @if !c.tenants.is_empty() {
+            h2 { "Tenants" }
+            table #tenants {
+                tr { th { "tenant" } th { "attempts on workers" } th { "running jobs" } th { "weight" } }
+                @for t in &c.tenants {
+                    tr.tenant {
+                        td { (t.tenant) }
+                        td { (t.attempts) }
+                        td { (t.running_jobs) }
+                        td { (t.weight) }
+                    }
+                }
+            }
+        }
+                @if !c.cached_tables.is_empty() {
             h2 { "Cached tables" }
             table #cached {
                 tr { th { "table" } th { "partitions in memory or spilled" } th { "cached by" } }

@@ -14,7 +14,7 @@
 //! from any other attempt is ignored (fencing). Once a task is done, later reports of
 //! its other attempts are ignored too, so no task completes twice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use tracing::{debug, info, warn};
 
@@ -68,6 +68,8 @@ pub struct SchedulerConfig {
     /// coordinator to hear of the end and answer. The scheduler still owns every queued
     /// attempt: it kills them like running ones (speculation, loss, cancellation).
     pub queued_per_slot: u32,
+    /// Tenants' weights and quotas; a tenant not named has [`TenantPolicy::default`].
+    pub tenants: BTreeMap<String, TenantPolicy>,
 }
 
 impl Default for SchedulerConfig {
@@ -81,6 +83,7 @@ impl Default for SchedulerConfig {
             task_progress_timeout_ms: 5 * 60 * 1000,
             check_all_invariants: false,
             queued_per_slot: 0,
+            tenants: BTreeMap::new(),
         }
     }
 }
@@ -135,6 +138,65 @@ pub struct JobSpec {
     pub id: JobId,
     pub stages: Vec<StageSpec>,
     pub final_stage: StageId,
+    /// The tenant it belongs to: slots are shared fairly between tenants.
+    pub tenant: String,
+    /// Among its tenant's jobs, higher goes first; equal ones go oldest first.
+    pub priority: i32,
+}
+
+/// The range of a job's priority.
+pub const PRIORITY_MIN: i32 = -1000;
+pub const PRIORITY_MAX: i32 = 1000;
+
+/// How a tenant shares the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantPolicy {
+    /// Its share of the slots against other tenants' while both have work: a tenant
+    /// of weight 2 gets twice the slots of one of weight 1.
+    pub weight: u32,
+    /// Attempts it may hold at once (running or queued on workers), at most.
+    pub slots_max: Option<u32>,
+    /// Of its running jobs, how many get tasks at once; the rest wait their turn.
+    pub jobs_max: Option<u32>,
+}
+
+impl TenantPolicy {
+    /// Reads `NAME:weight=W,slots=S,jobs=J` (each setting optional): a tenant's
+    /// policy as `--tenant` gives it.
+    pub fn parse(text: &str) -> Result<(String, Self), String> {
+        let form = "give NAME:weight=W,slots=S,jobs=J (each setting optional), e.g. analytics:weight=2,slots=8";
+        let (name, settings) = text.split_once(':').unwrap_or((text, ""));
+        crate::access::check_tenant(name).map_err(|e| format!("{e}; {form}"))?;
+        let mut policy = Self::default();
+        for setting in settings.split(',').filter(|s| !s.is_empty()) {
+            let (key, value) = setting
+                .split_once('=')
+                .ok_or_else(|| format!("'{setting}' is not KEY=VALUE; {form}"))?;
+            let value: u32 = value
+                .parse()
+                .ok()
+                .filter(|v| *v >= 1)
+                .ok_or_else(|| format!("{key}={value}: give a whole number from 1; {form}"))?;
+            match key {
+                "weight" if value <= WEIGHT_MAX => policy.weight = value,
+                "weight" => return Err(format!("weight={value}: at most {WEIGHT_MAX}")),
+                "slots" => policy.slots_max = Some(value),
+                "jobs" => policy.jobs_max = Some(value),
+                other => return Err(format!("'{other}' is no tenant setting; {form}")),
+            }
+        }
+        Ok((name.to_string(), policy))
+    }
+}
+
+impl Default for TenantPolicy {
+    fn default() -> Self {
+        Self {
+            weight: 1,
+            slots_max: None,
+            jobs_max: None,
+        }
+    }
 }
 
 /// What a finished task reports about its work.
@@ -633,6 +695,8 @@ pub enum JobOutcome {
 struct JobState {
     stages: BTreeMap<StageId, StageState>,
     final_stage: StageId,
+    tenant: String,
+    priority: i32,
     outcome: JobOutcome,
     /// Workers that may hold blocks of this job.
     touched: BTreeSet<WorkerId>,
@@ -743,6 +807,87 @@ fn launch(
     }
 }
 
+/// A tenant's turn at free slots (see [`Scheduler::schedule`]).
+struct TenantShare {
+    tenant: String,
+    /// Attempts it holds.
+    held: u32,
+    policy: TenantPolicy,
+    /// Its stages with tasks to launch, in the order they take slots.
+    queue: VecDeque<(JobId, StageId)>,
+}
+
+/// How slot time is shared between tenants: stride scheduling over the slot time each
+/// has had. Every tenant with a running job has a clock of the slot-milliseconds it
+/// has held, divided by its weight; a free slot goes to the tenant whose clock, plus
+/// a quantum for each attempt it holds now, is lowest. Over time each gets slot time
+/// in proportion to its weight (a tenant behind catches up); within an instant the
+/// quanta spread the slots. A tenant that starts (or starts again) after a pause
+/// begins level with the others, so a pause earns it no credit to starve them with.
+#[derive(Debug, Default)]
+struct FairShare {
+    /// When `held` was counted.
+    since_ms: u64,
+    /// Attempts each tenant held from then.
+    held: BTreeMap<String, u32>,
+    /// Each active tenant's clock: slot-milliseconds for its weight, times
+    /// [`WEIGHT_SCALE`].
+    clocks: BTreeMap<String, u64>,
+}
+
+/// The clocks' fixed-point scale (weights divide it).
+const WEIGHT_SCALE: u64 = 1_000;
+/// The slot time a held attempt counts as when slots are handed out at one instant.
+const QUANTUM_MS: u64 = 100;
+/// The largest weight a tenant may have.
+pub const WEIGHT_MAX: u32 = 1_000;
+
+impl FairShare {
+    /// Charges each tenant for the slots it held since the last count.
+    fn advance(&mut self, now: u64, policies: &BTreeMap<String, TenantPolicy>) {
+        let elapsed = now.saturating_sub(self.since_ms);
+        self.since_ms = now;
+        for (tenant, held) in &self.held {
+            if let Some(clock) = self.clocks.get_mut(tenant) {
+                let weight = policies
+                    .get(tenant)
+                    .map_or(1, |p| p.weight.clamp(1, WEIGHT_MAX));
+                *clock += u64::from(*held) * elapsed * WEIGHT_SCALE / u64::from(weight);
+            }
+        }
+    }
+
+    /// Keeps the clocks of the tenants with running jobs, starting a new one level
+    /// with the lowest of the others.
+    fn start<'a>(&mut self, active: impl Iterator<Item = &'a str>) {
+        let active: BTreeSet<&str> = active.collect();
+        self.clocks.retain(|t, _| active.contains(t.as_str()));
+        let level = self.clocks.values().copied().min().unwrap_or(0);
+        for tenant in active {
+            self.clocks.entry(tenant.to_string()).or_insert(level);
+        }
+    }
+
+    /// What orders the tenants for the next free slot: lowest first (ties go to the
+    /// first tenant by name).
+    fn key(&self, tenant: &str, held: u32, weight: u32) -> u64 {
+        let clock = self.clocks.get(tenant).copied().unwrap_or(0);
+        let weight = u64::from(weight.clamp(1, WEIGHT_MAX));
+        clock + u64::from(held) * QUANTUM_MS * WEIGHT_SCALE / weight
+    }
+}
+
+/// What [`Scheduler::launch_next`] did.
+enum Launched {
+    Yes,
+    /// The stage has no pending task.
+    StageDone,
+    /// Slots are free, but none the stage may take.
+    NoWorkerForStage,
+    /// No slot is free anywhere.
+    NoFreeSlot,
+}
+
 /// The scheduler's whole state. See the module documentation.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -756,6 +901,7 @@ pub struct Scheduler {
     repair_due: bool,
     /// No attempt launches before this time (see [`Scheduler::hold_launches`]).
     hold_until_ms: u64,
+    fair: FairShare,
 }
 
 impl Default for Scheduler {
@@ -774,6 +920,7 @@ impl Scheduler {
             no_workers_since: Some(0),
             repair_due: false,
             hold_until_ms: 0,
+            fair: FairShare::default(),
         }
     }
 
@@ -1116,6 +1263,8 @@ impl Scheduler {
         let job = JobState {
             stages,
             final_stage: spec.final_stage,
+            tenant: spec.tenant,
+            priority: spec.priority,
             outcome: JobOutcome::Running,
             touched: BTreeSet::new(),
             submitted_ms: self.now_ms,
@@ -1295,7 +1444,13 @@ impl Scheduler {
             }
             let free = match &stage.tasks[p] {
                 TaskState::Pending => true,
-                TaskState::Done { worker, .. } => !self.workers.contains_key(worker),
+                // Done where a worker that is gone kept it: the same attempt's output,
+                // kept by that worker's process under its new identity, takes its
+                // place. Another attempt's does not: that attempt's end is not the
+                // one this scheduler recorded.
+                TaskState::Done {
+                    worker, attempt, ..
+                } => !self.workers.contains_key(worker) && *attempt == held.attempt,
                 TaskState::Running { .. } => false,
             };
             if !free {
@@ -1542,78 +1697,174 @@ impl Scheduler {
         }
     }
 
-    /// Hands pending tasks of runnable stages to free slots, oldest job first, each task
-    /// to the worker with the most free slots. A stage with no more tasks than the
+    /// Hands pending tasks of runnable stages to free slots, each task to the worker
+    /// with the most free slots. Between tenants, slot time is shared by weight (see
+    /// [`FairShare`]): the next task goes to the tenant furthest behind, among those
+    /// under their slot quota; within a tenant, to its jobs by priority, then oldest
+    /// first, at most `jobs_max` of them at once. A stage with no more tasks than the
     /// cluster has slots is not queued behind an attempt of its own on a busy worker:
     /// its tasks could each have a slot, and queued there they would run one after the
     /// other while another worker may be about to idle (a join stage's two long tasks
     /// on one worker made TPC-H's Q7 take half again as long); it waits for a slot or
-    /// a queue elsewhere. It takes tasks from the stages' ready queues and stops once no
-    /// slot is free, so it costs time in proportion to the stages and the tasks it
-    /// launches.
+    /// a queue elsewhere. It costs time in proportion to the running attempts, the
+    /// stages of running jobs and the tasks it launches.
     fn schedule(&mut self, out: &mut Vec<Command>) {
         let now = self.now_ms;
         if now < self.hold_until_ms {
             return;
         }
         let cluster_slots: u64 = self.workers.values().map(|w| u64::from(w.slots)).sum();
-        for (job_id, job) in &mut self.jobs {
-            if job.outcome != JobOutcome::Running {
+        let mut held = self.tenant_usage();
+        self.fair.advance(now, &self.config.tenants);
+        let mut shares = self.tenant_queues(&held);
+        self.fair.start(shares.iter().map(|s| s.tenant.as_str()));
+        self.fill(&mut shares, cluster_slots, out);
+        for share in shares {
+            held.insert(share.tenant, share.held);
+        }
+        self.fair.held = held;
+    }
+
+    /// Launches tasks from the tenants' queues until no slot is free or no task can
+    /// take one.
+    fn fill(&mut self, shares: &mut [TenantShare], cluster_slots: u64, out: &mut Vec<Command>) {
+        loop {
+            if !self
+                .workers
+                .values()
+                .any(|w| w.free_slots() > 0 && !w.draining)
+            {
+                return;
+            }
+            let fair = &self.fair;
+            let Some(share) = shares
+                .iter_mut()
+                .filter(|s| !s.queue.is_empty() && s.policy.slots_max.is_none_or(|m| s.held < m))
+                .min_by_key(|s| fair.key(&s.tenant, s.held, s.policy.weight))
+            else {
+                return;
+            };
+            let (job_id, stage_id) = share.queue[0];
+            match self.launch_next(job_id, stage_id, cluster_slots, out) {
+                Launched::Yes => share.held += 1,
+                // Only this stage waits: another may take a free slot.
+                Launched::StageDone | Launched::NoWorkerForStage => {
+                    share.queue.pop_front();
+                }
+                Launched::NoFreeSlot => return,
+            }
+        }
+    }
+
+    /// Each tenant with a running job: what it holds now, its policy, and its
+    /// runnable stages with pending tasks in the order they take slots.
+    fn tenant_queues(&self, held: &BTreeMap<String, u32>) -> Vec<TenantShare> {
+        let mut jobs: Vec<(&str, std::cmp::Reverse<i32>, JobId)> = (self.jobs.iter())
+            .filter(|(_, j)| j.outcome == JobOutcome::Running)
+            .map(|(id, j)| (j.tenant.as_str(), std::cmp::Reverse(j.priority), *id))
+            .collect();
+        jobs.sort_unstable();
+        let mut shares: Vec<TenantShare> = Vec::new();
+        let mut jobs_taken = 0;
+        for (tenant, _, job_id) in jobs {
+            if shares.last().is_none_or(|s| s.tenant != tenant) {
+                shares.push(TenantShare {
+                    tenant: tenant.to_string(),
+                    held: held.get(tenant).copied().unwrap_or(0),
+                    policy: self.config.tenants.get(tenant).copied().unwrap_or_default(),
+                    queue: VecDeque::new(),
+                });
+                jobs_taken = 0;
+            }
+            let share = shares.last_mut().expect("pushed above");
+            if share.policy.jobs_max.is_some_and(|m| jobs_taken >= m) {
                 continue;
             }
-            let stage_ids: Vec<StageId> = job.stages.keys().copied().collect();
-            for stage_id in stage_ids {
-                let stage = &job.stages[&stage_id];
-                if stage.pending.is_empty() || !job.is_runnable(&stage.spec) {
-                    continue;
-                }
-                let local_input = stage.spec.local_input;
-                let spread = stage.tasks.len() as u64 <= cluster_slots;
-                let job_id = *job_id;
-                let refuses =
-                    |w: &WorkerState| spread && w.would_queue() && w.holds_stage(job_id, stage_id);
-                while let Some(&partition) = job.stages[&stage_id].pending.first() {
-                    let p = partition as usize;
-                    let local = local_input
-                        .and_then(|input| job.holder(input, p))
-                        .filter(|id| {
-                            self.workers
-                                .get(id)
-                                .is_some_and(|w| w.free_slots() > 0 && !w.draining)
-                        });
-                    let stage = job.stages.get_mut(&stage_id).expect("listed above");
-                    let worker = match local {
-                        Some(id) => self.workers.get_mut(&id).map(|w| (id, w)),
-                        // Elsewhere than where it last failed, if any other worker
-                        // has a free slot.
-                        None => {
-                            let failed = stage.failed_on[p];
-                            let elsewhere = self.workers.iter().any(|(id, w)| {
-                                w.free_slots() > 0 && !w.draining && Some(*id) != failed
-                            });
-                            pick_worker(&mut self.workers, failed.filter(|_| elsewhere), refuses)
-                        }
-                    };
-                    let Some(worker) = worker else {
-                        if self
-                            .workers
-                            .values()
-                            .any(|w| w.free_slots() > 0 && !w.draining)
-                        {
-                            break; // only this stage waits
-                        }
-                        return;
-                    };
-                    let id = TaskId {
-                        job: job_id,
-                        stage: stage_id,
-                        partition,
-                    };
-                    let run = launch(id, stage, worker, &mut job.touched, now, out);
-                    stage.set(p, TaskState::Running { runs: vec![run] });
+            jobs_taken += 1;
+            let job = &self.jobs[&job_id];
+            for (stage_id, stage) in &job.stages {
+                if !stage.pending.is_empty() && job.is_runnable(&stage.spec) {
+                    share.queue.push_back((job_id, *stage_id));
                 }
             }
         }
+        shares
+    }
+
+    /// Launches the next pending task of a stage, on a worker with a free slot (the
+    /// one holding its local input, if it has one free).
+    fn launch_next(
+        &mut self,
+        job_id: JobId,
+        stage_id: StageId,
+        cluster_slots: u64,
+        out: &mut Vec<Command>,
+    ) -> Launched {
+        let now = self.now_ms;
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return Launched::StageDone;
+        };
+        let Some(&partition) = job.stages[&stage_id].pending.first() else {
+            return Launched::StageDone;
+        };
+        let stage = &job.stages[&stage_id];
+        let local_input = stage.spec.local_input;
+        let spread = stage.tasks.len() as u64 <= cluster_slots;
+        let refuses =
+            |w: &WorkerState| spread && w.would_queue() && w.holds_stage(job_id, stage_id);
+        let p = partition as usize;
+        let local = local_input
+            .and_then(|input| job.holder(input, p))
+            .filter(|id| {
+                self.workers
+                    .get(id)
+                    .is_some_and(|w| w.free_slots() > 0 && !w.draining)
+            });
+        let stage = job.stages.get_mut(&stage_id).expect("found above");
+        let worker = match local {
+            Some(id) => self.workers.get_mut(&id).map(|w| (id, w)),
+            // Elsewhere than where it last failed, if any other worker has a free slot.
+            None => {
+                let failed = stage.failed_on[p];
+                let elsewhere = self
+                    .workers
+                    .iter()
+                    .any(|(id, w)| w.free_slots() > 0 && !w.draining && Some(*id) != failed);
+                pick_worker(&mut self.workers, failed.filter(|_| elsewhere), refuses)
+            }
+        };
+        let Some(worker) = worker else {
+            return if self
+                .workers
+                .values()
+                .any(|w| w.free_slots() > 0 && !w.draining)
+            {
+                Launched::NoWorkerForStage
+            } else {
+                Launched::NoFreeSlot
+            };
+        };
+        let id = TaskId {
+            job: job_id,
+            stage: stage_id,
+            partition,
+        };
+        let run = launch(id, stage, worker, &mut job.touched, now, out);
+        stage.set(p, TaskState::Running { runs: vec![run] });
+        Launched::Yes
+    }
+
+    /// Attempts each tenant holds now (running or queued on workers), by tenant.
+    pub fn tenant_usage(&self) -> BTreeMap<String, u32> {
+        let mut held = BTreeMap::new();
+        for w in self.workers.values() {
+            for a in &w.running {
+                if let Some(job) = self.jobs.get(&a.task.job) {
+                    *held.entry(job.tenant.clone()).or_default() += 1;
+                }
+            }
+        }
+        held
     }
 
     /// Gives a slow task a twin on another worker with a free slot: slow means running
@@ -1940,6 +2191,8 @@ mod tests {
                 })
                 .collect(),
             final_stage: StageId(stages.last().unwrap().0),
+            tenant: "t".into(),
+            priority: 0,
         }
     }
 
@@ -2003,6 +2256,198 @@ mod tests {
             });
         }
         s
+    }
+
+    /// Jobs of one stage of `tasks` tasks, each `tenant`'s, with `priority`.
+    fn tenant_job(id: u64, tenant: &str, tasks: u32, priority: i32) -> JobSpec {
+        JobSpec {
+            tenant: tenant.into(),
+            priority,
+            ..job(id, &[(0, tasks, &[])])
+        }
+    }
+
+    /// Runs jobs whose every task takes 100 ms on workers of `slots`: `first` are
+    /// submitted at 0 and `second` at 1 s. Returns when the first task of `second`
+    /// started, and each tenant's slot-milliseconds from 1 s until a tenant ran out
+    /// of tasks to start; `each` is called with every launch.
+    fn run_tenants(
+        tenants: &[(&str, TenantPolicy)],
+        slots: &[u32],
+        first: Vec<JobSpec>,
+        second: Vec<JobSpec>,
+        mut each: impl FnMut(&Scheduler, AttemptId),
+    ) -> (Option<u64>, BTreeMap<String, u64>) {
+        let config = SchedulerConfig {
+            speculation: None,
+            tenants: tenants.iter().map(|(t, p)| (t.to_string(), *p)).collect(),
+            ..Default::default()
+        };
+        let mut s = with_workers(config, slots);
+        let tenant_of: BTreeMap<JobId, String> = (first.iter().chain(&second))
+            .map(|j| (j.id, j.tenant.clone()))
+            .collect();
+        let mut pending: BTreeMap<String, u32> = BTreeMap::new();
+        for j in first.iter().chain(&second) {
+            *pending.entry(j.tenant.clone()).or_default() += j.stages[0].tasks;
+        }
+        let mut running: Vec<(u64, AttemptId, WorkerId)> = Vec::new();
+        let mut used: BTreeMap<String, u64> = BTreeMap::new();
+        let mut second_started = None;
+        let mut measuring = true;
+        let mut launched = |s: &Scheduler, cmds: Vec<Command>, now: u64, running: &mut Vec<_>| {
+            for (attempt, worker) in launches(&cmds) {
+                let tenant = &tenant_of[&attempt.task.job];
+                *pending.get_mut(tenant).unwrap() -= 1;
+                if second.iter().any(|j| j.id == attempt.task.job) && second_started.is_none() {
+                    second_started = Some(now);
+                }
+                each(s, attempt);
+                running.push((now + 100, attempt, worker));
+            }
+            pending.values().all(|p| *p > 0)
+        };
+        for j in first {
+            let cmds = s.handle(Event::JobSubmitted(j));
+            launched(&s, cmds, 0, &mut running);
+        }
+        let mut now = 0;
+        let mut second = Some(second.clone());
+        while !running.is_empty() || second.is_some() {
+            running.sort_by_key(|r| std::cmp::Reverse(r.0));
+            let next = running.last().map_or(u64::MAX, |r| r.0);
+            let next = if second.is_some() {
+                next.min(1_000)
+            } else {
+                next
+            };
+            if measuring && now >= 1_000 {
+                for (_, attempt, _) in &running {
+                    *used
+                        .entry(tenant_of[&attempt.task.job].clone())
+                        .or_default() += next - now;
+                }
+            }
+            now = next;
+            s.handle(Event::Tick { now_ms: now });
+            if now == 1_000
+                && let Some(jobs) = second.take()
+            {
+                for j in jobs {
+                    let cmds = s.handle(Event::JobSubmitted(j));
+                    measuring &= launched(&s, cmds, now, &mut running);
+                }
+            }
+            while running.last().is_some_and(|r| r.0 == now) {
+                let (_, attempt, worker) = running.pop().unwrap();
+                let cmds = succeed_after(&mut s, (attempt, worker), 100);
+                measuring &= launched(&s, cmds, now, &mut running);
+            }
+        }
+        (second_started, used)
+    }
+
+    fn share(used: &BTreeMap<String, u64>, tenant: &str) -> f64 {
+        used[tenant] as f64 / used.values().sum::<u64>() as f64
+    }
+
+    #[test]
+    fn tenants_share_slot_time_by_weight_and_a_newcomer_starts_at_once() {
+        let backlog = |tenant: &str, base: u64| -> Vec<JobSpec> {
+            (0..4)
+                .map(|i| tenant_job(base + i, tenant, 60, 0))
+                .collect()
+        };
+        for (weights, low, high) in [((1, 1), 0.45, 0.55), ((2, 1), 0.62, 0.71)] {
+            for slots in [&[2, 2][..], &[3, 2], &[1]] {
+                let policy = |weight| TenantPolicy {
+                    weight,
+                    ..Default::default()
+                };
+                let (started, used) = run_tenants(
+                    &[("a", policy(weights.0)), ("b", policy(weights.1))],
+                    slots,
+                    backlog("a", 1),
+                    backlog("b", 11),
+                    |_, _| {},
+                );
+                // B's first task takes the first slot that frees.
+                let started = started.unwrap();
+                assert!(
+                    started <= 1_100,
+                    "{weights:?} {slots:?}: B started at {started} ms"
+                );
+                let a = share(&used, "a");
+                assert!(
+                    (low..=high).contains(&a),
+                    "{weights:?} on {slots:?}: A had {a:.3} of the slot time ({used:?})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tenant_policies_parse_and_bad_ones_name_the_form() {
+        let (name, p) = TenantPolicy::parse("team-a:weight=2,slots=8,jobs=3").unwrap();
+        assert_eq!(name, "team-a");
+        assert_eq!((p.weight, p.slots_max, p.jobs_max), (2, Some(8), Some(3)));
+        assert_eq!(TenantPolicy::parse("b").unwrap().1, TenantPolicy::default());
+        for bad in [
+            "",
+            "a b:weight=1",
+            "a:weight",
+            "a:weight=0",
+            "a:weight=1001",
+            "a:color=3",
+            "a:slots=-1",
+        ] {
+            let e = TenantPolicy::parse(bad).unwrap_err();
+            assert!(
+                e.contains("NAME:weight=W") || e.contains("at most"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn quotas_make_a_tenant_wait_and_priorities_order_its_jobs() {
+        // A tenant of one slot at most holds one, however many are free; its second
+        // job waits for its first (jobs_max 1); B's higher-priority job goes before
+        // its older one once slots free.
+        let mut most = 0;
+        let mut order = Vec::new();
+        let limited = TenantPolicy {
+            slots_max: Some(1),
+            jobs_max: Some(1),
+            ..Default::default()
+        };
+        run_tenants(
+            &[("a", limited)],
+            &[2, 2],
+            vec![
+                tenant_job(1, "a", 3, 0),
+                tenant_job(2, "a", 3, 0),
+                tenant_job(11, "b", 8, 0),
+                tenant_job(12, "b", 4, 5),
+            ],
+            Vec::new(),
+            |s, attempt| {
+                let held = s.tenant_usage();
+                most = most.max(held.get("a").copied().unwrap_or(0));
+                order.push(attempt.task.job);
+            },
+        );
+        assert_eq!(most, 1, "a tenant over its slot quota waits");
+        let a_jobs: Vec<JobId> = order.iter().copied().filter(|j| j.0 < 10).collect();
+        assert_eq!(a_jobs, [1, 1, 1, 2, 2, 2].map(JobId), "one job at a time");
+        let b_jobs: Vec<JobId> = order.iter().copied().filter(|j| j.0 > 10).collect();
+        // Job 11 took the slots free when it came; the next four go to job 12.
+        assert_eq!(b_jobs[..3], [JobId(11); 3], "{b_jobs:?}");
+        assert_eq!(
+            b_jobs[3..7],
+            [JobId(12); 4],
+            "the higher priority first: {b_jobs:?}"
+        );
     }
 
     #[test]
@@ -2520,6 +2965,8 @@ mod tests {
                 },
             ],
             final_stage: StageId(2),
+            tenant: "t".into(),
+            priority: 0,
         }
     }
 

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use drove_core::catalog::{CachedStage, Catalog, CatalogCommand, CatalogError};
 use drove_core::scheduler::{
     Command, ErrorKind, Event, FetchFailure, HeldOutput, JobOutcome, JobSpec, Output, Scheduler,
-    SchedulerConfig, SpeculationConfig, StageSpec, TaskError, TaskState, TaskStats,
+    SchedulerConfig, SpeculationConfig, StageSpec, TaskError, TaskState, TaskStats, TenantPolicy,
 };
 use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
 
@@ -239,6 +239,35 @@ impl World {
             task_progress_timeout_ms: PROGRESS_TIMEOUT_MS,
             check_all_invariants: true,
             queued_per_slot: rng.range(0, 2) as u32,
+            tenants: [
+                (
+                    "a",
+                    TenantPolicy {
+                        weight: 2,
+                        slots_max: None,
+                        jobs_max: None,
+                    },
+                ),
+                (
+                    "b",
+                    TenantPolicy {
+                        weight: 1,
+                        slots_max: Some(1),
+                        jobs_max: None,
+                    },
+                ),
+                (
+                    "c",
+                    TenantPolicy {
+                        weight: 1,
+                        slots_max: None,
+                        jobs_max: Some(1),
+                    },
+                ),
+            ]
+            .into_iter()
+            .map(|(t, p)| (t.to_string(), p))
+            .collect(),
         });
         let n = rng.range(2, 5) as usize;
         let processes = (0..n)
@@ -740,10 +769,14 @@ impl World {
                 }
             }
         }
+        // Three tenants with their own weights and quotas, and priorities within them.
+        let tenant = ["a", "b", "c"][self.rng.below(3) as usize].to_string();
         let spec = JobSpec {
             id,
             final_stage: stages.last().expect("a stage").id,
             stages,
+            tenant,
+            priority: self.rng.below(3) as i32,
         };
         self.jobs.insert(
             id,

@@ -164,6 +164,17 @@ struct CertIssueArgs {
     days: u32,
 }
 
+/// How tenants share a cluster's slots.
+#[derive(Args, Debug)]
+struct SharingArgs {
+    /// A tenant's share and quotas, NAME:weight=W,slots=S,jobs=J (each optional):
+    /// slot time is shared by weight between tenants with work (1 by default); at
+    /// most S attempts and J running jobs at once, the rest waiting their turn.
+    /// Repeatable.
+    #[arg(long = "tenant", value_name = "NAME:SETTINGS", value_parser = drove_core::scheduler::TenantPolicy::parse)]
+    tenants: Vec<(String, drove_core::scheduler::TenantPolicy)>,
+}
+
 /// Where a cluster's jobs may read and write.
 #[derive(Args, Debug)]
 struct AllowPathArgs {
@@ -316,6 +327,8 @@ struct CoordinatorArgs {
     tls: ServeTlsArgs,
     #[command(flatten)]
     paths: AllowPathArgs,
+    #[command(flatten)]
+    sharing: SharingArgs,
 }
 
 /// What one job may take; larger jobs are refused, naming the flag.
@@ -452,6 +465,8 @@ struct LocalArgs {
     tls: ServeTlsArgs,
     #[command(flatten)]
     paths: AllowPathArgs,
+    #[command(flatten)]
+    sharing: SharingArgs,
 }
 
 #[derive(Args, Debug)]
@@ -493,6 +508,10 @@ struct SqlArgs {
     /// client, and `drove result JOB` prints its result later.
     #[arg(long, requires = "coordinator")]
     detach: bool,
+    /// Among your tenant's jobs, higher priority goes first (-1000 to 1000).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+    priority: i32,
     #[command(flatten)]
     auth: ClientAuthArgs,
 }
@@ -694,6 +713,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         tls: args.tls.load()?,
         insecure: args.tls.insecure,
         allowed_paths: args.paths.load()?,
+        tenants: args.sharing.tenants.into_iter().collect(),
         ..Default::default()
     };
     let scheme = if config.tls.is_some() {
@@ -784,6 +804,7 @@ async fn local(args: LocalArgs) -> Result<()> {
             tls: args.tls.load()?,
             insecure: args.tls.insecure,
             allowed_paths: args.paths.load()?,
+            tenants: args.sharing.tenants.into_iter().collect(),
             ..Default::default()
         },
         data_dir: args.data_dir,
@@ -841,6 +862,7 @@ async fn sql(args: SqlArgs) -> Result<()> {
     if !args.no_progress {
         progress::show(&session);
     }
+    session.set_priority(args.priority);
     let run = async {
         for t in tables {
             session.register_table(&t.name, &t.path).await?;

@@ -1429,6 +1429,7 @@ fn submissions(logical_plan: &[u8], physical_plan: &[u8]) -> Vec<Vec<u8>> {
             name: "fuzz".into(),
             cache_as: cache_as.into(),
             detached,
+            priority: if detached { -3 } else { 7 },
         }
         .encode_to_vec()
     })

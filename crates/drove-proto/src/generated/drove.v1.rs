@@ -389,6 +389,9 @@ pub struct SubmitJobRequest {
     /// other job is cancelled once no client has watched it for the coordinator's lease.
     #[prost(bool, tag = "7")]
     pub detached: bool,
+    /// Among its tenant's jobs, higher goes first (-1000 to 1000; 0 by default).
+    #[prost(int32, tag = "8")]
+    pub priority: i32,
     #[prost(oneof = "submit_job_request::Query", tags = "1, 2, 5")]
     pub query: ::core::option::Option<submit_job_request::Query>,
 }
@@ -593,6 +596,22 @@ pub struct ClusterStatusResponse {
     pub cached_tables: ::prost::alloc::vec::Vec<CachedTableStatus>,
     #[prost(message, optional, tag = "4")]
     pub metadata: ::core::option::Option<MetadataStatus>,
+    /// Tenants with running jobs, and what they hold.
+    #[prost(message, repeated, tag = "5")]
+    pub tenants: ::prost::alloc::vec::Vec<TenantUsage>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TenantUsage {
+    #[prost(string, tag = "1")]
+    pub tenant: ::prost::alloc::string::String,
+    /// Attempts it holds on workers (running, or queued behind a slot).
+    #[prost(uint32, tag = "2")]
+    pub attempts: u32,
+    #[prost(uint32, tag = "3")]
+    pub running_jobs: u32,
+    /// Its share of slot time against other tenants' (--tenant NAME:weight=W).
+    #[prost(uint32, tag = "4")]
+    pub weight: u32,
 }
 /// Where the coordinator keeps its metadata.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -886,6 +905,8 @@ pub struct MetaPlannedJob {
     /// Submitted detached (no client keeps it alive).
     #[prost(bool, tag = "6")]
     pub detached: bool,
+    #[prost(int32, tag = "7")]
+    pub priority: i32,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MetaPlannedStage {
