@@ -343,3 +343,74 @@ async fn markup_in_a_jobs_sql_is_shown_as_text_in_the_web_ui() {
     session.shutdown().await;
     cluster.shutdown().await;
 }
+
+/// Fair share on a real cluster: tenant A queues a backlog of jobs first, then tenant
+/// B submits one; B's job is not held behind A's backlog (slots were handed out oldest
+/// job first before), and ends before A's last job does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenants_job_is_not_queued_behind_another_tenants_backlog() {
+    let root = tempfile::tempdir().unwrap();
+    let node = identity(root.path(), "ca", "node", Role::Node);
+    let admin_token = std::fs::read_to_string(root.path().join("ca").join("admin.token")).unwrap();
+    let (cluster, _) = crate::start(LocalClusterConfig {
+        workers: 2,
+        slots: 1,
+        // Every task takes at least this long, so that jobs wait for slots.
+        task_delay_ms: vec![150, 150],
+        coordinator: CoordinatorConfig {
+            tls: Some(node.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let addr = cluster.coordinator_addr().to_string();
+    let connect = async |token: &str| {
+        let credentials = Credentials {
+            tls: Some(node.clone()),
+            token: Some(token.to_string()),
+        };
+        Session::connect_with(&addr, &credentials).await.unwrap()
+    };
+    let admin = connect(admin_token.trim()).await;
+    let a = connect(&admin.create_token("a", "submit").await.unwrap().token).await;
+    let b = connect(&admin.create_token("b", "submit").await.unwrap().token).await;
+    // A job of 8 tasks (and a final one).
+    const JOB: &str = "SET datafusion.execution.target_partitions = 8; \
+        SELECT value % 8 AS k, count(*) AS n FROM generate_series(1, 800) GROUP BY k";
+    let mut a_jobs = Vec::new();
+    for _ in 0..4 {
+        a_jobs.push(a.submit_sql(JOB).await.unwrap());
+    }
+    // B comes once A's backlog holds the slots.
+    loop {
+        let status = admin.cluster_summary().await.unwrap();
+        let running: u32 = (status.jobs.iter())
+            .flat_map(|j| &j.stages)
+            .map(|s| s.tasks_running + s.tasks_done)
+            .sum();
+        if running > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let b_job = b.submit_sql(JOB).await.unwrap();
+    let mut ends = std::collections::BTreeMap::new();
+    for (session, job) in a_jobs.iter().map(|j| (&a, *j)).chain([(&b, b_job)]) {
+        let rows = session.result(job).await.unwrap().collect().await.unwrap();
+        assert_eq!(rows.num_rows(), 8);
+        let status = admin.cluster_summary().await.unwrap();
+        let j = status.jobs.iter().find(|s| s.job_id == job).unwrap();
+        assert_eq!(j.state(), pb::JobState::Succeeded, "{j:?}");
+        ends.insert(job, j.submitted_unix_ms + j.elapsed_ms);
+    }
+    let last_a = a_jobs.iter().map(|j| ends[j]).max().unwrap();
+    assert!(
+        ends[&b_job] < last_a,
+        "B's job ended at {} ms, after A's whole backlog ({last_a} ms): {ends:?}",
+        ends[&b_job]
+    );
+    for s in [admin, a, b] {
+        s.shutdown().await;
+    }
+}
