@@ -922,9 +922,11 @@ impl Session {
         let expected = Arc::clone(&schema);
         let session = self.clone();
         let stage = status.result_stage_id;
+        let grant = Arc::new(status.result_grant.clone());
         let batches = futures::stream::iter(status.result.clone())
             .then(move |output| {
                 let session = session.clone();
+                let grant = Arc::clone(&grant);
                 async move {
                     let key = BlockKey {
                         job,
@@ -933,7 +935,8 @@ impl Session {
                         reduce_partition: 0,
                         attempt: output.attempt,
                     };
-                    open_block(&session.inner.flight, &output.flight_addr, &key, |_| {}).await
+                    let flight = &session.inner.flight;
+                    open_block(flight, &output.flight_addr, (&key, &grant), |_| {}).await
                 }
             })
             .try_flatten()

@@ -36,6 +36,11 @@ impl Credential {
         if let Some(value) = request.metadata().get("authorization") {
             return Self::bearer(value.to_str().unwrap_or_default());
         }
+        Self::certificate_of_grpc(request)
+    }
+
+    /// What the certificate of a gRPC request's connection says, token or not.
+    pub fn certificate_of_grpc<T>(request: &tonic::Request<T>) -> Self {
         match request.peer_certs() {
             Some(chain) => Self::of_certificate(chain.first().map(|c| c.as_ref())),
             None => Self::None,

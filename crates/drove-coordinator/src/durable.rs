@@ -530,6 +530,7 @@ pub(crate) fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command
         MetaCommand::TokenRevoked { id } => {
             C::TokenRevoked(pb::MetaTokenRevoked { id: id.clone() })
         }
+        MetaCommand::TicketKeyMade { key } => C::TicketKey(pb::MetaTicketKey { key: key.clone() }),
     }
 }
 
@@ -566,6 +567,7 @@ pub(crate) fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Op
             MetaCommand::TokenCreated { id, token }
         }
         C::TokenRevoked(t) => MetaCommand::TokenRevoked { id: t.id },
+        C::TicketKey(k) => MetaCommand::TicketKeyMade { key: k.key },
     })
 }
 
@@ -597,6 +599,7 @@ pub(crate) fn image_to_proto(image: MetaImage, last_index: u64) -> pb::MetaSnaps
             .map(|(id, t)| token_to_proto(id, t))
             .collect(),
         revoked_tokens: image.revoked,
+        ticket_key: image.ticket_key,
     }
 }
 
@@ -666,6 +669,7 @@ pub(crate) fn image_from_proto(snapshot: pb::MetaSnapshot) -> MetaImage {
         tables: snapshot.tables.into_iter().map(table_from_proto).collect(),
         tokens: snapshot.tokens.into_iter().map(token_from_proto).collect(),
         revoked: snapshot.revoked_tokens,
+        ticket_key: snapshot.ticket_key,
     }
 }
 
@@ -732,6 +736,7 @@ mod tests {
             MetaCommand::TokenRevoked {
                 id: "fedcba9876543210".into(),
             },
+            MetaCommand::TicketKeyMade { key: vec![5; 32] },
         ];
         for i in 1..=n {
             all.push(submitted(i));

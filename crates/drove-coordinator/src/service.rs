@@ -202,8 +202,18 @@ impl CoordinatorRpc for Service {
         request: Request<pb::JobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let who = self.identify(&request).await?;
+        // A client certificate reads the result with a grant for it; a node needs
+        // none, and without TLS nobody does.
+        let reader = match Credential::certificate_of_grpc(&request) {
+            Credential::Certificate(name) => Some(name),
+            _ => None,
+        };
         let job = self.job_of(request.into_inner())?;
         let (mut changes, watching) = self.coordinator.subscribe(&who, job).await?;
+        let grant = match reader {
+            Some(reader) => self.coordinator.result_grant(&who, job, reader).await?,
+            None => Vec::new(),
+        };
         let coordinator = self.coordinator.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
@@ -216,6 +226,7 @@ impl CoordinatorRpc for Service {
                     .await
                     .map(|s| pb::JobStatus {
                         cluster_id: coordinator.cluster_id(),
+                        result_grant: grant.clone(),
                         ..s
                     })
                     .map_err(Status::from);

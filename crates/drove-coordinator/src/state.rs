@@ -598,6 +598,24 @@ impl Coordinator {
         identified
     }
 
+    /// The grant that lets the client certificate named `reader` read `job`'s
+    /// blocks (see [`drove_exec::token::grant`]); the job must be one `who` sees.
+    pub async fn result_grant(
+        &self,
+        who: &Identity,
+        job: JobId,
+        reader: String,
+    ) -> Result<Vec<u8>> {
+        let who = who.clone();
+        self.ask(move |state| {
+            state.lead()?;
+            state.job_for(job, &who)?;
+            let key = state.meta.state().ticket_key();
+            Ok(drove_exec::token::grant(key, job.0, &reader))
+        })
+        .await
+    }
+
     /// Makes a client token for `tenant` with `role` (admins only); returns its text,
     /// shown once, and its id.
     pub async fn create_token(
@@ -1080,6 +1098,7 @@ impl State {
                 worker_id: worker.0,
                 heartbeat_interval_ms: self.config.heartbeat_interval_ms,
                 cluster_id: self.meta.state().cluster_id(),
+                ticket_key: self.meta.state().ticket_key().to_vec(),
             })),
         };
         tx.try_send(Ok(registered))
@@ -1959,6 +1978,16 @@ impl State {
                 .is_none()
         {
             return;
+        }
+        // Metadata from before grants has no key yet.
+        if self.meta.state().ticket_key().is_empty() {
+            let key = match drove_exec::token::new_ticket_key() {
+                Ok(key) => key,
+                Err(e) => fatal(&format!("cannot make the key for block grants: {e}")),
+            };
+            if self.record(MetaCommand::TicketKeyMade { key }).is_none() {
+                return;
+            }
         }
         (self.cluster_id).store(self.meta.state().cluster_id(), Ordering::Relaxed);
         self.recover();

@@ -79,6 +79,10 @@ pub enum MetaCommand {
     TokenRevoked {
         id: String,
     },
+    /// The key that signs clients' grants to read blocks; only the first counts.
+    TicketKeyMade {
+        key: Vec<u8>,
+    },
 }
 
 /// A cached table as the metadata keeps it.
@@ -133,6 +137,8 @@ pub struct MetaImage {
     pub tokens: Vec<(String, TokenMeta)>,
     /// Revoked token ids.
     pub revoked: Vec<String>,
+    /// Empty until [`MetaCommand::TicketKeyMade`].
+    pub ticket_key: Vec<u8>,
 }
 
 /// The state the commands build.
@@ -149,6 +155,7 @@ pub struct MetaState {
     tables: BTreeMap<String, TableMeta>,
     tokens: BTreeMap<String, TokenMeta>,
     revoked: BTreeSet<String>,
+    ticket_key: Vec<u8>,
 }
 
 impl MetaState {
@@ -174,6 +181,7 @@ impl MetaState {
             tables: image.tables.into_iter().collect(),
             tokens: image.tokens.into_iter().collect(),
             revoked: image.revoked.into_iter().collect(),
+            ticket_key: image.ticket_key,
         };
         state.evict();
         state
@@ -193,7 +201,13 @@ impl MetaState {
                 .map(|(id, t)| (id.clone(), t.clone()))
                 .collect(),
             revoked: self.revoked.iter().cloned().collect(),
+            ticket_key: self.ticket_key.clone(),
         }
+    }
+
+    /// The key that signs clients' grants to read blocks; empty before one was made.
+    pub fn ticket_key(&self) -> &[u8] {
+        &self.ticket_key
     }
 
     /// Who a token is, given its id and the SHA-256 of its secret; `None` for an
@@ -333,6 +347,12 @@ impl MetaState {
                 self.revoked.insert(id.clone());
                 Applied::default()
             }
+            MetaCommand::TicketKeyMade { key } => {
+                if self.ticket_key.is_empty() {
+                    self.ticket_key = key.clone();
+                }
+                Applied::default()
+            }
             MetaCommand::ClusterCreated { cluster_id } => {
                 if self.cluster_id == 0 {
                     self.cluster_id = *cluster_id;
@@ -446,6 +466,8 @@ mod tests {
             });
         }
         all.push(MetaCommand::TokenRevoked { id: "t1".into() });
+        all.push(MetaCommand::TicketKeyMade { key: vec![1; 32] });
+        all.push(MetaCommand::TicketKeyMade { key: vec![2; 32] });
         all
     }
 
@@ -473,6 +495,7 @@ mod tests {
         });
         assert!(log.state().token_identity("t1", b"t1").is_none());
         assert!(log.state().revoked("t1") && log.state().token_id_used("t2"));
+        assert_eq!(log.state().ticket_key(), [1; 32], "the first key stays");
     }
 
     #[test]

@@ -176,15 +176,16 @@ impl FlightPool {
     }
 }
 
-/// Encodes a block's name as a Flight ticket.
-pub fn ticket(key: &BlockKey) -> Ticket {
-    batch_ticket(std::slice::from_ref(key))
+/// Encodes a block's name as a Flight ticket, with a client's `grant` to read its job
+/// (empty for a node's reads; see [`crate::token::grant`]).
+pub fn ticket(key: &BlockKey, grant: &[u8]) -> Ticket {
+    batch_ticket(std::slice::from_ref(key), grant)
 }
 
 /// Encodes the names of blocks to read in one call as a Flight ticket: blocks of the
 /// first one's job, stage and reduce partition (the others' are not looked at), at
-/// most [`BLOCKS_PER_TICKET_MAX`].
-pub fn batch_ticket(keys: &[BlockKey]) -> Ticket {
+/// most [`BLOCKS_PER_TICKET_MAX`], with a client's `grant` to read that job.
+pub fn batch_ticket(keys: &[BlockKey], grant: &[u8]) -> Ticket {
     let first = keys.first().copied().unwrap_or_default();
     let more = keys.get(1..).unwrap_or_default();
     let t = drove_proto::BlockTicket {
@@ -195,12 +196,19 @@ pub fn batch_ticket(keys: &[BlockKey]) -> Ticket {
         attempt: first.attempt,
         more_map_partitions: more.iter().map(|k| k.map_partition).collect(),
         more_attempts: more.iter().map(|k| k.attempt).collect(),
+        grant: grant.to_vec(),
     };
     Ticket::new(t.encode_to_vec())
 }
 
 /// Decodes a Flight ticket into the names of the blocks it asks for, in order.
 pub fn block_keys(ticket: &[u8]) -> Result<Vec<BlockKey>> {
+    Ok(decode_ticket(ticket)?.0)
+}
+
+/// Decodes a Flight ticket into the names of the blocks it asks for, in order, and
+/// the grant it carries.
+pub fn decode_ticket(ticket: &[u8]) -> Result<(Vec<BlockKey>, Vec<u8>)> {
     let t = drove_proto::BlockTicket::decode(ticket)
         .map_err(|e| Error::User(format!("not a drove block ticket: {e}")))?;
     if t.more_map_partitions.len() != t.more_attempts.len() {
@@ -223,14 +231,15 @@ pub fn block_keys(ticket: &[u8]) -> Result<Vec<BlockKey>> {
         reduce_partition: t.reduce_partition,
         attempt,
     };
-    Ok(std::iter::once(key(t.map_partition, t.attempt))
+    let keys = std::iter::once(key(t.map_partition, t.attempt))
         .chain(
             t.more_map_partitions
                 .iter()
                 .zip(&t.more_attempts)
                 .map(|(m, a)| key(*m, *a)),
         )
-        .collect())
+        .collect();
+    Ok((keys, t.grant))
 }
 
 /// A stream of one block's batches.
@@ -239,16 +248,17 @@ pub type BlockStream = futures::stream::BoxStream<'static, Result<RecordBatch>>;
 /// Starts fetching one block from the Flight service at `addr`: its batches arrive as
 /// the stream is read (gRPC flow control keeps what waits in memory small), and
 /// `on_wire_bytes` is told the bytes of each message that crosses the network.
+/// `grant`: a client's grant to read the block's job (empty for a node).
 pub async fn open_block(
     pool: &FlightPool,
     addr: &str,
-    key: &BlockKey,
+    (key, grant): (&BlockKey, &[u8]),
     on_wire_bytes: impl Fn(u64) + Send + 'static,
 ) -> Result<BlockStream> {
     open_blocks(
         pool.client(addr)?,
         addr,
-        std::slice::from_ref(key),
+        (std::slice::from_ref(key), grant),
         on_wire_bytes,
     )
     .await
@@ -260,7 +270,7 @@ pub async fn open_block(
 pub async fn open_blocks(
     mut client: FlightServiceClient<Channel>,
     addr: &str,
-    keys: &[BlockKey],
+    (keys, grant): (&[BlockKey], &[u8]),
     on_wire_bytes: impl Fn(u64) + Send + 'static,
 ) -> Result<BlockStream> {
     let addr = addr.to_string();
@@ -276,7 +286,7 @@ pub async fn open_blocks(
         lost: None,
     };
     let response = client
-        .do_get(batch_ticket(keys))
+        .do_get(batch_ticket(keys, grant))
         .await
         .map_err(|s| fetch_err(s.message().to_string()))?;
     let data = response.into_inner().map(move |d| {
@@ -818,7 +828,7 @@ fn read_blocks(
                 Connection::Shared => env.flight.client(addr)?,
                 Connection::Own => env.flight.own_client(addr)?,
             };
-            open_blocks(client, addr, &keys, on_bytes).await
+            open_blocks(client, addr, (&keys, &[]), on_bytes).await
         }
     };
     open.try_flatten_stream().map_err(name_lost).boxed()
@@ -893,9 +903,9 @@ mod tests {
     #[test]
     fn a_batch_ticket_names_its_blocks_in_order() {
         let keys = vec![key(3, 0), key(0, 2), key(9, 1)];
-        assert_eq!(block_keys(&batch_ticket(&keys).ticket).unwrap(), keys);
+        assert_eq!(block_keys(&batch_ticket(&keys, &[]).ticket).unwrap(), keys);
         assert_eq!(
-            block_keys(&ticket(&key(4, 1)).ticket).unwrap(),
+            block_keys(&ticket(&key(4, 1), &[]).ticket).unwrap(),
             vec![key(4, 1)]
         );
     }
@@ -914,7 +924,7 @@ mod tests {
         let many: Vec<BlockKey> = (0..=BLOCKS_PER_TICKET_MAX as u32)
             .map(|m| key(m, 0))
             .collect();
-        let e = block_keys(&batch_ticket(&many).ticket)
+        let e = block_keys(&batch_ticket(&many, &[]).ticket)
             .unwrap_err()
             .to_string();
         assert!(e.contains("the most one call reads"), "{e}");

@@ -1,8 +1,14 @@
 //! Client tokens: `drove_<id>_<secret>`. The id names the token in the metadata, in
 //! audit lines and in `drove token revoke`; the secret is known only to its holder,
 //! and the cluster keeps its SHA-256.
+//!
+//! Also grants: what lets a client read a job's blocks from the workers. The
+//! coordinator signs (job, the client certificate's name) with the cluster's ticket
+//! key, which workers get when they register; a worker serves a client only blocks of
+//! the job its grant names, and only to the certificate it was made for.
 
 use ring::digest::{SHA256, digest};
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 const PREFIX: &str = "drove_";
@@ -21,6 +27,40 @@ pub const ADMIN_DIGEST: &str = "admin.token.sha256";
 pub struct Presented {
     pub id: String,
     pub digest: Vec<u8>,
+}
+
+/// A new key for signing grants.
+pub fn new_ticket_key() -> Result<Vec<u8>, String> {
+    let mut key = vec![0u8; 32];
+    SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| "the system's random source failed".to_string())?;
+    Ok(key)
+}
+
+fn grant_message(job: u64, reader: &str) -> Vec<u8> {
+    let mut message = job.to_le_bytes().to_vec();
+    message.extend_from_slice(reader.as_bytes());
+    message
+}
+
+/// The grant that lets the holder of the client certificate named `reader` read
+/// job `job`'s blocks.
+pub fn grant(key: &[u8], job: u64, reader: &str) -> Vec<u8> {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    hmac::sign(&key, &grant_message(job, reader))
+        .as_ref()
+        .to_vec()
+}
+
+/// Whether `grant` is [`grant`]'s for `job` and `reader` (in constant time); never
+/// without a key.
+pub fn check_grant(key: &[u8], job: u64, reader: &str, grant: &[u8]) -> bool {
+    if key.is_empty() {
+        return false;
+    }
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    hmac::verify(&key, &grant_message(job, reader), grant).is_ok()
 }
 
 /// A new token: its text for its holder, and what the cluster keeps.
@@ -114,6 +154,22 @@ mod tests {
         // Another secret under the same id does not match.
         let forged = format!("{}{}_{}", PREFIX, kept.id, "0".repeat(64));
         assert_ne!(parse(&forged).unwrap().digest, kept.digest);
+    }
+
+    #[test]
+    fn a_grant_opens_one_job_to_one_reader() {
+        let key = new_ticket_key().unwrap();
+        let g = grant(&key, 7, "alice");
+        assert!(check_grant(&key, 7, "alice", &g));
+        assert!(!check_grant(&key, 8, "alice", &g), "another job");
+        assert!(!check_grant(&key, 7, "bob", &g), "another reader");
+        assert!(
+            !check_grant(&new_ticket_key().unwrap(), 7, "alice", &g),
+            "another cluster"
+        );
+        assert!(!check_grant(&key, 7, "alice", &[]), "no grant");
+        assert!(!check_grant(&key, 7, "alice", &g[..31]), "a cut grant");
+        assert!(!check_grant(&[], 7, "alice", &g), "no key yet");
     }
 
     #[test]

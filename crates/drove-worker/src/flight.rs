@@ -1,6 +1,7 @@
 //! The worker's Arrow Flight service: `do_get` serves shuffle blocks and results by
 //! ticket, one block or several of one stage and reduce partition per call. Every
-//! other Flight call is refused.
+//! other Flight call is refused. With TLS, the cluster's nodes read any block, and a
+//! client only those of the job its ticket's grant names, made for its certificate.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use arrow_flight::{
     HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
 };
 use drove_exec::blocks::BlockStore;
-use drove_exec::shuffle::{block_keys, coalesced};
+use drove_exec::shuffle::{coalesced, decode_ticket};
 use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -21,9 +22,13 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// The rows of the batches a `do_get` sends (blocks' pieces are joined up to it).
 const SERVED_BATCH_ROWS: usize = 8192;
 
+/// The key that checks clients' grants, as the coordinator gave it at registration
+/// (empty before).
+pub type TicketKey = Arc<std::sync::RwLock<Vec<u8>>>;
+
 /// The Flight server for a worker's block store.
-pub fn server(store: Arc<BlockStore>) -> FlightServiceServer<BlockService> {
-    FlightServiceServer::new(BlockService { store })
+pub fn server(store: Arc<BlockStore>, ticket_key: TicketKey) -> FlightServiceServer<BlockService> {
+    FlightServiceServer::new(BlockService { store, ticket_key })
         .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
 }
@@ -31,6 +36,29 @@ pub fn server(store: Arc<BlockStore>) -> FlightServiceServer<BlockService> {
 /// Serves blocks from a [`BlockStore`].
 pub struct BlockService {
     store: Arc<BlockStore>,
+    ticket_key: TicketKey,
+}
+
+impl BlockService {
+    /// Refuses a client (a peer without a node's certificate, over TLS) whose grant
+    /// is not for `job` and its certificate. Without TLS, anyone reads.
+    fn check_grant<T>(&self, request: &Request<T>, job: u64, grant: &[u8]) -> Result<(), Status> {
+        let Some(chain) = request.peer_certs() else {
+            return Ok(());
+        };
+        let cert = chain.first().map(|c| c.as_ref()).unwrap_or_default();
+        if drove_exec::tls::is_node(cert) {
+            return Ok(());
+        }
+        let reader = drove_exec::tls::client_name(cert).unwrap_or_default();
+        let key = self.ticket_key.read().unwrap_or_else(|p| p.into_inner());
+        if drove_exec::token::check_grant(&key, job, &reader, grant) {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "this ticket grants certificate '{reader}' no read of job {job}: clients read a job's result with the grant the coordinator gives them for it (drove does)"
+        )))
+    }
 }
 
 fn refused<T>(call: &str) -> Result<T, Status> {
@@ -53,8 +81,10 @@ impl FlightService for BlockService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        let keys = block_keys(&request.into_inner().ticket)
+        let (keys, grant) = decode_ticket(&request.get_ref().ticket)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Every block a ticket names is of its first block's job.
+        self.check_grant(&request, keys[0].job, &grant)?;
         tracing::debug!(blocks = keys.len(), first = %keys[0], "do_get");
         // Every block is looked up before the answer starts: a missing one fails the
         // call at once, naming it, rather than after the others were sent.

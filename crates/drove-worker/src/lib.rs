@@ -164,6 +164,8 @@ const STATUS_BATCH_MAX: usize = 256;
 
 struct Shared {
     store: Arc<BlockStore>,
+    /// What checks clients' grants on the Flight service.
+    ticket_key: flight::TicketKey,
     flight: Arc<FlightPool>,
     state: SessionState,
     /// Each running task's operators get a pool of this many bytes.
@@ -435,7 +437,8 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let mut rx = shutdown_rx.clone();
-    let server = flight::server(Arc::clone(&store));
+    let ticket_key = flight::TicketKey::default();
+    let server = flight::server(Arc::clone(&store), Arc::clone(&ticket_key));
     let mut builder =
         drove_exec::tls::server_builder(config.tls.as_deref()).map_err(Error::Config)?;
     let flight_server = tokio::spawn(async move {
@@ -453,6 +456,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
 
     let shared = Arc::new(Shared {
         store: Arc::clone(&store),
+        ticket_key,
         flight: Arc::new(FlightPool::new(config.tls.clone())),
         state: {
             let mut state = SessionStateBuilder::new()
@@ -552,6 +556,7 @@ async fn run(
             true = requested(&mut drain) => return Ok(()),
         };
         first = false;
+        *shared.ticket_key.write().unwrap_or_else(|p| p.into_inner()) = session.ticket_key.clone();
         if session.cluster_id != cluster_id {
             // Another cluster's job ids: what is held means nothing to it.
             shared.store.release_all();
@@ -589,6 +594,7 @@ struct Held {
 struct Session {
     worker_id: u64,
     cluster_id: u64,
+    ticket_key: Vec<u8>,
     heartbeat_interval: Duration,
     outbound: mpsc::Sender<pb::WorkerMessage>,
     inbound: tonic::Streaming<pb::CoordinatorMessage>,
@@ -643,6 +649,7 @@ async fn register(
                 })) => Ok(Session {
                     worker_id: r.worker_id,
                     cluster_id: r.cluster_id,
+                    ticket_key: r.ticket_key,
                     heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms.max(10)),
                     outbound,
                     inbound,

@@ -74,7 +74,7 @@ async fn a_client_certificate_cannot_join_as_a_worker_and_flight_admits_only_the
 
     // A worker's Flight service answers no one without a certificate of the cluster.
     let worker = cluster.worker_addrs()[0].to_string();
-    let ticket = drove_exec::shuffle::ticket(&Default::default());
+    let ticket = drove_exec::shuffle::ticket(&Default::default(), &[]);
     for (who, identity, says) in [
         // The TLS server answers plain HTTP/2 with an alert and closes: how that
         // shows depends on timing (a protocol error, a broken pipe).
@@ -87,6 +87,116 @@ async fn a_client_certificate_cannot_join_as_a_worker_and_flight_admits_only_the
         let chain = drove_exec::net::error_chain(&e);
         assert!(chain.contains(says), "{who}: {chain}");
     }
+    cluster.shutdown().await;
+}
+
+/// A Flight ticket is a capability: a client reads a job's blocks only with the grant
+/// the coordinator gave its certificate for that job. Block ids alone (as the REST
+/// API shows them), a forged grant, another job's grant or another client's are
+/// refused by the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_reads_blocks_only_with_its_grant_for_their_job() {
+    let root = tempfile::tempdir().unwrap();
+    let node = identity(root.path(), "ca", "node", Role::Node);
+    let alice = identity(root.path(), "ca", "alice", Role::Client);
+    let bob = identity(root.path(), "ca", "bob", Role::Client);
+    let (cluster, admin) = crate::start(LocalClusterConfig {
+        workers: 2,
+        coordinator: CoordinatorConfig {
+            tls: Some(node),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let addr = cluster.coordinator_addr().to_string();
+    // Two finished jobs whose results wait on the workers, submitted as alice.
+    let session = Session::connect_with(
+        &addr,
+        &Credentials {
+            tls: Some(alice.clone()),
+            token: None,
+        },
+    )
+    .await
+    .unwrap();
+    let jobs = [
+        session.submit_sql("SELECT 1 AS one").await.unwrap(),
+        session.submit_sql("SELECT 2 AS two").await.unwrap(),
+    ];
+    // Alice's grant for each, as her client gets it: from watching the job.
+    let endpoint = drove_exec::net::endpoint(&addr, Some(&alice)).unwrap();
+    let mut rpc = pb::coordinator_client::CoordinatorClient::new(endpoint.connect_lazy());
+    let mut finished = Vec::new();
+    for job in jobs {
+        let request = pb::JobRequest {
+            job_id: job,
+            cluster_id: 0,
+        };
+        let mut updates = rpc.watch_job(request).await.unwrap().into_inner();
+        let mut last = None;
+        while let Some(status) = updates.message().await.unwrap() {
+            last = Some(status);
+        }
+        let last = last.unwrap();
+        assert_eq!(last.state(), pb::JobState::Succeeded, "{last:?}");
+        assert_eq!(
+            last.result_grant.len(),
+            32,
+            "a grant for alice's certificate"
+        );
+        finished.push(last);
+    }
+    // Where the first job's result is, as anyone who sees the job could learn it.
+    let status = &finished[0];
+    let output = &status.result[0];
+    let key = drove_exec::blocks::BlockKey {
+        job: status.job_id,
+        stage: status.result_stage_id,
+        map_partition: output.partition,
+        reduce_partition: 0,
+        attempt: output.attempt,
+    };
+    let read = async |who: &Arc<ClusterTls>, grant: &[u8]| {
+        let pool = drove_exec::shuffle::FlightPool::new(Some(who.clone()));
+        let mut client = pool.client(&output.flight_addr).unwrap();
+        client
+            .do_get(drove_exec::shuffle::ticket(&key, grant))
+            .await
+            .map(|_| ())
+    };
+    read(&alice, &status.result_grant)
+        .await
+        .expect("alice's grant for the job");
+    let forged = vec![0u8; 32];
+    for (who, identity, grant) in [
+        ("no grant", &alice, &[][..]),
+        ("a forged grant", &alice, &forged[..]),
+        (
+            "the other job's grant",
+            &alice,
+            &finished[1].result_grant[..],
+        ),
+        (
+            "alice's grant in bob's hands",
+            &bob,
+            &status.result_grant[..],
+        ),
+    ] {
+        let e = read(identity, grant).await.expect_err(who);
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{who}: {e}");
+        assert!(e.message().contains("grants certificate"), "{who}: {e}");
+    }
+    // The cluster's own nodes read without one (the embedded client holds a node's
+    // certificate).
+    admin
+        .result(jobs[1])
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    session.shutdown().await;
     cluster.shutdown().await;
 }
 

@@ -995,8 +995,8 @@ impl Seeds {
         ];
         let tickets: Vec<Vec<u8>> = keys
             .iter()
-            .map(|k| shuffle::ticket(k).ticket.to_vec())
-            .chain([shuffle::batch_ticket(&keys).ticket.to_vec()])
+            .map(|k| shuffle::ticket(k, &[]).ticket.to_vec())
+            .chain([shuffle::batch_ticket(&keys, &[7; 32]).ticket.to_vec()])
             .collect();
 
         let (rich_schema, rich_batch) = rich_batch();
@@ -1374,6 +1374,7 @@ fn coordinator_messages(small_plan: &[u8], large_plan: &[u8]) -> Vec<Vec<u8>> {
             worker_id: 7,
             heartbeat_interval_ms: 1000,
             cluster_id: 77,
+            ticket_key: vec![3; 32],
         }),
         Kind::DropOutputs(pb::DropOutputs {
             outputs: vec![task_key()],

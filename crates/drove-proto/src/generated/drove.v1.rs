@@ -271,7 +271,7 @@ pub struct DropBlocks {
     #[prost(message, repeated, tag = "1")]
     pub blocks: ::prost::alloc::vec::Vec<BlockTicket>,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Registered {
     #[prost(uint64, tag = "1")]
     pub worker_id: u64,
@@ -280,6 +280,9 @@ pub struct Registered {
     /// The coordinator's cluster: a worker drops outputs it holds for another.
     #[prost(uint64, tag = "3")]
     pub cluster_id: u64,
+    /// The key that signs clients' grants to read blocks (see BlockTicket.grant).
+    #[prost(bytes = "vec", tag = "4")]
+    pub ticket_key: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DropOutputs {
@@ -362,6 +365,10 @@ pub struct BlockTicket {
     pub more_map_partitions: ::prost::alloc::vec::Vec<u32>,
     #[prost(uint32, repeated, tag = "7")]
     pub more_attempts: ::prost::alloc::vec::Vec<u32>,
+    /// With TLS, a client (not a node) reads a job's blocks only with the grant the
+    /// coordinator gave it for that job (JobStatus.result_grant).
+    #[prost(bytes = "vec", tag = "8")]
+    pub grant: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TableSpec {
@@ -481,6 +488,10 @@ pub struct JobStatus {
     /// The tenant that submitted it.
     #[prost(string, tag = "19")]
     pub tenant: ::prost::alloc::string::String,
+    /// With TLS, what lets this client (its certificate) read the job's result blocks
+    /// from the workers: put in each BlockTicket's grant.
+    #[prost(bytes = "vec", tag = "20")]
+    pub result_grant: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StageStatus {
@@ -793,7 +804,7 @@ pub struct MetaEntry {
     /// The entry's position in the log, from 1; a snapshot covers every entry up to its own.
     #[prost(uint64, tag = "1")]
     pub index: u64,
-    #[prost(oneof = "meta_entry::Command", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "meta_entry::Command", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub command: ::core::option::Option<meta_entry::Command>,
 }
 /// Nested message and enum types in `MetaEntry`.
@@ -816,6 +827,8 @@ pub mod meta_entry {
         TokenCreated(super::MetaTokenCreated),
         #[prost(message, tag = "9")]
         TokenRevoked(super::MetaTokenRevoked),
+        #[prost(message, tag = "10")]
+        TicketKey(super::MetaTicketKey),
     }
 }
 /// A table was cached (CACHE TABLE): a restarted coordinator keeps it in its catalog,
@@ -852,6 +865,12 @@ pub struct MetaTokenCreated {
 pub struct MetaTokenRevoked {
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
+}
+/// The key that signs clients' grants to read blocks, chosen once.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MetaTicketKey {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct MetaCachedTable {
@@ -984,6 +1003,8 @@ pub struct MetaSnapshot {
     pub tokens: ::prost::alloc::vec::Vec<MetaTokenCreated>,
     #[prost(string, repeated, tag = "9")]
     pub revoked_tokens: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(bytes = "vec", tag = "10")]
+    pub ticket_key: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MetaJob {
