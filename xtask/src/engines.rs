@@ -99,31 +99,49 @@ async fn drove_session(spec: &Value, target_partitions: Option<usize>) -> Result
     if let Some(n) = spec.get("coordinators").and_then(Value::as_u64) {
         config.coordinators = n as usize;
     }
-    if spec.get("tls").and_then(Value::as_bool) == Some(true) {
-        config.coordinator.tls = Some(tls_identity()?);
+    if spec.get("tls").and_then(Value::as_bool) != Some(true) {
+        let cluster = LocalCluster::start(config).await?;
+        return Ok(Session::with_cluster(cluster).await?);
     }
+    // As a user of a secured cluster: a client certificate, and a tenant's token made
+    // with the CA's admin token.
+    let (node, client, admin) = tls_identities()?;
+    config.coordinator.tls = Some(node);
     let cluster = LocalCluster::start(config).await?;
-    Ok(Session::with_cluster(cluster).await?)
+    let as_admin = drove_client::Credentials {
+        tls: Some(client.clone()),
+        token: Some(admin),
+    };
+    let admin = Session::connect_with(&cluster.coordinator_addrs(), &as_admin).await?;
+    let token = admin.create_token("bench", "submit").await?.token;
+    let as_user = drove_client::Credentials {
+        tls: Some(client),
+        token: Some(token),
+    };
+    Ok(Session::with_cluster_as(cluster, &as_user).await?)
 }
 
-/// A node identity of a cluster CA made for this run: its files are read into memory,
-/// and removed.
-fn tls_identity() -> Result<std::sync::Arc<drove_client::ClusterTls>> {
+/// A node's and a client's identities of a cluster CA made for this run, and its
+/// admin token: the files are read into memory, and removed.
+fn tls_identities() -> Result<(
+    std::sync::Arc<drove_client::ClusterTls>,
+    std::sync::Arc<drove_client::ClusterTls>,
+    String,
+)> {
     use drove_exec::tls;
     let dir = tempfile::tempdir()?;
     let fail = |e: String| anyhow::anyhow!(e);
-    tls::init(&dir.path().join("ca")).map_err(fail)?;
-    let node = dir.path().join("node");
-    tls::issue(
-        &dir.path().join("ca"),
-        "bench",
-        tls::Role::Node,
-        &[],
-        1,
-        &node,
-    )
-    .map_err(fail)?;
-    drove_client::ClusterTls::load(&node).map_err(fail)
+    let ca = dir.path().join("ca");
+    tls::init(&ca).map_err(fail)?;
+    let (node, client) = (dir.path().join("node"), dir.path().join("client"));
+    tls::issue(&ca, "bench-node", tls::Role::Node, &[], 1, &node).map_err(fail)?;
+    tls::issue(&ca, "bench-client", tls::Role::Client, &[], 1, &client).map_err(fail)?;
+    let admin = std::fs::read_to_string(ca.join(drove_exec::token::ADMIN_TOKEN))?;
+    Ok((
+        drove_client::ClusterTls::load(&node).map_err(fail)?,
+        drove_client::ClusterTls::load(&client).map_err(fail)?,
+        admin.trim().to_string(),
+    ))
 }
 
 /// A result's rows as JSON arrays of display strings (null for null), the form every

@@ -168,8 +168,9 @@ struct BenchArgs {
     /// directory): the cost of an HA coordinator.
     #[arg(long, default_value_t = 1)]
     coordinators: usize,
-    /// Run drove's cluster with mutual TLS between its nodes and its client (a CA and
-    /// a node certificate made for the run): the cost of TLS.
+    /// Run drove's cluster secured: mutual TLS between its nodes and its client (a CA
+    /// and certificates made for the run), the client with a tenant's token and
+    /// reading results with grants: the cost of security.
     #[arg(long)]
     tls: bool,
     /// Leader kills in the failover workload (default 30; 3 with --quick).
@@ -335,7 +336,7 @@ fn header(plan: &Plan) -> String {
             (1, true) => ", coordinator with --data-dir".to_string(),
             (1, false) => String::new(),
             (n, _) => format!(", {n} coordinators replicated with Raft"),
-        } + if plan.args.tls { ", mutual TLS" } else { "" },
+        } + if plan.args.tls { ", mutual TLS and a token" } else { "" },
         peer(Peer::Pyspark, |p| &p.spark),
         peer(Peer::Dask, |p| &p.dask),
     )

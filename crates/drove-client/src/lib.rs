@@ -393,7 +393,13 @@ impl Session {
             tls: cluster.tls().cloned(),
             token: None,
         };
-        let session = Self::connect_with(&cluster.coordinator_addrs(), &credentials).await?;
+        Self::with_cluster_as(cluster, &credentials).await
+    }
+
+    /// [`Session::with_cluster`], connecting with `credentials` (a client's
+    /// certificate and token) instead of the cluster's own node certificate.
+    pub async fn with_cluster_as(cluster: LocalCluster, credentials: &Credentials) -> Result<Self> {
+        let session = Self::connect_with(&cluster.coordinator_addrs(), credentials).await?;
         *session.inner.cluster.lock().await = Some(cluster);
         Ok(session)
     }
