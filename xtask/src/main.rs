@@ -336,7 +336,11 @@ fn header(plan: &Plan) -> String {
             (1, true) => ", coordinator with --data-dir".to_string(),
             (1, false) => String::new(),
             (n, _) => format!(", {n} coordinators replicated with Raft"),
-        } + if plan.args.tls { ", mutual TLS and a token" } else { "" },
+        } + if plan.args.tls {
+            ", mutual TLS and a token"
+        } else {
+            ""
+        },
         peer(Peer::Pyspark, |p| &p.spark),
         peer(Peer::Dask, |p| &p.dask),
     )

@@ -8,6 +8,7 @@ mod mapreduce;
 mod memory;
 mod multiprocess;
 mod replicated;
+mod secured;
 mod security;
 mod ui;
 

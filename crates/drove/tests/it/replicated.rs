@@ -248,10 +248,10 @@ fn drove_local_runs_three_replicated_coordinators() {
 /// A test network: a hub namespace (workers and clients, 10.77.N.1) with a bridge, and
 /// one namespace per coordinator (10.77.N.11, .12, .13) joined to it by a veth pair
 /// whose hub end can be set down to cut that coordinator off from everyone.
-struct Net {
-    hub: String,
-    coordinators: Vec<String>,
-    subnet: u32,
+pub(crate) struct Net {
+    pub(crate) hub: String,
+    pub(crate) coordinators: Vec<String>,
+    pub(crate) subnet: u32,
 }
 
 fn ip(args: &[&str]) {
@@ -270,7 +270,7 @@ fn ip(args: &[&str]) {
 }
 
 impl Net {
-    fn create() -> Self {
+    pub(crate) fn create() -> Self {
         let subnet = std::process::id() % 200 + 20;
         let tag = format!("drv{}", std::process::id());
         let net = Net {
@@ -317,12 +317,12 @@ impl Net {
     }
 
     /// Coordinator `i`'s address.
-    fn addr(&self, i: usize) -> String {
+    pub(crate) fn addr(&self, i: usize) -> String {
         format!("10.77.{}.{}", self.subnet, 11 + i)
     }
 
     /// `drove` inside namespace `ns`.
-    fn drove(ns: &str) -> std::process::Command {
+    pub(crate) fn drove(ns: &str) -> std::process::Command {
         let mut c = std::process::Command::new("ip");
         c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_drove")]);
         c.env_remove("RUST_LOG");
@@ -343,7 +343,7 @@ impl Net {
     }
 
     /// Runs `drove ARGS` in namespace `ns` to its end.
-    fn run(ns: &str, args: &[&str]) -> std::process::Output {
+    pub(crate) fn run(ns: &str, args: &[&str]) -> std::process::Output {
         let mut c = Self::drove(ns);
         c.args(args);
         let child = c
