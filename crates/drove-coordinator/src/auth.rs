@@ -67,12 +67,8 @@ impl Credential {
         if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
             return Self::bearer(value.to_str().unwrap_or_default());
         }
-        let cookie = (headers.get_all(axum::http::header::COOKIE).iter())
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| pair.trim().strip_prefix(TOKEN_COOKIE)?.strip_prefix('='));
-        if let Some(token) = cookie {
-            return Self::Token(token.to_string());
+        if let Some(token) = cookie(headers, TOKEN_COOKIE) {
+            return Self::Token(token);
         }
         connection
     }
@@ -82,6 +78,15 @@ impl Credential {
         let token = value.strip_prefix("Bearer ").unwrap_or(value);
         Self::Token(token.trim().to_string())
     }
+}
+
+/// The value of the cookie `name` a request carries.
+pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    (headers.get_all(axum::http::header::COOKIE).iter())
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(name)?.strip_prefix('='))
+        .map(str::to_string)
 }
 
 /// Logs what an authenticated caller did or tried, as one structured line (target

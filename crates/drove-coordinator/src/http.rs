@@ -16,7 +16,7 @@ use drove_core::JobId;
 use drove_core::access::Identity;
 
 use crate::Error;
-use crate::auth::Credential;
+use crate::auth::{self, Credential};
 use crate::rest::{api_error, parse_id};
 use crate::state::Coordinator;
 use crate::{rest, ui};
@@ -37,6 +37,7 @@ pub fn router(coordinator: Coordinator) -> Router {
             }),
         )
         .route("/health", get(|| async { "ok\n" }))
+        .route(ui::SIGN_IN, get(sign_in_page).post(sign_in))
         .route("/metrics", get(metrics))
         .merge(rest::router())
         .fallback(|| async { api_error(StatusCode::NOT_FOUND, "no such page".into()) })
@@ -69,7 +70,7 @@ pub fn router(coordinator: Coordinator) -> Router {
 const SECURITY_HEADERS: [(&str, &str); 4] = [
     (
         "content-security-policy",
-        "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     ),
     ("x-frame-options", "DENY"),
     ("x-content-type-options", "nosniff"),
@@ -105,9 +106,8 @@ async fn web_surface(request: axum::extract::Request, next: axum::middleware::Ne
     response
 }
 
-/// Pages anyone may fetch: the health check, and the stylesheet of the pages that
-/// say a token is needed.
-const OPEN_PATHS: [&str; 2] = ["/health", ui::STYLESHEET];
+/// Pages anyone may fetch: the health check, the sign-in page, and the stylesheet.
+const OPEN_PATHS: [&str; 3] = ["/health", ui::SIGN_IN, ui::STYLESHEET];
 
 /// The peer of an HTTPS connection: its address, and what its certificate says.
 #[derive(Debug, Clone)]
@@ -150,6 +150,97 @@ async fn authenticate(
     }
 }
 
+/// The sign-in page's anti-forgery cookie, whose value the form sends back.
+const CSRF_COOKIE: &str = "drove_csrf";
+
+/// How long the UI keeps a token.
+const TOKEN_COOKIE_SECONDS: u32 = 12 * 3600;
+
+/// A cookie for this server only, never sent cross-site nor readable by scripts;
+/// over HTTPS only when the server speaks it.
+fn set_cookie(
+    coordinator: &Coordinator,
+    name: &str,
+    value: &str,
+    path: &str,
+    max_age: u32,
+) -> header::HeaderValue {
+    let secure = if coordinator.config.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
+    let text = format!(
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+    );
+    header::HeaderValue::from_str(&text).unwrap_or_else(|_| header::HeaderValue::from_static(""))
+}
+
+/// The sign-in page, with a fresh anti-forgery value in its form and a cookie.
+async fn sign_in_page(State(coordinator): State<Coordinator>) -> Response {
+    sign_in_form(&coordinator, StatusCode::OK, None)
+}
+
+fn sign_in_form(coordinator: &Coordinator, status: StatusCode, error: Option<&str>) -> Response {
+    let csrf = match drove_exec::token::nonce() {
+        Ok(csrf) => csrf,
+        Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    let cookie = set_cookie(coordinator, CSRF_COOKIE, &csrf, ui::SIGN_IN, 3600);
+    let page = Html(ui::sign_in(&csrf, error).into_string());
+    (status, [(header::SET_COOKIE, cookie)], page).into_response()
+}
+
+/// Takes the sign-in form: with the page's anti-forgery value and a token the
+/// cluster knows, keeps the token in a cookie and goes to the overview.
+async fn sign_in(
+    State(coordinator): State<Coordinator>,
+    headers: header::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let form = form_fields(&body);
+    let field = |name: &str| form.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    let expected = auth::cookie(&headers, CSRF_COOKIE);
+    if field("csrf").is_none() || field("csrf").map(str::to_string) != expected {
+        return sign_in_form(
+            &coordinator,
+            StatusCode::FORBIDDEN,
+            Some("the form is stale or came from another page; sign in again here"),
+        );
+    }
+    let token = field("token").unwrap_or_default().to_string();
+    match coordinator.identify(Credential::Token(token.clone())).await {
+        Ok(_) => {
+            let cookie = set_cookie(
+                &coordinator,
+                auth::TOKEN_COOKIE,
+                &token,
+                "/",
+                TOKEN_COOKIE_SECONDS,
+            );
+            (
+                StatusCode::SEE_OTHER,
+                [
+                    (header::SET_COOKIE, cookie),
+                    (header::LOCATION, header::HeaderValue::from_static("/")),
+                ],
+            )
+                .into_response()
+        }
+        Err(e) => sign_in_form(&coordinator, StatusCode::UNAUTHORIZED, Some(&e.to_string())),
+    }
+}
+
+/// The fields of a form body. Tokens and anti-forgery values are plain letters,
+/// digits and '_': a field with anything to decode is kept as it came, and fails.
+fn form_fields(body: &[u8]) -> Vec<(&str, &str)> {
+    std::str::from_utf8(body)
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .collect()
+}
+
 /// Why `request` looks like a cross-site write, if it does.
 fn cross_site(request: &axum::extract::Request) -> Option<&'static str> {
     if matches!(*request.method(), Method::GET | Method::HEAD) {
@@ -171,9 +262,13 @@ fn cross_site(request: &axum::extract::Request) -> Option<&'static str> {
     }
     if let Some(kind) = text(header::CONTENT_TYPE) {
         let kind = kind.split(';').next().unwrap_or_default().trim();
-        if FORM_CONTENT_TYPES
-            .iter()
-            .any(|f| kind.eq_ignore_ascii_case(f))
+        // The sign-in form is the one form: it carries an anti-forgery field.
+        let sign_in = request.uri().path() == ui::SIGN_IN
+            && kind.eq_ignore_ascii_case("application/x-www-form-urlencoded");
+        if !sign_in
+            && FORM_CONTENT_TYPES
+                .iter()
+                .any(|f| kind.eq_ignore_ascii_case(f))
         {
             return Some("the request is a form post");
         }
@@ -326,15 +421,15 @@ mod tests {
     /// stylesheet needs a token: the `Authorization` header or the UI's cookie. An
     /// unknown, malformed or revoked token gets 401 naming the fix, and a tenant's
     /// token sees only its tenant's jobs.
-    #[tokio::test]
-    async fn with_tls_every_page_needs_a_token_and_tenants_see_their_own() {
+    /// The router of a coordinator with TLS, so with authentication (served here
+    /// over plain HTTP, so requests carry no certificate), and its CA's admin token.
+    async fn serve_with_tls() -> (SocketAddr, Coordinator, String, tempfile::TempDir) {
         let root = tempfile::tempdir().unwrap();
         let ca = root.path().join("ca");
         drove_exec::tls::init(&ca).unwrap();
         let node = root.path().join("node");
         drove_exec::tls::issue(&ca, "node", drove_exec::tls::Role::Node, &[], 1, &node).unwrap();
         let admin = std::fs::read_to_string(ca.join(drove_exec::token::ADMIN_TOKEN)).unwrap();
-        let admin = admin.trim();
         let coordinator = Coordinator::new(CoordinatorConfig {
             tls: Some(drove_exec::tls::ClusterTls::load(&node).unwrap()),
             ..Default::default()
@@ -344,8 +439,114 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let app = router(coordinator.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, coordinator, admin.trim().to_string(), root)
+    }
 
-        for path in ["/health", ui::STYLESHEET] {
+    /// [`request_with`] with a body.
+    async fn post_form(
+        addr: SocketAddr,
+        path: &str,
+        headers: &str,
+        body: &str,
+    ) -> (u16, String, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_lowercase(), body.to_string())
+    }
+
+    /// The UI's sign-in form keeps a token the cluster knows in a cookie scoped to
+    /// this server; the form must carry the anti-forgery value its page set, and
+    /// come from this origin.
+    #[tokio::test]
+    async fn the_sign_in_form_keeps_a_known_token_and_refuses_forgeries() {
+        let (addr, _coordinator, admin, _dir) = serve_with_tls().await;
+        let (code, head, page) = request(addr, "GET", ui::SIGN_IN).await;
+        assert_eq!(code, 200);
+        let set = head
+            .lines()
+            .find(|l| l.starts_with("set-cookie: drove_csrf="))
+            .unwrap();
+        assert!(
+            set.contains("httponly") && set.contains("samesite=strict") && set.contains("secure"),
+            "{set}"
+        );
+        let csrf = set["set-cookie: drove_csrf=".len()..]
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(page.contains(&format!("value=\"{csrf}\"")), "{page}");
+        assert!(head.contains("form-action 'self'"), "{head}");
+
+        let cookie = format!("Cookie: drove_csrf={csrf}\r\n");
+        // Signed in: the token is kept, and the overview shows.
+        let (code, head, _) = post_form(
+            addr,
+            ui::SIGN_IN,
+            &cookie,
+            &format!("csrf={csrf}&token={admin}"),
+        )
+        .await;
+        assert_eq!(code, 303, "{head}");
+        assert!(head.contains("location: /"), "{head}");
+        let kept = head
+            .lines()
+            .find(|l| l.starts_with("set-cookie: drove_token="))
+            .unwrap();
+        assert!(
+            kept.contains("httponly")
+                && kept.contains("samesite=strict")
+                && kept.contains("path=/;"),
+            "{kept}"
+        );
+        // A wrong token, a missing or mismatched anti-forgery value, or another
+        // site's post: refused, nothing kept.
+        for (headers, body, status) in [
+            (
+                cookie.clone(),
+                format!("csrf={csrf}&token=drove_guess"),
+                401,
+            ),
+            (cookie.clone(), format!("token={admin}"), 403),
+            (
+                "Cookie: drove_csrf=other\r\n".to_string(),
+                format!("csrf={csrf}&token={admin}"),
+                403,
+            ),
+            (
+                format!("{cookie}Origin: http://evil.example\r\n"),
+                format!("csrf={csrf}&token={admin}"),
+                403,
+            ),
+            (
+                format!("{cookie}Sec-Fetch-Site: cross-site\r\n"),
+                format!("csrf={csrf}&token={admin}"),
+                403,
+            ),
+        ] {
+            let (code, head, _) = post_form(addr, ui::SIGN_IN, &headers, &body).await;
+            assert_eq!(code, status, "{headers} {body}: {head}");
+            assert!(!head.contains("set-cookie: drove_token"), "{head}");
+        }
+        // Other forms are still refused.
+        let (code, _, _) = post_form(addr, "/api/v1/jobs/1/cancel", &cookie, "").await;
+        assert_eq!(code, 403);
+    }
+
+    #[tokio::test]
+    async fn with_tls_every_page_needs_a_token_and_tenants_see_their_own() {
+        let (addr, coordinator, admin, _dir) = serve_with_tls().await;
+        let admin = admin.as_str();
+
+        for path in ["/health", ui::STYLESHEET, ui::SIGN_IN] {
             assert_eq!(request(addr, "GET", path).await.0, 200, "{path}");
         }
         let bearer = |token: &str| format!("Authorization: Bearer {token}\r\n");

@@ -58,6 +58,7 @@ fn page(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
                     a href="/api/v1/cluster" { "JSON" }
                     a href="/metrics" { "metrics" }
                     a href="/api/v1/openapi.json" { "API" }
+                    a href=(SIGN_IN) { "sign in" }
                 }
                 (body)
             }
@@ -542,6 +543,31 @@ pub fn worker(w: &WorkerDetail) -> Markup {
         }
     };
     page(&format!("worker-{}", w.worker_id), Some(5), body)
+}
+
+/// Where the UI takes a token.
+pub const SIGN_IN: &str = "/sign-in";
+
+/// The sign-in page: a token, sent back with `csrf` (which must match the cookie the
+/// page came with); `error` says why the last try failed.
+pub fn sign_in(csrf: &str, error: Option<&str>) -> Markup {
+    page(
+        "sign in",
+        None,
+        html! {
+            h1 { "Sign in" }
+            p { "A token from " code { "drove token create" } " (or the CA's " code { "admin.token" } ") acts as its tenant and role in this browser, instead of your certificate." }
+            @if let Some(error) = error {
+                p.error { (error) }
+            }
+            form method="post" action=(SIGN_IN) {
+                input type="hidden" name="csrf" value=(csrf);
+                label { "token " input type="password" name="token" autocomplete="off" required; }
+                " "
+                button type="submit" { "sign in" }
+            }
+        },
+    )
 }
 
 pub fn not_found(message: &str) -> Markup {

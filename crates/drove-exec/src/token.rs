@@ -29,6 +29,15 @@ pub struct Presented {
     pub digest: Vec<u8>,
 }
 
+/// A random value for a form's anti-forgery field (16 bytes, as hex).
+pub fn nonce() -> Result<String, String> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "the system's random source failed".to_string())?;
+    Ok(hex(&bytes))
+}
+
 /// A new key for signing grants.
 pub fn new_ticket_key() -> Result<Vec<u8>, String> {
     let mut key = vec![0u8; 32];
