@@ -171,6 +171,9 @@ pub struct CoordinatorConfig {
     /// The directories jobs may read and write (`--allow-path`); `None`: wherever
     /// the coordinator and workers can.
     pub allowed_paths: Option<drove_exec::confine::AllowedPaths>,
+    /// Where each named tenant's jobs may read and write (`--tenant-path`), in
+    /// place of `allowed_paths` for that tenant.
+    pub tenant_paths: std::collections::BTreeMap<String, drove_exec::confine::AllowedPaths>,
     /// Tenants' weights and quotas (`--tenant`); others get the defaults.
     pub tenants: std::collections::BTreeMap<String, drove_core::scheduler::TenantPolicy>,
 }
@@ -197,6 +200,7 @@ impl Default for CoordinatorConfig {
             tls: None,
             insecure: false,
             allowed_paths: None,
+            tenant_paths: Default::default(),
             tenants: Default::default(),
         }
     }

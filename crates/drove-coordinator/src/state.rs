@@ -794,7 +794,9 @@ impl Coordinator {
             task_memory,
             planning::JobRules {
                 limits: self.config.job_limits,
-                allowed_paths: self.config.allowed_paths.clone(),
+                allowed_paths: (self.config.tenant_paths.get(&who.tenant))
+                    .or(self.config.allowed_paths.as_ref())
+                    .cloned(),
             },
         )
         .await?;

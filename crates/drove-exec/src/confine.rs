@@ -62,7 +62,7 @@ impl AllowedPaths {
     pub fn check(&self, path: &str) -> Result<(), String> {
         let refuse = |why: &str| {
             format!(
-                "'{path}' {why}; this cluster reads and writes only under {} (--allow-path)",
+                "'{path}' {why}; this cluster reads and writes only under {} (--allow-path, or --tenant-path for a tenant)",
                 self.list()
             )
         };

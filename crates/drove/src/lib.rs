@@ -173,6 +173,41 @@ struct SharingArgs {
     /// Repeatable.
     #[arg(long = "tenant", value_name = "NAME:SETTINGS", value_parser = drove_core::scheduler::TenantPolicy::parse)]
     tenants: Vec<(String, drove_core::scheduler::TenantPolicy)>,
+    /// A directory a tenant's jobs may read and write under, TENANT=DIR: a tenant
+    /// named here is confined to its own directories instead of --allow-path's.
+    /// Repeatable.
+    #[arg(long = "tenant-path", value_name = "TENANT=DIR", value_parser = parse_tenant_path)]
+    tenant_paths: Vec<(String, PathBuf)>,
+}
+
+fn parse_tenant_path(text: &str) -> Result<(String, PathBuf), String> {
+    let (tenant, dir) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' is not TENANT=DIR, e.g. analytics=/data/analytics"))?;
+    drove_core::access::check_tenant(tenant)?;
+    if dir.is_empty() {
+        return Err(format!("'{text}' names no directory: give TENANT=DIR"));
+    }
+    Ok((tenant.to_string(), PathBuf::from(dir)))
+}
+
+impl SharingArgs {
+    /// Each named tenant's directories, checked.
+    fn tenant_paths(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, drove_exec::confine::AllowedPaths>> {
+        let mut dirs: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
+        for (tenant, dir) in &self.tenant_paths {
+            dirs.entry(tenant.clone()).or_default().push(dir.clone());
+        }
+        dirs.into_iter()
+            .map(|(tenant, dirs)| {
+                let allowed = drove_exec::confine::AllowedPaths::new(&dirs)
+                    .map_err(|e| anyhow::anyhow!("--tenant-path {tenant}: {e}"))?;
+                Ok((tenant, allowed))
+            })
+            .collect()
+    }
 }
 
 /// Where a cluster's jobs may read and write.
@@ -715,6 +750,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         tls: args.tls.load()?,
         insecure: args.tls.insecure,
         allowed_paths: args.paths.load()?,
+        tenant_paths: args.sharing.tenant_paths()?,
         tenants: args.sharing.tenants.into_iter().collect(),
         ..Default::default()
     };
@@ -806,6 +842,7 @@ async fn local(args: LocalArgs) -> Result<()> {
             tls: args.tls.load()?,
             insecure: args.tls.insecure,
             allowed_paths: args.paths.load()?,
+            tenant_paths: args.sharing.tenant_paths()?,
             tenants: args.sharing.tenants.into_iter().collect(),
             ..Default::default()
         },

@@ -524,3 +524,57 @@ async fn a_tenants_job_is_not_queued_behind_another_tenants_backlog() {
         s.shutdown().await;
     }
 }
+
+/// `--tenant-path`: a tenant named there reads only under its own directories;
+/// another tenant keeps the cluster's rule (here: none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_is_confined_to_its_own_directories() {
+    let root = tempfile::tempdir().unwrap();
+    let node = identity(root.path(), "ca", "node", Role::Node);
+    let admin_token = std::fs::read_to_string(root.path().join("ca").join("admin.token")).unwrap();
+    let (a_dir, b_dir) = (root.path().join("a"), root.path().join("b"));
+    for (dir, value) in [(&a_dir, 1), (&b_dir, 2)] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("t.csv"), format!("v\n{value}\n")).unwrap();
+    }
+    let confined = drove_exec::confine::AllowedPaths::new(std::slice::from_ref(&a_dir)).unwrap();
+    let (cluster, _) = crate::start(LocalClusterConfig {
+        workers: 1,
+        coordinator: CoordinatorConfig {
+            tls: Some(node.clone()),
+            tenant_paths: [("team-a".to_string(), confined)].into_iter().collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let addr = cluster.coordinator_addr().to_string();
+    let connect = async |token: &str| {
+        let credentials = Credentials {
+            tls: Some(node.clone()),
+            token: Some(token.to_string()),
+        };
+        Session::connect_with(&addr, &credentials).await.unwrap()
+    };
+    let admin = connect(admin_token.trim()).await;
+    let a = connect(&admin.create_token("team-a", "submit").await.unwrap().token).await;
+    let b = connect(&admin.create_token("team-b", "submit").await.unwrap().token).await;
+    let read = async |s: &Session, dir: &Path| {
+        let sql = format!(
+            "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true'); SELECT v FROM t",
+            dir.join("t.csv").display()
+        );
+        s.run_sql(&sql).await.map(|r| r.num_rows())
+    };
+    assert_eq!(read(&a, &a_dir).await.unwrap(), 1);
+    let e = read(&a, &b_dir).await.unwrap_err().to_string();
+    assert!(e.contains("outside") || e.contains("allow"), "{e}");
+    assert!(
+        e.contains(&a_dir.display().to_string()),
+        "names the allowed directory: {e}"
+    );
+    assert_eq!(read(&b, &b_dir).await.unwrap(), 1, "team-b is not confined");
+    for s in [admin, a, b] {
+        s.shutdown().await;
+    }
+}
