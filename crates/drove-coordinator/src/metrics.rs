@@ -135,6 +135,7 @@ pub struct Metrics {
     worker_heartbeat_age: Family<WorkerLabel, Gauge<f64, AtomicU64>>,
     tenant_attempts: Family<TenantLabel, Gauge>,
     tenant_jobs_running: Family<TenantLabel, Gauge>,
+    tenant_cached_bytes: Family<TenantLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -174,6 +175,7 @@ impl Metrics {
             worker_heartbeat_age: Family::default(),
             tenant_attempts: Family::default(),
             tenant_jobs_running: Family::default(),
+            tenant_cached_bytes: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -196,6 +198,12 @@ impl Metrics {
             "tenant_jobs_running",
             "Running jobs of each tenant.",
             m.tenant_jobs_running.clone(),
+        );
+        r.register_with_unit(
+            "tenant_cached",
+            "Memory each tenant's cached tables hold.",
+            Unit::Bytes,
+            m.tenant_cached_bytes.clone(),
         );
         r.register("tasks", "Tasks of running jobs, by state.", m.tasks.clone());
         r.register(
@@ -388,12 +396,15 @@ impl Metrics {
         self.worker_heartbeat_age.clear();
         self.tenant_attempts.clear();
         self.tenant_jobs_running.clear();
+        self.tenant_cached_bytes.clear();
         for t in now.tenants {
             let label = TenantLabel {
                 tenant: t.tenant.clone(),
             };
             (self.tenant_attempts.get_or_create(&label)).set(i64::from(t.attempts));
             (self.tenant_jobs_running.get_or_create(&label)).set(i64::from(t.running_jobs));
+            (self.tenant_cached_bytes.get_or_create(&label))
+                .set(i64::try_from(t.cached_bytes).unwrap_or(i64::MAX));
         }
         for w in now.workers {
             let label = WorkerLabel {
@@ -455,6 +466,7 @@ mod tests {
                 attempts: 3,
                 running_jobs: 2,
                 weight: 1,
+                cached_bytes: 4096,
             }],
             queued: 5,
             meta_log_index: 12,
@@ -486,6 +498,7 @@ mod tests {
             "drove_worker_heartbeat_age_seconds{worker=\"1\"} 1.5",
             "drove_tenant_attempts{tenant=\"team-a\"} 3",
             "drove_tenant_jobs_running{tenant=\"team-a\"} 2",
+            "drove_tenant_cached_bytes{tenant=\"team-a\"} 4096",
             "# TYPE drove_task_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "no '{line}' in:\n{text}");

@@ -297,6 +297,8 @@ pub struct TenantUsage {
     pub running_jobs: u32,
     /// Its share of slot time against other tenants'.
     pub weight: u32,
+    /// Memory its cached tables hold.
+    pub cached_bytes: u64,
 }
 
 /// Where the coordinator keeps its metadata.
@@ -530,6 +532,7 @@ pub async fn cluster_view(coordinator: &Coordinator, who: &Identity) -> Cluster 
                 attempts: t.attempts,
                 running_jobs: t.running_jobs,
                 weight: t.weight,
+                cached_bytes: t.cached_bytes,
             })
             .collect(),
         recent: coordinator.history().await,

@@ -248,6 +248,9 @@ struct CacheMeta {
     lineage: Vec<Stage>,
     /// The tenant whose job cached it.
     tenant: String,
+    /// The memory its blocks held when it was cached (0 for one restored after a
+    /// restart: not known).
+    bytes: u64,
 }
 
 /// Where the metadata's commands go before they are applied.
@@ -343,6 +346,7 @@ fn restored_table(table: &TableMeta) -> Result<(StageId, u32, CacheMeta)> {
             schema,
             lineage,
             tenant,
+            bytes: 0,
         },
     ))
 }
@@ -754,6 +758,9 @@ impl Coordinator {
             .ask(move |state| {
                 state.lead()?;
                 asker.may_submit()?;
+                if cache_as.is_some() {
+                    state.check_cache_quota(&asker.tenant)?;
+                }
                 let cache_id = match &cache_as {
                     Some(table) => Some(
                         state
@@ -1384,7 +1391,8 @@ impl State {
         Ok(())
     }
 
-    /// Each tenant with a running job or an attempt on a worker: what it holds.
+    /// Each tenant with a running job, an attempt on a worker or a cached table: what
+    /// it holds.
     fn tenant_usage(&self) -> Vec<pb::TenantUsage> {
         let mut usage: BTreeMap<String, pb::TenantUsage> = BTreeMap::new();
         let policies = &self.config.tenants;
@@ -1408,6 +1416,9 @@ impl State {
             if record.state == pb::JobState::Running {
                 entry(&mut usage, policies, &record.tenant).running_jobs += 1;
             }
+        }
+        for table in self.catalog.tables() {
+            entry(&mut usage, policies, &table.meta.tenant).cached_bytes += table.meta.bytes;
         }
         usage.into_values().collect()
     }
@@ -1547,6 +1558,36 @@ fn task_key(attempt: AttemptId) -> pb::TaskKey {
 }
 
 impl State {
+    /// The memory a tenant's cached tables hold.
+    fn cached_bytes(&self, tenant: &str) -> u64 {
+        (self.catalog.tables())
+            .filter(|e| e.meta.tenant == tenant)
+            .map(|e| e.meta.bytes)
+            .sum()
+    }
+
+    /// Refuses a new cached table to a tenant whose tables already hold its cache
+    /// quota.
+    fn check_cache_quota(&self, tenant: &str) -> Result<()> {
+        let Some(max) = self
+            .config
+            .tenants
+            .get(tenant)
+            .and_then(|p| p.cache_bytes_max)
+        else {
+            return Ok(());
+        };
+        let held = self.cached_bytes(tenant);
+        if held >= max {
+            return Err(Error::User(format!(
+                "tenant {tenant}'s cached tables hold {}, its quota is {} (--tenant {tenant}:cache=SIZE); UNCACHE TABLE one first",
+                drove_core::human_bytes(held),
+                drove_core::human_bytes(max)
+            )));
+        }
+        Ok(())
+    }
+
     /// The job, if `who` may see it: another tenant's job is not found, as if it did
     /// not exist.
     fn job_for(&self, job: JobId, who: &Identity) -> Result<&JobRecord> {
@@ -2311,16 +2352,20 @@ impl State {
                 Some(CachedStage { cache, outputs })
             })
             .collect();
-        let new_table = record.caches_as.as_ref().and_then(|(name, _)| {
+        let new_table = record.caches_as.as_ref().and_then(|(name, cache_id)| {
             let schema = record.planned.lineage.last()?.plan.schema();
             let lineage = record.planned.lineage.clone();
             let tenant = record.tenant.clone();
+            let writer = (record.planned.stages.iter()).find(|s| s.cache == Some(*cache_id))?;
+            let bytes = (self.scheduler.stage_totals(job, StageId(writer.id)))
+                .map_or(0, |t| t.memory_bytes);
             Some((
                 name.clone(),
                 CacheMeta {
                     schema,
                     lineage,
                     tenant,
+                    bytes,
                 },
             ))
         });

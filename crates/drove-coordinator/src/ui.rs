@@ -249,12 +249,13 @@ pub fn overview(c: &Cluster) -> Markup {
         @if !c.tenants.is_empty() {
             h2 { "Tenants" }
             table #tenants {
-                tr { th { "tenant" } th { "attempts on workers" } th { "running jobs" } th { "weight" } }
+                tr { th { "tenant" } th { "attempts on workers" } th { "running jobs" } th { "cached tables" } th { "weight" } }
                 @for t in &c.tenants {
                     tr.tenant {
                         td { (t.tenant) }
                         td { (t.attempts) }
                         td { (t.running_jobs) }
+                        td { (drove_core::human_bytes(t.cached_bytes)) }
                         td { (t.weight) }
                     }
                 }

@@ -158,13 +158,16 @@ pub struct TenantPolicy {
     pub slots_max: Option<u32>,
     /// Of its running jobs, how many get tasks at once; the rest wait their turn.
     pub jobs_max: Option<u32>,
+    /// Memory its cached tables may hold; past it, it caches no more tables until it
+    /// uncaches some (the coordinator's catalog checks it).
+    pub cache_bytes_max: Option<u64>,
 }
 
 impl TenantPolicy {
-    /// Reads `NAME:weight=W,slots=S,jobs=J` (each setting optional): a tenant's
-    /// policy as `--tenant` gives it.
+    /// Reads `NAME:weight=W,slots=S,jobs=J,cache=SIZE` (each setting optional): a
+    /// tenant's policy as `--tenant` gives it.
     pub fn parse(text: &str) -> Result<(String, Self), String> {
-        let form = "give NAME:weight=W,slots=S,jobs=J (each setting optional), e.g. analytics:weight=2,slots=8";
+        let form = "give NAME:weight=W,slots=S,jobs=J,cache=SIZE (each setting optional), e.g. analytics:weight=2,slots=8,cache=4GiB";
         let (name, settings) = text.split_once(':').unwrap_or((text, ""));
         crate::access::check_tenant(name).map_err(|e| format!("{e}; {form}"))?;
         let mut policy = Self::default();
@@ -172,6 +175,11 @@ impl TenantPolicy {
             let (key, value) = setting
                 .split_once('=')
                 .ok_or_else(|| format!("'{setting}' is not KEY=VALUE; {form}"))?;
+            if key == "cache" {
+                let bytes = crate::parse_bytes(value).map_err(|e| format!("cache: {e}"))?;
+                policy.cache_bytes_max = Some(bytes);
+                continue;
+            }
             let value: u32 = value
                 .parse()
                 .ok()
@@ -195,6 +203,7 @@ impl Default for TenantPolicy {
             weight: 1,
             slots_max: None,
             jobs_max: None,
+            cache_bytes_max: None,
         }
     }
 }
@@ -2388,9 +2397,10 @@ mod tests {
 
     #[test]
     fn tenant_policies_parse_and_bad_ones_name_the_form() {
-        let (name, p) = TenantPolicy::parse("team-a:weight=2,slots=8,jobs=3").unwrap();
+        let (name, p) = TenantPolicy::parse("team-a:weight=2,slots=8,jobs=3,cache=1MiB").unwrap();
         assert_eq!(name, "team-a");
         assert_eq!((p.weight, p.slots_max, p.jobs_max), (2, Some(8), Some(3)));
+        assert_eq!(p.cache_bytes_max, Some(1 << 20));
         assert_eq!(TenantPolicy::parse("b").unwrap().1, TenantPolicy::default());
         for bad in [
             "",
@@ -2400,10 +2410,11 @@ mod tests {
             "a:weight=1001",
             "a:color=3",
             "a:slots=-1",
+            "a:cache=lots",
         ] {
             let e = TenantPolicy::parse(bad).unwrap_err();
             assert!(
-                e.contains("NAME:weight=W") || e.contains("at most"),
+                e.contains("NAME:weight=W") || e.contains("at most") || e.contains("not a size"),
                 "{bad}: {e}"
             );
         }

@@ -246,6 +246,7 @@ impl World {
                         weight: 2,
                         slots_max: None,
                         jobs_max: None,
+                        cache_bytes_max: None,
                     },
                 ),
                 (
@@ -254,6 +255,7 @@ impl World {
                         weight: 1,
                         slots_max: Some(1),
                         jobs_max: None,
+                        cache_bytes_max: None,
                     },
                 ),
                 (
@@ -262,6 +264,7 @@ impl World {
                         weight: 1,
                         slots_max: None,
                         jobs_max: Some(1),
+                        cache_bytes_max: None,
                     },
                 ),
             ]

@@ -578,3 +578,50 @@ async fn a_tenant_is_confined_to_its_own_directories() {
         s.shutdown().await;
     }
 }
+
+/// A tenant's cache quota: past it, it caches no more tables until it uncaches one;
+/// what its tables hold is shown as its usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_over_its_cache_quota_caches_no_more_until_it_uncaches() {
+    let root = tempfile::tempdir().unwrap();
+    let node = identity(root.path(), "ca", "node", Role::Node);
+    let admin_token = std::fs::read_to_string(root.path().join("ca").join("admin.token")).unwrap();
+    let policy = drove_core::scheduler::TenantPolicy::parse("team-a:cache=1KiB").unwrap();
+    let (cluster, _) = crate::start(LocalClusterConfig {
+        workers: 1,
+        coordinator: CoordinatorConfig {
+            tls: Some(node.clone()),
+            tenants: [policy].into_iter().collect(),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let addr = cluster.coordinator_addr().to_string();
+    let connect = async |token: &str| {
+        let credentials = Credentials {
+            tls: Some(node.clone()),
+            token: Some(token.to_string()),
+        };
+        Session::connect_with(&addr, &credentials).await.unwrap()
+    };
+    let admin = connect(admin_token.trim()).await;
+    let a = connect(&admin.create_token("team-a", "submit").await.unwrap().token).await;
+    let cache =
+        |name: &str| format!("CACHE TABLE {name} AS SELECT value FROM generate_series(1, 10000)");
+    a.run_sql(&cache("first")).await.unwrap();
+    let usage = a.cluster_summary().await.unwrap().tenants;
+    assert!(
+        usage
+            .iter()
+            .any(|t| t.tenant == "team-a" && t.cached_bytes > 1024),
+        "{usage:?}"
+    );
+    let e = a.run_sql(&cache("second")).await.unwrap_err().to_string();
+    assert!(e.contains("quota") && e.contains("UNCACHE TABLE"), "{e}");
+    a.uncache("first", false).await.unwrap();
+    a.run_sql(&cache("second")).await.unwrap();
+    for s in [admin, a] {
+        s.shutdown().await;
+    }
+}

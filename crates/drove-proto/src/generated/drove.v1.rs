@@ -623,6 +623,9 @@ pub struct TenantUsage {
     /// Its share of slot time against other tenants' (--tenant NAME:weight=W).
     #[prost(uint32, tag = "4")]
     pub weight: u32,
+    /// Memory its cached tables hold.
+    #[prost(uint64, tag = "5")]
+    pub cached_bytes: u64,
 }
 /// Where the coordinator keeps its metadata.
 #[derive(Clone, PartialEq, ::prost::Message)]
