@@ -583,6 +583,13 @@ mod tests {
             );
         }
 
+        // No way to submit a job over HTTP, with or without a credential (Spark's
+        // unauthenticated REST submission): refused before any route without one.
+        let (code, _, _) = request(addr, "POST", "/api/v1/jobs").await;
+        assert_eq!(code, 401);
+        let (code, _, _) = request_with(addr, "POST", "/api/v1/jobs", &bearer(admin)).await;
+        assert_eq!(code, 405);
+
         // A read token of another tenant sees no jobs but its own, and cannot cancel.
         let ops = Identity {
             tenant: "ops".into(),

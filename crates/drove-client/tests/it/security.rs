@@ -282,12 +282,20 @@ async fn tokens_keep_tenants_apart_and_revoked_tokens_out() {
     );
     assert_eq!(b.cluster_summary().await.unwrap().cached_tables.len(), 0);
 
-    // B can neither cancel A's job nor read or uncache A's table.
+    // B can neither cancel nor release A's job, nor read or uncache A's table.
     let e = b.cancel(job).await.unwrap_err();
     assert!(
         matches!(e, drove_client::Error::Rejected(ref m) if m.contains("not")),
         "{e:?}"
     );
+    let bearer = drove_exec::leader::Bearer::new(Some(&b_token.token)).unwrap();
+    let rpc = drove_exec::leader::Coordinators::parse(&addr, Some(client.clone()), bearer).unwrap();
+    let request = pb::JobRequest {
+        job_id: job,
+        cluster_id: 0,
+    };
+    let e = rpc.current().1.release_job(request).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
     b.run_sql("SELECT * FROM mine")
         .await
         .expect_err("another tenant's cached table");
