@@ -1,8 +1,9 @@
 //! A secured cluster on a network: a coordinator and workers on addresses of network
 //! namespaces the test makes (not loopback), with mutual TLS and tokens. The right
 //! credentials work; no credentials, a forged, malformed or revoked token, another
-//! tenant's token, and a worker of another CA are refused; every listening port is
-//! scanned for what it answers without credentials; refusals are audit lines.
+//! tenant's token, a worker of another CA, and raw Flight reads without the job's
+//! grant are refused; every listening port is scanned for what it answers without
+//! credentials; refusals are audit lines.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -217,6 +218,25 @@ fn a_secured_cluster_on_a_network_lets_in_only_what_it_should() {
     assert_eq!(https(&page, &forged), "401");
     assert_eq!(https("/metrics", &team_b), "200");
 
+    // Raw Flight calls to a worker, from the network, with alice's certificate: the
+    // block ids of team A's job (as its status shows them) read nothing without the
+    // grant for that job, nor with another job's; its own grant reads it.
+    let other = ok(&sql(Some(&team_a), &["--detach"])).trim().to_string();
+    let (job, other): (u64, u64) = (job.parse().unwrap(), other.parse().unwrap());
+    let (alice_tls, token) = (alice.clone(), team_a.clone());
+    let target = addr.clone();
+    let answers = in_namespace(hub, move || {
+        flight_probe(&target, &alice_tls, &token, job, other)
+    });
+    assert_eq!(
+        answers,
+        [
+            ("no grant", tonic::Code::PermissionDenied),
+            ("another job's grant", tonic::Code::PermissionDenied),
+            ("its grant", tonic::Code::Ok),
+        ]
+    );
+
     // A worker of another CA never joins.
     let mut args = vec![
         "worker",
@@ -284,4 +304,87 @@ fn a_secured_cluster_on_a_network_lets_in_only_what_it_should() {
         );
     }
     assert!(!audit.contains(&team_a), "a token's secret is never logged");
+}
+
+/// Runs `f` on a thread of its own inside network namespace `ns`.
+fn in_namespace<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsFd;
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let namespace = std::fs::File::open(&path).unwrap();
+        let network = Some(rustix::thread::LinkNameSpaceType::Network);
+        rustix::thread::move_into_link_name_space(namespace.as_fd(), network).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Reads a block of `job`'s result straight from its worker over Flight, with the
+/// client certificate in `tls` and: no grant, `other`'s grant, and `job`'s own.
+fn flight_probe(
+    addr: &str,
+    tls: &Path,
+    token: &str,
+    job: u64,
+    other: u64,
+) -> Vec<(&'static str, tonic::Code)> {
+    use drove_exec::leader::{Bearer, Coordinators};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tls = drove_exec::tls::ClusterTls::load(tls).unwrap();
+        let bearer = Bearer::new(Some(token)).unwrap();
+        let coordinators = Coordinators::parse(addr, Some(tls.clone()), bearer).unwrap();
+        let mut rpc = coordinators.current().1;
+        // Grants come with a watched job's status (which waits for the job's end).
+        let mut watcher = rpc.clone();
+        let mut grant_of = async |job_id| {
+            let request = drove_client::proto::JobRequest {
+                job_id,
+                cluster_id: 0,
+            };
+            let mut updates = watcher.watch_job(request).await.unwrap().into_inner();
+            let mut grant = Vec::new();
+            while let Some(s) = updates.message().await.unwrap() {
+                grant = s.result_grant;
+            }
+            grant
+        };
+        let (own_grant, other_grant) = (grant_of(job).await, grant_of(other).await);
+        // The job's status, as its tenant sees it: where its result's blocks are.
+        let request = drove_client::proto::ClusterStatusRequest { with_tasks: true };
+        let status = rpc.cluster_status(request).await.unwrap().into_inner();
+        let status = status.jobs.into_iter().find(|j| j.job_id == job).unwrap();
+        let output = status
+            .result
+            .first()
+            .expect("the job's result waits")
+            .clone();
+        let key = drove_exec::blocks::BlockKey {
+            job,
+            stage: status.result_stage_id,
+            map_partition: output.partition,
+            reduce_partition: 0,
+            attempt: output.attempt,
+        };
+        let pool = drove_exec::shuffle::FlightPool::new(Some(tls));
+        let mut answers = Vec::new();
+        for (case, grant) in [
+            ("no grant", Vec::new()),
+            ("another job's grant", other_grant),
+            ("its grant", own_grant),
+        ] {
+            let mut client = pool.client(&output.flight_addr).unwrap();
+            let ticket = drove_exec::shuffle::ticket(&key, &grant);
+            let code = match client.do_get(ticket).await {
+                Ok(_) => tonic::Code::Ok,
+                Err(e) => e.code(),
+            };
+            answers.push((case, code));
+        }
+        answers
+    })
 }
