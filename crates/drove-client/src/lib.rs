@@ -154,7 +154,7 @@ pub struct TokenInfo {
 }
 
 /// How a client proves to a cluster who it is.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Credentials {
     /// A certificate of the cluster (`--tls-dir`), for mutual TLS; `None` connects
     /// over plain TCP, as to a cluster on loopback.
@@ -163,6 +163,16 @@ pub struct Credentials {
     /// call to the coordinator; without one, a cluster with TLS knows the client by
     /// its certificate.
     pub token: Option<String>,
+}
+
+/// Never shows the token.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("tls", &self.tls)
+            .field("token", &self.token.as_ref().map(|_| "(hidden)"))
+            .finish()
+    }
 }
 
 /// A connection to a drove cluster, with the tables registered on it.
@@ -942,7 +952,7 @@ impl Session {
                         attempt: output.attempt,
                     };
                     let flight = &session.inner.flight;
-                    open_block(flight, &output.flight_addr, (&key, &grant), |_| {}).await
+                    open_block(flight, &output.flight_addr, &key, &grant, |_| {}).await
                 }
             })
             .try_flatten()

@@ -4,19 +4,21 @@
 
 use std::fmt::Display;
 
-use drove_core::access::Identity;
+use drove_core::access::{Identity, Role};
 use tracing::info;
 
 use crate::{Error, Result};
 
-/// The tenant of the CA's first admin token (`admin.token`).
-pub const ADMIN_TENANT: &str = "admin";
+/// The tenant of the CA's first admin token (`admin.token`) and of the cluster's own
+/// nodes: a name no certificate or token tenant can have.
+pub const ADMIN_TENANT: &str = "(admin)";
 
-/// The cookie the web UI keeps a token in.
-pub const TOKEN_COOKIE: &str = "drove_token";
+/// The cookie the web UI keeps a token in: `__Host-` makes browsers keep it for this
+/// host only, over HTTPS only, for every path.
+pub const TOKEN_COOKIE: &str = "__Host-drove_token";
 
 /// What a request carried to say who sent it.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub enum Credential {
     /// A bearer token's text.
     Token(String),
@@ -27,6 +29,18 @@ pub enum Credential {
     Node,
     #[default]
     None,
+}
+
+/// Never shows a token.
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token(_) => f.write_str("Token(hidden)"),
+            Self::Certificate(name) => write!(f, "Certificate({name})"),
+            Self::Node => f.write_str("Node"),
+            Self::None => f.write_str("None"),
+        }
+    }
 }
 
 impl Credential {
@@ -71,6 +85,26 @@ impl Credential {
             return Self::Token(token);
         }
         connection
+    }
+
+    /// Who a credential other than a token is: a node (an admin), or a client
+    /// certificate's name as a tenant with the submit role.
+    pub fn certificate_identity(self) -> Result<Identity> {
+        match self {
+            Self::Node => Ok(Identity {
+                tenant: ADMIN_TENANT.into(),
+                role: Role::Admin,
+                principal: "a node certificate".into(),
+            }),
+            Self::Certificate(name) => Ok(Identity {
+                tenant: name.clone(),
+                role: Role::Submit,
+                principal: format!("certificate {name}"),
+            }),
+            Self::Token(_) | Self::None => Err(Error::Unauthenticated(
+                "this cluster authenticates its clients: pass --token TOKEN (or set DROVE_TOKEN, or --token-file FILE) with a token from `drove token create`, or connect with a client certificate (--tls-dir)".into(),
+            )),
+        }
     }
 
     fn bearer(value: &str) -> Self {

@@ -26,7 +26,7 @@ use drove_exec::planner::OutputMode;
 use drove_proto::{self as pb, Message};
 use tracing::warn;
 
-use crate::planning::{PlannedJob, PlannedStage};
+use crate::planning::{JobOptions, PlannedJob, PlannedStage};
 
 const LOG: &str = "meta.log";
 const SNAPSHOT: &str = "meta.snapshot";
@@ -264,8 +264,7 @@ impl MetaStore {
 pub struct Resumable {
     pub planned: PlannedJob,
     pub sql: String,
-    pub detached: bool,
-    pub priority: i32,
+    pub options: JobOptions,
 }
 
 /// `planned` as a job's submission keeps it, or nothing for a job that is not run
@@ -274,7 +273,7 @@ pub struct Resumable {
 pub fn encode_planned(
     planned: &PlannedJob,
     sql: &str,
-    (detached, priority): (bool, i32),
+    options: JobOptions,
     caches: bool,
 ) -> Vec<u8> {
     let reads_cache = planned
@@ -290,8 +289,8 @@ pub fn encode_planned(
         settings: planned.settings.clone(),
         result_schema: planned.result_schema.clone(),
         stages: planned.stages.iter().map(stage_to_proto).collect(),
-        detached,
-        priority,
+        detached: options.detached,
+        priority: options.priority,
     }
     .encode_to_vec()
 }
@@ -311,8 +310,10 @@ pub fn decode_planned(bytes: &[u8]) -> Option<Resumable> {
             lineage: Vec::new(),
         },
         sql: job.sql,
-        detached: job.detached,
-        priority: job.priority,
+        options: JobOptions {
+            detached: job.detached,
+            priority: job.priority,
+        },
     })
 }
 
@@ -628,6 +629,7 @@ fn table_from_proto(t: pb::MetaTableCached) -> (String, TableMeta) {
     let table = TableMeta {
         cache_id: t.cache_id,
         tenant: t.tenant,
+        bytes: t.bytes,
         cached_by: JobId(t.cached_by_job),
         lineage: t.lineage,
     };
@@ -641,6 +643,7 @@ fn table_to_proto(name: &str, t: &TableMeta) -> pb::MetaTableCached {
         cached_by_job: t.cached_by.0,
         lineage: t.lineage.clone(),
         tenant: t.tenant.clone(),
+        bytes: t.bytes,
     }
 }
 
@@ -720,6 +723,7 @@ mod tests {
                 table: TableMeta {
                     cache_id: 3,
                     tenant: "a".into(),
+                    bytes: 7,
                     cached_by: JobId(1),
                     lineage: vec![1, 2, 3],
                 },

@@ -156,37 +156,27 @@ const CSRF_COOKIE: &str = "drove_csrf";
 /// How long the UI keeps a token.
 const TOKEN_COOKIE_SECONDS: u32 = 12 * 3600;
 
-/// A cookie for this server only, never sent cross-site nor readable by scripts;
-/// over HTTPS only when the server speaks it.
-fn set_cookie(
-    coordinator: &Coordinator,
-    name: &str,
-    value: &str,
-    path: &str,
-    max_age: u32,
-) -> header::HeaderValue {
-    let secure = if coordinator.config.tls.is_some() {
-        "; Secure"
-    } else {
-        ""
-    };
+/// A cookie for this server only, over HTTPS only, never sent cross-site nor
+/// readable by scripts. (Without TLS the cluster authenticates nobody, and the UI
+/// needs no sign-in.)
+fn set_cookie(name: &str, value: &str, path: &str, max_age: u32) -> header::HeaderValue {
     let text = format!(
-        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Strict{secure}"
+        "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
     );
     header::HeaderValue::from_str(&text).unwrap_or_else(|_| header::HeaderValue::from_static(""))
 }
 
 /// The sign-in page, with a fresh anti-forgery value in its form and a cookie.
-async fn sign_in_page(State(coordinator): State<Coordinator>) -> Response {
-    sign_in_form(&coordinator, StatusCode::OK, None)
+async fn sign_in_page() -> Response {
+    sign_in_form(StatusCode::OK, None)
 }
 
-fn sign_in_form(coordinator: &Coordinator, status: StatusCode, error: Option<&str>) -> Response {
+fn sign_in_form(status: StatusCode, error: Option<&str>) -> Response {
     let csrf = match drove_exec::token::nonce() {
         Ok(csrf) => csrf,
         Err(e) => return api_error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let cookie = set_cookie(coordinator, CSRF_COOKIE, &csrf, ui::SIGN_IN, 3600);
+    let cookie = set_cookie(CSRF_COOKIE, &csrf, ui::SIGN_IN, 3600);
     let page = Html(ui::sign_in(&csrf, error).into_string());
     (status, [(header::SET_COOKIE, cookie)], page).into_response()
 }
@@ -203,21 +193,18 @@ async fn sign_in(
     let expected = auth::cookie(&headers, CSRF_COOKIE);
     if field("csrf").is_none() || field("csrf").map(str::to_string) != expected {
         return sign_in_form(
-            &coordinator,
             StatusCode::FORBIDDEN,
             Some("the form is stale or came from another page; sign in again here"),
         );
     }
     let token = field("token").unwrap_or_default().to_string();
-    match coordinator.identify(Credential::Token(token.clone())).await {
+    let signed_in = coordinator.identify(Credential::Token(token.clone())).await;
+    if let Ok(who) = &signed_in {
+        auth::audit(who, "sign-in", &"the web UI", &signed_in);
+    }
+    match signed_in {
         Ok(_) => {
-            let cookie = set_cookie(
-                &coordinator,
-                auth::TOKEN_COOKIE,
-                &token,
-                "/",
-                TOKEN_COOKIE_SECONDS,
-            );
+            let cookie = set_cookie(auth::TOKEN_COOKIE, &token, "/", TOKEN_COOKIE_SECONDS);
             (
                 StatusCode::SEE_OTHER,
                 [
@@ -227,7 +214,7 @@ async fn sign_in(
             )
                 .into_response()
         }
-        Err(e) => sign_in_form(&coordinator, StatusCode::UNAUTHORIZED, Some(&e.to_string())),
+        Err(e) => sign_in_form(StatusCode::UNAUTHORIZED, Some(&e.to_string())),
     }
 }
 
@@ -291,14 +278,14 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 /// The metrics in OpenMetrics text, which Prometheus scrapes.
 async fn metrics(
     State(coordinator): State<Coordinator>,
-    Extension(_who): Extension<Identity>,
+    Extension(who): Extension<Identity>,
 ) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        coordinator.metrics_text().await,
+        coordinator.metrics_text(&who).await,
     )
         .into_response()
 }
@@ -380,9 +367,31 @@ mod tests {
         path: &str,
         headers: &str,
     ) -> (u16, String, String) {
+        exchange(addr, &format!("{method} {path}"), headers, "").await
+    }
+
+    /// A form post to `path` with more header lines.
+    async fn post_form(
+        addr: SocketAddr,
+        path: &str,
+        headers: &str,
+        body: &str,
+    ) -> (u16, String, String) {
+        let headers = format!("{headers}Content-Type: application/x-www-form-urlencoded\r\n");
+        exchange(addr, &format!("POST {path}"), &headers, body).await
+    }
+
+    /// One HTTP/1.1 exchange: `METHOD PATH`, header lines and a body.
+    async fn exchange(
+        addr: SocketAddr,
+        request: &str,
+        headers: &str,
+        body: &str,
+    ) -> (u16, String, String) {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            "{request} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         );
         stream.write_all(head.as_bytes()).await.unwrap();
         let mut response = String::new();
@@ -417,10 +426,6 @@ mod tests {
         head
     }
 
-    /// With TLS (so with authentication), every page but the health check and the
-    /// stylesheet needs a token: the `Authorization` header or the UI's cookie. An
-    /// unknown, malformed or revoked token gets 401 naming the fix, and a tenant's
-    /// token sees only its tenant's jobs.
     /// The router of a coordinator with TLS, so with authentication (served here
     /// over plain HTTP, so requests carry no certificate), and its CA's admin token.
     async fn serve_with_tls() -> (SocketAddr, Coordinator, String, tempfile::TempDir) {
@@ -440,26 +445,6 @@ mod tests {
         let app = router(coordinator.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         (addr, coordinator, admin.trim().to_string(), root)
-    }
-
-    /// [`request_with`] with a body.
-    async fn post_form(
-        addr: SocketAddr,
-        path: &str,
-        headers: &str,
-        body: &str,
-    ) -> (u16, String, String) {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (status, head.to_lowercase(), body.to_string())
     }
 
     /// The UI's sign-in form keeps a token the cluster knows in a cookie scoped to
@@ -499,7 +484,7 @@ mod tests {
         assert!(head.contains("location: /"), "{head}");
         let kept = head
             .lines()
-            .find(|l| l.starts_with("set-cookie: drove_token="))
+            .find(|l| l.starts_with("set-cookie: __host-drove_token="))
             .unwrap();
         assert!(
             kept.contains("httponly")
@@ -534,13 +519,17 @@ mod tests {
         ] {
             let (code, head, _) = post_form(addr, ui::SIGN_IN, &headers, &body).await;
             assert_eq!(code, status, "{headers} {body}: {head}");
-            assert!(!head.contains("set-cookie: drove_token"), "{head}");
+            assert!(!head.contains("set-cookie: __host-drove_token"), "{head}");
         }
         // Other forms are still refused.
         let (code, _, _) = post_form(addr, "/api/v1/jobs/1/cancel", &cookie, "").await;
         assert_eq!(code, 403);
     }
 
+    /// With TLS (so with authentication), every page but the health check and the
+    /// stylesheet needs a token: the `Authorization` header or the UI's cookie. An
+    /// unknown, malformed or revoked token gets 401 naming the fix, and a tenant's
+    /// token sees only its tenant's jobs.
     #[tokio::test]
     async fn with_tls_every_page_needs_a_token_and_tenants_see_their_own() {
         let (addr, coordinator, admin, _dir) = serve_with_tls().await;
@@ -574,7 +563,7 @@ mod tests {
                 if path == "/jobs/1" { 404 } else { 200 },
                 "{path}: {body}"
             );
-            let cookie = format!("Cookie: theme=dark; drove_token={admin}\r\n");
+            let cookie = format!("Cookie: theme=dark; __Host-drove_token={admin}\r\n");
             let (code, _, _) = request_with(addr, "GET", path, &cookie).await;
             assert_eq!(
                 code,

@@ -320,6 +320,11 @@ pub async fn start(
     if let Some(http) = http {
         exposed("the coordinator's HTTP service", http.ip())?;
     }
+    if !config.tenant_paths.is_empty() && config.allowed_paths.is_none() {
+        tracing::warn!(
+            "--tenant-path confines only the tenants it names; the others read and write wherever the coordinator and workers can. Add --allow-path for them"
+        );
+    }
     let listener = bind(addr).await?;
     let addr = listener
         .local_addr()

@@ -22,6 +22,15 @@ use tracing::debug;
 
 use crate::{Error, Result};
 
+/// How a submitted job runs, besides what it computes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobOptions {
+    /// It runs on without a client watching it (`drove sql --detach`).
+    pub detached: bool,
+    /// Among its tenant's jobs, higher goes first.
+    pub priority: i32,
+}
+
 /// What a client asked to run.
 #[derive(Debug, Clone)]
 pub enum Query {

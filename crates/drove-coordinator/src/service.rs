@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info_span};
 
 use crate::auth::Credential;
-use crate::planning::Query;
+use crate::planning::{JobOptions, Query};
 use crate::state::{Coordinator, Registration, attempt_id};
 
 /// A job's watchers get at most one update per this interval while it runs.
@@ -188,7 +188,10 @@ impl CoordinatorRpc for Service {
                 query,
                 tables,
                 cache_as,
-                (request.detached, request.priority),
+                JobOptions {
+                    detached: request.detached,
+                    priority: request.priority,
+                },
             )
             .await?;
         Ok(Response::new(pb::SubmitJobResponse {

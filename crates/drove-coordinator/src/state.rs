@@ -28,7 +28,7 @@ use crate::auth::{self, ADMIN_TENANT, Credential};
 use crate::durable::{self, MetaStore};
 use crate::history::{History, Reading};
 use crate::metrics::{Metrics, Snapshot};
-use crate::planning::{self, PlannedJob, Query};
+use crate::planning::{self, JobOptions, PlannedJob, Query};
 use crate::replica::{RaftStatus, Replica, WriteError};
 use crate::rest::{Attempt, AttemptOutcome, ClusterSample, JobState, WorkerTask};
 use crate::{CoordinatorConfig, Error, Result};
@@ -248,8 +248,7 @@ struct CacheMeta {
     lineage: Vec<Stage>,
     /// The tenant whose job cached it.
     tenant: String,
-    /// The memory its blocks held when it was cached (0 for one restored after a
-    /// restart: not known).
+    /// The memory its blocks held when it was cached.
     bytes: u64,
 }
 
@@ -346,7 +345,7 @@ fn restored_table(table: &TableMeta) -> Result<(StageId, u32, CacheMeta)> {
             schema,
             lineage,
             tenant,
-            bytes: 0,
+            bytes: table.bytes,
         },
     ))
 }
@@ -571,9 +570,12 @@ impl Coordinator {
 
     /// `/metrics`: the counters, and gauges read from the state now. Costs time in
     /// proportion to the workers and running stages, not to the jobs' tasks.
-    pub async fn metrics_text(&self) -> String {
+    /// Tenants' series are those `who` sees.
+    pub async fn metrics_text(&self, who: &Identity) -> String {
         let queued = self.queued();
-        self.ask(move |state| state.metrics_text(queued)).await
+        let who = who.clone();
+        self.ask(move |state| state.metrics_text(queued, &who))
+            .await
     }
 
     /// The recent jobs `who` sees, without their per-task runs, newest first.
@@ -583,19 +585,24 @@ impl Coordinator {
     }
 
     /// Who sent a request, from what it carried. Without TLS the cluster is open:
-    /// everyone is [`Identity::open`]. A replicated coordinator that does not lead
-    /// sends the client on first, as it knows the tokens only while it leads.
+    /// everyone is [`Identity::open`]. A certificate says who it is by itself; a
+    /// token is looked up in the metadata, which a replicated coordinator knows only
+    /// while it leads (a follower sends the client on).
     pub async fn identify(&self, credential: Credential) -> Result<Identity> {
         let Some(tls) = &self.config.tls else {
             return Ok(Identity::open());
         };
-        let admin = tls.admin_token().cloned();
-        let identified = self
-            .ask(move |state| {
-                state.lead()?;
-                state.identify(credential, admin.as_ref())
-            })
-            .await;
+        let identified = match credential {
+            Credential::Token(text) => {
+                let admin = tls.admin_token().cloned();
+                self.ask(move |state| {
+                    state.lead()?;
+                    state.identify_token(&text, admin.as_ref())
+                })
+                .await
+            }
+            other => other.certificate_identity(),
+        };
         if let Err(e @ Error::Unauthenticated(_)) = &identified {
             auth::refused_credential(e);
         }
@@ -615,7 +622,8 @@ impl Coordinator {
             state.lead()?;
             state.job_for(job, &who)?;
             let key = state.meta.state().ticket_key();
-            Ok(drove_exec::token::grant(key, job.0, &reader))
+            let expires_ms = now_ms() + drove_exec::token::GRANT_LIFE_MS;
+            Ok(drove_exec::token::grant(key, job.0, &reader, expires_ms))
         })
         .await
     }
@@ -643,10 +651,10 @@ impl Coordinator {
                         "a new token's id is taken; try again".into(),
                     ));
                 }
-                if meta.tokens().count() >= drove_core::meta::TOKEN_IDS_MAX / 10 {
+                if meta.token_ids_used() >= drove_core::meta::TOKEN_IDS_MAX {
                     return Err(Error::User(format!(
-                        "the cluster holds {} tokens, the most it keeps; revoke some first",
-                        meta.tokens().count()
+                        "the cluster has made {} tokens (live and revoked), the most it keeps track of",
+                        meta.token_ids_used()
                     )));
                 }
                 let token = TokenMeta {
@@ -737,7 +745,7 @@ impl Coordinator {
         query: Query,
         tables: Vec<TableSpec>,
         cache_as: Option<String>,
-        (detached, priority): (bool, i32),
+        options: JobOptions,
     ) -> Result<JobId> {
         let sql = match &query {
             Query::Sql(sql) => sql.clone(),
@@ -810,12 +818,11 @@ impl Coordinator {
         let submission = Submission {
             name,
             tenant: who.tenant.clone(),
-            priority,
             sql,
             planned,
             claim,
             cache_id,
-            detached,
+            options,
         };
         let submitted = self.ask(move |state| state.submit(submission)).await;
         let target = match &submitted {
@@ -937,14 +944,21 @@ impl Coordinator {
 
     /// The client has read the result: free the job's blocks.
     pub async fn release(&self, who: &Identity, job: JobId) -> Result<()> {
-        let who = who.clone();
-        self.ask(move |state| {
-            state.lead()?;
-            let owner = state.job_for(job, &who)?.tenant.clone();
-            who.may_change(&owner, &job.to_string())?;
-            state.release(job)
-        })
-        .await
+        let asker = who.clone();
+        let released = self
+            .ask(move |state| {
+                state.lead()?;
+                let owner = state.job_for(job, &asker)?.tenant.clone();
+                asker.may_change(&owner, &job.to_string())?;
+                state.release(job)
+            })
+            .await;
+        if released.is_err() {
+            // Releases that work are a client's routine after each result: only
+            // refusals are worth a line.
+            auth::audit(who, "release", &job, &released);
+        }
+        released
     }
 
     /// Forgets a cached table and frees its blocks on every worker; false if no table
@@ -1063,13 +1077,12 @@ impl Drop for ClaimedName {
 struct Submission {
     name: String,
     tenant: String,
-    priority: i32,
     sql: String,
     planned: PlannedJob,
     /// The name of the table it caches, and the id the catalog gave that table.
     claim: ClaimedName,
     cache_id: Option<u64>,
-    detached: bool,
+    options: JobOptions,
 }
 
 /// What the handle's requests and events do, on the state's owner.
@@ -1203,7 +1216,7 @@ impl State {
     }
 
     /// `/metrics`, with `queued` requests and events waiting for the state.
-    fn metrics_text(&self, queued: usize) -> String {
+    fn metrics_text(&self, queued: usize, who: &Identity) -> String {
         let (mut tasks_pending, mut tasks_running) = (0, 0);
         for job in self.scheduler.running_jobs() {
             let Some(record) = self.jobs.get(&job) else {
@@ -1234,7 +1247,9 @@ impl State {
         let workers = self.worker_statuses();
         let (log_index, snapshot_index, raft) = self.journal.status();
         let raft = raft.unwrap_or_default();
-        let tenants = self.tenant_usage();
+        let tenants: Vec<_> = (self.tenant_usage().into_iter())
+            .filter(|t| who.sees(&t.tenant))
+            .collect();
         self.metrics.encode(&Snapshot {
             jobs_by_state,
             tenants: &tenants,
@@ -1271,18 +1286,18 @@ impl State {
         let Submission {
             name,
             tenant,
-            priority,
             sql,
             planned,
             mut claim,
             cache_id,
-            detached,
+            options,
         } = submission;
         // The state frees the claimed name from here: the job's end does, or its refusal.
         let caches_as = claim.name.take().zip(cache_id);
         // The log allocates the job's id when it records the job, after validation;
         // the spec is validated under the id no job has yet.
-        let mut spec = self.job_spec(self.meta.state().next_job_id(), &planned, &tenant, priority);
+        let next = self.meta.state().next_job_id();
+        let mut spec = self.job_spec(next, &planned, &tenant, options.priority);
         if let Err(e) = self.scheduler.validate(&spec) {
             if let Some((table, _)) = &caches_as {
                 self.catalog.unclaim(table);
@@ -1291,9 +1306,7 @@ impl State {
         }
         // Written to disk only: a restarted coordinator runs the job again from it.
         let kept = match self.journal.durable() {
-            true => {
-                durable::encode_planned(&planned, &sql, (detached, priority), caches_as.is_some())
-            }
+            true => durable::encode_planned(&planned, &sql, options, caches_as.is_some()),
             false => Vec::new(),
         };
         if kept.len() > durable::ENTRY_MAX - ENTRY_HEADROOM {
@@ -1326,7 +1339,7 @@ impl State {
             submitted_ms,
             planned,
             caches_as,
-            detached,
+            options.detached,
         );
         self.admit(job, record, spec);
         Ok(job)
@@ -1567,7 +1580,8 @@ impl State {
     }
 
     /// Refuses a new cached table to a tenant whose tables already hold its cache
-    /// quota.
+    /// quota, or that is caching one already (its size is known only once cached).
+    /// The table that crosses the quota is kept: the next is refused.
     fn check_cache_quota(&self, tenant: &str) -> Result<()> {
         let Some(max) = self
             .config
@@ -1577,6 +1591,18 @@ impl State {
         else {
             return Ok(());
         };
+        let caching = (self.jobs.values()).find(|r| {
+            r.tenant == tenant && r.caches_as.is_some() && r.state == pb::JobState::Running
+        });
+        if let Some(record) = caching {
+            let table = record
+                .caches_as
+                .as_ref()
+                .map_or("", |(name, _)| name.as_str());
+            return Err(Error::User(format!(
+                "tenant {tenant} is caching table {table} already, and has a cache quota (--tenant {tenant}:cache=SIZE): cache one table at a time"
+            )));
+        }
         let held = self.cached_bytes(tenant);
         if held >= max {
             return Err(Error::User(format!(
@@ -1596,47 +1622,29 @@ impl State {
             .ok_or_else(|| not_found(job))
     }
 
-    /// Who a credential is: a token the metadata (or the CA, for its first admin
-    /// token) knows and has not revoked, or a client certificate's name as a tenant
-    /// with the submit role.
-    fn identify(&self, credential: Credential, admin: Option<&Presented>) -> Result<Identity> {
-        match credential {
-            Credential::Token(text) => {
-                let presented = drove_exec::token::parse(&text).map_err(Error::Unauthenticated)?;
-                let meta = self.meta.state();
-                if let Some(admin) = admin
-                    && admin.id == presented.id
-                    && admin.digest == presented.digest
-                    && !meta.revoked(&admin.id)
-                {
-                    return Ok(Identity {
-                        tenant: ADMIN_TENANT.into(),
-                        role: Role::Admin,
-                        principal: format!("token {} (admin.token)", admin.id),
-                    });
-                }
-                meta.token_identity(&presented.id, &presented.digest)
-                    .ok_or_else(|| {
-                        Error::Unauthenticated(format!(
-                            "token {} is unknown or revoked here; ask an admin for a token of this cluster (`drove token create`)",
-                            presented.id
-                        ))
-                    })
-            }
-            Credential::Node => Ok(Identity {
+    /// Who a token is: one the metadata (or the CA, for its first admin token)
+    /// knows and has not revoked.
+    fn identify_token(&self, text: &str, admin: Option<&Presented>) -> Result<Identity> {
+        let presented = drove_exec::token::parse(text).map_err(Error::Unauthenticated)?;
+        let meta = self.meta.state();
+        if let Some(admin) = admin
+            && admin.id == presented.id
+            && admin.digest == presented.digest
+            && !meta.revoked(&admin.id)
+        {
+            return Ok(Identity {
                 tenant: ADMIN_TENANT.into(),
                 role: Role::Admin,
-                principal: "a node certificate".into(),
-            }),
-            Credential::Certificate(name) => Ok(Identity {
-                tenant: name.clone(),
-                role: Role::Submit,
-                principal: format!("certificate {name}"),
-            }),
-            Credential::None => Err(Error::Unauthenticated(
-                "this cluster authenticates its clients: pass --token TOKEN (or set DROVE_TOKEN) with a token from `drove token create`, or connect with a client certificate (--tls-dir)".into(),
-            )),
+                principal: format!("token {} (admin.token)", admin.id),
+            });
         }
+        meta.token_identity(&presented.id, &presented.digest)
+            .ok_or_else(|| {
+                Error::Unauthenticated(format!(
+                    "token {} is unknown or revoked here; ask an admin for a token of this cluster (`drove token create`)",
+                    presented.id
+                ))
+            })
     }
 }
 
@@ -2139,7 +2147,7 @@ impl State {
                 ),
                 None => Err("its plan in the data directory cannot be read".to_string()),
                 Some(r) => {
-                    let spec = self.job_spec(job, &r.planned, &tenant, r.priority);
+                    let spec = self.job_spec(job, &r.planned, &tenant, r.options.priority);
                     match self.scheduler.validate(&spec) {
                         Ok(()) => Ok((r, spec)),
                         Err(e) => Err(format!("its plan is no longer accepted: {e}")),
@@ -2156,7 +2164,7 @@ impl State {
                         submitted_ms,
                         r.planned,
                         None,
-                        r.detached,
+                        r.options.detached,
                     );
                     self.admit(job, record, spec);
                 }
@@ -2378,6 +2386,7 @@ impl State {
                         TableMeta {
                             cache_id: *cache_id,
                             tenant: record.tenant.clone(),
+                            bytes: meta.bytes,
                             cached_by: job,
                             lineage: durable::encode_cached_table(schema, &record.planned.stages),
                         },

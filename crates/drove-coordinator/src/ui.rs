@@ -261,7 +261,7 @@ pub fn overview(c: &Cluster) -> Markup {
                 }
             }
         }
-                @if !c.cached_tables.is_empty() {
+        @if !c.cached_tables.is_empty() {
             h2 { "Cached tables" }
             table #cached {
                 tr { th { "table" } th { "partitions in memory or spilled" } th { "cached by" } }

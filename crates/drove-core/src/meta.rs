@@ -91,6 +91,8 @@ pub struct TableMeta {
     pub cache_id: u64,
     /// The tenant it belongs to.
     pub tenant: String,
+    /// The memory its blocks held when it was cached.
+    pub bytes: u64,
     pub cached_by: JobId,
     /// What its owner needs to compute it again (its schema and stages, encoded by
     /// the coordinator).
@@ -231,6 +233,11 @@ impl MetaState {
         self.tokens.contains_key(id) || self.revoked.contains(id)
     }
 
+    /// Token ids spent: live and revoked (at most [`TOKEN_IDS_MAX`]).
+    pub fn token_ids_used(&self) -> usize {
+        self.tokens.len() + self.revoked.len()
+    }
+
     /// The live tokens, by id.
     pub fn tokens(&self) -> impl Iterator<Item = (&str, &TokenMeta)> {
         self.tokens.iter().map(|(id, t)| (id.as_str(), t))
@@ -336,8 +343,7 @@ impl MetaState {
             MetaCommand::TokenCreated { id, token } => {
                 // Whoever proposes checks these; applying stays total and the same
                 // on every replica.
-                if !self.token_id_used(id) && self.tokens.len() + self.revoked.len() < TOKEN_IDS_MAX
-                {
+                if !self.token_id_used(id) && self.token_ids_used() < TOKEN_IDS_MAX {
                     self.tokens.insert(id.clone(), token.clone());
                 }
                 Applied::default()
@@ -448,6 +454,7 @@ mod tests {
                 table: TableMeta {
                     cache_id: i as u64 + 1,
                     tenant: "a".into(),
+                    bytes: 10,
                     cached_by: JobId(2),
                     lineage: vec![9; i + 1],
                 },

@@ -866,14 +866,23 @@ impl FairShare {
         }
     }
 
-    /// Keeps the clocks of the tenants with running jobs, starting a new one level
-    /// with the lowest of the others.
+    /// Brings every tenant with a running job up to the lowest clock among them at
+    /// least: a tenant that paused starts level with the others, and one that ran
+    /// ahead before its pause stays ahead (its short jobs do not wipe what it had).
+    /// The clocks of tenants without running jobs that are no longer ahead are
+    /// dropped, which keeps the map to the tenants that matter.
     fn start<'a>(&mut self, active: impl Iterator<Item = &'a str>) {
         let active: BTreeSet<&str> = active.collect();
-        self.clocks.retain(|t, _| active.contains(t.as_str()));
-        let level = self.clocks.values().copied().min().unwrap_or(0);
+        let level = (self.clocks.iter())
+            .filter(|(t, _)| active.contains(t.as_str()))
+            .map(|(_, c)| *c)
+            .min()
+            .unwrap_or_else(|| self.clocks.values().copied().min().unwrap_or(0));
+        self.clocks
+            .retain(|t, c| active.contains(t.as_str()) || *c > level);
         for tenant in active {
-            self.clocks.entry(tenant.to_string()).or_insert(level);
+            let clock = self.clocks.entry(tenant.to_string()).or_insert(level);
+            *clock = (*clock).max(level);
         }
     }
 
@@ -1888,11 +1897,18 @@ impl Scheduler {
             return;
         };
         let now = self.now_ms;
+        // A twin counts against its tenant's slot quota too.
+        let mut held = self.tenant_usage();
         for (attempt, worker) in self.running_attempts() {
             let task = attempt.task;
             let Some(job) = self.jobs.get_mut(&task.job) else {
                 continue;
             };
+            let slots_max = (self.config.tenants.get(&job.tenant)).and_then(|p| p.slots_max);
+            let held = held.entry(job.tenant.clone()).or_default();
+            if slots_max.is_some_and(|max| *held >= max) {
+                continue;
+            }
             let Some(stage) = job.stages.get(&task.stage) else {
                 continue;
             };
@@ -1935,6 +1951,7 @@ impl Scheduler {
             };
             info!(%task, attempt = run.attempt, worker = %run.worker, running_ms, median_ms = median, "speculating a slow task");
             stage.speculative += 1;
+            *held += 1;
             if let TaskState::Running { runs } = &mut stage.tasks[task.partition as usize] {
                 runs.push(run);
             }
@@ -1982,6 +1999,12 @@ impl Scheduler {
         }
         if !full {
             return;
+        }
+        for (tenant, held) in self.tenant_usage() {
+            let max = (self.config.tenants.get(&tenant)).and_then(|p| p.slots_max);
+            invariant(max.is_none_or(|m| held <= m), "tenant-slots", || {
+                format!("tenant {tenant} holds {held} attempts, over its quota {max:?}")
+            });
         }
         for (job_id, job) in &self.jobs {
             for (stage_id, stage) in &job.stages {

@@ -252,25 +252,22 @@ pub type BlockStream = futures::stream::BoxStream<'static, Result<RecordBatch>>;
 pub async fn open_block(
     pool: &FlightPool,
     addr: &str,
-    (key, grant): (&BlockKey, &[u8]),
+    key: &BlockKey,
+    grant: &[u8],
     on_wire_bytes: impl Fn(u64) + Send + 'static,
 ) -> Result<BlockStream> {
-    open_blocks(
-        pool.client(addr)?,
-        addr,
-        (std::slice::from_ref(key), grant),
-        on_wire_bytes,
-    )
-    .await
+    let keys = std::slice::from_ref(key);
+    open_blocks(pool.client(addr)?, addr, keys, grant, on_wire_bytes).await
 }
 
 /// Starts fetching blocks of one stage and reduce partition from the Flight service
-/// at `addr` in one call (see [`batch_ticket`]) with `client`, a client of `addr`;
-/// their batches arrive in one stream.
+/// at `addr` in one call (see [`batch_ticket`]) with `client`, a client of `addr`,
+/// and a client's `grant` (empty for a node); their batches arrive in one stream.
 pub async fn open_blocks(
     mut client: FlightServiceClient<Channel>,
     addr: &str,
-    (keys, grant): (&[BlockKey], &[u8]),
+    keys: &[BlockKey],
+    grant: &[u8],
     on_wire_bytes: impl Fn(u64) + Send + 'static,
 ) -> Result<BlockStream> {
     let addr = addr.to_string();
@@ -828,7 +825,7 @@ fn read_blocks(
                 Connection::Shared => env.flight.client(addr)?,
                 Connection::Own => env.flight.own_client(addr)?,
             };
-            open_blocks(client, addr, (&keys, &[]), on_bytes).await
+            open_blocks(client, addr, &keys, &[], on_bytes).await
         }
     };
     open.try_flatten_stream().map_err(name_lost).boxed()

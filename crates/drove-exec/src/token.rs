@@ -3,9 +3,10 @@
 //! and the cluster keeps its SHA-256.
 //!
 //! Also grants: what lets a client read a job's blocks from the workers. The
-//! coordinator signs (job, the client certificate's name) with the cluster's ticket
-//! key, which workers get when they register; a worker serves a client only blocks of
-//! the job its grant names, and only to the certificate it was made for.
+//! coordinator signs (job, the client certificate's name, an expiry) with the
+//! cluster's ticket key, which workers get when they register; a worker serves a
+//! client only blocks of the job its grant names, only to the certificate it was made
+//! for, and only until it expires.
 
 use ring::digest::{SHA256, digest};
 use ring::hmac;
@@ -29,56 +30,61 @@ pub struct Presented {
     pub digest: Vec<u8>,
 }
 
-/// A random value for a form's anti-forgery field (16 bytes, as hex).
-pub fn nonce() -> Result<String, String> {
-    let mut bytes = [0u8; 16];
+/// How long a grant lets its client read a job's blocks (a result is kept 10 minutes
+/// by default once its job ends).
+pub const GRANT_LIFE_MS: u64 = 60 * 60 * 1000;
+
+fn random<const N: usize>() -> Result<[u8; N], String> {
+    let mut bytes = [0u8; N];
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| "the system's random source failed".to_string())?;
-    Ok(hex(&bytes))
+    Ok(bytes)
+}
+
+/// A random value for a form's anti-forgery field (16 bytes, as hex).
+pub fn nonce() -> Result<String, String> {
+    Ok(hex(&random::<16>()?))
 }
 
 /// A new key for signing grants.
 pub fn new_ticket_key() -> Result<Vec<u8>, String> {
-    let mut key = vec![0u8; 32];
-    SystemRandom::new()
-        .fill(&mut key)
-        .map_err(|_| "the system's random source failed".to_string())?;
-    Ok(key)
+    Ok(random::<32>()?.to_vec())
 }
 
-fn grant_message(job: u64, reader: &str) -> Vec<u8> {
+fn grant_message(job: u64, reader: &str, expires_ms: u64) -> Vec<u8> {
     let mut message = job.to_le_bytes().to_vec();
+    message.extend_from_slice(&expires_ms.to_le_bytes());
     message.extend_from_slice(reader.as_bytes());
     message
 }
 
 /// The grant that lets the holder of the client certificate named `reader` read
-/// job `job`'s blocks.
-pub fn grant(key: &[u8], job: u64, reader: &str) -> Vec<u8> {
+/// job `job`'s blocks until `expires_ms` (Unix milliseconds): the expiry, then the
+/// signature.
+pub fn grant(key: &[u8], job: u64, reader: &str, expires_ms: u64) -> Vec<u8> {
     let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-    hmac::sign(&key, &grant_message(job, reader))
-        .as_ref()
-        .to_vec()
+    let signature = hmac::sign(&key, &grant_message(job, reader, expires_ms));
+    [&expires_ms.to_le_bytes()[..], signature.as_ref()].concat()
 }
 
-/// Whether `grant` is [`grant`]'s for `job` and `reader` (in constant time); never
-/// without a key.
-pub fn check_grant(key: &[u8], job: u64, reader: &str, grant: &[u8]) -> bool {
-    if key.is_empty() {
+/// Whether `grant` is [`grant`]'s for `job` and `reader` and not expired at `now_ms`
+/// (the signature checked in constant time); never without a key.
+pub fn check_grant(key: &[u8], job: u64, reader: &str, grant: &[u8], now_ms: u64) -> bool {
+    let Some((expires, signature)) = grant.split_first_chunk::<8>() else {
+        return false;
+    };
+    let expires_ms = u64::from_le_bytes(*expires);
+    if key.is_empty() || now_ms >= expires_ms {
         return false;
     }
     let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-    hmac::verify(&key, &grant_message(job, reader), grant).is_ok()
+    hmac::verify(&key, &grant_message(job, reader, expires_ms), signature).is_ok()
 }
 
 /// A new token: its text for its holder, and what the cluster keeps.
 pub fn generate() -> Result<(String, Presented), String> {
-    let random = SystemRandom::new();
-    let mut bytes = [0u8; ID_BYTES + SECRET_BYTES];
-    random
-        .fill(&mut bytes)
-        .map_err(|_| "the system's random source failed".to_string())?;
+    let bytes = random::<{ ID_BYTES + SECRET_BYTES }>()?;
     let (id, secret) = (hex(&bytes[..ID_BYTES]), hex(&bytes[ID_BYTES..]));
     let text = format!("{PREFIX}{id}_{secret}");
     let presented = parse(&text)?;
@@ -95,9 +101,6 @@ pub fn parse(text: &str) -> Result<Presented, String> {
     };
     let rest = text.trim().strip_prefix(PREFIX).ok_or_else(bad)?;
     let (id, secret) = rest.split_once('_').ok_or_else(bad)?;
-    let is_hex = |s: &str, bytes: usize| {
-        s.len() == 2 * bytes && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
     if !is_hex(id, ID_BYTES) || !is_hex(secret, SECRET_BYTES) {
         return Err(bad());
     }
@@ -109,7 +112,7 @@ pub fn parse(text: &str) -> Result<Presented, String> {
 
 /// Whether `id` could be a token's id (for `drove token revoke ID`).
 pub fn check_id(id: &str) -> Result<(), String> {
-    if id.len() == 2 * ID_BYTES && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if is_hex(id, ID_BYTES) {
         Ok(())
     } else {
         Err(format!(
@@ -135,12 +138,17 @@ pub fn parse_digest_line(text: &str) -> Option<Presented> {
     })
 }
 
+/// Whether `text` is `bytes` bytes in lower-case hex.
+fn is_hex(text: &str, bytes: usize) -> bool {
+    text.len() == 2 * bytes && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -166,19 +174,23 @@ mod tests {
     }
 
     #[test]
-    fn a_grant_opens_one_job_to_one_reader() {
+    fn a_grant_opens_one_job_to_one_reader_for_a_while() {
         let key = new_ticket_key().unwrap();
-        let g = grant(&key, 7, "alice");
-        assert!(check_grant(&key, 7, "alice", &g));
-        assert!(!check_grant(&key, 8, "alice", &g), "another job");
-        assert!(!check_grant(&key, 7, "bob", &g), "another reader");
-        assert!(
-            !check_grant(&new_ticket_key().unwrap(), 7, "alice", &g),
-            "another cluster"
-        );
-        assert!(!check_grant(&key, 7, "alice", &[]), "no grant");
-        assert!(!check_grant(&key, 7, "alice", &g[..31]), "a cut grant");
-        assert!(!check_grant(&[], 7, "alice", &g), "no key yet");
+        let (now, until) = (1_000, 2_000);
+        let g = grant(&key, 7, "alice", until);
+        assert!(check_grant(&key, 7, "alice", &g, now));
+        assert!(!check_grant(&key, 7, "alice", &g, until), "expired");
+        assert!(!check_grant(&key, 8, "alice", &g, now), "another job");
+        assert!(!check_grant(&key, 7, "bob", &g, now), "another reader");
+        let other = new_ticket_key().unwrap();
+        assert!(!check_grant(&other, 7, "alice", &g, now), "another cluster");
+        assert!(!check_grant(&key, 7, "alice", &[], now), "no grant");
+        assert!(!check_grant(&key, 7, "alice", &g[..39], now), "a cut grant");
+        assert!(!check_grant(&[], 7, "alice", &g, now), "no key yet");
+        // A later expiry written over the grant's breaks its signature.
+        let mut extended = g.clone();
+        extended[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(!check_grant(&key, 7, "alice", &extended, until));
     }
 
     #[test]

@@ -52,11 +52,14 @@ impl BlockService {
         }
         let reader = drove_exec::tls::client_name(cert).unwrap_or_default();
         let key = self.ticket_key.read().unwrap_or_else(|p| p.into_inner());
-        if drove_exec::token::check_grant(&key, job, &reader, grant) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if drove_exec::token::check_grant(&key, job, &reader, grant, now_ms) {
             return Ok(());
         }
         Err(Status::permission_denied(format!(
-            "this ticket grants certificate '{reader}' no read of job {job}: clients read a job's result with the grant the coordinator gives them for it (drove does)"
+            "this ticket grants certificate '{reader}' no read of job {job} (or its grant expired): clients read a job's result with the grant the coordinator gives them for it (drove does)"
         )))
     }
 }

@@ -269,14 +269,27 @@ struct ClientAuthArgs {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// Read the token from this file (e.g. the CA's admin.token): unlike --token, it
+    /// shows in no process list.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
 }
 
 impl ClientAuthArgs {
     /// Connects to `addr` with these credentials.
     async fn connect(&self, addr: &str) -> Result<Session> {
+        let token = match &self.token_file {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("--token-file: cannot read {}", file.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => self.token.clone(),
+        };
         let credentials = drove_client::Credentials {
             tls: load_tls(self.tls_dir.as_deref())?,
-            token: self.token.clone(),
+            token,
         };
         Ok(Session::connect_with(addr, &credentials).await?)
     }

@@ -19,6 +19,49 @@ fn identity(root: &Path, ca: &str, name: &str, role: Role) -> Arc<ClusterTls> {
     ClusterTls::load(&out).unwrap()
 }
 
+/// A cluster with TLS (a node certificate of a CA made in `root`) and `config`'s
+/// other settings, with a session of the CA's admin token.
+struct Secured {
+    cluster: drove_client::LocalCluster,
+    node: Arc<ClusterTls>,
+    admin: Session,
+}
+
+impl Secured {
+    async fn start(root: &Path, mut config: LocalClusterConfig) -> Self {
+        let node = identity(root, "ca", "node", Role::Node);
+        config.coordinator.tls = Some(node.clone());
+        let (cluster, _) = crate::start(config).await;
+        let admin_token = std::fs::read_to_string(root.join("ca").join("admin.token")).unwrap();
+        let admin = connect(&cluster, &node, Some(admin_token.trim())).await;
+        Self {
+            cluster,
+            node,
+            admin,
+        }
+    }
+
+    /// A session of a new submit token of `tenant`.
+    async fn tenant(&self, tenant: &str) -> Session {
+        let made = self.admin.create_token(tenant, "submit").await.unwrap();
+        connect(&self.cluster, &self.node, Some(&made.token)).await
+    }
+}
+
+/// A session on `cluster` with the certificate in `tls` and `token`.
+async fn connect(
+    cluster: &drove_client::LocalCluster,
+    tls: &Arc<ClusterTls>,
+    token: Option<&str>,
+) -> Session {
+    let credentials = Credentials {
+        tls: Some(tls.clone()),
+        token: token.map(str::to_string),
+    };
+    let addr = cluster.coordinator_addr().to_string();
+    Session::connect_with(&addr, &credentials).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_certificate_cannot_join_as_a_worker_and_flight_admits_only_the_cluster() {
     let root = tempfile::tempdir().unwrap();
@@ -142,8 +185,8 @@ async fn a_client_reads_blocks_only_with_its_grant_for_their_job() {
         assert_eq!(last.state(), pb::JobState::Succeeded, "{last:?}");
         assert_eq!(
             last.result_grant.len(),
-            32,
-            "a grant for alice's certificate"
+            40,
+            "a grant (an expiry and a signature) for alice's certificate"
         );
         finished.push(last);
     }
@@ -168,7 +211,8 @@ async fn a_client_reads_blocks_only_with_its_grant_for_their_job() {
     read(&alice, &status.result_grant)
         .await
         .expect("alice's grant for the job");
-    let forged = vec![0u8; 32];
+    // A far expiry, and a signature made up.
+    let forged = [u64::MAX.to_le_bytes().to_vec(), vec![0u8; 32]].concat();
     for (who, identity, grant) in [
         ("no grant", &alice, &[][..]),
         ("a forged grant", &alice, &forged[..]),
@@ -468,31 +512,19 @@ async fn markup_in_a_jobs_sql_is_shown_as_text_in_the_web_ui() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenants_job_is_not_queued_behind_another_tenants_backlog() {
     let root = tempfile::tempdir().unwrap();
-    let node = identity(root.path(), "ca", "node", Role::Node);
-    let admin_token = std::fs::read_to_string(root.path().join("ca").join("admin.token")).unwrap();
-    let (cluster, _) = crate::start(LocalClusterConfig {
-        workers: 2,
-        slots: 1,
-        // Every task takes at least this long, so that jobs wait for slots.
-        task_delay_ms: vec![150, 150],
-        coordinator: CoordinatorConfig {
-            tls: Some(node.clone()),
+    let secured = Secured::start(
+        root.path(),
+        LocalClusterConfig {
+            workers: 2,
+            slots: 1,
+            // Every task takes at least this long, so that jobs wait for slots.
+            task_delay_ms: vec![150, 150],
             ..Default::default()
         },
-        ..Default::default()
-    })
+    )
     .await;
-    let addr = cluster.coordinator_addr().to_string();
-    let connect = async |token: &str| {
-        let credentials = Credentials {
-            tls: Some(node.clone()),
-            token: Some(token.to_string()),
-        };
-        Session::connect_with(&addr, &credentials).await.unwrap()
-    };
-    let admin = connect(admin_token.trim()).await;
-    let a = connect(&admin.create_token("a", "submit").await.unwrap().token).await;
-    let b = connect(&admin.create_token("b", "submit").await.unwrap().token).await;
+    let admin = &secured.admin;
+    let (a, b) = (secured.tenant("a").await, secured.tenant("b").await);
     // A job of 8 tasks (and a final one).
     const JOB: &str = "SET datafusion.execution.target_partitions = 8; \
         SELECT value % 8 AS k, count(*) AS n FROM generate_series(1, 800) GROUP BY k";
@@ -501,7 +533,12 @@ async fn a_tenants_job_is_not_queued_behind_another_tenants_backlog() {
         a_jobs.push(a.submit_sql(JOB).await.unwrap());
     }
     // B comes once A's backlog holds the slots.
+    let waiting = std::time::Instant::now();
     loop {
+        assert!(
+            waiting.elapsed() < std::time::Duration::from_secs(120),
+            "A's jobs never started"
+        );
         let status = admin.cluster_summary().await.unwrap();
         let running: u32 = (status.jobs.iter())
             .flat_map(|j| &j.stages)
@@ -528,7 +565,7 @@ async fn a_tenants_job_is_not_queued_behind_another_tenants_backlog() {
         "B's job ended at {} ms, after A's whole backlog ({last_a} ms): {ends:?}",
         ends[&b_job]
     );
-    for s in [admin, a, b] {
+    for s in [&a, &b, admin] {
         s.shutdown().await;
     }
 }
@@ -538,35 +575,25 @@ async fn a_tenants_job_is_not_queued_behind_another_tenants_backlog() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_is_confined_to_its_own_directories() {
     let root = tempfile::tempdir().unwrap();
-    let node = identity(root.path(), "ca", "node", Role::Node);
-    let admin_token = std::fs::read_to_string(root.path().join("ca").join("admin.token")).unwrap();
     let (a_dir, b_dir) = (root.path().join("a"), root.path().join("b"));
     for (dir, value) in [(&a_dir, 1), (&b_dir, 2)] {
         std::fs::create_dir(dir).unwrap();
         std::fs::write(dir.join("t.csv"), format!("v\n{value}\n")).unwrap();
     }
     let confined = drove_exec::confine::AllowedPaths::new(std::slice::from_ref(&a_dir)).unwrap();
-    let (cluster, _) = crate::start(LocalClusterConfig {
+    let config = LocalClusterConfig {
         workers: 1,
         coordinator: CoordinatorConfig {
-            tls: Some(node.clone()),
             tenant_paths: [("team-a".to_string(), confined)].into_iter().collect(),
             ..Default::default()
         },
         ..Default::default()
-    })
-    .await;
-    let addr = cluster.coordinator_addr().to_string();
-    let connect = async |token: &str| {
-        let credentials = Credentials {
-            tls: Some(node.clone()),
-            token: Some(token.to_string()),
-        };
-        Session::connect_with(&addr, &credentials).await.unwrap()
     };
-    let admin = connect(admin_token.trim()).await;
-    let a = connect(&admin.create_token("team-a", "submit").await.unwrap().token).await;
-    let b = connect(&admin.create_token("team-b", "submit").await.unwrap().token).await;
+    let secured = Secured::start(root.path(), config).await;
+    let (a, b) = (
+        secured.tenant("team-a").await,
+        secured.tenant("team-b").await,
+    );
     let read = async |s: &Session, dir: &Path| {
         let sql = format!(
             "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true'); SELECT v FROM t",
@@ -582,7 +609,7 @@ async fn a_tenant_is_confined_to_its_own_directories() {
         "names the allowed directory: {e}"
     );
     assert_eq!(read(&b, &b_dir).await.unwrap(), 1, "team-b is not confined");
-    for s in [admin, a, b] {
+    for s in [&a, &b, &secured.admin] {
         s.shutdown().await;
     }
 }
@@ -592,29 +619,17 @@ async fn a_tenant_is_confined_to_its_own_directories() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_over_its_cache_quota_caches_no_more_until_it_uncaches() {
     let root = tempfile::tempdir().unwrap();
-    let node = identity(root.path(), "ca", "node", Role::Node);
-    let admin_token = std::fs::read_to_string(root.path().join("ca").join("admin.token")).unwrap();
     let policy = drove_core::scheduler::TenantPolicy::parse("team-a:cache=1KiB").unwrap();
-    let (cluster, _) = crate::start(LocalClusterConfig {
+    let config = LocalClusterConfig {
         workers: 1,
         coordinator: CoordinatorConfig {
-            tls: Some(node.clone()),
             tenants: [policy].into_iter().collect(),
             ..Default::default()
         },
         ..Default::default()
-    })
-    .await;
-    let addr = cluster.coordinator_addr().to_string();
-    let connect = async |token: &str| {
-        let credentials = Credentials {
-            tls: Some(node.clone()),
-            token: Some(token.to_string()),
-        };
-        Session::connect_with(&addr, &credentials).await.unwrap()
     };
-    let admin = connect(admin_token.trim()).await;
-    let a = connect(&admin.create_token("team-a", "submit").await.unwrap().token).await;
+    let secured = Secured::start(root.path(), config).await;
+    let a = secured.tenant("team-a").await;
     let cache =
         |name: &str| format!("CACHE TABLE {name} AS SELECT value FROM generate_series(1, 10000)");
     a.run_sql(&cache("first")).await.unwrap();
@@ -629,7 +644,7 @@ async fn a_tenant_over_its_cache_quota_caches_no_more_until_it_uncaches() {
     assert!(e.contains("quota") && e.contains("UNCACHE TABLE"), "{e}");
     a.uncache("first", false).await.unwrap();
     a.run_sql(&cache("second")).await.unwrap();
-    for s in [admin, a] {
+    for s in [&a, &secured.admin] {
         s.shutdown().await;
     }
 }

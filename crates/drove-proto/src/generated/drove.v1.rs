@@ -849,6 +849,9 @@ pub struct MetaTableCached {
     pub lineage: ::prost::alloc::vec::Vec<u8>,
     #[prost(string, tag = "5")]
     pub tenant: ::prost::alloc::string::String,
+    /// The memory its blocks held when it was cached.
+    #[prost(uint64, tag = "6")]
+    pub bytes: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MetaTokenCreated {

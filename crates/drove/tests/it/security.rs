@@ -188,7 +188,22 @@ fn only_holders_of_the_clusters_certificates_get_in() {
         }
         command.output().unwrap()
     };
-    let made = ok(&token(&["create", "--tenant", "team-a"], Some(admin)));
+    let admin_file = r.join("ca").join("admin.token");
+    let made = ok(&run(
+        &[
+            "token",
+            "create",
+            "--tenant",
+            "team-a",
+            "--coordinator",
+            &addr,
+            "--tls-dir",
+            alice,
+            "--token-file",
+            path(&admin_file),
+        ],
+        LIMIT,
+    ));
     let team_a = made.trim();
     let id = drove_exec::token::parse(team_a)
         .expect("a token alone on stdout")
@@ -213,6 +228,12 @@ fn only_holders_of_the_clusters_certificates_get_in() {
     assert!(e.contains("admin, submit or read"), "{e}");
     let e = failed(&token(&["revoke", "nothex"], Some(admin)));
     assert!(e.contains("not a token id"), "{e}");
+    let missing = r.join("no-such.token");
+    let e = failed(&token(&["list", "--token-file", path(&missing)], None));
+    assert!(
+        e.contains("--token-file") && e.contains("no-such.token"),
+        "{e}"
+    );
     ok(&token(&["revoke", &id], Some(admin)));
     let e = failed(&sql(&addr, &["--tls-dir", alice, "--token", team_a]));
     assert!(e.contains("unknown or revoked"), "{e}");
