@@ -253,7 +253,7 @@ impl World {
                     "b",
                     TenantPolicy {
                         weight: 1,
-                        slots_max: Some(1),
+                        slots_max: Some(2),
                         jobs_max: None,
                         cache_bytes_max: None,
                     },

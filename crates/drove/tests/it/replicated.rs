@@ -249,6 +249,8 @@ fn drove_local_runs_three_replicated_coordinators() {
 /// one namespace per coordinator (10.77.N.11, .12, .13) joined to it by a veth pair
 /// whose hub end can be set down to cut that coordinator off from everyone.
 pub(crate) struct Net {
+    /// What names its namespaces and links apart from other tests' and runs'.
+    tag: String,
     pub(crate) hub: String,
     pub(crate) coordinators: Vec<String>,
     pub(crate) subnet: u32,
@@ -271,9 +273,13 @@ fn ip(args: &[&str]) {
 
 impl Net {
     pub(crate) fn create() -> Self {
-        let subnet = std::process::id() % 200 + 20;
-        let tag = format!("drv{}", std::process::id());
+        // Each test of this process makes its own (link names stay under 16 bytes).
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let subnet = (std::process::id() + 37 * n) % 200 + 20;
+        let tag = format!("drv{}{n}", std::process::id() % 1_000_000);
         let net = Net {
+            tag: tag.clone(),
             hub: format!("{tag}-hub"),
             coordinators: (1..=3).map(|i| format!("{tag}-c{i}")).collect(),
             subnet,
@@ -331,7 +337,7 @@ impl Net {
 
     /// Cuts coordinator `i` off from the others and the hub, or joins it again.
     fn link(&self, i: usize, up: bool) {
-        let outer = format!("drv{}o{i}", std::process::id());
+        let outer = format!("{}o{i}", self.tag);
         ip(&[
             "-n",
             &self.hub,
