@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use drove_core::access::{Identity, Role, TokenMeta, check_tenant};
-use drove_core::catalog::{CachedStage, Catalog, CatalogCommand};
+use drove_core::catalog::{CachedStage, Catalog, CatalogCommand, table_part};
 use drove_core::meta::{Applied, JobEnd, MetaCommand, MetaLog, TableMeta};
 use drove_core::scheduler::{
     Command, ErrorKind, Event, FetchFailure, HeldOutput, JobSpec, Output, Run, Scheduler,
@@ -751,8 +751,9 @@ impl Coordinator {
             Query::Sql(sql) => sql.clone(),
             _ => String::new(),
         };
-        // Table names fold to lower case, as DataFusion folds unquoted names.
-        let cache_as = cache_as.map(|name| name.to_ascii_lowercase());
+        // Table names fold to lower case, as DataFusion folds unquoted names; each
+        // tenant's names are its own.
+        let cache_as = cache_as.map(|name| cache_key(&who.tenant, &name.to_ascii_lowercase()));
         let coordinator = self.clone();
         let target = if name.is_empty() {
             "a job".to_string()
@@ -963,9 +964,14 @@ impl Coordinator {
 
     /// Forgets a cached table and frees its blocks on every worker; false if no table
     /// of that name is cached.
+    /// An admin names another tenant's table as `TENANT/TABLE`.
     pub async fn uncache(&self, who: &Identity, name: &str) -> Result<bool> {
         let name = name.to_ascii_lowercase();
         let target = format!("table {name}");
+        let name = match name.contains('/') && who.is_admin() {
+            true => name,
+            false => cache_key(&who.tenant, &name),
+        };
         let asker = who.clone();
         let uncached = self
             .ask(move |state| {
@@ -976,7 +982,9 @@ impl Coordinator {
                 match owner {
                     // Another tenant's tables are not shown to exist.
                     Some(owner) if !asker.sees(&owner) => return Ok(false),
-                    Some(owner) => asker.may_change(&owner, &format!("table {name}"))?,
+                    Some(owner) => {
+                        asker.may_change(&owner, &format!("table {}", table_part(&name)))?
+                    }
                     None => asker.may_submit()?,
                 }
                 let Some(release) = state
@@ -1444,7 +1452,7 @@ impl State {
             .tables()
             .filter(|e| who.sees(&e.meta.tenant))
             .map(|e| pb::CachedTableStatus {
-                name: e.name.clone(),
+                name: shown_name(who, &e.name, &e.meta.tenant),
                 partitions: e.partitions.len() as u32,
                 partitions_available: e
                     .partitions
@@ -1598,7 +1606,7 @@ impl State {
             let table = record
                 .caches_as
                 .as_ref()
-                .map_or("", |(name, _)| name.as_str());
+                .map_or("", |(name, _)| table_part(name));
             return Err(Error::User(format!(
                 "tenant {tenant} is caching table {table} already, and has a cache quota (--tenant {tenant}:cache=SIZE): cache one table at a time"
             )));
@@ -1645,6 +1653,21 @@ impl State {
                     presented.id
                 ))
             })
+    }
+}
+
+/// Where a tenant's cached table is in the catalog and the metadata: its names are
+/// apart from other tenants'.
+fn cache_key(tenant: &str, table: &str) -> String {
+    format!("{tenant}/{table}")
+}
+
+/// How `who` names a cached table: by its own name if it is its tenant's, else as
+/// `TENANT/TABLE` (for an admin).
+fn shown_name(who: &Identity, key: &str, tenant: &str) -> String {
+    match tenant == who.tenant {
+        true => table_part(key).to_string(),
+        false => key.to_string(),
     }
 }
 
@@ -2321,16 +2344,17 @@ impl State {
             .min()
     }
 
-    /// The cached tables `who` may read, for planning its job.
+    /// The cached tables of `who`'s tenant, by the names its SQL gives them, for
+    /// planning its job.
     fn caches_for_planning(&self, who: &Identity) -> planning::Caches {
         planning::Caches {
             tables: self
                 .catalog
                 .tables()
-                .filter(|e| who.sees(&e.meta.tenant))
+                .filter(|e| e.meta.tenant == who.tenant)
                 .map(|e| CachedTable {
                     id: e.id,
-                    name: e.name.clone(),
+                    name: table_part(&e.name).to_string(),
                     schema: e.meta.schema.clone(),
                     partitions: e.partitions.len(),
                 })
@@ -2338,7 +2362,7 @@ impl State {
             lineage: self
                 .catalog
                 .tables()
-                .filter(|e| who.sees(&e.meta.tenant))
+                .filter(|e| e.meta.tenant == who.tenant)
                 .map(|e| (e.id, e.meta.lineage.clone()))
                 .collect(),
         }

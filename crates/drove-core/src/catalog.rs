@@ -54,6 +54,11 @@ impl fmt::Display for CatalogError {
 
 impl std::error::Error for CatalogError {}
 
+/// The table part of a name that may be qualified (`OWNER/TABLE`).
+pub fn table_part(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
 /// A message the catalog needs sent to a worker. Blocks are named by the partition
 /// of the cached stage and the output that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,16 +137,19 @@ impl<T: Clone> Catalog<T> {
     }
 
     /// Claims `name` for a job about to cache a table under it, and numbers the table.
-    /// The claim ends with [`Catalog::job_succeeded`] or [`Catalog::unclaim`].
+    /// The claim ends with [`Catalog::job_succeeded`] or [`Catalog::unclaim`]. A name
+    /// may be qualified, `OWNER/TABLE`: owners' tables of one name are apart, and the
+    /// table part is what must be a name (and what errors show).
     pub fn claim(&mut self, name: &str) -> Result<u64, CatalogError> {
-        let valid = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !name.starts_with(|c: char| c.is_ascii_digit());
+        let table = table_part(name);
+        let valid = !table.is_empty()
+            && table.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !table.starts_with(|c: char| c.is_ascii_digit());
         if !valid {
-            return Err(CatalogError::BadName(name.to_string()));
+            return Err(CatalogError::BadName(table.to_string()));
         }
         if self.tables.contains_key(name) || self.pending.contains_key(name) {
-            return Err(CatalogError::Taken(name.to_string()));
+            return Err(CatalogError::Taken(table.to_string()));
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -157,7 +165,7 @@ impl<T: Clone> Catalog<T> {
     /// Forgets a cached table. `Ok(None)`: no table of that name is cached.
     pub fn uncache(&mut self, name: &str) -> Result<Option<CatalogCommand>, CatalogError> {
         if self.pending.contains_key(name) {
-            return Err(CatalogError::StillCaching(name.to_string()));
+            return Err(CatalogError::StillCaching(table_part(name).to_string()));
         }
         Ok(self
             .tables

@@ -347,6 +347,29 @@ async fn tokens_keep_tenants_apart_and_revoked_tokens_out() {
     assert!(e.to_string().contains("no table 'mine' is cached"), "{e}");
     let rows = a.run_sql("SELECT count(*) AS n FROM mine").await.unwrap();
     assert_eq!(rows.num_rows(), 1, "A's table is still there for A");
+    // Names are each tenant's own: B caches a `mine` of its own, apart from A's.
+    b.run_sql("CACHE TABLE mine AS SELECT value FROM generate_series(1, 5)")
+        .await
+        .unwrap();
+    let rows = |s: &Session| {
+        let s = s.clone();
+        async move {
+            s.run_sql("SELECT value FROM mine")
+                .await
+                .unwrap()
+                .num_rows()
+        }
+    };
+    assert_eq!((rows(&a).await, rows(&b).await), (3, 5));
+    let listed = admin.cluster_summary().await.unwrap().cached_tables;
+    let mut names: Vec<&str> = listed.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["team-a/mine", "team-b/mine"],
+        "an admin sees both, by tenant"
+    );
+    b.uncache("mine", false).await.unwrap();
 
     // A reader submits nothing and changes nothing; only admins manage tokens.
     denied(reader.run_sql("SELECT 1").await.unwrap_err(), "read role");
