@@ -140,29 +140,16 @@ async fn a_client_certificate_cannot_join_as_a_worker_and_flight_admits_only_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_reads_blocks_only_with_its_grant_for_their_job() {
     let root = tempfile::tempdir().unwrap();
-    let node = identity(root.path(), "ca", "node", Role::Node);
+    let config = LocalClusterConfig {
+        workers: 2,
+        ..Default::default()
+    };
+    let secured = Secured::start(root.path(), config).await;
     let alice = identity(root.path(), "ca", "alice", Role::Client);
     let bob = identity(root.path(), "ca", "bob", Role::Client);
-    let (cluster, admin) = crate::start(LocalClusterConfig {
-        workers: 2,
-        coordinator: CoordinatorConfig {
-            tls: Some(node),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
-    let addr = cluster.coordinator_addr().to_string();
+    let addr = secured.cluster.coordinator_addr().to_string();
     // Two finished jobs whose results wait on the workers, submitted as alice.
-    let session = Session::connect_with(
-        &addr,
-        &Credentials {
-            tls: Some(alice.clone()),
-            token: None,
-        },
-    )
-    .await
-    .unwrap();
+    let session = connect(&secured.cluster, &alice, None).await;
     let jobs = [
         session.submit_sql("SELECT 1 AS one").await.unwrap(),
         session.submit_sql("SELECT 2 AS two").await.unwrap(),
@@ -231,9 +218,10 @@ async fn a_client_reads_blocks_only_with_its_grant_for_their_job() {
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{who}: {e}");
         assert!(e.message().contains("grants certificate"), "{who}: {e}");
     }
-    // The cluster's own nodes read without one (the embedded client holds a node's
-    // certificate).
-    admin
+    // The cluster's own nodes read without one (the admin session here holds a
+    // node's certificate).
+    secured
+        .admin
         .result(jobs[1])
         .await
         .unwrap()
@@ -241,7 +229,7 @@ async fn a_client_reads_blocks_only_with_its_grant_for_their_job() {
         .await
         .unwrap();
     session.shutdown().await;
-    cluster.shutdown().await;
+    secured.cluster.shutdown().await;
 }
 
 /// A worker's registration claims no more than a real worker makes: absurd slot
