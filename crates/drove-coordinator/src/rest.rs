@@ -638,6 +638,19 @@ async fn answer_for_job<T: IntoResponse>(
     }
 }
 
+/// What every operation may answer besides its own responses.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its description is used: handlers answer with `api_error`
+enum EveryOperation {
+    /// The cluster authenticates clients (it has TLS) and the request carried no
+    /// token or client certificate it knows: send `Authorization: Bearer TOKEN`.
+    #[response(status = 401)]
+    Unauthenticated(ApiError),
+    /// A bug in the coordinator (a handler panicked); the message says where.
+    #[response(status = 500)]
+    Internal(ApiError),
+}
+
 /// A path's id, as the document describes it.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -651,8 +664,7 @@ struct Id {
 /// Workers, recent jobs and cached tables.
 #[utoipa::path(get, path = "/api/v1/cluster", responses(
     (status = 200, description = "The cluster.", body = Cluster),
-    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
-    (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
+    EveryOperation,
 ))]
 async fn cluster(
     State(coordinator): State<Coordinator>,
@@ -664,8 +676,7 @@ async fn cluster(
 /// Registered workers.
 #[utoipa::path(get, path = "/api/v1/workers", responses(
     (status = 200, description = "The workers.", body = Vec<Worker>),
-    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
-    (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
+    EveryOperation,
 ))]
 async fn workers(State(coordinator): State<Coordinator>) -> Json<Vec<Worker>> {
     Json(
@@ -681,10 +692,9 @@ async fn workers(State(coordinator): State<Coordinator>) -> Json<Vec<Worker>> {
 /// One worker and the last tasks it completed, newest first.
 #[utoipa::path(get, path = "/api/v1/workers/{id}", params(Id), responses(
     (status = 200, description = "The worker.", body = WorkerDetail),
-    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
     (status = 400, description = "The id is not a whole number from 0 to 18446744073709551615.", body = ApiError),
     (status = 404, description = "No such worker is registered.", body = ApiError),
-    (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
+    EveryOperation,
 ))]
 async fn worker(
     State(coordinator): State<Coordinator>,
@@ -704,8 +714,7 @@ async fn worker(
 /// Recent jobs, newest first.
 #[utoipa::path(get, path = "/api/v1/jobs", responses(
     (status = 200, description = "The jobs.", body = Vec<JobSummary>),
-    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
-    (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
+    EveryOperation,
 ))]
 async fn jobs(
     State(coordinator): State<Coordinator>,
@@ -724,10 +733,9 @@ async fn jobs(
 /// One job: its stages, tasks, attempts, SQL and physical plan.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", params(Id), responses(
     (status = 200, description = "The job.", body = Job),
-    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
     (status = 400, description = "The id is not a whole number from 0 to 18446744073709551615.", body = ApiError),
     (status = 404, description = "No such job in the history.", body = ApiError),
-    (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
+    EveryOperation,
 ))]
 async fn job(
     State(coordinator): State<Coordinator>,
@@ -743,11 +751,10 @@ async fn job(
 /// Cancels a running job; an ended job is left as it was.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", params(Id), responses(
     (status = 200, description = "The job's state afterwards.", body = CancelResult),
-    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
     (status = 400, description = "The id is not a whole number from 0 to 18446744073709551615.", body = ApiError),
     (status = 403, description = "The request came from another site, or as a form post (see the web surface in README.md); or the caller's role may not cancel jobs.", body = ApiError),
     (status = 404, description = "No such job in the history.", body = ApiError),
-    (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
+    EveryOperation,
 ))]
 async fn cancel(
     State(coordinator): State<Coordinator>,
@@ -767,8 +774,7 @@ async fn cancel(
 /// This document.
 #[utoipa::path(get, path = "/api/v1/openapi.json", responses(
     (status = 200, description = "The OpenAPI document of this API.", body = Object),
-    (status = 401, description = "The cluster authenticates clients (it has TLS) and the request carried no token or client certificate it knows: send `Authorization: Bearer TOKEN`.", body = ApiError),
-    (status = 500, description = "A bug in the coordinator (a handler panicked); the message says where.", body = ApiError),
+    EveryOperation,
 ))]
 async fn openapi() -> Json<&'static OpenApi> {
     Json(document())
