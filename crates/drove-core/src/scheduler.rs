@@ -1874,15 +1874,16 @@ impl Scheduler {
 
     /// Attempts each tenant holds now (running or queued on workers), by tenant.
     pub fn tenant_usage(&self) -> BTreeMap<String, u32> {
-        let mut held = BTreeMap::new();
+        let mut held: BTreeMap<&str, u32> = BTreeMap::new();
         for w in self.workers.values() {
             for a in &w.running {
                 if let Some(job) = self.jobs.get(&a.task.job) {
-                    *held.entry(job.tenant.clone()).or_default() += 1;
+                    *held.entry(job.tenant.as_str()).or_default() += 1;
                 }
             }
         }
-        held
+        // One name copied per tenant, not per attempt.
+        held.into_iter().map(|(t, n)| (t.to_string(), n)).collect()
     }
 
     /// Gives a slow task a twin on another worker with a free slot: slow means running
