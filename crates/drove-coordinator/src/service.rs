@@ -212,11 +212,7 @@ impl CoordinatorRpc for Service {
             _ => None,
         };
         let job = self.job_of(request.into_inner())?;
-        let (mut changes, watching) = self.coordinator.subscribe(&who, job).await?;
-        let grant = match reader {
-            Some(reader) => self.coordinator.result_grant(&who, job, reader).await?,
-            None => Vec::new(),
-        };
+        let (mut changes, watching, grant) = self.coordinator.subscribe(&who, job, reader).await?;
         let coordinator = self.coordinator.clone();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {

@@ -609,25 +609,6 @@ impl Coordinator {
         identified
     }
 
-    /// The grant that lets the client certificate named `reader` read `job`'s
-    /// blocks (see [`drove_exec::token::grant`]); the job must be one `who` sees.
-    pub async fn result_grant(
-        &self,
-        who: &Identity,
-        job: JobId,
-        reader: String,
-    ) -> Result<Vec<u8>> {
-        let who = who.clone();
-        self.ask(move |state| {
-            state.lead()?;
-            state.job_for(job, &who)?;
-            let key = state.meta.state().ticket_key();
-            let expires_ms = now_ms() + drove_exec::token::GRANT_LIFE_MS;
-            Ok(drove_exec::token::grant(key, job.0, &reader, expires_ms))
-        })
-        .await
-    }
-
     /// Makes a client token for `tenant` with `role` (admins only); returns its text,
     /// shown once, and its id.
     pub async fn create_token(
@@ -837,26 +818,36 @@ impl Coordinator {
     /// A receiver that wakes whenever the job changes and holds whether it still runs.
     /// The job counts as watched, and so keeps its lease, until the returned
     /// [`Watching`] is dropped.
+    ///
+    /// With `reader`, a client certificate's name, it also returns the grant that
+    /// lets that certificate read the job's blocks (see [`drove_exec::token::grant`]);
+    /// empty without one.
     pub async fn subscribe(
         &self,
         who: &Identity,
         job: JobId,
-    ) -> Result<(watch::Receiver<bool>, Watching)> {
+        reader: Option<String>,
+    ) -> Result<(watch::Receiver<bool>, Watching, Vec<u8>)> {
         let who = who.clone();
-        let changes = self
+        let (changes, grant) = self
             .ask(move |state| {
                 state.lead()?;
                 state.job_for(job, &who)?;
+                let grant = reader.map_or_else(Vec::new, |reader| {
+                    let key = state.meta.state().ticket_key();
+                    let expires_ms = now_ms() + drove_exec::token::GRANT_LIFE_MS;
+                    drove_exec::token::grant(key, job.0, &reader, expires_ms)
+                });
                 let record = state.jobs.get_mut(&job).ok_or_else(|| not_found(job))?;
                 record.lease.watchers += 1;
-                Ok::<_, Error>(record.changed.subscribe())
+                Ok::<_, Error>((record.changed.subscribe(), grant))
             })
             .await?;
         let watching = Watching {
             coordinator: self.clone(),
             job,
         };
-        Ok((changes, watching))
+        Ok((changes, watching, grant))
     }
 
     /// The registered workers.

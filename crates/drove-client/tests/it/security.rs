@@ -242,32 +242,22 @@ async fn a_client_reads_blocks_only_with_its_grant_for_their_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tokens_keep_tenants_apart_and_revoked_tokens_out() {
     let root = tempfile::tempdir().unwrap();
-    let node = identity(root.path(), "ca", "node", Role::Node);
+    let config = LocalClusterConfig {
+        workers: 1,
+        ..Default::default()
+    };
+    let secured = Secured::start(root.path(), config).await;
     let client = identity(root.path(), "ca", "alice", Role::Client);
     let admin_token = std::fs::read_to_string(root.path().join("ca").join("admin.token")).unwrap();
-    let (cluster, _) = crate::start(LocalClusterConfig {
-        workers: 1,
-        coordinator: CoordinatorConfig {
-            tls: Some(node),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
-    let addr = cluster.coordinator_addr().to_string();
-    let connect = async |token: Option<&str>| {
-        let credentials = Credentials {
-            tls: Some(client.clone()),
-            token: token.map(str::to_string),
-        };
-        Session::connect_with(&addr, &credentials).await.unwrap()
-    };
+    let addr = secured.cluster.coordinator_addr().to_string();
+    // Every session of this test holds alice's client certificate.
+    let as_alice = async |token: Option<&str>| connect(&secured.cluster, &client, token).await;
     let denied = |e: drove_client::Error, says: &str| match e {
         drove_client::Error::Denied(m) => assert!(m.contains(says), "{m}"),
         other => panic!("expected a refusal saying '{says}', got {other:?}"),
     };
 
-    let admin = connect(Some(admin_token.trim())).await;
+    let admin = as_alice(Some(admin_token.trim())).await;
     let a_token = admin.create_token("team-a", "submit").await.unwrap();
     let b_token = admin.create_token("team-b", "submit").await.unwrap();
     let reader_token = admin.create_token("team-a", "read").await.unwrap();
@@ -278,9 +268,9 @@ async fn tokens_keep_tenants_apart_and_revoked_tokens_out() {
             .iter()
             .any(|t| t.id == a_token.id && t.tenant == "team-a" && t.role == "submit")
     );
-    let a = connect(Some(&a_token.token)).await;
-    let b = connect(Some(&b_token.token)).await;
-    let reader = connect(Some(&reader_token.token)).await;
+    let a = as_alice(Some(&a_token.token)).await;
+    let b = as_alice(Some(&b_token.token)).await;
+    let reader = as_alice(Some(&reader_token.token)).await;
 
     // A's job and cached table are A's.
     let job = a.run_sql("SELECT 1 AS one").await.unwrap().summary.job_id;
@@ -374,7 +364,7 @@ async fn tokens_keep_tenants_apart_and_revoked_tokens_out() {
     assert!(e.to_string().contains("tenant"), "{e}");
 
     // Without a token, the client certificate is tenant "alice".
-    let alice = connect(None).await;
+    let alice = as_alice(None).await;
     alice.run_sql("SELECT 2").await.unwrap();
     assert!(jobs_of(&alice).await.iter().all(|(_, t)| t == "alice"));
 
@@ -384,7 +374,7 @@ async fn tokens_keep_tenants_apart_and_revoked_tokens_out() {
         (forged.as_str(), "unknown or revoked"),
         ("drove_0123456789abcdef_0", "not a drove token"),
     ] {
-        let s = connect(Some(token)).await;
+        let s = as_alice(Some(token)).await;
         denied(s.run_sql("SELECT 1").await.unwrap_err(), says);
     }
 
