@@ -1,6 +1,7 @@
-//! The container image (`docker/image.sh`) and the Compose file (`docker/compose.yaml`):
-//! three replicated coordinators and three workers on a private network; the leader's
-//! container is killed while Q9 runs, and the answer is right.
+//! The container image (`docker/image.sh`), its certificates (`docker/certs.sh`) and the
+//! Compose file (`docker/compose.yaml`): three replicated coordinators and three workers
+//! on a private network, with mutual TLS and tokens; the leader's container is killed
+//! while a tenant's Q9 runs, and the answer is right.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -29,6 +30,8 @@ struct Project {
     name: String,
     image: String,
     tpch: std::path::PathBuf,
+    /// What `docker/certs.sh` made.
+    certs: std::path::PathBuf,
 }
 
 impl Project {
@@ -38,20 +41,28 @@ impl Project {
             .args(["-p", &self.name, "-f", "docker/compose.yaml"])
             .env("DROVE_IMAGE", &self.image)
             .env("DROVE_TPCH", &self.tpch)
+            .env("DROVE_CERTS", &self.certs)
             .env("DROVE_WORKER_FLAGS", "--inject-task-delay-ms 400");
         c
     }
 
-    /// `docker run` of the image on the project's network, with the TPC-H tables.
-    fn drove(&self, args: &[&str]) -> Command {
+    /// `docker run` of the image on the project's network, with the TPC-H tables, the
+    /// client certificate and `token`.
+    fn drove(&self, token: &str, args: &[&str]) -> Command {
         let mut c = Command::new("docker");
         c.args([
             "run",
             "--rm",
             "--network",
             &format!("{}_default", self.name),
+            "-e",
+            "DROVE_TLS_DIR=/tls",
+            "-e",
+            &format!("DROVE_TOKEN={token}"),
             "-v",
         ])
+        .arg(format!("{}:/tls:ro", self.certs.join("client").display()))
+        .arg("-v")
         .arg(format!("{}:/tpch:ro", self.tpch.display()))
         .arg(&self.image)
         .args(args);
@@ -77,21 +88,30 @@ const COORDINATORS: &str = "coord1:7070,coord2:7070,coord3:7070";
 fn a_compose_cluster_answers_with_its_leader_container_killed() {
     let tpch = drove_testkit::tpch_data(0.01);
     let tag = format!("drove-test-{}", std::process::id());
+    let scratch = tempfile::tempdir().unwrap();
     let project = Project {
         name: tag.replace('-', ""),
         image: format!("{tag}:latest"),
         tpch: tpch.clone(),
+        certs: scratch.path().join("certs"),
     };
     must(
         Command::new(repo().join("docker/image.sh"))
             .arg(env!("CARGO_BIN_EXE_drove"))
             .arg(&project.image),
     );
+    must(
+        Command::new(repo().join("docker/certs.sh"))
+            .arg(env!("CARGO_BIN_EXE_drove"))
+            .arg(&project.certs),
+    );
+    let admin = std::fs::read_to_string(project.certs.join("ca/admin.token")).unwrap();
+    let admin = admin.trim();
     must(project.compose().args(["up", "-d"]));
 
     let status = || {
         let out = project
-            .drove(&["status", "--coordinator", COORDINATORS])
+            .drove(admin, &["status", "--coordinator", COORDINATORS])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()
@@ -106,9 +126,34 @@ fn a_compose_cluster_answers_with_its_leader_container_killed() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // Only a token the cluster made gets in; the admin makes one for a tenant.
+    let forged = format!("drove_{}_{}", "0".repeat(16), "0".repeat(64));
+    let refused = project
+        .drove(&forged, &["status", "--coordinator", COORDINATORS])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "a forged token was let in: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    let token = must(&mut project.drove(
+        admin,
+        &[
+            "token",
+            "create",
+            "--coordinator",
+            COORDINATORS,
+            "--tenant",
+            "analytics",
+        ],
+    ))
+    .stdout;
+    let token = String::from_utf8(token).unwrap();
+
     let q9 = drove_exec::tpch::QUERIES[8];
     let client = project
-        .drove(&[
+        .drove(token.trim(), &[
             "sql",
             "--coordinator",
             COORDINATORS,
