@@ -2,7 +2,7 @@
 //! `drove coordinator` processes and three workers, while the leader is killed with
 //! SIGKILL at random points and started again. Every answer is checked against
 //! single-process DataFusion; a checker over the history of submissions,
-//! acknowledgements and answers finds any job lost or answered twice; and each kill
+//! acknowledgements and answers finds any job lost, answered twice or run twice; and each kill
 //! measures the time from the leader's death to the first task the new leader runs
 //! (or takes from a worker that kept its output), and how many stages finished at the
 //! kill were run again.
@@ -246,6 +246,18 @@ async fn failover(run: &FailoverRun, drove: &Path) -> Result<Value> {
                 }
             }
         }
+    }
+    // And no job ran that answered no call: a submission its client sent again after
+    // a kill (not knowing whether the first reached the log) must not run twice.
+    let lost = calls.iter().filter(|c| c.outcome.is_err()).count();
+    let orphans: Vec<u64> = (history.keys())
+        .filter(|job| !seen.contains_key(*job))
+        .copied()
+        .collect();
+    if orphans.len() > lost {
+        problems.push(format!(
+            "jobs {orphans:?} ran but answered no call: submissions ran twice"
+        ));
     }
     Ok(json!({
         "kills": run.kills,

@@ -900,6 +900,9 @@ impl Session {
                 .inner
                 .priority
                 .load(std::sync::atomic::Ordering::Relaxed),
+            // Sent with every retry, so that a submission the coordinator took before
+            // it died is not run a second time by the next one.
+            request_id: drove_core::ids::random_id(),
         };
         let submitted = self
             .on_leader(|mut c| {

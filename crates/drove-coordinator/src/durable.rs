@@ -313,6 +313,7 @@ pub fn decode_planned(bytes: &[u8]) -> Option<Resumable> {
         options: JobOptions {
             detached: job.detached,
             priority: job.priority,
+            ..JobOptions::default()
         },
     })
 }
@@ -499,11 +500,13 @@ pub(crate) fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command
             tenant,
             submitted_ms,
             planned,
+            request,
         } => C::JobSubmitted(pb::MetaJobSubmitted {
             name: name.clone(),
             tenant: tenant.clone(),
             submitted_unix_ms: *submitted_ms,
             planned: planned.clone(),
+            request: *request,
         }),
         MetaCommand::JobEnded {
             job,
@@ -543,6 +546,7 @@ pub(crate) fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Op
             tenant: s.tenant,
             submitted_ms: s.submitted_unix_ms,
             planned: s.planned,
+            request: s.request,
         },
         C::JobEnded(e) => MetaCommand::JobEnded {
             job: JobId(e.job_id),
@@ -590,6 +594,7 @@ pub(crate) fn image_to_proto(image: MetaImage, last_index: u64) -> pb::MetaSnaps
                     .ended
                     .map(|(end, ended_ms)| end_to_proto(id, &end, ended_ms, &m.record)),
                 planned: m.planned,
+                request: m.request,
             })
             .collect(),
         ended: image.ended.into_iter().map(|j| j.0).collect(),
@@ -664,6 +669,7 @@ pub(crate) fn image_from_proto(snapshot: pb::MetaSnapshot) -> MetaImage {
                     ended,
                     planned: j.planned,
                     record: j.end.map(|e| e.status).unwrap_or_default(),
+                    request: j.request,
                 };
                 (JobId(j.job_id), meta)
             })
@@ -687,6 +693,7 @@ mod tests {
             tenant: format!("tenant-{}", i % 2),
             submitted_ms: i,
             planned: vec![i as u8; 5],
+            request: i * 7,
         }
     }
 

@@ -29,6 +29,9 @@ pub struct JobOptions {
     pub detached: bool,
     /// Among its tenant's jobs, higher goes first.
     pub priority: i32,
+    /// The client's id for the submission (0 for none): sent again, it gets the job
+    /// the first one made.
+    pub request: u64,
 }
 
 /// What a client asked to run.

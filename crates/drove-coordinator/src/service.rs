@@ -37,8 +37,11 @@ pub struct Service {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl Service {
-    /// Who sent `request` (see [`Coordinator::identify`]).
+    /// Who sent `request` (see [`Coordinator::identify`]), once this coordinator is
+    /// confirmed to lead (see [`Coordinator::confirm_lead`]): every client request
+    /// starts here.
     async fn identify<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        self.coordinator.confirm_lead().await?;
         Ok(self
             .coordinator
             .identify(Credential::of_grpc(request))
@@ -191,6 +194,7 @@ impl CoordinatorRpc for Service {
                 JobOptions {
                     detached: request.detached,
                     priority: request.priority,
+                    request: request.request_id,
                 },
             )
             .await?;

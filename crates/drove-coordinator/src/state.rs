@@ -100,6 +100,8 @@ pub struct Coordinator {
     /// The Raft term in which a replicated coordinator's state leads; 0 while it does
     /// not.
     led_term: Arc<AtomicU64>,
+    /// A replicated coordinator's Raft.
+    replica: Option<Arc<Replica>>,
 }
 
 /// Something for the state's owner to do.
@@ -418,10 +420,12 @@ impl Coordinator {
     /// [`crate::replica::follow`] tells it. Call from within the async runtime.
     pub fn replicated(config: CoordinatorConfig, replica: Arc<Replica>) -> Result<Self> {
         let journal = Journal::Raft {
-            replica,
+            replica: replica.clone(),
             runtime: tokio::runtime::Handle::current(),
         };
-        Self::start(config, journal, None)
+        let mut coordinator = Self::start(config, journal, None)?;
+        coordinator.replica = Some(replica);
+        Ok(coordinator)
     }
 
     /// Starts the state's owner; with `meta`, leading from the start.
@@ -475,6 +479,7 @@ impl Coordinator {
             work,
             cluster_id,
             led_term,
+            replica: None,
         })
     }
 
@@ -582,6 +587,19 @@ impl Coordinator {
     pub async fn jobs(&self, who: &Identity) -> Vec<pb::JobStatus> {
         let who = who.clone();
         self.ask(move |state| state.recent_jobs(&who, false)).await
+    }
+
+    /// A replicated coordinator answers clients only as a leader that a quorum
+    /// confirms at the time of the request (Raft's read index): one deposed that has
+    /// not noticed yet sends the client on, instead of answering from a state that may
+    /// be stale (a job another leader ended, a token another revoked).
+    pub async fn confirm_lead(&self) -> Result<()> {
+        match &self.replica {
+            Some(replica) if !replica.confirm_lead().await => Err(Error::NotLeader {
+                leader: replica.leader_hint(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Who sent a request, from what it carried. Without TLS the cluster is open:
@@ -741,6 +759,19 @@ impl Coordinator {
         } else {
             format!("job '{name}'")
         };
+        // A submission sent again (its client lost the coordinator mid-call, so could
+        // not tell whether the first reached the log) gets the job the first made.
+        if options.request != 0 {
+            let (tenant, request) = (who.tenant.clone(), options.request);
+            let earlier = self
+                .ask(move |state| state.meta.state().submitted(&tenant, request))
+                .await;
+            if let Some(job) = earlier {
+                let outcome = Ok::<_, Error>(job);
+                auth::audit(who, "submit again", &format!("{job} ({target})"), &outcome);
+                return outcome;
+            }
+        }
         let asker = who.clone();
         // The claim frees the name on every way out but a submitted job, including
         // this future being dropped (the client went away) while it plans or waits.
@@ -1120,6 +1151,7 @@ impl State {
                 heartbeat_interval_ms: self.config.heartbeat_interval_ms,
                 cluster_id: self.meta.state().cluster_id(),
                 ticket_key: self.meta.state().ticket_key().to_vec(),
+                term: self.led_term.load(Ordering::Relaxed),
             })),
         };
         tx.try_send(Ok(registered))
@@ -1293,6 +1325,13 @@ impl State {
         } = submission;
         // The state frees the claimed name from here: the job's end does, or its refusal.
         let caches_as = claim.name.take().zip(cache_id);
+        // The same submission, sent again while the first was being planned.
+        if let Some(job) = self.meta.state().submitted(&tenant, options.request) {
+            if let Some((table, _)) = &caches_as {
+                self.catalog.unclaim(table);
+            }
+            return Ok(job);
+        }
         // The log allocates the job's id when it records the job, after validation;
         // the spec is validated under the id no job has yet.
         let next = self.meta.state().next_job_id();
@@ -1325,6 +1364,7 @@ impl State {
                 tenant: tenant.clone(),
                 submitted_ms,
                 planned: kept,
+                request: options.request,
             })
             .ok_or_else(|| self.not_written())?
             .job
@@ -2093,11 +2133,7 @@ impl State {
     /// The error that sends a client on to the leader, if one is known.
     fn not_leader(&self) -> Error {
         let leader = match &self.journal {
-            // Raft may still take this coordinator for the leader while it has
-            // stepped down (no quorum answers it): then no leader is known.
-            Journal::Raft { replica, .. } => Some(replica.status())
-                .filter(|s| s.leader_id != s.node_id)
-                .map_or(String::new(), |s| s.leader_addr),
+            Journal::Raft { replica, .. } => replica.leader_hint(),
             _ => String::new(),
         };
         Error::NotLeader { leader }

@@ -578,6 +578,7 @@ impl World {
                 tenant: "sim".into(),
                 submitted_ms: now,
                 planned: spec.encode(),
+                request: 0,
             };
             let written = replica.write(command).await;
             let mut m = model.0.lock().unwrap();

@@ -10,7 +10,7 @@
 //! the same order give the same state on every replica), and ids are allocated when a
 //! command is applied, never read beforehand by whoever proposes it.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::access::{Identity, TokenMeta};
 use crate::ids::{JobId, WorkerId};
@@ -40,6 +40,9 @@ pub enum MetaCommand {
         tenant: String,
         submitted_ms: u64,
         planned: Vec<u8>,
+        /// The client's id for the submission (0 for none): sent again, the same
+        /// submission gets this job (see [`MetaState::submitted`]).
+        request: u64,
     },
     /// A job ended. `record` is what the coordinator keeps of it for its history (its
     /// final status, encoded by the coordinator); the state machine does not read it.
@@ -121,6 +124,8 @@ pub struct JobMeta {
     pub planned: Vec<u8>,
     /// The coordinator's record of the ended job (see [`MetaCommand::JobEnded`]).
     pub record: Vec<u8>,
+    /// The client's id for its submission (see [`MetaCommand::JobSubmitted`]).
+    pub request: u64,
 }
 
 /// The whole state as plain data: what a snapshot holds.
@@ -151,6 +156,8 @@ pub struct MetaState {
     next_job_id: u64,
     next_worker_id: u64,
     jobs: BTreeMap<JobId, JobMeta>,
+    /// The jobs kept, by their submissions' request ids (those that have one).
+    requests: HashMap<u64, JobId>,
     /// Ended jobs, oldest first, for the history limit.
     ended: VecDeque<JobId>,
     history_max: usize,
@@ -177,6 +184,10 @@ impl MetaState {
             cluster_id: image.cluster_id,
             next_job_id: image.next_job_id.max(1),
             next_worker_id: image.next_worker_id.max(1),
+            requests: (image.jobs.iter())
+                .filter(|(_, m)| m.request != 0)
+                .map(|(id, m)| (m.request, *id))
+                .collect(),
             jobs: image.jobs.into_iter().collect(),
             ended: image.ended.into_iter().collect(),
             history_max,
@@ -271,6 +282,14 @@ impl MetaState {
         self.jobs.get(&job)
     }
 
+    /// The job `tenant`'s submission with id `request` made, if the state still keeps
+    /// it: a client that sends a submission again (it could not tell whether the first
+    /// reached the log) gets that job instead of a second one.
+    pub fn submitted(&self, tenant: &str, request: u64) -> Option<JobId> {
+        let job = *self.requests.get(&request).filter(|_| request != 0)?;
+        (self.jobs.get(&job)?.tenant == tenant).then_some(job)
+    }
+
     /// Jobs newest first.
     pub fn jobs(&self) -> impl Iterator<Item = (JobId, &JobMeta)> {
         self.jobs.iter().rev().map(|(id, m)| (*id, m))
@@ -292,9 +311,13 @@ impl MetaState {
                 tenant,
                 submitted_ms,
                 planned,
+                request,
             } => {
                 let job = JobId(self.next_job_id);
                 self.next_job_id += 1;
+                if *request != 0 {
+                    self.requests.insert(*request, job);
+                }
                 self.jobs.insert(
                     job,
                     JobMeta {
@@ -304,6 +327,7 @@ impl MetaState {
                         ended: None,
                         planned: planned.clone(),
                         record: Vec::new(),
+                        request: *request,
                     },
                 );
                 Applied {
@@ -380,7 +404,11 @@ impl MetaState {
         let mut evicted = Vec::new();
         while self.ended.len() > self.history_max {
             let old = self.ended.pop_front().expect("non-empty");
-            self.jobs.remove(&old);
+            if let Some(meta) = self.jobs.remove(&old)
+                && self.requests.get(&meta.request) == Some(&old)
+            {
+                self.requests.remove(&meta.request);
+            }
             evicted.push(old);
         }
         evicted
@@ -431,6 +459,7 @@ mod tests {
                 tenant: "a".into(),
                 submitted_ms: i * 10,
                 planned: vec![i as u8; 2],
+                request: 100 + i,
             });
             all.push(MetaCommand::JobEnded {
                 job: JobId(i),
@@ -444,6 +473,7 @@ mod tests {
             tenant: "b".into(),
             submitted_ms: 99,
             planned: vec![7],
+            request: 0,
         });
         // Only the first identity counts.
         all.push(MetaCommand::ClusterCreated { cluster_id: 77 });
@@ -555,10 +585,30 @@ mod tests {
             tenant: String::new(),
             submitted_ms: 0,
             planned: Vec::new(),
+            request: 0,
         };
         assert_eq!(restored.apply(&job).job, Some(JobId(6)));
         // A smaller history limit on restore drops the oldest ended jobs.
         let smaller = MetaState::from_image(log.state().image(), 1);
         assert!(smaller.job(JobId(3)).is_none() && smaller.job(JobId(4)).is_some());
+    }
+
+    #[test]
+    fn a_submission_sent_again_finds_its_job_while_the_history_keeps_it() {
+        let mut state = MetaState::new(2);
+        for c in history() {
+            state.apply(&c);
+        }
+        // Jobs 1 and 2 were pushed out of the history of 2, and their requests with
+        // them; job 4's request finds it, for its tenant only.
+        assert_eq!(state.submitted("a", 104), Some(JobId(4)));
+        assert_eq!(state.submitted("a", 103), Some(JobId(3)));
+        assert_eq!(state.submitted("b", 104), None, "another tenant's request");
+        assert_eq!(state.submitted("a", 101), None, "forgotten with its job");
+        assert_eq!(state.submitted("b", 0), None, "no request id");
+        // The index comes back from an image, as after a restart.
+        let restored = MetaState::from_image(state.image(), 2);
+        assert_eq!(restored.submitted("a", 104), Some(JobId(4)));
+        assert_eq!(restored.submitted("a", 101), None);
     }
 }

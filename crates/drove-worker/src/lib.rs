@@ -522,8 +522,10 @@ async fn run(
 ) -> Result<()> {
     let mut first = true;
     let node_id = shared.node.as_ref().map_or("", |n| n.node_id.as_str());
-    // The cluster whose jobs wrote the blocks held (0 before the first session).
+    // The cluster whose jobs wrote the blocks held (0 before the first session), and
+    // the latest term of its leaders served.
     let mut cluster_id = 0;
+    let mut term = 0;
     loop {
         let mut kept = shared.store.held_outputs();
         if kept.len() > drove_core::scheduler::HELD_OUTPUTS_MAX {
@@ -536,6 +538,7 @@ async fn run(
         }
         let held = Held {
             cluster_id,
+            term,
             outputs: (kept.into_iter())
                 .map(|h| pb::HeldOutput {
                     task: Some(pb::TaskKey {
@@ -562,6 +565,7 @@ async fn run(
             shared.store.release_all();
             cluster_id = session.cluster_id;
         }
+        term = session.term;
         let worker_id = session.worker_id;
         let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
         tokio::select! {
@@ -588,12 +592,16 @@ async fn run(
 /// What a worker holds from its last session, reported when it registers.
 struct Held {
     cluster_id: u64,
+    /// The term of the last session's leader: a coordinator of that cluster leading an
+    /// earlier term was deposed, and its session is refused.
+    term: u64,
     outputs: Vec<pb::HeldOutput>,
 }
 
 struct Session {
     worker_id: u64,
     cluster_id: u64,
+    term: u64,
     ticket_key: Vec<u8>,
     heartbeat_interval: Duration,
     outbound: mpsc::Sender<pb::WorkerMessage>,
@@ -646,14 +654,22 @@ async fn register(
             match inbound.message().await {
                 Ok(Some(pb::CoordinatorMessage {
                     kind: Some(pb::coordinator_message::Kind::Registered(r)),
-                })) => Ok(Session {
-                    worker_id: r.worker_id,
-                    cluster_id: r.cluster_id,
-                    ticket_key: r.ticket_key,
-                    heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms.max(10)),
-                    outbound,
-                    inbound,
-                }),
+                })) => {
+                    if let Some(why) = deposed(held, r.cluster_id, r.term) {
+                        // Dropping the session's streams ends it on the coordinator.
+                        coordinators.follow(&tonic::Status::unavailable(why.clone()));
+                        return Err(Refusal::Retry(format!("{addr}: {why}")));
+                    }
+                    Ok(Session {
+                        worker_id: r.worker_id,
+                        cluster_id: r.cluster_id,
+                        term: r.term,
+                        ticket_key: r.ticket_key,
+                        heartbeat_interval: Duration::from_millis(r.heartbeat_interval_ms.max(10)),
+                        outbound,
+                        inbound,
+                    })
+                }
                 Ok(_) => Err(Refusal::Retry(
                     "the coordinator did not acknowledge the registration".to_string(),
                 )),
@@ -692,6 +708,17 @@ async fn register(
             }
         }
     }
+}
+
+/// Why a session offered by the leader of `term` in `cluster` must be refused, if it
+/// must: this worker served a later term of that cluster, whose leader deposed it.
+fn deposed(held: &Held, cluster: u64, term: u64) -> Option<String> {
+    (cluster == held.cluster_id && term < held.term).then(|| {
+        format!(
+            "it leads term {term}, but this worker served term {} of the same cluster: it was deposed",
+            held.term
+        )
+    })
 }
 
 /// Why a registration attempt failed.
@@ -1341,6 +1368,27 @@ async fn execute(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leader_of_an_earlier_term_of_the_same_cluster_is_refused() {
+        let held = Held {
+            cluster_id: 7,
+            term: 5,
+            outputs: Vec::new(),
+        };
+        let why = deposed(&held, 7, 4).expect("term 4 is older than 5");
+        assert!(why.contains("term 4") && why.contains("term 5"), "{why}");
+        assert!(deposed(&held, 7, 5).is_none(), "the same term");
+        assert!(deposed(&held, 7, 6).is_none(), "a later term");
+        // Another cluster's terms do not compare, and a single coordinator's is 0.
+        assert!(deposed(&held, 8, 1).is_none());
+        let fresh = Held {
+            cluster_id: 0,
+            term: 0,
+            outputs: Vec::new(),
+        };
+        assert!(deposed(&fresh, 7, 0).is_none());
+    }
 
     fn output(partition: u32) -> pb::MapOutput {
         pb::MapOutput {

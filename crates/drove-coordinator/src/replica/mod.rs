@@ -345,6 +345,26 @@ impl Replica {
         }
     }
 
+    /// Whether a quorum confirms now that this coordinator leads (Raft's read index):
+    /// what it answers after that is current, as no other leader can have committed
+    /// anything it has not seen.
+    pub async fn confirm_lead(&self) -> bool {
+        let wait = Duration::from_millis(QUORUM_LOST_MS);
+        matches!(
+            tokio::time::timeout(wait, self.raft.ensure_linearizable()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The leader's address when another coordinator leads, as far as this one knows;
+    /// empty when none is known (Raft may still take this one for the leader while it
+    /// has stepped down, because no quorum answers it).
+    pub fn leader_hint(&self) -> String {
+        Some(self.status())
+            .filter(|s| s.leader_id != s.node_id)
+            .map_or(String::new(), |s| s.leader_addr)
+    }
+
     /// The metadata as applied here.
     pub fn metadata(&self) -> MetaImage {
         self.machine.image()

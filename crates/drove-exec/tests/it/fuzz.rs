@@ -1375,6 +1375,7 @@ fn coordinator_messages(small_plan: &[u8], large_plan: &[u8]) -> Vec<Vec<u8>> {
             heartbeat_interval_ms: 1000,
             cluster_id: 77,
             ticket_key: vec![3; 32],
+            term: 4,
         }),
         Kind::DropOutputs(pb::DropOutputs {
             outputs: vec![task_key()],
@@ -1431,6 +1432,7 @@ fn submissions(logical_plan: &[u8], physical_plan: &[u8]) -> Vec<Vec<u8>> {
             cache_as: cache_as.into(),
             detached,
             priority: if detached { -3 } else { 7 },
+            request_id: if detached { 0 } else { 0x5eed },
         }
         .encode_to_vec()
     })

@@ -283,6 +283,11 @@ pub struct Registered {
     /// The key that signs clients' grants to read blocks (see BlockTicket.grant).
     #[prost(bytes = "vec", tag = "4")]
     pub ticket_key: ::prost::alloc::vec::Vec<u8>,
+    /// The Raft term this coordinator leads in (0 for a single coordinator): the fence
+    /// on its assignments. A worker that has served a later term of the same cluster
+    /// refuses the session, since a leader of that term deposed this one.
+    #[prost(uint64, tag = "5")]
+    pub term: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DropOutputs {
@@ -399,6 +404,11 @@ pub struct SubmitJobRequest {
     /// Among its tenant's jobs, higher goes first (-1000 to 1000; 0 by default).
     #[prost(int32, tag = "8")]
     pub priority: i32,
+    /// A random id the client gives this submission and sends again with every retry of
+    /// it (0 for none): a coordinator that already took it, or a new leader whose log
+    /// holds it, answers with that job instead of starting a second one.
+    #[prost(uint64, tag = "9")]
+    pub request_id: u64,
     #[prost(oneof = "submit_job_request::Query", tags = "1, 2, 5")]
     pub query: ::core::option::Option<submit_job_request::Query>,
 }
@@ -910,6 +920,10 @@ pub struct MetaJobSubmitted {
     /// table or reads a cached one).
     #[prost(bytes = "vec", tag = "3")]
     pub planned: ::prost::alloc::vec::Vec<u8>,
+    /// The client's id for this submission (0 for none): the same submission sent again
+    /// (its client could not tell whether the first reached the log) gets this job.
+    #[prost(uint64, tag = "5")]
+    pub request: u64,
 }
 /// A job as planned: everything needed to run it again without planning its SQL again.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1028,6 +1042,9 @@ pub struct MetaJob {
     /// As in MetaJobSubmitted, for a job that has not ended.
     #[prost(bytes = "vec", tag = "5")]
     pub planned: ::prost::alloc::vec::Vec<u8>,
+    /// As in MetaJobSubmitted.
+    #[prost(uint64, tag = "7")]
+    pub request: u64,
 }
 /// A log entry's position: the term and node of the leader that made it, and its index.
 /// A log entry's id: the term of the leader that made it (one leader per term).

@@ -153,17 +153,20 @@ fn a_compose_cluster_answers_with_its_leader_container_killed() {
 
     let q9 = drove_exec::tpch::QUERIES[8];
     let client = project
-        .drove(token.trim(), &[
-            "sql",
-            "--coordinator",
-            COORDINATORS,
-            "--tpch",
-            "/tpch",
-            "--format",
-            "csv",
-            "-e",
-            q9,
-        ])
+        .drove(
+            token.trim(),
+            &[
+                "sql",
+                "--coordinator",
+                COORDINATORS,
+                "--tpch",
+                "/tpch",
+                "--format",
+                "csv",
+                "-e",
+                q9,
+            ],
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -563,3 +563,56 @@ fn cached_tables_survive_a_restart_and_are_computed_again() {
     assert!(!again.status.success(), "{stderr}");
     assert!(stderr.contains("already cached"), "{stderr}");
 }
+
+/// A client that lost its coordinator mid-submission cannot tell whether the job was
+/// taken, so it sends the same submission again, with the same request id: the
+/// coordinator restarted on its data directory answers with the job the first made
+/// instead of running it twice; another request id is another job.
+#[test]
+fn a_submission_sent_again_after_a_restart_gets_the_same_job() {
+    use drove_client::proto as pb;
+    let data = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let addr = drove_testkit::unused_addr().to_string();
+    let (mut coordinator, http) = coordinator_on(&addr, data.path(), &[]);
+    let _worker = crate::worker(&addr, work.path(), &[]);
+    worker_ids(&http, 1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let submit = |request_id: u64| {
+        runtime.block_on(async {
+            let endpoint = format!("http://{addr}");
+            let mut client = pb::coordinator_client::CoordinatorClient::connect(endpoint)
+                .await
+                .unwrap();
+            let request = pb::SubmitJobRequest {
+                query: Some(pb::submit_job_request::Query::Sql(
+                    "SELECT count(*) FROM generate_series(1, 100000000000)".into(),
+                )),
+                detached: true,
+                request_id,
+                ..Default::default()
+            };
+            client
+                .submit_job(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .job_id
+        })
+    };
+    let first = submit(0xfeed);
+    assert_eq!(submit(0xfeed), first, "sent again to the same coordinator");
+
+    coordinator.0.kill().unwrap();
+    coordinator.0.wait().unwrap();
+    let (_coordinator, http) = coordinator_on(&addr, data.path(), &[]);
+    assert_eq!(submit(0xfeed), first, "sent again after the restart");
+    let other = submit(0xbeef);
+    assert_ne!(other, first, "another request is another job");
+    let listed = jobs(&http);
+    assert_eq!(
+        listed.keys().copied().collect::<Vec<_>>(),
+        vec![first, other],
+        "{listed:?}"
+    );
+}
