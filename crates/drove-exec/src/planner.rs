@@ -18,12 +18,16 @@ use std::sync::Arc;
 use datafusion::common::JoinType;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::PhysicalExpr;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::limit::GlobalLimitExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, Partitioning, replace_children_if_necessary,
 };
@@ -169,9 +173,130 @@ pub fn loses_unmatched_build_rows(plan: &Arc<dyn ExecutionPlan>) -> bool {
 /// DataFusion's single-process plan made fit for tasks: round-robin exchanges over
 /// small files dropped ([`drop_round_robin_over_files`]), then the joins that would
 /// lose rows rewritten ([`distribute_unmatched_joins`]). In that order: a join whose
-/// probe side is one small file then stays a broadcast, in one task.
+/// probe side is one small file then stays a broadcast, in one task. Last, the second
+/// exchange of a small two-level aggregation goes ([`one_exchange_for_nested_groups`]).
 pub fn prepare(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-    distribute_unmatched_joins(drop_round_robin_over_files(plan)?)
+    let plan = distribute_unmatched_joins(drop_round_robin_over_files(plan)?)?;
+    one_exchange_for_nested_groups(plan)
+}
+
+/// The most rows (as DataFusion estimates them) going into a two-level aggregation
+/// for [`one_exchange_for_nested_groups`] to hash its first exchange on fewer keys.
+const NESTED_GROUPS_ROWS_MAX: usize = 1 << 20;
+
+/// An aggregation over the groups of another, whose keys are among the other's (as
+/// DataFusion plans `count(DISTINCT x) ... GROUP BY k`: first grouped by k and x, then
+/// by k), shuffles twice: by all the inner keys, then by the outer ones. Hashing the
+/// first exchange by the outer keys alone puts every inner group of an outer group in
+/// one partition already, so the second exchange goes, and with it a stage (TPC-H
+/// Q16's). Fewer keys may spread rows over fewer partitions, so this is done only
+/// where DataFusion estimates the rows going in as at most
+/// [`NESTED_GROUPS_ROWS_MAX`], and both exchanges have as many partitions.
+///
+/// ```text
+/// Aggregate FinalPartitioned [k]             Aggregate FinalPartitioned [k]
+///   Repartition Hash([k], n)                   Aggregate Partial [k]
+///     Aggregate Partial [k]            =>        Aggregate FinalPartitioned [k, x]
+///       Aggregate FinalPartitioned [k, x]          Repartition Hash([k], n)
+///         Repartition Hash([k, x], n)                Aggregate Partial [k, x]
+///           Aggregate Partial [k, x]
+/// ```
+fn one_exchange_for_nested_groups(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let rewritten = plan.transform_up(|node| {
+        Ok(match nested_groups(&node)? {
+            Some(one_exchange) => Transformed::yes(one_exchange),
+            None => Transformed::no(node),
+        })
+    })?;
+    Ok(rewritten.data)
+}
+
+/// `node` with one exchange, if it is the top of a two-level aggregation
+/// [`one_exchange_for_nested_groups`] rewrites.
+fn nested_groups(
+    node: &Arc<dyn ExecutionPlan>,
+) -> datafusion::error::Result<Option<Arc<dyn ExecutionPlan>>> {
+    // From the top down: outer, its exchange, outer_partial, inner, its exchange,
+    // inner_partial.
+    let Some(outer_exchange) = aggregate_input(node, AggregateMode::FinalPartitioned) else {
+        return Ok(None);
+    };
+    let Some((outer_n, outer_partial)) = hash_exchange_input(outer_exchange) else {
+        return Ok(None);
+    };
+    let Some(inner) = aggregate_input(outer_partial, AggregateMode::Partial) else {
+        return Ok(None);
+    };
+    let Some(inner_exchange) = aggregate_input(inner, AggregateMode::FinalPartitioned) else {
+        return Ok(None);
+    };
+    let Some((inner_n, inner_partial)) = hash_exchange_input(inner_exchange) else {
+        return Ok(None);
+    };
+    let Some(rows_in) = aggregate_input(inner_partial, AggregateMode::Partial) else {
+        return Ok(None);
+    };
+    let group = |plan: &Arc<dyn ExecutionPlan>| {
+        let aggregate = plan.downcast_ref::<AggregateExec>().expect("an aggregate");
+        aggregate.group_expr().expr().to_vec()
+    };
+    let (outer_keys, inner_keys) = (group(outer_partial), group(inner));
+    if outer_n != inner_n || outer_keys.is_empty() {
+        return Ok(None);
+    }
+    // The outer keys, as columns of the inner aggregation's output, are among its first
+    // (grouping) columns, which its partial aggregation outputs in the same places.
+    let schema = inner_partial.schema();
+    let mut keys: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+    for (expr, _) in &outer_keys {
+        match expr.downcast_ref::<Column>() {
+            Some(c) if c.index() < inner_keys.len() => {
+                keys.push(Arc::new(Column::new(
+                    schema.field(c.index()).name(),
+                    c.index(),
+                )));
+            }
+            _ => return Ok(None),
+        }
+    }
+    let rows = StatisticsContext::new()
+        .compute(rows_in.as_ref(), &StatisticsArgs::new())?
+        .num_rows;
+    if !rows
+        .get_value()
+        .is_some_and(|n| *n <= NESTED_GROUPS_ROWS_MAX)
+    {
+        return Ok(None);
+    }
+    let exchange: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+        Arc::clone(inner_partial),
+        Partitioning::Hash(keys, inner_n),
+    )?);
+    let inner = replace_children_if_necessary(Arc::clone(inner), vec![exchange])?;
+    let outer_partial = replace_children_if_necessary(Arc::clone(outer_partial), vec![inner])?;
+    Ok(Some(replace_children_if_necessary(
+        Arc::clone(node),
+        vec![outer_partial],
+    )?))
+}
+
+/// The input of `plan` if it is an aggregation in `mode` without grouping sets.
+fn aggregate_input(
+    plan: &Arc<dyn ExecutionPlan>,
+    mode: AggregateMode,
+) -> Option<&Arc<dyn ExecutionPlan>> {
+    plan.downcast_ref::<AggregateExec>()
+        .filter(|a| *a.mode() == mode && a.group_expr().is_single())
+        .map(AggregateExec::input)
+}
+
+/// The partition count and input of `plan` if it is a hash exchange that keeps no order.
+fn hash_exchange_input(plan: &Arc<dyn ExecutionPlan>) -> Option<(usize, &Arc<dyn ExecutionPlan>)> {
+    let exchange = plan.downcast_ref::<RepartitionExec>()?;
+    match exchange.partitioning() {
+        Partitioning::Hash(_, n) if !exchange.preserve_order() => Some((*n, exchange.input())),
+        _ => None,
+    }
 }
 
 /// Rewrites every collect-left hash join that emits unmatched build rows, which as

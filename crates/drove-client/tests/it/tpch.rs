@@ -244,3 +244,29 @@ async fn a_limited_build_side_stays_limited() {
     assert_eq!(left, 10);
     assert_eq!(with + without, 10, "{with} with orders, {without} without");
 }
+
+/// `count(DISTINCT x) ... GROUP BY k` groups by (k, x), then by k. Over a small input
+/// (TPC-H Q16's) the first exchange hashes by k alone, so the second one and its stage
+/// go, and the answer stays DataFusion's; over an input DataFusion estimates as large,
+/// both exchanges stay, since hashing by fewer keys could leave partitions idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_distinct_count_shuffles_once_and_a_large_one_twice() {
+    let dir = tpch_data(0.01);
+    let session = crate::cluster(2).await;
+    session.register_tpch(&dir).await.unwrap();
+    let exchanges = |plan: &str| plan.matches("RepartitionExec: partitioning=Hash").count();
+    let q16 = QUERIES[15];
+    let (_, plans) = explain(&session, q16).await;
+    assert_eq!(exchanges(&plans[1]), 1, "{}", plans[1]);
+    let ran = session.run_sql(q16).await.unwrap();
+    assert_eq!(ran.summary.stages.len(), 3, "{}", ran.summary);
+    let expected = reference(&tpch_tables(&dir), q16).await.unwrap();
+    compare(&ran.batches, &expected, is_ordered(q16)).unwrap();
+
+    // 1.5 million rows, as DataFusion counts them from the files.
+    let large = "SELECT l_returnflag, count(DISTINCT n_name) AS n \
+                 FROM lineitem CROSS JOIN nation GROUP BY l_returnflag";
+    let (_, plans) = explain(&session, large).await;
+    assert_eq!(exchanges(&plans[1]), 2, "{}", plans[1]);
+    session.shutdown().await;
+}
