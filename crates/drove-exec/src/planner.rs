@@ -262,10 +262,7 @@ fn nested_groups(
     let rows = StatisticsContext::new()
         .compute(rows_in.as_ref(), &StatisticsArgs::new())?
         .num_rows;
-    if !rows
-        .get_value()
-        .is_some_and(|n| *n <= NESTED_GROUPS_ROWS_MAX)
-    {
+    if rows.get_value().is_none_or(|n| *n > NESTED_GROUPS_ROWS_MAX) {
         return Ok(None);
     }
     let exchange: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
