@@ -180,9 +180,17 @@ pub fn prepare(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     one_exchange_for_nested_groups(plan)
 }
 
-/// The most rows (as DataFusion estimates them) going into a two-level aggregation
-/// for [`one_exchange_for_nested_groups`] to hash its first exchange on fewer keys.
-const NESTED_GROUPS_ROWS_MAX: usize = 1 << 20;
+/// The most rows (as DataFusion estimates them) that one task is left to handle where
+/// the plan could spread them over several: going into a two-level aggregation for
+/// [`one_exchange_for_nested_groups`] to hash its first exchange on fewer keys, and
+/// under a round-robin exchange for [`drop_round_robin_over_files`] to drop it.
+const SMALL_INPUT_ROWS: usize = 1 << 20;
+
+/// How many rows DataFusion estimates `plan` gives, if it can tell.
+fn estimated_rows(plan: &Arc<dyn ExecutionPlan>) -> datafusion::error::Result<Option<usize>> {
+    let stats = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new())?;
+    Ok(stats.num_rows.get_value().copied())
+}
 
 /// An aggregation over the groups of another, whose keys are among the other's (as
 /// DataFusion plans `count(DISTINCT x) ... GROUP BY k`: first grouped by k and x, then
@@ -191,7 +199,7 @@ const NESTED_GROUPS_ROWS_MAX: usize = 1 << 20;
 /// one partition already, so the second exchange goes, and with it a stage (TPC-H
 /// Q16's). Fewer keys may spread rows over fewer partitions, so this is done only
 /// where DataFusion estimates the rows going in as at most
-/// [`NESTED_GROUPS_ROWS_MAX`], and both exchanges have as many partitions.
+/// [`SMALL_INPUT_ROWS`], and both exchanges have as many partitions.
 ///
 /// ```text
 /// Aggregate FinalPartitioned [k]             Aggregate FinalPartitioned [k]
@@ -259,10 +267,7 @@ fn nested_groups(
             _ => return Ok(None),
         }
     }
-    let rows = StatisticsContext::new()
-        .compute(rows_in.as_ref(), &StatisticsArgs::new())?
-        .num_rows;
-    if rows.get_value().is_none_or(|n| *n > NESTED_GROUPS_ROWS_MAX) {
+    if estimated_rows(rows_in)?.is_none_or(|n| n > SMALL_INPUT_ROWS) {
         return Ok(None);
     }
     let exchange: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
@@ -353,14 +358,17 @@ fn distribute_unmatched_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Ex
     Ok(rewritten.data)
 }
 
-/// Removes the round-robin repartitions DataFusion puts over scans of small files it
-/// did not split (a scan of one partition, of at most [`UNSPREAD_SCAN_MAX_BYTES`]),
-/// which spread the rows over more partitions for parallelism. Here each is an
-/// exchange: a stage of one task that writes blocks, read by a stage of as many tasks
-/// as partitions, to spread rows a single task reads in moments. Nothing above relies on the repartition's output partitioning (unknown),
-/// and exchanges the plan needs for its meaning are hash or single-partition ones,
-/// which stay. Over other inputs (a generated series, a cached table) they stay: there
-/// they are how a job gets its parallelism.
+/// Removes the round-robin repartitions DataFusion puts over one partition read from
+/// files, to spread its rows over more partitions for parallelism, where that
+/// partition is small: a scan of small files DataFusion did not split (at most
+/// [`UNSPREAD_SCAN_MAX_BYTES`] each), or anything over files DataFusion estimates at
+/// most [`SMALL_INPUT_ROWS`] rows (such as TPC-H Q22's customers without orders,
+/// gathered for a join). Here each is an exchange: a stage of one task that writes
+/// blocks, read by a stage of as many tasks as partitions, to spread rows a single task
+/// handles in moments. Nothing above relies on the repartition's output partitioning
+/// (unknown), and exchanges the plan needs for its meaning are hash or
+/// single-partition ones, which stay. Over other inputs (a generated series, a cached
+/// table) they stay: there they are how a job gets its parallelism.
 fn drop_round_robin_over_files(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     let dropped = plan.transform_up(|node| {
         let Some(repartition) = node.downcast_ref::<RepartitionExec>() else {
@@ -370,7 +378,9 @@ fn drop_round_robin_over_files(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn E
         let input = repartition.input();
         if round_robin
             && input.output_partitioning().partition_count() == 1
-            && reads_only_files(input)
+            && (reads_only_files(input, UNSPREAD_SCAN_MAX_BYTES)
+                || reads_only_files(input, u64::MAX)
+                    && estimated_rows(input)?.is_some_and(|n| n <= SMALL_INPUT_ROWS))
         {
             Ok(Transformed::yes(Arc::clone(repartition.input())))
         } else {
@@ -384,9 +394,8 @@ fn drop_round_robin_over_files(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn E
 /// dropped: a file DataFusion cannot split (compressed, or one row group) may be large.
 const UNSPREAD_SCAN_MAX_BYTES: u64 = 32 << 20;
 
-/// Whether every leaf of `plan` is a scan of files of at most
-/// [`UNSPREAD_SCAN_MAX_BYTES`] in all.
-fn reads_only_files(plan: &Arc<dyn ExecutionPlan>) -> bool {
+/// Whether every leaf of `plan` is a scan of files of at most `max_bytes` in all.
+fn reads_only_files(plan: &Arc<dyn ExecutionPlan>, max_bytes: u64) -> bool {
     let children = plan.children();
     if children.is_empty() {
         let Some(scan) = plan
@@ -401,9 +410,11 @@ fn reads_only_files(plan: &Arc<dyn ExecutionPlan>) -> bool {
             .flat_map(|group| group.iter())
             .map(|file| file.object_meta.size)
             .sum();
-        return bytes <= UNSPREAD_SCAN_MAX_BYTES;
+        return bytes <= max_bytes;
     }
-    children.into_iter().all(reads_only_files)
+    children
+        .into_iter()
+        .all(|child| reads_only_files(child, max_bytes))
 }
 
 /// Cuts `plan` into stages. See the module documentation.

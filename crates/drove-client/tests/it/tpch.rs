@@ -270,3 +270,50 @@ async fn a_small_distinct_count_shuffles_once_and_a_large_one_twice() {
     assert_eq!(exchanges(&plans[1]), 2, "{}", plans[1]);
     session.shutdown().await;
 }
+
+/// A round-robin exchange over one partition read from files is dropped where
+/// DataFusion estimates that partition as small, however large its files: here a
+/// 40 MB file of three rows, anti-joined and gathered for a join with a scalar
+/// subquery (the shape of TPC-H Q22). Over a generated series, the exchange stays: it is how such a job gets
+/// its parallelism. Both answer as DataFusion does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_small_partition_from_large_files_is_not_spread_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("padded.parquet");
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.sql(&format!(
+        "COPY (SELECT repeat(chr(65 + v), 13000000) AS pad, v FROM (VALUES (1), (2), (3)) AS t(v)) \
+         TO '{}' STORED AS PARQUET OPTIONS ('format.compression' 'uncompressed', 'format.dictionary_enabled' 'false')",
+        path.display()
+    ))
+    .await
+    .unwrap()
+    .collect()
+    .await
+    .unwrap();
+    assert!(std::fs::metadata(&path).unwrap().len() > 32 << 20);
+
+    let session = crate::cluster(2).await;
+    session.register_table("padded", &path).await.unwrap();
+    let spread = |plan: &str| plan.contains("RoundRobinBatch");
+    let small = "SELECT v % 2 AS k, count(*) AS n FROM padded \
+                 WHERE v >= (SELECT avg(v) FROM padded) \
+                 AND NOT EXISTS (SELECT 1 FROM padded p WHERE p.v = padded.v + 1) \
+                 GROUP BY k ORDER BY k";
+    let (_, plans) = explain(&session, small).await;
+    assert!(!spread(&plans[1]), "{}", plans[1]);
+    let ran = session.run_sql(small).await.unwrap();
+    let table = drove_exec::tables::TableSpec {
+        name: "padded".into(),
+        path: path.clone(),
+        format: None,
+    };
+    let expected = reference(&[table], small).await.unwrap();
+    compare(&ran.batches, &expected, true).unwrap();
+
+    let generated = "SELECT value % 2 AS k, count(*) AS n FROM generate_series(1, 1000) \
+                     WHERE value >= (SELECT avg(value) FROM generate_series(1, 1000)) GROUP BY k";
+    let (_, plans) = explain(&session, generated).await;
+    assert!(spread(&plans[1]), "{}", plans[1]);
+    session.shutdown().await;
+}
