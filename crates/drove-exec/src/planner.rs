@@ -20,7 +20,7 @@ use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::PhysicalExpr;
-use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, PartitionMode};
 use datafusion::physical_plan::limit::GlobalLimitExec;
@@ -174,81 +174,10 @@ pub fn loses_unmatched_build_rows(plan: &Arc<dyn ExecutionPlan>) -> bool {
 /// small files dropped ([`drop_round_robin_over_files`]), then the joins that would
 /// lose rows rewritten ([`distribute_unmatched_joins`]). In that order: a join whose
 /// probe side is one small file then stays a broadcast, in one task. Last, the second
-/// exchange of a small two-level aggregation goes ([`one_exchange_for_nested_groups`]),
-/// and semi and anti joins shuffle only the distinct keys of their probe side
-/// ([`distinct_keys_for_semi_joins`]).
+/// exchange of a small two-level aggregation goes ([`one_exchange_for_nested_groups`]).
 pub fn prepare(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     let plan = distribute_unmatched_joins(drop_round_robin_over_files(plan)?)?;
-    distinct_keys_for_semi_joins(one_exchange_for_nested_groups(plan)?)
-}
-
-/// A partitioned left semi or anti join without a filter asks of each probe row only
-/// whether its keys exist: the probe side's other columns and repeated keys are
-/// shuffled for nothing (TPC-H Q22 shuffles 1.5 million orders to learn which of
-/// 100,000 customers have any). Each task of the probe side groups its rows by the
-/// join keys before the exchange, so only its distinct keys travel.
-///
-/// ```text
-/// HashJoin Partitioned LeftAnti on (a = x)      HashJoin Partitioned LeftAnti on (a = x)
-///   Repartition Hash([a], n) ...          =>      Repartition Hash([a], n) ...
-///   Repartition Hash([x], n)                      Repartition Hash([x], n)
-///     probe                                         Aggregate Partial [x]
-///                                                     probe
-/// ```
-fn distinct_keys_for_semi_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-    let rewritten = plan.transform_up(|node| {
-        let Some(join) = node.downcast_ref::<HashJoinExec>() else {
-            return Ok(Transformed::no(node));
-        };
-        let semi = matches!(join.join_type(), JoinType::LeftSemi | JoinType::LeftAnti);
-        if !semi
-            || *join.partition_mode() != PartitionMode::Partitioned
-            || join.filter().is_some()
-            || join.null_aware
-        {
-            return Ok(Transformed::no(node));
-        }
-        let Some((n, probe)) = hash_exchange_input(join.right()) else {
-            return Ok(Transformed::no(node));
-        };
-        // Already grouped by its keys (as by this rewrite): nothing to gain.
-        if probe.downcast_ref::<AggregateExec>().is_some() {
-            return Ok(Transformed::no(node));
-        }
-        let mut keys = Vec::new();
-        for (_, right) in join.on() {
-            match right.downcast_ref::<Column>() {
-                Some(c) => keys.push((Arc::clone(right), c.name().to_string())),
-                None => return Ok(Transformed::no(node)),
-            }
-        }
-        let grouped: Arc<dyn ExecutionPlan> = Arc::new(AggregateExec::try_new(
-            AggregateMode::Partial,
-            PhysicalGroupBy::new_single(keys),
-            Vec::new(),
-            Vec::new(),
-            Arc::clone(probe),
-            probe.schema(),
-        )?);
-        let schema = grouped.schema();
-        let on: Vec<_> = (join.on().iter().enumerate())
-            .map(|(i, (left, _))| {
-                let key: Arc<dyn PhysicalExpr> = Arc::new(Column::new(schema.field(i).name(), i));
-                (Arc::clone(left), key)
-            })
-            .collect();
-        let hashed = on.iter().map(|(_, key)| Arc::clone(key)).collect();
-        let exchange = RepartitionExec::try_new(grouped, Partitioning::Hash(hashed, n))?;
-        let rewritten = join
-            .builder()
-            .with_on(on)
-            .with_new_children(vec![Arc::clone(join.left()), Arc::new(exchange)])?
-            .recompute_properties()
-            .reset_state()
-            .build_exec()?;
-        Ok(Transformed::yes(rewritten))
-    })?;
-    Ok(rewritten.data)
+    one_exchange_for_nested_groups(plan)
 }
 
 /// The most rows (as DataFusion estimates them) that one task is left to handle where

@@ -116,20 +116,8 @@ async fn queries_the_fuzzer_found_refused_equal_datafusion() {
 
 /// EXPLAIN's rows for `sql`: the plan types, and the plans.
 async fn explain(session: &drove_client::Session, sql: &str) -> (Vec<String>, Vec<String>) {
-    explain_after(session, "", sql).await
-}
-
-/// [`explain`] after `settings` (`SET` statements, each ending in ';').
-async fn explain_after(
-    session: &drove_client::Session,
-    settings: &str,
-    sql: &str,
-) -> (Vec<String>, Vec<String>) {
     use arrow::array::{Array, StringArray};
-    let explained = session
-        .run_sql(&format!("{settings} EXPLAIN {sql}"))
-        .await
-        .unwrap();
+    let explained = session.run_sql(&format!("EXPLAIN {sql}")).await.unwrap();
     let batch = &explained.batches[0];
     let column = |i: usize| {
         let a = batch
@@ -327,31 +315,5 @@ async fn one_small_partition_from_large_files_is_not_spread_again() {
                      WHERE value >= (SELECT avg(value) FROM generate_series(1, 1000)) GROUP BY k";
     let (_, plans) = explain(&session, generated).await;
     assert!(spread(&plans[1]), "{}", plans[1]);
-    session.shutdown().await;
-}
-
-/// A semi or anti join shuffles only the distinct keys of its probe side (orders are
-/// grouped by customer before their exchange, as in TPC-H Q22), unless its
-/// condition reads more of the probe row than the keys; the answers stay DataFusion's.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_semi_join_shuffles_the_distinct_keys_of_its_probe_side() {
-    let dir = tpch_data(0.01);
-    let session = crate::cluster(2).await;
-    session.register_tpch(&dir).await.unwrap();
-    let grouped = "AggregateExec: mode=Partial, gby=[o_custkey@0 as o_custkey], aggr=[]";
-    let exists = "SELECT c_custkey FROM customer \
-                  WHERE EXISTS (SELECT 1 FROM orders WHERE o_custkey = c_custkey) ORDER BY c_custkey";
-    let filtered = "SELECT c_custkey FROM customer WHERE EXISTS \
-                    (SELECT 1 FROM orders WHERE o_custkey = c_custkey AND o_totalprice > c_acctbal * 100) \
-                    ORDER BY c_custkey";
-    // Files split into partitions however small, so that the joins are partitioned.
-    let split = "SET datafusion.optimizer.repartition_file_min_size = 1;";
-    for (sql, dedups) in [(QUERIES[21], true), (exists, true), (filtered, false)] {
-        let (_, plans) = explain_after(&session, split, sql).await;
-        assert_eq!(plans[1].contains(grouped), dedups, "{sql}\n{}", plans[1]);
-        let ran = session.run_sql(&format!("{split} {sql}")).await.unwrap();
-        let expected = reference(&tpch_tables(&dir), sql).await.unwrap();
-        compare(&ran.batches, &expected, is_ordered(sql)).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
     session.shutdown().await;
 }
