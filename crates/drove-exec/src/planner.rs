@@ -226,29 +226,31 @@ fn nested_groups(
 ) -> datafusion::error::Result<Option<Arc<dyn ExecutionPlan>>> {
     // From the top down: outer, its exchange, outer_partial, inner, its exchange,
     // inner_partial.
-    let Some(outer_exchange) = aggregate_input(node, AggregateMode::FinalPartitioned) else {
+    let Some((_, outer_exchange)) = aggregate_input(node, AggregateMode::FinalPartitioned) else {
         return Ok(None);
     };
     let Some((outer_n, outer_partial)) = hash_exchange_input(outer_exchange) else {
         return Ok(None);
     };
-    let Some(inner) = aggregate_input(outer_partial, AggregateMode::Partial) else {
+    let Some((outer_grouping, inner)) = aggregate_input(outer_partial, AggregateMode::Partial)
+    else {
         return Ok(None);
     };
-    let Some(inner_exchange) = aggregate_input(inner, AggregateMode::FinalPartitioned) else {
+    let Some((inner_grouping, inner_exchange)) =
+        aggregate_input(inner, AggregateMode::FinalPartitioned)
+    else {
         return Ok(None);
     };
     let Some((inner_n, inner_partial)) = hash_exchange_input(inner_exchange) else {
         return Ok(None);
     };
-    let Some(rows_in) = aggregate_input(inner_partial, AggregateMode::Partial) else {
+    let Some((_, rows_in)) = aggregate_input(inner_partial, AggregateMode::Partial) else {
         return Ok(None);
     };
-    let group = |plan: &Arc<dyn ExecutionPlan>| {
-        let aggregate = plan.downcast_ref::<AggregateExec>().expect("an aggregate");
-        aggregate.group_expr().expr().to_vec()
-    };
-    let (outer_keys, inner_keys) = (group(outer_partial), group(inner));
+    let (outer_keys, inner_keys) = (
+        outer_grouping.group_expr().expr(),
+        inner_grouping.group_expr().expr(),
+    );
     if outer_n != inner_n || outer_keys.is_empty() {
         return Ok(None);
     }
@@ -256,7 +258,7 @@ fn nested_groups(
     // (grouping) columns, which its partial aggregation outputs in the same places.
     let schema = inner_partial.schema();
     let mut keys: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
-    for (expr, _) in &outer_keys {
+    for (expr, _) in outer_keys {
         match expr.downcast_ref::<Column>() {
             Some(c) if c.index() < inner_keys.len() => {
                 keys.push(Arc::new(Column::new(
@@ -282,14 +284,14 @@ fn nested_groups(
     )?))
 }
 
-/// The input of `plan` if it is an aggregation in `mode` without grouping sets.
+/// `plan` as an aggregation in `mode` without grouping sets, if it is one, and its input.
 fn aggregate_input(
     plan: &Arc<dyn ExecutionPlan>,
     mode: AggregateMode,
-) -> Option<&Arc<dyn ExecutionPlan>> {
+) -> Option<(&AggregateExec, &Arc<dyn ExecutionPlan>)> {
     plan.downcast_ref::<AggregateExec>()
         .filter(|a| *a.mode() == mode && a.group_expr().is_single())
-        .map(AggregateExec::input)
+        .map(|a| (a, a.input()))
 }
 
 /// The partition count and input of `plan` if it is a hash exchange that keeps no order.
