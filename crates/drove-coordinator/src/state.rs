@@ -589,15 +589,19 @@ impl Coordinator {
         self.ask(move |state| state.recent_jobs(&who, false)).await
     }
 
-    /// A replicated coordinator answers clients only as a leader that a quorum
+    /// A replicated coordinator answers gRPC clients only as a leader that a quorum
     /// confirms at the time of the request (Raft's read index): one deposed that has
     /// not noticed yet sends the client on, instead of answering from a state that may
     /// be stale (a job another leader ended, a token another revoked).
+    /// The state must lead in the confirmed term too: it takes and gives up the lead
+    /// a moment after Raft does.
     pub async fn confirm_lead(&self) -> Result<()> {
         match &self.replica {
-            Some(replica) if !replica.confirm_lead().await => Err(Error::NotLeader {
-                leader: replica.leader_hint(),
-            }),
+            Some(replica) if replica.confirm_lead().await != Some(self.led_term()) => {
+                Err(Error::NotLeader {
+                    leader: replica.leader_hint(),
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -764,8 +768,11 @@ impl Coordinator {
         if options.request != 0 {
             let (tenant, request) = (who.tenant.clone(), options.request);
             let earlier = self
-                .ask(move |state| state.meta.state().submitted(&tenant, request))
-                .await;
+                .ask(move |state| {
+                    state.lead()?;
+                    Ok::<_, Error>(state.meta.state().submitted(&tenant, request))
+                })
+                .await?;
             if let Some(job) = earlier {
                 let outcome = Ok::<_, Error>(job);
                 auth::audit(who, "submit again", &format!("{job} ({target})"), &outcome);

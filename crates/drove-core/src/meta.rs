@@ -156,8 +156,9 @@ pub struct MetaState {
     next_job_id: u64,
     next_worker_id: u64,
     jobs: BTreeMap<JobId, JobMeta>,
-    /// The jobs kept, by their submissions' request ids (those that have one).
-    requests: HashMap<u64, JobId>,
+    /// The jobs kept, by their tenants and their submissions' request ids (those
+    /// that have one): tenants choose their ids, so one tenant's cannot hide another's.
+    requests: HashMap<(String, u64), JobId>,
     /// Ended jobs, oldest first, for the history limit.
     ended: VecDeque<JobId>,
     history_max: usize,
@@ -186,7 +187,7 @@ impl MetaState {
             next_worker_id: image.next_worker_id.max(1),
             requests: (image.jobs.iter())
                 .filter(|(_, m)| m.request != 0)
-                .map(|(id, m)| (m.request, *id))
+                .map(|(id, m)| ((m.tenant.clone(), m.request), *id))
                 .collect(),
             jobs: image.jobs.into_iter().collect(),
             ended: image.ended.into_iter().collect(),
@@ -286,8 +287,10 @@ impl MetaState {
     /// it: a client that sends a submission again (it could not tell whether the first
     /// reached the log) gets that job instead of a second one.
     pub fn submitted(&self, tenant: &str, request: u64) -> Option<JobId> {
-        let job = *self.requests.get(&request).filter(|_| request != 0)?;
-        (self.jobs.get(&job)?.tenant == tenant).then_some(job)
+        if request == 0 {
+            return None;
+        }
+        self.requests.get(&(tenant.to_string(), request)).copied()
     }
 
     /// Jobs newest first.
@@ -316,7 +319,7 @@ impl MetaState {
                 let job = JobId(self.next_job_id);
                 self.next_job_id += 1;
                 if *request != 0 {
-                    self.requests.insert(*request, job);
+                    self.requests.insert((tenant.clone(), *request), job);
                 }
                 self.jobs.insert(
                     job,
@@ -404,10 +407,11 @@ impl MetaState {
         let mut evicted = Vec::new();
         while self.ended.len() > self.history_max {
             let old = self.ended.pop_front().expect("non-empty");
-            if let Some(meta) = self.jobs.remove(&old)
-                && self.requests.get(&meta.request) == Some(&old)
-            {
-                self.requests.remove(&meta.request);
+            if let Some(meta) = self.jobs.remove(&old) {
+                let key = (meta.tenant, meta.request);
+                if self.requests.get(&key) == Some(&old) {
+                    self.requests.remove(&key);
+                }
             }
             evicted.push(old);
         }
@@ -606,9 +610,20 @@ mod tests {
         assert_eq!(state.submitted("b", 104), None, "another tenant's request");
         assert_eq!(state.submitted("a", 101), None, "forgotten with its job");
         assert_eq!(state.submitted("b", 0), None, "no request id");
+        // Another tenant's submission with the same id is its own.
+        let b = state.apply(&MetaCommand::JobSubmitted {
+            name: "b's".into(),
+            tenant: "b".into(),
+            submitted_ms: 100,
+            planned: Vec::new(),
+            request: 104,
+        });
+        assert_eq!(state.submitted("b", 104), b.job);
+        assert_eq!(state.submitted("a", 104), Some(JobId(4)));
         // The index comes back from an image, as after a restart.
         let restored = MetaState::from_image(state.image(), 2);
         assert_eq!(restored.submitted("a", 104), Some(JobId(4)));
+        assert_eq!(restored.submitted("b", 104), b.job);
         assert_eq!(restored.submitted("a", 101), None);
     }
 }

@@ -184,12 +184,15 @@ pub fn prepare(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
 /// the plan could spread them over several: going into a two-level aggregation for
 /// [`one_exchange_for_nested_groups`] to hash its first exchange on fewer keys, and
 /// under a round-robin exchange for [`drop_round_robin_over_files`] to drop it.
-const SMALL_INPUT_ROWS: usize = 1 << 20;
+const SMALL_INPUT_ROWS_MAX: usize = 1 << 20;
 
-/// How many rows DataFusion estimates `plan` gives, if it can tell.
-fn estimated_rows(plan: &Arc<dyn ExecutionPlan>) -> datafusion::error::Result<Option<usize>> {
-    let stats = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new())?;
-    Ok(stats.num_rows.get_value().copied())
+/// How many rows DataFusion estimates `plan` gives, if it can tell (an estimate it
+/// fails to make is none: the rewrites that ask are only worth it where one is known).
+fn estimated_rows(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+    let stats = StatisticsContext::new()
+        .compute(plan.as_ref(), &StatisticsArgs::new())
+        .ok()?;
+    stats.num_rows.get_value().copied()
 }
 
 /// An aggregation over the groups of another, whose keys are among the other's (as
@@ -199,7 +202,7 @@ fn estimated_rows(plan: &Arc<dyn ExecutionPlan>) -> datafusion::error::Result<Op
 /// one partition already, so the second exchange goes, and with it a stage (TPC-H
 /// Q16's). Fewer keys may spread rows over fewer partitions, so this is done only
 /// where DataFusion estimates the rows going in as at most
-/// [`SMALL_INPUT_ROWS`], and both exchanges have as many partitions.
+/// [`SMALL_INPUT_ROWS_MAX`], and both exchanges have as many partitions.
 ///
 /// ```text
 /// Aggregate FinalPartitioned [k]             Aggregate FinalPartitioned [k]
@@ -229,7 +232,7 @@ fn nested_groups(
     let Some((_, outer_exchange)) = aggregate_input(node, AggregateMode::FinalPartitioned) else {
         return Ok(None);
     };
-    let Some((outer_n, outer_partial)) = hash_exchange_input(outer_exchange) else {
+    let Some((outer_hash, outer_n, outer_partial)) = hash_exchange_input(outer_exchange) else {
         return Ok(None);
     };
     let Some((outer_grouping, inner)) = aggregate_input(outer_partial, AggregateMode::Partial)
@@ -241,7 +244,7 @@ fn nested_groups(
     else {
         return Ok(None);
     };
-    let Some((inner_n, inner_partial)) = hash_exchange_input(inner_exchange) else {
+    let Some((_, inner_n, inner_partial)) = hash_exchange_input(inner_exchange) else {
         return Ok(None);
     };
     let Some((_, rows_in)) = aggregate_input(inner_partial, AggregateMode::Partial) else {
@@ -251,7 +254,12 @@ fn nested_groups(
         outer_grouping.group_expr().expr(),
         inner_grouping.group_expr().expr(),
     );
-    if outer_n != inner_n || outer_keys.is_empty() {
+    // The exchange that goes hashed the outer aggregation's keys, as they come out of
+    // its partial step (its first columns, in order): what the one left hashes.
+    let hashes_outer_keys = outer_hash.len() == outer_keys.len()
+        && (outer_hash.iter().enumerate())
+            .all(|(i, e)| e.downcast_ref::<Column>().is_some_and(|c| c.index() == i));
+    if outer_n != inner_n || outer_keys.is_empty() || !hashes_outer_keys {
         return Ok(None);
     }
     // The outer keys, as columns of the inner aggregation's output, are among its first
@@ -269,7 +277,7 @@ fn nested_groups(
             _ => return Ok(None),
         }
     }
-    if estimated_rows(rows_in)?.is_none_or(|n| n > SMALL_INPUT_ROWS) {
+    if estimated_rows(rows_in).is_none_or(|n| n > SMALL_INPUT_ROWS_MAX) {
         return Ok(None);
     }
     let exchange: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
@@ -294,11 +302,20 @@ fn aggregate_input(
         .map(|a| (a, a.input()))
 }
 
-/// The partition count and input of `plan` if it is a hash exchange that keeps no order.
-fn hash_exchange_input(plan: &Arc<dyn ExecutionPlan>) -> Option<(usize, &Arc<dyn ExecutionPlan>)> {
+/// A hash exchange's hashed expressions, partition count and input.
+type HashExchange<'a> = (
+    &'a [Arc<dyn PhysicalExpr>],
+    usize,
+    &'a Arc<dyn ExecutionPlan>,
+);
+
+/// `plan` as a [`HashExchange`], if it is a hash exchange that keeps no order.
+fn hash_exchange_input(plan: &Arc<dyn ExecutionPlan>) -> Option<HashExchange<'_>> {
     let exchange = plan.downcast_ref::<RepartitionExec>()?;
     match exchange.partitioning() {
-        Partitioning::Hash(_, n) if !exchange.preserve_order() => Some((*n, exchange.input())),
+        Partitioning::Hash(hashed, n) if !exchange.preserve_order() => {
+            Some((hashed.as_slice(), *n, exchange.input()))
+        }
         _ => None,
     }
 }
@@ -363,8 +380,9 @@ fn distribute_unmatched_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Ex
 /// Removes the round-robin repartitions DataFusion puts over one partition read from
 /// files, to spread its rows over more partitions for parallelism, where that
 /// partition is small: a scan of small files DataFusion did not split (at most
-/// [`UNSPREAD_SCAN_MAX_BYTES`] each), or anything over files DataFusion estimates at
-/// most [`SMALL_INPUT_ROWS`] rows (such as TPC-H Q22's customers without orders,
+/// [`UNSPREAD_SCAN_MAX_BYTES`] each), or anything over files (of at most
+/// [`ESTIMATED_SCAN_MAX_BYTES`] each) DataFusion estimates at most
+/// [`SMALL_INPUT_ROWS_MAX`] rows (such as TPC-H Q22's customers without orders,
 /// gathered for a join). Here each is an exchange: a stage of one task that writes
 /// blocks, read by a stage of as many tasks as partitions, to spread rows a single task
 /// handles in moments. Nothing above relies on the repartition's output partitioning
@@ -378,12 +396,14 @@ fn drop_round_robin_over_files(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn E
         };
         let round_robin = matches!(repartition.partitioning(), Partitioning::RoundRobinBatch(_));
         let input = repartition.input();
-        if round_robin
-            && input.output_partitioning().partition_count() == 1
-            && (reads_only_files(input, UNSPREAD_SCAN_MAX_BYTES)
-                || reads_only_files(input, u64::MAX)
-                    && estimated_rows(input)?.is_some_and(|n| n <= SMALL_INPUT_ROWS))
-        {
+        let small = match largest_scan_bytes(input) {
+            Some(bytes) if bytes <= UNSPREAD_SCAN_MAX_BYTES => true,
+            Some(bytes) if bytes <= ESTIMATED_SCAN_MAX_BYTES => {
+                estimated_rows(input).is_some_and(|n| n <= SMALL_INPUT_ROWS_MAX)
+            }
+            _ => false,
+        };
+        if round_robin && input.output_partitioning().partition_count() == 1 && small {
             Ok(Transformed::yes(Arc::clone(repartition.input())))
         } else {
             Ok(Transformed::no(node))
@@ -396,27 +416,28 @@ fn drop_round_robin_over_files(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn E
 /// dropped: a file DataFusion cannot split (compressed, or one row group) may be large.
 const UNSPREAD_SCAN_MAX_BYTES: u64 = 32 << 20;
 
-/// Whether every leaf of `plan` is a scan of files of at most `max_bytes` in all.
-fn reads_only_files(plan: &Arc<dyn ExecutionPlan>, max_bytes: u64) -> bool {
+/// The most bytes of files under a round-robin exchange that DataFusion's row estimate
+/// may drop it over: estimates can be far off, and a wrong one here costs a stage's
+/// parallelism.
+const ESTIMATED_SCAN_MAX_BYTES: u64 = 1 << 30;
+
+/// The bytes of the largest file scan among the leaves of `plan`, if every leaf is a
+/// file scan.
+fn largest_scan_bytes(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
     let children = plan.children();
     if children.is_empty() {
-        let Some(scan) = plan
+        let scan = plan
             .downcast_ref::<DataSourceExec>()
-            .and_then(|scan| scan.data_source().downcast_ref::<FileScanConfig>())
-        else {
-            return false;
-        };
-        let bytes: u64 = scan
-            .file_groups
-            .iter()
+            .and_then(|scan| scan.data_source().downcast_ref::<FileScanConfig>())?;
+        let bytes = (scan.file_groups.iter())
             .flat_map(|group| group.iter())
             .map(|file| file.object_meta.size)
             .sum();
-        return bytes <= max_bytes;
+        return Some(bytes);
     }
-    children
-        .into_iter()
-        .all(|child| reads_only_files(child, max_bytes))
+    children.into_iter().try_fold(0, |largest, child| {
+        largest_scan_bytes(child).map(|bytes| bytes.max(largest))
+    })
 }
 
 /// Cuts `plan` into stages. See the module documentation.

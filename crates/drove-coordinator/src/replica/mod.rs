@@ -345,15 +345,15 @@ impl Replica {
         }
     }
 
-    /// Whether a quorum confirms now that this coordinator leads (Raft's read index):
-    /// what it answers after that is current, as no other leader can have committed
-    /// anything it has not seen.
-    pub async fn confirm_lead(&self) -> bool {
+    /// The term in which a quorum confirms now that this coordinator leads (Raft's
+    /// read index), if one does: what it answers after that is current, as no other
+    /// leader can have committed anything it has not seen.
+    pub async fn confirm_lead(&self) -> Option<u64> {
         let wait = Duration::from_millis(QUORUM_LOST_MS);
-        matches!(
-            tokio::time::timeout(wait, self.raft.ensure_linearizable()).await,
-            Ok(Ok(_))
-        )
+        match tokio::time::timeout(wait, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Some(self.raft.metrics().borrow().current_term),
+            _ => None,
+        }
     }
 
     /// The leader's address when another coordinator leads, as far as this one knows;

@@ -283,8 +283,8 @@ pub struct Registered {
     /// The key that signs clients' grants to read blocks (see BlockTicket.grant).
     #[prost(bytes = "vec", tag = "4")]
     pub ticket_key: ::prost::alloc::vec::Vec<u8>,
-    /// The Raft term this coordinator leads in (0 for a single coordinator): the fence
-    /// on its assignments. A worker that has served a later term of the same cluster
+    /// The Raft term this coordinator leads in (0 for a single coordinator), checked when
+    /// a worker registers: a worker that has served a later term of the same cluster
     /// refuses the session, since a leader of that term deposed this one.
     #[prost(uint64, tag = "5")]
     pub term: u64,
