@@ -520,6 +520,41 @@ fn a_leader_cut_off_by_a_partition_is_replaced_and_stops_scheduling() {
         text.is_empty() && stderr.contains("is not the leader"),
         "the cut-off leader answered: {text}{stderr}"
     );
+    // And it stops scheduling by itself once no quorum has answered it for a second:
+    // its own view, which its web API serves without asking the quorum, no longer
+    // says it leads.
+    let node = drove_exec::tls::NODE_NAME;
+    let own_view = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &net.coordinators[old - 1], "curl", "-sS"])
+            .args(["--max-time", "10", "--resolve"])
+            .arg(format!("{node}:7071:{}", net.addr(old - 1)))
+            .arg("--cacert")
+            .arg(format!("{client_cert}/ca.pem"))
+            .arg("--cert")
+            .arg(format!("{client_cert}/cert.pem"))
+            .arg("--key")
+            .arg(format!("{client_cert}/key.pem"))
+            .arg(format!("https://{node}:7071/api/v1/cluster"))
+            .output()
+            .expect("running curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let started = Instant::now();
+    loop {
+        let body = own_view();
+        let role = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["metadata"]["role"].as_str().map(str::to_string));
+        if role.is_some_and(|r| r != "leader") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the cut-off leader still schedules: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // The others elect a new leader in a later term.
     let started = Instant::now();
