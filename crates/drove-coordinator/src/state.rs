@@ -960,9 +960,7 @@ impl Coordinator {
         let asker = who.clone();
         let cancelled = self
             .ask(move |state| {
-                state.lead()?;
-                let owner = state.job_for(job, &asker)?.tenant.clone();
-                asker.may_change(&owner, &job.to_string())?;
+                state.may_change_job(job, &asker)?;
                 state.handle(Event::JobCancelled { job });
                 state.touch(job);
                 state.status(job).ok_or_else(|| not_found(job))
@@ -977,9 +975,7 @@ impl Coordinator {
         let asker = who.clone();
         let released = self
             .ask(move |state| {
-                state.lead()?;
-                let owner = state.job_for(job, &asker)?.tenant.clone();
-                asker.may_change(&owner, &job.to_string())?;
+                state.may_change_job(job, &asker)?;
                 state.release(job)
             })
             .await;
@@ -1666,6 +1662,14 @@ impl State {
         (self.jobs.get(&job))
             .filter(|record| who.sees(&record.tenant))
             .ok_or_else(|| not_found(job))
+    }
+
+    /// Whether `who` may change `job` (cancel it, release its result) here: this
+    /// coordinator leads, the job is one `who` sees, and `who`'s role may change it.
+    fn may_change_job(&self, job: JobId, who: &Identity) -> Result<()> {
+        self.lead()?;
+        let owner = &self.job_for(job, who)?.tenant;
+        Ok(who.may_change(owner, &job.to_string())?)
     }
 
     /// Who a token is: one the metadata (or the CA, for its first admin token)
