@@ -1898,18 +1898,15 @@ impl Scheduler {
             return;
         };
         let now = self.now_ms;
-        // A twin counts against its tenant's slot quota too.
-        let mut held = self.tenant_usage();
+        // A twin counts against its tenant's slot quota too: what each tenant holds,
+        // counted only when some tenant has a quota.
+        let quotas = (self.config.tenants.values()).any(|p| p.slots_max.is_some());
+        let mut held = quotas.then(|| self.tenant_usage());
         for (attempt, worker) in self.running_attempts() {
             let task = attempt.task;
             let Some(job) = self.jobs.get_mut(&task.job) else {
                 continue;
             };
-            let slots_max = (self.config.tenants.get(&job.tenant)).and_then(|p| p.slots_max);
-            let held = held.entry(job.tenant.clone()).or_default();
-            if slots_max.is_some_and(|max| *held >= max) {
-                continue;
-            }
             let Some(stage) = job.stages.get(&task.stage) else {
                 continue;
             };
@@ -1941,6 +1938,11 @@ impl Scheduler {
             if running_ms <= slow_after {
                 continue;
             }
+            let slots_max = (self.config.tenants.get(&job.tenant)).and_then(|p| p.slots_max);
+            let holding = held.as_ref().and_then(|h| h.get(&job.tenant)).copied();
+            if slots_max.is_some_and(|max| holding.unwrap_or(0) >= max) {
+                continue;
+            }
             let Some(twin_worker) = pick_worker(&mut self.workers, Some(first.worker), |_| false)
             else {
                 return;
@@ -1952,7 +1954,9 @@ impl Scheduler {
             };
             info!(%task, attempt = run.attempt, worker = %run.worker, running_ms, median_ms = median, "speculating a slow task");
             stage.speculative += 1;
-            *held += 1;
+            if let Some(held) = &mut held {
+                *held.entry(job.tenant.clone()).or_default() += 1;
+            }
             if let TaskState::Running { runs } = &mut stage.tasks[task.partition as usize] {
                 runs.push(run);
             }
