@@ -1633,14 +1633,11 @@ impl State {
         else {
             return Ok(());
         };
-        let caching = (self.jobs.values()).find(|r| {
-            r.tenant == tenant && r.caches_as.is_some() && r.state == pb::JobState::Running
-        });
-        if let Some(record) = caching {
-            let table = record
-                .caches_as
-                .as_ref()
-                .map_or("", |(name, _)| table_part(name));
+        let caching = (self.jobs.values())
+            .filter(|r| r.tenant == tenant && r.state == pb::JobState::Running)
+            .find_map(|r| r.caches_as.as_ref());
+        if let Some((name, _)) = caching {
+            let table = table_part(name);
             return Err(Error::User(format!(
                 "tenant {tenant} is caching table {table} already, and has a cache quota (--tenant {tenant}:cache=SIZE): cache one table at a time"
             )));

@@ -24,6 +24,8 @@ fn identity(root: &Path, ca: &str, name: &str, role: Role) -> Arc<ClusterTls> {
 struct Secured {
     cluster: drove_client::LocalCluster,
     node: Arc<ClusterTls>,
+    /// The CA's admin token, and a session of it.
+    admin_token: String,
     admin: Session,
 }
 
@@ -33,10 +35,12 @@ impl Secured {
         config.coordinator.tls = Some(node.clone());
         let (cluster, _) = crate::start(config).await;
         let admin_token = std::fs::read_to_string(root.join("ca").join("admin.token")).unwrap();
-        let admin = connect(&cluster, &node, Some(admin_token.trim())).await;
+        let admin_token = admin_token.trim().to_string();
+        let admin = connect(&cluster, &node, Some(&admin_token)).await;
         Self {
             cluster,
             node,
+            admin_token,
             admin,
         }
     }
@@ -248,7 +252,7 @@ async fn tokens_keep_tenants_apart_and_revoked_tokens_out() {
     };
     let secured = Secured::start(root.path(), config).await;
     let client = identity(root.path(), "ca", "alice", Role::Client);
-    let admin_token = std::fs::read_to_string(root.path().join("ca").join("admin.token")).unwrap();
+    let admin_token = &secured.admin_token;
     let addr = secured.cluster.coordinator_addr().to_string();
     // Every session of this test holds alice's client certificate.
     let as_alice = async |token: Option<&str>| connect(&secured.cluster, &client, token).await;
@@ -257,7 +261,7 @@ async fn tokens_keep_tenants_apart_and_revoked_tokens_out() {
         other => panic!("expected a refusal saying '{says}', got {other:?}"),
     };
 
-    let admin = as_alice(Some(admin_token.trim())).await;
+    let admin = as_alice(Some(admin_token)).await;
     let a_token = admin.create_token("team-a", "submit").await.unwrap();
     let b_token = admin.create_token("team-b", "submit").await.unwrap();
     let reader_token = admin.create_token("team-a", "read").await.unwrap();
@@ -387,7 +391,7 @@ async fn tokens_keep_tenants_apart_and_revoked_tokens_out() {
     let e = admin.revoke_token(&a_token.id).await.unwrap_err();
     assert!(e.to_string().contains("no live token"), "{e}");
     assert_eq!(admin.tokens().await.unwrap().len(), 2);
-    let admin_id = drove_exec::token::parse(&admin_token).unwrap().id;
+    let admin_id = drove_exec::token::parse(admin_token).unwrap().id;
     admin.revoke_token(&admin_id).await.unwrap();
     denied(admin.tokens().await.unwrap_err(), "unknown or revoked");
     b.run_sql("SELECT 1")
