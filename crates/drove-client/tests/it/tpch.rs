@@ -116,8 +116,20 @@ async fn queries_the_fuzzer_found_refused_equal_datafusion() {
 
 /// EXPLAIN's rows for `sql`: the plan types, and the plans.
 async fn explain(session: &drove_client::Session, sql: &str) -> (Vec<String>, Vec<String>) {
+    explain_after(session, "", sql).await
+}
+
+/// [`explain`], after the statements `before` (each ending with `;`).
+async fn explain_after(
+    session: &drove_client::Session,
+    before: &str,
+    sql: &str,
+) -> (Vec<String>, Vec<String>) {
     use arrow::array::{Array, StringArray};
-    let explained = session.run_sql(&format!("EXPLAIN {sql}")).await.unwrap();
+    let explained = session
+        .run_sql(&format!("{before} EXPLAIN {sql}"))
+        .await
+        .unwrap();
     let batch = &explained.batches[0];
     let column = |i: usize| {
         let a = batch
@@ -180,12 +192,14 @@ async fn explain_shows_the_stages_the_query_runs() {
     );
 }
 
-/// Q2's semi join must be partitioned (as tasks, a collect-left semi join would emit its
-/// build rows once per task), but only it: its small dimension joins stay broadcasts
-/// (collect-left) inside the stages that scan, and its small tables are not spread
-/// round-robin over a stage of their own.
+/// Q2's semi join, a broadcast over a probe side of several partitions, would emit its
+/// build rows once per task as DataFusion planned it: it keeps its broadcast, with each
+/// probe task sending on only the keys that match ([`a_broadcast_semi_or_anti_join_moves_matching_keys_not_probe_rows`]).
+/// Its small dimension joins stay broadcasts (collect-left) inside the stages that scan,
+/// no join is partitioned, and its small tables are not spread round-robin over a stage
+/// of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn only_joins_that_would_lose_rows_are_partitioned() {
+async fn joins_that_would_lose_rows_run_so_they_do_not() {
     let dir = tpch_data(0.01);
     let session = crate::cluster(2).await;
     session.register_tpch(&dir).await.unwrap();
@@ -193,13 +207,14 @@ async fn only_joins_that_would_lose_rows_are_partitioned() {
     session.shutdown().await;
     let plans = &explained[1];
     assert!(
-        plans.contains("HashJoinExec: mode=Partitioned, join_type=LeftSemi"),
+        plans.contains("mode=CollectLeft, join_type=RightSemi"),
         "{plans}"
     );
     assert!(
-        !plans.contains("mode=CollectLeft, join_type=LeftSemi"),
+        plans.contains("mode=CollectLeft, join_type=LeftSemi"),
         "{plans}"
     );
+    assert!(!plans.contains("mode=Partitioned"), "{plans}");
     let broadcasts = plans
         .matches("HashJoinExec: mode=CollectLeft, join_type=Inner")
         .count();
@@ -315,5 +330,111 @@ async fn one_small_partition_from_large_files_is_not_spread_again() {
                      WHERE value >= (SELECT avg(value) FROM generate_series(1, 1000)) GROUP BY k";
     let (_, plans) = explain(&session, generated).await;
     assert!(spread(&plans[1]), "{}", plans[1]);
+    session.shutdown().await;
+}
+
+/// The stages of EXPLAIN's physical plan: each one's header line, with the stages it
+/// reads, and its plan.
+fn explained_stages(plan: &str) -> Vec<(Vec<u32>, String)> {
+    let mut stages: Vec<(Vec<u32>, String)> = Vec::new();
+    for line in plan.lines() {
+        if let Some(header) = line.strip_prefix("Stage ") {
+            let reads = header
+                .split_once(", reads stage")
+                .map(|(_, rest)| {
+                    let ids = rest.trim_start_matches('s').split(';').next().unwrap();
+                    ids.split(',').map(|i| i.trim().parse().unwrap()).collect()
+                })
+                .unwrap_or_default();
+            stages.push((reads, String::new()));
+        } else if let Some((_, text)) = stages.last_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    stages
+}
+
+/// A broadcast semi, anti or mark join no longer shuffles its probe side whole: each
+/// probe task keeps the distinct keys of its rows that match the broadcast build side,
+/// and the join runs over those. Both joins read the build side from the same stage,
+/// computed once. Each answers as DataFusion does; in TPC-H Q22 (an anti join of the
+/// customers with the orders) no stage writes as many rows as the orders have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broadcast_semi_or_anti_join_moves_matching_keys_not_probe_rows() {
+    let dir = tpch_data(0.01);
+    let session = crate::cluster(2).await;
+    session.register_tpch(&dir).await.unwrap();
+    let tables = tpch_tables(&dir);
+    let exists = "EXISTS (SELECT 1 FROM orders WHERE o_custkey = c_custkey)";
+    let queries = [
+        ("LeftAnti", QUERIES[21].to_string()),
+        (
+            "LeftSemi",
+            format!(
+                "SELECT c_mktsegment, count(*) AS n FROM customer WHERE {exists} \
+                 GROUP BY c_mktsegment ORDER BY c_mktsegment"
+            ),
+        ),
+        (
+            "LeftMark",
+            format!(
+                "SELECT c_mktsegment, count(*) AS n FROM customer \
+                 WHERE c_acctbal > 9000 OR NOT {exists} GROUP BY c_mktsegment ORDER BY c_mktsegment"
+            ),
+        ),
+    ];
+    // Files this small are read as one partition unless DataFusion is told to split
+    // them; a probe side of one partition needs no rewrite.
+    let split = "SET datafusion.optimizer.repartition_file_min_size = 1;";
+    for (kind, sql) in &queries {
+        let (_, plans) = explain_after(&session, split, sql).await;
+        let stages = explained_stages(&plans[1]);
+        let reading = |needle: &str| {
+            stages
+                .iter()
+                .find(|(_, plan)| plan.contains(needle))
+                .unwrap_or_else(|| panic!("{kind}: no stage has {needle}:\n{}", plans[1]))
+                .0
+                .clone()
+        };
+        assert!(
+            !plans[1].contains("mode=Partitioned"),
+            "{kind}:\n{}",
+            plans[1]
+        );
+        let semi = reading("mode=CollectLeft, join_type=RightSemi");
+        let join = reading(&format!("mode=CollectLeft, join_type={kind}"));
+        // Q22's customers are gathered from several partitions: one stage, which both
+        // joins read. (The other two read theirs in one partition, in each task.)
+        if *kind == "LeftAnti" {
+            assert!(
+                semi.iter().any(|s| join.contains(s)),
+                "{kind}: the two joins read no build stage in common:\n{}",
+                plans[1]
+            );
+        }
+
+        let ran = session.run_sql(&format!("{split} {sql}")).await.unwrap();
+        let expected = reference(&tables, sql).await.unwrap();
+        compare(&ran.batches, &expected, true).unwrap_or_else(|d| panic!("{kind}: {d}"));
+        if *kind == "LeftAnti" {
+            let orders = 15_000;
+            for stage in &ran.summary.stages {
+                assert!(stage.output_rows < orders, "{}", ran.summary);
+            }
+        }
+    }
+    // A build side computed in each task that may give other rows each time stays
+    // partitioned: both joins could not be sure to see the same rows.
+    let volatile = format!(
+        "SELECT count(*) FROM (SELECT * FROM customer WHERE random() >= 0) c WHERE {exists}"
+    );
+    let (_, plans) = explain_after(&session, split, &volatile).await;
+    assert!(
+        plans[1].contains("mode=Partitioned, join_type=LeftSemi"),
+        "{}",
+        plans[1]
+    );
     session.shutdown().await;
 }
