@@ -178,6 +178,7 @@ pub fn loses_unmatched_build_rows(plan: &Arc<dyn ExecutionPlan>) -> bool {
 /// joins that would lose rows rewritten ([`distribute_unmatched_joins`]). In that
 /// order: a join whose probe side is one small file then stays a broadcast, in one
 /// task; and nothing rebuilds a build side the join rewrite shares between two joins.
+/// Hand the result to [`split`] as it is: a rebuilt copy would no longer share it.
 pub fn prepare(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     let plan = one_exchange_for_nested_groups(drop_round_robin_over_files(plan)?)?;
     distribute_unmatched_joins(plan)
@@ -331,8 +332,8 @@ fn hash_exchange_input(plan: &Arc<dyn ExecutionPlan>) -> Option<HashExchange<'_>
 ///   as many partitions as the probe side had, so that each build row meets every probe
 ///   row it could match in one task. The join's output partitioning was unknown (that
 ///   of a collect-left join emitting build rows), so nothing above relied on it.
-/// - A semi, anti or mark join on keys alone, over a gathered build side, keeps its
-///   broadcast: see [`reduced_probe_side`].
+/// - A semi, anti or mark join on its keys alone keeps its broadcast, where both of
+///   its halves can be sure to see the same build rows: see [`reduced_probe_side`].
 /// - A null-aware anti join, which DataFusion builds only in collect-left mode, must
 ///   see every probe row in one place to know which build rows matched none: its probe
 ///   side is gathered, and it runs as one task.
@@ -359,10 +360,7 @@ fn distribute_unmatched_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Ex
         let partitions = join.right().output_partitioning().partition_count();
         // The build side was gathered into one partition for collecting; hash its
         // input instead, unless the gathering also limits it.
-        let build = match join.left().downcast_ref::<CoalescePartitionsExec>() {
-            Some(coalesce) if coalesce.fetch().is_none() => Arc::clone(coalesce.input()),
-            _ => Arc::clone(join.left()),
-        };
+        let build = Arc::clone(plain_gathering(join.left()).unwrap_or(join.left()));
         let (left_keys, right_keys) = join
             .on()
             .iter()
@@ -385,35 +383,38 @@ fn distribute_unmatched_joins(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Ex
     Ok(rewritten.data)
 }
 
-/// A collect-left semi, anti or mark join of a gathered build side with a probe side of
-/// several partitions, rewritten so that the probe side shrinks before it moves:
-/// each probe task joins its rows with the broadcast build side (a right semi join,
-/// keeping the probe rows that match some build row) and keeps their distinct join
-/// keys; those are gathered, and the join itself runs as one task over them. Whether a
-/// build row matches depends only on whether its key is among the probe rows that
-/// match some build row, so the answer is the same; and no more keys move than the
-/// build side has, times the probe tasks, where a partitioned join would move every
-/// probe row (TPC-H Q22: 1.5 million orders, for about 20,000 customers).
+/// A collect-left semi, anti or mark join whose probe side has several partitions,
+/// rewritten so that the probe side shrinks before it moves: each probe task joins its
+/// rows with the broadcast build side (a right semi join, keeping the probe rows that
+/// match some build row) and keeps their distinct join keys; those are gathered, and
+/// the join runs as one task over them (so does the rest of its stage: it sees at most
+/// the build side's keys once per probe task). Whether a build row matches depends
+/// only on whether its key is among the probe rows that match some build row, so the
+/// answer is the same.
 ///
-/// Both joins must see the same build rows. A gathered build side is one stage, which
-/// both read (the cutter cuts a subtree the plan holds twice once: see
-/// [`Cutter::cut`]); any other is computed in each task that joins, so it must give
-/// the same rows every time ([`same_rows_every_run`]). `None` where this does not
-/// apply: a join with a filter over other columns than the keys, a null-aware anti
-/// join, or a build side that is neither.
+/// Both joins must see the same build rows: no expression in the build side or the
+/// keys may be volatile, and the build side is either gathered from several
+/// partitions, a stage both read (the cutter cuts a node the plan holds twice once:
+/// see [`Cutter::cut`]), or one partition all the way down, computed alike in every
+/// task. `None` where this does not hold, and for a join with a filter or a null-aware
+/// anti join.
 fn reduced_probe_side(
     join: &HashJoinExec,
 ) -> datafusion::error::Result<Option<Arc<dyn ExecutionPlan>>> {
     let build = join.left();
-    let gathered = build
-        .downcast_ref::<CoalescePartitionsExec>()
-        .is_some_and(|c| c.fetch().is_none());
     let keys_alone = matches!(
         join.join_type(),
         JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark
     ) && join.filter().is_none()
-        && !join.null_aware;
-    if !keys_alone || !(gathered || same_rows_every_run(build)) {
+        && !join.null_aware
+        && !join
+            .on()
+            .iter()
+            .any(|(b, p)| is_volatile(b) || is_volatile(p));
+    let shared = plain_gathering(build).is_some_and(|input| {
+        input.output_partitioning().partition_count() > 1 && !has_volatile(input)
+    });
+    if !keys_alone || !(shared || one_partition_all_the_way(build)) {
         return Ok(None);
     }
     let matching: Arc<dyn ExecutionPlan> = Arc::new(HashJoinExec::try_new(
@@ -427,13 +428,16 @@ fn reduced_probe_side(
         join.null_equality(),
         false,
     )?);
-    let names: Vec<String> = (0..join.on().len()).map(|i| format!("key{i}")).collect();
-    let group_by = join
+    let (group_by, on): (Vec<_>, Vec<_>) = join
         .on()
         .iter()
-        .zip(&names)
-        .map(|((_, probe), name)| (Arc::clone(probe), name.clone()))
-        .collect();
+        .enumerate()
+        .map(|(i, (build_key, probe_key))| {
+            let name = format!("key{i}");
+            let key: Arc<dyn PhysicalExpr> = Arc::new(Column::new(&name, i));
+            ((Arc::clone(probe_key), name), (Arc::clone(build_key), key))
+        })
+        .unzip();
     let distinct_keys = AggregateExec::try_new(
         AggregateMode::Partial,
         PhysicalGroupBy::new_single(group_by),
@@ -442,45 +446,46 @@ fn reduced_probe_side(
         Arc::clone(&matching),
         matching.schema(),
     )?;
-    let on = join
-        .on()
-        .iter()
-        .zip(&names)
-        .enumerate()
-        .map(|(i, ((build_key, _), name))| {
-            let key: Arc<dyn PhysicalExpr> = Arc::new(Column::new(name, i));
-            (Arc::clone(build_key), key)
-        })
-        .collect();
     let gathered_keys = Arc::new(CoalescePartitionsExec::new(Arc::new(distinct_keys)));
     let reduced = join
         .builder()
         .with_on(on)
         .with_new_children(vec![Arc::clone(build), gathered_keys])?
-        .recompute_properties()
         .reset_state()
         .build_exec()?;
     Ok(Some(reduced))
 }
 
+/// The input of `plan` if it is a gathering of partitions into one that limits nothing.
+fn plain_gathering(plan: &Arc<dyn ExecutionPlan>) -> Option<&Arc<dyn ExecutionPlan>> {
+    plan.downcast_ref::<CoalescePartitionsExec>()
+        .filter(|c| c.fetch().is_none())
+        .map(|c| c.input())
+}
+
+/// Whether any expression in `plan` is volatile (`random()`): two runs may differ.
+fn has_volatile(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.exists(|node| {
+        let mut volatile = false;
+        node.apply_expressions(&mut |e| {
+            volatile = is_volatile(e);
+            Ok(if volatile {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        })?;
+        Ok(volatile)
+    })
+    .unwrap_or(true)
+}
+
 /// Whether `plan` gives the same rows in the same order every time it runs: one
 /// partition all the way down (nothing gathers partitions, whose rows come in any
-/// order, so limits and windows see them alike) and no volatile expression
-/// (`random()`).
-fn same_rows_every_run(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    let mut volatile = false;
-    let visited = plan.apply_expressions(&mut |e| {
-        volatile |= is_volatile(e);
-        Ok(if volatile {
-            TreeNodeRecursion::Stop
-        } else {
-            TreeNodeRecursion::Continue
-        })
-    });
-    visited.is_ok()
-        && !volatile
-        && plan.output_partitioning().partition_count() == 1
-        && plan.children().into_iter().all(same_rows_every_run)
+/// order, so limits and windows see them alike) and nothing volatile.
+fn one_partition_all_the_way(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let spread = plan.exists(|node| Ok(node.output_partitioning().partition_count() != 1));
+    matches!(spread, Ok(false)) && !has_volatile(plan)
 }
 
 /// Removes the round-robin repartitions DataFusion puts over one partition read from
@@ -590,7 +595,7 @@ struct Cutter<'a> {
     /// Cached tables already copied into `stages`: (table, its cached stage's new id).
     inlined: Vec<(u64, u32)>,
     /// The nodes cut so far, by address: the node, and what it was cut into.
-    cut_already: HashMap<usize, (Arc<dyn ExecutionPlan>, Arc<dyn ExecutionPlan>)>,
+    cut_already: HashMap<*const (), [Arc<dyn ExecutionPlan>; 2]>,
 }
 
 impl Cutter<'_> {
@@ -717,13 +722,13 @@ impl Cutter<'_> {
     /// subtree the plan holds twice (the same node, as [`reduced_probe_side`] shares a
     /// build side) is cut once: both places read the same stages.
     fn cut(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-        let node = Arc::as_ptr(&plan) as *const () as usize;
-        if let Some((_, done)) = self.cut_already.get(&node) {
+        let node = Arc::as_ptr(&plan) as *const ();
+        if let Some([_, done]) = self.cut_already.get(&node) {
             return Ok(Arc::clone(done));
         }
         let done = self.cut_once(Arc::clone(&plan))?;
         // The entry holds `plan` so that its address stays its own while cutting.
-        self.cut_already.insert(node, (plan, Arc::clone(&done)));
+        self.cut_already.insert(node, [plan, Arc::clone(&done)]);
         Ok(done)
     }
 
