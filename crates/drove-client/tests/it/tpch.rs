@@ -450,3 +450,56 @@ async fn a_broadcast_semi_or_anti_join_moves_matching_keys_not_probe_rows() {
     );
     session.shutdown().await;
 }
+
+/// A broadcast join that drops rows (its build side filtered) filters the scan its probe
+/// keys come from when that scan is below an exchange, so the rows it would drop are
+/// not shuffled first: here lineitem, hash-partitioned to meet orders, is right-semi-
+/// joined with the filtered parts at its scan, and its stage writes only the lineitems
+/// of those parts. The answer stays DataFusion's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_filtered_broadcast_join_filters_the_scan_below_the_shuffle() {
+    let dir = tpch_data(0.01);
+    let session = crate::cluster(2).await;
+    session.register_tpch(&dir).await.unwrap();
+    let tables = tpch_tables(&dir);
+    // Broadcast only what DataFusion estimates at 500 rows or fewer: the parts of one
+    // size, not lineitem or orders, which meet in a partitioned join.
+    let small = "SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 500; \
+                 SET datafusion.optimizer.hash_join_single_partition_threshold = 100000;";
+    let before = format!("{SPLIT_FILES} {small}");
+    let sql = "SELECT count(*) AS n, sum(l_quantity) AS q FROM lineitem \
+               JOIN orders ON l_orderkey = o_orderkey \
+               JOIN (SELECT p_partkey FROM part WHERE p_size = 15) p ON l_partkey = p_partkey";
+    let (_, plans) = explain_after(&session, &before, sql).await;
+    let stages = explained_stages(&plans[1]);
+    let scan_stage = stages
+        .iter()
+        .position(|(_, plan)| plan.contains("lineitem.parquet"))
+        .unwrap_or_else(|| panic!("no stage scans lineitem:\n{}", plans[1]));
+    assert!(
+        stages[scan_stage]
+            .1
+            .contains("join_type=RightSemi, on=[(p_partkey"),
+        "{}",
+        plans[1]
+    );
+    assert!(
+        plans[1].contains("mode=Partitioned, join_type=Inner"),
+        "{}",
+        plans[1]
+    );
+
+    let ran = session.run_sql(&format!("{before} {sql}")).await.unwrap();
+    let expected = reference(&tables, sql).await.unwrap();
+    compare(&ran.batches, &expected, false).unwrap();
+    let lineitems: usize = reference(&tables, "SELECT l_orderkey FROM lineitem")
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    // The stages run as EXPLAIN numbered them.
+    let shuffled = ran.summary.stages[scan_stage].output_rows;
+    assert!(shuffled * 10 < lineitems as u64, "{}", ran.summary);
+    session.shutdown().await;
+}
