@@ -177,11 +177,14 @@ pub fn loses_unmatched_build_rows(plan: &Arc<dyn ExecutionPlan>) -> bool {
 
 /// DataFusion's single-process plan made fit for tasks: round-robin exchanges over
 /// small files dropped ([`drop_round_robin_over_files`]), the second exchange of a
-/// small two-level aggregation dropped ([`one_exchange_for_nested_groups`]), then the
-/// joins that would lose rows rewritten ([`distribute_unmatched_joins`]). In that
-/// order: a join whose probe side is one small file then stays a broadcast, in one
-/// task; and nothing rebuilds a build side the join rewrite shares between two joins.
-/// Hand the result to [`split`] as it is: a rebuilt copy would no longer share it.
+/// small two-level aggregation dropped ([`one_exchange_for_nested_groups`]), scans
+/// below exchanges filtered by the broadcast joins above them
+/// ([`filter_shuffled_scans`]), then the joins that would lose rows rewritten
+/// ([`distribute_unmatched_joins`]). In that order: a join whose probe side is one
+/// small file then stays a broadcast, in one task; and the build sides the last two
+/// share between two places are not rebuilt afterwards (the scan filter takes none
+/// that the join rewrite changes). Hand the result to [`split`] as it is: a rebuilt
+/// copy would no longer share them.
 pub fn prepare(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     let plan = one_exchange_for_nested_groups(drop_round_robin_over_files(plan)?)?;
     let plan = filter_shuffled_scans(plan)?;
@@ -208,7 +211,12 @@ fn filter_shuffled_scans(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Executi
         };
         let broadcast_dropping = *join.partition_mode() == PartitionMode::CollectLeft
             && matches!(join.join_type(), JoinType::Inner | JoinType::RightSemi);
-        if !broadcast_dropping || !drops_rows(join.left()) || !same_keys_every_run(join.left()) {
+        // A build side with a join the next rewrite changes would be rebuilt there
+        // once for each place that holds it, and computed twice.
+        let build = join.left();
+        let usable =
+            drops_rows(build) && same_keys_every_run(build) && !loses_unmatched_build_rows(build);
+        if !broadcast_dropping || !usable {
             return Ok(Transformed::no(node));
         }
         let keys: KeyColumns = join
