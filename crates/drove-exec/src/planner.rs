@@ -228,13 +228,13 @@ fn filter_shuffled_scans(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Executi
             return Ok(Transformed::no(node));
         }
         let filter = ScanFilter {
-            build: join.left(),
+            build,
             null_equality: join.null_equality(),
         };
         match filter.below(join.right(), &keys, false)? {
             Some(probe) => Ok(Transformed::yes(replace_children_if_necessary(
                 Arc::clone(&node),
-                vec![Arc::clone(join.left()), probe],
+                vec![Arc::clone(build), probe],
             )?)),
             None => Ok(Transformed::no(node)),
         }
@@ -314,17 +314,12 @@ impl ScanFilter<'_> {
                     (Arc::clone(build_key), key)
                 })
                 .collect();
-            return Ok(Some(Arc::new(HashJoinExec::try_new(
-                Arc::clone(self.build),
-                Arc::clone(plan),
+            return Ok(Some(matching_rows(
+                self.build,
+                plan,
                 on,
-                None,
-                &JoinType::RightSemi,
-                None,
-                PartitionMode::CollectLeft,
                 self.null_equality,
-                false,
-            )?)));
+            )?));
         }
         let Some((child, keys, exchange)) = Self::way_down(plan, keys) else {
             return Ok(None);
@@ -628,17 +623,12 @@ fn reduced_probe_side(
     if !keys_alone || !(shared || one_partition_all_the_way(build)) {
         return Ok(None);
     }
-    let matching: Arc<dyn ExecutionPlan> = Arc::new(HashJoinExec::try_new(
-        Arc::clone(build),
-        Arc::clone(join.right()),
+    let matching = matching_rows(
+        build,
+        join.right(),
         join.on().to_vec(),
-        None,
-        &JoinType::RightSemi,
-        None,
-        PartitionMode::CollectLeft,
         join.null_equality(),
-        false,
-    )?);
+    )?;
     let (group_by, on): (Vec<_>, Vec<_>) = join
         .on()
         .iter()
@@ -665,6 +655,28 @@ fn reduced_probe_side(
         .reset_state()
         .build_exec()?;
     Ok(Some(reduced))
+}
+
+/// The rows of `probe` whose keys some row of `build` has: a right semi join with
+/// `build` collected whole (a broadcast), as both rewrites that shrink a probe side
+/// put in ([`reduced_probe_side`], [`filter_shuffled_scans`]).
+fn matching_rows(
+    build: &Arc<dyn ExecutionPlan>,
+    probe: &Arc<dyn ExecutionPlan>,
+    on: Vec<(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)>,
+    null_equality: NullEquality,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    Ok(Arc::new(HashJoinExec::try_new(
+        Arc::clone(build),
+        Arc::clone(probe),
+        on,
+        None,
+        &JoinType::RightSemi,
+        None,
+        PartitionMode::CollectLeft,
+        null_equality,
+        false,
+    )?))
 }
 
 /// The input of `plan` if it is a gathering of partitions into one that limits nothing.
