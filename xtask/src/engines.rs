@@ -99,6 +99,9 @@ async fn drove_session(spec: &Value, target_partitions: Option<usize>) -> Result
     if let Some(n) = spec.get("coordinators").and_then(Value::as_u64) {
         config.coordinators = n as usize;
     }
+    if spec.get("coalesce").and_then(Value::as_bool) == Some(false) {
+        config.coordinator.coalesce = None;
+    }
     if spec.get("tls").and_then(Value::as_bool) != Some(true) {
         let cluster = LocalCluster::start(config).await?;
         return Ok(Session::with_cluster(cluster).await?);

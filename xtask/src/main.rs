@@ -173,6 +173,10 @@ struct BenchArgs {
     /// reading results with grants: the cost of security.
     #[arg(long)]
     tls: bool,
+    /// Turn drove's adaptive coalescing of small partitions off (`drove coordinator
+    /// --no-coalesce`): its effect, measured.
+    #[arg(long)]
+    no_coalesce: bool,
     /// Leader kills in the failover workload (default 30; 3 with --quick).
     #[arg(long)]
     kills: Option<usize>,
@@ -340,6 +344,10 @@ fn header(plan: &Plan) -> String {
             ", mutual TLS and a token"
         } else {
             ""
+        } + if plan.args.no_coalesce {
+            ", no coalescing"
+        } else {
+            ""
         },
         peer(Peer::Pyspark, |p| &p.spark),
         peer(Peer::Dask, |p| &p.dask),
@@ -393,6 +401,7 @@ impl Plan {
             "durable_in": self.args.durable.then(|| self.args.data.clone()),
             "coordinators": self.args.coordinators,
             "tls": self.args.tls,
+            "coalesce": !self.args.no_coalesce,
         })
     }
 

@@ -1733,7 +1733,10 @@ pub struct StageSummary {
     /// The slowest task's run time, in milliseconds.
     pub task_ms_max: u64,
     pub tasks_total: u32,
-    /// Attempts launched: one per task, plus re-runs and speculative twins.
+    /// Tasks whose partitions another task of the stage read with its own, since they
+    /// were small (adaptive coalescing): they never ran.
+    pub tasks_coalesced: u32,
+    /// Attempts launched: one per task that ran, plus re-runs and speculative twins.
     pub attempts: u32,
     /// Attempts that failed and were retried.
     pub attempts_failed: u32,
@@ -1775,6 +1778,7 @@ impl JobSummary {
                     root: s.root.clone(),
                     depends_on: s.depends_on.clone(),
                     tasks_total: s.tasks_total,
+                    tasks_coalesced: s.tasks_coalesced,
                     attempts: s.attempts_launched,
                     attempts_failed: s.attempts_failed,
                     attempts_speculative: s.attempts_speculative,
@@ -1864,7 +1868,7 @@ impl JobSummary {
     pub fn extra_attempts(&self) -> u32 {
         self.stages
             .iter()
-            .map(|s| s.attempts.saturating_sub(s.tasks_total))
+            .map(|s| (s.attempts).saturating_sub(s.tasks_total.saturating_sub(s.tasks_coalesced)))
             .sum()
     }
 
@@ -1912,12 +1916,19 @@ impl fmt::Display for JobSummary {
                 .iter()
                 .map(|(w, n)| format!("worker-{w}×{n}"))
                 .collect();
-            let reads = if s.depends_on.is_empty() {
+            let mut reads = if s.depends_on.is_empty() {
                 String::new()
             } else {
                 let deps: Vec<String> = s.depends_on.iter().map(|d| d.to_string()).collect();
                 format!(" reads stage {}", deps.join(","))
             };
+            if s.tasks_coalesced > 0 {
+                reads += &format!(
+                    " ({} partitions coalesced into {} tasks)",
+                    s.tasks_total,
+                    s.tasks_total.saturating_sub(s.tasks_coalesced)
+                );
+            }
             writeln!(
                 f,
                 "  stage {} {}{}: tasks on [{}], {} rows out, read {} remote / {} local, slowest task {} ms",

@@ -351,6 +351,7 @@ fn stage_to_proto(s: &PlannedStage) -> pb::MetaPlannedStage {
         origin_cache: s.origin.map(|(cache, _)| cache),
         origin_stage: s.origin.map(|(_, stage)| stage),
         local_input: s.local_input,
+        coalesce: s.coalesce,
     }
 }
 
@@ -369,6 +370,7 @@ fn stage_from_proto(s: pb::MetaPlannedStage) -> PlannedStage {
         cache: s.cache,
         origin: s.origin_cache.zip(s.origin_stage),
         local_input: s.local_input,
+        coalesce: s.coalesce,
     }
 }
 

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::info;
 
-pub use drove_core::scheduler::SpeculationConfig;
+pub use drove_core::scheduler::{CoalesceConfig, SpeculationConfig};
 pub use planning::JobLimits;
 pub use state::Coordinator;
 
@@ -149,6 +149,9 @@ pub struct CoordinatorConfig {
     pub no_worker_grace_ms: u64,
     /// When slow tasks get a speculative twin; `None` turns speculation off.
     pub speculation: Option<SpeculationConfig>,
+    /// How small partitions of a stage's input run together in one task (adaptive
+    /// coalescing); `None` turns it off.
+    pub coalesce: Option<CoalesceConfig>,
     /// What one job may take; a larger job is refused at submission.
     pub job_limits: JobLimits,
     /// Where the metadata (job history, spent ids) is kept across restarts; `None`
@@ -193,6 +196,7 @@ impl Default for CoordinatorConfig {
             worker_queue_max: 4096,
             no_worker_grace_ms: 60_000,
             speculation: Some(SpeculationConfig::default()),
+            coalesce: Some(CoalesceConfig::default()),
             job_limits: JobLimits::default(),
             data_dir: None,
             peers: None,

@@ -61,6 +61,8 @@ pub struct PlannedStage {
     /// job that cached it.
     pub origin: Option<(u64, u32)>,
     pub local_input: Option<u32>,
+    /// See [`drove_exec::planner::Stage::coalesce`].
+    pub coalesce: bool,
 }
 
 /// A job ready to schedule.
@@ -411,6 +413,7 @@ fn distribute(
                 cache: s.cache,
                 origin: s.origin,
                 local_input: s.local_input,
+                coalesce: s.coalesce,
             })
         })
         .collect::<Result<Vec<_>>>()?;

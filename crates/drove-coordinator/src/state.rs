@@ -3,6 +3,7 @@
 //! scheduler answers with.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -336,6 +337,7 @@ fn restored_table(table: &TableMeta) -> Result<(StageId, u32, CacheMeta)> {
                 cache: s.cache,
                 origin: s.origin,
                 local_input: s.local_input,
+                coalesce: s.coalesce,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -388,6 +390,7 @@ fn scheduler_config(config: &CoordinatorConfig) -> SchedulerConfig {
         task_progress_timeout_ms: config.task_progress_timeout_ms,
         queued_per_slot: config.task_queue_per_slot,
         tenants: config.tenants.clone(),
+        coalesce: config.coalesce,
         ..Default::default()
     }
 }
@@ -1216,6 +1219,7 @@ impl State {
                         // Saturating: a worker's figures must not overflow the
                         // coordinator's arithmetic, whatever it sends.
                         output_bytes: s.output_bytes.iter().fold(0, |a, b| a.saturating_add(*b)),
+                        partition_bytes: s.output_bytes,
                         output_rows: s.output_rows.iter().fold(0, |a, b| a.saturating_add(*b)),
                         local_read_bytes: s.local_read_bytes,
                         remote_read_bytes: s.remote_read_bytes,
@@ -1406,6 +1410,8 @@ impl State {
                         s.tasks,
                     ),
                     local_input: s.local_input.map(StageId),
+                    // A cached table's partitions are its stage's tasks, one each.
+                    coalesce: s.coalesce && s.cache.is_none() && s.origin.is_none(),
                 })
                 .collect(),
             final_stage: StageId(planned.stages.last().map_or(0, |s| s.id)),
@@ -1735,7 +1741,11 @@ impl State {
 
     fn perform(&mut self, command: Command) -> Option<Event> {
         match command {
-            Command::Launch { attempt, worker } => {
+            Command::Launch {
+                attempt,
+                worker,
+                reads,
+            } => {
                 let _span = info_span!(
                     "attempt",
                     job = %attempt.task.job,
@@ -1757,7 +1767,7 @@ impl State {
                 }
                 let stage = (attempt.task.job, attempt.task.stage);
                 let first = !self.workers.get(&worker)?.plans.contains(&stage);
-                let message = match self.launch_message(attempt, first) {
+                let message = match self.launch_message(attempt, reads, first) {
                     Ok(launch) => pb::CoordinatorMessage {
                         kind: Some(pb::coordinator_message::Kind::Launch(launch)),
                     },
@@ -2306,9 +2316,14 @@ impl State {
         }
     }
 
-    /// The launch of an attempt, with its stage's plan if `with_plan` (the first of the
-    /// stage's tasks its worker gets).
-    fn launch_message(&self, attempt: AttemptId, with_plan: bool) -> Result<pb::LaunchTask> {
+    /// The launch of an attempt that reads partitions `reads` of its inputs, with its
+    /// stage's plan if `with_plan` (the first of the stage's tasks its worker gets).
+    fn launch_message(
+        &self,
+        attempt: AttemptId,
+        reads: Range<u32>,
+        with_plan: bool,
+    ) -> Result<pb::LaunchTask> {
         let job = attempt.task.job;
         let record = self.jobs.get(&job).ok_or_else(|| not_found(job))?;
         let stage = record
@@ -2351,6 +2366,7 @@ impl State {
             },
             inputs,
             settings: record.planned.settings.clone(),
+            reads_to: if reads.len() > 1 { reads.end } else { 0 },
         })
     }
 
@@ -2594,6 +2610,7 @@ impl State {
                     depends_on: s.depends_on.clone(),
                     tasks_total: s.tasks,
                     tasks_done: counts.done,
+                    tasks_coalesced: counts.coalesced,
                     // An ended job's leftover attempts are being stopped, not run.
                     tasks_running: if record.state == pb::JobState::Running {
                         counts.running

@@ -10,11 +10,15 @@
 //!
 //! Architecture invariant: a stage's tasks are launched only once every stage it
 //! depends on has all its tasks done, so a task never waits on data that is not there.
+//! Architecture invariant: a task reads partition p of its inputs, or partitions p..q
+//! once the tasks after it were coalesced into it (decided once per stage, see
+//! [`StageSpec::coalesce`]); a task coalesced into another never runs.
 //! Architecture invariant: only a running attempt of a task may complete it; a report
 //! from any other attempt is ignored (fencing). Once a task is done, later reports of
 //! its other attempts are ignored too, so no task completes twice.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Range;
 
 use tracing::{debug, info, warn};
 
@@ -70,6 +74,9 @@ pub struct SchedulerConfig {
     pub queued_per_slot: u32,
     /// Tenants' weights and quotas; a tenant not named has [`TenantPolicy::default`].
     pub tenants: BTreeMap<String, TenantPolicy>,
+    /// Adaptive coalescing of small partitions (see [`StageSpec::coalesce`]); `None`
+    /// turns it off.
+    pub coalesce: Option<CoalesceConfig>,
 }
 
 impl Default for SchedulerConfig {
@@ -84,7 +91,29 @@ impl Default for SchedulerConfig {
             check_all_invariants: false,
             queued_per_slot: 0,
             tenants: BTreeMap::new(),
+            coalesce: Some(CoalesceConfig::default()),
         }
+    }
+}
+
+/// How far adaptive coalescing goes. Once a stage's inputs are done, their sizes are
+/// known: the stage's tasks are cut into runs of adjacent ones, of about equal bytes,
+/// and each run is one task. There are as many runs as slots, or whole waves of them,
+/// so that no run reads more than `max_bytes` (unless one partition alone does). Never
+/// fewer runs than slots: bytes say little of the work (a stage of costly functions
+/// over little data keeps every slot busy). A stage that would keep more than half its
+/// tasks is left as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoalesceConfig {
+    pub max_bytes: u64,
+}
+
+impl Default for CoalesceConfig {
+    /// 8 MiB: starting a task costs drove a few milliseconds, which a run of a few MiB
+    /// amortizes; larger runs would only make larger hash tables (Spark, whose tasks
+    /// cost more to start, goes up to 64 MiB).
+    fn default() -> Self {
+        Self { max_bytes: 8 << 20 }
     }
 }
 
@@ -101,6 +130,11 @@ pub struct StageSpec {
     /// Task p reads output p of this stage (one of `depends_on`), so it prefers to run
     /// where that output is, when that worker has a free slot.
     pub local_input: Option<StageId>,
+    /// Task p reads partition p of every stage it depends on, and nothing else: a task
+    /// may read partitions p..q instead and do the work of tasks p to q - 1, which then
+    /// never run (adaptive coalescing, decided when its first task launches, from the
+    /// sizes its inputs' tasks reported; see [`CoalesceConfig`]).
+    pub coalesce: bool,
 }
 
 /// An output that exists before its job starts (see [`StageSpec::existing`]).
@@ -212,6 +246,9 @@ impl Default for TenantPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskStats {
     pub output_bytes: u64,
+    /// Bytes per output partition, which adaptive coalescing sums; empty if unknown.
+    /// The scheduler keeps the sums, not the task's own list.
+    pub partition_bytes: Vec<u64>,
     pub output_rows: u64,
     pub local_read_bytes: u64,
     pub remote_read_bytes: u64,
@@ -341,6 +378,9 @@ pub enum Command {
     Launch {
         attempt: AttemptId,
         worker: WorkerId,
+        /// The partitions of its input stages it reads: its own, and those of the tasks
+        /// coalesced into it (see [`StageSpec::coalesce`]).
+        reads: Range<u32>,
     },
     /// Stop an attempt that is no longer wanted (its twin won, or its input is gone).
     Kill {
@@ -427,6 +467,11 @@ pub enum TaskState {
         /// job and stage that wrote it. `None`: this job's own.
         origin: Option<(JobId, StageId)>,
     },
+    /// Coalesced into task `into`, an earlier one of its stage, which reads its
+    /// partitions too: it never runs and has no output of its own. It counts as done.
+    Absorbed {
+        into: u32,
+    },
 }
 
 /// Where one task's output lives.
@@ -443,7 +488,10 @@ pub struct Output {
 pub struct StageCounts {
     pub pending: u32,
     pub running: u32,
+    /// Done, the tasks coalesced into others included.
     pub done: u32,
+    /// Coalesced into others: they never run.
+    pub coalesced: u32,
 }
 
 /// Attempts a stage has seen so far.
@@ -599,6 +647,18 @@ struct StageState {
     /// Every attempt that ended, in the order they ended: one entry per launched
     /// attempt that is not running (`launched` counts them all).
     ended: Vec<EndedAttempt>,
+    /// Bytes per output partition, summed over the reports of the tasks that were done
+    /// (a task done again after its output was lost counts again): what adaptive
+    /// coalescing of the stages that read this one goes by.
+    sizes: Vec<u64>,
+    /// Some task was done without reporting sizes like the others (an output that
+    /// existed or was held from before): `sizes` are not the stage's.
+    sizes_unknown: bool,
+    /// Once adaptive coalescing was decided (see [`StageSpec::coalesce`]): the end of
+    /// the partitions each task reads (past its own for one that took in others).
+    reads_to: Option<Vec<u32>>,
+    /// Tasks coalesced into others.
+    absorbed: u32,
 }
 
 impl StageState {
@@ -619,6 +679,10 @@ impl StageState {
             times: RunTimes::default(),
             totals: Totals::default(),
             ended: Vec::new(),
+            sizes: Vec::new(),
+            sizes_unknown: !spec.existing.is_empty(),
+            reads_to: None,
+            absorbed: 0,
         };
         for (partition, e) in spec.existing.iter().enumerate() {
             stage.set(
@@ -646,8 +710,8 @@ impl StageState {
                 TaskState::Pending if delta => _ = self.pending.insert(partition as u32),
                 TaskState::Pending => _ = self.pending.remove(&(partition as u32)),
                 TaskState::Running { .. } => {}
-                TaskState::Done { .. } if delta => self.done += 1,
-                TaskState::Done { .. } => self.done -= 1,
+                TaskState::Done { .. } | TaskState::Absorbed { .. } if delta => self.done += 1,
+                TaskState::Done { .. } | TaskState::Absorbed { .. } => self.done -= 1,
             }
             match own_run_time(task) {
                 Some(ms) if delta => self.times.add(ms),
@@ -679,6 +743,31 @@ impl StageState {
                 self.set(partition, TaskState::Pending);
             }
         }
+    }
+
+    /// The partitions of its inputs task `partition` reads.
+    fn reads(&self, partition: u32) -> Range<u32> {
+        let end = (self.reads_to.as_ref()).map_or(partition + 1, |r| r[partition as usize]);
+        partition..end
+    }
+
+    /// Adds a done task's sizes per output partition to the stage's.
+    fn add_sizes(&mut self, sizes: &[u64]) {
+        if self.sizes.is_empty() {
+            self.sizes = vec![0; sizes.len()];
+        }
+        if sizes.is_empty() || sizes.len() != self.sizes.len() {
+            self.sizes_unknown = true;
+            return;
+        }
+        for (sum, bytes) in self.sizes.iter_mut().zip(sizes) {
+            *sum = sum.saturating_add(*bytes);
+        }
+    }
+
+    /// The tasks that run (those not coalesced into others).
+    fn running_tasks(&self) -> usize {
+        self.tasks.len() - self.absorbed as usize
     }
 
     fn record_ended(&mut self, partition: usize, runs: Vec<Run>, now: u64, end: AttemptEnd) {
@@ -724,6 +813,70 @@ impl JobState {
             TaskState::Done { worker, .. } => Some(*worker),
             _ => None,
         }
+    }
+
+    /// Decides, once, whether the tasks of `stage_id` (whose inputs are all done) run
+    /// coalesced, and into which runs (see [`StageSpec::coalesce`]). A stage's tasks
+    /// coalesce only if every stage it reads reported its sizes for as many partitions
+    /// as it has tasks. Tasks not pending (outputs held from before) stay on their own.
+    fn coalesce(&mut self, stage_id: StageId, slots: u64, config: Option<CoalesceConfig>) {
+        let stage = &self.stages[&stage_id];
+        if !stage.spec.coalesce || stage.reads_to.is_some() {
+            return;
+        }
+        let n = stage.tasks.len();
+        let mut sizes = vec![0u64; n];
+        for dep in &stage.spec.depends_on {
+            let dep = &self.stages[dep];
+            if dep.sizes_unknown || dep.sizes.len() != n {
+                sizes.clear();
+                break;
+            }
+            for (sum, bytes) in sizes.iter_mut().zip(&dep.sizes) {
+                *sum = sum.saturating_add(*bytes);
+            }
+        }
+        let stage = self.stages.get_mut(&stage_id).expect("found above");
+        let mut reads_to: Vec<u32> = (1..=n as u32).collect();
+        let total = sizes.iter().fold(0u64, |a, b| a.saturating_add(*b));
+        let runs = config.map_or(n as u64, |c| runs_for(total, slots.max(1), c));
+        // Partitions already about as large as a run stay as they are: coalescing them
+        // would only make runs uneven.
+        if !sizes.is_empty() && runs.saturating_mul(2) <= n as u64 {
+            // Partition p goes to the run its middle byte falls in, of `runs` runs of
+            // equal bytes: contiguous runs, as even as the partitions allow (a greedy
+            // cut at total / slots bytes would leave a straggling run of the rest). A
+            // task not pending (none, as the stage takes no outputs from before) stays
+            // alone.
+            let run_of = |before: u64, bytes: u64| {
+                let middle = u128::from(before) + u128::from(bytes / 2);
+                (middle * u128::from(runs) / u128::from(total.max(1))) as u64
+            };
+            let mut before = 0u64;
+            let (mut start, mut start_run) = (0, u64::MAX);
+            for (p, bytes) in sizes.iter().enumerate() {
+                let run = run_of(before, *bytes);
+                let pending = |q: usize| stage.tasks[q] == TaskState::Pending;
+                if run != start_run || !pending(p) || !pending(start) {
+                    (start, start_run) = (p, run);
+                }
+                reads_to[start] = p as u32 + 1;
+                before = before.saturating_add(*bytes);
+            }
+            let mut run = 0;
+            for q in 0..n {
+                if q < reads_to[run] as usize && q != run {
+                    stage.set(q, TaskState::Absorbed { into: run as u32 });
+                    stage.absorbed += 1;
+                } else {
+                    run = q;
+                }
+            }
+            if stage.absorbed > 0 {
+                info!(stage = %stage_id, tasks = n, runs = stage.running_tasks(), total_bytes = total, "coalesced small partitions");
+            }
+        }
+        stage.reads_to = Some(reads_to);
     }
 
     /// Stages whose outputs must stay available: those a stage not yet done reads, and
@@ -806,6 +959,7 @@ fn launch(
     out.push(Command::Launch {
         attempt,
         worker: worker_id,
+        reads: stage.reads(task.partition),
     });
     Run {
         attempt: attempt.attempt,
@@ -1161,6 +1315,7 @@ impl Scheduler {
             pending,
             running: s.spec.tasks - pending - s.done,
             done: s.done,
+            coalesced: s.absorbed,
         })
     }
 
@@ -1223,6 +1378,15 @@ impl Scheduler {
                     },
                     (origin.is_none() || *origin == Some((job, stage)))
                         .then_some(stats.output_rows),
+                )),
+                // Its rows are in the output of the task it was coalesced into.
+                TaskState::Absorbed { .. } => Some((
+                    Output {
+                        attempt: 0,
+                        worker: WorkerId::NOWHERE,
+                        origin: (job, stage),
+                    },
+                    Some(0),
                 )),
                 _ => None,
             })
@@ -1393,6 +1557,8 @@ impl Scheduler {
         let Some(stage) = self.running_stage_mut(attempt, worker) else {
             return;
         };
+        let mut stats = stats;
+        stage.add_sizes(&std::mem::take(&mut stats.partition_bytes));
         let done = TaskState::Done {
             attempt: attempt.attempt,
             worker,
@@ -1460,17 +1626,20 @@ impl Scheduler {
                 stage.skipped += held.attempt + 1 - *next;
                 *next = held.attempt + 1;
             }
-            let free = match &stage.tasks[p] {
-                TaskState::Pending => true,
-                // Done where a worker that is gone kept it: the same attempt's output,
-                // kept by that worker's process under its new identity, takes its
-                // place. Another attempt's does not: that attempt's end is not the
-                // one this scheduler recorded.
-                TaskState::Done {
-                    worker, attempt, ..
-                } => !self.workers.contains_key(worker) && *attempt == held.attempt,
-                TaskState::Running { .. } => false,
-            };
+            // Whether the old scheduler coalesced the task with others is not known:
+            // a coalescing stage runs again.
+            let free = !stage.spec.coalesce
+                && match &stage.tasks[p] {
+                    TaskState::Pending => true,
+                    // Done where a worker that is gone kept it: the same attempt's output,
+                    // kept by that worker's process under its new identity, takes its
+                    // place. Another attempt's does not: that attempt's end is not the
+                    // one this scheduler recorded.
+                    TaskState::Done {
+                        worker, attempt, ..
+                    } => !self.workers.contains_key(worker) && *attempt == held.attempt,
+                    TaskState::Running { .. } | TaskState::Absorbed { .. } => false,
+                };
             if !free {
                 dropped.push(attempt);
                 continue;
@@ -1486,6 +1655,7 @@ impl Scheduler {
                 origin: Some((task.job, task.stage)),
             };
             stage.set(p, done);
+            stage.sizes_unknown = true;
             job.insert(worker);
             completed.insert(task.job);
         }
@@ -1822,12 +1992,13 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&job_id) else {
             return Launched::StageDone;
         };
+        job.coalesce(stage_id, cluster_slots, self.config.coalesce);
         let Some(&partition) = job.stages[&stage_id].pending.first() else {
             return Launched::StageDone;
         };
         let stage = &job.stages[&stage_id];
         let local_input = stage.spec.local_input;
-        let spread = stage.tasks.len() as u64 <= cluster_slots;
+        let spread = stage.running_tasks() as u64 <= cluster_slots;
         let refuses =
             |w: &WorkerState| spread && w.would_queue() && w.holds_stage(job_id, stage_id);
         let p = partition as usize;
@@ -1918,10 +2089,11 @@ impl Scheduler {
             if first.worker != worker || running_ms <= config.min_ms {
                 continue;
             }
-            let quorum = ((stage.tasks.len() as f64 * config.quantile) as usize).max(1);
+            let tasks = stage.running_tasks();
+            let quorum = ((tasks as f64 * config.quantile) as usize).max(1);
             let median = if stage.times.len >= quorum {
                 stage.times.median()
-            } else if quorum >= stage.tasks.len() {
+            } else if quorum >= tasks {
                 // Its stage could only reach the quorum once this very task is done.
                 let mut all = RunTimes::default();
                 for s in job.stages.values() {
@@ -2013,10 +2185,8 @@ impl Scheduler {
         }
         for (job_id, job) in &self.jobs {
             for (stage_id, stage) in &job.stages {
-                let done = stage
-                    .tasks
-                    .iter()
-                    .filter(|t| matches!(t, TaskState::Done { .. }));
+                let done = (stage.tasks.iter())
+                    .filter(|t| matches!(t, TaskState::Done { .. } | TaskState::Absorbed { .. }));
                 let pending = (0..stage.spec.tasks)
                     .filter(|p| stage.tasks[*p as usize] == TaskState::Pending)
                     .collect::<BTreeSet<u32>>();
@@ -2037,6 +2207,7 @@ impl Scheduler {
                     || format!("{job_id} {stage_id} keeps run times of tasks not done"),
                 );
                 self.check_attempt_log(*job_id, *stage_id, stage);
+                check_runs(*job_id, *stage_id, stage);
                 let mut totals = Totals::default();
                 for task in &stage.tasks {
                     if let TaskState::Done { stats, .. } = task {
@@ -2204,6 +2375,59 @@ impl Scheduler {
     }
 }
 
+/// How many runs adaptive coalescing cuts a stage's `total` input bytes into: whole
+/// waves of a run per slot, each run at most `max_bytes`.
+fn runs_for(total: u64, slots: u64, config: CoalesceConfig) -> u64 {
+    let waves = total.div_ceil(slots.saturating_mul(config.max_bytes.max(1)));
+    slots.saturating_mul(waves.max(1))
+}
+
+/// A coalesced stage's runs cover its partitions once each: every task reads from its
+/// own partition to the end of its run, and the tasks within a run are absorbed into
+/// its first; a stage that does not coalesce has no runs.
+fn check_runs(job: JobId, stage_id: StageId, stage: &StageState) {
+    let n = stage.tasks.len();
+    let Some(reads_to) = &stage.reads_to else {
+        return invariant(stage.absorbed == 0, "coalesced-runs", || {
+            format!("{job} {stage_id} has absorbed tasks but no runs")
+        });
+    };
+    invariant(
+        stage.spec.coalesce && reads_to.len() == n,
+        "coalesced-runs",
+        || format!("{job} {stage_id} has runs but does not coalesce"),
+    );
+    let mut absorbed = 0;
+    let mut p = 0;
+    while p < n {
+        let end = reads_to[p] as usize;
+        invariant(
+            end > p && end <= n && !matches!(stage.tasks[p], TaskState::Absorbed { .. }),
+            "coalesced-runs",
+            || format!("{job} {stage_id} task {p} starts a run to {end}, or is absorbed"),
+        );
+        for q in p + 1..end {
+            invariant(
+                stage.tasks[q] == TaskState::Absorbed { into: p as u32 },
+                "coalesced-runs",
+                || {
+                    format!(
+                        "{job} {stage_id} task {q} is in task {p}'s run but not absorbed into it"
+                    )
+                },
+            );
+            absorbed += 1;
+        }
+        p = end;
+    }
+    invariant(absorbed == stage.absorbed, "coalesced-runs", || {
+        format!(
+            "{job} {stage_id} counts {} absorbed tasks, its runs {absorbed}",
+            stage.absorbed
+        )
+    });
+}
+
 /// Panics with the invariant's name unless `holds`. The message is built only then.
 fn invariant(holds: bool, name: &str, detail: impl FnOnce() -> String) {
     if !holds {
@@ -2236,7 +2460,9 @@ mod tests {
     fn launches(cmds: &[Command]) -> Vec<(AttemptId, WorkerId)> {
         cmds.iter()
             .filter_map(|c| match c {
-                Command::Launch { attempt, worker } => Some((*attempt, *worker)),
+                Command::Launch {
+                    attempt, worker, ..
+                } => Some((*attempt, *worker)),
                 _ => None,
             })
             .collect()
@@ -2633,6 +2859,116 @@ mod tests {
         assert!(message.contains("Divide by zero"), "{message}");
         assert_eq!(s.job_outcome(JobId(1)), Some(&JobOutcome::Failed(message)));
         assert_eq!(s.stage_attempts(JobId(1), StageId(0)).unwrap().launched, 1);
+    }
+
+    /// A stage that may coalesce runs one task per run of small partitions, sized by
+    /// what its inputs reported; the tasks taken in never run, a lost run runs again
+    /// whole, and outputs held from before are not taken for a coalescing stage.
+    #[test]
+    fn small_partitions_coalesce_into_runs_that_run_again_whole() {
+        let config = SchedulerConfig {
+            coalesce: Some(CoalesceConfig { max_bytes: 1000 }),
+            speculation: None,
+            ..Default::default()
+        };
+        let mut s = with_workers(config, &[1, 1]);
+        let mut spec = job(1, &[(0, 2, &[]), (1, 8, &[0]), (2, 1, &[1])]);
+        spec.stages[1].coalesce = true;
+        let maps = launches(&s.handle(Event::JobSubmitted(spec)));
+        assert_eq!(maps.len(), 2);
+        // Map task 0 writes 100 bytes to each partition, map task 1 writes 100 to
+        // partition 7 only: 900 bytes, 450 a slot.
+        let mut reduces = Vec::new();
+        for (launch, sizes) in maps.into_iter().zip([[100; 8], [0, 0, 0, 0, 0, 0, 0, 100]]) {
+            reduces.extend(s.handle(Event::TaskSucceeded {
+                attempt: launch.0,
+                worker: launch.1,
+                stats: TaskStats {
+                    partition_bytes: sizes.to_vec(),
+                    ..Default::default()
+                },
+            }));
+        }
+        let runs: Vec<(u32, Range<u32>, WorkerId)> = (reduces.iter())
+            .filter_map(|c| match c {
+                Command::Launch {
+                    attempt,
+                    worker,
+                    reads,
+                } => Some((attempt.task.partition, reads.clone(), *worker)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            runs.iter()
+                .map(|(p, r, _)| (*p, r.clone()))
+                .collect::<Vec<_>>(),
+            [(0, 0..4), (4, 4..8)],
+            "a run for each slot, of 400 and 500 bytes"
+        );
+        let tasks = s.stage_tasks(JobId(1), StageId(1)).unwrap();
+        assert_eq!(tasks[3], TaskState::Absorbed { into: 0 });
+        assert_eq!(tasks[7], TaskState::Absorbed { into: 4 });
+        let counts = s.stage_counts(JobId(1), StageId(1)).unwrap();
+        assert_eq!((counts.done, counts.coalesced, counts.running), (6, 6, 2));
+        // Run the job to its end, losing the worker of the first run once stage 1 is
+        // done: its output is computed again by the same run, whole.
+        let mut queue: VecDeque<(AttemptId, WorkerId)> = launches(&reduces).into();
+        let mut stage_1 = Vec::new();
+        let mut lost = false;
+        while let Some(launch) = queue.pop_front() {
+            if launch.0.task.stage == StageId(1) {
+                stage_1.push(launch.0.task.partition);
+            }
+            let mut cmds = s.handle(Event::TaskSucceeded {
+                attempt: launch.0,
+                worker: launch.1,
+                stats: TaskStats {
+                    partition_bytes: vec![100; 8],
+                    ..Default::default()
+                },
+            });
+            if !lost && s.stage_counts(JobId(1), StageId(1)).unwrap().done == 8 {
+                lost = true;
+                cmds.extend(s.handle(Event::WorkerLost { worker: runs[0].2 }));
+                cmds.extend(s.handle(Event::WorkerJoined {
+                    worker: WorkerId(9),
+                    slots: 1,
+                    held: Vec::new(),
+                }));
+            }
+            queue.extend(launches(&cmds));
+        }
+        assert_eq!(s.job_outcome(JobId(1)), Some(&JobOutcome::Succeeded));
+        assert_eq!(
+            stage_1.iter().filter(|p| **p == 0).count(),
+            2,
+            "{stage_1:?}"
+        );
+        assert!(stage_1.iter().all(|p| [0, 4].contains(p)), "{stage_1:?}");
+        // A worker comes back holding an output of a coalescing stage from before: not
+        // taken, as the old scheduler may have coalesced it with others.
+        let mut spec = job(2, &[(0, 1, &[]), (1, 2, &[0]), (2, 1, &[1])]);
+        spec.stages[1].coalesce = true;
+        s.handle(Event::JobSubmitted(spec));
+        let back = s.handle(Event::WorkerJoined {
+            worker: WorkerId(10),
+            slots: 1,
+            held: vec![HeldOutput {
+                task: TaskId {
+                    job: JobId(2),
+                    stage: StageId(1),
+                    partition: 1,
+                },
+                attempt: 0,
+                rows: 1,
+                bytes: 1,
+            }],
+        });
+        assert!(
+            back.iter()
+                .any(|c| matches!(c, Command::DropOutputs { .. }))
+        );
     }
 
     #[test]

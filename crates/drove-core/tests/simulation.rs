@@ -14,6 +14,9 @@
 //!   (so the scheduler will learn and recompute it);
 //! - a succeeded job's result has every partition exactly once, and its value is the
 //!   reference value;
+//! - a task coalesced into another (adaptive coalescing) never runs, the task it was
+//!   coalesced into reads its partitions, and when a job succeeds every partition of
+//!   every stage was read by exactly one attempt that succeeded;
 //! - the catalog of cached tables keeps its own invariants, and every partition it
 //!   lists on a live worker is there, kept by the table (or about to be).
 //!
@@ -29,8 +32,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use drove_core::catalog::{CachedStage, Catalog, CatalogCommand, CatalogError};
 use drove_core::scheduler::{
-    Command, ErrorKind, Event, FetchFailure, HeldOutput, JobOutcome, JobSpec, Output, Scheduler,
-    SchedulerConfig, SpeculationConfig, StageSpec, TaskError, TaskState, TaskStats, TenantPolicy,
+    CoalesceConfig, Command, ErrorKind, Event, FetchFailure, HeldOutput, JobOutcome, JobSpec,
+    Output, Scheduler, SchedulerConfig, SpeculationConfig, StageSpec, TaskError, TaskState,
+    TaskStats, TenantPolicy,
 };
 use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
 
@@ -157,6 +161,8 @@ struct World {
     catalog: Catalog<Vec<StageSpec>>,
     /// Jobs asked for but not planned yet: their stages, and what they do with tables.
     asked: BTreeMap<JobId, (Vec<StageSpec>, Option<TaskId>, Uses)>,
+    /// The partitions of its inputs each launched attempt reads.
+    reads: BTreeMap<AttemptId, std::ops::Range<u32>>,
 }
 
 /// What a run went through, so the test can tell that faults really happened.
@@ -179,6 +185,8 @@ struct Stats {
     uncached: usize,
     /// Outputs processes kept across a session and reported when they registered again.
     held: u64,
+    /// Attempts launched to read the partitions of tasks coalesced into theirs.
+    coalesced: usize,
     /// Done tasks whose output moved to its holder's new identity.
     taken: u64,
 }
@@ -198,6 +206,7 @@ impl std::ops::AddAssign for Stats {
         self.cache_repairs += o.cache_repairs;
         self.uncached += o.uncached;
         self.held += o.held;
+        self.coalesced += o.coalesced;
         self.taken += o.taken;
     }
 }
@@ -271,6 +280,9 @@ impl World {
             .into_iter()
             .map(|(t, p)| (t.to_string(), p))
             .collect(),
+            // Tasks report 0 to 99 bytes per partition: stages coalesce into runs of
+            // one to several tasks, or not at all.
+            coalesce: rng.chance(0.8).then(|| CoalesceConfig { max_bytes: 200 }),
         });
         let n = rng.range(2, 5) as usize;
         let processes = (0..n)
@@ -305,6 +317,7 @@ impl World {
             links: BTreeMap::new(),
             catalog: Catalog::default(),
             asked: BTreeMap::new(),
+            reads: BTreeMap::new(),
         };
         for p in 0..n {
             let d = world.rng.range(0, 200);
@@ -350,7 +363,11 @@ impl World {
 
     fn perform(&mut self, command: Command) {
         match command {
-            Command::Launch { attempt, worker } => {
+            Command::Launch {
+                attempt,
+                worker,
+                reads,
+            } => {
                 let spec = &self.jobs[&attempt.task.job].spec;
                 let deps = &spec
                     .stages
@@ -362,12 +379,30 @@ impl World {
                 for dep in deps {
                     let outputs = self
                         .sched
-                        .stage_outputs(attempt.task.job, *dep)
+                        .stage_outputs_and_rows(attempt.task.job, *dep)
                         .expect("launched only once its inputs are done");
-                    for (partition, output) in outputs.into_iter().enumerate() {
-                        inputs.push(block_of(partition as u32, &output));
+                    for (partition, (output, rows)) in outputs.into_iter().enumerate() {
+                        // Outputs of no rows are not read, as the coordinator leaves
+                        // them out; only a task coalesced into another has none here.
+                        if rows != Some(0) {
+                            inputs.push(block_of(partition as u32, &output));
+                        }
                     }
                 }
+                // It reads the partitions of the tasks coalesced into it, and no others.
+                let tasks = self.sched.stage_tasks(attempt.task.job, attempt.task.stage);
+                let tasks = tasks.expect("the stage exists");
+                for q in reads.clone() {
+                    let own = attempt.task.partition;
+                    assert!(
+                        q == own || tasks[q as usize] == TaskState::Absorbed { into: own },
+                        "{attempt} reads partition {q}, which is not coalesced into it"
+                    );
+                }
+                if reads.len() > 1 {
+                    self.stats.coalesced += 1;
+                }
+                self.reads.insert(attempt, reads);
                 let d = self.net_delay((worker.0, false));
                 let launched = Launched {
                     attempt,
@@ -522,6 +557,46 @@ impl World {
             final_tasks,
             "every result partition exactly once"
         );
+        // Every partition of every stage was read by one attempt that succeeded: its
+        // own task's, or that of the task it was coalesced into.
+        for stage in &spec.stages {
+            let tasks = self
+                .sched
+                .stage_tasks(job, stage.id)
+                .expect("the stage exists");
+            for (p, task) in tasks.iter().enumerate() {
+                let (head, attempt) = match task {
+                    TaskState::Done {
+                        attempt,
+                        origin: None,
+                        ..
+                    } => (p as u32, *attempt),
+                    TaskState::Absorbed { into } => match &tasks[*into as usize] {
+                        TaskState::Done {
+                            attempt,
+                            origin: None,
+                            ..
+                        } => (*into, *attempt),
+                        other => panic!("{job} {} task {p} is coalesced into {other:?}", stage.id),
+                    },
+                    _ => continue, // an output from before the job
+                };
+                let attempt = AttemptId {
+                    task: TaskId {
+                        job,
+                        stage: stage.id,
+                        partition: head,
+                    },
+                    attempt,
+                };
+                let reads = &self.reads[&attempt];
+                assert!(
+                    reads.contains(&(p as u32)),
+                    "{job} {} partition {p} was read by no attempt that succeeded ({attempt} read {reads:?})",
+                    stage.id
+                );
+            }
+        }
         let mut lost = false;
         for (
             partition,
@@ -698,7 +773,10 @@ impl World {
             };
             stages.push(StageSpec {
                 id: StageId(s),
-                tasks: self.rng.range(1, 6) as u32,
+                // Up to 8 tasks: enough to coalesce into runs for 2 to 4 slots.
+                tasks: self.rng.range(1, 9) as u32,
+                // The coordinator never coalesces a job's last stage.
+                coalesce: s > 0 && s + 1 < stages_n && self.rng.chance(0.7),
                 depends_on,
                 ..Default::default()
             });
@@ -889,7 +967,8 @@ impl World {
                     .map(|(a, _)| HeldOutput {
                         task: a.task,
                         attempt: a.attempt,
-                        rows: 0,
+                        // Some rows, so that readers of the output read it.
+                        rows: 1,
                         bytes: 0,
                     })
                     .collect();
@@ -967,7 +1046,16 @@ impl World {
                     })
                 });
                 let job = &self.jobs[&attempt.task.job];
-                let event = if job.poison == Some(attempt.task) {
+                // A poisoned partition fails whichever task reads it.
+                let poisoned = job.poison.is_some_and(|t| {
+                    TaskId { partition: 0, ..t }
+                        == TaskId {
+                            partition: 0,
+                            ..attempt.task
+                        }
+                        && self.reads[&attempt].contains(&t.partition)
+                });
+                let event = if poisoned {
                     Event::TaskFailed {
                         attempt,
                         worker,
@@ -1003,6 +1091,13 @@ impl World {
                             .sum::<i64>();
                     self.processes[p].blocks.insert((attempt, worker));
                     self.succeeded.insert(attempt);
+                    // Bytes for each partition of the stage that reads this one, as a
+                    // map task writes one block per reduce partition.
+                    let stages = &self.jobs[&attempt.task.job].spec.stages;
+                    let readers = (stages.iter())
+                        .find(|s| s.depends_on.contains(&attempt.task.stage))
+                        .map_or(1, |s| s.tasks);
+                    let partition_bytes = (0..readers).map(|_| self.rng.below(100)).collect();
                     Event::TaskSucceeded {
                         attempt,
                         worker,
@@ -1010,6 +1105,7 @@ impl World {
                         // done tasks change as tasks are undone and done again.
                         stats: TaskStats {
                             output_rows: value as u64,
+                            partition_bytes,
                             elapsed_ms: 100,
                             spilled_bytes: self.rng.below(1 << 20),
                             spill_count: self.rng.below(4),
@@ -1306,7 +1402,8 @@ fn scheduling_survives_crashes_pauses_and_delays() {
                 && total.cache_repairs > 0
                 && total.uncached > 0
                 && total.held > 0
-                && total.taken > 0,
+                && total.taken > 0
+                && total.coalesced > 0,
             "{total:?}"
         );
     }

@@ -70,6 +70,11 @@ pub struct Stage {
     /// Task p reads partition p of this stage's output (a cached table), so it had
     /// better run where that partition is.
     pub local_input: Option<u32>,
+    /// Its task p reads partition p of each stage it reads and nothing else, so one
+    /// task can do the work of several adjacent ones by reading their partitions
+    /// together, when they turn out small (adaptive coalescing; the scheduler decides,
+    /// see `drove_core::scheduler::StageSpec::coalesce`). Never the final stage.
+    pub coalesce: bool,
 }
 
 impl Stage {
@@ -807,6 +812,10 @@ pub fn split_with_caches(
     let root = cutter.cut(plan)?;
     let tasks = some_partitions(root.output_partitioning().partition_count(), &root)?;
     push_stage(&mut cutter.stages, root, OutputMode::Single, tasks);
+    // The result's partitions are the client's, and a cached table's are its own.
+    if let Some(last) = cutter.stages.last_mut() {
+        last.coalesce = false;
+    }
     Ok(DistributedPlan {
         stages: cutter.stages,
     })
@@ -854,6 +863,8 @@ impl Cutter<'_> {
                         // A stage that came from another cached table keeps its origin.
                         origin: s.origin.or(Some((cache, s.id))),
                         local_input: s.local_input.map(|l| l + offset),
+                        // Lost partitions of the table are computed again one by one.
+                        coalesce: false,
                         ..s
                     });
                 }
@@ -899,6 +910,11 @@ fn push_stage(
     let mut depends_on: Vec<u32> = reads.into_iter().map(|(stage, ..)| stage).collect();
     depends_on.sort_unstable();
     depends_on.dedup();
+    let runs = match output {
+        OutputMode::Single => Some(&plan),
+        OutputMode::RepartitionRoot => plan.children().into_iter().next(),
+    };
+    let coalesce = tasks > 1 && runs.is_some_and(|p| partitionwise(p, tasks));
     stages.push(Stage {
         id,
         plan,
@@ -908,8 +924,42 @@ fn push_stage(
         cache: None,
         origin: None,
         local_input,
+        coalesce,
     });
     id
+}
+
+/// Whether partition p of `plan`, of `partitions` partitions, is computed from
+/// partition p of the stages its readers gather and from nothing else, so that reading
+/// partitions p..q together computes what partitions p to q - 1 would (see
+/// [`Stage::coalesce`]). Only operators known to work partition by partition count:
+/// a collect-left join, for one, reads every partition of its build side in each.
+fn partitionwise(plan: &Arc<dyn ExecutionPlan>, partitions: usize) -> bool {
+    use datafusion::physical_plan::joins::SortMergeJoinExec;
+    use datafusion::physical_plan::union::InterleaveExec;
+    use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
+    if plan.output_partitioning().partition_count() != partitions {
+        return false;
+    }
+    if let Some(reader) = plan.downcast_ref::<ShuffleReaderExec>() {
+        return reader.mode() == ReadMode::Gather;
+    }
+    let by_partition = plan.is::<ProjectionExec>()
+        || plan.is::<FilterExec>()
+        || plan.is::<AggregateExec>()
+        || plan.is::<SortExec>()
+        || plan.is::<SortMergeJoinExec>()
+        || plan.is::<BoundedWindowAggExec>()
+        || plan.is::<WindowAggExec>()
+        || plan.is::<InterleaveExec>()
+        || plan
+            .downcast_ref::<HashJoinExec>()
+            .is_some_and(|j| *j.partition_mode() == PartitionMode::Partitioned);
+    by_partition
+        && plan
+            .children()
+            .into_iter()
+            .all(|child| partitionwise(child, partitions))
 }
 
 /// A stage's task count or a reader's partition count, which must not be zero (a plan

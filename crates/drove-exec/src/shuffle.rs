@@ -106,6 +106,9 @@ pub struct ShuffleEnv {
     pub flight: Arc<FlightPool>,
     /// Outputs of every stage the task reads, by stage id.
     pub inputs: HashMap<u32, StageOutputs>,
+    /// The partitions its gathering readers read: the task's own alone, or from its
+    /// own on when the scheduler coalesced the tasks of the next ones into it.
+    pub reads: std::ops::Range<u32>,
     pub local_read_bytes: AtomicU64,
     pub remote_read_bytes: Arc<AtomicU64>,
     /// Named counts the task's operators keep (e.g. `invalid_utf8_lines`).
@@ -183,11 +186,14 @@ pub fn ticket(key: &BlockKey, grant: &[u8]) -> Ticket {
 }
 
 /// Encodes the names of blocks to read in one call as a Flight ticket: blocks of the
-/// first one's job, stage and reduce partition (the others' are not looked at), at
-/// most [`BLOCKS_PER_TICKET_MAX`], with a client's `grant` to read that job.
+/// first one's job and stage (the others' are not looked at), at most
+/// [`BLOCKS_PER_TICKET_MAX`], with a client's `grant` to read that job.
 pub fn batch_ticket(keys: &[BlockKey], grant: &[u8]) -> Ticket {
     let first = keys.first().copied().unwrap_or_default();
     let more = keys.get(1..).unwrap_or_default();
+    let one_reduce = more
+        .iter()
+        .all(|k| k.reduce_partition == first.reduce_partition);
     let t = drove_proto::BlockTicket {
         job_id: first.job,
         stage_id: first.stage,
@@ -196,6 +202,10 @@ pub fn batch_ticket(keys: &[BlockKey], grant: &[u8]) -> Ticket {
         attempt: first.attempt,
         more_map_partitions: more.iter().map(|k| k.map_partition).collect(),
         more_attempts: more.iter().map(|k| k.attempt).collect(),
+        more_reduce_partitions: match one_reduce {
+            true => Vec::new(),
+            false => more.iter().map(|k| k.reduce_partition).collect(),
+        },
         grant: grant.to_vec(),
     };
     Ticket::new(t.encode_to_vec())
@@ -218,25 +228,37 @@ pub fn decode_ticket(ticket: &[u8]) -> Result<(Vec<BlockKey>, Vec<u8>)> {
             t.more_attempts.len()
         )));
     }
+    if !t.more_reduce_partitions.is_empty()
+        && t.more_reduce_partitions.len() != t.more_map_partitions.len()
+    {
+        return Err(Error::User(format!(
+            "a block ticket names {} more map partitions but {} reduce partitions; give one for each, or none",
+            t.more_map_partitions.len(),
+            t.more_reduce_partitions.len()
+        )));
+    }
     if t.more_map_partitions.len() >= BLOCKS_PER_TICKET_MAX {
         return Err(Error::User(format!(
             "a block ticket names {} blocks, the most one call reads is {BLOCKS_PER_TICKET_MAX}",
             t.more_map_partitions.len() + 1
         )));
     }
-    let key = |map_partition, attempt| BlockKey {
+    let key = |map_partition, reduce_partition, attempt| BlockKey {
         job: t.job_id,
         stage: t.stage_id,
         map_partition,
-        reduce_partition: t.reduce_partition,
+        reduce_partition,
         attempt,
     };
-    let keys = std::iter::once(key(t.map_partition, t.attempt))
+    let reduces =
+        (t.more_reduce_partitions.iter().copied()).chain(std::iter::repeat(t.reduce_partition));
+    let keys = std::iter::once(key(t.map_partition, t.reduce_partition, t.attempt))
         .chain(
-            t.more_map_partitions
+            (t.more_map_partitions
                 .iter()
                 .zip(&t.more_attempts)
-                .map(|(m, a)| key(*m, *a)),
+                .zip(reduces))
+            .map(|((m, a), r)| key(*m, r, *a)),
         )
         .collect();
     Ok((keys, t.grant))
@@ -535,11 +557,20 @@ impl ShuffleReaderExec {
             reduce_partition: reduce,
             attempt: m.attempt,
         };
+        let own = partition as u32;
+        let reduces = match self.mode {
+            ReadMode::Gather if env.reads.start == own => {
+                own..env
+                    .reads
+                    .end
+                    .min(self.partitions() as u32)
+                    .max(own.saturating_add(1))
+            }
+            _ => own..own.saturating_add(1),
+        };
         Ok(match self.mode {
-            ReadMode::Gather | ReadMode::Merge => outputs
-                .outputs
-                .iter()
-                .map(|m| (key(m, partition as u32), m))
+            ReadMode::Gather | ReadMode::Merge => (outputs.outputs.iter())
+                .flat_map(|m| reduces.clone().map(move |r| (key(m, r), m)))
                 .collect(),
             ReadMode::PerMap => {
                 if partition >= outputs.partitions as usize {
@@ -901,6 +932,18 @@ mod tests {
     fn a_batch_ticket_names_its_blocks_in_order() {
         let keys = vec![key(3, 0), key(0, 2), key(9, 1)];
         assert_eq!(block_keys(&batch_ticket(&keys, &[]).ticket).unwrap(), keys);
+        let mixed = vec![
+            key(3, 0),
+            BlockKey {
+                reduce_partition: 6,
+                ..key(3, 0)
+            },
+            key(9, 1),
+        ];
+        assert_eq!(
+            block_keys(&batch_ticket(&mixed, &[]).ticket).unwrap(),
+            mixed
+        );
         assert_eq!(
             block_keys(&ticket(&key(4, 1), &[]).ticket).unwrap(),
             vec![key(4, 1)]
@@ -918,6 +961,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("they go in pairs"), "{e}");
+        let unpaired = drove_proto::BlockTicket {
+            more_map_partitions: vec![1, 2],
+            more_attempts: vec![0, 0],
+            more_reduce_partitions: vec![4],
+            ..Default::default()
+        };
+        let e = block_keys(&unpaired.encode_to_vec())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("give one for each, or none"), "{e}");
         let many: Vec<BlockKey> = (0..=BLOCKS_PER_TICKET_MAX as u32)
             .map(|m| key(m, 0))
             .collect();
@@ -981,6 +1034,7 @@ mod tests {
                 },
             )]
             .into(),
+            reads: 0..1,
             local_read_bytes: AtomicU64::new(0),
             remote_read_bytes: Arc::default(),
             counters: Default::default(),
@@ -1015,6 +1069,89 @@ mod tests {
             beyond.execute(3, Arc::clone(&ctx)).is_err(),
             "the stage has 3"
         );
+    }
+
+    /// A task the scheduler coalesced others into reads their partitions too, where
+    /// its own partition is read; its run ends at the reader's last partition whatever
+    /// the launch said.
+    #[tokio::test]
+    async fn a_coalesced_reader_reads_the_partitions_of_its_run() {
+        use arrow::array::{AsArray, Int64Array};
+        use arrow::datatypes::{DataType, Field, Int64Type};
+        use datafusion::prelude::SessionConfig;
+
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
+        let store = Arc::new(BlockStore::default());
+        // Two map tasks, each writing value 10 * map + reduce to each of 4 partitions.
+        for map in 0..2u32 {
+            let mut writer = store.writer(Arc::clone(&schema), 4);
+            for reduce in 0..4 {
+                let column = Arc::new(Int64Array::from(vec![i64::from(10 * map + reduce)]));
+                let batch = RecordBatch::try_new(Arc::clone(&schema), vec![column]).unwrap();
+                writer.push(reduce as usize, batch).unwrap();
+            }
+            writer
+                .finish(BlockKey {
+                    job: 1,
+                    stage: 0,
+                    map_partition: map,
+                    reduce_partition: 0,
+                    attempt: 0,
+                })
+                .unwrap();
+        }
+        let read = |reads: std::ops::Range<u32>, mode: ReadMode, partition: usize| {
+            let output = |partition| MapOutputRef {
+                job: 1,
+                stage: 0,
+                partition,
+                attempt: 0,
+                worker_id: 7,
+                flight_addr: String::new(),
+            };
+            let env = ShuffleEnv {
+                job: 1,
+                local_worker: 7,
+                store: Arc::clone(&store),
+                flight: Arc::default(),
+                inputs: [(
+                    0,
+                    StageOutputs {
+                        partitions: 2,
+                        outputs: vec![output(0), output(1)],
+                    },
+                )]
+                .into(),
+                reads,
+                local_read_bytes: AtomicU64::new(0),
+                remote_read_bytes: Arc::default(),
+                counters: Default::default(),
+            };
+            let ctx = Arc::new(
+                TaskContext::default()
+                    .with_session_config(SessionConfig::new().with_extension(Arc::new(env))),
+            );
+            let reader = ShuffleReaderExec::new(0, mode, 4, Arc::clone(&schema));
+            async move {
+                let batches: Vec<RecordBatch> = reader
+                    .execute(partition, ctx)
+                    .unwrap()
+                    .try_collect()
+                    .await
+                    .unwrap();
+                let mut values: Vec<i64> = batches
+                    .iter()
+                    .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+                    .collect();
+                values.sort();
+                values
+            }
+        };
+        assert_eq!(read(1..3, ReadMode::Gather, 1).await, [1, 2, 11, 12]);
+        assert_eq!(read(1..2, ReadMode::Gather, 1).await, [1, 11]);
+        // Another partition than the task's own (none in a coalescing stage).
+        assert_eq!(read(1..3, ReadMode::Gather, 3).await, [3, 13]);
+        assert_eq!(read(2..99, ReadMode::Gather, 2).await, [2, 3, 12, 13]);
     }
 
     /// Tiny batches come out as batches of the target size, in order, with the rest

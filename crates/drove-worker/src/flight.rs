@@ -111,7 +111,7 @@ impl FlightService for BlockService {
                     .stream()
                     .map(move |b| b.map_err(|e| failed(e.to_string())))
             });
-        // The blocks of one reduce partition are small pieces of their map tasks'
+        // The blocks a call names are small pieces of their map tasks'
         // outputs: sent as they are, each would be a message of its own.
         let batches = coalesced(batches.boxed(), Arc::clone(&schema), SERVED_BATCH_ROWS);
         let stream = FlightDataEncoderBuilder::new()

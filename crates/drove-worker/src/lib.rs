@@ -1314,6 +1314,7 @@ async fn execute(
         store: Arc::clone(&shared.store),
         flight: Arc::clone(&shared.flight),
         inputs,
+        reads: key.partition..launch.reads_to.max(key.partition.saturating_add(1)),
         local_read_bytes: AtomicU64::new(0),
         remote_read_bytes: Arc::new(AtomicU64::new(0)),
         counters: Default::default(),

@@ -351,6 +351,10 @@ struct CoordinatorArgs {
     /// Never start speculative twins of slow tasks.
     #[arg(long)]
     no_speculation: bool,
+    /// Run every task of a stage, however small its partitions: no adaptive coalescing
+    /// of adjacent small ones into one task.
+    #[arg(long)]
+    no_coalesce: bool,
     /// A task is slow once it has run this many times its stage's median task time...
     #[arg(long, default_value_t = 1.5)]
     speculation_multiplier: f64,
@@ -752,6 +756,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
             quantile: args.speculation_quantile,
             min_ms: args.speculation_min_ms,
         }),
+        coalesce: (!args.no_coalesce).then(drove_coordinator::CoalesceConfig::default),
         job_limits: (&args.limits).into(),
         client_lease_ms: args.client_lease_secs.saturating_mul(1000),
         held_outputs_wait_ms: args.held_outputs_wait_ms,

@@ -54,6 +54,52 @@ async fn a_stage_without_locality_preferences_spreads_evenly() {
     }
 }
 
+/// A wide exchange of little data: the stage that reads it runs its small partitions
+/// together, a task per slot, and gives the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_partitions_of_a_wide_exchange_run_a_task_per_slot() {
+    const FILES: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..FILES {
+        let rows: String = (0..100).map(|j| format!("{}\n", i * 100 + j)).collect();
+        std::fs::write(
+            dir.path().join(format!("part-{i:02}.csv")),
+            format!("n\n{rows}"),
+        )
+        .unwrap();
+    }
+    let mut config = LocalClusterConfig {
+        workers: 2,
+        slots: 1,
+        ..Default::default()
+    };
+    config.coordinator.target_partitions = Some(FILES as usize);
+    let (_cluster, session) = start(config).await;
+    session.register_csv("t", dir.path()).await.unwrap();
+    let result = session
+        .run_sql("SELECT count(*) AS g, sum(c) AS c FROM (SELECT n % 997 AS k, count(*) AS c FROM t GROUP BY n % 997) x")
+        .await
+        .unwrap();
+    let shown = arrow::util::pretty::pretty_format_batches(&result.batches)
+        .unwrap()
+        .to_string();
+    assert!(shown.contains("| 997 | 4000 |"), "{shown}");
+    let stages = &result.summary.stages;
+    let reduce = (stages.iter())
+        .find(|s| s.tasks_total == FILES as u32 && s.depends_on.len() == 1)
+        .filter(|s| {
+            stages
+                .iter()
+                .any(|m| m.stage_id == s.depends_on[0] && m.tasks_total == FILES as u32)
+        })
+        .unwrap_or_else(|| panic!("a stage reading the exchange: {stages:#?}"));
+    assert_eq!(
+        (reduce.attempts, reduce.tasks_coalesced),
+        (2, FILES as u32 - 2),
+        "its {FILES} partitions, a few KiB, run as a task for each of 2 slots: {reduce:?}"
+    );
+}
+
 /// Tasks that keep every slot of a worker busy computing for longer than the heartbeat
 /// timeout do not starve its heartbeats: the worker is never declared lost, so no task
 /// runs twice and every one ran on the worker's first identity.

@@ -1367,6 +1367,7 @@ fn coordinator_messages(small_plan: &[u8], large_plan: &[u8]) -> Vec<Vec<u8>> {
                 "2".to_string(),
             )]
             .into(),
+            reads_to: 2,
         })
     };
     [

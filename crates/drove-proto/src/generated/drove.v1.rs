@@ -315,6 +315,11 @@ pub struct LaunchTask {
         ::prost::alloc::string::String,
         ::prost::alloc::string::String,
     >,
+    /// When set, the task reads the partitions of its inputs from its own up to this one
+    /// (not included): the scheduler coalesced the tasks of those partitions into it,
+    /// since they were small. 0: it reads its own partition alone.
+    #[prost(uint32, tag = "6")]
+    pub reads_to: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StageInput {
@@ -374,6 +379,10 @@ pub struct BlockTicket {
     /// coordinator gave it for that job (JobStatus.result_grant).
     #[prost(bytes = "vec", tag = "8")]
     pub grant: ::prost::alloc::vec::Vec<u8>,
+    /// When not empty, the more blocks' reduce partitions, paired with their map
+    /// partitions (a coalesced task reads several); empty: all are reduce_partition.
+    #[prost(uint32, repeated, tag = "9")]
+    pub more_reduce_partitions: ::prost::alloc::vec::Vec<u32>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TableSpec {
@@ -530,6 +539,10 @@ pub struct StageStatus {
     /// The stage's own plan, as its tasks run it.
     #[prost(string, tag = "11")]
     pub plan: ::prost::alloc::string::String,
+    /// Tasks whose partitions another task read with its own (adaptive coalescing): they
+    /// never run, and count as done.
+    #[prost(uint32, tag = "12")]
+    pub tasks_coalesced: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct TaskRun {
@@ -974,6 +987,10 @@ pub struct MetaPlannedStage {
     pub origin_stage: ::core::option::Option<u32>,
     #[prost(uint32, optional, tag = "11")]
     pub local_input: ::core::option::Option<u32>,
+    /// Its tasks may be coalesced, several partitions to a task, once its inputs' sizes
+    /// are known.
+    #[prost(bool, tag = "12")]
+    pub coalesce: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MetaJobEnded {

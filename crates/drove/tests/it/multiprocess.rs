@@ -238,7 +238,10 @@ fn a_paused_worker_is_replaced_and_comes_back_as_a_new_worker() {
     let dir = tpch_data(0.01);
     let cluster = ProcessCluster::start(3, 300);
     let q = QUERIES[4];
-    let sql = cluster.sql(&dir, q);
+    // Files split, so that the paused worker's scans write rows that the next stage
+    // must read (it is little data, coalesced into few tasks that may run anywhere).
+    let split = format!("SET datafusion.optimizer.repartition_file_min_size = 1; {q}");
+    let sql = cluster.sql(&dir, &split);
     cluster.wait_past_first_stage();
     signal(&cluster.workers[1].0, "STOP");
     let (stdout, stderr) = finish(sql);
