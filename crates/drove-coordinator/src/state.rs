@@ -1410,8 +1410,7 @@ impl State {
                         s.tasks,
                     ),
                     local_input: s.local_input.map(StageId),
-                    // A cached table's partitions are its stage's tasks, one each.
-                    coalesce: s.coalesce && s.cache.is_none() && s.origin.is_none(),
+                    coalesce: s.coalesce,
                 })
                 .collect(),
             final_stage: StageId(planned.stages.last().map_or(0, |s| s.id)),

@@ -99,7 +99,7 @@ impl Default for SchedulerConfig {
 /// How far adaptive coalescing goes. Once a stage's inputs are done, their sizes are
 /// known: the stage's tasks are cut into runs of adjacent ones, of about equal bytes,
 /// and each run is one task. There are as many runs as slots, or whole waves of them,
-/// so that no run reads more than `max_bytes` (unless one partition alone does). Never
+/// so that a run reads about `max_bytes` at most (a run holds whole partitions). Never
 /// fewer runs than slots: bytes say little of the work (a stage of costly functions
 /// over little data keeps every slot busy). A stage that would keep more than half its
 /// tasks is left as it is.
@@ -845,9 +845,9 @@ impl JobState {
         if !sizes.is_empty() && runs.saturating_mul(2) <= n as u64 {
             // Partition p goes to the run its middle byte falls in, of `runs` runs of
             // equal bytes: contiguous runs, as even as the partitions allow (a greedy
-            // cut at total / slots bytes would leave a straggling run of the rest). A
-            // task not pending (none, as the stage takes no outputs from before) stays
-            // alone.
+            // cut at total / slots bytes would leave a straggling run of the rest).
+            // Every task is pending (an invariant: none launched, and a coalescing
+            // stage takes no held outputs for pending tasks).
             let run_of = |before: u64, bytes: u64| {
                 let middle = u128::from(before) + u128::from(bytes / 2);
                 (middle * u128::from(runs) / u128::from(total.max(1))) as u64
@@ -856,8 +856,7 @@ impl JobState {
             let (mut start, mut start_run) = (0, u64::MAX);
             for (p, bytes) in sizes.iter().enumerate() {
                 let run = run_of(before, *bytes);
-                let pending = |q: usize| stage.tasks[q] == TaskState::Pending;
-                if run != start_run || !pending(p) || !pending(start) {
+                if run != start_run {
                     (start, start_run) = (p, run);
                 }
                 reads_to[start] = p as u32 + 1;
@@ -1138,6 +1137,18 @@ impl Scheduler {
                     stage.id,
                     stage.tasks,
                     stage.existing.len()
+                )));
+            }
+            // A stage coalesces runs of the partitions it reads, which are its tasks'
+            // outputs: those of its last stage are the client's or a cached table's.
+            if stage.coalesce
+                && (stage.depends_on.is_empty()
+                    || !stage.existing.is_empty()
+                    || stage.id == spec.final_stage)
+            {
+                return Err(Error::InvalidJob(format!(
+                    "{} may coalesce, but it reads no stage, or its outputs are a cached table's or the job's result",
+                    stage.id
                 )));
             }
             if let Some(input) = stage.local_input
@@ -1626,20 +1637,19 @@ impl Scheduler {
                 stage.skipped += held.attempt + 1 - *next;
                 *next = held.attempt + 1;
             }
-            // Whether the old scheduler coalesced the task with others is not known:
-            // a coalescing stage runs again.
-            let free = !stage.spec.coalesce
-                && match &stage.tasks[p] {
-                    TaskState::Pending => true,
-                    // Done where a worker that is gone kept it: the same attempt's output,
-                    // kept by that worker's process under its new identity, takes its
-                    // place. Another attempt's does not: that attempt's end is not the
-                    // one this scheduler recorded.
-                    TaskState::Done {
-                        worker, attempt, ..
-                    } => !self.workers.contains_key(worker) && *attempt == held.attempt,
-                    TaskState::Running { .. } | TaskState::Absorbed { .. } => false,
-                };
+            let free = match &stage.tasks[p] {
+                // Whether the scheduler that launched it coalesced the task with
+                // others is not known: a coalescing stage runs it again.
+                TaskState::Pending => !stage.spec.coalesce,
+                // Done where a worker that is gone kept it: the same attempt's output,
+                // kept by that worker's process under its new identity, takes its
+                // place. Another attempt's does not: that attempt's end is not the
+                // one this scheduler recorded.
+                TaskState::Done {
+                    worker, attempt, ..
+                } => !self.workers.contains_key(worker) && *attempt == held.attempt,
+                TaskState::Running { .. } | TaskState::Absorbed { .. } => false,
+            };
             if !free {
                 dropped.push(attempt);
                 continue;
@@ -2388,8 +2398,10 @@ fn runs_for(total: u64, slots: u64, config: CoalesceConfig) -> u64 {
 fn check_runs(job: JobId, stage_id: StageId, stage: &StageState) {
     let n = stage.tasks.len();
     let Some(reads_to) = &stage.reads_to else {
-        return invariant(stage.absorbed == 0, "coalesced-runs", || {
-            format!("{job} {stage_id} has absorbed tasks but no runs")
+        // Not decided yet: nothing of it ran, nor was taken from before.
+        let untouched = !stage.spec.coalesce || stage.pending.len() == n;
+        return invariant(stage.absorbed == 0 && untouched, "coalesced-runs", || {
+            format!("{job} {stage_id} has absorbed or started tasks but no runs")
         });
     };
     invariant(
@@ -3415,5 +3427,11 @@ mod tests {
         let s = Scheduler::default();
         assert!(s.validate(&job(1, &[(0, 0, &[])])).is_err());
         assert!(s.validate(&job(1, &[(0, 1, &[1]), (1, 1, &[])])).is_err());
+        // Only a stage that reads others, and is not the last, may coalesce.
+        for stage in 0..3 {
+            let mut spec = job(1, &[(0, 2, &[]), (1, 2, &[0]), (2, 1, &[1])]);
+            spec.stages[stage].coalesce = true;
+            assert_eq!(s.validate(&spec).is_ok(), stage == 1, "stage {stage}");
+        }
     }
 }

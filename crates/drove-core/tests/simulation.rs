@@ -282,7 +282,7 @@ impl World {
             .collect(),
             // Tasks report 0 to 99 bytes per partition: stages coalesce into runs of
             // one to several tasks, or not at all.
-            coalesce: rng.chance(0.8).then(|| CoalesceConfig { max_bytes: 200 }),
+            coalesce: rng.chance(0.8).then_some(CoalesceConfig { max_bytes: 200 }),
         });
         let n = rng.range(2, 5) as usize;
         let processes = (0..n)
@@ -832,6 +832,9 @@ impl World {
                                 (s.id == cached).then_some(cache),
                                 s.tasks,
                             ),
+                            // As the planner copies a lineage: its partitions are a
+                            // table's, computed again one by one.
+                            coalesce: false,
                             ..s.clone()
                         })
                         .collect();

@@ -941,8 +941,11 @@ fn partitionwise(plan: &Arc<dyn ExecutionPlan>, partitions: usize) -> bool {
     if plan.output_partitioning().partition_count() != partitions {
         return false;
     }
+    // A gathering reader that presents an order (it stands in for a repartition of one
+    // sorted partition) would present it no longer: partitions p..q are sorted runs one
+    // after the other.
     if let Some(reader) = plan.downcast_ref::<ShuffleReaderExec>() {
-        return reader.mode() == ReadMode::Gather;
+        return reader.mode() == ReadMode::Gather && plan.output_ordering().is_none();
     }
     let by_partition = plan.is::<ProjectionExec>()
         || plan.is::<FilterExec>()
@@ -1148,5 +1151,40 @@ impl Cutter<'_> {
             OutputMode::RepartitionRoot,
             tasks,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+
+    /// A gathering reader coalesces, unless it presents an order that reading several
+    /// partitions one after the other would break; an operator that reads every
+    /// partition of its input, or another read mode, does not coalesce either.
+    #[test]
+    fn only_plans_that_work_partition_by_partition_coalesce() {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let reader = |mode, orderings| -> Arc<dyn ExecutionPlan> {
+            let presented = crate::shuffle::Presented {
+                orderings,
+                ..Default::default()
+            };
+            Arc::new(
+                ShuffleReaderExec::presenting(0, mode, 4, Arc::clone(&schema), presented).unwrap(),
+            )
+        };
+        let key = Arc::new(Column::new("k", 0)) as Arc<dyn PhysicalExpr>;
+        let sorted = LexOrdering::new([PhysicalSortExpr::new_default(key)]).unwrap();
+        assert!(partitionwise(&reader(ReadMode::Gather, vec![]), 4));
+        assert!(!partitionwise(&reader(ReadMode::Gather, vec![sorted]), 4));
+        assert!(!partitionwise(&reader(ReadMode::PerMap, vec![]), 4));
+        assert!(!partitionwise(&reader(ReadMode::Gather, vec![]), 3));
+        let gathered = Arc::new(CoalescePartitionsExec::new(reader(
+            ReadMode::Gather,
+            vec![],
+        )));
+        assert!(!partitionwise(&(gathered as Arc<dyn ExecutionPlan>), 1));
     }
 }
