@@ -509,6 +509,10 @@ struct LocalArgs {
     /// --data-dir, else in a temporary directory).
     #[arg(long, default_value_t = 1)]
     coordinators: usize,
+    /// Run every task of a stage, however small its partitions (see `drove coordinator
+    /// --no-coalesce`).
+    #[arg(long)]
+    no_coalesce: bool,
     #[command(flatten)]
     memory: MemoryArgs,
     #[command(flatten)]
@@ -862,6 +866,7 @@ async fn local(args: LocalArgs) -> Result<()> {
             allowed_paths: args.paths.load()?,
             tenant_paths: args.sharing.tenant_paths()?,
             tenants: args.sharing.tenants.into_iter().collect(),
+            coalesce: (!args.no_coalesce).then(drove_coordinator::CoalesceConfig::default),
             ..Default::default()
         },
         data_dir: args.data_dir,
