@@ -987,79 +987,23 @@ mod tests {
     /// they do not exist, and looking one up would fail the task as a lost block).
     #[tokio::test]
     async fn a_reader_skips_the_outputs_left_out_as_empty() {
-        use arrow::array::{AsArray, Int64Array};
-        use arrow::datatypes::{DataType, Field, Int64Type};
-        use datafusion::prelude::SessionConfig;
+        use arrow::array::Int64Array;
+        use arrow::datatypes::{DataType, Field};
 
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
         let store = Arc::new(BlockStore::default());
-        let output = |partition: u32| MapOutputRef {
-            job: 1,
-            stage: 0,
-            partition,
-            attempt: 0,
-            worker_id: 7,
-            flight_addr: String::new(),
-        };
         // Map tasks 0 and 2 wrote rows to reduce partition 0; task 1 wrote none.
         for (map, values) in [(0u32, vec![1i64, 2]), (2, vec![3])] {
             let mut writer = store.writer(Arc::clone(&schema), 1);
             let column = Arc::new(Int64Array::from(values));
-            writer
-                .push(
-                    0,
-                    RecordBatch::try_new(Arc::clone(&schema), vec![column]).unwrap(),
-                )
-                .unwrap();
-            writer
-                .finish(BlockKey {
-                    job: 1,
-                    stage: 0,
-                    map_partition: map,
-                    reduce_partition: 0,
-                    attempt: 0,
-                })
-                .unwrap();
+            let batch = RecordBatch::try_new(Arc::clone(&schema), vec![column]).unwrap();
+            writer.push(0, batch).unwrap();
+            writer.finish(map_output(map)).unwrap();
         }
-        let env = ShuffleEnv {
-            job: 1,
-            local_worker: 7,
-            store,
-            flight: Arc::default(),
-            inputs: [(
-                0,
-                StageOutputs {
-                    partitions: 3,
-                    outputs: vec![output(0), output(2)],
-                },
-            )]
-            .into(),
-            reads: 0..1,
-            local_read_bytes: AtomicU64::new(0),
-            remote_read_bytes: Arc::default(),
-            counters: Default::default(),
-        };
-        let ctx = Arc::new(
-            TaskContext::default()
-                .with_session_config(SessionConfig::new().with_extension(Arc::new(env))),
-        );
+        let ctx = task_context(store, 3, &[0, 2], 0..1);
         let read = |mode: ReadMode, partitions: usize, partition: usize| {
             let reader = ShuffleReaderExec::new(0, mode, partitions, Arc::clone(&schema));
-            let ctx = Arc::clone(&ctx);
-            async move {
-                let batches: Vec<RecordBatch> = reader
-                    .execute(partition, ctx)
-                    .unwrap()
-                    .try_collect()
-                    .await
-                    .unwrap();
-                let mut values: Vec<i64> = batches
-                    .iter()
-                    .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
-                    .collect();
-                values.sort();
-                values
-            }
+            sorted_values(reader, partition, Arc::clone(&ctx))
         };
         assert_eq!(read(ReadMode::Gather, 1, 0).await, [1, 2, 3]);
         assert_eq!(read(ReadMode::PerMap, 3, 1).await, Vec::<i64>::new());
@@ -1071,14 +1015,85 @@ mod tests {
         );
     }
 
+    /// The name of map task `map`'s output of stage 0 of job 1 (its first block).
+    fn map_output(map: u32) -> BlockKey {
+        BlockKey {
+            job: 1,
+            stage: 0,
+            map_partition: map,
+            reduce_partition: 0,
+            attempt: 0,
+        }
+    }
+
+    /// A task of job 1 on worker 7 whose stage 0, of `partitions` map tasks, wrote the
+    /// outputs of map tasks `maps` into `store`, reading partitions `reads`.
+    fn task_context(
+        store: Arc<BlockStore>,
+        partitions: u32,
+        maps: &[u32],
+        reads: std::ops::Range<u32>,
+    ) -> Arc<TaskContext> {
+        let outputs = (maps.iter())
+            .map(|&partition| MapOutputRef {
+                job: 1,
+                stage: 0,
+                partition,
+                attempt: 0,
+                worker_id: 7,
+                flight_addr: String::new(),
+            })
+            .collect();
+        let env = ShuffleEnv {
+            job: 1,
+            local_worker: 7,
+            store,
+            flight: Arc::default(),
+            inputs: [(
+                0,
+                StageOutputs {
+                    partitions,
+                    outputs,
+                },
+            )]
+            .into(),
+            reads,
+            local_read_bytes: AtomicU64::new(0),
+            remote_read_bytes: Arc::default(),
+            counters: Default::default(),
+        };
+        let config = datafusion::prelude::SessionConfig::new().with_extension(Arc::new(env));
+        Arc::new(TaskContext::default().with_session_config(config))
+    }
+
+    /// The values of column 0 (an Int64) that `reader` reads for `partition`, sorted.
+    async fn sorted_values(
+        reader: ShuffleReaderExec,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> Vec<i64> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::Int64Type;
+        let batches: Vec<RecordBatch> = reader
+            .execute(partition, ctx)
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let mut values: Vec<i64> = (batches.iter())
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        values.sort();
+        values
+    }
+
     /// A task the scheduler coalesced others into reads their partitions too, where
     /// its own partition is read; its run ends at the reader's last partition whatever
     /// the launch said.
     #[tokio::test]
     async fn a_coalesced_reader_reads_the_partitions_of_its_run() {
-        use arrow::array::{AsArray, Int64Array};
-        use arrow::datatypes::{DataType, Field, Int64Type};
-        use datafusion::prelude::SessionConfig;
+        use arrow::array::Int64Array;
+        use arrow::datatypes::{DataType, Field};
 
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
         let store = Arc::new(BlockStore::default());
@@ -1090,62 +1105,15 @@ mod tests {
                 let batch = RecordBatch::try_new(Arc::clone(&schema), vec![column]).unwrap();
                 writer.push(reduce as usize, batch).unwrap();
             }
-            writer
-                .finish(BlockKey {
-                    job: 1,
-                    stage: 0,
-                    map_partition: map,
-                    reduce_partition: 0,
-                    attempt: 0,
-                })
-                .unwrap();
+            writer.finish(map_output(map)).unwrap();
         }
         let read = |reads: std::ops::Range<u32>, mode: ReadMode, partition: usize| {
-            let output = |partition| MapOutputRef {
-                job: 1,
-                stage: 0,
-                partition,
-                attempt: 0,
-                worker_id: 7,
-                flight_addr: String::new(),
-            };
-            let env = ShuffleEnv {
-                job: 1,
-                local_worker: 7,
-                store: Arc::clone(&store),
-                flight: Arc::default(),
-                inputs: [(
-                    0,
-                    StageOutputs {
-                        partitions: 2,
-                        outputs: vec![output(0), output(1)],
-                    },
-                )]
-                .into(),
-                reads,
-                local_read_bytes: AtomicU64::new(0),
-                remote_read_bytes: Arc::default(),
-                counters: Default::default(),
-            };
-            let ctx = Arc::new(
-                TaskContext::default()
-                    .with_session_config(SessionConfig::new().with_extension(Arc::new(env))),
-            );
             let reader = ShuffleReaderExec::new(0, mode, 4, Arc::clone(&schema));
-            async move {
-                let batches: Vec<RecordBatch> = reader
-                    .execute(partition, ctx)
-                    .unwrap()
-                    .try_collect()
-                    .await
-                    .unwrap();
-                let mut values: Vec<i64> = batches
-                    .iter()
-                    .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
-                    .collect();
-                values.sort();
-                values
-            }
+            sorted_values(
+                reader,
+                partition,
+                task_context(Arc::clone(&store), 2, &[0, 1], reads),
+            )
         };
         assert_eq!(read(1..3, ReadMode::Gather, 1).await, [1, 2, 11, 12]);
         assert_eq!(read(1..2, ReadMode::Gather, 1).await, [1, 11]);
