@@ -251,9 +251,7 @@ fn filter_shuffled_scans(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn Executi
 /// A build side that reads whole tables is most likely a dimension every probe row
 /// has a key in: filtering by it would cost a hash lookup per row for nothing.
 fn drops_rows(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    let dropping = |n: &Arc<dyn ExecutionPlan>| {
-        n.downcast_ref::<FilterExec>().is_some() || n.downcast_ref::<HashJoinExec>().is_some()
-    };
+    let dropping = |n: &Arc<dyn ExecutionPlan>| n.is::<FilterExec>() || n.is::<HashJoinExec>();
     matches!(plan.exists(|n| Ok(dropping(n))), Ok(true))
 }
 
@@ -262,11 +260,11 @@ fn drops_rows(plan: &Arc<dyn ExecutionPlan>) -> bool {
 /// hash joins of such, nothing limited and nothing volatile.
 fn same_keys_every_run(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let settled = |node: &Arc<dyn ExecutionPlan>| {
-        let kind_ok = node.downcast_ref::<DataSourceExec>().is_some()
-            || node.downcast_ref::<FilterExec>().is_some()
-            || node.downcast_ref::<ProjectionExec>().is_some()
-            || node.downcast_ref::<RepartitionExec>().is_some()
-            || node.downcast_ref::<CoalescePartitionsExec>().is_some()
+        let kind_ok = node.is::<DataSourceExec>()
+            || node.is::<FilterExec>()
+            || node.is::<ProjectionExec>()
+            || node.is::<RepartitionExec>()
+            || node.is::<CoalescePartitionsExec>()
             || node.downcast_ref::<HashJoinExec>().is_some_and(|j| {
                 matches!(
                     j.join_type(),
@@ -306,7 +304,7 @@ impl ScanFilter<'_> {
         if plan.fetch().is_some() {
             return Ok(None);
         }
-        if plan.downcast_ref::<DataSourceExec>().is_some() {
+        if plan.is::<DataSourceExec>() {
             if !shuffled {
                 return Ok(None);
             }
@@ -366,7 +364,7 @@ impl ScanFilter<'_> {
             };
             return Some((0, keys, false));
         }
-        if plan.downcast_ref::<RepartitionExec>().is_some() {
+        if plan.is::<RepartitionExec>() {
             return Some((0, keys.to_vec(), true));
         }
         let join = plan.downcast_ref::<HashJoinExec>()?;
