@@ -219,6 +219,7 @@ async fn queries(spec: &Value, benchmark: Benchmark, drove: bool) -> Result<Valu
     let out = path(spec, "output")?;
     std::fs::create_dir_all(&out)?;
     let iterations = number(spec, "iterations")?;
+    let in_turns = spec["in_turns"].as_bool() == Some(true);
     let partitions = (number(spec, "workers")? * number(spec, "slots")?) as usize;
     let session = bench_session(spec, drove, &data, benchmark).await?;
     let ctx = bench_context(&data, benchmark, partitions, !drove).await?;
@@ -229,6 +230,7 @@ async fn queries(spec: &Value, benchmark: Benchmark, drove: bool) -> Result<Valu
         let mut ms = Vec::new();
         let mut last = Vec::new();
         for _ in 0..iterations {
+            let _turn = in_turns.then(Turn::wait).transpose()?;
             let started = Instant::now();
             let answer = match &session {
                 Some(s) => s
@@ -257,6 +259,30 @@ async fn queries(spec: &Value, benchmark: Benchmark, drove: bool) -> Result<Valu
         s.shutdown().await;
     }
     Ok(json!({ "times": times, "errors": errors }))
+}
+
+/// A turn to run one timed iteration, with `in_turns` in the spec: the engines of a
+/// workload run at once and take turns (see [`crate::measure::run_in_turns`]), so that
+/// a slow spell of a shared machine falls on both sides of a comparison alike. The
+/// turn is waited for on stdin (a line, or its end, which frees the engine to go on
+/// alone) and handed back on stdout when dropped.
+struct Turn;
+
+impl Turn {
+    fn wait() -> Result<Self> {
+        let mut line = String::new();
+        tokio::task::block_in_place(|| std::io::stdin().read_line(&mut line))
+            .context("waiting for a turn on stdin")?;
+        Ok(Self)
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", crate::measure::TURN_DONE);
+        let _ = out.flush();
+    }
 }
 
 /// The shuffle workload's queries over lineitem, by name. Each has an all-to-all

@@ -384,6 +384,16 @@ fn utc_now() -> String {
 /// Peers slower than this per run are run once, so a full run ends in under an hour.
 const PEER_RUN_ONCE_AFTER_S: u64 = 120;
 
+/// The longest an engine's run may take.
+const RUN_LIMIT: Duration = Duration::from_secs(3 * 3600);
+
+fn outcome(measured: Result<Measured>) -> Outcome {
+    match measured {
+        Ok(m) => Outcome::Ran(m),
+        Err(e) => Outcome::Failed(format!("{e:#}")),
+    }
+}
+
 /// One engine's outcome in a workload: its measurements, or why it has none.
 enum Outcome {
     Ran(Measured),
@@ -407,6 +417,46 @@ impl Plan {
 
     /// Runs an engine: the Rust ones through `xtask engine`, the peers in Python.
     fn run(&self, engine: &str, workload: &str, extra: Value) -> Outcome {
+        let (command, log) = match self.command(engine, workload, extra) {
+            Ok(c) => c,
+            Err(missing) => return missing,
+        };
+        println!("  running {engine} ({workload})");
+        outcome(measure::run(command, &log, RUN_LIMIT))
+    }
+
+    /// Runs the engines at once, taking turns at each timed step (see
+    /// [`measure::run_in_turns`]); each with its own extra spec.
+    fn run_in_turns(&self, workload: &str, engines: Vec<(&str, Value)>) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = Vec::new();
+        let mut commands = Vec::new();
+        let mut names = Vec::new();
+        for (engine, mut extra) in engines {
+            extra["in_turns"] = json!(true);
+            match self.command(engine, workload, extra) {
+                Ok(c) => {
+                    commands.push(c);
+                    names.push(engine);
+                    outcomes.push(None);
+                }
+                Err(missing) => outcomes.push(Some(missing)),
+            }
+        }
+        println!("  running {} in turns ({workload})", names.join(" and "));
+        let mut ran = measure::run_in_turns(commands, RUN_LIMIT).into_iter();
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| outcome(ran.next().expect("one result per command"))))
+            .collect()
+    }
+
+    /// The command that runs an engine, and the log for its stderr; or why it cannot run.
+    fn command(
+        &self,
+        engine: &str,
+        workload: &str,
+        extra: Value,
+    ) -> Result<(Command, PathBuf), Outcome> {
         let mut spec = self.base_spec(engine, workload);
         for (k, v) in extra.as_object().into_iter().flatten() {
             spec[k] = v.clone();
@@ -414,7 +464,7 @@ impl Plan {
         let command = match engine {
             "pyspark" | "dask" => {
                 let Some(peers) = &self.peers else {
-                    return Outcome::Missing("not run (--no-peers)".into());
+                    return Err(Outcome::Missing("not run (--no-peers)".into()));
                 };
                 let peer = if engine == "pyspark" {
                     Peer::Pyspark
@@ -422,7 +472,7 @@ impl Plan {
                     Peer::Dask
                 };
                 if !self.args.peers.contains(&peer) {
-                    return Outcome::Missing("not run (not in --peers)".into());
+                    return Err(Outcome::Missing("not run (not in --peers)".into()));
                 }
                 let available = if engine == "pyspark" {
                     &peers.spark
@@ -430,10 +480,10 @@ impl Plan {
                     &peers.dask
                 };
                 if let Err(e) = available {
-                    return Outcome::Missing(e.clone());
+                    return Err(Outcome::Missing(e.clone()));
                 }
                 let Some(python) = &peers.python else {
-                    return Outcome::Missing("no Python environment".into());
+                    return Err(Outcome::Missing("no Python environment".into()));
                 };
                 let script = if engine == "pyspark" {
                     "spark_bench.py"
@@ -461,11 +511,7 @@ impl Plan {
             .run_dir
             .join("logs")
             .join(format!("{workload}-{engine}.log"));
-        println!("  running {engine} ({workload})");
-        match measure::run(command, &log, Duration::from_secs(3 * 3600)) {
-            Ok(m) => Outcome::Ran(m),
-            Err(e) => Outcome::Failed(format!("{e:#}")),
-        }
+        Ok((command, log))
     }
 
     fn out(&self, name: &str) -> PathBuf {
@@ -646,7 +692,7 @@ fn queries_workload(plan: &Plan, benchmark: Benchmark) -> Result<(String, Value,
     let tables = benchmark.tables();
     // DataFusion first: the others are checked against it.
     let engines = ["datafusion", "drove", "pyspark"];
-    let mut outcomes = Vec::new();
+    let mut specs = Vec::new();
     for engine in engines {
         let output = plan.out(&format!("{key}-{engine}"));
         let mut extra = json!({
@@ -659,8 +705,13 @@ fn queries_workload(plan: &Plan, benchmark: Benchmark) -> Result<(String, Value,
         }
         let _ = std::fs::remove_dir_all(&output);
         std::fs::create_dir_all(&output)?;
-        outcomes.push(plan.run(engine, key, extra));
+        specs.push((engine, extra));
     }
+    // drove and DataFusion take turns query by query, so that what the machine's other
+    // load costs falls on both alike; PySpark, much slower, runs after them.
+    let pyspark = specs.pop().expect("three engines");
+    let mut outcomes = plan.run_in_turns(key, specs);
+    outcomes.push(plan.run(pyspark.0, key, pyspark.1));
     // Each engine's median per query it answered as DataFusion did, or why not.
     let mut answers: Vec<HashMap<usize, Result<Vec<f64>, &'static str>>> = Vec::new();
     let mut problems = Vec::new();
@@ -732,7 +783,7 @@ fn queries_workload(plan: &Plan, benchmark: Benchmark) -> Result<(String, Value,
         answers.push(by_query);
     }
     let mut md = format!(
-        "### {key} — {} scale {}, {} iterations, median ms (min–max)\n\n| query | drove | DataFusion | PySpark | drove / DataFusion | PySpark / drove |\n|---|---|---|---|---|---|\n",
+        "### {key} — {} scale {}, {} iterations (drove and DataFusion taking turns), median ms (min–max)\n\n| query | drove | DataFusion | PySpark | drove / DataFusion | PySpark / drove |\n|---|---|---|---|---|---|\n",
         benchmark.name(),
         plan.scale,
         plan.iterations

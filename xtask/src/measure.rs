@@ -2,7 +2,7 @@
 //! the parent samples the tree's resident memory to report its peak.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,41 +60,182 @@ pub fn tree_rss(root: u32) -> u64 {
         * 4096
 }
 
+/// The line an engine prints on stdout when it hands its turn back.
+pub const TURN_DONE: &str = "TURN DONE";
+
 /// Runs `command` to completion (at most `limit`), sampling its memory, and returns
 /// its `RESULT`. Its stderr goes to `log`.
-pub fn run(mut command: Command, log: &Path, limit: Duration) -> Result<Measured> {
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir)?;
+pub fn run(command: Command, log: &Path, limit: Duration) -> Result<Measured> {
+    run_in_turns(vec![(command, log.to_path_buf())], limit)
+        .pop()
+        .expect("one result per command")
+}
+
+/// Runs the commands at once, each to completion (all within `limit`), letting one at
+/// a time go on: each waits for a line on its stdin before each step it times, and
+/// prints [`TURN_DONE`] when the step is done, which hands the turn to the next one
+/// still running. A command that never asks keeps its turn until its output ends.
+/// Returns each one's `RESULT`
+/// and peak memory, in order; the stderr of each goes to its log.
+pub fn run_in_turns(commands: Vec<(Command, PathBuf)>, limit: Duration) -> Vec<Result<Measured>> {
+    let (events, turns) = std::sync::mpsc::channel::<(usize, Option<String>)>();
+    let mut children = Vec::new();
+    for (i, (mut command, log)) in commands.into_iter().enumerate() {
+        let description = format!("{command:?}");
+        let started = log
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Ok(std::fs::File::create(&log)?))
+            .and_then(|stderr| {
+                command
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(stderr)
+                    .spawn()
+                    .with_context(|| format!("starting {description}"))
+            });
+        let running = started.map(|mut child| {
+            let stdout = child.stdout.take().expect("piped stdout");
+            let events = events.clone();
+            // Lines as they come (turns handed back), then the end of the output.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if events.send((i, Some(line))).is_err() {
+                        return;
+                    }
+                }
+                let _ = events.send((i, None));
+            });
+            Child {
+                stdin: child.stdin.take(),
+                process: child,
+                output: String::new(),
+                peak: 0,
+                ended: false,
+                exit: None,
+            }
+        });
+        children.push((running, description, log));
     }
-    let description = format!("{command:?}");
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log)?)
-        .spawn()
-        .with_context(|| format!("starting {description}"))?;
-    let mut stdout = child.stdout.take().context("piped stdout")?;
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
+    drop(events);
     let started = Instant::now();
-    let mut peak = 0;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        peak = peak.max(tree_rss(child.id()));
-        if started.elapsed() > limit {
-            let _ = Command::new("pkill")
-                .args(["-KILL", "-P", &child.id().to_string()])
-                .status();
-            let _ = child.kill();
-            bail!("{description} ran past {limit:?}; see {}", log.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let live = |children: &[(Result<Child>, String, PathBuf)], from: usize| {
+        (0..children.len())
+            .map(|k| (from + k) % children.len())
+            .find(|&k| matches!(&children[k].0, Ok(c) if !c.done()))
     };
-    let out = reader.join().unwrap_or_default();
+    let mut turn = live(&children, 0);
+    if let Some(k) = turn {
+        give_turn(&mut children[k].0);
+    }
+    while turn.is_some() && started.elapsed() <= limit {
+        let event = turns.recv_timeout(Duration::from_millis(50));
+        if let Ok((i, line)) = event
+            && let Ok(child) = &mut children[i].0
+        {
+            let handed_back = match line {
+                Some(line) if line == TURN_DONE => true,
+                Some(line) => {
+                    child.output.push_str(&line);
+                    child.output.push('\n');
+                    false
+                }
+                None => {
+                    child.ended = true;
+                    true
+                }
+            };
+            if handed_back && turn == Some(i) {
+                turn = live(&children, i + 1);
+                if let Some(k) = turn {
+                    give_turn(&mut children[k].0);
+                }
+            }
+        }
+        let mut exited = Vec::new();
+        for (i, (child, _, _)) in children.iter_mut().enumerate() {
+            let Ok(c) = child else { continue };
+            if c.done() {
+                continue;
+            }
+            c.peak = c.peak.max(tree_rss(c.process.id()));
+            // A process that exited is done even if a descendant still holds its stdout
+            // (a peer's worker processes may outlive it a while).
+            c.exit = c.process.try_wait().ok().flatten();
+            if c.exit.is_some() {
+                exited.push(i);
+            }
+        }
+        if let Some(i) = turn.filter(|t| exited.contains(t)) {
+            turn = live(&children, i + 1);
+            if let Some(k) = turn {
+                give_turn(&mut children[k].0);
+            }
+        }
+    }
+    // What the exited ones printed last (their RESULT) may still be on its way.
+    while let Ok((i, line)) = turns.recv_timeout(Duration::from_millis(200)) {
+        if let (Ok(c), Some(line)) = (&mut children[i].0, line)
+            && line != TURN_DONE
+        {
+            c.output.push_str(&line);
+            c.output.push('\n');
+        }
+    }
+    children
+        .into_iter()
+        .map(|(child, description, log)| finish(child?, &description, &log, limit))
+        .collect()
+}
+
+/// A running engine of [`run_in_turns`].
+struct Child {
+    process: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    /// Its stdout so far, but for the turns it handed back.
+    output: String,
+    peak: u64,
+    /// Whether its stdout has ended.
+    ended: bool,
+    exit: Option<std::process::ExitStatus>,
+}
+
+impl Child {
+    fn done(&self) -> bool {
+        self.ended || self.exit.is_some()
+    }
+}
+
+/// Lets a child take its next step. One that has stopped reading is left alone: its
+/// stdout's end ends its turn.
+fn give_turn(child: &mut Result<Child>) {
+    if let Ok(c) = child
+        && let Some(stdin) = &mut c.stdin
+        && (writeln!(stdin).is_err() || stdin.flush().is_err())
+    {
+        c.stdin = None;
+    }
+}
+
+/// Waits for `child` to exit (killing it if it ran past `limit`) and reads its
+/// `RESULT`.
+fn finish(mut child: Child, description: &str, log: &Path, limit: Duration) -> Result<Measured> {
+    // Its stdin closed: an engine still waiting for a turn goes on alone.
+    drop(child.stdin.take());
+    let status = if let Some(status) = child.exit {
+        status
+    } else if child.ended {
+        child.process.wait()?
+    } else {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-P", &child.process.id().to_string()])
+            .status();
+        let _ = child.process.kill();
+        let _ = child.process.wait();
+        bail!("{description} ran past {limit:?}; see {}", log.display());
+    };
     if !status.success() {
         let tail: String = std::fs::read_to_string(log)
             .unwrap_or_default()
@@ -111,14 +252,15 @@ pub fn run(mut command: Command, log: &Path, limit: Duration) -> Result<Measured
             log.display()
         );
     }
-    let line = out
+    let line = child
+        .output
         .lines()
         .rev()
         .find_map(|l| l.strip_prefix("RESULT "))
         .with_context(|| format!("{description} printed no RESULT line"))?;
     Ok(Measured {
         result: serde_json::from_str(line)?,
-        peak_rss_bytes: peak,
+        peak_rss_bytes: child.peak,
     })
 }
 
