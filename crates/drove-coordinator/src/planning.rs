@@ -15,6 +15,7 @@ use datafusion::sql::parser::DFParser;
 use drove_exec::cache::{CacheCodec, CachedTable};
 use drove_exec::confine::AllowedPaths;
 use drove_exec::planner::{self, OutputMode, Stage};
+use drove_exec::scan_split;
 use drove_exec::shuffle::schema_to_bytes;
 use drove_exec::tables::{self, TableSpec};
 use drove_exec::{codec, session};
@@ -323,7 +324,8 @@ fn check_plan_paths(plan: &Arc<dyn ExecutionPlan>, rules: &JobRules) -> Result<(
     }
 }
 
-/// The physical plan of `logical`, made fit for tasks (see [`planner::prepare`]).
+/// The physical plan of `logical`, its split Parquet files cut at even rows (see
+/// [`scan_split::balance`]) and made fit for tasks (see [`planner::prepare`]).
 async fn physical_plan(
     ctx: &SessionContext,
     logical: &LogicalPlan,
@@ -334,6 +336,7 @@ async fn physical_plan(
         .create_physical_plan(logical)
         .await
         .map_err(|e| explain_missing_table(e, names))?;
+    let physical = scan_split::balance(physical, &ctx.runtime_env()).await?;
     Ok(planner::prepare(physical)?)
 }
 
