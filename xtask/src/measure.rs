@@ -121,17 +121,10 @@ pub fn run_in_turns(commands: Vec<(Command, PathBuf)>, limit: Duration) -> Vec<R
     }
     drop(events);
     let started = Instant::now();
-    let live = |children: &[(Result<Child>, String, PathBuf)], from: usize| {
-        (0..children.len())
-            .map(|k| (from + k) % children.len())
-            .find(|&k| matches!(&children[k].0, Ok(c) if !c.done()))
-    };
-    let mut turn = live(&children, 0);
-    if let Some(k) = turn {
-        give_turn(&mut children[k].0);
-    }
+    let mut sampled = started;
+    let mut turn = pass_turn(&mut children, 0);
     while turn.is_some() && started.elapsed() <= limit {
-        let event = turns.recv_timeout(Duration::from_millis(50));
+        let event = turns.recv_timeout(SAMPLE_EVERY);
         if let Ok((i, line)) = event
             && let Ok(child) = &mut children[i].0
         {
@@ -148,12 +141,14 @@ pub fn run_in_turns(commands: Vec<(Command, PathBuf)>, limit: Duration) -> Vec<R
                 }
             };
             if handed_back && turn == Some(i) {
-                turn = live(&children, i + 1);
-                if let Some(k) = turn {
-                    give_turn(&mut children[k].0);
-                }
+                turn = pass_turn(&mut children, i + 1);
             }
         }
+        // Sampled every 50 ms at most: reading /proc costs the engine whose turn it is.
+        if sampled.elapsed() < SAMPLE_EVERY {
+            continue;
+        }
+        sampled = Instant::now();
         let mut exited = Vec::new();
         for (i, (child, _, _)) in children.iter_mut().enumerate() {
             let Ok(c) = child else { continue };
@@ -169,10 +164,7 @@ pub fn run_in_turns(commands: Vec<(Command, PathBuf)>, limit: Duration) -> Vec<R
             }
         }
         if let Some(i) = turn.filter(|t| exited.contains(t)) {
-            turn = live(&children, i + 1);
-            if let Some(k) = turn {
-                give_turn(&mut children[k].0);
-            }
+            turn = pass_turn(&mut children, i + 1);
         }
     }
     // What the exited ones printed last (their RESULT) may still be on its way.
@@ -189,6 +181,9 @@ pub fn run_in_turns(commands: Vec<(Command, PathBuf)>, limit: Duration) -> Vec<R
         .map(|(child, description, log)| finish(child?, &description, &log, limit))
         .collect()
 }
+
+/// How often [`run_in_turns`] samples memory and looks for exited processes.
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
 /// A running engine of [`run_in_turns`].
 struct Child {
@@ -208,15 +203,21 @@ impl Child {
     }
 }
 
-/// Lets a child take its next step. One that has stopped reading is left alone: its
-/// stdout's end ends its turn.
-fn give_turn(child: &mut Result<Child>) {
-    if let Ok(c) = child
+/// Gives the turn to the first child from `from` on (in a circle) that is not done,
+/// and returns which one; `None` when all are done. One that has stopped reading its
+/// stdin is left to go on: its output's end ends its turn.
+fn pass_turn(children: &mut [(Result<Child>, String, PathBuf)], from: usize) -> Option<usize> {
+    let n = children.len();
+    let k = (0..n)
+        .map(|k| (from + k) % n)
+        .find(|&k| matches!(&children[k].0, Ok(c) if !c.done()))?;
+    if let Ok(c) = &mut children[k].0
         && let Some(stdin) = &mut c.stdin
         && (writeln!(stdin).is_err() || stdin.flush().is_err())
     {
         c.stdin = None;
     }
+    Some(k)
 }
 
 /// Waits for `child` to exit (killing it if it ran past `limit`) and reads its
