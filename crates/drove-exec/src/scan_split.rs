@@ -35,16 +35,16 @@ pub async fn balance(
     plan: Arc<dyn ExecutionPlan>,
     runtime: &RuntimeEnv,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    // By location: the store each is in, and the file.
-    let mut files: HashMap<String, (ObjectStoreUrl, PartitionedFile)> = HashMap::new();
+    // Each split file once, by its store and location.
+    let mut files: HashMap<(String, String), (ObjectStoreUrl, PartitionedFile)> = HashMap::new();
     plan.apply(|node| {
         if let Some(config) = parquet_scan(node) {
-            for file in config.file_groups.iter().flat_map(|g| g.iter()) {
-                if file.range.is_some() {
-                    let location = file.object_meta.location.to_string();
-                    (files.entry(location))
-                        .or_insert_with(|| (config.object_store_url.clone(), file.clone()));
-                }
+            for (location, pieces) in split_files(config) {
+                let key = (config.object_store_url.to_string(), location);
+                let (g, i, _) = pieces[0];
+                let file = &config.file_groups[g][i];
+                (files.entry(key))
+                    .or_insert_with(|| (config.object_store_url.clone(), file.clone()));
             }
         }
         Ok(TreeNodeRecursion::Continue)
@@ -53,8 +53,8 @@ pub async fn balance(
         return Ok(plan);
     }
     let cache = runtime.cache_manager.get_file_metadata_cache();
-    let mut starts: HashMap<String, Vec<RowGroupStart>> = HashMap::new();
-    for (location, (url, file)) in files {
+    let mut starts: HashMap<(String, String), Vec<RowGroupStart>> = HashMap::new();
+    for (key, (url, file)) in files {
         let Ok(store) = runtime.object_store(&url) else {
             continue;
         };
@@ -63,7 +63,7 @@ pub async fn balance(
             .fetch_metadata()
             .await;
         if let Ok(footer) = footer {
-            starts.insert(location, row_group_starts(&footer));
+            starts.insert(key, row_group_starts(&footer));
         }
     }
     let balanced = plan.transform_up(|node| {
@@ -72,8 +72,11 @@ pub async fn balance(
         };
         let mut config = config.clone();
         let mut changed = false;
-        for (location, row_groups) in &starts {
-            changed |= rebalance(&mut config, location, row_groups);
+        for (location, pieces) in split_files(&config) {
+            let key = (config.object_store_url.to_string(), location);
+            if let Some(row_groups) = starts.get(&key) {
+                changed |= rebalance(&mut config, pieces, row_groups);
+            }
         }
         if changed {
             Ok(Transformed::yes(
@@ -84,6 +87,30 @@ pub async fn balance(
         }
     })?;
     Ok(balanced.data)
+}
+
+/// A piece of a file in a scan: its group, its index in the group, and its range.
+type Piece = (usize, usize, FileRange);
+
+/// The files of `config` cut into two ranges or more, by location, with their pieces in
+/// file order.
+fn split_files(config: &FileScanConfig) -> HashMap<String, Vec<Piece>> {
+    let mut files: HashMap<String, Vec<Piece>> = HashMap::new();
+    for (g, group) in config.file_groups.iter().enumerate() {
+        for (i, file) in group.iter().enumerate() {
+            if let Some(range) = &file.range {
+                (files
+                    .entry(file.object_meta.location.to_string())
+                    .or_default())
+                .push((g, i, range.clone()));
+            }
+        }
+    }
+    files.retain(|_, pieces| pieces.len() > 1);
+    for pieces in files.values_mut() {
+        pieces.sort_by_key(|(_, _, r)| r.start);
+    }
+    files
 }
 
 /// Where a row group starts (as DataFusion places it in a range: the offset of its
@@ -123,21 +150,13 @@ fn parquet_scan(node: &Arc<dyn ExecutionPlan>) -> Option<&FileScanConfig> {
     (config.file_source().file_type() == "parquet").then_some(config)
 }
 
-/// Moves the ranges of the file at `location` in `config` to the boundaries
-/// [`boundaries`] gives; whether any moved.
-fn rebalance(config: &mut FileScanConfig, location: &str, row_groups: &[RowGroupStart]) -> bool {
-    // (group, index in group, range) of each piece of the file, in file order.
-    let mut pieces: Vec<(usize, usize, FileRange)> = Vec::new();
-    for (g, group) in config.file_groups.iter().enumerate() {
-        for (i, file) in group.iter().enumerate() {
-            if file.object_meta.location.as_ref() == location
-                && let Some(range) = &file.range
-            {
-                pieces.push((g, i, range.clone()));
-            }
-        }
-    }
-    pieces.sort_by_key(|(_, _, r)| r.start);
+/// Moves the ranges of a file's `pieces` in `config` to the boundaries [`boundaries`]
+/// gives; whether any moved.
+fn rebalance(
+    config: &mut FileScanConfig,
+    pieces: Vec<Piece>,
+    row_groups: &[RowGroupStart],
+) -> bool {
     let Some((_, _, last)) = pieces.last() else {
         return false;
     };
