@@ -220,17 +220,21 @@ async fn queries(spec: &Value, benchmark: Benchmark, drove: bool) -> Result<Valu
     std::fs::create_dir_all(&out)?;
     let iterations = number(spec, "iterations")?;
     let in_turns = spec["in_turns"].as_bool() == Some(true);
+    // Everything an engine does, not only what it times, happens in its turns: its
+    // setup or its writing would otherwise slow the other engine's timed runs.
+    let turn = || in_turns.then(Turn::wait).transpose();
     let partitions = (number(spec, "workers")? * number(spec, "slots")?) as usize;
+    let setup = turn()?;
     let session = bench_session(spec, drove, &data, benchmark).await?;
     let ctx = bench_context(&data, benchmark, partitions, !drove).await?;
+    drop(setup);
     let (mut times, mut errors) = (serde_json::Map::new(), serde_json::Map::new());
     'queries: for q in field(spec, "queries")?.as_array().context("queries")? {
         let q = q.as_u64().context("a query number")? as usize;
         let sql = benchmark.query(q)?;
         let mut ms = Vec::new();
-        let mut last = Vec::new();
-        for _ in 0..iterations {
-            let _turn = in_turns.then(Turn::wait).transpose()?;
+        for i in 0..iterations {
+            let _turn = turn()?;
             let started = Instant::now();
             let answer = match &session {
                 Some(s) => s
@@ -240,28 +244,32 @@ async fn queries(spec: &Value, benchmark: Benchmark, drove: bool) -> Result<Valu
                     .map_err(|e| e.to_string()),
                 None => run_statements(&ctx, sql).await.map_err(|e| e.to_string()),
             };
-            match answer {
-                Ok(batches) => last = batches,
+            let batches = match answer {
+                Ok(batches) => batches,
                 Err(e) => {
                     errors.insert(format!("q{q}"), json!(e));
                     continue 'queries;
                 }
-            }
+            };
             ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            if i + 1 == iterations {
+                std::fs::write(
+                    out.join(format!("q{q}.json")),
+                    serde_json::to_string(&rows_json(&batches)?)?,
+                )?;
+            }
         }
-        std::fs::write(
-            out.join(format!("q{q}.json")),
-            serde_json::to_string(&rows_json(&last)?)?,
-        )?;
         times.insert(format!("q{q}"), json!(ms));
     }
+    let _shutdown = turn()?;
     if let Some(s) = session {
         s.shutdown().await;
     }
     Ok(json!({ "times": times, "errors": errors }))
 }
 
-/// A turn to run one timed iteration, with `in_turns` in the spec: the engines of a
+/// A turn to run one step (setting up, one timed iteration, shutting down), with
+/// `in_turns` in the spec: the engines of a
 /// workload run at once and take turns (see [`crate::measure::run_in_turns`]), so that
 /// a slow spell of a shared machine falls on both sides of a comparison alike. The
 /// turn is waited for on stdin (a line, or its end, which frees the engine to go on

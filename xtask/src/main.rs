@@ -443,7 +443,9 @@ impl Plan {
             }
         }
         println!("  running {} in turns ({workload})", names.join(" and "));
-        let mut ran = measure::run_in_turns(commands, RUN_LIMIT).into_iter();
+        // Each engine's own time goes on while the others take their turns.
+        let limit = RUN_LIMIT * commands.len().max(1) as u32;
+        let mut ran = measure::run_in_turns(commands, limit).into_iter();
         outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| outcome(ran.next().expect("one result per command"))))
@@ -708,10 +710,16 @@ fn queries_workload(plan: &Plan, benchmark: Benchmark) -> Result<(String, Value,
         specs.push((engine, extra));
     }
     // drove and DataFusion take turns query by query, so that what the machine's other
-    // load costs falls on both alike; PySpark, much slower, runs after them.
-    let pyspark = specs.pop().expect("three engines");
-    let mut outcomes = plan.run_in_turns(key, specs);
-    outcomes.push(plan.run(pyspark.0, key, pyspark.1));
+    // load costs falls on both alike; PySpark, much slower, runs after them (it is
+    // last in `engines`, so the outcomes keep their order).
+    let (in_turns, after): (Vec<_>, Vec<_>) =
+        (specs.into_iter()).partition(|(engine, _)| *engine != "pyspark");
+    let mut outcomes = plan.run_in_turns(key, in_turns);
+    outcomes.extend(
+        after
+            .into_iter()
+            .map(|(engine, extra)| plan.run(engine, key, extra)),
+    );
     // Each engine's median per query it answered as DataFusion did, or why not.
     let mut answers: Vec<HashMap<usize, Result<Vec<f64>, &'static str>>> = Vec::new();
     let mut problems = Vec::new();

@@ -72,114 +72,106 @@ pub fn run(command: Command, log: &Path, limit: Duration) -> Result<Measured> {
 }
 
 /// Runs the commands at once, each to completion (all within `limit`), letting one at
-/// a time go on: each waits for a line on its stdin before each step it times, and
-/// prints [`TURN_DONE`] when the step is done, which hands the turn to the next one
-/// still running. A command that never asks keeps its turn until its output ends.
-/// Returns each one's `RESULT`
-/// and peak memory, in order; the stderr of each goes to its log.
+/// a time go on: each waits for a line on its stdin before each step, and prints
+/// [`TURN_DONE`] when the step is done, which hands the turn to the next one still
+/// running. A command that never asks keeps its turn until it ends. Returns each one's
+/// `RESULT` and peak memory, in order; the stderr of each goes to its log.
 pub fn run_in_turns(commands: Vec<(Command, PathBuf)>, limit: Duration) -> Vec<Result<Measured>> {
-    let (events, turns) = std::sync::mpsc::channel::<(usize, Option<String>)>();
-    let mut children = Vec::new();
-    for (i, (mut command, log)) in commands.into_iter().enumerate() {
-        let description = format!("{command:?}");
-        let started = log
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .map_err(anyhow::Error::from)
-            .and_then(|()| Ok(std::fs::File::create(&log)?))
-            .and_then(|stderr| {
-                command
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(stderr)
-                    .spawn()
-                    .with_context(|| format!("starting {description}"))
-            });
-        let running = started.map(|mut child| {
-            let stdout = child.stdout.take().expect("piped stdout");
-            let events = events.clone();
-            // Lines as they come (turns handed back), then the end of the output.
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if events.send((i, Some(line))).is_err() {
-                        return;
+    let (events, lines) = std::sync::mpsc::channel::<(usize, Option<String>)>();
+    let mut children: Vec<(Result<Child>, String, PathBuf)> = (commands.into_iter())
+        .enumerate()
+        .map(|(i, (command, log))| {
+            let description = format!("{command:?}");
+            let child = spawn(command, &log, &description).map(|mut child| {
+                let stdout = child.stdout.take().expect("piped stdout");
+                let events = events.clone();
+                // Lines as they come, then the end of the output.
+                std::thread::spawn(move || {
+                    let mut stdout = BufReader::new(stdout);
+                    let mut line = Vec::new();
+                    while matches!(stdout.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                        if events.send((i, Some(text))).is_err() {
+                            return;
+                        }
+                        line.clear();
                     }
+                    let _ = events.send((i, None));
+                });
+                Child {
+                    stdin: child.stdin.take(),
+                    process: child,
+                    output: String::new(),
+                    peak: 0,
+                    ended: false,
+                    exit: None,
                 }
-                let _ = events.send((i, None));
             });
-            Child {
-                stdin: child.stdin.take(),
-                process: child,
-                output: String::new(),
-                peak: 0,
-                ended: false,
-                exit: None,
-            }
-        });
-        children.push((running, description, log));
-    }
+            (child, description, log)
+        })
+        .collect();
     drop(events);
     let started = Instant::now();
     let mut sampled = started;
     let mut turn = pass_turn(&mut children, 0);
-    while turn.is_some() && started.elapsed() <= limit {
-        let event = turns.recv_timeout(SAMPLE_EVERY);
-        if let Ok((i, line)) = event
+    while let Some(holder) = turn
+        && started.elapsed() <= limit
+    {
+        let mut handed_back = false;
+        if let Ok((i, line)) = lines.recv_timeout(SAMPLE_EVERY)
             && let Ok(child) = &mut children[i].0
         {
-            let handed_back = match line {
-                Some(line) if line == TURN_DONE => true,
-                Some(line) => {
-                    child.output.push_str(&line);
-                    child.output.push('\n');
-                    false
-                }
-                None => {
-                    child.ended = true;
-                    true
-                }
-            };
-            if handed_back && turn == Some(i) {
-                turn = pass_turn(&mut children, i + 1);
-            }
+            let done = child.take(line);
+            handed_back = i == holder && done;
         }
         // Sampled every 50 ms at most: reading /proc costs the engine whose turn it is.
-        if sampled.elapsed() < SAMPLE_EVERY {
-            continue;
-        }
-        sampled = Instant::now();
-        let mut exited = Vec::new();
-        for (i, (child, _, _)) in children.iter_mut().enumerate() {
-            let Ok(c) = child else { continue };
-            if c.done() {
-                continue;
-            }
-            c.peak = c.peak.max(tree_rss(c.process.id()));
-            // A process that exited is done even if a descendant still holds its stdout
-            // (a peer's worker processes may outlive it a while).
-            c.exit = c.process.try_wait().ok().flatten();
-            if c.exit.is_some() {
-                exited.push(i);
+        if sampled.elapsed() >= SAMPLE_EVERY {
+            sampled = Instant::now();
+            for (child, _, _) in &mut children {
+                if let Ok(c) = child
+                    && !c.done()
+                {
+                    c.peak = c.peak.max(tree_rss(c.process.id()));
+                    // Exited is done even if a descendant still holds its stdout (a
+                    // peer's worker processes may outlive it a while).
+                    c.exit = c.process.try_wait().ok().flatten();
+                }
             }
         }
-        if let Some(i) = turn.filter(|t| exited.contains(t)) {
-            turn = pass_turn(&mut children, i + 1);
+        if handed_back || matches!(&children[holder].0, Ok(c) if c.done()) {
+            turn = pass_turn(&mut children, holder + 1);
         }
     }
-    // What the exited ones printed last (their RESULT) may still be on its way.
-    while let Ok((i, line)) = turns.recv_timeout(Duration::from_millis(200)) {
-        if let (Ok(c), Some(line)) = (&mut children[i].0, line)
-            && line != TURN_DONE
-        {
-            c.output.push_str(&line);
-            c.output.push('\n');
+    // What the exited ones printed last (their RESULT) may still be on its way; a
+    // descendant holding their stdout must not keep this waiting.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while children
+        .iter()
+        .any(|(c, _, _)| matches!(c, Ok(c) if !c.ended))
+        && let Some(left) = deadline.checked_duration_since(Instant::now())
+        && let Ok((i, line)) = lines.recv_timeout(left)
+    {
+        if let Ok(child) = &mut children[i].0 {
+            child.take(line);
         }
     }
     children
         .into_iter()
         .map(|(child, description, log)| finish(child?, &description, &log, limit))
         .collect()
+}
+
+/// Starts `command` with piped stdin and stdout and its stderr in `log`.
+fn spawn(mut command: Command, log: &Path, description: &str) -> Result<std::process::Child> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .spawn()
+        .with_context(|| format!("starting {description}"))
 }
 
 /// How often [`run_in_turns`] samples memory and looks for exited processes.
@@ -200,6 +192,22 @@ struct Child {
 impl Child {
     fn done(&self) -> bool {
         self.ended || self.exit.is_some()
+    }
+
+    /// Takes a line of its stdout (`None`: the end of it); whether that ends its turn.
+    fn take(&mut self, line: Option<String>) -> bool {
+        match line {
+            Some(line) if line == TURN_DONE => true,
+            Some(line) => {
+                self.output.push_str(&line);
+                self.output.push('\n');
+                false
+            }
+            None => {
+                self.ended = true;
+                true
+            }
+        }
     }
 }
 
