@@ -268,12 +268,11 @@ async fn queries(spec: &Value, benchmark: Benchmark, drove: bool) -> Result<Valu
     Ok(json!({ "times": times, "errors": errors }))
 }
 
-/// A turn to run one step (setting up, one timed iteration, shutting down), with
-/// `in_turns` in the spec: the engines of a
-/// workload run at once and take turns (see [`crate::measure::run_in_turns`]), so that
-/// a slow spell of a shared machine falls on both sides of a comparison alike. The
-/// turn is waited for on stdin (a line, or its end, which frees the engine to go on
-/// alone) and handed back on stdout when dropped.
+/// A turn to take one step (setting up, one timed iteration, shutting down), with
+/// `in_turns` in the spec: the engines of a workload run at once and take turns (see
+/// [`crate::measure::run_in_turns`]), so that a slow spell of a shared machine falls on
+/// both sides of a comparison alike. The turn is waited for on stdin (a line, or its
+/// end, which frees the engine to go on alone) and handed back on stdout when dropped.
 struct Turn;
 
 impl Turn {

@@ -425,7 +425,7 @@ impl Plan {
         outcome(measure::run(command, &log, RUN_LIMIT))
     }
 
-    /// Runs the engines at once, taking turns at each timed step (see
+    /// Runs the engines at once, taking turns at each step (see
     /// [`measure::run_in_turns`]); each with its own extra spec.
     fn run_in_turns(&self, workload: &str, engines: Vec<(&str, Value)>) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = Vec::new();
