@@ -4,6 +4,24 @@ use drove_client::LocalClusterConfig;
 
 use crate::start;
 
+/// Runs `sql` over the CSV files in `dir` as table `t`, on a cluster of `config` that
+/// plans `files` partitions; the answer as a table, and the result.
+async fn query_over_files(
+    mut config: LocalClusterConfig,
+    dir: &tempfile::TempDir,
+    files: u64,
+    sql: &str,
+) -> (String, drove_client::QueryResult) {
+    config.coordinator.target_partitions = Some(files as usize);
+    let (_cluster, session) = start(config).await;
+    session.register_csv("t", dir.path()).await.unwrap();
+    let result = session.run_sql(sql).await.unwrap();
+    let shown = arrow::util::pretty::pretty_format_batches(&result.batches)
+        .unwrap()
+        .to_string();
+    (shown, result)
+}
+
 /// A stage whose tasks read no other stage's output has no reason to prefer a worker:
 /// two equal workers each run about half of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,22 +36,19 @@ async fn a_stage_without_locality_preferences_spreads_evenly() {
     // free their slots at the same pace however loaded the machine is, and the split
     // shows where the scheduler puts tasks rather than which in-process worker the OS
     // happened to run faster.
-    let mut config = LocalClusterConfig {
+    let config = LocalClusterConfig {
         workers: 2,
         slots: 2,
         task_delay_ms: vec![20; 2],
         ..Default::default()
     };
-    config.coordinator.target_partitions = Some(FILES as usize);
-    let (_cluster, session) = start(config).await;
-    session.register_csv("t", dir.path()).await.unwrap();
-    let result = session
-        .run_sql("SELECT count(*) AS c, sum(n) AS s FROM t")
-        .await
-        .unwrap();
-    let shown = arrow::util::pretty::pretty_format_batches(&result.batches)
-        .unwrap()
-        .to_string();
+    let (shown, result) = query_over_files(
+        config,
+        &dir,
+        FILES,
+        "SELECT count(*) AS c, sum(n) AS s FROM t",
+    )
+    .await;
     let expected = format!("| {FILES} | {} |", FILES * (FILES - 1) / 2);
     assert!(shown.contains(&expected), "{shown}");
     let stage = result
@@ -68,21 +83,13 @@ async fn small_partitions_of_a_wide_exchange_run_a_task_per_slot() {
         )
         .unwrap();
     }
-    let mut config = LocalClusterConfig {
+    let config = LocalClusterConfig {
         workers: 2,
         slots: 1,
         ..Default::default()
     };
-    config.coordinator.target_partitions = Some(FILES as usize);
-    let (_cluster, session) = start(config).await;
-    session.register_csv("t", dir.path()).await.unwrap();
-    let result = session
-        .run_sql("SELECT count(*) AS g, sum(c) AS c FROM (SELECT n % 997 AS k, count(*) AS c FROM t GROUP BY n % 997) x")
-        .await
-        .unwrap();
-    let shown = arrow::util::pretty::pretty_format_batches(&result.batches)
-        .unwrap()
-        .to_string();
+    let sql = "SELECT count(*) AS g, sum(c) AS c FROM (SELECT n % 997 AS k, count(*) AS c FROM t GROUP BY n % 997) x";
+    let (shown, result) = query_over_files(config, &dir, FILES, sql).await;
     assert!(shown.contains("| 997 | 4000 |"), "{shown}");
     let stages = &result.summary.stages;
     let reduce = (stages.iter())
