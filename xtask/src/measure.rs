@@ -77,7 +77,8 @@ pub fn run(command: Command, log: &Path, limit: Duration) -> Result<Measured> {
 /// running. A command that never asks keeps its turn until it ends. Returns each one's
 /// `RESULT` and peak memory, in order; the stderr of each goes to its log.
 pub fn run_in_turns(commands: Vec<(Command, PathBuf)>, limit: Duration) -> Vec<Result<Measured>> {
-    let (events, lines) = std::sync::mpsc::channel::<(usize, Option<String>)>();
+    // Bounded: a reader waits (and so does its engine's stdout) while the lines pile up.
+    let (events, lines) = std::sync::mpsc::sync_channel::<(usize, Option<String>)>(1024);
     let mut children: Vec<(Result<Child>, String, PathBuf)> = (commands.into_iter())
         .enumerate()
         .map(|(i, (command, log))| {
