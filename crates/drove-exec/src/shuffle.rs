@@ -952,24 +952,21 @@ mod tests {
 
     #[test]
     fn malformed_and_oversized_batch_tickets_are_refused() {
-        let unpaired = drove_proto::BlockTicket {
+        let refusal = |ticket: drove_proto::BlockTicket| {
+            block_keys(&ticket.encode_to_vec()).unwrap_err().to_string()
+        };
+        let e = refusal(drove_proto::BlockTicket {
             more_map_partitions: vec![1, 2],
             more_attempts: vec![0],
             ..Default::default()
-        };
-        let e = block_keys(&unpaired.encode_to_vec())
-            .unwrap_err()
-            .to_string();
+        });
         assert!(e.contains("they go in pairs"), "{e}");
-        let unpaired = drove_proto::BlockTicket {
+        let e = refusal(drove_proto::BlockTicket {
             more_map_partitions: vec![1, 2],
             more_attempts: vec![0, 0],
             more_reduce_partitions: vec![4],
             ..Default::default()
-        };
-        let e = block_keys(&unpaired.encode_to_vec())
-            .unwrap_err()
-            .to_string();
+        });
         assert!(e.contains("give one for each, or none"), "{e}");
         let many: Vec<BlockKey> = (0..=BLOCKS_PER_TICKET_MAX as u32)
             .map(|m| key(m, 0))
