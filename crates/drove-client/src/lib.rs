@@ -624,7 +624,39 @@ impl Session {
                 df: self.inner.ctx.read_empty()?,
             });
         }
-        let df = self.inner.ctx.sql(sql).await?;
+        let statements = datafusion::sql::parser::DFParser::parse_sql(sql)?;
+        if statements.len() <= 1 {
+            let df = self.inner.ctx.sql(sql).await?;
+            return Ok(DataFrame {
+                session: self.clone(),
+                df,
+            });
+        }
+        // A script (TPC-H Q15's CREATE VIEW, query, DROP VIEW): views are made and
+        // dropped here, where the query is planned; its plan holds what it reads of them.
+        use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+        let mut last = None;
+        for statement in statements {
+            let state = self.inner.ctx.state();
+            match state.statement_to_plan(statement).await? {
+                plan
+                @ LogicalPlan::Ddl(DdlStatement::CreateView(_) | DdlStatement::DropView(_)) => {
+                    self.inner.ctx.execute_logical_plan(plan).await?;
+                }
+                LogicalPlan::Ddl(_)
+                | LogicalPlan::Statement(_)
+                | LogicalPlan::Dml(_)
+                | LogicalPlan::Copy(_) => {
+                    return Err(Error::Config(
+                        "of several statements, Session::sql takes queries, CREATE VIEW and DROP VIEW only; run the others one at a time, or all with run_sql".into(),
+                    ));
+                }
+                query => last = Some(datafusion::dataframe::DataFrame::new(state, query)),
+            }
+        }
+        let df = last.ok_or_else(|| {
+            Error::Config("the SQL holds no query: give it a SELECT to return rows".into())
+        })?;
         Ok(DataFrame {
             session: self.clone(),
             df,
@@ -1418,7 +1450,7 @@ impl DataFrame {
     /// # }
     /// ```
     pub fn filter(self, predicate: Expr) -> Result<Self> {
-        self.map(|df| df.filter(predicate))
+        self.transform(|df| df.filter(predicate))
     }
 
     /// Computes these expressions for every row.
@@ -1431,7 +1463,7 @@ impl DataFrame {
     /// # }
     /// ```
     pub fn select(self, exprs: Vec<Expr>) -> Result<Self> {
-        self.map(|df| df.select(exprs))
+        self.transform(|df| df.select(exprs))
     }
 
     /// Groups by `group` and computes the aggregates `aggr`.
@@ -1445,7 +1477,7 @@ impl DataFrame {
     /// # }
     /// ```
     pub fn aggregate(self, group: Vec<Expr>, aggr: Vec<Expr>) -> Result<Self> {
-        self.map(|df| df.aggregate(group, aggr))
+        self.transform(|df| df.aggregate(group, aggr))
     }
 
     /// Sorts by these expressions.
@@ -1458,7 +1490,7 @@ impl DataFrame {
     /// # }
     /// ```
     pub fn sort(self, exprs: Vec<SortExpr>) -> Result<Self> {
-        self.map(|df| df.sort(exprs))
+        self.transform(|df| df.sort(exprs))
     }
 
     /// Skips `skip` rows and keeps at most `fetch`.
@@ -1470,7 +1502,7 @@ impl DataFrame {
     /// # }
     /// ```
     pub fn limit(self, skip: usize, fetch: Option<usize>) -> Result<Self> {
-        self.map(|df| df.limit(skip, fetch))
+        self.transform(|df| df.limit(skip, fetch))
     }
 
     /// The DataFusion DataFrame underneath, for transformations not wrapped here.
@@ -1512,11 +1544,37 @@ impl DataFrame {
     }
 
     fn encoded(&self) -> Result<pb::submit_job_request::Query> {
+        use datafusion::common::tree_node::TreeNode;
+        // DataFusion's plan encoding has no form for subqueries in expressions (IN,
+        // EXISTS, correlated ones: TPC-H Q2, Q4, Q16, ...). Such a plan goes optimized,
+        // its subqueries turned into joins; its scalar subqueries are checked first, as
+        // the coordinator checks those of SQL it plans.
+        let subquery = |e: &Expr| {
+            matches!(
+                e,
+                Expr::Exists(_)
+                    | Expr::InSubquery(_)
+                    | Expr::ScalarSubquery(_)
+                    | Expr::OuterReferenceColumn(..)
+            )
+        };
+        let has_subqueries = self.df.logical_plan().exists(|node| {
+            Ok(node
+                .expressions()
+                .iter()
+                .any(|e| e.exists(|e| Ok(subquery(e))).unwrap_or(true)))
+        })?;
+        let decorrelated;
+        let plan = if has_subqueries {
+            let (state, plan) = self.df.clone().into_parts();
+            decorrelated = state.optimize(&drove_exec::subquery::check_scalar_subqueries(plan)?)?;
+            &decorrelated
+        } else {
+            self.df.logical_plan()
+        };
         let codec = drove_exec::cache::CacheCodec::new([]);
-        let plan = datafusion_proto::bytes::logical_plan_to_bytes_with_extension_codec(
-            self.df.logical_plan(),
-            &codec,
-        )?;
+        let plan =
+            datafusion_proto::bytes::logical_plan_to_bytes_with_extension_codec(plan, &codec)?;
         Ok(pb::submit_job_request::Query::LogicalPlan(plan.to_vec()))
     }
 
@@ -1607,7 +1665,16 @@ impl DataFrame {
         }
     }
 
-    fn map(
+    /// This DataFrame with a DataFusion transformation applied to the DataFrame
+    /// underneath, for the ones not wrapped here (joins, unions, distinct).
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) -> drove_client::Result<()> {
+    /// let rows = df.transform(|d| d.distinct())?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn transform(
         self,
         f: impl FnOnce(
             datafusion::dataframe::DataFrame,

@@ -35,6 +35,33 @@ async fn bad_sql_unknown_tables_and_missing_paths_are_named() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("no query to run"), "{e}");
+
+    // Lazy DataFrames of several statements take views and queries only.
+    let e = session
+        .sql("CREATE TABLE t AS SELECT 1; SELECT 2")
+        .await
+        .err()
+        .expect("a table made in a DataFrame script is refused");
+    assert!(e.to_string().contains("run_sql"), "{e}");
+    let e = session
+        .sql("CREATE VIEW w AS SELECT 1; DROP VIEW w")
+        .await
+        .err()
+        .expect("a script without a query is refused");
+    assert!(e.to_string().contains("holds no query"), "{e}");
+    let df = session
+        .sql("CREATE VIEW u AS SELECT 3 AS x; SELECT x + 1 AS y FROM u; DROP VIEW u")
+        .await
+        .unwrap();
+    let batches = df.collect().await.unwrap();
+    assert_eq!(
+        arrow::util::pretty::pretty_format_batches(&batches)
+            .unwrap()
+            .to_string()
+            .lines()
+            .nth(3),
+        Some("| 4 |")
+    );
     session.shutdown().await;
 }
 

@@ -40,6 +40,35 @@ async fn all_22_queries_equal_single_process_datafusion() {
     );
 }
 
+/// The queries as lazy DataFrames (`Session::sql`), which travel to the coordinator
+/// as logical plans rather than text: those with correlated subqueries among them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn all_22_queries_as_dataframes_equal_single_process_datafusion() {
+    let dir = tpch_data(0.01);
+    let session = crate::cluster(2).await;
+    session.register_tpch(&dir).await.unwrap();
+    let tables = tpch_tables(&dir);
+    let mut failures = Vec::new();
+    for (i, sql) in QUERIES.iter().enumerate() {
+        let n = i + 1;
+        let expected = reference(&tables, sql).await.expect("reference result");
+        let actual = match session.sql(sql).await {
+            Ok(df) => df.collect().await,
+            Err(e) => Err(e),
+        };
+        match actual {
+            Ok(batches) => {
+                if let Err(diff) = compare(&batches, &expected, is_ordered(sql)) {
+                    failures.push(format!("Q{n}: {diff}"));
+                }
+            }
+            Err(e) => failures.push(format!("Q{n}: {e}")),
+        }
+    }
+    session.shutdown().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shuffling_query_runs_on_several_workers_and_moves_blocks_between_them() {
     let dir = tpch_data(0.01);
