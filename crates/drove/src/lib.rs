@@ -678,8 +678,14 @@ struct StatusArgs {
 /// The built-in MapReduce jobs are registered first; a binary that embeds these commands
 /// registers its own jobs before calling this.
 pub fn main() -> ExitCode {
+    main_from(std::env::args_os())
+}
+
+/// [`main`] with these arguments (the program name first) instead of the process's:
+/// the Python package's `drove` command runs the CLI this way.
+pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     jobs::register_builtin();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args);
     let quiet = matches!(
         cli.command,
         Command::Sql(_)

@@ -1,0 +1,535 @@
+//! `drove._drove`, the native module of drove's Python package: a [`Session`] on an
+//! embedded or remote cluster, lazy [`DataFrame`]s whose expressions are SQL text, and
+//! the `drove` command line ([`cli`]), so that the wheel holds one copy of the engine.
+//!
+//! Results reach Python as Arrow IPC streams that pyarrow reads into a `pyarrow.Table`.
+//! Every call that waits on the cluster lets go of the interpreter while it waits, so
+//! other Python threads run on.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use drove_client::arrow::array::RecordBatch;
+use drove_client::arrow::datatypes::SchemaRef;
+use drove_client::arrow::ipc::writer::StreamWriter;
+use drove_client::datafusion::common::{Column, JoinType};
+use drove_client::datafusion::logical_expr::{Expr, SortExpr};
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+pyo3::create_exception!(
+    drove,
+    DroveError,
+    PyException,
+    "An error drove reports: bad SQL, a missing file, an unreachable cluster, a failed job. \
+     The message names the problem and, where there is one, the fix."
+);
+
+fn error(e: impl std::fmt::Display) -> PyErr {
+    DroveError::new_err(e.to_string())
+}
+
+/// The tokio runtime every session of this process runs on, started at first use.
+fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("drove")
+                .build()
+                .map_err(|e| format!("cannot start drove's async runtime: {e}"))
+        })
+        .as_ref()
+        .map_err(error)
+}
+
+/// Runs `work` to its end on the runtime, without holding the interpreter.
+fn wait<T: Send>(
+    py: Python<'_>,
+    work: impl Future<Output = drove_client::Result<T>> + Send,
+) -> PyResult<T> {
+    let runtime = runtime()?;
+    py.detach(|| runtime.block_on(work)).map_err(error)
+}
+
+/// A connection to a drove cluster and the tables registered on it.
+#[pyclass(frozen, module = "drove")]
+struct Session {
+    inner: drove_client::Session,
+}
+
+#[pymethods]
+impl Session {
+    /// Starts an embedded cluster of `workers` workers on loopback and connects to it.
+    #[staticmethod]
+    #[pyo3(signature = (workers = 2))]
+    fn local(py: Python<'_>, workers: usize) -> PyResult<Self> {
+        if workers == 0 {
+            return Err(error(
+                "drove.local(workers=0): a cluster needs at least one worker; pass workers=1 or more",
+            ));
+        }
+        let inner = wait(py, drove_client::Session::local(workers))?;
+        Ok(Self { inner })
+    }
+
+    /// Connects to the coordinator at `address` (host:port), with a token and the
+    /// directory of a client certificate (`drove cert client`) where the cluster asks
+    /// for them.
+    #[staticmethod]
+    #[pyo3(signature = (address, token = None, tls_dir = None))]
+    fn connect(
+        py: Python<'_>,
+        address: &str,
+        token: Option<String>,
+        tls_dir: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        let tls = match tls_dir {
+            Some(dir) => Some(
+                drove_client::ClusterTls::load(&dir)
+                    .map_err(|e| error(format!("tls_dir={}: {e}", dir.display())))?,
+            ),
+            None => None,
+        };
+        let credentials = drove_client::Credentials { tls, token };
+        let inner = wait(
+            py,
+            drove_client::Session::connect_with(address, &credentials),
+        )?;
+        Ok(Self { inner })
+    }
+
+    /// The coordinator's address.
+    #[getter]
+    fn address(&self) -> String {
+        self.inner.coordinator_addr()
+    }
+
+    /// Registers a Parquet file or directory as table `name`.
+    fn register_parquet(&self, py: Python<'_>, name: &str, path: PathBuf) -> PyResult<()> {
+        wait(py, self.inner.register_parquet(name, path))
+    }
+
+    /// Registers a CSV file (with a header row) or directory as table `name`.
+    fn register_csv(&self, py: Python<'_>, name: &str, path: PathBuf) -> PyResult<()> {
+        wait(py, self.inner.register_csv(name, path))
+    }
+
+    /// Registers the eight TPC-H tables of a directory `drove gen tpch` wrote.
+    fn register_tpch(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        wait(py, self.inner.register_tpch(path))
+    }
+
+    /// The names of the registered tables.
+    fn tables(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    /// A lazy DataFrame of one SQL query; it runs on the cluster when collected.
+    fn sql(&self, py: Python<'_>, query: &str) -> PyResult<DataFrame> {
+        let df = wait(py, self.inner.sql(query))?;
+        Ok(DataFrame { df })
+    }
+
+    /// A lazy DataFrame over a Parquet file or directory.
+    fn read_parquet(&self, py: Python<'_>, path: PathBuf) -> PyResult<DataFrame> {
+        let df = wait(py, self.inner.read_parquet(path))?;
+        Ok(DataFrame { df })
+    }
+
+    /// A lazy DataFrame over a CSV file (with a header row) or directory.
+    fn read_csv(&self, py: Python<'_>, path: PathBuf) -> PyResult<DataFrame> {
+        let df = wait(py, self.inner.read_csv(path))?;
+        Ok(DataFrame { df })
+    }
+
+    /// Ends the session's jobs and, for `drove.local`, stops its cluster.
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        let session = self.inner.clone();
+        wait(py, async move {
+            session.shutdown().await;
+            Ok(())
+        })
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _kind: Py<PyAny>,
+        _value: Py<PyAny>,
+        _traceback: Py<PyAny>,
+    ) -> PyResult<bool> {
+        self.shutdown(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("drove.Session(address={:?})", self.inner.coordinator_addr())
+    }
+}
+
+/// A lazy query: each method returns a new DataFrame, and the actions (`collect`,
+/// `count`, ...) run it on the cluster. Expressions are SQL text, as in
+/// `df.filter("price > 10").select("name", "price * 2 AS doubled")`.
+#[pyclass(frozen, module = "drove")]
+struct DataFrame {
+    df: drove_client::DataFrame,
+}
+
+impl DataFrame {
+    fn expr(&self, text: &str) -> PyResult<Expr> {
+        self.df.inner().parse_sql_expr(text).map_err(|e| {
+            error(format!(
+                "cannot read the expression {text:?}: {e}; write it as SQL, e.g. \"price * 2 AS doubled\""
+            ))
+        })
+    }
+
+    fn exprs(&self, texts: &[String]) -> PyResult<Vec<Expr>> {
+        texts.iter().map(|t| self.expr(t)).collect()
+    }
+
+    fn then(
+        &self,
+        f: impl FnOnce(
+            drove_client::datafusion::dataframe::DataFrame,
+        ) -> drove_client::datafusion::error::Result<
+            drove_client::datafusion::dataframe::DataFrame,
+        >,
+    ) -> PyResult<Self> {
+        let df = self.df.clone().transform(f).map_err(error)?;
+        Ok(Self { df })
+    }
+
+    /// `text` as a sort key: an expression, then optionally `ASC` or `DESC` and
+    /// `NULLS FIRST` or `NULLS LAST` (nulls come last ascending, first descending, by
+    /// default, as in SQL).
+    fn sort_key(&self, text: &str) -> PyResult<SortExpr> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+        let mut end = words.len();
+        let mut nulls_first = None;
+        if end >= 2 && upper[end - 2] == "NULLS" && ["FIRST", "LAST"].contains(&&*upper[end - 1]) {
+            nulls_first = Some(upper[end - 1] == "FIRST");
+            end -= 2;
+        }
+        let mut ascending = true;
+        if end >= 1 && ["ASC", "DESC"].contains(&&*upper[end - 1]) {
+            ascending = upper[end - 1] == "ASC";
+            end -= 1;
+        }
+        let expr = self.expr(&words[..end].join(" "))?;
+        Ok(expr.sort(ascending, nulls_first.unwrap_or(!ascending)))
+    }
+
+    fn run(&self, py: Python<'_>) -> PyResult<(SchemaRef, Vec<RecordBatch>)> {
+        let df = self.df.clone();
+        let result = wait(py, df.collect_with_summary())?;
+        Ok((result.schema, result.batches))
+    }
+}
+
+#[pymethods]
+impl DataFrame {
+    /// Computes these expressions for every row.
+    #[pyo3(signature = (*exprs))]
+    fn select(&self, exprs: Vec<String>) -> PyResult<Self> {
+        let exprs = self.exprs(&exprs)?;
+        self.then(|df| df.select(exprs))
+    }
+
+    /// Keeps the rows for which `predicate` is true.
+    fn filter(&self, predicate: &str) -> PyResult<Self> {
+        let predicate = self.expr(predicate)?;
+        self.then(|df| df.filter(predicate))
+    }
+
+    /// Adds column `name` (or replaces the one of that name) computed by `expr`.
+    fn with_column(&self, name: &str, expr: &str) -> PyResult<Self> {
+        let expr = self.expr(expr)?;
+        self.then(|df| df.with_column(name, expr))
+    }
+
+    /// Groups by these expressions; `.agg(...)` on the result computes aggregates for
+    /// each group.
+    #[pyo3(signature = (*keys))]
+    fn group_by(&self, keys: Vec<String>) -> PyResult<GroupBy> {
+        Ok(GroupBy {
+            keys: self.exprs(&keys)?,
+            df: self.df.clone(),
+        })
+    }
+
+    /// Joins with `right`: on the columns `on` (a name or a list of names both sides
+    /// have; the right side's copies are left out), or where the columns `left_on`
+    /// equal `right_on`. `how` is one of inner, left, right, full, semi, anti.
+    #[pyo3(signature = (right, on = None, *, left_on = None, right_on = None, how = "inner"))]
+    fn join(
+        &self,
+        right: &DataFrame,
+        on: Option<&Bound<'_, PyAny>>,
+        left_on: Option<&Bound<'_, PyAny>>,
+        right_on: Option<&Bound<'_, PyAny>>,
+        how: &str,
+    ) -> PyResult<Self> {
+        let join_type = match how.to_ascii_lowercase().as_str() {
+            "inner" => JoinType::Inner,
+            "left" => JoinType::Left,
+            "right" => JoinType::Right,
+            "full" | "outer" => JoinType::Full,
+            "semi" | "left_semi" => JoinType::LeftSemi,
+            "anti" | "left_anti" => JoinType::LeftAnti,
+            other => {
+                return Err(error(format!(
+                    "join: unknown how={other:?}; use one of inner, left, right, full, semi, anti"
+                )));
+            }
+        };
+        let (left_on, right_on, drop_right_keys) = match (on, left_on, right_on) {
+            (Some(on), None, None) => (names(on)?, names(on)?, true),
+            (None, Some(l), Some(r)) => (names(l)?, names(r)?, false),
+            _ => {
+                return Err(error(
+                    "join: give either on=... or both left_on=... and right_on=...",
+                ));
+            }
+        };
+        if left_on.is_empty() || left_on.len() != right_on.len() {
+            return Err(error(format!(
+                "join: {} left key(s) and {} right key(s); give one or more, as many on both sides",
+                left_on.len(),
+                right_on.len()
+            )));
+        }
+        let right_df = right.df.inner().clone();
+        // The right side's key columns, as the joined schema qualifies them.
+        let right_keys: Vec<Column> = right_on
+            .iter()
+            .map(|name| {
+                let (qualifier, field) = right_df
+                    .schema()
+                    .qualified_field_with_unqualified_name(name)
+                    .map_err(|e| error(format!("join: right side: {e}")))?;
+                Ok(Column::new(qualifier.cloned(), field.name()))
+            })
+            .collect::<PyResult<_>>()?;
+        let keeps_right = !matches!(join_type, JoinType::LeftSemi | JoinType::LeftAnti);
+        self.then(|df| {
+            let left: Vec<&str> = left_on.iter().map(String::as_str).collect();
+            let right: Vec<&str> = right_on.iter().map(String::as_str).collect();
+            let joined = df.join(right_df, join_type, &left, &right, None)?;
+            if !(drop_right_keys && keeps_right) {
+                return Ok(joined);
+            }
+            let kept: Vec<Expr> = joined
+                .schema()
+                .columns()
+                .into_iter()
+                .filter(|c| !right_keys.contains(c))
+                .map(Expr::Column)
+                .collect();
+            joined.select(kept)
+        })
+    }
+
+    /// Sorts by these keys: SQL expressions, each optionally followed by ASC or DESC and
+    /// NULLS FIRST or NULLS LAST.
+    #[pyo3(signature = (*keys))]
+    fn sort(&self, keys: Vec<String>) -> PyResult<Self> {
+        let keys = keys
+            .iter()
+            .map(|k| self.sort_key(k))
+            .collect::<PyResult<Vec<_>>>()?;
+        self.then(|df| df.sort(keys))
+    }
+
+    /// At most `n` rows, after skipping `offset`.
+    #[pyo3(signature = (n, offset = 0))]
+    fn limit(&self, n: usize, offset: usize) -> PyResult<Self> {
+        self.then(|df| df.limit(offset, Some(n)))
+    }
+
+    /// The distinct rows.
+    fn distinct(&self) -> PyResult<Self> {
+        self.then(|df| df.distinct())
+    }
+
+    /// This DataFrame's rows followed by `other`'s (whose columns must match), without
+    /// duplicates when `distinct`.
+    #[pyo3(signature = (other, distinct = false))]
+    fn union(&self, other: &DataFrame, distinct: bool) -> PyResult<Self> {
+        let other = other.df.inner().clone();
+        self.then(|df| {
+            if distinct {
+                df.union_distinct(other)
+            } else {
+                df.union(other)
+            }
+        })
+    }
+
+    /// The column names.
+    #[getter]
+    fn columns(&self) -> Vec<String> {
+        self.df
+            .inner()
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    /// The plan as text: the logical plan and the distributed plan with its stages;
+    /// with `analyze`, the query runs and the plan carries its metrics.
+    #[pyo3(signature = (analyze = false))]
+    fn explain(&self, py: Python<'_>, analyze: bool) -> PyResult<String> {
+        let plan = self.then(|df| df.explain(false, analyze))?;
+        let (_, batches) = plan.run(py)?;
+        let text = drove_client::arrow::util::pretty::pretty_format_batches(&batches)
+            .map_err(error)?
+            .to_string();
+        Ok(text)
+    }
+
+    /// Runs the query on the cluster and keeps its result in the workers' memory
+    /// (spilling under pressure); returns a DataFrame that reads it.
+    fn cache(&self, py: Python<'_>) -> PyResult<Self> {
+        let df = wait(py, self.df.clone().cache())?;
+        Ok(Self { df })
+    }
+
+    /// Frees the cached result this DataFrame reads; false if it reads none.
+    fn unpersist(&self, py: Python<'_>) -> PyResult<bool> {
+        let df = self.df.clone();
+        wait(py, async move { df.unpersist().await })
+    }
+
+    /// Runs the query on the cluster and returns its rows as a `pyarrow.Table`.
+    fn collect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (schema, batches) = self.run(py)?;
+        let mut bytes = Vec::new();
+        let mut writer = StreamWriter::try_new(&mut bytes, &schema).map_err(error)?;
+        for batch in &batches {
+            writer.write(batch).map_err(error)?;
+        }
+        writer.finish().map_err(error)?;
+        drop(writer);
+        py.import("pyarrow.ipc")?
+            .call_method1("open_stream", (PyBytes::new(py, &bytes),))?
+            .call_method0("read_all")
+    }
+
+    /// Runs the query and returns its rows as a pandas DataFrame (pandas must be
+    /// installed).
+    fn to_pandas<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.collect(py)?.call_method0("to_pandas")
+    }
+
+    /// Runs the query and returns its rows as a Polars DataFrame (polars must be
+    /// installed).
+    fn to_polars<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let table = self.collect(py)?;
+        py.import("polars")?.call_method1("from_arrow", (table,))
+    }
+
+    /// The number of rows, counted on the cluster.
+    fn count(&self, py: Python<'_>) -> PyResult<usize> {
+        let counted = self.then(|df| {
+            df.aggregate(
+                vec![],
+                vec![drove_client::datafusion::functions_aggregate::count::count_all().alias("n")],
+            )
+        })?;
+        let (_, batches) = counted.run(py)?;
+        let n = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<drove_client::arrow::array::Int64Array>()
+                    .map(|a| a.value(0))
+            })
+            .ok_or_else(|| error("count: the cluster returned no count"))?;
+        usize::try_from(n).map_err(error)
+    }
+
+    /// Prints the first `n` rows as a table.
+    #[pyo3(signature = (n = 20))]
+    fn show(&self, py: Python<'_>, n: usize) -> PyResult<()> {
+        let (_, batches) = self.limit(n, 0)?.run(py)?;
+        let text = drove_client::arrow::util::pretty::pretty_format_batches(&batches)
+            .map_err(error)?
+            .to_string();
+        py.import("builtins")?.call_method1("print", (text,))?;
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("drove.DataFrame(columns={:?})", self.columns())
+    }
+}
+
+/// A DataFrame's rows grouped by keys, waiting for the aggregates to compute.
+#[pyclass(frozen, module = "drove")]
+struct GroupBy {
+    df: drove_client::DataFrame,
+    keys: Vec<Expr>,
+}
+
+#[pymethods]
+impl GroupBy {
+    /// Computes these aggregates (SQL, such as "sum(price) AS total") for each group;
+    /// the result has the keys' columns, then the aggregates'.
+    #[pyo3(signature = (*aggregates))]
+    fn agg(&self, aggregates: Vec<String>) -> PyResult<DataFrame> {
+        let frame = DataFrame {
+            df: self.df.clone(),
+        };
+        let aggregates = frame.exprs(&aggregates)?;
+        let keys = self.keys.clone();
+        frame.then(|df| df.aggregate(keys, aggregates))
+    }
+}
+
+/// Column names given as one name or a list of names.
+fn names(given: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    if let Ok(one) = given.extract::<String>() {
+        return Ok(vec![one]);
+    }
+    given.extract::<Vec<String>>().map_err(|_| {
+        error(format!(
+            "expected a column name or a list of names, got {given}"
+        ))
+    })
+}
+
+/// Runs the `drove` command line with `args` (the program name first) and returns its
+/// exit code: the wheel's `drove` command calls this.
+#[pyfunction]
+fn cli(py: Python<'_>, args: Vec<OsString>) -> u8 {
+    let code = py.detach(|| drove::main_from(args));
+    if code == std::process::ExitCode::SUCCESS {
+        0
+    } else {
+        1
+    }
+}
+
+#[pymodule]
+fn _drove(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Session>()?;
+    m.add_class::<DataFrame>()?;
+    m.add_class::<GroupBy>()?;
+    m.add("DroveError", m.py().get_type::<DroveError>())?;
+    m.add_function(wrap_pyfunction!(cli, m)?)?;
+    Ok(())
+}

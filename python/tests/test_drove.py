@@ -1,0 +1,265 @@
+"""The Python package against real clusters: embedded ones (drove.local) and one run
+by the wheel's own `drove` command, reached with drove.connect."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.parquet as pq
+import pytest
+
+import drove
+
+REPO = Path(__file__).resolve().parents[2]
+QUERIES = REPO.parent / "shared" / "data" / "tpch-queries"
+TPCH_SCALE = os.environ.get("DROVE_PY_TPCH_SCALE", "0.1")
+
+
+def drove_command():
+    """The `drove` command this environment's wheel installed."""
+    found = shutil.which("drove", path=os.path.dirname(sys.executable))
+    assert found, f"no drove command beside {sys.executable}"
+    return found
+
+
+def without_views(table):
+    """`table` with its string views as plain strings, which pyarrow's CSV writer takes."""
+    fields = [
+        pa.field(f.name, pa.string() if f.type == pa.string_view() else f.type)
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(fields))
+
+
+def sorted_frame(df):
+    return df.sort_values(list(df.columns)).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def session():
+    with drove.local(2) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def sales(tmp_path_factory):
+    """A Parquet file of 1,000 sales, and the same rows in pandas."""
+    n = 1000
+    table = pa.table(
+        {
+            "id": list(range(n)),
+            "region": [["north", "south", "east", "west"][i % 4] for i in range(n)],
+            "amount": [float(i % 97) * 1.5 for i in range(n)],
+        }
+    )
+    path = tmp_path_factory.mktemp("sales") / "sales.parquet"
+    pq.write_table(table, path, row_group_size=100)
+    return path, table.to_pandas()
+
+
+def test_the_readme_line_works():
+    s = drove.local(2)
+    try:
+        frame = s.sql("select 1 as x").to_pandas()
+    finally:
+        s.shutdown()
+    assert frame.to_dict("list") == {"x": [1]}
+
+
+def test_the_wheel_puts_the_cli_on_the_path():
+    done = subprocess.run([drove_command(), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Usage: drove" in done.stdout
+    bad = subprocess.run([drove_command(), "no-such-command"], capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert "no-such-command" in bad.stderr
+
+
+def test_dataframe_operations_equal_pandas(session, sales):
+    path, rows = sales
+    session.register_parquet("sales", str(path))
+    df = session.sql("select * from sales")
+    assert df.columns == ["id", "region", "amount"]
+    assert df.count() == len(rows)
+
+    totals = (
+        df.filter("amount > 10")
+        .with_column("double", "amount * 2")
+        .group_by("region")
+        .agg("count(*) AS n", "sum(double) AS total")
+        .sort("region DESC")
+        .to_pandas()
+    )
+    big = rows[rows.amount > 10].assign(double=lambda r: r.amount * 2)
+    expected = (
+        big.groupby("region")
+        .agg(n=("id", "size"), total=("double", "sum"))
+        .reset_index()
+        .sort_values("region", ascending=False)
+        .reset_index(drop=True)
+    )
+    pd.testing.assert_frame_equal(totals, expected, check_dtype=False)
+
+    top = df.select("id", "amount").sort("amount DESC", "id").limit(5, offset=2).to_pandas()
+    want = rows.sort_values(["amount", "id"], ascending=[False, True])[["id", "amount"]]
+    pd.testing.assert_frame_equal(top, want.iloc[2:7].reset_index(drop=True), check_dtype=False)
+
+    regions = df.select("region").distinct().sort("region").collect()
+    assert isinstance(regions, pa.Table)
+    assert regions.column("region").to_pylist() == ["east", "north", "south", "west"]
+
+    twice = df.union(df).count()
+    assert twice == 2 * len(rows)
+    assert df.union(df, distinct=True).count() == len(rows)
+
+    names = session.sql(
+        "select * from (values ('north', 'N'), ('south', 'S')) as t(region, code)"
+    )
+    joined = df.join(names, on="region").select("id", "code").sort("id").to_pandas()
+    want = rows.merge(pd.DataFrame({"region": ["north", "south"], "code": ["N", "S"]}))
+    want = want[["id", "code"]].sort_values("id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(joined, want, check_dtype=False)
+    kept = df.join(names, left_on="region", right_on="region", how="anti").count()
+    assert kept == len(rows[~rows.region.isin(["north", "south"])])
+
+    plan = df.group_by("region").agg("sum(amount)").explain()
+    assert "Stage" in plan or "stage" in plan, plan
+
+    cached = df.filter("region = 'east'").cache()
+    assert cached.count() == len(rows[rows.region == "east"])
+    assert cached.unpersist() is True
+    assert df.unpersist() is False
+
+
+def test_show_prints_a_table(session, sales, capsys):
+    path, _ = sales
+    session.register_parquet("sales_shown", str(path))
+    session.sql("select region, amount from sales_shown order by id").show(3)
+    out = capsys.readouterr().out
+    assert "region" in out and "north" in out
+    assert len([line for line in out.splitlines() if line.startswith("| ")]) == 4
+
+
+def test_bad_input_raises_drove_errors(session, tmp_path):
+    with pytest.raises(drove.DroveError, match="(?i)no_such_table"):
+        session.sql("select * from no_such_table")
+    with pytest.raises(drove.DroveError, match="selec"):
+        session.sql("selec 1")
+    missing = tmp_path / "missing.parquet"
+    with pytest.raises(drove.DroveError, match="missing.parquet"):
+        session.register_parquet("t", str(missing))
+    with pytest.raises(drove.DroveError, match="at least one worker"):
+        drove.local(0)
+    one = session.sql("select 1 as x")
+    with pytest.raises(drove.DroveError, match="cannot read the expression"):
+        one.filter("x >")
+    with pytest.raises(drove.DroveError, match="how"):
+        one.join(one, on="x", how="sideways")
+    with pytest.raises(drove.DroveError, match="on="):
+        one.join(one)
+    with pytest.raises(drove.DroveError, match="job .* failed|division|zero|cast"):
+        session.sql("select cast('x' as int) as y").collect()
+    with pytest.raises(drove.DroveError, match="tls_dir"):
+        drove.connect("127.0.0.1:1", tls_dir=str(tmp_path / "no-certs"))
+    # Nothing listens on a port this test just had and closed.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(drove.DroveError, match="cannot reach the coordinator"):
+        drove.connect(f"127.0.0.1:{port}")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tpch(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tpch")
+    subprocess.run(
+        [drove_command(), "gen", "tpch", "--scale", TPCH_SCALE, "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli_cluster(tmp_path_factory):
+    """`drove local` run by the wheel's command; its gRPC address once it answers."""
+    grpc, http = free_port(), free_port()
+    log = open(tmp_path_factory.mktemp("cli") / "local.log", "w")
+    process = subprocess.Popen(
+        [
+            drove_command(),
+            "local",
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{grpc}",
+            "--http",
+            f"127.0.0.1:{http}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    address = f"127.0.0.1:{grpc}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            drove.connect(address).shutdown()
+            break
+        except drove.DroveError:
+            assert process.poll() is None, "drove local exited; see its log"
+            assert time.monotonic() < deadline, "drove local did not answer in 120 s"
+            time.sleep(0.2)
+    yield address
+    process.terminate()
+    process.wait(timeout=60)
+    log.close()
+
+
+def test_tpch_from_python_equals_the_cli(tpch, cli_cluster):
+    answered = 0
+    with drove.connect(cli_cluster) as s:
+        s.register_tpch(str(tpch))
+        for number in range(1, 23):
+            text = (QUERIES / f"q{number}.sql").read_text()
+            ours = s.sql(text).collect()
+            cli = subprocess.run(
+                [
+                    drove_command(),
+                    "sql",
+                    "--coordinator",
+                    cli_cluster,
+                    "--tpch",
+                    str(tpch),
+                    "--format",
+                    "csv",
+                    "--no-progress",
+                    "-e",
+                    text,
+                ],
+                capture_output=True,
+                text=True,
+            )
+            assert cli.returncode == 0, f"Q{number}: {cli.stderr}"
+            theirs = pd.read_csv(pd.io.common.StringIO(cli.stdout))
+            sink = pa.BufferOutputStream()
+            pyarrow.csv.write_csv(without_views(ours), sink)
+            mine = pd.read_csv(pd.io.common.StringIO(sink.getvalue().to_pybytes().decode()))
+            answered += len(mine) > 0
+            pd.testing.assert_frame_equal(
+                sorted_frame(mine), sorted_frame(theirs), check_dtype=False, rtol=1e-9
+            )
+    # Equal empty answers would prove little: at this scale nearly every query has rows.
+    assert answered >= 20, f"only {answered} of 22 queries returned rows"
