@@ -61,31 +61,79 @@ struct Session {
     inner: drove_client::Session,
 }
 
+/// How long a job runs before its progress shows, by default: quick ones stay quiet.
+const PROGRESS_AFTER_S: f64 = 1.0;
+
+impl Session {
+    /// `inner`, showing the progress of jobs that run longer than `after` seconds on
+    /// Python's `sys.stderr` (a terminal or a notebook), as a bar redrawn in place.
+    fn with_progress(inner: drove_client::Session, after_ms: Option<u64>) -> Self {
+        if let Some(after_ms) = after_ms {
+            inner.on_progress(move |p| {
+                if p.elapsed_ms < after_ms {
+                    return;
+                }
+                let end = if p.ended { "\n" } else { "" };
+                let text = format!(
+                    "\r{} {}{end}",
+                    drove::progress::bar(p),
+                    drove::progress::line(p)
+                );
+                Python::attach(|py| {
+                    let shown = py.import("sys").and_then(|sys| {
+                        let stderr = sys.getattr("stderr")?;
+                        stderr.call_method1("write", (text,))?;
+                        stderr.call_method0("flush")
+                    });
+                    // Progress is best effort: a closed or missing stderr hides it.
+                    drop(shown);
+                });
+            });
+        }
+        Self { inner }
+    }
+}
+
+/// The `progress=` argument in milliseconds, checked.
+fn progress_after(seconds: Option<f64>) -> PyResult<Option<u64>> {
+    match seconds {
+        Some(s) if !(s.is_finite() && s >= 0.0) => Err(error(format!(
+            "progress={s}: give the seconds a job runs before its progress shows (0 or more), or None"
+        ))),
+        Some(s) => Ok(Some((s * 1000.0) as u64)),
+        None => Ok(None),
+    }
+}
+
 #[pymethods]
 impl Session {
     /// Starts an embedded cluster of `workers` workers on loopback and connects to it.
+    /// `progress`: seconds a job runs before its progress shows on `sys.stderr`
+    /// (None: never).
     #[staticmethod]
-    #[pyo3(signature = (workers = 2))]
-    fn local(py: Python<'_>, workers: usize) -> PyResult<Self> {
+    #[pyo3(signature = (workers = 2, progress = Some(PROGRESS_AFTER_S)))]
+    fn local(py: Python<'_>, workers: usize, progress: Option<f64>) -> PyResult<Self> {
         if workers == 0 {
             return Err(error(
                 "drove.local(workers=0): a cluster needs at least one worker; pass workers=1 or more",
             ));
         }
+        let progress = progress_after(progress)?;
         let inner = wait(py, drove_client::Session::local(workers))?;
-        Ok(Self { inner })
+        Ok(Self::with_progress(inner, progress))
     }
 
     /// Connects to the coordinator at `address` (host:port), with a token and the
     /// directory of a client certificate (`drove cert client`) where the cluster asks
     /// for them.
     #[staticmethod]
-    #[pyo3(signature = (address, token = None, tls_dir = None))]
+    #[pyo3(signature = (address, token = None, tls_dir = None, progress = Some(PROGRESS_AFTER_S)))]
     fn connect(
         py: Python<'_>,
         address: &str,
         token: Option<String>,
         tls_dir: Option<PathBuf>,
+        progress: Option<f64>,
     ) -> PyResult<Self> {
         let tls = match tls_dir {
             Some(dir) => Some(
@@ -94,12 +142,13 @@ impl Session {
             ),
             None => None,
         };
+        let progress = progress_after(progress)?;
         let credentials = drove_client::Credentials { tls, token };
         let inner = wait(
             py,
             drove_client::Session::connect_with(address, &credentials),
         )?;
-        Ok(Self { inner })
+        Ok(Self::with_progress(inner, progress))
     }
 
     /// The coordinator's address.

@@ -147,6 +147,21 @@ def test_show_prints_a_table(session, sales, capsys):
     assert len([line for line in out.splitlines() if line.startswith("| ")]) == 4
 
 
+def test_progress_shows_on_stderr_for_jobs_past_the_threshold(sales, capsys):
+    path, _ = sales
+    with drove.local(2, progress=0) as s:
+        s.register_parquet("sales", str(path))
+        s.sql("select region, count(*) from sales group by region").collect()
+        shown = capsys.readouterr().err
+    assert "stages" in shown and "tasks" in shown and "ended" in shown, shown
+    with drove.local(2, progress=None) as s:
+        s.register_parquet("sales", str(path))
+        s.sql("select region, count(*) from sales group by region").collect()
+        assert capsys.readouterr().err == ""
+    with pytest.raises(drove.DroveError, match="progress=-1"):
+        drove.local(2, progress=-1)
+
+
 def test_bad_input_raises_drove_errors(session, tmp_path):
     with pytest.raises(drove.DroveError, match="(?i)no_such_table"):
         session.sql("select * from no_such_table")
