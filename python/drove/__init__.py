@@ -15,21 +15,7 @@ from ._drove import DataFrame, DroveError, GroupBy, Session
 __all__ = ["DataFrame", "DroveError", "GroupBy", "Session", "connect", "local"]
 
 
-def local(workers: int = 2, progress: "float | None" = 1.0) -> Session:
-    """Starts an embedded cluster of ``workers`` workers on loopback and connects to it.
-
-    A job that runs longer than ``progress`` seconds shows its progress on
-    ``sys.stderr``; ``progress=None`` never shows it.
-    """
-    return Session.local(workers, progress)
-
-
-def connect(
-    address: str,
-    token: "str | None" = None,
-    tls_dir: "str | None" = None,
-    progress: "float | None" = 1.0,
-) -> Session:
-    """Connects to the coordinator at ``address`` (host:port); see ``local`` for
-    ``progress``."""
-    return Session.connect(address, token, tls_dir, progress)
+#: Starts an embedded cluster on loopback and connects to it (``Session.local``).
+local = Session.local
+#: Connects to a running cluster's coordinator (``Session.connect``).
+connect = Session.connect

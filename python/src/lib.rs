@@ -13,7 +13,8 @@ use std::sync::OnceLock;
 use drove_client::arrow::array::RecordBatch;
 use drove_client::arrow::datatypes::SchemaRef;
 use drove_client::arrow::ipc::writer::StreamWriter;
-use drove_client::datafusion::common::{Column, JoinType};
+use drove_client::datafusion::common::{Column, DFSchema, JoinType};
+use drove_client::datafusion::functions::core::expr_fn::coalesce;
 use drove_client::datafusion::logical_expr::{Expr, SortExpr};
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
@@ -46,13 +47,33 @@ fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
         .map_err(error)
 }
 
-/// Runs `work` to its end on the runtime, without holding the interpreter.
+/// How often a wait looks for Ctrl-C (Python's pending signals).
+const SIGNAL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Runs `work` to its end on the runtime, without holding the interpreter. Ctrl-C
+/// raises KeyboardInterrupt within a tenth of a second: `work` is dropped, which
+/// cancels the job it was running.
 fn wait<T: Send>(
     py: Python<'_>,
     work: impl Future<Output = drove_client::Result<T>> + Send,
 ) -> PyResult<T> {
     let runtime = runtime()?;
-    py.detach(|| runtime.block_on(work)).map_err(error)
+    py.detach(|| {
+        runtime.block_on(async {
+            let mut work = std::pin::pin!(work);
+            let mut tick = tokio::time::interval(SIGNAL_CHECK_EVERY);
+            loop {
+                tokio::select! {
+                    done = &mut work => return done.map_err(error),
+                    _ = tick.tick() => {
+                        if let Some(Err(interrupted)) = Python::try_attach(|py| py.check_signals()) {
+                            return Err(interrupted);
+                        }
+                    }
+                }
+            }
+        })
+    })
 }
 
 /// A connection to a drove cluster and the tables registered on it.
@@ -79,7 +100,8 @@ impl Session {
                     drove::progress::bar(p),
                     drove::progress::line(p)
                 );
-                Python::attach(|py| {
+                // try_attach: at interpreter exit, nothing is shown.
+                Python::try_attach(|py| {
                     let shown = py.import("sys").and_then(|sys| {
                         let stderr = sys.getattr("stderr")?;
                         stderr.call_method1("write", (text,))?;
@@ -259,23 +281,41 @@ impl DataFrame {
 
     /// `text` as a sort key: an expression, then optionally `ASC` or `DESC` and
     /// `NULLS FIRST` or `NULLS LAST` (nulls come last ascending, first descending, by
-    /// default, as in SQL).
+    /// default, as in SQL). The expression is read as written, spaces and all.
     fn sort_key(&self, text: &str) -> PyResult<SortExpr> {
-        let words: Vec<&str> = text.split_whitespace().collect();
-        let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
-        let mut end = words.len();
+        // The last word of `rest` and what comes before it, if the word is one of `words`.
+        fn peel<'a>(rest: &'a str, words: &[&str]) -> Option<(&'a str, String)> {
+            let (before, last) = rest.trim_end().rsplit_once(char::is_whitespace)?;
+            let last = last.to_ascii_uppercase();
+            words.contains(&last.as_str()).then_some((before, last))
+        }
+        let mut rest = text;
         let mut nulls_first = None;
-        if end >= 2 && upper[end - 2] == "NULLS" && ["FIRST", "LAST"].contains(&&*upper[end - 1]) {
-            nulls_first = Some(upper[end - 1] == "FIRST");
-            end -= 2;
+        if let Some((before, which)) = peel(rest, &["FIRST", "LAST"])
+            && let Some((before, _)) = peel(before, &["NULLS"])
+        {
+            nulls_first = Some(which == "FIRST");
+            rest = before;
         }
         let mut ascending = true;
-        if end >= 1 && ["ASC", "DESC"].contains(&&*upper[end - 1]) {
-            ascending = upper[end - 1] == "ASC";
-            end -= 1;
+        if let Some((before, order)) = peel(rest, &["ASC", "DESC"]) {
+            ascending = order == "ASC";
+            rest = before;
         }
-        let expr = self.expr(&words[..end].join(" "))?;
+        let expr = self.expr(rest).map_err(|_| {
+            error(format!(
+                "cannot read the sort key {text:?}: write an SQL expression, then optionally ASC or DESC and NULLS FIRST or NULLS LAST, e.g. \"price DESC\""
+            ))
+        })?;
         Ok(expr.sort(ascending, nulls_first.unwrap_or(!ascending)))
+    }
+
+    /// The rows (run on the cluster) as an aligned text table.
+    fn table_text(&self, py: Python<'_>) -> PyResult<String> {
+        let (_, batches) = self.run(py)?;
+        let text =
+            drove_client::arrow::util::pretty::pretty_format_batches(&batches).map_err(error)?;
+        Ok(text.to_string())
     }
 
     fn run(&self, py: Python<'_>) -> PyResult<(SchemaRef, Vec<RecordBatch>)> {
@@ -341,8 +381,11 @@ impl DataFrame {
                 )));
             }
         };
-        let (left_on, right_on, drop_right_keys) = match (on, left_on, right_on) {
-            (Some(on), None, None) => (names(on)?, names(on)?, true),
+        let (left_on, right_on, shared_keys) = match (on, left_on, right_on) {
+            (Some(on), None, None) => {
+                let on = names(on)?;
+                (on.clone(), on, true)
+            }
             (None, Some(l), Some(r)) => (names(l)?, names(r)?, false),
             _ => {
                 return Err(error(
@@ -357,34 +400,40 @@ impl DataFrame {
                 right_on.len()
             )));
         }
-        let right_df = right.df.inner().clone();
-        // The right side's key columns, as the joined schema qualifies them.
-        let right_keys: Vec<Column> = right_on
-            .iter()
-            .map(|name| {
-                let (qualifier, field) = right_df
-                    .schema()
-                    .qualified_field_with_unqualified_name(name)
-                    .map_err(|e| error(format!("join: right side: {e}")))?;
-                Ok(Column::new(qualifier.cloned(), field.name()))
-            })
-            .collect::<PyResult<_>>()?;
-        let keeps_right = !matches!(join_type, JoinType::LeftSemi | JoinType::LeftAnti);
+        // The right side under a name of its own, so that two sides of one table (or
+        // of two unnamed files) do not clash.
+        let right_df = right.df.inner().clone().alias(RIGHT_SIDE).map_err(error)?;
+        let left_keys = key_columns(self.df.inner().schema(), &left_on, "left")?;
+        let right_keys = key_columns(right_df.schema(), &right_on, "right")?;
         self.then(|df| {
             let left: Vec<&str> = left_on.iter().map(String::as_str).collect();
             let right: Vec<&str> = right_on.iter().map(String::as_str).collect();
             let joined = df.join(right_df, join_type, &left, &right, None)?;
-            if !(drop_right_keys && keeps_right) {
+            let keeps_right = !matches!(join_type, JoinType::LeftSemi | JoinType::LeftAnti);
+            if !(shared_keys && keeps_right) {
                 return Ok(joined);
             }
-            let kept: Vec<Expr> = joined
+            // Keys named by `on` appear once, where the left side has them, with the
+            // value of the side that has the row: the right's in a right join, either
+            // in a full one.
+            let columns: Vec<Expr> = joined
                 .schema()
                 .columns()
                 .into_iter()
                 .filter(|c| !right_keys.contains(c))
-                .map(Expr::Column)
+                .map(|c| match left_keys.iter().position(|k| *k == c) {
+                    None => Expr::Column(c),
+                    Some(i) => {
+                        let (l, r) = (Expr::Column(c.clone()), Expr::Column(right_keys[i].clone()));
+                        match join_type {
+                            JoinType::Right => r.alias(&c.name),
+                            JoinType::Full => coalesce(vec![l, r]).alias(&c.name),
+                            _ => l,
+                        }
+                    }
+                })
                 .collect();
-            joined.select(kept)
+            joined.select(columns)
         })
     }
 
@@ -440,12 +489,7 @@ impl DataFrame {
     /// with `analyze`, the query runs and the plan carries its metrics.
     #[pyo3(signature = (analyze = false))]
     fn explain(&self, py: Python<'_>, analyze: bool) -> PyResult<String> {
-        let plan = self.then(|df| df.explain(false, analyze))?;
-        let (_, batches) = plan.run(py)?;
-        let text = drove_client::arrow::util::pretty::pretty_format_batches(&batches)
-            .map_err(error)?
-            .to_string();
-        Ok(text)
+        self.then(|df| df.explain(false, analyze))?.table_text(py)
     }
 
     /// Runs the query on the cluster and keeps its result in the workers' memory
@@ -514,10 +558,7 @@ impl DataFrame {
     /// Prints the first `n` rows as a table.
     #[pyo3(signature = (n = 20))]
     fn show(&self, py: Python<'_>, n: usize) -> PyResult<()> {
-        let (_, batches) = self.limit(n, 0)?.run(py)?;
-        let text = drove_client::arrow::util::pretty::pretty_format_batches(&batches)
-            .map_err(error)?
-            .to_string();
+        let text = self.limit(n, 0)?.table_text(py)?;
         py.import("builtins")?.call_method1("print", (text,))?;
         Ok(())
     }
@@ -547,6 +588,27 @@ impl GroupBy {
         let keys = self.keys.clone();
         frame.then(|df| df.aggregate(keys, aggregates))
     }
+}
+
+/// The name a join gives its right side.
+const RIGHT_SIDE: &str = "right_side";
+
+/// The columns of `schema` named `names`, qualified as a join's schema has them.
+fn key_columns(schema: &DFSchema, names: &[String], side: &str) -> PyResult<Vec<Column>> {
+    names
+        .iter()
+        .map(|name| {
+            let (qualifier, field) =
+                schema
+                    .qualified_field_with_unqualified_name(name)
+                    .map_err(|e| {
+                        error(format!(
+                            "join: the {side} side has no key column {name:?}: {e}"
+                        ))
+                    })?;
+            Ok(Column::new(qualifier.cloned(), field.name()))
+        })
+        .collect()
 }
 
 /// Column names given as one name or a list of names.

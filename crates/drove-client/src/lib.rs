@@ -634,24 +634,44 @@ impl Session {
         }
         // A script (TPC-H Q15's CREATE VIEW, query, DROP VIEW): views are made and
         // dropped here, where the query is planned; its plan holds what it reads of them.
+        // Views it made are dropped again if it fails.
         use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+        let mut made = Vec::new();
         let mut last = None;
         for statement in statements {
+            let text = statement.to_string();
             let state = self.inner.ctx.state();
-            match state.statement_to_plan(statement).await? {
-                plan
-                @ LogicalPlan::Ddl(DdlStatement::CreateView(_) | DdlStatement::DropView(_)) => {
-                    self.inner.ctx.execute_logical_plan(plan).await?;
+            let planned = async {
+                match state.statement_to_plan(statement).await? {
+                    plan @ LogicalPlan::Ddl(
+                        DdlStatement::CreateView(_) | DdlStatement::DropView(_),
+                    ) => {
+                        if let LogicalPlan::Ddl(DdlStatement::CreateView(view)) = &plan {
+                            made.push(view.name.clone());
+                        }
+                        self.inner.ctx.execute_logical_plan(plan).await?;
+                        Ok(())
+                    }
+                    LogicalPlan::Ddl(_)
+                    | LogicalPlan::Statement(_)
+                    | LogicalPlan::Dml(_)
+                    | LogicalPlan::Copy(_) => Err(Error::Config(format!(
+                        "`{text}`: of several statements, Session::sql takes one query, CREATE VIEW and DROP VIEW; run this one alone, or the script with run_sql"
+                    ))),
+                    _ if last.is_some() => Err(Error::Config(format!(
+                        "`{text}`: a script for Session::sql holds one query; run the others on their own, or the script with run_sql (which returns the last)"
+                    ))),
+                    query => {
+                        last = Some(datafusion::dataframe::DataFrame::new(state.clone(), query));
+                        Ok(())
+                    }
                 }
-                LogicalPlan::Ddl(_)
-                | LogicalPlan::Statement(_)
-                | LogicalPlan::Dml(_)
-                | LogicalPlan::Copy(_) => {
-                    return Err(Error::Config(
-                        "of several statements, Session::sql takes queries, CREATE VIEW and DROP VIEW only; run the others one at a time, or all with run_sql".into(),
-                    ));
+            };
+            if let Err(e) = planned.await {
+                for view in &made {
+                    let _ = self.inner.ctx.deregister_table(view.clone());
                 }
-                query => last = Some(datafusion::dataframe::DataFrame::new(state, query)),
+                return Err(e);
             }
         }
         let df = last.ok_or_else(|| {
@@ -1562,7 +1582,7 @@ impl DataFrame {
             Ok(node
                 .expressions()
                 .iter()
-                .any(|e| e.exists(|e| Ok(subquery(e))).unwrap_or(true)))
+                .any(|e| matches!(e.exists(|e| Ok(subquery(e))), Ok(true))))
         })?;
         let decorrelated;
         let plan = if has_subqueries {

@@ -49,6 +49,21 @@ async fn bad_sql_unknown_tables_and_missing_paths_are_named() {
         .err()
         .expect("a script without a query is refused");
     assert!(e.to_string().contains("holds no query"), "{e}");
+    let e = session
+        .sql("SELECT 1; SELECT 2")
+        .await
+        .err()
+        .expect("a script of two queries is refused");
+    assert!(e.to_string().contains("`SELECT 2`"), "{e}");
+    // A failed script leaves no view behind: the same script runs again.
+    for _ in 0..2 {
+        let e = session
+            .sql("CREATE VIEW u AS SELECT 3 AS x; SELECT * FROM nosuchtable")
+            .await
+            .err()
+            .expect("a query of a missing table fails");
+        assert!(e.to_string().contains("nosuchtable"), "{e}");
+    }
     let df = session
         .sql("CREATE VIEW u AS SELECT 3 AS x; SELECT x + 1 AS y FROM u; DROP VIEW u")
         .await

@@ -1,4 +1,5 @@
-//! All 22 TPC-H queries on a 3-worker cluster equal single-process DataFusion.
+//! All 22 TPC-H queries on a 3-worker cluster, as SQL text and as lazy DataFrames,
+//! equal single-process DataFusion.
 //! The scale is `DROVE_TPCH_SCALE` (0.01 by default; 0.1 on demand).
 
 use drove_exec::datagen::Benchmark;
@@ -31,27 +32,7 @@ async fn all_22_queries_equal_single_process_datafusion() {
                 Err(e) => failures.push(format!("Q{n} {before}: {e}")),
             }
         }
-    }
-    session.shutdown().await;
-    assert!(
-        failures.is_empty(),
-        "at scale {scale}:\n{}",
-        failures.join("\n")
-    );
-}
-
-/// The queries as lazy DataFrames (`Session::sql`), which travel to the coordinator
-/// as logical plans rather than text: those with correlated subqueries among them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn all_22_queries_as_dataframes_equal_single_process_datafusion() {
-    let dir = tpch_data(0.01);
-    let session = crate::cluster(2).await;
-    session.register_tpch(&dir).await.unwrap();
-    let tables = tpch_tables(&dir);
-    let mut failures = Vec::new();
-    for (i, sql) in QUERIES.iter().enumerate() {
-        let n = i + 1;
-        let expected = reference(&tables, sql).await.expect("reference result");
+        // As a lazy DataFrame, which travels as a logical plan rather than as text.
         let actual = match session.sql(sql).await {
             Ok(df) => df.collect().await,
             Err(e) => Err(e),
@@ -59,14 +40,18 @@ async fn all_22_queries_as_dataframes_equal_single_process_datafusion() {
         match actual {
             Ok(batches) => {
                 if let Err(diff) = compare(&batches, &expected, is_ordered(sql)) {
-                    failures.push(format!("Q{n}: {diff}"));
+                    failures.push(format!("Q{n} as a DataFrame: {diff}"));
                 }
             }
-            Err(e) => failures.push(format!("Q{n}: {e}")),
+            Err(e) => failures.push(format!("Q{n} as a DataFrame: {e}")),
         }
     }
     session.shutdown().await;
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "at scale {scale}:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
