@@ -7,15 +7,69 @@
 
 ``drove.local(workers)`` starts an embedded cluster in this process;
 ``drove.connect("host:7070", token=..., tls_dir=...)`` joins a running one. Errors are
-raised as ``drove.DroveError`` with drove's message.
+raised as ``drove.DroveError`` with drove's message, or one of its kinds:
+``ConnectionFailed``, ``QueryError`` (refused before it ran), ``JobFailed`` and
+``AccessDenied``.
 """
 
-from ._drove import DataFrame, DroveError, GroupBy, Session
+import os
+import sys
 
-__all__ = ["DataFrame", "DroveError", "GroupBy", "Session", "connect", "local"]
+from ._drove import (
+    AccessDenied,
+    ConnectionFailed,
+    DataFrame,
+    DroveError,
+    GroupBy,
+    JobFailed,
+    QueryError,
+    Session,
+    Udf,
+)
+
+__all__ = [
+    "AccessDenied",
+    "ConnectionFailed",
+    "DataFrame",
+    "DroveError",
+    "GroupBy",
+    "JobFailed",
+    "QueryError",
+    "Session",
+    "Udf",
+    "connect",
+    "local",
+    "udf",
+]
+
+# The workers of this process (drove.local, or the drove command) run Python UDFs in
+# this interpreter, where this package is.
+os.environ.setdefault("DROVE_PYTHON", sys.executable)
 
 
 #: Starts an embedded cluster on loopback and connects to it (``Session.local``).
 local = Session.local
 #: Connects to a running cluster's coordinator (``Session.connect``).
 connect = Session.connect
+
+
+def udf(fn, input_types, return_type, name=None) -> Udf:
+    """A vectorised Python function for SQL: ``fn`` takes one pyarrow Array for each
+    of ``input_types`` (pyarrow types) and returns an Array (or values pyarrow can
+    make one of) of ``return_type``, as long as its inputs. ``session.register_udf``
+    makes it callable by ``name`` (the function's own name by default). It runs in
+    Python processes beside the workers, never in this one, and travels there pickled
+    by cloudpickle."""
+    import cloudpickle
+    import pyarrow as pa
+
+    name = name or getattr(fn, "__name__", "")
+    if not name.isidentifier():
+        raise DroveError(f"udf: {name!r} is no name SQL can call; pass name='my_function'")
+    if not input_types:
+        raise DroveError("udf: give the types of its arguments, one or more, e.g. [pa.int64()]")
+    fields = [pa.field(f"a{i}", t) for i, t in enumerate(input_types)]
+    schema = pa.schema([*fields, pa.field("result", return_type)])
+    sink = pa.BufferOutputStream()
+    pa.ipc.new_stream(sink, schema).close()
+    return Udf(name, cloudpickle.dumps(fn), sink.getvalue().to_pybytes())

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 use drove_client::arrow::array::RecordBatch;
 use drove_client::arrow::datatypes::SchemaRef;
+use drove_client::arrow::ipc::reader::StreamReader;
 use drove_client::arrow::ipc::writer::StreamWriter;
 use drove_client::datafusion::common::{Column, DFSchema, JoinType};
 use drove_client::datafusion::functions::core::expr_fn::coalesce;
@@ -28,8 +29,47 @@ pyo3::create_exception!(
      The message names the problem and, where there is one, the fix."
 );
 
+pyo3::create_exception!(
+    drove,
+    ConnectionFailed,
+    DroveError,
+    "The cluster could not be reached, or the connection to it broke."
+);
+pyo3::create_exception!(
+    drove,
+    QueryError,
+    DroveError,
+    "The query was refused before it ran: bad SQL, an unknown table, a missing file."
+);
+pyo3::create_exception!(
+    drove,
+    JobFailed,
+    DroveError,
+    "The job ran on the cluster and failed; the message carries the worker's error."
+);
+pyo3::create_exception!(
+    drove,
+    AccessDenied,
+    DroveError,
+    "The cluster does not know the token or certificate, or refuses this caller."
+);
+
+/// A drove error of the caller's own making found here (a bad argument).
 fn error(e: impl std::fmt::Display) -> PyErr {
     DroveError::new_err(e.to_string())
+}
+
+/// A client error as the exception of its kind.
+fn client_error(e: drove_client::Error) -> PyErr {
+    use drove_client::Error;
+    let message = e.to_string();
+    match e {
+        Error::Connect { .. } | Error::Transport(_) => ConnectionFailed::new_err(message),
+        Error::Rejected(_) | Error::Exec(_) => QueryError::new_err(message),
+        Error::JobFailed { .. } => JobFailed::new_err(message),
+        Error::Denied(_) => AccessDenied::new_err(message),
+        Error::Config(_) => DroveError::new_err(message),
+    }
 }
 
 /// The tokio runtime every session of this process runs on, started at first use.
@@ -64,7 +104,7 @@ fn wait<T: Send>(
             let mut tick = tokio::time::interval(SIGNAL_CHECK_EVERY);
             loop {
                 tokio::select! {
-                    done = &mut work => return done.map_err(error),
+                    done = &mut work => return done.map_err(client_error),
                     _ = tick.tick() => {
                         if let Some(Err(interrupted)) = Python::try_attach(|py| py.check_signals()) {
                             return Err(interrupted);
@@ -192,6 +232,12 @@ impl Session {
     /// Registers the eight TPC-H tables of a directory `drove gen tpch` wrote.
     fn register_tpch(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         wait(py, self.inner.register_tpch(path))
+    }
+
+    /// Makes a Python function (`drove.udf(...)`) callable by its name in this
+    /// session's SQL; it runs in Python processes beside the workers.
+    fn register_udf(&self, udf: &Udf) {
+        self.inner.register_udf(udf.function.clone().into_udf());
     }
 
     /// The names of the registered tables.
@@ -568,6 +614,43 @@ impl DataFrame {
     }
 }
 
+/// A vectorised Python function for SQL: `drove.udf(fn, input_types, return_type)`
+/// makes one.
+#[pyclass(frozen, module = "drove")]
+struct Udf {
+    function: drove_exec::python_udf::PythonUdf,
+}
+
+#[pymethods]
+impl Udf {
+    /// `name`; the function pickled; an Arrow IPC stream of the schema of its
+    /// arguments, then its result.
+    #[new]
+    fn new(name: &str, pickled: Vec<u8>, schema: Vec<u8>) -> PyResult<Self> {
+        let reader = StreamReader::try_new(std::io::Cursor::new(schema), None).map_err(error)?;
+        let fields = reader.schema().fields().clone();
+        let Some((result, args)) = fields.split_last() else {
+            return Err(error("a UDF needs a return type"));
+        };
+        let args = args.iter().map(|f| f.data_type().clone()).collect();
+        Ok(Self {
+            function: drove_exec::python_udf::PythonUdf::new(
+                name,
+                pickled,
+                args,
+                result.data_type().clone(),
+            ),
+        })
+    }
+
+    /// The name SQL calls it by.
+    #[getter]
+    fn name(&self) -> String {
+        use drove_client::datafusion::logical_expr::ScalarUDFImpl;
+        self.function.name().to_string()
+    }
+}
+
 /// A DataFrame's rows grouped by keys, waiting for the aggregates to compute.
 #[pyclass(frozen, module = "drove")]
 struct GroupBy {
@@ -640,7 +723,15 @@ fn _drove(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Session>()?;
     m.add_class::<DataFrame>()?;
     m.add_class::<GroupBy>()?;
-    m.add("DroveError", m.py().get_type::<DroveError>())?;
+    m.add_class::<Udf>()?;
+    let py = m.py();
+    m.add("DroveError", py.get_type::<DroveError>())?;
+    m.add("ConnectionFailed", py.get_type::<ConnectionFailed>())?;
+    m.add("QueryError", py.get_type::<QueryError>())?;
+    m.add("JobFailed", py.get_type::<JobFailed>())?;
+    m.add("AccessDenied", py.get_type::<AccessDenied>())?;
+    // The embedded cluster's warnings reach stderr; RUST_LOG shows more.
+    drove::init_logging("warn", drove::LogFormat::Text);
     m.add_function(wrap_pyfunction!(cli, m)?)?;
     Ok(())
 }

@@ -152,6 +152,85 @@ def test_dataframe_operations_equal_pandas(session, sales):
     assert df.unpersist() is False
 
 
+@pytest.fixture(scope="module")
+def sales_files(tmp_path_factory, sales):
+    """The sales in four files, which scans read in four tasks."""
+    _, rows = sales
+    out = tmp_path_factory.mktemp("sales-files")
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    for part in range(4):
+        pq.write_table(table.slice(part * 250, 250), out / f"part-{part}.parquet")
+    return out
+
+
+def test_a_python_udf_equals_the_same_computation_in_sql(session, sales, sales_files):
+    import pyarrow.compute as pc
+
+    session.register_parquet("sales_parts", str(sales_files))
+    double = drove.udf(lambda a: pc.multiply(a, 2), [pa.float64()], pa.float64(), name="twice")
+    session.register_udf(double)
+    label = drove.udf(lambda r, a: [f"{x}:{y}" for x, y in zip(r.to_pylist(), a.to_pylist())],
+                      [pa.string(), pa.float64()], pa.string(), name="label")
+    session.register_udf(label)
+    ours = session.sql(
+        "select id, twice(amount) AS d, label(region, amount) AS l from sales_parts"
+    ).sort("id").to_pandas()
+    sql = session.sql("select id, amount * 2 AS d from sales_parts").sort("id").to_pandas()
+    assert len(ours) == 1000
+    pd.testing.assert_frame_equal(ours[["id", "d"]], sql, check_dtype=False)
+    rows = sales[1]
+    assert ours.l.tolist() == [f"{r}:{a}" for r, a in zip(rows.region, rows.amount)]
+
+
+def test_python_udfs_run_in_python_processes_not_in_the_client(session, sales_files, tmp_path):
+    session.register_parquet("sales_pids", str(sales_files))
+    seen = tmp_path / "pids"
+    seen.mkdir()
+
+    def where(a):
+        # Each process marks itself, then waits (bounded) until another has: the
+        # four scan tasks overlap, so at least two processes compute the function.
+        import os as os_
+        import time as time_
+        from pathlib import Path
+
+        (Path(str(seen)) / str(os_.getpid())).touch()
+        deadline = time_.monotonic() + 60
+        while len(list(Path(str(seen)).iterdir())) < 2 and time_.monotonic() < deadline:
+            time_.sleep(0.01)
+        return pa.array([os_.getpid()] * len(a), pa.int64())
+
+    session.register_udf(drove.udf(where, [pa.int64()], pa.int64(), name="where_run"))
+    pids = session.sql("select distinct where_run(id) AS pid from sales_pids").collect()
+    pids = set(pids.column("pid").to_pylist())
+    assert len(pids) >= 2, pids
+    assert os.getpid() not in pids
+
+
+def test_a_udf_that_raises_or_dies_fails_the_job_clearly(session, sales_files):
+    session.register_parquet("sales_bad", str(sales_files))
+
+    def explode(a):
+        raise ValueError("no such amount")
+
+    session.register_udf(drove.udf(explode, [pa.float64()], pa.float64()))
+    with pytest.raises(drove.JobFailed, match="(?s)explode raised.*Traceback.*ValueError: no such amount"):
+        session.sql("select explode(amount) from sales_bad").collect()
+
+    session.register_udf(drove.udf(lambda a: os._exit(3), [pa.float64()], pa.float64(), name="die"))
+    with pytest.raises(drove.JobFailed, match="die failed: its Python process ended"):
+        session.sql("select die(amount) from sales_bad").collect()
+
+    session.register_udf(drove.udf(lambda a: [1, 2], [pa.float64()], pa.int64(), name="short"))
+    with pytest.raises(drove.JobFailed, match="one value for each row"):
+        session.sql("select short(amount) from sales_bad").collect()
+
+    with pytest.raises(drove.DroveError, match="name="):
+        drove.udf(lambda a: a, [pa.int64()], pa.int64())
+    with pytest.raises(drove.DroveError, match="types of its arguments"):
+        drove.udf(explode, [], pa.int64())
+
+
 def test_show_prints_a_table(session, sales, capsys):
     path, _ = sales
     session.register_parquet("sales_shown", str(path))
@@ -176,13 +255,13 @@ def test_progress_shows_on_stderr_for_jobs_past_the_threshold(sales, capsys):
         drove.local(2, progress=-1)
 
 
-def test_bad_input_raises_drove_errors(session, tmp_path):
-    with pytest.raises(drove.DroveError, match="(?i)no_such_table"):
+def test_bad_input_raises_drove_errors(session, sales, tmp_path):
+    with pytest.raises(drove.QueryError, match="(?i)no_such_table"):
         session.sql("select * from no_such_table")
-    with pytest.raises(drove.DroveError, match="selec"):
+    with pytest.raises(drove.QueryError, match="selec"):
         session.sql("selec 1")
     missing = tmp_path / "missing.parquet"
-    with pytest.raises(drove.DroveError, match="missing.parquet"):
+    with pytest.raises(drove.QueryError, match="missing.parquet"):
         session.register_parquet("t", str(missing))
     with pytest.raises(drove.DroveError, match="at least one worker"):
         drove.local(0)
@@ -195,6 +274,9 @@ def test_bad_input_raises_drove_errors(session, tmp_path):
         one.join(one)
     with pytest.raises(drove.DroveError, match="Cannot cast string 'x'"):
         session.sql("select cast('x' as int) as y").collect()
+    # A failure on the workers, with their message.
+    with pytest.raises(drove.JobFailed, match="(?s)job .* failed.*Cannot cast string 'north'"):
+        session.read_parquet(str(sales[0])).select("cast(region AS int)").collect()
     with pytest.raises(drove.DroveError, match="sort key"):
         one.sort("DESC")
     with pytest.raises(drove.DroveError, match="no key column"):
@@ -202,7 +284,7 @@ def test_bad_input_raises_drove_errors(session, tmp_path):
     with pytest.raises(drove.DroveError, match="tls_dir"):
         drove.connect("127.0.0.1:1", tls_dir=str(tmp_path / "no-certs"))
     # Nothing listens on a port this test just had and closed.
-    with pytest.raises(drove.DroveError, match="cannot reach the coordinator"):
+    with pytest.raises(drove.ConnectionFailed, match="cannot reach the coordinator"):
         drove.connect(f"127.0.0.1:{free_port()}")
 
 

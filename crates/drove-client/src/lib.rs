@@ -606,6 +606,19 @@ impl Session {
             .clone()
     }
 
+    /// Makes a scalar function callable by its name in this session's SQL and
+    /// DataFrames; it travels to the workers inside the plans that call it (as a
+    /// [`drove_exec::python_udf::PythonUdf`] does).
+    ///
+    /// ```no_run
+    /// # fn demo(session: drove_client::Session, f: drove_client::datafusion::logical_expr::ScalarUDF) {
+    /// session.register_udf(f);
+    /// # }
+    /// ```
+    pub fn register_udf(&self, udf: datafusion::logical_expr::ScalarUDF) {
+        self.inner.ctx.register_udf(udf);
+    }
+
     /// A lazy DataFrame of one SQL query over the registered tables. It is planned here
     /// and runs on the cluster when collected.
     ///

@@ -254,4 +254,20 @@ impl LogicalExtensionCodec for CacheCodec {
     ) -> DfResult<()> {
         self.default.try_encode_file_format(buf, node)
     }
+
+    fn try_decode_udf(
+        &self,
+        name: &str,
+        buf: &[u8],
+    ) -> DfResult<Arc<datafusion::logical_expr::ScalarUDF>> {
+        crate::python_udf::decode_udf(name, buf)
+    }
+
+    fn try_encode_udf(
+        &self,
+        node: &datafusion::logical_expr::ScalarUDF,
+        buf: &mut Vec<u8>,
+    ) -> DfResult<()> {
+        crate::python_udf::encode_udf(node, buf)
+    }
 }

@@ -28,6 +28,7 @@ pub mod leader;
 pub mod mapreduce;
 pub mod net;
 pub mod planner;
+pub mod python_udf;
 pub mod scan_split;
 pub mod session;
 pub mod shuffle;

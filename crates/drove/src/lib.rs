@@ -39,8 +39,9 @@ struct Cli {
     log_format: LogFormat,
 }
 
+/// How log lines on stderr look.
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
+pub enum LogFormat {
     Text,
     Json,
 }
@@ -717,7 +718,9 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
     }
 }
 
-fn init_logging(default: &str, format: LogFormat) {
+/// Logs to stderr at the level RUST_LOG sets, else `default` (e.g. "warn"); does
+/// nothing if the process already logs.
+pub fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colours only for a terminal: a log kept in a file stays plain text.

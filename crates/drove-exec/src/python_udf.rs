@@ -1,0 +1,386 @@
+//! Scalar functions written in Python, run on the workers in Python processes.
+//!
+//! A [`PythonUdf`] carries its function as the bytes `cloudpickle` made of it, with
+//! its argument and return types. It travels inside plans (the codecs call
+//! [`PythonUdf::encode`] and [`PythonUdf::decode`]), and where a task calls it, it
+//! hands each batch of arguments, as an Arrow IPC stream, to a Python process running
+//! `drove._udf_worker` and reads the result column back the same way. The processes
+//! are kept and reused by later batches and tasks of the same function, up to
+//! [`IDLE_MAX`] idle ones a process; the interpreter is `DROVE_PYTHON`, else `python3`
+//! (the Python package points `DROVE_PYTHON` at its own interpreter), started in the
+//! temporary directory.
+//!
+//! The exchange on the process's stdin and stdout: first the function and the schema
+//! of its arguments and result, then for each call the arguments; each answer is a
+//! status byte (0: the result follows, 1: a traceback follows) and its bytes. Every
+//! piece is framed by its length as a little-endian u64, and bounded.
+
+use std::hash::{Hash, Hasher};
+use std::io::{BufReader, Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+
+/// What starts an encoded [`PythonUdf`].
+const MAGIC: &[u8] = b"drove-python-udf-1";
+/// The largest pickled function, schema or batch either side sends.
+pub const MESSAGE_MAX: u64 = 1 << 30;
+/// Idle Python processes kept per drove process; more are ended.
+pub const IDLE_MAX: usize = 8;
+
+/// A scalar function in Python (see the module's documentation).
+#[derive(Debug, Clone)]
+pub struct PythonUdf {
+    name: String,
+    /// The function, pickled.
+    function: Arc<[u8]>,
+    /// Its arguments' fields (`a0`, `a1`, ...), then its result's (`result`).
+    schema: SchemaRef,
+    signature: Signature,
+}
+
+impl PartialEq for PythonUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.function == other.function && self.schema == other.schema
+    }
+}
+
+impl Eq for PythonUdf {}
+
+impl Hash for PythonUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.function.hash(state);
+    }
+}
+
+impl PythonUdf {
+    /// The function `function` (pickled) named `name`, taking arguments of `args` and
+    /// returning `returns`.
+    pub fn new(name: &str, function: Vec<u8>, args: Vec<DataType>, returns: DataType) -> Self {
+        let mut fields: Vec<Field> = args
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Field::new(format!("a{i}"), t.clone(), true))
+            .collect();
+        fields.push(Field::new("result", returns, true));
+        Self::with_schema(name, function.into(), Arc::new(Schema::new(fields)))
+    }
+
+    fn with_schema(name: &str, function: Arc<[u8]>, schema: SchemaRef) -> Self {
+        let args = schema.fields()[..schema.fields().len() - 1]
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        Self {
+            name: name.to_string(),
+            function,
+            schema,
+            signature: Signature::exact(args, Volatility::Volatile),
+        }
+    }
+
+    /// This function as a DataFusion scalar UDF.
+    pub fn into_udf(self) -> ScalarUDF {
+        ScalarUDF::new_from_impl(self)
+    }
+
+    /// The function as plans carry it: [`MAGIC`], then the name, the schema and the
+    /// pickled function, each but the last framed by its length.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let schema = crate::shuffle::schema_to_bytes(&self.schema)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let mut out = MAGIC.to_vec();
+        for piece in [self.name.as_bytes(), &schema] {
+            out.extend_from_slice(&(piece.len() as u64).to_le_bytes());
+            out.extend_from_slice(piece);
+        }
+        out.extend_from_slice(&self.function);
+        Ok(out)
+    }
+
+    /// A function [`PythonUdf::encode`] wrote; `None` if `bytes` is not one.
+    pub fn decode(bytes: &[u8]) -> Result<Option<Self>> {
+        let Some(mut rest) = bytes.strip_prefix(MAGIC) else {
+            return Ok(None);
+        };
+        let mut piece = || -> Result<&[u8]> {
+            let (len, after) = rest
+                .split_first_chunk::<8>()
+                .ok_or_else(|| DataFusionError::Internal("a Python UDF cut short".into()))?;
+            let len = usize::try_from(u64::from_le_bytes(*len)).unwrap_or(usize::MAX);
+            if len > after.len() {
+                return Err(DataFusionError::Internal("a Python UDF cut short".into()));
+            }
+            let (piece, after) = after.split_at(len);
+            rest = after;
+            Ok(piece)
+        };
+        let name = String::from_utf8(piece()?.to_vec())
+            .map_err(|_| DataFusionError::Internal("a Python UDF's name is not UTF-8".into()))?;
+        let schema = crate::shuffle::schema_from_bytes(piece()?)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if schema.fields().is_empty() {
+            return Err(DataFusionError::Internal(
+                "a Python UDF without a result type".into(),
+            ));
+        }
+        Ok(Some(Self::with_schema(&name, rest.into(), schema)))
+    }
+
+    /// What a new Python process is told first: the function and the schema.
+    fn greeting(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        frame(&mut out, &self.function);
+        frame(&mut out, &ipc_stream(&self.schema, None)?);
+        Ok(out)
+    }
+
+    fn returns(&self) -> &DataType {
+        self.schema.fields()[self.schema.fields().len() - 1].data_type()
+    }
+
+    /// The function applied to `args` in a Python process.
+    fn call(&self, args: Vec<ArrayRef>, rows: usize) -> Result<ArrayRef> {
+        let fields = self.schema.fields()[..args.len()].to_vec();
+        let batch = RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            args,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
+        let request = ipc_stream(&batch.schema(), Some(&batch))?;
+        let mut process = match take_idle(&self.function) {
+            Some(p) => p,
+            None => Interpreter::start(&self.greeting()?)
+                .map_err(|e| self.failed(format!("cannot start Python: {e}")))?,
+        };
+        let answer = process.ask(&request);
+        let (status, bytes) = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                let exit = process.end();
+                return Err(self.failed(format!(
+                    "its Python process ended ({exit}) while computing it: {e}"
+                )));
+            }
+        };
+        give_back(Arc::clone(&self.function), process);
+        if status != 0 {
+            let traceback = String::from_utf8_lossy(&bytes);
+            return exec_err!("the Python UDF {} raised:\n{traceback}", self.name);
+        }
+        let mut reader = StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
+        let result = match reader.next() {
+            Some(batch) => batch?,
+            None => return Err(self.failed("its Python process returned no batch".into())),
+        };
+        if result.num_columns() != 1 || result.num_rows() != rows {
+            return Err(self.failed(format!(
+                "it returned {} column(s) of {} row(s) for {rows} row(s); return one value for each row",
+                result.num_columns(),
+                result.num_rows()
+            )));
+        }
+        let column = Arc::clone(result.column(0));
+        if column.data_type() != self.returns() {
+            return Err(self.failed(format!(
+                "it returned {} where it was declared to return {}",
+                column.data_type(),
+                self.returns()
+            )));
+        }
+        Ok(column)
+    }
+
+    fn failed(&self, why: String) -> DataFusionError {
+        DataFusionError::Execution(format!("the Python UDF {} failed: {why}", self.name))
+    }
+}
+
+impl ScalarUDFImpl for PythonUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(self.returns().clone())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        // A function of no arguments still sees how many rows there are.
+        Ok(ColumnarValue::Array(self.call(arrays, rows)?))
+    }
+}
+
+/// What both of drove's plan codecs write for a scalar function: a Python one encoded,
+/// nothing for the others (found by name where the plan is read).
+pub fn encode_udf(udf: &ScalarUDF, buf: &mut Vec<u8>) -> Result<()> {
+    if let Some(python) = udf.inner().downcast_ref::<PythonUdf>() {
+        buf.extend_from_slice(&python.encode()?);
+    }
+    Ok(())
+}
+
+/// The function `name` of a plan being read: the Python one [`encode_udf`] wrote, or
+/// an error naming it (the caller found no function of that name registered).
+pub fn decode_udf(name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
+    match PythonUdf::decode(buf)? {
+        Some(python) => Ok(Arc::new(python.into_udf())),
+        None => datafusion::common::plan_err!("there is no function named {name}"),
+    }
+}
+
+/// `schema` and, if given, `batch` as an Arrow IPC stream.
+fn ipc_stream(schema: &Schema, batch: Option<&RecordBatch>) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut out, schema)?;
+    if let Some(batch) = batch {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    drop(writer);
+    Ok(out)
+}
+
+fn frame(out: &mut Vec<u8>, piece: &[u8]) {
+    out.extend_from_slice(&(piece.len() as u64).to_le_bytes());
+    out.extend_from_slice(piece);
+}
+
+/// A Python process running `drove._udf_worker` for one function.
+struct Interpreter {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl Interpreter {
+    fn start(greeting: &[u8]) -> std::io::Result<Self> {
+        let python = std::env::var_os("DROVE_PYTHON").unwrap_or_else(|| "python3".into());
+        // In the temporary directory: `python -m` puts its working directory first on
+        // the module path, where a source tree's drove/ would hide the installed one.
+        let mut child = Command::new(&python)
+            .args(["-m", "drove._udf_worker"])
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{}: {e}; set DROVE_PYTHON to a Python with the drove package",
+                        python.to_string_lossy()
+                    ),
+                )
+            })?;
+        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::other("no pipes to the Python process"));
+        };
+        let mut process = Self {
+            child,
+            input,
+            output: BufReader::new(output),
+        };
+        process.input.write_all(greeting)?;
+        Ok(process)
+    }
+
+    /// Sends `request` and reads the status and bytes of the answer.
+    fn ask(&mut self, request: &[u8]) -> std::io::Result<(u8, Vec<u8>)> {
+        let mut framed = Vec::with_capacity(request.len() + 8);
+        frame(&mut framed, request);
+        self.input.write_all(&framed)?;
+        self.input.flush()?;
+        let mut head = [0u8; 9];
+        self.output.read_exact(&mut head)?;
+        let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
+        if len > MESSAGE_MAX {
+            return Err(std::io::Error::other(format!(
+                "it answered with {len} bytes, more than the {MESSAGE_MAX} allowed"
+            )));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        self.output.read_exact(&mut bytes)?;
+        Ok((head[0], bytes))
+    }
+
+    /// Ends the process; how it ended.
+    fn end(mut self) -> String {
+        let _ = self.child.kill();
+        match self.child.wait() {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("its status unknown: {e}"),
+        }
+    }
+}
+
+impl Drop for Interpreter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Idle processes, each with the function it runs.
+static IDLE: Mutex<Vec<(Arc<[u8]>, Interpreter)>> = Mutex::new(Vec::new());
+
+fn take_idle(function: &[u8]) -> Option<Interpreter> {
+    let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
+    let at = idle.iter().position(|(f, _)| &**f == function)?;
+    Some(idle.swap_remove(at).1)
+}
+
+fn give_back(function: Arc<[u8]>, process: Interpreter) {
+    let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
+    if idle.len() >= IDLE_MAX {
+        // The oldest goes; dropping it ends it (outside the lock would be kinder, but
+        // it only waits for a killed process).
+        idle.remove(0);
+    }
+    idle.push((function, process));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_function_survives_encoding_and_bad_bytes_are_refused() {
+        let udf = PythonUdf::new(
+            "twice",
+            b"pickled".to_vec(),
+            vec![DataType::Float64, DataType::Utf8],
+            DataType::Int64,
+        );
+        let bytes = udf.encode().unwrap();
+        let back = PythonUdf::decode(&bytes).unwrap().unwrap();
+        assert_eq!(back, udf);
+        assert_eq!(back.returns(), &DataType::Int64);
+        assert!(PythonUdf::decode(b"not one").unwrap().is_none());
+        for cut in [MAGIC.len() + 3, MAGIC.len() + 8 + 2, bytes.len() - 8] {
+            let cut_short = PythonUdf::decode(&bytes[..cut]);
+            assert!(
+                cut_short.is_err() || cut_short.as_ref().unwrap().as_ref() != Some(&udf),
+                "{cut}"
+            );
+        }
+    }
+}
