@@ -2,12 +2,14 @@
 by the wheel's own `drove` command, reached with drove.connect."""
 
 import io
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -205,6 +207,71 @@ def test_python_udfs_run_in_python_processes_not_in_the_client(session, sales_fi
     pids = set(pids.column("pid").to_pylist())
     assert len(pids) >= 2, pids
     assert os.getpid() not in pids
+
+
+@pytest.fixture(scope="module")
+def worker_processes(tmp_path_factory):
+    """A coordinator and two worker processes, each run by the wheel's drove command:
+    the coordinator's address and the workers' process ids, once both registered."""
+    grpc, http = free_port(), free_port()
+    logs = tmp_path_factory.mktemp("processes")
+    started = []
+
+    def start(name, *args):
+        log = open(logs / f"{name}.log", "w")
+        started.append((subprocess.Popen([drove_command(), *args], stdout=log, stderr=log), log))
+        return started[-1][0]
+
+    try:
+        start("coordinator", "coordinator", "--bind", f"127.0.0.1:{grpc}", "--http", f"127.0.0.1:{http}")
+        workers = [
+            start(f"worker-{i}", "worker", "--coordinator", f"127.0.0.1:{grpc}", "--slots", "2")
+            for i in range(2)
+        ]
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/v1/workers") as answer:
+                    if len(json.load(answer)) == 2:
+                        break
+            except OSError:
+                pass
+            for process, _ in started:
+                assert process.poll() is None, f"a drove process exited; see {logs}"
+            assert time.monotonic() < deadline, f"two workers did not register in 120 s; see {logs}"
+            time.sleep(0.2)
+        yield f"127.0.0.1:{grpc}", {w.pid for w in workers}
+    finally:
+        for process, log in started:
+            process.terminate()
+            process.wait(timeout=60)
+            log.close()
+
+
+def test_python_udfs_run_beside_two_worker_processes(worker_processes, sales_files, tmp_path):
+    address, worker_pids = worker_processes
+    seen = tmp_path / "workers"
+    seen.mkdir()
+
+    def parent(a):
+        # Each process marks the drove worker that started it, then waits (bounded)
+        # until a process of the other worker has: the four scan tasks fill both
+        # workers' two slots at once.
+        import os as os_
+        import time as time_
+        from pathlib import Path
+
+        (Path(str(seen)) / str(os_.getppid())).touch()
+        deadline = time_.monotonic() + 60
+        while len(list(Path(str(seen)).iterdir())) < 2 and time_.monotonic() < deadline:
+            time_.sleep(0.01)
+        return pa.array([os_.getppid()] * len(a), pa.int64())
+
+    with drove.connect(address) as s:
+        s.register_parquet("sales_workers", str(sales_files))
+        s.register_udf(drove.udf(parent, [pa.int64()], pa.int64(), name="worker_of"))
+        found = s.sql("select distinct worker_of(id) AS pid from sales_workers").collect()
+    assert set(found.column("pid").to_pylist()) == worker_pids
 
 
 def test_a_udf_that_raises_or_dies_fails_the_job_clearly(session, sales_files):
