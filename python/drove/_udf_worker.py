@@ -3,6 +3,7 @@ python_udf.rs for the exchange): told the function and its schema, it answers ea
 batch of arguments with the result column, or with the traceback of what it raised."""
 
 import os
+import resource
 import struct
 import sys
 import traceback
@@ -12,6 +13,11 @@ import pyarrow as pa
 
 
 def main() -> None:
+    # The memory drove allows this process for its data (DROVE_PYTHON_MEMORY on the
+    # worker): past it, the function raises MemoryError instead of taking the machine.
+    limit = int(os.environ.get("DROVE_UDF_MEMORY_BYTES", "0"))
+    if limit > 0:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     # The exchange has stdout to itself: what the function prints goes to stderr.
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

@@ -292,6 +292,23 @@ def test_a_udf_that_raises_or_dies_fails_the_job_clearly(session, sales_files):
     with pytest.raises(drove.JobFailed, match="one value for each row"):
         session.sql("select short(amount) from sales_bad").collect()
 
+    # Each Python process has a memory limit of its own.
+    def hoard(a):
+        kept = bytearray(1 << 30)
+        return pa.array([len(kept)] * len(a), pa.int64())
+
+    os.environ["DROVE_PYTHON_MEMORY"] = "256MiB"
+    try:
+        session.register_udf(drove.udf(hoard, [pa.float64()], pa.int64()))
+        with pytest.raises(drove.JobFailed, match="(?s)hoard raised.*MemoryError"):
+            session.sql("select hoard(amount) from sales_bad").collect()
+        os.environ["DROVE_PYTHON_MEMORY"] = "lots"
+        session.register_udf(drove.udf(lambda a: a, [pa.float64()], pa.float64(), name="same"))
+        with pytest.raises(drove.JobFailed, match="DROVE_PYTHON_MEMORY=lots"):
+            session.sql("select same(amount) from sales_bad").collect()
+    finally:
+        del os.environ["DROVE_PYTHON_MEMORY"]
+
     with pytest.raises(drove.DroveError, match="name="):
         drove.udf(lambda a: a, [pa.int64()], pa.int64())
     with pytest.raises(drove.DroveError, match="types of its arguments"):

@@ -8,7 +8,8 @@
 //! are kept and reused by later batches and tasks of the same function, up to
 //! [`IDLE_MAX`] idle ones a process; the interpreter is `DROVE_PYTHON`, else `python3`
 //! (the Python package points `DROVE_PYTHON` at its own interpreter), started in the
-//! temporary directory.
+//! temporary directory, its data memory limited to `DROVE_PYTHON_MEMORY` (default
+//! [`MEMORY_DEFAULT`]).
 //!
 //! The exchange on the process's stdin and stdout: first the function and the schema
 //! of its arguments and result, then for each call the arguments; each answer is a
@@ -35,6 +36,22 @@ const MAGIC: &[u8] = b"drove-python-udf-1";
 pub const MESSAGE_MAX: u64 = 1 << 30;
 /// Idle Python processes kept per drove process; more are ended.
 pub const IDLE_MAX: usize = 8;
+/// The memory a Python process may take for its data unless `DROVE_PYTHON_MEMORY`
+/// says otherwise; beyond it the function raises MemoryError.
+pub const MEMORY_DEFAULT: u64 = 2 << 30;
+
+/// The memory limit of each Python process: `DROVE_PYTHON_MEMORY` (e.g. 512MiB), else
+/// [`MEMORY_DEFAULT`].
+fn memory_limit() -> std::io::Result<u64> {
+    match std::env::var("DROVE_PYTHON_MEMORY") {
+        Err(_) => Ok(MEMORY_DEFAULT),
+        Ok(text) => drove_core::parse_bytes(&text).map_err(|e| {
+            std::io::Error::other(format!(
+                "DROVE_PYTHON_MEMORY={text}: {e}; give a size such as 512MiB or 2GiB"
+            ))
+        }),
+    }
+}
 
 /// A scalar function in Python (see the module's documentation).
 #[derive(Debug, Clone)]
@@ -271,11 +288,13 @@ struct Interpreter {
 impl Interpreter {
     fn start(greeting: &[u8]) -> std::io::Result<Self> {
         let python = std::env::var_os("DROVE_PYTHON").unwrap_or_else(|| "python3".into());
+        let memory = memory_limit()?;
         // In the temporary directory: `python -m` puts its working directory first on
         // the module path, where a source tree's drove/ would hide the installed one.
         let mut child = Command::new(&python)
             .args(["-m", "drove._udf_worker"])
             .current_dir(std::env::temp_dir())
+            .env("DROVE_UDF_MEMORY_BYTES", memory.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
