@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use drove_client::arrow::array::RecordBatch;
-use drove_client::arrow::datatypes::SchemaRef;
+use drove_client::arrow::datatypes::{DataType, Schema, SchemaRef};
 use drove_client::arrow::ipc::reader::StreamReader;
 use drove_client::arrow::ipc::writer::StreamWriter;
 use drove_client::datafusion::common::{Column, DFSchema, JoinType};
@@ -500,6 +500,53 @@ impl DataFrame {
         self.then(|df| df.limit(offset, Some(n)))
     }
 
+    /// `function` applied to the rows batch by batch, in Python processes beside the
+    /// workers: it takes a `pyarrow.RecordBatch` and returns a RecordBatch, Table or
+    /// pandas DataFrame with a row for each row, of the columns of `schema` (a
+    /// `pyarrow.Schema`; the input's if not given).
+    #[pyo3(signature = (function, schema = None))]
+    fn map_batches(
+        &self,
+        py: Python<'_>,
+        function: &Bound<'_, PyAny>,
+        schema: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let given = self.df.inner().schema().as_arrow().clone();
+        let stream = ipc_bytes(&given, &[])?;
+        let made = py.import("drove._batches")?.call_method1(
+            "udf_for",
+            (function, PyBytes::new(py, &stream), schema),
+        )?;
+        let udf = made.cast::<Udf>()?.get().function.clone();
+        let fields = match &udf.returns() {
+            DataType::Struct(fields) => fields.clone(),
+            other => return Err(error(format!("map_batches: a struct result, not {other}"))),
+        };
+        let columns = self
+            .df
+            .inner()
+            .schema()
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
+            .collect();
+        let call = udf.into_udf().call(columns).alias(BATCH_COLUMN);
+        // The struct's fields come out through an unnest, which the optimizer does not
+        // merge into the call: field accesses would each call the function again.
+        self.then(|df| {
+            let fields = fields
+                .iter()
+                .map(|f| {
+                    let unnested = Column::from_name(format!("{BATCH_COLUMN}.{}", f.name()));
+                    Expr::Column(unnested).alias(f.name())
+                })
+                .collect::<Vec<_>>();
+            df.select(vec![call])?
+                .unnest_columns(&[BATCH_COLUMN])?
+                .select(fields)
+        })
+    }
+
     /// The distinct rows.
     fn distinct(&self) -> PyResult<Self> {
         self.then(|df| df.distinct())
@@ -554,13 +601,7 @@ impl DataFrame {
     /// Runs the query on the cluster and returns its rows as a `pyarrow.Table`.
     fn collect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let (schema, batches) = self.run(py)?;
-        let mut bytes = Vec::new();
-        let mut writer = StreamWriter::try_new(&mut bytes, &schema).map_err(error)?;
-        for batch in &batches {
-            writer.write(batch).map_err(error)?;
-        }
-        writer.finish().map_err(error)?;
-        drop(writer);
+        let bytes = ipc_bytes(&schema, &batches)?;
         py.import("pyarrow.ipc")?
             .call_method1("open_stream", (PyBytes::new(py, &bytes),))?
             .call_method0("read_all")
@@ -672,6 +713,21 @@ impl GroupBy {
         frame.then(|df| df.aggregate(keys, aggregates))
     }
 }
+
+/// `batches` of `schema` as an Arrow IPC stream.
+fn ipc_bytes(schema: &Schema, batches: &[RecordBatch]) -> PyResult<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut writer = StreamWriter::try_new(&mut bytes, schema).map_err(error)?;
+    for batch in batches {
+        writer.write(batch).map_err(error)?;
+    }
+    writer.finish().map_err(error)?;
+    drop(writer);
+    Ok(bytes)
+}
+
+/// The column `map_batches` puts its function's struct result in.
+const BATCH_COLUMN: &str = "__drove_batch";
 
 /// The name a join gives its right side.
 const RIGHT_SIDE: &str = "right_side";

@@ -184,6 +184,40 @@ def test_a_python_udf_equals_the_same_computation_in_sql(session, sales, sales_f
     assert ours.l.tolist() == [f"{r}:{a}" for r, a in zip(rows.region, rows.amount)]
 
 
+def test_map_batches_equals_the_same_computation_in_sql(session, sales_files):
+    import pyarrow.compute as pc
+
+    session.register_parquet("sales_batches", str(sales_files))
+    df = session.sql("select id, region, amount from sales_batches")
+
+    def tax(batch):
+        return pa.RecordBatch.from_arrays(
+            [batch.column("id"), pc.multiply(batch.column("amount"), 1.25)],
+            names=["id", "taxed"],
+        )
+
+    schema = pa.schema([("id", pa.int64()), ("taxed", pa.float64())])
+    ours = df.map_batches(tax, schema=schema).filter("taxed > 10").sort("id").to_pandas()
+    sql = session.sql(
+        "select id, amount * 1.25 AS taxed from sales_batches where amount * 1.25 > 10"
+    ).sort("id").to_pandas()
+    assert len(sql) > 0
+    pd.testing.assert_frame_equal(ours, sql, check_dtype=False)
+
+    # Without a schema the result has the input's columns; pandas results work too.
+    upper = df.map_batches(lambda b: b.to_pandas().assign(region=lambda f: f.region.str.upper()))
+    assert upper.columns == ["id", "region", "amount"]
+    regions = upper.select("region").distinct().sort("region").collect()
+    assert regions.column("region").to_pylist() == ["EAST", "NORTH", "SOUTH", "WEST"]
+
+    with pytest.raises(drove.JobFailed, match="a row for each row"):
+        df.map_batches(lambda b: b.slice(0, 1)).collect()
+    with pytest.raises(drove.JobFailed, match="has no column 'taxed'"):
+        df.map_batches(lambda b: b, schema=schema).collect()
+    with pytest.raises(TypeError, match="pyarrow.Schema"):
+        df.map_batches(lambda b: b, schema="id int")
+
+
 def test_python_udfs_run_in_python_processes_not_in_the_client(session, sales_files, tmp_path):
     session.register_parquet("sales_pids", str(sales_files))
     seen = tmp_path / "pids"

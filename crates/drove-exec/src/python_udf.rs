@@ -161,7 +161,8 @@ impl PythonUdf {
         Ok(out)
     }
 
-    fn returns(&self) -> &DataType {
+    /// The type it returns.
+    pub fn returns(&self) -> &DataType {
         self.schema.fields()[self.schema.fields().len() - 1].data_type()
     }
 
