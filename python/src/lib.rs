@@ -513,10 +513,9 @@ impl DataFrame {
     ) -> PyResult<Self> {
         let given = self.df.inner().schema().as_arrow().clone();
         let stream = ipc_bytes(&given, &[])?;
-        let made = py.import("drove._batches")?.call_method1(
-            "udf_for",
-            (function, PyBytes::new(py, &stream), schema),
-        )?;
+        let made = py
+            .import("drove._batches")?
+            .call_method1("udf_for", (function, PyBytes::new(py, &stream), schema))?;
         let udf = made.cast::<Udf>()?.get().function.clone();
         let fields = match &udf.returns() {
             DataType::Struct(fields) => fields.clone(),
