@@ -42,13 +42,18 @@ __all__ = [
     "udf",
 ]
 
-# The workers of this process (drove.local, or the drove command) run Python UDFs in
-# this interpreter, where this package is.
-os.environ.setdefault("DROVE_PYTHON", sys.executable)
 
 
-#: Starts an embedded cluster on loopback and connects to it (``Session.local``).
-local = Session.local
+def local(workers: int = 2, progress: "float | None" = 1.0) -> Session:
+    """Starts an embedded cluster of ``workers`` workers on loopback and connects to it.
+    Its workers run Python UDFs with this interpreter. A job that runs longer than
+    ``progress`` seconds shows its progress on ``sys.stderr`` (None: never)."""
+    # Workers run Python functions only where DROVE_PYTHON names an interpreter: these,
+    # in this process and on loopback, use this one, which has this package.
+    os.environ.setdefault("DROVE_PYTHON", sys.executable)
+    return Session.local(workers, progress)
+
+
 #: Connects to a running cluster's coordinator (``Session.connect``).
 connect = Session.connect
 

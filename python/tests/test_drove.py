@@ -253,8 +253,11 @@ def worker_processes(tmp_path_factory):
 
     def start(name, *args):
         log = open(logs / f"{name}.log", "w")
-        started.append((subprocess.Popen([drove_command(), *args], stdout=log, stderr=log), log))
-        return started[-1][0]
+        # The workers run Python functions with this interpreter (DROVE_PYTHON opts in).
+        env = {**os.environ, "DROVE_PYTHON": sys.executable}
+        process = subprocess.Popen([drove_command(), *args], stdout=log, stderr=log, env=env)
+        started.append((process, log))
+        return process
 
     try:
         start("coordinator", "coordinator", "--bind", f"127.0.0.1:{grpc}", "--http", f"127.0.0.1:{http}")
@@ -342,6 +345,15 @@ def test_a_udf_that_raises_or_dies_fails_the_job_clearly(session, sales_files):
             session.sql("select same(amount) from sales_bad").collect()
     finally:
         del os.environ["DROVE_PYTHON_MEMORY"]
+
+    # A worker runs Python functions only where DROVE_PYTHON names an interpreter.
+    python = os.environ.pop("DROVE_PYTHON")
+    try:
+        session.register_udf(drove.udf(lambda a: a, [pa.float64()], pa.float64(), name="unrun"))
+        with pytest.raises(drove.JobFailed, match="runs no Python functions.*DROVE_PYTHON"):
+            session.sql("select unrun(amount) from sales_bad").collect()
+    finally:
+        os.environ["DROVE_PYTHON"] = python
 
     with pytest.raises(drove.DroveError, match="name="):
         drove.udf(lambda a: a, [pa.int64()], pa.int64())

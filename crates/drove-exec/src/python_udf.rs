@@ -6,8 +6,9 @@
 //! hands each batch of arguments, as an Arrow IPC stream, to a Python process running
 //! `drove._udf_worker` and reads the result column back the same way. The processes
 //! are kept and reused by later batches and tasks of the same function, up to
-//! [`IDLE_MAX`] idle ones a process; the interpreter is `DROVE_PYTHON`, else `python3`
-//! (the Python package points `DROVE_PYTHON` at its own interpreter), started in the
+//! [`IDLE_MAX`] idle ones a process. The interpreter is `DROVE_PYTHON`; a worker
+//! without it runs no Python functions, which are code from whoever sent the plan
+//! (`drove.local` points it at its own interpreter for its own workers). It starts in the
 //! temporary directory, its data memory limited to `DROVE_PYTHON_MEMORY` (default
 //! [`MEMORY_DEFAULT`]).
 //!
@@ -288,7 +289,12 @@ struct Interpreter {
 
 impl Interpreter {
     fn start(greeting: &[u8]) -> std::io::Result<Self> {
-        let python = std::env::var_os("DROVE_PYTHON").unwrap_or_else(|| "python3".into());
+        // Running Python functions is opt-in: they are code from the plan's sender.
+        let python = std::env::var_os("DROVE_PYTHON").ok_or_else(|| {
+            std::io::Error::other(
+                "this worker runs no Python functions: start it with DROVE_PYTHON set to a Python that has the drove package (drove.local sets it for its own workers)",
+            )
+        })?;
         let memory = memory_limit()?;
         // In the temporary directory: `python -m` puts its working directory first on
         // the module path, where a source tree's drove/ would hide the installed one.
