@@ -69,8 +69,11 @@ def udf(fn, input_types, return_type, name=None) -> Udf:
     import pyarrow as pa
 
     name = name or getattr(fn, "__name__", "")
-    if not name.isidentifier():
-        raise DroveError(f"udf: {name!r} is no name SQL can call; pass name='my_function'")
+    if not name.isidentifier() or name != name.lower():
+        raise DroveError(
+            f"udf: {name!r} is no name SQL can call as written; pass name='my_function' "
+            "(lower case: SQL folds unquoted names to it)"
+        )
     if not input_types:
         raise DroveError("udf: give the types of its arguments, one or more, e.g. [pa.int64()]")
     fields = [pa.field(f"a{i}", t) for i, t in enumerate(input_types)]

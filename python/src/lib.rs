@@ -156,6 +156,12 @@ impl Session {
     }
 }
 
+/// Sends drove's warnings (more with RUST_LOG) to stderr, once a session starts: not
+/// at import, where it would take the place of the CLI's own logging.
+fn log_warnings() {
+    drove::init_logging("warn", drove::LogFormat::Text);
+}
+
 /// The `progress=` argument in milliseconds, checked.
 fn progress_after(seconds: Option<f64>) -> PyResult<Option<u64>> {
     match seconds {
@@ -181,6 +187,7 @@ impl Session {
             ));
         }
         let progress = progress_after(progress)?;
+        log_warnings();
         let inner = wait(py, drove_client::Session::local(workers))?;
         Ok(Self::with_progress(inner, progress))
     }
@@ -205,6 +212,7 @@ impl Session {
             None => None,
         };
         let progress = progress_after(progress)?;
+        log_warnings();
         let credentials = drove_client::Credentials { tls, token };
         let inner = wait(
             py,
@@ -785,8 +793,6 @@ fn _drove(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("QueryError", py.get_type::<QueryError>())?;
     m.add("JobFailed", py.get_type::<JobFailed>())?;
     m.add("AccessDenied", py.get_type::<AccessDenied>())?;
-    // The embedded cluster's warnings reach stderr; RUST_LOG shows more.
-    drove::init_logging("warn", drove::LogFormat::Text);
     m.add_function(wrap_pyfunction!(cli, m)?)?;
     Ok(())
 }

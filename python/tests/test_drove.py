@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -183,6 +184,16 @@ def test_a_python_udf_equals_the_same_computation_in_sql(session, sales, sales_f
     rows = sales[1]
     assert ours.l.tolist() == [f"{r}:{a}" for r, a in zip(rows.region, rows.amount)]
 
+    # One function under two signatures: each runs with its own types.
+    def same(a):
+        return a
+
+    session.register_udf(drove.udf(same, [pa.int64()], pa.int64(), name="same_int"))
+    session.register_udf(drove.udf(same, [pa.float64()], pa.float64(), name="same_float"))
+    both = session.sql("select same_int(id) AS i, same_float(amount) AS f from sales_parts")
+    both = both.sort("i").to_pandas()
+    assert both.i.tolist() == rows.id.tolist() and both.f.tolist() == rows.amount.tolist()
+
 
 def test_map_batches_equals_the_same_computation_in_sql(session, sales_files):
     import pyarrow.compute as pc
@@ -279,9 +290,14 @@ def worker_processes(tmp_path_factory):
             time.sleep(0.2)
         yield f"127.0.0.1:{grpc}", {w.pid for w in workers}
     finally:
-        for process, log in started:
+        for process, _ in started:
             process.terminate()
-            process.wait(timeout=60)
+        for process, log in started:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
             log.close()
 
 
@@ -329,36 +345,67 @@ def test_a_udf_that_raises_or_dies_fails_the_job_clearly(session, sales_files):
     with pytest.raises(drove.JobFailed, match="one value for each row"):
         session.sql("select short(amount) from sales_bad").collect()
 
-    # Each Python process has a memory limit of its own.
-    def hoard(a):
-        kept = bytearray(1 << 30)
-        return pa.array([len(kept)] * len(a), pa.int64())
-
-    os.environ["DROVE_PYTHON_MEMORY"] = "256MiB"
-    try:
-        session.register_udf(drove.udf(hoard, [pa.float64()], pa.int64()))
-        with pytest.raises(drove.JobFailed, match="(?s)hoard raised.*MemoryError"):
-            session.sql("select hoard(amount) from sales_bad").collect()
-        os.environ["DROVE_PYTHON_MEMORY"] = "lots"
-        session.register_udf(drove.udf(lambda a: a, [pa.float64()], pa.float64(), name="same"))
-        with pytest.raises(drove.JobFailed, match="DROVE_PYTHON_MEMORY=lots"):
-            session.sql("select same(amount) from sales_bad").collect()
-    finally:
-        del os.environ["DROVE_PYTHON_MEMORY"]
-
-    # A worker runs Python functions only where DROVE_PYTHON names an interpreter.
-    python = os.environ.pop("DROVE_PYTHON")
-    try:
-        session.register_udf(drove.udf(lambda a: a, [pa.float64()], pa.float64(), name="unrun"))
-        with pytest.raises(drove.JobFailed, match="runs no Python functions.*DROVE_PYTHON"):
-            session.sql("select unrun(amount) from sales_bad").collect()
-    finally:
-        os.environ["DROVE_PYTHON"] = python
-
     with pytest.raises(drove.DroveError, match="name="):
         drove.udf(lambda a: a, [pa.int64()], pa.int64())
+    with pytest.raises(drove.DroveError, match="lower case"):
+        drove.udf(explode, [pa.int64()], pa.int64(), name="Explode")
     with pytest.raises(drove.DroveError, match="types of its arguments"):
         drove.udf(explode, [], pa.int64())
+
+
+def run_python(code, **env):
+    """`code` run by this Python in a process of its own, with `env` added to its
+    environment (which a running cluster's threads read, so no test changes its own)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tempfile.gettempdir(),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+UDF_SCRIPT = """
+import os, sys, pyarrow as pa, drove
+s = drove.Session.local(2, None) if os.environ.get("BARE") else drove.local(2, None)
+s.register_parquet("t", {path!r})
+s.register_udf(drove.udf({function}, [pa.float64()], pa.int64(), name="f"))
+try:
+    s.sql("select f(amount) from t").collect()
+    print("ran")
+except drove.JobFailed as e:
+    print(e)
+s.shutdown()
+"""
+
+
+def test_each_python_process_has_a_memory_limit(sales_files):
+    hoard = "lambda a: pa.array([len(bytearray(1 << 30))] * len(a), pa.int64())"
+    script = UDF_SCRIPT.format(path=str(sales_files), function=hoard)
+    said = run_python(script, DROVE_PYTHON_MEMORY="256MiB")
+    assert "f raised" in said and "MemoryError" in said, said
+    said = run_python(script, DROVE_PYTHON_MEMORY="lots")
+    assert "DROVE_PYTHON_MEMORY=lots" in said, said
+    assert run_python(script).strip() == "ran"
+
+
+def test_workers_run_python_functions_only_where_drove_python_is_set(sales_files):
+    script = UDF_SCRIPT.format(
+        path=str(sales_files), function="lambda a: pa.array([1] * len(a), pa.int64())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DROVE_PYTHON"}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, "BARE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tempfile.gettempdir(),
+    )
+    assert "runs no Python functions" in done.stdout and "DROVE_PYTHON" in done.stdout, done
 
 
 def test_show_prints_a_table(session, sales, capsys):

@@ -10,7 +10,7 @@
 //! without it runs no Python functions, which are code from whoever sent the plan
 //! (`drove.local` points it at its own interpreter for its own workers). It starts in the
 //! temporary directory, its data memory limited to `DROVE_PYTHON_MEMORY` (default
-//! [`MEMORY_DEFAULT`]).
+//! [`MEMORY_DEFAULT_BYTES`]).
 //!
 //! The exchange on the process's stdin and stdout: first the function and the schema
 //! of its arguments and result, then for each call the arguments; each answer is a
@@ -19,6 +19,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::io::{BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -33,19 +34,23 @@ use datafusion::logical_expr::{
 
 /// What starts an encoded [`PythonUdf`].
 const MAGIC: &[u8] = b"drove-python-udf-1";
-/// The largest pickled function, schema or batch either side sends.
-pub const MESSAGE_MAX: u64 = 1 << 30;
+/// The largest batch of arguments or result either side sends.
+pub const MESSAGE_MAX_BYTES: u64 = 1 << 30;
+/// The status of an answer that carries the function's result.
+const STATUS_RESULT: u8 = 0;
+/// The status of an answer that carries a Python traceback.
+const STATUS_RAISED: u8 = 1;
 /// Idle Python processes kept per drove process; more are ended.
 pub const IDLE_MAX: usize = 8;
 /// The memory a Python process may take for its data unless `DROVE_PYTHON_MEMORY`
 /// says otherwise; beyond it the function raises MemoryError.
-pub const MEMORY_DEFAULT: u64 = 2 << 30;
+pub const MEMORY_DEFAULT_BYTES: u64 = 2 << 30;
 
 /// The memory limit of each Python process: `DROVE_PYTHON_MEMORY` (e.g. 512MiB), else
-/// [`MEMORY_DEFAULT`].
+/// [`MEMORY_DEFAULT_BYTES`].
 fn memory_limit() -> std::io::Result<u64> {
     match std::env::var("DROVE_PYTHON_MEMORY") {
-        Err(_) => Ok(MEMORY_DEFAULT),
+        Err(_) => Ok(MEMORY_DEFAULT_BYTES),
         Ok(text) => drove_core::parse_bytes(&text).map_err(|e| {
             std::io::Error::other(format!(
                 "DROVE_PYTHON_MEMORY={text}: {e}; give a size such as 512MiB or 2GiB"
@@ -112,16 +117,14 @@ impl PythonUdf {
     }
 
     /// The function as plans carry it: [`MAGIC`], then the name, the schema and the
-    /// pickled function, each but the last framed by its length.
+    /// pickled function, each framed by its length.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let schema = crate::shuffle::schema_to_bytes(&self.schema)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         let mut out = MAGIC.to_vec();
-        for piece in [self.name.as_bytes(), &schema] {
-            out.extend_from_slice(&(piece.len() as u64).to_le_bytes());
-            out.extend_from_slice(piece);
+        for piece in [self.name.as_bytes(), &schema, &self.function] {
+            frame(&mut out, piece);
         }
-        out.extend_from_slice(&self.function);
         Ok(out)
     }
 
@@ -146,12 +149,18 @@ impl PythonUdf {
             .map_err(|_| DataFusionError::Internal("a Python UDF's name is not UTF-8".into()))?;
         let schema = crate::shuffle::schema_from_bytes(piece()?)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let function: Arc<[u8]> = piece()?.into();
+        if !rest.is_empty() {
+            return Err(DataFusionError::Internal(
+                "a Python UDF with bytes after its end".into(),
+            ));
+        }
         if schema.fields().is_empty() {
             return Err(DataFusionError::Internal(
                 "a Python UDF without a result type".into(),
             ));
         }
-        Ok(Some(Self::with_schema(&name, rest.into(), schema)))
+        Ok(Some(Self::with_schema(&name, function, schema)))
     }
 
     /// What a new Python process is told first: the function and the schema.
@@ -169,30 +178,39 @@ impl PythonUdf {
 
     /// The function applied to `args` in a Python process.
     fn call(&self, args: Vec<ArrayRef>, rows: usize) -> Result<ArrayRef> {
-        let fields = self.schema.fields()[..args.len()].to_vec();
+        let declared = self.schema.fields().len() - 1;
+        if args.len() != declared {
+            return Err(self.failed(format!(
+                "it was given {} argument(s) where it takes {declared}",
+                args.len()
+            )));
+        }
+        let fields = self.schema.fields()[..declared].to_vec();
         let batch = RecordBatch::try_new_with_options(
             Arc::new(Schema::new(fields)),
             args,
             &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
         )?;
         let request = ipc_stream(&batch.schema(), Some(&batch))?;
-        let mut process = match take_idle(&self.function) {
-            Some(p) => p,
-            None => Interpreter::start(&self.greeting()?)
-                .map_err(|e| self.failed(format!("cannot start Python: {e}")))?,
+        if request.len() as u64 > MESSAGE_MAX_BYTES {
+            return Err(self.failed(format!(
+                "a batch of its arguments is {} bytes, more than the {MESSAGE_MAX_BYTES} a call may send; lower datafusion.execution.batch_size",
+                request.len()
+            )));
+        }
+        let greeting = self.greeting()?;
+        // A process from the pool may have died idle (Ctrl-C to the terminal's group, the
+        // OOM killer): one that fails before answering is replaced once by a new one.
+        let (process, answer) = match take_idle(&greeting) {
+            Some(mut idle) => match idle.ask(&request) {
+                Ok(answer) => (idle, answer),
+                Err(_) => self.ask_new(&greeting, &request)?,
+            },
+            None => self.ask_new(&greeting, &request)?,
         };
-        let answer = process.ask(&request);
-        let (status, bytes) = match answer {
-            Ok(a) => a,
-            Err(e) => {
-                let exit = process.end();
-                return Err(self.failed(format!(
-                    "its Python process ended ({exit}) while computing it: {e}"
-                )));
-            }
-        };
-        give_back(Arc::clone(&self.function), process);
-        if status != 0 {
+        let (status, bytes) = answer;
+        if status == STATUS_RAISED {
+            give_back(greeting, process);
             let traceback = String::from_utf8_lossy(&bytes);
             return exec_err!("the Python UDF {} raised:\n{traceback}", self.name);
         }
@@ -201,6 +219,7 @@ impl PythonUdf {
             Some(batch) => batch?,
             None => return Err(self.failed("its Python process returned no batch".into())),
         };
+        give_back(greeting, process);
         if result.num_columns() != 1 || result.num_rows() != rows {
             return Err(self.failed(format!(
                 "it returned {} column(s) of {} row(s) for {rows} row(s); return one value for each row",
@@ -217,6 +236,21 @@ impl PythonUdf {
             )));
         }
         Ok(column)
+    }
+
+    /// `request` asked of a new process.
+    fn ask_new(&self, greeting: &[u8], request: &[u8]) -> Result<(Interpreter, (u8, Vec<u8>))> {
+        let mut process = Interpreter::start(greeting)
+            .map_err(|e| self.failed(format!("cannot start Python: {e}")))?;
+        match process.ask(request) {
+            Ok(answer) => Ok((process, answer)),
+            Err(e) => {
+                let exit = process.end();
+                Err(self.failed(format!(
+                    "its Python process ended ({exit}) while computing it: {e}"
+                )))
+            }
+        }
     }
 
     fn failed(&self, why: String) -> DataFusionError {
@@ -302,6 +336,9 @@ impl Interpreter {
             .args(["-m", "drove._udf_worker"])
             .current_dir(std::env::temp_dir())
             .env("DROVE_UDF_MEMORY_BYTES", memory.to_string())
+            // Its own process group: Ctrl-C to a terminal running `drove.local` interrupts
+            // the client, not the pooled processes.
+            .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -331,21 +368,28 @@ impl Interpreter {
 
     /// Sends `request` and reads the status and bytes of the answer.
     fn ask(&mut self, request: &[u8]) -> std::io::Result<(u8, Vec<u8>)> {
-        let mut framed = Vec::with_capacity(request.len() + 8);
-        frame(&mut framed, request);
-        self.input.write_all(&framed)?;
+        self.input
+            .write_all(&(request.len() as u64).to_le_bytes())?;
+        self.input.write_all(request)?;
         self.input.flush()?;
-        let mut head = [0u8; 9];
-        self.output.read_exact(&mut head)?;
-        let len = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
-        if len > MESSAGE_MAX {
+        let mut status = [0u8; 1];
+        self.output.read_exact(&mut status)?;
+        let mut len = [0u8; 8];
+        self.output.read_exact(&mut len)?;
+        let len = u64::from_le_bytes(len);
+        if ![STATUS_RESULT, STATUS_RAISED].contains(&status[0]) || len > MESSAGE_MAX_BYTES {
             return Err(std::io::Error::other(format!(
-                "it answered with {len} bytes, more than the {MESSAGE_MAX} allowed"
+                "it answered out of turn (status {}, {len} bytes; at most {MESSAGE_MAX_BYTES} may come): does something print to its stdout before drove's worker starts?",
+                status[0]
             )));
         }
-        let mut bytes = vec![0u8; len as usize];
-        self.output.read_exact(&mut bytes)?;
-        Ok((head[0], bytes))
+        // Grows with the bytes that arrive, not with the length announced.
+        let mut bytes = Vec::new();
+        (&mut self.output).take(len).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 != len {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        Ok((status[0], bytes))
     }
 
     /// Ends the process; how it ended.
@@ -365,23 +409,31 @@ impl Drop for Interpreter {
     }
 }
 
-/// Idle processes, each with the function it runs.
-static IDLE: Mutex<Vec<(Arc<[u8]>, Interpreter)>> = Mutex::new(Vec::new());
+/// Idle processes, each with the greeting it was started with (its function and types).
+static IDLE: Mutex<Vec<(Vec<u8>, Interpreter)>> = Mutex::new(Vec::new());
 
-fn take_idle(function: &[u8]) -> Option<Interpreter> {
-    let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
-    let at = idle.iter().position(|(f, _)| &**f == function)?;
-    Some(idle.swap_remove(at).1)
+/// An idle process started with `greeting` that is still running.
+fn take_idle(greeting: &[u8]) -> Option<Interpreter> {
+    loop {
+        let mut process = {
+            let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
+            let at = idle.iter().position(|(g, _)| g == greeting)?;
+            idle.swap_remove(at).1
+        };
+        if matches!(process.child.try_wait(), Ok(None)) {
+            return Some(process);
+        }
+    }
 }
 
-fn give_back(function: Arc<[u8]>, process: Interpreter) {
-    let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
-    if idle.len() >= IDLE_MAX {
-        // The oldest goes; dropping it ends it (outside the lock would be kinder, but
-        // it only waits for a killed process).
-        idle.remove(0);
-    }
-    idle.push((function, process));
+fn give_back(greeting: Vec<u8>, process: Interpreter) {
+    let evicted = {
+        let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
+        idle.push((greeting, process));
+        (idle.len() > IDLE_MAX).then(|| idle.remove(0))
+    };
+    // Dropped outside the lock: ending a process waits for it.
+    drop(evicted);
 }
 
 #[cfg(test)]
@@ -401,12 +453,11 @@ mod tests {
         assert_eq!(back, udf);
         assert_eq!(back.returns(), &DataType::Int64);
         assert!(PythonUdf::decode(b"not one").unwrap().is_none());
-        for cut in [MAGIC.len() + 3, MAGIC.len() + 8 + 2, bytes.len() - 8] {
-            let cut_short = PythonUdf::decode(&bytes[..cut]);
-            assert!(
-                cut_short.is_err() || cut_short.as_ref().unwrap().as_ref() != Some(&udf),
-                "{cut}"
-            );
+        for cut in MAGIC.len()..bytes.len() {
+            assert!(PythonUdf::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(PythonUdf::decode(&longer).is_err());
     }
 }
