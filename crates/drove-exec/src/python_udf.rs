@@ -238,15 +238,23 @@ impl PythonUdf {
         Ok(column)
     }
 
-    /// `request` asked of a new process.
+    /// `request` asked of a new process. A process that cannot start or that ends
+    /// before it answers is an I/O error, which the task's retries try again (on
+    /// another worker, perhaps one that runs Python).
     fn ask_new(&self, greeting: &[u8], request: &[u8]) -> Result<(Interpreter, (u8, Vec<u8>))> {
-        let mut process = Interpreter::start(greeting)
-            .map_err(|e| self.failed(format!("cannot start Python: {e}")))?;
+        let lost = |why: String| {
+            DataFusionError::IoError(std::io::Error::other(format!(
+                "the Python UDF {} failed: {why}",
+                self.name
+            )))
+        };
+        let mut process =
+            Interpreter::start(greeting).map_err(|e| lost(format!("cannot start Python: {e}")))?;
         match process.ask(request) {
             Ok(answer) => Ok((process, answer)),
             Err(e) => {
                 let exit = process.end();
-                Err(self.failed(format!(
+                Err(lost(format!(
                     "its Python process ended ({exit}) while computing it: {e}"
                 )))
             }
