@@ -229,24 +229,32 @@ def test_map_batches_equals_the_same_computation_in_sql(session, sales_files):
         df.map_batches(lambda b: b, schema="id int")
 
 
+def meeting(seen, which):
+    """A UDF that marks `os.<which>()` of the process running it in the directory
+    `seen`, waits (bounded) until two different marks are there, then returns the mark
+    for each row: overlapping tasks meet, so two processes (or workers) compute it."""
+
+    def mark(a):
+        import os as os_
+        import time as time_
+        from pathlib import Path
+
+        me = getattr(os_, which)()
+        (Path(str(seen)) / str(me)).touch()
+        deadline = time_.monotonic() + 60
+        while len(list(Path(str(seen)).iterdir())) < 2 and time_.monotonic() < deadline:
+            time_.sleep(0.01)
+        return pa.array([me] * len(a), pa.int64())
+
+    return mark
+
+
 def test_python_udfs_run_in_python_processes_not_in_the_client(session, sales_files, tmp_path):
     session.register_parquet("sales_pids", str(sales_files))
     seen = tmp_path / "pids"
     seen.mkdir()
 
-    def where(a):
-        # Each process marks itself, then waits (bounded) until another has: the
-        # four scan tasks overlap, so at least two processes compute the function.
-        import os as os_
-        import time as time_
-        from pathlib import Path
-
-        (Path(str(seen)) / str(os_.getpid())).touch()
-        deadline = time_.monotonic() + 60
-        while len(list(Path(str(seen)).iterdir())) < 2 and time_.monotonic() < deadline:
-            time_.sleep(0.01)
-        return pa.array([os_.getpid()] * len(a), pa.int64())
-
+    where = meeting(seen, "getpid")
     session.register_udf(drove.udf(where, [pa.int64()], pa.int64(), name="where_run"))
     pids = session.sql("select distinct where_run(id) AS pid from sales_pids").collect()
     pids = set(pids.column("pid").to_pylist())
@@ -306,19 +314,8 @@ def test_python_udfs_run_beside_two_worker_processes(worker_processes, sales_fil
     seen = tmp_path / "workers"
     seen.mkdir()
 
-    def parent(a):
-        # Each process marks the drove worker that started it, then waits (bounded)
-        # until a process of the other worker has: the four scan tasks fill both
-        # workers' two slots at once.
-        import os as os_
-        import time as time_
-        from pathlib import Path
-
-        (Path(str(seen)) / str(os_.getppid())).touch()
-        deadline = time_.monotonic() + 60
-        while len(list(Path(str(seen)).iterdir())) < 2 and time_.monotonic() < deadline:
-            time_.sleep(0.01)
-        return pa.array([os_.getppid()] * len(a), pa.int64())
+    # The four scan tasks fill both workers' two slots at once.
+    parent = meeting(seen, "getppid")
 
     with drove.connect(address) as s:
         s.register_parquet("sales_workers", str(sales_files))
