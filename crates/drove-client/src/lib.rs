@@ -607,8 +607,9 @@ impl Session {
     }
 
     /// Makes a scalar function callable by its name in this session's SQL and
-    /// DataFrames; it travels to the workers inside the plans that call it (as a
-    /// [`drove_exec::python_udf::PythonUdf`] does).
+    /// DataFrames. A [`drove_exec::python_udf::PythonUdf`] travels to the workers
+    /// inside the plans that call it; any other function must be known by the same
+    /// name where the plan is planned and run (the coordinator and the workers).
     ///
     /// ```no_run
     /// # fn demo(session: drove_client::Session, f: drove_client::datafusion::logical_expr::ScalarUDF) {
