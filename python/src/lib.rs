@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use drove_client::arrow::array::RecordBatch;
-use drove_client::arrow::datatypes::{DataType, Schema, SchemaRef};
+use drove_client::arrow::datatypes::{DataType, SchemaRef};
 use drove_client::arrow::ipc::reader::StreamReader;
-use drove_client::arrow::ipc::writer::StreamWriter;
 use drove_client::datafusion::common::{Column, DFSchema, JoinType};
 use drove_client::datafusion::functions::core::expr_fn::coalesce;
 use drove_client::datafusion::logical_expr::{Expr, SortExpr};
+use drove_exec::python_udf::ipc_stream;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -520,7 +520,7 @@ impl DataFrame {
         schema: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let given = self.df.inner().schema().as_arrow().clone();
-        let stream = ipc_bytes(&given, &[])?;
+        let stream = ipc_stream(&given, &[]).map_err(error)?;
         let made = py
             .import("drove._batches")?
             .call_method1("udf_for", (function, PyBytes::new(py, &stream), schema))?;
@@ -608,7 +608,7 @@ impl DataFrame {
     /// Runs the query on the cluster and returns its rows as a `pyarrow.Table`.
     fn collect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let (schema, batches) = self.run(py)?;
-        let bytes = ipc_bytes(&schema, &batches)?;
+        let bytes = ipc_stream(&schema, &batches).map_err(error)?;
         py.import("pyarrow.ipc")?
             .call_method1("open_stream", (PyBytes::new(py, &bytes),))?
             .call_method0("read_all")
@@ -719,18 +719,6 @@ impl GroupBy {
         let keys = self.keys.clone();
         frame.then(|df| df.aggregate(keys, aggregates))
     }
-}
-
-/// `batches` of `schema` as an Arrow IPC stream.
-fn ipc_bytes(schema: &Schema, batches: &[RecordBatch]) -> PyResult<Vec<u8>> {
-    let mut bytes = Vec::new();
-    let mut writer = StreamWriter::try_new(&mut bytes, schema).map_err(error)?;
-    for batch in batches {
-        writer.write(batch).map_err(error)?;
-    }
-    writer.finish().map_err(error)?;
-    drop(writer);
-    Ok(bytes)
 }
 
 /// The column `map_batches` puts its function's struct result in.

@@ -21,7 +21,7 @@ use std::hash::{Hash, Hasher};
 use std::io::{BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -68,6 +68,8 @@ pub struct PythonUdf {
     /// Its arguments' fields (`a0`, `a1`, ...), then its result's (`result`).
     schema: SchemaRef,
     signature: Signature,
+    /// What a new process is told first, made at the first call; the pool's key.
+    greeting: OnceLock<Arc<[u8]>>,
 }
 
 impl PartialEq for PythonUdf {
@@ -108,6 +110,7 @@ impl PythonUdf {
             function,
             schema,
             signature: Signature::exact(args, Volatility::Volatile),
+            greeting: OnceLock::new(),
         }
     }
 
@@ -164,11 +167,14 @@ impl PythonUdf {
     }
 
     /// What a new Python process is told first: the function and the schema.
-    fn greeting(&self) -> Result<Vec<u8>> {
+    fn greeting(&self) -> Result<&Arc<[u8]>> {
+        if let Some(made) = self.greeting.get() {
+            return Ok(made);
+        }
         let mut out = Vec::new();
         frame(&mut out, &self.function);
-        frame(&mut out, &ipc_stream(&self.schema, None)?);
-        Ok(out)
+        frame(&mut out, &ipc_stream(&self.schema, &[])?);
+        Ok(self.greeting.get_or_init(|| out.into()))
     }
 
     /// The type it returns.
@@ -191,14 +197,14 @@ impl PythonUdf {
             args,
             &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
         )?;
-        let request = ipc_stream(&batch.schema(), Some(&batch))?;
+        let request = ipc_stream(&batch.schema(), std::slice::from_ref(&batch))?;
         if request.len() as u64 > MESSAGE_MAX_BYTES {
             return Err(self.failed(format!(
                 "a batch of its arguments is {} bytes, more than the {MESSAGE_MAX_BYTES} a call may send; lower datafusion.execution.batch_size",
                 request.len()
             )));
         }
-        let greeting = self.greeting()?;
+        let greeting = Arc::clone(self.greeting()?);
         // A process from the pool may have died idle (Ctrl-C to the terminal's group, the
         // OOM killer): one that fails before answering is replaced once by a new one.
         let (process, answer) = match take_idle(&greeting) {
@@ -305,11 +311,12 @@ pub fn decode_udf(name: &str, buf: &[u8]) -> Result<Arc<ScalarUDF>> {
     }
 }
 
-/// `schema` and, if given, `batch` as an Arrow IPC stream.
-fn ipc_stream(schema: &Schema, batch: Option<&RecordBatch>) -> Result<Vec<u8>> {
+/// `batches` of `schema` as an Arrow IPC stream, as the Python processes and pyarrow
+/// read them.
+pub fn ipc_stream(schema: &Schema, batches: &[RecordBatch]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut writer = StreamWriter::try_new(&mut out, schema)?;
-    if let Some(batch) = batch {
+    for batch in batches {
         writer.write(batch)?;
     }
     writer.finish()?;
@@ -418,14 +425,14 @@ impl Drop for Interpreter {
 }
 
 /// Idle processes, each with the greeting it was started with (its function and types).
-static IDLE: Mutex<Vec<(Vec<u8>, Interpreter)>> = Mutex::new(Vec::new());
+static IDLE: Mutex<Vec<(Arc<[u8]>, Interpreter)>> = Mutex::new(Vec::new());
 
 /// An idle process started with `greeting` that is still running.
 fn take_idle(greeting: &[u8]) -> Option<Interpreter> {
     loop {
         let mut process = {
             let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
-            let at = idle.iter().position(|(g, _)| g == greeting)?;
+            let at = idle.iter().position(|(g, _)| **g == *greeting)?;
             idle.swap_remove(at).1
         };
         if matches!(process.child.try_wait(), Ok(None)) {
@@ -434,7 +441,7 @@ fn take_idle(greeting: &[u8]) -> Option<Interpreter> {
     }
 }
 
-fn give_back(greeting: Vec<u8>, process: Interpreter) {
+fn give_back(greeting: Arc<[u8]>, process: Interpreter) {
     let evicted = {
         let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
         idle.push((greeting, process));
