@@ -18,6 +18,7 @@
 
 pub mod cluster;
 pub mod mapreduce;
+mod write;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -1574,6 +1575,25 @@ impl DataFrame {
     pub async fn collect_with_summary(self) -> Result<QueryResult> {
         self.session
             .run(self.encoded()?, "dataframe".to_string(), String::new())
+            .await
+    }
+
+    /// Runs the plan on the cluster and streams its rows, read from the workers a
+    /// batch at a time.
+    ///
+    /// ```no_run
+    /// # async fn demo(df: drove_client::DataFrame) -> drove_client::Result<()> {
+    /// use futures::TryStreamExt;
+    /// let mut rows = df.stream().await?;
+    /// while let Some(batch) = rows.try_next().await? {
+    ///     println!("{} rows", batch.num_rows());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn stream(self) -> Result<ResultStream> {
+        self.session
+            .run_stream(self.encoded()?, "dataframe".to_string(), String::new())
             .await
     }
 
