@@ -101,15 +101,11 @@ impl PythonUdf {
     }
 
     fn with_schema(name: &str, function: Arc<[u8]>, schema: SchemaRef) -> Self {
-        let args = schema.fields()[..schema.fields().len() - 1]
-            .iter()
-            .map(|f| f.data_type().clone())
-            .collect();
         Self {
             name: name.to_string(),
             function,
+            signature: Signature::exact(arg_types(&schema), Volatility::Volatile),
             schema,
-            signature: Signature::exact(args, Volatility::Volatile),
             greeting: OnceLock::new(),
         }
     }
@@ -182,8 +178,13 @@ impl PythonUdf {
         self.schema.fields()[self.schema.fields().len() - 1].data_type()
     }
 
-    /// The function applied to `args` in a Python process.
-    fn call(&self, args: Vec<ArrayRef>, rows: usize) -> Result<ArrayRef> {
+    /// The types of its arguments.
+    pub fn args(&self) -> Vec<DataType> {
+        arg_types(&self.schema)
+    }
+
+    /// The function applied to `args` (of `rows` rows) in a Python process.
+    pub fn call(&self, args: Vec<ArrayRef>, rows: usize) -> Result<ArrayRef> {
         let declared = self.schema.fields().len() - 1;
         if args.len() != declared {
             return Err(self.failed(format!(
@@ -291,6 +292,15 @@ impl ScalarUDFImpl for PythonUdf {
         // A function of no arguments still sees how many rows there are.
         Ok(ColumnarValue::Array(self.call(arrays, rows)?))
     }
+}
+
+/// The argument types of a function of `schema`: its fields but the last, the result.
+fn arg_types(schema: &Schema) -> Vec<DataType> {
+    let fields = schema.fields();
+    fields[..fields.len().saturating_sub(1)]
+        .iter()
+        .map(|f| f.data_type().clone())
+        .collect()
 }
 
 /// What both of drove's plan codecs write for a scalar function: a Python one encoded,

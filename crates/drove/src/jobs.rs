@@ -3,8 +3,10 @@
 use drove_client::{MapReduce, Partitioner, Record};
 use drove_exec::mapreduce::{JobArgs, register, register_with_args};
 
-/// Registers `wordcount`, `inverted-index`, `grep` and `sort`.
+/// Registers `wordcount`, `inverted-index`, `grep` and `sort`, and `python`, whose
+/// functions are written in Python.
 pub fn register_builtin() {
+    drove_exec::mapreduce::python::register();
     register("wordcount", WordCount);
     register("inverted-index", InvertedIndex);
     register_with_args("grep", Grep::from_args);

@@ -16,6 +16,7 @@
 mod datum;
 pub mod nodes;
 pub mod plan;
+pub mod python;
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
