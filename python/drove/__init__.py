@@ -10,6 +10,10 @@
 raised as ``drove.DroveError`` with drove's message, or one of its kinds:
 ``ConnectionFailed``, ``QueryError`` (refused before it ran), ``JobFailed`` and
 ``AccessDenied``.
+
+Python runs on the workers three ways: ``drove.udf`` and ``DataFrame.map_batches``
+(functions over Arrow batches in SQL and DataFrames), ``session.mapreduce`` (map and
+reduce functions) and ``session.client()`` (task graphs of futures, as in Dask).
 """
 
 import os
@@ -26,9 +30,13 @@ from ._drove import (
     Session,
     Udf,
 )
+from ._tasks import Client, Future, TaskError
 
 __all__ = [
     "AccessDenied",
+    "Client",
+    "Future",
+    "TaskError",
     "ConnectionFailed",
     "DataFrame",
     "DroveError",
@@ -44,14 +52,15 @@ __all__ = [
 
 
 
-def local(workers: int = 2, progress: "float | None" = 1.0) -> Session:
-    """Starts an embedded cluster of ``workers`` workers on loopback and connects to it.
-    Its workers run Python UDFs with this interpreter. A job that runs longer than
-    ``progress`` seconds shows its progress on ``sys.stderr`` (None: never)."""
+def local(workers: int = 2, progress: "float | None" = 1.0, slots: "int | None" = None) -> Session:
+    """Starts an embedded cluster of ``workers`` workers (of ``slots`` task slots each,
+    by default 2) on loopback and connects to it. Its workers run Python functions with
+    this interpreter. A job that runs longer than ``progress`` seconds shows its
+    progress on ``sys.stderr`` (None: never)."""
     # Workers run Python functions only where DROVE_PYTHON names an interpreter: these,
     # in this process and on loopback, use this one, which has this package.
     os.environ.setdefault("DROVE_PYTHON", sys.executable)
-    return Session.local(workers, progress)
+    return Session.local(workers, progress, slots)
 
 
 #: Connects to a running cluster's coordinator (``Session.connect``).
@@ -64,9 +73,11 @@ def udf(fn, input_types, return_type, name=None) -> Udf:
     make one of) of ``return_type``, as long as its inputs. ``session.register_udf``
     makes it callable by ``name`` (the function's own name by default). It runs in
     Python processes beside the workers, never in this one, and travels there pickled
-    by cloudpickle."""
-    import cloudpickle
+    by cloudpickle (with the code of this program's own modules; installed packages
+    must be installed on the workers too)."""
     import pyarrow as pa
+
+    from ._pickle import dumps
 
     name = name or getattr(fn, "__name__", "")
     if not name.isidentifier() or name != name.lower():
@@ -80,4 +91,4 @@ def udf(fn, input_types, return_type, name=None) -> Udf:
     schema = pa.schema([*fields, pa.field("result", return_type)])
     sink = pa.BufferOutputStream()
     pa.ipc.new_stream(sink, schema).close()
-    return Udf(name, cloudpickle.dumps(fn), sink.getvalue().to_pybytes())
+    return Udf(name, dumps(fn), sink.getvalue().to_pybytes())

@@ -19,7 +19,7 @@ use drove_client::datafusion::logical_expr::{Expr, SortExpr};
 use drove_exec::python_udf::ipc_stream;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 pyo3::create_exception!(
     drove,
@@ -175,20 +175,38 @@ fn progress_after(seconds: Option<f64>) -> PyResult<Option<u64>> {
 
 #[pymethods]
 impl Session {
-    /// Starts an embedded cluster of `workers` workers on loopback and connects to it.
-    /// `progress`: seconds a job runs before its progress shows on `sys.stderr`
-    /// (None: never).
+    /// Starts an embedded cluster of `workers` workers, of `slots` task slots each
+    /// (by default 2), on loopback and connects to it. `progress`: seconds a job runs
+    /// before its progress shows on `sys.stderr` (None: never).
     #[staticmethod]
-    #[pyo3(signature = (workers = 2, progress = Some(PROGRESS_AFTER_S)))]
-    fn local(py: Python<'_>, workers: usize, progress: Option<f64>) -> PyResult<Self> {
+    #[pyo3(signature = (workers = 2, progress = Some(PROGRESS_AFTER_S), slots = None))]
+    fn local(
+        py: Python<'_>,
+        workers: usize,
+        progress: Option<f64>,
+        slots: Option<u32>,
+    ) -> PyResult<Self> {
         if workers == 0 {
             return Err(error(
                 "drove.local(workers=0): a cluster needs at least one worker; pass workers=1 or more",
             ));
         }
+        if slots == Some(0) {
+            return Err(error(
+                "drove.local(slots=0): a worker needs at least one task slot; pass slots=1 or more, or None",
+            ));
+        }
         let progress = progress_after(progress)?;
         log_warnings();
-        let inner = wait(py, drove_client::Session::local(workers))?;
+        let mut config = drove_client::LocalClusterConfig {
+            workers,
+            ..Default::default()
+        };
+        config.slots = slots.unwrap_or(config.slots);
+        let inner = wait(py, async move {
+            drove_client::Session::with_cluster(drove_client::LocalCluster::start(config).await?)
+                .await
+        })?;
         Ok(Self::with_progress(inner, progress))
     }
 
@@ -269,6 +287,96 @@ impl Session {
     fn read_csv(&self, py: Python<'_>, path: PathBuf) -> PyResult<DataFrame> {
         let df = wait(py, self.inner.read_csv(path))?;
         Ok(DataFrame { df })
+    }
+
+    /// A client for task graphs on this cluster: `submit(fn, *args)` returns a
+    /// future, `map`, `gather` and `as_completed` as in Dask; see `drove.Client`.
+    /// `partitions`: drove tasks per job (by default four per worker slot).
+    #[pyo3(signature = (partitions = None))]
+    fn client<'py>(
+        slf: &Bound<'py, Self>,
+        partitions: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        slf.py()
+            .import("drove._tasks")?
+            .getattr("Client")?
+            .call1((slf, partitions))
+    }
+
+    /// The task slots of the cluster's workers that take tasks.
+    fn _slots(&self, py: Python<'_>) -> PyResult<u32> {
+        let status = wait(py, self.inner.cluster_summary())?;
+        Ok(status
+            .workers
+            .iter()
+            .filter(|w| !w.draining)
+            .map(|w| w.slots)
+            .sum())
+    }
+
+    /// Runs a MapReduce job over text files and commits its output directory:
+    /// `mapreduce(inputs, output, mapper=None, reducer=None, combiner=None, *,
+    /// key_type=pa.string(), value_type=pa.int64(), output_type=None, reducers=2,
+    /// format="text", overwrite=False, job=None, args=None)`. Give Python functions
+    /// `mapper(line)` (yields `(key, value)` pairs) and `reducer(key, values)`
+    /// (yields outputs), or `job=` a job built into drove ("wordcount", ...). See
+    /// `drove._mapreduce.run`.
+    #[pyo3(signature = (*args, **kwargs))]
+    fn mapreduce<'py>(
+        slf: &Bound<'py, Self>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut all = vec![slf.clone().into_any()];
+        all.extend(args.iter());
+        slf.py()
+            .import("drove._mapreduce")?
+            .getattr("run")?
+            .call(PyTuple::new(slf.py(), all)?, kwargs)
+    }
+
+    /// Runs the MapReduce job `job` (with Python functions `map` and `reduce` for the
+    /// job `python`) and commits its output; returns its part files, records and job.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (job, inputs, output, reducers, format, overwrite, combine, args, map = None, reduce = None))]
+    fn _mapreduce<'py>(
+        &self,
+        py: Python<'py>,
+        job: String,
+        inputs: Vec<PathBuf>,
+        output: PathBuf,
+        reducers: usize,
+        format: &str,
+        overwrite: bool,
+        combine: bool,
+        args: std::collections::BTreeMap<String, String>,
+        map: Option<&Udf>,
+        reduce: Option<&Udf>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let format = drove_client::OutputFormat::parse(format).map_err(error)?;
+        let args = match (map, reduce) {
+            (Some(map), Some(reduce)) => {
+                drove_exec::mapreduce::python::args(&map.function, &reduce.function)
+                    .map_err(error)?
+            }
+            _ => args,
+        };
+        let options = drove_client::mapreduce::MapReduceOptions {
+            job,
+            args,
+            inputs,
+            output,
+            reducers,
+            format,
+            overwrite,
+            combine,
+        };
+        let result = wait(py, self.inner.run_mapreduce(options))?;
+        let done = PyDict::new(py);
+        done.set_item("files", result.files)?;
+        done.set_item("records", result.records)?;
+        done.set_item("job", result.summary.job_id)?;
+        Ok(done)
     }
 
     /// Ends the session's jobs and, for `drove.local`, stops its cluster.
@@ -608,10 +716,31 @@ impl DataFrame {
     /// Runs the query on the cluster and returns its rows as a `pyarrow.Table`.
     fn collect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let (schema, batches) = self.run(py)?;
-        let bytes = ipc_stream(&schema, &batches).map_err(error)?;
-        py.import("pyarrow.ipc")?
-            .call_method1("open_stream", (PyBytes::new(py, &bytes),))?
-            .call_method0("read_all")
+        arrow_table(py, &schema, &batches)
+    }
+
+    /// `collect()`, and what the job did: its id, drove tasks, attempts beyond one
+    /// per task (re-runs after failures or lost workers) and the workers it ran on.
+    fn _collect_with_summary<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
+        let result = wait(py, self.df.clone().collect_with_summary())?;
+        let table = arrow_table(py, &result.schema, &result.batches)?;
+        let summary = PyDict::new(py);
+        summary.set_item("job", result.summary.job_id)?;
+        summary.set_item("tasks", result.summary.tasks())?;
+        summary.set_item("extra_attempts", result.summary.extra_attempts())?;
+        summary.set_item("workers", result.summary.workers_used())?;
+        Ok((table, summary))
+    }
+
+    /// Runs the query and writes its rows to one Parquet file at `path`, streamed
+    /// through this client; the file appears only when complete. An existing file is
+    /// refused unless `overwrite=True`. Returns the rows written.
+    #[pyo3(signature = (path, overwrite = false))]
+    fn write_parquet(&self, py: Python<'_>, path: PathBuf, overwrite: bool) -> PyResult<u64> {
+        wait(py, self.df.clone().write_parquet(path, overwrite))
     }
 
     /// Runs the query and returns its rows as a pandas DataFrame (pandas must be
@@ -745,6 +874,18 @@ fn key_columns(schema: &DFSchema, names: &[String], side: &str) -> PyResult<Vec<
         .collect()
 }
 
+/// `batches` as a `pyarrow.Table`, read through an Arrow IPC stream.
+fn arrow_table<'py>(
+    py: Python<'py>,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> PyResult<Bound<'py, PyAny>> {
+    let bytes = ipc_stream(schema, batches).map_err(error)?;
+    py.import("pyarrow.ipc")?
+        .call_method1("open_stream", (PyBytes::new(py, &bytes),))?
+        .call_method0("read_all")
+}
+
 /// Column names given as one name or a list of names.
 fn names(given: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
     if let Ok(one) = given.extract::<String>() {
@@ -771,6 +912,9 @@ fn cli(py: Python<'_>, args: Vec<OsString>) -> u8 {
 
 #[pymodule]
 fn _drove(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The MapReduce jobs every process of a cluster knows, for the embedded workers
+    // and for planning jobs here.
+    drove::jobs::register_builtin();
     m.add_class::<Session>()?;
     m.add_class::<DataFrame>()?;
     m.add_class::<GroupBy>()?;

@@ -2,15 +2,11 @@
 by the wheel's own `drove` command, reached with drove.connect."""
 
 import io
-import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -20,17 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import drove
+from conftest import cluster_processes, drove_command, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 QUERIES = REPO / "queries" / "tpch"
 TPCH_SCALE = os.environ.get("DROVE_PY_TPCH_SCALE", "0.1")
-
-
-def drove_command():
-    """The `drove` command this environment's wheel installed."""
-    found = shutil.which("drove", path=os.path.dirname(sys.executable))
-    assert found, f"no drove command beside {sys.executable}"
-    return found
 
 
 def without_views(table):
@@ -44,12 +34,6 @@ def without_views(table):
 
 def sorted_frame(df):
     return df.sort_values(list(df.columns)).reset_index(drop=True)
-
-
-@pytest.fixture(scope="module")
-def session():
-    with drove.local(2) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
@@ -266,47 +250,8 @@ def test_python_udfs_run_in_python_processes_not_in_the_client(session, sales_fi
 def worker_processes(tmp_path_factory):
     """A coordinator and two worker processes, each run by the wheel's drove command:
     the coordinator's address and the workers' process ids, once both registered."""
-    grpc, http = free_port(), free_port()
-    logs = tmp_path_factory.mktemp("processes")
-    started = []
-
-    def start(name, *args):
-        log = open(logs / f"{name}.log", "w")
-        # The workers run Python functions with this interpreter (DROVE_PYTHON opts in).
-        env = {**os.environ, "DROVE_PYTHON": sys.executable}
-        process = subprocess.Popen([drove_command(), *args], stdout=log, stderr=log, env=env)
-        started.append((process, log))
-        return process
-
-    try:
-        start("coordinator", "coordinator", "--bind", f"127.0.0.1:{grpc}", "--http", f"127.0.0.1:{http}")
-        workers = [
-            start(f"worker-{i}", "worker", "--coordinator", f"127.0.0.1:{grpc}", "--slots", "2")
-            for i in range(2)
-        ]
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/v1/workers") as answer:
-                    if len(json.load(answer)) == 2:
-                        break
-            except OSError:
-                pass
-            for process, _ in started:
-                assert process.poll() is None, f"a drove process exited; see {logs}"
-            assert time.monotonic() < deadline, f"two workers did not register in 120 s; see {logs}"
-            time.sleep(0.2)
-        yield f"127.0.0.1:{grpc}", {w.pid for w in workers}
-    finally:
-        for process, _ in started:
-            process.terminate()
-        for process, log in started:
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            log.close()
+    with cluster_processes(tmp_path_factory.mktemp("processes"), workers=2) as (address, workers):
+        yield address, {w.pid for w in workers}
 
 
 def test_python_udfs_run_beside_two_worker_processes(worker_processes, sales_files, tmp_path):
@@ -462,12 +407,6 @@ def test_bad_input_raises_drove_errors(session, sales, tmp_path):
         drove.connect(f"127.0.0.1:{free_port()}")
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def tpch(tmp_path_factory):
     out = tmp_path_factory.mktemp("tpch")
@@ -551,3 +490,33 @@ def test_tpch_from_python_equals_the_cli(tpch, cli_cluster):
             )
     # Equal empty answers would prove little: at this scale nearly every query has rows.
     assert answered >= 20, f"only {answered} of 22 queries returned rows"
+
+
+def test_write_parquet_writes_the_rows_whole_or_not_at_all(session, sales, tmp_path):
+    path, frame = sales
+    df = session.read_parquet(str(path)).filter("amount > 10").select("id", "region", "amount")
+    out = tmp_path / "big.parquet"
+    assert df.write_parquet(str(out)) == len(frame[frame.amount > 10])
+    written = pq.read_table(out).to_pandas()
+    pd.testing.assert_frame_equal(
+        sorted_frame(written), sorted_frame(df.to_pandas()), check_dtype=False
+    )
+
+    with pytest.raises(drove.DroveError, match="exists; pass overwrite"):
+        df.write_parquet(str(out))
+    assert df.limit(5).write_parquet(str(out), overwrite=True) == 5
+    assert pq.read_table(out).num_rows == 5
+    with pytest.raises(drove.DroveError, match="is a directory"):
+        df.write_parquet(str(tmp_path))
+    with pytest.raises(drove.DroveError, match="does not exist; create it first"):
+        df.write_parquet(str(tmp_path / "no" / "such.parquet"))
+
+    # A job that fails leaves neither the file nor a temporary one behind.
+    def explode(a):
+        raise RuntimeError("no rows today")
+
+    session.register_udf(drove.udf(explode, [pa.int64()], pa.int64(), name="explode_write"))
+    failing = session.read_parquet(str(path)).select("explode_write(id) AS x")
+    with pytest.raises(drove.JobFailed, match="no rows today"):
+        failing.write_parquet(str(tmp_path / "failed.parquet"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.parquet"]
