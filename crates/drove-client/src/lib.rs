@@ -1573,9 +1573,7 @@ impl DataFrame {
     /// # }
     /// ```
     pub async fn collect_with_summary(self) -> Result<QueryResult> {
-        self.session
-            .run(self.encoded()?, "dataframe".to_string(), String::new())
-            .await
+        self.stream().await?.collect().await
     }
 
     /// Runs the plan on the cluster and streams its rows, read from the workers a

@@ -7,23 +7,29 @@
 //! - `map` takes the batch's lines (`Utf8`) and returns, for each line, a list of
 //!   `{key, value}` structs: the pairs it emits (a combiner folds a batch's pairs and
 //!   returns them all in the first line's list);
-//! - `reduce` takes pairs sorted by key (`key`, `value`), whole keys only, and returns,
-//!   for each pair, a list of `{key, value}` outputs: a key's outputs in the list of its
-//!   first pair, the other lists empty.
+//! - `reduce` takes pairs sorted by key (`key`, `value`), whole keys only, with `starts`
+//!   (`Boolean`) true at each key's first pair, as Arrow's equality groups them; it
+//!   returns, for each pair, a list of `{key, value}` outputs: a key's outputs in the
+//!   list of its first pair, the other lists empty. A key's values go to Python in one
+//!   call, at most [`KEY_MAX_BYTES`] of them.
 //!
 //! Their types are the job's: map's key and value, and reduce's value as the output.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, ListArray, RecordBatch, StructArray};
+use arrow::array::{Array, ArrayRef, BooleanArray, ListArray, RecordBatch, StructArray};
 use arrow::datatypes::{DataType, SchemaRef};
 
 use super::{ErasedJob, JobArgs, Mapper, Partitioner, Record, Reducer, pair_schema};
-use crate::python_udf::PythonUdf;
+use crate::python_udf::{MESSAGE_MAX_BYTES, PythonUdf};
+use crate::token::{hex, unhex};
 use crate::{Error, Result};
 
 /// The name the job is registered under.
 pub const NAME: &str = "python";
+
+/// The most bytes of values one key may have: they reach the reduce function at once.
+pub const KEY_MAX_BYTES: usize = (MESSAGE_MAX_BYTES / 4) as usize;
 
 /// Registers the job [`NAME`]; every process of a cluster does, as for the built-in
 /// jobs.
@@ -77,9 +83,9 @@ impl PythonJob {
                 map.args()
             )));
         }
-        if reduce.args() != [key.clone(), value.clone()] || reduced_key != key {
+        if reduce.args() != [key.clone(), value.clone(), DataType::Boolean] || reduced_key != key {
             return Err(Error::User(format!(
-                "the reduce function takes {:?} and returns keys of {reduced_key}; the map function emits keys of {key} and values of {value}, so it must take ({key}, {value}) and return keys of {key}",
+                "the reduce function takes {:?} and returns keys of {reduced_key}; the map function emits keys of {key} and values of {value}, so it must take ({key}, {value}, Boolean) and return keys of {key}",
                 reduce.args()
             )));
         }
@@ -125,8 +131,13 @@ fn flatten(lists: &ArrayRef, schema: &SchemaRef, which: &str) -> Result<Option<R
         .as_any()
         .downcast_ref::<StructArray>()
         .ok_or_else(|| Error::Internal(format!("the {which} function returned no structs")))?;
+    if pairs.null_count() > 0 {
+        return Err(Error::User(format!(
+            "the {which} function emitted None for a pair; emit (key, value) tuples"
+        )));
+    }
     for (column, field) in pairs.columns().iter().zip(schema.fields()) {
-        if column.null_count() > 0 || pairs.null_count() > 0 {
+        if column.null_count() > 0 {
             return Err(Error::User(format!(
                 "the {which} function emitted None as a {}; emit a value of {} for every {}",
                 field.name(),
@@ -161,7 +172,7 @@ impl ErasedJob for PythonJob {
     fn reducer(self: Arc<Self>) -> Box<dyn Reducer> {
         Box::new(PythonReducer {
             job: self,
-            held: None,
+            keys: KeyGroups::default(),
         })
     }
 
@@ -177,8 +188,10 @@ struct PythonMapper(Arc<PythonJob>);
 impl Mapper for PythonMapper {
     fn push(&mut self, records: &RecordBatch) -> Result<Option<RecordBatch>> {
         let job = &self.0;
-        let lines = Arc::clone(records.column(2));
-        let lists = job.map.call(vec![lines], records.num_rows())?;
+        let lines = records
+            .column_by_name("text")
+            .ok_or_else(|| Error::Internal("map input without its text column".into()))?;
+        let lists = job.map.call(vec![Arc::clone(lines)], records.num_rows())?;
         flatten(&lists, &job.map_schema, "map")
     }
 
@@ -189,58 +202,123 @@ impl Mapper for PythonMapper {
 
 struct PythonReducer {
     job: Arc<PythonJob>,
-    /// The pairs of the last key pushed, which the next batch may continue.
-    held: Option<RecordBatch>,
+    keys: KeyGroups,
 }
 
 impl PythonReducer {
-    fn reduce(&self, pairs: &RecordBatch) -> Result<Option<RecordBatch>> {
-        if pairs.num_rows() == 0 {
+    /// The outputs of the whole keys in `pairs`.
+    fn reduce(&self, pairs: Option<RecordBatch>) -> Result<Option<RecordBatch>> {
+        let Some(pairs) = pairs else {
             return Ok(None);
-        }
-        let job = &self.job;
-        let lists = job
-            .reduce
-            .call(pairs.columns().to_vec(), pairs.num_rows())?;
-        flatten(&lists, &job.output_schema, "reduce")
+        };
+        let starts = group_starts(pairs.column(0))?;
+        let args = vec![
+            Arc::clone(pairs.column(0)),
+            Arc::clone(pairs.column(1)),
+            Arc::new(starts),
+        ];
+        let lists = self.job.reduce.call(args, pairs.num_rows())?;
+        flatten(&lists, &self.job.output_schema, "reduce")
     }
 }
 
 impl Reducer for PythonReducer {
     fn push(&mut self, pairs: &RecordBatch) -> Result<Option<RecordBatch>> {
-        let pairs = match self.held.take() {
-            Some(held) => arrow::compute::concat_batches(&pairs.schema(), [&held, pairs])?,
-            None => pairs.clone(),
-        };
-        let keys = arrow::compute::partition(&[Arc::clone(pairs.column(0))])?.ranges();
-        let Some(last) = keys.last() else {
-            return Ok(None);
-        };
-        // The last key's pairs wait for the next batch, which may hold more of them.
-        self.held = Some(pairs.slice(last.start, pairs.num_rows() - last.start));
-        self.reduce(&pairs.slice(0, last.start))
+        let whole = self.keys.push(pairs)?;
+        self.reduce(whole)
     }
 
     fn finish(&mut self) -> Result<Option<RecordBatch>> {
-        match self.held.take() {
-            Some(held) => self.reduce(&held),
+        let rest = self.keys.finish()?;
+        self.reduce(rest)
+    }
+}
+
+/// True at the first row of each run of equal keys.
+fn group_starts(keys: &ArrayRef) -> Result<BooleanArray> {
+    let mut starts = vec![false; keys.len()];
+    for range in arrow::compute::partition(&[Arc::clone(keys)])?.ranges() {
+        starts[range.start] = true;
+    }
+    Ok(BooleanArray::from(starts))
+}
+
+/// Pairs sorted by key, in batches, regrouped into batches of whole keys: the last key
+/// of a batch waits, in pieces, for the batch that ends it.
+#[derive(Default)]
+struct KeyGroups {
+    /// The pieces of the key not yet known to be whole, and their bytes.
+    held: Vec<RecordBatch>,
+    held_bytes: usize,
+}
+
+impl KeyGroups {
+    /// Takes the next pairs; returns those of the keys they complete, if any.
+    fn push(&mut self, pairs: &RecordBatch) -> Result<Option<RecordBatch>> {
+        if pairs.num_rows() == 0 {
+            return Ok(None);
+        }
+        let keys = arrow::compute::partition(&[Arc::clone(pairs.column(0))])?.ranges();
+        let continues = match self.held.first() {
+            Some(held) => {
+                let compare = arrow::array::make_comparator(
+                    held.column(0),
+                    pairs.column(0),
+                    Default::default(),
+                )?;
+                compare(0, 0).is_eq()
+            }
+            None => false,
+        };
+        let mut from = 0;
+        if continues {
+            if keys.len() == 1 {
+                self.hold(pairs.clone())?;
+                return Ok(None);
+            }
+            self.hold(pairs.slice(0, keys[0].end))?;
+            from = keys[0].end;
+        }
+        // The held key is whole now, and so is every key of this batch but its last.
+        let mut whole = std::mem::take(&mut self.held);
+        self.held_bytes = 0;
+        let last = keys[keys.len() - 1].start.max(from);
+        if last > from {
+            whole.push(pairs.slice(from, last - from));
+        }
+        self.hold(pairs.slice(last, pairs.num_rows() - last))?;
+        concat(&pairs.schema(), whole)
+    }
+
+    /// The pairs of the last key.
+    fn finish(&mut self) -> Result<Option<RecordBatch>> {
+        self.held_bytes = 0;
+        let held = std::mem::take(&mut self.held);
+        match held.first() {
+            Some(first) => concat(&first.schema(), held),
             None => Ok(None),
         }
     }
-}
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
+    fn hold(&mut self, piece: RecordBatch) -> Result<()> {
+        self.held_bytes += piece.get_array_memory_size();
+        self.held.push(piece);
+        if self.held_bytes > KEY_MAX_BYTES {
+            return Err(Error::User(format!(
+                "one key has more than {} of values, which its reduce call would take at once; give the job a combiner, or a finer key",
+                drove_core::human_bytes(KEY_MAX_BYTES as u64)
+            )));
+        }
+        Ok(())
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+}
+
+fn concat(schema: &SchemaRef, pieces: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
+    match pieces.len() {
+        0 => Ok(None),
+        1 => Ok(pieces.into_iter().next()),
+        _ => Ok(Some(arrow::compute::concat_batches(schema, &pieces)?)),
+    }
 }
 
 #[cfg(test)]
@@ -263,7 +341,7 @@ mod tests {
     fn functions_survive_the_job_parameters_and_mismatched_types_are_refused() {
         let map = function(vec![DataType::Utf8], DataType::Utf8, DataType::Int64);
         let reduce = function(
-            vec![DataType::Utf8, DataType::Int64],
+            vec![DataType::Utf8, DataType::Int64, DataType::Boolean],
             DataType::Utf8,
             DataType::Float64,
         );
@@ -277,7 +355,10 @@ mod tests {
             DataType::Int64,
         );
         let refused = args(&map, &wrong).err().unwrap().to_string();
-        assert!(refused.contains("must take (Utf8, Int64)"), "{refused}");
+        assert!(
+            refused.contains("must take (Utf8, Int64, Boolean)"),
+            "{refused}"
+        );
         let missing = PythonJob::from_args(&JobArgs::new())
             .err()
             .unwrap()
@@ -287,5 +368,54 @@ mod tests {
         bad.insert("map".into(), "zz".into());
         let refused = PythonJob::from_args(&bad).err().unwrap().to_string();
         assert!(refused.contains("not hex"), "{refused}");
+    }
+
+    fn pairs(keys: &[&str]) -> RecordBatch {
+        let values: Vec<i64> = (0..keys.len() as i64).collect();
+        RecordBatch::try_new(
+            pair_schema(DataType::Utf8, DataType::Int64),
+            vec![
+                Arc::new(arrow::array::StringArray::from(keys.to_vec())),
+                Arc::new(arrow::array::Int64Array::from(values)),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn keys_of(batch: Option<RecordBatch>) -> Vec<String> {
+        batch.map_or(vec![], |b| {
+            let keys = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            keys.iter().map(|k| k.unwrap().to_string()).collect()
+        })
+    }
+
+    #[test]
+    fn keys_are_regrouped_whole_across_batches() {
+        let mut groups = KeyGroups::default();
+        // "b" goes on over three batches, the middle one all "b".
+        assert_eq!(
+            keys_of(groups.push(&pairs(&["a", "a", "b"])).unwrap()),
+            ["a", "a"]
+        );
+        assert!(keys_of(groups.push(&pairs(&["b", "b"])).unwrap()).is_empty());
+        assert_eq!(
+            keys_of(groups.push(&pairs(&["b", "c", "d"])).unwrap()),
+            ["b", "b", "b", "b", "c"]
+        );
+        // A batch that starts with a new key ends the held one.
+        assert_eq!(keys_of(groups.push(&pairs(&["e"])).unwrap()), ["d"]);
+        assert!(keys_of(groups.push(&pairs(&[])).unwrap()).is_empty());
+        assert_eq!(keys_of(groups.finish().unwrap()), ["e"]);
+        assert!(keys_of(groups.finish().unwrap()).is_empty());
+
+        let starts = group_starts(pairs(&["a", "a", "b", "c", "c"]).column(0)).unwrap();
+        assert_eq!(
+            starts.iter().map(Option::unwrap).collect::<Vec<_>>(),
+            [true, false, true, true, false]
+        );
     }
 }
