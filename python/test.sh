@@ -10,11 +10,7 @@ target=$(cd .. && pwd)/target
 venv="$target/python-venv"
 wheels="$target/wheels"
 
-builder="$target/python-build-venv"
-python3 -m venv "$builder"
-"$builder/bin/python" -m pip install -q "maturin>=1.8,<2"
-rm -rf "$wheels"
-"$builder/bin/maturin" build --profile "${DROVE_WHEEL_PROFILE:-dev}" --out "$wheels"
+./build-wheel.sh "${DROVE_WHEEL_PROFILE:-dev}" "$wheels"
 ls -l "$wheels"
 
 # A new environment with the wheel alone: the first lines a user runs.

@@ -31,7 +31,8 @@ def run(
     """Runs a MapReduce job over the text files (or directories of them) ``inputs``
     and commits its output to the directory ``output``, which must not exist unless
     ``overwrite``: part files ``part-r-NNNNN`` and ``_SUCCESS``, written only once the
-    whole job has succeeded. Returns ``{"files": [...], "records": n, "job": id}``.
+    whole job has succeeded. Returns ``{"files": [...], "records": n, "job": id,
+    "shuffled_bytes": n}``.
 
     With Python functions:
       * ``mapper(line)`` yields (or returns a list of) ``(key, value)`` pairs for one
@@ -53,11 +54,15 @@ def run(
         raise DroveError("mapreduce: give one or more input files or directories")
     if not (isinstance(reducers, int) and reducers > 0):
         raise DroveError(f"mapreduce: reducers={reducers!r}; give a number of reduce tasks, 1 or more")
-    args = {str(k): str(v) for k, v in (args or {}).items()}
     if job is not None:
         if mapper is not None or reducer is not None or combiner is not None:
             raise DroveError(f"mapreduce: job={job!r} brings its own functions; pass job= or mapper= and reducer=, not both")
-        return session._mapreduce(job, inputs, os.fspath(output), reducers, format, overwrite, True, args)
+        if job == "python":
+            raise DroveError("mapreduce: job='python' is what mapper= and reducer= run; pass those instead")
+        args = {str(k): str(v) for k, v in (args or {}).items()}
+        return session._mapreduce(job, inputs, os.fspath(output), reducers, format, overwrite, args)
+    if args:
+        raise DroveError("mapreduce: args= are a built-in job's parameters; Python functions take theirs from their closure")
     if not callable(mapper) or not callable(reducer):
         raise DroveError(
             "mapreduce: give mapper(line) and reducer(key, values) functions, or job= a built-in job's name"
@@ -73,9 +78,11 @@ def run(
     mapped = pairs(key_type, value_type)
     reduced = pairs(key_type, output_type)
     map_udf = udf(map_lines(mapper, combiner, mapped), [pa.string()], mapped, name="mapreduce_map")
-    reduce_udf = udf(reduce_keys(reducer, reduced), [key_type, value_type], reduced, name="mapreduce_reduce")
+    reduce_udf = udf(
+        reduce_keys(reducer, reduced), [key_type, value_type, pa.bool_()], reduced, name="mapreduce_reduce"
+    )
     return session._mapreduce(
-        "python", inputs, os.fspath(output), reducers, format, overwrite, True, args, map_udf, reduce_udf
+        "python", inputs, os.fspath(output), reducers, format, overwrite, {}, map_udf, reduce_udf
     )
 
 
@@ -121,16 +128,16 @@ def map_lines(mapper, combiner, returns):
 
 
 def reduce_keys(reducer, returns):
-    """The reduce UDF: pairs sorted by key in (whole keys), each key's outputs out in
-    the list of its first pair."""
+    """The reduce UDF: pairs sorted by key in (whole keys, each one's first pair marked
+    in ``starts``), each key's outputs out in the list of its first pair."""
 
-    def reduce_batch(keys_in, values_in):
-        ks, vs = keys_in.to_pylist(), values_in.to_pylist()
+    def reduce_batch(keys_in, values_in, starts_in):
+        ks, vs, starts = keys_in.to_pylist(), values_in.to_pylist(), starts_in.to_pylist()
         keys, outputs, offsets = [], [], [0]
         start = 0
         while start < len(ks):
             end = start + 1
-            while end < len(ks) and ks[end] == ks[start]:
+            while end < len(ks) and not starts[end]:
                 end += 1
             result = reducer(ks[start], vs[start:end])
             for output in result if inspect.isgenerator(result) else [result]:

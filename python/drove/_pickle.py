@@ -9,6 +9,7 @@ import os
 import site
 import sys
 import sysconfig
+import threading
 
 _installed = None
 _own = {}
@@ -43,24 +44,35 @@ def _is_own(name, module):
     return own
 
 
+#: cloudpickle's registry of modules pickled by value is the process's: one change at
+#: a time.
+_registry = threading.Lock()
+
+
 @contextlib.contextmanager
 def own_code_by_value():
-    """While open, cloudpickle carries the program's own modules by value."""
+    """While open, cloudpickle carries the program's own modules by value (those the
+    user registered stay as they were)."""
     import cloudpickle
 
-    added = []
-    for name, module in list(sys.modules.items()):
-        if module is not None and _is_own(name, module):
-            try:
+    with _registry:
+        registered = cloudpickle.list_registry_pickle_by_value()
+        added = []
+        for name, module in list(sys.modules.items()):
+            # A module under another name than its own cannot be registered.
+            if (
+                module is not None
+                and getattr(module, "__name__", None) == name
+                and name not in registered
+                and _is_own(name, module)
+            ):
                 cloudpickle.register_pickle_by_value(module)
                 added.append(module)
-            except ValueError:  # already registered, or not importable by its name
-                pass
-    try:
-        yield cloudpickle
-    finally:
-        for module in added:
-            cloudpickle.unregister_pickle_by_value(module)
+        try:
+            yield cloudpickle
+        finally:
+            for module in added:
+                cloudpickle.unregister_pickle_by_value(module)
 
 
 def dumps(obj) -> bytes:

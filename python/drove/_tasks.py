@@ -8,13 +8,18 @@ pickled calls that a Python UDF answers on the workers' Python processes. A task
 arguments are other tasks' futures waits for the wave after theirs, so a graph costs a
 job per level of depth (more where a wave outgrows a job's bounds), not a job per task.
 Each job goes through the same scheduler, retries and UI as any query: a task lost
-with its worker is run again, so a function may run more than once.
+with its worker is run again, so a function may run more than once. A job that fails
+even so (a function that ends its Python process fails it, after drove's retries)
+fails the futures of its wave with the job's error.
 
 Results come back to the client at the end of each wave, which keeps them until they
 are gathered and passes them to the tasks that take them.
 """
 
+import collections
+import copy
 import itertools
+import threading
 import traceback
 
 # cloudpickle and pyarrow are imported where used: `import drove` stays quick.
@@ -25,8 +30,10 @@ JOB_PAYLOAD_MAX = 8 << 20
 JOB_TASKS_MAX = 100_000
 #: Partitions of one job's table at most: each is a drove task, on one worker slot.
 PARTITIONS_MAX = 256
-
-_clients = itertools.count(1)
+#: Jobs ``Client.jobs`` remembers, the latest.
+JOBS_KEPT = 1000
+#: The name of the UDF that runs the calls, in each session that has a client.
+UDF_NAME = "drove_tasks"
 
 
 class TaskError(Exception):
@@ -44,17 +51,22 @@ def _run_calls(calls):
         try:
             fn, args, kwargs = cloudpickle.loads(call)
             outcome = (True, fn(*args, **kwargs))
-        except Exception as e:  # the task's failure, not the job's
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # the task's failure (SystemExit too), not the job's
             outcome = (False, (e, traceback.format_exc()))
         try:
-            out.append(cloudpickle.dumps(outcome))
+            pickled = cloudpickle.dumps(outcome)
+            if not outcome[0]:
+                cloudpickle.loads(pickled)  # an exception that cannot be rebuilt there
         except Exception as e:
             why = f"{type(e).__name__}: {e}"
             if outcome[0]:
                 failure = TaskError(f"the task's result could not be pickled ({why})")
             else:
                 failure = TaskError(f"{outcome[1][1]}\n(the exception could not be pickled: {why})")
-            out.append(cloudpickle.dumps((False, (failure, ""))))
+            pickled = cloudpickle.dumps((False, (failure, "")))
+        out.append(pickled)
     return pa.array(out, pa.binary())
 
 
@@ -115,21 +127,33 @@ def _futures_in(value, found):
 
 
 def _resolved(value):
-    """``value`` with each future replaced by its result."""
+    """``value`` with each future replaced by its result: a container that holds
+    futures is copied (a list or dict keeps its type, as ``copy.copy`` makes it), any
+    other value is passed as it is."""
     if isinstance(value, Future):
         return value._value
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = [_resolved(v) for v in value]
-        if isinstance(value, tuple) and hasattr(value, "_fields"):
-            return type(value)(*items)
-        return type(value)(items)
+    found = []
+    _futures_in(value, found)
+    if not found:
+        return value
+    if isinstance(value, list):
+        out = copy.copy(value)
+        out[:] = [_resolved(v) for v in value]
+        return out
     if isinstance(value, dict):
-        return type(value)((k, _resolved(v)) for k, v in value.items())
-    return value
+        out = copy.copy(value)
+        for k, v in value.items():
+            out[k] = _resolved(v)
+        return out
+    items = [_resolved(v) for v in value]
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*items)
+    return type(value)(items)
 
 
 class Client:
-    """Submits Python functions as tasks to the session's cluster (``session.client()``)."""
+    """Submits Python functions as tasks to the session's cluster (``session.client()``).
+    Threads may share it: one runs waves at a time."""
 
     def __init__(self, session, partitions=None):
         if partitions is not None and not (isinstance(partitions, int) and partitions > 0):
@@ -137,11 +161,12 @@ class Client:
         self._session = session
         self._keys = itertools.count()
         self._partitions = partitions
-        self._udf = f"drove_tasks_{next(_clients)}"
-        session.register_udf(_udf(self._udf))
-        #: One entry for each job the client ran: its id, the graph's tasks it ran,
-        #: drove's tasks and the attempts beyond one that drove made (re-runs).
-        self.jobs = []
+        self._running = threading.RLock()
+        session.register_udf(_udf())
+        #: The latest jobs the client ran (up to ``JOBS_KEPT``): each one's id, the
+        #: graph's tasks it ran, drove's tasks, the attempts beyond one that drove made
+        #: (re-runs) and the workers it ran on.
+        self.jobs = collections.deque(maxlen=JOBS_KEPT)
 
     def submit(self, fn, *args, **kwargs) -> Future:
         """Records ``fn(*args, **kwargs)`` as a task and returns its future; futures
@@ -187,14 +212,15 @@ class Client:
 
     def _run(self, futures, one_wave=False):
         """Runs the tasks ``futures`` need, in waves of tasks whose arguments are ready."""
-        needed = self._needed(futures)
-        while needed:
-            ready = [f for f in needed if all(d.done() for d in f._deps)]
-            for job in self._jobs(ready):
-                self._run_job(job)
-            needed = [f for f in needed if not f.done()]
-            if one_wave and any(f.done() for f in futures):
-                return
+        with self._running:
+            needed = self._needed(futures)
+            while needed:
+                ready = [f for f in needed if all(d.done() for d in f._deps)]
+                for job in self._jobs(ready):
+                    self._run_job(job)
+                needed = [f for f in needed if not f.done()]
+                if one_wave and any(f.done() for f in futures):
+                    return
 
     def _needed(self, futures):
         """The unfinished tasks among ``futures`` and their dependencies, each once."""
@@ -262,11 +288,21 @@ class Client:
         selects = []
         for start in range(0, len(job), per):
             rows = ", ".join(f"({i}, X'{call.hex()}')" for i, (_, call) in enumerate(job[start : start + per], start))
-            selects.append(f"SELECT column1 AS id, {self._udf}(column2) AS outcome FROM (VALUES {rows})")
-        table, summary = self._session.sql(" UNION ALL ".join(selects))._collect_with_summary()
+            selects.append(f"SELECT column1 AS id, {UDF_NAME}(column2) AS outcome FROM (VALUES {rows})")
+        try:
+            table, summary = self._session.sql(" UNION ALL ".join(selects))._collect_with_summary()
+        except Exception as e:
+            # Failed after drove's retries: running the wave again would fail alike,
+            # repeating its functions' effects.
+            for f, _ in job:
+                f._finish(False, e)
+            raise
         outcomes = dict(zip(table.column("id").to_pylist(), table.column("outcome").to_pylist()))
         for i, (f, _) in enumerate(job):
-            ok, value = cloudpickle.loads(outcomes[i])
+            try:
+                ok, value = cloudpickle.loads(outcomes[i])
+            except Exception as e:
+                ok, value = False, (TaskError(f"task {f.key}: its outcome cannot be unpickled here: {e}"), "")
             if not ok:
                 exception, trace = value
                 if trace:
@@ -279,9 +315,9 @@ class Client:
         return f"<drove.Client of {self._session!r}, {len(self.jobs)} jobs run>"
 
 
-def _udf(name):
+def _udf():
     import pyarrow as pa
 
     from . import udf
 
-    return udf(_run_calls, [pa.binary()], pa.binary(), name=name)
+    return udf(_run_calls, [pa.binary()], pa.binary(), name=UDF_NAME)

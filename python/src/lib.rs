@@ -336,9 +336,10 @@ impl Session {
     }
 
     /// Runs the MapReduce job `job` (with Python functions `map` and `reduce` for the
-    /// job `python`) and commits its output; returns its part files, records and job.
+    /// job `python`), its combiner on, and commits its output; returns its part files,
+    /// records, job and the bytes its map tasks shuffled.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (job, inputs, output, reducers, format, overwrite, combine, args, map = None, reduce = None))]
+    #[pyo3(signature = (job, inputs, output, reducers, format, overwrite, args, map = None, reduce = None))]
     fn _mapreduce<'py>(
         &self,
         py: Python<'py>,
@@ -348,7 +349,6 @@ impl Session {
         reducers: usize,
         format: &str,
         overwrite: bool,
-        combine: bool,
         args: std::collections::BTreeMap<String, String>,
         map: Option<&Udf>,
         reduce: Option<&Udf>,
@@ -369,13 +369,14 @@ impl Session {
             reducers,
             format,
             overwrite,
-            combine,
+            combine: true,
         };
         let result = wait(py, self.inner.run_mapreduce(options))?;
         let done = PyDict::new(py);
         done.set_item("files", result.files)?;
         done.set_item("records", result.records)?;
         done.set_item("job", result.summary.job_id)?;
+        done.set_item("shuffled_bytes", result.summary.shuffle_write_bytes())?;
         Ok(done)
     }
 
@@ -474,16 +475,14 @@ impl DataFrame {
 
     /// The rows (run on the cluster) as an aligned text table.
     fn table_text(&self, py: Python<'_>) -> PyResult<String> {
-        let (_, batches) = self.run(py)?;
+        let batches = self.run(py)?.batches;
         let text =
             drove_client::arrow::util::pretty::pretty_format_batches(&batches).map_err(error)?;
         Ok(text.to_string())
     }
 
-    fn run(&self, py: Python<'_>) -> PyResult<(SchemaRef, Vec<RecordBatch>)> {
-        let df = self.df.clone();
-        let result = wait(py, df.collect_with_summary())?;
-        Ok((result.schema, result.batches))
+    fn run(&self, py: Python<'_>) -> PyResult<drove_client::QueryResult> {
+        wait(py, self.df.clone().collect_with_summary())
     }
 }
 
@@ -715,8 +714,8 @@ impl DataFrame {
 
     /// Runs the query on the cluster and returns its rows as a `pyarrow.Table`.
     fn collect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let (schema, batches) = self.run(py)?;
-        arrow_table(py, &schema, &batches)
+        let result = self.run(py)?;
+        arrow_table(py, &result.schema, &result.batches)
     }
 
     /// `collect()`, and what the job did: its id, drove tasks, attempts beyond one
@@ -725,7 +724,7 @@ impl DataFrame {
         &self,
         py: Python<'py>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
-        let result = wait(py, self.df.clone().collect_with_summary())?;
+        let result = self.run(py)?;
         let table = arrow_table(py, &result.schema, &result.batches)?;
         let summary = PyDict::new(py);
         summary.set_item("job", result.summary.job_id)?;
@@ -764,7 +763,7 @@ impl DataFrame {
                 vec![drove_client::datafusion::functions_aggregate::count::count_all().alias("n")],
             )
         })?;
-        let (_, batches) = counted.run(py)?;
+        let batches = counted.run(py)?.batches;
         let n = batches
             .iter()
             .find(|b| b.num_rows() > 0)

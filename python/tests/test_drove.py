@@ -497,6 +497,10 @@ def test_write_parquet_writes_the_rows_whole_or_not_at_all(session, sales, tmp_p
     df = session.read_parquet(str(path)).filter("amount > 10").select("id", "region", "amount")
     out = tmp_path / "big.parquet"
     assert df.write_parquet(str(out)) == len(frame[frame.amount > 10])
+    # Readable as any file the user makes: its mode is what the umask leaves of 0o666.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask
     written = pq.read_table(out).to_pandas()
     pd.testing.assert_frame_equal(
         sorted_frame(written), sorted_frame(df.to_pandas()), check_dtype=False

@@ -58,6 +58,8 @@ def test_python_word_count_equals_the_built_in_one_and_plain_python(session, cor
     assert counts_in(python) == dict(expected)
     assert counts_in(uncombined) == dict(expected)
     assert python["records"] == len(expected)
+    # The combiner ran: it folded each batch's counts before the shuffle.
+    assert python["shuffled_bytes"] * 2 < uncombined["shuffled_bytes"], (python, uncombined)
     assert len(python["files"]) == 3
     assert (tmp_path / "python" / "_SUCCESS").exists()
 
@@ -88,6 +90,28 @@ def test_a_reducer_may_yield_several_outputs_of_its_own_type(session, corpus, tm
         k: sorted(sorted(v, key=lambda w: (-len(w), w))[:2]) for k, v in every.items()
     }
 
+    # Integer keys, float outputs.
+    def lengths(line):
+        for word, _ in words(line):
+            yield len(word), 1
+
+    def share(length, counts):
+        return sum(counts) / 1000.0
+
+    result = session.mapreduce(
+        corpus, tmp_path / "lengths", mapper=lengths, reducer=share, key_type=pa.int64(), output_type=pa.float64()
+    )
+    got = {}
+    for path in result["files"]:
+        for line in open(path, encoding="utf-8"):
+            length, value = line.rstrip("\n").split("\t")
+            got[int(length)] = float(value)
+    counted = collections.Counter()
+    for path in corpus.iterdir():
+        for line in open(path, encoding="utf-8"):
+            counted.update(len(w) for w, _ in words(line))
+    assert got == {k: v / 1000.0 for k, v in counted.items()}
+
 
 def test_mapreduce_bad_input(session, corpus, tmp_path):
     done = session.mapreduce(corpus, tmp_path / "once", mapper=words, reducer=total)
@@ -101,6 +125,10 @@ def test_mapreduce_bad_input(session, corpus, tmp_path):
         session.mapreduce(tmp_path / "missing", tmp_path / "out1", mapper=words, reducer=total)
     with pytest.raises(drove.DroveError, match="give mapper"):
         session.mapreduce(corpus, tmp_path / "out2", mapper=words)
+    with pytest.raises(drove.DroveError, match="pass those instead"):
+        session.mapreduce(corpus, tmp_path / "out7", job="python")
+    with pytest.raises(drove.DroveError, match="closure"):
+        session.mapreduce(corpus, tmp_path / "out8", mapper=words, reducer=total, args={"a": "1"})
     with pytest.raises(drove.DroveError, match="not both"):
         session.mapreduce(corpus, tmp_path / "out3", job="wordcount", mapper=words, reducer=total)
     with pytest.raises(drove.DroveError, match="pyarrow type"):
@@ -120,5 +148,5 @@ def test_mapreduce_bad_input(session, corpus, tmp_path):
     assert not list((tmp_path / "broken").glob("part-*"))
 
     # Values of the wrong type fail the job, saying what pyarrow could not convert.
-    with pytest.raises(drove.JobFailed, match="int"):
+    with pytest.raises(drove.JobFailed, match="convert"):
         session.mapreduce(corpus, tmp_path / "typed", mapper=lambda line: [("k", "not a number")], reducer=total)

@@ -2,6 +2,7 @@
 functions run in the workers' Python processes, a lost worker's tasks are re-run, and
 failures and bad input are reported clearly."""
 
+import collections
 import os
 import signal
 import threading
@@ -146,6 +147,13 @@ def test_futures_gather_as_completed_and_failures(session, tmp_path):
     with pytest.raises(ValueError, match="bad input 7"):
         client.gather([fine, after])
 
+    # A task that exits fails alone; the rest of its wave runs.
+    exits = client.submit(lambda: __import__("sys").exit(3))
+    beside = client.submit(lambda: 7)
+    with pytest.raises(SystemExit):
+        exits.result()
+    assert beside.result() == 7
+
     # A result that cannot be pickled fails its task, saying so.
     unpicklable = client.submit(lambda: threading.Lock())
     with pytest.raises(drove.TaskError, match="could not be pickled"):
@@ -164,3 +172,27 @@ def test_task_graph_bad_input(session):
     big = client.submit(len, b"x" * (9 << 20))
     with pytest.raises(drove.TaskError, match="keep large data in files"):
         big.result()
+
+
+def test_waves_split_into_jobs_and_arguments_pass_unchanged(session, monkeypatch):
+    client = session.client()
+    # A wave of 10 tasks in jobs of at most 3.
+    monkeypatch.setattr(drove._tasks, "JOB_TASKS_MAX", 3)
+    squares = client.map(lambda x: x * x, range(10))
+    assert client.gather(squares) == [x * x for x in range(10)]
+    assert [j["graph_tasks"] for j in client.jobs] == [3, 3, 3, 1]
+
+    # as_completed across waves: a chain finishes a link at a time.
+    first = client.submit(lambda: 1)
+    second = client.submit(lambda a: a + 1, first)
+    third = client.submit(lambda b: b + 1, second)
+    assert [f.result() for f in client.as_completed([third, first, second])] == [1, 2, 3]
+
+    # Arguments without futures arrive as they were given, subclasses and all.
+    counts = collections.Counter("hello")
+    lists = collections.defaultdict(list, {"a": [1]})
+    got = client.submit(lambda c, d: (c, d, type(c).__name__, type(d).__name__), counts, lists).result()
+    assert got == (counts, lists, "Counter", "defaultdict")
+    # A dict subclass holding a future keeps its type.
+    holder = collections.OrderedDict(x=first)
+    assert client.submit(lambda h: (type(h).__name__, h["x"]), holder).result() == ("OrderedDict", 1)
