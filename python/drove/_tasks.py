@@ -16,13 +16,9 @@ Results come back to the client at the end of each wave, which keeps them until 
 are gathered and passes them to the tasks that take them.
 """
 
-import collections
-import copy
 import itertools
-import threading
-import traceback
 
-# cloudpickle and pyarrow are imported where used: `import drove` stays quick.
+# The rest is imported where used: `import drove` stays quick.
 
 #: Pickled calls one job carries at most, in bytes: they travel inside its plan.
 JOB_PAYLOAD_MAX = 8 << 20
@@ -43,6 +39,8 @@ class TaskError(Exception):
 def _run_calls(calls):
     """The UDF the workers run: each pickled call, answered with its pickled outcome,
     ``(True, value)`` or ``(False, (exception, traceback))``."""
+    import traceback
+
     import cloudpickle
     import pyarrow as pa
 
@@ -136,6 +134,8 @@ def _resolved(value):
     _futures_in(value, found)
     if not found:
         return value
+    import copy
+
     if isinstance(value, list):
         out = copy.copy(value)
         out[:] = [_resolved(v) for v in value]
@@ -156,6 +156,9 @@ class Client:
     Threads may share it: one runs waves at a time."""
 
     def __init__(self, session, partitions=None):
+        import collections
+        import threading
+
         if partitions is not None and not (isinstance(partitions, int) and partitions > 0):
             raise ValueError(f"client(partitions={partitions!r}): give a number of partitions, 1 or more, or None")
         self._session = session

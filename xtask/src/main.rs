@@ -4,8 +4,10 @@
 //! same files in the same run: `tpch` and `tpcds` (single-process DataFusion, PySpark),
 //! `wordcount`
 //! and `sort` (a single-threaded Rust reference, PySpark, Dask), `tasks` (Dask,
-//! PySpark), `recovery` (drove with a worker killed) and `shuffle` (group-bys whose
-//! exchanges are all-to-all at 8 and 500 partitions, drove and DataFusion). Every
+//! PySpark), `recovery` (drove with a worker killed), `shuffle` (group-bys whose
+//! exchanges are all-to-all at 8 and 500 partitions, drove and DataFusion) and
+//! `python` (drove's wheel: TPC-H from Python against Rust, a Python UDF against
+//! PySpark's; wordcount and tasks run drove from Python too, see [`python`]). Every
 //! engine runs in its own process tree, whose peak resident memory is sampled; every
 //! answer is checked before a time is reported. Tables are appended to BENCHMARKS.md, JSON goes to
 //! `bench-results/`. PySpark and Dask are installed into `target/bench-venv` by the
@@ -20,6 +22,7 @@ mod failover;
 mod iterative;
 mod measure;
 mod processes;
+mod python;
 mod recovery;
 
 use std::collections::HashMap;
@@ -108,6 +111,10 @@ enum Workload {
     /// TPC-H queries on three replicated coordinator processes whose leader is killed
     /// at --kills random points (on demand only: it builds the release `drove`).
     Failover,
+    /// drove's wheel: its size and import time, TPC-H from Python against drove's Rust
+    /// client, and a Python UDF against PySpark's pandas UDF (it builds the wheel:
+    /// optimized, or in the dev profile with --quick).
+    Python,
 }
 
 #[derive(Args)]
@@ -173,6 +180,10 @@ struct BenchArgs {
     /// reading results with grants: the cost of security.
     #[arg(long)]
     tls: bool,
+    /// Rows the python workload's UDF runs over (default 100 million; 1 million with
+    /// --quick).
+    #[arg(long)]
+    udf_rows: Option<u64>,
     /// Turn drove's adaptive coalescing of small partitions off (`drove coordinator
     /// --no-coalesce`): its effect, measured.
     #[arg(long)]
@@ -224,6 +235,8 @@ struct Plan {
     iterations: u64,
     run_dir: PathBuf,
     peers: Option<Peers>,
+    /// drove's wheel, built and installed when an engine first needs it.
+    wheel: std::cell::OnceCell<Result<python::Wheel, String>>,
 }
 
 fn bench(args: BenchArgs) -> Result<()> {
@@ -240,10 +253,16 @@ fn bench(args: BenchArgs) -> Result<()> {
         iterations: pick(args.iterations, 3, 1),
         run_dir: args.data.join("runs"),
         peers: None,
+        wheel: std::cell::OnceCell::new(),
         args,
     };
-    if plan.iterations == 0 || plan.tasks == 0 || plan.size == 0 || plan.sort_size == 0 {
-        bail!("--iterations, --tasks, --size and --sort-size must be at least 1");
+    if plan.iterations == 0
+        || plan.tasks == 0
+        || plan.size == 0
+        || plan.sort_size == 0
+        || plan.args.udf_rows == Some(0)
+    {
+        bail!("--iterations, --tasks, --size, --sort-size and --udf-rows must be at least 1");
     }
     let mut plan = plan;
     if !plan.args.no_peers {
@@ -259,6 +278,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             Workload::Recovery,
             Workload::Pagerank,
             Workload::Shuffle,
+            Workload::Python,
         ]
     } else {
         plan.args.workloads.clone()
@@ -287,6 +307,14 @@ fn bench(args: BenchArgs) -> Result<()> {
             Workload::Memory => memory_workload(&plan)?,
             Workload::Shuffle => shuffle_workload(&plan)?,
             Workload::Failover => failover_workload(&plan)?,
+            Workload::Python => python::workload(
+                &plan,
+                plan.args.udf_rows.unwrap_or(if plan.args.quick {
+                    1_000_000
+                } else {
+                    100_000_000
+                }),
+            )?,
         };
         println!("{markdown}");
         sections.push(markdown);
@@ -464,6 +492,10 @@ impl Plan {
             spec[k] = v.clone();
         }
         let command = match engine {
+            "drove-python" => match self.wheel() {
+                Ok(wheel) => python::command(wheel, &spec),
+                Err(why) => return Err(Outcome::Missing(why.clone())),
+            },
             "pyspark" | "dask" => {
                 let Some(peers) = &self.peers else {
                     return Err(Outcome::Missing("not run (--no-peers)".into()));
@@ -518,6 +550,14 @@ impl Plan {
 
     fn out(&self, name: &str) -> PathBuf {
         self.run_dir.join(name)
+    }
+
+    /// drove's wheel, installed for the Python engine (the first call builds it:
+    /// optimized, or in the dev profile with --quick).
+    fn wheel(&self) -> Result<&python::Wheel, &String> {
+        self.wheel
+            .get_or_init(|| python::install(if self.args.quick { "dev" } else { "release" }))
+            .as_ref()
     }
 }
 
@@ -1032,6 +1072,7 @@ fn wordcount(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
     let engines = [
         ("drove", "drove"),
         ("reference", "single-threaded Rust"),
+        ("drove-python", "drove, map and reduce in Python"),
         ("pyspark", "PySpark"),
         ("dask", "Dask"),
     ];
@@ -1103,7 +1144,12 @@ fn sort(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
 
 fn tasks(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
     let n = plan.tasks;
-    let engines = [("drove", "drove"), ("dask", "Dask"), ("pyspark", "PySpark")];
+    let engines = [
+        ("drove", "drove"),
+        ("drove-python", "drove, from Python (client.map)"),
+        ("dask", "Dask"),
+        ("pyspark", "PySpark"),
+    ];
     let mut problems = Vec::new();
     let mut md = format!(
         "### tasks — jobs of {n} tiny tasks, {} iterations\n\n| engine | seconds, median (min–max) | tasks run | tasks per second | per-task ms | peak memory |\n|---|---|---|---|---|---|\n",
