@@ -51,10 +51,12 @@ def tree_sum(client_or_none, leaves):
     return nodes[0], made
 
 
-def graph(client, marks, leaves=500):
-    """500 leaves and their pairwise sums: 999 submits, 10 levels deep."""
-    futures = client.map(square, range(leaves), [str(marks)] * leaves)
-    return tree_sum(client, futures)
+def graph(client_or_none, leaves):
+    """`leaves` and their pairwise sums, then the total once more: for 500 leaves,
+    1,000 submits, 11 levels deep. Its last node, and every node made."""
+    total, made = tree_sum(client_or_none, leaves)
+    last = add(total, (0, 0, 0)) if client_or_none is None else client_or_none.submit(add, total, (0, 0, 0))
+    return last, [*made, last]
 
 
 @pytest.fixture
@@ -85,10 +87,10 @@ def test_a_task_graph_survives_a_killed_worker_and_equals_local_results(three_wo
     killer.start()
     with drove.connect(address) as s:
         client = s.client()
-        total, made = graph(client, marks)
-        assert len(made) == 999
+        last, made = graph(client, client.map(square, range(500), [str(marks)] * 500))
+        assert len(made) == 1000
         leaves = client.gather(made[:500])
-        value, _, _ = total.result()
+        value, _, _ = last.result()
         killer.join()
         jobs = list(client.jobs)
         nodes = client.gather(made)
@@ -96,8 +98,8 @@ def test_a_task_graph_survives_a_killed_worker_and_equals_local_results(three_wo
     # The same functions run here, on the same graph.
     here = tmp_path / "here"
     here.mkdir()
-    expected_total, expected = tree_sum(None, [square(i, str(here)) for i in range(500)])
-    assert value == expected_total[0] == sum(i * i for i in range(500))
+    expected_last, expected = graph(None, [square(i, str(here)) for i in range(500)])
+    assert value == expected_last[0] == sum(i * i for i in range(500))
     assert [v for v, _, _ in nodes] == [v for v, _, _ in expected]
     assert [v for v, _, _ in leaves] == [i * i for i in range(500)]
     assert victim.wait(timeout=60) == -signal.SIGKILL
@@ -112,7 +114,7 @@ def test_a_task_graph_survives_a_killed_worker_and_equals_local_results(three_wo
     assert jobs[0]["graph_tasks"] == 500
     assert sum(j["extra_attempts"] for j in jobs) >= 1, jobs
     # A job per level of depth, not per task.
-    assert len(jobs) == 10, jobs
+    assert len(jobs) == 11, jobs
 
 
 def test_futures_gather_as_completed_and_failures(session, tmp_path):
