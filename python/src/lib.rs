@@ -318,9 +318,9 @@ impl Session {
     /// `mapreduce(inputs, output, mapper=None, reducer=None, combiner=None, *,
     /// key_type=pa.string(), value_type=pa.int64(), output_type=None, reducers=2,
     /// format="text", overwrite=False, job=None, args=None)`. Give Python functions
-    /// `mapper(line)` (yields `(key, value)` pairs) and `reducer(key, values)`
-    /// (yields outputs), or `job=` a job built into drove ("wordcount", ...). See
-    /// `drove._mapreduce.run`.
+    /// `mapper(line)` (yields `(key, value)` pairs) and `reducer(key, values)` (returns
+    /// the key's output, or yields several), or `job=` a job built into drove
+    /// ("wordcount", ...). See `drove._mapreduce.run`.
     #[pyo3(signature = (*args, **kwargs))]
     fn mapreduce<'py>(
         slf: &Bound<'py, Self>,
