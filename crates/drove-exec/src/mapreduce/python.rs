@@ -166,7 +166,11 @@ impl ErasedJob for PythonJob {
     }
 
     fn mapper(self: Arc<Self>, _combine: bool) -> Box<dyn Mapper> {
-        Box::new(PythonMapper(self))
+        Box::new(PythonMapper {
+            job: self,
+            lines: Vec::new(),
+            bytes: 0,
+        })
     }
 
     fn reducer(self: Arc<Self>) -> Box<dyn Reducer> {
@@ -183,20 +187,51 @@ impl ErasedJob for PythonJob {
     }
 }
 
-struct PythonMapper(Arc<PythonJob>);
+/// Lines a map task gathers, in bytes, before it calls its Python function: the
+/// function's combiner folds the pairs of a whole call, so larger calls shuffle less.
+const MAP_CALL_BYTES: usize = 16 << 20;
+
+struct PythonMapper {
+    job: Arc<PythonJob>,
+    /// Lines not yet mapped, and their bytes.
+    lines: Vec<ArrayRef>,
+    bytes: usize,
+}
+
+impl PythonMapper {
+    /// The pairs of the lines gathered so far.
+    fn map(&mut self) -> Result<Option<RecordBatch>> {
+        let pieces = std::mem::take(&mut self.lines);
+        self.bytes = 0;
+        let lines = match &pieces[..] {
+            [] => return Ok(None),
+            [one] => Arc::clone(one),
+            many => {
+                let many: Vec<&dyn Array> = many.iter().map(|a| a.as_ref()).collect();
+                arrow::compute::concat(&many)?
+            }
+        };
+        let rows = lines.len();
+        let lists = self.job.map.call(vec![lines], rows)?;
+        flatten(&lists, &self.job.map_schema, "map")
+    }
+}
 
 impl Mapper for PythonMapper {
     fn push(&mut self, records: &RecordBatch) -> Result<Option<RecordBatch>> {
-        let job = &self.0;
         let lines = records
             .column_by_name("text")
             .ok_or_else(|| Error::Internal("map input without its text column".into()))?;
-        let lists = job.map.call(vec![Arc::clone(lines)], records.num_rows())?;
-        flatten(&lists, &job.map_schema, "map")
+        self.bytes += lines.get_array_memory_size();
+        self.lines.push(Arc::clone(lines));
+        if self.bytes < MAP_CALL_BYTES {
+            return Ok(None);
+        }
+        self.map()
     }
 
     fn finish(&mut self) -> Result<Option<RecordBatch>> {
-        Ok(None)
+        self.map()
     }
 }
 
