@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds drove's wheel with maturin, in cargo's profile PROFILE (dev or release), into
-# the directory OUT (emptied first). maturin lives in a virtual environment of its own
-# under target/. Used by test.sh and by `cargo xtask bench`.
+# the directory OUT: made if missing, and only the drove wheels built there before are
+# removed. maturin lives in a virtual environment of its own under target/. Used by
+# test.sh and by `cargo xtask bench`.
 set -euo pipefail
 profile=${1:?usage: build-wheel.sh PROFILE OUT}
 out=${2:?usage: build-wheel.sh PROFILE OUT}
@@ -11,5 +12,6 @@ if [ ! -x "$builder/bin/maturin" ]; then
   python3 -m venv "$builder"
   "$builder/bin/python" -m pip install -q "maturin>=1.8,<2"
 fi
-rm -rf "$out"
+mkdir -p "$out"
+rm -f "$out"/drove-*.whl
 "$builder/bin/maturin" build --profile "$profile" --out "$out"
