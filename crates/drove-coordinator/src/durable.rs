@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use drove_core::JobId;
 use drove_core::access::{Role, TokenMeta};
+use drove_core::fs::{ChunkMeta, Entry, FileMeta, FsCommand};
 use drove_core::meta::{JobEnd, JobMeta, MetaCommand, MetaImage, MetaState, TableMeta};
 use drove_exec::planner::OutputMode;
 use drove_proto::{self as pb, Message};
@@ -537,6 +538,53 @@ pub(crate) fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command
             C::TokenRevoked(pb::MetaTokenRevoked { id: id.clone() })
         }
         MetaCommand::TicketKeyMade { key } => C::TicketKey(pb::MetaTicketKey { key: key.clone() }),
+        MetaCommand::Fs(change) => C::Fs(pb::MetaFs {
+            change: Some(match change {
+                FsCommand::Mkdir { path, created_ms } => {
+                    pb::meta_fs::Change::Mkdir(pb::MetaFsMkdir {
+                        path: path.clone(),
+                        created_unix_ms: *created_ms,
+                    })
+                }
+                FsCommand::Commit { path, file } => pb::meta_fs::Change::Commit(pb::MetaFsCommit {
+                    path: path.clone(),
+                    file: Some(file_to_proto(file)),
+                }),
+                FsCommand::Remove { path } => pb::meta_fs::Change::Remove(path.clone()),
+            }),
+        }),
+    }
+}
+
+pub(crate) fn file_to_proto(f: &FileMeta) -> pb::MetaFsFile {
+    pb::MetaFsFile {
+        size: f.size,
+        chunk_bytes: f.chunk_bytes,
+        replication: f.replication,
+        created_unix_ms: f.created_ms,
+        chunks: (f.chunks.iter())
+            .map(|c| pb::MetaFsChunk {
+                id: c.id,
+                len: c.len,
+                crc32c: c.crc32c,
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn file_from_proto(f: pb::MetaFsFile) -> FileMeta {
+    FileMeta {
+        size: f.size,
+        chunk_bytes: f.chunk_bytes,
+        replication: f.replication,
+        created_ms: f.created_unix_ms,
+        chunks: (f.chunks.into_iter())
+            .map(|c| ChunkMeta {
+                id: c.id,
+                len: c.len,
+                crc32c: c.crc32c,
+            })
+            .collect(),
     }
 }
 
@@ -575,6 +623,17 @@ pub(crate) fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Op
         }
         C::TokenRevoked(t) => MetaCommand::TokenRevoked { id: t.id },
         C::TicketKey(k) => MetaCommand::TicketKeyMade { key: k.key },
+        C::Fs(fs) => MetaCommand::Fs(match fs.change? {
+            pb::meta_fs::Change::Mkdir(m) => FsCommand::Mkdir {
+                path: m.path,
+                created_ms: m.created_unix_ms,
+            },
+            pb::meta_fs::Change::Commit(c) => FsCommand::Commit {
+                path: c.path,
+                file: file_from_proto(c.file?),
+            },
+            pb::meta_fs::Change::Remove(path) => FsCommand::Remove { path },
+        }),
     })
 }
 
@@ -608,6 +667,20 @@ pub(crate) fn image_to_proto(image: MetaImage, last_index: u64) -> pb::MetaSnaps
             .collect(),
         revoked_tokens: image.revoked,
         ticket_key: image.ticket_key,
+        fs: (image.fs.into_iter())
+            .map(|(path, entry)| match entry {
+                Entry::Dir { created_ms } => pb::MetaFsEntry {
+                    path,
+                    file: None,
+                    created_unix_ms: created_ms,
+                },
+                Entry::File(f) => pb::MetaFsEntry {
+                    path,
+                    created_unix_ms: f.created_ms,
+                    file: Some(file_to_proto(&f)),
+                },
+            })
+            .collect(),
     }
 }
 
@@ -681,6 +754,17 @@ pub(crate) fn image_from_proto(snapshot: pb::MetaSnapshot) -> MetaImage {
         tokens: snapshot.tokens.into_iter().map(token_from_proto).collect(),
         revoked: snapshot.revoked_tokens,
         ticket_key: snapshot.ticket_key,
+        fs: (snapshot.fs.into_iter())
+            .map(|e| {
+                let entry = match e.file {
+                    Some(f) => Entry::File(file_from_proto(f)),
+                    None => Entry::Dir {
+                        created_ms: e.created_unix_ms,
+                    },
+                };
+                (e.path, entry)
+            })
+            .collect(),
     }
 }
 
@@ -750,6 +834,44 @@ mod tests {
                 id: "fedcba9876543210".into(),
             },
             MetaCommand::TicketKeyMade { key: vec![5; 32] },
+            MetaCommand::Fs(FsCommand::Mkdir {
+                path: "empty/dir".into(),
+                created_ms: 3,
+            }),
+            MetaCommand::Fs(FsCommand::Commit {
+                path: "data/f".into(),
+                file: FileMeta {
+                    size: 5,
+                    chunk_bytes: 4,
+                    replication: 2,
+                    created_ms: 4,
+                    chunks: vec![
+                        ChunkMeta {
+                            id: u64::MAX,
+                            len: 4,
+                            crc32c: 1,
+                        },
+                        ChunkMeta {
+                            id: 2,
+                            len: 1,
+                            crc32c: u32::MAX,
+                        },
+                    ],
+                },
+            }),
+            MetaCommand::Fs(FsCommand::Commit {
+                path: "data/g".into(),
+                file: FileMeta {
+                    size: 0,
+                    chunk_bytes: 4,
+                    replication: 1,
+                    created_ms: 4,
+                    chunks: Vec::new(),
+                },
+            }),
+            MetaCommand::Fs(FsCommand::Remove {
+                path: "data/g".into(),
+            }),
         ];
         for i in 1..=n {
             all.push(submitted(i));

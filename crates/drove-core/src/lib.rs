@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod catalog;
+pub mod fs;
 pub mod ids;
 pub mod meta;
 pub mod rng;

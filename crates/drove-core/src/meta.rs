@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::access::{Identity, TokenMeta};
+use crate::fs::{Entry, FsCommand, Namespace};
 use crate::ids::{JobId, WorkerId};
 
 /// Token ids the metadata keeps, at most: live and revoked together (a revoked id
@@ -86,6 +87,8 @@ pub enum MetaCommand {
     TicketKeyMade {
         key: Vec<u8>,
     },
+    /// A change to `drove fs`'s namespace.
+    Fs(FsCommand),
 }
 
 /// A cached table as the metadata keeps it.
@@ -111,6 +114,8 @@ pub struct Applied {
     pub worker: Option<WorkerId>,
     /// Ended jobs pushed out of the history.
     pub evicted: Vec<JobId>,
+    /// Chunks that no `drove fs` file holds any more.
+    pub freed_chunks: Vec<u64>,
 }
 
 /// What the metadata says about a job.
@@ -146,6 +151,8 @@ pub struct MetaImage {
     pub revoked: Vec<String>,
     /// Empty until [`MetaCommand::TicketKeyMade`].
     pub ticket_key: Vec<u8>,
+    /// `drove fs`'s namespace, by path.
+    pub fs: Vec<(String, Entry)>,
 }
 
 /// The state the commands build.
@@ -166,6 +173,7 @@ pub struct MetaState {
     tokens: BTreeMap<String, TokenMeta>,
     revoked: BTreeSet<String>,
     ticket_key: Vec<u8>,
+    fs: Namespace,
 }
 
 impl MetaState {
@@ -196,6 +204,7 @@ impl MetaState {
             tokens: image.tokens.into_iter().collect(),
             revoked: image.revoked.into_iter().collect(),
             ticket_key: image.ticket_key,
+            fs: Namespace::from_entries(image.fs),
         };
         state.evict();
         state
@@ -216,7 +225,15 @@ impl MetaState {
                 .collect(),
             revoked: self.revoked.iter().cloned().collect(),
             ticket_key: self.ticket_key.clone(),
+            fs: (self.fs.entries())
+                .map(|(p, e)| (p.to_string(), e.clone()))
+                .collect(),
         }
+    }
+
+    /// `drove fs`'s namespace.
+    pub fn fs(&self) -> &Namespace {
+        &self.fs
     }
 
     /// The key that signs clients' grants to read blocks; empty before one was made.
@@ -386,6 +403,10 @@ impl MetaState {
                 }
                 Applied::default()
             }
+            MetaCommand::Fs(command) => Applied {
+                freed_chunks: self.fs.apply(command),
+                ..Applied::default()
+            },
             MetaCommand::ClusterCreated { cluster_id } => {
                 if self.cluster_id == 0 {
                     self.cluster_id = *cluster_id;
@@ -509,6 +530,20 @@ mod tests {
         all.push(MetaCommand::TokenRevoked { id: "t1".into() });
         all.push(MetaCommand::TicketKeyMade { key: vec![1; 32] });
         all.push(MetaCommand::TicketKeyMade { key: vec![2; 32] });
+        all.push(MetaCommand::Fs(FsCommand::Commit {
+            path: "d/f".into(),
+            file: crate::fs::FileMeta {
+                size: 3,
+                chunk_bytes: 1 << 20,
+                replication: 2,
+                created_ms: 7,
+                chunks: vec![crate::fs::ChunkMeta {
+                    id: 5,
+                    len: 3,
+                    crc32c: 9,
+                }],
+            },
+        }));
         all
     }
 
