@@ -21,6 +21,7 @@ pub mod codec;
 pub mod confine;
 pub mod datadir;
 pub mod datagen;
+pub mod dfs;
 pub mod error;
 pub mod functions;
 pub mod fuzz;

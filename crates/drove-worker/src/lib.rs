@@ -9,6 +9,7 @@
 //! the coordinator, which sends it no new tasks and says when nothing it runs or holds
 //! is needed any more; then the worker leaves. It leaves anyway after the drain timeout.
 
+pub mod chunks;
 pub mod flight;
 pub mod node;
 
@@ -38,6 +39,7 @@ use drove_exec::stage_plan::StagePlan;
 use drove_exec::tls::ClusterTls;
 use drove_exec::{net, session, task};
 use drove_proto as pb;
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -106,6 +108,13 @@ pub struct WorkerConfig {
     pub tls: Option<Arc<ClusterTls>>,
     /// Serve Flight on a non-loopback address without TLS (`--insecure`).
     pub insecure: bool,
+    /// The most bytes of `drove fs` chunks kept in `data_dir` (`--data-max`).
+    pub data_max_bytes: u64,
+    /// The worker's failure domain (`--zone`): replicas of a chunk go to different
+    /// zones where there are several.
+    pub zone: String,
+    /// Bytes a second the scrubber reads to check stored chunks (0: none).
+    pub scrub_bytes_per_s: u64,
 }
 
 /// The smallest memory budget a worker accepts: below it, a sort's merge buffers and a
@@ -153,6 +162,9 @@ impl Default for WorkerConfig {
             data_dir: None,
             tls: None,
             insecure: false,
+            data_max_bytes: u64::MAX,
+            zone: String::new(),
+            scrub_bytes_per_s: 8 << 20,
         }
     }
 }
@@ -164,6 +176,9 @@ const STATUS_BATCH_MAX: usize = 256;
 
 struct Shared {
     store: Arc<BlockStore>,
+    /// Its `drove fs` chunks, with a data directory.
+    chunks: Option<Arc<chunks::ChunkStore>>,
+    chunk_clients: drove_exec::dfs::ChunkClients,
     /// What checks clients' grants on the Flight service.
     ticket_key: flight::TicketKey,
     flight: Arc<FlightPool>,
@@ -306,6 +321,8 @@ pub struct WorkerHandle {
     /// Its lasting identity, with a data directory.
     pub node_id: Option<String>,
     pub store: Arc<BlockStore>,
+    /// Its `drove fs` chunks, with a data directory.
+    pub chunks: Option<Arc<chunks::ChunkStore>>,
     /// The worker's own directory for spill files (under `WorkerConfig::work_dir`).
     pub work_dir: PathBuf,
     shutdown: watch::Sender<bool>,
@@ -410,6 +427,19 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         None => None,
     };
     let node_id = node.as_ref().map(|n| n.node_id.clone());
+    let chunk_store = match &config.data_dir {
+        Some(dir) if dir == &config.work_dir => {
+            return Err(Error::Config(format!(
+                "--data-dir and --work-dir are both {}; keep what lasts (drove fs chunks) apart from scratch space, which is removed",
+                dir.display()
+            )));
+        }
+        Some(dir) => Some(Arc::new(
+            chunks::ChunkStore::open(&dir.join("chunks"), config.data_max_bytes)
+                .map_err(Error::Config)?,
+        )),
+        None => None,
+    };
     let own_dir = work_dir.path().to_path_buf();
     let block_bytes = counted_bytes(&config) / 2;
     let runtime = RuntimeEnvBuilder::new()
@@ -439,6 +469,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     let mut rx = shutdown_rx.clone();
     let ticket_key = flight::TicketKey::default();
     let server = flight::server(Arc::clone(&store), Arc::clone(&ticket_key));
+    let chunk_service = chunk_store.clone().map(chunks::server);
     let mut builder =
         drove_exec::tls::server_builder(config.tls.as_deref()).map_err(Error::Config)?;
     let flight_server = tokio::spawn(async move {
@@ -447,6 +478,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         };
         if let Err(e) = builder
             .add_service(server)
+            .add_optional_service(chunk_service)
             .serve_with_incoming_shutdown(drove_exec::net::incoming(listener), stop)
             .await
         {
@@ -456,6 +488,8 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
 
     let shared = Arc::new(Shared {
         store: Arc::clone(&store),
+        chunks: chunk_store.clone(),
+        chunk_clients: drove_exec::dfs::ChunkClients::new(config.tls.clone()),
         ticket_key,
         flight: Arc::new(FlightPool::new(config.tls.clone())),
         state: {
@@ -485,6 +519,11 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         _work_dir: work_dir,
         node,
     });
+    if let Some(store) = chunk_store.clone()
+        && config.scrub_bytes_per_s > 0
+    {
+        tokio::spawn(scrub(store, config.scrub_bytes_per_s, shutdown_rx.clone()));
+    }
     let advertised = config
         .advertise
         .clone()
@@ -503,6 +542,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         flight_addr,
         node_id,
         store,
+        chunks: chunk_store,
         work_dir: own_dir,
         shutdown,
         drain,
@@ -551,6 +591,11 @@ async fn run(
                     bytes: h.bytes,
                 })
                 .collect(),
+            // Every chunk is reported, so the changes since the last report are moot.
+            chunks: shared.chunks.as_ref().map(|c| {
+                c.take_report();
+                c.ids()
+            }),
         };
         let session = tokio::select! {
             s = register(&config, &coordinators, &flight_addr, node_id, &held, first) => s?,
@@ -596,6 +641,8 @@ struct Held {
     /// earlier term was deposed, and its session is refused.
     term: u64,
     outputs: Vec<pb::HeldOutput>,
+    /// Its drove fs chunks, when it stores them.
+    chunks: Option<Vec<u64>>,
 }
 
 struct Session {
@@ -640,6 +687,9 @@ async fn register(
                     node_id: node_id.to_string(),
                     held_cluster_id: held.cluster_id,
                     held: held.outputs.clone(),
+                    zone: config.zone.clone(),
+                    chunks: held.chunks.clone().unwrap_or_default(),
+                    stores_chunks: held.chunks.is_some(),
                 })),
             };
             outbound
@@ -828,12 +878,20 @@ async fn serve(
                     Err(_) => break,
                 }
             }
+            let chunks = memory
+                .chunks
+                .as_ref()
+                .map(|c| c.take_report())
+                .unwrap_or_default();
             let heartbeat = pb::WorkerMessage {
                 kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
                     statuses,
                     free_slots: slots.available_permits() as u32,
                     memory: Some(memory.memory()),
                     progressed: clocks.advanced(&mut reported),
+                    chunks_added: chunks.added,
+                    chunks_removed: chunks.removed,
+                    chunks_corrupt: chunks.corrupt,
                 })),
             };
             if outbound.send(heartbeat).await.is_err() {
@@ -947,6 +1005,29 @@ async fn serve(
                         freed, "released a cached table's blocks"
                     );
                 }
+                pb::coordinator_message::Kind::CopyChunk(copy) => {
+                    if let Some(store) = &shared.chunks {
+                        // Bounded by the coordinator, which has few copies under way.
+                        let (store, shared) = (Arc::clone(store), Arc::clone(&shared));
+                        tasks.spawn(async move {
+                            if let Err(e) = copy_chunk(&store, &shared.chunk_clients, &copy).await {
+                                warn!(
+                                    chunk = format!("{:016x}", copy.chunk_id),
+                                    from = copy.from_addr,
+                                    "copying a chunk failed: {}",
+                                    e.message()
+                                );
+                            }
+                        });
+                    }
+                }
+                pb::coordinator_message::Kind::DropChunks(drop) => {
+                    if let Some(store) = &shared.chunks {
+                        for id in drop.chunk_ids {
+                            store.remove(id);
+                        }
+                    }
+                }
                 pb::coordinator_message::Kind::Drained(_) => break SessionEnd::Drained,
                 pb::coordinator_message::Kind::Registered(_) => {}
             },
@@ -961,6 +1042,56 @@ async fn serve(
     tasks.abort_all();
     drop(heartbeats);
     end
+}
+
+/// Copies a chunk from another worker into this one's store (a repair).
+async fn copy_chunk(
+    store: &Arc<chunks::ChunkStore>,
+    clients: &drove_exec::dfs::ChunkClients,
+    copy: &pb::CopyChunk,
+) -> Result<(), tonic::Status> {
+    let bytes = drove_exec::dfs::read_chunk(clients, &copy.from_addr, copy.chunk_id, 0, 0).await?;
+    let header = pb::ChunkPiece {
+        chunk_id: copy.chunk_id,
+        len: copy.len,
+        crc32c: copy.crc32c,
+        data: Vec::new(),
+    };
+    let pieces = futures::stream::iter([Ok(header)]).chain(bytes.map(|data| {
+        data.map(|data| pb::ChunkPiece {
+            data,
+            ..Default::default()
+        })
+    }));
+    chunks::store_stream(store, Box::pin(pieces)).await?;
+    Ok(())
+}
+
+/// Checks stored chunks one after another, at most `bytes_per_s` a second, until the
+/// worker stops: a corrupt replica is removed and reported, so it is copied again.
+async fn scrub(store: Arc<chunks::ChunkStore>, bytes_per_s: u64, mut stop: watch::Receiver<bool>) {
+    let mut done: std::collections::HashSet<u64> = Default::default();
+    loop {
+        let ids = store.ids();
+        let next = ids.iter().copied().find(|id| !done.contains(id));
+        let Some(id) = next else {
+            done.clear();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(10)) => continue,
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        };
+        done.insert(id);
+        let before = store.stats.scrubbed_bytes_total.load(Ordering::Relaxed);
+        let s = Arc::clone(&store);
+        let _ = tokio::task::spawn_blocking(move || s.scrub(id)).await;
+        let bytes = store.stats.scrubbed_bytes_total.load(Ordering::Relaxed) - before;
+        let pause = Duration::from_secs_f64(bytes as f64 / bytes_per_s as f64);
+        tokio::select! {
+            _ = tokio::time::sleep(pause.max(Duration::from_millis(1))) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// The part of the budget blocks and operators count against (see
@@ -1376,6 +1507,7 @@ mod tests {
             cluster_id: 7,
             term: 5,
             outputs: Vec::new(),
+            chunks: None,
         };
         let why = deposed(&held, 7, 4).expect("term 4 is older than 5");
         assert!(why.contains("term 4") && why.contains("term 5"), "{why}");
@@ -1387,6 +1519,7 @@ mod tests {
             cluster_id: 0,
             term: 0,
             outputs: Vec::new(),
+            chunks: None,
         };
         assert!(deposed(&fresh, 7, 0).is_none());
     }

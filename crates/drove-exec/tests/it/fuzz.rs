@@ -1319,6 +1319,9 @@ fn worker_messages() -> Vec<Vec<u8>> {
                 rows: 10,
                 bytes: 1 << 10,
             }],
+            zone: "rack-1".into(),
+            chunks: vec![1, u64::MAX],
+            stores_chunks: true,
         }),
         Kind::Heartbeat(pb::Heartbeat {
             statuses: vec![succeeded, failed],
