@@ -17,6 +17,7 @@
 //! ```
 
 pub mod cluster;
+pub mod fs;
 pub mod mapreduce;
 mod write;
 
@@ -187,6 +188,8 @@ pub struct Session {
 struct Inner {
     coordinators: Coordinators,
     flight: FlightPool,
+    /// Connections to workers' drove fs chunks.
+    chunks: drove_exec::dfs::ChunkClients,
     /// Plans lazy DataFrames locally; holds the same tables as `tables`.
     ctx: SessionContext,
     tables: Mutex<Vec<TableSpec>>,
@@ -357,6 +360,7 @@ impl Session {
         Ok(Self {
             inner: Arc::new(Inner {
                 coordinators,
+                chunks: drove_exec::dfs::ChunkClients::new(tls.clone()),
                 flight: FlightPool::new(tls),
                 ctx: SessionContext::new(),
                 tables: Mutex::new(Vec::new()),

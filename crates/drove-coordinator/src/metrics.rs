@@ -102,6 +102,9 @@ pub struct Snapshot<'a> {
     pub raft_leader: bool,
     pub raft_last_log_index: u64,
     pub raft_applied_index: u64,
+    /// drove fs chunks below their replication factor, and those with no live replica.
+    pub fs_chunks_under_replicated: usize,
+    pub fs_chunks_missing: usize,
 }
 
 pub struct Metrics {
@@ -136,6 +139,10 @@ pub struct Metrics {
     tenant_attempts: Family<TenantLabel, Gauge>,
     tenant_jobs_running: Family<TenantLabel, Gauge>,
     tenant_cached_bytes: Family<TenantLabel, Gauge>,
+    fs_under_replicated: Gauge,
+    fs_missing: Gauge,
+    fs_corrupt: Counter,
+    fs_copies: Counter,
 }
 
 impl Default for Metrics {
@@ -176,8 +183,32 @@ impl Metrics {
             tenant_attempts: Family::default(),
             tenant_jobs_running: Family::default(),
             tenant_cached_bytes: Family::default(),
+            fs_under_replicated: Gauge::default(),
+            fs_missing: Gauge::default(),
+            fs_corrupt: Counter::default(),
+            fs_copies: Counter::default(),
             registry: Registry::default(),
         };
+        r.register(
+            "fs_chunks_under_replicated",
+            "drove fs chunks with fewer live replicas than their replication factor (or than there are workers).",
+            m.fs_under_replicated.clone(),
+        );
+        r.register(
+            "fs_chunks_missing",
+            "drove fs chunks with no live replica: their files cannot be read until a worker that holds them returns.",
+            m.fs_missing.clone(),
+        );
+        r.register(
+            "fs_corrupt_replicas",
+            "Corrupt drove fs chunk replicas workers found (on a read or a scrub) and removed.",
+            m.fs_corrupt.clone(),
+        );
+        r.register(
+            "fs_chunk_copies",
+            "Copies of under-replicated drove fs chunks the coordinator asked for.",
+            m.fs_copies.clone(),
+        );
         r.register(
             "jobs_submitted",
             "Jobs submitted.",
@@ -351,12 +382,22 @@ impl Metrics {
     }
 
     /// Sets the gauges from `now` and encodes every metric as OpenMetrics text.
-    /// A metadata entry took `elapsed` to write and sync.
     /// This coordinator was elected and took the lead.
     pub fn lead_taken(&self) {
         self.raft_leads.inc();
     }
 
+    /// Workers found `n` corrupt drove fs replicas.
+    pub fn fs_corrupt_found(&self, n: u64) {
+        self.fs_corrupt.inc_by(n);
+    }
+
+    /// The coordinator asked for a copy of an under-replicated chunk.
+    pub fn fs_copy_asked(&self) {
+        self.fs_copies.inc();
+    }
+
+    /// A metadata entry took `elapsed` to write and sync.
     pub fn meta_written(&self, elapsed: std::time::Duration) {
         self.meta_write.observe(elapsed.as_secs_f64());
     }
@@ -375,6 +416,9 @@ impl Metrics {
         }
         self.workers.set(now.workers.len() as i64);
         self.state_queued.set(now.queued as i64);
+        self.fs_under_replicated
+            .set(now.fs_chunks_under_replicated as i64);
+        self.fs_missing.set(now.fs_chunks_missing as i64);
         self.meta_log_index
             .set(i64::try_from(now.meta_log_index).unwrap_or(i64::MAX));
         self.meta_snapshot_index
@@ -475,7 +519,10 @@ mod tests {
             raft_leader: true,
             raft_last_log_index: 14,
             raft_applied_index: 12,
+            fs_chunks_under_replicated: 7,
+            fs_chunks_missing: 1,
         });
+        m.fs_corrupt_found(2);
         m.meta_written(std::time::Duration::from_millis(2));
         for line in [
             "drove_jobs_submitted_total 1",
@@ -499,6 +546,8 @@ mod tests {
             "drove_tenant_attempts{tenant=\"team-a\"} 3",
             "drove_tenant_jobs_running{tenant=\"team-a\"} 2",
             "drove_tenant_cached_bytes{tenant=\"team-a\"} 4096",
+            "drove_fs_chunks_under_replicated 7",
+            "drove_fs_chunks_missing 1",
             "# TYPE drove_task_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "no '{line}' in:\n{text}");
@@ -522,7 +571,10 @@ mod tests {
             raft_leader: true,
             raft_last_log_index: 14,
             raft_applied_index: 12,
+            fs_chunks_under_replicated: 0,
+            fs_chunks_missing: 0,
         });
+        assert!(text.contains("drove_fs_corrupt_replicas_total 2"), "{text}");
         assert!(
             text.contains("drove_metadata_write_seconds_bucket{le=\"0.005\"} 1"),
             "{text}"

@@ -112,6 +112,8 @@ impl CoordinatorRpc for Service {
                     task_memory: register.task_memory_bytes,
                     node_id: register.node_id,
                     held_cluster_id: register.held_cluster_id,
+                    zone: register.zone,
+                    chunks: register.stores_chunks.then_some(register.chunks),
                     held: (register.held.into_iter())
                         .filter_map(|h| {
                             let AttemptId { task, attempt } = attempt_id(h.task.as_ref()?);
@@ -343,5 +345,54 @@ impl CoordinatorRpc for Service {
             })
             .collect();
         Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn fs_place(
+        &self,
+        request: Request<pb::FsPlaceRequest>,
+    ) -> Result<Response<pb::FsPlaceResponse>, Status> {
+        let who = self.identify(&request).await?;
+        let r = request.into_inner();
+        Ok(Response::new(self.coordinator.fs_place(&who, r).await?))
+    }
+
+    async fn fs_commit(
+        &self,
+        request: Request<pb::FsCommitRequest>,
+    ) -> Result<Response<pb::FsDone>, Status> {
+        let who = self.identify(&request).await?;
+        self.coordinator
+            .fs_commit(&who, request.into_inner())
+            .await?;
+        Ok(Response::new(pb::FsDone {}))
+    }
+
+    async fn fs_list(
+        &self,
+        request: Request<pb::FsPathRequest>,
+    ) -> Result<Response<pb::FsListResponse>, Status> {
+        self.identify(&request).await?;
+        let path = request.into_inner().path;
+        Ok(Response::new(self.coordinator.fs_list(path).await?))
+    }
+
+    async fn fs_mkdir(
+        &self,
+        request: Request<pb::FsPathRequest>,
+    ) -> Result<Response<pb::FsDone>, Status> {
+        let who = self.identify(&request).await?;
+        let path = request.into_inner().path;
+        self.coordinator.fs_mkdir(&who, path).await?;
+        Ok(Response::new(pb::FsDone {}))
+    }
+
+    async fn fs_remove(
+        &self,
+        request: Request<pb::FsPathRequest>,
+    ) -> Result<Response<pb::FsDone>, Status> {
+        let who = self.identify(&request).await?;
+        let path = request.into_inner().path;
+        self.coordinator.fs_remove(&who, path).await?;
+        Ok(Response::new(pb::FsDone {}))
     }
 }

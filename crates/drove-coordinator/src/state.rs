@@ -34,6 +34,8 @@ use crate::replica::{RaftStatus, Replica, WriteError};
 use crate::rest::{Attempt, AttemptOutcome, ClusterSample, JobState, WorkerTask};
 use crate::{CoordinatorConfig, Error, Result};
 
+mod fs;
+
 /// What a worker says about itself when it registers.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -48,6 +50,10 @@ pub struct Registration {
     /// them.
     pub held_cluster_id: u64,
     pub held: Vec<HeldOutput>,
+    /// Its `--zone` label.
+    pub zone: String,
+    /// The drove fs chunks it holds, if it stores chunks (it has a data directory).
+    pub chunks: Option<Vec<u64>>,
 }
 
 /// The longest Flight address or node id a worker may claim, in bytes.
@@ -73,9 +79,10 @@ impl Registration {
         }
         if self.flight_addr.len() > WORKER_NAME_MAX_BYTES
             || self.node_id.len() > WORKER_NAME_MAX_BYTES
+            || self.zone.len() > WORKER_NAME_MAX_BYTES
         {
             return Err(format!(
-                "a worker's Flight address and node id may have at most {WORKER_NAME_MAX_BYTES} bytes"
+                "a worker's Flight address, node id and zone may have at most {WORKER_NAME_MAX_BYTES} bytes"
             ));
         }
         Ok(())
@@ -126,6 +133,11 @@ struct WorkerConn {
     plans: HashSet<(JobId, StageId)>,
     /// The last [`WORKER_TASKS_KEPT`] tasks it completed, oldest first.
     recent_tasks: VecDeque<WorkerTask>,
+    zone: String,
+    /// It stores drove fs chunks.
+    stores_chunks: bool,
+    /// It asked to leave.
+    draining: bool,
 }
 
 /// How many of its completed tasks a worker's page lists.
@@ -312,6 +324,8 @@ struct State {
     history: History,
     /// Cached tables, and the names claimed by jobs caching them.
     catalog: Catalog<CacheMeta>,
+    /// drove fs: where chunks' replicas are, and the writes under way.
+    fs: fs::FsRuntime,
 }
 
 /// A cached table as its `TableCached` entry kept it: the stage that writes it, its
@@ -451,6 +465,7 @@ impl Coordinator {
             metrics: Metrics::new(),
             history: History::default(),
             catalog: Catalog::default(),
+            fs: fs::FsRuntime::default(),
         };
         if let Some(meta) = meta {
             state.take_lead(meta, 0);
@@ -738,8 +753,13 @@ impl Coordinator {
 
     /// The worker asked to leave: it gets no new tasks and is told when it may go.
     pub async fn drain(&self, worker: WorkerId) {
-        self.tell(move |state| state.handle(Event::WorkerDraining { worker }))
-            .await;
+        self.tell(move |state| {
+            if let Some(conn) = state.workers.get_mut(&worker) {
+                conn.draining = true;
+            }
+            state.handle(Event::WorkerDraining { worker })
+        })
+        .await;
     }
 
     /// Plans and submits a job; returns its id once it is queued. With `cache_as`, the
@@ -1132,6 +1152,8 @@ impl State {
             node_id,
             held_cluster_id,
             held,
+            zone,
+            chunks,
         } = registration;
         // A worker that registers again (its session broke) no longer runs the old
         // one: what it held there it reports now.
@@ -1175,8 +1197,14 @@ impl State {
                 task_memory,
                 plans: HashSet::new(),
                 recent_tasks: VecDeque::new(),
+                zone,
+                stores_chunks: chunks.is_some(),
+                draining: false,
             },
         );
+        if let Some(chunks) = chunks {
+            self.fs.replicas.held(worker, chunks);
+        }
         // Outputs written for this cluster's jobs (under a leader that is gone, before
         // this coordinator restarted, or in the worker's last session): its running
         // jobs may take them.
@@ -1203,6 +1231,12 @@ impl State {
         if let Some(memory) = heartbeat.memory {
             conn.memory = memory;
         }
+        self.fs_reported(
+            worker,
+            heartbeat.chunks_added,
+            heartbeat.chunks_removed,
+            heartbeat.chunks_corrupt,
+        );
         self.handle(Event::WorkerHeartbeat { worker });
         for key in &heartbeat.progressed {
             let attempt = attempt_id(key);
@@ -1285,6 +1319,7 @@ impl State {
         let workers = self.worker_statuses();
         let (log_index, snapshot_index, raft) = self.journal.status();
         let raft = raft.unwrap_or_default();
+        let (under, missing) = self.fs_under_replicated();
         let tenants: Vec<_> = (self.tenant_usage().into_iter())
             .filter(|t| who.sees(&t.tenant))
             .collect();
@@ -1301,6 +1336,8 @@ impl State {
             raft_leader: raft.role == "leader",
             raft_last_log_index: raft.last_log_index,
             raft_applied_index: raft.applied_index,
+            fs_chunks_under_replicated: under,
+            fs_chunks_missing: missing,
         })
     }
 
@@ -1312,6 +1349,7 @@ impl State {
                 warn!(%worker, why, "worker lost");
             }
             self.handle(Event::WorkerLost { worker });
+            self.fs.replicas.lost(worker);
             let jobs: Vec<JobId> = self.jobs.keys().copied().collect();
             for job in jobs {
                 self.touch(job);
@@ -1547,6 +1585,7 @@ impl State {
     fn tick(&mut self) {
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         self.handle(Event::Tick { now_ms });
+        self.fs_maintain();
         self.sample();
         let lease = std::time::Duration::from_millis(self.config.client_lease_ms);
         let lapsed: Vec<JobId> = self
@@ -2088,6 +2127,7 @@ impl State {
     fn take_lead(&mut self, meta: MetaLog, term: u64) {
         self.meta = meta;
         self.leading = true;
+        self.fs.restart();
         if matches!(self.journal, Journal::Raft { .. }) {
             self.metrics.lead_taken();
             self.led_term.store(term, Ordering::Relaxed);

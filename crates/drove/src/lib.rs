@@ -2,6 +2,7 @@
 //! commands (`coordinator`, `worker`, `sql`, ...) next to its own code.
 
 mod demo;
+mod fs;
 pub mod gentext;
 pub mod jobs;
 mod output;
@@ -75,6 +76,9 @@ enum Command {
     /// Make, revoke and list clients' tokens (with an admin's token).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Files kept in the workers, in replicated chunks (drove:// paths).
+    #[command(subcommand)]
+    Fs(fs::FsCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,7 +101,7 @@ struct TokenCreateArgs {
     #[arg(long, default_value = "submit")]
     role: String,
     #[command(flatten)]
-    cluster: TokenClusterArgs,
+    cluster: ClusterArgs,
 }
 
 #[derive(Args, Debug)]
@@ -105,18 +109,18 @@ struct TokenRevokeArgs {
     /// The token's id, as `drove token list` shows it.
     id: String,
     #[command(flatten)]
-    cluster: TokenClusterArgs,
+    cluster: ClusterArgs,
 }
 
 #[derive(Args, Debug)]
 struct TokenListArgs {
     #[command(flatten)]
-    cluster: TokenClusterArgs,
+    cluster: ClusterArgs,
 }
 
-/// The cluster a token command talks to.
+/// The cluster a command talks to.
 #[derive(Args, Debug)]
-struct TokenClusterArgs {
+struct ClusterArgs {
     /// The coordinator's gRPC address, HOST:PORT (or several, comma-separated).
     #[arg(long, default_value = DEFAULT_COORDINATOR_ADDR)]
     coordinator: String,
@@ -456,10 +460,24 @@ struct WorkerArgs {
     /// On SIGTERM, wait at most this long for the coordinator to release this worker.
     #[arg(long, default_value_t = 60)]
     drain_timeout_secs: u64,
-    /// Keep this worker's lasting identity (its node id) in this directory, so that it
-    /// is recognised when it comes back (default: a new identity every start).
+    /// Keep this worker's lasting identity (its node id) and its drove fs chunks in
+    /// this directory, so that it is recognised, with its chunks, when it comes back
+    /// (default: a new identity every start, and no drove fs chunks). Keep it apart
+    /// from --work-dir, which is scratch space.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// This worker's failure domain (a rack, a zone): replicas of a drove fs chunk go
+    /// to different zones where there are several.
+    #[arg(long, default_value = "")]
+    zone: String,
+    /// The most bytes of drove fs chunks kept in --data-dir, e.g. 500GiB (default: no
+    /// limit but the disk's); a full worker's writes go to others.
+    #[arg(long, value_name = "SIZE", value_parser = drove_core::parse_bytes)]
+    data_max: Option<u64>,
+    /// Bytes a second the scrubber reads to check stored chunks, e.g. 8MiB; 0 turns it
+    /// off.
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = drove_core::parse_bytes)]
+    scrub_rate: u64,
     /// Fault injection: delay every task by this long (to see speculation work).
     #[arg(long, default_value_t = 0, hide = true)]
     inject_task_delay_ms: u64,
@@ -697,6 +715,7 @@ pub fn main_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode
             | Command::Demo(_)
             | Command::Cert(_)
             | Command::Token(_)
+            | Command::Fs(_)
     );
     init_logging(if quiet { "warn" } else { "info" }, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -752,6 +771,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Cert(CertCommand::Init(args)) => cert_init(args),
         Command::Cert(CertCommand::Issue(args)) => cert_issue(args),
         Command::Token(command) => token(command).await,
+        Command::Fs(command) => fs::run(command).await,
     }
 }
 
@@ -828,6 +848,9 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         data_dir: args.data_dir,
         tls: args.tls.load()?,
         insecure: args.tls.insecure,
+        data_max_bytes: args.data_max.unwrap_or(u64::MAX),
+        zone: args.zone,
+        scrub_bytes_per_s: args.scrub_rate,
     })
     .await?;
     println!(

@@ -3,6 +3,7 @@
 mod cli;
 mod compose;
 mod durable;
+mod fs;
 mod hardening;
 mod mapreduce;
 mod memory;

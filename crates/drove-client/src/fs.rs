@@ -1,0 +1,529 @@
+//! `drove fs`: files kept in the cluster's workers, split into chunks, each chunk
+//! replicated on several workers (`drove://` paths).
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use drove_exec::dfs;
+use drove_proto as pb;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::write::LocalFile;
+use crate::{Error, Result, Session, status_error};
+
+/// Placements asked for one chunk at most, when workers fail to store it.
+const PLACE_ATTEMPTS_MAX: usize = 4;
+/// Pieces of a read waiting for its reader, at most.
+const READ_AHEAD: usize = 8;
+
+/// How `drove fs put` writes a file.
+#[derive(Debug, Clone)]
+pub struct PutOptions {
+    /// Replicas of each chunk; 0 for the default (3, lowered with a warning when
+    /// fewer workers store chunks).
+    pub replication: u32,
+    /// Bytes per chunk.
+    pub chunk_bytes: u64,
+    /// Replace a file at the path.
+    pub overwrite: bool,
+}
+
+impl Default for PutOptions {
+    fn default() -> Self {
+        Self {
+            replication: 0,
+            chunk_bytes: drove_core::fs::CHUNK_DEFAULT_BYTES,
+            overwrite: false,
+        }
+    }
+}
+
+/// What a put wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutSummary {
+    pub bytes: u64,
+    pub chunks: usize,
+    /// The factor the file got.
+    pub replication: u32,
+    /// Why the factor is lower than the default, if it is.
+    pub warning: Option<String>,
+}
+
+/// A replica of a chunk: the worker that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub worker_id: u64,
+    pub addr: String,
+    pub zone: String,
+}
+
+/// A chunk of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub id: u64,
+    pub len: u64,
+    pub crc32c: u32,
+    pub replicas: Vec<Replica>,
+}
+
+/// A directory entry, or a file with its chunks ([`Session::fs_stat`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsEntry {
+    pub name: String,
+    pub is_dir: bool,
+    pub size: u64,
+    pub created_unix_ms: u64,
+    pub replication: u32,
+    pub chunk_bytes: u64,
+    pub chunks: Vec<Chunk>,
+}
+
+impl From<pb::FsEntryInfo> for FsEntry {
+    fn from(e: pb::FsEntryInfo) -> Self {
+        Self {
+            name: e.name,
+            is_dir: e.is_dir,
+            size: e.size,
+            created_unix_ms: e.created_unix_ms,
+            replication: e.replication,
+            chunk_bytes: e.chunk_bytes,
+            chunks: (e.chunks.into_iter())
+                .map(|c| Chunk {
+                    id: c.id,
+                    len: c.len,
+                    crc32c: c.crc32c,
+                    replicas: (c.replicas.into_iter())
+                        .map(|r| Replica {
+                            worker_id: r.worker_id,
+                            addr: r.addr,
+                            zone: r.zone,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Reads up to `buf.len()` bytes, fewer only at the end.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+impl Session {
+    fn chunk_clients(&self) -> &dfs::ChunkClients {
+        &self.inner.chunks
+    }
+
+    /// Copies the local file at `local` to `remote` (a `drove://` path). The file
+    /// appears there only once every chunk is stored: a failed or interrupted put
+    /// leaves nothing visible. Chunks are read and sent one at a time, each to its
+    /// replicas at once.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// use drove_client::fs::PutOptions;
+    /// let put = session.fs_put("events.parquet".as_ref(), "drove://data/events.parquet", &PutOptions::default()).await?;
+    /// println!("{} bytes in {} chunks", put.bytes, put.chunks);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fs_put(
+        &self,
+        local: &Path,
+        remote: &str,
+        options: &PutOptions,
+    ) -> Result<PutSummary> {
+        let path = drove_core::fs::normalize(remote).map_err(Error::Config)?;
+        let chunk = options.chunk_bytes;
+        if !(drove_core::fs::CHUNK_MIN_BYTES..=drove_core::fs::CHUNK_MAX_BYTES).contains(&chunk) {
+            return Err(Error::Config(format!(
+                "--chunk-size {chunk} is outside {} to {} bytes",
+                drove_core::fs::CHUNK_MIN_BYTES,
+                drove_core::fs::CHUNK_MAX_BYTES
+            )));
+        }
+        if local.is_dir() {
+            return Err(Error::Config(format!(
+                "'{}' is a directory; drove fs put copies one file",
+                local.display()
+            )));
+        }
+        let cannot =
+            |e: std::io::Error| Error::Config(format!("cannot read '{}': {e}", local.display()));
+        let mut file = std::fs::File::open(local).map_err(cannot)?;
+        let mut chunks = Vec::new();
+        let mut stored = Vec::new();
+        let mut failed = BTreeSet::new();
+        let mut size = 0u64;
+        let mut summary = None;
+        let mut buf = vec![0u8; chunk as usize];
+        loop {
+            let n = read_full(&mut file, &mut buf).map_err(cannot)?;
+            if n == 0 && !chunks.is_empty() {
+                break;
+            }
+            if n == 0 {
+                // An empty file has no chunks, but its factor is still decided.
+                let placed = self.place(&path, options, &failed, 0, 0).await?;
+                summary = Some((placed.replication, placed.warning));
+                break;
+            }
+            let data = bytes::Bytes::copy_from_slice(&buf[..n]);
+            let crc32c = dfs::checksum(&data);
+            let (id, workers, placed) = self
+                .store_chunk(&path, options, data, crc32c, &mut failed)
+                .await?;
+            summary.get_or_insert((placed.replication, placed.warning));
+            chunks.push(pb::MetaFsChunk {
+                id,
+                len: n as u64,
+                crc32c,
+            });
+            stored.push(pb::FsStored {
+                worker_ids: workers,
+            });
+            size += n as u64;
+            if n < buf.len() {
+                break;
+            }
+        }
+        let (replication, warning) = summary.expect("placed at least once");
+        let request = pb::FsCommitRequest {
+            path: path.clone(),
+            overwrite: options.overwrite,
+            file: Some(pb::MetaFsFile {
+                size,
+                chunk_bytes: chunk,
+                replication,
+                created_unix_ms: 0,
+                chunks: chunks.clone(),
+            }),
+            stored,
+        };
+        self.on_leader(|mut c| {
+            let request = request.clone();
+            async move { c.fs_commit(request).await }
+        })
+        .await
+        .map_err(status_error)?;
+        Ok(PutSummary {
+            bytes: size,
+            chunks: chunks.len(),
+            replication,
+            warning: (!warning.is_empty()).then_some(warning),
+        })
+    }
+
+    /// Where a new chunk goes, or (with `chunk_id`) `count` more replicas of one.
+    async fn place(
+        &self,
+        path: &str,
+        options: &PutOptions,
+        exclude: &BTreeSet<u64>,
+        chunk_id: u64,
+        count: u32,
+    ) -> Result<pb::FsPlaceResponse> {
+        let request = pb::FsPlaceRequest {
+            path: path.to_string(),
+            replication: options.replication,
+            exclude: exclude.iter().copied().collect(),
+            chunk_id,
+            count,
+            overwrite: options.overwrite,
+        };
+        Ok(self
+            .on_leader(|mut c| {
+                let request = request.clone();
+                async move { c.fs_place(request).await }
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+
+    /// Stores one chunk on as many workers as its factor asks for: where placement
+    /// says, then on others in place of any that failed (a full disk), for as long
+    /// as workers are left to try. At least one must store it.
+    async fn store_chunk(
+        &self,
+        path: &str,
+        options: &PutOptions,
+        data: bytes::Bytes,
+        crc32c: u32,
+        failed: &mut BTreeSet<u64>,
+    ) -> Result<(u64, Vec<u64>, pb::FsPlaceResponse)> {
+        let first = self.place(path, options, failed, 0, 0).await?;
+        let id = first.chunk_id;
+        let mut targets = first.targets.clone();
+        let mut stored = Vec::new();
+        let mut errors = Vec::new();
+        for _ in 0..PLACE_ATTEMPTS_MAX {
+            let writes = targets.iter().map(|t| {
+                let data = data.clone();
+                async move {
+                    let written =
+                        dfs::write_chunk(self.chunk_clients(), &t.addr, id, crc32c, data).await;
+                    (t, written)
+                }
+            });
+            for (target, written) in futures::future::join_all(writes).await {
+                match written {
+                    Ok(()) => stored.push(target.worker_id),
+                    Err(e) => {
+                        tracing::warn!(
+                            worker = target.addr,
+                            "storing a chunk failed: {}",
+                            e.message()
+                        );
+                        errors.push(format!("{}: {}", target.addr, e.message()));
+                        failed.insert(target.worker_id);
+                    }
+                }
+            }
+            let missing = (first.replication as usize).saturating_sub(stored.len());
+            if missing == 0 {
+                break;
+            }
+            let exclude: BTreeSet<u64> = failed.iter().chain(&stored).copied().collect();
+            targets = self
+                .place(path, options, &exclude, id, missing as u32)
+                .await?
+                .targets;
+            if targets.is_empty() {
+                break;
+            }
+        }
+        if stored.is_empty() {
+            return Err(Error::Transport(format!(
+                "no worker could store a chunk of drove://{path}, and nothing was written: {}",
+                errors.join("; ")
+            )));
+        }
+        Ok((id, stored, first))
+    }
+
+    async fn fs_list_raw(&self, path: &str) -> Result<pb::FsListResponse> {
+        let request = pb::FsPathRequest {
+            path: path.to_string(),
+        };
+        Ok(self
+            .on_leader(|mut c| {
+                let request = request.clone();
+                async move { c.fs_list(request).await }
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+
+    /// A directory's entries, or the file at `path` alone.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// for entry in session.fs_list("drove://data").await? {
+    ///     println!("{} {}", entry.name, entry.size);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fs_list(&self, path: &str) -> Result<Vec<FsEntry>> {
+        let listed = self.fs_list_raw(path).await?;
+        Ok(listed.entries.into_iter().map(FsEntry::from).collect())
+    }
+
+    /// A file with its chunks and where their replicas are, or a directory.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// let file = session.fs_stat("drove://data/events.parquet").await?;
+    /// println!("{} chunks", file.chunks.len());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fs_stat(&self, path: &str) -> Result<FsEntry> {
+        let listed = self.fs_list_raw(path).await?;
+        if listed.is_dir {
+            let name = drove_core::fs::normalize(path).map_err(Error::Config)?;
+            return Ok(FsEntry {
+                name,
+                is_dir: true,
+                size: 0,
+                created_unix_ms: 0,
+                replication: 0,
+                chunk_bytes: 0,
+                chunks: Vec::new(),
+            });
+        }
+        let entry = listed.entries.into_iter().next().ok_or_else(|| {
+            Error::Transport("the coordinator listed a file without its entry".into())
+        })?;
+        Ok(entry.into())
+    }
+
+    /// Makes a directory and its missing parents.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// session.fs_mkdir("drove://data/raw").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fs_mkdir(&self, path: &str) -> Result<()> {
+        let request = pb::FsPathRequest {
+            path: path.to_string(),
+        };
+        self.on_leader(|mut c| {
+            let request = request.clone();
+            async move { c.fs_mkdir(request).await }
+        })
+        .await
+        .map_err(status_error)?;
+        Ok(())
+    }
+
+    /// Removes a file, or a directory and everything under it; their chunks are
+    /// freed on the workers.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// session.fs_remove("drove://data/raw").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fs_remove(&self, path: &str) -> Result<()> {
+        let request = pb::FsPathRequest {
+            path: path.to_string(),
+        };
+        self.on_leader(|mut c| {
+            let request = request.clone();
+            async move { c.fs_remove(request).await }
+        })
+        .await
+        .map_err(status_error)?;
+        Ok(())
+    }
+
+    /// The bytes of the file at `path`, chunk after chunk, each read from one of its
+    /// replicas: a replica that fails (its worker is gone, or its copy is corrupt)
+    /// is left for the next, from where the first stopped. Each chunk's checksum is
+    /// checked once it is read whole.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// use futures::StreamExt;
+    /// let mut bytes = session.fs_read("drove://data/notes.txt").await?;
+    /// while let Some(piece) = bytes.next().await {
+    ///     std::io::Write::write_all(&mut std::io::stdout(), &piece?).ok();
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fs_read(&self, path: &str) -> Result<impl Stream<Item = Result<Vec<u8>>> + use<>> {
+        let file = self.fs_stat(path).await?;
+        if file.is_dir {
+            return Err(Error::Config(format!(
+                "drove://{} is a directory; name a file in it (`drove fs ls` lists them)",
+                file.name
+            )));
+        }
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        let session = self.clone();
+        tokio::spawn(async move {
+            for chunk in &file.chunks {
+                if let Err(e) = session.read_chunk(&file.name, chunk, &tx).await {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    /// Sends one chunk's bytes to `tx`, from its replicas in turn.
+    async fn read_chunk(
+        &self,
+        path: &str,
+        chunk: &Chunk,
+        tx: &mpsc::Sender<Result<Vec<u8>>>,
+    ) -> Result<()> {
+        let mut sent = 0u64;
+        let mut crc = 0u32;
+        let mut errors = Vec::new();
+        for replica in &chunk.replicas {
+            let read = async {
+                let mut bytes =
+                    dfs::read_chunk(self.chunk_clients(), &replica.addr, chunk.id, sent, 0).await?;
+                while let Some(piece) = bytes.next().await {
+                    let piece = piece?;
+                    sent += piece.len() as u64;
+                    crc = crc32c::crc32c_append(crc, &piece);
+                    if tx.send(Ok(piece)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok::<_, tonic::Status>(())
+            };
+            match read.await {
+                Ok(()) if tx.is_closed() => return Ok(()),
+                Ok(()) => break,
+                Err(e) => errors.push(format!("{}: {}", replica.addr, e.message())),
+            }
+        }
+        if sent != chunk.len {
+            return Err(Error::Transport(format!(
+                "no replica of chunk {:016x} of drove://{path} could be read ({}); the file cannot be read until a worker that holds it returns",
+                chunk.id,
+                if errors.is_empty() {
+                    "it has none".to_string()
+                } else {
+                    errors.join("; ")
+                }
+            )));
+        }
+        if crc != chunk.crc32c {
+            return Err(Error::Transport(format!(
+                "chunk {:016x} of drove://{path} came with CRC-32C {crc:08x}, not {:08x}; read it again",
+                chunk.id, chunk.crc32c
+            )));
+        }
+        Ok(())
+    }
+
+    /// Copies the file at `remote` to the local `local`, which appears only once
+    /// whole (see [`crate::DataFrame::write_parquet`]); an existing file is replaced
+    /// only with `overwrite`. Returns the bytes copied.
+    ///
+    /// ```no_run
+    /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
+    /// session.fs_get("drove://data/notes.txt", "notes.txt".as_ref(), false).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn fs_get(&self, remote: &str, local: &Path, overwrite: bool) -> Result<u64> {
+        let out = LocalFile::create(local, overwrite, "drove fs get")?;
+        let mut bytes = self.fs_read(remote).await?;
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, out.file());
+        let mut total = 0u64;
+        while let Some(piece) = bytes.next().await {
+            let piece = piece?;
+            total += piece.len() as u64;
+            file.write_all(&piece).map_err(|e| out.error(&e))?;
+        }
+        file.flush().map_err(|e| out.error(&e))?;
+        drop(file);
+        out.commit()?;
+        Ok(total)
+    }
+}

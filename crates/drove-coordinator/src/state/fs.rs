@@ -1,0 +1,539 @@
+//! `drove fs` on the coordinator: placing new chunks, making written files visible,
+//! listing, removing, and keeping every chunk at its replication factor. The
+//! decisions are `drove_core::fs`'s; this sends the messages they call for.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use drove_core::WorkerId;
+use drove_core::fs::{self as core_fs, Entry, FileMeta, FsCommand, Holder, Replicas};
+use drove_core::meta::MetaCommand;
+use drove_proto as pb;
+use tracing::{info, warn};
+
+use super::{Coordinator, State, now_ms};
+use crate::durable::{file_from_proto, file_to_proto};
+use crate::{Error, Result};
+use drove_core::access::Identity;
+
+/// Copies of under-replicated chunks under way at once, at most: repair's bound on
+/// the bandwidth it takes from reads and writes.
+pub const COPIES_MAX: usize = 4;
+/// Chunks placed and not yet committed, at most (writes under way).
+const PENDING_MAX: usize = 1_000_000;
+/// A chunk placed this long ago and not committed belongs to a write that gave up;
+/// chunks no file holds are removed only once the coordinator has led this long.
+const PENDING_TTL: Duration = Duration::from_secs(3600);
+
+/// The coordinator's view of drove fs beyond the durable namespace.
+#[derive(Debug)]
+pub struct FsRuntime {
+    pub replicas: Replicas,
+    /// Chunks placed for writes under way, and when; oldest first.
+    pending: VecDeque<(u64, Instant)>,
+    pending_ids: HashMap<u64, Instant>,
+    /// Since when this coordinator has known every worker's chunks (it started, or
+    /// began to lead).
+    since: Instant,
+}
+
+impl Default for FsRuntime {
+    fn default() -> Self {
+        Self {
+            replicas: Replicas::default(),
+            pending: VecDeque::new(),
+            pending_ids: HashMap::new(),
+            since: Instant::now(),
+        }
+    }
+}
+
+fn path_of(path: &str) -> Result<String> {
+    core_fs::normalize(path).map_err(Error::User)
+}
+
+impl State {
+    fn fs_holders(&self) -> Vec<Holder> {
+        (self.workers.iter())
+            .filter(|(_, c)| c.stores_chunks)
+            .map(|(id, c)| Holder {
+                worker: *id,
+                zone: c.zone.clone(),
+                draining: c.draining,
+            })
+            .collect()
+    }
+
+    fn replica(&self, worker: WorkerId) -> Option<pb::ChunkReplica> {
+        let conn = self.workers.get(&worker)?;
+        Some(pb::ChunkReplica {
+            worker_id: worker.0,
+            addr: conn.flight_addr.clone(),
+            zone: conn.zone.clone(),
+        })
+    }
+
+    /// Where a new chunk of the file at `path` goes, or more replicas of one placed
+    /// for the same write.
+    fn fs_place(
+        &mut self,
+        who: &Identity,
+        request: pb::FsPlaceRequest,
+    ) -> Result<pb::FsPlaceResponse> {
+        self.lead()?;
+        who.may_submit()?;
+        let path = path_of(&request.path)?;
+        let replication = request.replication;
+        let exclude: BTreeSet<WorkerId> = request.exclude.iter().map(|w| WorkerId(*w)).collect();
+        if replication > core_fs::REPLICATION_MAX {
+            return Err(Error::User(format!(
+                "--replication {replication} is more than drove fs allows ({})",
+                core_fs::REPLICATION_MAX
+            )));
+        }
+        let holders = self.fs_holders();
+        let live = holders.iter().filter(|h| !h.draining).count();
+        if live == 0 {
+            return Err(Error::User(format!(
+                "no worker stores drove fs chunks, so drove://{path} cannot be written; start workers with --data-dir"
+            )));
+        }
+        let (replication, warning) = match replication {
+            0 if live < core_fs::REPLICATION_DEFAULT as usize => (
+                live as u32,
+                format!(
+                    "only {live} worker(s) store chunks, so drove://{path} gets {live} replica(s), not the default {}",
+                    core_fs::REPLICATION_DEFAULT
+                ),
+            ),
+            0 => (core_fs::REPLICATION_DEFAULT, String::new()),
+            n if n as usize > live => {
+                return Err(Error::User(format!(
+                    "--replication {n} asks for more replicas than the {live} worker(s) that store chunks; give at most {live}, or start more workers with --data-dir"
+                )));
+            }
+            n => (n, String::new()),
+        };
+        let (chunk, count) = match request.chunk_id {
+            0 => {
+                // Refused now rather than at the commit, after every chunk was sent.
+                let commit = FsCommand::Commit {
+                    path: path.clone(),
+                    file: FileMeta {
+                        size: 0,
+                        chunk_bytes: 0,
+                        replication,
+                        created_ms: 0,
+                        chunks: Vec::new(),
+                    },
+                };
+                (self.meta.state().fs())
+                    .check(&commit, request.overwrite)
+                    .map_err(Error::User)?;
+                (drove_core::ids::random_id(), replication)
+            }
+            id if self.fs.pending_ids.contains_key(&id) => (id, request.count.min(replication)),
+            id => {
+                return Err(Error::User(format!(
+                    "chunk {id:016x} is not being written; place a new one"
+                )));
+            }
+        };
+        let load = self.fs.replicas.load();
+        let targets = core_fs::place(chunk, count as usize, &holders, &load, &exclude);
+        if targets.is_empty() && request.chunk_id == 0 {
+            return Err(Error::User(format!(
+                "every worker that stores chunks failed to store one of drove://{path} (a full --data-max or disk?); free space, or start more workers with --data-dir"
+            )));
+        }
+        if request.chunk_id == 0 {
+            self.fs.pend(chunk);
+        }
+        Ok(pb::FsPlaceResponse {
+            chunk_id: chunk,
+            targets: targets
+                .into_iter()
+                .filter_map(|w| self.replica(w))
+                .collect(),
+            replication,
+            warning,
+        })
+    }
+
+    /// Makes a written file visible, whole. A commit refused abandons its write: the
+    /// chunks placed for it are removed at once.
+    fn fs_commit(&mut self, who: &Identity, request: pb::FsCommitRequest) -> Result<()> {
+        let written: Vec<(u64, Vec<u64>)> = (request.file.iter())
+            .flat_map(|f| f.chunks.iter().map(|c| c.id))
+            .zip(request.stored.iter().map(|s| s.worker_ids.clone()))
+            .collect();
+        let committed = self.fs_commit_checked(who, request);
+        if committed.is_err() {
+            self.fs_abandon(written);
+        }
+        committed
+    }
+
+    /// Removes the chunks of a write that will not commit (only those still placed
+    /// for a write: a committed file's chunks are never named by a failed commit).
+    fn fs_abandon(&mut self, written: Vec<(u64, Vec<u64>)>) {
+        let mut drops: HashMap<WorkerId, Vec<u64>> = HashMap::new();
+        for (chunk, stored) in written {
+            if self.fs.pending_ids.remove(&chunk).is_none() {
+                continue;
+            }
+            let holders: BTreeSet<WorkerId> = (stored.into_iter().map(WorkerId))
+                .chain(self.fs.replicas.forget(chunk))
+                .collect();
+            for w in holders {
+                drops.entry(w).or_default().push(chunk);
+            }
+        }
+        for (w, chunk_ids) in drops {
+            self.send(
+                w,
+                pb::coordinator_message::Kind::DropChunks(pb::DropChunks { chunk_ids }),
+            );
+        }
+    }
+
+    fn fs_commit_checked(&mut self, who: &Identity, request: pb::FsCommitRequest) -> Result<()> {
+        self.lead()?;
+        who.may_submit()?;
+        let path = path_of(&request.path)?;
+        let file = file_from_proto(request.file.unwrap_or_default());
+        check_file(&file)?;
+        if request.stored.len() != file.chunks.len() {
+            return Err(Error::User(format!(
+                "the commit of drove://{path} names where {} chunks are stored, and the file has {}",
+                request.stored.len(),
+                file.chunks.len()
+            )));
+        }
+        let holders: BTreeSet<WorkerId> = self.fs_holders().iter().map(|h| h.worker).collect();
+        for (chunk, stored) in file.chunks.iter().zip(&request.stored) {
+            if !self.fs.pending_ids.contains_key(&chunk.id) {
+                return Err(Error::User(format!(
+                    "chunk {:016x} of drove://{path} was not placed by this coordinator for a write under way (it may have restarted, or the write took over an hour); write the file again",
+                    chunk.id
+                )));
+            }
+            let live: Vec<WorkerId> = (stored.worker_ids.iter())
+                .map(|w| WorkerId(*w))
+                .filter(|w| holders.contains(w))
+                .collect();
+            if live.is_empty() && self.fs.replicas.holders(chunk.id).next().is_none() {
+                return Err(Error::User(format!(
+                    "no worker that stored chunk {:016x} of drove://{path} is still here; write the file again",
+                    chunk.id
+                )));
+            }
+            // The workers' own reports confirm these.
+            for w in live {
+                self.fs.replicas.held(w, [chunk.id]);
+            }
+        }
+        let command = FsCommand::Commit {
+            path: path.clone(),
+            file: FileMeta {
+                created_ms: now_ms(),
+                ..file
+            },
+        };
+        self.meta
+            .state()
+            .fs()
+            .check(&command, request.overwrite)
+            .map_err(Error::User)?;
+        let ids: Vec<u64> = match &command {
+            FsCommand::Commit { file, .. } => file.chunks.iter().map(|c| c.id).collect(),
+            _ => Vec::new(),
+        };
+        self.fs_record(command)?;
+        for id in ids {
+            self.fs.pending_ids.remove(&id);
+        }
+        info!(path, "drove fs file committed");
+        Ok(())
+    }
+
+    fn fs_change(&mut self, who: &Identity, command: FsCommand) -> Result<()> {
+        self.lead()?;
+        who.may_submit()?;
+        let fs = self.meta.state().fs();
+        if let FsCommand::Mkdir { path, .. } = &command
+            && let Some(Entry::Dir { .. }) = fs.get(path)
+        {
+            return Ok(());
+        }
+        fs.check(&command, false).map_err(Error::User)?;
+        self.fs_record(command)
+    }
+
+    /// Records a change; tells the holders of the chunks it frees to remove them.
+    fn fs_record(&mut self, command: FsCommand) -> Result<()> {
+        let applied = self
+            .record(MetaCommand::Fs(command))
+            .ok_or_else(|| self.not_written())?;
+        let mut drops: HashMap<WorkerId, Vec<u64>> = HashMap::new();
+        for chunk in applied.freed_chunks {
+            for w in self.fs.replicas.forget(chunk) {
+                drops.entry(w).or_default().push(chunk);
+            }
+        }
+        for (w, chunk_ids) in drops {
+            self.send(
+                w,
+                pb::coordinator_message::Kind::DropChunks(pb::DropChunks { chunk_ids }),
+            );
+        }
+        Ok(())
+    }
+
+    fn fs_list(&self, path: &str) -> Result<pb::FsListResponse> {
+        self.lead()?;
+        let path = path_of(path)?;
+        let fs = self.meta.state().fs();
+        match fs.get(&path) {
+            None => Err(Error::NotFound(format!(
+                "drove://{path} does not exist; `drove fs ls` shows what does"
+            ))),
+            Some(Entry::File(f)) => Ok(pb::FsListResponse {
+                entries: vec![self.entry_info(&path, &Entry::File(f), true)],
+                is_dir: false,
+            }),
+            Some(Entry::Dir { .. }) => Ok(pb::FsListResponse {
+                entries: (fs.list(&path).into_iter())
+                    .map(|(name, e)| self.entry_info(name, e, false))
+                    .collect(),
+                is_dir: true,
+            }),
+        }
+    }
+
+    fn entry_info(&self, name: &str, entry: &Entry, chunks: bool) -> pb::FsEntryInfo {
+        match entry {
+            Entry::Dir { created_ms } => pb::FsEntryInfo {
+                name: name.to_string(),
+                is_dir: true,
+                created_unix_ms: *created_ms,
+                ..Default::default()
+            },
+            Entry::File(f) => {
+                let wire = file_to_proto(f);
+                pb::FsEntryInfo {
+                    name: name.to_string(),
+                    is_dir: false,
+                    size: f.size,
+                    created_unix_ms: f.created_ms,
+                    replication: f.replication,
+                    chunk_bytes: f.chunk_bytes,
+                    chunks: match chunks {
+                        false => Vec::new(),
+                        true => (wire.chunks.into_iter())
+                            .map(|c| pb::FsChunkInfo {
+                                id: c.id,
+                                len: c.len,
+                                crc32c: c.crc32c,
+                                replicas: (self.fs.replicas.holders(c.id))
+                                    .filter_map(|w| self.replica(w))
+                                    .collect(),
+                            })
+                            .collect(),
+                    },
+                }
+            }
+        }
+    }
+
+    /// A worker's heartbeat said which chunks it stored and removed.
+    pub(super) fn fs_reported(
+        &mut self,
+        worker: WorkerId,
+        added: Vec<u64>,
+        removed: Vec<u64>,
+        corrupt: u64,
+    ) {
+        if corrupt > 0 {
+            warn!(%worker, corrupt, "a worker found corrupt chunk replicas");
+            self.metrics.fs_corrupt_found(corrupt);
+        }
+        self.fs.replicas.held(worker, added);
+        for chunk in removed {
+            self.fs.replicas.dropped(worker, chunk);
+        }
+    }
+
+    /// On every tick: copies under-replicated chunks, trims surplus replicas, and
+    /// removes chunks no file or write holds.
+    pub(super) fn fs_maintain(&mut self) {
+        if !self.leading {
+            return;
+        }
+        self.fs.expire_pending();
+        let holders = self.fs_holders();
+        let fs = self.meta.state().fs();
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let copies = self.fs.replicas.repairs(fs, &holders, COPIES_MAX, now_ms);
+        for copy in copies {
+            let Some(from) = self.workers.get(&copy.from).map(|c| c.flight_addr.clone()) else {
+                continue;
+            };
+            info!(chunk = format!("{:016x}", copy.chunk.id), from = %copy.from, to = %copy.to, "copying an under-replicated chunk");
+            self.metrics.fs_copy_asked();
+            self.send(
+                copy.to,
+                pb::coordinator_message::Kind::CopyChunk(pb::CopyChunk {
+                    chunk_id: copy.chunk.id,
+                    len: copy.chunk.len,
+                    crc32c: copy.chunk.crc32c,
+                    from_addr: from,
+                }),
+            );
+        }
+        let fs = self.meta.state().fs();
+        let mut drops: HashMap<WorkerId, Vec<u64>> = HashMap::new();
+        for (worker, chunk) in self.fs.replicas.surplus(fs, &holders) {
+            drops.entry(worker).or_default().push(chunk);
+        }
+        if self.fs.since.elapsed() >= PENDING_TTL {
+            for (chunk, held) in self.fs.replicas.orphans(fs) {
+                if !self.fs.pending_ids.contains_key(&chunk) {
+                    for w in held {
+                        drops.entry(w).or_default().push(chunk);
+                    }
+                }
+            }
+        }
+        for (worker, chunk_ids) in drops {
+            for chunk in &chunk_ids {
+                self.fs.replicas.dropped(worker, *chunk);
+            }
+            self.send(
+                worker,
+                pb::coordinator_message::Kind::DropChunks(pb::DropChunks { chunk_ids }),
+            );
+        }
+    }
+
+    /// Chunks below their replication factor, and chunks with no replica at all.
+    pub(super) fn fs_under_replicated(&self) -> (usize, usize) {
+        let holders = self.fs_holders();
+        self.fs
+            .replicas
+            .under_replicated(self.meta.state().fs(), &holders)
+    }
+}
+
+impl FsRuntime {
+    fn pend(&mut self, chunk: u64) {
+        let now = Instant::now();
+        if self.pending.len() >= PENDING_MAX
+            && let Some((old, _)) = self.pending.pop_front()
+        {
+            self.pending_ids.remove(&old);
+        }
+        self.pending.push_back((chunk, now));
+        self.pending_ids.insert(chunk, now);
+    }
+
+    fn expire_pending(&mut self) {
+        while let Some((chunk, at)) = self.pending.front().copied() {
+            if at.elapsed() < PENDING_TTL {
+                break;
+            }
+            self.pending.pop_front();
+            self.pending_ids.remove(&chunk);
+        }
+    }
+
+    /// A new leader learns every worker's chunks again, from their registrations.
+    pub fn restart(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// Refuses a file description no write of drove's makes.
+fn check_file(file: &FileMeta) -> Result<()> {
+    let bad = |why: String| {
+        Err(Error::User(format!(
+            "a drove fs commit is malformed: {why}"
+        )))
+    };
+    if !(core_fs::CHUNK_MIN_BYTES..=core_fs::CHUNK_MAX_BYTES).contains(&file.chunk_bytes) {
+        return bad(format!(
+            "the chunk size {} is outside {}..={}",
+            file.chunk_bytes,
+            core_fs::CHUNK_MIN_BYTES,
+            core_fs::CHUNK_MAX_BYTES
+        ));
+    }
+    if file.replication == 0 || file.replication > core_fs::REPLICATION_MAX {
+        return bad(format!("a replication factor of {}", file.replication));
+    }
+    let mut total = 0u64;
+    let mut ids = BTreeSet::new();
+    for (i, c) in file.chunks.iter().enumerate() {
+        let last = i + 1 == file.chunks.len();
+        if c.len > file.chunk_bytes || c.len == 0 || (!last && c.len != file.chunk_bytes) {
+            return bad(format!(
+                "chunk {i} has {} bytes, with chunks of {}",
+                c.len, file.chunk_bytes
+            ));
+        }
+        if !ids.insert(c.id) {
+            return bad(format!("chunk {:016x} appears twice", c.id));
+        }
+        total = total.saturating_add(c.len);
+    }
+    if total != file.size {
+        return bad(format!(
+            "its chunks hold {total} bytes, and its size is {}",
+            file.size
+        ));
+    }
+    Ok(())
+}
+
+impl Coordinator {
+    pub async fn fs_place(
+        &self,
+        who: &Identity,
+        request: pb::FsPlaceRequest,
+    ) -> Result<pb::FsPlaceResponse> {
+        let who = who.clone();
+        self.ask(move |state| state.fs_place(&who, request)).await
+    }
+
+    pub async fn fs_commit(&self, who: &Identity, request: pb::FsCommitRequest) -> Result<()> {
+        let who = who.clone();
+        self.ask(move |state| state.fs_commit(&who, request)).await
+    }
+
+    pub async fn fs_list(&self, path: String) -> Result<pb::FsListResponse> {
+        self.ask(move |state| state.fs_list(&path)).await
+    }
+
+    pub async fn fs_mkdir(&self, who: &Identity, path: String) -> Result<()> {
+        let who = who.clone();
+        self.ask(move |state| {
+            let command = FsCommand::Mkdir {
+                path: path_of(&path)?,
+                created_ms: now_ms(),
+            };
+            state.fs_change(&who, command)
+        })
+        .await
+    }
+
+    pub async fn fs_remove(&self, who: &Identity, path: String) -> Result<()> {
+        let who = who.clone();
+        self.ask(move |state| {
+            let command = FsCommand::Remove {
+                path: path_of(&path)?,
+            };
+            state.fs_change(&who, command)
+        })
+        .await
+    }
+}
