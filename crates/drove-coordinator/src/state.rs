@@ -1844,10 +1844,16 @@ impl State {
                 None
             }
             Command::WorkerDrained { worker } => {
-                self.send(
-                    worker,
-                    pb::coordinator_message::Kind::Drained(pb::Drained {}),
-                );
+                // A worker with drove fs chunks leaves once they are elsewhere
+                // (`fs_maintain` tells it).
+                if self.workers.get(&worker).is_some_and(|c| c.stores_chunks) {
+                    self.fs.leaving.insert(worker);
+                } else {
+                    self.send(
+                        worker,
+                        pb::coordinator_message::Kind::Drained(pb::Drained {}),
+                    );
+                }
                 None
             }
             Command::DropWorker { worker } => {

@@ -519,6 +519,19 @@ impl Replicas {
         drops
     }
 
+    /// Whether a draining worker may leave without taking a chunk below its factor:
+    /// every chunk of the namespace it holds has its factor's replicas (or one on
+    /// every other worker) on workers that stay.
+    pub fn handed_off(&self, leaving: WorkerId, namespace: &Namespace, workers: &[Holder]) -> bool {
+        let live = live_holders(workers);
+        namespace.chunks().all(|(chunk, factor)| {
+            let held: BTreeSet<WorkerId> = self.holders(chunk.id).collect();
+            !held.contains(&leaving)
+                || held.iter().filter(|w| live.contains(w)).count()
+                    >= (factor as usize).min(live.len())
+        })
+    }
+
     /// Chunks a worker reported that no file holds: left by a write that never
     /// committed, or freed while the worker was away.
     pub fn orphans(&self, namespace: &Namespace) -> Vec<(u64, BTreeSet<WorkerId>)> {
@@ -714,6 +727,33 @@ mod tests {
         r.lost(WorkerId(3));
         assert_eq!(r.under_replicated(&ns, &[]), (0, 3));
         assert!(r.repairs(&ns, &[], 10, 0).is_empty());
+    }
+
+    #[test]
+    fn a_draining_worker_leaves_once_its_chunks_are_elsewhere() {
+        let mut ns = Namespace::default();
+        ns.apply(&FsCommand::Commit {
+            path: "f".into(),
+            file: file(&[1, 2], 2),
+        });
+        let mut all = holders(&["", "", ""]);
+        let mut r = Replicas::default();
+        r.held(WorkerId(1), [1, 2]);
+        r.held(WorkerId(2), [1]);
+        r.held(WorkerId(3), [2]);
+        assert!(r.handed_off(WorkerId(1), &ns, &all));
+        all[0].draining = true;
+        assert!(
+            !r.handed_off(WorkerId(1), &ns, &all),
+            "its replicas no longer count"
+        );
+        let copies = r.repairs(&ns, &all, 10, 0);
+        assert_eq!(copies.len(), 2);
+        for c in &copies {
+            assert_ne!(c.to, WorkerId(1), "nothing goes to a draining worker");
+            r.held(c.to, [c.chunk.id]);
+        }
+        assert!(r.handed_off(WorkerId(1), &ns, &all));
     }
 
     #[test]

@@ -115,6 +115,10 @@ pub struct WorkerConfig {
     pub zone: String,
     /// Bytes a second the scrubber reads to check stored chunks (0: none).
     pub scrub_bytes_per_s: u64,
+    /// How long a draining worker that holds drove fs chunks waits for the
+    /// coordinator to copy them elsewhere before it leaves anyway (in place of
+    /// `drain_timeout_ms` when longer).
+    pub chunk_drain_timeout_ms: u64,
 }
 
 /// The smallest memory budget a worker accepts: below it, a sort's merge buffers and a
@@ -165,6 +169,7 @@ impl Default for WorkerConfig {
             data_max_bytes: u64::MAX,
             zone: String::new(),
             scrub_bytes_per_s: 8 << 20,
+            chunk_drain_timeout_ms: 600_000,
         }
     }
 }
@@ -612,7 +617,11 @@ async fn run(
         }
         term = session.term;
         let worker_id = session.worker_id;
-        let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
+        let holds_chunks = shared.chunks.as_ref().is_some_and(|c| !c.ids().is_empty());
+        let drain_timeout = Duration::from_millis(match holds_chunks {
+            true => config.drain_timeout_ms.max(config.chunk_drain_timeout_ms),
+            false => config.drain_timeout_ms,
+        });
         tokio::select! {
             end = serve(session, Arc::clone(&shared), drain.clone(), drain_timeout).instrument(info_span!("worker", worker_id)) => {
                 if end == SessionEnd::Drained {

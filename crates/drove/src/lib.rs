@@ -478,6 +478,11 @@ struct WorkerArgs {
     /// off.
     #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = drove_core::parse_bytes)]
     scrub_rate: u64,
+    /// On SIGTERM, a worker that holds drove fs chunks waits at most this long for them
+    /// to be copied to other workers before it leaves (in place of --drain-timeout-secs
+    /// when longer).
+    #[arg(long, default_value_t = 600)]
+    chunk_drain_timeout_secs: u64,
     /// Fault injection: delay every task by this long (to see speculation work).
     #[arg(long, default_value_t = 0, hide = true)]
     inject_task_delay_ms: u64,
@@ -851,6 +856,7 @@ async fn worker(args: WorkerArgs) -> Result<()> {
         data_max_bytes: args.data_max.unwrap_or(u64::MAX),
         zone: args.zone,
         scrub_bytes_per_s: args.scrub_rate,
+        chunk_drain_timeout_ms: args.chunk_drain_timeout_secs.saturating_mul(1000),
     })
     .await?;
     println!(

@@ -32,6 +32,9 @@ pub struct FsRuntime {
     /// Chunks placed for writes under way, and when; oldest first.
     pending: VecDeque<(u64, Instant)>,
     pending_ids: HashMap<u64, Instant>,
+    /// Draining workers the scheduler let go, waiting for their chunks to be copied
+    /// elsewhere before they are told to leave.
+    pub leaving: BTreeSet<WorkerId>,
     /// Since when this coordinator has known every worker's chunks (it started, or
     /// began to lead).
     since: Instant,
@@ -43,6 +46,7 @@ impl Default for FsRuntime {
             replicas: Replicas::default(),
             pending: VecDeque::new(),
             pending_ids: HashMap::new(),
+            leaving: BTreeSet::new(),
             since: Instant::now(),
         }
     }
@@ -392,6 +396,20 @@ impl State {
             );
         }
         let fs = self.meta.state().fs();
+        let leaving: Vec<WorkerId> = self.fs.leaving.iter().copied().collect();
+        for worker in leaving {
+            let gone = !self.workers.contains_key(&worker);
+            if gone || self.fs.replicas.handed_off(worker, fs, &holders) {
+                self.fs.leaving.remove(&worker);
+                if !gone {
+                    info!(%worker, "its drove fs chunks are on other workers; it may leave");
+                    self.send(
+                        worker,
+                        pb::coordinator_message::Kind::Drained(pb::Drained {}),
+                    );
+                }
+            }
+        }
         let mut drops: HashMap<WorkerId, Vec<u64>> = HashMap::new();
         for (worker, chunk) in self.fs.replicas.surplus(fs, &holders) {
             drops.entry(worker).or_default().push(chunk);

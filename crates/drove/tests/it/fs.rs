@@ -473,14 +473,13 @@ fn a_put_whose_workers_are_killed_leaves_its_file_whole_or_absent() {
         let path = format!("drove://runs/{run}");
         let mut putting = put(&src, &path);
         // Kill a random worker at a random point of the put, then start it again; in
-        // every fourth run, kill the put itself too.
+        // every fourth run, kill the put itself first.
         std::thread::sleep(Duration::from_millis(next() % span_ms));
-        let victim = (next() % 3) as usize;
-        c.kill_worker(victim);
         if run % 4 == 3 {
-            std::thread::sleep(Duration::from_millis(next() % span_ms));
             let _ = putting.kill();
         }
+        let victim = (next() % 3) as usize;
+        c.kill_worker(victim);
         let status = putting.wait().unwrap();
         c.start_worker(victim);
         drop(putting);
@@ -508,4 +507,52 @@ fn a_put_whose_workers_are_killed_leaves_its_file_whole_or_absent() {
     eprintln!(
         "of 20 puts with a worker killed (every fourth killed itself too), {complete} completed and {absent} left nothing visible; a put took {span_ms} ms"
     );
+}
+
+#[test]
+fn a_draining_worker_hands_its_chunks_off_before_it_leaves() {
+    let mut c = FsCluster::start(3, |_| Vec::new());
+    let local = tempfile::tempdir().unwrap();
+    let bytes = data(6 << 20, 5);
+    let src = write(local.path(), "src.bin", &bytes);
+    c.fs_ok(&[
+        "put",
+        &src,
+        "drove://f",
+        "--chunk-size",
+        "1MiB",
+        "--replication",
+        "2",
+    ]);
+    let index = (0..3)
+        .find(|&i| !c.chunk_files(i).is_empty())
+        .expect("a worker holding chunks");
+    let held = c.chunk_files(index).len();
+    let worker = c.workers[index].as_mut().unwrap();
+    let pid = worker.0.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exited = worker.0.wait().unwrap();
+    assert!(
+        exited.success(),
+        "the drained worker exits cleanly: {exited}"
+    );
+    // Once it has gone, every chunk is on two of the workers that stay.
+    let others: Vec<usize> = (0..3).filter(|&i| i != index).collect();
+    for chunk in c.stat("drove://f").chunks {
+        let name = format!("{:016x}.chunk", chunk.id);
+        let copies = (others.iter())
+            .filter(|&&i| c.data_dir(i).join("chunks").join(&name).exists())
+            .count();
+        assert_eq!(copies, 2, "chunk {name} after the drain");
+    }
+    assert!(c.metric("drove_fs_chunk_copies_total") >= held as u64);
+    let got = local.path().join("got.bin");
+    c.fs_ok(&["get", "drove://f", got.to_str().unwrap()]);
+    assert!(std::fs::read(&got).unwrap() == bytes);
 }
