@@ -285,6 +285,22 @@ pub struct Cluster {
     /// Tenants with running jobs (those the caller sees), and what they hold.
     pub tenants: Vec<TenantUsage>,
     pub recent: Vec<ClusterSample>,
+    pub fs: FsSummary,
+}
+
+/// drove fs: the files the workers keep, and how many chunks lack replicas.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FsSummary {
+    pub files: u64,
+    /// The files' bytes, each replica not counted.
+    pub bytes: u64,
+    pub chunks: u64,
+    /// Chunks below their replication factor (they are being copied).
+    pub under_replicated: u64,
+    /// Chunks with no live replica: their files cannot be read until a worker that
+    /// holds them returns.
+    pub missing: u64,
 }
 
 /// A tenant's use of the cluster now.
@@ -494,7 +510,15 @@ impl Job {
 pub async fn cluster_view(coordinator: &Coordinator, who: &Identity) -> Cluster {
     let status = coordinator.cluster_status(who, false).await;
     let m = status.metadata.clone().unwrap_or_default();
+    let fs = status.fs.unwrap_or_default();
     Cluster {
+        fs: FsSummary {
+            files: fs.files,
+            bytes: fs.bytes,
+            chunks: fs.chunks,
+            under_replicated: fs.under_replicated,
+            missing: fs.missing,
+        },
         metadata: Metadata {
             cluster_id: m.cluster_id,
             role: m.role,

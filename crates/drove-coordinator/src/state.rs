@@ -1577,6 +1577,7 @@ impl State {
             cached_tables,
             metadata: Some(metadata),
             tenants,
+            fs: Some(self.fs_status()),
         }
     }
 

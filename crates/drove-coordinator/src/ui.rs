@@ -176,6 +176,13 @@ pub fn overview(c: &Cluster) -> Markup {
             (c.workers.len()) " workers, " (running) " of " (slots) " slots busy, "
             (c.jobs.len()) " jobs in the history"
         }
+        @if c.fs.files > 0 {
+            p #fs {
+                "drove fs: " (c.fs.files) " files, " (drove_core::human_bytes(c.fs.bytes)) " in "
+                (c.fs.chunks) " chunks; " (c.fs.under_replicated) " under-replicated, "
+                (c.fs.missing) " with no live replica."
+            }
+        }
         p #metadata {
             @if c.metadata.data_dir.is_empty() {
                 "Metadata in memory only: a restart forgets the jobs and cached tables."

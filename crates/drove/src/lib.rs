@@ -1221,6 +1221,16 @@ async fn status(args: StatusArgs) -> Result<()> {
             error
         );
     }
+    if let Some(fs) = status.fs.filter(|f| f.files > 0) {
+        println!(
+            "drove fs: {} files, {} in {} chunks; {} under-replicated, {} with no live replica",
+            fs.files,
+            drove_core::human_bytes(fs.bytes),
+            fs.chunks,
+            fs.under_replicated,
+            fs.missing
+        );
+    }
     let m = status.metadata.clone().unwrap_or_default();
     match m.data_dir.as_str() {
         "" => println!("coordinator: {}, metadata in memory", m.role),

@@ -434,6 +434,19 @@ impl State {
         }
     }
 
+    /// drove fs as `drove status` and the UI show it.
+    pub(super) fn fs_status(&self) -> pb::FsStatus {
+        let files = self.meta.state().fs().files_under("");
+        let (under, missing) = self.fs_under_replicated();
+        pb::FsStatus {
+            files: files.len() as u64,
+            bytes: files.iter().map(|(_, f)| f.size).sum(),
+            chunks: files.iter().map(|(_, f)| f.chunks.len() as u64).sum(),
+            under_replicated: under as u64,
+            missing: missing as u64,
+        }
+    }
+
     /// Chunks below their replication factor, and chunks with no replica at all.
     pub(super) fn fs_under_replicated(&self) -> (usize, usize) {
         let holders = self.fs_holders();

@@ -807,6 +807,24 @@ pub struct ClusterStatusResponse {
     /// Tenants with running jobs, and what they hold.
     #[prost(message, repeated, tag = "5")]
     pub tenants: ::prost::alloc::vec::Vec<TenantUsage>,
+    #[prost(message, optional, tag = "6")]
+    pub fs: ::core::option::Option<FsStatus>,
+}
+/// drove fs as a whole.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FsStatus {
+    #[prost(uint64, tag = "1")]
+    pub files: u64,
+    /// The files' bytes (each replica not counted).
+    #[prost(uint64, tag = "2")]
+    pub bytes: u64,
+    #[prost(uint64, tag = "3")]
+    pub chunks: u64,
+    /// Chunks below their replication factor, and those with no live replica.
+    #[prost(uint64, tag = "4")]
+    pub under_replicated: u64,
+    #[prost(uint64, tag = "5")]
+    pub missing: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct TenantUsage {

@@ -228,6 +228,21 @@ fn files_go_in_whole_come_out_equal_and_bad_requests_are_refused() {
     c.fs_ok(&["put", &empty, "drove://d/empty"]);
     assert_eq!(c.fs(&["cat", "drove://d/empty"]).stdout, b"");
 
+    let status = String::from_utf8(
+        crate::run(
+            &["status", "--coordinator", &c.addr],
+            Duration::from_secs(60),
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert!(
+        status.contains(
+            "drove fs: 3 files, 5.0 MiB in 6 chunks; 0 under-replicated, 0 with no live replica"
+        ),
+        "{status}"
+    );
+
     // Bad input.
     c.fs_fails(
         &["put", &small, "drove://d/small.txt"],
