@@ -1411,3 +1411,7 @@ fn scheduling_survives_crashes_pauses_and_delays() {
         );
     }
 }
+
+/// drove fs's replica decisions, simulated the same way.
+#[path = "simulation/fs.rs"]
+mod fs;
