@@ -371,9 +371,9 @@ impl CoordinatorRpc for Service {
         &self,
         request: Request<pb::FsPathRequest>,
     ) -> Result<Response<pb::FsListResponse>, Status> {
-        self.identify(&request).await?;
+        let who = self.identify(&request).await?;
         let path = request.into_inner().path;
-        Ok(Response::new(self.coordinator.fs_list(path).await?))
+        Ok(Response::new(self.coordinator.fs_list(&who, path).await?))
     }
 
     async fn fs_mkdir(

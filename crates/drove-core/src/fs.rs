@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::access::{Identity, Refusal};
 use crate::ids::WorkerId;
 
 /// The longest path the namespace accepts, in bytes.
@@ -100,6 +101,23 @@ pub fn normalize(path: &str) -> Result<String, String> {
         ));
     }
     Ok(parts.join("/"))
+}
+
+/// Refuses a path outside the caller's tenant: a tenant keeps its files under
+/// `drove://TENANT/`, and only admins reach the rest (on a cluster without
+/// authentication, everyone is an admin).
+pub fn check_tenant_path(who: &Identity, path: &str) -> Result<(), Refusal> {
+    let tenant = who.tenant.as_str();
+    let inside = path == tenant
+        || path
+            .strip_prefix(tenant)
+            .is_some_and(|r| r.starts_with('/'));
+    if who.is_admin() || inside {
+        return Ok(());
+    }
+    Err(Refusal::Denied(format!(
+        "tenant {tenant} keeps its drove fs files under drove://{tenant}/, and drove://{path} is outside it"
+    )))
 }
 
 /// The directories above `path`, nearest last ("a/b/c" gives "a", "a/b").
@@ -582,6 +600,24 @@ mod tests {
                 draining: false,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_tenant_reaches_only_its_own_directory() {
+        let who = Identity {
+            tenant: "team-a".into(),
+            role: crate::access::Role::Submit,
+            principal: "token x".into(),
+        };
+        assert!(check_tenant_path(&who, "team-a").is_ok());
+        assert!(check_tenant_path(&who, "team-a/x/y").is_ok());
+        let refused = check_tenant_path(&who, "team-ab/x").unwrap_err();
+        assert!(
+            refused.to_string().contains("under drove://team-a/"),
+            "{refused}"
+        );
+        assert!(check_tenant_path(&who, "").is_err());
+        assert!(check_tenant_path(&Identity::open(), "anything").is_ok());
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl State {
         self.lead()?;
         who.may_submit()?;
         let path = path_of(&request.path)?;
+        core_fs::check_tenant_path(who, &path)?;
         let replication = request.replication;
         let exclude: BTreeSet<WorkerId> = request.exclude.iter().map(|w| WorkerId(*w)).collect();
         if replication > core_fs::REPLICATION_MAX {
@@ -205,6 +206,7 @@ impl State {
         self.lead()?;
         who.may_submit()?;
         let path = path_of(&request.path)?;
+        core_fs::check_tenant_path(who, &path)?;
         let file = file_from_proto(request.file.unwrap_or_default());
         check_file(&file)?;
         if request.stored.len() != file.chunks.len() {
@@ -264,6 +266,10 @@ impl State {
     fn fs_change(&mut self, who: &Identity, command: FsCommand) -> Result<()> {
         self.lead()?;
         who.may_submit()?;
+        let (FsCommand::Mkdir { path, .. }
+        | FsCommand::Commit { path, .. }
+        | FsCommand::Remove { path }) = &command;
+        core_fs::check_tenant_path(who, path)?;
         let fs = self.meta.state().fs();
         if let FsCommand::Mkdir { path, .. } = &command
             && let Some(Entry::Dir { .. }) = fs.get(path)
@@ -294,9 +300,14 @@ impl State {
         Ok(())
     }
 
-    fn fs_list(&self, path: &str) -> Result<pb::FsListResponse> {
+    /// A file, or a directory's entries; a tenant listing the root sees its own
+    /// directory only.
+    fn fs_list(&self, who: &Identity, path: &str) -> Result<pb::FsListResponse> {
         self.lead()?;
         let path = path_of(path)?;
+        if !path.is_empty() {
+            core_fs::check_tenant_path(who, &path)?;
+        }
         let fs = self.meta.state().fs();
         match fs.get(&path) {
             None => Err(Error::NotFound(format!(
@@ -308,6 +319,7 @@ impl State {
             }),
             Some(Entry::Dir { .. }) => Ok(pb::FsListResponse {
                 entries: (fs.list(&path).into_iter())
+                    .filter(|(name, _)| !path.is_empty() || who.is_admin() || *name == who.tenant)
                     .map(|(name, e)| self.entry_info(name, e, false))
                     .collect(),
                 is_dir: true,
@@ -541,8 +553,9 @@ impl Coordinator {
         self.ask(move |state| state.fs_commit(&who, request)).await
     }
 
-    pub async fn fs_list(&self, path: String) -> Result<pb::FsListResponse> {
-        self.ask(move |state| state.fs_list(&path)).await
+    pub async fn fs_list(&self, who: &Identity, path: String) -> Result<pb::FsListResponse> {
+        let who = who.clone();
+        self.ask(move |state| state.fs_list(&who, &path)).await
     }
 
     pub async fn fs_mkdir(&self, who: &Identity, path: String) -> Result<()> {

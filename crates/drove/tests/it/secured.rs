@@ -116,11 +116,13 @@ fn a_secured_cluster_on_a_network_lets_in_only_what_it_should() {
     std::thread::spawn(move || for _ in lines {});
     let work = tempfile::tempdir().unwrap();
     let _workers: Vec<Proc> = (0..2)
-        .map(|_| {
+        .map(|i| {
             let mut c = Net::drove(hub);
             c.args(["worker", "--coordinator", &addr, "--slots", "2"])
                 .args(["--bind", &format!("{hub_ip}:0"), "--work-dir"])
                 .arg(work.path())
+                .arg("--data-dir")
+                .arg(work.path().join(format!("data-{i}")))
                 .args(["--tls-dir", path(&worker_dir)]);
             drove_testkit::spawn_until(c, "worker Flight service on").0
         })
@@ -156,6 +158,36 @@ fn a_secured_cluster_on_a_network_lets_in_only_what_it_should() {
         client(&args, token)
     };
     assert_eq!(ok(&sql(Some(&team_a), &[])), "k,n\n0,333\n1,333\n2,333\n");
+
+    // drove fs over mutual TLS: a tenant's files are under drove://TENANT/, and
+    // another tenant neither reads, writes, removes nor sees them.
+    let note = r.join("note.txt");
+    std::fs::write(&note, "team a's note\n").unwrap();
+    ok(&client(
+        &["fs", "put", path(&note), "drove://team-a/note.txt"],
+        Some(&team_a),
+    ));
+    assert_eq!(
+        ok(&client(
+            &["fs", "cat", "drove://team-a/note.txt"],
+            Some(&team_a)
+        )),
+        "team a's note\n"
+    );
+    for args in [
+        &["fs", "cat", "drove://team-a/note.txt"][..],
+        &["fs", "put", path(&note), "drove://team-a/theirs.txt"],
+        &["fs", "rm", "drove://team-a/note.txt"],
+        &["fs", "put", path(&note), "drove://elsewhere.txt"],
+    ] {
+        let e = failed(&client(args, Some(&team_b)));
+        assert!(
+            e.contains("keeps its drove fs files under drove://team-b/"),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(!ok(&client(&["fs", "ls"], Some(&team_b))).contains("team-a"));
+    assert!(ok(&client(&["fs", "ls"], Some(admin))).contains("team-a/"));
 
     // No credentials at all: the TLS handshake refuses the client.
     let e = failed(&Net::run(
