@@ -66,6 +66,8 @@ pub struct Chunk {
     pub len: u64,
     pub crc32c: u32,
     pub replicas: Vec<Replica>,
+    /// With TLS, what lets this client's certificate read it.
+    grant: Vec<u8>,
 }
 
 /// A directory entry, or a file with its chunks ([`Session::fs_stat`]).
@@ -94,6 +96,7 @@ impl From<pb::FsEntryInfo> for FsEntry {
                     id: c.id,
                     len: c.len,
                     crc32c: c.crc32c,
+                    grant: c.grant,
                     replicas: (c.replicas.into_iter())
                         .map(|r| Replica {
                             worker_id: r.worker_id,
@@ -270,11 +273,13 @@ impl Session {
         let mut stored = Vec::new();
         let mut errors = Vec::new();
         for _ in 0..PLACE_ATTEMPTS_MAX {
+            let grant = &first.grant;
             let writes = targets.iter().map(|t| {
                 let data = data.clone();
                 async move {
                     let written =
-                        dfs::write_chunk(self.chunk_clients(), &t.addr, id, crc32c, data).await;
+                        dfs::write_chunk(self.chunk_clients(), &t.addr, id, crc32c, data, grant)
+                            .await;
                     (t, written)
                 }
             });
@@ -463,8 +468,15 @@ impl Session {
         let mut errors = Vec::new();
         for replica in &chunk.replicas {
             let read = async {
-                let mut bytes =
-                    dfs::read_chunk(self.chunk_clients(), &replica.addr, chunk.id, sent, 0).await?;
+                let mut bytes = dfs::read_chunk(
+                    self.chunk_clients(),
+                    &replica.addr,
+                    chunk.id,
+                    sent,
+                    0,
+                    &chunk.grant,
+                )
+                .await?;
                 while let Some(piece) = bytes.next().await {
                     let piece = piece?;
                     sent += piece.len() as u64;

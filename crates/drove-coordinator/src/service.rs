@@ -64,6 +64,16 @@ impl Service {
     }
 }
 
+/// The client certificate a request came with: it reaches a job's blocks and drove fs
+/// chunks on the workers with grants made for it. A node needs none, and without TLS
+/// nobody does.
+fn reader_of<T>(request: &Request<T>) -> Option<String> {
+    match Credential::certificate_of_grpc(request) {
+        Credential::Certificate(name) => Some(name),
+        _ => None,
+    }
+}
+
 fn table_spec(t: pb::TableSpec) -> Result<TableSpec, Status> {
     let format = if t.format.is_empty() {
         None
@@ -211,12 +221,7 @@ impl CoordinatorRpc for Service {
         request: Request<pb::JobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let who = self.identify(&request).await?;
-        // A client certificate reads the result with a grant for it; a node needs
-        // none, and without TLS nobody does.
-        let reader = match Credential::certificate_of_grpc(&request) {
-            Credential::Certificate(name) => Some(name),
-            _ => None,
-        };
+        let reader = reader_of(&request);
         let job = self.job_of(request.into_inner())?;
         let (mut changes, watching, grant) = self.coordinator.subscribe(&who, job, reader).await?;
         let coordinator = self.coordinator.clone();
@@ -352,8 +357,11 @@ impl CoordinatorRpc for Service {
         request: Request<pb::FsPlaceRequest>,
     ) -> Result<Response<pb::FsPlaceResponse>, Status> {
         let who = self.identify(&request).await?;
+        let reader = reader_of(&request);
         let r = request.into_inner();
-        Ok(Response::new(self.coordinator.fs_place(&who, r).await?))
+        Ok(Response::new(
+            self.coordinator.fs_place(&who, reader, r).await?,
+        ))
     }
 
     async fn fs_commit(
@@ -372,8 +380,11 @@ impl CoordinatorRpc for Service {
         request: Request<pb::FsPathRequest>,
     ) -> Result<Response<pb::FsListResponse>, Status> {
         let who = self.identify(&request).await?;
+        let reader = reader_of(&request);
         let path = request.into_inner().path;
-        Ok(Response::new(self.coordinator.fs_list(&who, path).await?))
+        Ok(Response::new(
+            self.coordinator.fs_list(&who, reader, path).await?,
+        ))
     }
 
     async fn fs_mkdir(

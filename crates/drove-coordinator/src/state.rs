@@ -20,7 +20,7 @@ use drove_core::{AttemptId, JobId, StageId, TaskId, WorkerId};
 use drove_exec::cache::CachedTable;
 use drove_exec::planner::{OutputMode, Stage};
 use drove_exec::tables::TableSpec;
-use drove_exec::token::Presented;
+use drove_exec::token::{Granted, Presented};
 use drove_proto as pb;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, info_span, warn};
@@ -897,7 +897,7 @@ impl Coordinator {
                 let grant = reader.map_or_else(Vec::new, |reader| {
                     let key = state.meta.state().ticket_key();
                     let expires_ms = now_ms() + drove_exec::token::GRANT_LIFE_MS;
-                    drove_exec::token::grant(key, job.0, &reader, expires_ms)
+                    drove_exec::token::grant(key, Granted::Job(job.0), &reader, expires_ms)
                 });
                 let record = state.jobs.get_mut(&job).ok_or_else(|| not_found(job))?;
                 record.lease.watchers += 1;

@@ -44,15 +44,18 @@ impl ChunkClients {
     }
 }
 
-/// Writes chunk `id` (all of `data`) to the worker at `addr`: done once it is stored
-/// there, synced.
+/// Writes chunk `id` (all of `data`) to the worker at `addr`, with the coordinator's
+/// `grant` for it (empty for a node, or without TLS): done once it is stored there,
+/// synced.
 pub async fn write_chunk(
     clients: &ChunkClients,
     addr: &str,
     id: u64,
     crc32c: u32,
     data: bytes::Bytes,
+    grant: &[u8],
 ) -> Result<(), tonic::Status> {
+    let grant = grant.to_vec();
     let mut client = clients
         .client(addr)
         .map_err(tonic::Status::invalid_argument)?;
@@ -67,6 +70,7 @@ pub async fn write_chunk(
             len: if first { len } else { 0 },
             crc32c: if first { crc32c } else { 0 },
             data: data.slice(from..to).to_vec(),
+            grant: if first { grant.clone() } else { Vec::new() },
         }
     });
     client.write_chunk(futures::stream::iter(pieces)).await?;
@@ -74,13 +78,15 @@ pub async fn write_chunk(
 }
 
 /// Reads `length` bytes (0: to the end) of chunk `id` from `offset` on the worker at
-/// `addr`, as the worker checked them.
+/// `addr`, as the worker checked them, with the coordinator's `grant` for it (empty
+/// for a node, or without TLS).
 pub async fn read_chunk(
     clients: &ChunkClients,
     addr: &str,
     id: u64,
     offset: u64,
     length: u64,
+    grant: &[u8],
 ) -> Result<impl Stream<Item = Result<Vec<u8>, tonic::Status>> + Send + 'static, tonic::Status> {
     let mut client = clients
         .client(addr)
@@ -90,6 +96,7 @@ pub async fn read_chunk(
             chunk_id: id,
             offset,
             length,
+            grant: grant.to_vec(),
         })
         .await?
         .into_inner();

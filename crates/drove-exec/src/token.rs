@@ -2,11 +2,11 @@
 //! audit lines and in `drove token revoke`; the secret is known only to its holder,
 //! and the cluster keeps its SHA-256.
 //!
-//! Also grants: what lets a client read a job's blocks from the workers. The
-//! coordinator signs (job, the client certificate's name, an expiry) with the
-//! cluster's ticket key, which workers get when they register; a worker serves a
-//! client only blocks of the job its grant names, only to the certificate it was made
-//! for, and only until it expires.
+//! Also grants: what lets a client read a job's blocks, or read or write a drove fs
+//! chunk, on the workers. The coordinator signs (what, the client certificate's name,
+//! an expiry) with the cluster's ticket key, which workers get when they register; a
+//! worker serves a client only what its grant names, only to the certificate it was
+//! made for, and only until it expires.
 
 use ring::digest::{SHA256, digest};
 use ring::hmac;
@@ -52,25 +52,38 @@ pub fn new_ticket_key() -> Result<Vec<u8>, String> {
     Ok(random::<32>()?.to_vec())
 }
 
-fn grant_message(job: u64, reader: &str, expires_ms: u64) -> Vec<u8> {
-    let mut message = job.to_le_bytes().to_vec();
+/// What a grant opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granted {
+    /// A job's blocks.
+    Job(u64),
+    /// A drove fs chunk.
+    Chunk(u64),
+}
+
+fn grant_message(what: Granted, reader: &str, expires_ms: u64) -> Vec<u8> {
+    let (kind, id) = match what {
+        Granted::Job(id) => (b'j', id),
+        Granted::Chunk(id) => (b'c', id),
+    };
+    let mut message = vec![kind];
+    message.extend_from_slice(&id.to_le_bytes());
     message.extend_from_slice(&expires_ms.to_le_bytes());
     message.extend_from_slice(reader.as_bytes());
     message
 }
 
-/// The grant that lets the holder of the client certificate named `reader` read
-/// job `job`'s blocks until `expires_ms` (Unix milliseconds): the expiry, then the
-/// signature.
-pub fn grant(key: &[u8], job: u64, reader: &str, expires_ms: u64) -> Vec<u8> {
+/// The grant that lets the holder of the client certificate named `reader` reach
+/// `what` until `expires_ms` (Unix milliseconds): the expiry, then the signature.
+pub fn grant(key: &[u8], what: Granted, reader: &str, expires_ms: u64) -> Vec<u8> {
     let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let signature = hmac::sign(&key, &grant_message(job, reader, expires_ms));
+    let signature = hmac::sign(&key, &grant_message(what, reader, expires_ms));
     [&expires_ms.to_le_bytes()[..], signature.as_ref()].concat()
 }
 
-/// Whether `grant` is [`grant`]'s for `job` and `reader` and not expired at `now_ms`
+/// Whether `grant` is [`grant`]'s for `what` and `reader` and not expired at `now_ms`
 /// (the signature checked in constant time); never without a key.
-pub fn check_grant(key: &[u8], job: u64, reader: &str, grant: &[u8], now_ms: u64) -> bool {
+pub fn check_grant(key: &[u8], what: Granted, reader: &str, grant: &[u8], now_ms: u64) -> bool {
     let Some((expires, signature)) = grant.split_first_chunk::<8>() else {
         return false;
     };
@@ -79,7 +92,7 @@ pub fn check_grant(key: &[u8], job: u64, reader: &str, grant: &[u8], now_ms: u64
         return false;
     }
     let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-    hmac::verify(&key, &grant_message(job, reader, expires_ms), signature).is_ok()
+    hmac::verify(&key, &grant_message(what, reader, expires_ms), signature).is_ok()
 }
 
 /// A new token: its text for its holder, and what the cluster keeps.
@@ -184,20 +197,51 @@ mod tests {
     fn a_grant_opens_one_job_to_one_reader_for_a_while() {
         let key = new_ticket_key().unwrap();
         let (now, until) = (1_000, 2_000);
-        let g = grant(&key, 7, "alice", until);
-        assert!(check_grant(&key, 7, "alice", &g, now));
-        assert!(!check_grant(&key, 7, "alice", &g, until), "expired");
-        assert!(!check_grant(&key, 8, "alice", &g, now), "another job");
-        assert!(!check_grant(&key, 7, "bob", &g, now), "another reader");
+        let g = grant(&key, Granted::Job(7), "alice", until);
+        assert!(check_grant(&key, Granted::Job(7), "alice", &g, now));
+        assert!(
+            !check_grant(&key, Granted::Job(7), "alice", &g, until),
+            "expired"
+        );
+        assert!(
+            !check_grant(&key, Granted::Job(8), "alice", &g, now),
+            "another job"
+        );
+        assert!(
+            !check_grant(&key, Granted::Job(7), "bob", &g, now),
+            "another reader"
+        );
         let other = new_ticket_key().unwrap();
-        assert!(!check_grant(&other, 7, "alice", &g, now), "another cluster");
-        assert!(!check_grant(&key, 7, "alice", &[], now), "no grant");
-        assert!(!check_grant(&key, 7, "alice", &g[..39], now), "a cut grant");
-        assert!(!check_grant(&[], 7, "alice", &g, now), "no key yet");
+        assert!(
+            !check_grant(&other, Granted::Job(7), "alice", &g, now),
+            "another cluster"
+        );
+        assert!(
+            !check_grant(&key, Granted::Job(7), "alice", &[], now),
+            "no grant"
+        );
+        assert!(
+            !check_grant(&key, Granted::Job(7), "alice", &g[..39], now),
+            "a cut grant"
+        );
+        assert!(
+            !check_grant(&[], Granted::Job(7), "alice", &g, now),
+            "no key yet"
+        );
         // A later expiry written over the grant's breaks its signature.
         let mut extended = g.clone();
         extended[..8].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(!check_grant(&key, 7, "alice", &extended, until));
+        assert!(!check_grant(
+            &key,
+            Granted::Job(7),
+            "alice",
+            &extended,
+            until
+        ));
+        assert!(
+            !check_grant(&key, Granted::Chunk(7), "alice", &g, now),
+            "a chunk of the same id"
+        );
     }
 
     #[test]

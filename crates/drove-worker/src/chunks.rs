@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use drove_exec::token::Granted;
 use drove_proto as pb;
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -409,15 +410,20 @@ impl Drop for ChunkWriter {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// The gRPC service over a [`ChunkStore`].
-pub fn server(store: Arc<ChunkStore>) -> pb::chunks_server::ChunksServer<ChunkService> {
-    pb::chunks_server::ChunksServer::new(ChunkService { store })
+/// The gRPC service over a [`ChunkStore`]; with TLS, a client reaches a chunk only with
+/// a grant for it that `ticket_key` checks.
+pub fn server(
+    store: Arc<ChunkStore>,
+    ticket_key: crate::flight::TicketKey,
+) -> pb::chunks_server::ChunksServer<ChunkService> {
+    pb::chunks_server::ChunksServer::new(ChunkService { store, ticket_key })
         .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
 }
 
 pub struct ChunkService {
     store: Arc<ChunkStore>,
+    ticket_key: crate::flight::TicketKey,
 }
 
 /// Stores a chunk from a stream of pieces, the first of which names it.
@@ -480,9 +486,17 @@ impl pb::chunks_server::Chunks for ChunkService {
 
     async fn write_chunk(
         &self,
-        request: Request<Streaming<pb::ChunkPiece>>,
+        mut request: Request<Streaming<pb::ChunkPiece>>,
     ) -> Result<Response<pb::ChunkWritten>, Status> {
-        store_stream(&self.store, request.into_inner()).await?;
+        // The first piece names the chunk and carries the grant, checked against the
+        // request's certificate before anything is stored.
+        let Some(first) = request.get_mut().message().await? else {
+            return Err(Status::invalid_argument("a chunk write sent nothing"));
+        };
+        let what = Granted::Chunk(first.chunk_id);
+        crate::flight::check_grant(&request, &self.ticket_key, what, &first.grant)?;
+        let pieces = futures::stream::iter([Ok(first)]).chain(request.into_inner());
+        store_stream(&self.store, pieces).await?;
         Ok(Response::new(pb::ChunkWritten {}))
     }
 
@@ -490,6 +504,13 @@ impl pb::chunks_server::Chunks for ChunkService {
         &self,
         request: Request<pb::ReadChunkRequest>,
     ) -> Result<Response<Self::ReadChunkStream>, Status> {
+        let r = request.get_ref();
+        crate::flight::check_grant(
+            &request,
+            &self.ticket_key,
+            Granted::Chunk(r.chunk_id),
+            &r.grant,
+        )?;
         Ok(Response::new(Box::pin(read_stream(
             &self.store,
             request.into_inner(),

@@ -14,6 +14,7 @@ use arrow_flight::{
 };
 use drove_exec::blocks::BlockStore;
 use drove_exec::shuffle::{coalesced, decode_ticket};
+use drove_exec::token::Granted;
 use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -39,29 +40,37 @@ pub struct BlockService {
     ticket_key: TicketKey,
 }
 
-impl BlockService {
-    /// Refuses a client (a peer without a node's certificate, over TLS) whose grant
-    /// is not for `job` and its certificate. Without TLS, anyone reads.
-    fn check_grant<T>(&self, request: &Request<T>, job: u64, grant: &[u8]) -> Result<(), Status> {
-        let Some(chain) = request.peer_certs() else {
-            return Ok(());
-        };
-        let cert = chain.first().map(|c| c.as_ref()).unwrap_or_default();
-        if drove_exec::tls::is_node(cert) {
-            return Ok(());
-        }
-        let reader = drove_exec::tls::client_name(cert).unwrap_or_default();
-        let key = self.ticket_key.read().unwrap_or_else(|p| p.into_inner());
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        if drove_exec::token::check_grant(&key, job, &reader, grant, now_ms) {
-            return Ok(());
-        }
-        Err(Status::permission_denied(format!(
-            "this ticket grants certificate '{reader}' no read of job {job} (or its grant expired): clients read a job's result with the grant the coordinator gives them for it (drove does)"
-        )))
+/// Refuses a client (a peer without a node's certificate, over TLS) whose grant is
+/// not for `what` and its certificate. Without TLS, anyone passes; so do the
+/// cluster's nodes.
+pub fn check_grant<T>(
+    request: &Request<T>,
+    ticket_key: &TicketKey,
+    what: Granted,
+    grant: &[u8],
+) -> Result<(), Status> {
+    let Some(chain) = request.peer_certs() else {
+        return Ok(());
+    };
+    let cert = chain.first().map(|c| c.as_ref()).unwrap_or_default();
+    if drove_exec::tls::is_node(cert) {
+        return Ok(());
     }
+    let reader = drove_exec::tls::client_name(cert).unwrap_or_default();
+    let key = ticket_key.read().unwrap_or_else(|p| p.into_inner());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if drove_exec::token::check_grant(&key, what, &reader, grant, now_ms) {
+        return Ok(());
+    }
+    let named = match what {
+        Granted::Job(job) => format!("a read of job {job}"),
+        Granted::Chunk(chunk) => format!("chunk {chunk:016x}"),
+    };
+    Err(Status::permission_denied(format!(
+        "no grant gives certificate '{reader}' {named} (or its grant expired): clients reach blocks and chunks with the grants the coordinator gives them (drove does)"
+    )))
 }
 
 fn refused<T>(call: &str) -> Result<T, Status> {
@@ -87,7 +96,12 @@ impl FlightService for BlockService {
         let (keys, grant) = decode_ticket(&request.get_ref().ticket)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // Every block a ticket names is of its first block's job.
-        self.check_grant(&request, keys[0].job, &grant)?;
+        check_grant(
+            &request,
+            &self.ticket_key,
+            Granted::Job(keys[0].job),
+            &grant,
+        )?;
         tracing::debug!(blocks = keys.len(), first = %keys[0], "do_get");
         // Every block is looked up before the answer starts: a missing one fails the
         // call at once, naming it, rather than after the others were sent.

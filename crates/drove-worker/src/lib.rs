@@ -474,7 +474,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     let mut rx = shutdown_rx.clone();
     let ticket_key = flight::TicketKey::default();
     let server = flight::server(Arc::clone(&store), Arc::clone(&ticket_key));
-    let chunk_service = chunk_store.clone().map(chunks::server);
+    let chunk_service = (chunk_store.clone()).map(|c| chunks::server(c, Arc::clone(&ticket_key)));
     let mut builder =
         drove_exec::tls::server_builder(config.tls.as_deref()).map_err(Error::Config)?;
     let flight_server = tokio::spawn(async move {
@@ -1059,12 +1059,14 @@ async fn copy_chunk(
     clients: &drove_exec::dfs::ChunkClients,
     copy: &pb::CopyChunk,
 ) -> Result<(), tonic::Status> {
-    let bytes = drove_exec::dfs::read_chunk(clients, &copy.from_addr, copy.chunk_id, 0, 0).await?;
+    // A node needs no grant.
+    let bytes =
+        drove_exec::dfs::read_chunk(clients, &copy.from_addr, copy.chunk_id, 0, 0, &[]).await?;
     let header = pb::ChunkPiece {
         chunk_id: copy.chunk_id,
         len: copy.len,
         crc32c: copy.crc32c,
-        data: Vec::new(),
+        ..Default::default()
     };
     let pieces = futures::stream::iter([Ok(header)]).chain(bytes.map(|data| {
         data.map(|data| pb::ChunkPiece {

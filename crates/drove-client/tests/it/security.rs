@@ -220,7 +220,10 @@ async fn a_client_reads_blocks_only_with_its_grant_for_their_job() {
     ] {
         let e = read(identity, grant).await.expect_err(who);
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{who}: {e}");
-        assert!(e.message().contains("grants certificate"), "{who}: {e}");
+        assert!(
+            e.message().contains("no grant gives certificate"),
+            "{who}: {e}"
+        );
     }
     // The cluster's own nodes read without one (the admin session here holds a
     // node's certificate).

@@ -15,6 +15,7 @@ use super::{Coordinator, State, now_ms};
 use crate::durable::{file_from_proto, file_to_proto};
 use crate::{Error, Result};
 use drove_core::access::Identity;
+use drove_exec::token::Granted;
 
 /// Copies of under-replicated chunks under way at once, at most: repair's bound on
 /// the bandwidth it takes from reads and writes.
@@ -82,6 +83,7 @@ impl State {
     fn fs_place(
         &mut self,
         who: &Identity,
+        reader: Option<&str>,
         request: pb::FsPlaceRequest,
     ) -> Result<pb::FsPlaceResponse> {
         self.lead()?;
@@ -155,6 +157,7 @@ impl State {
             self.fs.pend(chunk);
         }
         Ok(pb::FsPlaceResponse {
+            grant: self.chunk_grant(reader, chunk),
             chunk_id: chunk,
             targets: targets
                 .into_iter()
@@ -302,7 +305,12 @@ impl State {
 
     /// A file, or a directory's entries; a tenant listing the root sees its own
     /// directory only.
-    fn fs_list(&self, who: &Identity, path: &str) -> Result<pb::FsListResponse> {
+    fn fs_list(
+        &self,
+        who: &Identity,
+        reader: Option<&str>,
+        path: &str,
+    ) -> Result<pb::FsListResponse> {
         self.lead()?;
         let path = path_of(path)?;
         if !path.is_empty() {
@@ -314,20 +322,36 @@ impl State {
                 "drove://{path} does not exist; `drove fs ls` shows what does"
             ))),
             Some(Entry::File(f)) => Ok(pb::FsListResponse {
-                entries: vec![self.entry_info(&path, &Entry::File(f), true)],
+                entries: vec![self.entry_info(&path, &Entry::File(f), Some(reader))],
                 is_dir: false,
             }),
             Some(Entry::Dir { .. }) => Ok(pb::FsListResponse {
                 entries: (fs.list(&path).into_iter())
                     .filter(|(name, _)| !path.is_empty() || who.is_admin() || *name == who.tenant)
-                    .map(|(name, e)| self.entry_info(name, e, false))
+                    .map(|(name, e)| self.entry_info(name, e, None))
                     .collect(),
                 is_dir: true,
             }),
         }
     }
 
-    fn entry_info(&self, name: &str, entry: &Entry, chunks: bool) -> pb::FsEntryInfo {
+    /// With TLS, what lets the client certificate `reader` reach a chunk.
+    fn chunk_grant(&self, reader: Option<&str>, chunk: u64) -> Vec<u8> {
+        reader.map_or_else(Vec::new, |reader| {
+            let key = self.meta.state().ticket_key();
+            let expires_ms = now_ms() + drove_exec::token::GRANT_LIFE_MS;
+            drove_exec::token::grant(key, Granted::Chunk(chunk), reader, expires_ms)
+        })
+    }
+
+    /// An entry as listed: a file with its chunks when `chunks` names who reads them
+    /// (`Some(None)` without TLS).
+    fn entry_info(
+        &self,
+        name: &str,
+        entry: &Entry,
+        chunks: Option<Option<&str>>,
+    ) -> pb::FsEntryInfo {
         match entry {
             Entry::Dir { created_ms } => pb::FsEntryInfo {
                 name: name.to_string(),
@@ -345,9 +369,10 @@ impl State {
                     replication: f.replication,
                     chunk_bytes: f.chunk_bytes,
                     chunks: match chunks {
-                        false => Vec::new(),
-                        true => (wire.chunks.into_iter())
+                        None => Vec::new(),
+                        Some(reader) => (wire.chunks.into_iter())
                             .map(|c| pb::FsChunkInfo {
+                                grant: self.chunk_grant(reader, c.id),
                                 id: c.id,
                                 len: c.len,
                                 crc32c: c.crc32c,
@@ -539,13 +564,17 @@ fn check_file(file: &FileMeta) -> Result<()> {
 }
 
 impl Coordinator {
+    /// With `reader`, a client certificate's name, the placement comes with the grant
+    /// that lets it write the chunk.
     pub async fn fs_place(
         &self,
         who: &Identity,
+        reader: Option<String>,
         request: pb::FsPlaceRequest,
     ) -> Result<pb::FsPlaceResponse> {
         let who = who.clone();
-        self.ask(move |state| state.fs_place(&who, request)).await
+        self.ask(move |state| state.fs_place(&who, reader.as_deref(), request))
+            .await
     }
 
     pub async fn fs_commit(&self, who: &Identity, request: pb::FsCommitRequest) -> Result<()> {
@@ -553,9 +582,17 @@ impl Coordinator {
         self.ask(move |state| state.fs_commit(&who, request)).await
     }
 
-    pub async fn fs_list(&self, who: &Identity, path: String) -> Result<pb::FsListResponse> {
+    /// With `reader`, a client certificate's name, a file's chunks come with grants
+    /// that let it read them.
+    pub async fn fs_list(
+        &self,
+        who: &Identity,
+        reader: Option<String>,
+        path: String,
+    ) -> Result<pb::FsListResponse> {
         let who = who.clone();
-        self.ask(move |state| state.fs_list(&who, &path)).await
+        self.ask(move |state| state.fs_list(&who, reader.as_deref(), &path))
+            .await
     }
 
     pub async fn fs_mkdir(&self, who: &Identity, path: String) -> Result<()> {

@@ -10,10 +10,14 @@ pub struct ChunkPiece {
     pub crc32c: u32,
     #[prost(bytes = "vec", tag = "4")]
     pub data: ::prost::alloc::vec::Vec<u8>,
+    /// In the first piece of a write: with TLS, a client's grant for the chunk
+    /// (FsPlaceResponse.grant).
+    #[prost(bytes = "vec", tag = "5")]
+    pub grant: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ChunkWritten {}
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ReadChunkRequest {
     #[prost(fixed64, tag = "1")]
     pub chunk_id: u64,
@@ -22,6 +26,9 @@ pub struct ReadChunkRequest {
     /// 0: to the end.
     #[prost(uint64, tag = "3")]
     pub length: u64,
+    /// With TLS, a client's grant for the chunk (FsChunkInfo.grant).
+    #[prost(bytes = "vec", tag = "4")]
+    pub grant: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct FsPathRequest {
@@ -66,6 +73,9 @@ pub struct FsPlaceResponse {
     /// Why it is lower, when it is.
     #[prost(string, tag = "4")]
     pub warning: ::prost::alloc::string::String,
+    /// With TLS, what lets the client's certificate write the chunk to its targets.
+    #[prost(bytes = "vec", tag = "5")]
+    pub grant: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ChunkReplica {
@@ -129,6 +139,9 @@ pub struct FsChunkInfo {
     pub crc32c: u32,
     #[prost(message, repeated, tag = "4")]
     pub replicas: ::prost::alloc::vec::Vec<ChunkReplica>,
+    /// With TLS, what lets the client's certificate read the chunk.
+    #[prost(bytes = "vec", tag = "5")]
+    pub grant: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CreateTokenRequest {

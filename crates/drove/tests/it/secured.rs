@@ -188,6 +188,28 @@ fn a_secured_cluster_on_a_network_lets_in_only_what_it_should() {
     }
     assert!(!ok(&client(&["fs", "ls"], Some(&team_b))).contains("team-a"));
     assert!(ok(&client(&["fs", "ls"], Some(admin))).contains("team-a/"));
+    // Nor does a client certificate reach the chunk on its worker without the
+    // coordinator's grant for it.
+    let stat = ok(&client(
+        &["fs", "stat", "drove://team-a/note.txt"],
+        Some(&team_a),
+    ));
+    let row = stat.lines().nth(2).expect("a chunk row");
+    let chunk = u64::from_str_radix(row.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    let worker = row
+        .split('(')
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .to_string();
+    let alice_tls = alice.clone();
+    let codes = in_namespace(hub, move || chunk_probe(&worker, &alice_tls, chunk));
+    assert_eq!(
+        codes,
+        [tonic::Code::PermissionDenied, tonic::Code::PermissionDenied]
+    );
 
     // No credentials at all: the TLS handshake refuses the client.
     let e = failed(&Net::run(
@@ -418,5 +440,36 @@ fn flight_probe(
             answers.push((case, code));
         }
         answers
+    })
+}
+
+/// Reads and overwrites `chunk` straight on the worker at `worker`, with the client
+/// certificate in `tls` and no grant: the answers' codes.
+fn chunk_probe(worker: &str, tls: &Path, chunk: u64) -> Vec<tonic::Code> {
+    use drove_exec::dfs;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tls = drove_exec::tls::ClusterTls::load(tls).unwrap();
+        let clients = dfs::ChunkClients::new(Some(tls));
+        let read = match dfs::read_chunk(&clients, worker, chunk, 0, 0, &[]).await {
+            Err(e) => e.code(),
+            Ok(mut pieces) => {
+                use futures::StreamExt;
+                match pieces.next().await {
+                    Some(Err(e)) => e.code(),
+                    _ => tonic::Code::Ok,
+                }
+            }
+        };
+        let data = bytes::Bytes::from_static(b"forged\n");
+        let crc = dfs::checksum(&data);
+        let write = match dfs::write_chunk(&clients, worker, chunk, crc, data, &[]).await {
+            Err(e) => e.code(),
+            Ok(()) => tonic::Code::Ok,
+        };
+        vec![read, write]
     })
 }
