@@ -3,6 +3,7 @@
 
 mod dataframe;
 mod errors;
+mod fs;
 mod fuzz_sql;
 mod memory;
 mod placement;

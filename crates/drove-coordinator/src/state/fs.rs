@@ -102,7 +102,7 @@ impl State {
         let live = holders.iter().filter(|h| !h.draining).count();
         if live == 0 {
             return Err(Error::User(format!(
-                "no worker stores drove fs chunks, so drove://{path} cannot be written; start workers with --data-dir"
+                "no worker stores drove fs chunks, so drove://{path} cannot be written; start workers with --data-dir (`drove local --data-dir DIR` gives its workers one each)"
             )));
         }
         let (replication, warning) = match replication {
