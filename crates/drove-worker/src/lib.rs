@@ -1081,25 +1081,25 @@ async fn copy_chunk(
 /// Checks stored chunks one after another, at most `bytes_per_s` a second, until the
 /// worker stops: a corrupt replica is removed and reported, so it is copied again.
 async fn scrub(store: Arc<chunks::ChunkStore>, bytes_per_s: u64, mut stop: watch::Receiver<bool>) {
-    let mut done: std::collections::HashSet<u64> = Default::default();
     loop {
-        let ids = store.ids();
-        let next = ids.iter().copied().find(|id| !done.contains(id));
-        let Some(id) = next else {
-            done.clear();
+        // One pass over the chunks stored when it starts (those removed meanwhile
+        // are skipped), then a pause before the next.
+        for id in store.ids() {
+            if !store.contains(id) {
+                continue;
+            }
+            let before = store.stats.scrubbed_bytes_total.load(Ordering::Relaxed);
+            let s = Arc::clone(&store);
+            let _ = tokio::task::spawn_blocking(move || s.scrub(id)).await;
+            let bytes = store.stats.scrubbed_bytes_total.load(Ordering::Relaxed) - before;
+            let pause = Duration::from_secs_f64(bytes as f64 / bytes_per_s as f64);
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(10)) => continue,
+                _ = tokio::time::sleep(pause.max(Duration::from_millis(1))) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-        };
-        done.insert(id);
-        let before = store.stats.scrubbed_bytes_total.load(Ordering::Relaxed);
-        let s = Arc::clone(&store);
-        let _ = tokio::task::spawn_blocking(move || s.scrub(id)).await;
-        let bytes = store.stats.scrubbed_bytes_total.load(Ordering::Relaxed) - before;
-        let pause = Duration::from_secs_f64(bytes as f64 / bytes_per_s as f64);
+        }
         tokio::select! {
-            _ = tokio::time::sleep(pause.max(Duration::from_millis(1))) => {}
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
