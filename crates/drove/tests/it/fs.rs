@@ -402,6 +402,20 @@ fn corrupt_replicas_are_found_counted_and_replaced() {
     });
     c.fs_ok(&["get", "drove://f", got.to_str().unwrap(), "--overwrite"]);
     assert!(std::fs::read(&got).unwrap() == bytes);
+    // With nothing reading, the scrubber finds a damaged replica by itself.
+    let victim = (0..3)
+        .flat_map(|i| c.chunk_files(i))
+        .next()
+        .expect("a replica on disk");
+    let mut b = std::fs::read(&victim).unwrap();
+    b[10] ^= 0x80;
+    std::fs::write(&victim, b).unwrap();
+    c.wait_for("the scrubber to find it", |c| {
+        c.metric("drove_fs_corrupt_replicas_total") == flipped + 1
+    });
+    c.wait_for("it to be replaced", |c| {
+        c.replicas("drove://f").iter().all(|r| r.len() == 2)
+    });
 }
 
 #[test]
