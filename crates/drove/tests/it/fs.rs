@@ -137,6 +137,34 @@ impl FsCluster {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 
+    /// `drove fs put` of `len` bytes made from `seed` to `path`, in chunks of 1 MiB with
+    /// `replication` replicas each; returns the bytes.
+    fn put_data(&self, path: &str, len: usize, seed: u64, replication: u32) -> Vec<u8> {
+        let bytes = data(len, seed);
+        let src = write(self.dir.path(), "src.bin", &bytes);
+        let r = replication.to_string();
+        self.fs_ok(&[
+            "put",
+            &src,
+            path,
+            "--chunk-size",
+            "1MiB",
+            "--replication",
+            &r,
+        ]);
+        bytes
+    }
+
+    /// `drove fs get` of `path` must give `bytes` back.
+    fn check_file(&self, path: &str, bytes: &[u8]) {
+        let got = self.dir.path().join("got.bin");
+        self.fs_ok(&["get", path, got.to_str().unwrap(), "--overwrite"]);
+        assert!(
+            std::fs::read(&got).unwrap() == bytes,
+            "drove fs get of {path} differs"
+        );
+    }
+
     fn stat(&self, path: &str) -> FsEntry {
         self.block(self.session.fs_stat(path)).unwrap()
     }
@@ -312,18 +340,7 @@ fn files_go_in_whole_come_out_equal_and_bad_requests_are_refused() {
 #[test]
 fn a_killed_worker_s_chunks_are_copied_back_and_a_returning_one_trimmed() {
     let mut c = FsCluster::start(3, |_| Vec::new());
-    let local = tempfile::tempdir().unwrap();
-    let bytes = data(8 << 20, 2);
-    let src = write(local.path(), "src.bin", &bytes);
-    c.fs_ok(&[
-        "put",
-        &src,
-        "drove://f",
-        "--chunk-size",
-        "1MiB",
-        "--replication",
-        "2",
-    ]);
+    let bytes = c.put_data("drove://f", 8 << 20, 2, 2);
     let before = c.replicas("drove://f");
     let index = (0..3)
         .find(|&i| !c.chunk_files(i).is_empty() && c.chunk_files(i).len() < 8)
@@ -333,9 +350,7 @@ fn a_killed_worker_s_chunks_are_copied_back_and_a_returning_one_trimmed() {
     c.kill_worker(index);
     let killed = Instant::now();
     // Readable at once, from the other replicas.
-    let got = local.path().join("got.bin");
-    c.fs_ok(&["get", "drove://f", got.to_str().unwrap()]);
-    assert!(std::fs::read(&got).unwrap() == bytes);
+    c.check_file("drove://f", &bytes);
     // Every chunk gets its second replica back on the two workers left.
     c.wait_for("the factor to be restored", |c| {
         c.replicas("drove://f").iter().all(|r| r.len() == 2)
@@ -354,26 +369,14 @@ fn a_killed_worker_s_chunks_are_copied_back_and_a_returning_one_trimmed() {
         c.replicas("drove://f").iter().all(|r| r.len() == 2)
             && (0..3).map(|i| c.chunk_files(i).len()).sum::<usize>() == 16
     });
-    c.fs_ok(&["get", "drove://f", got.to_str().unwrap(), "--overwrite"]);
-    assert!(std::fs::read(&got).unwrap() == bytes);
+    c.check_file("drove://f", &bytes);
 }
 
 #[test]
 fn corrupt_replicas_are_found_counted_and_replaced() {
     // A fast scrubber finds the corrupt replicas a read does not touch.
     let c = FsCluster::start(3, |_| vec!["--scrub-rate".into(), "64MiB".into()]);
-    let local = tempfile::tempdir().unwrap();
-    let bytes = data(4 << 20, 3);
-    let src = write(local.path(), "src.bin", &bytes);
-    c.fs_ok(&[
-        "put",
-        &src,
-        "drove://f",
-        "--chunk-size",
-        "1MiB",
-        "--replication",
-        "2",
-    ]);
+    let bytes = c.put_data("drove://f", 4 << 20, 3, 2);
     // Flip a byte in one replica of every chunk; the other stays good.
     let mut flipped = 0;
     for chunk in c.stat("drove://f").chunks {
@@ -389,9 +392,7 @@ fn corrupt_replicas_are_found_counted_and_replaced() {
     }
     assert_eq!(flipped, 4);
     // Reads still give the right bytes.
-    let got = local.path().join("got.bin");
-    c.fs_ok(&["get", "drove://f", got.to_str().unwrap()]);
-    assert!(std::fs::read(&got).unwrap() == bytes);
+    c.check_file("drove://f", &bytes);
     // Every corrupt replica is found, counted and replaced.
     c.wait_for("every corrupt replica to be counted", |c| {
         c.metric("drove_fs_corrupt_replicas_total") == flipped
@@ -400,8 +401,7 @@ fn corrupt_replicas_are_found_counted_and_replaced() {
         c.replicas("drove://f").iter().all(|r| r.len() == 2)
             && c.metric("drove_fs_chunks_under_replicated") == 0
     });
-    c.fs_ok(&["get", "drove://f", got.to_str().unwrap(), "--overwrite"]);
-    assert!(std::fs::read(&got).unwrap() == bytes);
+    c.check_file("drove://f", &bytes);
     // With nothing reading, the scrubber finds a damaged replica by itself.
     let victim = (0..3)
         .flat_map(|i| c.chunk_files(i))
@@ -425,34 +425,13 @@ fn a_full_worker_s_share_goes_to_the_others() {
         0 => vec!["--data-max".into(), "1MiB".into()],
         _ => Vec::new(),
     });
-    let local = tempfile::tempdir().unwrap();
-    let bytes = data(6 << 20, 4);
-    let src = write(local.path(), "src.bin", &bytes);
-    c.fs_ok(&[
-        "put",
-        &src,
-        "drove://f",
-        "--chunk-size",
-        "1MiB",
-        "--replication",
-        "2",
-    ]);
+    let bytes = c.put_data("drove://f", 6 << 20, 4, 2);
     assert!(c.chunk_files(0).is_empty());
     assert!(c.replicas("drove://f").iter().all(|r| r.len() == 2));
-    let got = local.path().join("got.bin");
-    c.fs_ok(&["get", "drove://f", got.to_str().unwrap()]);
-    assert!(std::fs::read(&got).unwrap() == bytes);
+    c.check_file("drove://f", &bytes);
     // With every worker needed, the put still completes on the two that have room,
     // and no temporary file is left on the full one.
-    c.fs_ok(&[
-        "put",
-        &src,
-        "drove://g",
-        "--chunk-size",
-        "1MiB",
-        "--replication",
-        "3",
-    ]);
+    c.put_data("drove://g", 6 << 20, 4, 3);
     assert!(c.replicas("drove://g").iter().all(|r| r.len() == 2));
     let left = std::fs::read_dir(c.data_dir(0).join("chunks"))
         .unwrap()
@@ -518,12 +497,7 @@ fn a_put_whose_workers_are_killed_leaves_its_file_whole_or_absent() {
         match c.block(c.session.fs_stat(&path)) {
             Ok(_) => {
                 // Visible means whole: every byte reads back.
-                let got = local.path().join("got.bin");
-                c.fs_ok(&["get", &path, got.to_str().unwrap(), "--overwrite"]);
-                assert!(
-                    std::fs::read(&got).unwrap() == bytes,
-                    "run {run}: a visible file differs"
-                );
+                c.check_file(&path, &bytes);
                 complete += 1;
             }
             Err(e) => {
@@ -541,18 +515,7 @@ fn a_put_whose_workers_are_killed_leaves_its_file_whole_or_absent() {
 #[test]
 fn a_draining_worker_hands_its_chunks_off_before_it_leaves() {
     let mut c = FsCluster::start(3, |_| Vec::new());
-    let local = tempfile::tempdir().unwrap();
-    let bytes = data(6 << 20, 5);
-    let src = write(local.path(), "src.bin", &bytes);
-    c.fs_ok(&[
-        "put",
-        &src,
-        "drove://f",
-        "--chunk-size",
-        "1MiB",
-        "--replication",
-        "2",
-    ]);
+    let bytes = c.put_data("drove://f", 6 << 20, 5, 2);
     let index = (0..3)
         .find(|&i| !c.chunk_files(i).is_empty())
         .expect("a worker holding chunks");
@@ -581,7 +544,5 @@ fn a_draining_worker_hands_its_chunks_off_before_it_leaves() {
         assert_eq!(copies, 2, "chunk {name} after the drain");
     }
     assert!(c.metric("drove_fs_chunk_copies_total") >= held as u64);
-    let got = local.path().join("got.bin");
-    c.fs_ok(&["get", "drove://f", got.to_str().unwrap()]);
-    assert!(std::fs::read(&got).unwrap() == bytes);
+    c.check_file("drove://f", &bytes);
 }
