@@ -322,6 +322,7 @@ impl Session {
     async fn fs_list_raw(&self, path: &str) -> Result<pb::FsListResponse> {
         let request = pb::FsPathRequest {
             path: path.to_string(),
+            recursive: false,
         };
         Ok(self
             .on_leader(|mut c| {
@@ -388,6 +389,7 @@ impl Session {
     pub async fn fs_mkdir(&self, path: &str) -> Result<()> {
         let request = pb::FsPathRequest {
             path: path.to_string(),
+            recursive: false,
         };
         self.on_leader(|mut c| {
             let request = request.clone();
@@ -398,18 +400,19 @@ impl Session {
         Ok(())
     }
 
-    /// Removes a file, or a directory and everything under it; their chunks are
-    /// freed on the workers.
+    /// Removes a file, or a directory: an empty one, or with `recursive` everything
+    /// under it. Their chunks are freed on the workers.
     ///
     /// ```no_run
     /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {
-    /// session.fs_remove("drove://data/raw").await?;
+    /// session.fs_remove("drove://data/raw", true).await?;
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn fs_remove(&self, path: &str) -> Result<()> {
+    pub async fn fs_remove(&self, path: &str, recursive: bool) -> Result<()> {
         let request = pb::FsPathRequest {
             path: path.to_string(),
+            recursive,
         };
         self.on_leader(|mut c| {
             let request = request.clone();
@@ -489,7 +492,9 @@ impl Session {
             };
             match read.await {
                 Ok(()) if tx.is_closed() => return Ok(()),
-                Ok(()) => break,
+                Ok(()) if sent == chunk.len => break,
+                // Cut short: the next replica goes on from there.
+                Ok(()) => errors.push(format!("{}: it ended at byte {sent}", replica.addr)),
                 Err(e) => errors.push(format!("{}: {}", replica.addr, e.message())),
             }
         }

@@ -402,8 +402,10 @@ impl CoordinatorRpc for Service {
         request: Request<pb::FsPathRequest>,
     ) -> Result<Response<pb::FsDone>, Status> {
         let who = self.identify(&request).await?;
-        let path = request.into_inner().path;
-        self.coordinator.fs_remove(&who, path).await?;
+        let r = request.into_inner();
+        self.coordinator
+            .fs_remove(&who, r.path, r.recursive)
+            .await?;
         Ok(Response::new(pb::FsDone {}))
     }
 }

@@ -356,15 +356,21 @@ pub struct Copy {
     pub to: WorkerId,
 }
 
-/// A copy not reported done this long after it was asked for has failed (its target
-/// cannot store it, or the source went away): it is asked of another worker.
+/// A copy not reported done this long after it was asked for, plus a second for every
+/// [`COPY_MIN_BYTES_PER_S`] of the chunk, has failed (its target cannot store it, or
+/// the source went away): it is asked of another worker.
 pub const COPY_TIMEOUT_MS: u64 = 60_000;
+pub const COPY_MIN_BYTES_PER_S: u64 = 4 << 20;
+
+fn copy_deadline_ms(now_ms: u64, len: u64) -> u64 {
+    now_ms + COPY_TIMEOUT_MS + len / COPY_MIN_BYTES_PER_S * 1000
+}
 
 /// Where the replicas are, as the workers reported them, and the copies under way.
 #[derive(Debug, Default)]
 pub struct Replicas {
     holders: HashMap<u64, BTreeSet<WorkerId>>,
-    /// Copies asked for and not yet reported done, by chunk: where to, and when.
+    /// Copies asked for and not yet reported done, by chunk: where to, and by when.
     copying: HashMap<u64, (WorkerId, u64)>,
     /// Workers whose copy of a chunk timed out: its next copy goes elsewhere. Kept
     /// while the chunk is short of replicas.
@@ -464,7 +470,7 @@ impl Replicas {
     ) -> Vec<Copy> {
         let live = live_holders(workers);
         let expired: Vec<u64> = (self.copying.iter())
-            .filter(|(_, (_, at))| now_ms.saturating_sub(*at) >= COPY_TIMEOUT_MS)
+            .filter(|(_, (_, deadline))| now_ms >= *deadline)
             .map(|(chunk, _)| *chunk)
             .collect();
         for chunk in expired {
@@ -505,7 +511,8 @@ impl Replicas {
                 },
             };
             *load.entry(to).or_default() += 1;
-            self.copying.insert(chunk.id, (to, now_ms));
+            self.copying
+                .insert(chunk.id, (to, copy_deadline_ms(now_ms, chunk.len)));
             copies.push(Copy {
                 chunk: *chunk,
                 from,

@@ -57,14 +57,17 @@ pub fn new_ticket_key() -> Result<Vec<u8>, String> {
 pub enum Granted {
     /// A job's blocks.
     Job(u64),
-    /// A drove fs chunk.
-    Chunk(u64),
+    /// Reading a drove fs chunk.
+    ChunkRead(u64),
+    /// Writing a new drove fs chunk.
+    ChunkWrite(u64),
 }
 
 fn grant_message(what: Granted, reader: &str, expires_ms: u64) -> Vec<u8> {
     let (kind, id) = match what {
         Granted::Job(id) => (b'j', id),
-        Granted::Chunk(id) => (b'c', id),
+        Granted::ChunkRead(id) => (b'r', id),
+        Granted::ChunkWrite(id) => (b'w', id),
     };
     let mut message = vec![kind];
     message.extend_from_slice(&id.to_le_bytes());
@@ -239,8 +242,20 @@ mod tests {
             until
         ));
         assert!(
-            !check_grant(&key, Granted::Chunk(7), "alice", &g, now),
+            !check_grant(&key, Granted::ChunkRead(7), "alice", &g, now),
             "a chunk of the same id"
+        );
+        let read = grant(&key, Granted::ChunkRead(7), "alice", until);
+        assert!(check_grant(
+            &key,
+            Granted::ChunkRead(7),
+            "alice",
+            &read,
+            now
+        ));
+        assert!(
+            !check_grant(&key, Granted::ChunkWrite(7), "alice", &read, now),
+            "a read is no write"
         );
     }
 

@@ -216,8 +216,19 @@ impl ChunkStore {
             )));
         }
         let path = self.path(id);
-        let file = File::open(&path)
-            .map_err(|e| Status::unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            // Gone from under the store: the replica is lost, like a corrupt one.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(self.corrupt(id, "its file is gone"));
+            }
+            Err(e) => {
+                return Err(Status::unavailable(format!(
+                    "cannot open {}: {e}",
+                    path.display()
+                )));
+            }
+        };
         let mut at = offset - offset % PIECE_BYTES;
         while at < end {
             let upto = (at + SEND_BYTES).min(len);
@@ -250,27 +261,31 @@ impl ChunkStore {
 
     /// Removes a corrupt replica and reports it.
     fn corrupt(&self, id: u64, why: &str) -> Status {
-        tracing::warn!(
-            chunk = format!("{id:016x}"),
-            "corrupt replica removed: {why}"
-        );
-        self.stats.corrupt_total.fetch_add(1, Ordering::Relaxed);
-        self.remove(id);
-        self.report().corrupt += 1;
+        // Counted once, however many readers found it.
+        if self.remove(id) {
+            tracing::warn!(
+                chunk = format!("{id:016x}"),
+                "corrupt replica removed: {why}"
+            );
+            self.stats.corrupt_total.fetch_add(1, Ordering::Relaxed);
+            self.report().corrupt += 1;
+        }
         Status::data_loss(format!(
             "this worker's replica of chunk {id:016x} was corrupt ({why}); read another"
         ))
     }
 
-    /// Removes chunks (the coordinator freed them, or a replica is corrupt).
-    pub fn remove(&self, id: u64) {
+    /// Removes a chunk (the coordinator freed it, or the replica is corrupt); false if
+    /// it was not stored.
+    pub fn remove(&self, id: u64) -> bool {
         let Some(len) = self.chunks().remove(&id) else {
-            return;
+            return false;
         };
         let _ = std::fs::remove_file(self.path(id));
         self.used
             .fetch_sub(len + crc_bytes(len) + TRAILER_BYTES, Ordering::Relaxed);
         self.report().removed.push(id);
+        true
     }
 
     /// Checks one whole chunk (the scrubber): true if it was whole, false if it was
@@ -493,8 +508,16 @@ impl pb::chunks_server::Chunks for ChunkService {
         let Some(first) = request.get_mut().message().await? else {
             return Err(Status::invalid_argument("a chunk write sent nothing"));
         };
-        let what = Granted::Chunk(first.chunk_id);
+        let what = Granted::ChunkWrite(first.chunk_id);
         crate::flight::check_grant(&request, &self.ticket_key, what, &first.grant)?;
+        // Clients write new chunks only (workers copy chunks without this service): a
+        // stored one is changed by nobody.
+        if self.store.contains(first.chunk_id) {
+            return Err(Status::already_exists(format!(
+                "this worker holds chunk {:016x} already; write a new chunk",
+                first.chunk_id
+            )));
+        }
         let pieces = futures::stream::iter([Ok(first)]).chain(request.into_inner());
         store_stream(&self.store, pieces).await?;
         Ok(Response::new(pb::ChunkWritten {}))
@@ -508,7 +531,7 @@ impl pb::chunks_server::Chunks for ChunkService {
         crate::flight::check_grant(
             &request,
             &self.ticket_key,
-            Granted::Chunk(r.chunk_id),
+            Granted::ChunkRead(r.chunk_id),
             &r.grant,
         )?;
         Ok(Response::new(Box::pin(read_stream(

@@ -66,7 +66,8 @@ pub fn check_grant<T>(
     }
     let named = match what {
         Granted::Job(job) => format!("a read of job {job}"),
-        Granted::Chunk(chunk) => format!("chunk {chunk:016x}"),
+        Granted::ChunkRead(chunk) => format!("a read of chunk {chunk:016x}"),
+        Granted::ChunkWrite(chunk) => format!("a write of chunk {chunk:016x}"),
     };
     Err(Status::permission_denied(format!(
         "no grant gives certificate '{reader}' {named} (or its grant expired): clients reach blocks and chunks with the grants the coordinator gives them (drove does)"

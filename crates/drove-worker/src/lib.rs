@@ -617,11 +617,10 @@ async fn run(
         }
         term = session.term;
         let worker_id = session.worker_id;
-        let holds_chunks = shared.chunks.as_ref().is_some_and(|c| !c.ids().is_empty());
-        let drain_timeout = Duration::from_millis(match holds_chunks {
-            true => config.drain_timeout_ms.max(config.chunk_drain_timeout_ms),
-            false => config.drain_timeout_ms,
-        });
+        let drain_timeout = DrainTimeouts {
+            tasks: Duration::from_millis(config.drain_timeout_ms),
+            chunks: Duration::from_millis(config.chunk_drain_timeout_ms),
+        };
         tokio::select! {
             end = serve(session, Arc::clone(&shared), drain.clone(), drain_timeout).instrument(info_span!("worker", worker_id)) => {
                 if end == SessionEnd::Drained {
@@ -861,7 +860,7 @@ async fn serve(
     mut session: Session,
     shared: Arc<Shared>,
     mut drain: watch::Receiver<bool>,
-    drain_timeout: Duration,
+    timeouts: DrainTimeouts,
 ) -> SessionEnd {
     let (status_tx, mut status_rx) = mpsc::channel::<pb::TaskStatus>(STATUS_QUEUE_MAX);
     let outbound = session.outbound.clone();
@@ -931,6 +930,12 @@ async fn serve(
             }
             true = requested(&mut drain), if leave_by.is_none() => {
                 info!("draining: asking the coordinator for no new tasks");
+                // Decided now: chunks stored since the session began count too.
+                let holds_chunks = shared.chunks.as_ref().is_some_and(|c| !c.ids().is_empty());
+                let drain_timeout = match holds_chunks {
+                    true => timeouts.tasks.max(timeouts.chunks),
+                    false => timeouts.tasks,
+                };
                 leave_by = Some(tokio::time::Instant::now() + drain_timeout);
                 let message = pb::WorkerMessage {
                     kind: Some(pb::worker_message::Kind::Drain(pb::Drain {})),
@@ -941,7 +946,7 @@ async fn serve(
                 continue;
             }
             () = tokio::time::sleep_until(leave_by.unwrap_or_else(tokio::time::Instant::now)), if leave_by.is_some() => {
-                warn!(timeout_ms = drain_timeout.as_millis() as u64, "the drain timed out; leaving anyway");
+                warn!("the drain timed out; leaving anyway");
                 break SessionEnd::Drained;
             }
         };
@@ -1051,6 +1056,14 @@ async fn serve(
     tasks.abort_all();
     drop(heartbeats);
     end
+}
+
+/// How long a draining worker waits for the coordinator's leave: for its tasks' blocks,
+/// and, holding drove fs chunks, for them to be copied elsewhere.
+#[derive(Debug, Clone, Copy)]
+struct DrainTimeouts {
+    tasks: Duration,
+    chunks: Duration,
 }
 
 /// Copies a chunk from another worker into this one's store (a repair).

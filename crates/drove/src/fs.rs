@@ -161,17 +161,8 @@ pub(crate) async fn run(command: FsCommand) -> Result<()> {
         }
         FsCommand::Rm(args) => {
             let path = remote(&args.path)?;
-            if drove_core::fs::normalize(path).is_ok_and(|p| p.is_empty()) {
-                bail!("drove fs will not remove its root; remove what is under it by name");
-            }
             let session = args.cluster.auth.connect(&args.cluster.coordinator).await?;
-            let entry = session.fs_stat(path).await?;
-            if entry.is_dir && !args.recursive && !session.fs_list(path).await?.is_empty() {
-                bail!(
-                    "{path} is a directory that is not empty; pass --recursive to remove it and everything under it"
-                );
-            }
-            session.fs_remove(path).await?;
+            session.fs_remove(path, args.recursive).await?;
             eprintln!("removed {path}");
         }
         FsCommand::Mkdir(args) => {
@@ -181,9 +172,6 @@ pub(crate) async fn run(command: FsCommand) -> Result<()> {
         }
         FsCommand::Stat(args) => {
             let path = remote(&args.path)?;
-            if drove_core::fs::normalize(path).is_ok_and(|p| p.is_empty()) {
-                bail!("drove fs will not remove its root; remove what is under it by name");
-            }
             let session = args.cluster.auth.connect(&args.cluster.coordinator).await?;
             let entry = session.fs_stat(path).await?;
             if entry.is_dir {

@@ -88,7 +88,9 @@ async fn put_read_list_and_remove_through_the_rust_api() {
         "the local file is untouched"
     );
 
-    session.fs_remove("drove://a").await.unwrap();
+    let e = session.fs_remove("drove://a", false).await.unwrap_err();
+    assert!(e.to_string().contains("--recursive"), "{e}");
+    session.fs_remove("drove://a", true).await.unwrap();
     let e = session.fs_stat("drove://a/b.bin").await.unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
     session.shutdown().await;

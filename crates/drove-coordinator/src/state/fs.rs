@@ -157,7 +157,7 @@ impl State {
             self.fs.pend(chunk);
         }
         Ok(pb::FsPlaceResponse {
-            grant: self.chunk_grant(reader, chunk),
+            grant: self.chunk_grant(reader, Granted::ChunkWrite(chunk)),
             chunk_id: chunk,
             targets: targets
                 .into_iter()
@@ -169,23 +169,31 @@ impl State {
     }
 
     /// Makes a written file visible, whole. A commit refused abandons its write: the
-    /// chunks placed for it are removed at once.
+    /// chunks placed for it are removed at once. One whose outcome is unknown (the
+    /// metadata write may yet commit) removes nothing.
     fn fs_commit(&mut self, who: &Identity, request: pb::FsCommitRequest) -> Result<()> {
         let written: Vec<(u64, Vec<u64>)> = (request.file.iter())
             .flat_map(|f| f.chunks.iter().map(|c| c.id))
             .zip(request.stored.iter().map(|s| s.worker_ids.clone()))
             .collect();
-        let committed = self.fs_commit_checked(who, request);
-        if committed.is_err() {
-            self.fs_abandon(written);
+        let command = match self.fs_commit_checked(who, request) {
+            Ok(command) => command,
+            Err(refused) => {
+                self.fs_abandon(written);
+                return Err(refused);
+            }
+        };
+        self.fs_record(command)?;
+        for (id, _) in written {
+            self.fs.pending_ids.remove(&id);
         }
-        committed
+        Ok(())
     }
 
     /// Removes the chunks of a write that will not commit (only those still placed
     /// for a write: a committed file's chunks are never named by a failed commit).
     fn fs_abandon(&mut self, written: Vec<(u64, Vec<u64>)>) {
-        let mut drops: HashMap<WorkerId, Vec<u64>> = HashMap::new();
+        let mut drops = Vec::new();
         for (chunk, stored) in written {
             if self.fs.pending_ids.remove(&chunk).is_none() {
                 continue;
@@ -193,19 +201,17 @@ impl State {
             let holders: BTreeSet<WorkerId> = (stored.into_iter().map(WorkerId))
                 .chain(self.fs.replicas.forget(chunk))
                 .collect();
-            for w in holders {
-                drops.entry(w).or_default().push(chunk);
-            }
+            drops.extend(holders.into_iter().map(|w| (w, chunk)));
         }
-        for (w, chunk_ids) in drops {
-            self.send(
-                w,
-                pb::coordinator_message::Kind::DropChunks(pb::DropChunks { chunk_ids }),
-            );
-        }
+        self.send_drops(drops);
     }
 
-    fn fs_commit_checked(&mut self, who: &Identity, request: pb::FsCommitRequest) -> Result<()> {
+    /// The command that commits a write, once every check passed.
+    fn fs_commit_checked(
+        &mut self,
+        who: &Identity,
+        request: pb::FsCommitRequest,
+    ) -> Result<FsCommand> {
         self.lead()?;
         who.may_submit()?;
         let path = path_of(&request.path)?;
@@ -243,30 +249,19 @@ impl State {
             }
         }
         let command = FsCommand::Commit {
-            path: path.clone(),
+            path,
             file: FileMeta {
                 created_ms: now_ms(),
                 ..file
             },
         };
-        self.meta
-            .state()
-            .fs()
+        (self.meta.state().fs())
             .check(&command, request.overwrite)
             .map_err(Error::User)?;
-        let ids: Vec<u64> = match &command {
-            FsCommand::Commit { file, .. } => file.chunks.iter().map(|c| c.id).collect(),
-            _ => Vec::new(),
-        };
-        self.fs_record(command)?;
-        for id in ids {
-            self.fs.pending_ids.remove(&id);
-        }
-        info!(path, "drove fs file committed");
-        Ok(())
+        Ok(command)
     }
 
-    fn fs_change(&mut self, who: &Identity, command: FsCommand) -> Result<()> {
+    fn fs_change(&mut self, who: &Identity, command: FsCommand, recursive: bool) -> Result<()> {
         self.lead()?;
         who.may_submit()?;
         let (FsCommand::Mkdir { path, .. }
@@ -274,10 +269,16 @@ impl State {
         | FsCommand::Remove { path }) = &command;
         core_fs::check_tenant_path(who, path)?;
         let fs = self.meta.state().fs();
-        if let FsCommand::Mkdir { path, .. } = &command
-            && let Some(Entry::Dir { .. }) = fs.get(path)
-        {
-            return Ok(());
+        match (&command, fs.get(path)) {
+            (FsCommand::Mkdir { .. }, Some(Entry::Dir { .. })) => return Ok(()),
+            (FsCommand::Remove { path }, Some(Entry::Dir { .. }))
+                if !recursive && !path.is_empty() && !fs.list(path).is_empty() =>
+            {
+                return Err(Error::User(format!(
+                    "drove://{path} is a directory that is not empty; pass --recursive to remove it and everything under it"
+                )));
+            }
+            _ => {}
         }
         fs.check(&command, false).map_err(Error::User)?;
         self.fs_record(command)
@@ -288,19 +289,40 @@ impl State {
         let applied = self
             .record(MetaCommand::Fs(command))
             .ok_or_else(|| self.not_written())?;
-        let mut drops: HashMap<WorkerId, Vec<u64>> = HashMap::new();
+        let mut drops = Vec::new();
         for chunk in applied.freed_chunks {
-            for w in self.fs.replicas.forget(chunk) {
-                drops.entry(w).or_default().push(chunk);
-            }
-        }
-        for (w, chunk_ids) in drops {
-            self.send(
-                w,
-                pb::coordinator_message::Kind::DropChunks(pb::DropChunks { chunk_ids }),
+            drops.extend(
+                self.fs
+                    .replicas
+                    .forget(chunk)
+                    .into_iter()
+                    .map(|w| (w, chunk)),
             );
         }
+        self.send_drops(drops);
         Ok(())
+    }
+
+    /// Tells workers to remove chunks, a message per worker. Where the message does
+    /// not fit in a worker's queue, the chunk stays counted there: a later tick trims
+    /// it, or removes it as an orphan.
+    fn send_drops(&mut self, drops: impl IntoIterator<Item = (WorkerId, u64)>) {
+        let mut by_worker: HashMap<WorkerId, Vec<u64>> = HashMap::new();
+        for (w, chunk) in drops {
+            by_worker.entry(w).or_default().push(chunk);
+        }
+        for (w, chunk_ids) in by_worker {
+            let message = pb::DropChunks {
+                chunk_ids: chunk_ids.clone(),
+            };
+            if self.send(w, pb::coordinator_message::Kind::DropChunks(message)) {
+                for chunk in chunk_ids {
+                    self.fs.replicas.dropped(w, chunk);
+                }
+            } else if self.workers.contains_key(&w) {
+                self.fs.replicas.held(w, chunk_ids);
+            }
+        }
     }
 
     /// A file, or a directory's entries; a tenant listing the root sees its own
@@ -335,12 +357,12 @@ impl State {
         }
     }
 
-    /// With TLS, what lets the client certificate `reader` reach a chunk.
-    fn chunk_grant(&self, reader: Option<&str>, chunk: u64) -> Vec<u8> {
+    /// With TLS, what lets the client certificate `reader` read or write a chunk.
+    fn chunk_grant(&self, reader: Option<&str>, what: Granted) -> Vec<u8> {
         reader.map_or_else(Vec::new, |reader| {
             let key = self.meta.state().ticket_key();
             let expires_ms = now_ms() + drove_exec::token::GRANT_LIFE_MS;
-            drove_exec::token::grant(key, Granted::Chunk(chunk), reader, expires_ms)
+            drove_exec::token::grant(key, what, reader, expires_ms)
         })
     }
 
@@ -372,7 +394,7 @@ impl State {
                         None => Vec::new(),
                         Some(reader) => (wire.chunks.into_iter())
                             .map(|c| pb::FsChunkInfo {
-                                grant: self.chunk_grant(reader, c.id),
+                                grant: self.chunk_grant(reader, Granted::ChunkRead(c.id)),
                                 id: c.id,
                                 len: c.len,
                                 crc32c: c.crc32c,
@@ -447,28 +469,15 @@ impl State {
                 }
             }
         }
-        let mut drops: HashMap<WorkerId, Vec<u64>> = HashMap::new();
-        for (worker, chunk) in self.fs.replicas.surplus(fs, &holders) {
-            drops.entry(worker).or_default().push(chunk);
-        }
+        let mut drops = self.fs.replicas.surplus(fs, &holders);
         if self.fs.since.elapsed() >= PENDING_TTL {
             for (chunk, held) in self.fs.replicas.orphans(fs) {
                 if !self.fs.pending_ids.contains_key(&chunk) {
-                    for w in held {
-                        drops.entry(w).or_default().push(chunk);
-                    }
+                    drops.extend(held.into_iter().map(|w| (w, chunk)));
                 }
             }
         }
-        for (worker, chunk_ids) in drops {
-            for chunk in &chunk_ids {
-                self.fs.replicas.dropped(worker, *chunk);
-            }
-            self.send(
-                worker,
-                pb::coordinator_message::Kind::DropChunks(pb::DropChunks { chunk_ids }),
-            );
-        }
+        self.send_drops(drops);
     }
 
     /// drove fs as `drove status` and the UI show it.
@@ -602,18 +611,19 @@ impl Coordinator {
                 path: path_of(&path)?,
                 created_ms: now_ms(),
             };
-            state.fs_change(&who, command)
+            state.fs_change(&who, command, false)
         })
         .await
     }
 
-    pub async fn fs_remove(&self, who: &Identity, path: String) -> Result<()> {
+    /// Removes a file, or a directory: with `recursive`, one that is not empty.
+    pub async fn fs_remove(&self, who: &Identity, path: String, recursive: bool) -> Result<()> {
         let who = who.clone();
         self.ask(move |state| {
             let command = FsCommand::Remove {
                 path: path_of(&path)?,
             };
-            state.fs_change(&who, command)
+            state.fs_change(&who, command, recursive)
         })
         .await
     }

@@ -35,6 +35,9 @@ pub struct FsPathRequest {
     /// A drove:// path.
     #[prost(string, tag = "1")]
     pub path: ::prost::alloc::string::String,
+    /// FsRemove: remove a directory that is not empty, with everything under it.
+    #[prost(bool, tag = "2")]
+    pub recursive: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct FsDone {}

@@ -271,6 +271,21 @@ fn files_go_in_whole_come_out_equal_and_bad_requests_are_refused() {
         "{status}"
     );
 
+    // A stored chunk is never rewritten, not even by a client that names it.
+    let chunk = &c.stat("drove://d/e/f.bin").chunks[0];
+    let clients = drove_exec::dfs::ChunkClients::new(None);
+    let data = bytes::Bytes::from_static(b"forged");
+    let rewrite = drove_exec::dfs::write_chunk(
+        &clients,
+        &chunk.replicas[0].addr,
+        chunk.id,
+        drove_exec::dfs::checksum(&data),
+        data,
+        &[],
+    );
+    let refused = c.block(rewrite).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused}");
+
     // Bad input.
     c.fs_fails(
         &["put", &small, "drove://d/small.txt"],
@@ -507,6 +522,10 @@ fn a_put_whose_workers_are_killed_leaves_its_file_whole_or_absent() {
             }
         }
     }
+    assert!(
+        complete > 0,
+        "no put completed: the runs tested nothing visible"
+    );
     eprintln!(
         "of 20 puts with a worker killed (every fourth killed itself too), {complete} completed and {absent} left nothing visible; a put took {span_ms} ms"
     );
