@@ -1,9 +1,10 @@
 //! `drove fs`: files kept in the cluster's workers, split into chunks, each chunk
 //! replicated on several workers (`drove://` paths).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use drove_exec::dfs;
 use drove_proto as pb;
@@ -15,6 +16,22 @@ use crate::{Error, Result, Session, status_error};
 
 /// Placements asked for one chunk at most, when workers fail to store it.
 const PLACE_ATTEMPTS_MAX: usize = 4;
+/// Chunks a put stores at once (each held in memory until stored).
+const PUT_CHUNKS_IN_FLIGHT: usize = 2;
+
+/// A chunk stored: its metadata, the workers that hold it, and its placement.
+type Stored = (pb::MetaFsChunk, Vec<u64>, pb::FsPlaceResponse);
+
+/// Tasks aborted when dropped (a put given up stops storing its chunks).
+struct Aborting<T>(VecDeque<tokio::task::JoinHandle<Result<T>>>);
+
+impl<T> Drop for Aborting<T> {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
 /// Pieces of a read waiting for its reader, at most.
 const READ_AHEAD: usize = 8;
 
@@ -168,39 +185,52 @@ impl Session {
         let mut file = std::fs::File::open(local).map_err(cannot)?;
         let mut chunks = Vec::new();
         let mut stored = Vec::new();
-        let mut failed = BTreeSet::new();
+        let failed = Arc::new(Mutex::new(BTreeSet::new()));
         let mut size = 0u64;
         let mut summary = None;
         let mut buf = vec![0u8; chunk as usize];
-        loop {
-            let n = read_full(&mut file, &mut buf).map_err(cannot)?;
-            if n == 0 && !chunks.is_empty() {
-                break;
-            }
-            if n == 0 {
-                // An empty file has no chunks, but its factor is still decided.
-                let placed = self.place(&path, options, &failed, 0, 0).await?;
-                summary = Some((placed.replication, placed.warning));
-                break;
-            }
-            let data = bytes::Bytes::copy_from_slice(&buf[..n]);
-            let crc32c = dfs::checksum(&data);
-            let (id, workers, placed) = self
-                .store_chunk(&path, options, data, crc32c, &mut failed)
-                .await?;
+        // Chunks being stored while the next is read and sent: a worker's sync of one
+        // overlaps the sending of the next. Dropped, the stores stop.
+        let mut in_flight = Aborting(VecDeque::new());
+        let mut finish = async |in_flight: &mut Aborting<Stored>| -> Result<()> {
+            let Some(task) = in_flight.0.pop_front() else {
+                return Ok(());
+            };
+            let (meta, workers, placed) = task
+                .await
+                .map_err(|e| Error::Transport(format!("storing a chunk stopped: {e}")))??;
             summary.get_or_insert((placed.replication, placed.warning));
-            chunks.push(pb::MetaFsChunk {
-                id,
-                len: n as u64,
-                crc32c,
-            });
+            size += meta.len;
+            chunks.push(meta);
             stored.push(pb::FsStored {
                 worker_ids: workers,
             });
-            size += n as u64;
+            Ok(())
+        };
+        loop {
+            let n = read_full(&mut file, &mut buf).map_err(cannot)?;
+            if n > 0 {
+                let data = bytes::Bytes::copy_from_slice(&buf[..n]);
+                let (session, path, options) = (self.clone(), path.clone(), options.clone());
+                let failed = Arc::clone(&failed);
+                in_flight.0.push_back(tokio::spawn(async move {
+                    session.store_chunk(&path, &options, data, &failed).await
+                }));
+                while in_flight.0.len() >= PUT_CHUNKS_IN_FLIGHT {
+                    finish(&mut in_flight).await?;
+                }
+            }
             if n < buf.len() {
                 break;
             }
+        }
+        while !in_flight.0.is_empty() {
+            finish(&mut in_flight).await?;
+        }
+        if summary.is_none() {
+            // An empty file has no chunks, but its factor is still decided.
+            let placed = self.place(&path, options, &BTreeSet::new(), 0, 0).await?;
+            summary = Some((placed.replication, placed.warning));
         }
         let (replication, warning) = summary.expect("placed at least once");
         let request = pb::FsCommitRequest {
@@ -264,10 +294,11 @@ impl Session {
         path: &str,
         options: &PutOptions,
         data: bytes::Bytes,
-        crc32c: u32,
-        failed: &mut BTreeSet<u64>,
-    ) -> Result<(u64, Vec<u64>, pb::FsPlaceResponse)> {
-        let first = self.place(path, options, failed, 0, 0).await?;
+        failed: &Mutex<BTreeSet<u64>>,
+    ) -> Result<Stored> {
+        let crc32c = dfs::checksum(&data);
+        let failed_now = || failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let first = self.place(path, options, &failed_now(), 0, 0).await?;
         let id = first.chunk_id;
         let mut targets = first.targets.clone();
         let mut stored = Vec::new();
@@ -293,7 +324,7 @@ impl Session {
                             e.message()
                         );
                         errors.push(format!("{}: {}", target.addr, e.message()));
-                        failed.insert(target.worker_id);
+                        (failed.lock().unwrap_or_else(|p| p.into_inner())).insert(target.worker_id);
                     }
                 }
             }
@@ -301,7 +332,10 @@ impl Session {
             if missing == 0 {
                 break;
             }
-            let exclude: BTreeSet<u64> = failed.iter().chain(&stored).copied().collect();
+            let exclude: BTreeSet<u64> = failed_now()
+                .into_iter()
+                .chain(stored.iter().copied())
+                .collect();
             targets = self
                 .place(path, options, &exclude, id, missing as u32)
                 .await?
@@ -316,7 +350,12 @@ impl Session {
                 errors.join("; ")
             )));
         }
-        Ok((id, stored, first))
+        let meta = pb::MetaFsChunk {
+            id,
+            len: data.len() as u64,
+            crc32c,
+        };
+        Ok((meta, stored, first))
     }
 
     async fn fs_list_raw(&self, path: &str) -> Result<pb::FsListResponse> {
