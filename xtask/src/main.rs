@@ -6,7 +6,7 @@
 //! and `sort` (a single-threaded Rust reference, PySpark, Dask), `tasks` (Dask,
 //! PySpark), `recovery` (drove with a worker killed), `shuffle` (group-bys whose
 //! exchanges are all-to-all at 8 and 500 partitions, drove and DataFusion) and
-//! `python` (drove's wheel: TPC-H from Python against Rust, a Python UDF against
+//! `fs` (`drove fs` against the disk, on demand), `python` (drove's wheel: TPC-H from Python against Rust, a Python UDF against
 //! PySpark's; wordcount and tasks run drove from Python too, see [`python`]). Every
 //! engine runs in its own process tree, whose peak resident memory is sampled; every
 //! answer is checked before a time is reported. Tables are appended to BENCHMARKS.md, JSON goes to
@@ -19,6 +19,7 @@
 mod build_report;
 mod engines;
 mod failover;
+mod fs;
 mod iterative;
 mod measure;
 mod processes;
@@ -115,6 +116,10 @@ enum Workload {
     /// client, and a Python UDF against PySpark's pandas UDF (it builds the wheel:
     /// optimized, or in the dev profile with --quick).
     Python,
+    /// `drove fs put` and `get` of --size bytes against the disk with the same fsync
+    /// policy, and re-replication after a worker is killed (on demand only: it builds
+    /// the release `drove`).
+    Fs,
 }
 
 #[derive(Args)]
@@ -307,6 +312,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             Workload::Memory => memory_workload(&plan)?,
             Workload::Shuffle => shuffle_workload(&plan)?,
             Workload::Failover => failover_workload(&plan)?,
+            Workload::Fs => fs::workload(&plan)?,
             Workload::Python => python::workload(
                 &plan,
                 plan.args.udf_rows.unwrap_or(if plan.args.quick {
