@@ -430,7 +430,11 @@ impl State {
     /// On every tick: copies under-replicated chunks, trims surplus replicas, and
     /// removes chunks no file or write holds.
     pub(super) fn fs_maintain(&mut self) {
-        if !self.leading {
+        // A coordinator that begins to lead knows a worker's chunks only once it has
+        // registered again: until the workers had a heartbeat timeout to do so, every
+        // chunk would look short of replicas, and copies made now trimmed later.
+        let settled = Duration::from_millis(self.config.heartbeat_timeout_ms);
+        if !self.leading || self.fs.since.elapsed() < settled {
             return;
         }
         self.fs.expire_pending();
