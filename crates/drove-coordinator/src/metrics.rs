@@ -45,7 +45,7 @@ struct TenantLabel {
 type WorkerValue = fn(&pb::WorkerStatus) -> u64;
 
 /// The per-worker gauges: name, help, and the value a worker's status gives.
-const WORKER_GAUGES: [(&str, &str, WorkerValue); 7] = [
+const WORKER_GAUGES: [(&str, &str, WorkerValue); 9] = [
     ("worker_slots", "Task slots per worker.", |w| {
         u64::from(w.slots)
     }),
@@ -78,6 +78,16 @@ const WORKER_GAUGES: [(&str, &str, WorkerValue); 7] = [
         "worker_spill_disk_bytes",
         "Bytes of spilled data on disk now per worker.",
         |w| w.memory.unwrap_or_default().disk_bytes,
+    ),
+    (
+        "worker_fs_bytes",
+        "Bytes of drove fs chunks each worker keeps in its --data-dir.",
+        |w| w.chunk_bytes,
+    ),
+    (
+        "worker_fs_capacity_bytes",
+        "Each worker's --data-max for drove fs chunks (0: no limit but its disk's).",
+        |w| w.chunk_capacity_bytes,
     ),
 ];
 

@@ -134,10 +134,10 @@ struct WorkerConn {
     /// The last [`WORKER_TASKS_KEPT`] tasks it completed, oldest first.
     recent_tasks: VecDeque<WorkerTask>,
     zone: String,
-    /// It stores drove fs chunks.
+    /// It stores drove fs chunks: their bytes, and its --data-max (0: none).
     stores_chunks: bool,
-    /// It asked to leave.
-    draining: bool,
+    chunk_bytes: u64,
+    chunk_capacity_bytes: u64,
 }
 
 /// How many of its completed tasks a worker's page lists.
@@ -753,13 +753,8 @@ impl Coordinator {
 
     /// The worker asked to leave: it gets no new tasks and is told when it may go.
     pub async fn drain(&self, worker: WorkerId) {
-        self.tell(move |state| {
-            if let Some(conn) = state.workers.get_mut(&worker) {
-                conn.draining = true;
-            }
-            state.handle(Event::WorkerDraining { worker })
-        })
-        .await;
+        self.tell(move |state| state.handle(Event::WorkerDraining { worker }))
+            .await;
     }
 
     /// Plans and submits a job; returns its id once it is queued. With `cache_as`, the
@@ -1199,7 +1194,8 @@ impl State {
                 recent_tasks: VecDeque::new(),
                 zone,
                 stores_chunks: chunks.is_some(),
-                draining: false,
+                chunk_bytes: 0,
+                chunk_capacity_bytes: 0,
             },
         );
         if let Some(chunks) = chunks {
@@ -1231,6 +1227,8 @@ impl State {
         if let Some(memory) = heartbeat.memory {
             conn.memory = memory;
         }
+        conn.chunk_bytes = heartbeat.chunk_bytes;
+        conn.chunk_capacity_bytes = heartbeat.chunk_capacity_bytes;
         self.fs_reported(
             worker,
             heartbeat.chunks_added,
@@ -1948,6 +1946,8 @@ impl State {
             draining: self.scheduler.is_draining(id),
             block_bytes: w.memory.block_bytes,
             memory: Some(w.memory),
+            chunk_bytes: w.chunk_bytes,
+            chunk_capacity_bytes: w.chunk_capacity_bytes,
         }
     }
 

@@ -362,8 +362,13 @@ pub struct Copy {
 pub const COPY_TIMEOUT_MS: u64 = 60_000;
 pub const COPY_MIN_BYTES_PER_S: u64 = 4 << 20;
 
+/// How long a copy of a chunk of `len` bytes may take.
+pub fn copy_timeout_ms(len: u64) -> u64 {
+    COPY_TIMEOUT_MS + len / COPY_MIN_BYTES_PER_S * 1000
+}
+
 fn copy_deadline_ms(now_ms: u64, len: u64) -> u64 {
-    now_ms + COPY_TIMEOUT_MS + len / COPY_MIN_BYTES_PER_S * 1000
+    now_ms + copy_timeout_ms(len)
 }
 
 /// Where the replicas are, as the workers reported them, and the copies under way.

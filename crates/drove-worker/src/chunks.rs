@@ -29,6 +29,12 @@ pub const PIECE_BYTES: u64 = 64 << 10;
 const SEND_BYTES: u64 = 1 << 20;
 /// Messages of a read waiting for the network, at most.
 const READ_AHEAD: usize = 4;
+/// Chunk reads a worker serves at once, at most (each holds a blocking thread while
+/// its reader reads); one more is refused, and its reader goes to another replica.
+pub const READS_MAX: usize = 64;
+/// A write whose next piece does not come for this long is given up, and what it
+/// had written and reserved is freed.
+const WRITE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 const MAGIC: &[u8; 8] = b"DROVECK1";
 const TRAILER_BYTES: u64 = 24;
 
@@ -125,6 +131,11 @@ impl ChunkStore {
 
     fn report(&self) -> std::sync::MutexGuard<'_, ChunkReport> {
         self.report.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes stored (and reserved by writes under way), and the most that may be.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.used.load(Ordering::Relaxed), self.capacity)
     }
 
     /// Every chunk stored, for registration.
@@ -431,14 +442,19 @@ pub fn server(
     store: Arc<ChunkStore>,
     ticket_key: crate::flight::TicketKey,
 ) -> pb::chunks_server::ChunksServer<ChunkService> {
-    pb::chunks_server::ChunksServer::new(ChunkService { store, ticket_key })
-        .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
+    pb::chunks_server::ChunksServer::new(ChunkService {
+        store,
+        ticket_key,
+        reads: Arc::new(tokio::sync::Semaphore::new(READS_MAX)),
+    })
+    .max_decoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(drove_proto::MAX_MESSAGE_BYTES)
 }
 
 pub struct ChunkService {
     store: Arc<ChunkStore>,
     ticket_key: crate::flight::TicketKey,
+    reads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Stores a chunk from a stream of pieces, the first of which names it.
@@ -452,6 +468,11 @@ pub async fn store_stream(
     let id = first.chunk_id;
     let mut writer = store.writer(id, first.len, first.crc32c)?;
     let mut data = first.data;
+    let idle = || {
+        Status::deadline_exceeded(format!(
+            "a write of chunk {id:016x} sent nothing for {WRITE_IDLE:?}; it was given up"
+        ))
+    };
     loop {
         let (w, result) = tokio::task::spawn_blocking(move || {
             let r = writer.write(&data);
@@ -461,7 +482,8 @@ pub async fn store_stream(
         .map_err(|e| Status::internal(e.to_string()))?;
         writer = w;
         result?;
-        match pieces.next().await.transpose()? {
+        let next = tokio::time::timeout(WRITE_IDLE, pieces.next());
+        match next.await.map_err(|_| idle())?.transpose()? {
             Some(piece) => data = piece.data,
             None => break,
         }
@@ -534,10 +556,17 @@ impl pb::chunks_server::Chunks for ChunkService {
             Granted::ChunkRead(r.chunk_id),
             &r.grant,
         )?;
-        Ok(Response::new(Box::pin(read_stream(
-            &self.store,
-            request.into_inner(),
-        ))))
+        let Ok(permit) = Arc::clone(&self.reads).try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "this worker serves {READS_MAX} chunk reads at once; read another replica, or again later"
+            )));
+        };
+        let stream = read_stream(&self.store, request.into_inner());
+        // The permit goes with the stream, and is given back when it ends.
+        Ok(Response::new(Box::pin(stream.map(move |piece| {
+            let _held = &permit;
+            piece
+        }))))
     }
 }
 

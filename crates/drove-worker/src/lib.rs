@@ -891,6 +891,7 @@ async fn serve(
                 .as_ref()
                 .map(|c| c.take_report())
                 .unwrap_or_default();
+            let usage = memory.chunks.as_ref().map_or((0, 0), |c| c.usage());
             let heartbeat = pb::WorkerMessage {
                 kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
                     statuses,
@@ -900,6 +901,9 @@ async fn serve(
                     chunks_added: chunks.added,
                     chunks_removed: chunks.removed,
                     chunks_corrupt: chunks.corrupt,
+                    chunk_bytes: usage.0,
+                    // No limit but the disk's shows as 0.
+                    chunk_capacity_bytes: if usage.1 == u64::MAX { 0 } else { usage.1 },
                 })),
             };
             if outbound.send(heartbeat).await.is_err() {
@@ -1023,8 +1027,20 @@ async fn serve(
                     if let Some(store) = &shared.chunks {
                         // Bounded by the coordinator, which has few copies under way.
                         let (store, shared) = (Arc::clone(store), Arc::clone(&shared));
+                        let limit =
+                            Duration::from_millis(drove_core::fs::copy_timeout_ms(copy.len));
                         tasks.spawn(async move {
-                            if let Err(e) = copy_chunk(&store, &shared.chunk_clients, &copy).await {
+                            let copied = tokio::time::timeout(
+                                limit,
+                                copy_chunk(&store, &shared.chunk_clients, &copy),
+                            )
+                            .await;
+                            let copied = copied.unwrap_or_else(|_| {
+                                Err(tonic::Status::deadline_exceeded(format!(
+                                    "it took over {limit:?}"
+                                )))
+                            });
+                            if let Err(e) = copied {
                                 warn!(
                                     chunk = format!("{:016x}", copy.chunk_id),
                                     from = copy.from_addr,

@@ -64,7 +64,7 @@ impl State {
             .map(|(id, c)| Holder {
                 worker: *id,
                 zone: c.zone.clone(),
-                draining: c.draining,
+                draining: self.scheduler.is_draining(*id),
             })
             .collect()
     }

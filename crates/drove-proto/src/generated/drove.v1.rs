@@ -274,6 +274,11 @@ pub struct Heartbeat {
     /// Corrupt replicas found since the previous heartbeat (each also in chunks_removed).
     #[prost(uint64, tag = "8")]
     pub chunks_corrupt: u64,
+    /// Bytes its drove fs chunks take in its --data-dir, and its --data-max (0: none).
+    #[prost(uint64, tag = "9")]
+    pub chunk_bytes: u64,
+    #[prost(uint64, tag = "10")]
+    pub chunk_capacity_bytes: u64,
 }
 /// A worker's memory: its budget, what blocks and running tasks hold of it, and what
 /// went to disk because it did not fit.
@@ -795,6 +800,11 @@ pub struct WorkerStatus {
     /// See RegisterWorker.
     #[prost(string, tag = "9")]
     pub node_id: ::prost::alloc::string::String,
+    /// See Heartbeat.
+    #[prost(uint64, tag = "10")]
+    pub chunk_bytes: u64,
+    #[prost(uint64, tag = "11")]
+    pub chunk_capacity_bytes: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CachedTableStatus {

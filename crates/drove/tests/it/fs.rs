@@ -184,6 +184,15 @@ impl FsCluster {
             .unwrap_or_else(|| panic!("no {name} in /metrics:\n{body}"))
     }
 
+    /// The sum of a per-worker metric over the workers.
+    fn worker_metric(&self, name: &str) -> u64 {
+        let (_, body) = crate::http(&self.http, "GET", "/metrics");
+        (body.lines())
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     fn wait_for(&self, what: &str, done: impl Fn(&Self) -> bool) -> Duration {
         let started = Instant::now();
         while !done(self) {
@@ -285,6 +294,12 @@ fn files_go_in_whole_come_out_equal_and_bad_requests_are_refused() {
     );
     let refused = c.block(rewrite).unwrap_err();
     assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused}");
+
+    // The workers' heartbeats carry what their chunks take: the replicas' bytes, and
+    // their checksums and trailers.
+    c.wait_for("the workers' chunk bytes in /metrics", |c| {
+        c.worker_metric("drove_worker_fs_bytes") > 2 * (5 << 20)
+    });
 
     // Bad input.
     c.fs_fails(
