@@ -1229,12 +1229,7 @@ impl State {
         }
         conn.chunk_bytes = heartbeat.chunk_bytes;
         conn.chunk_capacity_bytes = heartbeat.chunk_capacity_bytes;
-        self.fs_reported(
-            worker,
-            heartbeat.chunks_added,
-            heartbeat.chunks_removed,
-            heartbeat.chunks_corrupt,
-        );
+        self.fs_reported(worker, &heartbeat);
         self.handle(Event::WorkerHeartbeat { worker });
         for key in &heartbeat.progressed {
             let attempt = attempt_id(key);

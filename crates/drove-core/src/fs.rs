@@ -377,9 +377,10 @@ pub struct Replicas {
     holders: HashMap<u64, BTreeSet<WorkerId>>,
     /// Copies asked for and not yet reported done, by chunk: where to, and by when.
     copying: HashMap<u64, (WorkerId, u64)>,
-    /// Workers whose copy of a chunk timed out: its next copy goes elsewhere. Kept
-    /// while the chunk is short of replicas.
-    failed: HashMap<u64, BTreeSet<WorkerId>>,
+    /// Workers whose copy of a chunk failed or timed out, and when the last did: its
+    /// next copy goes elsewhere, and once every worker failed, all are tried again a
+    /// copy timeout later. Kept while the chunk is short of replicas.
+    failed: HashMap<u64, (BTreeSet<WorkerId>, u64)>,
 }
 
 impl Replicas {
@@ -404,6 +405,21 @@ impl Replicas {
         if self.copying.get(&chunk).is_some_and(|c| c.0 == worker) {
             self.copying.remove(&chunk);
         }
+    }
+
+    /// A worker could not make the copy of `chunk` it was asked for: the next copy
+    /// goes elsewhere, at once.
+    pub fn copy_failed(&mut self, worker: WorkerId, chunk: u64, now_ms: u64) {
+        if self.copying.get(&chunk).is_some_and(|c| c.0 == worker) {
+            self.copying.remove(&chunk);
+            self.fail(chunk, worker, now_ms);
+        }
+    }
+
+    fn fail(&mut self, chunk: u64, worker: WorkerId, now_ms: u64) {
+        let (workers, last_ms) = self.failed.entry(chunk).or_default();
+        workers.insert(worker);
+        *last_ms = now_ms;
     }
 
     /// A worker is gone, and every replica it held with it.
@@ -480,7 +496,7 @@ impl Replicas {
             .collect();
         for chunk in expired {
             if let Some((to, _)) = self.copying.remove(&chunk) {
-                self.failed.entry(chunk).or_default().insert(to);
+                self.fail(chunk, to, now_ms);
             }
         }
         let mut load = self.load();
@@ -503,10 +519,12 @@ impl Replicas {
                 continue;
             }
             let mut exclude = held.clone();
-            exclude.extend(self.failed.get(&chunk.id).into_iter().flatten());
+            let (failed, last_ms) = self.failed.get(&chunk.id).cloned().unwrap_or_default();
+            exclude.extend(failed);
             let to = match place(chunk.id, 1, workers, &load, &exclude).first() {
                 Some(&to) => to,
-                // Every other worker failed it once: try them all again.
+                // Every other worker failed it: wait, then try them all again.
+                None if now_ms < last_ms + COPY_TIMEOUT_MS => continue,
                 None => match place(chunk.id, 1, workers, &load, &held).first() {
                     Some(&to) => {
                         self.failed.remove(&chunk.id);
@@ -826,10 +844,22 @@ mod tests {
             second[0].to, first[0].to,
             "the worker that failed is passed over"
         );
-        // Both others failed: they are tried again rather than never.
-        let third = r.repairs(&ns, &all, 10, 2 * COPY_TIMEOUT_MS);
+        // A failure reported sends the next copy elsewhere at once.
+        let mut reported = Replicas::default();
+        reported.held(WorkerId(1), [1]);
+        let first = reported.repairs(&ns, &all, 10, 0);
+        reported.copy_failed(first[0].to, 1, 0);
+        let again = reported.repairs(&ns, &all, 10, 1);
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].to, first[0].to);
+        // Both others failed: after a pause, they are tried again rather than never.
+        assert!(
+            r.repairs(&ns, &all, 10, 2 * COPY_TIMEOUT_MS).is_empty(),
+            "a pause"
+        );
+        let third = r.repairs(&ns, &all, 10, 3 * COPY_TIMEOUT_MS);
         assert_eq!(third.len(), 1);
         r.held(third[0].to, [1]);
-        assert!(r.repairs(&ns, &all, 10, 3 * COPY_TIMEOUT_MS).is_empty());
+        assert!(r.repairs(&ns, &all, 10, 4 * COPY_TIMEOUT_MS).is_empty());
     }
 }

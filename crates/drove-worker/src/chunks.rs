@@ -52,6 +52,8 @@ pub struct ChunkReport {
     pub added: Vec<u64>,
     pub removed: Vec<u64>,
     pub corrupt: u64,
+    /// Copies asked for that failed.
+    pub copies_failed: Vec<u64>,
 }
 
 /// Figures for the worker's metrics and tests.
@@ -150,6 +152,11 @@ impl ChunkStore {
     /// The path of a stored chunk's file (tests corrupt it).
     pub fn path(&self, id: u64) -> PathBuf {
         self.dir.join(file_name(id))
+    }
+
+    /// A copy this worker was asked for failed.
+    pub fn copy_failed(&self, id: u64) {
+        self.report().copies_failed.push(id);
     }
 
     /// What changed since the last call.

@@ -901,6 +901,7 @@ async fn serve(
                     chunks_added: chunks.added,
                     chunks_removed: chunks.removed,
                     chunks_corrupt: chunks.corrupt,
+                    chunk_copies_failed: chunks.copies_failed,
                     chunk_bytes: usage.0,
                     // No limit but the disk's shows as 0.
                     chunk_capacity_bytes: if usage.1 == u64::MAX { 0 } else { usage.1 },
@@ -1047,6 +1048,7 @@ async fn serve(
                                     "copying a chunk failed: {}",
                                     e.message()
                                 );
+                                store.copy_failed(copy.chunk_id);
                             }
                         });
                     }

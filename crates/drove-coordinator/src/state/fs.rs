@@ -409,21 +409,20 @@ impl State {
         }
     }
 
-    /// A worker's heartbeat said which chunks it stored and removed.
-    pub(super) fn fs_reported(
-        &mut self,
-        worker: WorkerId,
-        added: Vec<u64>,
-        removed: Vec<u64>,
-        corrupt: u64,
-    ) {
-        if corrupt > 0 {
-            warn!(%worker, corrupt, "a worker found corrupt chunk replicas");
-            self.metrics.fs_corrupt_found(corrupt);
+    /// A worker's heartbeat said which chunks it stored, removed, found corrupt, or
+    /// failed to copy.
+    pub(super) fn fs_reported(&mut self, worker: WorkerId, heartbeat: &pb::Heartbeat) {
+        if heartbeat.chunks_corrupt > 0 {
+            warn!(%worker, corrupt = heartbeat.chunks_corrupt, "a worker found corrupt chunk replicas");
+            self.metrics.fs_corrupt_found(heartbeat.chunks_corrupt);
         }
-        self.fs.replicas.held(worker, added);
-        for chunk in removed {
+        (self.fs.replicas).held(worker, heartbeat.chunks_added.iter().copied());
+        for &chunk in &heartbeat.chunks_removed {
             self.fs.replicas.dropped(worker, chunk);
+        }
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        for &chunk in &heartbeat.chunk_copies_failed {
+            self.fs.replicas.copy_failed(worker, chunk, now_ms);
         }
     }
 

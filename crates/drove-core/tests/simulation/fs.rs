@@ -207,8 +207,14 @@ impl World {
             let lost = faults && self.rng.chance(0.2);
             let source = self.workers[&from].alive && self.workers[&from].disk.contains(&chunk);
             let target = &self.workers[&to];
-            if lost || !source || !target.alive || target.full {
+            if lost || !target.alive {
                 self.lost_copies += 1;
+                continue;
+            }
+            if !source || target.full {
+                // The target tries, fails, and says so in its next heartbeat.
+                self.lost_copies += 1;
+                self.replicas.copy_failed(to, chunk, self.now_ms);
                 continue;
             }
             self.workers.get_mut(&to).unwrap().disk.insert(chunk);

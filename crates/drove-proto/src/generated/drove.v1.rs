@@ -279,6 +279,9 @@ pub struct Heartbeat {
     pub chunk_bytes: u64,
     #[prost(uint64, tag = "10")]
     pub chunk_capacity_bytes: u64,
+    /// Chunks it was asked to copy and could not (its disk is full, the source failed).
+    #[prost(fixed64, repeated, tag = "11")]
+    pub chunk_copies_failed: ::prost::alloc::vec::Vec<u64>,
 }
 /// A worker's memory: its budget, what blocks and running tasks hold of it, and what
 /// went to disk because it did not fit.
