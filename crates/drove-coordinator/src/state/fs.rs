@@ -6,16 +6,16 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use drove_core::WorkerId;
+use drove_core::access::Identity;
 use drove_core::fs::{self as core_fs, Entry, FileMeta, FsCommand, Holder, Replicas};
 use drove_core::meta::MetaCommand;
+use drove_exec::token::Granted;
 use drove_proto as pb;
 use tracing::{info, warn};
 
 use super::{Coordinator, State, now_ms};
 use crate::durable::{file_from_proto, file_to_proto};
 use crate::{Error, Result};
-use drove_core::access::Identity;
-use drove_exec::token::Granted;
 
 /// Copies of under-replicated chunks under way at once, at most: repair's bound on
 /// the bandwidth it takes from reads and writes.
@@ -32,7 +32,9 @@ pub struct FsRuntime {
     pub replicas: Replicas,
     /// Chunks placed for writes under way, and when; oldest first.
     pending: VecDeque<(u64, Instant)>,
-    pending_ids: HashMap<u64, Instant>,
+    /// The same chunks, with the path each was placed for: only a write of that path
+    /// places more replicas of it or commits it.
+    pending_ids: HashMap<u64, String>,
     /// Draining workers the scheduler let go, waiting for their chunks to be copied
     /// elsewhere before they are told to leave.
     pub leaving: BTreeSet<WorkerId>,
@@ -139,7 +141,9 @@ impl State {
                     .map_err(Error::User)?;
                 (drove_core::ids::random_id(), replication)
             }
-            id if self.fs.pending_ids.contains_key(&id) => (id, request.count.min(replication)),
+            id if self.fs.pending_ids.get(&id) == Some(&path) => {
+                (id, request.count.min(replication))
+            }
             id => {
                 return Err(Error::User(format!(
                     "chunk {id:016x} is not being written; place a new one"
@@ -154,7 +158,7 @@ impl State {
             )));
         }
         if request.chunk_id == 0 {
-            self.fs.pend(chunk);
+            self.fs.pend(chunk, &path);
         }
         Ok(pb::FsPlaceResponse {
             grant: self.chunk_grant(reader, Granted::ChunkWrite(chunk)),
@@ -176,10 +180,11 @@ impl State {
             .flat_map(|f| f.chunks.iter().map(|c| c.id))
             .zip(request.stored.iter().map(|s| s.worker_ids.clone()))
             .collect();
+        let path = core_fs::normalize(&request.path).unwrap_or_default();
         let command = match self.fs_commit_checked(who, request) {
             Ok(command) => command,
             Err(refused) => {
-                self.fs_abandon(written);
+                self.fs_abandon(&path, written);
                 return Err(refused);
             }
         };
@@ -190,14 +195,15 @@ impl State {
         Ok(())
     }
 
-    /// Removes the chunks of a write that will not commit (only those still placed
-    /// for a write: a committed file's chunks are never named by a failed commit).
-    fn fs_abandon(&mut self, written: Vec<(u64, Vec<u64>)>) {
+    /// Removes the chunks of a write of `path` that will not commit: only those placed
+    /// for that path's write and not committed, whatever else a commit names.
+    fn fs_abandon(&mut self, path: &str, written: Vec<(u64, Vec<u64>)>) {
         let mut drops = Vec::new();
         for (chunk, stored) in written {
-            if self.fs.pending_ids.remove(&chunk).is_none() {
+            if self.fs.pending_ids.get(&chunk).map(String::as_str) != Some(path) {
                 continue;
             }
+            self.fs.pending_ids.remove(&chunk);
             let holders: BTreeSet<WorkerId> = (stored.into_iter().map(WorkerId))
                 .chain(self.fs.replicas.forget(chunk))
                 .collect();
@@ -227,7 +233,7 @@ impl State {
         }
         let holders: BTreeSet<WorkerId> = self.fs_holders().iter().map(|h| h.worker).collect();
         for (chunk, stored) in file.chunks.iter().zip(&request.stored) {
-            if !self.fs.pending_ids.contains_key(&chunk.id) {
+            if self.fs.pending_ids.get(&chunk.id) != Some(&path) {
                 return Err(Error::User(format!(
                     "chunk {:016x} of drove://{path} was not placed by this coordinator for a write under way (it may have restarted, or the write took over an hour); write the file again",
                     chunk.id
@@ -506,15 +512,14 @@ impl State {
 }
 
 impl FsRuntime {
-    fn pend(&mut self, chunk: u64) {
-        let now = Instant::now();
+    fn pend(&mut self, chunk: u64, path: &str) {
         if self.pending.len() >= PENDING_MAX
             && let Some((old, _)) = self.pending.pop_front()
         {
             self.pending_ids.remove(&old);
         }
-        self.pending.push_back((chunk, now));
-        self.pending_ids.insert(chunk, now);
+        self.pending.push_back((chunk, Instant::now()));
+        self.pending_ids.insert(chunk, path.to_string());
     }
 
     fn expire_pending(&mut self) {
