@@ -148,8 +148,8 @@ impl Session {
 
     /// Copies the local file at `local` to `remote` (a `drove://` path). The file
     /// appears there only once every chunk is stored: a failed or interrupted put
-    /// leaves nothing visible. Chunks are read and sent one at a time, each to its
-    /// replicas at once.
+    /// leaves nothing visible. Each chunk goes to its replicas at once, and two chunks
+    /// are stored at a time (each held in memory until it is).
     ///
     /// ```no_run
     /// # async fn demo(session: drove_client::Session) -> drove_client::Result<()> {

@@ -416,9 +416,14 @@ impl ChunkWriter {
         let file = file.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&self.tmp, &path).map_err(io)?;
-        File::open(&self.store.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
+        if let Err(e) = File::open(&self.store.dir).and_then(|d| d.sync_all()) {
+            // Not durable, so not stored: the file goes, as the reservation does
+            // (unless it replaced a copy the store holds already).
+            if !self.store.contains(self.id) {
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(io(e));
+        }
         let before = self.store.chunks().insert(self.id, self.len);
         if before.is_some() {
             // The same chunk again (a retried write): one copy counts.

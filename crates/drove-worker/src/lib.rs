@@ -100,8 +100,8 @@ pub struct WorkerConfig {
     /// removed when another worker starts here.
     pub work_dir: PathBuf,
     pub spill_codec: SpillCodec,
-    /// Where the worker keeps what outlives it (its node id); `None` gives it no
-    /// lasting identity.
+    /// Where the worker keeps what outlives it (its node id, and its drove fs chunks);
+    /// `None` gives it no lasting identity and no chunks.
     pub data_dir: Option<PathBuf>,
     /// The cluster identity (`--tls-dir`): with it, Flight is served, and coordinators
     /// and other workers are reached, over mutual TLS.
