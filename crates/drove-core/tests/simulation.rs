@@ -1372,9 +1372,10 @@ fn run_seed(seed: u64) -> Stats {
     }
 }
 
-#[test]
-fn scheduling_survives_crashes_pauses_and_delays() {
-    let seeds: Vec<u64> = match std::env::var("DROVE_SIM_SEED") {
+/// The seeds to run: `DROVE_SIM_SEEDS=N` runs 0..N (200 by default), and
+/// `DROVE_SIM_SEED=S` replays one.
+fn seeds() -> Vec<u64> {
+    match std::env::var("DROVE_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("DROVE_SIM_SEED must be a number")],
         Err(_) => {
             let n = std::env::var("DROVE_SIM_SEEDS")
@@ -1383,7 +1384,12 @@ fn scheduling_survives_crashes_pauses_and_delays() {
                 .unwrap_or(200);
             (0..n).collect()
         }
-    };
+    }
+}
+
+#[test]
+fn scheduling_survives_crashes_pauses_and_delays() {
+    let seeds = seeds();
     let mut total = Stats::default();
     for seed in &seeds {
         total += run_seed(*seed);

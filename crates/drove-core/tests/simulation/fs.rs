@@ -339,16 +339,7 @@ impl World {
 
 #[test]
 fn replicas_converge_through_deaths_corruption_drains_and_lost_copies() {
-    let seeds: Vec<u64> = match std::env::var("DROVE_SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("DROVE_SIM_SEED must be a number")],
-        Err(_) => {
-            let n = std::env::var("DROVE_SIM_SEEDS")
-                .ok()
-                .map(|n| n.parse().expect("DROVE_SIM_SEEDS must be a number"))
-                .unwrap_or(200);
-            (0..n).collect()
-        }
-    };
+    let seeds = super::seeds();
     let (mut files, mut copies, mut lost) = (0, 0, 0);
     for &seed in &seeds {
         let result = std::panic::catch_unwind(|| World::new(seed).run());
