@@ -135,6 +135,9 @@ pub struct CoordinatorConfig {
     pub task_queue_per_slot: u32,
     /// Ended jobs kept for inspection.
     pub job_history_max: usize,
+    /// Copies of under-replicated drove fs chunks under way at once, at most
+    /// (`--fs-copies-max`).
+    pub fs_copies_max: usize,
     /// A succeeded job's result blocks are freed after this long if no client released them.
     pub result_ttl_ms: u64,
     /// A running job that no client has watched for this long is cancelled, unless it
@@ -190,6 +193,7 @@ impl Default for CoordinatorConfig {
             task_progress_timeout_ms: 5 * 60 * 1000,
             task_queue_per_slot: 1,
             job_history_max: 100,
+            fs_copies_max: 4,
             result_ttl_ms: 10 * 60 * 1000,
             client_lease_ms: 60_000,
             target_partitions: None,

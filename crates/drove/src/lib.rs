@@ -342,6 +342,10 @@ struct CoordinatorArgs {
     /// Ended jobs kept for inspection in the UI, the API and `drove status`.
     #[arg(long, default_value_t = 100)]
     job_history: usize,
+    /// Copies of under-replicated drove fs chunks under way at once, at most: what
+    /// repair may take from the disks and the network.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    fs_copies_max: u32,
     /// Failed attempts a task may have (transient errors) before its job fails.
     #[arg(long, default_value_t = 4)]
     task_attempts: u32,
@@ -789,6 +793,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         task_progress_timeout_ms: args.task_progress_timeout_secs.saturating_mul(1000),
         task_queue_per_slot: args.task_queue_per_slot,
         job_history_max: args.job_history,
+        fs_copies_max: args.fs_copies_max as usize,
         speculation: (!args.no_speculation).then_some(drove_coordinator::SpeculationConfig {
             multiplier: args.speculation_multiplier,
             quantile: args.speculation_quantile,

@@ -17,9 +17,6 @@ use super::{Coordinator, State, now_ms};
 use crate::durable::{file_from_proto, file_to_proto};
 use crate::{Error, Result};
 
-/// Copies of under-replicated chunks under way at once, at most: repair's bound on
-/// the bandwidth it takes from reads and writes.
-pub const COPIES_MAX: usize = 4;
 /// Chunks placed and not yet committed, at most (writes under way).
 const PENDING_MAX: usize = 1_000_000;
 /// A chunk placed this long ago and not committed belongs to a write that gave up;
@@ -446,7 +443,8 @@ impl State {
         let holders = self.fs_holders();
         let fs = self.meta.state().fs();
         let now_ms = self.epoch.elapsed().as_millis() as u64;
-        let copies = self.fs.replicas.repairs(fs, &holders, COPIES_MAX, now_ms);
+        let copies_max = self.config.fs_copies_max.max(1);
+        let copies = self.fs.replicas.repairs(fs, &holders, copies_max, now_ms);
         for copy in copies {
             let Some(from) = self.workers.get(&copy.from).map(|c| c.flight_addr.clone()) else {
                 continue;

@@ -34,6 +34,8 @@ impl FsCluster {
             "200",
             "--heartbeat-timeout-ms",
             "2000",
+            "--fs-copies-max",
+            "2",
         ]);
         let dir = tempfile::tempdir().unwrap();
         let worker_args: Vec<Vec<String>> = (0..workers)
@@ -349,6 +351,15 @@ fn files_go_in_whole_come_out_equal_and_bad_requests_are_refused() {
     c.fs_fails(&["stat", "drove://nothing"], "does not exist");
     c.fs_fails(&["rm", "drove://d"], "--recursive");
     c.fs_fails(&["rm", "drove://"], "root");
+    let out = crate::run(
+        &["coordinator", "--fs-copies-max", "0"],
+        Duration::from_secs(60),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--fs-copies-max"),
+        "{stderr}"
+    );
     // Nothing refused left a chunk behind: only the files' chunks are on disk.
     let held: usize = (0..3).map(|i| c.chunk_files(i).len()).sum();
     let want: usize = ["drove://d/e/f.bin", "drove://d/small.txt"]
