@@ -56,13 +56,6 @@ pub struct ChunkReport {
     pub copies_failed: Vec<u64>,
 }
 
-/// Figures for the worker's metrics and tests.
-#[derive(Debug, Default)]
-pub struct ChunkStats {
-    pub corrupt_total: AtomicU64,
-    pub scrubbed_bytes_total: AtomicU64,
-}
-
 /// The chunks a worker keeps.
 #[derive(Debug)]
 pub struct ChunkStore {
@@ -73,7 +66,6 @@ pub struct ChunkStore {
     used: AtomicU64,
     capacity: u64,
     report: std::sync::Mutex<ChunkReport>,
-    pub stats: ChunkStats,
 }
 
 impl ChunkStore {
@@ -123,7 +115,6 @@ impl ChunkStore {
             used: AtomicU64::new(used),
             capacity,
             report: Default::default(),
-            stats: Default::default(),
         })
     }
 
@@ -143,6 +134,11 @@ impl ChunkStore {
     /// Every chunk stored, for registration.
     pub fn ids(&self) -> Vec<u64> {
         self.chunks().keys().copied().collect()
+    }
+
+    /// A stored chunk's length (0 if it is not stored).
+    pub fn chunk_len(&self, id: u64) -> u64 {
+        self.chunks().get(&id).copied().unwrap_or(0)
     }
 
     pub fn contains(&self, id: u64) -> bool {
@@ -285,7 +281,6 @@ impl ChunkStore {
                 chunk = format!("{id:016x}"),
                 "corrupt replica removed: {why}"
             );
-            self.stats.corrupt_total.fetch_add(1, Ordering::Relaxed);
             self.report().corrupt += 1;
         }
         Status::data_loss(format!(
@@ -306,14 +301,15 @@ impl ChunkStore {
         true
     }
 
-    /// Checks one whole chunk (the scrubber): true if it was whole, false if it was
-    /// corrupt (and is now removed) or gone.
-    pub fn scrub(&self, id: u64) -> bool {
+    /// Checks one whole chunk (the scrubber): the bytes it read if it was whole, `None`
+    /// if it was corrupt (and is now removed) or gone.
+    pub fn scrub(&self, id: u64) -> Option<u64> {
+        let mut bytes = 0;
         let result = self.read_into(id, 0, 0, |data| {
-            (self.stats.scrubbed_bytes_total).fetch_add(data.len() as u64, Ordering::Relaxed);
+            bytes += data.len() as u64;
             true
         });
-        result.is_ok()
+        result.ok().map(|()| bytes)
     }
 }
 
@@ -657,7 +653,7 @@ mod tests {
         let store = Arc::new(ChunkStore::open(dir.path(), 1 << 20).unwrap());
         write(&store, 9, b"hello").unwrap();
         write(&store, 10, b"world").unwrap();
-        assert!(store.scrub(9));
+        assert!(store.scrub(9).is_some());
         let path = store.path(9);
         let len = std::fs::metadata(&path).unwrap().len();
         std::fs::OpenOptions::new()

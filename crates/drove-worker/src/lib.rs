@@ -326,8 +326,6 @@ pub struct WorkerHandle {
     /// Its lasting identity, with a data directory.
     pub node_id: Option<String>,
     pub store: Arc<BlockStore>,
-    /// Its `drove fs` chunks, with a data directory.
-    pub chunks: Option<Arc<chunks::ChunkStore>>,
     /// The worker's own directory for spill files (under `WorkerConfig::work_dir`).
     pub work_dir: PathBuf,
     shutdown: watch::Sender<bool>,
@@ -547,7 +545,6 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         flight_addr,
         node_id,
         store,
-        chunks: chunk_store,
         work_dir: own_dir,
         shutdown,
         drain,
@@ -1119,10 +1116,11 @@ async fn scrub(store: Arc<chunks::ChunkStore>, bytes_per_s: u64, mut stop: watch
             if !store.contains(id) {
                 continue;
             }
-            let before = store.stats.scrubbed_bytes_total.load(Ordering::Relaxed);
             let s = Arc::clone(&store);
-            let _ = tokio::task::spawn_blocking(move || s.scrub(id)).await;
-            let bytes = store.stats.scrubbed_bytes_total.load(Ordering::Relaxed) - before;
+            // A corrupt chunk read up to the damage: pace as if read whole.
+            let len = store.chunk_len(id);
+            let scrubbed = tokio::task::spawn_blocking(move || s.scrub(id)).await;
+            let bytes = scrubbed.ok().flatten().unwrap_or(len);
             let pause = Duration::from_secs_f64(bytes as f64 / bytes_per_s as f64);
             tokio::select! {
                 _ = tokio::time::sleep(pause.max(Duration::from_millis(1))) => {}
