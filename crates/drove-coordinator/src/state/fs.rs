@@ -2,7 +2,7 @@
 //! listing, removing, and keeping every chunk at its replication factor. The
 //! decisions are `drove_core::fs`'s; this sends the messages they call for.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use drove_core::WorkerId;
@@ -17,8 +17,9 @@ use super::{Coordinator, State, now_ms};
 use crate::durable::{file_from_proto, file_to_proto};
 use crate::{Error, Result};
 
-/// Chunks placed and not yet committed, at most (writes under way).
-const PENDING_MAX: usize = 1_000_000;
+/// Chunks placed and not yet committed, at most (writes under way); a placement
+/// beyond it is refused until some commit or expire.
+const PENDING_MAX: usize = 100_000;
 /// A chunk placed this long ago and not committed belongs to a write that gave up;
 /// chunks no file holds are removed only once the coordinator has led this long.
 const PENDING_TTL: Duration = Duration::from_secs(3600);
@@ -27,11 +28,9 @@ const PENDING_TTL: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 pub struct FsRuntime {
     pub replicas: Replicas,
-    /// Chunks placed for writes under way, and when; oldest first.
-    pending: VecDeque<(u64, Instant)>,
-    /// The same chunks, with the path each was placed for: only a write of that path
-    /// places more replicas of it or commits it.
-    pending_ids: HashMap<u64, String>,
+    /// Chunks placed for writes under way: the path each was placed for (only a
+    /// write of that path places more replicas of it or commits it), and when.
+    pending: HashMap<u64, (String, Instant)>,
     /// Draining workers the scheduler let go, waiting for their chunks to be copied
     /// elsewhere before they are told to leave.
     pub leaving: BTreeSet<WorkerId>,
@@ -44,8 +43,7 @@ impl Default for FsRuntime {
     fn default() -> Self {
         Self {
             replicas: Replicas::default(),
-            pending: VecDeque::new(),
-            pending_ids: HashMap::new(),
+            pending: HashMap::new(),
             leaving: BTreeSet::new(),
             since: Instant::now(),
         }
@@ -138,9 +136,7 @@ impl State {
                     .map_err(Error::User)?;
                 (drove_core::ids::random_id(), replication)
             }
-            id if self.fs.pending_ids.get(&id) == Some(&path) => {
-                (id, request.count.min(replication))
-            }
+            id if self.fs.pending_for(id) == Some(&path) => (id, request.count.min(replication)),
             id => {
                 return Err(Error::User(format!(
                     "chunk {id:016x} is not being written; place a new one"
@@ -155,7 +151,7 @@ impl State {
             )));
         }
         if request.chunk_id == 0 {
-            self.fs.pend(chunk, &path);
+            self.fs.pend(chunk, &path)?;
         }
         Ok(pb::FsPlaceResponse {
             grant: self.chunk_grant(reader, Granted::ChunkWrite(chunk)),
@@ -187,7 +183,7 @@ impl State {
         };
         self.fs_record(command)?;
         for (id, _) in written {
-            self.fs.pending_ids.remove(&id);
+            self.fs.pending.remove(&id);
         }
         Ok(())
     }
@@ -197,10 +193,10 @@ impl State {
     fn fs_abandon(&mut self, path: &str, written: Vec<(u64, Vec<u64>)>) {
         let mut drops = Vec::new();
         for (chunk, stored) in written {
-            if self.fs.pending_ids.get(&chunk).map(String::as_str) != Some(path) {
+            if self.fs.pending_for(chunk) != Some(path) {
                 continue;
             }
-            self.fs.pending_ids.remove(&chunk);
+            self.fs.pending.remove(&chunk);
             let holders: BTreeSet<WorkerId> = (stored.into_iter().map(WorkerId))
                 .chain(self.fs.replicas.forget(chunk))
                 .collect();
@@ -230,7 +226,7 @@ impl State {
         }
         let holders: BTreeSet<WorkerId> = self.fs_holders().iter().map(|h| h.worker).collect();
         for (chunk, stored) in file.chunks.iter().zip(&request.stored) {
-            if self.fs.pending_ids.get(&chunk.id) != Some(&path) {
+            if self.fs.pending_for(chunk.id) != Some(&path) {
                 return Err(Error::User(format!(
                     "chunk {:016x} of drove://{path} was not placed by this coordinator for a write under way (it may have restarted, or the write took over an hour); write the file again",
                     chunk.id
@@ -479,7 +475,7 @@ impl State {
         let mut drops = self.fs.replicas.surplus(fs, &holders);
         if self.fs.since.elapsed() >= PENDING_TTL {
             for (chunk, held) in self.fs.replicas.orphans(fs) {
-                if !self.fs.pending_ids.contains_key(&chunk) {
+                if !self.fs.pending.contains_key(&chunk) {
                     drops.extend(held.into_iter().map(|w| (w, chunk)));
                 }
             }
@@ -510,24 +506,24 @@ impl State {
 }
 
 impl FsRuntime {
-    fn pend(&mut self, chunk: u64, path: &str) {
-        if self.pending.len() >= PENDING_MAX
-            && let Some((old, _)) = self.pending.pop_front()
-        {
-            self.pending_ids.remove(&old);
+    fn pend(&mut self, chunk: u64, path: &str) -> Result<()> {
+        if self.pending.len() >= PENDING_MAX {
+            return Err(Error::User(format!(
+                "{PENDING_MAX} chunks are being written and not yet committed, the most drove fs keeps track of; try again once some writes have finished"
+            )));
         }
-        self.pending.push_back((chunk, Instant::now()));
-        self.pending_ids.insert(chunk, path.to_string());
+        self.pending
+            .insert(chunk, (path.to_string(), Instant::now()));
+        Ok(())
+    }
+
+    /// The path a chunk was placed for, while its write is under way.
+    fn pending_for(&self, chunk: u64) -> Option<&str> {
+        self.pending.get(&chunk).map(|(path, _)| path.as_str())
     }
 
     fn expire_pending(&mut self) {
-        while let Some((chunk, at)) = self.pending.front().copied() {
-            if at.elapsed() < PENDING_TTL {
-                break;
-            }
-            self.pending.pop_front();
-            self.pending_ids.remove(&chunk);
-        }
+        self.pending.retain(|_, (_, at)| at.elapsed() < PENDING_TTL);
     }
 
     /// A new leader learns every worker's chunks again, from their registrations.
