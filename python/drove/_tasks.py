@@ -265,7 +265,11 @@ class Client:
             f._finish(False, failed._value)
             return None
         try:
-            call = cloudpickle.dumps((f._fn, _resolved(f._args), _resolved(f._kwargs)))
+            # Arguments without futures (submit found none) go as they are.
+            args, kwargs = f._args, f._kwargs
+            if f._deps:
+                args, kwargs = _resolved(args), _resolved(kwargs)
+            call = cloudpickle.dumps((f._fn, args, kwargs))
         except Exception as e:
             f._finish(False, TaskError(f"task {f.key}: its function or arguments cannot be pickled: {e}"))
             return None
