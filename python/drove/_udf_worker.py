@@ -18,8 +18,8 @@ os.close(_null)
 import traceback  # noqa: E402
 
 RESULT, RAISED = 0, 1
-#: The largest answer drove reads (MESSAGE_MAX_BYTES in python_udf.rs).
-ANSWER_MAX_BYTES = 1 << 30
+#: The largest answer drove reads, as the worker that started this process says.
+ANSWER_MAX_BYTES = int(os.environ.get("DROVE_UDF_ANSWER_MAX_BYTES", str(1 << 30)))
 
 
 def read() -> "bytes | None":
@@ -84,13 +84,14 @@ def main() -> None:
             table = pa.table({"result": result})
             with pa.ipc.new_stream(sink, table.schema) as writer:
                 writer.write_table(table)
-            body = sink.getvalue().to_pybytes()
-            if len(body) > ANSWER_MAX_BYTES:
+            buf = sink.getvalue()
+            # Refused before it is copied out.
+            if buf.size > ANSWER_MAX_BYTES:
                 raise ValueError(
-                    f"the result of one batch is {len(body)} bytes, over the {ANSWER_MAX_BYTES} "
+                    f"the result of one batch is {buf.size} bytes, over the {ANSWER_MAX_BYTES} "
                     "drove reads; return less for each batch, and keep large data in files"
                 )
-            answer(RESULT, body)
+            answer(RESULT, buf.to_pybytes())
         except Exception:
             answer(RAISED, traceback.format_exc().encode())
 

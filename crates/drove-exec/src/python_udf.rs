@@ -361,6 +361,7 @@ impl Interpreter {
             .args(["-m", "drove._udf_worker"])
             .current_dir(std::env::temp_dir())
             .env("DROVE_UDF_MEMORY_BYTES", memory.to_string())
+            .env("DROVE_UDF_ANSWER_MAX_BYTES", MESSAGE_MAX_BYTES.to_string())
             // Its own process group: Ctrl-C to a terminal running `drove.local` interrupts
             // the client, not the pooled processes.
             .process_group(0)
