@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use drove_exec::dfs;
+pub use drove_exec::dfs::{Chunk, FsEntry, Replica};
 use drove_proto as pb;
 use futures::{Stream, StreamExt};
-use tokio::sync::mpsc;
 
 use crate::write::LocalFile;
 use crate::{Error, Result, Session, status_error};
@@ -32,8 +32,6 @@ impl<T> Drop for Aborting<T> {
         }
     }
 }
-/// Pieces of a read waiting for its reader, at most.
-const READ_AHEAD: usize = 8;
 
 /// How `drove fs put` writes a file.
 #[derive(Debug, Clone)]
@@ -68,65 +66,6 @@ pub struct PutSummary {
     pub warning: Option<String>,
 }
 
-/// A replica of a chunk: the worker that holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Replica {
-    pub worker_id: u64,
-    pub addr: String,
-    pub zone: String,
-}
-
-/// A chunk of a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunk {
-    pub id: u64,
-    pub len: u64,
-    pub crc32c: u32,
-    pub replicas: Vec<Replica>,
-    /// With TLS, what lets this client's certificate read it.
-    grant: Vec<u8>,
-}
-
-/// A directory entry, or a file with its chunks ([`Session::fs_stat`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FsEntry {
-    pub name: String,
-    pub is_dir: bool,
-    pub size: u64,
-    pub created_unix_ms: u64,
-    pub replication: u32,
-    pub chunk_bytes: u64,
-    pub chunks: Vec<Chunk>,
-}
-
-impl From<pb::FsEntryInfo> for FsEntry {
-    fn from(e: pb::FsEntryInfo) -> Self {
-        Self {
-            name: e.name,
-            is_dir: e.is_dir,
-            size: e.size,
-            created_unix_ms: e.created_unix_ms,
-            replication: e.replication,
-            chunk_bytes: e.chunk_bytes,
-            chunks: (e.chunks.into_iter())
-                .map(|c| Chunk {
-                    id: c.id,
-                    len: c.len,
-                    crc32c: c.crc32c,
-                    grant: c.grant,
-                    replicas: (c.replicas.into_iter())
-                        .map(|r| Replica {
-                            worker_id: r.worker_id,
-                            addr: r.addr,
-                            zone: r.zone,
-                        })
-                        .collect(),
-                })
-                .collect(),
-        }
-    }
-}
-
 /// Reads up to `buf.len()` bytes, fewer only at the end.
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
@@ -143,7 +82,7 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 
 impl Session {
     fn chunk_clients(&self) -> &dfs::ChunkClients {
-        &self.inner.chunks
+        &self.inner.chunks.clients
     }
 
     /// Copies the local file at `local` to `remote` (a `drove://` path). The file
@@ -477,7 +416,10 @@ impl Session {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn fs_read(&self, path: &str) -> Result<impl Stream<Item = Result<Vec<u8>>> + use<>> {
+    pub async fn fs_read(
+        &self,
+        path: &str,
+    ) -> Result<impl Stream<Item = Result<bytes::Bytes>> + use<>> {
         let file = self.fs_stat(path).await?;
         if file.is_dir {
             return Err(Error::Config(format!(
@@ -485,76 +427,8 @@ impl Session {
                 file.name
             )));
         }
-        let (tx, rx) = mpsc::channel(READ_AHEAD);
-        let session = self.clone();
-        tokio::spawn(async move {
-            for chunk in &file.chunks {
-                if let Err(e) = session.read_chunk(&file.name, chunk, &tx).await {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            }
-        });
-        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
-    }
-
-    /// Sends one chunk's bytes to `tx`, from its replicas in turn.
-    async fn read_chunk(
-        &self,
-        path: &str,
-        chunk: &Chunk,
-        tx: &mpsc::Sender<Result<Vec<u8>>>,
-    ) -> Result<()> {
-        let mut sent = 0u64;
-        let mut crc = 0u32;
-        let mut errors = Vec::new();
-        for replica in &chunk.replicas {
-            let read = async {
-                let mut bytes = dfs::read_chunk(
-                    self.chunk_clients(),
-                    &replica.addr,
-                    chunk.id,
-                    sent,
-                    0,
-                    &chunk.grant,
-                )
-                .await?;
-                while let Some(piece) = bytes.next().await {
-                    let piece = piece?;
-                    sent += piece.len() as u64;
-                    crc = crc32c::crc32c_append(crc, &piece);
-                    if tx.send(Ok(piece)).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Ok::<_, tonic::Status>(())
-            };
-            match read.await {
-                Ok(()) if tx.is_closed() => return Ok(()),
-                Ok(()) if sent == chunk.len => break,
-                // Cut short: the next replica goes on from there.
-                Ok(()) => errors.push(format!("{}: it ended at byte {sent}", replica.addr)),
-                Err(e) => errors.push(format!("{}: {}", replica.addr, e.message())),
-            }
-        }
-        if sent != chunk.len {
-            return Err(Error::Transport(format!(
-                "no replica of chunk {:016x} of drove://{path} could be read ({}); the file cannot be read until a worker that holds it returns",
-                chunk.id,
-                if errors.is_empty() {
-                    "it has none".to_string()
-                } else {
-                    errors.join("; ")
-                }
-            )));
-        }
-        if crc != chunk.crc32c {
-            return Err(Error::Transport(format!(
-                "chunk {:016x} of drove://{path} came with CRC-32C {crc:08x}, not {:08x}; read it again",
-                chunk.id, chunk.crc32c
-            )));
-        }
-        Ok(())
+        let bytes = self.inner.chunks.read(&file.name, &file, 0..file.size);
+        Ok(bytes.map(|piece| piece.map_err(Error::Transport)))
     }
 
     /// Copies the file at `remote` to the local `local`, which appears only once

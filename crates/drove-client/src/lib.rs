@@ -186,10 +186,10 @@ pub struct Session {
 }
 
 struct Inner {
-    coordinators: Coordinators,
+    coordinators: Arc<Coordinators>,
     flight: FlightPool,
-    /// Connections to workers' drove fs chunks.
-    chunks: drove_exec::dfs::ChunkClients,
+    /// Reads drove fs chunks from the workers.
+    chunks: drove_exec::dfs::ChunkReader,
     /// Plans lazy DataFrames locally; holds the same tables as `tables`.
     ctx: SessionContext,
     tables: Mutex<Vec<TableSpec>>,
@@ -357,12 +357,27 @@ impl Session {
         if !failures.is_empty() {
             return Err(connect_error(failures.join("; ")));
         }
+        let coordinators = Arc::new(coordinators);
+        let chunks = drove_exec::dfs::ChunkReader::new(
+            Arc::new(drove_exec::dfs::ChunkClients::new(tls.clone())),
+            None,
+        );
+        let stores = drove_exec::stores::Stores::new(Some(drove_exec::stores::DroveFs {
+            namespace: Arc::clone(&coordinators) as _,
+            reader: chunks.clone(),
+        }));
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_object_store_registry(Arc::new(stores))
+            .build_arc()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 coordinators,
-                chunks: drove_exec::dfs::ChunkClients::new(tls.clone()),
+                chunks,
                 flight: FlightPool::new(tls),
-                ctx: SessionContext::new(),
+                ctx: SessionContext::new_with_config_rt(
+                    datafusion::prelude::SessionConfig::new(),
+                    runtime,
+                ),
                 tables: Mutex::new(Vec::new()),
                 ending_jobs: Mutex::new(Vec::new()),
                 cluster: tokio::sync::Mutex::new(None),
@@ -445,23 +460,13 @@ impl Session {
     async fn on_leader_within<T, F, Fut>(
         &self,
         window: Duration,
-        mut call: F,
+        call: F,
     ) -> Result<T, tonic::Status>
     where
         F: FnMut(CoordinatorRpc) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        let since = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match call(self.inner.coordinators.current().1).await {
-                Err(e) if since.elapsed() < window && self.inner.coordinators.follow(&e) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(drove_exec::leader::RETRY_MAX);
-                }
-                answer => return answer,
-            }
-        }
+        self.inner.coordinators.on_leader(window, call).await
     }
 
     /// Runs `f` on the embedded cluster, if this session owns one.
@@ -1882,6 +1887,9 @@ pub struct JobSummary {
     /// its tasks held at once.
     pub memory_bytes: u64,
     pub peak_memory_bytes: u64,
+    /// Attempts of its tasks that scan drove fs files: (node-local, zone-local,
+    /// remote), by where they ran against the workers that hold their data.
+    pub locality: (u32, u32, u32),
 }
 
 impl JobSummary {
@@ -1927,6 +1935,9 @@ impl JobSummary {
             spill_count: status.spill_count,
             memory_bytes: status.memory_bytes,
             peak_memory_bytes: status.peak_memory_bytes,
+            locality: status
+                .locality
+                .map_or((0, 0, 0), |l| (l.node_local, l.zone_local, l.remote)),
         }
     }
 

@@ -372,6 +372,8 @@ fn stage_from_proto(s: pb::MetaPlannedStage) -> PlannedStage {
         origin: s.origin_cache.zip(s.origin_stage),
         local_input: s.local_input,
         coalesce: s.coalesce,
+        // Where the data was when it was planned: not kept, as the replicas move.
+        preferred: Vec::new(),
     }
 }
 

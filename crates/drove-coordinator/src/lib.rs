@@ -133,6 +133,8 @@ pub struct CoordinatorConfig {
     pub task_progress_timeout_ms: u64,
     /// Tasks each worker slot holds queued behind the one it runs.
     pub task_queue_per_slot: u32,
+    /// How long a scan of drove fs files waits for a slot where its data is.
+    pub locality_wait_ms: u64,
     /// Ended jobs kept for inspection.
     pub job_history_max: usize,
     /// Copies of under-replicated drove fs chunks under way at once, at most
@@ -192,6 +194,7 @@ impl Default for CoordinatorConfig {
             task_attempt_max: 4,
             task_progress_timeout_ms: 5 * 60 * 1000,
             task_queue_per_slot: 1,
+            locality_wait_ms: drove_core::scheduler::SchedulerConfig::default().locality_wait_ms,
             job_history_max: 100,
             fs_copies_max: 4,
             result_ttl_ms: 10 * 60 * 1000,

@@ -41,6 +41,16 @@ struct TenantLabel {
     tenant: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabel {
+    replica: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LocalityLabel {
+    locality: &'static str,
+}
+
 /// How a worker's status gives a gauge's value.
 type WorkerValue = fn(&pb::WorkerStatus) -> u64;
 
@@ -153,6 +163,8 @@ pub struct Metrics {
     fs_missing: Gauge,
     fs_corrupt: Counter,
     fs_copies: Counter,
+    fs_read: Family<ReplicaLabel, Counter>,
+    task_locality: Family<LocalityLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -197,6 +209,8 @@ impl Metrics {
             fs_missing: Gauge::default(),
             fs_corrupt: Counter::default(),
             fs_copies: Counter::default(),
+            fs_read: Family::default(),
+            task_locality: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -214,6 +228,22 @@ impl Metrics {
             "Corrupt drove fs chunk replicas workers found (on a read or a scrub) and removed.",
             m.fs_corrupt.clone(),
         );
+        r.register(
+            "fs_read_bytes",
+            "Bytes of drove fs files tasks read, by where the replica was: the task's own worker (local) or another (remote).",
+            m.fs_read.clone(),
+        );
+        for replica in ["local", "remote"] {
+            let _ = m.fs_read.get_or_create(&ReplicaLabel { replica });
+        }
+        r.register(
+            "task_locality",
+            "Attempts of tasks that scan drove fs files, by where they ran: on a worker holding the most of their data (node), in its zone (zone), or elsewhere (remote).",
+            m.task_locality.clone(),
+        );
+        for locality in ["node", "zone", "remote"] {
+            let _ = m.task_locality.get_or_create(&LocalityLabel { locality });
+        }
         r.register(
             "fs_chunk_copies",
             "Copies of under-replicated drove fs chunks the coordinator asked for.",
@@ -402,6 +432,22 @@ impl Metrics {
         self.fs_corrupt.inc_by(n);
     }
 
+    /// An attempt of a task that scans drove fs files launched at this locality.
+    pub fn task_locality(&self, locality: &'static str) {
+        self.task_locality
+            .get_or_create(&LocalityLabel { locality })
+            .inc();
+    }
+
+    /// A worker's tasks read drove fs bytes from its own replicas and from others'.
+    pub fn fs_read(&self, local: u64, remote: u64) {
+        for (replica, n) in [("local", local), ("remote", remote)] {
+            self.fs_read
+                .get_or_create(&ReplicaLabel { replica })
+                .inc_by(n);
+        }
+    }
+
     /// The coordinator asked for a copy of an under-replicated chunk.
     pub fn fs_copy_asked(&self) {
         self.fs_copies.inc();
@@ -533,6 +579,7 @@ mod tests {
             fs_chunks_missing: 1,
         });
         m.fs_corrupt_found(2);
+        m.fs_read(7, 1);
         m.meta_written(std::time::Duration::from_millis(2));
         for line in [
             "drove_jobs_submitted_total 1",
@@ -585,6 +632,11 @@ mod tests {
             fs_chunks_missing: 0,
         });
         assert!(text.contains("drove_fs_corrupt_replicas_total 2"), "{text}");
+        assert!(
+            text.contains("drove_fs_read_bytes_total{replica=\"local\"} 7")
+                && text.contains("drove_fs_read_bytes_total{replica=\"remote\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("drove_metadata_write_seconds_bucket{le=\"0.005\"} 1"),
             "{text}"

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use datafusion::common::format::ExplainFormat;
 use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{
     DdlStatement, Explain, LogicalPlan, PlanType, StringifiedPlan, ToStringifiedPlan,
 };
@@ -12,11 +13,13 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::explain::ExplainExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::DFParser;
+use drove_core::access::Identity;
 use drove_exec::cache::{CacheCodec, CachedTable};
 use drove_exec::confine::AllowedPaths;
 use drove_exec::planner::{self, OutputMode, Stage};
 use drove_exec::scan_split;
 use drove_exec::shuffle::schema_to_bytes;
+use drove_exec::stores::DroveFs;
 use drove_exec::tables::{self, TableSpec};
 use drove_exec::{codec, session};
 use tracing::debug;
@@ -64,6 +67,9 @@ pub struct PlannedStage {
     pub local_input: Option<u32>,
     /// See [`drove_exec::planner::Stage::coalesce`].
     pub coalesce: bool,
+    /// The workers each task prefers, or none (see
+    /// [`drove_core::scheduler::StageSpec::preferred`]).
+    pub preferred: Vec<Vec<u64>>,
 }
 
 /// A job ready to schedule.
@@ -127,15 +133,23 @@ impl JobLimits {
 
 /// What a job may do: how large it may be, and where it may read and write (all of
 /// the machine the coordinator and workers can reach, without `--allow-path`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct JobRules {
     pub limits: JobLimits,
     pub allowed_paths: Option<AllowedPaths>,
+    /// Who submitted the job: a tenant reads only its own drove fs paths.
+    pub who: Identity,
+    /// drove fs, as the job's planning reads it.
+    pub fs: DroveFs,
 }
 
 impl JobRules {
     /// Refuses `path` unless the job may read or write it.
     fn check_path(&self, path: &str) -> Result<()> {
+        if path.starts_with("drove://") {
+            let path = drove_core::fs::normalize(path).map_err(Error::User)?;
+            return Ok(drove_core::fs::check_tenant_path(&self.who, &path)?);
+        }
         match &self.allowed_paths {
             Some(allowed) => allowed.check(path).map_err(Error::User),
             None => Ok(()),
@@ -228,6 +242,11 @@ pub async fn plan(
 ) -> Result<PlannedJob> {
     let mut planned =
         plan_stages(query, tables, caches, target_partitions, task_memory, rules).await?;
+    for (stage, lineage) in planned.stages.iter_mut().zip(&planned.lineage) {
+        let (tasks, namespace) = (stage.tasks as usize, rules.fs.namespace.as_ref());
+        stage.preferred =
+            drove_exec::locality::preferred_workers(&lineage.plan, tasks, namespace).await;
+    }
     if let Some(cache) = cache_as
         && let (Some(last), Some(stage)) = (planned.lineage.last_mut(), planned.stages.last_mut())
     {
@@ -247,7 +266,11 @@ async fn plan_stages(
 ) -> Result<PlannedJob> {
     let mut settings = session::settings(target_partitions, task_memory);
     let base = session::config(&settings)?;
-    let ctx = SessionContext::new_with_config(base.clone());
+    let stores = drove_exec::stores::Stores::new(Some(rules.fs.clone()));
+    let runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(stores))
+        .build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(base.clone(), runtime);
     for udf in drove_exec::functions::udfs() {
         ctx.register_udf(udf.as_ref().clone());
     }
@@ -316,10 +339,18 @@ async fn plan_stages(
     distribute(physical, settings, caches, rules.limits)
 }
 
-/// Refuses a plan that reads or writes outside the allowed directories.
+/// Refuses a plan that reads or writes outside the allowed directories, or another
+/// tenant's drove fs files.
 fn check_plan_paths(plan: &Arc<dyn ExecutionPlan>, rules: &JobRules) -> Result<()> {
+    let (drove, local): (Vec<String>, Vec<String>) = drove_exec::confine::named_paths(plan)
+        .into_iter()
+        .partition(|p| p.starts_with("drove://"));
+    drove.iter().try_for_each(|p| rules.check_path(p))?;
     match &rules.allowed_paths {
-        Some(allowed) => allowed.check_plan(plan).map_err(Error::User),
+        Some(allowed) => local
+            .iter()
+            .try_for_each(|p| allowed.check(p))
+            .map_err(Error::User),
         None => Ok(()),
     }
 }
@@ -417,6 +448,7 @@ fn distribute(
                 origin: s.origin,
                 local_input: s.local_input,
                 coalesce: s.coalesce,
+                preferred: Vec::new(),
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -155,6 +155,30 @@ pub struct JobSummary {
     pub spill_count: u64,
     pub memory_bytes: u64,
     pub peak_memory_bytes: u64,
+    pub locality: TaskLocality,
+}
+
+/// Attempts of a job's tasks that scan drove fs files, by where they ran against where
+/// their data was.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskLocality {
+    /// On a worker that holds the most of the task's data.
+    pub node_local: u32,
+    /// On a worker in the zone of one that does.
+    pub zone_local: u32,
+    pub remote: u32,
+}
+
+impl From<Option<&pb::TaskLocality>> for TaskLocality {
+    fn from(l: Option<&pb::TaskLocality>) -> Self {
+        let l = l.copied().unwrap_or_default();
+        Self {
+            node_local: l.node_local,
+            zone_local: l.zone_local,
+            remote: l.remote,
+        }
+    }
 }
 
 /// One job: its stages, tasks, attempts, SQL and physical plan.
@@ -175,6 +199,7 @@ pub struct Job {
     pub spill_count: u64,
     pub memory_bytes: u64,
     pub peak_memory_bytes: u64,
+    pub locality: TaskLocality,
     pub sql: String,
     pub physical_plan: String,
     /// Every attempt launched, running ones included: the job's timeline.
@@ -431,6 +456,7 @@ impl From<&pb::JobStatus> for JobSummary {
             spill_count: j.spill_count,
             memory_bytes: j.memory_bytes,
             peak_memory_bytes: j.peak_memory_bytes,
+            locality: j.locality.as_ref().into(),
         }
     }
 }
@@ -499,6 +525,7 @@ impl Job {
             spill_count: j.spill_count,
             memory_bytes: j.memory_bytes,
             peak_memory_bytes: j.peak_memory_bytes,
+            locality: j.locality.as_ref().into(),
             sql: j.sql.clone(),
             physical_plan: j.physical_plan.clone(),
             attempts,

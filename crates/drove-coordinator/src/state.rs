@@ -170,6 +170,8 @@ struct JobRecord {
     lease: Lease,
     /// Why the job is being cancelled, for its status.
     cancel_reason: Option<String>,
+    /// Where its attempts that scan drove fs files ran.
+    locality: pb::TaskLocality,
 }
 
 impl JobRecord {
@@ -205,6 +207,7 @@ impl JobRecord {
                 unwatched_since: Instant::now(),
             },
             cancel_reason: None,
+            locality: Default::default(),
         }
     }
 
@@ -403,6 +406,7 @@ fn scheduler_config(config: &CoordinatorConfig) -> SchedulerConfig {
         speculation: config.speculation.clone(),
         task_progress_timeout_ms: config.task_progress_timeout_ms,
         queued_per_slot: config.task_queue_per_slot,
+        locality_wait_ms: config.locality_wait_ms,
         tenants: config.tenants.clone(),
         coalesce: config.coalesce,
         ..Default::default()
@@ -850,6 +854,18 @@ impl Coordinator {
                 allowed_paths: (self.config.tenant_paths.get(&who.tenant))
                     .or(self.config.allowed_paths.as_ref())
                     .cloned(),
+                who: who.clone(),
+                fs: drove_exec::stores::DroveFs {
+                    namespace: Arc::new(fs::PlanningNamespace {
+                        coordinator: self.clone(),
+                        who: who.clone(),
+                    }),
+                    // Its connections are made on the planning thread, and end with it.
+                    reader: drove_exec::dfs::ChunkReader::new(
+                        Arc::new(drove_exec::dfs::ChunkClients::new(self.config.tls.clone())),
+                        None,
+                    ),
+                },
             },
         )
         .await?;
@@ -1442,6 +1458,9 @@ impl State {
                     ),
                     local_input: s.local_input.map(StageId),
                     coalesce: s.coalesce,
+                    preferred: (s.preferred.iter())
+                        .map(|workers| workers.iter().map(|w| WorkerId(*w)).collect())
+                        .collect(),
                 })
                 .collect(),
             final_stage: StageId(planned.stages.last().map_or(0, |s| s.id)),
@@ -1771,6 +1790,41 @@ impl State {
         }
     }
 
+    /// Counts where an attempt of a task that scans drove fs files runs, against the
+    /// workers that hold its data.
+    fn count_locality(&mut self, task: TaskId, worker: WorkerId) {
+        let Some(record) = self.jobs.get_mut(&task.job) else {
+            return;
+        };
+        let preferred = (record.planned.stages.iter())
+            .find(|s| s.id == task.stage.0)
+            .and_then(|s| s.preferred.get(task.partition as usize))
+            .filter(|p| !p.is_empty());
+        let Some(preferred) = preferred else {
+            return;
+        };
+        let zone_of = |w: &WorkerId| {
+            (self.workers.get(w))
+                .map(|c| c.zone.as_str())
+                .filter(|z| !z.is_empty())
+        };
+        let level = if preferred.contains(&worker.0) {
+            record.locality.node_local += 1;
+            "node"
+        } else if zone_of(&worker).is_some_and(|zone| {
+            preferred
+                .iter()
+                .any(|p| zone_of(&WorkerId(*p)) == Some(zone))
+        }) {
+            record.locality.zone_local += 1;
+            "zone"
+        } else {
+            record.locality.remote += 1;
+            "remote"
+        };
+        self.metrics.task_locality(level);
+    }
+
     fn perform(&mut self, command: Command) -> Option<Event> {
         match command {
             Command::Launch {
@@ -1797,6 +1851,7 @@ impl State {
                 {
                     self.metrics.attempt_speculative();
                 }
+                self.count_locality(attempt.task, worker);
                 let stage = (attempt.task.job, attempt.task.stage);
                 let first = !self.workers.get(&worker)?.plans.contains(&stage);
                 let message = match self.launch_message(attempt, reads, first) {
@@ -2682,6 +2737,7 @@ impl State {
             peak_memory_bytes: totals.peak_memory_bytes,
             result_released: record.released,
             tenant: record.tenant.clone(),
+            locality: Some(record.locality),
             ..Default::default()
         })
     }

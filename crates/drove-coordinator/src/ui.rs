@@ -499,6 +499,13 @@ pub fn job(j: &Job) -> Markup {
             " · operator peak " (human_bytes(j.peak_memory_bytes))
             " · spilled " (human_bytes(j.spilled_bytes)) " in " (j.spill_count) " spills"
         }
+        @let l = j.locality;
+        @if l.node_local + l.zone_local + l.remote > 0 {
+            p #locality {
+                "drove fs scans: " (l.node_local) " attempts node-local · "
+                (l.zone_local) " zone-local · " (l.remote) " remote"
+            }
+        }
         @if !j.error.is_empty() {
             div.error #error { (j.error) }
         }

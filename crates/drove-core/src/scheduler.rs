@@ -77,6 +77,10 @@ pub struct SchedulerConfig {
     /// Adaptive coalescing of small partitions (see [`StageSpec::coalesce`]); `None`
     /// turns it off.
     pub coalesce: Option<CoalesceConfig>,
+    /// How long a stage whose tasks prefer workers ([`StageSpec::preferred`]) waits,
+    /// since it last launched a task where that task preferred, for such a slot to
+    /// free before it runs a task elsewhere (delay scheduling).
+    pub locality_wait_ms: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -92,6 +96,7 @@ impl Default for SchedulerConfig {
             queued_per_slot: 0,
             tenants: BTreeMap::new(),
             coalesce: Some(CoalesceConfig::default()),
+            locality_wait_ms: 3_000,
         }
     }
 }
@@ -135,6 +140,11 @@ pub struct StageSpec {
     /// never run (adaptive coalescing, decided when its first task launches, from the
     /// sizes its inputs' tasks reported; see [`CoalesceConfig`]).
     pub coalesce: bool,
+    /// The workers each task prefers (those that hold the drove fs chunks it reads),
+    /// one list per task, or none at all. A task runs on one of them when it has a
+    /// slot free; otherwise the stage waits up to
+    /// [`SchedulerConfig::locality_wait_ms`] before it runs tasks elsewhere.
+    pub preferred: Vec<Vec<WorkerId>>,
 }
 
 /// An output that exists before its job starts (see [`StageSpec::existing`]).
@@ -630,6 +640,13 @@ struct StageState {
     skipped: u32,
     /// Failed attempts per task, bounded by `task_attempt_max`.
     failures: Vec<u32>,
+    /// Per task, fetch failures that named a holder other than its previous one's:
+    /// inputs lost in another place, recomputed, and not counted in `failures` (a
+    /// cached table replaced while it was read loses inputs on every holder at once).
+    /// Bounded by [`FETCH_FAILURES_MAX`].
+    fetch_forgiven: Vec<u32>,
+    /// The holder the task's last fetch failure named.
+    fetch_from: Vec<Option<WorkerId>>,
     /// Where each task last failed: its retry prefers another worker.
     failed_on: Vec<Option<WorkerId>>,
     speculative: u32,
@@ -659,6 +676,10 @@ struct StageState {
     reads_to: Option<Vec<u32>>,
     /// Tasks coalesced into others.
     absorbed: u32,
+    /// The pending tasks each worker is preferred by (see [`StageSpec::preferred`]).
+    pending_on: BTreeMap<WorkerId, BTreeSet<u32>>,
+    /// When the stage last launched a task where it preferred, or first sought a slot.
+    local_since_ms: Option<u64>,
 }
 
 impl StageState {
@@ -670,6 +691,8 @@ impl StageState {
             attempts: vec![0; n],
             skipped: 0,
             failures: vec![0; n],
+            fetch_forgiven: vec![0; n],
+            fetch_from: vec![None; n],
             failed_on: vec![None; n],
             speculative: 0,
             launched: 0,
@@ -683,7 +706,15 @@ impl StageState {
             sizes_unknown: !spec.existing.is_empty(),
             reads_to: None,
             absorbed: 0,
+            pending_on: BTreeMap::new(),
+            local_since_ms: None,
         };
+        for (partition, workers) in spec.preferred.iter().enumerate() {
+            for worker in workers {
+                let on = stage.pending_on.entry(*worker).or_default();
+                on.insert(partition as u32);
+            }
+        }
         for (partition, e) in spec.existing.iter().enumerate() {
             stage.set(
                 partition,
@@ -706,6 +737,17 @@ impl StageState {
     fn set(&mut self, partition: usize, new: TaskState) -> TaskState {
         let old = std::mem::replace(&mut self.tasks[partition], new);
         for (task, delta) in [(&old, false), (&self.tasks[partition], true)] {
+            if matches!(task, TaskState::Pending) {
+                let preferred = self.spec.preferred.get(partition).into_iter().flatten();
+                for worker in preferred {
+                    let on = self.pending_on.entry(*worker).or_default();
+                    if delta {
+                        on.insert(partition as u32);
+                    } else {
+                        on.remove(&(partition as u32));
+                    }
+                }
+            }
             match task {
                 TaskState::Pending if delta => _ = self.pending.insert(partition as u32),
                 TaskState::Pending => _ = self.pending.remove(&(partition as u32)),
@@ -935,6 +977,45 @@ fn pick_worker(
         .map(|(id, w)| (*id, w))
 }
 
+/// Where a stage's next task runs (see [`StageSpec::preferred`]): a pending task
+/// on a worker it prefers that has a slot free, the one with the most; else, within
+/// `wait_ms` of the stage's last such launch, nothing, as long as the first pending
+/// task prefers a worker that is up; else any.
+fn locality(
+    workers: &BTreeMap<WorkerId, WorkerState>,
+    stage: &StageState,
+    first: u32,
+    now: u64,
+    wait_ms: u64,
+) -> Locality {
+    if stage.spec.preferred.is_empty() || stage.spec.local_input.is_some() {
+        return Locality::Anywhere;
+    }
+    let free = |w: &WorkerState| w.free_slots() > 0 && !w.draining;
+    let local = (stage.pending_on.iter())
+        .filter_map(|(id, on)| Some((*id, *on.first()?, workers.get(id)?)))
+        .filter(|(_, _, w)| free(w))
+        .max_by_key(|(id, _, w)| (w.free_slots(), std::cmp::Reverse(*id)));
+    if let Some((worker, partition, _)) = local {
+        return Locality::Local(worker, partition);
+    }
+    let waited = stage
+        .local_since_ms
+        .is_some_and(|since| now >= since.saturating_add(wait_ms));
+    let up = (stage
+        .spec
+        .preferred
+        .get(first as usize)
+        .into_iter()
+        .flatten())
+    .any(|id| workers.get(id).is_some_and(|w| !w.draining));
+    if waited || !up {
+        Locality::Anywhere
+    } else {
+        Locality::Wait
+    }
+}
+
 /// Starts the task's next attempt on the worker: numbers it, counts it against the
 /// worker's slots, remembers the worker may hold the job's blocks, and asks the runtime
 /// to launch it.
@@ -1058,6 +1139,20 @@ enum Launched {
     /// No slot is free anywhere.
     NoFreeSlot,
 }
+
+/// Where a stage's next task runs, as its preferred workers decide.
+enum Locality {
+    /// This task, on this worker, which it prefers and which has a slot free.
+    Local(WorkerId, u32),
+    /// No preferred worker has a slot free; the stage waits for one.
+    Wait,
+    /// The first pending task, on any worker.
+    Anywhere,
+}
+
+/// Fetch failures per task that each named a new holder and so did not count
+/// against [`SchedulerConfig::task_attempt_max`], at most.
+const FETCH_FAILURES_MAX: u32 = 16;
 
 /// The scheduler's whole state. See the module documentation.
 #[derive(Debug)]
@@ -1703,8 +1798,17 @@ impl Scheduler {
             r.attempt != attempt.attempt
         });
         stage.failed_on[partition] = Some(worker);
-        stage.failures[partition] += 1;
         stage.failed += 1;
+        let forgiven = error.fetch.as_ref().is_some_and(|fetch| {
+            let elsewhere = stage.fetch_from[partition] != Some(fetch.worker);
+            stage.fetch_from[partition] = Some(fetch.worker);
+            elsewhere && stage.fetch_forgiven[partition] < FETCH_FAILURES_MAX
+        });
+        if forgiven {
+            stage.fetch_forgiven[partition] += 1;
+        } else {
+            stage.failures[partition] += 1;
+        }
         let failures = stage.failures[partition];
         let job = attempt.task.job;
         let attempt_max = self.config.task_attempt_max;
@@ -1990,7 +2094,7 @@ impl Scheduler {
     }
 
     /// Launches the next pending task of a stage, on a worker with a free slot (the
-    /// one holding its local input, if it has one free).
+    /// one holding its local input, or one it prefers, if it has one free).
     fn launch_next(
         &mut self,
         job_id: JobId,
@@ -2003,8 +2107,24 @@ impl Scheduler {
             return Launched::StageDone;
         };
         job.coalesce(stage_id, cluster_slots, self.config.coalesce);
-        let Some(&partition) = job.stages[&stage_id].pending.first() else {
+        let Some(&first) = job.stages[&stage_id].pending.first() else {
             return Launched::StageDone;
+        };
+        let stage = job.stages.get_mut(&stage_id).expect("found above");
+        stage.local_since_ms.get_or_insert(now);
+        let (partition, preferred_worker) = match locality(
+            &self.workers,
+            stage,
+            first,
+            now,
+            self.config.locality_wait_ms,
+        ) {
+            Locality::Local(worker, partition) => {
+                stage.local_since_ms = Some(now);
+                (partition, Some(worker))
+            }
+            Locality::Wait => return Launched::NoWorkerForStage,
+            Locality::Anywhere => (first, None),
         };
         let stage = &job.stages[&stage_id];
         let local_input = stage.spec.local_input;
@@ -2012,8 +2132,8 @@ impl Scheduler {
         let refuses =
             |w: &WorkerState| spread && w.would_queue() && w.holds_stage(job_id, stage_id);
         let p = partition as usize;
-        let local = local_input
-            .and_then(|input| job.holder(input, p))
+        let local = (local_input.and_then(|input| job.holder(input, p)))
+            .or(preferred_worker)
             .filter(|id| {
                 self.workers
                     .get(id)
@@ -2205,9 +2325,28 @@ impl Scheduler {
                     "stage-counts",
                     || format!("{job_id} {stage_id} counts its done and pending tasks wrong"),
                 );
+                let mut pending_on: BTreeMap<WorkerId, BTreeSet<u32>> = BTreeMap::new();
+                for p in &pending {
+                    for w in stage.spec.preferred.get(*p as usize).into_iter().flatten() {
+                        pending_on.entry(*w).or_default().insert(*p);
+                    }
+                }
+                invariant(
+                    (stage.pending_on.iter())
+                        .filter(|(_, on)| !on.is_empty())
+                        .eq(pending_on.iter()),
+                    "stage-counts",
+                    || {
+                        format!(
+                            "{job_id} {stage_id} indexes its pending tasks' preferred workers wrong"
+                        )
+                    },
+                );
                 invariant(
                     stage.launched + stage.skipped == stage.attempts.iter().sum::<u32>()
-                        && stage.failed == stage.failures.iter().sum::<u32>(),
+                        && stage.failed
+                            == stage.failures.iter().sum::<u32>()
+                                + stage.fetch_forgiven.iter().sum::<u32>(),
                     "stage-counts",
                     || format!("{job_id} {stage_id} counts its attempts wrong"),
                 );
@@ -3420,6 +3559,45 @@ mod tests {
         };
         assert_eq!(rows(2), Some(vec![Some(0), None]));
         assert_eq!(rows(1), Some(vec![None, None]));
+    }
+
+    #[test]
+    fn scan_tasks_run_where_their_data_is_and_elsewhere_only_after_the_wait() {
+        let mut s = with_workers(
+            SchedulerConfig {
+                locality_wait_ms: 1_000,
+                ..Default::default()
+            },
+            &[1, 1, 1],
+        );
+        let (w1, w2, w3) = (WorkerId(1), WorkerId(2), WorkerId(3));
+        let mut spec = job(1, &[(0, 4, &[])]);
+        // Tasks 0 and 1 prefer worker 2, task 2 workers 1 and 3, task 3 worker 3.
+        spec.stages[0].preferred = vec![vec![w2], vec![w2], vec![w1, w3], vec![w3]];
+        let l = launches(&s.handle(Event::JobSubmitted(spec)));
+        let placed: BTreeMap<u32, WorkerId> =
+            l.iter().map(|(a, w)| (a.task.partition, *w)).collect();
+        // Worker 1 runs task 2, worker 2 task 0, worker 3 task 3: each where its data is.
+        assert_eq!(placed, BTreeMap::from([(0, w2), (2, w1), (3, w3)]), "{l:?}");
+        // Worker 3 frees a slot: task 1 waits for worker 2 rather than run there.
+        let by_worker = |w: WorkerId| *l.iter().find(|(_, x)| *x == w).unwrap();
+        let cmds = succeed(&mut s, by_worker(w3));
+        assert!(launches(&cmds).is_empty(), "{cmds:?}");
+        // Until the wait is over.
+        let cmds = s.handle(Event::Tick { now_ms: 999 });
+        assert!(launches(&cmds).is_empty(), "{cmds:?}");
+        let l = launches(&s.handle(Event::Tick { now_ms: 1_000 }));
+        assert_eq!(l.len(), 1);
+        assert_eq!((l[0].0.task.partition, l[0].1), (1, w3));
+    }
+
+    #[test]
+    fn a_scan_whose_workers_are_gone_does_not_wait() {
+        let mut s = with_workers(SchedulerConfig::default(), &[1]);
+        let mut spec = job(1, &[(0, 1, &[])]);
+        spec.stages[0].preferred = vec![vec![WorkerId(7)]];
+        let l = launches(&s.handle(Event::JobSubmitted(spec)));
+        assert_eq!(l.len(), 1, "the task waited for a worker that is not there");
     }
 
     #[test]

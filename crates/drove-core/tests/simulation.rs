@@ -248,6 +248,7 @@ impl World {
             task_progress_timeout_ms: PROGRESS_TIMEOUT_MS,
             check_all_invariants: true,
             queued_per_slot: rng.range(0, 2) as u32,
+            locality_wait_ms: rng.range(0, 2_000),
             tenants: [
                 (
                     "a",
@@ -771,13 +772,28 @@ impl World {
             } else {
                 vec![StageId(s - 1)]
             };
+            // Up to 8 tasks: enough to coalesce into runs for 2 to 4 slots.
+            let tasks = self.rng.range(1, 9) as u32;
+            // A scan's tasks prefer workers that hold their data: live, gone or not
+            // yet there.
+            let preferred = if s == 0 && self.rng.chance(0.5) {
+                (0..tasks)
+                    .map(|_| {
+                        (0..self.rng.range(0, 3))
+                            .map(|_| WorkerId(self.rng.range(1, self.next_worker + 2)))
+                            .collect()
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             stages.push(StageSpec {
                 id: StageId(s),
-                // Up to 8 tasks: enough to coalesce into runs for 2 to 4 slots.
-                tasks: self.rng.range(1, 9) as u32,
+                tasks,
                 // The coordinator never coalesces a job's last stage.
                 coalesce: s > 0 && s + 1 < stages_n && self.rng.chance(0.7),
                 depends_on,
+                preferred,
                 ..Default::default()
             });
         }

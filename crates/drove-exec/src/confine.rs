@@ -82,14 +82,6 @@ impl AllowedPaths {
         }
     }
 
-    /// Refuses `plan` if any file it reads or writes lies outside the allowed
-    /// directories.
-    pub fn check_plan(&self, plan: &Arc<dyn ExecutionPlan>) -> Result<(), String> {
-        let mut paths = Vec::new();
-        named_paths(plan, &mut paths);
-        paths.iter().try_for_each(|p| self.check(p))
-    }
-
     fn list(&self) -> String {
         (self.roots.iter())
             .map(|r| r.display().to_string())
@@ -134,7 +126,14 @@ fn resolve(path: &Path) -> Result<PathBuf, String> {
 
 /// Every file or directory `plan` reads or writes: files its scans read (as the
 /// planner listed them), MapReduce inputs and outputs.
-fn named_paths(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<String>) {
+/// Every file and directory `plan` reads or writes, as a local path or a URL.
+pub fn named_paths(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
+    let mut paths = Vec::new();
+    collect_paths(plan, &mut paths);
+    paths
+}
+
+fn collect_paths(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<String>) {
     if let Some(scan) = plan
         .downcast_ref::<DataSourceExec>()
         .and_then(|scan| scan.data_source().downcast_ref::<FileScanConfig>())
@@ -156,7 +155,7 @@ fn named_paths(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<String>) {
         out.push(reduce.output().dir.display().to_string());
     }
     for child in plan.children() {
-        named_paths(child, out);
+        collect_paths(child, out);
     }
 }
 

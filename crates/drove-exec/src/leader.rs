@@ -190,6 +190,56 @@ impl Coordinators {
     }
 }
 
+impl Coordinators {
+    /// Makes `call` on the leader, following it through elections and restarts for
+    /// up to `window`.
+    pub async fn on_leader<T, F, Fut>(
+        &self,
+        window: Duration,
+        mut call: F,
+    ) -> Result<T, tonic::Status>
+    where
+        F: FnMut(CoordinatorRpc) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let since = tokio::time::Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match call(self.current().1).await {
+                Err(e) if since.elapsed() < window && self.follow(&e) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+                answer => return answer,
+            }
+        }
+    }
+}
+
+/// How long a read of drove fs's namespace follows the leader.
+const NAMESPACE_WINDOW: Duration = Duration::from_secs(30);
+
+#[async_trait::async_trait]
+impl crate::dfs::Namespace for Coordinators {
+    async fn list(&self, path: &str) -> Result<Option<crate::dfs::Listing>, String> {
+        let request = drove_proto::FsPathRequest {
+            path: path.to_string(),
+            recursive: false,
+        };
+        let listed = self
+            .on_leader(NAMESPACE_WINDOW, |mut c| {
+                let request = request.clone();
+                async move { c.fs_list(request).await }
+            })
+            .await;
+        match listed {
+            Ok(listed) => Ok(Some(listed.into_inner().into())),
+            Err(e) if e.code() == tonic::Code::NotFound => Ok(None),
+            Err(e) => Err(e.message().to_string()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

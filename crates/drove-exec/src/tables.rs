@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
 
 use crate::datagen::Benchmark;
@@ -97,6 +98,20 @@ impl TableSpec {
         })
     }
 
+    /// The path as a URL, if it is one (`drove://...`); a local path is none.
+    pub fn url(&self) -> Result<Option<url::Url>> {
+        let text = self.path.to_string_lossy();
+        if !text.contains("://") || text.starts_with("file://") {
+            return Ok(None);
+        }
+        url::Url::parse(&text).map(Some).map_err(|e| {
+            Error::User(format!(
+                "table '{}': '{text}' is not a URL ({e}); write it as drove://DIR/FILE",
+                self.name
+            ))
+        })
+    }
+
     /// The format, from the spec or else from the path: a file's extension, or the
     /// extension of the files in a directory.
     pub fn resolve_format(&self) -> Result<Format> {
@@ -133,6 +148,19 @@ impl TableSpec {
 /// The tables of `benchmark` that `drove gen` wrote in `dir`.
 pub fn generated_tables(dir: &Path, benchmark: Benchmark) -> Result<Vec<TableSpec>> {
     let key = benchmark.key();
+    if let Some(remote) = dir.to_str().filter(|d| d.starts_with("drove://")) {
+        // `drove gen --out drove://DIR` writes DIR/TABLE.parquet.
+        let remote = remote.trim_end_matches('/');
+        return Ok(benchmark
+            .tables()
+            .iter()
+            .map(|name| TableSpec {
+                name: name.to_string(),
+                path: PathBuf::from(format!("{remote}/{name}.parquet")),
+                format: None,
+            })
+            .collect());
+    }
     if !dir.is_dir() {
         return Err(Error::User(format!(
             "--{key} '{}' is not a directory; create one with `drove gen {key} --scale 0.1 --out {}`",
@@ -166,6 +194,9 @@ pub fn generated_tables(dir: &Path, benchmark: Benchmark) -> Result<Vec<TableSpe
 
 /// Registers a table with a DataFusion session, checking that its path exists.
 pub async fn register(ctx: &SessionContext, table: &TableSpec) -> Result<()> {
+    if let Some(url) = table.url()? {
+        return register_remote(ctx, table, url).await;
+    }
     let format = table.resolve_format()?;
     let path = table
         .path
@@ -199,6 +230,80 @@ pub async fn register(ctx: &SessionContext, table: &TableSpec) -> Result<()> {
         }
         Format::Csv => {
             ctx.register_csv(&table.name, &path, CsvReadOptions::new().has_header(true))
+                .await?
+        }
+    }
+    Ok(())
+}
+
+/// Registers a table whose path is a URL (`drove://`): a file, or a directory of
+/// files, found through the session's object stores.
+async fn register_remote(ctx: &SessionContext, table: &TableSpec, url: url::Url) -> Result<()> {
+    use object_store::ObjectStoreExt;
+    let name = &table.name;
+    let store_url = ObjectStoreUrl::parse(&url[..url::Position::BeforePath])?;
+    let store = ctx.runtime_env().object_store(&store_url)?;
+    let path = object_store::path::Path::from_url_path(url.path())
+        .map_err(|e| Error::User(format!("table '{name}': {url} is not a usable path ({e})")))?;
+    let unreadable =
+        |e: object_store::Error| Error::User(format!("table '{name}': {url} cannot be read: {e}"));
+    let (is_dir, mut files) = match store.head(&path).await {
+        Ok(file) => (false, vec![file]),
+        Err(object_store::Error::NotFound { .. }) => {
+            let listed = store.list_with_delimiter(Some(&path)).await;
+            (true, listed.map_err(unreadable)?.objects)
+        }
+        Err(e) => return Err(unreadable(e)),
+    };
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    let by_extension =
+        |p: &object_store::path::Path| p.extension().and_then(|e| Format::parse(e).ok());
+    let format = match table.format {
+        Some(format) => format,
+        None if files.is_empty() => {
+            return Err(Error::User(format!(
+                "table '{name}': {url} does not exist; `drove fs ls` shows what does"
+            )));
+        }
+        None => files
+            .iter()
+            .find_map(|f| by_extension(&f.location))
+            .ok_or_else(|| {
+                Error::User(format!(
+                    "table '{name}': cannot tell the format of {url}; use a .parquet or .csv file, or a directory of them"
+                ))
+            })?,
+    };
+    let files: Vec<_> = files
+        .into_iter()
+        .filter(|f| !is_dir || by_extension(&f.location) == Some(format))
+        .collect();
+    if files.is_empty() {
+        return Err(Error::User(format!(
+            "table '{name}': {url} holds no .{} files",
+            format.extension()
+        )));
+    }
+    if format == Format::Parquet
+        && let Some(empty) = files.iter().find(|f| f.size == 0)
+    {
+        return Err(Error::User(format!(
+            "table '{name}': {store_url}{} is empty (0 bytes), not a Parquet file; remove it or write it again",
+            empty.location
+        )));
+    }
+    let location = if is_dir {
+        format!("{}/", url.as_str().trim_end_matches('/'))
+    } else {
+        url.to_string()
+    };
+    match format {
+        Format::Parquet => {
+            ctx.register_parquet(name, &location, ParquetReadOptions::default())
+                .await?
+        }
+        Format::Csv => {
+            ctx.register_csv(name, &location, CsvReadOptions::new().has_header(true))
                 .await?
         }
     }

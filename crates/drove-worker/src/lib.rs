@@ -183,7 +183,9 @@ struct Shared {
     store: Arc<BlockStore>,
     /// Its `drove fs` chunks, with a data directory.
     chunks: Option<Arc<chunks::ChunkStore>>,
-    chunk_clients: drove_exec::dfs::ChunkClients,
+    chunk_clients: Arc<drove_exec::dfs::ChunkClients>,
+    /// Bytes of drove:// files its tasks read, from its own replicas and others'.
+    fs_read: Arc<drove_exec::dfs::ReadBytes>,
     /// What checks clients' grants on the Flight service.
     ticket_key: flight::TicketKey,
     flight: Arc<FlightPool>,
@@ -445,13 +447,6 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     };
     let own_dir = work_dir.path().to_path_buf();
     let block_bytes = counted_bytes(&config) / 2;
-    let runtime = RuntimeEnvBuilder::new()
-        .with_disk_manager_builder(
-            DiskManagerBuilder::default()
-                .with_mode(DiskManagerMode::Directories(vec![work_dir.operators()])),
-        )
-        .build_arc()
-        .map_err(|e| Error::Config(format!("cannot set up task memory and spilling: {e}")))?;
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| Error::Bind {
@@ -462,6 +457,28 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
         addr: config.bind,
         source,
     })?;
+    let advertised = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| flight_addr.to_string());
+    let coordinators = Arc::new(coordinators);
+    let chunk_clients = Arc::new(drove_exec::dfs::ChunkClients::new(config.tls.clone()));
+    // Tasks read drove:// files through the leader's namespace, from this worker's own
+    // replicas where it holds them.
+    let fs_reader =
+        drove_exec::dfs::ChunkReader::new(Arc::clone(&chunk_clients), Some(advertised.clone()));
+    let stores = drove_exec::stores::Stores::new(Some(drove_exec::stores::DroveFs {
+        namespace: Arc::clone(&coordinators) as _,
+        reader: fs_reader.clone(),
+    }));
+    let runtime = RuntimeEnvBuilder::new()
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default()
+                .with_mode(DiskManagerMode::Directories(vec![work_dir.operators()])),
+        )
+        .with_object_store_registry(Arc::new(stores))
+        .build_arc()
+        .map_err(|e| Error::Config(format!("cannot set up task memory and spilling: {e}")))?;
     let store = Arc::new(BlockStore::new(StoreConfig {
         memory_limit: block_bytes,
         spill_dir: Some(work_dir.blocks()),
@@ -492,7 +509,8 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     let shared = Arc::new(Shared {
         store: Arc::clone(&store),
         chunks: chunk_store.clone(),
-        chunk_clients: drove_exec::dfs::ChunkClients::new(config.tls.clone()),
+        chunk_clients,
+        fs_read: Arc::clone(&fs_reader.read),
         ticket_key,
         flight: Arc::new(FlightPool::new(config.tls.clone())),
         state: {
@@ -527,10 +545,6 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     {
         tokio::spawn(scrub(store, config.scrub_bytes_per_s, shutdown_rx.clone()));
     }
-    let advertised = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| flight_addr.to_string());
     let (drain, drain_rx) = watch::channel(false);
     let main = tokio::spawn(run(
         config,
@@ -556,7 +570,7 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
 /// Registers, serves the session until it breaks, and registers again.
 async fn run(
     config: WorkerConfig,
-    coordinators: Coordinators,
+    coordinators: Arc<Coordinators>,
     flight_addr: String,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
@@ -889,6 +903,7 @@ async fn serve(
                 .map(|c| c.take_report())
                 .unwrap_or_default();
             let usage = memory.chunks.as_ref().map_or((0, 0), |c| c.usage());
+            let (read_local, read_remote) = memory.fs_read.take();
             let heartbeat = pb::WorkerMessage {
                 kind: Some(pb::worker_message::Kind::Heartbeat(pb::Heartbeat {
                     statuses,
@@ -902,6 +917,8 @@ async fn serve(
                     chunk_bytes: usage.0,
                     // No limit but the disk's shows as 0.
                     chunk_capacity_bytes: if usage.1 == u64::MAX { 0 } else { usage.1 },
+                    fs_read_local_bytes: read_local,
+                    fs_read_remote_bytes: read_remote,
                 })),
             };
             if outbound.send(heartbeat).await.is_err() {

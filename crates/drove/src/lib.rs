@@ -357,6 +357,10 @@ struct CoordinatorArgs {
     /// next as soon as one ends. 0 sends a task only once a slot is free.
     #[arg(long, default_value_t = drove_coordinator::CoordinatorConfig::default().task_queue_per_slot)]
     task_queue_per_slot: u32,
+    /// How long a scan of drove:// files waits for a slot on a worker that holds its
+    /// data before it runs a task elsewhere (delay scheduling).
+    #[arg(long, default_value_t = drove_coordinator::CoordinatorConfig::default().locality_wait_ms)]
+    locality_wait_ms: u64,
     /// Never start speculative twins of slow tasks.
     #[arg(long)]
     no_speculation: bool,
@@ -683,11 +687,21 @@ struct GenTablesArgs {
     /// Scale factor: 1 is about 1 GB of raw data.
     #[arg(long, allow_negative_numbers = true)]
     scale: f64,
-    /// Directory to write into (created if missing).
+    /// Directory to write into (created if missing): a local one, or drove://DIR in
+    /// the cluster's drove fs (no shared mount needed).
     #[arg(long)]
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = FileFormat::Parquet)]
     format: FileFormat,
+    /// With --out drove://: replicas of each chunk (default: 3, or as many workers as
+    /// store chunks, with a warning).
+    #[arg(long)]
+    replication: Option<u32>,
+    /// With --out drove://: replace tables that exist there.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 #[derive(Args, Debug)]
@@ -770,8 +784,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Local(args) => local(args).await,
         Command::Sql(args) => sql(args).await,
         Command::Mapreduce(args) => mapreduce(args).await,
-        Command::Gen(GenCommand::Tpch(args)) => gen_tables(Benchmark::Tpch, args),
-        Command::Gen(GenCommand::Tpcds(args)) => gen_tables(Benchmark::Tpcds, args),
+        Command::Gen(GenCommand::Tpch(args)) => gen_tables(Benchmark::Tpch, args).await,
+        Command::Gen(GenCommand::Tpcds(args)) => gen_tables(Benchmark::Tpcds, args).await,
         Command::Gen(GenCommand::Text(args)) => gen_text(args),
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status(args).await,
@@ -792,6 +806,7 @@ async fn coordinator(args: CoordinatorArgs) -> Result<()> {
         task_attempt_max: args.task_attempts,
         task_progress_timeout_ms: args.task_progress_timeout_secs.saturating_mul(1000),
         task_queue_per_slot: args.task_queue_per_slot,
+        locality_wait_ms: args.locality_wait_ms,
         job_history_max: args.job_history,
         fs_copies_max: args.fs_copies_max as usize,
         speculation: (!args.no_speculation).then_some(drove_coordinator::SpeculationConfig {
@@ -1163,19 +1178,67 @@ fn gen_text(args: GenTextArgs) -> Result<()> {
     Ok(())
 }
 
-fn gen_tables(benchmark: Benchmark, args: GenTablesArgs) -> Result<()> {
+async fn gen_tables(benchmark: Benchmark, args: GenTablesArgs) -> Result<()> {
     let format = match args.format {
         FileFormat::Parquet => Format::Parquet,
         FileFormat::Csv => Format::Csv,
     };
     let started = std::time::Instant::now();
-    let paths = benchmark.generate(args.scale, &args.out, format)?;
+    let out = args.out.to_string_lossy().to_string();
+    if !out.starts_with("drove://") {
+        if args.replication.is_some() || args.overwrite {
+            bail!(
+                "--replication and --overwrite are for --out drove://DIR; a local --out is written in place"
+            );
+        }
+        let paths = benchmark.generate(args.scale, &args.out, format)?;
+        println!(
+            "wrote {} {} tables at scale {} into {} in {:.1}s",
+            paths.len(),
+            benchmark.name(),
+            args.scale,
+            args.out.display(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    drove_core::fs::normalize(&out).map_err(anyhow::Error::msg)?;
+    if args.replication == Some(0) {
+        bail!("--replication 0 keeps no copy; give 1 or more");
+    }
+    benchmark.check_scale(args.scale)?;
+    // Connect first: a cluster that cannot be reached costs no generation.
+    let session = args.cluster.auth.connect(&args.cluster.coordinator).await?;
+    let scratch = tempfile::Builder::new()
+        .prefix("drove-gen-")
+        .tempdir()
+        .context("cannot make a local directory to generate the tables in")?;
+    let dir = scratch.path().to_path_buf();
+    let paths =
+        tokio::task::spawn_blocking(move || benchmark.generate(args.scale, &dir, format)).await??;
+    let options = drove_client::fs::PutOptions {
+        replication: args.replication.unwrap_or(0),
+        overwrite: args.overwrite,
+        ..Default::default()
+    };
+    let mut bytes = 0;
+    let mut warned = false;
+    for path in &paths {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let remote = format!("{}/{name}", out.trim_end_matches('/'));
+        let put = session.fs_put(path, &remote, &options).await?;
+        if let Some(warning) = put.warning.as_ref().filter(|_| !warned) {
+            eprintln!("warning: {warning}");
+            warned = true;
+        }
+        bytes += put.bytes;
+    }
     println!(
-        "wrote {} {} tables at scale {} into {} in {:.1}s",
+        "wrote {} {} tables ({}) at scale {} into {out} in {:.1}s",
         paths.len(),
         benchmark.name(),
+        drove_core::human_bytes(bytes),
         args.scale,
-        args.out.display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -415,6 +415,10 @@ impl State {
             warn!(%worker, corrupt = heartbeat.chunks_corrupt, "a worker found corrupt chunk replicas");
             self.metrics.fs_corrupt_found(heartbeat.chunks_corrupt);
         }
+        (self.metrics).fs_read(
+            heartbeat.fs_read_local_bytes,
+            heartbeat.fs_read_remote_bytes,
+        );
         (self.fs.replicas).held(worker, heartbeat.chunks_added.iter().copied());
         for &chunk in &heartbeat.chunks_removed {
             self.fs.replicas.dropped(worker, chunk);
@@ -628,5 +632,36 @@ impl Coordinator {
             state.fs_change(&who, command, recursive)
         })
         .await
+    }
+}
+
+/// drove fs's namespace as a job's planning reads it: this coordinator's, seen as
+/// the job's submitter (a tenant lists only its own paths).
+pub struct PlanningNamespace {
+    pub coordinator: Coordinator,
+    pub who: Identity,
+}
+
+impl std::fmt::Debug for PlanningNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the coordinator's namespace, as {}", self.who.principal)
+    }
+}
+
+#[async_trait::async_trait]
+impl drove_exec::dfs::Namespace for PlanningNamespace {
+    async fn list(
+        &self,
+        path: &str,
+    ) -> std::result::Result<Option<drove_exec::dfs::Listing>, String> {
+        match self
+            .coordinator
+            .fs_list(&self.who, None, path.to_string())
+            .await
+        {
+            Ok(listed) => Ok(Some(listed.into())),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }

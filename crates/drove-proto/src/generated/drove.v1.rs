@@ -282,6 +282,12 @@ pub struct Heartbeat {
     /// Chunks it was asked to copy and could not (its disk is full, the source failed).
     #[prost(fixed64, repeated, tag = "11")]
     pub chunk_copies_failed: ::prost::alloc::vec::Vec<u64>,
+    /// Bytes of drove fs files its tasks read since the previous heartbeat: from its own
+    /// replicas, and from other workers'.
+    #[prost(uint64, tag = "12")]
+    pub fs_read_local_bytes: u64,
+    #[prost(uint64, tag = "13")]
+    pub fs_read_remote_bytes: u64,
 }
 /// A worker's memory: its budget, what blocks and running tasks hold of it, and what
 /// went to disk because it did not fit.
@@ -709,6 +715,20 @@ pub struct JobStatus {
     /// from the workers: put in each BlockTicket's grant.
     #[prost(bytes = "vec", tag = "20")]
     pub result_grant: ::prost::alloc::vec::Vec<u8>,
+    /// Where its tasks that scan drove fs files ran, against where their data was.
+    #[prost(message, optional, tag = "21")]
+    pub locality: ::core::option::Option<TaskLocality>,
+}
+/// Attempts of tasks that scan drove fs files: on a worker holding the most of the
+/// task's data (node-local), in the zone of one (zone-local), or elsewhere (remote).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TaskLocality {
+    #[prost(uint32, tag = "1")]
+    pub node_local: u32,
+    #[prost(uint32, tag = "2")]
+    pub zone_local: u32,
+    #[prost(uint32, tag = "3")]
+    pub remote: u32,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StageStatus {

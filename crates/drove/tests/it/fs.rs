@@ -591,3 +591,125 @@ fn a_draining_worker_hands_its_chunks_off_before_it_leaves() {
     assert!(c.metric("drove_fs_chunk_copies_total") >= held as u64);
     c.check_file("drove://f", &bytes);
 }
+
+/// `drove gen tpch --out drove://` writes the tables into drove fs, replicated on
+/// workers that share nothing; queries over `drove://` tables answer as
+/// single-process DataFusion does over the same tables generated locally, and the
+/// bytes they read are counted by where the replica was.
+#[test]
+fn tpch_in_drove_fs_answers_as_local_parquet_does() {
+    let c = FsCluster::start(3, |_| Vec::new());
+    let gen_args = |extra: &[&str]| {
+        let mut args = vec!["gen", "tpch", "--scale", "0.01", "--coordinator", &c.addr];
+        args.extend_from_slice(extra);
+        crate::run(&args, Duration::from_secs(300))
+    };
+    let out = gen_args(&["--out", "drove://tpch", "--replication", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lineitem = c.stat("drove://tpch/lineitem.parquet");
+    assert!(
+        lineitem.size > 0 && lineitem.replication == 2,
+        "{lineitem:?}"
+    );
+    assert!(
+        c.replicas("drove://tpch/lineitem.parquet")
+            .iter()
+            .all(|r| r.len() == 2)
+    );
+
+    // Bad input: an existing output, a factor above the workers, flags that need
+    // drove://, and a table that is not there.
+    let again = gen_args(&["--out", "drove://tpch"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    let too_many = gen_args(&["--out", "drove://other", "--replication", "4"]);
+    let stderr = String::from_utf8_lossy(&too_many.stderr);
+    assert!(
+        !too_many.status.success() && stderr.contains("replication"),
+        "{stderr}"
+    );
+    let local_dir = c.dir.path().join("local-tpch");
+    let local_flag = gen_args(&["--out", local_dir.to_str().unwrap(), "--replication", "2"]);
+    let stderr = String::from_utf8_lossy(&local_flag.stderr);
+    assert!(
+        !local_flag.status.success() && stderr.contains("drove://"),
+        "{stderr}"
+    );
+    let missing = crate::run(
+        &[
+            "sql",
+            "--coordinator",
+            &c.addr,
+            "--table",
+            "t=drove://tpch/nothing.parquet",
+            "-e",
+            "SELECT 1 FROM t",
+        ],
+        Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // One table through the CLI, against the reference over the local copy.
+    let local = drove_testkit::tpch_data(0.01);
+    let q6 = drove_exec::tpch::QUERIES[5];
+    let out = crate::run(
+        &[
+            "sql",
+            "--coordinator",
+            &c.addr,
+            "--table",
+            "lineitem=drove://tpch/lineitem.parquet",
+            "--format",
+            "csv",
+            "-e",
+            q6,
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        crate::multiprocess::expected_csv(&local, q6)
+    );
+
+    // All 22 queries, as tables of a directory.
+    let tables = drove_testkit::tpch_tables(&local);
+    c.block(c.session.register_tpch("drove://tpch")).unwrap();
+    for (i, sql) in drove_exec::tpch::QUERIES.iter().enumerate() {
+        let got = c
+            .block(c.session.run_sql(sql))
+            .unwrap_or_else(|e| panic!("Q{}: {e}", i + 1));
+        let expected = c.block(drove_testkit::reference(&tables, sql)).unwrap();
+        drove_testkit::compare(&got.batches, &expected, drove_testkit::is_ordered(sql))
+            .unwrap_or_else(|e| panic!("Q{}: {e}", i + 1));
+    }
+    let read = |replica: &str| {
+        c.metric(&format!(
+            "drove_fs_read_bytes_total{{replica=\"{replica}\"}}"
+        ))
+    };
+    c.wait_for("workers to report the bytes they read", |_| {
+        read("local") + read("remote") >= lineitem.size
+    });
+    eprintln!(
+        "drove fs bytes read: {} local, {} remote",
+        read("local"),
+        read("remote")
+    );
+}

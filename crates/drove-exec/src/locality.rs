@@ -1,0 +1,148 @@
+//! Where a stage's tasks would read their data locally: the workers that hold the
+//! drove fs chunks of the bytes each task scans.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::sync::Arc;
+
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::dfs::{FsEntry, Namespace};
+use crate::stores::SCHEME;
+
+/// The workers each of a stage's `tasks` tasks prefers: those holding the most bytes
+/// of what it scans in drove fs. None when the stage scans no `drove://` files, or
+/// its scan's partitions are not its tasks.
+pub async fn preferred_workers(
+    plan: &Arc<dyn ExecutionPlan>,
+    tasks: usize,
+    namespace: &dyn Namespace,
+) -> Vec<Vec<u64>> {
+    let Some(scan) = drove_scan(plan) else {
+        return Vec::new();
+    };
+    if scan.file_groups.len() != tasks {
+        return Vec::new();
+    }
+    let root = scan
+        .object_store_url
+        .as_str()
+        .trim_start_matches("drove://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut files: HashMap<String, Option<FsEntry>> = HashMap::new();
+    let mut preferred = Vec::with_capacity(tasks);
+    for group in &scan.file_groups {
+        let mut held: BTreeMap<u64, u64> = BTreeMap::new();
+        for file in group.iter() {
+            let location = file.object_meta.location.as_ref();
+            let path = if root.is_empty() {
+                location.to_string()
+            } else {
+                format!("{root}/{location}")
+            };
+            if !files.contains_key(&path) {
+                let entry = match namespace.list(&path).await {
+                    Ok(Some(listed)) if !listed.is_dir => listed.entries.into_iter().next(),
+                    _ => None,
+                };
+                files.insert(path.clone(), entry);
+            }
+            let Some(entry) = &files[&path] else {
+                continue;
+            };
+            let range = match &file.range {
+                Some(r) => r.start.max(0) as u64..r.end.max(0) as u64,
+                None => 0..entry.size,
+            };
+            for (worker, bytes) in bytes_held(entry, range) {
+                *held.entry(worker).or_default() += bytes;
+            }
+        }
+        let most = held.values().copied().max().unwrap_or(0);
+        preferred.push(
+            (held.into_iter())
+                .filter(|(_, bytes)| most > 0 && *bytes == most)
+                .map(|(worker, _)| worker)
+                .collect(),
+        );
+    }
+    if preferred.iter().all(Vec::is_empty) {
+        return Vec::new();
+    }
+    preferred
+}
+
+/// The bytes of `range` of `file` each worker holds a replica of.
+fn bytes_held(file: &FsEntry, range: Range<u64>) -> BTreeMap<u64, u64> {
+    let mut held = BTreeMap::new();
+    let mut start = 0u64;
+    for chunk in &file.chunks {
+        let end = start + chunk.len;
+        let overlap = range.end.min(end).saturating_sub(range.start.max(start));
+        if overlap > 0 {
+            for replica in &chunk.replicas {
+                *held.entry(replica.worker_id).or_default() += overlap;
+            }
+        }
+        start = end;
+    }
+    held
+}
+
+/// The stage's scan of `drove://` files, if it has one.
+fn drove_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<&FileScanConfig> {
+    if let Some(scan) = plan
+        .downcast_ref::<DataSourceExec>()
+        .and_then(|scan| scan.data_source().downcast_ref::<FileScanConfig>())
+        .filter(|scan| {
+            scan.object_store_url
+                .as_str()
+                .starts_with(&format!("{SCHEME}://"))
+        })
+    {
+        return Some(scan);
+    }
+    plan.children().into_iter().find_map(drove_scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dfs::{Chunk, Replica};
+
+    fn chunk(len: u64, workers: &[u64]) -> Chunk {
+        Chunk {
+            id: 0,
+            len,
+            crc32c: 0,
+            grant: Vec::new(),
+            replicas: (workers.iter())
+                .map(|w| Replica {
+                    worker_id: *w,
+                    addr: String::new(),
+                    zone: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_range_counts_the_bytes_of_each_chunk_it_overlaps() {
+        let file = FsEntry {
+            name: "f".into(),
+            is_dir: false,
+            size: 30,
+            created_unix_ms: 0,
+            replication: 2,
+            chunk_bytes: 10,
+            chunks: vec![chunk(10, &[1, 2]), chunk(10, &[2, 3]), chunk(10, &[3, 1])],
+        };
+        let held = bytes_held(&file, 5..18);
+        assert_eq!(held, BTreeMap::from([(1, 5), (2, 13), (3, 8)]));
+        assert_eq!(bytes_held(&file, 0..30).values().sum::<u64>(), 60);
+        assert!(bytes_held(&file, 30..40).is_empty());
+    }
+}

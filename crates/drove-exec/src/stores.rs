@@ -1,0 +1,313 @@
+//! Where tables' files are found: local paths, and `drove://` paths in drove fs,
+//! read through DataFusion's object store registry. A `drove://` store is read-only:
+//! files are written with `drove fs put` (or `drove gen --out drove://`).
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use url::Url;
+
+use crate::dfs::{ChunkReader, FsEntry, Namespace};
+
+/// The URL scheme of drove fs.
+pub const SCHEME: &str = "drove";
+
+/// drove fs as the stores' registry reaches it: its namespace and its chunks.
+#[derive(Debug, Clone)]
+pub struct DroveFs {
+    pub namespace: Arc<dyn Namespace>,
+    pub reader: ChunkReader,
+}
+
+/// DataFusion's registry of object stores, which also resolves every `drove://` URL
+/// to drove fs (when this process reaches a cluster).
+#[derive(Debug)]
+pub struct Stores {
+    others: DefaultObjectStoreRegistry,
+    drove: Option<DroveFs>,
+}
+
+impl Stores {
+    pub fn new(drove: Option<DroveFs>) -> Self {
+        Self {
+            others: DefaultObjectStoreRegistry::new(),
+            drove,
+        }
+    }
+}
+
+impl ObjectStoreRegistry for Stores {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.others.register_store(url, store)
+    }
+
+    fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        if url.scheme() != SCHEME {
+            return self.others.get_store(url);
+        }
+        match &self.drove {
+            Some(fs) => Ok(Arc::new(DroveStore {
+                root: url.host_str().unwrap_or_default().to_string(),
+                fs: fs.clone(),
+            })),
+            None => Err(datafusion::error::DataFusionError::Configuration(format!(
+                "{url}: drove:// paths are read through a cluster; connect to one (drove --coordinator ADDR, or drove local --data-dir DIR)"
+            ))),
+        }
+    }
+}
+
+/// The files under `drove://ROOT/` as an object store: DataFusion names a location
+/// by the URL's host (ROOT) and the path after it.
+#[derive(Debug)]
+struct DroveStore {
+    root: String,
+    fs: DroveFs,
+}
+
+impl fmt::Display for DroveStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "drove://{}", self.root)
+    }
+}
+
+fn failed(why: String) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "drove fs",
+        source: why.into(),
+    }
+}
+
+fn not_found(path: &str) -> object_store::Error {
+    object_store::Error::NotFound {
+        path: format!("drove://{path}"),
+        source: format!("drove://{path} is not a file; `drove fs ls` shows what there is").into(),
+    }
+}
+
+fn read_only() -> object_store::Error {
+    object_store::Error::NotSupported {
+        source: "drove:// files are not written by queries; copy a file in with `drove fs put`, or write a DataFrame locally and put it"
+            .into(),
+    }
+}
+
+impl DroveStore {
+    /// The drove fs path of `location`.
+    fn path(&self, location: &Path) -> String {
+        match (self.root.as_str(), location.as_ref()) {
+            (root, "") => root.to_string(),
+            ("", rest) => rest.to_string(),
+            (root, rest) => format!("{root}/{rest}"),
+        }
+    }
+
+    /// An entry of directory `dir` (a store location) as object metadata.
+    fn meta(location: Path, entry: &FsEntry) -> ObjectMeta {
+        ObjectMeta {
+            location,
+            last_modified: chrono::DateTime::from_timestamp_millis(entry.created_unix_ms as i64)
+                .unwrap_or_default(),
+            size: entry.size,
+            // A file's chunks are never rewritten: its first chunk names this version.
+            e_tag: Some(format!(
+                "{:x}-{:x}",
+                entry.created_unix_ms,
+                entry.chunks.first().map_or(0, |c| c.id)
+            )),
+            version: None,
+        }
+    }
+
+    /// The file at `location`, or NotFound (a directory is no object).
+    async fn file(&self, location: &Path) -> object_store::Result<FsEntry> {
+        let path = self.path(location);
+        match self.fs.namespace.list(&path).await.map_err(failed)? {
+            Some(listed) if !listed.is_dir => listed
+                .entries
+                .into_iter()
+                .next()
+                .ok_or_else(|| not_found(&path)),
+            _ => Err(not_found(&path)),
+        }
+    }
+
+    /// The entries of the directory at `dir`: (files, directories) as locations; none
+    /// if it is no directory.
+    async fn children(
+        fs: &DroveFs,
+        full: &str,
+        dir: &Path,
+    ) -> object_store::Result<(Vec<ObjectMeta>, Vec<Path>)> {
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        match fs.namespace.list(full).await.map_err(failed)? {
+            Some(listed) if listed.is_dir => {
+                for entry in &listed.entries {
+                    let location = dir.clone().join(entry.name.as_str());
+                    if entry.is_dir {
+                        dirs.push(location);
+                    } else {
+                        files.push(Self::meta(location, entry));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok((files, dirs))
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for DroveStore {
+    async fn put_opts(
+        &self,
+        _location: &Path,
+        _payload: PutPayload,
+        _opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        Err(read_only())
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        _location: &Path,
+        _opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        Err(read_only())
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let file = self.file(location).await?;
+        let meta = Self::meta(location.clone(), &file);
+        options.check_preconditions(&meta)?;
+        let range = match &options.range {
+            Some(range) => range.as_range(file.size).map_err(|e| {
+                failed(format!(
+                    "bytes {range} of drove://{}: {e}",
+                    self.path(location)
+                ))
+            })?,
+            None => 0..file.size,
+        };
+        let payload = if options.head {
+            futures::stream::empty().boxed()
+        } else {
+            self.fs
+                .reader
+                .read(&self.path(location), &file, range.clone())
+                .map_err(failed)
+                .boxed()
+        };
+        Ok(GetResult {
+            payload: GetResultPayload::Stream(payload),
+            meta,
+            range,
+            attributes: Default::default(),
+        })
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        locations.map(|_| Err(read_only())).boxed()
+    }
+
+    /// Every file under `prefix`, however deep.
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let fs = self.fs.clone();
+        let root = DroveStore {
+            root: self.root.clone(),
+            fs: fs.clone(),
+        };
+        let start = prefix.cloned().unwrap_or_default();
+        futures::stream::once(async move {
+            let mut files = Vec::new();
+            let mut dirs = vec![start];
+            while let Some(dir) = dirs.pop() {
+                let (found, under) = Self::children(&fs, &root.path(&dir), &dir).await?;
+                files.extend(found);
+                dirs.extend(under);
+            }
+            Ok::<_, object_store::Error>(futures::stream::iter(files.into_iter().map(Ok)))
+        })
+        .try_flatten()
+        .boxed()
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let dir = prefix.cloned().unwrap_or_default();
+        let (objects, common_prefixes) = Self::children(&self.fs, &self.path(&dir), &dir).await?;
+        Ok(ListResult {
+            common_prefixes,
+            objects,
+        })
+    }
+
+    async fn copy_opts(
+        &self,
+        _from: &Path,
+        _to: &Path,
+        _options: CopyOptions,
+    ) -> object_store::Result<()> {
+        Err(read_only())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drove_paths_without_a_cluster_are_refused_with_the_fix() {
+        let stores = Stores::new(None);
+        let url = Url::parse("drove://tpch/lineitem.parquet").unwrap();
+        let e = stores.get_store(&url).unwrap_err().to_string();
+        assert!(e.contains("connect to one"), "{e}");
+        let local = Url::parse("file:///tmp").unwrap();
+        assert!(stores.get_store(&local).is_ok());
+    }
+
+    #[test]
+    fn a_location_is_the_url_s_host_then_its_path() {
+        #[derive(Debug)]
+        struct Nothing;
+        #[async_trait::async_trait]
+        impl Namespace for Nothing {
+            async fn list(&self, _: &str) -> Result<Option<crate::dfs::Listing>, String> {
+                Ok(None)
+            }
+        }
+        let fs = DroveFs {
+            namespace: Arc::new(Nothing),
+            reader: ChunkReader::new(Default::default(), None),
+        };
+        let store = |root: &str| DroveStore {
+            root: root.into(),
+            fs: fs.clone(),
+        };
+        assert_eq!(
+            store("tpch").path(&Path::from("a/b.parquet")),
+            "tpch/a/b.parquet"
+        );
+        assert_eq!(store("tpch").path(&Path::from("")), "tpch");
+        assert_eq!(store("").path(&Path::from("x")), "x");
+    }
+}
