@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::{Plan, median};
 
-const WORKERS: usize = 3;
+pub(crate) const WORKERS: usize = 3;
 const REPLICATION: u32 = 2;
 const CHUNK_BYTES: u64 = 64 << 20;
 
@@ -80,14 +80,16 @@ fn disk(dir: &Path, src: &Path, bytes: u64, copies: u32) -> Result<(f64, f64)> {
     Ok((write, read_s))
 }
 
-struct Cluster {
-    addr: String,
-    http: String,
+pub(crate) struct Cluster {
+    pub addr: String,
+    pub http: String,
     _coordinator: drove_testkit::Proc,
     workers: Vec<drove_testkit::Proc>,
 }
 
-async fn start(drove: &Path, root: &Path) -> Result<Cluster> {
+/// A coordinator and [`WORKERS`] workers, each with `slots` slots, `memory` and a data
+/// and work directory of its own under `root`.
+pub(crate) async fn start(drove: &Path, root: &Path, slots: &str, memory: &str) -> Result<Cluster> {
     let (coordinator, addr, http) = drove_testkit::start_coordinator(
         Command::new(drove),
         &[
@@ -105,9 +107,9 @@ async fn start(drove: &Path, root: &Path) -> Result<Cluster> {
                 "--coordinator",
                 &addr,
                 "--slots",
-                "1",
+                slots,
                 "--memory",
-                "256MiB",
+                memory,
             ])
             .arg("--data-dir")
             .arg(root.join(format!("data-{i}")))
@@ -133,7 +135,7 @@ async fn start(drove: &Path, root: &Path) -> Result<Cluster> {
     Ok(cluster)
 }
 
-fn metric(http: &str, name: &str) -> Result<u64> {
+pub(crate) fn metric(http: &str, name: &str) -> Result<u64> {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(http)?;
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: {http}\r\n\r\n")?;
@@ -167,7 +169,7 @@ async fn run_once(
 ) -> Result<Run> {
     let _ = std::fs::remove_dir_all(root);
     std::fs::create_dir_all(root)?;
-    let mut cluster = start(drove, root).await?;
+    let mut cluster = start(drove, root, "1", "256MiB").await?;
     let session = Session::connect(&cluster.addr).await?;
     let options = PutOptions {
         replication: REPLICATION,

@@ -6,7 +6,8 @@
 //! and `sort` (a single-threaded Rust reference, PySpark, Dask), `tasks` (Dask,
 //! PySpark), `recovery` (drove with a worker killed), `shuffle` (group-bys whose
 //! exchanges are all-to-all at 8 and 500 partitions, drove and DataFusion) and
-//! `fs` (`drove fs` against the disk, on demand), `python` (drove's wheel: TPC-H from Python against Rust, a Python UDF against
+//! `fs` (`drove fs` against the disk, on demand), `fs-tpch` (TPC-H over `drove://`
+//! against local Parquet, on demand), `python` (drove's wheel: TPC-H from Python against Rust, a Python UDF against
 //! PySpark's; wordcount and tasks run drove from Python too, see [`python`]). Every
 //! engine runs in its own process tree, whose peak resident memory is sampled; every
 //! answer is checked before a time is reported. Tables are appended to BENCHMARKS.md, JSON goes to
@@ -20,6 +21,7 @@ mod build_report;
 mod engines;
 mod failover;
 mod fs;
+mod fs_tpch;
 mod iterative;
 mod measure;
 mod processes;
@@ -120,6 +122,10 @@ enum Workload {
     /// policy, and re-replication after a worker is killed (on demand only: it builds
     /// the release `drove`).
     Fs,
+    /// TPC-H written into drove fs (replication 2, three `drove worker` processes)
+    /// against the same tables as local Parquet on the same cluster, with the share of
+    /// bytes read from a local replica (on demand only: it builds the release `drove`).
+    FsTpch,
 }
 
 #[derive(Args)]
@@ -313,6 +319,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             Workload::Shuffle => shuffle_workload(&plan)?,
             Workload::Failover => failover_workload(&plan)?,
             Workload::Fs => fs::workload(&plan)?,
+            Workload::FsTpch => fs_tpch::workload(&plan)?,
             Workload::Python => python::workload(
                 &plan,
                 plan.args.udf_rows.unwrap_or(if plan.args.quick {
