@@ -14,61 +14,63 @@ use crate::stores::SCHEME;
 
 /// The workers each of a stage's `tasks` tasks prefers: those holding the most bytes
 /// of what it scans in drove fs. None when the stage scans no `drove://` files, or
-/// its scan's partitions are not its tasks.
+/// no scan's partitions are its tasks.
 pub async fn preferred_workers(
     plan: &Arc<dyn ExecutionPlan>,
     tasks: usize,
     namespace: &dyn Namespace,
 ) -> Vec<Vec<u64>> {
-    let Some(scan) = drove_scan(plan) else {
-        return Vec::new();
-    };
-    if scan.file_groups.len() != tasks {
+    let mut scans = Vec::new();
+    drove_scans(plan, &mut scans);
+    // Only scans whose partitions are the stage's tasks say what a task reads.
+    scans.retain(|scan| scan.file_groups.len() == tasks);
+    if scans.is_empty() {
         return Vec::new();
     }
-    let root = scan
-        .object_store_url
-        .as_str()
-        .trim_start_matches("drove://")
-        .trim_end_matches('/')
-        .to_string();
     let mut files: HashMap<String, Option<FsEntry>> = HashMap::new();
-    let mut preferred = Vec::with_capacity(tasks);
-    for group in &scan.file_groups {
-        let mut held: BTreeMap<u64, u64> = BTreeMap::new();
-        for file in group.iter() {
-            let location = file.object_meta.location.as_ref();
-            let path = if root.is_empty() {
-                location.to_string()
-            } else {
-                format!("{root}/{location}")
-            };
-            if !files.contains_key(&path) {
-                let entry = match namespace.list(&path).await {
-                    Ok(Some(listed)) if !listed.is_dir => listed.entries.into_iter().next(),
-                    _ => None,
+    let mut held: Vec<BTreeMap<u64, u64>> = vec![BTreeMap::new(); tasks];
+    for scan in scans {
+        let root = (scan.object_store_url.as_str())
+            .trim_start_matches("drove://")
+            .trim_end_matches('/')
+            .to_string();
+        for (task, group) in scan.file_groups.iter().enumerate() {
+            for file in group.iter() {
+                let location = file.object_meta.location.as_ref();
+                let path = if root.is_empty() {
+                    location.to_string()
+                } else {
+                    format!("{root}/{location}")
                 };
-                files.insert(path.clone(), entry);
-            }
-            let Some(entry) = &files[&path] else {
-                continue;
-            };
-            let range = match &file.range {
-                Some(r) => r.start.max(0) as u64..r.end.max(0) as u64,
-                None => 0..entry.size,
-            };
-            for (worker, bytes) in bytes_held(entry, range) {
-                *held.entry(worker).or_default() += bytes;
+                if !files.contains_key(&path) {
+                    let entry = match namespace.list(&path).await {
+                        Ok(Some(listed)) if !listed.is_dir => listed.entries.into_iter().next(),
+                        _ => None,
+                    };
+                    files.insert(path.clone(), entry);
+                }
+                let Some(entry) = &files[&path] else {
+                    continue;
+                };
+                let range = match &file.range {
+                    Some(r) => r.start.max(0) as u64..r.end.max(0) as u64,
+                    None => 0..entry.size,
+                };
+                for (worker, bytes) in bytes_held(entry, range) {
+                    *held[task].entry(worker).or_default() += bytes;
+                }
             }
         }
-        let most = held.values().copied().max().unwrap_or(0);
-        preferred.push(
+    }
+    let preferred: Vec<Vec<u64>> = (held.into_iter())
+        .map(|held| {
+            let most = held.values().copied().max().unwrap_or(0);
             (held.into_iter())
                 .filter(|(_, bytes)| most > 0 && *bytes == most)
                 .map(|(worker, _)| worker)
-                .collect(),
-        );
-    }
+                .collect()
+        })
+        .collect();
     if preferred.iter().all(Vec::is_empty) {
         return Vec::new();
     }
@@ -92,8 +94,8 @@ fn bytes_held(file: &FsEntry, range: Range<u64>) -> BTreeMap<u64, u64> {
     held
 }
 
-/// The stage's scan of `drove://` files, if it has one.
-fn drove_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<&FileScanConfig> {
+/// The stage's scans of `drove://` files.
+fn drove_scans<'a>(plan: &'a Arc<dyn ExecutionPlan>, out: &mut Vec<&'a FileScanConfig>) {
     if let Some(scan) = plan
         .downcast_ref::<DataSourceExec>()
         .and_then(|scan| scan.data_source().downcast_ref::<FileScanConfig>())
@@ -103,9 +105,11 @@ fn drove_scan(plan: &Arc<dyn ExecutionPlan>) -> Option<&FileScanConfig> {
                 .starts_with(&format!("{SCHEME}://"))
         })
     {
-        return Some(scan);
+        out.push(scan);
     }
-    plan.children().into_iter().find_map(drove_scan)
+    for child in plan.children() {
+        drove_scans(child, out);
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,10 @@
-//! Where tables' files are found: local paths, and `drove://` paths in drove fs,
-//! read through DataFusion's object store registry. A `drove://` store is read-only:
-//! files are written with `drove fs put` (or `drove gen --out drove://`).
+//! Where tables' files are found: local paths, `drove://` paths in drove fs, and
+//! `s3://BUCKET/...` in S3 or a server that speaks its API, read through DataFusion's
+//! object store registry. A `drove://` store is read-only: files are written with
+//! `drove fs put` (or `drove gen --out drove://`). An S3 bucket is reached with the
+//! usual environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_REGION`, and `AWS_ENDPOINT` with `AWS_ALLOW_HTTP=true` for a local server),
+//! which every process that reads it (the client, coordinator and workers) needs.
 
 use std::fmt;
 use std::sync::Arc;
@@ -54,6 +58,14 @@ impl ObjectStoreRegistry for Stores {
     }
 
     fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        if url.scheme() == "s3" {
+            if let Ok(store) = self.others.get_store(url) {
+                return Ok(store);
+            }
+            let store = s3(url)?;
+            self.others.register_store(url, Arc::clone(&store));
+            return Ok(store);
+        }
         if url.scheme() != SCHEME {
             return self.others.get_store(url);
         }
@@ -65,6 +77,62 @@ impl ObjectStoreRegistry for Stores {
             None => Err(datafusion::error::DataFusionError::Configuration(format!(
                 "{url}: drove:// paths are read through a cluster; connect to one (drove --coordinator ADDR, or drove local --data-dir DIR)"
             ))),
+        }
+    }
+}
+
+/// The bucket of an `s3://BUCKET/...` URL, configured from the environment.
+pub fn s3(url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+    let configuration = datafusion::error::DataFusionError::Configuration;
+    let bucket = (url.host_str())
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| configuration(format!("{url} names no bucket; write s3://BUCKET/PATH")))?;
+    let store = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()
+        .map_err(|e| {
+            configuration(format!(
+                "{url}: S3 cannot be reached as configured ({e}); set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION (and AWS_ENDPOINT for an S3-compatible server) for the client, the coordinator and the workers"
+            ))
+        })?;
+    Ok(Arc::new(store))
+}
+
+/// Copies the local file `local` to `url` (an object store's, such as `s3://`). The
+/// object appears only once whole: a multipart upload either completes or is aborted.
+/// Returns the bytes copied.
+pub async fn upload(url: &Url, local: &std::path::Path) -> crate::Result<u64> {
+    use object_store::ObjectStoreExt;
+    use tokio::io::AsyncReadExt;
+    let store = Stores::new(None).get_store(url)?;
+    let location = Path::from_url_path(url.path())
+        .map_err(|e| crate::Error::User(format!("{url} is not a usable path ({e})")))?;
+    let failed = |e: object_store::Error| crate::Error::User(format!("writing {url} failed: {e}"));
+    let mut file = tokio::fs::File::open(local).await?;
+    let mut writer =
+        object_store::WriteMultipart::new(store.put_multipart(&location).await.map_err(failed)?);
+    let mut buf = vec![0u8; 8 << 20];
+    let mut total = 0u64;
+    let copied: crate::Result<()> = async {
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            writer.wait_for_capacity(4).await.map_err(failed)?;
+            writer.write(&buf[..n]);
+            total += n as u64;
+        }
+    }
+    .await;
+    match copied {
+        Ok(()) => {
+            writer.finish().await.map_err(failed)?;
+            Ok(total)
+        }
+        Err(e) => {
+            let _ = writer.abort().await;
+            Err(e)
         }
     }
 }

@@ -148,8 +148,9 @@ impl TableSpec {
 /// The tables of `benchmark` that `drove gen` wrote in `dir`.
 pub fn generated_tables(dir: &Path, benchmark: Benchmark) -> Result<Vec<TableSpec>> {
     let key = benchmark.key();
-    if let Some(remote) = dir.to_str().filter(|d| d.starts_with("drove://")) {
-        // `drove gen --out drove://DIR` writes DIR/TABLE.parquet.
+    if let Some(remote) = (dir.to_str()).filter(|d| d.contains("://") && !d.starts_with("file://"))
+    {
+        // `drove gen --out drove://DIR` (or s3://BUCKET/DIR) writes DIR/TABLE.parquet.
         let remote = remote.trim_end_matches('/');
         return Ok(benchmark
             .tables()

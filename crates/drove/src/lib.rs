@@ -1185,6 +1185,9 @@ async fn gen_tables(benchmark: Benchmark, args: GenTablesArgs) -> Result<()> {
     };
     let started = std::time::Instant::now();
     let out = args.out.to_string_lossy().to_string();
+    if out.starts_with("s3://") {
+        return gen_to_store(benchmark, args, format, &out, started).await;
+    }
     if !out.starts_with("drove://") {
         if args.replication.is_some() || args.overwrite {
             bail!(
@@ -1232,6 +1235,49 @@ async fn gen_tables(benchmark: Benchmark, args: GenTablesArgs) -> Result<()> {
             warned = true;
         }
         bytes += put.bytes;
+    }
+    println!(
+        "wrote {} {} tables ({}) at scale {} into {out} in {:.1}s",
+        paths.len(),
+        benchmark.name(),
+        drove_core::human_bytes(bytes),
+        args.scale,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `drove gen --out s3://BUCKET/DIR`: the tables are generated locally, then each is
+/// uploaded (appearing only once whole).
+async fn gen_to_store(
+    benchmark: Benchmark,
+    args: GenTablesArgs,
+    format: Format,
+    out: &str,
+    started: std::time::Instant,
+) -> Result<()> {
+    if args.replication.is_some() || args.overwrite {
+        bail!(
+            "--replication and --overwrite are for --out drove://DIR; an object is replaced when written again"
+        );
+    }
+    let base = url::Url::parse(&format!("{}/", out.trim_end_matches('/')))
+        .with_context(|| format!("--out {out} is not a URL; write it as s3://BUCKET/DIR"))?;
+    benchmark.check_scale(args.scale)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("drove-gen-")
+        .tempdir()
+        .context("cannot make a local directory to generate the tables in")?;
+    let dir = scratch.path().to_path_buf();
+    let paths =
+        tokio::task::spawn_blocking(move || benchmark.generate(args.scale, &dir, format)).await??;
+    let mut bytes = 0;
+    for path in &paths {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let url = base
+            .join(&name)
+            .with_context(|| format!("{out}/{name} is not a URL"))?;
+        bytes += drove_exec::stores::upload(&url, path).await?;
     }
     println!(
         "wrote {} {} tables ({}) at scale {} into {out} in {:.1}s",

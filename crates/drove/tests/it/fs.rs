@@ -696,6 +696,7 @@ fn tpch_in_drove_fs_answers_as_local_parquet_does() {
             .block(c.session.run_sql(sql))
             .unwrap_or_else(|e| panic!("Q{}: {e}", i + 1));
         let expected = c.block(drove_testkit::reference(&tables, sql)).unwrap();
+        eprintln!("DBG Q{} locality {:?}", i + 1, got.summary.locality);
         drove_testkit::compare(&got.batches, &expected, drove_testkit::is_ordered(sql))
             .unwrap_or_else(|e| panic!("Q{}: {e}", i + 1));
     }

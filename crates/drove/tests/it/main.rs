@@ -9,6 +9,7 @@ mod mapreduce;
 mod memory;
 mod multiprocess;
 mod replicated;
+mod s3;
 mod secured;
 mod security;
 mod ui;
@@ -38,9 +39,18 @@ pub fn drove() -> Command {
 
 /// Runs `drove ARGS` to completion, failing the test if it takes longer than `limit`.
 pub fn run(args: &[&str], limit: Duration) -> Output {
+    let mut command = drove();
+    command.args(args);
+    run_command(command, limit)
+}
+
+/// Runs `command` to completion, failing the test if it takes longer than `limit`.
+pub fn run_command(mut command: Command, limit: Duration) -> Output {
     let started = Instant::now();
-    let mut child = drove()
-        .args(args)
+    let args: Vec<String> = (command.get_args())
+        .map(|a| a.to_string_lossy().into())
+        .collect();
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
