@@ -2041,6 +2041,13 @@ impl fmt::Display for JobSummary {
                 self.extra_attempts()
             )?;
         }
+        let (node, zone, remote) = self.locality;
+        if node + zone + remote > 0 {
+            writeln!(
+                f,
+                "  drove fs scans: {node} attempts node-local, {zone} zone-local, {remote} remote"
+            )?;
+        }
         for (name, n) in &self.counters {
             writeln!(f, "  counter {name}: {n}")?;
         }

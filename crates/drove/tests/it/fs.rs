@@ -691,15 +691,23 @@ fn tpch_in_drove_fs_answers_as_local_parquet_does() {
     // All 22 queries, as tables of a directory.
     let tables = drove_testkit::tpch_tables(&local);
     c.block(c.session.register_tpch("drove://tpch")).unwrap();
+    let mut node_local = 0;
+    let mut job = 0;
     for (i, sql) in drove_exec::tpch::QUERIES.iter().enumerate() {
         let got = c
             .block(c.session.run_sql(sql))
             .unwrap_or_else(|e| panic!("Q{}: {e}", i + 1));
         let expected = c.block(drove_testkit::reference(&tables, sql)).unwrap();
-        eprintln!("DBG Q{} locality {:?}", i + 1, got.summary.locality);
+        node_local += got.summary.locality.0;
+        job = got.summary.job_id;
         drove_testkit::compare(&got.batches, &expected, drove_testkit::is_ordered(sql))
             .unwrap_or_else(|e| panic!("Q{}: {e}", i + 1));
     }
+    // Scans ran where their data was, and the jobs say so.
+    assert!(node_local > 0, "no scan ran on a worker holding its data");
+    let (code, body) = crate::http(&c.http, "GET", &format!("/api/v1/jobs/{job}"));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"locality\":{\"node_local\":"), "{body}");
     let read = |replica: &str| {
         c.metric(&format!(
             "drove_fs_read_bytes_total{{replica=\"{replica}\"}}"
