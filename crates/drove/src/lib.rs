@@ -1178,22 +1178,28 @@ fn gen_text(args: GenTextArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where `drove gen` copies the tables it generated locally.
+enum GenTarget {
+    /// drove fs, with the put's options.
+    Drove(Session, drove_client::fs::PutOptions),
+    /// An object store's directory (`s3://BUCKET/DIR/`).
+    Store(url::Url),
+}
+
 async fn gen_tables(benchmark: Benchmark, args: GenTablesArgs) -> Result<()> {
     let format = match args.format {
         FileFormat::Parquet => Format::Parquet,
         FileFormat::Csv => Format::Csv,
     };
     let started = std::time::Instant::now();
-    let out = args.out.to_string_lossy().to_string();
-    if out.starts_with("s3://") {
-        return gen_to_store(benchmark, args, format, &out, started).await;
+    let out = args.out.to_string_lossy().trim_end_matches('/').to_string();
+    let in_drove = out.starts_with("drove://");
+    if !in_drove && (args.replication.is_some() || args.overwrite) {
+        bail!(
+            "--replication and --overwrite are for --out drove://DIR; a local directory or an object store is written in place"
+        );
     }
-    if !out.starts_with("drove://") {
-        if args.replication.is_some() || args.overwrite {
-            bail!(
-                "--replication and --overwrite are for --out drove://DIR; a local --out is written in place"
-            );
-        }
+    if !in_drove && !out.starts_with("s3://") {
         let paths = benchmark.generate(args.scale, &args.out, format)?;
         println!(
             "wrote {} {} tables at scale {} into {} in {:.1}s",
@@ -1205,13 +1211,28 @@ async fn gen_tables(benchmark: Benchmark, args: GenTablesArgs) -> Result<()> {
         );
         return Ok(());
     }
-    drove_core::fs::normalize(&out).map_err(anyhow::Error::msg)?;
     if args.replication == Some(0) {
         bail!("--replication 0 keeps no copy; give 1 or more");
     }
     benchmark.check_scale(args.scale)?;
-    // Connect first: a cluster that cannot be reached costs no generation.
-    let session = args.cluster.auth.connect(&args.cluster.coordinator).await?;
+    // Where the tables go is checked (and a cluster reached) before any is generated.
+    let target =
+        if in_drove {
+            drove_core::fs::normalize(&out).map_err(anyhow::Error::msg)?;
+            let options = drove_client::fs::PutOptions {
+                replication: args.replication.unwrap_or(0),
+                overwrite: args.overwrite,
+                ..Default::default()
+            };
+            GenTarget::Drove(
+                args.cluster.auth.connect(&args.cluster.coordinator).await?,
+                options,
+            )
+        } else {
+            GenTarget::Store(url::Url::parse(&format!("{out}/")).with_context(|| {
+                format!("--out {out} is not a URL; write it as s3://BUCKET/DIR")
+            })?)
+        };
     let scratch = tempfile::Builder::new()
         .prefix("drove-gen-")
         .tempdir()
@@ -1219,65 +1240,27 @@ async fn gen_tables(benchmark: Benchmark, args: GenTablesArgs) -> Result<()> {
     let dir = scratch.path().to_path_buf();
     let paths =
         tokio::task::spawn_blocking(move || benchmark.generate(args.scale, &dir, format)).await??;
-    let options = drove_client::fs::PutOptions {
-        replication: args.replication.unwrap_or(0),
-        overwrite: args.overwrite,
-        ..Default::default()
-    };
     let mut bytes = 0;
     let mut warned = false;
     for path in &paths {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let remote = format!("{}/{name}", out.trim_end_matches('/'));
-        let put = session.fs_put(path, &remote, &options).await?;
-        if let Some(warning) = put.warning.as_ref().filter(|_| !warned) {
-            eprintln!("warning: {warning}");
-            warned = true;
-        }
-        bytes += put.bytes;
-    }
-    println!(
-        "wrote {} {} tables ({}) at scale {} into {out} in {:.1}s",
-        paths.len(),
-        benchmark.name(),
-        drove_core::human_bytes(bytes),
-        args.scale,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-/// `drove gen --out s3://BUCKET/DIR`: the tables are generated locally, then each is
-/// uploaded (appearing only once whole).
-async fn gen_to_store(
-    benchmark: Benchmark,
-    args: GenTablesArgs,
-    format: Format,
-    out: &str,
-    started: std::time::Instant,
-) -> Result<()> {
-    if args.replication.is_some() || args.overwrite {
-        bail!(
-            "--replication and --overwrite are for --out drove://DIR; an object is replaced when written again"
-        );
-    }
-    let base = url::Url::parse(&format!("{}/", out.trim_end_matches('/')))
-        .with_context(|| format!("--out {out} is not a URL; write it as s3://BUCKET/DIR"))?;
-    benchmark.check_scale(args.scale)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("drove-gen-")
-        .tempdir()
-        .context("cannot make a local directory to generate the tables in")?;
-    let dir = scratch.path().to_path_buf();
-    let paths =
-        tokio::task::spawn_blocking(move || benchmark.generate(args.scale, &dir, format)).await??;
-    let mut bytes = 0;
-    for path in &paths {
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let url = base
-            .join(&name)
-            .with_context(|| format!("{out}/{name} is not a URL"))?;
-        bytes += drove_exec::stores::upload(&url, path).await?;
+        bytes += match &target {
+            GenTarget::Drove(session, options) => {
+                let put = session
+                    .fs_put(path, &format!("{out}/{name}"), options)
+                    .await?;
+                if let Some(warning) = put.warning.as_ref().filter(|_| !warned) {
+                    eprintln!("warning: {warning}");
+                    warned = true;
+                }
+                put.bytes
+            }
+            GenTarget::Store(base) => {
+                let url =
+                    (base.join(&name)).with_context(|| format!("{out}/{name} is not a URL"))?;
+                drove_exec::stores::upload(&url, path).await?
+            }
+        };
     }
     println!(
         "wrote {} {} tables ({}) at scale {} into {out} in {:.1}s",
