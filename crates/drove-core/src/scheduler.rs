@@ -992,8 +992,14 @@ fn locality(
         return Locality::Anywhere;
     }
     let free = |w: &WorkerState| w.free_slots() > 0 && !w.draining;
+    // Not a task that last failed on that worker: its retry goes elsewhere.
     let local = (stage.pending_on.iter())
-        .filter_map(|(id, on)| Some((*id, *on.first()?, workers.get(id)?)))
+        .filter_map(|(id, on)| {
+            let task = on
+                .iter()
+                .find(|p| stage.failed_on[**p as usize] != Some(*id))?;
+            Some((*id, *task, workers.get(id)?))
+        })
         .filter(|(_, _, w)| free(w))
         .max_by_key(|(id, _, w)| (w.free_slots(), std::cmp::Reverse(*id)));
     if let Some((worker, partition, _)) = local {
@@ -1232,6 +1238,14 @@ impl Scheduler {
                     stage.id,
                     stage.tasks,
                     stage.existing.len()
+                )));
+            }
+            if !stage.preferred.is_empty() && stage.preferred.len() != stage.tasks as usize {
+                return Err(Error::InvalidJob(format!(
+                    "{} has {} tasks but preferred workers for {}",
+                    stage.id,
+                    stage.tasks,
+                    stage.preferred.len()
                 )));
             }
             // A stage coalesces runs of the partitions it reads, which are its tasks'
@@ -3605,6 +3619,12 @@ mod tests {
         let s = Scheduler::default();
         assert!(s.validate(&job(1, &[(0, 0, &[])])).is_err());
         assert!(s.validate(&job(1, &[(0, 1, &[1]), (1, 1, &[])])).is_err());
+        let mut preferring = job(1, &[(0, 2, &[])]);
+        preferring.stages[0].preferred = vec![vec![WorkerId(1)]];
+        assert!(
+            s.validate(&preferring).is_err(),
+            "preferences for 1 of 2 tasks"
+        );
         // Only a stage that reads others, and is not the last, may coalesce.
         for stage in 0..3 {
             let mut spec = job(1, &[(0, 2, &[]), (1, 2, &[0]), (2, 1, &[1])]);

@@ -191,6 +191,10 @@ impl ChunkReader {
         let mut replicas: Vec<&Replica> = chunk.replicas.iter().collect();
         replicas.sort_by_key(|r| Some(&r.addr) != self.local_addr.as_ref());
         for replica in replicas {
+            // A replica that failed after its last byte leaves nothing to read.
+            if at == part.end {
+                break;
+            }
             let local = Some(&replica.addr) == self.local_addr.as_ref();
             let counter = if local {
                 &self.read.local
