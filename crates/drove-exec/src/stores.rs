@@ -173,9 +173,18 @@ fn read_only() -> object_store::Error {
 }
 
 impl DroveStore {
-    /// The drove fs path of `location`.
+    /// The drove fs path of `location`, whose parts object_store keeps
+    /// percent-encoded (a name with `#` or `%` in it).
     fn path(&self, location: &Path) -> String {
-        match (self.root.as_str(), location.as_ref()) {
+        let rest = (location.parts())
+            .map(|part| {
+                percent_encoding::percent_decode_str(part.as_ref())
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        match (self.root.as_str(), rest.as_str()) {
             (root, "") => root.to_string(),
             ("", rest) => rest.to_string(),
             (root, rest) => format!("{root}/{rest}"),
@@ -377,5 +386,8 @@ mod tests {
         );
         assert_eq!(store("tpch").path(&Path::from("")), "tpch");
         assert_eq!(store("").path(&Path::from("x")), "x");
+        // A listed name comes back as itself, however object_store encodes it.
+        let listed = Path::from("dir").child("a#b%c.parquet");
+        assert_eq!(store("t").path(&listed), "t/dir/a#b%c.parquet");
     }
 }
