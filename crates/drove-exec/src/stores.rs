@@ -387,7 +387,7 @@ mod tests {
         assert_eq!(store("tpch").path(&Path::from("")), "tpch");
         assert_eq!(store("").path(&Path::from("x")), "x");
         // A listed name comes back as itself, however object_store encodes it.
-        let listed = Path::from("dir").child("a#b%c.parquet");
+        let listed = Path::from("dir").join("a#b%c.parquet");
         assert_eq!(store("t").path(&listed), "t/dir/a#b%c.parquet");
     }
 }
