@@ -31,7 +31,13 @@ struct Measured {
     locality: [u64; 3],
 }
 
-async fn measure(drove: &Path, root: &Path, tables: &Path, plan: &Plan) -> Result<Measured> {
+async fn measure(
+    drove: &Path,
+    root: &Path,
+    tables: &Path,
+    plan: &Plan,
+    queries: &[usize],
+) -> Result<Measured> {
     let cluster = crate::fs::start(drove, root, "2", "2GiB").await?;
     let session = Session::connect(&cluster.addr).await?;
     let options = PutOptions {
@@ -46,11 +52,6 @@ async fn measure(drove: &Path, root: &Path, tables: &Path, plan: &Plan) -> Resul
     let local = Session::connect(&cluster.addr).await?;
     local.register_tpch(tables).await?;
     session.register_tpch("drove://tpch").await?;
-    let queries: Vec<usize> = if plan.args.queries.is_empty() {
-        (1..=22).collect()
-    } else {
-        plan.args.queries.clone()
-    };
     let mut times: Times = vec![(Vec::new(), Vec::new()); queries.len()];
     for run in 0..plan.iterations {
         println!("  fs-tpch run {} of {}", run + 1, plan.iterations);
@@ -98,8 +99,13 @@ pub fn workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
     let root = plan.args.data.join("fs-tpch");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
+    let queries: Vec<usize> = if plan.args.queries.is_empty() {
+        (1..=22).collect()
+    } else {
+        plan.args.queries.clone()
+    };
     let runtime = tokio::runtime::Runtime::new()?;
-    let measured = runtime.block_on(measure(&drove, &root, &tables, plan));
+    let measured = runtime.block_on(measure(&drove, &root, &tables, plan, &queries));
     let _ = std::fs::remove_dir_all(&root);
     let mut md = format!(
         "### fs-tpch — TPC-H scale {} over `drove://` (replication {REPLICATION}) against local Parquet, on one coordinator and {WORKERS} `drove worker` processes (release, 2 slots and 2 GiB each, a data directory each); medians of {} runs\n\n",
@@ -116,11 +122,6 @@ pub fn workload(plan: &Plan) -> Result<(String, Value, Vec<String>)> {
                 vec![problem],
             ));
         }
-    };
-    let queries: Vec<usize> = if plan.args.queries.is_empty() {
-        (1..=22).collect()
-    } else {
-        plan.args.queries.clone()
     };
     md.push_str("| query | local Parquet s | drove:// s | ratio |\n|---|---|---|---|\n");
     let (mut local_total, mut drove_total) = (0.0, 0.0);

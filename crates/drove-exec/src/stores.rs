@@ -309,17 +309,16 @@ impl ObjectStore for DroveStore {
 
     /// Every file under `prefix`, however deep.
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let fs = self.fs.clone();
-        let root = DroveStore {
+        let store = DroveStore {
             root: self.root.clone(),
-            fs: fs.clone(),
+            fs: self.fs.clone(),
         };
         let start = prefix.cloned().unwrap_or_default();
         futures::stream::once(async move {
             let mut files = Vec::new();
             let mut dirs = vec![start];
             while let Some(dir) = dirs.pop() {
-                let (found, under) = Self::children(&fs, &root.path(&dir), &dir).await?;
+                let (found, under) = Self::children(&store.fs, &store.path(&dir), &dir).await?;
                 files.extend(found);
                 dirs.extend(under);
             }
