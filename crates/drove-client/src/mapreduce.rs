@@ -1,15 +1,12 @@
-//! Running MapReduce jobs and committing their output.
-//!
-//! Reduce tasks write part files under `OUTPUT/_temporary/TOKEN/`. Only when the whole
-//! job has succeeded does the client move the winning attempts' files to
-//! `OUTPUT/part-r-NNNNN` and write `OUTPUT/_SUCCESS`; a failed job's temporary files are
-//! removed, so no partial output ever looks complete.
+//! Running MapReduce jobs and committing their output ([`drove_exec::mapreduce::output`]
+//! says how, for each kind of place): no partial output ever looks complete.
 
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, StringArray, UInt64Array};
 use drove_exec::codec;
 use drove_exec::mapreduce::nodes::{OutputFormat, OutputSpec};
+use drove_exec::mapreduce::output::{Existing, OutputDir, SUCCESS_MARKER};
 use drove_exec::mapreduce::plan::{self, MapReduceSpec};
 use drove_proto as pb;
 
@@ -22,9 +19,11 @@ pub struct MapReduceOptions {
     pub job: String,
     /// The job's parameters.
     pub args: drove_exec::mapreduce::JobArgs,
-    /// Files or directories of text, CSV or Parquet files.
+    /// Files or directories of text, CSV or Parquet files: local paths, or URLs
+    /// (`drove://`, `s3://`).
     pub inputs: Vec<PathBuf>,
-    /// The output directory; it must not exist unless `overwrite`.
+    /// The output directory, a local path or a URL; it must not exist unless
+    /// `overwrite`.
     pub output: PathBuf,
     pub reducers: usize,
     pub format: OutputFormat,
@@ -43,10 +42,6 @@ pub struct MapReduceResult {
     pub records: u64,
     pub summary: JobSummary,
 }
-
-const SUCCESS_MARKER: &str = "_SUCCESS";
-/// How the part files a run commits are named: `part-r-00000` and on.
-const PART_PREFIX: &str = "part-r-";
 
 impl Session {
     /// Runs a registered MapReduce job on the cluster and commits its output.
@@ -72,8 +67,16 @@ impl Session {
     /// # }
     /// ```
     pub async fn run_mapreduce(&self, options: MapReduceOptions) -> Result<MapReduceResult> {
-        let out = &options.output;
-        check_paths(&options.inputs, out, options.overwrite)?;
+        let text = |p: &Path| {
+            (p.to_str().map(str::to_string))
+                .ok_or_else(|| Error::Config(format!("path '{}' is not UTF-8", p.display())))
+        };
+        let inputs = (options.inputs.iter())
+            .map(|p| text(p))
+            .collect::<Result<Vec<_>>>()?;
+        let runtime = self.inner.ctx.runtime_env();
+        let out = OutputDir::open(&text(&options.output)?, &runtime, Some(&self.fs_writer()))?;
+        let existing = check_paths(&inputs, &out, options.overwrite).await?;
         let token = format!(
             "{}-{}",
             std::process::id(),
@@ -84,71 +87,71 @@ impl Session {
         let spec = MapReduceSpec {
             job: options.job.clone(),
             args: options.args.clone(),
-            inputs: options.inputs.clone(),
+            inputs,
             output: OutputSpec {
-                dir: out.clone(),
+                dir: out.name(),
                 format: options.format,
                 token: token.clone(),
             },
             reducers: options.reducers,
             combine: options.combine,
         };
-        // Removes what this run wrote on every way out but a commit, including this
-        // future being dropped (Ctrl-C), and leaves any earlier output as it was.
-        let mut staging = Staging {
-            committed: false,
-            existed: out.exists(),
-            temporary: out.join("_temporary").join(&token),
-            out: out.clone(),
-        };
-        // Made now, so an output nobody can write is refused before any task runs.
-        std::fs::create_dir_all(&staging.temporary).map_err(|e| {
-            Error::Config(format!(
-                "cannot write the output directory '{}': {e}; choose an --output this user can write",
-                out.display()
-            ))
-        })?;
-        let physical = plan::build(&spec).await?;
+        let physical = plan::build(&spec, runtime).await?;
         let bytes = codec::plan_to_bytes(physical)?;
-        let result = self
-            .run(
-                pb::submit_job_request::Query::PhysicalPlan(bytes),
-                format!("mapreduce {}", options.job),
-                String::new(),
-            )
-            .await?;
-        let mut written = Vec::new();
-        for batch in &result.batches {
-            let partitions = column::<UInt64Array>(batch.column(0))?;
-            let paths = column::<StringArray>(batch.column(1))?;
-            let rows = column::<UInt64Array>(batch.column(2))?;
-            for i in 0..batch.num_rows() {
-                written.push((
-                    partitions.value(i),
-                    PathBuf::from(paths.value(i)),
-                    rows.value(i),
-                ));
+        // Made before any task runs, so an output nobody can write is refused early.
+        out.stage(&token).await?;
+        // Removes what this run wrote if this future is dropped (Ctrl-C) before it
+        // ends, and leaves any earlier output as it was.
+        let mut staging = Staging {
+            out: out.clone(),
+            token: token.clone(),
+            existed: existing != Existing::Absent,
+            ended: false,
+        };
+        let ran = async {
+            let result = self
+                .run(
+                    pb::submit_job_request::Query::PhysicalPlan(bytes),
+                    format!("mapreduce {}", options.job),
+                    String::new(),
+                )
+                .await?;
+            let mut written = Vec::new();
+            let mut records = 0;
+            for batch in &result.batches {
+                let partitions = column::<UInt64Array>(batch.column(0))?;
+                let paths = column::<StringArray>(batch.column(1))?;
+                let rows = column::<UInt64Array>(batch.column(2))?;
+                for i in 0..batch.num_rows() {
+                    written.push((partitions.value(i), paths.value(i).to_string()));
+                    records += rows.value(i);
+                }
             }
+            written.sort();
+            let files = (out
+                .commit(&token, &written, options.format, options.overwrite)
+                .await)
+                .map_err(|e| {
+                    Error::Config(format!(
+                        "committing the output to '{}' failed: {e}",
+                        out.name()
+                    ))
+                })?;
+            Ok((files, records, result.summary))
         }
-        written.sort_by_key(|(p, _, _)| *p);
-        let files = commit(
-            out,
-            &staging.temporary,
-            &written,
-            options.format,
-            options.overwrite,
-        )
-        .map_err(|e| {
-            Error::Config(format!(
-                "committing the output to '{}' failed: {e}",
-                out.display()
-            ))
-        })?;
-        staging.committed = true;
+        .await;
+        staging.ended = true;
+        let (files, records, summary) = match ran {
+            Ok(ran) => ran,
+            Err(e) => {
+                out.discard(&token, !staging.existed).await;
+                return Err(e);
+            }
+        };
         Ok(MapReduceResult {
-            files,
-            records: written.iter().map(|(_, _, r)| r).sum(),
-            summary: result.summary,
+            files: files.into_iter().map(PathBuf::from).collect(),
+            records,
+            summary,
         })
     }
 }
@@ -163,51 +166,63 @@ fn column<T: 'static>(array: &dyn Array) -> Result<&T> {
 /// Refuses an output that would destroy data: one that is, contains or lies inside an
 /// input, or an existing directory that is not an earlier drove output. `--overwrite`
 /// replaces only what a successful drove run committed there (`_SUCCESS` marks it).
-fn check_paths(inputs: &[PathBuf], out: &Path, overwrite: bool) -> Result<()> {
-    let out_resolved = resolve(out)?;
+/// Returns what is there.
+async fn check_paths(inputs: &[String], out: &OutputDir, overwrite: bool) -> Result<Existing> {
+    let out_key = place_key(&out.name())?;
     for input in inputs {
-        let input_resolved = resolve(input)?;
-        if out_resolved.starts_with(&input_resolved) || input_resolved.starts_with(&out_resolved) {
-            let how = if out_resolved == input_resolved {
-                "is"
-            } else if out_resolved.starts_with(&input_resolved) {
-                "lies inside"
-            } else {
-                "contains"
-            };
+        let input_key = place_key(input)?;
+        let inside = |a: &str, b: &str| a.starts_with(&format!("{}/", b.trim_end_matches('/')));
+        let how = if out_key == input_key {
+            "is"
+        } else if inside(&out_key, &input_key) {
+            "lies inside"
+        } else if inside(&input_key, &out_key) {
+            "contains"
+        } else {
+            continue;
+        };
+        return Err(Error::Config(format!(
+            "output '{}' {how} input '{input}'; writing it could destroy the input, so choose an --output outside every input",
+            out.name()
+        )));
+    }
+    let existing = out.existing().await?;
+    match existing {
+        Existing::Absent => {}
+        Existing::File => {
             return Err(Error::Config(format!(
-                "output '{}' {how} input '{}'; writing it could destroy the input, so choose an --output outside every input",
-                out.display(),
-                input.display()
+                "output '{}' exists and is not a directory; choose another --output",
+                out.name()
+            )));
+        }
+        _ if !overwrite => {
+            return Err(Error::Config(format!(
+                "output directory '{}' already exists; pass --overwrite to replace an earlier drove output, or choose another --output",
+                out.name()
+            )));
+        }
+        Existing::Empty | Existing::Output => {}
+        Existing::Other => {
+            return Err(Error::Config(format!(
+                "output directory '{}' is not an earlier drove output (it has no {SUCCESS_MARKER}); --overwrite replaces only those, so choose another --output or empty it yourself",
+                out.name()
             )));
         }
     }
-    if !out.exists() {
-        return Ok(());
+    Ok(existing)
+}
+
+/// A place as compared for overlap: a URL as written, a drove fs path normalized, a
+/// local path absolute with links resolved.
+fn place_key(place: &str) -> Result<String> {
+    match drove_exec::stores::url_of(place).map_err(Error::Config)? {
+        Some(url) if url.scheme() == drove_exec::stores::SCHEME => {
+            let path = drove_core::fs::normalize(place).map_err(Error::Config)?;
+            Ok(format!("drove://{path}"))
+        }
+        Some(url) => Ok(url.as_str().trim_end_matches('/').to_string()),
+        None => Ok(resolve(Path::new(place))?.to_string_lossy().into_owned()),
     }
-    if !out.is_dir() {
-        return Err(Error::Config(format!(
-            "output '{}' exists and is not a directory; choose another --output",
-            out.display()
-        )));
-    }
-    if !overwrite {
-        return Err(Error::Config(format!(
-            "output directory '{}' already exists; pass --overwrite to replace an earlier drove output, or choose another --output",
-            out.display()
-        )));
-    }
-    let empty = std::fs::read_dir(out)
-        .map_err(|e| Error::Config(format!("cannot read '{}': {e}", out.display())))?
-        .next()
-        .is_none();
-    if !empty && !out.join(SUCCESS_MARKER).is_file() {
-        return Err(Error::Config(format!(
-            "output directory '{}' is not an earlier drove output (it has no {SUCCESS_MARKER}); --overwrite replaces only those, so choose another --output or empty it yourself",
-            out.display()
-        )));
-    }
-    Ok(())
 }
 
 /// The absolute path with links resolved as far as it exists, so two names of one
@@ -231,54 +246,29 @@ fn resolve(path: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Moves the winning part files into place and marks the output complete.
-fn commit(
-    out: &Path,
-    temporary: &Path,
-    written: &[(u64, PathBuf, u64)],
-    format: OutputFormat,
-    overwrite: bool,
-) -> std::io::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(out)?;
-    if overwrite {
-        for entry in std::fs::read_dir(out)? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with(PART_PREFIX) || name == SUCCESS_MARKER {
-                std::fs::remove_file(&path)?;
-            }
-        }
-    }
-    let mut files = Vec::with_capacity(written.len());
-    for (partition, path, _) in written {
-        let target = out.join(format!("{PART_PREFIX}{partition:05}{}", format.extension()));
-        std::fs::rename(path, &target)?;
-        files.push(target);
-    }
-    std::fs::remove_dir_all(temporary)?;
-    let _ = std::fs::remove_dir(out.join("_temporary"));
-    std::fs::write(out.join(SUCCESS_MARKER), b"")?;
-    Ok(files)
-}
-
-/// What a run writes before its commit: `OUTPUT/_temporary/TOKEN`, and `OUTPUT` itself
-/// unless it `existed`. Dropped before it is `committed`, it removes them.
+/// What a run writes before its commit: the output's `_temporary/TOKEN`, and the
+/// output itself unless it `existed`. Dropped before the run `ended` (its future was
+/// dropped), it removes them: a local output at once, any other in a task on the
+/// current runtime.
 struct Staging {
-    out: PathBuf,
-    temporary: PathBuf,
+    out: OutputDir,
+    token: String,
     existed: bool,
-    committed: bool,
+    ended: bool,
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if self.committed {
+        if self.ended {
             return;
         }
-        let _ = std::fs::remove_dir_all(&self.temporary);
-        let _ = std::fs::remove_dir(self.out.join("_temporary"));
-        if !self.existed {
-            let _ = std::fs::remove_dir(&self.out);
+        let (out, token, existed) = (self.out.clone(), self.token.clone(), self.existed);
+        let discard = async move { out.discard(&token, !existed).await };
+        match (&self.out, tokio::runtime::Handle::try_current()) {
+            // A local discard never waits.
+            (OutputDir::Local(_), _) => futures::executor::block_on(discard),
+            (_, Ok(runtime)) => drop(runtime.spawn(discard)),
+            (_, Err(_)) => {}
         }
     }
 }

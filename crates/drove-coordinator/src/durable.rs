@@ -553,6 +553,17 @@ pub(crate) fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command
                     file: Some(file_to_proto(file)),
                 }),
                 FsCommand::Remove { path } => pb::meta_fs::Change::Remove(path.clone()),
+                FsCommand::Rename { moves, remove } => {
+                    pb::meta_fs::Change::Rename(pb::MetaFsRename {
+                        moves: (moves.iter())
+                            .map(|(from, to)| pb::MetaFsMove {
+                                from: from.clone(),
+                                to: to.clone(),
+                            })
+                            .collect(),
+                        remove: remove.clone(),
+                    })
+                }
             }),
         }),
     }
@@ -635,6 +646,10 @@ pub(crate) fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Op
                 file: file_from_proto(c.file?),
             },
             pb::meta_fs::Change::Remove(path) => FsCommand::Remove { path },
+            pb::meta_fs::Change::Rename(r) => FsCommand::Rename {
+                moves: r.moves.into_iter().map(|m| (m.from, m.to)).collect(),
+                remove: r.remove,
+            },
         }),
     })
 }
@@ -873,6 +888,10 @@ mod tests {
             }),
             MetaCommand::Fs(FsCommand::Remove {
                 path: "data/g".into(),
+            }),
+            MetaCommand::Fs(FsCommand::Rename {
+                moves: vec![("data/f".into(), "data/h".into())],
+                remove: vec!["data/h".into()],
             }),
         ];
         for i in 1..=n {

@@ -408,4 +408,15 @@ impl CoordinatorRpc for Service {
             .await?;
         Ok(Response::new(pb::FsDone {}))
     }
+
+    async fn fs_rename(
+        &self,
+        request: Request<pb::MetaFsRename>,
+    ) -> Result<Response<pb::FsDone>, Status> {
+        let who = self.identify(&request).await?;
+        self.coordinator
+            .fs_rename(&who, request.into_inner())
+            .await?;
+        Ok(Response::new(pb::FsDone {}))
+    }
 }

@@ -26,6 +26,8 @@ pub const FILE_CHUNKS_MAX: usize = 65_536;
 /// The smallest and largest chunk sizes a file may be written with.
 pub const CHUNK_MIN_BYTES: u64 = 64 << 10;
 pub const CHUNK_MAX_BYTES: u64 = 1 << 30;
+/// The most paths one rename may name (moved and removed together).
+pub const RENAME_PATHS_MAX: usize = 100_000;
 /// The default chunk size and replication factor.
 pub const CHUNK_DEFAULT_BYTES: u64 = 64 << 20;
 pub const REPLICATION_DEFAULT: u32 = 3;
@@ -68,6 +70,13 @@ pub enum FsCommand {
     Commit { path: String, file: FileMeta },
     /// Removes a file, or a directory with everything under it.
     Remove { path: String },
+    /// Removes paths, then moves files to new paths, as one change: what a MapReduce
+    /// commit publishes, so readers see the old output or the new, never a mix. A
+    /// removal that names nothing is skipped; a moved file's missing parents are made.
+    Rename {
+        moves: Vec<(String, String)>,
+        remove: Vec<String>,
+    },
 }
 
 /// A `drove://` path, checked and normalized: components joined by `/`, without a
@@ -192,6 +201,7 @@ impl Namespace {
             FsCommand::Mkdir { path, .. }
             | FsCommand::Commit { path, .. }
             | FsCommand::Remove { path } => path,
+            FsCommand::Rename { moves, remove } => return self.check_rename(moves, remove),
         };
         for parent in parents(path) {
             if let Some(Entry::File(_)) = self.entries.get(parent) {
@@ -239,6 +249,64 @@ impl Namespace {
         }
     }
 
+    /// Why a [`FsCommand::Rename`] cannot be applied.
+    fn check_rename(&self, moves: &[(String, String)], remove: &[String]) -> Result<(), String> {
+        if moves.len() + remove.len() > RENAME_PATHS_MAX {
+            return Err(format!(
+                "a rename names at most {RENAME_PATHS_MAX} paths; this one names {}",
+                moves.len() + remove.len()
+            ));
+        }
+        if remove.iter().any(|r| r.is_empty()) {
+            return Err(
+                "drove fs will not remove its root; remove what is under it by name".into(),
+            );
+        }
+        if self.entries.len() + moves.len() > ENTRIES_MAX {
+            return Err(format!(
+                "drove fs holds {} entries, the most it keeps; remove some first",
+                self.entries.len()
+            ));
+        }
+        let removed: BTreeSet<&str> = remove.iter().map(String::as_str).collect();
+        // Whether `path` goes with the removals: it or a directory above it is removed.
+        let goes = |path: &str| {
+            removed.contains(path) || parents(path).any(|parent| removed.contains(parent))
+        };
+        let froms: BTreeSet<&str> = moves.iter().map(|(from, _)| from.as_str()).collect();
+        let tos: BTreeSet<&str> = moves.iter().map(|(_, to)| to.as_str()).collect();
+        if froms.len() < moves.len() || tos.len() < moves.len() {
+            return Err("a rename moves each file once, and to a path of its own".into());
+        }
+        for (from, to) in moves {
+            if !matches!(self.entries.get(from), Some(Entry::File(_))) || goes(from) {
+                return Err(format!(
+                    "drove://{from} is not a file that can be moved; name an existing file that is not removed"
+                ));
+            }
+            if to.is_empty() || froms.contains(to.as_str()) {
+                return Err(format!(
+                    "drove://{to} cannot be a rename's target; name a new path"
+                ));
+            }
+            if self.entries.contains_key(to) && !goes(to) {
+                return Err(format!(
+                    "drove://{to} exists; remove it in the same rename to replace it"
+                ));
+            }
+            for parent in parents(to) {
+                let file =
+                    matches!(self.entries.get(parent), Some(Entry::File(_))) && !goes(parent);
+                if file || tos.contains(parent) {
+                    return Err(format!(
+                        "drove://{parent} is a file, so drove://{to} cannot be made under it"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Applies a command, total and deterministic: one that [`Self::check`] refuses
     /// changes nothing. Returns the chunks no file holds any more.
     pub fn apply(&mut self, command: &FsCommand) -> Vec<u64> {
@@ -268,21 +336,37 @@ impl Namespace {
                     _ => Vec::new(),
                 }
             }
-            FsCommand::Remove { path } => {
-                let prefix = format!("{path}/");
-                let gone: Vec<String> = (self.entries.keys())
-                    .filter(|p| *p == path || p.starts_with(&prefix))
-                    .cloned()
-                    .collect();
-                let mut freed = Vec::new();
-                for p in gone {
-                    if let Some(Entry::File(f)) = self.entries.remove(&p) {
-                        freed.extend(f.chunks.iter().map(|c| c.id));
+            FsCommand::Remove { path } => self.remove(path),
+            FsCommand::Rename { moves, remove } => {
+                let freed = remove.iter().flat_map(|path| self.remove(path)).collect();
+                for (from, to) in moves {
+                    if let Some(Entry::File(file)) = self.entries.remove(from) {
+                        self.make_parents(to, file.created_ms);
+                        self.entries.insert(to.clone(), Entry::File(file));
                     }
                 }
                 freed
             }
         }
+    }
+
+    /// Removes a file, or a directory with everything under it; returns the chunks
+    /// they held.
+    fn remove(&mut self, path: &str) -> Vec<u64> {
+        let prefix = format!("{path}/");
+        let gone: Vec<String> = (self.entries.range(path.to_string()..))
+            .map(|(p, _)| p)
+            .take_while(|p| p.starts_with(path))
+            .filter(|p| *p == path || p.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let mut freed = Vec::new();
+        for p in gone {
+            if let Some(Entry::File(f)) = self.entries.remove(&p) {
+                freed.extend(f.chunks.iter().map(|c| c.id));
+            }
+        }
+        freed
     }
 
     fn make_parents(&mut self, path: &str, created_ms: u64) {
@@ -715,6 +799,80 @@ mod tests {
             ))
             .unwrap_err()
             .contains("root")
+        );
+    }
+
+    #[test]
+    fn a_rename_publishes_files_and_removes_old_ones_at_once() {
+        let mut ns = Namespace::default();
+        let commit = |ns: &mut Namespace, path: &str, ids: &[u64]| {
+            ns.apply(&FsCommand::Commit {
+                path: path.into(),
+                file: file(ids, 1),
+            })
+        };
+        commit(&mut ns, "out/part-0", &[1]);
+        commit(&mut ns, "out/_SUCCESS", &[]);
+        commit(&mut ns, "out/_temporary/t/a.1", &[2]);
+        commit(&mut ns, "out/_temporary/t/a.2", &[3]);
+        commit(&mut ns, "out/_temporary/t/b.1", &[4]);
+        commit(&mut ns, "out/_temporary/t/ok", &[]);
+        let rename = |moves: &[(&str, &str)], remove: &[&str]| FsCommand::Rename {
+            moves: (moves.iter())
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            remove: remove.iter().map(|r| r.to_string()).collect(),
+        };
+        // Refused: a target that exists and is not removed, a missing source, a
+        // source that is removed, two moves to one path, a target under a file.
+        let refused = [
+            rename(&[("out/_temporary/t/a.1", "out/part-0")], &[]),
+            rename(&[("out/nothing", "out/part-9")], &[]),
+            rename(
+                &[("out/_temporary/t/a.1", "out/part-1")],
+                &["out/_temporary"],
+            ),
+            rename(
+                &[
+                    ("out/_temporary/t/a.1", "out/part-1"),
+                    ("out/_temporary/t/b.1", "out/part-1"),
+                ],
+                &[],
+            ),
+            rename(&[("out/_temporary/t/a.1", "out/part-0/x")], &[]),
+            rename(&[], &[""]),
+        ];
+        let before = ns.clone();
+        for command in &refused {
+            assert!(ns.check(command, false).is_err(), "{command:?}");
+            assert!(ns.apply(command).is_empty());
+            assert_eq!(ns, before, "a refused rename changes nothing");
+        }
+        // The commit: the old output goes, the winning attempts and the marker move in.
+        let publish = rename(
+            &[
+                ("out/_temporary/t/a.2", "out/part-0"),
+                ("out/_temporary/t/b.1", "out/part-1"),
+                ("out/_temporary/t/ok", "out/_SUCCESS"),
+            ],
+            &["out/part-0", "out/_SUCCESS", "out/missing"],
+        );
+        ns.check(&publish, false).unwrap();
+        assert_eq!(ns.apply(&publish), vec![1]);
+        assert_eq!(ns.file("out/part-0").unwrap().chunks[0].id, 3);
+        assert_eq!(ns.file("out/part-1").unwrap().chunks[0].id, 4);
+        assert!(ns.file("out/_SUCCESS").is_some());
+        assert_eq!(
+            ns.list("out/_temporary/t").len(),
+            1,
+            "the losing attempt stays"
+        );
+        // Moved files keep their chunks when what is left is removed.
+        assert_eq!(
+            ns.apply(&FsCommand::Remove {
+                path: "out/_temporary".into()
+            }),
+            vec![2]
         );
     }
 

@@ -1,7 +1,6 @@
 //! The datafusion-proto extension codec for drove's own plan nodes: the shuffle reader
 //! and the MapReduce nodes; and the decoding of plans that arrive as bytes.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::compute::SortOptions;
@@ -139,9 +138,7 @@ impl PhysicalExtensionCodec for DroveCodec {
                         "a text source without files".into(),
                     ));
                 }
-                Arc::new(TextSourceExec::new(
-                    t.files.into_iter().map(PathBuf::from).collect(),
-                ))
+                Arc::new(TextSourceExec::new(t.files))
             }
             drove_node::Node::Map(m) => Arc::new(
                 MapExec::try_new(
@@ -155,7 +152,7 @@ impl PhysicalExtensionCodec for DroveCodec {
             ),
             drove_node::Node::Reduce(r) => {
                 let output = OutputSpec {
-                    dir: PathBuf::from(r.output_dir),
+                    dir: r.output_dir,
                     format: OutputFormat::parse(&r.output_format).map_err(external)?,
                     token: r.token,
                 };
@@ -250,11 +247,7 @@ impl PhysicalExtensionCodec for DroveCodec {
             })
         } else if let Some(text) = node.downcast_ref::<TextSourceExec>() {
             drove_node::Node::TextSource(drove_proto::TextSourceNode {
-                files: text
-                    .files()
-                    .iter()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .collect(),
+                files: text.files().to_vec(),
             })
         } else if let Some(map) = node.downcast_ref::<MapExec>() {
             drove_node::Node::Map(drove_proto::MapNode {
@@ -267,7 +260,7 @@ impl PhysicalExtensionCodec for DroveCodec {
             let output = reduce.output();
             drove_node::Node::Reduce(drove_proto::ReduceNode {
                 job: reduce.job_name().to_string(),
-                output_dir: output.dir.to_string_lossy().into_owned(),
+                output_dir: output.dir.clone(),
                 output_format: output.format.name().to_string(),
                 token: output.token.clone(),
                 args: reduce.args().clone().into_iter().collect(),

@@ -149,10 +149,10 @@ fn collect_paths(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<String>) {
         }
     }
     if let Some(text) = plan.downcast_ref::<TextSourceExec>() {
-        out.extend(text.files().iter().map(|f| f.display().to_string()));
+        out.extend(text.files().iter().cloned());
     }
     if let Some(reduce) = plan.downcast_ref::<ReduceExec>() {
-        out.push(reduce.output().dir.display().to_string());
+        out.push(reduce.output().dir.clone());
     }
     for child in plan.children() {
         collect_paths(child, out);

@@ -22,6 +22,7 @@ pub mod confine;
 pub mod datadir;
 pub mod datagen;
 pub mod dfs;
+pub mod dfs_write;
 pub mod error;
 pub mod functions;
 pub mod fuzz;

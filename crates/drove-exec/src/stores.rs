@@ -102,15 +102,26 @@ pub fn s3(url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
 /// object appears only once whole: a multipart upload either completes or is aborted.
 /// Returns the bytes copied.
 pub async fn upload(url: &Url, local: &std::path::Path) -> crate::Result<u64> {
-    use object_store::ObjectStoreExt;
-    use tokio::io::AsyncReadExt;
     let store = Stores::new(None).get_store(url)?;
     let location = Path::from_url_path(url.path())
         .map_err(|e| crate::Error::User(format!("{url} is not a usable path ({e})")))?;
-    let failed = |e: object_store::Error| crate::Error::User(format!("writing {url} failed: {e}"));
+    upload_to(store.as_ref(), &location, local).await
+}
+
+/// [`upload`] to `location` in `store`.
+pub async fn upload_to(
+    store: &dyn ObjectStore,
+    location: &Path,
+    local: &std::path::Path,
+) -> crate::Result<u64> {
+    use object_store::ObjectStoreExt;
+    use tokio::io::AsyncReadExt;
+    let failed = |e: object_store::Error| {
+        crate::Error::User(format!("writing {location} to {store} failed: {e}"))
+    };
     let mut file = tokio::fs::File::open(local).await?;
     let mut writer =
-        object_store::WriteMultipart::new(store.put_multipart(&location).await.map_err(failed)?);
+        object_store::WriteMultipart::new(store.put_multipart(location).await.map_err(failed)?);
     let mut buf = vec![0u8; 8 << 20];
     let mut total = 0u64;
     let copied: crate::Result<()> = async {
@@ -135,6 +146,28 @@ pub async fn upload(url: &Url, local: &std::path::Path) -> crate::Result<u64> {
             Err(e)
         }
     }
+}
+
+/// The URL a path names, if it is one (`drove://...`, `s3://...`); a local path,
+/// or a `file://` URL, is none.
+pub fn url_of(path: &str) -> Result<Option<Url>, String> {
+    if !path.contains("://") || path.starts_with("file://") {
+        return Ok(None);
+    }
+    Url::parse(path).map(Some).map_err(|e| {
+        format!("'{path}' is not a URL ({e}); write it as drove://DIR/FILE or s3://BUCKET/PATH")
+    })
+}
+
+/// The store of `url` in `registry`, and the location it names there.
+pub fn locate(
+    registry: &dyn ObjectStoreRegistry,
+    url: &Url,
+) -> crate::Result<(Arc<dyn ObjectStore>, Path)> {
+    let store = registry.get_store(url)?;
+    let location = Path::from_url_path(url.path())
+        .map_err(|e| crate::Error::User(format!("{url} is not a usable path ({e})")))?;
+    Ok((store, location))
 }
 
 /// The files under `drove://ROOT/` as an object store: DataFusion names a location

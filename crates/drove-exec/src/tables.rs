@@ -100,16 +100,8 @@ impl TableSpec {
 
     /// The path as a URL, if it is one (`drove://...`); a local path is none.
     pub fn url(&self) -> Result<Option<url::Url>> {
-        let text = self.path.to_string_lossy();
-        if !text.contains("://") || text.starts_with("file://") {
-            return Ok(None);
-        }
-        url::Url::parse(&text).map(Some).map_err(|e| {
-            Error::User(format!(
-                "table '{}': '{text}' is not a URL ({e}); write it as drove://DIR/FILE",
-                self.name
-            ))
-        })
+        crate::stores::url_of(&self.path.to_string_lossy())
+            .map_err(|e| Error::User(format!("table '{}': {e}", self.name)))
     }
 
     /// The format, from the spec or else from the path: a file's extension, or the

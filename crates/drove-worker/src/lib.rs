@@ -184,6 +184,8 @@ struct Shared {
     /// Its `drove fs` chunks, with a data directory.
     chunks: Option<Arc<chunks::ChunkStore>>,
     chunk_clients: Arc<drove_exec::dfs::ChunkClients>,
+    /// Writes drove:// files for tasks (MapReduce output).
+    fs_writer: Arc<drove_exec::dfs_write::FsWriter>,
     /// Bytes of drove:// files its tasks read, from its own replicas and others'.
     fs_read: Arc<drove_exec::dfs::ReadBytes>,
     /// What checks clients' grants on the Flight service.
@@ -509,6 +511,10 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     let shared = Arc::new(Shared {
         store: Arc::clone(&store),
         chunks: chunk_store.clone(),
+        fs_writer: Arc::new(drove_exec::dfs_write::FsWriter {
+            coordinators: Arc::clone(&coordinators),
+            clients: Arc::clone(&chunk_clients),
+        }),
         chunk_clients,
         fs_read: Arc::clone(&fs_reader.read),
         ticket_key,
@@ -1508,7 +1514,9 @@ async fn execute(
         counters: Default::default(),
     };
     let session = shared.session(&launch.settings)?;
-    let mut config = session.config.with_extension(Arc::new(env));
+    let mut config = (session.config)
+        .with_extension(Arc::new(env))
+        .with_extension(Arc::clone(&shared.fs_writer));
     let execution = &mut config.options_mut().execution;
     execution.sort_spill_reservation_bytes = shared.sort_spill_reservation;
     // Merges hold a batch or two of every input, unspillable: with a small share of

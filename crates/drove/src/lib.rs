@@ -609,10 +609,12 @@ struct SqlArgs {
 struct MapReduceArgs {
     /// The registered job: wordcount, inverted-index, grep, sort, or one of your own.
     job: String,
-    /// Input files or directories (text, .csv or .parquet).
+    /// Input files or directories (text, .csv or .parquet): local paths, or drove:// or
+    /// s3:// URLs.
     #[arg(long = "input", value_name = "PATH", required = true, num_args = 1..)]
     inputs: Vec<PathBuf>,
-    /// The output directory: one part file per reducer, and _SUCCESS when complete.
+    /// The output directory, local or at a drove:// or s3:// URL: one part file per
+    /// reducer, and _SUCCESS when complete.
     #[arg(long)]
     output: PathBuf,
     /// Number of reducers.

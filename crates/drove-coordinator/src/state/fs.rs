@@ -263,9 +263,14 @@ impl State {
     fn fs_change(&mut self, who: &Identity, command: FsCommand, recursive: bool) -> Result<()> {
         self.lead()?;
         who.may_submit()?;
-        let (FsCommand::Mkdir { path, .. }
-        | FsCommand::Commit { path, .. }
-        | FsCommand::Remove { path }) = &command;
+        let path = match &command {
+            FsCommand::Mkdir { path, .. }
+            | FsCommand::Commit { path, .. }
+            | FsCommand::Remove { path } => path,
+            FsCommand::Rename { .. } => {
+                return Err(Error::Internal("a rename is made by fs_rename".into()));
+            }
+        };
         core_fs::check_tenant_path(who, path)?;
         let fs = self.meta.state().fs();
         match (&command, fs.get(path)) {
@@ -280,6 +285,29 @@ impl State {
             _ => {}
         }
         fs.check(&command, false).map_err(Error::User)?;
+        self.fs_record(command)
+    }
+
+    /// Removes paths and moves files as one change, every path inside the caller's
+    /// tenant.
+    fn fs_rename(&mut self, who: &Identity, request: pb::MetaFsRename) -> Result<()> {
+        self.lead()?;
+        who.may_submit()?;
+        let checked = |path: &str| -> Result<String> {
+            let path = path_of(path)?;
+            core_fs::check_tenant_path(who, &path)?;
+            Ok(path)
+        };
+        let moves = (request.moves.iter())
+            .map(|m| Ok((checked(&m.from)?, checked(&m.to)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let remove = (request.remove.iter())
+            .map(|path| checked(path))
+            .collect::<Result<Vec<_>>>()?;
+        let command = FsCommand::Rename { moves, remove };
+        (self.meta.state().fs())
+            .check(&command, false)
+            .map_err(Error::User)?;
         self.fs_record(command)
     }
 
@@ -620,6 +648,12 @@ impl Coordinator {
             state.fs_change(&who, command, false)
         })
         .await
+    }
+
+    /// Removes paths, then moves files, as one change.
+    pub async fn fs_rename(&self, who: &Identity, request: pb::MetaFsRename) -> Result<()> {
+        let who = who.clone();
+        self.ask(move |state| state.fs_rename(&who, request)).await
     }
 
     /// Removes a file, or a directory: with `recursive`, one that is not empty.

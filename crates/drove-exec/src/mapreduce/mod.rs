@@ -15,6 +15,7 @@
 
 mod datum;
 pub mod nodes;
+pub mod output;
 pub mod plan;
 pub mod python;
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -27,8 +27,10 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
+use super::output::OutputDir;
 use super::{ErasedJob, JobArgs, record_schema};
 use crate::Error;
+use crate::dfs_write::FsWriter;
 use crate::shuffle::ShuffleEnv;
 use crate::tables::Format;
 
@@ -61,20 +63,83 @@ fn count(ctx: &TaskContext, name: &str, n: u64) {
 /// that are not valid UTF-8 are skipped and counted as `invalid_utf8_lines`.
 #[derive(Debug)]
 pub struct TextSourceExec {
-    files: Vec<PathBuf>,
+    /// Local paths, or URLs of files in object stores (`drove://`, `s3://`).
+    files: Vec<String>,
     properties: Arc<PlanProperties>,
 }
 
 impl TextSourceExec {
-    pub fn new(files: Vec<PathBuf>) -> Self {
+    pub fn new(files: Vec<String>) -> Self {
         assert!(!files.is_empty(), "a text source needs at least one file");
         let properties = properties(record_schema(), files.len());
         Self { files, properties }
     }
 
-    pub fn files(&self) -> &[PathBuf] {
+    pub fn files(&self) -> &[String] {
         &self.files
     }
+}
+
+/// Pieces of an object being read that wait for the reader, at most.
+const OBJECT_PIECES_AHEAD: usize = 4;
+
+/// An object's bytes as a blocking reader: a task fetches them into a small bounded
+/// channel. Read only from a blocking thread.
+struct ObjectReader {
+    pieces: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    current: bytes::Bytes,
+}
+
+impl Read for ObjectReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.pieces.blocking_recv() {
+                Some(piece) => self.current = piece?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
+    }
+}
+
+/// Opens a text input, a local path or an object store's URL, for reading on a
+/// blocking thread. Must be called inside a Tokio runtime (it starts the fetch).
+pub(super) fn open_text(
+    file: &str,
+    stores: &dyn datafusion::execution::object_store::ObjectStoreRegistry,
+) -> crate::Result<Box<dyn Read + Send>> {
+    let Some(url) = crate::stores::url_of(file).map_err(Error::User)? else {
+        let opened = std::fs::File::open(file)
+            .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{file}: {e}"))))?;
+        return Ok(Box::new(opened));
+    };
+    use object_store::ObjectStoreExt;
+    let (store, location) = crate::stores::locate(stores, &url)?;
+    let (tx, pieces) = tokio::sync::mpsc::channel(OBJECT_PIECES_AHEAD);
+    let io_error = move |e: object_store::Error| std::io::Error::other(format!("{url}: {e}"));
+    tokio::spawn(async move {
+        let mut bytes = match store.get(&location).await {
+            Ok(got) => got.into_stream(),
+            Err(e) => {
+                let _ = tx.send(Err(io_error(e))).await;
+                return;
+            }
+        };
+        while let Some(piece) = bytes.next().await {
+            let failed = piece.is_err();
+            // The reader went away, or the read failed: either ends it.
+            if tx.send(piece.map_err(&io_error)).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Ok(Box::new(ObjectReader {
+        pieces,
+        current: bytes::Bytes::new(),
+    }))
 }
 
 /// Bytes read from a text file at a time.
@@ -88,19 +153,15 @@ const LINE_BYTES_MAX: usize = 1 << 30;
 /// (the reader went away). It reads large blocks and copies each line once, into the
 /// batch's text column.
 fn read_lines(
-    path: &Path,
+    name: &str,
+    mut file: impl Read,
     ctx: &TaskContext,
     line_max: usize,
     mut emit: impl FnMut(RecordBatch) -> bool,
 ) -> crate::Result<()> {
-    let io_error = |e: std::io::Error| {
-        Error::Io(std::io::Error::new(
-            e.kind(),
-            format!("{}: {e}", path.display()),
-        ))
-    };
-    let mut file = std::fs::File::open(path).map_err(io_error)?;
-    let mut batch = Lines::new(path.to_string_lossy().into_owned());
+    let io_error =
+        |e: std::io::Error| Error::Io(std::io::Error::new(e.kind(), format!("{name}: {e}")));
+    let mut batch = Lines::new(name.to_string());
     let mut buf: Vec<u8> = Vec::with_capacity(READ_BYTES);
     // Where in `buf` the line being read starts.
     let mut start = 0;
@@ -120,9 +181,8 @@ fn read_lines(
                 Some(last) => before + last + 1,
                 None if buf.len() > line_max => {
                     return Err(Error::User(format!(
-                        "line {} of {} is longer than {} MiB; split it into lines",
+                        "line {} of {name} is longer than {} MiB; split it into lines",
                         batch.number + 1,
-                        path.display(),
                         line_max >> 20
                     )));
                 }
@@ -279,12 +339,16 @@ impl ExecutionPlan for TextSourceExec {
         let path = self.files.get(partition).cloned().ok_or_else(|| {
             DataFusionError::Internal(format!("no text file for partition {partition}"))
         })?;
+        let stores = Arc::clone(&context.runtime_env().object_store_registry);
+        let file = open_text(&path, stores.as_ref());
         // A blocking reader feeds a small bounded channel: memory stays at a few
         // batches whatever the file's size.
         let (tx, rx) = tokio::sync::mpsc::channel::<DfResult<RecordBatch>>(2);
         tokio::task::spawn_blocking(move || {
-            let sent = read_lines(&path, &context, LINE_BYTES_MAX, |batch| {
-                tx.blocking_send(Ok(batch)).is_ok()
+            let sent = file.and_then(|file| {
+                read_lines(&path, file, &context, LINE_BYTES_MAX, |batch| {
+                    tx.blocking_send(Ok(batch)).is_ok()
+                })
             });
             if let Err(e) = sent {
                 let _ = tx.blocking_send(Err(external(e)));
@@ -472,7 +536,8 @@ impl ExecutionPlan for MapExec {
 /// Where and how a MapReduce job writes its output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputSpec {
-    pub dir: PathBuf,
+    /// A local path, or the URL of a directory in drove fs or an object store.
+    pub dir: String,
     pub format: OutputFormat,
     /// Names this run's temporary directory, `DIR/_temporary/TOKEN`.
     pub token: String,
@@ -693,8 +758,7 @@ impl DisplayAs for ReduceExec {
         write!(
             f,
             "ReduceExec: job={}, output={}",
-            self.job_name,
-            self.output.dir.display()
+            self.job_name, self.output.dir
         )
     }
 }
@@ -750,16 +814,33 @@ impl ExecutionPlan for ReduceExec {
         // next key starts, and the output is written as it comes, so a reduce task
         // holds one key's values, not its partition.
         let stream = futures::stream::once(async move {
-            let dir = output.dir.join("_temporary").join(&output.token);
-            let path = dir.join(format!("part-r-{partition:05}.{attempt}"));
-            // The client made the directory before submitting; one that is gone was
-            // removed by a client that gave up, and nothing is written back into it.
-            if !dir.is_dir() {
+            let writer = context.session_config().get_extension::<FsWriter>();
+            let dir = OutputDir::open(&output.dir, &context.runtime_env(), writer.as_deref())
+                .map_err(external)?;
+            // The submitter staged the run's directory before submitting; one that is
+            // gone was removed by a submitter that gave up, and nothing is written back.
+            if !dir.staged(&output.token).await.map_err(external)? {
                 return Err(external(crate::Error::User(format!(
                     "the job's output directory {} is gone: its client gave up",
-                    dir.display()
+                    dir.name()
                 ))));
             }
+            let name = format!("part-r-{partition:05}.{attempt}");
+            // A part for a local output is written in place; for any other, to this
+            // worker's scratch space first, then copied there whole.
+            let (path, scratch) = match dir.local_part(&output.token, &name) {
+                Some(path) => (path, None),
+                None => {
+                    let file = (context.runtime_env().disk_manager)
+                        .create_tmp_file("a MapReduce part file")?;
+                    let path = file.path().map(Path::to_path_buf).ok_or_else(|| {
+                        DataFusionError::Internal(
+                            "the worker's scratch space holds no local files".into(),
+                        )
+                    })?;
+                    (path, Some(file))
+                }
+            };
             let mut writer =
                 PartWriter::create(&path, output.format, job.output_schema()).map_err(external)?;
             let mut reducer = Arc::clone(&job).reducer();
@@ -775,9 +856,13 @@ impl ExecutionPlan for ReduceExec {
                 writer.write(&out).map_err(external)?;
             }
             writer.close().map_err(external)?;
+            let at = match scratch {
+                None => path.to_string_lossy().into_owned(),
+                Some(_) => (dir.put_part(&output.token, &name, &path).await).map_err(external)?,
+            };
             let columns: Vec<ArrayRef> = vec![
                 Arc::new(UInt64Array::from(vec![partition as u64])),
-                Arc::new(StringArray::from(vec![path.to_string_lossy().into_owned()])),
+                Arc::new(StringArray::from(vec![at])),
                 Arc::new(UInt64Array::from(vec![rows])),
             ];
             Ok(RecordBatch::try_new(written_schema(), columns)?)
@@ -798,7 +883,7 @@ mod tests {
 
     /// A text file's records as the source reads them: (line number, text).
     async fn read(path: &Path) -> Vec<(u64, String)> {
-        let source = TextSourceExec::new(vec![path.to_path_buf()]);
+        let source = TextSourceExec::new(vec![path.to_string_lossy().into_owned()]);
         let batches: Vec<RecordBatch> = source
             .execute(0, Arc::new(TaskContext::default()))
             .unwrap()
@@ -876,21 +961,34 @@ mod tests {
         bytes.extend_from_slice(b"\nafter\n");
         std::fs::write(&path, &bytes).unwrap();
         let mut rows = 0;
-        let e = read_lines(&path, &TaskContext::default(), READ_BYTES, |b| {
-            rows += b.num_rows();
-            true
-        })
+        let open = || std::fs::File::open(&path).unwrap();
+        let e = read_lines(
+            "long.txt",
+            open(),
+            &TaskContext::default(),
+            READ_BYTES,
+            |b| {
+                rows += b.num_rows();
+                true
+            },
+        )
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("line 2 of") && e.contains("longer than 1 MiB"),
+            e.contains("line 2 of long.txt") && e.contains("longer than 1 MiB"),
             "{e}"
         );
         // Under a higher limit the same file reads.
-        read_lines(&path, &TaskContext::default(), 4 * READ_BYTES, |b| {
-            rows += b.num_rows();
-            true
-        })
+        read_lines(
+            "long.txt",
+            open(),
+            &TaskContext::default(),
+            4 * READ_BYTES,
+            |b| {
+                rows += b.num_rows();
+                true
+            },
+        )
         .unwrap();
         assert_eq!(rows, 3);
     }

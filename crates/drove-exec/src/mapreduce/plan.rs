@@ -1,11 +1,12 @@
 //! From a MapReduce job description to a physical plan.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef};
 use datafusion::common::ScalarValue;
 use datafusion::common::SplitPoint;
+use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_expr::RangePartitioning;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::repartition::RepartitionExec;
@@ -29,8 +30,9 @@ pub struct MapReduceSpec {
     pub job: String,
     /// The job's parameters.
     pub args: super::JobArgs,
-    /// Files or directories of files: text (any extension but .csv and .parquet), CSV or Parquet.
-    pub inputs: Vec<PathBuf>,
+    /// Files or directories of files: text (any extension but .csv and .parquet), CSV
+    /// or Parquet; local paths, or URLs in drove fs or an object store.
+    pub inputs: Vec<String>,
     pub output: OutputSpec,
     pub reducers: usize,
     /// Run the job's combiner on the map side (when it has one).
@@ -39,41 +41,85 @@ pub struct MapReduceSpec {
 
 #[derive(Debug, Default)]
 struct Inputs {
-    text: Vec<PathBuf>,
-    csv: Vec<PathBuf>,
-    parquet: Vec<PathBuf>,
+    text: Vec<String>,
+    csv: Vec<String>,
+    parquet: Vec<String>,
+}
+
+/// Whether a file's name is a marker or hidden (`_SUCCESS`, `.crc`), not input.
+fn hidden(name: &str) -> bool {
+    name.starts_with('.') || name.starts_with('_')
+}
+
+/// The files of an input URL: the object it names, or the objects directly inside it.
+async fn list_remote(
+    stores: &dyn ObjectStoreRegistry,
+    input: &str,
+    url: &url::Url,
+) -> Result<Vec<String>> {
+    use object_store::ObjectStoreExt;
+    let (store, location) = crate::stores::locate(stores, url)?;
+    let unreadable =
+        |e: object_store::Error| Error::User(format!("input {input} cannot be read: {e}"));
+    if store.head(&location).await.is_ok() {
+        return Ok(vec![input.to_string()]);
+    }
+    let listed = store
+        .list_with_delimiter(Some(&location))
+        .await
+        .map_err(unreadable)?;
+    if listed.objects.is_empty() && listed.common_prefixes.is_empty() {
+        return Err(Error::User(format!(
+            "input path '{input}' does not exist; pass existing files or directories"
+        )));
+    }
+    let base = &url[..url::Position::BeforePath];
+    let mut files: Vec<String> = (listed.objects.iter())
+        .filter(|o| !o.location.filename().is_some_and(hidden))
+        .map(|o| format!("{base}/{}", o.location))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// Lists the input files: a directory contributes its files, skipping names that start
 /// with `.` or `_` (markers such as `_SUCCESS`).
-fn list_inputs(paths: &[PathBuf]) -> Result<Inputs> {
+async fn list_inputs(paths: &[String], stores: &dyn ObjectStoreRegistry) -> Result<Inputs> {
     if paths.is_empty() {
         return Err(Error::User(
             "no input; pass at least one --input PATH".into(),
         ));
     }
     let mut inputs = Inputs::default();
-    let mut add = |p: PathBuf| match p.extension().and_then(|e| e.to_str()) {
+    let extension = |p: &str| {
+        let name = p.rsplit('/').next().unwrap_or(p);
+        name.rsplit_once('.').map(|(_, e)| e.to_string())
+    };
+    let mut add = |p: String| match extension(&p).as_deref() {
         Some("csv") => inputs.csv.push(p),
         Some("parquet") => inputs.parquet.push(p),
         _ => inputs.text.push(p),
     };
     for path in paths {
+        if let Some(url) = crate::stores::url_of(path).map_err(Error::User)? {
+            list_remote(stores, path, &url)
+                .await?
+                .into_iter()
+                .for_each(&mut add);
+            continue;
+        }
         let meta = std::fs::metadata(path).map_err(|_| {
             Error::User(format!(
-                "input path '{}' does not exist; pass existing files or directories",
-                path.display()
+                "input path '{path}' does not exist; pass existing files or directories"
             ))
         })?;
         if meta.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+            let mut files: Vec<String> = std::fs::read_dir(path)?
                 .filter_map(|e| e.ok())
                 .map(|e| e.path())
                 .filter(|p| p.is_file())
-                .filter(|p| {
-                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    !name.starts_with('.') && !name.starts_with('_')
-                })
+                .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(hidden))
+                .map(|p| p.to_string_lossy().into_owned())
                 .collect();
             files.sort();
             files.into_iter().for_each(&mut add);
@@ -87,18 +133,18 @@ fn list_inputs(paths: &[PathBuf]) -> Result<Inputs> {
     Ok(inputs)
 }
 
-fn utf8(path: &Path) -> Result<&str> {
-    path.to_str()
-        .ok_or_else(|| Error::User(format!("path '{}' is not UTF-8", path.display())))
-}
-
 /// Builds the job's physical plan. Runs in the submitting process, which has the job's
-/// code registered too; range partitioning samples the input here.
-pub async fn build(spec: &MapReduceSpec) -> Result<Arc<dyn ExecutionPlan>> {
+/// code registered too; range partitioning samples the input here. `runtime` reaches
+/// the inputs' object stores.
+pub async fn build(
+    spec: &MapReduceSpec,
+    runtime: Arc<RuntimeEnv>,
+) -> Result<Arc<dyn ExecutionPlan>> {
     // One scan partition per CSV or Parquet file, so a record's row number counts from
     // the start of its file.
-    let ctx = SessionContext::new_with_config(
+    let ctx = SessionContext::new_with_config_rt(
         datafusion::prelude::SessionConfig::new().with_repartition_file_scans(false),
+        Arc::clone(&runtime),
     );
     let job = job(&spec.job, &spec.args)?;
     if spec.reducers == 0 || spec.reducers > REDUCERS_MAX {
@@ -107,7 +153,7 @@ pub async fn build(spec: &MapReduceSpec) -> Result<Arc<dyn ExecutionPlan>> {
             spec.reducers
         )));
     }
-    let inputs = list_inputs(&spec.inputs)?;
+    let inputs = list_inputs(&spec.inputs, runtime.object_store_registry.as_ref()).await?;
     let mut maps: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
     if !inputs.text.is_empty() {
         let source = Arc::new(TextSourceExec::new(inputs.text.clone()));
@@ -124,8 +170,8 @@ pub async fn build(spec: &MapReduceSpec) -> Result<Arc<dyn ExecutionPlan>> {
         .iter()
         .map(|p| (p, true))
         .chain(inputs.parquet.iter().map(|p| (p, false)));
-    for (path, is_csv) in tables {
-        let name = utf8(path)?;
+    for (name, is_csv) in tables {
+        let name = name.as_str();
         let df = if is_csv {
             ctx.read_csv(name, CsvReadOptions::new().has_header(true))
                 .await?
@@ -153,7 +199,18 @@ pub async fn build(spec: &MapReduceSpec) -> Result<Arc<dyn ExecutionPlan>> {
             Partitioning::Hash(vec![Arc::new(Column::new("key", 0))], spec.reducers)
         }
         Partitioner::Range => {
-            let sample = sample_keys(&inputs, &job)?;
+            if !inputs.csv.is_empty() || !inputs.parquet.is_empty() {
+                return Err(Error::User(
+                    "range-partitioned jobs read text input only for now; convert CSV or Parquet input to text".into(),
+                ));
+            }
+            let stores = Arc::clone(&runtime.object_store_registry);
+            let job = Arc::clone(&job);
+            let sample = tokio::task::spawn_blocking(move || {
+                sample_keys(&inputs.text, &job, stores.as_ref())
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("sampling keys stopped: {e}")))??;
             let split_points = split_points(&sample, spec.reducers)?;
             Partitioning::Range(RangePartitioning::try_new(by_key.clone(), split_points)?)
         }
@@ -171,17 +228,16 @@ pub async fn build(spec: &MapReduceSpec) -> Result<Arc<dyn ExecutionPlan>> {
     )?))
 }
 
-/// Maps the first lines of each text input and returns the keys they emit.
-fn sample_keys(inputs: &Inputs, job: &Arc<dyn super::ErasedJob>) -> Result<ArrayRef> {
-    if !inputs.csv.is_empty() || !inputs.parquet.is_empty() {
-        return Err(Error::User(
-            "range-partitioned jobs read text input only for now; convert CSV or Parquet input to text".into(),
-        ));
-    }
+/// Maps the first lines of each text input and returns the keys they emit. Reads on a
+/// blocking thread.
+fn sample_keys(
+    text: &[String],
+    job: &Arc<dyn super::ErasedJob>,
+    stores: &dyn ObjectStoreRegistry,
+) -> Result<ArrayRef> {
     let mut keys: Vec<ArrayRef> = Vec::new();
-    for path in &inputs.text {
-        let name = path.to_string_lossy();
-        let reader = std::io::BufReader::new(std::fs::File::open(path)?);
+    for name in text {
+        let reader = std::io::BufReader::new(super::nodes::open_text(name, stores)?);
         // A line that is not UTF-8 ends that file's sample; the job itself counts them.
         let lines: Vec<(u64, String)> = std::io::BufRead::lines(reader)
             .take(SAMPLE_LINES_PER_FILE)
@@ -192,7 +248,7 @@ fn sample_keys(inputs: &Inputs, job: &Arc<dyn super::ErasedJob>) -> Result<Array
         let records: Vec<Record<'_>> = lines
             .iter()
             .map(|(line, text)| Record {
-                file: &name,
+                file: name,
                 line: *line,
                 text,
             })

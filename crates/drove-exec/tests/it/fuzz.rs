@@ -948,16 +948,18 @@ impl Seeds {
             let spec = MapReduceSpec {
                 job: job.to_string(),
                 args,
-                inputs,
+                inputs: (inputs.iter())
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect(),
                 output: OutputSpec {
-                    dir: data.join("out"),
+                    dir: data.join("out").to_string_lossy().into_owned(),
                     format,
                     token: "run-1".into(),
                 },
                 reducers: 3,
                 combine: true,
             };
-            let plan = mapreduce::plan::build(&spec)
+            let plan = mapreduce::plan::build(&spec, Default::default())
                 .await
                 .expect("a MapReduce plan");
             physical_plans.push(codec::plan_to_bytes(Arc::clone(&plan)).expect("encoded"));

@@ -1103,7 +1103,7 @@ pub mod meta_entry {
 /// A change to drove fs's namespace.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct MetaFs {
-    #[prost(oneof = "meta_fs::Change", tags = "1, 2, 3")]
+    #[prost(oneof = "meta_fs::Change", tags = "1, 2, 3, 4")]
     pub change: ::core::option::Option<meta_fs::Change>,
 }
 /// Nested message and enum types in `MetaFs`.
@@ -1116,7 +1116,24 @@ pub mod meta_fs {
         Commit(super::MetaFsCommit),
         #[prost(string, tag = "3")]
         Remove(::prost::alloc::string::String),
+        #[prost(message, tag = "4")]
+        Rename(super::MetaFsRename),
     }
+}
+/// Removes `remove` (a path that names nothing is skipped), then moves each file.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct MetaFsRename {
+    #[prost(message, repeated, tag = "1")]
+    pub moves: ::prost::alloc::vec::Vec<MetaFsMove>,
+    #[prost(string, repeated, tag = "2")]
+    pub remove: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MetaFsMove {
+    #[prost(string, tag = "1")]
+    pub from: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub to: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MetaFsMkdir {
@@ -2131,6 +2148,28 @@ pub mod coordinator_client {
                 .insert(GrpcMethod::new("drove.v1.Coordinator", "FsRemove"));
             self.inner.unary(req, path, codec).await
         }
+        /// Removes paths and moves files, all in one change (a MapReduce output's commit).
+        pub async fn fs_rename(
+            &mut self,
+            request: impl tonic::IntoRequest<super::MetaFsRename>,
+        ) -> std::result::Result<tonic::Response<super::FsDone>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/drove.v1.Coordinator/FsRename",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("drove.v1.Coordinator", "FsRename"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2254,6 +2293,11 @@ pub mod coordinator_server {
         async fn fs_remove(
             &self,
             request: tonic::Request<super::FsPathRequest>,
+        ) -> std::result::Result<tonic::Response<super::FsDone>, tonic::Status>;
+        /// Removes paths and moves files, all in one change (a MapReduce output's commit).
+        async fn fs_rename(
+            &self,
+            request: tonic::Request<super::MetaFsRename>,
         ) -> std::result::Result<tonic::Response<super::FsDone>, tonic::Status>;
     }
     /// The coordinator's gRPC service.
@@ -2993,6 +3037,49 @@ pub mod coordinator_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = FsRemoveSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/drove.v1.Coordinator/FsRename" => {
+                    #[allow(non_camel_case_types)]
+                    struct FsRenameSvc<T: Coordinator>(pub Arc<T>);
+                    impl<T: Coordinator> tonic::server::UnaryService<super::MetaFsRename>
+                    for FsRenameSvc<T> {
+                        type Response = super::FsDone;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::MetaFsRename>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Coordinator>::fs_rename(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = FsRenameSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

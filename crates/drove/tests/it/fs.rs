@@ -722,3 +722,144 @@ fn tpch_in_drove_fs_answers_as_local_parquet_does() {
         read("remote")
     );
 }
+
+/// Word count from `drove://` input to `drove://` output, on workers that share no
+/// directory: the counts equal a plain count, the output appears whole with
+/// `_SUCCESS`, `--overwrite` replaces it in one step, and bad paths are refused.
+#[test]
+fn wordcount_reads_and_writes_drove_fs_with_nothing_shared() {
+    let c = FsCluster::start(3, |_| Vec::new());
+    let mut reference: std::collections::BTreeMap<String, u64> = Default::default();
+    for f in 0..4 {
+        let text: String = (0..3000)
+            .map(|i| {
+                format!(
+                    "Wörd{} the {} fox, jumps; {}\n",
+                    i % 97,
+                    f,
+                    (i * 7 + f) % 13
+                )
+            })
+            .collect();
+        for w in crate::mapreduce::words(&text) {
+            *reference.entry(w).or_default() += 1;
+        }
+        let src = write(c.dir.path(), &format!("f{f}.txt"), text.as_bytes());
+        c.fs_ok(&[
+            "put",
+            &src,
+            &format!("drove://corpus/f{f}.txt"),
+            "--replication",
+            "2",
+        ]);
+    }
+    // A marker beside the input is not read as input.
+    let marker = write(c.dir.path(), "_SUCCESS", b"not words");
+    c.fs_ok(&["put", &marker, "drove://corpus/_SUCCESS"]);
+
+    let mapreduce = |extra: &[&str]| {
+        let mut args = vec![
+            "mapreduce",
+            "wordcount",
+            "--coordinator",
+            &c.addr,
+            "--no-progress",
+        ];
+        args.extend_from_slice(extra);
+        crate::run(&args, Duration::from_secs(300))
+    };
+    let run_ok = |extra: &[&str]| {
+        let out = mapreduce(extra);
+        assert!(
+            out.status.success(),
+            "drove mapreduce {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The committed output: its entries, and the counts its parts hold.
+    let output = |dir: &str| {
+        let listed = c.block(c.session.fs_list(dir)).unwrap();
+        let names: Vec<String> = listed.into_iter().map(|e| e.name).collect();
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        for name in names.iter().filter(|n| n.starts_with("part-r-")) {
+            let part = c.fs_ok(&["cat", &format!("{dir}/{name}")]);
+            for line in part.lines() {
+                let (word, n) = line.split_once('\t').unwrap();
+                assert!(
+                    counts
+                        .insert(word.to_string(), n.parse().unwrap())
+                        .is_none(),
+                    "{word} counted in two parts"
+                );
+            }
+        }
+        (names, counts)
+    };
+
+    run_ok(&[
+        "--input",
+        "drove://corpus",
+        "--output",
+        "drove://counts",
+        "--reducers",
+        "3",
+    ]);
+    let (names, counts) = output("drove://counts");
+    assert_eq!(
+        names,
+        ["_SUCCESS", "part-r-00000", "part-r-00001", "part-r-00002"],
+        "the output holds its parts and marker, and no temporary files"
+    );
+    assert_eq!(counts, reference);
+
+    // An existing output needs --overwrite, which replaces the parts (fewer now).
+    let again = mapreduce(&["--input", "drove://corpus", "--output", "drove://counts"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    run_ok(&[
+        "--input",
+        "drove://corpus/f0.txt",
+        "drove://corpus/f1.txt",
+        "drove://corpus/f2.txt",
+        "drove://corpus/f3.txt",
+        "--output",
+        "drove://counts",
+        "--reducers",
+        "2",
+        "--overwrite",
+    ]);
+    let (names, counts) = output("drove://counts");
+    assert_eq!(names, ["_SUCCESS", "part-r-00000", "part-r-00001"]);
+    assert_eq!(counts, reference);
+
+    // Bad paths: a missing input, an output inside the input, a directory that is not
+    // an earlier output, and a file as the output.
+    c.fs_ok(&["put", &marker, "drove://other/notes.txt"]);
+    for (extra, needle) in [
+        (["drove://nothing", "drove://out"], "does not exist"),
+        (["drove://corpus", "drove://corpus/out"], "lies inside"),
+        (
+            ["drove://corpus", "drove://other"],
+            "not an earlier drove output",
+        ),
+        (
+            ["drove://corpus", "drove://other/notes.txt"],
+            "not a directory",
+        ),
+    ] {
+        let out = mapreduce(&["--input", extra[0], "--output", extra[1], "--overwrite"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        assert!(
+            stderr.contains(needle),
+            "{extra:?}: no '{needle}' in {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // Nothing was left behind by the refused runs.
+    assert!(c.block(c.session.fs_stat("drove://out")).is_err());
+    assert!(c.block(c.session.fs_stat("drove://corpus/out")).is_err());
+}

@@ -102,14 +102,21 @@ pub fn spawn_until(args: &[&str], marker: &str) -> (Proc, String) {
 
 /// A plain HTTP/1.0 request on loopback; returns the status code and the body.
 pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    http_with(addr, method, path, b"")
+}
+
+/// [`http`] with a request body.
+pub fn http_with(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream =
         std::net::TcpStream::connect(addr).expect("connecting to the coordinator's HTTP");
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
     )
     .unwrap();
+    stream.write_all(body).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let code = response

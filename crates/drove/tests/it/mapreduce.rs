@@ -10,7 +10,7 @@ use drove_client::{
 
 /// The words of a text as the built-in jobs define them, written plainly: maximal runs
 /// of Unicode alphanumeric characters, lowercased.
-fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn words(text: &str) -> impl Iterator<Item = String> + '_ {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)
@@ -270,18 +270,21 @@ async fn sort_stages(dir: &Path, files: usize) -> Vec<String> {
         .unwrap();
     }
     drove::jobs::register_builtin();
-    let plan = build(&MapReduceSpec {
-        job: "sort".into(),
-        args: Default::default(),
-        inputs: vec![input],
-        output: OutputSpec {
-            dir: dir.join("out"),
-            format: OutputFormat::Text,
-            token: "t".into(),
+    let plan = build(
+        &MapReduceSpec {
+            job: "sort".into(),
+            args: Default::default(),
+            inputs: vec![input.to_string_lossy().into_owned()],
+            output: OutputSpec {
+                dir: dir.join("out").to_string_lossy().into_owned(),
+                format: OutputFormat::Text,
+                token: "t".into(),
+            },
+            reducers: 2,
+            combine: true,
         },
-        reducers: 2,
-        combine: true,
-    })
+        Default::default(),
+    )
     .await
     .unwrap();
     drove_exec::planner::split(plan)

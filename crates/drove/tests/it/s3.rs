@@ -1,6 +1,7 @@
-//! Tables in S3: a moto server (`pip install 'moto[server]'`) on loopback speaks the
-//! S3 API; `drove gen tpch --out s3://` writes the tables into a bucket, and a
-//! coordinator and worker read them there, every process configured by the usual AWS
+//! Tables and MapReduce in S3: a moto server (`pip install 'moto[server]'`) on
+//! loopback speaks the S3 API; `drove gen tpch --out s3://` writes the tables into a
+//! bucket, a coordinator and worker read them there, and MapReduce reads its input
+//! and commits its output there, every process configured by the usual AWS
 //! environment variables.
 
 use std::process::{Command, Stdio};
@@ -58,6 +59,39 @@ impl Moto {
         c.args(args);
         crate::run_command(c, Duration::from_secs(300))
     }
+
+    /// A coordinator and a worker that reach this server.
+    fn cluster(&self) -> (crate::Proc, crate::Proc, String, tempfile::TempDir) {
+        let (coordinator, addr, _) = drove_testkit::start_coordinator(self.drove(), &[]);
+        let work = tempfile::tempdir().unwrap();
+        let mut worker = self.drove();
+        worker.args([
+            "worker",
+            "--coordinator",
+            &addr,
+            "--slots",
+            "2",
+            "--work-dir",
+        ]);
+        worker.arg(work.path());
+        let worker = drove_testkit::spawn_until(worker, "worker Flight service on").0;
+        (coordinator, worker, addr, work)
+    }
+
+    /// The keys under `prefix` in `bucket`.
+    fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let (code, body) = crate::http(
+            &self.addr,
+            "GET",
+            &format!("/{bucket}?list-type=2&prefix={prefix}"),
+        );
+        assert_eq!(code, 200, "{body}");
+        let mut keys: Vec<String> = (body.split("<Key>").skip(1))
+            .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .collect();
+        keys.sort();
+        keys
+    }
 }
 
 #[test]
@@ -80,19 +114,7 @@ fn tpch_tables_in_s3_answer_as_local_files_do() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let (_coordinator, addr, _) = drove_testkit::start_coordinator(s3.drove(), &[]);
-    let work = tempfile::tempdir().unwrap();
-    let mut worker = s3.drove();
-    worker.args([
-        "worker",
-        "--coordinator",
-        &addr,
-        "--slots",
-        "2",
-        "--work-dir",
-    ]);
-    worker.arg(work.path());
-    let _worker = drove_testkit::spawn_until(worker, "worker Flight service on").0;
+    let (_coordinator, _worker, addr, _work) = s3.cluster();
 
     let local = drove_testkit::tpch_data(0.01);
     for q in [1, 3, 6] {
@@ -142,4 +164,127 @@ fn tpch_tables_in_s3_answer_as_local_files_do() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// Word count with its input and its output in a bucket: the counts equal a plain
+/// count, the output is committed with `_SUCCESS` and no temporary objects left, and
+/// `--overwrite` replaces the earlier parts.
+#[test]
+fn wordcount_commits_its_output_to_s3() {
+    let s3 = Moto::start();
+    let (code, body) = crate::http(&s3.addr, "PUT", "/jobs");
+    assert_eq!(code, 200, "making the bucket: {body}");
+    let mut reference: std::collections::BTreeMap<String, u64> = Default::default();
+    for f in 0..3 {
+        let text: String = (0..2000)
+            .map(|i| format!("Élan {} river{} stone. {}\n", f, i % 31, i % 7))
+            .collect();
+        for w in crate::mapreduce::words(&text) {
+            *reference.entry(w).or_default() += 1;
+        }
+        let (code, body) = crate::http_with(
+            &s3.addr,
+            "PUT",
+            &format!("/jobs/corpus/f{f}.txt"),
+            text.as_bytes(),
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    let (_coordinator, _worker, addr, _work) = s3.cluster();
+    let mapreduce = |extra: &[&str]| {
+        let mut args = vec![
+            "mapreduce",
+            "wordcount",
+            "--coordinator",
+            &addr,
+            "--no-progress",
+        ];
+        args.extend_from_slice(extra);
+        s3.run(&args)
+    };
+    // The committed output read back as a table of CSV parts.
+    let counts = || {
+        let out = s3.run(&[
+            "sql",
+            "--coordinator",
+            &addr,
+            "--table",
+            "counts=s3://jobs/counts",
+            "--format",
+            "csv",
+            "-e",
+            "SELECT * FROM counts",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        for line in stdout.lines().skip(1) {
+            let (word, n) = line.split_once(',').unwrap();
+            assert!(
+                counts
+                    .insert(word.to_string(), n.parse().unwrap())
+                    .is_none()
+            );
+        }
+        counts
+    };
+
+    for (reducers, overwrite) in [("3", false), ("1", true)] {
+        let mut args = vec![
+            "--input",
+            "s3://jobs/corpus",
+            "--output",
+            "s3://jobs/counts",
+            "--reducers",
+            reducers,
+            "--format",
+            "csv",
+        ];
+        if overwrite {
+            args.push("--overwrite");
+        }
+        let out = mapreduce(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let keys = s3.keys("jobs", "counts/");
+        let parts: Vec<String> = (0..reducers.parse::<usize>().unwrap())
+            .map(|r| format!("counts/part-r-{r:05}.csv"))
+            .collect();
+        let mut expected = vec!["counts/_SUCCESS".to_string()];
+        expected.extend(parts);
+        assert_eq!(
+            keys, expected,
+            "the committed parts and marker, nothing else"
+        );
+        assert_eq!(counts(), reference);
+    }
+
+    // Bad input: an existing output without --overwrite, a missing input, an output
+    // in a bucket that is not there.
+    for (input, output, needle) in [
+        ("s3://jobs/corpus", "s3://jobs/counts", "--overwrite"),
+        ("s3://jobs/nothing", "s3://jobs/out", "does not exist"),
+        (
+            "s3://jobs/corpus",
+            "s3://no-such-bucket/out",
+            "no-such-bucket",
+        ),
+    ] {
+        let out = mapreduce(&["--input", input, "--output", output]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{output} was accepted");
+        assert!(stderr.contains(needle), "no '{needle}' in {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(
+        s3.keys("jobs", "out").is_empty(),
+        "a refused run wrote nothing"
+    );
 }
