@@ -1,10 +1,11 @@
 //! Where tables' files are found: local paths, `drove://` paths in drove fs, and
-//! `s3://BUCKET/...` in S3 or a server that speaks its API, read through DataFusion's
+//! object stores (`s3://`, `gs://`, `az://`, `http(s)://`), read through DataFusion's
 //! object store registry. A `drove://` store is read-only: files are written with
-//! `drove fs put` (or `drove gen --out drove://`). An S3 bucket is reached with the
-//! usual environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
-//! `AWS_REGION`, and `AWS_ENDPOINT` with `AWS_ALLOW_HTTP=true` for a local server),
-//! which every process that reads it (the client, coordinator and workers) needs.
+//! `drove fs put` (or `drove gen --out drove://`, or MapReduce output). An object store
+//! is reached with its usual environment variables (for S3 `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, and `AWS_ENDPOINT` with
+//! `AWS_ALLOW_HTTP=true` for a local server), which every process that reads it (the
+//! client, coordinator and workers) needs.
 
 use std::fmt;
 use std::sync::Arc;
@@ -58,11 +59,11 @@ impl ObjectStoreRegistry for Stores {
     }
 
     fn get_store(&self, url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
-        if url.scheme() == "s3" {
+        if CLOUD_SCHEMES.contains(&url.scheme()) {
             if let Ok(store) = self.others.get_store(url) {
                 return Ok(store);
             }
-            let store = s3(url)?;
+            let store = cloud(url)?;
             self.others.register_store(url, Arc::clone(&store));
             return Ok(store);
         }
@@ -81,25 +82,63 @@ impl ObjectStoreRegistry for Stores {
     }
 }
 
-/// The bucket of an `s3://BUCKET/...` URL, configured from the environment.
-pub fn s3(url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+/// The schemes of the object stores drove reaches, each configured from the usual
+/// environment variables.
+pub const CLOUD_SCHEMES: [&str; 5] = ["s3", "gs", "az", "http", "https"];
+
+/// The store of a bucket (`s3://BUCKET`, `gs://BUCKET`), an Azure container
+/// (`az://CONTAINER`) or an HTTP server (`http(s)://HOST`, WebDAV for listing and
+/// writing), configured from the environment.
+pub fn cloud(url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
     let configuration = datafusion::error::DataFusionError::Configuration;
-    let bucket = (url.host_str())
-        .filter(|b| !b.is_empty())
-        .ok_or_else(|| configuration(format!("{url} names no bucket; write s3://BUCKET/PATH")))?;
-    let store = object_store::aws::AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .build()
-        .map_err(|e| {
-            configuration(format!(
-                "{url}: S3 cannot be reached as configured ({e}); set AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION (and AWS_ENDPOINT for an S3-compatible server) for the client, the coordinator and the workers"
-            ))
-        })?;
-    Ok(Arc::new(store))
+    let scheme = url.scheme();
+    let bucket = (url.host_str()).filter(|b| !b.is_empty()).ok_or_else(|| {
+        configuration(format!(
+            "{url} names no bucket or host; write {scheme}://BUCKET/PATH"
+        ))
+    })?;
+    let (built, variables): (object_store::Result<Arc<dyn ObjectStore>>, &str) = match scheme {
+        "s3" => (
+            (object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build())
+            .map(|s| Arc::new(s) as _),
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION (and AWS_ENDPOINT for an S3-compatible server)",
+        ),
+        "gs" => (
+            (object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .build())
+            .map(|s| Arc::new(s) as _),
+            "GOOGLE_SERVICE_ACCOUNT (a key file) or GOOGLE_SERVICE_ACCOUNT_KEY (and GOOGLE_BASE_URL for another server)",
+        ),
+        "az" => (
+            (object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(bucket)
+                .build())
+            .map(|s| Arc::new(s) as _),
+            "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_USE_EMULATOR=true)",
+        ),
+        _ => (
+            (object_store::http::HttpBuilder::new()
+                .with_url(&url[..url::Position::BeforePath])
+                // The URL asked for plain HTTP, or for HTTPS.
+                .with_client_options(object_store::ClientOptions::new().with_allow_http(true))
+                .build())
+            .map(|s| Arc::new(s) as _),
+            "nothing for a server that needs no credentials",
+        ),
+    };
+    built.map_err(|e| {
+        configuration(format!(
+            "{url}: {scheme}:// cannot be reached as configured ({e}); set {variables} for the client, the coordinator and the workers"
+        ))
+    })
 }
 
 /// Copies the local file `local` to `url` (an object store's, such as `s3://`). The
-/// object appears only once whole: a multipart upload either completes or is aborted.
+/// object appears only once whole: a small file is one request, a larger one a
+/// multipart upload that either completes or is aborted.
 /// Returns the bytes copied.
 pub async fn upload(url: &Url, local: &std::path::Path) -> crate::Result<u64> {
     let store = Stores::new(None).get_store(url)?;
@@ -107,6 +146,44 @@ pub async fn upload(url: &Url, local: &std::path::Path) -> crate::Result<u64> {
         .map_err(|e| crate::Error::User(format!("{url} is not a usable path ({e})")))?;
     upload_to(store.as_ref(), &location, local).await
 }
+
+/// What a location in an object store names.
+#[derive(Debug)]
+pub enum Found {
+    /// A directory (a prefix something is under): the objects and the directories
+    /// directly in it.
+    Dir {
+        objects: Vec<ObjectMeta>,
+        dirs: Vec<Path>,
+    },
+    File(ObjectMeta),
+}
+
+/// What `location` names in `store`, if anything. A directory is asked for first:
+/// some stores (an HTTP server's) answer a request for a directory as if it were a
+/// file.
+pub async fn find(store: &dyn ObjectStore, location: &Path) -> object_store::Result<Option<Found>> {
+    use object_store::ObjectStoreExt;
+    let listed = store.list_with_delimiter(Some(location)).await;
+    if let Ok(listed) = &listed {
+        let objects: Vec<ObjectMeta> = (listed.objects.iter())
+            .filter(|o| o.location != *location)
+            .cloned()
+            .collect();
+        if !objects.is_empty() || !listed.common_prefixes.is_empty() {
+            let dirs = listed.common_prefixes.clone();
+            return Ok(Some(Found::Dir { objects, dirs }));
+        }
+    }
+    match store.head(location).await {
+        Ok(meta) => Ok(Some(Found::File(meta))),
+        Err(object_store::Error::NotFound { .. }) => listed.map(|_| None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Bytes an upload sends at a time; a file no larger is sent in one request.
+const UPLOAD_PART_BYTES: usize = 8 << 20;
 
 /// [`upload`] to `location` in `store`.
 pub async fn upload_to(
@@ -120,13 +197,23 @@ pub async fn upload_to(
         crate::Error::User(format!("writing {location} to {store} failed: {e}"))
     };
     let mut file = tokio::fs::File::open(local).await?;
+    let mut buf = Vec::with_capacity(UPLOAD_PART_BYTES);
+    (&mut file)
+        .take(UPLOAD_PART_BYTES as u64)
+        .read_to_end(&mut buf)
+        .await?;
+    if buf.len() < UPLOAD_PART_BYTES {
+        let total = buf.len() as u64;
+        store.put(location, buf.into()).await.map_err(failed)?;
+        return Ok(total);
+    }
     let mut writer =
         object_store::WriteMultipart::new(store.put_multipart(location).await.map_err(failed)?);
-    let mut buf = vec![0u8; 8 << 20];
-    let mut total = 0u64;
+    let mut total = buf.len() as u64;
+    writer.write(&buf);
     let copied: crate::Result<()> = async {
         loop {
-            let n = file.read(&mut buf).await?;
+            let n = file.read(&mut buf[..]).await?;
             if n == 0 {
                 return Ok(());
             }

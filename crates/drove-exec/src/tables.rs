@@ -232,7 +232,6 @@ pub async fn register(ctx: &SessionContext, table: &TableSpec) -> Result<()> {
 /// Registers a table whose path is a URL (`drove://`): a file, or a directory of
 /// files, found through the session's object stores.
 async fn register_remote(ctx: &SessionContext, table: &TableSpec, url: url::Url) -> Result<()> {
-    use object_store::ObjectStoreExt;
     let name = &table.name;
     let store_url = ObjectStoreUrl::parse(&url[..url::Position::BeforePath])?;
     let store = ctx.runtime_env().object_store(&store_url)?;
@@ -240,12 +239,10 @@ async fn register_remote(ctx: &SessionContext, table: &TableSpec, url: url::Url)
         .map_err(|e| Error::User(format!("table '{name}': {url} is not a usable path ({e})")))?;
     let unreadable =
         |e: object_store::Error| Error::User(format!("table '{name}': {url} cannot be read: {e}"));
-    let (is_dir, mut files) = match store.head(&path).await {
-        Ok(file) => (false, vec![file]),
-        Err(object_store::Error::NotFound { .. }) => {
-            let listed = store.list_with_delimiter(Some(&path)).await;
-            (true, listed.map_err(unreadable)?.objects)
-        }
+    let (is_dir, mut files) = match crate::stores::find(store.as_ref(), &path).await {
+        Ok(Some(crate::stores::Found::File(file))) => (false, vec![file]),
+        Ok(Some(crate::stores::Found::Dir { objects, .. })) => (true, objects),
+        Ok(None) => (true, Vec::new()),
         Err(e) => return Err(unreadable(e)),
     };
     files.sort_by(|a, b| a.location.cmp(&b.location));
@@ -254,8 +251,13 @@ async fn register_remote(ctx: &SessionContext, table: &TableSpec, url: url::Url)
     let format = match table.format {
         Some(format) => format,
         None if files.is_empty() => {
+            let hint = if url.scheme() == crate::stores::SCHEME {
+                "; `drove fs ls` shows what does"
+            } else {
+                ""
+            };
             return Err(Error::User(format!(
-                "table '{name}': {url} does not exist; `drove fs ls` shows what does"
+                "table '{name}': {url} does not exist{hint}"
             )));
         }
         None => files

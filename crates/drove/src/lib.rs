@@ -1184,7 +1184,7 @@ fn gen_text(args: GenTextArgs) -> Result<()> {
 enum GenTarget {
     /// drove fs, with the put's options.
     Drove(Session, drove_client::fs::PutOptions),
-    /// An object store's directory (`s3://BUCKET/DIR/`).
+    /// An object store's directory (`s3://BUCKET/DIR/`, `gs://`, `az://`).
     Store(url::Url),
 }
 
@@ -1201,7 +1201,10 @@ async fn gen_tables(benchmark: Benchmark, args: GenTablesArgs) -> Result<()> {
             "--replication and --overwrite are for --out drove://DIR; a local directory or an object store is written in place"
         );
     }
-    if !in_drove && !out.starts_with("s3://") {
+    let is_url = drove_exec::stores::url_of(&out)
+        .map_err(anyhow::Error::msg)?
+        .is_some();
+    if !is_url {
         let paths = benchmark.generate(args.scale, &args.out, format)?;
         println!(
             "wrote {} {} tables at scale {} into {} in {:.1}s",
@@ -1218,23 +1221,22 @@ async fn gen_tables(benchmark: Benchmark, args: GenTablesArgs) -> Result<()> {
     }
     benchmark.check_scale(args.scale)?;
     // Where the tables go is checked (and a cluster reached) before any is generated.
-    let target =
-        if in_drove {
-            drove_core::fs::normalize(&out).map_err(anyhow::Error::msg)?;
-            let options = drove_client::fs::PutOptions {
-                replication: args.replication.unwrap_or(0),
-                overwrite: args.overwrite,
-                ..Default::default()
-            };
-            GenTarget::Drove(
-                args.cluster.auth.connect(&args.cluster.coordinator).await?,
-                options,
-            )
-        } else {
-            GenTarget::Store(url::Url::parse(&format!("{out}/")).with_context(|| {
-                format!("--out {out} is not a URL; write it as s3://BUCKET/DIR")
-            })?)
+    let target = if in_drove {
+        drove_core::fs::normalize(&out).map_err(anyhow::Error::msg)?;
+        let options = drove_client::fs::PutOptions {
+            replication: args.replication.unwrap_or(0),
+            overwrite: args.overwrite,
+            ..Default::default()
         };
+        GenTarget::Drove(
+            args.cluster.auth.connect(&args.cluster.coordinator).await?,
+            options,
+        )
+    } else {
+        GenTarget::Store(url::Url::parse(&format!("{out}/")).with_context(|| {
+            format!("--out {out} is not a URL; write it as s3://BUCKET/DIR (or gs://, az://)")
+        })?)
+    };
     let scratch = tempfile::Builder::new()
         .prefix("drove-gen-")
         .tempdir()

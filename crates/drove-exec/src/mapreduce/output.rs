@@ -157,24 +157,17 @@ impl OutputDir {
                 url,
                 store,
                 location,
-            } => {
-                if store.head(location).await.is_ok() {
-                    return Ok(Existing::File);
-                }
-                let listed = (store.list_with_delimiter(Some(location)).await)
-                    .map_err(|e| failed(&format!("listing {url}"), e))?;
-                if listed.objects.is_empty() && listed.common_prefixes.is_empty() {
-                    Existing::Absent
-                } else {
-                    let names = (listed.objects.iter())
-                        .filter_map(|o| o.location.filename().map(str::to_string))
-                        .chain(
-                            (listed.common_prefixes.iter())
-                                .filter_map(|p| p.filename().map(str::to_string)),
-                        );
-                    classify(names.collect())
-                }
-            }
+            } => match stores::find(store.as_ref(), location).await {
+                Ok(None) => Existing::Absent,
+                Ok(Some(stores::Found::File(_))) => Existing::File,
+                Ok(Some(stores::Found::Dir { objects, dirs })) => classify(
+                    (objects.iter().map(|o| &o.location))
+                        .chain(&dirs)
+                        .filter_map(|p| p.filename().map(str::to_string))
+                        .collect(),
+                ),
+                Err(e) => return Err(failed(&format!("listing {url}"), e)),
+            },
         })
     }
 

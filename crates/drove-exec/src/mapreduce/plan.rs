@@ -57,24 +57,20 @@ async fn list_remote(
     input: &str,
     url: &url::Url,
 ) -> Result<Vec<String>> {
-    use object_store::ObjectStoreExt;
     let (store, location) = crate::stores::locate(stores, url)?;
-    let unreadable =
-        |e: object_store::Error| Error::User(format!("input {input} cannot be read: {e}"));
-    if store.head(&location).await.is_ok() {
-        return Ok(vec![input.to_string()]);
-    }
-    let listed = store
-        .list_with_delimiter(Some(&location))
-        .await
-        .map_err(unreadable)?;
-    if listed.objects.is_empty() && listed.common_prefixes.is_empty() {
-        return Err(Error::User(format!(
-            "input path '{input}' does not exist; pass existing files or directories"
-        )));
-    }
+    let found = (crate::stores::find(store.as_ref(), &location).await)
+        .map_err(|e| Error::User(format!("input {input} cannot be read: {e}")))?;
+    let objects = match found {
+        Some(crate::stores::Found::File(_)) => return Ok(vec![input.to_string()]),
+        Some(crate::stores::Found::Dir { objects, .. }) => objects,
+        None => {
+            return Err(Error::User(format!(
+                "input path '{input}' does not exist; pass existing files or directories"
+            )));
+        }
+    };
     let base = &url[..url::Position::BeforePath];
-    let mut files: Vec<String> = (listed.objects.iter())
+    let mut files: Vec<String> = (objects.iter())
         .filter(|o| !o.location.filename().is_some_and(hidden))
         .map(|o| format!("{base}/{}", o.location))
         .collect();

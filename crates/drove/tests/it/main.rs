@@ -1,6 +1,7 @@
 //! Tests of the `drove` binary as a user runs it: real processes, real ports, real files.
 
 mod cli;
+mod cloud;
 mod compose;
 mod durable;
 mod fs;

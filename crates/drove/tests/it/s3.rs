@@ -13,33 +13,53 @@ struct Moto {
     addr: String,
 }
 
+/// Starts a Python server (`python3 ARGS`, which `pip install PACKAGE` provides) on a
+/// free loopback port; `args` gets the port. Returns it once it listens.
+pub(crate) fn python_server(
+    package: &str,
+    args: impl FnOnce(u16) -> Vec<String>,
+) -> (crate::Proc, String) {
+    let addr = drove_testkit::unused_addr();
+    let child = Command::new("python3")
+        .args(args(addr.port()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 to start a server");
+    let mut server = crate::Proc(child);
+    let started = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = server.0.try_wait() {
+            panic!(
+                "the {package} server exited ({status}); install it with pip install '{package}'"
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the {package} server did not listen within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (server, addr.to_string())
+}
+
 impl Moto {
     fn start() -> Self {
-        let addr = drove_testkit::unused_addr();
-        let child = Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
-            .arg(addr.port().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 to start the moto server");
-        let mut server = crate::Proc(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            if let Ok(Some(status)) = server.0.try_wait() {
-                panic!(
-                    "the moto server exited ({status}); install it with pip install 'moto[server]'"
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the moto server did not listen within 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (server, addr) = python_server("moto[server]", |port| {
+            [
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ]
+            .map(String::from)
+            .to_vec()
+        });
         Self {
             _server: server,
-            addr: addr.to_string(),
+            addr,
         }
     }
 
