@@ -10,6 +10,7 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::dfs::{FsEntry, Namespace};
+use crate::mapreduce::nodes::TextSourceExec;
 use crate::stores::SCHEME;
 
 /// The workers each of a stage's `tasks` tasks prefers: those holding the most bytes
@@ -23,25 +24,15 @@ pub async fn preferred_workers(
     let mut scans = Vec::new();
     drove_scans(plan, &mut scans);
     // Only scans whose partitions are the stage's tasks say what a task reads.
-    scans.retain(|scan| scan.file_groups.len() == tasks);
+    scans.retain(|scan| scan.len() == tasks);
     if scans.is_empty() {
         return Vec::new();
     }
     let mut files: HashMap<String, Option<FsEntry>> = HashMap::new();
     let mut held: Vec<BTreeMap<u64, u64>> = vec![BTreeMap::new(); tasks];
     for scan in scans {
-        let root = (scan.object_store_url.as_str())
-            .trim_start_matches("drove://")
-            .trim_end_matches('/')
-            .to_string();
-        for (task, group) in scan.file_groups.iter().enumerate() {
-            for file in group.iter() {
-                let location = file.object_meta.location.as_ref();
-                let path = if root.is_empty() {
-                    location.to_string()
-                } else {
-                    format!("{root}/{location}")
-                };
+        for (task, group) in scan.into_iter().enumerate() {
+            for (path, range) in group {
                 if !files.contains_key(&path) {
                     let entry = match namespace.list(&path).await {
                         Ok(Some(listed)) if !listed.is_dir => listed.entries.into_iter().next(),
@@ -52,10 +43,7 @@ pub async fn preferred_workers(
                 let Some(entry) = &files[&path] else {
                     continue;
                 };
-                let range = match &file.range {
-                    Some(r) => r.start.max(0) as u64..r.end.max(0) as u64,
-                    None => 0..entry.size,
-                };
+                let range = range.unwrap_or(0..entry.size);
                 for (worker, bytes) in bytes_held(entry, range) {
                     *held[task].entry(worker).or_default() += bytes;
                 }
@@ -94,18 +82,59 @@ fn bytes_held(file: &FsEntry, range: Range<u64>) -> BTreeMap<u64, u64> {
     held
 }
 
-/// The stage's scans of `drove://` files.
-fn drove_scans<'a>(plan: &'a Arc<dyn ExecutionPlan>, out: &mut Vec<&'a FileScanConfig>) {
+/// A scan of drove fs files: for each of its partitions, the files it reads, by drove
+/// fs path, with the byte range it reads when not the whole file.
+type Scan = Vec<Vec<(String, Option<Range<u64>>)>>;
+
+/// The scans of drove fs files in `plan`: Parquet and CSV scans, and MapReduce text
+/// sources.
+fn drove_scans(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<Scan>) {
     if let Some(scan) = plan
         .downcast_ref::<DataSourceExec>()
         .and_then(|scan| scan.data_source().downcast_ref::<FileScanConfig>())
-        .filter(|scan| {
-            scan.object_store_url
-                .as_str()
-                .starts_with(&format!("{SCHEME}://"))
-        })
     {
-        out.push(scan);
+        let store = scan.object_store_url.as_str();
+        if let Some(root) = store.strip_prefix(&format!("{SCHEME}://")) {
+            let root = root.trim_end_matches('/');
+            out.push(
+                (scan.file_groups.iter())
+                    .map(|group| {
+                        (group.iter())
+                            .map(|file| {
+                                let location = file.object_meta.location.as_ref();
+                                let path = if root.is_empty() {
+                                    location.to_string()
+                                } else {
+                                    format!("{root}/{location}")
+                                };
+                                let range = (file.range.as_ref())
+                                    .map(|r| r.start.max(0) as u64..r.end.max(0) as u64);
+                                (path, range)
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            );
+        }
+    }
+    if let Some(text) = plan.downcast_ref::<TextSourceExec>() {
+        let in_drove = |file: &String| {
+            (file.starts_with(&format!("{SCHEME}://")))
+                .then(|| drove_core::fs::normalize(file).ok())
+                .flatten()
+        };
+        if text.files().iter().any(|f| in_drove(f).is_some()) {
+            out.push(
+                (text.files().iter())
+                    .map(|file| {
+                        in_drove(file)
+                            .map(|path| (path, None))
+                            .into_iter()
+                            .collect()
+                    })
+                    .collect(),
+            );
+        }
     }
     for child in plan.children() {
         drove_scans(child, out);

@@ -775,6 +775,7 @@ fn wordcount_reads_and_writes_drove_fs_with_nothing_shared() {
             "drove mapreduce {extra:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8(out.stdout).unwrap()
     };
     // The committed output: its entries, and the counts its parts hold.
     let output = |dir: &str| {
