@@ -128,15 +128,7 @@ impl Session {
                 }
             }
             written.sort();
-            let files = (out
-                .commit(&token, &written, options.format, options.overwrite)
-                .await)
-                .map_err(|e| {
-                    Error::Config(format!(
-                        "committing the output to '{}' failed: {e}",
-                        out.name()
-                    ))
-                })?;
+            let files = (out.commit(&token, &written, options.format, options.overwrite)).await?;
             Ok((files, records, result.summary))
         }
         .await;
@@ -262,13 +254,12 @@ impl Drop for Staging {
         if self.ended {
             return;
         }
+        if self.out.discard_now(&self.token, !self.existed) {
+            return;
+        }
         let (out, token, existed) = (self.out.clone(), self.token.clone(), self.existed);
-        let discard = async move { out.discard(&token, !existed).await };
-        match (&self.out, tokio::runtime::Handle::try_current()) {
-            // A local discard never waits.
-            (OutputDir::Local(_), _) => futures::executor::block_on(discard),
-            (_, Ok(runtime)) => drop(runtime.spawn(discard)),
-            (_, Err(_)) => {}
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { out.discard(&token, !existed).await });
         }
     }
 }

@@ -342,9 +342,15 @@ async fn plan_stages(
 /// Refuses a plan that reads or writes outside the allowed directories, or another
 /// tenant's drove fs files.
 fn check_plan_paths(plan: &Arc<dyn ExecutionPlan>, rules: &JobRules) -> Result<()> {
-    let (drove, local): (Vec<String>, Vec<String>) = drove_exec::confine::named_paths(plan)
-        .into_iter()
-        .partition(|p| p.starts_with("drove://"));
+    let mut drove = Vec::new();
+    let mut local = Vec::new();
+    for path in drove_exec::confine::named_paths(plan) {
+        // A path that is no URL drove reads is refused before it is sorted.
+        match drove_exec::stores::url_of(&path).map_err(Error::User)? {
+            Some(url) if url.scheme() == drove_exec::stores::SCHEME => drove.push(path),
+            _ => local.push(path),
+        }
+    }
     drove.iter().try_for_each(|p| rules.check_path(p))?;
     match &rules.allowed_paths {
         Some(allowed) => local

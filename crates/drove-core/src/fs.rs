@@ -262,12 +262,6 @@ impl Namespace {
                 "drove fs will not remove its root; remove what is under it by name".into(),
             );
         }
-        if self.entries.len() + moves.len() > ENTRIES_MAX {
-            return Err(format!(
-                "drove fs holds {} entries, the most it keeps; remove some first",
-                self.entries.len()
-            ));
-        }
         let removed: BTreeSet<&str> = remove.iter().map(String::as_str).collect();
         // Whether `path` goes with the removals: it or a directory above it is removed.
         let goes = |path: &str| {
@@ -277,6 +271,18 @@ impl Namespace {
         let tos: BTreeSet<&str> = moves.iter().map(|(_, to)| to.as_str()).collect();
         if froms.len() < moves.len() || tos.len() < moves.len() {
             return Err("a rename moves each file once, and to a path of its own".into());
+        }
+        // A move adds as many entries as it takes away, but for the directories it
+        // makes.
+        let fresh: BTreeSet<&str> = (moves.iter())
+            .flat_map(|(_, to)| parents(to))
+            .filter(|parent| !self.entries.contains_key(*parent))
+            .collect();
+        if self.entries.len() + fresh.len() > ENTRIES_MAX {
+            return Err(format!(
+                "drove fs holds {} entries, the most it keeps; remove some first",
+                self.entries.len()
+            ));
         }
         for (from, to) in moves {
             if !matches!(self.entries.get(from), Some(Entry::File(_))) || goes(from) {

@@ -236,10 +236,23 @@ pub async fn upload_to(
 }
 
 /// The URL a path names, if it is one (`drove://...`, `s3://...`); a local path,
-/// or a `file://` URL, is none.
+/// or a `file://` URL, is none. The scheme must be written as drove reads it, in
+/// lowercase at the very start: every check of a path (a tenant's, the allowed
+/// directories') and every reader then agree on what it names.
 pub fn url_of(path: &str) -> Result<Option<Url>, String> {
-    if !path.contains("://") || path.starts_with("file://") {
+    let Some((scheme, _)) = path.split_once("://") else {
         return Ok(None);
+    };
+    if scheme == "file" {
+        return Ok(None);
+    }
+    let canonical = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && (scheme.chars())
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if !canonical {
+        return Err(format!(
+            "'{path}' does not start with a URL scheme drove reads; write drove://, s3://, gs://, az:// or http(s):// in lowercase, or a local path"
+        ));
     }
     Url::parse(path).map(Some).map_err(|e| {
         format!("'{path}' is not a URL ({e}); write it as drove://DIR/FILE or s3://BUCKET/PATH")
@@ -470,6 +483,25 @@ impl ObjectStore for DroveStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_lowercase_schemes_at_the_start_are_urls() {
+        assert!(url_of("data/t.parquet").unwrap().is_none());
+        assert!(url_of("file:///data/t.parquet").unwrap().is_none());
+        let url = url_of("drove://team/t.parquet").unwrap().unwrap();
+        assert_eq!((url.scheme(), url.host_str()), ("drove", Some("team")));
+        assert_eq!(url_of("s3://b/k").unwrap().unwrap().scheme(), "s3");
+        // Forms a URL parser would read as drove:// but a check of the text would not.
+        for odd in [
+            "DROVE://other/x",
+            " drove://other/x",
+            "\tdrove://other/x",
+            "Drove://x",
+        ] {
+            let e = url_of(odd).unwrap_err();
+            assert!(e.contains("lowercase"), "{odd}: {e}");
+        }
+    }
 
     #[test]
     fn drove_paths_without_a_cluster_are_refused_with_the_fix() {

@@ -608,6 +608,14 @@ pub fn written_schema() -> SchemaRef {
     ]))
 }
 
+/// The error of a reduce task whose run's output directory is gone.
+fn gone(dir: &OutputDir) -> DataFusionError {
+    external(crate::Error::User(format!(
+        "the job's output directory {} is gone: its client gave up",
+        dir.name()
+    )))
+}
+
 /// Reduces every key of its partition and writes the result to a temporary part file;
 /// outputs one row naming that file, which the client commits once the job succeeded.
 #[derive(Debug)]
@@ -820,10 +828,7 @@ impl ExecutionPlan for ReduceExec {
             // The submitter staged the run's directory before submitting; one that is
             // gone was removed by a submitter that gave up, and nothing is written back.
             if !dir.staged(&output.token).await.map_err(external)? {
-                return Err(external(crate::Error::User(format!(
-                    "the job's output directory {} is gone: its client gave up",
-                    dir.name()
-                ))));
+                return Err(gone(&dir));
             }
             let name = format!("part-r-{partition:05}.{attempt}");
             // A part for a local output is written in place; for any other, to this
@@ -858,6 +863,11 @@ impl ExecutionPlan for ReduceExec {
             writer.close().map_err(external)?;
             let at = match scratch {
                 None => path.to_string_lossy().into_owned(),
+                // Asked again: a submitter that gave up while the part was written
+                // gets nothing written back into what it removed.
+                Some(_) if !dir.staged(&output.token).await.map_err(external)? => {
+                    return Err(gone(&dir));
+                }
                 Some(_) => (dir.put_part(&output.token, &name, &path).await).map_err(external)?,
             };
             let columns: Vec<ArrayRef> = vec![

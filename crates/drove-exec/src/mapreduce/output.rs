@@ -30,6 +30,9 @@ use crate::{Error, Result};
 pub const SUCCESS_MARKER: &str = "_SUCCESS";
 /// How committed part files are named: `part-r-00000` and on.
 pub const PART_PREFIX: &str = "part-r-";
+/// Chunks of part files in drove fs: a put holds up to three in memory, outside the
+/// reduce task's memory budget, so they are smaller than files' usual chunks.
+const PART_CHUNK_BYTES: u64 = 16 << 20;
 /// The directory under an output that holds runs' part files until they commit.
 const TEMPORARY: &str = "_temporary";
 
@@ -69,8 +72,10 @@ fn under(location: &object_store::path::Path, parts: &[&str]) -> object_store::p
         .fold(location.clone(), |path, part| path.join(*part))
 }
 
-/// What a directory holding `names` is.
+/// What a directory holding `names` is, runs' temporary directories aside: only
+/// `_SUCCESS` marks an earlier output (a user's own file may be named like a part).
 fn classify(names: Vec<String>) -> Existing {
+    let names: Vec<String> = names.into_iter().filter(|n| n != TEMPORARY).collect();
     if names.is_empty() {
         Existing::Empty
     } else if names.iter().any(|n| n == SUCCESS_MARKER) {
@@ -216,7 +221,13 @@ impl OutputDir {
                 store, location, ..
             } => {
                 let marker = under(location, &[TEMPORARY, token, SUCCESS_MARKER]);
-                store.head(&marker).await.is_ok()
+                match store.head(&marker).await {
+                    Ok(_) => true,
+                    Err(object_store::Error::NotFound { .. }) => false,
+                    Err(e) => {
+                        return Err(failed(&format!("reading {}", self.temporary(token)), e));
+                    }
+                }
             }
         })
     }
@@ -239,6 +250,7 @@ impl OutputDir {
             }
             Self::Drove { writer, .. } => {
                 let options = PutOptions {
+                    chunk_bytes: PART_CHUNK_BYTES,
                     overwrite: true,
                     ..PutOptions::default()
                 };
@@ -319,37 +331,60 @@ impl OutputDir {
                     self.child(&[TEMPORARY, token, SUCCESS_MARKER]),
                     self.child(&[SUCCESS_MARKER]),
                 ));
-                (writer.rename(&moves, &remove).await)
-                    .map_err(|e| failed(&format!("committing to drove://{path}"), e))?;
+                let marker = self.child(&[TEMPORARY, token, SUCCESS_MARKER]);
+                if let Err(e) = writer.rename(&moves, &remove).await {
+                    // A rename retried after its first answer was lost (the leader
+                    // changed) is refused, though the first was applied: the marker
+                    // moved says so.
+                    let listed = |p: String| async move {
+                        matches!(writer.coordinators.list(&p).await, Ok(Some(_)))
+                    };
+                    let applied =
+                        !listed(marker).await && listed(self.child(&[SUCCESS_MARKER])).await;
+                    if !applied {
+                        return Err(failed(&format!("committing to drove://{path}"), e));
+                    }
+                }
             }
             Self::Object {
                 url,
                 store,
                 location,
             } => {
-                let what = format!("committing to {url}");
-                if overwrite {
+                let mut what = format!("committing to {url}");
+                let earlier_parts: Vec<object_store::path::Path> = if overwrite {
                     // The marker goes first: from here on the output reads as
                     // incomplete until the new marker is written.
                     match store.delete(&under(location, &[SUCCESS_MARKER])).await {
                         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                         Err(e) => return Err(failed(&what, e)),
                     }
+                    what.push_str(
+                        " (the earlier output there has no _SUCCESS now and may be partly replaced: remove it, or choose another --output)",
+                    );
                     let listed = (store.list_with_delimiter(Some(location)).await)
                         .map_err(|e| failed(&what, e))?;
-                    for object in listed.objects {
-                        if object.location.filename().is_some_and(earlier) {
-                            store
-                                .delete(&object.location)
-                                .await
-                                .map_err(|e| failed(&what, e))?;
-                        }
-                    }
-                }
-                for (name, target) in &parts {
+                    (listed.objects.into_iter())
+                        .map(|o| o.location)
+                        .filter(|p| p.filename().is_some_and(earlier))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                // The new parts replace the earlier ones of the same names, then the
+                // earlier ones beyond them go: a commit that fails midway leaves no
+                // marker, and an output `--overwrite` may replace.
+                let targets: Vec<object_store::path::Path> =
+                    parts.iter().map(|(_, t)| under(location, &[t])).collect();
+                for ((name, _), target) in parts.iter().zip(&targets) {
                     let from = under(location, &[TEMPORARY, token, name]);
-                    (store.copy(&from, &under(location, &[target])).await)
+                    store
+                        .copy(&from, target)
+                        .await
                         .map_err(|e| failed(&what, e))?;
+                }
+                for stale in earlier_parts.iter().filter(|p| !targets.contains(p)) {
+                    store.delete(stale).await.map_err(|e| failed(&what, e))?;
                 }
                 (store
                     .put(&under(location, &[SUCCESS_MARKER]), Vec::<u8>::new().into())
@@ -361,20 +396,31 @@ impl OutputDir {
         Ok(files)
     }
 
+    /// [`Self::discard`] at once, without waiting, if the output is local; returns
+    /// whether it was.
+    pub fn discard_now(&self, token: &str, output: bool) -> bool {
+        let Self::Local(dir) = self else {
+            return false;
+        };
+        let _ = std::fs::remove_dir_all(self.temporary(token));
+        let _ = std::fs::remove_dir(self.child(&[TEMPORARY]));
+        if output {
+            let _ = std::fs::remove_dir(dir);
+        }
+        true
+    }
+
     /// Removes the run's temporary files (the losing attempts', or all of a failed
     /// run's), the temporary directory if no other run uses it, and with `output` the
     /// output directory if it is empty then. Best effort: what is left is named
-    /// `_temporary` and never read as output. A local discard does not wait.
+    /// `_temporary` and never read as output.
     pub async fn discard(&self, token: &str, output: bool) {
+        if self.discard_now(token, output) {
+            return;
+        }
         let temporary = self.temporary(token);
         match self {
-            Self::Local(dir) => {
-                let _ = std::fs::remove_dir_all(&temporary);
-                let _ = std::fs::remove_dir(self.child(&[TEMPORARY]));
-                if output {
-                    let _ = std::fs::remove_dir(dir);
-                }
-            }
+            Self::Local(_) => {}
             Self::Drove { path, writer } => {
                 let _ = writer.remove(&temporary, true).await;
                 let _ = writer.remove(&self.child(&[TEMPORARY]), false).await;

@@ -41,7 +41,7 @@ fn ok(mut command: Command, args: &[&str]) -> String {
 }
 
 /// `drove sql` CSV output of a word count table, as a map.
-fn counts(csv: &str) -> BTreeMap<String, u64> {
+pub(crate) fn counts(csv: &str) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for line in csv.lines().skip(1) {
         let (word, n) = line.split_once(',').unwrap();
@@ -52,24 +52,6 @@ fn counts(csv: &str) -> BTreeMap<String, u64> {
         );
     }
     counts
-}
-
-/// A coordinator and a worker started with `command`'s environment.
-fn cluster(command: impl Fn() -> Command) -> (crate::Proc, crate::Proc, String, tempfile::TempDir) {
-    let (coordinator, addr, _) = drove_testkit::start_coordinator(command(), &[]);
-    let work = tempfile::tempdir().unwrap();
-    let mut worker = command();
-    worker.args([
-        "worker",
-        "--coordinator",
-        &addr,
-        "--slots",
-        "2",
-        "--work-dir",
-    ]);
-    worker.arg(work.path());
-    let worker = drove_testkit::spawn_until(worker, "worker Flight service on").0;
-    (coordinator, worker, addr, work)
 }
 
 /// Over `http://`: word count reads text from a WebDAV server and commits its CSV
@@ -106,7 +88,7 @@ fn wordcount_and_tpch_over_http() {
         .map(String::from)
         .to_vec()
     });
-    let (_coordinator, _worker, addr, _work) = cluster(crate::drove);
+    let (_coordinator, _worker, addr, _work) = crate::cluster_with(crate::drove);
     let input = format!("http://{dav}/corpus");
     let output = format!("http://{dav}/counts");
     let mapreduce = [

@@ -93,6 +93,26 @@ pub fn worker(addr: &str, work_dir: &std::path::Path, extra: &[&str]) -> Proc {
     spawn_until(&args, "worker Flight service on").0
 }
 
+/// A coordinator and a worker with 2 slots, each started by `command` (so with its
+/// environment); returns them with the coordinator's address and the worker's work
+/// directory.
+pub fn cluster_with(command: impl Fn() -> Command) -> (Proc, Proc, String, tempfile::TempDir) {
+    let (coordinator, addr, _) = drove_testkit::start_coordinator(command(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    let mut worker = command();
+    worker.args([
+        "worker",
+        "--coordinator",
+        &addr,
+        "--slots",
+        "2",
+        "--work-dir",
+    ]);
+    worker.arg(work.path());
+    let worker = drove_testkit::spawn_until(worker, "worker Flight service on").0;
+    (coordinator, worker, addr, work)
+}
+
 /// Starts `drove ARGS` in the background and returns it with the first stdout line that
 /// contains `marker`.
 pub fn spawn_until(args: &[&str], marker: &str) -> (Proc, String) {

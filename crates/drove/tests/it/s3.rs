@@ -82,20 +82,7 @@ impl Moto {
 
     /// A coordinator and a worker that reach this server.
     fn cluster(&self) -> (crate::Proc, crate::Proc, String, tempfile::TempDir) {
-        let (coordinator, addr, _) = drove_testkit::start_coordinator(self.drove(), &[]);
-        let work = tempfile::tempdir().unwrap();
-        let mut worker = self.drove();
-        worker.args([
-            "worker",
-            "--coordinator",
-            &addr,
-            "--slots",
-            "2",
-            "--work-dir",
-        ]);
-        worker.arg(work.path());
-        let worker = drove_testkit::spawn_until(worker, "worker Flight service on").0;
-        (coordinator, worker, addr, work)
+        crate::cluster_with(|| self.drove())
     }
 
     /// The keys under `prefix` in `bucket`.
@@ -235,22 +222,12 @@ fn wordcount_commits_its_output_to_s3() {
             "-e",
             "SELECT * FROM counts",
         ]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
-        for line in stdout.lines().skip(1) {
-            let (word, n) = line.split_once(',').unwrap();
-            assert!(
-                counts
-                    .insert(word.to_string(), n.parse().unwrap())
-                    .is_none()
-            );
-        }
-        counts
+        crate::cloud::counts(&String::from_utf8_lossy(&out.stdout))
     };
 
     for (reducers, overwrite) in [("3", false), ("1", true)] {

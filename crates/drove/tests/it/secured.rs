@@ -186,6 +186,44 @@ fn a_secured_cluster_on_a_network_lets_in_only_what_it_should() {
             "{args:?}: {e}"
         );
     }
+    // MapReduce over a tenant's files, its reduce tasks writing the output through
+    // the workers; another tenant can read none of it.
+    let mapreduce = |input: &str, output: &str| {
+        let args = [
+            "mapreduce",
+            "wordcount",
+            "--no-progress",
+            "--reducers",
+            "1",
+            "--input",
+            input,
+            "--output",
+            output,
+        ];
+        args.map(String::from)
+    };
+    let args = mapreduce("drove://team-a/note.txt", "drove://team-a/counts");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&client(&args, Some(&team_a)));
+    assert_eq!(
+        ok(&client(
+            &["fs", "cat", "drove://team-a/counts/part-r-00000"],
+            Some(&team_a)
+        )),
+        "a\t1\nnote\t1\ns\t1\nteam\t1\n"
+    );
+    for (input, output) in [
+        ("drove://team-a/note.txt", "drove://team-b/counts"),
+        ("drove://team-a/counts", "drove://team-b/again"),
+    ] {
+        let args = mapreduce(input, output);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let e = failed(&client(&args, Some(&team_b)));
+        assert!(
+            e.contains("keeps its drove fs files under drove://team-b/"),
+            "{input}: {e}"
+        );
+    }
     assert!(!ok(&client(&["fs", "ls"], Some(&team_b))).contains("team-a"));
     assert!(ok(&client(&["fs", "ls"], Some(admin))).contains("team-a/"));
     // Nor does a client certificate reach the chunk on its worker without the
