@@ -553,17 +553,20 @@ pub(crate) fn command_to_proto(command: &MetaCommand) -> pb::meta_entry::Command
                     file: Some(file_to_proto(file)),
                 }),
                 FsCommand::Remove { path } => pb::meta_fs::Change::Remove(path.clone()),
-                FsCommand::Rename { moves, remove } => {
-                    pb::meta_fs::Change::Rename(pb::MetaFsRename {
-                        moves: (moves.iter())
-                            .map(|(from, to)| pb::MetaFsMove {
-                                from: from.clone(),
-                                to: to.clone(),
-                            })
-                            .collect(),
-                        remove: remove.clone(),
-                    })
-                }
+                FsCommand::Rename {
+                    moves,
+                    remove,
+                    remove_prefixed,
+                } => pb::meta_fs::Change::Rename(pb::MetaFsRename {
+                    moves: (moves.iter())
+                        .map(|(from, to)| pb::MetaFsMove {
+                            from: from.clone(),
+                            to: to.clone(),
+                        })
+                        .collect(),
+                    remove: remove.clone(),
+                    remove_prefixed: remove_prefixed.clone(),
+                }),
             }),
         }),
     }
@@ -649,6 +652,7 @@ pub(crate) fn command_from_proto(command: Option<pb::meta_entry::Command>) -> Op
             pb::meta_fs::Change::Rename(r) => FsCommand::Rename {
                 moves: r.moves.into_iter().map(|m| (m.from, m.to)).collect(),
                 remove: r.remove,
+                remove_prefixed: r.remove_prefixed,
             },
         }),
     })
@@ -892,6 +896,7 @@ mod tests {
             MetaCommand::Fs(FsCommand::Rename {
                 moves: vec![("data/f".into(), "data/h".into())],
                 remove: vec!["data/h".into()],
+                remove_prefixed: vec!["data/g".into()],
             }),
         ];
         for i in 1..=n {

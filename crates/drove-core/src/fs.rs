@@ -73,9 +73,13 @@ pub enum FsCommand {
     /// Removes paths, then moves files to new paths, as one change: what a MapReduce
     /// commit publishes, so readers see the old output or the new, never a mix. A
     /// removal that names nothing is skipped; a moved file's missing parents are made.
+    /// `remove_prefixed` removes what is in a directory under names that start alike
+    /// (`out/part-r-` removes `out/part-r-00000` and on), as the namespace holds it
+    /// when the change is applied.
     Rename {
         moves: Vec<(String, String)>,
         remove: Vec<String>,
+        remove_prefixed: Vec<String>,
     },
 }
 
@@ -201,7 +205,14 @@ impl Namespace {
             FsCommand::Mkdir { path, .. }
             | FsCommand::Commit { path, .. }
             | FsCommand::Remove { path } => path,
-            FsCommand::Rename { moves, remove } => return self.check_rename(moves, remove),
+            FsCommand::Rename {
+                moves,
+                remove,
+                remove_prefixed,
+            } => {
+                let remove = self.removals(remove, remove_prefixed)?;
+                return self.check_rename(moves, &remove);
+            }
         };
         for parent in parents(path) {
             if let Some(Entry::File(_)) = self.entries.get(parent) {
@@ -247,6 +258,35 @@ impl Namespace {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The paths a [`FsCommand::Rename`] removes: `remove`, and what is in each
+    /// prefix's directory under a name with that prefix.
+    fn removals(
+        &self,
+        remove: &[String],
+        remove_prefixed: &[String],
+    ) -> Result<Vec<String>, String> {
+        if remove_prefixed.len() > RENAME_PATHS_MAX {
+            return Err(format!(
+                "a rename removes at most {RENAME_PATHS_MAX} prefixes; this one names {}",
+                remove_prefixed.len()
+            ));
+        }
+        let mut all = remove.to_vec();
+        for prefix in remove_prefixed {
+            let Some((dir, name)) = prefix.rsplit_once('/') else {
+                return Err(format!(
+                    "drove://{prefix} is a prefix in the root directory; name one inside a directory"
+                ));
+            };
+            all.extend(
+                (self.list(dir).into_iter())
+                    .filter(|(entry, _)| entry.starts_with(name))
+                    .map(|(entry, _)| format!("{dir}/{entry}")),
+            );
+        }
+        Ok(all)
     }
 
     /// Why a [`FsCommand::Rename`] cannot be applied.
@@ -343,7 +383,12 @@ impl Namespace {
                 }
             }
             FsCommand::Remove { path } => self.remove(path),
-            FsCommand::Rename { moves, remove } => {
+            FsCommand::Rename {
+                moves,
+                remove,
+                remove_prefixed,
+            } => {
+                let remove = self.removals(remove, remove_prefixed).unwrap_or_default();
                 let freed = remove.iter().flat_map(|path| self.remove(path)).collect();
                 for (from, to) in moves {
                     if let Some(Entry::File(file)) = self.entries.remove(from) {
@@ -828,6 +873,7 @@ mod tests {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
             remove: remove.iter().map(|r| r.to_string()).collect(),
+            remove_prefixed: Vec::new(),
         };
         // Refused: a target that exists and is not removed, a missing source, a
         // source that is removed, two moves to one path, a target under a file.
@@ -873,6 +919,28 @@ mod tests {
             1,
             "the losing attempt stays"
         );
+        // A prefix removes what the directory holds when the change applies: here a
+        // part the commit did not list.
+        commit(&mut ns, "out/_temporary/u/a", &[5]);
+        commit(&mut ns, "out/_temporary/u/ok", &[]);
+        let replace = FsCommand::Rename {
+            moves: vec![
+                ("out/_temporary/u/a".into(), "out/part-0".into()),
+                ("out/_temporary/u/ok".into(), "out/_SUCCESS".into()),
+            ],
+            remove: vec!["out/_SUCCESS".into()],
+            remove_prefixed: vec!["out/part-".into()],
+        };
+        ns.check(&replace, false).unwrap();
+        assert_eq!(ns.apply(&replace), vec![3, 4]);
+        let names: Vec<&str> = ns.list("out").into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["_SUCCESS", "_temporary", "part-0"]);
+        let at_root = FsCommand::Rename {
+            moves: Vec::new(),
+            remove: Vec::new(),
+            remove_prefixed: vec!["ou".into()],
+        };
+        assert!(ns.check(&at_root, false).unwrap_err().contains("root"));
         // Moved files keep their chunks when what is left is removed.
         assert_eq!(
             ns.apply(&FsCommand::Remove {

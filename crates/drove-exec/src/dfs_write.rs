@@ -357,9 +357,16 @@ impl FsWriter {
         Ok(())
     }
 
-    /// Removes `remove` (paths that name nothing are skipped), then moves each file
-    /// `from` to `to`, as one change: readers see all of it or none.
-    pub async fn rename(&self, moves: &[(String, String)], remove: &[String]) -> Result<()> {
+    /// Removes `remove` (paths that name nothing are skipped) and, for each
+    /// `DIR/PREFIX` of `remove_prefixed`, what is in DIR under a name that starts with
+    /// PREFIX; then moves each file `from` to `to`. One change: readers see all of it
+    /// or none.
+    pub async fn rename(
+        &self,
+        moves: &[(String, String)],
+        remove: &[String],
+        remove_prefixed: &[String],
+    ) -> Result<()> {
         let request = pb::MetaFsRename {
             moves: (moves.iter())
                 .map(|(from, to)| pb::MetaFsMove {
@@ -368,6 +375,7 @@ impl FsWriter {
                 })
                 .collect(),
             remove: remove.to_vec(),
+            remove_prefixed: remove_prefixed.to_vec(),
         };
         self.leader(|mut c| {
             let request = request.clone();

@@ -304,7 +304,15 @@ impl State {
         let remove = (request.remove.iter())
             .map(|path| checked(path))
             .collect::<Result<Vec<_>>>()?;
-        let command = FsCommand::Rename { moves, remove };
+        // A prefix's directory is inside the tenant, so is what it removes.
+        let remove_prefixed = (request.remove_prefixed.iter())
+            .map(|path| checked(path))
+            .collect::<Result<Vec<_>>>()?;
+        let command = FsCommand::Rename {
+            moves,
+            remove,
+            remove_prefixed,
+        };
         (self.meta.state().fs())
             .check(&command, false)
             .map_err(Error::User)?;

@@ -311,17 +311,17 @@ impl OutputDir {
                 committed.map_err(|e| failed(&format!("committing to '{}'", out.display()), e))?;
             }
             Self::Drove { path, writer } => {
-                let mut remove = Vec::new();
-                if overwrite
-                    && let Some(listed) = (writer.coordinators.list(path).await)
-                        .map_err(|e| failed(&format!("listing drove://{path}"), e))?
-                {
-                    remove.extend(
-                        (listed.entries.iter())
-                            .filter(|e| !e.is_dir && earlier(&e.name))
-                            .map(|e| self.child(&[&e.name])),
-                    );
-                }
+                // The earlier output's parts are named by their prefix, so the rename
+                // removes those there when it applies, even ones another run
+                // committed since this one looked.
+                let (remove, remove_prefixed) = if overwrite {
+                    (
+                        vec![self.child(&[SUCCESS_MARKER])],
+                        vec![self.child(&[PART_PREFIX])],
+                    )
+                } else {
+                    (Vec::new(), Vec::new())
+                };
                 let mut moves: Vec<(String, String)> = (parts.iter().zip(&files))
                     .map(|((name, _), target)| {
                         (self.child(&[TEMPORARY, token, name]), target.clone())
@@ -332,7 +332,7 @@ impl OutputDir {
                     self.child(&[SUCCESS_MARKER]),
                 ));
                 let marker = self.child(&[TEMPORARY, token, SUCCESS_MARKER]);
-                if let Err(e) = writer.rename(&moves, &remove).await {
+                if let Err(e) = writer.rename(&moves, &remove, &remove_prefixed).await {
                     // A rename retried after its first answer was lost (the leader
                     // changed) is refused, though the first was applied: the marker
                     // moved says so.

@@ -1120,13 +1120,17 @@ pub mod meta_fs {
         Rename(super::MetaFsRename),
     }
 }
-/// Removes `remove` (a path that names nothing is skipped), then moves each file.
+/// Removes `remove` (a path that names nothing is skipped) and, for each of
+/// `remove_prefixed` (DIR/PREFIX), what is in DIR under a name that starts with PREFIX;
+/// then moves each file.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct MetaFsRename {
     #[prost(message, repeated, tag = "1")]
     pub moves: ::prost::alloc::vec::Vec<MetaFsMove>,
     #[prost(string, repeated, tag = "2")]
     pub remove: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "3")]
+    pub remove_prefixed: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MetaFsMove {
