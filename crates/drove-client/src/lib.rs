@@ -362,10 +362,10 @@ impl Session {
             Arc::new(drove_exec::dfs::ChunkClients::new(tls.clone())),
             None,
         );
-        let stores = drove_exec::stores::Stores::new(Some(drove_exec::stores::DroveFs {
-            namespace: Arc::clone(&coordinators) as _,
-            reader: chunks.clone(),
-        }));
+        let stores = drove_exec::stores::Stores::new(Some(drove_exec::stores::DroveFs::new(
+            Arc::clone(&coordinators) as _,
+            chunks.clone(),
+        )));
         let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
             .with_object_store_registry(Arc::new(stores))
             .build_arc()?;

@@ -855,17 +855,17 @@ impl Coordinator {
                     .or(self.config.allowed_paths.as_ref())
                     .cloned(),
                 who: who.clone(),
-                fs: drove_exec::stores::DroveFs {
-                    namespace: Arc::new(fs::PlanningNamespace {
+                fs: drove_exec::stores::DroveFs::new(
+                    Arc::new(fs::PlanningNamespace {
                         coordinator: self.clone(),
                         who: who.clone(),
                     }),
                     // Its connections are made on the planning thread, and end with it.
-                    reader: drove_exec::dfs::ChunkReader::new(
+                    drove_exec::dfs::ChunkReader::new(
                         Arc::new(drove_exec::dfs::ChunkClients::new(self.config.tls.clone())),
                         None,
                     ),
-                },
+                ),
             },
         )
         .await?;

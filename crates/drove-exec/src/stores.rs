@@ -7,6 +7,7 @@
 //! `AWS_ALLOW_HTTP=true` for a local server), which every process that reads it (the
 //! client, coordinator and workers) needs.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -30,6 +31,52 @@ pub const SCHEME: &str = "drove";
 pub struct DroveFs {
     pub namespace: Arc<dyn Namespace>,
     pub reader: ChunkReader,
+    /// Files as recently listed: a scan reads many ranges of each file.
+    files: Arc<FileCache>,
+}
+
+impl DroveFs {
+    pub fn new(namespace: Arc<dyn Namespace>, reader: ChunkReader) -> Self {
+        Self {
+            namespace,
+            reader,
+            files: Default::default(),
+        }
+    }
+}
+
+/// How long a file's listing answers reads of it: a file replaced since reads the
+/// version listed (its chunks are freed only later; a read that finds them gone
+/// forgets the listing, and the task's retry lists again).
+const FILE_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Files' listings kept at most.
+const FILE_CACHE_MAX: usize = 4096;
+
+/// Files' listings (chunks and where their replicas are), each for [`FILE_CACHE_TTL`].
+#[derive(Debug, Default)]
+struct FileCache(std::sync::Mutex<HashMap<String, (std::time::Instant, FsEntry)>>);
+
+impl FileCache {
+    fn get(&self, path: &str) -> Option<FsEntry> {
+        let files = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, entry) = files.get(path)?;
+        (at.elapsed() < FILE_CACHE_TTL).then(|| entry.clone())
+    }
+
+    fn put(&self, path: &str, entry: &FsEntry) {
+        let mut files = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if files.len() >= FILE_CACHE_MAX {
+            files.retain(|_, (at, _)| at.elapsed() < FILE_CACHE_TTL);
+            if files.len() >= FILE_CACHE_MAX {
+                files.clear();
+            }
+        }
+        files.insert(path.to_string(), (std::time::Instant::now(), entry.clone()));
+    }
+
+    fn forget(&self, path: &str) {
+        (self.0.lock().unwrap_or_else(|p| p.into_inner())).remove(path);
+    }
 }
 
 /// DataFusion's registry of object stores, which also resolves every `drove://` URL
@@ -344,14 +391,19 @@ impl DroveStore {
     /// The file at `location`, or NotFound (a directory is no object).
     async fn file(&self, location: &Path) -> object_store::Result<FsEntry> {
         let path = self.path(location);
-        match self.fs.namespace.list(&path).await.map_err(failed)? {
+        if let Some(file) = self.fs.files.get(&path) {
+            return Ok(file);
+        }
+        let file = match self.fs.namespace.list(&path).await.map_err(failed)? {
             Some(listed) if !listed.is_dir => listed
                 .entries
                 .into_iter()
                 .next()
-                .ok_or_else(|| not_found(&path)),
-            _ => Err(not_found(&path)),
-        }
+                .ok_or_else(|| not_found(&path))?,
+            _ => return Err(not_found(&path)),
+        };
+        self.fs.files.put(&path, &file);
+        Ok(file)
     }
 
     /// The entries of the directory at `dir`: (files, directories) as locations; none
@@ -419,10 +471,13 @@ impl ObjectStore for DroveStore {
         let payload = if options.head {
             futures::stream::empty().boxed()
         } else {
-            self.fs
-                .reader
-                .read(&self.path(location), &file, range.clone())
-                .map_err(failed)
+            let (path, files) = (self.path(location), Arc::clone(&self.fs.files));
+            (self.fs.reader.read(&path, &file, range.clone()))
+                .map_err(move |e| {
+                    // Perhaps the listing is stale: the next read lists again.
+                    files.forget(&path);
+                    failed(e)
+                })
                 .boxed()
         };
         Ok(GetResult {
@@ -485,6 +540,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_file_cache_answers_until_forgotten_and_stays_bounded() {
+        let cache = FileCache::default();
+        let entry = |name: &str| FsEntry {
+            name: name.into(),
+            is_dir: false,
+            size: 1,
+            created_unix_ms: 0,
+            replication: 1,
+            chunk_bytes: 1,
+            chunks: Vec::new(),
+        };
+        assert!(cache.get("a").is_none());
+        cache.put("a", &entry("a"));
+        assert_eq!(cache.get("a").unwrap().name, "a");
+        cache.forget("a");
+        assert!(cache.get("a").is_none());
+        for i in 0..FILE_CACHE_MAX + 10 {
+            cache.put(&i.to_string(), &entry("x"));
+        }
+        assert!(cache.0.lock().unwrap().len() <= FILE_CACHE_MAX);
+    }
+
+    #[test]
     fn only_lowercase_schemes_at_the_start_are_urls() {
         assert!(url_of("data/t.parquet").unwrap().is_none());
         assert!(url_of("file:///data/t.parquet").unwrap().is_none());
@@ -523,10 +601,10 @@ mod tests {
                 Ok(None)
             }
         }
-        let fs = DroveFs {
-            namespace: Arc::new(Nothing),
-            reader: ChunkReader::new(Default::default(), None),
-        };
+        let fs = DroveFs::new(
+            Arc::new(Nothing),
+            ChunkReader::new(Default::default(), None),
+        );
         let store = |root: &str| DroveStore {
             root: root.into(),
             fs: fs.clone(),

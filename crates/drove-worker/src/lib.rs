@@ -469,10 +469,10 @@ pub async fn start(config: WorkerConfig) -> Result<WorkerHandle> {
     // replicas where it holds them.
     let fs_reader =
         drove_exec::dfs::ChunkReader::new(Arc::clone(&chunk_clients), Some(advertised.clone()));
-    let stores = drove_exec::stores::Stores::new(Some(drove_exec::stores::DroveFs {
-        namespace: Arc::clone(&coordinators) as _,
-        reader: fs_reader.clone(),
-    }));
+    let stores = drove_exec::stores::Stores::new(Some(drove_exec::stores::DroveFs::new(
+        Arc::clone(&coordinators) as _,
+        fs_reader.clone(),
+    )));
     let runtime = RuntimeEnvBuilder::new()
         .with_disk_manager_builder(
             DiskManagerBuilder::default()
