@@ -202,12 +202,14 @@ impl FsWriter {
         while !in_flight.0.is_empty() {
             finish(&mut in_flight).await?;
         }
-        if summary.is_none() {
-            // An empty file has no chunks, but its factor is still decided.
-            let placed = self.place(&path, options, &BTreeSet::new(), 0, 0).await?;
-            summary = Some((placed.replication, placed.warning));
-        }
-        let (replication, warning) = summary.expect("placed at least once");
+        let (replication, warning) = match summary {
+            Some(summary) => summary,
+            None => {
+                // An empty file has no chunks, but its factor is still decided.
+                let placed = self.place(&path, options, &BTreeSet::new(), 0, 0).await?;
+                (placed.replication, placed.warning)
+            }
+        };
         let request = pb::FsCommitRequest {
             path: path.clone(),
             overwrite: options.overwrite,

@@ -188,9 +188,7 @@ pub fn cloud(url: &Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
 /// multipart upload that either completes or is aborted.
 /// Returns the bytes copied.
 pub async fn upload(url: &Url, local: &std::path::Path) -> crate::Result<u64> {
-    let store = Stores::new(None).get_store(url)?;
-    let location = Path::from_url_path(url.path())
-        .map_err(|e| crate::Error::User(format!("{url} is not a usable path ({e})")))?;
+    let (store, location) = locate(&Stores::new(None), url)?;
     upload_to(store.as_ref(), &location, local).await
 }
 

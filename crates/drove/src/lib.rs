@@ -1195,16 +1195,14 @@ async fn gen_tables(benchmark: Benchmark, args: GenTablesArgs) -> Result<()> {
     };
     let started = std::time::Instant::now();
     let out = args.out.to_string_lossy().trim_end_matches('/').to_string();
-    let in_drove = out.starts_with("drove://");
+    let url = drove_exec::stores::url_of(&out).map_err(anyhow::Error::msg)?;
+    let in_drove = (url.as_ref()).is_some_and(|u| u.scheme() == drove_exec::stores::SCHEME);
     if !in_drove && (args.replication.is_some() || args.overwrite) {
         bail!(
             "--replication and --overwrite are for --out drove://DIR; a local directory or an object store is written in place"
         );
     }
-    let is_url = drove_exec::stores::url_of(&out)
-        .map_err(anyhow::Error::msg)?
-        .is_some();
-    if !is_url {
+    if url.is_none() {
         let paths = benchmark.generate(args.scale, &args.out, format)?;
         println!(
             "wrote {} {} tables at scale {} into {} in {:.1}s",
